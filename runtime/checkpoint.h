@@ -1,0 +1,50 @@
+// Discovering and listing the tensors of a checkpoint directory, without interpreting them.
+//
+// Contract: ListCheckpoint never throws and never aborts, whatever the bytes on disk. File-level
+// damage (truncated file, corrupt header, index naming an absent shard, ...) is collected into
+// `problems` so that a single report can name every one; an error status is returned only when
+// there is nothing to list at all (no directory, no weight files).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace glmserve {
+
+enum class CheckpointFormat {
+  kSafetensors,         // model.safetensors
+  kSafetensorsSharded,  // model.safetensors.index.json + shards
+  kPytorchBin,          // pytorch_model.bin (torch.save zip)
+  kPytorchBinSharded,   // pytorch_model.bin.index.json + shards
+};
+const char* CheckpointFormatName(CheckpointFormat format);
+
+// One tensor as stored on disk.
+struct TensorRecord {
+  std::string name;              // key exactly as stored (before any remapping)
+  std::string file;              // file name relative to the checkpoint directory
+  std::string dtype;             // safetensors spelling: "F32", "F16", "BF16", "F64", "I8", ...
+  std::vector<int64_t> shape;
+  uint64_t data_offset = 0;      // safetensors: absolute byte offset of the data in `file`
+  uint64_t data_bytes = 0;       // safetensors: byte length of the data
+};
+
+struct CheckpointListing {
+  std::string directory;
+  CheckpointFormat format = CheckpointFormat::kSafetensors;
+  std::vector<std::string> files;      // weight files actually present and read, in order
+  std::vector<TensorRecord> tensors;   // every tensor of every readable file, file order
+  // File-level problems, each one line naming the file (and key where relevant) and saying
+  // what was expected, e.g. "model-00002-of-00002.safetensors: truncated: header declares
+  // 4096 data bytes, file holds 1000".
+  std::vector<std::string> problems;
+};
+
+// Lists the checkpoint in `directory`. Format preference when several are present:
+// sharded safetensors, single safetensors, sharded .bin, single .bin.
+absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory);
+
+}  // namespace glmserve

@@ -1,0 +1,55 @@
+// Plain C++ types shared by the runtime, the scheduler and the front ends. No LibTorch here.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace glmserve {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0 = greedy (argmax); otherwise logits are divided by it
+  float top_p = 1.0f;        // nucleus mass kept, in (0, 1]; 1 keeps everything
+  int32_t top_k = 0;         // keep the k most likely tokens; 0 = no limit
+  uint64_t seed = 0;         // per-request RNG seed; same seed, same prompt, same params -> same ids
+};
+
+struct GenerationParams {
+  int32_t max_new_tokens = 16;  // generation stops after this many new tokens (finish: length)
+  int32_t min_new_tokens = 0;   // stop ids are masked out until this many new tokens exist
+  SamplingParams sampling;
+  // Generation stops after emitting any of these (the id is included in the output, as in
+  // transformers). Empty = the model's eos ids from config.json / generation_config.json.
+  std::vector<int32_t> stop_token_ids;
+};
+
+enum class FinishReason {
+  kUnspecified = 0,
+  kLength,     // max_new_tokens reached
+  kStop,       // a stop id was generated
+  kCancelled,  // the client went away or cancelled
+  kDeadline,   // the request's deadline passed
+  kError,      // failed; see the accompanying status
+};
+const char* FinishReasonName(FinishReason reason);  // "length", "stop", ...
+
+// What a loaded model is, as reported by `inspect`, GetModelInfo and logs.
+struct ModelInfo {
+  std::string directory;
+  std::string architecture;   // "chatglm" | "glm" | "glm4"
+  std::string source_format;  // "safetensors", "safetensors-sharded", "pytorch-bin", "pytorch-bin-sharded"
+  std::string stored_dtype;   // dtype of the weights on disk: "float32" | "float16" | "bfloat16" | "mixed"
+  std::string compute_dtype;  // dtype used for compute: "float32" on CPU
+  std::string device;         // "cpu" or "cuda:N"
+  int64_t parameter_count = 0;
+  int32_t num_layers = 0;
+  int32_t num_attention_heads = 0;
+  int32_t num_key_value_heads = 0;
+  int32_t head_dim = 0;
+  int32_t hidden_size = 0;
+  int32_t vocab_size = 0;
+  int32_t max_position_embeddings = 0;
+  std::vector<int32_t> eos_token_ids;
+};
+
+}  // namespace glmserve

@@ -1,0 +1,52 @@
+// The seam between the LibTorch-free scheduler/engine and whatever runs the model.
+// The engine decides what runs each step; the executor runs it. Tests inject a fake executor.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/generation.h"
+
+namespace glmserve {
+
+// One sequence's share of a step.
+struct SequenceStep {
+  int64_t sequence_id = 0;
+  // Tokens fed this step: a prefill chunk, or the single last token when decoding.
+  std::vector<int32_t> tokens;
+  // Position of tokens[0] in the sequence (0 for the first prefill chunk). KV for positions
+  // [0, start_position) is already in the blocks of `block_table`.
+  int32_t start_position = 0;
+  // Physical KV block ids of this sequence, in logical order; covers start_position + tokens.size().
+  std::vector<int32_t> block_table;
+  // True when the last token fed is the sequence's newest token, so a next token is sampled.
+  // False for all but the last chunk of a chunked prefill.
+  bool sample = true;
+  // New tokens the sequence already has (min_new_tokens masking; the sampler's RNG stream is
+  // a pure function of (seed, num_generated) so batching and recompute never change the ids).
+  int32_t num_generated = 0;
+  const GenerationParams* params = nullptr;  // owned by the engine, valid during Step()
+  // Ids the sequence holds so far (prompt + generated), for samplers that need history.
+  const std::vector<int32_t>* history = nullptr;
+};
+
+struct StepResult {
+  // One entry per SequenceStep, same order: the sampled id, or -1 where sample was false.
+  std::vector<int32_t> next_tokens;
+  // Raw fp32 logits of the first sampled position, filled only when asked for (tests, CLI).
+  std::vector<std::vector<float>> logits;
+};
+
+class StepExecutor {
+ public:
+  virtual ~StepExecutor() = default;
+  virtual int32_t block_size() const = 0;  // tokens per KV block
+  virtual int32_t num_blocks() const = 0;  // KV blocks in the pool
+  // Runs one forward pass over `batch` writing KV into the given blocks.
+  // RESOURCE_EXHAUSTED means out of device memory: nothing was committed and the engine may
+  // retry with a smaller batch. Any other error fails the requests of this batch.
+  virtual absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) = 0;
+};
+
+}  // namespace glmserve

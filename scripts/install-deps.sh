@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs everything glmserve needs to build and test on a fresh Debian 12 machine.
+# Idempotent: a second run only checks. Quiet on success, loud (non-zero exit, last log lines) on failure.
+#
+#   scripts/install-deps.sh            system packages + LibTorch (C++ only)
+#   GLMSERVE_PY_REFERENCE=1 ...        also Python torch + transformers, for live reference checks
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+deps_dir="${GLMSERVE_DEPS_DIR:-$repo_root/.deps}"
+torch_version="2.11.0"   # the version on the GPU machine: CPU and CUDA builds share one API
+log="$deps_dir/install.log"
+mkdir -p "$deps_dir"
+: >"$log"
+
+fail() {
+  echo "install-deps: FAILED: $*" >&2
+  echo "--- last lines of $log ---" >&2
+  tail -n 30 "$log" >&2 || true
+  exit 1
+}
+
+sudo_cmd=""
+if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+
+apt_packages=(
+  build-essential cmake ninja-build pkg-config unzip
+  libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
+  libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libre2-dev
+  libsentencepiece-dev libspdlog-dev python3-grpcio python3-grpc-tools python3-numpy
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $sudo_cmd apt-get update -qq >>"$log" 2>&1 || fail "apt-get update"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    >>"$log" 2>&1 || fail "apt-get install ${missing[*]}"
+fi
+
+# LibTorch from PyPI's torch wheel: only the headers and the CPU libraries are unpacked.
+# libtorch_cpu.so also needs libcudart/libcupti 13, which the CUDA toolkit in /usr/local/cuda provides.
+libtorch="$deps_dir/libtorch"
+if [ ! -f "$libtorch/.version-$torch_version" ]; then
+  wheel_dir="$deps_dir/wheels"
+  mkdir -p "$wheel_dir"
+  if ! ls "$wheel_dir"/torch-"$torch_version"-*.whl >/dev/null 2>&1; then
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$wheel_dir" "torch==$torch_version" \
+      >>"$log" 2>&1 || fail "pip download torch==$torch_version"
+  fi
+  rm -rf "$libtorch" "$deps_dir/torch-unpack"
+  unzip -q -o "$wheel_dir"/torch-"$torch_version"-*.whl 'torch/include/*' 'torch/lib/libc10.so' \
+    'torch/lib/libtorch_cpu.so' 'torch/lib/libtorch.so' 'torch/lib/libgomp.so.1' -d "$deps_dir/torch-unpack" \
+    >>"$log" 2>&1 || fail "unzip torch wheel"
+  mv "$deps_dir/torch-unpack/torch" "$libtorch"
+  rm -rf "$deps_dir/torch-unpack" "$wheel_dir"
+  touch "$libtorch/.version-$torch_version"
+fi
+
+if [ "${GLMSERVE_PY_REFERENCE:-0}" = 1 ]; then
+  python3 -c "import torch, transformers" >/dev/null 2>&1 || \
+    python3 -m pip install -q "torch==$torch_version" "transformers==5.24.0" safetensors >>"$log" 2>&1 \
+    || fail "pip install torch transformers"
+fi
