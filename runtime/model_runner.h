@@ -1,0 +1,59 @@
+// Loading a GLM checkpoint and running it, behind plain C++ types (no LibTorch in this header).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/generation.h"
+#include "runtime/step_executor.h"
+
+namespace glmserve {
+
+struct LoadOptions {
+  std::string device = "cpu";  // "cpu" or "cuda" / "cuda:N"
+  // Compute dtype: "float32" (CPU default, bit-comparable with transformers' fp32), "bfloat16",
+  // "float16". Empty picks float32 on CPU and bfloat16 on CUDA.
+  std::string dtype;
+};
+
+struct ExecutorOptions {
+  int32_t block_size = 16;  // tokens per KV block
+  // KV pool size: explicit block count when > 0, else this fraction of free device memory
+  // (on CPU: of kv_cpu_budget_bytes).
+  int32_t num_blocks = 0;
+  double kv_memory_fraction = 0.9;
+  int64_t kv_cpu_budget_bytes = int64_t{256} << 20;  // CPU pool size when num_blocks == 0
+};
+
+// Result of `generate` on one prompt (CLI and tests).
+struct GenerationOutput {
+  std::vector<int32_t> output_ids;  // generated ids only
+  std::vector<float> first_logits;  // raw fp32 logits at the first generated position
+  FinishReason finish_reason = FinishReason::kUnspecified;
+};
+
+class ModelRunner {
+ public:
+  // Loads and strictly validates `directory`. On any checkpoint problem returns
+  // FAILED_PRECONDITION whose message is the full report (one problem per line).
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> Load(const std::string& directory,
+                                                           const LoadOptions& options);
+  virtual ~ModelRunner() = default;
+  virtual const ModelInfo& info() const = 0;
+
+  // Single-sequence generation with a contiguous KV cache. `on_token` (optional) sees each new
+  // id; returning false stops generation (reported as kCancelled).
+  virtual absl::StatusOr<GenerationOutput> Generate(
+      const std::vector<int32_t>& input_ids, const GenerationParams& params,
+      const std::function<bool(int32_t)>& on_token = nullptr) = 0;
+
+  // A paged-KV executor over this model for the engine. The runner must outlive it.
+  virtual absl::StatusOr<std::unique_ptr<StepExecutor>> CreateExecutor(
+      const ExecutorOptions& options) = 0;
+};
+
+}  // namespace glmserve
