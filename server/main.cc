@@ -1,0 +1,32 @@
+// glmserve: one binary, one subcommand per job.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "server/cli.h"
+#include "server/serve_command.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: glmserve <command> [flags]\n"
+    "\n"
+    "commands:\n"
+    "  serve     load a model and serve it over gRPC (glmserve serve --help)\n"
+    "  inspect   validate a checkpoint and describe it (glmserve inspect --help)\n"
+    "  generate  run one prompt through a model (glmserve generate --help)\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? glmserve::kExitBadInput : glmserve::kExitOk;
+  }
+  const std::string command = argv[1];
+  if (command == "serve") return glmserve::RunServe(argc - 1, argv + 1);
+  if (command == "inspect") return glmserve::RunInspect(argc - 1, argv + 1);
+  if (command == "generate") return glmserve::RunGenerate(argc - 1, argv + 1);
+  std::fprintf(stderr, "glmserve: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+  return glmserve::kExitBadInput;
+}
