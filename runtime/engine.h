@@ -41,6 +41,21 @@ struct RequestCallbacks {
   std::function<void(const RequestResult& result)> on_done;            // exactly once per accepted request
 };
 
+// A snapshot of the engine's scheduling state, for metrics and logs. Counters are cumulative.
+struct EngineStats {
+  int32_t running = 0;         // sequences holding KV blocks (in the running batch)
+  int32_t waiting = 0;         // accepted, not running (queued, or preempted and waiting to resume)
+  int32_t batch_limit = 0;     // current AIMD limit on running sequences (<= max_batch_size)
+  int32_t max_batch_size = 0;  // the configured ceiling of batch_limit
+  int64_t oom_events = 0;      // steps that failed with RESOURCE_EXHAUSTED (real or injected)
+  int64_t preemptions = 0;     // sequences sent back to waiting (KV pool full or batch shrink)
+  int64_t steps = 0;           // successful steps
+  int64_t finished = 0;        // requests whose on_done has run
+  int32_t blocks_used = 0;     // KV blocks owned by sequences
+  int32_t blocks_free = 0;     // KV blocks in the pool
+  int32_t blocks_total = 0;
+};
+
 class InferenceEngine {
  public:
   virtual ~InferenceEngine() = default;
@@ -58,6 +73,8 @@ class InferenceEngine {
   // Cancels everything still in flight and joins the engine thread.
   virtual void Shutdown() = 0;
   virtual const ModelInfo& model_info() const = 0;
+  // Thread-safe snapshot, refreshed after every engine step.
+  virtual EngineStats stats() const { return EngineStats(); }
 };
 
 }  // namespace glmserve

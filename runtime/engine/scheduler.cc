@@ -1,0 +1,561 @@
+#include "runtime/engine/scheduler.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <stdexcept>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace glmserve {
+namespace engine_internal {
+
+struct Sequence {
+  int64_t id = 0;
+  InferenceRequest request;
+  RequestCallbacks callbacks;
+  std::vector<int32_t> tokens;  // prompt + generated
+  int32_t prompt_len = 0;
+  int32_t num_computed = 0;  // positions whose KV is in block_table
+  std::vector<int32_t> block_table;
+  std::vector<int32_t> stop_ids;
+  Clock::TimePoint submit_time;
+  Clock::TimePoint first_scheduled;
+  Clock::TimePoint first_token;
+  bool admitted_once = false;
+  bool has_first_token = false;
+  bool preempted = false;  // back in waiting after running: resumes ahead of fresh requests
+  uint64_t arrival = 0;
+  int32_t oom_alone_failures = 0;
+
+  int32_t num_generated() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
+  int32_t pending() const { return static_cast<int32_t>(tokens.size()) - num_computed; }
+};
+
+}  // namespace engine_internal
+
+namespace {
+
+double Ms(Clock::Duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+template <typename T>
+void EraseValue(std::vector<T>& v, const T& x) {
+  auto it = std::find(v.begin(), v.end(), x);
+  if (it != v.end()) v.erase(it);
+}
+
+}  // namespace
+
+absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
+  if (o.max_batch_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_batch_size must be >= 1, got ", o.max_batch_size));
+  }
+  if (o.max_tokens_per_step < o.max_batch_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_tokens_per_step must be >= max_batch_size (", o.max_batch_size,
+                     ") so every running sequence can decode each step, got ",
+                     o.max_tokens_per_step));
+  }
+  if (o.max_queue_delay.count() < 0) {
+    return absl::InvalidArgumentError("max_queue_delay must be >= 0");
+  }
+  if (o.priority_aging_interval.count() < 0) {
+    return absl::InvalidArgumentError("priority_aging_interval must be >= 0");
+  }
+  if (o.aimd_increase_after_steps < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "aimd_increase_after_steps must be >= 1, got ", o.aimd_increase_after_steps));
+  }
+  if (o.max_oom_retries_alone < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_oom_retries_alone must be >= 0, got ", o.max_oom_retries_alone));
+  }
+  const FaultInjectionOptions& f = o.faults;
+  if (f.oom_above_sequences < 0 || f.oom_above_tokens < 0 || f.throw_on_step < 0 ||
+      f.step_latency.count() < 0) {
+    return absl::InvalidArgumentError(
+        "faults.oom_above_sequences, faults.oom_above_tokens, faults.throw_on_step and "
+        "faults.step_latency must be >= 0");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRequest(const InferenceRequest& request, const RequestLimits& limits) {
+  const GenerationParams& p = request.params;
+  if (request.input_ids.empty()) {
+    return absl::InvalidArgumentError("input_ids is empty");
+  }
+  if (limits.vocab_size > 0) {
+    for (size_t i = 0; i < request.input_ids.size(); ++i) {
+      const int32_t id = request.input_ids[i];
+      if (id < 0 || id >= limits.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("input_ids[", i, "] = ", id,
+                                                       " is outside the vocabulary [0, ",
+                                                       limits.vocab_size, ")"));
+      }
+    }
+  }
+  if (p.max_new_tokens <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("params.max_new_tokens must be > 0, got ", p.max_new_tokens));
+  }
+  if (p.min_new_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("params.min_new_tokens must be >= 0, got ", p.min_new_tokens));
+  }
+  if (p.sampling.temperature < 0) {
+    return absl::InvalidArgumentError("params.sampling.temperature must be >= 0");
+  }
+  if (!(p.sampling.top_p > 0 && p.sampling.top_p <= 1)) {
+    return absl::InvalidArgumentError("params.sampling.top_p must be in (0, 1]");
+  }
+  if (p.sampling.top_k < 0) {
+    return absl::InvalidArgumentError("params.sampling.top_k must be >= 0");
+  }
+  const int64_t total = static_cast<int64_t>(request.input_ids.size()) + p.max_new_tokens;
+  const int64_t capacity = static_cast<int64_t>(limits.num_blocks) * limits.block_size;
+  if (total > capacity) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "params.max_new_tokens: prompt (", request.input_ids.size(), " tokens) + max_new_tokens (",
+        p.max_new_tokens, ") = ", total, " exceeds the KV cache capacity of ", capacity,
+        " tokens (", limits.num_blocks, " blocks of ", limits.block_size, ")"));
+  }
+  if (limits.max_position_embeddings > 0 && total > limits.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "params.max_new_tokens: prompt (", request.input_ids.size(), " tokens) + max_new_tokens (",
+        p.max_new_tokens, ") = ", total, " exceeds max_position_embeddings (",
+        limits.max_position_embeddings, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(SchedulerOptions options,
+                                                             StepExecutor* executor, Clock* clock,
+                                                             const ModelInfo& model_info,
+                                                             SchedulerHooks hooks) {
+  if (executor == nullptr) return absl::InvalidArgumentError("executor is null");
+  if (clock == nullptr) return absl::InvalidArgumentError("clock is null");
+  absl::Status s = ValidateSchedulerOptions(options);
+  if (!s.ok()) return s;
+  RequestLimits limits;
+  limits.block_size = executor->block_size();
+  limits.num_blocks = executor->num_blocks();
+  limits.max_position_embeddings = model_info.max_position_embeddings;
+  limits.vocab_size = model_info.vocab_size;
+  if (limits.block_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("executor block_size must be >= 1, got ", limits.block_size));
+  }
+  if (limits.num_blocks < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("executor num_blocks must be >= 1, got ", limits.num_blocks));
+  }
+  return std::unique_ptr<Scheduler>(new Scheduler(std::move(options), executor, clock, model_info,
+                                                  std::move(hooks), limits));
+}
+
+Scheduler::Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* clock,
+                     const ModelInfo& model_info, SchedulerHooks hooks, RequestLimits limits)
+    : options_(std::move(options)),
+      executor_(executor),
+      clock_(clock),
+      eos_token_ids_(model_info.eos_token_ids),
+      hooks_(std::move(hooks)),
+      limits_(limits),
+      blocks_(limits.num_blocks, limits.block_size),
+      batch_limit_(options_.max_batch_size) {}
+
+Scheduler::~Scheduler() = default;
+
+void Scheduler::Log(const std::string& line) const {
+  if (options_.log) {
+    options_.log(line);
+  } else {
+    std::fprintf(stderr, "glmserve engine: %s\n", line.c_str());
+  }
+}
+
+absl::Status Scheduler::Add(InferenceRequest request, RequestCallbacks callbacks,
+                            TimePoint submit_time) {
+  absl::Status s = ValidateRequest(request, limits_);
+  if (!s.ok()) return s;
+  auto seq = std::make_unique<Sequence>();
+  seq->id = next_sequence_id_++;
+  seq->tokens = request.input_ids;
+  seq->tokens.reserve(request.input_ids.size() + request.params.max_new_tokens);
+  seq->prompt_len = static_cast<int32_t>(request.input_ids.size());
+  seq->stop_ids = request.params.stop_token_ids.empty() ? eos_token_ids_
+                                                        : request.params.stop_token_ids;
+  seq->submit_time = submit_time;
+  seq->arrival = next_arrival_++;
+  seq->request = std::move(request);
+  seq->callbacks = std::move(callbacks);
+  Sequence* raw = seq.get();
+  if (!raw->request.request_id.empty()) by_request_id_[raw->request.request_id] = raw;
+  waiting_.push_back(raw);
+  sequences_.emplace(raw->id, std::move(seq));
+  return absl::OkStatus();
+}
+
+void Scheduler::Cancel(const std::string& request_id) {
+  auto it = by_request_id_.find(request_id);
+  if (it == by_request_id_.end()) return;
+  Finish(it->second, absl::CancelledError(absl::StrCat("request ", request_id, " cancelled")),
+         FinishReason::kCancelled);
+}
+
+void Scheduler::CancelAll(const absl::Status& status) {
+  // Newest first so nothing is preempted or re-admitted while we go.
+  while (!running_.empty()) Finish(running_.back(), status, FinishReason::kCancelled);
+  while (!waiting_.empty()) Finish(waiting_.back(), status, FinishReason::kCancelled);
+}
+
+bool Scheduler::HasWork() const { return !running_.empty() || !waiting_.empty(); }
+
+bool Scheduler::HeldByQueueDelay(TimePoint now) const {
+  if (options_.max_queue_delay.count() == 0 || !running_.empty() || waiting_.empty()) return false;
+  if (static_cast<int32_t>(waiting_.size()) >= std::min(batch_limit_, options_.max_batch_size)) {
+    return false;
+  }
+  TimePoint oldest = TimePoint::max();
+  for (const Sequence* s : waiting_) {
+    if (s->preempted) return false;  // resuming work is never held
+    oldest = std::min(oldest, s->submit_time);
+  }
+  return now < oldest + options_.max_queue_delay;
+}
+
+bool Scheduler::ReadyToStep(TimePoint now) const {
+  if (!running_.empty()) return true;
+  if (waiting_.empty()) return false;
+  if (!HeldByQueueDelay(now)) return true;
+  for (const Sequence* s : waiting_) {
+    if (now >= s->request.deadline) return true;  // needs reaping
+  }
+  return false;
+}
+
+Scheduler::TimePoint Scheduler::NextWakeTime(TimePoint now) const {
+  if (ReadyToStep(now)) return now;
+  TimePoint next = TimePoint::max();
+  if (HeldByQueueDelay(now)) {
+    for (const Sequence* s : waiting_) {
+      next = std::min(next, s->submit_time + options_.max_queue_delay);
+      next = std::min(next, s->request.deadline);
+    }
+  }
+  return next;
+}
+
+EngineStats Scheduler::stats() const {
+  EngineStats st;
+  st.running = static_cast<int32_t>(running_.size());
+  st.waiting = static_cast<int32_t>(waiting_.size());
+  st.batch_limit = batch_limit_;
+  st.max_batch_size = options_.max_batch_size;
+  st.oom_events = oom_events_;
+  st.preemptions = preemptions_;
+  st.steps = steps_;
+  st.finished = finished_;
+  st.blocks_used = blocks_.num_used();
+  st.blocks_free = blocks_.num_free();
+  st.blocks_total = blocks_.num_blocks();
+  return st;
+}
+
+void Scheduler::Finish(Sequence* seq, absl::Status status, FinishReason reason) {
+  const TimePoint now = clock_->Now();
+  blocks_.Release(seq->block_table);
+  EraseValue(running_, seq);
+  EraseValue(waiting_, seq);
+
+  RequestResult result;
+  result.status = std::move(status);
+  result.finish_reason = reason;
+  result.output_ids.assign(seq->tokens.begin() + seq->prompt_len, seq->tokens.end());
+  result.prompt_tokens = seq->prompt_len;
+  result.total_ms = Ms(now - seq->submit_time);
+  result.queue_ms = seq->admitted_once ? Ms(seq->first_scheduled - seq->submit_time) : result.total_ms;
+  result.ttft_ms = seq->has_first_token ? Ms(seq->first_token - seq->submit_time) : 0.0;
+
+  const std::string request_id = seq->request.request_id;
+  const bool was_admitted = seq->admitted_once;
+  auto it = by_request_id_.find(request_id);
+  if (it != by_request_id_.end() && it->second == seq) by_request_id_.erase(it);
+  // Take the callbacks out before erasing the sequence; call after, so a callback that
+  // re-enters (it must not) sees consistent state.
+  RequestCallbacks callbacks = std::move(seq->callbacks);
+  sequences_.erase(seq->id);
+  ++finished_;
+  if (callbacks.on_done) {
+    try {
+      callbacks.on_done(result);
+    } catch (const std::exception& e) {
+      Log(absl::StrCat("on_done of request ", request_id, " threw: ", e.what()));
+    } catch (...) {
+      Log(absl::StrCat("on_done of request ", request_id, " threw"));
+    }
+  }
+  if (hooks_.on_request_finished) hooks_.on_request_finished(request_id, result, was_admitted);
+}
+
+void Scheduler::ExpireAndReap(TimePoint now) {
+  std::vector<Sequence*> expired;
+  for (Sequence* s : running_) {
+    if (now >= s->request.deadline) expired.push_back(s);
+  }
+  for (Sequence* s : waiting_) {
+    if (now >= s->request.deadline) expired.push_back(s);
+  }
+  for (Sequence* s : expired) {
+    Finish(s,
+           absl::DeadlineExceededError(absl::StrCat(
+               "request ", s->request.request_id, " passed its deadline after ",
+               s->num_generated(), " of ", s->request.params.max_new_tokens, " new tokens")),
+           FinishReason::kDeadline);
+  }
+}
+
+void Scheduler::Preempt(Sequence* seq) {
+  blocks_.Release(seq->block_table);
+  seq->num_computed = 0;  // recomputed from position 0 over prompt + generated so far
+  seq->preempted = true;
+  EraseValue(running_, seq);
+  waiting_.push_back(seq);
+  ++preemptions_;
+}
+
+void Scheduler::SetBatchLimit(int32_t limit, const char* why) {
+  limit = std::max(1, std::min(limit, options_.max_batch_size));
+  if (limit == batch_limit_) return;
+  const int32_t old = batch_limit_;
+  batch_limit_ = limit;
+  Log(absl::StrCat("batch limit ", old, " -> ", limit, " (", why, "); running ", running_.size(),
+                   ", waiting ", waiting_.size(), ", oom events ", oom_events_));
+  if (hooks_.on_batch_limit_change) hooks_.on_batch_limit_change(old, limit);
+}
+
+engine_internal::Sequence* Scheduler::PopBestWaiting(TimePoint now, bool pop) {
+  if (waiting_.empty()) return nullptr;
+  const int64_t aging_ms = options_.priority_aging_interval.count();
+  auto effective = [&](const Sequence* s) -> int64_t {
+    int64_t p = s->request.priority;
+    if (aging_ms > 0 && now > s->submit_time) {
+      p += std::chrono::duration_cast<std::chrono::milliseconds>(now - s->submit_time).count() /
+           aging_ms;
+    }
+    return p;
+  };
+  size_t best = 0;
+  int64_t best_p = effective(waiting_[0]);
+  for (size_t i = 1; i < waiting_.size(); ++i) {
+    const Sequence* a = waiting_[i];
+    const Sequence* b = waiting_[best];
+    const int64_t pa = effective(a);
+    bool better;
+    if (a->preempted != b->preempted) {
+      better = a->preempted;
+    } else if (pa != best_p) {
+      better = pa > best_p;
+    } else {
+      better = a->arrival < b->arrival;
+    }
+    if (better) {
+      best = i;
+      best_p = pa;
+    }
+  }
+  Sequence* s = waiting_[best];
+  if (pop) waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(best));
+  return s;
+}
+
+Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
+  PlannedStep plan;
+  int32_t budget = options_.max_tokens_per_step;
+  bool preempted_now = false;
+
+  auto add_step = [&](Sequence* s, int32_t chunk) {
+    SequenceStep st;
+    st.sequence_id = s->id;
+    st.tokens.assign(s->tokens.begin() + s->num_computed,
+                     s->tokens.begin() + s->num_computed + chunk);
+    st.start_position = s->num_computed;
+    st.block_table = s->block_table;
+    st.sample = s->num_computed + chunk == static_cast<int32_t>(s->tokens.size());
+    st.num_generated = s->num_generated();
+    st.params = &s->request.params;
+    st.history = &s->tokens;
+    plan.steps.push_back(std::move(st));
+    plan.sequences.push_back(s);
+    budget -= chunk;
+  };
+
+  // 1. Running sequences, oldest first. Decodes cost 1 token; prefills take what is left.
+  //    A sequence that needs a new block when the pool is empty preempts the newest running one
+  //    (possibly itself).
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence* s = running_[i];
+    const int32_t chunk = std::min(s->pending(), budget);
+    bool self_preempted = false;
+    while (!blocks_.EnsureCapacity(s->block_table, s->num_computed + chunk)) {
+      Sequence* victim = running_.back();
+      Preempt(victim);
+      preempted_now = true;
+      if (victim == s) {
+        self_preempted = true;
+        break;
+      }
+    }
+    if (self_preempted) break;  // s was the newest: nothing after it
+    add_step(s, chunk);
+    ++i;
+  }
+
+  // 2. Admit waiting requests (best first, head-of-line) while the limit, budget and pool allow.
+  //    Never in a step that preempted: that would thrash the pool.
+  if (!preempted_now && !HeldByQueueDelay(now)) {
+    const int32_t limit = std::min(batch_limit_, options_.max_batch_size);
+    while (budget > 0 && static_cast<int32_t>(running_.size()) < limit) {
+      Sequence* s = PopBestWaiting(now, /*pop=*/false);
+      if (s == nullptr) break;
+      // Blocks for all of its tokens up front, so its prefill chunks never need preemption.
+      if (!blocks_.EnsureCapacity(s->block_table, static_cast<int64_t>(s->tokens.size()))) break;
+      PopBestWaiting(now, /*pop=*/true);
+      running_.push_back(s);
+      if (!s->admitted_once) {
+        s->admitted_once = true;
+        s->first_scheduled = now;
+        if (hooks_.on_first_admit) hooks_.on_first_admit(s->request.request_id);
+      }
+      s->preempted = false;
+      add_step(s, std::min(s->pending(), budget));
+    }
+  }
+  return plan;
+}
+
+absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
+  ++step_attempts_;
+  const FaultInjectionOptions& f = options_.faults;
+  if (f.step_latency.count() > 0) clock_->SleepFor(f.step_latency);
+  const int32_t num_seqs = static_cast<int32_t>(plan.steps.size());
+  int64_t num_tokens = 0;
+  for (const SequenceStep& st : plan.steps) num_tokens += static_cast<int64_t>(st.tokens.size());
+  if (f.oom_above_sequences > 0 && num_seqs > f.oom_above_sequences) {
+    return absl::ResourceExhaustedError(absl::StrCat("injected OOM: batch of ", num_seqs,
+                                                     " sequences > faults.oom_above_sequences=",
+                                                     f.oom_above_sequences));
+  }
+  if (f.oom_above_tokens > 0 && num_tokens > f.oom_above_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat("injected OOM: step of ", num_tokens,
+                                                     " tokens > faults.oom_above_tokens=",
+                                                     f.oom_above_tokens));
+  }
+  // The engine edge: no exception crosses into the scheduler.
+  try {
+    if (f.throw_on_step > 0 && step_attempts_ == f.throw_on_step) {
+      throw std::runtime_error(absl::StrCat("injected exception on step ", step_attempts_));
+    }
+    return executor_->Step(plan.steps);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("executor threw: ", e.what()));
+  } catch (...) {
+    return absl::InternalError("executor threw a non-standard exception");
+  }
+}
+
+void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePoint now) {
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    Sequence* s = plan.sequences[i];
+    const SequenceStep& st = plan.steps[i];
+    s->num_computed += static_cast<int32_t>(st.tokens.size());
+    s->oom_alone_failures = 0;
+    if (!st.sample) continue;
+    const int32_t id = result.next_tokens[i];
+    if (id < 0 || (limits_.vocab_size > 0 && id >= limits_.vocab_size)) {
+      Finish(s,
+             absl::InternalError(absl::StrCat("executor returned token id ", id,
+                                              " for request ", s->request.request_id)),
+             FinishReason::kError);
+      continue;
+    }
+    s->tokens.push_back(id);
+    if (!s->has_first_token) {
+      s->has_first_token = true;
+      s->first_token = now;
+    }
+    if (s->callbacks.on_tokens) {
+      try {
+        s->callbacks.on_tokens(std::vector<int32_t>{id});
+      } catch (...) {
+        Log(absl::StrCat("on_tokens of request ", s->request.request_id, " threw"));
+      }
+    }
+    if (std::find(s->stop_ids.begin(), s->stop_ids.end(), id) != s->stop_ids.end()) {
+      Finish(s, absl::OkStatus(), FinishReason::kStop);
+    } else if (s->num_generated() >= s->request.params.max_new_tokens) {
+      Finish(s, absl::OkStatus(), FinishReason::kLength);
+    }
+  }
+}
+
+void Scheduler::HandleOom(const PlannedStep& plan, const absl::Status& status) {
+  ++oom_events_;
+  consecutive_ok_steps_ = 0;
+  const int32_t n = static_cast<int32_t>(plan.steps.size());
+  if (n == 1) {
+    Sequence* s = plan.sequences[0];
+    SetBatchLimit(1, "out of memory with one sequence");
+    while (static_cast<int32_t>(running_.size()) > batch_limit_) Preempt(running_.back());
+    if (++s->oom_alone_failures > options_.max_oom_retries_alone) {
+      const SequenceStep& st = plan.steps[0];
+      const std::string msg = absl::StrCat(
+          "out of memory running request ", s->request.request_id, " alone (batch 1, ",
+          st.tokens.size(), " tokens at position ", st.start_position, ", sequence length ",
+          s->tokens.size(), ", ", s->block_table.size(), " KV blocks of ", limits_.block_size,
+          ") after ", s->oom_alone_failures, " attempts: ", status.message());
+      Log(msg);
+      Finish(s, absl::ResourceExhaustedError(msg), FinishReason::kError);
+    }
+    return;
+  }
+  SetBatchLimit(std::max(1, std::min(batch_limit_, n) / 2), "out of memory");
+  while (static_cast<int32_t>(running_.size()) > batch_limit_) Preempt(running_.back());
+}
+
+Scheduler::StepOutcome Scheduler::RunOnce() {
+  const TimePoint now = clock_->Now();
+  ExpireAndReap(now);
+  PlannedStep plan = Plan(now);
+  if (plan.steps.empty()) return StepOutcome::kIdle;
+  absl::StatusOr<StepResult> result = Execute(plan);
+  if (result.ok() && result->next_tokens.size() != plan.steps.size()) {
+    result = absl::InternalError(absl::StrCat("executor returned ", result->next_tokens.size(),
+                                              " tokens for a batch of ", plan.steps.size()));
+  }
+  if (!result.ok()) {
+    if (absl::IsResourceExhausted(result.status())) {
+      HandleOom(plan, result.status());
+      return StepOutcome::kOom;
+    }
+    for (Sequence* s : plan.sequences) {
+      Finish(s, result.status(), FinishReason::kError);
+    }
+    return StepOutcome::kFailed;
+  }
+  Commit(plan, *result, clock_->Now());
+  ++steps_;
+  if (++consecutive_ok_steps_ >= options_.aimd_increase_after_steps) {
+    consecutive_ok_steps_ = 0;
+    if (batch_limit_ < options_.max_batch_size) {
+      SetBatchLimit(batch_limit_ + 1, "additive increase after clean steps");
+    }
+  }
+  return StepOutcome::kStepped;
+}
+
+}  // namespace glmserve

@@ -1,0 +1,182 @@
+// The LibTorch-free scheduler: continuous batching over an injected StepExecutor, paged-KV
+// block accounting, preemption with recompute, and AIMD batch shrinking on out-of-memory.
+// Single-threaded: the engine thread owns it (tests drive it directly with a fake clock).
+// The contract is in runtime/engine/README.md.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/engine.h"
+#include "runtime/engine/block_manager.h"
+#include "runtime/engine/clock.h"
+#include "runtime/generation.h"
+#include "runtime/step_executor.h"
+
+namespace glmserve {
+
+// Test hooks that make steps fail on purpose. All off by default; production never sets them.
+struct FaultInjectionOptions {
+  // A step whose batch has more than this many sequences fails with RESOURCE_EXHAUSTED without
+  // reaching the executor, as a real out-of-memory would. 0 = off.
+  int32_t oom_above_sequences = 0;
+  // A step that feeds more than this many tokens fails with RESOURCE_EXHAUSTED. 0 = off.
+  int32_t oom_above_tokens = 0;
+  // The K-th step attempt (1-based, OOM retries included) throws std::runtime_error where the
+  // executor is called; the engine edge turns it into INTERNAL for that step's requests. 0 = off.
+  int64_t throw_on_step = 0;
+  // Added to every step attempt through Clock::SleepFor (a real sleep, or advancing a fake
+  // clock). 0 = off.
+  std::chrono::microseconds step_latency{0};
+};
+
+struct SchedulerOptions {
+  // Most sequences running at once (holding KV blocks, decoding or prefilling). The AIMD batch
+  // limit starts here and never exceeds it. Must be >= 1.
+  int32_t max_batch_size = 64;
+  // Token budget of one step. Every running sequence in decode takes 1 token (oldest first),
+  // then sequences still prefilling and newly admitted ones take prefill chunks from what is
+  // left, so a long prompt is split across steps (chunked prefill) instead of stalling decodes.
+  // Must be >= max_batch_size so every running sequence can decode in every step.
+  int32_t max_tokens_per_step = 2048;
+  // Batching window: while nothing is running, waiting requests are held until the oldest has
+  // waited this long or max_batch_size requests are waiting, so the first batch starts fuller.
+  // Once anything runs, arrivals join at the next step boundary regardless. 0 = never hold.
+  // Must be >= 0.
+  std::chrono::microseconds max_queue_delay{0};
+  // Waiting requests are admitted by priority (higher first), then arrival. A waiting request's
+  // effective priority grows by 1 per interval waited, so low priorities cannot starve.
+  // 0 = no aging (strict priority). Within one effective priority admission is FIFO and
+  // head-of-line: when the best request does not fit in the free KV blocks, nothing behind it
+  // is admitted either, so long prompts are never overtaken forever. Must be >= 0.
+  std::chrono::milliseconds priority_aging_interval{1000};
+  // AIMD: after this many consecutive successful steps the batch limit grows by 1 (up to
+  // max_batch_size). An out-of-memory step halves it. Must be >= 1.
+  int32_t aimd_increase_after_steps = 32;
+  // A sequence whose step runs out of memory while it is alone in the batch is retried this
+  // many more times; then only it fails with RESOURCE_EXHAUSTED. Must be >= 0.
+  int32_t max_oom_retries_alone = 2;
+  FaultInjectionOptions faults;
+  // Receives log lines (batch-limit changes, alone-OOM failures). Null = stderr.
+  std::function<void(const std::string&)> log;
+};
+
+// Called on the scheduler's thread, for the engine's bookkeeping. All optional.
+struct SchedulerHooks {
+  // First time a request is admitted into the running batch (not on resume after preemption).
+  std::function<void(const std::string& request_id)> on_first_admit;
+  // After a request's on_done returned. `was_admitted`: it ever ran.
+  std::function<void(const std::string& request_id, const RequestResult& result, bool was_admitted)>
+      on_request_finished;
+  // The AIMD batch limit changed.
+  std::function<void(int32_t old_limit, int32_t new_limit)> on_batch_limit_change;
+};
+
+// What Submit checks before accepting: derived from the executor and the model.
+struct RequestLimits {
+  int32_t block_size = 0;
+  int32_t num_blocks = 0;
+  int32_t max_position_embeddings = 0;  // 0 = unknown, unchecked
+  int32_t vocab_size = 0;               // 0 = unknown, unchecked
+};
+
+// INVALID_ARGUMENT naming the field when the request can never run.
+absl::Status ValidateRequest(const InferenceRequest& request, const RequestLimits& limits);
+absl::Status ValidateSchedulerOptions(const SchedulerOptions& options);
+
+namespace engine_internal {
+struct Sequence;
+}  // namespace engine_internal
+
+class Scheduler {
+ public:
+  using TimePoint = Clock::TimePoint;
+
+  // `executor` and `clock` must outlive the scheduler. INVALID_ARGUMENT on a bad option.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(SchedulerOptions options,
+                                                           StepExecutor* executor, Clock* clock,
+                                                           const ModelInfo& model_info,
+                                                           SchedulerHooks hooks = {});
+  ~Scheduler();
+
+  // Validates and queues. On OK the scheduler owns the request and on_done runs exactly once.
+  absl::Status Add(InferenceRequest request, RequestCallbacks callbacks, TimePoint submit_time);
+  // Finishes a waiting or running request now with CANCELLED (no step is in flight between
+  // calls). Unknown ids are ignored.
+  void Cancel(const std::string& request_id);
+  // Finishes everything with `status` (CANCELLED on shutdown).
+  void CancelAll(const absl::Status& status);
+
+  enum class StepOutcome {
+    kIdle,     // nothing to run (or held by max_queue_delay)
+    kStepped,  // a step ran and was committed
+    kOom,      // the step ran out of memory; the limit shrank; the next call retries
+    kFailed,   // the step failed otherwise; its requests finished with the error
+  };
+  // One step boundary: expire deadlines, plan (admit, preempt), execute, commit, call back.
+  StepOutcome RunOnce();
+
+  bool HasWork() const;                   // anything waiting or running
+  bool ReadyToStep(TimePoint now) const;  // RunOnce would run a step now
+  // When an idle scheduler must look again (queue-delay end, earliest waiting deadline);
+  // TimePoint::max() when only new input can change anything.
+  TimePoint NextWakeTime(TimePoint now) const;
+
+  EngineStats stats() const;
+  int32_t batch_limit() const { return batch_limit_; }
+  const RequestLimits& limits() const { return limits_; }
+
+ private:
+  using Sequence = engine_internal::Sequence;
+  struct PlannedStep {
+    std::vector<SequenceStep> steps;
+    std::vector<Sequence*> sequences;  // parallel to steps
+  };
+
+  Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* clock,
+            const ModelInfo& model_info, SchedulerHooks hooks, RequestLimits limits);
+
+  void ExpireAndReap(TimePoint now);
+  bool HeldByQueueDelay(TimePoint now) const;
+  PlannedStep Plan(TimePoint now);
+  Sequence* PopBestWaiting(TimePoint now, bool pop);
+  absl::StatusOr<StepResult> Execute(const PlannedStep& plan);
+  void Commit(const PlannedStep& plan, const StepResult& result, TimePoint now);
+  void HandleOom(const PlannedStep& plan, const absl::Status& status);
+  void SetBatchLimit(int32_t limit, const char* why);
+  void Preempt(Sequence* seq);
+  void Finish(Sequence* seq, absl::Status status, FinishReason reason);
+  void Log(const std::string& line) const;
+
+  SchedulerOptions options_;
+  StepExecutor* executor_;
+  Clock* clock_;
+  std::vector<int32_t> eos_token_ids_;
+  SchedulerHooks hooks_;
+  RequestLimits limits_;
+  BlockManager blocks_;
+
+  std::unordered_map<int64_t, std::unique_ptr<Sequence>> sequences_;
+  std::unordered_map<std::string, Sequence*> by_request_id_;
+  std::vector<Sequence*> running_;  // admission order: oldest first
+  std::vector<Sequence*> waiting_;  // unordered; ranked on admission
+  int64_t next_sequence_id_ = 1;
+  uint64_t next_arrival_ = 0;
+
+  int32_t batch_limit_;
+  int32_t consecutive_ok_steps_ = 0;
+  int64_t step_attempts_ = 0;
+  int64_t steps_ = 0;
+  int64_t oom_events_ = 0;
+  int64_t preemptions_ = 0;
+  int64_t finished_ = 0;
+};
+
+}  // namespace glmserve

@@ -1,0 +1,223 @@
+// A deterministic StepExecutor for engine tests. It keeps a simulated paged KV cache (one
+// (sequence, token) record per slot), so it can check what a real paged-attention executor
+// relies on: every position written lies inside the block table given, no block is shared by
+// two sequences of a batch, and the KV of positions [0, start_position) read back is exactly
+// the sequence's history. The next token is computed from that read-back KV:
+//   next = (sum of history * 31 + length) % vocab
+// with stop ids masked (bumped to the next non-stop id) while num_generated < min_new_tokens.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "runtime/engine/clock.h"
+#include "runtime/step_executor.h"
+
+namespace glmserve::testing {
+
+class FakeExecutor : public StepExecutor {
+ public:
+  FakeExecutor(int32_t block_size, int32_t num_blocks, int32_t vocab,
+               std::vector<int32_t> eos_ids = {})
+      : block_size_(block_size),
+        num_blocks_(num_blocks),
+        vocab_(vocab),
+        eos_ids_(std::move(eos_ids)),
+        kv_(static_cast<size_t>(block_size) * num_blocks, Slot{-1, -1}) {}
+
+  int32_t block_size() const override { return block_size_; }
+  int32_t num_blocks() const override { return num_blocks_; }
+
+  // Each Step advances this clock by `d` (deadline tests), if set.
+  void AdvanceClockPerStep(FakeClock* clock, std::chrono::milliseconds d) {
+    clock_ = clock;
+    step_time_ = d;
+  }
+  // Steps with more than `n` sequences return RESOURCE_EXHAUSTED (0 = never).
+  void set_oom_above_sequences(int32_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    oom_above_sequences_ = n;
+  }
+  // Every step returns RESOURCE_EXHAUSTED while set.
+  void set_always_oom(bool v) {
+    std::lock_guard<std::mutex> lock(mu_);
+    always_oom_ = v;
+  }
+  // While closed, Step blocks (up to 30 s, a safety net) until Open().
+  void CloseGate() {
+    std::lock_guard<std::mutex> lock(mu_);
+    gate_open_ = false;
+  }
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      gate_open_ = true;
+    }
+    cv_.notify_all();
+  }
+  // Waits until some Step is blocked at the closed gate.
+  bool WaitBlockedAtGate(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [this] { return blocked_at_gate_; });
+  }
+
+  std::vector<std::string> errors() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return errors_;
+  }
+  std::vector<std::vector<SequenceStep>> batches() const {  // copies of every batch seen
+    std::lock_guard<std::mutex> lock(mu_);
+    return batches_;
+  }
+  int64_t num_steps() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int64_t>(batches_.size());
+  }
+  int32_t max_batch_seen() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_batch_seen_;
+  }
+
+  // The ids a request produces alone: the same formula without the KV bookkeeping.
+  std::vector<int32_t> Reference(std::vector<int32_t> history, int32_t max_new, int32_t min_new,
+                                 const std::vector<int32_t>& stop_ids) const {
+    const std::vector<int32_t>& stops = stop_ids.empty() ? eos_ids_ : stop_ids;
+    std::vector<int32_t> out;
+    while (static_cast<int32_t>(out.size()) < max_new) {
+      int64_t sum = 0;
+      for (int32_t t : history) sum += t;
+      const int32_t id = Next(sum, static_cast<int64_t>(history.size()),
+                              static_cast<int32_t>(out.size()), min_new, stops);
+      out.push_back(id);
+      history.push_back(id);
+      if (std::find(stops.begin(), stops.end(), id) != stops.end()) break;
+    }
+    return out;
+  }
+
+  absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!gate_open_) {
+      blocked_at_gate_ = true;
+      cv_.notify_all();
+      cv_.wait_for(lock, std::chrono::seconds(30), [this] { return gate_open_; });
+      blocked_at_gate_ = false;
+    }
+    if (clock_ != nullptr) clock_->Advance(step_time_);  // no listener locks our mu_
+    batches_.push_back(batch);
+    max_batch_seen_ = std::max<int32_t>(max_batch_seen_, static_cast<int32_t>(batch.size()));
+    if (always_oom_ ||
+        (oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > oom_above_sequences_)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("fake OOM with ", batch.size(), " sequences"));
+    }
+    // No block shared by two sequences of the batch.
+    std::set<int32_t> seen_blocks;
+    for (const SequenceStep& st : batch) {
+      for (int32_t b : st.block_table) {
+        if (b < 0 || b >= num_blocks_) Error(absl::StrCat("seq ", st.sequence_id, ": bad block ", b));
+        if (!seen_blocks.insert(b).second) {
+          Error(absl::StrCat("block ", b, " shared within a batch (seq ", st.sequence_id, ")"));
+        }
+      }
+    }
+    StepResult result;
+    for (const SequenceStep& st : batch) {
+      const int64_t end = st.start_position + static_cast<int64_t>(st.tokens.size());
+      if (st.tokens.empty()) Error(absl::StrCat("seq ", st.sequence_id, ": empty step"));
+      if (end > static_cast<int64_t>(st.block_table.size()) * block_size_) {
+        Error(absl::StrCat("seq ", st.sequence_id, ": position ", end - 1,
+                           " outside its ", st.block_table.size(), " blocks"));
+        result.next_tokens.push_back(-1);
+        continue;
+      }
+      if (st.params == nullptr || st.history == nullptr) {
+        Error(absl::StrCat("seq ", st.sequence_id, ": params/history null"));
+      }
+      // Read back positions [0, start) from the paged KV and check them against history.
+      int64_t sum = 0;
+      for (int32_t pos = 0; pos < st.start_position; ++pos) {
+        const Slot& slot = kv_[SlotIndex(st.block_table, pos)];
+        if (slot.sequence_id != st.sequence_id ||
+            (st.history != nullptr && slot.token != (*st.history)[pos])) {
+          Error(absl::StrCat("seq ", st.sequence_id, ": KV at position ", pos,
+                             " holds (seq ", slot.sequence_id, ", token ", slot.token, ")"));
+        }
+        sum += slot.token;
+      }
+      for (size_t i = 0; i < st.tokens.size(); ++i) {
+        const int32_t pos = st.start_position + static_cast<int32_t>(i);
+        if (st.history != nullptr && (*st.history)[pos] != st.tokens[i]) {
+          Error(absl::StrCat("seq ", st.sequence_id, ": fed token differs from history"));
+        }
+        kv_[SlotIndex(st.block_table, pos)] = Slot{st.sequence_id, st.tokens[i]};
+        sum += st.tokens[i];
+      }
+      if (!st.sample) {
+        result.next_tokens.push_back(-1);
+        continue;
+      }
+      if (st.history != nullptr && end != static_cast<int64_t>(st.history->size())) {
+        Error(absl::StrCat("seq ", st.sequence_id, ": sample=true but history has ",
+                           st.history->size(), " tokens, fed up to ", end));
+      }
+      const GenerationParams& p = *st.params;
+      const std::vector<int32_t>& stops = p.stop_token_ids.empty() ? eos_ids_ : p.stop_token_ids;
+      result.next_tokens.push_back(Next(sum, end, st.num_generated, p.min_new_tokens, stops));
+    }
+    return result;
+  }
+
+ private:
+  struct Slot {
+    int64_t sequence_id;
+    int32_t token;
+  };
+
+  size_t SlotIndex(const std::vector<int32_t>& table, int32_t pos) const {
+    return static_cast<size_t>(table[pos / block_size_]) * block_size_ + pos % block_size_;
+  }
+
+  int32_t Next(int64_t sum, int64_t len, int32_t num_generated, int32_t min_new,
+               const std::vector<int32_t>& stops) const {
+    int32_t id = static_cast<int32_t>((sum * 31 + len) % vocab_);
+    if (num_generated < min_new) {
+      while (std::find(stops.begin(), stops.end(), id) != stops.end()) id = (id + 1) % vocab_;
+    }
+    return id;
+  }
+
+  void Error(std::string e) {
+    if (errors_.size() < 50) errors_.push_back(std::move(e));
+  }
+
+  const int32_t block_size_;
+  const int32_t num_blocks_;
+  const int32_t vocab_;
+  const std::vector<int32_t> eos_ids_;
+  FakeClock* clock_ = nullptr;
+  std::chrono::milliseconds step_time_{0};
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Slot> kv_;
+  std::vector<std::string> errors_;
+  std::vector<std::vector<SequenceStep>> batches_;
+  int32_t max_batch_seen_ = 0;
+  int32_t oom_above_sequences_ = 0;
+  bool always_oom_ = false;
+  bool gate_open_ = true;
+  bool blocked_at_gate_ = false;
+};
+
+}  // namespace glmserve::testing

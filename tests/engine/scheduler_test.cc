@@ -1,0 +1,463 @@
+// Scheduler tests: single-threaded, driven step by step with a fake clock and FakeExecutor.
+#include "runtime/engine/scheduler.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/engine/fake_executor.h"
+#include "tests/engine/test_util.h"
+
+namespace glmserve {
+namespace {
+
+using testing::FakeExecutor;
+using testing::MakePrompt;
+using testing::MakeRequest;
+using testing::TestModelInfo;
+using Outcome = Scheduler::StepOutcome;
+
+struct Harness {
+  Harness(SchedulerOptions options, int32_t block_size, int32_t num_blocks,
+          std::vector<int32_t> eos = {})
+      : executor(block_size, num_blocks, 1000, eos) {
+    options.log = [this](const std::string& line) { log.push_back(line); };
+    SchedulerHooks hooks;
+    hooks.on_first_admit = [this](const std::string& id) { admit_order.push_back(id); };
+    hooks.on_batch_limit_change = [this](int32_t, int32_t n) { limits.push_back(n); };
+    ModelInfo info = TestModelInfo();
+    info.eos_token_ids = eos;
+    auto s = Scheduler::Create(options, &executor, &clock, info, hooks);
+    EXPECT_TRUE(s.ok()) << s.status();
+    scheduler = std::move(s).value();
+  }
+
+  void Add(InferenceRequest r) {
+    const std::string id = r.request_id;
+    references[id] = executor.Reference(r.input_ids, r.params.max_new_tokens,
+                                        r.params.min_new_tokens, r.params.stop_token_ids);
+    RequestCallbacks cb;
+    cb.on_tokens = [this, id](const std::vector<int32_t>& ids) {
+      streamed[id].insert(streamed[id].end(), ids.begin(), ids.end());
+    };
+    cb.on_done = [this, id](const RequestResult& r) {
+      ++done_count[id];
+      results[id] = r;
+    };
+    ASSERT_TRUE(scheduler->Add(std::move(r), std::move(cb), clock.Now()).ok());
+  }
+
+  // Runs steps until nothing is left; bounded.
+  void RunUntilIdle(int max_steps = 100000) {
+    for (int i = 0; i < max_steps && scheduler->HasWork(); ++i) scheduler->RunOnce();
+    ASSERT_FALSE(scheduler->HasWork()) << "did not finish in " << max_steps << " steps";
+  }
+
+  // Every request finished once, streamed what it returned, and (if OK) matches running alone.
+  void ExpectAllMatchReference() {
+    for (const auto& [id, ref] : references) {
+      ASSERT_EQ(done_count[id], 1) << id;
+      const RequestResult& r = results[id];
+      EXPECT_TRUE(r.status.ok()) << id << ": " << r.status;
+      EXPECT_EQ(r.output_ids, ref) << id;
+      EXPECT_EQ(streamed[id], r.output_ids) << id;
+    }
+    EXPECT_TRUE(executor.errors().empty()) << executor.errors()[0];
+    EXPECT_EQ(scheduler->stats().blocks_used, 0);
+  }
+
+  FakeClock clock;
+  FakeExecutor executor;
+  std::unique_ptr<Scheduler> scheduler;
+  std::map<std::string, std::vector<int32_t>> references;
+  std::map<std::string, std::vector<int32_t>> streamed;
+  std::map<std::string, RequestResult> results;
+  std::map<std::string, int> done_count;
+  std::vector<std::string> admit_order;
+  std::vector<int32_t> limits;
+  std::vector<std::string> log;
+};
+
+std::vector<size_t> ChunkSizes(const std::vector<SequenceStep>& batch) {
+  std::vector<size_t> sizes;
+  for (const SequenceStep& st : batch) sizes.push_back(st.tokens.size());
+  return sizes;
+}
+
+TEST(SchedulerOptionsTest, BadOptionsNameTheField) {
+  FakeClock clock;
+  FakeExecutor executor(4, 16, 1000);
+  auto expect_bad = [&](SchedulerOptions o, const std::string& field) {
+    auto s = Scheduler::Create(o, &executor, &clock, TestModelInfo());
+    ASSERT_FALSE(s.ok()) << field;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.status().message().find(field), std::string::npos) << s.status();
+  };
+  SchedulerOptions o;
+  o.max_batch_size = 0;
+  expect_bad(o, "max_batch_size");
+  o = SchedulerOptions();
+  o.max_tokens_per_step = 8;
+  o.max_batch_size = 16;
+  expect_bad(o, "max_tokens_per_step");
+  o = SchedulerOptions();
+  o.aimd_increase_after_steps = 0;
+  expect_bad(o, "aimd_increase_after_steps");
+  o = SchedulerOptions();
+  o.max_oom_retries_alone = -1;
+  expect_bad(o, "max_oom_retries_alone");
+  o = SchedulerOptions();
+  o.max_queue_delay = std::chrono::microseconds(-1);
+  expect_bad(o, "max_queue_delay");
+  EXPECT_TRUE(Scheduler::Create(SchedulerOptions(), &executor, &clock, TestModelInfo()).ok());
+}
+
+TEST(SchedulerTest, RequestValidationNamesTheField) {
+  RequestLimits limits{/*block_size=*/4, /*num_blocks=*/8, /*max_position_embeddings=*/20,
+                       /*vocab_size=*/1000};
+  auto code_and_field = [&](const InferenceRequest& r, const std::string& field) {
+    absl::Status s = ValidateRequest(r, limits);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_NE(s.message().find(field), std::string::npos) << s;
+  };
+  code_and_field(MakeRequest("a", {}, 4), "input_ids");
+  code_and_field(MakeRequest("a", {1, 2, 5000}, 4), "input_ids[2]");
+  code_and_field(MakeRequest("a", {1, 2}, 0), "max_new_tokens");
+  code_and_field(MakeRequest("a", {1, 2}, -3), "max_new_tokens");
+  code_and_field(MakeRequest("a", {1, 2}, 4, -1), "min_new_tokens");
+  code_and_field(MakeRequest("a", MakePrompt(1, 20), 13), "KV cache capacity");  // 33 > 32
+  code_and_field(MakeRequest("a", MakePrompt(1, 10), 11), "max_position_embeddings");
+  EXPECT_TRUE(ValidateRequest(MakeRequest("a", MakePrompt(1, 10), 10), limits).ok());
+}
+
+TEST(SchedulerTest, AdmissionUnderTokenBudget) {
+  SchedulerOptions o;
+  o.max_batch_size = 8;
+  o.max_tokens_per_step = 16;
+  Harness h(o, /*block_size=*/4, /*num_blocks=*/64);
+  for (int i = 0; i < 4; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 6), 5));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  auto batches = h.executor.batches();
+  // 6 + 6 + a 4-token chunk of the third prompt; the fourth waits for the next step.
+  EXPECT_EQ(ChunkSizes(batches[0]), (std::vector<size_t>{6, 6, 4}));
+  EXPECT_TRUE(batches[0][0].sample);
+  EXPECT_TRUE(batches[0][1].sample);
+  EXPECT_FALSE(batches[0][2].sample);
+  EXPECT_EQ(h.scheduler->stats().running, 3);
+  EXPECT_EQ(h.scheduler->stats().waiting, 1);
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  batches = h.executor.batches();
+  // Two decodes, the rest of the third prompt, all of the fourth.
+  EXPECT_EQ(ChunkSizes(batches[1]), (std::vector<size_t>{1, 1, 2, 6}));
+  for (const SequenceStep& st : batches[1]) EXPECT_LE(st.tokens.size(), 16u);
+  h.RunUntilIdle();
+  for (const auto& b : h.executor.batches()) {
+    size_t total = 0;
+    for (size_t n : ChunkSizes(b)) total += n;
+    EXPECT_LE(total, 16u);
+  }
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, ChunkedPrefillDoesNotStallDecode) {
+  SchedulerOptions o;
+  o.max_batch_size = 4;
+  o.max_tokens_per_step = 8;
+  Harness h(o, 4, 64);
+  h.Add(MakeRequest("short", MakePrompt(1, 2), 10));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  h.Add(MakeRequest("long", MakePrompt(2, 20), 3));
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  auto batches = h.executor.batches();
+  // Steps 2-4: "short" decodes one token every step; "long" prefills in chunks 7, 7, 6.
+  const int32_t expected_chunks[] = {7, 7, 6};
+  const int32_t expected_start[] = {0, 7, 14};
+  for (int i = 0; i < 3; ++i) {
+    const auto& b = batches[1 + i];
+    ASSERT_EQ(b.size(), 2u);
+    EXPECT_EQ(b[0].tokens.size(), 1u);
+    EXPECT_TRUE(b[0].sample);
+    EXPECT_EQ(static_cast<int32_t>(b[1].tokens.size()), expected_chunks[i]);
+    EXPECT_EQ(b[1].start_position, expected_start[i]);
+    EXPECT_EQ(b[1].sample, i == 2);
+    EXPECT_EQ(b[1].num_generated, 0);
+  }
+  EXPECT_EQ(h.streamed["short"].size(), 4u);
+  EXPECT_EQ(h.streamed["long"].size(), 1u);
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, DeadlineExpiresMidGenerationAndFreesBlocks) {
+  SchedulerOptions o;
+  Harness h(o, 4, 64);
+  h.executor.AdvanceClockPerStep(&h.clock, std::chrono::milliseconds(10));
+  InferenceRequest r = MakeRequest("late", MakePrompt(3, 5), 100);
+  r.deadline = h.clock.Now() + std::chrono::milliseconds(55);
+  RequestCallbacks cb;
+  RequestResult result;
+  int done = 0;
+  cb.on_done = [&](const RequestResult& res) {
+    result = res;
+    ++done;
+  };
+  ASSERT_TRUE(h.scheduler->Add(std::move(r), std::move(cb), h.clock.Now()).ok());
+  h.Add(MakeRequest("free", MakePrompt(4, 5), 20));
+  h.RunUntilIdle();
+  ASSERT_EQ(done, 1);
+  EXPECT_EQ(result.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(result.finish_reason, FinishReason::kDeadline);
+  // Steps end at t=10..60 ms; the check before the 7th step (t=60 >= 55) expires it.
+  EXPECT_EQ(result.output_ids.size(), 6u);
+  EXPECT_DOUBLE_EQ(result.total_ms, 60.0);
+  h.ExpectAllMatchReference();  // "free" is untouched; all blocks back
+}
+
+TEST(SchedulerTest, CancellationFreesBlocks) {
+  SchedulerOptions o;
+  o.max_batch_size = 2;
+  o.max_tokens_per_step = 64;
+  Harness h(o, 4, 64);
+  h.Add(MakeRequest("a", MakePrompt(1, 10), 30));
+  h.Add(MakeRequest("b", MakePrompt(2, 10), 30));
+  h.Add(MakeRequest("queued", MakePrompt(3, 10), 30));
+  for (int i = 0; i < 3; ++i) h.scheduler->RunOnce();
+  const int32_t used_before = h.scheduler->stats().blocks_used;
+  EXPECT_EQ(used_before, 6);  // 12 positions fed each -> 3 blocks of 4 each
+  h.scheduler->Cancel("b");
+  EXPECT_EQ(h.done_count["b"], 1);
+  EXPECT_EQ(h.results["b"].status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(h.results["b"].finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(h.results["b"].output_ids.size(), 3u);
+  EXPECT_EQ(h.scheduler->stats().blocks_used, 3);
+  h.scheduler->Cancel("queued");
+  EXPECT_EQ(h.results["queued"].status.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(h.results["queued"].output_ids.empty());
+  h.scheduler->Cancel("no-such-id");
+  h.scheduler->Cancel("b");  // twice: ignored
+  h.RunUntilIdle();
+  EXPECT_EQ(h.done_count["a"], 1);
+  EXPECT_EQ(h.done_count["b"], 1);
+  EXPECT_EQ(h.done_count["queued"], 1);
+  EXPECT_EQ(h.results["a"].output_ids, h.references["a"]);
+  EXPECT_EQ(h.scheduler->stats().blocks_used, 0);
+  EXPECT_TRUE(h.executor.errors().empty());
+}
+
+TEST(SchedulerTest, StopIdsAndMinNewTokens) {
+  SchedulerOptions o;
+  Harness h(o, 4, 64, /*eos=*/{});
+  FakeExecutor probe(4, 64, 1000);
+  const std::vector<int32_t> prompt = MakePrompt(5, 4);
+  const std::vector<int32_t> free_run = probe.Reference(prompt, 10, 0, {});
+  // Stop at the 3rd id; with min_new_tokens=5 the executor masks it, so it cannot stop early.
+  h.Add(MakeRequest("stop", prompt, 10, 0, {free_run[2]}));
+  h.Add(MakeRequest("masked", prompt, 10, 5, {free_run[2]}));
+  h.RunUntilIdle();
+  EXPECT_EQ(h.results["stop"].finish_reason, FinishReason::kStop);
+  EXPECT_EQ(h.results["stop"].output_ids,
+            std::vector<int32_t>(free_run.begin(), free_run.begin() + 3));
+  EXPECT_GE(h.results["masked"].output_ids.size(), 5u);
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, ModelEosIdsUsedWhenStopIdsEmpty) {
+  FakeExecutor probe(4, 64, 1000);
+  const std::vector<int32_t> prompt = MakePrompt(6, 4);
+  const std::vector<int32_t> free_run = probe.Reference(prompt, 10, 0, {});
+  SchedulerOptions o;
+  Harness h(o, 4, 64, /*eos=*/{free_run[1]});
+  h.Add(MakeRequest("eos", prompt, 10));
+  h.RunUntilIdle();
+  EXPECT_EQ(h.results["eos"].finish_reason, FinishReason::kStop);
+  EXPECT_EQ(h.results["eos"].output_ids.size(), 2u);
+  EXPECT_EQ(h.results["eos"].status, absl::OkStatus());
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, AimdSequenceOfLimitsUnderInjectedOom) {
+  SchedulerOptions o;
+  o.max_batch_size = 16;
+  o.aimd_increase_after_steps = 3;
+  o.faults.oom_above_sequences = 5;
+  Harness h(o, 4, 256);
+  for (int i = 0; i < 16; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 3), 40));
+  h.RunUntilIdle();
+  // 16 -> 8 -> 4 on the first two OOMs; +1 per 3 clean steps; 6 running OOMs -> 3; and again.
+  ASSERT_GE(h.limits.size(), 9u);
+  EXPECT_EQ(std::vector<int32_t>(h.limits.begin(), h.limits.begin() + 9),
+            (std::vector<int32_t>{8, 4, 5, 6, 3, 4, 5, 6, 3}));
+  EXPECT_GT(h.scheduler->stats().oom_events, 3);
+  EXPECT_GT(h.scheduler->stats().preemptions, 0);
+  EXPECT_LE(h.executor.max_batch_seen(), 5);  // injected OOMs never reach the executor
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, OomAloneFailsOnlyThatRequestAfterBoundedRetries) {
+  SchedulerOptions o;
+  o.max_oom_retries_alone = 2;
+  o.faults.oom_above_tokens = 10;  // a 20-token prefill can never run
+  Harness h(o, 4, 64);
+  RequestResult big;
+  int big_done = 0;
+  RequestCallbacks cb;
+  cb.on_done = [&](const RequestResult& r) {
+    big = r;
+    ++big_done;
+  };
+  ASSERT_TRUE(
+      h.scheduler->Add(MakeRequest("big", MakePrompt(1, 20), 4), std::move(cb), h.clock.Now()).ok());
+  h.Add(MakeRequest("small", MakePrompt(2, 3), 8));
+  h.RunUntilIdle(100);
+  ASSERT_EQ(big_done, 1);
+  EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(big.status.message().find("alone"), std::string::npos) << big.status;
+  EXPECT_NE(big.status.message().find("20 tokens"), std::string::npos) << big.status;
+  // 1 OOM with both, then 3 alone (first try + 2 retries).
+  EXPECT_EQ(h.scheduler->stats().oom_events, 4);
+  EXPECT_EQ(h.limits.front(), 1);
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, PoolExhaustionPreemptsNewestAndRecomputeGivesSameIds) {
+  SchedulerOptions o;
+  o.max_batch_size = 8;
+  Harness h(o, /*block_size=*/4, /*num_blocks=*/12);
+  for (int i = 0; i < 6; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 6), 20));
+  h.RunUntilIdle();
+  EXPECT_GT(h.scheduler->stats().preemptions, 0);
+  // The oldest request is never the victim: it is never re-prefilled from position 0.
+  int64_t r0_seq = -1;
+  int prefills_of_r0 = 0;
+  for (const auto& b : h.executor.batches()) {
+    for (const SequenceStep& st : b) {
+      if (r0_seq < 0) r0_seq = st.sequence_id;
+      if (st.sequence_id == r0_seq && st.start_position == 0) ++prefills_of_r0;
+    }
+  }
+  EXPECT_EQ(prefills_of_r0, 1);
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, LongRequestIsNotStarvedByShortOnes) {
+  SchedulerOptions o;
+  o.max_batch_size = 8;
+  Harness h(o, /*block_size=*/4, /*num_blocks=*/16);  // 64 tokens
+  int next = 0;
+  auto add_short = [&] { h.Add(MakeRequest("s" + std::to_string(next), MakePrompt(next, 4), 4)), ++next; };
+  for (int i = 0; i < 6; ++i) add_short();
+  h.Add(MakeRequest("long", MakePrompt(999, 40), 8));  // needs 10 of the 16 blocks
+  const int shorts_before_long = next;
+  for (int step = 0; step < 300 && h.done_count["long"] == 0; ++step) {
+    add_short();  // a steady stream of short requests
+    add_short();
+    h.scheduler->RunOnce();
+  }
+  ASSERT_EQ(h.done_count["long"], 1);
+  EXPECT_TRUE(h.results["long"].status.ok());
+  // Everything that arrived before it was admitted before it; nothing after it was.
+  auto pos = std::find(h.admit_order.begin(), h.admit_order.end(), "long") - h.admit_order.begin();
+  EXPECT_EQ(pos, shorts_before_long);
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, PriorityThenArrivalAndAging) {
+  SchedulerOptions o;
+  o.max_batch_size = 1;
+  o.max_tokens_per_step = 64;
+  o.priority_aging_interval = std::chrono::milliseconds(0);
+  Harness h(o, 4, 64);
+  auto add = [&](const std::string& id, int32_t priority) {
+    InferenceRequest r = MakeRequest(id, MakePrompt(static_cast<int32_t>(id[0]), 3), 2);
+    r.priority = priority;
+    h.Add(std::move(r));
+  };
+  add("a", 0);
+  add("b", 5);
+  add("c", 5);
+  add("d", -1);
+  add("e", 7);
+  h.RunUntilIdle();
+  EXPECT_EQ(h.admit_order, (std::vector<std::string>{"e", "b", "c", "a", "d"}));
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, AgingLetsLowPriorityThroughAStreamOfHighPriority) {
+  SchedulerOptions o;
+  o.max_batch_size = 1;
+  o.max_tokens_per_step = 64;
+  o.priority_aging_interval = std::chrono::milliseconds(100);
+  Harness h(o, 4, 256);
+  h.executor.AdvanceClockPerStep(&h.clock, std::chrono::milliseconds(10));
+  InferenceRequest low = MakeRequest("low", MakePrompt(1, 3), 2);
+  low.priority = 0;
+  h.Add(std::move(low));
+  int n = 0;
+  for (int step = 0; step < 2000 && h.done_count["low"] == 0; ++step) {
+    if (h.scheduler->stats().waiting < 4) {
+      InferenceRequest hi = MakeRequest("hi" + std::to_string(n), MakePrompt(n + 2, 3), 2);
+      hi.priority = 5;
+      h.Add(std::move(hi));
+      ++n;
+    }
+    h.scheduler->RunOnce();
+  }
+  EXPECT_EQ(h.done_count["low"], 1);
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, MaxQueueDelayHoldsTheFirstBatch) {
+  SchedulerOptions o;
+  o.max_batch_size = 3;
+  o.max_tokens_per_step = 64;
+  o.max_queue_delay = std::chrono::milliseconds(50);
+  Harness h(o, 4, 64);
+  const auto t0 = h.clock.Now();
+  h.Add(MakeRequest("a", MakePrompt(1, 3), 2));
+  EXPECT_FALSE(h.scheduler->ReadyToStep(h.clock.Now()));
+  EXPECT_EQ(h.scheduler->RunOnce(), Outcome::kIdle);
+  EXPECT_EQ(h.scheduler->NextWakeTime(h.clock.Now()), t0 + std::chrono::milliseconds(50));
+  h.clock.Advance(std::chrono::milliseconds(20));
+  h.Add(MakeRequest("b", MakePrompt(2, 3), 2));
+  EXPECT_EQ(h.scheduler->RunOnce(), Outcome::kIdle);
+  h.clock.Advance(std::chrono::milliseconds(30));  // the oldest has waited 50 ms
+  EXPECT_TRUE(h.scheduler->ReadyToStep(h.clock.Now()));
+  EXPECT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  EXPECT_EQ(h.executor.batches()[0].size(), 2u);
+  EXPECT_DOUBLE_EQ(h.results.count("a") ? 0 : 1, 1);
+  h.RunUntilIdle();
+  EXPECT_DOUBLE_EQ(h.results["a"].queue_ms, 50.0);
+  EXPECT_DOUBLE_EQ(h.results["b"].queue_ms, 30.0);
+  // A full batch is not held.
+  for (int i = 0; i < 3; ++i) h.Add(MakeRequest("f" + std::to_string(i), MakePrompt(i + 9, 3), 2));
+  EXPECT_TRUE(h.scheduler->ReadyToStep(h.clock.Now()));
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, InjectedExceptionFailsOnlyThatStepsRequests) {
+  SchedulerOptions o;
+  o.max_batch_size = 1;
+  o.max_tokens_per_step = 64;
+  o.faults.throw_on_step = 2;
+  Harness h(o, 4, 64);
+  RequestResult first;
+  RequestCallbacks cb;
+  cb.on_done = [&](const RequestResult& r) { first = r; };
+  ASSERT_TRUE(
+      h.scheduler->Add(MakeRequest("x", MakePrompt(1, 3), 5), std::move(cb), h.clock.Now()).ok());
+  h.Add(MakeRequest("y", MakePrompt(2, 3), 5));
+  h.RunUntilIdle();
+  EXPECT_EQ(first.status.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(first.status.message().find("injected exception"), std::string::npos);
+  EXPECT_EQ(first.finish_reason, FinishReason::kError);
+  EXPECT_EQ(first.output_ids.size(), 1u);
+  h.ExpectAllMatchReference();
+}
+
+}  // namespace
+}  // namespace glmserve
