@@ -1,3 +1,24 @@
-# Placeholder until the gRPC front end lands: `serve` reports that it is not built yet.
-add_library(glmserve_serve STATIC serve_placeholder.cc)
+# gRPC front end. Every TU here uses the system protobuf/gRPC headers and includes only the
+# LibTorch-free runtime headers (engine.h, generation.h, model_runner.h, step_executor.h).
+#   glmserve_grpc  : the Inference service and request validation (no runtime code: unit-testable
+#                    with any InferenceEngine)
+#   glmserve_serve : RunServe and its flags, wiring ModelRunner -> StepExecutor -> InferenceEngine -> gRPC
+find_package(gRPC CONFIG REQUIRED)
+
+add_library(glmserve_grpc STATIC
+  grpc_service.cc
+  grpc_validation.cc
+)
+target_include_directories(glmserve_grpc PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(glmserve_grpc PUBLIC
+  glmserve_proto gRPC::grpc++ gRPC::grpc++_reflection
+  absl::status absl::statusor absl::strings absl::str_format Threads::Threads)
+
+add_library(glmserve_serve STATIC
+  serve_command.cc
+  serve_engine.cc
+  serve_flags.cc
+)
 target_include_directories(glmserve_serve PUBLIC ${CMAKE_SOURCE_DIR})
+target_compile_definitions(glmserve_serve PRIVATE GLMSERVE_VERSION="${PROJECT_VERSION}")
+target_link_libraries(glmserve_serve PUBLIC glmserve_grpc glmserve_engine glmserve_runtime)

@@ -1,0 +1,638 @@
+#include "server/grpc_service.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "glmserve/v1/inference.grpc.pb.h"
+
+namespace glmserve {
+
+namespace {
+
+constexpr char kServiceName[] = "glmserve.v1.Inference";
+constexpr char kRequestIdMetadata[] = "glmserve-request-id";
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::OK: return "OK";
+    case grpc::CANCELLED: return "CANCELLED";
+    case grpc::UNKNOWN: return "UNKNOWN";
+    case grpc::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::NOT_FOUND: return "NOT_FOUND";
+    case grpc::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::ABORTED: return "ABORTED";
+    case grpc::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::INTERNAL: return "INTERNAL";
+    case grpc::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::DATA_LOSS: return "DATA_LOSS";
+    case grpc::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "UNKNOWN";
+  }
+}
+
+std::string FormatAddress(const std::string& host, int port) {
+  if (host.find(':') != std::string::npos && host.front() != '[') {
+    return absl::StrCat("[", host, "]:", port);
+  }
+  return absl::StrCat(host, ":", port);
+}
+
+void FillFinal(const RequestResult& result, size_t already_sent, v1::InferResponse* out) {
+  for (size_t i = already_sent; i < result.output_ids.size(); ++i) {
+    out->add_output_ids(result.output_ids[i]);
+  }
+  out->set_finish_reason(ToProtoFinishReason(result.finish_reason));
+  const int32_t completion = static_cast<int32_t>(result.output_ids.size());
+  out->mutable_usage()->set_prompt_tokens(result.prompt_tokens);
+  out->mutable_usage()->set_completion_tokens(completion);
+  out->mutable_usage()->set_total_tokens(result.prompt_tokens + completion);
+  out->set_queue_ms(result.queue_ms);
+  out->set_ttft_ms(result.ttft_ms);
+  out->set_total_ms(result.total_ms);
+}
+
+}  // namespace
+
+void LogLine(const std::string& line) {
+  static std::mutex mu;
+  const std::string text = "glmserve: " + line + "\n";
+  std::lock_guard<std::mutex> lock(mu);
+  std::fwrite(text.data(), 1, text.size(), stderr);
+  std::fflush(stderr);
+}
+
+class CallBase;
+
+class InferenceServiceImpl final : public v1::Inference::CallbackService {
+ public:
+  explicit InferenceServiceImpl(const GrpcServerOptions& options) : options_(options) {
+    std::random_device rd;
+    id_prefix_ = absl::StrFormat("glm-%08x", rd());
+  }
+
+  grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
+                                  v1::InferResponse* response) override;
+  grpc::ServerWriteReactor<v1::InferResponse>* InferStream(
+      grpc::CallbackServerContext* ctx, const v1::InferRequest* request) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+
+  void SetEngine(InferenceEngine* engine, int32_t max_batch) {
+    const ModelInfo& info = engine->model_info();
+    auto proto = std::make_shared<v1::ModelInfo>();
+    proto->set_architecture(info.architecture);
+    proto->set_source_format(info.source_format);
+    proto->set_parameter_count(info.parameter_count);
+    proto->set_dtype(info.compute_dtype);
+    proto->set_stored_dtype(info.stored_dtype);
+    proto->set_device(info.device);
+    proto->set_vocab_size(info.vocab_size);
+    proto->set_max_context(info.max_position_embeddings);
+    for (int32_t id : info.eos_token_ids) proto->add_eos_token_ids(id);
+    proto->set_max_batch(max_batch);
+    proto->set_build_version(options_.build_version);
+    proto->set_max_new_tokens_cap(options_.limits.max_new_tokens_cap);
+    proto->set_default_max_new_tokens(options_.limits.default_max_new_tokens);
+    std::lock_guard<std::mutex> lock(mu_);
+    model_.vocab_size = info.vocab_size;
+    model_.max_context = info.max_position_embeddings;
+    model_info_ = std::move(proto);
+    engine_ = engine;
+  }
+
+  void StartDrain() {
+    InferenceEngine* engine = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      draining_ = true;
+      engine = engine_;
+    }
+    if (engine != nullptr) engine->StartDrain();
+  }
+
+  // Admission: returns the engine (null + status when the request must be refused now).
+  InferenceEngine* Admit(grpc::Status* refusal, ValidationModel* model) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) {
+      *refusal = grpc::Status(grpc::UNAVAILABLE, "server is draining; retry on another replica");
+      return nullptr;
+    }
+    if (engine_ == nullptr) {
+      *refusal = grpc::Status(grpc::UNAVAILABLE, "model is loading; retry later");
+      return nullptr;
+    }
+    *model = model_;
+    return engine_;
+  }
+
+  std::string NewRequestId() { return absl::StrCat(id_prefix_, "-", next_id_.fetch_add(1)); }
+
+  // Engine ids are unique even when clients reuse a request_id (a retry may arrive while the
+  // engine still holds the previous attempt): "<request_id>#<n>", so engine logs still name it.
+  std::string RegisterEngineId(const std::string& request_id, const std::shared_ptr<CallBase>& call) {
+    std::string id = absl::StrCat(request_id, "#", next_id_.fetch_add(1));
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_.emplace(id, call);
+    return id;
+  }
+  void UnregisterEngineId(const std::string& engine_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_.erase(engine_id);
+  }
+
+  void CallStarted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++active_calls_;
+  }
+  void CallDone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --active_calls_;
+    if (active_calls_ == 0) idle_cv_.notify_all();
+  }
+  bool WaitIdle(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return idle_cv_.wait_for(lock, timeout, [this] { return active_calls_ == 0; });
+  }
+  int active_calls() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return active_calls_;
+  }
+  void AbortAll();
+
+  const GrpcServerOptions& options() const { return options_; }
+
+  // Deadline for the engine: the call's deadline, else the default one.
+  std::chrono::steady_clock::time_point EngineDeadline(const grpc::CallbackServerContext* ctx) const {
+    const auto system_deadline = ctx->deadline();
+    const auto steady_now = std::chrono::steady_clock::now();
+    if (system_deadline != std::chrono::system_clock::time_point::max()) {
+      const auto left = system_deadline - std::chrono::system_clock::now();
+      return steady_now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
+    }
+    if (options_.default_deadline_ms > 0) {
+      return steady_now + std::chrono::milliseconds(options_.default_deadline_ms);
+    }
+    return std::chrono::steady_clock::time_point::max();
+  }
+
+ private:
+  const GrpcServerOptions options_;
+  std::string id_prefix_;
+  std::atomic<uint64_t> next_id_{1};
+  mutable std::mutex mu_;
+  std::condition_variable idle_cv_;
+  InferenceEngine* engine_ = nullptr;         // guarded by mu_
+  bool draining_ = false;                     // guarded by mu_
+  ValidationModel model_;                     // guarded by mu_
+  std::shared_ptr<v1::ModelInfo> model_info_;  // guarded by mu_
+  int active_calls_ = 0;                      // guarded by mu_
+  std::map<std::string, std::weak_ptr<CallBase>> in_flight_;  // guarded by mu_
+};
+
+// State shared by unary and streaming calls. The reactor owns itself through self_ (released in
+// OnDone); the engine's callbacks capture a raw pointer, which stays valid because the reactor is
+// only finished after the engine's on_done (or after the engine was shut down: AbortAll).
+class CallBase : public std::enable_shared_from_this<CallBase> {
+ public:
+  CallBase(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx, const char* rpc)
+      : service_(service), ctx_(ctx), rpc_(rpc) {
+    service_->CallStarted();
+  }
+  virtual ~CallBase() = default;
+
+  // Validates and submits; on refusal the call is finished at once.
+  void Begin(const v1::InferRequest& proto_request) {
+    grpc::Status refusal;
+    ValidationModel model;
+    request_id_ = proto_request.request_id();
+    absl::Status id_status = ValidateRequestId(request_id_, service_->options().limits);
+    if (request_id_.empty() || !id_status.ok()) request_id_ = service_->NewRequestId();
+    ctx_->AddInitialMetadata(kRequestIdMetadata, request_id_);
+    if (!id_status.ok()) return Refuse(ToGrpc(id_status));
+    InferenceEngine* engine = service_->Admit(&refusal, &model);
+    if (engine == nullptr) return Refuse(refusal);
+    absl::StatusOr<InferenceRequest> request =
+        ValidateInferRequest(proto_request, service_->options().limits, model);
+    if (!request.ok()) return Refuse(ToGrpc(request.status()));
+    if (ctx_->IsCancelled()) return Refuse(grpc::Status(grpc::CANCELLED, "cancelled by the client"));
+    request->deadline = service_->EngineDeadline(ctx_);
+    engine_ = engine;
+    engine_id_ = service_->RegisterEngineId(request_id_, shared_from_this());
+    request->request_id = engine_id_;
+    prompt_tokens_ = static_cast<int32_t>(request->input_ids.size());
+
+    // The callbacks keep the call alive until the engine lets go of them.
+    std::shared_ptr<CallBase> self = shared_from_this();
+    RequestCallbacks callbacks;
+    if (streaming()) {
+      callbacks.on_tokens = [self](const std::vector<int32_t>& ids) { self->OnEngineTokens(ids); };
+    }
+    callbacks.on_done = [self](const RequestResult& result) { self->OnEngineDone(result); };
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      submitted_ = true;
+    }
+    absl::Status submit = engine->Submit(std::move(*request), std::move(callbacks));
+    if (!submit.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        submitted_ = false;
+      }
+      service_->UnregisterEngineId(engine_id_);
+      return Refuse(ToGrpc(submit));  // RESOURCE_EXHAUSTED keeps the engine's retry hint
+    }
+    if (ctx_->IsCancelled()) CancelInEngine();
+  }
+
+  void CheckDone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!engine_done_) LogLine(absl::StrCat("request_id=", request_id_, " BUG: OnDone before the engine finished"));
+  }
+
+  // Only after the engine stopped calling back.
+  void Abort() {
+    RequestResult result;
+    result.status = absl::UnavailableError("server shut down before the request finished");
+    result.finish_reason = FinishReason::kCancelled;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (engine_done_ || !submitted_) return;
+    }
+    OnEngineDone(result);
+  }
+
+ protected:
+  virtual bool streaming() const = 0;
+  virtual void OnEngineTokens(const std::vector<int32_t>& ids) = 0;
+  // Finishes (or starts finishing) the RPC; called once.
+  virtual void FinishWith(const grpc::Status& status) = 0;
+  virtual void OnResult() = 0;  // engine_done_ was just set
+
+  void Refuse(const grpc::Status& status) {
+    Log(status, nullptr);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      engine_done_ = true;
+    }
+    FinishWith(status);
+  }
+
+  void OnEngineDone(const RequestResult& result) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (engine_done_) return;
+      result_ = result;
+      engine_done_ = true;
+    }
+    service_->UnregisterEngineId(engine_id_);
+    Log(ToGrpc(result.status), &result);
+    OnResult();
+  }
+
+  // Client went away or cancelled: free the engine slot. Never under mu_.
+  void CancelInEngine() {
+    bool cancel = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancel = submitted_ && !engine_done_;
+    }
+    if (cancel) engine_->Cancel(engine_id_);
+  }
+
+  void Log(const grpc::Status& status, const RequestResult* result) {
+    if (!service_->options().log_requests) return;
+    std::string line = absl::StrCat("request_id=", request_id_, " rpc=", rpc_,
+                                    " status=", CodeName(status.error_code()));
+    if (result != nullptr) {
+      absl::StrAppend(&line, " finish=", FinishReasonString(result->finish_reason),
+                      " prompt_tokens=", result->prompt_tokens,
+                      " completion_tokens=", result->output_ids.size(),
+                      absl::StrFormat(" queue_ms=%.1f ttft_ms=%.1f total_ms=%.1f", result->queue_ms,
+                                      result->ttft_ms, result->total_ms));
+    }
+    if (!status.ok()) absl::StrAppend(&line, " message=\"", status.error_message(), "\"");
+    LogLine(line);
+  }
+
+  InferenceServiceImpl* const service_;
+  grpc::CallbackServerContext* const ctx_;
+  const char* const rpc_;
+  InferenceEngine* engine_ = nullptr;
+  std::string request_id_;
+  std::string engine_id_;
+  int32_t prompt_tokens_ = 0;
+
+  std::mutex mu_;
+  bool submitted_ = false;    // guarded by mu_
+  bool engine_done_ = false;  // guarded by mu_
+  RequestResult result_;      // guarded by mu_; valid once engine_done_
+  std::shared_ptr<CallBase> self_;
+};
+
+void InferenceServiceImpl::AbortAll() {
+  std::vector<std::shared_ptr<CallBase>> calls;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, weak] : in_flight_) {
+      if (auto call = weak.lock()) calls.push_back(std::move(call));
+    }
+  }
+  for (auto& call : calls) call->Abort();
+}
+
+class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
+ public:
+  UnaryCall(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx,
+            v1::InferResponse* response)
+      : CallBase(service, ctx, "Infer"), response_(response) {}
+
+  static grpc::ServerUnaryReactor* Create(InferenceServiceImpl* service,
+                                          grpc::CallbackServerContext* ctx,
+                                          const v1::InferRequest* request,
+                                          v1::InferResponse* response) {
+    auto call = std::make_shared<UnaryCall>(service, ctx, response);
+    call->self_ = call;
+    call->Begin(*request);
+    return call.get();
+  }
+
+  void OnCancel() override { CancelInEngine(); }
+  void OnDone() override {
+    CheckDone();
+    service_->CallDone();
+    self_.reset();  // deletes this unless the engine still holds the callbacks
+  }
+
+ protected:
+  bool streaming() const override { return false; }
+  void OnEngineTokens(const std::vector<int32_t>&) override {}
+  void FinishWith(const grpc::Status& status) override {
+    ctx_->AddTrailingMetadata(kRequestIdMetadata, request_id_);
+    Finish(status);
+  }
+  void OnResult() override {
+    if (!result_.status.ok()) return FinishWith(ToGrpc(result_.status));
+    response_->set_request_id(request_id_);
+    FillFinal(result_, 0, response_);
+    FinishWith(grpc::Status::OK);
+  }
+
+ private:
+  v1::InferResponse* const response_;
+};
+
+class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::InferResponse> {
+ public:
+  StreamCall(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx)
+      : CallBase(service, ctx, "InferStream") {}
+
+  static grpc::ServerWriteReactor<v1::InferResponse>* Create(InferenceServiceImpl* service,
+                                                             grpc::CallbackServerContext* ctx,
+                                                             const v1::InferRequest* request) {
+    auto call = std::make_shared<StreamCall>(service, ctx);
+    call->self_ = call;
+    call->Begin(*request);
+    return call.get();
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool cancel = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (!ok) {
+        broken_ = true;
+        pending_.clear();
+        cancel = true;
+      }
+    }
+    if (cancel) CancelInEngine();
+    Pump();
+  }
+  void OnCancel() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      broken_ = true;
+      pending_.clear();
+    }
+    CancelInEngine();
+    Pump();
+  }
+  void OnDone() override {
+    CheckDone();
+    service_->CallDone();
+    self_.reset();
+  }
+
+ protected:
+  bool streaming() const override { return true; }
+  void OnEngineTokens(const std::vector<int32_t>& ids) override {
+    if (ids.empty()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (broken_ || finished_) return;
+      pending_.push_back(ids);
+      streamed_ += ids.size();
+    }
+    Pump();
+  }
+  void FinishWith(const grpc::Status& status) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+      finished_ = true;
+      error_ = status;
+    }
+    Pump(/*force_error=*/true);
+  }
+  void OnResult() override { Pump(); }
+
+ private:
+  // Starts the next write, or the finish once everything is written. One write at a time;
+  // decisions under mu_, gRPC calls outside it.
+  void Pump(bool force_error = false) {
+    enum { kNothing, kWrite, kWriteAndFinish, kFinish } action = kNothing;
+    grpc::Status status;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (writing_ || final_started_) return;
+      if (force_error) {
+        action = kFinish;
+        status = error_;
+      } else if (broken_) {
+        if (!engine_done_) return;  // wait for the engine to let go of the request
+        action = kFinish;
+        status = grpc::Status(grpc::CANCELLED, "cancelled by the client");
+      } else if (!pending_.empty()) {
+        out_.Clear();
+        out_.set_request_id(request_id_);
+        for (int32_t id : pending_.front()) out_.add_output_ids(id);
+        pending_.pop_front();
+        writing_ = true;
+        action = kWrite;
+      } else if (engine_done_) {
+        if (result_.status.ok()) {
+          out_.Clear();
+          out_.set_request_id(request_id_);
+          FillFinal(result_, streamed_, &out_);
+          action = kWriteAndFinish;
+        } else {
+          action = kFinish;
+          status = ToGrpc(result_.status);
+        }
+      }
+      if (action == kFinish || action == kWriteAndFinish) {
+        final_started_ = true;
+        finished_ = true;
+      }
+    }
+    switch (action) {
+      case kNothing: break;
+      case kWrite: StartWrite(&out_); break;
+      case kWriteAndFinish:
+        ctx_->AddTrailingMetadata(kRequestIdMetadata, request_id_);
+        StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+        break;
+      case kFinish:
+        ctx_->AddTrailingMetadata(kRequestIdMetadata, request_id_);
+        Finish(status);
+        break;
+    }
+  }
+
+  // Guarded by mu_.
+  std::deque<std::vector<int32_t>> pending_;
+  size_t streamed_ = 0;
+  bool writing_ = false;
+  bool broken_ = false;
+  bool finished_ = false;
+  bool final_started_ = false;
+  grpc::Status error_;
+  v1::InferResponse out_;  // the one outstanding write
+};
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::Infer(grpc::CallbackServerContext* ctx,
+                                                      const v1::InferRequest* request,
+                                                      v1::InferResponse* response) {
+  return UnaryCall::Create(this, ctx, request, response);
+}
+
+grpc::ServerWriteReactor<v1::InferResponse>* InferenceServiceImpl::InferStream(
+    grpc::CallbackServerContext* ctx, const v1::InferRequest* request) {
+  return StreamCall::Create(this, ctx, request);
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::GetModelInfo(grpc::CallbackServerContext* ctx,
+                                                             const v1::GetModelInfoRequest*,
+                                                             v1::ModelInfo* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  std::shared_ptr<v1::ModelInfo> info;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    info = model_info_;
+  }
+  if (info == nullptr) {
+    reactor->Finish(grpc::Status(grpc::UNAVAILABLE, "model is loading; retry later"));
+  } else {
+    *response = *info;
+    reactor->Finish(grpc::Status::OK);
+  }
+  return reactor;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOptions& options) {
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--port: ", options.port, " is outside [0, 65535]"));
+  }
+  std::unique_ptr<GrpcServer> server(new GrpcServer());
+  server->options_ = options;
+  server->service_ = std::make_unique<InferenceServiceImpl>(options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(FormatAddress(options.host, options.port),
+                           grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->service_.get());
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_time_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, options.keepalive_timeout_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                             options.keepalive_permit_without_calls ? 1 : 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             options.min_ping_interval_ms);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  // A second server on the same port is an error, not a silent load balancer.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ",
+                                               FormatAddress(options.host, options.port)));
+  }
+  server->SetServing(false);
+  return server;
+}
+
+GrpcServer::~GrpcServer() {
+  if (!shut_down_) Shutdown(std::chrono::milliseconds(0));
+}
+
+std::string GrpcServer::address() const { return FormatAddress(options_.host, port_); }
+
+void GrpcServer::SetEngine(InferenceEngine* engine, int32_t max_batch) {
+  service_->SetEngine(engine, max_batch);
+}
+
+void GrpcServer::SetServing(bool serving) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus("", serving);
+  health->SetServingStatus(kServiceName, serving);
+}
+
+void GrpcServer::StartDrain() {
+  SetServing(false);
+  service_->StartDrain();
+}
+
+bool GrpcServer::WaitIdle(std::chrono::milliseconds timeout) { return service_->WaitIdle(timeout); }
+
+void GrpcServer::AbortAll() { service_->AbortAll(); }
+
+int GrpcServer::active_calls() const { return service_->active_calls(); }
+
+void GrpcServer::Shutdown(std::chrono::milliseconds grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  server_->Shutdown(std::chrono::system_clock::now() + grace);
+  server_->Wait();
+}
+
+}  // namespace glmserve

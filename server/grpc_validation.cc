@@ -1,0 +1,139 @@
+#include "server/grpc_validation.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace glmserve {
+namespace {
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+}  // namespace
+
+absl::Status ValidateRequestId(const std::string& request_id, const FrontendLimits& limits) {
+  if (static_cast<int64_t>(request_id.size()) > limits.max_request_id_bytes) {
+    return Invalid(absl::StrCat("request_id: ", request_id.size(), " bytes; at most ",
+                                limits.max_request_id_bytes, " bytes allowed"));
+  }
+  for (unsigned char c : request_id) {
+    if (c < 0x21 || c > 0x7e) {
+      return Invalid("request_id: only printable ASCII without spaces (0x21..0x7e) allowed");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& request,
+                                                      const FrontendLimits& limits,
+                                                      const ValidationModel& model) {
+  const int32_t vocab = model.vocab_size;
+  if (request.input_ids().empty()) {
+    if (!request.prompt().empty()) {
+      return Invalid("prompt: prompt text needs a tokenizer; send input_ids");
+    }
+    return Invalid("input_ids: must not be empty (at least 1 token id in [0, " +
+                   std::to_string(vocab) + "))");
+  }
+  for (int i = 0; i < request.input_ids_size(); ++i) {
+    const int32_t id = request.input_ids(i);
+    if (id < 0 || id >= vocab) {
+      return Invalid(absl::StrCat("input_ids[", i, "]: ", id, " is outside the vocabulary [0, ",
+                                  vocab, ")"));
+    }
+  }
+  const int32_t prompt_tokens = request.input_ids_size();
+  int32_t max_prompt = limits.max_prompt_tokens;
+  if (model.max_context > 0 && (max_prompt <= 0 || max_prompt > model.max_context - 1)) {
+    max_prompt = model.max_context - 1;  // leave room for at least one new token
+  }
+  if (max_prompt > 0 && prompt_tokens > max_prompt) {
+    return Invalid(absl::StrCat("input_ids: ", prompt_tokens, " tokens; at most ", max_prompt,
+                                " prompt tokens allowed"));
+  }
+
+  int32_t max_new = request.max_new_tokens();
+  if (max_new < 0 || max_new > limits.max_new_tokens_cap) {
+    return Invalid(absl::StrCat("max_new_tokens: ", max_new, " is outside [0, ",
+                                limits.max_new_tokens_cap, "] (0 means the default, ",
+                                limits.default_max_new_tokens, ")"));
+  }
+  if (max_new == 0) max_new = limits.default_max_new_tokens;
+  if (model.max_context > 0 && int64_t{prompt_tokens} + max_new > model.max_context) {
+    const int32_t room = model.max_context - prompt_tokens;
+    if (request.max_new_tokens() == 0) {
+      max_new = room;  // the default shrinks to fit; an explicit value is the client's choice
+    } else {
+      return Invalid(absl::StrCat("max_new_tokens: ", max_new, " with ", prompt_tokens,
+                                  " prompt tokens exceeds the model's max context ",
+                                  model.max_context, "; allowed range [1, ", room, "]"));
+    }
+  }
+
+  const int32_t min_new = request.min_new_tokens();
+  if (min_new < 0 || min_new > max_new) {
+    return Invalid(absl::StrCat("min_new_tokens: ", min_new, " is outside [0, max_new_tokens=",
+                                max_new, "]"));
+  }
+
+  const float temperature = request.temperature();
+  if (!std::isfinite(temperature) || temperature < 0.0f || temperature > limits.max_temperature) {
+    return Invalid(absl::StrCat("temperature: ", temperature, " is outside [0, ",
+                                limits.max_temperature, "] (0 = greedy)"));
+  }
+  float top_p = request.top_p();
+  if (!std::isfinite(top_p) || top_p < 0.0f || top_p > 1.0f) {
+    return Invalid(absl::StrCat("top_p: ", top_p, " is outside (0, 1] (0 means 1)"));
+  }
+  if (top_p == 0.0f) top_p = 1.0f;
+  if (request.top_k() < 0) {
+    return Invalid(absl::StrCat("top_k: ", request.top_k(), " is outside [0, inf) (0 = no limit)"));
+  }
+  for (int i = 0; i < request.stop_token_ids_size(); ++i) {
+    const int32_t id = request.stop_token_ids(i);
+    if (id < 0 || id >= vocab) {
+      return Invalid(absl::StrCat("stop_token_ids[", i, "]: ", id,
+                                  " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  absl::Status id_status = ValidateRequestId(request.request_id(), limits);
+  if (!id_status.ok()) return id_status;
+
+  InferenceRequest out;
+  out.input_ids.assign(request.input_ids().begin(), request.input_ids().end());
+  out.params.max_new_tokens = max_new;
+  out.params.min_new_tokens = min_new;
+  out.params.sampling.temperature = temperature;
+  out.params.sampling.top_p = top_p;
+  out.params.sampling.top_k = request.top_k();
+  out.params.sampling.seed = request.seed();
+  out.params.stop_token_ids.assign(request.stop_token_ids().begin(),
+                                   request.stop_token_ids().end());
+  return out;
+}
+
+v1::FinishReason ToProtoFinishReason(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kUnspecified: return v1::FINISH_REASON_UNSPECIFIED;
+    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
+    case FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
+    case FinishReason::kDeadline: return v1::FINISH_REASON_DEADLINE;
+    case FinishReason::kError: return v1::FINISH_REASON_ERROR;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+const char* FinishReasonString(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kUnspecified: return "unspecified";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kDeadline: return "deadline";
+    case FinishReason::kError: return "error";
+  }
+  return "unspecified";
+}
+
+}  // namespace glmserve

@@ -1,0 +1,48 @@
+// Validation of glmserve.v1.InferRequest at the edge: every field is checked before the engine
+// sees the request, and a bad one is answered INVALID_ARGUMENT naming the field and its range.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "glmserve/v1/inference.pb.h"
+#include "runtime/engine.h"
+#include "runtime/generation.h"
+
+namespace glmserve {
+
+// Request limits of the front end (flags of `serve`).
+struct FrontendLimits {
+  // Largest max_new_tokens a request may ask for. Above: INVALID_ARGUMENT.
+  int32_t max_new_tokens_cap = 4096;
+  // Used when a request's max_new_tokens is 0 (proto3 cannot tell 0 from unset).
+  int32_t default_max_new_tokens = 256;
+  // Longest prompt accepted, in tokens; 0 = the model's max context.
+  int32_t max_prompt_tokens = 0;
+  // Largest temperature accepted.
+  float max_temperature = 100.0f;
+  // Longest client-supplied request_id, in bytes.
+  int32_t max_request_id_bytes = 128;
+};
+
+// What the validator needs to know about the model.
+struct ValidationModel {
+  int32_t vocab_size = 0;
+  int32_t max_context = 0;  // prompt + new tokens; 0 = unknown (not checked)
+};
+
+// Checks every field and builds the engine request (request_id and deadline are left to the
+// caller). INVALID_ARGUMENT names the field and the accepted range.
+absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& request,
+                                                      const FrontendLimits& limits,
+                                                      const ValidationModel& model);
+
+// Checks a client-supplied request_id (empty is fine: the server generates one).
+absl::Status ValidateRequestId(const std::string& request_id, const FrontendLimits& limits);
+
+v1::FinishReason ToProtoFinishReason(FinishReason reason);
+const char* FinishReasonString(FinishReason reason);  // "length", "stop", ...
+
+}  // namespace glmserve

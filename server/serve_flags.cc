@@ -1,0 +1,201 @@
+#include "server/serve_flags.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <type_traits>
+
+#include "absl/strings/str_cat.h"
+
+namespace glmserve {
+namespace {
+
+absl::Status ParseInt(const std::string& flag, const std::string& text, int64_t lo, int64_t hi,
+                      int64_t* out) {
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno != 0 || v < lo || v > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": '", text, "' is not an integer in [", lo, ", ", hi, "]"));
+  }
+  *out = v;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string ServeUsage() {
+  const ServeFlags d;
+  const GrpcServerOptions& g = d.grpc;
+  const SchedulerOptions& s = d.engine.scheduler;
+  auto b = [](bool v) { return v ? "true" : "false"; };
+  return absl::StrCat(
+      "usage: glmserve serve --model DIR [flags]\n"
+      "\n"
+      "Loads a GLM checkpoint and serves glmserve.v1.Inference over gRPC, with grpc.health.v1 and\n"
+      "server reflection. Logs 'glmserve: serving on HOST:PORT' on stderr once the model is warm\n"
+      "(health SERVING). SIGTERM/SIGINT drains: health NOT_SERVING, new requests UNAVAILABLE,\n"
+      "in-flight requests finish (up to --drain-timeout-ms), exit 0; a second signal exits at once.\n"
+      "Flags take '--flag value' or '--flag=value'.\n"
+      "\nmodel:\n"
+      "  --model DIR                     checkpoint directory (required)\n"
+      "  --device cpu|cuda[:N]           default ", d.load.device, "\n"
+      "  --dtype float32|bfloat16|float16  default: float32 on CPU, bfloat16 on CUDA\n"
+      "\nnetwork (see proto/README.md for the keepalive choices):\n"
+      "  --host H                        default ", g.host, " (0.0.0.0 or :: for every interface)\n"
+      "  --port P                        default ", g.port, "; 0 picks a free port\n"
+      "  --max-message-bytes N           request and response size limit, default ", g.max_message_bytes, "\n"
+      "  --max-concurrent-streams N      per HTTP/2 connection, default ", g.max_concurrent_streams, "\n"
+      "  --keepalive-time-ms N           ping a connection idle this long, default ", g.keepalive_time_ms, "\n"
+      "  --keepalive-timeout-ms N        close when a ping is not acked within, default ", g.keepalive_timeout_ms, "\n"
+      "  --keepalive-permit-without-calls true|false  allow client pings with no call, default ",
+      b(g.keepalive_permit_without_calls), "\n"
+      "  --min-ping-interval-ms N        client pings more often get GOAWAY, default ", g.min_ping_interval_ms, "\n"
+      "\nrequests:\n"
+      "  --max-new-tokens-cap N          largest max_new_tokens accepted, default ", g.limits.max_new_tokens_cap, "\n"
+      "  --default-max-new-tokens N      used when max_new_tokens is 0, default ", g.limits.default_max_new_tokens, "\n"
+      "  --max-prompt-tokens N           longest prompt, default ", g.limits.max_prompt_tokens,
+      " = the model's max context - 1\n"
+      "  --default-deadline-ms N         for requests sent without a deadline, default ", g.default_deadline_ms,
+      "; 0 = none\n"
+      "  --log-requests true|false       one stderr line per finished or refused request, default ",
+      b(g.log_requests), "\n"
+      "\nengine:\n"
+      "  --max-batch N                   sequences running at once, default ", s.max_batch_size, "\n"
+      "  --max-queue N                   accepted requests not yet running; beyond: RESOURCE_EXHAUSTED,\n"
+      "                                  default ", d.engine.max_queued_requests, "\n"
+      "  --max-batch-tokens N            tokens per step (chunked prefill), default ", s.max_tokens_per_step, "\n"
+      "  --max-queue-delay-us N          batching window while idle, default ", s.max_queue_delay.count(), "\n"
+      "  --kv-block-size N               tokens per KV block, default ", d.executor.block_size, "\n"
+      "  --kv-blocks N                   KV pool blocks, default ", d.executor.num_blocks, " = sized from memory\n"
+      "  --kv-memory-fraction F          of free GPU memory for the KV pool, default ", d.executor.kv_memory_fraction, "\n"
+      "  --kv-cpu-budget-mb N            CPU KV pool size, default ", d.executor.kv_cpu_budget_bytes >> 20, "\n"
+      "\nlifecycle:\n"
+      "  --warmup-timeout-ms N           the warm-up request must finish within, default ", d.warmup_timeout_ms, "\n"
+      "  --drain-timeout-ms N            on SIGTERM wait this long for in-flight requests, default ",
+      d.drain_timeout_ms, "\n"
+      "  --shutdown-grace-ms N           then this long before open calls are cancelled, default ",
+      d.shutdown_grace_ms, "\n"
+      "\ntest hooks (off by default):\n"
+      "  --debug-step-latency-ms N       sleep this long in every engine step, default 0\n");
+}
+
+absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
+  ServeFlags f;
+  constexpr int64_t kIntMax = 2147483647;
+  using Setter = std::function<absl::Status(const std::string& flag, const std::string& value)>;
+  auto int_flag = [](auto* field, int64_t lo, int64_t hi) -> Setter {
+    return [field, lo, hi](const std::string& flag, const std::string& value) {
+      int64_t v = 0;
+      absl::Status s = ParseInt(flag, value, lo, hi, &v);
+      if (s.ok()) *field = static_cast<std::remove_pointer_t<decltype(field)>>(v);
+      return s;
+    };
+  };
+  auto bool_flag = [](bool* field) -> Setter {
+    return [field](const std::string& flag, const std::string& value) {
+      if (value == "true" || value == "1") {
+        *field = true;
+      } else if (value == "false" || value == "0") {
+        *field = false;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(flag, ": '", value, "' is not true|false"));
+      }
+      return absl::OkStatus();
+    };
+  };
+  auto string_flag = [](std::string* field) -> Setter {
+    return [field](const std::string& flag, const std::string& value) {
+      if (value.empty()) return absl::InvalidArgumentError(flag + ": must not be empty");
+      *field = value;
+      return absl::OkStatus();
+    };
+  };
+  GrpcServerOptions& g = f.grpc;
+  int64_t kv_cpu_mb = f.executor.kv_cpu_budget_bytes >> 20;
+  int64_t queue_delay_us = f.engine.scheduler.max_queue_delay.count();
+  int64_t step_latency_ms = 0;
+  std::map<std::string, Setter> flags = {
+      {"--model", string_flag(&f.model_dir)},
+      {"--device", string_flag(&f.load.device)},
+      {"--dtype", string_flag(&f.load.dtype)},
+      {"--host", string_flag(&g.host)},
+      {"--port", int_flag(&g.port, 0, 65535)},
+      {"--max-message-bytes", int_flag(&g.max_message_bytes, 1024, kIntMax)},
+      {"--max-concurrent-streams", int_flag(&g.max_concurrent_streams, 1, kIntMax)},
+      {"--keepalive-time-ms", int_flag(&g.keepalive_time_ms, 1000, kIntMax)},
+      {"--keepalive-timeout-ms", int_flag(&g.keepalive_timeout_ms, 1000, kIntMax)},
+      {"--keepalive-permit-without-calls", bool_flag(&g.keepalive_permit_without_calls)},
+      {"--min-ping-interval-ms", int_flag(&g.min_ping_interval_ms, 0, kIntMax)},
+      {"--max-new-tokens-cap", int_flag(&g.limits.max_new_tokens_cap, 1, kIntMax)},
+      {"--default-max-new-tokens", int_flag(&g.limits.default_max_new_tokens, 1, kIntMax)},
+      {"--max-prompt-tokens", int_flag(&g.limits.max_prompt_tokens, 0, kIntMax)},
+      {"--default-deadline-ms", int_flag(&g.default_deadline_ms, 0, int64_t{1} << 40)},
+      {"--log-requests", bool_flag(&g.log_requests)},
+      {"--max-batch", int_flag(&f.engine.scheduler.max_batch_size, 1, 1 << 16)},
+      {"--max-queue", int_flag(&f.engine.max_queued_requests, 1, kIntMax)},
+      {"--max-batch-tokens", int_flag(&f.engine.scheduler.max_tokens_per_step, 1, kIntMax)},
+      {"--max-queue-delay-us", int_flag(&queue_delay_us, 0, int64_t{1} << 40)},
+      {"--debug-step-latency-ms", int_flag(&step_latency_ms, 0, 1 << 20)},
+      {"--kv-block-size", int_flag(&f.executor.block_size, 1, 4096)},
+      {"--kv-blocks", int_flag(&f.executor.num_blocks, 0, kIntMax)},
+      {"--kv-memory-fraction",
+       [&f](const std::string& flag, const std::string& value) {
+         char* end = nullptr;
+         const double v = std::strtod(value.c_str(), &end);
+         if (value.empty() || *end != '\0' || !(v > 0.0 && v <= 1.0)) {
+           return absl::InvalidArgumentError(flag + ": '" + value + "' is not a number in (0, 1]");
+         }
+         f.executor.kv_memory_fraction = v;
+         return absl::OkStatus();
+       }},
+      {"--kv-cpu-budget-mb", int_flag(&kv_cpu_mb, 1, int64_t{1} << 30)},
+      {"--warmup-timeout-ms", int_flag(&f.warmup_timeout_ms, 1, int64_t{1} << 40)},
+      {"--drain-timeout-ms", int_flag(&f.drain_timeout_ms, 0, int64_t{1} << 40)},
+      {"--shutdown-grace-ms", int_flag(&f.shutdown_grace_ms, 0, int64_t{1} << 40)},
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      f.help = true;
+      return f;
+    }
+    std::string value;
+    bool has_value = false;
+    const size_t eq = arg.find('=');
+    if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      has_value = true;
+    }
+    auto it = flags.find(arg);
+    if (it == flags.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", arg, "' (see --help)"));
+    }
+    if (!has_value) {
+      if (i + 1 >= argc) return absl::InvalidArgumentError(arg + ": needs a value");
+      value = argv[++i];
+    }
+    absl::Status s = it->second(arg, value);
+    if (!s.ok()) return s;
+  }
+  f.executor.kv_cpu_budget_bytes = kv_cpu_mb << 20;
+  f.engine.scheduler.max_queue_delay = std::chrono::microseconds(queue_delay_us);
+  f.engine.scheduler.faults.step_latency = std::chrono::milliseconds(step_latency_ms);
+  if (f.engine.scheduler.max_tokens_per_step < f.engine.scheduler.max_batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-batch-tokens: ", f.engine.scheduler.max_tokens_per_step,
+        " must be >= --max-batch ", f.engine.scheduler.max_batch_size));
+  }
+  if (f.model_dir.empty()) return absl::InvalidArgumentError("--model: required");
+  if (g.limits.default_max_new_tokens > g.limits.max_new_tokens_cap) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--default-max-new-tokens: ", g.limits.default_max_new_tokens,
+        " is above --max-new-tokens-cap ", g.limits.max_new_tokens_cap));
+  }
+  return f;
+}
+
+}  // namespace glmserve

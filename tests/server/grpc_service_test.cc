@@ -1,0 +1,412 @@
+// The gRPC service in-process: the real engine (runtime/engine) over tests/engine's deterministic
+// FakeExecutor, the real GrpcServer on loopback port 0, and a C++ stub. No LibTorch, no model.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <future>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "runtime/engine/engine_impl.h"
+#include "server/grpc_service.h"
+#include "tests/engine/fake_executor.h"
+#include "tests/server/test_client.h"
+
+namespace glmserve {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::HealthCheck;
+using testing::MakeProtoRequest;
+using testing::RunStream;
+using testing::SetDeadline;
+
+constexpr int32_t kVocab = 1000;
+constexpr int32_t kMaxContext = 4096;
+
+ModelInfo FakeModelInfo() {
+  ModelInfo info;
+  info.architecture = "fake";
+  info.source_format = "none";
+  info.compute_dtype = "float32";
+  info.device = "cpu";
+  info.parameter_count = 1234;
+  info.vocab_size = kVocab;
+  info.max_position_embeddings = kMaxContext;
+  info.eos_token_ids = {2};
+  return info;
+}
+
+class GrpcServiceTest : public ::testing::Test {
+ protected:
+  void StartServer(EngineOptions engine_options = DefaultEngineOptions(),
+                   GrpcServerOptions grpc_options = GrpcServerOptions()) {
+    auto executor = std::make_unique<testing::FakeExecutor>(16, 1024, kVocab);
+    auto engine = CreateInferenceEngine(engine_options, std::move(executor), FakeModelInfo());
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = std::move(*engine);
+    grpc_options.host = "127.0.0.1";
+    grpc_options.port = 0;
+    grpc_options.build_version = "test";
+    auto server = GrpcServer::Start(grpc_options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    ASSERT_GT(server_->port(), 0);
+    channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    stub_ = v1::Inference::NewStub(channel_);
+    EXPECT_EQ(HealthCheck(channel_, ""), 2) << "NOT_SERVING before the engine is set";
+    server_->SetEngine(engine_.get(), engine_options.scheduler.max_batch_size);
+    server_->SetServing(true);
+  }
+
+  static EngineOptions DefaultEngineOptions() {
+    EngineOptions o;
+    o.scheduler.max_batch_size = 64;
+    o.scheduler.faults.step_latency = std::chrono::microseconds(1000);  // 1 ms per step
+    o.scheduler.log = [](const std::string&) {};
+    return o;
+  }
+
+  void TearDown() override {
+    if (engine_) engine_->Shutdown();
+    if (server_) {
+      server_->AbortAll();
+      server_->Shutdown(1s);
+    }
+  }
+
+  grpc::Status Unary(const v1::InferRequest& request, v1::InferResponse* response,
+                     std::chrono::milliseconds deadline = 10s) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, deadline);
+    return stub_->Infer(&ctx, request, response);
+  }
+
+  // Waits until the engine holds no request (capacity freed).
+  bool EngineIdleWithin(std::chrono::milliseconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      EngineStats s = engine_->stats();
+      if (s.running == 0 && s.waiting == 0) return true;
+      std::this_thread::sleep_for(2ms);
+    }
+    return false;
+  }
+
+  std::unique_ptr<InferenceEngine> engine_;
+  std::unique_ptr<GrpcServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Inference::Stub> stub_;
+};
+
+TEST_F(GrpcServiceTest, UnaryAndStreamAgree) {
+  StartServer();
+  v1::InferRequest request = MakeProtoRequest({5, 6, 7}, 24);
+  request.set_request_id("trace-abc");
+  request.add_stop_token_ids(999);  // not the fake's output: finish by length
+  v1::InferResponse unary;
+  grpc::Status status = Unary(request, &unary);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(unary.output_ids_size(), 24);
+  EXPECT_EQ(unary.request_id(), "trace-abc");
+  EXPECT_EQ(unary.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(unary.usage().prompt_tokens(), 3);
+  EXPECT_EQ(unary.usage().completion_tokens(), 24);
+  EXPECT_EQ(unary.usage().total_tokens(), 27);
+  EXPECT_GT(unary.total_ms(), 0.0);
+  EXPECT_GE(unary.total_ms(), unary.ttft_ms());
+  EXPECT_GE(unary.ttft_ms(), unary.queue_ms());
+
+  auto stream = RunStream(stub_.get(), request, 10s);
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  EXPECT_EQ(stream.ids, std::vector<int32_t>(unary.output_ids().begin(), unary.output_ids().end()));
+  ASSERT_GE(stream.messages.size(), 2u);  // tokens arrive step by step, then the final message
+  for (size_t i = 0; i < stream.messages.size(); ++i) {
+    const auto& m = stream.messages[i];
+    EXPECT_EQ(m.request_id(), "trace-abc");
+    if (i + 1 < stream.messages.size()) {
+      EXPECT_EQ(m.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+      EXPECT_FALSE(m.has_usage());
+    }
+  }
+  EXPECT_EQ(stream.messages.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(stream.messages.back().usage().completion_tokens(), 24);
+
+  // Same request straight into the engine: the front end adds nothing and drops nothing.
+  std::promise<RequestResult> direct;
+  InferenceRequest engine_request;
+  engine_request.request_id = "direct";
+  engine_request.input_ids = {5, 6, 7};
+  engine_request.params.max_new_tokens = 24;
+  engine_request.params.stop_token_ids = {999};
+  RequestCallbacks callbacks;
+  callbacks.on_done = [&direct](const RequestResult& r) { direct.set_value(r); };
+  ASSERT_TRUE(engine_->Submit(std::move(engine_request), std::move(callbacks)).ok());
+  auto future = direct.get_future();
+  ASSERT_EQ(future.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(future.get().output_ids, stream.ids);
+}
+
+TEST_F(GrpcServiceTest, StopIdEndsWithStop) {
+  StartServer();
+  v1::InferResponse first;
+  ASSERT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 8), &first).ok());
+  // Stop on the 3rd generated id: output is cut right after it.
+  v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 8);
+  request.add_stop_token_ids(first.output_ids(2));
+  v1::InferResponse stopped;
+  ASSERT_TRUE(Unary(request, &stopped).ok());
+  EXPECT_EQ(stopped.finish_reason(), v1::FINISH_REASON_STOP);
+  ASSERT_LE(stopped.output_ids_size(), 3);
+  EXPECT_EQ(stopped.output_ids(stopped.output_ids_size() - 1), first.output_ids(2));
+}
+
+TEST_F(GrpcServiceTest, GeneratedRequestIdWhenEmpty) {
+  StartServer();
+  v1::InferResponse a, b;
+  ASSERT_TRUE(Unary(MakeProtoRequest({1}, 2), &a).ok());
+  ASSERT_TRUE(Unary(MakeProtoRequest({1}, 2), &b).ok());
+  EXPECT_FALSE(a.request_id().empty());
+  EXPECT_NE(a.request_id(), b.request_id());
+  // Zero max_new_tokens means the default (256, shrunk to fit the context if needed).
+  EXPECT_EQ(a.output_ids_size(), 2);
+  v1::InferResponse d;
+  ASSERT_TRUE(Unary(MakeProtoRequest({1}, 0), &d).ok());
+  EXPECT_EQ(d.output_ids_size(), GrpcServerOptions().limits.default_max_new_tokens);
+}
+
+struct InvalidCase {
+  const char* name;
+  std::function<void(v1::InferRequest*)> mutate;
+  const char* field;  // must appear in the message
+};
+
+TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
+  StartServer();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<InvalidCase> cases = {
+      {"empty input", [](v1::InferRequest* r) { r->clear_input_ids(); }, "input_ids"},
+      {"prompt text", [](v1::InferRequest* r) { r->clear_input_ids(); r->set_prompt("hi"); },
+       "needs a tokenizer"},
+      {"id negative", [](v1::InferRequest* r) { r->set_input_ids(1, -1); }, "input_ids[1]"},
+      {"id >= vocab", [](v1::InferRequest* r) { r->add_input_ids(kVocab); }, "input_ids[3]"},
+      {"max_new negative", [](v1::InferRequest* r) { r->set_max_new_tokens(-1); }, "max_new_tokens"},
+      {"max_new above cap", [](v1::InferRequest* r) { r->set_max_new_tokens(4097); }, "max_new_tokens"},
+      {"prompt + max_new beyond context",
+       [](v1::InferRequest* r) {
+         r->clear_input_ids();
+         for (int i = 0; i < kMaxContext - 10; ++i) r->add_input_ids(1);
+         r->set_max_new_tokens(100);
+       },
+       "max context"},
+      {"prompt alone too long",
+       [](v1::InferRequest* r) { for (int i = 0; i < kMaxContext; ++i) r->add_input_ids(1); },
+       "input_ids"},
+      {"min > max", [](v1::InferRequest* r) { r->set_min_new_tokens(9); }, "min_new_tokens"},
+      {"min negative", [](v1::InferRequest* r) { r->set_min_new_tokens(-1); }, "min_new_tokens"},
+      {"temperature negative", [](v1::InferRequest* r) { r->set_temperature(-0.5f); }, "temperature"},
+      {"temperature NaN", [nan](v1::InferRequest* r) { r->set_temperature(nan); }, "temperature"},
+      {"temperature inf",
+       [](v1::InferRequest* r) { r->set_temperature(std::numeric_limits<float>::infinity()); },
+       "temperature"},
+      {"top_p > 1", [](v1::InferRequest* r) { r->set_top_p(1.5f); }, "top_p"},
+      {"top_p negative", [](v1::InferRequest* r) { r->set_top_p(-0.1f); }, "top_p"},
+      {"top_p NaN", [nan](v1::InferRequest* r) { r->set_top_p(nan); }, "top_p"},
+      {"top_k negative", [](v1::InferRequest* r) { r->set_top_k(-1); }, "top_k"},
+      {"stop id outside vocab", [](v1::InferRequest* r) { r->add_stop_token_ids(kVocab + 5); },
+       "stop_token_ids[0]"},
+      {"request_id with space", [](v1::InferRequest* r) { r->set_request_id("a b"); }, "request_id"},
+      {"request_id too long",
+       [](v1::InferRequest* r) { r->set_request_id(std::string(200, 'x')); }, "request_id"},
+  };
+  for (const auto& c : cases) {
+    v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 8);
+    c.mutate(&request);
+    v1::InferResponse response;
+    grpc::Status unary = Unary(request, &response);
+    EXPECT_EQ(unary.error_code(), grpc::INVALID_ARGUMENT) << c.name;
+    EXPECT_NE(unary.error_message().find(c.field), std::string::npos)
+        << c.name << ": " << unary.error_message();
+    auto stream = RunStream(stub_.get(), request, 5s);
+    EXPECT_EQ(stream.status.error_code(), grpc::INVALID_ARGUMENT) << c.name;
+    EXPECT_TRUE(stream.messages.empty()) << c.name;
+  }
+  // Range is in the message, e.g. max_new_tokens.
+  v1::InferRequest request = MakeProtoRequest({1}, -1);
+  v1::InferResponse response;
+  EXPECT_NE(Unary(request, &response).error_message().find("[0, 4096]"), std::string::npos);
+  // Still serving afterwards.
+  ASSERT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response).ok());
+  EXPECT_EQ(response.output_ids_size(), 4);
+}
+
+TEST_F(GrpcServiceTest, DeadlineExceededFreesCapacity) {
+  StartServer();
+  v1::InferResponse response;
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status status = Unary(MakeProtoRequest({1, 2}, 3000), &response, 150ms);
+  EXPECT_EQ(status.error_code(), grpc::DEADLINE_EXCEEDED);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  EXPECT_TRUE(EngineIdleWithin(1s)) << "the expired request still holds the engine";
+  auto stream = RunStream(stub_.get(), MakeProtoRequest({1, 2}, 3000), 150ms);
+  EXPECT_EQ(stream.status.error_code(), grpc::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(EngineIdleWithin(1s));
+  const auto next = std::chrono::steady_clock::now();
+  ASSERT_TRUE(Unary(MakeProtoRequest({1, 2}, 4), &response, 2s).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - next, 1s);
+}
+
+TEST_F(GrpcServiceTest, ClientCancelFreesCapacity) {
+  StartServer();
+  {  // unary
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, 30s);
+    v1::InferResponse response;
+    std::thread canceller([&ctx] {
+      std::this_thread::sleep_for(100ms);
+      ctx.TryCancel();
+    });
+    grpc::Status status = stub_->Infer(&ctx, MakeProtoRequest({3, 4}, 3000), &response);
+    canceller.join();
+    EXPECT_EQ(status.error_code(), grpc::CANCELLED);
+    EXPECT_TRUE(EngineIdleWithin(1s)) << "a cancelled unary call still holds the engine";
+  }
+  {  // stream: read a few messages, then cancel
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, 30s);
+    auto reader = stub_->InferStream(&ctx, MakeProtoRequest({3, 4}, 3000));
+    v1::InferResponse message;
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(reader->Read(&message));
+    ctx.TryCancel();
+    while (reader->Read(&message)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::CANCELLED);
+    EXPECT_TRUE(EngineIdleWithin(1s)) << "a cancelled stream still holds the engine";
+  }
+  v1::InferResponse response;
+  const auto next = std::chrono::steady_clock::now();
+  ASSERT_TRUE(Unary(MakeProtoRequest({1, 2}, 4), &response, 2s).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - next, 1s);
+}
+
+TEST_F(GrpcServiceTest, QueueFullIsResourceExhaustedWithRetryHint) {
+  EngineOptions options = DefaultEngineOptions();
+  options.scheduler.max_batch_size = 1;
+  options.max_queued_requests = 1;
+  StartServer(options);
+  // One running + one queued fill the engine; the third is refused at once.
+  std::vector<std::thread> holders;
+  std::atomic<int> cancelled{0};
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  for (int i = 0; i < 2; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    SetDeadline(contexts.back().get(), 30s);
+  }
+  for (int i = 0; i < 2; ++i) {
+    holders.emplace_back([this, i, &contexts, &cancelled] {
+      v1::InferResponse response;
+      if (stub_->Infer(contexts[i].get(), MakeProtoRequest({1, 2}, 3000), &response).error_code() ==
+          grpc::CANCELLED) {
+        ++cancelled;
+      }
+    });
+    const auto end = std::chrono::steady_clock::now() + 5s;
+    while (engine_->stats().running + engine_->stats().waiting < i + 1 &&
+           std::chrono::steady_clock::now() < end) {
+      std::this_thread::sleep_for(2ms);
+    }
+  }
+  v1::InferResponse response;
+  grpc::Status status = Unary(MakeProtoRequest({1, 2}, 4), &response, 5s);
+  EXPECT_EQ(status.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(status.error_message().find("retry after"), std::string::npos) << status.error_message();
+  for (auto& ctx : contexts) ctx->TryCancel();
+  for (auto& t : holders) t.join();
+  EXPECT_EQ(cancelled.load(), 2);
+  EXPECT_TRUE(EngineIdleWithin(1s));
+  ASSERT_TRUE(Unary(MakeProtoRequest({1, 2}, 4), &response, 5s).ok());
+}
+
+TEST_F(GrpcServiceTest, SixtyFourConcurrentClients) {
+  StartServer();
+  constexpr int kClients = 64;
+  std::vector<std::vector<int32_t>> expected(kClients);
+  for (int i = 0; i < kClients; ++i) {
+    v1::InferResponse response;
+    ASSERT_TRUE(Unary(MakeProtoRequest({i + 1, 2 * i + 3, 7}, 12 + i % 5), &response).ok());
+    expected[i].assign(response.output_ids().begin(), response.output_ids().end());
+  }
+  std::vector<std::thread> threads;
+  std::vector<std::vector<int32_t>> got(kClients);
+  std::vector<grpc::Status> statuses(kClients);
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      // Each client its own channel: 64 connections, half unary and half streaming.
+      auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+      auto stub = v1::Inference::NewStub(channel);
+      v1::InferRequest request = MakeProtoRequest({i + 1, 2 * i + 3, 7}, 12 + i % 5);
+      if (i % 2 == 0) {
+        grpc::ClientContext ctx;
+        SetDeadline(&ctx, 30s);
+        v1::InferResponse response;
+        statuses[i] = stub->Infer(&ctx, request, &response);
+        got[i].assign(response.output_ids().begin(), response.output_ids().end());
+      } else {
+        auto stream = RunStream(stub.get(), request, 30s);
+        statuses[i] = stream.status;
+        got[i] = stream.ids;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+    EXPECT_EQ(got[i], expected[i]) << "client " << i;
+  }
+}
+
+TEST_F(GrpcServiceTest, ModelInfo) {
+  StartServer();
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, 5s);
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.architecture(), "fake");
+  EXPECT_EQ(info.vocab_size(), kVocab);
+  EXPECT_EQ(info.max_context(), kMaxContext);
+  EXPECT_EQ(info.max_batch(), 64);
+  EXPECT_EQ(info.parameter_count(), 1234);
+  ASSERT_EQ(info.eos_token_ids_size(), 1);
+  EXPECT_EQ(info.build_version(), "test");
+}
+
+TEST_F(GrpcServiceTest, HealthAndDrain) {
+  StartServer();
+  EXPECT_EQ(HealthCheck(channel_, ""), 1);
+  EXPECT_EQ(HealthCheck(channel_, "glmserve.v1.Inference"), 1);
+  // A stream in flight (~300 steps of 1 ms) when the drain starts finishes completely.
+  std::promise<testing::StreamResult> in_flight;
+  std::thread client([&] { in_flight.set_value(RunStream(stub_.get(), MakeProtoRequest({9}, 300), 20s)); });
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (engine_->stats().running == 0 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(engine_->stats().running, 1);
+  server_->StartDrain();
+  EXPECT_EQ(HealthCheck(channel_, ""), 2);
+  EXPECT_EQ(HealthCheck(channel_, "glmserve.v1.Inference"), 2);
+  v1::InferResponse response;
+  EXPECT_EQ(Unary(MakeProtoRequest({1}, 2), &response).error_code(), grpc::UNAVAILABLE);
+  EXPECT_TRUE(server_->WaitIdle(10s));
+  client.join();
+  auto result = in_flight.get_future().get();
+  EXPECT_TRUE(result.status.ok()) << result.status.error_message();
+  EXPECT_EQ(result.ids.size(), 300u);
+}
+
+}  // namespace
+}  // namespace glmserve
