@@ -1,0 +1,334 @@
+// End to end: the real `glmserve serve` binary on loopback (--port 0) with the bundled tiny model,
+// driven by a C++ stub. Results are compared with `glmserve generate --json`.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <mutex>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/server/test_client.h"
+
+namespace glmserve {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::HealthCheck;
+using testing::MakeProtoRequest;
+using testing::RunStream;
+using testing::SetDeadline;
+
+constexpr char kBinary[] = GLMSERVE_BINARY;
+constexpr char kModel[] = GLMSERVE_TEST_MODEL_DIR;
+
+// A `glmserve serve` child process; its stderr is collected line by line.
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> extra_flags) {
+    int fds[2];
+    if (pipe(fds) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fds[1], 2);
+      close(fds[0]);
+      close(fds[1]);
+      std::vector<std::string> args = {kBinary, "serve", "--model", kModel, "--host", "127.0.0.1",
+                                       "--port", "0"};
+      args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(kBinary, argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    reader_ = std::thread([this, fd = fds[0]] {
+      FILE* f = fdopen(fd, "r");
+      char buf[4096];
+      while (fgets(buf, sizeof buf, f) != nullptr) {
+        std::lock_guard<std::mutex> lock(mu_);
+        log_ += buf;
+      }
+      fclose(f);
+    });
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (reader_.joinable()) reader_.join();
+  }
+
+  // Waits for "serving on 127.0.0.1:PORT"; 0 on timeout or exit.
+  int WaitServing(std::chrono::seconds timeout) {
+    static const std::regex re("serving on 127\\.0\\.0\\.1:([0-9]+)");
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        std::smatch m;
+        if (std::regex_search(log_, m, re)) return std::stoi(m[1]);
+      }
+      if (waitpid(pid_, &status_, WNOHANG) == pid_) {
+        exited_ = true;
+        return 0;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return 0;
+  }
+  void Signal(int sig) { kill(pid_, sig); }
+  // Exit status, or -1 if it did not exit in time.
+  int WaitExit(std::chrono::seconds timeout) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      if (exited_ || waitpid(pid_, &status_, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+  std::string log() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return log_;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = 0;
+  bool exited_ = false;
+  std::thread reader_;
+  std::mutex mu_;
+  std::string log_;
+};
+
+// `glmserve generate --json` output_ids for the same greedy request.
+std::vector<int32_t> Generate(const std::vector<int32_t>& ids, int max_new) {
+  std::string list;
+  for (size_t i = 0; i < ids.size(); ++i) list += (i ? "," : "") + std::to_string(ids[i]);
+  const std::string cmd = std::string("timeout 120 ") + kBinary + " generate --model " + kModel +
+                          " --input-ids " + list + " --max-new-tokens " + std::to_string(max_new) +
+                          " --json 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return {};
+  std::string out;
+  char buf[4096];
+  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  pclose(p);
+  auto j = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.contains("output_ids")) return {};
+  return j["output_ids"].get<std::vector<int32_t>>();
+}
+
+class ServeIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(std::string(kModel) + "/config.json")) {
+      GTEST_SKIP() << "no test model at " << kModel;
+    }
+  }
+  void Start(std::vector<std::string> flags = {}) {
+    server_ = std::make_unique<ServerProcess>(std::move(flags));
+    port_ = server_->WaitServing(120s);
+    ASSERT_GT(port_, 0) << server_->log();
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::Inference::NewStub(channel_);
+  }
+  grpc::Status Unary(const v1::InferRequest& request, v1::InferResponse* response,
+                     std::chrono::milliseconds deadline = 30s) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, deadline);
+    return stub_->Infer(&ctx, request, response);
+  }
+  static std::vector<int32_t> Ids(const v1::InferResponse& r) {
+    return {r.output_ids().begin(), r.output_ids().end()};
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  int port_ = 0;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Inference::Stub> stub_;
+};
+
+TEST_F(ServeIntegrationTest, UnaryAndStreamEqualGenerate) {
+  Start();
+  EXPECT_EQ(HealthCheck(channel_, ""), 1) << "SERVING once 'serving on' is logged";
+  EXPECT_EQ(HealthCheck(channel_, "glmserve.v1.Inference"), 1);
+  for (const auto& prompt : std::vector<std::vector<int32_t>>{{1, 2, 3}, {100, 200, 300, 400, 17}}) {
+    const std::vector<int32_t> expected = Generate(prompt, 12);
+    ASSERT_FALSE(expected.empty()) << "glmserve generate gave no output_ids";
+    v1::InferResponse unary;
+    grpc::Status status = Unary(MakeProtoRequest(prompt, 12), &unary);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(Ids(unary), expected);
+    EXPECT_NE(unary.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+    EXPECT_EQ(unary.usage().prompt_tokens(), static_cast<int>(prompt.size()));
+    auto stream = RunStream(stub_.get(), MakeProtoRequest(prompt, 12), 30s);
+    ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+    EXPECT_EQ(stream.ids, expected);
+    EXPECT_EQ(stream.messages.back().finish_reason(), unary.finish_reason());
+  }
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, 5s);
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.architecture(), "glm4");
+  EXPECT_EQ(info.vocab_size(), 1024);
+  EXPECT_EQ(info.max_context(), 2048);
+}
+
+TEST_F(ServeIntegrationTest, InvalidInputsAreRejected) {
+  Start();
+  struct Case {
+    std::function<void(v1::InferRequest*)> mutate;
+    const char* field;
+  };
+  const std::vector<Case> cases = {
+      {[](v1::InferRequest* r) { r->clear_input_ids(); }, "input_ids"},
+      {[](v1::InferRequest* r) { r->clear_input_ids(); r->set_prompt("hello"); }, "tokenizer"},
+      {[](v1::InferRequest* r) { r->add_input_ids(1024); }, "input_ids[3]"},
+      {[](v1::InferRequest* r) { r->set_input_ids(0, -3); }, "input_ids[0]"},
+      {[](v1::InferRequest* r) { r->set_max_new_tokens(-1); }, "max_new_tokens"},
+      {[](v1::InferRequest* r) { r->set_max_new_tokens(1 << 20); }, "max_new_tokens"},
+      {[](v1::InferRequest* r) {
+         for (int i = 0; i < 2040; ++i) r->add_input_ids(5);
+         r->set_max_new_tokens(100);
+       },
+       "max context"},
+      {[](v1::InferRequest* r) { r->set_min_new_tokens(100); }, "min_new_tokens"},
+      {[](v1::InferRequest* r) { r->set_temperature(std::numeric_limits<float>::quiet_NaN()); },
+       "temperature"},
+      {[](v1::InferRequest* r) { r->set_temperature(-1); }, "temperature"},
+      {[](v1::InferRequest* r) { r->set_top_p(1.01f); }, "top_p"},
+      {[](v1::InferRequest* r) { r->set_top_k(-2); }, "top_k"},
+      {[](v1::InferRequest* r) { r->add_stop_token_ids(5000); }, "stop_token_ids[0]"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 8);
+    cases[i].mutate(&request);
+    v1::InferResponse response;
+    grpc::Status status = Unary(request, &response, 10s);
+    EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT) << "case " << i;
+    EXPECT_NE(status.error_message().find(cases[i].field), std::string::npos)
+        << "case " << i << ": " << status.error_message();
+  }
+  v1::InferResponse response;
+  EXPECT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response).ok()) << "still serving";
+}
+
+// One sequence at a time and slow steps: a request that still held its slot would delay the next.
+TEST_F(ServeIntegrationTest, DeadlineAndCancelFreeCapacity) {
+  Start({"--max-batch", "1", "--debug-step-latency-ms", "10"});
+  v1::InferResponse response;
+  v1::InferRequest long_request = MakeProtoRequest({1, 2, 3}, 1500);
+  long_request.set_min_new_tokens(1500);  // no early stop on an eos id
+  EXPECT_EQ(Unary(long_request, &response, 300ms).error_code(),
+            grpc::DEADLINE_EXCEEDED);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response, 10s).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "deadline did not free the slot";
+
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, 60s);
+    auto reader = stub_->InferStream(&ctx, long_request);
+    v1::InferResponse message;
+    ASSERT_TRUE(reader->Read(&message));
+    ctx.TryCancel();
+    while (reader->Read(&message)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::CANCELLED);
+  }
+  t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response, 10s).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "cancel did not free the slot";
+}
+
+TEST_F(ServeIntegrationTest, SixtyFourConcurrentClients) {
+  Start();
+  constexpr int kPrompts = 8, kClients = 64;
+  std::vector<std::vector<int32_t>> prompts, expected;
+  for (int p = 0; p < kPrompts; ++p) {
+    prompts.push_back({p * 37 + 1, p * 11 + 5, 9});
+    expected.push_back(Generate(prompts.back(), 10));
+    ASSERT_FALSE(expected.back().empty());
+  }
+  std::vector<std::vector<int32_t>> got(kClients);
+  std::vector<grpc::Status> statuses(kClients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
+                                         grpc::InsecureChannelCredentials());
+      auto stub = v1::Inference::NewStub(channel);
+      if (i % 2 == 0) {
+        grpc::ClientContext ctx;
+        SetDeadline(&ctx, 120s);
+        v1::InferResponse r;
+        statuses[i] = stub->Infer(&ctx, MakeProtoRequest(prompts[i % kPrompts], 10), &r);
+        got[i] = Ids(r);
+      } else {
+        auto s = RunStream(stub.get(), MakeProtoRequest(prompts[i % kPrompts], 10), 120s);
+        statuses[i] = s.status;
+        got[i] = s.ids;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+    EXPECT_EQ(got[i], expected[i % kPrompts]) << "client " << i;
+  }
+}
+
+TEST_F(ServeIntegrationTest, SigtermDrainsInFlightRequests) {
+  Start({"--debug-step-latency-ms", "10"});
+  constexpr int kInFlight = 6;
+  std::vector<grpc::Status> statuses(kInFlight);
+  std::vector<size_t> counts(kInFlight);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kInFlight; ++i) {
+    threads.emplace_back([&, i] {
+      v1::InferRequest request = MakeProtoRequest({1, 2, 3 + i}, 100);
+      request.set_min_new_tokens(100);
+      auto s = RunStream(stub_.get(), request, 60s);
+      statuses[i] = s.status;
+      counts[i] = s.ids.size();
+    });
+  }
+  std::this_thread::sleep_for(300ms);  // all six are generating (100 steps x 10 ms)
+  server_->Signal(SIGTERM);
+  int health = -2;
+  for (int i = 0; i < 100 && health != 2; ++i) {
+    health = HealthCheck(channel_, "");
+    if (health != 2) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(health, 2) << "NOT_SERVING while draining";
+  v1::InferResponse response;
+  EXPECT_EQ(Unary(MakeProtoRequest({1}, 2), &response, 5s).error_code(), grpc::UNAVAILABLE);
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kInFlight; ++i) {
+    EXPECT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+    EXPECT_EQ(counts[i], 100u) << i;
+  }
+  EXPECT_EQ(server_->WaitExit(30s), 0) << server_->log();
+}
+
+}  // namespace
+}  // namespace glmserve
