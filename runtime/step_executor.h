@@ -38,6 +38,8 @@ struct StepResult {
   std::vector<std::vector<float>> logits;
 };
 
+// Called only from the engine thread, one Step at a time. The full list of what a SequenceStep
+// promises and what the engine expects back is in runtime/engine/README.md.
 class StepExecutor {
  public:
   virtual ~StepExecutor() = default;
@@ -45,7 +47,8 @@ class StepExecutor {
   virtual int32_t num_blocks() const = 0;  // KV blocks in the pool
   // Runs one forward pass over `batch` writing KV into the given blocks.
   // RESOURCE_EXHAUSTED means out of device memory: nothing was committed and the engine may
-  // retry with a smaller batch. Any other error fails the requests of this batch.
+  // retry with a smaller batch (empty allocator caches before returning it). Any other error
+  // fails the requests of this batch. Don't throw: exceptions become INTERNAL for the batch.
   virtual absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) = 0;
 };
 

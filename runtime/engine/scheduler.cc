@@ -394,25 +394,37 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
     budget -= chunk;
   };
 
-  // 1. Running sequences, oldest first. Decodes cost 1 token; prefills take what is left.
-  //    A sequence that needs a new block when the pool is empty preempts the newest running one
-  //    (possibly itself).
-  for (size_t i = 0; i < running_.size() && budget > 0;) {
-    Sequence* s = running_[i];
-    const int32_t chunk = std::min(s->pending(), budget);
-    bool self_preempted = false;
-    while (!blocks_.EnsureCapacity(s->block_table, s->num_computed + chunk)) {
-      Sequence* victim = running_.back();
-      Preempt(victim);
-      preempted_now = true;
-      if (victim == s) {
-        self_preempted = true;
-        break;
+  // 1. Running sequences, oldest first: decodes (1 token each) in a first pass so prefill chunks
+  //    can never crowd them out, then sequences still prefilling take what is left. A sequence
+  //    that needs a new block when the pool is empty preempts the newest running one (possibly
+  //    itself). Prefills never need blocks here: admission reserved their whole prompt.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < running_.size() && budget > 0;) {
+      Sequence* s = running_[i];
+      const bool decoding = s->pending() == 1;
+      if (decoding != (pass == 0)) {
+        ++i;
+        continue;
       }
+      const int32_t chunk = std::min(s->pending(), budget);
+      bool self_preempted = false;
+      while (!blocks_.EnsureCapacity(s->block_table, s->num_computed + chunk)) {
+        Sequence* victim = running_.back();
+        for (const Sequence* planned : plan.sequences) {
+          // Only reachable if a prefill lost its reservation; never preempt planned work.
+          if (planned == victim) victim = s;
+        }
+        Preempt(victim);
+        preempted_now = true;
+        if (victim == s) {
+          self_preempted = true;
+          break;
+        }
+      }
+      if (self_preempted) continue;  // running_[i] is now the next sequence
+      add_step(s, chunk);
+      ++i;
     }
-    if (self_preempted) break;  // s was the newest: nothing after it
-    add_step(s, chunk);
-    ++i;
   }
 
   // 2. Admit waiting requests (best first, head-of-line) while the limit, budget and pool allow.

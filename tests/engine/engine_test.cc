@@ -96,12 +96,13 @@ struct EngineHarness {
     return limits;
   }
 
-  std::shared_ptr<FakeClock> clock;
-  FakeExecutor* executor = nullptr;  // owned by the engine
-  std::unique_ptr<InferenceEngine> engine;
+  // Declared before the engine so the engine thread is joined before they go away.
   Collector collector;
   std::mutex limits_mu;
   std::vector<int32_t> limits;
+  std::shared_ptr<FakeClock> clock;
+  FakeExecutor* executor = nullptr;  // owned by the engine
+  std::unique_ptr<InferenceEngine> engine;
 };
 
 // A varied request: prompt, lengths, min_new and stop ids differ by index.
