@@ -1,0 +1,207 @@
+#include "runtime/glm_model.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace glmserve {
+
+absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(
+    const ModelConfig& config, const WeightPlan& plan, std::unordered_map<std::string, at::Tensor>* stored,
+    at::ScalarType dtype, at::Device device) {
+  std::unordered_map<std::string, at::Tensor> canonical;
+  // How many canonical tensors still need each stored tensor, so it can be freed after the last.
+  std::unordered_map<std::string, int> uses;
+  for (const MappedTensor& t : plan.tensors) ++uses[t.source_key];
+  for (const MappedTensor& t : plan.tensors) {
+    auto it = stored->find(t.source_key);
+    if (it == stored->end()) {
+      return absl::InternalError(absl::StrCat("tensor '", t.source_key, "' was validated but not read from ",
+                                              t.source_file));
+    }
+    at::Tensor slice = it->second.narrow(0, t.row_begin, t.row_end - t.row_begin);
+    canonical[t.canonical] = slice.to(device, dtype).contiguous();
+    if (--uses[t.source_key] == 0) stored->erase(it);
+  }
+  std::unique_ptr<GlmModel> model(new GlmModel(config, dtype, device));
+  auto take = [&](const std::string& name) { return canonical.at(name); };
+  model->embed_ = take("embed.weight");
+  model->lm_head_ = config.tie_word_embeddings ? model->embed_ : take("lm_head.weight");
+  model->final_norm_ = take("final_norm.weight");
+  for (int32_t l = 0; l < config.num_layers; ++l) {
+    auto name = [l](const char* slot) { return CanonicalLayerName(l, slot); };
+    Layer layer;
+    layer.input_norm = take(name("input_norm.weight"));
+    layer.qkv_weight = at::cat({take(name("q.weight")), take(name("k.weight")), take(name("v.weight"))}, 0);
+    if (config.attention_bias) {
+      layer.qkv_bias = at::cat({take(name("q.bias")), take(name("k.bias")), take(name("v.bias"))}, 0);
+    }
+    layer.o_weight = take(name("o.weight"));
+    layer.mlp_norm = take(name("mlp_norm.weight"));
+    layer.gate_up_weight = at::cat({take(name("gate.weight")), take(name("up.weight"))}, 0);
+    layer.down_weight = take(name("down.weight"));
+    if (config.sandwich_norms) {
+      layer.post_attn_norm = take(name("post_attn_norm.weight"));
+      layer.post_mlp_norm = take(name("post_mlp_norm.weight"));
+    }
+    for (const char* slot : {"q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias", "gate.weight", "up.weight"}) {
+      canonical.erase(name(slot));
+    }
+    model->layers_.push_back(std::move(layer));
+  }
+  // transformers: inv_freq = 1 / base^(arange(0, dim, 2) / dim), computed in float32.
+  const int64_t dim = config.rotary_dim;
+  if (dim > 0) {
+    at::Tensor exponents = at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
+                           static_cast<float>(dim);
+    model->inv_freq_ = (1.0 / at::pow(static_cast<double>(static_cast<float>(config.rope_theta)), exponents)).to(device);
+  }
+  return model;
+}
+
+int64_t GlmModel::kv_bytes_per_token() const {
+  return int64_t{2} * config_.num_layers * config_.num_key_value_heads * config_.head_dim *
+         static_cast<int64_t>(c10::elementSize(dtype_));
+}
+
+KvPool GlmModel::AllocateKv(int32_t num_blocks, int32_t block_size) const {
+  KvPool pool;
+  pool.block_size = block_size;
+  pool.num_blocks = num_blocks;
+  const auto options = at::TensorOptions().dtype(dtype_).device(device_);
+  const int64_t slots = int64_t{num_blocks} * block_size;
+  pool.k = at::zeros({config_.num_layers, slots, config_.num_key_value_heads, config_.head_dim}, options);
+  pool.v = at::zeros_like(pool.k);
+  return pool;
+}
+
+at::Tensor GlmModel::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+  // transformers: variance in fp32, normalise, cast back, then scale by the weight.
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor variance = x32.pow(2).mean(-1, /*keepdim=*/true);
+  at::Tensor normed = (x32 * at::rsqrt(variance + config_.rms_norm_eps)).to(x.scalar_type());
+  return weight * normed;
+}
+
+at::Tensor GlmModel::ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+  // x: [T, heads, head_dim]; cos/sin: [T, 1, rotary_dim / 2]. Pairs (2j, 2j+1) rotate by angle j.
+  const int64_t rot = config_.rotary_dim;
+  at::Tensor rotated = x.narrow(-1, 0, rot);
+  at::Tensor even = rotated.slice(-1, 0, rot, 2);
+  at::Tensor odd = rotated.slice(-1, 1, rot, 2);
+  at::Tensor new_even = even * cos - odd * sin;
+  at::Tensor new_odd = odd * cos + even * sin;
+  at::Tensor merged = at::stack({new_even, new_odd}, -1).flatten(-2);
+  if (rot == x.size(-1)) return merged;
+  return at::cat({merged, x.narrow(-1, rot, x.size(-1) - rot)}, -1);
+}
+
+at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const {
+  const ModelConfig& c = config_;
+  const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads, hd = c.head_dim;
+  const int64_t q_size = heads * hd, kv_size = kv_heads * hd;
+  const int64_t group = heads / kv_heads;
+
+  // Flatten the batch: token ids, their positions and the KV slot each writes.
+  std::vector<int64_t> ids, positions, slots, last_rows;
+  for (const SequenceStep& s : batch) {
+    for (size_t i = 0; i < s.tokens.size(); ++i) {
+      const int64_t pos = s.start_position + static_cast<int64_t>(i);
+      ids.push_back(s.tokens[i]);
+      positions.push_back(pos);
+      slots.push_back(int64_t{s.block_table.at(pos / kv.block_size)} * kv.block_size + pos % kv.block_size);
+    }
+    if (s.sample) last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
+  }
+  const auto long_cpu = at::TensorOptions().dtype(at::kLong);
+  at::Tensor ids_t = at::tensor(ids, long_cpu).to(device_);
+  at::Tensor slots_t = at::tensor(slots, long_cpu).to(device_);
+  at::Tensor pos_t = at::tensor(positions, long_cpu).to(device_);
+  const int64_t total = static_cast<int64_t>(ids.size());
+
+  at::Tensor cos, sin;
+  if (c.rotary_dim > 0) {
+    at::Tensor freqs = pos_t.to(at::kFloat).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, rot/2]
+    cos = freqs.cos().to(dtype_).unsqueeze(1);
+    sin = freqs.sin().to(dtype_).unsqueeze(1);
+  }
+
+  // Per-sequence attention views: context slots and the causal mask for its query rows.
+  struct SeqView {
+    int64_t row_begin, rows;
+    at::Tensor context_slots;  // [context_len]
+    at::Tensor mask;           // [rows, context_len] additive, or undefined when rows == 1
+  };
+  std::vector<SeqView> views;
+  int64_t row = 0;
+  for (const SequenceStep& s : batch) {
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    const int64_t context = s.start_position + n;
+    std::vector<int64_t> context_slots(context);
+    for (int64_t p = 0; p < context; ++p) {
+      context_slots[p] = int64_t{s.block_table.at(p / kv.block_size)} * kv.block_size + p % kv.block_size;
+    }
+    SeqView view{row, n, at::tensor(context_slots, long_cpu).to(device_), at::Tensor()};
+    if (n > 1) {
+      // Query i (position start+i) sees keys at positions <= start+i.
+      view.mask = at::full({n, context}, -std::numeric_limits<float>::infinity(),
+                           at::TensorOptions().dtype(at::kFloat).device(device_))
+                      .triu(s.start_position + 1);
+    }
+    views.push_back(std::move(view));
+    row += n;
+  }
+
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  at::Tensor x = embed_.index_select(0, ids_t);  // [T, H]
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const Layer& layer = layers_[l];
+    at::Tensor h = RmsNorm(x, layer.input_norm);
+    at::Tensor qkv = at::linear(h, layer.qkv_weight, layer.qkv_bias);
+    at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
+    at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
+    at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({total, kv_heads, hd});
+    if (c.rotary_dim > 0) {
+      q = ApplyRotary(q, cos, sin);
+      k = ApplyRotary(k, cos, sin);
+    }
+    at::Tensor k_cache = kv.k[l];
+    at::Tensor v_cache = kv.v[l];
+    k_cache.index_copy_(0, slots_t, k);
+    v_cache.index_copy_(0, slots_t, v);
+
+    std::vector<at::Tensor> outputs;
+    outputs.reserve(views.size());
+    for (const SeqView& view : views) {
+      at::Tensor qs = q.narrow(0, view.row_begin, view.rows).transpose(0, 1);   // [heads, n, hd]
+      at::Tensor ks = k_cache.index_select(0, view.context_slots);               // [ctx, kv_heads, hd]
+      at::Tensor vs = v_cache.index_select(0, view.context_slots);
+      if (group > 1) {
+        ks = ks.repeat_interleave(group, 1);
+        vs = vs.repeat_interleave(group, 1);
+      }
+      ks = ks.transpose(0, 1);  // [heads, ctx, hd]
+      vs = vs.transpose(0, 1);
+      at::Tensor scores = at::matmul(qs, ks.transpose(1, 2)).to(at::kFloat) * scale;  // [heads, n, ctx]
+      if (view.mask.defined()) scores = scores + view.mask;
+      at::Tensor probs = at::softmax(scores, -1).to(dtype_);
+      outputs.push_back(at::matmul(probs, vs).transpose(0, 1).reshape({view.rows, q_size}));
+    }
+    at::Tensor attn = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+    at::Tensor o = at::linear(attn, layer.o_weight);
+    if (c.sandwich_norms) o = RmsNorm(o, layer.post_attn_norm);
+    x = x + o;
+
+    h = RmsNorm(x, layer.mlp_norm);
+    at::Tensor gate_up = at::linear(h, layer.gate_up_weight);
+    at::Tensor gate = gate_up.narrow(1, 0, c.intermediate_size);
+    at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
+    at::Tensor m = at::linear(up * at::silu(gate), layer.down_weight);
+    if (c.sandwich_norms) m = RmsNorm(m, layer.post_mlp_norm);
+    x = x + m;
+  }
+  if (last_rows.empty()) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor last = x.index_select(0, at::tensor(last_rows, long_cpu).to(device_));
+  at::Tensor logits = at::linear(RmsNorm(last, final_norm_), lm_head_);
+  return logits.to(at::kFloat);
+}
+
+}  // namespace glmserve

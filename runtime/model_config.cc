@@ -1,0 +1,319 @@
+#include "runtime/model_config.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+
+namespace glmserve {
+namespace {
+
+using json = nlohmann::json;
+
+const char* JsonTypeName(const json& value) { return value.type_name(); }
+
+// Reads typed fields of one JSON object, collecting problems instead of stopping.
+class FieldReader {
+ public:
+  FieldReader(const json& object, std::string file, std::vector<std::string>* problems)
+      : object_(object), file_(std::move(file)), problems_(problems) {}
+
+  bool Has(const char* key) const { return object_.contains(key) && !object_[key].is_null(); }
+
+  int32_t Int(const char* key, int32_t fallback) {
+    if (!Has(key)) return fallback;
+    const json& value = object_[key];
+    if (!value.is_number_integer()) {
+      Problem(key, absl::StrCat("expected an integer, found ", JsonTypeName(value), " ", value.dump()));
+      return fallback;
+    }
+    return value.get<int32_t>();
+  }
+
+  double Number(const char* key, double fallback) {
+    if (!Has(key)) return fallback;
+    const json& value = object_[key];
+    if (!value.is_number()) {
+      Problem(key, absl::StrCat("expected a number, found ", JsonTypeName(value), " ", value.dump()));
+      return fallback;
+    }
+    return value.get<double>();
+  }
+
+  bool Bool(const char* key, bool fallback) {
+    if (!Has(key)) return fallback;
+    const json& value = object_[key];
+    if (!value.is_boolean()) {
+      Problem(key, absl::StrCat("expected true or false, found ", JsonTypeName(value), " ", value.dump()));
+      return fallback;
+    }
+    return value.get<bool>();
+  }
+
+  std::string String(const char* key, const std::string& fallback) {
+    if (!Has(key)) return fallback;
+    const json& value = object_[key];
+    if (!value.is_string()) {
+      Problem(key, absl::StrCat("expected a string, found ", JsonTypeName(value)));
+      return fallback;
+    }
+    return value.get<std::string>();
+  }
+
+  // An int or a list of ints (eos_token_id). Returns false when absent.
+  bool IntList(const char* key, std::vector<int32_t>* out) {
+    if (!Has(key)) return false;
+    const json& value = object_[key];
+    out->clear();
+    if (value.is_number_integer()) {
+      out->push_back(value.get<int32_t>());
+      return true;
+    }
+    if (value.is_array()) {
+      for (const json& item : value) {
+        if (!item.is_number_integer()) {
+          Problem(key, absl::StrCat("expected an integer or a list of integers, found element ", item.dump()));
+          return false;
+        }
+        out->push_back(item.get<int32_t>());
+      }
+      return true;
+    }
+    Problem(key, absl::StrCat("expected an integer or a list of integers, found ", JsonTypeName(value)));
+    return false;
+  }
+
+  std::vector<std::string>* sink() { return problems_; }
+
+  void Problem(const std::string& key, const std::string& what) {
+    problems_->push_back(absl::StrCat(file_, ": field '", key, "': ", what));
+  }
+
+ private:
+  const json& object_;
+  std::string file_;
+  std::vector<std::string>* problems_;
+};
+
+// Parses a JSON object file; on failure adds a problem naming the file and the error position.
+bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<std::string>* problems) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    problems->push_back(absl::StrCat(path.filename().string(), ": cannot be read"));
+    return false;
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  try {
+    *out = json::parse(buffer.str());
+  } catch (const json::parse_error& e) {
+    problems->push_back(absl::StrCat(path.filename().string(), ": invalid JSON at byte ", e.byte,
+                                     ": expected a JSON object"));
+    return false;
+  }
+  if (!out->is_object()) {
+    problems->push_back(absl::StrCat(path.filename().string(), ": expected a JSON object, found ",
+                                     out->type_name()));
+    return false;
+  }
+  return true;
+}
+
+bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std::string>* problems) {
+  std::string model_type = config.value("model_type", "");
+  std::string first_arch;
+  if (config.contains("architectures") && config["architectures"].is_array() &&
+      !config["architectures"].empty() && config["architectures"][0].is_string()) {
+    first_arch = config["architectures"][0].get<std::string>();
+  }
+  if (model_type == "chatglm" || first_arch.rfind("ChatGLM", 0) == 0) {
+    *arch = Architecture::kChatGLM;
+  } else if (model_type == "glm4" || first_arch == "Glm4ForCausalLM") {
+    *arch = Architecture::kGlm4;
+  } else if (model_type == "glm" || first_arch == "GlmForCausalLM") {
+    *arch = Architecture::kGlm;
+  } else {
+    problems->push_back(absl::StrCat(
+        "config.json: field 'model_type': '", model_type,
+        "' is not a GLM model (expected \"chatglm\", \"glm\" or \"glm4\")",
+        first_arch.empty() ? "" : absl::StrCat("; architectures[0] is '", first_arch, "'")));
+    return false;
+  }
+  return true;
+}
+
+void ReadOriginalChatGlm(FieldReader& r, ModelConfig* c) {
+  c->num_layers = r.Int("num_layers", 28);
+  c->vocab_size = r.Int("padded_vocab_size", 65024);
+  c->hidden_size = r.Int("hidden_size", 4096);
+  c->intermediate_size = r.Int("ffn_hidden_size", 13696);
+  c->num_attention_heads = r.Int("num_attention_heads", 32);
+  c->head_dim = r.Int("kv_channels", 128);
+  c->max_position_embeddings = r.Int("seq_length", 2048);
+  c->rms_norm_eps = r.Number("layernorm_epsilon", 1e-5);
+  const bool multi_query = r.Bool("multi_query_attention", false);
+  const int32_t groups = r.Int("multi_query_group_num", 1);
+  c->num_key_value_heads = multi_query ? groups : c->num_attention_heads;
+  c->attention_bias = r.Bool("add_qkv_bias", false);
+  // The original implementation rotates half of each head, interleaved, base 10000 * rope_ratio.
+  c->rope_theta = 10000.0 * r.Number("rope_ratio", 1.0);
+  c->rotary_dim = c->head_dim / 2;
+  c->tie_word_embeddings = false;
+  if (!r.Bool("rmsnorm", true)) r.Problem("rmsnorm", "false (LayerNorm) is not supported; GLM uses RMSNorm");
+  if (r.Bool("add_bias_linear", false))
+    r.Problem("add_bias_linear", "true is not supported (no released GLM checkpoint uses it)");
+  if (r.Bool("apply_residual_connection_post_layernorm", false))
+    r.Problem("apply_residual_connection_post_layernorm", "true is not supported");
+  if (!r.Bool("post_layer_norm", true)) r.Problem("post_layer_norm", "false is not supported");
+  if (!r.Bool("original_rope", true)) r.Problem("original_rope", "false is not supported");
+}
+
+void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
+  c->vocab_size = r.Int("vocab_size", 151552);
+  c->hidden_size = r.Int("hidden_size", 4096);
+  c->intermediate_size = r.Int("intermediate_size", 13696);
+  c->num_layers = r.Int("num_hidden_layers", 40);
+  c->num_attention_heads = r.Int("num_attention_heads", 32);
+  // transformers: an explicit null means "same as attention heads"; absent means the default 2.
+  if (config.contains("num_key_value_heads") && config["num_key_value_heads"].is_null()) {
+    c->num_key_value_heads = c->num_attention_heads;
+  } else {
+    c->num_key_value_heads = r.Int("num_key_value_heads", 2);
+  }
+  // GlmConfig.head_dim defaults to 128 when absent (not hidden/heads); null means hidden/heads.
+  if (config.contains("head_dim") && config["head_dim"].is_null()) {
+    c->head_dim = c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0;
+  } else {
+    c->head_dim = r.Int("head_dim", 128);
+  }
+  c->max_position_embeddings = r.Int("max_position_embeddings", 131072);
+  c->rms_norm_eps = r.Number("rms_norm_eps", 0.00000015625);
+  c->tie_word_embeddings = r.Bool("tie_word_embeddings", false);
+  c->attention_bias = r.Bool("attention_bias", true);
+  c->sandwich_norms = c->architecture == Architecture::kGlm4;
+  const std::string act = r.String("hidden_act", "silu");
+  if (act != "silu") r.Problem("hidden_act", absl::StrCat("'", act, "' is not supported (expected \"silu\")"));
+
+  // Rotary: newest transformers keep it in rope_parameters; older configs at top level.
+  double theta = r.Number("rope_theta", 10000.0);
+  double partial = r.Number("partial_rotary_factor", 0.5);
+  if (r.Has("rope_scaling")) {
+    const json& scaling = config["rope_scaling"];
+    std::string type = scaling.is_object() ? scaling.value("rope_type", scaling.value("type", "")) : "";
+    if (type != "default") r.Problem("rope_scaling", absl::StrCat("rope type '", type, "' is not supported (only \"default\")"));
+  }
+  if (r.Has("rope_parameters")) {
+    const json& rope = config["rope_parameters"];
+    if (!rope.is_object()) {
+      r.Problem("rope_parameters", absl::StrCat("expected an object, found ", rope.type_name()));
+    } else {
+      FieldReader rr(rope, "config.json: rope_parameters", r.sink());
+      const std::string type = rr.String("rope_type", "default");
+      if (type != "default") rr.Problem("rope_type", absl::StrCat("'", type, "' is not supported (only \"default\")"));
+      theta = rr.Number("rope_theta", theta);
+      partial = rr.Number("partial_rotary_factor", partial);
+    }
+  }
+  c->rope_theta = theta;
+  if (!(partial > 0.0 && partial <= 1.0)) {
+    r.Problem("partial_rotary_factor", absl::StrCat("expected a value in (0, 1], found ", partial));
+    partial = 0.5;
+  }
+  // transformers: dim = int(head_dim * partial_rotary_factor)
+  c->rotary_dim = static_cast<int32_t>(c->head_dim * partial);
+}
+
+}  // namespace
+
+const char* ArchitectureName(Architecture arch) {
+  switch (arch) {
+    case Architecture::kChatGLM: return "chatglm";
+    case Architecture::kGlm: return "glm";
+    case Architecture::kGlm4: return "glm4";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
+  namespace fs = std::filesystem;
+  const fs::path dir(directory);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat("model directory '", directory, "' does not exist or is not a directory"));
+  }
+  if (!fs::exists(dir / "config.json", ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("config.json: missing from '", directory, "' (every checkpoint needs one)"));
+  }
+  std::vector<std::string> problems;
+  json config;
+  if (!ReadJsonObject(dir / "config.json", &config, &problems)) {
+    return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
+  }
+  ModelConfig c;
+  if (!DetectArchitecture(config, &c.architecture, &problems)) {
+    return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
+  }
+  FieldReader reader(config, "config.json", &problems);
+  if (c.architecture == Architecture::kChatGLM) {
+    ReadOriginalChatGlm(reader, &c);
+  } else {
+    ReadTransformersGlm(config, reader, &c);
+  }
+  c.torch_dtype = reader.String("torch_dtype", reader.String("dtype", ""));
+
+  // eos: transformers' generate() uses generation_config.json when it exists.
+  std::vector<int32_t> config_eos;
+  if (!reader.IntList("eos_token_id", &config_eos) && c.architecture != Architecture::kChatGLM) {
+    config_eos = {151329, 151336, 151338};  // GlmConfig's default
+  }
+  c.eos_token_ids = config_eos;
+  c.pad_token_id = reader.Int("pad_token_id", c.architecture == Architecture::kChatGLM ? -1 : 151329);
+  if (fs::exists(dir / "generation_config.json", ec)) {
+    json generation;
+    if (ReadJsonObject(dir / "generation_config.json", &generation, &problems)) {
+      FieldReader gen_reader(generation, "generation_config.json", &problems);
+      std::vector<int32_t> gen_eos;
+      if (gen_reader.IntList("eos_token_id", &gen_eos)) c.eos_token_ids = gen_eos;
+    }
+  }
+
+  // Sizes must be positive and consistent before any tensor shape can be derived from them.
+  auto require_positive = [&](const char* field, int32_t value) {
+    if (value <= 0) reader.Problem(field, absl::StrCat("expected a positive integer, found ", value));
+  };
+  const bool original = c.architecture == Architecture::kChatGLM;
+  require_positive(original ? "num_layers" : "num_hidden_layers", c.num_layers);
+  require_positive("hidden_size", c.hidden_size);
+  require_positive(original ? "ffn_hidden_size" : "intermediate_size", c.intermediate_size);
+  require_positive("num_attention_heads", c.num_attention_heads);
+  require_positive(original ? "multi_query_group_num" : "num_key_value_heads", c.num_key_value_heads);
+  require_positive(original ? "kv_channels" : "head_dim", c.head_dim);
+  require_positive(original ? "padded_vocab_size" : "vocab_size", c.vocab_size);
+  require_positive(original ? "seq_length" : "max_position_embeddings", c.max_position_embeddings);
+  if (c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
+      c.num_attention_heads % c.num_key_value_heads != 0) {
+    reader.Problem(original ? "multi_query_group_num" : "num_key_value_heads",
+                   absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ",
+                                c.num_attention_heads));
+  }
+  if (c.rotary_dim % 2 != 0 || c.rotary_dim < 0 || c.rotary_dim > c.head_dim) {
+    reader.Problem("partial_rotary_factor",
+                   absl::StrCat("gives a rotary dimension of ", c.rotary_dim, " for head_dim ", c.head_dim,
+                                "; expected an even number no larger than head_dim"));
+  }
+  if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps)) {
+    reader.Problem(original ? "layernorm_epsilon" : "rms_norm_eps", "expected a positive number");
+  }
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
+    reader.Problem(original ? "rope_ratio" : "rope_theta", "expected a positive rotary base");
+  }
+  if (!problems.empty()) return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
+  return c;
+}
+
+}  // namespace glmserve

@@ -1,0 +1,18 @@
+// Choosing the next token from a row of logits. LibTorch-free, shared by CPU and CUDA paths.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/generation.h"
+
+namespace glmserve {
+
+// Returns the next id. `stop_ids` are masked out (as transformers' MinNewTokensLengthLogitsProcessor
+// does) while num_generated < params.min_new_tokens. Greedy when temperature is 0; otherwise
+// temperature, then top-k, then top-p (transformers' order), then a draw whose random number is a
+// pure function of (seed, num_generated): batching, preemption and recompute never change it.
+int32_t SampleNextToken(const float* logits, int32_t vocab_size, const GenerationParams& params,
+                        const std::vector<int32_t>& stop_ids, int32_t num_generated);
+
+}  // namespace glmserve

@@ -1,0 +1,196 @@
+#include "server/cli.h"
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+#include "runtime/inspect.h"
+#include "runtime/model_runner.h"
+#include "server/flags.h"
+
+namespace glmserve {
+namespace {
+
+using json = nlohmann::json;
+
+int BadInput(const std::string& message) {
+  std::fprintf(stderr, "%s\n", message.c_str());
+  return kExitBadInput;
+}
+
+// Exit 2 for what the user can fix (flags, checkpoint), 1 for the rest.
+int ExitFor(const absl::Status& status) {
+  std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kNotFound:
+      return kExitBadInput;
+    default:
+      return kExitFailure;
+  }
+}
+
+json InfoJson(const ModelInfo& info) {
+  return json{{"directory", info.directory},
+              {"format", info.source_format},
+              {"architecture", info.architecture},
+              {"parameter_count", info.parameter_count},
+              {"dtype", info.stored_dtype},
+              {"layers", info.num_layers},
+              {"hidden_size", info.hidden_size},
+              {"heads", info.num_attention_heads},
+              {"kv_heads", info.num_key_value_heads},
+              {"head_dim", info.head_dim},
+              {"vocab_size", info.vocab_size},
+              {"max_position_embeddings", info.max_position_embeddings},
+              {"eos_token_ids", info.eos_token_ids}};
+}
+
+absl::Status ParseIds(const std::string& text, std::vector<int32_t>* ids) {
+  if (text.empty()) return absl::InvalidArgumentError("--input-ids: expected a comma-separated list of token ids, got nothing");
+  for (absl::string_view piece : absl::StrSplit(text, ',')) {
+    int32_t id = 0;
+    if (!absl::SimpleAtoi(piece, &id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--input-ids: '", piece, "' is not a token id; expected comma-separated integers like 1,2,3"));
+    }
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("--input-ids: ", id, " is negative; token ids start at 0"));
+    ids->push_back(id);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunInspect(int argc, char** argv) {
+  std::string model;
+  bool as_json = false, show_mapping = false;
+  FlagParser flags("inspect", "Validates a checkpoint directory strictly and describes it. Exit 0 when loadable, 2 when not.");
+  flags.AddString("model", &model, "checkpoint directory (config.json + weights)");
+  flags.AddBool("json", &as_json, "print one JSON object instead of text");
+  flags.AddBool("show-mapping", &show_mapping, "print how every stored key maps to glmserve's canonical names");
+  if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return BadInput(std::string(s.message()));
+  if (flags.help_requested()) {
+    std::fputs(flags.Usage().c_str(), stdout);
+    return kExitOk;
+  }
+  if (model.empty()) return BadInput("--model: required, the checkpoint directory");
+
+  absl::StatusOr<InspectReport> report = InspectCheckpoint(model);
+  if (!report.ok()) return ExitFor(report.status());
+  const ModelInfo& info = report->info;
+  if (as_json) {
+    json out = InfoJson(info);
+    out["loadable"] = report->loadable();
+    out["problems"] = report->problems;
+    if (show_mapping) out["mapping"] = report->mapping;
+    std::cout << out.dump() << std::endl;
+    return report->loadable() ? kExitOk : kExitBadInput;
+  }
+  if (!report->loadable()) {
+    std::fprintf(stderr, "checkpoint '%s' cannot be loaded (%zu problem%s):\n%s\n", model.c_str(),
+                 report->problems.size(), report->problems.size() == 1 ? "" : "s",
+                 absl::StrJoin(report->problems, "\n").c_str());
+    return kExitBadInput;
+  }
+  std::printf("model:          %s\n", info.directory.c_str());
+  std::printf("format:         %s\n", info.source_format.c_str());
+  std::printf("architecture:   %s\n", info.architecture.c_str());
+  std::printf("parameters:     %lld\n", static_cast<long long>(info.parameter_count));
+  std::printf("dtype:          %s\n", info.stored_dtype.c_str());
+  std::printf("layers:         %d\n", info.num_layers);
+  std::printf("hidden size:    %d\n", info.hidden_size);
+  std::printf("heads:          %d\n", info.num_attention_heads);
+  std::printf("kv heads:       %d\n", info.num_key_value_heads);
+  std::printf("head dim:       %d\n", info.head_dim);
+  std::printf("vocab:          %d\n", info.vocab_size);
+  std::printf("max positions:  %d\n", info.max_position_embeddings);
+  std::printf("eos ids:        %s\n", absl::StrJoin(info.eos_token_ids, ",").c_str());
+  std::printf("validation:     ok (every key mapped, every shape and dtype as expected)\n");
+  if (show_mapping) {
+    std::printf("mapping:\n");
+    for (const std::string& line : report->mapping) std::printf("  %s\n", line.c_str());
+  }
+  return kExitOk;
+}
+
+int RunGenerate(int argc, char** argv) {
+  std::string model, input_ids_text, device = "cpu", dtype;
+  int32_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0;
+  float temperature = 0.0f, top_p = 1.0f;
+  uint64_t seed = 0;
+  bool as_json = false;
+  FlagParser flags("generate", "Runs one prompt of token ids through a model and prints the generated ids.");
+  flags.AddString("model", &model, "checkpoint directory");
+  flags.AddString("input-ids", &input_ids_text, "prompt as comma-separated token ids, e.g. 1,2,3");
+  flags.AddInt("max-new-tokens", &max_new_tokens, "generate at most this many tokens (> 0)");
+  flags.AddInt("min-new-tokens", &min_new_tokens, "eos ids are masked until this many tokens exist");
+  flags.AddFloat("temperature", &temperature, "0 = greedy; otherwise sample at this temperature");
+  flags.AddFloat("top-p", &top_p, "nucleus sampling mass in (0, 1]");
+  flags.AddInt("top-k", &top_k, "sample among the k most likely tokens; 0 = all");
+  flags.AddUint64("seed", &seed, "sampling seed");
+  flags.AddBool("json", &as_json, "print {\"output_ids\", \"first_logits\", \"finish_reason\"} as one line");
+  flags.AddString("device", &device, "cpu or cuda[:N]");
+  flags.AddString("dtype", &dtype, "compute dtype: float32, bfloat16, float16 (empty: float32 on cpu, bfloat16 on cuda)");
+  if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return BadInput(std::string(s.message()));
+  if (flags.help_requested()) {
+    std::fputs(flags.Usage().c_str(), stdout);
+    return kExitOk;
+  }
+  if (model.empty()) return BadInput("--model: required, the checkpoint directory");
+  if (!flags.was_set("input-ids")) return BadInput("--input-ids: required, comma-separated token ids like 1,2,3");
+  std::vector<int32_t> ids;
+  if (absl::Status s = ParseIds(input_ids_text, &ids); !s.ok()) return BadInput(std::string(s.message()));
+  if (max_new_tokens <= 0) return BadInput(absl::StrCat("--max-new-tokens: ", max_new_tokens, " is not positive; expected at least 1"));
+  if (min_new_tokens < 0 || min_new_tokens > max_new_tokens) {
+    return BadInput(absl::StrCat("--min-new-tokens: ", min_new_tokens, " must be in [0, --max-new-tokens=", max_new_tokens, "]"));
+  }
+  if (temperature < 0) return BadInput(absl::StrCat("--temperature: ", temperature, " is negative; expected 0 (greedy) or more"));
+  if (!(top_p > 0 && top_p <= 1)) return BadInput(absl::StrCat("--top-p: ", top_p, " is outside (0, 1]"));
+  if (top_k < 0) return BadInput(absl::StrCat("--top-k: ", top_k, " is negative; expected 0 (no limit) or more"));
+
+  LoadOptions load;
+  load.device = device;
+  load.dtype = dtype;
+  absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(model, load);
+  if (!runner.ok()) return ExitFor(runner.status());
+  const ModelInfo& info = (*runner)->info();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] >= info.vocab_size) {
+      return BadInput(absl::StrCat("--input-ids: id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
+                                   info.vocab_size, ")"));
+    }
+  }
+  if (static_cast<int64_t>(ids.size()) + max_new_tokens > info.max_position_embeddings) {
+    return BadInput(absl::StrCat("--input-ids: ", ids.size(), " prompt tokens + --max-new-tokens ", max_new_tokens,
+                                 " exceed the model's max position embeddings (", info.max_position_embeddings, ")"));
+  }
+  GenerationParams params;
+  params.max_new_tokens = max_new_tokens;
+  params.min_new_tokens = min_new_tokens;
+  params.sampling.temperature = temperature;
+  params.sampling.top_p = top_p;
+  params.sampling.top_k = top_k;
+  params.sampling.seed = seed;
+  absl::StatusOr<GenerationOutput> output = (*runner)->Generate(ids, params);
+  if (!output.ok()) return ExitFor(output.status());
+  if (as_json) {
+    json out{{"output_ids", output->output_ids},
+             {"first_logits", output->first_logits},
+             {"finish_reason", FinishReasonName(output->finish_reason)}};
+    std::cout << out.dump() << std::endl;
+  } else {
+    std::printf("output_ids: %s\nfinish_reason: %s\n", absl::StrJoin(output->output_ids, ",").c_str(),
+                FinishReasonName(output->finish_reason));
+  }
+  return kExitOk;
+}
+
+}  // namespace glmserve

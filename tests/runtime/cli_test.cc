@@ -1,0 +1,184 @@
+// The inspect/generate contract, checked by running the real glmserve binary.
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct Run {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Run Glmserve(const std::vector<std::string>& args) {
+  const fs::path err_file = fs::temp_directory_path() / ("glmserve_cli_err_" + std::to_string(::getpid()));
+  std::string cmd = Quote(GLMSERVE_BINARY);
+  for (const std::string& a : args) cmd += " " + Quote(a);
+  cmd += " 2>" + Quote(err_file.string());
+  Run run;
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  char buffer[65536];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) run.out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  std::ifstream in(err_file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  run.err = ss.str();
+  fs::remove(err_file);
+  return run;
+}
+
+fs::path Fixtures() { return fs::path(GLMSERVE_FIXTURES_DIR); }
+
+json ReadJson(const fs::path& p) {
+  std::ifstream in(p);
+  return json::parse(in);
+}
+
+std::string Join(const json& ids) { return absl::StrJoin(ids.get<std::vector<int>>(), ","); }
+
+TEST(GenerateCli, JsonOutputMatchesTransformers) {
+  for (const char* name : {"glm4-gqa-safetensors", "chatglm3-fp16-bin-sharded"}) {
+    const fs::path dir = Fixtures() / "models" / name;
+    for (const json& c : ReadJson(dir / "expected.json")["cases"]) {
+      Run r = Glmserve({"generate", "--model", dir.string(), "--input-ids", Join(c["input_ids"]), "--max-new-tokens",
+                        std::to_string(c["max_new_tokens"].get<int>()), "--min-new-tokens",
+                        std::to_string(c["min_new_tokens"].get<int>()), "--json"});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << "one line of JSON";
+      json out = json::parse(r.out);
+      EXPECT_EQ(out["output_ids"], c["output_ids"]) << name;
+      EXPECT_EQ(out["finish_reason"], c["finish_reason"]) << name;
+      ASSERT_EQ(out["first_logits"].size(), c["first_logits"].size());
+      for (size_t i = 0; i < out["first_logits"].size(); ++i) {
+        const double want = c["first_logits"][i].get<double>();
+        EXPECT_NEAR(out["first_logits"][i].get<double>(), want, 1e-5 + 1e-4 * std::abs(want));
+      }
+    }
+  }
+}
+
+TEST(GenerateCli, SamplingIsReproducibleWithSeed) {
+  const std::string dir = (Fixtures() / "models" / "glm4-gqa-safetensors").string();
+  std::vector<std::string> args = {"generate", "--model", dir, "--input-ids", "1,2,3", "--max-new-tokens", "8",
+                                   "--temperature", "0.9", "--top-p", "0.9", "--top-k", "50", "--seed", "7", "--json"};
+  Run a = Glmserve(args), b = Glmserve(args);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(json::parse(a.out)["output_ids"], json::parse(b.out)["output_ids"]);
+}
+
+struct BadInput {
+  std::vector<std::string> args;
+  std::string must_name;
+};
+
+TEST(GenerateCli, BadInputExitsTwoNamingTheFlag) {
+  const std::string dir = (Fixtures() / "models" / "glm4-gqa-safetensors").string();
+  const std::vector<BadInput> cases = {
+      {{"--input-ids", "", "--max-new-tokens", "4"}, "--input-ids"},
+      {{"--input-ids", "1,x,3", "--max-new-tokens", "4"}, "--input-ids"},
+      {{"--input-ids", "1,2,99999", "--max-new-tokens", "4"}, "--input-ids"},
+      {{"--input-ids", "1,-2", "--max-new-tokens", "4"}, "--input-ids"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "0"}, "--max-new-tokens"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "-3"}, "--max-new-tokens"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "ten"}, "--max-new-tokens"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "4", "--min-new-tokens", "5"}, "--min-new-tokens"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "4", "--temperature", "-1"}, "--temperature"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "4", "--top-p", "1.5"}, "--top-p"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "4", "--bogus", "1"}, "--bogus"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "1000"}, "max position embeddings"},
+      {{"--max-new-tokens", "4"}, "--input-ids"},
+  };
+  for (const BadInput& c : cases) {
+    std::vector<std::string> args = {"generate", "--model", dir};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    Run r = Glmserve(args);
+    EXPECT_EQ(r.exit_code, 2) << absl::StrJoin(c.args, " ") << "\n" << r.err;
+    EXPECT_NE(r.err.find(c.must_name), std::string::npos) << absl::StrJoin(c.args, " ") << " -> " << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+    EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+  }
+  Run r = Glmserve({"generate", "--input-ids", "1"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--model"), std::string::npos) << r.err;
+}
+
+TEST(InspectCli, EveryFixtureIsLoadableAndDescribed) {
+  for (const auto& entry : fs::directory_iterator(Fixtures() / "models")) {
+    json expected = ReadJson(entry.path() / "expected.json");
+    Run r = Glmserve({"inspect", "--model", entry.path().string(), "--json", "--show-mapping"});
+    ASSERT_EQ(r.exit_code, 0) << entry.path() << r.err << r.out;
+    json out = json::parse(r.out);
+    EXPECT_EQ(out["loadable"], true);
+    EXPECT_EQ(out["architecture"], expected["architecture"]);
+    EXPECT_EQ(out["format"], expected["format"]);
+    EXPECT_EQ(out["dtype"], expected["stored_dtype"]);
+    EXPECT_EQ(out["parameter_count"], expected["parameter_count"]);
+    EXPECT_FALSE(out["mapping"].empty());
+  }
+  Run text = Glmserve({"inspect", "--model", (Fixtures() / "models" / "chatglm3-fp16-bin-sharded").string(), "--show-mapping"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("transformer.encoder.layers.0.self_attention.query_key_value.weight -> layers.0.q.weight [rows 0:32], "
+                          "layers.0.k.weight [rows 32:48], layers.0.v.weight [rows 48:64]"),
+            std::string::npos)
+      << text.out;
+  EXPECT_NE(text.out.find("transformer.rotary_pos_emb.inv_freq -> dropped"), std::string::npos) << text.out;
+}
+
+TEST(InspectCli, BrokenCheckpointsExitTwoWithOneReportNamingTheProblem) {
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(Fixtures() / "broken")) {
+    json broken = ReadJson(entry.path() / "broken.json");
+    for (const char* command : {"inspect", "generate"}) {
+      std::vector<std::string> args = {command, "--model", entry.path().string()};
+      if (std::string(command) == "generate") args.insert(args.end(), {"--input-ids", "1,2", "--max-new-tokens", "2"});
+      Run r = Glmserve(args);
+      EXPECT_EQ(r.exit_code, 2) << entry.path() << " " << command << "\n" << r.err;
+      EXPECT_TRUE(r.out.empty()) << entry.path() << " printed on stdout: " << r.out;
+      for (const json& needle : broken["expect_in_message"]) {
+        EXPECT_NE(r.err.find(needle.get<std::string>()), std::string::npos)
+            << entry.path() << " " << command << ": report lacks '" << needle.get<std::string>() << "':\n" << r.err;
+      }
+      EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+      EXPECT_EQ(r.err.find("Exception raised from"), std::string::npos) << "stack trace leaked: " << r.err;
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 13);
+}
+
+TEST(InspectCli, MissingDirectoryAndUsage) {
+  Run r = Glmserve({"inspect", "--model", "/nonexistent/model"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("/nonexistent/model"), std::string::npos) << r.err;
+  Run help = Glmserve({"inspect", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("--show-mapping"), std::string::npos);
+  Run none = Glmserve({});
+  EXPECT_EQ(none.exit_code, 2);
+}
+
+}  // namespace

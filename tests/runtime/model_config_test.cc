@@ -1,0 +1,127 @@
+#include "runtime/model_config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace glmserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ModelConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("glmserve_config_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  void Write(const std::string& name, const std::string& text) { std::ofstream(dir_ / name) << text; }
+  absl::StatusOr<ModelConfig> Load() { return LoadModelConfig(dir_.string()); }
+  fs::path dir_;
+};
+
+TEST_F(ModelConfigTest, GlmRopeParametersGiveThetaAndPartialRotary) {
+  Write("config.json", R"({"model_type": "glm4", "hidden_size": 32, "intermediate_size": 64,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12,
+    "vocab_size": 160, "max_position_embeddings": 64,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "partial_rotary_factor": 0.5}})");
+  auto c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->architecture, Architecture::kGlm4);
+  EXPECT_TRUE(c->sandwich_norms);
+  EXPECT_EQ(c->head_dim, 12);
+  EXPECT_EQ(c->rotary_dim, 6);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 500000.0);
+  EXPECT_EQ(c->num_key_value_heads, 2);
+  // GlmConfig's defaults: attention_bias true, eos [151329, 151336, 151338].
+  EXPECT_TRUE(c->attention_bias);
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{151329, 151336, 151338}));
+}
+
+TEST_F(ModelConfigTest, LegacyTopLevelRopeAndTransformersHeadDimDefault) {
+  Write("config.json", R"({"model_type": "glm", "hidden_size": 32, "num_attention_heads": 4,
+    "rope_theta": 20000, "partial_rotary_factor": 1.0, "eos_token_id": 5})");
+  auto c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->sandwich_norms);
+  EXPECT_EQ(c->head_dim, 128);  // GlmConfig.head_dim defaults to 128, not hidden/heads
+  EXPECT_EQ(c->rotary_dim, 128);
+  EXPECT_DOUBLE_EQ(c->rope_theta, 20000.0);
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{5}));
+}
+
+TEST_F(ModelConfigTest, GenerationConfigEosWinsLikeTransformersGenerate) {
+  Write("config.json", R"({"model_type": "glm", "eos_token_id": 5})");
+  Write("generation_config.json", R"({"eos_token_id": [7, 9]})");
+  auto c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{7, 9}));
+}
+
+TEST_F(ModelConfigTest, OriginalChatGlmFields) {
+  Write("config.json", R"({"model_type": "chatglm", "num_layers": 2, "padded_vocab_size": 160,
+    "hidden_size": 32, "ffn_hidden_size": 64, "kv_channels": 8, "num_attention_heads": 4,
+    "seq_length": 64, "layernorm_epsilon": 1e-5, "multi_query_attention": true,
+    "multi_query_group_num": 2, "add_qkv_bias": true, "rope_ratio": 500, "eos_token_id": [3, 4]})");
+  auto c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->architecture, Architecture::kChatGLM);
+  EXPECT_EQ(c->vocab_size, 160);
+  EXPECT_EQ(c->intermediate_size, 64);
+  EXPECT_EQ(c->num_key_value_heads, 2);
+  EXPECT_EQ(c->rotary_dim, 4);  // half of kv_channels
+  EXPECT_DOUBLE_EQ(c->rope_theta, 5000000.0);
+  EXPECT_EQ(c->max_position_embeddings, 64);
+  EXPECT_TRUE(c->attention_bias);
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{3, 4}));
+}
+
+TEST_F(ModelConfigTest, ChatGlmWithoutMultiQueryUsesAllHeads) {
+  Write("config.json", R"({"model_type": "chatglm", "num_attention_heads": 4, "multi_query_group_num": 2})");
+  auto c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->num_key_value_heads, 4);
+}
+
+TEST_F(ModelConfigTest, InvalidJsonNamesFileAndPosition) {
+  Write("config.json", R"({"model_type": "glm", )");
+  auto c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(c.status().message().find("config.json: invalid JSON at byte"), std::string::npos) << c.status();
+}
+
+TEST_F(ModelConfigTest, EveryBadFieldIsReportedAtOnce) {
+  Write("config.json", R"({"model_type": "glm", "hidden_size": "large", "num_hidden_layers": -1,
+    "rope_parameters": {"rope_type": "yarn"}, "num_attention_heads": 4, "num_key_value_heads": 3})");
+  auto c = Load();
+  ASSERT_FALSE(c.ok());
+  const std::string message(c.status().message());
+  EXPECT_NE(message.find("field 'hidden_size': expected an integer, found string"), std::string::npos) << message;
+  EXPECT_NE(message.find("field 'num_hidden_layers': expected a positive integer, found -1"), std::string::npos) << message;
+  EXPECT_NE(message.find("'yarn' is not supported"), std::string::npos) << message;
+  EXPECT_NE(message.find("field 'num_key_value_heads': 3 does not divide num_attention_heads 4"), std::string::npos) << message;
+}
+
+TEST_F(ModelConfigTest, NonGlmModelTypeIsRefusedByName) {
+  Write("config.json", R"({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})");
+  auto c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("'llama' is not a GLM model"), std::string::npos) << c.status();
+}
+
+TEST_F(ModelConfigTest, MissingConfigAndMissingDirectory) {
+  auto c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("config.json: missing"), std::string::npos);
+  auto d = LoadModelConfig((dir_ / "nope").string());
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace glmserve
