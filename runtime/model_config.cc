@@ -1,5 +1,6 @@
 #include "runtime/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -266,7 +267,7 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
   }
   c.torch_dtype = reader.String("torch_dtype", reader.String("dtype", ""));
 
-  // eos: transformers' generate() uses generation_config.json when it exists.
+  // eos: every id named by config.json or generation_config.json.
   std::vector<int32_t> config_eos;
   if (!reader.IntList("eos_token_id", &config_eos) && c.architecture != Architecture::kChatGLM) {
     config_eos = {151329, 151336, 151338};  // GlmConfig's default
@@ -278,7 +279,14 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
     if (ReadJsonObject(dir / "generation_config.json", &generation, &problems)) {
       FieldReader gen_reader(generation, "generation_config.json", &problems);
       std::vector<int32_t> gen_eos;
-      if (gen_reader.IntList("eos_token_id", &gen_eos)) c.eos_token_ids = gen_eos;
+      if (gen_reader.IntList("eos_token_id", &gen_eos)) {
+        // Union: chat checkpoints list <|user|>/<|observation|> in one file and <|endoftext|>
+        // in the other, and generation must stop at any of them.
+        for (int32_t id : config_eos) {
+          if (std::find(gen_eos.begin(), gen_eos.end(), id) == gen_eos.end()) gen_eos.push_back(id);
+        }
+        c.eos_token_ids = gen_eos;
+      }
     }
   }
 

@@ -34,7 +34,7 @@ struct ModelConfig {
   bool attention_bias = false;        // q/k/v projections carry a bias
   bool tie_word_embeddings = false;   // lm_head reuses the embedding matrix
   bool sandwich_norms = false;        // glm4: extra norms after attention and after the MLP
-  std::vector<int32_t> eos_token_ids; // generation_config.json's when present, else config.json's
+  std::vector<int32_t> eos_token_ids; // generation_config.json's, then config.json's not already listed
   int32_t pad_token_id = -1;
   std::string torch_dtype;            // as declared in config.json (informational)
 };

@@ -54,12 +54,12 @@ TEST_F(ModelConfigTest, LegacyTopLevelRopeAndTransformersHeadDimDefault) {
   EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{5}));
 }
 
-TEST_F(ModelConfigTest, GenerationConfigEosWinsLikeTransformersGenerate) {
+TEST_F(ModelConfigTest, EosIdsAreTheUnionOfBothFiles) {
   Write("config.json", R"({"model_type": "glm", "eos_token_id": 5})");
   Write("generation_config.json", R"({"eos_token_id": [7, 9]})");
   auto c = Load();
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{7, 9}));
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{7, 9, 5}));
 }
 
 TEST_F(ModelConfigTest, OriginalChatGlmFields) {
