@@ -1,0 +1,251 @@
+#include "runtime/checkpoint.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <system_error>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+#include "runtime/pytorch_bin.h"
+#include "runtime/safetensors.h"
+
+namespace glmserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::atomic<PytorchBinLister> g_bin_lister{nullptr};
+
+constexpr char kStIndex[] = "model.safetensors.index.json";
+constexpr char kStSingle[] = "model.safetensors";
+constexpr char kBinIndex[] = "pytorch_model.bin.index.json";
+constexpr char kBinSingle[] = "pytorch_model.bin";
+
+bool IsRegularFile(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+bool HasSuffix(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Regular files in `dir` whose names end with `suffix`, sorted.
+std::vector<std::string> FilesWithSuffix(const fs::path& dir, const std::string& suffix) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (HasSuffix(name, suffix) && IsRegularFile(it->path())) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Lists one weight file of either kind; false when it could not be read at all.
+bool ListOne(bool safetensors, const fs::path& dir, const std::string& file,
+             std::vector<TensorRecord>* tensors, std::vector<std::string>* problems) {
+  const std::string path = (dir / file).string();
+  if (safetensors) return ListSafetensorsFile(path, file, tensors, problems);
+  PytorchBinLister lister = g_bin_lister.load();
+  if (lister == nullptr) {
+    problems->push_back(absl::StrCat(
+        file, ": reading .bin checkpoints needs the LibTorch runtime (glmserve_runtime, "
+              "RegisterPytorchBinReader()), which this binary does not have"));
+    return false;
+  }
+  return lister(path, file, tensors, problems);
+}
+
+// Parses the index file; on success fills `weight_map` (key -> shard file) and returns true.
+bool ReadIndex(const fs::path& dir, const std::string& index_name,
+               std::map<std::string, std::string>* weight_map, std::vector<std::string>* problems) {
+  std::ifstream in(dir / index_name, std::ios::binary);
+  if (!in) {
+    problems->push_back(absl::StrCat(index_name, ": cannot open"));
+    return false;
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(buffer.str());
+  } catch (const nlohmann::json::exception& e) {
+    problems->push_back(absl::StrCat(index_name, ": invalid JSON: ", e.what()));
+    return false;
+  }
+  if (!json.is_object() || !json.contains("weight_map") || !json["weight_map"].is_object()) {
+    problems->push_back(absl::StrCat(index_name, ": has no \"weight_map\" object"));
+    return false;
+  }
+  for (auto it = json["weight_map"].begin(); it != json["weight_map"].end(); ++it) {
+    if (!it.value().is_string()) {
+      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", it.key(),
+                                       " is not a file name string"));
+      continue;
+    }
+    const std::string shard = it.value().get<std::string>();
+    if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
+      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", it.key(), " names ",
+                                       shard.empty() ? "an empty file name" : shard,
+                                       ", which is not a file in the checkpoint directory"));
+      continue;
+    }
+    (*weight_map)[it.key()] = shard;
+  }
+  return true;
+}
+
+void ListSharded(bool safetensors, const fs::path& dir, const std::string& index_name,
+                 CheckpointListing* listing) {
+  const std::string suffix = safetensors ? ".safetensors" : ".bin";
+  std::map<std::string, std::string> weight_map;
+  std::vector<std::string> shards;
+  const bool index_ok = ReadIndex(dir, index_name, &weight_map, &listing->problems);
+  if (index_ok) {
+    std::set<std::string> unique;
+    for (const auto& [key, shard] : weight_map) unique.insert(shard);
+    shards.assign(unique.begin(), unique.end());
+  } else {
+    // Without a usable index, still list every shard present so the report is as full as possible.
+    shards = FilesWithSuffix(dir, suffix);
+    listing->problems.push_back(absl::StrCat(index_name, ": unusable, so listed every *", suffix,
+                                             " file present instead (", shards.size(), ")"));
+  }
+
+  std::map<std::string, std::string> seen;  // key -> shard that supplied it
+  std::set<std::string> readable;
+  for (const std::string& shard : shards) {
+    if (!IsRegularFile(dir / shard)) {
+      listing->problems.push_back(
+          absl::StrCat("index ", index_name, " names shard ", shard, ", which is absent"));
+      continue;
+    }
+    std::vector<TensorRecord> records;
+    if (!ListOne(safetensors, dir, shard, &records, &listing->problems)) continue;
+    listing->files.push_back(shard);
+    readable.insert(shard);
+    for (TensorRecord& r : records) {
+      auto prev = seen.find(r.name);
+      if (prev != seen.end()) {
+        listing->problems.push_back(absl::StrCat("key ", r.name, " is in two shards: ",
+                                                 prev->second, " and ", shard, " (kept ",
+                                                 prev->second, ")"));
+        continue;
+      }
+      if (index_ok) {
+        auto it = weight_map.find(r.name);
+        if (it == weight_map.end()) {
+          listing->problems.push_back(absl::StrCat(shard, ": contains key ", r.name,
+                                                   ", which index ", index_name, " does not name"));
+        } else if (it->second != shard) {
+          listing->problems.push_back(absl::StrCat(shard, ": contains key ", r.name, ", which index ",
+                                                   index_name, " assigns to ", it->second));
+        }
+      }
+      seen.emplace(r.name, shard);
+      listing->tensors.push_back(std::move(r));
+    }
+  }
+  if (index_ok) {
+    std::set<std::pair<std::string, std::string>> present;
+    for (const TensorRecord& r : listing->tensors) present.emplace(r.file, r.name);
+    for (const auto& [key, shard] : weight_map) {
+      if (readable.count(shard) == 0) continue;  // absent or unreadable shard: reported above
+      if (present.count({shard, key}) != 0) continue;
+      auto it = seen.find(key);
+      if (it != seen.end()) continue;  // found in another shard: reported as "assigns to" above
+      listing->problems.push_back(absl::StrCat(shard, ": index ", index_name, " lists key ", key,
+                                               " in this shard, but the shard does not contain it"));
+    }
+  }
+}
+
+}  // namespace
+
+void SetPytorchBinLister(PytorchBinLister lister) { g_bin_lister.store(lister); }
+PytorchBinLister GetPytorchBinLister() { return g_bin_lister.load(); }
+
+const char* CheckpointFormatName(CheckpointFormat format) {
+  switch (format) {
+    case CheckpointFormat::kSafetensors:
+      return "safetensors";
+    case CheckpointFormat::kSafetensorsSharded:
+      return "sharded safetensors";
+    case CheckpointFormat::kPytorchBin:
+      return "pytorch .bin";
+    case CheckpointFormat::kPytorchBinSharded:
+      return "sharded pytorch .bin";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
+  try {
+    const fs::path dir(directory);
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) {
+      return absl::NotFoundError(absl::StrCat("checkpoint directory ", directory,
+                                              fs::exists(dir, ec) ? " is not a directory"
+                                                                  : " does not exist"));
+    }
+    CheckpointListing listing;
+    listing.directory = directory;
+    if (IsRegularFile(dir / kStIndex)) {
+      listing.format = CheckpointFormat::kSafetensorsSharded;
+      ListSharded(true, dir, kStIndex, &listing);
+      return listing;
+    }
+    std::string single;
+    if (IsRegularFile(dir / kStSingle)) {
+      single = kStSingle;
+    } else {
+      const std::vector<std::string> any = FilesWithSuffix(dir, ".safetensors");
+      if (any.size() == 1) {
+        single = any[0];
+      } else if (any.size() > 1) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "checkpoint directory ", directory, " holds ", any.size(),
+            " .safetensors files (", absl::StrJoin(any, ", "), ") but no ", kStIndex,
+            " saying which tensors each holds"));
+      }
+    }
+    if (!single.empty()) {
+      listing.format = CheckpointFormat::kSafetensors;
+      if (ListOne(true, dir, single, &listing.tensors, &listing.problems)) {
+        listing.files.push_back(single);
+      }
+      return listing;
+    }
+    if (IsRegularFile(dir / kBinIndex)) {
+      listing.format = CheckpointFormat::kPytorchBinSharded;
+      ListSharded(false, dir, kBinIndex, &listing);
+      return listing;
+    }
+    if (IsRegularFile(dir / kBinSingle)) {
+      listing.format = CheckpointFormat::kPytorchBin;
+      if (ListOne(false, dir, kBinSingle, &listing.tensors, &listing.problems)) {
+        listing.files.push_back(kBinSingle);
+      }
+      return listing;
+    }
+    return absl::NotFoundError(absl::StrCat("no weight files in ", directory, " (looked for ",
+                                            kStIndex, ", ", kStSingle, ", *.safetensors, ",
+                                            kBinIndex, ", ", kBinSingle, ")"));
+  } catch (const std::exception& e) {
+    // Only allocation failures or filesystem oddities can land here.
+    return absl::InternalError(absl::StrCat("listing ", directory, ": ", e.what()));
+  }
+}
+
+}  // namespace glmserve

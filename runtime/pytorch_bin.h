@@ -1,0 +1,54 @@
+// Reading torch.save zip archives (pytorch_model*.bin) through LibTorch's unpickler.
+//
+// This header is LibTorch-free: checkpoint.cc (in glmserve_runtime_core, no LibTorch) lists .bin
+// files through a hook that pytorch_bin.cc (in glmserve_runtime) installs. The hook is installed by
+// a static initializer of pytorch_bin.cc and by RegisterPytorchBinReader(); a binary that links
+// glmserve_runtime and calls ReadCheckpointTensors always has it. A binary that only calls
+// ListCheckpoint should call RegisterPytorchBinReader() once, or .bin files are reported as
+// unreadable ("needs the LibTorch runtime").
+#pragma once
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "runtime/checkpoint.h"
+
+namespace at {
+class Tensor;
+}  // namespace at
+
+namespace glmserve {
+
+// Lists one .bin file: appends its tensors (dtype in safetensors spelling, data_offset/bytes 0)
+// and returns true, or appends one problem naming `file_name` and returns false.
+using PytorchBinLister = bool (*)(const std::string& path, const std::string& file_name,
+                                  std::vector<TensorRecord>* tensors,
+                                  std::vector<std::string>* problems);
+
+// Defined in checkpoint.cc (core). nullptr until a reader is registered.
+void SetPytorchBinLister(PytorchBinLister lister);
+PytorchBinLister GetPytorchBinLister();
+
+// --- Defined in pytorch_bin.cc (glmserve_runtime, LibTorch) ---
+
+// Installs the LibTorch-backed lister (idempotent).
+void RegisterPytorchBinReader();
+
+// The lister itself. Loading a .bin needs all of it in memory; the loaded tensors are kept in a
+// process-level cache keyed by path (and size/mtime) so that ReadCheckpointTensors does not load
+// the file a second time.
+bool ListPytorchBinFile(const std::string& path, const std::string& file_name,
+                        std::vector<TensorRecord>* tensors, std::vector<std::string>* problems);
+
+// Moves the tensors of `path` into `out` (key -> tensor as stored, possibly non-contiguous views
+// sharing storage), taking them from the cache when present (and dropping the cache entry) or
+// loading the file otherwise. Never throws: errors are statuses naming `file_name`.
+absl::Status TakePytorchBinTensors(const std::string& path, const std::string& file_name,
+                                   std::unordered_map<std::string, at::Tensor>* out);
+
+// Drops every cached .bin (e.g. after a listing that will not be read).
+void ClearPytorchBinCache();
+
+}  // namespace glmserve

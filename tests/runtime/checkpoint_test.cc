@@ -1,0 +1,482 @@
+// Tests for ListCheckpoint (runtime/checkpoint.h) and ReadCheckpointTensors
+// (runtime/checkpoint_tensors.h). Fixtures: tests/fixtures/checkpoint/, made by
+// scripts/make_checkpoint_fixtures.py; expected values come from its expected.json files.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+#include "runtime/checkpoint.h"
+#include "runtime/checkpoint_tensors.h"
+#include "runtime/pytorch_bin.h"
+
+namespace glmserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Fixture(const std::string& name) {
+  return std::string(GLMSERVE_FIXTURES_DIR) + "/checkpoint/" + name;
+}
+
+std::string ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteAll(const fs::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "glmserve_ckpt_XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+// A safetensors file from a header JSON text and a data section.
+std::string Safetensors(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + header + data;
+}
+
+std::string Joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += "  " + x + "\n";
+  return s;
+}
+
+// True when some problem contains every one of `parts`.
+bool HasProblem(const CheckpointListing& l, const std::vector<std::string>& parts) {
+  for (const std::string& p : l.problems) {
+    bool all = true;
+    for (const std::string& part : parts) all = all && p.find(part) != std::string::npos;
+    if (all) return true;
+  }
+  return false;
+}
+
+#define EXPECT_PROBLEM(listing, ...)                                        \
+  EXPECT_TRUE(HasProblem(listing, {__VA_ARGS__})) << "problems:\n" << Joined((listing).problems)
+
+at::ScalarType TypeOf(const std::string& dtype) {
+  if (dtype == "F32") return at::kFloat;
+  if (dtype == "F16") return at::kHalf;
+  if (dtype == "BF16") return at::kBFloat16;
+  ADD_FAILURE() << "unexpected dtype " << dtype;
+  return at::kFloat;
+}
+
+// Checks names/dtypes/shapes of the listing and the values read against expected.json.
+void CheckAgainstExpected(const std::string& dir, const CheckpointListing& listing) {
+  nlohmann::json expected = nlohmann::json::parse(ReadAll(fs::path(dir) / "expected.json"));
+  const auto& tensors = expected["tensors"];
+  ASSERT_EQ(listing.tensors.size(), tensors.size());
+  std::map<std::string, const TensorRecord*> by_name;
+  for (const TensorRecord& r : listing.tensors) by_name[r.name] = &r;
+  for (auto it = tensors.begin(); it != tensors.end(); ++it) {
+    ASSERT_TRUE(by_name.count(it.key())) << it.key();
+    const TensorRecord& r = *by_name[it.key()];
+    EXPECT_EQ(r.dtype, it.value()["dtype"].get<std::string>()) << r.name;
+    EXPECT_EQ(r.shape, it.value()["shape"].get<std::vector<int64_t>>()) << r.name;
+  }
+  auto read = ReadCheckpointTensors(listing);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->size(), tensors.size());
+  for (auto it = tensors.begin(); it != tensors.end(); ++it) {
+    ASSERT_TRUE(read->count(it.key())) << it.key();
+    const at::Tensor& t = read->at(it.key());
+    EXPECT_EQ(t.scalar_type(), TypeOf(it.value()["dtype"].get<std::string>())) << it.key();
+    EXPECT_TRUE(t.is_contiguous()) << it.key();
+    EXPECT_TRUE(t.device().is_cpu());
+    EXPECT_EQ(t.sizes().vec(), it.value()["shape"].get<std::vector<int64_t>>()) << it.key();
+    at::Tensor flat = t.to(at::kDouble).flatten();
+    const auto values = it.value()["values"].get<std::vector<double>>();
+    ASSERT_EQ(flat.numel(), static_cast<int64_t>(values.size())) << it.key();
+    for (size_t i = 0; i < values.size(); ++i) {
+      EXPECT_EQ(flat[static_cast<int64_t>(i)].item<double>(), values[i]) << it.key() << "[" << i << "]";
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats that read cleanly.
+
+TEST(ListCheckpoint, SingleSafetensors) {
+  const std::string dir = Fixture("st_single");
+  auto listing = ListCheckpoint(dir);
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(listing->format, CheckpointFormat::kSafetensors);
+  EXPECT_EQ(listing->files, std::vector<std::string>{"model.safetensors"});
+  EXPECT_TRUE(listing->problems.empty()) << Joined(listing->problems);
+  for (const TensorRecord& r : listing->tensors) {
+    EXPECT_EQ(r.file, "model.safetensors");
+    EXPECT_GT(r.data_offset, 8u);
+  }
+  CheckAgainstExpected(dir, *listing);
+}
+
+TEST(ListCheckpoint, ShardedSafetensors) {
+  const std::string dir = Fixture("st_sharded");
+  auto listing = ListCheckpoint(dir);
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(listing->format, CheckpointFormat::kSafetensorsSharded);
+  EXPECT_EQ(listing->files, (std::vector<std::string>{"model-00001-of-00002.safetensors",
+                                                      "model-00002-of-00002.safetensors"}));
+  EXPECT_TRUE(listing->problems.empty()) << Joined(listing->problems);
+  CheckAgainstExpected(dir, *listing);
+}
+
+TEST(ListCheckpoint, AnySingleSafetensorsNameAndUnsupportedDtypes) {
+  const std::string dir = Fixture("st_any_name");
+  auto listing = ListCheckpoint(dir);
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(listing->format, CheckpointFormat::kSafetensors);
+  EXPECT_EQ(listing->files, std::vector<std::string>{"weights.safetensors"});
+  EXPECT_TRUE(listing->problems.empty()) << Joined(listing->problems);
+  std::map<std::string, std::string> dtypes;
+  for (const TensorRecord& r : listing->tensors) dtypes[r.name] = r.dtype;
+  EXPECT_EQ(dtypes, (std::map<std::string, std::string>{{"w", "F32"}, {"i8", "I8"}, {"f64", "F64"}}));
+  // Materializing an unsupported dtype is an error naming the file, key and dtype.
+  auto read = ReadCheckpointTensors(*listing);
+  ASSERT_FALSE(read.ok());
+  const std::string msg(read.status().message());
+  EXPECT_NE(msg.find("weights.safetensors"), std::string::npos) << msg;
+  EXPECT_TRUE(msg.find("I8") != std::string::npos || msg.find("F64") != std::string::npos) << msg;
+}
+
+TEST(ListCheckpoint, SingleBinWithTiedWeightsViewsAndHalfTypes) {
+  const std::string dir = Fixture("bin_single");
+  auto listing = ListCheckpoint(dir);
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(listing->format, CheckpointFormat::kPytorchBin);
+  EXPECT_EQ(listing->files, std::vector<std::string>{"pytorch_model.bin"});
+  EXPECT_TRUE(listing->problems.empty()) << Joined(listing->problems);
+  CheckAgainstExpected(dir, *listing);
+}
+
+TEST(ListCheckpoint, BinTiedWeightsShareValues) {
+  auto listing = ListCheckpoint(Fixture("bin_single"));
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  auto read = ReadCheckpointTensors(*listing);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_TRUE(at::equal(read->at("embed.weight"), read->at("lm_head.weight")));
+  EXPECT_EQ(read->at("half_view").sizes().vec(), (std::vector<int64_t>{2, 3}));
+}
+
+TEST(ListCheckpoint, BinReadWithoutCachedListing) {
+  // Reading twice from one listing: the second read cannot use the cache and loads again.
+  auto listing = ListCheckpoint(Fixture("bin_single"));
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  auto first = ReadCheckpointTensors(*listing);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = ReadCheckpointTensors(*listing);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(first->size(), second->size());
+  EXPECT_TRUE(at::equal(first->at("embed.weight"), second->at("embed.weight")));
+}
+
+TEST(ListCheckpoint, ShardedBin) {
+  const std::string dir = Fixture("bin_sharded");
+  auto listing = ListCheckpoint(dir);
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(listing->format, CheckpointFormat::kPytorchBinSharded);
+  EXPECT_EQ(listing->files, (std::vector<std::string>{"pytorch_model-00001-of-00002.bin",
+                                                      "pytorch_model-00002-of-00002.bin"}));
+  EXPECT_TRUE(listing->problems.empty()) << Joined(listing->problems);
+  CheckAgainstExpected(dir, *listing);
+}
+
+TEST(ListCheckpoint, FormatPreference) {
+  TempDir tmp;
+  for (const char* f : {"model.safetensors", "pytorch_model.bin"}) {
+    fs::copy_file(fs::path(Fixture(std::string(f) == "model.safetensors" ? "st_single" : "bin_single")) / f,
+                  tmp.path() / f);
+  }
+  auto listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(listing->format, CheckpointFormat::kSafetensors);
+  fs::remove(tmp.path() / "model.safetensors");
+  listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(listing->format, CheckpointFormat::kPytorchBin);
+  ClearPytorchBinCache();
+}
+
+TEST(ListCheckpoint, NothingToList) {
+  EXPECT_FALSE(ListCheckpoint("/nonexistent/glmserve/dir").ok());
+  TempDir tmp;
+  EXPECT_FALSE(ListCheckpoint(tmp.str()).ok());
+  WriteAll(tmp.path() / "a.safetensors", "");
+  WriteAll(tmp.path() / "b.safetensors", "");
+  auto several = ListCheckpoint(tmp.str());
+  EXPECT_FALSE(several.ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Index problems.
+
+TEST(ListCheckpoint, BadIndexReportsEveryProblem) {
+  auto listing = ListCheckpoint(Fixture("st_bad_index"));
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_PROBLEM(*listing, "index model.safetensors.index.json names shard "
+                           "model-00003-of-00003.safetensors, which is absent");
+  EXPECT_PROBLEM(*listing, "model-00002-of-00003.safetensors", "ghost");           // index key missing
+  EXPECT_PROBLEM(*listing, "model-00001-of-00003.safetensors", "extra");           // key not in index
+  EXPECT_PROBLEM(*listing, "dup", "model-00001-of-00003.safetensors",
+                 "model-00002-of-00003.safetensors");                              // in two shards
+  EXPECT_GE(listing->problems.size(), 4u) << Joined(listing->problems);
+  // The readable tensors are still listed, each once.
+  std::map<std::string, int> count;
+  for (const TensorRecord& r : listing->tensors) ++count[r.name];
+  EXPECT_EQ(count, (std::map<std::string, int>{{"a", 1}, {"b", 1}, {"dup", 1}, {"extra", 1}}));
+}
+
+TEST(ListCheckpoint, InvalidIndexJsonNamesPosition) {
+  TempDir tmp;
+  fs::copy_file(fs::path(Fixture("st_sharded")) / "model-00001-of-00002.safetensors",
+                tmp.path() / "model-00001-of-00002.safetensors");
+  WriteAll(tmp.path() / "model.safetensors.index.json", "{\"weight_map\": {\"a\": }");
+  auto listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(listing->format, CheckpointFormat::kSafetensorsSharded);
+  EXPECT_PROBLEM(*listing, "model.safetensors.index.json", "invalid JSON", "line 1, column");
+  // The shards present are still listed.
+  EXPECT_EQ(listing->files, std::vector<std::string>{"model-00001-of-00002.safetensors"});
+}
+
+TEST(ListCheckpoint, BinIndexNamesAbsentShard) {
+  TempDir tmp;
+  fs::copy_file(fs::path(Fixture("bin_sharded")) / "pytorch_model-00001-of-00002.bin",
+                tmp.path() / "pytorch_model-00001-of-00002.bin");
+  fs::copy_file(fs::path(Fixture("bin_sharded")) / "pytorch_model.bin.index.json",
+                tmp.path() / "pytorch_model.bin.index.json");
+  auto listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_PROBLEM(*listing, "index pytorch_model.bin.index.json names shard "
+                           "pytorch_model-00002-of-00002.bin, which is absent");
+  EXPECT_EQ(listing->problems.size(), 1u) << Joined(listing->problems);
+  ClearPytorchBinCache();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed safetensors files, written here byte by byte.
+
+class MalformedSafetensors : public ::testing::Test {
+ protected:
+  CheckpointListing List(const std::string& bytes) {
+    WriteAll(tmp_.path() / "model.safetensors", bytes);
+    auto listing = ListCheckpoint(tmp_.str());
+    EXPECT_TRUE(listing.ok()) << listing.status();
+    return listing.ok() ? *listing : CheckpointListing{};
+  }
+  TempDir tmp_;
+};
+
+TEST_F(MalformedSafetensors, ZeroBytes) {
+  auto l = List("");
+  EXPECT_PROBLEM(l, "model.safetensors", "too short");
+  EXPECT_TRUE(l.tensors.empty());
+  EXPECT_TRUE(l.files.empty());
+}
+
+TEST_F(MalformedSafetensors, HeaderSizeLargerThanFile) {
+  std::string bytes = Safetensors("{}", "");
+  bytes[0] = 'x';  // header size 120 in a 10-byte file
+  EXPECT_PROBLEM(List(bytes), "model.safetensors", "header size 120", "larger than the file");
+  EXPECT_PROBLEM(List(std::string(8, '\xff') + "{}"), "model.safetensors", "larger than the file");
+}
+
+TEST_F(MalformedSafetensors, InvalidJson) {
+  EXPECT_PROBLEM(List(Safetensors("{\"a\": [1,", "")), "model.safetensors", "not valid JSON");
+  EXPECT_PROBLEM(List(Safetensors("[1, 2]", "")), "model.safetensors", "not a JSON object");
+}
+
+TEST_F(MalformedSafetensors, MissingFields) {
+  auto l = List(Safetensors(R"({"w": {"shape": [1]}, "v": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})",
+                            std::string(4, '\0')));
+  EXPECT_PROBLEM(l, "model.safetensors", "w", "missing dtype, data_offsets");
+  ASSERT_EQ(l.tensors.size(), 1u);
+  EXPECT_EQ(l.tensors[0].name, "v");
+}
+
+TEST_F(MalformedSafetensors, MetadataIgnored) {
+  auto l = List(Safetensors(
+      R"({"__metadata__": {"format": "pt"}, "v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+      std::string(8, '\0')));
+  EXPECT_TRUE(l.problems.empty()) << Joined(l.problems);
+  ASSERT_EQ(l.tensors.size(), 1u);
+}
+
+TEST_F(MalformedSafetensors, OffsetsOutOfOrderAndOverlapping) {
+  auto l = List(Safetensors(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]},
+                                "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                "c": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+                            std::string(12, '\0')));
+  EXPECT_PROBLEM(l, "model.safetensors", "a", "out of order");
+  EXPECT_PROBLEM(l, "model.safetensors", "b", "c", "overlap");
+}
+
+TEST_F(MalformedSafetensors, ByteLengthMismatch) {
+  auto l = List(Safetensors(R"({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 4]}})",
+                            std::string(4, '\0')));
+  EXPECT_PROBLEM(l, "model.safetensors", "a", "holds 4 bytes", "needs 6");
+  EXPECT_TRUE(l.tensors.empty());
+  // Overflowing shapes do not crash.
+  auto big = List(Safetensors(
+      R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 4]}})",
+      std::string(4, '\0')));
+  EXPECT_PROBLEM(big, "model.safetensors", "a", "needs");
+}
+
+TEST_F(MalformedSafetensors, UnknownDtypeIsListed) {
+  auto l = List(Safetensors(R"({"q": {"dtype": "Q4_K", "shape": [3], "data_offsets": [0, 5]}})",
+                            std::string(5, '\0')));
+  EXPECT_TRUE(l.problems.empty()) << Joined(l.problems);
+  ASSERT_EQ(l.tensors.size(), 1u);
+  EXPECT_EQ(l.tensors[0].dtype, "Q4_K");
+  auto read = ReadCheckpointTensors(l);
+  ASSERT_FALSE(read.ok());
+  EXPECT_NE(read.status().message().find("q has dtype Q4_K"), std::string::npos) << read.status();
+}
+
+TEST_F(MalformedSafetensors, Truncated) {
+  std::string full = ReadAll(fs::path(Fixture("st_single")) / "model.safetensors");
+  auto l = List(full.substr(0, full.size() - 10));
+  EXPECT_PROBLEM(l, "model.safetensors", "truncated: header declares", "data bytes, file holds");
+  // Whatever is still listed lies inside the file and reads back.
+  for (const TensorRecord& r : l.tensors) EXPECT_LE(r.data_offset + r.data_bytes, full.size() - 10);
+  EXPECT_TRUE(ReadCheckpointTensors(l).ok());
+}
+
+TEST_F(MalformedSafetensors, SeveralProblemsInOneFile) {
+  auto l = List(Safetensors(R"({"a": {"dtype": "F32", "shape": [2]},
+                                "b": {"dtype": "F16", "shape": [4], "data_offsets": [0, 6]},
+                                "c": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                                "d": {"dtype": "F32", "shape": [1], "data_offsets": [16, 20]}})",
+                            std::string(16, '\0')));
+  EXPECT_PROBLEM(l, "model.safetensors", "a", "missing data_offsets");
+  EXPECT_PROBLEM(l, "model.safetensors", "b", "needs 8");
+  EXPECT_PROBLEM(l, "model.safetensors", "truncated: header declares 20 data bytes, file holds 16");
+  EXPECT_EQ(l.problems.size(), 3u) << Joined(l.problems);
+  ASSERT_EQ(l.tensors.size(), 1u);
+  EXPECT_EQ(l.tensors[0].name, "c");
+}
+
+TEST_F(MalformedSafetensors, RandomBytesNeverCrash) {
+  std::mt19937 rng(1234);
+  for (int i = 0; i < 200; ++i) {
+    std::string bytes(rng() % 300, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    if (i % 2 == 0 && bytes.size() >= 8) {  // plausible header size
+      const uint64_t n = rng() % (bytes.size() - 7);
+      for (int k = 0; k < 8; ++k) bytes[k] = static_cast<char>((n >> (8 * k)) & 0xff);
+    }
+    auto l = List(bytes);
+    EXPECT_TRUE(ReadCheckpointTensors(l).status().code() != absl::StatusCode::kUnknown);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged .bin files.
+
+class DamagedBin : public ::testing::Test {
+ protected:
+  CheckpointListing List(const std::string& bytes) {
+    WriteAll(tmp_.path() / "pytorch_model.bin", bytes);
+    auto listing = ListCheckpoint(tmp_.str());
+    EXPECT_TRUE(listing.ok()) << listing.status();
+    return listing.ok() ? *listing : CheckpointListing{};
+  }
+  static void ExpectShortMessage(const CheckpointListing& l) {
+    for (const std::string& p : l.problems) {
+      EXPECT_EQ(p.find('\n'), std::string::npos) << p;  // no backtrace
+      EXPECT_EQ(p.find("Exception raised from"), std::string::npos) << p;
+      EXPECT_LT(p.size(), 500u) << p;
+    }
+  }
+  TempDir tmp_;
+};
+
+TEST_F(DamagedBin, Truncated) {
+  auto l = List(ReadAll(fs::path(Fixture("bin_truncated")) / "pytorch_model.bin"));
+  EXPECT_PROBLEM(l, "pytorch_model.bin: not a readable torch.save archive: ");
+  EXPECT_TRUE(l.tensors.empty());
+  EXPECT_TRUE(l.files.empty());
+  ExpectShortMessage(l);
+}
+
+TEST_F(DamagedBin, ZeroBytes) {
+  auto l = List("");
+  EXPECT_PROBLEM(l, "pytorch_model.bin: not a readable torch.save archive", "empty");
+  ExpectShortMessage(l);
+}
+
+TEST_F(DamagedBin, RandomBytes) {
+  std::mt19937 rng(99);
+  for (int i = 0; i < 20; ++i) {
+    std::string bytes(1 + rng() % 2000, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    if (i % 2 == 0) bytes.replace(0, 4, std::string("PK\x03\x04", 4));
+    auto l = List(bytes);
+    EXPECT_PROBLEM(l, "pytorch_model.bin");
+    ExpectShortMessage(l);
+  }
+}
+
+TEST_F(DamagedBin, CorruptedArchiveBytes) {
+  // Flip bytes inside a valid archive: every outcome is a listing or a problem, never a crash.
+  const std::string good = ReadAll(fs::path(Fixture("bin_single")) / "pytorch_model.bin");
+  std::mt19937 rng(7);
+  for (int i = 0; i < 30; ++i) {
+    std::string bytes = good;
+    for (int k = 0; k < 8; ++k) bytes[rng() % bytes.size()] = static_cast<char>(rng());
+    auto l = List(bytes);
+    ExpectShortMessage(l);
+    if (l.problems.empty()) (void)ReadCheckpointTensors(l);
+  }
+  ClearPytorchBinCache();
+}
+
+TEST_F(DamagedBin, LegacyFormatIsUnsupported) {
+  auto l = List(ReadAll(fs::path(Fixture("bin_legacy")) / "pytorch_model.bin"));
+  EXPECT_PROBLEM(l, "pytorch_model.bin", "legacy", "not supported");
+  ExpectShortMessage(l);
+}
+
+TEST_F(DamagedBin, LegacyShardInShardedBin) {
+  TempDir tmp;
+  fs::copy_file(fs::path(Fixture("bin_legacy")) / "pytorch_model.bin",
+                tmp.path() / "pytorch_model-00001-of-00001.bin");
+  WriteAll(tmp.path() / "pytorch_model.bin.index.json",
+           R"({"metadata": {}, "weight_map": {"w": "pytorch_model-00001-of-00001.bin"}})");
+  auto listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_PROBLEM(*listing, "pytorch_model-00001-of-00001.bin", "legacy");
+  EXPECT_EQ(listing->problems.size(), 1u) << Joined(listing->problems);
+}
+
+}  // namespace
+}  // namespace glmserve
