@@ -295,6 +295,22 @@ TEST(SchedulerTest, AimdSequenceOfLimitsUnderInjectedOom) {
   h.ExpectAllMatchReference();
 }
 
+TEST(SchedulerTest, ExecutorOomShrinksLikeInjectedOom) {
+  SchedulerOptions o;
+  o.max_batch_size = 32;
+  o.aimd_increase_after_steps = 2;
+  Harness h(o, 4, 512);
+  h.executor.set_oom_above_sequences(6);  // the executor itself answers RESOURCE_EXHAUSTED
+  for (int i = 0; i < 32; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 5), 12));
+  h.RunUntilIdle();
+  ASSERT_GE(h.limits.size(), 3u);
+  EXPECT_EQ(h.limits[0], 16);
+  EXPECT_EQ(h.limits[1], 8);
+  EXPECT_EQ(h.limits[2], 4);
+  EXPECT_GT(h.scheduler->stats().oom_events, 2);
+  h.ExpectAllMatchReference();
+}
+
 TEST(SchedulerTest, OomAloneFailsOnlyThatRequestAfterBoundedRetries) {
   SchedulerOptions o;
   o.max_oom_retries_alone = 2;
