@@ -181,11 +181,11 @@ const char* CheckpointFormatName(CheckpointFormat format) {
     case CheckpointFormat::kSafetensors:
       return "safetensors";
     case CheckpointFormat::kSafetensorsSharded:
-      return "sharded safetensors";
+      return "safetensors-sharded";
     case CheckpointFormat::kPytorchBin:
-      return "pytorch .bin";
+      return "pytorch-bin";
     case CheckpointFormat::kPytorchBinSharded:
-      return "sharded pytorch .bin";
+      return "pytorch-bin-sharded";
   }
   return "unknown";
 }

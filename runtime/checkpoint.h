@@ -20,6 +20,7 @@ enum class CheckpointFormat {
   kPytorchBin,          // pytorch_model.bin (torch.save zip)
   kPytorchBinSharded,   // pytorch_model.bin.index.json + shards
 };
+// "safetensors", "safetensors-sharded", "pytorch-bin", "pytorch-bin-sharded" (inspect --json, ModelInfo).
 const char* CheckpointFormatName(CheckpointFormat format);
 
 // One tensor as stored on disk.
