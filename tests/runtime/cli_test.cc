@@ -19,7 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-struct Run {
+struct RunResult {
   int exit_code = -1;
   std::string out;
   std::string err;
@@ -31,12 +31,12 @@ std::string Quote(const std::string& s) {
   return q + "'";
 }
 
-Run Glmserve(const std::vector<std::string>& args) {
+RunResult Glmserve(const std::vector<std::string>& args) {
   const fs::path err_file = fs::temp_directory_path() / ("glmserve_cli_err_" + std::to_string(::getpid()));
   std::string cmd = Quote(GLMSERVE_BINARY);
   for (const std::string& a : args) cmd += " " + Quote(a);
   cmd += " 2>" + Quote(err_file.string());
-  Run run;
+  RunResult run;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   char buffer[65536];
   size_t n;
@@ -63,8 +63,10 @@ std::string Join(const json& ids) { return absl::StrJoin(ids.get<std::vector<int
 TEST(GenerateCli, JsonOutputMatchesTransformers) {
   for (const char* name : {"glm4-gqa-safetensors", "chatglm3-fp16-bin-sharded"}) {
     const fs::path dir = Fixtures() / "models" / name;
-    for (const json& c : ReadJson(dir / "expected.json")["cases"]) {
-      Run r = Glmserve({"generate", "--model", dir.string(), "--input-ids", Join(c["input_ids"]), "--max-new-tokens",
+    const json expected = ReadJson(dir / "expected.json");
+    ASSERT_FALSE(expected["cases"].empty());
+    for (const json& c : expected["cases"]) {
+      RunResult r = Glmserve({"generate", "--model", dir.string(), "--input-ids", Join(c["input_ids"]), "--max-new-tokens",
                         std::to_string(c["max_new_tokens"].get<int>()), "--min-new-tokens",
                         std::to_string(c["min_new_tokens"].get<int>()), "--json"});
       ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -85,7 +87,7 @@ TEST(GenerateCli, SamplingIsReproducibleWithSeed) {
   const std::string dir = (Fixtures() / "models" / "glm4-gqa-safetensors").string();
   std::vector<std::string> args = {"generate", "--model", dir, "--input-ids", "1,2,3", "--max-new-tokens", "8",
                                    "--temperature", "0.9", "--top-p", "0.9", "--top-k", "50", "--seed", "7", "--json"};
-  Run a = Glmserve(args), b = Glmserve(args);
+  RunResult a = Glmserve(args), b = Glmserve(args);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(json::parse(a.out)["output_ids"], json::parse(b.out)["output_ids"]);
 }
@@ -115,13 +117,13 @@ TEST(GenerateCli, BadInputExitsTwoNamingTheFlag) {
   for (const BadInput& c : cases) {
     std::vector<std::string> args = {"generate", "--model", dir};
     args.insert(args.end(), c.args.begin(), c.args.end());
-    Run r = Glmserve(args);
+    RunResult r = Glmserve(args);
     EXPECT_EQ(r.exit_code, 2) << absl::StrJoin(c.args, " ") << "\n" << r.err;
     EXPECT_NE(r.err.find(c.must_name), std::string::npos) << absl::StrJoin(c.args, " ") << " -> " << r.err;
     EXPECT_TRUE(r.out.empty()) << r.out;
     EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
   }
-  Run r = Glmserve({"generate", "--input-ids", "1"});
+  RunResult r = Glmserve({"generate", "--input-ids", "1"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--model"), std::string::npos) << r.err;
 }
@@ -129,7 +131,7 @@ TEST(GenerateCli, BadInputExitsTwoNamingTheFlag) {
 TEST(InspectCli, EveryFixtureIsLoadableAndDescribed) {
   for (const auto& entry : fs::directory_iterator(Fixtures() / "models")) {
     json expected = ReadJson(entry.path() / "expected.json");
-    Run r = Glmserve({"inspect", "--model", entry.path().string(), "--json", "--show-mapping"});
+    RunResult r = Glmserve({"inspect", "--model", entry.path().string(), "--json", "--show-mapping"});
     ASSERT_EQ(r.exit_code, 0) << entry.path() << r.err << r.out;
     json out = json::parse(r.out);
     EXPECT_EQ(out["loadable"], true);
@@ -139,7 +141,7 @@ TEST(InspectCli, EveryFixtureIsLoadableAndDescribed) {
     EXPECT_EQ(out["parameter_count"], expected["parameter_count"]);
     EXPECT_FALSE(out["mapping"].empty());
   }
-  Run text = Glmserve({"inspect", "--model", (Fixtures() / "models" / "chatglm3-fp16-bin-sharded").string(), "--show-mapping"});
+  RunResult text = Glmserve({"inspect", "--model", (Fixtures() / "models" / "chatglm3-fp16-bin-sharded").string(), "--show-mapping"});
   ASSERT_EQ(text.exit_code, 0) << text.err;
   EXPECT_NE(text.out.find("transformer.encoder.layers.0.self_attention.query_key_value.weight -> layers.0.q.weight [rows 0:32], "
                           "layers.0.k.weight [rows 32:48], layers.0.v.weight [rows 48:64]"),
@@ -155,7 +157,7 @@ TEST(InspectCli, BrokenCheckpointsExitTwoWithOneReportNamingTheProblem) {
     for (const char* command : {"inspect", "generate"}) {
       std::vector<std::string> args = {command, "--model", entry.path().string()};
       if (std::string(command) == "generate") args.insert(args.end(), {"--input-ids", "1,2", "--max-new-tokens", "2"});
-      Run r = Glmserve(args);
+      RunResult r = Glmserve(args);
       EXPECT_EQ(r.exit_code, 2) << entry.path() << " " << command << "\n" << r.err;
       EXPECT_TRUE(r.out.empty()) << entry.path() << " printed on stdout: " << r.out;
       for (const json& needle : broken["expect_in_message"]) {
@@ -171,13 +173,13 @@ TEST(InspectCli, BrokenCheckpointsExitTwoWithOneReportNamingTheProblem) {
 }
 
 TEST(InspectCli, MissingDirectoryAndUsage) {
-  Run r = Glmserve({"inspect", "--model", "/nonexistent/model"});
+  RunResult r = Glmserve({"inspect", "--model", "/nonexistent/model"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("/nonexistent/model"), std::string::npos) << r.err;
-  Run help = Glmserve({"inspect", "--help"});
+  RunResult help = Glmserve({"inspect", "--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("--show-mapping"), std::string::npos);
-  Run none = Glmserve({});
+  RunResult none = Glmserve({});
   EXPECT_EQ(none.exit_code, 2);
 }
 
