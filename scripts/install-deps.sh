@@ -27,7 +27,7 @@ apt_packages=(
   build-essential cmake ninja-build pkg-config unzip
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libre2-dev
-  libsentencepiece-dev libspdlog-dev python3-grpcio python3-grpc-tools python3-numpy
+  libsentencepiece-dev libspdlog-dev
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -57,6 +57,11 @@ if [ ! -f "$libtorch/.version-$torch_version" ]; then
   rm -rf "$deps_dir/torch-unpack" "$wheel_dir"
   touch "$libtorch/.version-$torch_version"
 fi
+
+# Python gRPC client for the tests (a second client sharing no code with the server).
+python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>&1 || \
+  python3 -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection >>"$log" 2>&1 \
+  || fail "pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection"
 
 if [ "${GLMSERVE_PY_REFERENCE:-0}" = 1 ]; then
   python3 -c "import torch, transformers" >/dev/null 2>&1 || \

@@ -2,6 +2,8 @@
 // scripts/make_fixtures.py with transformers, which recorded greedy outputs and first-step logits.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <set>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -63,7 +65,11 @@ TEST_P(ModelParityTest, InspectDescribesCheckpointAsTransformersDoes) {
 
 TEST_P(ModelParityTest, GreedyIdsAndFirstLogitsMatchTransformers) {
   json expected = ReadJson(dir() / "expected.json");
-  absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(dir().string(), LoadOptions{});
+  // GLMSERVE_TEST_DEVICE=cuda runs the same comparison on the GPU (scripts/gpu-build.sh), fp32.
+  LoadOptions options;
+  if (const char* device = std::getenv("GLMSERVE_TEST_DEVICE")) options.device = device;
+  options.dtype = "float32";
+  absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(dir().string(), options);
   ASSERT_TRUE(runner.ok()) << runner.status();
   ASSERT_FALSE(expected["cases"].empty());
   for (const json& c : expected["cases"]) {
