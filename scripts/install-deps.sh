@@ -60,7 +60,7 @@ fi
 
 # Python gRPC client for the tests (a second client sharing no code with the server).
 python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>&1 || \
-  python3 -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection >>"$log" 2>&1 \
+  python3 -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection "setuptools<82" >>"$log" 2>&1 \
   || fail "pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection"
 
 if [ "${GLMSERVE_PY_REFERENCE:-0}" = 1 ]; then
