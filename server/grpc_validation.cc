@@ -114,14 +114,14 @@ absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& re
 
 v1::FinishReason ToProtoFinishReason(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kUnspecified: return v1::FINISH_REASON_UNSPECIFIED;
-    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
-    case FinishReason::kDeadline: return v1::FINISH_REASON_DEADLINE;
-    case FinishReason::kError: return v1::FINISH_REASON_ERROR;
+    case FinishReason::kUnspecified: return v1::UNSPECIFIED;
+    case FinishReason::kLength: return v1::LENGTH;
+    case FinishReason::kStop: return v1::STOP;
+    case FinishReason::kCancelled: return v1::CANCELLED;
+    case FinishReason::kDeadline: return v1::DEADLINE;
+    case FinishReason::kError: return v1::ERROR;
   }
-  return v1::FINISH_REASON_UNSPECIFIED;
+  return v1::UNSPECIFIED;
 }
 
 const char* FinishReasonString(FinishReason reason) {

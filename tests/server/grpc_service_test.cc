@@ -113,7 +113,7 @@ TEST_F(GrpcServiceTest, UnaryAndStreamAgree) {
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(unary.output_ids_size(), 24);
   EXPECT_EQ(unary.request_id(), "trace-abc");
-  EXPECT_EQ(unary.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(unary.finish_reason(), v1::LENGTH);
   EXPECT_EQ(unary.usage().prompt_tokens(), 3);
   EXPECT_EQ(unary.usage().completion_tokens(), 24);
   EXPECT_EQ(unary.usage().total_tokens(), 27);
@@ -129,11 +129,11 @@ TEST_F(GrpcServiceTest, UnaryAndStreamAgree) {
     const auto& m = stream.messages[i];
     EXPECT_EQ(m.request_id(), "trace-abc");
     if (i + 1 < stream.messages.size()) {
-      EXPECT_EQ(m.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+      EXPECT_EQ(m.finish_reason(), v1::UNSPECIFIED);
       EXPECT_FALSE(m.has_usage());
     }
   }
-  EXPECT_EQ(stream.messages.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(stream.messages.back().finish_reason(), v1::LENGTH);
   EXPECT_EQ(stream.messages.back().usage().completion_tokens(), 24);
 
   // Same request straight into the engine: the front end adds nothing and drops nothing.
@@ -160,7 +160,7 @@ TEST_F(GrpcServiceTest, StopIdEndsWithStop) {
   request.add_stop_token_ids(first.output_ids(2));
   v1::InferResponse stopped;
   ASSERT_TRUE(Unary(request, &stopped).ok());
-  EXPECT_EQ(stopped.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(stopped.finish_reason(), v1::STOP);
   ASSERT_LE(stopped.output_ids_size(), 3);
   EXPECT_EQ(stopped.output_ids(stopped.output_ids_size() - 1), first.output_ids(2));
 }

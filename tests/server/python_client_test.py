@@ -134,7 +134,7 @@ def main():
         ids = [i for m in msgs for i in m.output_ids]
         check(ids == expected, "stream concatenated == generate")
         check(all(m.request_id == "py-2" for m in msgs), "request_id on every stream message")
-        check(msgs[-1].finish_reason == u.finish_reason != pb.FINISH_REASON_UNSPECIFIED,
+        check(msgs[-1].finish_reason == u.finish_reason != pb.UNSPECIFIED,
               "final stream message carries finish_reason")
 
         bad = [

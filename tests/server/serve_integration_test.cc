@@ -177,7 +177,7 @@ TEST_F(ServeIntegrationTest, UnaryAndStreamEqualGenerate) {
     grpc::Status status = Unary(MakeProtoRequest(prompt, 12), &unary);
     ASSERT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(Ids(unary), expected);
-    EXPECT_NE(unary.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+    EXPECT_NE(unary.finish_reason(), v1::UNSPECIFIED);
     EXPECT_EQ(unary.usage().prompt_tokens(), static_cast<int>(prompt.size()));
     auto stream = RunStream(stub_.get(), MakeProtoRequest(prompt, 12), 30s);
     ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
