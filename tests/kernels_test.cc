@@ -1,10 +1,12 @@
 // CPU references against hand-computed values; each CUDA kernel against its reference where a
 // GPU exists (skipped otherwise, e.g. in CI).
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
@@ -53,6 +55,66 @@ TEST(FusedAddRmsNorm, CudaMatchesReference) {
     ASSERT_NEAR(got_res[i], want_res[i], 1e-6f) << i;
     ASSERT_NEAR(got[i], want[i], 1e-4f * std::abs(want[i]) + 1e-5f) << i;
   }
+#endif
+}
+
+TEST(PagedAttentionDecode, ReferenceSinglePositionReturnsItsValue) {
+  // One position: softmax weight 1, so out = v of that position's KV head; block table picks
+  // physical block 2 (slots 4..5 with block_size 2).
+  PagedAttentionShape s{1, 2, 1, 2, 2, 1, 1, 0.5f};
+  std::vector<float> q = {1, 2, 3, 4};
+  std::vector<float> k(6 * 2, 0.0f), v(6 * 2, 0.0f);
+  v[4 * 2 + 0] = 7;
+  v[4 * 2 + 1] = -3;
+  std::vector<int32_t> table = {2}, lens = {1};
+  std::vector<float> out(4);
+  PagedAttentionDecodeReference(q.data(), k.data(), v.data(), table.data(), lens.data(), out.data(), s);
+  EXPECT_EQ(out, (std::vector<float>{7, -3, 7, -3}));  // both query heads share the one KV head
+}
+
+TEST(PagedAttentionDecode, ReferenceWeightsPositionsBySoftmax) {
+  // Scores (scale 1): q.k = 0 and ln 3 -> weights 1/4, 3/4 over v = 4 and 8 -> 7.
+  PagedAttentionShape s{1, 1, 1, 1, 1, 2, 2, 1.0f};
+  std::vector<float> q = {1}, k = {0.0f, std::log(3.0f)}, v = {4, 8};
+  std::vector<int32_t> table = {1, 0}, lens = {2};  // logical 0 -> slot 1, logical 1 -> slot 0
+  std::vector<float> out(1);
+  // Position 0 reads slot 1 (k = ln 3, v = 8), position 1 reads slot 0 (k = 0, v = 4).
+  PagedAttentionDecodeReference(q.data(), k.data(), v.data(), table.data(), lens.data(), out.data(), s);
+  EXPECT_NEAR(out[0], 0.75 * 8 + 0.25 * 4, 1e-6);
+}
+
+TEST(PagedAttentionDecode, CudaMatchesReference) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  PagedAttentionShape s{5, 8, 2, 128, 16, 40, 600, 1.0f / std::sqrt(128.0f)};
+  const int64_t slots = 256 * s.block_size;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::vector<float> q(s.batch * s.num_heads * s.head_dim), k(slots * s.num_kv_heads * s.head_dim), v(k.size());
+  for (float& x : q) x = normal(rng);
+  for (float& x : k) x = normal(rng);
+  for (float& x : v) x = normal(rng);
+  std::vector<int32_t> lens = {1, 17, 300, 599, 64};
+  std::vector<int32_t> tables(s.batch * s.max_blocks_per_seq);
+  std::vector<int32_t> blocks(256);
+  for (int i = 0; i < 256; ++i) blocks[i] = i;
+  std::shuffle(blocks.begin(), blocks.end(), rng);
+  for (int i = 0; i < s.batch * s.max_blocks_per_seq; ++i) tables[i] = blocks[i % 256];
+  std::vector<float> want(q.size()), got(q.size());
+  PagedAttentionDecodeReference(q.data(), k.data(), v.data(), tables.data(), lens.data(), want.data(), s);
+  float *dq, *dk, *dv, *dout;
+  int32_t *dtables, *dlens;
+  cudaMalloc(&dq, q.size() * 4); cudaMalloc(&dk, k.size() * 4); cudaMalloc(&dv, v.size() * 4);
+  cudaMalloc(&dout, q.size() * 4); cudaMalloc(&dtables, tables.size() * 4); cudaMalloc(&dlens, lens.size() * 4);
+  cudaMemcpy(dq, q.data(), q.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(dk, k.data(), k.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(dv, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(dtables, tables.data(), tables.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(dlens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice);
+  ASSERT_TRUE(PagedAttentionDecodeCuda(dq, dk, dv, dtables, dlens, dout, s, ElementType::kFloat32, nullptr));
+  cudaMemcpy(got.data(), dout, got.size() * 4, cudaMemcpyDeviceToHost);
+  cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(dtables); cudaFree(dlens);
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-4f + 1e-4f * std::abs(want[i])) << i;
 #endif
 }
 

@@ -1,0 +1,41 @@
+// Paged-attention decode: one new query token per sequence attends over its whole context,
+// whose K/V live in fixed-size blocks of a shared pool (the engine's block tables). GQA/MQA
+// aware: query head h reads KV head h / (num_heads / num_kv_heads), as transformers' repeat_kv.
+// Softmax and accumulation in fp32. Graph-safe: every size that changes per step is read from
+// device memory (context_lens, block_tables), never passed by value.
+#pragma once
+
+#include <cstdint>
+
+namespace glmserve::kernels {
+
+enum class ElementType { kFloat32, kBFloat16, kFloat16 };
+
+struct PagedAttentionShape {
+  int32_t batch = 0;              // sequences (one query token each)
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;           // <= 256
+  int32_t block_size = 0;         // tokens per KV block
+  int32_t max_blocks_per_seq = 0; // row stride of block_tables
+  int32_t max_context = 0;        // upper bound of any context_lens entry (sizes shared memory)
+  float scale = 1.0f;             // usually 1/sqrt(head_dim)
+};
+
+// q: [batch, num_heads, head_dim]; k_cache/v_cache: [slots, num_kv_heads, head_dim] where
+// slot = block_tables[b][p / block_size] * block_size + p % block_size; out like q.
+// CPU reference, fp32 only.
+void PagedAttentionDecodeReference(const float* q, const float* k_cache, const float* v_cache,
+                                   const int32_t* block_tables, const int32_t* context_lens, float* out,
+                                   const PagedAttentionShape& shape);
+
+// CUDA; all pointers on the device, launched on `stream` (cudaStream_t). False on a bad shape
+// or launch error. Requires max_context * 4 bytes of shared memory per block (<= 227 KB).
+bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache,
+                              const int32_t* block_tables, const int32_t* context_lens, void* out,
+                              const PagedAttentionShape& shape, ElementType type, void* stream);
+
+// Largest max_context the CUDA kernel supports on this device (shared-memory bound); 0 without CUDA.
+int32_t PagedAttentionMaxContext();
+
+}  // namespace glmserve::kernels
