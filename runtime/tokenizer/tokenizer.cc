@@ -1,1 +1,517 @@
-// placeholder; filled in the next commit
+#include "runtime/tokenizer/tokenizer.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "runtime/tokenizer/bpe.h"
+#include "runtime/tokenizer/chat_template.h"
+#include "runtime/tokenizer/pretokenizer.h"
+#include "runtime/tokenizer/sp_wrapper.h"
+
+namespace glmserve::tokenizer {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ---------------------------------------------------------------- UTF-8 helpers
+
+namespace {
+
+// Length of a valid sequence starting at s[i] (0 if invalid); *need is the full length expected
+// from the lead byte (for incomplete-at-end detection); *valid_so_far counts valid bytes.
+size_t Utf8SequenceAt(std::string_view s, size_t i, size_t* valid_so_far) {
+  const unsigned char c = s[i];
+  *valid_so_far = 0;
+  if (c < 0x80) {
+    *valid_so_far = 1;
+    return 1;
+  }
+  size_t n;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) n = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+  else if (c >= 0xF0 && c <= 0xF4) n = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+  else return 0;
+  *valid_so_far = 1;
+  for (size_t k = 1; k < n; ++k) {
+    if (i + k >= s.size()) return 0;
+    const unsigned char d = s[i + k];
+    if (k == 1 ? (d < lo || d > hi) : (d < 0x80 || d > 0xBF)) return 0;
+    *valid_so_far = k + 1;
+  }
+  return n;
+}
+
+}  // namespace
+
+size_t CompleteUtf8Prefix(std::string_view s) {
+  for (size_t back = 1; back <= 3 && back <= s.size(); ++back) {
+    const size_t i = s.size() - back;
+    const unsigned char c = s[i];
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
+    size_t valid;
+    if (c >= 0xC2 && c <= 0xF4 && Utf8SequenceAt(s, i, &valid) == 0 && valid == back) return i;
+    return s.size();
+  }
+  return s.size();
+}
+
+std::string SanitizeUtf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t valid;
+    const size_t n = Utf8SequenceAt(s, i, &valid);
+    if (n > 0) {
+      out.append(s.data() + i, n);
+      i += n;
+    } else {
+      out += "\xEF\xBF\xBD";
+      i += std::max<size_t>(valid, 1);
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- base
+
+std::string Tokenizer::DecodeBytes(const std::vector<int32_t>& ids) const {
+  std::string out;
+  for (int32_t id : ids) out += TokenBytes(id);
+  return out;
+}
+
+std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const { return SanitizeUtf8(DecodeBytes(ids)); }
+
+absl::StatusOr<std::vector<int32_t>> Tokenizer::ApplyChatTemplate(const std::vector<Message>& messages,
+                                                                  bool add_generation_prompt) const {
+  if (auto s = ValidateRoles(messages); !s.ok()) return s;
+  return ChatIds(messages, add_generation_prompt);
+}
+
+std::optional<int32_t> Tokenizer::SpecialTokenId(std::string_view text) const {
+  for (const auto& [t, id] : specials_) {
+    if (t == text) return id;
+  }
+  return std::nullopt;
+}
+
+std::vector<int32_t> Tokenizer::DefaultStopIds() const {
+  std::vector<int32_t> out;
+  for (std::string_view t : {std::string_view(eos_token_), std::string_view("<|user|>"),
+                             std::string_view("<|observation|>")}) {
+    if (auto id = SpecialTokenId(t); id && std::find(out.begin(), out.end(), *id) == out.end()) out.push_back(*id);
+  }
+  return out;
+}
+
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) return absl::NotFoundError(absl::StrCat(p.string(), ": cannot open"));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Splits text on special tokens (leftmost, longest at a position) and encodes the rest with
+// `encode_text`.
+template <typename F>
+void EncodeWithSpecials(std::string_view text, const std::vector<std::pair<std::string, int32_t>>& by_len,
+                        const bool* first_byte, std::vector<int32_t>* out, F encode_text) {
+  size_t start = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (!first_byte[static_cast<unsigned char>(text[i])]) continue;
+    for (const auto& [t, id] : by_len) {
+      if (text.compare(i, t.size(), t) == 0) {
+        if (i > start) encode_text(text.substr(start, i - start), out);
+        out->push_back(id);
+        start = i + t.size();
+        i = start - 1;
+        break;
+      }
+    }
+  }
+  if (start < text.size()) encode_text(text.substr(start), out);
+}
+
+// tokenizer_config.json fields glmserve uses: chat_template (or chat_template.jinja), eos_token.
+struct TokenizerConfig {
+  std::string chat_template;
+  std::string eos_token;
+};
+
+TokenizerConfig ReadTokenizerConfig(const fs::path& dir) {
+  TokenizerConfig c;
+  if (auto text = ReadFile(dir / "tokenizer_config.json"); text.ok()) {
+    json j = json::parse(*text, nullptr, false);
+    if (j.is_object()) {
+      if (j.contains("chat_template") && j["chat_template"].is_string()) c.chat_template = j["chat_template"];
+      if (j.contains("eos_token")) {
+        if (j["eos_token"].is_string()) c.eos_token = j["eos_token"];
+        else if (j["eos_token"].is_object() && j["eos_token"].contains("content")) c.eos_token = j["eos_token"]["content"];
+      }
+    }
+  }
+  if (auto text = ReadFile(dir / "chat_template.jinja"); text.ok() && c.chat_template.empty()) c.chat_template = *text;
+  return c;
+}
+
+// ---------------------------------------------------------------- byte-level BPE (both GLM-4 files)
+
+class BpeTokenizer : public Tokenizer {
+ public:
+  std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens) const override {
+    std::vector<int32_t> out;
+    if (add_special_tokens) out.insert(out.end(), prefix_.begin(), prefix_.end());
+    std::vector<std::string_view> pieces;
+    EncodeWithSpecials(text, specials_by_len_, first_byte_, &out, [&](std::string_view t, std::vector<int32_t>* o) {
+      std::string spaced;
+      if (add_prefix_space_ && !t.empty() && t[0] != ' ') {
+        spaced = " " + std::string(t);
+        t = spaced;
+      }
+      pieces.clear();
+      splitter_->Split(t, &pieces);
+      for (std::string_view p : pieces) model_.EncodePiece(p, o);
+    });
+    if (add_special_tokens) out.insert(out.end(), suffix_.begin(), suffix_.end());
+    return out;
+  }
+
+  std::string TokenBytes(int32_t id) const override {
+    if (id >= 0 && id < static_cast<int32_t>(special_text_.size()) && !special_text_[id].empty()) {
+      return special_text_[id];
+    }
+    return model_.Bytes(id);
+  }
+
+  absl::StatusOr<std::vector<int32_t>> ChatIds(const std::vector<Message>& messages,
+                                               bool add_generation_prompt) const override {
+    auto text = RenderGlm4Chat(messages, add_generation_prompt);
+    if (!text.ok()) return text.status();
+    return Encode(*text, /*add_special_tokens=*/false);  // transformers' apply_chat_template does the same
+  }
+
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromHfJson(const fs::path& dir);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromTiktoken(const fs::path& dir, const std::string& text);
+
+ private:
+  absl::Status Finish(const TokenizerConfig& cfg) {
+    specials_by_len_ = specials_;
+    std::stable_sort(specials_by_len_.begin(), specials_by_len_.end(),
+                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+    std::fill(std::begin(first_byte_), std::end(first_byte_), false);
+    int32_t max_id = model_.size() - 1;
+    for (const auto& [t, id] : specials_) {
+      if (!t.empty()) first_byte_[static_cast<unsigned char>(t[0])] = true;
+      max_id = std::max(max_id, id);
+    }
+    special_text_.assign(max_id + 1, std::string());
+    for (const auto& [t, id] : specials_) special_text_[id] = t;
+    vocab_size_ = max_id + 1;
+    family_ = Family::kGlm4;
+    eos_token_ = cfg.eos_token.empty() ? "<|endoftext|>" : cfg.eos_token;
+    if (cfg.chat_template.empty()) chat_template_source_ = "family default (no chat_template)";
+    else if (IsKnownGlm4Template(cfg.chat_template)) chat_template_source_ = "chat_template (recognized GLM-4 template)";
+    else chat_template_source_ = "family default (chat_template not recognized; rendered as GLM-4)";
+    return absl::OkStatus();
+  }
+
+  BytePairModel model_;
+  std::unique_ptr<RegexSplitter> splitter_;
+  bool add_prefix_space_ = false;
+  std::vector<int32_t> prefix_, suffix_;  // post-processor ids around the sequence
+  std::vector<std::pair<std::string, int32_t>> specials_by_len_;
+  bool first_byte_[256];
+  std::vector<std::string> special_text_;  // id -> text for special ids
+};
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::path& dir) {
+  const fs::path path = dir / "tokenizer.json";
+  auto text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  const std::string where = path.string();
+  json j = json::parse(*text, nullptr, false);
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": not a tokenizer.json (no model object)"));
+  }
+  auto t = std::make_unique<BpeTokenizer>();
+  t->format_ = "tokenizer.json";
+  try {
+    const json& model = j["model"];
+    if (model.value("type", "") != "BPE") {
+      return absl::UnimplementedError(absl::StrCat(where, ": model.type '", model.value("type", ""),
+                                                   "' (only byte-level BPE is supported)"));
+    }
+    if (j.contains("normalizer") && !j["normalizer"].is_null()) {
+      return absl::UnimplementedError(absl::StrCat(where, ": normalizer ", j["normalizer"].dump(), " not supported"));
+    }
+    std::vector<std::pair<std::string, int32_t>> vocab;
+    for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) vocab.emplace_back(it.key(), it.value());
+    std::vector<std::pair<std::string, std::string>> merges;
+    for (const json& m : model["merges"]) {
+      if (m.is_array() && m.size() == 2) {
+        merges.emplace_back(m[0], m[1]);
+      } else if (m.is_string()) {
+        const std::string s = m;
+        const size_t sp = s.find(' ');
+        if (sp == std::string::npos) return absl::InvalidArgumentError(absl::StrCat(where, ": bad merge '", s, "'"));
+        merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+      }
+    }
+    auto bpe = BytePairModel::FromHf(vocab, merges);
+    if (!bpe.ok()) return absl::Status(bpe.status().code(), absl::StrCat(where, ": ", bpe.status().message()));
+    t->model_ = std::move(*bpe);
+
+    // Pre-tokenizer: ByteLevel(use_regex) | Split(Regex, Isolated) | Sequence of those.
+    std::string pattern;
+    const json& pre = j.value("pre_tokenizer", json());
+    std::vector<json> steps;
+    if (pre.is_object() && pre.value("type", "") == "Sequence") steps = pre["pretokenizers"].get<std::vector<json>>();
+    else if (pre.is_object()) steps.push_back(pre);
+    for (const json& s : steps) {
+      const std::string type = s.value("type", "");
+      if (type == "ByteLevel") {
+        t->add_prefix_space_ = s.value("add_prefix_space", false);
+        if (s.value("use_regex", true)) {
+          if (!pattern.empty()) return absl::UnimplementedError(absl::StrCat(where, ": two regex pre-tokenizers"));
+          pattern = kGpt2Pattern;
+        }
+      } else if (type == "Split") {
+        if (!s.contains("pattern") || !s["pattern"].contains("Regex") || s.value("behavior", "") != "Isolated" ||
+            s.value("invert", false) || !pattern.empty()) {
+          return absl::UnimplementedError(absl::StrCat(where, ": pre_tokenizer Split ", s.dump(),
+                                                       " (only one Regex split, behavior Isolated, not inverted)"));
+        }
+        pattern = s["pattern"]["Regex"];
+      } else {
+        return absl::UnimplementedError(absl::StrCat(where, ": pre_tokenizer type '", type, "' not supported"));
+      }
+    }
+    if (pattern.empty()) pattern = ".+";  // no splitting: whole text is one piece
+    auto splitter = RegexSplitter::Create(pattern);
+    if (!splitter.ok()) return absl::Status(splitter.status().code(), absl::StrCat(where, ": ", splitter.status().message()));
+    t->splitter_ = std::move(*splitter);
+
+    for (const json& a : j.value("added_tokens", json::array())) {
+      t->specials_.emplace_back(a["content"].get<std::string>(), a["id"].get<int32_t>());
+    }
+    // Post-processor: TemplateProcessing's `single` (special tokens around $A); ByteLevel: no ids.
+    std::vector<json> procs;
+    const json& post = j.value("post_processor", json());
+    if (post.is_object() && post.value("type", "") == "Sequence") procs = post["processors"].get<std::vector<json>>();
+    else if (post.is_object()) procs.push_back(post);
+    for (const json& p : procs) {
+      const std::string type = p.value("type", "");
+      if (type == "ByteLevel") continue;
+      if (type != "TemplateProcessing") {
+        return absl::UnimplementedError(absl::StrCat(where, ": post_processor type '", type, "' not supported"));
+      }
+      bool after = false;
+      for (const json& item : p["single"]) {
+        if (item.contains("Sequence")) {
+          after = true;
+        } else if (item.contains("SpecialToken")) {
+          const std::string name = item["SpecialToken"]["id"];
+          const json& st = p["special_tokens"][name];
+          for (const json& id : st["ids"]) (after ? t->suffix_ : t->prefix_).push_back(id.get<int32_t>());
+        }
+      }
+    }
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", e.what()));
+  }
+  if (auto s = t->Finish(ReadTokenizerConfig(dir)); !s.ok()) return s;
+  return std::unique_ptr<Tokenizer>(std::move(t));
+}
+
+// GLM-4-9B's tokenization_chatglm.py numbers these after the ranks, in this order.
+const char* const kGlm4SpecialTokens[] = {
+    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>"};
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromTiktoken(const fs::path& dir, const std::string& text) {
+  const std::string where = (dir / "tokenizer.model").string();
+  std::vector<std::pair<std::string, int32_t>> ranks;
+  size_t line_no = 0;
+  int32_t next = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    std::string_view line(text.data() + pos, nl - pos);
+    pos = nl + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) continue;
+    const size_t sp = line.find(' ');
+    std::string bytes;
+    int32_t rank;
+    if (sp == std::string_view::npos || !absl::Base64Unescape(std::string(line.substr(0, sp)), &bytes) ||
+        !absl::SimpleAtoi(std::string(line.substr(sp + 1)), &rank)) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ":", line_no, ": expected `base64-token rank`"));
+    }
+    ranks.emplace_back(std::move(bytes), rank);
+    next = std::max(next, rank + 1);
+  }
+  auto bpe = BytePairModel::FromRanks(std::move(ranks));
+  if (!bpe.ok()) return absl::Status(bpe.status().code(), absl::StrCat(where, ": ", bpe.status().message()));
+  auto t = std::make_unique<BpeTokenizer>();
+  t->format_ = "tiktoken";
+  t->model_ = std::move(*bpe);
+  auto splitter = RegexSplitter::Create(kGlm4Pattern);
+  if (!splitter.ok()) return splitter.status();
+  t->splitter_ = std::move(*splitter);
+  for (const char* s : kGlm4SpecialTokens) t->specials_.emplace_back(s, next++);
+  if (auto s = t->Finish(ReadTokenizerConfig(dir)); !s.ok()) return s;
+  return std::unique_ptr<Tokenizer>(std::move(t));
+}
+
+// ---------------------------------------------------------------- sentencepiece (ChatGLM2/3)
+
+// ChatGLM2/3's SPTokenizer numbers these after the sentencepiece vocabulary, in this order.
+const char* const kChatGlm3SpecialTokens[] = {"[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
+                                              "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"};
+
+class SentencePieceTokenizer : public Tokenizer {
+ public:
+  std::vector<int32_t> Encode(std::string_view text, bool /*add_special_tokens*/) const override {
+    std::vector<int32_t> out;
+    EncodeWithSpecials(text, specials_by_len_, first_byte_, &out, [&](std::string_view t, std::vector<int32_t>* o) {
+      const std::vector<int> ids = sp_.Encode(std::string(t));
+      o->insert(o->end(), ids.begin(), ids.end());
+    });
+    return out;
+  }
+
+  std::string TokenBytes(int32_t id) const override {
+    if (id >= sp_size_) {
+      const size_t k = id - sp_size_;
+      return k < std::size(kChatGlm3SpecialTokens) ? kChatGlm3SpecialTokens[k] : "";
+    }
+    if (id < 0 || sp_.IsControl(id)) return "";
+    if (sp_.IsUnknown(id)) return " \xE2\x81\x87 ";  // sentencepiece's unk surface " ⁇ "
+    const std::string piece = sp_.IdToPiece(id);
+
+    if (sp_.IsByte(id) && piece.size() == 6) {  // <0xAB>
+      return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+    }
+    std::string out;
+    for (size_t i = 0; i < piece.size(); ++i) {
+      if (piece.compare(i, 3, "\xE2\x96\x81") == 0) {  // U+2581 -> space
+        out.push_back(' ');
+        i += 2;
+      } else {
+        out.push_back(piece[i]);
+      }
+    }
+    return out;
+  }
+
+  std::string DecodeBytes(const std::vector<int32_t>& ids) const override {
+    // Runs of sentencepiece ids go through sentencepiece's decoder (its whitespace rules).
+    std::string out;
+    std::vector<int> run;
+    auto flush = [&] {
+      if (run.empty()) return;
+      out += sp_.Decode(run);
+      run.clear();
+    };
+    for (int32_t id : ids) {
+      if (id >= 0 && id < sp_size_) {
+        run.push_back(id);
+      } else {
+        flush();
+        out += TokenBytes(id);
+      }
+    }
+    flush();
+    return out;
+  }
+
+  absl::StatusOr<std::vector<int32_t>> ChatIds(const std::vector<Message>& messages,
+                                               bool add_generation_prompt) const override {
+    // ChatGLM3's build_chat_input: [gMASK] sop, then per message <|role|> sp("\n") sp(content).
+    std::vector<int32_t> out = {*SpecialTokenId("[gMASK]"), *SpecialTokenId("sop")};
+    for (const Message& m : messages) {
+      out.push_back(*SpecialTokenId(absl::StrCat("<|", m.role, "|>")));
+      const std::vector<int> nl = sp_.Encode("\n"), content = sp_.Encode(m.content);
+      out.insert(out.end(), nl.begin(), nl.end());
+      out.insert(out.end(), content.begin(), content.end());
+    }
+    if (add_generation_prompt) out.push_back(*SpecialTokenId("<|assistant|>"));
+    return out;
+  }
+
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const fs::path& dir, const std::string& bytes) {
+    auto t = std::make_unique<SentencePieceTokenizer>();
+    const std::string st = t->sp_.Load(bytes);
+    if (!st.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat((dir / "tokenizer.model").string(),
+                                                     ": neither tiktoken ranks nor a sentencepiece model (",
+                                                     st, ")"));
+    }
+    t->format_ = "sentencepiece";
+    t->family_ = Family::kChatGlm3;
+    t->sp_size_ = t->sp_.size();
+    int32_t next = t->sp_size_;
+    for (const char* s : kChatGlm3SpecialTokens) t->specials_.emplace_back(s, next++);
+    t->vocab_size_ = next;
+    t->specials_by_len_ = t->specials_;
+    std::stable_sort(t->specials_by_len_.begin(), t->specials_by_len_.end(),
+                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+    std::fill(std::begin(t->first_byte_), std::end(t->first_byte_), false);
+    for (const auto& [s, id] : t->specials_) t->first_byte_[static_cast<unsigned char>(s[0])] = true;
+    // eos: sentencepiece's </s>.
+    if (t->sp_.eos_id() >= 0) {
+      t->eos_token_ = t->sp_.IdToPiece(t->sp_.eos_id());
+      t->specials_.emplace_back(t->eos_token_, t->sp_.eos_id());
+    }
+    const TokenizerConfig cfg = ReadTokenizerConfig(dir);
+    if (cfg.chat_template.empty()) t->chat_template_source_ = "family default (no chat_template)";
+    else if (IsKnownChatGlm3Template(cfg.chat_template)) t->chat_template_source_ = "chat_template (recognized ChatGLM3 template)";
+    else t->chat_template_source_ = "family default (chat_template not recognized; rendered as ChatGLM3)";
+    return std::unique_ptr<Tokenizer>(std::move(t));
+  }
+
+ private:
+  SentencePiece sp_;
+  int32_t sp_size_ = 0;
+  std::vector<std::pair<std::string, int32_t>> specials_by_len_;
+  bool first_byte_[256];
+};
+
+bool LooksLikeTiktoken(const std::string& text) {
+  const size_t nl = text.find('\n');
+  std::string_view first(text.data(), nl == std::string::npos ? text.size() : nl);
+  const size_t sp = first.find(' ');
+  if (sp == std::string_view::npos || sp == 0) return false;
+  for (char c : first.substr(0, sp)) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || c == '=')) return false;
+  }
+  int32_t r;
+  return absl::SimpleAtoi(std::string(first.substr(sp + 1)), &r);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromDirectory(const std::string& dir_str) {
+  const fs::path dir(dir_str);
+  if (fs::exists(dir / "tokenizer.json")) return BpeTokenizer::FromHfJson(dir);
+  if (fs::exists(dir / "tokenizer.model")) {
+    auto text = ReadFile(dir / "tokenizer.model");
+    if (!text.ok()) return text.status();
+    if (LooksLikeTiktoken(*text)) return BpeTokenizer::FromTiktoken(dir, *text);
+    return SentencePieceTokenizer::Load(dir, *text);
+  }
+  return absl::NotFoundError(absl::StrCat(dir_str, ": no tokenizer.json or tokenizer.model"));
+}
+
+}  // namespace glmserve::tokenizer

@@ -1,2 +1,199 @@
+// Parity of glmserve_tokenizer with the reference libraries (HF tokenizers + transformers,
+// tiktoken, sentencepiece) on tests/fixtures/tokenizer (scripts/make_tokenizer_fixtures.py).
 #include <gtest/gtest.h>
-TEST(Tokenizer, Placeholder) {}
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+#include "runtime/tokenizer/pretokenizer.h"
+#include "runtime/tokenizer/stream_decoder.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace glmserve::tokenizer {
+namespace {
+
+using json = nlohmann::json;
+
+const std::string kFixtures = std::string(GLMSERVE_FIXTURES_DIR) + "/tokenizer";
+
+json ReadJson(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return json::parse(ss.str());
+}
+
+struct Format {
+  std::string name;       // key in expected.json
+  std::string dir;
+  std::string format;     // Tokenizer::format()
+};
+
+std::vector<Format> Formats() {
+  return {{"glm4-tiny", std::string(GLMSERVE_SOURCE_DIR) + "/models/glm4-tiny", "tokenizer.json"},
+          {"glm4-hf", kFixtures + "/glm4-hf", "tokenizer.json"},
+          {"glm4-tiktoken", kFixtures + "/glm4-tiktoken", "tiktoken"},
+          {"chatglm3-sp", kFixtures + "/chatglm3-sp", "sentencepiece"}};
+}
+
+class ParityTest : public ::testing::TestWithParam<Format> {
+ protected:
+  void SetUp() override {
+    corpus_ = ReadJson(kFixtures + "/corpus.json").get<std::vector<std::string>>();
+    conversations_ = ReadJson(kFixtures + "/conversations.json");
+    expected_ = ReadJson(kFixtures + "/expected.json")[GetParam().name];
+    auto t = Tokenizer::FromDirectory(GetParam().dir);
+    ASSERT_TRUE(t.ok()) << t.status();
+    tok_ = std::move(*t);
+  }
+  std::vector<std::string> corpus_;
+  json conversations_, expected_;
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_P(ParityTest, FormatDetected) { EXPECT_EQ(tok_->format(), GetParam().format); }
+
+TEST_P(ParityTest, EncodeIdsIdenticalToReference) {
+  int same = 0;
+  for (size_t i = 0; i < corpus_.size(); ++i) {
+    const auto want = expected_["encode"][i].get<std::vector<int32_t>>();
+    const auto got = tok_->Encode(corpus_[i]);
+    EXPECT_EQ(got, want) << "line " << i << ": " << corpus_[i];
+    same += got == want;
+  }
+  std::cout << GetParam().name << ": encode parity " << same << "/" << corpus_.size() << "\n";
+}
+
+TEST_P(ParityTest, DecodeIdenticalToReference) {
+  for (size_t i = 0; i < corpus_.size(); ++i) {
+    const auto ids = expected_["encode"][i].get<std::vector<int32_t>>();
+    EXPECT_EQ(tok_->Decode(ids), expected_["decode"][i].get<std::string>()) << "line " << i;
+  }
+}
+
+TEST_P(ParityTest, RoundTrip) {
+  for (const std::string& line : corpus_) {
+    EXPECT_EQ(tok_->Decode(tok_->Encode(line, /*add_special_tokens=*/false)), line);
+  }
+}
+
+TEST_P(ParityTest, ChatTemplateIdenticalToReference) {
+  ASSERT_EQ(conversations_.size(), expected_["chat"].size());
+  for (size_t c = 0; c < conversations_.size(); ++c) {
+    std::vector<Message> messages;
+    for (const json& m : conversations_[c]) messages.push_back({m["role"], m["content"]});
+    auto ids = tok_->ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, expected_["chat"][c].get<std::vector<int32_t>>()) << "conversation " << c;
+  }
+}
+
+TEST_P(ParityTest, StreamingNeverSplitsUtf8) {
+  for (size_t i = 0; i < corpus_.size(); ++i) {
+    const auto ids = expected_["encode"][i].get<std::vector<int32_t>>();
+    StreamDecoder dec(tok_.get());
+    std::string all;
+    for (int32_t id : ids) {
+      const std::string delta = dec.Add(id);
+      EXPECT_EQ(SanitizeUtf8(delta), delta) << "line " << i << ": partial UTF-8 in a delta";
+      all += delta;
+    }
+    all += dec.Finish();
+    EXPECT_EQ(all, tok_->Decode(ids)) << "line " << i;
+  }
+}
+
+TEST_P(ParityTest, StopIdsAndSpecials) {
+  const auto stop = tok_->DefaultStopIds();
+  ASSERT_FALSE(stop.empty());
+  EXPECT_EQ(stop[1], *tok_->SpecialTokenId("<|user|>"));
+  EXPECT_EQ(stop[2], *tok_->SpecialTokenId("<|observation|>"));
+  EXPECT_GT(tok_->vocab_size(), *tok_->SpecialTokenId("<|observation|>"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, ParityTest, ::testing::ValuesIn(Formats()),
+                         [](const auto& info) {
+                           std::string n = info.param.name;
+                           for (char& c : n) if (c == '-') c = '_';
+                           return n;
+                         });
+
+TEST(Tokenizer, BundledModelStopIdsMatchConfig) {
+  auto t = Tokenizer::FromDirectory(std::string(GLMSERVE_SOURCE_DIR) + "/models/glm4-tiny");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->DefaultStopIds(), (std::vector<int32_t>{1000, 1007, 1009}));
+  EXPECT_EQ((*t)->vocab_size(), 1014);
+  EXPECT_EQ((*t)->chat_template_source(), "chat_template (recognized GLM-4 template)");
+}
+
+TEST(Tokenizer, ByteLevelRoundTripsInvalidUtf8) {
+  for (const char* dir : {"/glm4-hf", "/glm4-tiktoken"}) {
+    auto t = Tokenizer::FromDirectory(kFixtures + dir);
+    ASSERT_TRUE(t.ok()) << t.status();
+    const std::string bad = "ok \xff\xfe broken \xc3 and \xe4\xbd tail \xf0\x9f\x98";
+    EXPECT_EQ((*t)->DecodeBytes((*t)->Encode(bad, false)), bad) << dir;
+    EXPECT_EQ((*t)->Decode((*t)->Encode(bad, false)), SanitizeUtf8(bad));
+  }
+}
+
+TEST(Tokenizer, MissingDirectory) {
+  auto t = Tokenizer::FromDirectory("/nonexistent/dir");
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(Tokenizer, UnknownRoleRejected) {
+  auto t = Tokenizer::FromDirectory(kFixtures + "/glm4-hf");
+  ASSERT_TRUE(t.ok());
+  auto ids = (*t)->ApplyChatTemplate({{"wizard", "hi"}});
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ids.status().message().find("messages[0].role"), std::string::npos);
+}
+
+TEST(StreamDecoder, HoldsBackIncompleteCharacter) {
+  auto t = Tokenizer::FromDirectory(kFixtures + "/glm4-tiktoken");
+  ASSERT_TRUE(t.ok());
+  // Single-byte ids for the 4 bytes of U+1F600: nothing comes out until the last byte.
+  const std::string emoji = "\xF0\x9F\x98\x80";
+  std::vector<int32_t> ids;
+  for (unsigned char b : emoji) {
+    std::vector<int32_t> one = (*t)->Encode(std::string(1, static_cast<char>(b)), false);
+    ASSERT_EQ(one.size(), 1u);
+    ids.push_back(one[0]);
+  }
+  StreamDecoder dec(t->get());
+  EXPECT_EQ(dec.Add(ids[0]), "");
+  EXPECT_EQ(dec.Add(ids[1]), "");
+  EXPECT_EQ(dec.Add(ids[2]), "");
+  EXPECT_EQ(dec.Add(ids[3]), emoji);
+  // A sequence that can never complete is replaced, not held forever.
+  EXPECT_EQ(dec.Add(ids[0]), "");
+  EXPECT_EQ(dec.Add((*t)->Encode("a", false)[0]), "\xEF\xBF\xBD" "a");
+  EXPECT_EQ(dec.Add(ids[0]), "");
+  EXPECT_EQ(dec.Finish(), "\xEF\xBF\xBD");
+}
+
+TEST(Utf8, SanitizeMatchesMaximalSubpart) {
+  EXPECT_EQ(SanitizeUtf8("a\xC3"), "a\xEF\xBF\xBD");
+  EXPECT_EQ(SanitizeUtf8("\xE4\xBD" "b"), "\xEF\xBF\xBD" "b");
+  EXPECT_EQ(SanitizeUtf8("\xFF\xFE"), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(SanitizeUtf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
+  EXPECT_EQ(CompleteUtf8Prefix("ab\xE4\xBD"), 2u);
+  EXPECT_EQ(CompleteUtf8Prefix("ab\xFF"), 3u);
+}
+
+TEST(RegexSplitter, EmulatesTrailingLookahead) {
+  auto s = RegexSplitter::Create(kGlm4Pattern);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<std::string_view> pieces;
+  (*s)->Split("a   b\n\n  c  ", &pieces);
+  EXPECT_EQ(pieces, (std::vector<std::string_view>{"a", "  ", " b", "\n\n", " ", " c", "  "}));
+  pieces.clear();
+  (*s)->Split("x\xE3\x80\x80\xE3\x80\x80y", &pieces);  // ideographic spaces are \s
+  EXPECT_EQ(pieces, (std::vector<std::string_view>{"x", "\xE3\x80\x80", "\xE3\x80\x80y"}));
+}
+
+}  // namespace
+}  // namespace glmserve::tokenizer

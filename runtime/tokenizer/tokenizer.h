@@ -1,0 +1,91 @@
+// glmserve_tokenizer: text <-> token ids for GLM-family checkpoints, LibTorch-free.
+// Contract: README.md in this folder. Thread-safe after construction (all methods const).
+#ifndef GLMSERVE_RUNTIME_TOKENIZER_TOKENIZER_H_
+#define GLMSERVE_RUNTIME_TOKENIZER_TOKENIZER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace glmserve::tokenizer {
+
+// Chat role + content, as in the gRPC API's Message.
+struct Message {
+  std::string role;
+  std::string content;
+};
+
+// Which chat format the checkpoint speaks.
+enum class Family {
+  kGlm4,      // [gMASK]<sop> <|role|>\ncontent ... <|assistant|> (byte-level BPE files)
+  kChatGlm3,  // [gMASK] sop <|role|> sp("\n") sp(content) ... <|assistant|> (sentencepiece)
+};
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Loads from a model directory: tokenizer.json (HF byte-level BPE) if present, else
+  // tokenizer.model (tiktoken ranks `base64 rank` per line, or a sentencepiece model), plus
+  // tokenizer_config.json / chat_template.jinja for the chat template.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromDirectory(const std::string& dir);
+
+  // Text -> ids. Special-token strings in `text` (e.g. "<|user|>") map to their ids, as HF
+  // tokenizers and tiktoken(allowed_special="all") do. add_special_tokens applies the
+  // post-processor (tokenizer.json's TemplateProcessing); the other formats add nothing.
+  virtual std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = true) const = 0;
+
+  // The raw bytes one id stands for (special tokens: their text; unknown ids: empty).
+  // Concatenating them gives DecodeBytes; streaming detokenization is built on this.
+  virtual std::string TokenBytes(int32_t id) const = 0;
+
+  // ids -> bytes (may be invalid UTF-8 for partial sequences).
+  virtual std::string DecodeBytes(const std::vector<int32_t>& ids) const;
+  // ids -> valid UTF-8; invalid sequences become U+FFFD (as HF tokenizers' decode does).
+  std::string Decode(const std::vector<int32_t>& ids) const;
+
+  // Chat prompt ids for `messages` (roles: system, user, assistant, observation), rendered as the
+  // checkpoint's chat template does; add_generation_prompt appends <|assistant|>.
+  absl::StatusOr<std::vector<int32_t>> ApplyChatTemplate(const std::vector<Message>& messages,
+                                                         bool add_generation_prompt = true) const;
+
+  // Id of a special/added token, if the tokenizer has it.
+  std::optional<int32_t> SpecialTokenId(std::string_view text) const;
+  // Ids that end a chat turn: <|endoftext|> (or </s>), <|user|>, <|observation|> where present.
+  std::vector<int32_t> DefaultStopIds() const;
+
+  // Number of ids (regular + special).
+  int32_t vocab_size() const { return vocab_size_; }
+  Family family() const { return family_; }
+  // "tokenizer.json", "tiktoken" or "sentencepiece".
+  const std::string& format() const { return format_; }
+  // Where the chat template came from: "tokenizer_config.json (recognized GLM-4 template)",
+  // "family default (no chat_template)", "family default (chat_template not recognized)".
+  const std::string& chat_template_source() const { return chat_template_source_; }
+
+ protected:
+  virtual absl::StatusOr<std::vector<int32_t>> ChatIds(const std::vector<Message>& messages,
+                                                       bool add_generation_prompt) const = 0;
+  int32_t vocab_size_ = 0;
+  Family family_ = Family::kGlm4;
+  std::string format_;
+  std::string chat_template_source_;
+  std::vector<std::pair<std::string, int32_t>> specials_;  // text, id
+  std::string eos_token_;
+};
+
+// Valid-UTF-8 helpers (shared with the stream decoder).
+// Length of the longest prefix of `s` that ends on a UTF-8 character boundary and leaves at most
+// an incomplete (but so far valid) trailing sequence out.
+size_t CompleteUtf8Prefix(std::string_view s);
+// Replaces every invalid UTF-8 sequence by U+FFFD (one per maximal invalid subpart).
+std::string SanitizeUtf8(std::string_view s);
+
+}  // namespace glmserve::tokenizer
+
+#endif  // GLMSERVE_RUNTIME_TOKENIZER_TOKENIZER_H_

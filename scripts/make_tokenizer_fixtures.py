@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Tokenizer fixtures for tests/tokenizer (deterministic; no model hub).
+
+Writes tests/fixtures/tokenizer/:
+  corpus.json            list of strings: ASCII, Chinese, emoji, mixed whitespace, numbers, code
+  glm4-tiny/             -> reads models/glm4-tiny (tokenizer.json: ByteLevel(use_regex) pre-tokenizer)
+  glm4-hf/               tokenizer.json with GLM-4-9B-chat-hf's structure: Split(GLM-4 regex,
+                         Isolated) + ByteLevel(use_regex=false), post-processor [gMASK]<sop> $A
+  glm4-tiktoken/         tokenizer.model in GLM-4-9B's tiktoken format (base64 token, rank), built
+                         from the glm4-tiny ranks; special tokens numbered after the ranks
+  chatglm3-sp/           sentencepiece tokenizer.model trained here (ChatGLM3-style specials)
+  expected.json          reference ids / decodes / chat ids from HF tokenizers + transformers,
+                         tiktoken, sentencepiece.
+"""
+import base64, copy, json, os, sys, tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
+TINY = os.path.join(ROOT, "models", "glm4-tiny")
+
+GLM4_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+GLM4_SPECIALS = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+                 "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>",
+                 "<|begin_of_video|>", "<|end_of_video|>"]
+CHATGLM3_SPECIALS = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>",
+                     "<|observation|>"]
+
+CORPUS = [
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.",
+    "It's what we'll do; they're sure you've I'd I'm.",
+    "IT'S LOUD AND WE'LL SHOUT",
+    "你好，世界！",
+    "我们今天去北京的天安门广场看升旗仪式。",
+    "混合 mixed 文本 text 123 和 emoji 😀🎉",
+    "👨‍👩‍👧‍👦 family, 🇨🇳 flag, ❤️ heart",
+    "    leading spaces",
+    "trailing spaces    ",
+    "tabs\tand\t\ttabs",
+    "line one\nline two\n\nline four",
+    "  \n  \n\n   x",
+    "windows\r\nline\r\nendings",
+    "numbers 1234567890 3.14159 -42 1e10 0x1F",
+    "2024年10月1日 下午3点45分",
+    "def f(x):\n    return x ** 2  # square\n",
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }",
+    "if __name__ == \"__main__\":\n\tmain()",
+    "<html><body class=\"x\">&nbsp;</body></html>",
+    "naïve café résumé Ångström",
+    "Привет, мир! Γειά σου Κόσμε",
+    "こんにちは世界 안녕하세요",
+    "\u00a0non-breaking\u2003em-space\u3000ideographic",
+    "a  b   c    d     e",
+    "!!!???...,,,;;;:::",
+    "<|user|>special tokens in text<|assistant|>[gMASK]<sop>",
+    "",
+    " ",
+    "\n",
+    "combining e\u0301 and \u0915\u094d\u0937 marks",
+    "math ∑∫√∞ ≤≥≠ arrows →←↑↓",
+    "JSON {\"key\": [1, 2, 3], \"nested\": {\"a\": null}}",
+    "https://example.com/path?q=1&r=two#frag",
+    "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ １２３",
+]
+
+CONVERSATIONS = [
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "你是一个乐于助人的助手。"},
+     {"role": "user", "content": "What is 2+2?"},
+     {"role": "assistant", "content": "2+2 equals 4."},
+     {"role": "user", "content": "And in Chinese? 用中文回答 😀"}],
+    [{"role": "system", "content": "Answer briefly.\nUse code when asked."},
+     {"role": "user", "content": "Write a loop."},
+     {"role": "assistant", "content": "for i in range(3):\n    print(i)"},
+     {"role": "user", "content": "Now in C."},
+     {"role": "assistant", "content": "for (int i = 0; i < 3; ++i) printf(\"%d\\n\", i);"},
+     {"role": "user", "content": "  spaces  and\ttabs  "}],
+]
+
+
+def byte_decoder():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
+def hf_reference(dirpath):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+    tok = Tokenizer.from_file(os.path.join(dirpath, "tokenizer.json"))
+    enc = [tok.encode(s).ids for s in CORPUS]
+    dec = [tok.decode(ids, skip_special_tokens=False) for ids in enc]
+    at = AutoTokenizer.from_pretrained(dirpath)
+    chats = []
+    for conv in CONVERSATIONS:
+        ids = at.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=False)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        chats.append(list(ids))
+    return {"encode": enc, "decode": dec, "chat": chats}
+
+
+def make_glm4_hf():
+    d = os.path.join(OUT, "glm4-hf")
+    os.makedirs(d, exist_ok=True)
+    t = json.load(open(os.path.join(TINY, "tokenizer.json"), encoding="utf-8"))
+    t = copy.deepcopy(t)
+    t["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": GLM4_PATTERN}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    t["post_processor"] = {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "[gMASK]", "type_id": 0}},
+                                      {"SpecialToken": {"id": "<sop>", "type_id": 0}},
+                                      {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [{"SpecialToken": {"id": "[gMASK]", "type_id": 0}},
+                                    {"SpecialToken": {"id": "<sop>", "type_id": 0}},
+                                    {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"[gMASK]": {"id": "[gMASK]", "ids": [1002], "tokens": ["[gMASK]"]},
+                                              "<sop>": {"id": "<sop>", "ids": [1004], "tokens": ["<sop>"]}}}
+    with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(t, f, ensure_ascii=False)
+    cfg = json.load(open(os.path.join(TINY, "tokenizer_config.json"), encoding="utf-8"))
+    write_json(os.path.join(d, "tokenizer_config.json"), cfg)
+    return d
+
+
+def make_tiktoken():
+    import jinja2, tiktoken
+    d = os.path.join(OUT, "glm4-tiktoken")
+    os.makedirs(d, exist_ok=True)
+    t = json.load(open(os.path.join(TINY, "tokenizer.json"), encoding="utf-8"))
+    bd = byte_decoder()
+    ranks = {}
+    for tokstr, rank in t["model"]["vocab"].items():
+        ranks[bytes(bd[c] for c in tokstr)] = rank
+    with open(os.path.join(d, "tokenizer.model"), "w") as f:
+        for b, r in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(base64.b64encode(b).decode() + " " + str(r) + "\n")
+    specials = {s: len(ranks) + i for i, s in enumerate(GLM4_SPECIALS)}
+    template = json.load(open(os.path.join(TINY, "tokenizer_config.json")))["chat_template"]
+    write_json(os.path.join(d, "tokenizer_config.json"),
+               {"tokenizer_class": "ChatGLM4Tokenizer", "eos_token": "<|endoftext|>", "chat_template": template})
+    enc = tiktoken.Encoding("glm4-fixture", pat_str=GLM4_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    ids = [enc.encode(s, allowed_special="all") for s in CORPUS]
+    dec = [enc.decode(x) for x in ids]
+    tmpl = jinja2.Environment().from_string(template)
+    chats = [enc.encode(tmpl.render(messages=c, add_generation_prompt=True), allowed_special="all")
+             for c in CONVERSATIONS]
+    return {"encode": ids, "decode": dec, "chat": chats}
+
+
+def chatglm3_encode(sp, text, specials):
+    """ChatGLM3's SPTokenizer with special-token splitting: specials -> their ids, the rest -> sp."""
+    out, i, start = [], 0, 0
+    names = sorted(specials, key=len, reverse=True)
+    while i < len(text):
+        hit = next((n for n in names if text.startswith(n, i)), None)
+        if hit is None:
+            i += 1
+            continue
+        if start < i:
+            out += sp.encode(text[start:i])
+        out.append(specials[hit])
+        i += len(hit)
+        start = i
+    if start < len(text):
+        out += sp.encode(text[start:])
+    return out
+
+
+def make_sentencepiece():
+    import sentencepiece as spm
+    d = os.path.join(OUT, "chatglm3-sp")
+    os.makedirs(d, exist_ok=True)
+    sys.path.insert(0, ROOT)
+    lines = []
+    import inspect, textwrap
+    for mod in ["json", "os", "re", "collections", "functools", "itertools", "string", "textwrap"]:
+        m = __import__(mod)
+        lines += [l for l in (inspect.getdoc(m) or "").splitlines() if l.strip()]
+    lines += CORPUS * 3 + ["中文句子用于训练分词器。我们在这里写一些常见的汉字：的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处府南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身车例真务具万每目至达走积示议声报斗完类八离华名确才科张信马节话米整空元况今集温传土许步群广石记需段研界拉林律叫且究观越织装影算低持音众书布复容儿须际商非验连断深难近矿千周委素技备半办青省列习响约支般史感劳便团往酸历市克何除消构府称太准精值号率族维划选标写存候毛亲快效斯院查江型眼王按格养易置派层片始却专状育厂京识适属圆包火住调满县局照参红细引听该铁价严"] * 5
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "train.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.write("\n".join(l.replace("\n", " ") for l in lines if l))
+        spm.SentencePieceTrainer.train(
+            input=corpus, model_prefix=os.path.join(tmp, "sp"), vocab_size=1200, model_type="bpe",
+            character_coverage=0.98, byte_fallback=True, normalization_rule_name="identity",
+            add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
+            allow_whitespace_only_pieces=True, user_defined_symbols=["\n", "\t", "\r"],
+            num_threads=1, seed_sentencepiece_size=100000,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+        with open(os.path.join(tmp, "sp.model"), "rb") as f:
+            model = f.read()
+    with open(os.path.join(d, "tokenizer.model"), "wb") as f:
+        f.write(model)
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    n = sp.get_piece_size()
+    specials = {s: n + i for i, s in enumerate(CHATGLM3_SPECIALS)}
+    write_json(os.path.join(d, "tokenizer_config.json"), {"tokenizer_class": "ChatGLMTokenizer",
+                                                          "eos_token": "</s>"})
+    enc = [chatglm3_encode(sp, s, specials) for s in CORPUS]
+
+    def dec(ids):
+        out, run = "", []
+        inv = {v: k for k, v in specials.items()}
+        for i in ids + [None]:
+            if i is None or i in inv:
+                out += sp.decode(run)
+                run = []
+                if i is not None:
+                    out += inv[i]
+            else:
+                run.append(i)
+        return out
+    decs = [dec(x) for x in enc]
+    chats = []
+    for conv in CONVERSATIONS:  # ChatGLM3's build_chat_input
+        ids = [specials["[gMASK]"], specials["sop"]]
+        for m in conv:
+            ids += [specials["<|" + m["role"] + "|>"]] + sp.encode("\n") + sp.encode(m["content"])
+        ids.append(specials["<|assistant|>"])
+        chats.append(ids)
+    return {"encode": enc, "decode": decs, "chat": chats, "sp_vocab_size": n}
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    write_json(os.path.join(OUT, "corpus.json"), CORPUS)
+    write_json(os.path.join(OUT, "conversations.json"), CONVERSATIONS)
+    import tokenizers, tiktoken, sentencepiece, transformers
+    expected = {
+        "versions": {"tokenizers": tokenizers.__version__, "transformers": transformers.__version__,
+                     "tiktoken": tiktoken.__version__, "sentencepiece": sentencepiece.__version__},
+        "glm4-tiny": hf_reference(TINY),
+        "glm4-hf": hf_reference(make_glm4_hf()),
+        "glm4-tiktoken": make_tiktoken(),
+        "chatglm3-sp": make_sentencepiece(),
+    }
+    for k in ["glm4-tiny", "glm4-hf", "glm4-tiktoken", "chatglm3-sp"]:
+        rt = sum(1 for s, d in zip(CORPUS, expected[k]["decode"]) if s == d)
+        print(f"{k}: {len(CORPUS)} lines, python round trip {rt}/{len(CORPUS)}, "
+              f"{sum(len(x) for x in expected[k]['encode'])} tokens")
+    write_json(os.path.join(OUT, "expected.json"), expected)
+
+
+if __name__ == "__main__":
+    main()
