@@ -1,0 +1,966 @@
+#include "bench/glmload.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "glmserve/v1/inference.grpc.pb.h"
+
+namespace glmserve::load {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+const char* CodeName(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::OK: return "OK";
+    case grpc::CANCELLED: return "CANCELLED";
+    case grpc::UNKNOWN: return "UNKNOWN";
+    case grpc::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::NOT_FOUND: return "NOT_FOUND";
+    case grpc::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::ABORTED: return "ABORTED";
+    case grpc::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::INTERNAL: return "INTERNAL";
+    case grpc::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::DATA_LOSS: return "DATA_LOSS";
+    case grpc::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "CODE_UNKNOWN";
+  }
+}
+
+absl::Status ParseNumber(const std::string& flag, const std::string& text, double lo, double hi,
+                         double* out) {
+  errno = 0;
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || errno != 0 || !std::isfinite(v) || v < lo || v > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": '", text, "' is not a number in [", lo, ", ", hi, "]"));
+  }
+  *out = v;
+  return absl::OkStatus();
+}
+
+absl::Status ParseInt(const std::string& flag, const std::string& text, int64_t lo, int64_t hi,
+                      int64_t* out) {
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno != 0 || v < lo || v > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": '", text, "' is not an integer in [", lo, ", ", hi, "]"));
+  }
+  *out = v;
+  return absl::OkStatus();
+}
+
+// "30", "30s", "500ms", "2m" -> seconds.
+absl::Status ParseDuration(const std::string& flag, const std::string& text, double* out) {
+  std::string num = text;
+  double scale = 1;
+  if (absl::EndsWith(text, "ms")) {
+    num = text.substr(0, text.size() - 2);
+    scale = 1e-3;
+  } else if (absl::EndsWith(text, "s")) {
+    num = text.substr(0, text.size() - 1);
+  } else if (absl::EndsWith(text, "m")) {
+    num = text.substr(0, text.size() - 1);
+    scale = 60;
+  }
+  double v = 0;
+  absl::Status s = ParseNumber(flag, num, 1e-6, 1e7, &v);
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": '", text, "' is not a positive duration (30, 30s, 500ms, 2m)"));
+  }
+  *out = v * scale;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("--prompt-file: cannot open '", path, "'"));
+  std::vector<std::vector<int32_t>> prompts;
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    std::vector<int32_t> ids;
+    for (absl::string_view piece : absl::StrSplit(line, absl::ByAnyChar(", \t\r"), absl::SkipEmpty())) {
+      int64_t v = 0;
+      absl::Status s = ParseInt(absl::StrCat("--prompt-file ", path, ":", line_no), std::string(piece),
+                                0, 2147483647, &v);
+      if (!s.ok()) return s;
+      ids.push_back(static_cast<int32_t>(v));
+    }
+    if (!ids.empty()) prompts.push_back(std::move(ids));
+  }
+  if (prompts.empty()) return absl::InvalidArgumentError(absl::StrCat("--prompt-file: '", path, "' has no prompts"));
+  return prompts;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One load level.
+
+struct Record {
+  grpc::StatusCode code = grpc::OK;
+  double latency_ms = 0;
+  double ttft_ms = -1;  // client side, streaming only
+  int prompt_tokens = 0;
+  int generated = 0;
+  double queue_ms = -1, server_ttft_ms = -1;
+};
+
+class Level {
+ public:
+  Level(const Options& opts, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+        const std::vector<std::vector<int32_t>>& prompts, int vocab_size, int concurrency, double rate)
+      : opts_(opts), prompts_(prompts), vocab_size_(vocab_size), concurrency_(concurrency),
+        rate_(rate), gen_(opts.seed + static_cast<uint64_t>(concurrency) * 7919) {
+    for (const auto& c : channels) stubs_.push_back(v1::Inference::NewStub(c));
+  }
+
+  LevelResult Run();
+
+ private:
+  class StreamCall;
+  void Issue(Clock::time_point intended);
+  void Finish(Record r, std::vector<double> itl);
+  bool StopSending() const;
+  v1::InferRequest MakeRequest();
+  void ProgressLoop();
+
+  const Options& opts_;
+  const std::vector<std::vector<int32_t>>& prompts_;
+  const int vocab_size_;
+  const int concurrency_;
+  const double rate_;
+  std::vector<std::unique_ptr<v1::Inference::Stub>> stubs_;
+
+  std::mutex gen_mu_;
+  std::mt19937_64 gen_;
+
+  Clock::time_point start_, send_end_;
+  std::atomic<int64_t> sent_{0}, dropped_{0}, in_flight_{0}, ok_{0}, failed_{0}, tokens_{0};
+  std::atomic<bool> stop_sending_{false};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Record> records_;
+  std::vector<double> itl_;
+  Clock::time_point last_done_;
+  bool done_ = false;
+};
+
+bool Level::StopSending() const {
+  if (stop_sending_.load()) return true;
+  if (opts_.requests > 0 && sent_.load() >= opts_.requests) return true;
+  return Clock::now() >= send_end_;
+}
+
+v1::InferRequest Level::MakeRequest() {
+  v1::InferRequest req;
+  std::lock_guard<std::mutex> lock(gen_mu_);
+  if (!prompts_.empty()) {
+    std::uniform_int_distribution<size_t> pick(0, prompts_.size() - 1);
+    for (int32_t id : prompts_[pick(gen_)]) req.add_input_ids(id);
+  } else {
+    const int n = std::uniform_int_distribution<int>(opts_.prompt_len.lo, opts_.prompt_len.hi)(gen_);
+    std::uniform_int_distribution<int> id(0, std::max(1, vocab_size_) - 1);
+    for (int i = 0; i < n; ++i) req.add_input_ids(id(gen_));
+  }
+  const int max_new =
+      std::uniform_int_distribution<int>(opts_.max_new_tokens.lo, opts_.max_new_tokens.hi)(gen_);
+  req.set_max_new_tokens(max_new);
+  if (opts_.ignore_eos) req.set_min_new_tokens(max_new);
+  req.set_temperature(opts_.temperature);
+  if (opts_.temperature > 0) req.set_seed(gen_());
+  return req;
+}
+
+// A streaming call: times the first ids (TTFT) and the gap before each later message's ids
+// (inter-token latency, split evenly over the ids of a message). Deletes itself when done.
+class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
+ public:
+  StreamCall(Level* level, v1::InferRequest req, Clock::time_point intended)
+      : level_(level), req_(std::move(req)), intended_(intended) {}
+  void Start(v1::Inference::Stub* stub, std::chrono::system_clock::time_point deadline) {
+    ctx_.set_deadline(deadline);
+    stub->async()->InferStream(&ctx_, &req_, this);
+    StartRead(&msg_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    const auto now = Clock::now();
+    const int n = msg_.output_ids_size();
+    if (n > 0) {
+      if (rec_.ttft_ms < 0) {
+        rec_.ttft_ms = Ms(now - intended_);
+      } else {
+        const double gap = Ms(now - last_) / n;
+        for (int i = 0; i < n; ++i) itl_.push_back(gap);
+      }
+      last_ = now;
+      rec_.generated += n;
+    }
+    if (msg_.finish_reason() != v1::UNSPECIFIED) {
+      rec_.queue_ms = msg_.queue_ms();
+      rec_.server_ttft_ms = msg_.ttft_ms();
+      if (msg_.has_usage()) rec_.generated = msg_.usage().completion_tokens();
+    }
+    StartRead(&msg_);
+  }
+  void OnDone(const grpc::Status& s) override {
+    rec_.code = s.error_code();
+    rec_.latency_ms = Ms(Clock::now() - intended_);
+    rec_.prompt_tokens = req_.input_ids_size();
+    level_->Finish(rec_, std::move(itl_));
+    delete this;
+  }
+
+ private:
+  Level* level_;
+  grpc::ClientContext ctx_;
+  v1::InferRequest req_;
+  v1::InferResponse msg_;
+  Clock::time_point intended_, last_;
+  Record rec_;
+  std::vector<double> itl_;
+};
+
+void Level::Issue(Clock::time_point intended) {
+  const int64_t n = sent_.fetch_add(1);
+  in_flight_.fetch_add(1);
+  v1::Inference::Stub* stub = stubs_[static_cast<size_t>(n) % stubs_.size()].get();
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(opts_.deadline_ms);
+  v1::InferRequest req = MakeRequest();
+  if (opts_.stream) {
+    (new StreamCall(this, std::move(req), intended))->Start(stub, deadline);
+    return;
+  }
+  struct Unary {
+    grpc::ClientContext ctx;
+    v1::InferRequest req;
+    v1::InferResponse resp;
+  };
+  auto* call = new Unary;
+  call->req = std::move(req);
+  call->ctx.set_deadline(deadline);
+  stub->async()->Infer(&call->ctx, &call->req, &call->resp, [this, call, intended](grpc::Status s) {
+    Record r;
+    r.code = s.error_code();
+    r.latency_ms = Ms(Clock::now() - intended);
+    r.prompt_tokens = call->req.input_ids_size();
+    if (s.ok()) {
+      r.generated = call->resp.has_usage() ? call->resp.usage().completion_tokens()
+                                           : call->resp.output_ids_size();
+      r.queue_ms = call->resp.queue_ms();
+      r.server_ttft_ms = call->resp.ttft_ms();
+    }
+    delete call;
+    Finish(r, {});
+  });
+}
+
+void Level::Finish(Record r, std::vector<double> itl) {
+  if (r.code == grpc::OK) {
+    ok_.fetch_add(1);
+    tokens_.fetch_add(r.generated);
+  } else {
+    failed_.fetch_add(1);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    records_.push_back(r);
+    if (r.code == grpc::OK) itl_.insert(itl_.end(), itl.begin(), itl.end());
+    last_done_ = Clock::now();
+  }
+  // Closed loop: the completion sends the next request.
+  if (rate_ <= 0 && !StopSending()) {
+    Issue(Clock::now());
+  }
+  if (in_flight_.fetch_sub(1) == 1 && StopSending()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_all();
+  }
+}
+
+void Level::ProgressLoop() {
+  const bool tty = isatty(2) != 0;
+  const auto period = tty ? std::chrono::milliseconds(500) : std::chrono::milliseconds(5000);
+  const std::string what = rate_ > 0 ? absl::StrFormat("rate %.4g/s", rate_)
+                                     : absl::StrCat("concurrency ", concurrency_);
+  auto line = [&] {
+    const double t = std::chrono::duration<double>(Clock::now() - start_).count();
+    const double total = std::chrono::duration<double>(send_end_ - start_).count();
+    std::string s = absl::StrFormat("glmload: %s  %5.1fs", what, t);
+    if (opts_.requests == 0 || opts_.duration_s > 0) s += absl::StrFormat("/%.0fs", total);
+    s += absl::StrFormat("  sent %d  ok %d  err %d  in flight %d  %.1f req/s  %.0f tok/s",
+                         sent_.load(), ok_.load(), failed_.load(), in_flight_.load(),
+                         t > 0 ? ok_.load() / t : 0.0, t > 0 ? tokens_.load() / t : 0.0);
+    return s;
+  };
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!done_) {
+    cv_.wait_for(lock, period);
+    if (done_) break;
+    lock.unlock();
+    if (tty) {
+      std::fprintf(stderr, "\r%s\033[K", line().c_str());
+    } else {
+      std::fprintf(stderr, "%s\n", line().c_str());
+    }
+    std::fflush(stderr);
+    lock.lock();
+  }
+  lock.unlock();
+  if (tty) std::fprintf(stderr, "\r%s\033[K\n", line().c_str());
+}
+
+LevelResult Level::Run() {
+  start_ = Clock::now();
+  const double duration = opts_.duration_s > 0 ? opts_.duration_s : (opts_.requests > 0 ? 1e7 : 10.0);
+  send_end_ = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(duration));
+  last_done_ = start_;
+  std::thread progress;
+  if (opts_.progress) progress = std::thread([this] { ProgressLoop(); });
+
+  if (rate_ > 0) {
+    // Open loop: arrivals on a precomputed Poisson schedule; latency counts from the scheduled
+    // arrival, so a late sender does not hide queueing (no coordinated omission).
+    PoissonArrivals arrivals(rate_, opts_.seed);
+    auto next = start_;
+    while (true) {
+      next += std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(arrivals.NextGapSeconds()));
+      std::this_thread::sleep_until(next);
+      if (StopSending() || next >= send_end_) break;
+      if (in_flight_.load() >= opts_.max_in_flight) {
+        dropped_.fetch_add(1);
+        continue;
+      }
+      Issue(next);
+    }
+  } else {
+    for (int i = 0; i < concurrency_ && !StopSending(); ++i) Issue(Clock::now());
+  }
+  // Wait for the level to end: sending stopped and nothing in flight. Deadlines bound it.
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!(StopSending() && in_flight_.load() == 0)) {
+      cv_.wait_for(lock, std::chrono::milliseconds(50));
+    }
+    stop_sending_ = true;
+    done_ = true;
+    cv_.notify_all();
+  }
+  if (progress.joinable()) progress.join();
+
+  LevelResult r;
+  r.mode = rate_ > 0 ? "open" : "closed";
+  r.concurrency = rate_ > 0 ? 0 : concurrency_;
+  r.rate = rate_;
+  r.sent = sent_.load();
+  r.dropped = dropped_.load();
+  std::lock_guard<std::mutex> lock(mu_);
+  r.elapsed_s = std::chrono::duration<double>(last_done_ - start_).count();
+  std::vector<double> lat, ttft, queue, sttft;
+  for (const Record& rec : records_) {
+    if (rec.code != grpc::OK) {
+      ++r.errors[CodeName(rec.code)];
+      continue;
+    }
+    ++r.ok;
+    r.prompt_tokens += rec.prompt_tokens;
+    r.generated_tokens += rec.generated;
+    lat.push_back(rec.latency_ms);
+    if (rec.ttft_ms >= 0) ttft.push_back(rec.ttft_ms);
+    if (rec.queue_ms >= 0) queue.push_back(rec.queue_ms);
+    if (rec.server_ttft_ms >= 0) sttft.push_back(rec.server_ttft_ms);
+  }
+  if (r.elapsed_s > 0) {
+    r.requests_per_s = r.ok / r.elapsed_s;
+    r.generated_tokens_per_s = r.generated_tokens / r.elapsed_s;
+  }
+  r.latency_ms = Summarize(std::move(lat));
+  r.ttft_ms = Summarize(std::move(ttft));
+  r.inter_token_ms = Summarize(itl_);
+  r.queue_ms = Summarize(std::move(queue));
+  r.server_ttft_ms = Summarize(std::move(sttft));
+  return r;
+}
+
+json SummaryJson(const Summary& s) {
+  return json{{"count", s.count}, {"min", s.min}, {"mean", s.mean}, {"p50", s.p50},
+              {"p90", s.p90},     {"p99", s.p99}, {"max", s.max}};
+}
+
+Summary SummaryFrom(const json& j) {
+  Summary s;
+  if (!j.is_object()) return s;
+  s.count = j.value("count", size_t{0});
+  s.min = j.value("min", 0.0);
+  s.mean = j.value("mean", 0.0);
+  s.p50 = j.value("p50", 0.0);
+  s.p90 = j.value("p90", 0.0);
+  s.p99 = j.value("p99", 0.0);
+  s.max = j.value("max", 0.0);
+  return s;
+}
+
+std::string Cell(double v, const Summary& s, const char* fmt = "%.1f") {
+  return s.count == 0 ? std::string("-") : absl::StrFormat(fmt, v);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Flags.
+
+absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string& text) {
+  std::vector<std::string> parts = absl::StrSplit(text, ':');
+  IntDist d;
+  int64_t a = 0, b = 0;
+  auto bad = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": '", text, "' is not N, fixed:N or uniform:A:B (0 <= A <= B)"));
+  };
+  if (parts.size() == 1 || (parts.size() == 2 && parts[0] == "fixed")) {
+    if (!ParseInt(flag, parts.back(), 0, 1 << 24, &a).ok()) return bad();
+    d.lo = d.hi = static_cast<int>(a);
+  } else if (parts.size() == 3 && parts[0] == "uniform") {
+    if (!ParseInt(flag, parts[1], 0, 1 << 24, &a).ok() || !ParseInt(flag, parts[2], 0, 1 << 24, &b).ok() ||
+        a > b) {
+      return bad();
+    }
+    d.lo = static_cast<int>(a);
+    d.hi = static_cast<int>(b);
+  } else {
+    return bad();
+  }
+  return d;
+}
+
+std::string Usage() {
+  const Options d;
+  return absl::StrCat(
+      "usage: glmload [--target HOST:PORT] (--concurrency N | --rate R | --sweep N,N,...)\n"
+      "               [--duration T | --requests N] [flags]\n"
+      "\n"
+      "Load generator for glmserve.v1.Inference. Every run stops by itself: each level sends for\n"
+      "--duration or until --requests have been sent, then waits for the requests in flight\n"
+      "(bounded by --deadline-ms). A progress line goes to stderr, the table to stdout.\n"
+      "Flags take '--flag value' or '--flag=value'.\n"
+      "\nload:\n"
+      "  --target HOST:PORT        server, default ", d.target, "\n"
+      "  --concurrency N           closed loop: N requests outstanding at all times, default ", d.concurrency, "\n"
+      "  --rate R                  open loop: Poisson arrivals at R requests/s (seeded), latency from\n"
+      "                            the scheduled arrival\n"
+      "  --sweep N,N,...           closed loop at each concurrency in turn (e.g. 1,2,4,8,16)\n"
+      "  --duration T              per level: 30, 30s, 500ms, 2m; default 10s unless --requests\n"
+      "  --requests N              per level: stop after sending N (with --duration: whichever first)\n"
+      "  --deadline-ms N           per-request deadline, default ", d.deadline_ms, "\n"
+      "  --max-in-flight N         open loop: arrivals beyond N in flight are dropped (counted),\n"
+      "                            default ", d.max_in_flight, "\n"
+      "  --connections N           HTTP/2 connections used round robin, default ", d.connections, "\n"
+      "  --seed S                  prompts, lengths and arrivals, default ", d.seed, "\n"
+      "\nrequests:\n"
+      "  --prompt-len D            prompt tokens: N, fixed:N or uniform:A:B, default ", d.prompt_len.lo, "\n"
+      "  --max-new-tokens D        same forms, default ", d.max_new_tokens.lo, "\n"
+      "  --prompt-file PATH        token-id prompts, one per line (ids split by commas/spaces),\n"
+      "                            drawn at random instead of --prompt-len\n"
+      "  --vocab-size N            random prompt ids in [0, N); default: the server's vocab_size\n"
+      "  --ignore-eos true|false   min_new_tokens = max_new_tokens (fixed output length), default true\n"
+      "  --temperature T           default 0 (greedy)\n"
+      "  --stream                  InferStream: measures TTFT and inter-token latency client side\n"
+      "\noutput:\n"
+      "  --json-out PATH           every number as JSON\n"
+      "  --plot PATH.png           throughput and latency percentiles vs concurrency (gnuplot)\n"
+      "  --no-progress             no progress line\n"
+      "  --from-json A.json,B.json re-report saved runs instead of running: side-by-side markdown\n"
+      "                            table on stdout, and --plot with one series per file\n"
+      "  --labels a,b              names for --from-json files, default the file names\n"
+      "\nPercentiles are nearest-rank (always a measured value). Exit status: 0 ok, 1 if any\n"
+      "request failed, 2 usage or connection error.\n");
+}
+
+absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
+  Options o;
+  bool have_concurrency = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      o.help = true;
+      return o;
+    }
+    if (arg == "--stream") {
+      o.stream = true;
+      continue;
+    }
+    if (arg == "--no-progress") {
+      o.progress = false;
+      continue;
+    }
+    std::string value;
+    const size_t eq = arg.find('=');
+    if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(arg + ": needs a value (see --help)");
+    }
+    int64_t n = 0;
+    absl::Status s;
+    if (arg == "--target") {
+      if (value.empty()) return absl::InvalidArgumentError("--target: must not be empty");
+      o.target = value;
+    } else if (arg == "--concurrency") {
+      s = ParseInt(arg, value, 1, 100000, &n);
+      o.concurrency = static_cast<int>(n);
+      have_concurrency = true;
+    } else if (arg == "--rate") {
+      s = ParseNumber(arg, value, 1e-3, 1e6, &o.rate);
+    } else if (arg == "--sweep") {
+      o.sweep.clear();
+      for (absl::string_view p : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+        s = ParseInt(arg, std::string(p), 1, 100000, &n);
+        if (!s.ok()) break;
+        o.sweep.push_back(static_cast<int>(n));
+      }
+      if (s.ok() && o.sweep.empty()) s = absl::InvalidArgumentError("--sweep: needs N,N,...");
+    } else if (arg == "--duration") {
+      s = ParseDuration(arg, value, &o.duration_s);
+    } else if (arg == "--requests") {
+      s = ParseInt(arg, value, 1, int64_t{1} << 40, &o.requests);
+    } else if (arg == "--deadline-ms") {
+      s = ParseInt(arg, value, 1, int64_t{1} << 40, &o.deadline_ms);
+    } else if (arg == "--max-in-flight") {
+      s = ParseInt(arg, value, 1, 1000000, &n);
+      o.max_in_flight = static_cast<int>(n);
+    } else if (arg == "--connections") {
+      s = ParseInt(arg, value, 1, 1024, &n);
+      o.connections = static_cast<int>(n);
+    } else if (arg == "--seed") {
+      s = ParseInt(arg, value, 0, INT64_MAX, &n);
+      o.seed = static_cast<uint64_t>(n);
+    } else if (arg == "--prompt-len" || arg == "--max-new-tokens") {
+      auto d = ParseIntDist(arg, value);
+      if (!d.ok()) return d.status();
+      (arg == "--prompt-len" ? o.prompt_len : o.max_new_tokens) = *d;
+    } else if (arg == "--prompt-file") {
+      o.prompt_file = value;
+    } else if (arg == "--vocab-size") {
+      s = ParseInt(arg, value, 1, 1 << 30, &n);
+      o.vocab_size = static_cast<int>(n);
+    } else if (arg == "--ignore-eos") {
+      if (value != "true" && value != "false") return absl::InvalidArgumentError("--ignore-eos: true|false");
+      o.ignore_eos = value == "true";
+    } else if (arg == "--temperature") {
+      double t = 0;
+      s = ParseNumber(arg, value, 0, 100, &t);
+      o.temperature = static_cast<float>(t);
+    } else if (arg == "--json-out") {
+      o.json_out = value;
+    } else if (arg == "--plot") {
+      o.plot_out = value;
+    } else if (arg == "--from-json") {
+      o.from_json = absl::StrSplit(value, ',', absl::SkipEmpty());
+    } else if (arg == "--labels") {
+      o.labels = absl::StrSplit(value, ',');
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", arg, "' (see --help)"));
+    }
+    if (!s.ok()) return s;
+  }
+  const int modes = (o.rate > 0) + !o.sweep.empty() + have_concurrency;
+  if (modes > 1) {
+    return absl::InvalidArgumentError("--concurrency, --rate and --sweep: pick one");
+  }
+  if (!o.labels.empty() && o.labels.size() != o.from_json.size()) {
+    return absl::InvalidArgumentError("--labels: one per --from-json file");
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running.
+
+absl::StatusOr<Report> RunLoad(const Options& opts) {
+  Report report;
+  report.options = opts;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (int i = 0; i < opts.connections; ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt("glmload.connection", i);  // distinct args: a connection of its own
+    args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
+    channels.push_back(grpc::CreateCustomChannel(opts.target, grpc::InsecureChannelCredentials(), args));
+  }
+  if (!channels[0]->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    return absl::UnavailableError(absl::StrCat("cannot connect to ", opts.target, " within 10 s"));
+  }
+  {
+    auto stub = v1::Inference::NewStub(channels[0]);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::ModelInfo info;
+    grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
+    if (s.ok()) {
+      ServerInfo& si = report.server;
+      si.known = true;
+      si.architecture = info.architecture();
+      si.device = info.device();
+      si.dtype = info.dtype();
+      si.version = info.build_version();
+      si.vocab_size = info.vocab_size();
+      si.max_batch = info.max_batch();
+      si.max_context = info.max_context();
+    }
+  }
+  std::vector<std::vector<int32_t>> prompts;
+  if (!opts.prompt_file.empty()) {
+    auto p = ReadPromptFile(opts.prompt_file);
+    if (!p.ok()) return p.status();
+    prompts = std::move(*p);
+  }
+  int vocab = opts.vocab_size > 0 ? opts.vocab_size : report.server.vocab_size;
+  if (prompts.empty() && vocab <= 0) {
+    return absl::FailedPreconditionError(
+        "GetModelInfo failed and --vocab-size is not set: cannot draw prompt ids");
+  }
+  std::vector<int> levels = opts.sweep;
+  if (levels.empty()) levels.push_back(opts.concurrency);
+  for (int c : levels) {
+    Level level(opts, channels, prompts, vocab, c, opts.rate);
+    report.levels.push_back(level.Run());
+  }
+  return report;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports.
+
+std::string FormatTable(const Report& r) {
+  std::vector<std::vector<std::string>> rows;
+  const bool open = !r.levels.empty() && r.levels[0].mode == "open";
+  rows.push_back({open ? "rate/s" : "conc", "ok", "errors", "req/s", "tok/s", "lat p50", "p90",
+                  "p99", "max", "ttft p50", "p99", "itl p50", "p99", "queue p50", "p99"});
+  for (const LevelResult& l : r.levels) {
+    std::string errors;
+    for (const auto& [code, n] : l.errors) absl::StrAppend(&errors, errors.empty() ? "" : ",", code, "=", n);
+    if (l.dropped > 0) absl::StrAppend(&errors, errors.empty() ? "" : ",", "dropped=", l.dropped);
+    if (errors.empty()) errors = "0";
+    const Summary& lat = l.latency_ms;
+    rows.push_back({open ? absl::StrFormat("%.4g", l.rate) : absl::StrCat(l.concurrency),
+                    absl::StrCat(l.ok), errors, absl::StrFormat("%.2f", l.requests_per_s),
+                    absl::StrFormat("%.1f", l.generated_tokens_per_s), Cell(lat.p50, lat),
+                    Cell(lat.p90, lat), Cell(lat.p99, lat), Cell(lat.max, lat),
+                    Cell(l.ttft_ms.p50, l.ttft_ms), Cell(l.ttft_ms.p99, l.ttft_ms),
+                    Cell(l.inter_token_ms.p50, l.inter_token_ms, "%.2f"),
+                    Cell(l.inter_token_ms.p99, l.inter_token_ms, "%.2f"),
+                    Cell(l.queue_ms.p50, l.queue_ms), Cell(l.queue_ms.p99, l.queue_ms)});
+  }
+  std::vector<size_t> width(rows[0].size(), 0);
+  for (const auto& row : rows)
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  std::string out;
+  if (r.server.known) {
+    absl::StrAppend(&out, "server: ", r.server.architecture, " on ", r.server.device, " (",
+                    r.server.dtype, "), max_batch ", r.server.max_batch, ", glmserve ",
+                    r.server.version, "\n");
+  }
+  absl::StrAppend(&out, r.options.stream ? "InferStream" : "Infer", ", latencies in ms",
+                  r.options.stream ? "" : " (ttft/itl need --stream)",
+                  "; queue = server queue_ms; percentiles nearest-rank\n");
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      absl::StrAppend(&out, i == 0 ? "" : "  ", std::string(width[i] - row[i].size(), ' '), row[i]);
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+std::string ToJson(const Report& r) {
+  const Options& o = r.options;
+  json j;
+  j["tool"] = "glmload";
+  j["percentile_method"] = "nearest-rank";
+  j["config"] = {{"target", o.target},
+                 {"mode", o.rate > 0 ? "open" : "closed"},
+                 {"concurrency", o.concurrency},
+                 {"rate", o.rate},
+                 {"sweep", o.sweep},
+                 {"duration_s", o.duration_s},
+                 {"requests", o.requests},
+                 {"prompt_len", {o.prompt_len.lo, o.prompt_len.hi}},
+                 {"max_new_tokens", {o.max_new_tokens.lo, o.max_new_tokens.hi}},
+                 {"prompt_file", o.prompt_file},
+                 {"ignore_eos", o.ignore_eos},
+                 {"temperature", o.temperature},
+                 {"stream", o.stream},
+                 {"deadline_ms", o.deadline_ms},
+                 {"seed", o.seed},
+                 {"connections", o.connections}};
+  if (r.server.known) {
+    j["server"] = {{"architecture", r.server.architecture}, {"device", r.server.device},
+                   {"dtype", r.server.dtype},               {"version", r.server.version},
+                   {"vocab_size", r.server.vocab_size},     {"max_batch", r.server.max_batch},
+                   {"max_context", r.server.max_context}};
+  }
+  j["levels"] = json::array();
+  for (const LevelResult& l : r.levels) {
+    json e = {{"mode", l.mode},
+              {"concurrency", l.concurrency},
+              {"rate", l.rate},
+              {"elapsed_s", l.elapsed_s},
+              {"requests_sent", l.sent},
+              {"requests_ok", l.ok},
+              {"requests_dropped", l.dropped},
+              {"errors", l.errors},
+              {"prompt_tokens", l.prompt_tokens},
+              {"generated_tokens", l.generated_tokens},
+              {"requests_per_s", l.requests_per_s},
+              {"generated_tokens_per_s", l.generated_tokens_per_s},
+              {"latency_ms", SummaryJson(l.latency_ms)},
+              {"ttft_ms", SummaryJson(l.ttft_ms)},
+              {"inter_token_ms", SummaryJson(l.inter_token_ms)},
+              {"queue_ms", SummaryJson(l.queue_ms)},
+              {"server_ttft_ms", SummaryJson(l.server_ttft_ms)}};
+    j["levels"].push_back(e);
+  }
+  return j.dump(2) + "\n";
+}
+
+absl::StatusOr<Report> FromJson(const std::string& text) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("levels") || !j["levels"].is_array()) {
+    return absl::InvalidArgumentError("not a glmload JSON report (no levels)");
+  }
+  Report r;
+  if (j.contains("config")) r.options.stream = j["config"].value("stream", false);
+  if (j.contains("server")) {
+    const json& s = j["server"];
+    r.server.known = true;
+    r.server.architecture = s.value("architecture", "");
+    r.server.device = s.value("device", "");
+    r.server.dtype = s.value("dtype", "");
+    r.server.version = s.value("version", "");
+    r.server.max_batch = s.value("max_batch", 0);
+  }
+  for (const json& e : j["levels"]) {
+    LevelResult l;
+    l.mode = e.value("mode", "closed");
+    l.concurrency = e.value("concurrency", 0);
+    l.rate = e.value("rate", 0.0);
+    l.elapsed_s = e.value("elapsed_s", 0.0);
+    l.sent = e.value("requests_sent", int64_t{0});
+    l.ok = e.value("requests_ok", int64_t{0});
+    l.dropped = e.value("requests_dropped", int64_t{0});
+    if (e.contains("errors")) l.errors = e["errors"].get<std::map<std::string, int64_t>>();
+    l.prompt_tokens = e.value("prompt_tokens", int64_t{0});
+    l.generated_tokens = e.value("generated_tokens", int64_t{0});
+    l.requests_per_s = e.value("requests_per_s", 0.0);
+    l.generated_tokens_per_s = e.value("generated_tokens_per_s", 0.0);
+    l.latency_ms = SummaryFrom(e.value("latency_ms", json()));
+    l.ttft_ms = SummaryFrom(e.value("ttft_ms", json()));
+    l.inter_token_ms = SummaryFrom(e.value("inter_token_ms", json()));
+    l.queue_ms = SummaryFrom(e.value("queue_ms", json()));
+    l.server_ttft_ms = SummaryFrom(e.value("server_ttft_ms", json()));
+    r.levels.push_back(l);
+  }
+  return r;
+}
+
+std::string CompareMarkdown(const std::vector<Report>& reports, const std::vector<std::string>& labels) {
+  std::vector<int> xs;
+  for (const Report& r : reports)
+    for (const LevelResult& l : r.levels) xs.push_back(l.concurrency);
+  std::sort(xs.begin(), xs.end());
+  xs.erase(std::unique(xs.begin(), xs.end()), xs.end());
+  auto find = [](const Report& r, int c) -> const LevelResult* {
+    for (const LevelResult& l : r.levels)
+      if (l.concurrency == c) return &l;
+    return nullptr;
+  };
+  struct Col {
+    std::string name;
+    std::function<std::string(const LevelResult&)> get;
+  };
+  const std::vector<Col> cols = {
+      {"req/s", [](const LevelResult& l) { return absl::StrFormat("%.2f", l.requests_per_s); }},
+      {"tok/s", [](const LevelResult& l) { return absl::StrFormat("%.0f", l.generated_tokens_per_s); }},
+      {"p50 ms", [](const LevelResult& l) { return Cell(l.latency_ms.p50, l.latency_ms, "%.0f"); }},
+      {"p99 ms", [](const LevelResult& l) { return Cell(l.latency_ms.p99, l.latency_ms, "%.0f"); }},
+      {"queue p50 ms", [](const LevelResult& l) { return Cell(l.queue_ms.p50, l.queue_ms, "%.0f"); }},
+      {"errors", [](const LevelResult& l) {
+         int64_t n = l.dropped;
+         for (const auto& e : l.errors) n += e.second;
+         return absl::StrCat(n);
+       }},
+  };
+  std::string head = "| concurrency |", rule = "|---:|";
+  for (const Col& c : cols) {
+    for (const std::string& label : labels) {
+      absl::StrAppend(&head, " ", c.name, " (", label, ") |");
+      rule += "---:|";
+    }
+    if (c.name == "req/s" && reports.size() == 2) {
+      absl::StrAppend(&head, " QPS ", labels[1], " / ", labels[0], " |");
+      rule += "---:|";
+    }
+  }
+  std::string out = head + "\n" + rule + "\n";
+  for (int x : xs) {
+    absl::StrAppend(&out, "| ", x, " |");
+    for (const Col& c : cols) {
+      for (const Report& r : reports) {
+        const LevelResult* l = find(r, x);
+        absl::StrAppend(&out, " ", l ? c.get(*l) : "-", " |");
+      }
+      if (c.name == "req/s" && reports.size() == 2) {
+        const LevelResult* a = find(reports[0], x);
+        const LevelResult* b = find(reports[1], x);
+        absl::StrAppend(&out, " ",
+                        a && b && a->requests_per_s > 0
+                            ? absl::StrFormat("%.2fx", b->requests_per_s / a->requests_per_s)
+                            : "-",
+                        " |");
+      }
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::string>& labels,
+                  const std::string& png_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path dir = fs::temp_directory_path() /
+                       absl::StrCat("glmload-plot-", getpid(), "-", Clock::now().time_since_epoch().count());
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("plot: cannot create ", dir.string()));
+  const bool open = !reports.empty() && !reports[0].levels.empty() && reports[0].levels[0].mode == "open";
+  const std::string xlabel = open ? "offered rate (requests/s)" : "concurrency (requests in flight)";
+  bool any_ttft = false;
+  std::vector<std::string> data_files;
+  for (size_t i = 0; i < reports.size(); ++i) {
+    const fs::path p = dir / absl::StrCat("series", i, ".dat");
+    std::ofstream f(p);
+    f << "# x req_s tok_s p50 p90 p99 ttft_p50 ttft_p99\n";
+    std::vector<LevelResult> ls = reports[i].levels;
+    std::sort(ls.begin(), ls.end(), [&](const LevelResult& a, const LevelResult& b) {
+      return open ? a.rate < b.rate : a.concurrency < b.concurrency;
+    });
+    for (const LevelResult& l : ls) {
+      f << (open ? l.rate : l.concurrency) << " " << l.requests_per_s << " " << l.generated_tokens_per_s
+        << " " << l.latency_ms.p50 << " " << l.latency_ms.p90 << " " << l.latency_ms.p99 << " ";
+      if (l.ttft_ms.count > 0) {
+        any_ttft = true;
+        f << l.ttft_ms.p50 << " " << l.ttft_ms.p99 << "\n";
+      } else {
+        f << "NaN NaN\n";
+      }
+    }
+    data_files.push_back(p.string());
+  }
+  auto quote = [](std::string s) {
+    std::string out = "'";
+    for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
+    return out + "'";
+  };
+  const char* dash[] = {"dt 1", "dt 2", "dt 3", "dt 4"};
+  const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+  auto script = [&](const std::string& terminal) {
+    std::ostringstream s;
+    s << "set terminal " << terminal << " size 1400,560 font ',11'\n"
+      << "set output " << quote(png_path) << "\n"
+      << "set datafile missing 'NaN'\n"
+      << "set multiplot layout 1,2 title 'glmload: glmserve.v1.Inference'\n"
+      << "set grid\nset key top left\nset xlabel " << quote(xlabel) << "\n";
+    if (!open) s << "set logscale x 2\n";
+    s << "set title 'Throughput'\nset ylabel 'requests/s'\nset y2label 'generated tokens/s'\n"
+      << "set ytics nomirror\nset y2tics\nset yrange [0:*]\nset y2range [0:*]\nplot ";
+    for (size_t i = 0; i < data_files.size(); ++i) {
+      const std::string c = colors[i % 6];
+      s << (i ? ", " : "") << quote(data_files[i]) << " using 1:2 with linespoints lw 2 pt 7 lc rgb '" << c
+        << "' title " << quote(labels[i] + " req/s") << ", " << quote(data_files[i])
+        << " using 1:3 axes x1y2 with linespoints lw 1 dt 2 pt 6 lc rgb '" << c << "' title "
+        << quote(labels[i] + " tok/s");
+    }
+    s << "\nunset y2label\nunset y2tics\nset ytics mirror\n"
+      << "set title 'Latency percentiles'\nset ylabel 'milliseconds'\nset logscale y\nset yrange [*:*]\nplot ";
+    bool first = true;
+    for (size_t i = 0; i < data_files.size(); ++i) {
+      const std::string c = colors[i % 6];
+      const std::pair<int, const char*> series[] = {{4, "p50"}, {5, "p90"}, {6, "p99"}};
+      int k = 0;
+      for (const auto& [col, name] : series) {
+        s << (first ? "" : ", ") << quote(data_files[i]) << " using 1:" << col << " with linespoints lw 2 "
+          << dash[k++] << " pt 7 lc rgb '" << c << "' title " << quote(labels[i] + " latency " + name);
+        first = false;
+      }
+      if (any_ttft) {
+        s << ", " << quote(data_files[i]) << " using 1:7 with linespoints lw 1 dt 4 pt 4 lc rgb '" << c
+          << "' title " << quote(labels[i] + " TTFT p50");
+      }
+    }
+    s << "\nunset multiplot\n";
+    return s.str();
+  };
+  absl::Status result = absl::InternalError("plot: gnuplot failed");
+  for (const std::string term : {"pngcairo", "png"}) {
+    const fs::path gp = dir / "plot.gp";
+    std::ofstream(gp) << script(term);
+    const std::string cmd = absl::StrCat("gnuplot ", gp.string(), " > ", (dir / "gnuplot.log").string(), " 2>&1");
+    const int rc = std::system(cmd.c_str());
+    if (rc == 0 && fs::exists(png_path) && fs::file_size(png_path, ec) > 0) {
+      result = absl::OkStatus();
+      break;
+    }
+    std::ifstream log(dir / "gnuplot.log");
+    std::stringstream ss;
+    ss << log.rdbuf();
+    result = absl::InternalError(absl::StrCat(
+        "plot: gnuplot failed (exit ", rc, "; is gnuplot installed? apt-get install gnuplot-nox): ",
+        ss.str().substr(0, 500)));
+  }
+  fs::remove_all(dir, ec);
+  return result;
+}
+
+}  // namespace glmserve::load

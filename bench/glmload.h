@@ -1,0 +1,105 @@
+// glmload: a load generator for glmserve.v1.Inference (see bench/README.md). The library part,
+// so tests drive it in process; bench/glmload_main.cc is the command.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "bench/glmload_stats.h"
+
+namespace glmserve::load {
+
+// A distribution of token counts: "N" or "fixed:N" (always N), "uniform:A:B" (integers in
+// [A, B], each equally likely).
+struct IntDist {
+  int lo = 0, hi = 0;
+};
+absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string& text);
+
+struct Options {
+  std::string target = "127.0.0.1:50051";
+  // Closed loop: this many requests outstanding at all times (each completion sends the next).
+  int concurrency = 1;
+  // Open loop when > 0: Poisson arrivals at this many requests/s, whatever the server does.
+  double rate = 0;
+  // Closed-loop concurrency levels, run one after the other with the same duration/requests.
+  std::vector<int> sweep;
+  // Each level stops sending after duration_s seconds or `requests` requests, whichever first
+  // (0 = unset; with neither set, 10 s). In-flight requests then finish (their deadline bounds it).
+  double duration_s = 0;
+  int64_t requests = 0;
+  IntDist prompt_len{32, 32};
+  IntDist max_new_tokens{32, 32};
+  // One prompt per line, token ids separated by commas or spaces; drawn uniformly (seeded).
+  std::string prompt_file;
+  // Sets min_new_tokens = max_new_tokens, so every request generates exactly max_new_tokens.
+  bool ignore_eos = true;
+  float temperature = 0;
+  bool stream = false;
+  // Per-request deadline.
+  int64_t deadline_ms = 60000;
+  uint64_t seed = 1;
+  // Open-loop arrivals beyond this many in flight are not sent (counted as dropped).
+  int max_in_flight = 4096;
+  // HTTP/2 connections, used round robin.
+  int connections = 1;
+  // Prompt ids are drawn from [0, vocab_size); 0 = ask the server (GetModelInfo).
+  int vocab_size = 0;
+  std::string json_out;
+  std::string plot_out;
+  // Re-report saved runs (JSON files of --json-out) instead of running: markdown side-by-side
+  // table, and the plot when plot_out is set. Labels name them (default: file names).
+  std::vector<std::string> from_json;
+  std::vector<std::string> labels;
+  bool progress = true;
+  bool help = false;
+};
+
+std::string Usage();
+absl::StatusOr<Options> ParseFlags(int argc, char** argv);
+
+// The outcome of one load level.
+struct LevelResult {
+  std::string mode;      // "closed" or "open"
+  int concurrency = 0;   // closed loop
+  double rate = 0;       // open loop: offered requests/s
+  double elapsed_s = 0;  // first send -> last completion
+  int64_t sent = 0, ok = 0, dropped = 0;
+  std::map<std::string, int64_t> errors;  // gRPC code name -> count
+  int64_t prompt_tokens = 0, generated_tokens = 0;
+  double requests_per_s = 0, generated_tokens_per_s = 0;
+  Summary latency_ms, ttft_ms, inter_token_ms, queue_ms, server_ttft_ms;
+};
+
+struct ServerInfo {
+  bool known = false;
+  std::string architecture, device, dtype, version;
+  int vocab_size = 0, max_batch = 0, max_context = 0;
+};
+
+struct Report {
+  Options options;
+  ServerInfo server;
+  std::vector<LevelResult> levels;
+};
+
+// Runs every level (the sweep, or the one level of --concurrency/--rate) against opts.target.
+absl::StatusOr<Report> RunLoad(const Options& opts);
+
+// The final table (one row per level), for stdout.
+std::string FormatTable(const Report& r);
+// Every number as JSON (the --json-out file).
+std::string ToJson(const Report& r);
+absl::StatusOr<Report> FromJson(const std::string& text);
+// Side-by-side markdown: one row per concurrency, req/s, tok/s and latency of each report.
+std::string CompareMarkdown(const std::vector<Report>& reports,
+                            const std::vector<std::string>& labels);
+// Throughput vs concurrency and latency percentiles vs concurrency, with gnuplot.
+absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::string>& labels,
+                  const std::string& png_path);
+
+}  // namespace glmserve::load

@@ -1,0 +1,149 @@
+// glmload's statistics on known numbers, and its flag parsing.
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "bench/glmload.h"
+#include "bench/glmload_stats.h"
+
+namespace glmserve::load {
+namespace {
+
+TEST(PercentileTest, NearestRankOnOneToHundred) {
+  std::vector<double> v(100);
+  std::iota(v.begin(), v.end(), 1.0);  // 1..100
+  std::reverse(v.begin(), v.end());    // order does not matter
+  EXPECT_EQ(Percentile(v, 50), 50);
+  EXPECT_EQ(Percentile(v, 90), 90);
+  EXPECT_EQ(Percentile(v, 99), 99);
+  EXPECT_EQ(Percentile(v, 99.5), 100);
+  EXPECT_EQ(Percentile(v, 100), 100);
+  EXPECT_EQ(Percentile(v, 0), 1);
+  EXPECT_EQ(Percentile(v, 0.5), 1);
+  EXPECT_EQ(Percentile(v, 1), 1);
+  EXPECT_EQ(Percentile(v, 1.01), 2);
+}
+
+TEST(PercentileTest, NearestRankOnSmallSets) {
+  // Wikipedia's nearest-rank example: {15, 20, 35, 40, 50}.
+  const std::vector<double> v = {50, 15, 40, 20, 35};
+  EXPECT_EQ(Percentile(v, 5), 15);
+  EXPECT_EQ(Percentile(v, 30), 20);
+  EXPECT_EQ(Percentile(v, 40), 20);
+  EXPECT_EQ(Percentile(v, 50), 35);
+  EXPECT_EQ(Percentile(v, 100), 50);
+  // Ten latencies: p90 is the 9th, p99 the 10th (never interpolated between them).
+  const std::vector<double> ten = {10, 20, 30, 40, 50, 60, 70, 80, 90, 1000};
+  EXPECT_EQ(Percentile(ten, 90), 90);
+  EXPECT_EQ(Percentile(ten, 99), 1000);
+  EXPECT_EQ(Percentile(ten, 50), 50);
+  EXPECT_EQ(Percentile({7.5}, 99), 7.5);
+  EXPECT_EQ(Percentile({}, 50), 0);
+}
+
+TEST(PercentileTest, Summary) {
+  std::vector<double> v;
+  for (int i = 1000; i >= 1; --i) v.push_back(i * 0.5);  // 0.5 .. 500
+  const Summary s = Summarize(v);
+  EXPECT_EQ(s.count, 1000u);
+  EXPECT_DOUBLE_EQ(s.min, 0.5);
+  EXPECT_DOUBLE_EQ(s.max, 500);
+  EXPECT_DOUBLE_EQ(s.mean, 250.25);
+  EXPECT_DOUBLE_EQ(s.p50, 250);
+  EXPECT_DOUBLE_EQ(s.p90, 450);
+  EXPECT_DOUBLE_EQ(s.p99, 495);
+  const Summary e = Summarize({});
+  EXPECT_EQ(e.count, 0u);
+  EXPECT_EQ(e.p99, 0);
+}
+
+TEST(PoissonArrivalsTest, SeededAndMeanGapIsOneOverRate) {
+  PoissonArrivals a(200, 42), b(200, 42), c(200, 43);
+  double sum = 0;
+  bool differs = false;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    const double g = a.NextGapSeconds();
+    EXPECT_EQ(g, b.NextGapSeconds());
+    differs |= g != c.NextGapSeconds();
+    EXPECT_GE(g, 0);
+    sum += g;
+  }
+  EXPECT_TRUE(differs);
+  EXPECT_NEAR(sum / n, 1.0 / 200, 0.05 / 200);
+}
+
+std::vector<char*> Argv(std::vector<std::string>& args) {
+  std::vector<char*> out;
+  for (auto& a : args) out.push_back(a.data());
+  return out;
+}
+
+TEST(FlagsTest, ParsesEveryForm) {
+  std::vector<std::string> args = {"glmload", "--target", "10.0.0.1:9", "--sweep=1,2,4",
+                                   "--duration", "500ms", "--prompt-len", "uniform:8:64",
+                                   "--max-new-tokens", "fixed:16", "--stream", "--deadline-ms=250",
+                                   "--json-out", "x.json", "--seed", "7"};
+  auto argv = Argv(args);
+  auto o = ParseFlags(static_cast<int>(argv.size()), argv.data());
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->target, "10.0.0.1:9");
+  EXPECT_EQ(o->sweep, (std::vector<int>{1, 2, 4}));
+  EXPECT_DOUBLE_EQ(o->duration_s, 0.5);
+  EXPECT_EQ(o->prompt_len.lo, 8);
+  EXPECT_EQ(o->prompt_len.hi, 64);
+  EXPECT_EQ(o->max_new_tokens.lo, 16);
+  EXPECT_EQ(o->max_new_tokens.hi, 16);
+  EXPECT_TRUE(o->stream);
+  EXPECT_EQ(o->deadline_ms, 250);
+  EXPECT_EQ(o->json_out, "x.json");
+  EXPECT_EQ(o->seed, 7u);
+
+  std::vector<std::string> defaults = {"glmload"};
+  auto dargv = Argv(defaults);
+  auto d = ParseFlags(1, dargv.data());
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->target, "127.0.0.1:50051");  // loopback unless told otherwise
+}
+
+TEST(FlagsTest, RejectsBadInput) {
+  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
+           {"glmload", "--rate", "10", "--concurrency", "2"},
+           {"glmload", "--sweep", "1,x"},
+           {"glmload", "--prompt-len", "uniform:9:3"},
+           {"glmload", "--duration", "-1"},
+           {"glmload", "--bogus", "1"},
+           {"glmload", "--concurrency"}}) {
+    auto argv = Argv(args);
+    EXPECT_FALSE(ParseFlags(static_cast<int>(argv.size()), argv.data()).ok()) << args[1];
+  }
+}
+
+TEST(ReportTest, JsonRoundTripAndMarkdown) {
+  Report r;
+  r.options.sweep = {1, 2};
+  for (int c : {1, 2}) {
+    LevelResult l;
+    l.mode = "closed";
+    l.concurrency = c;
+    l.ok = 10 * c;
+    l.requests_per_s = 5.0 * c;
+    l.latency_ms = Summarize({1, 2, 3});
+    l.errors["UNAVAILABLE"] = c;
+    r.levels.push_back(l);
+  }
+  auto back = FromJson(ToJson(r));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->levels.size(), 2u);
+  EXPECT_EQ(back->levels[1].ok, 20);
+  EXPECT_EQ(back->levels[1].errors.at("UNAVAILABLE"), 2);
+  EXPECT_DOUBLE_EQ(back->levels[1].latency_ms.p50, 2);
+  Report faster = *back;
+  for (auto& l : faster.levels) l.requests_per_s *= 3;
+  const std::string md = CompareMarkdown({*back, faster}, {"off", "on"});
+  EXPECT_NE(md.find("| concurrency |"), std::string::npos) << md;
+  EXPECT_NE(md.find("3.00x"), std::string::npos) << md;
+}
+
+}  // namespace
+}  // namespace glmserve::load
