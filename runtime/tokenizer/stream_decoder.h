@@ -16,7 +16,10 @@ namespace glmserve::tokenizer {
 // concatenated deltas + Finish() equal Decode(all ids). Not thread-safe (one per request).
 class StreamDecoder {
  public:
-  explicit StreamDecoder(const Tokenizer* tokenizer) : tokenizer_(tokenizer) {}
+  // skip_special_tokens: special ids (e.g. <|user|>, <|endoftext|>) produce no text, as with
+  // HF's decode(skip_special_tokens=True); the server's response text uses this.
+  explicit StreamDecoder(const Tokenizer* tokenizer, bool skip_special_tokens = false)
+      : tokenizer_(tokenizer), skip_special_(skip_special_tokens) {}
   std::string Add(int32_t id);
   std::string Add(const std::vector<int32_t>& ids);
   // Flushes held-back bytes (an incomplete sequence at the end becomes U+FFFD).
@@ -24,6 +27,7 @@ class StreamDecoder {
 
  private:
   const Tokenizer* tokenizer_;
+  bool skip_special_;
   std::string pending_;
 };
 

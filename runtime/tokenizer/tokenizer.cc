@@ -95,6 +95,13 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::ApplyChatTemplate(const std::vec
   return ChatIds(messages, add_generation_prompt);
 }
 
+bool Tokenizer::IsSpecial(int32_t id) const {
+  for (const auto& [t, sid] : specials_) {
+    if (sid == id) return true;
+  }
+  return false;
+}
+
 std::optional<int32_t> Tokenizer::SpecialTokenId(std::string_view text) const {
   for (const auto& [t, id] : specials_) {
     if (t == text) return id;

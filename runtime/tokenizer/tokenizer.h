@@ -54,6 +54,8 @@ class Tokenizer {
   absl::StatusOr<std::vector<int32_t>> ApplyChatTemplate(const std::vector<Message>& messages,
                                                          bool add_generation_prompt = true) const;
 
+  // True for special/added-token ids (and, for sentencepiece, control ids).
+  bool IsSpecial(int32_t id) const;
   // Id of a special/added token, if the tokenizer has it.
   std::optional<int32_t> SpecialTokenId(std::string_view text) const;
   // Ids that end a chat turn: <|endoftext|> (or </s>), <|user|>, <|observation|> where present.

@@ -10,6 +10,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/tokenizer/pretokenizer.h"
 #include "runtime/tokenizer/stream_decoder.h"
+#include "runtime/tokenizer/text_output.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 namespace glmserve::tokenizer {
@@ -193,6 +194,69 @@ TEST(RegexSplitter, EmulatesTrailingLookahead) {
   pieces.clear();
   (*s)->Split("x\xE3\x80\x80\xE3\x80\x80y", &pieces);  // ideographic spaces are \s
   EXPECT_EQ(pieces, (std::vector<std::string_view>{"x", "\xE3\x80\x80", "\xE3\x80\x80y"}));
+}
+
+}  // namespace
+}  // namespace glmserve::tokenizer
+
+namespace glmserve::tokenizer {
+namespace {
+
+std::unique_ptr<Tokenizer> Tiny() {
+  auto t = Tokenizer::FromDirectory(std::string(GLMSERVE_SOURCE_DIR) + "/models/glm4-tiny");
+  EXPECT_TRUE(t.ok()) << t.status();
+  return std::move(*t);
+}
+
+// Feeds ids one at a time like the engine does.
+std::string Feed(TextOutput* out, const std::vector<int32_t>& ids, size_t* kept) {
+  std::string text;
+  *kept = 0;
+  for (int32_t id : ids) {
+    std::string delta;
+    *kept += out->Add({id}, &delta);
+    EXPECT_EQ(SanitizeUtf8(delta), delta);
+    text += delta;
+  }
+  return text + out->Finish();
+}
+
+TEST(TextOutput, NoStopGivesDecodeWithoutSpecials) {
+  auto tok = Tiny();
+  std::vector<int32_t> ids = tok->Encode("你好 world<|user|>");
+  TextOutput out(tok.get(), {});
+  size_t kept;
+  EXPECT_EQ(Feed(&out, ids, &kept), "你好 world");
+  EXPECT_EQ(kept, ids.size());
+  EXPECT_FALSE(out.stopped());
+  EXPECT_EQ(out.text(), "你好 world");
+}
+
+TEST(TextOutput, StopStringEndsTextAndKeepsTheCompletingId) {
+  auto tok = Tiny();
+  const std::vector<int32_t> ids = tok->Encode("The answer is 42. END of story");
+  TextOutput out(tok.get(), {"END", "never"});
+  size_t kept;
+  EXPECT_EQ(Feed(&out, ids, &kept), "The answer is 42. ");
+  EXPECT_TRUE(out.stopped());
+  // The kept ids decode to text that contains the stop string; one id fewer does not.
+  std::vector<int32_t> prefix(ids.begin(), ids.begin() + kept);
+  EXPECT_NE(tok->Decode(prefix).find("END"), std::string::npos);
+  prefix.pop_back();
+  EXPECT_EQ(tok->Decode(prefix).find("END"), std::string::npos);
+  std::string delta;
+  EXPECT_EQ(out.Add({ids.back()}, &delta), 0u);
+  EXPECT_EQ(delta, "");
+}
+
+TEST(TextOutput, PartialStopPrefixIsHeldBackThenReleased) {
+  auto tok = Tiny();
+  TextOutput out(tok.get(), {"</stop>"});
+  std::string delta;
+  for (int32_t id : tok->Encode("a</st")) out.Add({id}, &delta);
+  EXPECT_EQ(delta, "a");  // "</st" could still become "</stop>"
+  for (int32_t id : tok->Encode("ar")) out.Add({id}, &delta);
+  EXPECT_EQ(delta + out.Finish(), "a</star");
 }
 
 }  // namespace

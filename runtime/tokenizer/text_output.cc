@@ -1,0 +1,64 @@
+#include "runtime/tokenizer/text_output.h"
+
+#include <algorithm>
+
+namespace glmserve::tokenizer {
+
+TextOutput::TextOutput(const Tokenizer* tokenizer, std::vector<std::string> stop)
+    : decoder_(tokenizer, /*skip_special_tokens=*/true) {
+  for (std::string& s : stop) {
+    if (!s.empty()) stop_.push_back(std::move(s));
+  }
+}
+
+size_t TextOutput::Add(const std::vector<int32_t>& ids, std::string* delta) {
+  if (stopped_ || finished_) return 0;
+  size_t kept = 0;
+  for (int32_t id : ids) {
+    ++kept;
+    ++kept_ids_;
+    all_ += decoder_.Add(id);
+    // The earliest stop string that starts in the not-yet-emitted text (emitted text never holds
+    // the start of a possible stop string, see below).
+    size_t stop_at = std::string::npos;
+    for (const std::string& s : stop_) {
+      const size_t from = emitted_ >= s.size() ? emitted_ - s.size() + 1 : 0;
+      const size_t p = all_.find(s, std::max(from, emitted_));
+      if (p != std::string::npos) stop_at = std::min(stop_at, p);
+    }
+    if (stop_at != std::string::npos) {
+      delta->append(all_, emitted_, stop_at - emitted_);
+      all_.resize(stop_at);
+      emitted_ = stop_at;
+      stopped_ = true;
+      return kept;
+    }
+    // Hold back the longest suffix that is a proper prefix of some stop string.
+    size_t hold = 0;
+    for (const std::string& s : stop_) {
+      for (size_t k = std::min(s.size() - 1, all_.size() - emitted_); k > hold; --k) {
+        if (all_.compare(all_.size() - k, k, s, 0, k) == 0) {
+          hold = k;
+          break;
+        }
+      }
+    }
+    const size_t safe = all_.size() - hold;
+    if (safe > emitted_) {
+      delta->append(all_, emitted_, safe - emitted_);
+      emitted_ = safe;
+    }
+  }
+  return kept;
+}
+
+std::string TextOutput::Finish() {
+  if (stopped_ || finished_) return "";
+  finished_ = true;
+  all_ += decoder_.Finish();
+  std::string rest = all_.substr(emitted_);
+  emitted_ = all_.size();
+  return rest;
+}
+
+}  // namespace glmserve::tokenizer
