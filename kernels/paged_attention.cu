@@ -93,11 +93,12 @@ template <typename T>
 bool Launch(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
             const PagedAttentionShape& s, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(s.max_context) * sizeof(float);
-  if (smem > 48 * 1024 &&
+  // Raise the dynamic shared-memory cap once, to the most any launch may ask for, so that no
+  // attribute call happens while a CUDA graph is being captured.
+  static const bool configured =
       cudaFuncSetAttribute(PagedAttentionDecodeKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)) != cudaSuccess) {
-    return false;
-  }
+                           PagedAttentionMaxContext() * static_cast<int>(sizeof(float))) == cudaSuccess;
+  if (!configured && smem > 48 * 1024) return false;
   PagedAttentionDecodeKernel<T><<<dim3(s.batch, s.num_heads), kThreads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, static_cast<T*>(out), s);
   return cudaGetLastError() == cudaSuccess;
@@ -123,13 +124,16 @@ bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_
 }
 
 int32_t PagedAttentionMaxContext() {
-  int device = 0, bytes = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-    return 0;
-  }
-  // Leave room for the static shared arrays.
-  return (bytes - 4 * 1024) / static_cast<int>(sizeof(float));
+  static const int32_t max_context = [] {
+    int device = 0, bytes = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+      return 0;
+    }
+    // Leave room for the static shared arrays.
+    return (bytes - 4 * 1024) / static_cast<int>(sizeof(float));
+  }();
+  return max_context;
 }
 
 }  // namespace glmserve::kernels

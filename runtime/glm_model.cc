@@ -1,5 +1,8 @@
 #include "runtime/glm_model.h"
 
+#include <algorithm>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 
 namespace glmserve {
@@ -57,6 +60,20 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(
   return model;
 }
 
+absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::BuildRandom(const ModelConfig& config, at::ScalarType dtype,
+                                                                at::Device device, uint64_t seed) {
+  WeightPlan plan;
+  plan.tensors = CanonicalTensors(config);
+  std::unordered_map<std::string, at::Tensor> stored;
+  at::manual_seed(seed);
+  const auto options = at::TensorOptions().dtype(dtype).device(device);
+  for (const MappedTensor& t : plan.tensors) {
+    const bool is_norm = t.shape.size() == 1 && t.canonical.find("norm") != std::string::npos;
+    stored[t.source_key] = is_norm ? at::ones(t.shape, options) : at::randn(t.shape, options) * 0.02;
+  }
+  return Build(config, plan, &stored, dtype, device);
+}
+
 int64_t GlmModel::kv_bytes_per_token() const {
   return int64_t{2} * config_.num_layers * config_.num_key_value_heads * config_.head_dim *
          static_cast<int64_t>(c10::elementSize(dtype_));
@@ -67,7 +84,7 @@ KvPool GlmModel::AllocateKv(int32_t num_blocks, int32_t block_size) const {
   pool.block_size = block_size;
   pool.num_blocks = num_blocks;
   const auto options = at::TensorOptions().dtype(dtype_).device(device_);
-  const int64_t slots = int64_t{num_blocks} * block_size;
+  const int64_t slots = int64_t{num_blocks + 1} * block_size;  // + the scratch block
   pool.k = at::zeros({config_.num_layers, slots, config_.num_key_value_heads, config_.head_dim}, options);
   pool.v = at::zeros_like(pool.k);
   return pool;
@@ -94,11 +111,81 @@ at::Tensor GlmModel::ApplyRotary(const at::Tensor& x, const at::Tensor& cos, con
   return at::cat({merged, x.narrow(-1, rot, x.size(-1) - rot)}, -1);
 }
 
-at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const {
+void CudaDecodeRunnerDeleter::operator()(CudaDecodeRunner* runner) const {
+#ifdef GLMSERVE_TORCH_CUDA
+  DestroyCudaDecodeRunner(runner);
+#else
+  (void)runner;
+#endif
+}
+
+at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
+                               const AttendFn& attend) const {
   const ModelConfig& c = config_;
   const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads, hd = c.head_dim;
   const int64_t q_size = heads * hd, kv_size = kv_heads * hd;
-  const int64_t group = heads / kv_heads;
+  const int64_t total = ids.size(0);
+  at::Tensor cos, sin;
+  if (c.rotary_dim > 0) {
+    at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, rot/2]
+    cos = freqs.cos().to(dtype_).unsqueeze(1);
+    sin = freqs.sin().to(dtype_).unsqueeze(1);
+  }
+  at::Tensor x = embed_.index_select(0, ids);  // [T, H]
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const Layer& layer = layers_[l];
+    at::Tensor h = RmsNorm(x, layer.input_norm);
+    at::Tensor qkv = at::linear(h, layer.qkv_weight, layer.qkv_bias);
+    at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
+    at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
+    at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({total, kv_heads, hd});
+    if (c.rotary_dim > 0) {
+      q = ApplyRotary(q, cos, sin);
+      k = ApplyRotary(k, cos, sin);
+    }
+    at::Tensor k_cache = kv.k[l];
+    at::Tensor v_cache = kv.v[l];
+    k_cache.index_copy_(0, slots, k);
+    v_cache.index_copy_(0, slots, v);
+    at::Tensor o = at::linear(attend(q.contiguous(), k_cache, v_cache), layer.o_weight);
+    if (c.sandwich_norms) o = RmsNorm(o, layer.post_attn_norm);
+    x = x + o;
+
+    h = RmsNorm(x, layer.mlp_norm);
+    at::Tensor gate_up = at::linear(h, layer.gate_up_weight);
+    at::Tensor gate = gate_up.narrow(1, 0, c.intermediate_size);
+    at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
+    at::Tensor m = at::linear(up * at::silu(gate), layer.down_weight);
+    if (c.sandwich_norms) m = RmsNorm(m, layer.post_mlp_norm);
+    x = x + m;
+  }
+  return x;
+}
+
+at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows) const {
+  return at::linear(RmsNorm(hidden_rows, final_norm_), lm_head_).to(at::kFloat);
+}
+
+at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const {
+  const ModelConfig& c = config_;
+#ifdef GLMSERVE_TORCH_CUDA
+  const bool all_decode = std::all_of(batch.begin(), batch.end(), [](const SequenceStep& s) {
+    return s.tokens.size() == 1 && s.sample;
+  });
+  if (device_.is_cuda() && all_decode && !batch.empty() && !cuda_decode_failed_) {
+    if (!cuda_decode_) {
+      cuda_decode_.reset(CreateCudaDecodeRunner(*this));
+      cuda_decode_failed_ = cuda_decode_ == nullptr;
+    }
+    if (cuda_decode_) {
+      at::Tensor logits = CudaDecodeForward(*cuda_decode_, batch, kv);
+      if (logits.defined()) return logits;
+    }
+  }
+#endif
+  const int64_t heads = c.num_attention_heads, hd = c.head_dim;
+  const int64_t q_size = heads * hd;
+  const int64_t group = heads / c.num_key_value_heads;
 
   // Flatten the batch: token ids, their positions and the KV slot each writes.
   std::vector<int64_t> ids, positions, slots, last_rows;
@@ -112,17 +199,6 @@ at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv)
     if (s.sample) last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
   }
   const auto long_cpu = at::TensorOptions().dtype(at::kLong);
-  at::Tensor ids_t = at::tensor(ids, long_cpu).to(device_);
-  at::Tensor slots_t = at::tensor(slots, long_cpu).to(device_);
-  at::Tensor pos_t = at::tensor(positions, long_cpu).to(device_);
-  const int64_t total = static_cast<int64_t>(ids.size());
-
-  at::Tensor cos, sin;
-  if (c.rotary_dim > 0) {
-    at::Tensor freqs = pos_t.to(at::kFloat).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, rot/2]
-    cos = freqs.cos().to(dtype_).unsqueeze(1);
-    sin = freqs.sin().to(dtype_).unsqueeze(1);
-  }
 
   // Per-sequence attention views: context slots and the causal mask for its query rows.
   struct SeqView {
@@ -151,28 +227,12 @@ at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv)
   }
 
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  at::Tensor x = embed_.index_select(0, ids_t);  // [T, H]
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const Layer& layer = layers_[l];
-    at::Tensor h = RmsNorm(x, layer.input_norm);
-    at::Tensor qkv = at::linear(h, layer.qkv_weight, layer.qkv_bias);
-    at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
-    at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
-    at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({total, kv_heads, hd});
-    if (c.rotary_dim > 0) {
-      q = ApplyRotary(q, cos, sin);
-      k = ApplyRotary(k, cos, sin);
-    }
-    at::Tensor k_cache = kv.k[l];
-    at::Tensor v_cache = kv.v[l];
-    k_cache.index_copy_(0, slots_t, k);
-    v_cache.index_copy_(0, slots_t, v);
-
+  auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
     std::vector<at::Tensor> outputs;
     outputs.reserve(views.size());
     for (const SeqView& view : views) {
-      at::Tensor qs = q.narrow(0, view.row_begin, view.rows).transpose(0, 1);   // [heads, n, hd]
-      at::Tensor ks = k_cache.index_select(0, view.context_slots);               // [ctx, kv_heads, hd]
+      at::Tensor qs = q.narrow(0, view.row_begin, view.rows).transpose(0, 1);  // [heads, n, hd]
+      at::Tensor ks = k_cache.index_select(0, view.context_slots);              // [ctx, kv_heads, hd]
       at::Tensor vs = v_cache.index_select(0, view.context_slots);
       if (group > 1) {
         ks = ks.repeat_interleave(group, 1);
@@ -185,23 +245,12 @@ at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv)
       at::Tensor probs = at::softmax(scores, -1).to(dtype_);
       outputs.push_back(at::matmul(probs, vs).transpose(0, 1).reshape({view.rows, q_size}));
     }
-    at::Tensor attn = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
-    at::Tensor o = at::linear(attn, layer.o_weight);
-    if (c.sandwich_norms) o = RmsNorm(o, layer.post_attn_norm);
-    x = x + o;
-
-    h = RmsNorm(x, layer.mlp_norm);
-    at::Tensor gate_up = at::linear(h, layer.gate_up_weight);
-    at::Tensor gate = gate_up.narrow(1, 0, c.intermediate_size);
-    at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
-    at::Tensor m = at::linear(up * at::silu(gate), layer.down_weight);
-    if (c.sandwich_norms) m = RmsNorm(m, layer.post_mlp_norm);
-    x = x + m;
-  }
+    return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+  };
+  at::Tensor hidden = RunLayers(at::tensor(ids, long_cpu).to(device_), at::tensor(positions, long_cpu).to(device_),
+                                at::tensor(slots, long_cpu).to(device_), kv, attend);
   if (last_rows.empty()) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
-  at::Tensor last = x.index_select(0, at::tensor(last_rows, long_cpu).to(device_));
-  at::Tensor logits = at::linear(RmsNorm(last, final_norm_), lm_head_);
-  return logits.to(at::kFloat);
+  return Logits(hidden.index_select(0, at::tensor(last_rows, long_cpu).to(device_)));
 }
 
 }  // namespace glmserve

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -16,12 +17,19 @@
 
 namespace glmserve {
 
-// Paged KV storage: [num_layers, num_blocks * block_size, kv_heads, head_dim] for K and V.
+// Paged KV storage: [num_layers, (num_blocks + 1) * block_size, kv_heads, head_dim] for K and V.
+// Block `num_blocks` is scratch: padding rows of a fixed-size (CUDA graph) batch write there.
 struct KvPool {
   at::Tensor k;
   at::Tensor v;
   int32_t block_size = 0;
-  int32_t num_blocks = 0;
+  int32_t num_blocks = 0;  // usable blocks (ids 0 .. num_blocks - 1)
+  int32_t scratch_block() const { return num_blocks; }
+};
+
+class CudaDecodeRunner;
+struct CudaDecodeRunnerDeleter {
+  void operator()(CudaDecodeRunner* runner) const;
 };
 
 class GlmModel {
@@ -31,6 +39,11 @@ class GlmModel {
   static absl::StatusOr<std::unique_ptr<GlmModel>> Build(
       const ModelConfig& config, const WeightPlan& plan,
       std::unordered_map<std::string, at::Tensor>* stored, at::ScalarType dtype, at::Device device);
+
+  // A model of `config`'s shapes with random weights (N(0, 0.02), norms 1), made on the device:
+  // benchmarks of real model sizes without a download.
+  static absl::StatusOr<std::unique_ptr<GlmModel>> BuildRandom(const ModelConfig& config, at::ScalarType dtype,
+                                                               at::Device device, uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
@@ -43,6 +56,16 @@ class GlmModel {
   // fp32 logits [n, vocab] for the last fed token of every sequence with sample == true, in
   // batch order. Throws c10::Error on failure (callers turn it into a status).
   at::Tensor Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const;
+
+  // Attention of one layer over the paged cache: q [T, heads, head_dim] -> [T, heads * head_dim].
+  using AttendFn = std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache)>;
+  // The decoder layers on device tensors only (no host sync: CUDA-graph capturable): ids,
+  // positions and KV slots are [T] int64. Returns the hidden states [T, hidden] after the last
+  // layer (before the final norm).
+  at::Tensor RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
+                       const AttendFn& attend) const;
+  // Final norm + lm_head in fp32 for the given hidden rows.
+  at::Tensor Logits(const at::Tensor& hidden_rows) const;
 
  private:
   struct Layer {
@@ -59,6 +82,17 @@ class GlmModel {
   at::Device device_;
   at::Tensor embed_, lm_head_, final_norm_, inv_freq_;
   std::vector<Layer> layers_;
+  // CUDA decode fast path (paged-attention kernel + CUDA graphs), created on first use.
+  mutable std::unique_ptr<CudaDecodeRunner, CudaDecodeRunnerDeleter> cuda_decode_;
+  mutable bool cuda_decode_failed_ = false;
 };
+
+#ifdef GLMSERVE_TORCH_CUDA
+// cuda_decode.cc: runs an all-decode batch through the paged-attention kernel, replaying a CUDA
+// graph per batch-size bucket. Returns an undefined tensor when it cannot take the batch.
+CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
+at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
+void DestroyCudaDecodeRunner(CudaDecodeRunner* runner);
+#endif
 
 }  // namespace glmserve

@@ -179,6 +179,22 @@ struct SlotKey {
 
 std::string CanonicalLayerName(int32_t layer, const char* slot) { return absl::StrCat("layers.", layer, ".", slot); }
 
+std::vector<MappedTensor> CanonicalTensors(const ModelConfig& config) {
+  std::vector<MappedTensor> tensors;
+  for (int32_t l = -1; l < config.num_layers; ++l) {
+    for (const SlotInfo& info : kSlots) {
+      if (info.per_layer != (l >= 0) || *SlotAbsentReason(info.slot, config)) continue;
+      MappedTensor t;
+      t.canonical = SlotName(info.slot, l);
+      t.source_key = t.canonical;
+      t.shape = SlotShape(info.slot, config);
+      t.row_end = t.shape[0];
+      tensors.push_back(std::move(t));
+    }
+  }
+  return tensors;
+}
+
 WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listing) {
   WeightPlan plan;
   plan.problems = listing.problems;

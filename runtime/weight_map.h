@@ -38,6 +38,10 @@ struct WeightPlan {
 
 WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listing);
 
+// Every canonical tensor `config` needs, with its shape (source_key = the canonical name):
+// the plan of a checkpoint that would load, used to build random-weight models for benchmarks.
+std::vector<MappedTensor> CanonicalTensors(const ModelConfig& config);
+
 // Canonical tensor names the model reads, for one layer or the whole model.
 std::string CanonicalLayerName(int32_t layer, const char* slot);  // ("3", "q.weight") -> "layers.3.q.weight"
 

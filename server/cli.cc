@@ -139,6 +139,8 @@ int RunGenerate(int argc, char** argv) {
   flags.AddBool("json", &as_json, "print {\"output_ids\", \"first_logits\", \"finish_reason\"} as one line");
   flags.AddString("device", &device, "cpu or cuda[:N]");
   flags.AddString("dtype", &dtype, "compute dtype: float32, bfloat16, float16 (empty: float32 on cpu, bfloat16 on cuda)");
+  bool random_weights = false;
+  flags.AddBool("random-weights", &random_weights, "benchmark: random weights of --model's config.json, no weight files");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return BadInput(std::string(s.message()));
   if (flags.help_requested()) {
     std::fputs(flags.Usage().c_str(), stdout);
@@ -159,6 +161,7 @@ int RunGenerate(int argc, char** argv) {
   LoadOptions load;
   load.device = device;
   load.dtype = dtype;
+  load.random_weights = random_weights;
   absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(model, load);
   if (!runner.ok()) return ExitFor(runner.status());
   const ModelInfo& info = (*runner)->info();

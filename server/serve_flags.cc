@@ -43,6 +43,7 @@ std::string ServeUsage() {
       "  --model DIR                     checkpoint directory (required)\n"
       "  --device cpu|cuda[:N]           default ", d.load.device, "\n"
       "  --dtype float32|bfloat16|float16  default: float32 on CPU, bfloat16 on CUDA\n"
+      "  --random-weights true|false      benchmark: random weights of --model's config.json (default false)\n"
       "\nnetwork (see proto/README.md for the keepalive choices):\n"
       "  --host H                        default ", g.host, " (0.0.0.0 or :: for every interface)\n"
       "  --port P                        default ", g.port, "; 0 picks a free port\n"
@@ -78,8 +79,33 @@ std::string ServeUsage() {
       d.drain_timeout_ms, "\n"
       "  --shutdown-grace-ms N           then this long before open calls are cancelled, default ",
       d.shutdown_grace_ms, "\n"
-      "\ntest hooks (off by default):\n"
-      "  --debug-step-latency-ms N       sleep this long in every engine step, default 0\n");
+      "\nobservability (docs/operations.md):\n"
+      "  --metrics-port P                Prometheus GET /metrics on --host:P, default ", d.metrics_port,
+      " = off\n"
+      "  --log-level debug|info|warn|error  default ", d.log_level, "\n"
+      "  --log-format json|text          json: one object per line {time,level,request_id,event,msg,\n"
+      "                                  fields}; default ", d.log_format, "\n"
+      "\nself-healing (docs/operations.md):\n"
+      "  --supervise                     run the server as a child process; restart it when it dies\n"
+      "                                  (backoff as below); SIGTERM/SIGINT are forwarded for a drain\n"
+      "  --stall-timeout-ms N            a step longer than this is an engine fault (NOT_SERVING,\n"
+      "                                  rebuild), default ", d.stall_timeout_ms, "\n"
+      "  --restart-backoff-ms N          first engine rebuild / child restart delay, doubled per\n"
+      "                                  consecutive failure, default ", d.restart_backoff_ms, "\n"
+      "  --restart-backoff-max-ms N      backoff cap, default ", d.restart_backoff_max_ms, "\n"
+      "  --max-restarts N                failures within --restart-window-ms before giving up (stay\n"
+      "                                  NOT_SERVING / supervisor exits), default ", d.max_restarts, "\n"
+      "  --restart-window-ms N           default ", d.restart_window_ms, "\n"
+      "  --canary-interval-ms N          while idle, a 1-token forward every N ms; failure = engine\n"
+      "                                  fault; default ", d.canary_interval_ms, " = off\n"
+      "\ntest hooks (off by default; faults hit the first engine only unless --debug-faults-persist):\n"
+      "  --debug-step-latency-ms N       sleep this long in every engine step, default 0\n"
+      "  --debug-inject-oom-above N      steps with more than N sequences fail with RESOURCE_EXHAUSTED\n"
+      "                                  (an out-of-memory; the batch limit halves), default 0\n"
+      "  --debug-throw-on-step K         the K-th step attempt throws (an engine fault), default 0\n"
+      "  --debug-stall-on-step K         the K-th step attempt hangs for --debug-stall-ms, default 0\n"
+      "  --debug-stall-ms N              default ", s.faults.stall_duration.count(), "\n"
+      "  --debug-faults-persist true|false  default false\n");
 }
 
 absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
@@ -117,10 +143,13 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
   int64_t kv_cpu_mb = f.executor.kv_cpu_budget_bytes >> 20;
   int64_t queue_delay_us = f.engine.scheduler.max_queue_delay.count();
   int64_t step_latency_ms = 0;
+  int64_t stall_ms = f.engine.scheduler.faults.stall_duration.count();
+  FaultInjectionOptions& faults = f.engine.scheduler.faults;
   std::map<std::string, Setter> flags = {
       {"--model", string_flag(&f.model_dir)},
       {"--device", string_flag(&f.load.device)},
       {"--dtype", string_flag(&f.load.dtype)},
+      {"--random-weights", bool_flag(&f.load.random_weights)},
       {"--host", string_flag(&g.host)},
       {"--port", int_flag(&g.port, 0, 65535)},
       {"--max-message-bytes", int_flag(&g.max_message_bytes, 1024, kIntMax)},
@@ -155,12 +184,30 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
       {"--warmup-timeout-ms", int_flag(&f.warmup_timeout_ms, 1, int64_t{1} << 40)},
       {"--drain-timeout-ms", int_flag(&f.drain_timeout_ms, 0, int64_t{1} << 40)},
       {"--shutdown-grace-ms", int_flag(&f.shutdown_grace_ms, 0, int64_t{1} << 40)},
+      {"--metrics-port", int_flag(&f.metrics_port, 0, 65535)},
+      {"--log-level", string_flag(&f.log_level)},
+      {"--log-format", string_flag(&f.log_format)},
+      {"--stall-timeout-ms", int_flag(&f.stall_timeout_ms, 10, int64_t{1} << 40)},
+      {"--restart-backoff-ms", int_flag(&f.restart_backoff_ms, 0, int64_t{1} << 40)},
+      {"--restart-backoff-max-ms", int_flag(&f.restart_backoff_max_ms, 0, int64_t{1} << 40)},
+      {"--max-restarts", int_flag(&f.max_restarts, 1, kIntMax)},
+      {"--restart-window-ms", int_flag(&f.restart_window_ms, 1, int64_t{1} << 40)},
+      {"--canary-interval-ms", int_flag(&f.canary_interval_ms, 0, int64_t{1} << 40)},
+      {"--debug-inject-oom-above", int_flag(&f.debug_inject_oom_above, 0, kIntMax)},
+      {"--debug-throw-on-step", int_flag(&faults.throw_on_step, 0, int64_t{1} << 40)},
+      {"--debug-stall-on-step", int_flag(&faults.stall_on_step, 0, int64_t{1} << 40)},
+      {"--debug-stall-ms", int_flag(&stall_ms, 0, int64_t{1} << 40)},
+      {"--debug-faults-persist", bool_flag(&f.debug_faults_persist)},
   };
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
       f.help = true;
       return f;
+    }
+    if (arg == "--supervise") {  // the one flag without a value
+      f.supervise = true;
+      continue;
     }
     std::string value;
     bool has_value = false;
@@ -184,6 +231,15 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
   f.executor.kv_cpu_budget_bytes = kv_cpu_mb << 20;
   f.engine.scheduler.max_queue_delay = std::chrono::microseconds(queue_delay_us);
   f.engine.scheduler.faults.step_latency = std::chrono::milliseconds(step_latency_ms);
+  faults.stall_duration = std::chrono::milliseconds(stall_ms);
+  faults.oom_above_sequences = f.debug_inject_oom_above;
+  if (f.log_level != "debug" && f.log_level != "info" && f.log_level != "warn" &&
+      f.log_level != "error") {
+    return absl::InvalidArgumentError("--log-level: '" + f.log_level + "' is not debug|info|warn|error");
+  }
+  if (f.log_format != "json" && f.log_format != "text") {
+    return absl::InvalidArgumentError("--log-format: '" + f.log_format + "' is not json|text");
+  }
   if (f.engine.scheduler.max_tokens_per_step < f.engine.scheduler.max_batch_size) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max-batch-tokens: ", f.engine.scheduler.max_tokens_per_step,
