@@ -2,9 +2,16 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#ifdef GLMSERVE_TORCH_CUDA
+#include <c10/core/CachingDeviceAllocator.h>
+#endif
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
+#include <limits>
+#include <new>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -30,6 +37,8 @@ absl::Status GuardTorch(const char* what, Body&& body) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory: ", e.what_without_backtrace()));
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(what, ": ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc& e) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory: ", e.what()));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat(what, ": ", e.what()));
   }
@@ -119,34 +128,146 @@ const char* DtypeName(at::ScalarType t) {
   }
 }
 
+// Gives the CUDA caching allocator's unused blocks back to the device, so a retry after an
+// out-of-memory (with a smaller batch) can get them. No-op on CPU and in CPU-only builds.
+void EmptyDeviceCache(const at::Device& device) {
+#ifdef GLMSERVE_TORCH_CUDA
+  if (device.is_cuda()) {
+    try {
+      at::getDeviceAllocator(at::kCUDA)->emptyCache();
+    } catch (const std::exception&) {
+      // Best effort: the caller reports the original error either way.
+    }
+  }
+#else
+  (void)device;
+#endif
+}
+
+void LogLine(const ExecutorOptions& options, const std::string& line) {
+  if (options.log) {
+    options.log(line);
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
+
+// The engine's StepExecutor over GlmModel and a paged KV pool. The contract it honours is
+// "What the executor may rely on" in runtime/engine/README.md: it never throws, returns one id
+// per sequence (-1 where sample is false), and answers RESOURCE_EXHAUSTED only for an
+// out-of-memory, after emptying the allocator cache, with nothing committed. (KV the failed
+// forward may have written lands only in the failed positions' own slots, which the engine
+// treats as not computed and rewrites on retry.) `params` and `history` are read only during
+// Step and never kept.
 class PagedExecutor final : public StepExecutor {
  public:
-  PagedExecutor(const GlmModel* model, KvPool pool) : model_(model), pool_(std::move(pool)) {}
+  PagedExecutor(const GlmModel* model, KvPool pool, int32_t inject_oom_above_sequences)
+      : model_(model), pool_(std::move(pool)), inject_oom_above_sequences_(inject_oom_above_sequences) {}
   int32_t block_size() const override { return pool_.block_size; }
   int32_t num_blocks() const override { return pool_.num_blocks; }
 
   absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
+    try {
+      return StepImpl(batch);
+    } catch (const std::exception& e) {  // GuardTorch covers LibTorch; this covers the rest
+      return absl::InternalError(absl::StrCat("executor step: ", e.what()));
+    }
+  }
+
+ private:
+  // INTERNAL naming the problem when `batch` breaks what the engine promises; nothing is run.
+  absl::Status Validate(const std::vector<SequenceStep>& batch) {
+    const int32_t vocab = model_->config().vocab_size;
+    const int64_t max_positions = model_->config().max_position_embeddings;
+    block_owner_.assign(pool_.num_blocks, -1);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const SequenceStep& s = batch[i];
+      auto bad = [&](const std::string& what) {
+        return absl::InternalError(absl::StrCat("executor: sequence ", s.sequence_id, " (batch slot ", i, "): ", what));
+      };
+      if (s.params == nullptr) return bad("params is null");
+      if (s.tokens.empty()) return bad("no tokens to feed");
+      if (s.start_position < 0) return bad(absl::StrCat("start_position ", s.start_position, " < 0"));
+      const int64_t end = int64_t{s.start_position} + static_cast<int64_t>(s.tokens.size());
+      if (max_positions > 0 && end > max_positions) {
+        return bad(absl::StrCat("positions up to ", end, " exceed max_position_embeddings ", max_positions));
+      }
+      if (static_cast<int64_t>(s.block_table.size()) * pool_.block_size < end) {
+        return bad(absl::StrCat("block table of ", s.block_table.size(), " blocks of ", pool_.block_size,
+                                " does not cover position ", end - 1));
+      }
+      for (int32_t id : s.tokens) {
+        if (id < 0 || id >= vocab) return bad(absl::StrCat("token id ", id, " outside [0, ", vocab, ")"));
+      }
+      if (s.history != nullptr) {
+        const std::vector<int32_t>& h = *s.history;
+        if (static_cast<int64_t>(h.size()) < end ||
+            !std::equal(s.tokens.begin(), s.tokens.end(), h.begin() + s.start_position)) {
+          return bad("tokens are not history[start_position, ...)");
+        }
+        if (s.sample && static_cast<int64_t>(h.size()) != end) return bad("sampling before the end of history");
+      }
+      for (int32_t b : s.block_table) {
+        if (b < 0 || b >= pool_.num_blocks) return bad(absl::StrCat("block id ", b, " outside [0, ", pool_.num_blocks, ")"));
+        if (block_owner_[b] >= 0 && block_owner_[b] != static_cast<int64_t>(i)) {
+          return bad(absl::StrCat("block ", b, " also belongs to batch slot ", block_owner_[b]));
+        }
+        block_owner_[b] = static_cast<int64_t>(i);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<StepResult> StepImpl(const std::vector<SequenceStep>& batch) {
     StepResult result;
+    if (batch.empty()) return result;
+    GLM_RETURN_IF_ERROR(Validate(batch));
+    size_t num_samples = 0;
+    for (const SequenceStep& s : batch) num_samples += s.sample ? 1 : 0;
     at::Tensor logits;
-    GLM_RETURN_IF_ERROR(GuardTorch("forward step", [&] { logits = model_->Forward(batch, pool_).contiguous().cpu(); }));
+    absl::Status forward = GuardTorch("forward step", [&] {
+      logits = model_->Forward(batch, pool_).contiguous().cpu();
+      if (inject_oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > inject_oom_above_sequences_) {
+        logits = at::Tensor();
+        TORCH_CHECK_WITH(OutOfMemoryError, false, "injected OOM (ExecutorOptions.inject_oom_above_sequences=",
+                         inject_oom_above_sequences_, "): batch of ", batch.size(), " sequences");
+      }
+    });
+    if (!forward.ok()) {
+      logits = at::Tensor();
+      if (absl::IsResourceExhausted(forward)) EmptyDeviceCache(model_->device());
+      return forward;
+    }
+    const int32_t vocab = model_->config().vocab_size;
+    if (logits.dim() != 2 || logits.size(0) != static_cast<int64_t>(num_samples) || logits.size(1) != vocab ||
+        logits.scalar_type() != at::kFloat) {
+      return absl::InternalError(absl::StrCat("forward step returned ", logits.dim(), "-d logits with ",
+                                              logits.dim() > 0 ? logits.size(0) : 0, " rows; expected [",
+                                              num_samples, ", ", vocab, "] fp32"));
+    }
     result.next_tokens.assign(batch.size(), -1);
     const float* data = logits.data_ptr<float>();
-    const int32_t vocab = model_->config().vocab_size;
     int64_t row = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
       if (!batch[i].sample) continue;
       const GenerationParams& params = *batch[i].params;
       const std::vector<int32_t>& stops =
           params.stop_token_ids.empty() ? model_->config().eos_token_ids : params.stop_token_ids;
-      result.next_tokens[i] = SampleNextToken(data + row * vocab, vocab, params, stops, batch[i].num_generated);
+      const int32_t id = SampleNextToken(data + row * vocab, vocab, params, stops, batch[i].num_generated);
+      if (id < 0 || id >= vocab) {
+        return absl::InternalError(absl::StrCat("sampler returned id ", id, " for sequence ", batch[i].sequence_id,
+                                                "; expected [0, ", vocab, ")"));
+      }
+      result.next_tokens[i] = id;
       ++row;
     }
     return result;
   }
 
- private:
   const GlmModel* model_;
   KvPool pool_;
+  int32_t inject_oom_above_sequences_;
+  std::vector<int64_t> block_owner_;  // scratch for Validate: batch slot owning each block
 };
 
 class ModelRunnerImpl final : public ModelRunner {
@@ -211,21 +332,53 @@ class ModelRunnerImpl final : public ModelRunner {
 
   absl::StatusOr<std::unique_ptr<StepExecutor>> CreateExecutor(const ExecutorOptions& options) override {
     if (options.block_size <= 0) return absl::InvalidArgumentError("block_size: expected a positive token count");
-    int64_t blocks = options.num_blocks;
-    if (blocks <= 0) {
-      if (!(options.kv_memory_fraction > 0 && options.kv_memory_fraction <= 1)) {
-        return absl::InvalidArgumentError("kv_memory_fraction: expected a value in (0, 1]");
-      }
-      const int64_t per_block = model_->kv_bytes_per_token() * options.block_size;
-      int64_t budget = static_cast<int64_t>(options.kv_cpu_budget_bytes * options.kv_memory_fraction);
-      blocks = budget / per_block;
+    if (options.num_blocks < 0) return absl::InvalidArgumentError("num_blocks: expected >= 0 (0 = sized from memory)");
+    if (options.inject_oom_above_sequences < 0) {
+      return absl::InvalidArgumentError("inject_oom_above_sequences: expected >= 0 (0 = off)");
     }
-    if (blocks <= 0) return absl::InvalidArgumentError("num_blocks: the KV budget holds no block");
+    const at::Device device = model_->device();
+    const int64_t per_block = model_->kv_bytes_per_token() * options.block_size;
+    int64_t blocks = options.num_blocks;
+    std::string source = "num_blocks";
+    if (blocks == 0) {
+      if (device.is_cuda()) {
+        if (!(options.kv_memory_fraction > 0 && options.kv_memory_fraction <= 1)) {
+          return absl::InvalidArgumentError("kv_memory_fraction: expected a value in (0, 1]");
+        }
+#ifdef GLMSERVE_TORCH_CUDA
+        size_t free_bytes = 0, total_bytes = 0;
+        GLM_RETURN_IF_ERROR(GuardTorch("reading free device memory", [&] {
+          EmptyDeviceCache(device);
+          std::tie(free_bytes, total_bytes) = at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index());
+        }));
+        blocks = static_cast<int64_t>(static_cast<double>(free_bytes) * options.kv_memory_fraction) / per_block;
+        source = absl::StrCat("kv_memory_fraction ", options.kv_memory_fraction, " of ", free_bytes >> 20,
+                              " MiB free on ", device.str(), " (", total_bytes >> 20, " MiB total)");
+#else
+        return absl::FailedPreconditionError("sizing the KV pool on CUDA needs a CUDA build of LibTorch");
+#endif
+      } else {
+        if (options.kv_cpu_budget_bytes <= 0) {
+          return absl::InvalidArgumentError("kv_cpu_budget_bytes: expected a positive byte count");
+        }
+        blocks = options.kv_cpu_budget_bytes / per_block;
+        source = absl::StrCat("kv_cpu_budget_bytes ", options.kv_cpu_budget_bytes);
+      }
+      blocks = std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max() / options.block_size);
+    }
+    if (blocks <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("num_blocks: the KV budget (", source, ") holds no block of ",
+                                                     per_block, " bytes"));
+    }
     KvPool pool;
     GLM_RETURN_IF_ERROR(GuardTorch("allocating the KV cache", [&] {
       pool = model_->AllocateKv(static_cast<int32_t>(blocks), options.block_size);
     }));
-    return std::unique_ptr<StepExecutor>(new PagedExecutor(model_.get(), std::move(pool)));
+    LogLine(options, absl::StrCat("kv cache: ", blocks, " blocks x ", options.block_size, " tokens (",
+                                  blocks * options.block_size, " tokens, ", (blocks * per_block) >> 20, " MiB on ",
+                                  device.str(), ") from ", source));
+    return std::unique_ptr<StepExecutor>(
+        new PagedExecutor(model_.get(), std::move(pool), options.inject_oom_above_sequences));
   }
 
  private:
@@ -244,6 +397,26 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string
                                                                const LoadOptions& options) {
   GLM_ASSIGN_OR_RETURN(at::Device device, ParseDevice(options.device));
   GLM_ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(options.dtype, device));
+  if (options.random_weights) {
+    GLM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(directory));
+    std::unique_ptr<GlmModel> model;
+    GLM_RETURN_IF_ERROR(GuardTorch("building a random-weight model", [&] {
+      auto result = GlmModel::BuildRandom(config, dtype, device, options.random_seed);
+      if (!result.ok()) throw std::runtime_error(std::string(result.status().message()));
+      model = *std::move(result);
+    }));
+    ModelInfo info = DescribeModel(directory, config);
+    info.source_format = "random-weights";
+    info.stored_dtype = DtypeName(dtype);
+    for (const MappedTensor& t : CanonicalTensors(config)) {
+      int64_t n = 1;
+      for (int64_t d : t.shape) n *= d;
+      info.parameter_count += n;
+    }
+    info.compute_dtype = DtypeName(dtype);
+    info.device = device.str();
+    return std::unique_ptr<ModelRunner>(new ModelRunnerImpl(std::move(info), std::move(model)));
+  }
   Parsed parsed;
   GLM_ASSIGN_OR_RETURN(InspectReport report, Inspect(directory, &parsed));
   if (!report.loadable()) {

@@ -18,15 +18,27 @@ struct LoadOptions {
   // Compute dtype: "float32" (CPU default, bit-comparable with transformers' fp32), "bfloat16",
   // "float16". Empty picks float32 on CPU and bfloat16 on CUDA.
   std::string dtype;
+  // Benchmarks: build the model from `directory`/config.json alone with random weights (no
+  // weight files read or needed).
+  bool random_weights = false;
+  uint64_t random_seed = 0;
 };
 
 struct ExecutorOptions {
-  int32_t block_size = 16;  // tokens per KV block
-  // KV pool size: explicit block count when > 0, else this fraction of free device memory
-  // (on CPU: of kv_cpu_budget_bytes).
+  int32_t block_size = 16;  // tokens per KV block. Must be >= 1.
+  // KV pool size in blocks. > 0: exactly this many. 0: sized from memory, on CUDA
+  // kv_memory_fraction x the device's free memory (after the weights are loaded and the
+  // allocator's cache is emptied), on CPU kv_cpu_budget_bytes. The chosen count is logged.
   int32_t num_blocks = 0;
-  double kv_memory_fraction = 0.9;
-  int64_t kv_cpu_budget_bytes = int64_t{256} << 20;  // CPU pool size when num_blocks == 0
+  double kv_memory_fraction = 0.9;                   // CUDA only; must be in (0, 1]
+  int64_t kv_cpu_budget_bytes = int64_t{256} << 20;  // CPU pool size in bytes when num_blocks == 0
+  // Test hook, off (0) by default: a step whose batch has more than this many sequences runs
+  // the forward pass (writing KV) and then throws c10::OutOfMemoryError, so the executor's real
+  // out-of-memory path (cache emptied, RESOURCE_EXHAUSTED, nothing committed) is exercised on
+  // machines without a GPU. Production never sets it.
+  int32_t inject_oom_above_sequences = 0;
+  // Receives log lines (the chosen KV pool size). Null = stderr.
+  std::function<void(const std::string&)> log;
 };
 
 // Result of `generate` on one prompt (CLI and tests).

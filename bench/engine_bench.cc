@@ -1,0 +1,195 @@
+// Engine throughput and latency in-process (no gRPC): ModelRunner -> PagedExecutor -> engine.
+// For each concurrency C, C closed-loop clients each keep one request in flight (a new one is
+// submitted as soon as one finishes) until --requests-per-client each have finished; batching
+// on (max batch --max-batch) vs off (max batch 1). Prints a markdown table.
+//   engine_bench --model models/glm4-tiny [--concurrency 1,8,32] [--prompt-tokens 32]
+//                [--new-tokens 32] [--requests-per-client 4] [--max-batch 64] [--device cpu]
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "runtime/engine.h"
+#include "runtime/engine/engine_impl.h"
+#include "runtime/model_runner.h"
+#include "server/flags.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Row {
+  std::string batching;
+  int32_t concurrency = 0;
+  int32_t requests = 0;
+  int64_t tokens = 0;
+  double seconds = 0;
+  double p50_ms = 0, p95_ms = 0, ttft_p50_ms = 0;
+  int32_t errors = 0;
+};
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5));
+  return v[i];
+}
+
+struct Shared {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<glmserve::RequestResult> done;
+};
+
+// Runs one closed-loop measurement on a fresh engine.
+Row Measure(glmserve::ModelRunner* runner, const glmserve::ExecutorOptions& exec_options, int32_t max_batch,
+            int32_t concurrency, int32_t requests_per_client, int32_t prompt_tokens, int32_t new_tokens) {
+  Row row;
+  row.batching = max_batch > 1 ? absl::StrCat("on (max ", max_batch, ")") : "off (max 1)";
+  row.concurrency = concurrency;
+  auto executor = runner->CreateExecutor(exec_options);
+  if (!executor.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(executor.status().message()).c_str());
+    std::exit(1);
+  }
+  glmserve::EngineOptions options;
+  options.scheduler.max_batch_size = max_batch;
+  options.scheduler.max_tokens_per_step = std::max(2048, max_batch);
+  options.scheduler.log = [](const std::string&) {};
+  auto engine = glmserve::CreateInferenceEngine(options, *std::move(executor), runner->info());
+  if (!engine.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(engine.status().message()).c_str());
+    std::exit(1);
+  }
+  const int32_t vocab = runner->info().vocab_size;
+  Shared shared;
+  int32_t next_id = 0;
+  auto submit = [&](int32_t id) {
+    glmserve::InferenceRequest r;
+    r.request_id = absl::StrCat("bench-", id);
+    for (int32_t i = 0; i < prompt_tokens; ++i) r.input_ids.push_back((id * 7919 + i * 13 + 1) % vocab);
+    r.params.max_new_tokens = new_tokens;
+    r.params.min_new_tokens = new_tokens;  // every request generates exactly new_tokens
+    glmserve::RequestCallbacks cb;
+    cb.on_done = [&shared](const glmserve::RequestResult& result) {
+      std::lock_guard<std::mutex> lock(shared.mu);
+      shared.done.push_back(result);
+      shared.cv.notify_all();
+    };
+    absl::Status s = (*engine)->Submit(std::move(r), std::move(cb));
+    if (!s.ok()) {
+      std::fprintf(stderr, "submit: %s\n", std::string(s.message()).c_str());
+      std::exit(1);
+    }
+  };
+  const int32_t total = concurrency * requests_per_client;
+  const Clock::time_point start = Clock::now();
+  for (; next_id < concurrency; ++next_id) submit(next_id);
+  size_t seen = 0;
+  while (true) {
+    std::unique_lock<std::mutex> lock(shared.mu);
+    if (!shared.cv.wait_for(lock, std::chrono::minutes(10), [&] { return shared.done.size() > seen; })) {
+      std::fprintf(stderr, "timed out waiting for results\n");
+      std::exit(1);
+    }
+    const size_t now_done = shared.done.size();
+    lock.unlock();
+    for (; seen < now_done; ++seen) {
+      if (next_id < total) submit(next_id++);
+    }
+    if (static_cast<int32_t>(seen) >= total) break;
+  }
+  row.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  std::vector<double> latency, ttft;
+  for (const auto& r : shared.done) {
+    if (!r.status.ok()) {
+      ++row.errors;
+      continue;
+    }
+    row.tokens += static_cast<int64_t>(r.output_ids.size());
+    latency.push_back(r.total_ms);
+    ttft.push_back(r.ttft_ms);
+  }
+  row.requests = total;
+  row.p50_ms = Percentile(latency, 0.5);
+  row.p95_ms = Percentile(latency, 0.95);
+  row.ttft_p50_ms = Percentile(ttft, 0.5);
+  (*engine)->Shutdown();
+  return row;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model = "models/glm4-tiny", device = "cpu", dtype, concurrency_list = "1,8,32";
+  int32_t prompt_tokens = 32, new_tokens = 32, requests_per_client = 4, max_batch = 64;
+  glmserve::FlagParser flags("engine_bench", "Engine tokens/s and latency, batching on vs off.");
+  flags.AddString("model", &model, "checkpoint directory");
+  flags.AddString("device", &device, "cpu or cuda[:N]");
+  flags.AddString("dtype", &dtype, "float32, bfloat16 or float16 (empty: per device)");
+  flags.AddString("concurrency", &concurrency_list, "comma-separated client counts");
+  flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length");
+  flags.AddInt("new-tokens", &new_tokens, "tokens generated per request (eos ignored)");
+  flags.AddInt("requests-per-client", &requests_per_client, "requests each closed-loop client sends");
+  flags.AddInt("max-batch", &max_batch, "max batch size with batching on");
+  if (auto s = flags.Parse(argc, argv); !s.ok() || flags.help_requested() || model.empty()) {
+    std::fprintf(stderr, "%s\n%s", s.ok() ? "" : std::string(s.message()).c_str(), flags.Usage().c_str());
+    return 2;
+  }
+  std::vector<int32_t> concurrencies;
+  for (absl::string_view part : absl::StrSplit(concurrency_list, ',', absl::SkipEmpty())) {
+    int32_t c = 0;
+    if (!absl::SimpleAtoi(part, &c) || c <= 0) {
+      std::fprintf(stderr, "--concurrency: bad value '%s'\n", std::string(part).c_str());
+      return 2;
+    }
+    concurrencies.push_back(c);
+  }
+  glmserve::LoadOptions load;
+  load.device = device;
+  load.dtype = dtype;
+  auto runner = glmserve::ModelRunner::Load(model, load);
+  if (!runner.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(runner.status().message()).c_str());
+    return 2;
+  }
+  const glmserve::ModelInfo& info = (*runner)->info();
+  glmserve::ExecutorOptions exec_options;
+  // Enough KV for every client's sequence at once, with room to spare.
+  const int32_t max_concurrency = *std::max_element(concurrencies.begin(), concurrencies.end());
+  exec_options.block_size = 16;
+  exec_options.num_blocks = max_concurrency * ((prompt_tokens + new_tokens + 15) / 16 + 1) + 16;
+  exec_options.log = [](const std::string&) {};
+
+  // Warm-up (allocator, thread pools).
+  Measure(runner->get(), exec_options, max_batch, 2, 1, prompt_tokens, std::min(new_tokens, 4));
+
+  std::vector<Row> rows;
+  for (int32_t batch : {max_batch, 1}) {
+    for (int32_t c : concurrencies) {
+      rows.push_back(Measure(runner->get(), exec_options, batch, c, requests_per_client, prompt_tokens, new_tokens));
+      const Row& r = rows.back();
+      std::fprintf(stderr, "batching %s, concurrency %d: %.1f tok/s\n", r.batching.c_str(), c,
+                   static_cast<double>(r.tokens) / r.seconds);
+    }
+  }
+  std::printf("model: %s (%s, %d layers, hidden %d, vocab %d, %s on %s); prompt %d tokens, %d new tokens, "
+              "%d requests per client, %u CPU threads\n\n",
+              model.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size, info.vocab_size,
+              info.compute_dtype.c_str(), info.device.c_str(), prompt_tokens, new_tokens, requests_per_client,
+              std::thread::hardware_concurrency());
+  std::printf("| batching | concurrency | requests | generated tok/s | latency p50 ms | latency p95 ms | TTFT p50 ms | errors |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const Row& r : rows) {
+    std::printf("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %d |\n", r.batching.c_str(), r.concurrency, r.requests,
+                static_cast<double>(r.tokens) / r.seconds, r.p50_ms, r.p95_ms, r.ttft_p50_ms, r.errors);
+  }
+  return 0;
+}
