@@ -4,6 +4,9 @@
 // on (max batch --max-batch) vs off (max batch 1). Prints a markdown table.
 //   engine_bench --model models/glm4-tiny [--concurrency 1,8,32] [--prompt-tokens 32]
 //                [--new-tokens 32] [--requests-per-client 4] [--max-batch 64] [--device cpu]
+//                [--threads N]   (LibTorch intra-op threads; 0 = LibTorch's default)
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -129,7 +132,7 @@ Row Measure(glmserve::ModelRunner* runner, const glmserve::ExecutorOptions& exec
 
 int main(int argc, char** argv) {
   std::string model = "models/glm4-tiny", device = "cpu", dtype, concurrency_list = "1,8,32";
-  int32_t prompt_tokens = 32, new_tokens = 32, requests_per_client = 4, max_batch = 64;
+  int32_t prompt_tokens = 32, new_tokens = 32, requests_per_client = 4, max_batch = 64, threads = 0;
   glmserve::FlagParser flags("engine_bench", "Engine tokens/s and latency, batching on vs off.");
   flags.AddString("model", &model, "checkpoint directory");
   flags.AddString("device", &device, "cpu or cuda[:N]");
@@ -139,6 +142,7 @@ int main(int argc, char** argv) {
   flags.AddInt("new-tokens", &new_tokens, "tokens generated per request (eos ignored)");
   flags.AddInt("requests-per-client", &requests_per_client, "requests each closed-loop client sends");
   flags.AddInt("max-batch", &max_batch, "max batch size with batching on");
+  flags.AddInt("threads", &threads, "LibTorch intra-op threads (0: LibTorch's default)");
   if (auto s = flags.Parse(argc, argv); !s.ok() || flags.help_requested() || model.empty()) {
     std::fprintf(stderr, "%s\n%s", s.ok() ? "" : std::string(s.message()).c_str(), flags.Usage().c_str());
     return 2;
@@ -152,6 +156,7 @@ int main(int argc, char** argv) {
     }
     concurrencies.push_back(c);
   }
+  if (threads > 0) at::set_num_threads(threads);
   glmserve::LoadOptions load;
   load.device = device;
   load.dtype = dtype;
@@ -181,10 +186,10 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("model: %s (%s, %d layers, hidden %d, vocab %d, %s on %s); prompt %d tokens, %d new tokens, "
-              "%d requests per client, %u CPU threads\n\n",
+              "%d requests per client, %d LibTorch threads, %u CPUs\n\n",
               model.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size, info.vocab_size,
               info.compute_dtype.c_str(), info.device.c_str(), prompt_tokens, new_tokens, requests_per_client,
-              std::thread::hardware_concurrency());
+              at::get_num_threads(), std::thread::hardware_concurrency());
   std::printf("| batching | concurrency | requests | generated tok/s | latency p50 ms | latency p95 ms | TTFT p50 ms | errors |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const Row& r : rows) {
