@@ -1,6 +1,9 @@
 #include "bench/glmload.h"
 
 #include <grpcpp/grpcpp.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -301,20 +304,18 @@ void Level::Finish(Record r, std::vector<double> itl) {
   } else {
     failed_.fetch_add(1);
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    records_.push_back(r);
-    if (r.code == grpc::OK) itl_.insert(itl_.end(), itl.begin(), itl.end());
-    last_done_ = Clock::now();
-  }
-  // Closed loop: the completion sends the next request.
+  // Closed loop: the completion sends the next request (before this one leaves in_flight_, so
+  // in_flight_ only reaches 0 at the end).
   if (rate_ <= 0 && !StopSending()) {
     Issue(Clock::now());
   }
-  if (in_flight_.fetch_sub(1) == 1 && StopSending()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    cv_.notify_all();
-  }
+  // The last touch of this Level: Run() reads in_flight_ under mu_, so once it sees 0 no
+  // completion is still inside Finish().
+  std::lock_guard<std::mutex> lock(mu_);
+  records_.push_back(r);
+  if (r.code == grpc::OK) itl_.insert(itl_.end(), itl.begin(), itl.end());
+  last_done_ = Clock::now();
+  if (in_flight_.fetch_sub(1) == 1) cv_.notify_all();
 }
 
 void Level::ProgressLoop() {
@@ -333,9 +334,11 @@ void Level::ProgressLoop() {
     return s;
   };
   std::unique_lock<std::mutex> lock(mu_);
+  auto next = Clock::now() + period;
   while (!done_) {
-    cv_.wait_for(lock, period);
-    if (done_) break;
+    // Completions notify cv_ too: wait for the tick, not the first wake-up.
+    if (cv_.wait_until(lock, next) != std::cv_status::timeout) continue;
+    next += period;
     lock.unlock();
     if (tty) {
       std::fprintf(stderr, "\r%s\033[K", line().c_str());
@@ -365,8 +368,9 @@ LevelResult Level::Run() {
     while (true) {
       next += std::chrono::duration_cast<Clock::duration>(
           std::chrono::duration<double>(arrivals.NextGapSeconds()));
+      // Decided on the schedule, not the clock: the same seed sends the same arrivals.
+      if (next >= send_end_ || (opts_.requests > 0 && sent_.load() >= opts_.requests)) break;
       std::this_thread::sleep_until(next);
-      if (StopSending() || next >= send_end_) break;
       if (in_flight_.load() >= opts_.max_in_flight) {
         dropped_.fetch_add(1);
         continue;
@@ -438,6 +442,26 @@ Summary SummaryFrom(const json& j) {
   s.p99 = j.value("p99", 0.0);
   s.max = j.value("max", 0.0);
   return s;
+}
+
+// gnuplot SCRIPT with stdout and stderr to LOG; its exit status (127 when it cannot start).
+// posix_spawn, not system(): glibc's posix_spawn runs no pthread_atfork handlers, and gRPC's
+// fork handlers abort a process whose gRPC threads are still winding down.
+int RunGnuplot(const std::string& script, const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::string prog = "gnuplot";
+  std::vector<char*> argv = {prog.data(), const_cast<char*>(script.c_str()), nullptr};
+  pid_t pid = -1;
+  const int err = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (err != 0) return 127;
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 std::string Cell(double v, const Summary& s, const char* fmt = "%.1f") {
@@ -825,6 +849,7 @@ std::string CompareMarkdown(const std::vector<Report>& reports, const std::vecto
       {"tok/s", [](const LevelResult& l) { return absl::StrFormat("%.0f", l.generated_tokens_per_s); }},
       {"p50 ms", [](const LevelResult& l) { return Cell(l.latency_ms.p50, l.latency_ms, "%.0f"); }},
       {"p99 ms", [](const LevelResult& l) { return Cell(l.latency_ms.p99, l.latency_ms, "%.0f"); }},
+      {"TTFT p50 ms", [](const LevelResult& l) { return Cell(l.ttft_ms.p50, l.ttft_ms, "%.0f"); }},
       {"queue p50 ms", [](const LevelResult& l) { return Cell(l.queue_ms.p50, l.queue_ms, "%.0f"); }},
       {"errors", [](const LevelResult& l) {
          int64_t n = l.dropped;
@@ -946,8 +971,7 @@ absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::str
   for (const std::string term : {"pngcairo", "png"}) {
     const fs::path gp = dir / "plot.gp";
     std::ofstream(gp) << script(term);
-    const std::string cmd = absl::StrCat("gnuplot ", gp.string(), " > ", (dir / "gnuplot.log").string(), " 2>&1");
-    const int rc = std::system(cmd.c_str());
+    const int rc = RunGnuplot(gp.string(), (dir / "gnuplot.log").string());
     if (rc == 0 && fs::exists(png_path) && fs::file_size(png_path, ec) > 0) {
       result = absl::OkStatus();
       break;
