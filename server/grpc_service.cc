@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "glmserve/v1/inference.grpc.pb.h"
+#include "server/logging.h"
 
 namespace glmserve {
 
@@ -76,13 +77,25 @@ void FillFinal(const RequestResult& result, size_t already_sent, v1::InferRespon
 
 }  // namespace
 
-void LogLine(const std::string& line) {
-  static std::mutex mu;
-  const std::string text = "glmserve: " + line + "\n";
-  std::lock_guard<std::mutex> lock(mu);
-  std::fwrite(text.data(), 1, text.size(), stderr);
-  std::fflush(stderr);
+void LogLine(const std::string& line) { LogEvent(LogLevel::kInfo, "log", "", line); }
+
+namespace {
+
+// The trace id when the request carries no request_id: x-request-id, else the trace-id of a W3C
+// traceparent ("00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>"). Empty when neither.
+std::string TraceIdFromMetadata(const grpc::CallbackServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("x-request-id");
+  if (it != md.end() && !it->second.empty()) return std::string(it->second.data(), it->second.size());
+  it = md.find("traceparent");
+  if (it != md.end()) {
+    const std::string tp(it->second.data(), it->second.size());
+    if (tp.size() >= 55 && tp[2] == '-' && tp[35] == '-') return tp.substr(3, 32);
+  }
+  return "";
 }
+
+}  // namespace
 
 class CallBase;
 
@@ -230,6 +243,10 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     ValidationModel model;
     request_id_ = proto_request.request_id();
     absl::Status id_status = ValidateRequestId(request_id_, service_->options().limits);
+    if (request_id_.empty()) {  // a trace id from metadata is used only when it is valid
+      request_id_ = TraceIdFromMetadata(ctx_);
+      if (!ValidateRequestId(request_id_, service_->options().limits).ok()) request_id_.clear();
+    }
     if (request_id_.empty() || !id_status.ok()) request_id_ = service_->NewRequestId();
     ctx_->AddInitialMetadata(kRequestIdMetadata, request_id_);
     if (!id_status.ok()) return Refuse(ToGrpc(id_status));
@@ -237,20 +254,41 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     if (engine == nullptr) return Refuse(refusal);
     absl::StatusOr<InferenceRequest> request =
         ValidateInferRequest(proto_request, service_->options().limits, model);
-    if (!request.ok()) return Refuse(ToGrpc(request.status()));
+    if (!request.ok()) {
+      if (model.max_context > 0 && proto_request.input_ids_size() >= model.max_context) {
+        LogEvent(LogLevel::kWarn, "prompt_too_long", request_id_,
+                 absl::StrCat("prompt of ", proto_request.input_ids_size(),
+                              " tokens exceeds the model's max position embeddings (",
+                              model.max_context, "); refusing"),
+                 {{"rpc", rpc_}, {"prompt_tokens", proto_request.input_ids_size()},
+                  {"max_position_embeddings", model.max_context}});
+      }
+      return Refuse(ToGrpc(request.status()));
+    }
     if (ctx_->IsCancelled()) return Refuse(grpc::Status(grpc::CANCELLED, "cancelled by the client"));
     request->deadline = service_->EngineDeadline(ctx_);
     engine_ = engine;
     engine_id_ = service_->RegisterEngineId(request_id_, shared_from_this());
     request->request_id = engine_id_;
     prompt_tokens_ = static_cast<int32_t>(request->input_ids.size());
+    if (service_->options().log_requests) {
+      LogEvent(LogLevel::kInfo, "request_accepted", request_id_, "request accepted",
+               {{"rpc", rpc_}, {"engine_id", engine_id_}, {"prompt_tokens", prompt_tokens_},
+                {"max_new_tokens", request->params.max_new_tokens}});
+    }
 
     // The callbacks keep the call alive until the engine lets go of them.
     std::shared_ptr<CallBase> self = shared_from_this();
     RequestCallbacks callbacks;
-    if (streaming()) {
-      callbacks.on_tokens = [self](const std::vector<int32_t>& ids) { self->OnEngineTokens(ids); };
-    }
+    callbacks.on_tokens = [self](const std::vector<int32_t>& ids) {
+      if (!self->first_token_logged_.exchange(true) && self->service_->options().log_requests) {
+        LogEvent(LogLevel::kInfo, "first_token", self->request_id_, "first token",
+                 {{"rpc", self->rpc_},
+                  {"ttft_ms", std::chrono::duration<double, std::milli>(
+                                  std::chrono::steady_clock::now() - self->start_).count()}});
+      }
+      if (self->streaming()) self->OnEngineTokens(ids);
+    };
     callbacks.on_done = [self](const RequestResult& result) { self->OnEngineDone(result); };
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -324,18 +362,27 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
   }
 
   void Log(const grpc::Status& status, const RequestResult* result) {
-    if (!service_->options().log_requests) return;
-    std::string line = absl::StrCat("request_id=", request_id_, " rpc=", rpc_,
-                                    " status=", CodeName(status.error_code()));
-    if (result != nullptr) {
-      absl::StrAppend(&line, " finish=", FinishReasonString(result->finish_reason),
-                      " prompt_tokens=", result->prompt_tokens,
-                      " completion_tokens=", result->output_ids.size(),
-                      absl::StrFormat(" queue_ms=%.1f ttft_ms=%.1f total_ms=%.1f", result->queue_ms,
-                                      result->ttft_ms, result->total_ms));
+    const char* code = CodeName(status.error_code());
+    if (service_->options().observer != nullptr) {
+      service_->options().observer->OnRequestFinished(code, result);
     }
-    if (!status.ok()) absl::StrAppend(&line, " message=\"", status.error_message(), "\"");
-    LogLine(line);
+    if (!service_->options().log_requests) return;
+    nlohmann::json fields = {{"rpc", rpc_}, {"status", code}};
+    if (result != nullptr) {
+      fields["finish"] = FinishReasonString(result->finish_reason);
+      fields["prompt_tokens"] = result->prompt_tokens;
+      fields["completion_tokens"] = result->output_ids.size();
+      fields["queue_ms"] = result->queue_ms;
+      fields["ttft_ms"] = result->ttft_ms;
+      fields["total_ms"] = result->total_ms;
+    }
+    if (!status.ok()) fields["message"] = status.error_message();
+    const bool failed = result != nullptr && !status.ok() &&
+                        status.error_code() != grpc::CANCELLED &&
+                        status.error_code() != grpc::DEADLINE_EXCEEDED;
+    LogEvent(failed ? LogLevel::kWarn : LogLevel::kInfo,
+             result != nullptr ? "request_finished" : "request_refused", request_id_,
+             result != nullptr ? "request finished" : "request refused", fields);
   }
 
   InferenceServiceImpl* const service_;
@@ -345,6 +392,8 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
   std::string request_id_;
   std::string engine_id_;
   int32_t prompt_tokens_ = 0;
+  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::atomic<bool> first_token_logged_{false};
 
   std::mutex mu_;
   bool submitted_ = false;    // guarded by mu_

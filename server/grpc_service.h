@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/engine.h"
 #include "server/grpc_validation.h"
+#include "server/request_observer.h"
 
 namespace grpc {
 class Server;
@@ -47,6 +48,8 @@ struct GrpcServerOptions {
   FrontendLimits limits;
   bool log_requests = true;  // one stderr line per finished or rejected request
   std::string build_version;
+  // Sees every finished or refused call (metrics). Null = none.
+  std::shared_ptr<RequestObserver> observer;
 };
 
 class GrpcServer {
@@ -85,7 +88,8 @@ class GrpcServer {
   bool shut_down_ = false;
 };
 
-// One log line on stderr, prefixed "glmserve: ".
+// One info log line on stderr (server/logging.h): "glmserve: LINE" in text format, a JSON
+// object with msg LINE in json format.
 void LogLine(const std::string& line);
 
 }  // namespace glmserve

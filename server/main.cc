@@ -4,6 +4,7 @@
 #include <string>
 
 #include "server/cli.h"
+#include "server/doctor.h"
 #include "server/serve_command.h"
 
 namespace {
@@ -12,9 +13,11 @@ constexpr char kUsage[] =
     "usage: glmserve <command> [flags]\n"
     "\n"
     "commands:\n"
+    "  tokenize  text -> token ids with a model directory's tokenizer (glmserve tokenize --help)\n"
     "  serve     load a model and serve it over gRPC (glmserve serve --help)\n"
     "  inspect   validate a checkpoint and describe it (glmserve inspect --help)\n"
-    "  generate  run one prompt through a model (glmserve generate --help)\n";
+    "  generate  run one prompt through a model (glmserve generate --help)\n"
+    "  doctor    check the machine, a model directory and the ports (glmserve doctor --help)\n";
 
 }  // namespace
 
@@ -24,9 +27,11 @@ int main(int argc, char** argv) {
     return argc < 2 ? glmserve::kExitBadInput : glmserve::kExitOk;
   }
   const std::string command = argv[1];
+  if (command == "tokenize") return glmserve::RunTokenize(argc - 1, argv + 1);
   if (command == "serve") return glmserve::RunServe(argc - 1, argv + 1);
   if (command == "inspect") return glmserve::RunInspect(argc - 1, argv + 1);
   if (command == "generate") return glmserve::RunGenerate(argc - 1, argv + 1);
+  if (command == "doctor") return glmserve::RunDoctor(argc - 1, argv + 1);
   std::fprintf(stderr, "glmserve: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return glmserve::kExitBadInput;
 }

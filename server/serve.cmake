@@ -4,24 +4,31 @@
 #                    with any InferenceEngine)
 #   glmserve_serve : RunServe and its flags, wiring ModelRunner -> StepExecutor -> InferenceEngine -> gRPC
 find_package(gRPC CONFIG REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(prometheus-cpp CONFIG REQUIRED)
 
 add_library(glmserve_grpc STATIC
   grpc_service.cc
   grpc_validation.cc
+  logging.cc
 )
 target_include_directories(glmserve_grpc PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_grpc PUBLIC
   glmserve_proto gRPC::grpc++ gRPC::grpc++_reflection
-  absl::status absl::statusor absl::strings absl::str_format Threads::Threads)
+  absl::status absl::statusor absl::strings absl::str_format Threads::Threads
+  spdlog::spdlog nlohmann_json::nlohmann_json)
 
 add_library(glmserve_serve STATIC
   serve_command.cc
   serve_engine.cc
   serve_flags.cc
+  metrics.cc
+  supervisor.cc
+  watchdog.cc
 )
 target_include_directories(glmserve_serve PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_definitions(glmserve_serve PRIVATE GLMSERVE_VERSION="${PROJECT_VERSION}")
-target_link_libraries(glmserve_serve PUBLIC glmserve_grpc glmserve_engine)
+target_link_libraries(glmserve_serve PUBLIC glmserve_grpc glmserve_engine prometheus-cpp::pull)
 # ModelRunner's code is in glmserve_runtime (LibTorch). Link it without its usage requirements:
 # its include directories carry torch's own google/protobuf headers, which clash with the
 # system protobuf these TUs use.

@@ -20,7 +20,11 @@
 #include "server/cli.h"
 #include "server/grpc_service.h"
 #include "server/serve_engine.h"
+#include "server/logging.h"
+#include "server/metrics.h"
 #include "server/serve_flags.h"
+#include "server/supervisor.h"
+#include "server/watchdog.h"
 
 #ifndef GLMSERVE_VERSION
 #define GLMSERVE_VERSION "unknown"
@@ -65,24 +69,6 @@ class SignalWaiter {
   bool ready_ = false;
 };
 
-absl::Status WarmUp(InferenceEngine* engine, std::chrono::milliseconds timeout) {
-  InferenceRequest request;
-  request.request_id = "warmup";
-  request.input_ids = {0};
-  request.params.max_new_tokens = 1;
-  request.deadline = std::chrono::steady_clock::now() + timeout;
-  auto done = std::make_shared<std::promise<absl::Status>>();
-  std::future<absl::Status> result = done->get_future();
-  RequestCallbacks callbacks;
-  callbacks.on_done = [done](const RequestResult& r) { done->set_value(r.status); };
-  absl::Status submitted = engine->Submit(std::move(request), std::move(callbacks));
-  if (!submitted.ok()) return submitted;
-  if (result.wait_for(timeout + std::chrono::seconds(5)) != std::future_status::ready) {
-    return absl::DeadlineExceededError("warm-up request did not finish");
-  }
-  return result.get();
-}
-
 }  // namespace
 
 int RunServe(int argc, char** argv) {
@@ -98,6 +84,12 @@ int RunServe(int argc, char** argv) {
     return kExitOk;
   }
   flags.grpc.build_version = GLMSERVE_VERSION;
+  absl::Status logging = ConfigureLogging(flags.log_level, flags.log_format);
+  if (!logging.ok()) {
+    std::fprintf(stderr, "glmserve serve: %s\n", std::string(logging.message()).c_str());
+    return kExitBadInput;
+  }
+  if (flags.supervise) return RunSupervisor(argc, argv, flags);
 
   // Before any thread exists, so every thread inherits the mask.
   sigset_t set;
@@ -110,6 +102,20 @@ int RunServe(int argc, char** argv) {
   SignalWaiter& signals = *new SignalWaiter();
   signals.Start(set);
 
+  absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics =
+      ServerMetrics::Create(flags.grpc.host, flags.metrics_port, GLMSERVE_VERSION);
+  if (!metrics.ok()) {
+    LogLine(std::string(metrics.status().message()));
+    return kExitFailure;
+  }
+  std::shared_ptr<ServerMetrics> metrics_sink = std::move(*metrics);
+  flags.grpc.observer = metrics_sink;
+  if (flags.metrics_port > 0) {
+    LogEvent(LogLevel::kInfo, "metrics_listening", "",
+             absl::StrCat("metrics on http://", flags.grpc.host, ":", metrics_sink->port(), "/metrics"),
+             {{"port", metrics_sink->port()}});
+  }
+
   absl::StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(flags.grpc);
   if (!server.ok()) {
     LogLine(std::string(server.status().message()));
@@ -118,32 +124,72 @@ int RunServe(int argc, char** argv) {
   LogLine(absl::StrCat("listening on ", (*server)->address(),
                        " (health NOT_SERVING until the model is warm)"));
 
+  // Every engine (the first and each rebuild) loads the checkpoint afresh.
+  bool load_failed = false;
+  ModelInfo info;
+  EngineFactory factory = [&flags, &load_failed, &info, metrics_sink](
+                              int generation,
+                              std::function<void(int32_t, const absl::Status&)> heartbeat)
+      -> absl::StatusOr<EngineInstance> {
+    absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(flags.model_dir, flags.load);
+    if (!runner.ok()) {
+      load_failed = generation == 0;
+      return absl::Status(runner.status().code(),
+                          absl::StrCat("cannot load ", flags.model_dir, ":\n", runner.status().message()));
+    }
+    info = (*runner)->info();
+    absl::StatusOr<std::unique_ptr<StepExecutor>> executor = (*runner)->CreateExecutor(flags.executor);
+    if (!executor.ok()) {
+      return absl::Status(executor.status().code(),
+                          absl::StrCat("cannot create the executor: ", executor.status().message()));
+    }
+    ServeFlags engine_flags = flags;
+    if (generation > 0 && !flags.debug_faults_persist) {  // test faults hit the first engine only
+      const auto latency = engine_flags.engine.scheduler.faults.step_latency;
+      engine_flags.engine.scheduler.faults = FaultInjectionOptions();
+      engine_flags.engine.scheduler.faults.step_latency = latency;
+    }
+    engine_flags.engine.scheduler.log = [](const std::string& line) {
+      LogEvent(LogLevel::kInfo, "engine", "", line);
+    };
+    engine_flags.engine.on_step_end = [heartbeat, metrics_sink](int32_t n, const absl::Status& s) {
+      heartbeat(n, s);
+      metrics_sink->OnStep(n, s);
+    };
+    absl::StatusOr<std::unique_ptr<InferenceEngine>> engine =
+        CreateServeEngine(engine_flags, std::move(*executor), info);
+    if (!engine.ok()) {
+      return absl::Status(engine.status().code(),
+                          absl::StrCat("cannot create the engine: ", engine.status().message()));
+    }
+    EngineInstance instance;
+    instance.keepalive = std::shared_ptr<ModelRunner>(std::move(*runner));
+    instance.engine = std::move(*engine);
+    return instance;
+  };
+  WatchdogOptions watchdog;
+  watchdog.stall_timeout = std::chrono::milliseconds(flags.stall_timeout_ms);
+  watchdog.backoff_initial = std::chrono::milliseconds(flags.restart_backoff_ms);
+  watchdog.backoff_max = std::chrono::milliseconds(flags.restart_backoff_max_ms);
+  watchdog.max_failures = flags.max_restarts;
+  watchdog.window = std::chrono::milliseconds(flags.restart_window_ms);
+  watchdog.canary_interval = std::chrono::milliseconds(flags.canary_interval_ms);
+  watchdog.warmup_timeout = std::chrono::milliseconds(flags.warmup_timeout_ms);
+  GrpcServer* grpc_server = server->get();
+  SelfHealingEngine::Hooks hooks;
+  hooks.on_health = [grpc_server](bool serving) { grpc_server->SetServing(serving); };
+  hooks.on_restart = [metrics_sink] { metrics_sink->OnEngineRestart(); };
+
   const auto load_start = std::chrono::steady_clock::now();
-  absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(flags.model_dir, flags.load);
-  if (!runner.ok()) {
-    LogLine(absl::StrCat("cannot load ", flags.model_dir, ":\n", runner.status().message()));
-    return kExitBadInput;
-  }
-  const ModelInfo info = (*runner)->info();
-  absl::StatusOr<std::unique_ptr<StepExecutor>> executor = (*runner)->CreateExecutor(flags.executor);
-  if (!executor.ok()) {
-    LogLine(absl::StrCat("cannot create the executor: ", executor.status().message()));
-    return kExitFailure;
-  }
-  absl::StatusOr<std::unique_ptr<InferenceEngine>> engine =
-      CreateServeEngine(flags, std::move(*executor), info);
+  absl::StatusOr<std::unique_ptr<SelfHealingEngine>> engine =
+      SelfHealingEngine::Create(watchdog, factory, hooks);
   if (!engine.ok()) {
-    LogLine(absl::StrCat("cannot create the engine: ", engine.status().message()));
-    return kExitFailure;
+    LogLine(std::string(engine.status().message()));
+    (*server)->Shutdown(std::chrono::milliseconds(0));
+    return load_failed ? kExitBadInput : kExitFailure;
   }
   (*server)->SetEngine(engine->get(), flags.engine.scheduler.max_batch_size);
-  absl::Status warm = WarmUp(engine->get(), std::chrono::milliseconds(flags.warmup_timeout_ms));
-  if (!warm.ok()) {
-    LogLine(absl::StrCat("warm-up failed: ", warm.ToString()));
-    (*engine)->Shutdown();
-    (*server)->Shutdown(std::chrono::milliseconds(0));
-    return kExitFailure;
-  }
+  metrics_sink->StartPolling([e = engine->get()] { return e->stats(); }, std::chrono::milliseconds(250));
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   LogLine(absl::StrCat("model ", info.architecture, " from ", flags.model_dir, " (",
@@ -151,7 +197,8 @@ int RunServe(int argc, char** argv) {
                        ") ready in ", static_cast<int>(load_s * 1000), " ms"));
   signals.SetReady();
   (*server)->SetServing(true);
-  LogLine(absl::StrCat("serving on ", (*server)->address()));
+  LogLifecycle("serving", absl::StrCat("serving on ", (*server)->address()),
+               {{"address", (*server)->address()}});
 
   signals.Wait();
   const auto drain_deadline =
@@ -165,9 +212,16 @@ int RunServe(int argc, char** argv) {
     LogLine(absl::StrCat("drain timeout: ", (*server)->active_calls(), " calls still open; cancelling"));
   }
   (*engine)->Shutdown();
+  metrics_sink->StopPolling();  // before the engine it polls is destroyed
   (*server)->AbortAll();
   (*server)->Shutdown(std::chrono::milliseconds(flags.shutdown_grace_ms));
   LogLine("stopped");
+  if ((*engine)->HasStuckEngine()) {
+    // An engine torn down after a stall is still inside its step: its thread cannot be joined.
+    LogLine("an engine torn down after a stall is still running; exiting without joining it");
+    std::fflush(stderr);
+    std::_Exit(kExitOk);
+  }
   return kExitOk;
 }
 

@@ -21,6 +21,24 @@ struct ServeFlags {
   int64_t drain_timeout_ms = 30'000;    // SIGTERM: wait this long for in-flight requests
   int64_t shutdown_grace_ms = 5'000;    // then this long for gRPC to close open calls
   int64_t warmup_timeout_ms = 300'000;  // the warm-up request must finish within this
+
+  // Observability (docs/operations.md).
+  int metrics_port = 0;  // Prometheus GET /metrics on --host:PORT; 0 = off
+  std::string log_level = "info";   // debug|info|warn|error
+  std::string log_format = "json";  // json|text
+
+  // Self-healing (server/watchdog.h, server/supervisor.h).
+  bool supervise = false;               // run the server as a child process, restart it on death
+  int64_t stall_timeout_ms = 60'000;    // a step running longer than this is an engine fault
+  int64_t restart_backoff_ms = 500;     // first rebuild delay; doubles per consecutive failure
+  int64_t restart_backoff_max_ms = 30'000;
+  int32_t max_restarts = 5;             // this many engine failures within the window ...
+  int64_t restart_window_ms = 600'000;  // ... and the server stays NOT_SERVING, saying why
+  int64_t canary_interval_ms = 0;       // idle canary forward every N ms; 0 = off
+
+  // Test hooks (off by default): see --help.
+  int32_t debug_inject_oom_above = 0;
+  bool debug_faults_persist = false;  // faults also apply to rebuilt engines
 };
 
 // Parses argv (argv[0] is "serve"). INVALID_ARGUMENT names the bad flag.

@@ -49,6 +49,7 @@ class EngineImpl final : public InferenceEngine {
       }
       if (options_.on_batch_limit_change) options_.on_batch_limit_change(old_limit, new_limit);
     };
+    if (options_.on_step_end) hooks.on_step_end = options_.on_step_end;
     auto scheduler = Scheduler::Create(options_.scheduler, executor_.get(), clock_.get(),
                                        model_info_, std::move(hooks));
     if (!scheduler.ok()) return scheduler.status();

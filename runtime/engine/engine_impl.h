@@ -25,6 +25,11 @@ struct EngineOptions {
   int32_t max_queued_requests = 1024;
   // Test hook, called on the engine thread whenever the AIMD batch limit changes. Null = none.
   std::function<void(int32_t old_limit, int32_t new_limit)> on_batch_limit_change;
+  // Called on the engine thread after every step attempt (SchedulerHooks::on_step_end): a
+  // heartbeat for watchdogs and the batch size for metrics. A status other than OK or
+  // RESOURCE_EXHAUSTED (an executor exception, a malformed result) is an engine fault; it is
+  // reported before that batch's requests finish with it. Must not block. Null = none.
+  std::function<void(int32_t batch_size, const absl::Status& status)> on_step_end;
 };
 
 absl::Status ValidateEngineOptions(const EngineOptions& options);

@@ -454,6 +454,10 @@ absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
   ++step_attempts_;
   const FaultInjectionOptions& f = options_.faults;
   if (f.step_latency.count() > 0) clock_->SleepFor(f.step_latency);
+  if (f.stall_on_step > 0 && step_attempts_ == f.stall_on_step) {
+    Log(absl::StrCat("injected stall of ", f.stall_duration.count(), " ms on step ", step_attempts_));
+    clock_->SleepFor(f.stall_duration);
+  }
   const int32_t num_seqs = static_cast<int32_t>(plan.steps.size());
   int64_t num_tokens = 0;
   for (const SequenceStep& st : plan.steps) num_tokens += static_cast<int64_t>(st.tokens.size());
@@ -548,6 +552,9 @@ Scheduler::StepOutcome Scheduler::RunOnce() {
   if (result.ok() && result->next_tokens.size() != plan.steps.size()) {
     result = absl::InternalError(absl::StrCat("executor returned ", result->next_tokens.size(),
                                               " tokens for a batch of ", plan.steps.size()));
+  }
+  if (hooks_.on_step_end) {
+    hooks_.on_step_end(static_cast<int32_t>(plan.steps.size()), result.status());
   }
   if (!result.ok()) {
     if (absl::IsResourceExhausted(result.status())) {

@@ -35,6 +35,10 @@ struct FaultInjectionOptions {
   // Added to every step attempt through Clock::SleepFor (a real sleep, or advancing a fake
   // clock). 0 = off.
   std::chrono::microseconds step_latency{0};
+  // The K-th step attempt (1-based) sleeps stall_duration (Clock::SleepFor) before reaching the
+  // executor: a hung step, for watchdog tests. 0 = off.
+  int64_t stall_on_step = 0;
+  std::chrono::milliseconds stall_duration{30'000};
 };
 
 struct SchedulerOptions {
@@ -77,6 +81,9 @@ struct SchedulerHooks {
       on_request_finished;
   // The AIMD batch limit changed.
   std::function<void(int32_t old_limit, int32_t new_limit)> on_batch_limit_change;
+  // After every step attempt (a heartbeat): the batch size and the step's status (OK,
+  // RESOURCE_EXHAUSTED, or another error). Runs before any request of that batch finishes.
+  std::function<void(int32_t batch_size, const absl::Status& status)> on_step_end;
 };
 
 // What Submit checks before accepting: derived from the executor and the model.

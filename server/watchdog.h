@@ -1,0 +1,123 @@
+// Self-healing engine: an InferenceEngine that owns the real one, watches its heartbeat, and on
+// a fault (a step longer than the stall timeout, a step failing with something other than
+// out-of-memory, a failed idle canary) goes NOT_SERVING, requeues the in-flight requests that
+// have not streamed a token yet (the others end UNAVAILABLE so the client's retry policy
+// applies), tears the engine down, builds a new one (reload, warm-up) after an exponential
+// backoff, and goes SERVING again. After max_failures faults within `window` it stays
+// NOT_SERVING and says why. LibTorch- and gRPC-free. Contract: docs/operations.md.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/engine.h"
+
+namespace glmserve {
+
+struct WatchdogOptions {
+  // A step (or, with work in flight, the gap between heartbeats) longer than this is a fault.
+  std::chrono::milliseconds stall_timeout{60'000};
+  // Delay before rebuild n (1-based, counted within `window`): initial * 2^(n-1), at most max.
+  std::chrono::milliseconds backoff_initial{500};
+  std::chrono::milliseconds backoff_max{30'000};
+  // This many faults within `window` and the engine is not rebuilt again (crash loop).
+  int32_t max_failures = 5;
+  std::chrono::milliseconds window{600'000};
+  // While no request is in flight, a 1-token forward every interval; 0 = off.
+  std::chrono::milliseconds canary_interval{0};
+  // Each new engine must finish a 1-token warm-up request within this.
+  std::chrono::milliseconds warmup_timeout{300'000};
+};
+
+// A built engine plus whatever must outlive it (the model runner), destroyed engine first.
+struct EngineInstance {
+  std::shared_ptr<void> keepalive;
+  std::unique_ptr<InferenceEngine> engine;
+};
+// Builds engine number `generation` (0 = the first). `on_step_end` must be installed as
+// EngineOptions::on_step_end (it is the heartbeat).
+using EngineFactory = std::function<absl::StatusOr<EngineInstance>(
+    int generation, std::function<void(int32_t, const absl::Status&)> on_step_end)>;
+
+// Sends a 1-token request and waits for it: a real forward pass.
+absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id,
+                          std::chrono::milliseconds timeout);
+
+class SelfHealingEngine final : public InferenceEngine {
+ public:
+  struct Hooks {
+    std::function<void(bool serving)> on_health;  // health status changes
+    std::function<void()> on_restart;             // an engine was rebuilt and is serving
+  };
+  // Builds and warms engine 0; its error is returned as is. Health is reported SERVING by the
+  // caller (the first time); later transitions go through hooks.on_health.
+  static absl::StatusOr<std::unique_ptr<SelfHealingEngine>> Create(WatchdogOptions options,
+                                                                   EngineFactory factory,
+                                                                   Hooks hooks);
+  ~SelfHealingEngine() override;
+
+  absl::Status Submit(InferenceRequest request, RequestCallbacks callbacks) override;
+  void Cancel(const std::string& request_id) override;
+  void StartDrain() override;
+  bool WaitIdle(std::chrono::milliseconds timeout) override;
+  void Shutdown() override;
+  const ModelInfo& model_info() const override { return model_info_; }
+  EngineStats stats() const override;
+
+  int64_t restarts() const { return restarts_.load(); }
+  // True while an engine torn down after a stall has not finished shutting down.
+  bool HasStuckEngine() const { return graveyard_.load() > 0; }
+
+ private:
+  struct Tracked;
+  enum class State { kServing, kRecovering, kFailed };
+
+  SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks);
+  absl::StatusOr<EngineInstance> Build(int generation);
+  RequestCallbacks Wrap(const std::shared_ptr<Tracked>& t, int generation);
+  void OnStepEnd(int generation, const absl::Status& status);
+  void WatchLoop();
+  void Recover(const std::string& why);
+  void Resolve(const std::shared_ptr<Tracked>& t, const RequestResult& result);
+  void Bury(EngineInstance instance);
+
+  const WatchdogOptions options_;
+  const EngineFactory factory_;
+  const Hooks hooks_;
+  ModelInfo model_info_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;       // wakes the watchdog
+  std::condition_variable idle_cv_;  // wakes WaitIdle
+  std::shared_ptr<InferenceEngine> engine_;  // guarded by mu_; null while recovering
+  std::shared_ptr<void> keepalive_;          // guarded by mu_
+  int generation_ = 0;                       // guarded by mu_
+  State state_ = State::kServing;            // guarded by mu_
+  std::string reason_;                       // guarded by mu_: why not serving
+  bool draining_ = false;                    // guarded by mu_
+  bool stopping_ = false;                    // guarded by mu_
+  int faulted_generation_ = -1;              // guarded by mu_
+  std::string fault_;                        // guarded by mu_
+  std::unordered_map<std::string, std::shared_ptr<Tracked>> tracked_;  // guarded by mu_
+  std::chrono::steady_clock::time_point busy_since_;                   // guarded by mu_
+  std::chrono::steady_clock::time_point last_activity_;                // guarded by mu_
+  std::deque<std::chrono::steady_clock::time_point> failures_;         // guarded by mu_
+  std::atomic<int64_t> last_beat_ns_{0};
+  std::atomic<int64_t> restarts_{0};
+  std::atomic<int> graveyard_{0};
+  int64_t canaries_ = 0;
+  std::thread watchdog_;
+};
+
+}  // namespace glmserve

@@ -1,0 +1,256 @@
+"""Shared pieces of the chaos and observability tests: stubs generated from the proto at test
+time, a `glmserve serve` process on loopback, a health watcher, a Prometheus text parser, and the
+per-scenario tally (sent / ok / errors by code / lost / recovery seconds)."""
+import collections
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+try:
+    import grpc
+    from grpc_tools import protoc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+except ImportError as e:  # pragma: no cover
+    print(f"SKIP: {e} (pip install grpcio grpcio-tools grpcio-health-checking)")
+    sys.exit(77)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVICE_CONFIG = os.path.join(REPO, "deploy", "grpc-service-config.json")
+FAILURES = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILURES.append(what)
+    return cond
+
+
+_stubs = None
+
+
+def stubs(proto_root):
+    global _stubs
+    if _stubs is None:
+        out = tempfile.mkdtemp(prefix="glmserve_chaos_")
+        rc = protoc.main(["protoc", f"-I{proto_root}", f"--python_out={out}",
+                          f"--grpc_python_out={out}", "glmserve/v1/inference.proto"])
+        if rc != 0:
+            raise RuntimeError("protoc failed")
+        sys.path.insert(0, out)
+        from glmserve.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+        _stubs = (inference_pb2, inference_pb2_grpc)
+    return _stubs
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def channel(port, retry=False):
+    options = []
+    if retry:
+        with open(SERVICE_CONFIG) as f:
+            options.append(("grpc.service_config", json.dumps(json.load(f))))
+        options.append(("grpc.enable_retries", 1))
+    else:
+        options.append(("grpc.enable_retries", 0))
+    return grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
+
+
+class Server:
+    """`glmserve serve` on loopback; stderr lines collected (JSON or text)."""
+
+    def __init__(self, binary, model, extra=(), port=0, wait=True):
+        self.cmd = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
+                    *extra]
+        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.port = None
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if wait:
+            self.wait_serving(120)
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.lock:
+                self.lines.append(line)
+            m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                self.ready.set()
+        self.ready.set()
+
+    def wait_serving(self, timeout):
+        if not self.ready.wait(timeout) or self.port is None:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + self.log())
+
+    def log(self):
+        with self.lock:
+            return "".join(self.lines)
+
+    def events(self):
+        """Parsed JSON log lines (others skipped)."""
+        out = []
+        with self.lock:
+            lines = list(self.lines)
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def stop(self, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class HealthWatcher:
+    """Polls grpc.health.v1 every 50 ms; records NOT_SERVING/unreachable -> SERVING recoveries."""
+
+    def __init__(self, port):
+        self.port = port
+        self.stop_flag = False
+        self.down_at = None
+        self.recoveries = []
+        self.saw_down = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        stub = health_pb2_grpc.HealthStub(ch)
+        while not self.stop_flag:
+            try:
+                serving = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5).status == 1
+            except grpc.RpcError:
+                serving = False
+            now = time.monotonic()
+            if not serving and self.down_at is None:
+                self.down_at = now
+                self.saw_down = True
+            elif serving and self.down_at is not None:
+                self.recoveries.append(now - self.down_at)
+                self.down_at = None
+            time.sleep(0.05)
+        ch.close()
+
+    def close(self):
+        self.stop_flag = True
+        self.thread.join(5)
+
+
+def health(port, timeout=2):
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        return health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
+    except grpc.RpcError:
+        return -1
+    finally:
+        ch.close()
+
+
+def wait_health(port, want, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if health(port) == want:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def scrape(port):
+    """Prometheus text format -> {(name, frozenset(labels)): value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)', line)
+        if not m:
+            continue
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out, text
+
+
+def metric(samples, name, **labels):
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+class Tally:
+    """sent / ok / errors by code / lost for one scenario. `lost`: a call that ended with no status
+    from anyone (hung past the safety timeout or raised something other than an RpcError)."""
+
+    def __init__(self, name):
+        self.name = name
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.ok = 0
+        self.errors = collections.Counter()
+        self.lost = 0
+        self.recovery_s = None
+
+    def record(self, outcome):
+        with self.lock:
+            self.sent += 1
+            if outcome == "OK":
+                self.ok += 1
+            elif outcome == "LOST":
+                self.lost += 1
+            else:
+                self.errors[outcome] += 1
+
+    def row(self):
+        errs = ", ".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "-"
+        rec = "-" if self.recovery_s is None else f"{self.recovery_s:.2f}"
+        return f"| {self.name} | {self.sent} | {self.ok} | {errs} | {self.lost} | {rec} |"
+
+
+def run_call(fn, tally, safety_s):
+    """Runs one client call with a watchdog thread: LOST if it neither returns nor raises."""
+    result = {}
+
+    def target():
+        try:
+            fn()
+            result["o"] = "OK"
+        except grpc.RpcError as e:
+            result["o"] = e.code().name
+        except Exception as e:  # noqa: BLE001
+            result["o"] = "LOST"
+            result["e"] = repr(e)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(safety_s)
+    outcome = result.get("o", "LOST")
+    tally.record(outcome)
+    return outcome
