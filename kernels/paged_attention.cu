@@ -23,83 +23,85 @@ __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-__device__ __forceinline__ float WarpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 
-// One block per (sequence, query head). Scores for the whole context sit in shared memory:
-// pass 1 computes q.k per position (a warp per position), pass 2 the softmax, pass 3 the
-// weighted sum of V (a thread per head dim, positions in order).
+// One block per (sequence, query head); each warp walks every kWarps-th context position with an
+// online softmax (running max, running sum, and the weighted V sum in registers: head_dim / 32
+// values per lane), then the warps' partial results are merged. Shared memory does not grow
+// with the context, so any context length runs at full occupancy.
 template <typename T>
 __global__ void PagedAttentionDecodeKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
                                            const T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,
                                            const int32_t* __restrict__ context_lens, T* __restrict__ out,
                                            PagedAttentionShape s) {
-  extern __shared__ float scores[];
+  constexpr int kMaxPerLane = 8;  // head_dim <= 256
   __shared__ float q_shared[256];
-  __shared__ float reduce[kWarps];
+  __shared__ float warp_max[kWarps], warp_sum[kWarps];
+  __shared__ float warp_acc[kWarps][256];
   const int b = blockIdx.x, h = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kv_head = h / (s.num_heads / s.num_kv_heads);
-  const int context = min(context_lens[b], s.max_context);
+  const int context = context_lens[b];
+  const int per_lane = (s.head_dim + 31) / 32;
   const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
   const T* qh = q + (static_cast<int64_t>(b) * s.num_heads + h) * s.head_dim;
   for (int d = threadIdx.x; d < s.head_dim; d += kThreads) q_shared[d] = ToFloat(qh[d]) * s.scale;
   __syncthreads();
 
-  float local_max = -FLT_MAX;
+  float running_max = -FLT_MAX, running_sum = 0.0f;
+  float acc[kMaxPerLane];
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) acc[i] = 0.0f;
   for (int p = warp; p < context; p += kWarps) {
     const int64_t slot = static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size;
-    const T* k = k_cache + (slot * s.num_kv_heads + kv_head) * s.head_dim;
+    const int64_t base = (slot * s.num_kv_heads + kv_head) * s.head_dim;
     float dot = 0.0f;
-    for (int d = lane; d < s.head_dim; d += 32) dot += q_shared[d] * ToFloat(k[d]);
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (i < per_lane && d < s.head_dim) dot += q_shared[d] * ToFloat(k_cache[base + d]);
+    }
     dot = WarpSum(dot);
-    if (lane == 0) scores[p] = dot;
-    local_max = fmaxf(local_max, dot);
+    const float new_max = fmaxf(running_max, dot);
+    const float correction = __expf(running_max - new_max);
+    const float weight = __expf(dot - new_max);
+    running_sum = running_sum * correction + weight;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (i < per_lane && d < s.head_dim) acc[i] = acc[i] * correction + weight * ToFloat(v_cache[base + d]);
+    }
+    running_max = new_max;
   }
-  local_max = WarpMax(local_max);
-  if (lane == 0) reduce[warp] = local_max;
-  __syncthreads();
-  float max_score = reduce[0];
-  for (int w = 1; w < kWarps; ++w) max_score = fmaxf(max_score, reduce[w]);
-  __syncthreads();
-
-  float local_sum = 0.0f;
-  for (int p = threadIdx.x; p < context; p += kThreads) {
-    const float e = __expf(scores[p] - max_score);
-    scores[p] = e;
-    local_sum += e;
+  if (lane == 0) {
+    warp_max[warp] = running_max;
+    warp_sum[warp] = running_sum;
   }
-  local_sum = WarpSum(local_sum);
-  if (lane == 0) reduce[warp] = local_sum;
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int d = lane + 32 * i;
+    if (i < per_lane && d < s.head_dim) warp_acc[warp][d] = acc[i];
+  }
   __syncthreads();
+  float max_score = -FLT_MAX;
+  for (int w = 0; w < kWarps; ++w) max_score = fmaxf(max_score, warp_max[w]);
   float total = 0.0f;
-  for (int w = 0; w < kWarps; ++w) total += reduce[w];
-  const float inv_total = 1.0f / total;
-
+  float scale_w[kWarps];
+  for (int w = 0; w < kWarps; ++w) {
+    scale_w[w] = warp_sum[w] > 0.0f ? __expf(warp_max[w] - max_score) : 0.0f;  // idle warps hold nothing
+    total += warp_sum[w] * scale_w[w];
+  }
   T* o = out + (static_cast<int64_t>(b) * s.num_heads + h) * s.head_dim;
   for (int d = threadIdx.x; d < s.head_dim; d += kThreads) {
-    float acc = 0.0f;
-    for (int p = 0; p < context; ++p) {
-      const int64_t slot = static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size;
-      acc += scores[p] * ToFloat(v_cache[(slot * s.num_kv_heads + kv_head) * s.head_dim + d]);
-    }
-    Store(o + d, acc * inv_total);
+    float value = 0.0f;
+    for (int w = 0; w < kWarps; ++w) value += warp_acc[w][d] * scale_w[w];
+    Store(o + d, value / total);
   }
 }
 
 template <typename T>
 bool Launch(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
             const PagedAttentionShape& s, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(s.max_context) * sizeof(float);
-  // Raise the dynamic shared-memory cap once, to the most any launch may ask for, so that no
-  // attribute call happens while a CUDA graph is being captured.
-  static const bool configured =
-      cudaFuncSetAttribute(PagedAttentionDecodeKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           PagedAttentionMaxContext() * static_cast<int>(sizeof(float))) == cudaSuccess;
-  if (!configured && smem > 48 * 1024) return false;
-  PagedAttentionDecodeKernel<T><<<dim3(s.batch, s.num_heads), kThreads, smem, stream>>>(
+  PagedAttentionDecodeKernel<T><<<dim3(s.batch, s.num_heads), kThreads, 0, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, static_cast<T*>(out), s);
   return cudaGetLastError() == cudaSuccess;
 }
@@ -124,16 +126,9 @@ bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_
 }
 
 int32_t PagedAttentionMaxContext() {
-  static const int32_t max_context = [] {
-    int device = 0, bytes = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-      return 0;
-    }
-    // Leave room for the static shared arrays.
-    return (bytes - 4 * 1024) / static_cast<int>(sizeof(float));
-  }();
-  return max_context;
+  // Shared memory no longer depends on the context: only int32 positions bound it.
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0 ? (1 << 30) : 0;
 }
 
 }  // namespace glmserve::kernels

@@ -18,7 +18,7 @@ struct PagedAttentionShape {
   int32_t head_dim = 0;           // <= 256
   int32_t block_size = 0;         // tokens per KV block
   int32_t max_blocks_per_seq = 0; // row stride of block_tables
-  int32_t max_context = 0;        // upper bound of any context_lens entry (sizes shared memory)
+  int32_t max_context = 0;        // upper bound of any context_lens entry
   float scale = 1.0f;             // usually 1/sqrt(head_dim)
 };
 
@@ -30,12 +30,12 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
                                    const PagedAttentionShape& shape);
 
 // CUDA; all pointers on the device, launched on `stream` (cudaStream_t). False on a bad shape
-// or launch error. Requires max_context * 4 bytes of shared memory per block (<= 227 KB).
+// or launch error.
 bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache,
                               const int32_t* block_tables, const int32_t* context_lens, void* out,
                               const PagedAttentionShape& shape, ElementType type, void* stream);
 
-// Largest max_context the CUDA kernel supports on this device (shared-memory bound); 0 without CUDA.
+// Largest max_context the CUDA kernel supports; 0 without a CUDA device.
 int32_t PagedAttentionMaxContext();
 
 }  // namespace glmserve::kernels

@@ -38,7 +38,10 @@ class CudaDecodeRunner {
     }
     const int32_t max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
     Bucket& bucket = buckets_[size];
-    const bool same_pool = bucket.pool_key == kv.k.data_ptr() && bucket.block_size == kv.block_size;
+    // A graph holds raw addresses of every layer's KV slice: a pool of another size can start at
+    // the same address (the allocator reuses memory) yet place its layers elsewhere.
+    const bool same_pool = bucket.pool_key == kv.k.data_ptr() && bucket.block_size == kv.block_size &&
+                           bucket.pool_blocks == kv.num_blocks;
     if (!same_pool) Prepare(bucket, size, max_blocks, kv);
     Stage(bucket, batch, kv);
     if (!graphs_) return Step(bucket, kv).narrow(0, 0, n);
@@ -54,6 +57,7 @@ class CudaDecodeRunner {
     int32_t size = 0;
     int32_t max_blocks = 0;
     int32_t block_size = 0;
+    int32_t pool_blocks = 0;
     void* pool_key = nullptr;
     at::Tensor host_ids, host_positions, host_slots, host_tables, host_lens;  // pinned staging
     at::Tensor ids, positions, slots, tables, lens;                           // device, fixed addresses
@@ -66,6 +70,7 @@ class CudaDecodeRunner {
     b.size = size;
     b.max_blocks = max_blocks;
     b.block_size = kv.block_size;
+    b.pool_blocks = kv.num_blocks;
     b.pool_key = kv.k.data_ptr();
     const auto pinned_long = at::TensorOptions().dtype(at::kLong).pinned_memory(true);
     const auto pinned_int = at::TensorOptions().dtype(at::kInt).pinned_memory(true);
@@ -99,14 +104,15 @@ class CudaDecodeRunner {
         ids[row] = s.tokens[0];
         positions[row] = pos;
         slots[row] = int64_t{s.block_table.at(pos / kv.block_size)} * kv.block_size + pos % kv.block_size;
-        const int32_t used = std::min<int32_t>(static_cast<int32_t>(s.block_table.size()), b.max_blocks);
-        for (int32_t i = 0; i < b.max_blocks; ++i) table[i] = i < used ? s.block_table[i] : scratch;
+        // The kernel reads only the entries covering the context; the rest may hold stale ids.
+        const int32_t used = std::min<int32_t>(pos / kv.block_size + 1, b.max_blocks);
+        std::copy(s.block_table.begin(), s.block_table.begin() + used, table);
         lens[row] = pos + 1;
       } else {
         ids[row] = 0;
         positions[row] = 0;
         slots[row] = int64_t{scratch} * kv.block_size;
-        for (int32_t i = 0; i < b.max_blocks; ++i) table[i] = scratch;
+        table[0] = scratch;
         lens[row] = 1;
       }
     }
