@@ -39,6 +39,10 @@ struct RequestResult {
 struct RequestCallbacks {
   std::function<void(const std::vector<int32_t>& new_ids)> on_tokens;  // optional
   std::function<void(const RequestResult& result)> on_done;            // exactly once per accepted request
+  // True when on_tokens only observes (nothing reaches the client before on_done, e.g. a unary
+  // call): a supervising wrapper may then rerun the request from scratch after an engine fault
+  // even though tokens were generated. The engine itself ignores it.
+  bool replayable_after_tokens = false;
 };
 
 // A snapshot of the engine's scheduling state, for metrics and logs. Counters are cumulative.

@@ -289,6 +289,8 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
       }
       if (self->streaming()) self->OnEngineTokens(ids);
     };
+    // Unary: nothing reaches the client before the result, so an engine fault may rerun it.
+    callbacks.replayable_after_tokens = !streaming();
     callbacks.on_done = [self](const RequestResult& result) { self->OnEngineDone(result); };
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -107,7 +107,7 @@ RequestCallbacks SelfHealingEngine::Wrap(const std::shared_ptr<Tracked>& t, int 
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (t->generation != generation || t->done) return;
-      t->streamed = true;
+      if (!t->callbacks.replayable_after_tokens) t->streamed = true;
       last_activity_ = SteadyClock::now();
     }
     std::lock_guard<std::mutex> cb_lock(t->cb_mu);

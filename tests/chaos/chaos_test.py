@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Chaos suite: the real `glmserve serve` on loopback with fault injection (test flags, off by
+default). Each scenario prints a row: sent / ok / errors by code / lost (must be 0: every request
+gets a result or an explicit error) / recovery seconds, and asserts its own invariants.
+
+  chaos_test.py --binary B --model DIR --proto-root proto [--scenario NAME ...]
+
+Scenarios: throw, stall, oom, supervise_kill, disconnect, latency. Exit 77 = skipped."""
+import argparse
+import concurrent.futures
+import os
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import check, Tally  # noqa: E402
+import grpc  # noqa: E402
+
+PROMPT = [5, 17, 42, 99, 7, 3, 64, 12]
+pb = pb_grpc = None
+
+
+def req(i, n=12, rid=None, exact=False):
+    return pb.InferRequest(input_ids=[(x + i) % 200 + 1 for x in PROMPT], max_new_tokens=n,
+                           min_new_tokens=n if exact else 0, request_id=rid or "")
+
+
+def unary(stub, i, n=12, timeout=60, exact=False):
+    return lambda: stub.Infer(req(i, n, exact=exact), timeout=timeout)
+
+
+def stream(stub, i, n=12, timeout=60, exact=False):
+    def go():
+        for _ in stub.InferStream(req(i, n, exact=exact), timeout=timeout):
+            pass
+    return go
+
+
+def fire(calls, tally, workers, safety_s=90):
+    with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+        list(ex.map(lambda fn: harness.run_call(fn, tally, safety_s), calls))
+
+
+def common_after(name, server, tally, metrics_port=None, want_restarts=None):
+    """Invariants every scenario shares: nothing lost, the server still serves a request."""
+    check(tally.lost == 0, f"{name}: no request lost ({tally.lost})")
+    check(tally.sent == tally.ok + sum(tally.errors.values()) + tally.lost, f"{name}: every request accounted for")
+    check(harness.wait_health(server.port, 1, 60), f"{name}: health SERVING again")
+    ch = harness.channel(server.port)
+    try:
+        r = pb_grpc.InferenceStub(ch).Infer(req(0, 4), timeout=60)
+        check(len(r.output_ids) == 4, f"{name}: a request after the chaos succeeds")
+    except grpc.RpcError as e:
+        check(False, f"{name}: a request after the chaos succeeds ({e.code().name}: {e.details()})")
+    ch.close()
+    if metrics_port and want_restarts is not None:
+        s, _ = harness.scrape(metrics_port)
+        got = harness.metric(s, "glmserve_engine_restarts_total")
+        check(got >= want_restarts, f"{name}: glmserve_engine_restarts_total={got} >= {want_restarts}")
+
+
+def scenario_throw(args):
+    t = Tally("engine throws mid-batch")
+    mport = harness.free_port()
+    server = harness.Server(args.binary, args.model, ["--debug-throw-on-step", "25",
+                            "--debug-step-latency-ms", "5", "--max-batch", "8", "--metrics-port", str(mport),
+                            "--restart-backoff-ms", "200"])
+    try:
+        hw = harness.HealthWatcher(server.port)
+        ch = harness.channel(server.port, retry=True)
+        stub = pb_grpc.InferenceStub(ch)
+        calls = [unary(stub, i, 16) if i % 2 else stream(stub, i, 16) for i in range(32)]
+        fire(calls, t, 16)
+        time.sleep(0.3)
+        hw.close()
+        t.recovery_s = max(hw.recoveries) if hw.recoveries else None
+        check(hw.saw_down and t.recovery_s is not None, "throw: health went NOT_SERVING and back")
+        check(set(t.errors) <= {"UNAVAILABLE"} and t.errors["UNAVAILABLE"] <= 16,
+              f"throw: only streams that already streamed fail (UNAVAILABLE); unary calls are requeued: {dict(t.errors)}")
+        common_after("throw", server, t, mport, want_restarts=1)
+        ev = [e for e in server.events() if e.get("event") == "engine_fault"]
+        check(len(ev) >= 1 and "injected exception" in ev[0]["fields"]["reason"], "throw: engine_fault logged with the reason")
+        ch.close()
+    finally:
+        server.stop()
+    return t
+
+
+def scenario_stall(args):
+    t = Tally("engine stalls past the watchdog")
+    mport = harness.free_port()
+    server = harness.Server(args.binary, args.model, ["--debug-stall-on-step", "20", "--debug-stall-ms", "5000",
+                            "--stall-timeout-ms", "1000", "--debug-step-latency-ms", "5", "--max-batch", "8",
+                            "--metrics-port", str(mport), "--restart-backoff-ms", "200"])
+    try:
+        hw = harness.HealthWatcher(server.port)
+        ch = harness.channel(server.port, retry=True)
+        stub = pb_grpc.InferenceStub(ch)
+        calls = [unary(stub, i, 16) if i % 2 else stream(stub, i, 16) for i in range(24)]
+        fire(calls, t, 12)
+        time.sleep(0.3)
+        hw.close()
+        t.recovery_s = max(hw.recoveries) if hw.recoveries else None
+        check(hw.saw_down and t.recovery_s is not None, "stall: health went NOT_SERVING and back")
+        check(set(t.errors) <= {"UNAVAILABLE"}, f"stall: only UNAVAILABLE errors: {dict(t.errors)}")
+        common_after("stall", server, t, mport, want_restarts=1)
+        ev = [e for e in server.events() if e.get("event") == "engine_fault"]
+        check(len(ev) >= 1 and "stalled" in ev[0]["fields"]["reason"], "stall: engine_fault names the stall")
+        ch.close()
+    finally:
+        server.stop()
+    return t
+
+
+def scenario_oom(args):
+    t = Tally("OOM storm")
+    mport = harness.free_port()
+    server = harness.Server(args.binary, args.model, ["--debug-inject-oom-above", "2", "--max-batch", "16",
+                            "--debug-step-latency-ms", "2", "--metrics-port", str(mport)])
+    try:
+        ch = harness.channel(server.port, retry=True)
+        stub = pb_grpc.InferenceStub(ch)
+        fire([unary(stub, i, 10) for i in range(48)], t, 48)
+        s, _ = harness.scrape(mport)
+        ooms = harness.metric(s, "glmserve_oom_events_total")
+        check(ooms > 0, f"oom: glmserve_oom_events_total={ooms} > 0")
+        check(harness.metric(s, "glmserve_batch_limit") <= 4, "oom: batch limit shrank (AIMD)")
+        check(harness.metric(s, "glmserve_engine_restarts_total") == 0, "oom: an OOM is not an engine fault (no restart)")
+        check(t.ok == t.sent, f"oom: every request succeeded despite the storm ({t.ok}/{t.sent})")
+        common_after("oom", server, t)
+        ch.close()
+    finally:
+        server.stop()
+    return t
+
+
+def scenario_supervise_kill(args):
+    t = Tally("SIGKILL child under --supervise, 32 clients with retry policy")
+    port = harness.free_port()
+    server = harness.Server(args.binary, args.model, ["--supervise", "--restart-backoff-ms", "200",
+                            "--debug-step-latency-ms", "5", "--log-format", "json"], port=port)
+    try:
+        child = [e for e in server.events() if e.get("event") == "child_started"][-1]["fields"]["child_pid"]
+        hw = harness.HealthWatcher(port)
+        stop_at = time.monotonic() + 6
+        ch = harness.channel(port, retry=True)
+        stub = pb_grpc.InferenceStub(ch)
+
+        def client(i):
+            n = 0
+            while time.monotonic() < stop_at:
+                fn = unary(stub, i * 100 + n, 8, timeout=30) if (i + n) % 2 else stream(stub, i * 100 + n, 8, timeout=30)
+                harness.run_call(fn, t, 60)
+                n += 1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+        for th in threads:
+            th.start()
+        time.sleep(1.5)
+        os.kill(child, signal.SIGKILL)
+        for th in threads:
+            th.join(90)
+        hw.close()
+        t.recovery_s = max(hw.recoveries) if hw.recoveries else None
+        check(hw.saw_down and t.recovery_s is not None, "supervise_kill: health went down and back")
+        starts = [e for e in server.events() if e.get("event") == "child_started"]
+        check(len(starts) == 2, f"supervise_kill: the supervisor restarted the child once ({len(starts)} starts)")
+        check(t.errors.get("UNAVAILABLE", 0) <= 32, f"supervise_kill: at most the in-flight streams failed: {dict(t.errors)}")
+        common_after("supervise_kill", server, t)
+        ch.close()
+        rc = server.stop(30)
+        check(rc == 0, f"supervise_kill: SIGTERM to the supervisor drains the child and exits 0 (rc={rc})")
+    finally:
+        server.kill()
+    return t
+
+
+def scenario_disconnect(args):
+    t = Tally("100 streams, every tenth disconnects mid-stream")
+    mport = harness.free_port()
+    server = harness.Server(args.binary, args.model, ["--debug-step-latency-ms", "10", "--max-batch", "32",
+                            "--metrics-port", str(mport)])
+    try:
+        def client(i):
+            ch = harness.channel(server.port)
+            stub = pb_grpc.InferenceStub(ch)
+            if i % 10 == 0:
+                # Disconnects after the first streamed message: an explicit cancel, or the client
+                # going away (channel closed). Recorded as CANCELLED once the call is torn down.
+                try:
+                    call = stub.InferStream(req(i, 48), timeout=60)
+                    next(call)
+                    if i % 20 == 0:
+                        call.cancel()
+                    else:
+                        ch.close()
+                    t.record("CANCELLED")
+                except grpc.RpcError as e:
+                    t.record(e.code().name)
+            else:
+                harness.run_call(stream(stub, i, 24), t, 90)
+            ch.close()
+
+        with concurrent.futures.ThreadPoolExecutor(100) as ex:
+            list(ex.map(client, range(100)))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            s, _ = harness.scrape(mport)
+            if harness.metric(s, "glmserve_kv_cache_usage_ratio") == 0 and harness.metric(s, "glmserve_queue_depth") == 0:
+                break
+            time.sleep(0.3)
+        check(harness.metric(s, "glmserve_kv_cache_usage_ratio") == 0, "disconnect: every KV block freed")
+        check(harness.metric(s, "glmserve_queue_depth") == 0, "disconnect: nothing left queued")
+        check(t.ok == 90 and t.errors.get("CANCELLED", 0) == 10, f"disconnect: 90 ok, 10 cancelled: ok={t.ok} {dict(t.errors)}")
+        common_after("disconnect", server, t)
+    finally:
+        server.stop()
+    return t
+
+
+def scenario_latency(args):
+    t = Tally("step latency 150 ms with deadlines")
+    server = harness.Server(args.binary, args.model, ["--debug-step-latency-ms", "150", "--max-batch", "16"])
+    try:
+        ch = harness.channel(server.port)
+        stub = pb_grpc.InferenceStub(ch)
+        # ~150 ms per token: 4 tokens fit 2.5 s, 30 tokens do not fit 1.5 s.
+        calls = []
+        for i in range(16):
+            if i % 2:
+                calls.append(unary(stub, i, 4, timeout=3.0))
+            else:
+                calls.append(stream(stub, i, 30, timeout=1.5, exact=True) if i % 4
+                             else unary(stub, i, 30, timeout=1.5, exact=True))
+        fire(calls, t, 16, safety_s=30)
+        check(t.ok == 8 and t.errors.get("DEADLINE_EXCEEDED", 0) == 8,
+              f"latency: short requests finish, long ones end DEADLINE_EXCEEDED: ok={t.ok} {dict(t.errors)}")
+        common_after("latency", server, t)
+        ch.close()
+    finally:
+        server.stop()
+    return t
+
+
+SCENARIOS = {
+    "throw": scenario_throw,
+    "stall": scenario_stall,
+    "oom": scenario_oom,
+    "supervise_kill": scenario_supervise_kill,
+    "disconnect": scenario_disconnect,
+    "latency": scenario_latency,
+}
+
+
+def main():
+    global pb, pb_grpc
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--proto-root", required=True)
+    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(args.model, "config.json")):
+        print(f"SKIP: no model at {args.model}")
+        return 77
+    pb, pb_grpc = harness.stubs(args.proto_root)
+    rows = []
+    for name in args.scenario or list(SCENARIOS):
+        start = time.monotonic()
+        tally = SCENARIOS[name](args)
+        print(f"-- {name}: {time.monotonic() - start:.1f} s", flush=True)
+        rows.append(tally.row())
+    print("\n| scenario | sent | ok | errors by code | lost | recovery s |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(r)
+    if harness.FAILURES:
+        print(f"\n{len(harness.FAILURES)} check(s) failed:\n  " + "\n  ".join(harness.FAILURES))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
