@@ -138,7 +138,9 @@ int RunServe(int argc, char** argv) {
                           absl::StrCat("cannot load ", flags.model_dir, ":\n", runner.status().message()));
     }
     info = (*runner)->info();
-    absl::StatusOr<std::unique_ptr<StepExecutor>> executor = (*runner)->CreateExecutor(flags.executor);
+    ExecutorOptions executor_options = flags.executor;
+    executor_options.log = [](const std::string& line) { LogEvent(LogLevel::kInfo, "executor", "", line); };
+    absl::StatusOr<std::unique_ptr<StepExecutor>> executor = (*runner)->CreateExecutor(executor_options);
     if (!executor.ok()) {
       return absl::Status(executor.status().code(),
                           absl::StrCat("cannot create the executor: ", executor.status().message()));

@@ -100,8 +100,8 @@ std::string ServeUsage() {
       "                                  fault; default ", d.canary_interval_ms, " = off\n"
       "\ntest hooks (off by default; faults hit the first engine only unless --debug-faults-persist):\n"
       "  --debug-step-latency-ms N       sleep this long in every engine step, default 0\n"
-      "  --debug-inject-oom-above N      steps with more than N sequences fail with RESOURCE_EXHAUSTED\n"
-      "                                  (an out-of-memory; the batch limit halves), default 0\n"
+      "  --debug-inject-oom-above N      a step with more than N sequences runs out of memory in the\n"
+      "                                  executor (its real OOM path; the batch limit halves), default 0\n"
       "  --debug-throw-on-step K         the K-th step attempt throws (an engine fault), default 0\n"
       "  --debug-stall-on-step K         the K-th step attempt hangs for --debug-stall-ms, default 0\n"
       "  --debug-stall-ms N              default ", s.faults.stall_duration.count(), "\n"
@@ -232,7 +232,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
   f.engine.scheduler.max_queue_delay = std::chrono::microseconds(queue_delay_us);
   f.engine.scheduler.faults.step_latency = std::chrono::milliseconds(step_latency_ms);
   faults.stall_duration = std::chrono::milliseconds(stall_ms);
-  faults.oom_above_sequences = f.debug_inject_oom_above;
+  f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;
   if (f.log_level != "debug" && f.log_level != "info" && f.log_level != "warn" &&
       f.log_level != "error") {
     return absl::InvalidArgumentError("--log-level: '" + f.log_level + "' is not debug|info|warn|error");

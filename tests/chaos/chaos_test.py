@@ -245,6 +245,38 @@ def scenario_latency(args):
     return t
 
 
+def scenario_crash_loop(args):
+    t = Tally("crash loop: every engine throws, --max-restarts 3")
+    mport = harness.free_port()
+    server = harness.Server(args.binary, args.model, ["--debug-throw-on-step", "3", "--debug-faults-persist", "true",
+                            "--max-restarts", "3", "--restart-backoff-ms", "50", "--metrics-port", str(mport)])
+    try:
+        ch = harness.channel(server.port)
+        stub = pb_grpc.InferenceStub(ch)
+        end = time.monotonic() + 20
+        gave_up = False
+        while time.monotonic() < end and not gave_up:
+            harness.run_call(unary(stub, t.sent, 8, timeout=10), t, 30)
+            gave_up = any(e.get("event") == "engine_crash_loop" for e in server.events())
+            time.sleep(0.05)
+        check(gave_up, "crash_loop: engine_crash_loop logged after 3 faults")
+        time.sleep(0.3)
+        check(harness.health(server.port) == 2, "crash_loop: health stays NOT_SERVING")
+        try:
+            stub.Infer(req(0, 4), timeout=10)
+            check(False, "crash_loop: requests refused")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNAVAILABLE and "crash loop" in e.details(),
+                  f"crash_loop: UNAVAILABLE saying why: {e.details()}")
+        s, _ = harness.scrape(mport)
+        check(harness.metric(s, "glmserve_engine_restarts_total") == 2, "crash_loop: 2 rebuilds, then no more")
+        check(t.lost == 0, f"crash_loop: no request lost ({t.lost})")
+        ch.close()
+    finally:
+        server.stop()
+    return t
+
+
 SCENARIOS = {
     "throw": scenario_throw,
     "stall": scenario_stall,
@@ -252,6 +284,7 @@ SCENARIOS = {
     "supervise_kill": scenario_supervise_kill,
     "disconnect": scenario_disconnect,
     "latency": scenario_latency,
+    "crash_loop": scenario_crash_loop,
 }
 
 
