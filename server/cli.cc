@@ -12,6 +12,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/inspect.h"
 #include "runtime/model_runner.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "server/flags.h"
 
 namespace glmserve {
@@ -67,7 +68,50 @@ absl::Status ParseIds(const std::string& text, std::vector<int32_t>* ids) {
   return absl::OkStatus();
 }
 
+std::string TextWithoutSpecials(const tokenizer::Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::vector<int32_t> kept;
+  for (int32_t id : ids) {
+    if (!tok.IsSpecial(id)) kept.push_back(id);
+  }
+  return tok.Decode(kept);
+}
+
 }  // namespace
+
+int RunTokenize(int argc, char** argv) {
+  std::string model, text, chat;
+  bool as_json = false, no_special = false;
+  FlagParser flags("tokenize", "Tokenizes text with a model directory's tokenizer (tokenizer.json or tokenizer.model) and prints the ids.");
+  flags.AddString("model", &model, "model directory");
+  flags.AddString("text", &text, "text to tokenize");
+  flags.AddString("chat", &chat, "instead of --text: one user message rendered with the chat template");
+  flags.AddBool("no-special-tokens", &no_special, "skip the post-processor's special tokens (e.g. [gMASK]<sop>)");
+  flags.AddBool("json", &as_json, "print {\"ids\", \"count\", \"format\", \"decoded\"} as one line");
+  if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return BadInput(std::string(s.message()));
+  if (flags.help_requested()) {
+    std::fputs(flags.Usage().c_str(), stdout);
+    return kExitOk;
+  }
+  if (model.empty()) return BadInput("--model: required, the model directory");
+  if (flags.was_set("text") == flags.was_set("chat")) return BadInput("--text: required (or --chat), exactly one");
+  absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::FromDirectory(model);
+  if (!tok.ok()) return ExitFor(tok.status());
+  std::vector<int32_t> ids;
+  if (flags.was_set("chat")) {
+    absl::StatusOr<std::vector<int32_t>> chat_ids = (*tok)->ApplyChatTemplate({{"user", chat}});
+    if (!chat_ids.ok()) return ExitFor(chat_ids.status());
+    ids = std::move(*chat_ids);
+  } else {
+    ids = (*tok)->Encode(text, !no_special);
+  }
+  if (as_json) {
+    json out{{"ids", ids}, {"count", ids.size()}, {"format", (*tok)->format()}, {"decoded", (*tok)->Decode(ids)}};
+    std::cout << out.dump() << std::endl;
+  } else {
+    std::printf("%s\n", absl::StrJoin(ids, ",").c_str());
+  }
+  return kExitOk;
+}
 
 int RunInspect(int argc, char** argv) {
   std::string model;
@@ -127,7 +171,7 @@ int RunGenerate(int argc, char** argv) {
   float temperature = 0.0f, top_p = 1.0f;
   uint64_t seed = 0;
   bool as_json = false;
-  FlagParser flags("generate", "Runs one prompt of token ids through a model and prints the generated ids.");
+  FlagParser flags("generate", "Runs one prompt (token ids, text or a chat message) through a model and prints the generated ids.");
   flags.AddString("model", &model, "checkpoint directory");
   flags.AddString("input-ids", &input_ids_text, "prompt as comma-separated token ids, e.g. 1,2,3");
   flags.AddInt("max-new-tokens", &max_new_tokens, "generate at most this many tokens (> 0)");
@@ -139,6 +183,10 @@ int RunGenerate(int argc, char** argv) {
   flags.AddBool("json", &as_json, "print {\"output_ids\", \"first_logits\", \"finish_reason\"} as one line");
   flags.AddString("device", &device, "cpu or cuda[:N]");
   flags.AddString("dtype", &dtype, "compute dtype: float32, bfloat16, float16 (empty: float32 on cpu, bfloat16 on cuda)");
+  std::string prompt_text, chat_text, system_text;
+  flags.AddString("prompt", &prompt_text, "prompt text, tokenized with the model directory's tokenizer (instead of --input-ids)");
+  flags.AddString("chat", &chat_text, "one user message rendered with the model's chat template (instead of --input-ids)");
+  flags.AddString("system", &system_text, "with --chat: a system message before it");
   bool random_weights = false;
   flags.AddBool("random-weights", &random_weights, "benchmark: random weights of --model's config.json, no weight files");
   if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return BadInput(std::string(s.message()));
@@ -147,9 +195,30 @@ int RunGenerate(int argc, char** argv) {
     return kExitOk;
   }
   if (model.empty()) return BadInput("--model: required, the checkpoint directory");
-  if (!flags.was_set("input-ids")) return BadInput("--input-ids: required, comma-separated token ids like 1,2,3");
+  const int inputs = flags.was_set("input-ids") + flags.was_set("prompt") + flags.was_set("chat");
+  if (inputs != 1) {
+    return BadInput("--input-ids: required (comma-separated token ids like 1,2,3), or --prompt TEXT, or --chat TEXT; exactly one");
+  }
   std::vector<int32_t> ids;
-  if (absl::Status s = ParseIds(input_ids_text, &ids); !s.ok()) return BadInput(std::string(s.message()));
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  if (flags.was_set("input-ids")) {
+    if (absl::Status s = ParseIds(input_ids_text, &ids); !s.ok()) return BadInput(std::string(s.message()));
+  } else {
+    absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> loaded = tokenizer::Tokenizer::FromDirectory(model);
+    if (!loaded.ok()) return ExitFor(loaded.status());
+    tok = std::move(*loaded);
+    if (flags.was_set("prompt")) {
+      ids = tok->Encode(prompt_text);
+    } else {
+      std::vector<tokenizer::Message> messages;
+      if (!system_text.empty()) messages.push_back({"system", system_text});
+      messages.push_back({"user", chat_text});
+      absl::StatusOr<std::vector<int32_t>> chat_ids = tok->ApplyChatTemplate(messages);
+      if (!chat_ids.ok()) return ExitFor(chat_ids.status());
+      ids = std::move(*chat_ids);
+    }
+    if (ids.empty()) return BadInput("--prompt: tokenizes to no ids");
+  }
   if (max_new_tokens <= 0) return BadInput(absl::StrCat("--max-new-tokens: ", max_new_tokens, " is not positive; expected at least 1"));
   if (min_new_tokens < 0 || min_new_tokens > max_new_tokens) {
     return BadInput(absl::StrCat("--min-new-tokens: ", min_new_tokens, " must be in [0, --max-new-tokens=", max_new_tokens, "]"));
@@ -188,10 +257,15 @@ int RunGenerate(int argc, char** argv) {
     json out{{"output_ids", output->output_ids},
              {"first_logits", output->first_logits},
              {"finish_reason", FinishReasonName(output->finish_reason)}};
+    if (tok != nullptr) {  // text input: also the prompt ids and the text (special tokens omitted)
+      out["input_ids"] = ids;
+      out["text"] = TextWithoutSpecials(*tok, output->output_ids);
+    }
     std::cout << out.dump() << std::endl;
   } else {
     std::printf("output_ids: %s\nfinish_reason: %s\n", absl::StrJoin(output->output_ids, ",").c_str(),
                 FinishReasonName(output->finish_reason));
+    if (tok != nullptr) std::printf("text: %s\n", TextWithoutSpecials(*tok, output->output_ids).c_str());
   }
   return kExitOk;
 }

@@ -11,5 +11,7 @@ inline constexpr int kExitBadInput = 2;    // bad flags/input or an unloadable c
 // argv[0] is the subcommand name.
 int RunInspect(int argc, char** argv);
 int RunGenerate(int argc, char** argv);
+// `glmserve tokenize --model DIR --text "..." [--json]`: the model directory's tokenizer.
+int RunTokenize(int argc, char** argv);
 
 }  // namespace glmserve

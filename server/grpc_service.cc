@@ -17,6 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "glmserve/v1/inference.grpc.pb.h"
+#include "runtime/tokenizer/text_output.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "server/logging.h"
 
 namespace glmserve {
@@ -137,6 +139,12 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     engine_ = engine;
   }
 
+  void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokenizer_ = std::move(tokenizer);
+    model_.tokenizer = tokenizer_.get();
+  }
+
   void StartDrain() {
     InferenceEngine* engine = nullptr;
     {
@@ -221,6 +229,7 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   InferenceEngine* engine_ = nullptr;         // guarded by mu_
   bool draining_ = false;                     // guarded by mu_
   ValidationModel model_;                     // guarded by mu_
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;  // guarded by mu_; set once at start
   std::shared_ptr<v1::ModelInfo> model_info_;  // guarded by mu_
   int active_calls_ = 0;                      // guarded by mu_
   std::map<std::string, std::weak_ptr<CallBase>> in_flight_;  // guarded by mu_
@@ -266,6 +275,10 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
       return Refuse(ToGrpc(request.status()));
     }
     if (ctx_->IsCancelled()) return Refuse(grpc::Status(grpc::CANCELLED, "cancelled by the client"));
+    if (model.tokenizer != nullptr) {
+      text_ = std::make_unique<tokenizer::TextOutput>(
+          model.tokenizer, std::vector<std::string>(proto_request.stop().begin(), proto_request.stop().end()));
+    }
     request->deadline = service_->EngineDeadline(ctx_);
     engine_ = engine;
     engine_id_ = service_->RegisterEngineId(request_id_, shared_from_this());
@@ -287,10 +300,19 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
                   {"ttft_ms", std::chrono::duration<double, std::milli>(
                                   std::chrono::steady_clock::now() - self->start_).count()}});
       }
+      if (self->text_ != nullptr) {  // engine thread: decode; a stop string cancels the rest
+        self->text_delta_.clear();
+        const size_t kept = self->text_->Add(ids, &self->text_delta_);
+        if (self->text_->stopped() && kept > 0) self->CancelInEngine();
+        if (kept == 0) return;
+        if (self->streaming()) self->OnEngineTokens(std::vector<int32_t>(ids.begin(), ids.begin() + kept));
+        return;
+      }
       if (self->streaming()) self->OnEngineTokens(ids);
     };
-    // Unary: nothing reaches the client before the result, so an engine fault may rerun it.
-    callbacks.replayable_after_tokens = !streaming();
+    // Unary: nothing reaches the client before the result, so an engine fault may rerun it (not
+    // with text decoding, whose state is not rewound).
+    callbacks.replayable_after_tokens = !streaming() && text_ == nullptr;
     callbacks.on_done = [self](const RequestResult& result) { self->OnEngineDone(result); };
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -341,7 +363,13 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     FinishWith(status);
   }
 
-  void OnEngineDone(const RequestResult& result) {
+  void OnEngineDone(const RequestResult& engine_result) {
+    RequestResult result = engine_result;
+    if (text_ != nullptr && text_->stopped()) {  // a stop string ended it (the engine saw a cancel)
+      result.status = absl::OkStatus();
+      result.finish_reason = FinishReason::kStop;
+      if (result.output_ids.size() > text_->kept_ids()) result.output_ids.resize(text_->kept_ids());
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (engine_done_) return;
@@ -396,6 +424,9 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
   int32_t prompt_tokens_ = 0;
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::atomic<bool> first_token_logged_{false};
+  // Response text (null without a tokenizer). Fed on the engine thread; read after on_done.
+  std::unique_ptr<tokenizer::TextOutput> text_;
+  std::string text_delta_;  // engine thread: the text of the ids being handed to OnEngineTokens
 
   std::mutex mu_;
   bool submitted_ = false;    // guarded by mu_
@@ -449,6 +480,10 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
     if (!result_.status.ok()) return FinishWith(ToGrpc(result_.status));
     response_->set_request_id(request_id_);
     FillFinal(result_, 0, response_);
+    if (text_ != nullptr) {
+      text_->Finish();
+      response_->set_text(text_->text());
+    }
     FinishWith(grpc::Status::OK);
   }
 
@@ -507,6 +542,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
       std::lock_guard<std::mutex> lock(mu_);
       if (broken_ || finished_) return;
       pending_.push_back(ids);
+      pending_text_.push_back(text_delta_);
       streamed_ += ids.size();
     }
     Pump();
@@ -543,6 +579,10 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
         out_.set_request_id(request_id_);
         for (int32_t id : pending_.front()) out_.add_output_ids(id);
         pending_.pop_front();
+        if (!pending_text_.empty()) {
+          out_.set_text(pending_text_.front());
+          pending_text_.pop_front();
+        }
         writing_ = true;
         action = kWrite;
       } else if (engine_done_) {
@@ -550,6 +590,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
           out_.Clear();
           out_.set_request_id(request_id_);
           FillFinal(result_, streamed_, &out_);
+          if (text_ != nullptr) out_.set_text(text_->Finish());
           action = kWriteAndFinish;
         } else {
           action = kFinish;
@@ -577,6 +618,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
 
   // Guarded by mu_.
   std::deque<std::vector<int32_t>> pending_;
+  std::deque<std::string> pending_text_;  // text of each pending_ entry (with a tokenizer)
   size_t streamed_ = 0;
   bool writing_ = false;
   bool broken_ = false;
@@ -659,6 +701,10 @@ std::string GrpcServer::address() const { return FormatAddress(options_.host, po
 
 void GrpcServer::SetEngine(InferenceEngine* engine, int32_t max_batch) {
   service_->SetEngine(engine, max_batch);
+}
+
+void GrpcServer::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
+  service_->SetTokenizer(std::move(tokenizer));
 }
 
 void GrpcServer::SetServing(bool serving) {

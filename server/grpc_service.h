@@ -65,6 +65,9 @@ class GrpcServer {
   // The engine must outlive every call (until Shutdown() returned). max_batch is reported in
   // ModelInfo.
   void SetEngine(InferenceEngine* engine, int32_t max_batch);
+  // Enables prompt/messages/stop and response text. Call before SetServing(true); kept alive by
+  // the server.
+  void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer);
   // Health for "" and "glmserve.v1.Inference".
   void SetServing(bool serving);
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace glmserve {
 namespace {
@@ -28,27 +29,62 @@ absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& re
                                                       const FrontendLimits& limits,
                                                       const ValidationModel& model) {
   const int32_t vocab = model.vocab_size;
-  if (request.input_ids().empty()) {
-    if (!request.prompt().empty()) {
-      return Invalid("prompt: prompt text needs a tokenizer; send input_ids");
+  // Prompt ids: input_ids, else the chat messages, else the prompt text.
+  std::vector<int32_t> input_ids(request.input_ids().begin(), request.input_ids().end());
+  const char* ids_field = "input_ids";
+  if (input_ids.empty() && (request.messages_size() > 0 || !request.prompt().empty())) {
+    const char* field = request.messages_size() > 0 ? "messages" : "prompt";
+    if (request.messages_size() > 0 && !request.prompt().empty()) {
+      return Invalid("prompt: set either prompt or messages, not both");
     }
+    if (model.tokenizer == nullptr) {
+      return Invalid(absl::StrCat(field, ": the server has no tokenizer (no tokenizer.json or "
+                                  "tokenizer.model in the model directory); send input_ids"));
+    }
+    if (request.messages_size() > 0) {
+      std::vector<tokenizer::Message> messages;
+      for (const v1::Message& m : request.messages()) messages.push_back({m.role(), m.content()});
+      absl::StatusOr<std::vector<int32_t>> ids = model.tokenizer->ApplyChatTemplate(messages);
+      if (!ids.ok()) return Invalid(std::string(ids.status().message()));
+      input_ids = std::move(*ids);
+    } else {
+      input_ids = model.tokenizer->Encode(request.prompt());
+    }
+    ids_field = field;
+    if (input_ids.empty()) return Invalid(absl::StrCat(field, ": tokenizes to no ids"));
+  }
+  if (input_ids.empty()) {
     return Invalid("input_ids: must not be empty (at least 1 token id in [0, " +
                    std::to_string(vocab) + "))");
   }
-  for (int i = 0; i < request.input_ids_size(); ++i) {
-    const int32_t id = request.input_ids(i);
+  for (size_t i = 0; i < input_ids.size(); ++i) {
+    const int32_t id = input_ids[i];
     if (id < 0 || id >= vocab) {
-      return Invalid(absl::StrCat("input_ids[", i, "]: ", id, " is outside the vocabulary [0, ",
+      return Invalid(absl::StrCat(ids_field, "[", i, "]: ", id, " is outside the vocabulary [0, ",
                                   vocab, ")"));
     }
   }
-  const int32_t prompt_tokens = request.input_ids_size();
+  if (request.stop_size() > 0 && model.tokenizer == nullptr) {
+    return Invalid("stop: stop strings need the tokenizer, which this server does not have; use "
+                   "stop_token_ids");
+  }
+  if (request.stop_size() > kMaxStopStrings) {
+    return Invalid(absl::StrCat("stop: ", request.stop_size(), " strings; at most ", kMaxStopStrings));
+  }
+  for (int i = 0; i < request.stop_size(); ++i) {
+    const size_t n = request.stop(i).size();
+    if (n == 0 || n > static_cast<size_t>(kMaxStopStringBytes)) {
+      return Invalid(absl::StrCat("stop[", i, "]: ", n, " bytes; each stop string must have 1..",
+                                  kMaxStopStringBytes, " bytes"));
+    }
+  }
+  const int32_t prompt_tokens = static_cast<int32_t>(input_ids.size());
   int32_t max_prompt = limits.max_prompt_tokens;
   if (model.max_context > 0 && (max_prompt <= 0 || max_prompt > model.max_context - 1)) {
     max_prompt = model.max_context - 1;  // leave room for at least one new token
   }
   if (max_prompt > 0 && prompt_tokens > max_prompt) {
-    return Invalid(absl::StrCat("input_ids: ", prompt_tokens, " tokens; at most ", max_prompt,
+    return Invalid(absl::StrCat(ids_field, ": ", prompt_tokens, " tokens; at most ", max_prompt,
                                 " prompt tokens allowed"));
   }
 
@@ -100,7 +136,7 @@ absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& re
   if (!id_status.ok()) return id_status;
 
   InferenceRequest out;
-  out.input_ids.assign(request.input_ids().begin(), request.input_ids().end());
+  out.input_ids = std::move(input_ids);
   out.params.max_new_tokens = max_new;
   out.params.min_new_tokens = min_new;
   out.params.sampling.temperature = temperature;

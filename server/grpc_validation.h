@@ -13,6 +13,10 @@
 
 namespace glmserve {
 
+namespace tokenizer {
+class Tokenizer;
+}
+
 // Request limits of the front end (flags of `serve`).
 struct FrontendLimits {
   // Largest max_new_tokens a request may ask for. Above: INVALID_ARGUMENT.
@@ -31,10 +35,18 @@ struct FrontendLimits {
 struct ValidationModel {
   int32_t vocab_size = 0;
   int32_t max_context = 0;  // prompt + new tokens; 0 = unknown (not checked)
+  // Tokenizes prompt/messages and decodes output text; null = ids only (prompt, messages and
+  // stop are refused with INVALID_ARGUMENT).
+  const tokenizer::Tokenizer* tokenizer = nullptr;
 };
 
+// Limits on stop strings.
+inline constexpr int kMaxStopStrings = 16;
+inline constexpr int kMaxStopStringBytes = 256;
+
 // Checks every field and builds the engine request (request_id and deadline are left to the
-// caller). INVALID_ARGUMENT names the field and the accepted range.
+// caller); prompt text and chat messages are tokenized here (front-end thread). INVALID_ARGUMENT
+// names the field and the accepted range.
 absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& request,
                                                       const FrontendLimits& limits,
                                                       const ValidationModel& model);

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "runtime/engine.h"
 #include "runtime/model_runner.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "server/cli.h"
 #include "server/grpc_service.h"
 #include "server/serve_engine.h"
@@ -182,6 +183,15 @@ int RunServe(int argc, char** argv) {
   hooks.on_health = [grpc_server](bool serving) { grpc_server->SetServing(serving); };
   hooks.on_restart = [metrics_sink] { metrics_sink->OnEngineRestart(); };
 
+  // The tokenizer (prompt, messages, stop strings, response text) comes from the model directory.
+  if (auto tok = tokenizer::Tokenizer::FromDirectory(flags.model_dir); tok.ok()) {
+    LogLine(absl::StrCat("tokenizer: ", (*tok)->format(), ", ", (*tok)->vocab_size(), " ids, chat template: ",
+                         (*tok)->chat_template_source()));
+    (*server)->SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer>(std::move(*tok)));
+  } else {
+    LogLine(absl::StrCat("no tokenizer (", tok.status().message(),
+                         "): prompt, messages and stop are refused; send input_ids"));
+  }
   const auto load_start = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<SelfHealingEngine>> engine =
       SelfHealingEngine::Create(watchdog, factory, hooks);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/engine/engine_impl.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "server/grpc_service.h"
 #include "tests/engine/fake_executor.h"
 #include "tests/server/test_client.h"
@@ -191,7 +192,16 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
   const std::vector<InvalidCase> cases = {
       {"empty input", [](v1::InferRequest* r) { r->clear_input_ids(); }, "input_ids"},
       {"prompt text", [](v1::InferRequest* r) { r->clear_input_ids(); r->set_prompt("hi"); },
-       "needs a tokenizer"},
+       "no tokenizer"},
+      {"messages",
+       [](v1::InferRequest* r) {
+         r->clear_input_ids();
+         auto* m = r->add_messages();
+         m->set_role("user");
+         m->set_content("hi");
+       },
+       "messages: the server has no tokenizer"},
+      {"stop strings", [](v1::InferRequest* r) { r->add_stop("x"); }, "stop:"},
       {"id negative", [](v1::InferRequest* r) { r->set_input_ids(1, -1); }, "input_ids[1]"},
       {"id >= vocab", [](v1::InferRequest* r) { r->add_input_ids(kVocab); }, "input_ids[3]"},
       {"max_new negative", [](v1::InferRequest* r) { r->set_max_new_tokens(-1); }, "max_new_tokens"},
@@ -406,6 +416,95 @@ TEST_F(GrpcServiceTest, HealthAndDrain) {
   auto result = in_flight.get_future().get();
   EXPECT_TRUE(result.status.ok()) << result.status.error_message();
   EXPECT_EQ(result.ids.size(), 300u);
+}
+
+}  // namespace
+}  // namespace glmserve
+
+namespace glmserve {
+namespace {
+
+// The bundled model's tokenizer over the fake engine (vocab 1000: plain-text prompts only, since
+// GLM-4's special tokens are ids 1000+).
+class GrpcTextTest : public GrpcServiceTest {
+ protected:
+  void StartWithTokenizer() {
+    StartServer();
+    std::string root = __FILE__;
+    root = root.substr(0, root.rfind("tests/server/"));
+    auto tok = tokenizer::Tokenizer::FromDirectory(root + "models/glm4-tiny");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tokenizer_ = std::shared_ptr<const tokenizer::Tokenizer>(std::move(*tok));
+    server_->SetTokenizer(tokenizer_);
+  }
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
+};
+
+TEST_F(GrpcTextTest, PromptTextAndStopStrings) {
+  StartWithTokenizer();
+  v1::InferRequest request;
+  request.set_prompt("hello world");
+  request.set_max_new_tokens(40);
+  request.add_stop_token_ids(999);
+  v1::InferResponse unary;
+  grpc::Status status = Unary(request, &unary);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(unary.usage().prompt_tokens(), static_cast<int>(tokenizer_->Encode("hello world").size()));
+  const std::vector<int32_t> ids(unary.output_ids().begin(), unary.output_ids().end());
+  ASSERT_EQ(ids.size(), 40u);
+  EXPECT_EQ(unary.text(), tokenizer_->Decode(ids));
+  ASSERT_GT(unary.text().size(), 8u);
+
+  // Streaming: deltas concatenate to the unary text; each one is valid UTF-8.
+  auto stream = RunStream(stub_.get(), request, 10s);
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  std::string streamed;
+  for (const auto& m : stream.messages) {
+    EXPECT_EQ(tokenizer::SanitizeUtf8(m.text()), m.text());
+    streamed += m.text();
+  }
+  EXPECT_EQ(streamed, unary.text());
+
+  // A stop string from the middle of that text: text ends before it, finish STOP, ids a prefix.
+  size_t start = unary.text().size() / 2;
+  while (start > 0 && (static_cast<unsigned char>(unary.text()[start]) & 0xC0) == 0x80) --start;
+  const std::string stop = unary.text().substr(start, 1);
+  const size_t at = unary.text().find(stop);
+  request.add_stop(stop);
+  v1::InferResponse stopped;
+  status = Unary(request, &stopped);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(stopped.finish_reason(), v1::STOP);
+  EXPECT_EQ(stopped.text(), unary.text().substr(0, at));
+  ASSERT_LE(stopped.output_ids_size(), unary.output_ids_size());
+  for (int i = 0; i < stopped.output_ids_size(); ++i) EXPECT_EQ(stopped.output_ids(i), unary.output_ids(i));
+  auto stream_stopped = RunStream(stub_.get(), request, 10s);
+  ASSERT_TRUE(stream_stopped.status.ok()) << stream_stopped.status.error_message();
+  std::string text;
+  for (const auto& m : stream_stopped.messages) text += m.text();
+  EXPECT_EQ(text, stopped.text());
+  EXPECT_EQ(stream_stopped.ids, std::vector<int32_t>(stopped.output_ids().begin(), stopped.output_ids().end()));
+  EXPECT_EQ(stream_stopped.messages.back().finish_reason(), v1::STOP);
+}
+
+TEST_F(GrpcTextTest, ChatMessagesValidated) {
+  StartWithTokenizer();
+  v1::InferRequest request;
+  auto* m = request.add_messages();
+  m->set_role("wizard");
+  m->set_content("hi");
+  v1::InferResponse response;
+  grpc::Status status = Unary(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("messages[0].role"), std::string::npos);
+  // Valid roles tokenize to GLM-4's special ids, outside the fake's 1000-id vocabulary.
+  m->set_role("user");
+  status = Unary(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("messages[0]: 1002"), std::string::npos) << status.error_message();
+  request.set_prompt("also");
+  status = Unary(request, &response);
+  EXPECT_NE(status.error_message().find("not both"), std::string::npos);
 }
 
 }  // namespace

@@ -137,9 +137,32 @@ def main():
         check(msgs[-1].finish_reason == u.finish_reason != pb.UNSPECIFIED,
               "final stream message carries finish_reason")
 
+        # Text in, text out (the bundled tokenizer): chat messages give the ids transformers'
+        # apply_chat_template gives; the text is HF's decode without special tokens.
+        conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好 😀 hello"}]
+        chat = stub.Infer(pb.InferRequest(messages=[pb.Message(**m) for m in conv], max_new_tokens=12),
+                          timeout=120)
+        chat_stream = list(stub.InferStream(pb.InferRequest(messages=[pb.Message(**m) for m in conv],
+                                                            max_new_tokens=12), timeout=120))
+        check("".join(m.text for m in chat_stream) == chat.text, "stream text deltas == unary text")
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            AutoTokenizer = None
+        if AutoTokenizer is not None:
+            hf = AutoTokenizer.from_pretrained(args.model)
+            want = hf.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=False)
+            want = list(want["input_ids"] if hasattr(want, "keys") else want)
+            check(chat.usage.prompt_tokens == len(want), "chat prompt tokens == apply_chat_template")
+            check(list(chat.output_ids) == generate(args.binary, args.model, want, 12),
+                  "chat output == generate(apply_chat_template ids)")
+            check(chat.text == hf.decode(list(chat.output_ids), skip_special_tokens=True),
+                  "text == HF decode(skip_special_tokens=True)")
+
         bad = [
             (dict(input_ids=[]), "input_ids"),
-            (dict(input_ids=[], prompt="hi"), "tokenizer"),
+            (dict(input_ids=[], messages=[pb.Message(role="bot", content="hi")]), "messages[0].role"),
+            (dict(stop=[""]), "stop[0]"),
             (dict(input_ids=[1, 99999]), "input_ids[1]"),
             (dict(max_new_tokens=-1), "max_new_tokens"),
             (dict(max_new_tokens=10**7), "max_new_tokens"),
