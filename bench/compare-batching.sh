@@ -6,7 +6,8 @@
 #
 # usage: bench/compare-batching.sh [--sweep 1,2,4,8,16] [--duration 5s] [--prompt-len 32]
 #          [--max-new-tokens 32] [--out DIR] [--model DIR] [-- extra glmserve serve flags]
-# Env: GLMSERVE_BUILD_DIR (default build/). Writes DIR/{single,batching}.json, DIR/*.log,
+# Env: GLMSERVE_BUILD_DIR (default build/); GLMSERVE_BIN and GLMLOAD_BIN (both set: no build).
+# Writes DIR/{single,batching}.json, DIR/*.log,
 # DIR/compare-batching.md and DIR/compare-batching.png (DIR default: a fresh temp dir).
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,20 +28,22 @@ while [ $# -gt 0 ]; do
     --out) out_dir="$2"; shift 2 ;;
     --model) model="$2"; shift 2 ;;
     --) shift; serve_extra=("$@"); break ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare-batching: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 [ -n "$out_dir" ] || out_dir="$(mktemp -d -t compare-batching.XXXXXX)"
 mkdir -p "$out_dir"
 
-# Build if needed (incremental: a no-op when up to date).
-if [ ! -f "$build_dir/build.ninja" ]; then
-  cmake -S "$repo_root" -B "$build_dir" -G Ninja >/dev/null
+# Build if needed (incremental: a no-op when up to date), unless both binaries are given.
+glmserve="${GLMSERVE_BIN:-$build_dir/glmserve}"
+glmload="${GLMLOAD_BIN:-$build_dir/bench/glmload}"
+if [ -z "${GLMSERVE_BIN:-}" ] || [ -z "${GLMLOAD_BIN:-}" ]; then
+  if [ ! -f "$build_dir/build.ninja" ]; then
+    cmake -S "$repo_root" -B "$build_dir" -G Ninja >/dev/null
+  fi
+  ninja -C "$build_dir" glmserve glmload >&2
 fi
-ninja -C "$build_dir" glmserve glmload >&2
-glmserve="$build_dir/glmserve"
-glmload="$build_dir/bench/glmload"
 
 levels=$(tr ',' '\n' <<<"$sweep" | grep -c .)
 # Per glmload run: every level's duration plus a deadline's worth of drain each, plus slack.

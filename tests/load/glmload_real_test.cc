@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -23,7 +24,11 @@ namespace {
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
-constexpr char kServe[] = GLMSERVE_BINARY;
+// The glmserve to start: the one built with this test, or $GLMLOAD_TEST_GLMSERVE (another build).
+const char* ServeBinary() {
+  const char* env = std::getenv("GLMLOAD_TEST_GLMSERVE");
+  return env != nullptr && *env != '\0' ? env : GLMSERVE_BINARY;
+}
 constexpr char kLoad[] = GLMLOAD_BINARY;
 constexpr char kModel[] = GLMSERVE_TEST_MODEL_DIR;
 
@@ -38,7 +43,7 @@ class ServerProcess {
       dup2(fds[1], 2);
       close(fds[0]);
       close(fds[1]);
-      execl(kServe, kServe, "serve", "--model", kModel, "--host", "127.0.0.1", "--port", "0",
+      execl(ServeBinary(), ServeBinary(), "serve", "--model", kModel, "--host", "127.0.0.1", "--port", "0",
             static_cast<char*>(nullptr));
       _exit(127);
     }
@@ -69,8 +74,12 @@ class ServerProcess {
         std::smatch m;
         if (std::regex_search(log_, m, re)) return std::stoi(m[1]);
       }
-      if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
+        std::lock_guard<std::mutex> lock(mu_);
+        log_ += WIFSIGNALED(status) ? "[exited on signal " + std::to_string(WTERMSIG(status)) + "]\n"
+                                    : "[exited " + std::to_string(WEXITSTATUS(status)) + "]\n";
         return 0;
       }
       std::this_thread::sleep_for(20ms);
@@ -105,7 +114,7 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
   ServerProcess server;
   const int port = server.WaitServing(120s);
-  ASSERT_GT(port, 0) << server.log();
+  ASSERT_GT(port, 0) << ServeBinary() << " did not serve:\n" << server.log();
 
   const fs::path dir = fs::temp_directory_path() / ("glmload_real_test." + std::to_string(getpid()));
   fs::create_directories(dir);
