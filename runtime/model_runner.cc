@@ -27,7 +27,8 @@
 namespace glmserve {
 namespace {
 
-// Runs `body`, turning LibTorch exceptions into statuses (OOM -> RESOURCE_EXHAUSTED).
+// Runs `body`, turning LibTorch exceptions into statuses: out of memory (c10::OutOfMemoryError,
+// std::bad_alloc, or an error whose message says so) -> RESOURCE_EXHAUSTED, the rest INTERNAL.
 template <typename Body>
 absl::Status GuardTorch(const char* what, Body&& body) {
   try {
@@ -36,7 +37,14 @@ absl::Status GuardTorch(const char* what, Body&& body) {
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory: ", e.what_without_backtrace()));
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what_without_backtrace()));
+    // Allocation failures that LibTorch reports as plain errors (a kernel launch or cuBLAS
+    // workspace that could not get memory) are out-of-memory too: the retry may fit.
+    const std::string message = e.what_without_backtrace();
+    if (message.find("out of memory") != std::string::npos ||
+        message.find("CUBLAS_STATUS_ALLOC_FAILED") != std::string::npos) {
+      return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory: ", message));
+    }
+    return absl::InternalError(absl::StrCat(what, ": ", message));
   } catch (const std::bad_alloc& e) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory: ", e.what()));
   } catch (const std::exception& e) {

@@ -8,11 +8,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -44,6 +46,12 @@ const bool kSingleThreaded = [] {
 fs::path FixtureDir(const std::string& name) { return fs::path(GLMSERVE_FIXTURES_DIR) / "models" / name; }
 fs::path TinyModelDir() { return fs::path(GLMSERVE_MODELS_DIR) / "glm4-tiny"; }
 
+// GLMSERVE_TEST_DEVICE=cuda runs everything on the GPU (fp32), as runtime_test's parity does.
+std::string TestDevice() {
+  const char* device = std::getenv("GLMSERVE_TEST_DEVICE");
+  return device != nullptr && *device != '\0' ? device : "cpu";
+}
+
 // Models load once per process and are shared by the tests (read-only weights).
 ModelRunner* LoadModel(const fs::path& dir) {
   static std::map<std::string, std::unique_ptr<ModelRunner>>* cache =
@@ -51,6 +59,7 @@ ModelRunner* LoadModel(const fs::path& dir) {
   auto it = cache->find(dir.string());
   if (it != cache->end()) return it->second.get();
   LoadOptions options;
+  options.device = TestDevice();
   options.dtype = "float32";
   absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(dir.string(), options);
   EXPECT_TRUE(runner.ok()) << runner.status();
@@ -286,6 +295,8 @@ struct ModelCase {
   std::string name;
   fs::path dir;
 };
+
+void PrintTo(const ModelCase& model, std::ostream* os) { *os << model.name; }
 
 std::vector<ModelCase> InvarianceModels() {
   return {{"glm4_tiny", TinyModelDir()},
@@ -584,9 +595,21 @@ TEST(PagedExecutorTest, HonoursTheStepContract) {
   EXPECT_EQ(oom.status().code(), absl::StatusCode::kResourceExhausted) << oom.status();
   EXPECT_TRUE((*executor)->Step({b}).ok());
 
-  // Pool sizing on CPU: the byte budget over bytes per block.
   ExecutorOptions sized;
   sized.block_size = 16;
+  if (TestDevice() != "cpu") {
+    // On CUDA: a fraction of the free device memory, logged with where it came from.
+    sized.kv_memory_fraction = 0.01;
+    std::string line;
+    sized.log = [&](const std::string& l) { line = l; };
+    executor = runner->CreateExecutor(sized);
+    ASSERT_TRUE(executor.ok()) << executor.status();
+    EXPECT_GT((*executor)->num_blocks(), 0);
+    EXPECT_NE(line.find("free on cuda"), std::string::npos) << line;
+    std::printf("[ kv sizing ] %s\n", line.c_str());
+    return;
+  }
+  // Pool sizing on CPU: the byte budget over bytes per block.
   sized.kv_cpu_budget_bytes = int64_t{4} << 20;
   sized.log = [](const std::string&) {};
   executor = runner->CreateExecutor(sized);
