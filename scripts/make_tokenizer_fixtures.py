@@ -163,25 +163,6 @@ def make_tiktoken():
     return {"encode": ids, "decode": dec, "chat": chats}
 
 
-def chatglm3_encode(sp, text, specials):
-    """ChatGLM3's SPTokenizer with special-token splitting: specials -> their ids, the rest -> sp."""
-    out, i, start = [], 0, 0
-    names = sorted(specials, key=len, reverse=True)
-    while i < len(text):
-        hit = next((n for n in names if text.startswith(n, i)), None)
-        if hit is None:
-            i += 1
-            continue
-        if start < i:
-            out += sp.encode(text[start:i])
-        out.append(specials[hit])
-        i += len(hit)
-        start = i
-    if start < len(text):
-        out += sp.encode(text[start:])
-    return out
-
-
 def make_sentencepiece():
     import sentencepiece as spm
     d = os.path.join(OUT, "chatglm3-sp")
@@ -216,7 +197,9 @@ def make_sentencepiece():
     specials = {s: n + i for i, s in enumerate(CHATGLM3_SPECIALS)}
     write_json(os.path.join(d, "tokenizer_config.json"), {"tokenizer_class": "ChatGLMTokenizer",
                                                           "eos_token": "</s>"})
-    enc = [chatglm3_encode(sp, s, specials) for s in CORPUS]
+    # ChatGLM3's tokenizer (encode_special_tokens=False): text is plain sentencepiece, special
+    # strings included; chat turns get their special ids from build_chat_input.
+    enc = [sp.encode(s) for s in CORPUS]
 
     def dec(ids):
         out, run = "", []

@@ -389,13 +389,11 @@ const char* const kChatGlm3SpecialTokens[] = {"[MASK]", "[gMASK]", "[sMASK]", "s
 
 class SentencePieceTokenizer : public Tokenizer {
  public:
+  // ChatGLM2/3's tokenizer (encode_special_tokens=False) parses no special tokens from text:
+  // "sop" or "<|user|>" in a prompt are plain text; chat turns get their ids from ChatIds.
   std::vector<int32_t> Encode(std::string_view text, bool /*add_special_tokens*/) const override {
-    std::vector<int32_t> out;
-    EncodeWithSpecials(text, specials_by_len_, first_byte_, &out, [&](std::string_view t, std::vector<int32_t>* o) {
-      const std::vector<int> ids = sp_.Encode(std::string(t));
-      o->insert(o->end(), ids.begin(), ids.end());
-    });
-    return out;
+    const std::vector<int> ids = sp_.Encode(std::string(text));
+    return std::vector<int32_t>(ids.begin(), ids.end());
   }
 
   std::string TokenBytes(int32_t id) const override {
@@ -471,11 +469,6 @@ class SentencePieceTokenizer : public Tokenizer {
     int32_t next = t->sp_size_;
     for (const char* s : kChatGlm3SpecialTokens) t->specials_.emplace_back(s, next++);
     t->vocab_size_ = next;
-    t->specials_by_len_ = t->specials_;
-    std::stable_sort(t->specials_by_len_.begin(), t->specials_by_len_.end(),
-                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-    std::fill(std::begin(t->first_byte_), std::end(t->first_byte_), false);
-    for (const auto& [s, id] : t->specials_) t->first_byte_[static_cast<unsigned char>(s[0])] = true;
     // eos: sentencepiece's </s>.
     if (t->sp_.eos_id() >= 0) {
       t->eos_token_ = t->sp_.IdToPiece(t->sp_.eos_id());
@@ -491,8 +484,6 @@ class SentencePieceTokenizer : public Tokenizer {
  private:
   SentencePiece sp_;
   int32_t sp_size_ = 0;
-  std::vector<std::pair<std::string, int32_t>> specials_by_len_;
-  bool first_byte_[256];
 };
 
 bool LooksLikeTiktoken(const std::string& text) {

@@ -35,8 +35,9 @@ class Tokenizer {
   // tokenizer_config.json / chat_template.jinja for the chat template.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromDirectory(const std::string& dir);
 
-  // Text -> ids. Special-token strings in `text` (e.g. "<|user|>") map to their ids, as HF
-  // tokenizers and tiktoken(allowed_special="all") do. add_special_tokens applies the
+  // Text -> ids. Byte-level BPE: special-token strings in `text` (e.g. "<|user|>") map to their
+  // ids, as HF tokenizers and tiktoken(allowed_special="all") do. Sentencepiece (ChatGLM2/3): no
+  // special tokens are parsed from text, as ChatGLM3's tokenizer does. add_special_tokens applies the
   // post-processor (tokenizer.json's TemplateProcessing); the other formats add nothing.
   virtual std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = true) const = 0;
 

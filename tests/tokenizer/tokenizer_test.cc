@@ -261,3 +261,17 @@ TEST(TextOutput, PartialStopPrefixIsHeldBackThenReleased) {
 
 }  // namespace
 }  // namespace glmserve::tokenizer
+
+namespace glmserve::tokenizer {
+namespace {
+
+TEST(SentencePiece, SpecialStringsInTextStayText) {
+  auto t = Tokenizer::FromDirectory(kFixtures + "/chatglm3-sp");
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::vector<int32_t> ids = (*t)->Encode("workshop eop <|user|>");
+  for (int32_t id : ids) EXPECT_FALSE((*t)->IsSpecial(id)) << id;
+  EXPECT_EQ((*t)->Decode(ids), "workshop eop <|user|>");
+}
+
+}  // namespace
+}  // namespace glmserve::tokenizer
