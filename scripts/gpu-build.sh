@@ -4,7 +4,8 @@
 # on CUDA included) and the generation benchmark against transformers. Build outputs stay in
 # .gpu/build so later runs are incremental. Logs go to $OUT (or .gpu/out).
 #   Needs .gpu/debs/*.deb from Debian 12 (apt-get download libabsl-dev libabsl20220623
-#   nlohmann-json3-dev libgtest-dev libgmock-dev), carried with the tree.
+#   nlohmann-json3-dev libgtest-dev libgmock-dev libre2-dev libre2-9 libsentencepiece-dev
+#   libsentencepiece0), carried with the tree. (re2 + sentencepiece: runtime/tokenizer.)
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"

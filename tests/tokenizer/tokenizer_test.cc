@@ -33,6 +33,8 @@ struct Format {
   std::string format;     // Tokenizer::format()
 };
 
+void PrintTo(const Format& f, std::ostream* os) { *os << f.name; }
+
 std::vector<Format> Formats() {
   return {{"glm4-tiny", std::string(GLMSERVE_SOURCE_DIR) + "/models/glm4-tiny", "tokenizer.json"},
           {"glm4-hf", kFixtures + "/glm4-hf", "tokenizer.json"},
