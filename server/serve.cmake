@@ -7,16 +7,25 @@ find_package(gRPC CONFIG REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(prometheus-cpp CONFIG REQUIRED)
 
+# Structured logs and the self-healing engine wrapper: no gRPC, no LibTorch (unit-testable).
+add_library(glmserve_obs STATIC
+  logging.cc
+  watchdog.cc
+)
+target_include_directories(glmserve_obs PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(glmserve_obs PUBLIC
+  absl::status absl::statusor absl::strings absl::str_format Threads::Threads
+  spdlog::spdlog nlohmann_json::nlohmann_json)
+
 add_library(glmserve_grpc STATIC
   grpc_service.cc
   grpc_validation.cc
-  logging.cc
 )
 target_include_directories(glmserve_grpc PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_grpc PUBLIC
   glmserve_proto glmserve_tokenizer gRPC::grpc++ gRPC::grpc++_reflection
   absl::status absl::statusor absl::strings absl::str_format Threads::Threads
-  spdlog::spdlog nlohmann_json::nlohmann_json)
+  glmserve_obs)
 
 add_library(glmserve_serve STATIC
   serve_command.cc
@@ -24,7 +33,6 @@ add_library(glmserve_serve STATIC
   serve_flags.cc
   metrics.cc
   supervisor.cc
-  watchdog.cc
 )
 target_include_directories(glmserve_serve PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_definitions(glmserve_serve PRIVATE GLMSERVE_VERSION="${PROJECT_VERSION}")

@@ -1,6 +1,7 @@
 #include "server/supervisor.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -55,6 +56,8 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
       return kExitFailure;
     }
     if (child == 0) {
+      // If the supervisor itself is killed, the server drains and exits instead of lingering.
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
       sigprocmask(SIG_SETMASK, &old_mask, nullptr);
       std::vector<char*> cargv;
       for (auto& a : args) cargv.push_back(a.data());
