@@ -155,7 +155,10 @@ def make_tiktoken():
     write_json(os.path.join(d, "tokenizer_config.json"),
                {"tokenizer_class": "ChatGLM4Tokenizer", "eos_token": "<|endoftext|>", "chat_template": template})
     enc = tiktoken.Encoding("glm4-fixture", pat_str=GLM4_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
-    ids = [enc.encode(s, allowed_special="all") for s in CORPUS]
+    # GLM-4-9B's tokenizer registers the specials as added tokens (parsed from text) and
+    # tokenizer(text) prefixes [gMASK] <sop> (build_inputs_with_special_tokens).
+    prefix = [specials["[gMASK]"], specials["<sop>"]]
+    ids = [prefix + enc.encode(s, allowed_special="all") for s in CORPUS]
     dec = [enc.decode(x) for x in ids]
     tmpl = jinja2.Environment().from_string(template)
     chats = [enc.encode(tmpl.render(messages=c, add_generation_prompt=True), allowed_special="all")
@@ -199,7 +202,8 @@ def make_sentencepiece():
                                                           "eos_token": "</s>"})
     # ChatGLM3's tokenizer (encode_special_tokens=False): text is plain sentencepiece, special
     # strings included; chat turns get their special ids from build_chat_input.
-    enc = [sp.encode(s) for s in CORPUS]
+    # tokenizer(text) adds the prefix [gMASK] sop (ChatGLMTokenizer.build_inputs_with_special_tokens).
+    enc = [[specials["[gMASK]"], specials["sop"]] + sp.encode(s) for s in CORPUS]
 
     def dec(ids):
         out, run = "", []

@@ -377,6 +377,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromTiktoken(const fs::
   if (!splitter.ok()) return splitter.status();
   t->splitter_ = std::move(*splitter);
   for (const char* s : kGlm4SpecialTokens) t->specials_.emplace_back(s, next++);
+  // GLM-4-9B's tokenizer(text) prefixes [gMASK] <sop> (build_inputs_with_special_tokens).
+  t->prefix_ = {*t->SpecialTokenId("[gMASK]"), *t->SpecialTokenId("<sop>")};
   if (auto s = t->Finish(ReadTokenizerConfig(dir)); !s.ok()) return s;
   return std::unique_ptr<Tokenizer>(std::move(t));
 }
@@ -391,9 +393,13 @@ class SentencePieceTokenizer : public Tokenizer {
  public:
   // ChatGLM2/3's tokenizer (encode_special_tokens=False) parses no special tokens from text:
   // "sop" or "<|user|>" in a prompt are plain text; chat turns get their ids from ChatIds.
-  std::vector<int32_t> Encode(std::string_view text, bool /*add_special_tokens*/) const override {
+  // add_special_tokens: ChatGLMTokenizer's build_inputs_with_special_tokens prefix [gMASK] sop.
+  std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens) const override {
+    std::vector<int32_t> out;
+    if (add_special_tokens) out = {*SpecialTokenId("[gMASK]"), *SpecialTokenId("sop")};
     const std::vector<int> ids = sp_.Encode(std::string(text));
-    return std::vector<int32_t>(ids.begin(), ids.end());
+    out.insert(out.end(), ids.begin(), ids.end());
+    return out;
   }
 
   std::string TokenBytes(int32_t id) const override {

@@ -38,7 +38,8 @@ class Tokenizer {
   // Text -> ids. Byte-level BPE: special-token strings in `text` (e.g. "<|user|>") map to their
   // ids, as HF tokenizers and tiktoken(allowed_special="all") do. Sentencepiece (ChatGLM2/3): no
   // special tokens are parsed from text, as ChatGLM3's tokenizer does. add_special_tokens applies the
-  // post-processor (tokenizer.json's TemplateProcessing); the other formats add nothing.
+  // post-processor: tokenizer.json's TemplateProcessing; tiktoken: GLM-4-9B's [gMASK] <sop>;
+  // sentencepiece: ChatGLM2/3's [gMASK] sop (their build_inputs_with_special_tokens).
   virtual std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = true) const = 0;
 
   // The raw bytes one id stands for (special tokens: their text; unknown ids: empty).

@@ -270,9 +270,22 @@ namespace {
 TEST(SentencePiece, SpecialStringsInTextStayText) {
   auto t = Tokenizer::FromDirectory(kFixtures + "/chatglm3-sp");
   ASSERT_TRUE(t.ok()) << t.status();
-  const std::vector<int32_t> ids = (*t)->Encode("workshop eop <|user|>");
+  const std::vector<int32_t> ids = (*t)->Encode("workshop eop <|user|>", /*add_special_tokens=*/false);
   for (int32_t id : ids) EXPECT_FALSE((*t)->IsSpecial(id)) << id;
   EXPECT_EQ((*t)->Decode(ids), "workshop eop <|user|>");
+}
+
+TEST(Tokenizer, TextPrefixLikeTheReferenceTokenizers) {
+  // tokenizer(text) of GLM-4-9B (tiktoken) and ChatGLM3 (sentencepiece) starts with [gMASK] <sop>.
+  for (const char* dir : {"/glm4-tiktoken", "/chatglm3-sp"}) {
+    auto t = Tokenizer::FromDirectory(kFixtures + dir);
+    ASSERT_TRUE(t.ok()) << t.status();
+    const auto ids = (*t)->Encode("hi");
+    ASSERT_GE(ids.size(), 3u);
+    EXPECT_EQ(ids[0], *(*t)->SpecialTokenId("[gMASK]")) << dir;
+    EXPECT_TRUE((*t)->IsSpecial(ids[1])) << dir;
+    EXPECT_EQ((*t)->Encode("hi", false), std::vector<int32_t>(ids.begin() + 2, ids.end())) << dir;
+  }
 }
 
 }  // namespace
