@@ -183,4 +183,27 @@ TEST(InspectCli, MissingDirectoryAndUsage) {
   EXPECT_EQ(none.exit_code, 2);
 }
 
+TEST(TokenizeCli, IdsMatchTheReferenceAndErrorsNameTheFlag) {
+  const std::string tiny = (Fixtures().parent_path().parent_path() / "models" / "glm4-tiny").string();
+  const auto expected = nlohmann::json::parse(std::ifstream(Fixtures() / "tokenizer" / "expected.json"));
+  const auto corpus = nlohmann::json::parse(std::ifstream(Fixtures() / "tokenizer" / "corpus.json"));
+  RunResult r = Glmserve({"tokenize", "--model", tiny, "--text", corpus[5].get<std::string>(), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto out = nlohmann::json::parse(r.out);
+  EXPECT_EQ(out["ids"], expected["glm4-tiny"]["encode"][5]);
+  EXPECT_EQ(out["decoded"], corpus[5]);
+  r = Glmserve({"tokenize", "--model", tiny, "--text", "a,b"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find(','), std::string::npos);
+  r = Glmserve({"tokenize", "--model", tiny});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--text"), std::string::npos) << r.err;
+  r = Glmserve({"tokenize", "--model", "/nonexistent", "--text", "x"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("tokenizer"), std::string::npos) << r.err;
+  r = Glmserve({"generate", "--model", tiny, "--input-ids", "1,2", "--prompt", "x", "--max-new-tokens", "2"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("exactly one"), std::string::npos) << r.err;
+}
+
 }  // namespace
