@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build stage helper: copies glmserve, the health probe and every shared library they load into
+# DEST (bin/, lib/), so the runtime stage needs only `COPY --from=build`. glibc and the C++
+# runtime stay the runtime base's own (Debian 12 builds need glibc >= 2.36: Ubuntu 24.04 and
+# Debian 12 bases qualify).  Usage: collect-runtime.sh DEST BINARY... [-- EXTRA_LIB_DIR...]
+# EXTRA_LIB_DIRs are copied whole (libraries opened with dlopen, e.g. cuDNN's engines, that ldd
+# cannot see).
+set -euo pipefail
+dest="$1"; shift
+bins=(); extra=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--" ]; then shift; extra=("$@"); break; fi
+  bins+=("$1"); shift
+done
+mkdir -p "$dest/bin" "$dest/lib"
+for b in "${bins[@]}"; do install -m 0755 "$b" "$dest/bin/"; done
+skip='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libutil|libresolv|libstdc\+\+|libgcc_s)\.so'
+for b in "${bins[@]}"; do
+  if ldd "$b" | grep -q 'not found'; then ldd "$b" | grep 'not found' >&2; exit 1; fi
+  ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | while read -r name path; do
+    if ! [[ "$name" =~ $skip ]]; then cp -Ln "$path" "$dest/lib/$name"; fi
+  done
+done
+for d in "${extra[@]}"; do
+  find "$d" -maxdepth 1 -name '*.so*' \( -type f -o -type l \) -exec cp -Ln {} "$dest/lib/" \;
+done
