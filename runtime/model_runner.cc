@@ -233,8 +233,34 @@ class PagedExecutor final : public StepExecutor {
     size_t num_samples = 0;
     for (const SequenceStep& s : batch) num_samples += s.sample ? 1 : 0;
     at::Tensor logits;
+    // On a GPU, greedy rows that need no stop-id masking take their argmax on the device (the
+    // first maximum, as on the CPU) and only ids cross to the host; the other rows bring their
+    // logits. Copying every row's full fp32 logits and scanning them on the CPU dominated
+    // large-batch decode steps.
+    std::vector<int32_t> device_ids;
     absl::Status forward = GuardTorch("forward step", [&] {
-      logits = model_->Forward(batch, pool_).contiguous().cpu();
+      at::Tensor device_logits = model_->Forward(batch, pool_);
+      if (device_logits.is_cuda() && device_logits.dim() == 2 &&
+          device_logits.size(0) == static_cast<int64_t>(num_samples)) {
+        std::vector<int64_t> host_rows;
+        int64_t row = 0;
+        for (const SequenceStep& s : batch) {
+          if (!s.sample) continue;
+          const bool greedy = s.params->sampling.temperature <= 0.0f && s.num_generated >= s.params->min_new_tokens;
+          if (!greedy) host_rows.push_back(row);
+          ++row;
+        }
+        at::Tensor ids = device_logits.argmax(-1).to(at::kInt).cpu();
+        device_ids.assign(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel());
+        const int64_t vocab = device_logits.size(1);
+        logits = at::empty({static_cast<int64_t>(num_samples), vocab}, at::TensorOptions().dtype(at::kFloat));
+        if (!host_rows.empty()) {
+          at::Tensor rows = at::tensor(host_rows, at::TensorOptions().dtype(at::kLong));
+          logits.index_copy_(0, rows, device_logits.index_select(0, rows.to(device_logits.device())).cpu());
+        }
+      } else {
+        logits = device_logits.contiguous().cpu();
+      }
       if (inject_oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > inject_oom_above_sequences_) {
         logits = at::Tensor();
         TORCH_CHECK_WITH(OutOfMemoryError, false, "injected OOM (ExecutorOptions.inject_oom_above_sequences=",
@@ -261,7 +287,10 @@ class PagedExecutor final : public StepExecutor {
       const GenerationParams& params = *batch[i].params;
       const std::vector<int32_t>& stops =
           params.stop_token_ids.empty() ? model_->config().eos_token_ids : params.stop_token_ids;
-      const int32_t id = SampleNextToken(data + row * vocab, vocab, params, stops, batch[i].num_generated);
+      const bool greedy = params.sampling.temperature <= 0.0f && batch[i].num_generated >= params.min_new_tokens;
+      const int32_t id = greedy && !device_ids.empty()
+                             ? device_ids[row]
+                             : SampleNextToken(data + row * vocab, vocab, params, stops, batch[i].num_generated);
       if (id < 0 || id >= vocab) {
         return absl::InternalError(absl::StrCat("sampler returned id ", id, " for sequence ", batch[i].sequence_id,
                                                 "; expected [0, ", vocab, ")"));
