@@ -278,6 +278,8 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     if (model.tokenizer != nullptr) {
       text_ = std::make_unique<tokenizer::TextOutput>(
           model.tokenizer, std::vector<std::string>(proto_request.stop().begin(), proto_request.stop().end()));
+      // Unary calls without stop strings decode once, from the result (and stay replayable).
+      text_incremental_ = streaming() || proto_request.stop_size() > 0;
     }
     request->deadline = service_->EngineDeadline(ctx_);
     engine_ = engine;
@@ -300,7 +302,7 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
                   {"ttft_ms", std::chrono::duration<double, std::milli>(
                                   std::chrono::steady_clock::now() - self->start_).count()}});
       }
-      if (self->text_ != nullptr) {  // engine thread: decode; a stop string cancels the rest
+      if (self->text_incremental_) {  // engine thread: decode; a stop string cancels the rest
         self->text_delta_.clear();
         const size_t kept = self->text_->Add(ids, &self->text_delta_);
         if (self->text_->stopped() && kept > 0) self->CancelInEngine();
@@ -311,8 +313,8 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
       if (self->streaming()) self->OnEngineTokens(ids);
     };
     // Unary: nothing reaches the client before the result, so an engine fault may rerun it (not
-    // with text decoding, whose state is not rewound).
-    callbacks.replayable_after_tokens = !streaming() && text_ == nullptr;
+    // with incremental text decoding for stop strings, whose state is not rewound).
+    callbacks.replayable_after_tokens = !streaming() && !text_incremental_;
     callbacks.on_done = [self](const RequestResult& result) { self->OnEngineDone(result); };
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -427,6 +429,7 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
   // Response text (null without a tokenizer). Fed on the engine thread; read after on_done.
   std::unique_ptr<tokenizer::TextOutput> text_;
   std::string text_delta_;  // engine thread: the text of the ids being handed to OnEngineTokens
+  bool text_incremental_ = false;  // text_ fed from on_tokens (streaming or stop strings)
 
   std::mutex mu_;
   bool submitted_ = false;    // guarded by mu_
@@ -481,6 +484,8 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
     response_->set_request_id(request_id_);
     FillFinal(result_, 0, response_);
     if (text_ != nullptr) {
+      std::string unused;
+      if (!text_incremental_) text_->Add(result_.output_ids, &unused);
       text_->Finish();
       response_->set_text(text_->text());
     }
