@@ -64,6 +64,22 @@ CORPUS = [
     "ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ １２３",
 ]
 
+
+def random_lines(n=200, seed=1234):
+    """Random mixes of the characters the pre-tokenizer regexes treat differently (whitespace
+    kinds and runs, newlines, contractions, letters, digit runs, CJK, emoji, marks, punctuation)."""
+    import random
+    rng = random.Random(seed)
+    atoms = [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", "\u00a0", "\u3000", "\u2003", " \n ",
+             "'s", "'T", "'re", "'ll", "'d", "'m", "'ve", "'", "a", "Zebra", "hello", "x", "ÄÖü", "naïve",
+             "1", "12", "123", "1234567", "3.14", "-", "--", "!?", "...", "(", ")", "{}", "<>", "#",
+             "中文", "的", "日本語", "한국어", "😀", "👍🏽", "🇯🇵", "e\u0301", "\u0915\u094d", "\u200d",
+             "<|user|>", "[gMASK]", "sop", "ＡＢＣ", "١٢٣", "\u00bd", "_", "__init__", "/", "\\"]
+    return ["".join(rng.choice(atoms) for _ in range(rng.randint(1, 12))) for _ in range(n)]
+
+
+CORPUS = CORPUS + random_lines()
+
 CONVERSATIONS = [
     [{"role": "system", "content": "You are a helpful assistant."},
      {"role": "user", "content": "Hello!"}],
