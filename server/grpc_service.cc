@@ -135,6 +135,7 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     std::lock_guard<std::mutex> lock(mu_);
     model_.vocab_size = info.vocab_size;
     model_.max_context = info.max_position_embeddings;
+    model_.eos_token_ids = info.eos_token_ids;
     model_info_ = std::move(proto);
     engine_ = engine;
   }

@@ -1,5 +1,6 @@
 #include "server/grpc_validation.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -145,6 +146,15 @@ absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& re
   out.params.sampling.seed = request.seed();
   out.params.stop_token_ids.assign(request.stop_token_ids().begin(),
                                    request.stop_token_ids().end());
+  if (out.params.stop_token_ids.empty() && model.tokenizer != nullptr) {
+    // Default stop ids: the model's eos ids plus the tokenizer's end-of-turn ids (<|user|>,
+    // <|observation|>) where the config lacks them (ChatGLM3's config has only </s>).
+    std::vector<int32_t> stop = model.eos_token_ids;
+    for (int32_t id : model.tokenizer->DefaultStopIds()) {
+      if (id < vocab && std::find(stop.begin(), stop.end(), id) == stop.end()) stop.push_back(id);
+    }
+    if (stop.size() > model.eos_token_ids.size()) out.params.stop_token_ids = std::move(stop);
+  }
   return out;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -38,6 +39,8 @@ struct ValidationModel {
   // Tokenizes prompt/messages and decodes output text; null = ids only (prompt, messages and
   // stop are refused with INVALID_ARGUMENT).
   const tokenizer::Tokenizer* tokenizer = nullptr;
+  // The model's eos ids (what the engine stops on when a request has no stop_token_ids).
+  std::vector<int32_t> eos_token_ids;
 };
 
 // Limits on stop strings.

@@ -487,6 +487,29 @@ TEST_F(GrpcTextTest, PromptTextAndStopStrings) {
   EXPECT_EQ(stream_stopped.messages.back().finish_reason(), v1::STOP);
 }
 
+TEST(DefaultStopIds, TokenizerEndOfTurnIdsJoinTheModelsEos) {
+  std::string root = __FILE__;
+  root = root.substr(0, root.rfind("tests/server/"));
+  auto tok = tokenizer::Tokenizer::FromDirectory(root + "models/glm4-tiny");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  ValidationModel model;
+  model.vocab_size = 1024;
+  model.tokenizer = tok->get();
+  model.eos_token_ids = {1000};  // a config with only <|endoftext|> (like ChatGLM3's </s>)
+  v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 4);
+  auto out = ValidateInferRequest(request, FrontendLimits(), model);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->params.stop_token_ids, (std::vector<int32_t>{1000, 1007, 1009}));
+  model.eos_token_ids = {1000, 1007, 1009};  // already complete (GLM-4): engine default, unchanged
+  out = ValidateInferRequest(request, FrontendLimits(), model);
+  ASSERT_TRUE(out.ok());
+  EXPECT_TRUE(out->params.stop_token_ids.empty());
+  request.add_stop_token_ids(7);  // explicit ids win
+  out = ValidateInferRequest(request, FrontendLimits(), model);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->params.stop_token_ids, (std::vector<int32_t>{7}));
+}
+
 TEST_F(GrpcTextTest, ChatMessagesValidated) {
   StartWithTokenizer();
   v1::InferRequest request;
