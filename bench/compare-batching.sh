@@ -88,6 +88,7 @@ run_one() {
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then echo "compare-batching: glmload failed ($rc)" >&2; exit 1; fi
 }
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 run_one single --max-batch 1
 run_one batching
 max_batch=$(grep -oE '"max_batch": [0-9]+' "$out_dir/batching.json" | grep -oE '[0-9]+' || echo "?")
@@ -95,7 +96,8 @@ max_batch=$(grep -oE '"max_batch": [0-9]+' "$out_dir/batching.json" | grep -oE '
 {
   echo "Single request (--max-batch 1) vs dynamic batching (default --max-batch $max_batch), $(basename "$model"),"
   echo "closed loop, InferStream, prompt $prompt_len tokens, $max_new new tokens, $duration per level;"
-  echo "$(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'))."
+  echo "$(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), load average" \
+    "before the runs: $load_before (other work on the machine shares the cores)."
   echo
   "$glmload" --from-json "$out_dir/single.json,$out_dir/batching.json" \
     --labels "single,batching" --plot "$out_dir/compare-batching.png"
