@@ -6,7 +6,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
 #include <thread>
+#include <unistd.h>
 
 #include "bench/glmload.h"
 #include "glmserve/v1/inference.grpc.pb.h"
@@ -21,10 +26,19 @@ class StubService final : public v1::Inference::Service {
   std::atomic<int> calls{0}, in_flight{0}, max_in_flight{0};
   std::atomic<int> delay_ms{0};       // before answering
   std::atomic<int> step_delay_ms{0};  // between stream messages
+  std::mutex mu;
+  std::set<int> prompt_sizes, max_new_seen;
+  bool min_equals_max = true;
 
   grpc::Status Infer(grpc::ServerContext* ctx, const v1::InferRequest* req,
                      v1::InferResponse* resp) override {
     Enter();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      prompt_sizes.insert(req->input_ids_size());
+      max_new_seen.insert(req->max_new_tokens());
+      min_equals_max &= req->min_new_tokens() == req->max_new_tokens();
+    }
     Sleep(ctx, delay_ms.load());
     for (int i = 0; i < req->max_new_tokens(); ++i) resp->add_output_ids(i);
     Final(*req, resp);
@@ -202,6 +216,28 @@ TEST_F(GlmloadStubTest, SweepRunsEachLevel) {
   }
   const std::string table = FormatTable(*r);
   EXPECT_NE(table.find("lat p50"), std::string::npos) << table;
+}
+
+TEST_F(GlmloadStubTest, PromptFileAndLengthDistributions) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("glmload_prompts." + std::to_string(getpid()))).string();
+  std::ofstream(path) << "1,2,3\n\n4 5\n";
+  opts_.prompt_file = path;
+  opts_.max_new_tokens = {2, 4};
+  opts_.concurrency = 3;
+  opts_.requests = 60;
+  auto r = RunLoad(opts_);
+  std::filesystem::remove(path);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->levels[0].ok, 60);
+  EXPECT_EQ(service_.prompt_sizes, (std::set<int>{2, 3}));   // both prompts drawn, blank line skipped
+  EXPECT_EQ(service_.max_new_seen, (std::set<int>{2, 3, 4}));  // uniform:2:4
+  EXPECT_TRUE(service_.min_equals_max);                        // --ignore-eos (default)
+  EXPECT_GE(r->levels[0].generated_tokens, 120);
+  EXPECT_LE(r->levels[0].generated_tokens, 240);
+
+  opts_.prompt_file = "/nonexistent/prompts.txt";
+  EXPECT_FALSE(RunLoad(opts_).ok());
 }
 
 TEST(GlmloadNoServerTest, UnreachableTargetFailsFast) {
