@@ -7,6 +7,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -265,13 +266,18 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     absl::StatusOr<InferenceRequest> request =
         ValidateInferRequest(proto_request, service_->options().limits, model);
     if (!request.ok()) {
-      if (model.max_context > 0 && proto_request.input_ids_size() >= model.max_context) {
+      // The prompt length is known only after tokenization: ValidateInferRequest's refusal reads
+      // "<field>: N tokens; at most M prompt tokens allowed".
+      const std::string message(request.status().message());
+      const size_t colon = message.find(": ");
+      if (colon != std::string::npos && message.find(" prompt tokens allowed") != std::string::npos) {
+        const long prompt_tokens = std::strtol(message.c_str() + colon + 2, nullptr, 10);
         LogEvent(LogLevel::kWarn, "prompt_too_long", request_id_,
-                 absl::StrCat("prompt of ", proto_request.input_ids_size(),
-                              " tokens exceeds the model's max position embeddings (",
+                 absl::StrCat("prompt of ", prompt_tokens, " tokens is too long (max position embeddings ",
                               model.max_context, "); refusing"),
-                 {{"rpc", rpc_}, {"prompt_tokens", proto_request.input_ids_size()},
-                  {"max_position_embeddings", model.max_context}});
+                 {{"rpc", rpc_}, {"prompt_tokens", prompt_tokens},
+                  {"max_position_embeddings", model.max_context},
+                  {"above_max_position_embeddings", prompt_tokens > model.max_context}});
       }
       return Refuse(ToGrpc(request.status()));
     }

@@ -69,10 +69,16 @@ def main():
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"too-long prompt refused ({e.code().name})")
 
+        try:  # prompt text: the length is known after tokenization
+            stub.Infer(pb.InferRequest(prompt="hello world " * 3000, max_new_tokens=1, request_id="too-long-text"),
+                       timeout=30)
+        except grpc.RpcError:
+            pass
+
         after, _ = harness.scrape(mport)
         check(harness.metric(after, "glmserve_requests_total", code="OK") == 3, "requests_total{code=OK} == 3")
-        check(harness.metric(after, "glmserve_requests_total", code="INVALID_ARGUMENT") == 1,
-              "requests_total{code=INVALID_ARGUMENT} == 1")
+        check(harness.metric(after, "glmserve_requests_total", code="INVALID_ARGUMENT") == 2,
+              "requests_total{code=INVALID_ARGUMENT} == 2")
         check(harness.metric(after, "glmserve_generated_tokens_total") == 6 + 5 + 3, "generated_tokens_total == 14")
         for h in ["glmserve_request_latency_seconds", "glmserve_time_to_first_token_seconds", "glmserve_queue_wait_seconds"]:
             check(harness.metric(after, h + "_count") == 3, f"{h}_count == 3")
@@ -92,7 +98,12 @@ def main():
         check(fin["fields"]["finish"] and "total_ms" in fin["fields"] and "ttft_ms" in fin["fields"],
               f"finish carries timings and finish reason: {fin['fields']}")
         warn = [e for e in events if e["request_id"] == "too-long" and e["event"] == "prompt_too_long"]
-        check(len(warn) == 1 and warn[0]["level"] == "warn", "too-long prompt logs a warning with its request id")
+        check(len(warn) == 1 and warn[0]["level"] == "warn" and warn[0]["fields"]["above_max_position_embeddings"]
+              and warn[0]["fields"]["prompt_tokens"] == info.max_context + 5,
+              f"too-long prompt logs a warning with its request id: {warn}")
+        warn = [e for e in events if e["request_id"] == "too-long-text" and e["event"] == "prompt_too_long"]
+        check(len(warn) == 1 and warn[0]["fields"]["prompt_tokens"] > info.max_context,
+              f"too-long prompt text (tokenized) logs the warning too: {warn}")
         print("sample log line: " + json.dumps(fin))
     finally:
         check(server.stop() == 0, "SIGTERM drains and exits 0")
