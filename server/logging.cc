@@ -92,7 +92,7 @@ bool LogEnabled(LogLevel level) { return static_cast<int>(level) >= g_level.load
 namespace {
 
 void Emit(LogLevel level, std::string_view event, std::string_view request_id,
-          std::string_view msg, const nlohmann::json& fields) {
+          std::string_view msg, const nlohmann::json& fields, bool text_fields = true) {
   std::string line;
   if (g_json) {
     nlohmann::json j = nlohmann::json::object();
@@ -106,7 +106,7 @@ void Emit(LogLevel level, std::string_view event, std::string_view request_id,
   } else {
     line = absl::StrCat("glmserve: ", std::string(msg.empty() ? event : msg));
     if (!request_id.empty()) absl::StrAppend(&line, " request_id=", std::string(request_id));
-    if (fields.is_object()) {
+    if (text_fields && fields.is_object()) {
       for (auto it = fields.begin(); it != fields.end(); ++it) {
         const std::string v = it->is_string() ? it->get<std::string>() : it->dump();
         const bool quote = v.find(' ') != std::string::npos;
@@ -125,7 +125,7 @@ void LogEvent(LogLevel level, std::string_view event, std::string_view request_i
 }
 
 void LogLifecycle(std::string_view event, std::string_view msg, const nlohmann::json& fields) {
-  Emit(LogLevel::kInfo, event, "", msg, fields);
+  Emit(LogLevel::kInfo, event, "", msg, fields, /*text_fields=*/false);  // the exact text line
 }
 
 }  // namespace glmserve
