@@ -160,5 +160,22 @@ TEST(WatchdogTest, CrashLoopStaysNotServingAndSaysWhy) {
   EXPECT_EQ(h.health().back(), false);
 }
 
+TEST(WatchdogTest, IdleCanaryFindsABrokenEngineWithoutClientTraffic) {
+  WatchdogOptions w = Harness::Defaults();
+  w.canary_interval = 50ms;
+  Harness h(
+      [](int gen) {
+        FaultInjectionOptions f;
+        if (gen == 0) f.throw_on_step = 2;  // warm-up is step 1; the first canary's step throws
+        return f;
+      },
+      w);
+  for (int i = 0; i < 100 && h.engine().restarts() == 0; ++i) std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(h.engine().restarts(), 1);
+  EXPECT_EQ(h.health(), (std::vector<bool>{false, true}));
+  auto r = h.Run("after", false);
+  EXPECT_TRUE(Get(r).status.ok());
+}
+
 }  // namespace
 }  // namespace glmserve
