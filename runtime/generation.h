@@ -12,6 +12,12 @@ struct SamplingParams {
   float top_p = 1.0f;        // nucleus mass kept, in (0, 1]; 1 keeps everything
   int32_t top_k = 0;         // keep the k most likely tokens; 0 = no limit
   uint64_t seed = 0;         // per-request RNG seed; same seed, same prompt, same params -> same ids
+  // OpenAI-style penalties over the ids generated so far (not the prompt), applied to the logits
+  // before everything else: logit[t] -= frequency_penalty * count(t) + presence_penalty * (count(t) > 0).
+  // Either non-zero makes a row need its history (and its logits on the host).
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  bool has_penalties() const { return frequency_penalty != 0.0f || presence_penalty != 0.0f; }
 };
 
 struct GenerationParams {

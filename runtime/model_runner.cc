@@ -246,7 +246,8 @@ class PagedExecutor final : public StepExecutor {
         int64_t row = 0;
         for (const SequenceStep& s : batch) {
           if (!s.sample) continue;
-          const bool greedy = s.params->sampling.temperature <= 0.0f && s.num_generated >= s.params->min_new_tokens;
+          const bool greedy = s.params->sampling.temperature <= 0.0f && !s.params->sampling.has_penalties() &&
+                              s.num_generated >= s.params->min_new_tokens;
           if (!greedy) host_rows.push_back(row);
           ++row;
         }
@@ -287,10 +288,12 @@ class PagedExecutor final : public StepExecutor {
       const GenerationParams& params = *batch[i].params;
       const std::vector<int32_t>& stops =
           params.stop_token_ids.empty() ? model_->config().eos_token_ids : params.stop_token_ids;
-      const bool greedy = params.sampling.temperature <= 0.0f && batch[i].num_generated >= params.min_new_tokens;
+      const bool greedy = params.sampling.temperature <= 0.0f && !params.sampling.has_penalties() &&
+                          batch[i].num_generated >= params.min_new_tokens;
       const int32_t id = greedy && !device_ids.empty()
                              ? device_ids[row]
-                             : SampleNextToken(data + row * vocab, vocab, params, stops, batch[i].num_generated);
+                             : SampleNextToken(data + row * vocab, vocab, params, stops, batch[i].num_generated,
+                                               batch[i].history);
       if (id < 0 || id >= vocab) {
         return absl::InternalError(absl::StrCat("sampler returned id ", id, " for sequence ", batch[i].sequence_id,
                                                 "; expected [0, ", vocab, ")"));
@@ -342,6 +345,7 @@ class ModelRunnerImpl final : public ModelRunner {
       step.tokens = input_ids;
       step.params = &params;
       int32_t position = 0;
+      std::vector<int32_t> history = input_ids;  // prompt + generated, for the penalties
       output.finish_reason = FinishReason::kLength;
       while (static_cast<int32_t>(output.output_ids.size()) < params.max_new_tokens) {
         step.start_position = position;
@@ -349,9 +353,10 @@ class ModelRunnerImpl final : public ModelRunner {
         at::Tensor logits = model_->Forward({step}, pool).contiguous().cpu();
         const float* row = logits.data_ptr<float>();
         if (output.output_ids.empty()) output.first_logits.assign(row, row + c.vocab_size);
-        const int32_t next = SampleNextToken(row, c.vocab_size, params, stops, step.num_generated);
+        const int32_t next = SampleNextToken(row, c.vocab_size, params, stops, step.num_generated, &history);
         position += static_cast<int32_t>(step.tokens.size());
         output.output_ids.push_back(next);
+        history.push_back(next);
         if (on_token && !on_token(next)) {
           output.finish_reason = FinishReason::kCancelled;
           break;

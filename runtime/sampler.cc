@@ -24,9 +24,25 @@ double UniformForStep(uint64_t seed, int32_t step) {
 }  // namespace
 
 int32_t SampleNextToken(const float* logits, int32_t vocab_size, const GenerationParams& params,
-                        const std::vector<int32_t>& stop_ids, int32_t num_generated) {
+                        const std::vector<int32_t>& stop_ids, int32_t num_generated,
+                        const std::vector<int32_t>* history) {
   constexpr float kMasked = -std::numeric_limits<float>::infinity();
   std::vector<float> scores(logits, logits + vocab_size);
+  if (params.sampling.has_penalties() && history != nullptr && num_generated > 0) {
+    const size_t n = std::min(history->size(), static_cast<size_t>(num_generated));
+    std::vector<int32_t> counts;
+    std::vector<int32_t> seen;
+    counts.assign(vocab_size, 0);
+    for (size_t i = history->size() - n; i < history->size(); ++i) {
+      const int32_t id = (*history)[i];
+      if (id < 0 || id >= vocab_size) continue;
+      if (counts[id]++ == 0) seen.push_back(id);
+    }
+    for (int32_t id : seen) {
+      scores[id] -= params.sampling.frequency_penalty * static_cast<float>(counts[id]) +
+                    params.sampling.presence_penalty;
+    }
+  }
   if (num_generated < params.min_new_tokens) {
     for (int32_t id : stop_ids) {
       if (id >= 0 && id < vocab_size) scores[id] = kMasked;

@@ -12,7 +12,10 @@ namespace glmserve {
 // does) while num_generated < params.min_new_tokens. Greedy when temperature is 0; otherwise
 // temperature, then top-k, then top-p (transformers' order), then a draw whose random number is a
 // pure function of (seed, num_generated): batching, preemption and recompute never change it.
+// `history` (prompt + generated ids, the last num_generated of them generated) feeds the
+// frequency/presence penalties, applied first; null = no penalties.
 int32_t SampleNextToken(const float* logits, int32_t vocab_size, const GenerationParams& params,
-                        const std::vector<int32_t>& stop_ids, int32_t num_generated);
+                        const std::vector<int32_t>& stop_ids, int32_t num_generated,
+                        const std::vector<int32_t>* history = nullptr);
 
 }  // namespace glmserve

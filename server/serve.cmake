@@ -27,6 +27,16 @@ target_link_libraries(glmserve_grpc PUBLIC
   absl::status absl::statusor absl::strings absl::str_format Threads::Threads
   glmserve_obs)
 
+# OpenAI-compatible HTTP/JSON front end (Debian's cpp-httplib, compiled library: its Cflags
+# carry the feature macros the .so was built with).
+pkg_check_modules(CPPHTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
+add_library(glmserve_http STATIC
+  http_api.cc
+  http_server.cc
+)
+target_include_directories(glmserve_http PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(glmserve_http PUBLIC glmserve_grpc PkgConfig::CPPHTTPLIB)
+
 add_library(glmserve_serve STATIC
   serve_command.cc
   serve_engine.cc
@@ -36,7 +46,7 @@ add_library(glmserve_serve STATIC
 )
 target_include_directories(glmserve_serve PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_definitions(glmserve_serve PRIVATE GLMSERVE_VERSION="${PROJECT_VERSION}")
-target_link_libraries(glmserve_serve PUBLIC glmserve_grpc glmserve_engine prometheus-cpp::pull)
+target_link_libraries(glmserve_serve PUBLIC glmserve_grpc glmserve_http glmserve_engine prometheus-cpp::pull)
 # ModelRunner's code is in glmserve_runtime (LibTorch). Link it without its usage requirements:
 # its include directories carry torch's own google/protobuf headers, which clash with the
 # system protobuf these TUs use.

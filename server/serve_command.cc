@@ -20,6 +20,7 @@
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/cli.h"
 #include "server/grpc_service.h"
+#include "server/http_server.h"
 #include "server/serve_engine.h"
 #include "server/logging.h"
 #include "server/metrics.h"
@@ -124,6 +125,29 @@ int RunServe(int argc, char** argv) {
   }
   LogLine(absl::StrCat("listening on ", (*server)->address(),
                        " (health NOT_SERVING until the model is warm)"));
+  // The HTTP/JSON front end (off without --http-port): same engine, limits, metrics and logs.
+  std::unique_ptr<HttpServer> http;
+  if (flags.http_port >= 0) {
+    HttpServerOptions http_options;
+    http_options.host = flags.grpc.host;
+    http_options.port = flags.http_port;
+    http_options.threads = flags.http_threads;
+    http_options.max_body_bytes = flags.grpc.max_message_bytes;
+    http_options.default_deadline_ms = flags.grpc.default_deadline_ms;
+    http_options.limits = flags.grpc.limits;
+    http_options.log_requests = flags.grpc.log_requests;
+    http_options.observer = metrics_sink;
+    std::string name = flags.model_dir;
+    while (name.size() > 1 && name.back() == '/') name.pop_back();
+    if (const size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);
+    if (!name.empty()) http_options.model_name = name;
+    absl::StatusOr<std::unique_ptr<HttpServer>> started = HttpServer::Start(http_options);
+    if (!started.ok()) {
+      LogLine(std::string(started.status().message()));
+      return kExitFailure;
+    }
+    http = std::move(*started);
+  }
 
   // Every engine (the first and each rebuild) loads the checkpoint afresh.
   bool load_failed = false;
@@ -180,14 +204,20 @@ int RunServe(int argc, char** argv) {
   watchdog.warmup_timeout = std::chrono::milliseconds(flags.warmup_timeout_ms);
   GrpcServer* grpc_server = server->get();
   SelfHealingEngine::Hooks hooks;
-  hooks.on_health = [grpc_server](bool serving) { grpc_server->SetServing(serving); };
+  HttpServer* http_server = http.get();
+  hooks.on_health = [grpc_server, http_server](bool serving) {
+    grpc_server->SetServing(serving);
+    if (http_server != nullptr) http_server->SetServing(serving);
+  };
   hooks.on_restart = [metrics_sink] { metrics_sink->OnEngineRestart(); };
 
   // The tokenizer (prompt, messages, stop strings, response text) comes from the model directory.
   if (auto tok = tokenizer::Tokenizer::FromDirectory(flags.model_dir); tok.ok()) {
     LogLine(absl::StrCat("tokenizer: ", (*tok)->format(), ", ", (*tok)->vocab_size(), " ids, chat template: ",
                          (*tok)->chat_template_source()));
-    (*server)->SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer>(std::move(*tok)));
+    std::shared_ptr<const tokenizer::Tokenizer> shared(std::move(*tok));
+    (*server)->SetTokenizer(shared);
+    if (http != nullptr) http->SetTokenizer(shared);
   } else {
     LogLine(absl::StrCat("no tokenizer (", tok.status().message(),
                          "): prompt, messages and stop are refused; send input_ids"));
@@ -201,6 +231,7 @@ int RunServe(int argc, char** argv) {
     return load_failed ? kExitBadInput : kExitFailure;
   }
   (*server)->SetEngine(engine->get(), flags.engine.scheduler.max_batch_size);
+  if (http != nullptr) http->SetEngine(engine->get());
   metrics_sink->StartPolling([e = engine->get()] { return e->stats(); }, std::chrono::milliseconds(250));
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
@@ -211,21 +242,33 @@ int RunServe(int argc, char** argv) {
   (*server)->SetServing(true);
   LogLifecycle("serving", absl::StrCat("serving on ", (*server)->address()),
                {{"address", (*server)->address()}});
+  if (http != nullptr) {
+    http->SetServing(true);
+    LogLifecycle("http_serving", absl::StrCat("http serving on ", http->address()),
+                 {{"address", http->address()}});
+  }
 
   signals.Wait();
   const auto drain_deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(flags.drain_timeout_ms);
   (*server)->StartDrain();
+  if (http != nullptr) http->StartDrain();
   const bool engine_idle = (*engine)->WaitIdle(std::chrono::milliseconds(flags.drain_timeout_ms));
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
       drain_deadline - std::chrono::steady_clock::now());
-  const bool calls_idle = (*server)->WaitIdle(std::max(left, std::chrono::milliseconds(0)));
+  bool calls_idle = (*server)->WaitIdle(std::max(left, std::chrono::milliseconds(0)));
+  if (http != nullptr) {
+    const auto http_left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        drain_deadline - std::chrono::steady_clock::now());
+    calls_idle = http->WaitIdle(std::max(http_left, std::chrono::milliseconds(0))) && calls_idle;
+  }
   if (!engine_idle || !calls_idle) {
     LogLine(absl::StrCat("drain timeout: ", (*server)->active_calls(), " calls still open; cancelling"));
   }
   (*engine)->Shutdown();
   metrics_sink->StopPolling();  // before the engine it polls is destroyed
   (*server)->AbortAll();
+  if (http != nullptr) http->Shutdown();  // calls still waiting answer 503
   (*server)->Shutdown(std::chrono::milliseconds(flags.shutdown_grace_ms));
   LogLine("stopped");
   if ((*engine)->HasStuckEngine()) {

@@ -82,6 +82,10 @@ std::string ServeUsage() {
       "\nobservability (docs/operations.md):\n"
       "  --metrics-port P                Prometheus GET /metrics on --host:P, default ", d.metrics_port,
       " = off\n"
+      "  --http-port P                   OpenAI-compatible HTTP/JSON API on --host:P (/v1/chat/completions,\n"
+      "                                  /v1/completions, /v1/models, /health); 0 picks a free port and\n"
+      "                                  logs 'glmserve: http serving on HOST:PORT'; default off\n"
+      "  --http-threads N                HTTP worker threads, default ", d.http_threads, "\n"
       "  --log-level debug|info|warn|error  default ", d.log_level, "\n"
       "  --log-format json|text          json: one object per line {time,level,request_id,event,msg,\n"
       "                                  fields}; default ", d.log_format, "\n"
@@ -185,6 +189,8 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
       {"--drain-timeout-ms", int_flag(&f.drain_timeout_ms, 0, int64_t{1} << 40)},
       {"--shutdown-grace-ms", int_flag(&f.shutdown_grace_ms, 0, int64_t{1} << 40)},
       {"--metrics-port", int_flag(&f.metrics_port, 0, 65535)},
+      {"--http-port", int_flag(&f.http_port, 0, 65535)},
+      {"--http-threads", int_flag(&f.http_threads, 2, 4096)},
       {"--log-level", string_flag(&f.log_level)},
       {"--log-format", string_flag(&f.log_format)},
       {"--stall-timeout-ms", int_flag(&f.stall_timeout_ms, 10, int64_t{1} << 40)},

@@ -24,6 +24,9 @@ struct ServeFlags {
 
   // Observability (docs/operations.md).
   int metrics_port = 0;  // Prometheus GET /metrics on --host:PORT; 0 = off
+  // OpenAI-compatible HTTP/JSON API (server/http_server.h) on --host:PORT; -1 = off, 0 = any port.
+  int http_port = -1;
+  int http_threads = 64;  // HTTP worker threads (each open connection holds one)
   std::string log_level = "info";   // debug|info|warn|error
   std::string log_format = "json";  // json|text
 

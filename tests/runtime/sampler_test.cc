@@ -71,5 +71,25 @@ TEST(SamplerTest, TopPKeepsSmallestPrefixReachingMass) {
   EXPECT_NEAR(seen[0] / 2000.0, 0.5 / 0.8, 0.04);
 }
 
+TEST(SamplerTest, FrequencyAndPresencePenaltiesCountOnlyGeneratedIds) {
+  const std::vector<float> logits = {3.0f, 2.5f, 1.0f};
+  // history: prompt {0, 0, 0} then generated {0, 0}; only the generated two count.
+  const std::vector<int32_t> history = {0, 0, 0, 0, 0};
+  GenerationParams p = Greedy();
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, &history), 0);  // no penalties
+  p.sampling.frequency_penalty = 0.2f;  // 3.0 - 0.4 = 2.6 > 2.5
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, &history), 0);
+  p.sampling.frequency_penalty = 0.3f;  // 3.0 - 0.6 = 2.4 < 2.5
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, &history), 1);
+  p.sampling.frequency_penalty = 0.0f;
+  p.sampling.presence_penalty = 0.6f;  // once, whatever the count
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, &history), 1);
+  p.sampling.presence_penalty = -1.0f;  // negative favours repeats
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, &history), 0);
+  p.sampling.presence_penalty = 0.6f;
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 0, &history), 0);  // nothing generated yet
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, nullptr), 0);   // no history, no penalty
+}
+
 }  // namespace
 }  // namespace glmserve

@@ -1,0 +1,76 @@
+// The HTTP/JSON front end (`serve --http-port P`): OpenAI-compatible /v1/chat/completions,
+// /v1/completions (both with `stream: true` as server-sent events), /v1/models and /health, over
+// the same InferenceEngine, limits, metrics and logs as gRPC. Library: Debian's cpp-httplib
+// (libcpp-httplib-dev): maintained, packaged, chunked transfer for SSE, keep-alive, a bounded
+// body size; blocking thread-per-connection, which suits a front end whose threads only parse,
+// validate, enqueue and wait (the engine thread owns the model).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "runtime/engine.h"
+#include "server/grpc_validation.h"
+#include "server/request_observer.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace glmserve {
+
+struct HttpServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;  // 0 = pick a free port (HttpServer::port() says which)
+  // Worker threads: each open connection holds one while a request is answered or streamed;
+  // connections beyond wait in the accept queue.
+  int threads = 64;
+  // Largest request body; above: 413 (same default as gRPC's --max-message-bytes).
+  int64_t max_body_bytes = 4 << 20;
+  // Deadline for requests without a `timeout` (query or header); 0 = none.
+  int64_t default_deadline_ms = 600'000;
+  FrontendLimits limits;
+  bool log_requests = true;
+  std::string model_name = "glm";  // the id /v1/models lists
+  std::shared_ptr<RequestObserver> observer;
+};
+
+class HttpServer {
+ public:
+  // Binds and starts the listener thread. /health answers 503 and the API 503 until SetEngine()
+  // and SetServing(true).
+  static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const HttpServerOptions& options);
+  ~HttpServer();
+
+  int port() const { return port_; }
+  std::string address() const;
+
+  void SetEngine(InferenceEngine* engine);  // must outlive Shutdown()
+  void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer);
+  void SetServing(bool serving);
+  // New requests 503 (draining); in-flight ones finish.
+  void StartDrain();
+  bool WaitIdle(std::chrono::milliseconds timeout);
+  int active_calls() const;
+  // Calls still waiting answer 503; the listener stops and is joined. After the engine's
+  // Shutdown().
+  void Shutdown();
+
+  struct State;  // shared with handlers and engine callbacks
+
+ private:
+  HttpServer() = default;
+  std::shared_ptr<State> state_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread listener_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace glmserve

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""The official `openai` Python SDK against `glmserve serve --http-port 0` on loopback.
+
+Checks chat and completions (streaming and not, stop strings, usage, include_usage, seed,
+penalties, x-request-id), /v1/models, /health, and every error case of the error matrix (status,
+type, param): invalid JSON, wrong types, unknown roles, missing fields, out-of-range values,
+image parts, 413, 429 + Retry-After, 503 draining, 504 deadline; a client that disconnects
+mid-stream frees its slot. Needs (pip): openai. Exit 77 = skipped.
+"""
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from http_test_util import Server  # noqa: E402
+
+try:
+    import openai
+except ImportError as e:  # pragma: no cover
+    print(f"SKIP: {e} (pip install openai)")
+    sys.exit(77)
+
+FAILURES = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILURES.append(what)
+
+
+def error_of(status_body):
+    try:
+        return json.loads(status_body)["error"]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def expect_error(server, path, body, status, param, etype="invalid_request_error", headers=None, what=""):
+    st, hdrs, data = server.post(path, body, headers)
+    err = error_of(data)
+    ok = (st == status and err is not None and err.get("type") == etype and err.get("param") == param
+          and isinstance(err.get("message"), str) and "code" in err)
+    check(ok, f"{what or path}: {st} {err and err.get('type')} param={err and err.get('param')!r} "
+              f"(want {status} {etype} {param!r}) {err and err.get('message')!r}")
+    return st, hdrs, err
+
+
+def chat_body(**kw):
+    body = {"model": "glm4-tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    body.update(kw)
+    return body
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--model", required=True)
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(args.model, "config.json")):
+        print(f"SKIP: no model at {args.model}")
+        return 77
+    print(f"openai SDK {openai.__version__}", flush=True)
+
+    server = Server(args.binary, args.model, ["--debug-step-latency-ms", "2"])
+    try:
+        client = openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0, timeout=60)
+        models = client.models.list()
+        check([m.id for m in models.data] == ["glm4-tiny"], f"/v1/models lists {[m.id for m in models.data]}")
+        st, _, data = server.request("GET", "/health")
+        check(st == 200 and json.loads(data)["status"] == "SERVING", f"/health 200 ({st})")
+
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
+        chat = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=16, temperature=0)
+        text = chat.choices[0].message.content
+        u = chat.usage
+        check(isinstance(text, str) and chat.choices[0].finish_reason in ("stop", "length"),
+              f"chat: {text!r} finish={chat.choices[0].finish_reason}")
+        check(u.prompt_tokens > 0 and 0 < u.completion_tokens <= 16 and u.total_tokens == u.prompt_tokens + u.completion_tokens,
+              f"chat usage {u}")
+        check(chat.object == "chat.completion" and chat.choices[0].message.role == "assistant", "chat object/role")
+
+        stream = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=16, temperature=0,
+                                                stream=True, stream_options={"include_usage": True})
+        parts, finish, usage = [], None, None
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for c in chunk.choices:
+                if c.delta.content:
+                    parts.append(c.delta.content)
+                if c.finish_reason:
+                    finish = c.finish_reason
+        check("".join(parts) == text, f"chat stream text == non-stream ({''.join(parts)!r})")
+        check(finish == chat.choices[0].finish_reason, f"chat stream finish_reason {finish}")
+        check(usage is not None and usage.completion_tokens == u.completion_tokens and usage.prompt_tokens == u.prompt_tokens,
+              f"stream_options.include_usage: final chunk usage {usage}")
+
+        # Content as a list of text parts is the same prompt as the joined string.
+        parts_chat = client.chat.completions.create(
+            model="glm4-tiny", max_tokens=16, temperature=0,
+            messages=[messages[0], {"role": "user", "content": [{"type": "text", "text": "Tell me a story"}]}])
+        check(parts_chat.choices[0].message.content == text, "content as text parts == string content")
+
+        # Completions: prompt text and token ids, stream and not.
+        comp = client.completions.create(model="glm4-tiny", prompt="The weather today", max_tokens=12, temperature=0)
+        ctext = comp.choices[0].text
+        check(comp.object == "text_completion" and comp.usage.completion_tokens > 0, f"completion: {ctext!r}")
+        s_parts, s_finish = [], None
+        for chunk in client.completions.create(model="glm4-tiny", prompt="The weather today", max_tokens=12,
+                                               temperature=0, stream=True):
+            for c in chunk.choices:
+                s_parts.append(c.text)
+                s_finish = c.finish_reason or s_finish
+        check("".join(s_parts) == ctext and s_finish == comp.choices[0].finish_reason,
+              "completion stream == non-stream")
+        ids = client.completions.create(model="glm4-tiny", prompt=[1, 2, 3], max_tokens=12, temperature=0)
+        check(ids.usage.prompt_tokens == 3 and ids.choices[0].finish_reason in ("stop", "length"),
+              f"completion with token ids: usage {ids.usage}")
+        st, hdrs, data = server.post("/v1/completions", {"model": "m", "prompt": [1, 2, 3], "max_tokens": 5,
+                                                         "stream": True})
+        check(st == 200 and hdrs.get("content-type", "").startswith("text/event-stream")
+              and data.rstrip().endswith(b"data: [DONE]"), "raw SSE ends with data: [DONE]")
+
+        # Stop strings: a string and a list; the text ends before the first occurrence.
+        long = client.completions.create(model="glm4-tiny", prompt="Once upon a time", max_tokens=40, temperature=0)
+        full = long.choices[0].text
+        check(len(full) >= 4, f"a long enough text for the stop test ({full!r})")
+        if len(full) >= 4:
+            stop = full[2:4]
+            cut = full[:full.find(stop)]
+            s1 = client.completions.create(model="glm4-tiny", prompt="Once upon a time", max_tokens=40,
+                                           temperature=0, stop=stop)
+            check(s1.choices[0].text == cut and s1.choices[0].finish_reason == "stop",
+                  f"stop {stop!r}: {s1.choices[0].text!r} finish={s1.choices[0].finish_reason}")
+            s2 = "".join(c.choices[0].text for c in client.completions.create(
+                model="glm4-tiny", prompt="Once upon a time", max_tokens=40, temperature=0,
+                stop=["\u2603never", stop], stream=True) if c.choices)
+            check(s2 == cut, f"stop list, streamed: {s2!r}")
+            check(s1.usage.completion_tokens <= long.usage.completion_tokens, "stop: fewer completion tokens")
+
+        # Sampling: same seed, same text; penalties accepted and change nothing at 0.
+        a = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=12, temperature=0.9,
+                                           top_p=0.9, seed=7)
+        b = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=12, temperature=0.9,
+                                           top_p=0.9, seed=7)
+        check(a.choices[0].message.content == b.choices[0].message.content, "same seed, same text")
+        z = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=16, temperature=0,
+                                           frequency_penalty=0, presence_penalty=0)
+        check(z.choices[0].message.content == text, "zero penalties == none")
+        p = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=16, temperature=0,
+                                           frequency_penalty=2.0, presence_penalty=1.5)
+        check(isinstance(p.choices[0].message.content, str), f"penalties accepted: {p.choices[0].message.content!r}")
+
+        raw = client.chat.completions.with_raw_response.create(
+            model="glm4-tiny", messages=messages, max_tokens=2, extra_headers={"x-request-id": "sdk-req-1"})
+        check(raw.headers.get("x-request-id") == "sdk-req-1", "x-request-id echoed in a response header")
+        check(any("sdk-req-1" in line and "request_finished" in line for line in server.log) or
+              any("sdk-req-1" in line for line in server.log), "x-request-id in the logs")
+        raw = client.chat.completions.with_raw_response.create(model="glm4-tiny", messages=messages, max_tokens=2)
+        check(bool(raw.headers.get("x-request-id")), "a request id is generated when none is sent")
+
+        # The SDK raises the typed errors with type/param/code from the body.
+        try:
+            client.chat.completions.create(model="glm4-tiny", max_tokens=2,
+                                           messages=[{"role": "wizard", "content": "x"}])
+            check(False, "SDK: unknown role raises")
+        except openai.BadRequestError as e:
+            check(e.status_code == 400 and e.param == "messages[0].role" and e.type == "invalid_request_error",
+                  f"SDK BadRequestError param={e.param} type={e.type}")
+
+        # ---- error matrix (raw bodies: the SDK would refuse to send most of them) ----
+        C, P = "/v1/chat/completions", "/v1/completions"
+        _, _, err = expect_error(server, C, '{"model": "m", "messages": [', 400, None, what="invalid JSON")
+        check(err is not None and "byte" in err["message"], f"invalid JSON names the position: {err and err['message']}")
+        expect_error(server, C, "[1, 2]", 400, None, what="body not an object")
+        expect_error(server, C, chat_body(max_tokens="8"), 400, "max_tokens", what="wrong type max_tokens")
+        expect_error(server, C, chat_body(temperature="hot"), 400, "temperature", what="wrong type temperature")
+        expect_error(server, C, chat_body(stream="yes"), 400, "stream", what="wrong type stream")
+        expect_error(server, C, chat_body(messages={"role": "user"}), 400, "messages", what="wrong type messages")
+        expect_error(server, C, chat_body(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content",
+                     what="wrong type content")
+        expect_error(server, C, chat_body(stop=5), 400, "stop", what="wrong type stop")
+        expect_error(server, C, chat_body(stop=["a", 3]), 400, "stop[1]", what="wrong type stop[1]")
+        expect_error(server, C, chat_body(messages=[{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]),
+                     400, "messages[1].role", what="unknown role")
+        expect_error(server, C, chat_body(messages=[{"role": "system", "content": "a"}, {"role": "user", "content": "b"},
+                                                    {"role": "user"}]), 400, "messages[2].content", what="missing content")
+        expect_error(server, C, chat_body(messages=[{"content": "b"}]), 400, "messages[0].role", what="missing role")
+        expect_error(server, C, {"model": "m"}, 400, "messages", what="missing messages")
+        expect_error(server, C, {"messages": [{"role": "user", "content": "x"}]}, 400, "model", what="missing model")
+        expect_error(server, P, {"model": "m"}, 400, "prompt", what="missing prompt")
+        expect_error(server, C, chat_body(temperature=3), 400, "temperature", what="temperature out of range")
+        expect_error(server, C, chat_body(top_p=1.5), 400, "top_p", what="top_p out of range")
+        expect_error(server, C, chat_body(max_tokens=0), 400, "max_tokens", what="max_tokens 0")
+        expect_error(server, C, chat_body(max_tokens=100000), 400, "max_tokens", what="max_tokens above the cap")
+        expect_error(server, C, chat_body(n=2), 400, "n", what="n = 2")
+        expect_error(server, C, chat_body(frequency_penalty=5), 400, "frequency_penalty", what="frequency_penalty range")
+        expect_error(server, C, chat_body(presence_penalty=-3), 400, "presence_penalty", what="presence_penalty range")
+        expect_error(server, C, chat_body(stream_options={"include_usage": True}), 400, "stream_options",
+                     what="stream_options without stream")
+        _, _, err = expect_error(server, C, chat_body(messages=[{"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]),
+            400, "messages[0].content[1]", what="image part")
+        check(err is not None and "vision" in err["message"], "image part: says the model has no vision input")
+        expect_error(server, P, {"model": "m", "prompt": [1, 99999]}, 400, "prompt[1]", what="token id outside the vocab")
+        expect_error(server, P, {"model": "m", "prompt": [1, "a"]}, 400, "prompt[1]", what="token id wrong type")
+        _, _, err = expect_error(server, P, {"model": "m", "prompt": "hello " * 3000, "max_tokens": 1}, 400, "prompt",
+                                 what="prompt too long")
+        check(err is not None and err["code"] == "context_length_exceeded", "prompt too long: context_length_exceeded")
+        expect_error(server, C + "?timeout=abc", chat_body(), 400, "timeout", what="timeout not a number")
+        st, hdrs, data = server.post(C, json.dumps(chat_body(messages=[{"role": "user", "content": "x" * (5 << 20)}])))
+        err = error_of(data)
+        check(st == 413 and err is not None and err["type"] == "invalid_request_error", f"body too large: {st} {err}")
+        st, _, data = server.request("GET", "/v1/nothing")
+        check(st == 404 and error_of(data) is not None, f"unknown route: {st}")
+        st, _, _ = server.request("GET", "/health")
+        check(st == 200, "still serving after the error matrix")
+    finally:
+        server.kill()
+
+    # ---- overload, deadline, disconnect, drain: one sequence at a time, a slow engine ----
+    slow = Server(args.binary, args.model, ["--debug-step-latency-ms", "40", "--max-batch", "1", "--max-queue", "1"])
+    try:
+        C = "/v1/chat/completions"
+        # Deadline: query and header, 504 timeout_error.
+        expect_error(slow, C + "?timeout=0.2", chat_body(max_tokens=500), 504, "timeout", etype="timeout_error",
+                     what="deadline (?timeout=0.2)")
+        expect_error(slow, C, chat_body(max_tokens=500), 504, "timeout", etype="timeout_error",
+                     headers={"timeout": "200ms"}, what="deadline (timeout header)")
+
+        # Disconnect mid-stream frees the slot: the next request runs at once, not after 1000 steps.
+        c = slow.conn(30)
+        c.request("POST", C, body=json.dumps(chat_body(max_tokens=1000, stream=True)),
+                  headers={"Content-Type": "application/json", "x-request-id": "gone-1"})
+        r = c.getresponse()
+        first = r.readline()
+        check(r.status == 200 and first.startswith(b"data: "), "stream started")
+        c.sock.close()
+        c.close()
+        t0 = time.monotonic()
+        st, _, data = slow.post(C, chat_body(max_tokens=3), timeout=30)
+        took = time.monotonic() - t0
+        check(st == 200 and took < 10, f"after a disconnect the slot is free: {st} in {took:.1f}s")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("gone-1" in l and "CANCELLED" in l for l in slow.log):
+            time.sleep(0.1)
+        check(any("gone-1" in l and "CANCELLED" in l for l in slow.log), "disconnected stream logged CANCELLED")
+
+        # Overload: one running, one queued, the third is 429 with Retry-After.
+        holders = []
+        for i in range(2):
+            h = slow.conn(30)
+            h.request("POST", C, body=json.dumps(chat_body(max_tokens=1000, stream=True)),
+                      headers={"Content-Type": "application/json"})
+            holders.append(h)
+            time.sleep(0.3)
+        st, hdrs, err = expect_error(slow, C, chat_body(max_tokens=2), 429, None, etype="rate_limit_error",
+                                     what="overload")
+        check(int(hdrs.get("retry-after", "0")) >= 1, f"429 carries Retry-After: {hdrs.get('retry-after')}")
+        for h in holders:
+            h.sock.close()
+            h.close()
+
+        # Drain: SIGTERM while a request runs; new requests 503, /health 503, the running one finishes.
+        result = {}
+
+        def long_request():
+            result["r"] = slow.post(C, chat_body(max_tokens=60), timeout=60)
+
+        time.sleep(1.0)  # the holders' cancels reach the engine
+        t = threading.Thread(target=long_request)
+        t.start()
+        time.sleep(0.5)
+        slow.terminate()
+        time.sleep(0.5)
+        st, hdrs, err = expect_error(slow, C, chat_body(), 503, None, etype="service_unavailable_error",
+                                     what="draining")
+        check(err is not None and err["code"] == "draining" and hdrs.get("retry-after") is not None,
+              f"draining: code {err and err['code']}, Retry-After {hdrs.get('retry-after')}")
+        st, _, _ = slow.request("GET", "/health")
+        check(st == 503, f"/health while draining: {st}")
+        t.join(60)
+        check(result.get("r", (0,))[0] == 200, f"in-flight request finished during the drain: {result.get('r', (0,))[0]}")
+        rc = slow.proc.wait(60)
+        check(rc == 0, f"drained and exited 0 ({rc})")
+    finally:
+        slow.kill()
+
+    if FAILURES:
+        print(f"{len(FAILURES)} FAILED:\n  " + "\n  ".join(FAILURES))
+        return 1
+    print("all passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
