@@ -155,6 +155,13 @@ def main():
                                            frequency_penalty=2.0, presence_penalty=1.5)
         check(isinstance(p.choices[0].message.content, str), f"penalties accepted: {p.choices[0].message.content!r}")
 
+        # A frequency penalty changes greedy text once a token repeats (the prefix before stays).
+        penalized = client.completions.create(model="glm4-tiny", prompt="Once upon a time", max_tokens=40,
+                                              temperature=0, frequency_penalty=2.0).choices[0].text
+        if len(full) >= 4:
+            check(penalized != full and penalized[:8] == full[:8],
+                  f"frequency_penalty=2 changes the text after a repeat: {penalized!r}")
+
         raw = client.chat.completions.with_raw_response.create(
             model="glm4-tiny", messages=messages, max_tokens=2, extra_headers={"x-request-id": "sdk-req-1"})
         check(raw.headers.get("x-request-id") == "sdk-req-1", "x-request-id echoed in a response header")
