@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -24,11 +25,11 @@ namespace glmserve {
 class CudaDecodeRunner {
  public:
   explicit CudaDecodeRunner(const GlmModel& model) : model_(model) {
-    // CUDA graphs are opt-in (GLMSERVE_CUDA_GRAPHS=1) until a known defect is fixed: with graphs,
-    // engine batches on an H100 gave ids that differ from the same requests run alone, while the
-    // same kernels run eagerly pass every batch-invariance test.
+    // GLMSERVE_CUDA_GRAPHS=0 runs the same kernels eagerly (diagnosis, timing comparisons).
     const char* env = std::getenv("GLMSERVE_CUDA_GRAPHS");
-    graphs_ = env != nullptr && std::strcmp(env, "1") == 0;
+    graphs_ = env == nullptr || std::strcmp(env, "0") != 0;
+    const char* verify = std::getenv("GLMSERVE_CUDA_GRAPHS_VERIFY");
+    verify_ = verify != nullptr && std::strcmp(verify, "1") == 0;
     max_context_ = std::min<int32_t>(model.config().max_position_embeddings, kernels::PagedAttentionMaxContext());
   }
 
@@ -47,13 +48,15 @@ class CudaDecodeRunner {
     Bucket& bucket = buckets_[size];
     // A graph holds raw addresses of every layer's KV slice: a pool of another size can start at
     // the same address (the allocator reuses memory) yet place its layers elsewhere.
-    const bool same_pool = bucket.pool_key == kv.k.data_ptr() && bucket.block_size == kv.block_size &&
-                           bucket.pool_blocks == kv.num_blocks;
+    // K and V are separate allocations: a new pool can reuse K's old address while V moves.
+    const bool same_pool = bucket.pool_key == kv.k.data_ptr() && bucket.pool_v_key == kv.v.data_ptr() &&
+                           bucket.block_size == kv.block_size && bucket.pool_blocks == kv.num_blocks;
     if (!same_pool) Prepare(bucket, size, max_blocks, kv);
     Stage(bucket, batch, kv);
     if (!graphs_) return Step(bucket, kv).narrow(0, 0, n);
     if (!same_pool || !bucket.graph) Capture(bucket, kv);
     bucket.graph->replay();
+    if (verify_) Verify(bucket, kv, n);
     return bucket.logits.narrow(0, 0, n);
   }
 
@@ -65,7 +68,8 @@ class CudaDecodeRunner {
     int32_t max_blocks = 0;
     int32_t block_size = 0;
     int32_t pool_blocks = 0;
-    void* pool_key = nullptr;
+    void* pool_key = nullptr;    // K pool address the graph was captured with
+    void* pool_v_key = nullptr;  // V pool address
     at::Tensor host_ids, host_positions, host_slots, host_tables, host_lens;  // pinned staging
     at::Tensor ids, positions, slots, tables, lens;                           // device, fixed addresses
     at::Tensor logits;                                                        // graph output
@@ -79,6 +83,7 @@ class CudaDecodeRunner {
     b.block_size = kv.block_size;
     b.pool_blocks = kv.num_blocks;
     b.pool_key = kv.k.data_ptr();
+    b.pool_v_key = kv.v.data_ptr();
     const auto pinned_long = at::TensorOptions().dtype(at::kLong).pinned_memory(true);
     const auto pinned_int = at::TensorOptions().dtype(at::kInt).pinned_memory(true);
     b.host_ids = at::empty({size}, pinned_long);
@@ -156,6 +161,22 @@ class CudaDecodeRunner {
     return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend));
   }
 
+  // GLMSERVE_CUDA_GRAPHS_VERIFY=1 (diagnosis only): re-runs each replayed step eagerly and reports
+  // where the graph's logits differ from the eager ones (max |diff|, rows whose argmax differs).
+  void Verify(Bucket& b, KvPool& kv, int32_t n) {
+    at::Tensor graph_logits = b.logits.narrow(0, 0, n).clone();
+    at::Tensor eager_logits = Step(b, kv).narrow(0, 0, n);
+    const double max_diff = (graph_logits - eager_logits).abs().max().item<double>();
+    const int64_t argmax_differs = (graph_logits.argmax(-1) != eager_logits.argmax(-1)).sum().item<int64_t>();
+    ++verified_steps_;
+    max_diff_seen_ = std::max(max_diff_seen_, max_diff);
+    if (argmax_differs > 0 || verified_steps_ % 200 == 0) {
+      std::fprintf(stderr, "cuda graph verify: bucket %d rows %d max|graph-eager| %.3g argmax differs in %lld rows "
+                   "(steps %lld, worst %.3g)\n", b.size, n, max_diff, static_cast<long long>(argmax_differs),
+                   static_cast<long long>(verified_steps_), max_diff_seen_);
+    }
+  }
+
   void Capture(Bucket& b, KvPool& kv) {
     c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
     c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
@@ -175,7 +196,10 @@ class CudaDecodeRunner {
 
   const GlmModel& model_;
   std::mutex mu_;
-  bool graphs_ = false;
+  bool graphs_ = true;
+  bool verify_ = false;
+  int64_t verified_steps_ = 0;
+  double max_diff_seen_ = 0;
   int32_t max_context_ = 0;
   std::map<int32_t, Bucket> buckets_;
 };
