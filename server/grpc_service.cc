@@ -391,7 +391,7 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     if (!service_->options().log_requests) return;
     nlohmann::json fields = {{"rpc", rpc_}, {"status", code}};
     if (result != nullptr) {
-      fields["finish"] = FinishReasonString(result->finish_reason);
+      fields["finish"] = FinishReasonName(result->finish_reason);
       fields["prompt_tokens"] = result->prompt_tokens;
       fields["completion_tokens"] = result->output_ids.size();
       fields["queue_ms"] = result->queue_ms;

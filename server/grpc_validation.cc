@@ -170,16 +170,4 @@ v1::FinishReason ToProtoFinishReason(FinishReason reason) {
   return v1::UNSPECIFIED;
 }
 
-const char* FinishReasonString(FinishReason reason) {
-  switch (reason) {
-    case FinishReason::kUnspecified: return "unspecified";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kCancelled: return "cancelled";
-    case FinishReason::kDeadline: return "deadline";
-    case FinishReason::kError: return "error";
-  }
-  return "unspecified";
-}
-
 }  // namespace glmserve

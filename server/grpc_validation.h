@@ -58,6 +58,5 @@ absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& re
 absl::Status ValidateRequestId(const std::string& request_id, const FrontendLimits& limits);
 
 v1::FinishReason ToProtoFinishReason(FinishReason reason);
-const char* FinishReasonString(FinishReason reason);  // "length", "stop", ...
 
 }  // namespace glmserve

@@ -269,7 +269,7 @@ class Handler {
       const char* code = client_gone && !result.status.ok() ? "CANCELLED" : CodeName(result.status.code());
       if (state.options.observer != nullptr) state.options.observer->OnRequestFinished(code, &result);
       if (state.options.log_requests) {
-        json fields = {{"rpc", call->route}, {"status", code}, {"finish", FinishReasonString(result.finish_reason)},
+        json fields = {{"rpc", call->route}, {"status", code}, {"finish", FinishReasonName(result.finish_reason)},
                        {"prompt_tokens", result.prompt_tokens}, {"completion_tokens", result.output_ids.size()},
                        {"queue_ms", result.queue_ms}, {"ttft_ms", result.ttft_ms}, {"total_ms", result.total_ms}};
         if (!result.status.ok()) fields["message"] = std::string(result.status.message());

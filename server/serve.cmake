@@ -23,7 +23,7 @@ add_library(glmserve_grpc STATIC
 )
 target_include_directories(glmserve_grpc PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_grpc PUBLIC
-  glmserve_proto glmserve_tokenizer gRPC::grpc++ gRPC::grpc++_reflection
+  glmserve_proto glmserve_tokenizer glmserve_runtime_core gRPC::grpc++ gRPC::grpc++_reflection
   absl::status absl::statusor absl::strings absl::str_format Threads::Threads
   glmserve_obs)
 
