@@ -5,6 +5,9 @@
 namespace glmserve::kernels {
 bool FusedAddRmsNormCuda(const float*, float*, const float*, float*, int64_t, int64_t, float, void*) { return false; }
 bool CudaKernelsAvailable() { return false; }
+bool FusedAddRmsNormCudaTyped(const void*, void*, const void*, void*, int64_t, int64_t, float, int, void*) {
+  return false;
+}
 bool PagedAttentionDecodeCuda(const void*, const void*, const void*, const int32_t*, const int32_t*, void*,
                               const PagedAttentionShape&, ElementType, void*) {
   return false;

@@ -14,6 +14,12 @@ void FusedAddRmsNormReference(const float* x, float* residual, const float* weig
 bool FusedAddRmsNormCuda(const float* x, float* residual, const float* weight, float* out,
                          int64_t rows, int64_t hidden, float eps, void* stream);
 
+// Typed variant: element_type is static_cast<int>(ElementType) from paged_attention.h (0 fp32,
+// 1 bf16, 2 fp16). `x` may be null (norm only). Rounding follows transformers' RMSNorm: residual rounded to the dtype, variance in fp32,
+// normalised value rounded to the dtype, then multiplied by the weight and rounded again.
+bool FusedAddRmsNormCudaTyped(const void* x, void* residual, const void* weight, void* out, int64_t rows,
+                              int64_t hidden, float eps, int element_type, void* stream);
+
 // True when this build contains the CUDA kernels and a device is present.
 bool CudaKernelsAvailable();
 

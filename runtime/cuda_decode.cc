@@ -18,6 +18,7 @@
 #include <stdexcept>
 
 #include "kernels/paged_attention.h"
+#include "kernels/rms_norm.h"
 #include "runtime/glm_model.h"
 
 namespace glmserve {
@@ -28,6 +29,8 @@ class CudaDecodeRunner {
     // GLMSERVE_CUDA_GRAPHS=0 runs the same kernels eagerly (diagnosis, timing comparisons).
     const char* env = std::getenv("GLMSERVE_CUDA_GRAPHS");
     graphs_ = env == nullptr || std::strcmp(env, "0") != 0;
+    const char* fused = std::getenv("GLMSERVE_CUDA_FUSED_NORM");
+    fused_norm_ = fused == nullptr || std::strcmp(fused, "0") != 0;
     const char* verify = std::getenv("GLMSERVE_CUDA_GRAPHS_VERIFY");
     verify_ = verify != nullptr && std::strcmp(verify, "1") == 0;
     max_context_ = std::min<int32_t>(model.config().max_position_embeddings, kernels::PagedAttentionMaxContext());
@@ -158,7 +161,18 @@ class CudaDecodeRunner {
       }
       return out.view({q.size(0), q.size(1) * q.size(2)});
     };
-    return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend));
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    auto add_rms_norm = [&](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
+      at::Tensor out = at::empty_like(residual);
+      if (!kernels::FusedAddRmsNormCudaTyped(delta.defined() ? delta.data_ptr() : nullptr, residual.data_ptr(),
+                                             weight.data_ptr(), out.data_ptr(), residual.size(0), residual.size(1),
+                                             eps, static_cast<int>(type), at::cuda::getCurrentCUDAStream().stream())) {
+        throw std::runtime_error("fused add+RMSNorm kernel launch failed");
+      }
+      return out;
+    };
+    return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend,
+                                          fused_norm_ ? GlmModel::AddRmsNormFn(add_rms_norm) : nullptr));
   }
 
   // GLMSERVE_CUDA_GRAPHS_VERIFY=1 (diagnosis only): re-runs each replayed step eagerly and reports
@@ -198,6 +212,7 @@ class CudaDecodeRunner {
   std::mutex mu_;
   bool graphs_ = true;
   bool verify_ = false;
+  bool fused_norm_ = true;  // GLMSERVE_CUDA_FUSED_NORM=0: ATen ops instead of the fused kernel
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;
   int32_t max_context_ = 0;

@@ -120,7 +120,7 @@ void CudaDecodeRunnerDeleter::operator()(CudaDecodeRunner* runner) const {
 }
 
 at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
-                               const AttendFn& attend) const {
+                               const AttendFn& attend, const AddRmsNormFn& add_rms_norm) const {
   const ModelConfig& c = config_;
   const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads, hd = c.head_dim;
   const int64_t q_size = heads * hd, kv_size = kv_heads * hd;
@@ -131,10 +131,18 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     cos = freqs.cos().to(dtype_).unsqueeze(1);
     sin = freqs.sin().to(dtype_).unsqueeze(1);
   }
-  at::Tensor x = embed_.index_select(0, ids);  // [T, H]
+  at::Tensor x = embed_.index_select(0, ids);  // [T, H], the residual stream
+  at::Tensor pending;                          // output of the last block, not yet added to x
+  auto add_and_norm = [&](const at::Tensor& weight) {
+    at::Tensor delta = pending;
+    pending = at::Tensor();
+    if (add_rms_norm) return add_rms_norm(delta, x, weight);
+    if (delta.defined()) x = x + delta;
+    return RmsNorm(x, weight);
+  };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[l];
-    at::Tensor h = RmsNorm(x, layer.input_norm);
+    at::Tensor h = add_and_norm(layer.input_norm);
     at::Tensor qkv = at::linear(h, layer.qkv_weight, layer.qkv_bias);
     at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
     at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
@@ -149,17 +157,16 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     v_cache.index_copy_(0, slots, v);
     at::Tensor o = at::linear(attend(q.contiguous(), k_cache, v_cache), layer.o_weight);
     if (c.sandwich_norms) o = RmsNorm(o, layer.post_attn_norm);
-    x = x + o;
-
-    h = RmsNorm(x, layer.mlp_norm);
+    pending = o;
+    h = add_and_norm(layer.mlp_norm);
     at::Tensor gate_up = at::linear(h, layer.gate_up_weight);
     at::Tensor gate = gate_up.narrow(1, 0, c.intermediate_size);
     at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
     at::Tensor m = at::linear(up * at::silu(gate), layer.down_weight);
     if (c.sandwich_norms) m = RmsNorm(m, layer.post_mlp_norm);
-    x = x + m;
+    pending = m;
   }
-  return x;
+  return pending.defined() ? x + pending : x;
 }
 
 at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows) const {

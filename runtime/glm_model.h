@@ -62,8 +62,11 @@ class GlmModel {
   // The decoder layers on device tensors only (no host sync: CUDA-graph capturable): ids,
   // positions and KV slots are [T] int64. Returns the hidden states [T, hidden] after the last
   // layer (before the final norm).
+  // Optional fused kernel for "residual += delta; out = RMSNorm(residual) * weight" (delta may be
+  // undefined: norm only). Without it the same arithmetic runs as separate ATen ops.
+  using AddRmsNormFn = std::function<at::Tensor(const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight)>;
   at::Tensor RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
-                       const AttendFn& attend) const;
+                       const AttendFn& attend, const AddRmsNormFn& add_rms_norm = nullptr) const;
   // Final norm + lm_head in fp32 for the given hidden rows.
   at::Tensor Logits(const at::Tensor& hidden_rows) const;
 
