@@ -6,7 +6,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,6 +21,8 @@ except ImportError as e:  # pragma: no cover
     sys.exit(77)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tests", "pyutil"))
+from glmserve_process import GlmserveProcess as Server  # noqa: E402,F401
 SERVICE_CONFIG = os.path.join(REPO, "deploy", "grpc-service-config.json")
 FAILURES = []
 
@@ -67,67 +68,6 @@ def channel(port, retry=False):
     else:
         options.append(("grpc.enable_retries", 0))
     return grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
-
-
-class Server:
-    """`glmserve serve` on loopback; stderr lines collected (JSON or text)."""
-
-    def __init__(self, binary, model, extra=(), port=0, wait=True):
-        self.cmd = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
-                    *extra]
-        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True)
-        self.lines = []
-        self.port = None
-        self.lock = threading.Lock()
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if wait:
-            self.wait_serving(120)
-
-    def _read(self):
-        for line in self.proc.stderr:
-            with self.lock:
-                self.lines.append(line)
-            m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                self.ready.set()
-        self.ready.set()
-
-    def wait_serving(self, timeout):
-        if not self.ready.wait(timeout) or self.port is None:
-            self.kill()
-            raise RuntimeError("server did not start:\n" + self.log())
-
-    def log(self):
-        with self.lock:
-            return "".join(self.lines)
-
-    def events(self):
-        """Parsed JSON log lines (others skipped)."""
-        out = []
-        with self.lock:
-            lines = list(self.lines)
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-        return out
-
-    def stop(self, timeout=30):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class HealthWatcher:

@@ -1,37 +1,19 @@
 """Shared by the HTTP API tests: start `glmserve serve --http-port 0` and send raw requests."""
 import http.client
 import json
-import re
-import signal
-import subprocess
-import threading
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
+from glmserve_process import HTTP_READY, GlmserveProcess  # noqa: E402
 
 
-class Server:
-    """The real binary on loopback; parses 'glmserve: http serving on HOST:PORT' from stderr."""
+class Server(GlmserveProcess):
+    """The real binary with --http-port 0; ready once 'glmserve: http serving on HOST:PORT' is logged."""
 
     def __init__(self, binary, model, extra=(), start_timeout=120):
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
-             "--http-port", "0", "--log-format", "text", *extra],
-            stderr=subprocess.PIPE, text=True, errors="replace")
-        self.log = []
-        self.port = None
-        ready = threading.Event()
-
-        def read():
-            for line in self.proc.stderr:
-                self.log.append(line)
-                m = re.search(r"http serving on 127\.0\.0\.1:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(start_timeout) or self.port is None:
-            self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.log))
+        super().__init__(binary, model, ["--http-port", "0", "--log-format", "text", *extra],
+                         ready_pattern=HTTP_READY, start_timeout=start_timeout)
 
     def url(self, path=""):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -57,11 +39,4 @@ class Server:
     def post(self, path, body, headers=None, timeout=60):
         return self.request("POST", path, body, headers, timeout)
 
-    def terminate(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
 
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

@@ -165,8 +165,8 @@ def main():
         raw = client.chat.completions.with_raw_response.create(
             model="glm4-tiny", messages=messages, max_tokens=2, extra_headers={"x-request-id": "sdk-req-1"})
         check(raw.headers.get("x-request-id") == "sdk-req-1", "x-request-id echoed in a response header")
-        check(any("sdk-req-1" in line and "request_finished" in line for line in server.log) or
-              any("sdk-req-1" in line for line in server.log), "x-request-id in the logs")
+        check(any("sdk-req-1" in line and "request_finished" in line for line in server.lines) or
+              any("sdk-req-1" in line for line in server.lines), "x-request-id in the logs")
         raw = client.chat.completions.with_raw_response.create(model="glm4-tiny", messages=messages, max_tokens=2)
         check(bool(raw.headers.get("x-request-id")), "a request id is generated when none is sent")
 
@@ -254,9 +254,9 @@ def main():
         took = time.monotonic() - t0
         check(st == 200 and took < 10, f"after a disconnect the slot is free: {st} in {took:.1f}s")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any("gone-1" in l and "CANCELLED" in l for l in slow.log):
+        while time.monotonic() < deadline and not any("gone-1" in l and "CANCELLED" in l for l in slow.lines):
             time.sleep(0.1)
-        check(any("gone-1" in l and "CANCELLED" in l for l in slow.log), "disconnected stream logged CANCELLED")
+        check(any("gone-1" in l and "CANCELLED" in l for l in slow.lines), "disconnected stream logged CANCELLED")
 
         # Overload: one running, one queued, the third is 429 with Retry-After.
         holders = []

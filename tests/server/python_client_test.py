@@ -13,12 +13,10 @@ import concurrent.futures
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 try:
@@ -29,6 +27,9 @@ try:
 except ImportError as e:  # pragma: no cover
     print(f"SKIP: {e} (pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection)")
     sys.exit(77)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
+from glmserve_process import GlmserveProcess  # noqa: E402
 
 FAILURES = []
 
@@ -49,34 +50,10 @@ def generate_stubs(proto_root, out_dir):
     return inference_pb2, inference_pb2_grpc
 
 
-class Server:
+class Server(GlmserveProcess):
     def __init__(self, binary, model, extra=()):
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0", *extra],
-            stderr=subprocess.PIPE, text=True)
-        self.log = []
-        self.port = None
-        ready = threading.Event()
-
-        def read():
-            for line in self.proc.stderr:
-                self.log.append(line)
-                m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(120) or self.port is None:
-            self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.log))
+        super().__init__(binary, model, extra)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def generate(binary, model, ids, n):
@@ -230,7 +207,7 @@ def main():
     finally:
         server.kill()
     if FAILURES:
-        print("".join(server.log[-40:]))
+        print("".join(server.lines[-40:]))
         print(f"{len(FAILURES)} checks failed")
         return 1
     print("all checks passed")

@@ -1,0 +1,73 @@
+"""`glmserve serve` as a child process on loopback, shared by the Python tests (gRPC client,
+observability, chaos, HTTP). Waits for the line announcing the port, keeps every stderr line."""
+import json
+import re
+import signal
+import subprocess
+import threading
+
+GRPC_READY = r"serving on 127\.0\.0\.1:(\d+)"
+HTTP_READY = r"http serving on 127\.0\.0\.1:(\d+)"
+
+
+class GlmserveProcess:
+    def __init__(self, binary, model, extra=(), port=0, wait=True, ready_pattern=GRPC_READY, start_timeout=120):
+        self.cmd = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port), *extra]
+        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True, errors="replace")
+        self.lines = []
+        self.port = None
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self._ready_pattern = re.compile(ready_pattern)
+        threading.Thread(target=self._read, daemon=True).start()
+        if wait:
+            self.wait_serving(start_timeout)
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.lock:
+                self.lines.append(line)
+            m = self._ready_pattern.search(line)
+            if m and self.port is None:
+                self.port = int(m.group(1))
+                self.ready.set()
+        self.ready.set()
+
+    def wait_serving(self, timeout):
+        if not self.ready.wait(timeout) or self.port is None:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + self.log())
+
+    def log(self):
+        with self.lock:
+            return "".join(self.lines)
+
+    def events(self):
+        """Parsed JSON log lines (others skipped)."""
+        out = []
+        with self.lock:
+            lines = list(self.lines)
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def terminate(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
