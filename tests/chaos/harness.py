@@ -7,14 +7,13 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 
 try:
     import grpc
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # noqa: F401 (present, or the test is skipped)
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 except ImportError as e:  # pragma: no cover
     print(f"SKIP: {e} (pip install grpcio grpcio-tools grpcio-health-checking)")
@@ -22,7 +21,7 @@ except ImportError as e:  # pragma: no cover
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests", "pyutil"))
-from glmserve_process import GlmserveProcess as Server  # noqa: E402,F401
+from glmserve_process import GlmserveProcess as Server, inference_stubs  # noqa: E402,F401
 SERVICE_CONFIG = os.path.join(REPO, "deploy", "grpc-service-config.json")
 FAILURES = []
 
@@ -34,21 +33,8 @@ def check(cond, what):
     return cond
 
 
-_stubs = None
-
-
 def stubs(proto_root):
-    global _stubs
-    if _stubs is None:
-        out = tempfile.mkdtemp(prefix="glmserve_chaos_")
-        rc = protoc.main(["protoc", f"-I{proto_root}", f"--python_out={out}",
-                          f"--grpc_python_out={out}", "glmserve/v1/inference.proto"])
-        if rc != 0:
-            raise RuntimeError("protoc failed")
-        sys.path.insert(0, out)
-        from glmserve.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
-        _stubs = (inference_pb2, inference_pb2_grpc)
-    return _stubs
+    return inference_stubs(proto_root)
 
 
 def free_port():

@@ -1,13 +1,35 @@
-"""`glmserve serve` as a child process on loopback, shared by the Python tests (gRPC client,
-observability, chaos, HTTP). Waits for the line announcing the port, keeps every stderr line."""
+"""Shared by the Python tests (gRPC client, observability, chaos, HTTP): `glmserve serve` as a
+child process on loopback (waits for the line announcing the port, keeps every stderr line), and
+Python stubs generated from the proto at test time."""
 import json
 import re
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 
 GRPC_READY = r"serving on 127\.0\.0\.1:(\d+)"
 HTTP_READY = r"http serving on 127\.0\.0\.1:(\d+)"
+
+
+_stubs = None
+
+
+def inference_stubs(proto_root):
+    """(inference_pb2, inference_pb2_grpc) for glmserve/v1/inference.proto, generated once."""
+    global _stubs
+    if _stubs is None:
+        from grpc_tools import protoc
+        out = tempfile.mkdtemp(prefix="glmserve_stubs_")
+        rc = protoc.main(["protoc", f"-I{proto_root}", f"--python_out={out}",
+                          f"--grpc_python_out={out}", "glmserve/v1/inference.proto"])
+        if rc != 0:
+            raise RuntimeError("protoc failed on glmserve/v1/inference.proto")
+        sys.path.insert(0, out)
+        from glmserve.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+        _stubs = (inference_pb2, inference_pb2_grpc)
+    return _stubs
 
 
 class GlmserveProcess:

@@ -16,12 +16,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 try:
     import grpc
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # noqa: F401 (present, or the test is skipped)
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 except ImportError as e:  # pragma: no cover
@@ -29,7 +28,7 @@ except ImportError as e:  # pragma: no cover
     sys.exit(77)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
-from glmserve_process import GlmserveProcess  # noqa: E402
+from glmserve_process import GlmserveProcess, inference_stubs  # noqa: E402
 
 FAILURES = []
 
@@ -38,16 +37,6 @@ def check(cond, what):
     print(("ok   " if cond else "FAIL ") + what, flush=True)
     if not cond:
         FAILURES.append(what)
-
-
-def generate_stubs(proto_root, out_dir):
-    rc = protoc.main(["protoc", f"-I{proto_root}", f"--python_out={out_dir}",
-                      f"--grpc_python_out={out_dir}", "glmserve/v1/inference.proto"])
-    if rc != 0:
-        raise RuntimeError("protoc failed")
-    sys.path.insert(0, out_dir)
-    from glmserve.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
-    return inference_pb2, inference_pb2_grpc
 
 
 class Server(GlmserveProcess):
@@ -72,8 +61,7 @@ def main():
     if not os.path.exists(os.path.join(args.model, "config.json")):
         print(f"SKIP: no model at {args.model}")
         return 77
-    tmp = tempfile.mkdtemp(prefix="glmserve_py_")
-    pb, pb_grpc = generate_stubs(args.proto_root, tmp)
+    pb, pb_grpc = inference_stubs(args.proto_root)
 
     server = Server(args.binary, args.model, ["--debug-step-latency-ms", "5"])
     try:
