@@ -5,6 +5,9 @@
 // time, against --hbm-gbps).
 //   decode_bench --model DIR [--random-weights] --device cuda --dtype bfloat16
 //                [--batch-sizes 1,8,32,64] [--prompt-tokens 128] [--new-tokens 128] [--hbm-gbps 3350]
+//                [--profile-trace PREFIX]
+// --profile-trace: after each batch size's timed run, profiles kProfiledSteps more decode steps
+// and writes PREFIX-b<batch>.json (a Chrome trace; bench/summarize_trace.py sums its kernels).
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -13,11 +16,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "runtime/model_runner.h"
+#include "runtime/profiling.h"
 #include "server/flags.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr int32_t kProfiledSteps = 8;
 
 double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
@@ -28,6 +33,7 @@ int main(int argc, char** argv) {
   int32_t prompt_tokens = 128, new_tokens = 128;
   double hbm_gbps = 3350;  // H100 SXM HBM3
   bool random_weights = false;
+  std::string profile_trace;
   glmserve::FlagParser flags("decode_bench", "Times batched prefill + decode through the paged-KV executor.");
   flags.AddString("model", &model, "checkpoint directory (or a directory with only config.json and --random-weights)");
   flags.AddBool("random-weights", &random_weights, "random weights of the config, no weight files");
@@ -37,6 +43,7 @@ int main(int argc, char** argv) {
   flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length per sequence");
   flags.AddInt("new-tokens", &new_tokens, "tokens generated per sequence");
   flags.AddDouble("hbm-gbps", &hbm_gbps, "device memory bandwidth in GB/s for the roofline fraction");
+  flags.AddString("profile-trace", &profile_trace, "write a profile of extra decode steps to PREFIX-b<batch>.json");
   if (auto s = flags.Parse(argc, argv); !s.ok() || flags.help_requested() || model.empty()) {
     std::fprintf(stderr, "%s\n%s", s.ok() ? "" : std::string(s.message()).c_str(), flags.Usage().c_str());
     return 2;
@@ -68,7 +75,8 @@ int main(int argc, char** argv) {
   const int64_t kv_bytes_per_token =
       int64_t{2} * info.num_layers * info.num_key_value_heads * info.head_dim * element_bytes;
   const int32_t block_size = 16;
-  const int32_t blocks_per_seq = (prompt_tokens + new_tokens + block_size - 1) / block_size;
+  const int32_t capacity = prompt_tokens + new_tokens + (profile_trace.empty() ? 0 : kProfiledSteps);
+  const int32_t blocks_per_seq = (capacity + block_size - 1) / block_size;
   int32_t max_batch = 0;
   for (int32_t b : batch_sizes) max_batch = std::max(max_batch, b);
   glmserve::ExecutorOptions exec_options;
@@ -105,7 +113,8 @@ int main(int argc, char** argv) {
     }
     const Clock::time_point first_token = Clock::now();
     for (int32_t b = 0; b < batch; ++b) history[b].push_back(first->next_tokens[b]);
-    for (int32_t step = 1; step < new_tokens; ++step) {
+    // One decode step for every sequence; false after printing the error.
+    auto decode_step = [&](int32_t step) {
       for (int32_t b = 0; b < batch; ++b) {
         steps[b].start_position = static_cast<int32_t>(history[b].size()) - 1;
         steps[b].tokens = {history[b].back()};
@@ -114,9 +123,13 @@ int main(int argc, char** argv) {
       auto out = (*executor)->Step(steps);
       if (!out.ok()) {
         std::fprintf(stderr, "decode: %s\n", std::string(out.status().message()).c_str());
-        return 1;
+        return false;
       }
       for (int32_t b = 0; b < batch; ++b) history[b].push_back(out->next_tokens[b]);
+      return true;
+    };
+    for (int32_t step = 1; step < new_tokens; ++step) {
+      if (!decode_step(step)) return 1;
     }
     const Clock::time_point end = Clock::now();
     const double step_ms = Ms(first_token, end) / (new_tokens - 1);
@@ -129,6 +142,21 @@ int main(int argc, char** argv) {
     std::printf("| %d | %.1f | %.2f | %.1f | %.0f%% |\n", batch, tokens_per_s, step_ms, Ms(start, first_token),
                 roofline * 100);
     std::fflush(stdout);
+    if (!profile_trace.empty()) {
+      const std::string path = profile_trace + "-b" + std::to_string(batch) + ".json";
+      if (auto started = glmserve::StartDeviceProfile(); !started.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(started.message()).c_str());
+        return 1;
+      }
+      for (int32_t step = new_tokens; step < new_tokens + kProfiledSteps; ++step) {
+        if (!decode_step(step)) return 1;
+      }
+      if (auto stopped = glmserve::StopDeviceProfile(path); !stopped.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(stopped.message()).c_str());
+        return 1;
+      }
+      std::fprintf(stderr, "profile of %d decode steps at batch %d: %s\n", kProfiledSteps, batch, path.c_str());
+    }
   }
   return 0;
 }

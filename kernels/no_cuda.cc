@@ -1,4 +1,5 @@
 // Stand-ins when the build has no CUDA toolkit: the kernels report themselves unavailable.
+#include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 
@@ -9,7 +10,17 @@ bool FusedAddRmsNormCudaTyped(const void*, void*, const void*, void*, int64_t, i
   return false;
 }
 bool PagedAttentionDecodeCuda(const void*, const void*, const void*, const int32_t*, const int32_t*, void*,
-                              const PagedAttentionShape&, ElementType, void*) {
+                              const PagedAttentionShape&, ElementType, void*, void*) {
+  return false;
+}
+size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape&) { return 0; }
+bool RotaryKvWriteCuda(void*, const int64_t*, const float*, const int64_t*, void*, void*, const RotaryKvShape&,
+                       ElementType, void*) {
+  return false;
+}
+bool SwiGluCuda(const void*, void*, int64_t, int64_t, ElementType, void*) { return false; }
+bool GemvCudaTakes(int32_t, int64_t, ElementType, const void*, const void*) { return false; }
+bool GemvCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*) {
   return false;
 }
 int32_t PagedAttentionMaxContext() { return 0; }

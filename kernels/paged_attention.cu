@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <cfloat>
+#include <cstdint>
 
 #include "kernels/paged_attention.h"
 
@@ -43,7 +44,8 @@ __global__ void PagedAttentionDecodeKernel(const T* __restrict__ q, const T* __r
   const int context = context_lens[b];
   const int per_lane = (s.head_dim + 31) / 32;
   const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
-  const T* qh = q + (static_cast<int64_t>(b) * s.num_heads + h) * s.head_dim;
+  const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * s.head_dim;
+  const T* qh = q + b * q_stride + static_cast<int64_t>(h) * s.head_dim;
   for (int d = threadIdx.x; d < s.head_dim; d += kThreads) q_shared[d] = ToFloat(qh[d]) * s.scale;
   __syncthreads();
 
@@ -106,17 +108,308 @@ bool Launch(const void* q, const void* k, const void* v, const int32_t* tables, 
   return cudaGetLastError() == cudaSuccess;
 }
 
+// ---- Grouped split kernel (used when the caller passes a workspace) ----
+// Grid (sequence, KV head, split). A split takes every `splits`-th tile of kTile positions, so a
+// fixed grid covers any context (CUDA graphs) and short contexts still spread over many SMs.
+// Each tile's K and V rows are read from the pool once, converted to fp32 in shared memory, and
+// used by all `group` query heads of the KV head: the one-pass kernel re-read them per head.
+constexpr int kTile = 32;  // positions per tile == warp size: lane j owns position j in the softmax
+constexpr int kSplitThreads = 128;
+constexpr int kSplitWarps = kSplitThreads / 32;
+constexpr int kMaxHeadsPerWarpPass = 8;  // score loop: heads per warp at once (group <= 32)
+constexpr int kMaxHeadsPerThread = 8;    // accumulate loop: heads per thread, 4 dims each
+constexpr int kMaxSplits = 32;
+
+struct SplitLayout {
+  int group = 0;       // query heads per KV head
+  int k_stride = 0;    // floats per K row in shared memory (padded: conflict-free float4 reads)
+  size_t smem = 0;     // dynamic shared memory bytes
+};
+
+__host__ __device__ inline SplitLayout MakeSplitLayout(const PagedAttentionShape& s) {
+  SplitLayout l;
+  l.group = s.num_heads / s.num_kv_heads;
+  l.k_stride = s.head_dim + 4;
+  const size_t floats = static_cast<size_t>(l.group) * s.head_dim + kTile * l.k_stride + kTile * s.head_dim +
+                        static_cast<size_t>(l.group) * kTile + 3 * l.group;
+  l.smem = floats * sizeof(float);
+  return l;
+}
+
+bool SplitKernelTakes(const PagedAttentionShape& s) {
+  const int hd = s.head_dim;
+  if (hd != 32 && hd != 64 && hd != 128 && hd != 256) return false;
+  const int group = s.num_heads / s.num_kv_heads;
+  const int heads_per_pass = kSplitThreads / (hd / 4);  // threads cover hd/4 float4 columns
+  if (group > kMaxHeadsPerWarpPass * kSplitWarps) return false;
+  if ((group + heads_per_pass - 1) / heads_per_pass > kMaxHeadsPerThread) return false;
+  return MakeSplitLayout(s).smem <= 200 * 1024;
+}
+
+int SplitCount(const PagedAttentionShape& s) {
+  static const int sm_count = [] {
+    int device = 0, count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 132;
+    }
+    return count;
+  }();
+  const int units = s.batch * s.num_kv_heads;
+  int splits = (2 * sm_count + units - 1) / units;
+  const int max_tiles = (s.max_context + kTile - 1) / kTile;
+  splits = splits < max_tiles ? splits : max_tiles;
+  splits = splits < kMaxSplits ? splits : kMaxSplits;
+  return splits < 1 ? 1 : splits;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// 16 bytes of T -> fp32 into shared memory.
+__device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const float*) {
+  const float4 v = *reinterpret_cast<const float4*>(&raw);
+  *reinterpret_cast<float4*>(dst) = v;
+}
+__device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const __nv_bfloat16*) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(p[i]);
+    dst[2 * i] = f.x;
+    dst[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const __half*) {
+  const __half2* p = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(p[i]);
+    dst[2 * i] = f.x;
+    dst[2 * i + 1] = f.y;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kSplitThreads)
+PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                          const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
+                          float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
+                          int splits) {
+  extern __shared__ float4 smem_raw[];
+  const SplitLayout layout = MakeSplitLayout(s);
+  const int group = layout.group, hd = s.head_dim, ks = layout.k_stride;
+  float* q_s = reinterpret_cast<float*>(smem_raw);  // [group][hd], pre-scaled
+  float* k_s = q_s + group * hd;                     // [kTile][ks]
+  float* v_s = k_s + kTile * ks;                     // [kTile][hd]
+  float* p_s = v_s + kTile * hd;                     // [group][kTile]: scores, then weights
+  float* m_s = p_s + group * kTile;                  // running max per head
+  float* l_s = m_s + group;                          // running sum per head
+  float* c_s = l_s + group;                          // this tile's rescale factor per head
+  const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int context = context_lens[b];
+  const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * hd;
+  const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * hd;  // the group's heads are adjacent
+  for (int i = tid; i < group * hd; i += kSplitThreads) q_s[i] = ToFloat(qb[i]) * s.scale;
+  for (int g = tid; g < group; g += kSplitThreads) {
+    m_s[g] = -FLT_MAX;
+    l_s[g] = 0.0f;
+  }
+  const int cols = hd / 4;                        // float4 columns of a row
+  const int heads_per_pass = kSplitThreads / cols;
+  const int my_col = tid % cols, my_head0 = tid / cols;
+  float acc[kMaxHeadsPerThread][4];
+#pragma unroll
+  for (int r = 0; r < kMaxHeadsPerThread; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = 0.0f;
+  const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
+  constexpr int kChunk = 16 / sizeof(T);  // elements per 16-byte load
+  const int chunks_per_row = hd / kChunk;
+  __syncthreads();
+
+  for (int tile = split; tile * kTile < context; tile += splits) {
+    const int base = tile * kTile;
+    const int n = min(kTile, context - base);
+    for (int i = tid; i < n * chunks_per_row; i += kSplitThreads) {
+      const int j = i / chunks_per_row, c = i - j * chunks_per_row;
+      const int p = base + j;
+      const int64_t slot = static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size;
+      const int64_t offset = (slot * s.num_kv_heads + kvh) * hd + c * kChunk;
+      const uint4 k_raw = __ldg(reinterpret_cast<const uint4*>(k_cache + offset));
+      const uint4 v_raw = __ldg(reinterpret_cast<const uint4*>(v_cache + offset));
+      StoreChunk(k_s + j * ks + c * kChunk, k_raw, k_cache);
+      StoreChunk(v_s + j * hd + c * kChunk, v_raw, v_cache);
+    }
+    __syncthreads();
+    // Scores: lane = position, each warp takes heads warp, warp + kSplitWarps, ...
+    for (int g0 = warp; g0 < group; g0 += kSplitWarps * kMaxHeadsPerWarpPass) {
+      float dot[kMaxHeadsPerWarpPass];
+#pragma unroll
+      for (int r = 0; r < kMaxHeadsPerWarpPass; ++r) dot[r] = 0.0f;
+      if (lane < n) {
+        for (int c = 0; c < cols; ++c) {
+          const float4 kv = *reinterpret_cast<const float4*>(k_s + lane * ks + 4 * c);
+#pragma unroll
+          for (int r = 0; r < kMaxHeadsPerWarpPass; ++r) {
+            const int g = g0 + r * kSplitWarps;
+            if (g < group) {
+              const float4 qv = *reinterpret_cast<const float4*>(q_s + g * hd + 4 * c);
+              dot[r] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kMaxHeadsPerWarpPass; ++r) {
+        const int g = g0 + r * kSplitWarps;
+        if (g < group) p_s[g * kTile + lane] = lane < n ? dot[r] : -FLT_MAX;
+      }
+    }
+    __syncthreads();
+    // Online softmax over this tile, one warp per head.
+    for (int g = warp; g < group; g += kSplitWarps) {
+      const float score = p_s[g * kTile + lane];
+      const float m_old = m_s[g];
+      const float m_new = fmaxf(m_old, WarpMax(score));
+      const float weight = lane < n ? __expf(score - m_new) : 0.0f;
+      const float tile_sum = WarpSum(weight);
+      p_s[g * kTile + lane] = weight;
+      __syncwarp();
+      if (lane == 0) {
+        const float correction = __expf(m_old - m_new);
+        c_s[g] = correction;
+        l_s[g] = l_s[g] * correction + tile_sum;
+        m_s[g] = m_new;
+      }
+    }
+    __syncthreads();
+    // Weighted V: each thread owns 4 dims of heads my_head0, my_head0 + heads_per_pass, ...
+#pragma unroll
+    for (int r = 0; r < kMaxHeadsPerThread; ++r) {
+      const int g = my_head0 + r * heads_per_pass;
+      if (g < group) {
+        const float correction = c_s[g];
+        acc[r][0] *= correction;
+        acc[r][1] *= correction;
+        acc[r][2] *= correction;
+        acc[r][3] *= correction;
+      }
+    }
+    for (int j = 0; j < n; ++j) {
+      const float4 vv = *reinterpret_cast<const float4*>(v_s + j * hd + 4 * my_col);
+#pragma unroll
+      for (int r = 0; r < kMaxHeadsPerThread; ++r) {
+        const int g = my_head0 + r * heads_per_pass;
+        if (g < group) {
+          const float w = p_s[g * kTile + j];
+          acc[r][0] += w * vv.x;
+          acc[r][1] += w * vv.y;
+          acc[r][2] += w * vv.z;
+          acc[r][3] += w * vv.w;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  // Partial results: unnormalised sums plus (max, sum) per head; a split without tiles leaves
+  // sum 0, which the merge skips.
+  const int64_t unit = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits + split;
+  float* acc_out = part_acc + unit * group * hd;
+#pragma unroll
+  for (int r = 0; r < kMaxHeadsPerThread; ++r) {
+    const int g = my_head0 + r * heads_per_pass;
+    if (g < group) {
+      *reinterpret_cast<float4*>(acc_out + g * hd + 4 * my_col) = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    }
+  }
+  for (int g = tid; g < group; g += kSplitThreads) {
+    part_stats[(unit * group + g) * 2] = m_s[g];
+    part_stats[(unit * group + g) * 2 + 1] = l_s[g];
+  }
+}
+
+// One block per (sequence, query head): merges the splits' partial softmax sums.
+template <typename T>
+__global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
+                                          T* __restrict__ out, PagedAttentionShape s, int splits) {
+  const int b = blockIdx.x, h = blockIdx.y;
+  const int group = s.num_heads / s.num_kv_heads;
+  const int kvh = h / group, g = h % group, hd = s.head_dim;
+  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits;
+  float max_score = -FLT_MAX;
+  for (int sp = 0; sp < splits; ++sp) {
+    const float* st = part_stats + ((unit0 + sp) * group + g) * 2;
+    if (st[1] > 0.0f) max_score = fmaxf(max_score, st[0]);
+  }
+  float total = 0.0f;
+  for (int sp = 0; sp < splits; ++sp) {
+    const float* st = part_stats + ((unit0 + sp) * group + g) * 2;
+    if (st[1] > 0.0f) total += st[1] * __expf(st[0] - max_score);
+  }
+  T* o = out + (static_cast<int64_t>(b) * s.num_heads + h) * hd;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float value = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) {
+      const float* st = part_stats + ((unit0 + sp) * group + g) * 2;
+      if (st[1] > 0.0f) value += part_acc[((unit0 + sp) * group + g) * hd + d] * __expf(st[0] - max_score);
+    }
+    Store(o + d, value / total);
+  }
+}
+
+template <typename T>
+bool LaunchSplit(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
+                 const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+  const int splits = SplitCount(s);
+  const SplitLayout layout = MakeSplitLayout(s);
+  // Raised once per element type before any capture: the attribute call is not a stream operation.
+  static const bool attribute_set = cudaFuncSetAttribute(PagedAttentionSplitKernel<T>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                         200 * 1024) == cudaSuccess;
+  if (!attribute_set) return false;
+  float* part_acc = static_cast<float*>(workspace);
+  float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * layout.group * s.head_dim;
+  PagedAttentionSplitKernel<T><<<dim3(s.batch, s.num_kv_heads, splits), kSplitThreads, layout.smem, stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
+      part_stats, s, splits);
+  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
+      part_acc, part_stats, static_cast<T*>(out), s, splits);
+  return cudaGetLastError() == cudaSuccess;
+}
+
 }  // namespace
+
+static bool ShapeIsValid(const PagedAttentionShape& s) {
+  return s.batch > 0 && s.num_heads > 0 && s.num_kv_heads > 0 && s.num_heads % s.num_kv_heads == 0 &&
+         s.head_dim > 0 && s.head_dim <= 256 && s.block_size > 0 && s.max_context > 0 &&
+         s.max_context <= PagedAttentionMaxContext() && s.q_row_stride >= 0;
+}
+
+size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape& s) {
+  if (!ShapeIsValid(s) || !SplitKernelTakes(s)) return 0;
+  const size_t units = static_cast<size_t>(s.batch) * s.num_kv_heads * SplitCount(s);
+  const size_t group = static_cast<size_t>(s.num_heads / s.num_kv_heads);
+  return units * group * (static_cast<size_t>(s.head_dim) + 2) * sizeof(float);
+}
 
 bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache, const int32_t* block_tables,
                               const int32_t* context_lens, void* out, const PagedAttentionShape& s, ElementType type,
-                              void* stream) {
-  if (s.batch <= 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 || s.num_heads % s.num_kv_heads != 0 ||
-      s.head_dim <= 0 || s.head_dim > 256 || s.block_size <= 0 || s.max_context <= 0 ||
-      s.max_context > PagedAttentionMaxContext()) {
+                              void* stream, void* workspace) {
+  if (!ShapeIsValid(s)) return false;
+  auto st = static_cast<cudaStream_t>(stream);
+  if (workspace != nullptr && SplitKernelTakes(s)) {
+    switch (type) {
+      case ElementType::kFloat32:
+        return LaunchSplit<float>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st);
+      case ElementType::kBFloat16:
+        return LaunchSplit<__nv_bfloat16>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st);
+      case ElementType::kFloat16:
+        return LaunchSplit<__half>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st);
+    }
     return false;
   }
-  auto st = static_cast<cudaStream_t>(stream);
   switch (type) {
     case ElementType::kFloat32: return Launch<float>(q, k_cache, v_cache, block_tables, context_lens, out, s, st);
     case ElementType::kBFloat16: return Launch<__nv_bfloat16>(q, k_cache, v_cache, block_tables, context_lens, out, s, st);

@@ -5,11 +5,12 @@
 // device memory (context_lens, block_tables), never passed by value.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
-namespace glmserve::kernels {
+#include "kernels/element_type.h"
 
-enum class ElementType { kFloat32, kBFloat16, kFloat16 };
+namespace glmserve::kernels {
 
 struct PagedAttentionShape {
   int32_t batch = 0;              // sequences (one query token each)
@@ -20,6 +21,7 @@ struct PagedAttentionShape {
   int32_t max_blocks_per_seq = 0; // row stride of block_tables
   int32_t max_context = 0;        // upper bound of any context_lens entry
   float scale = 1.0f;             // usually 1/sqrt(head_dim)
+  int64_t q_row_stride = 0;       // elements between sequences' query rows; 0 = num_heads * head_dim
 };
 
 // q: [batch, num_heads, head_dim]; k_cache/v_cache: [slots, num_kv_heads, head_dim] where
@@ -30,10 +32,19 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
                                    const PagedAttentionShape& shape);
 
 // CUDA; all pointers on the device, launched on `stream` (cudaStream_t). False on a bad shape
-// or launch error.
+// or launch error. With a workspace of PagedAttentionWorkspaceBytes(shape) bytes (device memory,
+// 16-byte aligned) the grouped split kernel runs: one block per (sequence, KV head, split) reads
+// each K/V tile once for all query heads of its group, and a second kernel merges the splits.
+// With workspace == nullptr (or a group too large for it) a one-pass kernel runs instead, one
+// block per (sequence, query head). The split count depends only on the shape and the device,
+// so a captured CUDA graph and an eager run compute in the same order.
 bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache,
                               const int32_t* block_tables, const int32_t* context_lens, void* out,
-                              const PagedAttentionShape& shape, ElementType type, void* stream);
+                              const PagedAttentionShape& shape, ElementType type, void* stream,
+                              void* workspace = nullptr);
+
+// Bytes of workspace the split kernel needs for `shape`; 0 when it cannot take the shape.
+size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape& shape);
 
 // Largest max_context the CUDA kernel supports; 0 without a CUDA device.
 int32_t PagedAttentionMaxContext();

@@ -12,7 +12,8 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
   for (int32_t b = 0; b < s.batch; ++b) {
     const int32_t context = context_lens[b];
     for (int32_t h = 0; h < s.num_heads; ++h) {
-      const float* qh = q + (static_cast<int64_t>(b) * s.num_heads + h) * s.head_dim;
+      const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : int64_t{s.num_heads} * s.head_dim;
+      const float* qh = q + b * q_stride + int64_t{h} * s.head_dim;
       const int32_t kv_head = h / group;
       std::vector<double> scores(context);
       double max_score = -INFINITY;

@@ -1,7 +1,13 @@
 // CUDA decode fast path: an all-decode batch (one new token per sequence) runs through the
-// paged-attention kernel, and each batch-size bucket's whole forward is captured once as a CUDA
-// graph and replayed, so per-step CPU launch overhead stops dominating. Prefill stays eager.
-// Compiled only against a CUDA LibTorch (GLMSERVE_TORCH_CUDA).
+// paged-attention kernel and the fused layer kernels (kernels/decode_ops.h, kernels/rms_norm.h),
+// and each batch-size bucket's whole forward is captured once as a CUDA graph and replayed, so
+// per-step CPU launch overhead stops dominating. Prefill stays eager but uses the same fused
+// kernels. Compiled only against a CUDA LibTorch (GLMSERVE_TORCH_CUDA).
+//
+// Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
+// GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
+// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,split_attention> turns single
+// kernels off (their ATen ops, or the one-pass attention kernel, run instead).
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -15,26 +21,53 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <stdexcept>
+#include <string>
 
+#include "absl/strings/str_split.h"
+
+#include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 #include "runtime/glm_model.h"
 
 namespace glmserve {
 
+namespace {
+
+bool EnvIs(const char* name, const char* value) {
+  const char* env = std::getenv(name);
+  return env != nullptr && std::strcmp(env, value) == 0;
+}
+
+kernels::ElementType ElementTypeOf(at::ScalarType dtype) {
+  if (dtype == at::kBFloat16) return kernels::ElementType::kBFloat16;
+  if (dtype == at::kHalf) return kernels::ElementType::kFloat16;
+  return kernels::ElementType::kFloat32;
+}
+
+void* CurrentStream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+void Check(bool launched, const char* what) {
+  if (!launched) throw std::runtime_error(std::string(what) + " kernel launch failed");
+}
+
+}  // namespace
+
 class CudaDecodeRunner {
  public:
-  explicit CudaDecodeRunner(const GlmModel& model) : model_(model) {
-    // GLMSERVE_CUDA_GRAPHS=0 runs the same kernels eagerly (diagnosis, timing comparisons).
-    const char* env = std::getenv("GLMSERVE_CUDA_GRAPHS");
-    graphs_ = env == nullptr || std::strcmp(env, "0") != 0;
-    const char* fused = std::getenv("GLMSERVE_CUDA_FUSED_NORM");
-    fused_norm_ = fused == nullptr || std::strcmp(fused, "0") != 0;
-    const char* verify = std::getenv("GLMSERVE_CUDA_GRAPHS_VERIFY");
-    verify_ = verify != nullptr && std::strcmp(verify, "1") == 0;
+  explicit CudaDecodeRunner(const GlmModel& model) : model_(model), type_(ElementTypeOf(model.dtype())) {
+    graphs_ = !EnvIs("GLMSERVE_CUDA_GRAPHS", "0");
+    verify_ = EnvIs("GLMSERVE_CUDA_GRAPHS_VERIFY", "1");
+    if (const char* off = std::getenv("GLMSERVE_CUDA_DISABLE")) {
+      for (absl::string_view name : absl::StrSplit(off, ',')) disabled_.emplace(name);
+    }
     max_context_ = std::min<int32_t>(model.config().max_position_embeddings, kernels::PagedAttentionMaxContext());
+    kernels_ = MakeLayerKernels();
   }
+
+  const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
 
   at::Tensor Run(const std::vector<SequenceStep>& batch, KvPool& kv) {
     // One model may be driven from two threads (the engine, and Generate from a CLI or a test):
@@ -138,6 +171,70 @@ class CudaDecodeRunner {
     b.lens.copy_(b.host_lens, true);
   }
 
+  bool Enabled(const char* kernel) const { return disabled_.count(kernel) == 0; }
+
+  // The fused kernels, each called on the current stream (a capture runs on a side stream).
+  GlmModel::LayerKernels MakeLayerKernels() const {
+    const ModelConfig& c = model_.config();
+    const kernels::ElementType type = type_;
+    GlmModel::LayerKernels k;
+    if (Enabled("norm")) {
+      const float eps = static_cast<float>(c.rms_norm_eps);
+      k.add_rms_norm = [type, eps](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
+        at::Tensor out = at::empty_like(residual);
+        Check(kernels::FusedAddRmsNormCudaTyped(delta.defined() ? delta.data_ptr() : nullptr, residual.data_ptr(),
+                                                weight.data_ptr(), out.data_ptr(), residual.size(0), residual.size(1),
+                                                eps, static_cast<int>(type), CurrentStream()),
+              "fused add+RMSNorm");
+        return out;
+      };
+    }
+    if (Enabled("rotary")) {
+      kernels::RotaryKvShape shape;
+      shape.num_heads = c.num_attention_heads;
+      shape.num_kv_heads = c.num_key_value_heads;
+      shape.head_dim = c.head_dim;
+      shape.rotary_dim = c.rotary_dim;
+      const float* inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
+      k.rotary_kv = [type, shape, inv_freq](at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& slots,
+                                            at::Tensor& k_cache, at::Tensor& v_cache) mutable {
+        shape.tokens = static_cast<int32_t>(qkv.size(0));
+        shape.qkv_row_stride = qkv.stride(0);
+        Check(qkv.stride(1) == 1 && positions.scalar_type() == at::kLong && slots.scalar_type() == at::kLong,
+              "rotary+KV write (layout)");
+        Check(kernels::RotaryKvWriteCuda(qkv.data_ptr(), positions.data_ptr<int64_t>(), inv_freq,
+                                         slots.data_ptr<int64_t>(), k_cache.data_ptr(), v_cache.data_ptr(), shape, type,
+                                         CurrentStream()),
+              "rotary+KV write");
+      };
+    }
+    if (Enabled("swiglu")) {
+      k.swiglu = [type](const at::Tensor& gate_up) {
+        const int64_t width = gate_up.size(1) / 2;
+        at::Tensor input = gate_up.contiguous();
+        at::Tensor out = at::empty({input.size(0), width}, input.options());
+        Check(kernels::SwiGluCuda(input.data_ptr(), out.data_ptr(), input.size(0), width, type, CurrentStream()),
+              "SwiGLU");
+        return out;
+      };
+    }
+    if (Enabled("gemv")) {
+      k.linear = [type](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+        const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
+        if (rows > kernels::kGemvMaxRows || !x.is_contiguous() || !weight.is_contiguous() ||
+            !kernels::GemvCudaTakes(static_cast<int32_t>(rows), in, type, x.data_ptr(), weight.data_ptr())) {
+          return at::linear(x, weight, bias);  // cuBLAS: tensor cores pay off from a few rows up
+        }
+        at::Tensor y = at::empty({rows, out_features}, x.options());
+        Check(kernels::GemvCuda(x.data_ptr(), weight.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr,
+                                y.data_ptr(), static_cast<int32_t>(rows), out_features, in, type, CurrentStream()),
+              "GEMV");
+        return y;
+      };
+    }
+    return k;
+  }
+
   at::Tensor Step(Bucket& b, KvPool& kv) {
     const ModelConfig& c = model_.config();
     kernels::PagedAttentionShape shape;
@@ -149,30 +246,26 @@ class CudaDecodeRunner {
     shape.max_blocks_per_seq = b.max_blocks;
     shape.max_context = max_context_;
     shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-    kernels::ElementType type = kernels::ElementType::kFloat32;
-    if (model_.dtype() == at::kBFloat16) type = kernels::ElementType::kBFloat16;
-    if (model_.dtype() == at::kHalf) type = kernels::ElementType::kFloat16;
+    // One workspace for every layer's split attention (the layers run one after another).
+    const size_t workspace_bytes = Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(shape) : 0;
+    at::Tensor workspace;
+    if (workspace_bytes > 0) {
+      workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
+                            at::TensorOptions().dtype(at::kByte).device(model_.device()));
+    }
     auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
-      at::Tensor out = at::empty_like(q);
-      if (!kernels::PagedAttentionDecodeCuda(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                                             b.tables.data_ptr<int32_t>(), b.lens.data_ptr<int32_t>(), out.data_ptr(),
-                                             shape, type, at::cuda::getCurrentCUDAStream().stream())) {
-        throw std::runtime_error("paged-attention decode kernel launch failed");
-      }
+      kernels::PagedAttentionShape s = shape;
+      at::Tensor query = q;
+      if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();
+      s.q_row_stride = query.stride(0);
+      at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+      Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                              b.tables.data_ptr<int32_t>(), b.lens.data_ptr<int32_t>(), out.data_ptr(), s,
+                                              type_, CurrentStream(), workspace.defined() ? workspace.data_ptr() : nullptr),
+            "paged-attention decode");
       return out.view({q.size(0), q.size(1) * q.size(2)});
     };
-    const float eps = static_cast<float>(c.rms_norm_eps);
-    auto add_rms_norm = [&](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
-      at::Tensor out = at::empty_like(residual);
-      if (!kernels::FusedAddRmsNormCudaTyped(delta.defined() ? delta.data_ptr() : nullptr, residual.data_ptr(),
-                                             weight.data_ptr(), out.data_ptr(), residual.size(0), residual.size(1),
-                                             eps, static_cast<int>(type), at::cuda::getCurrentCUDAStream().stream())) {
-        throw std::runtime_error("fused add+RMSNorm kernel launch failed");
-      }
-      return out;
-    };
-    return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend,
-                                          fused_norm_ ? GlmModel::AddRmsNormFn(add_rms_norm) : nullptr));
+    return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend, kernels_), kernels_);
   }
 
   // GLMSERVE_CUDA_GRAPHS_VERIFY=1 (diagnosis only): re-runs each replayed step eagerly and reports
@@ -202,17 +295,32 @@ class CudaDecodeRunner {
       b.graph = std::make_unique<at::cuda::CUDAGraph>();
       // Thread-local capture: another thread's eager CUDA work must not invalidate the capture.
       b.graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-      b.logits = Step(b, kv);
+      try {
+        b.logits = Step(b, kv);
+      } catch (...) {
+        // An allocation or launch that failed mid-capture (out of memory, say) must not leave the
+        // stream capturing: end the capture, drop the graph, and let the caller see the error;
+        // the next step of this bucket captures again.
+        try {
+          b.graph->capture_end();
+        } catch (...) {
+        }
+        b.graph.reset();
+        b.logits = at::Tensor();
+        throw;
+      }
       b.graph->capture_end();
     }
     side.synchronize();
   }
 
   const GlmModel& model_;
+  const kernels::ElementType type_;
   std::mutex mu_;
   bool graphs_ = true;
   bool verify_ = false;
-  bool fused_norm_ = true;  // GLMSERVE_CUDA_FUSED_NORM=0: ATen ops instead of the fused kernel
+  std::set<std::string> disabled_;  // GLMSERVE_CUDA_DISABLE
+  GlmModel::LayerKernels kernels_;
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;
   int32_t max_context_ = 0;
@@ -227,6 +335,8 @@ CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model) {
 at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv) {
   return runner.Run(batch, kv);
 }
+
+GlmModel::LayerKernels CudaLayerKernels(CudaDecodeRunner& runner) { return runner.layer_kernels(); }
 
 void DestroyCudaDecodeRunner(CudaDecodeRunner* runner) { delete runner; }
 

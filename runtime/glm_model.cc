@@ -120,13 +120,16 @@ void CudaDecodeRunnerDeleter::operator()(CudaDecodeRunner* runner) const {
 }
 
 at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
-                               const AttendFn& attend, const AddRmsNormFn& add_rms_norm) const {
+                               const AttendFn& attend, const LayerKernels& kernels) const {
   const ModelConfig& c = config_;
   const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads, hd = c.head_dim;
   const int64_t q_size = heads * hd, kv_size = kv_heads * hd;
   const int64_t total = ids.size(0);
+  auto linear = [&](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+    return kernels.linear ? kernels.linear(x, weight, bias) : at::linear(x, weight, bias);
+  };
   at::Tensor cos, sin;
-  if (c.rotary_dim > 0) {
+  if (c.rotary_dim > 0 && !kernels.rotary_kv) {
     at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, rot/2]
     cos = freqs.cos().to(dtype_).unsqueeze(1);
     sin = freqs.sin().to(dtype_).unsqueeze(1);
@@ -136,57 +139,81 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
   auto add_and_norm = [&](const at::Tensor& weight) {
     at::Tensor delta = pending;
     pending = at::Tensor();
-    if (add_rms_norm) return add_rms_norm(delta, x, weight);
+    if (kernels.add_rms_norm) return kernels.add_rms_norm(delta, x, weight);
     if (delta.defined()) x = x + delta;
     return RmsNorm(x, weight);
   };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[l];
     at::Tensor h = add_and_norm(layer.input_norm);
-    at::Tensor qkv = at::linear(h, layer.qkv_weight, layer.qkv_bias);
-    at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
-    at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
-    at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({total, kv_heads, hd});
-    if (c.rotary_dim > 0) {
-      q = ApplyRotary(q, cos, sin);
-      k = ApplyRotary(k, cos, sin);
-    }
+    at::Tensor qkv = linear(h, layer.qkv_weight, layer.qkv_bias);
     at::Tensor k_cache = kv.k[l];
     at::Tensor v_cache = kv.v[l];
-    k_cache.index_copy_(0, slots, k);
-    v_cache.index_copy_(0, slots, v);
-    at::Tensor o = at::linear(attend(q.contiguous(), k_cache, v_cache), layer.o_weight);
+    at::Tensor q;
+    if (kernels.rotary_kv) {
+      kernels.rotary_kv(qkv, positions, slots, k_cache, v_cache);
+      q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
+    } else {
+      q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
+      at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
+      at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({total, kv_heads, hd});
+      if (c.rotary_dim > 0) {
+        q = ApplyRotary(q, cos, sin);
+        k = ApplyRotary(k, cos, sin);
+      }
+      k_cache.index_copy_(0, slots, k);
+      v_cache.index_copy_(0, slots, v);
+    }
+    at::Tensor o = linear(attend(q, k_cache, v_cache), layer.o_weight, at::Tensor());
     if (c.sandwich_norms) o = RmsNorm(o, layer.post_attn_norm);
     pending = o;
     h = add_and_norm(layer.mlp_norm);
-    at::Tensor gate_up = at::linear(h, layer.gate_up_weight);
-    at::Tensor gate = gate_up.narrow(1, 0, c.intermediate_size);
-    at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
-    at::Tensor m = at::linear(up * at::silu(gate), layer.down_weight);
+    at::Tensor gate_up = linear(h, layer.gate_up_weight, at::Tensor());
+    at::Tensor act;
+    if (kernels.swiglu) {
+      act = kernels.swiglu(gate_up);
+    } else {
+      at::Tensor gate = gate_up.narrow(1, 0, c.intermediate_size);
+      at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
+      act = up * at::silu(gate);
+    }
+    at::Tensor m = linear(act, layer.down_weight, at::Tensor());
     if (c.sandwich_norms) m = RmsNorm(m, layer.post_mlp_norm);
     pending = m;
   }
   return pending.defined() ? x + pending : x;
 }
 
-at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows) const {
-  return at::linear(RmsNorm(hidden_rows, final_norm_), lm_head_).to(at::kFloat);
+at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels) const {
+  at::Tensor normed;
+  if (kernels.add_rms_norm) {
+    at::Tensor rows = hidden_rows.contiguous();
+    normed = kernels.add_rms_norm(at::Tensor(), rows, final_norm_);
+  } else {
+    normed = RmsNorm(hidden_rows, final_norm_);
+  }
+  at::Tensor logits = kernels.linear ? kernels.linear(normed, lm_head_, at::Tensor()) : at::linear(normed, lm_head_);
+  return logits.to(at::kFloat);
 }
 
 at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const {
   const ModelConfig& c = config_;
+  LayerKernels kernels;  // ATen ops unless the GPU's fused kernels are available
 #ifdef GLMSERVE_TORCH_CUDA
-  const bool all_decode = std::all_of(batch.begin(), batch.end(), [](const SequenceStep& s) {
-    return s.tokens.size() == 1 && s.sample;
-  });
-  if (device_.is_cuda() && all_decode && !batch.empty() && !cuda_decode_failed_) {
+  if (device_.is_cuda() && !cuda_decode_failed_) {
     if (!cuda_decode_) {
       cuda_decode_.reset(CreateCudaDecodeRunner(*this));
       cuda_decode_failed_ = cuda_decode_ == nullptr;
     }
     if (cuda_decode_) {
-      at::Tensor logits = CudaDecodeForward(*cuda_decode_, batch, kv);
-      if (logits.defined()) return logits;
+      const bool all_decode = !batch.empty() && std::all_of(batch.begin(), batch.end(), [](const SequenceStep& s) {
+        return s.tokens.size() == 1 && s.sample;
+      });
+      if (all_decode) {
+        at::Tensor logits = CudaDecodeForward(*cuda_decode_, batch, kv);
+        if (logits.defined()) return logits;
+      }
+      kernels = CudaLayerKernels(*cuda_decode_);
     }
   }
 #endif
@@ -255,9 +282,9 @@ at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv)
     return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
   };
   at::Tensor hidden = RunLayers(at::tensor(ids, long_cpu).to(device_), at::tensor(positions, long_cpu).to(device_),
-                                at::tensor(slots, long_cpu).to(device_), kv, attend);
+                                at::tensor(slots, long_cpu).to(device_), kv, attend, kernels);
   if (last_rows.empty()) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
-  return Logits(hidden.index_select(0, at::tensor(last_rows, long_cpu).to(device_)));
+  return Logits(hidden.index_select(0, at::tensor(last_rows, long_cpu).to(device_)), kernels);
 }
 
 }  // namespace glmserve

@@ -57,18 +57,33 @@ class GlmModel {
   // batch order. Throws c10::Error on failure (callers turn it into a status).
   at::Tensor Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const;
 
-  // Attention of one layer over the paged cache: q [T, heads, head_dim] -> [T, heads * head_dim].
+  // Attention of one layer over the paged cache: q [T, heads, head_dim] (rows may be strided:
+  // a view into the qkv projection) -> [T, heads * head_dim].
   using AttendFn = std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache)>;
+  // Optional fused kernels for parts of a layer (cuda_decode.cc provides them on a GPU). Each one
+  // left empty runs the same arithmetic as ATen ops.
+  struct LayerKernels {
+    // residual += delta (delta may be undefined: norm only); returns RMSNorm(residual) * weight.
+    std::function<at::Tensor(const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight)> add_rms_norm;
+    // Rotates q and k inside qkv [T, q + 2 kv] in place and writes k and v to the caches' rows
+    // `slots`.
+    std::function<void(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& slots, at::Tensor& k_cache,
+                       at::Tensor& v_cache)>
+        rotary_kv;
+    // gate_up [T, 2 I] -> up * silu(gate), [T, I].
+    std::function<at::Tensor(const at::Tensor& gate_up)> swiglu;
+    // at::linear(x, weight, bias); bias may be undefined.
+    std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
+  };
   // The decoder layers on device tensors only (no host sync: CUDA-graph capturable): ids,
   // positions and KV slots are [T] int64. Returns the hidden states [T, hidden] after the last
   // layer (before the final norm).
-  // Optional fused kernel for "residual += delta; out = RMSNorm(residual) * weight" (delta may be
-  // undefined: norm only). Without it the same arithmetic runs as separate ATen ops.
-  using AddRmsNormFn = std::function<at::Tensor(const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight)>;
   at::Tensor RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
-                       const AttendFn& attend, const AddRmsNormFn& add_rms_norm = nullptr) const;
+                       const AttendFn& attend, const LayerKernels& kernels = {}) const;
   // Final norm + lm_head in fp32 for the given hidden rows.
-  at::Tensor Logits(const at::Tensor& hidden_rows) const;
+  at::Tensor Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels = {}) const;
+  // fp32 rotary inverse frequencies [rotary_dim / 2] on the device (undefined without rotary).
+  const at::Tensor& inv_freq() const { return inv_freq_; }
 
  private:
   struct Layer {
@@ -95,6 +110,8 @@ class GlmModel {
 // graph per batch-size bucket. Returns an undefined tensor when it cannot take the batch.
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
 at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
+// The fused kernels for eager forwards on the GPU (prefill and mixed batches).
+GlmModel::LayerKernels CudaLayerKernels(CudaDecodeRunner& runner);
 void DestroyCudaDecodeRunner(CudaDecodeRunner* runner);
 #endif
 

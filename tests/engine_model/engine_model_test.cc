@@ -3,6 +3,10 @@
 // runtime_test proves equal to transformers' recorded outputs; the fixture test compares
 // against those recordings directly. Every wait is bounded; nothing sleeps for logic.
 #include <ATen/Parallel.h>
+#ifdef GLMSERVE_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -394,6 +398,60 @@ void RunOomStorm(bool at_executor) {
 TEST(EngineModelTest, OomStormAllHundredCompleteAndLimitRecovers) { RunOomStorm(/*at_executor=*/false); }
 
 TEST(EngineModelTest, OomStormThroughExecutorOutOfMemoryError) { RunOomStorm(/*at_executor=*/true); }
+
+// The OOM storm against real CUDA out-of-memory errors (GPU runs only): the allocator is capped a
+// little above what the model and KV pool hold, so decode batches whose logits ([rows, 151552]
+// fp32, 0.6 MB a row) and captured graphs no longer fit fail inside LibTorch's allocator, as on a
+// full card. Every request must still finish with the ids it has alone.
+TEST(EngineModelTest, OomStormOnRealCudaOutOfMemory) {
+#ifdef GLMSERVE_TORCH_CUDA
+  if (TestDevice().rfind("cuda", 0) != 0) GTEST_SKIP() << "needs GLMSERVE_TEST_DEVICE=cuda";
+  LoadOptions load;
+  load.device = TestDevice();
+  load.dtype = "float32";
+  load.random_weights = true;
+  absl::StatusOr<std::unique_ptr<ModelRunner>> runner =
+      ModelRunner::Load((fs::path(GLMSERVE_FIXTURES_DIR) / "random" / "wide-vocab").string(), load);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  std::vector<Case> cases = MakeCases(100, (*runner)->info().vocab_size, /*sampled=*/false, 13, 8, 12);
+  for (size_t i = 0; i < cases.size(); i += 4) {
+    cases[i].params.sampling.temperature = 0.8f;
+    cases[i].params.sampling.top_k = 50;
+    cases[i].params.sampling.seed = 91 + i;
+  }
+  ComputeExpected(runner->get(), &cases);
+  EngineSetup setup = DefaultSetup();
+  setup.engine.scheduler.max_batch_size = 64;
+  setup.engine.scheduler.aimd_increase_after_steps = 4;
+  std::unique_ptr<InferenceEngine> engine = MakeEngine(runner->get(), setup);
+  ASSERT_NE(engine, nullptr);
+
+  const c10::DeviceIndex device = c10::cuda::current_device();
+  auto* allocator = c10::cuda::CUDACachingAllocator::get();
+  allocator->emptyCache();
+  size_t free_bytes = 0, total_bytes = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const int64_t reserved = c10::cuda::CUDACachingAllocator::getDeviceStats(device).reserved_bytes[0].current;
+  // 30 MB of room: a batch of 64 (39 MB of logits alone) cannot fit; batches of 16 and below can.
+  const double fraction = static_cast<double>(reserved + (30 << 20)) / static_cast<double>(total_bytes);
+  c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, device);
+  Counts counts = RunAndCheck(engine.get(), cases, "real-oom");
+  const EngineStats stats = engine->stats();
+  engine->Shutdown();
+  c10::cuda::CUDACachingAllocator::setMemoryFraction(1.0, device);
+  std::printf("[ OOM storm (real CUDA OOM, cap %lld MiB reserved + 30 MiB) ] %s; oom_events=%lld preemptions=%lld "
+              "steps=%lld final batch_limit=%d\n",
+              static_cast<long long>(reserved >> 20), counts.ToString().c_str(),
+              static_cast<long long>(stats.oom_events), static_cast<long long>(stats.preemptions),
+              static_cast<long long>(stats.steps), stats.batch_limit);
+  EXPECT_EQ(counts.ok, 100);
+  EXPECT_TRUE(counts.errors.empty());
+  EXPECT_EQ(counts.lost, 0);
+  EXPECT_GT(stats.oom_events, 0);
+#else
+  GTEST_SKIP() << "this build has no CUDA LibTorch";
+#endif
+}
 
 // ---------------------------------------------------------------------------------------------
 // A KV pool too small for everyone: preemption and recompute leave the ids unchanged.

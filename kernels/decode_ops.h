@@ -1,0 +1,50 @@
+// Fused element-wise steps of a decode layer, each one kernel instead of a chain of ATen ops:
+// rotary embedding applied in place plus the K/V cache write, SwiGLU, and a GEMV for the few-row
+// linear layers of small decode batches. Each has a CPU reference (fp32) with the same contract;
+// the CUDA versions take device pointers, run on `stream` (cudaStream_t), and return false on a
+// bad shape or launch error. The element type is the model's compute dtype.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/element_type.h"
+
+namespace glmserve::kernels {
+
+struct RotaryKvShape {
+  int32_t tokens = 0;
+  int32_t num_heads = 0;     // query heads
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t rotary_dim = 0;    // leading dims of each head that rotate (even, <= head_dim); 0 = none
+  int64_t qkv_row_stride = 0;  // elements between tokens' rows of qkv
+};
+
+// qkv: [tokens, qkv_row_stride] holding q (num_heads * head_dim), then k, then v (num_kv_heads *
+// head_dim each). Rotates q and k in place, GLM style: interleaved pairs (2j, 2j + 1) of the
+// first rotary_dim dims turn by positions[t] * inv_freq[j]. Then writes k and v of token t into
+// row slots[t] of k_cache / v_cache ([slots, num_kv_heads, head_dim]).
+// Rounding follows the ATen ops it replaces (transformers' apply_rotary_pos_emb): cos and sin
+// are computed in fp32 and rounded to the dtype, and each product and sum is rounded to it.
+void RotaryKvWriteReference(float* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
+                            float* k_cache, float* v_cache, const RotaryKvShape& shape);
+bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
+                       void* k_cache, void* v_cache, const RotaryKvShape& shape, ElementType type, void* stream);
+
+// gate_up: [rows, 2 * width] (gate, then up); out[r][i] = up * silu(gate), [rows, width].
+// Rounding as ATen's `up * silu(gate)`: silu in fp32, rounded, then the product rounded.
+void SwiGluReference(const float* gate_up, float* out, int64_t rows, int64_t width);
+bool SwiGluCuda(const void* gate_up, void* out, int64_t rows, int64_t width, ElementType type, void* stream);
+
+// y[m][n] = sum_k x[m][k] * w[n][k] (+ bias[n]) for a few rows m: x [rows, k], w [n, k] (a
+// linear layer's weight, row-major), y [rows, n]; fp32 accumulation, rounded once.
+void GemvReference(const float* x, const float* w, const float* bias, float* y, int32_t rows, int64_t n, int64_t k);
+// Rows the CUDA GEMV takes; above it a tensor-core GEMM is faster.
+constexpr int32_t kGemvMaxRows = 8;
+// True when the CUDA GEMV takes this shape (rows <= kGemvMaxRows, k a multiple of 16 bytes of the
+// element type, pointers 16-byte aligned).
+bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w);
+bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
+              ElementType type, void* stream);
+
+}  // namespace glmserve::kernels

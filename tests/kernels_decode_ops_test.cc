@@ -1,0 +1,264 @@
+// Rotary + KV write, SwiGLU, GEMV and the grouped split paged-attention kernel: CPU references
+// against hand-computed values (run everywhere), CUDA kernels against the references where a GPU
+// exists (skipped otherwise, e.g. in CI).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/decode_ops.h"
+#include "kernels/paged_attention.h"
+#include "kernels/rms_norm.h"
+
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+#include <cuda_runtime.h>
+#endif
+
+namespace glmserve::kernels {
+namespace {
+
+TEST(RotaryKvWrite, ReferenceRotatesPairsAndFillsTheCache) {
+  // One token at position 2, one q head and one kv head of 4 dims, rotary on the first 2 dims,
+  // inv_freq 0.5: the pair (1, 0) turns by 1 radian; dims 2..3 stay.
+  RotaryKvShape s{1, 1, 1, 4, 2, 12};
+  std::vector<float> qkv = {1, 0, 5, 6, /*k*/ 0, 1, 7, 8, /*v*/ 9, 10, 11, 12};
+  const int64_t position = 2, slot = 1;
+  const float inv_freq = 0.5f;
+  std::vector<float> k_cache(8, 0.0f), v_cache(8, 0.0f);
+  RotaryKvWriteReference(qkv.data(), &position, &inv_freq, &slot, k_cache.data(), v_cache.data(), s);
+  EXPECT_NEAR(qkv[0], std::cos(1.0), 1e-6);
+  EXPECT_NEAR(qkv[1], std::sin(1.0), 1e-6);
+  EXPECT_EQ(qkv[2], 5);
+  EXPECT_NEAR(qkv[4], -std::sin(1.0), 1e-6);  // (0, 1) turned by 1 radian
+  EXPECT_NEAR(qkv[5], std::cos(1.0), 1e-6);
+  EXPECT_EQ(std::vector<float>(k_cache.begin(), k_cache.begin() + 4), std::vector<float>(4, 0.0f));  // slot 0 untouched
+  EXPECT_NEAR(k_cache[4], -std::sin(1.0), 1e-6);
+  EXPECT_EQ(k_cache[6], 7);
+  EXPECT_EQ(std::vector<float>(v_cache.begin() + 4, v_cache.end()), (std::vector<float>{9, 10, 11, 12}));
+}
+
+TEST(SwiGlu, ReferenceIsUpTimesSiluOfGate) {
+  // gate 0 -> silu 0; gate ln 3 -> ln3 * 3/4; up 2 and 4.
+  const float ln3 = std::log(3.0f);
+  std::vector<float> gate_up = {0.0f, ln3, 2.0f, 4.0f}, out(2);
+  SwiGluReference(gate_up.data(), out.data(), 1, 2);
+  EXPECT_EQ(out[0], 0.0f);
+  EXPECT_NEAR(out[1], 4.0f * ln3 * 0.75f, 1e-6);
+}
+
+TEST(Gemv, ReferenceMultipliesByTheTransposedWeight) {
+  // x [2, 3], w [2, 3] (two output features), bias [10, 20].
+  std::vector<float> x = {1, 2, 3, 4, 5, 6}, w = {1, 0, 0, 1, 1, 1}, bias = {10, 20}, y(4);
+  GemvReference(x.data(), w.data(), bias.data(), y.data(), 2, 2, 3);
+  EXPECT_EQ(y, (std::vector<float>{11, 26, 14, 35}));
+}
+
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+uint16_t ToBf16(float v) {  // round to nearest even, as __float2bfloat16
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+float FromBf16(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float v;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+float RoundBf16(float v) { return FromBf16(ToBf16(v)); }
+
+// A device copy of host data; the element type decides what the kernel sees (fp32 or bf16).
+class Device {
+ public:
+  Device(const std::vector<float>& host, ElementType type) : type_(type), count_(host.size()) {
+    cudaMalloc(&ptr_, std::max<size_t>(1, count_) * bytes_per());
+    if (type_ == ElementType::kFloat32) {
+      cudaMemcpy(ptr_, host.data(), count_ * 4, cudaMemcpyHostToDevice);
+    } else {
+      std::vector<uint16_t> half(count_);
+      for (size_t i = 0; i < count_; ++i) half[i] = ToBf16(host[i]);
+      cudaMemcpy(ptr_, half.data(), count_ * 2, cudaMemcpyHostToDevice);
+    }
+  }
+  template <typename I>
+  explicit Device(const std::vector<I>& host) : type_(ElementType::kFloat32), count_(host.size()) {
+    cudaMalloc(&ptr_, std::max<size_t>(1, count_) * sizeof(I));
+    cudaMemcpy(ptr_, host.data(), count_ * sizeof(I), cudaMemcpyHostToDevice);
+  }
+  ~Device() { cudaFree(ptr_); }
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+  void* get() const { return ptr_; }
+  template <typename I>
+  I* as() const { return static_cast<I*>(ptr_); }
+  std::vector<float> Floats() const {
+    std::vector<float> host(count_);
+    if (type_ == ElementType::kFloat32) {
+      cudaMemcpy(host.data(), ptr_, count_ * 4, cudaMemcpyDeviceToHost);
+    } else {
+      std::vector<uint16_t> half(count_);
+      cudaMemcpy(half.data(), ptr_, count_ * 2, cudaMemcpyDeviceToHost);
+      for (size_t i = 0; i < count_; ++i) host[i] = FromBf16(half[i]);
+    }
+    return host;
+  }
+
+ private:
+  size_t bytes_per() const { return type_ == ElementType::kFloat32 ? 4 : 2; }
+  ElementType type_;
+  size_t count_;
+  void* ptr_ = nullptr;
+};
+
+std::vector<float> Random(size_t n, uint32_t seed, ElementType type, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> v(n);
+  for (float& x : v) x = scale * normal(rng);
+  if (type == ElementType::kBFloat16) {
+    for (float& x : v) x = RoundBf16(x);  // the reference sees exactly what the kernel sees
+  }
+  return v;
+}
+
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double rel, double abs) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], abs + rel * std::abs(want[i])) << "element " << i;
+  }
+}
+
+class DecodeOpsCuda : public ::testing::TestWithParam<ElementType> {
+ protected:
+  void SetUp() override {
+    if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+  }
+  ElementType type() const { return GetParam(); }
+  bool bf16() const { return GetParam() == ElementType::kBFloat16; }
+};
+
+TEST_P(DecodeOpsCuda, RotaryKvWriteMatchesReference) {
+  // GLM-4-9B's layout (32 q heads, 2 kv heads, head_dim 128, rotary on 64 dims), a padded qkv
+  // row, positions up to 5000, scattered slots.
+  RotaryKvShape s{6, 32, 2, 128, 64, (32 + 4) * 128 + 8};
+  std::vector<float> qkv = Random(s.tokens * s.qkv_row_stride, 3, type());
+  std::vector<int64_t> positions = {0, 1, 127, 128, 4095, 5000};
+  std::vector<int64_t> slots = {9, 0, 3, 17, 5, 12};
+  std::vector<float> inv_freq(s.rotary_dim / 2);
+  for (int j = 0; j < s.rotary_dim / 2; ++j) inv_freq[j] = 1.0f / std::pow(10000.0f, 2.0f * j / s.rotary_dim);
+  const int64_t kv_size = int64_t{s.num_kv_heads} * s.head_dim;
+  std::vector<float> k_cache(20 * kv_size, 0.0f), v_cache(20 * kv_size, 0.0f);
+  Device d_qkv(qkv, type()), d_k(k_cache, type()), d_v(v_cache, type());
+  Device d_pos(positions), d_slots(slots), d_freq(inv_freq);
+  ASSERT_TRUE(RotaryKvWriteCuda(d_qkv.get(), d_pos.as<int64_t>(), d_freq.as<float>(), d_slots.as<int64_t>(), d_k.get(),
+                                d_v.get(), s, type(), nullptr));
+  RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), slots.data(), k_cache.data(), v_cache.data(), s);
+  // bf16: the kernel rounds cos/sin and each product to bf16 as ATen does; the reference does not.
+  const double rel = bf16() ? 3e-2 : 2e-5, abs = bf16() ? 3e-2 : 2e-5;
+  ExpectClose(d_qkv.Floats(), qkv, rel, abs);
+  ExpectClose(d_k.Floats(), k_cache, rel, abs);
+  ExpectClose(d_v.Floats(), v_cache, 0, 0);  // v is copied untouched
+}
+
+TEST_P(DecodeOpsCuda, RotaryWithoutRotaryDimsOnlyWritesTheCache) {
+  RotaryKvShape s{2, 4, 4, 12, 0, 3 * 4 * 12};
+  std::vector<float> qkv = Random(s.tokens * s.qkv_row_stride, 4, type());
+  std::vector<int64_t> positions = {3, 4}, slots = {1, 0};
+  std::vector<float> inv_freq = {1.0f}, k_cache(2 * 48, 0.0f), v_cache(2 * 48, 0.0f);
+  Device d_qkv(qkv, type()), d_k(k_cache, type()), d_v(v_cache, type()), d_pos(positions), d_slots(slots),
+      d_freq(inv_freq);
+  ASSERT_TRUE(RotaryKvWriteCuda(d_qkv.get(), d_pos.as<int64_t>(), d_freq.as<float>(), d_slots.as<int64_t>(), d_k.get(),
+                                d_v.get(), s, type(), nullptr));
+  RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), slots.data(), k_cache.data(), v_cache.data(), s);
+  ExpectClose(d_qkv.Floats(), qkv, 0, 0);
+  ExpectClose(d_k.Floats(), k_cache, 0, 0);
+  ExpectClose(d_v.Floats(), v_cache, 0, 0);
+}
+
+TEST_P(DecodeOpsCuda, SwiGluMatchesReference) {
+  const int64_t rows = 5, width = 13696;  // GLM-4-9B's intermediate size
+  std::vector<float> gate_up = Random(rows * 2 * width, 5, type(), 3.0f), want(rows * width);
+  SwiGluReference(gate_up.data(), want.data(), rows, width);
+  Device d_in(gate_up, type()), d_out(std::vector<float>(rows * width, 0.0f), type());
+  ASSERT_TRUE(SwiGluCuda(d_in.get(), d_out.get(), rows, width, type(), nullptr));
+  ExpectClose(d_out.Floats(), want, bf16() ? 1.6e-2 : 1e-6, bf16() ? 1e-6 : 1e-7);
+}
+
+TEST_P(DecodeOpsCuda, GemvMatchesReferenceForEveryRowCount) {
+  // n not a multiple of any block's rows; k a multiple of 8 but not of a warp's 256-element stride.
+  const int64_t n = 1001, k = 4096 + 24;
+  std::vector<float> w = Random(n * k, 7, type(), 0.05f), bias = Random(n, 8, type());
+  Device d_w(w, type()), d_bias(bias, type());
+  for (int32_t rows = 1; rows <= kGemvMaxRows; ++rows) {
+    for (bool with_bias : {false, true}) {
+      std::vector<float> x = Random(rows * k, 100 + rows, type()), want(rows * n);
+      GemvReference(x.data(), w.data(), with_bias ? bias.data() : nullptr, want.data(), rows, n, k);
+      Device d_x(x, type()), d_y(std::vector<float>(rows * n, 0.0f), type());
+      ASSERT_TRUE(GemvCudaTakes(rows, k, type(), d_x.get(), d_w.get()));
+      ASSERT_TRUE(GemvCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k, type(),
+                           nullptr));
+      SCOPED_TRACE(testing::Message() << "rows " << rows << " bias " << with_bias);
+      // bf16: one rounding of the fp32 sum (2^-8 relative); fp32: summation order only.
+      ExpectClose(d_y.Floats(), want, bf16() ? 8e-3 : 1e-5, bf16() ? 2e-3 : 1e-5);
+    }
+  }
+  EXPECT_FALSE(GemvCudaTakes(kGemvMaxRows + 1, k, type(), d_w.get(), d_w.get()));
+  EXPECT_FALSE(GemvCudaTakes(1, k + 1, type(), d_w.get(), d_w.get()));
+}
+
+struct AttentionCase {
+  int32_t heads, kv_heads, head_dim;
+};
+
+TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
+  for (const AttentionCase& c : {AttentionCase{32, 2, 128}, AttentionCase{8, 8, 64}, AttentionCase{16, 1, 128},
+                                 AttentionCase{4, 2, 256}, AttentionCase{32, 1, 32}}) {
+    SCOPED_TRACE(testing::Message() << c.heads << "/" << c.kv_heads << " heads, head_dim " << c.head_dim);
+    // Query rows padded like the rotary kernel's in-place qkv rows.
+    const int64_t q_stride = int64_t{c.heads + 2 * c.kv_heads} * c.head_dim;
+    PagedAttentionShape s{5, c.heads, c.kv_heads, c.head_dim, 16, 40, 600, 1.0f / std::sqrt(float(c.head_dim)), q_stride};
+    const int64_t slots = 256 * s.block_size;
+    std::vector<float> q = Random(s.batch * q_stride, 11, type());
+    std::vector<float> k = Random(slots * s.num_kv_heads * s.head_dim, 12, type());
+    std::vector<float> v = Random(k.size(), 13, type());
+    std::vector<int32_t> lens = {1, 17, 300, 599, 64};
+    std::vector<int32_t> blocks(256);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(14));
+    std::vector<int32_t> tables(s.batch * s.max_blocks_per_seq);
+    for (size_t i = 0; i < tables.size(); ++i) tables[i] = blocks[i % 256];
+    std::vector<float> want(int64_t{s.batch} * s.num_heads * s.head_dim);
+    PagedAttentionDecodeReference(q.data(), k.data(), v.data(), tables.data(), lens.data(), want.data(), s);
+    const size_t workspace_bytes = PagedAttentionWorkspaceBytes(s);
+    ASSERT_GT(workspace_bytes, 0u);
+    Device d_q(q, type()), d_k(k, type()), d_v(v, type()), d_tables(tables), d_lens(lens);
+    Device d_split(std::vector<float>(want.size(), 0.0f), type()), d_onepass(std::vector<float>(want.size(), 0.0f), type());
+    Device d_workspace(std::vector<uint8_t>(workspace_bytes, 0));
+    ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(), d_lens.as<int32_t>(),
+                                         d_split.get(), s, type(), nullptr, d_workspace.get()));
+    ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(), d_lens.as<int32_t>(),
+                                         d_onepass.get(), s, type(), nullptr, nullptr));
+    const double tol = bf16() ? 1e-2 : 1e-4;
+    ExpectClose(d_split.Floats(), want, tol, tol);
+    ExpectClose(d_onepass.Floats(), want, tol, tol);
+  }
+}
+
+TEST_P(DecodeOpsCuda, SplitKernelDeclinesHeadDimsItCannotTile) {
+  PagedAttentionShape s{2, 4, 4, 12, 16, 4, 64, 0.5f};
+  EXPECT_EQ(PagedAttentionWorkspaceBytes(s), 0u);  // the one-pass kernel takes head_dim 12
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, DecodeOpsCuda, ::testing::Values(ElementType::kFloat32, ElementType::kBFloat16),
+                         [](const testing::TestParamInfo<ElementType>& info) {
+                           return info.param == ElementType::kFloat32 ? "Float32" : "BFloat16";
+                         });
+#endif  // GLMSERVE_HAVE_CUDA_KERNELS
+
+}  // namespace
+}  // namespace glmserve::kernels
