@@ -2,6 +2,7 @@
 #include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
+#include "kernels/sampling.h"
 
 namespace glmserve::kernels {
 bool FusedAddRmsNormCuda(const float*, float*, const float*, float*, int64_t, int64_t, float, void*) { return false; }
@@ -24,4 +25,5 @@ bool GemvCuda(const void*, const void*, const void*, void*, int32_t, int64_t, in
   return false;
 }
 int32_t PagedAttentionMaxContext() { return 0; }
+bool SampleRowsCuda(const float*, int32_t, int32_t, const SamplingRow*, int32_t*, void*) { return false; }
 }  // namespace glmserve::kernels

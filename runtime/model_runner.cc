@@ -3,11 +3,15 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #ifdef GLMSERVE_TORCH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 #endif
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <new>
@@ -23,6 +27,10 @@
 #include "runtime/sampler.h"
 #include "runtime/status_macros.h"
 #include "runtime/weight_map.h"
+
+#ifdef GLMSERVE_TORCH_CUDA
+#include "kernels/sampling.h"
+#endif
 
 namespace glmserve {
 namespace {
@@ -160,6 +168,98 @@ void LogLine(const ExecutorOptions& options, const std::string& line) {
   }
 }
 
+// Where a sampled row's next id is chosen when the logits are on a GPU. Penalties and stop-id
+// masking (before min_new_tokens) change the logits, which only the host sampler does.
+enum class RowPath { kDeviceArgmax, kDeviceSample, kHost };
+
+#ifdef GLMSERVE_TORCH_CUDA
+// GLMSERVE_CUDA_DEVICE_SAMPLING=0 sends every temperature > 0 row to the host sampler
+// (diagnosis). Read once.
+bool DeviceSamplingEnabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("GLMSERVE_CUDA_DEVICE_SAMPLING");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return enabled;
+}
+#endif
+
+RowPath ChooseRowPath(const SequenceStep& step) {
+  const SamplingParams& sampling = step.params->sampling;
+  if (sampling.has_penalties() || step.num_generated < step.params->min_new_tokens) return RowPath::kHost;
+  if (sampling.temperature <= 0.0f) return RowPath::kDeviceArgmax;
+#ifdef GLMSERVE_TORCH_CUDA
+  if (DeviceSamplingEnabled()) return RowPath::kDeviceSample;
+#endif
+  return RowPath::kHost;
+}
+
+#ifdef GLMSERVE_TORCH_CUDA
+// Runs the device sampler (kernels/sampling.h) over `rows` of the [samples, vocab] CUDA logits:
+// [rows.size()] int32 ids on the device, -1 where the host must decide. An undefined tensor when
+// the kernel could not be launched: the caller then samples those rows on the host.
+at::Tensor SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector<int64_t>& rows,
+                              const std::vector<kernels::SamplingRow>& params) {
+  if (rows.empty() || device_logits.size(1) > std::numeric_limits<int32_t>::max()) return at::Tensor();
+  const c10::cuda::CUDAGuard device_guard(device_logits.device());
+  at::Tensor logits = device_logits.to(at::kFloat).contiguous();
+  if (static_cast<int64_t>(rows.size()) != logits.size(0)) {
+    logits = logits.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(logits.device()));
+  }
+  const int64_t param_bytes = static_cast<int64_t>(params.size() * sizeof(kernels::SamplingRow));
+  at::Tensor device_params =
+      at::from_blob(const_cast<kernels::SamplingRow*>(params.data()), {param_bytes}, at::TensorOptions().dtype(at::kByte))
+          .to(logits.device());
+  at::Tensor ids = at::empty({static_cast<int64_t>(rows.size())}, logits.options().dtype(at::kInt));
+  const bool launched = kernels::SampleRowsCuda(
+      logits.data_ptr<float>(), static_cast<int32_t>(rows.size()), static_cast<int32_t>(logits.size(1)),
+      static_cast<const kernels::SamplingRow*>(device_params.data_ptr()), ids.data_ptr<int32_t>(),
+      at::cuda::getCurrentCUDAStream(logits.device().index()).stream());
+  return launched ? ids : at::Tensor();
+}
+#endif
+
+// Chooses on the device every row it can: greedy rows by argmax (the first maximum, as on the
+// CPU), sampled rows by the device sampler; one device-to-host copy brings all their ids.
+// Returns one id per sampled row of `batch`, -1 where the host must sample the row from its logits.
+std::vector<int32_t> ChooseIdsOnDevice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits) {
+  std::vector<RowPath> paths;
+  std::vector<int64_t> sampled_rows;
+#ifdef GLMSERVE_TORCH_CUDA
+  std::vector<kernels::SamplingRow> sampling;
+#endif
+  for (const SequenceStep& s : batch) {
+    if (!s.sample) continue;
+    paths.push_back(ChooseRowPath(s));
+    if (paths.back() != RowPath::kDeviceSample) continue;
+    sampled_rows.push_back(static_cast<int64_t>(paths.size()) - 1);
+#ifdef GLMSERVE_TORCH_CUDA
+    kernels::SamplingRow row;
+    row.temperature = s.params->sampling.temperature;
+    row.top_k = s.params->sampling.top_k;
+    row.top_p = s.params->sampling.top_p;
+    row.uniform = SamplingUniform(s.params->sampling.seed, s.num_generated);
+    sampling.push_back(row);
+#endif
+  }
+  at::Tensor argmax = device_logits.argmax(-1).to(at::kInt);
+  at::Tensor sampled;
+#ifdef GLMSERVE_TORCH_CUDA
+  sampled = SampleRowsOnDevice(device_logits, sampled_rows, sampling);
+#endif
+  at::Tensor host_ids = (sampled.defined() ? at::cat({argmax, sampled}) : argmax).cpu();
+  const int32_t* argmax_ids = host_ids.data_ptr<int32_t>();
+  const int32_t* sampled_ids = sampled.defined() ? argmax_ids + argmax.numel() : nullptr;
+  std::vector<int32_t> ids(paths.size(), -1);
+  for (size_t row = 0; row < paths.size(); ++row) {
+    if (paths[row] == RowPath::kDeviceArgmax) ids[row] = argmax_ids[row];
+  }
+  if (sampled_ids != nullptr) {
+    for (size_t k = 0; k < sampled_rows.size(); ++k) ids[sampled_rows[k]] = sampled_ids[k];
+  }
+  return ids;
+}
+
 // The engine's StepExecutor over GlmModel and a paged KV pool. The contract it honours is
 // "What the executor may rely on" in runtime/engine/README.md: it never throws, returns one id
 // per sequence (-1 where sample is false), and answers RESOURCE_EXHAUSTED only for an
@@ -233,26 +333,21 @@ class PagedExecutor final : public StepExecutor {
     size_t num_samples = 0;
     for (const SequenceStep& s : batch) num_samples += s.sample ? 1 : 0;
     at::Tensor logits;
-    // On a GPU, greedy rows that need no stop-id masking take their argmax on the device (the
-    // first maximum, as on the CPU) and only ids cross to the host; the other rows bring their
-    // logits. Copying every row's full fp32 logits and scanning them on the CPU dominated
-    // large-batch decode steps.
-    std::vector<int32_t> device_ids;
+    // On a GPU, rows without penalties or stop-id masking get their id on the device (greedy:
+    // argmax; sampled: kernels/sampling.h, the host sampler's exact id) and only ids cross to the
+    // host; the other rows, and those the device sampler leaves undecided, bring their logits.
+    // Copying every row's full fp32 logits and sorting them on the CPU dominated large-batch
+    // decode steps.
+    std::vector<int32_t> device_ids;  // per sampled row; -1: sample on the host
     absl::Status forward = GuardTorch("forward step", [&] {
       at::Tensor device_logits = model_->Forward(batch, pool_);
       if (device_logits.is_cuda() && device_logits.dim() == 2 &&
           device_logits.size(0) == static_cast<int64_t>(num_samples)) {
+        device_ids = ChooseIdsOnDevice(batch, device_logits);
         std::vector<int64_t> host_rows;
-        int64_t row = 0;
-        for (const SequenceStep& s : batch) {
-          if (!s.sample) continue;
-          const bool greedy = s.params->sampling.temperature <= 0.0f && !s.params->sampling.has_penalties() &&
-                              s.num_generated >= s.params->min_new_tokens;
-          if (!greedy) host_rows.push_back(row);
-          ++row;
+        for (size_t row = 0; row < device_ids.size(); ++row) {
+          if (device_ids[row] < 0) host_rows.push_back(static_cast<int64_t>(row));
         }
-        at::Tensor ids = device_logits.argmax(-1).to(at::kInt).cpu();
-        device_ids.assign(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel());
         const int64_t vocab = device_logits.size(1);
         logits = at::empty({static_cast<int64_t>(num_samples), vocab}, at::TensorOptions().dtype(at::kFloat));
         if (!host_rows.empty()) {
@@ -288,12 +383,10 @@ class PagedExecutor final : public StepExecutor {
       const GenerationParams& params = *batch[i].params;
       const std::vector<int32_t>& stops =
           params.stop_token_ids.empty() ? model_->config().eos_token_ids : params.stop_token_ids;
-      const bool greedy = params.sampling.temperature <= 0.0f && !params.sampling.has_penalties() &&
-                          batch[i].num_generated >= params.min_new_tokens;
-      const int32_t id = greedy && !device_ids.empty()
-                             ? device_ids[row]
-                             : SampleNextToken(data + row * vocab, vocab, params, stops, batch[i].num_generated,
-                                               batch[i].history);
+      const bool decided_on_device = !device_ids.empty() && device_ids[row] >= 0;
+      const int32_t id = decided_on_device ? device_ids[row]
+                                           : SampleNextToken(data + row * vocab, vocab, params, stops,
+                                                             batch[i].num_generated, batch[i].history);
       if (id < 0 || id >= vocab) {
         return absl::InternalError(absl::StrCat("sampler returned id ", id, " for sequence ", batch[i].sequence_id,
                                                 "; expected [0, ", vocab, ")"));

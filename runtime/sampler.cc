@@ -15,13 +15,12 @@ uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Uniform in [0, 1) from (seed, step): 53 random bits.
-double UniformForStep(uint64_t seed, int32_t step) {
+}  // namespace
+
+double SamplingUniform(uint64_t seed, int32_t step) {
   const uint64_t bits = SplitMix64(SplitMix64(seed) ^ (static_cast<uint64_t>(step) * 0xd1342543de82ef95ULL));
   return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);
 }
-
-}  // namespace
 
 int32_t SampleNextToken(const float* logits, int32_t vocab_size, const GenerationParams& params,
                         const std::vector<int32_t>& stop_ids, int32_t num_generated,
@@ -82,7 +81,7 @@ int32_t SampleNextToken(const float* logits, int32_t vocab_size, const Generatio
     keep = cut;
     total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
   }
-  const double target = UniformForStep(s.seed, num_generated) * total;
+  const double target = SamplingUniform(s.seed, num_generated) * total;
   double running = 0;
   for (size_t i = 0; i < keep; ++i) {
     running += probs[i];

@@ -18,4 +18,9 @@ int32_t SampleNextToken(const float* logits, int32_t vocab_size, const Generatio
                         const std::vector<int32_t>& stop_ids, int32_t num_generated,
                         const std::vector<int32_t>* history = nullptr);
 
+// The draw's uniform in [0, 1) (53 random bits), a pure function of (seed, step). SampleNextToken
+// uses SamplingUniform(params.sampling.seed, num_generated); the CUDA sampler
+// (kernels/sampling.h) takes the same number so both pick the same id.
+double SamplingUniform(uint64_t seed, int32_t step);
+
 }  // namespace glmserve

@@ -1,0 +1,72 @@
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "kernels/sampling.h"
+
+namespace glmserve::kernels {
+namespace {
+
+// runtime/sampler.cc's SampleNextToken without penalties or stop masking, step by step (the
+// kernels library does not depend on the runtime; tests/runtime/sampler_test.cc checks the two
+// agree).
+int32_t SampleRowReference(const float* logits, int32_t vocab, const SamplingRow& p) {
+  constexpr float kMasked = -std::numeric_limits<float>::infinity();
+  const bool greedy = p.temperature <= 0.0f;
+  std::vector<float> scores(logits, logits + vocab);
+  if (!greedy) {
+    for (float& v : scores) v /= p.temperature;
+  }
+  for (float v : scores) {
+    if (std::isnan(v)) return -1;  // the CPU's comparisons give NaN no defined place
+  }
+  if (greedy) return static_cast<int32_t>(std::max_element(scores.begin(), scores.end()) - scores.begin());
+  if (!(p.uniform >= 0.0 && p.uniform < 1.0)) return -1;
+  std::vector<int32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[a] > scores[b]; });
+  size_t keep = order.size();
+  if (p.top_k > 0) keep = std::min<size_t>(keep, static_cast<size_t>(p.top_k));
+  const float max_score = scores[order[0]];
+  std::vector<double> probs(keep);
+  double total = 0;
+  for (size_t i = 0; i < keep; ++i) {
+    probs[i] = scores[order[i]] == kMasked ? 0.0 : std::exp(static_cast<double>(scores[order[i]] - max_score));
+    total += probs[i];
+  }
+  if (p.top_p > 0.0f && p.top_p < 1.0f) {
+    double mass = 0;
+    size_t cut = keep;
+    for (size_t i = 0; i < keep; ++i) {
+      mass += probs[i] / total;
+      if (mass >= p.top_p) {
+        cut = i + 1;
+        break;
+      }
+    }
+    keep = cut;
+    total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
+  }
+  const double target = p.uniform * total;
+  double running = 0;
+  for (size_t i = 0; i < keep; ++i) {
+    running += probs[i];
+    if (target < running) return order[i];
+  }
+  return order[keep - 1];
+}
+
+}  // namespace
+
+void SampleRowsReference(const float* logits, int32_t rows, int32_t vocab, const SamplingRow* params,
+                         int32_t* out_ids) {
+  if (rows <= 0 || vocab <= 0 || logits == nullptr || params == nullptr || out_ids == nullptr) return;
+  for (int32_t r = 0; r < rows; ++r) {
+    out_ids[r] = SampleRowReference(logits + static_cast<int64_t>(r) * vocab, vocab, params[r]);
+  }
+}
+
+}  // namespace glmserve::kernels

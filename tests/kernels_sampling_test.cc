@@ -1,0 +1,500 @@
+// Temperature / top-k / top-p sampling: the CPU reference against hand-computed draws (run
+// everywhere), the CUDA kernel against the reference where a GPU exists (skipped otherwise, e.g.
+// in CI). The reference is tied to runtime/sampler.cc's SampleNextToken by
+// tests/runtime/sampler_test.cc.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/rms_norm.h"
+#include "kernels/sampling.h"
+
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+#include <cuda_runtime.h>
+#endif
+
+namespace glmserve::kernels {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+SamplingRow Row(float temperature, int32_t top_k, float top_p, double uniform) {
+  SamplingRow r;
+  r.temperature = temperature;
+  r.top_k = top_k;
+  r.top_p = top_p;
+  r.uniform = uniform;
+  return r;
+}
+
+int32_t SampleOne(const std::vector<float>& logits, const SamplingRow& row) {
+  int32_t id = -2;
+  SampleRowsReference(logits.data(), 1, static_cast<int32_t>(logits.size()), &row, &id);
+  return id;
+}
+
+TEST(SamplingReference, TopKOneIsTheFirstArgmax) {
+  const std::vector<float> logits = {1, 5, 3, 5};
+  EXPECT_EQ(SampleOne(logits, Row(0.7f, 1, 1.0f, 0.0)), 1);
+  EXPECT_EQ(SampleOne(logits, Row(0.7f, 1, 1.0f, 0.999)), 1);
+  EXPECT_EQ(SampleOne(logits, Row(0.0f, 0, 1.0f, 0.5)), 1);  // temperature 0: argmax
+}
+
+TEST(SamplingReference, EqualScoresAreOrderedByIdAndDrawnUniformly) {
+  // Four equal scores: probs 1, 1, 1, 1 in id order; target = 4 u.
+  const std::vector<float> logits = {2, 2, 2, 2};
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.0)), 0);
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.3)), 1);   // 1.2 < 2
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.6)), 2);   // 2.4 < 3
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.99)), 3);  // 3.96 < 4
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 2, 1.0f, 0.99)), 1);  // top_k 2 keeps ids 0 and 1
+}
+
+TEST(SamplingReference, TinyTopPKeepsOnlyTheTopToken) {
+  const std::vector<float> logits = {0, 3, 1, 3.5f, -2};
+  for (double u : {0.0, 0.5, 0.999999}) EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1e-6f, u)), 3) << u;
+}
+
+TEST(SamplingReference, UniformZeroAndNearOneChooseFirstAndLastKept) {
+  // Sorted ids 0, 1, 2 (top_k 3) with probs 1, e^-1, e^-2 (total 1.503): 0.999 * total = 1.5017
+  // lies past 1 + e^-1 = 1.368.
+  const std::vector<float> logits = {3, 2, 1, 0};
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 3, 1.0f, 0.0)), 0);
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 3, 1.0f, 0.999)), 2);
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.9999)), 3);
+}
+
+TEST(SamplingReference, TemperatureSharpensTheDistribution) {
+  // Scores at temperature 0.5: 0 and 2 ln 3, so probs (sorted, relative to the max) 1 and 1/9:
+  // id 1 takes 90% of the mass.
+  const std::vector<float> logits = {0, std::log(3.0f)};
+  EXPECT_EQ(SampleOne(logits, Row(0.5f, 0, 1.0f, 0.85)), 1);
+  EXPECT_EQ(SampleOne(logits, Row(0.5f, 0, 1.0f, 0.95)), 0);
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.8)), 0);  // at temperature 1 id 1 has only 75%
+}
+
+TEST(SamplingReference, TopPCutsTheNucleusAndRenormalises) {
+  // probs 0.5, 0.3, 0.2 (ids 0, 1, 2): top_p 0.6 keeps ids 0 and 1 (mass 0.8), target = 0.8 u.
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.6)), 0);   // 0.48 < 0.5
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.7)), 1);   // 0.56
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.999)), 1); // never id 2
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.95)), 2);  // without top_p id 2 is reachable
+}
+
+TEST(SamplingReference, MaskedScoresAreNeverDrawn) {
+  const std::vector<float> logits = {-kInf, 1, -kInf, 1};
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.0)), 1);
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.999)), 3);
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 3, 1.0f, 0.999)), 3);  // the kept -inf (id 0) has prob 0
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.9f, 0.999)), 3);
+}
+
+TEST(SamplingReference, NanAndBadUniformAreLeftUndecided) {
+  EXPECT_EQ(SampleOne({1, std::nanf(""), 0}, Row(1.0f, 0, 1.0f, 0.5)), -1);
+  EXPECT_EQ(SampleOne({1, std::nanf(""), 0}, Row(0.0f, 0, 1.0f, 0.5)), -1);
+  EXPECT_EQ(SampleOne({1, 2, 0}, Row(1.0f, 0, 1.0f, 1.0)), -1);
+  EXPECT_EQ(SampleOne({1, 2, 0}, Row(1.0f, 0, 1.0f, -0.1)), -1);
+}
+
+// What the CPU's walk looked like for one row: enough to tell whether the kernel may leave it
+// undecided under the contract in kernels/sampling.h.
+struct CpuWalk {
+  bool special = false;       // NaN, +inf max, all -inf or bad uniform: the kernel may say -1
+  size_t keep = 0;            // kept tokens after top_k
+  size_t eligible = 0;        // after the top_p cut
+  size_t chosen_rank = 0;     // index in sorted order of the CPU's id
+  double closest_mass = 1e300;  // |mass_i - top_p| over the cut loop's steps
+  double closest_target = 1e300;  // |target - running_i| / total over the walk's steps
+};
+
+CpuWalk TraceCpu(const float* logits, int32_t vocab, const SamplingRow& p) {
+  CpuWalk w;
+  if (p.temperature <= 0.0f) return w;
+  std::vector<float> scores(logits, logits + vocab);
+  for (float& v : scores) v /= p.temperature;
+  if (!(p.uniform >= 0.0 && p.uniform < 1.0)) w.special = true;
+  for (float v : scores) w.special |= std::isnan(v);
+  if (w.special) return w;
+  std::vector<int32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[a] > scores[b]; });
+  const float max_score = scores[order[0]];
+  if (max_score == kInf || max_score == -kInf) {
+    w.special = true;
+    return w;
+  }
+  w.keep = p.top_k > 0 ? std::min<size_t>(vocab, p.top_k) : vocab;
+  std::vector<double> probs(w.keep);
+  double total = 0;
+  for (size_t i = 0; i < w.keep; ++i) {
+    probs[i] = scores[order[i]] == -kInf ? 0.0 : std::exp(static_cast<double>(scores[order[i]] - max_score));
+    total += probs[i];
+  }
+  w.eligible = w.keep;
+  if (p.top_p > 0.0f && p.top_p < 1.0f) {
+    double mass = 0;
+    for (size_t i = 0; i < w.keep; ++i) {
+      mass += probs[i] / total;
+      w.closest_mass = std::min(w.closest_mass, std::abs(mass - p.top_p));
+      if (mass >= p.top_p) {
+        w.eligible = i + 1;
+        break;
+      }
+    }
+    total = std::accumulate(probs.begin(), probs.begin() + w.eligible, 0.0);
+  }
+  const double target = p.uniform * total;
+  double running = 0;
+  w.chosen_rank = w.eligible - 1;
+  for (size_t i = 0; i < w.eligible; ++i) {
+    running += probs[i];
+    w.closest_target = std::min(w.closest_target, std::abs(target - running) / total);
+    if (target < running) {
+      w.chosen_rank = i;
+      break;
+    }
+  }
+  return w;
+}
+
+// Why the kernel may answer -1 for this row, or "" when it must decide it.
+std::string UndecidedReason(const float* logits, int32_t vocab, const SamplingRow& p) {
+  const CpuWalk w = TraceCpu(logits, vocab, p);
+  const size_t candidates = kSamplingCandidates;
+  if (w.special) return "nan / inf / bad uniform";
+  const double margin = 2 * SamplingDecisionMargin(vocab, w.keep > candidates);
+  if (p.temperature <= 0.0f) return "";
+  if (w.keep > candidates && w.keep < static_cast<size_t>(vocab)) return "top_k between the candidates and vocab";
+  if (w.keep > candidates) {
+    const bool use_top_p = p.top_p > 0.0f && p.top_p < 1.0f;
+    if (use_top_p && w.eligible > candidates) return "nucleus beyond the candidates";
+    if (!use_top_p && w.chosen_rank >= candidates) return "draw beyond the candidates";
+  }
+  if (w.closest_mass < margin) return "top_p cut inside the margin";
+  if (w.closest_target < margin) return "draw inside the margin";
+  return "";
+}
+
+TEST(SamplingReference, UndecidedReasonsFollowTheContract) {
+  const std::vector<float> small = {1, 2, 3};
+  EXPECT_EQ(UndecidedReason(small.data(), 3, Row(1.0f, 0, 0.9f, 0.3)), "");
+  std::vector<float> flat(5000, 0.0f);
+  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 2000, 1.0f, 0.3)), "top_k between the candidates and vocab");
+  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 0.9f, 0.3)), "nucleus beyond the candidates");
+  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.9)), "draw beyond the candidates");
+  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.12345)), "");  // rank 617
+  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.1)), "draw inside the margin");  // 500 of 5000
+}
+
+// Runs the kernel on host data; a failure (with a message) on any CUDA error.
+::testing::AssertionResult SampleOnDevice(const std::vector<float>& logits, int32_t vocab,
+                                          const std::vector<SamplingRow>& params, std::vector<int32_t>* ids) {
+#ifndef GLMSERVE_HAVE_CUDA_KERNELS
+  (void)logits, (void)vocab, (void)params, (void)ids;
+  return ::testing::AssertionFailure() << "built without the CUDA kernels";
+#else
+  const int32_t rows = static_cast<int32_t>(params.size());
+  float* d_logits = nullptr;
+  SamplingRow* d_params = nullptr;
+  int32_t* d_ids = nullptr;
+  auto release = [&] {
+    cudaFree(d_logits);
+    cudaFree(d_params);
+    cudaFree(d_ids);
+  };
+  if (cudaMalloc(&d_logits, logits.size() * sizeof(float)) != cudaSuccess ||
+      cudaMalloc(&d_params, params.size() * sizeof(SamplingRow)) != cudaSuccess ||
+      cudaMalloc(&d_ids, params.size() * sizeof(int32_t)) != cudaSuccess) {
+    release();
+    return ::testing::AssertionFailure() << "cudaMalloc failed";
+  }
+  cudaMemcpy(d_logits, logits.data(), logits.size() * sizeof(float), cudaMemcpyHostToDevice);
+  cudaMemcpy(d_params, params.data(), params.size() * sizeof(SamplingRow), cudaMemcpyHostToDevice);
+  cudaMemset(d_ids, 0xAB, params.size() * sizeof(int32_t));
+  if (!SampleRowsCuda(d_logits, rows, vocab, d_params, d_ids, nullptr)) {
+    release();
+    return ::testing::AssertionFailure() << "SampleRowsCuda returned false";
+  }
+  const cudaError_t synced = cudaDeviceSynchronize();
+  ids->assign(rows, -2);
+  cudaMemcpy(ids->data(), d_ids, ids->size() * sizeof(int32_t), cudaMemcpyDeviceToHost);
+  release();
+  if (synced != cudaSuccess) return ::testing::AssertionFailure() << cudaGetErrorString(synced);
+  return ::testing::AssertionSuccess();
+#endif
+}
+
+enum class Shape { kFlat, kPeaked, kBf16Ties, kFewValues, kMostlyMasked, kSignedZeros, kNarrow };
+
+// Logits like an LM head's: gaussian, or with a few strongly preferred tokens, or rounded to
+// bf16 (many exact ties, as the fp32 copy of bf16 logits has), or a handful of distinct values
+// (one exact value shared by more elements than the kernel buffers), or nearly all masked, or
+// all within a sliver of one binade (the first histogram bin overflows; refinement separates them).
+std::vector<float> MakeRow(Shape shape, int32_t vocab, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int32_t> any_id(0, vocab - 1);
+  std::vector<float> row(vocab);
+  switch (shape) {
+    case Shape::kFlat:
+      for (float& v : row) v = 2.0f * normal(rng);
+      break;
+    case Shape::kPeaked:
+      for (float& v : row) v = normal(rng);
+      for (int k = 0; k < 8; ++k) row[any_id(rng)] += 8.0f + 2.0f * k;
+      break;
+    case Shape::kBf16Ties:
+      for (float& v : row) {
+        v = 3.0f * normal(rng);
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        bits &= 0xFFFF0000u;
+        std::memcpy(&v, &bits, 4);
+      }
+      for (int k = 0; k < 4; ++k) row[any_id(rng)] = 14.0f;  // tied top tokens
+      break;
+    case Shape::kFewValues:
+      for (float& v : row) v = std::round(normal(rng)) * 0.5f;
+      break;
+    case Shape::kMostlyMasked:
+      std::fill(row.begin(), row.end(), -kInf);
+      for (int k = 0; k < 6; ++k) row[any_id(rng)] = normal(rng);
+      break;
+    case Shape::kNarrow:
+      for (float& v : row) v = 5.0f + 0.01f * normal(rng);
+      break;
+    case Shape::kSignedZeros:
+      for (float& v : row) v = -std::abs(normal(rng)) - 1.0f;
+      for (int k = 0; k < 6; ++k) row[any_id(rng)] = (k % 2 == 0) ? -0.0f : 0.0f;
+      break;
+  }
+  return row;
+}
+
+struct Tally {
+  int decided = 0;
+  int undecided = 0;
+};
+
+// Compares the kernel with the reference on `rows` rows of each shape; every decided row must be
+// the reference's id, every undecided one must have a reason the contract allows.
+void CompareWithReference(int32_t vocab, int rows_per_shape, uint32_t seed, Tally* tally) {
+  std::mt19937 rng(seed);
+  const std::vector<float> temperatures = {0.0f, 0.3f, 0.7f, 1.0f, 1.6f};
+  const std::vector<int32_t> top_ks = {0, 0, 0, 1, 2, 20, 50, 1000, 1024, 1025, 4000, vocab, vocab + 7};
+  const std::vector<float> top_ps = {1.0f, 1.0f, 0.95f, 0.9f, 0.8f, 0.5f, 1e-6f, 0.0f, 0.999f};
+  std::uniform_int_distribution<size_t> pick(0, 1 << 30);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  for (Shape shape : {Shape::kFlat, Shape::kPeaked, Shape::kBf16Ties, Shape::kFewValues, Shape::kMostlyMasked,
+                      Shape::kSignedZeros, Shape::kNarrow}) {
+    std::vector<float> logits;
+    std::vector<SamplingRow> params;
+    for (int r = 0; r < rows_per_shape; ++r) {
+      const std::vector<float> row = MakeRow(shape, vocab, rng);
+      logits.insert(logits.end(), row.begin(), row.end());
+      SamplingRow p = Row(temperatures[pick(rng) % temperatures.size()], top_ks[pick(rng) % top_ks.size()],
+                          top_ps[pick(rng) % top_ps.size()], uniform(rng));
+      if (r % 17 == 0) p.uniform = 0.0;
+      if (r % 19 == 0) p.uniform = 0.9999999;
+      params.push_back(p);
+    }
+    std::vector<int32_t> want(rows_per_shape), got;
+    SampleRowsReference(logits.data(), rows_per_shape, vocab, params.data(), want.data());
+    ASSERT_TRUE(SampleOnDevice(logits, vocab, params, &got));
+    for (int r = 0; r < rows_per_shape; ++r) {
+      const SamplingRow& p = params[r];
+      const float* row = logits.data() + static_cast<int64_t>(r) * vocab;
+      const std::string describe = "vocab " + std::to_string(vocab) + " shape " +
+                                   std::to_string(static_cast<int>(shape)) + " row " + std::to_string(r) +
+                                   " temperature " + std::to_string(p.temperature) + " top_k " +
+                                   std::to_string(p.top_k) + " top_p " + std::to_string(p.top_p) + " uniform " +
+                                   std::to_string(p.uniform);
+      if (got[r] == -1) {
+        ++tally->undecided;
+        EXPECT_NE(UndecidedReason(row, vocab, p), "") << "undecided without a reason: " << describe;
+      } else {
+        ++tally->decided;
+        EXPECT_EQ(got[r], want[r]) << describe;
+      }
+    }
+  }
+}
+
+TEST(SampleRowsCuda, MatchesReferenceOnSmallOddVocab) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+  Tally tally;
+  CompareWithReference(1000, 400, 1, &tally);
+  CompareWithReference(7, 200, 2, &tally);
+  CompareWithReference(1, 20, 3, &tally);
+  CompareWithReference(1025, 200, 4, &tally);
+  std::printf("small vocabs: %d decided, %d undecided\n", tally.decided, tally.undecided);
+  // vocab <= kSamplingCandidates: only NaN/inf rows and margins may be undecided.
+  EXPECT_GT(tally.decided, 9 * tally.undecided);
+}
+
+TEST(SampleRowsCuda, MatchesReferenceOnGlm4Vocab) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+  Tally tally;
+  CompareWithReference(151552, 48, 5, &tally);
+  std::printf("vocab 151552: %d decided, %d undecided\n", tally.decided, tally.undecided);
+  EXPECT_GT(tally.decided, tally.undecided);
+}
+
+TEST(SampleRowsCuda, DecidesPeakedRowsWithTheDefaultNucleus) {
+  // The common serving case: whole vocab kept, top_p 0.8 .. 1, a confident model. The nucleus
+  // closes (or the draw lands) within the candidates, so the device decides nearly every row.
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+  const int32_t vocab = 151552, rows = 64;
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::vector<float> logits;
+  std::vector<SamplingRow> params;
+  for (int r = 0; r < rows; ++r) {
+    const std::vector<float> row = MakeRow(Shape::kPeaked, vocab, rng);
+    logits.insert(logits.end(), row.begin(), row.end());
+    params.push_back(Row(r % 2 ? 0.8f : 1.0f, 0, r % 3 == 0 ? 1.0f : 0.8f, uniform(rng)));
+  }
+  std::vector<int32_t> want(rows), got;
+  SampleRowsReference(logits.data(), rows, vocab, params.data(), want.data());
+  ASSERT_TRUE(SampleOnDevice(logits, vocab, params, &got));
+  int decided = 0;
+  for (int r = 0; r < rows; ++r) {
+    if (got[r] == -1) {
+      EXPECT_NE(UndecidedReason(logits.data() + static_cast<int64_t>(r) * vocab, vocab, params[r]), "") << r;
+      continue;
+    }
+    ++decided;
+    EXPECT_EQ(got[r], want[r]) << r;
+  }
+  EXPECT_GE(decided, rows * 9 / 10);
+}
+
+TEST(SampleRowsCuda, TiesAcrossTheCandidateCutKeepTheLowestIds) {
+  // All scores equal: the kept tokens are the top_k lowest ids, and the draw picks rank
+  // floor(u * k) (u * k kept off integers: a draw exactly on a boundary is left to the host).
+  // Exercises the ranked gather of threshold-equal elements.
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+  const int32_t vocab = 151552;
+  std::vector<float> logits;
+  std::vector<SamplingRow> params;
+  const std::vector<int32_t> top_ks = {1, 3, 100, 777, 1024};
+  for (int32_t k : top_ks) {
+    std::vector<float> row(vocab, 0.25f);
+    logits.insert(logits.end(), row.begin(), row.end());
+    params.push_back(Row(1.0f, k, 1.0f, 0.4321));
+  }
+  std::vector<int32_t> want(params.size()), got;
+  SampleRowsReference(logits.data(), static_cast<int32_t>(params.size()), vocab, params.data(), want.data());
+  ASSERT_TRUE(SampleOnDevice(logits, vocab, params, &got));
+  for (size_t r = 0; r < params.size(); ++r) {
+    EXPECT_EQ(want[r], static_cast<int32_t>(0.4321 * top_ks[r])) << r;
+    EXPECT_EQ(got[r], want[r]) << r;
+  }
+}
+
+TEST(SampleRowsCuda, NonFiniteRowsAreLeftToTheHostButGreedyStillDecides) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+  const int32_t vocab = 3000;
+  std::vector<float> logits;
+  std::vector<SamplingRow> params;
+  auto add = [&](std::vector<float> row, SamplingRow p) {
+    logits.insert(logits.end(), row.begin(), row.end());
+    params.push_back(p);
+  };
+  std::vector<float> base(vocab, 1.0f);
+  std::vector<float> nan_row = base, inf_row = base, masked_row(vocab, -kInf), overflow_row = base;
+  nan_row[17] = std::nanf("");
+  inf_row[2500] = kInf;
+  inf_row[2501] = kInf;
+  overflow_row[5] = 3e38f;  // / 0.5 overflows to +inf
+  add(nan_row, Row(1.0f, 0, 0.9f, 0.5));
+  add(nan_row, Row(0.0f, 0, 1.0f, 0.5));
+  add(inf_row, Row(1.0f, 50, 1.0f, 0.5));
+  add(masked_row, Row(1.0f, 0, 1.0f, 0.5));
+  add(overflow_row, Row(0.5f, 0, 1.0f, 0.5));
+  add(base, Row(1.0f, 0, 1.0f, 1.0));     // uniform outside [0, 1)
+  add(inf_row, Row(0.0f, 0, 1.0f, 0.5));  // greedy: first +inf
+  add(masked_row, Row(0.0f, 0, 1.0f, 0.5));  // greedy over all -inf: id 0
+  std::vector<int32_t> got;
+  ASSERT_TRUE(SampleOnDevice(logits, vocab, params, &got));
+  EXPECT_EQ(got, (std::vector<int32_t>{-1, -1, -1, -1, -1, -1, 2500, 0}));
+}
+
+TEST(SampleRowsCuda, RejectsBadShapesAndAcceptsNoRows) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  float* d_logits = nullptr;
+  ASSERT_EQ(cudaMalloc(&d_logits, 16), cudaSuccess);
+  SamplingRow* d_params = nullptr;
+  ASSERT_EQ(cudaMalloc(&d_params, sizeof(SamplingRow)), cudaSuccess);
+  int32_t* d_ids = nullptr;
+  ASSERT_EQ(cudaMalloc(&d_ids, 4), cudaSuccess);
+  EXPECT_TRUE(SampleRowsCuda(d_logits, 0, 4, d_params, d_ids, nullptr));
+  EXPECT_FALSE(SampleRowsCuda(d_logits, 1, 0, d_params, d_ids, nullptr));
+  EXPECT_FALSE(SampleRowsCuda(d_logits, -1, 4, d_params, d_ids, nullptr));
+  EXPECT_FALSE(SampleRowsCuda(nullptr, 1, 4, d_params, d_ids, nullptr));
+  cudaFree(d_logits);
+  cudaFree(d_params);
+  cudaFree(d_ids);
+#endif
+}
+
+TEST(SampleRowsCuda, BatchOf64GlmRowsTiming) {
+  // Not a pass/fail benchmark: prints how long one batch-64 launch takes, for the record.
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  const int32_t vocab = 151552, rows = 64;
+  std::mt19937 rng(13);
+  std::vector<float> logits;
+  for (int r = 0; r < rows; ++r) {
+    const std::vector<float> row = MakeRow(r % 2 ? Shape::kPeaked : Shape::kBf16Ties, vocab, rng);
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  float* d_logits = nullptr;
+  SamplingRow* d_params = nullptr;
+  int32_t* d_ids = nullptr;
+  ASSERT_EQ(cudaMalloc(&d_logits, logits.size() * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&d_params, rows * sizeof(SamplingRow)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&d_ids, rows * sizeof(int32_t)), cudaSuccess);
+  cudaMemcpy(d_logits, logits.data(), logits.size() * sizeof(float), cudaMemcpyHostToDevice);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  struct Config {
+    const char* name;
+    SamplingRow row;
+  };
+  for (const Config& config : {Config{"temperature 0.8, top_p 0.8", Row(0.8f, 0, 0.8f, 0.37)},
+                               Config{"temperature 1, top_k 50", Row(1.0f, 50, 1.0f, 0.37)},
+                               Config{"temperature 0 (argmax)", Row(0.0f, 0, 1.0f, 0.37)}}) {
+    const std::vector<SamplingRow> params(rows, config.row);
+    cudaMemcpy(d_params, params.data(), rows * sizeof(SamplingRow), cudaMemcpyHostToDevice);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(SampleRowsCuda(d_logits, rows, vocab, d_params, d_ids, nullptr));
+    const int iterations = 20;
+    cudaEventRecord(start);
+    for (int i = 0; i < iterations; ++i) ASSERT_TRUE(SampleRowsCuda(d_logits, rows, vocab, d_params, d_ids, nullptr));
+    cudaEventRecord(stop);
+    ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    std::printf("SampleRowsCuda, 64 rows x 151552, %s: %.1f us per launch\n", config.name,
+                1000.0f * ms / iterations);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(d_logits);
+  cudaFree(d_params);
+  cudaFree(d_ids);
+#endif
+}
+
+}  // namespace
+}  // namespace glmserve::kernels
