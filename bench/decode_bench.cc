@@ -34,6 +34,8 @@ int main(int argc, char** argv) {
   double hbm_gbps = 3350;  // H100 SXM HBM3
   bool random_weights = false;
   std::string profile_trace;
+  double temperature = 0, top_p = 1;
+  int32_t top_k = 0;
   glmserve::FlagParser flags("decode_bench", "Times batched prefill + decode through the paged-KV executor.");
   flags.AddString("model", &model, "checkpoint directory (or a directory with only config.json and --random-weights)");
   flags.AddBool("random-weights", &random_weights, "random weights of the config, no weight files");
@@ -43,6 +45,9 @@ int main(int argc, char** argv) {
   flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length per sequence");
   flags.AddInt("new-tokens", &new_tokens, "tokens generated per sequence");
   flags.AddDouble("hbm-gbps", &hbm_gbps, "device memory bandwidth in GB/s for the roofline fraction");
+  flags.AddDouble("temperature", &temperature, "sampling temperature (0 = greedy)");
+  flags.AddInt("top-k", &top_k, "top-k when sampling (0 = off)");
+  flags.AddDouble("top-p", &top_p, "top-p when sampling (1 = off)");
   flags.AddString("profile-trace", &profile_trace, "write a profile of extra decode steps to PREFIX-b<batch>.json");
   if (auto s = flags.Parse(argc, argv); !s.ok() || flags.help_requested() || model.empty()) {
     std::fprintf(stderr, "%s\n%s", s.ok() ? "" : std::string(s.message()).c_str(), flags.Usage().c_str());
@@ -90,6 +95,10 @@ int main(int argc, char** argv) {
   glmserve::GenerationParams params;
   params.max_new_tokens = new_tokens;
   params.stop_token_ids = {-1};  // decode the full count
+  params.sampling.temperature = static_cast<float>(temperature);
+  params.sampling.top_k = top_k;
+  params.sampling.top_p = static_cast<float>(top_p);
+  params.sampling.seed = 1;
 
   std::printf("| batch | tokens/s | ms/step | TTFT ms | HBM roofline |\n|---:|---:|---:|---:|---:|\n");
   for (int32_t batch : batch_sizes) {

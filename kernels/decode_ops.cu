@@ -20,34 +20,70 @@ template <> __device__ __forceinline__ __half FromFloat<__half>(float v) { retur
 template <typename T> __device__ __forceinline__ float RoundTo(float v) { return ToFloat(FromFloat<T>(v)); }
 
 // ---- Rotary + KV write: one block per token ----
+// Each thread loads all its pairs before computing any (a loop that loads, computes and stores
+// one pair at a time waits for one global load per pair: most of a small kernel's time).
+constexpr int kRotaryThreads = 256;
+constexpr int kRotaryUnroll = 4;
+
 template <typename T>
-__global__ void RotaryKvWriteKernel(T* __restrict__ qkv, const int64_t* __restrict__ positions,
-                                    const float* __restrict__ inv_freq, const int64_t* __restrict__ slots,
-                                    T* __restrict__ k_cache, T* __restrict__ v_cache, RotaryKvShape s) {
+__global__ void __launch_bounds__(kRotaryThreads)
+RotaryKvWriteKernel(T* __restrict__ qkv, const int64_t* __restrict__ positions, const float* __restrict__ inv_freq,
+                    const int64_t* __restrict__ slots, T* __restrict__ k_cache, T* __restrict__ v_cache,
+                    RotaryKvShape s) {
   const int t = blockIdx.x;
   T* row = qkv + t * s.qkv_row_stride;
   const int half = s.rotary_dim / 2;
   const int pairs = (s.num_heads + s.num_kv_heads) * half;
   const float position = static_cast<float>(positions[t]);
-  for (int i = threadIdx.x; i < pairs; i += blockDim.x) {
-    const int head = i / half, j = i - head * half;
-    // __f*_rn: no fused multiply-add, so fp32 rounds exactly as the separate ATen ops do.
-    const float angle = __fmul_rn(position, inv_freq[j]);
-    const float c = RoundTo<T>(cosf(angle)), sn = RoundTo<T>(sinf(angle));
-    T* pair = row + static_cast<int64_t>(head) * s.head_dim + 2 * j;
-    const float even = ToFloat(pair[0]), odd = ToFloat(pair[1]);
-    const float new_even = __fsub_rn(RoundTo<T>(__fmul_rn(even, c)), RoundTo<T>(__fmul_rn(odd, sn)));
-    const float new_odd = __fadd_rn(RoundTo<T>(__fmul_rn(odd, c)), RoundTo<T>(__fmul_rn(even, sn)));
-    pair[0] = FromFloat<T>(new_even);
-    pair[1] = FromFloat<T>(new_odd);
+  for (int first = threadIdx.x; first < pairs; first += kRotaryThreads * kRotaryUnroll) {
+    float even[kRotaryUnroll], odd[kRotaryUnroll], freq[kRotaryUnroll];
+#pragma unroll
+    for (int u = 0; u < kRotaryUnroll; ++u) {
+      const int i = first + u * kRotaryThreads;
+      if (i < pairs) {
+        const int head = i / half, j = i - head * half;
+        const T* pair = row + static_cast<int64_t>(head) * s.head_dim + 2 * j;
+        even[u] = ToFloat(pair[0]);
+        odd[u] = ToFloat(pair[1]);
+        freq[u] = inv_freq[j];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRotaryUnroll; ++u) {
+      const int i = first + u * kRotaryThreads;
+      if (i < pairs) {
+        const int head = i / half, j = i - head * half;
+        // __f*_rn: no fused multiply-add, so fp32 rounds exactly as the separate ATen ops do.
+        const float angle = __fmul_rn(position, freq[u]);
+        const float c = RoundTo<T>(cosf(angle)), sn = RoundTo<T>(sinf(angle));
+        T* pair = row + static_cast<int64_t>(head) * s.head_dim + 2 * j;
+        pair[0] = FromFloat<T>(__fsub_rn(RoundTo<T>(__fmul_rn(even[u], c)), RoundTo<T>(__fmul_rn(odd[u], sn))));
+        pair[1] = FromFloat<T>(__fadd_rn(RoundTo<T>(__fmul_rn(odd[u], c)), RoundTo<T>(__fmul_rn(even[u], sn))));
+      }
+    }
   }
   __syncthreads();  // k rotated above is copied below
   const int64_t q_size = static_cast<int64_t>(s.num_heads) * s.head_dim;
   const int64_t kv_size = static_cast<int64_t>(s.num_kv_heads) * s.head_dim;
   const int64_t slot = slots[t];
-  for (int64_t i = threadIdx.x; i < kv_size; i += blockDim.x) {
-    k_cache[slot * kv_size + i] = row[q_size + i];
-    v_cache[slot * kv_size + i] = row[q_size + kv_size + i];
+  for (int64_t first = threadIdx.x; first < kv_size; first += kRotaryThreads * kRotaryUnroll) {
+    T k[kRotaryUnroll], v[kRotaryUnroll];
+#pragma unroll
+    for (int u = 0; u < kRotaryUnroll; ++u) {
+      const int64_t i = first + u * kRotaryThreads;
+      if (i < kv_size) {
+        k[u] = row[q_size + i];
+        v[u] = row[q_size + kv_size + i];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRotaryUnroll; ++u) {
+      const int64_t i = first + u * kRotaryThreads;
+      if (i < kv_size) {
+        k_cache[slot * kv_size + i] = k[u];
+        v_cache[slot * kv_size + i] = v[u];
+      }
+    }
   }
 }
 
@@ -196,16 +232,16 @@ bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_fre
   const dim3 grid(static_cast<unsigned>(s.tokens));
   switch (type) {
     case ElementType::kFloat32:
-      RotaryKvWriteKernel<float><<<grid, 128, 0, st>>>(static_cast<float*>(qkv), positions, inv_freq, slots,
+      RotaryKvWriteKernel<float><<<grid, kRotaryThreads, 0, st>>>(static_cast<float*>(qkv), positions, inv_freq, slots,
                                                        static_cast<float*>(k_cache), static_cast<float*>(v_cache), s);
       break;
     case ElementType::kBFloat16:
-      RotaryKvWriteKernel<__nv_bfloat16><<<grid, 128, 0, st>>>(
+      RotaryKvWriteKernel<__nv_bfloat16><<<grid, kRotaryThreads, 0, st>>>(
           static_cast<__nv_bfloat16*>(qkv), positions, inv_freq, slots, static_cast<__nv_bfloat16*>(k_cache),
           static_cast<__nv_bfloat16*>(v_cache), s);
       break;
     case ElementType::kFloat16:
-      RotaryKvWriteKernel<__half><<<grid, 128, 0, st>>>(static_cast<__half*>(qkv), positions, inv_freq, slots,
+      RotaryKvWriteKernel<__half><<<grid, kRotaryThreads, 0, st>>>(static_cast<__half*>(qkv), positions, inv_freq, slots,
                                                         static_cast<__half*>(k_cache), static_cast<__half*>(v_cache), s);
       break;
     default: return false;

@@ -4,6 +4,8 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/paged_attention.h"
 
@@ -114,10 +116,12 @@ bool Launch(const void* q, const void* k, const void* v, const int32_t* tables, 
 // Each tile's K and V rows are read from the pool once, converted to fp32 in shared memory, and
 // used by all `group` query heads of the KV head: the one-pass kernel re-read them per head.
 constexpr int kTile = 32;  // positions per tile == warp size: lane j owns position j in the softmax
-constexpr int kSplitThreads = 128;
-constexpr int kSplitWarps = kSplitThreads / 32;
-constexpr int kMaxHeadsPerWarpPass = 8;  // score loop: heads per warp at once (group <= 32)
-constexpr int kMaxHeadsPerThread = 8;    // accumulate loop: heads per thread, 4 dims each
+// Threads per block: 128 (more blocks resident per SM) measured faster than 256 on an H100 at
+// batch 1 and 64 (bench/results/gpu.md); GLMSERVE_CUDA_ATTENTION_THREADS=256 selects the larger
+// block for measurements.
+constexpr int kMinSplitThreads = 128;
+constexpr int kMaxHeadsPerWarpPass = 8;  // score loop: heads per warp at once (group <= 32 at 128 threads)
+constexpr int kMaxHeadsPerThread = 4;    // accumulate loop: heads per thread, 4 dims each
 constexpr int kMaxSplits = 32;
 
 struct SplitLayout {
@@ -140,8 +144,9 @@ bool SplitKernelTakes(const PagedAttentionShape& s) {
   const int hd = s.head_dim;
   if (hd != 32 && hd != 64 && hd != 128 && hd != 256) return false;
   const int group = s.num_heads / s.num_kv_heads;
-  const int heads_per_pass = kSplitThreads / (hd / 4);  // threads cover hd/4 float4 columns
-  if (group > kMaxHeadsPerWarpPass * kSplitWarps) return false;
+  // Checked for the smaller block, so either block size takes the shape.
+  const int heads_per_pass = kMinSplitThreads / (hd / 4);  // threads cover hd/4 float4 columns
+  if (group > kMaxHeadsPerWarpPass * (kMinSplitThreads / 32)) return false;
   if ((group + heads_per_pass - 1) / heads_per_pass > kMaxHeadsPerThread) return false;
   return MakeSplitLayout(s).smem <= 200 * 1024;
 }
@@ -156,7 +161,7 @@ int SplitCount(const PagedAttentionShape& s) {
     return count;
   }();
   const int units = s.batch * s.num_kv_heads;
-  int splits = (2 * sm_count + units - 1) / units;
+  int splits = (4 * sm_count + units - 1) / units;  // several blocks per SM: each tile is latency-bound
   const int max_tiles = (s.max_context + kTile - 1) / kTile;
   splits = splits < max_tiles ? splits : max_tiles;
   splits = splits < kMaxSplits ? splits : kMaxSplits;
@@ -173,31 +178,30 @@ __device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const f
   const float4 v = *reinterpret_cast<const float4*>(&raw);
   *reinterpret_cast<float4*>(dst) = v;
 }
+// Two 16-byte shared stores rather than eight 4-byte ones (fewer bank conflicts).
 __device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const __nv_bfloat16*) {
   const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(p[i]);
-    dst[2 * i] = f.x;
-    dst[2 * i + 1] = f.y;
-  }
+  const float2 a = __bfloat1622float2(p[0]), b = __bfloat1622float2(p[1]);
+  const float2 c = __bfloat1622float2(p[2]), d = __bfloat1622float2(p[3]);
+  reinterpret_cast<float4*>(dst)[0] = make_float4(a.x, a.y, b.x, b.y);
+  reinterpret_cast<float4*>(dst)[1] = make_float4(c.x, c.y, d.x, d.y);
 }
 __device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const __half*) {
   const __half2* p = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(p[i]);
-    dst[2 * i] = f.x;
-    dst[2 * i + 1] = f.y;
-  }
+  const float2 a = __half22float2(p[0]), b = __half22float2(p[1]);
+  const float2 c = __half22float2(p[2]), d = __half22float2(p[3]);
+  reinterpret_cast<float4*>(dst)[0] = make_float4(a.x, a.y, b.x, b.y);
+  reinterpret_cast<float4*>(dst)[1] = make_float4(c.x, c.y, d.x, d.y);
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kSplitThreads)
+template <typename T, int kSplitThreads>
+// 24 warps per SM either way: caps registers at 80 (256 threads) or 120 (128).
+__global__ void __launch_bounds__(kSplitThreads, kSplitThreads == 256 ? 3 : 5)
 PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                           const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
                           float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
                           int splits) {
+  constexpr int kSplitWarps = kSplitThreads / 32;
   extern __shared__ float4 smem_raw[];
   const SplitLayout layout = MakeSplitLayout(s);
   const int group = layout.group, hd = s.head_dim, ks = layout.k_stride;
@@ -213,7 +217,32 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
   const int context = context_lens[b];
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * hd;
   const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * hd;  // the group's heads are adjacent
-  for (int i = tid; i < group * hd; i += kSplitThreads) q_s[i] = ToFloat(qb[i]) * s.scale;
+  constexpr int kChunk = 16 / sizeof(T);  // elements per 16-byte load
+  const int chunks_per_row = hd / kChunk;
+  {
+    // 16-byte loads, all issued before the first use: a plain element loop here waits for one
+    // global load at a time.
+    constexpr int kQUnroll = 4;
+    const int q_chunks = group * chunks_per_row;
+    for (int base = tid; base < q_chunks; base += kSplitThreads * kQUnroll) {
+      uint4 raw[kQUnroll];
+#pragma unroll
+      for (int u = 0; u < kQUnroll; ++u) {
+        const int c = base + u * kSplitThreads;
+        if (c < q_chunks) raw[u] = __ldg(reinterpret_cast<const uint4*>(qb) + c);
+      }
+#pragma unroll
+      for (int u = 0; u < kQUnroll; ++u) {
+        const int c = base + u * kSplitThreads;
+        if (c < q_chunks) {
+          float* dst = q_s + c * kChunk;
+          StoreChunk(dst, raw[u], q);
+#pragma unroll
+          for (int e = 0; e < kChunk; ++e) dst[e] *= s.scale;
+        }
+      }
+    }
+  }
   for (int g = tid; g < group; g += kSplitThreads) {
     m_s[g] = -FLT_MAX;
     l_s[g] = 0.0f;
@@ -225,22 +254,41 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
 #pragma unroll
   for (int r = 0; r < kMaxHeadsPerThread; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = 0.0f;
   const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
-  constexpr int kChunk = 16 / sizeof(T);  // elements per 16-byte load
-  const int chunks_per_row = hd / kChunk;
+  __shared__ int64_t slot_s[kTile];
   __syncthreads();
 
   for (int tile = split; tile * kTile < context; tile += splits) {
     const int base = tile * kTile;
     const int n = min(kTile, context - base);
-    for (int i = tid; i < n * chunks_per_row; i += kSplitThreads) {
-      const int j = i / chunks_per_row, c = i - j * chunks_per_row;
-      const int p = base + j;
-      const int64_t slot = static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size;
-      const int64_t offset = (slot * s.num_kv_heads + kvh) * hd + c * kChunk;
-      const uint4 k_raw = __ldg(reinterpret_cast<const uint4*>(k_cache + offset));
-      const uint4 v_raw = __ldg(reinterpret_cast<const uint4*>(v_cache + offset));
-      StoreChunk(k_s + j * ks + c * kChunk, k_raw, k_cache);
-      StoreChunk(v_s + j * hd + c * kChunk, v_raw, v_cache);
+    if (tid < n) {
+      const int p = base + tid;
+      slot_s[tid] = (static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size) * s.num_kv_heads + kvh;
+    }
+    __syncthreads();
+    // K and V rows of the tile: every thread issues all its 16-byte loads, then converts.
+    constexpr int kLoadUnroll = 4;
+    const int tile_chunks = n * chunks_per_row;
+    for (int first = tid; first < tile_chunks; first += kSplitThreads * kLoadUnroll) {
+      uint4 k_raw[kLoadUnroll], v_raw[kLoadUnroll];
+#pragma unroll
+      for (int u = 0; u < kLoadUnroll; ++u) {
+        const int i = first + u * kSplitThreads;
+        if (i < tile_chunks) {
+          const int j = i / chunks_per_row, c = i - j * chunks_per_row;
+          const int64_t offset = slot_s[j] * hd + c * kChunk;
+          k_raw[u] = __ldg(reinterpret_cast<const uint4*>(k_cache + offset));
+          v_raw[u] = __ldg(reinterpret_cast<const uint4*>(v_cache + offset));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kLoadUnroll; ++u) {
+        const int i = first + u * kSplitThreads;
+        if (i < tile_chunks) {
+          const int j = i / chunks_per_row, c = i - j * chunks_per_row;
+          StoreChunk(k_s + j * ks + c * kChunk, k_raw[u], k_cache);
+          StoreChunk(v_s + j * hd + c * kChunk, v_raw[u], v_cache);
+        }
+      }
     }
     __syncthreads();
     // Scores: lane = position, each warp takes heads warp, warp + kSplitWarps, ...
@@ -330,53 +378,69 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
   }
 }
 
-// One block per (sequence, query head): merges the splits' partial softmax sums.
+// One block per (sequence, query head): merges the splits' partial softmax sums. The splits'
+// statistics go through shared memory so each thread's partial loads are independent.
 template <typename T>
 __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
                                           T* __restrict__ out, PagedAttentionShape s, int splits) {
+  __shared__ float weight_s[kMaxSplits];
+  __shared__ float inv_total;
   const int b = blockIdx.x, h = blockIdx.y;
   const int group = s.num_heads / s.num_kv_heads;
   const int kvh = h / group, g = h % group, hd = s.head_dim;
   const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits;
-  float max_score = -FLT_MAX;
-  for (int sp = 0; sp < splits; ++sp) {
-    const float* st = part_stats + ((unit0 + sp) * group + g) * 2;
-    if (st[1] > 0.0f) max_score = fmaxf(max_score, st[0]);
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float m = -FLT_MAX, l = 0.0f;
+    if (lane < splits) {
+      m = part_stats[((unit0 + lane) * group + g) * 2];
+      l = part_stats[((unit0 + lane) * group + g) * 2 + 1];
+    }
+    const float max_score = WarpMax(l > 0.0f ? m : -FLT_MAX);
+    const float w = l > 0.0f ? __expf(m - max_score) : 0.0f;  // splits without tiles weigh nothing
+    const float total = WarpSum(l * w);
+    if (lane < splits) weight_s[lane] = w;
+    if (lane == 0) inv_total = 1.0f / total;
   }
-  float total = 0.0f;
-  for (int sp = 0; sp < splits; ++sp) {
-    const float* st = part_stats + ((unit0 + sp) * group + g) * 2;
-    if (st[1] > 0.0f) total += st[1] * __expf(st[0] - max_score);
-  }
+  __syncthreads();
   T* o = out + (static_cast<int64_t>(b) * s.num_heads + h) * hd;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float value = 0.0f;
-    for (int sp = 0; sp < splits; ++sp) {
-      const float* st = part_stats + ((unit0 + sp) * group + g) * 2;
-      if (st[1] > 0.0f) value += part_acc[((unit0 + sp) * group + g) * hd + d] * __expf(st[0] - max_score);
-    }
-    Store(o + d, value / total);
+#pragma unroll 8
+    for (int sp = 0; sp < splits; ++sp) value += part_acc[((unit0 + sp) * group + g) * hd + d] * weight_s[sp];
+    Store(o + d, value * inv_total);
   }
 }
 
-template <typename T>
-bool LaunchSplit(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
-                 const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+template <typename T, int kThreads>
+bool LaunchSplitWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens,
+                     void* out, const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
   const int splits = SplitCount(s);
   const SplitLayout layout = MakeSplitLayout(s);
-  // Raised once per element type before any capture: the attribute call is not a stream operation.
-  static const bool attribute_set = cudaFuncSetAttribute(PagedAttentionSplitKernel<T>,
+  // Raised once per instantiation before any capture: the attribute call is not a stream operation.
+  static const bool attribute_set = cudaFuncSetAttribute(PagedAttentionSplitKernel<T, kThreads>,
                                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                          200 * 1024) == cudaSuccess;
   if (!attribute_set) return false;
   float* part_acc = static_cast<float*>(workspace);
   float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * layout.group * s.head_dim;
-  PagedAttentionSplitKernel<T><<<dim3(s.batch, s.num_kv_heads, splits), kSplitThreads, layout.smem, stream>>>(
+  PagedAttentionSplitKernel<T, kThreads><<<dim3(s.batch, s.num_kv_heads, splits), kThreads, layout.smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
       part_stats, s, splits);
   PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
       part_acc, part_stats, static_cast<T*>(out), s, splits);
   return cudaGetLastError() == cudaSuccess;
+}
+
+template <typename T>
+bool LaunchSplit(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
+                 const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+  static const bool large_block = [] {
+    const char* env = std::getenv("GLMSERVE_CUDA_ATTENTION_THREADS");
+    return env != nullptr && std::strcmp(env, "256") == 0;
+  }();
+  return large_block ? LaunchSplitWith<T, 256>(q, k, v, tables, lens, out, s, workspace, stream)
+                     : LaunchSplitWith<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
 }
 
 }  // namespace
@@ -399,7 +463,12 @@ bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_
                               void* stream, void* workspace) {
   if (!ShapeIsValid(s)) return false;
   auto st = static_cast<cudaStream_t>(stream);
-  if (workspace != nullptr && SplitKernelTakes(s)) {
+  // The split kernel reads q, K and V with 16-byte loads.
+  const size_t element = type == ElementType::kFloat32 ? 4 : 2;
+  const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : int64_t{s.num_heads} * s.head_dim;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vector_loads = aligned(q) && aligned(k_cache) && aligned(v_cache) && (q_stride * element) % 16 == 0;
+  if (workspace != nullptr && vector_loads && SplitKernelTakes(s)) {
     switch (type) {
       case ElementType::kFloat32:
         return LaunchSplit<float>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st);

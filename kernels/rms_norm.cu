@@ -2,6 +2,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "kernels/rms_norm.h"
 
 namespace glmserve::kernels {
@@ -52,9 +54,102 @@ __global__ void FusedAddRmsNormTypedKernel(const T* __restrict__ x, T* __restric
   }
 }
 
+// Rows that fit in registers (the decode case): one block per row, each thread holds up to
+// kMaxChunks 16-byte chunks of the row, so the residual is read once with wide loads, the update
+// written once, and the normalisation reads nothing back from memory. Same rounding as above.
+constexpr int kRowThreads = 256;
+constexpr int kMaxChunks = 4;
+
+template <typename T>
+struct Chunk {
+  static constexpr int kElements = 16 / sizeof(T);
+  __device__ __forceinline__ static void ToFloats(const uint4& raw, float* f) {
+    const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kElements; ++i) f[i] = Load(v + i);
+  }
+  __device__ __forceinline__ static uint4 FromFloats(const float* f) {
+    uint4 raw;
+    T* v = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kElements; ++i) StoreTo(v + i, f[i]);
+    return raw;
+  }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kRowThreads)
+FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
+                         T* __restrict__ out, int64_t hidden, float eps) {
+  constexpr int E = Chunk<T>::kElements;
+  const int64_t row = blockIdx.x;
+  const int chunks = static_cast<int>(hidden / E);
+  uint4* res = reinterpret_cast<uint4*>(residual + row * hidden);
+  const uint4* delta = x != nullptr ? reinterpret_cast<const uint4*>(x + row * hidden) : nullptr;
+  float v[kMaxChunks][E];
+  uint4 raw_res[kMaxChunks], raw_delta[kMaxChunks];
+#pragma unroll
+  for (int c = 0; c < kMaxChunks; ++c) {  // every load issued before any use
+    const int chunk = threadIdx.x + c * kRowThreads;
+    if (chunk < chunks) {
+      raw_res[c] = res[chunk];
+      if (delta != nullptr) raw_delta[c] = delta[chunk];
+    }
+  }
+  float local = 0.0f;
+#pragma unroll
+  for (int c = 0; c < kMaxChunks; ++c) {
+    const int chunk = threadIdx.x + c * kRowThreads;
+    if (chunk >= chunks) break;
+    Chunk<T>::ToFloats(raw_res[c], v[c]);
+    if (delta != nullptr) {
+      float d[E];
+      Chunk<T>::ToFloats(raw_delta[c], d);
+#pragma unroll
+      for (int i = 0; i < E; ++i) v[c][i] = Round(v[c][i] + d[i], residual);
+      res[chunk] = Chunk<T>::FromFloats(v[c]);
+    }
+#pragma unroll
+    for (int i = 0; i < E; ++i) local += v[c][i] * v[c][i];
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) local += __shfl_xor_sync(0xffffffffu, local, offset);
+  __shared__ float warp_sums[kRowThreads / 32];
+  __shared__ float inv_rms;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_sums[warp] = local;
+  __syncthreads();
+  if (warp == 0) {
+    float total = lane < kRowThreads / 32 ? warp_sums[lane] : 0.0f;
+    for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    if (lane == 0) inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
+  }
+  __syncthreads();
+  const uint4* w = reinterpret_cast<const uint4*>(weight);
+  uint4* o = reinterpret_cast<uint4*>(out + row * hidden);
+#pragma unroll
+  for (int c = 0; c < kMaxChunks; ++c) {
+    const int chunk = threadIdx.x + c * kRowThreads;
+    if (chunk >= chunks) break;
+    float wf[E], result[E];
+    Chunk<T>::ToFloats(w[chunk], wf);
+#pragma unroll
+    for (int i = 0; i < E; ++i) result[i] = wf[i] * Round(v[c][i] * inv_rms, residual);
+    o[chunk] = Chunk<T>::FromFloats(result);
+  }
+}
+
 template <typename T>
 bool LaunchTyped(const void* x, void* residual, const void* weight, void* out, int64_t rows, int64_t hidden, float eps,
                  cudaStream_t stream) {
+  constexpr int E = Chunk<T>::kElements;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (hidden % E == 0 && hidden / E <= int64_t{kRowThreads} * kMaxChunks && aligned(residual) && aligned(weight) &&
+      aligned(out) && (x == nullptr || aligned(x))) {
+    FusedAddRmsNormRowKernel<T><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
+        hidden, eps);
+    return cudaGetLastError() == cudaSuccess;
+  }
   FusedAddRmsNormTypedKernel<T><<<static_cast<unsigned>(rows), 256, 0, stream>>>(
       static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
       hidden, eps);

@@ -98,6 +98,7 @@ class CudaDecodeRunner {
 
  private:
   static constexpr int32_t kMaxBucket = 256;
+  static constexpr int64_t kDefaultGemvMaxRows = 2;
 
   struct Bucket {
     int32_t size = 0;
@@ -219,9 +220,16 @@ class CudaDecodeRunner {
       };
     }
     if (Enabled("gemv")) {
-      k.linear = [type](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+      // Up to this many rows the GEMV streams the weights faster than cuBLAS; at 4 rows they tie
+      // and at 8 cuBLAS wins (H100, bench/results/gpu.md). GLMSERVE_CUDA_GEMV_MAX_ROWS overrides
+      // it for measurements.
+      int64_t max_rows = kDefaultGemvMaxRows;
+      if (const char* env = std::getenv("GLMSERVE_CUDA_GEMV_MAX_ROWS")) {
+        max_rows = std::clamp<int64_t>(std::atoi(env), 0, kernels::kGemvMaxRows);
+      }
+      k.linear = [type, max_rows](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
-        if (rows > kernels::kGemvMaxRows || !x.is_contiguous() || !weight.is_contiguous() ||
+        if (rows > max_rows || !x.is_contiguous() || !weight.is_contiguous() ||
             !kernels::GemvCudaTakes(static_cast<int32_t>(rows), in, type, x.data_ptr(), weight.data_ptr())) {
           return at::linear(x, weight, bias);  // cuBLAS: tensor cores pay off from a few rows up
         }

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU machine (Ubuntu 24.04, CUDA 13, Python torch 2.11, no network, no gRPC): builds the
-# runtime, CLI, engine and kernels against Python's CUDA LibTorch, runs the tests (fixture parity
-# on CUDA included) and the generation benchmark against transformers. Build outputs stay in
-# .gpu/build so later runs are incremental. Logs go to $OUT (or .gpu/out).
+# runtime, CLI, engine and kernels against Python's CUDA LibTorch, runs the tests (kernels against
+# their CPU references, fixture parity on CUDA, the engine with injected and real CUDA OOM) and
+# the GLM-4-9B decode table against transformers in the same call. Build outputs stay in
+# .gpu/build so later runs on a warm machine are incremental. Logs go to $OUT (or .gpu/out).
+# Parts (0/1): GLMSERVE_GPU_TESTS=1 GLMSERVE_GPU_VERIFY=1 (graph replay vs eager, step by step)
+# GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
+# GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
+# host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel).
 #   Needs .gpu/debs/*.deb from Debian 12 (apt-get download libabsl-dev libabsl20220623
 #   nlohmann-json3-dev libgtest-dev libgmock-dev libre2-dev libre2-9 libsentencepiece-dev
 #   libsentencepiece0), carried with the tree. (re2 + sentencepiece: runtime/tokenizer.)
@@ -58,21 +63,51 @@ if [ "$table" = 1 ]; then
   echo "== glmserve decode_bench GLM-4-9B bf16 (HBM ${gbps} GB/s)"
   bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" | tee "$out/glmserve_9b.md"
 fi
+if [ "$hf" = 1 ]; then
+  echo "== transformers generate GLM-4-9B bf16"
+  python3 bench/hf_decode_bench.py --config bench/configs/glm-4-9b-chat-hf --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" \
+    2>/dev/null | tee "$out/hf_9b.md"
+fi
 if [ "$profile" = 1 ]; then
   echo "== profile: 8 decode steps at batch 1 and 64 (Kineto), per kernel family"
   mkdir -p .gpu/trace
   bench --batch-sizes 1,64 --profile-trace .gpu/trace/decode >"$out/profile_run.md" 2>"$out/profile_run.log"
   cat "$out/profile_run.md"
   for b in 1 64; do python3 bench/summarize_trace.py .gpu/trace/decode-b$b.json --steps 8 | tee "$out/profile_b$b.md"; done
+fi
+if [ "$profile" = 1 ] && [ "${GLMSERVE_GPU_PROFILE_ATEN:-0}" = 1 ]; then
   echo "== the same steps with the fused kernels off (ATen ops, one-pass attention)"
   GLMSERVE_CUDA_DISABLE=norm,rotary,swiglu,gemv,split_attention bench --batch-sizes 1,64 \
     --profile-trace .gpu/trace/aten >"$out/profile_aten_run.md" 2>>"$out/profile_run.log"
   cat "$out/profile_aten_run.md"
   for b in 1 64; do python3 bench/summarize_trace.py .gpu/trace/aten-b$b.json --steps 8 --top 8 | tee "$out/profile_aten_b$b.md"; done
 fi
-if [ "$hf" = 1 ]; then
-  echo "== transformers generate GLM-4-9B bf16"
-  python3 bench/hf_decode_bench.py --config bench/configs/glm-4-9b-chat-hf --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" \
-    2>/dev/null | tee "$out/hf_9b.md"
+if [ "${GLMSERVE_GPU_EXTRA:-0}" = 1 ]; then
+  echo "== split attention with 256-thread blocks (default 128)"
+  GLMSERVE_CUDA_ATTENTION_THREADS=256 bench --batch-sizes 1,64 2>/dev/null | tee "$out/attention_256.md"
+  echo "== sampled decode (temperature 0.8, top-k 50) with the device sampler"
+  bench --batch-sizes 1,64 --temperature 0.8 --top-k 50 2>/dev/null | tee "$out/sampled.md"
+fi
+if [ "${GLMSERVE_GPU_SWEEP:-0}" = 1 ]; then
+  # Where the GEMV stops beating cuBLAS (the default threshold in runtime/cuda_decode.cc).
+  for rows in 1 2 4 8; do
+    echo "== GEMV up to $rows rows"
+    GLMSERVE_CUDA_GEMV_MAX_ROWS=$rows bench --batch-sizes 1,2,4,8 --new-tokens 64 2>/dev/null | tail -4 | tee -a "$out/gemv_rows.md"
+  done
+  echo "== sampled decode with the host sampler (GLMSERVE_CUDA_DEVICE_SAMPLING=0)"
+  GLMSERVE_CUDA_DEVICE_SAMPLING=0 bench --batch-sizes 1,64 --temperature 0.8 --top-k 50 2>/dev/null | tee -a "$out/sampled.md"
+fi
+if [ "${GLMSERVE_GPU_NCU:-0}" = 1 ]; then
+  # Nsight Compute on one steady-state launch of the split attention kernel at batch 1 and 64
+  # (eager steps: ncu times single launches; prefill runs ATen attention, so launch 200 is decode).
+  for b in ${GLMSERVE_NCU_BATCHES:-1 64}; do
+    GLMSERVE_CUDA_GRAPHS=0 timeout 240 ncu --clock-control none --kernel-name regex:PagedAttentionSplitKernel \
+      --launch-skip 200 --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section MemoryWorkloadAnalysis \
+      .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
+      --dtype bfloat16 --batch-sizes $b --new-tokens 16 >"$out/ncu_attention_b$b.txt" 2>&1
+    grep -E "Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Shared Memory Config|Stall|Warp Cycles Per Issued|Memory Throughput|Block Limit" \
+      "$out/ncu_attention_b$b.txt" | head -30
+  done
 fi
 exit $status

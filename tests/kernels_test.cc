@@ -83,6 +83,42 @@ TEST(FusedAddRmsNorm, TypedFloat32MatchesReferenceOnCuda) {
 #endif
 }
 
+TEST(FusedAddRmsNorm, TypedFloat32RowWidthsOnBothKernelPaths) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  // 128 and 4096 fit one block's registers (the vector path); 4098 is not a multiple of a
+  // 16-byte chunk and 40000 is too wide: the generic path. Norm-only (x null) too.
+  for (int64_t hidden : {int64_t{128}, int64_t{4096}, int64_t{4098}, int64_t{40000}}) {
+    for (bool with_delta : {true, false}) {
+      const int64_t rows = 3;
+      std::mt19937 rng(static_cast<uint32_t>(hidden));
+      std::normal_distribution<float> normal;
+      std::vector<float> x(rows * hidden, 0.0f), residual(rows * hidden), weight(hidden);
+      if (with_delta) for (float& v : x) v = normal(rng);
+      for (float& v : residual) v = normal(rng);
+      for (float& v : weight) v = 1.0f + 0.1f * normal(rng);
+      std::vector<float> want_res = residual, want(rows * hidden), got(rows * hidden), got_res(rows * hidden);
+      FusedAddRmsNormReference(x.data(), want_res.data(), weight.data(), want.data(), rows, hidden, 1e-5f);
+      float *dx, *dres, *dw, *dout;
+      const size_t bytes = rows * hidden * sizeof(float);
+      cudaMalloc(&dx, bytes); cudaMalloc(&dres, bytes); cudaMalloc(&dw, hidden * 4); cudaMalloc(&dout, bytes);
+      cudaMemcpy(dx, x.data(), bytes, cudaMemcpyHostToDevice);
+      cudaMemcpy(dres, residual.data(), bytes, cudaMemcpyHostToDevice);
+      cudaMemcpy(dw, weight.data(), hidden * 4, cudaMemcpyHostToDevice);
+      ASSERT_TRUE(FusedAddRmsNormCudaTyped(with_delta ? dx : nullptr, dres, dw, dout, rows, hidden, 1e-5f, 0, nullptr));
+      cudaMemcpy(got.data(), dout, bytes, cudaMemcpyDeviceToHost);
+      cudaMemcpy(got_res.data(), dres, bytes, cudaMemcpyDeviceToHost);
+      cudaFree(dx); cudaFree(dres); cudaFree(dw); cudaFree(dout);
+      SCOPED_TRACE(testing::Message() << "hidden " << hidden << " delta " << with_delta);
+      for (int64_t i = 0; i < rows * hidden; ++i) {
+        ASSERT_NEAR(got_res[i], want_res[i], 1e-6f) << i;
+        ASSERT_NEAR(got[i], want[i], 1e-4f * std::abs(want[i]) + 1e-5f) << i;
+      }
+    }
+  }
+#endif
+}
+
 TEST(PagedAttentionDecode, ReferenceSinglePositionReturnsItsValue) {
   // One position: softmax weight 1, so out = v of that position's KV head; block table picks
   // physical block 2 (slots 4..5 with block_size 2).
