@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cfloat>
 #include <cstdint>
@@ -443,6 +444,199 @@ bool LaunchSplit(const void* q, const void* k, const void* v, const int32_t* tab
                      : LaunchSplitWith<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
 }
 
+// ---- Tensor-core split kernel (bf16 / fp16) ----
+// The same split and partial-result layout as the CUDA-core split kernel, but QK^T and PV run
+// on tensor cores (WMMA 16x16x16, fp32 accumulation) with the query heads of one KV head as the
+// 16 rows: at batch 64 the fp32 CUDA-core dot products were most of the attention time. The
+// softmax weights are rounded to the element type before PV (as flash attention does); running
+// max and sum stay fp32.
+constexpr int kMmaThreads = 128;
+constexpr int kMmaWarps = kMmaThreads / 32;
+constexpr int kMmaRows = 16;  // query heads per KV head that one fragment holds
+constexpr int kMmaPad = 8;    // 16-bit elements of padding per shared row (bank spread, 32-byte alignment)
+
+struct MmaLayout {
+  int ld = 0;  // 16-bit elements per Q/K/V shared row
+  int p_ld = 0;
+  size_t q = 0, k = 0, v = 0, s = 0, p = 0, o = 0, stats = 0, bytes = 0;
+};
+
+__host__ __device__ inline MmaLayout MakeMmaLayout(int head_dim) {
+  MmaLayout l;
+  l.ld = head_dim + kMmaPad;
+  l.p_ld = kTile + kMmaPad;
+  size_t offset = 0;
+  l.q = offset; offset += static_cast<size_t>(kMmaRows) * l.ld * 2;
+  l.k = offset; offset += static_cast<size_t>(kTile) * l.ld * 2;
+  l.v = offset; offset += static_cast<size_t>(kTile) * l.ld * 2;
+  l.s = offset; offset += static_cast<size_t>(kMmaRows) * kTile * 4;
+  l.p = offset; offset += static_cast<size_t>(kMmaRows) * l.p_ld * 2;
+  l.o = offset; offset += static_cast<size_t>(kMmaRows) * head_dim * 4;
+  l.stats = offset; offset += 3 * kMmaRows * 4;
+  l.bytes = offset;
+  return l;
+}
+
+bool MmaKernelTakes(const PagedAttentionShape& s, ElementType type) {
+  if (type == ElementType::kFloat32 || !s.allow_tensor_cores) return false;
+  const int group = s.num_heads / s.num_kv_heads;
+  return group <= kMmaRows && s.head_dim % 16 == 0 && s.head_dim <= 256 && MakeMmaLayout(s.head_dim).bytes <= 200 * 1024;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads)
+PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                        const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
+                        float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
+                        int splits) {
+  namespace wmma = nvcuda::wmma;
+  extern __shared__ __align__(128) unsigned char mma_smem[];
+  const int hd = s.head_dim, group = s.num_heads / s.num_kv_heads;
+  const MmaLayout L = MakeMmaLayout(hd);
+  T* q_s = reinterpret_cast<T*>(mma_smem + L.q);  // [16][ld], rows >= group zero
+  T* k_s = reinterpret_cast<T*>(mma_smem + L.k);  // [kTile][ld]
+  T* v_s = reinterpret_cast<T*>(mma_smem + L.v);  // [kTile][ld]
+  float* s_s = reinterpret_cast<float*>(mma_smem + L.s);  // [16][kTile] raw scores
+  T* p_s = reinterpret_cast<T*>(mma_smem + L.p);          // [16][p_ld] weights
+  float* o_s = reinterpret_cast<float*>(mma_smem + L.o);  // [16][hd] unnormalised output
+  float* m_s = reinterpret_cast<float*>(mma_smem + L.stats);
+  float* l_s = m_s + kMmaRows;
+  float* c_s = l_s + kMmaRows;
+  __shared__ int64_t slot_s[kTile];
+  const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int context = context_lens[b];
+  const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * hd;
+  const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * hd;
+  const int chunks_per_row = hd / 8;  // 16-byte chunks of 16-bit elements
+  for (int i = tid; i < kMmaRows * chunks_per_row; i += kMmaThreads) {
+    const int r = i / chunks_per_row, c = i - r * chunks_per_row;
+    const uint4 raw = r < group ? __ldg(reinterpret_cast<const uint4*>(qb + static_cast<int64_t>(r) * hd) + c)
+                                : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(q_s + r * L.ld + c * 8) = raw;
+  }
+  for (int i = tid; i < kMmaRows * hd; i += kMmaThreads) o_s[i] = 0.0f;
+  for (int i = tid; i < kMmaRows * L.p_ld; i += kMmaThreads) p_s[i] = T(0.0f);
+  if (tid < kMmaRows) {
+    m_s[tid] = -FLT_MAX;
+    l_s[tid] = 0.0f;
+    c_s[tid] = 1.0f;
+  }
+  const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
+  __syncthreads();
+
+  for (int tile = split; tile * kTile < context; tile += splits) {
+    const int base = tile * kTile;
+    const int n = min(kTile, context - base);
+    if (tid < n) {
+      const int p = base + tid;
+      slot_s[tid] = (static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size) * s.num_kv_heads + kvh;
+    }
+    __syncthreads();
+    // K and V rows as stored (no conversion); rows past the context are zero.
+    constexpr int kLoadUnroll = 4;
+    const int tile_chunks = kTile * chunks_per_row;
+    for (int first = tid; first < tile_chunks; first += kMmaThreads * kLoadUnroll) {
+      uint4 k_raw[kLoadUnroll], v_raw[kLoadUnroll];
+#pragma unroll
+      for (int u = 0; u < kLoadUnroll; ++u) {
+        const int i = first + u * kMmaThreads;
+        const int j = i / chunks_per_row, c = i - j * chunks_per_row;
+        k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
+        if (i < tile_chunks && j < n) {
+          const int64_t offset = slot_s[j] * hd + c * 8;
+          k_raw[u] = __ldg(reinterpret_cast<const uint4*>(k_cache + offset));
+          v_raw[u] = __ldg(reinterpret_cast<const uint4*>(v_cache + offset));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kLoadUnroll; ++u) {
+        const int i = first + u * kMmaThreads;
+        if (i < tile_chunks) {
+          const int j = i / chunks_per_row, c = i - j * chunks_per_row;
+          *reinterpret_cast<uint4*>(k_s + j * L.ld + c * 8) = k_raw[u];
+          *reinterpret_cast<uint4*>(v_s + j * L.ld + c * 8) = v_raw[u];
+        }
+      }
+    }
+    __syncthreads();
+    // S = Q K^T: warp w < kTile / 16 computes positions 16w .. 16w + 15.
+    if (warp < kTile / 16) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> scores;
+      wmma::fill_fragment(scores, 0.0f);
+      for (int kk = 0; kk < hd / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kt;  // K^T: (dim, position)
+        wmma::load_matrix_sync(a, q_s + kk * 16, L.ld);
+        wmma::load_matrix_sync(kt, k_s + warp * 16 * L.ld + kk * 16, L.ld);
+        wmma::mma_sync(scores, a, kt, scores);
+      }
+      wmma::store_matrix_sync(s_s + warp * 16, scores, kTile, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // Online softmax over the tile, one warp per head, lane = position.
+    for (int g = warp; g < group; g += kMmaWarps) {
+      const float score = lane < n ? s_s[g * kTile + lane] * s.scale : -FLT_MAX;
+      const float m_old = m_s[g];
+      const float m_new = fmaxf(m_old, WarpMax(score));
+      const float weight = lane < n ? __expf(score - m_new) : 0.0f;
+      const float tile_sum = WarpSum(weight);
+      p_s[g * L.p_ld + lane] = T(weight);
+      if (lane == 0) {
+        const float correction = __expf(m_old - m_new);
+        c_s[g] = correction;
+        l_s[g] = l_s[g] * correction + tile_sum;
+        m_s[g] = m_new;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < group * hd; i += kMmaThreads) o_s[i] *= c_s[i / hd];
+    __syncthreads();
+    // O += P V: each warp takes 16-column blocks of the head dimension.
+    for (int nb = warp; nb < hd / 16; nb += kMmaWarps) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> out;
+      wmma::load_matrix_sync(out, o_s + nb * 16, hd, wmma::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> weights;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> values;
+        wmma::load_matrix_sync(weights, p_s + kk * 16, L.p_ld);
+        wmma::load_matrix_sync(values, v_s + kk * 16 * L.ld + nb * 16, L.ld);
+        wmma::mma_sync(out, weights, values, out);
+      }
+      wmma::store_matrix_sync(o_s + nb * 16, out, hd, wmma::mem_row_major);
+    }
+    __syncthreads();
+  }
+  const int64_t unit = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits + split;
+  float* acc_out = part_acc + unit * group * hd;
+  for (int i = tid; i < group * hd; i += kMmaThreads) acc_out[i] = o_s[i];
+  for (int g = tid; g < group; g += kMmaThreads) {
+    part_stats[(unit * group + g) * 2] = m_s[g];
+    part_stats[(unit * group + g) * 2 + 1] = l_s[g];
+  }
+}
+
+template <typename T>
+bool LaunchMma(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
+               const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+  const int splits = SplitCount(s);
+  const MmaLayout layout = MakeMmaLayout(s.head_dim);
+  const int group = s.num_heads / s.num_kv_heads;
+  static const bool attribute_set = cudaFuncSetAttribute(PagedAttentionMmaKernel<T>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                         200 * 1024) == cudaSuccess;
+  if (!attribute_set) return false;
+  float* part_acc = static_cast<float*>(workspace);
+  float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
+  PagedAttentionMmaKernel<T><<<dim3(s.batch, s.num_kv_heads, splits), kMmaThreads, layout.bytes, stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
+      part_stats, s, splits);
+  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
+      part_acc, part_stats, static_cast<T*>(out), s, splits);
+  return cudaGetLastError() == cudaSuccess;
+}
+
 }  // namespace
 
 static bool ShapeIsValid(const PagedAttentionShape& s) {
@@ -468,6 +662,11 @@ bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : int64_t{s.num_heads} * s.head_dim;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const bool vector_loads = aligned(q) && aligned(k_cache) && aligned(v_cache) && (q_stride * element) % 16 == 0;
+  if (workspace != nullptr && vector_loads && SplitKernelTakes(s) && MmaKernelTakes(s, type)) {
+    return type == ElementType::kBFloat16
+               ? LaunchMma<__nv_bfloat16>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st)
+               : LaunchMma<__half>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st);
+  }
   if (workspace != nullptr && vector_loads && SplitKernelTakes(s)) {
     switch (type) {
       case ElementType::kFloat32:

@@ -6,8 +6,9 @@
 //
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
-// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,split_attention> turns single
-// kernels off (their ATen ops, or the one-pass attention kernel, run instead).
+// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,split_attention,mma_attention>
+// turns single kernels off (their ATen ops, the CUDA-core split attention, or the one-pass
+// attention kernel run instead).
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -254,6 +255,7 @@ class CudaDecodeRunner {
     shape.max_blocks_per_seq = b.max_blocks;
     shape.max_context = max_context_;
     shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    shape.allow_tensor_cores = Enabled("mma_attention");
     // One workspace for every layer's split attention (the layers run one after another).
     const size_t workspace_bytes = Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(shape) : 0;
     at::Tensor workspace;

@@ -83,8 +83,8 @@ if [ "$profile" = 1 ] && [ "${GLMSERVE_GPU_PROFILE_ATEN:-0}" = 1 ]; then
   for b in 1 64; do python3 bench/summarize_trace.py .gpu/trace/aten-b$b.json --steps 8 --top 8 | tee "$out/profile_aten_b$b.md"; done
 fi
 if [ "${GLMSERVE_GPU_EXTRA:-0}" = 1 ]; then
-  echo "== split attention with 256-thread blocks (default 128)"
-  GLMSERVE_CUDA_ATTENTION_THREADS=256 bench --batch-sizes 1,64 2>/dev/null | tee "$out/attention_256.md"
+  echo "== attention on CUDA cores (GLMSERVE_CUDA_DISABLE=mma_attention)"
+  GLMSERVE_CUDA_DISABLE=mma_attention bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" 2>/dev/null | tee "$out/no_mma.md"
   echo "== sampled decode (temperature 0.8, top-k 50) with the device sampler"
   bench --batch-sizes 1,64 --temperature 0.8 --top-k 50 2>/dev/null | tee "$out/sampled.md"
 fi

@@ -1,4 +1,5 @@
-// Rotary + KV write, SwiGLU, GEMV and the grouped split paged-attention kernel: CPU references
+// Rotary + KV write, SwiGLU, GEMV and the grouped split paged-attention kernels (CUDA cores and
+// tensor cores): CPU references
 // against hand-computed values (run everywhere), CUDA kernels against the references where a GPU
 // exists (skipped otherwise, e.g. in CI).
 #include <algorithm>
@@ -237,14 +238,22 @@ TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
     const size_t workspace_bytes = PagedAttentionWorkspaceBytes(s);
     ASSERT_GT(workspace_bytes, 0u);
     Device d_q(q, type()), d_k(k, type()), d_v(v, type()), d_tables(tables), d_lens(lens);
-    Device d_split(std::vector<float>(want.size(), 0.0f), type()), d_onepass(std::vector<float>(want.size(), 0.0f), type());
     Device d_workspace(std::vector<uint8_t>(workspace_bytes, 0));
-    ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(), d_lens.as<int32_t>(),
-                                         d_split.get(), s, type(), nullptr, d_workspace.get()));
+    const double tol = bf16() ? 1e-2 : 1e-4;
+    // Split kernel on tensor cores (bf16, group <= 16) and on CUDA cores; one-pass kernel.
+    for (bool tensor_cores : {true, false}) {
+      SCOPED_TRACE(tensor_cores ? "split, tensor cores allowed" : "split, CUDA cores");
+      PagedAttentionShape shape = s;
+      shape.allow_tensor_cores = tensor_cores;
+      Device d_out(std::vector<float>(want.size(), 0.0f), type());
+      ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(),
+                                           d_lens.as<int32_t>(), d_out.get(), shape, type(), nullptr,
+                                           d_workspace.get()));
+      ExpectClose(d_out.Floats(), want, tol, tol);
+    }
+    Device d_onepass(std::vector<float>(want.size(), 0.0f), type());
     ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(), d_lens.as<int32_t>(),
                                          d_onepass.get(), s, type(), nullptr, nullptr));
-    const double tol = bf16() ? 1e-2 : 1e-4;
-    ExpectClose(d_split.Floats(), want, tol, tol);
     ExpectClose(d_onepass.Floats(), want, tol, tol);
   }
 }
