@@ -195,6 +195,69 @@ __device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const _
   reinterpret_cast<float4*>(dst)[1] = make_float4(c.x, c.y, d.x, d.y);
 }
 
+// One warp per head, lane = position of the tile (n valid): folds the tile's scores into the
+// head's running max m_s[g] and sum l_s[g], records the rescale factor of earlier partial sums in
+// c_s[g], and returns this lane's softmax weight (relative to the new running max).
+__device__ __forceinline__ float OnlineSoftmaxStep(float score, int n, int g, float* m_s, float* l_s, float* c_s) {
+  const int lane = threadIdx.x % 32;
+  const float m_old = m_s[g];
+  const float m_new = fmaxf(m_old, WarpMax(score));  // every lane has read m_s[g] before lane 0 writes it
+  const float weight = lane < n ? __expf(score - m_new) : 0.0f;
+  const float tile_sum = WarpSum(weight);
+  if (lane == 0) {
+    const float correction = __expf(m_old - m_new);
+    c_s[g] = correction;
+    l_s[g] = l_s[g] * correction + tile_sum;
+    m_s[g] = m_new;
+  }
+  return weight;
+}
+
+// Shared row offsets (in elements / head_dim) of the tile's positions base .. base + n - 1.
+__device__ __forceinline__ void TileSlots(int64_t* slot_s, const int32_t* table, int base, int n,
+                                          const PagedAttentionShape& s, int kv_head) {
+  if (static_cast<int>(threadIdx.x) < n) {
+    const int p = base + threadIdx.x;
+    slot_s[threadIdx.x] =
+        (static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size) * s.num_kv_heads + kv_head;
+  }
+}
+
+// Reads the K and V rows of one tile (`rows` rows through slot_s; rows at or past `valid` are
+// zeros) with 16-byte loads, every load of a thread issued before its first store (a loop that
+// loads and stores one chunk at a time waits for one global load per chunk), and hands each chunk
+// to store(row, first_element, k_raw, v_raw).
+template <int kThreads, typename T, typename StoreFn>
+__device__ __forceinline__ void LoadTile(const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                                         const int64_t* slot_s, int rows, int valid, int head_dim, StoreFn store) {
+  constexpr int kChunk = 16 / sizeof(T);
+  constexpr int kLoadUnroll = 4;
+  const int chunks_per_row = head_dim / kChunk;
+  const int tile_chunks = rows * chunks_per_row;
+  for (int first = threadIdx.x; first < tile_chunks; first += kThreads * kLoadUnroll) {
+    uint4 k_raw[kLoadUnroll], v_raw[kLoadUnroll];
+#pragma unroll
+    for (int u = 0; u < kLoadUnroll; ++u) {
+      const int i = first + u * kThreads;
+      const int j = i / chunks_per_row, c = i - j * chunks_per_row;
+      k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
+      if (i < tile_chunks && j < valid) {
+        const int64_t offset = slot_s[j] * head_dim + c * kChunk;
+        k_raw[u] = __ldg(reinterpret_cast<const uint4*>(k_cache + offset));
+        v_raw[u] = __ldg(reinterpret_cast<const uint4*>(v_cache + offset));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadUnroll; ++u) {
+      const int i = first + u * kThreads;
+      if (i < tile_chunks) {
+        const int j = i / chunks_per_row;
+        store(j, (i - j * chunks_per_row) * kChunk, k_raw[u], v_raw[u]);
+      }
+    }
+  }
+}
+
 template <typename T, int kSplitThreads>
 // 24 warps per SM either way: caps registers at 80 (256 threads) or 120 (128).
 __global__ void __launch_bounds__(kSplitThreads, kSplitThreads == 256 ? 3 : 5)
@@ -261,36 +324,13 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
   for (int tile = split; tile * kTile < context; tile += splits) {
     const int base = tile * kTile;
     const int n = min(kTile, context - base);
-    if (tid < n) {
-      const int p = base + tid;
-      slot_s[tid] = (static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size) * s.num_kv_heads + kvh;
-    }
+    TileSlots(slot_s, table, base, n, s, kvh);
     __syncthreads();
-    // K and V rows of the tile: every thread issues all its 16-byte loads, then converts.
-    constexpr int kLoadUnroll = 4;
-    const int tile_chunks = n * chunks_per_row;
-    for (int first = tid; first < tile_chunks; first += kSplitThreads * kLoadUnroll) {
-      uint4 k_raw[kLoadUnroll], v_raw[kLoadUnroll];
-#pragma unroll
-      for (int u = 0; u < kLoadUnroll; ++u) {
-        const int i = first + u * kSplitThreads;
-        if (i < tile_chunks) {
-          const int j = i / chunks_per_row, c = i - j * chunks_per_row;
-          const int64_t offset = slot_s[j] * hd + c * kChunk;
-          k_raw[u] = __ldg(reinterpret_cast<const uint4*>(k_cache + offset));
-          v_raw[u] = __ldg(reinterpret_cast<const uint4*>(v_cache + offset));
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kLoadUnroll; ++u) {
-        const int i = first + u * kSplitThreads;
-        if (i < tile_chunks) {
-          const int j = i / chunks_per_row, c = i - j * chunks_per_row;
-          StoreChunk(k_s + j * ks + c * kChunk, k_raw[u], k_cache);
-          StoreChunk(v_s + j * hd + c * kChunk, v_raw[u], v_cache);
-        }
-      }
-    }
+    LoadTile<kSplitThreads>(k_cache, v_cache, slot_s, n, n, hd,
+                            [&](int j, int col, const uint4& k_raw, const uint4& v_raw) {
+                              StoreChunk(k_s + j * ks + col, k_raw, k_cache);
+                              StoreChunk(v_s + j * hd + col, v_raw, v_cache);
+                            });
     __syncthreads();
     // Scores: lane = position, each warp takes heads warp, warp + kSplitWarps, ...
     for (int g0 = warp; g0 < group; g0 += kSplitWarps * kMaxHeadsPerWarpPass) {
@@ -319,19 +359,7 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
     __syncthreads();
     // Online softmax over this tile, one warp per head.
     for (int g = warp; g < group; g += kSplitWarps) {
-      const float score = p_s[g * kTile + lane];
-      const float m_old = m_s[g];
-      const float m_new = fmaxf(m_old, WarpMax(score));
-      const float weight = lane < n ? __expf(score - m_new) : 0.0f;
-      const float tile_sum = WarpSum(weight);
-      p_s[g * kTile + lane] = weight;
-      __syncwarp();
-      if (lane == 0) {
-        const float correction = __expf(m_old - m_new);
-        c_s[g] = correction;
-        l_s[g] = l_s[g] * correction + tile_sum;
-        m_s[g] = m_new;
-      }
+      p_s[g * kTile + lane] = OnlineSoftmaxStep(p_s[g * kTile + lane], n, g, m_s, l_s, c_s);
     }
     __syncthreads();
     // Weighted V: each thread owns 4 dims of heads my_head0, my_head0 + heads_per_pass, ...
@@ -413,24 +441,37 @@ __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, co
   }
 }
 
-template <typename T, int kThreads>
-bool LaunchSplitWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens,
-                     void* out, const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+// Launches a split kernel (grid: sequence x KV head x split) and the merge kernel over the
+// workspace's partial results.
+template <typename T, typename SplitKernel>
+bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const void* q, const void* k, const void* v,
+                          const int32_t* tables, const int32_t* lens, void* out, const PagedAttentionShape& s,
+                          void* workspace, cudaStream_t stream) {
   const int splits = SplitCount(s);
-  const SplitLayout layout = MakeSplitLayout(s);
-  // Raised once per instantiation before any capture: the attribute call is not a stream operation.
-  static const bool attribute_set = cudaFuncSetAttribute(PagedAttentionSplitKernel<T, kThreads>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                         200 * 1024) == cudaSuccess;
-  if (!attribute_set) return false;
+  const int group = s.num_heads / s.num_kv_heads;
   float* part_acc = static_cast<float*>(workspace);
-  float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * layout.group * s.head_dim;
-  PagedAttentionSplitKernel<T, kThreads><<<dim3(s.batch, s.num_kv_heads, splits), kThreads, layout.smem, stream>>>(
+  float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
+  kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
       part_stats, s, splits);
   PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
       part_acc, part_stats, static_cast<T*>(out), s, splits);
   return cudaGetLastError() == cudaSuccess;
+}
+
+// The shared-memory limit is raised once per kernel, before any capture (not a stream operation).
+template <typename Kernel>
+bool AllowLargeSharedMemory(Kernel kernel) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) == cudaSuccess;
+}
+
+template <typename T, int kThreads>
+bool LaunchSplitWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens,
+                     void* out, const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+  static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionSplitKernel<T, kThreads>);
+  return attribute_set && LaunchSplitThenMerge<T>(PagedAttentionSplitKernel<T, kThreads>, kThreads,
+                                                  MakeSplitLayout(s).smem, q, k, v, tables, lens, out, s, workspace,
+                                                  stream);
 }
 
 template <typename T>
@@ -528,37 +569,14 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
   for (int tile = split; tile * kTile < context; tile += splits) {
     const int base = tile * kTile;
     const int n = min(kTile, context - base);
-    if (tid < n) {
-      const int p = base + tid;
-      slot_s[tid] = (static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size) * s.num_kv_heads + kvh;
-    }
+    TileSlots(slot_s, table, base, n, s, kvh);
     __syncthreads();
     // K and V rows as stored (no conversion); rows past the context are zero.
-    constexpr int kLoadUnroll = 4;
-    const int tile_chunks = kTile * chunks_per_row;
-    for (int first = tid; first < tile_chunks; first += kMmaThreads * kLoadUnroll) {
-      uint4 k_raw[kLoadUnroll], v_raw[kLoadUnroll];
-#pragma unroll
-      for (int u = 0; u < kLoadUnroll; ++u) {
-        const int i = first + u * kMmaThreads;
-        const int j = i / chunks_per_row, c = i - j * chunks_per_row;
-        k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
-        if (i < tile_chunks && j < n) {
-          const int64_t offset = slot_s[j] * hd + c * 8;
-          k_raw[u] = __ldg(reinterpret_cast<const uint4*>(k_cache + offset));
-          v_raw[u] = __ldg(reinterpret_cast<const uint4*>(v_cache + offset));
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kLoadUnroll; ++u) {
-        const int i = first + u * kMmaThreads;
-        if (i < tile_chunks) {
-          const int j = i / chunks_per_row, c = i - j * chunks_per_row;
-          *reinterpret_cast<uint4*>(k_s + j * L.ld + c * 8) = k_raw[u];
-          *reinterpret_cast<uint4*>(v_s + j * L.ld + c * 8) = v_raw[u];
-        }
-      }
-    }
+    LoadTile<kMmaThreads>(k_cache, v_cache, slot_s, kTile, n, hd,
+                          [&](int j, int col, const uint4& k_raw, const uint4& v_raw) {
+                            *reinterpret_cast<uint4*>(k_s + j * L.ld + col) = k_raw;
+                            *reinterpret_cast<uint4*>(v_s + j * L.ld + col) = v_raw;
+                          });
     __syncthreads();
     // S = Q K^T: warp w < kTile / 16 computes positions 16w .. 16w + 15.
     if (warp < kTile / 16) {
@@ -577,17 +595,7 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
     // Online softmax over the tile, one warp per head, lane = position.
     for (int g = warp; g < group; g += kMmaWarps) {
       const float score = lane < n ? s_s[g * kTile + lane] * s.scale : -FLT_MAX;
-      const float m_old = m_s[g];
-      const float m_new = fmaxf(m_old, WarpMax(score));
-      const float weight = lane < n ? __expf(score - m_new) : 0.0f;
-      const float tile_sum = WarpSum(weight);
-      p_s[g * L.p_ld + lane] = T(weight);
-      if (lane == 0) {
-        const float correction = __expf(m_old - m_new);
-        c_s[g] = correction;
-        l_s[g] = l_s[g] * correction + tile_sum;
-        m_s[g] = m_new;
-      }
+      p_s[g * L.p_ld + lane] = T(OnlineSoftmaxStep(score, n, g, m_s, l_s, c_s));
     }
     __syncthreads();
     for (int i = tid; i < group * hd; i += kMmaThreads) o_s[i] *= c_s[i / hd];
@@ -620,21 +628,10 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
 template <typename T>
 bool LaunchMma(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
-  const int splits = SplitCount(s);
-  const MmaLayout layout = MakeMmaLayout(s.head_dim);
-  const int group = s.num_heads / s.num_kv_heads;
-  static const bool attribute_set = cudaFuncSetAttribute(PagedAttentionMmaKernel<T>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                         200 * 1024) == cudaSuccess;
-  if (!attribute_set) return false;
-  float* part_acc = static_cast<float*>(workspace);
-  float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
-  PagedAttentionMmaKernel<T><<<dim3(s.batch, s.num_kv_heads, splits), kMmaThreads, layout.bytes, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
-      part_stats, s, splits);
-  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
-      part_acc, part_stats, static_cast<T*>(out), s, splits);
-  return cudaGetLastError() == cudaSuccess;
+  static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionMmaKernel<T>);
+  return attribute_set && LaunchSplitThenMerge<T>(PagedAttentionMmaKernel<T>, kMmaThreads,
+                                                  MakeMmaLayout(s.head_dim).bytes, q, k, v, tables, lens, out, s,
+                                                  workspace, stream);
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
+
+#include "kernels/sampling.h"
 
 namespace glmserve {
 namespace {
@@ -52,42 +53,22 @@ int32_t SampleNextToken(const float* logits, int32_t vocab_size, const Generatio
     // First maximum, like torch.argmax.
     return static_cast<int32_t>(std::max_element(scores.begin(), scores.end()) - scores.begin());
   }
-  for (float& v : scores) v /= s.temperature;
-
-  std::vector<int32_t> order(vocab_size);
-  std::iota(order.begin(), order.end(), 0);
-  // Stable: equal scores keep id order so the draw is reproducible across platforms.
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[a] > scores[b]; });
-  size_t keep = order.size();
-  if (s.top_k > 0) keep = std::min<size_t>(keep, static_cast<size_t>(s.top_k));
-  const float max_score = scores[order[0]];
-  std::vector<double> probs(keep);
-  double total = 0;
-  for (size_t i = 0; i < keep; ++i) {
-    probs[i] = scores[order[i]] == kMasked ? 0.0 : std::exp(static_cast<double>(scores[order[i]] - max_score));
-    total += probs[i];
+  // Temperature, top-k, top-p and the draw: the one implementation the GPU sampler is held to
+  // (kernels/sampling.h), on the penalised and masked scores.
+  kernels::SamplingRow row;
+  row.temperature = s.temperature;
+  row.top_k = s.top_k;
+  row.top_p = s.top_p;
+  row.uniform = SamplingUniform(s.seed, num_generated);
+  int32_t id = -1;
+  kernels::SampleRowsReference(scores.data(), 1, vocab_size, &row, &id);
+  if (id >= 0) return id;
+  // NaN scores (a broken checkpoint) have no place in the order: take the first finite maximum.
+  int32_t best = 0;
+  for (int32_t i = 0; i < vocab_size; ++i) {
+    if (!std::isnan(scores[i]) && (std::isnan(scores[best]) || scores[i] > scores[best])) best = i;
   }
-  if (s.top_p > 0.0f && s.top_p < 1.0f) {
-    // Smallest prefix whose mass reaches top_p (at least one token).
-    double mass = 0;
-    size_t cut = keep;
-    for (size_t i = 0; i < keep; ++i) {
-      mass += probs[i] / total;
-      if (mass >= s.top_p) {
-        cut = i + 1;
-        break;
-      }
-    }
-    keep = cut;
-    total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
-  }
-  const double target = SamplingUniform(s.seed, num_generated) * total;
-  double running = 0;
-  for (size_t i = 0; i < keep; ++i) {
-    running += probs[i];
-    if (target < running) return order[i];
-  }
-  return order[keep - 1];
+  return best;
 }
 
 }  // namespace glmserve
