@@ -1,23 +1,19 @@
 // The glmload binary against the real `glmserve serve` binary on the bundled tiny model (loopback,
 // --port 0): a short streamed sweep produces the table, the JSON with every field, and the PNG.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
-#include <regex>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "tests/testutil/server_process.h"
 
 namespace {
 
@@ -32,87 +28,12 @@ const char* ServeBinary() {
 constexpr char kLoad[] = GLMLOAD_BINARY;
 constexpr char kModel[] = GLMSERVE_TEST_MODEL_DIR;
 
-// `glmserve serve` on 127.0.0.1:0; stderr collected; killed on destruction.
-class ServerProcess {
- public:
-  ServerProcess() {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], 2);
-      close(fds[0]);
-      close(fds[1]);
-      execl(ServeBinary(), ServeBinary(), "serve", "--model", kModel, "--host", "127.0.0.1", "--port", "0",
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(fds[1]);
-    reader_ = std::thread([this, fd = fds[0]] {
-      FILE* f = fdopen(fd, "r");
-      char buf[4096];
-      while (fgets(buf, sizeof buf, f) != nullptr) {
-        std::lock_guard<std::mutex> lock(mu_);
-        log_ += buf;
-      }
-      fclose(f);
-    });
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (reader_.joinable()) reader_.join();
-  }
-  int WaitServing(std::chrono::seconds timeout) {
-    static const std::regex re("serving on 127\\.0\\.0\\.1:([0-9]+)");
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        std::smatch m;
-        if (std::regex_search(log_, m, re)) return std::stoi(m[1]);
-      }
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        std::lock_guard<std::mutex> lock(mu_);
-        log_ += WIFSIGNALED(status) ? "[exited on signal " + std::to_string(WTERMSIG(status)) + "]\n"
-                                    : "[exited " + std::to_string(WEXITSTATUS(status)) + "]\n";
-        return 0;
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    return 0;
-  }
-  std::string log() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return log_;
-  }
-
- private:
-  pid_t pid_ = -1;
-  std::thread reader_;
-  std::mutex mu_;
-  std::string log_;
-};
-
-// Runs a shell command (bounded by `timeout`), returns stdout; *rc gets the exit status.
-std::string RunCommand(const std::string& cmd, int* rc) {
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return "";
-  std::string out;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  const int status = pclose(p);
-  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
+using glmserve::testing::RunCommand;
+using glmserve::testing::ServerProcess;
 
 TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
-  ServerProcess server;
+  ServerProcess server(ServeBinary(), kModel);
   const int port = server.WaitServing(120s);
   ASSERT_GT(port, 0) << ServeBinary() << " did not serve:\n" << server.log();
 

@@ -2,8 +2,6 @@
 // driven by a C++ stub. Results are compared with `glmserve generate --json`.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -11,8 +9,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
-#include <mutex>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/server/test_client.h"
+#include "tests/testutil/server_process.h"
 
 namespace glmserve {
 namespace {
@@ -28,108 +25,20 @@ using namespace std::chrono_literals;
 using testing::HealthCheck;
 using testing::MakeProtoRequest;
 using testing::RunStream;
+using testing::RunCommand;
+using testing::ServerProcess;
 using testing::SetDeadline;
 
 constexpr char kBinary[] = GLMSERVE_BINARY;
 constexpr char kModel[] = GLMSERVE_TEST_MODEL_DIR;
 
-// A `glmserve serve` child process; its stderr is collected line by line.
-class ServerProcess {
- public:
-  explicit ServerProcess(std::vector<std::string> extra_flags) {
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], 2);
-      close(fds[0]);
-      close(fds[1]);
-      std::vector<std::string> args = {kBinary, "serve", "--model", kModel, "--host", "127.0.0.1",
-                                       "--port", "0"};
-      args.insert(args.end(), extra_flags.begin(), extra_flags.end());
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(kBinary, argv.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    reader_ = std::thread([this, fd = fds[0]] {
-      FILE* f = fdopen(fd, "r");
-      char buf[4096];
-      while (fgets(buf, sizeof buf, f) != nullptr) {
-        std::lock_guard<std::mutex> lock(mu_);
-        log_ += buf;
-      }
-      fclose(f);
-    });
-  }
-  ~ServerProcess() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (reader_.joinable()) reader_.join();
-  }
-
-  // Waits for "serving on 127.0.0.1:PORT"; 0 on timeout or exit.
-  int WaitServing(std::chrono::seconds timeout) {
-    static const std::regex re("serving on 127\\.0\\.0\\.1:([0-9]+)");
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        std::smatch m;
-        if (std::regex_search(log_, m, re)) return std::stoi(m[1]);
-      }
-      if (waitpid(pid_, &status_, WNOHANG) == pid_) {
-        exited_ = true;
-        return 0;
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    return 0;
-  }
-  void Signal(int sig) { kill(pid_, sig); }
-  // Exit status, or -1 if it did not exit in time.
-  int WaitExit(std::chrono::seconds timeout) {
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      if (exited_ || waitpid(pid_, &status_, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    return -1;
-  }
-  std::string log() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return log_;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int status_ = 0;
-  bool exited_ = false;
-  std::thread reader_;
-  std::mutex mu_;
-  std::string log_;
-};
-
 // `glmserve generate --json` output_ids for the same greedy request.
 std::vector<int32_t> Generate(const std::vector<int32_t>& ids, int max_new) {
   std::string list;
   for (size_t i = 0; i < ids.size(); ++i) list += (i ? "," : "") + std::to_string(ids[i]);
-  const std::string cmd = std::string("timeout 120 ") + kBinary + " generate --model " + kModel +
-                          " --input-ids " + list + " --max-new-tokens " + std::to_string(max_new) +
-                          " --json 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return {};
-  std::string out;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  pclose(p);
+  const std::string out = RunCommand(std::string("timeout 120 ") + kBinary + " generate --model " + kModel +
+                                     " --input-ids " + list + " --max-new-tokens " + std::to_string(max_new) +
+                                     " --json 2>/dev/null");
   auto j = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.contains("output_ids")) return {};
   return j["output_ids"].get<std::vector<int32_t>>();
@@ -137,13 +46,7 @@ std::vector<int32_t> Generate(const std::vector<int32_t>& ids, int max_new) {
 
 // `glmserve <args> --json` -> the parsed JSON line (discarded on failure).
 nlohmann::json RunJson(const std::string& args) {
-  const std::string cmd = std::string("timeout 120 ") + kBinary + " " + args + " --json 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return nlohmann::json::value_t::discarded;
-  std::string out;
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  pclose(p);
+  const std::string out = RunCommand(std::string("timeout 120 ") + kBinary + " " + args + " --json 2>/dev/null");
   return nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
 }
 
@@ -155,7 +58,7 @@ class ServeIntegrationTest : public ::testing::Test {
     }
   }
   void Start(std::vector<std::string> flags = {}) {
-    server_ = std::make_unique<ServerProcess>(std::move(flags));
+    server_ = std::make_unique<ServerProcess>(kBinary, kModel, flags);
     port_ = server_->WaitServing(120s);
     ASSERT_GT(port_, 0) << server_->log();
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
