@@ -197,7 +197,6 @@ at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& k
 }
 
 at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const {
-  const ModelConfig& c = config_;
   LayerKernels kernels;  // ATen ops unless the GPU's fused kernels are available
 #ifdef GLMSERVE_TORCH_CUDA
   if (device_.is_cuda() && !cuda_decode_failed_) {
@@ -217,6 +216,12 @@ at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv)
     }
   }
 #endif
+  return EagerForward(batch, kv, kernels);
+}
+
+at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv,
+                                  const LayerKernels& kernels) const {
+  const ModelConfig& c = config_;
   const int64_t heads = c.num_attention_heads, hd = c.head_dim;
   const int64_t q_size = heads * hd;
   const int64_t group = heads / c.num_key_value_heads;

@@ -82,6 +82,10 @@ class GlmModel {
                        const AttendFn& attend, const LayerKernels& kernels = {}) const;
   // Final norm + lm_head in fp32 for the given hidden rows.
   at::Tensor Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels = {}) const;
+  // Forward without the CUDA decode graphs: per-sequence ATen attention for any batch (prefill,
+  // mixed, decode), `kernels` for the rest of each layer. Forward calls it with the GPU's fused
+  // kernels, or none on the CPU; tests call it with the kernels' CPU references.
+  at::Tensor EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv, const LayerKernels& kernels) const;
   // fp32 rotary inverse frequencies [rotary_dim / 2] on the device (undefined without rotary).
   const at::Tensor& inv_freq() const { return inv_freq_; }
 
