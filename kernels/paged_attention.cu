@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kernels/paged_attention.h"
+#include "kernels/rms_norm.h"
 
 namespace glmserve::kernels {
 namespace {
@@ -684,9 +685,8 @@ bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_
 }
 
 int32_t PagedAttentionMaxContext() {
-  // Shared memory no longer depends on the context: only int32 positions bound it.
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0 ? (1 << 30) : 0;
+  // Shared memory does not depend on the context: only int32 positions bound it.
+  return CudaKernelsAvailable() ? (1 << 30) : 0;
 }
 
 }  // namespace glmserve::kernels

@@ -176,8 +176,18 @@ bool FusedAddRmsNormCuda(const float* x, float* residual, const float* weight, f
 }
 
 bool CudaKernelsAvailable() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  // Asked on every attention launch (shape checks): answered once per process.
+  static const bool available = [] {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) return false;
+    // The kernels are built for sm_90 only: on another architecture there is no image to load,
+    // and the callers must keep to LibTorch's own ops rather than fail every launch.
+    cudaFuncAttributes attributes;
+    const bool loadable = cudaFuncGetAttributes(&attributes, FusedAddRmsNormTypedKernel<float>) == cudaSuccess;
+    cudaGetLastError();  // a failed query must not linger as the next launch's error
+    return loadable;
+  }();
+  return available;
 }
 
 }  // namespace glmserve::kernels

@@ -20,7 +20,8 @@ bool FusedAddRmsNormCuda(const float* x, float* residual, const float* weight, f
 bool FusedAddRmsNormCudaTyped(const void* x, void* residual, const void* weight, void* out, int64_t rows,
                               int64_t hidden, float eps, int element_type, void* stream);
 
-// True when this build contains the CUDA kernels and a device is present.
+// True when this build contains the CUDA kernels, a device is present, and the kernels have an
+// image for its architecture (sm_90).
 bool CudaKernelsAvailable();
 
 }  // namespace glmserve::kernels
