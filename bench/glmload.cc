@@ -31,6 +31,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "glmserve/v1/inference.grpc.pb.h"
+#include "server/flag_values.h"
 
 namespace glmserve::load {
 namespace {
@@ -43,32 +44,6 @@ double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(
 // gRPC's codes are abseil's (same numbers, same names).
 std::string CodeName(grpc::StatusCode code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
-}
-
-absl::Status ParseNumber(const std::string& flag, const std::string& text, double lo, double hi,
-                         double* out) {
-  errno = 0;
-  char* end = nullptr;
-  const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || errno != 0 || !std::isfinite(v) || v < lo || v > hi) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": '", text, "' is not a number in [", lo, ", ", hi, "]"));
-  }
-  *out = v;
-  return absl::OkStatus();
-}
-
-absl::Status ParseInt(const std::string& flag, const std::string& text, int64_t lo, int64_t hi,
-                      int64_t* out) {
-  errno = 0;
-  char* end = nullptr;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno != 0 || v < lo || v > hi) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": '", text, "' is not an integer in [", lo, ", ", hi, "]"));
-  }
-  *out = v;
-  return absl::OkStatus();
 }
 
 // "30", "30s", "500ms", "2m" -> seconds.
@@ -85,7 +60,7 @@ absl::Status ParseDuration(const std::string& flag, const std::string& text, dou
     scale = 60;
   }
   double v = 0;
-  absl::Status s = ParseNumber(flag, num, 1e-6, 1e7, &v);
+  absl::Status s = ParseNumberFlag(flag, num, 1e-6, 1e7, &v);
   if (!s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(flag, ": '", text, "' is not a positive duration (30, 30s, 500ms, 2m)"));
@@ -105,7 +80,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::stri
     std::vector<int32_t> ids;
     for (absl::string_view piece : absl::StrSplit(line, absl::ByAnyChar(", \t\r"), absl::SkipEmpty())) {
       int64_t v = 0;
-      absl::Status s = ParseInt(absl::StrCat("--prompt-file ", path, ":", line_no), std::string(piece),
+      absl::Status s = ParseIntFlag(absl::StrCat("--prompt-file ", path, ":", line_no), std::string(piece),
                                 0, 2147483647, &v);
       if (!s.ok()) return s;
       ids.push_back(static_cast<int32_t>(v));
@@ -465,10 +440,10 @@ absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string&
         absl::StrCat(flag, ": '", text, "' is not N, fixed:N or uniform:A:B (0 <= A <= B)"));
   };
   if (parts.size() == 1 || (parts.size() == 2 && parts[0] == "fixed")) {
-    if (!ParseInt(flag, parts.back(), 0, 1 << 24, &a).ok()) return bad();
+    if (!ParseIntFlag(flag, parts.back(), 0, 1 << 24, &a).ok()) return bad();
     d.lo = d.hi = static_cast<int>(a);
   } else if (parts.size() == 3 && parts[0] == "uniform") {
-    if (!ParseInt(flag, parts[1], 0, 1 << 24, &a).ok() || !ParseInt(flag, parts[2], 0, 1 << 24, &b).ok() ||
+    if (!ParseIntFlag(flag, parts[1], 0, 1 << 24, &a).ok() || !ParseIntFlag(flag, parts[2], 0, 1 << 24, &b).ok() ||
         a > b) {
       return bad();
     }
@@ -556,15 +531,15 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
       if (value.empty()) return absl::InvalidArgumentError("--target: must not be empty");
       o.target = value;
     } else if (arg == "--concurrency") {
-      s = ParseInt(arg, value, 1, 100000, &n);
+      s = ParseIntFlag(arg, value, 1, 100000, &n);
       o.concurrency = static_cast<int>(n);
       have_concurrency = true;
     } else if (arg == "--rate") {
-      s = ParseNumber(arg, value, 1e-3, 1e6, &o.rate);
+      s = ParseNumberFlag(arg, value, 1e-3, 1e6, &o.rate);
     } else if (arg == "--sweep") {
       o.sweep.clear();
       for (absl::string_view p : absl::StrSplit(value, ',', absl::SkipEmpty())) {
-        s = ParseInt(arg, std::string(p), 1, 100000, &n);
+        s = ParseIntFlag(arg, std::string(p), 1, 100000, &n);
         if (!s.ok()) break;
         o.sweep.push_back(static_cast<int>(n));
       }
@@ -572,17 +547,17 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
     } else if (arg == "--duration") {
       s = ParseDuration(arg, value, &o.duration_s);
     } else if (arg == "--requests") {
-      s = ParseInt(arg, value, 1, int64_t{1} << 40, &o.requests);
+      s = ParseIntFlag(arg, value, 1, int64_t{1} << 40, &o.requests);
     } else if (arg == "--deadline-ms") {
-      s = ParseInt(arg, value, 1, int64_t{1} << 40, &o.deadline_ms);
+      s = ParseIntFlag(arg, value, 1, int64_t{1} << 40, &o.deadline_ms);
     } else if (arg == "--max-in-flight") {
-      s = ParseInt(arg, value, 1, 1000000, &n);
+      s = ParseIntFlag(arg, value, 1, 1000000, &n);
       o.max_in_flight = static_cast<int>(n);
     } else if (arg == "--connections") {
-      s = ParseInt(arg, value, 1, 1024, &n);
+      s = ParseIntFlag(arg, value, 1, 1024, &n);
       o.connections = static_cast<int>(n);
     } else if (arg == "--seed") {
-      s = ParseInt(arg, value, 0, INT64_MAX, &n);
+      s = ParseIntFlag(arg, value, 0, INT64_MAX, &n);
       o.seed = static_cast<uint64_t>(n);
     } else if (arg == "--prompt-len" || arg == "--max-new-tokens") {
       auto d = ParseIntDist(arg, value);
@@ -591,14 +566,14 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
     } else if (arg == "--prompt-file") {
       o.prompt_file = value;
     } else if (arg == "--vocab-size") {
-      s = ParseInt(arg, value, 1, 1 << 30, &n);
+      s = ParseIntFlag(arg, value, 1, 1 << 30, &n);
       o.vocab_size = static_cast<int>(n);
     } else if (arg == "--ignore-eos") {
       if (value != "true" && value != "false") return absl::InvalidArgumentError("--ignore-eos: true|false");
       o.ignore_eos = value == "true";
     } else if (arg == "--temperature") {
       double t = 0;
-      s = ParseNumber(arg, value, 0, 100, &t);
+      s = ParseNumberFlag(arg, value, 0, 100, &t);
       o.temperature = static_cast<float>(t);
     } else if (arg == "--json-out") {
       o.json_out = value;

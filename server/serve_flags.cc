@@ -1,30 +1,14 @@
 #include "server/serve_flags.h"
 
-#include <cerrno>
 #include <cstdlib>
 #include <functional>
 #include <map>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "server/flag_values.h"
 
 namespace glmserve {
-namespace {
-
-absl::Status ParseInt(const std::string& flag, const std::string& text, int64_t lo, int64_t hi,
-                      int64_t* out) {
-  errno = 0;
-  char* end = nullptr;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno != 0 || v < lo || v > hi) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": '", text, "' is not an integer in [", lo, ", ", hi, "]"));
-  }
-  *out = v;
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 std::string ServeUsage() {
   const ServeFlags d;
@@ -119,7 +103,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
   auto int_flag = [](auto* field, int64_t lo, int64_t hi) -> Setter {
     return [field, lo, hi](const std::string& flag, const std::string& value) {
       int64_t v = 0;
-      absl::Status s = ParseInt(flag, value, lo, hi, &v);
+      absl::Status s = ParseIntFlag(flag, value, lo, hi, &v);
       if (s.ok()) *field = static_cast<std::remove_pointer_t<decltype(field)>>(v);
       return s;
     };
