@@ -16,8 +16,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "runtime/model_runner.h"
+#include "bench/model_flags.h"
 #include "runtime/profiling.h"
-#include "server/flags.h"
 
 namespace {
 
@@ -29,18 +29,15 @@ double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::durati
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, device = "cpu", dtype, batch_sizes_text = "1,8,32,64";
+  glmserve::bench::ModelFlags model_flags;
+  std::string batch_sizes_text = "1,8,32,64";
   int32_t prompt_tokens = 128, new_tokens = 128;
   double hbm_gbps = 3350;  // H100 SXM HBM3
-  bool random_weights = false;
   std::string profile_trace;
   double temperature = 0, top_p = 1;
   int32_t top_k = 0;
   glmserve::FlagParser flags("decode_bench", "Times batched prefill + decode through the paged-KV executor.");
-  flags.AddString("model", &model, "checkpoint directory (or a directory with only config.json and --random-weights)");
-  flags.AddBool("random-weights", &random_weights, "random weights of the config, no weight files");
-  flags.AddString("device", &device, "cpu or cuda[:N]");
-  flags.AddString("dtype", &dtype, "float32, bfloat16 or float16 (empty: per device)");
+  model_flags.Register(flags, /*with_random_weights=*/true);
   flags.AddString("batch-sizes", &batch_sizes_text, "comma-separated batch sizes");
   flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length per sequence");
   flags.AddInt("new-tokens", &new_tokens, "tokens generated per sequence");
@@ -49,10 +46,8 @@ int main(int argc, char** argv) {
   flags.AddInt("top-k", &top_k, "top-k when sampling (0 = off)");
   flags.AddDouble("top-p", &top_p, "top-p when sampling (1 = off)");
   flags.AddString("profile-trace", &profile_trace, "write a profile of extra decode steps to PREFIX-b<batch>.json");
-  if (auto s = flags.Parse(argc, argv); !s.ok() || flags.help_requested() || model.empty()) {
-    std::fprintf(stderr, "%s\n%s", s.ok() ? "" : std::string(s.message()).c_str(), flags.Usage().c_str());
-    return 2;
-  }
+  if (!glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return 2;
+  const std::string& model = model_flags.model;
   std::vector<int32_t> batch_sizes;
   for (absl::string_view piece : absl::StrSplit(batch_sizes_text, ',')) {
     int32_t b = 0;
@@ -62,12 +57,8 @@ int main(int argc, char** argv) {
     }
     batch_sizes.push_back(b);
   }
-  glmserve::LoadOptions load;
-  load.device = device;
-  load.dtype = dtype;
-  load.random_weights = random_weights;
   const Clock::time_point load_start = Clock::now();
-  auto runner = glmserve::ModelRunner::Load(model, load);
+  auto runner = glmserve::ModelRunner::Load(model, model_flags.ToLoadOptions());
   if (!runner.ok()) {
     std::fprintf(stderr, "%s\n", std::string(runner.status().message()).c_str());
     return 2;

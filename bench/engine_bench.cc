@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench/model_flags.h"
 #include "runtime/engine.h"
 #include "runtime/engine/engine_impl.h"
 #include "runtime/model_runner.h"
@@ -131,22 +132,19 @@ Row Measure(glmserve::ModelRunner* runner, const glmserve::ExecutorOptions& exec
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model = "models/glm4-tiny", device = "cpu", dtype, concurrency_list = "1,8,32";
+  glmserve::bench::ModelFlags model_flags;
+  model_flags.model = "models/glm4-tiny";
+  std::string concurrency_list = "1,8,32";
   int32_t prompt_tokens = 32, new_tokens = 32, requests_per_client = 4, max_batch = 64, threads = 0;
   glmserve::FlagParser flags("engine_bench", "Engine tokens/s and latency, batching on vs off.");
-  flags.AddString("model", &model, "checkpoint directory");
-  flags.AddString("device", &device, "cpu or cuda[:N]");
-  flags.AddString("dtype", &dtype, "float32, bfloat16 or float16 (empty: per device)");
+  model_flags.Register(flags);
   flags.AddString("concurrency", &concurrency_list, "comma-separated client counts");
   flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length");
   flags.AddInt("new-tokens", &new_tokens, "tokens generated per request (eos ignored)");
   flags.AddInt("requests-per-client", &requests_per_client, "requests each closed-loop client sends");
   flags.AddInt("max-batch", &max_batch, "max batch size with batching on");
   flags.AddInt("threads", &threads, "LibTorch intra-op threads (0: LibTorch's default)");
-  if (auto s = flags.Parse(argc, argv); !s.ok() || flags.help_requested() || model.empty()) {
-    std::fprintf(stderr, "%s\n%s", s.ok() ? "" : std::string(s.message()).c_str(), flags.Usage().c_str());
-    return 2;
-  }
+  if (!glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return 2;
   std::vector<int32_t> concurrencies;
   for (absl::string_view part : absl::StrSplit(concurrency_list, ',', absl::SkipEmpty())) {
     int32_t c = 0;
@@ -157,10 +155,7 @@ int main(int argc, char** argv) {
     concurrencies.push_back(c);
   }
   if (threads > 0) at::set_num_threads(threads);
-  glmserve::LoadOptions load;
-  load.device = device;
-  load.dtype = dtype;
-  auto runner = glmserve::ModelRunner::Load(model, load);
+  auto runner = glmserve::ModelRunner::Load(model_flags.model, model_flags.ToLoadOptions());
   if (!runner.ok()) {
     std::fprintf(stderr, "%s\n", std::string(runner.status().message()).c_str());
     return 2;
@@ -187,7 +182,7 @@ int main(int argc, char** argv) {
   }
   std::printf("model: %s (%s, %d layers, hidden %d, vocab %d, %s on %s); prompt %d tokens, %d new tokens, "
               "%d requests per client, %d LibTorch threads, %u CPUs\n\n",
-              model.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size, info.vocab_size,
+              model_flags.model.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size, info.vocab_size,
               info.compute_dtype.c_str(), info.device.c_str(), prompt_tokens, new_tokens, requests_per_client,
               at::get_num_threads(), std::thread::hardware_concurrency());
   std::printf("| batching | concurrency | requests | generated tok/s | latency p50 ms | latency p95 ms | TTFT p50 ms | errors |\n");

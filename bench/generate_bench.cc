@@ -7,28 +7,20 @@
 #include <string>
 #include <vector>
 
+#include "bench/model_flags.h"
 #include "runtime/model_runner.h"
-#include "server/flags.h"
 
 int main(int argc, char** argv) {
   using Clock = std::chrono::steady_clock;
-  std::string model, device = "cpu", dtype;
+  glmserve::bench::ModelFlags model_flags;
   int32_t prompt_tokens = 128, new_tokens = 128, runs = 3;
   glmserve::FlagParser flags("generate_bench", "Times single-sequence greedy generation.");
-  flags.AddString("model", &model, "checkpoint directory");
-  flags.AddString("device", &device, "cpu or cuda[:N]");
-  flags.AddString("dtype", &dtype, "float32, bfloat16 or float16 (empty: per device)");
+  model_flags.Register(flags);
   flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length");
   flags.AddInt("new-tokens", &new_tokens, "tokens generated per run (eos ignored)");
   flags.AddInt("runs", &runs, "timed runs after one warm-up");
-  if (auto s = flags.Parse(argc, argv); !s.ok() || flags.help_requested() || model.empty()) {
-    std::fprintf(stderr, "%s\n%s", s.ok() ? "" : std::string(s.message()).c_str(), flags.Usage().c_str());
-    return 2;
-  }
-  glmserve::LoadOptions load;
-  load.device = device;
-  load.dtype = dtype;
-  auto runner = glmserve::ModelRunner::Load(model, load);
+  if (!glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return 2;
+  auto runner = glmserve::ModelRunner::Load(model_flags.model, model_flags.ToLoadOptions());
   if (!runner.ok()) {
     std::fprintf(stderr, "%s\n", std::string(runner.status().message()).c_str());
     return 2;
