@@ -40,6 +40,10 @@ if [ "$tests" = 1 ]; then
   GLMSERVE_TEST_DEVICE=cuda run timeout 300 .gpu/build/tests/runtime/runtime_test --gtest_filter='*Parity*' \
     >"$out/parity_cuda.log" 2>&1
   tail -3 "$out/parity_cuda.log"
+  # bf16 on the GPU against transformers in bf16 on the GPU (fresh prompts, dtype tolerance).
+  run timeout 600 python3 tests/reference/live_check.py .gpu/build/glmserve tests/fixtures/models \
+    --device cuda --dtype bfloat16 >"$out/live_check_cuda_bf16.log" 2>&1
+  tail -1 "$out/live_check_cuda_bf16.log"
   # The engine on the real model on CUDA: batch invariance, OOM storms (injected and real CUDA
   # OOM), preemption (CUDA graphs, the default); then graphs checked step by step against eager.
   GLMSERVE_TEST_DEVICE=cuda run timeout 400 .gpu/build/tests/engine_model/engine_model_test \

@@ -190,7 +190,7 @@ def load_model(model_dir):
 @torch.no_grad()
 def generate(model, input_ids, max_new_tokens, min_new_tokens, eos, pad):
     """Greedy generation as transformers does it; returns the JSON-able result dict."""
-    ids = torch.tensor([list(input_ids)], dtype=torch.long)
+    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=model.device)
     kwargs = dict(do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
                   return_dict_in_generate=True, eos_token_id=list(eos) if eos else None,
                   pad_token_id=pad if pad is not None else (eos[0] if eos else 0),
