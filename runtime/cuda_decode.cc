@@ -346,7 +346,7 @@ at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<Sequenc
   return runner.Run(batch, kv);
 }
 
-GlmModel::LayerKernels CudaLayerKernels(CudaDecodeRunner& runner) { return runner.layer_kernels(); }
+const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner) { return runner.layer_kernels(); }
 
 void DestroyCudaDecodeRunner(CudaDecodeRunner* runner) { delete runner; }
 

@@ -125,9 +125,6 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
   const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads, hd = c.head_dim;
   const int64_t q_size = heads * hd, kv_size = kv_heads * hd;
   const int64_t total = ids.size(0);
-  auto linear = [&](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-    return kernels.linear ? kernels.linear(x, weight, bias) : at::linear(x, weight, bias);
-  };
   at::Tensor cos, sin;
   if (c.rotary_dim > 0 && !kernels.rotary_kv) {
     at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, rot/2]
@@ -139,22 +136,18 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
   auto add_and_norm = [&](const at::Tensor& weight) {
     at::Tensor delta = pending;
     pending = at::Tensor();
-    if (kernels.add_rms_norm) return kernels.add_rms_norm(delta, x, weight);
-    if (delta.defined()) x = x + delta;
-    return RmsNorm(x, weight);
+    return AddRmsNorm(kernels, delta, x, weight);
   };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[l];
     at::Tensor h = add_and_norm(layer.input_norm);
-    at::Tensor qkv = linear(h, layer.qkv_weight, layer.qkv_bias);
+    at::Tensor qkv = Linear(kernels, h, layer.qkv_weight, layer.qkv_bias);
     at::Tensor k_cache = kv.k[l];
     at::Tensor v_cache = kv.v[l];
-    at::Tensor q;
+    at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
     if (kernels.rotary_kv) {
-      kernels.rotary_kv(qkv, positions, slots, k_cache, v_cache);
-      q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
+      kernels.rotary_kv(qkv, positions, slots, k_cache, v_cache);  // rotates q (the view above) in place
     } else {
-      q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
       at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
       at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({total, kv_heads, hd});
       if (c.rotary_dim > 0) {
@@ -164,11 +157,11 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
       k_cache.index_copy_(0, slots, k);
       v_cache.index_copy_(0, slots, v);
     }
-    at::Tensor o = linear(attend(q, k_cache, v_cache), layer.o_weight, at::Tensor());
+    at::Tensor o = Linear(kernels, attend(q, k_cache, v_cache), layer.o_weight, at::Tensor());
     if (c.sandwich_norms) o = RmsNorm(o, layer.post_attn_norm);
     pending = o;
     h = add_and_norm(layer.mlp_norm);
-    at::Tensor gate_up = linear(h, layer.gate_up_weight, at::Tensor());
+    at::Tensor gate_up = Linear(kernels, h, layer.gate_up_weight, at::Tensor());
     at::Tensor act;
     if (kernels.swiglu) {
       act = kernels.swiglu(gate_up);
@@ -177,27 +170,31 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
       at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
       act = up * at::silu(gate);
     }
-    at::Tensor m = linear(act, layer.down_weight, at::Tensor());
+    at::Tensor m = Linear(kernels, act, layer.down_weight, at::Tensor());
     if (c.sandwich_norms) m = RmsNorm(m, layer.post_mlp_norm);
     pending = m;
   }
   return pending.defined() ? x + pending : x;
 }
 
+at::Tensor GlmModel::Linear(const LayerKernels& kernels, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias) const {
+  return kernels.linear ? kernels.linear(x, weight, bias) : at::linear(x, weight, bias);
+}
+
+at::Tensor GlmModel::AddRmsNorm(const LayerKernels& kernels, const at::Tensor& delta, at::Tensor& residual,
+                                const at::Tensor& weight) const {
+  if (kernels.add_rms_norm) return kernels.add_rms_norm(delta, residual, weight);
+  if (delta.defined()) residual = residual + delta;
+  return RmsNorm(residual, weight);
+}
+
 at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels) const {
-  at::Tensor normed;
-  if (kernels.add_rms_norm) {
-    at::Tensor rows = hidden_rows.contiguous();
-    normed = kernels.add_rms_norm(at::Tensor(), rows, final_norm_);
-  } else {
-    normed = RmsNorm(hidden_rows, final_norm_);
-  }
-  at::Tensor logits = kernels.linear ? kernels.linear(normed, lm_head_, at::Tensor()) : at::linear(normed, lm_head_);
-  return logits.to(at::kFloat);
+  at::Tensor rows = hidden_rows.contiguous();  // the fused kernel reads rows densely
+  return Linear(kernels, AddRmsNorm(kernels, at::Tensor(), rows, final_norm_), lm_head_, at::Tensor()).to(at::kFloat);
 }
 
 at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const {
-  LayerKernels kernels;  // ATen ops unless the GPU's fused kernels are available
 #ifdef GLMSERVE_TORCH_CUDA
   if (device_.is_cuda() && !cuda_decode_failed_) {
     if (!cuda_decode_) {
@@ -212,11 +209,11 @@ at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv)
         at::Tensor logits = CudaDecodeForward(*cuda_decode_, batch, kv);
         if (logits.defined()) return logits;
       }
-      kernels = CudaLayerKernels(*cuda_decode_);
+      return EagerForward(batch, kv, CudaLayerKernels(*cuda_decode_));
     }
   }
 #endif
-  return EagerForward(batch, kv, kernels);
+  return EagerForward(batch, kv, LayerKernels());  // ATen ops
 }
 
 at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv,

@@ -97,6 +97,12 @@ class GlmModel {
   GlmModel(const ModelConfig& config, at::ScalarType dtype, at::Device device)
       : config_(config), dtype_(dtype), device_(device) {}
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  // x W^T + b through kernels.linear when given, else at::linear.
+  at::Tensor Linear(const LayerKernels& kernels, const at::Tensor& x, const at::Tensor& weight,
+                    const at::Tensor& bias) const;
+  // residual += delta (when defined); RMSNorm(residual) * weight, fused when kernels has it.
+  at::Tensor AddRmsNorm(const LayerKernels& kernels, const at::Tensor& delta, at::Tensor& residual,
+                        const at::Tensor& weight) const;
   at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
 
   ModelConfig config_;
@@ -115,7 +121,7 @@ class GlmModel {
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
 at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
 // The fused kernels for eager forwards on the GPU (prefill and mixed batches).
-GlmModel::LayerKernels CudaLayerKernels(CudaDecodeRunner& runner);
+const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner);
 void DestroyCudaDecodeRunner(CudaDecodeRunner* runner);
 #endif
 
