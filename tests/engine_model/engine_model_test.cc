@@ -30,6 +30,7 @@
 #include "runtime/engine.h"
 #include "runtime/engine/engine_impl.h"
 #include "runtime/model_runner.h"
+#include "tests/testutil/fixture_models.h"
 
 namespace glmserve {
 namespace {
@@ -47,7 +48,7 @@ const bool kSingleThreaded = [] {
   return true;
 }();
 
-fs::path FixtureDir(const std::string& name) { return fs::path(GLMSERVE_FIXTURES_DIR) / "models" / name; }
+fs::path FixtureDir(const std::string& name) { return testing::FixtureModelDir(name); }
 fs::path TinyModelDir() { return fs::path(GLMSERVE_MODELS_DIR) / "glm4-tiny"; }
 
 // GLMSERVE_TEST_DEVICE=cuda runs everything on the GPU (fp32), as runtime_test's parity does.
@@ -245,15 +246,6 @@ Counts RunAndCheck(InferenceEngine* engine, const std::vector<Case>& cases, cons
 // ---------------------------------------------------------------------------------------------
 // Parity with transformers' recorded ids, through the engine, every fixture's cases at once.
 
-std::vector<std::string> FixtureModels() {
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(fs::path(GLMSERVE_FIXTURES_DIR) / "models")) {
-    if (fs::exists(entry.path() / "expected.json")) names.push_back(entry.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 class EngineFixtureParityTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineFixtureParityTest, BatchedEngineIdsEqualTransformersRecording) {
@@ -285,7 +277,7 @@ TEST_P(EngineFixtureParityTest, BatchedEngineIdsEqualTransformersRecording) {
   engine->Shutdown();
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixtureParityTest, ::testing::ValuesIn(FixtureModels()),
+INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixtureParityTest, ::testing::ValuesIn(testing::RecordedFixtureModels()),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');

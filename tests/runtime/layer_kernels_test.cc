@@ -13,11 +13,11 @@
 #include "kernels/rms_norm.h"
 #include "runtime/glm_model.h"
 #include "runtime/model_config.h"
+#include "tests/testutil/fixture_models.h"
 
 namespace glmserve {
 namespace {
 
-std::string FixtureDir(const std::string& name) { return std::string(GLMSERVE_FIXTURES_DIR) + "/models/" + name; }
 
 float* F(const at::Tensor& t) { return t.data_ptr<float>(); }
 
@@ -67,7 +67,7 @@ class LayerKernelsTest : public ::testing::TestWithParam<std::string> {};
 // Two sequences prefilled together (different lengths, scattered blocks), then two decode steps
 // that read the KV the first steps wrote: logits and caches must match the ATen forward.
 TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(FixtureDir(GetParam()));
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(testing::FixtureModelDir(GetParam()).string());
   ASSERT_TRUE(config.ok()) << config.status();
   absl::StatusOr<std::unique_ptr<GlmModel>> model = GlmModel::BuildRandom(*config, at::kFloat, at::Device(at::kCPU), 5);
   ASSERT_TRUE(model.ok()) << model.status();
@@ -82,7 +82,7 @@ TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
   batch[1].block_table = {3, 6};
   for (SequenceStep& s : batch) s.params = &params;
   for (int step = 0; step < 3; ++step) {
-    SCOPED_TRACE(testing::Message() << "step " << step);
+    SCOPED_TRACE(::testing::Message() << "step " << step);
     const at::Tensor want = m.EagerForward(batch, aten_kv, {});
     const at::Tensor got = m.EagerForward(batch, kernel_kv, reference);
     ASSERT_EQ(got.sizes(), want.sizes());
@@ -103,7 +103,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, LayerKernelsTest,
                          ::testing::Values("glm4-gqa-safetensors", "glm4-tied-mqa-safetensors",
                                            "glm4-headdim12-fp16-bin-sharded", "glm-mha-safetensors-sharded",
                                            "glm-nobias-legacy-rope-bf16-bin", "chatglm3-fp16-bin-sharded"),
-                         [](const testing::TestParamInfo<std::string>& info) {
+                         [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string name = info.param;
                            for (char& ch : name) {
                              if (ch == '-') ch = '_';

@@ -13,6 +13,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/inspect.h"
 #include "runtime/model_runner.h"
+#include "tests/testutil/fixture_models.h"
 
 namespace glmserve {
 namespace {
@@ -20,14 +21,8 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-std::vector<std::string> FixtureModels() {
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(fs::path(GLMSERVE_FIXTURES_DIR) / "models")) {
-    if (fs::exists(entry.path() / "expected.json")) names.push_back(entry.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using testing::FixtureModelDir;
+using testing::RecordedFixtureModels;
 
 json ReadJson(const fs::path& path) {
   std::ifstream in(path);
@@ -36,13 +31,13 @@ json ReadJson(const fs::path& path) {
 
 class ModelParityTest : public ::testing::TestWithParam<std::string> {
  protected:
-  fs::path dir() const { return fs::path(GLMSERVE_FIXTURES_DIR) / "models" / GetParam(); }
+  fs::path dir() const { return FixtureModelDir(GetParam()); }
 };
 
 TEST(ModelParityFixtures, AllFormatsAndArchitecturesPresent) {
   std::set<std::string> formats, architectures, dtypes;
-  for (const std::string& name : FixtureModels()) {
-    json expected = ReadJson(fs::path(GLMSERVE_FIXTURES_DIR) / "models" / name / "expected.json");
+  for (const std::string& name : RecordedFixtureModels()) {
+    json expected = ReadJson(FixtureModelDir(name) / "expected.json");
     formats.insert(expected["format"].get<std::string>());
     architectures.insert(expected["architecture"].get<std::string>());
     dtypes.insert(expected["stored_dtype"].get<std::string>());
@@ -92,7 +87,7 @@ TEST_P(ModelParityTest, GreedyIdsAndFirstLogitsMatchTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ModelParityTest, ::testing::ValuesIn(FixtureModels()),
+INSTANTIATE_TEST_SUITE_P(Fixtures, ModelParityTest, ::testing::ValuesIn(RecordedFixtureModels()),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');
