@@ -5,19 +5,10 @@
 #include <cstdint>
 
 #include "kernels/decode_ops.h"
+#include "kernels/device_math.cuh"
 
 namespace glmserve::kernels {
 namespace {
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T FromFloat(float v);
-template <> __device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <> __device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
-// The value an ATen op on T tensors would store: computed in fp32, rounded to T.
-template <typename T> __device__ __forceinline__ float RoundTo(float v) { return ToFloat(FromFloat<T>(v)); }
 
 // ---- Rotary + KV write: one block per token ----
 // Each thread loads all its pairs before computing any (a loop that loads, computes and stores
@@ -103,34 +94,6 @@ __global__ void SwiGluKernel(const T* __restrict__ gate_up, T* __restrict__ out,
 // ---- GEMV: each warp owns R output rows and streams their weights once with 16-byte loads ----
 constexpr int kGemvWarps = 8;
 
-__device__ __forceinline__ void Unpack(const uint4& raw, float* f, const float*) {
-  const float4 v = *reinterpret_cast<const float4*>(&raw);
-  f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
-}
-__device__ __forceinline__ void Unpack(const uint4& raw, float* f, const __nv_bfloat16*) {
-  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __bfloat1622float2(p[i]);
-    f[2 * i] = v.x;
-    f[2 * i + 1] = v.y;
-  }
-}
-__device__ __forceinline__ void Unpack(const uint4& raw, float* f, const __half*) {
-  const __half2* p = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __half22float2(p[i]);
-    f[2 * i] = v.x;
-    f[2 * i + 1] = v.y;
-  }
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // M input rows, R weight rows per warp, U 16-byte loads per lane and row in flight.
 template <typename T, int M, int R, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
@@ -165,11 +128,11 @@ GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict
       if (c >= chunks) break;
       float wf[R][E];
 #pragma unroll
-      for (int r = 0; r < R; ++r) Unpack(wv[u][r], wf[r], w);
+      for (int r = 0; r < R; ++r) Chunk16<T>::ToFloats(wv[u][r], wf[r]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[E];
-        Unpack(__ldg(x4 + m * chunks + c), xf, x);
+        Chunk16<T>::ToFloats(__ldg(x4 + m * chunks + c), xf);
 #pragma unroll
         for (int r = 0; r < R; ++r)
 #pragma unroll

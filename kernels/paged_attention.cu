@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/device_math.cuh"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 
@@ -16,18 +17,6 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-__device__ __forceinline__ void Store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ void Store(__half* p, float v) { *p = __float2half(v); }
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // One block per (sequence, query head); each warp walks every kWarps-th context position with an
 // online softmax (running max, running sum, and the weighted V sum in registers: head_dim / 32
@@ -100,7 +89,7 @@ __global__ void PagedAttentionDecodeKernel(const T* __restrict__ q, const T* __r
   for (int d = threadIdx.x; d < s.head_dim; d += kThreads) {
     float value = 0.0f;
     for (int w = 0; w < kWarps; ++w) value += warp_acc[w][d] * scale_w[w];
-    Store(o + d, value / total);
+    o[d] = FromFloat<T>(value / total);
   }
 }
 
@@ -170,30 +159,16 @@ int SplitCount(const PagedAttentionShape& s) {
   return splits < 1 ? 1 : splits;
 }
 
-__device__ __forceinline__ float WarpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// 16 bytes of T -> fp32 into shared memory.
-__device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const float*) {
-  const float4 v = *reinterpret_cast<const float4*>(&raw);
-  *reinterpret_cast<float4*>(dst) = v;
-}
-// Two 16-byte shared stores rather than eight 4-byte ones (fewer bank conflicts).
-__device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const __nv_bfloat16*) {
-  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
-  const float2 a = __bfloat1622float2(p[0]), b = __bfloat1622float2(p[1]);
-  const float2 c = __bfloat1622float2(p[2]), d = __bfloat1622float2(p[3]);
-  reinterpret_cast<float4*>(dst)[0] = make_float4(a.x, a.y, b.x, b.y);
-  reinterpret_cast<float4*>(dst)[1] = make_float4(c.x, c.y, d.x, d.y);
-}
-__device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw, const __half*) {
-  const __half2* p = reinterpret_cast<const __half2*>(&raw);
-  const float2 a = __half22float2(p[0]), b = __half22float2(p[1]);
-  const float2 c = __half22float2(p[2]), d = __half22float2(p[3]);
-  reinterpret_cast<float4*>(dst)[0] = make_float4(a.x, a.y, b.x, b.y);
-  reinterpret_cast<float4*>(dst)[1] = make_float4(c.x, c.y, d.x, d.y);
+// 16 bytes of T -> fp32 into shared memory, written as 16-byte stores (for bf16/fp16 two rather
+// than eight 4-byte ones: fewer bank conflicts).
+template <typename T>
+__device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw) {
+  float f[Chunk16<T>::kElements];
+  Chunk16<T>::ToFloats(raw, f);
+#pragma unroll
+  for (int i = 0; i < Chunk16<T>::kElements; i += 4) {
+    reinterpret_cast<float4*>(dst)[i / 4] = make_float4(f[i], f[i + 1], f[i + 2], f[i + 3]);
+  }
 }
 
 // One warp per head, lane = position of the tile (n valid): folds the tile's scores into the
@@ -301,7 +276,7 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
         const int c = base + u * kSplitThreads;
         if (c < q_chunks) {
           float* dst = q_s + c * kChunk;
-          StoreChunk(dst, raw[u], q);
+          StoreChunk<T>(dst, raw[u]);
 #pragma unroll
           for (int e = 0; e < kChunk; ++e) dst[e] *= s.scale;
         }
@@ -329,8 +304,8 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
     __syncthreads();
     LoadTile<kSplitThreads>(k_cache, v_cache, slot_s, n, n, hd,
                             [&](int j, int col, const uint4& k_raw, const uint4& v_raw) {
-                              StoreChunk(k_s + j * ks + col, k_raw, k_cache);
-                              StoreChunk(v_s + j * hd + col, v_raw, v_cache);
+                              StoreChunk<T>(k_s + j * ks + col, k_raw);
+                              StoreChunk<T>(v_s + j * hd + col, v_raw);
                             });
     __syncthreads();
     // Scores: lane = position, each warp takes heads warp, warp + kSplitWarps, ...
@@ -438,7 +413,7 @@ __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, co
     float value = 0.0f;
 #pragma unroll 8
     for (int sp = 0; sp < splits; ++sp) value += part_acc[((unit0 + sp) * group + g) * hd + d] * weight_s[sp];
-    Store(o + d, value * inv_total);
+    o[d] = FromFloat<T>(value * inv_total);
   }
 }
 

@@ -4,20 +4,11 @@
 
 #include <cstdint>
 
+#include "kernels/device_math.cuh"
 #include "kernels/rms_norm.h"
 
 namespace glmserve::kernels {
 namespace {
-
-__device__ __forceinline__ float Load(const float* p) { return *p; }
-__device__ __forceinline__ float Load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float Load(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float Round(float v, const float*) { return v; }
-__device__ __forceinline__ float Round(float v, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16(v)); }
-__device__ __forceinline__ float Round(float v, const __half*) { return __half2float(__float2half(v)); }
-__device__ __forceinline__ void StoreTo(float* p, float v) { *p = v; }
-__device__ __forceinline__ void StoreTo(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ void StoreTo(__half* p, float v) { *p = __float2half(v); }
 
 // One block per row; the residual stream is read once, updated, and reduced in fp32 (warp
 // shuffles, then across warps through shared memory).
@@ -29,14 +20,14 @@ __global__ void FusedAddRmsNormTypedKernel(const T* __restrict__ x, T* __restric
   T* res = residual + row * hidden;
   float local = 0.0f;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
-    float v = Load(res + i);
+    float v = ToFloat(res[i]);
     if (x != nullptr) {
-      v = Round(v + Load(x + row * hidden + i), res);
-      StoreTo(res + i, v);
+      v = RoundTo<T>(v + ToFloat(x[row * hidden + i]));
+      res[i] = FromFloat<T>(v);
     }
     local += v * v;
   }
-  for (int offset = 16; offset > 0; offset >>= 1) local += __shfl_xor_sync(0xffffffffu, local, offset);
+  local = WarpSum(local);
   __shared__ float warp_sums[32];
   __shared__ float inv_rms;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -44,13 +35,13 @@ __global__ void FusedAddRmsNormTypedKernel(const T* __restrict__ x, T* __restric
   __syncthreads();
   if (warp == 0) {
     float total = lane < (blockDim.x + 31) / 32 ? warp_sums[lane] : 0.0f;
-    for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    total = WarpSum(total);
     if (lane == 0) inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
   }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
-    const float normed = Round(Load(res + i) * inv_rms, res);
-    StoreTo(out + row * hidden + i, Load(weight + i) * normed);
+    const float normed = RoundTo<T>(ToFloat(res[i]) * inv_rms);
+    out[row * hidden + i] = FromFloat<T>(ToFloat(weight[i]) * normed);
   }
 }
 
@@ -61,27 +52,10 @@ constexpr int kRowThreads = 256;
 constexpr int kMaxChunks = 4;
 
 template <typename T>
-struct Chunk {
-  static constexpr int kElements = 16 / sizeof(T);
-  __device__ __forceinline__ static void ToFloats(const uint4& raw, float* f) {
-    const T* v = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < kElements; ++i) f[i] = Load(v + i);
-  }
-  __device__ __forceinline__ static uint4 FromFloats(const float* f) {
-    uint4 raw;
-    T* v = reinterpret_cast<T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < kElements; ++i) StoreTo(v + i, f[i]);
-    return raw;
-  }
-};
-
-template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
 FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
                          T* __restrict__ out, int64_t hidden, float eps) {
-  constexpr int E = Chunk<T>::kElements;
+  constexpr int E = Chunk16<T>::kElements;
   const int64_t row = blockIdx.x;
   const int chunks = static_cast<int>(hidden / E);
   uint4* res = reinterpret_cast<uint4*>(residual + row * hidden);
@@ -101,18 +75,18 @@ FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, cons
   for (int c = 0; c < kMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kRowThreads;
     if (chunk >= chunks) break;
-    Chunk<T>::ToFloats(raw_res[c], v[c]);
+    Chunk16<T>::ToFloats(raw_res[c], v[c]);
     if (delta != nullptr) {
       float d[E];
-      Chunk<T>::ToFloats(raw_delta[c], d);
+      Chunk16<T>::ToFloats(raw_delta[c], d);
 #pragma unroll
-      for (int i = 0; i < E; ++i) v[c][i] = Round(v[c][i] + d[i], residual);
-      res[chunk] = Chunk<T>::FromFloats(v[c]);
+      for (int i = 0; i < E; ++i) v[c][i] = RoundTo<T>(v[c][i] + d[i]);
+      res[chunk] = Chunk16<T>::FromFloats(v[c]);
     }
 #pragma unroll
     for (int i = 0; i < E; ++i) local += v[c][i] * v[c][i];
   }
-  for (int offset = 16; offset > 0; offset >>= 1) local += __shfl_xor_sync(0xffffffffu, local, offset);
+  local = WarpSum(local);
   __shared__ float warp_sums[kRowThreads / 32];
   __shared__ float inv_rms;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -120,7 +94,7 @@ FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, cons
   __syncthreads();
   if (warp == 0) {
     float total = lane < kRowThreads / 32 ? warp_sums[lane] : 0.0f;
-    for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    total = WarpSum(total);
     if (lane == 0) inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
   }
   __syncthreads();
@@ -131,17 +105,17 @@ FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, cons
     const int chunk = threadIdx.x + c * kRowThreads;
     if (chunk >= chunks) break;
     float wf[E], result[E];
-    Chunk<T>::ToFloats(w[chunk], wf);
+    Chunk16<T>::ToFloats(w[chunk], wf);
 #pragma unroll
-    for (int i = 0; i < E; ++i) result[i] = wf[i] * Round(v[c][i] * inv_rms, residual);
-    o[chunk] = Chunk<T>::FromFloats(result);
+    for (int i = 0; i < E; ++i) result[i] = wf[i] * RoundTo<T>(v[c][i] * inv_rms);
+    o[chunk] = Chunk16<T>::FromFloats(result);
   }
 }
 
 template <typename T>
 bool LaunchTyped(const void* x, void* residual, const void* weight, void* out, int64_t rows, int64_t hidden, float eps,
                  cudaStream_t stream) {
-  constexpr int E = Chunk<T>::kElements;
+  constexpr int E = Chunk16<T>::kElements;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (hidden % E == 0 && hidden / E <= int64_t{kRowThreads} * kMaxChunks && aligned(residual) && aligned(weight) &&
       aligned(out) && (x == nullptr || aligned(x))) {

@@ -1,0 +1,77 @@
+// Device helpers shared by the kernels: element conversions (fp32 / bf16 / fp16 <-> fp32, and
+// the rounding an ATen op on T tensors applies), 16-byte chunk unpacking, warp reductions.
+// Device code only: included by the .cu files.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace glmserve::kernels {
+
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
+
+template <typename T> __device__ __forceinline__ T FromFloat(float v);
+template <> __device__ __forceinline__ float FromFloat<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
+
+// The value an ATen op on T tensors would store: computed in fp32, rounded to T.
+template <typename T> __device__ __forceinline__ float RoundTo(float v) { return ToFloat(FromFloat<T>(v)); }
+
+// 16 bytes of T (8 bf16/fp16 or 4 fp32 elements) -> fp32, bf16/fp16 two at a time.
+__device__ __forceinline__ void UnpackChunk(const uint4& raw, float* f, const float*) {
+  const float4 v = *reinterpret_cast<const float4*>(&raw);
+  f[0] = v.x;
+  f[1] = v.y;
+  f[2] = v.z;
+  f[3] = v.w;
+}
+__device__ __forceinline__ void UnpackChunk(const uint4& raw, float* f, const __nv_bfloat16*) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(p[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+__device__ __forceinline__ void UnpackChunk(const uint4& raw, float* f, const __half*) {
+  const __half2* p = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(p[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
+// 16 bytes of T (8 bf16/fp16 or 4 fp32 elements) <-> fp32.
+template <typename T>
+struct Chunk16 {
+  static constexpr int kElements = 16 / sizeof(T);
+  __device__ __forceinline__ static void ToFloats(const uint4& raw, float* f) {
+    UnpackChunk(raw, f, static_cast<const T*>(nullptr));
+  }
+  __device__ __forceinline__ static uint4 FromFloats(const float* f) {
+    uint4 raw;
+    T* v = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kElements; ++i) v[i] = FromFloat<T>(f[i]);
+    return raw;
+  }
+};
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+}  // namespace glmserve::kernels
