@@ -26,6 +26,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
 #include "kernels/decode_ops.h"
@@ -62,7 +64,14 @@ class CudaDecodeRunner {
     graphs_ = !EnvIs("GLMSERVE_CUDA_GRAPHS", "0");
     verify_ = EnvIs("GLMSERVE_CUDA_GRAPHS_VERIFY", "1");
     if (const char* off = std::getenv("GLMSERVE_CUDA_DISABLE")) {
-      for (absl::string_view name : absl::StrSplit(off, ',')) disabled_.emplace(name);
+      for (absl::string_view name : absl::StrSplit(off, ',', absl::SkipEmpty())) {
+        if (std::find(std::begin(kSwitchableKernels), std::end(kSwitchableKernels), name) ==
+            std::end(kSwitchableKernels)) {
+          std::fprintf(stderr, "GLMSERVE_CUDA_DISABLE: '%.*s' is not a kernel name; expected some of %s\n",
+                       static_cast<int>(name.size()), name.data(), absl::StrJoin(kSwitchableKernels, ",").c_str());
+        }
+        disabled_.emplace(name);
+      }
     }
     max_context_ = std::min<int32_t>(model.config().max_position_embeddings, kernels::PagedAttentionMaxContext());
     kernels_ = MakeLayerKernels();
@@ -99,6 +108,9 @@ class CudaDecodeRunner {
 
  private:
   static constexpr int32_t kMaxBucket = 256;
+  // Names GLMSERVE_CUDA_DISABLE accepts.
+  static constexpr const char* kSwitchableKernels[] = {"norm", "rotary", "swiglu", "gemv", "split_attention",
+                                                       "mma_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
 
   struct Bucket {
@@ -226,7 +238,11 @@ class CudaDecodeRunner {
       // it for measurements.
       int64_t max_rows = kDefaultGemvMaxRows;
       if (const char* env = std::getenv("GLMSERVE_CUDA_GEMV_MAX_ROWS")) {
-        max_rows = std::clamp<int64_t>(std::atoi(env), 0, kernels::kGemvMaxRows);
+        if (!absl::SimpleAtoi(env, &max_rows) || max_rows < 0 || max_rows > kernels::kGemvMaxRows) {
+          std::fprintf(stderr, "GLMSERVE_CUDA_GEMV_MAX_ROWS: '%s' is not an integer in [0, %d]; using %lld\n", env,
+                       kernels::kGemvMaxRows, static_cast<long long>(kDefaultGemvMaxRows));
+          max_rows = kDefaultGemvMaxRows;
+        }
       }
       k.linear = [type, max_rows](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
