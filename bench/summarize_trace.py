@@ -12,6 +12,7 @@ import re
 # Kernel families by name, first match wins; what is left is reported as "other".
 FAMILIES = [
     ("gemv (glmserve)", r"GemvKernel"),
+    ("skinny gemm (glmserve)", r"SkinnyGemmKernel"),
     ("gemm (cuBLAS/cutlass)", r"gemm|gemv|cutlass|xmma|sm90_|cublas|splitKreduce"),
     ("paged attention", r"PagedAttention"),
     ("add+rmsnorm", r"RmsNorm"),

@@ -1,8 +1,9 @@
 // Fused element-wise steps of a decode layer, each one kernel instead of a chain of ATen ops:
-// rotary embedding applied in place plus the K/V cache write, SwiGLU, and a GEMV for the few-row
-// linear layers of small decode batches. Each has a CPU reference (fp32) with the same contract;
-// the CUDA versions take device pointers, run on `stream` (cudaStream_t), and return false on a
-// bad shape or launch error. The element type is the model's compute dtype.
+// rotary embedding applied in place plus the K/V cache write, SwiGLU, and a GEMV (a few rows) and
+// a tensor-core GEMM (up to 64 rows) for the linear layers of decode batches. Each has a CPU
+// reference (fp32) with the same contract; the CUDA versions take device pointers, run on
+// `stream` (cudaStream_t), and return false on a bad shape or launch error. The element type is
+// the model's compute dtype.
 #pragma once
 
 #include <cstdint>
@@ -46,5 +47,18 @@ constexpr int32_t kGemvMaxRows = 8;
 bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w);
 bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
               ElementType type, void* stream);
+
+// The same product on tensor cores for decode batches of up to kSkinnyGemmMaxRows rows, bf16 or
+// fp16 (kernels/skinny_gemm.cu): x [rows, k] contiguous, any n, k a multiple of 8. The weight is
+// streamed once, every SM taking an equal share of (output tile, k block) units; the sum for an
+// output does not depend on the row count or on timing.
+constexpr int32_t kSkinnyGemmMaxRows = 64;
+// Bytes of device workspace the GEMM needs on the current device (0 without one). Zero it once
+// before the first call; each call leaves it ready for the next. Calls sharing a workspace must
+// not overlap (issue them on one stream).
+size_t SkinnyGemmWorkspaceBytes();
+bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w);
+bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
+                    ElementType type, void* workspace, void* stream);
 
 }  // namespace glmserve::kernels

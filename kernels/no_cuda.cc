@@ -24,6 +24,12 @@ bool GemvCudaTakes(int32_t, int64_t, ElementType, const void*, const void*) { re
 bool GemvCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*) {
   return false;
 }
+size_t SkinnyGemmWorkspaceBytes() { return 0; }
+bool SkinnyGemmCudaTakes(int32_t, int64_t, int64_t, ElementType, const void*, const void*) { return false; }
+bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*,
+                    void*) {
+  return false;
+}
 int32_t PagedAttentionMaxContext() { return 0; }
 bool SampleRowsCuda(const float*, int32_t, int32_t, const SamplingRow*, int32_t*, void*) { return false; }
 }  // namespace glmserve::kernels

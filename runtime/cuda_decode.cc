@@ -6,9 +6,9 @@
 //
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
-// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,split_attention,mma_attention>
-// turns single kernels off (their ATen ops, the CUDA-core split attention, or the one-pass
-// attention kernel run instead).
+// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,split_attention,mma_attention>
+// turns single kernels off (their ATen ops or cuBLAS, the CUDA-core split attention, or the
+// one-pass attention kernel run instead).
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -74,6 +74,16 @@ class CudaDecodeRunner {
       }
     }
     max_context_ = std::min<int32_t>(model.config().max_position_embeddings, kernels::PagedAttentionMaxContext());
+    if (Enabled("gemm")) {
+      c10::cuda::CUDAGuard guard(model.device());
+      const size_t bytes = kernels::SkinnyGemmWorkspaceBytes();
+      // Zeroed once; each GEMM leaves it ready for the next. The decode steps and eager prefill
+      // that use it run on one stream, one after another.
+      if (bytes > 0) {
+        gemm_workspace_ = at::zeros({static_cast<int64_t>(bytes)},
+                                    at::TensorOptions().dtype(at::kByte).device(model.device()));
+      }
+    }
     kernels_ = MakeLayerKernels();
   }
 
@@ -109,8 +119,8 @@ class CudaDecodeRunner {
  private:
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
-  static constexpr const char* kSwitchableKernels[] = {"norm", "rotary", "swiglu", "gemv", "split_attention",
-                                                       "mma_attention"};
+  static constexpr const char* kSwitchableKernels[] = {"norm", "rotary", "swiglu", "gemv", "gemm",
+                                                       "split_attention", "mma_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
 
   struct Bucket {
@@ -232,29 +242,44 @@ class CudaDecodeRunner {
         return out;
       };
     }
-    if (Enabled("gemv")) {
-      // Up to this many rows the GEMV streams the weights faster than cuBLAS; at 4 rows they tie
-      // and at 8 cuBLAS wins (H100, bench/results/gpu.md). GLMSERVE_CUDA_GEMV_MAX_ROWS overrides
-      // it for measurements.
-      int64_t max_rows = kDefaultGemvMaxRows;
-      if (const char* env = std::getenv("GLMSERVE_CUDA_GEMV_MAX_ROWS")) {
-        if (!absl::SimpleAtoi(env, &max_rows) || max_rows < 0 || max_rows > kernels::kGemvMaxRows) {
-          std::fprintf(stderr, "GLMSERVE_CUDA_GEMV_MAX_ROWS: '%s' is not an integer in [0, %d]; using %lld\n", env,
-                       kernels::kGemvMaxRows, static_cast<long long>(kDefaultGemvMaxRows));
-          max_rows = kDefaultGemvMaxRows;
-        }
+    // Up to this many rows the GEMV streams the weights faster than cuBLAS; at 4 rows they tie
+    // and at 8 cuBLAS wins (H100, bench/results/gpu.md). GLMSERVE_CUDA_GEMV_MAX_ROWS overrides
+    // it for measurements.
+    int64_t max_rows = kDefaultGemvMaxRows;
+    if (const char* env = std::getenv("GLMSERVE_CUDA_GEMV_MAX_ROWS")) {
+      if (!absl::SimpleAtoi(env, &max_rows) || max_rows < 0 || max_rows > kernels::kGemvMaxRows) {
+        std::fprintf(stderr, "GLMSERVE_CUDA_GEMV_MAX_ROWS: '%s' is not an integer in [0, %d]; using %lld\n", env,
+                     kernels::kGemvMaxRows, static_cast<long long>(kDefaultGemvMaxRows));
+        max_rows = kDefaultGemvMaxRows;
       }
-      k.linear = [type, max_rows](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+    }
+    if (!Enabled("gemv")) max_rows = 0;
+    void* gemm_workspace = gemm_workspace_.defined() ? gemm_workspace_.data_ptr() : nullptr;
+    if (max_rows > 0 || gemm_workspace != nullptr) {
+      k.linear = [type, max_rows, gemm_workspace](const at::Tensor& x, const at::Tensor& weight,
+                                                   const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
-        if (rows > max_rows || !x.is_contiguous() || !weight.is_contiguous() ||
-            !kernels::GemvCudaTakes(static_cast<int32_t>(rows), in, type, x.data_ptr(), weight.data_ptr())) {
-          return at::linear(x, weight, bias);  // cuBLAS: tensor cores pay off from a few rows up
+        if (!x.is_contiguous() || !weight.is_contiguous() || rows > kernels::kSkinnyGemmMaxRows) {
+          return at::linear(x, weight, bias);  // prefill: cuBLAS
         }
-        at::Tensor y = at::empty({rows, out_features}, x.options());
-        Check(kernels::GemvCuda(x.data_ptr(), weight.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr,
-                                y.data_ptr(), static_cast<int32_t>(rows), out_features, in, type, CurrentStream()),
-              "GEMV");
-        return y;
+        const auto rows32 = static_cast<int32_t>(rows);
+        const void* bias_data = bias.defined() ? bias.data_ptr() : nullptr;
+        if (rows <= max_rows && kernels::GemvCudaTakes(rows32, in, type, x.data_ptr(), weight.data_ptr())) {
+          at::Tensor y = at::empty({rows, out_features}, x.options());
+          Check(kernels::GemvCuda(x.data_ptr(), weight.data_ptr(), bias_data, y.data_ptr(), rows32, out_features, in,
+                                  type, CurrentStream()),
+                "GEMV");
+          return y;
+        }
+        if (gemm_workspace != nullptr &&
+            kernels::SkinnyGemmCudaTakes(rows32, out_features, in, type, x.data_ptr(), weight.data_ptr())) {
+          at::Tensor y = at::empty({rows, out_features}, x.options());
+          Check(kernels::SkinnyGemmCuda(x.data_ptr(), weight.data_ptr(), bias_data, y.data_ptr(), rows32, out_features,
+                                        in, type, gemm_workspace, CurrentStream()),
+                "skinny GEMM");
+          return y;
+        }
+        return at::linear(x, weight, bias);
       };
     }
     return k;
@@ -346,6 +371,7 @@ class CudaDecodeRunner {
   bool graphs_ = true;
   bool verify_ = false;
   std::set<std::string> disabled_;  // GLMSERVE_CUDA_DISABLE
+  at::Tensor gemm_workspace_;  // kernels::SkinnyGemmCuda's, when the "gemm" kernel is on
   GlmModel::LayerKernels kernels_;
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;

@@ -4,8 +4,9 @@
 # their CPU references, fixture parity on CUDA, the engine with injected and real CUDA OOM) and
 # the GLM-4-9B decode table against transformers in the same call. Build outputs stay in
 # .gpu/build so later runs on a warm machine are incremental. Logs go to $OUT (or .gpu/out).
-# Parts (0/1): GLMSERVE_GPU_TESTS=1 GLMSERVE_GPU_VERIFY=1 (graph replay vs eager, step by step)
-# GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
+# Parts (0/1): GLMSERVE_GPU_TESTS=1 (=kernels: kernel tests only) GLMSERVE_GPU_VERIFY=1 (graph
+# replay vs eager, step by step) GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_BASELINE=0 (the table again with
+# cuBLAS instead of the skinny GEMM) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
 # GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
 # host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel).
 #   Needs .gpu/debs/*.deb from Debian 12 (apt-get download libabsl-dev libabsl20220623
@@ -33,9 +34,11 @@ run() { echo "== $*"; "$@" || status=1; }
 # Which parts run (each 0/1): tests, the GLM-4-9B table, transformers' side of it, a profile.
 tests="${GLMSERVE_GPU_TESTS:-1}" table="${GLMSERVE_GPU_TABLE:-1}" hf="${GLMSERVE_GPU_HF:-1}"
 profile="${GLMSERVE_GPU_PROFILE:-0}"
-if [ "$tests" = 1 ]; then
+if [ "$tests" = 1 ] || [ "$tests" = kernels ]; then
   run timeout 300 .gpu/build/tests/kernels_test >"$out/kernels_test.log" 2>&1; tail -3 "$out/kernels_test.log"
   grep -E "FAILED|Failure" -A3 "$out/kernels_test.log" | head -40
+fi
+if [ "$tests" = 1 ]; then
   run timeout 120 .gpu/build/tests/engine/engine_test >"$out/engine_test.log" 2>&1; tail -1 "$out/engine_test.log"
   GLMSERVE_TEST_DEVICE=cuda run timeout 300 .gpu/build/tests/runtime/runtime_test --gtest_filter='*Parity*' \
     >"$out/parity_cuda.log" 2>&1
@@ -66,6 +69,10 @@ bench() { .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf -
 if [ "$table" = 1 ]; then
   echo "== glmserve decode_bench GLM-4-9B bf16 (HBM ${gbps} GB/s)"
   bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" | tee "$out/glmserve_9b.md"
+fi
+if [ "${GLMSERVE_GPU_BASELINE:-0}" = 1 ]; then
+  echo "== the same with cuBLAS above the GEMV's rows (GLMSERVE_CUDA_DISABLE=gemm)"
+  GLMSERVE_CUDA_DISABLE=gemm bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" 2>/dev/null | tee "$out/cublas_9b.md"
 fi
 if [ "$hf" = 1 ]; then
   echo "== transformers generate GLM-4-9B bf16"

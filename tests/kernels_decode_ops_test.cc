@@ -212,6 +212,59 @@ TEST_P(DecodeOpsCuda, GemvMatchesReferenceForEveryRowCount) {
   EXPECT_FALSE(GemvCudaTakes(1, k + 1, type(), d_w.get(), d_w.get()));
 }
 
+TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
+  if (!bf16()) {
+    EXPECT_FALSE(SkinnyGemmCudaTakes(16, 128, 64, type(), nullptr, nullptr)) << "fp32 stays on cuBLAS";
+    return;
+  }
+  const size_t workspace_bytes = SkinnyGemmWorkspaceBytes();
+  ASSERT_GT(workspace_bytes, 0u);
+  Device d_workspace(std::vector<uint8_t>(workspace_bytes, 0));
+  struct Shape {
+    int64_t n, k;
+  };
+  // A partial last tile and k not a multiple of the 64-wide stage; GLM-4-9B's qkv projection,
+  // whose 36 tiles are each cut between several blocks; a single unit, so most blocks idle.
+  for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}}) {
+    const int64_t n = shape.n, k = shape.k;
+    std::vector<float> w = Random(n * k, 21, type(), 0.05f), bias = Random(n, 22, type());
+    Device d_w(w, type()), d_bias(bias, type());
+    const std::vector<float> x = Random(kSkinnyGemmMaxRows * k, 23, type());
+    Device d_x(x, type());
+    std::vector<float> all_rows;  // the product for 64 rows: each smaller batch's rows must equal it
+    for (int32_t rows : {kSkinnyGemmMaxRows, 1, 3, 8, 9, 16, 17, 33}) {
+      for (bool with_bias : {true, false}) {
+        if (!with_bias && rows != 9) continue;
+        SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias);
+        Device d_y(std::vector<float>(rows * n, 0.0f), type());
+        ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, type(), d_x.get(), d_w.get()));
+        ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k,
+                                   type(), d_workspace.get(), nullptr));
+        const std::vector<float> got = d_y.Floats();
+        if (rows == kSkinnyGemmMaxRows) {
+          std::vector<float> want(rows * n);
+          GemvReference(x.data(), w.data(), bias.data(), want.data(), rows, n, k);
+          ExpectClose(got, want, 8e-3, 2e-3);
+          all_rows = got;
+          // A second call over the workspace the first one left (the calls before it used it
+          // too): the same bits.
+          ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), d_bias.get(), d_y.get(), rows, n, k, type(),
+                                     d_workspace.get(), nullptr));
+          EXPECT_EQ(d_y.Floats(), got);
+        } else if (with_bias) {
+          EXPECT_EQ(got, std::vector<float>(all_rows.begin(), all_rows.begin() + rows * n));
+        } else {
+          std::vector<float> want(rows * n);
+          GemvReference(x.data(), w.data(), nullptr, want.data(), rows, n, k);
+          ExpectClose(got, want, 8e-3, 2e-3);
+        }
+      }
+    }
+  }
+  EXPECT_FALSE(SkinnyGemmCudaTakes(kSkinnyGemmMaxRows + 1, 128, 64, type(), d_workspace.get(), d_workspace.get()));
+  EXPECT_FALSE(SkinnyGemmCudaTakes(4, 128, 60, type(), d_workspace.get(), d_workspace.get()));
+}
+
 struct AttentionCase {
   int32_t heads, kv_heads, head_dim;
 };

@@ -1,0 +1,343 @@
+// Tensor-core GEMM for decode batches (a few to 64 rows): y = x w^T (+ bias) with the weight
+// streamed once from HBM. cuBLAS tiles such shapes by output features only, so the small
+// projections (qkv, o) give too few blocks to keep every SM's loads in flight and the large ones
+// end in a partial wave. Here the work, output tiles x k blocks, is cut into one contiguous equal
+// range per resident block ("stream-K"): every SM streams the same share of the weight. A tile
+// cut between blocks is finished by the block that arrives last, which sums the parts in block
+// order, so the result depends neither on timing nor on the number of rows.
+//
+// Per block: 128 weight rows (output features) x 64 k per stage, a 4-stage cp.async pipeline,
+// XOR-swizzled shared memory for conflict-free ldmatrix, and mma.m16n8k16 with the weight as the
+// A operand (16 features) and x as B (8 rows), so a batch of 8 rows wastes nothing.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "kernels/decode_ops.h"
+#include "kernels/device_math.cuh"
+
+namespace glmserve::kernels {
+namespace {
+
+constexpr int kTileFeatures = 128;  // weight rows per tile
+constexpr int kBlockK = 64;         // k per pipeline stage: 128 bytes of bf16 per row
+constexpr int kThreads = 128;       // 4 warps, 32 features each
+constexpr int kStages = 4;
+constexpr int kBlocksPerSm = 2;
+constexpr int kMaxTiles = 16384;  // counters in the workspace: n <= 2M features
+constexpr int kMaxRowTiles = kSkinnyGemmMaxRows / 8;
+// Per thread: 2 feature tiles x up to 8 row tiles x 4 accumulators.
+constexpr int kSlotFloats = kThreads * 2 * kMaxRowTiles * 4;
+
+int DeviceBlocks() {
+  static std::atomic<int> cached[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 0;
+  int sms = cached[device].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) return 0;
+    cached[device].store(sms, std::memory_order_relaxed);
+  }
+  return sms * kBlocksPerSm;
+}
+
+// Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a stage of 128-byte rows; the XOR
+// spreads the 8 rows an ldmatrix reads at one chunk over all 32 banks.
+__device__ __forceinline__ uint32_t SwizzledOffset(int row, int chunk) {
+  return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
+}
+
+__device__ __forceinline__ void CopyAsync16(uint32_t smem, const void* global, bool valid) {
+  // src-size 0 fills the 16 bytes with zeros (rows past the batch, features past n, k past the end).
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(global), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void LoadMatrixX4(uint32_t smem, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem));
+}
+
+__device__ __forceinline__ void LoadMatrixX2(uint32_t smem, uint32_t (&r)[2]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem));
+}
+
+template <typename T>
+__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void Mma<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void Mma<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+struct GemmArgs {
+  const void* x;
+  const void* w;
+  const void* bias;  // may be null
+  void* y;
+  float* slots;    // [blocks][2][kSlotFloats]: a block's partial sums of its first and last tile
+  int* counters;   // [kMaxTiles]: parts of a tile stored so far; reset by the block finishing it
+  int32_t rows;
+  int64_t n, k;
+  int32_t k_blocks;    // per tile
+  int64_t per_block;   // work units (tile x k block) per block
+};
+
+template <int RowTiles>
+struct Stage {
+  static constexpr int kBytes = (kTileFeatures + RowTiles * 8) * 128;
+};
+
+template <typename T, int RowTiles>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmArgs a) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  const T* __restrict__ x = static_cast<const T*>(a.x);
+  const T* __restrict__ w = static_cast<const T*>(a.w);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t tiles = (a.n + kTileFeatures - 1) / kTileFeatures;
+  const int64_t total = tiles * a.k_blocks;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * a.per_block;
+  const int64_t end = begin + a.per_block < total ? begin + a.per_block : total;
+  if (begin >= end) return;
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+
+  // Stage layout: 128 weight rows, then RowTiles * 8 x rows, each 128 bytes (64 elements).
+  auto load = [&](int64_t unit, int stage) {
+    const int64_t tile = unit / a.k_blocks;
+    const int64_t k0 = (unit - tile * a.k_blocks) * kBlockK;
+    const uint32_t base = smem_base + stage * Stage<RowTiles>::kBytes;
+#pragma unroll
+    for (int i = 0; i < kTileFeatures * 8 / kThreads; ++i) {
+      const int id = tid + i * kThreads, row = id / 8, chunk = id % 8;
+      const int64_t feature = tile * kTileFeatures + row, col = k0 + chunk * 8;
+      const bool valid = feature < a.n && col < a.k;
+      CopyAsync16(base + SwizzledOffset(row, chunk), valid ? w + feature * a.k + col : w, valid);
+    }
+#pragma unroll
+    for (int i = 0; i < (RowTiles * 64 + kThreads - 1) / kThreads; ++i) {
+      const int id = tid + i * kThreads;
+      if (id < RowTiles * 64) {
+        const int row = id / 8, chunk = id % 8;
+        const int64_t col = k0 + chunk * 8;
+        const bool valid = row < a.rows && col < a.k;
+        CopyAsync16(base + SwizzledOffset(kTileFeatures + row, chunk), valid ? x + row * a.k + col : x, valid);
+      }
+    }
+  };
+
+  float acc[2][RowTiles][4];
+  auto clear = [&] {
+#pragma unroll
+    for (int f = 0; f < 2; ++f)
+#pragma unroll
+      for (int r = 0; r < RowTiles; ++r)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[f][r][j] = 0.0f;
+  };
+
+  auto compute = [&](int stage) {
+    const uint32_t base = smem_base + stage * Stage<RowTiles>::kBytes;
+#pragma unroll
+    for (int ks = 0; ks < kBlockK / 16; ++ks) {
+      uint32_t wf[2][4];
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        // Matrices: rows 0-7 / 8-15 of the 16 features, at k chunk 2 ks (lanes 0-15) or 2 ks + 1.
+        const int row = warp * 32 + f * 16 + (lane & 15);
+        LoadMatrixX4(base + SwizzledOffset(row, ks * 2 + (lane >> 4)), wf[f]);
+      }
+      if constexpr (RowTiles == 1) {
+        uint32_t xf[2];
+        const int row = lane & 7;
+        LoadMatrixX2(base + SwizzledOffset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
+#pragma unroll
+        for (int f = 0; f < 2; ++f) Mma<T>(acc[f][0], wf[f], xf[0], xf[1]);
+      } else {
+#pragma unroll
+        for (int r = 0; r < RowTiles; r += 2) {
+          // Matrices: rows r*8.. at k chunk 2 ks, the same at 2 ks + 1, then rows (r+1)*8.. likewise.
+          uint32_t xf[4];
+          const int row = r * 8 + (lane & 7) + ((lane >> 4) << 3);
+          LoadMatrixX4(base + SwizzledOffset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
+#pragma unroll
+          for (int f = 0; f < 2; ++f) {
+            Mma<T>(acc[f][r], wf[f], xf[0], xf[1]);
+            Mma<T>(acc[f][r + 1], wf[f], xf[2], xf[3]);
+          }
+        }
+      }
+    }
+  };
+
+  // Accumulator j of acc[f][r] is feature (f * 16 + lane / 4 + 8 * (j / 2)) of the warp's 32 and
+  // row (r * 8 + 2 * (lane % 4) + j % 2).
+  auto store = [&](int64_t tile) {
+    T* y = static_cast<T*>(a.y);
+    const T* bias = static_cast<const T*>(a.bias);
+#pragma unroll
+    for (int f = 0; f < 2; ++f) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t feature = tile * kTileFeatures + warp * 32 + f * 16 + lane / 4 + half * 8;
+        if (feature >= a.n) continue;
+        const float b = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
+#pragma unroll
+        for (int r = 0; r < RowTiles; ++r) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int row = r * 8 + 2 * (lane % 4) + j;
+            if (row < a.rows) y[row * a.n + feature] = FromFloat<T>(acc[f][r][half * 2 + j] + b);
+          }
+        }
+      }
+    }
+  };
+
+  __shared__ int finishing;
+  const int64_t first_tile = begin / a.k_blocks;
+  // The block owning units [begin, end) of a tile split between blocks stores its part in slot
+  // 0 (its first tile) or 1 (its last); whoever stores the tile's last part sums all of them.
+  auto finish_shared_tile = [&](int64_t tile) {
+    float4* mine = reinterpret_cast<float4*>(a.slots + (blockIdx.x * 2 + (tile == first_tile ? 0 : 1)) *
+                                                           static_cast<int64_t>(kSlotFloats));
+#pragma unroll
+    for (int f = 0; f < 2; ++f)
+#pragma unroll
+      for (int r = 0; r < RowTiles; ++r)
+        mine[(f * RowTiles + r) * kThreads + tid] = make_float4(acc[f][r][0], acc[f][r][1], acc[f][r][2], acc[f][r][3]);
+    __threadfence();
+    __syncthreads();
+    const int64_t first_block = tile * a.k_blocks / a.per_block;
+    const int64_t last_block = ((tile + 1) * a.k_blocks - 1) / a.per_block;
+    const int parts = static_cast<int>(last_block - first_block + 1);
+    if (tid == 0) finishing = atomicAdd(&a.counters[tile], 1) == parts - 1;
+    __syncthreads();
+    if (!finishing) return;
+    __threadfence();
+    clear();
+    for (int64_t block = first_block; block <= last_block; ++block) {
+      const int64_t block_first_tile = block * a.per_block / a.k_blocks;
+      const float4* part = reinterpret_cast<const float4*>(
+          a.slots + (block * 2 + (tile == block_first_tile ? 0 : 1)) * static_cast<int64_t>(kSlotFloats));
+#pragma unroll
+      for (int f = 0; f < 2; ++f)
+#pragma unroll
+        for (int r = 0; r < RowTiles; ++r) {
+          const float4 v = __ldcg(part + (f * RowTiles + r) * kThreads + tid);
+          acc[f][r][0] += v.x;
+          acc[f][r][1] += v.y;
+          acc[f][r][2] += v.z;
+          acc[f][r][3] += v.w;
+        }
+    }
+    store(tile);
+    if (tid == 0) a.counters[tile] = 0;  // ready for the next call
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (begin + s < end) load(begin + s, s);
+    asm volatile("cp.async.commit_group;\n" ::);
+  }
+  clear();
+  int64_t segment_begin = begin;
+  for (int64_t unit = begin; unit < end; ++unit) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+    __syncthreads();
+    const int64_t next = unit + kStages - 1;
+    if (next < end) load(next, static_cast<int>((next - begin) % kStages));
+    asm volatile("cp.async.commit_group;\n" ::);
+    compute(static_cast<int>((unit - begin) % kStages));
+    const bool tile_ends = (unit + 1) % a.k_blocks == 0;
+    if (tile_ends || unit + 1 == end) {
+      const int64_t tile = unit / a.k_blocks;
+      if (segment_begin % a.k_blocks == 0 && tile_ends) {
+        store(tile);
+      } else {
+        finish_shared_tile(tile);
+      }
+      clear();
+      segment_begin = unit + 1;
+    }
+  }
+  asm volatile("cp.async.wait_group 0;\n" ::);
+}
+
+template <typename T, int RowTiles>
+bool Launch(const GemmArgs& args, int blocks, cudaStream_t stream) {
+  constexpr int smem = kStages * Stage<RowTiles>::kBytes;
+  static std::atomic<bool> configured{false};
+  if (!configured.load(std::memory_order_acquire)) {
+    if (cudaFuncSetAttribute(SkinnyGemmKernel<T, RowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
+        cudaSuccess) {
+      return false;
+    }
+    configured.store(true, std::memory_order_release);
+  }
+  SkinnyGemmKernel<T, RowTiles><<<blocks, kThreads, smem, stream>>>(args);
+  return cudaGetLastError() == cudaSuccess;
+}
+
+template <typename T>
+bool LaunchForRows(const GemmArgs& args, int blocks, cudaStream_t stream) {
+  if (args.rows <= 8) return Launch<T, 1>(args, blocks, stream);
+  if (args.rows <= 16) return Launch<T, 2>(args, blocks, stream);
+  if (args.rows <= 32) return Launch<T, 4>(args, blocks, stream);
+  return Launch<T, 8>(args, blocks, stream);
+}
+
+}  // namespace
+
+size_t SkinnyGemmWorkspaceBytes() {
+  const int blocks = DeviceBlocks();
+  if (blocks <= 0) return 0;
+  return sizeof(int) * kMaxTiles + sizeof(float) * static_cast<size_t>(blocks) * 2 * kSlotFloats;
+}
+
+bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w) {
+  return type != ElementType::kFloat32 && rows >= 1 && rows <= kSkinnyGemmMaxRows && n > 0 &&
+         (n + kTileFeatures - 1) / kTileFeatures <= kMaxTiles && k > 0 && k % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
+                    ElementType type, void* workspace, void* stream) {
+  if (!SkinnyGemmCudaTakes(rows, n, k, type, x, w) || workspace == nullptr) return false;
+  const int blocks = DeviceBlocks();
+  if (blocks <= 0) return false;
+  GemmArgs args;
+  args.x = x;
+  args.w = w;
+  args.bias = bias;
+  args.y = y;
+  args.counters = static_cast<int*>(workspace);
+  args.slots = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + sizeof(int) * kMaxTiles);
+  args.rows = rows;
+  args.n = n;
+  args.k = k;
+  args.k_blocks = static_cast<int32_t>((k + kBlockK - 1) / kBlockK);
+  const int64_t total = (n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
+  args.per_block = (total + blocks - 1) / blocks;
+  auto st = static_cast<cudaStream_t>(stream);
+  if (type == ElementType::kBFloat16) return LaunchForRows<__nv_bfloat16>(args, blocks, st);
+  if (type == ElementType::kFloat16) return LaunchForRows<__half>(args, blocks, st);
+  return false;
+}
+
+}  // namespace glmserve::kernels
