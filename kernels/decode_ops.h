@@ -58,7 +58,9 @@ constexpr int32_t kSkinnyGemmMaxRows = 64;
 // not overlap (issue them on one stream).
 size_t SkinnyGemmWorkspaceBytes();
 bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w);
+// prefetch_units: how many 64-wide k blocks beyond its shared-memory pipeline a block prefetches
+// the weight into L2 (-1: the tuned default; benchmarks sweep it).
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
-                    ElementType type, void* workspace, void* stream);
+                    ElementType type, void* workspace, void* stream, int32_t prefetch_units = -1);
 
 }  // namespace glmserve::kernels

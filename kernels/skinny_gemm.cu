@@ -25,8 +25,9 @@ namespace {
 constexpr int kTileFeatures = 128;  // weight rows per tile
 constexpr int kBlockK = 64;         // k per pipeline stage: 128 bytes of bf16 per row
 constexpr int kThreads = 128;       // 4 warps, 32 features each
-constexpr int kStages = 4;
 constexpr int kBlocksPerSm = 2;
+constexpr int kSmemPerBlock = 110 * 1024;  // two blocks per SM within the H100's 227 KB
+constexpr int kDefaultPrefetchUnits = 4;
 constexpr int kMaxTiles = 16384;  // counters in the workspace: n <= 2M features
 constexpr int kMaxRowTiles = kSkinnyGemmMaxRows / 8;
 // Per thread: 2 feature tiles x up to 8 row tiles x 4 accumulators.
@@ -97,11 +98,14 @@ struct GemmArgs {
   int64_t n, k;
   int32_t k_blocks;    // per tile
   int64_t per_block;   // work units (tile x k block) per block
+  int32_t prefetch_units;  // how far beyond the shared-memory stages the weight is prefetched to L2
 };
 
 template <int RowTiles>
 struct Stage {
   static constexpr int kBytes = (kTileFeatures + RowTiles * 8) * 128;
+  // As many stages as fit: the loads in flight are what keeps HBM busy.
+  static constexpr int kCount = kSmemPerBlock / kBytes > 8 ? 8 : kSmemPerBlock / kBytes;
 };
 
 template <typename T, int RowTiles>
@@ -140,6 +144,20 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
       }
     }
   };
+
+  // The weight rows of a future unit, 128 bytes each, into L2: more bytes in flight than the
+  // shared-memory stages alone hold, at no shared-memory cost.
+  auto prefetch = [&](int64_t unit) {
+    const int64_t tile = unit / a.k_blocks;
+    const int64_t k0 = (unit - tile * a.k_blocks) * kBlockK;
+    const int64_t feature = tile * kTileFeatures + tid;
+    if (feature < a.n) {
+      const int64_t left = a.k - k0;
+      const uint32_t bytes = static_cast<uint32_t>(left < kBlockK ? left : kBlockK) * sizeof(T);
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(w + feature * a.k + k0), "r"(bytes));
+    }
+  };
+  static_assert(kThreads == kTileFeatures, "prefetch: one weight row per thread");
 
   float acc[2][RowTiles][4];
   auto clear = [&] {
@@ -251,19 +269,23 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
   };
 
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < Stage<RowTiles>::kCount - 1; ++s) {
     if (begin + s < end) load(begin + s, s);
     asm volatile("cp.async.commit_group;\n" ::);
+  }
+  for (int p = 0; p < a.prefetch_units; ++p) {
+    if (begin + Stage<RowTiles>::kCount - 1 + p < end) prefetch(begin + Stage<RowTiles>::kCount - 1 + p);
   }
   clear();
   int64_t segment_begin = begin;
   for (int64_t unit = begin; unit < end; ++unit) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(Stage<RowTiles>::kCount - 2));
     __syncthreads();
-    const int64_t next = unit + kStages - 1;
-    if (next < end) load(next, static_cast<int>((next - begin) % kStages));
+    const int64_t next = unit + Stage<RowTiles>::kCount - 1;
+    if (next < end) load(next, static_cast<int>((next - begin) % Stage<RowTiles>::kCount));
+    if (a.prefetch_units > 0 && next + a.prefetch_units < end) prefetch(next + a.prefetch_units);
     asm volatile("cp.async.commit_group;\n" ::);
-    compute(static_cast<int>((unit - begin) % kStages));
+    compute(static_cast<int>((unit - begin) % Stage<RowTiles>::kCount));
     const bool tile_ends = (unit + 1) % a.k_blocks == 0;
     if (tile_ends || unit + 1 == end) {
       const int64_t tile = unit / a.k_blocks;
@@ -281,7 +303,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
 
 template <typename T, int RowTiles>
 bool Launch(const GemmArgs& args, int blocks, cudaStream_t stream) {
-  constexpr int smem = kStages * Stage<RowTiles>::kBytes;
+  constexpr int smem = Stage<RowTiles>::kCount * Stage<RowTiles>::kBytes;
   static std::atomic<bool> configured{false};
   if (!configured.load(std::memory_order_acquire)) {
     if (cudaFuncSetAttribute(SkinnyGemmKernel<T, RowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
@@ -317,7 +339,7 @@ bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, c
 }
 
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
-                    ElementType type, void* workspace, void* stream) {
+                    ElementType type, void* workspace, void* stream, int32_t prefetch_units) {
   if (!SkinnyGemmCudaTakes(rows, n, k, type, x, w) || workspace == nullptr) return false;
   const int blocks = DeviceBlocks();
   if (blocks <= 0) return false;
@@ -334,6 +356,7 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
   args.k_blocks = static_cast<int32_t>((k + kBlockK - 1) / kBlockK);
   const int64_t total = (n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
   args.per_block = (total + blocks - 1) / blocks;
+  args.prefetch_units = prefetch_units >= 0 ? prefetch_units : kDefaultPrefetchUnits;
   auto st = static_cast<cudaStream_t>(stream);
   if (type == ElementType::kBFloat16) return LaunchForRows<__nv_bfloat16>(args, blocks, st);
   if (type == ElementType::kFloat16) return LaunchForRows<__half>(args, blocks, st);

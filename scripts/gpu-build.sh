@@ -6,7 +6,8 @@
 # .gpu/build so later runs on a warm machine are incremental. Logs go to $OUT (or .gpu/out).
 # Parts (0/1): GLMSERVE_GPU_TESTS=1 (=kernels: kernel tests only) GLMSERVE_GPU_VERIFY=1 (graph
 # replay vs eager, step by step) GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_BASELINE=0 (the table again with
-# cuBLAS instead of the skinny GEMM) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
+# cuBLAS instead of the skinny GEMM) GLMSERVE_GPU_GEMM=0 (bench/gemm_bench: linear layers alone;
+# GLMSERVE_GEMM_ROWS, GLMSERVE_GEMM_PREFETCH lists) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
 # GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
 # host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel).
 #   Needs .gpu/debs/*.deb from Debian 12 (apt-get download libabsl-dev libabsl20220623
@@ -26,7 +27,7 @@ cmake -S . -B .gpu/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGLMSERVE_WITH_GRP
   -DGLMSERVE_LIBTORCH_DIR="$torch_dir" -DCMAKE_PREFIX_PATH="$repo_root/.gpu/prefix/usr" \
   >"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
 cmake --build .gpu/build -j 16 --target runtime_test engine_test engine_model_test kernels_test glmserve \
-  decode_bench \
+  decode_bench gemm_bench \
   >"$out/build.log" 2>&1 || { grep -E "error|FAILED" "$out/build.log" | head -40; exit 1; }
 
 status=0
@@ -58,6 +59,12 @@ if [ "$tests" = 1 ]; then
     echo "graph-vs-eager steps with differing argmax: $(grep -c 'differs in [1-9]' "$out/engine_model_cuda_verify.log")"
   fi
   run .gpu/build/glmserve generate --model models/glm4-tiny --device cuda --dtype bfloat16 --input-ids 1,2,3 --max-new-tokens 8
+fi
+
+if [ "${GLMSERVE_GPU_GEMM:-0}" = 1 ]; then
+  echo "== linear layers alone: skinny GEMM / GEMV vs cuBLAS (GLM-4-9B shapes, bf16)"
+  .gpu/build/bench/gemm_bench --rows "${GLMSERVE_GEMM_ROWS:-4,8,16,32,64}" \
+    --prefetch "${GLMSERVE_GEMM_PREFETCH:--1}" | tee "$out/gemm.md"
 fi
 
 # The GPU issue's table: GLM-4-9B config, random bf16 weights, 128 prompt / 128 new tokens.

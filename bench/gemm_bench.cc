@@ -1,0 +1,152 @@
+// The decode batches' linear layers alone, on GLM-4-9B's shapes in bf16: glmserve's kernels (the
+// GEMV for a few rows, the skinny stream-K GEMM up to 64) against cuBLAS (cublasGemmEx, fp32
+// accumulation, what at::linear calls). Each shape cycles through enough weight copies that no
+// call finds its weight in L2. Prints one markdown row per (shape, rows): microseconds per call
+// and the weight bytes streamed per second.
+//   gemm_bench [--rows 4,8,16,32,64] [--prefetch 0,4,8] [--iterations 40]
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/decode_ops.h"
+#include "kernels/rms_norm.h"
+
+namespace {
+
+using glmserve::kernels::ElementType;
+
+struct Shape {
+  const char* name;
+  int64_t n, k;
+};
+
+// GLM-4-9B: hidden 4096, 32 query + 2 KV heads of 128, intermediate 13696, vocabulary 151552.
+constexpr Shape kShapes[] = {{"qkv", 4608, 4096},
+                             {"o", 4096, 4096},
+                             {"gate_up", 27392, 4096},
+                             {"down", 4096, 13696},
+                             {"lm_head", 151552, 4096}};
+
+std::vector<int> ParseList(const char* text) {
+  std::vector<int> values;
+  for (const char* p = text; *p != '\0';) {
+    char* end = nullptr;
+    values.push_back(static_cast<int>(std::strtol(p, &end, 10)));
+    if (end == p) break;
+    p = *end == ',' ? end + 1 : end;
+  }
+  return values;
+}
+
+bool Ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+  return e == cudaSuccess;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> rows_list = {4, 8, 16, 32, 64}, prefetch_list = {-1};
+  int iterations = 40;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (flag == "--rows") {
+      rows_list = ParseList(argv[i + 1]);
+    } else if (flag == "--prefetch") {
+      prefetch_list = ParseList(argv[i + 1]);
+    } else if (flag == "--iterations") {
+      iterations = std::atoi(argv[i + 1]);
+    } else {
+      std::fprintf(stderr, "unknown flag %s; expected --rows, --prefetch, --iterations\n", flag.c_str());
+      return 2;
+    }
+  }
+  if (!glmserve::kernels::CudaKernelsAvailable()) {
+    std::fprintf(stderr, "gemm_bench: no CUDA device with the kernels' architecture\n");
+    return 1;
+  }
+  cublasHandle_t cublas;
+  if (cublasCreate(&cublas) != CUBLAS_STATUS_SUCCESS) return 1;
+  cudaStream_t stream;
+  cudaStreamCreate(&stream);
+  cublasSetStream(cublas, stream);
+  void* cublas_workspace = nullptr;
+  const size_t cublas_workspace_bytes = 32u << 20;
+  cudaMalloc(&cublas_workspace, cublas_workspace_bytes);
+  cublasSetWorkspace(cublas, cublas_workspace, cublas_workspace_bytes);
+  const size_t gemm_workspace_bytes = glmserve::kernels::SkinnyGemmWorkspaceBytes();
+  void* gemm_workspace = nullptr;
+  if (!Ok(cudaMalloc(&gemm_workspace, gemm_workspace_bytes), "workspace")) return 1;
+  cudaMemset(gemm_workspace, 0, gemm_workspace_bytes);
+  const int max_rows = glmserve::kernels::kSkinnyGemmMaxRows;
+  void* x = nullptr;
+  void* y = nullptr;
+  cudaMalloc(&x, size_t{2} * max_rows * 13696);
+  cudaMalloc(&y, size_t{2} * max_rows * 151552);
+  cudaMemset(x, 0, size_t{2} * max_rows * 13696);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+
+  std::printf("| shape | n x k | rows | kernel | us/call | weight TB/s |\n|---|---|---:|---|---:|---:|\n");
+  for (const Shape& shape : kShapes) {
+    const size_t bytes = static_cast<size_t>(shape.n) * shape.k * 2;
+    const int copies = static_cast<int>(std::max<size_t>(2, (size_t{400} << 20) / bytes + 1));
+    std::vector<void*> weights(copies);
+    for (void*& w : weights) {
+      if (!Ok(cudaMalloc(&w, bytes), "weights")) return 1;
+      cudaMemset(w, 0x3c, bytes);  // bf16 0x3c3c ~ 0.0115: finite, small
+    }
+    auto time_us = [&](const std::function<bool(const void* w)>& call) {
+      for (int i = 0; i < copies; ++i) call(weights[i]);  // warm-up: attributes, handles
+      cudaEventRecord(start, stream);
+      for (int i = 0; i < iterations; ++i) {
+        if (!call(weights[i % copies])) return -1.0;
+      }
+      cudaEventRecord(stop, stream);
+      cudaEventSynchronize(stop);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, stop);
+      return 1000.0 * ms / iterations;
+    };
+    auto row = [&](int rows, const std::string& kernel, double us) {
+      std::printf("| %s | %lld x %lld | %d | %s | %.1f | %.2f |\n", shape.name, static_cast<long long>(shape.n),
+                  static_cast<long long>(shape.k), rows, kernel.c_str(), us, us > 0 ? bytes / us / 1e6 : 0.0);
+      std::fflush(stdout);
+    };
+    for (int rows : rows_list) {
+      if (rows < 1 || rows > max_rows) continue;
+      const float alpha = 1.0f, beta = 0.0f;
+      row(rows, "cuBLAS", time_us([&](const void* w) {
+            return cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(shape.n), rows,
+                                static_cast<int>(shape.k), &alpha, w, CUDA_R_16BF, static_cast<int>(shape.k), x,
+                                CUDA_R_16BF, static_cast<int>(shape.k), &beta, y, CUDA_R_16BF,
+                                static_cast<int>(shape.n), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+          }));
+      if (glmserve::kernels::GemvCudaTakes(rows, shape.k, ElementType::kBFloat16, x, weights[0])) {
+        row(rows, "GEMV", time_us([&](const void* w) {
+              return glmserve::kernels::GemvCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
+                                                 stream);
+            }));
+      }
+      for (int prefetch : prefetch_list) {
+        row(rows, "skinny GEMM, prefetch " + (prefetch < 0 ? std::string("default") : std::to_string(prefetch)),
+            time_us([&](const void* w) {
+              return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k,
+                                                       ElementType::kBFloat16, gemm_workspace, stream, prefetch);
+            }));
+      }
+    }
+    for (void* w : weights) cudaFree(w);
+  }
+  return Ok(cudaGetLastError(), "last error") ? 0 : 1;
+}
