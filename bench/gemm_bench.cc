@@ -3,7 +3,7 @@
 // accumulation, what at::linear calls). Each shape cycles through enough weight copies that no
 // call finds its weight in L2. Prints one markdown row per (shape, rows): microseconds per call
 // and the weight bytes streamed per second.
-//   gemm_bench [--rows 4,8,16,32,64] [--prefetch 0,4,8] [--iterations 40]
+//   gemm_bench [--rows 4,8,16,32,64] [--variants 0,1] [--iterations 40]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -54,18 +54,18 @@ bool Ok(cudaError_t e, const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> rows_list = {4, 8, 16, 32, 64}, prefetch_list = {-1};
+  std::vector<int> rows_list = {4, 8, 16, 32, 64}, variant_list = {0, 1};
   int iterations = 40;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--rows") {
       rows_list = ParseList(argv[i + 1]);
-    } else if (flag == "--prefetch") {
-      prefetch_list = ParseList(argv[i + 1]);
+    } else if (flag == "--variants") {
+      variant_list = ParseList(argv[i + 1]);
     } else if (flag == "--iterations") {
       iterations = std::atoi(argv[i + 1]);
     } else {
-      std::fprintf(stderr, "unknown flag %s; expected --rows, --prefetch, --iterations\n", flag.c_str());
+      std::fprintf(stderr, "unknown flag %s; expected --rows, --variants, --iterations\n", flag.c_str());
       return 2;
     }
   }
@@ -138,11 +138,10 @@ int main(int argc, char** argv) {
                                                  stream);
             }));
       }
-      for (int prefetch : prefetch_list) {
-        row(rows, "skinny GEMM, prefetch " + (prefetch < 0 ? std::string("default") : std::to_string(prefetch)),
-            time_us([&](const void* w) {
+      for (int variant : variant_list) {
+        row(rows, "skinny GEMM, variant " + std::to_string(variant), time_us([&](const void* w) {
               return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k,
-                                                       ElementType::kBFloat16, gemm_workspace, stream, prefetch);
+                                                       ElementType::kBFloat16, gemm_workspace, stream, variant);
             }));
       }
     }

@@ -6,9 +6,9 @@
 // cut between blocks is finished by the block that arrives last, which sums the parts in block
 // order, so the result depends neither on timing nor on the number of rows.
 //
-// Per block: 128 weight rows (output features) x 64 k per stage, a 4-stage cp.async pipeline,
-// XOR-swizzled shared memory for conflict-free ldmatrix, and mma.m16n8k16 with the weight as the
-// A operand (16 features) and x as B (8 rows), so a batch of 8 rows wastes nothing.
+// Per block: 128 weight rows (output features) x 64 or 128 k per stage, a cp.async pipeline as
+// deep as shared memory allows, XOR-swizzled rows for conflict-free ldmatrix, and mma.m16n8k16
+// with the weight as the A operand (16 features) and x as B (8 rows), so 8 rows waste nothing.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -23,17 +23,21 @@ namespace glmserve::kernels {
 namespace {
 
 constexpr int kTileFeatures = 128;  // weight rows per tile
-constexpr int kBlockK = 64;         // k per pipeline stage: 128 bytes of bf16 per row
-constexpr int kThreads = 128;       // 4 warps, 32 features each
-constexpr int kBlocksPerSm = 2;
-constexpr int kSmemPerBlock = 110 * 1024;  // two blocks per SM within the H100's 227 KB
-constexpr int kDefaultPrefetchUnits = 4;
-constexpr int kMaxTiles = 16384;  // counters in the workspace: n <= 2M features
-constexpr int kMaxRowTiles = kSkinnyGemmMaxRows / 8;
-// Per thread: 2 feature tiles x up to 8 row tiles x 4 accumulators.
-constexpr int kSlotFloats = kThreads * 2 * kMaxRowTiles * 4;
+constexpr int kMaxTiles = 16384;    // counters in the workspace: n <= 2M features
+// A block's partial sums of one tile: 128 features x up to 64 rows, in fragment order.
+constexpr int kSlotFloats = kTileFeatures * kSkinnyGemmMaxRows;
 
-int DeviceBlocks() {
+// Tile geometry. Narrow: 64 k per stage (128 contiguous bytes of each weight row), 4 warps, two
+// blocks per SM. Wide: 128 k per stage (256 bytes per row), 8 warps, one block per SM with
+// twice the shared memory.
+struct Narrow {
+  static constexpr int kBlockK = 64, kWarps = 4, kBlocksPerSm = 2, kSmem = 110 * 1024;
+};
+struct Wide {
+  static constexpr int kBlockK = 128, kWarps = 8, kBlocksPerSm = 1, kSmem = 220 * 1024;
+};
+
+int DeviceSms() {
   static std::atomic<int> cached[64];
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 0;
@@ -42,14 +46,9 @@ int DeviceBlocks() {
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) return 0;
     cached[device].store(sms, std::memory_order_relaxed);
   }
-  return sms * kBlocksPerSm;
+  return sms;
 }
-
-// Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a stage of 128-byte rows; the XOR
-// spreads the 8 rows an ldmatrix reads at one chunk over all 32 banks.
-__device__ __forceinline__ uint32_t SwizzledOffset(int row, int chunk) {
-  return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
-}
+constexpr int kMaxBlocksPerSm = 2;
 
 __device__ __forceinline__ void CopyAsync16(uint32_t smem, const void* global, bool valid) {
   // src-size 0 fills the 16 bytes with zeros (rows past the batch, features past n, k past the end).
@@ -98,18 +97,31 @@ struct GemmArgs {
   int64_t n, k;
   int32_t k_blocks;    // per tile
   int64_t per_block;   // work units (tile x k block) per block
-  int32_t prefetch_units;  // how far beyond the shared-memory stages the weight is prefetched to L2
 };
 
-template <int RowTiles>
-struct Stage {
-  static constexpr int kBytes = (kTileFeatures + RowTiles * 8) * 128;
+template <typename Geometry, int RowTiles>
+struct Layout {
+  static constexpr int kBlockK = Geometry::kBlockK;
+  static constexpr int kThreads = Geometry::kWarps * 32;
+  static constexpr int kChunks = kBlockK / 8;  // 16-byte chunks per row and stage
+  static constexpr int kRowBytes = kBlockK * 2;
+  static constexpr int kFeatureTiles = kTileFeatures / Geometry::kWarps / 16;  // m16 tiles per warp
+  static constexpr int kStageBytes = (kTileFeatures + RowTiles * 8) * kRowBytes;
   // As many stages as fit: the loads in flight are what keeps HBM busy.
-  static constexpr int kCount = kSmemPerBlock / kBytes > 8 ? 8 : kSmemPerBlock / kBytes;
+  static constexpr int kStages = Geometry::kSmem / kStageBytes > 8 ? 8 : Geometry::kSmem / kStageBytes;
+  static_assert(kStages >= 3 && kFeatureTiles >= 1 && kFeatureTiles * RowTiles * 4 * kThreads <= kSlotFloats);
+
+  // Byte offset of 16-byte chunk `chunk` of row `row` in a stage; the XOR spreads the 8 rows an
+  // ldmatrix reads at one chunk over all 32 banks.
+  __device__ __forceinline__ static uint32_t Offset(int row, int chunk) {
+    return static_cast<uint32_t>(row * kRowBytes + ((chunk ^ (row & 7)) << 4));
+  }
 };
 
-template <typename T, int RowTiles>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmArgs a) {
+template <typename T, typename Geometry, int RowTiles>
+__global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm) SkinnyGemmKernel(GemmArgs a) {
+  using L = Layout<Geometry, RowTiles>;
+  constexpr int kThreads = L::kThreads, kStages = L::kStages, kFeatureTiles = L::kFeatureTiles;
   extern __shared__ __align__(128) uint8_t smem[];
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ w = static_cast<const T*>(a.w);
@@ -121,48 +133,34 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
   if (begin >= end) return;
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
 
-  // Stage layout: 128 weight rows, then RowTiles * 8 x rows, each 128 bytes (64 elements).
+  // Stage layout: 128 weight rows, then RowTiles * 8 x rows, each kBlockK elements.
   auto load = [&](int64_t unit, int stage) {
     const int64_t tile = unit / a.k_blocks;
-    const int64_t k0 = (unit - tile * a.k_blocks) * kBlockK;
-    const uint32_t base = smem_base + stage * Stage<RowTiles>::kBytes;
+    const int64_t k0 = (unit - tile * a.k_blocks) * L::kBlockK;
+    const uint32_t base = smem_base + stage * L::kStageBytes;
 #pragma unroll
-    for (int i = 0; i < kTileFeatures * 8 / kThreads; ++i) {
-      const int id = tid + i * kThreads, row = id / 8, chunk = id % 8;
+    for (int i = 0; i < kTileFeatures * L::kChunks / kThreads; ++i) {
+      const int id = tid + i * kThreads, row = id / L::kChunks, chunk = id % L::kChunks;
       const int64_t feature = tile * kTileFeatures + row, col = k0 + chunk * 8;
       const bool valid = feature < a.n && col < a.k;
-      CopyAsync16(base + SwizzledOffset(row, chunk), valid ? w + feature * a.k + col : w, valid);
+      CopyAsync16(base + L::Offset(row, chunk), valid ? w + feature * a.k + col : w, valid);
     }
 #pragma unroll
-    for (int i = 0; i < (RowTiles * 64 + kThreads - 1) / kThreads; ++i) {
+    for (int i = 0; i < (RowTiles * 8 * L::kChunks + kThreads - 1) / kThreads; ++i) {
       const int id = tid + i * kThreads;
-      if (id < RowTiles * 64) {
-        const int row = id / 8, chunk = id % 8;
+      if (id < RowTiles * 8 * L::kChunks) {
+        const int row = id / L::kChunks, chunk = id % L::kChunks;
         const int64_t col = k0 + chunk * 8;
         const bool valid = row < a.rows && col < a.k;
-        CopyAsync16(base + SwizzledOffset(kTileFeatures + row, chunk), valid ? x + row * a.k + col : x, valid);
+        CopyAsync16(base + L::Offset(kTileFeatures + row, chunk), valid ? x + row * a.k + col : x, valid);
       }
     }
   };
 
-  // The weight rows of a future unit, 128 bytes each, into L2: more bytes in flight than the
-  // shared-memory stages alone hold, at no shared-memory cost.
-  auto prefetch = [&](int64_t unit) {
-    const int64_t tile = unit / a.k_blocks;
-    const int64_t k0 = (unit - tile * a.k_blocks) * kBlockK;
-    const int64_t feature = tile * kTileFeatures + tid;
-    if (feature < a.n) {
-      const int64_t left = a.k - k0;
-      const uint32_t bytes = static_cast<uint32_t>(left < kBlockK ? left : kBlockK) * sizeof(T);
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(w + feature * a.k + k0), "r"(bytes));
-    }
-  };
-  static_assert(kThreads == kTileFeatures, "prefetch: one weight row per thread");
-
-  float acc[2][RowTiles][4];
+  float acc[kFeatureTiles][RowTiles][4];
   auto clear = [&] {
 #pragma unroll
-    for (int f = 0; f < 2; ++f)
+    for (int f = 0; f < kFeatureTiles; ++f)
 #pragma unroll
       for (int r = 0; r < RowTiles; ++r)
 #pragma unroll
@@ -170,31 +168,31 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
   };
 
   auto compute = [&](int stage) {
-    const uint32_t base = smem_base + stage * Stage<RowTiles>::kBytes;
+    const uint32_t base = smem_base + stage * L::kStageBytes;
 #pragma unroll
-    for (int ks = 0; ks < kBlockK / 16; ++ks) {
-      uint32_t wf[2][4];
+    for (int ks = 0; ks < L::kBlockK / 16; ++ks) {
+      uint32_t wf[kFeatureTiles][4];
 #pragma unroll
-      for (int f = 0; f < 2; ++f) {
+      for (int f = 0; f < kFeatureTiles; ++f) {
         // Matrices: rows 0-7 / 8-15 of the 16 features, at k chunk 2 ks (lanes 0-15) or 2 ks + 1.
-        const int row = warp * 32 + f * 16 + (lane & 15);
-        LoadMatrixX4(base + SwizzledOffset(row, ks * 2 + (lane >> 4)), wf[f]);
+        const int row = (warp * kFeatureTiles + f) * 16 + (lane & 15);
+        LoadMatrixX4(base + L::Offset(row, ks * 2 + (lane >> 4)), wf[f]);
       }
       if constexpr (RowTiles == 1) {
         uint32_t xf[2];
         const int row = lane & 7;
-        LoadMatrixX2(base + SwizzledOffset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
+        LoadMatrixX2(base + L::Offset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
 #pragma unroll
-        for (int f = 0; f < 2; ++f) Mma<T>(acc[f][0], wf[f], xf[0], xf[1]);
+        for (int f = 0; f < kFeatureTiles; ++f) Mma<T>(acc[f][0], wf[f], xf[0], xf[1]);
       } else {
 #pragma unroll
         for (int r = 0; r < RowTiles; r += 2) {
           // Matrices: rows r*8.. at k chunk 2 ks, the same at 2 ks + 1, then rows (r+1)*8.. likewise.
           uint32_t xf[4];
           const int row = r * 8 + (lane & 7) + ((lane >> 4) << 3);
-          LoadMatrixX4(base + SwizzledOffset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
+          LoadMatrixX4(base + L::Offset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
 #pragma unroll
-          for (int f = 0; f < 2; ++f) {
+          for (int f = 0; f < kFeatureTiles; ++f) {
             Mma<T>(acc[f][r], wf[f], xf[0], xf[1]);
             Mma<T>(acc[f][r + 1], wf[f], xf[2], xf[3]);
           }
@@ -203,16 +201,16 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
     }
   };
 
-  // Accumulator j of acc[f][r] is feature (f * 16 + lane / 4 + 8 * (j / 2)) of the warp's 32 and
+  // Accumulator j of acc[f][r] is feature (f * 16 + lane / 4 + 8 * (j / 2)) of the warp's and
   // row (r * 8 + 2 * (lane % 4) + j % 2).
   auto store = [&](int64_t tile) {
     T* y = static_cast<T*>(a.y);
     const T* bias = static_cast<const T*>(a.bias);
 #pragma unroll
-    for (int f = 0; f < 2; ++f) {
+    for (int f = 0; f < kFeatureTiles; ++f) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int64_t feature = tile * kTileFeatures + warp * 32 + f * 16 + lane / 4 + half * 8;
+        const int64_t feature = tile * kTileFeatures + (warp * kFeatureTiles + f) * 16 + lane / 4 + half * 8;
         if (feature >= a.n) continue;
         const float b = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
 #pragma unroll
@@ -235,7 +233,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
     float4* mine = reinterpret_cast<float4*>(a.slots + (blockIdx.x * 2 + (tile == first_tile ? 0 : 1)) *
                                                            static_cast<int64_t>(kSlotFloats));
 #pragma unroll
-    for (int f = 0; f < 2; ++f)
+    for (int f = 0; f < kFeatureTiles; ++f)
 #pragma unroll
       for (int r = 0; r < RowTiles; ++r)
         mine[(f * RowTiles + r) * kThreads + tid] = make_float4(acc[f][r][0], acc[f][r][1], acc[f][r][2], acc[f][r][3]);
@@ -254,7 +252,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
       const float4* part = reinterpret_cast<const float4*>(
           a.slots + (block * 2 + (tile == block_first_tile ? 0 : 1)) * static_cast<int64_t>(kSlotFloats));
 #pragma unroll
-      for (int f = 0; f < 2; ++f)
+      for (int f = 0; f < kFeatureTiles; ++f)
 #pragma unroll
         for (int r = 0; r < RowTiles; ++r) {
           const float4 v = __ldcg(part + (f * RowTiles + r) * kThreads + tid);
@@ -269,23 +267,22 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
   };
 
 #pragma unroll
-  for (int s = 0; s < Stage<RowTiles>::kCount - 1; ++s) {
+  for (int s = 0; s < kStages - 1; ++s) {
     if (begin + s < end) load(begin + s, s);
     asm volatile("cp.async.commit_group;\n" ::);
   }
-  for (int p = 0; p < a.prefetch_units; ++p) {
-    if (begin + Stage<RowTiles>::kCount - 1 + p < end) prefetch(begin + Stage<RowTiles>::kCount - 1 + p);
-  }
   clear();
   int64_t segment_begin = begin;
+  int stage = 0;
   for (int64_t unit = begin; unit < end; ++unit) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(Stage<RowTiles>::kCount - 2));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
     __syncthreads();
-    const int64_t next = unit + Stage<RowTiles>::kCount - 1;
-    if (next < end) load(next, static_cast<int>((next - begin) % Stage<RowTiles>::kCount));
-    if (a.prefetch_units > 0 && next + a.prefetch_units < end) prefetch(next + a.prefetch_units);
+    const int64_t next = unit + kStages - 1;
+    // The stage computed one iteration ago: every warp is past it (the barrier above).
+    if (next < end) load(next, stage == 0 ? kStages - 1 : stage - 1);
     asm volatile("cp.async.commit_group;\n" ::);
-    compute(static_cast<int>((unit - begin) % Stage<RowTiles>::kCount));
+    compute(stage);
+    stage = stage == kStages - 1 ? 0 : stage + 1;
     const bool tile_ends = (unit + 1) % a.k_blocks == 0;
     if (tile_ends || unit + 1 == end) {
       const int64_t tile = unit / a.k_blocks;
@@ -301,35 +298,46 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) SkinnyGemmKernel(GemmA
   asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
-template <typename T, int RowTiles>
-bool Launch(const GemmArgs& args, int blocks, cudaStream_t stream) {
-  constexpr int smem = Stage<RowTiles>::kCount * Stage<RowTiles>::kBytes;
+template <typename T, typename Geometry, int RowTiles>
+bool Launch(GemmArgs args, int sms, cudaStream_t stream) {
+  using L = Layout<Geometry, RowTiles>;
+  constexpr int smem = L::kStages * L::kStageBytes;
   static std::atomic<bool> configured{false};
   if (!configured.load(std::memory_order_acquire)) {
-    if (cudaFuncSetAttribute(SkinnyGemmKernel<T, RowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) !=
-        cudaSuccess) {
+    if (cudaFuncSetAttribute(SkinnyGemmKernel<T, Geometry, RowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem) != cudaSuccess) {
       return false;
     }
     configured.store(true, std::memory_order_release);
   }
-  SkinnyGemmKernel<T, RowTiles><<<blocks, kThreads, smem, stream>>>(args);
+  const int blocks = sms * Geometry::kBlocksPerSm;
+  args.k_blocks = static_cast<int32_t>((args.k + L::kBlockK - 1) / L::kBlockK);
+  const int64_t total = (args.n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
+  args.per_block = (total + blocks - 1) / blocks;
+  SkinnyGemmKernel<T, Geometry, RowTiles><<<blocks, L::kThreads, smem, stream>>>(args);
   return cudaGetLastError() == cudaSuccess;
 }
 
+template <typename T, typename Geometry>
+bool LaunchForRows(const GemmArgs& args, int sms, cudaStream_t stream) {
+  if (args.rows <= 8) return Launch<T, Geometry, 1>(args, sms, stream);
+  if (args.rows <= 16) return Launch<T, Geometry, 2>(args, sms, stream);
+  if (args.rows <= 32) return Launch<T, Geometry, 4>(args, sms, stream);
+  return Launch<T, Geometry, 8>(args, sms, stream);
+}
+
 template <typename T>
-bool LaunchForRows(const GemmArgs& args, int blocks, cudaStream_t stream) {
-  if (args.rows <= 8) return Launch<T, 1>(args, blocks, stream);
-  if (args.rows <= 16) return Launch<T, 2>(args, blocks, stream);
-  if (args.rows <= 32) return Launch<T, 4>(args, blocks, stream);
-  return Launch<T, 8>(args, blocks, stream);
+bool LaunchTyped(const GemmArgs& args, int sms, int32_t variant, cudaStream_t stream) {
+  if (variant == 1) return LaunchForRows<T, Wide>(args, sms, stream);
+  return LaunchForRows<T, Narrow>(args, sms, stream);
 }
 
 }  // namespace
 
 size_t SkinnyGemmWorkspaceBytes() {
-  const int blocks = DeviceBlocks();
-  if (blocks <= 0) return 0;
-  return sizeof(int) * kMaxTiles + sizeof(float) * static_cast<size_t>(blocks) * 2 * kSlotFloats;
+  const int sms = DeviceSms();
+  if (sms <= 0) return 0;
+  return sizeof(int) * kMaxTiles + sizeof(float) * static_cast<size_t>(sms) * kMaxBlocksPerSm * 2 * kSlotFloats;
 }
 
 bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w) {
@@ -339,10 +347,10 @@ bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, c
 }
 
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
-                    ElementType type, void* workspace, void* stream, int32_t prefetch_units) {
+                    ElementType type, void* workspace, void* stream, int32_t variant) {
   if (!SkinnyGemmCudaTakes(rows, n, k, type, x, w) || workspace == nullptr) return false;
-  const int blocks = DeviceBlocks();
-  if (blocks <= 0) return false;
+  const int sms = DeviceSms();
+  if (sms <= 0) return false;
   GemmArgs args;
   args.x = x;
   args.w = w;
@@ -353,13 +361,9 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
   args.rows = rows;
   args.n = n;
   args.k = k;
-  args.k_blocks = static_cast<int32_t>((k + kBlockK - 1) / kBlockK);
-  const int64_t total = (n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
-  args.per_block = (total + blocks - 1) / blocks;
-  args.prefetch_units = prefetch_units >= 0 ? prefetch_units : kDefaultPrefetchUnits;
   auto st = static_cast<cudaStream_t>(stream);
-  if (type == ElementType::kBFloat16) return LaunchForRows<__nv_bfloat16>(args, blocks, st);
-  if (type == ElementType::kFloat16) return LaunchForRows<__half>(args, blocks, st);
+  if (type == ElementType::kBFloat16) return LaunchTyped<__nv_bfloat16>(args, sms, variant, st);
+  if (type == ElementType::kFloat16) return LaunchTyped<__half>(args, sms, variant, st);
   return false;
 }
 
