@@ -36,6 +36,9 @@ struct Narrow {
 struct Wide {
   static constexpr int kBlockK = 128, kWarps = 8, kBlocksPerSm = 1, kSmem = 220 * 1024;
 };
+struct WideFewWarps {  // Wide with 4 warps of 32 features: x fragments read by half as many warps
+  static constexpr int kBlockK = 128, kWarps = 4, kBlocksPerSm = 1, kSmem = 220 * 1024;
+};
 
 int DeviceSms() {
   static std::atomic<int> cached[64];
@@ -329,6 +332,7 @@ bool LaunchForRows(const GemmArgs& args, int sms, cudaStream_t stream) {
 template <typename T>
 bool LaunchTyped(const GemmArgs& args, int sms, int32_t variant, cudaStream_t stream) {
   if (variant == 1) return LaunchForRows<T, Wide>(args, sms, stream);
+  if (variant == 2) return LaunchForRows<T, WideFewWarps>(args, sms, stream);
   return LaunchForRows<T, Narrow>(args, sms, stream);
 }
 
