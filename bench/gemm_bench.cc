@@ -3,7 +3,7 @@
 // accumulation, what at::linear calls). Each shape cycles through enough weight copies that no
 // call finds its weight in L2. Prints one markdown row per (shape, rows): microseconds per call
 // and the weight bytes streamed per second.
-//   gemm_bench [--rows 4,8,16,32,64] [--variants 0,1] [--iterations 40]
+//   gemm_bench [--rows 4,8,16,32,64] [--iterations 40]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -54,18 +54,17 @@ bool Ok(cudaError_t e, const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> rows_list = {4, 8, 16, 32, 64}, variant_list = {0, 1};
+  std::vector<int> rows_list = {4, 8, 16, 32, 64};
   int iterations = 40;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--rows") {
       rows_list = ParseList(argv[i + 1]);
-    } else if (flag == "--variants") {
-      variant_list = ParseList(argv[i + 1]);
+
     } else if (flag == "--iterations") {
       iterations = std::atoi(argv[i + 1]);
     } else {
-      std::fprintf(stderr, "unknown flag %s; expected --rows, --variants, --iterations\n", flag.c_str());
+      std::fprintf(stderr, "unknown flag %s; expected --rows, --iterations\n", flag.c_str());
       return 2;
     }
   }
@@ -138,12 +137,10 @@ int main(int argc, char** argv) {
                                                  stream);
             }));
       }
-      for (int variant : variant_list) {
-        row(rows, "skinny GEMM, variant " + std::to_string(variant), time_us([&](const void* w) {
-              return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k,
-                                                       ElementType::kBFloat16, gemm_workspace, stream, variant);
-            }));
-      }
+      row(rows, "skinny GEMM", time_us([&](const void* w) {
+            return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
+                                                     gemm_workspace, stream);
+          }));
     }
     for (void* w : weights) cudaFree(w);
   }

@@ -58,9 +58,7 @@ constexpr int32_t kSkinnyGemmMaxRows = 64;
 // not overlap (issue them on one stream).
 size_t SkinnyGemmWorkspaceBytes();
 bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w);
-// variant: the tile geometry (-1: the default; benchmarks compare 0 = 64 k per stage, two blocks
-// per SM and 1 = 128 k per stage, one block per SM).
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
-                    ElementType type, void* workspace, void* stream, int32_t variant = -1);
+                    ElementType type, void* workspace, void* stream);
 
 }  // namespace glmserve::kernels

@@ -122,6 +122,9 @@ class CudaDecodeRunner {
   static constexpr const char* kSwitchableKernels[] = {"norm", "rotary", "swiglu", "gemv", "gemm",
                                                        "split_attention", "mma_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
+  // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
+  static constexpr int64_t kSkinnyGemmFasterUpToRows = 32;
+  static constexpr int64_t kSkinnyGemmMinWeightElements = int64_t{1} << 29;
 
   struct Bucket {
     int32_t size = 0;
@@ -259,8 +262,8 @@ class CudaDecodeRunner {
       k.linear = [type, max_rows, gemm_workspace](const at::Tensor& x, const at::Tensor& weight,
                                                    const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
-        if (!x.is_contiguous() || !weight.is_contiguous() || rows > kernels::kSkinnyGemmMaxRows) {
-          return at::linear(x, weight, bias);  // prefill: cuBLAS
+        if (!x.is_contiguous() || !weight.is_contiguous() || rows > kSkinnyGemmFasterUpToRows) {
+          return at::linear(x, weight, bias);  // prefill and large batches: cuBLAS
         }
         const auto rows32 = static_cast<int32_t>(rows);
         const void* bias_data = bias.defined() ? bias.data_ptr() : nullptr;
@@ -271,7 +274,12 @@ class CudaDecodeRunner {
                 "GEMV");
           return y;
         }
-        if (gemm_workspace != nullptr &&
+        // The skinny GEMM streams a weight faster than cuBLAS only where the weight is large
+        // enough to amortise its ramp-up and the rows few enough to keep it memory-bound: the
+        // lm_head up to 32 rows (2.98 vs 2.79 TB/s at 8 rows, 2.85 vs 2.75 at 32; slower at 64
+        // and for every per-layer projection; H100, bench/gemm_bench, bench/results/gpu.md).
+        if (gemm_workspace != nullptr && rows <= kSkinnyGemmFasterUpToRows &&
+            out_features * in >= kSkinnyGemmMinWeightElements &&
             kernels::SkinnyGemmCudaTakes(rows32, out_features, in, type, x.data_ptr(), weight.data_ptr())) {
           at::Tensor y = at::empty({rows, out_features}, x.options());
           Check(kernels::SkinnyGemmCuda(x.data_ptr(), weight.data_ptr(), bias_data, y.data_ptr(), rows32, out_features,

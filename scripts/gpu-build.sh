@@ -7,7 +7,7 @@
 # Parts (0/1): GLMSERVE_GPU_TESTS=1 (=kernels: kernel tests only) GLMSERVE_GPU_VERIFY=1 (graph
 # replay vs eager, step by step) GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_BASELINE=0 (the table again with
 # cuBLAS instead of the skinny GEMM) GLMSERVE_GPU_GEMM=0 (bench/gemm_bench: linear layers alone;
-# GLMSERVE_GEMM_ROWS, GLMSERVE_GEMM_VARIANTS lists) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
+# GLMSERVE_GEMM_ROWS list) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
 # GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
 # host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel).
 #   Needs .gpu/debs/*.deb from Debian 12 (apt-get download libabsl-dev libabsl20220623
@@ -63,8 +63,7 @@ fi
 
 if [ "${GLMSERVE_GPU_GEMM:-0}" = 1 ]; then
   echo "== linear layers alone: skinny GEMM / GEMV vs cuBLAS (GLM-4-9B shapes, bf16)"
-  .gpu/build/bench/gemm_bench --rows "${GLMSERVE_GEMM_ROWS:-4,8,16,32,64}" \
-    --variants "${GLMSERVE_GEMM_VARIANTS:-0,1,2}" | tee "$out/gemm.md"
+  .gpu/build/bench/gemm_bench --rows "${GLMSERVE_GEMM_ROWS:-4,8,16,32,64}" | tee "$out/gemm.md"
 fi
 
 # The GPU issue's table: GLM-4-9B config, random bf16 weights, 128 prompt / 128 new tokens.
