@@ -151,8 +151,15 @@ int SplitCount(const PagedAttentionShape& s) {
     }
     return count;
   }();
+  // Several blocks per SM: each tile is latency-bound. GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM
+  // overrides the 4 for measurements.
+  static const int blocks_per_sm = [] {
+    const char* env = std::getenv("GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM");
+    const int value = env != nullptr ? std::atoi(env) : 0;
+    return value >= 1 && value <= 64 ? value : 4;
+  }();
   const int units = s.batch * s.num_kv_heads;
-  int splits = (4 * sm_count + units - 1) / units;  // several blocks per SM: each tile is latency-bound
+  int splits = (blocks_per_sm * sm_count + units - 1) / units;
   const int max_tiles = (s.max_context + kTile - 1) / kTile;
   splits = splits < max_tiles ? splits : max_tiles;
   splits = splits < kMaxSplits ? splits : kMaxSplits;

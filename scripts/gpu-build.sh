@@ -6,7 +6,8 @@
 # .gpu/build so later runs on a warm machine are incremental. Logs go to $OUT (or .gpu/out).
 # Parts (0/1): GLMSERVE_GPU_TESTS=1 (=kernels: kernel tests only) GLMSERVE_GPU_VERIFY=1 (graph
 # replay vs eager, step by step) GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_BASELINE=0 (the table again with
-# cuBLAS instead of the skinny GEMM) GLMSERVE_GPU_GEMM=0 (bench/gemm_bench: linear layers alone;
+# cuBLAS instead of the skinny GEMM) GLMSERVE_ATTENTION_BLOCKS_PER_SM="" (the table again for each
+# attention split target listed) GLMSERVE_GPU_GEMM=0 (bench/gemm_bench: linear layers alone;
 # GLMSERVE_GEMM_ROWS list) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
 # GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
 # host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel).
@@ -76,6 +77,10 @@ if [ "$table" = 1 ]; then
   echo "== glmserve decode_bench GLM-4-9B bf16 (HBM ${gbps} GB/s)"
   bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" | tee "$out/glmserve_9b.md"
 fi
+for per_sm in ${GLMSERVE_ATTENTION_BLOCKS_PER_SM:-}; do
+  echo "== attention split into $per_sm blocks per SM (GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM)"
+  GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM=$per_sm bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" 2>/dev/null | tail -n +3
+done
 if [ "${GLMSERVE_GPU_BASELINE:-0}" = 1 ]; then
   echo "== the same with cuBLAS above the GEMV's rows (GLMSERVE_CUDA_DISABLE=gemm)"
   GLMSERVE_CUDA_DISABLE=gemm bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" 2>/dev/null | tee "$out/cublas_9b.md"
