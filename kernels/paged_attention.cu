@@ -241,72 +241,13 @@ __device__ __forceinline__ void LoadTile(const T* __restrict__ k_cache, const T*
   }
 }
 
-// Called by every thread of a split block once it has stored its partial results (unnormalised
-// sums plus (max, sum) per head): the block that stores the last split of its (sequence, KV
-// head) merges all splits into `out` and resets the counter for the next call; the others
-// return. Saves the separate merge kernel and its launch. `scratch`: shared memory for
-// group * (kMaxSplits + 1) floats, free by now. Splits without tiles (sum 0) weigh nothing and
-// are not read.
-template <typename T, int kThreads>
-__device__ void MergeIfLastSplit(const float* part_acc, const float* part_stats, int* counters, T* out,
-                                 const PagedAttentionShape& s, int splits, int b, int kvh, float* scratch) {
-  __shared__ int last;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int group = s.num_heads / s.num_kv_heads, hd = s.head_dim;
-  const int64_t pair = static_cast<int64_t>(b) * s.num_kv_heads + kvh;
-  __threadfence();  // this block's partials, visible before its arrival is counted
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(&counters[pair], 1) == splits - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  float* weight_s = scratch;                    // [group][kMaxSplits]
-  float* inv_total_s = scratch + group * kMaxSplits;  // [group]
-  const int64_t unit0 = pair * splits;
-  for (int g = warp; g < group; g += kThreads / 32) {
-    float m = -FLT_MAX, l = 0.0f;
-    if (lane < splits) {
-      m = __ldcg(part_stats + ((unit0 + lane) * group + g) * 2);
-      l = __ldcg(part_stats + ((unit0 + lane) * group + g) * 2 + 1);
-    }
-    const float max_score = WarpMax(l > 0.0f ? m : -FLT_MAX);
-    const float w = l > 0.0f ? __expf(m - max_score) : 0.0f;
-    const float total = WarpSum(l * w);
-    if (lane < splits) weight_s[g * kMaxSplits + lane] = w;
-    if (lane == 0) inv_total_s[g] = 1.0f / total;
-  }
-  __syncthreads();
-  // Output rows of the group's query heads: (b * num_heads + kvh * group + g) * hd.
-  T* o = out + pair * group * hd;
-  const int cols = hd / 4;
-  for (int i = tid; i < group * cols; i += kThreads) {
-    const int g = i / cols, d = (i - g * cols) * 4;
-    float4 value = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int sp = 0; sp < splits; ++sp) {
-      const float w = weight_s[g * kMaxSplits + sp];
-      if (w == 0.0f) continue;
-      const float4 a = __ldcg(reinterpret_cast<const float4*>(part_acc + ((unit0 + sp) * group + g) * hd + d));
-      value.x += a.x * w;
-      value.y += a.y * w;
-      value.z += a.z * w;
-      value.w += a.w * w;
-    }
-    const float inv = inv_total_s[g];
-    o[g * hd + d] = FromFloat<T>(value.x * inv);
-    o[g * hd + d + 1] = FromFloat<T>(value.y * inv);
-    o[g * hd + d + 2] = FromFloat<T>(value.z * inv);
-    o[g * hd + d + 3] = FromFloat<T>(value.w * inv);
-  }
-  if (tid == 0) counters[pair] = 0;
-}
-
 template <typename T, int kSplitThreads>
 // 24 warps per SM either way: caps registers at 80 (256 threads) or 120 (128).
 __global__ void __launch_bounds__(kSplitThreads, kSplitThreads == 256 ? 3 : 5)
 PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                           const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
-                          float* __restrict__ part_acc, float* __restrict__ part_stats, int* __restrict__ counters,
-                          T* __restrict__ out, PagedAttentionShape s, int splits) {
+                          float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
+                          int splits) {
   constexpr int kSplitWarps = kSplitThreads / 32;
   extern __shared__ float4 smem_raw[];
   const SplitLayout layout = MakeSplitLayout(s);
@@ -447,31 +388,57 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
     part_stats[(unit * group + g) * 2] = m_s[g];
     part_stats[(unit * group + g) * 2 + 1] = l_s[g];
   }
-  MergeIfLastSplit<T, kSplitThreads>(part_acc, part_stats, counters, out, s, splits, b, kvh,
-                                     reinterpret_cast<float*>(smem_raw));
 }
 
-// Workspace: one arrival counter per (sequence, KV head), padded to 16 bytes, then the splits'
-// partial sums and statistics.
-size_t CounterBytes(const PagedAttentionShape& s) {
-  return (static_cast<size_t>(s.batch) * s.num_kv_heads * sizeof(int) + 15) / 16 * 16;
+// One block per (sequence, query head): merges the splits' partial softmax sums. The splits'
+// statistics go through shared memory so each thread's partial loads are independent.
+template <typename T>
+__global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
+                                          T* __restrict__ out, PagedAttentionShape s, int splits) {
+  __shared__ float weight_s[kMaxSplits];
+  __shared__ float inv_total;
+  const int b = blockIdx.x, h = blockIdx.y;
+  const int group = s.num_heads / s.num_kv_heads;
+  const int kvh = h / group, g = h % group, hd = s.head_dim;
+  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float m = -FLT_MAX, l = 0.0f;
+    if (lane < splits) {
+      m = part_stats[((unit0 + lane) * group + g) * 2];
+      l = part_stats[((unit0 + lane) * group + g) * 2 + 1];
+    }
+    const float max_score = WarpMax(l > 0.0f ? m : -FLT_MAX);
+    const float w = l > 0.0f ? __expf(m - max_score) : 0.0f;  // splits without tiles weigh nothing
+    const float total = WarpSum(l * w);
+    if (lane < splits) weight_s[lane] = w;
+    if (lane == 0) inv_total = 1.0f / total;
+  }
+  __syncthreads();
+  T* o = out + (static_cast<int64_t>(b) * s.num_heads + h) * hd;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float value = 0.0f;
+#pragma unroll 8
+    for (int sp = 0; sp < splits; ++sp) value += part_acc[((unit0 + sp) * group + g) * hd + d] * weight_s[sp];
+    o[d] = FromFloat<T>(value * inv_total);
+  }
 }
 
-// Launches a split kernel (grid: sequence x KV head x split); the last split of each (sequence,
-// KV head) to finish merges them.
+// Launches a split kernel (grid: sequence x KV head x split) and the merge kernel over the
+// workspace's partial results.
 template <typename T, typename SplitKernel>
 bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const void* q, const void* k, const void* v,
                           const int32_t* tables, const int32_t* lens, void* out, const PagedAttentionShape& s,
                           void* workspace, cudaStream_t stream) {
   const int splits = SplitCount(s);
   const int group = s.num_heads / s.num_kv_heads;
-  int* counters = static_cast<int*>(workspace);
-  float* part_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) + CounterBytes(s));
+  float* part_acc = static_cast<float*>(workspace);
   float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
-  const size_t merge_scratch = static_cast<size_t>(group) * (kMaxSplits + 1) * sizeof(float);
-  kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem > merge_scratch ? smem : merge_scratch, stream>>>(
+  kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
-      part_stats, counters, static_cast<T*>(out), s, splits);
+      part_stats, s, splits);
+  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
+      part_acc, part_stats, static_cast<T*>(out), s, splits);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -544,8 +511,8 @@ template <typename T>
 __global__ void __launch_bounds__(kMmaThreads)
 PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                         const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
-                        float* __restrict__ part_acc, float* __restrict__ part_stats, int* __restrict__ counters,
-                        T* __restrict__ out, PagedAttentionShape s, int splits) {
+                        float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
+                        int splits) {
   namespace wmma = nvcuda::wmma;
   extern __shared__ __align__(128) unsigned char mma_smem[];
   const int hd = s.head_dim, group = s.num_heads / s.num_kv_heads;
@@ -639,8 +606,6 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
     part_stats[(unit * group + g) * 2] = m_s[g];
     part_stats[(unit * group + g) * 2 + 1] = l_s[g];
   }
-  MergeIfLastSplit<T, kMmaThreads>(part_acc, part_stats, counters, out, s, splits, b, kvh,
-                                   reinterpret_cast<float*>(mma_smem));
 }
 
 template <typename T>
@@ -664,7 +629,7 @@ size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape& s) {
   if (!ShapeIsValid(s) || !SplitKernelTakes(s)) return 0;
   const size_t units = static_cast<size_t>(s.batch) * s.num_kv_heads * SplitCount(s);
   const size_t group = static_cast<size_t>(s.num_heads / s.num_kv_heads);
-  return CounterBytes(s) + units * group * (static_cast<size_t>(s.head_dim) + 2) * sizeof(float);
+  return units * group * (static_cast<size_t>(s.head_dim) + 2) * sizeof(float);
 }
 
 bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache, const int32_t* block_tables,

@@ -34,10 +34,8 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
 
 // CUDA; all pointers on the device, launched on `stream` (cudaStream_t). False on a bad shape
 // or launch error. With a workspace of PagedAttentionWorkspaceBytes(shape) bytes (device memory,
-// 16-byte aligned, zeroed once before its first call; each call leaves it ready for the next, and
-// calls sharing one must not overlap) the grouped split kernel runs: one block per (sequence, KV
-// head, split) reads each K/V tile once for all query heads of its group, and the split that
-// finishes last merges them.
+// 16-byte aligned) the grouped split kernel runs: one block per (sequence, KV head, split) reads
+// each K/V tile once for all query heads of its group, and a second kernel merges the splits.
 // For bf16/fp16 with up to 16 query heads per KV head (and allow_tensor_cores), QK^T and PV of
 // that kernel run on tensor cores, the softmax weights rounded to the element type before PV.
 // With workspace == nullptr (or a group too large for it) a one-pass kernel runs instead, one

@@ -136,7 +136,6 @@ class CudaDecodeRunner {
     at::Tensor host_ids, host_positions, host_slots, host_tables, host_lens;  // pinned staging
     at::Tensor ids, positions, slots, tables, lens;                           // device, fixed addresses
     at::Tensor logits;                                                        // graph output
-    at::Tensor attention_workspace;  // split attention's partial sums and counters (zeroed once)
     std::unique_ptr<at::cuda::CUDAGraph> graph;
   };
 
@@ -306,16 +305,13 @@ class CudaDecodeRunner {
     shape.max_context = max_context_;
     shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
     shape.allow_tensor_cores = Enabled("mma_attention");
-    // One workspace for every layer's split attention (the layers run one after another), zeroed
-    // once per bucket: the kernel leaves its counters zeroed for the next call, and a captured
-    // graph keeps using the address it was captured with.
+    // One workspace for every layer's split attention (the layers run one after another).
     const size_t workspace_bytes = Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(shape) : 0;
-    if (workspace_bytes > 0 && (!b.attention_workspace.defined() ||
-                                b.attention_workspace.numel() != static_cast<int64_t>(workspace_bytes))) {
-      b.attention_workspace = at::zeros({static_cast<int64_t>(workspace_bytes)},
-                                        at::TensorOptions().dtype(at::kByte).device(model_.device()));
+    at::Tensor workspace;
+    if (workspace_bytes > 0) {
+      workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
+                            at::TensorOptions().dtype(at::kByte).device(model_.device()));
     }
-    const at::Tensor& workspace = b.attention_workspace;
     auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
       kernels::PagedAttentionShape s = shape;
       at::Tensor query = q;
