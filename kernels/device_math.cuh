@@ -64,6 +64,21 @@ struct Chunk16 {
   }
 };
 
+// 16 bytes global -> shared without staging in registers (sm_80+); !valid fills zeros (`global`
+// must still be a mapped address). Complete with cp.async.commit_group / wait_group.
+__device__ __forceinline__ void CopyAsync16(uint32_t smem, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(global), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* global, bool valid) {
+  CopyAsync16(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), global, valid);
+}
+__device__ __forceinline__ void CopyAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most `kPending` of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void CopyAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

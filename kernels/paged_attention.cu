@@ -526,19 +526,39 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
   float* m_s = reinterpret_cast<float*>(mma_smem + L.stats);
   float* l_s = m_s + kMmaRows;
   float* c_s = l_s + kMmaRows;
-  __shared__ int64_t slot_s[kTile];
+  __shared__ int64_t slot_s[2][kTile];  // this tile's and the next one's cache rows
   const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int context = context_lens[b];
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * hd;
   const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * hd;
   const int chunks_per_row = hd / 8;  // 16-byte chunks of 16-bit elements
+  const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
+
+  // A short-context block waits on its chain of dependent global reads, not on bandwidth, so
+  // the tile loop is a pipeline: the next tile's slots are looked up while this one computes,
+  // its K rows load (cp.async, no register staging) as soon as QK^T has read this tile's, and its
+  // V rows as soon as PV has. Rows past the context are zero-filled.
+  auto load_rows = [&](const T* cache, T* rows_s, const int64_t* slots, int n) {
+    for (int i = tid; i < kTile * chunks_per_row; i += kMmaThreads) {
+      const int j = i / chunks_per_row, c = i - j * chunks_per_row;
+      const bool valid = j < n;
+      CopyAsync16(rows_s + j * L.ld + c * 8, valid ? cache + slots[j] * hd + c * 8 : cache, valid);
+    }
+  };
+  auto tile_rows = [&](int t) { return min(kTile, context - t * kTile); };
+  int tile = split;
+  if (tile * kTile < context) TileSlots(slot_s[0], table, tile * kTile, tile_rows(tile), s, kvh);
+  __syncthreads();
+  // Group 1: the query and the first tile's K; group 2: its V (both empty without a tile).
   for (int i = tid; i < kMmaRows * chunks_per_row; i += kMmaThreads) {
     const int r = i / chunks_per_row, c = i - r * chunks_per_row;
-    const uint4 raw = r < group ? __ldg(reinterpret_cast<const uint4*>(qb + static_cast<int64_t>(r) * hd) + c)
-                                : make_uint4(0, 0, 0, 0);
-    *reinterpret_cast<uint4*>(q_s + r * L.ld + c * 8) = raw;
+    CopyAsync16(q_s + r * L.ld + c * 8, r < group ? qb + static_cast<int64_t>(r) * hd + c * 8 : qb, r < group);
   }
+  if (tile * kTile < context) load_rows(k_cache, k_s, slot_s[0], tile_rows(tile));
+  CopyAsyncCommit();
+  if (tile * kTile < context) load_rows(v_cache, v_s, slot_s[0], tile_rows(tile));
+  CopyAsyncCommit();
   for (int i = tid; i < kMmaRows * hd; i += kMmaThreads) o_s[i] = 0.0f;
   for (int i = tid; i < kMmaRows * L.p_ld; i += kMmaThreads) p_s[i] = T(0.0f);
   if (tid < kMmaRows) {
@@ -546,20 +566,13 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
     l_s[tid] = 0.0f;
     c_s[tid] = 1.0f;
   }
-  const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
-  __syncthreads();
 
-  for (int tile = split; tile * kTile < context; tile += splits) {
-    const int base = tile * kTile;
-    const int n = min(kTile, context - base);
-    TileSlots(slot_s, table, base, n, s, kvh);
-    __syncthreads();
-    // K and V rows as stored (no conversion); rows past the context are zero.
-    LoadTile<kMmaThreads>(k_cache, v_cache, slot_s, kTile, n, hd,
-                          [&](int j, int col, const uint4& k_raw, const uint4& v_raw) {
-                            *reinterpret_cast<uint4*>(k_s + j * L.ld + col) = k_raw;
-                            *reinterpret_cast<uint4*>(v_s + j * L.ld + col) = v_raw;
-                          });
+  for (int buffer = 0; tile * kTile < context; buffer ^= 1) {
+    const int n = tile_rows(tile);
+    const int next = tile + splits;
+    const bool has_next = next * kTile < context;
+    if (has_next) TileSlots(slot_s[buffer ^ 1], table, next * kTile, tile_rows(next), s, kvh);
+    CopyAsyncWait<1>();  // this tile's K (and the query); its V may still be in flight
     __syncthreads();
     // S = Q K^T: warp w < kTile / 16 computes positions 16w .. 16w + 15.
     if (warp < kTile / 16) {
@@ -574,7 +587,9 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
       }
       wmma::store_matrix_sync(s_s + warp * 16, scores, kTile, wmma::mem_row_major);
     }
-    __syncthreads();
+    __syncthreads();  // k_s is free, and the next tile's slots are visible
+    if (has_next) load_rows(k_cache, k_s, slot_s[buffer ^ 1], tile_rows(next));
+    CopyAsyncCommit();
     // Online softmax over the tile, one warp per head, lane = position.
     for (int g = warp; g < group; g += kMmaWarps) {
       const float score = lane < n ? s_s[g * kTile + lane] * s.scale : -FLT_MAX;
@@ -582,6 +597,7 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
     }
     __syncthreads();
     for (int i = tid; i < group * hd; i += kMmaThreads) o_s[i] *= c_s[i / hd];
+    CopyAsyncWait<1>();  // this tile's V; the next tile's K may still be in flight
     __syncthreads();
     // O += P V: each warp takes 16-column blocks of the head dimension.
     for (int nb = warp; nb < hd / 16; nb += kMmaWarps) {
@@ -597,8 +613,13 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
       }
       wmma::store_matrix_sync(o_s + nb * 16, out, hd, wmma::mem_row_major);
     }
-    __syncthreads();
+    __syncthreads();  // v_s is free
+    if (has_next) load_rows(v_cache, v_s, slot_s[buffer ^ 1], tile_rows(next));
+    CopyAsyncCommit();
+    tile = next;
   }
+  CopyAsyncWait<0>();
+  __syncthreads();  // a block without tiles reaches here with o_s and the stats just written
   const int64_t unit = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits + split;
   float* acc_out = part_acc + unit * group * hd;
   for (int i = tid; i < group * hd; i += kMmaThreads) acc_out[i] = o_s[i];

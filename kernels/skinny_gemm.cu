@@ -46,11 +46,6 @@ int DeviceSms() {
   return sms;
 }
 
-__device__ __forceinline__ void CopyAsync16(uint32_t smem, const void* global, bool valid) {
-  // src-size 0 fills the 16 bytes with zeros (rows past the batch, features past n, k past the end).
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(global), "r"(valid ? 16 : 0));
-}
-
 __device__ __forceinline__ void LoadMatrixX4(uint32_t smem, uint32_t (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -265,18 +260,18 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (begin + s < end) load(begin + s, s);
-    asm volatile("cp.async.commit_group;\n" ::);
+    CopyAsyncCommit();
   }
   clear();
   int64_t segment_begin = begin;
   int stage = 0;
   for (int64_t unit = begin; unit < end; ++unit) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+    CopyAsyncWait<kStages - 2>();
     __syncthreads();
     const int64_t next = unit + kStages - 1;
     // The stage computed one iteration ago: every warp is past it (the barrier above).
     if (next < end) load(next, stage == 0 ? kStages - 1 : stage - 1);
-    asm volatile("cp.async.commit_group;\n" ::);
+    CopyAsyncCommit();
     compute(stage);
     stage = stage == kStages - 1 ? 0 : stage + 1;
     const bool tile_ends = (unit + 1) % a.k_blocks == 0;
@@ -291,7 +286,7 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
       segment_begin = unit + 1;
     }
   }
-  asm volatile("cp.async.wait_group 0;\n" ::);
+  CopyAsyncWait<0>();
 }
 
 template <typename T, typename Geometry, int RowTiles>

@@ -270,17 +270,23 @@ struct AttentionCase {
 };
 
 TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
+  // 5 sequences: each split block gets at most one 32-position tile of a context; 64 (a decode
+  // batch): fewer splits, so blocks walk several tiles through the pipelined loop.
+  for (int32_t batch : {5, 64})
   for (const AttentionCase& c : {AttentionCase{32, 2, 128}, AttentionCase{8, 8, 64}, AttentionCase{16, 1, 128},
                                  AttentionCase{4, 2, 256}, AttentionCase{32, 1, 32}}) {
-    SCOPED_TRACE(testing::Message() << c.heads << "/" << c.kv_heads << " heads, head_dim " << c.head_dim);
+    SCOPED_TRACE(testing::Message() << batch << " sequences, " << c.heads << "/" << c.kv_heads << " heads, head_dim "
+                                    << c.head_dim);
     // Query rows padded like the rotary kernel's in-place qkv rows.
     const int64_t q_stride = int64_t{c.heads + 2 * c.kv_heads} * c.head_dim;
-    PagedAttentionShape s{5, c.heads, c.kv_heads, c.head_dim, 16, 40, 600, 1.0f / std::sqrt(float(c.head_dim)), q_stride};
+    PagedAttentionShape s{batch, c.heads, c.kv_heads, c.head_dim, 16, 40, 600, 1.0f / std::sqrt(float(c.head_dim)),
+                          q_stride};
     const int64_t slots = 256 * s.block_size;
     std::vector<float> q = Random(s.batch * q_stride, 11, type());
     std::vector<float> k = Random(slots * s.num_kv_heads * s.head_dim, 12, type());
     std::vector<float> v = Random(k.size(), 13, type());
     std::vector<int32_t> lens = {1, 17, 300, 599, 64};
+    for (int32_t i = 5; i < batch; ++i) lens.push_back(1 + (i * 37) % 599);
     std::vector<int32_t> blocks(256);
     std::iota(blocks.begin(), blocks.end(), 0);
     std::shuffle(blocks.begin(), blocks.end(), std::mt19937(14));
