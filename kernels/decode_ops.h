@@ -53,9 +53,9 @@ bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t r
 // streamed once, every SM taking an equal share of (output tile, k block) units; the sum for an
 // output does not depend on the row count or on timing.
 constexpr int32_t kSkinnyGemmMaxRows = 64;
-// Bytes of device workspace the GEMM needs on the current device (0 without one). Zero it once
-// before the first call; each call leaves it ready for the next. Calls sharing a workspace must
-// not overlap (issue them on one stream).
+// Bytes of device workspace the GEMM needs on the current device (0 without one), any contents:
+// a call zeroes the counters it uses (a memset on `stream` before its kernel) and holds the
+// workspace until that kernel ends, so calls on different streams need separate workspaces.
 size_t SkinnyGemmWorkspaceBytes();
 bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w);
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,

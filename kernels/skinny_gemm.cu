@@ -83,7 +83,7 @@ struct GemmArgs {
   const void* bias;  // may be null
   void* y;
   float* slots;    // [blocks][2][kSlotFloats]: a block's partial sums of its first and last tile
-  int* counters;   // [kMaxTiles]: parts of a tile stored so far; reset by the block finishing it
+  int* counters;   // [tiles]: parts of a tile stored so far (zeroed before the launch)
   int32_t rows;
   int64_t n, k;
   int32_t k_blocks;    // per tile
@@ -254,7 +254,6 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
         }
     }
     store(tile);
-    if (tid == 0) a.counters[tile] = 0;  // ready for the next call
   };
 
 #pragma unroll
@@ -347,6 +346,8 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
   args.n = n;
   args.k = k;
   auto st = static_cast<cudaStream_t>(stream);
+  const int64_t tiles = (n + kTileFeatures - 1) / kTileFeatures;
+  if (cudaMemsetAsync(args.counters, 0, static_cast<size_t>(tiles) * sizeof(int), st) != cudaSuccess) return false;
   if (type == ElementType::kBFloat16) return LaunchForRows<__nv_bfloat16, Wide>(args, sms, st);
   if (type == ElementType::kFloat16) return LaunchForRows<__half, Wide>(args, sms, st);
   return false;

@@ -74,15 +74,9 @@ class CudaDecodeRunner {
       }
     }
     max_context_ = std::min<int32_t>(model.config().max_position_embeddings, kernels::PagedAttentionMaxContext());
-    if (Enabled("gemm")) {
+    if (Enabled("gemm") && type_ != kernels::ElementType::kFloat32) {
       c10::cuda::CUDAGuard guard(model.device());
-      const size_t bytes = kernels::SkinnyGemmWorkspaceBytes();
-      // Zeroed once; each GEMM leaves it ready for the next. The decode steps and eager prefill
-      // that use it run on one stream, one after another.
-      if (bytes > 0) {
-        gemm_workspace_ = at::zeros({static_cast<int64_t>(bytes)},
-                                    at::TensorOptions().dtype(at::kByte).device(model.device()));
-      }
+      gemm_workspace_bytes_ = static_cast<int64_t>(kernels::SkinnyGemmWorkspaceBytes());
     }
     kernels_ = MakeLayerKernels();
   }
@@ -257,10 +251,10 @@ class CudaDecodeRunner {
       }
     }
     if (!Enabled("gemv")) max_rows = 0;
-    void* gemm_workspace = gemm_workspace_.defined() ? gemm_workspace_.data_ptr() : nullptr;
-    if (max_rows > 0 || gemm_workspace != nullptr) {
-      k.linear = [type, max_rows, gemm_workspace](const at::Tensor& x, const at::Tensor& weight,
-                                                   const at::Tensor& bias) {
+    const int64_t gemm_workspace_bytes = gemm_workspace_bytes_;
+    if (max_rows > 0 || gemm_workspace_bytes > 0) {
+      k.linear = [type, max_rows, gemm_workspace_bytes](const at::Tensor& x, const at::Tensor& weight,
+                                                         const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
         if (!x.is_contiguous() || !weight.is_contiguous() || rows > kSkinnyGemmFasterUpToRows) {
           return at::linear(x, weight, bias);  // prefill and large batches: cuBLAS
@@ -278,12 +272,14 @@ class CudaDecodeRunner {
         // enough to amortise its ramp-up and the rows few enough to keep it memory-bound: the
         // lm_head up to 32 rows (2.98 vs 2.79 TB/s at 8 rows, 2.85 vs 2.75 at 32; slower at 64
         // and for every per-layer projection; H100, bench/gemm_bench, bench/results/gpu.md).
-        if (gemm_workspace != nullptr && rows <= kSkinnyGemmFasterUpToRows &&
-            out_features * in >= kSkinnyGemmMinWeightElements &&
+        if (gemm_workspace_bytes > 0 && out_features * in >= kSkinnyGemmMinWeightElements &&
             kernels::SkinnyGemmCudaTakes(rows32, out_features, in, type, x.data_ptr(), weight.data_ptr())) {
           at::Tensor y = at::empty({rows, out_features}, x.options());
+          // From the caching allocator, per call: stream-ordered, so a capture's warm-up on a side
+          // stream and another thread's eager step never share one.
+          at::Tensor workspace = at::empty({gemm_workspace_bytes}, x.options().dtype(at::kByte));
           Check(kernels::SkinnyGemmCuda(x.data_ptr(), weight.data_ptr(), bias_data, y.data_ptr(), rows32, out_features,
-                                        in, type, gemm_workspace, CurrentStream()),
+                                        in, type, workspace.data_ptr(), CurrentStream()),
                 "skinny GEMM");
           return y;
         }
@@ -379,7 +375,7 @@ class CudaDecodeRunner {
   bool graphs_ = true;
   bool verify_ = false;
   std::set<std::string> disabled_;  // GLMSERVE_CUDA_DISABLE
-  at::Tensor gemm_workspace_;  // kernels::SkinnyGemmCuda's, when the "gemm" kernel is on
+  int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
   GlmModel::LayerKernels kernels_;
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;
