@@ -339,6 +339,7 @@ class PagedExecutor final : public StepExecutor {
     // Copying every row's full fp32 logits and sorting them on the CPU dominated large-batch
     // decode steps.
     std::vector<int32_t> device_ids;  // per sampled row; -1: sample on the host
+    bool host_logits_needed = true;    // false when the device decided every sampled row
     absl::Status forward = GuardTorch("forward step", [&] {
       at::Tensor device_logits = model_->Forward(batch, pool_);
       if (device_logits.is_cuda() && device_logits.dim() == 2 &&
@@ -348,9 +349,12 @@ class PagedExecutor final : public StepExecutor {
         for (size_t row = 0; row < device_ids.size(); ++row) {
           if (device_ids[row] < 0) host_rows.push_back(static_cast<int64_t>(row));
         }
-        const int64_t vocab = device_logits.size(1);
-        logits = at::empty({static_cast<int64_t>(num_samples), vocab}, at::TensorOptions().dtype(at::kFloat));
-        if (!host_rows.empty()) {
+        // Host logits only for the rows the host samples (a [64, 151552] fp32 buffer per step
+        // otherwise, for nothing).
+        host_logits_needed = !host_rows.empty();
+        if (host_logits_needed) {
+          const int64_t vocab = device_logits.size(1);
+          logits = at::empty({static_cast<int64_t>(num_samples), vocab}, at::TensorOptions().dtype(at::kFloat));
           at::Tensor rows = at::tensor(host_rows, at::TensorOptions().dtype(at::kLong));
           logits.index_copy_(0, rows, device_logits.index_select(0, rows.to(device_logits.device())).cpu());
         }
@@ -369,14 +373,14 @@ class PagedExecutor final : public StepExecutor {
       return forward;
     }
     const int32_t vocab = model_->config().vocab_size;
-    if (logits.dim() != 2 || logits.size(0) != static_cast<int64_t>(num_samples) || logits.size(1) != vocab ||
-        logits.scalar_type() != at::kFloat) {
+    if (host_logits_needed && (logits.dim() != 2 || logits.size(0) != static_cast<int64_t>(num_samples) ||
+                               logits.size(1) != vocab || logits.scalar_type() != at::kFloat)) {
       return absl::InternalError(absl::StrCat("forward step returned ", logits.dim(), "-d logits with ",
                                               logits.dim() > 0 ? logits.size(0) : 0, " rows; expected [",
                                               num_samples, ", ", vocab, "] fp32"));
     }
     result.next_tokens.assign(batch.size(), -1);
-    const float* data = logits.data_ptr<float>();
+    const float* data = host_logits_needed ? logits.data_ptr<float>() : nullptr;
     int64_t row = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
       if (!batch[i].sample) continue;
