@@ -5,9 +5,8 @@
 # the GLM-4-9B decode table against transformers in the same call. Build outputs stay in
 # .gpu/build so later runs on a warm machine are incremental. Logs go to $OUT (or .gpu/out).
 # Parts (0/1): GLMSERVE_GPU_TESTS=1 (=kernels: kernel tests only) GLMSERVE_GPU_VERIFY=1 (graph
-# replay vs eager, step by step) GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_BASELINE=0 (the table again with
-# cuBLAS instead of the skinny GEMM) GLMSERVE_ATTENTION_BLOCKS_PER_SM="" (the table again for each
-# attention split target listed) GLMSERVE_GPU_GEMM=0 (bench/gemm_bench: linear layers alone;
+# replay vs eager, step by step) GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_COMPARE="" (the table again
+# under each listed VAR=value) GLMSERVE_GPU_GEMM=0 (bench/gemm_bench: linear layers alone;
 # GLMSERVE_GEMM_ROWS list) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
 # GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
 # host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel).
@@ -77,14 +76,13 @@ if [ "$table" = 1 ]; then
   echo "== glmserve decode_bench GLM-4-9B bf16 (HBM ${gbps} GB/s)"
   bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" | tee "$out/glmserve_9b.md"
 fi
-for per_sm in ${GLMSERVE_ATTENTION_BLOCKS_PER_SM:-}; do
-  echo "== attention split into $per_sm blocks per SM (GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM)"
-  GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM=$per_sm bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" 2>/dev/null | tail -n +3
+# The table again under each listed setting, e.g. GLMSERVE_GPU_COMPARE="GLMSERVE_CUDA_PDL=0
+# GLMSERVE_CUDA_DISABLE=gemm" (same build, same machine: the fair comparison).
+for setting in ${GLMSERVE_GPU_COMPARE:-}; do
+  echo "== the same with $setting"
+  env "$setting" .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
+    --dtype bfloat16 --hbm-gbps "$gbps" --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" 2>/dev/null | tail -n +3
 done
-if [ "${GLMSERVE_GPU_BASELINE:-0}" = 1 ]; then
-  echo "== the same with cuBLAS above the GEMV's rows (GLMSERVE_CUDA_DISABLE=gemm)"
-  GLMSERVE_CUDA_DISABLE=gemm bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" 2>/dev/null | tee "$out/cublas_9b.md"
-fi
 if [ "$hf" = 1 ]; then
   echo "== transformers generate GLM-4-9B bf16"
   python3 bench/hf_decode_bench.py --config bench/configs/glm-4-9b-chat-hf --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" \
