@@ -21,7 +21,6 @@ __global__ void __launch_bounds__(kRotaryThreads)
 RotaryKvWriteKernel(T* __restrict__ qkv, const int64_t* __restrict__ positions, const float* __restrict__ inv_freq,
                     const int64_t* __restrict__ slots, T* __restrict__ k_cache, T* __restrict__ v_cache,
                     RotaryKvShape s) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   const int t = blockIdx.x;
   T* row = qkv + t * s.qkv_row_stride;
   const int half = s.rotary_dim / 2;
@@ -81,7 +80,6 @@ RotaryKvWriteKernel(T* __restrict__ qkv, const int64_t* __restrict__ positions, 
 
 template <typename T>
 __global__ void SwiGluKernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows, int64_t width) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   const int64_t total = rows * width;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -101,7 +99,6 @@ template <typename T, int M, int R, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
 GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
            int64_t n, int64_t k) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   constexpr int E = 16 / sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * R;
@@ -159,9 +156,9 @@ template <typename T, int M, int R, int U>
 bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream) {
   const int64_t rows_per_block = int64_t{kGemvWarps} * R;
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
-  return LaunchKernel(GemvKernel<T, M, R, U>, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32), 0, stream,
-                      static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                      static_cast<T*>(y), n, k) == cudaSuccess;
+  GemvKernel<T, M, R, U><<<static_cast<unsigned>(blocks), kGemvWarps * 32, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<T*>(y), n, k);
+  return cudaGetLastError() == cudaSuccess;
 }
 
 template <typename T>
@@ -196,24 +193,23 @@ bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_fre
   if (s.tokens == 0) return true;
   auto st = static_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(s.tokens));
-  cudaError_t launched = cudaErrorInvalidValue;
   switch (type) {
     case ElementType::kFloat32:
-      launched = LaunchKernel(RotaryKvWriteKernel<float>, grid, dim3(kRotaryThreads), 0, st, static_cast<float*>(qkv),
-                              positions, inv_freq, slots, static_cast<float*>(k_cache), static_cast<float*>(v_cache), s);
+      RotaryKvWriteKernel<float><<<grid, kRotaryThreads, 0, st>>>(static_cast<float*>(qkv), positions, inv_freq, slots,
+                                                       static_cast<float*>(k_cache), static_cast<float*>(v_cache), s);
       break;
     case ElementType::kBFloat16:
-      launched = LaunchKernel(RotaryKvWriteKernel<__nv_bfloat16>, grid, dim3(kRotaryThreads), 0, st,
-                              static_cast<__nv_bfloat16*>(qkv), positions, inv_freq, slots,
-                              static_cast<__nv_bfloat16*>(k_cache), static_cast<__nv_bfloat16*>(v_cache), s);
+      RotaryKvWriteKernel<__nv_bfloat16><<<grid, kRotaryThreads, 0, st>>>(
+          static_cast<__nv_bfloat16*>(qkv), positions, inv_freq, slots, static_cast<__nv_bfloat16*>(k_cache),
+          static_cast<__nv_bfloat16*>(v_cache), s);
       break;
     case ElementType::kFloat16:
-      launched = LaunchKernel(RotaryKvWriteKernel<__half>, grid, dim3(kRotaryThreads), 0, st, static_cast<__half*>(qkv),
-                              positions, inv_freq, slots, static_cast<__half*>(k_cache), static_cast<__half*>(v_cache),
-                              s);
+      RotaryKvWriteKernel<__half><<<grid, kRotaryThreads, 0, st>>>(static_cast<__half*>(qkv), positions, inv_freq, slots,
+                                                        static_cast<__half*>(k_cache), static_cast<__half*>(v_cache), s);
       break;
+    default: return false;
   }
-  return launched == cudaSuccess;
+  return cudaGetLastError() == cudaSuccess;
 }
 
 bool SwiGluCuda(const void* gate_up, void* out, int64_t rows, int64_t width, ElementType type, void* stream) {
@@ -222,22 +218,21 @@ bool SwiGluCuda(const void* gate_up, void* out, int64_t rows, int64_t width, Ele
   auto st = static_cast<cudaStream_t>(stream);
   const int64_t total = rows * width;
   const unsigned blocks = static_cast<unsigned>((total + 255) / 256 < 65535 ? (total + 255) / 256 : 65535);
-  cudaError_t launched = cudaErrorInvalidValue;
   switch (type) {
     case ElementType::kFloat32:
-      launched = LaunchKernel(SwiGluKernel<float>, dim3(blocks), dim3(256), 0, st, static_cast<const float*>(gate_up),
-                              static_cast<float*>(out), rows, width);
+      SwiGluKernel<float><<<blocks, 256, 0, st>>>(static_cast<const float*>(gate_up), static_cast<float*>(out), rows, width);
       break;
     case ElementType::kBFloat16:
-      launched = LaunchKernel(SwiGluKernel<__nv_bfloat16>, dim3(blocks), dim3(256), 0, st,
-                              static_cast<const __nv_bfloat16*>(gate_up), static_cast<__nv_bfloat16*>(out), rows, width);
+      SwiGluKernel<__nv_bfloat16><<<blocks, 256, 0, st>>>(static_cast<const __nv_bfloat16*>(gate_up),
+                                                          static_cast<__nv_bfloat16*>(out), rows, width);
       break;
     case ElementType::kFloat16:
-      launched = LaunchKernel(SwiGluKernel<__half>, dim3(blocks), dim3(256), 0, st, static_cast<const __half*>(gate_up),
-                              static_cast<__half*>(out), rows, width);
+      SwiGluKernel<__half><<<blocks, 256, 0, st>>>(static_cast<const __half*>(gate_up), static_cast<__half*>(out), rows,
+                                                   width);
       break;
+    default: return false;
   }
-  return launched == cudaSuccess;
+  return cudaGetLastError() == cudaSuccess;
 }
 
 bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w) {

@@ -1,15 +1,11 @@
-// Helpers shared by the kernels: element conversions (fp32 / bf16 / fp16 <-> fp32, and the
-// rounding an ATen op on T tensors applies), 16-byte chunk unpacking, warp reductions, cp.async,
-// and launches with programmatic dependent launch. Included by the .cu files only.
+// Device helpers shared by the kernels: element conversions (fp32 / bf16 / fp16 <-> fp32, and
+// the rounding an ATen op on T tensors applies), 16-byte chunk unpacking, warp reductions.
+// Device code only: included by the .cu files.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-
-#include <cstdlib>
-#include <cstring>
-#include <utility>
 
 namespace glmserve::kernels {
 
@@ -91,38 +87,6 @@ __device__ __forceinline__ float WarpSum(float v) {
 __device__ __forceinline__ float WarpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
-}
-
-// Programmatic dependent launch (sm_90): a kernel launched by LaunchKernel may be scheduled
-// while the kernel before it on the stream is still finishing, instead of after it drains; it
-// must call WaitForPriorKernel() before touching global memory, which returns once the prior
-// kernel has completed and its writes are visible (at once when there is no such dependency).
-// Between the small kernels of a decode step this hides most of the launch gap.
-// GLMSERVE_CUDA_PDL=0 launches every kernel plainly (measurements, diagnosis).
-__device__ __forceinline__ void WaitForPriorKernel() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-
-inline bool ProgrammaticLaunchEnabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("GLMSERVE_CUDA_PDL");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
-  return enabled;
-}
-
-template <typename... KernelArgs, typename... Args>
-cudaError_t LaunchKernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t shared_bytes,
-                         cudaStream_t stream, Args&&... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = shared_bytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = ProgrammaticLaunchEnabled() ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 }  // namespace glmserve::kernels

@@ -248,7 +248,6 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
                           const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
                           float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
                           int splits) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   constexpr int kSplitWarps = kSplitThreads / 32;
   extern __shared__ float4 smem_raw[];
   const SplitLayout layout = MakeSplitLayout(s);
@@ -396,7 +395,6 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
 template <typename T>
 __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
                                           T* __restrict__ out, PagedAttentionShape s, int splits) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   __shared__ float weight_s[kMaxSplits];
   __shared__ float inv_total;
   const int b = blockIdx.x, h = blockIdx.y;
@@ -436,12 +434,12 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
   const int group = s.num_heads / s.num_kv_heads;
   float* part_acc = static_cast<float*>(workspace);
   float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
-  return LaunchKernel(kernel, dim3(s.batch, s.num_kv_heads, splits), dim3(threads), smem, stream,
-                      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens,
-                      part_acc, part_stats, s, splits) == cudaSuccess &&
-         LaunchKernel(PagedAttentionMergeKernel<T>, dim3(s.batch, s.num_heads),
-                      dim3(s.head_dim < 128 ? s.head_dim : 128), 0, stream, part_acc, part_stats, static_cast<T*>(out),
-                      s, splits) == cudaSuccess;
+  kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
+      part_stats, s, splits);
+  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
+      part_acc, part_stats, static_cast<T*>(out), s, splits);
+  return cudaGetLastError() == cudaSuccess;
 }
 
 // The shared-memory limit is raised once per kernel, before any capture (not a stream operation).
@@ -515,7 +513,6 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
                         const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
                         float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
                         int splits) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   namespace wmma = nvcuda::wmma;
   extern __shared__ __align__(128) unsigned char mma_smem[];
   const int hd = s.head_dim, group = s.num_heads / s.num_kv_heads;

@@ -16,7 +16,6 @@ template <typename T>
 __global__ void FusedAddRmsNormTypedKernel(const T* __restrict__ x, T* __restrict__ residual,
                                            const T* __restrict__ weight, T* __restrict__ out, int64_t hidden,
                                            float eps) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   const int64_t row = blockIdx.x;
   T* res = residual + row * hidden;
   float local = 0.0f;
@@ -56,7 +55,6 @@ template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
 FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
                          T* __restrict__ out, int64_t hidden, float eps) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   constexpr int E = Chunk16<T>::kElements;
   const int64_t row = blockIdx.x;
   const int chunks = static_cast<int>(hidden / E);
@@ -121,13 +119,15 @@ bool LaunchTyped(const void* x, void* residual, const void* weight, void* out, i
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (hidden % E == 0 && hidden / E <= int64_t{kRowThreads} * kMaxChunks && aligned(residual) && aligned(weight) &&
       aligned(out) && (x == nullptr || aligned(x))) {
-    return LaunchKernel(FusedAddRmsNormRowKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kRowThreads), 0, stream,
-                        static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight),
-                        static_cast<T*>(out), hidden, eps) == cudaSuccess;
+    FusedAddRmsNormRowKernel<T><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
+        hidden, eps);
+    return cudaGetLastError() == cudaSuccess;
   }
-  return LaunchKernel(FusedAddRmsNormTypedKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(256), 0, stream,
-                      static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight),
-                      static_cast<T*>(out), hidden, eps) == cudaSuccess;
+  FusedAddRmsNormTypedKernel<T><<<static_cast<unsigned>(rows), 256, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
+      hidden, eps);
+  return cudaGetLastError() == cudaSuccess;
 }
 
 }  // namespace

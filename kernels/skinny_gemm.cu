@@ -111,7 +111,6 @@ struct Layout {
 
 template <typename T, typename Geometry, int RowTiles>
 __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm) SkinnyGemmKernel(GemmArgs a) {
-  WaitForPriorKernel();  // before any global access: see LaunchKernel
   using L = Layout<Geometry, RowTiles>;
   constexpr int kThreads = L::kThreads, kStages = L::kStages, kFeatureTiles = L::kFeatureTiles;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -305,8 +304,8 @@ bool Launch(GemmArgs args, int sms, cudaStream_t stream) {
   args.k_blocks = static_cast<int32_t>((args.k + L::kBlockK - 1) / L::kBlockK);
   const int64_t total = (args.n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
   args.per_block = (total + blocks - 1) / blocks;
-  return LaunchKernel(SkinnyGemmKernel<T, Geometry, RowTiles>, dim3(blocks), dim3(L::kThreads), smem, stream, args) ==
-         cudaSuccess;
+  SkinnyGemmKernel<T, Geometry, RowTiles><<<blocks, L::kThreads, smem, stream>>>(args);
+  return cudaGetLastError() == cudaSuccess;
 }
 
 template <typename T, typename Geometry>

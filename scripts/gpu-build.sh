@@ -76,8 +76,8 @@ if [ "$table" = 1 ]; then
   echo "== glmserve decode_bench GLM-4-9B bf16 (HBM ${gbps} GB/s)"
   bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" | tee "$out/glmserve_9b.md"
 fi
-# The table again under each listed setting, e.g. GLMSERVE_GPU_COMPARE="GLMSERVE_CUDA_PDL=0
-# GLMSERVE_CUDA_DISABLE=gemm" (same build, same machine: the fair comparison).
+# The table again under each listed setting, e.g. GLMSERVE_GPU_COMPARE="GLMSERVE_CUDA_DISABLE=gemm
+# GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM=8" (same build, same machine: the fair comparison).
 for setting in ${GLMSERVE_GPU_COMPARE:-}; do
   echo "== the same with $setting"
   env "$setting" .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
