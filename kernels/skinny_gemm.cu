@@ -1,10 +1,10 @@
 // Tensor-core GEMM for decode batches (a few to 64 rows): y = x w^T (+ bias) with the weight
-// streamed once from HBM. cuBLAS tiles such shapes by output features only, so the small
-// projections (qkv, o) give too few blocks to keep every SM's loads in flight and the large ones
-// end in a partial wave. Here the work, output tiles x k blocks, is cut into one contiguous equal
-// range per resident block ("stream-K"): every SM streams the same share of the weight. A tile
-// cut between blocks is finished by the block that arrives last, which sums the parts in block
-// order, so the result depends neither on timing nor on the number of rows.
+// streamed once from HBM. The work, output tiles x k blocks, is cut into one contiguous equal
+// range per resident block ("stream-K"), so every SM streams the same share of the weight
+// whatever the shape. A tile cut between blocks is finished by the block that arrives last,
+// which sums the parts in block order: the result depends neither on timing nor on the number
+// of rows. Measured against cuBLAS on GLM-4-9B's shapes (bench/gemm_bench, bench/results/gpu.md)
+// it is faster only on a large weight at up to 32 rows (the lm_head), where the runtime uses it.
 //
 // Per block: 128 weight rows (output features) x 128 k per stage, a cp.async pipeline as deep
 // as shared memory allows, XOR-swizzled rows for conflict-free ldmatrix, and mma.m16n8k16
@@ -28,8 +28,8 @@ constexpr int kMaxTiles = 16384;    // counters in the workspace: n <= 2M featur
 constexpr int kSlotFloats = kTileFeatures * kSkinnyGemmMaxRows;
 
 // Tile geometry: 128 k per stage, so each weight row is read 256 contiguous bytes at a time (64
-// k, 128 bytes, streamed 10-15% slower on an H100: more DRAM row switches per byte); 8 warps of
-// 16 features; one block per SM with most of its shared memory.
+// k, 128 bytes, streamed 5-10% slower on an H100); 8 warps of 16 features; one block per SM with
+// most of its shared memory.
 struct Wide {
   static constexpr int kBlockK = 128, kWarps = 8, kBlocksPerSm = 1, kSmem = 220 * 1024;
 };
