@@ -224,7 +224,7 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   struct Shape {
     int64_t n, k;
   };
-  // A partial last tile and k not a multiple of the 64-wide stage; GLM-4-9B's qkv projection,
+  // A partial last tile and k not a multiple of the 128-wide stage; GLM-4-9B's qkv projection,
   // whose 36 tiles are each cut between several blocks; a single unit, so most blocks idle.
   for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}}) {
     const int64_t n = shape.n, k = shape.k;
