@@ -14,6 +14,7 @@
 #include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
+#include "tests/testutil/bf16.h"
 
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
 #include <cuda_runtime.h>
@@ -59,19 +60,9 @@ TEST(Gemv, ReferenceMultipliesByTheTransposedWeight) {
 }
 
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
-uint16_t ToBf16(float v) {  // round to nearest even, as __float2bfloat16
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
-float FromBf16(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float v;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
-float RoundBf16(float v) { return FromBf16(ToBf16(v)); }
+using testutil::FromBf16Bits;
+using testutil::RoundToBf16;
+using testutil::ToBf16Bits;
 
 // A device copy of host data; the element type decides what the kernel sees (fp32 or bf16).
 class Device {
@@ -82,7 +73,7 @@ class Device {
       cudaMemcpy(ptr_, host.data(), count_ * 4, cudaMemcpyHostToDevice);
     } else {
       std::vector<uint16_t> half(count_);
-      for (size_t i = 0; i < count_; ++i) half[i] = ToBf16(host[i]);
+      for (size_t i = 0; i < count_; ++i) half[i] = ToBf16Bits(host[i]);
       cudaMemcpy(ptr_, half.data(), count_ * 2, cudaMemcpyHostToDevice);
     }
   }
@@ -104,7 +95,7 @@ class Device {
     } else {
       std::vector<uint16_t> half(count_);
       cudaMemcpy(half.data(), ptr_, count_ * 2, cudaMemcpyDeviceToHost);
-      for (size_t i = 0; i < count_; ++i) host[i] = FromBf16(half[i]);
+      for (size_t i = 0; i < count_; ++i) host[i] = FromBf16Bits(half[i]);
     }
     return host;
   }
@@ -122,7 +113,7 @@ std::vector<float> Random(size_t n, uint32_t seed, ElementType type, float scale
   std::vector<float> v(n);
   for (float& x : v) x = scale * normal(rng);
   if (type == ElementType::kBFloat16) {
-    for (float& x : v) x = RoundBf16(x);  // the reference sees exactly what the kernel sees
+    for (float& x : v) x = RoundToBf16(x);  // the reference sees exactly what the kernel sees
   }
   return v;
 }

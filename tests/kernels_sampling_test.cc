@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "kernels/rms_norm.h"
 #include "kernels/sampling.h"
+#include "tests/testutil/bf16.h"
 
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
 #include <cuda_runtime.h>
@@ -252,13 +253,7 @@ std::vector<float> MakeRow(Shape shape, int32_t vocab, std::mt19937& rng) {
       for (int k = 0; k < 8; ++k) row[any_id(rng)] += 8.0f + 2.0f * k;
       break;
     case Shape::kBf16Ties:
-      for (float& v : row) {
-        v = 3.0f * normal(rng);
-        uint32_t bits;
-        std::memcpy(&bits, &v, 4);
-        bits &= 0xFFFF0000u;
-        std::memcpy(&v, &bits, 4);
-      }
+      for (float& v : row) v = testutil::TruncateToBf16(3.0f * normal(rng));
       for (int k = 0; k < 4; ++k) row[any_id(rng)] = 14.0f;  // tied top tokens
       break;
     case Shape::kFewValues:
@@ -441,55 +436,6 @@ TEST(SampleRowsCuda, RejectsBadShapesAndAcceptsNoRows) {
   EXPECT_FALSE(SampleRowsCuda(d_logits, 1, 0, d_params, d_ids, nullptr));
   EXPECT_FALSE(SampleRowsCuda(d_logits, -1, 4, d_params, d_ids, nullptr));
   EXPECT_FALSE(SampleRowsCuda(nullptr, 1, 4, d_params, d_ids, nullptr));
-  cudaFree(d_logits);
-  cudaFree(d_params);
-  cudaFree(d_ids);
-#endif
-}
-
-TEST(SampleRowsCuda, BatchOf64GlmRowsTiming) {
-  // Not a pass/fail benchmark: prints how long one batch-64 launch takes, for the record.
-  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
-#ifdef GLMSERVE_HAVE_CUDA_KERNELS
-  const int32_t vocab = 151552, rows = 64;
-  std::mt19937 rng(13);
-  std::vector<float> logits;
-  for (int r = 0; r < rows; ++r) {
-    const std::vector<float> row = MakeRow(r % 2 ? Shape::kPeaked : Shape::kBf16Ties, vocab, rng);
-    logits.insert(logits.end(), row.begin(), row.end());
-  }
-  float* d_logits = nullptr;
-  SamplingRow* d_params = nullptr;
-  int32_t* d_ids = nullptr;
-  ASSERT_EQ(cudaMalloc(&d_logits, logits.size() * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&d_params, rows * sizeof(SamplingRow)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&d_ids, rows * sizeof(int32_t)), cudaSuccess);
-  cudaMemcpy(d_logits, logits.data(), logits.size() * sizeof(float), cudaMemcpyHostToDevice);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  struct Config {
-    const char* name;
-    SamplingRow row;
-  };
-  for (const Config& config : {Config{"temperature 0.8, top_p 0.8", Row(0.8f, 0, 0.8f, 0.37)},
-                               Config{"temperature 1, top_k 50", Row(1.0f, 50, 1.0f, 0.37)},
-                               Config{"temperature 0 (argmax)", Row(0.0f, 0, 1.0f, 0.37)}}) {
-    const std::vector<SamplingRow> params(rows, config.row);
-    cudaMemcpy(d_params, params.data(), rows * sizeof(SamplingRow), cudaMemcpyHostToDevice);
-    for (int i = 0; i < 3; ++i) ASSERT_TRUE(SampleRowsCuda(d_logits, rows, vocab, d_params, d_ids, nullptr));
-    const int iterations = 20;
-    cudaEventRecord(start);
-    for (int i = 0; i < iterations; ++i) ASSERT_TRUE(SampleRowsCuda(d_logits, rows, vocab, d_params, d_ids, nullptr));
-    cudaEventRecord(stop);
-    ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    std::printf("SampleRowsCuda, 64 rows x 151552, %s: %.1f us per launch\n", config.name,
-                1000.0f * ms / iterations);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   cudaFree(d_logits);
   cudaFree(d_params);
   cudaFree(d_ids);

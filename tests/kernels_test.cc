@@ -26,17 +26,20 @@ TEST(FusedAddRmsNorm, ReferenceMatchesHandComputedRow) {
   EXPECT_FLOAT_EQ(out[1], 2.0f);
 }
 
-TEST(FusedAddRmsNorm, CudaMatchesReference) {
-  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
-  const int64_t rows = 37, hidden = 4096;
-  std::mt19937 rng(7);
+// Runs the fp32 CUDA add+RMSNorm (the fp32 entry point, or the typed one with element type 0 and
+// an optional null delta) on random rows and compares both outputs with the reference.
+void ExpectFusedAddRmsNormMatchesReference(int64_t rows, int64_t hidden, bool with_delta, bool typed_entry,
+                                           uint32_t seed) {
+  std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
-  std::vector<float> x(rows * hidden), residual(rows * hidden), weight(hidden);
-  for (float& v : x) v = normal(rng);
+  std::vector<float> x(rows * hidden, 0.0f), residual(rows * hidden), weight(hidden);
+  if (with_delta) {
+    for (float& v : x) v = normal(rng);
+  }
   for (float& v : residual) v = normal(rng);
   for (float& v : weight) v = 1.0f + 0.1f * normal(rng);
-  std::vector<float> want_res = residual, want(rows * hidden), got_res(rows * hidden), got(rows * hidden);
+  std::vector<float> want_res = residual, want(rows * hidden), got(rows * hidden), got_res(rows * hidden);
   FusedAddRmsNormReference(x.data(), want_res.data(), weight.data(), want.data(), rows, hidden, 1e-5f);
   float *dx, *dres, *dw, *dout;
   const size_t bytes = rows * hidden * sizeof(float);
@@ -47,14 +50,27 @@ TEST(FusedAddRmsNorm, CudaMatchesReference) {
   cudaMemcpy(dx, x.data(), bytes, cudaMemcpyHostToDevice);
   cudaMemcpy(dres, residual.data(), bytes, cudaMemcpyHostToDevice);
   cudaMemcpy(dw, weight.data(), hidden * sizeof(float), cudaMemcpyHostToDevice);
-  ASSERT_TRUE(FusedAddRmsNormCuda(dx, dres, dw, dout, rows, hidden, 1e-5f, nullptr));
+  const bool launched =
+      typed_entry ? FusedAddRmsNormCudaTyped(with_delta ? dx : nullptr, dres, dw, dout, rows, hidden, 1e-5f, 0, nullptr)
+                  : FusedAddRmsNormCuda(dx, dres, dw, dout, rows, hidden, 1e-5f, nullptr);
   cudaMemcpy(got.data(), dout, bytes, cudaMemcpyDeviceToHost);
   cudaMemcpy(got_res.data(), dres, bytes, cudaMemcpyDeviceToHost);
-  cudaFree(dx); cudaFree(dres); cudaFree(dw); cudaFree(dout);
+  cudaFree(dx);
+  cudaFree(dres);
+  cudaFree(dw);
+  cudaFree(dout);
+  ASSERT_TRUE(launched);
   for (int64_t i = 0; i < rows * hidden; ++i) {
     ASSERT_NEAR(got_res[i], want_res[i], 1e-6f) << i;
     ASSERT_NEAR(got[i], want[i], 1e-4f * std::abs(want[i]) + 1e-5f) << i;
   }
+}
+#endif
+
+TEST(FusedAddRmsNorm, CudaMatchesReference) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  ExpectFusedAddRmsNormMatchesReference(37, 4096, /*with_delta=*/true, /*typed_entry=*/false, 7);
 #endif
 }
 
@@ -65,30 +81,9 @@ TEST(FusedAddRmsNorm, TypedFloat32RowWidthsOnBothKernelPaths) {
   // 16-byte chunk and 40000 is too wide: the generic path. Norm-only (x null) too.
   for (int64_t hidden : {int64_t{128}, int64_t{4096}, int64_t{4098}, int64_t{40000}}) {
     for (bool with_delta : {true, false}) {
-      const int64_t rows = 3;
-      std::mt19937 rng(static_cast<uint32_t>(hidden));
-      std::normal_distribution<float> normal;
-      std::vector<float> x(rows * hidden, 0.0f), residual(rows * hidden), weight(hidden);
-      if (with_delta) for (float& v : x) v = normal(rng);
-      for (float& v : residual) v = normal(rng);
-      for (float& v : weight) v = 1.0f + 0.1f * normal(rng);
-      std::vector<float> want_res = residual, want(rows * hidden), got(rows * hidden), got_res(rows * hidden);
-      FusedAddRmsNormReference(x.data(), want_res.data(), weight.data(), want.data(), rows, hidden, 1e-5f);
-      float *dx, *dres, *dw, *dout;
-      const size_t bytes = rows * hidden * sizeof(float);
-      cudaMalloc(&dx, bytes); cudaMalloc(&dres, bytes); cudaMalloc(&dw, hidden * 4); cudaMalloc(&dout, bytes);
-      cudaMemcpy(dx, x.data(), bytes, cudaMemcpyHostToDevice);
-      cudaMemcpy(dres, residual.data(), bytes, cudaMemcpyHostToDevice);
-      cudaMemcpy(dw, weight.data(), hidden * 4, cudaMemcpyHostToDevice);
-      ASSERT_TRUE(FusedAddRmsNormCudaTyped(with_delta ? dx : nullptr, dres, dw, dout, rows, hidden, 1e-5f, 0, nullptr));
-      cudaMemcpy(got.data(), dout, bytes, cudaMemcpyDeviceToHost);
-      cudaMemcpy(got_res.data(), dres, bytes, cudaMemcpyDeviceToHost);
-      cudaFree(dx); cudaFree(dres); cudaFree(dw); cudaFree(dout);
       SCOPED_TRACE(testing::Message() << "hidden " << hidden << " delta " << with_delta);
-      for (int64_t i = 0; i < rows * hidden; ++i) {
-        ASSERT_NEAR(got_res[i], want_res[i], 1e-6f) << i;
-        ASSERT_NEAR(got[i], want[i], 1e-4f * std::abs(want[i]) + 1e-5f) << i;
-      }
+      ExpectFusedAddRmsNormMatchesReference(3, hidden, with_delta, /*typed_entry=*/true,
+                                            static_cast<uint32_t>(hidden));
     }
   }
 #endif

@@ -9,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/sampling.h"
+#include "tests/testutil/bf16.h"
 
 namespace glmserve {
 namespace {
@@ -128,13 +129,7 @@ TEST(SamplerTest, KernelReferenceAgreesWithSampleNextToken) {
           for (float& v : logits) v = 2.0f * normal(rng);
           break;
         case 1:  // bf16-rounded: many exact ties
-          for (float& v : logits) {
-            v = 3.0f * normal(rng);
-            uint32_t bits;
-            std::memcpy(&bits, &v, 4);
-            bits &= 0xFFFF0000u;
-            std::memcpy(&v, &bits, 4);
-          }
+          for (float& v : logits) v = testutil::TruncateToBf16(3.0f * normal(rng));
           break;
         case 2:  // a few values only
           for (float& v : logits) v = 0.5f * std::round(normal(rng));
