@@ -1,11 +1,13 @@
-// Device helpers shared by the kernels: element conversions (fp32 / bf16 / fp16 <-> fp32, and
-// the rounding an ATen op on T tensors applies), 16-byte chunk unpacking, warp reductions.
-// Device code only: included by the .cu files.
+// Helpers shared by the kernels: element conversions (fp32 / bf16 / fp16 <-> fp32, and the
+// rounding an ATen op on T tensors applies), 16-byte chunk unpacking, warp reductions, cp.async,
+// and the current device's SM count. Included by the .cu files only.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <atomic>
 
 namespace glmserve::kernels {
 
@@ -87,6 +89,19 @@ __device__ __forceinline__ float WarpSum(float v) {
 __device__ __forceinline__ float WarpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
+}
+
+// Multiprocessors of the current device, asked once per device; 0 when CUDA cannot say.
+inline int DeviceSmCount() {
+  static std::atomic<int> cached[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 0;
+  int sms = cached[device].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) return 0;
+    cached[device].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
 }
 
 }  // namespace glmserve::kernels

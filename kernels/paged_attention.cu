@@ -143,14 +143,8 @@ bool SplitKernelTakes(const PagedAttentionShape& s) {
 }
 
 int SplitCount(const PagedAttentionShape& s) {
-  static const int sm_count = [] {
-    int device = 0, count = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-      return 132;
-    }
-    return count;
-  }();
+  const int device_sms = DeviceSmCount();
+  const int sm_count = device_sms > 0 ? device_sms : 132;
   // Several blocks per SM: each tile is latency-bound. GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM
   // overrides the 4 for measurements.
   static const int blocks_per_sm = [] {

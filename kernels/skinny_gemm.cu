@@ -34,18 +34,6 @@ struct Wide {
   static constexpr int kBlockK = 128, kWarps = 8, kBlocksPerSm = 1, kSmem = 220 * 1024;
 };
 
-int DeviceSms() {
-  static std::atomic<int> cached[64];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 0;
-  int sms = cached[device].load(std::memory_order_relaxed);
-  if (sms == 0) {
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) return 0;
-    cached[device].store(sms, std::memory_order_relaxed);
-  }
-  return sms;
-}
-
 __device__ __forceinline__ void LoadMatrixX4(uint32_t smem, uint32_t (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -319,7 +307,7 @@ bool LaunchForRows(const GemmArgs& args, int sms, cudaStream_t stream) {
 }  // namespace
 
 size_t SkinnyGemmWorkspaceBytes() {
-  const int sms = DeviceSms();
+  const int sms = DeviceSmCount();
   if (sms <= 0) return 0;
   return sizeof(int) * kMaxTiles + sizeof(float) * static_cast<size_t>(sms) * Wide::kBlocksPerSm * 2 * kSlotFloats;
 }
@@ -333,7 +321,7 @@ bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, c
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
                     ElementType type, void* workspace, void* stream) {
   if (!SkinnyGemmCudaTakes(rows, n, k, type, x, w) || workspace == nullptr) return false;
-  const int sms = DeviceSms();
+  const int sms = DeviceSmCount();
   if (sms <= 0) return false;
   GemmArgs args;
   args.x = x;
