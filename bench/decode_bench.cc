@@ -12,11 +12,10 @@
 // and writes PREFIX-b<batch>.json (a Chrome trace; bench/summarize_trace.py sums its kernels).
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "runtime/model_runner.h"
 #include "bench/model_flags.h"
 #include "runtime/profiling.h"
@@ -51,13 +50,9 @@ int main(int argc, char** argv) {
   if (!glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return 2;
   const std::string& model = model_flags.model;
   std::vector<int32_t> batch_sizes;
-  for (absl::string_view piece : absl::StrSplit(batch_sizes_text, ',')) {
-    int32_t b = 0;
-    if (!absl::SimpleAtoi(piece, &b) || b <= 0) {
-      std::fprintf(stderr, "--batch-sizes: '%s' is not a positive integer\n", std::string(piece).c_str());
-      return 2;
-    }
-    batch_sizes.push_back(b);
+  if (!glmserve::bench::ParseIntList("batch-sizes", batch_sizes_text, 1, std::numeric_limits<int32_t>::max(),
+                                     &batch_sizes)) {
+    return 2;
   }
   const Clock::time_point load_start = Clock::now();
   auto runner = glmserve::ModelRunner::Load(model, model_flags.ToLoadOptions());

@@ -10,12 +10,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "bench/model_flags.h"
 #include "kernels/decode_ops.h"
 #include "kernels/rms_norm.h"
 
@@ -35,17 +34,6 @@ constexpr Shape kShapes[] = {{"qkv", 4608, 4096},
                              {"down", 4096, 13696},
                              {"lm_head", 151552, 4096}};
 
-std::vector<int> ParseList(const char* text) {
-  std::vector<int> values;
-  for (const char* p = text; *p != '\0';) {
-    char* end = nullptr;
-    values.push_back(static_cast<int>(std::strtol(p, &end, 10)));
-    if (end == p) break;
-    p = *end == ',' ? end + 1 : end;
-  }
-  return values;
-}
-
 bool Ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
   return e == cudaSuccess;
@@ -54,19 +42,18 @@ bool Ok(cudaError_t e, const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> rows_list = {4, 8, 16, 32, 64};
-  int iterations = 40;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i];
-    if (flag == "--rows") {
-      rows_list = ParseList(argv[i + 1]);
-
-    } else if (flag == "--iterations") {
-      iterations = std::atoi(argv[i + 1]);
-    } else {
-      std::fprintf(stderr, "unknown flag %s; expected --rows, --iterations\n", flag.c_str());
-      return 2;
-    }
+  const int32_t max_rows = glmserve::kernels::kSkinnyGemmMaxRows;
+  std::string rows_text = "4,8,16,32,64";
+  int32_t iterations = 40;
+  glmserve::FlagParser flags("gemm_bench", "Times the decode linear layers alone: cuBLAS, the GEMV, the skinny GEMM.");
+  flags.AddString("rows", &rows_text, "comma-separated row counts (1 to 64)");
+  flags.AddInt("iterations", &iterations, "timed calls per kernel and shape");
+  if (!glmserve::bench::ParseBenchFlags(flags, nullptr, argc, argv)) return 2;
+  std::vector<int32_t> rows_list;
+  if (!glmserve::bench::ParseIntList("rows", rows_text, 1, max_rows, &rows_list)) return 2;
+  if (iterations < 1) {
+    std::fprintf(stderr, "--iterations: %d is not a positive integer\n", iterations);
+    return 2;
   }
   if (!glmserve::kernels::CudaKernelsAvailable()) {
     std::fprintf(stderr, "gemm_bench: no CUDA device with the kernels' architecture\n");
@@ -85,7 +72,6 @@ int main(int argc, char** argv) {
   void* gemm_workspace = nullptr;
   if (!Ok(cudaMalloc(&gemm_workspace, gemm_workspace_bytes), "workspace")) return 1;
   cudaMemset(gemm_workspace, 0, gemm_workspace_bytes);
-  const int max_rows = glmserve::kernels::kSkinnyGemmMaxRows;
   void* x = nullptr;
   void* y = nullptr;
   cudaMalloc(&x, size_t{2} * max_rows * 13696);
@@ -121,8 +107,7 @@ int main(int argc, char** argv) {
                   static_cast<long long>(shape.k), rows, kernel.c_str(), us, us > 0 ? bytes / us / 1e6 : 0.0);
       std::fflush(stdout);
     };
-    for (int rows : rows_list) {
-      if (rows < 1 || rows > max_rows) continue;
+    for (int32_t rows : rows_list) {
       const float alpha = 1.0f, beta = 0.0f;
       row(rows, "cuBLAS", time_us([&](const void* w) {
             return cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(shape.n), rows,

@@ -1,10 +1,15 @@
 // The model flags every runtime benchmark takes (--model, --device, --dtype and optionally
-// --random-weights), registered once and turned into LoadOptions, plus the shared
-// "parse, or print the problem and the usage" step.
+// --random-weights), registered once and turned into LoadOptions, plus the benchmarks' shared
+// "parse, or print the problem and the usage" step and integer-list flag values.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 
 #include "runtime/model_runner.h"
 #include "server/flags.h"
@@ -35,13 +40,33 @@ struct ModelFlags {
   }
 };
 
-// False (after printing the error, if any, and the usage to stderr) on a bad flag, --help, or a
-// missing --model; the caller then exits 2.
-inline bool ParseBenchFlags(FlagParser& flags, const ModelFlags& model, int argc, char** argv) {
+// False (after printing the error, if any, and the usage to stderr) on a bad flag, --help, or
+// (with `model`) a missing --model; the caller then exits 2.
+inline bool ParseBenchFlags(FlagParser& flags, const ModelFlags* model, int argc, char** argv) {
   const absl::Status parsed = flags.Parse(argc, argv);
-  if (parsed.ok() && !flags.help_requested() && !model.model.empty()) return true;
+  if (parsed.ok() && !flags.help_requested() && (model == nullptr || !model->model.empty())) return true;
   std::fprintf(stderr, "%s\n%s", parsed.ok() ? "" : std::string(parsed.message()).c_str(), flags.Usage().c_str());
   return false;
+}
+inline bool ParseBenchFlags(FlagParser& flags, const ModelFlags& model, int argc, char** argv) {
+  return ParseBenchFlags(flags, &model, argc, argv);
+}
+
+// The comma-separated integers of flag --`name`, each in [min, max]; false after printing which
+// piece is not.
+inline bool ParseIntList(const std::string& name, const std::string& text, int32_t min, int32_t max,
+                         std::vector<int32_t>* values) {
+  values->clear();
+  for (absl::string_view piece : absl::StrSplit(text, ',')) {
+    int32_t value = 0;
+    if (!absl::SimpleAtoi(piece, &value) || value < min || value > max) {
+      std::fprintf(stderr, "--%s: '%s' is not an integer in [%d, %d]\n", name.c_str(), std::string(piece).c_str(),
+                   min, max);
+      return false;
+    }
+    values->push_back(value);
+  }
+  return true;
 }
 
 }  // namespace glmserve::bench
