@@ -5,6 +5,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -148,9 +149,17 @@ int SplitCount(const PagedAttentionShape& s) {
   // Several blocks per SM: each tile is latency-bound. GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM
   // overrides the 4 for measurements.
   static const int blocks_per_sm = [] {
+    constexpr int kDefault = 4;
     const char* env = std::getenv("GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM");
-    const int value = env != nullptr ? std::atoi(env) : 0;
-    return value >= 1 && value <= 64 ? value : 4;
+    if (env == nullptr) return kDefault;
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (end == env || *end != '\0' || value < 1 || value > 64) {
+      std::fprintf(stderr, "GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM: '%s' is not an integer in [1, 64]; using %d\n", env,
+                   kDefault);
+      return kDefault;
+    }
+    return static_cast<int>(value);
   }();
   const int units = s.batch * s.num_kv_heads;
   int splits = (blocks_per_sm * sm_count + units - 1) / units;
