@@ -22,15 +22,9 @@ except ImportError as e:  # pragma: no cover
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests", "pyutil"))
 from glmserve_process import GlmserveProcess as Server, inference_stubs  # noqa: E402,F401
+from checks import FAILURES, check  # noqa: E402,F401
+
 SERVICE_CONFIG = os.path.join(REPO, "deploy", "grpc-service-config.json")
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILURES.append(what)
-    return cond
 
 
 def stubs(proto_root):

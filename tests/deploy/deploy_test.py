@@ -25,13 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 K8S = os.path.join(ROOT, "deploy", "k8s")
 LAYOUTS = ["base", "overlays/cpu", "overlays/gpu"]
 K8S_VERSIONS = ["1.37.0", "1.33.0"]  # current, and the oldest still common in managed clusters
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILURES.append(what)
+sys.path.insert(0, os.path.join(ROOT, "tests", "pyutil"))
+from checks import FAILURES, check  # noqa: E402
 
 
 def tool(name):

@@ -15,6 +15,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
+from checks import FAILURES, check  # noqa: E402
 from http_test_util import Server  # noqa: E402
 
 try:
@@ -22,14 +24,6 @@ try:
 except ImportError as e:  # pragma: no cover
     print(f"SKIP: {e} (pip install openai)")
     sys.exit(77)
-
-FAILURES = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILURES.append(what)
 
 
 def error_of(status_body):

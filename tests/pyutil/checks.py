@@ -1,0 +1,11 @@
+"""The Python tests' named checks: each prints ok/FAIL with what it checked, failures are
+collected in FAILURES for the test's exit status, and the test goes on to its next check."""
+
+FAILURES = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILURES.append(what)
+    return cond
