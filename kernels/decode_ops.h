@@ -6,6 +6,7 @@
 // the model's compute dtype.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/element_type.h"
