@@ -1,6 +1,6 @@
 // The decode batches' linear layers alone, on GLM-4-9B's shapes in bf16: glmserve's kernels (the
-// GEMV for a few rows, the skinny stream-K GEMM up to 64, cuBLASLt with a timed algorithm pick)
-// against cuBLAS (cublasGemmEx, fp32 accumulation, what at::linear calls). Each shape cycles through enough weight copies that no
+// GEMV for a few rows, the skinny stream-K GEMM up to 64) against cuBLAS (cublasGemmEx, fp32
+// accumulation, what at::linear calls). Each shape cycles through enough weight copies that no
 // call finds its weight in L2. Prints one markdown row per (shape, rows): microseconds per call
 // and the weight bytes streamed per second.
 //   gemm_bench [--rows 4,8,16,32,64] [--iterations 40]
@@ -17,7 +17,6 @@
 #include "bench/model_flags.h"
 #include "kernels/decode_ops.h"
 #include "kernels/rms_norm.h"
-#include "kernels/tuned_gemm.h"
 
 namespace {
 
@@ -73,9 +72,6 @@ int main(int argc, char** argv) {
   void* gemm_workspace = nullptr;
   if (!Ok(cudaMalloc(&gemm_workspace, gemm_workspace_bytes), "workspace")) return 1;
   cudaMemset(gemm_workspace, 0, gemm_workspace_bytes);
-  const size_t tuned_workspace_bytes = glmserve::kernels::TunedGemmWorkspaceBytes();
-  void* tuned_workspace = nullptr;
-  if (!Ok(cudaMalloc(&tuned_workspace, tuned_workspace_bytes), "tuned GEMM workspace")) return 1;
   void* x = nullptr;
   void* y = nullptr;
   cudaMalloc(&x, size_t{2} * max_rows * 13696);
@@ -126,11 +122,6 @@ int main(int argc, char** argv) {
                                                  stream);
             }));
       }
-      // The first (warm-up) call times cuBLASLt's candidates for this shape; the rows are its pick.
-      row(rows, "cuBLASLt timed pick", time_us([&](const void* w) {
-            return glmserve::kernels::TunedGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
-                                                    tuned_workspace, tuned_workspace_bytes, stream);
-          }));
       row(rows, "skinny GEMM", time_us([&](const void* w) {
             return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
                                                      gemm_workspace, stream);

@@ -3,7 +3,6 @@
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 #include "kernels/sampling.h"
-#include "kernels/tuned_gemm.h"
 
 namespace glmserve::kernels {
 bool FusedAddRmsNormCuda(const float*, float*, const float*, float*, int64_t, int64_t, float, void*) { return false; }
@@ -29,11 +28,6 @@ size_t SkinnyGemmWorkspaceBytes() { return 0; }
 bool SkinnyGemmCudaTakes(int32_t, int64_t, int64_t, ElementType, const void*, const void*) { return false; }
 bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*,
                     void*) {
-  return false;
-}
-size_t TunedGemmWorkspaceBytes() { return 0; }
-bool TunedGemmCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*, size_t,
-                   void*) {
   return false;
 }
 int32_t PagedAttentionMaxContext() { return 0; }

@@ -6,9 +6,9 @@
 //
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
-// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,tuned_gemm,split_attention,
-// mma_attention> turns single kernels off (their ATen ops or cuBLAS's own pick, the CUDA-core
-// split attention, or the one-pass attention kernel run instead).
+// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,split_attention,mma_attention>
+// turns single kernels off (their ATen ops or cuBLAS, the CUDA-core split attention, or the
+// one-pass attention kernel run instead).
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -33,7 +33,6 @@
 #include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
-#include "kernels/tuned_gemm.h"
 #include "runtime/glm_model.h"
 
 namespace glmserve {
@@ -79,9 +78,6 @@ class CudaDecodeRunner {
       c10::cuda::CUDAGuard guard(model.device());
       gemm_workspace_bytes_ = static_cast<int64_t>(kernels::SkinnyGemmWorkspaceBytes());
     }
-    if (Enabled("tuned_gemm") && type_ != kernels::ElementType::kFloat32) {
-      tuned_gemm_workspace_bytes_ = static_cast<int64_t>(kernels::TunedGemmWorkspaceBytes());
-    }
     kernels_ = MakeLayerKernels();
   }
 
@@ -117,17 +113,12 @@ class CudaDecodeRunner {
  private:
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
-  static constexpr const char* kSwitchableKernels[] = {"norm",       "rotary",          "swiglu",
-                                                       "gemv",       "gemm",            "tuned_gemm",
+  static constexpr const char* kSwitchableKernels[] = {"norm", "rotary", "swiglu", "gemv", "gemm",
                                                        "split_attention", "mma_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
   static constexpr int64_t kSkinnyGemmFasterUpToRows = 32;
   static constexpr int64_t kSkinnyGemmMinWeightElements = int64_t{1} << 29;
-  // Up to this many rows linear layers go through the timed cuBLASLt pick. Decode buckets of up to
-  // 64 are what the tuning was measured on; larger products (prefill) keep cuBLAS's own pick, so a
-  // new prompt length never pays a tuning.
-  static constexpr int64_t kTunedGemmMaxRows = 64;
 
   struct Bucket {
     int32_t size = 0;
@@ -261,12 +252,11 @@ class CudaDecodeRunner {
     }
     if (!Enabled("gemv")) max_rows = 0;
     const int64_t gemm_workspace_bytes = gemm_workspace_bytes_;
-    const int64_t tuned_workspace_bytes = tuned_gemm_workspace_bytes_;
-    if (max_rows > 0 || gemm_workspace_bytes > 0 || tuned_workspace_bytes > 0) {
-      k.linear = [type, max_rows, gemm_workspace_bytes, tuned_workspace_bytes](
-                     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+    if (max_rows > 0 || gemm_workspace_bytes > 0) {
+      k.linear = [type, max_rows, gemm_workspace_bytes](const at::Tensor& x, const at::Tensor& weight,
+                                                         const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
-        if (!x.is_contiguous() || !weight.is_contiguous() || rows > kTunedGemmMaxRows) {
+        if (!x.is_contiguous() || !weight.is_contiguous() || rows > kSkinnyGemmFasterUpToRows) {
           return at::linear(x, weight, bias);  // prefill and large batches: cuBLAS
         }
         const auto rows32 = static_cast<int32_t>(rows);
@@ -282,8 +272,7 @@ class CudaDecodeRunner {
         // enough to amortise its ramp-up and the rows few enough to keep it memory-bound: the
         // lm_head up to 32 rows (2.98 vs 2.79 TB/s at 8 rows, 2.85 vs 2.75 at 32; slower at 64
         // and for every per-layer projection; H100, bench/gemm_bench, bench/results/gpu.md).
-        if (gemm_workspace_bytes > 0 && rows <= kSkinnyGemmFasterUpToRows &&
-            out_features * in >= kSkinnyGemmMinWeightElements &&
+        if (gemm_workspace_bytes > 0 && out_features * in >= kSkinnyGemmMinWeightElements &&
             kernels::SkinnyGemmCudaTakes(rows32, out_features, in, type, x.data_ptr(), weight.data_ptr())) {
           at::Tensor y = at::empty({rows, out_features}, x.options());
           // From the caching allocator, per call: stream-ordered, so a capture's warm-up on a side
@@ -293,15 +282,6 @@ class CudaDecodeRunner {
                                         in, type, workspace.data_ptr(), CurrentStream()),
                 "skinny GEMM");
           return y;
-        }
-        if (tuned_workspace_bytes > 0) {
-          at::Tensor y = at::empty({rows, out_features}, x.options());
-          at::Tensor workspace = at::empty({tuned_workspace_bytes}, x.options().dtype(at::kByte));
-          if (kernels::TunedGemmCuda(x.data_ptr(), weight.data_ptr(), bias_data, y.data_ptr(), rows32, out_features,
-                                     in, type, workspace.data_ptr(), static_cast<size_t>(tuned_workspace_bytes),
-                                     CurrentStream())) {
-            return y;
-          }
         }
         return at::linear(x, weight, bias);
       };
@@ -396,7 +376,6 @@ class CudaDecodeRunner {
   bool verify_ = false;
   std::set<std::string> disabled_;  // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
-  int64_t tuned_gemm_workspace_bytes_ = 0;  // kernels::TunedGemmCuda's; 0 when "tuned_gemm" is off
   GlmModel::LayerKernels kernels_;
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;

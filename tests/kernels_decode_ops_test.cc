@@ -14,7 +14,6 @@
 #include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
-#include "kernels/tuned_gemm.h"
 #include "tests/testutil/bf16.h"
 
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
@@ -256,54 +255,6 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   }
   EXPECT_FALSE(SkinnyGemmCudaTakes(kSkinnyGemmMaxRows + 1, 128, 64, type(), d_workspace.get(), d_workspace.get()));
   EXPECT_FALSE(SkinnyGemmCudaTakes(4, 128, 60, type(), d_workspace.get(), d_workspace.get()));
-}
-
-TEST_P(DecodeOpsCuda, TunedGemmMatchesReferenceOnTheTunedAndTheHeuristicPaths) {
-  const size_t workspace_bytes = TunedGemmWorkspaceBytes();
-  ASSERT_GT(workspace_bytes, 0u);
-  Device d_workspace(std::vector<uint8_t>(workspace_bytes, 0xab));
-  if (!bf16()) {
-    Device d_x(std::vector<float>(64, 1.0f), type()), d_y(std::vector<float>(64, 0.0f), type());
-    EXPECT_FALSE(TunedGemmCuda(d_x.get(), d_x.get(), nullptr, d_y.get(), 8, 8, 8, type(), d_workspace.get(),
-                               workspace_bytes, nullptr))
-        << "fp32 stays on cuBLAS";
-    return;
-  }
-  struct Shape {
-    int64_t n, k;
-  };
-  // A k that is no multiple of 64; GLM-4-9B's qkv projection; one small tile.
-  for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}}) {
-    const int64_t n = shape.n, k = shape.k;
-    std::vector<float> w = Random(n * k, 31, type(), 0.05f), bias = Random(n, 32, type());
-    Device d_w(w, type()), d_bias(bias, type());
-    const std::vector<float> x = Random(64 * k, 33, type());
-    Device d_x(x, type());
-    // 64 and 8 rows are timed among cuBLASLt's candidates; 1 and 37 take its first pick.
-    for (int32_t rows : {64, 8, 1, 37}) {
-      for (bool with_bias : {true, false}) {
-        SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias);
-        const void* bias_data = with_bias ? d_bias.get() : nullptr;
-        Device d_y(std::vector<float>(rows * n, 0.0f), type());
-        ASSERT_TRUE(TunedGemmCuda(d_x.get(), d_w.get(), bias_data, d_y.get(), rows, n, k, type(), d_workspace.get(),
-                                  workspace_bytes, nullptr));
-        const std::vector<float> got = d_y.Floats();
-        std::vector<float> want(rows * n);
-        GemvReference(x.data(), w.data(), with_bias ? bias.data() : nullptr, want.data(), rows, n, k);
-        ExpectClose(got, want, 8e-3, 2e-3);
-        // The second call takes the remembered algorithm: the same bits.
-        ASSERT_TRUE(TunedGemmCuda(d_x.get(), d_w.get(), bias_data, d_y.get(), rows, n, k, type(), d_workspace.get(),
-                                  workspace_bytes, nullptr));
-        EXPECT_EQ(d_y.Floats(), got);
-      }
-    }
-    Device d_y(std::vector<float>(8 * n, 0.0f), type());
-    const char* misaligned = static_cast<const char*>(d_x.get()) + 2;
-    EXPECT_FALSE(TunedGemmCuda(misaligned, d_w.get(), nullptr, d_y.get(), 8, n, k - 8, type(), d_workspace.get(),
-                               workspace_bytes, nullptr));
-    EXPECT_FALSE(TunedGemmCuda(d_x.get(), d_w.get(), nullptr, d_y.get(), 8, n, k - 4, type(), d_workspace.get(),
-                               workspace_bytes, nullptr));
-  }
 }
 
 struct AttentionCase {
