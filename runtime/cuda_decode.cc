@@ -83,6 +83,22 @@ class CudaDecodeRunner {
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
 
+  // Buckets 1, 2, 4, ... up to the one holding max_sequences, every row padding (reads and writes
+  // only the pool's scratch block): their graphs are then ready for the first step of each size.
+  void CaptureBuckets(int32_t max_sequences, KvPool& kv, std::vector<int32_t>* captured) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!graphs_) return;
+    const int32_t max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
+    for (int32_t size = 1; size <= kMaxBucket; size *= 2) {
+      Bucket& bucket = buckets_[size];
+      Prepare(bucket, size, max_blocks, kv);
+      Stage(bucket, {}, kv);
+      Capture(bucket, kv);
+      captured->push_back(size);
+      if (size >= max_sequences) break;
+    }
+  }
+
   at::Tensor Run(const std::vector<SequenceStep>& batch, KvPool& kv) {
     // One model may be driven from two threads (the engine, and Generate from a CLI or a test):
     // buckets, staging buffers and captures are shared state.
@@ -390,6 +406,11 @@ CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model) {
 
 at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv) {
   return runner.Run(batch, kv);
+}
+
+void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
+                             std::vector<int32_t>* captured) {
+  runner.CaptureBuckets(max_sequences, kv, captured);
 }
 
 const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner) { return runner.layer_kernels(); }

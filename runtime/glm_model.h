@@ -56,6 +56,11 @@ class GlmModel {
   // fp32 logits [n, vocab] for the last fed token of every sequence with sample == true, in
   // batch order. Throws c10::Error on failure (callers turn it into a status).
   at::Tensor Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const;
+  // CUDA with graphs on: captures the decode graphs of batch buckets 1, 2, 4, ... up to the one
+  // holding max_sequences over `kv` now, appending each captured bucket to `captured`, so no
+  // step waits for a capture later. Throws where a capture fails (that bucket and the larger ones
+  // are then captured on first use). Does nothing elsewhere.
+  void CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured) const;
 
   // Attention of one layer over the paged cache: q [T, heads, head_dim] (rows may be strided:
   // a view into the qkv projection) -> [T, heads * head_dim].
@@ -111,6 +116,7 @@ class GlmModel {
   at::Tensor embed_, lm_head_, final_norm_, inv_freq_;
   std::vector<Layer> layers_;
   // CUDA decode fast path (paged-attention kernel + CUDA graphs), created on first use.
+  CudaDecodeRunner* DecodeRunner() const;  // creates it on first use; null where it cannot run
   mutable std::unique_ptr<CudaDecodeRunner, CudaDecodeRunnerDeleter> cuda_decode_;
   mutable bool cuda_decode_failed_ = false;
 };
@@ -120,6 +126,8 @@ class GlmModel {
 // graph per batch-size bucket. Returns an undefined tensor when it cannot take the batch.
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
 at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
+void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
+                             std::vector<int32_t>* captured);
 // The fused kernels for eager forwards on the GPU (prefill and mixed batches).
 const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner);
 void DestroyCudaDecodeRunner(CudaDecodeRunner* runner);

@@ -9,6 +9,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -475,6 +476,9 @@ class ModelRunnerImpl final : public ModelRunner {
     if (options.inject_oom_above_sequences < 0) {
       return absl::InvalidArgumentError("inject_oom_above_sequences: expected >= 0 (0 = off)");
     }
+    if (options.capture_decode_batch < 0) {
+      return absl::InvalidArgumentError("capture_decode_batch: expected >= 0 (0 = capture on first use)");
+    }
     const at::Device device = model_->device();
     const int64_t per_block = model_->kv_bytes_per_token() * options.block_size;
     int64_t blocks = options.num_blocks;
@@ -516,11 +520,29 @@ class ModelRunnerImpl final : public ModelRunner {
     LogLine(options, absl::StrCat("kv cache: ", blocks, " blocks x ", options.block_size, " tokens (",
                                   blocks * options.block_size, " tokens, ", (blocks * per_block) >> 20, " MiB on ",
                                   device.str(), ") from ", source));
+    if (options.capture_decode_batch > 0 && device.is_cuda()) CaptureDecodeGraphs(options, pool);
     return std::unique_ptr<StepExecutor>(
         new PagedExecutor(model_.get(), std::move(pool), options.inject_oom_above_sequences));
   }
 
  private:
+  void CaptureDecodeGraphs(const ExecutorOptions& options, KvPool& pool) {
+    std::vector<int32_t> captured;
+    const auto start = std::chrono::steady_clock::now();
+    const absl::Status status = GuardTorch("capturing decode graphs", [&] {
+      model_->CaptureDecodeGraphs(pool, options.capture_decode_batch, &captured);
+    });
+    if (status.ok() && captured.empty()) return;  // graphs off: nothing to capture
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    std::string line = absl::StrCat("decode graphs captured for batch buckets [", absl::StrJoin(captured, ","), "] in ",
+                                    static_cast<int64_t>(ms), " ms");
+    if (!status.ok()) {
+      EmptyDeviceCache(model_->device());
+      absl::StrAppend(&line, "; the next bucket failed (captured on first use instead): ", status.message());
+    }
+    LogLine(options, line);
+  }
+
   ModelInfo info_;
   std::unique_ptr<GlmModel> model_;
 };

@@ -37,6 +37,12 @@ struct ExecutorOptions {
   // out-of-memory path (cache emptied, RESOURCE_EXHAUSTED, nothing committed) is exercised on
   // machines without a GPU. Production never sets it.
   int32_t inject_oom_above_sequences = 0;
+  // CUDA: > 0 captures the decode CUDA graphs of every batch bucket (1, 2, 4, ...) up to this
+  // many sequences while the executor is created, so no step waits for a capture (~30 ms for
+  // GLM-4-9B) the first time the batch grows into a new bucket. Best effort: a capture that fails
+  // (out of memory) is logged, and that bucket and the larger ones capture on first use. 0: every
+  // bucket on first use. Must be >= 0.
+  int32_t capture_decode_batch = 0;
   // Receives log lines (the chosen KV pool size). Null = stderr.
   std::function<void(const std::string&)> log;
 };

@@ -165,6 +165,8 @@ int RunServe(int argc, char** argv) {
     info = (*runner)->info();
     ExecutorOptions executor_options = flags.executor;
     executor_options.log = [](const std::string& line) { LogEvent(LogLevel::kInfo, "executor", "", line); };
+    // The decode graphs of every batch the scheduler may run, before the first request.
+    executor_options.capture_decode_batch = flags.engine.scheduler.max_batch_size;
     absl::StatusOr<std::unique_ptr<StepExecutor>> executor = (*runner)->CreateExecutor(executor_options);
     if (!executor.ok()) {
       return absl::Status(executor.status().code(),

@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine.h"
@@ -160,6 +161,7 @@ struct EngineSetup {
 EngineSetup DefaultSetup() {
   EngineSetup s;
   s.executor.num_blocks = 512;
+  s.executor.capture_decode_batch = s.engine.scheduler.max_batch_size;  // as `glmserve serve` does
   s.executor.log = [](const std::string&) {};
   s.engine.scheduler.log = [](const std::string&) {};
   return s;
@@ -339,6 +341,9 @@ void RunOomStorm(bool at_executor) {
   EngineSetup setup = DefaultSetup();
   setup.engine.scheduler.max_batch_size = 64;
   setup.engine.scheduler.aimd_increase_after_steps = 4;
+  // Graphs captured up front would hold their memory before the cap below is set, and their
+  // replays allocate nothing: the storm needs captures and steps that allocate under the cap.
+  setup.executor.capture_decode_batch = 0;
   if (at_executor) {
     setup.executor.inject_oom_above_sequences = 8;  // real path: forward runs, then OutOfMemoryError
   } else {
@@ -669,6 +674,60 @@ TEST(PagedExecutorTest, HonoursTheStepContract) {
   EXPECT_EQ((*executor)->num_blocks(), (int64_t{4} << 20) / per_block);
   sized.kv_cpu_budget_bytes = 16;
   EXPECT_EQ(runner->CreateExecutor(sized).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(PagedExecutorTest, CapturesTheDecodeGraphsWhenCreated) {
+  ModelRunner* runner = LoadModel(TinyModelDir());
+  ASSERT_NE(runner, nullptr);
+  ExecutorOptions options;
+  options.block_size = 4;
+  options.num_blocks = 32;
+  options.capture_decode_batch = -1;
+  EXPECT_EQ(runner->CreateExecutor(options).status().code(), absl::StatusCode::kInvalidArgument);
+
+  std::vector<std::string> lines;
+  options.log = [&](const std::string& line) { lines.push_back(line); };
+  options.capture_decode_batch = 3;
+  absl::StatusOr<std::unique_ptr<StepExecutor>> executor = runner->CreateExecutor(options);
+  ASSERT_TRUE(executor.ok()) << executor.status();
+  const std::string log = absl::StrJoin(lines, "\n");
+  const char* graphs = std::getenv("GLMSERVE_CUDA_GRAPHS");
+  if (TestDevice() != "cpu" && (graphs == nullptr || std::string(graphs) != "0")) {
+    EXPECT_NE(log.find("decode graphs captured for batch buckets [1,2,4] in "), std::string::npos) << log;
+  } else {
+    EXPECT_EQ(log.find("decode graphs"), std::string::npos) << log;  // nothing to capture
+  }
+
+  // Three sequences decoded together (the bucket of 4, padding row included, captured above)
+  // give each one's ids alone.
+  GenerationParams params;
+  params.max_new_tokens = 6;
+  const std::vector<std::vector<int32_t>> prompts = {{5, 6, 7}, {11, 3}, {2, 9, 4, 8, 1}};
+  std::vector<std::vector<int32_t>> history = prompts, generated(prompts.size());
+  for (int step = 0; step < params.max_new_tokens; ++step) {
+    std::vector<SequenceStep> batch(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      SequenceStep& s = batch[i];
+      s.sequence_id = static_cast<int64_t>(i);
+      s.start_position = step == 0 ? 0 : static_cast<int32_t>(history[i].size()) - 1;
+      s.tokens = step == 0 ? prompts[i] : std::vector<int32_t>{history[i].back()};
+      for (int32_t b = 0; b < 4; ++b) s.block_table.push_back(static_cast<int32_t>(i) * 4 + b);
+      s.num_generated = step;
+      s.params = &params;
+      s.history = &history[i];
+    }
+    absl::StatusOr<StepResult> result = (*executor)->Step(batch);
+    ASSERT_TRUE(result.ok()) << result.status();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      history[i].push_back(result->next_tokens[i]);
+      generated[i].push_back(result->next_tokens[i]);
+    }
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    absl::StatusOr<GenerationOutput> alone = runner->Generate(prompts[i], params);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_EQ(generated[i], alone->output_ids) << "sequence " << i;
+  }
 }
 
 }  // namespace
