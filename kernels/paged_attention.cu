@@ -394,7 +394,11 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
 }
 
 // One block per (sequence, query head): merges the splits' partial softmax sums. The splits'
-// statistics go through shared memory so each thread's partial loads are independent.
+// statistics go through shared memory so each thread's partial loads are independent; the first
+// kMergePrefetch partials of a thread's first dimension are loaded before the statistics, so the
+// two global reads overlap instead of following each other.
+constexpr int kMergePrefetch = 8;
+
 template <typename T>
 __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
                                           T* __restrict__ out, PagedAttentionShape s, int splits) {
@@ -404,6 +408,11 @@ __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, co
   const int group = s.num_heads / s.num_kv_heads;
   const int kvh = h / group, g = h % group, hd = s.head_dim;
   const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits;
+  auto partial = [&](int sp, int d) { return part_acc[((unit0 + sp) * group + g) * hd + d]; };
+  const int first_d = threadIdx.x;
+  float early[kMergePrefetch];
+#pragma unroll
+  for (int sp = 0; sp < kMergePrefetch; ++sp) early[sp] = sp < splits && first_d < hd ? partial(sp, first_d) : 0.0f;
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     float m = -FLT_MAX, l = 0.0f;
@@ -420,9 +429,16 @@ __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, co
   __syncthreads();
   T* o = out + (static_cast<int64_t>(b) * s.num_heads + h) * hd;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float value = 0.0f;
+    float value = 0.0f;  // summed in split order either way: the same bits
+    int sp = 0;
+    if (d == first_d) {
+#pragma unroll
+      for (; sp < kMergePrefetch; ++sp) {
+        if (sp < splits) value += early[sp] * weight_s[sp];
+      }
+    }
 #pragma unroll 8
-    for (int sp = 0; sp < splits; ++sp) value += part_acc[((unit0 + sp) * group + g) * hd + d] * weight_s[sp];
+    for (; sp < splits; ++sp) value += partial(sp, d) * weight_s[sp];
     o[d] = FromFloat<T>(value * inv_total);
   }
 }

@@ -134,27 +134,38 @@ class DecodeOpsCuda : public ::testing::TestWithParam<ElementType> {
   bool bf16() const { return GetParam() == ElementType::kBFloat16; }
 };
 
-TEST_P(DecodeOpsCuda, RotaryKvWriteMatchesReference) {
-  // GLM-4-9B's layout (32 q heads, 2 kv heads, head_dim 128, rotary on 64 dims), a padded qkv
-  // row, positions up to 5000, scattered slots.
-  RotaryKvShape s{6, 32, 2, 128, 64, (32 + 4) * 128 + 8};
-  std::vector<float> qkv = Random(s.tokens * s.qkv_row_stride, 3, type());
+// The kernel against the reference for six tokens at positions up to 5000 in scattered slots.
+void ExpectRotaryKvWriteMatchesReference(const RotaryKvShape& s, ElementType type) {
+  const bool bf16 = type == ElementType::kBFloat16;
+  std::vector<float> qkv = Random(s.tokens * s.qkv_row_stride, 3, type);
   std::vector<int64_t> positions = {0, 1, 127, 128, 4095, 5000};
   std::vector<int64_t> slots = {9, 0, 3, 17, 5, 12};
+  ASSERT_EQ(s.tokens, static_cast<int32_t>(positions.size()));
   std::vector<float> inv_freq(s.rotary_dim / 2);
   for (int j = 0; j < s.rotary_dim / 2; ++j) inv_freq[j] = 1.0f / std::pow(10000.0f, 2.0f * j / s.rotary_dim);
   const int64_t kv_size = int64_t{s.num_kv_heads} * s.head_dim;
   std::vector<float> k_cache(20 * kv_size, 0.0f), v_cache(20 * kv_size, 0.0f);
-  Device d_qkv(qkv, type()), d_k(k_cache, type()), d_v(v_cache, type());
+  Device d_qkv(qkv, type), d_k(k_cache, type), d_v(v_cache, type);
   Device d_pos(positions), d_slots(slots), d_freq(inv_freq);
   ASSERT_TRUE(RotaryKvWriteCuda(d_qkv.get(), d_pos.as<int64_t>(), d_freq.as<float>(), d_slots.as<int64_t>(), d_k.get(),
-                                d_v.get(), s, type(), nullptr));
+                                d_v.get(), s, type, nullptr));
   RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), slots.data(), k_cache.data(), v_cache.data(), s);
   // bf16: the kernel rounds cos/sin and each product to bf16 as ATen does; the reference does not.
-  const double rel = bf16() ? 3e-2 : 2e-5, abs = bf16() ? 3e-2 : 2e-5;
+  const double rel = bf16 ? 3e-2 : 2e-5, abs = bf16 ? 3e-2 : 2e-5;
   ExpectClose(d_qkv.Floats(), qkv, rel, abs);
   ExpectClose(d_k.Floats(), k_cache, rel, abs);
   ExpectClose(d_v.Floats(), v_cache, 0, 0);  // v is copied untouched
+}
+
+TEST_P(DecodeOpsCuda, RotaryKvWriteMatchesReference) {
+  // GLM-4-9B's layout (32 q heads, 2 kv heads, head_dim 128, rotary on 64 dims), a padded qkv row.
+  ExpectRotaryKvWriteMatchesReference(RotaryKvShape{6, 32, 2, 128, 64, (32 + 4) * 128 + 8}, type());
+}
+
+TEST_P(DecodeOpsCuda, RotaryKvWriteTakesWideAndOddHeads) {
+  // More pairs per head than threads per block (rotated and copied ones), and an odd head_dim
+  // whose last element has no partner.
+  ExpectRotaryKvWriteMatchesReference(RotaryKvShape{6, 4, 2, 201, 160, (4 + 4) * 201}, type());
 }
 
 TEST_P(DecodeOpsCuda, RotaryWithoutRotaryDimsOnlyWritesTheCache) {
@@ -172,13 +183,18 @@ TEST_P(DecodeOpsCuda, RotaryWithoutRotaryDimsOnlyWritesTheCache) {
   ExpectClose(d_v.Floats(), v_cache, 0, 0);
 }
 
-TEST_P(DecodeOpsCuda, SwiGluMatchesReference) {
-  const int64_t rows = 5, width = 13696;  // GLM-4-9B's intermediate size
-  std::vector<float> gate_up = Random(rows * 2 * width, 5, type(), 3.0f), want(rows * width);
+void ExpectSwiGluMatchesReference(int64_t rows, int64_t width, ElementType type) {
+  const bool bf16 = type == ElementType::kBFloat16;
+  std::vector<float> gate_up = Random(rows * 2 * width, 5, type, 3.0f), want(rows * width);
   SwiGluReference(gate_up.data(), want.data(), rows, width);
-  Device d_in(gate_up, type()), d_out(std::vector<float>(rows * width, 0.0f), type());
-  ASSERT_TRUE(SwiGluCuda(d_in.get(), d_out.get(), rows, width, type(), nullptr));
-  ExpectClose(d_out.Floats(), want, bf16() ? 1.6e-2 : 1e-6, bf16() ? 1e-6 : 1e-7);
+  Device d_in(gate_up, type), d_out(std::vector<float>(rows * width, 0.0f), type);
+  ASSERT_TRUE(SwiGluCuda(d_in.get(), d_out.get(), rows, width, type, nullptr));
+  ExpectClose(d_out.Floats(), want, bf16 ? 1.6e-2 : 1e-6, bf16 ? 1e-6 : 1e-7);
+}
+
+TEST_P(DecodeOpsCuda, SwiGluMatchesReference) {
+  ExpectSwiGluMatchesReference(5, 13696, type());  // GLM-4-9B's intermediate size: 16-byte chunks
+  ExpectSwiGluMatchesReference(3, 1001, type());   // rows not 16-byte aligned: element by element
 }
 
 TEST_P(DecodeOpsCuda, GemvMatchesReferenceForEveryRowCount) {
