@@ -161,7 +161,6 @@ struct EngineSetup {
 EngineSetup DefaultSetup() {
   EngineSetup s;
   s.executor.num_blocks = 512;
-  s.executor.capture_decode_batch = s.engine.scheduler.max_batch_size;  // as `glmserve serve` does
   s.executor.log = [](const std::string&) {};
   s.engine.scheduler.log = [](const std::string&) {};
   return s;
@@ -271,6 +270,7 @@ TEST_P(EngineFixtureParityTest, BatchedEngineIdsEqualTransformersRecording) {
   std::vector<Case> batch;
   for (int rep = 0; rep < 4; ++rep) batch.insert(batch.end(), cases.begin(), cases.end());
   EngineSetup setup = DefaultSetup();
+  setup.executor.capture_decode_batch = setup.engine.scheduler.max_batch_size;  // as `glmserve serve` does
   setup.executor.block_size = 4;  // sequences span several blocks
   setup.engine.scheduler.max_tokens_per_step = 64;
   std::unique_ptr<InferenceEngine> engine = MakeEngine(runner, setup);
@@ -312,6 +312,7 @@ TEST_P(BatchInvarianceTest, SixtyFourConcurrentEqualAlone) {
   ComputeExpected(runner, &cases);
   EngineSetup setup = DefaultSetup();
   setup.engine.scheduler.max_batch_size = 64;
+  setup.executor.capture_decode_batch = setup.engine.scheduler.max_batch_size;  // as `glmserve serve` does
   std::unique_ptr<InferenceEngine> engine = MakeEngine(runner, setup);
   ASSERT_NE(engine, nullptr);
   Counts counts = RunAndCheck(engine.get(), cases, "invariance");
@@ -341,8 +342,8 @@ void RunOomStorm(bool at_executor) {
   EngineSetup setup = DefaultSetup();
   setup.engine.scheduler.max_batch_size = 64;
   setup.engine.scheduler.aimd_increase_after_steps = 4;
-  // Graphs captured up front would hold their memory before the cap below is set, and their
-  // replays allocate nothing: the storm needs captures and steps that allocate under the cap.
+  // Graphs captured up front (not the default) would hold their memory before the cap below is
+  // set, and their replays allocate nothing: the storm needs captures and steps that allocate.
   setup.executor.capture_decode_batch = 0;
   if (at_executor) {
     setup.executor.inject_oom_above_sequences = 8;  // real path: forward runs, then OutOfMemoryError
