@@ -210,16 +210,15 @@ bool GemvTyped(const void* x, const void* w, const void* bias, void* y, int32_t 
   return false;
 }
 
-// ---- L2 prefetch: bulk prefetches of kPrefetchChunk bytes, spread over every SM ----
-constexpr int kPrefetchThreads = 32;
+// ---- L2 prefetch: each thread issues bulk prefetches of kPrefetchChunk bytes ----
+constexpr int kPrefetchThreads = 128;
 constexpr uint32_t kPrefetchChunk = 64 * 1024;
 
 __global__ void __launch_bounds__(kPrefetchThreads) PrefetchL2Kernel(const char* data, size_t bytes, bool keep) {
   uint64_t policy = 0;
   if (keep) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
   const size_t chunks = (bytes + kPrefetchChunk - 1) / kPrefetchChunk;
-  // Consecutive chunks go to consecutive blocks, so every block issues a share.
-  for (size_t c = static_cast<size_t>(threadIdx.x) * gridDim.x + blockIdx.x; c < chunks;
+  for (size_t c = static_cast<size_t>(blockIdx.x) * kPrefetchThreads + threadIdx.x; c < chunks;
        c += static_cast<size_t>(gridDim.x) * kPrefetchThreads) {
     const size_t offset = c * kPrefetchChunk;
     const uint32_t size = static_cast<uint32_t>(bytes - offset < kPrefetchChunk ? bytes - offset : kPrefetchChunk);
@@ -284,10 +283,8 @@ bool PrefetchL2Cuda(const void* data, size_t bytes, bool keep, void* stream) {
   if (reinterpret_cast<uintptr_t>(data) % 16 != 0 || bytes % 16 != 0) return false;
   if (bytes == 0) return true;
   const size_t chunks = (bytes + kPrefetchChunk - 1) / kPrefetchChunk;
-  // A small block on every SM: each SM's copy engine issues a share (4 blocks took 40-70 us for
-  // 33.5 MB, longer than the attention they hide behind); one warp each leaves room for attention.
-  const int sms = DeviceSmCount() > 0 ? DeviceSmCount() : 132;
-  const unsigned blocks = static_cast<unsigned>(std::min<size_t>(static_cast<size_t>(sms), chunks));
+  // Few blocks: the prefetch shares the GPU with the kernel it hides behind.
+  const unsigned blocks = static_cast<unsigned>(std::min<size_t>(4, (chunks + kPrefetchThreads - 1) / kPrefetchThreads));
   PrefetchL2Kernel<<<blocks, kPrefetchThreads, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const char*>(data),
                                                                                        bytes, keep);
   return cudaGetLastError() == cudaSuccess;
