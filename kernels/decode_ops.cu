@@ -2,7 +2,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "kernels/decode_ops.h"
@@ -210,28 +209,6 @@ bool GemvTyped(const void* x, const void* w, const void* bias, void* y, int32_t 
   return false;
 }
 
-// ---- L2 prefetch: each thread issues bulk prefetches of kPrefetchChunk bytes ----
-constexpr int kPrefetchThreads = 128;
-constexpr uint32_t kPrefetchChunk = 64 * 1024;
-
-__global__ void __launch_bounds__(kPrefetchThreads) PrefetchL2Kernel(const char* data, size_t bytes, bool keep) {
-  uint64_t policy = 0;
-  if (keep) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-  const size_t chunks = (bytes + kPrefetchChunk - 1) / kPrefetchChunk;
-  for (size_t c = static_cast<size_t>(blockIdx.x) * kPrefetchThreads + threadIdx.x; c < chunks;
-       c += static_cast<size_t>(gridDim.x) * kPrefetchThreads) {
-    const size_t offset = c * kPrefetchChunk;
-    const uint32_t size = static_cast<uint32_t>(bytes - offset < kPrefetchChunk ? bytes - offset : kPrefetchChunk);
-    if (keep) {
-      asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(data + offset), "r"(size),
-                   "l"(policy)
-                   : "memory");
-    } else {
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(data + offset), "r"(size) : "memory");
-    }
-  }
-}
-
 int ElementBytes(ElementType type) { return type == ElementType::kFloat32 ? 4 : 2; }
 
 }  // namespace
@@ -276,17 +253,6 @@ bool SwiGluCuda(const void* gate_up, void* out, int64_t rows, int64_t width, Ele
     case ElementType::kFloat16: LaunchSwiGlu<__half>(gate_up, out, rows, width, st); break;
     default: return false;
   }
-  return cudaGetLastError() == cudaSuccess;
-}
-
-bool PrefetchL2Cuda(const void* data, size_t bytes, bool keep, void* stream) {
-  if (reinterpret_cast<uintptr_t>(data) % 16 != 0 || bytes % 16 != 0) return false;
-  if (bytes == 0) return true;
-  const size_t chunks = (bytes + kPrefetchChunk - 1) / kPrefetchChunk;
-  // Few blocks: the prefetch shares the GPU with the kernel it hides behind.
-  const unsigned blocks = static_cast<unsigned>(std::min<size_t>(4, (chunks + kPrefetchThreads - 1) / kPrefetchThreads));
-  PrefetchL2Kernel<<<blocks, kPrefetchThreads, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<const char*>(data),
-                                                                                       bytes, keep);
   return cudaGetLastError() == cudaSuccess;
 }
 

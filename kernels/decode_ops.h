@@ -62,11 +62,4 @@ bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, c
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
                     ElementType type, void* workspace, void* stream);
 
-// Starts `bytes` at `data` on their way into L2 (cp.async.bulk.prefetch.L2; nothing returns,
-// no shared memory or registers held): launched on a second stream while a latency-bound kernel
-// (decode attention) leaves HBM idle, the weight of the projection after it is read from L2.
-// `keep` marks the lines evict-last, so the traffic in between does not push them out first.
-// False (nothing launched) without CUDA or for a pointer or size that is not 16-byte aligned.
-bool PrefetchL2Cuda(const void* data, size_t bytes, bool keep, void* stream);
-
 }  // namespace glmserve::kernels

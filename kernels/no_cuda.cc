@@ -30,7 +30,6 @@ bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64
                     void*) {
   return false;
 }
-bool PrefetchL2Cuda(const void*, size_t, bool, void*) { return false; }
 int32_t PagedAttentionMaxContext() { return 0; }
 bool SampleRowsCuda(const float*, int32_t, int32_t, const SamplingRow*, int32_t*, void*) { return false; }
 }  // namespace glmserve::kernels

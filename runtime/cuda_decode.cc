@@ -6,9 +6,9 @@
 //
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
-// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,split_attention,mma_attention,
-// prefetch> turns single kernels off (their ATen ops or cuBLAS, the CUDA-core split attention, the
-// one-pass attention kernel, or no L2 prefetch of the output projection run instead).
+// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,split_attention,mma_attention>
+// turns single kernels off (their ATen ops or cuBLAS, the CUDA-core split attention, or the
+// one-pass attention kernel run instead).
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -79,24 +79,6 @@ class CudaDecodeRunner {
       gemm_workspace_bytes_ = static_cast<int64_t>(kernels::SkinnyGemmWorkspaceBytes());
     }
     kernels_ = MakeLayerKernels();
-    decode_kernels_ = kernels_;
-    if (Enabled("prefetch")) {
-      c10::cuda::CUDAGuard guard(model.device());
-      // Our own stream, not one from LibTorch's pool: a capture runs on a pool stream, and the
-      // prefetch must be a parallel branch of it.
-      if (cudaStreamCreateWithFlags(&prefetch_stream_, cudaStreamNonBlocking) == cudaSuccess &&
-          cudaEventCreateWithFlags(&prefetch_fork_, cudaEventDisableTiming) == cudaSuccess &&
-          cudaEventCreateWithFlags(&prefetch_join_, cudaEventDisableTiming) == cudaSuccess) {
-        prefetch_keep_ = EnvIs("GLMSERVE_CUDA_PREFETCH_KEEP", "1");
-        decode_kernels_.prefetch_weight = [this](const at::Tensor& weight) { ForkPrefetch(weight); };
-      }
-    }
-  }
-
-  ~CudaDecodeRunner() {
-    if (prefetch_join_ != nullptr) cudaEventDestroy(prefetch_join_);
-    if (prefetch_fork_ != nullptr) cudaEventDestroy(prefetch_fork_);
-    if (prefetch_stream_ != nullptr) cudaStreamDestroy(prefetch_stream_);
   }
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
@@ -148,7 +130,7 @@ class CudaDecodeRunner {
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {"norm", "rotary", "swiglu", "gemv", "gemm",
-                                                       "split_attention", "mma_attention", "prefetch"};
+                                                       "split_attention", "mma_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
   static constexpr int64_t kSkinnyGemmFasterUpToRows = 32;
@@ -227,29 +209,6 @@ class CudaDecodeRunner {
   }
 
   bool Enabled(const char* kernel) const { return disabled_.count(kernel) == 0; }
-
-  // A decode step's attention reads little and waits on latency, leaving HBM idle for ~10-25 us
-  // per layer; the output projection after it streams 33.5 MB (GLM-4-9B) at the HBM's rate. The
-  // prefetch branch reads that weight into L2 meanwhile, so the projection finds it there. It
-  // forks from the current stream after the qkv projection (a parallel branch of a graph being
-  // captured) and joins at the step's end.
-  void ForkPrefetch(const at::Tensor& weight) {
-    auto stream = static_cast<cudaStream_t>(CurrentStream());
-    Check(cudaEventRecord(prefetch_fork_, stream) == cudaSuccess, "L2 prefetch fork");
-    prefetch_pending_ = true;  // from here on the step must join the branch, even if it fails
-    Check(cudaStreamWaitEvent(prefetch_stream_, prefetch_fork_, 0) == cudaSuccess &&
-              kernels::PrefetchL2Cuda(weight.data_ptr(), weight.nbytes(), prefetch_keep_, prefetch_stream_),
-          "L2 prefetch");
-  }
-
-  void JoinPrefetch(bool check = true) {
-    if (!prefetch_pending_) return;
-    prefetch_pending_ = false;
-    const bool joined =
-        cudaEventRecord(prefetch_join_, prefetch_stream_) == cudaSuccess &&
-        cudaStreamWaitEvent(static_cast<cudaStream_t>(CurrentStream()), prefetch_join_, 0) == cudaSuccess;
-    if (check) Check(joined, "L2 prefetch join");
-  }
 
   // The fused kernels, each called on the current stream (a capture runs on a side stream).
   GlmModel::LayerKernels MakeLayerKernels() const {
@@ -377,15 +336,7 @@ class CudaDecodeRunner {
             "paged-attention decode");
       return out.view({q.size(0), q.size(1) * q.size(2)});
     };
-    at::Tensor hidden;
-    try {
-      hidden = model_.RunLayers(b.ids, b.positions, b.slots, kv, attend, decode_kernels_);
-    } catch (...) {
-      JoinPrefetch(/*check=*/false);  // a capture that failed mid-way still ends with no open branch
-      throw;
-    }
-    JoinPrefetch();
-    return model_.Logits(hidden, kernels_);
+    return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend, kernels_), kernels_);
   }
 
   // GLMSERVE_CUDA_GRAPHS_VERIFY=1 (diagnosis only): re-runs each replayed step eagerly and reports
@@ -441,12 +392,7 @@ class CudaDecodeRunner {
   bool verify_ = false;
   std::set<std::string> disabled_;  // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
-  GlmModel::LayerKernels kernels_;         // eager forwards (prefill, mixed batches)
-  GlmModel::LayerKernels decode_kernels_;  // decode steps: kernels_ plus the L2 prefetch branch
-  cudaStream_t prefetch_stream_ = nullptr;
-  cudaEvent_t prefetch_fork_ = nullptr, prefetch_join_ = nullptr;
-  bool prefetch_keep_ = false;     // GLMSERVE_CUDA_PREFETCH_KEEP=1: evict-last lines (measurements)
-  bool prefetch_pending_ = false;  // a fork not yet joined (Step runs under mu_)
+  GlmModel::LayerKernels kernels_;
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;
   int32_t max_context_ = 0;

@@ -142,7 +142,6 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     const Layer& layer = layers_[l];
     at::Tensor h = add_and_norm(layer.input_norm);
     at::Tensor qkv = Linear(kernels, h, layer.qkv_weight, layer.qkv_bias);
-    if (kernels.prefetch_weight) kernels.prefetch_weight(layer.o_weight);
     at::Tensor k_cache = kv.k[l];
     at::Tensor v_cache = kv.v[l];
     at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});

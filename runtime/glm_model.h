@@ -79,9 +79,6 @@ class GlmModel {
     std::function<at::Tensor(const at::Tensor& gate_up)> swiglu;
     // at::linear(x, weight, bias); bias may be undefined.
     std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
-    // Called with the attention output projection's weight right after the qkv projection: may
-    // start reading it into a cache while attention runs (the caller joins that work later).
-    std::function<void(const at::Tensor& weight)> prefetch_weight;
   };
   // The decoder layers on device tensors only (no host sync: CUDA-graph capturable): ids,
   // positions and KV slots are [T] int64. Returns the hidden states [T, hidden] after the last

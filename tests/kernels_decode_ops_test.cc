@@ -273,20 +273,6 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   EXPECT_FALSE(SkinnyGemmCudaTakes(4, 128, 60, type(), d_workspace.get(), d_workspace.get()));
 }
 
-TEST_P(DecodeOpsCuda, L2PrefetchLeavesTheDataAndChecksAlignment) {
-  const std::vector<float> data = Random(3 * 65536 + 8, 41, type());  // a partial last chunk
-  Device d_data(data, type());
-  const size_t bytes = data.size() * (bf16() ? 2 : 4);
-  for (bool keep : {false, true}) {
-    EXPECT_TRUE(PrefetchL2Cuda(d_data.get(), bytes, keep, nullptr));
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  }
-  EXPECT_EQ(d_data.Floats(), Random(data.size(), 41, type()));
-  EXPECT_TRUE(PrefetchL2Cuda(d_data.get(), 0, false, nullptr));
-  EXPECT_FALSE(PrefetchL2Cuda(static_cast<const char*>(d_data.get()) + 8, 64, false, nullptr));
-  EXPECT_FALSE(PrefetchL2Cuda(d_data.get(), 24, false, nullptr));
-}
-
 struct AttentionCase {
   int32_t heads, kv_heads, head_dim;
 };
