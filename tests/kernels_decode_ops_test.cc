@@ -325,6 +325,73 @@ TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
   }
 }
 
+TEST_P(DecodeOpsCuda, AttentionWithFusedRotaryEqualsRotaryThenAttention) {
+  struct FusedCase {
+    int32_t heads, kv_heads, head_dim, rotary_dim;
+  };
+  // GLM-4-9B (partial rotary); every dim rotated; MHA with a narrow head; no rotary at all.
+  for (int32_t batch : {5, 64})
+  for (const FusedCase& c : {FusedCase{32, 2, 128, 64}, FusedCase{16, 1, 128, 128}, FusedCase{8, 8, 64, 32},
+                             FusedCase{4, 2, 64, 0}}) {
+    SCOPED_TRACE(testing::Message() << batch << " sequences, " << c.heads << "/" << c.kv_heads << " heads, head_dim "
+                                    << c.head_dim << ", rotary " << c.rotary_dim);
+    const int64_t row = int64_t{c.heads + 2 * c.kv_heads} * c.head_dim;
+    PagedAttentionShape s{batch, c.heads, c.kv_heads, c.head_dim, 16, 40, 600, 1.0f / std::sqrt(float(c.head_dim)),
+                          row};
+    const int64_t num_slots = 256 * s.block_size;
+    std::vector<int32_t> lens = {1, 17, 300, 599, 64};
+    for (int32_t i = 5; i < batch; ++i) lens.push_back(1 + (i * 37) % 599);
+    std::vector<int32_t> blocks(256);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(15));
+    std::vector<int32_t> tables(s.batch * s.max_blocks_per_seq);
+    for (size_t i = 0; i < tables.size(); ++i) tables[i] = blocks[i % 256];
+    std::vector<int64_t> positions, slots;  // the new token: the last position of each context
+    for (int32_t b = 0; b < batch; ++b) {
+      const int32_t p = lens[b] - 1;
+      positions.push_back(p);
+      slots.push_back(int64_t{tables[b * s.max_blocks_per_seq + p / s.block_size]} * s.block_size + p % s.block_size);
+    }
+    std::vector<float> inv_freq(std::max(1, c.rotary_dim / 2), 1.0f);
+    for (int j = 0; j < c.rotary_dim / 2; ++j) inv_freq[j] = 1.0f / std::pow(10000.0f, 2.0f * j / c.rotary_dim);
+    const std::vector<float> qkv = Random(batch * row, 16, type());
+    const std::vector<float> k = Random(num_slots * s.num_kv_heads * s.head_dim, 17, type());
+    const std::vector<float> v = Random(k.size(), 18, type());
+    Device d_tables(tables), d_lens(lens), d_positions(positions), d_slots(slots), d_freq(inv_freq);
+    Device d_workspace(std::vector<uint8_t>(PagedAttentionWorkspaceBytes(s), 0));
+    const size_t out_size = int64_t{batch} * s.num_heads * s.head_dim;
+
+    // Two launches: rotary + KV write, then attention over the rotated q rows.
+    Device two_qkv(qkv, type()), two_k(k, type()), two_v(v, type()), two_out(std::vector<float>(out_size), type());
+    const RotaryKvShape rotary{batch, c.heads, c.kv_heads, c.head_dim, c.rotary_dim, row};
+    ASSERT_TRUE(RotaryKvWriteCuda(two_qkv.get(), d_positions.as<int64_t>(), d_freq.as<float>(),
+                                  d_slots.as<int64_t>(), two_k.get(), two_v.get(), rotary, type(), nullptr));
+    ASSERT_TRUE(PagedAttentionDecodeCuda(two_qkv.get(), two_k.get(), two_v.get(), d_tables.as<int32_t>(),
+                                         d_lens.as<int32_t>(), two_out.get(), s, type(), nullptr, d_workspace.get()));
+
+    PagedAttentionShape fused = s;
+    fused.new_token_slots = d_slots.as<int64_t>();
+    fused.rotary_inv_freq = d_freq.as<float>();
+    fused.rotary_dim = c.rotary_dim;
+    Device one_qkv(qkv, type()), one_k(k, type()), one_v(v, type()), one_out(std::vector<float>(out_size), type());
+    const bool launched = PagedAttentionDecodeCuda(one_qkv.get(), one_k.get(), one_v.get(), d_tables.as<int32_t>(),
+                                                   d_lens.as<int32_t>(), one_out.get(), fused, type(), nullptr,
+                                                   d_workspace.get());
+    EXPECT_EQ(launched, PagedAttentionFusesRotary(fused, type()));
+    if (!bf16()) {
+      EXPECT_FALSE(launched) << "only the bf16/fp16 tensor-core kernel fuses the rotary";
+      continue;
+    }
+    ASSERT_TRUE(launched);
+    EXPECT_EQ(one_out.Floats(), two_out.Floats());
+    EXPECT_EQ(one_k.Floats(), two_k.Floats());
+    EXPECT_EQ(one_v.Floats(), two_v.Floats());
+    // Without a workspace there is no split kernel to fuse into: refused, nothing written.
+    EXPECT_FALSE(PagedAttentionDecodeCuda(one_qkv.get(), one_k.get(), one_v.get(), d_tables.as<int32_t>(),
+                                          d_lens.as<int32_t>(), one_out.get(), fused, type(), nullptr, nullptr));
+  }
+}
+
 TEST_P(DecodeOpsCuda, SplitKernelDeclinesHeadDimsItCannotTile) {
   PagedAttentionShape s{2, 4, 4, 12, 16, 4, 64, 0.5f};
   EXPECT_EQ(PagedAttentionWorkspaceBytes(s), 0u);  // the one-pass kernel takes head_dim 12
