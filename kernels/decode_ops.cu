@@ -18,6 +18,17 @@ namespace {
 constexpr int kRotaryThreads = 64;
 
 template <typename T>
+__device__ __forceinline__ void RotatePair(float position, float freq, float& even, float& odd) {
+  // __f*_rn: no fused multiply-add, so fp32 rounds exactly as the separate ATen ops do.
+  const float angle = __fmul_rn(position, freq);
+  const float c = RoundTo<T>(cosf(angle)), sn = RoundTo<T>(sinf(angle));
+  const float rotated_even = __fsub_rn(RoundTo<T>(__fmul_rn(even, c)), RoundTo<T>(__fmul_rn(odd, sn)));
+  const float rotated_odd = __fadd_rn(RoundTo<T>(__fmul_rn(odd, c)), RoundTo<T>(__fmul_rn(even, sn)));
+  even = rotated_even;
+  odd = rotated_odd;
+}
+
+template <typename T>
 __global__ void __launch_bounds__(kRotaryThreads)
 RotaryKvWriteKernel(T* __restrict__ qkv, const int64_t* __restrict__ positions, const float* __restrict__ inv_freq,
                     const int64_t* __restrict__ slots, T* __restrict__ k_cache, T* __restrict__ v_cache,

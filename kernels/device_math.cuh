@@ -23,20 +23,6 @@ template <> __device__ __forceinline__ __half FromFloat<__half>(float v) { retur
 // The value an ATen op on T tensors would store: computed in fp32, rounded to T.
 template <typename T> __device__ __forceinline__ float RoundTo(float v) { return ToFloat(FromFloat<T>(v)); }
 
-// GLM's rotary turn of one (even, odd) pair at `position` with inverse frequency `freq`, rounded
-// as transformers' ops on T tensors round it (shared by the rotary kernel and the attention
-// kernel that fuses it, so both give the same bits). __f*_rn: no fused multiply-add, so fp32
-// rounds exactly as the separate ATen ops do.
-template <typename T>
-__device__ __forceinline__ void RotatePair(float position, float freq, float& even, float& odd) {
-  const float angle = __fmul_rn(position, freq);
-  const float c = RoundTo<T>(cosf(angle)), sn = RoundTo<T>(sinf(angle));
-  const float rotated_even = __fsub_rn(RoundTo<T>(__fmul_rn(even, c)), RoundTo<T>(__fmul_rn(odd, sn)));
-  const float rotated_odd = __fadd_rn(RoundTo<T>(__fmul_rn(odd, c)), RoundTo<T>(__fmul_rn(even, sn)));
-  even = rotated_even;
-  odd = rotated_odd;
-}
-
 // 16 bytes of T (8 bf16/fp16 or 4 fp32 elements) -> fp32, bf16/fp16 two at a time.
 __device__ __forceinline__ void UnpackChunk(const uint4& raw, float* f, const float*) {
   const float4 v = *reinterpret_cast<const float4*>(&raw);

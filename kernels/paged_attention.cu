@@ -568,50 +568,11 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
   auto tile_rows = [&](int t) { return min(kTile, context - t * kTile); };
   int tile = split;
   if (tile * kTile < context) TileSlots(slot_s[0], table, tile * kTile, tile_rows(tile), s, kvh);
-  const bool fused_rotary = s.new_token_slots != nullptr;
-  const float position = static_cast<float>(context - 1);
-  // Fused rotary: the block whose tiles include the newest position turns that token's k and
-  // writes k and v into its cache slot before any block of it reads the tile (the barrier below
-  // orders these stores before the cp.async reads of the same rows).
-  if (fused_rotary && context > 0 && ((context - 1) / kTile) % splits == split) {
-    const T* new_k = q + b * q_stride + static_cast<int64_t>(s.num_heads + kvh) * hd;
-    const T* new_v = new_k + static_cast<int64_t>(s.num_kv_heads) * hd;
-    const int64_t cache_row = (s.new_token_slots[b] * s.num_kv_heads + kvh) * hd;
-    T* k_row = const_cast<T*>(k_cache) + cache_row;
-    T* v_row = const_cast<T*>(v_cache) + cache_row;
-    for (int p = tid; 2 * p < hd; p += kMmaThreads) {
-      float even = ToFloat(new_k[2 * p]), odd = ToFloat(new_k[2 * p + 1]);
-      if (2 * p < s.rotary_dim) RotatePair<T>(position, s.rotary_inv_freq[p], even, odd);
-      k_row[2 * p] = FromFloat<T>(even);
-      k_row[2 * p + 1] = FromFloat<T>(odd);
-      v_row[2 * p] = new_v[2 * p];
-      v_row[2 * p + 1] = new_v[2 * p + 1];
-    }
-    __threadfence_block();
-  }
   __syncthreads();
-  // Group 1: the query and the first tile's K; group 2: its V (both empty without a tile). A
-  // fused rotary turns the query on its way into shared memory (visible after the loop's first
-  // barrier).
+  // Group 1: the query and the first tile's K; group 2: its V (both empty without a tile).
   for (int i = tid; i < kMmaRows * chunks_per_row; i += kMmaThreads) {
     const int r = i / chunks_per_row, c = i - r * chunks_per_row;
-    if (!fused_rotary) {
-      CopyAsync16(q_s + r * L.ld + c * 8, r < group ? qb + static_cast<int64_t>(r) * hd + c * 8 : qb, r < group);
-      continue;
-    }
-    const uint4 raw = r < group ? *reinterpret_cast<const uint4*>(qb + static_cast<int64_t>(r) * hd + c * 8)
-                                : make_uint4(0, 0, 0, 0);  // rows past the group stay zero
-    float f[8];
-    Chunk16<T>::ToFloats(raw, f);
-#pragma unroll
-    for (int j = 0; j < 8; j += 2) {
-      const int pair = c * 4 + j / 2;
-      float even = f[j], odd = f[j + 1];
-      if (2 * pair < s.rotary_dim) RotatePair<T>(position, s.rotary_inv_freq[pair], even, odd);
-      f[j] = even;
-      f[j + 1] = odd;
-    }
-    *reinterpret_cast<uint4*>(q_s + r * L.ld + c * 8) = Chunk16<T>::FromFloats(f);
+    CopyAsync16(q_s + r * L.ld + c * 8, r < group ? qb + static_cast<int64_t>(r) * hd + c * 8 : qb, r < group);
   }
   if (tile * kTile < context) load_rows(k_cache, k_s, slot_s[0], tile_rows(tile));
   CopyAsyncCommit();
@@ -711,26 +672,16 @@ size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape& s) {
   return units * group * (static_cast<size_t>(s.head_dim) + 2) * sizeof(float);
 }
 
-bool PagedAttentionFusesRotary(const PagedAttentionShape& s, ElementType type) {
-  return ShapeIsValid(s) && SplitKernelTakes(s) && MmaKernelTakes(s, type) && s.rotary_dim >= 0 &&
-         s.rotary_dim % 2 == 0 && s.rotary_dim <= s.head_dim && s.head_dim % 2 == 0;
-}
-
 bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache, const int32_t* block_tables,
                               const int32_t* context_lens, void* out, const PagedAttentionShape& s, ElementType type,
                               void* stream, void* workspace) {
   if (!ShapeIsValid(s)) return false;
-  if (s.new_token_slots != nullptr && (!PagedAttentionFusesRotary(s, type) || workspace == nullptr ||
-                                       (s.rotary_dim > 0 && s.rotary_inv_freq == nullptr))) {
-    return false;  // only the tensor-core split kernel fuses the rotary
-  }
   auto st = static_cast<cudaStream_t>(stream);
   // The split kernel reads q, K and V with 16-byte loads.
   const size_t element = type == ElementType::kFloat32 ? 4 : 2;
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : int64_t{s.num_heads} * s.head_dim;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const bool vector_loads = aligned(q) && aligned(k_cache) && aligned(v_cache) && (q_stride * element) % 16 == 0;
-  if (s.new_token_slots != nullptr && !vector_loads) return false;
   if (workspace != nullptr && vector_loads && SplitKernelTakes(s) && MmaKernelTakes(s, type)) {
     return type == ElementType::kBFloat16
                ? LaunchMma<__nv_bfloat16>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st)

@@ -23,15 +23,6 @@ struct PagedAttentionShape {
   float scale = 1.0f;             // usually 1/sqrt(head_dim)
   int64_t q_row_stride = 0;       // elements between sequences' query rows; 0 = num_heads * head_dim
   bool allow_tensor_cores = true; // bf16/fp16 with a workspace: QK^T and PV on tensor cores
-  // Non-null: the new token's rotary embedding and KV write are fused in (the tensor-core split
-  // kernel only; PagedAttentionFusesRotary says when it runs). q then points at un-rotated qkv
-  // rows [q heads | k heads | v heads], q_row_stride apart; the kernel turns the query heads and
-  // the new token's k by position context_lens[b] - 1 (GLM's interleaved partial rotary, as
-  // RotaryKvWriteCuda does) and writes k and v into cache slot new_token_slots[b] before reading
-  // the context.
-  const int64_t* new_token_slots = nullptr;
-  const float* rotary_inv_freq = nullptr;  // [rotary_dim / 2], fp32, on the device
-  int32_t rotary_dim = 0;                  // even, <= head_dim
 };
 
 // q: [batch, num_heads, head_dim]; k_cache/v_cache: [slots, num_kv_heads, head_dim] where
@@ -54,11 +45,6 @@ bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_
                               const int32_t* block_tables, const int32_t* context_lens, void* out,
                               const PagedAttentionShape& shape, ElementType type, void* stream,
                               void* workspace = nullptr);
-
-// True when PagedAttentionDecodeCuda with a workspace takes `shape` with new_token_slots set
-// (the bf16/fp16 tensor-core split kernel; 16-byte aligned pointers and row stride also needed).
-// Elsewhere a fused call returns false: run RotaryKvWriteCuda, then attention without it.
-bool PagedAttentionFusesRotary(const PagedAttentionShape& shape, ElementType type);
 
 // Bytes of workspace the split kernel needs for `shape`; 0 when it cannot take the shape.
 size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape& shape);

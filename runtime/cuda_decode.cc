@@ -79,25 +79,6 @@ class CudaDecodeRunner {
       gemm_workspace_bytes_ = static_cast<int64_t>(kernels::SkinnyGemmWorkspaceBytes());
     }
     kernels_ = MakeLayerKernels();
-    const ModelConfig& c = model.config();
-    kernels::PagedAttentionShape probe;
-    probe.batch = 1;
-    probe.num_heads = c.num_attention_heads;
-    probe.num_kv_heads = c.num_key_value_heads;
-    probe.head_dim = c.head_dim;
-    probe.block_size = 1;
-    probe.max_blocks_per_seq = 1;
-    probe.max_context = max_context_;
-    probe.rotary_dim = c.rotary_dim;
-    fuse_rotary_ = kernels_.rotary_kv && Enabled("fused_rotary") && Enabled("split_attention") &&
-                   Enabled("mma_attention") && (c.rotary_dim == 0 || model.inv_freq().defined()) &&
-                   kernels::PagedAttentionFusesRotary(probe, type_);
-    if (fuse_rotary_) {
-      fused_rotary_kernels_ = kernels_;
-      // The attention kernel turns q and the new k and writes the cache slot itself.
-      fused_rotary_kernels_.rotary_kv = [](at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                           at::Tensor&) {};
-    }
   }
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
@@ -149,7 +130,7 @@ class CudaDecodeRunner {
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {"norm", "rotary", "swiglu", "gemv", "gemm",
-                                                       "split_attention", "mma_attention", "fused_rotary"};
+                                                       "split_attention", "mma_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
   static constexpr int64_t kSkinnyGemmFasterUpToRows = 32;
@@ -343,42 +324,19 @@ class CudaDecodeRunner {
       workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
                             at::TensorOptions().dtype(at::kByte).device(model_.device()));
     }
-    // Rotary + KV write inside the attention kernel: one launch less per layer (1.9-3.0 us plus
-    // a launch gap on an H100), the layers' rotary_kv left out.
-    const bool fuse_rotary = fuse_rotary_ && workspace.defined();
-    void* workspace_data = workspace.defined() ? workspace.data_ptr() : nullptr;
     auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
-      const int64_t rows = q.size(0), heads = q.size(1), hd = q.size(2);
-      at::Tensor out = at::empty({rows, heads, hd}, q.options());
-      const bool dense_heads = q.stride(2) == 1 && q.stride(1) == hd;
-      if (fuse_rotary) {
-        kernels::PagedAttentionShape s = shape;
-        s.q_row_stride = q.stride(0);
-        s.new_token_slots = b.slots.data_ptr<int64_t>();
-        s.rotary_inv_freq = c.rotary_dim > 0 ? model_.inv_freq().data_ptr<float>() : nullptr;
-        s.rotary_dim = c.rotary_dim;
-        if (dense_heads && kernels::PagedAttentionDecodeCuda(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                                                             b.tables.data_ptr<int32_t>(), b.lens.data_ptr<int32_t>(),
-                                                             out.data_ptr(), s, type_, CurrentStream(), workspace_data)) {
-          return out.view({rows, heads * hd});
-        }
-        // Not fusable here (alignment): the rotary the layer left out, on q's qkv rows, first.
-        at::Tensor qkv = q.as_strided({rows, (c.num_attention_heads + 2 * c.num_key_value_heads) * hd}, {q.stride(0), 1});
-        at::Tensor k_rows = k_cache, v_rows = v_cache;  // handles: the kernel writes the pool's rows
-        kernels_.rotary_kv(qkv, b.positions, b.slots, k_rows, v_rows);
-      }
       kernels::PagedAttentionShape s = shape;
-      at::Tensor query = dense_heads ? q : q.contiguous();
+      at::Tensor query = q;
+      if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();
       s.q_row_stride = query.stride(0);
+      at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
       Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
                                               b.tables.data_ptr<int32_t>(), b.lens.data_ptr<int32_t>(), out.data_ptr(), s,
-                                              type_, CurrentStream(), workspace_data),
+                                              type_, CurrentStream(), workspace.defined() ? workspace.data_ptr() : nullptr),
             "paged-attention decode");
-      return out.view({rows, heads * hd});
+      return out.view({q.size(0), q.size(1) * q.size(2)});
     };
-    return model_.Logits(
-        model_.RunLayers(b.ids, b.positions, b.slots, kv, attend, fuse_rotary ? fused_rotary_kernels_ : kernels_),
-        kernels_);
+    return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend, kernels_), kernels_);
   }
 
   // GLMSERVE_CUDA_GRAPHS_VERIFY=1 (diagnosis only): re-runs each replayed step eagerly and reports
@@ -435,8 +393,6 @@ class CudaDecodeRunner {
   std::set<std::string> disabled_;  // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
   GlmModel::LayerKernels kernels_;
-  bool fuse_rotary_ = false;                     // the attention kernel takes rotary + KV write
-  GlmModel::LayerKernels fused_rotary_kernels_;  // kernels_ without rotary_kv, for those steps
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;
   int32_t max_context_ = 0;
