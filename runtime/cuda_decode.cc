@@ -336,7 +336,8 @@ class CudaDecodeRunner {
             "paged-attention decode");
       return out.view({q.size(0), q.size(1) * q.size(2)});
     };
-    return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend, kernels_), kernels_);
+    return model_.Logits(model_.RunLayers(b.ids, b.positions, b.slots, kv, attend, kernels_), kernels_,
+                         /*fp32=*/false);
   }
 
   // GLMSERVE_CUDA_GRAPHS_VERIFY=1 (diagnosis only): re-runs each replayed step eagerly and reports

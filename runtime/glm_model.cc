@@ -189,9 +189,10 @@ at::Tensor GlmModel::AddRmsNorm(const LayerKernels& kernels, const at::Tensor& d
   return RmsNorm(residual, weight);
 }
 
-at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels) const {
+at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels, bool fp32) const {
   at::Tensor rows = hidden_rows.contiguous();  // the fused kernel reads rows densely
-  return Linear(kernels, AddRmsNorm(kernels, at::Tensor(), rows, final_norm_), lm_head_, at::Tensor()).to(at::kFloat);
+  at::Tensor logits = Linear(kernels, AddRmsNorm(kernels, at::Tensor(), rows, final_norm_), lm_head_, at::Tensor());
+  return fp32 ? logits.to(at::kFloat) : logits;
 }
 
 CudaDecodeRunner* GlmModel::DecodeRunner() const {

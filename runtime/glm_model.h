@@ -53,8 +53,10 @@ class GlmModel {
   KvPool AllocateKv(int32_t num_blocks, int32_t block_size) const;
 
   // One forward pass over a batch. Writes each sequence's new K/V into its blocks and returns
-  // fp32 logits [n, vocab] for the last fed token of every sequence with sample == true, in
-  // batch order. Throws c10::Error on failure (callers turn it into a status).
+  // logits [n, vocab] for the last fed token of every sequence with sample == true, in batch
+  // order: fp32, except from the CUDA decode graphs, which leave them in the model's dtype (the
+  // lm_head's own output; converting [64, 151552] to fp32 every step took 29 us on an H100, and
+  // the argmax reads half the bytes). Throws c10::Error on failure (callers turn it into a status).
   at::Tensor Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const;
   // CUDA with graphs on: captures the decode graphs of batch buckets 1, 2, 4, ... up to the one
   // holding max_sequences over `kv` now, appending each captured bucket to `captured`, so no
@@ -86,7 +88,8 @@ class GlmModel {
   at::Tensor RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
                        const AttendFn& attend, const LayerKernels& kernels = {}) const;
   // Final norm + lm_head in fp32 for the given hidden rows.
-  at::Tensor Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels = {}) const;
+  // `fp32` false leaves them in the model's dtype (rounded as transformers rounds them).
+  at::Tensor Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels = {}, bool fp32 = true) const;
   // Forward without the CUDA decode graphs: per-sequence ATen attention for any batch (prefill,
   // mixed, decode), `kernels` for the rest of each layer. Forward calls it with the GPU's fused
   // kernels, or none on the CPU; tests call it with the kernels' CPU references.

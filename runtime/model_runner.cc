@@ -203,10 +203,11 @@ at::Tensor SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector
                               const std::vector<kernels::SamplingRow>& params) {
   if (rows.empty() || device_logits.size(1) > std::numeric_limits<int32_t>::max()) return at::Tensor();
   const c10::cuda::CUDAGuard device_guard(device_logits.device());
-  at::Tensor logits = device_logits.to(at::kFloat).contiguous();
+  at::Tensor logits = device_logits;
   if (static_cast<int64_t>(rows.size()) != logits.size(0)) {
     logits = logits.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(logits.device()));
   }
+  logits = logits.to(at::kFloat).contiguous();  // the sampler reads fp32; only the sampled rows convert
   const int64_t param_bytes = static_cast<int64_t>(params.size() * sizeof(kernels::SamplingRow));
   at::Tensor device_params =
       at::from_blob(const_cast<kernels::SamplingRow*>(params.data()), {param_bytes}, at::TensorOptions().dtype(at::kByte))
@@ -357,10 +358,11 @@ class PagedExecutor final : public StepExecutor {
           const int64_t vocab = device_logits.size(1);
           logits = at::empty({static_cast<int64_t>(num_samples), vocab}, at::TensorOptions().dtype(at::kFloat));
           at::Tensor rows = at::tensor(host_rows, at::TensorOptions().dtype(at::kLong));
-          logits.index_copy_(0, rows, device_logits.index_select(0, rows.to(device_logits.device())).cpu());
+          logits.index_copy_(0, rows,
+                             device_logits.index_select(0, rows.to(device_logits.device())).to(at::kFloat).cpu());
         }
       } else {
-        logits = device_logits.contiguous().cpu();
+        logits = device_logits.to(at::kFloat).contiguous().cpu();
       }
       if (inject_oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > inject_oom_above_sequences_) {
         logits = at::Tensor();
@@ -448,7 +450,7 @@ class ModelRunnerImpl final : public ModelRunner {
       while (static_cast<int32_t>(output.output_ids.size()) < params.max_new_tokens) {
         step.start_position = position;
         step.num_generated = static_cast<int32_t>(output.output_ids.size());
-        at::Tensor logits = model_->Forward({step}, pool).contiguous().cpu();
+        at::Tensor logits = model_->Forward({step}, pool).to(at::kFloat).contiguous().cpu();
         const float* row = logits.data_ptr<float>();
         if (output.output_ids.empty()) output.first_logits.assign(row, row + c.vocab_size);
         const int32_t next = SampleNextToken(row, c.vocab_size, params, stops, step.num_generated, &history);
