@@ -112,7 +112,6 @@ void LaunchSwiGlu(const void* gate_up, void* out, int64_t rows, int64_t width, c
   const int64_t chunk_blocks = (width / E + kSwiGluThreads - 1) / kSwiGluThreads;
   if (width % E == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
       rows <= 65535 && chunk_blocks <= 0x7fffffff) {
-    PreferLargestSharedCarveout<SwiGluChunkKernel<T>>();
     SwiGluChunkKernel<T><<<dim3(static_cast<unsigned>(chunk_blocks), static_cast<unsigned>(rows)), kSwiGluThreads, 0,
                            stream>>>(in, y, width);
     return;
@@ -187,7 +186,6 @@ template <typename T, int M, int R, int U>
 bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream) {
   const int64_t rows_per_block = int64_t{kGemvWarps} * R;
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
-  PreferLargestSharedCarveout<GemvKernel<T, M, R, U>>();
   GemvKernel<T, M, R, U><<<static_cast<unsigned>(blocks), kGemvWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<T*>(y), n, k);
   return cudaGetLastError() == cudaSuccess;
@@ -232,13 +230,11 @@ bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_fre
                                                        static_cast<float*>(k_cache), static_cast<float*>(v_cache), s);
       break;
     case ElementType::kBFloat16:
-      PreferLargestSharedCarveout<RotaryKvWriteKernel<__nv_bfloat16>>();
       RotaryKvWriteKernel<__nv_bfloat16><<<grid, kRotaryThreads, 0, st>>>(
           static_cast<__nv_bfloat16*>(qkv), positions, inv_freq, slots, static_cast<__nv_bfloat16*>(k_cache),
           static_cast<__nv_bfloat16*>(v_cache), s);
       break;
     case ElementType::kFloat16:
-      PreferLargestSharedCarveout<RotaryKvWriteKernel<__half>>();
       RotaryKvWriteKernel<__half><<<grid, kRotaryThreads, 0, st>>>(static_cast<__half*>(qkv), positions, inv_freq, slots,
                                                         static_cast<__half*>(k_cache), static_cast<__half*>(v_cache), s);
       break;

@@ -8,7 +8,6 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
-#include <cstdlib>
 
 namespace glmserve::kernels {
 
@@ -90,30 +89,6 @@ __device__ __forceinline__ float WarpSum(float v) {
 __device__ __forceinline__ float WarpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
-}
-
-// cuBLAS's Hopper GEMMs run with the SMs' largest shared-memory carveout; a decode kernel that
-// leaves the choice to the driver may get a smaller one, and every switch between the two makes
-// the SMs reconfigure between kernels (a decode step alternates ~160 times). Asked once per
-// kernel (per device 0 only: the attribute is per function, not per device).
-// GLMSERVE_CUDA_CARVEOUT=0 leaves the driver's choice (measurements).
-inline bool CarveoutPreferenceOn() {
-  static const bool on = [] {
-    const char* env = std::getenv("GLMSERVE_CUDA_CARVEOUT");
-    return env == nullptr || env[0] != '0';
-  }();
-  return on;
-}
-template <auto kKernel>
-inline void PreferLargestSharedCarveout() {
-  static const bool once = [] {
-    if (CarveoutPreferenceOn()) {
-      cudaFuncSetAttribute(kKernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-      cudaGetLastError();  // a refusal leaves the driver's choice; it must not fail the next launch check
-    }
-    return true;
-  }();
-  (void)once;
 }
 
 // Multiprocessors of the current device, asked once per device; 0 when CUDA cannot say.

@@ -456,7 +456,6 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
   kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
       part_stats, s, splits);
-  PreferLargestSharedCarveout<PagedAttentionMergeKernel<T>>();
   PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
       part_acc, part_stats, static_cast<T*>(out), s, splits);
   return cudaGetLastError() == cudaSuccess;
@@ -465,10 +464,6 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
 // The shared-memory limit is raised once per kernel, before any capture (not a stream operation).
 template <typename Kernel>
 bool AllowLargeSharedMemory(Kernel kernel) {
-  if (CarveoutPreferenceOn()) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-    cudaGetLastError();  // see PreferLargestSharedCarveout
-  }
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) == cudaSuccess;
 }
 

@@ -119,7 +119,6 @@ bool LaunchTyped(const void* x, void* residual, const void* weight, void* out, i
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (hidden % E == 0 && hidden / E <= int64_t{kRowThreads} * kMaxChunks && aligned(residual) && aligned(weight) &&
       aligned(out) && (x == nullptr || aligned(x))) {
-    PreferLargestSharedCarveout<FusedAddRmsNormRowKernel<T>>();
     FusedAddRmsNormRowKernel<T><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
         hidden, eps);
