@@ -87,8 +87,8 @@ class GlmModel {
   // layer (before the final norm).
   at::Tensor RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
                        const AttendFn& attend, const LayerKernels& kernels = {}) const;
-  // Final norm + lm_head in fp32 for the given hidden rows.
-  // `fp32` false leaves them in the model's dtype (rounded as transformers rounds them).
+  // Final norm + lm_head for the given hidden rows, in fp32; `fp32` false leaves the logits in
+  // the model's dtype (the lm_head's own rounding, as transformers' bf16 logits).
   at::Tensor Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels = {}, bool fp32 = true) const;
   // Forward without the CUDA decode graphs: per-sequence ATen attention for any batch (prefill,
   // mixed, decode), `kernels` for the rest of each layer. Forward calls it with the GPU's fused
