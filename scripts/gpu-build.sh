@@ -118,14 +118,17 @@ if [ "${GLMSERVE_GPU_SWEEP:-0}" = 1 ]; then
   GLMSERVE_CUDA_DEVICE_SAMPLING=0 bench --batch-sizes 1,64 --temperature 0.8 --top-k 50 2>/dev/null | tee -a "$out/sampled.md"
 fi
 if [ "${GLMSERVE_GPU_NCU:-0}" = 1 ]; then
-  # Nsight Compute on one steady-state launch of the split attention kernel at batch 1 and 64
-  # (eager steps: ncu times single launches; prefill runs ATen attention, so launch 200 is decode).
+  # Nsight Compute on one steady-state launch of the split attention kernel (tensor-core or CUDA
+  # core) at batch 1 and 64. Eager steps: ncu times single launches. Prefill runs ATen attention,
+  # and decode_bench's warm-up decodes 16 steps at batch 1 (640 launches), so launch 700 is a
+  # decode step of the table's batch size.
   for b in ${GLMSERVE_NCU_BATCHES:-1 64}; do
-    GLMSERVE_CUDA_GRAPHS=0 timeout 240 ncu --clock-control none --kernel-name regex:PagedAttentionSplitKernel \
-      --launch-skip 200 --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
+    GLMSERVE_CUDA_GRAPHS=0 timeout "${GLMSERVE_NCU_TIMEOUT:-240}" ncu --clock-control none \
+      --kernel-name regex:'PagedAttention(Mma|Split)Kernel' \
+      --launch-skip 700 --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section MemoryWorkloadAnalysis \
       .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
-      --dtype bfloat16 --batch-sizes $b --new-tokens 16 >"$out/ncu_attention_b$b.txt" 2>&1
+      --dtype bfloat16 --batch-sizes $b --new-tokens 32 >"$out/ncu_attention_b$b.txt" 2>&1
     grep -E "Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Shared Memory Config|Stall|Warp Cycles Per Issued|Memory Throughput|Block Limit" \
       "$out/ncu_attention_b$b.txt" | head -30
   done
