@@ -497,6 +497,10 @@ constexpr int kMmaThreads = 128;
 constexpr int kMmaWarps = kMmaThreads / 32;
 constexpr int kMmaRows = 16;  // query heads per KV head that one fragment holds
 constexpr int kMmaPad = 8;    // 16-bit elements of padding per shared row (bank spread, 32-byte alignment)
+// Positions per pipeline step: 64 lets all four warps share QK^T and halves the barrier phases per
+// context position; at batch 64 a block then walks one step instead of one or two.
+// GLMSERVE_CUDA_ATTENTION_TILE=32 selects the smaller step for measurements.
+constexpr int kMmaLargeTile = 64;
 
 struct MmaLayout {
   int ld = 0;  // 16-bit elements per Q/K/V shared row
@@ -504,15 +508,16 @@ struct MmaLayout {
   size_t q = 0, k = 0, v = 0, s = 0, p = 0, o = 0, stats = 0, bytes = 0;
 };
 
-__host__ __device__ inline MmaLayout MakeMmaLayout(int head_dim) {
+// tile: context positions per pipeline step (32 or 64, kMmaLargeTile).
+__host__ __device__ inline MmaLayout MakeMmaLayout(int head_dim, int tile) {
   MmaLayout l;
   l.ld = head_dim + kMmaPad;
-  l.p_ld = kTile + kMmaPad;
+  l.p_ld = tile + kMmaPad;
   size_t offset = 0;
   l.q = offset; offset += static_cast<size_t>(kMmaRows) * l.ld * 2;
-  l.k = offset; offset += static_cast<size_t>(kTile) * l.ld * 2;
-  l.v = offset; offset += static_cast<size_t>(kTile) * l.ld * 2;
-  l.s = offset; offset += static_cast<size_t>(kMmaRows) * kTile * 4;
+  l.k = offset; offset += static_cast<size_t>(tile) * l.ld * 2;
+  l.v = offset; offset += static_cast<size_t>(tile) * l.ld * 2;
+  l.s = offset; offset += static_cast<size_t>(kMmaRows) * tile * 4;
   l.p = offset; offset += static_cast<size_t>(kMmaRows) * l.p_ld * 2;
   l.o = offset; offset += static_cast<size_t>(kMmaRows) * head_dim * 4;
   l.stats = offset; offset += 3 * kMmaRows * 4;
@@ -523,10 +528,37 @@ __host__ __device__ inline MmaLayout MakeMmaLayout(int head_dim) {
 bool MmaKernelTakes(const PagedAttentionShape& s, ElementType type) {
   if (type == ElementType::kFloat32 || !s.allow_tensor_cores) return false;
   const int group = s.num_heads / s.num_kv_heads;
-  return group <= kMmaRows && s.head_dim % 16 == 0 && s.head_dim <= 256 && MakeMmaLayout(s.head_dim).bytes <= 200 * 1024;
+  return group <= kMmaRows && s.head_dim % 16 == 0 && s.head_dim <= 256 &&
+         MakeMmaLayout(s.head_dim, kMmaLargeTile).bytes <= 200 * 1024;
 }
 
-template <typename T>
+// The online-softmax update of one head over a tile of kPer * 32 positions, lane + 32 j owning
+// position lane + 32 j; for kPer 1 the same operations as OnlineSoftmaxStep.
+template <int kPer>
+__device__ __forceinline__ void OnlineSoftmaxTile(const float (&score)[kPer], int n, int g, float* m_s, float* l_s,
+                                                  float* c_s, float (&weight)[kPer]) {
+  const int lane = threadIdx.x % 32;
+  float tile_max = score[0];
+#pragma unroll
+  for (int j = 1; j < kPer; ++j) tile_max = fmaxf(tile_max, score[j]);
+  const float m_old = m_s[g];
+  const float m_new = fmaxf(m_old, WarpMax(tile_max));  // every lane has read m_s[g] before lane 0 writes it
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    weight[j] = lane + 32 * j < n ? __expf(score[j] - m_new) : 0.0f;
+    sum += weight[j];
+  }
+  const float tile_sum = WarpSum(sum);
+  if (lane == 0) {
+    const float correction = __expf(m_old - m_new);
+    c_s[g] = correction;
+    l_s[g] = l_s[g] * correction + tile_sum;
+    m_s[g] = m_new;
+  }
+}
+
+template <typename T, int kRows>
 __global__ void __launch_bounds__(kMmaThreads)
 PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                         const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
@@ -535,17 +567,17 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
   namespace wmma = nvcuda::wmma;
   extern __shared__ __align__(128) unsigned char mma_smem[];
   const int hd = s.head_dim, group = s.num_heads / s.num_kv_heads;
-  const MmaLayout L = MakeMmaLayout(hd);
+  const MmaLayout L = MakeMmaLayout(hd, kRows);
   T* q_s = reinterpret_cast<T*>(mma_smem + L.q);  // [16][ld], rows >= group zero
-  T* k_s = reinterpret_cast<T*>(mma_smem + L.k);  // [kTile][ld]
-  T* v_s = reinterpret_cast<T*>(mma_smem + L.v);  // [kTile][ld]
-  float* s_s = reinterpret_cast<float*>(mma_smem + L.s);  // [16][kTile] raw scores
+  T* k_s = reinterpret_cast<T*>(mma_smem + L.k);  // [kRows][ld]
+  T* v_s = reinterpret_cast<T*>(mma_smem + L.v);  // [kRows][ld]
+  float* s_s = reinterpret_cast<float*>(mma_smem + L.s);  // [16][kRows] raw scores
   T* p_s = reinterpret_cast<T*>(mma_smem + L.p);          // [16][p_ld] weights
   float* o_s = reinterpret_cast<float*>(mma_smem + L.o);  // [16][hd] unnormalised output
   float* m_s = reinterpret_cast<float*>(mma_smem + L.stats);
   float* l_s = m_s + kMmaRows;
   float* c_s = l_s + kMmaRows;
-  __shared__ int64_t slot_s[2][kTile];  // this tile's and the next one's cache rows
+  __shared__ int64_t slot_s[2][kRows];  // this tile's and the next one's cache rows
   const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int context = context_lens[b];
@@ -559,24 +591,24 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
   // its K rows load (cp.async, no register staging) as soon as QK^T has read this tile's, and its
   // V rows as soon as PV has. Rows past the context are zero-filled.
   auto load_rows = [&](const T* cache, T* rows_s, const int64_t* slots, int n) {
-    for (int i = tid; i < kTile * chunks_per_row; i += kMmaThreads) {
+    for (int i = tid; i < kRows * chunks_per_row; i += kMmaThreads) {
       const int j = i / chunks_per_row, c = i - j * chunks_per_row;
       const bool valid = j < n;
       CopyAsync16(rows_s + j * L.ld + c * 8, valid ? cache + slots[j] * hd + c * 8 : cache, valid);
     }
   };
-  auto tile_rows = [&](int t) { return min(kTile, context - t * kTile); };
+  auto tile_rows = [&](int t) { return min(kRows, context - t * kRows); };
   int tile = split;
-  if (tile * kTile < context) TileSlots(slot_s[0], table, tile * kTile, tile_rows(tile), s, kvh);
+  if (tile * kRows < context) TileSlots(slot_s[0], table, tile * kRows, tile_rows(tile), s, kvh);
   __syncthreads();
   // Group 1: the query and the first tile's K; group 2: its V (both empty without a tile).
   for (int i = tid; i < kMmaRows * chunks_per_row; i += kMmaThreads) {
     const int r = i / chunks_per_row, c = i - r * chunks_per_row;
     CopyAsync16(q_s + r * L.ld + c * 8, r < group ? qb + static_cast<int64_t>(r) * hd + c * 8 : qb, r < group);
   }
-  if (tile * kTile < context) load_rows(k_cache, k_s, slot_s[0], tile_rows(tile));
+  if (tile * kRows < context) load_rows(k_cache, k_s, slot_s[0], tile_rows(tile));
   CopyAsyncCommit();
-  if (tile * kTile < context) load_rows(v_cache, v_s, slot_s[0], tile_rows(tile));
+  if (tile * kRows < context) load_rows(v_cache, v_s, slot_s[0], tile_rows(tile));
   CopyAsyncCommit();
   for (int i = tid; i < kMmaRows * hd; i += kMmaThreads) o_s[i] = 0.0f;
   for (int i = tid; i < kMmaRows * L.p_ld; i += kMmaThreads) p_s[i] = T(0.0f);
@@ -586,15 +618,15 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
     c_s[tid] = 1.0f;
   }
 
-  for (int buffer = 0; tile * kTile < context; buffer ^= 1) {
+  for (int buffer = 0; tile * kRows < context; buffer ^= 1) {
     const int n = tile_rows(tile);
     const int next = tile + splits;
-    const bool has_next = next * kTile < context;
-    if (has_next) TileSlots(slot_s[buffer ^ 1], table, next * kTile, tile_rows(next), s, kvh);
+    const bool has_next = next * kRows < context;
+    if (has_next) TileSlots(slot_s[buffer ^ 1], table, next * kRows, tile_rows(next), s, kvh);
     CopyAsyncWait<1>();  // this tile's K (and the query); its V may still be in flight
     __syncthreads();
-    // S = Q K^T: warp w < kTile / 16 computes positions 16w .. 16w + 15.
-    if (warp < kTile / 16) {
+    // S = Q K^T: warp w < kRows / 16 computes positions 16w .. 16w + 15.
+    if (warp < kRows / 16) {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> scores;
       wmma::fill_fragment(scores, 0.0f);
       for (int kk = 0; kk < hd / 16; ++kk) {
@@ -604,15 +636,23 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
         wmma::load_matrix_sync(kt, k_s + warp * 16 * L.ld + kk * 16, L.ld);
         wmma::mma_sync(scores, a, kt, scores);
       }
-      wmma::store_matrix_sync(s_s + warp * 16, scores, kTile, wmma::mem_row_major);
+      wmma::store_matrix_sync(s_s + warp * 16, scores, kRows, wmma::mem_row_major);
     }
     __syncthreads();  // k_s is free, and the next tile's slots are visible
     if (has_next) load_rows(k_cache, k_s, slot_s[buffer ^ 1], tile_rows(next));
     CopyAsyncCommit();
     // Online softmax over the tile, one warp per head, lane = position.
     for (int g = warp; g < group; g += kMmaWarps) {
-      const float score = lane < n ? s_s[g * kTile + lane] * s.scale : -FLT_MAX;
-      p_s[g * L.p_ld + lane] = T(OnlineSoftmaxStep(score, n, g, m_s, l_s, c_s));
+      constexpr int kPer = kRows / 32;
+      float score[kPer], weight[kPer];
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) {
+        const int position = lane + 32 * j;
+        score[j] = position < n ? s_s[g * kRows + position] * s.scale : -FLT_MAX;
+      }
+      OnlineSoftmaxTile<kPer>(score, n, g, m_s, l_s, c_s, weight);
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) p_s[g * L.p_ld + lane + 32 * j] = T(weight[j]);
     }
     __syncthreads();
     for (int i = tid; i < group * hd; i += kMmaThreads) o_s[i] *= c_s[i / hd];
@@ -623,7 +663,7 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> out;
       wmma::load_matrix_sync(out, o_s + nb * 16, hd, wmma::mem_row_major);
 #pragma unroll
-      for (int kk = 0; kk < kTile / 16; ++kk) {
+      for (int kk = 0; kk < kRows / 16; ++kk) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> weights;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> values;
         wmma::load_matrix_sync(weights, p_s + kk * 16, L.p_ld);
@@ -648,13 +688,33 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
   }
 }
 
+template <typename T, int kRows>
+bool LaunchMmaWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
+                   const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+  static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionMmaKernel<T, kRows>);
+  return attribute_set && LaunchSplitThenMerge<T>(PagedAttentionMmaKernel<T, kRows>, kMmaThreads,
+                                                  MakeMmaLayout(s.head_dim, kRows).bytes, q, k, v, tables, lens, out,
+                                                  s, workspace, stream);
+}
+
+int MmaTile() {
+  static const int tile = [] {
+    const char* env = std::getenv("GLMSERVE_CUDA_ATTENTION_TILE");
+    if (env == nullptr) return kMmaLargeTile;
+    if (std::strcmp(env, "32") == 0) return 32;
+    if (std::strcmp(env, "64") != 0) {
+      std::fprintf(stderr, "GLMSERVE_CUDA_ATTENTION_TILE: '%s' is not 32 or 64; using %d\n", env, kMmaLargeTile);
+    }
+    return kMmaLargeTile;
+  }();
+  return tile;
+}
+
 template <typename T>
 bool LaunchMma(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
-  static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionMmaKernel<T>);
-  return attribute_set && LaunchSplitThenMerge<T>(PagedAttentionMmaKernel<T>, kMmaThreads,
-                                                  MakeMmaLayout(s.head_dim).bytes, q, k, v, tables, lens, out, s,
-                                                  workspace, stream);
+  return MmaTile() == 32 ? LaunchMmaWith<T, 32>(q, k, v, tables, lens, out, s, workspace, stream)
+                         : LaunchMmaWith<T, kMmaLargeTile>(q, k, v, tables, lens, out, s, workspace, stream);
 }
 
 }  // namespace
