@@ -181,22 +181,31 @@ __device__ __forceinline__ void StoreChunk(float* dst, const uint4& raw) {
   }
 }
 
-// One warp per head, lane = position of the tile (n valid): folds the tile's scores into the
-// head's running max m_s[g] and sum l_s[g], records the rescale factor of earlier partial sums in
-// c_s[g], and returns this lane's softmax weight (relative to the new running max).
-__device__ __forceinline__ float OnlineSoftmaxStep(float score, int n, int g, float* m_s, float* l_s, float* c_s) {
+// One warp per head: folds a tile of kPer * 32 scores (lane + 32 j holds position lane + 32 j;
+// n valid) into the head's running max m_s[g] and sum l_s[g], records the rescale factor of earlier
+// partial sums in c_s[g], and gives each of the lane's positions its softmax weight (relative to
+// the new running max).
+template <int kPer>
+__device__ __forceinline__ void OnlineSoftmaxTile(const float (&score)[kPer], int n, int g, float* m_s, float* l_s,
+                                                  float* c_s, float (&weight)[kPer]) {
   const int lane = threadIdx.x % 32;
+  float tile_max = score[0];
+#pragma unroll
+  for (int j = 1; j < kPer; ++j) tile_max = fmaxf(tile_max, score[j]);
   const float m_old = m_s[g];
-  const float m_new = fmaxf(m_old, WarpMax(score));  // every lane has read m_s[g] before lane 0 writes it
-  const float weight = lane < n ? __expf(score - m_new) : 0.0f;
-  const float tile_sum = WarpSum(weight);
+  const float m_new = fmaxf(m_old, WarpMax(tile_max));  // every lane has read m_s[g] before lane 0 writes it
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) weight[j] = lane + 32 * j < n ? __expf(score[j] - m_new) : 0.0f;
+  float sum = weight[0];
+#pragma unroll
+  for (int j = 1; j < kPer; ++j) sum += weight[j];
+  const float tile_sum = WarpSum(sum);
   if (lane == 0) {
     const float correction = __expf(m_old - m_new);
     c_s[g] = correction;
     l_s[g] = l_s[g] * correction + tile_sum;
     m_s[g] = m_new;
   }
-  return weight;
 }
 
 // Shared row offsets (in elements / head_dim) of the tile's positions base .. base + n - 1.
@@ -345,7 +354,10 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
     __syncthreads();
     // Online softmax over this tile, one warp per head.
     for (int g = warp; g < group; g += kSplitWarps) {
-      p_s[g * kTile + lane] = OnlineSoftmaxStep(p_s[g * kTile + lane], n, g, m_s, l_s, c_s);
+      const float score[1] = {p_s[g * kTile + lane]};
+      float weight[1];
+      OnlineSoftmaxTile<1>(score, n, g, m_s, l_s, c_s, weight);
+      p_s[g * kTile + lane] = weight[0];
     }
     __syncthreads();
     // Weighted V: each thread owns 4 dims of heads my_head0, my_head0 + heads_per_pass, ...
@@ -530,32 +542,6 @@ bool MmaKernelTakes(const PagedAttentionShape& s, ElementType type) {
   const int group = s.num_heads / s.num_kv_heads;
   return group <= kMmaRows && s.head_dim % 16 == 0 && s.head_dim <= 256 &&
          MakeMmaLayout(s.head_dim, kMmaLargeTile).bytes <= 200 * 1024;
-}
-
-// The online-softmax update of one head over a tile of kPer * 32 positions, lane + 32 j owning
-// position lane + 32 j; for kPer 1 the same operations as OnlineSoftmaxStep.
-template <int kPer>
-__device__ __forceinline__ void OnlineSoftmaxTile(const float (&score)[kPer], int n, int g, float* m_s, float* l_s,
-                                                  float* c_s, float (&weight)[kPer]) {
-  const int lane = threadIdx.x % 32;
-  float tile_max = score[0];
-#pragma unroll
-  for (int j = 1; j < kPer; ++j) tile_max = fmaxf(tile_max, score[j]);
-  const float m_old = m_s[g];
-  const float m_new = fmaxf(m_old, WarpMax(tile_max));  // every lane has read m_s[g] before lane 0 writes it
-  float sum = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kPer; ++j) {
-    weight[j] = lane + 32 * j < n ? __expf(score[j] - m_new) : 0.0f;
-    sum += weight[j];
-  }
-  const float tile_sum = WarpSum(sum);
-  if (lane == 0) {
-    const float correction = __expf(m_old - m_new);
-    c_s[g] = correction;
-    l_s[g] = l_s[g] * correction + tile_sum;
-    m_s[g] = m_new;
-  }
 }
 
 template <typename T, int kRows>
