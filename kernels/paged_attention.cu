@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 
 #include "kernels/device_math.cuh"
 #include "kernels/paged_attention.h"
@@ -143,24 +142,26 @@ bool SplitKernelTakes(const PagedAttentionShape& s) {
   return MakeSplitLayout(s).smem <= 200 * 1024;
 }
 
+// A measurement switch read from the environment: its integer value when `accepted` takes it,
+// else `fallback`, saying on stderr what the variable accepts when it is set to something else.
+template <typename Accepted>
+int EnvSwitch(const char* name, int fallback, const char* expected, Accepted accepted) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return fallback;
+  char* end = nullptr;
+  const long value = std::strtol(env, &end, 10);
+  if (end != env && *end == '\0' && accepted(value)) return static_cast<int>(value);
+  std::fprintf(stderr, "%s: '%s' is not %s; using %d\n", name, env, expected, fallback);
+  return fallback;
+}
+
 int SplitCount(const PagedAttentionShape& s) {
   const int device_sms = DeviceSmCount();
   const int sm_count = device_sms > 0 ? device_sms : 132;
   // Several blocks per SM: each tile is latency-bound. GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM
   // overrides the 4 for measurements.
-  static const int blocks_per_sm = [] {
-    constexpr int kDefault = 4;
-    const char* env = std::getenv("GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM");
-    if (env == nullptr) return kDefault;
-    char* end = nullptr;
-    const long value = std::strtol(env, &end, 10);
-    if (end == env || *end != '\0' || value < 1 || value > 64) {
-      std::fprintf(stderr, "GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM: '%s' is not an integer in [1, 64]; using %d\n", env,
-                   kDefault);
-      return kDefault;
-    }
-    return static_cast<int>(value);
-  }();
+  static const int blocks_per_sm = EnvSwitch("GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM", 4, "an integer in [1, 64]",
+                                              [](long value) { return value >= 1 && value <= 64; });
   const int units = s.batch * s.num_kv_heads;
   int splits = (blocks_per_sm * sm_count + units - 1) / units;
   const int max_tiles = (s.max_context + kTile - 1) / kTile;
@@ -491,11 +492,9 @@ bool LaunchSplitWith(const void* q, const void* k, const void* v, const int32_t*
 template <typename T>
 bool LaunchSplit(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                  const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
-  static const bool large_block = [] {
-    const char* env = std::getenv("GLMSERVE_CUDA_ATTENTION_THREADS");
-    return env != nullptr && std::strcmp(env, "256") == 0;
-  }();
-  return large_block ? LaunchSplitWith<T, 256>(q, k, v, tables, lens, out, s, workspace, stream)
+  static const int threads = EnvSwitch("GLMSERVE_CUDA_ATTENTION_THREADS", kMinSplitThreads, "128 or 256",
+                                       [](long value) { return value == 128 || value == 256; });
+  return threads == 256 ? LaunchSplitWith<T, 256>(q, k, v, tables, lens, out, s, workspace, stream)
                      : LaunchSplitWith<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
 }
 
@@ -683,23 +682,12 @@ bool LaunchMmaWith(const void* q, const void* k, const void* v, const int32_t* t
                                                   s, workspace, stream);
 }
 
-int MmaTile() {
-  static const int tile = [] {
-    const char* env = std::getenv("GLMSERVE_CUDA_ATTENTION_TILE");
-    if (env == nullptr) return kMmaLargeTile;
-    if (std::strcmp(env, "32") == 0) return 32;
-    if (std::strcmp(env, "64") != 0) {
-      std::fprintf(stderr, "GLMSERVE_CUDA_ATTENTION_TILE: '%s' is not 32 or 64; using %d\n", env, kMmaLargeTile);
-    }
-    return kMmaLargeTile;
-  }();
-  return tile;
-}
-
 template <typename T>
 bool LaunchMma(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
-  return MmaTile() == 32 ? LaunchMmaWith<T, 32>(q, k, v, tables, lens, out, s, workspace, stream)
+  static const int tile = EnvSwitch("GLMSERVE_CUDA_ATTENTION_TILE", kMmaLargeTile, "32 or 64",
+                                    [](long value) { return value == 32 || value == kMmaLargeTile; });
+  return tile == 32 ? LaunchMmaWith<T, 32>(q, k, v, tables, lens, out, s, workspace, stream)
                          : LaunchMmaWith<T, kMmaLargeTile>(q, k, v, tables, lens, out, s, workspace, stream);
 }
 
