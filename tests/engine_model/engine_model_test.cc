@@ -684,7 +684,9 @@ TEST(PagedExecutorTest, CapturesTheDecodeGraphsWhenCreated) {
   options.block_size = 4;
   options.num_blocks = 32;
   options.capture_decode_batch = -1;
-  EXPECT_EQ(runner->CreateExecutor(options).status().code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status negative = runner->CreateExecutor(options).status();
+  EXPECT_EQ(negative.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(negative.message().find("capture_decode_batch: expected >= 0"), absl::string_view::npos) << negative;
 
   std::vector<std::string> lines;
   options.log = [&](const std::string& line) { lines.push_back(line); };
