@@ -122,10 +122,13 @@ int main(int argc, char** argv) {
                                                  stream);
             }));
       }
-      row(rows, "skinny GEMM", time_us([&](const void* w) {
-            return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
-                                                     gemm_workspace, stream);
-          }));
+      for (auto math : {glmserve::kernels::SkinnyGemmMath::kWarpgroup, glmserve::kernels::SkinnyGemmMath::kWarp}) {
+        const bool warpgroup = math == glmserve::kernels::SkinnyGemmMath::kWarpgroup;
+        row(rows, warpgroup ? "skinny GEMM (wgmma)" : "skinny GEMM (mma.sync)", time_us([&](const void* w) {
+              return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k,
+                                                       ElementType::kBFloat16, gemm_workspace, stream, math);
+            }));
+      }
     }
     for (void* w : weights) cudaFree(w);
   }

@@ -59,7 +59,11 @@ constexpr int32_t kSkinnyGemmMaxRows = 64;
 // workspace until that kernel ends, so calls on different streams need separate workspaces.
 size_t SkinnyGemmWorkspaceBytes();
 bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w);
+// The tensor-core instructions it runs: warpgroup MMA (wgmma, the operands read straight from
+// shared memory; where the kernels are built for sm_90a, else the same as kWarp) or per-warp
+// mma.sync fed by ldmatrix. Both accumulate in fp32, k in the same order.
+enum class SkinnyGemmMath { kWarpgroup, kWarp };
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
-                    ElementType type, void* workspace, void* stream);
+                    ElementType type, void* workspace, void* stream, SkinnyGemmMath math = SkinnyGemmMath::kWarpgroup);
 
 }  // namespace glmserve::kernels

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/decode_ops.h"
 #include "kernels/device_math.cuh"
@@ -32,6 +33,11 @@ constexpr int kSlotFloats = kTileFeatures * kSkinnyGemmMaxRows;
 // most of its shared memory.
 struct Wide {
   static constexpr int kBlockK = 128, kWarps = 8, kBlocksPerSm = 1, kSmem = 220 * 1024;
+  static constexpr bool kWarpgroupMma = false;  // mma.sync per warp, operands through ldmatrix
+};
+// The same tiles on warpgroup MMA: two warpgroups of 64 features.
+struct WideWarpgroup : Wide {
+  static constexpr bool kWarpgroupMma = true;
 };
 
 __device__ __forceinline__ void LoadMatrixX4(uint32_t smem, uint32_t (&r)[4]) {
@@ -65,6 +71,116 @@ __device__ __forceinline__ void Mma<__half>(float (&c)[4], const uint32_t (&a)[4
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Warpgroup MMA (sm_90a): wgmma.m64nNk16 with both operands read from shared memory through
+// descriptors, no ldmatrix and no per-warp copy of x. The weight tile is A (64 features per
+// warpgroup), x is B (N = 8 * RowTiles rows); both K-major in the 128-byte swizzle.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GLMSERVE_HAVE_WGMMA 1
+#elif defined(__CUDA_ARCH__) && GLMSERVE_CUDA_SM90A
+#error "GLMSERVE_CUDA_SM90A is set but the device code is not built for sm_90a"
+#endif
+
+// Shared-memory matrix descriptor: rows of 128 bytes (64 elements) swizzled in 8-row, 1024-byte
+// atoms (the atom's base 1024-aligned); `smem` may point into an atom's row at a 32-byte k step.
+__device__ __forceinline__ uint64_t SwizzledDescriptor(uint32_t smem) {
+  constexpr uint64_t kLeadingBytes = 16, kAtomBytes = 1024, kSwizzle128 = 1;
+  return static_cast<uint64_t>((smem & 0x3ffff) >> 4) | (kLeadingBytes >> 4) << 16 | (kAtomBytes >> 4) << 32 |
+         kSwizzle128 << 62;
+}
+
+__device__ __forceinline__ void WarpgroupFence() {
+#ifdef GLMSERVE_HAVE_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void WarpgroupCommitAndWait() {
+#ifdef GLMSERVE_HAVE_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// Makes this thread's completed cp.async writes visible to the async proxy wgmma reads through.
+__device__ __forceinline__ void FenceSharedForAsyncProxy() {
+#ifdef GLMSERVE_HAVE_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Keeps the compiler from moving accumulator reads or writes across an in-flight wgmma.
+template <int N>
+__device__ __forceinline__ void PinRegisters(float (&c)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+f"(c[i][j])::"memory");
+}
+
+#define GLMSERVE_WGMMA(shape, type) "wgmma.mma_async.sync.aligned." shape ".f32." type "." type " "
+#define GLMSERVE_WGMMA_TAIL(a, b, s) ", %" #a ", %" #b ", p, 1, 1, 0, 0;\n}\n"
+#define GLMSERVE_WGMMA_PRED(s) "{\n.reg .pred p;\nsetp.ne.b32 p, %" #s ", 0;\n"
+#define GLMSERVE_F4(c, i) "+f"(c[i][0]), "+f"(c[i][1]), "+f"(c[i][2]), "+f"(c[i][3])
+
+// c[r][j] += sum over k16 of A (64 x 16, descriptor a) * B (8 RowTiles x 16, descriptor b).
+template <typename T, int RowTiles>
+__device__ __forceinline__ void Wgmma(float (&c)[RowTiles][4], uint64_t a, uint64_t b) {
+#ifdef GLMSERVE_HAVE_WGMMA
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  const int one = 1;
+  if constexpr (RowTiles == 1) {
+    if constexpr (kBf16) {
+      asm volatile(GLMSERVE_WGMMA_PRED(6) GLMSERVE_WGMMA("m64n8k16", "bf16") "{%0, %1, %2, %3}"
+                   GLMSERVE_WGMMA_TAIL(4, 5, 6) : GLMSERVE_F4(c, 0) : "l"(a), "l"(b), "r"(one));
+    } else {
+      asm volatile(GLMSERVE_WGMMA_PRED(6) GLMSERVE_WGMMA("m64n8k16", "f16") "{%0, %1, %2, %3}"
+                   GLMSERVE_WGMMA_TAIL(4, 5, 6) : GLMSERVE_F4(c, 0) : "l"(a), "l"(b), "r"(one));
+    }
+  } else if constexpr (RowTiles == 2) {
+#define GLMSERVE_D8 "{%0, %1, %2, %3, %4, %5, %6, %7}"
+    if constexpr (kBf16) {
+      asm volatile(GLMSERVE_WGMMA_PRED(10) GLMSERVE_WGMMA("m64n16k16", "bf16") GLMSERVE_D8
+                   GLMSERVE_WGMMA_TAIL(8, 9, 10) : GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1) : "l"(a), "l"(b), "r"(one));
+    } else {
+      asm volatile(GLMSERVE_WGMMA_PRED(10) GLMSERVE_WGMMA("m64n16k16", "f16") GLMSERVE_D8
+                   GLMSERVE_WGMMA_TAIL(8, 9, 10) : GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1) : "l"(a), "l"(b), "r"(one));
+    }
+#undef GLMSERVE_D8
+  } else if constexpr (RowTiles == 4) {
+#define GLMSERVE_D16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+    if constexpr (kBf16) {
+      asm volatile(GLMSERVE_WGMMA_PRED(18) GLMSERVE_WGMMA("m64n32k16", "bf16") GLMSERVE_D16
+                   GLMSERVE_WGMMA_TAIL(16, 17, 18)
+                   : GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3)
+                   : "l"(a), "l"(b), "r"(one));
+    } else {
+      asm volatile(GLMSERVE_WGMMA_PRED(18) GLMSERVE_WGMMA("m64n32k16", "f16") GLMSERVE_D16
+                   GLMSERVE_WGMMA_TAIL(16, 17, 18)
+                   : GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3)
+                   : "l"(a), "l"(b), "r"(one));
+    }
+#undef GLMSERVE_D16
+  } else {
+    static_assert(RowTiles == 8);
+#define GLMSERVE_D32                                                                                          \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define GLMSERVE_C32                                                                                     \
+  GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3), GLMSERVE_F4(c, 4), \
+      GLMSERVE_F4(c, 5), GLMSERVE_F4(c, 6), GLMSERVE_F4(c, 7)
+    if constexpr (kBf16) {
+      asm volatile(GLMSERVE_WGMMA_PRED(34) GLMSERVE_WGMMA("m64n64k16", "bf16") GLMSERVE_D32
+                   GLMSERVE_WGMMA_TAIL(32, 33, 34) : GLMSERVE_C32 : "l"(a), "l"(b), "r"(one));
+    } else {
+      asm volatile(GLMSERVE_WGMMA_PRED(34) GLMSERVE_WGMMA("m64n64k16", "f16") GLMSERVE_D32
+                   GLMSERVE_WGMMA_TAIL(32, 33, 34) : GLMSERVE_C32 : "l"(a), "l"(b), "r"(one));
+    }
+#undef GLMSERVE_C32
+#undef GLMSERVE_D32
+  }
+#endif
+}
+#undef GLMSERVE_F4
+#undef GLMSERVE_WGMMA_PRED
+#undef GLMSERVE_WGMMA_TAIL
+#undef GLMSERVE_WGMMA
+
 struct GemmArgs {
   const void* x;
   const void* w;
@@ -90,10 +206,25 @@ struct Layout {
   static constexpr int kStages = Geometry::kSmem / kStageBytes > 8 ? 8 : Geometry::kSmem / kStageBytes;
   static_assert(kStages >= 3 && kFeatureTiles >= 1 && kFeatureTiles * RowTiles * 4 * kThreads <= kSlotFloats);
 
-  // Byte offset of 16-byte chunk `chunk` of row `row` in a stage; the XOR spreads the 8 rows an
-  // ldmatrix reads at one chunk over all 32 banks.
+  // Warpgroup MMA: the stage holds each 64-k half of the weight rows, then each half of the x
+  // rows, as 128-byte rows in 1024-byte swizzle atoms.
+  __host__ __device__ static constexpr int WeightHalfBytes() { return kTileFeatures * 128; }
+  __host__ __device__ static constexpr int XHalfBytes() { return RowTiles * 8 * 128; }
+  static_assert(!Geometry::kWarpgroupMma || (kBlockK == 128 && Geometry::kWarps == 8 && kStageBytes % 1024 == 0));
+
+  // Byte offset of 16-byte chunk `chunk` of row `row` (weight rows, then x rows) in a stage; the
+  // XOR spreads the 8 rows an ldmatrix reads at one chunk over all 32 banks, and is the 128-byte
+  // swizzle wgmma reads.
   __device__ __forceinline__ static uint32_t Offset(int row, int chunk) {
-    return static_cast<uint32_t>(row * kRowBytes + ((chunk ^ (row & 7)) << 4));
+    if constexpr (Geometry::kWarpgroupMma) {
+      const int swizzled = ((chunk & 7) ^ (row & 7)) << 4, half = chunk >> 3;
+      return static_cast<uint32_t>(row < kTileFeatures
+                                       ? half * WeightHalfBytes() + row * 128 + swizzled
+                                       : 2 * WeightHalfBytes() + half * XHalfBytes() + (row - kTileFeatures) * 128 +
+                                             swizzled);
+    } else {
+      return static_cast<uint32_t>(row * kRowBytes + ((chunk ^ (row & 7)) << 4));
+    }
   }
 };
 
@@ -110,7 +241,8 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * a.per_block;
   const int64_t end = begin + a.per_block < total ? begin + a.per_block : total;
   if (begin >= end) return;
-  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  // The swizzle atoms must start 1024-aligned (the launch adds the 1 KB this may skip).
+  const uint32_t smem_base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
 
   // Stage layout: 128 weight rows, then RowTiles * 8 x rows, each kBlockK elements.
   auto load = [&](int64_t unit, int stage) {
@@ -148,32 +280,48 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
 
   auto compute = [&](int stage) {
     const uint32_t base = smem_base + stage * L::kStageBytes;
+    if constexpr (Geometry::kWarpgroupMma) {
+      static_assert(kFeatureTiles == 1);
+      // Warpgroup g owns features 64 g .. 64 g + 63: warp 4 g + i the 16 from 64 g + 16 i, as above.
+      const uint32_t a_base = base + (warp / 4) * 64 * 128, b_base = base + 2 * L::WeightHalfBytes();
+      PinRegisters(acc[0]);
+      WarpgroupFence();
 #pragma unroll
-    for (int ks = 0; ks < L::kBlockK / 16; ++ks) {
-      uint32_t wf[kFeatureTiles][4];
-#pragma unroll
-      for (int f = 0; f < kFeatureTiles; ++f) {
-        // Matrices: rows 0-7 / 8-15 of the 16 features, at k chunk 2 ks (lanes 0-15) or 2 ks + 1.
-        const int row = (warp * kFeatureTiles + f) * 16 + (lane & 15);
-        LoadMatrixX4(base + L::Offset(row, ks * 2 + (lane >> 4)), wf[f]);
+      for (int ks = 0; ks < L::kBlockK / 16; ++ks) {
+        const uint32_t step = (ks % 4) * 32;  // 16 k of 2 bytes into the 128-byte row
+        Wgmma<T, RowTiles>(acc[0], SwizzledDescriptor(a_base + (ks / 4) * L::WeightHalfBytes() + step),
+                           SwizzledDescriptor(b_base + (ks / 4) * L::XHalfBytes() + step));
       }
-      if constexpr (RowTiles == 1) {
-        uint32_t xf[2];
-        const int row = lane & 7;
-        LoadMatrixX2(base + L::Offset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
+      WarpgroupCommitAndWait();
+      PinRegisters(acc[0]);
+    } else {
 #pragma unroll
-        for (int f = 0; f < kFeatureTiles; ++f) Mma<T>(acc[f][0], wf[f], xf[0], xf[1]);
-      } else {
+      for (int ks = 0; ks < L::kBlockK / 16; ++ks) {
+        uint32_t wf[kFeatureTiles][4];
 #pragma unroll
-        for (int r = 0; r < RowTiles; r += 2) {
-          // Matrices: rows r*8.. at k chunk 2 ks, the same at 2 ks + 1, then rows (r+1)*8.. likewise.
-          uint32_t xf[4];
-          const int row = r * 8 + (lane & 7) + ((lane >> 4) << 3);
-          LoadMatrixX4(base + L::Offset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
+        for (int f = 0; f < kFeatureTiles; ++f) {
+          // Matrices: rows 0-7 / 8-15 of the 16 features, at k chunk 2 ks (lanes 0-15) or 2 ks + 1.
+          const int row = (warp * kFeatureTiles + f) * 16 + (lane & 15);
+          LoadMatrixX4(base + L::Offset(row, ks * 2 + (lane >> 4)), wf[f]);
+        }
+        if constexpr (RowTiles == 1) {
+          uint32_t xf[2];
+          const int row = lane & 7;
+          LoadMatrixX2(base + L::Offset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
 #pragma unroll
-          for (int f = 0; f < kFeatureTiles; ++f) {
-            Mma<T>(acc[f][r], wf[f], xf[0], xf[1]);
-            Mma<T>(acc[f][r + 1], wf[f], xf[2], xf[3]);
+          for (int f = 0; f < kFeatureTiles; ++f) Mma<T>(acc[f][0], wf[f], xf[0], xf[1]);
+        } else {
+#pragma unroll
+          for (int r = 0; r < RowTiles; r += 2) {
+            // Matrices: rows r*8.. at k chunk 2 ks, the same at 2 ks + 1, then rows (r+1)*8.. likewise.
+            uint32_t xf[4];
+            const int row = r * 8 + (lane & 7) + ((lane >> 4) << 3);
+            LoadMatrixX4(base + L::Offset(kTileFeatures + row, ks * 2 + ((lane >> 3) & 1)), xf);
+#pragma unroll
+            for (int f = 0; f < kFeatureTiles; ++f) {
+              Mma<T>(acc[f][r], wf[f], xf[0], xf[1]);
+              Mma<T>(acc[f][r + 1], wf[f], xf[2], xf[3]);
+            }
           }
         }
       }
@@ -254,6 +402,7 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
   int stage = 0;
   for (int64_t unit = begin; unit < end; ++unit) {
     CopyAsyncWait<kStages - 2>();
+    if constexpr (Geometry::kWarpgroupMma) FenceSharedForAsyncProxy();
     __syncthreads();
     const int64_t next = unit + kStages - 1;
     // The stage computed one iteration ago: every warp is past it (the barrier above).
@@ -279,7 +428,7 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
 template <typename T, typename Geometry, int RowTiles>
 bool Launch(GemmArgs args, int sms, cudaStream_t stream) {
   using L = Layout<Geometry, RowTiles>;
-  constexpr int smem = L::kStages * L::kStageBytes;
+  constexpr int smem = L::kStages * L::kStageBytes + 1024;
   static std::atomic<bool> configured{false};
   if (!configured.load(std::memory_order_acquire)) {
     if (cudaFuncSetAttribute(SkinnyGemmKernel<T, Geometry, RowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -319,7 +468,7 @@ bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, c
 }
 
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
-                    ElementType type, void* workspace, void* stream) {
+                    ElementType type, void* workspace, void* stream, SkinnyGemmMath math) {
   if (!SkinnyGemmCudaTakes(rows, n, k, type, x, w) || workspace == nullptr) return false;
   const int sms = DeviceSmCount();
   if (sms <= 0) return false;
@@ -336,6 +485,13 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
   auto st = static_cast<cudaStream_t>(stream);
   const int64_t tiles = (n + kTileFeatures - 1) / kTileFeatures;
   if (cudaMemsetAsync(args.counters, 0, static_cast<size_t>(tiles) * sizeof(int), st) != cudaSuccess) return false;
+#if GLMSERVE_CUDA_SM90A
+  if (math == SkinnyGemmMath::kWarpgroup) {
+    if (type == ElementType::kBFloat16) return LaunchForRows<__nv_bfloat16, WideWarpgroup>(args, sms, st);
+    if (type == ElementType::kFloat16) return LaunchForRows<__half, WideWarpgroup>(args, sms, st);
+    return false;
+  }
+#endif
   if (type == ElementType::kBFloat16) return LaunchForRows<__nv_bfloat16, Wide>(args, sms, st);
   if (type == ElementType::kFloat16) return LaunchForRows<__half, Wide>(args, sms, st);
   return false;

@@ -6,9 +6,11 @@
 //
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
-// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,split_attention,mma_attention>
-// turns single kernels off (their ATen ops or cuBLAS, the CUDA-core split attention, or the
-// one-pass attention kernel run instead).
+// GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
+// mma_attention> turns single kernels off (their ATen ops or cuBLAS, the skinny GEMM on mma.sync,
+// the CUDA-core split attention, or the one-pass attention kernel run instead);
+// GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
+// the bounds where the GEMV and the skinny GEMM replace cuBLAS.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -48,6 +50,20 @@ kernels::ElementType ElementTypeOf(at::ScalarType dtype) {
   if (dtype == at::kBFloat16) return kernels::ElementType::kBFloat16;
   if (dtype == at::kHalf) return kernels::ElementType::kFloat16;
   return kernels::ElementType::kFloat32;
+}
+
+// A measurement switch's integer in [lo, hi]; unset gives `fallback`, a bad value says so on
+// stderr and gives `fallback` too.
+int64_t EnvInt(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return fallback;
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(env, &value) || value < lo || value > hi) {
+    std::fprintf(stderr, "%s: '%s' is not an integer in [%lld, %lld]; using %lld\n", name, env,
+                 static_cast<long long>(lo), static_cast<long long>(hi), static_cast<long long>(fallback));
+    return fallback;
+  }
+  return value;
 }
 
 void* CurrentStream() { return at::cuda::getCurrentCUDAStream().stream(); }
@@ -129,8 +145,9 @@ class CudaDecodeRunner {
  private:
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
-  static constexpr const char* kSwitchableKernels[] = {"norm", "rotary", "swiglu", "gemv", "gemm",
-                                                       "split_attention", "mma_attention"};
+  static constexpr const char* kSwitchableKernels[] = {"norm",  "rotary",          "swiglu",       "gemv",
+                                                       "gemm",  "wgmma",           "split_attention",
+                                                       "mma_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
   static constexpr int64_t kSkinnyGemmFasterUpToRows = 32;
@@ -258,21 +275,23 @@ class CudaDecodeRunner {
     // Up to this many rows the GEMV streams the weights faster than cuBLAS; at 4 rows they tie
     // and at 8 cuBLAS wins (H100, bench/results/gpu.md). GLMSERVE_CUDA_GEMV_MAX_ROWS overrides
     // it for measurements.
-    int64_t max_rows = kDefaultGemvMaxRows;
-    if (const char* env = std::getenv("GLMSERVE_CUDA_GEMV_MAX_ROWS")) {
-      if (!absl::SimpleAtoi(env, &max_rows) || max_rows < 0 || max_rows > kernels::kGemvMaxRows) {
-        std::fprintf(stderr, "GLMSERVE_CUDA_GEMV_MAX_ROWS: '%s' is not an integer in [0, %d]; using %lld\n", env,
-                     kernels::kGemvMaxRows, static_cast<long long>(kDefaultGemvMaxRows));
-        max_rows = kDefaultGemvMaxRows;
-      }
-    }
+    int64_t max_rows =
+        EnvInt("GLMSERVE_CUDA_GEMV_MAX_ROWS", kDefaultGemvMaxRows, 0, kernels::kGemvMaxRows);
     if (!Enabled("gemv")) max_rows = 0;
     const int64_t gemm_workspace_bytes = gemm_workspace_bytes_;
-    if (max_rows > 0 || gemm_workspace_bytes > 0) {
-      k.linear = [type, max_rows, gemm_workspace_bytes](const at::Tensor& x, const at::Tensor& weight,
-                                                         const at::Tensor& bias) {
+    // Where the skinny GEMM replaces cuBLAS; the switches move the bounds for measurements.
+    const int64_t gemm_max_rows = EnvInt("GLMSERVE_CUDA_GEMM_MAX_ROWS", kSkinnyGemmFasterUpToRows, 0,
+                                         kernels::kSkinnyGemmMaxRows);
+    const int64_t gemm_min_weight =
+        EnvInt("GLMSERVE_CUDA_GEMM_MIN_WEIGHT", kSkinnyGemmMinWeightElements, 0, int64_t{1} << 40);
+    const kernels::SkinnyGemmMath gemm_math =
+        Enabled("wgmma") ? kernels::SkinnyGemmMath::kWarpgroup : kernels::SkinnyGemmMath::kWarp;
+    const int64_t max_custom_rows = std::max(max_rows, gemm_workspace_bytes > 0 ? gemm_max_rows : 0);
+    if (max_custom_rows > 0) {
+      k.linear = [type, max_rows, gemm_workspace_bytes, gemm_max_rows, gemm_min_weight, gemm_math,
+                  max_custom_rows](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
-        if (!x.is_contiguous() || !weight.is_contiguous() || rows > kSkinnyGemmFasterUpToRows) {
+        if (!x.is_contiguous() || !weight.is_contiguous() || rows > max_custom_rows) {
           return at::linear(x, weight, bias);  // prefill and large batches: cuBLAS
         }
         const auto rows32 = static_cast<int32_t>(rows);
@@ -288,14 +307,14 @@ class CudaDecodeRunner {
         // enough to amortise its ramp-up and the rows few enough to keep it memory-bound: the
         // lm_head up to 32 rows (2.98 vs 2.79 TB/s at 8 rows, 2.85 vs 2.75 at 32; slower at 64
         // and for every per-layer projection; H100, bench/gemm_bench, bench/results/gpu.md).
-        if (gemm_workspace_bytes > 0 && out_features * in >= kSkinnyGemmMinWeightElements &&
+        if (gemm_workspace_bytes > 0 && rows <= gemm_max_rows && out_features * in >= gemm_min_weight &&
             kernels::SkinnyGemmCudaTakes(rows32, out_features, in, type, x.data_ptr(), weight.data_ptr())) {
           at::Tensor y = at::empty({rows, out_features}, x.options());
           // From the caching allocator, per call: stream-ordered, so a capture's warm-up on a side
           // stream and another thread's eager step never share one.
           at::Tensor workspace = at::empty({gemm_workspace_bytes}, x.options().dtype(at::kByte));
           Check(kernels::SkinnyGemmCuda(x.data_ptr(), weight.data_ptr(), bias_data, y.data_ptr(), rows32, out_features,
-                                        in, type, workspace.data_ptr(), CurrentStream()),
+                                        in, type, workspace.data_ptr(), CurrentStream(), gemm_math),
                 "skinny GEMM");
           return y;
         }

@@ -77,10 +77,12 @@ if [ "$table" = 1 ]; then
   bench --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" | tee "$out/glmserve_9b.md"
 fi
 # The table again under each listed setting, e.g. GLMSERVE_GPU_COMPARE="GLMSERVE_CUDA_DISABLE=gemm
-# GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM=8" (same build, same machine: the fair comparison).
+# GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM=8" (same build, same machine: the fair comparison); '+'
+# joins variables of one setting (A=1+B=2).
 for setting in ${GLMSERVE_GPU_COMPARE:-}; do
   echo "== the same with $setting"
-  env "$setting" .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
+  # shellcheck disable=SC2086  # one word per variable
+  env ${setting//+/ } .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
     --dtype bfloat16 --hbm-gbps "$gbps" --batch-sizes "${GLMSERVE_BATCHES:-1,8,32,64}" 2>/dev/null | tail -n +3
 done
 if [ "$hf" = 1 ]; then

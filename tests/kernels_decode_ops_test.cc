@@ -233,6 +233,8 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   };
   // A partial last tile and k not a multiple of the 128-wide stage; GLM-4-9B's qkv projection,
   // whose 36 tiles are each cut between several blocks; a single unit, so most blocks idle.
+  // Each on warpgroup MMA (wgmma) and on per-warp mma.sync.
+  for (SkinnyGemmMath math : {SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp})
   for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}}) {
     const int64_t n = shape.n, k = shape.k;
     std::vector<float> w = Random(n * k, 21, type(), 0.05f), bias = Random(n, 22, type());
@@ -243,11 +245,12 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
     for (int32_t rows : {kSkinnyGemmMaxRows, 1, 3, 8, 9, 16, 17, 33}) {
       for (bool with_bias : {true, false}) {
         if (!with_bias && rows != 9) continue;
-        SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias);
+        SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias
+                                        << (math == SkinnyGemmMath::kWarp ? " mma.sync" : " wgmma"));
         Device d_y(std::vector<float>(rows * n, 0.0f), type());
         ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, type(), d_x.get(), d_w.get()));
         ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k,
-                                   type(), d_workspace.get(), nullptr));
+                                   type(), d_workspace.get(), nullptr, math));
         const std::vector<float> got = d_y.Floats();
         if (rows == kSkinnyGemmMaxRows) {
           std::vector<float> want(rows * n);
@@ -257,7 +260,7 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
           // A second call over the workspace the first one left (the calls before it used it
           // too): the same bits.
           ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), d_bias.get(), d_y.get(), rows, n, k, type(),
-                                     d_workspace.get(), nullptr));
+                                     d_workspace.get(), nullptr, math));
           EXPECT_EQ(d_y.Floats(), got);
         } else if (with_bias) {
           EXPECT_EQ(got, std::vector<float>(all_rows.begin(), all_rows.begin() + rows * n));
