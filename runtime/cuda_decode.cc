@@ -150,7 +150,7 @@ class CudaDecodeRunner {
                                                        "mma_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
-  static constexpr int64_t kSkinnyGemmFasterUpToRows = 32;
+  static constexpr int64_t kSkinnyGemmFasterUpToRows = 64;
   static constexpr int64_t kSkinnyGemmMinWeightElements = int64_t{1} << 29;
 
   struct Bucket {
@@ -304,9 +304,9 @@ class CudaDecodeRunner {
           return y;
         }
         // The skinny GEMM streams a weight faster than cuBLAS only where the weight is large
-        // enough to amortise its ramp-up and the rows few enough to keep it memory-bound: the
-        // lm_head up to 32 rows (2.98 vs 2.79 TB/s at 8 rows, 2.85 vs 2.75 at 32; slower at 64
-        // and for every per-layer projection; H100, bench/gemm_bench, bench/results/gpu.md).
+        // enough to amortise its ramp-up: the lm_head (on wgmma 2.98 vs 2.82 TB/s at 8 rows, 2.90
+        // vs 2.79 at 32, 2.83 vs 2.74 at 64; slower for every per-layer projection; H100,
+        // bench/gemm_bench, bench/results/gpu.md).
         if (gemm_workspace_bytes > 0 && rows <= gemm_max_rows && out_features * in >= gemm_min_weight &&
             kernels::SkinnyGemmCudaTakes(rows32, out_features, in, type, x.data_ptr(), weight.data_ptr())) {
           at::Tensor y = at::empty({rows, out_features}, x.options());
