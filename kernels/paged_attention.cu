@@ -406,21 +406,38 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
   }
 }
 
+// The register-tile kernel's split of a context (the kernel itself is further down).
+constexpr int kWarpChunk = 32;           // positions per warp step
+constexpr int kWarpChunksPerSplit = 8;   // chunks a split takes before another split joins
+constexpr int kWarpKernelWarps = 4;
+
+// Splits holding a part of a `context`-position sequence (the rest of the grid's splits idle).
+__host__ __device__ inline int WarpActiveSplits(int context, int splits) {
+  const int chunks = (context + kWarpChunk - 1) / kWarpChunk;
+  const int wanted = (chunks + kWarpChunksPerSplit - 1) / kWarpChunksPerSplit;
+  return wanted < 1 ? 1 : (wanted < splits ? wanted : splits);
+}
+
 // One block per (sequence, query head): merges the splits' partial softmax sums. The splits'
 // statistics go through shared memory so each thread's partial loads are independent; the first
 // kMergePrefetch partials of a thread's first dimension are loaded before the statistics, so the
 // two global reads overlap instead of following each other.
 constexpr int kMergePrefetch = 8;
 
+// With context_lens (the register-tile kernel), a sequence has only WarpActiveSplits(context,
+// splits) partial results, and none when one split finished it.
 template <typename T>
 __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
-                                          T* __restrict__ out, PagedAttentionShape s, int splits) {
+                                          T* __restrict__ out, PagedAttentionShape s, int grid_splits,
+                                          const int32_t* __restrict__ context_lens) {
   __shared__ float weight_s[kMaxSplits];
   __shared__ float inv_total;
   const int b = blockIdx.x, h = blockIdx.y;
+  const int splits = context_lens != nullptr ? WarpActiveSplits(context_lens[b], grid_splits) : grid_splits;
+  if (context_lens != nullptr && splits == 1) return;
   const int group = s.num_heads / s.num_kv_heads;
   const int kvh = h / group, g = h % group, hd = s.head_dim;
-  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits;
+  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * grid_splits;
   auto partial = [&](int sp, int d) { return part_acc[((unit0 + sp) * group + g) * hd + d]; };
   const int first_d = threadIdx.x;
   float early[kMergePrefetch];
@@ -470,7 +487,7 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
       part_stats, s, splits);
   PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
-      part_acc, part_stats, static_cast<T*>(out), s, splits);
+      part_acc, part_stats, static_cast<T*>(out), s, splits, nullptr);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -673,6 +690,267 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
   }
 }
 
+// ---- Register-tile split kernel (bf16 / fp16, head_dim 32 / 64 / 128) ----
+// Flash-decoding with every intermediate in registers: each warp takes 32-position chunks of
+// the context on its own (K and V rows through its own shared-memory rows, cp.async), computes
+// S = Q K^T with mma.m16n8k16 (the group's query heads as the 16 rows), keeps the running max,
+// sum and the output accumulator as mma fragments, and feeds the softmax weights straight back
+// as the A operand of P V. No block barrier inside the loop; the block's warps are combined once
+// at the end. Short contexts need no second kernel: a sequence whose chunks fit one split
+// (kWarpChunksPerSplit) is finished by that split's block, which writes the output itself; longer
+// ones spread over up to `splits` blocks whose partial results the merge kernel combines.
+bool WarpKernelTakes(const PagedAttentionShape& s, ElementType type) {
+  return type != ElementType::kFloat32 && s.allow_tensor_cores && s.allow_warp_tiles &&
+         s.num_heads / s.num_kv_heads <= kMmaRows && (s.head_dim == 32 || s.head_dim == 64 || s.head_dim == 128);
+}
+
+template <int kHeadDim>
+struct WarpLayout {
+  static constexpr int kLd = kHeadDim + 8;  // 16-bit elements per shared row: 16 bytes of padding spread the banks
+  static constexpr int kRowsBytes = kWarpChunk * kLd * 2;
+  static constexpr int kWarpBytes = 2 * kRowsBytes;  // K rows, then V rows
+  static constexpr int kQBytes = kMmaRows * kLd * 2;
+  static constexpr int kBytes = kQBytes + kWarpKernelWarps * kWarpBytes;
+  static_assert(kWarpBytes >= kMmaRows * kHeadDim * 4, "a warp's rows hold its fp32 output at the end");
+};
+
+__device__ __forceinline__ uint32_t PackPair(float lo, float hi, const __nv_bfloat16*) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t PackPair(float lo, float hi, const __half*) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kWarpKernelWarps * 32)
+PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                         const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
+                         float* __restrict__ part_acc, float* __restrict__ part_stats, T* __restrict__ out,
+                         PagedAttentionShape s, int splits) {
+  using L = WarpLayout<kHeadDim>;
+  constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
+  constexpr int kDimTiles = kHeadDim / 8;      // n8 tiles of the output
+  constexpr int kSteps = kHeadDim / 16;        // k16 steps of Q K^T
+  extern __shared__ __align__(128) unsigned char warp_smem[];
+  const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int context = context_lens[b];
+  const int active = WarpActiveSplits(context, splits);
+  if (split >= active) return;  // the whole block: no barrier below is skipped by some threads only
+  const int chunks = (context + kWarpChunk - 1) / kWarpChunk;
+  const int first = static_cast<int>(static_cast<int64_t>(chunks) * split / active);
+  const int last = static_cast<int>(static_cast<int64_t>(chunks) * (split + 1) / active);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int group = s.num_heads / s.num_kv_heads;
+  const uint32_t q_s = static_cast<uint32_t>(__cvta_generic_to_shared(warp_smem));
+  const uint32_t k_s = q_s + L::kQBytes + warp * L::kWarpBytes, v_s = k_s + L::kRowsBytes;
+  const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
+  const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * kHeadDim;
+  const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * kHeadDim;
+
+  // Row offset (in head_dim elements) of this lane's position in chunk c; -1 past the context.
+  auto lane_row = [&](int c) -> int64_t {
+    const int p = c * kWarpChunk + lane;
+    if (p >= context) return -1;
+    return (static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size) * s.num_kv_heads + kvh;
+  };
+  auto load_rows = [&](const T* cache, uint32_t rows_s, int64_t my_row) {
+#pragma unroll
+    for (int i = 0; i < kChunksPerRow; ++i) {
+      const int id = i * 32 + lane, j = id / kChunksPerRow, c = id % kChunksPerRow;
+      const int64_t row = __shfl_sync(0xffffffffu, my_row, j);
+      CopyAsync16(rows_s + (j * L::kLd + c * 8) * 2, row >= 0 ? cache + row * kHeadDim + c * 8 : cache, row >= 0);
+    }
+  };
+
+  // Group 1: the query (every thread a part); groups 2 and 3: the warp's first chunk's K, V.
+  for (int i = tid; i < kMmaRows * kChunksPerRow; i += kWarpKernelWarps * 32) {
+    const int r = i / kChunksPerRow, c = i % kChunksPerRow;
+    CopyAsync16(q_s + (r * L::kLd + c * 8) * 2, r < group ? qb + static_cast<int64_t>(r) * kHeadDim + c * 8 : qb,
+                r < group);
+  }
+  CopyAsyncCommit();
+  int chunk = first + warp;
+  int64_t row = chunk < last ? lane_row(chunk) : -1;
+  if (chunk < last) load_rows(k_cache, k_s, row);
+  CopyAsyncCommit();
+  if (chunk < last) load_rows(v_cache, v_s, row);
+  CopyAsyncCommit();
+  CopyAsyncWait<2>();
+  __syncthreads();
+  uint32_t qf[kSteps][4];
+#pragma unroll
+  for (int ks = 0; ks < kSteps; ++ks) {
+    LoadMatrixX4(q_s + ((lane & 15) * L::kLd + ks * 16 + (lane >> 4) * 8) * 2, qf[ks]);
+  }
+
+  // Rows lane / 4 (index 0) and lane / 4 + 8 (index 1) of the fragments: query heads.
+  float m[2] = {-FLT_MAX, -FLT_MAX}, l[2] = {0.0f, 0.0f};
+  float o[kDimTiles][4];
+#pragma unroll
+  for (int t = 0; t < kDimTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  const float scale = s.scale;
+  while (chunk < last) {
+    const int next = chunk + kWarpKernelWarps;
+    const int64_t next_row = next < last ? lane_row(next) : -1;  // its table read overlaps this chunk
+    CopyAsyncWait<1>();  // this chunk's K
+    __syncwarp();
+    float sc[4][4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) sc[t][0] = sc[t][1] = sc[t][2] = sc[t][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
+#pragma unroll
+      for (int t = 0; t < 4; t += 2) {
+        uint32_t kf[4];  // positions 8t .. 8t + 15 at dims 16 ks .. 16 ks + 15
+        LoadMatrixX4(k_s + ((t * 8 + (lane & 7) + ((lane >> 4) << 3)) * L::kLd + ks * 16 + ((lane >> 3) & 1) * 8) * 2,
+                     kf);
+        Mma<T>(sc[t], qf[ks], kf[0], kf[1]);
+        Mma<T>(sc[t + 1], qf[ks], kf[2], kf[3]);
+      }
+    }
+    __syncwarp();  // every lane has read this chunk's K
+    if (next < last) load_rows(k_cache, k_s, next_row);
+    CopyAsyncCommit();
+    // Online softmax per query head; a quad of lanes shares a row.
+    const int base = chunk * kWarpChunk + 2 * (lane % 4);
+    float corr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float tile_max = -FLT_MAX;
+#pragma unroll
+      for (int t = 0; t < 4; ++t)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const bool valid = base + 8 * t + e < context;
+          sc[t][2 * h + e] = valid ? sc[t][2 * h + e] * scale : -FLT_MAX;
+          tile_max = fmaxf(tile_max, sc[t][2 * h + e]);
+        }
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float m_new = fmaxf(m[h], tile_max);
+      corr[h] = __expf(m[h] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int t = 0; t < 4; ++t)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          sc[t][2 * h + e] = __expf(sc[t][2 * h + e] - m_new);
+          sum += sc[t][2 * h + e];
+        }
+      l[h] = l[h] * corr[h] + sum;  // this lane's share; the quad is summed at the end
+      m[h] = m_new;
+    }
+#pragma unroll
+    for (int t = 0; t < kDimTiles; ++t) {
+      o[t][0] *= corr[0];
+      o[t][1] *= corr[0];
+      o[t][2] *= corr[1];
+      o[t][3] *= corr[1];
+    }
+    CopyAsyncWait<1>();  // this chunk's V
+    __syncwarp();
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {  // positions 16 kk .. 16 kk + 15
+      uint32_t pf[4];
+      pf[0] = PackPair(sc[2 * kk][0], sc[2 * kk][1], static_cast<const T*>(nullptr));
+      pf[1] = PackPair(sc[2 * kk][2], sc[2 * kk][3], static_cast<const T*>(nullptr));
+      pf[2] = PackPair(sc[2 * kk + 1][0], sc[2 * kk + 1][1], static_cast<const T*>(nullptr));
+      pf[3] = PackPair(sc[2 * kk + 1][2], sc[2 * kk + 1][3], static_cast<const T*>(nullptr));
+#pragma unroll
+      for (int t = 0; t < kDimTiles; t += 2) {
+        uint32_t vf[4];  // positions 16 kk .. + 15 at dims 8 t .. 8 t + 15, transposed
+        LoadMatrixX4Trans(
+            v_s + ((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * L::kLd + (t + (lane >> 4)) * 8) * 2, vf);
+        Mma<T>(o[t], pf, vf[0], vf[1]);
+        Mma<T>(o[t + 1], pf, vf[2], vf[3]);
+      }
+    }
+    __syncwarp();  // every lane has read this chunk's V
+    if (next < last) load_rows(v_cache, v_s, next_row);
+    CopyAsyncCommit();
+    chunk = next;
+  }
+  CopyAsyncWait<0>();
+
+  // Combine the warps: each writes its max, sum and (unscaled) output into its own rows.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+  __shared__ float m_w[kWarpKernelWarps][kMmaRows], l_w[kWarpKernelWarps][kMmaRows];
+  if (lane % 4 == 0) {
+    m_w[warp][lane / 4] = m[0];
+    m_w[warp][lane / 4 + 8] = m[1];
+    l_w[warp][lane / 4] = l[0];
+    l_w[warp][lane / 4 + 8] = l[1];
+  }
+  float* o_w = reinterpret_cast<float*>(warp_smem + L::kQBytes + warp * L::kWarpBytes);  // [16][kHeadDim]
+#pragma unroll
+  for (int t = 0; t < kDimTiles; ++t) {
+    const int d = 8 * t + 2 * (lane % 4);
+    *reinterpret_cast<float2*>(o_w + (lane / 4) * kHeadDim + d) = make_float2(o[t][0], o[t][1]);
+    *reinterpret_cast<float2*>(o_w + (lane / 4 + 8) * kHeadDim + d) = make_float2(o[t][2], o[t][3]);
+  }
+  __syncthreads();
+  const bool final = active == 1;
+  const int64_t unit = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits + split;
+  for (int i = tid; i < group * kHeadDim; i += kWarpKernelWarps * 32) {
+    const int g = i / kHeadDim, d = i % kHeadDim;
+    float max_score = -FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < kWarpKernelWarps; ++w) max_score = fmaxf(max_score, l_w[w][g] > 0.0f ? m_w[w][g] : -FLT_MAX);
+    float value = 0.0f, total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarpKernelWarps; ++w) {
+      const float weight = l_w[w][g] > 0.0f ? __expf(m_w[w][g] - max_score) : 0.0f;  // idle warps weigh nothing
+      value += reinterpret_cast<const float*>(warp_smem + L::kQBytes + w * L::kWarpBytes)[g * kHeadDim + d] * weight;
+      total += l_w[w][g] * weight;
+    }
+    if (final) {
+      out[(static_cast<int64_t>(b) * s.num_heads + kvh * group + g) * kHeadDim + d] =
+          FromFloat<T>(total > 0.0f ? value / total : 0.0f);
+    } else {
+      part_acc[(unit * group + g) * kHeadDim + d] = value;
+      if (d == 0) {
+        part_stats[(unit * group + g) * 2] = max_score;
+        part_stats[(unit * group + g) * 2 + 1] = total;
+      }
+    }
+  }
+}
+
+template <typename T, int kHeadDim>
+bool LaunchWarpWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
+                    const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+  static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionWarpKernel<T, kHeadDim>);
+  if (!attribute_set) return false;
+  const int splits = SplitCount(s);
+  const int group = s.num_heads / s.num_kv_heads;
+  float* part_acc = static_cast<float*>(workspace);
+  float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
+  PagedAttentionWarpKernel<T, kHeadDim><<<dim3(s.batch, s.num_kv_heads, splits), kWarpKernelWarps * 32,
+                                          WarpLayout<kHeadDim>::kBytes, stream>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc, part_stats,
+      static_cast<T*>(out), s, splits);
+  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim, 0, stream>>>(
+      part_acc, part_stats, static_cast<T*>(out), s, splits, lens);
+  return cudaGetLastError() == cudaSuccess;
+}
+
+template <typename T>
+bool LaunchWarp(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
+                const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+  switch (s.head_dim) {
+    case 32: return LaunchWarpWith<T, 32>(q, k, v, tables, lens, out, s, workspace, stream);
+    case 64: return LaunchWarpWith<T, 64>(q, k, v, tables, lens, out, s, workspace, stream);
+    case 128: return LaunchWarpWith<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
+  }
+  return false;
+}
+
 template <typename T, int kRows>
 bool LaunchMmaWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                    const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
@@ -716,6 +994,11 @@ bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : int64_t{s.num_heads} * s.head_dim;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const bool vector_loads = aligned(q) && aligned(k_cache) && aligned(v_cache) && (q_stride * element) % 16 == 0;
+  if (workspace != nullptr && vector_loads && SplitKernelTakes(s) && WarpKernelTakes(s, type)) {
+    return type == ElementType::kBFloat16
+               ? LaunchWarp<__nv_bfloat16>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st)
+               : LaunchWarp<__half>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st);
+  }
   if (workspace != nullptr && vector_loads && SplitKernelTakes(s) && MmaKernelTakes(s, type)) {
     return type == ElementType::kBFloat16
                ? LaunchMma<__nv_bfloat16>(q, k_cache, v_cache, block_tables, context_lens, out, s, workspace, st)

@@ -23,6 +23,7 @@ struct PagedAttentionShape {
   float scale = 1.0f;             // usually 1/sqrt(head_dim)
   int64_t q_row_stride = 0;       // elements between sequences' query rows; 0 = num_heads * head_dim
   bool allow_tensor_cores = true; // bf16/fp16 with a workspace: QK^T and PV on tensor cores
+  bool allow_warp_tiles = true;   // with tensor cores and head_dim 32/64/128: the register-tile kernel
 };
 
 // q: [batch, num_heads, head_dim]; k_cache/v_cache: [slots, num_kv_heads, head_dim] where
@@ -37,7 +38,9 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
 // 16-byte aligned) the grouped split kernel runs: one block per (sequence, KV head, split) reads
 // each K/V tile once for all query heads of its group, and a second kernel merges the splits.
 // For bf16/fp16 with up to 16 query heads per KV head (and allow_tensor_cores), QK^T and PV of
-// that kernel run on tensor cores, the softmax weights rounded to the element type before PV.
+// that kernel run on tensor cores, the softmax weights rounded to the element type before PV;
+// with head_dim 32, 64 or 128 (and allow_warp_tiles) each warp then keeps its scores and output
+// in registers, and a sequence of up to 256 positions is finished without the merge.
 // With workspace == nullptr (or a group too large for it) a one-pass kernel runs instead, one
 // block per (sequence, query head). The split count depends only on the shape and the device,
 // so a captured CUDA graph and an eager run compute in the same order.

@@ -7,8 +7,9 @@
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
 // GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
-// mma_attention> turns single kernels off (their ATen ops or cuBLAS, the skinny GEMM on mma.sync,
-// the CUDA-core split attention, or the one-pass attention kernel run instead);
+// mma_attention,warp_attention> turns single kernels off (their ATen ops or cuBLAS, the skinny GEMM
+// on mma.sync, the one-pass attention kernel, the CUDA-core split attention, or the shared-memory
+// tile attention kernel run instead);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
 #include <ATen/cuda/CUDAContext.h>
@@ -147,7 +148,7 @@ class CudaDecodeRunner {
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {"norm",  "rotary",          "swiglu",       "gemv",
                                                        "gemm",  "wgmma",           "split_attention",
-                                                       "mma_attention"};
+                                                       "mma_attention", "warp_attention"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
   static constexpr int64_t kSkinnyGemmFasterUpToRows = 64;
@@ -336,6 +337,7 @@ class CudaDecodeRunner {
     shape.max_context = max_context_;
     shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
     shape.allow_tensor_cores = Enabled("mma_attention");
+    shape.allow_warp_tiles = Enabled("warp_attention");
     // One workspace for every layer's split attention (the layers run one after another).
     const size_t workspace_bytes = Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(shape) : 0;
     at::Tensor workspace;

@@ -310,11 +310,14 @@ TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
     Device d_q(q, type()), d_k(k, type()), d_v(v, type()), d_tables(tables), d_lens(lens);
     Device d_workspace(std::vector<uint8_t>(workspace_bytes, 0));
     const double tol = bf16() ? 1e-2 : 1e-4;
-    // Split kernel on tensor cores (bf16, group <= 16) and on CUDA cores; one-pass kernel.
-    for (bool tensor_cores : {true, false}) {
-      SCOPED_TRACE(tensor_cores ? "split, tensor cores allowed" : "split, CUDA cores");
+    // Split kernels on tensor cores (bf16, group <= 16: register tiles for head_dim <= 128, and
+    // shared-memory tiles) and on CUDA cores; one-pass kernel.
+    for (int kernel : {0, 1, 2}) {
+      SCOPED_TRACE(kernel == 0 ? "split, tensor cores, register tiles allowed"
+                               : kernel == 1 ? "split, tensor cores, shared-memory tiles" : "split, CUDA cores");
       PagedAttentionShape shape = s;
-      shape.allow_tensor_cores = tensor_cores;
+      shape.allow_warp_tiles = kernel == 0;
+      shape.allow_tensor_cores = kernel < 2;
       Device d_out(std::vector<float>(want.size(), 0.0f), type());
       ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(),
                                            d_lens.as<int32_t>(), d_out.get(), shape, type(), nullptr,
