@@ -406,38 +406,21 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
   }
 }
 
-// The register-tile kernel's split of a context (the kernel itself is further down).
-constexpr int kWarpChunk = 32;           // positions per warp step
-constexpr int kWarpChunksPerSplit = 8;   // chunks a split takes before another split joins
-constexpr int kWarpKernelWarps = 4;
-
-// Splits holding a part of a `context`-position sequence (the rest of the grid's splits idle).
-__host__ __device__ inline int WarpActiveSplits(int context, int splits) {
-  const int chunks = (context + kWarpChunk - 1) / kWarpChunk;
-  const int wanted = (chunks + kWarpChunksPerSplit - 1) / kWarpChunksPerSplit;
-  return wanted < 1 ? 1 : (wanted < splits ? wanted : splits);
-}
-
 // One block per (sequence, query head): merges the splits' partial softmax sums. The splits'
 // statistics go through shared memory so each thread's partial loads are independent; the first
 // kMergePrefetch partials of a thread's first dimension are loaded before the statistics, so the
 // two global reads overlap instead of following each other.
 constexpr int kMergePrefetch = 8;
 
-// With context_lens (the register-tile kernel), a sequence has only WarpActiveSplits(context,
-// splits) partial results, and none when one split finished it.
 template <typename T>
 __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
-                                          T* __restrict__ out, PagedAttentionShape s, int grid_splits,
-                                          const int32_t* __restrict__ context_lens) {
+                                          T* __restrict__ out, PagedAttentionShape s, int splits) {
   __shared__ float weight_s[kMaxSplits];
   __shared__ float inv_total;
   const int b = blockIdx.x, h = blockIdx.y;
-  const int splits = context_lens != nullptr ? WarpActiveSplits(context_lens[b], grid_splits) : grid_splits;
-  if (context_lens != nullptr && splits == 1) return;
   const int group = s.num_heads / s.num_kv_heads;
   const int kvh = h / group, g = h % group, hd = s.head_dim;
-  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * grid_splits;
+  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits;
   auto partial = [&](int sp, int d) { return part_acc[((unit0 + sp) * group + g) * hd + d]; };
   const int first_d = threadIdx.x;
   float early[kMergePrefetch];
@@ -487,7 +470,7 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
       part_stats, s, splits);
   PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
-      part_acc, part_stats, static_cast<T*>(out), s, splits, nullptr);
+      part_acc, part_stats, static_cast<T*>(out), s, splits);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -696,21 +679,33 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
 // S = Q K^T with mma.m16n8k16 (the group's query heads as the 16 rows), keeps the running max,
 // sum and the output accumulator as mma fragments, and feeds the softmax weights straight back
 // as the A operand of P V. No block barrier inside the loop; the block's warps are combined once
-// at the end. Short contexts need no second kernel: a sequence whose chunks fit one split
-// (kWarpChunksPerSplit) is finished by that split's block, which writes the output itself; longer
-// ones spread over up to `splits` blocks whose partial results the merge kernel combines.
+// at the end. A sequence whose chunks fit one split is finished by that split's block, which
+// writes the output itself; longer ones spread over up to `splits` blocks whose partial results
+// a small merge kernel (a block per sequence and KV head) combines.
+constexpr int kWarpChunk = 32;  // positions per warp step
+// Chunks a split takes before another split joins; GLMSERVE_CUDA_ATTENTION_CHUNKS overrides it
+// for measurements.
+constexpr int kWarpChunksPerSplit = 8;
+
+// Splits holding a part of a `context`-position sequence (the grid's other splits idle).
+__host__ __device__ inline int WarpActiveSplits(int context, int splits, int chunks_per_split) {
+  const int chunks = (context + kWarpChunk - 1) / kWarpChunk;
+  const int wanted = (chunks + chunks_per_split - 1) / chunks_per_split;
+  return wanted < 1 ? 1 : (wanted < splits ? wanted : splits);
+}
+
 bool WarpKernelTakes(const PagedAttentionShape& s, ElementType type) {
   return type != ElementType::kFloat32 && s.allow_tensor_cores && s.allow_warp_tiles &&
          s.num_heads / s.num_kv_heads <= kMmaRows && (s.head_dim == 32 || s.head_dim == 64 || s.head_dim == 128);
 }
 
-template <int kHeadDim>
+template <int kHeadDim, int kWarps>
 struct WarpLayout {
   static constexpr int kLd = kHeadDim + 8;  // 16-bit elements per shared row: 16 bytes of padding spread the banks
   static constexpr int kRowsBytes = kWarpChunk * kLd * 2;
   static constexpr int kWarpBytes = 2 * kRowsBytes;  // K rows, then V rows
   static constexpr int kQBytes = kMmaRows * kLd * 2;
-  static constexpr int kBytes = kQBytes + kWarpKernelWarps * kWarpBytes;
+  static constexpr int kBytes = kQBytes + kWarps * kWarpBytes;
   static_assert(kWarpBytes >= kMmaRows * kHeadDim * 4, "a warp's rows hold its fp32 output at the end");
 };
 
@@ -723,37 +718,43 @@ __device__ __forceinline__ uint32_t PackPair(float lo, float hi, const __half*) 
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kWarpKernelWarps * 32)
+template <typename T, int kHeadDim, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32)
 PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                          const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
                          float* __restrict__ part_acc, float* __restrict__ part_stats, T* __restrict__ out,
-                         PagedAttentionShape s, int splits) {
-  using L = WarpLayout<kHeadDim>;
+                         PagedAttentionShape s, int splits, int chunks_per_split) {
+  using L = WarpLayout<kHeadDim, kWarps>;
+  constexpr int kThreads = kWarps * 32;
   constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
   constexpr int kDimTiles = kHeadDim / 8;      // n8 tiles of the output
   constexpr int kSteps = kHeadDim / 16;        // k16 steps of Q K^T
   extern __shared__ __align__(128) unsigned char warp_smem[];
   const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
+  // The first split's first chunks do not depend on the context length: their table entries
+  // (valid memory up to max_context) are read beside it, not after it.
+  const int guess_p = warp * kWarpChunk + lane;
+  const int32_t guess_block = split == 0 && guess_p < s.max_context ? table[guess_p / s.block_size] : 0;
   const int context = context_lens[b];
-  const int active = WarpActiveSplits(context, splits);
+  const int active = WarpActiveSplits(context, splits, chunks_per_split);
   if (split >= active) return;  // the whole block: no barrier below is skipped by some threads only
   const int chunks = (context + kWarpChunk - 1) / kWarpChunk;
   const int first = static_cast<int>(static_cast<int64_t>(chunks) * split / active);
   const int last = static_cast<int>(static_cast<int64_t>(chunks) * (split + 1) / active);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int group = s.num_heads / s.num_kv_heads;
   const uint32_t q_s = static_cast<uint32_t>(__cvta_generic_to_shared(warp_smem));
   const uint32_t k_s = q_s + L::kQBytes + warp * L::kWarpBytes, v_s = k_s + L::kRowsBytes;
-  const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * kHeadDim;
   const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * kHeadDim;
 
-  // Row offset (in head_dim elements) of this lane's position in chunk c; -1 past the context.
+  // Row (in head_dim elements) of this lane's position in chunk c; -1 past the context.
   auto lane_row = [&](int c) -> int64_t {
     const int p = c * kWarpChunk + lane;
     if (p >= context) return -1;
-    return (static_cast<int64_t>(table[p / s.block_size]) * s.block_size + p % s.block_size) * s.num_kv_heads + kvh;
+    const int32_t block = p == guess_p && split == 0 ? guess_block : table[p / s.block_size];
+    return (static_cast<int64_t>(block) * s.block_size + p % s.block_size) * s.num_kv_heads + kvh;
   };
   auto load_rows = [&](const T* cache, uint32_t rows_s, int64_t my_row) {
 #pragma unroll
@@ -765,14 +766,14 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   };
 
   // Group 1: the query (every thread a part); groups 2 and 3: the warp's first chunk's K, V.
-  for (int i = tid; i < kMmaRows * kChunksPerRow; i += kWarpKernelWarps * 32) {
+  for (int i = tid; i < kMmaRows * kChunksPerRow; i += kThreads) {
     const int r = i / kChunksPerRow, c = i % kChunksPerRow;
     CopyAsync16(q_s + (r * L::kLd + c * 8) * 2, r < group ? qb + static_cast<int64_t>(r) * kHeadDim + c * 8 : qb,
                 r < group);
   }
   CopyAsyncCommit();
   int chunk = first + warp;
-  int64_t row = chunk < last ? lane_row(chunk) : -1;
+  const int64_t row = chunk < last ? lane_row(chunk) : -1;
   if (chunk < last) load_rows(k_cache, k_s, row);
   CopyAsyncCommit();
   if (chunk < last) load_rows(v_cache, v_s, row);
@@ -785,14 +786,14 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
     LoadMatrixX4(q_s + ((lane & 15) * L::kLd + ks * 16 + (lane >> 4) * 8) * 2, qf[ks]);
   }
 
-  // Rows lane / 4 (index 0) and lane / 4 + 8 (index 1) of the fragments: query heads.
+  // Index 0: fragment row lane / 4, index 1: row lane / 4 + 8 (query heads of the group).
   float m[2] = {-FLT_MAX, -FLT_MAX}, l[2] = {0.0f, 0.0f};
   float o[kDimTiles][4];
 #pragma unroll
   for (int t = 0; t < kDimTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
   const float scale = s.scale;
   while (chunk < last) {
-    const int next = chunk + kWarpKernelWarps;
+    const int next = chunk + kWarps;
     const int64_t next_row = next < last ? lane_row(next) : -1;  // its table read overlaps this chunk
     CopyAsyncWait<1>();  // this chunk's K
     __syncwarp();
@@ -813,7 +814,7 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
     __syncwarp();  // every lane has read this chunk's K
     if (next < last) load_rows(k_cache, k_s, next_row);
     CopyAsyncCommit();
-    // Online softmax per query head; a quad of lanes shares a row.
+    // Online softmax per query head; the four lanes of a quad share a row.
     const int base = chunk * kWarpChunk + 2 * (lane % 4);
     float corr[2];
 #pragma unroll
@@ -852,7 +853,7 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
     CopyAsyncWait<1>();  // this chunk's V
     __syncwarp();
 #pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {  // positions 16 kk .. 16 kk + 15
+    for (int kk = 0; kk < 2; ++kk) {  // positions 16 kk .. 16 kk + 15: the A fragment from the scores
       uint32_t pf[4];
       pf[0] = PackPair(sc[2 * kk][0], sc[2 * kk][1], static_cast<const T*>(nullptr));
       pf[1] = PackPair(sc[2 * kk][2], sc[2 * kk][3], static_cast<const T*>(nullptr));
@@ -874,20 +875,22 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   }
   CopyAsyncWait<0>();
 
-  // Combine the warps: each writes its max, sum and (unscaled) output into its own rows.
+  // Combine the warps: each writes its max, sum and output (relative to its own max) into its
+  // own rows, then every thread takes some of the group's outputs.
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
   }
-  __shared__ float m_w[kWarpKernelWarps][kMmaRows], l_w[kWarpKernelWarps][kMmaRows];
+  __shared__ float m_w[kWarps][kMmaRows], l_w[kWarps][kMmaRows];
   if (lane % 4 == 0) {
     m_w[warp][lane / 4] = m[0];
     m_w[warp][lane / 4 + 8] = m[1];
     l_w[warp][lane / 4] = l[0];
     l_w[warp][lane / 4 + 8] = l[1];
   }
-  float* o_w = reinterpret_cast<float*>(warp_smem + L::kQBytes + warp * L::kWarpBytes);  // [16][kHeadDim]
+  auto warp_out = [&](int w) { return reinterpret_cast<float*>(warp_smem + L::kQBytes + w * L::kWarpBytes); };
+  float* o_w = warp_out(warp);  // [16][kHeadDim]
 #pragma unroll
   for (int t = 0; t < kDimTiles; ++t) {
     const int d = 8 * t + 2 * (lane % 4);
@@ -897,16 +900,16 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   __syncthreads();
   const bool final = active == 1;
   const int64_t unit = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits + split;
-  for (int i = tid; i < group * kHeadDim; i += kWarpKernelWarps * 32) {
+  for (int i = tid; i < group * kHeadDim; i += kThreads) {
     const int g = i / kHeadDim, d = i % kHeadDim;
     float max_score = -FLT_MAX;
 #pragma unroll
-    for (int w = 0; w < kWarpKernelWarps; ++w) max_score = fmaxf(max_score, l_w[w][g] > 0.0f ? m_w[w][g] : -FLT_MAX);
+    for (int w = 0; w < kWarps; ++w) max_score = fmaxf(max_score, l_w[w][g] > 0.0f ? m_w[w][g] : -FLT_MAX);
     float value = 0.0f, total = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarpKernelWarps; ++w) {
+    for (int w = 0; w < kWarps; ++w) {
       const float weight = l_w[w][g] > 0.0f ? __expf(m_w[w][g] - max_score) : 0.0f;  // idle warps weigh nothing
-      value += reinterpret_cast<const float*>(warp_smem + L::kQBytes + w * L::kWarpBytes)[g * kHeadDim + d] * weight;
+      value += warp_out(w)[g * kHeadDim + d] * weight;
       total += l_w[w][g] * weight;
     }
     if (final) {
@@ -922,31 +925,81 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   }
 }
 
-template <typename T, int kHeadDim>
+// A block per (sequence, KV head): combines the partial results of a sequence's active splits;
+// a sequence one split finished has none and its blocks return at once.
+constexpr int kWarpMergeThreads = 128;
+
+template <typename T>
+__global__ void __launch_bounds__(kWarpMergeThreads)
+PagedAttentionWarpMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
+                              const int32_t* __restrict__ context_lens, T* __restrict__ out, PagedAttentionShape s,
+                              int grid_splits, int chunks_per_split) {
+  __shared__ float weight_s[kMmaRows][kMaxSplits];
+  __shared__ float inv_total_s[kMmaRows];
+  const int b = blockIdx.x, kvh = blockIdx.y;
+  const int splits = WarpActiveSplits(context_lens[b], grid_splits, chunks_per_split);
+  if (splits == 1) return;
+  const int group = s.num_heads / s.num_kv_heads, hd = s.head_dim;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * grid_splits;
+  for (int g = warp; g < group; g += kWarpMergeThreads / 32) {
+    float m = -FLT_MAX, l = 0.0f;
+    if (lane < splits) {
+      m = part_stats[((unit0 + lane) * group + g) * 2];
+      l = part_stats[((unit0 + lane) * group + g) * 2 + 1];
+    }
+    const float max_score = WarpMax(l > 0.0f ? m : -FLT_MAX);
+    const float w = l > 0.0f ? __expf(m - max_score) : 0.0f;
+    const float total = WarpSum(l * w);
+    if (lane < splits) weight_s[g][lane] = w;
+    if (lane == 0) inv_total_s[g] = total > 0.0f ? 1.0f / total : 0.0f;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < group * hd; i += kWarpMergeThreads) {
+    const int g = i / hd, d = i % hd;
+    float value = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) value += part_acc[((unit0 + sp) * group + g) * hd + d] * weight_s[g][sp];
+    out[(static_cast<int64_t>(b) * s.num_heads + kvh * group + g) * hd + d] = FromFloat<T>(value * inv_total_s[g]);
+  }
+}
+
+template <typename T, int kHeadDim, int kWarps>
 bool LaunchWarpWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                     const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
-  static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionWarpKernel<T, kHeadDim>);
+  static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionWarpKernel<T, kHeadDim, kWarps>);
+  static const int chunks_per_split = EnvSwitch("GLMSERVE_CUDA_ATTENTION_CHUNKS", kWarpChunksPerSplit,
+                                                "an integer in [1, 64]", [](long value) { return value >= 1 && value <= 64; });
   if (!attribute_set) return false;
   const int splits = SplitCount(s);
   const int group = s.num_heads / s.num_kv_heads;
   float* part_acc = static_cast<float*>(workspace);
   float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
-  PagedAttentionWarpKernel<T, kHeadDim><<<dim3(s.batch, s.num_kv_heads, splits), kWarpKernelWarps * 32,
-                                          WarpLayout<kHeadDim>::kBytes, stream>>>(
+  PagedAttentionWarpKernel<T, kHeadDim, kWarps><<<dim3(s.batch, s.num_kv_heads, splits), kWarps * 32,
+                                                  WarpLayout<kHeadDim, kWarps>::kBytes, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc, part_stats,
-      static_cast<T*>(out), s, splits);
-  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim, 0, stream>>>(
-      part_acc, part_stats, static_cast<T*>(out), s, splits, lens);
+      static_cast<T*>(out), s, splits, chunks_per_split);
+  PagedAttentionWarpMergeKernel<T><<<dim3(s.batch, s.num_kv_heads), kWarpMergeThreads, 0, stream>>>(
+      part_acc, part_stats, lens, static_cast<T*>(out), s, splits, chunks_per_split);
   return cudaGetLastError() == cudaSuccess;
+}
+
+// Warps per block: 4, or 8 with GLMSERVE_CUDA_ATTENTION_WARPS=8 (measurements).
+template <typename T, int kHeadDim>
+bool LaunchWarpDim(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
+                   const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+  static const int warps = EnvSwitch("GLMSERVE_CUDA_ATTENTION_WARPS", 4, "4 or 8",
+                                     [](long value) { return value == 4 || value == 8; });
+  return warps == 8 ? LaunchWarpWith<T, kHeadDim, 8>(q, k, v, tables, lens, out, s, workspace, stream)
+                    : LaunchWarpWith<T, kHeadDim, 4>(q, k, v, tables, lens, out, s, workspace, stream);
 }
 
 template <typename T>
 bool LaunchWarp(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                 const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
   switch (s.head_dim) {
-    case 32: return LaunchWarpWith<T, 32>(q, k, v, tables, lens, out, s, workspace, stream);
-    case 64: return LaunchWarpWith<T, 64>(q, k, v, tables, lens, out, s, workspace, stream);
-    case 128: return LaunchWarpWith<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
+    case 32: return LaunchWarpDim<T, 32>(q, k, v, tables, lens, out, s, workspace, stream);
+    case 64: return LaunchWarpDim<T, 64>(q, k, v, tables, lens, out, s, workspace, stream);
+    case 128: return LaunchWarpDim<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
   }
   return false;
 }
