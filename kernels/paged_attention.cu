@@ -155,6 +155,9 @@ int EnvSwitch(const char* name, int fallback, const char* expected, Accepted acc
   return fallback;
 }
 
+// The workspace starts with a counter per (sequence, KV head), padded to 16 bytes.
+int64_t CounterWords(const PagedAttentionShape& s) { return (int64_t{s.batch} * s.num_kv_heads + 3) / 4 * 4; }
+
 int SplitCount(const PagedAttentionShape& s) {
   const int device_sms = DeviceSmCount();
   const int sm_count = device_sms > 0 ? device_sms : 132;
@@ -464,7 +467,7 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
                           void* workspace, cudaStream_t stream) {
   const int splits = SplitCount(s);
   const int group = s.num_heads / s.num_kv_heads;
-  float* part_acc = static_cast<float*>(workspace);
+  float* part_acc = static_cast<float*>(workspace) + CounterWords(s);
   float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
   kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
@@ -680,8 +683,8 @@ PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, 
 // sum and the output accumulator as mma fragments, and feeds the softmax weights straight back
 // as the A operand of P V. No block barrier inside the loop; the block's warps are combined once
 // at the end. A sequence whose chunks fit one split is finished by that split's block, which
-// writes the output itself; longer ones spread over up to `splits` blocks whose partial results
-// a small merge kernel (a block per sequence and KV head) combines.
+// writes the output itself; longer ones spread over up to `splits` blocks, and the last of them
+// to finish merges their partial results: one kernel either way.
 constexpr int kWarpChunk = 32;  // positions per warp step
 // Chunks a split takes before another split joins; GLMSERVE_CUDA_ATTENTION_CHUNKS overrides it
 // for measurements.
@@ -722,8 +725,8 @@ template <typename T, int kHeadDim, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32)
 PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                          const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
-                         float* __restrict__ part_acc, float* __restrict__ part_stats, T* __restrict__ out,
-                         PagedAttentionShape s, int splits, int chunks_per_split) {
+                         float* __restrict__ part_acc, float* __restrict__ part_stats, int* __restrict__ counters,
+                         T* __restrict__ out, PagedAttentionShape s, int splits, int chunks_per_split) {
   using L = WarpLayout<kHeadDim, kWarps>;
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
@@ -899,7 +902,8 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   }
   __syncthreads();
   const bool final = active == 1;
-  const int64_t unit = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits + split;
+  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits;
+  T* out_b = out + (static_cast<int64_t>(b) * s.num_heads + kvh * group) * kHeadDim;
   for (int i = tid; i < group * kHeadDim; i += kThreads) {
     const int g = i / kHeadDim, d = i % kHeadDim;
     float max_score = -FLT_MAX;
@@ -913,54 +917,62 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
       total += l_w[w][g] * weight;
     }
     if (final) {
-      out[(static_cast<int64_t>(b) * s.num_heads + kvh * group + g) * kHeadDim + d] =
-          FromFloat<T>(total > 0.0f ? value / total : 0.0f);
+      out_b[i] = FromFloat<T>(total > 0.0f ? value / total : 0.0f);
     } else {
-      part_acc[(unit * group + g) * kHeadDim + d] = value;
+      part_acc[((unit0 + split) * group + g) * kHeadDim + d] = value;
       if (d == 0) {
-        part_stats[(unit * group + g) * 2] = max_score;
-        part_stats[(unit * group + g) * 2 + 1] = total;
+        part_stats[((unit0 + split) * group + g) * 2] = max_score;
+        part_stats[((unit0 + split) * group + g) * 2 + 1] = total;
       }
     }
   }
-}
-
-// A block per (sequence, KV head): combines the partial results of a sequence's active splits;
-// a sequence one split finished has none and its blocks return at once.
-constexpr int kWarpMergeThreads = 128;
-
-template <typename T>
-__global__ void __launch_bounds__(kWarpMergeThreads)
-PagedAttentionWarpMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
-                              const int32_t* __restrict__ context_lens, T* __restrict__ out, PagedAttentionShape s,
-                              int grid_splits, int chunks_per_split) {
+  if (final) return;
+  // The sequence's last split to finish merges all the partial results (in split order: the
+  // sum does not depend on which block arrives last) and resets the counter for the next call.
+  __shared__ int merging;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int* counter = counters + static_cast<int64_t>(b) * s.num_kv_heads + kvh;
+    merging = atomicAdd(counter, 1) == active - 1;
+    if (merging) *counter = 0;  // every split of this call has arrived
+  }
+  __syncthreads();
+  if (!merging) return;
+  __threadfence();
   __shared__ float weight_s[kMmaRows][kMaxSplits];
   __shared__ float inv_total_s[kMmaRows];
-  const int b = blockIdx.x, kvh = blockIdx.y;
-  const int splits = WarpActiveSplits(context_lens[b], grid_splits, chunks_per_split);
-  if (splits == 1) return;
-  const int group = s.num_heads / s.num_kv_heads, hd = s.head_dim;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * grid_splits;
-  for (int g = warp; g < group; g += kWarpMergeThreads / 32) {
-    float m = -FLT_MAX, l = 0.0f;
-    if (lane < splits) {
-      m = part_stats[((unit0 + lane) * group + g) * 2];
-      l = part_stats[((unit0 + lane) * group + g) * 2 + 1];
+  for (int g = warp; g < group; g += kWarps) {
+    float m_split = -FLT_MAX, l_split = 0.0f;
+    if (lane < active) {
+      m_split = __ldcg(part_stats + ((unit0 + lane) * group + g) * 2);
+      l_split = __ldcg(part_stats + ((unit0 + lane) * group + g) * 2 + 1);
     }
-    const float max_score = WarpMax(l > 0.0f ? m : -FLT_MAX);
-    const float w = l > 0.0f ? __expf(m - max_score) : 0.0f;
-    const float total = WarpSum(l * w);
-    if (lane < splits) weight_s[g][lane] = w;
+    const float max_score = WarpMax(l_split > 0.0f ? m_split : -FLT_MAX);
+    const float w = l_split > 0.0f ? __expf(m_split - max_score) : 0.0f;
+    const float total = WarpSum(l_split * w);
+    if (lane < active) weight_s[g][lane] = w;
     if (lane == 0) inv_total_s[g] = total > 0.0f ? 1.0f / total : 0.0f;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < group * hd; i += kWarpMergeThreads) {
-    const int g = i / hd, d = i % hd;
+  for (int i = tid; i < group * kHeadDim; i += kThreads) {
+    const int g = i / kHeadDim;
     float value = 0.0f;
-    for (int sp = 0; sp < splits; ++sp) value += part_acc[((unit0 + sp) * group + g) * hd + d] * weight_s[g][sp];
-    out[(static_cast<int64_t>(b) * s.num_heads + kvh * group + g) * hd + d] = FromFloat<T>(value * inv_total_s[g]);
+    for (int sp = 0; sp < active; ++sp) value += __ldcg(part_acc + (unit0 + sp) * group * kHeadDim + i) * weight_s[g][sp];
+    out_b[i] = FromFloat<T>(value * inv_total_s[g]);
   }
+}
+
+// Splits of the register-tile kernel's grid: enough (sequence, KV head, split) blocks to give
+// each SM one of its 8-warp blocks (they take an SM each), so a short context leaves few idle
+// blocks behind; never more than the workspace's SplitCount.
+int WarpSplitCount(const PagedAttentionShape& s, int blocks_per_sm) {
+  const int device_sms = DeviceSmCount();
+  const int sm_count = device_sms > 0 ? device_sms : 132;
+  const int units = s.batch * s.num_kv_heads;
+  const int splits = (blocks_per_sm * sm_count + units - 1) / units;
+  const int most = SplitCount(s);
+  return splits < 1 ? 1 : (splits < most ? splits : most);
 }
 
 template <typename T, int kHeadDim, int kWarps>
@@ -970,24 +982,24 @@ bool LaunchWarpWith(const void* q, const void* k, const void* v, const int32_t* 
   static const int chunks_per_split = EnvSwitch("GLMSERVE_CUDA_ATTENTION_CHUNKS", kWarpChunksPerSplit,
                                                 "an integer in [1, 64]", [](long value) { return value >= 1 && value <= 64; });
   if (!attribute_set) return false;
-  const int splits = SplitCount(s);
+  const int splits = WarpSplitCount(s, kWarps == 8 ? 1 : 2);
   const int group = s.num_heads / s.num_kv_heads;
-  float* part_acc = static_cast<float*>(workspace);
+  int* counters = static_cast<int*>(workspace);
+  float* part_acc = static_cast<float*>(workspace) + CounterWords(s);
   float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
   PagedAttentionWarpKernel<T, kHeadDim, kWarps><<<dim3(s.batch, s.num_kv_heads, splits), kWarps * 32,
                                                   WarpLayout<kHeadDim, kWarps>::kBytes, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc, part_stats,
-      static_cast<T*>(out), s, splits, chunks_per_split);
-  PagedAttentionWarpMergeKernel<T><<<dim3(s.batch, s.num_kv_heads), kWarpMergeThreads, 0, stream>>>(
-      part_acc, part_stats, lens, static_cast<T*>(out), s, splits, chunks_per_split);
+      counters, static_cast<T*>(out), s, splits, chunks_per_split);
   return cudaGetLastError() == cudaSuccess;
 }
 
-// Warps per block: 4, or 8 with GLMSERVE_CUDA_ATTENTION_WARPS=8 (measurements).
+// Warps per block: 8 (a 256-position context in one pass), or 4 with
+// GLMSERVE_CUDA_ATTENTION_WARPS=4 (measurements).
 template <typename T, int kHeadDim>
 bool LaunchWarpDim(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                    const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
-  static const int warps = EnvSwitch("GLMSERVE_CUDA_ATTENTION_WARPS", 4, "4 or 8",
+  static const int warps = EnvSwitch("GLMSERVE_CUDA_ATTENTION_WARPS", 8, "4 or 8",
                                      [](long value) { return value == 4 || value == 8; });
   return warps == 8 ? LaunchWarpWith<T, kHeadDim, 8>(q, k, v, tables, lens, out, s, workspace, stream)
                     : LaunchWarpWith<T, kHeadDim, 4>(q, k, v, tables, lens, out, s, workspace, stream);
@@ -1034,7 +1046,7 @@ size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape& s) {
   if (!ShapeIsValid(s) || !SplitKernelTakes(s)) return 0;
   const size_t units = static_cast<size_t>(s.batch) * s.num_kv_heads * SplitCount(s);
   const size_t group = static_cast<size_t>(s.num_heads / s.num_kv_heads);
-  return units * group * (static_cast<size_t>(s.head_dim) + 2) * sizeof(float);
+  return (static_cast<size_t>(CounterWords(s)) + units * group * (static_cast<size_t>(s.head_dim) + 2)) * sizeof(float);
 }
 
 bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache, const int32_t* block_tables,

@@ -35,7 +35,9 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
 
 // CUDA; all pointers on the device, launched on `stream` (cudaStream_t). False on a bad shape
 // or launch error. With a workspace of PagedAttentionWorkspaceBytes(shape) bytes (device memory,
-// 16-byte aligned) the grouped split kernel runs: one block per (sequence, KV head, split) reads
+// 16-byte aligned; its first 4 * batch * num_kv_heads bytes, counters each call leaves at zero,
+// zeroed before the first use; calls that share one must run one after another) the grouped
+// split kernel runs: one block per (sequence, KV head, split) reads
 // each K/V tile once for all query heads of its group, and a second kernel merges the splits.
 // For bf16/fp16 with up to 16 query heads per KV head (and allow_tensor_cores), QK^T and PV of
 // that kernel run on tensor cores, the softmax weights rounded to the element type before PV;

@@ -344,6 +344,8 @@ class CudaDecodeRunner {
     if (workspace_bytes > 0) {
       workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
                             at::TensorOptions().dtype(at::kByte).device(model_.device()));
+      // The kernels' counters start at zero; each call leaves them so for the next layer.
+      workspace.narrow(0, 0, int64_t{4} * shape.batch * shape.num_kv_heads).zero_();
     }
     auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
       kernels::PagedAttentionShape s = shape;

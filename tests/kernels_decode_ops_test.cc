@@ -322,7 +322,15 @@ TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
       ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(),
                                            d_lens.as<int32_t>(), d_out.get(), shape, type(), nullptr,
                                            d_workspace.get()));
-      ExpectClose(d_out.Floats(), want, tol, tol);
+      const std::vector<float> got = d_out.Floats();
+      ExpectClose(got, want, tol, tol);
+      // Again over the same workspace: the register-tile kernel's merge counters must have been
+      // left at zero (a stale count would merge early or never), and the sums come out the same.
+      Device d_again(std::vector<float>(want.size(), 0.0f), type());
+      ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(),
+                                           d_lens.as<int32_t>(), d_again.get(), shape, type(), nullptr,
+                                           d_workspace.get()));
+      EXPECT_EQ(d_again.Floats(), got);
     }
     Device d_onepass(std::vector<float>(want.size(), 0.0f), type());
     ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(), d_lens.as<int32_t>(),
