@@ -126,7 +126,7 @@ if [ "${GLMSERVE_GPU_NCU:-0}" = 1 ]; then
   # decode step of the table's batch size.
   for b in ${GLMSERVE_NCU_BATCHES:-1 64}; do
     GLMSERVE_CUDA_GRAPHS=0 timeout "${GLMSERVE_NCU_TIMEOUT:-240}" ncu --clock-control none \
-      --kernel-name regex:'PagedAttention(Mma|Split)Kernel' \
+      --kernel-name regex:'PagedAttention(Mma|Split|Warp)Kernel' \
       --launch-skip 700 --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section MemoryWorkloadAnalysis \
       .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
