@@ -901,28 +901,39 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
     *reinterpret_cast<float2*>(o_w + (lane / 4 + 8) * kHeadDim + d) = make_float2(o[t][2], o[t][3]);
   }
   __syncthreads();
+  // Each head's weight per warp, once: exp(warp max - block max), and the block's sum.
+  __shared__ float weight_w[kWarps][kMmaRows], max_s[kMmaRows], total_s[kMmaRows];
+  if (tid < group) {
+    float max_score = -FLT_MAX;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) max_score = fmaxf(max_score, l_w[w][tid] > 0.0f ? m_w[w][tid] : -FLT_MAX);
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float weight = l_w[w][tid] > 0.0f ? __expf(m_w[w][tid] - max_score) : 0.0f;  // idle warps weigh nothing
+      weight_w[w][tid] = weight;
+      total += l_w[w][tid] * weight;
+    }
+    max_s[tid] = max_score;
+    total_s[tid] = total;
+  }
+  __syncthreads();
   const bool final = active == 1;
   const int64_t unit0 = (static_cast<int64_t>(b) * s.num_kv_heads + kvh) * splits;
   T* out_b = out + (static_cast<int64_t>(b) * s.num_heads + kvh * group) * kHeadDim;
   for (int i = tid; i < group * kHeadDim; i += kThreads) {
-    const int g = i / kHeadDim, d = i % kHeadDim;
-    float max_score = -FLT_MAX;
+    const int g = i / kHeadDim;
+    float value = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) max_score = fmaxf(max_score, l_w[w][g] > 0.0f ? m_w[w][g] : -FLT_MAX);
-    float value = 0.0f, total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float weight = l_w[w][g] > 0.0f ? __expf(m_w[w][g] - max_score) : 0.0f;  // idle warps weigh nothing
-      value += warp_out(w)[g * kHeadDim + d] * weight;
-      total += l_w[w][g] * weight;
-    }
+    for (int w = 0; w < kWarps; ++w) value += warp_out(w)[i] * weight_w[w][g];
     if (final) {
+      const float total = total_s[g];
       out_b[i] = FromFloat<T>(total > 0.0f ? value / total : 0.0f);
     } else {
-      part_acc[((unit0 + split) * group + g) * kHeadDim + d] = value;
-      if (d == 0) {
-        part_stats[((unit0 + split) * group + g) * 2] = max_score;
-        part_stats[((unit0 + split) * group + g) * 2 + 1] = total;
+      part_acc[(unit0 + split) * group * kHeadDim + i] = value;
+      if (i % kHeadDim == 0) {
+        part_stats[((unit0 + split) * group + g) * 2] = max_s[g];
+        part_stats[((unit0 + split) * group + g) * 2 + 1] = total_s[g];
       }
     }
   }
@@ -963,14 +974,15 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   }
 }
 
-// Splits of the register-tile kernel's grid: enough (sequence, KV head, split) blocks to give
-// each SM one of its 8-warp blocks (they take an SM each), so a short context leaves few idle
-// blocks behind; never more than the workspace's SplitCount.
+// Splits of the register-tile kernel's grid: as many (sequence, KV head, split) blocks as fit
+// the SMs at once (an 8-warp block takes an SM), never a second wave: blocks a short context
+// leaves idle would otherwise wait for a free SM just to return. Never more than the
+// workspace's SplitCount.
 int WarpSplitCount(const PagedAttentionShape& s, int blocks_per_sm) {
   const int device_sms = DeviceSmCount();
   const int sm_count = device_sms > 0 ? device_sms : 132;
   const int units = s.batch * s.num_kv_heads;
-  const int splits = (blocks_per_sm * sm_count + units - 1) / units;
+  const int splits = blocks_per_sm * sm_count / units;
   const int most = SplitCount(s);
   return splits < 1 ? 1 : (splits < most ? splits : most);
 }
