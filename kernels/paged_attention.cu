@@ -737,9 +737,10 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
   // The first split's first chunks do not depend on the context length: their table entries
-  // (valid memory up to max_context) are read beside it, not after it.
+  // (inside the sequence's row up to max_context) are read beside it, not after it.
   const int guess_p = warp * kWarpChunk + lane;
-  const int32_t guess_block = split == 0 && guess_p < s.max_context ? table[guess_p / s.block_size] : 0;
+  const bool guessed = split == 0 && guess_p < s.max_context && guess_p / s.block_size < s.max_blocks_per_seq;
+  const int32_t guess_block = guessed ? table[guess_p / s.block_size] : 0;
   const int context = context_lens[b];
   const int active = WarpActiveSplits(context, splits, chunks_per_split);
   if (split >= active) return;  // the whole block: no barrier below is skipped by some threads only
@@ -756,7 +757,7 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   auto lane_row = [&](int c) -> int64_t {
     const int p = c * kWarpChunk + lane;
     if (p >= context) return -1;
-    const int32_t block = p == guess_p && split == 0 ? guess_block : table[p / s.block_size];
+    const int32_t block = p == guess_p && guessed ? guess_block : table[p / s.block_size];
     return (static_cast<int64_t>(block) * s.block_size + p % s.block_size) * s.num_kv_heads + kvh;
   };
   auto load_rows = [&](const T* cache, uint32_t rows_s, int64_t my_row) {
