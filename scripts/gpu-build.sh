@@ -48,6 +48,9 @@ if [ "$tests" = 1 ]; then
   run timeout 600 python3 tests/reference/live_check.py .gpu/build/glmserve tests/fixtures/models \
     --device cuda --dtype bfloat16 >"$out/live_check_cuda_bf16.log" 2>&1
   tail -1 "$out/live_check_cuda_bf16.log"
+  run timeout 600 python3 tests/reference/live_check.py .gpu/build/glmserve tests/fixtures/models \
+    --device cuda --dtype float16 >"$out/live_check_cuda_fp16.log" 2>&1
+  tail -1 "$out/live_check_cuda_fp16.log"
   # The engine on the real model on CUDA: batch invariance, OOM storms (injected and real CUDA
   # OOM), preemption (CUDA graphs, the default); then graphs checked step by step against eager.
   GLMSERVE_TEST_DEVICE=cuda run timeout 400 .gpu/build/tests/engine_model/engine_model_test \

@@ -15,6 +15,7 @@
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 #include "tests/testutil/bf16.h"
+#include "tests/testutil/fp16.h"
 
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
 #include <cuda_runtime.h>
@@ -61,10 +62,13 @@ TEST(Gemv, ReferenceMultipliesByTheTransposedWeight) {
 
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
 using testutil::FromBf16Bits;
+using testutil::FromHalfBits;
 using testutil::RoundToBf16;
+using testutil::RoundToHalf;
 using testutil::ToBf16Bits;
+using testutil::ToHalfBits;
 
-// A device copy of host data; the element type decides what the kernel sees (fp32 or bf16).
+// A device copy of host data; the element type decides what the kernel sees (fp32, bf16, fp16).
 class Device {
  public:
   Device(const std::vector<float>& host, ElementType type) : type_(type), count_(host.size()) {
@@ -73,7 +77,9 @@ class Device {
       cudaMemcpy(ptr_, host.data(), count_ * 4, cudaMemcpyHostToDevice);
     } else {
       std::vector<uint16_t> half(count_);
-      for (size_t i = 0; i < count_; ++i) half[i] = ToBf16Bits(host[i]);
+      for (size_t i = 0; i < count_; ++i) {
+        half[i] = type_ == ElementType::kFloat16 ? ToHalfBits(host[i]) : ToBf16Bits(host[i]);
+      }
       cudaMemcpy(ptr_, half.data(), count_ * 2, cudaMemcpyHostToDevice);
     }
   }
@@ -95,7 +101,9 @@ class Device {
     } else {
       std::vector<uint16_t> half(count_);
       cudaMemcpy(half.data(), ptr_, count_ * 2, cudaMemcpyDeviceToHost);
-      for (size_t i = 0; i < count_; ++i) host[i] = FromBf16Bits(half[i]);
+      for (size_t i = 0; i < count_; ++i) {
+        host[i] = type_ == ElementType::kFloat16 ? FromHalfBits(half[i]) : FromBf16Bits(half[i]);
+      }
     }
     return host;
   }
@@ -112,8 +120,11 @@ std::vector<float> Random(size_t n, uint32_t seed, ElementType type, float scale
   std::normal_distribution<float> normal;
   std::vector<float> v(n);
   for (float& x : v) x = scale * normal(rng);
+  // The reference sees exactly what the kernel sees.
   if (type == ElementType::kBFloat16) {
-    for (float& x : v) x = RoundToBf16(x);  // the reference sees exactly what the kernel sees
+    for (float& x : v) x = RoundToBf16(x);
+  } else if (type == ElementType::kFloat16) {
+    for (float& x : v) x = RoundToHalf(x);
   }
   return v;
 }
@@ -342,6 +353,51 @@ TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
 TEST_P(DecodeOpsCuda, SplitKernelDeclinesHeadDimsItCannotTile) {
   PagedAttentionShape s{2, 4, 4, 12, 16, 4, 64, 0.5f};
   EXPECT_EQ(PagedAttentionWorkspaceBytes(s), 0u);  // the one-pass kernel takes head_dim 12
+}
+
+// fp16 (the --dtype float16 option) through the kernels written for it beside bf16: the skinny
+// GEMM on both instruction paths and the register-tile attention (merged in the kernel and not).
+TEST(DecodeOpsCudaHalf, SkinnyGemmAndRegisterTileAttentionMatchTheReference) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+  const ElementType half = ElementType::kFloat16;
+  {
+    const int64_t n = 1000, k = 4096 + 24;
+    const std::vector<float> w = Random(n * k, 31, half, 0.05f), x = Random(kSkinnyGemmMaxRows * k, 32, half);
+    Device d_w(w, half), d_x(x, half), d_workspace(std::vector<uint8_t>(SkinnyGemmWorkspaceBytes(), 0));
+    for (SkinnyGemmMath math : {SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp}) {
+      for (int32_t rows : {kSkinnyGemmMaxRows, 5}) {
+        SCOPED_TRACE(testing::Message() << rows << " rows" << (math == SkinnyGemmMath::kWarp ? " mma.sync" : " wgmma"));
+        Device d_y(std::vector<float>(rows * n, 0.0f), half);
+        ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, half, d_x.get(), d_w.get()));
+        ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), nullptr, d_y.get(), rows, n, k, half, d_workspace.get(),
+                                   nullptr, math));
+        std::vector<float> want(rows * n);
+        GemvReference(x.data(), w.data(), nullptr, want.data(), rows, n, k);
+        ExpectClose(d_y.Floats(), want, 2e-3, 1e-3);
+      }
+    }
+  }
+  for (int32_t batch : {5, 64}) {
+    SCOPED_TRACE(testing::Message() << batch << " sequences");
+    const int32_t heads = 32, kv_heads = 2, head_dim = 128;
+    PagedAttentionShape s{batch, heads, kv_heads, head_dim, 16, 40, 600, 1.0f / std::sqrt(float(head_dim))};
+    const int64_t slots = 256 * s.block_size;
+    const std::vector<float> q = Random(int64_t{batch} * heads * head_dim, 41, half);
+    const std::vector<float> k = Random(slots * kv_heads * head_dim, 42, half);
+    const std::vector<float> v = Random(k.size(), 43, half);
+    std::vector<int32_t> lens;
+    for (int32_t i = 0; i < batch; ++i) lens.push_back(1 + (i * 131) % 599);  // one split and several
+    std::vector<int32_t> tables(s.batch * s.max_blocks_per_seq);
+    for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>((i * 7) % 256);
+    std::vector<float> want(int64_t{batch} * heads * head_dim);
+    PagedAttentionDecodeReference(q.data(), k.data(), v.data(), tables.data(), lens.data(), want.data(), s);
+    Device d_q(q, half), d_k(k, half), d_v(v, half), d_tables(tables), d_lens(lens);
+    Device d_workspace(std::vector<uint8_t>(PagedAttentionWorkspaceBytes(s), 0));
+    Device d_out(std::vector<float>(want.size(), 0.0f), half);
+    ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(), d_lens.as<int32_t>(),
+                                         d_out.get(), s, half, nullptr, d_workspace.get()));
+    ExpectClose(d_out.Floats(), want, 5e-3, 5e-3);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, DecodeOpsCuda, ::testing::Values(ElementType::kFloat32, ElementType::kBFloat16),
