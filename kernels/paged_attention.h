@@ -35,14 +35,15 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
 
 // CUDA; all pointers on the device, launched on `stream` (cudaStream_t). False on a bad shape
 // or launch error. With a workspace of PagedAttentionWorkspaceBytes(shape) bytes (device memory,
-// 16-byte aligned; its first 4 * batch * num_kv_heads bytes, counters each call leaves at zero,
-// zeroed before the first use; calls that share one must run one after another) the grouped
-// split kernel runs: one block per (sequence, KV head, split) reads
-// each K/V tile once for all query heads of its group, and a second kernel merges the splits.
-// For bf16/fp16 with up to 16 query heads per KV head (and allow_tensor_cores), QK^T and PV of
-// that kernel run on tensor cores, the softmax weights rounded to the element type before PV;
-// with head_dim 32, 64 or 128 (and allow_warp_tiles) each warp then keeps its scores and output
-// in registers, and a sequence of up to 256 positions is finished without the merge.
+// 16-byte aligned; its first 4 * batch * num_kv_heads bytes are counters, zeroed by the caller
+// before the first use and left at zero by every call, so calls sharing a workspace must run
+// one after another) the grouped split kernel runs: one block per (sequence, KV head, split)
+// reads each K/V tile once for all query heads of its group, and a second kernel merges the
+// splits. For bf16/fp16 with up to 16 query heads per KV head (and allow_tensor_cores), QK^T and
+// PV run on tensor cores, the softmax weights rounded to the element type before PV; with
+// head_dim 32, 64 or 128 (and allow_warp_tiles) each warp keeps its scores and output in
+// registers, a sequence of up to 256 positions is finished by one block, and the last split of
+// a longer one merges the others (one kernel, no merge kernel).
 // With workspace == nullptr (or a group too large for it) a one-pass kernel runs instead, one
 // block per (sequence, query head). The split count depends only on the shape and the device,
 // so a captured CUDA graph and an eager run compute in the same order.
