@@ -154,7 +154,7 @@ bool CudaKernelsAvailable() {
   static const bool available = [] {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) return false;
-    // The kernels are built for sm_90 only: on another architecture there is no image to load,
+    // The kernels are built for sm_90a only: on another architecture there is no image to load,
     // and the callers must keep to LibTorch's own ops rather than fail every launch.
     cudaFuncAttributes attributes;
     const bool loadable = cudaFuncGetAttributes(&attributes, FusedAddRmsNormTypedKernel<float>) == cudaSuccess;

@@ -1,5 +1,5 @@
 // Fused residual-add + RMSNorm: residual += x; out = weight * residual / rms(residual).
-// The CUDA kernel (sm_90, fp32 accumulation) and its CPU reference share this contract.
+// The CUDA kernel (sm_90a, fp32 accumulation) and its CPU reference share this contract.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +21,7 @@ bool FusedAddRmsNormCudaTyped(const void* x, void* residual, const void* weight,
                               int64_t hidden, float eps, int element_type, void* stream);
 
 // True when this build contains the CUDA kernels, a device is present, and the kernels have an
-// image for its architecture (sm_90).
+// image for its architecture (sm_90a).
 bool CudaKernelsAvailable();
 
 }  // namespace glmserve::kernels

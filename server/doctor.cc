@@ -33,7 +33,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // The PyPI torch 2.11 wheel that scripts/install-deps.sh pins is built against CUDA 13.0, which
-// needs an NVIDIA driver >= 580; the fused kernels (kernels/) are built for sm_90 only.
+// needs an NVIDIA driver >= 580; the fused kernels (kernels/) are built for sm_90a (compute capability 9.0) only.
 constexpr int kCudaRuntimeMajor = 13;
 constexpr int kMinDriverMajor = 580;
 constexpr char kKernelArch[] = "9.0";
@@ -271,10 +271,10 @@ int RunDoctor(int argc, char** argv) {
       }
       if (g.compute_cap != kKernelArch) {
         add(tag + "_arch", "WARN",
-            absl::StrCat("compute capability ", g.compute_cap, "; fused kernels are built for sm_90"),
+            absl::StrCat("compute capability ", g.compute_cap, "; fused kernels are built for sm_90a (9.0)"),
             "expect the reference (unfused) path; rebuild kernels for this arch for full speed");
       } else {
-        add(tag + "_arch", "OK", "sm_90 kernels match");
+        add(tag + "_arch", "OK", "sm_90a kernels match");
       }
       const double free_bytes = g.free_mib * 1024 * 1024;
       if (have_report) {
