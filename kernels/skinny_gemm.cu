@@ -89,64 +89,42 @@ __device__ __forceinline__ void PinRegisters(float (&c)[N][4]) {
 #define GLMSERVE_WGMMA_PRED(s) "{\n.reg .pred p;\nsetp.ne.b32 p, %" #s ", 0;\n"
 #define GLMSERVE_F4(c, i) "+f"(c[i][0]), "+f"(c[i][1]), "+f"(c[i][2]), "+f"(c[i][3])
 
+// The instruction for both element types (bf16 or f16 chosen at compile time): `dregs` the
+// accumulator operand list, then the descriptors' and the scale predicate's operand numbers.
+#define GLMSERVE_WGMMA_TYPED(shape, dregs, a_op, b_op, s_op, ...)                                          \
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {                                                       \
+    asm volatile(GLMSERVE_WGMMA_PRED(s_op) GLMSERVE_WGMMA(shape, "bf16") dregs                             \
+                 GLMSERVE_WGMMA_TAIL(a_op, b_op, s_op) : __VA_ARGS__ : "l"(a), "l"(b), "r"(one));          \
+  } else {                                                                                                 \
+    asm volatile(GLMSERVE_WGMMA_PRED(s_op) GLMSERVE_WGMMA(shape, "f16") dregs                              \
+                 GLMSERVE_WGMMA_TAIL(a_op, b_op, s_op) : __VA_ARGS__ : "l"(a), "l"(b), "r"(one));          \
+  }
+
 // c[r][j] += sum over k16 of A (64 x 16, descriptor a) * B (8 RowTiles x 16, descriptor b).
 template <typename T, int RowTiles>
 __device__ __forceinline__ void Wgmma(float (&c)[RowTiles][4], uint64_t a, uint64_t b) {
 #ifdef GLMSERVE_HAVE_WGMMA
-  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "bf16 or fp16 operands");
   const int one = 1;
   if constexpr (RowTiles == 1) {
-    if constexpr (kBf16) {
-      asm volatile(GLMSERVE_WGMMA_PRED(6) GLMSERVE_WGMMA("m64n8k16", "bf16") "{%0, %1, %2, %3}"
-                   GLMSERVE_WGMMA_TAIL(4, 5, 6) : GLMSERVE_F4(c, 0) : "l"(a), "l"(b), "r"(one));
-    } else {
-      asm volatile(GLMSERVE_WGMMA_PRED(6) GLMSERVE_WGMMA("m64n8k16", "f16") "{%0, %1, %2, %3}"
-                   GLMSERVE_WGMMA_TAIL(4, 5, 6) : GLMSERVE_F4(c, 0) : "l"(a), "l"(b), "r"(one));
-    }
+    GLMSERVE_WGMMA_TYPED("m64n8k16", "{%0, %1, %2, %3}", 4, 5, 6, GLMSERVE_F4(c, 0))
   } else if constexpr (RowTiles == 2) {
-#define GLMSERVE_D8 "{%0, %1, %2, %3, %4, %5, %6, %7}"
-    if constexpr (kBf16) {
-      asm volatile(GLMSERVE_WGMMA_PRED(10) GLMSERVE_WGMMA("m64n16k16", "bf16") GLMSERVE_D8
-                   GLMSERVE_WGMMA_TAIL(8, 9, 10) : GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1) : "l"(a), "l"(b), "r"(one));
-    } else {
-      asm volatile(GLMSERVE_WGMMA_PRED(10) GLMSERVE_WGMMA("m64n16k16", "f16") GLMSERVE_D8
-                   GLMSERVE_WGMMA_TAIL(8, 9, 10) : GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1) : "l"(a), "l"(b), "r"(one));
-    }
-#undef GLMSERVE_D8
+    GLMSERVE_WGMMA_TYPED("m64n16k16", "{%0, %1, %2, %3, %4, %5, %6, %7}", 8, 9, 10, GLMSERVE_F4(c, 0),
+                         GLMSERVE_F4(c, 1))
   } else if constexpr (RowTiles == 4) {
-#define GLMSERVE_D16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
-    if constexpr (kBf16) {
-      asm volatile(GLMSERVE_WGMMA_PRED(18) GLMSERVE_WGMMA("m64n32k16", "bf16") GLMSERVE_D16
-                   GLMSERVE_WGMMA_TAIL(16, 17, 18)
-                   : GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3)
-                   : "l"(a), "l"(b), "r"(one));
-    } else {
-      asm volatile(GLMSERVE_WGMMA_PRED(18) GLMSERVE_WGMMA("m64n32k16", "f16") GLMSERVE_D16
-                   GLMSERVE_WGMMA_TAIL(16, 17, 18)
-                   : GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3)
-                   : "l"(a), "l"(b), "r"(one));
-    }
-#undef GLMSERVE_D16
+    GLMSERVE_WGMMA_TYPED("m64n32k16", "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}", 16,
+                         17, 18, GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3))
   } else {
     static_assert(RowTiles == 8);
-#define GLMSERVE_D32                                                                                          \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
-  "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define GLMSERVE_C32                                                                                     \
-  GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3), GLMSERVE_F4(c, 4), \
-      GLMSERVE_F4(c, 5), GLMSERVE_F4(c, 6), GLMSERVE_F4(c, 7)
-    if constexpr (kBf16) {
-      asm volatile(GLMSERVE_WGMMA_PRED(34) GLMSERVE_WGMMA("m64n64k16", "bf16") GLMSERVE_D32
-                   GLMSERVE_WGMMA_TAIL(32, 33, 34) : GLMSERVE_C32 : "l"(a), "l"(b), "r"(one));
-    } else {
-      asm volatile(GLMSERVE_WGMMA_PRED(34) GLMSERVE_WGMMA("m64n64k16", "f16") GLMSERVE_D32
-                   GLMSERVE_WGMMA_TAIL(32, 33, 34) : GLMSERVE_C32 : "l"(a), "l"(b), "r"(one));
-    }
-#undef GLMSERVE_C32
-#undef GLMSERVE_D32
+    GLMSERVE_WGMMA_TYPED("m64n64k16",
+                         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
+                         "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}",
+                         32, 33, 34, GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3),
+                         GLMSERVE_F4(c, 4), GLMSERVE_F4(c, 5), GLMSERVE_F4(c, 6), GLMSERVE_F4(c, 7))
   }
 #endif
 }
+#undef GLMSERVE_WGMMA_TYPED
 #undef GLMSERVE_F4
 #undef GLMSERVE_WGMMA_PRED
 #undef GLMSERVE_WGMMA_TAIL
