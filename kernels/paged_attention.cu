@@ -158,9 +158,30 @@ int EnvSwitch(const char* name, int fallback, const char* expected, Accepted acc
 // The workspace starts with a counter per (sequence, KV head), padded to 16 bytes.
 int64_t CounterWords(const PagedAttentionShape& s) { return (int64_t{s.batch} * s.num_kv_heads + 3) / 4 * 4; }
 
-int SplitCount(const PagedAttentionShape& s) {
+// The workspace's parts for a grid of `splits` splits: the counters, then each (sequence, KV
+// head, split)'s partial output sums [group][head_dim], then its (max, sum) per query head.
+struct SplitWorkspace {
+  int* counters;
+  float* part_acc;
+  float* part_stats;
+};
+SplitWorkspace CarveWorkspace(void* workspace, const PagedAttentionShape& s, int splits) {
+  SplitWorkspace parts;
+  parts.counters = static_cast<int*>(workspace);
+  parts.part_acc = static_cast<float*>(workspace) + CounterWords(s);
+  parts.part_stats = parts.part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits *
+                                          (s.num_heads / s.num_kv_heads) * s.head_dim;
+  return parts;
+}
+
+// SMs the split counts aim to fill: an H100's 132 when CUDA cannot say.
+int SplitSmCount() {
   const int device_sms = DeviceSmCount();
-  const int sm_count = device_sms > 0 ? device_sms : 132;
+  return device_sms > 0 ? device_sms : 132;
+}
+
+int SplitCount(const PagedAttentionShape& s) {
+  const int sm_count = SplitSmCount();
   // Several blocks per SM: each tile is latency-bound. GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM
   // overrides the 4 for measurements.
   static const int blocks_per_sm = EnvSwitch("GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM", 4, "an integer in [1, 64]",
@@ -409,6 +430,16 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
   }
 }
 
+// One lane per split of a query head: the split's weight in their merge, exp(its max - the
+// head's max over the splits), and in `total` the splits' softmax sums under those weights.
+// Lanes without a split (or a split without positions) pass l = 0 and weigh nothing.
+__device__ __forceinline__ float SplitMergeWeight(float m, float l, float* total) {
+  const float max_score = WarpMax(l > 0.0f ? m : -FLT_MAX);
+  const float w = l > 0.0f ? __expf(m - max_score) : 0.0f;
+  *total = WarpSum(l * w);
+  return w;
+}
+
 // One block per (sequence, query head): merges the splits' partial softmax sums. The splits'
 // statistics go through shared memory so each thread's partial loads are independent; the first
 // kMergePrefetch partials of a thread's first dimension are loaded before the statistics, so the
@@ -436,9 +467,8 @@ __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, co
       m = part_stats[((unit0 + lane) * group + g) * 2];
       l = part_stats[((unit0 + lane) * group + g) * 2 + 1];
     }
-    const float max_score = WarpMax(l > 0.0f ? m : -FLT_MAX);
-    const float w = l > 0.0f ? __expf(m - max_score) : 0.0f;  // splits without tiles weigh nothing
-    const float total = WarpSum(l * w);
+    float total;
+    const float w = SplitMergeWeight(m, l, &total);  // splits without tiles weigh nothing
     if (lane < splits) weight_s[lane] = w;
     if (lane == 0) inv_total = 1.0f / total;
   }
@@ -466,14 +496,12 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
                           const int32_t* tables, const int32_t* lens, void* out, const PagedAttentionShape& s,
                           void* workspace, cudaStream_t stream) {
   const int splits = SplitCount(s);
-  const int group = s.num_heads / s.num_kv_heads;
-  float* part_acc = static_cast<float*>(workspace) + CounterWords(s);
-  float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
+  const SplitWorkspace parts = CarveWorkspace(workspace, s, splits);
   kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc,
-      part_stats, s, splits);
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
+      parts.part_stats, s, splits);
   PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
-      part_acc, part_stats, static_cast<T*>(out), s, splits);
+      parts.part_acc, parts.part_stats, static_cast<T*>(out), s, splits);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -691,7 +719,7 @@ constexpr int kWarpChunk = 32;  // positions per warp step
 constexpr int kWarpChunksPerSplit = 8;
 
 // Splits holding a part of a `context`-position sequence (the grid's other splits idle).
-__host__ __device__ inline int WarpActiveSplits(int context, int splits, int chunks_per_split) {
+__device__ __forceinline__ int WarpActiveSplits(int context, int splits, int chunks_per_split) {
   const int chunks = (context + kWarpChunk - 1) / kWarpChunk;
   const int wanted = (chunks + chunks_per_split - 1) / chunks_per_split;
   return wanted < 1 ? 1 : (wanted < splits ? wanted : splits);
@@ -960,9 +988,8 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
       m_split = __ldcg(part_stats + ((unit0 + lane) * group + g) * 2);
       l_split = __ldcg(part_stats + ((unit0 + lane) * group + g) * 2 + 1);
     }
-    const float max_score = WarpMax(l_split > 0.0f ? m_split : -FLT_MAX);
-    const float w = l_split > 0.0f ? __expf(m_split - max_score) : 0.0f;
-    const float total = WarpSum(l_split * w);
+    float total;
+    const float w = SplitMergeWeight(m_split, l_split, &total);
     if (lane < active) weight_s[g][lane] = w;
     if (lane == 0) inv_total_s[g] = total > 0.0f ? 1.0f / total : 0.0f;
   }
@@ -980,10 +1007,8 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
 // leaves idle would otherwise wait for a free SM just to return. Never more than the
 // workspace's SplitCount.
 int WarpSplitCount(const PagedAttentionShape& s, int blocks_per_sm) {
-  const int device_sms = DeviceSmCount();
-  const int sm_count = device_sms > 0 ? device_sms : 132;
   const int units = s.batch * s.num_kv_heads;
-  const int splits = blocks_per_sm * sm_count / units;
+  const int splits = blocks_per_sm * SplitSmCount() / units;
   const int most = SplitCount(s);
   return splits < 1 ? 1 : (splits < most ? splits : most);
 }
@@ -996,14 +1021,11 @@ bool LaunchWarpWith(const void* q, const void* k, const void* v, const int32_t* 
                                                 "an integer in [1, 64]", [](long value) { return value >= 1 && value <= 64; });
   if (!attribute_set) return false;
   const int splits = WarpSplitCount(s, kWarps == 8 ? 1 : 2);
-  const int group = s.num_heads / s.num_kv_heads;
-  int* counters = static_cast<int*>(workspace);
-  float* part_acc = static_cast<float*>(workspace) + CounterWords(s);
-  float* part_stats = part_acc + static_cast<int64_t>(s.batch) * s.num_kv_heads * splits * group * s.head_dim;
+  const SplitWorkspace parts = CarveWorkspace(workspace, s, splits);
   PagedAttentionWarpKernel<T, kHeadDim, kWarps><<<dim3(s.batch, s.num_kv_heads, splits), kWarps * 32,
                                                   WarpLayout<kHeadDim, kWarps>::kBytes, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, part_acc, part_stats,
-      counters, static_cast<T*>(out), s, splits, chunks_per_split);
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
+      parts.part_stats, parts.counters, static_cast<T*>(out), s, splits, chunks_per_split);
   return cudaGetLastError() == cudaSuccess;
 }
 
