@@ -126,6 +126,25 @@ absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& re
   if (request.top_k() < 0) {
     return Invalid(absl::StrCat("top_k: ", request.top_k(), " is outside [0, inf) (0 = no limit)"));
   }
+  const float frequency_penalty = request.frequency_penalty();
+  if (!std::isfinite(frequency_penalty) || frequency_penalty < kMinOpenAiPenalty ||
+      frequency_penalty > kMaxOpenAiPenalty) {
+    return Invalid(absl::StrCat("frequency_penalty: ", frequency_penalty, " is outside [",
+                                kMinOpenAiPenalty, ", ", kMaxOpenAiPenalty, "] (0 = off)"));
+  }
+  const float presence_penalty = request.presence_penalty();
+  if (!std::isfinite(presence_penalty) || presence_penalty < kMinOpenAiPenalty ||
+      presence_penalty > kMaxOpenAiPenalty) {
+    return Invalid(absl::StrCat("presence_penalty: ", presence_penalty, " is outside [",
+                                kMinOpenAiPenalty, ", ", kMaxOpenAiPenalty, "] (0 = off)"));
+  }
+  float repetition_penalty = request.repetition_penalty();
+  if (!std::isfinite(repetition_penalty) || repetition_penalty < 0.0f ||
+      repetition_penalty > kMaxRepetitionPenalty) {
+    return Invalid(absl::StrCat("repetition_penalty: ", repetition_penalty, " is outside (0, ",
+                                kMaxRepetitionPenalty, "] (0 means 1 = off)"));
+  }
+  if (repetition_penalty == 0.0f) repetition_penalty = 1.0f;
   for (int i = 0; i < request.stop_token_ids_size(); ++i) {
     const int32_t id = request.stop_token_ids(i);
     if (id < 0 || id >= vocab) {
@@ -144,6 +163,9 @@ absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& re
   out.params.sampling.top_p = top_p;
   out.params.sampling.top_k = request.top_k();
   out.params.sampling.seed = request.seed();
+  out.params.sampling.frequency_penalty = frequency_penalty;
+  out.params.sampling.presence_penalty = presence_penalty;
+  out.params.sampling.repetition_penalty = repetition_penalty;
   out.params.stop_token_ids.assign(request.stop_token_ids().begin(),
                                    request.stop_token_ids().end());
   if (out.params.stop_token_ids.empty() && model.tokenizer != nullptr) {

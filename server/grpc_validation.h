@@ -47,6 +47,12 @@ struct ValidationModel {
 inline constexpr int kMaxStopStrings = 16;
 inline constexpr int kMaxStopStringBytes = 256;
 
+// Penalty ranges (the HTTP API's too). frequency_penalty and presence_penalty: [-2, 2], 0 = off
+// (OpenAI's range). repetition_penalty: (0, 10], 1 = off; the proto's 0 means unset = 1.
+inline constexpr float kMinOpenAiPenalty = -2.0f;
+inline constexpr float kMaxOpenAiPenalty = 2.0f;
+inline constexpr float kMaxRepetitionPenalty = 10.0f;
+
 // Checks every field and builds the engine request (request_id and deadline are left to the
 // caller); prompt text and chat messages are tokenized here (front-end thread). INVALID_ARGUMENT
 // names the field and the accepted range.

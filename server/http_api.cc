@@ -273,10 +273,31 @@ std::optional<HttpError> ParseApiRequest(ApiKind kind, const std::string& body, 
     if (*top_p <= 0.0) return Bad("top_p", absl::StrCat(*top_p, " is outside (0, 1]"));
     proto.set_top_p(static_cast<float>(*top_p));
   }
-  if (auto e = GetNumber(parsed, "frequency_penalty", -2.0, 2.0, &freq)) return e;
-  if (freq) out->frequency_penalty = static_cast<float>(*freq);
-  if (auto e = GetNumber(parsed, "presence_penalty", -2.0, 2.0, &presence)) return e;
-  if (presence) out->presence_penalty = static_cast<float>(*presence);
+  if (auto e = GetNumber(parsed, "frequency_penalty", kMinOpenAiPenalty, kMaxOpenAiPenalty, &freq)) return e;
+  if (freq) proto.set_frequency_penalty(static_cast<float>(*freq));
+  if (auto e = GetNumber(parsed, "presence_penalty", kMinOpenAiPenalty, kMaxOpenAiPenalty, &presence)) return e;
+  if (presence) proto.set_presence_penalty(static_cast<float>(*presence));
+  // vLLM's extra sampling parameter: 1 = off; unlike the proto, 0 is refused (not "unset").
+  std::optional<double> repetition;
+  const double inf = std::numeric_limits<double>::infinity();
+  if (auto e = GetNumber(parsed, "repetition_penalty", -inf, inf, &repetition)) {
+    if (e->code != "invalid_type") {  // NaN/inf cannot come from JSON; kept for safety
+      e->message = absl::StrCat("repetition_penalty: must be in (0, ", kMaxRepetitionPenalty, "] (1 = off)");
+    }
+    return e;
+  }
+  if (repetition) {
+    if (!(*repetition > 0.0 && *repetition <= kMaxRepetitionPenalty)) {
+      return Bad("repetition_penalty", absl::StrCat(*repetition, " is outside (0, ", kMaxRepetitionPenalty, "] (1 = off)"));
+    }
+    proto.set_repetition_penalty(static_cast<float>(*repetition));
+  }
+  // vLLM's extra parameters for fixed-length output: stop ids are ignored until min_tokens new
+  // tokens exist (the proto's min_new_tokens); ignore_eos = min_tokens equal to max_tokens.
+  std::optional<int64_t> min_tokens;
+  if (auto e = GetInt(parsed, "min_tokens", 0, std::numeric_limits<int32_t>::max(), &min_tokens)) return e;
+  if (min_tokens) proto.set_min_new_tokens(static_cast<int32_t>(*min_tokens));
+  if (auto e = GetBool(parsed, "ignore_eos", &out->ignore_eos)) return e;
 
   std::optional<int64_t> seed, n, top_k;
   if (auto e = GetInt(parsed, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), &seed)) return e;
@@ -364,6 +385,7 @@ HttpError FromValidationStatus(const absl::Status& status, ApiKind kind) {
     }
   };
   rename("max_new_tokens", "max_tokens");
+  rename("min_new_tokens", "min_tokens");
   rename("input_ids", "prompt");
   if (param.rfind("request_id", 0) == 0) param = "x-request-id";
   HttpError e;

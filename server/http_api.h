@@ -30,9 +30,12 @@ enum class ApiKind { kChat, kCompletion };
 struct ApiRequest {
   ApiKind kind = ApiKind::kChat;
   std::string model;
-  v1::InferRequest proto;  // prompt / messages / input_ids, max_new_tokens, sampling, stop
-  float frequency_penalty = 0.0f;
-  float presence_penalty = 0.0f;
+  // prompt / messages / input_ids, max_new_tokens, min_new_tokens (min_tokens), sampling
+  // (penalties included), stop
+  v1::InferRequest proto;
+  // vLLM's ignore_eos: the caller sets min_new_tokens to the resolved max_new_tokens after
+  // validation (max_tokens may be absent: the server's default).
+  bool ignore_eos = false;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
 };

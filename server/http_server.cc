@@ -204,8 +204,8 @@ class Handler {
     }
     absl::StatusOr<InferenceRequest> request = ValidateInferRequest(api.proto, state_->options.limits, model);
     if (!request.ok()) return refuse(FromValidationStatus(request.status(), kind));
-    request->params.sampling.frequency_penalty = api.frequency_penalty;
-    request->params.sampling.presence_penalty = api.presence_penalty;
+    // Penalties travel in api.proto (validated above); ignore_eos needs the resolved max.
+    if (api.ignore_eos) request->params.min_new_tokens = request->params.max_new_tokens;
     request->deadline = deadline;
 
     auto call = std::make_shared<Call>();
