@@ -17,7 +17,12 @@ struct SamplingParams {
   // Either non-zero makes a row need its history (and its logits on the host).
   float frequency_penalty = 0.0f;
   float presence_penalty = 0.0f;
-  bool has_penalties() const { return frequency_penalty != 0.0f || presence_penalty != 0.0f; }
+  // transformers' / vLLM's repetition penalty over every id the sequence holds (prompt and
+  // generated): a logit > 0 is divided by it, one <= 0 multiplied. 1 = off; must be > 0.
+  float repetition_penalty = 1.0f;
+  bool has_penalties() const {
+    return frequency_penalty != 0.0f || presence_penalty != 0.0f || repetition_penalty != 1.0f;
+  }
 };
 
 struct GenerationParams {

@@ -52,6 +52,9 @@ std::string ServeUsage() {
       "  --max-queue N                   accepted requests not yet running; beyond: RESOURCE_EXHAUSTED,\n"
       "                                  default ", d.engine.max_queued_requests, "\n"
       "  --max-batch-tokens N            tokens per step (chunked prefill), default ", s.max_tokens_per_step, "\n"
+      "  --max-prefill-tokens-with-decodes N\n"
+      "                                  prefill tokens in a step that also decodes (flat ITL while prompts\n"
+      "                                  arrive), default ", s.max_prefill_tokens_with_decodes, " = no cap below --max-batch-tokens\n"
       "  --max-queue-delay-us N          batching window while idle, default ", s.max_queue_delay.count(), "\n"
       "  --kv-block-size N               tokens per KV block, default ", d.executor.block_size, "\n"
       "  --kv-blocks N                   KV pool blocks, default ", d.executor.num_blocks, " = sized from memory\n"
@@ -154,6 +157,8 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
       {"--max-batch", int_flag(&f.engine.scheduler.max_batch_size, 1, 1 << 16)},
       {"--max-queue", int_flag(&f.engine.max_queued_requests, 1, kIntMax)},
       {"--max-batch-tokens", int_flag(&f.engine.scheduler.max_tokens_per_step, 1, kIntMax)},
+      {"--max-prefill-tokens-with-decodes",
+       int_flag(&f.engine.scheduler.max_prefill_tokens_with_decodes, 0, kIntMax)},
       {"--max-queue-delay-us", int_flag(&queue_delay_us, 0, int64_t{1} << 40)},
       {"--debug-step-latency-ms", int_flag(&step_latency_ms, 0, 1 << 20)},
       {"--kv-block-size", int_flag(&f.executor.block_size, 1, 4096)},

@@ -59,6 +59,10 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
                      ") so every running sequence can decode each step, got ",
                      o.max_tokens_per_step));
   }
+  if (o.max_prefill_tokens_with_decodes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("max_prefill_tokens_with_decodes must be >= 0, got ",
+                                                   o.max_prefill_tokens_with_decodes));
+  }
   if (o.max_queue_delay.count() < 0) {
     return absl::InvalidArgumentError("max_queue_delay must be >= 0");
   }
@@ -373,10 +377,17 @@ engine_internal::Sequence* Scheduler::PopBestWaiting(TimePoint now, bool pop) {
   return s;
 }
 
+void Scheduler::CapPrefillBudget(int32_t decodes, int32_t* budget) const {
+  if (decodes > 0 && options_.max_prefill_tokens_with_decodes > 0) {
+    *budget = std::min(*budget, options_.max_prefill_tokens_with_decodes);
+  }
+}
+
 Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
   PlannedStep plan;
   int32_t budget = options_.max_tokens_per_step;
   bool preempted_now = false;
+  int32_t decodes = 0;  // decode rows planned so far (pass 0)
 
   auto add_step = [&](Sequence* s, int32_t chunk) {
     SequenceStep st;
@@ -399,6 +410,7 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
   //    that needs a new block when the pool is empty preempts the newest running one (possibly
   //    itself). Prefills never need blocks here: admission reserved their whole prompt.
   for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) CapPrefillBudget(decodes, &budget);
     for (size_t i = 0; i < running_.size() && budget > 0;) {
       Sequence* s = running_[i];
       const bool decoding = s->pending() == 1;
@@ -423,6 +435,7 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
       }
       if (self_preempted) continue;  // running_[i] is now the next sequence
       add_step(s, chunk);
+      if (decoding) ++decodes;
       ++i;
     }
   }

@@ -50,6 +50,13 @@ struct SchedulerOptions {
   // left, so a long prompt is split across steps (chunked prefill) instead of stalling decodes.
   // Must be >= max_batch_size so every running sequence can decode in every step.
   int32_t max_tokens_per_step = 2048;
+  // Prefill tokens a step may carry while sequences are decoding in it (chunked prefill's share
+  // of a mixed step). A decode step's time is set by streaming the weights; prefill tokens add
+  // compute on top, so this cap bounds how much a prompt arriving can stretch the inter-token
+  // latency of everyone decoding. With nothing decoding, prefill takes all of
+  // max_tokens_per_step (a burst of prompts is prefilled in big, efficient steps).
+  // 0 = no separate cap. Must be >= 0.
+  int32_t max_prefill_tokens_with_decodes = 0;
   // Batching window: while nothing is running, waiting requests are held until the oldest has
   // waited this long or max_batch_size requests are waiting, so the first batch starts fuller.
   // Once anything runs, arrivals join at the next step boundary regardless. 0 = never hold.
@@ -153,6 +160,9 @@ class Scheduler {
   void ExpireAndReap(TimePoint now);
   bool HeldByQueueDelay(TimePoint now) const;
   PlannedStep Plan(TimePoint now);
+  // Lowers the budget left for prefill to max_prefill_tokens_with_decodes when the step already
+  // holds `decodes` decode rows.
+  void CapPrefillBudget(int32_t decodes, int32_t* budget) const;
   Sequence* PopBestWaiting(TimePoint now, bool pop);
   absl::StatusOr<StepResult> Execute(const PlannedStep& plan);
   void Commit(const PlannedStep& plan, const StepResult& result, TimePoint now);

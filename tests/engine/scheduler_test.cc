@@ -111,6 +111,9 @@ TEST(SchedulerOptionsTest, BadOptionsNameTheField) {
   o = SchedulerOptions();
   o.max_queue_delay = std::chrono::microseconds(-1);
   expect_bad(o, "max_queue_delay");
+  o = SchedulerOptions();
+  o.max_prefill_tokens_with_decodes = -1;
+  expect_bad(o, "max_prefill_tokens_with_decodes");
   EXPECT_TRUE(Scheduler::Create(SchedulerOptions(), &executor, &clock, TestModelInfo()).ok());
 }
 
@@ -186,6 +189,29 @@ TEST(SchedulerTest, ChunkedPrefillDoesNotStallDecode) {
   }
   EXPECT_EQ(h.streamed["short"].size(), 4u);
   EXPECT_EQ(h.streamed["long"].size(), 1u);
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, PrefillCapAppliesOnlyWhileSequencesDecode) {
+  SchedulerOptions o;
+  o.max_batch_size = 4;
+  o.max_tokens_per_step = 16;
+  o.max_prefill_tokens_with_decodes = 3;
+  Harness h(o, 4, 64);
+  // Nothing decodes yet: the first prompt takes the whole budget of 16 in one chunk.
+  h.Add(MakeRequest("first", MakePrompt(1, 12), 10));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  h.Add(MakeRequest("second", MakePrompt(2, 7), 2));
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  auto batches = h.executor.batches();
+  EXPECT_EQ(ChunkSizes(batches[0]), (std::vector<size_t>{12}));
+  // "first" decodes, so "second" is prefilled 3 tokens a step: 3, 3, 1.
+  EXPECT_EQ(ChunkSizes(batches[1]), (std::vector<size_t>{1, 3}));
+  EXPECT_EQ(ChunkSizes(batches[2]), (std::vector<size_t>{1, 3}));
+  EXPECT_EQ(ChunkSizes(batches[3]), (std::vector<size_t>{1, 1}));
+  EXPECT_FALSE(batches[2][1].sample);
+  EXPECT_TRUE(batches[3][1].sample);
   h.RunUntilIdle();
   h.ExpectAllMatchReference();
 }
