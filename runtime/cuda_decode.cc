@@ -2,16 +2,21 @@
 // paged-attention kernel and the fused layer kernels (kernels/decode_ops.h, kernels/rms_norm.h),
 // and each batch-size bucket's whole forward is captured once as a CUDA graph and replayed, so
 // per-step CPU launch overhead stops dominating. Prefill stays eager but uses the same fused
-// kernels. Compiled only against a CUDA LibTorch (GLMSERVE_TORCH_CUDA).
+// kernels. Any other batch (prefill, or decodes sharing the step with prefill chunks) runs as one
+// eager forward with the same fused kernels, decode rows attending through the paged-attention
+// kernel in one launch and prefill chunks through flash attention over variable lengths (RunMixed).
+// Compiled only against a CUDA LibTorch (GLMSERVE_TORCH_CUDA).
 //
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
 // GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
-// mma_attention,warp_attention> turns single kernels off (their ATen ops or cuBLAS, the skinny GEMM
-// on mma.sync, the one-pass attention kernel, the CUDA-core split attention, or the shared-memory
-// tile attention kernel run instead);
+// mma_attention,warp_attention,mixed_step> turns single kernels off (their ATen ops or cuBLAS, the
+// skinny GEMM on mma.sync, the one-pass attention kernel, the CUDA-core split attention, the
+// shared-memory tile attention kernel, or per-sequence ATen attention for prefill and mixed steps
+// run instead);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
+#include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -67,6 +72,27 @@ int64_t EnvInt(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   return value;
 }
 
+bool FlashTakesHeadDim(const ModelConfig& config) { return config.head_dim % 8 == 0 && config.head_dim <= 256; }
+
+// One tiny call of the flash kernel the mixed steps use: a LibTorch built without it, or a GPU it
+// does not support, leaves those steps to per-sequence attention instead of failing them.
+bool FlashAttentionRuns(const GlmModel& model) {
+  try {
+    c10::cuda::CUDAGuard guard(model.device());
+    const ModelConfig& c = model.config();
+    const auto options = at::TensorOptions().dtype(model.dtype()).device(model.device());
+    const auto lengths = at::tensor({0, 2}, at::TensorOptions().dtype(at::kInt)).to(model.device());
+    at::Tensor q = at::zeros({2, c.num_attention_heads, c.head_dim}, options);
+    at::Tensor kv = at::zeros({2, c.num_key_value_heads, c.head_dim}, options);
+    at::_flash_attention_forward(q, kv, kv, lengths, lengths, 2, 2, 0.0, true, false, 1.0);
+    return true;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "flash attention unavailable (%s); prefill and mixed steps attend per sequence\n",
+                 e.what());
+    return false;
+  }
+}
+
 void* CurrentStream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
 void Check(bool launched, const char* what) {
@@ -96,6 +122,9 @@ class CudaDecodeRunner {
       gemm_workspace_bytes_ = static_cast<int64_t>(kernels::SkinnyGemmWorkspaceBytes());
     }
     kernels_ = MakeLayerKernels();
+    // Flash attention takes bf16 / fp16 and head sizes up to 256 in multiples of 8.
+    mixed_ = Enabled("mixed_step") && type_ != kernels::ElementType::kFloat32 && FlashTakesHeadDim(model.config()) &&
+             FlashAttentionRuns(model);
   }
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
@@ -143,12 +172,169 @@ class CudaDecodeRunner {
     return bucket.logits.narrow(0, 0, n);
   }
 
+  // A batch the decode graphs do not take: prefill chunks, alone or beside decode rows. One eager
+  // forward over every row with the fused kernels; decode rows (one token) attend through the
+  // paged-attention kernel in one launch, prefill chunks through flash attention over variable
+  // lengths, their whole context (earlier chunks included) gathered from the paged cache. Before
+  // this, each sequence attended alone through ATen ops, so a step with 64 decodes and one prompt
+  // launched ~40 small kernels per sequence per layer. Returns fp32 logits of the sampled rows in
+  // batch order, or an undefined tensor when it cannot take the batch (the per-sequence path runs).
+  at::Tensor RunMixed(const std::vector<SequenceStep>& batch, KvPool& kv) {
+    if (!mixed_ || batch.empty()) return at::Tensor();
+    std::lock_guard<std::mutex> lock(mu_);
+    const ModelConfig& c = model_.config();
+    // Rows: decode sequences first (the kernel reads them as one dense block of queries), then
+    // the prefill chunks, each sequence's tokens contiguous.
+    std::vector<const SequenceStep*> decodes, prefills;
+    for (const SequenceStep& s : batch) {
+      if (s.tokens.empty()) return at::Tensor();
+      (s.tokens.size() == 1 ? decodes : prefills).push_back(&s);
+    }
+    const auto num_decodes = static_cast<int32_t>(decodes.size());
+    int32_t decode_blocks = 1;  // the block table's row stride: the longest decode context's blocks
+    for (const SequenceStep* s : decodes) {
+      if (s->start_position + 1 > max_context_) return at::Tensor();
+      decode_blocks = std::max(decode_blocks, s->start_position / kv.block_size + 1);
+    }
+    int64_t total_tokens = 0, context_tokens = 0, max_q = 0, max_k = 0;
+    for (const SequenceStep& s : batch) total_tokens += static_cast<int64_t>(s.tokens.size());
+    for (const SequenceStep* s : prefills) {
+      const int64_t n = static_cast<int64_t>(s->tokens.size());
+      context_tokens += s->start_position + n;
+      max_q = std::max(max_q, n);
+      max_k = std::max<int64_t>(max_k, s->start_position + n);
+    }
+    const auto num_prefills = static_cast<int64_t>(prefills.size());
+    // Every index this step needs, in one pinned buffer and one copy to the device:
+    // ids, positions, slots [T] | sampled rows [S] | prefill context slots [K] | decode context
+    // lengths [D] | prefill cumulative query and key lengths [P + 1] each | decode block tables
+    // [D, decode_blocks].
+    int64_t num_samples = 0;
+    for (const SequenceStep& s : batch) num_samples += s.sample ? 1 : 0;
+    const int64_t table_elements = int64_t{num_decodes} * decode_blocks;
+    const int64_t total = 3 * total_tokens + num_samples + context_tokens + num_decodes + 2 * (num_prefills + 1) +
+                          table_elements;
+    at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    int64_t* ids = host.data_ptr<int64_t>();
+    int64_t* positions = ids + total_tokens;
+    int64_t* slots = positions + total_tokens;
+    int64_t* sampled_rows = slots + total_tokens;
+    int64_t* context_slots = sampled_rows + num_samples;
+    int64_t* decode_lens = context_slots + context_tokens;
+    int64_t* cu_q = decode_lens + num_decodes;
+    int64_t* cu_k = cu_q + num_prefills + 1;
+    int64_t* tables = cu_k + num_prefills + 1;
+    auto slot_of = [&kv](const SequenceStep& s, int64_t pos) {
+      return int64_t{s.block_table.at(pos / kv.block_size)} * kv.block_size + pos % kv.block_size;
+    };
+    std::map<const SequenceStep*, int64_t> last_row;  // each sampled sequence's last row
+    int64_t row = 0;
+    for (int32_t d = 0; d < num_decodes; ++d) {
+      const SequenceStep& s = *decodes[d];
+      ids[row] = s.tokens[0];
+      positions[row] = s.start_position;
+      slots[row] = slot_of(s, s.start_position);
+      decode_lens[d] = s.start_position + 1;
+      const int32_t used = s.start_position / kv.block_size + 1;
+      int64_t* table = tables + int64_t{d} * decode_blocks;
+      for (int32_t b = 0; b < decode_blocks; ++b) table[b] = b < used ? s.block_table.at(b) : s.block_table.at(0);
+      last_row[&s] = row++;
+    }
+    int64_t context = 0;
+    cu_q[0] = 0;
+    cu_k[0] = 0;
+    for (int64_t p = 0; p < num_prefills; ++p) {
+      const SequenceStep& s = *prefills[p];
+      const int64_t n = static_cast<int64_t>(s.tokens.size());
+      for (int64_t i = 0; i < n; ++i) {
+        ids[row + i] = s.tokens[i];
+        positions[row + i] = s.start_position + i;
+        slots[row + i] = slot_of(s, s.start_position + i);
+      }
+      for (int64_t pos = 0; pos < s.start_position + n; ++pos) context_slots[context++] = slot_of(s, pos);
+      cu_q[p + 1] = cu_q[p] + n;
+      cu_k[p + 1] = cu_k[p] + s.start_position + n;
+      row += n;
+      last_row[&s] = row - 1;
+    }
+    int64_t sample = 0;
+    for (const SequenceStep& s : batch) {
+      if (s.sample) sampled_rows[sample++] = last_row.at(&s);
+    }
+    const at::Tensor device_indices = host.to(model_.device(), /*non_blocking=*/true);
+    auto part = [&](const int64_t* begin, int64_t count) {
+      return device_indices.narrow(0, begin - ids, count);
+    };
+    const at::Tensor d_ids = part(ids, total_tokens), d_positions = part(positions, total_tokens),
+                     d_slots = part(slots, total_tokens);
+    const at::Tensor d_context_slots = part(context_slots, context_tokens);
+    const at::Tensor d_lens = part(decode_lens, num_decodes).to(at::kInt);
+    const at::Tensor d_cu_q = part(cu_q, num_prefills + 1).to(at::kInt);
+    const at::Tensor d_cu_k = part(cu_k, num_prefills + 1).to(at::kInt);
+    const at::Tensor d_tables = part(tables, table_elements).to(at::kInt);
+
+    kernels::PagedAttentionShape shape;
+    shape.batch = num_decodes;
+    shape.num_heads = c.num_attention_heads;
+    shape.num_kv_heads = c.num_key_value_heads;
+    shape.head_dim = c.head_dim;
+    shape.block_size = kv.block_size;
+    shape.max_blocks_per_seq = decode_blocks;
+    shape.max_context = max_context_;
+    shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    shape.allow_tensor_cores = Enabled("mma_attention");
+    shape.allow_warp_tiles = Enabled("warp_attention");
+    at::Tensor workspace;
+    const size_t workspace_bytes =
+        num_decodes > 0 && Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(shape) : 0;
+    if (workspace_bytes > 0) {
+      workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
+                            at::TensorOptions().dtype(at::kByte).device(model_.device()));
+      workspace.narrow(0, 0, int64_t{4} * shape.batch * shape.num_kv_heads).zero_();
+    }
+    const double scale = shape.scale;
+    auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+      const int64_t width = q.size(1) * q.size(2);
+      std::vector<at::Tensor> parts;
+      if (num_decodes > 0) {
+        at::Tensor query = q.narrow(0, 0, num_decodes);
+        if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();
+        kernels::PagedAttentionShape s = shape;
+        s.q_row_stride = query.stride(0);
+        at::Tensor out = at::empty({num_decodes, q.size(1), q.size(2)}, q.options());
+        Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                                d_tables.data_ptr<int32_t>(), d_lens.data_ptr<int32_t>(),
+                                                out.data_ptr(), s, type_, CurrentStream(),
+                                                workspace.defined() ? workspace.data_ptr() : nullptr),
+              "paged-attention decode (mixed step)");
+        parts.push_back(out.view({num_decodes, width}));
+      }
+      if (num_prefills > 0) {
+        const int64_t prefill_rows = total_tokens - num_decodes;
+        at::Tensor query = q.narrow(0, num_decodes, prefill_rows).contiguous();
+        at::Tensor keys = k_cache.index_select(0, d_context_slots);
+        at::Tensor values = v_cache.index_select(0, d_context_slots);
+        // Causal within each sequence, aligned to the bottom right (flash attention's convention
+        // when a chunk's queries are fewer than its keys): query i of a chunk starting at
+        // position p sees keys 0..p+i. GQA is native (fewer K/V heads than query heads).
+        auto result = at::_flash_attention_forward(query, keys, values, d_cu_q, d_cu_k, max_q, max_k,
+                                                   /*dropout_p=*/0.0, /*is_causal=*/true,
+                                                   /*return_debug_mask=*/false, scale);
+        parts.push_back(std::get<0>(result).reshape({prefill_rows, width}));
+      }
+      return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+    };
+    at::Tensor hidden = model_.RunLayers(d_ids, d_positions, d_slots, kv, attend, kernels_);
+    if (num_samples == 0) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+    return model_.Logits(hidden.index_select(0, part(sampled_rows, num_samples)), kernels_);
+  }
+
  private:
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {"norm",  "rotary",          "swiglu",       "gemv",
                                                        "gemm",  "wgmma",           "split_attention",
-                                                       "mma_attention", "warp_attention"};
+                                                       "mma_attention", "warp_attention", "mixed_step"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
   static constexpr int64_t kSkinnyGemmFasterUpToRows = 64;
@@ -414,6 +600,7 @@ class CudaDecodeRunner {
   std::mutex mu_;
   bool graphs_ = true;
   bool verify_ = false;
+  bool mixed_ = false;  // RunMixed takes prefill and mixed batches
   std::set<std::string> disabled_;  // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
   GlmModel::LayerKernels kernels_;
@@ -430,6 +617,10 @@ CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model) {
 
 at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv) {
   return runner.Run(batch, kv);
+}
+
+at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv) {
+  return runner.RunMixed(batch, kv);
 }
 
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,

@@ -215,6 +215,8 @@ at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv)
       at::Tensor logits = CudaDecodeForward(*runner, batch, kv);
       if (logits.defined()) return logits;
     }
+    at::Tensor logits = CudaMixedForward(*runner, batch, kv);
+    if (logits.defined()) return logits;
     return EagerForward(batch, kv, CudaLayerKernels(*runner));
   }
 #endif

@@ -129,6 +129,10 @@ class GlmModel {
 // graph per batch-size bucket. Returns an undefined tensor when it cannot take the batch.
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
 at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
+// Prefill and mixed batches in one eager forward (paged-attention kernel for decode rows, flash
+// attention over variable lengths for prefill chunks); fp32 logits of the sampled rows. Undefined
+// when it cannot take the batch (fp32 model, head_dim flash does not take, GLMSERVE_CUDA_DISABLE).
+at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
                              std::vector<int32_t>* captured);
 // The fused kernels for eager forwards on the GPU (prefill and mixed batches).
