@@ -6,17 +6,80 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <exception>
 #include <functional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace glmserve {
 namespace {
 
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
   return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+}
+
+std::string HostPort(const std::string& host, int port) {
+  if (host.find(':') != std::string::npos && host.front() != '[') return absl::StrCat("[", host, "]:", port);
+  return absl::StrCat(host, ":", port);
+}
+
+// civetweb's `listening_ports` spellings of host:port, in the order tried. Debian's civetweb
+// (libcivetweb1 1.15, the one prometheus-cpp-dev links) is built without IPv6: "[::]:P" and
+// "[::1]:P" are an "invalid port spec" there whatever the port, so an IPv6 --host never bound.
+// "+P" is every interface (IPv4 and IPv6 where civetweb has IPv6, IPv4 where it has not);
+// "0.0.0.0:P" is the IPv4 wildcard for a civetweb with IPv6 on a kernel without it.
+std::vector<std::string> ListenSpecs(const std::string& host_in, int port) {
+  std::string host = host_in;
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  const std::string p = std::to_string(port);
+  if (host.empty() || host == "::" || host == "*") return {"+" + p, "0.0.0.0:" + p};
+  if (host == "::1") return {"[::1]:" + p, "127.0.0.1:" + p};
+  if (host.find(':') != std::string::npos) return {"[" + host + "]:" + p};
+  return {host + ":" + p};  // an IPv4 address or a name civetweb resolves (localhost)
+}
+
+// Why host:port cannot be bound, from a bind of our own (CivetServer only says "null context");
+// empty when it can.
+std::string BindProblem(const std::string& host_in, int port) {
+  std::string host = host_in;
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string service = std::to_string(port);
+  if (const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res); rc != 0) {
+    return absl::StrCat("cannot resolve '", host, "': ", gai_strerror(rc));
+  }
+  std::string problem;
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) {
+      problem = std::strerror(errno);
+      continue;
+    }
+    const int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);  // as civetweb does
+    const bool bound = bind(fd, a->ai_addr, a->ai_addrlen) == 0;
+    if (!bound) problem = std::strerror(errno);
+    close(fd);
+    if (bound) {
+      problem.clear();
+      break;
+    }
+  }
+  freeaddrinfo(res);
+  return problem;
 }
 
 }  // namespace
@@ -89,13 +152,24 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
       .Add({{"version", version}, {"compiler", __VERSION__}})
       .Set(1);
   if (port > 0) {
-    const std::string address =
-        host.find(':') != std::string::npos ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
-    try {
-      m->exposer_ = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/2);
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("--metrics-port: cannot listen on ", address, ": ", e.what()));
+    std::vector<std::string> tried;
+    for (const std::string& spec : ListenSpecs(host, port)) {
+      try {
+        m->exposer_ = std::make_unique<prometheus::Exposer>(spec, /*num_threads=*/2);
+        m->listen_spec_ = spec;
+        break;
+      } catch (const std::exception& e) {
+        tried.push_back(absl::StrCat("'", spec, "'"));
+      }
     }
+    if (m->exposer_ == nullptr) {
+      std::string why = BindProblem(host, port);
+      if (why.empty()) why = "the port is free, but civetweb refused every spelling of the address";
+      return absl::UnavailableError(absl::StrCat("--metrics-port ", port, ": cannot bind ", HostPort(host, port),
+                                                 ": ", why, " (civetweb listening_ports tried: ",
+                                                 absl::StrJoin(tried, ", "), ")"));
+    }
+    m->fallback_ = !tried.empty();
     m->exposer_->RegisterCollectable(m->registry_);
     const std::vector<int> ports = m->exposer_->GetListeningPorts();
     m->port_ = ports.empty() ? port : ports.front();

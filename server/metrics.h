@@ -29,8 +29,9 @@ namespace glmserve {
 
 class ServerMetrics final : public RequestObserver {
  public:
-  // port 0: metrics are kept but not exposed. Otherwise serves GET /metrics on host:port;
-  // UNAVAILABLE when the port cannot be bound.
+  // port 0: metrics are kept but not exposed. Otherwise serves GET /metrics on host:port
+  // ("::" = every interface, IPv4 only where civetweb has no IPv6, as Debian's); UNAVAILABLE
+  // naming --metrics-port, the port and the reason (bind's errno) when it cannot be bound.
   static absl::StatusOr<std::unique_ptr<ServerMetrics>> Create(const std::string& host, int port,
                                                                const std::string& version);
   ~ServerMetrics() override;
@@ -47,12 +48,18 @@ class ServerMetrics final : public RequestObserver {
   void StopPolling();  // joins the poller
 
   int port() const { return port_; }
+  // civetweb's listening_ports entry that bound ("+9090" = every interface), and whether it was
+  // a fallback after the first spelling failed (e.g. "[::1]:P" -> "127.0.0.1:P").
+  const std::string& listen_spec() const { return listen_spec_; }
+  bool fallback() const { return fallback_; }
 
  private:
   ServerMetrics() = default;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
+  std::string listen_spec_;
+  bool fallback_ = false;
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   prometheus::Histogram* latency_ = nullptr;
   prometheus::Histogram* ttft_ = nullptr;

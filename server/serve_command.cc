@@ -107,20 +107,33 @@ int RunServe(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics =
       ServerMetrics::Create(flags.grpc.host, flags.metrics_port, GLMSERVE_VERSION);
   if (!metrics.ok()) {
-    LogLine(std::string(metrics.status().message()));
+    // "--metrics-port P: cannot bind HOST:P: <errno text> (...)"; exit 1 before the model loads.
+    LogEvent(LogLevel::kError, "metrics_bind_failed", "", std::string(metrics.status().message()),
+             {{"flag", "--metrics-port"}, {"port", flags.metrics_port}, {"host", flags.grpc.host}});
     return kExitFailure;
   }
   std::shared_ptr<ServerMetrics> metrics_sink = std::move(*metrics);
   flags.grpc.observer = metrics_sink;
   if (flags.metrics_port > 0) {
+    const std::string& host = flags.grpc.host;
+    const std::string url_host =
+        host.find(':') != std::string::npos && host.front() != '[' ? absl::StrCat("[", host, "]") : host;
+    if (metrics_sink->fallback()) {
+      LogEvent(LogLevel::kWarn, "metrics_listen_fallback", "",
+               absl::StrCat("--metrics-port ", flags.metrics_port, ": ", host,
+                            " could not be bound by civetweb; listening on '", metrics_sink->listen_spec(),
+                            "' instead"),
+               {{"port", metrics_sink->port()}, {"listening_ports", metrics_sink->listen_spec()}});
+    }
     LogEvent(LogLevel::kInfo, "metrics_listening", "",
-             absl::StrCat("metrics on http://", flags.grpc.host, ":", metrics_sink->port(), "/metrics"),
-             {{"port", metrics_sink->port()}});
+             absl::StrCat("metrics on http://", url_host, ":", metrics_sink->port(), "/metrics"),
+             {{"port", metrics_sink->port()}, {"listening_ports", metrics_sink->listen_spec()}});
   }
 
   absl::StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(flags.grpc);
   if (!server.ok()) {
-    LogLine(std::string(server.status().message()));
+    LogEvent(LogLevel::kError, "grpc_listen_failed", "", std::string(server.status().message()),
+             {{"flag", "--port"}, {"host", flags.grpc.host}});
     return kExitFailure;
   }
   LogLine(absl::StrCat("listening on ", (*server)->address(),
@@ -143,7 +156,8 @@ int RunServe(int argc, char** argv) {
     if (!name.empty()) http_options.model_name = name;
     absl::StatusOr<std::unique_ptr<HttpServer>> started = HttpServer::Start(http_options);
     if (!started.ok()) {
-      LogLine(std::string(started.status().message()));
+      LogEvent(LogLevel::kError, "http_listen_failed", "", std::string(started.status().message()),
+               {{"flag", "--http-port"}, {"port", flags.http_port}, {"host", flags.grpc.host}});
       return kExitFailure;
     }
     http = std::move(*started);
