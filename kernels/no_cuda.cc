@@ -32,4 +32,11 @@ bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64
 }
 int32_t PagedAttentionMaxContext() { return 0; }
 bool SampleRowsCuda(const float*, int32_t, int32_t, const SamplingRow*, int32_t*, void*) { return false; }
+bool ApplyPenaltiesCuda(float*, int32_t, int32_t, const PenaltyRow*, const int32_t*, const uint8_t*, const int32_t*,
+                        void*) {
+  return false;
+}
+bool CountTokensCuda(int32_t*, uint8_t*, int32_t, const int32_t*, const int32_t*, const uint8_t*, int32_t, void*) {
+  return false;
+}
 }  // namespace glmserve::kernels

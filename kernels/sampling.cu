@@ -484,7 +484,86 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* __rest
   out_ids[blockIdx.x] = result;
 }
 
+constexpr int kPenaltyThreads = 256;
+constexpr uint32_t kPenaltyBlocksPerRow = 64;
+
+// Steps 1-2 of kernels/sampling.h's ApplyPenalties. Grid (blocks per row, rows); a block whose row
+// has no slot returns at once. Only seen ids (a byte each) read their count and score.
+__global__ void __launch_bounds__(kPenaltyThreads) ApplyPenaltiesKernel(float* __restrict__ logits, uint32_t vocab,
+                                                                        const PenaltyRow* __restrict__ params,
+                                                                        const int32_t* __restrict__ counts,
+                                                                        const uint8_t* __restrict__ seen) {
+  const PenaltyRow p = params[blockIdx.y];
+  if (p.slot < 0) return;
+  const int64_t base = static_cast<int64_t>(p.slot) * vocab;
+  float* row = logits + static_cast<int64_t>(blockIdx.y) * vocab;
+  for (uint32_t id = blockIdx.x * kPenaltyThreads + threadIdx.x; id < vocab; id += gridDim.x * kPenaltyThreads) {
+    if (seen[base + id] == 0) continue;
+    float score = row[id];
+    if (p.repetition != 1.0f) score = RepetitionPenalised(score, p.repetition);
+    const int32_t count = counts[base + id];
+    if (count > 0) score = FrequencyPresencePenalised(score, count, p.frequency, p.presence);
+    row[id] = score;
+  }
+}
+
+// Step 3, after steps 1-2 on the same stream: one block per row.
+__global__ void MaskStopIdsKernel(float* __restrict__ logits, uint32_t vocab, const PenaltyRow* __restrict__ params,
+                                  const int32_t* __restrict__ stop_ids) {
+  const PenaltyRow p = params[blockIdx.x];
+  float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  for (int32_t k = threadIdx.x; k < p.stop_count; k += blockDim.x) {
+    const int32_t id = stop_ids[p.stop_begin + k];
+    if (id >= 0 && static_cast<uint32_t>(id) < vocab) row[id] = -INFINITY;
+  }
+}
+
+__global__ void CountTokensKernel(int32_t* __restrict__ counts, uint8_t* __restrict__ seen, uint32_t vocab,
+                                  const int32_t* __restrict__ slots, const int32_t* __restrict__ ids,
+                                  const uint8_t* __restrict__ counted, int32_t n) {
+  const int32_t k = static_cast<int32_t>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (k >= n) return;
+  const int32_t slot = slots[k], id = ids[k];
+  if (slot < 0 || id < 0 || static_cast<uint32_t>(id) >= vocab) return;
+  const int64_t at = static_cast<int64_t>(slot) * vocab + id;
+  seen[at] = 1;
+  if (counted == nullptr || counted[k] != 0) atomicAdd(counts + at, 1);
+}
+
 }  // namespace
+
+bool ApplyPenaltiesCuda(float* logits, int32_t rows, int32_t vocab, const PenaltyRow* params, const int32_t* counts,
+                        const uint8_t* seen, const int32_t* stop_ids, void* stream) {
+  if (rows < 0 || vocab <= 0) return false;
+  if (rows == 0) return true;
+  if (logits == nullptr || params == nullptr || rows > 65535) return false;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (counts != nullptr && seen != nullptr) {
+    const uint32_t blocks_for_vocab = (static_cast<uint32_t>(vocab) + kPenaltyThreads - 1) / kPenaltyThreads;
+    const uint32_t per_row = blocks_for_vocab < kPenaltyBlocksPerRow ? blocks_for_vocab : kPenaltyBlocksPerRow;
+    ApplyPenaltiesKernel<<<dim3(per_row, static_cast<unsigned>(rows)), kPenaltyThreads, 0, s>>>(
+        logits, static_cast<uint32_t>(vocab), params, counts, seen);
+    if (cudaGetLastError() != cudaSuccess) return false;
+  }
+  if (stop_ids != nullptr) {
+    MaskStopIdsKernel<<<static_cast<unsigned>(rows), 32, 0, s>>>(logits, static_cast<uint32_t>(vocab), params,
+                                                                 stop_ids);
+    if (cudaGetLastError() != cudaSuccess) return false;
+  }
+  return true;
+}
+
+bool CountTokensCuda(int32_t* counts, uint8_t* seen, int32_t vocab, const int32_t* slots, const int32_t* ids,
+                     const uint8_t* counted, int32_t n, void* stream) {
+  if (n < 0 || vocab <= 0) return false;
+  if (n == 0) return true;
+  if (counts == nullptr || seen == nullptr || slots == nullptr || ids == nullptr) return false;
+  constexpr int kCountThreads = 256;
+  CountTokensKernel<<<static_cast<unsigned>((n + kCountThreads - 1) / kCountThreads), kCountThreads, 0,
+                      static_cast<cudaStream_t>(stream)>>>(counts, seen, static_cast<uint32_t>(vocab), slots, ids,
+                                                           counted, n);
+  return cudaGetLastError() == cudaSuccess;
+}
 
 bool SampleRowsCuda(const float* logits, int32_t rows, int32_t vocab, const SamplingRow* params, int32_t* out_ids,
                     void* stream) {

@@ -1,5 +1,6 @@
 // Temperature / top-k / top-p sampling of whole logits rows on the GPU, picking exactly the id
-// that runtime/sampler.cc's SampleNextToken picks for a row without penalties or stop-id masking:
+// that runtime/sampler.cc's SampleNextToken picks for a row without penalties or stop-id masking
+// (rows with them go through ApplyPenalties below first, which makes them such rows):
 //   scores = logits / temperature (fp32 division); stable sort descending (ties: lower id first);
 //   keep the top_k (all when top_k <= 0); probs = exp(double(score - max_score)) (-inf -> 0);
 //   if 0 < top_p < 1, keep the shortest prefix whose running sum of probs[i] / total reaches
@@ -71,5 +72,72 @@ void SampleRowsReference(const float* logits, int32_t rows, int32_t vocab, const
 // null, there is no CUDA device or the launch failed (out_ids then unspecified).
 bool SampleRowsCuda(const float* logits, int32_t rows, int32_t vocab, const SamplingRow* params, int32_t* out_ids,
                     void* stream);
+
+// ---- Penalties and stop-id masking, before the sampling above (runtime/sampler.cc's order) ----
+//
+// Per-sequence token tables live on the device, one row ("slot") per sequence, [slots, vocab]
+// row-major: counts[slot][id] = how often id was generated (the prompt does not count);
+// seen[slot][id] = 1 when id is anywhere in the sequence (prompt or generated), else 0. Every id
+// with a count > 0 is seen (CountTokens keeps that). ApplyPenalties changes each row of fp32
+// logits in place, exactly as SampleNextToken does on the host, in this order:
+//   1. repetition (transformers' RepetitionPenaltyLogitsProcessor, over every seen id):
+//        score = score < 0 ? score * repetition : score / repetition
+//   2. frequency / presence (OpenAI, over the generated ids):
+//        score -= frequency * float(count) + presence      (fp32, each operation rounded:
+//        no fused multiply-add, so the device's result is the host's bit for bit)
+//   3. stop ids (MinNewTokensLengthLogitsProcessor): score = -inf for the row's stop ids.
+struct PenaltyRow {
+  int32_t slot = -1;          // row of counts / seen; < 0: steps 1-2 are skipped (no penalties)
+  float repetition = 1.0f;    // 1: step 1 skipped
+  float frequency = 0.0f;
+  float presence = 0.0f;
+  int32_t stop_begin = 0;     // this row masks stop_ids[stop_begin, stop_begin + stop_count)
+  int32_t stop_count = 0;     // 0 once num_generated >= min_new_tokens; ids outside [0, vocab) are skipped
+};
+
+// One penalised score, the expression both sides use (each operation rounded to nearest).
+GLMSERVE_SAMPLING_HOST_DEVICE inline float RepetitionPenalised(float score, float repetition) {
+#if defined(__CUDA_ARCH__)
+  return score < 0.0f ? __fmul_rn(score, repetition) : __fdiv_rn(score, repetition);
+#else
+  return score < 0.0f ? score * repetition : score / repetition;
+#endif
+}
+
+GLMSERVE_SAMPLING_HOST_DEVICE inline float FrequencyPresencePenalised(float score, int32_t count, float frequency,
+                                                                      float presence) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(score, __fadd_rn(__fmul_rn(frequency, static_cast<float>(count)), presence));
+#else
+  // The host build has no -ffp-contract / FMA target flags (x86-64 baseline), so this is three
+  // rounded operations, like the device's.
+  return score - (frequency * static_cast<float>(count) + presence);
+#endif
+}
+
+// CPU reference: applies `params[r]` to row r of `logits` ([rows, vocab], host pointers). counts
+// and seen ([slots, vocab]) may be null when no row has slot >= 0; stop_ids may be null when no
+// row has stop_count > 0. Nothing happens when rows <= 0 or vocab <= 0.
+void ApplyPenaltiesReference(float* logits, int32_t rows, int32_t vocab, const PenaltyRow* params,
+                             const int32_t* counts, const uint8_t* seen, const int32_t* stop_ids);
+
+// CPU reference of the table update: for each k < n with slots[k] >= 0 and 0 <= ids[k] < vocab,
+// seen[slots[k]][ids[k]] = 1 and, when counted is null or counted[k] != 0, counts[...] += 1.
+// Entries with a negative slot or id (a row the device left undecided) are skipped.
+void CountTokensReference(int32_t* counts, uint8_t* seen, int32_t vocab, const int32_t* slots,
+                          const int32_t* ids, const uint8_t* counted, int32_t n);
+
+// CUDA: ApplyPenaltiesReference on device pointers, launched on `stream` (cudaStream_t). True
+// with rows == 0; false when vocab <= 0, rows < 0 or > 65535, logits or params is null, there is
+// no CUDA device or a launch failed. The caller guarantees that counts/seen are valid for every slot a
+// row names, and stop_ids for every stop range.
+bool ApplyPenaltiesCuda(float* logits, int32_t rows, int32_t vocab, const PenaltyRow* params,
+                        const int32_t* counts, const uint8_t* seen, const int32_t* stop_ids, void* stream);
+
+// CUDA: CountTokensReference on device pointers (counts by atomicAdd), launched on `stream`.
+// No host synchronisation: the executor runs it on the ids the sampler just wrote. True with
+// n == 0; false when vocab <= 0, n < 0, a required pointer is null or the launch failed.
+bool CountTokensCuda(int32_t* counts, uint8_t* seen, int32_t vocab, const int32_t* slots, const int32_t* ids,
+                     const uint8_t* counted, int32_t n, void* stream);
 
 }  // namespace glmserve::kernels

@@ -69,4 +69,41 @@ void SampleRowsReference(const float* logits, int32_t rows, int32_t vocab, const
   }
 }
 
+void ApplyPenaltiesReference(float* logits, int32_t rows, int32_t vocab, const PenaltyRow* params,
+                             const int32_t* counts, const uint8_t* seen, const int32_t* stop_ids) {
+  if (rows <= 0 || vocab <= 0 || logits == nullptr || params == nullptr) return;
+  for (int32_t r = 0; r < rows; ++r) {
+    const PenaltyRow& p = params[r];
+    float* row = logits + static_cast<int64_t>(r) * vocab;
+    if (p.slot >= 0 && counts != nullptr && seen != nullptr) {
+      const int64_t base = static_cast<int64_t>(p.slot) * vocab;
+      for (int32_t id = 0; id < vocab; ++id) {
+        if (seen[base + id] == 0) continue;
+        float score = row[id];
+        if (p.repetition != 1.0f) score = RepetitionPenalised(score, p.repetition);
+        const int32_t count = counts[base + id];
+        if (count > 0) score = FrequencyPresencePenalised(score, count, p.frequency, p.presence);
+        row[id] = score;
+      }
+    }
+    if (stop_ids != nullptr) {
+      for (int32_t k = 0; k < p.stop_count; ++k) {
+        const int32_t id = stop_ids[p.stop_begin + k];
+        if (id >= 0 && id < vocab) row[id] = -std::numeric_limits<float>::infinity();
+      }
+    }
+  }
+}
+
+void CountTokensReference(int32_t* counts, uint8_t* seen, int32_t vocab, const int32_t* slots, const int32_t* ids,
+                          const uint8_t* counted, int32_t n) {
+  if (n <= 0 || vocab <= 0 || counts == nullptr || seen == nullptr || slots == nullptr || ids == nullptr) return;
+  for (int32_t k = 0; k < n; ++k) {
+    if (slots[k] < 0 || ids[k] < 0 || ids[k] >= vocab) continue;
+    const int64_t at = static_cast<int64_t>(slots[k]) * vocab + ids[k];
+    seen[at] = 1;
+    if (counted == nullptr || counted[k] != 0) ++counts[at];
+  }
+}
+
 }  // namespace glmserve::kernels

@@ -16,7 +16,9 @@
 #include <filesystem>
 #include <limits>
 #include <new>
+#include <stdexcept>
 #include <tuple>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -169,13 +171,27 @@ void LogLine(const ExecutorOptions& options, const std::string& line) {
   }
 }
 
-// Where a sampled row's next id is chosen when the logits are on a GPU. Penalties and stop-id
-// masking (before min_new_tokens) change the logits, which only the host sampler does.
+// Where a sampled row's next id is chosen when the logits are on a GPU. Rows whose logits change
+// before the draw (penalties, stop ids masked before min_new_tokens) are sampled on the device too:
+// kernels/sampling.h's ApplyPenalties changes an fp32 copy of the row exactly as the host sampler
+// would, then SampleRows draws (or takes the argmax); only rows it leaves undecided (-1) bring
+// their raw logits to the host, where SampleNextToken does everything itself.
 enum class RowPath { kDeviceArgmax, kDeviceSample, kHost };
 
+// The row's penalties need the sequence's token counts (the host sampler ignores them without a
+// history).
+bool CountsTokens(const SequenceStep& step) {
+  return step.params->sampling.has_penalties() && step.history != nullptr;
+}
+
+// Penalties or stop masking change the row's logits before the draw.
+bool ChangesLogits(const SequenceStep& step) {
+  return CountsTokens(step) || step.num_generated < step.params->min_new_tokens;
+}
+
 #ifdef GLMSERVE_TORCH_CUDA
-// GLMSERVE_CUDA_DEVICE_SAMPLING=0 sends every temperature > 0 row to the host sampler
-// (diagnosis). Read once.
+// GLMSERVE_CUDA_DEVICE_SAMPLING=0 sends every row but plain greedy ones (temperature > 0,
+// penalties, stop masking) to the host sampler (diagnosis). Read once.
 bool DeviceSamplingEnabled() {
   static const bool enabled = [] {
     const char* env = std::getenv("GLMSERVE_CUDA_DEVICE_SAMPLING");
@@ -186,81 +202,243 @@ bool DeviceSamplingEnabled() {
 #endif
 
 RowPath ChooseRowPath(const SequenceStep& step) {
-  const SamplingParams& sampling = step.params->sampling;
-  if (sampling.has_penalties() || step.num_generated < step.params->min_new_tokens) return RowPath::kHost;
-  if (sampling.temperature <= 0.0f) return RowPath::kDeviceArgmax;
+  if (!ChangesLogits(step) && step.params->sampling.temperature <= 0.0f) return RowPath::kDeviceArgmax;
 #ifdef GLMSERVE_TORCH_CUDA
   if (DeviceSamplingEnabled()) return RowPath::kDeviceSample;
 #endif
   return RowPath::kHost;
 }
 
+// Generated ids the penalties count: the last min(num_generated, history size) of the history.
+int64_t GeneratedCount(const SequenceStep& step) {
+  return std::min<int64_t>(std::max(step.num_generated, 0), static_cast<int64_t>(step.history->size()));
+}
+
 #ifdef GLMSERVE_TORCH_CUDA
-// Runs the device sampler (kernels/sampling.h) over `rows` of the [samples, vocab] CUDA logits:
-// [rows.size()] int32 ids on the device, -1 where the host must decide. An undefined tensor when
-// the kernel could not be launched: the caller then samples those rows on the host.
-at::Tensor SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector<int64_t>& rows,
-                              const std::vector<kernels::SamplingRow>& params) {
-  if (rows.empty() || device_logits.size(1) > std::numeric_limits<int32_t>::max()) return at::Tensor();
+// The penalties' per-sequence token tables on the device (kernels/sampling.h): counts [slots,
+// vocab] int32 (generated ids) and seen [slots, vocab] uint8 (prompt and generated ids), one slot
+// per sequence. Allocated on the first penalised row, grown (doubling) when one step has more
+// penalised rows than slots; a sequence new to the tables takes a free slot or the least recently
+// used one not in this step. A slot is trusted only when it has counted exactly the history the
+// step brings (same sequence, same history length, same generated count): otherwise (new
+// sequence, preemption and recompute, a draw the host made, a failed step) it is rebuilt from
+// SequenceStep::history, one upload and a scatter on the device. After the draw CountTokensCuda
+// counts the drawn ids on the device, with no host synchronisation.
+class PenaltyTables {
+ public:
+  int32_t* counts() { return counts_.data_ptr<int32_t>(); }
+  uint8_t* seen() { return seen_.data_ptr<uint8_t>(); }
+
+  // A slot for each of `steps` (rows with penalties, history non-null), ready for this step:
+  // stale slots are rebuilt on the current stream. Throws on a CUDA error (GuardTorch's INTERNAL).
+  std::vector<int32_t> Prepare(const std::vector<const SequenceStep*>& steps, int64_t vocab, const at::Device& device) {
+    ++clock_;
+    if (!counts_.defined() || vocab != vocab_ || counts_.device() != device) {
+      counts_ = at::Tensor();
+      seen_ = at::Tensor();
+      slots_.clear();
+      slot_of_.clear();
+      vocab_ = vocab;
+    }
+    if (slots_.size() < steps.size()) Grow(std::max<size_t>({steps.size(), 2 * slots_.size(), 16}), device);
+    std::vector<int32_t> result;
+    std::vector<int64_t> cleared;
+    std::vector<int32_t> entry_slots, entry_ids;
+    std::vector<uint8_t> entry_counted;
+    for (const SequenceStep* s : steps) {
+      int32_t slot = -1;
+      auto it = slot_of_.find(s->sequence_id);
+      if (it != slot_of_.end()) {
+        slot = it->second;
+      } else {
+        slot = LeastRecentlyUsed();
+        if (slots_[slot].sequence_id >= 0) slot_of_.erase(slots_[slot].sequence_id);
+        slots_[slot] = Slot{};
+        slots_[slot].sequence_id = s->sequence_id;
+        slot_of_[s->sequence_id] = slot;
+      }
+      Slot& state = slots_[slot];
+      state.last_used = clock_;
+      const std::vector<int32_t>& history = *s->history;
+      const int64_t length = static_cast<int64_t>(history.size());
+      const int64_t generated = GeneratedCount(*s);
+      if (state.length != length || state.generated != generated) {
+        cleared.push_back(slot);
+        for (int64_t i = 0; i < length; ++i) {
+          entry_slots.push_back(slot);
+          entry_ids.push_back(history[i]);
+          entry_counted.push_back(i >= length - generated ? 1 : 0);
+        }
+        state.length = length;  // InvalidateAll undoes this if the rebuild below throws
+        state.generated = generated;
+      }
+      result.push_back(slot);
+    }
+    if (!cleared.empty()) {
+      const at::Tensor rows = at::tensor(cleared, at::TensorOptions().dtype(at::kLong)).to(device);
+      counts_.index_fill_(0, rows, 0);
+      seen_.index_fill_(0, rows, 0);
+      const size_t n = entry_ids.size();
+      if (n > static_cast<size_t>(std::numeric_limits<int32_t>::max() / 16)) {
+        throw std::runtime_error("penalty tables: history too long to upload");
+      }
+      if (n > 0) {
+        std::vector<uint8_t> packed(n * (2 * sizeof(int32_t) + 1));
+        std::memcpy(packed.data(), entry_slots.data(), n * sizeof(int32_t));
+        std::memcpy(packed.data() + n * sizeof(int32_t), entry_ids.data(), n * sizeof(int32_t));
+        std::memcpy(packed.data() + 2 * n * sizeof(int32_t), entry_counted.data(), n);
+        const at::Tensor uploaded =
+            at::from_blob(packed.data(), {static_cast<int64_t>(packed.size())}, at::TensorOptions().dtype(at::kByte))
+                .to(device);
+        const uint8_t* base = uploaded.data_ptr<uint8_t>();
+        if (!kernels::CountTokensCuda(counts(), seen(), static_cast<int32_t>(vocab_),
+                                      reinterpret_cast<const int32_t*>(base),
+                                      reinterpret_cast<const int32_t*>(base + n * sizeof(int32_t)),
+                                      base + 2 * n * sizeof(int32_t), static_cast<int32_t>(n),
+                                      at::cuda::getCurrentCUDAStream(device.index()).stream())) {
+          throw std::runtime_error("penalty tables: CountTokensCuda failed to launch");
+        }
+      }
+    }
+    return result;
+  }
+
+  // After the draw: drawn[k] is the id the device drew and counted for steps[k], or -1 (the host
+  // draws it; that slot is rebuilt next time).
+  void Committed(const std::vector<const SequenceStep*>& steps, const std::vector<int32_t>& slots,
+                 const std::vector<int32_t>& drawn) {
+    for (size_t k = 0; k < steps.size(); ++k) {
+      Slot& state = slots_[slots[k]];
+      if (drawn[k] >= 0) {
+        ++state.length;
+        ++state.generated;
+      } else {
+        state.length = -1;
+      }
+    }
+  }
+
+  // A step failed after the tables could have changed: nothing they hold is trusted.
+  void InvalidateAll() {
+    for (Slot& state : slots_) state.length = -1;
+  }
+
+ private:
+  struct Slot {
+    int64_t sequence_id = -1;
+    int64_t length = -1;  // history ids counted; -1: stale
+    int64_t generated = -1;
+    uint64_t last_used = 0;
+  };
+
+  void Grow(size_t capacity, const at::Device& device) {
+    const at::TensorOptions options = at::TensorOptions().device(device);
+    at::Tensor counts = at::zeros({static_cast<int64_t>(capacity), vocab_}, options.dtype(at::kInt));
+    at::Tensor seen = at::zeros({static_cast<int64_t>(capacity), vocab_}, options.dtype(at::kByte));
+    if (counts_.defined()) {
+      counts.narrow(0, 0, counts_.size(0)).copy_(counts_);
+      seen.narrow(0, 0, seen_.size(0)).copy_(seen_);
+    }
+    counts_ = counts;
+    seen_ = seen;
+    slots_.resize(capacity);
+  }
+
+  // A slot not used in this step: a free one, else the least recently used.
+  int32_t LeastRecentlyUsed() const {
+    int32_t best = -1;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      const Slot& state = slots_[i];
+      if (state.last_used == clock_) continue;
+      if (state.sequence_id < 0) return static_cast<int32_t>(i);
+      if (best < 0 || state.last_used < slots_[best].last_used) best = static_cast<int32_t>(i);
+    }
+    return best;  // >= 0: there are at least as many slots as rows in the step
+  }
+
+  at::Tensor counts_, seen_;
+  int64_t vocab_ = 0;
+  std::vector<Slot> slots_;
+  std::unordered_map<int64_t, int32_t> slot_of_;  // sequence id -> slot
+  uint64_t clock_ = 0;
+};
+
+struct DeviceDraw {
+  at::Tensor ids;        // [rows] int32 on the device, -1 where the host decides; undefined: all
+  bool counted = false;  // the drawn ids were counted into the penalty tables
+};
+
+// Over `rows` of the [samples, vocab] CUDA logits: an fp32 copy of those rows (only they convert),
+// the penalties and stop masking in place when `penalties` is non-null (kernels/sampling.h
+// ApplyPenaltiesCuda; `stop_ids` holds the rows' stop ranges; counts/seen the tables, null when no
+// row has a slot), the device sampler (temperature <= 0: the first argmax), and, when `counts` is
+// non-null, the drawn ids counted into the rows' slots. ids undefined when a kernel could not be
+// launched: the caller then samples those rows on the host.
+DeviceDraw SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector<int64_t>& rows,
+                              const std::vector<kernels::SamplingRow>& params,
+                              const std::vector<kernels::PenaltyRow>* penalties, const std::vector<int32_t>& stop_ids,
+                              int32_t* counts, uint8_t* seen) {
+  DeviceDraw draw;
+  if (rows.empty() || rows.size() > 65535 || device_logits.size(1) > std::numeric_limits<int32_t>::max()) return draw;
   const c10::cuda::CUDAGuard device_guard(device_logits.device());
   at::Tensor logits = device_logits;
   if (static_cast<int64_t>(rows.size()) != logits.size(0)) {
     logits = logits.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(logits.device()));
   }
   logits = logits.to(at::kFloat).contiguous();  // the sampler reads fp32; only the sampled rows convert
-  const int64_t param_bytes = static_cast<int64_t>(params.size() * sizeof(kernels::SamplingRow));
-  at::Tensor device_params =
-      at::from_blob(const_cast<kernels::SamplingRow*>(params.data()), {param_bytes}, at::TensorOptions().dtype(at::kByte))
+  // The penalties write in place: never into the forward's own logits (fp32 model, every row).
+  if (penalties != nullptr && logits.data_ptr() == device_logits.data_ptr()) logits = logits.clone();
+  // One upload: sampling rows, penalty rows, stop ids, the rows' slots.
+  const size_t n = rows.size();
+  const size_t penalty_offset = n * sizeof(kernels::SamplingRow);
+  const size_t stops_offset = penalty_offset + (penalties != nullptr ? n * sizeof(kernels::PenaltyRow) : 0);
+  const size_t slots_offset = stops_offset + stop_ids.size() * sizeof(int32_t);
+  const size_t total = slots_offset + (counts != nullptr ? n * sizeof(int32_t) : 0);
+  static_assert(sizeof(kernels::SamplingRow) % alignof(kernels::PenaltyRow) == 0, "packed upload alignment");
+  static_assert(sizeof(kernels::PenaltyRow) % alignof(int32_t) == 0, "packed upload alignment");
+  std::vector<uint8_t> packed(total);
+  std::memcpy(packed.data(), params.data(), n * sizeof(kernels::SamplingRow));
+  if (penalties != nullptr) {
+    std::memcpy(packed.data() + penalty_offset, penalties->data(), n * sizeof(kernels::PenaltyRow));
+    if (!stop_ids.empty()) {
+      std::memcpy(packed.data() + stops_offset, stop_ids.data(), stop_ids.size() * sizeof(int32_t));
+    }
+    if (counts != nullptr) {
+      int32_t* slots = reinterpret_cast<int32_t*>(packed.data() + slots_offset);
+      for (size_t k = 0; k < n; ++k) {
+        const int32_t slot = (*penalties)[k].slot;
+        std::memcpy(slots + k, &slot, sizeof(int32_t));
+      }
+    }
+  }
+  const at::Tensor uploaded =
+      at::from_blob(packed.data(), {static_cast<int64_t>(total)}, at::TensorOptions().dtype(at::kByte))
           .to(logits.device());
-  at::Tensor ids = at::empty({static_cast<int64_t>(rows.size())}, logits.options().dtype(at::kInt));
-  const bool launched = kernels::SampleRowsCuda(
-      logits.data_ptr<float>(), static_cast<int32_t>(rows.size()), static_cast<int32_t>(logits.size(1)),
-      static_cast<const kernels::SamplingRow*>(device_params.data_ptr()), ids.data_ptr<int32_t>(),
-      at::cuda::getCurrentCUDAStream(logits.device().index()).stream());
-  return launched ? ids : at::Tensor();
+  const uint8_t* base = uploaded.data_ptr<uint8_t>();
+  const int32_t num_rows = static_cast<int32_t>(n);
+  const int32_t vocab = static_cast<int32_t>(logits.size(1));
+  void* stream = at::cuda::getCurrentCUDAStream(logits.device().index()).stream();
+  if (penalties != nullptr &&
+      !kernels::ApplyPenaltiesCuda(logits.data_ptr<float>(), num_rows, vocab,
+                                   reinterpret_cast<const kernels::PenaltyRow*>(base + penalty_offset),
+                                   counts, seen,
+                                   stop_ids.empty() ? nullptr : reinterpret_cast<const int32_t*>(base + stops_offset),
+                                   stream)) {
+    return draw;
+  }
+  at::Tensor ids = at::empty({static_cast<int64_t>(n)}, logits.options().dtype(at::kInt));
+  if (!kernels::SampleRowsCuda(logits.data_ptr<float>(), num_rows, vocab,
+                               reinterpret_cast<const kernels::SamplingRow*>(base), ids.data_ptr<int32_t>(), stream)) {
+    return draw;
+  }
+  draw.ids = ids;
+  if (counts != nullptr && penalties != nullptr) {
+    draw.counted = kernels::CountTokensCuda(counts, seen, vocab, reinterpret_cast<const int32_t*>(base + slots_offset),
+                                            ids.data_ptr<int32_t>(), nullptr, num_rows, stream);
+  }
+  return draw;
 }
 #endif
-
-// Chooses on the device every row it can: greedy rows by argmax (the first maximum, as on the
-// CPU), sampled rows by the device sampler; one device-to-host copy brings all their ids.
-// Returns one id per sampled row of `batch`, -1 where the host must sample the row from its logits.
-std::vector<int32_t> ChooseIdsOnDevice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits) {
-  std::vector<RowPath> paths;
-  std::vector<int64_t> sampled_rows;
-#ifdef GLMSERVE_TORCH_CUDA
-  std::vector<kernels::SamplingRow> sampling;
-#endif
-  for (const SequenceStep& s : batch) {
-    if (!s.sample) continue;
-    paths.push_back(ChooseRowPath(s));
-    if (paths.back() != RowPath::kDeviceSample) continue;
-    sampled_rows.push_back(static_cast<int64_t>(paths.size()) - 1);
-#ifdef GLMSERVE_TORCH_CUDA
-    kernels::SamplingRow row;
-    row.temperature = s.params->sampling.temperature;
-    row.top_k = s.params->sampling.top_k;
-    row.top_p = s.params->sampling.top_p;
-    row.uniform = SamplingUniform(s.params->sampling.seed, s.num_generated);
-    sampling.push_back(row);
-#endif
-  }
-  at::Tensor argmax = device_logits.argmax(-1).to(at::kInt);
-  at::Tensor sampled;
-#ifdef GLMSERVE_TORCH_CUDA
-  sampled = SampleRowsOnDevice(device_logits, sampled_rows, sampling);
-#endif
-  at::Tensor host_ids = (sampled.defined() ? at::cat({argmax, sampled}) : argmax).cpu();
-  const int32_t* argmax_ids = host_ids.data_ptr<int32_t>();
-  const int32_t* sampled_ids = sampled.defined() ? argmax_ids + argmax.numel() : nullptr;
-  std::vector<int32_t> ids(paths.size(), -1);
-  for (size_t row = 0; row < paths.size(); ++row) {
-    if (paths[row] == RowPath::kDeviceArgmax) ids[row] = argmax_ids[row];
-  }
-  if (sampled_ids != nullptr) {
-    for (size_t k = 0; k < sampled_rows.size(); ++k) ids[sampled_rows[k]] = sampled_ids[k];
-  }
-  return ids;
-}
 
 // The engine's StepExecutor over GlmModel and a paged KV pool. The contract it honours is
 // "What the executor may rely on" in runtime/engine/README.md: it never throws, returns one id
@@ -277,14 +455,117 @@ class PagedExecutor final : public StepExecutor {
   int32_t num_blocks() const override { return pool_.num_blocks; }
 
   absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
+    absl::StatusOr<StepResult> result;
     try {
-      return StepImpl(batch);
+      result = StepImpl(batch);
     } catch (const std::exception& e) {  // GuardTorch covers LibTorch; this covers the rest
-      return absl::InternalError(absl::StrCat("executor step: ", e.what()));
+      result = absl::InternalError(absl::StrCat("executor step: ", e.what()));
     }
+#ifdef GLMSERVE_TORCH_CUDA
+    // The device may have counted ids the engine never sees: rebuild every slot when next used.
+    if (!result.ok()) penalty_tables_.InvalidateAll();
+#endif
+    return result;
   }
 
  private:
+  // Chooses on the device every row it can: plain greedy rows by argmax (the first maximum, as on
+  // the CPU); with device sampling on, every other row by kernels/sampling.h (penalties and stop
+  // masking on an fp32 copy of the row, then the draw or argmax, then the drawn id counted into
+  // the penalty tables); one device-to-host copy brings all their ids. Returns one id per sampled
+  // row of `batch`, -1 where the host must sample the row from its raw logits.
+  std::vector<int32_t> ChooseIdsOnDevice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits) {
+    std::vector<RowPath> paths;
+    std::vector<int64_t> sampled_rows;
+    bool any_argmax = false;
+#ifdef GLMSERVE_TORCH_CUDA
+    std::vector<kernels::SamplingRow> sampling;
+    std::vector<kernels::PenaltyRow> penalties;
+    std::vector<int32_t> stop_ids;
+    bool any_change = false;
+    std::vector<const SequenceStep*> counted_steps;  // rows with penalty counts
+    std::vector<size_t> counted_rows;                // their index in sampled_rows
+#endif
+    for (const SequenceStep& s : batch) {
+      if (!s.sample) continue;
+      paths.push_back(ChooseRowPath(s));
+      any_argmax |= paths.back() == RowPath::kDeviceArgmax;
+      if (paths.back() != RowPath::kDeviceSample) continue;
+      sampled_rows.push_back(static_cast<int64_t>(paths.size()) - 1);
+#ifdef GLMSERVE_TORCH_CUDA
+      const SamplingParams& params = s.params->sampling;
+      kernels::SamplingRow row;
+      row.temperature = params.temperature;
+      row.top_k = params.top_k;
+      row.top_p = params.top_p;
+      row.uniform = SamplingUniform(params.seed, s.num_generated);
+      sampling.push_back(row);
+      kernels::PenaltyRow penalty;
+      if (CountsTokens(s)) {
+        penalty.repetition = params.repetition_penalty;
+        penalty.frequency = params.frequency_penalty;
+        penalty.presence = params.presence_penalty;
+        counted_steps.push_back(&s);
+        counted_rows.push_back(penalties.size());
+        any_change = true;
+      }
+      if (s.num_generated < s.params->min_new_tokens) {
+        const std::vector<int32_t>& stops =
+            s.params->stop_token_ids.empty() ? model_->config().eos_token_ids : s.params->stop_token_ids;
+        penalty.stop_begin = static_cast<int32_t>(stop_ids.size());
+        penalty.stop_count = static_cast<int32_t>(stops.size());
+        stop_ids.insert(stop_ids.end(), stops.begin(), stops.end());
+        any_change |= !stops.empty();
+      }
+      penalties.push_back(penalty);
+#endif
+    }
+    std::vector<at::Tensor> parts;
+    if (any_argmax) parts.push_back(device_logits.argmax(-1).to(at::kInt));
+    const bool has_sampled = !sampled_rows.empty();
+#ifdef GLMSERVE_TORCH_CUDA
+    std::vector<int32_t> slots;
+    int32_t* counts = nullptr;
+    uint8_t* seen = nullptr;
+    if (!counted_steps.empty() && sampled_rows.size() <= 65535) {
+      slots = penalty_tables_.Prepare(counted_steps, device_logits.size(1), device_logits.device());
+      for (size_t k = 0; k < counted_steps.size(); ++k) penalties[counted_rows[k]].slot = slots[k];
+      counts = penalty_tables_.counts();
+      seen = penalty_tables_.seen();
+    }
+    DeviceDraw draw;
+    if (has_sampled) {
+      draw = SampleRowsOnDevice(device_logits, sampled_rows, sampling, any_change ? &penalties : nullptr, stop_ids,
+                                counts, seen);
+    }
+    if (draw.ids.defined()) parts.push_back(draw.ids);
+#endif
+    std::vector<int32_t> ids(paths.size(), -1);
+    if (parts.empty()) return ids;
+    at::Tensor host_ids = (parts.size() == 1 ? parts[0] : at::cat(parts)).cpu();
+    const int32_t* argmax_ids = any_argmax ? host_ids.data_ptr<int32_t>() : nullptr;
+    const int32_t* sampled_ids =
+        has_sampled && static_cast<int64_t>(parts.size()) > (any_argmax ? 1 : 0)
+            ? host_ids.data_ptr<int32_t>() + (any_argmax ? static_cast<int64_t>(paths.size()) : 0)
+            : nullptr;
+    for (size_t row = 0; row < paths.size(); ++row) {
+      if (paths[row] == RowPath::kDeviceArgmax) ids[row] = argmax_ids[row];
+    }
+    if (sampled_ids != nullptr) {
+      for (size_t k = 0; k < sampled_rows.size(); ++k) ids[sampled_rows[k]] = sampled_ids[k];
+    }
+#ifdef GLMSERVE_TORCH_CUDA
+    if (!counted_steps.empty() && !slots.empty()) {
+      std::vector<int32_t> drawn(counted_steps.size(), -1);
+      if (draw.counted) {
+        for (size_t k = 0; k < counted_steps.size(); ++k) drawn[k] = sampled_ids[counted_rows[k]];
+      }
+      penalty_tables_.Committed(counted_steps, slots, drawn);
+    }
+#endif
+    return ids;
+  }
+
   // INTERNAL naming the problem when `batch` breaks what the engine promises; nothing is run.
   absl::Status Validate(const std::vector<SequenceStep>& batch) {
     const int32_t vocab = model_->config().vocab_size;
@@ -335,9 +616,10 @@ class PagedExecutor final : public StepExecutor {
     size_t num_samples = 0;
     for (const SequenceStep& s : batch) num_samples += s.sample ? 1 : 0;
     at::Tensor logits;
-    // On a GPU, rows without penalties or stop-id masking get their id on the device (greedy:
-    // argmax; sampled: kernels/sampling.h, the host sampler's exact id) and only ids cross to the
-    // host; the other rows, and those the device sampler leaves undecided, bring their logits.
+    // On a GPU every row gets its id on the device (plain greedy: argmax; the rest:
+    // kernels/sampling.h, penalties and stop masking included, the host sampler's exact id) and
+    // only ids cross to the host; rows the device sampler leaves undecided (and, with
+    // GLMSERVE_CUDA_DEVICE_SAMPLING=0, every row but plain greedy ones) bring their logits.
     // Copying every row's full fp32 logits and sorting them on the CPU dominated large-batch
     // decode steps.
     std::vector<int32_t> device_ids;  // per sampled row; -1: sample on the host
@@ -408,6 +690,9 @@ class PagedExecutor final : public StepExecutor {
   KvPool pool_;
   int32_t inject_oom_above_sequences_;
   std::vector<int64_t> block_owner_;  // scratch for Validate: batch slot owning each block
+#ifdef GLMSERVE_TORCH_CUDA
+  PenaltyTables penalty_tables_;
+#endif
 };
 
 class ModelRunnerImpl final : public ModelRunner {

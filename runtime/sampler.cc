@@ -28,19 +28,34 @@ int32_t SampleNextToken(const float* logits, int32_t vocab_size, const Generatio
                         const std::vector<int32_t>* history) {
   constexpr float kMasked = -std::numeric_limits<float>::infinity();
   std::vector<float> scores(logits, logits + vocab_size);
-  if (params.sampling.has_penalties() && history != nullptr && num_generated > 0) {
-    const size_t n = std::min(history->size(), static_cast<size_t>(num_generated));
-    std::vector<int32_t> counts;
-    std::vector<int32_t> seen;
-    counts.assign(vocab_size, 0);
-    for (size_t i = history->size() - n; i < history->size(); ++i) {
-      const int32_t id = (*history)[i];
-      if (id < 0 || id >= vocab_size) continue;
-      if (counts[id]++ == 0) seen.push_back(id);
+  const SamplingParams& penalties = params.sampling;
+  if (penalties.has_penalties() && history != nullptr) {
+    // Repetition (transformers' RepetitionPenaltyLogitsProcessor: torch.where(score < 0,
+    // score * penalty, score / penalty)) over every distinct id the sequence holds, prompt included.
+    if (penalties.repetition_penalty != 1.0f) {
+      std::vector<uint8_t> done(vocab_size, 0);
+      for (int32_t id : *history) {
+        if (id < 0 || id >= vocab_size || done[id] != 0) continue;
+        done[id] = 1;
+        scores[id] = scores[id] < 0.0f ? scores[id] * penalties.repetition_penalty
+                                       : scores[id] / penalties.repetition_penalty;
+      }
     }
-    for (int32_t id : seen) {
-      scores[id] -= params.sampling.frequency_penalty * static_cast<float>(counts[id]) +
-                    params.sampling.presence_penalty;
+    // Frequency / presence (OpenAI) over the generated ids only.
+    const size_t n = std::min(history->size(), static_cast<size_t>(std::max(num_generated, 0)));
+    if (n > 0 && (penalties.frequency_penalty != 0.0f || penalties.presence_penalty != 0.0f)) {
+      std::vector<int32_t> counts(vocab_size, 0);
+      std::vector<int32_t> seen;
+      for (size_t i = history->size() - n; i < history->size(); ++i) {
+        const int32_t id = (*history)[i];
+        if (id < 0 || id >= vocab_size) continue;
+        if (counts[id]++ == 0) seen.push_back(id);
+      }
+      // fp32, three rounded operations (no -ffp-contract / FMA flags in this build): the CUDA
+      // penalty kernel (kernels/sampling.h) computes the same bits.
+      for (int32_t id : seen) {
+        scores[id] -= penalties.frequency_penalty * static_cast<float>(counts[id]) + penalties.presence_penalty;
+      }
     }
   }
   if (num_generated < params.min_new_tokens) {

@@ -13,7 +13,11 @@ namespace glmserve {
 // temperature, then top-k, then top-p (transformers' order), then a draw whose random number is a
 // pure function of (seed, num_generated): batching, preemption and recompute never change it.
 // `history` (prompt + generated ids, the last num_generated of them generated) feeds the
-// frequency/presence penalties, applied first; null = no penalties.
+// penalties, applied first, in this order: the repetition penalty over every distinct id of the
+// history (transformers: score < 0 ? score * p : score / p), then the frequency/presence
+// penalties over the generated ids (score -= frequency * count + presence, fp32); then the stop
+// masking. Null history = no penalties. The CUDA path (kernels/sampling.h: ApplyPenalties, then
+// SampleRows) computes the same scores bit for bit.
 int32_t SampleNextToken(const float* logits, int32_t vocab_size, const GenerationParams& params,
                         const std::vector<int32_t>& stop_ids, int32_t num_generated,
                         const std::vector<int32_t>* history = nullptr);

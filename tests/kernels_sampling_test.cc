@@ -442,5 +442,228 @@ TEST(SampleRowsCuda, RejectsBadShapesAndAcceptsNoRows) {
 #endif
 }
 
+// ---- Penalties and stop masking (ApplyPenalties, CountTokens) ----
+
+PenaltyRow Penalty(int32_t slot, float repetition, float frequency, float presence, int32_t stop_begin,
+                   int32_t stop_count) {
+  PenaltyRow p;
+  p.slot = slot;
+  p.repetition = repetition;
+  p.frequency = frequency;
+  p.presence = presence;
+  p.stop_begin = stop_begin;
+  p.stop_count = stop_count;
+  return p;
+}
+
+TEST(PenaltyReference, HandComputedRow) {
+  // Slot 1 of 2 (slot 0 is garbage that must not be read): seen {0, 1, 3}, counts {1: 2, 3: 1}.
+  // Repetition 2, frequency 0.25, presence 0.5, stop id 4:
+  //   id 0: 2.0 / 2 = 1.0 (seen, never generated)   id 1: -1.0 * 2 = -2.0, - (0.25 * 2 + 0.5) = -3.0
+  //   id 2: 0.5 (not seen)                          id 3: 3.0 / 2 = 1.5, - (0.25 * 1 + 0.5) = 0.75
+  //   id 4: -inf (stop id before min_new_tokens)
+  const int32_t vocab = 5;
+  std::vector<int32_t> counts = {9, 9, 9, 9, 9, 0, 2, 0, 1, 0};
+  std::vector<uint8_t> seen = {1, 1, 1, 1, 1, 1, 1, 0, 1, 0};
+  const std::vector<int32_t> stops = {99, 4, -3};
+  std::vector<float> logits = {2.0f, -1.0f, 0.5f, 3.0f, 1.0f, 2.0f, -1.0f, 0.5f, 3.0f, 1.0f};
+  const std::vector<PenaltyRow> params = {Penalty(1, 2.0f, 0.25f, 0.5f, 0, 3), Penalty(-1, 2.0f, 0.25f, 0.5f, 0, 0)};
+  ApplyPenaltiesReference(logits.data(), 2, vocab, params.data(), counts.data(), seen.data(), stops.data());
+  EXPECT_EQ(logits, (std::vector<float>{1.0f, -3.0f, 0.5f, 0.75f, -kInf, 2.0f, -1.0f, 0.5f, 3.0f, 1.0f}));
+  // Frequency 0.1 three times: 0.1f * 3 rounds to 0.3000000119 (the float above 0.3), and
+  // 1.0 - that is exactly 0.7f.
+  std::vector<float> one = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+  counts[5 + 2] = 3;
+  seen[5 + 2] = 1;
+  const PenaltyRow frequency_only = Penalty(1, 1.0f, 0.1f, 0.0f, 0, 0);
+  ApplyPenaltiesReference(one.data(), 1, vocab, &frequency_only, counts.data(), seen.data(), nullptr);
+  EXPECT_EQ(one[2], 0.7f);
+  EXPECT_EQ(one[0], 1.0f);  // repetition 1: seen ids without counts are untouched
+}
+
+TEST(PenaltyReference, CountTokensSkipsUndecidedRowsAndCountsOnlyGenerated) {
+  const int32_t vocab = 4;
+  std::vector<int32_t> counts(2 * vocab, 0);
+  std::vector<uint8_t> seen(2 * vocab, 0);
+  const std::vector<int32_t> slots = {0, 0, 1, -1, 1, 1};
+  const std::vector<int32_t> ids = {2, 2, 3, 1, -1, 0};
+  const std::vector<uint8_t> counted = {0, 1, 1, 1, 1, 0};
+  CountTokensReference(counts.data(), seen.data(), vocab, slots.data(), ids.data(), counted.data(), 6);
+  EXPECT_EQ(counts, (std::vector<int32_t>{0, 0, 1, 0, 0, 0, 0, 1}));
+  EXPECT_EQ(seen, (std::vector<uint8_t>{0, 0, 1, 0, 1, 0, 0, 1}));
+  CountTokensReference(counts.data(), seen.data(), vocab, slots.data(), ids.data(), nullptr, 6);  // all counted
+  EXPECT_EQ(counts, (std::vector<int32_t>{0, 0, 3, 0, 1, 0, 0, 2}));
+}
+
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+// A device copy of a host vector, freed with the object.
+template <typename T>
+struct DeviceVector {
+  T* data = nullptr;
+  size_t size = 0;
+  explicit DeviceVector(const std::vector<T>& host) : size(host.size()) {
+    if (cudaMalloc(&data, std::max<size_t>(1, size) * sizeof(T)) != cudaSuccess) data = nullptr;
+    if (data != nullptr && size > 0) cudaMemcpy(data, host.data(), size * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  ~DeviceVector() { cudaFree(data); }
+  DeviceVector(const DeviceVector&) = delete;
+  DeviceVector& operator=(const DeviceVector&) = delete;
+  std::vector<T> Read() const {
+    std::vector<T> host(size);
+    if (size > 0) cudaMemcpy(host.data(), data, size * sizeof(T), cudaMemcpyDeviceToHost);
+    return host;
+  }
+};
+
+// The executor's whole device pipeline on random sequences: tables built by CountTokensCuda from
+// the histories (prompt seen, generated counted), ApplyPenaltiesCuda on the rows, SampleRowsCuda
+// on the penalised rows, then CountTokensCuda on the sampled ids. Against the CPU references,
+// which tests/runtime/sampler_test.cc ties to SampleNextToken: tables equal, penalised scores
+// equal bit for bit, every decided id equal (an undecided one needs the sampling contract's reason).
+void ComparePenaltyPipeline(int32_t vocab, int32_t rows, uint32_t seed, Tally* tally) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, 1 << 30);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  const int32_t slots = rows + 3;  // some slots unused, rows in shuffled slots
+  std::vector<int32_t> slot_of_row(slots);
+  std::iota(slot_of_row.begin(), slot_of_row.end(), 0);
+  std::shuffle(slot_of_row.begin(), slot_of_row.end(), rng);
+  const std::vector<float> repetitions = {1.0f, 1.1f, 1.3f, 0.9f};
+  const std::vector<float> frequencies = {0.0f, 0.2f, 0.1f, 1.5f, -0.3f};
+  const std::vector<float> presences = {0.0f, 0.3f, 0.1f};
+  const std::vector<float> temperatures = {0.0f, 0.0f, 0.7f, 1.0f};
+  const std::vector<float> top_ps = {1.0f, 0.85f, 0.95f};
+  const std::vector<int32_t> top_ks = {0, 0, 50};
+  std::vector<int32_t> entry_slots, entry_ids;
+  std::vector<uint8_t> entry_counted;
+  std::vector<PenaltyRow> penalties;
+  std::vector<SamplingRow> sampling;
+  std::vector<int32_t> stops;
+  std::vector<float> logits;
+  for (int32_t r = 0; r < rows; ++r) {
+    const bool penalised = r % 5 != 4;
+    const int32_t slot = penalised ? slot_of_row[r] : -1;
+    const int32_t prompt = 1 + pick(rng) % 200, generated = pick(rng) % 100;
+    const int32_t narrow = std::max(1, std::min(vocab, 300));  // repeats are common
+    for (int32_t i = 0; i < prompt + generated; ++i) {
+      entry_slots.push_back(slot);
+      entry_ids.push_back(i % 7 == 0 ? pick(rng) % vocab : pick(rng) % narrow);
+      entry_counted.push_back(i >= prompt ? 1 : 0);
+    }
+    const int32_t stop_count = r % 3 == 0 ? 1 + pick(rng) % 3 : 0;
+    penalties.push_back(Penalty(slot, repetitions[pick(rng) % repetitions.size()],
+                                frequencies[pick(rng) % frequencies.size()], presences[pick(rng) % presences.size()],
+                                static_cast<int32_t>(stops.size()), stop_count));
+    for (int32_t k = 0; k < stop_count; ++k) stops.push_back(k == 2 ? vocab + 5 : pick(rng) % narrow);
+    sampling.push_back(Row(temperatures[pick(rng) % temperatures.size()], top_ks[pick(rng) % top_ks.size()],
+                           top_ps[pick(rng) % top_ps.size()], uniform(rng)));
+    const std::vector<float> row =
+        MakeRow(r % 2 ? Shape::kBf16Ties : (r % 3 ? Shape::kPeaked : Shape::kFlat), vocab, rng);
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  if (stops.empty()) stops.push_back(0);
+  const int32_t entries = static_cast<int32_t>(entry_ids.size());
+
+  // Tables: host reference and device.
+  std::vector<int32_t> counts(static_cast<size_t>(slots) * vocab, 0);
+  std::vector<uint8_t> seen(static_cast<size_t>(slots) * vocab, 0);
+  CountTokensReference(counts.data(), seen.data(), vocab, entry_slots.data(), entry_ids.data(), entry_counted.data(),
+                       entries);
+  DeviceVector<int32_t> d_counts(std::vector<int32_t>(counts.size(), 0));
+  DeviceVector<uint8_t> d_seen(std::vector<uint8_t>(seen.size(), 0));
+  DeviceVector<int32_t> d_entry_slots(entry_slots), d_entry_ids(entry_ids);
+  DeviceVector<uint8_t> d_entry_counted(entry_counted);
+  ASSERT_TRUE(CountTokensCuda(d_counts.data, d_seen.data, vocab, d_entry_slots.data, d_entry_ids.data,
+                              d_entry_counted.data, entries, nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ASSERT_EQ(d_counts.Read(), counts);
+  ASSERT_EQ(d_seen.Read(), seen);
+
+  // Penalties: bit for bit.
+  std::vector<float> want = logits;
+  ApplyPenaltiesReference(want.data(), rows, vocab, penalties.data(), counts.data(), seen.data(), stops.data());
+  DeviceVector<float> d_logits(logits);
+  DeviceVector<PenaltyRow> d_penalties(penalties);
+  DeviceVector<int32_t> d_stops(stops);
+  ASSERT_TRUE(ApplyPenaltiesCuda(d_logits.data, rows, vocab, d_penalties.data, d_counts.data, d_seen.data,
+                                 d_stops.data, nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> got = d_logits.Read();
+  ASSERT_EQ(got.size(), want.size());
+  int64_t changed = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    changed += std::memcmp(&want[i], &logits[i], sizeof(float)) != 0;
+    ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)
+        << "row " << i / vocab << " id " << i % vocab << ": device " << got[i] << " reference " << want[i]
+        << " raw " << logits[i];
+  }
+  EXPECT_GT(changed, rows);  // the penalties did something
+
+  // Sampling on the penalised rows, then the post-step update from the device's ids.
+  std::vector<int32_t> want_ids(rows);
+  SampleRowsReference(want.data(), rows, vocab, sampling.data(), want_ids.data());
+  DeviceVector<SamplingRow> d_sampling(sampling);
+  DeviceVector<int32_t> d_ids(std::vector<int32_t>(rows, -2));
+  ASSERT_TRUE(SampleRowsCuda(d_logits.data, rows, vocab, d_sampling.data, d_ids.data, nullptr));
+  std::vector<int32_t> row_slots;
+  for (const PenaltyRow& p : penalties) row_slots.push_back(p.slot);
+  DeviceVector<int32_t> d_row_slots(row_slots);
+  ASSERT_TRUE(CountTokensCuda(d_counts.data, d_seen.data, vocab, d_row_slots.data, d_ids.data, nullptr, rows, nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<int32_t> got_ids = d_ids.Read();
+  for (int32_t r = 0; r < rows; ++r) {
+    const std::string describe = "vocab " + std::to_string(vocab) + " row " + std::to_string(r) + " temperature " +
+                                 std::to_string(sampling[r].temperature);
+    if (got_ids[r] == -1) {
+      ++tally->undecided;
+      EXPECT_NE(UndecidedReason(want.data() + static_cast<int64_t>(r) * vocab, vocab, sampling[r]), "") << describe;
+    } else {
+      ++tally->decided;
+      EXPECT_EQ(got_ids[r], want_ids[r]) << describe;
+    }
+  }
+  CountTokensReference(counts.data(), seen.data(), vocab, row_slots.data(), got_ids.data(), nullptr, rows);
+  EXPECT_EQ(d_counts.Read(), counts);
+  EXPECT_EQ(d_seen.Read(), seen);
+}
+#endif
+
+TEST(ApplyPenaltiesCuda, PipelineMatchesReferenceOnSmallVocabs) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  Tally tally;
+  ComparePenaltyPipeline(1000, 64, 11, &tally);
+  ComparePenaltyPipeline(7, 16, 12, &tally);
+  ComparePenaltyPipeline(4099, 40, 13, &tally);
+  std::printf("penalised small vocabs: %d decided, %d undecided\n", tally.decided, tally.undecided);
+  EXPECT_GT(tally.decided, 9 * tally.undecided);
+#endif
+}
+
+TEST(ApplyPenaltiesCuda, PipelineMatchesReferenceOnGlm4Vocab) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  Tally tally;
+  ComparePenaltyPipeline(151552, 48, 14, &tally);
+  std::printf("penalised vocab 151552: %d decided, %d undecided\n", tally.decided, tally.undecided);
+  EXPECT_GT(tally.decided, 2 * tally.undecided);
+#endif
+}
+
+TEST(ApplyPenaltiesCuda, RejectsBadShapesAndAcceptsNoRows) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  DeviceVector<float> d_logits(std::vector<float>(4, 0.0f));
+  DeviceVector<PenaltyRow> d_params(std::vector<PenaltyRow>(1));
+  EXPECT_TRUE(ApplyPenaltiesCuda(d_logits.data, 0, 4, d_params.data, nullptr, nullptr, nullptr, nullptr));
+  EXPECT_FALSE(ApplyPenaltiesCuda(d_logits.data, 1, 0, d_params.data, nullptr, nullptr, nullptr, nullptr));
+  EXPECT_FALSE(ApplyPenaltiesCuda(nullptr, 1, 4, d_params.data, nullptr, nullptr, nullptr, nullptr));
+  EXPECT_TRUE(ApplyPenaltiesCuda(d_logits.data, 1, 4, d_params.data, nullptr, nullptr, nullptr, nullptr));
+  EXPECT_TRUE(CountTokensCuda(nullptr, nullptr, 4, nullptr, nullptr, nullptr, 0, nullptr));
+  EXPECT_FALSE(CountTokensCuda(nullptr, nullptr, 4, nullptr, nullptr, nullptr, 1, nullptr));
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+#endif
+}
+
 }  // namespace
 }  // namespace glmserve::kernels

@@ -1,5 +1,6 @@
 #include "runtime/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -95,6 +96,135 @@ TEST(SamplerTest, FrequencyAndPresencePenaltiesCountOnlyGeneratedIds) {
   p.sampling.presence_penalty = 0.6f;
   EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 0, &history), 0);  // nothing generated yet
   EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, nullptr), 0);   // no history, no penalty
+}
+
+TEST(SamplerTest, RepetitionPenaltyCountsThePromptFromTheFirstToken) {
+  // Prompt {0, 2, 0}, nothing generated yet. Penalty 2: id 0 (2.0 > 0) -> 2.0 / 2 = 1.0, id 2
+  // (-1.0 < 0) -> -1.0 * 2 = -2.0; ids 1 and 3 keep 1.5 and 0.5. Argmax: id 1.
+  const std::vector<float> logits = {2.0f, 1.5f, -1.0f, 0.5f};
+  const std::vector<int32_t> history = {0, 2, 0};
+  GenerationParams p = Greedy();
+  EXPECT_EQ(SampleNextToken(logits.data(), 4, p, {}, 0, &history), 0);  // off (1.0)
+  p.sampling.repetition_penalty = 2.0f;
+  EXPECT_EQ(SampleNextToken(logits.data(), 4, p, {}, 0, &history), 1);
+  p.sampling.repetition_penalty = 1.25f;  // 2.0 / 1.25 = 1.6 > 1.5
+  EXPECT_EQ(SampleNextToken(logits.data(), 4, p, {}, 0, &history), 0);
+  EXPECT_EQ(SampleNextToken(logits.data(), 4, p, {}, 0, nullptr), 0);  // no history, no penalty
+}
+
+TEST(SamplerTest, RepetitionPenaltyMultipliesNegativeScoresAndAppliesOncePerId) {
+  // Negative scores are multiplied: -1.0 * 2 = -2.0 < -1.5.
+  const std::vector<float> negative = {-1.0f, -1.5f};
+  const std::vector<int32_t> once = {0};
+  GenerationParams p = Greedy();
+  p.sampling.repetition_penalty = 2.0f;
+  EXPECT_EQ(SampleNextToken(negative.data(), 2, p, {}, 0, &once), 1);
+  p.sampling.repetition_penalty = 1.25f;  // -1.25 > -1.5
+  EXPECT_EQ(SampleNextToken(negative.data(), 2, p, {}, 0, &once), 0);
+  // Id 0 three times in the history is still divided once: 4.0 / 2 = 2.0 > 1.9 (not 0.5).
+  const std::vector<float> logits = {4.0f, 1.9f, 1.0f};
+  const std::vector<int32_t> thrice = {0, 0, 0};
+  p.sampling.repetition_penalty = 2.0f;
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 1, &thrice), 0);
+  // A penalty below 1 favours repeats: 1.0 / 0.5 = 2.0 > 1.2.
+  const std::vector<float> close = {1.0f, 1.2f};
+  p.sampling.repetition_penalty = 0.5f;
+  EXPECT_EQ(SampleNextToken(close.data(), 2, p, {}, 0, &once), 0);
+  // Zero stays zero (0 / 2 = 0) and -0.0 stays above a negative score.
+  const std::vector<float> zero = {0.0f, -1e-3f};
+  p.sampling.repetition_penalty = 2.0f;
+  const std::vector<int32_t> both = {0, 1};
+  EXPECT_EQ(SampleNextToken(zero.data(), 2, p, {}, 0, &both), 0);  // 0 vs -2e-3
+}
+
+TEST(SamplerTest, RepetitionComesBeforeFrequencyAndPresence) {
+  // History {0}, generated (num_generated 1). Repetition 2 and frequency 1:
+  //   repetition first: 3.0 / 2 - 1 = 0.5 < 0.75 -> id 1;  (frequency first: (3 - 1) / 2 = 1.0 -> id 0)
+  //   for -1.0: -1.0 * 2 - 1 = -3.0 > -3.5 -> id 0;       (frequency first: (-1 - 1) * 2 = -4 -> id 1)
+  const std::vector<int32_t> history = {0};
+  GenerationParams p = Greedy();
+  p.sampling.repetition_penalty = 2.0f;
+  p.sampling.frequency_penalty = 1.0f;
+  const std::vector<float> positive = {3.0f, 0.75f};
+  EXPECT_EQ(SampleNextToken(positive.data(), 2, p, {}, 1, &history), 1);
+  const std::vector<float> negative = {-1.0f, -3.5f};
+  EXPECT_EQ(SampleNextToken(negative.data(), 2, p, {}, 1, &history), 0);
+  // The prompt does not count for frequency: the same id in the prompt only (num_generated 0)
+  // gets the repetition penalty alone: 3.0 / 2 = 1.5 > 0.75.
+  EXPECT_EQ(SampleNextToken(positive.data(), 2, p, {}, 0, &history), 0);
+}
+
+TEST(SamplerTest, StopMaskingComesAfterPenalties) {
+  // A negative presence penalty cannot lift a masked stop id: it stays -inf until min_new_tokens.
+  const std::vector<float> logits = {1.0f, 0.5f, 0.0f};
+  const std::vector<int32_t> history = {1, 1, 1};  // prompt {1}, generated {1, 1}
+  GenerationParams p = Greedy();
+  p.min_new_tokens = 3;
+  p.sampling.presence_penalty = -100.0f;
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {1}, 2, &history), 0);
+  EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {1}, 3, &history), 1);  // reached: 0.5 + 100
+}
+
+// SampleNextToken on penalised, masked rows against the kernels' CPU references
+// (kernels/sampling.h: CountTokens builds the per-sequence tables, ApplyPenalties changes the
+// row, SampleRows draws), which the CUDA kernels are tested against: every id must agree.
+TEST(SamplerTest, PenaltyReferenceThenSampleReferenceAgreesWithSampleNextToken) {
+  std::mt19937 rng(77);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> pick(0, 1 << 20);
+  const std::vector<float> temperatures = {0.0f, 0.0f, 0.6f, 1.0f};
+  const std::vector<float> top_ps = {1.0f, 0.85f, 0.5f};
+  const std::vector<float> repetitions = {1.0f, 1.1f, 1.3f, 0.8f};
+  const std::vector<float> frequencies = {0.0f, 0.2f, 0.7f, -0.3f};
+  const std::vector<float> presences = {0.0f, 0.1f, 0.5f};
+  int compared = 0;
+  for (int32_t vocab : {3, 50, 2000}) {
+    for (int r = 0; r < 200; ++r) {
+      std::vector<float> logits(vocab);
+      for (float& v : logits) v = r % 2 ? 2.0f * normal(rng) : testutil::TruncateToBf16(3.0f * normal(rng));
+      const int32_t prompt = 1 + pick(rng) % 40;
+      const int32_t generated = pick(rng) % 30;
+      std::vector<int32_t> history(prompt + generated);
+      const int32_t narrow = std::max(1, vocab / 10);  // repeats are common
+      for (int32_t& id : history) id = pick(rng) % narrow;
+      GenerationParams params;
+      params.sampling.temperature = temperatures[pick(rng) % temperatures.size()];
+      params.sampling.top_p = top_ps[pick(rng) % top_ps.size()];
+      params.sampling.seed = pick(rng);
+      params.sampling.repetition_penalty = repetitions[pick(rng) % repetitions.size()];
+      params.sampling.frequency_penalty = frequencies[pick(rng) % frequencies.size()];
+      params.sampling.presence_penalty = presences[pick(rng) % presences.size()];
+      params.min_new_tokens = pick(rng) % 40;
+      const std::vector<int32_t> stops = {pick(rng) % vocab, pick(rng) % narrow};
+
+      std::vector<int32_t> counts(vocab, 0);
+      std::vector<uint8_t> seen(vocab, 0);
+      const std::vector<int32_t> slots(history.size(), 0);
+      std::vector<uint8_t> counted(history.size(), 0);
+      for (int32_t i = prompt; i < prompt + generated; ++i) counted[i] = 1;
+      kernels::CountTokensReference(counts.data(), seen.data(), vocab, slots.data(), history.data(), counted.data(),
+                                    static_cast<int32_t>(history.size()));
+      kernels::PenaltyRow penalty;
+      penalty.slot = params.sampling.has_penalties() ? 0 : -1;
+      penalty.repetition = params.sampling.repetition_penalty;
+      penalty.frequency = params.sampling.frequency_penalty;
+      penalty.presence = params.sampling.presence_penalty;
+      penalty.stop_count = generated < params.min_new_tokens ? static_cast<int32_t>(stops.size()) : 0;
+      std::vector<float> scores = logits;
+      kernels::ApplyPenaltiesReference(scores.data(), 1, vocab, &penalty, counts.data(), seen.data(), stops.data());
+      kernels::SamplingRow row;
+      row.temperature = params.sampling.temperature;
+      row.top_k = params.sampling.top_k;
+      row.top_p = params.sampling.top_p;
+      row.uniform = SamplingUniform(params.sampling.seed, generated);
+      int32_t reference_id = -2;
+      kernels::SampleRowsReference(scores.data(), 1, vocab, &row, &reference_id);
+      const int32_t sampler_id = SampleNextToken(logits.data(), vocab, params, stops, generated, &history);
+      ASSERT_EQ(reference_id, sampler_id) << "vocab " << vocab << " row " << r;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 600);
 }
 
 TEST(SamplerTest, SamplingUniformIsTheDrawsFixedFunctionOfSeedAndStep) {
