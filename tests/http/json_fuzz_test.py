@@ -26,7 +26,8 @@ CHAT = {"model": "m", "messages": [
     "max_tokens": 2, "temperature": 0.5, "top_p": 0.9, "stop": ["\n"], "seed": 3, "n": 1,
     "frequency_penalty": 0.1, "presence_penalty": 0.1, "stream": False, "user": "u"}
 COMP = {"model": "m", "prompt": "hello", "max_tokens": 2, "temperature": 0, "stop": "x", "seed": 1,
-        "stream": False, "echo": False, "best_of": 1, "logprobs": None}
+        "stream": False, "echo": False, "best_of": 1, "logprobs": None, "repetition_penalty": 1.1,
+        "min_tokens": 1, "ignore_eos": False}
 
 
 def paths(value, prefix=()):

@@ -2,7 +2,7 @@
 """The official `openai` Python SDK against `glmserve serve --http-port 0` on loopback.
 
 Checks chat and completions (streaming and not, stop strings, usage, include_usage, seed,
-penalties, x-request-id), /v1/models, /health, and every error case of the error matrix (status,
+penalties, repetition_penalty / min_tokens / ignore_eos, x-request-id), /v1/models, /health, and every error case of the error matrix (status,
 type, param): invalid JSON, wrong types, unknown roles, missing fields, out-of-range values,
 image parts, 413, 429 + Retry-After, 503 draining, 504 deadline; a client that disconnects
 mid-stream frees its slot. Needs (pip): openai. Exit 77 = skipped.
@@ -156,6 +156,21 @@ def main():
             check(penalized != full and penalized[:8] == full[:8],
                   f"frequency_penalty=2 changes the text after a repeat: {penalized!r}")
 
+        # vLLM's extra fields: repetition_penalty (1 = off: the same greedy text), min_tokens and
+        # ignore_eos (exactly max_tokens new tokens).
+        r1 = client.completions.create(model="glm4-tiny", prompt="Once upon a time", max_tokens=40,
+                                       temperature=0, extra_body={"repetition_penalty": 1.0}).choices[0].text
+        check(r1 == full, f"repetition_penalty=1 == none: {r1!r}")
+        r2 = client.completions.create(model="glm4-tiny", prompt="Once upon a time", max_tokens=40,
+                                       temperature=0, extra_body={"repetition_penalty": 1.8})
+        check(isinstance(r2.choices[0].text, str) and r2.usage.completion_tokens > 0,
+              f"repetition_penalty=1.8 accepted: {r2.choices[0].text!r}")
+        for extra in ({"min_tokens": 24}, {"ignore_eos": True}):
+            m = client.completions.create(model="glm4-tiny", prompt=[1, 2, 3], max_tokens=24, temperature=0,
+                                          stop=None, extra_body=extra)
+            check(m.usage.completion_tokens == 24 and m.choices[0].finish_reason == "length",
+                  f"{extra}: exactly max_tokens new tokens ({m.usage.completion_tokens}, {m.choices[0].finish_reason})")
+
         raw = client.chat.completions.with_raw_response.create(
             model="glm4-tiny", messages=messages, max_tokens=2, extra_headers={"x-request-id": "sdk-req-1"})
         check(raw.headers.get("x-request-id") == "sdk-req-1", "x-request-id echoed in a response header")
@@ -201,6 +216,20 @@ def main():
         expect_error(server, C, chat_body(n=2), 400, "n", what="n = 2")
         expect_error(server, C, chat_body(frequency_penalty=5), 400, "frequency_penalty", what="frequency_penalty range")
         expect_error(server, C, chat_body(presence_penalty=-3), 400, "presence_penalty", what="presence_penalty range")
+        for bad in (0, -1, 10.5):
+            _, _, err = expect_error(server, P, {"model": "m", "prompt": [1, 2], "repetition_penalty": bad}, 400,
+                                     "repetition_penalty", what=f"repetition_penalty {bad}")
+            check(err is not None and "repetition_penalty" in err["message"] and "(0, 10]" in err["message"],
+                  f"repetition_penalty {bad}: the message names the field and the range: {err and err['message']!r}")
+        expect_error(server, C, chat_body(repetition_penalty="high"), 400, "repetition_penalty",
+                     what="wrong type repetition_penalty")
+        expect_error(server, P, {"model": "m", "prompt": [1], "min_tokens": -1}, 400, "min_tokens", what="min_tokens -1")
+        _, _, err = expect_error(server, P, {"model": "m", "prompt": [1], "max_tokens": 4, "min_tokens": 5}, 400,
+                                 "min_tokens", what="min_tokens > max_tokens")
+        check(err is not None and "max_tokens" in err["message"] and "min_new_tokens" not in err["message"],
+              f"min_tokens > max_tokens: the JSON names: {err and err['message']!r}")
+        expect_error(server, P, {"model": "m", "prompt": [1], "ignore_eos": "yes"}, 400, "ignore_eos",
+                     what="wrong type ignore_eos")
         expect_error(server, C, chat_body(stream_options={"include_usage": True}), 400, "stream_options",
                      what="stream_options without stream")
         _, _, err = expect_error(server, C, chat_body(messages=[{"role": "user", "content": [

@@ -14,6 +14,7 @@
 #include "runtime/engine/engine_impl.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/grpc_service.h"
+#include "server/grpc_validation.h"
 #include "tests/engine/fake_executor.h"
 #include "tests/server/test_client.h"
 
@@ -227,6 +228,23 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
       {"top_p negative", [](v1::InferRequest* r) { r->set_top_p(-0.1f); }, "top_p"},
       {"top_p NaN", [nan](v1::InferRequest* r) { r->set_top_p(nan); }, "top_p"},
       {"top_k negative", [](v1::InferRequest* r) { r->set_top_k(-1); }, "top_k"},
+      {"frequency_penalty > 2", [](v1::InferRequest* r) { r->set_frequency_penalty(2.5f); },
+       "frequency_penalty: 2.5 is outside [-2, 2]"},
+      {"frequency_penalty < -2", [](v1::InferRequest* r) { r->set_frequency_penalty(-3.0f); },
+       "frequency_penalty: -3 is outside [-2, 2]"},
+      {"frequency_penalty NaN", [nan](v1::InferRequest* r) { r->set_frequency_penalty(nan); },
+       "frequency_penalty"},
+      {"presence_penalty > 2", [](v1::InferRequest* r) { r->set_presence_penalty(2.01f); },
+       "presence_penalty"},
+      {"presence_penalty inf",
+       [](v1::InferRequest* r) { r->set_presence_penalty(-std::numeric_limits<float>::infinity()); },
+       "presence_penalty: -inf is outside [-2, 2]"},
+      {"repetition_penalty negative", [](v1::InferRequest* r) { r->set_repetition_penalty(-1.0f); },
+       "repetition_penalty: -1 is outside (0, 10]"},
+      {"repetition_penalty > 10", [](v1::InferRequest* r) { r->set_repetition_penalty(10.5f); },
+       "repetition_penalty: 10.5 is outside (0, 10]"},
+      {"repetition_penalty NaN", [nan](v1::InferRequest* r) { r->set_repetition_penalty(nan); },
+       "repetition_penalty"},
       {"stop id outside vocab", [](v1::InferRequest* r) { r->add_stop_token_ids(kVocab + 5); },
        "stop_token_ids[0]"},
       {"request_id with space", [](v1::InferRequest* r) { r->set_request_id("a b"); }, "request_id"},
@@ -251,6 +269,49 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
   EXPECT_NE(Unary(request, &response).error_message().find("[0, 4096]"), std::string::npos);
   // Still serving afterwards.
   ASSERT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response).ok());
+  EXPECT_EQ(response.output_ids_size(), 4);
+}
+
+// The penalty fields reach the engine's SamplingParams; repetition_penalty 0 (unset) means 1.
+TEST(GrpcValidation, PenaltiesMapToSamplingParams) {
+  ValidationModel model;
+  model.vocab_size = kVocab;
+  model.max_context = kMaxContext;
+  v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 8);
+  absl::StatusOr<InferenceRequest> plain = ValidateInferRequest(request, FrontendLimits(), model);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->params.sampling.frequency_penalty, 0.0f);
+  EXPECT_EQ(plain->params.sampling.presence_penalty, 0.0f);
+  EXPECT_EQ(plain->params.sampling.repetition_penalty, 1.0f);
+  EXPECT_FALSE(plain->params.sampling.has_penalties());
+
+  request.set_frequency_penalty(0.2f);
+  request.set_presence_penalty(-2.0f);
+  request.set_repetition_penalty(1.3f);
+  absl::StatusOr<InferenceRequest> set = ValidateInferRequest(request, FrontendLimits(), model);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->params.sampling.frequency_penalty, 0.2f);
+  EXPECT_EQ(set->params.sampling.presence_penalty, -2.0f);
+  EXPECT_EQ(set->params.sampling.repetition_penalty, 1.3f);
+  EXPECT_TRUE(set->params.sampling.has_penalties());
+
+  // The edges are inside.
+  request.set_frequency_penalty(2.0f);
+  request.set_repetition_penalty(10.0f);
+  EXPECT_TRUE(ValidateInferRequest(request, FrontendLimits(), model).ok());
+  request.set_repetition_penalty(0.01f);
+  EXPECT_TRUE(ValidateInferRequest(request, FrontendLimits(), model).ok());
+}
+
+TEST_F(GrpcServiceTest, PenaltiesAccepted) {
+  StartServer();
+  v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 4);
+  request.set_frequency_penalty(0.2f);
+  request.set_presence_penalty(0.1f);
+  request.set_repetition_penalty(1.1f);
+  v1::InferResponse response;
+  grpc::Status s = Unary(request, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(response.output_ids_size(), 4);
 }
 
