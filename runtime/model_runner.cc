@@ -220,7 +220,7 @@ int64_t GeneratedCount(const SequenceStep& step) {
 // per sequence. Allocated on the first penalised row, grown (doubling) when one step has more
 // penalised rows than slots; a sequence new to the tables takes a free slot or the least recently
 // used one not in this step. A slot is trusted only when it has counted exactly the history the
-// step brings (same sequence, same history length, same generated count): otherwise (new
+// step brings (same sequence, history length, generated count and last id): otherwise (new
 // sequence, preemption and recompute, a draw the host made, a failed step) it is rebuilt from
 // SequenceStep::history, one upload and a scatter on the device. After the draw CountTokensCuda
 // counts the drawn ids on the device, with no host synchronisation.
@@ -262,7 +262,8 @@ class PenaltyTables {
       const std::vector<int32_t>& history = *s->history;
       const int64_t length = static_cast<int64_t>(history.size());
       const int64_t generated = GeneratedCount(*s);
-      if (state.length != length || state.generated != generated) {
+      const int32_t last_id = history.empty() ? -1 : history.back();
+      if (state.length != length || state.generated != generated || state.last_id != last_id) {
         cleared.push_back(slot);
         for (int64_t i = 0; i < length; ++i) {
           entry_slots.push_back(slot);
@@ -271,6 +272,7 @@ class PenaltyTables {
         }
         state.length = length;  // InvalidateAll undoes this if the rebuild below throws
         state.generated = generated;
+        state.last_id = last_id;
       }
       result.push_back(slot);
     }
@@ -312,6 +314,7 @@ class PenaltyTables {
       if (drawn[k] >= 0) {
         ++state.length;
         ++state.generated;
+        state.last_id = drawn[k];  // the engine must append exactly this id
       } else {
         state.length = -1;
       }
@@ -328,6 +331,7 @@ class PenaltyTables {
     int64_t sequence_id = -1;
     int64_t length = -1;  // history ids counted; -1: stale
     int64_t generated = -1;
+    int32_t last_id = -1;  // the history's last id (the id drawn last)
     uint64_t last_used = 0;
   };
 
