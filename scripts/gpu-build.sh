@@ -1,34 +1,111 @@
 #!/usr/bin/env bash
 # On the GPU machine (Ubuntu 24.04, CUDA 13, Python torch 2.11, no network, no gRPC): builds the
-# runtime, CLI, engine and kernels against Python's CUDA LibTorch, runs the tests (kernels against
-# their CPU references, fixture parity on CUDA, the engine with injected and real CUDA OOM) and
-# the GLM-4-9B decode table against transformers in the same call. Build outputs stay in
-# .gpu/build so later runs on a warm machine are incremental. Logs go to $OUT (or .gpu/out).
+# whole server (gRPC, HTTP, metrics), glmload, the health probe, the engine and kernels against
+# Python's CUDA LibTorch, runs the tests (kernels against their CPU references, fixture parity on
+# CUDA, the engine with injected and real CUDA OOM), the GLM-4-9B decode table against
+# transformers, and the server end to end (scripts/gpu-serve-bench.sh) in the same call. Build
+# outputs stay in .gpu/build so later runs on a warm machine are incremental. Logs go to $OUT (or
+# .gpu/out).
 # Parts (0/1): GLMSERVE_GPU_TESTS=1 (=kernels: kernel tests only) GLMSERVE_GPU_VERIFY=1 (graph
 # replay vs eager, step by step) GLMSERVE_GPU_TABLE=1 GLMSERVE_GPU_COMPARE="" (the table again
 # under each listed VAR=value) GLMSERVE_GPU_GEMM=0 (bench/gemm_bench: linear layers alone;
 # GLMSERVE_GEMM_ROWS list) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
 # GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
-# host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel).
-#   Needs .gpu/debs/*.deb from Debian 12 (apt-get download libabsl-dev libabsl20220623
-#   nlohmann-json3-dev libgtest-dev libgmock-dev libre2-dev libre2-9 libsentencepiece-dev
-#   libsentencepiece0), carried with the tree. (re2 + sentencepiece: runtime/tokenizer.)
+# host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel) GLMSERVE_GPU_SERVE=1
+# (glmserve serve + glmload table: scripts/gpu-serve-bench.sh, its own switches there).
+# GLMSERVE_GPU_CONFIGURE_ONLY=1 stops after unpacking the prefix and configuring (no GPU needed:
+# how the prefix handling is checked on a CPU machine).
+#   Needs .gpu/debs/*.deb from Debian 12, carried with the tree (apt-get download libabsl-dev
+#   libabsl20220623 nlohmann-json3-dev libgtest-dev libgmock-dev libre2-dev libre2-9
+#   libsentencepiece-dev libsentencepiece0 libgrpc++-dev libgrpc-dev libgrpc29 libgrpc++1.51
+#   libprotobuf-dev libprotobuf32 libprotobuf-lite32 libprotoc32 protobuf-compiler
+#   protobuf-compiler-grpc libc-ares-dev libc-ares2 libssl-dev libssl3 prometheus-cpp-dev
+#   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 libcivetweb-dev
+#   libcivetweb1 civetweb libcurl4-openssl-dev libcurl4 libcpp-httplib-dev libcpp-httplib0.11
+#   libbrotli-dev libbrotli1 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 zlib1g-dev zlib1g).
+#   They are unpacked (dpkg -x) into .gpu/prefix and made relocatable there: .pc files name the
+#   prefix instead of /usr, absolute .so links point into the prefix, protoc and grpc_cpp_plugin
+#   run through wrappers that find their libraries. Our binaries find the prefix's libraries by
+#   RPATH (DT_RPATH, so the libraries' own dependencies resolve too); nothing exports
+#   LD_LIBRARY_PATH, so the machine's curl, python and the rest keep their own libraries.
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 out="${OUT:-$repo_root/.gpu/out}"
-mkdir -p "$out" .gpu/prefix
-for deb in .gpu/debs/*.deb; do dpkg -x "$deb" .gpu/prefix; done
-export LD_LIBRARY_PATH="$repo_root/.gpu/prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-torch_dir="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+prefix="$repo_root/.gpu/prefix"
+libdir="$prefix/usr/lib/x86_64-linux-gnu"
+mkdir -p "$out"
 
-cmake -S . -B .gpu/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGLMSERVE_WITH_GRPC=OFF \
-  -DGLMSERVE_LIBTORCH_DIR="$torch_dir" -DCMAKE_PREFIX_PATH="$repo_root/.gpu/prefix/usr" \
+# The prefix: unpacked again only when the set of .debs changed (stable mtimes keep the build
+# incremental).
+debs_id="$(cd .gpu/debs && ls ./*.deb | sort | md5sum | cut -c1-32)"
+if [ "$(cat "$prefix/.debs-id" 2>/dev/null)" != "$debs_id" ]; then
+  rm -rf "$prefix"
+  mkdir -p "$prefix"
+  for deb in .gpu/debs/*.deb; do dpkg -x "$deb" "$prefix" || { echo "dpkg -x $deb failed"; exit 1; }; done
+  # pkg-config: prefix=/usr, libdir=/usr/lib/..., includedir=/usr/include..., -I/usr/...
+  # (gRPC's .pc also says ${exec_prefix}/lib for a library in lib/x86_64-linux-gnu).
+  for pc in "$libdir"/pkgconfig/*.pc "$prefix"/usr/share/pkgconfig/*.pc; do
+    [ -f "$pc" ] || continue
+    sed -i -E -e "s#^([A-Za-z_]+=)/usr(/|\$)#\1$prefix/usr\2#" -e "s#(-I|-L)/usr/#\1$prefix/usr/#g" \
+      -e 's#^libdir=\$\{exec_prefix\}/lib$#libdir=${exec_prefix}/lib/x86_64-linux-gnu#' "$pc"
+  done
+  # Absolute symlinks (libz.so -> /lib/x86_64-linux-gnu/libz.so.1.2.13): relative, into the prefix.
+  while IFS= read -r link; do
+    target="$(readlink "$link")"
+    case "$target" in /*) ln -sfn "$(realpath -m --relative-to="$(dirname "$link")" "$prefix$target")" "$link" ;; esac
+  done < <(find "$prefix" -type l)
+  # prometheus-cpp's config finds civetweb's, whose targets file checks that bin/civetweb exists
+  # (the civetweb .deb); never run, so a stub does if that .deb is missing.
+  if [ ! -e "$prefix/usr/bin/civetweb" ]; then
+    printf '#!/bin/sh\necho "civetweb stub (scripts/gpu-build.sh)" >&2; exit 1\n' >"$prefix/usr/bin/civetweb"
+    chmod +x "$prefix/usr/bin/civetweb"
+  fi
+  # protoc and grpc_cpp_plugin (run by the build) need libprotoc32 & co from the prefix.
+  mkdir -p "$prefix/wrap"
+  for tool in protoc grpc_cpp_plugin; do
+    printf '#!/bin/sh\nLD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' \
+      "$libdir" "$prefix/usr/bin/$tool" >"$prefix/wrap/$tool"
+    chmod +x "$prefix/wrap/$tool"
+  done
+  echo "$debs_id" >"$prefix/.debs-id"
+fi
+# What is left pointing outside the prefix (an absolute /usr path in a .pc or CMake file, a link
+# out of the prefix) would pick the machine's copy or nothing: say so before configuring.
+leaks="$(grep -lE '(=|-I|-L)/usr/(lib|include)' "$libdir"/pkgconfig/*.pc "$prefix"/usr/share/pkgconfig/*.pc 2>/dev/null)"
+for link in $(find "$prefix/usr/lib" "$prefix/lib" "$prefix/usr/bin" -type l 2>/dev/null); do
+  [ -e "$link" ] || leaks="$leaks $link(dangling)"
+done
+[ -z "$leaks" ] || echo "warning: prefix still points outside itself: $leaks"
+"$prefix/wrap/protoc" --version >/dev/null || { echo "protoc from the prefix does not run"; exit 1; }
+
+torch_dir="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
+if [ "${GLMSERVE_GPU_CONFIGURE_ONLY:-0}" != 1 ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+fi
+
+# Prefix libraries by RPATH; --disable-new-dtags makes it DT_RPATH, which also serves the
+# libraries' own dependencies (libgrpc++ -> libgrpc -> libabsl_*, libre2, libcares, libssl) and
+# the dlopen of libsentencepiece.so.0; DT_RUNPATH would serve the executable's direct ones only.
+# The arch include dir holds Debian's openssl/configuration.h (cpp-httplib includes OpenSSL).
+link_flags="-Wl,--disable-new-dtags -Wl,-rpath,$libdir"
+PKG_CONFIG_PATH="$libdir/pkgconfig:$prefix/usr/share/pkgconfig" \
+cmake -S . -B .gpu/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGLMSERVE_WITH_GRPC=ON \
+  -DGLMSERVE_LIBTORCH_DIR="$torch_dir" -DCMAKE_PREFIX_PATH="$prefix/usr" \
+  -DProtobuf_PROTOC_EXECUTABLE="$prefix/wrap/protoc" -DGLMSERVE_GRPC_CPP_PLUGIN="$prefix/wrap/grpc_cpp_plugin" \
+  -DCMAKE_C_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu" \
+  -DCMAKE_CXX_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu" \
+  -DCMAKE_EXE_LINKER_FLAGS="$link_flags" -DCMAKE_SHARED_LINKER_FLAGS="$link_flags" \
   >"$out/cmake.log" 2>&1 || { tail -40 "$out/cmake.log"; exit 1; }
-cmake --build .gpu/build -j 16 --target runtime_test engine_test engine_model_test kernels_test glmserve \
-  decode_bench gemm_bench \
+if [ "${GLMSERVE_GPU_CONFIGURE_ONLY:-0}" = 1 ]; then echo "configured .gpu/build (GLMSERVE_GPU_CONFIGURE_ONLY=1)"; exit 0; fi
+targets="runtime_test engine_test engine_model_test kernels_test glmserve decode_bench gemm_bench glmload"
+# The gRPC health probe (deploy/docker/health_probe.cc) is defined with the deploy tests (Python).
+grep -q "glmserve_health_probe" .gpu/build/build.ninja && targets="$targets glmserve_health_probe"
+# shellcheck disable=SC2086  # one word per target
+cmake --build .gpu/build -j 16 --target $targets \
   >"$out/build.log" 2>&1 || { grep -E "error|FAILED" "$out/build.log" | head -40; exit 1; }
+# Every library of the server resolves (RPATH into the prefix, the rest from the machine).
+ldd .gpu/build/glmserve | grep "not found" && echo "warning: glmserve: libraries not found (above)"
 
 status=0
 run() { echo "== $*"; "$@" || status=1; }
@@ -137,5 +214,9 @@ if [ "${GLMSERVE_GPU_NCU:-0}" = 1 ]; then
     grep -E "Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Shared Memory Config|Stall|Warp Cycles Per Issued|Memory Throughput|Block Limit" \
       "$out/ncu_attention_b$b.txt" | head -30
   done
+fi
+if [ "${GLMSERVE_GPU_SERVE:-1}" = 1 ]; then
+  # glmserve serve --device cuda driven by glmload through gRPC (and HTTP) beside decode_bench.
+  OUT="$out" run bash scripts/gpu-serve-bench.sh
 fi
 exit $status
