@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The server end to end on the GPU machine (issue 17's table), after scripts/gpu-build.sh built
+# .gpu/build (it calls this script when GLMSERVE_GPU_SERVE=1, the default; it runs alone too):
+#   1. decode_bench on the same config at the same batch sizes (the engine's ceiling);
+#   2. `glmserve serve --device cuda --random-weights` (GLM-4-9B config, bf16) with gRPC, HTTP and
+#      metrics ports on 127.0.0.1, ready by the gRPC health probe (or its "serving on" line);
+#   3. glmload --stream through gRPC, 128-token prompts, 128 new tokens, a closed-loop sweep over
+#      the levels, three mixes: eos_ignored (--ignore-eos true: min_new_tokens = max_new_tokens),
+#      eos (--ignore-eos false), open_autoglm (the Open-AutoGLM client's settings: temperature 0,
+#      top_p 0.85, frequency_penalty 0.2);
+#   4. one level through the OpenAI HTTP API, streaming (glmload --http);
+#   5. GET /metrics once with curl (the machine's curl, no prefix libraries: --metrics-port works);
+#   6. SIGTERM, bounded wait for the drain;
+#   7. $OUT/serve_table.md: mix, streams, tok/s, ratio to decode_bench at that batch, TTFT and ITL
+#      p50/p99 (from glmload's --json-out), errors.
+# Everything goes to $OUT (or .gpu/out): serve.log (server stderr), serve_<mix>.{json,md,log},
+# serve_http.*, serve_decode_bench.md, serve_metrics.txt, serve_table.md.
+# Switches: GLMSERVE_SERVE_LEVELS=1,8,32,64,128,256 GLMSERVE_SERVE_DURATION=15s (per level)
+# GLMSERVE_SERVE_MIXES="eos_ignored eos open_autoglm" GLMSERVE_SERVE_HTTP=1
+# GLMSERVE_SERVE_HTTP_CONCURRENCY=64 GLMSERVE_SERVE_MAX_BATCH=256 GLMSERVE_SERVE_DECODE_BENCH=1
+# GLMSERVE_SERVE_START_TIMEOUT=300 (s, model load + graph capture) GLMSERVE_SERVE_FLAGS="" (more
+# serve flags, e.g. "--max-batch-tokens 4096") GLMSERVE_SERVE_MODEL=bench/configs/glm-4-9b-chat-hf
+# GLMSERVE_SERVE_DEVICE=cuda GLMSERVE_SERVE_DTYPE=bfloat16 GLMSERVE_HBM_GBPS (decode_bench's roofline; 4800 on an H200).
+# At the defaults: ~5 min of load (6 levels x 3 mixes x 15 s, plus drains, warm-up and HTTP) and
+# ~1-2 min for decode_bench and the server's start.
+set -uo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+out="${OUT:-$repo_root/.gpu/out}"
+mkdir -p "$out"
+build="${GLMSERVE_BUILD_DIR:-.gpu/build}"
+model="${GLMSERVE_SERVE_MODEL:-bench/configs/glm-4-9b-chat-hf}"
+levels="${GLMSERVE_SERVE_LEVELS:-1,8,32,64,128,256}"
+duration="${GLMSERVE_SERVE_DURATION:-15s}"
+mixes="${GLMSERVE_SERVE_MIXES:-eos_ignored eos open_autoglm}"
+http_concurrency="${GLMSERVE_SERVE_HTTP_CONCURRENCY:-64}"
+max_batch="${GLMSERVE_SERVE_MAX_BATCH:-256}"
+start_timeout="${GLMSERVE_SERVE_START_TIMEOUT:-300}"
+device="${GLMSERVE_SERVE_DEVICE:-cuda}"
+dtype="${GLMSERVE_SERVE_DTYPE:-bfloat16}"
+status=0
+
+for bin in "$build/glmserve" "$build/bench/glmload"; do
+  [ -x "$bin" ] || { echo "gpu-serve-bench: $bin not built (scripts/gpu-build.sh builds it)"; exit 1; }
+done
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port="$(free_port)" http_port="$(free_port)" metrics_port="$(free_port)"
+vocab="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$model/config.json")"
+
+# 1. The engine's ceiling at the same batch sizes (before the server takes the GPU's memory).
+if [ "${GLMSERVE_SERVE_DECODE_BENCH:-1}" = 1 ]; then
+  gbps="${GLMSERVE_HBM_GBPS:-3350}"
+  [ -z "${GLMSERVE_HBM_GBPS:-}" ] && grep -q H200 "$out/gpu.txt" 2>/dev/null && gbps=4800
+  echo "== decode_bench at $levels (the engine alone)"
+  timeout 600 "$build/bench/decode_bench" --model "$model" --random-weights --device "$device" --dtype "$dtype" \
+    --hbm-gbps "$gbps" --batch-sizes "$levels" --prompt-tokens 128 --new-tokens 128 \
+    >"$out/serve_decode_bench.md" 2>"$out/serve_decode_bench.log" || { echo "decode_bench failed"; status=1; }
+  cat "$out/serve_decode_bench.md"
+fi
+
+# 2. The server. 256 streams: HTTP/2 streams per connection and HTTP threads above the load.
+# shellcheck disable=SC2206  # one word per flag
+extra=(${GLMSERVE_SERVE_FLAGS:-})
+server_cmd=("$build/glmserve" serve --model "$model" --random-weights true --device "$device" --dtype "$dtype"
+  --host 127.0.0.1 --port "$port" --http-port "$http_port" --metrics-port "$metrics_port"
+  --max-batch "$max_batch" --max-concurrent-streams 1024 --http-threads $((http_concurrency + 32))
+  --log-requests false --log-format text "${extra[@]}")
+echo "== ${server_cmd[*]}"
+"${server_cmd[@]}" 2>"$out/serve.log" &
+server_pid=$!
+stop_server() {
+  kill -0 "$server_pid" 2>/dev/null || return 0
+  kill -TERM "$server_pid"
+  for _ in $(seq 1 120); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$server_pid" 2>/dev/null; then
+    echo "server still running 60 s after SIGTERM: SIGKILL"; kill -KILL "$server_pid"; status=1
+  fi
+  wait "$server_pid"; local rc=$?
+  echo "server exited $rc after SIGTERM (0 = drained)"; [ "$rc" = 0 ] || status=1
+}
+trap stop_server EXIT
+
+probe="$build/tests/deploy/glmserve_health_probe"
+ready=0
+for _ in $(seq 1 $((start_timeout * 2))); do
+  if ! kill -0 "$server_pid" 2>/dev/null; then echo "the server exited while starting:"; tail -20 "$out/serve.log"; exit 1; fi
+  if grep -q "serving on" "$out/serve.log"; then
+    if [ ! -x "$probe" ] || "$probe" -addr "127.0.0.1:$port" -timeout-ms 2000 >/dev/null 2>&1; then ready=1; break; fi
+  fi
+  sleep 0.5
+done
+if [ "$ready" != 1 ]; then echo "the server was not ready within ${start_timeout} s:"; tail -20 "$out/serve.log"; exit 1; fi
+grep -E "ready in|metrics on|http serving on|serving on" "$out/serve.log"
+
+load() {  # load NAME FLAGS...: glmload through gRPC, streaming, the sweep
+  local name=$1; shift
+  echo "== glmload $name: $*"
+  "$build/bench/glmload" --target "127.0.0.1:$port" --stream --sweep "$levels" --duration "$duration" \
+    --prompt-len 128 --max-new-tokens 128 --deadline-ms 300000 --no-progress \
+    --json-out "$out/serve_$name.json" "$@" >"$out/serve_$name.md" 2>"$out/serve_$name.log" \
+    || { echo "glmload $name: exit $? (errors or failed; $out/serve_$name.log)"; status=1; }
+  cat "$out/serve_$name.md"
+}
+# Warm-up (not recorded): two waves of short requests at the full batch.
+"$build/bench/glmload" --target "127.0.0.1:$port" --stream --concurrency "$max_batch" --requests $((2 * max_batch)) \
+  --prompt-len 128 --max-new-tokens 16 --deadline-ms 300000 --no-progress >"$out/serve_warmup.md" 2>&1 || true
+for mix in $mixes; do
+  case "$mix" in
+    eos_ignored) load eos_ignored --ignore-eos true ;;
+    eos) load eos --ignore-eos false ;;
+    open_autoglm) load open_autoglm --ignore-eos false --temperature 0 --top-p 0.85 --frequency-penalty 0.2 ;;
+    *) echo "unknown mix '$mix' (eos_ignored eos open_autoglm)"; status=1 ;;
+  esac
+done
+
+# 4. One level through the OpenAI HTTP API (SSE streaming).
+if [ "${GLMSERVE_SERVE_HTTP:-1}" = 1 ]; then
+  echo "== glmload http: --concurrency $http_concurrency through /v1/completions, streaming"
+  "$build/bench/glmload" --http --target "127.0.0.1:$http_port" --stream --concurrency "$http_concurrency" \
+    --duration "$duration" --prompt-len 128 --max-new-tokens 128 --ignore-eos true --vocab-size "$vocab" \
+    --deadline-ms 300000 --no-progress --json-out "$out/serve_http.json" >"$out/serve_http.md" 2>"$out/serve_http.log" \
+    || { echo "glmload http: exit $? ($out/serve_http.log)"; status=1; }
+  cat "$out/serve_http.md"
+fi
+
+# 5. /metrics with the machine's curl: no prefix libraries in its environment.
+echo "== GET http://127.0.0.1:$metrics_port/metrics"
+if env -u LD_LIBRARY_PATH curl -sf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" >"$out/serve_metrics.txt" \
+   && grep -q "^glmserve_build_info" "$out/serve_metrics.txt"; then
+  grep -E "^glmserve_(generated_tokens_total|requests_total|batch_limit|oom_events_total)" "$out/serve_metrics.txt"
+else
+  echo "metrics scrape failed (curl exit or no glmserve_build_info)"; status=1
+fi
+
+# 6. Drain.
+trap - EXIT
+stop_server
+
+# 7. The table.
+python3 - "$out" "$levels" <<'EOF' | tee "$out/serve_table.md"
+import json, os, re, sys
+out, levels = sys.argv[1], sys.argv[2]
+decode = {}
+path = os.path.join(out, "serve_decode_bench.md")
+if os.path.exists(path):
+    for line in open(path):
+        m = re.match(r"^\|\s*(\d+)\s*\|\s*([\d.]+)\s*\|", line)
+        if m:
+            decode[int(m.group(1))] = float(m.group(2))
+rows = [("eos_ignored", "gRPC, --ignore-eos true"), ("eos", "gRPC, --ignore-eos false"),
+        ("open_autoglm", "gRPC, Open-AutoGLM (T 0, top_p 0.85, freq 0.2)"), ("http", "HTTP SSE, --ignore-eos true")]
+print("| mix | streams | tok/s | decode_bench tok/s | ratio | TTFT p50 / p99 ms | ITL p50 / p99 ms | ok / errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for name, label in rows:
+    p = os.path.join(out, f"serve_{name}.json")
+    if not os.path.exists(p):
+        continue
+    try:
+        report = json.load(open(p))
+    except ValueError:
+        print(f"| {label} | - | unreadable {p} | | | | | |")
+        continue
+    for lv in report.get("levels", []):
+        n = lv.get("concurrency", 0)
+        tps = lv.get("generated_tokens_per_s", 0.0)
+        ttft, itl = lv.get("ttft_ms", {}), lv.get("inter_token_ms", {})
+        ref = decode.get(n)
+        ratio = f"{tps / ref:.0%}" if ref else "-"
+        errors = sum(lv.get("errors", {}).values()) if isinstance(lv.get("errors"), dict) else lv.get("errors", 0)
+        print(f"| {label} | {n} | {tps:,.1f} | {f'{ref:,.1f}' if ref else '-'} | {ratio} | "
+              f"{ttft.get('p50', 0):.1f} / {ttft.get('p99', 0):.1f} | {itl.get('p50', 0):.2f} / {itl.get('p99', 0):.2f} | "
+              f"{lv.get('requests_ok', 0)} / {errors} |")
+EOF
+exit $status
