@@ -126,7 +126,9 @@ int RunServe(int argc, char** argv) {
                {{"port", metrics_sink->port()}, {"listening_ports", metrics_sink->listen_spec()}});
     }
     LogEvent(LogLevel::kInfo, "metrics_listening", "",
-             absl::StrCat("metrics on http://", url_host, ":", metrics_sink->port(), "/metrics"),
+             metrics_sink->fallback()
+                 ? absl::StrCat("metrics on http://", metrics_sink->listen_spec(), "/metrics")
+                 : absl::StrCat("metrics on http://", url_host, ":", metrics_sink->port(), "/metrics"),
              {{"port", metrics_sink->port()}, {"listening_ports", metrics_sink->listen_spec()}});
   }
 
