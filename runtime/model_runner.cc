@@ -209,12 +209,12 @@ RowPath ChooseRowPath(const SequenceStep& step) {
   return RowPath::kHost;
 }
 
+#ifdef GLMSERVE_TORCH_CUDA
 // Generated ids the penalties count: the last min(num_generated, history size) of the history.
 int64_t GeneratedCount(const SequenceStep& step) {
   return std::min<int64_t>(std::max(step.num_generated, 0), static_cast<int64_t>(step.history->size()));
 }
 
-#ifdef GLMSERVE_TORCH_CUDA
 // The penalties' per-sequence token tables on the device (kernels/sampling.h): counts [slots,
 // vocab] int32 (generated ids) and seen [slots, vocab] uint8 (prompt and generated ids), one slot
 // per sequence. Allocated on the first penalised row, grown (doubling) when one step has more
