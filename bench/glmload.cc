@@ -1,6 +1,7 @@
 #include "bench/glmload.h"
 
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -94,8 +96,15 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::stri
 // ---------------------------------------------------------------------------------------------
 // One load level.
 
+// --http: where POST /v1/completions goes, and the model name it sends.
+struct HttpTarget {
+  std::string host;
+  int port = 0;
+  std::string model;
+};
+
 struct Record {
-  grpc::StatusCode code = grpc::OK;
+  std::string error;  // "" = ok; else the key counted in LevelResult::errors
   double latency_ms = 0;
   double ttft_ms = -1;  // client side, streaming only
   int prompt_tokens = 0;
@@ -106,17 +115,30 @@ struct Record {
 class Level {
  public:
   Level(const Options& opts, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
-        const std::vector<std::vector<int32_t>>& prompts, int vocab_size, int concurrency, double rate)
+        const std::vector<std::vector<int32_t>>& prompts, int vocab_size, int concurrency, double rate,
+        const HttpTarget* http = nullptr)
       : opts_(opts), prompts_(prompts), vocab_size_(vocab_size), concurrency_(concurrency),
-        rate_(rate), gen_(opts.seed + static_cast<uint64_t>(concurrency) * 7919) {
+        rate_(rate), http_(http), gen_(opts.seed + static_cast<uint64_t>(concurrency) * 7919) {
     for (const auto& c : channels) stubs_.push_back(v1::Inference::NewStub(c));
   }
+  ~Level() { StopHttpWorkers(); }
 
   LevelResult Run();
 
  private:
   class StreamCall;
+  struct HttpJob {
+    Clock::time_point intended;
+    std::string body;
+    int prompt_tokens = 0;
+  };
   void Issue(Clock::time_point intended);
+  // HTTP: a pool of blocking workers, one keep-alive connection each, grown whenever a request
+  // finds no idle worker (so every request in flight has its own connection).
+  void IssueHttp(Clock::time_point intended, const v1::InferRequest& req);
+  void HttpWorker();
+  Record CallHttp(httplib::Client& cli, const HttpJob& job, std::vector<double>* itl);
+  void StopHttpWorkers();
   void Finish(Record r, std::vector<double> itl);
   bool StopSending() const;
   v1::InferRequest MakeRequest();
@@ -127,7 +149,15 @@ class Level {
   const int vocab_size_;
   const int concurrency_;
   const double rate_;
+  const HttpTarget* const http_;
   std::vector<std::unique_ptr<v1::Inference::Stub>> stubs_;
+
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::deque<HttpJob> jobs_;         // guarded by pool_mu_
+  size_t idle_workers_ = 0;          // guarded by pool_mu_
+  bool pool_stop_ = false;           // guarded by pool_mu_
+  std::vector<std::thread> workers_; // guarded by pool_mu_
 
   std::mutex gen_mu_;
   std::mt19937_64 gen_;
@@ -167,6 +197,10 @@ v1::InferRequest Level::MakeRequest() {
   if (opts_.ignore_eos) req.set_min_new_tokens(max_new);
   req.set_temperature(opts_.temperature);
   if (opts_.temperature > 0) req.set_seed(gen_());
+  req.set_top_p(opts_.top_p);
+  req.set_frequency_penalty(opts_.frequency_penalty);
+  req.set_presence_penalty(opts_.presence_penalty);
+  req.set_repetition_penalty(opts_.repetition_penalty);
   return req;
 }
 
@@ -204,7 +238,7 @@ class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
     StartRead(&msg_);
   }
   void OnDone(const grpc::Status& s) override {
-    rec_.code = s.error_code();
+    if (!s.ok()) rec_.error = CodeName(s.error_code());
     rec_.latency_ms = Ms(Clock::now() - intended_);
     rec_.prompt_tokens = req_.input_ids_size();
     level_->Finish(rec_, std::move(itl_));
@@ -224,9 +258,13 @@ class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
 void Level::Issue(Clock::time_point intended) {
   const int64_t n = sent_.fetch_add(1);
   in_flight_.fetch_add(1);
+  v1::InferRequest req = MakeRequest();
+  if (http_ != nullptr) {
+    IssueHttp(intended, req);
+    return;
+  }
   v1::Inference::Stub* stub = stubs_[static_cast<size_t>(n) % stubs_.size()].get();
   const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(opts_.deadline_ms);
-  v1::InferRequest req = MakeRequest();
   if (opts_.stream) {
     (new StreamCall(this, std::move(req), intended))->Start(stub, deadline);
     return;
@@ -241,7 +279,7 @@ void Level::Issue(Clock::time_point intended) {
   call->ctx.set_deadline(deadline);
   stub->async()->Infer(&call->ctx, &call->req, &call->resp, [this, call, intended](grpc::Status s) {
     Record r;
-    r.code = s.error_code();
+    if (!s.ok()) r.error = CodeName(s.error_code());
     r.latency_ms = Ms(Clock::now() - intended);
     r.prompt_tokens = call->req.input_ids_size();
     if (s.ok()) {
@@ -255,8 +293,158 @@ void Level::Issue(Clock::time_point intended) {
   });
 }
 
+void Level::IssueHttp(Clock::time_point intended, const v1::InferRequest& req) {
+  // The same request as gRPC's, in the OpenAI completions shape (min_tokens, repetition_penalty:
+  // vLLM's extra fields, which glmserve's HTTP API takes too).
+  json body = {{"model", http_->model},
+               {"prompt", std::vector<int32_t>(req.input_ids().begin(), req.input_ids().end())},
+               {"temperature", req.temperature()}};
+  if (req.max_new_tokens() > 0) body["max_tokens"] = req.max_new_tokens();
+  if (req.min_new_tokens() > 0) body["min_tokens"] = req.min_new_tokens();
+  if (req.seed() != 0) body["seed"] = static_cast<int64_t>(req.seed() >> 1);  // JSON's int64
+  if (req.top_p() > 0) body["top_p"] = req.top_p();
+  if (req.frequency_penalty() != 0) body["frequency_penalty"] = req.frequency_penalty();
+  if (req.presence_penalty() != 0) body["presence_penalty"] = req.presence_penalty();
+  if (req.repetition_penalty() > 0) body["repetition_penalty"] = req.repetition_penalty();
+  if (opts_.stream) {
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+  }
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  jobs_.push_back(HttpJob{intended, body.dump(), req.input_ids_size()});
+  if (idle_workers_ < jobs_.size()) workers_.emplace_back([this] { HttpWorker(); });
+  pool_cv_.notify_one();
+}
+
+void Level::HttpWorker() {
+  httplib::Client cli(http_->host, http_->port);
+  cli.set_keep_alive(true);
+  cli.set_connection_timeout(std::chrono::seconds(10));
+  // Per read: a stream sends a keep-alive comment every second; the server's deadline (the
+  // x-request-timeout header) ends a request, this only catches a server that stopped answering.
+  cli.set_read_timeout(std::chrono::milliseconds(opts_.deadline_ms + 10000));
+  cli.set_write_timeout(std::chrono::seconds(30));
+  std::unique_lock<std::mutex> lock(pool_mu_);
+  ++idle_workers_;
+  while (true) {
+    pool_cv_.wait(lock, [this] { return pool_stop_ || !jobs_.empty(); });
+    if (jobs_.empty()) {
+      --idle_workers_;
+      return;
+    }
+    HttpJob job = std::move(jobs_.front());
+    jobs_.pop_front();
+    --idle_workers_;
+    lock.unlock();
+    std::vector<double> itl;
+    Record r = CallHttp(cli, job, &itl);
+    // Idle again before Finish: a closed loop's next request (sent from Finish) finds this
+    // worker instead of starting another.
+    lock.lock();
+    ++idle_workers_;
+    lock.unlock();
+    Finish(std::move(r), std::move(itl));
+    lock.lock();
+  }
+}
+
+void Level::StopHttpWorkers() {
+  std::vector<std::thread> workers;
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    pool_stop_ = true;
+    workers.swap(workers_);
+  }
+  pool_cv_.notify_all();
+  for (std::thread& t : workers) t.join();
+}
+
+// One POST /v1/completions. Streaming: TTFT is the time to the first SSE chunk with ids, the
+// inter-token latency the gap before each later such chunk divided over its ids (as InferStream's
+// messages); the count of generated ids is the usage chunk's completion_tokens.
+Record Level::CallHttp(httplib::Client& cli, const HttpJob& job, std::vector<double>* itl) {
+  Record rec;
+  rec.prompt_tokens = job.prompt_tokens;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = job.body;
+  req.set_header("Content-Type", "application/json");
+  req.set_header("x-request-timeout", absl::StrCat(opts_.deadline_ms, "ms"));
+  int status = 0;
+  bool done = false;
+  std::string stream_error, pending;
+  int counted = 0, usage_tokens = -1;
+  Clock::time_point last;
+  if (opts_.stream) {
+    req.response_handler = [&status](const httplib::Response& res) {
+      status = res.status;
+      return true;
+    };
+    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      if (status < 200 || status >= 300) return true;  // an error body: the status says it
+      const auto now = Clock::now();
+      pending.append(data, n);
+      size_t eol;
+      while ((eol = pending.find('\n')) != std::string::npos) {
+        std::string line = pending.substr(0, eol);
+        pending.erase(0, eol + 1);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.rfind("data:", 0) != 0) continue;  // blank separators, ": keep-alive" comments
+        std::string payload = line.substr(5);
+        if (!payload.empty() && payload[0] == ' ') payload.erase(0, 1);
+        const SseEvent ev = ParseSseData(payload);
+        if (ev.done) {
+          done = true;
+        } else if (ev.malformed || !ev.error.empty()) {
+          if (stream_error.empty()) stream_error = ev.malformed ? "bad_response" : "stream_" + ev.error;
+        } else {
+          if (ev.completion_tokens >= 0) usage_tokens = ev.completion_tokens;
+          if (ev.tokens > 0) {
+            if (rec.ttft_ms < 0) {
+              rec.ttft_ms = Ms(now - job.intended);
+            } else {
+              const double gap = Ms(now - last) / ev.tokens;
+              for (int i = 0; i < ev.tokens; ++i) itl->push_back(gap);
+            }
+            last = now;
+            counted += ev.tokens;
+          }
+        }
+      }
+      return true;
+    };
+  }
+  httplib::Result res = cli.send(req);
+  rec.latency_ms = Ms(Clock::now() - job.intended);
+  if (!res) {
+    rec.error = "transport_" + httplib::to_string(res.error());
+    return rec;
+  }
+  if (status == 0) status = res->status;
+  if (status < 200 || status >= 300) {
+    rec.error = absl::StrCat("http_", status);
+  } else if (opts_.stream) {
+    if (!stream_error.empty()) {
+      rec.error = stream_error;
+    } else if (!done) {
+      rec.error = "stream_truncated";
+    } else {
+      rec.generated = usage_tokens >= 0 ? usage_tokens : counted;
+    }
+  } else {
+    const json j = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("usage") || !j["usage"].is_object()) {
+      rec.error = "bad_response";
+    } else {
+      rec.generated = j["usage"].value("completion_tokens", 0);
+    }
+  }
+  return rec;
+}
+
 void Level::Finish(Record r, std::vector<double> itl) {
-  if (r.code == grpc::OK) {
+  if (r.error.empty()) {
     ok_.fetch_add(1);
     tokens_.fetch_add(r.generated);
   } else {
@@ -271,7 +459,7 @@ void Level::Finish(Record r, std::vector<double> itl) {
   // completion is still inside Finish().
   std::lock_guard<std::mutex> lock(mu_);
   records_.push_back(r);
-  if (r.code == grpc::OK) itl_.insert(itl_.end(), itl.begin(), itl.end());
+  if (r.error.empty()) itl_.insert(itl_.end(), itl.begin(), itl.end());
   last_done_ = Clock::now();
   if (in_flight_.fetch_sub(1) == 1) cv_.notify_all();
 }
@@ -349,6 +537,7 @@ LevelResult Level::Run() {
     cv_.notify_all();
   }
   if (progress.joinable()) progress.join();
+  StopHttpWorkers();
 
   LevelResult r;
   r.mode = rate_ > 0 ? "open" : "closed";
@@ -360,8 +549,8 @@ LevelResult Level::Run() {
   r.elapsed_s = std::chrono::duration<double>(last_done_ - start_).count();
   std::vector<double> lat, ttft, queue, sttft;
   for (const Record& rec : records_) {
-    if (rec.code != grpc::OK) {
-      ++r.errors[CodeName(rec.code)];
+    if (!rec.error.empty()) {
+      ++r.errors[rec.error];
       continue;
     }
     ++r.ok;
@@ -428,6 +617,49 @@ std::string Cell(double v, const Summary& s, const char* fmt = "%.1f") {
 
 }  // namespace
 
+SseEvent ParseSseData(const std::string& payload) {
+  SseEvent ev;
+  if (payload == "[DONE]") {
+    ev.done = true;
+    return ev;
+  }
+  const json j = json::parse(payload, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    ev.malformed = true;
+    return ev;
+  }
+  if (auto e = j.find("error"); e != j.end() && !e->is_null()) {
+    ev.error = "unknown";
+    if (e->is_object()) {
+      if (auto code = e->find("code"); code != e->end() && code->is_string() && !code->get<std::string>().empty()) {
+        ev.error = code->get<std::string>();
+      }
+    }
+    return ev;
+  }
+  if (auto u = j.find("usage"); u != j.end() && u->is_object()) {
+    if (auto c = u->find("completion_tokens"); c != u->end() && c->is_number_integer()) {
+      ev.completion_tokens = c->get<int>();
+    }
+  }
+  auto choices = j.find("choices");
+  if (choices == j.end() || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) return ev;
+  const json& choice = (*choices)[0];
+  if (auto ids = choice.find("token_ids"); ids != choice.end() && ids->is_array()) {
+    ev.tokens = static_cast<int>(ids->size());
+  } else {
+    // Completions: "text"; chat: delta.content.
+    const json* text = nullptr;
+    if (auto t = choice.find("text"); t != choice.end()) text = &*t;
+    if (auto d = choice.find("delta"); d != choice.end() && d->is_object()) {
+      if (auto c = d->find("content"); c != d->end()) text = &*c;
+    }
+    if (text != nullptr && text->is_string() && !text->get_ref<const std::string&>().empty()) ev.tokens = 1;
+  }
+  if (auto f = choice.find("finish_reason"); f != choice.end() && !f->is_null()) ev.finished = true;
+  return ev;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Flags.
 
@@ -461,7 +693,7 @@ std::string Usage() {
       "usage: glmload [--target HOST:PORT] (--concurrency N | --rate R | --sweep N,N,...)\n"
       "               [--duration T | --requests N] [flags]\n"
       "\n"
-      "Load generator for glmserve.v1.Inference. Every run stops by itself: each level sends for\n"
+      "Load generator for glmserve.v1.Inference (or its OpenAI HTTP API: --http). Every run stops by itself: each level sends for\n"
       "--duration or until --requests have been sent, then waits for the requests in flight\n"
       "(bounded by --deadline-ms). A progress line goes to stderr, the table to stdout.\n"
       "Flags take '--flag value' or '--flag=value'.\n"
@@ -486,7 +718,18 @@ std::string Usage() {
       "  --vocab-size N            random prompt ids in [0, N); default: the server's vocab_size\n"
       "  --ignore-eos true|false   min_new_tokens = max_new_tokens (fixed output length), default true\n"
       "  --temperature T           default 0 (greedy)\n"
-      "  --stream                  InferStream: measures TTFT and inter-token latency client side\n"
+      "  --top-p P                 nucleus mass in (0, 1]; default: not sent (the server's 1)\n"
+      "  --frequency-penalty F     in [-2, 2]; default 0 (off)\n"
+      "  --presence-penalty F      in [-2, 2]; default 0 (off)\n"
+      "  --repetition-penalty F    in (0, 10], 1 = off; default: not sent (off)\n"
+      "  --stream                  InferStream (or an SSE stream with --http): measures TTFT and\n"
+      "                            inter-token latency client side\n"
+      "  --http                    the OpenAI HTTP API instead of gRPC: --target is the server's\n"
+      "                            --http-port; POST /v1/completions with token-id prompts,\n"
+      "                            max_tokens, min_tokens (--ignore-eos), sampling and penalties;\n"
+      "                            one keep-alive connection per request in flight (--connections\n"
+      "                            is gRPC only); needs --vocab-size or --prompt-file (the HTTP API\n"
+      "                            does not report the vocabulary); errors counted as http_<status>\n"
       "\noutput:\n"
       "  --json-out PATH           every number as JSON\n"
       "  --plot PATH.png           throughput and latency percentiles vs concurrency (gnuplot)\n"
@@ -509,6 +752,10 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
     }
     if (arg == "--stream") {
       o.stream = true;
+      continue;
+    }
+    if (arg == "--http") {
+      o.http = true;
       continue;
     }
     if (arg == "--no-progress") {
@@ -575,6 +822,19 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
       double t = 0;
       s = ParseNumberFlag(arg, value, 0, 100, &t);
       o.temperature = static_cast<float>(t);
+    } else if (arg == "--top-p" || arg == "--repetition-penalty") {
+      // Open at 0: (0, hi].
+      const double hi = arg == "--top-p" ? 1.0 : 10.0;
+      double v = 0;
+      s = ParseNumberFlag(arg, value, 0, hi, &v);
+      if (!s.ok() || v <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(arg, ": '", value, "' is not a number in (0, ", hi, "]"));
+      }
+      (arg == "--top-p" ? o.top_p : o.repetition_penalty) = static_cast<float>(v);
+    } else if (arg == "--frequency-penalty" || arg == "--presence-penalty") {
+      double v = 0;
+      s = ParseNumberFlag(arg, value, -2, 2, &v);
+      (arg == "--frequency-penalty" ? o.frequency_penalty : o.presence_penalty) = static_cast<float>(v);
     } else if (arg == "--json-out") {
       o.json_out = value;
     } else if (arg == "--plot") {
@@ -595,15 +855,85 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
   if (!o.labels.empty() && o.labels.size() != o.from_json.size()) {
     return absl::InvalidArgumentError("--labels: one per --from-json file");
   }
+  if (o.http && o.from_json.empty() && o.vocab_size == 0 && o.prompt_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--http: the HTTP API does not report the vocabulary size; set --vocab-size N (prompt ids "
+        "are drawn from [0, N)) or --prompt-file");
+  }
   return o;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Running.
 
+namespace {
+
+// "HOST:PORT" or "[V6]:PORT"; asks /v1/models for the model name (retrying for 10 s).
+absl::StatusOr<HttpTarget> ConnectHttp(const std::string& target, ServerInfo* info) {
+  HttpTarget t;
+  const size_t colon = target.rfind(':');
+  int64_t port = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !ParseIntFlag("--target", target.substr(colon + 1), 1, 65535, &port).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--target: '", target, "' is not HOST:PORT"));
+  }
+  t.host = target.substr(0, colon);
+  if (t.host.size() > 2 && t.host.front() == '[' && t.host.back() == ']') t.host = t.host.substr(1, t.host.size() - 2);
+  t.port = static_cast<int>(port);
+  httplib::Client cli(t.host, t.port);
+  cli.set_connection_timeout(std::chrono::seconds(2));
+  cli.set_read_timeout(std::chrono::seconds(10));
+  const auto end = Clock::now() + std::chrono::seconds(10);
+  std::string why = "no answer";
+  while (true) {
+    httplib::Result res = cli.Get("/v1/models");
+    if (res && res->status == 200) {
+      const json j = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_discarded() && j.is_object() && j.contains("data") && j["data"].is_array() &&
+          !j["data"].empty() && j["data"][0].is_object() && j["data"][0].contains("id") &&
+          j["data"][0]["id"].is_string()) {
+        t.model = j["data"][0]["id"].get<std::string>();
+        info->model = t.model;
+        info->max_context = j["data"][0].value("max_model_len", 0);
+        return t;
+      }
+      why = "GET /v1/models answered without data[0].id";
+    } else {
+      why = res ? absl::StrCat("GET /v1/models answered HTTP ", res->status)
+                : absl::StrCat("GET /v1/models: ", httplib::to_string(res.error()));
+    }
+    if (Clock::now() >= end) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return absl::UnavailableError(absl::StrCat("cannot use http://", target, " within 10 s (", why,
+                                             "; with --http, --target is the server's --http-port)"));
+}
+
+}  // namespace
+
 absl::StatusOr<Report> RunLoad(const Options& opts) {
   Report report;
   report.options = opts;
+  if (opts.http) {
+    absl::StatusOr<HttpTarget> target = ConnectHttp(opts.target, &report.server);
+    if (!target.ok()) return target.status();
+    std::vector<std::vector<int32_t>> prompts;
+    if (!opts.prompt_file.empty()) {
+      auto p = ReadPromptFile(opts.prompt_file);
+      if (!p.ok()) return p.status();
+      prompts = std::move(*p);
+    }
+    if (prompts.empty() && opts.vocab_size <= 0) {
+      return absl::InvalidArgumentError("--http: set --vocab-size or --prompt-file");
+    }
+    std::vector<int> levels = opts.sweep;
+    if (levels.empty()) levels.push_back(opts.concurrency);
+    for (int c : levels) {
+      Level level(opts, {}, prompts, opts.vocab_size, c, opts.rate, &*target);
+      report.levels.push_back(level.Run());
+    }
+    return report;
+  }
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < opts.connections; ++i) {
     grpc::ChannelArguments args;
@@ -684,7 +1014,11 @@ std::string FormatTable(const Report& r) {
                     r.server.dtype, "), max_batch ", r.server.max_batch, ", glmserve ",
                     r.server.version, "\n");
   }
-  absl::StrAppend(&out, r.options.stream ? "InferStream" : "Infer", ", latencies in ms",
+  if (r.options.http) {
+    absl::StrAppend(&out, "POST /v1/completions", r.options.stream ? " (SSE stream)" : "",
+                    r.server.model.empty() ? "" : absl::StrCat(", model ", r.server.model), "\n");
+  }
+  absl::StrAppend(&out, r.options.http ? "HTTP" : (r.options.stream ? "InferStream" : "Infer"), ", latencies in ms",
                   r.options.stream ? "" : " (ttft/itl need --stream)",
                   "; queue = server queue_ms; percentiles nearest-rank\n");
   for (const auto& row : rows) {
@@ -713,6 +1047,11 @@ std::string ToJson(const Report& r) {
                  {"prompt_file", o.prompt_file},
                  {"ignore_eos", o.ignore_eos},
                  {"temperature", o.temperature},
+                 {"top_p", o.top_p},
+                 {"frequency_penalty", o.frequency_penalty},
+                 {"presence_penalty", o.presence_penalty},
+                 {"repetition_penalty", o.repetition_penalty},
+                 {"api", o.http ? "http" : "grpc"},
                  {"stream", o.stream},
                  {"deadline_ms", o.deadline_ms},
                  {"seed", o.seed},
@@ -753,7 +1092,10 @@ absl::StatusOr<Report> FromJson(const std::string& text) {
     return absl::InvalidArgumentError("not a glmload JSON report (no levels)");
   }
   Report r;
-  if (j.contains("config")) r.options.stream = j["config"].value("stream", false);
+  if (j.contains("config")) {
+    r.options.stream = j["config"].value("stream", false);
+    r.options.http = j["config"].value("api", "grpc") == "http";
+  }
   if (j.contains("server")) {
     const json& s = j["server"];
     r.server.known = true;

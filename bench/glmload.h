@@ -39,7 +39,16 @@ struct Options {
   // Sets min_new_tokens = max_new_tokens, so every request generates exactly max_new_tokens.
   bool ignore_eos = true;
   float temperature = 0;
+  // Sent in every request. top_p 0 = not sent (the server's default, 1); the penalties 0 = not
+  // sent (off); repetition_penalty is sent only when set (1 = off).
+  float top_p = 0;
+  float frequency_penalty = 0;
+  float presence_penalty = 0;
+  float repetition_penalty = 0;
   bool stream = false;
+  // Drive the OpenAI-compatible HTTP API (POST /v1/completions, token-id prompts, SSE when
+  // streaming) instead of gRPC; target is then the HTTP port. Needs vocab_size or prompt_file.
+  bool http = false;
   // Per-request deadline.
   int64_t deadline_ms = 60000;
   uint64_t seed = 1;
@@ -69,7 +78,9 @@ struct LevelResult {
   double rate = 0;       // open loop: offered requests/s
   double elapsed_s = 0;  // first send -> last completion
   int64_t sent = 0, ok = 0, dropped = 0;
-  std::map<std::string, int64_t> errors;  // gRPC code name -> count
+  // gRPC code name -> count; HTTP: "http_<status>" (non-2xx), "transport_<httplib error>",
+  // "stream_<error code>" (an error event in an SSE stream), "bad_response"
+  std::map<std::string, int64_t> errors;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double requests_per_s = 0, generated_tokens_per_s = 0;
   Summary latency_ms, ttft_ms, inter_token_ms, queue_ms, server_ttft_ms;
@@ -78,6 +89,7 @@ struct LevelResult {
 struct ServerInfo {
   bool known = false;
   std::string architecture, device, dtype, version;
+  std::string model;  // HTTP: the id /v1/models lists (sent as "model")
   int vocab_size = 0, max_batch = 0, max_context = 0;
 };
 
@@ -86,6 +98,17 @@ struct Report {
   ServerInfo server;
   std::vector<LevelResult> levels;
 };
+
+// One SSE "data:" payload of a /v1/completions stream, as glmload reads it.
+struct SseEvent {
+  bool done = false;            // "[DONE]"
+  std::string error;            // an error object: its code (or "unknown"); else ""
+  int tokens = 0;               // ids in this chunk: len(token_ids) when sent, else 1 per non-empty text
+  int completion_tokens = -1;   // the usage chunk's completion_tokens
+  bool finished = false;        // finish_reason set
+  bool malformed = false;       // not JSON / not an object
+};
+SseEvent ParseSseData(const std::string& payload);
 
 // Runs every level (the sweep, or the one level of --concurrency/--rate) against opts.target.
 absl::StatusOr<Report> RunLoad(const Options& opts);

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks reject bad flag values with exit 2 and an error naming the flag and the value.
 #   bench_flags_test.sh DECODE_BENCH MODEL_DIR [GEMM_BENCH]
+#   bench_flags_test.sh --glmload GLMLOAD      (glmload's flags only; tests/load/CMakeLists.txt)
 set -u
-decode_bench="$1" model="$2" gemm_bench="${3:-}"
 failures=0
 expect() {  # expect "MESSAGE" COMMAND...: exit status 2 and MESSAGE on stderr
   local want="$1"; shift
@@ -13,6 +13,30 @@ expect() {  # expect "MESSAGE" COMMAND...: exit status 2 and MESSAGE on stderr
     failures=$((failures + 1))
   fi
 }
+if [ "${1:-}" = "--glmload" ]; then
+  # Checked before any connection: nothing listens on the target.
+  glmload="$2" t=(--target 127.0.0.1:1 --requests 1 --no-progress)
+  expect "--top-p: '0' is not a number in (0, 1]" "$glmload" "${t[@]}" --top-p 0
+  expect "--top-p: '1.5' is not a number in (0, 1]" "$glmload" "${t[@]}" --top-p 1.5
+  expect "--top-p: 'x' is not a number in (0, 1]" "$glmload" "${t[@]}" --top-p=x
+  expect "--frequency-penalty: '2.5' is not a number in [-2, 2]" "$glmload" "${t[@]}" --frequency-penalty 2.5
+  expect "--frequency-penalty: 'nan' is not a number in [-2, 2]" "$glmload" "${t[@]}" --frequency-penalty nan
+  expect "--presence-penalty: '-3' is not a number in [-2, 2]" "$glmload" "${t[@]}" --presence-penalty -3
+  expect "--repetition-penalty: '0' is not a number in (0, 10]" "$glmload" "${t[@]}" --repetition-penalty 0
+  expect "--repetition-penalty: '11' is not a number in (0, 10]" "$glmload" "${t[@]}" --repetition-penalty 11
+  expect "--repetition-penalty: '-1' is not a number in (0, 10]" "$glmload" "${t[@]}" --repetition-penalty=-1
+  expect "--repetition-penalty: needs a value" "$glmload" "${t[@]}" --repetition-penalty
+  expect "--http: the HTTP API does not report the vocabulary size; set --vocab-size" "$glmload" "${t[@]}" --http
+  expect "--vocab-size: '0' is not an integer" "$glmload" "${t[@]}" --http --vocab-size 0
+  # --help lists the new flags.
+  help="$("$glmload" --help)"
+  for flag in --top-p --frequency-penalty --presence-penalty --repetition-penalty --http; do
+    if [[ "$help" != *"$flag"* ]]; then echo "FAIL: --help does not list $flag"; failures=$((failures + 1)); fi
+  done
+  [ "$failures" -eq 0 ] && echo "glmload flag errors: ok"
+  exit "$failures"
+fi
+decode_bench="$1" model="$2" gemm_bench="${3:-}"
 expect "--batch-sizes: '0' is not an integer in [1, " "$decode_bench" --model "$model" --batch-sizes 8,0
 expect "--batch-sizes: 'x' is not an integer" "$decode_bench" --model "$model" --batch-sizes x
 if [ -n "$gemm_bench" ]; then

@@ -1,5 +1,6 @@
 // The glmload binary against the real `glmserve serve` binary on the bundled tiny model (loopback,
-// --port 0): a short streamed sweep produces the table, the JSON with every field, and the PNG.
+// --port 0): a short streamed sweep produces the table, the JSON with every field, and the PNG;
+// a short --http --stream run through the OpenAI HTTP API (--http-port 0) measures TTFT and ITL.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -7,8 +8,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -97,6 +100,71 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
                                     &rc);
   EXPECT_EQ(rc, 0);
   EXPECT_NE(md.find("| concurrency |"), std::string::npos) << md;
+  fs::remove_all(dir);
+}
+
+// --http: the same harness through the OpenAI HTTP API (POST /v1/completions, SSE stream), with
+// sampling flags and penalties in every request; TTFT and inter-token latency measured.
+TEST(GlmloadRealTest, HttpStreamRun) {
+  if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
+  ServerProcess server(ServeBinary(), kModel, {"--http-port", "0"});
+  ASSERT_GT(server.WaitServing(120s), 0) << ServeBinary() << " did not serve:\n" << server.log();
+  int http_port = 0;
+  {
+    static const std::regex re("http serving on 127\\.0\\.0\\.1:([0-9]+)");
+    const auto end = std::chrono::steady_clock::now() + 30s;
+    while (http_port == 0 && std::chrono::steady_clock::now() < end) {
+      std::smatch m;
+      const std::string log = server.log();
+      if (std::regex_search(log, m, re)) http_port = std::stoi(m[1]);
+      else std::this_thread::sleep_for(20ms);
+    }
+  }
+  ASSERT_GT(http_port, 0) << "no 'http serving on' line:\n" << server.log();
+
+  const fs::path dir = fs::temp_directory_path() / ("glmload_http_test." + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string json_path = (dir / "run.json").string();
+  // The tiny model's vocabulary is 1024 ids.
+  const std::string cmd = std::string("timeout 90 ") + kLoad + " --http --target 127.0.0.1:" +
+                          std::to_string(http_port) +
+                          " --concurrency 3 --duration 2s --stream --prompt-len uniform:4:12"
+                          " --max-new-tokens 6 --vocab-size 1024 --temperature 0.7 --top-p 0.85"
+                          " --frequency-penalty 0.2 --presence-penalty 0.1 --repetition-penalty 1.1"
+                          " --deadline-ms 20000 --no-progress --json-out " +
+                          json_path + " 2>" + (dir / "stderr").string();
+  int rc = -1;
+  const std::string table = RunCommand(cmd, &rc);
+  std::ifstream err_file(dir / "stderr");
+  std::stringstream err;
+  err << err_file.rdbuf();
+  ASSERT_EQ(rc, 0) << table << err.str() << server.log();
+  EXPECT_NE(table.find("POST /v1/completions (SSE stream)"), std::string::npos) << table;
+  EXPECT_NE(table.find("itl p50"), std::string::npos) << table;
+
+  std::ifstream jf(json_path);
+  ASSERT_TRUE(jf.good()) << json_path;
+  nlohmann::json j = nlohmann::json::parse(jf, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(j.is_discarded());
+  EXPECT_EQ(j["config"]["api"], "http");
+  EXPECT_FLOAT_EQ(j["config"]["top_p"].get<float>(), 0.85f);
+  EXPECT_FLOAT_EQ(j["config"]["frequency_penalty"].get<float>(), 0.2f);
+  EXPECT_FLOAT_EQ(j["config"]["repetition_penalty"].get<float>(), 1.1f);
+  ASSERT_EQ(j["levels"].size(), 1u);
+  const auto& l = j["levels"][0];
+  EXPECT_GT(l["requests_ok"].get<int>(), 0);
+  EXPECT_TRUE(l["errors"].empty()) << l["errors"];
+  // --ignore-eos (default true) sends min_tokens = max_tokens: exactly 6 new tokens each.
+  EXPECT_EQ(l["generated_tokens"].get<int>(), 6 * l["requests_ok"].get<int>());
+  EXPECT_GT(l["generated_tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(l["latency_ms"]["p50"].get<double>(), 0);
+  EXPECT_GT(l["ttft_ms"]["count"].get<int>(), 0);
+  EXPECT_GT(l["ttft_ms"]["p50"].get<double>(), 0);
+  EXPECT_GT(l["inter_token_ms"]["count"].get<int>(), 0);
+  EXPECT_LE(l["ttft_ms"]["p50"].get<double>(), l["latency_ms"]["p50"].get<double>());
+
+  // The requests went through the HTTP front end (its request log names the route).
+  EXPECT_NE(server.log().find("/v1/completions"), std::string::npos);
   fs::remove_all(dir);
 }
 

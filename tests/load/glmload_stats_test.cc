@@ -106,6 +106,77 @@ TEST(FlagsTest, ParsesEveryForm) {
   EXPECT_EQ(d->target, "127.0.0.1:50051");  // loopback unless told otherwise
 }
 
+TEST(FlagsTest, SamplingPenaltiesAndHttp) {
+  std::vector<std::string> args = {"glmload", "--top-p", "0.85", "--frequency-penalty=0.2",
+                                   "--presence-penalty", "-1.5", "--repetition-penalty", "1.1",
+                                   "--http", "--vocab-size", "1024", "--target", "h:8000"};
+  auto argv = Argv(args);
+  auto o = ParseFlags(static_cast<int>(argv.size()), argv.data());
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FLOAT_EQ(o->top_p, 0.85f);
+  EXPECT_FLOAT_EQ(o->frequency_penalty, 0.2f);
+  EXPECT_FLOAT_EQ(o->presence_penalty, -1.5f);
+  EXPECT_FLOAT_EQ(o->repetition_penalty, 1.1f);
+  EXPECT_TRUE(o->http);
+  EXPECT_FALSE(o->stream);
+
+  std::vector<std::string> defaults = {"glmload"};
+  auto dargv = Argv(defaults);
+  auto d = ParseFlags(1, dargv.data());
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->top_p, 0.0f);  // not sent
+  EXPECT_EQ(d->frequency_penalty, 0.0f);
+  EXPECT_EQ(d->presence_penalty, 0.0f);
+  EXPECT_EQ(d->repetition_penalty, 0.0f);  // not sent
+  EXPECT_FALSE(d->http);
+
+  // Each bad value names its flag and the range.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
+      {{"glmload", "--top-p", "0"}, "--top-p: '0' is not a number in (0, 1]"},
+      {{"glmload", "--top-p", "1.01"}, "--top-p: '1.01' is not a number in (0, 1]"},
+      {{"glmload", "--frequency-penalty", "-2.5"}, "--frequency-penalty: '-2.5' is not a number in [-2, 2]"},
+      {{"glmload", "--presence-penalty", "inf"}, "--presence-penalty: 'inf' is not a number in [-2, 2]"},
+      {{"glmload", "--repetition-penalty", "0"}, "--repetition-penalty: '0' is not a number in (0, 10]"},
+      {{"glmload", "--repetition-penalty", "10.5"}, "--repetition-penalty: '10.5' is not a number in (0, 10]"},
+      {{"glmload", "--http"}, "--http: the HTTP API does not report the vocabulary size"},
+  };
+  for (auto [a, want] : bad) {
+    auto av = Argv(a);
+    auto r = ParseFlags(static_cast<int>(av.size()), av.data());
+    ASSERT_FALSE(r.ok()) << a[1];
+    EXPECT_NE(std::string(r.status().message()).find(want), std::string::npos) << r.status();
+  }
+  // --http with prompts from a file needs no --vocab-size.
+  std::vector<std::string> file = {"glmload", "--http", "--prompt-file", "p.txt"};
+  auto fargv = Argv(file);
+  EXPECT_TRUE(ParseFlags(static_cast<int>(fargv.size()), fargv.data()).ok());
+  EXPECT_NE(Usage().find("--repetition-penalty"), std::string::npos);
+  EXPECT_NE(Usage().find("--http"), std::string::npos);
+}
+
+TEST(SseTest, ParsesCompletionChunks) {
+  SseEvent done = ParseSseData("[DONE]");
+  EXPECT_TRUE(done.done);
+  SseEvent text = ParseSseData(R"({"id":"c","object":"text_completion","choices":[{"index":0,"text":"ab","logprobs":null,"finish_reason":null}]})");
+  EXPECT_EQ(text.tokens, 1);
+  EXPECT_FALSE(text.finished);
+  EXPECT_EQ(text.completion_tokens, -1);
+  SseEvent empty = ParseSseData(R"({"choices":[{"index":0,"text":"","finish_reason":"length"}]})");
+  EXPECT_EQ(empty.tokens, 0);
+  EXPECT_TRUE(empty.finished);
+  SseEvent ids = ParseSseData(R"({"choices":[{"index":0,"text":"","token_ids":[5,6,7]}]})");
+  EXPECT_EQ(ids.tokens, 3);
+  SseEvent chat = ParseSseData(R"({"choices":[{"index":0,"delta":{"content":"x"}}]})");
+  EXPECT_EQ(chat.tokens, 1);
+  SseEvent usage = ParseSseData(R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":6,"total_tokens":9}})");
+  EXPECT_EQ(usage.completion_tokens, 6);
+  EXPECT_EQ(usage.tokens, 0);
+  SseEvent error = ParseSseData(R"({"error":{"message":"m","type":"timeout_error","param":"timeout","code":"deadline_exceeded"}})");
+  EXPECT_EQ(error.error, "deadline_exceeded");
+  EXPECT_TRUE(ParseSseData("{not json").malformed);
+  EXPECT_TRUE(ParseSseData("[1]").malformed);
+}
+
 TEST(FlagsTest, RejectsBadInput) {
   for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
            {"glmload", "--rate", "10", "--concurrency", "2"},
