@@ -14,7 +14,9 @@
 # host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel) GLMSERVE_GPU_SERVE=1
 # (glmserve serve + glmload table: scripts/gpu-serve-bench.sh, its own switches there).
 # GLMSERVE_GPU_CONFIGURE_ONLY=1 stops after unpacking the prefix and configuring (no GPU needed:
-# how the prefix handling is checked on a CPU machine).
+# how the prefix handling is checked on a CPU machine). Where one call is limited to 10 minutes,
+# build first with every part 0 (GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0
+# GLMSERVE_GPU_SERVE=0), then run the parts in later calls on the warm machine (incremental).
 #   Needs .gpu/debs/*.deb from Debian 12, carried with the tree (apt-get download libabsl-dev
 #   libabsl20220623 nlohmann-json3-dev libgtest-dev libgmock-dev libre2-dev libre2-9
 #   libsentencepiece-dev libsentencepiece0 libgrpc++-dev libgrpc-dev libgrpc29 libgrpc++1.51
@@ -217,6 +219,6 @@ if [ "${GLMSERVE_GPU_NCU:-0}" = 1 ]; then
 fi
 if [ "${GLMSERVE_GPU_SERVE:-1}" = 1 ]; then
   # glmserve serve --device cuda driven by glmload through gRPC (and HTTP) beside decode_bench.
-  OUT="$out" run bash scripts/gpu-serve-bench.sh
+  run env OUT="$out" bash scripts/gpu-serve-bench.sh
 fi
 exit $status
