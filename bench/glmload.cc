@@ -319,6 +319,9 @@ void Level::IssueHttp(Clock::time_point intended, const v1::InferRequest& req) {
 void Level::HttpWorker() {
   httplib::Client cli(http_->host, http_->port);
   cli.set_keep_alive(true);
+  // The request goes out as two writes (headers, body): without TCP_NODELAY, Nagle holds the
+  // body until the server's delayed ACK (~40 ms added to every TTFT).
+  cli.set_tcp_nodelay(true);
   cli.set_connection_timeout(std::chrono::seconds(10));
   // Per read: a stream sends a keep-alive comment every second; the server's deadline (the
   // x-request-timeout header) ends a request, this only catches a server that stopped answering.
