@@ -696,9 +696,10 @@ std::string Usage() {
       "usage: glmload [--target HOST:PORT] (--concurrency N | --rate R | --sweep N,N,...)\n"
       "               [--duration T | --requests N] [flags]\n"
       "\n"
-      "Load generator for glmserve.v1.Inference (or its OpenAI HTTP API: --http). Every run stops by itself: each level sends for\n"
-      "--duration or until --requests have been sent, then waits for the requests in flight\n"
-      "(bounded by --deadline-ms). A progress line goes to stderr, the table to stdout.\n"
+      "Load generator for glmserve.v1.Inference (or its OpenAI HTTP API: --http). Every run\n"
+      "stops by itself: each level sends for --duration or until --requests have been sent, then\n"
+      "waits for the requests in flight (bounded by --deadline-ms). A progress line goes to\n"
+      "stderr, the table to stdout.\n"
       "Flags take '--flag value' or '--flag=value'.\n"
       "\nload:\n"
       "  --target HOST:PORT        server, default ", d.target, "\n"
@@ -719,6 +720,7 @@ std::string Usage() {
       "  --prompt-file PATH        token-id prompts, one per line (ids split by commas/spaces),\n"
       "                            drawn at random instead of --prompt-len\n"
       "  --vocab-size N            random prompt ids in [0, N); default: the server's vocab_size\n"
+      "                            (gRPC GetModelInfo; required with --http)\n"
       "  --ignore-eos true|false   min_new_tokens = max_new_tokens (fixed output length), default true\n"
       "  --temperature T           default 0 (greedy)\n"
       "  --top-p P                 nucleus mass in (0, 1]; default: not sent (the server's 1)\n"
@@ -1023,7 +1025,8 @@ std::string FormatTable(const Report& r) {
   }
   absl::StrAppend(&out, r.options.http ? "HTTP" : (r.options.stream ? "InferStream" : "Infer"), ", latencies in ms",
                   r.options.stream ? "" : " (ttft/itl need --stream)",
-                  "; queue = server queue_ms; percentiles nearest-rank\n");
+                  r.options.http ? "; queue: not reported over HTTP" : "; queue = server queue_ms",
+                  "; percentiles nearest-rank\n");
   for (const auto& row : rows) {
     for (size_t i = 0; i < row.size(); ++i) {
       absl::StrAppend(&out, i == 0 ? "" : "  ", std::string(width[i] - row[i].size(), ' '), row[i]);
