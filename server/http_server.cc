@@ -112,7 +112,14 @@ struct Call {
 
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<std::string> deltas;  // guarded by mu
+  // Text new since the last chunk; without a tokenizer there is no text, and each engine step's
+  // ids travel instead (the choice's `token_ids`, as vLLM's return_token_ids), so a streaming
+  // client still sees every step as it happens.
+  struct Delta {
+    std::string text;
+    std::vector<int32_t> token_ids;
+  };
+  std::deque<Delta> deltas;  // guarded by mu
   bool done = false;               // guarded by mu
   bool client_gone = false;        // guarded by mu
   RequestResult result;            // guarded by mu; valid once done
@@ -234,14 +241,21 @@ class Handler {
                  {{"rpc", call->route},
                   {"ttft_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - call->start).count()}});
       }
-      if (call->text == nullptr) return;
+      if (call->text == nullptr) {
+        {
+          std::lock_guard<std::mutex> lock(call->mu);
+          call->deltas.push_back({std::string(), ids});
+        }
+        call->cv.notify_all();
+        return;
+      }
       call->scratch.clear();
       const size_t kept = call->text->Add(ids, &call->scratch);
       if (call->text->stopped() && kept > 0) call->engine->Cancel(call->engine_id);
       if (call->scratch.empty()) return;
       {
         std::lock_guard<std::mutex> lock(call->mu);
-        call->deltas.push_back(call->scratch);
+        call->deltas.push_back({call->scratch, {}});
       }
       call->cv.notify_all();
     };
@@ -305,7 +319,7 @@ class Handler {
         call->cv.wait_for(lock, std::chrono::milliseconds(100));
       }
       result = call->result;
-      for (const std::string& d : call->deltas) text += d;
+      for (const Call::Delta& d : call->deltas) text += d.text;
       text += call->tail;
     }
     if (!result.status.ok()) return SetError(res, FromEngineStatus(result.status, api.kind));
@@ -337,9 +351,11 @@ class Handler {
     const bool chat = api.kind == ApiKind::kChat;
     const std::string model = api.model;
     const bool include_usage = api.include_usage;
-    auto chunk = [chat, id, created, model, include_usage](const json& choice_delta, const json& finish) {
+    auto chunk = [chat, id, created, model, include_usage](const json& choice_delta, const json& finish,
+                                                           const std::vector<int32_t>& token_ids = {}) {
       json choice = chat ? json{{"index", 0}, {"delta", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}}
                          : json{{"index", 0}, {"text", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}};
+      if (!token_ids.empty()) choice["token_ids"] = token_ids;
       json j = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
                 {"model", model}, {"choices", json::array({choice})}};
       if (include_usage) j["usage"] = nullptr;
@@ -359,7 +375,7 @@ class Handler {
             *sent_role = true;
             if (!write(chunk({{"role", "assistant"}, {"content", ""}}, nullptr))) return false;
           }
-          std::deque<std::string> deltas;
+          std::deque<Call::Delta> deltas;
           bool done = false;
           RequestResult result;
           std::string tail;
@@ -375,8 +391,8 @@ class Handler {
               tail = call->tail;
             }
           }
-          for (const std::string& d : deltas) {
-            if (!write(chunk(chat ? json{{"content", d}} : json(d), nullptr))) return false;
+          for (const Call::Delta& d : deltas) {
+            if (!write(chunk(chat ? json{{"content", d.text}} : json(d.text), nullptr, d.token_ids))) return false;
           }
           if (!done) {
             if (state->stopping) {
@@ -432,6 +448,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   svr.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
   svr.set_keep_alive_max_count(1000);
+  // Small SSE chunks go out at once instead of waiting on the client's delayed ACK (Nagle): 30-40
+  // ms of TTFT on a kept-alive connection otherwise.
+  svr.set_tcp_nodelay(true);
   svr.set_read_timeout(std::chrono::seconds(30));
   svr.set_write_timeout(std::chrono::seconds(10));
 
