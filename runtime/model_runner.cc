@@ -210,6 +210,16 @@ RowPath ChooseRowPath(const SequenceStep& step) {
 }
 
 #ifdef GLMSERVE_TORCH_CUDA
+// `bytes` of host data on the device without waiting for the device (a pageable copy would wait
+// for the forward pass still running on the stream): staged in pinned memory, which the caching
+// host allocator keeps until the copy has run, and copied on the current stream. uint8 [bytes].
+at::Tensor UploadBytes(const void* data, size_t bytes, const at::Device& device) {
+  at::Tensor staging =
+      at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  if (bytes > 0) std::memcpy(staging.data_ptr(), data, bytes);
+  return staging.to(at::TensorOptions().device(device).dtype(at::kByte), /*non_blocking=*/true);
+}
+
 // Generated ids the penalties count: the last min(num_generated, history size) of the history.
 int64_t GeneratedCount(const SequenceStep& step) {
   return std::min<int64_t>(std::max(step.num_generated, 0), static_cast<int64_t>(step.history->size()));
@@ -277,7 +287,7 @@ class PenaltyTables {
       result.push_back(slot);
     }
     if (!cleared.empty()) {
-      const at::Tensor rows = at::tensor(cleared, at::TensorOptions().dtype(at::kLong)).to(device);
+      const at::Tensor rows = UploadBytes(cleared.data(), cleared.size() * sizeof(int64_t), device).view(at::kLong);
       counts_.index_fill_(0, rows, 0);
       seen_.index_fill_(0, rows, 0);
       const size_t n = entry_ids.size();
@@ -289,9 +299,7 @@ class PenaltyTables {
         std::memcpy(packed.data(), entry_slots.data(), n * sizeof(int32_t));
         std::memcpy(packed.data() + n * sizeof(int32_t), entry_ids.data(), n * sizeof(int32_t));
         std::memcpy(packed.data() + 2 * n * sizeof(int32_t), entry_counted.data(), n);
-        const at::Tensor uploaded =
-            at::from_blob(packed.data(), {static_cast<int64_t>(packed.size())}, at::TensorOptions().dtype(at::kByte))
-                .to(device);
+        const at::Tensor uploaded = UploadBytes(packed.data(), packed.size(), device);
         const uint8_t* base = uploaded.data_ptr<uint8_t>();
         if (!kernels::CountTokensCuda(counts(), seen(), static_cast<int32_t>(vocab_),
                                       reinterpret_cast<const int32_t*>(base),
@@ -387,7 +395,8 @@ DeviceDraw SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector
   const c10::cuda::CUDAGuard device_guard(device_logits.device());
   at::Tensor logits = device_logits;
   if (static_cast<int64_t>(rows.size()) != logits.size(0)) {
-    logits = logits.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(logits.device()));
+    logits = logits.index_select(
+        0, UploadBytes(rows.data(), rows.size() * sizeof(int64_t), logits.device()).view(at::kLong));
   }
   logits = logits.to(at::kFloat).contiguous();  // the sampler reads fp32; only the sampled rows convert
   // The penalties write in place: never into the forward's own logits (fp32 model, every row).
@@ -415,9 +424,7 @@ DeviceDraw SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector
       }
     }
   }
-  const at::Tensor uploaded =
-      at::from_blob(packed.data(), {static_cast<int64_t>(total)}, at::TensorOptions().dtype(at::kByte))
-          .to(logits.device());
+  const at::Tensor uploaded = UploadBytes(packed.data(), total, logits.device());
   const uint8_t* base = uploaded.data_ptr<uint8_t>();
   const int32_t num_rows = static_cast<int32_t>(n);
   const int32_t vocab = static_cast<int32_t>(logits.size(1));
