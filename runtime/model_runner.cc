@@ -242,6 +242,7 @@ class PenaltyTables {
   // A slot for each of `steps` (rows with penalties, history non-null), ready for this step:
   // stale slots are rebuilt on the current stream. Throws on a CUDA error (GuardTorch's INTERNAL).
   std::vector<int32_t> Prepare(const std::vector<const SequenceStep*>& steps, int64_t vocab, const at::Device& device) {
+    const c10::cuda::CUDAGuard device_guard(device);  // the raw kernel launch goes to the current device
     ++clock_;
     if (!counts_.defined() || vocab != vocab_ || counts_.device() != device) {
       counts_ = at::Tensor();
