@@ -1,10 +1,11 @@
 #include "server/metrics.h"
 
+#include <httplib.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
 #include <netdb.h>
 #include <sys/socket.h>
@@ -32,23 +33,18 @@ std::string HostPort(const std::string& host, int port) {
   return absl::StrCat(host, ":", port);
 }
 
-// civetweb's `listening_ports` spellings of host:port, in the order tried. Debian's civetweb
-// (libcivetweb1 1.15, the one prometheus-cpp-dev links) is built without IPv6: "[::]:P" and
-// "[::1]:P" are an "invalid port spec" there whatever the port, so an IPv6 --host never bound.
-// "+P" is every interface (IPv4 and IPv6 where civetweb has IPv6, IPv4 where it has not);
-// "0.0.0.0:P" is the IPv4 wildcard for a civetweb with IPv6 on a kernel without it.
-std::vector<std::string> ListenSpecs(const std::string& host_in, int port) {
+// The addresses to listen on for --host, in the order tried: an IPv6 wildcard or loopback falls
+// back to IPv4's on a machine without IPv6 (some VMs and containers).
+std::vector<std::string> ListenHosts(const std::string& host_in) {
   std::string host = host_in;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  const std::string p = std::to_string(port);
-  if (host.empty() || host == "::" || host == "*") return {"+" + p, "0.0.0.0:" + p};
-  if (host == "::1") return {"[::1]:" + p, "127.0.0.1:" + p};
-  if (host.find(':') != std::string::npos) return {"[" + host + "]:" + p};
-  return {host + ":" + p};  // an IPv4 address or a name civetweb resolves (localhost)
+  if (host.empty() || host == "::" || host == "*") return {"::", "0.0.0.0"};
+  if (host == "::1") return {"::1", "127.0.0.1"};
+  return {host};
 }
 
-// Why host:port cannot be bound, from a bind of our own (CivetServer only says "null context");
-// empty when it can.
+// Why host:port cannot be bound, from a bind of our own (the listener's bool says only that it
+// failed); empty when it can.
 std::string BindProblem(const std::string& host_in, int port) {
   std::string host = host_in;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
@@ -69,7 +65,7 @@ std::string BindProblem(const std::string& host_in, int port) {
       continue;
     }
     const int on = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);  // as civetweb does
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);  // as the listener does
     const bool bound = bind(fd, a->ai_addr, a->ai_addrlen) == 0;
     if (!bound) problem = std::strerror(errno);
     close(fd);
@@ -152,34 +148,57 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
       .Add({{"version", version}, {"compiler", __VERSION__}})
       .Set(1);
   if (port > 0) {
-    std::vector<std::string> tried;
-    for (const std::string& spec : ListenSpecs(host, port)) {
-      try {
-        m->exposer_ = std::make_unique<prometheus::Exposer>(spec, /*num_threads=*/2);
-        m->listen_spec_ = spec;
-        break;
-      } catch (const std::exception& e) {
-        tried.push_back(absl::StrCat("'", spec, "'"));
+    // The exporter is cpp-httplib (the HTTP API's library) serving the registry in the text
+    // format. prometheus-cpp's own exposer (civetweb 1.15) failed on the GPU machine on every port
+    // with "null context when constructing CivetServer", a failure civetweb gives no reason for;
+    // a bind of our own right after it found the port in use, so civetweb failed after it had
+    // bound and left its listening socket open.
+    auto server = std::make_unique<httplib::Server>();
+    server->new_task_queue = [] { return new httplib::ThreadPool(2); };
+    // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second server share a
+    // port in use instead of failing.
+    server->set_socket_options([](socket_t sock) {
+      const int on = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    });
+    std::weak_ptr<prometheus::Registry> registry = m->registry_;
+    server->Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
+      std::shared_ptr<prometheus::Registry> r = registry.lock();
+      if (r == nullptr) {
+        res.status = 503;
+        return;
       }
+      res.set_content(prometheus::TextSerializer().Serialize(r->Collect()), "text/plain; version=0.0.4");
+    });
+    std::vector<std::string> tried;
+    for (const std::string& listen_host : ListenHosts(host)) {
+      if (server->bind_to_port(listen_host, port)) {
+        m->listen_spec_ = HostPort(listen_host, port);
+        break;
+      }
+      tried.push_back(absl::StrCat("'", HostPort(listen_host, port), "'"));
     }
-    if (m->exposer_ == nullptr) {
+    if (m->listen_spec_.empty()) {
       std::string why = BindProblem(host, port);
-      if (why.empty()) why = "the port is free, but civetweb refused every spelling of the address";
+      if (why.empty()) why = "the port is free, but the listener could not be set up";
       return absl::UnavailableError(absl::StrCat("--metrics-port ", port, ": cannot bind ", HostPort(host, port),
-                                                 ": ", why, " (civetweb listening_ports tried: ",
-                                                 absl::StrJoin(tried, ", "), ")"));
+                                                 ": ", why, " (tried ", absl::StrJoin(tried, ", "), ")"));
     }
     m->fallback_ = !tried.empty();
-    m->exposer_->RegisterCollectable(m->registry_);
-    const std::vector<int> ports = m->exposer_->GetListeningPorts();
-    m->port_ = ports.empty() ? port : ports.front();
+    m->port_ = port;
+    m->http_ = std::move(server);
+    httplib::Server* http = m->http_.get();
+    m->http_thread_ = std::thread([http] { http->listen_after_bind(); });
   }
   return m;
 }
 
 ServerMetrics::~ServerMetrics() {
   StopPolling();
-  exposer_.reset();
+  if (http_ != nullptr) {
+    http_->stop();
+    if (http_thread_.joinable()) http_thread_.join();
+  }
 }
 
 void ServerMetrics::StopPolling() {

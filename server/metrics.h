@@ -1,4 +1,4 @@
-// Prometheus metrics (prometheus-cpp, pull over HTTP on --metrics-port). The names are a
+// Prometheus metrics (prometheus-cpp's registry, served as text by cpp-httplib on --metrics-port). The names are a
 // contract: dashboards and alerts outside the project depend on them (docs/operations.md).
 #pragma once
 
@@ -15,8 +15,10 @@
 #include "runtime/engine.h"
 #include "server/request_observer.h"
 
+namespace httplib {
+class Server;
+}  // namespace httplib
 namespace prometheus {
-class Exposer;
 class Registry;
 class Counter;
 class Gauge;
@@ -30,7 +32,7 @@ namespace glmserve {
 class ServerMetrics final : public RequestObserver {
  public:
   // port 0: metrics are kept but not exposed. Otherwise serves GET /metrics on host:port
-  // ("::" = every interface, IPv4 only where civetweb has no IPv6, as Debian's); UNAVAILABLE
+  // ("::" = every interface, IPv4's 0.0.0.0 where the machine has no IPv6); UNAVAILABLE
   // naming --metrics-port, the port and the reason (bind's errno) when it cannot be bound.
   static absl::StatusOr<std::unique_ptr<ServerMetrics>> Create(const std::string& host, int port,
                                                                const std::string& version);
@@ -48,15 +50,16 @@ class ServerMetrics final : public RequestObserver {
   void StopPolling();  // joins the poller
 
   int port() const { return port_; }
-  // civetweb's listening_ports entry that bound ("+9090" = every interface), and whether it was
-  // a fallback after the first spelling failed (e.g. "[::1]:P" -> "127.0.0.1:P").
+  // The host:port that bound ("[::]:9090" = every interface), and whether it was a fallback after
+  // the first address failed (e.g. "[::1]:P" -> "127.0.0.1:P" on a machine without IPv6).
   const std::string& listen_spec() const { return listen_spec_; }
   bool fallback() const { return fallback_; }
 
  private:
   ServerMetrics() = default;
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<httplib::Server> http_;  // GET /metrics; null when port is 0
+  std::thread http_thread_;                // runs http_'s accept loop
   int port_ = 0;
   std::string listen_spec_;
   bool fallback_ = false;

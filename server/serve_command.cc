@@ -121,15 +121,15 @@ int RunServe(int argc, char** argv) {
     if (metrics_sink->fallback()) {
       LogEvent(LogLevel::kWarn, "metrics_listen_fallback", "",
                absl::StrCat("--metrics-port ", flags.metrics_port, ": ", host,
-                            " could not be bound by civetweb; listening on '", metrics_sink->listen_spec(),
+                            " could not be bound (no IPv6 here?); listening on '", metrics_sink->listen_spec(),
                             "' instead"),
-               {{"port", metrics_sink->port()}, {"listening_ports", metrics_sink->listen_spec()}});
+               {{"port", metrics_sink->port()}, {"listen", metrics_sink->listen_spec()}});
     }
     LogEvent(LogLevel::kInfo, "metrics_listening", "",
              metrics_sink->fallback()
                  ? absl::StrCat("metrics on http://", metrics_sink->listen_spec(), "/metrics")
                  : absl::StrCat("metrics on http://", url_host, ":", metrics_sink->port(), "/metrics"),
-             {{"port", metrics_sink->port()}, {"listening_ports", metrics_sink->listen_spec()}});
+             {{"port", metrics_sink->port()}, {"listen", metrics_sink->listen_spec()}});
   }
 
   absl::StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(flags.grpc);

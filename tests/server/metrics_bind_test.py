@@ -2,9 +2,8 @@
 """--metrics-port on the real `glmserve serve` binary (Python stdlib only, loopback):
 - a metrics port already in use: the server exits non-zero before loading the model, with one
   error-level log line naming `--metrics-port`, the port and the reason (JSON and text formats);
-- `--host ::` (every interface): Debian's civetweb is built without IPv6, so "[::]:P" used to be an
-  "invalid port spec" on every port ("null context when constructing CivetServer"); the exposer
-  now binds every interface and GET /metrics answers on 127.0.0.1;
+- `--host ::` (every interface; Debian's civetweb, the exporter before, refused "[::]:P" on every
+  port): GET /metrics answers on 127.0.0.1;
 - `--host 0.0.0.0` likewise.
 Exit 77 = skipped (no model)."""
 import argparse
