@@ -241,8 +241,14 @@ class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
     if (!s.ok()) rec_.error = CodeName(s.error_code());
     rec_.latency_ms = Ms(Clock::now() - intended_);
     rec_.prompt_tokens = req_.input_ids_size();
-    level_->Finish(rec_, std::move(itl_));
+    // The call (its ClientContext) goes before Finish() can let Run() return and the Level, with
+    // its stubs and channels, be destroyed: destroyed the other way round, gRPC aborted now and
+    // then ("ref_counted.h: assertion failed: prior > 0").
+    Level* level = level_;
+    Record rec = rec_;
+    std::vector<double> itl = std::move(itl_);
     delete this;
+    level->Finish(rec, std::move(itl));
   }
 
  private:

@@ -125,6 +125,7 @@ class CudaDecodeRunner {
     // Flash attention takes bf16 / fp16 and head sizes up to 256 in multiples of 8.
     mixed_ = Enabled("mixed_step") && type_ != kernels::ElementType::kFloat32 && FlashTakesHeadDim(model.config()) &&
              FlashAttentionRuns(model);
+    mixed_graph_max_tokens_ = EnvInt("GLMSERVE_CUDA_MIXED_GRAPH_MAX_TOKENS", kMixedGraphDefaultMaxTokens, 0, 1 << 16);
   }
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
@@ -142,6 +143,10 @@ class CudaDecodeRunner {
       Capture(bucket, kv);
       captured->push_back(size);
       if (size >= max_sequences) break;
+    }
+    if (!mixed_) return;
+    for (int32_t tokens = kMixedGraphStep; tokens <= mixed_graph_max_tokens_; tokens += kMixedGraphStep) {
+      CaptureMixed(mixed_graphs_[tokens], tokens, kv);
     }
   }
 
@@ -172,13 +177,16 @@ class CudaDecodeRunner {
     return bucket.logits.narrow(0, 0, n);
   }
 
-  // A batch the decode graphs do not take: prefill chunks, alone or beside decode rows. One eager
+  // A batch the decode graphs do not take: prefill chunks, alone or beside decode rows. One
   // forward over every row with the fused kernels; decode rows (one token) attend through the
   // paged-attention kernel in one launch, prefill chunks through flash attention over variable
   // lengths, their whole context (earlier chunks included) gathered from the paged cache. Before
   // this, each sequence attended alone through ATen ops, so a step with 64 decodes and one prompt
-  // launched ~40 small kernels per sequence per layer. Returns fp32 logits of the sampled rows in
-  // batch order, or an undefined tensor when it cannot take the batch (the per-sequence path runs).
+  // launched ~40 small kernels per sequence per layer. Steps of up to mixed_graph_max_tokens_
+  // tokens replay the layers between attentions as CUDA graphs (MixedGraph): eager, the ~700
+  // launches of such a step took longer on the host than the step on the GPU. Returns fp32 logits
+  // of the sampled rows in batch order, or an undefined tensor when it cannot take the batch (the
+  // per-sequence path runs).
   at::Tensor RunMixed(const std::vector<SequenceStep>& batch, KvPool& kv) {
     if (!mixed_ || batch.empty()) return at::Tensor();
     std::lock_guard<std::mutex> lock(mu_);
@@ -190,46 +198,54 @@ class CudaDecodeRunner {
       if (s.tokens.empty()) return at::Tensor();
       (s.tokens.size() == 1 ? decodes : prefills).push_back(&s);
     }
-    const auto num_decodes = static_cast<int32_t>(decodes.size());
+    MixedAttention m;
+    m.num_decodes = static_cast<int32_t>(decodes.size());
     int32_t decode_blocks = 1;  // the block table's row stride: the longest decode context's blocks
     for (const SequenceStep* s : decodes) {
       if (s->start_position + 1 > max_context_) return at::Tensor();
       decode_blocks = std::max(decode_blocks, s->start_position / kv.block_size + 1);
     }
-    int64_t total_tokens = 0, context_tokens = 0, max_q = 0, max_k = 0;
-    for (const SequenceStep& s : batch) total_tokens += static_cast<int64_t>(s.tokens.size());
+    int64_t context_tokens = 0;
+    for (const SequenceStep& s : batch) m.total_tokens += static_cast<int64_t>(s.tokens.size());
     for (const SequenceStep* s : prefills) {
       const int64_t n = static_cast<int64_t>(s->tokens.size());
       context_tokens += s->start_position + n;
-      max_q = std::max(max_q, n);
-      max_k = std::max<int64_t>(max_k, s->start_position + n);
+      m.max_q = std::max(m.max_q, n);
+      m.max_k = std::max<int64_t>(m.max_k, s->start_position + n);
     }
-    const auto num_prefills = static_cast<int64_t>(prefills.size());
+    m.num_prefills = static_cast<int64_t>(prefills.size());
+    // A graph bucket holds a fixed number of rows; rows past the batch are padding that reads and
+    // writes only the pool's scratch block.
+    int32_t bucket = 0;
+    if (graphs_ && m.total_tokens <= mixed_graph_max_tokens_) {
+      bucket = static_cast<int32_t>((m.total_tokens + kMixedGraphStep - 1) / kMixedGraphStep * kMixedGraphStep);
+    }
+    const int64_t rows = bucket > 0 ? bucket : m.total_tokens;
     // Every index this step needs, in one pinned buffer and one copy to the device:
-    // ids, positions, slots [T] | sampled rows [S] | prefill context slots [K] | decode context
+    // ids, positions, slots [rows] | sampled rows [S] | prefill context slots [K] | decode context
     // lengths [D] | prefill cumulative query and key lengths [P + 1] each | decode block tables
     // [D, decode_blocks].
     int64_t num_samples = 0;
     for (const SequenceStep& s : batch) num_samples += s.sample ? 1 : 0;
-    const int64_t table_elements = int64_t{num_decodes} * decode_blocks;
-    const int64_t total = 3 * total_tokens + num_samples + context_tokens + num_decodes + 2 * (num_prefills + 1) +
+    const int64_t table_elements = int64_t{m.num_decodes} * decode_blocks;
+    const int64_t total = 3 * rows + num_samples + context_tokens + m.num_decodes + 2 * (m.num_prefills + 1) +
                           table_elements;
     at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     int64_t* ids = host.data_ptr<int64_t>();
-    int64_t* positions = ids + total_tokens;
-    int64_t* slots = positions + total_tokens;
-    int64_t* sampled_rows = slots + total_tokens;
+    int64_t* positions = ids + rows;
+    int64_t* slots = positions + rows;
+    int64_t* sampled_rows = slots + rows;
     int64_t* context_slots = sampled_rows + num_samples;
     int64_t* decode_lens = context_slots + context_tokens;
-    int64_t* cu_q = decode_lens + num_decodes;
-    int64_t* cu_k = cu_q + num_prefills + 1;
-    int64_t* tables = cu_k + num_prefills + 1;
+    int64_t* cu_q = decode_lens + m.num_decodes;
+    int64_t* cu_k = cu_q + m.num_prefills + 1;
+    int64_t* tables = cu_k + m.num_prefills + 1;
     auto slot_of = [&kv](const SequenceStep& s, int64_t pos) {
       return int64_t{s.block_table.at(pos / kv.block_size)} * kv.block_size + pos % kv.block_size;
     };
     std::map<const SequenceStep*, int64_t> last_row;  // each sampled sequence's last row
     int64_t row = 0;
-    for (int32_t d = 0; d < num_decodes; ++d) {
+    for (int32_t d = 0; d < m.num_decodes; ++d) {
       const SequenceStep& s = *decodes[d];
       ids[row] = s.tokens[0];
       positions[row] = s.start_position;
@@ -243,7 +259,7 @@ class CudaDecodeRunner {
     int64_t context = 0;
     cu_q[0] = 0;
     cu_k[0] = 0;
-    for (int64_t p = 0; p < num_prefills; ++p) {
+    for (int64_t p = 0; p < m.num_prefills; ++p) {
       const SequenceStep& s = *prefills[p];
       const int64_t n = static_cast<int64_t>(s.tokens.size());
       for (int64_t i = 0; i < n; ++i) {
@@ -257,6 +273,11 @@ class CudaDecodeRunner {
       row += n;
       last_row[&s] = row - 1;
     }
+    for (; row < rows; ++row) {  // graph padding
+      ids[row] = 0;
+      positions[row] = 0;
+      slots[row] = int64_t{kv.scratch_block()} * kv.block_size;
+    }
     int64_t sample = 0;
     for (const SequenceStep& s : batch) {
       if (s.sample) sampled_rows[sample++] = last_row.at(&s);
@@ -265,71 +286,206 @@ class CudaDecodeRunner {
     auto part = [&](const int64_t* begin, int64_t count) {
       return device_indices.narrow(0, begin - ids, count);
     };
-    const at::Tensor d_ids = part(ids, total_tokens), d_positions = part(positions, total_tokens),
-                     d_slots = part(slots, total_tokens);
-    const at::Tensor d_context_slots = part(context_slots, context_tokens);
-    const at::Tensor d_lens = part(decode_lens, num_decodes).to(at::kInt);
-    const at::Tensor d_cu_q = part(cu_q, num_prefills + 1).to(at::kInt);
-    const at::Tensor d_cu_k = part(cu_k, num_prefills + 1).to(at::kInt);
-    const at::Tensor d_tables = part(tables, table_elements).to(at::kInt);
+    const at::Tensor d_ids = part(ids, rows), d_positions = part(positions, rows), d_slots = part(slots, rows);
+    m.context_slots = part(context_slots, context_tokens);
+    m.lens = part(decode_lens, m.num_decodes).to(at::kInt);
+    m.cu_q = part(cu_q, m.num_prefills + 1).to(at::kInt);
+    m.cu_k = part(cu_k, m.num_prefills + 1).to(at::kInt);
+    m.tables = part(tables, table_elements).to(at::kInt);
 
-    kernels::PagedAttentionShape shape;
-    shape.batch = num_decodes;
-    shape.num_heads = c.num_attention_heads;
-    shape.num_kv_heads = c.num_key_value_heads;
-    shape.head_dim = c.head_dim;
-    shape.block_size = kv.block_size;
-    shape.max_blocks_per_seq = decode_blocks;
-    shape.max_context = max_context_;
-    shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-    shape.allow_tensor_cores = Enabled("mma_attention");
-    shape.allow_warp_tiles = Enabled("warp_attention");
-    at::Tensor workspace;
+    m.shape.batch = m.num_decodes;
+    m.shape.num_heads = c.num_attention_heads;
+    m.shape.num_kv_heads = c.num_key_value_heads;
+    m.shape.head_dim = c.head_dim;
+    m.shape.block_size = kv.block_size;
+    m.shape.max_blocks_per_seq = decode_blocks;
+    m.shape.max_context = max_context_;
+    m.shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    m.shape.allow_tensor_cores = Enabled("mma_attention");
+    m.shape.allow_warp_tiles = Enabled("warp_attention");
     const size_t workspace_bytes =
-        num_decodes > 0 && Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(shape) : 0;
+        m.num_decodes > 0 && Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(m.shape) : 0;
     if (workspace_bytes > 0) {
-      workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
-                            at::TensorOptions().dtype(at::kByte).device(model_.device()));
-      workspace.narrow(0, 0, int64_t{4} * shape.batch * shape.num_kv_heads).zero_();
+      m.workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
+                              at::TensorOptions().dtype(at::kByte).device(model_.device()));
+      m.workspace.narrow(0, 0, int64_t{4} * m.shape.batch * m.shape.num_kv_heads).zero_();
     }
-    const double scale = shape.scale;
-    auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
-      const int64_t width = q.size(1) * q.size(2);
-      std::vector<at::Tensor> parts;
-      if (num_decodes > 0) {
-        at::Tensor query = q.narrow(0, 0, num_decodes);
-        if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();
-        kernels::PagedAttentionShape s = shape;
-        s.q_row_stride = query.stride(0);
-        at::Tensor out = at::empty({num_decodes, q.size(1), q.size(2)}, q.options());
-        Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                                                d_tables.data_ptr<int32_t>(), d_lens.data_ptr<int32_t>(),
-                                                out.data_ptr(), s, type_, CurrentStream(),
-                                                workspace.defined() ? workspace.data_ptr() : nullptr),
-              "paged-attention decode (mixed step)");
-        parts.push_back(out.view({num_decodes, width}));
+    at::Tensor hidden;
+    if (bucket > 0 && !mixed_graphs_[bucket].Matches(kv)) {
+      try {
+        CaptureMixed(mixed_graphs_[bucket], bucket, kv);
+      } catch (const c10::OutOfMemoryError&) {
+        throw;  // the engine shrinks the batch and retries
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "mixed-step CUDA graphs off: capturing %d rows failed: %s\n", bucket, e.what());
+        mixed_graph_max_tokens_ = 0;
+        mixed_graphs_.clear();
+        bucket = 0;  // this step runs eagerly (its padding rows included)
       }
-      if (num_prefills > 0) {
-        const int64_t prefill_rows = total_tokens - num_decodes;
-        at::Tensor query = q.narrow(0, num_decodes, prefill_rows).contiguous();
-        at::Tensor keys = k_cache.index_select(0, d_context_slots);
-        at::Tensor values = v_cache.index_select(0, d_context_slots);
-        // Causal within each sequence, aligned to the bottom right (flash attention's convention
-        // when a chunk's queries are fewer than its keys): query i of a chunk starting at
-        // position p sees keys 0..p+i. GQA is native (fewer K/V heads than query heads).
-        auto result = at::_flash_attention_forward(query, keys, values, d_cu_q, d_cu_k, max_q, max_k,
-                                                   /*dropout_p=*/0.0, /*is_causal=*/true,
-                                                   /*return_debug_mask=*/false, scale);
-        parts.push_back(std::get<0>(result).reshape({prefill_rows, width}));
+    }
+    if (bucket > 0) {
+      MixedGraph& g = mixed_graphs_[bucket];
+      g.ids.copy_(d_ids, /*non_blocking=*/true);
+      g.positions.copy_(d_positions, true);
+      g.slots.copy_(d_slots, true);
+      const size_t layers = g.queries.size();
+      for (size_t l = 0; l < layers; ++l) {
+        g.segments[l]->replay();
+        AttendMixed(m, g.queries[l], g.k_caches[l], g.v_caches[l], g.outputs[l]);
       }
-      return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
-    };
-    at::Tensor hidden = model_.RunLayers(d_ids, d_positions, d_slots, kv, attend, kernels_);
+      g.segments[layers]->replay();
+      hidden = g.hidden;
+    } else {
+      auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+        at::Tensor out = at::empty({q.size(0), q.size(1) * q.size(2)}, q.options());
+        if (q.size(0) > m.total_tokens) out.narrow(0, m.total_tokens, q.size(0) - m.total_tokens).zero_();
+        AttendMixed(m, q, k_cache, v_cache, out);
+        return out;
+      };
+      hidden = model_.RunLayers(d_ids, d_positions, d_slots, kv, attend, kernels_);
+    }
     if (num_samples == 0) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
     return model_.Logits(hidden.index_select(0, part(sampled_rows, num_samples)), kernels_);
   }
 
  private:
+  // One mixed step's attention inputs (RunMixed): rows [0, num_decodes) are decode rows, the
+  // next ones prefill chunks; padding rows past total_tokens are not attended.
+  struct MixedAttention {
+    int32_t num_decodes = 0;
+    int64_t num_prefills = 0;
+    int64_t total_tokens = 0;
+    int64_t max_q = 0, max_k = 0;                   // longest prefill chunk, longest prefill context
+    at::Tensor lens, tables;                        // decode rows: int32 [D], [D, max_blocks_per_seq]
+    at::Tensor context_slots, cu_q, cu_k;           // prefill: int64 [K], int32 [P + 1] each
+    kernels::PagedAttentionShape shape;             // the decode rows'
+    at::Tensor workspace;                           // split attention's (counters zeroed)
+  };
+
+  // Writes the attention of q's first total_tokens rows into out's ([rows, heads * head_dim]).
+  void AttendMixed(const MixedAttention& m, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                   const at::Tensor& out) const {
+    const int64_t width = q.size(1) * q.size(2);
+    if (m.num_decodes > 0) {
+      at::Tensor query = q.narrow(0, 0, m.num_decodes);
+      if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();
+      kernels::PagedAttentionShape s = m.shape;
+      s.q_row_stride = query.stride(0);
+      Check(out.is_contiguous() && out.size(1) == width, "paged-attention decode (mixed step): output layout");
+      Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                              m.tables.data_ptr<int32_t>(), m.lens.data_ptr<int32_t>(),
+                                              out.data_ptr(), s, type_, CurrentStream(),
+                                              m.workspace.defined() ? m.workspace.data_ptr() : nullptr),
+            "paged-attention decode (mixed step)");
+    }
+    if (m.num_prefills > 0) {
+      const int64_t prefill_rows = m.total_tokens - m.num_decodes;
+      at::Tensor query = q.narrow(0, m.num_decodes, prefill_rows).contiguous();
+      at::Tensor keys = k_cache.index_select(0, m.context_slots);
+      at::Tensor values = v_cache.index_select(0, m.context_slots);
+      // Causal within each sequence, aligned to the bottom right (flash attention's convention
+      // when a chunk's queries are fewer than its keys): query i of a chunk starting at position
+      // p sees keys 0..p+i. GQA is native (fewer K/V heads than query heads).
+      auto result = at::_flash_attention_forward(query, keys, values, m.cu_q, m.cu_k, m.max_q, m.max_k,
+                                                 /*dropout_p=*/0.0, /*is_causal=*/true,
+                                                 /*return_debug_mask=*/false, static_cast<double>(m.shape.scale));
+      out.narrow(0, m.num_decodes, prefill_rows).copy_(std::get<0>(result).view({prefill_rows, width}));
+    }
+  }
+
+  // A mixed step of up to `tokens` rows as CUDA graphs: segment l runs from after layer l-1's
+  // attention to layer l's attention input (norm, qkv projection, rotary + KV write), the last
+  // from layer L-1's attention output to the hidden states; RunMixed replays them in order with
+  // the eager attention between, reading queries[l] and writing outputs[l] (fixed addresses).
+  // The segments share one memory pool and are always replayed in capture order.
+  struct MixedGraph {
+    int32_t tokens = 0;
+    void* pool_key = nullptr;    // K pool address the graphs were captured with
+    void* pool_v_key = nullptr;  // V pool address
+    int32_t block_size = 0;
+    int32_t pool_blocks = 0;
+    at::Tensor ids, positions, slots;  // [tokens] int64, the graphs' inputs
+    std::vector<std::unique_ptr<at::cuda::CUDAGraph>> segments;  // layers + 1
+    std::vector<at::Tensor> queries, k_caches, v_caches, outputs;  // per layer
+    at::Tensor hidden;  // [tokens, hidden], the last segment's output
+    bool Matches(const KvPool& kv) const {
+      return !segments.empty() && pool_key == kv.k.data_ptr() && pool_v_key == kv.v.data_ptr() &&
+             block_size == kv.block_size && pool_blocks == kv.num_blocks;
+    }
+  };
+
+  void CaptureMixed(MixedGraph& g, int32_t tokens, KvPool& kv) {
+    g = MixedGraph();
+    const ModelConfig& c = model_.config();
+    const at::Device device = model_.device();
+    const auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
+    c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+    current.synchronize();
+    c10::cuda::CUDAStreamGuard guard(side);
+    g.ids = at::zeros({tokens}, long_options);
+    g.positions = at::zeros({tokens}, long_options);
+    g.slots = at::full({tokens}, int64_t{kv.scratch_block()} * kv.block_size, long_options);
+    for (int32_t l = 0; l < c.num_layers; ++l) {
+      g.outputs.push_back(at::zeros({tokens, int64_t{c.num_attention_heads} * c.head_dim},
+                                    at::TensorOptions().dtype(model_.dtype()).device(device)));
+    }
+    // Warm-up outside the graphs (allocator, cuBLAS handles, kernel attributes).
+    size_t layer = 0;
+    model_.RunLayers(g.ids, g.positions, g.slots, kv,
+                     [&](const at::Tensor&, const at::Tensor&, const at::Tensor&) { return g.outputs[layer++]; },
+                     kernels_);
+    side.synchronize();
+    const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
+    bool capturing = false;
+    auto begin_segment = [&] {
+      g.segments.push_back(std::make_unique<at::cuda::CUDAGraph>());
+      g.segments.back()->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
+      capturing = true;
+    };
+    auto end_segment = [&] {
+      capturing = false;
+      g.segments.back()->capture_end();
+    };
+    try {
+      layer = 0;
+      begin_segment();
+      g.hidden = model_.RunLayers(
+          g.ids, g.positions, g.slots, kv,
+          [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+            g.queries.push_back(q);
+            g.k_caches.push_back(k_cache);
+            g.v_caches.push_back(v_cache);
+            end_segment();
+            begin_segment();
+            return g.outputs[layer++];
+          },
+          kernels_);
+      end_segment();
+    } catch (...) {
+      // Never leave the stream capturing (out of memory mid-capture, say); the next step of this
+      // size captures again.
+      if (capturing) {
+        try {
+          g.segments.back()->capture_end();
+        } catch (...) {
+        }
+      }
+      g = MixedGraph();
+      throw;
+    }
+    side.synchronize();
+    g.tokens = tokens;
+    g.pool_key = kv.k.data_ptr();
+    g.pool_v_key = kv.v.data_ptr();
+    g.block_size = kv.block_size;
+    g.pool_blocks = kv.num_blocks;
+  }
+
+  // Mixed-step graph buckets: multiples of this many rows.
+  static constexpr int32_t kMixedGraphStep = 64;
+  static constexpr int32_t kMixedGraphDefaultMaxTokens = 512;
+
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {"norm",  "rotary",          "swiglu",       "gemv",
@@ -608,6 +764,8 @@ class CudaDecodeRunner {
   double max_diff_seen_ = 0;
   int32_t max_context_ = 0;
   std::map<int32_t, Bucket> buckets_;
+  std::map<int32_t, MixedGraph> mixed_graphs_;  // by row count
+  int64_t mixed_graph_max_tokens_ = 0;          // largest mixed step replayed as graphs; 0 = none
 };
 
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model) {

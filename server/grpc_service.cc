@@ -11,7 +11,9 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -90,6 +92,33 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   explicit InferenceServiceImpl(const GrpcServerOptions& options) : options_(options) {
     std::random_device rd;
     id_prefix_ = absl::StrFormat("glm-%08x", rd());
+    for (int i = 0; i < kDeliveryWorkers; ++i) delivery_workers_.emplace_back([this] { DeliveryLoop(); });
+  }
+  ~InferenceServiceImpl() override {
+    {
+      std::lock_guard<std::mutex> lock(delivery_mu_);
+      delivery_stop_ = true;
+    }
+    delivery_cv_.notify_all();
+    for (std::thread& t : delivery_workers_) t.join();
+  }
+
+  // The engine's callbacks only record what happened and queue the call here; the delivery
+  // workers detokenize, match stop strings, log and start the gRPC writes. A StartWrite can run
+  // the transport inline (~10 us), which on the engine thread cost every step ~0.8 ms at 64
+  // streams (H200, bench/results/gpu.md). A call is queued at most once at a time, so the queue
+  // is bounded by the calls in flight.
+  void QueueDelivery(std::shared_ptr<CallBase> call) {
+    {
+      std::lock_guard<std::mutex> lock(delivery_mu_);
+      delivery_.push_back(std::move(call));
+    }
+    delivery_cv_.notify_one();
+  }
+  // Returns once every queued delivery has been handled (shutdown: before AbortAll).
+  void FlushDeliveries() {
+    std::unique_lock<std::mutex> lock(delivery_mu_);
+    delivery_idle_cv_.wait(lock, [this] { return delivery_.empty() && deliveries_running_ == 0; });
   }
 
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
@@ -218,6 +247,16 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   std::shared_ptr<v1::ModelInfo> model_info_;  // guarded by mu_
   int active_calls_ = 0;                      // guarded by mu_
   std::map<std::string, std::weak_ptr<CallBase>> in_flight_;  // guarded by mu_
+
+  void DeliveryLoop();
+  static constexpr int kDeliveryWorkers = 2;
+  std::mutex delivery_mu_;
+  std::condition_variable delivery_cv_;
+  std::condition_variable delivery_idle_cv_;
+  std::deque<std::shared_ptr<CallBase>> delivery_;  // guarded by delivery_mu_
+  int deliveries_running_ = 0;                       // guarded by delivery_mu_
+  bool delivery_stop_ = false;                       // guarded by delivery_mu_
+  std::vector<std::thread> delivery_workers_;
 };
 
 // State shared by unary and streaming calls. The reactor owns itself through self_ (released in
@@ -285,27 +324,14 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     // The callbacks keep the call alive until the engine lets go of them.
     std::shared_ptr<CallBase> self = shared_from_this();
     RequestCallbacks callbacks;
-    callbacks.on_tokens = [self](const std::vector<int32_t>& ids) {
-      if (!self->first_token_logged_.exchange(true) && self->service_->options().log_requests) {
-        LogEvent(LogLevel::kInfo, "first_token", self->request_id_, "first token",
-                 {{"rpc", self->rpc_},
-                  {"ttft_ms", std::chrono::duration<double, std::milli>(
-                                  std::chrono::steady_clock::now() - self->start_).count()}});
-      }
-      if (self->text_incremental_) {  // engine thread: decode; a stop string cancels the rest
-        self->text_delta_.clear();
-        const size_t kept = self->text_->Add(ids, &self->text_delta_);
-        if (self->text_->stopped() && kept > 0) self->CancelInEngine();
-        if (kept == 0) return;
-        if (self->streaming()) self->OnEngineTokens(std::vector<int32_t>(ids.begin(), ids.begin() + kept));
-        return;
-      }
-      if (self->streaming()) self->OnEngineTokens(ids);
+    const bool tokens_matter = streaming() || text_incremental_ || service_->options().log_requests;
+    callbacks.on_tokens = [self, tokens_matter](const std::vector<int32_t>& ids) {
+      if (tokens_matter) self->QueueEngineEvent(self, &ids, nullptr);
     };
     // Unary: nothing reaches the client before the result, so an engine fault may rerun it (not
     // with incremental text decoding for stop strings, whose state is not rewound).
     callbacks.replayable_after_tokens = !streaming() && !text_incremental_;
-    callbacks.on_done = [self](const RequestResult& result) { self->OnEngineDone(result); };
+    callbacks.on_done = [self](const RequestResult& result) { self->QueueEngineEvent(self, nullptr, &result); };
     {
       std::lock_guard<std::mutex> lock(mu_);
       submitted_ = true;
@@ -320,6 +346,63 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
       return Refuse(ToGrpc(submit));  // RESOURCE_EXHAUSTED keeps the engine's retry hint
     }
     if (ctx_->IsCancelled()) CancelInEngine();
+  }
+
+  // Engine thread: records one step's ids or the result and queues the call for delivery (once
+  // until a worker takes it).
+  void QueueEngineEvent(const std::shared_ptr<CallBase>& self, const std::vector<int32_t>* ids,
+                        const RequestResult* result) {
+    bool queue = false;
+    {
+      std::lock_guard<std::mutex> lock(events_mu_);
+      if (ids != nullptr) engine_tokens_.push_back(*ids);
+      if (result != nullptr) {
+        engine_result_ = *result;
+        engine_finished_ = true;
+      }
+      queue = !delivery_queued_;
+      delivery_queued_ = true;
+    }
+    if (queue) service_->QueueDelivery(self);
+  }
+
+  // Delivery worker: handles the queued events in the order the engine produced them; one worker
+  // at a time per call.
+  void DeliverEngineEvents() {
+    std::lock_guard<std::mutex> deliver(deliver_mu_);
+    std::deque<std::vector<int32_t>> tokens;
+    std::optional<RequestResult> done;
+    {
+      std::lock_guard<std::mutex> lock(events_mu_);
+      tokens.swap(engine_tokens_);
+      if (engine_finished_ && !result_delivered_) {
+        done = engine_result_;
+        result_delivered_ = true;
+      }
+      delivery_queued_ = false;
+    }
+    for (const std::vector<int32_t>& ids : tokens) HandleEngineTokens(ids);
+    if (done) OnEngineDone(*done);
+  }
+
+  // One engine step's ids: the first-token log, incremental text (a stop string cancels the
+  // rest), the stream's next message.
+  void HandleEngineTokens(const std::vector<int32_t>& ids) {
+    if (!first_token_logged_.exchange(true) && service_->options().log_requests) {
+      LogEvent(LogLevel::kInfo, "first_token", request_id_, "first token",
+               {{"rpc", rpc_},
+                {"ttft_ms",
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}});
+    }
+    if (text_incremental_) {
+      text_delta_.clear();
+      const size_t kept = text_->Add(ids, &text_delta_);
+      if (text_->stopped() && kept > 0) CancelInEngine();
+      if (kept == 0) return;
+      if (streaming()) OnEngineTokens(std::vector<int32_t>(ids.begin(), ids.begin() + kept));
+      return;
+    }
+    if (streaming()) OnEngineTokens(ids);
   }
 
   void CheckDone() {
@@ -416,6 +499,14 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
   int32_t prompt_tokens_ = 0;
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::atomic<bool> first_token_logged_{false};
+  // What the engine reported and the delivery workers have not handled yet.
+  std::mutex events_mu_;
+  std::deque<std::vector<int32_t>> engine_tokens_;  // guarded by events_mu_
+  RequestResult engine_result_;                      // guarded by events_mu_
+  bool engine_finished_ = false;                     // guarded by events_mu_
+  bool result_delivered_ = false;                    // guarded by events_mu_
+  bool delivery_queued_ = false;                     // guarded by events_mu_
+  std::mutex deliver_mu_;                            // one delivery worker at a time
   // Response text (null without a tokenizer). Fed on the engine thread; read after on_done.
   std::unique_ptr<tokenizer::TextOutput> text_;
   std::string text_delta_;  // engine thread: the text of the ids being handed to OnEngineTokens
@@ -428,7 +519,25 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
   std::shared_ptr<CallBase> self_;
 };
 
+void InferenceServiceImpl::DeliveryLoop() {
+  std::unique_lock<std::mutex> lock(delivery_mu_);
+  while (true) {
+    delivery_cv_.wait(lock, [this] { return delivery_stop_ || !delivery_.empty(); });
+    if (delivery_.empty()) return;  // stopping, and nothing left to deliver
+    std::shared_ptr<CallBase> call = std::move(delivery_.front());
+    delivery_.pop_front();
+    ++deliveries_running_;
+    lock.unlock();
+    call->DeliverEngineEvents();
+    call.reset();
+    lock.lock();
+    --deliveries_running_;
+    if (delivery_.empty() && deliveries_running_ == 0) delivery_idle_cv_.notify_all();
+  }
+}
+
 void InferenceServiceImpl::AbortAll() {
+  FlushDeliveries();  // a result the engine already gave is delivered, not replaced by UNAVAILABLE
   std::vector<std::shared_ptr<CallBase>> calls;
   {
     std::lock_guard<std::mutex> lock(mu_);

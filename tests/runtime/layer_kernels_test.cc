@@ -104,6 +104,8 @@ TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
 // earlier chunks read back from the cache) against per-sequence ATen attention, in bf16 on
 // GLM-4-9B's layer shapes (two layers): a chunk whose queries start past position 0 must see
 // every earlier key (causal aligned to the bottom right), decode rows beside it must be unchanged.
+// Steps of up to 512 rows replay the mixed-step graphs (captured on first use), longer ones run
+// eagerly; both are covered.
 TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
   absl::StatusOr<ModelConfig> config =
@@ -116,7 +118,7 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   ASSERT_TRUE(model.ok()) << model.status();
   const GlmModel& m = **model;
   const int32_t block_size = 16;
-  KvPool fast_kv = m.AllocateKv(64, block_size), aten_kv = m.AllocateKv(64, block_size);
+  KvPool fast_kv = m.AllocateKv(128, block_size), aten_kv = m.AllocateKv(128, block_size);
   GenerationParams params;
   auto prompt = [](int32_t n, int32_t salt) {
     std::vector<int32_t> ids;
@@ -124,7 +126,7 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
     return ids;
   };
   // a: 70-token prompt in chunks of 40 and 30; b: 9-token prompt; c: joins in step 2 (5 tokens).
-  const std::vector<int32_t> a = prompt(70, 1), b = prompt(9, 2), c = prompt(5, 3);
+  const std::vector<int32_t> a = prompt(70, 1), b = prompt(9, 2), c = prompt(5, 3), d = prompt(600, 4);
   auto step = [&](int64_t id, std::vector<int32_t> tokens, int32_t start, std::vector<int32_t> table, bool sample) {
     SequenceStep st;
     st.sequence_id = id;
@@ -136,11 +138,15 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
     return st;
   };
   const std::vector<int32_t> table_a = {9, 2, 30, 4, 17, 6}, table_b = {11, 40}, table_c = {1, 50};
-  std::vector<std::vector<SequenceStep>> steps(3);
+  std::vector<int32_t> table_d;
+  for (int32_t block = 60; block < 98; ++block) table_d.push_back(block);
+  std::vector<std::vector<SequenceStep>> steps(4);
   steps[0] = {step(1, {a.begin(), a.begin() + 40}, 0, table_a, false), step(2, b, 0, table_b, true)};
   steps[1] = {step(2, {42}, 9, table_b, true), step(1, {a.begin() + 40, a.end()}, 40, table_a, true),
               step(3, c, 0, table_c, true)};
   steps[2] = {step(2, {43}, 10, table_b, true), step(1, {44}, 70, table_a, true), step(3, {45}, 5, table_c, true)};
+  // Beyond the mixed-step graphs' largest bucket (512 rows): the eager forward.
+  steps[3] = {step(2, {46}, 11, table_b, true), step(4, d, 0, table_d, true)};
   for (size_t i = 0; i < steps.size(); ++i) {
     SCOPED_TRACE(::testing::Message() << "step " << i);
     const at::Tensor got = m.Forward(steps[i], fast_kv).to(at::kFloat).cpu();
