@@ -10,6 +10,9 @@
 
 namespace glmserve {
 
+// --max-prefill-tokens-with-decodes when --device is a GPU and the flag is not given.
+constexpr int32_t kGpuPrefillTokensWithDecodes = 256;
+
 std::string ServeUsage() {
   const ServeFlags d;
   const GrpcServerOptions& g = d.grpc;
@@ -54,7 +57,7 @@ std::string ServeUsage() {
       "  --max-batch-tokens N            tokens per step (chunked prefill), default ", s.max_tokens_per_step, "\n"
       "  --max-prefill-tokens-with-decodes N\n"
       "                                  prefill tokens in a step that also decodes (flat ITL while prompts\n"
-      "                                  arrive), default ", s.max_prefill_tokens_with_decodes, " = no cap below --max-batch-tokens\n"
+      "                                  arrive), default ", kGpuPrefillTokensWithDecodes, " on a GPU, 0 (no cap) on the CPU\n"
       "  --max-queue-delay-us N          batching window while idle, default ", s.max_queue_delay.count(), "\n"
       "  --kv-block-size N               tokens per KV block, default ", d.executor.block_size, "\n"
       "  --kv-blocks N                   KV pool blocks, default ", d.executor.num_blocks, " = sized from memory\n"
@@ -133,6 +136,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
   GrpcServerOptions& g = f.grpc;
   int64_t kv_cpu_mb = f.executor.kv_cpu_budget_bytes >> 20;
   int64_t queue_delay_us = f.engine.scheduler.max_queue_delay.count();
+  int64_t prefill_cap = -1;  // unset: chosen by --device below
   int64_t step_latency_ms = 0;
   int64_t stall_ms = f.engine.scheduler.faults.stall_duration.count();
   FaultInjectionOptions& faults = f.engine.scheduler.faults;
@@ -157,8 +161,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
       {"--max-batch", int_flag(&f.engine.scheduler.max_batch_size, 1, 1 << 16)},
       {"--max-queue", int_flag(&f.engine.max_queued_requests, 1, kIntMax)},
       {"--max-batch-tokens", int_flag(&f.engine.scheduler.max_tokens_per_step, 1, kIntMax)},
-      {"--max-prefill-tokens-with-decodes",
-       int_flag(&f.engine.scheduler.max_prefill_tokens_with_decodes, 0, kIntMax)},
+      {"--max-prefill-tokens-with-decodes", int_flag(&prefill_cap, 0, kIntMax)},
       {"--max-queue-delay-us", int_flag(&queue_delay_us, 0, int64_t{1} << 40)},
       {"--debug-step-latency-ms", int_flag(&step_latency_ms, 0, 1 << 20)},
       {"--kv-block-size", int_flag(&f.executor.block_size, 1, 4096)},
@@ -225,6 +228,11 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
   }
   f.executor.kv_cpu_budget_bytes = kv_cpu_mb << 20;
   f.engine.scheduler.max_queue_delay = std::chrono::microseconds(queue_delay_us);
+  // Unset: a GPU caps the prefill of a step that also decodes at kGpuPrefillTokensWithDecodes (a
+  // mixed step then takes at most ~1.5x a decode step at 64 streams on an H200, see
+  // bench/results/gpu.md); the CPU, where prefill tokens cost as much as decode rows, has no cap.
+  f.engine.scheduler.max_prefill_tokens_with_decodes =
+      prefill_cap >= 0 ? prefill_cap : (f.load.device.rfind("cuda", 0) == 0 ? kGpuPrefillTokensWithDecodes : 0);
   f.engine.scheduler.faults.step_latency = std::chrono::milliseconds(step_latency_ms);
   faults.stall_duration = std::chrono::milliseconds(stall_ms);
   f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;
