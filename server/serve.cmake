@@ -17,6 +17,15 @@ target_link_libraries(glmserve_obs PUBLIC
   absl::status absl::statusor absl::strings absl::str_format Threads::Threads
   spdlog::spdlog nlohmann_json::nlohmann_json)
 
+# API keys, TLS material, the per-client request cap (both front ends; no gRPC, no LibTorch).
+find_package(OpenSSL REQUIRED)
+add_library(glmserve_auth STATIC
+  auth.cc
+  client_quota.cc
+)
+target_include_directories(glmserve_auth PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(glmserve_auth PUBLIC absl::status absl::statusor absl::strings OpenSSL::SSL OpenSSL::Crypto)
+
 add_library(glmserve_grpc STATIC
   grpc_service.cc
   grpc_validation.cc
@@ -25,7 +34,7 @@ target_include_directories(glmserve_grpc PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_grpc PUBLIC
   glmserve_proto glmserve_tokenizer glmserve_runtime_core gRPC::grpc++ gRPC::grpc++_reflection
   absl::status absl::statusor absl::strings absl::str_format Threads::Threads
-  glmserve_obs)
+  glmserve_obs glmserve_auth)
 
 # OpenAI-compatible HTTP/JSON front end (Debian's cpp-httplib, compiled library: its Cflags
 # carry the feature macros the .so was built with).
@@ -35,7 +44,7 @@ add_library(glmserve_http STATIC
   http_server.cc
 )
 target_include_directories(glmserve_http PUBLIC ${CMAKE_SOURCE_DIR})
-target_link_libraries(glmserve_http PUBLIC glmserve_grpc PkgConfig::CPPHTTPLIB)
+target_link_libraries(glmserve_http PUBLIC glmserve_grpc glmserve_auth PkgConfig::CPPHTTPLIB OpenSSL::SSL OpenSSL::Crypto)
 
 add_library(glmserve_serve STATIC
   serve_command.cc
