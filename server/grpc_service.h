@@ -21,6 +21,9 @@ class Server;
 namespace glmserve {
 
 class InferenceServiceImpl;
+class ApiKeys;      // server/auth.h
+struct TlsConfig;   // server/auth.h
+class ClientQuota;  // server/client_quota.h
 
 // Transport and front-end limits. Defaults match `glmserve serve --help`; see proto/README.md for
 // why the keepalive values differ from gRPC's.
@@ -50,6 +53,13 @@ struct GrpcServerOptions {
   std::string build_version;
   // Sees every finished or refused call (metrics). Null = none.
   std::shared_ptr<RequestObserver> observer;
+
+  // Security and fairness (server/auth.h, server/client_quota.h), shared with the HTTP front end.
+  // Null = off: no key needed (else `authorization: Bearer KEY` metadata on Inference calls,
+  // UNAUTHENTICATED without; health and reflection stay open), plaintext, no per-client cap.
+  std::shared_ptr<const ApiKeys> api_keys;
+  std::shared_ptr<const TlsConfig> tls;
+  std::shared_ptr<ClientQuota> client_quota;
 };
 
 class GrpcServer {
