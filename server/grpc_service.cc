@@ -790,7 +790,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ",
+    // The destructor's Shutdown() copes with the null server_.
+    return absl::UnavailableError(absl::StrCat("--port ", options.port, ": cannot listen on ",
                                                FormatAddress(options.host, options.port)));
   }
   server->SetServing(false);
@@ -812,6 +813,7 @@ void GrpcServer::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokeni
 }
 
 void GrpcServer::SetServing(bool serving) {
+  if (server_ == nullptr) return;
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health == nullptr) return;
   health->SetServingStatus("", serving);
@@ -832,6 +834,7 @@ int GrpcServer::active_calls() const { return service_->active_calls(); }
 void GrpcServer::Shutdown(std::chrono::milliseconds grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  if (server_ == nullptr) return;  // Start() failed before the server existed (e.g. port in use)
   server_->Shutdown(std::chrono::system_clock::now() + grace);
   server_->Wait();
 }

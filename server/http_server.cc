@@ -451,6 +451,12 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   // Small SSE chunks go out at once instead of waiting on the client's delayed ACK (Nagle): 30-40
   // ms of TTFT on a kept-alive connection otherwise.
   svr.set_tcp_nodelay(true);
+  // SO_REUSEADDR only (as the metrics listener): httplib's default adds SO_REUSEPORT, which let a
+  // second server share a port in use and split the requests between the two processes.
+  svr.set_socket_options([](socket_t sock) {
+    const int on = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  });
   svr.set_read_timeout(std::chrono::seconds(30));
   svr.set_write_timeout(std::chrono::seconds(10));
 

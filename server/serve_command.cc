@@ -1,17 +1,22 @@
 // `glmserve serve`: load, warm up, serve over gRPC, drain on SIGTERM/SIGINT.
 #include "server/serve_command.h"
 
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <future>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -34,6 +39,46 @@
 
 namespace glmserve {
 namespace {
+
+// Why host:port cannot be listened on, from a bind of our own with SO_REUSEADDR only (as the
+// listeners do): "Address already in use", ...; empty when it can (or for port 0).
+std::string PortProblem(std::string host, int port) {
+  if (port <= 0) return "";
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string service = std::to_string(port);
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res) != 0) return "";
+  std::string problem;
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    const int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      problem = std::strerror(errno);
+    } else {
+      problem.clear();
+      close(fd);
+      break;
+    }
+    close(fd);
+  }
+  freeaddrinfo(res);
+  return problem;
+}
+
+// "--port P: cannot listen on HOST:P: Address already in use": the flag and port first, then
+// the listener's message and, when a bind of our own can tell, the reason.
+std::string ListenFailure(const std::string& flag, int port, const std::string& host, std::string message) {
+  const std::string prefix = absl::StrCat(flag, " ", port, ": ");
+  if (message.rfind(flag, 0) != 0) message = absl::StrCat(prefix, message);
+  if (const std::string why = PortProblem(host, port); !why.empty()) absl::StrAppend(&message, ": ", why);
+  return message;
+}
 
 // Signals are blocked in every thread and taken by one waiter thread (sigwait), so nothing
 // async-signal-unsafe happens in a handler.
@@ -107,10 +152,11 @@ int RunServe(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics =
       ServerMetrics::Create(flags.grpc.host, flags.metrics_port, GLMSERVE_VERSION);
   if (!metrics.ok()) {
-    // "--metrics-port P: cannot bind HOST:P: <errno text> (...)"; exit 1 before the model loads.
+    // "--metrics-port P: cannot bind HOST:P: <errno text> (...)"; exit 2 (a configuration error:
+    // the supervisor does not restart it) before the model loads.
     LogEvent(LogLevel::kError, "metrics_bind_failed", "", std::string(metrics.status().message()),
              {{"flag", "--metrics-port"}, {"port", flags.metrics_port}, {"host", flags.grpc.host}});
-    return kExitFailure;
+    return kExitBadInput;
   }
   std::shared_ptr<ServerMetrics> metrics_sink = std::move(*metrics);
   flags.grpc.observer = metrics_sink;
@@ -134,9 +180,11 @@ int RunServe(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(flags.grpc);
   if (!server.ok()) {
-    LogEvent(LogLevel::kError, "grpc_listen_failed", "", std::string(server.status().message()),
-             {{"flag", "--port"}, {"host", flags.grpc.host}});
-    return kExitFailure;
+    // A port in use (gRPC refuses SO_REUSEPORT here, so a second server cannot share it): exit 2.
+    LogEvent(LogLevel::kError, "grpc_listen_failed", "",
+             ListenFailure("--port", flags.grpc.port, flags.grpc.host, std::string(server.status().message())),
+             {{"flag", "--port"}, {"port", flags.grpc.port}, {"host", flags.grpc.host}});
+    return kExitBadInput;
   }
   LogLine(absl::StrCat("listening on ", (*server)->address(),
                        " (health NOT_SERVING until the model is warm)"));
@@ -158,9 +206,11 @@ int RunServe(int argc, char** argv) {
     if (!name.empty()) http_options.model_name = name;
     absl::StatusOr<std::unique_ptr<HttpServer>> started = HttpServer::Start(http_options);
     if (!started.ok()) {
-      LogEvent(LogLevel::kError, "http_listen_failed", "", std::string(started.status().message()),
+      LogEvent(LogLevel::kError, "http_listen_failed", "",
+               ListenFailure("--http-port", flags.http_port, flags.grpc.host, std::string(started.status().message())),
                {{"flag", "--http-port"}, {"port", flags.http_port}, {"host", flags.grpc.host}});
-      return kExitFailure;
+      (*server)->Shutdown(std::chrono::milliseconds(0));
+      return kExitBadInput;
     }
     http = std::move(*started);
   }
@@ -244,7 +294,9 @@ int RunServe(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<SelfHealingEngine>> engine =
       SelfHealingEngine::Create(watchdog, factory, hooks);
   if (!engine.ok()) {
-    LogLine(std::string(engine.status().message()));
+    // Fatal: at level error, so it shows at every --log-level.
+    LogEvent(LogLevel::kError, load_failed ? "model_load_failed" : "engine_start_failed", "",
+             std::string(engine.status().message()), {{"model", flags.model_dir}});
     (*server)->Shutdown(std::chrono::milliseconds(0));
     return load_failed ? kExitBadInput : kExitFailure;
   }

@@ -88,9 +88,16 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
              absl::StrCat("supervisor: child ", child, " ended: ", Describe(status)),
              {{"child_pid", child}, {"status", Describe(status)}, {"ran_s", ran_s}});
     if (stopping) return WIFEXITED(status) ? WEXITSTATUS(status) : kExitFailure;
-    if (WIFEXITED(status) && (WEXITSTATUS(status) == kExitOk || WEXITSTATUS(status) == kExitBadInput)) {
-      return WEXITSTATUS(status);
+    // Exit 2 is a configuration error (a port in use, a bad flag, an unloadable checkpoint): a
+    // restart would fail the same way, so the supervisor stops with the same code.
+    if (WIFEXITED(status) && WEXITSTATUS(status) == kExitBadInput) {
+      LogEvent(LogLevel::kError, "supervisor_config_error", "",
+               "supervisor: the server exited 2 (configuration error: port in use, bad flag or "
+               "unloadable checkpoint; see its error line above); not restarting",
+               {{"child_pid", child}});
+      return kExitBadInput;
     }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == kExitOk) return kExitOk;
     const SteadyClock::time_point now = SteadyClock::now();
     failures.push_back(now);
     const auto window = std::chrono::milliseconds(flags.restart_window_ms);
