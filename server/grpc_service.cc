@@ -23,6 +23,8 @@
 #include "glmserve/v1/inference.grpc.pb.h"
 #include "runtime/tokenizer/text_output.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/auth.h"
+#include "server/client_quota.h"
 #include "server/logging.h"
 
 namespace glmserve {
@@ -81,6 +83,26 @@ std::string TraceIdFromMetadata(const grpc::CallbackServerContext* ctx) {
     if (tp.size() >= 55 && tp[2] == '-' && tp[35] == '-') return tp.substr(3, 32);
   }
   return "";
+}
+
+// --api-key-file / GLMSERVE_API_KEY: `authorization: Bearer KEY` metadata, else UNAUTHENTICATED.
+// *client: the caller for --max-requests-per-client: its key ("key#N") when keys are on, else its
+// peer address without the port. The key is never logged or echoed.
+grpc::Status Authenticate(const grpc::CallbackServerContext* ctx, const GrpcServerOptions& options,
+                          std::string* client) {
+  if (options.api_keys == nullptr) {
+    *client = ClientFromGrpcPeer(ctx->peer());
+    return grpc::Status::OK;
+  }
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) {
+    return grpc::Status(grpc::UNAUTHENTICATED, "missing 'authorization: Bearer KEY' metadata (an API key is required)");
+  }
+  std::optional<std::string> who = options.api_keys->Check(std::string_view(it->second.data(), it->second.size()));
+  if (!who) return grpc::Status(grpc::UNAUTHENTICATED, "invalid API key");
+  *client = std::move(*who);
+  return grpc::Status::OK;
 }
 
 }  // namespace
@@ -283,6 +305,15 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     if (request_id_.empty() || !id_status.ok()) request_id_ = service_->NewRequestId();
     ctx_->AddInitialMetadata(kRequestIdMetadata, request_id_);
     if (!id_status.ok()) return Refuse(ToGrpc(id_status));
+    std::string client;
+    if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) return Refuse(denied);
+    if (ClientQuota* quota = service_->options().client_quota.get(); quota != nullptr) {
+      bool admitted = false;
+      quota_ = quota->TryAcquire(client, &admitted);
+      if (!admitted) {
+        return Refuse(grpc::Status(grpc::RESOURCE_EXHAUSTED, QuotaExceededMessage(quota->max_per_client())));
+      }
+    }
     InferenceEngine* engine = service_->Admit(&refusal, &model);
     if (engine == nullptr) return Refuse(refusal);
     absl::StatusOr<InferenceRequest> request =
@@ -430,6 +461,7 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
   virtual void OnResult() = 0;  // engine_done_ was just set
 
   void Refuse(const grpc::Status& status) {
+    ReleaseQuota();
     Log(status, nullptr);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -517,6 +549,14 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
   bool engine_done_ = false;  // guarded by mu_
   RequestResult result_;      // guarded by mu_; valid once engine_done_
   std::shared_ptr<CallBase> self_;
+  // This call's place under --max-requests-per-client: released before the final status goes out
+  // (a client that sends its next request on the answer finds it free), or on OnDone.
+  ClientQuota::Lease quota_;
+  std::mutex quota_mu_;
+  void ReleaseQuota() {
+    std::lock_guard<std::mutex> lock(quota_mu_);
+    quota_.Release();
+  }
 };
 
 void InferenceServiceImpl::DeliveryLoop() {
@@ -567,6 +607,7 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
   void OnCancel() override { CancelInEngine(); }
   void OnDone() override {
     CheckDone();
+    ReleaseQuota();
     service_->CallDone();
     self_.reset();  // deletes this unless the engine still holds the callbacks
   }
@@ -576,6 +617,7 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
   void OnEngineTokens(const std::vector<int32_t>&) override {}
   void FinishWith(const grpc::Status& status) override {
     ctx_->AddTrailingMetadata(kRequestIdMetadata, request_id_);
+    ReleaseQuota();
     Finish(status);
   }
   void OnResult() override {
@@ -634,6 +676,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
   }
   void OnDone() override {
     CheckDone();
+    ReleaseQuota();
     service_->CallDone();
     self_.reset();
   }
@@ -706,6 +749,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
         finished_ = true;
       }
     }
+    if (action == kFinish || action == kWriteAndFinish) ReleaseQuota();
     switch (action) {
       case kNothing: break;
       case kWrite: StartWrite(&out_); break;
@@ -747,6 +791,11 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::GetModelInfo(grpc::CallbackServe
                                                              const v1::GetModelInfoRequest*,
                                                              v1::ModelInfo* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  std::string client;
+  if (grpc::Status denied = Authenticate(ctx, options_, &client); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   std::shared_ptr<v1::ModelInfo> info;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -774,8 +823,16 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(FormatAddress(options.host, options.port),
-                           grpc::InsecureServerCredentials(), &server->port_);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (options.tls != nullptr) {  // --tls-cert/--tls-key; --tls-client-ca: clients must present a cert it signed
+    grpc::SslServerCredentialsOptions ssl(options.tls->mutual()
+                                              ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                              : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    ssl.pem_root_certs = options.tls->client_ca_pem;
+    ssl.pem_key_cert_pairs.push_back({options.tls->key_pem, options.tls->cert_pem});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(FormatAddress(options.host, options.port), credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);

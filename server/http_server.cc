@@ -14,6 +14,8 @@
 #include "absl/strings/str_format.h"
 #include "runtime/tokenizer/text_output.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/auth.h"
+#include "server/client_quota.h"
 #include "server/http_api.h"
 #include "server/logging.h"
 
@@ -48,6 +50,7 @@ const char* CodeName(absl::StatusCode code) {
 const char* CodeForHttp(int status) {
   switch (status) {
     case 200: return "OK";
+    case 401: return "UNAUTHENTICATED";
     case 429: return "RESOURCE_EXHAUSTED";
     case 503: return "UNAVAILABLE";
     case 504: return "DEADLINE_EXCEEDED";
@@ -124,6 +127,7 @@ struct Call {
   bool client_gone = false;        // guarded by mu
   RequestResult result;            // guarded by mu; valid once done
   std::string tail;                // guarded by mu; text held back until the end
+  ClientQuota::Lease quota;        // handler thread: released when the answer is complete
 
   void Cancel() {
     bool cancel = false;
@@ -148,6 +152,30 @@ void SetError(httplib::Response& res, const HttpError& e) {
   res.status = e.status == 499 ? 400 : e.status;
   if (e.retry_after_s > 0) res.set_header("Retry-After", std::to_string(e.retry_after_s));
   res.set_content(HttpErrorBody(e), "application/json");
+}
+
+// --api-key-file / GLMSERVE_API_KEY: `Authorization: Bearer KEY`, else 401 (OpenAI's shape and
+// code). *client: the key's name ("key#N"), or the peer address without keys
+// (--max-requests-per-client). The presented key is never logged or echoed.
+std::optional<HttpError> Authenticate(const State& state, const httplib::Request& req, std::string* client) {
+  if (state.options.api_keys == nullptr) {
+    *client = req.remote_addr;
+    return std::nullopt;
+  }
+  HttpError e;
+  e.status = 401;
+  e.code = "invalid_api_key";
+  if (!req.has_header("Authorization")) {
+    e.message = "missing API key: send 'Authorization: Bearer KEY'";
+    return e;
+  }
+  std::optional<std::string> who = state.options.api_keys->Check(req.get_header_value("Authorization"));
+  if (!who) {
+    e.message = "invalid API key";
+    return e;
+  }
+  *client = std::move(*who);
+  return std::nullopt;
 }
 
 const char* FinishName(FinishReason reason) {
@@ -175,7 +203,24 @@ class Handler {
     auto refuse = [&](const HttpError& e) {
       LogRefused(*state_, request_id, route, e);
       SetError(res, e);
+      if (e.status == 401) res.set_header("WWW-Authenticate", "Bearer");
     };
+    std::string client;
+    if (auto e = Authenticate(*state_, req, &client)) return refuse(*e);
+    ClientQuota::Lease quota;
+    if (ClientQuota* q = state_->options.client_quota.get(); q != nullptr) {
+      bool admitted = false;
+      quota = q->TryAcquire(client, &admitted);
+      if (!admitted) {
+        HttpError e;
+        e.status = 429;
+        e.type = "rate_limit_error";
+        e.code = "rate_limit_exceeded";
+        e.message = QuotaExceededMessage(q->max_per_client());
+        e.retry_after_s = 1;
+        return refuse(e);
+      }
+    }
 
     // Deadline: ?timeout=, else a timeout / x-request-timeout header, else the default.
     auto deadline = std::chrono::steady_clock::time_point::max();
@@ -222,6 +267,7 @@ class Handler {
     call->kind = kind;
     call->engine = engine;
     call->engine_id = absl::StrCat(request_id, "#", state_->next_id.fetch_add(1));
+    call->quota = std::move(quota);
     request->request_id = call->engine_id;
     if (model.tokenizer != nullptr) {
       call->text = std::make_unique<tokenizer::TextOutput>(
@@ -297,7 +343,11 @@ class Handler {
 
     const std::string id = absl::StrCat(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-", request_id);
     const int64_t created = NowSeconds();
-    if (!api.stream) return Unary(call, api, id, created, res);
+    if (!api.stream) {
+      Unary(call, api, id, created, res);
+      call->quota.Release();  // before the answer goes out
+      return;
+    }
     Stream(call, api, id, created, res);
   }
 
@@ -426,6 +476,7 @@ class Handler {
         },
         [call, state](bool success) {
           if (!success) call->Cancel();
+          call->quota.Release();
           state->CallDone();
         });
   }
@@ -441,7 +492,18 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   }
   std::unique_ptr<HttpServer> server(new HttpServer());
   server->state_ = std::make_shared<State>(options);
-  server->server_ = std::make_unique<httplib::Server>();
+  if (options.tls != nullptr) {  // --tls-cert/--tls-key (LoadTls checked them); --tls-client-ca: mutual
+    const TlsConfig& tls = *options.tls;
+    auto ssl = std::make_unique<httplib::SSLServer>(
+        tls.cert_file.c_str(), tls.key_file.c_str(), tls.mutual() ? tls.client_ca_file.c_str() : nullptr);
+    if (!ssl->is_valid()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-cert: the HTTP server cannot use '", tls.cert_file, "' / '", tls.key_file, "'"));
+    }
+    server->server_ = std::move(ssl);
+  } else {
+    server->server_ = std::make_unique<httplib::Server>();
+  }
   httplib::Server& svr = *server->server_;
   std::shared_ptr<State> state = server->state_;
   const int threads = std::max(2, options.threads);
@@ -475,7 +537,13 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   svr.Post("/v1/completions", counted([handler](const httplib::Request& req, httplib::Response& res) {
              handler->Api(ApiKind::kCompletion, req, res);
            }));
-  svr.Get("/v1/models", [state](const httplib::Request&, httplib::Response& res) {
+  svr.Get("/v1/models", [state](const httplib::Request& req, httplib::Response& res) {
+    std::string client;
+    if (auto e = Authenticate(*state, req, &client)) {
+      SetError(res, *e);
+      res.set_header("WWW-Authenticate", "Bearer");
+      return;
+    }
     int32_t max_context = 0;
     {
       std::lock_guard<std::mutex> lock(state->mu);

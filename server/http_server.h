@@ -25,6 +25,10 @@ class Server;
 
 namespace glmserve {
 
+class ApiKeys;      // server/auth.h
+struct TlsConfig;   // server/auth.h
+class ClientQuota;  // server/client_quota.h
+
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // 0 = pick a free port (HttpServer::port() says which)
@@ -39,6 +43,12 @@ struct HttpServerOptions {
   bool log_requests = true;
   std::string model_name = "glm";  // the id /v1/models lists
   std::shared_ptr<RequestObserver> observer;
+  // Null = off. api_keys: /v1/* need `Authorization: Bearer KEY` (401 otherwise; /health stays
+  // open). tls: HTTPS (httplib::SSLServer), mutual when it names a client CA. client_quota: the
+  // per-client cap on queued plus running requests (429), shared with gRPC.
+  std::shared_ptr<const ApiKeys> api_keys;
+  std::shared_ptr<const TlsConfig> tls;
+  std::shared_ptr<ClientQuota> client_quota;
 };
 
 class HttpServer {
