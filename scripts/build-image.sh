@@ -10,7 +10,8 @@
 #   scripts/build-image.sh --tag T --workdir DIR
 #
 # Network: only Debian's package servers and PyPI are needed (the Dockerfile's own install-deps.sh
-# fetches LibTorch from PyPI's torch wheel). When no container registry is reachable, the base
+# fetches LibTorch from PyPI's torch wheel, and grpcio and the test tools; the CUDA runtime
+# libraries LibTorch links come from NVIDIA's PyPI wheels). When no container registry is reachable, the base
 # images debian:12 and debian:12-slim are made locally: `debootstrap --variant=minbase bookworm`
 # from deb.debian.org, imported with `podman import` and tagged as those names (local storage only;
 # a real registry image of those names is used when already present or pullable).
@@ -104,11 +105,23 @@ if [ "$do_build" = 1 ]; then
     context="$repo_root"
     say "context: working tree $repo_root (.dockerignore applies)"
   fi
+  # PyPI (LibTorch's torch wheel, grpcio, NVIDIA's cudart wheel) is reached through whatever CA the
+  # host's pip trusts (PIP_CERT or pip's config: e.g. a TLS-inspecting proxy): that bundle and a
+  # pip.conf naming it are mounted for the RUN steps only, never stored in a layer.
+  mounts=()
+  cert="${PIP_CERT:-}"
+  [ -n "$cert" ] || cert="$(python3 -m pip config list 2>/dev/null | sed -n "s/^[a-z:.]*cert='\(.*\)'$/\1/p" | head -n 1)"
+  if [ -n "$cert" ] && [ -f "$cert" ]; then
+    cp "$cert" "$workdir/pip-ca.crt"
+    printf '[global]\ncert = /etc/pip-ca.crt\n' >"$workdir/pip.conf"
+    mounts=(-v "$workdir/pip-ca.crt:/etc/pip-ca.crt:ro" -v "$workdir/pip.conf:/etc/pip.conf:ro")
+    say "pip inside the build trusts the host's pip CA bundle ($cert)"
+  fi
   say "podman build -f deploy/docker/Dockerfile.cpu -t $tag (log: $log)"
   start=$(date +%s)
   # --format docker: OCI images drop HEALTHCHECK. --network host: the default bridge needs nothing
   # here, but host networking also works where CNI/iptables do not.
-  if ! nice -n 10 "${podman[@]}" build --pull=never --format docker --network host "${ulimits[@]}" \
+  if ! nice -n 10 "${podman[@]}" build --pull=never --format docker --network host "${ulimits[@]}" "${mounts[@]}" \
       -f "$context/deploy/docker/Dockerfile.cpu" -t "$tag" "$context" >>"$log" 2>&1; then
     tail -n 40 "$log" >&2
     fail "podman build (full log: $log)"

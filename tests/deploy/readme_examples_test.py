@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Runs every command of README.md's "Two commands" examples against the real server, as a newcomer
+would paste them into a shell at the repository root after `scripts/serve-demo.sh`.
+
+The server is `glmserve serve --model models/glm4-tiny --host 127.0.0.1` like serve-demo.sh but on
+a free port (--port 0), handed to scripts/glmserve-client.py through GLMSERVE_ADDR (the client's
+default, 127.0.0.1:50051, is checked to be serve-demo.sh's default port). Each example line runs
+through `bash -c` from the repository root and must exit 0 with sane output (JSON where JSON is
+promised, the right number of tokens, SERVING, ...). Also checked: the section keeps its two
+commands (scripts/serve-demo.sh, scripts/test.sh) and names no tool Debian 12 lacks (grpcurl).
+
+Needs grpcio + grpcio-tools (scripts/install-deps.sh). Exit 0 pass, 1 fail, 77 skipped."""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "pyutil"))
+from checks import FAILURES, check  # noqa: E402
+from glmserve_process import GlmserveProcess  # noqa: E402
+
+
+def section():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"^## Two commands\n(.*?)(?=^## )", text, re.M | re.S)
+    if not m:
+        return []
+    return re.findall(r"```sh\n(.*?)```", m.group(1), re.S)
+
+
+def json_lines(out):
+    objs = []
+    for line in out.splitlines():
+        if line.strip():
+            objs.append(json.loads(line))
+    return objs
+
+
+def sane(cmd, out):
+    """A description of what is wrong with stdout `out` of example `cmd`, or None."""
+    if not out.strip():
+        return "no output"
+    client = "glmserve-client.py" in cmd
+    if client or "--json" in cmd:
+        try:
+            objs = json_lines(out)
+        except ValueError as e:
+            return f"not one JSON object per line: {e}"
+    if client:
+        method = cmd.split("glmserve-client.py", 1)[1].split()[0]
+        req = re.search(r"'(\{.*\})'", cmd)
+        req = json.loads(req.group(1)) if req else {}
+        if method == "Infer":
+            r = objs[0]
+            want = req.get("max_new_tokens")
+            if len(objs) != 1 or len(r.get("output_ids", [])) != want or r.get("finish_reason") != "LENGTH" \
+                    or r["usage"]["completion_tokens"] != want:
+                return f"Infer: want {want} ids, LENGTH, usage: {r}"
+        elif method == "InferStream":
+            last = objs[-1]
+            ids = [i for o in objs for i in o.get("output_ids", [])]
+            if last.get("finish_reason") not in ("LENGTH", "STOP") or \
+                    last["usage"]["completion_tokens"] != len(ids) or not 0 < len(ids) <= req["max_new_tokens"] or \
+                    len({o["request_id"] for o in objs}) != 1:
+                return f"InferStream: {len(objs)} messages, {len(ids)} ids, last {last}"
+        elif method == "GetModelInfo":
+            r = objs[0]
+            if r.get("architecture") != "glm4" or not r.get("vocab_size") or not r.get("max_context"):
+                return f"GetModelInfo: {r}"
+        elif method == "Health":
+            if objs != [{"status": "SERVING"}]:
+                return f"Health: {objs}"
+        else:
+            return f"unknown client method {method}"
+    elif " tokenize " in cmd:
+        if not objs[0].get("ids") or objs[0].get("decoded") != re.search(r'--text "([^"]*)"', cmd).group(1):
+            return f"tokenize: {objs[0]}"
+    elif " generate " in cmd:
+        n = int(re.search(r"--max-new-tokens (\d+)", cmd).group(1))
+        if not 0 < len(objs[0].get("output_ids", [])) <= n or "finish_reason" not in objs[0]:
+            return f"generate: {str(objs[0])[:300]}"
+    elif " inspect " in cmd:
+        if "architecture:" not in out or "glm4" not in out:
+            return f"inspect: {out[:300]}"
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "glm4-tiny"))
+    args = ap.parse_args()
+    try:
+        import grpc  # noqa: F401
+        import grpc_tools  # noqa: F401
+    except ImportError as e:
+        print(f"SKIP: {e} (scripts/install-deps.sh installs grpcio and grpcio-tools)")
+        return 77
+    if not (os.path.exists(args.binary) and os.path.exists(os.path.join(args.model, "config.json"))):
+        print(f"SKIP: no binary {args.binary} or model {args.model}")
+        return 77
+
+    blocks = section()
+    check(len(blocks) >= 2, f"README.md '## Two commands' has the setup block and the examples block ({len(blocks)})")
+    if len(blocks) < 2:
+        return 1
+    setup = [l.split("#")[0].strip() for l in blocks[0].splitlines() if l.strip()]
+    check(setup == ["scripts/serve-demo.sh", "scripts/test.sh"], f"the two commands: {setup}")
+    for s in setup:
+        check(os.access(os.path.join(ROOT, s), os.X_OK), f"{s} exists and is executable")
+    examples = [l.strip() for l in blocks[1].splitlines() if l.strip() and not l.strip().startswith("#")]
+    check(len(examples) >= 4, f"{len(examples)} example commands")
+    check(not any(re.search(r"\bgrpcurl\b", e) for e in examples), "no example needs grpcurl (not in Debian 12)")
+    with open(os.path.join(ROOT, "scripts", "serve-demo.sh")) as f:
+        demo = f.read()
+    with open(os.path.join(ROOT, "scripts", "glmserve-client.py")) as f:
+        client = f.read()
+    check('--host 127.0.0.1 --port "${PORT:-50051}"' in demo and '"127.0.0.1:50051"' in client,
+          "the client's default address is serve-demo.sh's (127.0.0.1:50051)")
+
+    # The demo server, as serve-demo.sh starts it, on a free port.
+    server = GlmserveProcess(args.binary, args.model)
+    env = dict(os.environ, GLMSERVE_ADDR=f"127.0.0.1:{server.port}")
+    binary = os.path.abspath(args.binary)
+    try:
+        for cmd in examples:
+            run = cmd
+            if cmd.startswith("build/glmserve ") and os.path.abspath(os.path.join(ROOT, "build", "glmserve")) != binary:
+                run = binary + cmd[len("build/glmserve"):]
+            out = subprocess.run(["bash", "-c", run], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+            problem = None if out.returncode == 0 else f"exit {out.returncode}: {out.stderr.strip()[-500:]}"
+            problem = problem or sane(cmd, out.stdout)
+            check(problem is None, f"{cmd[:110]}{'...' if len(cmd) > 110 else ''}" + (f" -> {problem}" if problem else ""))
+    finally:
+        check(server.stop() == 0, "server drains and exits 0")
+    print(f"{len(FAILURES)} failed" if FAILURES else "all passed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
