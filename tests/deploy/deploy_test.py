@@ -90,7 +90,8 @@ def manifests():
         validate(text, layout)
         kinds = sorted(d["kind"] for d in docs)
         check(kinds == sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim",
-                               "PodDisruptionBudget", "Service", "Service", "ServiceMonitor"]), f"{layout}: objects {kinds}")
+                               "PodDisruptionBudget", "Service", "Service", "ServiceMonitor", "NetworkPolicy"]),
+              f"{layout}: objects {kinds}")
         wiring(layout, docs)
 
     # Strictness is real: an unknown field in the pod spec must fail.
@@ -169,6 +170,8 @@ def wiring(layout, docs):
               for m in hpa["spec"]["metrics"]]
     check(("Pods", "glmserve_queue_depth") in mtypes and ("Resource", "cpu") in mtypes,
           f"{layout}: HPA on glmserve_queue_depth per pod with CPU fallback {mtypes}")
+    network_policy(layout, docs, ports, labels)
+    api_keys(layout, c, pod, cm)
     # ServiceMonitor: no schema in kubernetes-validate (a CRD); its wiring is checked here.
     sm = by_kind(docs, "ServiceMonitor")[0]
     check(sm["apiVersion"] == "monitoring.coreos.com/v1", f"{layout}: ServiceMonitor is monitoring.coreos.com/v1")
@@ -180,6 +183,69 @@ def wiring(layout, docs):
     check(set(sm["spec"].keys()) <= {"selector", "endpoints", "jobLabel", "namespaceSelector"} and
           all(set(e) <= {"port", "path", "interval", "scrapeTimeout"} for e in sm["spec"]["endpoints"]),
           f"{layout}: ServiceMonitor uses only known fields")
+
+
+def network_policy(layout, docs, ports, labels):
+    """Ingress to the serving ports from this namespace or labelled clients only; metrics from the
+    monitoring namespace only; nothing else."""
+    nps = by_kind(docs, "NetworkPolicy")
+    check(len(nps) == 1, f"{layout}: one NetworkPolicy ({len(nps)})")
+    if not nps:
+        return
+    spec = nps[0]["spec"]
+    sel = spec["podSelector"]
+    check(sel.get("matchLabels") and all(labels.get(k) == v for k, v in sel["matchLabels"].items())
+          and not sel.get("matchExpressions"), f"{layout}: NetworkPolicy selects the glmserve pods {sel}")
+    check(spec.get("policyTypes") == ["Ingress"] or "Ingress" in spec.get("policyTypes", []),
+          f"{layout}: NetworkPolicy restricts ingress")
+    rules = spec.get("ingress", [])
+    check(rules and all(r.get("from") and r.get("ports") for r in rules),
+          f"{layout}: every ingress rule names its sources and ports (none open to all)")
+    serving, metrics_rules = [], []
+    for r in rules:
+        names = {p["port"] for p in r["ports"]}
+        check(names <= set(ports) | {"http"} | set(ports.values()),
+              f"{layout}: NetworkPolicy ports {sorted(map(str, names))} are the container's (or the optional http)")
+        if "metrics" in names or 9464 in names:
+            metrics_rules.append(r)
+            check(names <= {"metrics", 9464}, f"{layout}: the metrics rule opens only the metrics port")
+        if "grpc" in names or 50051 in names:
+            serving.append(r)
+    check(len(serving) == 1 and len(metrics_rules) == 1, f"{layout}: one rule for gRPC/HTTP, one for metrics")
+    if serving:
+        peers = serving[0]["from"]
+        same_ns = [p for p in peers if set(p) == {"podSelector"} and p["podSelector"] == {}]
+        labelled = [p for p in peers if "podSelector" in p and p["podSelector"] != {} and
+                    "glmserve.dev/client" in json.dumps(p["podSelector"])]
+        check(same_ns and labelled and len(peers) == len(same_ns) + len(labelled) and
+              not any("ipBlock" in p for p in peers),
+              f"{layout}: gRPC/HTTP only from this namespace or pods labelled glmserve.dev/client {peers}")
+    if metrics_rules:
+        peers = metrics_rules[0]["from"]
+        check(peers and all(set(p) == {"namespaceSelector"} and "monitoring" in json.dumps(p["namespaceSelector"])
+                            for p in peers), f"{layout}: metrics only from the monitoring namespace {peers}")
+
+
+def api_keys(layout, c, pod, cm):
+    """The API key comes from a Secret: --api-key-file on a Secret volume, or GLMSERVE_API_KEY from a
+    secretKeyRef; never from the ConfigMap."""
+    args = c["args"]
+    files = [a.split("=", 1)[1] for a in args if a.startswith("--api-key-file=")]
+    env = [e for e in c.get("env", []) if e["name"] == "GLMSERVE_API_KEY"]
+    check(files or env, f"{layout}: the server requires an API key (--api-key-file or GLMSERVE_API_KEY)")
+    vols = {v["name"]: v for v in pod["volumes"]}
+    for f in files:
+        mount = [m for m in c["volumeMounts"] if f.startswith(m["mountPath"].rstrip("/") + "/")]
+        secret = vols.get(mount[0]["name"], {}).get("secret") if mount else None
+        check(bool(mount) and mount[0].get("readOnly") and secret and secret.get("secretName") and
+              secret.get("optional") is not True and
+              any(f == mount[0]["mountPath"].rstrip("/") + "/" + i["path"] for i in secret.get("items", [])),
+              f"{layout}: --api-key-file={f} is a key of a required Secret mounted read-only ({secret})")
+    for e in env:
+        ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+        check(ref.get("name") and ref.get("key") and "value" not in e,
+              f"{layout}: GLMSERVE_API_KEY from a secretKeyRef {e}")
+    check(not any("API_KEY" in k for k in cm), f"{layout}: no API key in the ConfigMap")
 
 
 def anchors(md):
