@@ -314,7 +314,58 @@ def metrics(binary, model, probe):
         rc = subprocess.run([probe, "-addr", f"127.0.0.1:{server.port}", "-timeout-ms", "500"],
                             capture_output=True, timeout=30).returncode
         check(rc == 1, f"health probe against a stopped server exits 1 (got {rc})")
+        tls_probe(binary, model, probe, harness)
     return 0
+
+
+def make_certs(d):
+    """A CA, a server certificate for glmserve.test + 127.0.0.1 and a client certificate (openssl)."""
+    def ossl(*a):
+        subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True, timeout=60)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=glmserve test CA")
+    for name, ext in [("server", "subjectAltName=DNS:glmserve.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")]:
+        with open(os.path.join(d, f"{name}.ext"), "w") as f:
+            f.write(ext + "\n")
+        ossl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    # A second CA that signed nothing the server holds.
+    ossl("req", "-x509", *ec, "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=other CA")
+
+
+def tls_probe(binary, model, probe, harness):
+    """The probe speaks TLS (for pods running --tls-cert, whose kubelet gRPC probes cannot):
+    SERVING through the CA and the certificate's name; 1 without TLS, with another CA, and without
+    a client certificate when the server demands one."""
+    helptext = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, timeout=30)
+    if "--tls-cert" not in helptext.stdout + helptext.stderr or not shutil.which("openssl"):
+        print("skip the TLS probe checks: this glmserve has no --tls-cert (or no openssl)")
+        return
+    with tempfile.TemporaryDirectory() as d:
+        make_certs(d)
+        c = lambda n: os.path.join(d, n)  # noqa: E731
+        server = harness.Server(binary, model, ["--tls-cert", c("server.crt"), "--tls-key", c("server.key"),
+                                                "--tls-client-ca", c("ca.crt"), "--log-format", "text"])
+        try:
+            addr = f"127.0.0.1:{server.port}"
+            mtls = ["-tls-cert", c("client.crt"), "-tls-key", c("client.key")]
+            for what, extra, want in [
+                    ("CA + client certificate", ["-tls-ca", c("ca.crt")] + mtls, 0),
+                    ("CA + client certificate + -tls-server-name glmserve.test",
+                     ["-tls-ca", c("ca.crt"), "-tls-server-name", "glmserve.test"] + mtls, 0),
+                    ("plaintext", [], 1),
+                    ("another CA", ["-tls-ca", c("other.crt")] + mtls, 1),
+                    ("no client certificate", ["-tls-ca", c("ca.crt")], 1)]:
+                rc = subprocess.run([probe, "-addr", addr, "-service", "glmserve.v1.Inference", "-timeout-ms", "3000",
+                                     *extra], capture_output=True, timeout=30).returncode
+                check(rc == want, f"TLS server: health probe with {what} exits {want} (got {rc})")
+            rc = subprocess.run([probe, "-addr", addr, "-tls-cert", c("client.crt")], capture_output=True,
+                                timeout=30).returncode
+            check(rc == 2, f"health probe -tls-cert without -tls-ca is a usage error (got {rc})")
+        finally:
+            check(server.stop() == 0, "TLS server drains and exits 0")
 
 
 def dockerfile():
