@@ -23,7 +23,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K8S = os.path.join(ROOT, "deploy", "k8s")
-LAYOUTS = ["base", "overlays/cpu", "overlays/gpu"]
+LAYOUTS = ["base", "overlays/cpu", "overlays/gpu", "overlays/production"]
 K8S_VERSIONS = ["1.37.0", "1.33.0"]  # current, and the oldest still common in managed clusters
 sys.path.insert(0, os.path.join(ROOT, "tests", "pyutil"))
 from checks import FAILURES, check  # noqa: E402
@@ -74,6 +74,10 @@ def validate(text, label):
         os.unlink(f.name)
 
 
+def gc_resources(docs):
+    return by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+
 def flags(docs):
     return by_kind(docs, "ConfigMap", "glmserve-flags")[0]["data"]
 
@@ -105,6 +109,15 @@ def manifests():
     check(out.returncode != 0, "kubernetes-validate --strict rejects an unknown field (readinessProbes)")
 
     gpu, cpu = rendered["overlays/gpu"], rendered["overlays/cpu"]
+    prod = by_kind(rendered["overlays/production"], "Deployment")[0]["spec"]["template"]["spec"]
+    pargs = prod["containers"][0]["args"]
+    check(any(a.startswith("--tls-cert=") for a in pargs) and
+          not any(a.startswith("--tls-") for a in by_kind(gpu, "Deployment")[0]["spec"]["template"]["spec"]
+                  ["containers"][0]["args"]), "production: TLS on (--tls-cert), the gpu overlay plaintext")
+    check(prod["containers"][0]["resources"] == gc_resources(gpu) and prod.get("nodeSelector") ==
+          by_kind(gpu, "Deployment")[0]["spec"]["template"]["spec"].get("nodeSelector"),
+          "production: the gpu overlay's resources and scheduling")
+    # gRPC reflection off in production: checked by `metrics` (it has the binary's --help).
     gc = by_kind(gpu, "Deployment")[0]["spec"]["template"]["spec"]
     res = gc["containers"][0]["resources"]
     check(str(res["limits"].get("nvidia.com/gpu")) == "1" and str(res["requests"].get("nvidia.com/gpu")) == "1",
@@ -132,12 +145,21 @@ def wiring(layout, docs):
     cm = flags(docs)
     for var in re.findall(r"\$\((\w+)\)", args):
         check(var in cm, f"{layout}: arg $({var}) is in the ConfigMap")
+    tls = [a for a in c["args"] if a.startswith("--tls-")]
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
         p = c.get(probe, {})
-        check(p.get("grpc", {}).get("port") == 50051, f"{layout}: {probe} is a native gRPC probe on 50051")
+        if not tls:
+            check(p.get("grpc", {}).get("port") == 50051, f"{layout}: {probe} is a native gRPC probe on 50051")
+        else:  # the kubelet's gRPC probes are plaintext: the image's probe over TLS instead
+            cmd = p.get("exec", {}).get("command", [])
+            check("grpc" not in p and cmd[:3] == ["glmserve-health-probe", "-addr", "127.0.0.1:50051"] and
+                  "-tls-ca" in cmd, f"{layout}: {probe} execs glmserve-health-probe over TLS on 50051 {cmd}")
     sp = c["startupProbe"]
     check(sp["periodSeconds"] * sp["failureThreshold"] >= 600, f"{layout}: startupProbe allows >= 10 min to load")
-    check(c["readinessProbe"]["grpc"].get("service") == "glmserve.v1.Inference", f"{layout}: readiness on glmserve.v1.Inference")
+    rp = c["readinessProbe"]
+    check(rp.get("grpc", {}).get("service") == "glmserve.v1.Inference" or
+          "-service glmserve.v1.Inference" in " ".join(rp.get("exec", {}).get("command", [])),
+          f"{layout}: readiness on glmserve.v1.Inference")
     pre = c["lifecycle"]["preStop"]["sleep"]["seconds"]
     budget = pre + (int(cm["GLMSERVE_DRAIN_TIMEOUT_MS"]) + int(cm["GLMSERVE_SHUTDOWN_GRACE_MS"])) / 1000
     check(pod["terminationGracePeriodSeconds"] > budget,
@@ -171,6 +193,8 @@ def wiring(layout, docs):
     check(("Pods", "glmserve_queue_depth") in mtypes and ("Resource", "cpu") in mtypes,
           f"{layout}: HPA on glmserve_queue_depth per pod with CPU fallback {mtypes}")
     network_policy(layout, docs, ports, labels)
+    if tls:
+        tls_files(layout, c, pod)
     api_keys(layout, c, pod, cm)
     # ServiceMonitor: no schema in kubernetes-validate (a CRD); its wiring is checked here.
     sm = by_kind(docs, "ServiceMonitor")[0]
@@ -224,6 +248,26 @@ def network_policy(layout, docs, ports, labels):
         peers = metrics_rules[0]["from"]
         check(peers and all(set(p) == {"namespaceSelector"} and "monitoring" in json.dumps(p["namespaceSelector"])
                             for p in peers), f"{layout}: metrics only from the monitoring namespace {peers}")
+
+
+def secret_file(c, pod, path):
+    """The Secret volume source mounted read-only above `path` in container c, else None."""
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mount = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mount or not mount[0].get("readOnly"):
+        return None
+    secret = vols.get(mount[0]["name"], {}).get("secret")
+    return secret if secret and secret.get("secretName") and secret.get("optional") is not True else None
+
+
+def tls_files(layout, c, pod):
+    """--tls-cert/--tls-key (and the probes' -tls-ca) are files of a required read-only Secret."""
+    flags_ = dict(a[2:].split("=", 1) for a in c["args"] if a.startswith("--tls-"))
+    check({"tls-cert", "tls-key"} <= set(flags_), f"{layout}: --tls-cert and --tls-key together {sorted(flags_)}")
+    cas = [cmd[cmd.index("-tls-ca") + 1] for p in ["startupProbe", "readinessProbe", "livenessProbe"]
+           for cmd in [c[p].get("exec", {}).get("command", [])] if "-tls-ca" in cmd]
+    for path in list(flags_.values()) + cas:
+        check(secret_file(c, pod, path) is not None, f"{layout}: {path} comes from a required Secret mounted read-only")
 
 
 def api_keys(layout, c, pod, cm):
@@ -295,6 +339,16 @@ def metrics(binary, model, probe):
             wanted.add(m["pods"]["metric"]["name"])
     with open(os.path.join(ROOT, "deploy", "prometheus", "adapter-rules.yaml")) as f:
         wanted |= set(re.findall(r"\bglmserve_[a-z0-9_]+", f.read()))
+    # Reflection off in the production overlay, once `glmserve serve` has a flag for it.
+    helptext = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, timeout=30)
+    rflags = sorted(set(re.findall(r"--[\w-]*reflection[\w-]*", helptext.stdout + helptext.stderr)))
+    _, prod = render("overlays/production")
+    pargs = by_kind(prod, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    if rflags:
+        check(any(a.split("=")[0] in rflags and ("no-" in a or a.endswith("=false")) for a in pargs),
+              f"production overlay turns reflection off with one of {rflags}: {pargs}")
+    else:
+        print("note: `glmserve serve` has no reflection flag; reflection stays on (deploy/README.md#reflection)")
     mport = harness.free_port()
     server = harness.Server(binary, model, ["--metrics-port", str(mport), "--log-format", "text"])
     try:
