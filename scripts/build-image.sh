@@ -148,9 +148,11 @@ name="glmserve-image-check-$$"
 cleanup() { podman rm -f -t 5 "$name" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 # The image's defaults except the model path: the same ports as the HEALTHCHECK, published on loopback.
-"${podman[@]}" run -d --name "$name" "${ulimits[@]}" --read-only \
+# (podman logs that it cannot start the periodic health timer without systemd: the check below runs
+# the same HEALTHCHECK by hand.) Read-only root and a /tmp tmpfs, like the pod.
+"${podman[@]}" run -d --name "$name" "${ulimits[@]}" --read-only --tmpfs /tmp \
   -v "$model_dir:/models/glm4-tiny:ro" -p "127.0.0.1:$gport:50051" -p "127.0.0.1:$mport:9464" \
-  "$tag" --model /models/glm4-tiny --host 0.0.0.0 --port 50051 --metrics-port 9464 --device cpu >/dev/null \
+  "$tag" --model /models/glm4-tiny --host 0.0.0.0 --port 50051 --metrics-port 9464 --device cpu >>"$log" 2>&1 \
   || fail "podman run $tag"
 healthy=0
 for _ in $(seq 1 120); do
