@@ -318,7 +318,11 @@ void Level::IssueHttp(Clock::time_point intended, const v1::InferRequest& req) {
   }
   std::lock_guard<std::mutex> lock(pool_mu_);
   jobs_.push_back(HttpJob{intended, body.dump(), req.input_ids_size()});
-  if (idle_workers_ < jobs_.size()) workers_.emplace_back([this] { HttpWorker(); });
+  // At most one connection per request that can be in flight: in a closed loop the worker whose
+  // completion issued this job takes it next. (Spawning whenever no worker was idle grew the pool
+  // past the concurrency, and the extra kept-alive connections tied up server threads.)
+  const size_t max_workers = static_cast<size_t>(rate_ > 0 ? opts_.max_in_flight : concurrency_);
+  if (idle_workers_ < jobs_.size() && workers_.size() < max_workers) workers_.emplace_back([this] { HttpWorker(); });
   pool_cv_.notify_one();
 }
 
