@@ -23,7 +23,9 @@
 #include "runtime/engine.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/auth.h"
 #include "server/cli.h"
+#include "server/client_quota.h"
 #include "server/grpc_service.h"
 #include "server/http_server.h"
 #include "server/serve_engine.h"
@@ -136,7 +138,32 @@ int RunServe(int argc, char** argv) {
     std::fprintf(stderr, "glmserve serve: %s\n", std::string(logging.message()).c_str());
     return kExitBadInput;
   }
+  // API keys and TLS files are checked before any port is bound (and by the supervisor too):
+  // a bad one exits 2 naming the flag. Keys never reach a log line.
+  {
+    const char* env_key = std::getenv("GLMSERVE_API_KEY");
+    absl::StatusOr<std::shared_ptr<const ApiKeys>> keys = ApiKeys::Load(flags.api_key_file, env_key ? env_key : "");
+    absl::StatusOr<std::shared_ptr<const TlsConfig>> tls =
+        keys.ok() ? LoadTls(flags.tls_cert, flags.tls_key, flags.tls_client_ca) : keys.status();
+    if (!tls.ok()) {
+      LogEvent(LogLevel::kError, "config_invalid", "", std::string(tls.status().message()));
+      return kExitBadInput;
+    }
+    flags.grpc.api_keys = *keys;
+    flags.grpc.tls = *tls;
+    if (flags.max_requests_per_client > 0) {
+      flags.grpc.client_quota = std::make_shared<ClientQuota>(flags.max_requests_per_client);
+    }
+  }
   if (flags.supervise) return RunSupervisor(argc, argv, flags);
+  LogEvent(LogLevel::kInfo, "security", "",
+           absl::StrCat("authentication ", flags.grpc.api_keys ? "on" : "off (no --api-key-file / GLMSERVE_API_KEY)",
+                        "; TLS ", flags.grpc.tls ? (flags.grpc.tls->mutual() ? "on (mutual)" : "on") : "off",
+                        "; per-client cap ", flags.max_requests_per_client),
+           {{"api_keys", flags.grpc.api_keys ? flags.grpc.api_keys->size() : 0},
+            {"tls", flags.grpc.tls != nullptr},
+            {"mutual_tls", flags.grpc.tls != nullptr && flags.grpc.tls->mutual()},
+            {"max_requests_per_client", flags.max_requests_per_client}});
 
   // Before any thread exists, so every thread inherits the mask.
   sigset_t set;
@@ -200,6 +227,9 @@ int RunServe(int argc, char** argv) {
     http_options.limits = flags.grpc.limits;
     http_options.log_requests = flags.grpc.log_requests;
     http_options.observer = metrics_sink;
+    http_options.api_keys = flags.grpc.api_keys;
+    http_options.tls = flags.grpc.tls;
+    http_options.client_quota = flags.grpc.client_quota;  // one count per client across both APIs
     std::string name = flags.model_dir;
     while (name.size() > 1 && name.back() == '/') name.pop_back();
     if (const size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);

@@ -1,5 +1,6 @@
 #include "server/serve_flags.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -50,6 +51,17 @@ std::string ServeUsage() {
       "; 0 = none\n"
       "  --log-requests true|false       one stderr line per finished or refused request, default ",
       b(g.log_requests), "\n"
+      "  --max-requests-per-client N     queued plus running requests of one client (its API key, else its\n"
+      "                                  address); beyond: RESOURCE_EXHAUSTED / HTTP 429; 0 = no cap;\n"
+      "                                  default max(--max-batch, (--max-queue + --max-batch) / 4) = ",
+      std::max<int64_t>(s.max_batch_size, (d.engine.max_queued_requests + s.max_batch_size) / 4), "\n"
+      "\nsecurity (server/README.md; health and /metrics stay open):\n"
+      "  --api-key-file PATH             API keys, one a line ('#' comments); also the environment\n"
+      "                                  variable GLMSERVE_API_KEY; requests need 'authorization: Bearer\n"
+      "                                  KEY' (gRPC metadata / HTTP header); default: no keys = open\n"
+      "  --tls-cert PATH, --tls-key PATH PEM certificate (chain) and its private key: TLS on gRPC and\n"
+      "                                  HTTP; default plaintext\n"
+      "  --tls-client-ca PATH            PEM CA: clients must present a certificate it signed (mutual TLS)\n"
       "\nengine:\n"
       "  --max-batch N                   sequences running at once, default ", s.max_batch_size, "\n"
       "  --max-queue N                   accepted requests not yet running; beyond: RESOURCE_EXHAUSTED,\n"
@@ -158,6 +170,11 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
       {"--max-prompt-tokens", int_flag(&g.limits.max_prompt_tokens, 0, kIntMax)},
       {"--default-deadline-ms", int_flag(&g.default_deadline_ms, 0, int64_t{1} << 40)},
       {"--log-requests", bool_flag(&g.log_requests)},
+      {"--max-requests-per-client", int_flag(&f.max_requests_per_client, 0, kIntMax)},
+      {"--api-key-file", string_flag(&f.api_key_file)},
+      {"--tls-cert", string_flag(&f.tls_cert)},
+      {"--tls-key", string_flag(&f.tls_key)},
+      {"--tls-client-ca", string_flag(&f.tls_client_ca)},
       {"--max-batch", int_flag(&f.engine.scheduler.max_batch_size, 1, 1 << 16)},
       {"--max-queue", int_flag(&f.engine.max_queued_requests, 1, kIntMax)},
       {"--max-batch-tokens", int_flag(&f.engine.scheduler.max_tokens_per_step, 1, kIntMax)},
@@ -234,6 +251,13 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
   f.engine.scheduler.max_prefill_tokens_with_decodes =
       prefill_cap >= 0 ? prefill_cap : (f.load.device.rfind("cuda", 0) == 0 ? kGpuPrefillTokensWithDecodes : 0);
   f.engine.scheduler.faults.step_latency = std::chrono::milliseconds(step_latency_ms);
+  // Unset: one client may hold a quarter of what the server admits (running plus queued), so
+  // at least three others always find room, but never less than a full batch, so a lone client
+  // (a benchmark, a gateway without API keys) still keeps every batch slot busy.
+  if (f.max_requests_per_client < 0) {
+    const int64_t batch = f.engine.scheduler.max_batch_size;
+    f.max_requests_per_client = std::max<int64_t>(batch, (f.engine.max_queued_requests + batch) / 4);
+  }
   faults.stall_duration = std::chrono::milliseconds(stall_ms);
   f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;
   if (f.log_level != "debug" && f.log_level != "info" && f.log_level != "warn" &&

@@ -27,6 +27,13 @@ struct ServeFlags {
   // OpenAI-compatible HTTP/JSON API (server/http_server.h) on --host:PORT; -1 = off, 0 = any port.
   int http_port = -1;
   int http_threads = 64;  // HTTP worker threads (each open connection holds one)
+
+  // Security and fairness (server/auth.h, server/client_quota.h), both front ends.
+  std::string api_key_file;  // keys, one a line (also GLMSERVE_API_KEY); none = no authentication
+  std::string tls_cert, tls_key, tls_client_ca;  // PEM files; none = plaintext
+  // Queued plus running requests per client (API key, else peer address); 0 = no cap; -1 (unset)
+  // = max(--max-batch, (--max-queue + --max-batch) / 4), resolved by ParseServeFlags.
+  int64_t max_requests_per_client = -1;
   std::string log_level = "info";   // debug|info|warn|error
   std::string log_format = "json";  // json|text
 
