@@ -1,15 +1,23 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
+#include <optional>
 #include <random>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/tokenizer/text_output.h"
@@ -84,6 +92,13 @@ struct HttpServer::State {
   ValidationModel model;              // guarded by mu
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer;  // guarded by mu
   int active = 0;                     // guarded by mu
+  // Connections (each on a thread of its own) and API requests being answered / waiting for a
+  // serving slot (HttpServerOptions::threads, max_waiting, max_connections).
+  int connections = 0;                // guarded by mu
+  std::condition_variable connections_cv;
+  int api_serving = 0;                // guarded by mu
+  int api_waiting = 0;                // guarded by mu
+  std::condition_variable slot_cv;
 
   void CallStarted() {
     std::lock_guard<std::mutex> lock(mu);
@@ -98,6 +113,280 @@ struct HttpServer::State {
 namespace {
 
 using State = HttpServer::State;
+using Clock = std::chrono::steady_clock;
+
+int PollFd(int fd, short events, int64_t timeout_ms) {
+  pollfd p{fd, events, 0};
+  const auto end = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, timeout_ms));
+  for (;;) {
+    const int64_t left =
+        std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
+    const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
+    if (r < 0 && errno == EINTR) continue;
+    return r;
+  }
+}
+
+void SocketAddress(int fd, bool peer, std::string& ip, int& port) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  const int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len)
+                     : getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  if (r != 0) return;
+  char host[NI_MAXHOST];
+  char serv[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, serv, sizeof serv,
+                  NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+    ip = host;
+    port = std::atoi(serv);
+  }
+}
+
+// One accepted connection as cpp-httplib's Stream, with what its SocketStream lacks: a deadline on
+// the whole request (head and body) rather than on each read, so a client sending a byte a
+// second is cut off (slowloris); the thread-local current connection lets handlers end the read
+// phase and ask for a close (a refused body left unread).
+class Connection final : public httplib::Stream {
+ public:
+  Connection(int fd, int64_t write_timeout_ms) : fd_(fd), write_timeout_ms_(write_timeout_ms) {}
+
+  bool is_readable() const override { return pos_ < len_ || PollFd(fd_, POLLIN, ReadWaitMs()) > 0; }
+  bool is_writable() const override { return PollFd(fd_, POLLOUT, write_timeout_ms_) > 0; }
+  ssize_t read(char* ptr, size_t size) override {
+    if (size == 0) return 0;
+    if (pos_ == len_) {
+      const int64_t wait = ReadWaitMs();
+      if (wait <= 0 || PollFd(fd_, POLLIN, wait) <= 0) {
+        timed_out_ = true;
+        return -1;
+      }
+      ssize_t n;
+      do {
+        n = recv(fd_, buf_, sizeof buf_, 0);
+      } while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;
+      pos_ = 0;
+      len_ = static_cast<size_t>(n);
+    }
+    const size_t n = std::min(size, len_ - pos_);
+    std::memcpy(ptr, buf_ + pos_, n);
+    pos_ += n;
+    return static_cast<ssize_t>(n);
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    ssize_t n;
+    do {
+      n = send(fd_, ptr, size, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) written_ += n;
+    return n;
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, false, ip, port); }
+  socket_t socket() const override { return fd_; }
+
+  // A new request: its head and body must arrive by `deadline`.
+  void BeginRequest(Clock::time_point deadline) {
+    deadline_ = deadline;
+    timed_out_ = false;
+    close_after_ = false;
+    written_ = 0;
+  }
+  void EndRead() { deadline_ = Clock::time_point::max(); }
+  void CloseAfter() { close_after_ = true; }
+  bool close_after() const { return close_after_; }
+  bool timed_out() const { return timed_out_; }
+  int64_t written() const { return written_; }
+  size_t buffered() const { return len_ - pos_; }
+  // The client closed its side (an orderly EOF with nothing left to read).
+  bool PeerClosed() const {
+    if (pos_ < len_) return false;
+    char c;
+    const ssize_t n = recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
+
+ private:
+  int64_t ReadWaitMs() const {
+    constexpr int64_t kPerRead = 30'000;  // no deadline (after the body): as httplib's read timeout
+    if (deadline_ == Clock::time_point::max()) return kPerRead;
+    return std::min<int64_t>(
+        kPerRead, std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now()).count());
+  }
+
+  const int fd_;
+  const int64_t write_timeout_ms_;
+  char buf_[16 * 1024];
+  size_t pos_ = 0;
+  size_t len_ = 0;
+  Clock::time_point deadline_ = Clock::time_point::max();
+  bool timed_out_ = false;
+  bool close_after_ = false;
+  int64_t written_ = 0;
+};
+
+thread_local Connection* tls_connection = nullptr;  // the connection this thread is answering
+thread_local bool tls_refuse_connection = false;    // set by ConnectionThreads when at the cap
+
+// A whole response written outside httplib (connection refused, request head timed out).
+std::string RawResponse(int status, const char* reason, const HttpError& e) {
+  const std::string body = HttpErrorBody(e);
+  std::string out = absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: application/json\r\nContent-Length: ",
+                                 body.size(), "\r\nConnection: close\r\n");
+  if (e.retry_after_s > 0) absl::StrAppend(&out, "Retry-After: ", e.retry_after_s, "\r\n");
+  absl::StrAppend(&out, "\r\n", body);
+  return out;
+}
+
+// After a response that left a request body unread: stop writing, then read and drop what the
+// client still sends for up to a second, so the close does not reset the connection before the
+// client has read the answer. Memory stays flat (one buffer).
+void LingerAndDiscard(int fd) {
+  shutdown(fd, SHUT_WR);
+  char sink[16 * 1024];
+  const auto end = Clock::now() + std::chrono::seconds(1);
+  while (Clock::now() < end) {
+    if (PollFd(fd, POLLIN, 100) <= 0) continue;
+    const ssize_t n = recv(fd, sink, sizeof sink, 0);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) break;
+  }
+}
+
+// cpp-httplib's Server with our own per-connection loop (process_and_close_socket is its
+// per-connection hook): keep-alive idle timeout, a whole-request read deadline, closes asked for
+// by handlers, and the refusal of connections over the cap.
+class ApiHttpServer final : public httplib::Server {
+ public:
+  explicit ApiHttpServer(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    const HttpServerOptions& o = state_->options;
+    if (tls_refuse_connection) {  // the listener thread: never block
+      HttpError e;
+      e.status = 503;
+      e.type = "service_unavailable_error";
+      e.code = "too_many_connections";
+      e.message = absl::StrCat("too many open connections (--http-max-connections ", o.max_connections,
+                               "); retry later");
+      e.retry_after_s = 1;
+      const std::string out = RawResponse(503, "Service Unavailable", e);
+      (void)send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      shutdown(sock, SHUT_WR);
+      close(sock);
+      return true;
+    }
+    Connection conn(sock, 10'000);
+    bool ok = true;
+    size_t served = 0;
+    while (!state_->stopping && is_running()) {
+      if (conn.buffered() == 0) {  // idle keep-alive: wait for the next request's first byte
+        const auto idle_end = Clock::now() + std::chrono::milliseconds(o.idle_timeout_ms);
+        bool readable = false;
+        while (!readable && !state_->stopping && Clock::now() < idle_end) readable = PollFd(sock, POLLIN, 100) > 0;
+        if (!readable) break;
+      }
+      conn.BeginRequest(Clock::now() + std::chrono::milliseconds(o.read_timeout_ms));
+      const bool last = ++served >= 1000 || state_->stopping;
+      bool closed = false;
+      tls_connection = &conn;
+      ok = process_request(conn, last, closed, nullptr);
+      tls_connection = nullptr;
+      if (!ok && conn.timed_out() && conn.written() == 0) {
+        HttpError e;
+        e.status = 408;
+        e.code = "request_timeout";
+        e.message = absl::StrCat("the request did not arrive within --http-read-timeout-ms (", o.read_timeout_ms,
+                                 " ms)");
+        const std::string out = RawResponse(408, "Request Timeout", e);
+        (void)send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        conn.CloseAfter();  // linger: what the client still sends must not reset the answer away
+        if (o.log_requests) {
+          LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
+                   {{"status", "DEADLINE_EXCEEDED"}, {"http_status", 408}, {"message", e.message}});
+        }
+      }
+      if (!ok || closed || last || conn.close_after()) break;
+    }
+    if (conn.close_after()) LingerAndDiscard(sock);
+    shutdown(sock, SHUT_RDWR);
+    close(sock);
+    return ok;
+  }
+
+  std::shared_ptr<State> state_;
+};
+
+// httplib's task queue: a thread per connection up to --http-max-connections (an idle or slow
+// connection then costs a thread, never the API: serving slots are taken only by complete
+// requests); over the cap the connection is answered 503 at once on the listener thread.
+class ConnectionThreads final : public httplib::TaskQueue {
+ public:
+  explicit ConnectionThreads(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+  void enqueue(std::function<void()> fn) override {
+    bool refuse = false;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      refuse = state_->connections >= state_->options.max_connections;
+      if (!refuse) ++state_->connections;
+    }
+    if (!refuse) {
+      try {
+        std::thread([state = state_, fn] {
+          fn();
+          std::lock_guard<std::mutex> lock(state->mu);
+          if (--state->connections == 0) state->connections_cv.notify_all();
+        }).detach();
+        return;
+      } catch (const std::system_error&) {  // no thread to be had: refuse as over the cap
+        std::lock_guard<std::mutex> lock(state_->mu);
+        if (--state_->connections == 0) state_->connections_cv.notify_all();
+      }
+    }
+    tls_refuse_connection = true;
+    fn();
+    tls_refuse_connection = false;
+  }
+  // After the accept loop: every connection thread ends (they see `stopping`) before the server
+  // they run on is destroyed.
+  void shutdown() override {
+    std::unique_lock<std::mutex> lock(state_->mu);
+    state_->connections_cv.wait(lock, [this] { return state_->connections == 0; });
+  }
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// Prompt text longer than this many bytes per allowed prompt token is refused before it is
+// tokenized: a token covers at least one byte, and no tokenizer here averages more than 64 bytes
+// a token over real text, so such a prompt cannot fit; tokenizing megabytes only to refuse them
+// costs seconds of CPU.
+constexpr int64_t kMaxPromptBytesPerToken = 64;
+
+std::string RequestIdOf(State& state, const httplib::Request& req) {
+  std::string request_id = req.get_header_value("x-request-id");
+  if (request_id.empty() || !ValidateRequestId(request_id, state.options.limits).ok()) {
+    request_id = absl::StrCat(state.id_prefix, "-", state.next_id.fetch_add(1));
+  }
+  return request_id;
+}
+
+// One of HttpServerOptions::threads serving slots; released when the last holder lets go.
+struct ServingSlot {
+  explicit ServingSlot(std::shared_ptr<State> s) : state(std::move(s)) {}
+  ~ServingSlot() {
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      --state->api_serving;
+    }
+    state->slot_cv.notify_one();
+  }
+  std::shared_ptr<State> state;
+};
+
 
 // One request to the engine. Shared by the handler thread and the engine callbacks (which may
 // outlive the handler when the client went away).
@@ -112,6 +401,7 @@ struct Call {
   std::atomic<bool> first_token_logged{false};
   std::unique_ptr<tokenizer::TextOutput> text;  // engine thread until done
   std::string scratch;                          // engine thread
+  std::shared_ptr<ServingSlot> slot;            // set before Submit; released at on_done
 
   std::mutex mu;
   std::condition_variable cv;
@@ -178,6 +468,16 @@ std::optional<HttpError> Authenticate(const State& state, const httplib::Request
   return std::nullopt;
 }
 
+// A refusal that leaves the request body unread: the connection closes after the answer.
+void RefuseAndClose(State& state, const std::string& request_id, const std::string& route, const HttpError& e,
+                    httplib::Response& res) {
+  if (tls_connection != nullptr) tls_connection->CloseAfter();
+  res.set_header("x-request-id", request_id);
+  res.set_header("Connection", "close");
+  LogRefused(state, request_id, route, e);
+  SetError(res, e);
+}
+
 const char* FinishName(FinishReason reason) {
   return reason == FinishReason::kLength ? "length" : "stop";
 }
@@ -193,7 +493,7 @@ class Handler {
  public:
   explicit Handler(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
-  void Api(ApiKind kind, const httplib::Request& req, httplib::Response& res) {
+  void Api(ApiKind kind, const httplib::Request& req, const std::string& body, httplib::Response& res) {
     const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
     std::string request_id = req.get_header_value("x-request-id");
     if (request_id.empty() || !ValidateRequestId(request_id, state_->options.limits).ok()) {
@@ -238,7 +538,7 @@ class Handler {
     }
 
     ApiRequest api;
-    if (auto e = ParseApiRequest(kind, req.body, &api)) return refuse(*e);
+    if (auto e = ParseApiRequest(kind, body, &api)) return refuse(*e);
 
     InferenceEngine* engine = nullptr;
     ValidationModel model;
@@ -254,11 +554,16 @@ class Handler {
       engine = state_->engine;
       model = state_->model;
     }
+    if (auto e = PromptTooLong(api, model, kind)) return refuse(*e);
     absl::StatusOr<InferenceRequest> request = ValidateInferRequest(api.proto, state_->options.limits, model);
     if (!request.ok()) return refuse(FromValidationStatus(request.status(), kind));
     // Penalties travel in api.proto (validated above); ignore_eos needs the resolved max.
     if (api.ignore_eos) request->params.min_new_tokens = request->params.max_new_tokens;
     request->deadline = deadline;
+
+    // A serving slot, or a place in the bounded waiting queue (429 at once when it is full).
+    std::shared_ptr<ServingSlot> slot;
+    if (auto e = AcquireSlot(kind, deadline, &slot)) return refuse(*e);
 
     auto call = std::make_shared<Call>();
     call->state = state_;
@@ -266,6 +571,7 @@ class Handler {
     call->route = route;
     call->kind = kind;
     call->engine = engine;
+    call->slot = std::move(slot);
     call->engine_id = absl::StrCat(request_id, "#", state_->next_id.fetch_add(1));
     call->quota = std::move(quota);
     request->request_id = call->engine_id;
@@ -306,6 +612,7 @@ class Handler {
       call->cv.notify_all();
     };
     callbacks.on_done = [call](const RequestResult& engine_result) {
+      call->slot.reset();  // the engine's work is done: the next waiting request may start
       RequestResult result = engine_result;
       std::string tail;
       if (call->text != nullptr) {
@@ -352,6 +659,89 @@ class Handler {
   }
 
  private:
+  // Prompt text far longer than the longest allowed prompt could ever tokenize to (see
+  // kMaxPromptBytesPerToken): refused before tokenizing, naming the field.
+  std::optional<HttpError> PromptTooLong(const ApiRequest& api, const ValidationModel& model, ApiKind kind) const {
+    int64_t max_prompt = state_->options.limits.max_prompt_tokens;
+    if (model.max_context > 0 && (max_prompt <= 0 || max_prompt > model.max_context - 1)) {
+      max_prompt = model.max_context - 1;
+    }
+    if (max_prompt <= 0 || api.proto.input_ids_size() > 0) return std::nullopt;
+    const int64_t max_bytes = max_prompt * kMaxPromptBytesPerToken;
+    int64_t bytes = static_cast<int64_t>(api.proto.prompt().size());
+    std::string param = kind == ApiKind::kChat ? "messages" : "prompt";
+    size_t longest = 0;
+    for (int i = 0; i < api.proto.messages_size(); ++i) {
+      const size_t n = api.proto.messages(i).content().size();
+      bytes += static_cast<int64_t>(n);
+      if (n > longest) {
+        longest = n;
+        param = absl::StrCat("messages[", i, "].content");
+      }
+    }
+    if (bytes <= max_bytes) return std::nullopt;
+    HttpError e;
+    e.param = param;
+    e.code = "context_length_exceeded";
+    e.message = absl::StrCat(param, ": ", bytes, " bytes of prompt text cannot fit in ", max_prompt,
+                             " prompt tokens (refused before tokenizing: more than ", kMaxPromptBytesPerToken,
+                             " bytes per token)");
+    return e;
+  }
+
+  // Takes one of options.threads serving slots, waiting in a queue of at most max_waiting (counted
+  // in glmserve_queue_depth) for one; a full queue answers 429 at once. The wait ends with the
+  // request's deadline (504), a drain or shutdown (503) or the client closing.
+  std::optional<HttpError> AcquireSlot(ApiKind kind, Clock::time_point deadline, std::shared_ptr<ServingSlot>* out) {
+    const HttpServerOptions& o = state_->options;
+    const int serving_max = std::max(1, o.threads);
+    std::unique_lock<std::mutex> lock(state_->mu);
+    if (state_->api_serving < serving_max) {
+      ++state_->api_serving;
+      lock.unlock();
+      *out = std::make_shared<ServingSlot>(state_);
+      return std::nullopt;
+    }
+    if (state_->api_waiting >= o.max_waiting) {
+      return FromEngineStatus(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "HTTP queue full: ", state_->api_waiting, " requests waiting for one of ", serving_max,
+              " serving slots (--http-max-waiting ", o.max_waiting, ", --http-threads ", serving_max,
+              "); retry after 1000 ms")),
+          kind);
+    }
+    ++state_->api_waiting;
+    std::optional<HttpError> error;
+    for (int round = 1;; ++round) {
+      if (state_->stopping || state_->draining) {
+        error = FromEngineStatus(absl::UnavailableError("server is draining; retry on another replica"), kind);
+        break;
+      }
+      if (Clock::now() >= deadline) {
+        error = FromEngineStatus(absl::DeadlineExceededError("deadline passed while waiting in the HTTP queue"), kind);
+        break;
+      }
+      if (state_->api_serving < serving_max) {
+        ++state_->api_serving;
+        break;
+      }
+      state_->slot_cv.wait_for(lock, std::chrono::milliseconds(100));
+      if (round % 5 == 0 && tls_connection != nullptr) {
+        lock.unlock();
+        const bool gone = tls_connection->PeerClosed();
+        lock.lock();
+        if (gone) {
+          error = FromEngineStatus(absl::CancelledError("client closed the connection while queued"), kind);
+          break;
+        }
+      }
+    }
+    --state_->api_waiting;
+    lock.unlock();
+    if (!error) *out = std::make_shared<ServingSlot>(state_);
+    return error;
+  }
+
   // Waits for the result; the listener's shutdown ends the wait with 503.
   void Unary(const std::shared_ptr<Call>& call, const ApiRequest& api, const std::string& id, int64_t created,
              httplib::Response& res) {
@@ -502,12 +892,18 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     }
     server->server_ = std::move(ssl);
   } else {
-    server->server_ = std::make_unique<httplib::Server>();
+    server->server_ = std::make_unique<ApiHttpServer>(server->state_);
   }
   httplib::Server& svr = *server->server_;
   std::shared_ptr<State> state = server->state_;
-  const int threads = std::max(2, options.threads);
-  svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  if (dynamic_cast<ApiHttpServer*>(&svr) != nullptr) {
+    // A thread per connection up to --http-max-connections; API work is bounded by the serving
+    // slots (--http-threads) and their waiting queue (--http-max-waiting).
+    svr.new_task_queue = [state] { return new ConnectionThreads(state); };
+  } else {  // HTTPS: httplib's own connection loop (no whole-request deadline; per-read timeouts)
+    const int threads = std::max(2, options.max_connections);
+    svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  }
   svr.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
   svr.set_keep_alive_max_count(1000);
   // Small SSE chunks go out at once instead of waiting on the client's delayed ACK (Nagle): 30-40
@@ -531,12 +927,82 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       state->CallDone();
     };
   };
-  svr.Post("/v1/chat/completions", counted([handler](const httplib::Request& req, httplib::Response& res) {
-             handler->Api(ApiKind::kChat, req, res);
-           }));
-  svr.Post("/v1/completions", counted([handler](const httplib::Request& req, httplib::Response& res) {
-             handler->Api(ApiKind::kCompletion, req, res);
-           }));
+  // The API reads its own body (a ContentReader handler), counting bytes as they arrive: httplib's
+  // payload limit applies to a Content-Length only, and chunked bodies were read whole.
+  auto api_route = [state, handler](ApiKind kind) {
+    return [state, handler, kind](const httplib::Request& req, httplib::Response& res,
+                                  const httplib::ContentReader& reader) {
+      state->CallStarted();
+      const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
+      std::string body;
+      const size_t max_body = static_cast<size_t>(state->options.max_body_bytes);
+      bool too_large = false;
+      const bool read = reader([&](const char* data, size_t n) {
+        if (body.size() + n > max_body) {
+          too_large = true;
+          return false;
+        }
+        body.append(data, n);
+        return true;
+      });
+      if (tls_connection != nullptr) tls_connection->EndRead();
+      if (too_large || !read) {
+        HttpError e;
+        if (too_large) {
+          e.status = 413;
+          e.code = "payload_too_large";
+          e.message = absl::StrCat("request body exceeds --max-message-bytes (", max_body, " bytes)");
+        } else if (tls_connection != nullptr && tls_connection->timed_out()) {
+          e.status = 408;
+          e.code = "request_timeout";
+          e.message = absl::StrCat("the request body did not arrive within --http-read-timeout-ms (",
+                                   state->options.read_timeout_ms, " ms)");
+        } else {
+          e.code = "bad_request";
+          e.message = "could not read the request body";
+        }
+        std::string().swap(body);
+        RefuseAndClose(*state, RequestIdOf(*state, req), route, e, res);
+      } else {
+        handler->Api(kind, req, body, res);
+      }
+      state->CallDone();
+    };
+  };
+  svr.Post("/v1/chat/completions", api_route(ApiKind::kChat));
+  svr.Post("/v1/completions", api_route(ApiKind::kCompletion));
+  // Before the body is read: POST /v1/* takes application/json only (415: a browser's
+  // cross-origin "simple" POST is text/plain, form or multipart, so it never reaches a handler),
+  // and a Content-Length over the limit is refused unread (413). GETs have no body: their read
+  // deadline ends here.
+  svr.set_pre_routing_handler([state](const httplib::Request& req, httplib::Response& res) {
+    if (req.method != "POST" || (req.path != "/v1/chat/completions" && req.path != "/v1/completions")) {
+      if (req.method == "GET" && tls_connection != nullptr) tls_connection->EndRead();
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    HttpError e;
+    const std::string type = req.get_header_value("Content-Type");
+    const std::string media = absl::AsciiStrToLower(absl::StripAsciiWhitespace(type.substr(0, type.find(';'))));
+    if (media != "application/json") {
+      e.status = 415;
+      e.code = "unsupported_media_type";
+      e.message = type.empty() ? "Content-Type: missing; the API takes application/json"
+                               : absl::StrCat("Content-Type: '", type, "' is not application/json");
+    } else if (req.has_header("Content-Length")) {
+      const std::string length = req.get_header_value("Content-Length");
+      char* end = nullptr;
+      const unsigned long long n = std::strtoull(length.c_str(), &end, 10);
+      if (n > static_cast<unsigned long long>(state->options.max_body_bytes)) {
+        e.status = 413;
+        e.code = "payload_too_large";
+        e.message = absl::StrCat("request body of ", length, " bytes exceeds --max-message-bytes (",
+                                 state->options.max_body_bytes, " bytes)");
+      }
+    }
+    if (e.status == 400) return httplib::Server::HandlerResponse::Unhandled;
+    RefuseAndClose(*state, RequestIdOf(*state, req), req.path, e, res);
+    return httplib::Server::HandlerResponse::Handled;
+  });
   svr.Get("/v1/models", [state](const httplib::Request& req, httplib::Response& res) {
     std::string client;
     if (auto e = Authenticate(*state, req, &client)) {
@@ -643,6 +1109,11 @@ void HttpServer::StartDrain() {
 bool HttpServer::WaitIdle(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(state_->mu);
   return state_->idle_cv.wait_for(lock, timeout, [this] { return state_->active == 0; });
+}
+
+int HttpServer::waiting_requests() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->api_waiting;
 }
 
 int HttpServer::active_calls() const {

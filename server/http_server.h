@@ -32,10 +32,20 @@ class ClientQuota;  // server/client_quota.h
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // 0 = pick a free port (HttpServer::port() says which)
-  // Worker threads: each open connection holds one while a request is answered or streamed;
-  // connections beyond wait in the accept queue.
+  // API requests answered at once (each holds its connection's thread while it is answered or
+  // streamed); more wait in a bounded queue (max_waiting), counted in glmserve_queue_depth.
   int threads = 64;
-  // Largest request body; above: 413 (same default as gRPC's --max-message-bytes).
+  // Requests waiting for one of `threads`; beyond: 429 at once (Retry-After).
+  int max_waiting = 256;
+  // Open connections (each has a thread of its own while open; idle keep-alive and slow ones
+  // included); beyond: 503 at once and closed. Below the usual fd limit with room for gRPC.
+  int max_connections = 512;
+  // A request's head and body must arrive within this from its first byte (slow clients are cut
+  // off: 408); an idle keep-alive connection is closed after idle_timeout_ms.
+  int64_t read_timeout_ms = 10'000;
+  int64_t idle_timeout_ms = 5'000;
+  // Largest request body, chunked ones included (counted while reading); above: 413 (same
+  // default as gRPC's --max-message-bytes).
   int64_t max_body_bytes = 4 << 20;
   // Deadline for requests without a `timeout` (query or header); 0 = none.
   int64_t default_deadline_ms = 600'000;
@@ -68,6 +78,8 @@ class HttpServer {
   void StartDrain();
   bool WaitIdle(std::chrono::milliseconds timeout);
   int active_calls() const;
+  // API requests waiting for a serving slot (added to glmserve_queue_depth).
+  int waiting_requests() const;
   // Calls still waiting answer 503; the listener stops and is joined. After the engine's
   // Shutdown().
   void Shutdown();

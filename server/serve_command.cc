@@ -222,6 +222,9 @@ int RunServe(int argc, char** argv) {
     http_options.host = flags.grpc.host;
     http_options.port = flags.http_port;
     http_options.threads = flags.http_threads;
+    http_options.max_waiting = flags.http_max_waiting;
+    http_options.max_connections = flags.http_max_connections;
+    http_options.read_timeout_ms = flags.http_read_timeout_ms;
     http_options.max_body_bytes = flags.grpc.max_message_bytes;
     http_options.default_deadline_ms = flags.grpc.default_deadline_ms;
     http_options.limits = flags.grpc.limits;
@@ -332,7 +335,14 @@ int RunServe(int argc, char** argv) {
   }
   (*server)->SetEngine(engine->get(), flags.engine.scheduler.max_batch_size);
   if (http != nullptr) http->SetEngine(engine->get());
-  metrics_sink->StartPolling([e = engine->get()] { return e->stats(); }, std::chrono::milliseconds(250));
+  // glmserve_queue_depth: the engine's waiting requests plus HTTP requests waiting for a serving slot.
+  metrics_sink->StartPolling(
+      [e = engine->get(), h = http.get()] {
+        EngineStats stats = e->stats();
+        if (h != nullptr) stats.waiting += h->waiting_requests();
+        return stats;
+      },
+      std::chrono::milliseconds(250));
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   LogLine(absl::StrCat("model ", info.architecture, " from ", flags.model_dir, " (",

@@ -87,7 +87,14 @@ std::string ServeUsage() {
       "  --http-port P                   OpenAI-compatible HTTP/JSON API on --host:P (/v1/chat/completions,\n"
       "                                  /v1/completions, /v1/models, /health); 0 picks a free port and\n"
       "                                  logs 'glmserve: http serving on HOST:PORT'; default off\n"
-      "  --http-threads N                HTTP worker threads, default ", d.http_threads, "\n"
+      "  --http-threads N                HTTP API requests answered at once, default ", d.http_threads, "\n"
+      "  --http-max-waiting N            HTTP requests waiting for one of those (in glmserve_queue_depth);\n"
+      "                                  beyond: 429 + Retry-After at once, default ", d.http_max_waiting, "\n"
+      "  --http-max-connections N        open HTTP connections (a thread each, idle ones included);\n"
+      "                                  beyond: 503 and closed, default ", d.http_max_connections, "\n"
+      "  --http-read-timeout-ms N        a request's head and body must arrive within (slow clients get\n"
+      "                                  408 and are closed; idle keep-alive closes after 5 s), default ",
+      d.http_read_timeout_ms, "\n"
       "  --log-level debug|info|warn|error  default ", d.log_level, "\n"
       "  --log-format json|text          json: one object per line {time,level,request_id,event,msg,\n"
       "                                  fields}; default ", d.log_format, "\n"
@@ -200,6 +207,9 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
       {"--metrics-port", int_flag(&f.metrics_port, 0, 65535)},
       {"--http-port", int_flag(&f.http_port, 0, 65535)},
       {"--http-threads", int_flag(&f.http_threads, 2, 4096)},
+      {"--http-max-waiting", int_flag(&f.http_max_waiting, 0, 1 << 20)},
+      {"--http-max-connections", int_flag(&f.http_max_connections, 1, 1 << 20)},
+      {"--http-read-timeout-ms", int_flag(&f.http_read_timeout_ms, 100, int64_t{1} << 40)},
       {"--log-level", string_flag(&f.log_level)},
       {"--log-format", string_flag(&f.log_format)},
       {"--stall-timeout-ms", int_flag(&f.stall_timeout_ms, 10, int64_t{1} << 40)},

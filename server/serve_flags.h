@@ -26,7 +26,10 @@ struct ServeFlags {
   int metrics_port = 0;  // Prometheus GET /metrics on --host:PORT; 0 = off
   // OpenAI-compatible HTTP/JSON API (server/http_server.h) on --host:PORT; -1 = off, 0 = any port.
   int http_port = -1;
-  int http_threads = 64;  // HTTP worker threads (each open connection holds one)
+  int http_threads = 64;  // HTTP API requests answered at once (each holds its connection's thread)
+  int http_max_waiting = 256;         // HTTP requests waiting for one of those; beyond: 429
+  int http_max_connections = 512;     // open HTTP connections; beyond: 503 and closed
+  int64_t http_read_timeout_ms = 10'000;  // an HTTP request's head and body must arrive within
 
   // Security and fairness (server/auth.h, server/client_quota.h), both front ends.
   std::string api_key_file;  // keys, one a line (also GLMSERVE_API_KEY); none = no authentication

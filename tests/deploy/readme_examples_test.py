@@ -137,8 +137,49 @@ def main():
             check(problem is None, f"{cmd[:110]}{'...' if len(cmd) > 110 else ''}" + (f" -> {problem}" if problem else ""))
     finally:
         check(server.stop() == 0, "server drains and exits 0")
+    client_security(args.binary, args.model)
     print(f"{len(FAILURES)} failed" if FAILURES else "all passed")
     return 1 if FAILURES else 0
+
+
+def client_security(binary, model):
+    """glmserve-client.py's --api-key / GLMSERVE_API_KEY and --tls-ca/--tls-cert/--tls-key (documented
+    in deploy/README.md) against a server with --api-key-file and mutual TLS, when it has the flags."""
+    import shutil
+    import tempfile
+    helptext = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, timeout=30)
+    if not all(f in helptext.stdout + helptext.stderr for f in ("--tls-cert", "--api-key-file")) \
+            or not shutil.which("openssl"):
+        print("skip the client's --api-key/--tls checks: this glmserve lacks the flags (or no openssl)")
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from deploy_test import make_certs
+    with tempfile.TemporaryDirectory() as d:
+        make_certs(d)
+        c = lambda n: os.path.join(d, n)  # noqa: E731
+        with open(c("keys"), "w") as f:
+            f.write("# test keys\nreadme-test-key-1\n")
+        server = GlmserveProcess(binary, model, ["--api-key-file", c("keys"), "--tls-cert", c("server.crt"),
+                                                 "--tls-key", c("server.key"), "--tls-client-ca", c("ca.crt")])
+        base = [sys.executable, os.path.join(ROOT, "scripts", "glmserve-client.py"), "--addr",
+                f"127.0.0.1:{server.port}", "--timeout", "20"]
+        mtls = ["--tls-ca", c("ca.crt"), "--tls-cert", c("client.crt"), "--tls-key", c("client.key")]
+        req = ["Infer", '{"input_ids": [1, 2, 3], "max_new_tokens": 4}']
+        env = {k: v for k, v in os.environ.items() if k != "GLMSERVE_API_KEY"}
+        try:
+            for what, extra, key_env, want, text in [
+                    ("--api-key + mutual TLS", ["--api-key", "readme-test-key-1"] + mtls, None, 0, '"output_ids"'),
+                    ("GLMSERVE_API_KEY + mutual TLS", mtls, "readme-test-key-1", 0, '"output_ids"'),
+                    ("no key", mtls, None, 1, "UNAUTHENTICATED"),
+                    ("a wrong key", ["--api-key", "nope"] + mtls, None, 1, "UNAUTHENTICATED"),
+                    ("plaintext", ["--api-key", "readme-test-key-1"], None, 1, "UNAVAILABLE")]:
+                e = dict(env, GLMSERVE_API_KEY=key_env) if key_env else env
+                out = subprocess.run(base + extra + req, capture_output=True, text=True, timeout=60, env=e)
+                check(out.returncode == want and text in out.stdout + out.stderr,
+                      f"glmserve-client.py with {what}: exit {out.returncode} (want {want}), "
+                      f"{(out.stdout + out.stderr).strip()[:160]}")
+        finally:
+            check(server.stop() == 0, "TLS + API key server drains and exits 0")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,355 @@
+"""What a hostile or overloaded client does to the HTTP API (issue 19), on the real binary over
+loopback, standard library only. Each case reproduces a fault the server had:
+  chunked   a 60 MB `Transfer-Encoding: chunked` body was read whole and tokenized before a 400
+            (RSS grew by the body and more): now 413 while reading, RSS flat
+  prompt    a prompt far longer than the context was tokenized in full before its 400: now refused
+            before tokenizing, naming the field
+  slowloris 64+ connections sending a byte a second stopped the whole HTTP API, /health too: now
+            a whole-request read deadline (408) and a thread per connection up to a cap (503)
+  queue     500 streams: 64 served, the rest waited inside the HTTP library, invisible, never a
+            429: now a bounded waiting queue (429 + Retry-After) counted in glmserve_queue_depth
+  media     a cross-origin text/plain POST (a CSRF "simple request") was executed: now 415
+Exit 77 = skipped (no model)."""
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from http_test_util import Server  # noqa: E402
+
+FAILURES = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILURES.append(what)
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def read_response(sock, timeout=10):
+    """(status, headers dict lower-case, body bytes) of one HTTP/1.1 response read from sock."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    if b"\r\n\r\n" not in data:
+        return None, {}, data
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    n = int(headers.get("content-length", "0"))
+    try:
+        while len(body) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    except OSError:
+        pass
+    return status, headers, body
+
+
+def is_openai_error(body, type_=None, code=None):
+    try:
+        e = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return {"message", "type", "param", "code"} <= set(e) and (type_ is None or e["type"] == type_) and \
+        (code is None or e["code"] == code)
+
+
+def test_chunked(server):
+    """60 MB chunked: 413 while reading, the server's RSS stays flat."""
+    pid = server.proc.pid
+    base = rss_kb(pid)
+    peak = base
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    piece = b"a" * 65536
+    first = b'{"model":"m","messages":[{"role":"user","content":"'
+    s.sendall(b"%x\r\n%s\r\n" % (len(first), first))
+    start = time.monotonic()
+    sent = 0
+    s.setblocking(False)
+    got_answer = False
+    while sent < 60 << 20:
+        try:
+            if s.recv(1, socket.MSG_PEEK):
+                got_answer = True
+                break
+        except BlockingIOError:
+            pass
+        except OSError:
+            break
+        frame = b"%x\r\n%s\r\n" % (len(piece), piece)
+        try:
+            s.setblocking(True)
+            s.settimeout(5)
+            s.sendall(frame)
+            s.setblocking(False)
+        except OSError:
+            break
+        sent += len(piece)
+        if sent % (4 << 20) == 0:
+            peak = max(peak, rss_kb(pid))
+    s.setblocking(True)
+    status, headers, body = read_response(s)
+    elapsed = time.monotonic() - start
+    s.close()
+    peak = max(peak, rss_kb(pid))
+    print(f"     chunked: {sent >> 20} MB sent before the answer ({got_answer}), status {status}, "
+          f"{elapsed:.2f} s, RSS {base >> 10} -> peak {peak >> 10} MB")
+    check(status == 413 and is_openai_error(body, "invalid_request_error", "payload_too_large"),
+          f"chunked 60 MB body: 413 in OpenAI's shape (got {status} {body[:200]!r})")
+    check(sent < 16 << 20, f"chunked: refused while reading ({sent >> 20} MB sent of 60)")
+    check(peak - base < 64 << 10, f"chunked: RSS flat ({(peak - base) >> 10} MB growth < 64 MB)")
+    # A Content-Length over the limit: refused before a byte of the body is read.
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 100000000\r\n\r\n")
+    status, headers, body = read_response(s)
+    s.close()
+    check(status == 413 and headers.get("connection") == "close",
+          f"Content-Length 100 MB: 413 before the body, connection closed (got {status})")
+    st, _, _ = server.request("GET", "/health")
+    check(st == 200, "health after the oversized bodies")
+
+
+def test_prompt_bound(server):
+    """A 3 MB prompt (under the 4 MB body limit) for a 2048-token context: refused before tokenizing."""
+    big = "a" * (3 << 20)
+    t = time.monotonic()
+    st, _, body = server.post("/v1/completions", {"model": "m", "prompt": big, "max_tokens": 1})
+    dt = time.monotonic() - t
+    e = json.loads(body).get("error", {}) if body else {}
+    check(st == 400 and e.get("param") == "prompt" and e.get("code") == "context_length_exceeded"
+          and "before tokenizing" in e.get("message", ""),
+          f"3 MB prompt: 400 context_length_exceeded naming 'prompt' before tokenizing ({dt:.2f} s; {body[:160]!r})")
+    st, _, body = server.post("/v1/chat/completions", {"model": "m", "messages": [
+        {"role": "system", "content": "short"}, {"role": "user", "content": big}]})
+    e = json.loads(body).get("error", {}) if body else {}
+    check(st == 400 and e.get("param") == "messages[1].content",
+          f"3 MB chat message: 400 naming messages[1].content (got {st} {e.get('param')})")
+    st, _, body = server.post("/v1/completions", {"model": "m", "prompt": "hello", "max_tokens": 2})
+    check(st == 200, f"a short prompt still answers 200 (got {st})")
+
+
+def test_media_type(server):
+    body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1})
+    for ctype, origin in [("text/plain", "http://evil.example"), ("application/x-www-form-urlencoded", None),
+                          ("multipart/form-data; boundary=x", None), ("", None)]:
+        headers = {"Content-Type": ctype} if ctype else {}
+        if origin:
+            headers["Origin"] = origin
+        c = server.conn(10)
+        c.putrequest("POST", "/v1/completions")
+        for k, v in headers.items():
+            c.putheader(k, v)
+        c.putheader("Content-Length", str(len(body)))
+        c.endheaders(body.encode())
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        check(r.status == 415 and is_openai_error(data, "invalid_request_error", "unsupported_media_type"),
+              f"POST Content-Type '{ctype}'{' from ' + origin if origin else ''}: 415 (got {r.status})")
+    st, _, _ = server.post("/v1/completions", body, headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    check(st == 200, f"application/json with a charset: 200 (got {st})")
+
+
+def test_slowloris(binary, model):
+    """80 connections each sending a byte every 0.5 s: /health keeps answering; they are cut off
+    at the read deadline (408); over the connection cap a connection gets 503 at once."""
+    server = Server(binary, model, ["--http-read-timeout-ms", "2000", "--http-max-connections", "100"])
+    try:
+        pid = server.proc.pid
+        base = rss_kb(pid)
+        slow = []
+        for _ in range(80):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            slow.append(s)
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        stop = threading.Event()
+        cut = [0]
+
+        def trickle(s, limit=len(head)):
+            for b in head[:limit]:
+                if stop.is_set():
+                    return
+                try:
+                    s.send(bytes([b]))
+                except OSError:
+                    cut[0] += 1
+                    return
+                time.sleep(0.5)
+
+        # The first five stop after three bytes and wait for their answer: 408 at the deadline.
+        threads = [threading.Thread(target=trickle, args=(s, 3 if i < 5 else len(head)), daemon=True)
+                   for i, s in enumerate(slow)]
+        for t in threads:
+            t.start()
+        worst = 0.0
+        ok = 0
+        t_end = time.monotonic() + 4
+        while time.monotonic() < t_end:
+            t = time.monotonic()
+            try:
+                with urllib.request.urlopen(server.url("/health"), timeout=5) as r:
+                    ok += r.status == 200
+            except OSError:
+                pass
+            worst = max(worst, time.monotonic() - t)
+            time.sleep(0.2)
+        check(ok >= 15 and worst < 1.0, f"slowloris x80: /health answered {ok} times, slowest {worst:.3f} s")
+        st, _, _ = server.post("/v1/completions", {"model": "m", "prompt": "hi", "max_tokens": 2})
+        check(st == 200, f"slowloris x80: the API answers (got {st})")
+        # The slow ones were answered 408 and closed at the deadline (2 s).
+        statuses = []
+        for s in slow[:5]:
+            try:
+                st, _, body = read_response(s, timeout=5)
+            except OSError as e:
+                st = repr(e)
+            statuses.append(st)
+        check(all(st == 408 for st in statuses), f"slow connections cut off with 408 at the deadline ({statuses})")
+        stop.set()
+        for s in slow:
+            s.close()
+        check(rss_kb(pid) - base < 64 << 10, f"slowloris: RSS flat ({(rss_kb(pid) - base) >> 10} MB growth)")
+    finally:
+        server.stop()
+    # The connection cap: at 8 open connections the 9th is answered 503 at once.
+    server = Server(binary, model, ["--http-max-connections", "8", "--http-read-timeout-ms", "3000"])
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(8)]
+        for s in idle:
+            s.sendall(b"GET /health HTTP/1.1\r\n")  # an unfinished head holds the connection
+        time.sleep(0.3)
+        s9 = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        t = time.monotonic()
+        st, headers, body = read_response(s9, timeout=5)
+        check(st == 503 and is_openai_error(body, "service_unavailable_error", "too_many_connections")
+              and headers.get("retry-after") == "1" and time.monotonic() - t < 1,
+              f"connection over --http-max-connections 8: 503 too_many_connections at once (got {st})")
+        s9.close()
+        for s in idle:
+            s.close()
+        time.sleep(0.5)
+        st, _, _ = server.request("GET", "/health")
+        check(st == 200, f"health once the connections closed (got {st})")
+    finally:
+        server.stop()
+
+
+def test_queue(binary, model):
+    """threads 2, waiting 3: of 10 concurrent streams 2 run, 3 wait (in glmserve_queue_depth), 5 get
+    429 + Retry-After at once; every accepted one completes."""
+    mport = free_port()
+    server = Server(binary, model, ["--http-threads", "2", "--http-max-waiting", "3", "--debug-step-latency-ms", "40",
+                                    "--metrics-port", str(mport)])
+    try:
+        results = [None] * 10
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 12, "ignore_eos": True, "stream": True})
+
+        def one(i):
+            t = time.monotonic()
+            c = server.conn(60)
+            try:
+                c.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                data = r.read()
+                results[i] = (r.status, r.getheader("Retry-After"), data, time.monotonic() - t)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)
+        depth = 0
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end:
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("glmserve_queue_depth"):
+                        depth = max(depth, float(line.split()[-1]))
+            if depth >= 3:
+                break
+            time.sleep(0.1)
+        st, _, _ = server.request("GET", "/health", timeout=5)
+        check(st == 200, "health answers while every serving slot streams")
+        for t in threads:
+            t.join(120)
+        statuses = sorted(r[0] for r in results)
+        r429 = [r for r in results if r[0] == 429]
+        check(statuses.count(200) == 5 and len(r429) == 5, f"10 streams, 2 slots + 3 waiting: 5 x 200, 5 x 429 ({statuses})")
+        check(all(r[1] == "1" and is_openai_error(r[2], "rate_limit_error") and r[3] < 1.0 for r in r429),
+              "429s: Retry-After 1, OpenAI rate_limit_error, at once (< 1 s)")
+        check(all(b"data: [DONE]" in r[2] for r in results if r[0] == 200), "every admitted stream ends with [DONE]")
+        check(depth >= 3, f"glmserve_queue_depth counted the waiting HTTP requests (max seen {depth})")
+    finally:
+        server.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    if not os.path.isdir(args.model):
+        print("no model; skipped")
+        return 77
+    only = set(filter(None, args.only.split(",")))
+    if not only or only & {"chunked", "prompt", "media"}:
+        server = Server(args.binary, args.model)
+        try:
+            if not only or "media" in only:
+                test_media_type(server)
+            if not only or "prompt" in only:
+                test_prompt_bound(server)
+            if not only or "chunked" in only:
+                test_chunked(server)
+        finally:
+            server.stop()
+    if not only or "slowloris" in only:
+        test_slowloris(args.binary, args.model)
+    if not only or "queue" in only:
+        test_queue(args.binary, args.model)
+    if FAILURES:
+        print(f"hardening_test: {len(FAILURES)} FAILED")
+        return 1
+    print("hardening_test: OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
