@@ -387,7 +387,6 @@ struct ServingSlot {
   std::shared_ptr<State> state;
 };
 
-
 // One request to the engine. Shared by the handler thread and the engine callbacks (which may
 // outlive the handler when the client went away).
 struct Call {
