@@ -132,7 +132,17 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
       continue;
     }
     std::vector<TensorRecord> records;
-    if (!ListOne(safetensors, dir, shard, &records, &listing->problems)) continue;
+    if (!ListOne(safetensors, dir, shard, &records, &listing->problems)) {
+      listing->unreadable_files.push_back(shard);
+      if (index_ok) {
+        for (const auto& [key, in_shard] : weight_map) {
+          if (in_shard == shard) listing->unreadable_keys.insert(key);
+        }
+      } else {
+        listing->unreadable_keys_unknown = true;
+      }
+      continue;
+    }
     listing->files.push_back(shard);
     readable.insert(shard);
     for (TensorRecord& r : records) {
@@ -224,6 +234,9 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
       listing.format = CheckpointFormat::kSafetensors;
       if (ListOne(true, dir, single, &listing.tensors, &listing.problems)) {
         listing.files.push_back(single);
+      } else {
+        listing.unreadable_files.push_back(single);
+        listing.unreadable_keys_unknown = true;
       }
       return listing;
     }
@@ -236,6 +249,9 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
       listing.format = CheckpointFormat::kPytorchBin;
       if (ListOne(false, dir, kBinSingle, &listing.tensors, &listing.problems)) {
         listing.files.push_back(kBinSingle);
+      } else {
+        listing.unreadable_files.push_back(kBinSingle);
+        listing.unreadable_keys_unknown = true;
       }
       return listing;
     }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,14 @@ struct CheckpointListing {
   // what was expected, e.g. "model-00002-of-00002.safetensors: truncated: header declares
   // 4096 data bytes, file holds 1000".
   std::vector<std::string> problems;
+  // Weight files that could not be listed at all (cannot open, permission denied, not a regular
+  // file, damaged header, ...), each already one line in `problems`. Their tensors are unknown, so
+  // PlanWeights does not also report the keys they may hold as missing: the keys an index assigns
+  // to them (`unreadable_keys`), or every key when nothing says what they hold (a single file,
+  // or no usable index: `unreadable_keys_unknown`).
+  std::vector<std::string> unreadable_files;
+  std::set<std::string> unreadable_keys;
+  bool unreadable_keys_unknown = false;
 };
 
 // Lists the checkpoint in `directory`. Format preference when several are present:

@@ -76,7 +76,9 @@ std::map<std::string, CacheEntry>& Cache() {
 // cases get a clear message.
 absl::Status CheckMagic(const std::string& path, const std::string& file_name) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return absl::NotFoundError(absl::StrCat(file_name, ": cannot open"));
+  if (f == nullptr) {
+    return absl::NotFoundError(absl::StrCat(file_name, ": unreadable: cannot open: ", std::strerror(errno)));
+  }
   unsigned char magic[4] = {0, 0, 0, 0};
   const size_t got = std::fread(magic, 1, 4, f);
   std::fclose(f);

@@ -74,12 +74,12 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
                          std::vector<TensorRecord>* tensors, std::vector<std::string>* problems) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
-    problems->push_back(absl::StrCat(file_name, ": cannot open: ", std::strerror(errno)));
+    problems->push_back(absl::StrCat(file_name, ": unreadable: cannot open: ", std::strerror(errno)));
     return false;
   }
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    problems->push_back(absl::StrCat(file_name, ": not a regular file"));
+    problems->push_back(absl::StrCat(file_name, ": unreadable: not a regular file"));
     return false;
   }
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);

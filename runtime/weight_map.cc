@@ -310,13 +310,26 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
                                          " but the checkpoint has tensors for layer(s) ",
                                          absl::StrJoin(layers_beyond_config, ", "), " too"));
   }
+  // A key that may be in a weight file that could not be read (reported once, as unreadable) is
+  // not reported again as missing.
+  auto maybe_unreadable = [&](const std::string& key) {
+    return listing.unreadable_keys_unknown || listing.unreadable_keys.count(key) > 0;
+  };
+  const char* first_key = family == Family::kOriginal ? "transformer.encoder.layers.{L}.input_layernorm.weight"
+                                                      : "model.layers.{L}.input_layernorm.weight";
   std::vector<int32_t> empty_layers;
+  int32_t unreadable_layers = 0;
   for (int32_t l = 0; l < config.num_layers; ++l) {
-    if (!layer_has_tensors[l]) empty_layers.push_back(l);
+    if (layer_has_tensors[l]) continue;
+    if (maybe_unreadable(Instantiate(first_key, l))) {
+      ++unreadable_layers;
+    } else {
+      empty_layers.push_back(l);
+    }
   }
-  if (!empty_layers.empty() && static_cast<int32_t>(empty_layers.size()) < config.num_layers) {
-    const char* first_key = family == Family::kOriginal ? "transformer.encoder.layers.{L}.input_layernorm.weight"
-                                                        : "model.layers.{L}.input_layernorm.weight";
+  const bool empty_layers_reported =
+      !empty_layers.empty() && static_cast<int32_t>(empty_layers.size()) + unreadable_layers < config.num_layers;
+  if (empty_layers_reported) {
     plan.problems.push_back(absl::StrCat("config.json ", layers_field, " is ", config.num_layers,
                                          " but the checkpoint has no tensors for layer(s) ",
                                          absl::StrJoin(empty_layers, ", "), " (e.g. '",
@@ -333,7 +346,7 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     return SlotName(slot, layer);
   };
   for (int32_t l = -1; l < config.num_layers; ++l) {
-    if (l >= 0 && !layer_has_tensors[l] && static_cast<int32_t>(empty_layers.size()) < config.num_layers) continue;
+    if (l >= 0 && !layer_has_tensors[l] && empty_layers_reported) continue;
     for (const SlotInfo& info : kSlots) {
       if (info.per_layer != (l >= 0) || *SlotAbsentReason(info.slot, config)) continue;
       const int32_t layer = info.per_layer ? l : -1;
@@ -343,6 +356,7 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
         continue;
       }
       if (misshapen.count(SlotKey{info.slot, layer}) > 0) continue;
+      if (maybe_unreadable(display_source(info.slot, layer))) continue;
       plan.problems.push_back(absl::StrCat("missing key '", display_source(info.slot, layer), "' (",
                                            SlotName(info.slot, layer), ", expected shape ",
                                            ShapeString(SlotShape(info.slot, config)), ")"));

@@ -107,6 +107,81 @@ grpc::Status Authenticate(const grpc::CallbackServerContext* ctx, const GrpcServ
 
 }  // namespace
 
+namespace {
+
+// Malformed protobuf: gRPC's callback handlers answer a request whose bytes do not parse as the
+// method's message UNIMPLEMENTED with an empty message, without calling the service. The guard
+// wraps the generated handler (the method stays typed, so the proto contract and reflection are
+// unchanged): on a parse failure it runs the handler as if the parse had succeeded, with
+// t_malformed set for the reactor getter (called synchronously inside RunHandler), which then
+// answers INVALID_ARGUMENT with a message instead of calling the method.
+thread_local const grpc::Status* t_malformed = nullptr;
+
+class MalformedRequestGuard final : public grpc::internal::MethodHandler {
+ public:
+  MalformedRequestGuard(grpc::internal::MethodHandler* inner, std::string message_type)
+      : inner_(inner), message_type_(std::move(message_type)) {}
+
+  void RunHandler(const HandlerParameter& param) override {
+    if (param.status.ok()) return inner_->RunHandler(param);
+    std::string detail = param.status.error_message();
+    const grpc::Status malformed(
+        grpc::INVALID_ARGUMENT,
+        absl::StrCat("malformed request: the body is not a valid protobuf ", message_type_,
+                     detail.empty() ? "" : absl::StrCat(" (", detail, ")")));
+    t_malformed = &malformed;
+    inner_->RunHandler(HandlerParameter(param.call, param.server_context, param.request, grpc::Status::OK,
+                                        param.internal_data, param.call_requester));
+    t_malformed = nullptr;
+  }
+  void* Deserialize(grpc_call* call, grpc_byte_buffer* req, grpc::Status* status, void** handler_data) override {
+    return inner_->Deserialize(call, req, status, handler_data);
+  }
+
+ private:
+  std::unique_ptr<grpc::internal::MethodHandler> inner_;
+  const std::string message_type_;
+};
+
+// The stream's answer to a malformed request: no message, just the status.
+class FinishOnlyWriteReactor final : public grpc::ServerWriteReactor<v1::InferResponse> {
+ public:
+  explicit FinishOnlyWriteReactor(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+void LogMalformed(const grpc::CallbackServerContext* ctx, const char* method, const grpc::Status& status) {
+  LogEvent(LogLevel::kWarn, "request_malformed", "", absl::StrCat(method, ": ", status.error_message()),
+           {{"method", method}, {"peer", ctx->peer()}, {"code", "INVALID_ARGUMENT"}});
+}
+
+// gRPC's and protobuf's own diagnostics (e.g. protobuf's "String field ... contains invalid UTF-8"
+// on a malformed request) go through the JSON/text logger instead of raw lines on stderr.
+void RouteLibraryLogs() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // gRPC's errors at warn: the ones that stop the server (a port in use: "No address added
+    // out of total 1 resolved") are reported once more by serve, at error, naming the flag.
+    gpr_set_log_function([](gpr_log_func_args* args) {
+      const LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR  ? LogLevel::kWarn
+                             : args->severity == GPR_LOG_SEVERITY_INFO ? LogLevel::kInfo
+                                                                       : LogLevel::kDebug;
+      LogEvent(level, "grpc_library", "", args->message != nullptr ? args->message : "",
+               {{"file", args->file != nullptr ? args->file : ""}, {"line", args->line}});
+    });
+    google::protobuf::SetLogHandler(
+        [](google::protobuf::LogLevel level, const char* file, int line, const std::string& message) {
+          // A client's bad bytes ("String field ... contains invalid UTF-8") are no server error.
+          const LogLevel l = level >= google::protobuf::LOGLEVEL_FATAL ? LogLevel::kError
+                             : level >= google::protobuf::LOGLEVEL_WARNING ? LogLevel::kWarn
+                                                                           : LogLevel::kInfo;
+          LogEvent(l, "protobuf_library", "", message, {{"file", file != nullptr ? file : ""}, {"line", line}});
+        });
+  });
+}
+
+}  // namespace
+
 class CallBase;
 
 class InferenceServiceImpl final : public v1::Inference::CallbackService {
@@ -115,6 +190,7 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     std::random_device rd;
     id_prefix_ = absl::StrFormat("glm-%08x", rd());
     for (int i = 0; i < kDeliveryWorkers; ++i) delivery_workers_.emplace_back([this] { DeliveryLoop(); });
+    GuardAgainstMalformedRequests();
   }
   ~InferenceServiceImpl() override {
     {
@@ -270,6 +346,8 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   int active_calls_ = 0;                      // guarded by mu_
   std::map<std::string, std::weak_ptr<CallBase>> in_flight_;  // guarded by mu_
 
+  // Replaces the generated handlers by the same ones behind MalformedRequestGuard.
+  void GuardAgainstMalformedRequests();
   void DeliveryLoop();
   static constexpr int kDeliveryWorkers = 2;
   std::mutex delivery_mu_;
@@ -810,6 +888,41 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::GetModelInfo(grpc::CallbackServe
   return reactor;
 }
 
+void InferenceServiceImpl::GuardAgainstMalformedRequests() {
+  // Method indices as in the generated CallbackService (the proto's order).
+  MarkMethodCallback(0, new MalformedRequestGuard(
+                            new grpc::internal::CallbackUnaryHandler<v1::InferRequest, v1::InferResponse>(
+                                [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
+                                       v1::InferResponse* response) -> grpc::ServerUnaryReactor* {
+                                  if (t_malformed == nullptr) return Infer(ctx, request, response);
+                                  LogMalformed(ctx, "Infer", *t_malformed);
+                                  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+                                  reactor->Finish(*t_malformed);
+                                  return reactor;
+                                }),
+                            v1::InferRequest::descriptor()->full_name()));
+  MarkMethodCallback(1, new MalformedRequestGuard(
+                            new grpc::internal::CallbackServerStreamingHandler<v1::InferRequest, v1::InferResponse>(
+                                [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request)
+                                    -> grpc::ServerWriteReactor<v1::InferResponse>* {
+                                  if (t_malformed == nullptr) return InferStream(ctx, request);
+                                  LogMalformed(ctx, "InferStream", *t_malformed);
+                                  return new FinishOnlyWriteReactor(*t_malformed);
+                                }),
+                            v1::InferRequest::descriptor()->full_name()));
+  MarkMethodCallback(2, new MalformedRequestGuard(
+                            new grpc::internal::CallbackUnaryHandler<v1::GetModelInfoRequest, v1::ModelInfo>(
+                                [this](grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest* request,
+                                       v1::ModelInfo* response) -> grpc::ServerUnaryReactor* {
+                                  if (t_malformed == nullptr) return GetModelInfo(ctx, request, response);
+                                  LogMalformed(ctx, "GetModelInfo", *t_malformed);
+                                  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+                                  reactor->Finish(*t_malformed);
+                                  return reactor;
+                                }),
+                            v1::GetModelInfoRequest::descriptor()->full_name()));
+}
+
 // ---------------------------------------------------------------------------------------------
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOptions& options) {
@@ -820,6 +933,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
   server->options_ = options;
   server->service_ = std::make_unique<InferenceServiceImpl>(options);
 
+  RouteLibraryLogs();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

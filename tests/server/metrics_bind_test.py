@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """--metrics-port on the real `glmserve serve` binary (Python stdlib only, loopback):
-- a metrics port already in use: the server exits non-zero before loading the model, with one
+- a metrics port already in use: the server exits 2 before loading the model, with one
   error-level log line naming `--metrics-port`, the port and the reason (JSON and text formats);
 - `--host ::` (every interface; Debian's civetweb, the exporter before, refused "[::]:P" on every
   port): GET /metrics answers on 127.0.0.1;
@@ -51,7 +51,7 @@ def in_use(binary, model):
     try:
         rc, err = run_to_exit([binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
                                "--metrics-port", str(port), "--log-format", "json"])
-        check(rc is not None and rc != 0, f"metrics port {port} in use: exit non-zero (got {rc})")
+        check(rc == 2, f"metrics port {port} in use: exit 2, a configuration error (got {rc})")
         events = []
         for line in err.splitlines():
             try:
@@ -74,7 +74,7 @@ def in_use(binary, model):
 
         rc, err = run_to_exit([binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
                                "--metrics-port", str(port), "--log-format", "text"])
-        check(rc is not None and rc != 0, f"text format: exit non-zero (got {rc})")
+        check(rc == 2, f"text format: exit 2 (got {rc})")
         check(re.search(rf"^glmserve: --metrics-port {port}: cannot bind 127\.0\.0\.1:{port}: ", err, re.M) is not None,
               "text format: 'glmserve: --metrics-port P: cannot bind 127.0.0.1:P: ...'")
     finally:

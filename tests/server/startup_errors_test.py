@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Start-up errors and malformed requests on the real `glmserve serve` binary (loopback only):
+- a port in use on --port, --http-port or --metrics-port (held by a test socket, then by a first
+  glmserve): exit 2, no segfault, one error-level line naming the flag and the port (shown at
+  --log-level error), no shared listener (the first server keeps its port and answers);
+- the same under --supervise: exit 2 once, no restart loop;
+- an unreadable weights file (chmod 000; as root the server runs as nobody through setpriv, else
+  that part is skipped): exit 2, one error-level line naming the file as unreadable, no
+  "missing key" lines, at --log-level error; `glmserve inspect` likewise;
+- a malformed protobuf on Infer, InferStream and GetModelInfo: INVALID_ARGUMENT with a message,
+  and every stderr line still JSON.
+Exit 77 = skipped (no model, no grpcio)."""
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
+from checks import FAILURES, check  # noqa: E402
+from glmserve_process import GlmserveProcess  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE = os.path.join(os.path.dirname(HERE), "fixtures", "models", "glm4-gqa-safetensors")
+
+
+def busy_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s, s.getsockname()[1]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_to_exit(cmd, timeout=90):
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                           timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return None, "", err
+
+
+def json_events(text):
+    events, other = [], []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            other.append(line)
+    return events, other
+
+
+FLAG_EVENT = {"--port": "grpc_listen_failed", "--http-port": "http_listen_failed",
+              "--metrics-port": "metrics_bind_failed"}
+
+
+def serve_cmd(binary, model, flag, port, extra=(), level="error"):
+    ports = {"--port": "0"}
+    ports[flag] = str(port)
+    cmd = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--log-format", "json", "--log-level", level]
+    for f, p in ports.items():
+        cmd += [f, p]
+    return cmd + list(extra)
+
+
+def check_port_refused(binary, model, flag, port, who):
+    rc, _, err = run_to_exit(serve_cmd(binary, model, flag, port))
+    what = f"{flag} {port} held by {who}"
+    check(rc == 2, f"{what}: exit 2 (got {rc}; 139/-11 = the old segfault)")
+    events, other = json_events(err)
+    check(not other, f"{what}: every stderr line is JSON (other: {other[:3]})")
+    errors = [e for e in events if e.get("level") == "error"]
+    check(len(errors) == 1, f"{what}: one error line at --log-level error (got {len(errors)})")
+    if errors:
+        e = errors[0]
+        check(e.get("event") == FLAG_EVENT[flag], f"{what}: event {FLAG_EVENT[flag]} (got {e.get('event')})")
+        check(e.get("msg", "").startswith(f"{flag} {port}: "), f"{what}: the message starts '{flag} {port}: ': {e.get('msg')}")
+        check("in use" in e.get("msg", "").lower(), f"{what}: the reason is given: {e.get('msg')}")
+        fields = e.get("fields", {})
+        check(fields.get("flag") == flag and fields.get("port") == port, f"{what}: fields name the flag and port")
+    if FAILURES:
+        print(err)
+
+
+def port_conflicts(binary, model):
+    # Held by a plain socket.
+    for flag in ("--port", "--http-port", "--metrics-port"):
+        sock, port = busy_port()
+        try:
+            check_port_refused(binary, model, flag, port, "a test socket")
+        finally:
+            sock.close()
+
+    # Held by a first glmserve (which sets its own socket options: no SO_REUSEPORT sharing).
+    mport = free_port()
+    first = GlmserveProcess(binary, model, ["--http-port", "0", "--metrics-port", str(mport), "--log-format", "json"])
+    try:
+        m = None
+        deadline = time.monotonic() + 60
+        while m is None and time.monotonic() < deadline:
+            m = re.search(r"http serving on 127\.0\.0\.1:(\d+)", first.log())
+            time.sleep(0.05)
+        check(m is not None, "first server: HTTP serving")
+        if m is None:
+            print(first.log())
+            return
+        hport = int(m.group(1))
+        for flag, port in (("--port", first.port), ("--http-port", hport), ("--metrics-port", mport)):
+            check_port_refused(binary, model, flag, port, "a first glmserve")
+        for _ in range(8):  # were the port shared, some of these would reach a second process
+            with urllib.request.urlopen(f"http://127.0.0.1:{hport}/health", timeout=10) as r:
+                check(r.status == 200, "the first server still answers /health")
+        check(first.proc.poll() is None, "the first server still runs")
+
+        # Under --supervise: exit 2 once, not a crash loop.
+        rc, _, err = run_to_exit(serve_cmd(binary, model, "--port", first.port,
+                                           ["--supervise"], level="info"), timeout=120)
+        check(rc == 2, f"--supervise, --port {first.port} in use: exit 2 (got {rc})")
+        events, other = json_events(err)
+        started = [e for e in events if e.get("event") == "child_started"]
+        check(len(started) == 1, f"--supervise: the child started once (got {len(started)})")
+        check(any(e.get("event") == "supervisor_config_error" and e.get("level") == "error" for e in events),
+              "--supervise: the supervisor says it does not restart on exit 2")
+        check(not any("signal" in str(e.get("fields", {}).get("status", "")) for e in events),
+              "--supervise: no child died of a signal")
+        if FAILURES:
+            print(err)
+    finally:
+        first.stop()
+
+
+def unreadable_weights(binary):
+    if not os.path.isdir(FIXTURE):
+        print(f"unreadable weights: SKIP (no fixture at {FIXTURE})")
+        return
+    prefix = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            print("unreadable weights: SKIP (root reads a chmod 000 file, and no setpriv to drop to nobody)")
+            return
+        prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    tmp = tempfile.mkdtemp(prefix="glmserve_chmod_")
+    try:
+        model = os.path.join(tmp, "model")
+        shutil.copytree(FIXTURE, model)
+        os.chmod(tmp, 0o755)
+        os.chmod(model, 0o755)
+        for name in os.listdir(model):
+            os.chmod(os.path.join(model, name), 0o644)
+        weights = os.path.join(model, "model.safetensors")
+        os.chmod(weights, 0)
+        if prefix:
+            probe = subprocess.run(prefix + [binary, "--help"], capture_output=True)
+            if probe.returncode not in (0, 1, 2):
+                print(f"unreadable weights: SKIP (nobody cannot run {binary}: rc {probe.returncode})")
+                return
+
+        rc, _, err = run_to_exit(prefix + [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
+                                           "--log-format", "json", "--log-level", "error"])
+        check(rc == 2, f"unreadable weights: exit 2 (got {rc})")
+        events, other = json_events(err)
+        check(not other, f"unreadable weights: every stderr line is JSON (other: {other[:3]})")
+        errors = [e for e in events if e.get("level") == "error"]
+        check(len(errors) == 1, f"unreadable weights: one error line at --log-level error (got {len(errors)})")
+        if errors:
+            msg = errors[0].get("msg", "")
+            check(errors[0].get("event") == "model_load_failed", "unreadable weights: event model_load_failed")
+            check("model.safetensors: unreadable: cannot open: Permission denied" in msg,
+                  f"unreadable weights: the file is named as unreadable: {msg}")
+            check(msg.count("model.safetensors:") == 1, "unreadable weights: reported once")
+            check("missing key" not in msg, "unreadable weights: no 'missing key' lines that only follow from it")
+        if FAILURES:
+            print(err)
+
+        rc, out, err = run_to_exit(prefix + [binary, "inspect", "--model", model])
+        text = out + err
+        check(rc == 2, f"inspect, unreadable weights: exit 2 (got {rc})")
+        check("model.safetensors: unreadable: cannot open: Permission denied" in text,
+              "inspect: the file is named as unreadable")
+        check("missing key" not in text, "inspect: no 'missing key' lines")
+        if FAILURES:
+            print(text)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def malformed_protobuf(binary, model):
+    try:
+        import grpc
+    except ImportError as e:
+        print(f"malformed protobuf: SKIP ({e})")
+        return
+    server = GlmserveProcess(binary, model, ["--log-format", "json"])
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        payloads = {
+            "truncated varint": b"\x08",
+            "invalid UTF-8 in the prompt string": b"\x12\x02\xff\xfe",  # InferRequest only
+            "wire type 7": b"\x0f\x00",
+        }
+        for method, kind in (("/glmserve.v1.Inference/Infer", "unary"),
+                             ("/glmserve.v1.Inference/InferStream", "stream"),
+                             ("/glmserve.v1.Inference/GetModelInfo", "unary")):
+            for what, payload in payloads.items():
+                if "UTF-8" in what and "GetModelInfo" in method:
+                    continue  # GetModelInfoRequest has no fields: an unknown field 2 is valid
+                try:
+                    if kind == "unary":
+                        channel.unary_unary(method, request_serializer=None, response_deserializer=None)(
+                            payload, timeout=10)
+                    else:
+                        list(channel.unary_stream(method, request_serializer=None, response_deserializer=None)(
+                            payload, timeout=10))
+                    check(False, f"{method}, {what}: refused")
+                except grpc.RpcError as e:
+                    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{method}, {what}: INVALID_ARGUMENT (got {e.code()})")
+                    check("malformed request" in (e.details() or ""), f"{method}, {what}: a message ({e.details()!r})")
+        # A well-formed request on the same server still works.
+        info = channel.unary_unary("/glmserve.v1.Inference/GetModelInfo", request_serializer=None,
+                                   response_deserializer=None)(b"", timeout=10)
+        check(isinstance(info, bytes) and len(info) > 0, "a well-formed GetModelInfo still answers")
+        channel.close()
+    finally:
+        server.stop()
+    events, other = json_events(server.log())
+    check(not other, f"malformed protobuf: every stderr line is JSON (other: {other[:3]})")
+    check(any(e.get("event") == "request_malformed" for e in events), "malformed protobuf: logged as request_malformed")
+    if FAILURES:
+        print(server.log())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--only", choices=["ports", "unreadable", "malformed"])
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(args.model, "config.json")):
+        print(f"SKIP: no model at {args.model}")
+        return 77
+    if args.only in (None, "ports"):
+        port_conflicts(args.binary, args.model)
+    if args.only in (None, "unreadable"):
+        unreadable_weights(args.binary)
+    if args.only in (None, "malformed"):
+        malformed_protobuf(args.binary, args.model)
+    print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
