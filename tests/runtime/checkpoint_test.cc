@@ -3,6 +3,7 @@
 // scripts/make_checkpoint_fixtures.py; expected values come from its expected.json files.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -16,7 +17,9 @@
 #include "nlohmann/json.hpp"
 #include "runtime/checkpoint.h"
 #include "runtime/checkpoint_tensors.h"
+#include "runtime/model_config.h"
 #include "runtime/pytorch_bin.h"
+#include "runtime/weight_map.h"
 
 namespace glmserve {
 namespace {
@@ -476,6 +479,80 @@ TEST_F(DamagedBin, LegacyShardInShardedBin) {
   ASSERT_TRUE(listing.ok()) << listing.status();
   EXPECT_PROBLEM(*listing, "pytorch_model-00001-of-00001.bin", "legacy");
   EXPECT_EQ(listing->problems.size(), 1u) << Joined(listing->problems);
+}
+
+// An unreadable weights file is one problem naming the file as unreadable, not also every key
+// it would have held as missing (issue 19). The open failure is real and root cannot bypass it:
+// RLIMIT_NOFILE at the lowest free descriptor makes open() fail with EMFILE.
+std::string ModelFixture(const std::string& name) {
+  return std::string(GLMSERVE_FIXTURES_DIR) + "/models/" + name;
+}
+
+size_t CountContaining(const std::vector<std::string>& v, const std::string& needle) {
+  size_t n = 0;
+  for (const std::string& s : v) n += s.find(needle) != std::string::npos;
+  return n;
+}
+
+TEST(UnreadableWeights, OpenFailureIsOneProblemWithoutMissingKeys) {
+  TempDir tmp;
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    fs::copy_file(fs::path(ModelFixture("glm4-gqa-safetensors")) / f, tmp.path() / f);
+  }
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(tmp.str());
+  ASSERT_TRUE(config.ok()) << config.status();
+
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  const int lowest_free = ::dup(0);
+  ASSERT_GE(lowest_free, 0);
+  ::close(lowest_free);
+  rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(lowest_free);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  absl::StatusOr<CheckpointListing> listing = ListCheckpoint(tmp.str());
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_PROBLEM(*listing, "model.safetensors: unreadable: cannot open: Too many open files");
+  ASSERT_EQ(listing->unreadable_files, std::vector<std::string>{"model.safetensors"});
+  EXPECT_TRUE(listing->unreadable_keys_unknown);
+  const WeightPlan plan = PlanWeights(*config, *listing);
+  EXPECT_EQ(plan.problems.size(), 1u) << Joined(plan.problems);
+  EXPECT_EQ(CountContaining(plan.problems, "missing key"), 0u) << Joined(plan.problems);
+  EXPECT_TRUE(plan.tensors.empty());
+}
+
+TEST(UnreadableWeights, DamagedShardSuppressesOnlyItsOwnKeys) {
+  TempDir tmp;
+  for (const auto& entry : fs::directory_iterator(ModelFixture("glm-mha-safetensors-sharded"))) {
+    fs::copy_file(entry.path(), tmp.path() / entry.path().filename());
+  }
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(tmp.str());
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<CheckpointListing> good = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(good.ok()) << good.status();
+  ASSERT_TRUE(PlanWeights(*config, *good).problems.empty()) << Joined(PlanWeights(*config, *good).problems);
+
+  WriteAll(tmp.path() / "model-00002-of-00003.safetensors", "");  // zero bytes: unreadable
+  absl::StatusOr<CheckpointListing> listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  ASSERT_EQ(listing->unreadable_files, std::vector<std::string>{"model-00002-of-00003.safetensors"});
+  EXPECT_FALSE(listing->unreadable_keys_unknown);
+  EXPECT_FALSE(listing->unreadable_keys.empty());
+  WeightPlan plan = PlanWeights(*config, *listing);
+  EXPECT_EQ(plan.problems.size(), 1u) << Joined(plan.problems);
+  EXPECT_EQ(CountContaining(plan.problems, "model-00002-of-00003.safetensors"), 1u) << Joined(plan.problems);
+  EXPECT_EQ(CountContaining(plan.problems, "missing key"), 0u) << Joined(plan.problems);
+
+  // A key missing from a readable shard is still reported.
+  CheckpointListing pruned = *listing;
+  ASSERT_FALSE(pruned.tensors.empty());
+  const std::string dropped = pruned.tensors.front().name;
+  ASSERT_EQ(pruned.unreadable_keys.count(dropped), 0u);
+  pruned.tensors.erase(pruned.tensors.begin());
+  plan = PlanWeights(*config, pruned);
+  EXPECT_GE(CountContaining(plan.problems, "missing key '" + dropped + "'"), 1u) << Joined(plan.problems);
 }
 
 }  // namespace
