@@ -16,8 +16,10 @@ mkdir -p "$dest/bin" "$dest/lib"
 for b in "${bins[@]}"; do install -m 0755 "$b" "$dest/bin/"; done
 skip='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libutil|libresolv|libstdc\+\+|libgcc_s)\.so'
 for b in "${bins[@]}"; do
-  if ldd "$b" | grep -q 'not found'; then ldd "$b" | grep 'not found' >&2; exit 1; fi
-  ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | while read -r name path; do
+  # (Not `ldd | grep -q`: under pipefail grep -q's early exit fails the pipeline and hid every miss.)
+  deps="$(ldd "$b")"
+  if grep 'not found' <<<"$deps" >&2; then echo "collect-runtime: $b: libraries not found (above)" >&2; exit 1; fi
+  awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' <<<"$deps" | while read -r name path; do
     if ! [[ "$name" =~ $skip ]]; then cp -Ln "$path" "$dest/lib/$name"; fi
   done
 done
