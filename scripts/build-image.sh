@@ -17,6 +17,7 @@
 # a real registry image of those names is used when already present or pullable).
 # Everything large stays outside the checkout: WORKDIR (default /tmp/glmserve-image) and podman's
 # storage. Needs root (apt-get install podman buildah runc debootstrap: done here when missing).
+# The build runs at nice ${GLMSERVE_IMAGE_NICE:-10} (a shared machine).
 #
 # Exit: 0 built and checked; 1 a build or check failed; 2 this machine cannot build or run
 # containers (the reason is printed; e.g. no cgroups / rlimits the OCI runtime needs).
@@ -121,7 +122,7 @@ if [ "$do_build" = 1 ]; then
   start=$(date +%s)
   # --format docker: OCI images drop HEALTHCHECK. --network host: the default bridge needs nothing
   # here, but host networking also works where CNI/iptables do not.
-  if ! nice -n 10 "${podman[@]}" build --pull=never --format docker --network host "${ulimits[@]}" "${mounts[@]}" \
+  if ! nice -n "${GLMSERVE_IMAGE_NICE:-10}" "${podman[@]}" build --pull=never --format docker --network host "${ulimits[@]}" "${mounts[@]}" \
       -f "$context/deploy/docker/Dockerfile.cpu" -t "$tag" "$context" >>"$log" 2>&1; then
     tail -n 40 "$log" >&2
     fail "podman build (full log: $log)"
