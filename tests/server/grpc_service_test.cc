@@ -13,6 +13,8 @@
 
 #include "runtime/engine/engine_impl.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/auth.h"
+#include "server/client_quota.h"
 #include "server/grpc_service.h"
 #include "server/grpc_validation.h"
 #include "tests/engine/fake_executor.h"
@@ -589,6 +591,77 @@ TEST_F(GrpcTextTest, ChatMessagesValidated) {
   request.set_prompt("also");
   status = Unary(request, &response);
   EXPECT_NE(status.error_message().find("not both"), std::string::npos);
+}
+
+// --api-key-file: Inference and GetModelInfo need `authorization: Bearer KEY`; health stays open.
+TEST_F(GrpcServiceTest, ApiKeysRequiredHealthOpen) {
+  GrpcServerOptions options;
+  options.api_keys = ApiKeys::FromKeys({"k-one", "k-two"});
+  StartServer(DefaultEngineOptions(), options);
+  v1::InferResponse response;
+  grpc::Status none = Unary(MakeProtoRequest({1, 2}, 2), &response);
+  EXPECT_EQ(none.error_code(), grpc::UNAUTHENTICATED) << none.error_message();
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer k-wrong");
+    grpc::Status wrong = stub_->Infer(&ctx, MakeProtoRequest({1, 2}, 2), &response);
+    EXPECT_EQ(wrong.error_code(), grpc::UNAUTHENTICATED);
+    EXPECT_EQ(wrong.error_message().find("k-wrong"), std::string::npos);
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer k-two");
+    EXPECT_TRUE(stub_->Infer(&ctx, MakeProtoRequest({1, 2}, 2), &response).ok());
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_EQ(stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).error_code(), grpc::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    auto reader = stub_->InferStream(&ctx, MakeProtoRequest({1, 2}, 2));
+    v1::InferResponse m;
+    while (reader->Read(&m)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::UNAUTHENTICATED);
+  }
+  EXPECT_EQ(HealthCheck(channel_, ""), 1) << "health answers without a key";
+}
+
+// --max-requests-per-client: a client over its cap is refused at once while the engine has room;
+// finished, refused and cancelled calls all give their place back.
+TEST_F(GrpcServiceTest, PerClientCapIsResourceExhausted) {
+  auto quota = std::make_shared<ClientQuota>(2);
+  GrpcServerOptions options;
+  options.client_quota = quota;
+  StartServer(DefaultEngineOptions(), options);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::InferResponse>>> readers;
+  for (int i = 0; i < 2; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    SetDeadline(contexts.back().get(), 30s);
+    readers.push_back(stub_->InferStream(contexts.back().get(), MakeProtoRequest({1, 2}, 3000)));
+    v1::InferResponse m;
+    ASSERT_TRUE(readers.back()->Read(&m));
+  }
+  EXPECT_EQ(quota->in_flight("127.0.0.1"), 2);
+  v1::InferResponse response;
+  grpc::Status over = Unary(MakeProtoRequest({1, 2}, 2), &response, 5s);
+  EXPECT_EQ(over.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(over.error_message().find("--max-requests-per-client"), std::string::npos) << over.error_message();
+  for (auto& ctx : contexts) ctx->TryCancel();
+  for (auto& r : readers) {
+    v1::InferResponse m;
+    while (r->Read(&m)) {
+    }
+    r->Finish();
+  }
+  const auto end = std::chrono::steady_clock::now() + 5s;
+  while (quota->in_flight("127.0.0.1") > 0 && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(2ms);
+  EXPECT_EQ(quota->in_flight("127.0.0.1"), 0) << "cancelled calls keep their place";
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Unary(MakeProtoRequest({1, 2}, 2), &response, 5s).ok());
+  EXPECT_EQ(quota->clients(), 0u) << "finished calls keep their place";
 }
 
 }  // namespace
