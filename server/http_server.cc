@@ -1072,6 +1072,12 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     return absl::UnavailableError(absl::StrCat("cannot listen on ", FormatAddress(options.host, options.port), " (HTTP)"));
   }
   server->port_ = port;
+  // httplib listens with a backlog of 5 (compiled in): a burst of new connections beyond that has
+  // its SYNs dropped and retried a second later. The same socket, listened on again, takes 1024.
+  struct ListenSocket : httplib::Server {
+    static socket_t Of(httplib::Server& s) { return (s.*(&ListenSocket::svr_sock_)).load(); }
+  };
+  if (const socket_t fd = ListenSocket::Of(svr); fd != INVALID_SOCKET) listen(fd, 1024);
   server->listener_ = std::thread([&svr] { svr.listen_after_bind(); });
   return server;
 }
