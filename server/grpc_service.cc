@@ -150,9 +150,15 @@ class FinishOnlyWriteReactor final : public grpc::ServerWriteReactor<v1::InferRe
   void OnDone() override { delete this; }
 };
 
-void LogMalformed(const grpc::CallbackServerContext* ctx, const char* method, const grpc::Status& status) {
-  LogEvent(LogLevel::kWarn, "request_malformed", "", absl::StrCat(method, ": ", status.error_message()),
+// The answer to a malformed request: UNAUTHENTICATED first when keys are on and the caller has
+// none (as for a well-formed one), else INVALID_ARGUMENT (logged at warn).
+grpc::Status AnswerMalformed(const grpc::CallbackServerContext* ctx, const GrpcServerOptions& options,
+                             const char* method) {
+  std::string client;
+  if (grpc::Status denied = Authenticate(ctx, options, &client); !denied.ok()) return denied;
+  LogEvent(LogLevel::kWarn, "request_malformed", "", absl::StrCat(method, ": ", t_malformed->error_message()),
            {{"method", method}, {"peer", ctx->peer()}, {"code", "INVALID_ARGUMENT"}});
+  return *t_malformed;
 }
 
 // gRPC's and protobuf's own diagnostics (e.g. protobuf's "String field ... contains invalid UTF-8"
@@ -895,9 +901,8 @@ void InferenceServiceImpl::GuardAgainstMalformedRequests() {
                                 [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
                                        v1::InferResponse* response) -> grpc::ServerUnaryReactor* {
                                   if (t_malformed == nullptr) return Infer(ctx, request, response);
-                                  LogMalformed(ctx, "Infer", *t_malformed);
                                   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-                                  reactor->Finish(*t_malformed);
+                                  reactor->Finish(AnswerMalformed(ctx, options_, "Infer"));
                                   return reactor;
                                 }),
                             v1::InferRequest::descriptor()->full_name()));
@@ -906,8 +911,7 @@ void InferenceServiceImpl::GuardAgainstMalformedRequests() {
                                 [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request)
                                     -> grpc::ServerWriteReactor<v1::InferResponse>* {
                                   if (t_malformed == nullptr) return InferStream(ctx, request);
-                                  LogMalformed(ctx, "InferStream", *t_malformed);
-                                  return new FinishOnlyWriteReactor(*t_malformed);
+                                  return new FinishOnlyWriteReactor(AnswerMalformed(ctx, options_, "InferStream"));
                                 }),
                             v1::InferRequest::descriptor()->full_name()));
   MarkMethodCallback(2, new MalformedRequestGuard(
@@ -915,9 +919,8 @@ void InferenceServiceImpl::GuardAgainstMalformedRequests() {
                                 [this](grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest* request,
                                        v1::ModelInfo* response) -> grpc::ServerUnaryReactor* {
                                   if (t_malformed == nullptr) return GetModelInfo(ctx, request, response);
-                                  LogMalformed(ctx, "GetModelInfo", *t_malformed);
                                   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-                                  reactor->Finish(*t_malformed);
+                                  reactor->Finish(AnswerMalformed(ctx, options_, "GetModelInfo"));
                                   return reactor;
                                 }),
                             v1::GetModelInfoRequest::descriptor()->full_name()));

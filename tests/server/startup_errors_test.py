@@ -247,6 +247,27 @@ def malformed_protobuf(binary, model):
     if FAILURES:
         print(server.log())
 
+    # With API keys on, a caller without a key learns nothing about its bytes: UNAUTHENTICATED.
+    tmp = tempfile.mkdtemp(prefix="glmserve_keys_")
+    key_file = os.path.join(tmp, "keys")
+    with open(key_file, "w") as f:
+        f.write("sk-startup-errors-test\n")
+    server = GlmserveProcess(binary, model, ["--log-format", "json", "--api-key-file", key_file])
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        infer = channel.unary_unary("/glmserve.v1.Inference/Infer", request_serializer=None, response_deserializer=None)
+        for metadata, want in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                               ((("authorization", "Bearer sk-startup-errors-test"),), grpc.StatusCode.INVALID_ARGUMENT)):
+            try:
+                infer(b"\x08", timeout=10, metadata=metadata)
+                check(False, f"malformed Infer with keys on, metadata {bool(metadata)}: refused")
+            except grpc.RpcError as e:
+                check(e.code() == want, f"malformed Infer with keys on, key given: {bool(metadata)}: {want} (got {e.code()})")
+        channel.close()
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
 
 def main():
     ap = argparse.ArgumentParser()
