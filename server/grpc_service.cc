@@ -391,6 +391,9 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     if (!id_status.ok()) return Refuse(ToGrpc(id_status));
     std::string client;
     if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) return Refuse(denied);
+    InferenceEngine* engine = service_->Admit(&refusal, &model);
+    if (engine == nullptr) return Refuse(refusal);
+    // The per-client cap: after UNAVAILABLE (draining, loading), before tokenization.
     if (ClientQuota* quota = service_->options().client_quota.get(); quota != nullptr) {
       bool admitted = false;
       quota_ = quota->TryAcquire(client, &admitted);
@@ -398,8 +401,6 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
         return Refuse(grpc::Status(grpc::RESOURCE_EXHAUSTED, QuotaExceededMessage(quota->max_per_client())));
       }
     }
-    InferenceEngine* engine = service_->Admit(&refusal, &model);
-    if (engine == nullptr) return Refuse(refusal);
     absl::StatusOr<InferenceRequest> request =
         ValidateInferRequest(proto_request, service_->options().limits, model);
     if (!request.ok()) {

@@ -506,20 +506,6 @@ class Handler {
     };
     std::string client;
     if (auto e = Authenticate(*state_, req, &client)) return refuse(*e);
-    ClientQuota::Lease quota;
-    if (ClientQuota* q = state_->options.client_quota.get(); q != nullptr) {
-      bool admitted = false;
-      quota = q->TryAcquire(client, &admitted);
-      if (!admitted) {
-        HttpError e;
-        e.status = 429;
-        e.type = "rate_limit_error";
-        e.code = "rate_limit_exceeded";
-        e.message = QuotaExceededMessage(q->max_per_client());
-        e.retry_after_s = 1;
-        return refuse(e);
-      }
-    }
 
     // Deadline: ?timeout=, else a timeout / x-request-timeout header, else the default.
     auto deadline = std::chrono::steady_clock::time_point::max();
@@ -552,6 +538,21 @@ class Handler {
       }
       engine = state_->engine;
       model = state_->model;
+    }
+    // The per-client cap: after the 503s (draining, loading), before tokenization.
+    ClientQuota::Lease quota;
+    if (ClientQuota* q = state_->options.client_quota.get(); q != nullptr) {
+      bool admitted = false;
+      quota = q->TryAcquire(client, &admitted);
+      if (!admitted) {
+        HttpError e;
+        e.status = 429;
+        e.type = "rate_limit_error";
+        e.code = "rate_limit_exceeded";
+        e.message = QuotaExceededMessage(q->max_per_client());
+        e.retry_after_s = 1;
+        return refuse(e);
+      }
     }
     if (auto e = PromptTooLong(api, model, kind)) return refuse(*e);
     absl::StatusOr<InferenceRequest> request = ValidateInferRequest(api.proto, state_->options.limits, model);

@@ -53,8 +53,8 @@ std::string ServeUsage() {
       b(g.log_requests), "\n"
       "  --max-requests-per-client N     queued plus running requests of one client (its API key, else its\n"
       "                                  address); beyond: RESOURCE_EXHAUSTED / HTTP 429; 0 = no cap;\n"
-      "                                  default max(--max-batch, (--max-queue + --max-batch) / 4) = ",
-      std::max<int64_t>(s.max_batch_size, (d.engine.max_queued_requests + s.max_batch_size) / 4), "\n"
+      "                                  default max(2 x --max-batch, (--max-queue + --max-batch) / 4) = ",
+      std::max<int64_t>(2 * int64_t{s.max_batch_size}, (d.engine.max_queued_requests + s.max_batch_size) / 4), "\n"
       "\nsecurity (server/README.md; health and /metrics stay open):\n"
       "  --api-key-file PATH             API keys, one a line ('#' comments); also the environment\n"
       "                                  variable GLMSERVE_API_KEY; requests need 'authorization: Bearer\n"
@@ -262,11 +262,12 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
       prefill_cap >= 0 ? prefill_cap : (f.load.device.rfind("cuda", 0) == 0 ? kGpuPrefillTokensWithDecodes : 0);
   f.engine.scheduler.faults.step_latency = std::chrono::milliseconds(step_latency_ms);
   // Unset: one client may hold a quarter of what the server admits (running plus queued), so
-  // at least three others always find room, but never less than a full batch, so a lone client
-  // (a benchmark, a gateway without API keys) still keeps every batch slot busy.
+  // at least three others always find room, but never less than two batches, so a lone client (a
+  // benchmark, a gateway without API keys) still fills every batch slot with the next batch
+  // queued behind it (no idle step between batches).
   if (f.max_requests_per_client < 0) {
     const int64_t batch = f.engine.scheduler.max_batch_size;
-    f.max_requests_per_client = std::max<int64_t>(batch, (f.engine.max_queued_requests + batch) / 4);
+    f.max_requests_per_client = std::max<int64_t>(2 * batch, (f.engine.max_queued_requests + batch) / 4);
   }
   faults.stall_duration = std::chrono::milliseconds(stall_ms);
   f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;

@@ -35,7 +35,7 @@ struct ServeFlags {
   std::string api_key_file;  // keys, one a line (also GLMSERVE_API_KEY); none = no authentication
   std::string tls_cert, tls_key, tls_client_ca;  // PEM files; none = plaintext
   // Queued plus running requests per client (API key, else peer address); 0 = no cap; -1 (unset)
-  // = max(--max-batch, (--max-queue + --max-batch) / 4), resolved by ParseServeFlags.
+  // = max(2 x --max-batch, (--max-queue + --max-batch) / 4), resolved by ParseServeFlags.
   int64_t max_requests_per_client = -1;
   std::string log_level = "info";   // debug|info|warn|error
   std::string log_format = "json";  // json|text
