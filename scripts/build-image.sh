@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     --workdir) workdir="$2"; shift 2 ;;
     --worktree) mode=worktree; shift ;;
     --test-only) do_build=0; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
   esac
 done
