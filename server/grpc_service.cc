@@ -3,7 +3,10 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -929,6 +932,25 @@ void InferenceServiceImpl::GuardAgainstMalformedRequests() {
 
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+
+// Takes the reflection plugin out of one builder: linking grpc++_reflection registers it for every
+// builder of the process (a static initializer), so not calling InitProtoReflectionServerBuilderPlugin
+// is not enough to turn reflection off.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const std::unique_ptr<grpc::ServerBuilderPlugin>& plugin) {
+                                    return plugin->name() == "proto_server_reflection";
+                                  }),
+                   plugins->end());
+  }
+};
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOptions& options) {
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("--port: ", options.port, " is outside [0, 65535]"));
@@ -951,6 +973,7 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
     credentials = grpc::SslServerCredentials(ssl);
   }
   builder.AddListeningPort(FormatAddress(options.host, options.port), credentials, &server->port_);
+  if (!options.reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   builder.RegisterService(server->service_.get());
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);

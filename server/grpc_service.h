@@ -50,6 +50,9 @@ struct GrpcServerOptions {
   int64_t default_deadline_ms = 600'000;
   FrontendLimits limits;
   bool log_requests = true;  // one stderr line per finished or rejected request
+  // The gRPC server reflection service (what grpcurl and Postman list and describe). It exposes
+  // only the public API's descriptors; a production deployment may turn it off.
+  bool reflection = true;
   std::string build_version;
   // Sees every finished or refused call (metrics). Null = none.
   std::shared_ptr<RequestObserver> observer;

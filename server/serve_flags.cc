@@ -51,6 +51,8 @@ std::string ServeUsage() {
       "; 0 = none\n"
       "  --log-requests true|false       one stderr line per finished or refused request, default ",
       b(g.log_requests), "\n"
+      "  --reflection true|false         gRPC server reflection (grpcurl list/describe), default ",
+      b(g.reflection), "\n"
       "  --max-requests-per-client N     queued plus running requests of one client (its API key, else its\n"
       "                                  address); beyond: RESOURCE_EXHAUSTED / HTTP 429; 0 = no cap;\n"
       "                                  default max(2 x --max-batch, (--max-queue + --max-batch) / 4) = ",
@@ -177,6 +179,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
       {"--max-prompt-tokens", int_flag(&g.limits.max_prompt_tokens, 0, kIntMax)},
       {"--default-deadline-ms", int_flag(&g.default_deadline_ms, 0, int64_t{1} << 40)},
       {"--log-requests", bool_flag(&g.log_requests)},
+      {"--reflection", bool_flag(&g.reflection)},
       {"--max-requests-per-client", int_flag(&f.max_requests_per_client, 0, kIntMax)},
       {"--api-key-file", string_flag(&f.api_key_file)},
       {"--tls-cert", string_flag(&f.tls_cert)},

@@ -187,6 +187,22 @@ def main():
         check(server.proc.wait(30) == 0, "exit 0 after drain")
     finally:
         server.kill()
+
+    # --reflection false (production): the reflection service is gone, the API still answers.
+    quiet = Server(args.binary, args.model, ["--reflection", "false"])
+    try:
+        refl = reflection_pb2_grpc.ServerReflectionStub(quiet.channel)
+        try:
+            next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                           timeout=10))
+            check(False, "--reflection false: reflection still answers")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNIMPLEMENTED, f"--reflection false: {e.code().name}")
+        stub = pb_grpc.InferenceStub(quiet.channel)
+        check(len(stub.Infer(pb.InferRequest(input_ids=[1, 2, 3], max_new_tokens=2), timeout=30).output_ids) > 0,
+              "--reflection false: Infer answers")
+    finally:
+        quiet.kill()
     if FAILURES:
         print("".join(server.lines[-40:]))
         print(f"{len(FAILURES)} checks failed")
