@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/port_probe.h"
 
 namespace glmserve {
 namespace {
@@ -41,41 +42,6 @@ std::vector<std::string> ListenHosts(const std::string& host_in) {
   if (host.empty() || host == "::" || host == "*") return {"::", "0.0.0.0"};
   if (host == "::1") return {"::1", "127.0.0.1"};
   return {host};
-}
-
-// Why host:port cannot be bound, from a bind of our own (the listener's bool says only that it
-// failed); empty when it can.
-std::string BindProblem(const std::string& host_in, int port) {
-  std::string host = host_in;
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  const std::string service = std::to_string(port);
-  if (const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res); rc != 0) {
-    return absl::StrCat("cannot resolve '", host, "': ", gai_strerror(rc));
-  }
-  std::string problem;
-  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
-    if (fd < 0) {
-      problem = std::strerror(errno);
-      continue;
-    }
-    const int on = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);  // as the listener does
-    const bool bound = bind(fd, a->ai_addr, a->ai_addrlen) == 0;
-    if (!bound) problem = std::strerror(errno);
-    close(fd);
-    if (bound) {
-      problem.clear();
-      break;
-    }
-  }
-  freeaddrinfo(res);
-  return problem;
 }
 
 }  // namespace
@@ -179,7 +145,7 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
       tried.push_back(absl::StrCat("'", HostPort(listen_host, port), "'"));
     }
     if (m->listen_spec_.empty()) {
-      std::string why = BindProblem(host, port);
+      std::string why = PortBindProblem(host, port);
       if (why.empty()) why = "the port is free, but the listener could not be set up";
       return absl::UnavailableError(absl::StrCat("--metrics-port ", port, ": cannot bind ", HostPort(host, port),
                                                  ": ", why, " (tried ", absl::StrJoin(tried, ", "), ")"));

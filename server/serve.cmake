@@ -51,6 +51,7 @@ add_library(glmserve_serve STATIC
   serve_engine.cc
   serve_flags.cc
   metrics.cc
+  port_probe.cc
   supervisor.cc
 )
 target_include_directories(glmserve_serve PUBLIC ${CMAKE_SOURCE_DIR})

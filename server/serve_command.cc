@@ -31,6 +31,7 @@
 #include "server/serve_engine.h"
 #include "server/logging.h"
 #include "server/metrics.h"
+#include "server/port_probe.h"
 #include "server/serve_flags.h"
 #include "server/supervisor.h"
 #include "server/watchdog.h"
@@ -42,43 +43,12 @@
 namespace glmserve {
 namespace {
 
-// Why host:port cannot be listened on, from a bind of our own with SO_REUSEADDR only (as the
-// listeners do): "Address already in use", ...; empty when it can (or for port 0).
-std::string PortProblem(std::string host, int port) {
-  if (port <= 0) return "";
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  const std::string service = std::to_string(port);
-  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res) != 0) return "";
-  std::string problem;
-  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
-    if (fd < 0) continue;
-    const int on = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0) {
-      problem = std::strerror(errno);
-    } else {
-      problem.clear();
-      close(fd);
-      break;
-    }
-    close(fd);
-  }
-  freeaddrinfo(res);
-  return problem;
-}
-
 // "--port P: cannot listen on HOST:P: Address already in use": the flag and port first, then
 // the listener's message and, when a bind of our own can tell, the reason.
 std::string ListenFailure(const std::string& flag, int port, const std::string& host, std::string message) {
   const std::string prefix = absl::StrCat(flag, " ", port, ": ");
   if (message.rfind(flag, 0) != 0) message = absl::StrCat(prefix, message);
-  if (const std::string why = PortProblem(host, port); !why.empty()) absl::StrAppend(&message, ": ", why);
+  if (const std::string why = PortBindProblem(host, port); !why.empty()) absl::StrAppend(&message, ": ", why);
   return message;
 }
 
