@@ -21,6 +21,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_test_util import Server  # noqa: E402
+from ports import free_port  # noqa: E402  (tests/pyutil, on the path through http_test_util)
 
 FAILURES = []
 
@@ -37,14 +38,6 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def read_response(sock, timeout=10):

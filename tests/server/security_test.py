@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "pyutil"))
+from ports import free_port  # noqa: E402
 from checks import FAILURES, check  # noqa: E402
 from glmserve_process import GlmserveProcess, inference_stubs  # noqa: E402
 
@@ -39,12 +39,6 @@ except ImportError as e:  # pragma: no cover
 GRPC_LINE = r"glmserve: serving on 127\.0\.0\.1:(\d+)"
 KEYS = ["sk-test-alpha-0123456789", "sk-test-bravo-9876543210"]
 ENV_KEY = "sk-test-env-key-555"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_certs(d):
