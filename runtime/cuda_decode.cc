@@ -240,16 +240,13 @@ class CudaDecodeRunner {
     int64_t* cu_q = decode_lens + m.num_decodes;
     int64_t* cu_k = cu_q + m.num_prefills + 1;
     int64_t* tables = cu_k + m.num_prefills + 1;
-    auto slot_of = [&kv](const SequenceStep& s, int64_t pos) {
-      return int64_t{s.block_table.at(pos / kv.block_size)} * kv.block_size + pos % kv.block_size;
-    };
     std::map<const SequenceStep*, int64_t> last_row;  // each sampled sequence's last row
     int64_t row = 0;
     for (int32_t d = 0; d < m.num_decodes; ++d) {
       const SequenceStep& s = *decodes[d];
       ids[row] = s.tokens[0];
       positions[row] = s.start_position;
-      slots[row] = slot_of(s, s.start_position);
+      slots[row] = kv.slot(s.block_table, s.start_position);
       decode_lens[d] = s.start_position + 1;
       const int32_t used = s.start_position / kv.block_size + 1;
       int64_t* table = tables + int64_t{d} * decode_blocks;
@@ -265,9 +262,9 @@ class CudaDecodeRunner {
       for (int64_t i = 0; i < n; ++i) {
         ids[row + i] = s.tokens[i];
         positions[row + i] = s.start_position + i;
-        slots[row + i] = slot_of(s, s.start_position + i);
+        slots[row + i] = kv.slot(s.block_table, s.start_position + i);
       }
-      for (int64_t pos = 0; pos < s.start_position + n; ++pos) context_slots[context++] = slot_of(s, pos);
+      for (int64_t pos = 0; pos < s.start_position + n; ++pos) context_slots[context++] = kv.slot(s.block_table, pos);
       cu_q[p + 1] = cu_q[p] + n;
       cu_k[p + 1] = cu_k[p] + s.start_position + n;
       row += n;
@@ -293,23 +290,8 @@ class CudaDecodeRunner {
     m.cu_k = part(cu_k, m.num_prefills + 1).to(at::kInt);
     m.tables = part(tables, table_elements).to(at::kInt);
 
-    m.shape.batch = m.num_decodes;
-    m.shape.num_heads = c.num_attention_heads;
-    m.shape.num_kv_heads = c.num_key_value_heads;
-    m.shape.head_dim = c.head_dim;
-    m.shape.block_size = kv.block_size;
-    m.shape.max_blocks_per_seq = decode_blocks;
-    m.shape.max_context = max_context_;
-    m.shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-    m.shape.allow_tensor_cores = Enabled("mma_attention");
-    m.shape.allow_warp_tiles = Enabled("warp_attention");
-    const size_t workspace_bytes =
-        m.num_decodes > 0 && Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(m.shape) : 0;
-    if (workspace_bytes > 0) {
-      m.workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
-                              at::TensorOptions().dtype(at::kByte).device(model_.device()));
-      m.workspace.narrow(0, 0, int64_t{4} * m.shape.batch * m.shape.num_kv_heads).zero_();
-    }
+    m.shape = AttentionShape(m.num_decodes, decode_blocks, kv);
+    if (m.num_decodes > 0) m.workspace = AttentionWorkspace(m.shape);
     at::Tensor hidden;
     if (bucket > 0 && !mixed_graphs_[bucket].Matches(kv)) {
       try {
@@ -548,7 +530,7 @@ class CudaDecodeRunner {
         const int32_t pos = s.start_position;
         ids[row] = s.tokens[0];
         positions[row] = pos;
-        slots[row] = int64_t{s.block_table.at(pos / kv.block_size)} * kv.block_size + pos % kv.block_size;
+        slots[row] = kv.slot(s.block_table, pos);
         // The kernel reads only the entries covering the context; the rest may hold stale ids.
         const int32_t used = std::min<int32_t>(pos / kv.block_size + 1, b.max_blocks);
         std::copy(s.block_table.begin(), s.block_table.begin() + used, table);
@@ -667,28 +649,39 @@ class CudaDecodeRunner {
     return k;
   }
 
-  at::Tensor Step(Bucket& b, KvPool& kv) {
+  // The paged-attention kernel's shape for `batch` decode rows whose block tables have
+  // `max_blocks` entries each.
+  kernels::PagedAttentionShape AttentionShape(int32_t batch, int32_t max_blocks, const KvPool& kv) const {
     const ModelConfig& c = model_.config();
     kernels::PagedAttentionShape shape;
-    shape.batch = b.size;
+    shape.batch = batch;
     shape.num_heads = c.num_attention_heads;
     shape.num_kv_heads = c.num_key_value_heads;
     shape.head_dim = c.head_dim;
     shape.block_size = kv.block_size;
-    shape.max_blocks_per_seq = b.max_blocks;
+    shape.max_blocks_per_seq = max_blocks;
     shape.max_context = max_context_;
     shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
     shape.allow_tensor_cores = Enabled("mma_attention");
     shape.allow_warp_tiles = Enabled("warp_attention");
-    // One workspace for every layer's split attention (the layers run one after another).
+    return shape;
+  }
+
+  // One workspace for every layer's split attention of a step (the layers run one after
+  // another); undefined when the split attention is off. The kernels' counters start at zero and
+  // each call leaves them so for the next layer.
+  at::Tensor AttentionWorkspace(const kernels::PagedAttentionShape& shape) const {
     const size_t workspace_bytes = Enabled("split_attention") ? kernels::PagedAttentionWorkspaceBytes(shape) : 0;
-    at::Tensor workspace;
-    if (workspace_bytes > 0) {
-      workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
-                            at::TensorOptions().dtype(at::kByte).device(model_.device()));
-      // The kernels' counters start at zero; each call leaves them so for the next layer.
-      workspace.narrow(0, 0, int64_t{4} * shape.batch * shape.num_kv_heads).zero_();
-    }
+    if (workspace_bytes == 0) return at::Tensor();
+    at::Tensor workspace = at::empty({static_cast<int64_t>(workspace_bytes)},
+                                     at::TensorOptions().dtype(at::kByte).device(model_.device()));
+    workspace.narrow(0, 0, int64_t{4} * shape.batch * shape.num_kv_heads).zero_();
+    return workspace;
+  }
+
+  at::Tensor Step(Bucket& b, KvPool& kv) {
+    const kernels::PagedAttentionShape shape = AttentionShape(b.size, b.max_blocks, kv);
+    const at::Tensor workspace = AttentionWorkspace(shape);
     auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
       kernels::PagedAttentionShape s = shape;
       at::Tensor query = q;

@@ -245,7 +245,7 @@ at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool
       const int64_t pos = s.start_position + static_cast<int64_t>(i);
       ids.push_back(s.tokens[i]);
       positions.push_back(pos);
-      slots.push_back(int64_t{s.block_table.at(pos / kv.block_size)} * kv.block_size + pos % kv.block_size);
+      slots.push_back(kv.slot(s.block_table, pos));
     }
     if (s.sample) last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
   }
@@ -264,7 +264,7 @@ at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool
     const int64_t context = s.start_position + n;
     std::vector<int64_t> context_slots(context);
     for (int64_t p = 0; p < context; ++p) {
-      context_slots[p] = int64_t{s.block_table.at(p / kv.block_size)} * kv.block_size + p % kv.block_size;
+      context_slots[p] = kv.slot(s.block_table, p);
     }
     SeqView view{row, n, at::tensor(context_slots, long_cpu).to(device_), at::Tensor()};
     if (n > 1) {

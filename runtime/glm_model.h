@@ -25,6 +25,10 @@ struct KvPool {
   int32_t block_size = 0;
   int32_t num_blocks = 0;  // usable blocks (ids 0 .. num_blocks - 1)
   int32_t scratch_block() const { return num_blocks; }
+  // The pool row holding position `pos` of the sequence whose blocks are `block_table`.
+  int64_t slot(const std::vector<int32_t>& block_table, int64_t pos) const {
+    return int64_t{block_table.at(pos / block_size)} * block_size + pos % block_size;
+  }
 };
 
 class CudaDecodeRunner;
