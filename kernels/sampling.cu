@@ -499,11 +499,7 @@ __global__ void __launch_bounds__(kPenaltyThreads) ApplyPenaltiesKernel(float* _
   float* row = logits + static_cast<int64_t>(blockIdx.y) * vocab;
   for (uint32_t id = blockIdx.x * kPenaltyThreads + threadIdx.x; id < vocab; id += gridDim.x * kPenaltyThreads) {
     if (seen[base + id] == 0) continue;
-    float score = row[id];
-    if (p.repetition != 1.0f) score = RepetitionPenalised(score, p.repetition);
-    const int32_t count = counts[base + id];
-    if (count > 0) score = FrequencyPresencePenalised(score, count, p.frequency, p.presence);
-    row[id] = score;
+    row[id] = PenalisedScore(row[id], counts[base + id], p);
   }
 }
 

@@ -115,6 +115,15 @@ GLMSERVE_SAMPLING_HOST_DEVICE inline float FrequencyPresencePenalised(float scor
 #endif
 }
 
+// One seen id's score after the row's penalties: repetition (when not 1), then frequency and
+// presence (when the id was generated). The one expression the kernel, its reference and the host
+// sampler use.
+GLMSERVE_SAMPLING_HOST_DEVICE inline float PenalisedScore(float score, int32_t generated_count, const PenaltyRow& p) {
+  if (p.repetition != 1.0f) score = RepetitionPenalised(score, p.repetition);
+  if (generated_count > 0) score = FrequencyPresencePenalised(score, generated_count, p.frequency, p.presence);
+  return score;
+}
+
 // CPU reference: applies `params[r]` to row r of `logits` ([rows, vocab], host pointers). counts
 // and seen ([slots, vocab]) may be null when no row has slot >= 0; stop_ids may be null when no
 // row has stop_count > 0. Nothing happens when rows <= 0 or vocab <= 0.

@@ -79,11 +79,7 @@ void ApplyPenaltiesReference(float* logits, int32_t rows, int32_t vocab, const P
       const int64_t base = static_cast<int64_t>(p.slot) * vocab;
       for (int32_t id = 0; id < vocab; ++id) {
         if (seen[base + id] == 0) continue;
-        float score = row[id];
-        if (p.repetition != 1.0f) score = RepetitionPenalised(score, p.repetition);
-        const int32_t count = counts[base + id];
-        if (count > 0) score = FrequencyPresencePenalised(score, count, p.frequency, p.presence);
-        row[id] = score;
+        row[id] = PenalisedScore(row[id], counts[base + id], p);
       }
     }
     if (stop_ids != nullptr) {

@@ -37,8 +37,7 @@ int32_t SampleNextToken(const float* logits, int32_t vocab_size, const Generatio
       for (int32_t id : *history) {
         if (id < 0 || id >= vocab_size || done[id] != 0) continue;
         done[id] = 1;
-        scores[id] = scores[id] < 0.0f ? scores[id] * penalties.repetition_penalty
-                                       : scores[id] / penalties.repetition_penalty;
+        scores[id] = kernels::RepetitionPenalised(scores[id], penalties.repetition_penalty);
       }
     }
     // Frequency / presence (OpenAI) over the generated ids only.
@@ -51,10 +50,10 @@ int32_t SampleNextToken(const float* logits, int32_t vocab_size, const Generatio
         if (id < 0 || id >= vocab_size) continue;
         if (counts[id]++ == 0) seen.push_back(id);
       }
-      // fp32, three rounded operations (no -ffp-contract / FMA flags in this build): the CUDA
-      // penalty kernel (kernels/sampling.h) computes the same bits.
+      // The CUDA penalty kernel's own expression (kernels/sampling.h): the same bits.
       for (int32_t id : seen) {
-        scores[id] -= penalties.frequency_penalty * static_cast<float>(counts[id]) + penalties.presence_penalty;
+        scores[id] = kernels::FrequencyPresencePenalised(scores[id], counts[id], penalties.frequency_penalty,
+                                                         penalties.presence_penalty);
       }
     }
   }
