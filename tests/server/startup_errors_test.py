@@ -255,6 +255,15 @@ def malformed_protobuf(binary, model):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bad_flag_values(binary, model):
+    """Bad values of this change's serve flags: exit 2 before anything is bound, naming flag and value."""
+    for flag, value in (("--max-prefill-tokens-with-decodes", "-1"), ("--max-prefill-tokens-with-decodes", "x"),
+                        ("--reflection", "maybe")):
+        rc, _, err = run_to_exit([binary, "serve", "--model", model, "--port", "0", flag, value], timeout=30)
+        check(rc == 2, f"{flag} {value}: exit 2 (got {rc})")
+        check(f"{flag}: '{value}'" in err, f"{flag} {value}: the message names the flag and the value: {err[:200]}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
@@ -265,6 +274,7 @@ def main():
         print(f"SKIP: no model at {args.model}")
         return 77
     if args.only in (None, "ports"):
+        bad_flag_values(args.binary, args.model)
         port_conflicts(args.binary, args.model)
     if args.only in (None, "unreadable"):
         unreadable_weights(args.binary)
