@@ -3,8 +3,15 @@
 Kineto profiler): time per kernel family and per kernel, per decode step, as a markdown table.
 
     python3 bench/summarize_trace.py TRACE.json --steps 8 [--top 20]
+    python3 bench/summarize_trace.py TRACE.json --by-step
+
+--by-step reads a trace of a running server (GLMSERVE_PROFILE_TRACE, docs/operations.md): each
+executor step is a range "glmserve step decode=D prefill=P"; kernels are assigned to the step
+that launched them, and steps are grouped by kind (decode only, mixed by prefill tokens, prefill
+only): wall time, GPU busy time, the host's time between steps, kernel families.
 """
 import argparse
+import bisect
 import collections
 import json
 import re
@@ -32,14 +39,90 @@ def family(name):
     return "other"
 
 
+STEP_RANGE = re.compile(r"glmserve step decode=(\d+) prefill=(\d+)")
+
+
+def step_kind(decode, prefill):
+    if prefill == 0:
+        return "decode only"
+    if decode == 0:
+        return "prefill only"
+    for limit in (64, 128, 256, 512):
+        if prefill <= limit:
+            return f"mixed, prefill <= {limit}"
+    return "mixed, prefill > 512"
+
+
+def by_step(events, top_families):
+    steps = sorted(
+        (e for e in events if e.get("ph") == "X" and STEP_RANGE.fullmatch(e.get("name", ""))),
+        key=lambda e: e["ts"])
+    if not steps:
+        print("no 'glmserve step' ranges: was the trace written with GLMSERVE_PROFILE_TRACE?")
+        return 1
+    launch_ts = {}
+    for e in events:
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {}):
+            launch_ts[e["args"]["correlation"]] = e["ts"]
+    starts = [e["ts"] for e in steps]
+    per_step = [[] for _ in steps]
+    for e in events:
+        if e.get("cat") not in ("kernel", "Kernel") or e.get("ph") != "X":
+            continue
+        ts = launch_ts.get(e.get("args", {}).get("correlation"))
+        if ts is None:
+            continue
+        i = bisect.bisect_right(starts, ts) - 1
+        if i >= 0 and ts <= steps[i]["ts"] + steps[i]["dur"]:
+            per_step[i].append(e)
+    groups = collections.OrderedDict()
+    for i, step in enumerate(steps):
+        decode, prefill = map(int, STEP_RANGE.fullmatch(step["name"]).groups())
+        kernels = per_step[i]
+        gap = steps[i + 1]["ts"] - (step["ts"] + step["dur"]) if i + 1 < len(steps) else None
+        g = groups.setdefault(step_kind(decode, prefill), {
+            "n": 0, "decode": 0, "prefill": 0, "wall": 0.0, "busy": 0.0, "kernels": 0,
+            "gaps": [], "families": collections.Counter()})
+        g["n"] += 1
+        g["decode"] += decode
+        g["prefill"] += prefill
+        g["wall"] += step["dur"]
+        g["busy"] += sum(k["dur"] for k in kernels)
+        g["kernels"] += len(kernels)
+        if gap is not None:
+            g["gaps"].append(gap)
+        for k in kernels:
+            g["families"][family(k["name"])] += k["dur"]
+    total_wall = steps[-1]["ts"] + steps[-1]["dur"] - steps[0]["ts"]
+    print(f"{len(steps)} steps over {total_wall / 1000:.1f} ms "
+          f"({sum(g['decode'] for g in groups.values())} decode rows, "
+          f"{sum(g['prefill'] for g in groups.values())} prefill tokens)\n")
+    print("| step kind | steps | decode rows | prefill tokens | wall ms | GPU busy ms | host gap after ms "
+          "| kernels | top kernel families (ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for kind, g in groups.items():
+        n = g["n"]
+        gaps = g["gaps"]
+        fams = ", ".join(f"{label} {us / n / 1000:.2f}" for label, us in g["families"].most_common(top_families))
+        gap = f"{sum(gaps) / len(gaps) / 1000:.2f}" if gaps else "-"
+        print(f"| {kind} | {n} | {g['decode'] / n:.1f} | {g['prefill'] / n:.1f} | {g['wall'] / n / 1000:.2f} "
+              f"| {g['busy'] / n / 1000:.2f} | {gap} | {g['kernels'] / n:.0f} | {fams} |")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace")
-    parser.add_argument("--steps", type=int, required=True, help="decode steps the trace covers")
+    parser.add_argument("--steps", type=int, help="decode steps the trace covers")
+    parser.add_argument("--by-step", action="store_true", help="group by executor step (a server's trace)")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     with open(args.trace) as f:
         events = json.load(f)["traceEvents"]
+    if args.by_step:
+        return by_step(events, min(args.top, 5))
+    if args.steps is None:
+        parser.error("--steps is required without --by-step")
     kernels = [e for e in events if e.get("cat") in ("kernel", "Kernel") and e.get("ph") == "X"]
     if not kernels:
         print(f"{args.trace}: no GPU kernel events")
@@ -67,4 +150,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,10 +1,12 @@
 #include "runtime/model_runner.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <c10/util/Exception.h>
 #ifdef GLMSERVE_TORCH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
@@ -27,6 +29,7 @@
 #include "runtime/glm_model.h"
 #include "runtime/inspect.h"
 #include "runtime/model_config.h"
+#include "runtime/profiling.h"
 #include "runtime/sampler.h"
 #include "runtime/status_macros.h"
 #include "runtime/weight_map.h"
@@ -464,6 +467,43 @@ DeviceDraw SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector
 }
 #endif
 
+// Diagnosis of a running server (docs/operations.md, "Profiling a live server"): with
+// GLMSERVE_PROFILE_TRACE=PATH set, steps [GLMSERVE_PROFILE_AFTER_STEPS (default 2000),
+// + GLMSERVE_PROFILE_STEPS (default 64)) of the executor are recorded with the device profiler and
+// written as one Chrome trace; each step is a user range named "glmserve step decode=D prefill=P"
+// (rows fed one token / tokens of prefill chunks), so bench/summarize_trace.py --by-step can split
+// GPU time by kind of step. A profile of the real traffic says where time goes that a decode-only
+// benchmark never sees (prefill sharing steps with decodes, the host between steps).
+struct StepProfile {
+  std::string path;            // empty: off
+  int64_t after_steps = 2000;  // steps run before recording starts
+  int64_t steps = 64;          // steps recorded
+  int64_t seen = 0;            // steps run so far
+  bool recording = false;
+  bool done = false;
+
+  static StepProfile FromEnvironment() {
+    StepProfile profile;
+    if (const char* path = std::getenv("GLMSERVE_PROFILE_TRACE")) profile.path = path;
+    if (const char* after = std::getenv("GLMSERVE_PROFILE_AFTER_STEPS")) profile.after_steps = std::atoll(after);
+    if (const char* steps = std::getenv("GLMSERVE_PROFILE_STEPS")) profile.steps = std::atoll(steps);
+    if (profile.after_steps < 0 || profile.steps <= 0) profile.path.clear();
+    return profile;
+  }
+};
+
+std::string StepRangeName(const std::vector<SequenceStep>& batch) {
+  int64_t decode_rows = 0, prefill_tokens = 0;
+  for (const SequenceStep& s : batch) {
+    if (s.start_position > 0 && s.tokens.size() == 1 && s.sample) {
+      ++decode_rows;
+    } else {
+      prefill_tokens += static_cast<int64_t>(s.tokens.size());
+    }
+  }
+  return absl::StrCat("glmserve step decode=", decode_rows, " prefill=", prefill_tokens);
+}
+
 // The engine's StepExecutor over GlmModel and a paged KV pool. The contract it honours is
 // "What the executor may rely on" in runtime/engine/README.md: it never throws, returns one id
 // per sequence (-1 where sample is false), and answers RESOURCE_EXHAUSTED only for an
@@ -473,14 +513,22 @@ DeviceDraw SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector
 // Step and never kept.
 class PagedExecutor final : public StepExecutor {
  public:
-  PagedExecutor(const GlmModel* model, KvPool pool, int32_t inject_oom_above_sequences)
-      : model_(model), pool_(std::move(pool)), inject_oom_above_sequences_(inject_oom_above_sequences) {}
+  PagedExecutor(const GlmModel* model, KvPool pool, int32_t inject_oom_above_sequences,
+                std::function<void(const std::string&)> log)
+      : model_(model),
+        pool_(std::move(pool)),
+        inject_oom_above_sequences_(inject_oom_above_sequences),
+        log_(std::move(log)),
+        profile_(StepProfile::FromEnvironment()) {}
   int32_t block_size() const override { return pool_.block_size; }
   int32_t num_blocks() const override { return pool_.num_blocks; }
 
   absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
     absl::StatusOr<StepResult> result;
+    if (!profile_.path.empty()) BeforeProfiledStep();
     try {
+      at::RecordFunction range(at::RecordScope::USER_SCOPE);
+      if (profile_.recording && range.isActive()) range.before(StepRangeName(batch));
       result = StepImpl(batch);
     } catch (const std::exception& e) {  // GuardTorch covers LibTorch; this covers the rest
       result = absl::InternalError(absl::StrCat("executor step: ", e.what()));
@@ -489,10 +537,43 @@ class PagedExecutor final : public StepExecutor {
     // The device may have counted ids the engine never sees: rebuild every slot when next used.
     if (!result.ok()) penalty_tables_.InvalidateAll();
 #endif
+    if (profile_.recording) AfterProfiledStep();
     return result;
   }
 
  private:
+  void Log(const std::string& line) {
+    if (log_) {
+      log_(line);
+    } else {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+  }
+
+  void BeforeProfiledStep() {
+    if (profile_.done || profile_.recording || profile_.seen++ < profile_.after_steps) return;
+    absl::Status started = StartDeviceProfile();
+    if (!started.ok()) {
+      profile_.done = true;
+      Log(absl::StrCat("GLMSERVE_PROFILE_TRACE: ", started.message()));
+      return;
+    }
+    profile_.recording = true;
+    profile_.seen = 0;
+  }
+
+  void AfterProfiledStep() {
+    if (++profile_.seen < profile_.steps) return;
+    profile_.recording = false;
+    profile_.done = true;
+#ifdef GLMSERVE_TORCH_CUDA
+    if (model_->device().is_cuda()) at::cuda::getCurrentCUDAStream().synchronize();
+#endif
+    absl::Status stopped = StopDeviceProfile(profile_.path);
+    Log(stopped.ok() ? absl::StrCat("profile of ", profile_.steps, " executor steps written to ", profile_.path)
+                     : absl::StrCat("GLMSERVE_PROFILE_TRACE: ", stopped.message()));
+  }
+
   // Chooses on the device every row it can: plain greedy rows by argmax (the first maximum, as on
   // the CPU); with device sampling on, every other row by kernels/sampling.h (penalties and stop
   // masking on an fp32 copy of the row, then the draw or argmax, then the drawn id counted into
@@ -720,6 +801,8 @@ class PagedExecutor final : public StepExecutor {
   const GlmModel* model_;
   KvPool pool_;
   int32_t inject_oom_above_sequences_;
+  std::function<void(const std::string&)> log_;  // null: stderr
+  StepProfile profile_;
   // Scratch for Validate: per block, (generation << 32) | the batch slot owning it this step.
   std::vector<uint64_t> block_owner_;
   uint64_t validate_generation_ = 0;
@@ -842,8 +925,28 @@ class ModelRunnerImpl final : public ModelRunner {
                                   blocks * options.block_size, " tokens, ", (blocks * per_block) >> 20, " MiB on ",
                                   device.str(), ") from ", source));
     if (options.capture_decode_batch > 0 && device.is_cuda()) CaptureDecodeGraphs(options, pool);
+#ifdef GLMSERVE_TORCH_CUDA
+    // Test hook for the chaos suite on a GPU, off unless set: GLMSERVE_CUDA_MEMORY_HEADROOM_MB=N caps
+    // the caching allocator at what it holds now (weights, KV pool, graphs) plus N MiB, so large
+    // steps run out of device memory for real through a running server (the engine's OOM path:
+    // RESOURCE_EXHAUSTED, smaller batch, retry).
+    if (const char* headroom = std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB"); headroom != nullptr && device.is_cuda()) {
+      GLM_RETURN_IF_ERROR(GuardTorch("capping device memory (GLMSERVE_CUDA_MEMORY_HEADROOM_MB)", [&] {
+        EmptyDeviceCache(device);
+        const int64_t reserved =
+            c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current;
+        const auto [free_bytes, total_bytes] = at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index());
+        (void)free_bytes;
+        const int64_t cap = reserved + (std::atoll(headroom) << 20);
+        c10::cuda::CUDACachingAllocator::setMemoryFraction(
+            std::min(1.0, static_cast<double>(cap) / static_cast<double>(total_bytes)), device.index());
+        LogLine(options, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20,
+                                      " MiB (", reserved >> 20, " MiB held + ", headroom, " MiB)"));
+      }));
+    }
+#endif
     return std::unique_ptr<StepExecutor>(
-        new PagedExecutor(model_.get(), std::move(pool), options.inject_oom_above_sequences));
+        new PagedExecutor(model_.get(), std::move(pool), options.inject_oom_above_sequences, options.log));
   }
 
  private:

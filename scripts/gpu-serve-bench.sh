@@ -13,6 +13,16 @@
 #   6. SIGTERM, bounded wait for the drain;
 #   7. $OUT/serve_table.md: mix, streams, tok/s, ratio to decode_bench at that batch, TTFT and ITL
 #      p50/p99 (from glmload's --json-out), errors.
+# Before 2-7, each in a server of its own (so the sweep's server runs without them):
+#   P. GLMSERVE_SERVE_PROFILE=1: Kineto profile of GLMSERVE_PROFILE_STEPS (64) executor steps at
+#      64 streams (eos ignored), after GLMSERVE_PROFILE_AFTER_STEPS (600) steps of that load, grouped
+#      by step kind with bench/summarize_trace.py --by-step -> serve_profile.md;
+#   C. GLMSERVE_SERVE_CAPS="64 128 256 512": --max-prefill-tokens-with-decodes at each value, 64
+#      streams (eos ignored) -> serve_caps.md (the prefill budget's TTFT / ITL / tok/s trade-off);
+#   O. GLMSERVE_SERVE_OOM=1: OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
+#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 64) through the running server: glmload sends 256 requests
+#      of 512 prompt tokens at 64 streams; every one must succeed (sent = ok, lost 0) with
+#      glmserve_oom_events_total > 0 -> serve_oom.md.
 # Everything goes to $OUT (or .gpu/out): serve.log (server stderr), serve_<mix>.{json,md,log},
 # serve_http.*, serve_decode_bench.md, serve_metrics.txt, serve_table.md.
 # Switches: GLMSERVE_SERVE_LEVELS=1,8,32,64,128,256 GLMSERVE_SERVE_DURATION=15s (per level)
@@ -61,15 +71,30 @@ fi
 # 2. The server. 256 streams: HTTP/2 streams per connection and HTTP threads above the load.
 # shellcheck disable=SC2206  # one word per flag
 extra=(${GLMSERVE_SERVE_FLAGS:-})
-server_cmd=("$build/glmserve" serve --model "$model" --random-weights true --device "$device" --dtype "$dtype"
-  --host 127.0.0.1 --port "$port" --http-port "$http_port" --metrics-port "$metrics_port"
-  --max-batch "$max_batch" --max-concurrent-streams 1024 --http-threads $((http_concurrency + 32))
-  --log-requests false --log-format text "${extra[@]}")
-echo "== ${server_cmd[*]}"
-"${server_cmd[@]}" 2>"$out/serve.log" &
-server_pid=$!
+server_pid=""
+probe="$build/tests/deploy/glmserve_health_probe"
+start_server() {  # start_server LOG [FLAGS...]: a server on the ports above, ready or exit 1
+  local log=$1; shift
+  local cmd=("$build/glmserve" serve --model "$model" --random-weights true --device "$device" --dtype "$dtype"
+    --host 127.0.0.1 --port "$port" --http-port "$http_port" --metrics-port "$metrics_port"
+    --max-batch "$max_batch" --max-concurrent-streams 1024 --http-threads $((http_concurrency + 32))
+    --log-requests false --log-format text "${extra[@]}" "$@")
+  echo "== ${cmd[*]}"
+  "${cmd[@]}" 2>"$log" &
+  server_pid=$!
+  local ready=0
+  for _ in $(seq 1 $((start_timeout * 2))); do
+    if ! kill -0 "$server_pid" 2>/dev/null; then echo "the server exited while starting:"; tail -20 "$log"; exit 1; fi
+    if grep -q "serving on" "$log"; then
+      if [ ! -x "$probe" ] || "$probe" -addr "127.0.0.1:$port" -timeout-ms 2000 >/dev/null 2>&1; then ready=1; break; fi
+    fi
+    sleep 0.5
+  done
+  if [ "$ready" != 1 ]; then echo "the server was not ready within ${start_timeout} s:"; tail -20 "$log"; exit 1; fi
+  grep -E "ready in|metrics on|http serving on|serving on|HEADROOM" "$log"
+}
 stop_server() {
-  kill -0 "$server_pid" 2>/dev/null || return 0
+  [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null || return 0
   kill -TERM "$server_pid"
   for _ in $(seq 1 120); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
   if kill -0 "$server_pid" 2>/dev/null; then
@@ -77,26 +102,74 @@ stop_server() {
   fi
   wait "$server_pid"; local rc=$?
   echo "server exited $rc after SIGTERM (0 = drained)"; [ "$rc" = 0 ] || status=1
+  server_pid=""
 }
 trap stop_server EXIT
+glmload_grpc() { "$build/bench/glmload" --target "127.0.0.1:$port" --stream --deadline-ms 300000 --no-progress "$@"; }
 
-probe="$build/tests/deploy/glmserve_health_probe"
-ready=0
-for _ in $(seq 1 $((start_timeout * 2))); do
-  if ! kill -0 "$server_pid" 2>/dev/null; then echo "the server exited while starting:"; tail -20 "$out/serve.log"; exit 1; fi
-  if grep -q "serving on" "$out/serve.log"; then
-    if [ ! -x "$probe" ] || "$probe" -addr "127.0.0.1:$port" -timeout-ms 2000 >/dev/null 2>&1; then ready=1; break; fi
-  fi
-  sleep 0.5
-done
-if [ "$ready" != 1 ]; then echo "the server was not ready within ${start_timeout} s:"; tail -20 "$out/serve.log"; exit 1; fi
-grep -E "ready in|metrics on|http serving on|serving on" "$out/serve.log"
+# P. Where a step's time goes under real traffic (64 streams, steady state).
+if [ "${GLMSERVE_SERVE_PROFILE:-0}" = 1 ]; then
+  mkdir -p .gpu/trace
+  rm -f .gpu/trace/serve.json
+  GLMSERVE_PROFILE_TRACE=.gpu/trace/serve.json GLMSERVE_PROFILE_AFTER_STEPS="${GLMSERVE_PROFILE_AFTER_STEPS:-600}" \
+    GLMSERVE_PROFILE_STEPS="${GLMSERVE_PROFILE_STEPS:-64}" start_server "$out/serve_profile.log"
+  glmload_grpc --concurrency 64 --duration 12s --prompt-len 128 --max-new-tokens 128 --ignore-eos true >"$out/serve_profile_load.md" 2>&1
+  stop_server
+  grep "executor steps written" "$out/serve_profile.log"
+  python3 bench/summarize_trace.py .gpu/trace/serve.json --by-step | tee "$out/serve_profile.md" || status=1
+fi
+
+# C. The prefill budget while others decode: TTFT against ITL and throughput, 64 streams.
+if [ -n "${GLMSERVE_SERVE_CAPS:-}" ]; then
+  echo "| --max-prefill-tokens-with-decodes | tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |" >"$out/serve_caps.md"
+  echo "|---:|---:|---:|---:|" >>"$out/serve_caps.md"
+  for cap in $GLMSERVE_SERVE_CAPS; do
+    start_server "$out/serve_cap_$cap.log" --max-prefill-tokens-with-decodes "$cap"
+    glmload_grpc --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1  # warm-up
+    glmload_grpc --concurrency 64 --duration "$duration" --prompt-len 128 --max-new-tokens 128 --ignore-eos true --json-out "$out/serve_cap_$cap.json" \
+      >"$out/serve_cap_$cap.md" 2>&1 || status=1
+    stop_server
+    python3 - "$out/serve_cap_$cap.json" "$cap" >>"$out/serve_caps.md" <<'EOF2'
+import json, sys
+lv = json.load(open(sys.argv[1]))["levels"][0]
+t, i = lv["ttft_ms"], lv["inter_token_ms"]
+print(f"| {sys.argv[2]} | {lv['generated_tokens_per_s']:,.1f} | {t['p50']:.1f} / {t['p99']:.1f} | {i['p50']:.2f} / {i['p99']:.2f} |")
+EOF2
+  done
+  cat "$out/serve_caps.md"
+fi
+
+# O. Real CUDA out-of-memory through the running server: no request lost.
+if [ "${GLMSERVE_SERVE_OOM:-0}" = 1 ]; then
+  GLMSERVE_CUDA_MEMORY_HEADROOM_MB="${GLMSERVE_SERVE_OOM_HEADROOM_MB:-64}" start_server "$out/serve_oom.log" --max-batch 64
+  glmload_grpc --concurrency 64 --requests 256 --prompt-len 512 --max-new-tokens 16 --json-out "$out/serve_oom.json" \
+    >"$out/serve_oom_load.md" 2>&1
+  oom_rc=$?
+  env -u LD_LIBRARY_PATH curl -sf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" >"$out/serve_oom_metrics.txt"
+  stop_server
+  python3 - "$out/serve_oom.json" "$out/serve_oom_metrics.txt" "$oom_rc" <<'EOF2' | tee "$out/serve_oom.md" || status=1
+import json, re, sys
+lv = json.load(open(sys.argv[1]))["levels"][0]
+metrics = open(sys.argv[2]).read()
+def metric(name):
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", metrics, re.M))
+ok, errors = lv.get("requests_ok", 0), lv.get("errors", {})
+errors = sum(errors.values()) if isinstance(errors, dict) else errors
+ooms, restarts = metric("glmserve_oom_events_total"), metric("glmserve_engine_restarts_total")
+print("| sent | ok | errors | lost | glmserve_oom_events_total | glmserve_engine_restarts_total | glmload exit |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| 256 | {ok} | {errors} | {256 - ok - errors} | {ooms:.0f} | {restarts:.0f} | {sys.argv[3]} |")
+sys.exit(0 if ok == 256 and ooms > 0 else 1)
+EOF2
+fi
+
+if [ -z "$levels" ] || [ "${GLMSERVE_SERVE_SWEEP:-1}" != 1 ]; then trap - EXIT; exit $status; fi
+start_server "$out/serve.log"
 
 load() {  # load NAME FLAGS...: glmload through gRPC, streaming, the sweep
   local name=$1; shift
   echo "== glmload $name: $*"
-  "$build/bench/glmload" --target "127.0.0.1:$port" --stream --sweep "$levels" --duration "$duration" \
-    --prompt-len 128 --max-new-tokens 128 --deadline-ms 300000 --no-progress \
+  glmload_grpc --sweep "$levels" --duration "$duration" --prompt-len 128 --max-new-tokens 128 \
     --json-out "$out/serve_$name.json" "$@" >"$out/serve_$name.md" 2>"$out/serve_$name.log" \
     || { echo "glmload $name: exit $? (errors or failed; $out/serve_$name.log)"; status=1; }
   cat "$out/serve_$name.md"
