@@ -1,7 +1,6 @@
 #include "server/watchdog.h"
 
 #include <algorithm>
-#include <future>
 #include <utility>
 #include <vector>
 
@@ -11,36 +10,75 @@
 namespace glmserve {
 namespace {
 
-using SteadyClock = std::chrono::steady_clock;
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now().time_since_epoch()).count();
+int64_t SinceEpochNs(Clock::TimePoint t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
-double MsSince(SteadyClock::time_point t) {
-  return std::chrono::duration<double, std::milli>(SteadyClock::now() - t).count();
+double MsBetween(Clock::TimePoint from, Clock::TimePoint to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
 }
+
+// Longest real-time wait between checks of the clock. A real clock is waited on exactly; a fake
+// one wakes the waiter through its advance listener, and this bound only covers a wake-up lost
+// between the waiter's check and its wait.
+constexpr std::chrono::milliseconds kMaxWait{200};
 
 }  // namespace
 
+absl::Status ValidateWatchdogOptions(const WatchdogOptions& o) {
+  if (o.stall_timeout.count() <= 0) return absl::InvalidArgumentError("stall_timeout: must be > 0");
+  if (o.backoff_initial.count() < 0) return absl::InvalidArgumentError("backoff_initial: must be >= 0");
+  if (o.backoff_max.count() < 0) return absl::InvalidArgumentError("backoff_max: must be >= 0");
+  if (o.max_failures < 1) return absl::InvalidArgumentError("max_failures: must be >= 1");
+  if (o.window.count() <= 0) return absl::InvalidArgumentError("window: must be > 0");
+  if (o.canary_interval.count() < 0) return absl::InvalidArgumentError("canary_interval: must be >= 0 (0 = off)");
+  if (o.warmup_timeout.count() <= 0) return absl::InvalidArgumentError("warmup_timeout: must be > 0");
+  return absl::OkStatus();
+}
+
 absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id,
-                          std::chrono::milliseconds timeout) {
+                          std::chrono::milliseconds timeout, Clock& clock) {
+  struct Done {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    absl::Status status;
+  };
+  auto done = std::make_shared<Done>();
   InferenceRequest request;
   request.request_id = request_id;
   request.input_ids = {0};
   request.params.max_new_tokens = 1;
-  request.deadline = SteadyClock::now() + timeout;
-  auto done = std::make_shared<std::promise<absl::Status>>();
-  std::future<absl::Status> result = done->get_future();
+  request.deadline = clock.Now() + timeout;
   RequestCallbacks callbacks;
-  callbacks.on_done = [done](const RequestResult& r) { done->set_value(r.status); };
+  callbacks.on_done = [done](const RequestResult& r) {
+    {
+      std::lock_guard<std::mutex> lock(done->mu);
+      done->done = true;
+      done->status = r.status;
+    }
+    done->cv.notify_all();
+  };
+  const Clock::TimePoint give_up = clock.Now() + timeout + std::chrono::seconds(1);
   absl::Status submitted = engine->Submit(std::move(request), std::move(callbacks));
   if (!submitted.ok()) return submitted;
-  if (result.wait_for(timeout + std::chrono::seconds(1)) != std::future_status::ready) {
+  const int64_t listener = clock.AddAdvanceListener([done] {
+    { std::lock_guard<std::mutex> lock(done->mu); }  // a waiter between its check and its wait
+    done->cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(done->mu);
+  for (Clock::TimePoint now = clock.Now(); !done->done && now < give_up; now = clock.Now()) {
+    done->cv.wait_for(lock, std::min<Clock::Duration>(give_up - now, kMaxWait));
+  }
+  const bool finished = done->done;
+  const absl::Status status = done->status;
+  lock.unlock();
+  clock.RemoveAdvanceListener(listener);
+  if (!finished) {
     return absl::DeadlineExceededError(
         absl::StrCat(request_id, ": 1-token forward did not finish within ", timeout.count(), " ms"));
   }
-  return result.get();
+  return status;
 }
 
 // One accepted request. `generation` is the engine holding it; -1 while it waits for a rebuilt
@@ -54,13 +92,22 @@ struct SelfHealingEngine::Tracked {
   std::mutex cb_mu;  // held while the client's callbacks run: none after the final on_done
 };
 
-SelfHealingEngine::SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks)
-    : options_(options), factory_(std::move(factory)), hooks_(std::move(hooks)) {}
+SelfHealingEngine::SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks,
+                                     std::shared_ptr<Clock> clock)
+    : options_(options), factory_(std::move(factory)), hooks_(std::move(hooks)), clock_(std::move(clock)) {
+  clock_listener_ = clock_->AddAdvanceListener([this] {
+    { std::lock_guard<std::mutex> lock(mu_); }  // a waiter between its check and its wait
+    cv_.notify_all();
+  });
+}
 
 absl::StatusOr<std::unique_ptr<SelfHealingEngine>> SelfHealingEngine::Create(
-    WatchdogOptions options, EngineFactory factory, Hooks hooks) {
+    WatchdogOptions options, EngineFactory factory, Hooks hooks, std::shared_ptr<Clock> clock) {
+  if (absl::Status valid = ValidateWatchdogOptions(options); !valid.ok()) return valid;
+  if (factory == nullptr) return absl::InvalidArgumentError("factory: must be set");
+  if (clock == nullptr) clock = std::make_shared<RealClock>();
   std::unique_ptr<SelfHealingEngine> e(
-      new SelfHealingEngine(options, std::move(factory), std::move(hooks)));
+      new SelfHealingEngine(options, std::move(factory), std::move(hooks), std::move(clock)));
   absl::StatusOr<EngineInstance> first = e->Build(0);
   if (!first.ok()) return first.status();
   e->model_info_ = first->engine->model_info();
@@ -68,29 +115,63 @@ absl::StatusOr<std::unique_ptr<SelfHealingEngine>> SelfHealingEngine::Create(
     std::lock_guard<std::mutex> lock(e->mu_);
     e->keepalive_ = std::move(first->keepalive);
     e->engine_ = std::move(first->engine);
-    e->last_activity_ = SteadyClock::now();
+    e->last_activity_ = e->clock_->Now();
   }
   e->watchdog_ = std::thread([p = e.get()] { p->WatchLoop(); });
   return e;
 }
 
-SelfHealingEngine::~SelfHealingEngine() { Shutdown(); }
+SelfHealingEngine::~SelfHealingEngine() {
+  clock_->RemoveAdvanceListener(clock_listener_);
+  Shutdown();
+  std::list<Reaper> reapers;
+  {
+    std::lock_guard<std::mutex> lock(reapers_mu_);
+    reapers.swap(reapers_);
+  }
+  for (Reaper& r : reapers) r.thread.join();
+}
+
+bool SelfHealingEngine::WaitUntil(std::unique_lock<std::mutex>& lock, Clock::TimePoint deadline) {
+  for (Clock::TimePoint now = clock_->Now(); !stopping_ && now < deadline; now = clock_->Now()) {
+    cv_.wait_for(lock, std::min<Clock::Duration>(deadline - now, kMaxWait));
+  }
+  return !stopping_;
+}
+
+bool SelfHealingEngine::WaitNoStuckEngine(std::chrono::milliseconds timeout) {
+  std::list<Reaper> finished;
+  bool none_left = false;
+  {
+    std::unique_lock<std::mutex> lock(reapers_mu_);
+    none_left = reapers_cv_.wait_for(lock, timeout, [this] {
+      return std::all_of(reapers_.begin(), reapers_.end(), [](const Reaper& r) { return r.done; });
+    });
+    for (auto it = reapers_.begin(); it != reapers_.end();) {
+      auto next = std::next(it);
+      if (it->done) finished.splice(finished.end(), reapers_, it);
+      it = next;
+    }
+  }
+  for (Reaper& r : finished) r.thread.join();
+  return none_left;
+}
 
 absl::StatusOr<EngineInstance> SelfHealingEngine::Build(int generation) {
   absl::StatusOr<EngineInstance> built = factory_(
       generation, [this, generation](int32_t, const absl::Status& s) { OnStepEnd(generation, s); });
   if (!built.ok()) return built.status();
   absl::Status warm = WarmUpEngine(built->engine.get(), absl::StrCat("warmup-", generation),
-                                   options_.warmup_timeout);
+                                   options_.warmup_timeout, *clock_);
   if (!warm.ok()) {
-    Bury(std::move(*built));
+    Bury(std::move(built->engine), std::move(built->keepalive));
     return absl::UnavailableError(absl::StrCat("warm-up failed: ", warm.ToString()));
   }
   return built;
 }
 
 void SelfHealingEngine::OnStepEnd(int generation, const absl::Status& status) {
-  last_beat_ns_ = NowNs();
+  last_beat_ns_ = SinceEpochNs(clock_->Now());
   if (status.ok() || absl::IsResourceExhausted(status)) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -108,7 +189,7 @@ RequestCallbacks SelfHealingEngine::Wrap(const std::shared_ptr<Tracked>& t, int 
       std::lock_guard<std::mutex> lock(mu_);
       if (t->generation != generation || t->done) return;
       if (!t->callbacks.replayable_after_tokens) t->streamed = true;
-      last_activity_ = SteadyClock::now();
+      last_activity_ = clock_->Now();
     }
     std::lock_guard<std::mutex> cb_lock(t->cb_mu);
     if (t->callbacks.on_tokens) t->callbacks.on_tokens(ids);
@@ -131,7 +212,7 @@ void SelfHealingEngine::Resolve(const std::shared_ptr<Tracked>& t, const Request
     if (t->done) return;
     t->done = true;
     tracked_.erase(t->request.request_id);
-    last_activity_ = SteadyClock::now();
+    last_activity_ = clock_->Now();
     if (tracked_.empty()) idle_cv_.notify_all();
   }
   std::lock_guard<std::mutex> cb_lock(t->cb_mu);
@@ -156,7 +237,7 @@ absl::Status SelfHealingEngine::Submit(InferenceRequest request, RequestCallback
   t->generation = generation_;
   absl::Status s = engine_->Submit(std::move(request), Wrap(t, generation_));
   if (!s.ok()) return s;
-  if (tracked_.empty()) busy_since_ = SteadyClock::now();
+  if (tracked_.empty()) busy_since_ = clock_->Now();
   tracked_.emplace(t->request.request_id, t);
   return absl::OkStatus();
 }
@@ -235,15 +316,23 @@ EngineStats SelfHealingEngine::stats() const {
   return engine != nullptr ? engine->stats() : EngineStats();
 }
 
-void SelfHealingEngine::Bury(EngineInstance instance) {
+void SelfHealingEngine::Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive) {
+  WaitNoStuckEngine(std::chrono::milliseconds(0));  // joins the reapers that finished
   ++graveyard_;
+  std::lock_guard<std::mutex> lock(reapers_mu_);
+  Reaper& reaper = reapers_.emplace_back();
   // A stalled engine thread cannot be interrupted: shut it down off the watchdog thread.
-  std::thread([this, instance = std::make_shared<EngineInstance>(std::move(instance))]() mutable {
-    instance->engine->Shutdown();
-    instance->engine.reset();
-    instance->keepalive.reset();
+  reaper.thread = std::thread([this, &reaper, engine = std::move(engine), keepalive = std::move(keepalive)]() mutable {
+    engine->Shutdown();
+    engine.reset();
+    keepalive.reset();  // the model after its engine
     --graveyard_;
-  }).detach();
+    {
+      std::lock_guard<std::mutex> lock(reapers_mu_);
+      reaper.done = true;
+    }
+    reapers_cv_.notify_all();
+  });
 }
 
 void SelfHealingEngine::WatchLoop() {
@@ -255,14 +344,15 @@ void SelfHealingEngine::WatchLoop() {
     bool canary = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
+      // Faults, shutdown and a fake clock's advances notify cv_; the tick covers a real clock.
       cv_.wait_for(lock, tick);
       if (stopping_) return;
       if (state_ != State::kServing) continue;
-      const auto now = SteadyClock::now();
+      const auto now = clock_->Now();
       if (faulted_generation_ == generation_) {
         why = fault_;
       } else if (!tracked_.empty()) {
-        const SteadyClock::time_point beat{std::chrono::nanoseconds(last_beat_ns_.load())};
+        const Clock::TimePoint beat{std::chrono::nanoseconds(last_beat_ns_.load())};
         const auto since = now - std::max(beat, busy_since_);
         if (since > options_.stall_timeout) {
           why = absl::StrCat("engine stalled: no step finished for ",
@@ -283,7 +373,7 @@ void SelfHealingEngine::WatchLoop() {
         engine = engine_;
       }
       absl::Status s = WarmUpEngine(engine.get(), absl::StrCat("canary-", ++canaries_),
-                                    options_.stall_timeout);
+                                    options_.stall_timeout, *clock_);
       if (s.ok()) {
         LogEvent(LogLevel::kDebug, "canary_ok", "", "idle canary forward ok");
       } else if (!absl::IsUnavailable(s)) {  // UNAVAILABLE: draining or shut down meanwhile
@@ -296,7 +386,10 @@ void SelfHealingEngine::WatchLoop() {
 
 void SelfHealingEngine::Recover(const std::string& first_why) {
   std::string why = first_why;
-  const auto fault_time = SteadyClock::now();
+  const auto fault_time = clock_->Now();
+  // When the fault being handled happened: the backoff and the crash-loop window count from it,
+  // not from when this thread got round to it (a fake clock may move in between).
+  Clock::TimePoint failed_at = fault_time;
   std::vector<std::shared_ptr<Tracked>> requeue;
   std::vector<std::pair<std::shared_ptr<Tracked>, int>> fail;  // streamed already
   int old_generation = 0;
@@ -336,21 +429,14 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       engine = std::move(engine_);
       keepalive = std::move(keepalive_);
     }
-    // A stalled engine thread cannot be interrupted: shut it down off the watchdog thread.
-    ++graveyard_;
-    std::thread([this, engine, keepalive]() mutable {
-      engine->Shutdown();
-      engine.reset();
-      keepalive.reset();
-      --graveyard_;
-    }).detach();
+    Bury(std::move(engine), std::move(keepalive));
   }
 
   for (;;) {
     int failures = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      const auto now = SteadyClock::now();
+      const auto now = failed_at;
       failures_.push_back(now);
       while (!failures_.empty() && now - failures_.front() > options_.window) failures_.pop_front();
       failures = static_cast<int>(failures_.size());
@@ -388,8 +474,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
              {{"backoff_ms", delay.count()}, {"failures_in_window", failures}});
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, delay, [this] { return stopping_; });
-      if (stopping_) continue;  // handled at the top
+      if (!WaitUntil(lock, failed_at + delay)) continue;  // stopping: handled at the top
     }
     int generation = 0;
     {
@@ -399,6 +484,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     absl::StatusOr<EngineInstance> built = Build(generation);
     if (!built.ok()) {
       why = absl::StrCat("rebuild failed: ", built.status().ToString());
+      failed_at = clock_->Now();
       LogEvent(LogLevel::kError, "engine_rebuild_failed", "", why, {{"generation", generation}});
       continue;
     }
@@ -416,7 +502,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
         absl::Status s = engine_->Submit(std::move(copy), Wrap(t, generation));
         if (!s.ok()) refused.emplace_back(t, s);
       }
-      busy_since_ = SteadyClock::now();
+      busy_since_ = clock_->Now();
       last_activity_ = busy_since_;
       state_ = State::kServing;
       reason_.clear();
@@ -436,9 +522,9 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     }
     if (hooks_.on_health && !draining) hooks_.on_health(true);
     LogEvent(LogLevel::kInfo, "engine_restarted", "",
-             absl::StrCat("engine rebuilt and serving again after ", static_cast<int64_t>(MsSince(fault_time)),
-                          " ms"),
-             {{"generation", generation}, {"downtime_ms", MsSince(fault_time)},
+             absl::StrCat("engine rebuilt and serving again after ",
+                          static_cast<int64_t>(MsBetween(fault_time, clock_->Now())), " ms"),
+             {{"generation", generation}, {"downtime_ms", MsBetween(fault_time, clock_->Now())},
               {"requeued", requeue.size() - refused.size()}});
     return;
   }

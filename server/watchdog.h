@@ -5,6 +5,11 @@
 // applies), tears the engine down, builds a new one (reload, warm-up) after an exponential
 // backoff, and goes SERVING again. After max_failures faults within `window` it stays
 // NOT_SERVING and says why. LibTorch- and gRPC-free. Contract: docs/operations.md.
+//
+// Time comes from an injected Clock (runtime/engine/clock.h), as in the engine: with a FakeClock
+// stall, backoff, crash-loop window and canary behaviour are tested without sleeping. Threads: one
+// watchdog thread, and one reaper thread per torn-down engine (a stalled step cannot be
+// interrupted, so it is shut down off the watchdog thread); all are owned and joined.
 #pragma once
 
 #include <atomic>
@@ -13,32 +18,43 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "runtime/engine.h"
+#include "runtime/engine/clock.h"
 
 namespace glmserve {
 
 struct WatchdogOptions {
   // A step (or, with work in flight, the gap between heartbeats) longer than this is a fault.
+  // Must be > 0.
   std::chrono::milliseconds stall_timeout{60'000};
-  // Delay before rebuild n (1-based, counted within `window`): initial * 2^(n-1), at most max.
+  // Delay before rebuild n (1-based, counted within `window`): initial * 2^(n-1), at most
+  // backoff_max. Both must be >= 0 (0 = rebuild at once).
   std::chrono::milliseconds backoff_initial{500};
   std::chrono::milliseconds backoff_max{30'000};
-  // This many faults within `window` and the engine is not rebuilt again (crash loop).
+  // This many faults within `window` and the engine is not rebuilt again (crash loop): it stays
+  // NOT_SERVING and Submit answers UNAVAILABLE with the reason. Must be >= 1.
   int32_t max_failures = 5;
+  // The sliding window over which faults are counted. Must be > 0.
   std::chrono::milliseconds window{600'000};
-  // While no request is in flight, a 1-token forward every interval; 0 = off.
+  // While no request is in flight, a 1-token forward every interval; 0 = off. Must be >= 0.
   std::chrono::milliseconds canary_interval{0};
-  // Each new engine must finish a 1-token warm-up request within this.
+  // Each new engine must finish a 1-token warm-up request within this, or the build fails
+  // (UNAVAILABLE). Must be > 0.
   std::chrono::milliseconds warmup_timeout{300'000};
 };
+
+// INVALID_ARGUMENT naming the first bad field.
+absl::Status ValidateWatchdogOptions(const WatchdogOptions& options);
 
 // A built engine plus whatever must outlive it (the model runner), destroyed engine first.
 struct EngineInstance {
@@ -50,9 +66,10 @@ struct EngineInstance {
 using EngineFactory = std::function<absl::StatusOr<EngineInstance>(
     int generation, std::function<void(int32_t, const absl::Status&)> on_step_end)>;
 
-// Sends a 1-token request and waits for it: a real forward pass.
+// Sends a 1-token request and waits for it: a real forward pass. The request's deadline is
+// `timeout` on `clock`; the wait gives up (DEADLINE_EXCEEDED) a second after it.
 absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id,
-                          std::chrono::milliseconds timeout);
+                          std::chrono::milliseconds timeout, Clock& clock);
 
 class SelfHealingEngine final : public InferenceEngine {
  public:
@@ -60,11 +77,14 @@ class SelfHealingEngine final : public InferenceEngine {
     std::function<void(bool serving)> on_health;  // health status changes
     std::function<void()> on_restart;             // an engine was rebuilt and is serving
   };
-  // Builds and warms engine 0; its error is returned as is. Health is reported SERVING by the
-  // caller (the first time); later transitions go through hooks.on_health.
-  static absl::StatusOr<std::unique_ptr<SelfHealingEngine>> Create(WatchdogOptions options,
-                                                                   EngineFactory factory,
-                                                                   Hooks hooks);
+  // Validates `options` (INVALID_ARGUMENT), then builds and warms engine 0; its error is returned
+  // as is. Health is reported SERVING by the caller (the first time); later transitions go
+  // through hooks.on_health. `clock` null = RealClock.
+  static absl::StatusOr<std::unique_ptr<SelfHealingEngine>> Create(
+      WatchdogOptions options, EngineFactory factory, Hooks hooks,
+      std::shared_ptr<Clock> clock = nullptr);
+  // Shutdown(), then joins every reaper: waits for engines still inside a stalled step (serve
+  // exits with std::_Exit instead when HasStuckEngine()).
   ~SelfHealingEngine() override;
 
   absl::Status Submit(InferenceRequest request, RequestCallbacks callbacks) override;
@@ -78,23 +98,30 @@ class SelfHealingEngine final : public InferenceEngine {
   int64_t restarts() const { return restarts_.load(); }
   // True while an engine torn down after a stall has not finished shutting down.
   bool HasStuckEngine() const { return graveyard_.load() > 0; }
+  // Waits (real time) until no torn-down engine is still shutting down; true when none is.
+  bool WaitNoStuckEngine(std::chrono::milliseconds timeout);
 
  private:
   struct Tracked;
   enum class State { kServing, kRecovering, kFailed };
 
-  SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks);
+  SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks,
+                    std::shared_ptr<Clock> clock);
   absl::StatusOr<EngineInstance> Build(int generation);
   RequestCallbacks Wrap(const std::shared_ptr<Tracked>& t, int generation);
   void OnStepEnd(int generation, const absl::Status& status);
   void WatchLoop();
   void Recover(const std::string& why);
   void Resolve(const std::shared_ptr<Tracked>& t, const RequestResult& result);
-  void Bury(EngineInstance instance);
+  void Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive);
+  // Waits on cv_ until `deadline` on clock_ or until stopping_; false when stopping.
+  bool WaitUntil(std::unique_lock<std::mutex>& lock, Clock::TimePoint deadline);
 
   const WatchdogOptions options_;
   const EngineFactory factory_;
   const Hooks hooks_;
+  const std::shared_ptr<Clock> clock_;
+  int64_t clock_listener_ = 0;
   ModelInfo model_info_;
 
   mutable std::mutex mu_;
@@ -110,14 +137,25 @@ class SelfHealingEngine final : public InferenceEngine {
   int faulted_generation_ = -1;              // guarded by mu_
   std::string fault_;                        // guarded by mu_
   std::unordered_map<std::string, std::shared_ptr<Tracked>> tracked_;  // guarded by mu_
-  std::chrono::steady_clock::time_point busy_since_;                   // guarded by mu_
-  std::chrono::steady_clock::time_point last_activity_;                // guarded by mu_
-  std::deque<std::chrono::steady_clock::time_point> failures_;         // guarded by mu_
+  Clock::TimePoint busy_since_;                                        // guarded by mu_
+  Clock::TimePoint last_activity_;                                     // guarded by mu_
+  std::deque<Clock::TimePoint> failures_;                              // guarded by mu_
+  // Nanoseconds of clock_'s time_since_epoch at the last step end: written on engine threads
+  // without mu_, so a step end never waits for the watchdog.
   std::atomic<int64_t> last_beat_ns_{0};
   std::atomic<int64_t> restarts_{0};
   std::atomic<int> graveyard_{0};
-  int64_t canaries_ = 0;
+  int64_t canaries_ = 0;  // watchdog thread only
   std::thread watchdog_;
+  // One per torn-down engine; finished ones are joined when the next is started and by
+  // WaitNoStuckEngine, the rest by the destructor.
+  struct Reaper {
+    std::thread thread;
+    bool done = false;  // guarded by reapers_mu_
+  };
+  std::mutex reapers_mu_;
+  std::condition_variable reapers_cv_;
+  std::list<Reaper> reapers_;  // guarded by reapers_mu_; a list, so a running reaper's entry stays put
 };
 
 }  // namespace glmserve

@@ -1,17 +1,21 @@
 // SelfHealingEngine (server/watchdog.h) over the real engine and tests/engine's FakeExecutor:
-// faults are the scheduler's injected ones; no gRPC, no LibTorch, no model files.
+// faults are the scheduler's injected ones and the executor's gate; no gRPC, no LibTorch, no
+// model files. Time is a FakeClock shared by the watchdog and its engines: the tests advance it
+// and wait for events (a request's end, a health change, a restart), never for time to pass.
 #include "server/watchdog.h"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <vector>
 
+#include "runtime/engine/clock.h"
 #include "runtime/engine/engine_impl.h"
 #include "server/logging.h"
 #include "tests/engine/fake_executor.h"
@@ -21,6 +25,9 @@ namespace glmserve {
 namespace {
 
 using namespace std::chrono_literals;
+
+// Bounds every wait for an event, so a broken watchdog fails the test instead of hanging it.
+constexpr auto kEventTimeout = 20s;
 
 struct Outcome {
   absl::Status status;
@@ -33,15 +40,20 @@ class Harness {
   // `faults(generation)` gives each engine its fault injection.
   explicit Harness(std::function<FaultInjectionOptions(int)> faults, WatchdogOptions w = Defaults()) {
     ConfigureLogging("error", "text").IgnoreError();
-    EngineFactory factory = [faults](int generation, std::function<void(int32_t, const absl::Status&)> beat)
+    EngineFactory factory = [this, faults](int generation,
+                                           std::function<void(int32_t, const absl::Status&)> beat)
         -> absl::StatusOr<EngineInstance> {
       EngineOptions o;
       o.scheduler.max_batch_size = 8;
       o.scheduler.faults = faults(generation);
       o.scheduler.log = [](const std::string&) {};
       o.on_step_end = beat;
-      auto e = CreateInferenceEngine(o, std::make_unique<testing::FakeExecutor>(4, 256, 1000),
-                                     testing::TestModelInfo());
+      auto executor = std::make_unique<testing::FakeExecutor>(4, 256, 1000);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        executors_[generation] = executor.get();
+      }
+      auto e = CreateInferenceEngine(o, std::move(executor), testing::TestModelInfo(), clock_);
       if (!e.ok()) return e.status();
       EngineInstance instance;
       instance.engine = std::move(*e);
@@ -49,17 +61,27 @@ class Harness {
     };
     SelfHealingEngine::Hooks hooks;
     hooks.on_health = [this](bool serving) {
-      std::lock_guard<std::mutex> lock(mu_);
-      health_.push_back(serving);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        health_.push_back(serving);
+      }
+      cv_.notify_all();
     };
-    auto e = SelfHealingEngine::Create(w, factory, hooks);
+    hooks.on_restart = [this] {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++restarts_seen_;
+      }
+      cv_.notify_all();
+    };
+    auto e = SelfHealingEngine::Create(w, factory, hooks, clock_);
     EXPECT_TRUE(e.ok()) << e.status();
-    engine_ = std::move(*e);
+    if (e.ok()) engine_ = std::move(*e);
   }
   static WatchdogOptions Defaults() {
     WatchdogOptions w;
     w.stall_timeout = 300ms;
-    w.backoff_initial = 10ms;
+    w.backoff_initial = 0ms;  // rebuild at once; BackoffWaitsForTheClock sets its own
     w.max_failures = 3;
     w.warmup_timeout = 5s;
     return w;
@@ -87,58 +109,82 @@ class Harness {
     std::lock_guard<std::mutex> lock(mu_);
     return health_;
   }
+  // Waits until `n` health changes were reported.
+  bool WaitHealthChanges(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kEventTimeout, [&] { return health_.size() >= n; });
+  }
+  bool WaitRestarts(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kEventTimeout, [&] { return restarts_seen_ >= n; });
+  }
+  testing::FakeExecutor* executor(int generation) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return executors_.at(generation);
+  }
   SelfHealingEngine& engine() { return *engine_; }
+  FakeClock& clock() { return *clock_; }
 
  private:
+  std::shared_ptr<FakeClock> clock_ = std::make_shared<FakeClock>();
   std::mutex mu_;
+  std::condition_variable cv_;
   std::vector<bool> health_;
-  std::unique_ptr<SelfHealingEngine> engine_;
+  int restarts_seen_ = 0;
+  std::map<int, testing::FakeExecutor*> executors_;  // owned by the engines
+  std::unique_ptr<SelfHealingEngine> engine_;        // last: destroyed first
 };
 
 Outcome Get(std::future<Outcome>& f) {
-  EXPECT_EQ(f.wait_for(20s), std::future_status::ready);
+  EXPECT_EQ(f.wait_for(kEventTimeout), std::future_status::ready);
   return f.get();
 }
 
 TEST(WatchdogTest, ExceptionRebuildsRequeuesUnaryAndFailsStreamedOnes) {
   Harness h([](int gen) {
     FaultInjectionOptions f;
-    f.step_latency = 2ms;
-    if (gen == 0) f.throw_on_step = 6;  // after warm-up and a few decode steps
+    if (gen == 0) f.throw_on_step = 6;  // warm-up is step 1; both requests are decoding by then
     return f;
   });
+  // "u" alone in step 2 and "s" joining at step 3: "s" has streamed tokens when step 6 throws.
+  h.executor(0)->CloseGate();
   auto unary = h.Run("u", /*stream=*/false);
+  ASSERT_TRUE(h.executor(0)->WaitBlockedAtGate(kEventTimeout));
   auto streamed = h.Run("s", /*stream=*/true);
+  h.executor(0)->Open();
   Outcome u = Get(unary), s = Get(streamed);
   EXPECT_TRUE(u.status.ok()) << u.status;
   EXPECT_EQ(u.tokens, 8u) << "rerun from scratch on the new engine";
   EXPECT_TRUE(absl::IsUnavailable(s.status)) << s.status;
   EXPECT_NE(s.status.message().find("already sent"), absl::string_view::npos) << s.status;
   EXPECT_GT(s.streamed, 0u);
+  // The requeued request may finish on the new engine before the rebuild is counted.
+  ASSERT_TRUE(h.WaitRestarts(1));
   EXPECT_EQ(h.engine().restarts(), 1);
+  ASSERT_TRUE(h.WaitHealthChanges(2));
   EXPECT_EQ(h.health(), (std::vector<bool>{false, true}));
   auto after = h.Run("after", false);
   EXPECT_TRUE(Get(after).status.ok());
 }
 
 TEST(WatchdogTest, StallPastTheTimeoutRebuildsWithoutWaitingForTheStuckStep) {
-  Harness h([](int gen) {
-    FaultInjectionOptions f;
-    if (gen == 0) {
-      f.stall_on_step = 3;
-      f.stall_duration = 3000ms;
-    }
-    return f;
-  });
-  const auto start = std::chrono::steady_clock::now();
+  Harness h([](int) { return FaultInjectionOptions(); });
+  h.executor(0)->CloseGate();  // the next step of engine 0 hangs until Open()
   auto a = h.Run("a", false), b = h.Run("b", false);
+  ASSERT_TRUE(h.executor(0)->WaitBlockedAtGate(kEventTimeout));
+  h.clock().Advance(299ms);
+  EXPECT_EQ(h.engine().restarts(), 0) << "not a stall yet";
+  h.clock().Advance(2ms);
   EXPECT_TRUE(Get(a).status.ok());
   EXPECT_TRUE(Get(b).status.ok());
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 2500ms) << "recovered before the stuck step ended";
+  ASSERT_TRUE(h.WaitRestarts(1));
   EXPECT_EQ(h.engine().restarts(), 1);
-  EXPECT_TRUE(h.engine().HasStuckEngine());
-  for (int i = 0; i < 100 && h.engine().HasStuckEngine(); ++i) std::this_thread::sleep_for(50ms);
-  EXPECT_FALSE(h.engine().HasStuckEngine()) << "the stalled engine is shut down once its step returns";
+  EXPECT_TRUE(h.engine().HasStuckEngine()) << "engine 0 is still inside its step";
+  EXPECT_FALSE(h.engine().WaitNoStuckEngine(0ms));
+  h.executor(0)->Open();
+  EXPECT_TRUE(h.engine().WaitNoStuckEngine(kEventTimeout))
+      << "the stalled engine is shut down once its step returns";
+  EXPECT_FALSE(h.engine().HasStuckEngine());
 }
 
 TEST(WatchdogTest, CrashLoopStaysNotServingAndSaysWhy) {
@@ -147,17 +193,78 @@ TEST(WatchdogTest, CrashLoopStaysNotServingAndSaysWhy) {
     f.throw_on_step = 2;  // every engine: warm-up is step 1, the first real step throws
     return f;
   });
-  bool gave_up = false;
-  for (int i = 0; i < 500 && !gave_up; ++i) {
-    auto r = h.Run("r" + std::to_string(i), false, 2);
-    Outcome o = Get(r);
-    EXPECT_TRUE(absl::IsUnavailable(o.status)) << o.status;  // a fault, a restart, or the give-up
-    gave_up = o.status.message().find("crash loop") != absl::string_view::npos;
-    if (!gave_up) std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_TRUE(gave_up);
+  // A unary request that never streamed is requeued on every rebuilt engine, so it sees the
+  // whole loop: 3 faults, 2 rebuilds, then the give-up.
+  auto r = h.Run("r", false, 2);
+  Outcome o = Get(r);
+  EXPECT_TRUE(absl::IsUnavailable(o.status)) << o.status;
+  EXPECT_NE(o.status.message().find("crash loop"), absl::string_view::npos) << o.status;
   EXPECT_EQ(h.engine().restarts(), 2) << "3 faults: 2 rebuilds, then none";
   EXPECT_EQ(h.health().back(), false);
+  auto refused = h.Run("later", false);
+  Outcome later = Get(refused);
+  EXPECT_TRUE(absl::IsUnavailable(later.status)) << later.status;
+  EXPECT_NE(later.status.message().find("crash loop"), absl::string_view::npos) << later.status;
+}
+
+TEST(WatchdogTest, FaultsOutsideTheWindowDoNotCountTowardsTheCrashLoop) {
+  WatchdogOptions w = Harness::Defaults();
+  w.max_failures = 2;
+  w.window = 10s;
+  Harness h(
+      [](int gen) {
+        FaultInjectionOptions f;
+        if (gen < 2) f.throw_on_step = 2;
+        return f;
+      },
+      w);
+  auto first = h.Run("first", false, 1);
+  // Engine 0 faults, engine 1 is built and the request faults it too: 2 within the window.
+  Outcome o = Get(first);
+  EXPECT_NE(o.status.message().find("crash loop"), absl::string_view::npos) << o.status;
+
+  // Engine 0 faults on the first request, engine 1 serves it and faults on the next one, 11 s
+  // later: the first fault has left the window, so engine 2 is built and serves.
+  Harness spaced(
+      [](int gen) {
+        FaultInjectionOptions f;
+        if (gen == 0) f.throw_on_step = 2;
+        if (gen == 1) f.throw_on_step = 3;
+        return f;
+      },
+      w);
+  auto one = spaced.Run("one", false, 1);
+  EXPECT_TRUE(Get(one).status.ok());
+  ASSERT_TRUE(spaced.WaitRestarts(1));
+  spaced.clock().Advance(11s);
+  auto two = spaced.Run("two", false, 1);
+  EXPECT_TRUE(Get(two).status.ok()) << "a second fault 11 s later is not a crash loop";
+  ASSERT_TRUE(spaced.WaitRestarts(2));
+  EXPECT_EQ(spaced.engine().restarts(), 2);
+}
+
+TEST(WatchdogTest, BackoffWaitsForTheClock) {
+  WatchdogOptions w = Harness::Defaults();
+  w.backoff_initial = 1h;  // never reached unless the test advances the clock
+  w.backoff_max = 2h;
+  Harness h(
+      [](int gen) {
+        FaultInjectionOptions f;
+        if (gen == 0) f.throw_on_step = 2;
+        return f;
+      },
+      w);
+  auto r = h.Run("r", false, 2);
+  ASSERT_TRUE(h.WaitHealthChanges(1));
+  EXPECT_EQ(h.health(), std::vector<bool>{false});
+  auto refused = h.Run("during", false);
+  Outcome during = Get(refused);
+  EXPECT_TRUE(absl::IsUnavailable(during.status)) << during.status;
+  EXPECT_NE(during.status.message().find("restarting"), absl::string_view::npos) << during.status;
+  EXPECT_EQ(h.engine().restarts(), 0);
+  h.clock().Advance(1h);
+  ASSERT_TRUE(h.WaitRestarts(1));
+  EXPECT_TRUE(Get(r).status.ok()) << "requeued on the rebuilt engine";
 }
 
 TEST(WatchdogTest, IdleCanaryFindsABrokenEngineWithoutClientTraffic) {
@@ -170,11 +277,38 @@ TEST(WatchdogTest, IdleCanaryFindsABrokenEngineWithoutClientTraffic) {
         return f;
       },
       w);
-  for (int i = 0; i < 100 && h.engine().restarts() == 0; ++i) std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(h.engine().restarts(), 0);
+  h.clock().Advance(51ms);
+  ASSERT_TRUE(h.WaitRestarts(1));
   EXPECT_EQ(h.engine().restarts(), 1);
+  ASSERT_TRUE(h.WaitHealthChanges(2));
   EXPECT_EQ(h.health(), (std::vector<bool>{false, true}));
   auto r = h.Run("after", false);
   EXPECT_TRUE(Get(r).status.ok());
+}
+
+TEST(WatchdogTest, CreateRefusesBadOptionsNamingTheField) {
+  EngineFactory never = [](int, std::function<void(int32_t, const absl::Status&)>)
+      -> absl::StatusOr<EngineInstance> {
+    ADD_FAILURE() << "no engine is built with bad options";
+    return absl::InternalError("unreachable");
+  };
+  auto bad = [&](auto mutate, const std::string& field) {
+    WatchdogOptions w;
+    mutate(w);
+    auto e = SelfHealingEngine::Create(w, never, {}, std::make_shared<FakeClock>());
+    ASSERT_FALSE(e.ok()) << field;
+    EXPECT_TRUE(absl::IsInvalidArgument(e.status())) << e.status();
+    EXPECT_NE(e.status().message().find(field), absl::string_view::npos) << e.status();
+  };
+  bad([](WatchdogOptions& w) { w.stall_timeout = 0ms; }, "stall_timeout");
+  bad([](WatchdogOptions& w) { w.backoff_initial = -1ms; }, "backoff_initial");
+  bad([](WatchdogOptions& w) { w.backoff_max = -1ms; }, "backoff_max");
+  bad([](WatchdogOptions& w) { w.max_failures = 0; }, "max_failures");
+  bad([](WatchdogOptions& w) { w.window = 0ms; }, "window");
+  bad([](WatchdogOptions& w) { w.canary_interval = -1ms; }, "canary_interval");
+  bad([](WatchdogOptions& w) { w.warmup_timeout = 0ms; }, "warmup_timeout");
+  EXPECT_TRUE(ValidateWatchdogOptions(WatchdogOptions()).ok());
 }
 
 }  // namespace
