@@ -33,29 +33,28 @@ double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::durati
 
 int main(int argc, char** argv) {
   glmserve::bench::ModelFlags model_flags;
-  std::string batch_sizes_text = "1,8,32,64";
+  std::vector<int32_t> batch_sizes = {1, 8, 32, 64};
   int32_t prompt_tokens = 128, new_tokens = 128;
   double hbm_gbps = 3350;  // H100 SXM HBM3
   std::string profile_trace;
   double temperature = 0, top_p = 1;
   int32_t top_k = 0;
-  glmserve::FlagParser flags("decode_bench", "Times batched prefill + decode through the paged-KV executor.");
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  glmserve::flags::FlagSet flags("decode_bench", "--model DIR [flags]",
+                                 "Times batched prefill + decode through the paged-KV executor.");
   model_flags.Register(flags, /*with_random_weights=*/true);
-  flags.AddString("batch-sizes", &batch_sizes_text, "comma-separated batch sizes");
-  flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length per sequence");
-  flags.AddInt("new-tokens", &new_tokens, "tokens generated per sequence");
-  flags.AddDouble("hbm-gbps", &hbm_gbps, "device memory bandwidth in GB/s for the roofline fraction");
-  flags.AddDouble("temperature", &temperature, "sampling temperature (0 = greedy)");
-  flags.AddInt("top-k", &top_k, "top-k when sampling (0 = off)");
-  flags.AddDouble("top-p", &top_p, "top-p when sampling (1 = off)");
-  flags.AddString("profile-trace", &profile_trace, "write a profile of extra decode steps to PREFIX-b<batch>.json");
-  if (!glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return 2;
+  flags.IntList("batch-sizes", &batch_sizes, 1, kIntMax, "batch sizes, one run each");
+  flags.Int("prompt-tokens", &prompt_tokens, 1, kIntMax, "prompt length per sequence");
+  flags.Int("new-tokens", &new_tokens, 1, kIntMax, "tokens generated per sequence");
+  flags.Number("hbm-gbps", &hbm_gbps, {0, 1e9, /*lo_open=*/true},
+               "device memory bandwidth in GB/s for the roofline fraction");
+  flags.Number("temperature", &temperature, {0, 1e6}, "sampling temperature (0 = greedy)");
+  flags.Int("top-k", &top_k, 0, kIntMax, "top-k when sampling (0 = off)");
+  flags.Number("top-p", &top_p, {0, 1, /*lo_open=*/true}, "top-p when sampling (1 = off)");
+  flags.String("profile-trace", &profile_trace, "write a profile of extra decode steps to PREFIX-b<batch>.json")
+      .ValueName("PREFIX");
+  if (auto exit_code = glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return *exit_code;
   const std::string& model = model_flags.model;
-  std::vector<int32_t> batch_sizes;
-  if (!glmserve::bench::ParseIntList("batch-sizes", batch_sizes_text, 1, std::numeric_limits<int32_t>::max(),
-                                     &batch_sizes)) {
-    return 2;
-  }
   const Clock::time_point load_start = Clock::now();
   auto runner = glmserve::ModelRunner::Load(model, model_flags.ToLoadOptions());
   if (!runner.ok()) {

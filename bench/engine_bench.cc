@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <limits>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -23,7 +24,6 @@
 #include "runtime/engine.h"
 #include "runtime/engine/engine_impl.h"
 #include "runtime/model_runner.h"
-#include "server/flags.h"
 
 namespace {
 
@@ -134,26 +134,18 @@ Row Measure(glmserve::ModelRunner* runner, const glmserve::ExecutorOptions& exec
 int main(int argc, char** argv) {
   glmserve::bench::ModelFlags model_flags;
   model_flags.model = "models/glm4-tiny";
-  std::string concurrency_list = "1,8,32";
+  std::vector<int32_t> concurrencies = {1, 8, 32};
   int32_t prompt_tokens = 32, new_tokens = 32, requests_per_client = 4, max_batch = 64, threads = 0;
-  glmserve::FlagParser flags("engine_bench", "Engine tokens/s and latency, batching on vs off.");
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  glmserve::flags::FlagSet flags("engine_bench", "[flags]", "Engine tokens/s and latency, batching on vs off.");
   model_flags.Register(flags);
-  flags.AddString("concurrency", &concurrency_list, "comma-separated client counts");
-  flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length");
-  flags.AddInt("new-tokens", &new_tokens, "tokens generated per request (eos ignored)");
-  flags.AddInt("requests-per-client", &requests_per_client, "requests each closed-loop client sends");
-  flags.AddInt("max-batch", &max_batch, "max batch size with batching on");
-  flags.AddInt("threads", &threads, "LibTorch intra-op threads (0: LibTorch's default)");
-  if (!glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return 2;
-  std::vector<int32_t> concurrencies;
-  for (absl::string_view part : absl::StrSplit(concurrency_list, ',', absl::SkipEmpty())) {
-    int32_t c = 0;
-    if (!absl::SimpleAtoi(part, &c) || c <= 0) {
-      std::fprintf(stderr, "--concurrency: bad value '%s'\n", std::string(part).c_str());
-      return 2;
-    }
-    concurrencies.push_back(c);
-  }
+  flags.IntList("concurrency", &concurrencies, 1, kIntMax, "client counts, one run each").SkipEmptyItems();
+  flags.Int("prompt-tokens", &prompt_tokens, 1, kIntMax, "prompt length");
+  flags.Int("new-tokens", &new_tokens, 1, kIntMax, "tokens generated per request (eos ignored)");
+  flags.Int("requests-per-client", &requests_per_client, 1, kIntMax, "requests each closed-loop client sends");
+  flags.Int("max-batch", &max_batch, 1, 1 << 16, "max batch size with batching on");
+  flags.Int("threads", &threads, 0, 1 << 16, "LibTorch intra-op threads (0: LibTorch's default)");
+  if (auto exit_code = glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return *exit_code;
   if (threads > 0) at::set_num_threads(threads);
   auto runner = glmserve::ModelRunner::Load(model_flags.model, model_flags.ToLoadOptions());
   if (!runner.ok()) {

@@ -8,13 +8,16 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
-#include "bench/model_flags.h"
+#include "absl/strings/str_cat.h"
+
+#include "flags/flags.h"
 #include "kernels/decode_ops.h"
 #include "kernels/rms_norm.h"
 
@@ -43,18 +46,15 @@ bool Ok(cudaError_t e, const char* what) {
 
 int main(int argc, char** argv) {
   const int32_t max_rows = glmserve::kernels::kSkinnyGemmMaxRows;
-  std::string rows_text = "4,8,16,32,64";
+  std::vector<int32_t> rows_list = {4, 8, 16, 32, 64};
   int32_t iterations = 40;
-  glmserve::FlagParser flags("gemm_bench", "Times the decode linear layers alone: cuBLAS, the GEMV, the skinny GEMM.");
-  flags.AddString("rows", &rows_text, "comma-separated row counts (1 to 64)");
-  flags.AddInt("iterations", &iterations, "timed calls per kernel and shape");
-  if (!glmserve::bench::ParseBenchFlags(flags, nullptr, argc, argv)) return 2;
-  std::vector<int32_t> rows_list;
-  if (!glmserve::bench::ParseIntList("rows", rows_text, 1, max_rows, &rows_list)) return 2;
-  if (iterations < 1) {
-    std::fprintf(stderr, "--iterations: %d is not a positive integer\n", iterations);
-    return 2;
-  }
+  glmserve::flags::FlagSet flags("gemm_bench", "[flags]",
+                                 "Times the decode linear layers alone: cuBLAS, the GEMV, the skinny GEMM.");
+  flags.IntList("rows", &rows_list, 1, max_rows, "row counts, one shape each");
+  // The whole int range here, so that 0 and negatives get the message below.
+  flags.Int("iterations", &iterations, INT32_MIN, INT32_MAX, "timed calls per kernel and shape (at least 1)");
+  if (auto exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+  if (iterations < 1) return flags.UsageError(absl::StrCat("--iterations: ", iterations, " is not a positive integer"));
   if (!glmserve::kernels::CudaKernelsAvailable()) {
     std::fprintf(stderr, "gemm_bench: no CUDA device with the kernels' architecture\n");
     return 1;

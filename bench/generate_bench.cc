@@ -14,12 +14,13 @@ int main(int argc, char** argv) {
   using Clock = std::chrono::steady_clock;
   glmserve::bench::ModelFlags model_flags;
   int32_t prompt_tokens = 128, new_tokens = 128, runs = 3;
-  glmserve::FlagParser flags("generate_bench", "Times single-sequence greedy generation.");
+  constexpr int64_t kIntMax = 2147483647;
+  glmserve::flags::FlagSet flags("generate_bench", "--model DIR [flags]", "Times single-sequence greedy generation.");
   model_flags.Register(flags);
-  flags.AddInt("prompt-tokens", &prompt_tokens, "prompt length");
-  flags.AddInt("new-tokens", &new_tokens, "tokens generated per run (eos ignored)");
-  flags.AddInt("runs", &runs, "timed runs after one warm-up");
-  if (!glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return 2;
+  flags.Int("prompt-tokens", &prompt_tokens, 1, kIntMax, "prompt length");
+  flags.Int("new-tokens", &new_tokens, 1, kIntMax, "tokens generated per run (eos ignored)");
+  flags.Int("runs", &runs, 1, kIntMax, "timed runs after one warm-up");
+  if (auto exit_code = glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return *exit_code;
   auto runner = glmserve::ModelRunner::Load(model_flags.model, model_flags.ToLoadOptions());
   if (!runner.ok()) {
     std::fprintf(stderr, "%s\n", std::string(runner.status().message()).c_str());

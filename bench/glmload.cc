@@ -22,6 +22,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -33,7 +34,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "glmserve/v1/inference.grpc.pb.h"
-#include "server/flag_values.h"
+#include "flags/flags.h"
 
 namespace glmserve::load {
 namespace {
@@ -48,29 +49,6 @@ std::string CodeName(grpc::StatusCode code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
 
-// "30", "30s", "500ms", "2m" -> seconds.
-absl::Status ParseDuration(const std::string& flag, const std::string& text, double* out) {
-  std::string num = text;
-  double scale = 1;
-  if (absl::EndsWith(text, "ms")) {
-    num = text.substr(0, text.size() - 2);
-    scale = 1e-3;
-  } else if (absl::EndsWith(text, "s")) {
-    num = text.substr(0, text.size() - 1);
-  } else if (absl::EndsWith(text, "m")) {
-    num = text.substr(0, text.size() - 1);
-    scale = 60;
-  }
-  double v = 0;
-  absl::Status s = ParseNumberFlag(flag, num, 1e-6, 1e7, &v);
-  if (!s.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": '", text, "' is not a positive duration (30, 30s, 500ms, 2m)"));
-  }
-  *out = v * scale;
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("--prompt-file: cannot open '", path, "'"));
@@ -82,8 +60,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::stri
     std::vector<int32_t> ids;
     for (absl::string_view piece : absl::StrSplit(line, absl::ByAnyChar(", \t\r"), absl::SkipEmpty())) {
       int64_t v = 0;
-      absl::Status s = ParseIntFlag(absl::StrCat("--prompt-file ", path, ":", line_no), std::string(piece),
-                                0, 2147483647, &v);
+      absl::Status s = flags::ParseIntValue(absl::StrCat("--prompt-file ", path, ":", line_no), piece, 0, 2147483647, &v);
       if (!s.ok()) return s;
       ids.push_back(static_cast<int32_t>(v));
     }
@@ -685,10 +662,11 @@ absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string&
         absl::StrCat(flag, ": '", text, "' is not N, fixed:N or uniform:A:B (0 <= A <= B)"));
   };
   if (parts.size() == 1 || (parts.size() == 2 && parts[0] == "fixed")) {
-    if (!ParseIntFlag(flag, parts.back(), 0, 1 << 24, &a).ok()) return bad();
+    if (!flags::ParseIntValue(flag, parts.back(), 0, 1 << 24, &a).ok()) return bad();
     d.lo = d.hi = static_cast<int>(a);
   } else if (parts.size() == 3 && parts[0] == "uniform") {
-    if (!ParseIntFlag(flag, parts[1], 0, 1 << 24, &a).ok() || !ParseIntFlag(flag, parts[2], 0, 1 << 24, &b).ok() ||
+    if (!flags::ParseIntValue(flag, parts[1], 0, 1 << 24, &a).ok() ||
+        !flags::ParseIntValue(flag, parts[2], 0, 1 << 24, &b).ok() ||
         a > b) {
       return bad();
     }
@@ -700,170 +678,113 @@ absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string&
   return d;
 }
 
+namespace {
+
+constexpr char kSynopsis[] =
+    "[--target HOST:PORT] (--concurrency N | --rate R | --sweep N,N,...)\n"
+    "               [--duration T | --requests N] [flags]";
+
+// The table of glmload's flags: ParseFlags parses with it and Usage prints it, with the defaults
+// `o` holds when called (Options' own).
+void Register(flags::FlagSet& set, Options& o, bool& no_progress) {
+  const auto int_dist = [](IntDist* target) {
+    return [target](const std::string& value) -> std::optional<std::string> {
+      absl::StatusOr<IntDist> d = ParseIntDist("", value);
+      if (!d.ok()) return "is not N, fixed:N or uniform:A:B (0 <= A <= B)";
+      *target = *d;
+      return std::nullopt;
+    };
+  };
+  set.Section("load");
+  set.String("target", &o.target, "server").ValueName("HOST:PORT").NotEmpty();
+  set.Int("concurrency", &o.concurrency, 1, 100000, "closed loop: N requests outstanding at all times");
+  set.Number("rate", &o.rate, {1e-3, 1e6},
+             "open loop: Poisson arrivals at R requests/s (seeded), latency from the scheduled arrival")
+      .ValueName("R")
+      .DefaultText("");
+  set.IntList("sweep", &o.sweep, 1, 100000, "closed loop at each concurrency in turn (e.g. 1,2,4,8,16)")
+      .SkipEmptyItems();
+  set.Duration("duration", &o.duration_s, 1e-6, 1e7, "per level: 30, 30s, 500ms, 2m")
+      .DefaultText("10s unless --requests");
+  set.Int("requests", &o.requests, 1, int64_t{1} << 40,
+          "per level: stop after sending N (with --duration: whichever first)")
+      .DefaultText("");
+  set.Int("deadline-ms", &o.deadline_ms, 1, int64_t{1} << 40, "per-request deadline");
+  set.Int("max-in-flight", &o.max_in_flight, 1, 1000000,
+          "open loop: arrivals beyond N in flight are dropped (counted)");
+  set.Int("connections", &o.connections, 1, 1024, "HTTP/2 connections used round robin");
+  set.Int("seed", &o.seed, 0, INT64_MAX, "prompts, lengths and arrivals").ValueName("S");
+
+  set.Section("requests");
+  set.Custom("prompt-len", "D", absl::StrCat(o.prompt_len.lo), "prompt tokens: N, fixed:N or uniform:A:B",
+             int_dist(&o.prompt_len));
+  set.Custom("max-new-tokens", "D", absl::StrCat(o.max_new_tokens.lo), "same forms", int_dist(&o.max_new_tokens));
+  set.Path("prompt-file", &o.prompt_file,
+           "token-id prompts, one per line (ids split by commas/spaces), drawn at random instead of --prompt-len");
+  set.Int("vocab-size", &o.vocab_size, 1, 1 << 30, "random prompt ids in [0, N)")
+      .DefaultText("the server's vocab_size (gRPC GetModelInfo; required with --http)");
+  set.Bool("ignore-eos", &o.ignore_eos, "min_new_tokens = max_new_tokens (fixed output length)");
+  set.Number("temperature", &o.temperature, {0, 100}, "0 = greedy").ValueName("T");
+  set.Number("top-p", &o.top_p, {0, 1, /*lo_open=*/true}, "nucleus mass")
+      .ValueName("P")
+      .DefaultText("not sent (the server's 1)");
+  set.Number("frequency-penalty", &o.frequency_penalty, {-2, 2}, "0 = off").ValueName("F");
+  set.Number("presence-penalty", &o.presence_penalty, {-2, 2}, "0 = off").ValueName("F");
+  set.Number("repetition-penalty", &o.repetition_penalty, {0, 10, /*lo_open=*/true}, "1 = off")
+      .ValueName("F")
+      .DefaultText("not sent (off)");
+  set.Switch("stream", &o.stream,
+             "InferStream (or an SSE stream with --http): measures TTFT and inter-token latency client side");
+  set.Switch("http", &o.http,
+             "the OpenAI HTTP API instead of gRPC: --target is the server's --http-port; POST "
+             "/v1/completions with token-id prompts, max_tokens, min_tokens (--ignore-eos), sampling and "
+             "penalties; one keep-alive connection per request in flight (--connections is gRPC only); "
+             "needs --vocab-size or --prompt-file (the HTTP API does not report the vocabulary); errors "
+             "counted as http_<status>");
+
+  set.Section("output");
+  set.Path("json-out", &o.json_out, "every number as JSON");
+  set.Path("plot", &o.plot_out, "throughput and latency percentiles vs concurrency (gnuplot)").ValueName("PATH.png");
+  set.Switch("no-progress", &no_progress, "no progress line");
+  set.StringList("from-json", &o.from_json,
+                 "re-report saved runs instead of running: side-by-side markdown table on stdout, and --plot "
+                 "with one series per file")
+      .ValueName("A.json,B.json")
+      .SkipEmptyItems();
+  set.StringList("labels", &o.labels, "names for --from-json files").ValueName("a,b").DefaultText("the file names");
+  set.Epilogue(
+      "Percentiles are nearest-rank (always a measured value). Exit status: 0 ok, 1 if any\n"
+      "request failed, 2 usage or connection error.");
+}
+
+constexpr char kDescription[] =
+    "Load generator for glmserve.v1.Inference (or its OpenAI HTTP API: --http). Every run\n"
+    "stops by itself: each level sends for --duration or until --requests have been sent, then\n"
+    "waits for the requests in flight (bounded by --deadline-ms). A progress line goes to\n"
+    "stderr, the table to stdout.";
+
+}  // namespace
+
 std::string Usage() {
-  const Options d;
-  return absl::StrCat(
-      "usage: glmload [--target HOST:PORT] (--concurrency N | --rate R | --sweep N,N,...)\n"
-      "               [--duration T | --requests N] [flags]\n"
-      "\n"
-      "Load generator for glmserve.v1.Inference (or its OpenAI HTTP API: --http). Every run\n"
-      "stops by itself: each level sends for --duration or until --requests have been sent, then\n"
-      "waits for the requests in flight (bounded by --deadline-ms). A progress line goes to\n"
-      "stderr, the table to stdout.\n"
-      "Flags take '--flag value' or '--flag=value'.\n"
-      "\nload:\n"
-      "  --target HOST:PORT        server, default ", d.target, "\n"
-      "  --concurrency N           closed loop: N requests outstanding at all times, default ", d.concurrency, "\n"
-      "  --rate R                  open loop: Poisson arrivals at R requests/s (seeded), latency from\n"
-      "                            the scheduled arrival\n"
-      "  --sweep N,N,...           closed loop at each concurrency in turn (e.g. 1,2,4,8,16)\n"
-      "  --duration T              per level: 30, 30s, 500ms, 2m; default 10s unless --requests\n"
-      "  --requests N              per level: stop after sending N (with --duration: whichever first)\n"
-      "  --deadline-ms N           per-request deadline, default ", d.deadline_ms, "\n"
-      "  --max-in-flight N         open loop: arrivals beyond N in flight are dropped (counted),\n"
-      "                            default ", d.max_in_flight, "\n"
-      "  --connections N           HTTP/2 connections used round robin, default ", d.connections, "\n"
-      "  --seed S                  prompts, lengths and arrivals, default ", d.seed, "\n"
-      "\nrequests:\n"
-      "  --prompt-len D            prompt tokens: N, fixed:N or uniform:A:B, default ", d.prompt_len.lo, "\n"
-      "  --max-new-tokens D        same forms, default ", d.max_new_tokens.lo, "\n"
-      "  --prompt-file PATH        token-id prompts, one per line (ids split by commas/spaces),\n"
-      "                            drawn at random instead of --prompt-len\n"
-      "  --vocab-size N            random prompt ids in [0, N); default: the server's vocab_size\n"
-      "                            (gRPC GetModelInfo; required with --http)\n"
-      "  --ignore-eos true|false   min_new_tokens = max_new_tokens (fixed output length), default true\n"
-      "  --temperature T           default 0 (greedy)\n"
-      "  --top-p P                 nucleus mass in (0, 1]; default: not sent (the server's 1)\n"
-      "  --frequency-penalty F     in [-2, 2]; default 0 (off)\n"
-      "  --presence-penalty F      in [-2, 2]; default 0 (off)\n"
-      "  --repetition-penalty F    in (0, 10], 1 = off; default: not sent (off)\n"
-      "  --stream                  InferStream (or an SSE stream with --http): measures TTFT and\n"
-      "                            inter-token latency client side\n"
-      "  --http                    the OpenAI HTTP API instead of gRPC: --target is the server's\n"
-      "                            --http-port; POST /v1/completions with token-id prompts,\n"
-      "                            max_tokens, min_tokens (--ignore-eos), sampling and penalties;\n"
-      "                            one keep-alive connection per request in flight (--connections\n"
-      "                            is gRPC only); needs --vocab-size or --prompt-file (the HTTP API\n"
-      "                            does not report the vocabulary); errors counted as http_<status>\n"
-      "\noutput:\n"
-      "  --json-out PATH           every number as JSON\n"
-      "  --plot PATH.png           throughput and latency percentiles vs concurrency (gnuplot)\n"
-      "  --no-progress             no progress line\n"
-      "  --from-json A.json,B.json re-report saved runs instead of running: side-by-side markdown\n"
-      "                            table on stdout, and --plot with one series per file\n"
-      "  --labels a,b              names for --from-json files, default the file names\n"
-      "\nPercentiles are nearest-rank (always a measured value). Exit status: 0 ok, 1 if any\n"
-      "request failed, 2 usage or connection error.\n");
+  Options o;
+  bool no_progress = false;
+  flags::FlagSet set("glmload", kSynopsis, kDescription);
+  Register(set, o, no_progress);
+  return set.Usage();
 }
 
 absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
   Options o;
-  bool have_concurrency = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      o.help = true;
-      return o;
-    }
-    if (arg == "--stream") {
-      o.stream = true;
-      continue;
-    }
-    if (arg == "--http") {
-      o.http = true;
-      continue;
-    }
-    if (arg == "--no-progress") {
-      o.progress = false;
-      continue;
-    }
-    std::string value;
-    const size_t eq = arg.find('=');
-    if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      return absl::InvalidArgumentError(arg + ": needs a value (see --help)");
-    }
-    int64_t n = 0;
-    absl::Status s;
-    if (arg == "--target") {
-      if (value.empty()) return absl::InvalidArgumentError("--target: must not be empty");
-      o.target = value;
-    } else if (arg == "--concurrency") {
-      s = ParseIntFlag(arg, value, 1, 100000, &n);
-      o.concurrency = static_cast<int>(n);
-      have_concurrency = true;
-    } else if (arg == "--rate") {
-      s = ParseNumberFlag(arg, value, 1e-3, 1e6, &o.rate);
-    } else if (arg == "--sweep") {
-      o.sweep.clear();
-      for (absl::string_view p : absl::StrSplit(value, ',', absl::SkipEmpty())) {
-        s = ParseIntFlag(arg, std::string(p), 1, 100000, &n);
-        if (!s.ok()) break;
-        o.sweep.push_back(static_cast<int>(n));
-      }
-      if (s.ok() && o.sweep.empty()) s = absl::InvalidArgumentError("--sweep: needs N,N,...");
-    } else if (arg == "--duration") {
-      s = ParseDuration(arg, value, &o.duration_s);
-    } else if (arg == "--requests") {
-      s = ParseIntFlag(arg, value, 1, int64_t{1} << 40, &o.requests);
-    } else if (arg == "--deadline-ms") {
-      s = ParseIntFlag(arg, value, 1, int64_t{1} << 40, &o.deadline_ms);
-    } else if (arg == "--max-in-flight") {
-      s = ParseIntFlag(arg, value, 1, 1000000, &n);
-      o.max_in_flight = static_cast<int>(n);
-    } else if (arg == "--connections") {
-      s = ParseIntFlag(arg, value, 1, 1024, &n);
-      o.connections = static_cast<int>(n);
-    } else if (arg == "--seed") {
-      s = ParseIntFlag(arg, value, 0, INT64_MAX, &n);
-      o.seed = static_cast<uint64_t>(n);
-    } else if (arg == "--prompt-len" || arg == "--max-new-tokens") {
-      auto d = ParseIntDist(arg, value);
-      if (!d.ok()) return d.status();
-      (arg == "--prompt-len" ? o.prompt_len : o.max_new_tokens) = *d;
-    } else if (arg == "--prompt-file") {
-      o.prompt_file = value;
-    } else if (arg == "--vocab-size") {
-      s = ParseIntFlag(arg, value, 1, 1 << 30, &n);
-      o.vocab_size = static_cast<int>(n);
-    } else if (arg == "--ignore-eos") {
-      if (value != "true" && value != "false") return absl::InvalidArgumentError("--ignore-eos: true|false");
-      o.ignore_eos = value == "true";
-    } else if (arg == "--temperature") {
-      double t = 0;
-      s = ParseNumberFlag(arg, value, 0, 100, &t);
-      o.temperature = static_cast<float>(t);
-    } else if (arg == "--top-p" || arg == "--repetition-penalty") {
-      // Open at 0: (0, hi].
-      const double hi = arg == "--top-p" ? 1.0 : 10.0;
-      double v = 0;
-      s = ParseNumberFlag(arg, value, 0, hi, &v);
-      if (!s.ok() || v <= 0) {
-        return absl::InvalidArgumentError(absl::StrCat(arg, ": '", value, "' is not a number in (0, ", hi, "]"));
-      }
-      (arg == "--top-p" ? o.top_p : o.repetition_penalty) = static_cast<float>(v);
-    } else if (arg == "--frequency-penalty" || arg == "--presence-penalty") {
-      double v = 0;
-      s = ParseNumberFlag(arg, value, -2, 2, &v);
-      (arg == "--frequency-penalty" ? o.frequency_penalty : o.presence_penalty) = static_cast<float>(v);
-    } else if (arg == "--json-out") {
-      o.json_out = value;
-    } else if (arg == "--plot") {
-      o.plot_out = value;
-    } else if (arg == "--from-json") {
-      o.from_json = absl::StrSplit(value, ',', absl::SkipEmpty());
-    } else if (arg == "--labels") {
-      o.labels = absl::StrSplit(value, ',');
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", arg, "' (see --help)"));
-    }
-    if (!s.ok()) return s;
+  bool no_progress = false;
+  flags::FlagSet set("glmload", kSynopsis, kDescription);
+  Register(set, o, no_progress);
+  if (absl::Status s = set.Parse(argc, argv); !s.ok()) return s;
+  if (set.help_requested()) {
+    o.help = true;
+    return o;
   }
-  const int modes = (o.rate > 0) + !o.sweep.empty() + have_concurrency;
+  o.progress = !no_progress;
+  const int modes = (o.rate > 0) + !o.sweep.empty() + set.was_set("concurrency");
   if (modes > 1) {
     return absl::InvalidArgumentError("--concurrency, --rate and --sweep: pick one");
   }
@@ -889,7 +810,7 @@ absl::StatusOr<HttpTarget> ConnectHttp(const std::string& target, ServerInfo* in
   const size_t colon = target.rfind(':');
   int64_t port = 0;
   if (colon == std::string::npos || colon == 0 ||
-      !ParseIntFlag("--target", target.substr(colon + 1), 1, 65535, &port).ok()) {
+      !flags::ParseIntValue("--target", target.substr(colon + 1), 1, 65535, &port).ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--target: '", target, "' is not HOST:PORT"));
   }
   t.host = target.substr(0, colon);

@@ -5,13 +5,13 @@
 // bench/hf_tokenizer_bench.py (HF tokenizers / tiktoken / sentencepiece on the same lines).
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "flags/flags.h"
 #include "nlohmann/json.hpp"
 #include "runtime/tokenizer/tokenizer.h"
 
@@ -23,10 +23,12 @@ int main(int argc, char** argv) {
   using Clock = std::chrono::steady_clock;
   int repeat = 200;
   std::vector<std::string> dirs;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) repeat = std::atoi(argv[++i]);
-    else dirs.push_back(argv[i]);
-  }
+  glmserve::flags::FlagSet flags("tokenizer_bench", "[--repeat N] [DIR...]",
+                                 "Tokenizer throughput: encode and decode tokens/s on the fixture corpus, per format.");
+  flags.Int("repeat", &repeat, 1, 1 << 20, "passes over the corpus");
+  flags.Positional("DIR...", &dirs,
+                   "model or tokenizer directories (default: models/glm4-tiny and the tokenizer fixtures)");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   const std::string root = GLMSERVE_SOURCE_DIR;
   if (dirs.empty()) {
     dirs = {root + "/models/glm4-tiny", root + "/tests/fixtures/tokenizer/glm4-hf",

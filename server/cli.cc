@@ -1,6 +1,8 @@
 #include "server/cli.h"
 
 #include <cstdio>
+#include <limits>
+#include <optional>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -13,12 +15,13 @@
 #include "runtime/inspect.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "server/flags.h"
+#include "flags/flags.h"
 
 namespace glmserve {
 namespace {
 
 using json = nlohmann::json;
+using flags::FlagSet;
 
 int BadInput(const std::string& message) {
   std::fprintf(stderr, "%s\n", message.c_str());
@@ -81,17 +84,14 @@ std::string TextWithoutSpecials(const tokenizer::Tokenizer& tok, const std::vect
 int RunTokenize(int argc, char** argv) {
   std::string model, text, chat;
   bool as_json = false, no_special = false;
-  FlagParser flags("tokenize", "Tokenizes text with a model directory's tokenizer (tokenizer.json or tokenizer.model) and prints the ids.");
-  flags.AddString("model", &model, "model directory");
-  flags.AddString("text", &text, "text to tokenize");
-  flags.AddString("chat", &chat, "instead of --text: one user message rendered with the chat template");
-  flags.AddBool("no-special-tokens", &no_special, "skip the post-processor's special tokens (e.g. [gMASK]<sop>)");
-  flags.AddBool("json", &as_json, "print {\"ids\", \"count\", \"format\", \"decoded\"} as one line");
-  if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return BadInput(std::string(s.message()));
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return kExitOk;
-  }
+  FlagSet flags("glmserve tokenize", "--model DIR (--text TEXT | --chat TEXT) [--json] [--no-special-tokens]",
+                "Tokenizes text with a model directory's tokenizer (tokenizer.json or tokenizer.model) and prints the ids.");
+  flags.Path("model", &model, "model directory").ValueName("DIR");
+  flags.String("text", &text, "text to tokenize");
+  flags.String("chat", &chat, "instead of --text: one user message rendered with the chat template");
+  flags.Switch("no-special-tokens", &no_special, "skip the post-processor's special tokens (e.g. [gMASK]<sop>)");
+  flags.Switch("json", &as_json, "print {\"ids\", \"count\", \"format\", \"decoded\"} as one line");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (model.empty()) return BadInput("--model: required, the model directory");
   if (flags.was_set("text") == flags.was_set("chat")) return BadInput("--text: required (or --chat), exactly one");
   absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::FromDirectory(model);
@@ -116,15 +116,12 @@ int RunTokenize(int argc, char** argv) {
 int RunInspect(int argc, char** argv) {
   std::string model;
   bool as_json = false, show_mapping = false;
-  FlagParser flags("inspect", "Validates a checkpoint directory strictly and describes it. Exit 0 when loadable, 2 when not.");
-  flags.AddString("model", &model, "checkpoint directory (config.json + weights)");
-  flags.AddBool("json", &as_json, "print one JSON object instead of text");
-  flags.AddBool("show-mapping", &show_mapping, "print how every stored key maps to glmserve's canonical names");
-  if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return BadInput(std::string(s.message()));
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return kExitOk;
-  }
+  FlagSet flags("glmserve inspect", "--model DIR [--json] [--show-mapping]",
+                "Validates a checkpoint directory strictly and describes it. Exit 0 when loadable, 2 when not.");
+  flags.Path("model", &model, "checkpoint directory (config.json + weights)").ValueName("DIR");
+  flags.Switch("json", &as_json, "print one JSON object instead of text");
+  flags.Switch("show-mapping", &show_mapping, "print how every stored key maps to glmserve's canonical names");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (model.empty()) return BadInput("--model: required, the checkpoint directory");
 
   absl::StatusOr<InspectReport> report = InspectCheckpoint(model);
@@ -166,34 +163,36 @@ int RunInspect(int argc, char** argv) {
 }
 
 int RunGenerate(int argc, char** argv) {
-  std::string model, input_ids_text, device = "cpu", dtype;
+  std::string model, input_ids_text;
+  flags::Device device;
+  flags::Dtype dtype = flags::Dtype::kAuto;
   int32_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0;
   float temperature = 0.0f, top_p = 1.0f;
   uint64_t seed = 0;
   bool as_json = false;
-  FlagParser flags("generate", "Runs one prompt (token ids, text or a chat message) through a model and prints the generated ids.");
-  flags.AddString("model", &model, "checkpoint directory");
-  flags.AddString("input-ids", &input_ids_text, "prompt as comma-separated token ids, e.g. 1,2,3");
-  flags.AddInt("max-new-tokens", &max_new_tokens, "generate at most this many tokens (> 0)");
-  flags.AddInt("min-new-tokens", &min_new_tokens, "eos ids are masked until this many tokens exist");
-  flags.AddFloat("temperature", &temperature, "0 = greedy; otherwise sample at this temperature");
-  flags.AddFloat("top-p", &top_p, "nucleus sampling mass in (0, 1]");
-  flags.AddInt("top-k", &top_k, "sample among the k most likely tokens; 0 = all");
-  flags.AddUint64("seed", &seed, "sampling seed");
-  flags.AddBool("json", &as_json, "print {\"output_ids\", \"first_logits\", \"finish_reason\"} as one line");
-  flags.AddString("device", &device, "cpu or cuda[:N]");
-  flags.AddString("dtype", &dtype, "compute dtype: float32, bfloat16, float16 (empty: float32 on cpu, bfloat16 on cuda)");
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  FlagSet flags("glmserve generate", "--model DIR (--input-ids 1,2,3 | --prompt TEXT | --chat TEXT) [flags]",
+                "Runs one prompt (token ids, text or a chat message) through a model and prints the generated ids.");
+  flags.Path("model", &model, "checkpoint directory").ValueName("DIR");
+  flags.String("input-ids", &input_ids_text, "prompt as comma-separated token ids, e.g. 1,2,3").ValueName("IDS");
+  flags.Int("max-new-tokens", &max_new_tokens, 1, kIntMax, "generate at most this many tokens");
+  flags.Int("min-new-tokens", &min_new_tokens, 0, kIntMax,
+            "eos ids are masked until this many tokens exist; at most --max-new-tokens");
+  flags.Number("temperature", &temperature, {0, std::numeric_limits<float>::max()},
+               "0 = greedy; otherwise sample at this temperature");
+  flags.Number("top-p", &top_p, {0, 1, /*lo_open=*/true}, "nucleus sampling mass");
+  flags.Int("top-k", &top_k, 0, kIntMax, "sample among the k most likely tokens; 0 = all");
+  flags.Uint64("seed", &seed, "sampling seed");
+  flags.Switch("json", &as_json, "print {\"output_ids\", \"first_logits\", \"finish_reason\"} as one line");
+  flags.DeviceFlag("device", &device, "where the model runs");
+  flags.DtypeFlag("dtype", &dtype, "compute dtype");
   std::string prompt_text, chat_text, system_text;
-  flags.AddString("prompt", &prompt_text, "prompt text, tokenized with the model directory's tokenizer (instead of --input-ids)");
-  flags.AddString("chat", &chat_text, "one user message rendered with the model's chat template (instead of --input-ids)");
-  flags.AddString("system", &system_text, "with --chat: a system message before it");
+  flags.String("prompt", &prompt_text, "prompt text, tokenized with the model directory's tokenizer (instead of --input-ids)");
+  flags.String("chat", &chat_text, "one user message rendered with the model's chat template (instead of --input-ids)");
+  flags.String("system", &system_text, "with --chat: a system message before it");
   bool random_weights = false;
-  flags.AddBool("random-weights", &random_weights, "benchmark: random weights of --model's config.json, no weight files");
-  if (absl::Status s = flags.Parse(argc, argv); !s.ok()) return BadInput(std::string(s.message()));
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return kExitOk;
-  }
+  flags.Switch("random-weights", &random_weights, "benchmark: random weights of --model's config.json, no weight files");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (model.empty()) return BadInput("--model: required, the checkpoint directory");
   const int inputs = flags.was_set("input-ids") + flags.was_set("prompt") + flags.was_set("chat");
   if (inputs != 1) {
@@ -219,17 +218,13 @@ int RunGenerate(int argc, char** argv) {
     }
     if (ids.empty()) return BadInput("--prompt: tokenizes to no ids");
   }
-  if (max_new_tokens <= 0) return BadInput(absl::StrCat("--max-new-tokens: ", max_new_tokens, " is not positive; expected at least 1"));
-  if (min_new_tokens < 0 || min_new_tokens > max_new_tokens) {
+  if (min_new_tokens > max_new_tokens) {
     return BadInput(absl::StrCat("--min-new-tokens: ", min_new_tokens, " must be in [0, --max-new-tokens=", max_new_tokens, "]"));
   }
-  if (temperature < 0) return BadInput(absl::StrCat("--temperature: ", temperature, " is negative; expected 0 (greedy) or more"));
-  if (!(top_p > 0 && top_p <= 1)) return BadInput(absl::StrCat("--top-p: ", top_p, " is outside (0, 1]"));
-  if (top_k < 0) return BadInput(absl::StrCat("--top-k: ", top_k, " is negative; expected 0 (no limit) or more"));
 
   LoadOptions load;
-  load.device = device;
-  load.dtype = dtype;
+  load.device = device.ToString();
+  load.dtype = flags::DtypeName(dtype);
   load.random_weights = random_weights;
   absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(model, load);
   if (!runner.ok()) return ExitFor(runner.status());

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -24,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "flags/flags.h"
 #include "runtime/inspect.h"
 #include "server/cli.h"
 
@@ -125,43 +127,23 @@ std::vector<Gpu> QueryGpus() {
 }  // namespace
 
 int RunDoctor(int argc, char** argv) {
-  std::string model, host = "127.0.0.1", device;
+  std::string model, host = "127.0.0.1";
   bool json = false;
   int port = 50051, metrics_port = 0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&](const char* flag) -> const char* {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "glmserve doctor: %s needs a value\n", flag);
-        std::exit(kExitBadInput);
-      }
-      return argv[++i];
-    };
-    if (a == "--help" || a == "-h") {
-      std::fputs(
-          "usage: glmserve doctor [--model DIR] [--json] [--host H] [--port P] [--metrics-port P]\n"
-          "\nChecks the machine (CPU, RAM, GPU, driver vs LibTorch's CUDA runtime, compute capability,\n"
-          "cuDNN, GPU memory vs model + KV pool), the model directory (strict validation, permissions,\n"
-          "mount) and the ports. Each check: OK/WARN/FAIL with the fix. Exit 1 when any check FAILs.\n",
-          stdout);
-      return kExitOk;
-    } else if (a == "--json") {
-      json = true;
-    } else if (a == "--model") {
-      model = value("--model");
-    } else if (a == "--host") {
-      host = value("--host");
-    } else if (a == "--port") {
-      port = std::atoi(value("--port"));
-    } else if (a == "--metrics-port") {
-      metrics_port = std::atoi(value("--metrics-port"));
-    } else if (a == "--device") {
-      device = value("--device");
-    } else {
-      std::fprintf(stderr, "glmserve doctor: unknown flag '%s' (see --help)\n", a.c_str());
-      return kExitBadInput;
-    }
-  }
+  // Unset: the GPU checks WARN (not FAIL) when there is no GPU, as serve would run on the CPU.
+  flags::Device device;
+  flags::FlagSet set("glmserve doctor", "[--model DIR] [--json] [--host H] [--port P] [--metrics-port P] [--device D]",
+                     "Checks the machine (CPU, RAM, GPU, driver vs LibTorch's CUDA runtime, compute capability,\n"
+                     "cuDNN, GPU memory vs model + KV pool), the model directory (strict validation, permissions,\n"
+                     "mount) and the ports. Each check: OK/WARN/FAIL with the fix. Exit 1 when any check FAILs,\n"
+                     "2 on bad flags.");
+  set.Path("model", &model, "checkpoint directory to validate (none: no model checks)").ValueName("DIR");
+  set.Switch("json", &json, "print {\"ok\", \"checks\": [{name, status, detail, fix}]} instead of text");
+  set.String("host", &host, "address the ports are checked on").ValueName("H").NotEmpty();
+  set.Int("port", &port, 0, 65535, "gRPC port serve will bind; 0 = not checked").ValueName("P");
+  set.Int("metrics-port", &metrics_port, 0, 65535, "metrics port serve will bind; 0 = not checked").ValueName("P");
+  set.DeviceFlag("device", &device, "cuda or cuda:N: no GPU is a FAIL, not a WARN");
+  if (std::optional<int> exit_code = set.ParseCommandLine(argc, argv)) return *exit_code;
 
   std::vector<Check> checks;
   auto add = [&](std::string name, std::string status, std::string detail, std::string fix = "") {
@@ -248,7 +230,7 @@ int RunDoctor(int argc, char** argv) {
   // GPU, driver vs CUDA runtime, compute capability, memory, cuDNN.
   const bool driver_loaded = fs::exists("/proc/driver/nvidia/version");
   const std::vector<Gpu> gpus = QueryGpus();
-  const bool want_gpu = device.rfind("cuda", 0) == 0;
+  const bool want_gpu = device.is_cuda();
   if (gpus.empty()) {
     add("gpu", want_gpu ? "FAIL" : "WARN",
         driver_loaded ? "NVIDIA driver loaded but nvidia-smi lists no GPU"

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "flags/flags.h"
 #include "runtime/engine/engine_impl.h"
 #include "runtime/model_runner.h"
 #include "server/grpc_service.h"
@@ -14,6 +15,9 @@ namespace glmserve {
 struct ServeFlags {
   bool help = false;
   std::string model_dir;
+  // --device and --dtype, parsed once while the flags are read; `load` carries their spelling.
+  flags::Device device;
+  flags::Dtype dtype = flags::Dtype::kAuto;
   LoadOptions load;
   ExecutorOptions executor;
   EngineOptions engine;  // defaults are the engine's own (runtime/engine/engine_impl.h)
@@ -54,8 +58,9 @@ struct ServeFlags {
   bool debug_faults_persist = false;  // faults also apply to rebuilt engines
 };
 
-// Parses argv (argv[0] is "serve"). INVALID_ARGUMENT names the bad flag.
+// Parses argv (argv[0] is "serve"). INVALID_ARGUMENT names the bad flag and its value; nothing
+// is bound or loaded before this returns.
 absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv);
-std::string ServeUsage();  // lists every flag with its default
+std::string ServeUsage();  // lists every flag with its default, from the table that parses
 
 }  // namespace glmserve
