@@ -35,6 +35,7 @@
 #include "absl/strings/str_split.h"
 #include "glmserve/v1/inference.grpc.pb.h"
 #include "flags/flags.h"
+#include "server/request.h"
 
 namespace glmserve::load {
 namespace {
@@ -44,10 +45,8 @@ using json = nlohmann::json;
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-// gRPC's codes are abseil's (same numbers, same names).
-std::string CodeName(grpc::StatusCode code) {
-  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
-}
+// The server's code names (server/request.h): gRPC's codes are abseil's (same numbers, same names).
+const char* CodeName(grpc::StatusCode code) { return glmserve::CodeName(static_cast<absl::StatusCode>(code)); }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::string& path) {
   std::ifstream in(path);

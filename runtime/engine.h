@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "runtime/generation.h"
 #include "runtime/step_executor.h"
 
@@ -59,6 +61,23 @@ struct EngineStats {
   int32_t blocks_free = 0;     // KV blocks in the pool
   int32_t blocks_total = 0;
 };
+
+// Submit's RESOURCE_EXHAUSTED carries its retry hint as a typed payload besides the message, so
+// front ends never read it back out of the text.
+inline constexpr char kRetryAfterMsPayload[] = "type.glmserve.dev/retry-after-ms";
+inline void SetRetryAfterMs(absl::Status* status, int64_t ms) {
+  char bytes[sizeof ms];
+  std::memcpy(bytes, &ms, sizeof ms);
+  status->SetPayload(kRetryAfterMsPayload, absl::Cord(absl::string_view(bytes, sizeof bytes)));
+}
+// 0 when the status carries no hint.
+inline int64_t RetryAfterMs(const absl::Status& status) {
+  const auto payload = status.GetPayload(kRetryAfterMsPayload);  // absl::optional on Debian
+  if (!payload || payload->size() != sizeof(int64_t)) return 0;
+  int64_t ms = 0;
+  std::memcpy(&ms, std::string(*payload).data(), sizeof ms);
+  return ms;
+}
 
 class InferenceEngine {
  public:

@@ -10,13 +10,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
-#include <cstdlib>
 #include <deque>
-#include <map>
 #include <mutex>
 #include <optional>
-#include <random>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -24,11 +20,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "glmserve/v1/inference.grpc.pb.h"
-#include "runtime/tokenizer/text_output.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/auth.h"
 #include "server/client_quota.h"
 #include "server/logging.h"
+#include "server/request.h"
+#include "server/request_session.h"
 
 namespace glmserve {
 
@@ -40,18 +37,6 @@ constexpr char kRequestIdMetadata[] = "glmserve-request-id";
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
-
-// gRPC's codes are abseil's (same numbers, same names).
-std::string CodeName(grpc::StatusCode code) {
-  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
-}
-
-std::string FormatAddress(const std::string& host, int port) {
-  if (host.find(':') != std::string::npos && host.front() != '[') {
-    return absl::StrCat("[", host, "]:", port);
-  }
-  return absl::StrCat(host, ":", port);
 }
 
 void FillFinal(const RequestResult& result, size_t already_sent, v1::InferResponse* out) {
@@ -158,7 +143,16 @@ class FinishOnlyWriteReactor final : public grpc::ServerWriteReactor<v1::InferRe
 grpc::Status AnswerMalformed(const grpc::CallbackServerContext* ctx, const GrpcServerOptions& options,
                              const char* method) {
   std::string client;
-  if (grpc::Status denied = Authenticate(ctx, options, &client); !denied.ok()) return denied;
+  const bool counted = std::string_view(method) != "GetModelInfo";  // as well-formed calls are
+  if (grpc::Status denied = Authenticate(ctx, options, &client); !denied.ok()) {
+    if (counted && options.observer != nullptr) {
+      options.observer->OnRequestFinished(CodeName(absl::StatusCode::kUnauthenticated), nullptr);
+    }
+    return denied;
+  }
+  if (counted && options.observer != nullptr) {
+    options.observer->OnRequestFinished(CodeName(absl::StatusCode::kInvalidArgument), nullptr);
+  }
   LogEvent(LogLevel::kWarn, "request_malformed", "", absl::StrCat(method, ": ", t_malformed->error_message()),
            {{"method", method}, {"peer", ctx->peer()}, {"code", "INVALID_ARGUMENT"}});
   return *t_malformed;
@@ -195,37 +189,9 @@ class CallBase;
 
 class InferenceServiceImpl final : public v1::Inference::CallbackService {
  public:
-  explicit InferenceServiceImpl(const GrpcServerOptions& options) : options_(options) {
-    std::random_device rd;
-    id_prefix_ = absl::StrFormat("glm-%08x", rd());
-    for (int i = 0; i < kDeliveryWorkers; ++i) delivery_workers_.emplace_back([this] { DeliveryLoop(); });
+  explicit InferenceServiceImpl(const GrpcServerOptions& options)
+      : options_(options), sessions_(SessionsOptions(options)) {
     GuardAgainstMalformedRequests();
-  }
-  ~InferenceServiceImpl() override {
-    {
-      std::lock_guard<std::mutex> lock(delivery_mu_);
-      delivery_stop_ = true;
-    }
-    delivery_cv_.notify_all();
-    for (std::thread& t : delivery_workers_) t.join();
-  }
-
-  // The engine's callbacks only record what happened and queue the call here; the delivery
-  // workers detokenize, match stop strings, log and start the gRPC writes. A StartWrite can run
-  // the transport inline (~10 us), which on the engine thread cost every step ~0.8 ms at 64
-  // streams (H200, bench/results/gpu.md). A call is queued at most once at a time, so the queue
-  // is bounded by the calls in flight.
-  void QueueDelivery(std::shared_ptr<CallBase> call) {
-    {
-      std::lock_guard<std::mutex> lock(delivery_mu_);
-      delivery_.push_back(std::move(call));
-    }
-    delivery_cv_.notify_one();
-  }
-  // Returns once every queued delivery has been handled (shutdown: before AbortAll).
-  void FlushDeliveries() {
-    std::unique_lock<std::mutex> lock(delivery_mu_);
-    delivery_idle_cv_.wait(lock, [this] { return delivery_.empty() && deliveries_running_ == 0; });
   }
 
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
@@ -252,58 +218,24 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     proto->set_build_version(options_.build_version);
     proto->set_max_new_tokens_cap(options_.limits.max_new_tokens_cap);
     proto->set_default_max_new_tokens(options_.limits.default_max_new_tokens);
+    sessions_.SetEngine(engine);
     std::lock_guard<std::mutex> lock(mu_);
-    model_.vocab_size = info.vocab_size;
-    model_.max_context = info.max_position_embeddings;
-    model_.eos_token_ids = info.eos_token_ids;
     model_info_ = std::move(proto);
     engine_ = engine;
   }
 
   void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
-    std::lock_guard<std::mutex> lock(mu_);
-    tokenizer_ = std::move(tokenizer);
-    model_.tokenizer = tokenizer_.get();
+    sessions_.SetTokenizer(std::move(tokenizer));
   }
 
   void StartDrain() {
     InferenceEngine* engine = nullptr;
+    sessions_.StartDrain();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      draining_ = true;
       engine = engine_;
     }
     if (engine != nullptr) engine->StartDrain();
-  }
-
-  // Admission: returns the engine (null + status when the request must be refused now).
-  InferenceEngine* Admit(grpc::Status* refusal, ValidationModel* model) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (draining_) {
-      *refusal = grpc::Status(grpc::UNAVAILABLE, "server is draining; retry on another replica");
-      return nullptr;
-    }
-    if (engine_ == nullptr) {
-      *refusal = grpc::Status(grpc::UNAVAILABLE, "model is loading; retry later");
-      return nullptr;
-    }
-    *model = model_;
-    return engine_;
-  }
-
-  std::string NewRequestId() { return absl::StrCat(id_prefix_, "-", next_id_.fetch_add(1)); }
-
-  // Engine ids are unique even when clients reuse a request_id (a retry may arrive while the
-  // engine still holds the previous attempt): "<request_id>#<n>", so engine logs still name it.
-  std::string RegisterEngineId(const std::string& request_id, const std::shared_ptr<CallBase>& call) {
-    std::string id = absl::StrCat(request_id, "#", next_id_.fetch_add(1));
-    std::lock_guard<std::mutex> lock(mu_);
-    in_flight_.emplace(id, call);
-    return id;
-  }
-  void UnregisterEngineId(const std::string& engine_id) {
-    std::lock_guard<std::mutex> lock(mu_);
-    in_flight_.erase(engine_id);
   }
 
   void CallStarted() {
@@ -323,9 +255,10 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     std::lock_guard<std::mutex> lock(mu_);
     return active_calls_;
   }
-  void AbortAll();
+  void AbortAll() { sessions_.AbortAll(); }
 
   const GrpcServerOptions& options() const { return options_; }
+  RequestSessions& sessions() { return sessions_; }
 
   // Deadline for the engine: the call's deadline, else the default one.
   std::chrono::steady_clock::time_point EngineDeadline(const grpc::CallbackServerContext* ctx) const {
@@ -342,186 +275,87 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   }
 
  private:
+  static RequestSessionsOptions SessionsOptions(const GrpcServerOptions& o) {
+    RequestSessionsOptions s;
+    s.limits = o.limits;
+    s.log_requests = o.log_requests;
+    s.observer = o.observer;
+    s.client_quota = o.client_quota;
+    s.id_prefix = "glm";
+    s.loading_message = "model is loading; retry later";
+    return s;
+  }
+
   const GrpcServerOptions options_;
-  std::string id_prefix_;
-  std::atomic<uint64_t> next_id_{1};
+  RequestSessions sessions_;
   mutable std::mutex mu_;
   std::condition_variable idle_cv_;
-  InferenceEngine* engine_ = nullptr;         // guarded by mu_
-  bool draining_ = false;                     // guarded by mu_
-  ValidationModel model_;                     // guarded by mu_
-  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;  // guarded by mu_; set once at start
+  InferenceEngine* engine_ = nullptr;          // guarded by mu_
   std::shared_ptr<v1::ModelInfo> model_info_;  // guarded by mu_
-  int active_calls_ = 0;                      // guarded by mu_
-  std::map<std::string, std::weak_ptr<CallBase>> in_flight_;  // guarded by mu_
+  int active_calls_ = 0;                       // guarded by mu_
 
   // Replaces the generated handlers by the same ones behind MalformedRequestGuard.
   void GuardAgainstMalformedRequests();
-  void DeliveryLoop();
-  static constexpr int kDeliveryWorkers = 2;
-  std::mutex delivery_mu_;
-  std::condition_variable delivery_cv_;
-  std::condition_variable delivery_idle_cv_;
-  std::deque<std::shared_ptr<CallBase>> delivery_;  // guarded by delivery_mu_
-  int deliveries_running_ = 0;                       // guarded by delivery_mu_
-  bool delivery_stop_ = false;                       // guarded by delivery_mu_
-  std::vector<std::thread> delivery_workers_;
 };
 
-// State shared by unary and streaming calls. The reactor owns itself through self_ (released in
-// OnDone); the engine's callbacks capture a raw pointer, which stays valid because the reactor is
-// only finished after the engine's on_done (or after the engine was shut down: AbortAll).
-class CallBase : public std::enable_shared_from_this<CallBase> {
+// A call's gRPC half over a RequestSession (server/request_session.h), which admits, validates,
+// submits, decodes text, logs and counts; this class only translates to the proto and the
+// reactor. The reactor owns itself through self_ (released in OnDone); the session holds it as its
+// sink until the result was delivered, and the reactor is finished only after that (or after the
+// engine was shut down: AbortAll).
+class CallBase : public SessionSink, public std::enable_shared_from_this<CallBase> {
  public:
   CallBase(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx, const char* rpc)
       : service_(service), ctx_(ctx), rpc_(rpc) {
     service_->CallStarted();
   }
-  virtual ~CallBase() = default;
+  ~CallBase() override = default;
 
-  // Validates and submits; on refusal the call is finished at once.
+  // Admits, validates and submits; on refusal the call is finished at once.
   void Begin(const v1::InferRequest& proto_request) {
-    grpc::Status refusal;
-    ValidationModel model;
+    RequestSessions& sessions = service_->sessions();
     request_id_ = proto_request.request_id();
-    absl::Status id_status = ValidateRequestId(request_id_, service_->options().limits);
+    std::optional<Refusal> bad_id = CheckRequestId(request_id_, service_->options().limits, Dialect::kProto);
     if (request_id_.empty()) {  // a trace id from metadata is used only when it is valid
       request_id_ = TraceIdFromMetadata(ctx_);
-      if (!ValidateRequestId(request_id_, service_->options().limits).ok()) request_id_.clear();
+      if (CheckRequestId(request_id_, service_->options().limits, Dialect::kProto)) request_id_.clear();
     }
-    if (request_id_.empty() || !id_status.ok()) request_id_ = service_->NewRequestId();
+    if (request_id_.empty() || bad_id) request_id_ = sessions.NewRequestId();
     ctx_->AddInitialMetadata(kRequestIdMetadata, request_id_);
-    if (!id_status.ok()) return Refuse(ToGrpc(id_status));
+    if (bad_id) return Refuse(*bad_id);
     std::string client;
-    if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) return Refuse(denied);
-    InferenceEngine* engine = service_->Admit(&refusal, &model);
-    if (engine == nullptr) return Refuse(refusal);
-    // The per-client cap: after UNAVAILABLE (draining, loading), before tokenization.
-    if (ClientQuota* quota = service_->options().client_quota.get(); quota != nullptr) {
-      bool admitted = false;
-      quota_ = quota->TryAcquire(client, &admitted);
-      if (!admitted) {
-        return Refuse(grpc::Status(grpc::RESOURCE_EXHAUSTED, QuotaExceededMessage(quota->max_per_client())));
-      }
+    if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) {
+      return Refuse(MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated,
+                                denied.error_message()));
     }
-    absl::StatusOr<InferenceRequest> request =
-        ValidateInferRequest(proto_request, service_->options().limits, model);
-    if (!request.ok()) {
-      // The prompt length is known only after tokenization: ValidateInferRequest's refusal reads
-      // "<field>: N tokens; at most M prompt tokens allowed".
-      const std::string message(request.status().message());
-      const size_t colon = message.find(": ");
-      if (colon != std::string::npos && message.find(" prompt tokens allowed") != std::string::npos) {
-        const long prompt_tokens = std::strtol(message.c_str() + colon + 2, nullptr, 10);
-        LogEvent(LogLevel::kWarn, "prompt_too_long", request_id_,
-                 absl::StrCat("prompt of ", prompt_tokens, " tokens is too long (max position embeddings ",
-                              model.max_context, "); refusing"),
-                 {{"rpc", rpc_}, {"prompt_tokens", prompt_tokens},
-                  {"max_position_embeddings", model.max_context},
-                  {"above_max_position_embeddings", prompt_tokens > model.max_context}});
-      }
-      return Refuse(ToGrpc(request.status()));
+    Admission admission;
+    std::optional<Refusal> refusal = sessions.Admit(client, &admission);
+    {
+      std::lock_guard<std::mutex> lock(quota_mu_);
+      quota_ = std::move(admission.quota);
     }
-    if (ctx_->IsCancelled()) return Refuse(grpc::Status(grpc::CANCELLED, "cancelled by the client"));
-    if (model.tokenizer != nullptr) {
-      text_ = std::make_unique<tokenizer::TextOutput>(
-          model.tokenizer, std::vector<std::string>(proto_request.stop().begin(), proto_request.stop().end()));
-      // Unary calls without stop strings decode once, from the result (and stay replayable).
-      text_incremental_ = streaming() || proto_request.stop_size() > 0;
+    if (refusal) return Refuse(*refusal);
+    GenerateRequest typed = FromProto(proto_request);
+    typed.deadline = service_->EngineDeadline(ctx_);
+    SessionInfo info;
+    info.request_id = request_id_;
+    info.rpc = rpc_;
+    info.streaming = streaming();
+    InferenceRequest request;
+    if (auto invalid = sessions.Validate(typed, Dialect::kProto, admission, info, &request)) return Refuse(*invalid);
+    if (ctx_->IsCancelled()) {
+      return Refuse(MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled, "cancelled by the client"));
     }
-    request->deadline = service_->EngineDeadline(ctx_);
-    engine_ = engine;
-    engine_id_ = service_->RegisterEngineId(request_id_, shared_from_this());
-    request->request_id = engine_id_;
-    prompt_tokens_ = static_cast<int32_t>(request->input_ids.size());
-    if (service_->options().log_requests) {
-      LogEvent(LogLevel::kInfo, "request_accepted", request_id_, "request accepted",
-               {{"rpc", rpc_}, {"engine_id", engine_id_}, {"prompt_tokens", prompt_tokens_},
-                {"max_new_tokens", request->params.max_new_tokens}});
+    std::shared_ptr<RequestSession> session;
+    if (auto refused = sessions.Submit(admission, std::move(request), std::move(info), typed.stop,
+                                       shared_from_this(), &session)) {
+      return Refuse(*refused);  // RESOURCE_EXHAUSTED keeps the engine's retry hint in its message
     }
-
-    // The callbacks keep the call alive until the engine lets go of them.
-    std::shared_ptr<CallBase> self = shared_from_this();
-    RequestCallbacks callbacks;
-    const bool tokens_matter = streaming() || text_incremental_ || service_->options().log_requests;
-    callbacks.on_tokens = [self, tokens_matter](const std::vector<int32_t>& ids) {
-      if (tokens_matter) self->QueueEngineEvent(self, &ids, nullptr);
-    };
-    // Unary: nothing reaches the client before the result, so an engine fault may rerun it (not
-    // with incremental text decoding for stop strings, whose state is not rewound).
-    callbacks.replayable_after_tokens = !streaming() && !text_incremental_;
-    callbacks.on_done = [self](const RequestResult& result) { self->QueueEngineEvent(self, nullptr, &result); };
     {
       std::lock_guard<std::mutex> lock(mu_);
-      submitted_ = true;
-    }
-    absl::Status submit = engine->Submit(std::move(*request), std::move(callbacks));
-    if (!submit.ok()) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        submitted_ = false;
-      }
-      service_->UnregisterEngineId(engine_id_);
-      return Refuse(ToGrpc(submit));  // RESOURCE_EXHAUSTED keeps the engine's retry hint
+      session_ = std::move(session);
     }
     if (ctx_->IsCancelled()) CancelInEngine();
-  }
-
-  // Engine thread: records one step's ids or the result and queues the call for delivery (once
-  // until a worker takes it).
-  void QueueEngineEvent(const std::shared_ptr<CallBase>& self, const std::vector<int32_t>* ids,
-                        const RequestResult* result) {
-    bool queue = false;
-    {
-      std::lock_guard<std::mutex> lock(events_mu_);
-      if (ids != nullptr) engine_tokens_.push_back(*ids);
-      if (result != nullptr) {
-        engine_result_ = *result;
-        engine_finished_ = true;
-      }
-      queue = !delivery_queued_;
-      delivery_queued_ = true;
-    }
-    if (queue) service_->QueueDelivery(self);
-  }
-
-  // Delivery worker: handles the queued events in the order the engine produced them; one worker
-  // at a time per call.
-  void DeliverEngineEvents() {
-    std::lock_guard<std::mutex> deliver(deliver_mu_);
-    std::deque<std::vector<int32_t>> tokens;
-    std::optional<RequestResult> done;
-    {
-      std::lock_guard<std::mutex> lock(events_mu_);
-      tokens.swap(engine_tokens_);
-      if (engine_finished_ && !result_delivered_) {
-        done = engine_result_;
-        result_delivered_ = true;
-      }
-      delivery_queued_ = false;
-    }
-    for (const std::vector<int32_t>& ids : tokens) HandleEngineTokens(ids);
-    if (done) OnEngineDone(*done);
-  }
-
-  // One engine step's ids: the first-token log, incremental text (a stop string cancels the
-  // rest), the stream's next message.
-  void HandleEngineTokens(const std::vector<int32_t>& ids) {
-    if (!first_token_logged_.exchange(true) && service_->options().log_requests) {
-      LogEvent(LogLevel::kInfo, "first_token", request_id_, "first token",
-               {{"rpc", rpc_},
-                {"ttft_ms",
-                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}});
-    }
-    if (text_incremental_) {
-      text_delta_.clear();
-      const size_t kept = text_->Add(ids, &text_delta_);
-      if (text_->stopped() && kept > 0) CancelInEngine();
-      if (kept == 0) return;
-      if (streaming()) OnEngineTokens(std::vector<int32_t>(ids.begin(), ids.begin() + kept));
-      return;
-    }
-    if (streaming()) OnEngineTokens(ids);
   }
 
   void CheckDone() {
@@ -529,113 +363,56 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     if (!engine_done_) LogLine(absl::StrCat("request_id=", request_id_, " BUG: OnDone before the engine finished"));
   }
 
-  // Only after the engine stopped calling back.
-  void Abort() {
-    RequestResult result;
-    result.status = absl::UnavailableError("server shut down before the request finished");
-    result.finish_reason = FinishReason::kCancelled;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (engine_done_ || !submitted_) return;
-    }
-    OnEngineDone(result);
-  }
-
- protected:
-  virtual bool streaming() const = 0;
-  virtual void OnEngineTokens(const std::vector<int32_t>& ids) = 0;
-  // Finishes (or starts finishing) the RPC; called once.
-  virtual void FinishWith(const grpc::Status& status) = 0;
-  virtual void OnResult() = 0;  // engine_done_ was just set
-
-  void Refuse(const grpc::Status& status) {
-    ReleaseQuota();
-    Log(status, nullptr);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      engine_done_ = true;
-    }
-    FinishWith(status);
-  }
-
-  void OnEngineDone(const RequestResult& engine_result) {
-    RequestResult result = engine_result;
-    if (text_ != nullptr && text_->stopped()) {  // a stop string ended it (the engine saw a cancel)
-      result.status = absl::OkStatus();
-      result.finish_reason = FinishReason::kStop;
-      if (result.output_ids.size() > text_->kept_ids()) result.output_ids.resize(text_->kept_ids());
-    }
+  // SessionSink: the session's delivery worker.
+  void OnFinish(const RequestResult& result, const std::string& tail, const std::string& text) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (engine_done_) return;
       result_ = result;
+      tail_ = tail;
+      text_ = text;
       engine_done_ = true;
     }
-    service_->UnregisterEngineId(engine_id_);
-    Log(ToGrpc(result.status), &result);
     OnResult();
+  }
+
+ protected:
+  virtual bool streaming() const = 0;
+  // Finishes (or starts finishing) the RPC; called once.
+  virtual void FinishWith(const grpc::Status& status) = 0;
+  virtual void OnResult() = 0;  // engine_done_ was just set
+
+  void Refuse(const Refusal& refusal) {
+    ReleaseQuota();
+    service_->sessions().Refused(request_id_, rpc_, refusal);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      engine_done_ = true;
+    }
+    FinishWith(ToGrpc(refusal.ToStatus()));
   }
 
   // Client went away or cancelled: free the engine slot. Never under mu_.
   void CancelInEngine() {
-    bool cancel = false;
+    std::shared_ptr<RequestSession> session;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      cancel = submitted_ && !engine_done_;
+      if (!engine_done_) session = session_;
     }
-    if (cancel) engine_->Cancel(engine_id_);
-  }
-
-  void Log(const grpc::Status& status, const RequestResult* result) {
-    const std::string code = CodeName(status.error_code());
-    if (service_->options().observer != nullptr) {
-      service_->options().observer->OnRequestFinished(code.c_str(), result);
-    }
-    if (!service_->options().log_requests) return;
-    nlohmann::json fields = {{"rpc", rpc_}, {"status", code}};
-    if (result != nullptr) {
-      fields["finish"] = FinishReasonName(result->finish_reason);
-      fields["prompt_tokens"] = result->prompt_tokens;
-      fields["completion_tokens"] = result->output_ids.size();
-      fields["queue_ms"] = result->queue_ms;
-      fields["ttft_ms"] = result->ttft_ms;
-      fields["total_ms"] = result->total_ms;
-    }
-    if (!status.ok()) fields["message"] = status.error_message();
-    const bool failed = result != nullptr && !status.ok() &&
-                        status.error_code() != grpc::CANCELLED &&
-                        status.error_code() != grpc::DEADLINE_EXCEEDED;
-    LogEvent(failed ? LogLevel::kWarn : LogLevel::kInfo,
-             result != nullptr ? "request_finished" : "request_refused", request_id_,
-             result != nullptr ? "request finished" : "request refused", fields);
+    if (session != nullptr) session->Cancel();
   }
 
   InferenceServiceImpl* const service_;
   grpc::CallbackServerContext* const ctx_;
   const char* const rpc_;
-  InferenceEngine* engine_ = nullptr;
   std::string request_id_;
-  std::string engine_id_;
-  int32_t prompt_tokens_ = 0;
-  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-  std::atomic<bool> first_token_logged_{false};
-  // What the engine reported and the delivery workers have not handled yet.
-  std::mutex events_mu_;
-  std::deque<std::vector<int32_t>> engine_tokens_;  // guarded by events_mu_
-  RequestResult engine_result_;                      // guarded by events_mu_
-  bool engine_finished_ = false;                     // guarded by events_mu_
-  bool result_delivered_ = false;                    // guarded by events_mu_
-  bool delivery_queued_ = false;                     // guarded by events_mu_
-  std::mutex deliver_mu_;                            // one delivery worker at a time
-  // Response text (null without a tokenizer). Fed on the engine thread; read after on_done.
-  std::unique_ptr<tokenizer::TextOutput> text_;
-  std::string text_delta_;  // engine thread: the text of the ids being handed to OnEngineTokens
-  bool text_incremental_ = false;  // text_ fed from on_tokens (streaming or stop strings)
 
   std::mutex mu_;
-  bool submitted_ = false;    // guarded by mu_
-  bool engine_done_ = false;  // guarded by mu_
-  RequestResult result_;      // guarded by mu_; valid once engine_done_
+  std::shared_ptr<RequestSession> session_;  // guarded by mu_; set once submitted
+  bool engine_done_ = false;                 // guarded by mu_
+  RequestResult result_;                     // guarded by mu_; valid once engine_done_
+  std::string tail_;                         // guarded by mu_; text not yet streamed
+  std::string text_;                         // guarded by mu_; the whole text
   std::shared_ptr<CallBase> self_;
   // This call's place under --max-requests-per-client: released before the final status goes out
   // (a client that sends its next request on the answer finds it free), or on OnDone.
@@ -646,35 +423,6 @@ class CallBase : public std::enable_shared_from_this<CallBase> {
     quota_.Release();
   }
 };
-
-void InferenceServiceImpl::DeliveryLoop() {
-  std::unique_lock<std::mutex> lock(delivery_mu_);
-  while (true) {
-    delivery_cv_.wait(lock, [this] { return delivery_stop_ || !delivery_.empty(); });
-    if (delivery_.empty()) return;  // stopping, and nothing left to deliver
-    std::shared_ptr<CallBase> call = std::move(delivery_.front());
-    delivery_.pop_front();
-    ++deliveries_running_;
-    lock.unlock();
-    call->DeliverEngineEvents();
-    call.reset();
-    lock.lock();
-    --deliveries_running_;
-    if (delivery_.empty() && deliveries_running_ == 0) delivery_idle_cv_.notify_all();
-  }
-}
-
-void InferenceServiceImpl::AbortAll() {
-  FlushDeliveries();  // a result the engine already gave is delivered, not replaced by UNAVAILABLE
-  std::vector<std::shared_ptr<CallBase>> calls;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [id, weak] : in_flight_) {
-      if (auto call = weak.lock()) calls.push_back(std::move(call));
-    }
-  }
-  for (auto& call : calls) call->Abort();
-}
 
 class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
  public:
@@ -697,12 +445,12 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
     CheckDone();
     ReleaseQuota();
     service_->CallDone();
-    self_.reset();  // deletes this unless the engine still holds the callbacks
+    self_.reset();  // deletes this unless the session still holds it
   }
+  void OnStep(const std::vector<int32_t>&, const std::string&) override {}
 
  protected:
   bool streaming() const override { return false; }
-  void OnEngineTokens(const std::vector<int32_t>&) override {}
   void FinishWith(const grpc::Status& status) override {
     ctx_->AddTrailingMetadata(kRequestIdMetadata, request_id_);
     ReleaseQuota();
@@ -712,12 +460,7 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
     if (!result_.status.ok()) return FinishWith(ToGrpc(result_.status));
     response_->set_request_id(request_id_);
     FillFinal(result_, 0, response_);
-    if (text_ != nullptr) {
-      std::string unused;
-      if (!text_incremental_) text_->Add(result_.output_ids, &unused);
-      text_->Finish();
-      response_->set_text(text_->text());
-    }
+    response_->set_text(text_);
     FinishWith(grpc::Status::OK);
   }
 
@@ -768,20 +511,20 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
     service_->CallDone();
     self_.reset();
   }
-
- protected:
-  bool streaming() const override { return true; }
-  void OnEngineTokens(const std::vector<int32_t>& ids) override {
+  void OnStep(const std::vector<int32_t>& ids, const std::string& text) override {
     if (ids.empty()) return;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (broken_ || finished_) return;
       pending_.push_back(ids);
-      pending_text_.push_back(text_delta_);
+      pending_text_.push_back(text);
       streamed_ += ids.size();
     }
     Pump();
   }
+
+ protected:
+  bool streaming() const override { return true; }
   void FinishWith(const grpc::Status& status) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -825,7 +568,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
           out_.Clear();
           out_.set_request_id(request_id_);
           FillFinal(result_, streamed_, &out_);
-          if (text_ != nullptr) out_.set_text(text_->Finish());
+          out_.set_text(tail_);
           action = kWriteAndFinish;
         } else {
           action = kFinish;
@@ -863,6 +606,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
   grpc::Status error_;
   v1::InferResponse out_;  // the one outstanding write
 };
+
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::Infer(grpc::CallbackServerContext* ctx,
                                                       const v1::InferRequest* request,

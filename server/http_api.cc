@@ -1,5 +1,6 @@
 #include "server/http_api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -9,19 +10,15 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "server/grpc_validation.h"
+#include "server/request_validation.h"
 
 namespace glmserve {
 namespace {
 
 using nlohmann::json;
 
-HttpError Bad(std::string param, std::string message, std::string code = "invalid_value") {
-  HttpError e;
-  e.param = std::move(param);
-  e.message = e.param.empty() ? std::move(message) : absl::StrCat(e.param, ": ", message);
-  e.code = std::move(code);
-  return e;
+Refusal Bad(std::string param, const std::string& message, RefusalKind kind = RefusalKind::kInvalidValue) {
+  return InvalidField(std::move(param), message, kind);
 }
 
 const char* TypeName(const json& v) {
@@ -36,8 +33,8 @@ const char* TypeName(const json& v) {
   }
 }
 
-HttpError WrongType(const std::string& path, const json& v, const char* expected) {
-  return Bad(path, absl::StrCat("expected ", expected, ", got ", TypeName(v)), "invalid_type");
+Refusal WrongType(const std::string& path, const json& v, const char* expected) {
+  return Bad(path, absl::StrCat("expected ", expected, ", got ", TypeName(v)), RefusalKind::kInvalidType);
 }
 
 // Nesting depth outside strings, without building anything (a guard before the real parse).
@@ -62,7 +59,7 @@ int MaxDepth(const std::string& body) {
 }
 
 // Optional typed fields: absent or null -> nullopt-like (returns false without error).
-std::optional<HttpError> GetNumber(const json& body, const char* key, double lo, double hi,
+std::optional<Refusal> GetNumber(const json& body, const char* key, double lo, double hi,
                                    std::optional<double>* out) {
   auto it = body.find(key);
   if (it == body.end() || it->is_null()) return std::nullopt;
@@ -75,7 +72,7 @@ std::optional<HttpError> GetNumber(const json& body, const char* key, double lo,
   return std::nullopt;
 }
 
-std::optional<HttpError> GetInt(const json& body, const char* key, int64_t lo, int64_t hi,
+std::optional<Refusal> GetInt(const json& body, const char* key, int64_t lo, int64_t hi,
                                 std::optional<int64_t>* out) {
   auto it = body.find(key);
   if (it == body.end() || it->is_null()) return std::nullopt;
@@ -98,7 +95,7 @@ std::optional<HttpError> GetInt(const json& body, const char* key, int64_t lo, i
   return std::nullopt;
 }
 
-std::optional<HttpError> GetBool(const json& body, const char* key, bool* out) {
+std::optional<Refusal> GetBool(const json& body, const char* key, bool* out) {
   auto it = body.find(key);
   if (it == body.end() || it->is_null()) return std::nullopt;
   if (!it->is_boolean()) return WrongType(key, *it, "a boolean");
@@ -107,7 +104,7 @@ std::optional<HttpError> GetBool(const json& body, const char* key, bool* out) {
 }
 
 // Content of one chat message: a string, or a list of parts whose text parts are joined.
-std::optional<HttpError> MessageContent(const json& content, const std::string& path, std::string* out) {
+std::optional<Refusal> MessageContent(const json& content, const std::string& path, std::string* out) {
   if (content.is_string()) {
     *out = content.get<std::string>();
     return std::nullopt;
@@ -119,12 +116,12 @@ std::optional<HttpError> MessageContent(const json& content, const std::string& 
     const std::string ppath = absl::StrCat(path, "[", j, "]");
     if (!part.is_object()) return WrongType(ppath, part, "an object");
     auto type = part.find("type");
-    if (type == part.end() || type->is_null()) return Bad(ppath + ".type", "missing", "missing_required_parameter");
+    if (type == part.end() || type->is_null()) return Bad(ppath + ".type", "missing", RefusalKind::kMissingParameter);
     if (!type->is_string()) return WrongType(ppath + ".type", *type, "a string");
     const std::string t = type->get<std::string>();
     if (t == "text" || t == "input_text") {
       auto it = part.find("text");
-      if (it == part.end() || it->is_null()) return Bad(ppath + ".text", "missing", "missing_required_parameter");
+      if (it == part.end() || it->is_null()) return Bad(ppath + ".text", "missing", RefusalKind::kMissingParameter);
       if (!it->is_string()) return WrongType(ppath + ".text", *it, "a string");
       if (!text.empty()) text += "\n";
       text += it->get<std::string>();
@@ -133,7 +130,7 @@ std::optional<HttpError> MessageContent(const json& content, const std::string& 
       return Bad(ppath, absl::StrCat("content part type '", t,
                                      "' is not supported: the loaded model has no vision input "
                                      "(text parts only)"),
-                 "unsupported_content_type");
+                 RefusalKind::kUnsupportedContent);
     } else {
       return Bad(ppath + ".type", absl::StrCat("unknown content part type '", t, "'; expected 'text'"));
     }
@@ -142,9 +139,9 @@ std::optional<HttpError> MessageContent(const json& content, const std::string& 
   return std::nullopt;
 }
 
-std::optional<HttpError> ParseMessages(const json& body, v1::InferRequest* proto) {
+std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_request) {
   auto it = body.find("messages");
-  if (it == body.end() || it->is_null()) return Bad("messages", "missing (an array of {role, content})", "missing_required_parameter");
+  if (it == body.end() || it->is_null()) return Bad("messages", "missing (an array of {role, content})", RefusalKind::kMissingParameter);
   if (!it->is_array()) return WrongType("messages", *it, "an array");
   if (it->empty()) return Bad("messages", "must contain at least one message");
   for (size_t i = 0; i < it->size(); ++i) {
@@ -152,7 +149,7 @@ std::optional<HttpError> ParseMessages(const json& body, v1::InferRequest* proto
     const std::string path = absl::StrCat("messages[", i, "]");
     if (!m.is_object()) return WrongType(path, m, "an object");
     auto role = m.find("role");
-    if (role == m.end() || role->is_null()) return Bad(path + ".role", "missing", "missing_required_parameter");
+    if (role == m.end() || role->is_null()) return Bad(path + ".role", "missing", RefusalKind::kMissingParameter);
     if (!role->is_string()) return WrongType(path + ".role", *role, "a string");
     const std::string r = role->get<std::string>();
     if (r != "system" && r != "user" && r != "assistant") {
@@ -160,7 +157,7 @@ std::optional<HttpError> ParseMessages(const json& body, v1::InferRequest* proto
     }
     auto content = m.find("content");
     if (content == m.end() || content->is_null()) {
-      return Bad(path + ".content", "missing", "missing_required_parameter");
+      return Bad(path + ".content", "missing", RefusalKind::kMissingParameter);
     }
     std::string text;
     if (auto e = MessageContent(*content, path + ".content", &text)) return e;
@@ -168,21 +165,19 @@ std::optional<HttpError> ParseMessages(const json& body, v1::InferRequest* proto
       return WrongType(path + ".name", *name, "a string");
     }
     if (auto tc = m.find("tool_calls"); tc != m.end() && !tc->is_null()) {
-      return Bad(path + ".tool_calls", "tool calls are not supported", "unsupported_parameter");
+      return Bad(path + ".tool_calls", "tool calls are not supported", RefusalKind::kUnsupportedParameter);
     }
-    v1::Message* out = proto->add_messages();
-    out->set_role(r);
-    out->set_content(std::move(text));
+    out_request->messages.push_back({r, std::move(text)});
   }
   return std::nullopt;
 }
 
-std::optional<HttpError> ParsePrompt(const json& body, v1::InferRequest* proto) {
+std::optional<Refusal> ParsePrompt(const json& body, GenerateRequest* out_request) {
   auto it = body.find("prompt");
-  if (it == body.end() || it->is_null()) return Bad("prompt", "missing (a string or an array of token ids)", "missing_required_parameter");
+  if (it == body.end() || it->is_null()) return Bad("prompt", "missing (a string or an array of token ids)", RefusalKind::kMissingParameter);
   if (it->is_string()) {
     if (it->get_ref<const std::string&>().empty()) return Bad("prompt", "must not be empty");
-    proto->set_prompt(it->get<std::string>());
+    out_request->prompt = it->get<std::string>();
     return std::nullopt;
   }
   if (!it->is_array()) return WrongType("prompt", *it, "a string or an array of token ids");
@@ -193,7 +188,7 @@ std::optional<HttpError> ParsePrompt(const json& body, v1::InferRequest* proto) 
     if (it->size() != 1) return Bad("prompt", "only one prompt per request is supported");
     if ((*it)[0].is_string()) {
       if ((*it)[0].get_ref<const std::string&>().empty()) return Bad("prompt[0]", "must not be empty");
-      proto->set_prompt((*it)[0].get<std::string>());
+      out_request->prompt = (*it)[0].get<std::string>();
       return std::nullopt;
     }
     ids = &(*it)[0];
@@ -208,7 +203,7 @@ std::optional<HttpError> ParsePrompt(const json& body, v1::InferRequest* proto) 
                                : (v.get<int64_t>() < 0 || v.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
       return Bad(path, absl::StrCat(v.dump(), " is not a token id"));
     }
-    proto->add_input_ids(static_cast<int32_t>(v.get<int64_t>()));
+    out_request->input_ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
   }
   return std::nullopt;
 }
@@ -223,10 +218,10 @@ std::string HttpErrorBody(const HttpError& error) {
   return json{{"error", e}}.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-std::optional<HttpError> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out) {
+std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out) {
   out->kind = kind;
   if (MaxDepth(body) > kMaxJsonDepth) {
-    return Bad("", absl::StrCat("request body nests deeper than ", kMaxJsonDepth, " levels"), "invalid_json");
+    return Bad("", absl::StrCat("request body nests deeper than ", kMaxJsonDepth, " levels"), RefusalKind::kInvalidJson);
   }
   json parsed;
   try {
@@ -236,24 +231,24 @@ std::optional<HttpError> ParseApiRequest(ApiKind kind, const std::string& body, 
     std::string what = e.what();
     const size_t at = what.find("] ");
     if (at != std::string::npos) what = what.substr(at + 2);
-    return Bad("", absl::StrCat("invalid JSON at byte ", e.byte, ": ", what), "invalid_json");
+    return Bad("", absl::StrCat("invalid JSON at byte ", e.byte, ": ", what), RefusalKind::kInvalidJson);
   } catch (const std::exception& e) {
-    return Bad("", absl::StrCat("invalid JSON: ", e.what()), "invalid_json");
+    return Bad("", absl::StrCat("invalid JSON: ", e.what()), RefusalKind::kInvalidJson);
   }
-  if (!parsed.is_object()) return Bad("", absl::StrCat("request body must be a JSON object, got ", TypeName(parsed)), "invalid_type");
+  if (!parsed.is_object()) return Bad("", absl::StrCat("request body must be a JSON object, got ", TypeName(parsed)), RefusalKind::kInvalidType);
 
   if (auto it = parsed.find("model"); it == parsed.end() || it->is_null()) {
-    return Bad("model", "missing", "missing_required_parameter");
+    return Bad("model", "missing", RefusalKind::kMissingParameter);
   } else if (!it->is_string()) {
     return WrongType("model", *it, "a string");
   } else {
     out->model = it->get<std::string>();
   }
-  v1::InferRequest& proto = out->proto;
+  GenerateRequest& request = out->request;
   if (kind == ApiKind::kChat) {
-    if (auto e = ParseMessages(parsed, &proto)) return e;
+    if (auto e = ParseMessages(parsed, &request)) return e;
   } else {
-    if (auto e = ParsePrompt(parsed, &proto)) return e;
+    if (auto e = ParsePrompt(parsed, &request)) return e;
   }
 
   std::optional<int64_t> max_tokens;
@@ -263,25 +258,25 @@ std::optional<HttpError> ParseApiRequest(ApiKind kind, const std::string& body, 
     max_key = "max_completion_tokens";
   }
   if (auto e = GetInt(parsed, max_key, 1, std::numeric_limits<int32_t>::max(), &max_tokens)) return e;
-  if (max_tokens) proto.set_max_new_tokens(static_cast<int32_t>(*max_tokens));
+  if (max_tokens) request.max_new_tokens = static_cast<int32_t>(*max_tokens);
 
   std::optional<double> temperature, top_p, freq, presence;
   if (auto e = GetNumber(parsed, "temperature", 0.0, 2.0, &temperature)) return e;
-  if (temperature) proto.set_temperature(static_cast<float>(*temperature));
+  if (temperature) request.temperature = static_cast<float>(*temperature);
   if (auto e = GetNumber(parsed, "top_p", 0.0, 1.0, &top_p)) return e;
   if (top_p) {
     if (*top_p <= 0.0) return Bad("top_p", absl::StrCat(*top_p, " is outside (0, 1]"));
-    proto.set_top_p(static_cast<float>(*top_p));
+    request.top_p = static_cast<float>(*top_p);
   }
   if (auto e = GetNumber(parsed, "frequency_penalty", kMinOpenAiPenalty, kMaxOpenAiPenalty, &freq)) return e;
-  if (freq) proto.set_frequency_penalty(static_cast<float>(*freq));
+  if (freq) request.frequency_penalty = static_cast<float>(*freq);
   if (auto e = GetNumber(parsed, "presence_penalty", kMinOpenAiPenalty, kMaxOpenAiPenalty, &presence)) return e;
-  if (presence) proto.set_presence_penalty(static_cast<float>(*presence));
+  if (presence) request.presence_penalty = static_cast<float>(*presence);
   // vLLM's extra sampling parameter: 1 = off; unlike the proto, 0 is refused (not "unset").
   std::optional<double> repetition;
   const double inf = std::numeric_limits<double>::infinity();
   if (auto e = GetNumber(parsed, "repetition_penalty", -inf, inf, &repetition)) {
-    if (e->code != "invalid_type") {  // NaN/inf cannot come from JSON; kept for safety
+    if (e->kind != RefusalKind::kInvalidType) {  // NaN/inf cannot come from JSON; kept for safety
       e->message = absl::StrCat("repetition_penalty: must be in (0, ", kMaxRepetitionPenalty, "] (1 = off)");
     }
     return e;
@@ -290,32 +285,32 @@ std::optional<HttpError> ParseApiRequest(ApiKind kind, const std::string& body, 
     if (!(*repetition > 0.0 && *repetition <= kMaxRepetitionPenalty)) {
       return Bad("repetition_penalty", absl::StrCat(*repetition, " is outside (0, ", kMaxRepetitionPenalty, "] (1 = off)"));
     }
-    proto.set_repetition_penalty(static_cast<float>(*repetition));
+    request.repetition_penalty = static_cast<float>(*repetition);
   }
   // vLLM's extra parameters for fixed-length output: stop ids are ignored until min_tokens new
   // tokens exist (the proto's min_new_tokens); ignore_eos = min_tokens equal to max_tokens.
   std::optional<int64_t> min_tokens;
   if (auto e = GetInt(parsed, "min_tokens", 0, std::numeric_limits<int32_t>::max(), &min_tokens)) return e;
-  if (min_tokens) proto.set_min_new_tokens(static_cast<int32_t>(*min_tokens));
-  if (auto e = GetBool(parsed, "ignore_eos", &out->ignore_eos)) return e;
+  if (min_tokens) request.min_new_tokens = static_cast<int32_t>(*min_tokens);
+  if (auto e = GetBool(parsed, "ignore_eos", &request.min_equals_max)) return e;
 
   std::optional<int64_t> seed, n, top_k;
   if (auto e = GetInt(parsed, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), &seed)) return e;
-  if (seed) proto.set_seed(static_cast<uint64_t>(*seed));
+  if (seed) request.seed = static_cast<uint64_t>(*seed);
   if (auto e = GetInt(parsed, "n", 1, 1, &n)) {
     e->message = "n: only n = 1 is supported";
     return e;
   }
   if (auto e = GetInt(parsed, "top_k", 0, std::numeric_limits<int32_t>::max(), &top_k)) return e;
-  if (top_k) proto.set_top_k(static_cast<int32_t>(*top_k));
+  if (top_k) request.top_k = static_cast<int32_t>(*top_k);
 
   if (auto it = parsed.find("stop"); it != parsed.end() && !it->is_null()) {
     if (it->is_string()) {
-      proto.add_stop(it->get<std::string>());
+      request.stop.push_back(it->get<std::string>());
     } else if (it->is_array()) {
       for (size_t i = 0; i < it->size(); ++i) {
         if (!(*it)[i].is_string()) return WrongType(absl::StrCat("stop[", i, "]"), (*it)[i], "a string");
-        proto.add_stop((*it)[i].get<std::string>());
+        request.stop.push_back((*it)[i].get<std::string>());
       }
     } else {
       return WrongType("stop", *it, "a string or an array of strings");
@@ -327,7 +322,7 @@ std::optional<HttpError> ParseApiRequest(ApiKind kind, const std::string& body, 
     if (!it->is_object()) return WrongType("stream_options", *it, "an object");
     if (!out->stream) return Bad("stream_options", "only allowed when stream is true");
     if (auto e = GetBool(*it, "include_usage", &out->include_usage)) {
-      e->param = "stream_options.include_usage";
+      e->field = "stream_options.include_usage";
       e->message = "stream_options." + e->message;
       return e;
     }
@@ -336,27 +331,27 @@ std::optional<HttpError> ParseApiRequest(ApiKind kind, const std::string& body, 
   if (auto e = GetBool(parsed, "logprobs", &flag)) {
     if (kind == ApiKind::kChat) return e;
   }
-  if (kind == ApiKind::kChat && flag) return Bad("logprobs", "not supported", "unsupported_parameter");
+  if (kind == ApiKind::kChat && flag) return Bad("logprobs", "not supported", RefusalKind::kUnsupportedParameter);
   if (kind == ApiKind::kCompletion) {
     if (auto it = parsed.find("logprobs"); it != parsed.end() && !it->is_null()) {
       if (!it->is_number_integer()) return WrongType("logprobs", *it, "an integer");
-      if (it->get<int64_t>() != 0) return Bad("logprobs", "not supported", "unsupported_parameter");
+      if (it->get<int64_t>() != 0) return Bad("logprobs", "not supported", RefusalKind::kUnsupportedParameter);
     }
     bool echo = false;
     if (auto e = GetBool(parsed, "echo", &echo)) return e;
-    if (echo) return Bad("echo", "not supported", "unsupported_parameter");
+    if (echo) return Bad("echo", "not supported", RefusalKind::kUnsupportedParameter);
     std::optional<int64_t> best_of;
     if (auto e = GetInt(parsed, "best_of", 1, 1, &best_of)) {
       e->message = "best_of: only best_of = 1 is supported";
       return e;
     }
     if (auto it = parsed.find("suffix"); it != parsed.end() && !it->is_null()) {
-      return Bad("suffix", "not supported", "unsupported_parameter");
+      return Bad("suffix", "not supported", RefusalKind::kUnsupportedParameter);
     }
   }
   if (auto it = parsed.find("tools"); it != parsed.end() && !it->is_null()) {
     if (!it->is_array()) return WrongType("tools", *it, "an array");
-    if (!it->empty()) return Bad("tools", "tool calling is not supported", "unsupported_parameter");
+    if (!it->empty()) return Bad("tools", "tool calling is not supported", RefusalKind::kUnsupportedParameter);
   }
   if (auto it = parsed.find("user"); it != parsed.end() && !it->is_null() && !it->is_string()) {
     return WrongType("user", *it, "a string");
@@ -364,76 +359,70 @@ std::optional<HttpError> ParseApiRequest(ApiKind kind, const std::string& body, 
   if (auto it = parsed.find("response_format"); it != parsed.end() && !it->is_null()) {
     if (!it->is_object()) return WrongType("response_format", *it, "an object");
     auto type = it->find("type");
-    if (type == it->end() || !type->is_string()) return Bad("response_format.type", "expected a string", "invalid_type");
+    if (type == it->end() || !type->is_string()) return Bad("response_format.type", "expected a string", RefusalKind::kInvalidType);
     if (type->get<std::string>() != "text") {
-      return Bad("response_format.type", "only 'text' is supported", "unsupported_parameter");
+      return Bad("response_format.type", "only 'text' is supported", RefusalKind::kUnsupportedParameter);
     }
   }
   return std::nullopt;
 }
 
-HttpError FromValidationStatus(const absl::Status& status, ApiKind kind) {
-  std::string message(status.message());
-  std::string field;
-  const size_t colon = message.find(": ");
-  if (colon != std::string::npos && colon < 64) field = message.substr(0, colon);
-  std::string param = field;
-  auto rename = [&](std::string_view from, std::string_view to) {
-    if (param.rfind(from, 0) == 0) param = std::string(to) + param.substr(from.size());
-    for (size_t at = message.find(from); at != std::string::npos; at = message.find(from, at + to.size())) {
-      message.replace(at, from.size(), to);
-    }
+HttpError ToHttpError(const Refusal& refusal) {
+  HttpError e;
+  e.message = refusal.message;
+  e.param = refusal.field;
+  // 429 and 503 say when to come back: the refusal's hint, at least a second.
+  auto busy = [&](int status, const char* type, const char* code) {
+    e.status = status;
+    e.type = type;
+    e.code = code;
+    e.retry_after_s = static_cast<int>(std::max<int64_t>(1, (refusal.retry_after_ms + 999) / 1000));
   };
-  rename("max_new_tokens", "max_tokens");
-  rename("min_new_tokens", "min_tokens");
-  rename("input_ids", "prompt");
-  if (param.rfind("request_id", 0) == 0) param = "x-request-id";
-  HttpError e;
-  e.status = 400;
-  e.param = param;
-  e.message = message;
-  e.code = "invalid_value";
-  if (message.find("prompt tokens allowed") != std::string::npos ||
-      message.find("max context") != std::string::npos) {
-    e.code = "context_length_exceeded";
-  }
-  if (kind == ApiKind::kChat && param == "prompt") e.param = "messages";
-  return e;
-}
-
-HttpError FromEngineStatus(const absl::Status& status, ApiKind kind) {
-  HttpError e;
-  e.message = std::string(status.message());
-  switch (status.code()) {
-    case absl::StatusCode::kResourceExhausted: {
-      e.status = 429;
-      e.type = "rate_limit_error";
-      e.code = "overloaded";
-      int64_t retry_ms = 1000;
-      const size_t at = e.message.find("retry after ");
-      if (at != std::string::npos) retry_ms = std::strtoll(e.message.c_str() + at + 12, nullptr, 10);
-      e.retry_after_s = static_cast<int>(std::max<int64_t>(1, (retry_ms + 999) / 1000));
+  switch (refusal.kind) {
+    case RefusalKind::kInvalidValue: e.code = "invalid_value"; break;
+    case RefusalKind::kInvalidType: e.code = "invalid_type"; break;
+    case RefusalKind::kMissingParameter: e.code = "missing_required_parameter"; break;
+    case RefusalKind::kUnsupportedParameter: e.code = "unsupported_parameter"; break;
+    case RefusalKind::kUnsupportedContent: e.code = "unsupported_content_type"; break;
+    case RefusalKind::kInvalidJson: e.code = "invalid_json"; break;
+    case RefusalKind::kContextLength: e.code = "context_length_exceeded"; break;
+    case RefusalKind::kBadRequest: e.code = "bad_request"; break;
+    case RefusalKind::kPayloadTooLarge:
+      e.status = 413;
+      e.code = "payload_too_large";
       break;
-    }
-    case absl::StatusCode::kUnavailable:
-      e.status = 503;
-      e.type = "service_unavailable_error";
-      e.code = e.message.find("draining") != std::string::npos ? "draining" : "unavailable";
-      e.retry_after_s = 1;
+    case RefusalKind::kUnsupportedMediaType:
+      e.status = 415;
+      e.code = "unsupported_media_type";
       break;
-    case absl::StatusCode::kDeadlineExceeded:
+    case RefusalKind::kNotFound:
+      e.status = 404;
+      e.code = "not_found";
+      break;
+    case RefusalKind::kRequestTimeout:
+      e.status = 408;
+      e.code = "request_timeout";
+      break;
+    case RefusalKind::kUnauthenticated:
+      e.status = 401;
+      e.code = "invalid_api_key";
+      break;
+    case RefusalKind::kClientQuota: busy(429, "rate_limit_error", "rate_limit_exceeded"); break;
+    case RefusalKind::kQueueFull: busy(429, "rate_limit_error", "overloaded"); break;
+    case RefusalKind::kDraining: busy(503, "service_unavailable_error", "draining"); break;
+    case RefusalKind::kUnavailable: busy(503, "service_unavailable_error", "unavailable"); break;
+    case RefusalKind::kTooManyConnections: busy(503, "service_unavailable_error", "too_many_connections"); break;
+    case RefusalKind::kDeadline:
       e.status = 504;
       e.type = "timeout_error";
       e.code = "deadline_exceeded";
-      e.param = "timeout";
+      if (e.param.empty()) e.param = "timeout";
       break;
-    case absl::StatusCode::kInvalidArgument:
-      return FromValidationStatus(status, kind);
-    case absl::StatusCode::kCancelled:
-      e.status = 499;
+    case RefusalKind::kCancelled:
+      e.status = 499;  // the client closed: sent as 400 where anything is still sent
       e.code = "cancelled";
       break;
-    default:
+    case RefusalKind::kInternal:
       e.status = 500;
       e.type = "server_error";
       e.code = "internal_error";
@@ -442,7 +431,7 @@ HttpError FromEngineStatus(const absl::Status& status, ApiKind kind) {
   return e;
 }
 
-std::optional<HttpError> ParseTimeout(const std::string& text, const std::string& param,
+std::optional<Refusal> ParseTimeout(const std::string& text, const std::string& param,
                                       std::chrono::milliseconds* out) {
   std::string number = text;
   double scale = 1000.0;

@@ -20,12 +20,14 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "runtime/tokenizer/text_output.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/auth.h"
 #include "server/client_quota.h"
 #include "server/http_api.h"
 #include "server/logging.h"
+#include "server/request.h"
+#include "server/request_session.h"
+#include "server/request_validation.h"
 
 namespace glmserve {
 
@@ -35,39 +37,6 @@ namespace {
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-std::string FormatAddress(const std::string& host, int port) {
-  if (host.find(':') != std::string::npos && host.front() != '[') return absl::StrCat("[", host, "]:", port);
-  return absl::StrCat(host, ":", port);
-}
-
-// gRPC code names, as the metrics and the gRPC front end's logs use them.
-const char* CodeName(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kOk: return "OK";
-    case absl::StatusCode::kCancelled: return "CANCELLED";
-    case absl::StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case absl::StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case absl::StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case absl::StatusCode::kUnavailable: return "UNAVAILABLE";
-    case absl::StatusCode::kInternal: return "INTERNAL";
-    case absl::StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    default: return "UNKNOWN";
-  }
-}
-
-const char* CodeForHttp(int status) {
-  switch (status) {
-    case 200: return "OK";
-    case 401: return "UNAUTHENTICATED";
-    case 429: return "RESOURCE_EXHAUSTED";
-    case 503: return "UNAVAILABLE";
-    case 504: return "DEADLINE_EXCEEDED";
-    case 499: return "CANCELLED";
-    case 500: return "INTERNAL";
-    default: return "INVALID_ARGUMENT";
-  }
-}
-
 int64_t NowSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -75,13 +44,20 @@ int64_t NowSeconds() {
 }  // namespace
 
 struct HttpServer::State {
-  explicit State(const HttpServerOptions& o) : options(o) {
-    std::random_device rd;
-    id_prefix = absl::StrFormat("glmh-%08x", rd());
+  explicit State(const HttpServerOptions& o) : options(o), sessions(SessionsOptions(o)) {}
+  static RequestSessionsOptions SessionsOptions(const HttpServerOptions& o) {
+    RequestSessionsOptions s;
+    s.limits = o.limits;
+    s.log_requests = o.log_requests;
+    s.observer = o.observer;
+    s.client_quota = o.client_quota;
+    s.id_prefix = "glmh";
+    s.loading_message = "model is loading or restarting; retry later";
+    return s;
   }
   const HttpServerOptions options;
-  std::string id_prefix;
-  std::atomic<uint64_t> next_id{1};
+  // Admission, validation, engine events, text, logs and metrics (server/request_session.h).
+  RequestSessions sessions;
   std::atomic<bool> stopping{false};
 
   mutable std::mutex mu;
@@ -89,8 +65,6 @@ struct HttpServer::State {
   InferenceEngine* engine = nullptr;  // guarded by mu
   bool serving = false;               // guarded by mu
   bool draining = false;              // guarded by mu
-  ValidationModel model;              // guarded by mu
-  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;  // guarded by mu
   int active = 0;                     // guarded by mu
   // Connections (each on a thread of its own) and API requests being answered / waiting for a
   // serving slot (HttpServerOptions::threads, max_waiting, max_connections).
@@ -264,13 +238,9 @@ class ApiHttpServer final : public httplib::Server {
   bool process_and_close_socket(socket_t sock) override {
     const HttpServerOptions& o = state_->options;
     if (tls_refuse_connection) {  // the listener thread: never block
-      HttpError e;
-      e.status = 503;
-      e.type = "service_unavailable_error";
-      e.code = "too_many_connections";
-      e.message = absl::StrCat("too many open connections (--http-max-connections ", o.max_connections,
-                               "); retry later");
-      e.retry_after_s = 1;
+      const HttpError e = ToHttpError(MakeRefusal(
+          absl::StatusCode::kUnavailable, RefusalKind::kTooManyConnections,
+          absl::StrCat("too many open connections (--http-max-connections ", o.max_connections, "); retry later")));
       const std::string out = RawResponse(503, "Service Unavailable", e);
       (void)send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       shutdown(sock, SHUT_WR);
@@ -294,17 +264,16 @@ class ApiHttpServer final : public httplib::Server {
       ok = process_request(conn, last, closed, nullptr);
       tls_connection = nullptr;
       if (!ok && conn.timed_out() && conn.written() == 0) {
-        HttpError e;
-        e.status = 408;
-        e.code = "request_timeout";
-        e.message = absl::StrCat("the request did not arrive within --http-read-timeout-ms (", o.read_timeout_ms,
-                                 " ms)");
+        const Refusal refusal = MakeRefusal(
+            absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
+            absl::StrCat("the request did not arrive within --http-read-timeout-ms (", o.read_timeout_ms, " ms)"));
+        const HttpError e = ToHttpError(refusal);
         const std::string out = RawResponse(408, "Request Timeout", e);
         (void)send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         conn.CloseAfter();  // linger: what the client still sends must not reset the answer away
         if (o.log_requests) {
           LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
-                   {{"status", "DEADLINE_EXCEEDED"}, {"http_status", 408}, {"message", e.message}});
+                   {{"status", CodeName(refusal.code)}, {"http_status", e.status}, {"message", e.message}});
         }
       }
       if (!ok || closed || last || conn.close_after()) break;
@@ -368,8 +337,8 @@ constexpr int64_t kMaxPromptBytesPerToken = 64;
 
 std::string RequestIdOf(State& state, const httplib::Request& req) {
   std::string request_id = req.get_header_value("x-request-id");
-  if (request_id.empty() || !ValidateRequestId(request_id, state.options.limits).ok()) {
-    request_id = absl::StrCat(state.id_prefix, "-", state.next_id.fetch_add(1));
+  if (request_id.empty() || CheckRequestId(request_id, state.options.limits, Dialect::kOpenAiChat)) {
+    request_id = state.sessions.NewRequestId();
   }
   return request_id;
 }
@@ -387,20 +356,11 @@ struct ServingSlot {
   std::shared_ptr<State> state;
 };
 
-// One request to the engine. Shared by the handler thread and the engine callbacks (which may
-// outlive the handler when the client went away).
-struct Call {
-  std::shared_ptr<State> state;
-  std::string request_id;
-  std::string engine_id;
-  std::string route;
-  ApiKind kind = ApiKind::kChat;
-  InferenceEngine* engine = nullptr;
-  const std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-  std::atomic<bool> first_token_logged{false};
-  std::unique_ptr<tokenizer::TextOutput> text;  // engine thread until done
-  std::string scratch;                          // engine thread
-  std::shared_ptr<ServingSlot> slot;            // set before Submit; released at on_done
+// The HTTP half of one request over its RequestSession: the handler thread waits on it (unary) or
+// the SSE provider drains it (stream); the session's delivery worker fills it.
+struct Call final : public SessionSink {
+  bool has_text = false;  // a tokenizer: deltas carry text, else each step's ids
+  std::shared_ptr<RequestSession> session;  // set before anyone waits on the call
 
   std::mutex mu;
   std::condition_variable cv;
@@ -413,28 +373,39 @@ struct Call {
   };
   std::deque<Delta> deltas;  // guarded by mu
   bool done = false;               // guarded by mu
-  bool client_gone = false;        // guarded by mu
   RequestResult result;            // guarded by mu; valid once done
   std::string tail;                // guarded by mu; text held back until the end
+  std::string text;                // guarded by mu; the whole text (unary)
   ClientQuota::Lease quota;        // handler thread: released when the answer is complete
 
-  void Cancel() {
-    bool cancel = false;
+  void OnStep(const std::vector<int32_t>& ids, const std::string& delta) override {
+    if (has_text && delta.empty()) return;
     {
       std::lock_guard<std::mutex> lock(mu);
-      client_gone = true;
-      cancel = !done;
+      if (has_text) {
+        deltas.push_back({delta, {}});
+      } else {
+        deltas.push_back({std::string(), ids});
+      }
     }
-    if (cancel) engine->Cancel(engine_id);
+    cv.notify_all();
   }
+  void OnFinish(const RequestResult& r, const std::string& rest, const std::string& all) override {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      result = r;
+      tail = rest;
+      text = all;
+      done = true;
+    }
+    cv.notify_all();
+  }
+  void Cancel() { session->Cancel(); }
 };
 
-void LogRefused(const State& state, const std::string& request_id, const std::string& route, const HttpError& e) {
-  if (state.options.observer != nullptr) state.options.observer->OnRequestFinished(CodeForHttp(e.status), nullptr);
-  if (!state.options.log_requests) return;
-  LogEvent(LogLevel::kInfo, "request_refused", request_id, "request refused",
-           {{"rpc", route}, {"status", CodeForHttp(e.status)}, {"http_status", e.status},
-            {"param", e.param}, {"message", e.message}});
+void LogRefused(State& state, const std::string& request_id, const std::string& route, const Refusal& refusal,
+                const HttpError& e) {
+  state.sessions.Refused(request_id, route, refusal, {{"http_status", e.status}, {"param", e.param}});
 }
 
 void SetError(httplib::Response& res, const HttpError& e) {
@@ -446,35 +417,35 @@ void SetError(httplib::Response& res, const HttpError& e) {
 // --api-key-file / GLMSERVE_API_KEY: `Authorization: Bearer KEY`, else 401 (OpenAI's shape and
 // code). *client: the key's name ("key#N"), or the peer address without keys
 // (--max-requests-per-client). The presented key is never logged or echoed.
-std::optional<HttpError> Authenticate(const State& state, const httplib::Request& req, std::string* client) {
+std::optional<Refusal> Authenticate(const State& state, const httplib::Request& req, std::string* client) {
   if (state.options.api_keys == nullptr) {
     *client = req.remote_addr;
     return std::nullopt;
   }
-  HttpError e;
-  e.status = 401;
-  e.code = "invalid_api_key";
   if (!req.has_header("Authorization")) {
-    e.message = "missing API key: send 'Authorization: Bearer KEY'";
-    return e;
+    return MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated,
+                       "missing API key: send 'Authorization: Bearer KEY'");
   }
   std::optional<std::string> who = state.options.api_keys->Check(req.get_header_value("Authorization"));
-  if (!who) {
-    e.message = "invalid API key";
-    return e;
-  }
+  if (!who) return MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated, "invalid API key");
   *client = std::move(*who);
   return std::nullopt;
 }
 
 // A refusal that leaves the request body unread: the connection closes after the answer.
-void RefuseAndClose(State& state, const std::string& request_id, const std::string& route, const HttpError& e,
+void RefuseAndClose(State& state, const std::string& request_id, const std::string& route, const Refusal& refusal,
                     httplib::Response& res) {
   if (tls_connection != nullptr) tls_connection->CloseAfter();
   res.set_header("x-request-id", request_id);
   res.set_header("Connection", "close");
-  LogRefused(state, request_id, route, e);
+  const HttpError e = ToHttpError(refusal);
+  LogRefused(state, request_id, route, refusal, e);
   SetError(res, e);
+}
+
+Refusal ShutDownRefusal() {
+  return MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable,
+                     "server shut down before the request finished");
 }
 
 const char* FinishName(FinishReason reason) {
@@ -494,15 +465,13 @@ class Handler {
 
   void Api(ApiKind kind, const httplib::Request& req, const std::string& body, httplib::Response& res) {
     const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
-    std::string request_id = req.get_header_value("x-request-id");
-    if (request_id.empty() || !ValidateRequestId(request_id, state_->options.limits).ok()) {
-      request_id = absl::StrCat(state_->id_prefix, "-", state_->next_id.fetch_add(1));
-    }
+    const std::string request_id = RequestIdOf(*state_, req);
     res.set_header("x-request-id", request_id);
-    auto refuse = [&](const HttpError& e) {
-      LogRefused(*state_, request_id, route, e);
+    auto refuse = [&](const Refusal& refusal) {
+      const HttpError e = ToHttpError(refusal);
+      LogRefused(*state_, request_id, route, refusal, e);
       SetError(res, e);
-      if (e.status == 401) res.set_header("WWW-Authenticate", "Bearer");
+      if (refusal.kind == RefusalKind::kUnauthenticated) res.set_header("WWW-Authenticate", "Bearer");
     };
     std::string client;
     if (auto e = Authenticate(*state_, req, &client)) return refuse(*e);
@@ -525,128 +494,48 @@ class Handler {
     ApiRequest api;
     if (auto e = ParseApiRequest(kind, body, &api)) return refuse(*e);
 
-    InferenceEngine* engine = nullptr;
-    ValidationModel model;
+    bool stopping = false;
+    bool serving = false;
     {
       std::lock_guard<std::mutex> lock(state_->mu);
-      if (state_->draining || state_->stopping) {
-        HttpError e = FromEngineStatus(absl::UnavailableError("server is draining; retry on another replica"), kind);
-        return refuse(e);
-      }
-      if (state_->engine == nullptr || !state_->serving) {
-        return refuse(FromEngineStatus(absl::UnavailableError("model is loading or restarting; retry later"), kind));
-      }
-      engine = state_->engine;
-      model = state_->model;
+      stopping = state_->stopping;
+      serving = state_->serving;
     }
-    // The per-client cap: after the 503s (draining, loading), before tokenization.
-    ClientQuota::Lease quota;
-    if (ClientQuota* q = state_->options.client_quota.get(); q != nullptr) {
-      bool admitted = false;
-      quota = q->TryAcquire(client, &admitted);
-      if (!admitted) {
-        HttpError e;
-        e.status = 429;
-        e.type = "rate_limit_error";
-        e.code = "rate_limit_exceeded";
-        e.message = QuotaExceededMessage(q->max_per_client());
-        e.retry_after_s = 1;
-        return refuse(e);
-      }
+    RequestSessions& sessions = state_->sessions;
+    if (stopping) {
+      return refuse(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kDraining,
+                                "server is draining; retry on another replica"));
     }
-    if (auto e = PromptTooLong(api, model, kind)) return refuse(*e);
-    absl::StatusOr<InferenceRequest> request = ValidateInferRequest(api.proto, state_->options.limits, model);
-    if (!request.ok()) return refuse(FromValidationStatus(request.status(), kind));
-    // Penalties travel in api.proto (validated above); ignore_eos needs the resolved max.
-    if (api.ignore_eos) request->params.min_new_tokens = request->params.max_new_tokens;
-    request->deadline = deadline;
+    if (!serving && !sessions.draining()) {
+      return refuse(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable,
+                                sessions.options().loading_message));
+    }
+    // Draining, loading, then the per-client cap: before tokenization.
+    Admission admission;
+    if (auto e = sessions.Admit(client, &admission)) return refuse(*e);
+    if (auto e = PromptTooLong(api, admission.model, kind)) return refuse(*e);
+    api.request.deadline = deadline;
+    SessionInfo info;
+    info.request_id = request_id;
+    info.rpc = route;
+    info.streaming = api.stream;
+    info.accepted_fields = {{"stream", api.stream}};
+    InferenceRequest request;
+    if (auto e = sessions.Validate(api.request, DialectOf(kind), admission, info, &request)) return refuse(*e);
 
-    // A serving slot, or a place in the bounded waiting queue (429 at once when it is full).
+    // A serving slot, or a place in the bounded waiting queue (429 at once when it is full); held
+    // until the engine has finished the request.
     std::shared_ptr<ServingSlot> slot;
-    if (auto e = AcquireSlot(kind, deadline, &slot)) return refuse(*e);
+    if (auto e = AcquireSlot(deadline, &slot)) return refuse(*e);
+    info.hold_until_done = std::move(slot);
 
     auto call = std::make_shared<Call>();
-    call->state = state_;
-    call->request_id = request_id;
-    call->route = route;
-    call->kind = kind;
-    call->engine = engine;
-    call->slot = std::move(slot);
-    call->engine_id = absl::StrCat(request_id, "#", state_->next_id.fetch_add(1));
-    call->quota = std::move(quota);
-    request->request_id = call->engine_id;
-    if (model.tokenizer != nullptr) {
-      call->text = std::make_unique<tokenizer::TextOutput>(
-          model.tokenizer, std::vector<std::string>(api.proto.stop().begin(), api.proto.stop().end()));
+    call->has_text = admission.model.tokenizer != nullptr;
+    call->quota = std::move(admission.quota);
+    if (auto e = sessions.Submit(admission, std::move(request), std::move(info), api.request.stop, call,
+                                 &call->session)) {
+      return refuse(*e);
     }
-    const int32_t prompt_tokens = static_cast<int32_t>(request->input_ids.size());
-    if (state_->options.log_requests) {
-      LogEvent(LogLevel::kInfo, "request_accepted", request_id, "request accepted",
-               {{"rpc", route}, {"engine_id", call->engine_id}, {"prompt_tokens", prompt_tokens},
-                {"max_new_tokens", request->params.max_new_tokens}, {"stream", api.stream}});
-    }
-
-    RequestCallbacks callbacks;
-    callbacks.on_tokens = [call](const std::vector<int32_t>& ids) {
-      if (!call->first_token_logged.exchange(true) && call->state->options.log_requests) {
-        LogEvent(LogLevel::kInfo, "first_token", call->request_id, "first token",
-                 {{"rpc", call->route},
-                  {"ttft_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - call->start).count()}});
-      }
-      if (call->text == nullptr) {
-        {
-          std::lock_guard<std::mutex> lock(call->mu);
-          call->deltas.push_back({std::string(), ids});
-        }
-        call->cv.notify_all();
-        return;
-      }
-      call->scratch.clear();
-      const size_t kept = call->text->Add(ids, &call->scratch);
-      if (call->text->stopped() && kept > 0) call->engine->Cancel(call->engine_id);
-      if (call->scratch.empty()) return;
-      {
-        std::lock_guard<std::mutex> lock(call->mu);
-        call->deltas.push_back({call->scratch, {}});
-      }
-      call->cv.notify_all();
-    };
-    callbacks.on_done = [call](const RequestResult& engine_result) {
-      call->slot.reset();  // the engine's work is done: the next waiting request may start
-      RequestResult result = engine_result;
-      std::string tail;
-      if (call->text != nullptr) {
-        if (call->text->stopped()) {  // a stop string ended it (the engine saw a cancel)
-          result.status = absl::OkStatus();
-          result.finish_reason = FinishReason::kStop;
-          if (result.output_ids.size() > call->text->kept_ids()) result.output_ids.resize(call->text->kept_ids());
-        }
-        tail = call->text->Finish();
-      }
-      bool client_gone = false;
-      {
-        std::lock_guard<std::mutex> lock(call->mu);
-        call->result = result;
-        call->tail = std::move(tail);
-        call->done = true;
-        client_gone = call->client_gone;
-      }
-      call->cv.notify_all();
-      const State& state = *call->state;
-      const char* code = client_gone && !result.status.ok() ? "CANCELLED" : CodeName(result.status.code());
-      if (state.options.observer != nullptr) state.options.observer->OnRequestFinished(code, &result);
-      if (state.options.log_requests) {
-        json fields = {{"rpc", call->route}, {"status", code}, {"finish", FinishReasonName(result.finish_reason)},
-                       {"prompt_tokens", result.prompt_tokens}, {"completion_tokens", result.output_ids.size()},
-                       {"queue_ms", result.queue_ms}, {"ttft_ms", result.ttft_ms}, {"total_ms", result.total_ms}};
-        if (!result.status.ok()) fields["message"] = std::string(result.status.message());
-        const bool failed = !result.status.ok() && std::string(code) != "CANCELLED" && std::string(code) != "DEADLINE_EXCEEDED";
-        LogEvent(failed ? LogLevel::kWarn : LogLevel::kInfo, "request_finished", call->request_id,
-                 "request finished", fields);
-      }
-    };
-    absl::Status submit = engine->Submit(std::move(*request), std::move(callbacks));
-    if (!submit.ok()) return refuse(FromEngineStatus(submit, kind));
 
     const std::string id = absl::StrCat(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-", request_id);
     const int64_t created = NowSeconds();
@@ -661,18 +550,15 @@ class Handler {
  private:
   // Prompt text far longer than the longest allowed prompt could ever tokenize to (see
   // kMaxPromptBytesPerToken): refused before tokenizing, naming the field.
-  std::optional<HttpError> PromptTooLong(const ApiRequest& api, const ValidationModel& model, ApiKind kind) const {
-    int64_t max_prompt = state_->options.limits.max_prompt_tokens;
-    if (model.max_context > 0 && (max_prompt <= 0 || max_prompt > model.max_context - 1)) {
-      max_prompt = model.max_context - 1;
-    }
-    if (max_prompt <= 0 || api.proto.input_ids_size() > 0) return std::nullopt;
+  std::optional<Refusal> PromptTooLong(const ApiRequest& api, const ValidationModel& model, ApiKind kind) const {
+    const int64_t max_prompt = MaxPromptTokens(state_->options.limits, model);
+    if (max_prompt <= 0 || !api.request.input_ids.empty()) return std::nullopt;
     const int64_t max_bytes = max_prompt * kMaxPromptBytesPerToken;
-    int64_t bytes = static_cast<int64_t>(api.proto.prompt().size());
+    int64_t bytes = static_cast<int64_t>(api.request.prompt.size());
     std::string param = kind == ApiKind::kChat ? "messages" : "prompt";
     size_t longest = 0;
-    for (int i = 0; i < api.proto.messages_size(); ++i) {
-      const size_t n = api.proto.messages(i).content().size();
+    for (size_t i = 0; i < api.request.messages.size(); ++i) {
+      const size_t n = api.request.messages[i].content.size();
       bytes += static_cast<int64_t>(n);
       if (n > longest) {
         longest = n;
@@ -680,19 +566,17 @@ class Handler {
       }
     }
     if (bytes <= max_bytes) return std::nullopt;
-    HttpError e;
-    e.param = param;
-    e.code = "context_length_exceeded";
-    e.message = absl::StrCat(param, ": ", bytes, " bytes of prompt text cannot fit in ", max_prompt,
-                             " prompt tokens (refused before tokenizing: more than ", kMaxPromptBytesPerToken,
-                             " bytes per token)");
-    return e;
+    return InvalidField(param,
+                        absl::StrCat(bytes, " bytes of prompt text cannot fit in ", max_prompt,
+                                     " prompt tokens (refused before tokenizing: more than ", kMaxPromptBytesPerToken,
+                                     " bytes per token)"),
+                        RefusalKind::kContextLength);
   }
 
   // Takes one of options.threads serving slots, waiting in a queue of at most max_waiting (counted
   // in glmserve_queue_depth) for one; a full queue answers 429 at once. The wait ends with the
   // request's deadline (504), a drain or shutdown (503) or the client closing.
-  std::optional<HttpError> AcquireSlot(ApiKind kind, Clock::time_point deadline, std::shared_ptr<ServingSlot>* out) {
+  std::optional<Refusal> AcquireSlot(Clock::time_point deadline, std::shared_ptr<ServingSlot>* out) {
     const HttpServerOptions& o = state_->options;
     const int serving_max = std::max(1, o.threads);
     std::unique_lock<std::mutex> lock(state_->mu);
@@ -703,22 +587,23 @@ class Handler {
       return std::nullopt;
     }
     if (state_->api_waiting >= o.max_waiting) {
-      return FromEngineStatus(
-          absl::ResourceExhaustedError(absl::StrCat(
-              "HTTP queue full: ", state_->api_waiting, " requests waiting for one of ", serving_max,
-              " serving slots (--http-max-waiting ", o.max_waiting, ", --http-threads ", serving_max,
-              "); retry after 1000 ms")),
-          kind);
+      return MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kQueueFull,
+                         absl::StrCat("HTTP queue full: ", state_->api_waiting, " requests waiting for one of ",
+                                      serving_max, " serving slots (--http-max-waiting ", o.max_waiting,
+                                      ", --http-threads ", serving_max, "); retry after 1000 ms"),
+                         1000);
     }
     ++state_->api_waiting;
-    std::optional<HttpError> error;
+    std::optional<Refusal> error;
     for (int round = 1;; ++round) {
       if (state_->stopping || state_->draining) {
-        error = FromEngineStatus(absl::UnavailableError("server is draining; retry on another replica"), kind);
+        error = MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kDraining,
+                            "server is draining; retry on another replica");
         break;
       }
       if (Clock::now() >= deadline) {
-        error = FromEngineStatus(absl::DeadlineExceededError("deadline passed while waiting in the HTTP queue"), kind);
+        error = MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kDeadline,
+                            "deadline passed while waiting in the HTTP queue");
         break;
       }
       if (state_->api_serving < serving_max) {
@@ -731,7 +616,8 @@ class Handler {
         const bool gone = tls_connection->PeerClosed();
         lock.lock();
         if (gone) {
-          error = FromEngineStatus(absl::CancelledError("client closed the connection while queued"), kind);
+          error = MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled,
+                              "client closed the connection while queued");
           break;
         }
       }
@@ -753,16 +639,15 @@ class Handler {
         if (state_->stopping) {
           lock.unlock();
           call->Cancel();
-          SetError(res, FromEngineStatus(absl::UnavailableError("server shut down before the request finished"), api.kind));
+          SetError(res, ToHttpError(ShutDownRefusal()));
           return;
         }
         call->cv.wait_for(lock, std::chrono::milliseconds(100));
       }
       result = call->result;
-      for (const Call::Delta& d : call->deltas) text += d.text;
-      text += call->tail;
+      text = call->text;
     }
-    if (!result.status.ok()) return SetError(res, FromEngineStatus(result.status, api.kind));
+    if (!result.status.ok()) return SetError(res, ToHttpError(RefusalFromStatus(result.status)));
     json body;
     if (api.kind == ApiKind::kChat) {
       body = {{"id", id}, {"object", "chat.completion"}, {"created", created}, {"model", api.model},
@@ -837,9 +722,7 @@ class Handler {
           if (!done) {
             if (state->stopping) {
               call->Cancel();
-              HttpError e = FromEngineStatus(absl::UnavailableError("server shut down before the request finished"),
-                                             chat ? ApiKind::kChat : ApiKind::kCompletion);
-              write(absl::StrCat("data: ", HttpErrorBody(e), "\n\n"));
+              write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(ShutDownRefusal())), "\n\n"));
               sink.done();
               return true;
             }
@@ -848,8 +731,7 @@ class Handler {
             return true;
           }
           if (!result.status.ok()) {
-            HttpError e = FromEngineStatus(result.status, chat ? ApiKind::kChat : ApiKind::kCompletion);
-            write(absl::StrCat("data: ", HttpErrorBody(e), "\n\n"));
+            write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(RefusalFromStatus(result.status))), "\n\n"));
             sink.done();
             return true;
           }
@@ -947,19 +829,17 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       });
       if (tls_connection != nullptr) tls_connection->EndRead();
       if (too_large || !read) {
-        HttpError e;
+        Refusal e;
         if (too_large) {
-          e.status = 413;
-          e.code = "payload_too_large";
-          e.message = absl::StrCat("request body exceeds --max-message-bytes (", max_body, " bytes)");
+          e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
+                          absl::StrCat("request body exceeds --max-message-bytes (", max_body, " bytes)"));
         } else if (tls_connection != nullptr && tls_connection->timed_out()) {
-          e.status = 408;
-          e.code = "request_timeout";
-          e.message = absl::StrCat("the request body did not arrive within --http-read-timeout-ms (",
-                                   state->options.read_timeout_ms, " ms)");
+          e = MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
+                          absl::StrCat("the request body did not arrive within --http-read-timeout-ms (",
+                                       state->options.read_timeout_ms, " ms)"));
         } else {
-          e.code = "bad_request";
-          e.message = "could not read the request body";
+          e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kBadRequest,
+                          "could not read the request body");
         }
         std::string().swap(body);
         RefuseAndClose(*state, RequestIdOf(*state, req), route, e, res);
@@ -980,41 +860,35 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       if (req.method == "GET" && tls_connection != nullptr) tls_connection->EndRead();
       return httplib::Server::HandlerResponse::Unhandled;
     }
-    HttpError e;
+    std::optional<Refusal> e;
     const std::string type = req.get_header_value("Content-Type");
     const std::string media = absl::AsciiStrToLower(absl::StripAsciiWhitespace(type.substr(0, type.find(';'))));
     if (media != "application/json") {
-      e.status = 415;
-      e.code = "unsupported_media_type";
-      e.message = type.empty() ? "Content-Type: missing; the API takes application/json"
-                               : absl::StrCat("Content-Type: '", type, "' is not application/json");
+      e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kUnsupportedMediaType,
+                      type.empty() ? "Content-Type: missing; the API takes application/json"
+                                   : absl::StrCat("Content-Type: '", type, "' is not application/json"));
     } else if (req.has_header("Content-Length")) {
       const std::string length = req.get_header_value("Content-Length");
       char* end = nullptr;
       const unsigned long long n = std::strtoull(length.c_str(), &end, 10);
       if (n > static_cast<unsigned long long>(state->options.max_body_bytes)) {
-        e.status = 413;
-        e.code = "payload_too_large";
-        e.message = absl::StrCat("request body of ", length, " bytes exceeds --max-message-bytes (",
-                                 state->options.max_body_bytes, " bytes)");
+        e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
+                        absl::StrCat("request body of ", length, " bytes exceeds --max-message-bytes (",
+                                     state->options.max_body_bytes, " bytes)"));
       }
     }
-    if (e.status == 400) return httplib::Server::HandlerResponse::Unhandled;
-    RefuseAndClose(*state, RequestIdOf(*state, req), req.path, e, res);
+    if (!e) return httplib::Server::HandlerResponse::Unhandled;
+    RefuseAndClose(*state, RequestIdOf(*state, req), req.path, *e, res);
     return httplib::Server::HandlerResponse::Handled;
   });
   svr.Get("/v1/models", [state](const httplib::Request& req, httplib::Response& res) {
     std::string client;
     if (auto e = Authenticate(*state, req, &client)) {
-      SetError(res, *e);
+      SetError(res, ToHttpError(*e));
       res.set_header("WWW-Authenticate", "Bearer");
       return;
     }
-    int32_t max_context = 0;
-    {
-      std::lock_guard<std::mutex> lock(state->mu);
-      max_context = state->model.max_context;
-    }
+    const int32_t max_context = state->sessions.model().max_context;
     json model = {{"id", state->options.model_name}, {"object", "model"}, {"created", NowSeconds()},
                   {"owned_by", "glmserve"}};
     if (max_context > 0) model["max_model_len"] = max_context;
@@ -1088,18 +962,13 @@ HttpServer::~HttpServer() { Shutdown(); }
 std::string HttpServer::address() const { return FormatAddress(state_->options.host, port_); }
 
 void HttpServer::SetEngine(InferenceEngine* engine) {
-  const ModelInfo& info = engine->model_info();
+  state_->sessions.SetEngine(engine);
   std::lock_guard<std::mutex> lock(state_->mu);
-  state_->model.vocab_size = info.vocab_size;
-  state_->model.max_context = info.max_position_embeddings;
-  state_->model.eos_token_ids = info.eos_token_ids;
   state_->engine = engine;
 }
 
 void HttpServer::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
-  std::lock_guard<std::mutex> lock(state_->mu);
-  state_->tokenizer = std::move(tokenizer);
-  state_->model.tokenizer = state_->tokenizer.get();
+  state_->sessions.SetTokenizer(std::move(tokenizer));
 }
 
 void HttpServer::SetServing(bool serving) {
@@ -1108,6 +977,7 @@ void HttpServer::SetServing(bool serving) {
 }
 
 void HttpServer::StartDrain() {
+  state_->sessions.StartDrain();
   std::lock_guard<std::mutex> lock(state_->mu);
   state_->draining = true;
 }

@@ -16,7 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/engine.h"
-#include "server/grpc_validation.h"
+#include "server/request_validation.h"
 #include "server/request_observer.h"
 
 namespace httplib {

@@ -26,13 +26,26 @@ add_library(glmserve_auth STATIC
 target_include_directories(glmserve_auth PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_auth PUBLIC absl::status absl::statusor absl::strings OpenSSL::SSL OpenSSL::Crypto)
 
+# What both front ends share: the typed request and refusal, validation, the request session
+# (admission, engine events off the engine thread, text, stop strings, logs, metrics). No gRPC, no
+# HTTP, no LibTorch: a front end only translates its wire format.
+add_library(glmserve_request STATIC
+  request.cc
+  request_session.cc
+  request_validation.cc
+)
+target_include_directories(glmserve_request PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(glmserve_request PUBLIC
+  glmserve_tokenizer glmserve_runtime_core absl::status absl::statusor absl::strings absl::str_format
+  Threads::Threads glmserve_obs glmserve_auth nlohmann_json::nlohmann_json)
+
 add_library(glmserve_grpc STATIC
   grpc_service.cc
   grpc_validation.cc
 )
 target_include_directories(glmserve_grpc PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_grpc PUBLIC
-  glmserve_proto glmserve_tokenizer glmserve_runtime_core gRPC::grpc++ gRPC::grpc++_reflection
+  glmserve_request glmserve_proto glmserve_tokenizer glmserve_runtime_core gRPC::grpc++ gRPC::grpc++_reflection
   absl::status absl::statusor absl::strings absl::str_format Threads::Threads
   glmserve_obs glmserve_auth)
 
@@ -44,7 +57,7 @@ add_library(glmserve_http STATIC
   http_server.cc
 )
 target_include_directories(glmserve_http PUBLIC ${CMAKE_SOURCE_DIR})
-target_link_libraries(glmserve_http PUBLIC glmserve_grpc glmserve_auth PkgConfig::CPPHTTPLIB OpenSSL::SSL OpenSSL::Crypto)
+target_link_libraries(glmserve_http PUBLIC glmserve_request glmserve_grpc glmserve_auth PkgConfig::CPPHTTPLIB OpenSSL::SSL OpenSSL::Crypto)
 
 add_library(glmserve_serve STATIC
   serve_command.cc

@@ -85,9 +85,11 @@ class EngineImpl final : public InferenceEngine {
         const double wait_ms = ema_service_ms_ * (1.0 + static_cast<double>(queued_) / slots);
         const int64_t retry_ms =
             std::clamp<int64_t>(static_cast<int64_t>(wait_ms), 10, 60000);
-        return absl::ResourceExhaustedError(absl::StrCat(
+        absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
             "waiting queue is full (", queued_, " requests queued, max_queued_requests=",
             options_.max_queued_requests, "); retry after ", retry_ms, " ms"));
+        SetRetryAfterMs(&full, retry_ms);
+        return full;
       }
       ++queued_;
       ++in_flight_;

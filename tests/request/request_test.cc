@@ -1,0 +1,164 @@
+// The typed request and refusal (server/request.h): validation names fields in each front end's
+// dialect, and a refusal renders as a gRPC status and as an OpenAI error from its typed fields
+// alone (no message is read back).
+#include <gtest/gtest.h>
+
+#include "absl/status/status.h"
+#include "runtime/engine.h"
+#include "server/http_api.h"
+#include "server/request.h"
+#include "server/request_validation.h"
+
+namespace glmserve {
+namespace {
+
+ValidationModel Model() {
+  ValidationModel model;
+  model.vocab_size = 100;
+  model.max_context = 64;
+  return model;
+}
+
+GenerateRequest Ids(std::vector<int32_t> ids, int32_t max_new_tokens) {
+  GenerateRequest r;
+  r.input_ids = std::move(ids);
+  r.max_new_tokens = max_new_tokens;
+  return r;
+}
+
+Refusal Refuse(const GenerateRequest& request, Dialect dialect) {
+  InferenceRequest out;
+  std::optional<Refusal> refusal = ValidateRequest(request, FrontendLimits(), Model(), dialect, &out);
+  EXPECT_TRUE(refusal.has_value());
+  return refusal.value_or(Refusal());
+}
+
+TEST(Refusal, FieldNamedInEachDialect) {
+  const GenerateRequest over_cap = Ids({1, 2}, 5000);
+  const Refusal proto = Refuse(over_cap, Dialect::kProto);
+  EXPECT_EQ(proto.code, absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(proto.kind, RefusalKind::kInvalidValue);
+  EXPECT_EQ(proto.field, "max_new_tokens");
+  EXPECT_EQ(proto.message, "max_new_tokens: 5000 is outside [0, 4096] (0 means the default, 256)");
+  const Refusal chat = Refuse(over_cap, Dialect::kOpenAiChat);
+  EXPECT_EQ(chat.field, "max_tokens");
+  EXPECT_EQ(chat.message, "max_tokens: 5000 is outside [0, 4096] (0 means the default, 256)");
+
+  GenerateRequest min_over = Ids({1, 2}, 3);
+  min_over.min_new_tokens = 5;
+  EXPECT_EQ(Refuse(min_over, Dialect::kProto).message, "min_new_tokens: 5 is outside [0, max_new_tokens=3]");
+  EXPECT_EQ(Refuse(min_over, Dialect::kOpenAiCompletion).message, "min_tokens: 5 is outside [0, max_tokens=3]");
+
+  const GenerateRequest out_of_vocab = Ids({1, 200}, 3);
+  EXPECT_EQ(Refuse(out_of_vocab, Dialect::kProto).field, "input_ids[1]");
+  EXPECT_EQ(Refuse(out_of_vocab, Dialect::kOpenAiCompletion).field, "prompt[1]");
+}
+
+TEST(Refusal, PromptTooLongCarriesItsNumbers) {
+  const Refusal r = Refuse(Ids(std::vector<int32_t>(70, 1), 1), Dialect::kProto);
+  EXPECT_EQ(r.kind, RefusalKind::kContextLength);
+  EXPECT_EQ(r.prompt_tokens, 70);
+  EXPECT_EQ(r.allowed_prompt_tokens, 63);
+  EXPECT_EQ(r.ToStatus(), absl::InvalidArgumentError("input_ids: 70 tokens; at most 63 prompt tokens allowed"));
+  const HttpError e = ToHttpError(Refuse(Ids(std::vector<int32_t>(70, 1), 1), Dialect::kOpenAiCompletion));
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.code, "context_length_exceeded");
+  EXPECT_EQ(e.param, "prompt");
+  EXPECT_EQ(e.message, "prompt: 70 tokens; at most 63 prompt tokens allowed");
+  // An explicit max_new_tokens past the context is the same kind of refusal.
+  const HttpError room = ToHttpError(Refuse(Ids({1, 2, 3}, 62), Dialect::kOpenAiChat));
+  EXPECT_EQ(room.code, "context_length_exceeded");
+  EXPECT_EQ(room.param, "max_tokens");
+}
+
+TEST(Refusal, IgnoreEosResolvesAgainstTheDefault) {
+  GenerateRequest r = Ids({1, 2}, 0);
+  r.min_equals_max = true;
+  r.repetition_penalty = 1.5f;
+  InferenceRequest out;
+  ASSERT_FALSE(ValidateRequest(r, FrontendLimits(), Model(), Dialect::kOpenAiChat, &out));
+  EXPECT_EQ(out.params.max_new_tokens, 62);  // the default 256 shrunk to the context
+  EXPECT_EQ(out.params.min_new_tokens, 62);
+  EXPECT_EQ(out.params.sampling.repetition_penalty, 1.5f);
+}
+
+TEST(Refusal, EngineQueueFullRetryAfterFromThePayload) {
+  absl::Status full = absl::ResourceExhaustedError("waiting queue is full; retry after 2500 ms");
+  SetRetryAfterMs(&full, 2500);
+  const Refusal r = RefusalFromStatus(full);
+  EXPECT_EQ(r.kind, RefusalKind::kQueueFull);
+  EXPECT_EQ(r.retry_after_ms, 2500);
+  EXPECT_EQ(r.ToStatus().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(r.ToStatus().message(), full.message());  // gRPC: the engine's message as is
+  const HttpError e = ToHttpError(r);
+  EXPECT_EQ(e.status, 429);
+  EXPECT_EQ(e.type, "rate_limit_error");
+  EXPECT_EQ(e.code, "overloaded");
+  EXPECT_EQ(e.retry_after_s, 3);
+  // The text alone is not read: no payload, the default second.
+  EXPECT_EQ(ToHttpError(RefusalFromStatus(absl::ResourceExhaustedError("retry after 9000 ms"))).retry_after_s, 1);
+}
+
+TEST(Refusal, HttpShapes) {
+  const HttpError quota = ToHttpError(
+      MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kClientQuota, "too many", 1000));
+  EXPECT_EQ(quota.status, 429);
+  EXPECT_EQ(quota.code, "rate_limit_exceeded");
+  EXPECT_EQ(quota.retry_after_s, 1);
+  const HttpError draining =
+      ToHttpError(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kDraining, "draining"));
+  EXPECT_EQ(draining.status, 503);
+  EXPECT_EQ(draining.code, "draining");
+  EXPECT_EQ(draining.retry_after_s, 1);
+  const HttpError deadline = ToHttpError(RefusalFromStatus(absl::DeadlineExceededError("late")));
+  EXPECT_EQ(deadline.status, 504);
+  EXPECT_EQ(deadline.type, "timeout_error");
+  EXPECT_EQ(deadline.param, "timeout");
+  const HttpError internal = ToHttpError(RefusalFromStatus(absl::InternalError("boom")));
+  EXPECT_EQ(internal.status, 500);
+  EXPECT_EQ(internal.type, "server_error");
+  EXPECT_EQ(HttpErrorBody(quota),
+            R"({"error":{"code":"rate_limit_exceeded","message":"too many","param":null,"type":"rate_limit_error"}})");
+}
+
+TEST(Refusal, JsonParserGivesTypedRefusals) {
+  ApiRequest api;
+  std::optional<Refusal> r = ParseApiRequest(
+      ApiKind::kChat,
+      R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})", &api);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kUnsupportedContent);
+  EXPECT_EQ(r->field, "messages[0].content[0]");
+  EXPECT_EQ(ToHttpError(*r).code, "unsupported_content_type");
+  r = ParseApiRequest(ApiKind::kCompletion, R"({"model": "m", "prompt": "x", "temperature": "hot"})", &api);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kInvalidType);
+  EXPECT_EQ(r->field, "temperature");
+  r = ParseApiRequest(ApiKind::kCompletion, "{", &api);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kInvalidJson);
+  EXPECT_EQ(ToHttpError(*r).param, "");
+  ApiRequest ok;
+  ASSERT_FALSE(ParseApiRequest(ApiKind::kCompletion,
+                               R"({"model": "m", "prompt": [1, 2], "presence_penalty": 0.5, "ignore_eos": true})",
+                               &ok));
+  EXPECT_EQ(ok.request.input_ids, (std::vector<int32_t>{1, 2}));
+  EXPECT_EQ(ok.request.presence_penalty, 0.5f);
+  EXPECT_TRUE(ok.request.min_equals_max);
+}
+
+TEST(CodeName, EveryCodeIsAbseilsName) {
+  for (int c = 0; c <= 16; ++c) {
+    const auto code = static_cast<absl::StatusCode>(c);
+    EXPECT_EQ(CodeName(code), absl::StatusCodeToString(code));
+  }
+}
+
+TEST(FormatAddress, BracketsIpv6) {
+  EXPECT_EQ(FormatAddress("127.0.0.1", 80), "127.0.0.1:80");
+  EXPECT_EQ(FormatAddress("::1", 80), "[::1]:80");
+  EXPECT_EQ(FormatAddress("[::1]", 80), "[::1]:80");
+}
+
+}  // namespace
+}  // namespace glmserve
