@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -23,8 +22,6 @@ namespace glmserve {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::atomic<PytorchBinLister> g_bin_lister{nullptr};
 
 constexpr char kStIndex[] = "model.safetensors.index.json";
 constexpr char kStSingle[] = "model.safetensors";
@@ -57,14 +54,7 @@ bool ListOne(bool safetensors, const fs::path& dir, const std::string& file,
              std::vector<TensorRecord>* tensors, std::vector<std::string>* problems) {
   const std::string path = (dir / file).string();
   if (safetensors) return ListSafetensorsFile(path, file, tensors, problems);
-  PytorchBinLister lister = g_bin_lister.load();
-  if (lister == nullptr) {
-    problems->push_back(absl::StrCat(
-        file, ": reading .bin checkpoints needs the LibTorch runtime (glmserve_runtime, "
-              "RegisterPytorchBinReader()), which this binary does not have"));
-    return false;
-  }
-  return lister(path, file, tensors, problems);
+  return ListPytorchBinFile(path, file, tensors, problems);
 }
 
 // Parses the index file; on success fills `weight_map` (key -> shard file) and returns true.
@@ -182,9 +172,6 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
 }
 
 }  // namespace
-
-void SetPytorchBinLister(PytorchBinLister lister) { g_bin_lister.store(lister); }
-PytorchBinLister GetPytorchBinLister() { return g_bin_lister.load(); }
 
 const char* CheckpointFormatName(CheckpointFormat format) {
   switch (format) {

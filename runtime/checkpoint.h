@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/tensor_record.h"
 
 namespace glmserve {
 
@@ -23,16 +24,6 @@ enum class CheckpointFormat {
 };
 // "safetensors", "safetensors-sharded", "pytorch-bin", "pytorch-bin-sharded" (inspect --json, ModelInfo).
 const char* CheckpointFormatName(CheckpointFormat format);
-
-// One tensor as stored on disk.
-struct TensorRecord {
-  std::string name;              // key exactly as stored (before any remapping)
-  std::string file;              // file name relative to the checkpoint directory
-  std::string dtype;             // safetensors spelling: "F32", "F16", "BF16", "F64", "I8", ...
-  std::vector<int64_t> shape;
-  uint64_t data_offset = 0;      // safetensors: absolute byte offset of the data in `file`
-  uint64_t data_bytes = 0;       // safetensors: byte length of the data
-};
 
 struct CheckpointListing {
   std::string directory;

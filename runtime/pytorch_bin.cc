@@ -291,13 +291,7 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
   }
 }
 
-struct AutoRegister {
-  AutoRegister() { RegisterPytorchBinReader(); }
-} g_auto_register;
-
 }  // namespace
-
-void RegisterPytorchBinReader() { SetPytorchBinLister(&ListPytorchBinFile); }
 
 bool ListPytorchBinFile(const std::string& path, const std::string& file_name,
                         std::vector<TensorRecord>* tensors, std::vector<std::string>* problems) {

@@ -1,11 +1,6 @@
-// Reading torch.save zip archives (pytorch_model*.bin) through LibTorch's unpickler.
-//
-// This header is LibTorch-free: checkpoint.cc (in glmserve_runtime_core, no LibTorch) lists .bin
-// files through a hook that pytorch_bin.cc (in glmserve_runtime) installs. The hook is installed by
-// a static initializer of pytorch_bin.cc and by RegisterPytorchBinReader(); a binary that links
-// glmserve_runtime and calls ReadCheckpointTensors always has it. A binary that only calls
-// ListCheckpoint should call RegisterPytorchBinReader() once, or .bin files are reported as
-// unreadable ("needs the LibTorch runtime").
+// Reading torch.save zip archives (pytorch_model*.bin) through LibTorch's unpickler: a format
+// reader, below checkpoint.cc (which lists through it) and checkpoint_tensors.cc (which reads
+// through it). The header itself is LibTorch-free (at::Tensor is only declared).
 #pragma once
 
 #include <string>
@@ -13,7 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "runtime/checkpoint.h"
+#include "runtime/tensor_record.h"
 
 namespace at {
 class Tensor;
@@ -23,20 +18,7 @@ namespace glmserve {
 
 // Lists one .bin file: appends its tensors (dtype in safetensors spelling, data_offset/bytes 0)
 // and returns true, or appends one problem naming `file_name` and returns false.
-using PytorchBinLister = bool (*)(const std::string& path, const std::string& file_name,
-                                  std::vector<TensorRecord>* tensors,
-                                  std::vector<std::string>* problems);
-
-// Defined in checkpoint.cc (core). nullptr until a reader is registered.
-void SetPytorchBinLister(PytorchBinLister lister);
-PytorchBinLister GetPytorchBinLister();
-
-// --- Defined in pytorch_bin.cc (glmserve_runtime, LibTorch) ---
-
-// Installs the LibTorch-backed lister (idempotent).
-void RegisterPytorchBinReader();
-
-// The lister itself. Loading a .bin needs all of it in memory; the loaded tensors are kept in a
+// Loading a .bin needs all of it in memory; the loaded tensors are kept in a
 // process-level cache keyed by path (and size/mtime) so that ReadCheckpointTensors does not load
 // the file a second time.
 bool ListPytorchBinFile(const std::string& path, const std::string& file_name,

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/checkpoint.h"
+#include "runtime/tensor_record.h"
 
 namespace glmserve {
 
