@@ -28,6 +28,11 @@ if [ "${1:-}" = "--glmload" ]; then
   expect "--repetition-penalty: needs a value" "$glmload" "${t[@]}" --repetition-penalty
   expect "--http: the HTTP API does not report the vocabulary size; set --vocab-size" "$glmload" "${t[@]}" --http
   expect "--vocab-size: '0' is not an integer" "$glmload" "${t[@]}" --http --vocab-size 0
+  expect "--duration: '5x' is not a duration" "$glmload" "${t[@]}" --duration 5x
+  expect "--concurrency: '0' is not an integer in [1, 100000]" "$glmload" "${t[@]}" --concurrency 0
+  expect "--ignore-eos: 'maybe' is not true|false" "$glmload" "${t[@]}" --ignore-eos maybe
+  expect "--prompt-len: 'uniform:9:3' is not N, fixed:N or uniform:A:B" "$glmload" "${t[@]}" --prompt-len uniform:9:3
+  expect "unknown flag '--bogus'" "$glmload" "${t[@]}" --bogus 1
   # --help lists the new flags.
   help="$("$glmload" --help)"
   for flag in --top-p --frequency-penalty --presence-penalty --repetition-penalty --http; do
@@ -39,6 +44,11 @@ fi
 decode_bench="$1" model="$2" gemm_bench="${3:-}"
 expect "--batch-sizes: '0' is not an integer in [1, " "$decode_bench" --model "$model" --batch-sizes 8,0
 expect "--batch-sizes: 'x' is not an integer" "$decode_bench" --model "$model" --batch-sizes x
+# --device and --dtype are checked with the flags, before the model is loaded.
+expect "--device: 'cudafoo' is not cpu, cuda or cuda:N" "$decode_bench" --model "$model" --device cudafoo
+expect "--device: 'cuda:x' is not cpu, cuda or cuda:N" "$decode_bench" --model "$model" --device cuda:x
+expect "--dtype: 'fp8' is not float32|bfloat16|float16" "$decode_bench" --model "$model" --dtype fp8
+expect "--model: required" "$decode_bench" --device cpu
 if [ -n "$gemm_bench" ]; then
   expect "--rows: '65' is not an integer in [1, 64]" "$gemm_bench" --rows 8,65
   expect "--rows: '' is not an integer" "$gemm_bench" --rows 8,

@@ -8,7 +8,9 @@
   that part is skipped): exit 2, one error-level line naming the file as unreadable, no
   "missing key" lines, at --log-level error; `glmserve inspect` likewise;
 - a malformed protobuf on Infer, InferStream and GetModelInfo: INVALID_ARGUMENT with a message,
-  and every stderr line still JSON.
+  and every stderr line still JSON;
+- bad --device/--dtype values (serve, doctor, generate) and bad doctor flags: exit 2 naming the
+  flag and the value, before any port is bound.
 Exit 77 = skipped (no model, no grpcio)."""
 import argparse
 import json
@@ -264,6 +266,48 @@ def bad_flag_values(binary, model):
         check(f"{flag}: '{value}'" in err, f"{flag} {value}: the message names the flag and the value: {err[:200]}")
 
 
+def bad_device_values(binary, model):
+    """--device and --dtype are parsed once, with the other flags, before anything is bound: with
+    --port, --http-port and --metrics-port all held busy, a bad value is what the server reports
+    (exit 2, naming the flag and the value), not a port in use; no 'serving on' line. `cuda:x`
+    used to become cuda:0 and `cudafoo` was taken for CUDA, found out only after binding."""
+    held = [busy_port() for _ in range(3)]
+    try:
+        ports = [str(port) for _, port in held]
+        for flag, value in (("--device", "cudafoo"), ("--device", "cuda:x"), ("--device", "cuda:-1"),
+                            ("--device", "gpu"), ("--dtype", "int8")):
+            what = f"serve {flag} {value}"
+            rc, out, err = run_to_exit([binary, "serve", "--model", model, "--host", "127.0.0.1",
+                                        "--port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
+                                        "--log-format", "json", flag, value], timeout=30)
+            check(rc == 2, f"{what}: exit 2 (got {rc})")
+            check(f"{flag}: '{value}'" in err, f"{what}: the message names the flag and the value: {err[:200]}")
+            check("in use" not in err.lower() and "listen_failed" not in err and "bind_failed" not in err,
+                  f"{what}: refused before any port is bound: {err[:200]}")
+            # (the usage printed after the error mentions 'serving on HOST:PORT': look for a real one)
+            check(not re.search(r"serving on \S+:\d+", out + err), f"{what}: no 'serving on' line")
+            # The same value under --supervise: the supervisor refuses it too, and starts no child.
+            if flag == "--device" and value == "cudafoo":
+                rc, out, err = run_to_exit([binary, "serve", "--model", model, "--port", ports[0], "--supervise",
+                                            "--log-format", "json", flag, value], timeout=30)
+                check(rc == 2, f"{what} --supervise: exit 2 (got {rc})")
+                check("child_started" not in err, f"{what} --supervise: no child started")
+    finally:
+        for sock, _ in held:
+            sock.close()
+    # The other commands that take --device refuse the same values the same way.
+    for cmd in (["doctor"], ["generate", "--model", model, "--input-ids", "1,2", "--max-new-tokens", "2"]):
+        for value in ("cudafoo", "cuda:x"):
+            rc, out, err = run_to_exit([binary] + cmd + ["--device", value], timeout=60)
+            check(rc == 2, f"{cmd[0]} --device {value}: exit 2 (got {rc})")
+            check(f"--device: '{value}'" in err, f"{cmd[0]} --device {value}: names the flag and the value: {err[:200]}")
+    for flag, value in (("--port", "abc"), ("--metrics-port", "70000"), ("--bogus", "1")):
+        rc, out, err = run_to_exit([binary, "doctor", flag, value], timeout=60)
+        check(rc == 2, f"doctor {flag} {value}: exit 2 (got {rc})")
+        check(flag in err, f"doctor {flag} {value}: names the flag: {err[:200]}")
+        check(not out, f"doctor {flag} {value}: no checks run")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
@@ -275,6 +319,7 @@ def main():
         return 77
     if args.only in (None, "ports"):
         bad_flag_values(args.binary, args.model)
+        bad_device_values(args.binary, args.model)
         port_conflicts(args.binary, args.model)
     if args.only in (None, "unreadable"):
         unreadable_weights(args.binary)
