@@ -54,9 +54,17 @@ def step_kind(decode, prefill):
 
 
 def by_step(events, top_families):
-    steps = sorted(
-        (e for e in events if e.get("ph") == "X" and STEP_RANGE.fullmatch(e.get("name", ""))),
-        key=lambda e: e["ts"])
+    # Kineto writes each range twice: on the CPU thread (cat user_annotation) and on the GPU
+    # stream over the kernels it launched (cat gpu_user_annotation).
+    def ranges(cat):
+        return sorted((e for e in events if e.get("ph") == "X" and e.get("cat") == cat
+                       and STEP_RANGE.fullmatch(e.get("name", ""))), key=lambda e: e["ts"])
+    steps = ranges("user_annotation")
+    gpu_ranges = ranges("gpu_user_annotation")
+    gpu_span = {}  # step index -> (first kernel start, last kernel end) from the GPU ranges
+    if len(gpu_ranges) == len(steps):
+        for i, e in enumerate(gpu_ranges):
+            gpu_span[i] = (e["ts"], e["ts"] + e["dur"])
     if not steps:
         print("no 'glmserve step' ranges: was the trace written with GLMSERVE_PROFILE_TRACE?")
         return 1
@@ -80,33 +88,44 @@ def by_step(events, top_families):
         decode, prefill = map(int, STEP_RANGE.fullmatch(step["name"]).groups())
         kernels = per_step[i]
         gap = steps[i + 1]["ts"] - (step["ts"] + step["dur"]) if i + 1 < len(steps) else None
+        if kernels and i not in gpu_span:
+            gpu_span[i] = (min(k["ts"] for k in kernels), max(k["ts"] + k["dur"] for k in kernels))
+        # The GPU's idle time from this step's last kernel to the next step's first one: the
+        # host's share of the step cycle (scheduling, building the batch, launching).
+        gpu_gap = gpu_span[i + 1][0] - gpu_span[i][1] if i in gpu_span and i + 1 in gpu_span else None
         g = groups.setdefault(step_kind(decode, prefill), {
-            "n": 0, "decode": 0, "prefill": 0, "wall": 0.0, "busy": 0.0, "kernels": 0,
-            "gaps": [], "families": collections.Counter()})
+            "n": 0, "decode": 0, "prefill": 0, "wall": 0.0, "busy": 0.0, "span": 0.0, "kernels": 0,
+            "gaps": [], "gpu_gaps": [], "families": collections.Counter()})
         g["n"] += 1
         g["decode"] += decode
         g["prefill"] += prefill
         g["wall"] += step["dur"]
         g["busy"] += sum(k["dur"] for k in kernels)
         g["kernels"] += len(kernels)
+        if i in gpu_span:
+            g["span"] += gpu_span[i][1] - gpu_span[i][0]
         if gap is not None:
             g["gaps"].append(gap)
+        if gpu_gap is not None:
+            g["gpu_gaps"].append(gpu_gap)
         for k in kernels:
             g["families"][family(k["name"])] += k["dur"]
     total_wall = steps[-1]["ts"] + steps[-1]["dur"] - steps[0]["ts"]
     print(f"{len(steps)} steps over {total_wall / 1000:.1f} ms "
           f"({sum(g['decode'] for g in groups.values())} decode rows, "
           f"{sum(g['prefill'] for g in groups.values())} prefill tokens)\n")
-    print("| step kind | steps | decode rows | prefill tokens | wall ms | GPU busy ms | host gap after ms "
-          "| kernels | top kernel families (ms) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| step kind | steps | decode rows | prefill tokens | host ms (step call) | GPU span ms | GPU busy ms "
+          "| GPU idle after ms | engine between steps ms | kernels | top kernel families (ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for kind, g in groups.items():
         n = g["n"]
         gaps = g["gaps"]
         fams = ", ".join(f"{label} {us / n / 1000:.2f}" for label, us in g["families"].most_common(top_families))
-        gap = f"{sum(gaps) / len(gaps) / 1000:.2f}" if gaps else "-"
+        between = f"{sum(gaps) / len(gaps) / 1000:.2f}" if gaps else "-"
+        gpu_gaps = g["gpu_gaps"]
+        idle = f"{sum(gpu_gaps) / len(gpu_gaps) / 1000:.2f}" if gpu_gaps else "-"
         print(f"| {kind} | {n} | {g['decode'] / n:.1f} | {g['prefill'] / n:.1f} | {g['wall'] / n / 1000:.2f} "
-              f"| {g['busy'] / n / 1000:.2f} | {gap} | {g['kernels'] / n:.0f} | {fams} |")
+              f"| {g['span'] / n / 1000:.2f} | {g['busy'] / n / 1000:.2f} | {idle} | {between} | {g['kernels'] / n:.0f} | {fams} |")
     return 0
 
 
