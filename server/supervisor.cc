@@ -36,7 +36,10 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
   if (n > 0) args[0] = std::string(self, static_cast<size_t>(n));
   args.push_back("serve");
   for (int i = 1; i < argc; ++i) {
-    if (std::string(argv[i]) != "--supervise") args.push_back(argv[i]);
+    // Every spelling the flag parser takes (--supervise, --supervise=true): a child that
+    // supervised in turn would start children forever.
+    const std::string arg = argv[i];
+    if (arg != "--supervise" && arg.rfind("--supervise=", 0) != 0) args.push_back(arg);
   }
 
   sigset_t set, old_mask;
