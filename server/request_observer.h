@@ -1,4 +1,5 @@
-// Hooks from the gRPC front end to observability (metrics). No gRPC or LibTorch types.
+// Hooks from the request session (both front ends, server/request_session.h) to observability
+// (metrics). No gRPC or LibTorch types.
 #pragma once
 
 #include <string>
@@ -10,9 +11,10 @@ namespace glmserve {
 class RequestObserver {
  public:
   virtual ~RequestObserver() = default;
-  // Every Infer/InferStream call ends here exactly once: `code` is the gRPC code name ("OK",
-  // "UNAVAILABLE", ...); `result` is null when the call was refused before the engine took it.
-  // Called on gRPC or engine threads; must not block.
+  // Every gRPC Infer/InferStream call and HTTP API request ends here exactly once: `code` is
+  // CodeName() of its status ("OK", "UNAVAILABLE", ...: the same refusal has the same name on
+  // both front ends); `result` is null when it was refused before the engine took it. Called on
+  // front-end threads or delivery workers; must not block.
   virtual void OnRequestFinished(const char* code, const RequestResult* result) = 0;
 };
 

@@ -1,0 +1,288 @@
+// RequestSession over a fake engine: the test plays the engine thread (it calls on_tokens/on_done
+// itself), Flush() waits for the delivery workers, so nothing sleeps and every wait is bounded.
+#include "server/request_session.h"
+
+#include <gtest/gtest.h>
+
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace glmserve {
+namespace {
+
+class FakeEngine final : public InferenceEngine {
+ public:
+  FakeEngine() {
+    info_.vocab_size = 1024;
+    info_.max_position_embeddings = 256;
+    info_.eos_token_ids = {1000};
+  }
+  absl::Status Submit(InferenceRequest request, RequestCallbacks callbacks) override {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!refuse.ok()) return refuse;
+    requests.push_back(std::move(request));
+    this->callbacks.push_back(std::move(callbacks));
+    return absl::OkStatus();
+  }
+  void Cancel(const std::string& request_id) override {
+    std::lock_guard<std::mutex> lock(mu);
+    cancelled.push_back(request_id);
+  }
+  void StartDrain() override {}
+  bool WaitIdle(std::chrono::milliseconds) override { return true; }
+  void Shutdown() override {}
+  const ModelInfo& model_info() const override { return info_; }
+
+  std::mutex mu;
+  absl::Status refuse;
+  std::vector<InferenceRequest> requests;
+  std::vector<RequestCallbacks> callbacks;
+  std::vector<std::string> cancelled;
+
+ private:
+  ModelInfo info_;
+};
+
+class CountingObserver final : public RequestObserver {
+ public:
+  void OnRequestFinished(const char* code, const RequestResult* result) override {
+    std::lock_guard<std::mutex> lock(mu);
+    codes.push_back(code);
+    with_result.push_back(result != nullptr);
+  }
+  std::mutex mu;
+  std::vector<std::string> codes;
+  std::vector<bool> with_result;
+};
+
+class RecordingSink final : public SessionSink {
+ public:
+  void OnStep(const std::vector<int32_t>& ids, const std::string& text) override {
+    std::lock_guard<std::mutex> lock(mu);
+    steps.push_back(ids);
+    texts.push_back(text);
+    threads.push_back(std::this_thread::get_id());
+  }
+  void OnFinish(const RequestResult& r, const std::string& rest, const std::string& all) override {
+    std::lock_guard<std::mutex> lock(mu);
+    ++finishes;
+    result = r;
+    tail = rest;
+    text = all;
+    threads.push_back(std::this_thread::get_id());
+  }
+  std::mutex mu;
+  std::vector<std::vector<int32_t>> steps;
+  std::vector<std::string> texts;
+  std::vector<std::thread::id> threads;
+  int finishes = 0;
+  RequestResult result;
+  std::string tail;
+  std::string text;
+};
+
+class SessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Make(RequestSessionsOptions()); }
+  void Make(RequestSessionsOptions options) {
+    options.log_requests = false;
+    options.observer = observer;
+    sessions = std::make_unique<RequestSessions>(std::move(options));
+    sessions->SetEngine(&engine);
+  }
+  // Admit, validate, submit a request of `ids`; the refusal, if any.
+  std::optional<Refusal> Start(GenerateRequest request, bool streaming, std::shared_ptr<SessionSink> sink,
+                               std::shared_ptr<RequestSession>* session, const std::string& client = "c") {
+    Admission admission;
+    if (auto r = sessions->Admit(client, &admission)) return r;
+    SessionInfo info;
+    info.request_id = "req";
+    info.rpc = "test";
+    info.streaming = streaming;
+    InferenceRequest engine_request;
+    if (auto r = sessions->Validate(request, Dialect::kProto, admission, info, &engine_request)) return r;
+    return sessions->Submit(admission, std::move(engine_request), std::move(info), request.stop, std::move(sink),
+                            session);
+  }
+  static GenerateRequest Ids(std::vector<int32_t> ids, int32_t max_new_tokens = 8) {
+    GenerateRequest r;
+    r.input_ids = std::move(ids);
+    r.max_new_tokens = max_new_tokens;
+    return r;
+  }
+
+  FakeEngine engine;
+  std::shared_ptr<CountingObserver> observer = std::make_shared<CountingObserver>();
+  std::unique_ptr<RequestSessions> sessions;
+};
+
+TEST_F(SessionTest, StreamsStepsOffTheEngineThreadThenFinishesOnce) {
+  auto sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RequestSession> session;
+  ASSERT_FALSE(Start(Ids({1, 2, 3}), /*streaming=*/true, sink, &session));
+  ASSERT_EQ(engine.callbacks.size(), 1u);
+  EXPECT_EQ(engine.requests[0].request_id, session->engine_id());
+  EXPECT_EQ(session->engine_id().rfind("req#", 0), 0u);  // the trace id names the engine request
+  EXPECT_FALSE(engine.callbacks[0].replayable_after_tokens);  // a stream has sent tokens
+  RequestCallbacks& cb = engine.callbacks[0];
+  cb.on_tokens({5});
+  cb.on_tokens({6});
+  RequestResult result;
+  result.finish_reason = FinishReason::kLength;
+  result.output_ids = {5, 6};
+  cb.on_done(result);
+  sessions->Flush();
+  std::lock_guard<std::mutex> lock(sink->mu);
+  EXPECT_EQ(sink->steps, (std::vector<std::vector<int32_t>>{{5}, {6}}));
+  EXPECT_EQ(sink->finishes, 1);
+  EXPECT_TRUE(sink->result.status.ok());
+  for (std::thread::id id : sink->threads) EXPECT_NE(id, std::this_thread::get_id());  // delivery workers
+  std::lock_guard<std::mutex> olock(observer->mu);
+  EXPECT_EQ(observer->codes, (std::vector<std::string>{"OK"}));
+  EXPECT_EQ(observer->with_result, (std::vector<bool>{true}));
+}
+
+TEST_F(SessionTest, UnaryWithoutStopStringsIsReplayableAndSeesNoSteps) {
+  auto sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RequestSession> session;
+  ASSERT_FALSE(Start(Ids({1, 2}), /*streaming=*/false, sink, &session));
+  EXPECT_TRUE(engine.callbacks[0].replayable_after_tokens);
+  // Nothing to stream, no stop string, no first-token log: no work per token at all.
+  EXPECT_FALSE(engine.callbacks[0].on_tokens);
+  RequestResult result;
+  result.output_ids = {7};
+  engine.callbacks[0].on_done(result);
+  sessions->Flush();
+  std::lock_guard<std::mutex> lock(sink->mu);
+  EXPECT_TRUE(sink->steps.empty());
+  EXPECT_EQ(sink->finishes, 1);
+}
+
+TEST_F(SessionTest, RefusalsAreTyped) {
+  auto sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RequestSession> session;
+  // The engine's queue-full hint arrives as its payload.
+  absl::Status full = absl::ResourceExhaustedError("waiting queue is full; retry after 40 ms");
+  SetRetryAfterMs(&full, 40);
+  engine.refuse = full;
+  std::optional<Refusal> r = Start(Ids({1}), true, sink, &session);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kQueueFull);
+  EXPECT_EQ(r->retry_after_ms, 40);
+  EXPECT_EQ(session, nullptr);
+  engine.refuse = absl::OkStatus();
+  // Validation in the caller's dialect, with the prompt's numbers.
+  r = Start(Ids(std::vector<int32_t>(300, 1)), true, sink, &session);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kContextLength);
+  EXPECT_EQ(r->prompt_tokens, 300);
+  EXPECT_EQ(r->allowed_prompt_tokens, 255);
+  // Draining.
+  sessions->StartDrain();
+  r = Start(Ids({1}), true, sink, &session);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kDraining);
+  EXPECT_EQ(r->code, absl::StatusCode::kUnavailable);
+  // Loading: no engine yet.
+  RequestSessions loading{RequestSessionsOptions()};
+  Admission admission;
+  r = loading.Admit("c", &admission);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kUnavailable);
+  EXPECT_EQ(r->message, "model is loading; retry later");
+  std::lock_guard<std::mutex> lock(sink->mu);
+  EXPECT_EQ(sink->finishes, 0);  // refusals never reach the sink
+}
+
+TEST_F(SessionTest, PerClientCap) {
+  RequestSessionsOptions options;
+  options.client_quota = std::make_shared<ClientQuota>(1);
+  Make(options);
+  Admission first;
+  ASSERT_FALSE(sessions->Admit("a", &first));
+  Admission second;
+  std::optional<Refusal> r = sessions->Admit("a", &second);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kClientQuota);
+  EXPECT_EQ(r->code, absl::StatusCode::kResourceExhausted);
+  Admission other;
+  EXPECT_FALSE(sessions->Admit("b", &other));
+  first.quota.Release();
+  Admission again;
+  EXPECT_FALSE(sessions->Admit("a", &again));
+}
+
+TEST_F(SessionTest, CancelledByTheClientCountsCancelled) {
+  auto sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RequestSession> session;
+  ASSERT_FALSE(Start(Ids({1}), true, sink, &session));
+  session->Cancel();
+  EXPECT_EQ(engine.cancelled, (std::vector<std::string>{session->engine_id()}));
+  RequestResult result;
+  result.status = absl::DeadlineExceededError("late");  // whatever the engine says, the client left
+  engine.callbacks[0].on_done(result);
+  sessions->Flush();
+  std::lock_guard<std::mutex> lock(observer->mu);
+  EXPECT_EQ(observer->codes, (std::vector<std::string>{"CANCELLED"}));
+}
+
+TEST_F(SessionTest, AbortAllEndsWhatTheEngineNeverFinished) {
+  auto sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RequestSession> session;
+  ASSERT_FALSE(Start(Ids({1}), true, sink, &session));
+  sessions->AbortAll();
+  std::lock_guard<std::mutex> lock(sink->mu);
+  EXPECT_EQ(sink->finishes, 1);
+  EXPECT_EQ(sink->result.status.code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(SessionTest, StopStringCancelsAndCutsOffTheEngineThread) {
+  auto tok = tokenizer::Tokenizer::FromDirectory(GLMSERVE_TEST_MODEL_DIR);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::shared_ptr<const tokenizer::Tokenizer> shared = std::move(*tok);
+  sessions->SetTokenizer(shared);
+  const std::vector<int32_t> hello = shared->Encode("hello", false);
+  const std::vector<int32_t> world = shared->Encode(" world", false);
+  ASSERT_FALSE(hello.empty());
+  ASSERT_FALSE(world.empty());
+  GenerateRequest request = Ids({1, 2});
+  request.stop = {"world"};
+  auto sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RequestSession> session;
+  ASSERT_FALSE(Start(request, /*streaming=*/true, sink, &session));
+  RequestCallbacks& cb = engine.callbacks[0];
+  std::vector<int32_t> all;
+  for (const std::vector<int32_t>* part : {&hello, &world}) {
+    for (int32_t id : *part) {
+      cb.on_tokens({id});
+      all.push_back(id);
+    }
+  }
+  sessions->Flush();  // the worker matched the stop string and cancelled the engine request
+  {
+    std::lock_guard<std::mutex> lock(engine.mu);
+    EXPECT_EQ(engine.cancelled, (std::vector<std::string>{session->engine_id()}));
+  }
+  RequestResult result;
+  result.status = absl::CancelledError("cancelled");
+  result.finish_reason = FinishReason::kCancelled;
+  result.output_ids = all;
+  result.output_ids.push_back(7);  // a step after the stop, before the cancel took effect
+  cb.on_done(result);
+  sessions->Flush();
+  std::lock_guard<std::mutex> lock(sink->mu);
+  ASSERT_EQ(sink->finishes, 1);
+  EXPECT_TRUE(sink->result.status.ok());
+  EXPECT_EQ(sink->result.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(sink->result.output_ids, all);
+  EXPECT_EQ(sink->text.find("world"), std::string::npos);
+  EXPECT_NE(sink->text.find("hello"), std::string::npos);
+  std::lock_guard<std::mutex> olock(observer->mu);
+  EXPECT_EQ(observer->codes, (std::vector<std::string>{"OK"}));
+}
+
+}  // namespace
+}  // namespace glmserve
