@@ -20,7 +20,8 @@
 #   C. GLMSERVE_SERVE_CAPS="64 128 256 512": --max-prefill-tokens-with-decodes at each value, 64
 #      streams (eos ignored) -> serve_caps.md (the prefill budget's TTFT / ITL / tok/s trade-off);
 #   O. GLMSERVE_SERVE_OOM=1: OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
-#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 64) through the running server: glmload sends 256 requests
+#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16: with 64 no step ran out: steps of up
+#      to 512 rows replay graphs whose memory is already held) through the running server: glmload sends 256 requests
 #      of 512 prompt tokens at 64 streams; every one must succeed (sent = ok, lost 0) with
 #      glmserve_oom_events_total > 0 -> serve_oom.md.
 # Everything goes to $OUT (or .gpu/out): serve.log (server stderr), serve_<mix>.{json,md,log},
@@ -141,7 +142,7 @@ fi
 
 # O. Real CUDA out-of-memory through the running server: no request lost.
 if [ "${GLMSERVE_SERVE_OOM:-0}" = 1 ]; then
-  GLMSERVE_CUDA_MEMORY_HEADROOM_MB="${GLMSERVE_SERVE_OOM_HEADROOM_MB:-64}" start_server "$out/serve_oom.log" --max-batch 64
+  GLMSERVE_CUDA_MEMORY_HEADROOM_MB="${GLMSERVE_SERVE_OOM_HEADROOM_MB:-16}" start_server "$out/serve_oom.log" --max-batch 64
   glmload_grpc --concurrency 64 --requests 256 --prompt-len 512 --max-new-tokens 16 --json-out "$out/serve_oom.json" \
     >"$out/serve_oom_load.md" 2>&1
   oom_rc=$?
