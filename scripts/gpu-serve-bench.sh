@@ -14,12 +14,12 @@
 #   7. $OUT/serve_table.md: mix, streams, tok/s, ratio to decode_bench at that batch, TTFT and ITL
 #      p50/p99 (from glmload's --json-out), errors.
 # Before 2-7, each in a server of its own (so the sweep's server runs without them):
-#   P. GLMSERVE_SERVE_PROFILE=1: Kineto profile of GLMSERVE_PROFILE_STEPS (64) executor steps at
+#   P. GLMSERVE_SERVE_PROFILE=1 (default; 0 skips): Kineto profile of GLMSERVE_PROFILE_STEPS (64) executor steps at
 #      64 streams (eos ignored), after GLMSERVE_PROFILE_AFTER_STEPS (600) steps of that load, grouped
 #      by step kind with bench/summarize_trace.py --by-step -> serve_profile.md;
 #   C. GLMSERVE_SERVE_CAPS="64 128 256 512": --max-prefill-tokens-with-decodes at each value, 64
 #      streams (eos ignored) -> serve_caps.md (the prefill budget's TTFT / ITL / tok/s trade-off);
-#   O. GLMSERVE_SERVE_OOM=1: OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
+#   O. GLMSERVE_SERVE_OOM=1 (default; 0 skips): OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
 #      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16: with 64 no step ran out: steps of up
 #      to 512 rows replay graphs whose memory is already held) through the running server: glmload sends 256 requests
 #      of 512 prompt tokens at 64 streams; every one must succeed (sent = ok, lost 0) with
@@ -109,7 +109,7 @@ trap stop_server EXIT
 glmload_grpc() { "$build/bench/glmload" --target "127.0.0.1:$port" --stream --deadline-ms 300000 --no-progress "$@"; }
 
 # P. Where a step's time goes under real traffic (64 streams, steady state).
-if [ "${GLMSERVE_SERVE_PROFILE:-0}" = 1 ]; then
+if [ "${GLMSERVE_SERVE_PROFILE:-1}" = 1 ]; then
   mkdir -p .gpu/trace
   rm -f .gpu/trace/serve.json
   GLMSERVE_PROFILE_TRACE=.gpu/trace/serve.json GLMSERVE_PROFILE_AFTER_STEPS="${GLMSERVE_PROFILE_AFTER_STEPS:-600}" \
@@ -141,7 +141,7 @@ EOF2
 fi
 
 # O. Real CUDA out-of-memory through the running server: no request lost.
-if [ "${GLMSERVE_SERVE_OOM:-0}" = 1 ]; then
+if [ "${GLMSERVE_SERVE_OOM:-1}" = 1 ]; then
   GLMSERVE_CUDA_MEMORY_HEADROOM_MB="${GLMSERVE_SERVE_OOM_HEADROOM_MB:-16}" start_server "$out/serve_oom.log" --max-batch 64
   glmload_grpc --concurrency 64 --requests 256 --prompt-len 512 --max-new-tokens 16 --json-out "$out/serve_oom.json" \
     >"$out/serve_oom_load.md" 2>&1
