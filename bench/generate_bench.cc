@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "bench/model_flags.h"
+#include "runtime/engine/run_request.h"
+#include "runtime/generate_once.h"
 #include "runtime/model_runner.h"
 
 int main(int argc, char** argv) {
@@ -32,17 +34,29 @@ int main(int argc, char** argv) {
   glmserve::GenerationParams params;
   params.max_new_tokens = new_tokens;
   params.stop_token_ids = {-1};  // never stop early: every run decodes the same count
+  // One engine for every run, as a server has (the KV pool and decode graphs are made once); each
+  // run is one request submitted to it like any client's.
+  auto engine = glmserve::CreateSingleSequenceEngine(**runner, int64_t{prompt_tokens} + new_tokens);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(engine.status().message()).c_str());
+    return 1;
+  }
   std::vector<double> decode_rates;
   for (int32_t run = 0; run <= runs; ++run) {
     Clock::time_point start = Clock::now(), first;
-    int32_t produced = 0;
-    auto out = (*runner)->Generate(prompt, params, [&](int32_t) {
-      if (produced++ == 0) first = Clock::now();
-      return true;
+    int32_t produced = 0;  // written on the engine thread, read after RunRequest returns
+    glmserve::InferenceRequest request;
+    request.request_id = "run-" + std::to_string(run);
+    request.input_ids = prompt;
+    request.params = params;
+    auto out = glmserve::RunRequest(**engine, std::move(request), [&](const std::vector<int32_t>& ids) {
+      if (produced == 0) first = Clock::now();
+      produced += static_cast<int32_t>(ids.size());
     });
     const Clock::time_point end = Clock::now();
-    if (!out.ok()) {
-      std::fprintf(stderr, "%s\n", std::string(out.status().message()).c_str());
+    const absl::Status status = out.ok() ? out->status : out.status();
+    if (!status.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
       return 1;
     }
     const double prefill_ms = std::chrono::duration<double, std::milli>(first - start).count();
@@ -56,5 +70,6 @@ int main(int argc, char** argv) {
   std::printf("{\"median_decode_tokens_per_s\": %.2f, \"device\": \"%s\", \"dtype\": \"%s\"}\n",
               decode_rates[decode_rates.size() / 2], (*runner)->info().device.c_str(),
               (*runner)->info().compute_dtype.c_str());
+  (*engine)->Shutdown();
   return 0;
 }

@@ -41,6 +41,7 @@
 #include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
+#include "runtime/cuda_decode.h"
 #include "runtime/glm_model.h"
 
 namespace glmserve {

@@ -111,14 +111,6 @@ at::Tensor GlmModel::ApplyRotary(const at::Tensor& x, const at::Tensor& cos, con
   return at::cat({merged, x.narrow(-1, rot, x.size(-1) - rot)}, -1);
 }
 
-void CudaDecodeRunnerDeleter::operator()(CudaDecodeRunner* runner) const {
-#ifdef GLMSERVE_TORCH_CUDA
-  DestroyCudaDecodeRunner(runner);
-#else
-  (void)runner;
-#endif
-}
-
 at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
                                const AttendFn& attend, const LayerKernels& kernels) const {
   const ModelConfig& c = config_;
@@ -193,42 +185,6 @@ at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& k
   at::Tensor rows = hidden_rows.contiguous();  // the fused kernel reads rows densely
   at::Tensor logits = Linear(kernels, AddRmsNorm(kernels, at::Tensor(), rows, final_norm_), lm_head_, at::Tensor());
   return fp32 ? logits.to(at::kFloat) : logits;
-}
-
-CudaDecodeRunner* GlmModel::DecodeRunner() const {
-#ifdef GLMSERVE_TORCH_CUDA
-  if (device_.is_cuda() && !cuda_decode_ && !cuda_decode_failed_) {
-    cuda_decode_.reset(CreateCudaDecodeRunner(*this));
-    cuda_decode_failed_ = cuda_decode_ == nullptr;
-  }
-#endif
-  return cuda_decode_.get();
-}
-
-at::Tensor GlmModel::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const {
-#ifdef GLMSERVE_TORCH_CUDA
-  if (CudaDecodeRunner* runner = DecodeRunner()) {
-    const bool all_decode = !batch.empty() && std::all_of(batch.begin(), batch.end(), [](const SequenceStep& s) {
-      return s.tokens.size() == 1 && s.sample;
-    });
-    if (all_decode) {
-      at::Tensor logits = CudaDecodeForward(*runner, batch, kv);
-      if (logits.defined()) return logits;
-    }
-    at::Tensor logits = CudaMixedForward(*runner, batch, kv);
-    if (logits.defined()) return logits;
-    return EagerForward(batch, kv, CudaLayerKernels(*runner));
-  }
-#endif
-  return EagerForward(batch, kv, LayerKernels());  // ATen ops
-}
-
-void GlmModel::CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured) const {
-#ifdef GLMSERVE_TORCH_CUDA
-  if (CudaDecodeRunner* runner = DecodeRunner()) CaptureCudaDecodeGraphs(*runner, max_sequences, kv, captured);
-#else
-  (void)kv, (void)max_sequences, (void)captured;
-#endif
 }
 
 at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv,

@@ -31,11 +31,6 @@ struct KvPool {
   }
 };
 
-class CudaDecodeRunner;
-struct CudaDecodeRunnerDeleter {
-  void operator()(CudaDecodeRunner* runner) const;
-};
-
 class GlmModel {
  public:
   // Builds the model from the stored tensors named by `plan` (consumed: entries are released as
@@ -56,22 +51,10 @@ class GlmModel {
 
   KvPool AllocateKv(int32_t num_blocks, int32_t block_size) const;
 
-  // One forward pass over a batch. Writes each sequence's new K/V into its blocks and returns
-  // logits [n, vocab] for the last fed token of every sequence with sample == true, in batch
-  // order: fp32, except from the CUDA decode graphs, which leave them in the model's dtype (the
-  // lm_head's own output; converting [64, 151552] to fp32 every step took 29 us on an H100, and
-  // the argmax reads half the bytes). Throws c10::Error on failure (callers turn it into a status).
-  at::Tensor Forward(const std::vector<SequenceStep>& batch, KvPool& kv) const;
-  // CUDA with graphs on: captures the decode graphs of batch buckets 1, 2, 4, ... up to the one
-  // holding max_sequences over `kv` now, appending each captured bucket to `captured`, so no
-  // step waits for a capture later. Throws where a capture fails (that bucket and the larger ones
-  // are then captured on first use). Does nothing elsewhere.
-  void CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured) const;
-
   // Attention of one layer over the paged cache: q [T, heads, head_dim] (rows may be strided:
   // a view into the qkv projection) -> [T, heads * head_dim].
   using AttendFn = std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache)>;
-  // Optional fused kernels for parts of a layer (cuda_decode.cc provides them on a GPU). Each one
+  // Optional fused kernels for parts of a layer (the CUDA fast path passes its own down). Each one
   // left empty runs the same arithmetic as ATen ops.
   struct LayerKernels {
     // residual += delta (delta may be undefined: norm only); returns RMSNorm(residual) * weight.
@@ -95,8 +78,9 @@ class GlmModel {
   // the model's dtype (the lm_head's own rounding, as transformers' bf16 logits).
   at::Tensor Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels = {}, bool fp32 = true) const;
   // Forward without the CUDA decode graphs: per-sequence ATen attention for any batch (prefill,
-  // mixed, decode), `kernels` for the rest of each layer. Forward calls it with the GPU's fused
-  // kernels, or none on the CPU; tests call it with the kernels' CPU references.
+  // mixed, decode), `kernels` for the rest of each layer. ModelForward (model_forward.h) calls it
+  // with the GPU's fused kernels, or none on the CPU; tests call it with the kernels' CPU
+  // references. Returns fp32 logits of the sampled rows; throws c10::Error on failure.
   at::Tensor EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv, const LayerKernels& kernels) const;
   // fp32 rotary inverse frequencies [rotary_dim / 2] on the device (undefined without rotary).
   const at::Tensor& inv_freq() const { return inv_freq_; }
@@ -122,26 +106,6 @@ class GlmModel {
   at::Device device_;
   at::Tensor embed_, lm_head_, final_norm_, inv_freq_;
   std::vector<Layer> layers_;
-  // CUDA decode fast path (paged-attention kernel + CUDA graphs), created on first use.
-  CudaDecodeRunner* DecodeRunner() const;  // creates it on first use; null where it cannot run
-  mutable std::unique_ptr<CudaDecodeRunner, CudaDecodeRunnerDeleter> cuda_decode_;
-  mutable bool cuda_decode_failed_ = false;
 };
-
-#ifdef GLMSERVE_TORCH_CUDA
-// cuda_decode.cc: runs an all-decode batch through the paged-attention kernel, replaying a CUDA
-// graph per batch-size bucket. Returns an undefined tensor when it cannot take the batch.
-CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
-at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
-// Prefill and mixed batches in one eager forward (paged-attention kernel for decode rows, flash
-// attention over variable lengths for prefill chunks); fp32 logits of the sampled rows. Undefined
-// when it cannot take the batch (fp32 model, head_dim flash does not take, GLMSERVE_CUDA_DISABLE).
-at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
-void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
-                             std::vector<int32_t>* captured);
-// The fused kernels for eager forwards on the GPU (prefill and mixed batches).
-const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner);
-void DestroyCudaDecodeRunner(CudaDecodeRunner* runner);
-#endif
 
 }  // namespace glmserve

@@ -20,6 +20,7 @@
 #include <new>
 #include <stdexcept>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -29,6 +30,7 @@
 #include "runtime/glm_model.h"
 #include "runtime/inspect.h"
 #include "runtime/model_config.h"
+#include "runtime/model_forward.h"
 #include "runtime/profiling.h"
 #include "runtime/sampler.h"
 #include "runtime/status_macros.h"
@@ -43,11 +45,16 @@ namespace {
 
 // Runs `body`, turning LibTorch exceptions into statuses: out of memory (c10::OutOfMemoryError,
 // std::bad_alloc, or an error whose message says so) -> RESOURCE_EXHAUSTED, the rest INTERNAL.
+// A body that returns an absl::Status has it returned as is, code included.
 template <typename Body>
 absl::Status GuardTorch(const char* what, Body&& body) {
   try {
-    body();
-    return absl::OkStatus();
+    if constexpr (std::is_same_v<decltype(body()), absl::Status>) {
+      return body();
+    } else {
+      body();
+      return absl::OkStatus();
+    }
   } catch (const c10::OutOfMemoryError& e) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory: ", e.what_without_backtrace()));
   } catch (const c10::Error& e) {
@@ -85,6 +92,7 @@ struct Parsed {
   ModelConfig config;
   CheckpointListing listing;
   WeightPlan plan;
+  bool missing = false;  // no weight files at all (NOT_FOUND from ListCheckpoint)
 };
 
 // Config + listing + plan, with every problem gathered.
@@ -99,6 +107,7 @@ absl::StatusOr<InspectReport> Inspect(const std::string& directory, Parsed* pars
   absl::StatusOr<CheckpointListing> listing = ListCheckpoint(directory);
   if (!config.ok()) report.problems.push_back(std::string(config.status().message()));
   if (!listing.ok()) report.problems.push_back(std::string(listing.status().message()));
+  parsed->missing = absl::IsNotFound(config.status()) || absl::IsNotFound(listing.status());
   if (listing.ok()) report.info.source_format = CheckpointFormatName(listing->format);
   if (!config.ok() || !listing.ok()) {
     if (listing.ok()) {
@@ -513,12 +522,13 @@ std::string StepRangeName(const std::vector<SequenceStep>& batch) {
 // Step and never kept.
 class PagedExecutor final : public StepExecutor {
  public:
-  PagedExecutor(const GlmModel* model, KvPool pool, int32_t inject_oom_above_sequences,
-                std::function<void(const std::string&)> log)
-      : model_(model),
+  PagedExecutor(std::unique_ptr<ModelForward> forward, KvPool pool, const ExecutorOptions& options)
+      : model_(&forward->model()),
+        forward_(std::move(forward)),
         pool_(std::move(pool)),
-        inject_oom_above_sequences_(inject_oom_above_sequences),
-        log_(std::move(log)),
+        inject_oom_above_sequences_(options.inject_oom_above_sequences),
+        on_sampled_logits_(options.on_sampled_logits),
+        log_(options.log),
         profile_(StepProfile::FromEnvironment()) {}
   int32_t block_size() const override { return pool_.block_size; }
   int32_t num_blocks() const override { return pool_.num_blocks; }
@@ -737,8 +747,8 @@ class PagedExecutor final : public StepExecutor {
     std::vector<int32_t> device_ids;  // per sampled row; -1: sample on the host
     bool host_logits_needed = true;    // false when the device decided every sampled row
     absl::Status forward = GuardTorch("forward step", [&] {
-      at::Tensor device_logits = model_->Forward(batch, pool_);
-      if (device_logits.is_cuda() && device_logits.dim() == 2 &&
+      at::Tensor device_logits = forward_->Forward(batch, pool_);
+      if (!on_sampled_logits_ && device_logits.is_cuda() && device_logits.dim() == 2 &&
           device_logits.size(0) == static_cast<int64_t>(num_samples)) {
         device_ids = ChooseIdsOnDevice(batch, device_logits);
         std::vector<int64_t> host_rows;
@@ -785,6 +795,9 @@ class PagedExecutor final : public StepExecutor {
       const std::vector<int32_t>& stops =
           params.stop_token_ids.empty() ? model_->config().eos_token_ids : params.stop_token_ids;
       const bool decided_on_device = !device_ids.empty() && device_ids[row] >= 0;
+      if (on_sampled_logits_) {
+        on_sampled_logits_(batch[i].sequence_id, batch[i].num_generated, data + row * vocab, vocab);
+      }
       const int32_t id = decided_on_device ? device_ids[row]
                                            : SampleNextToken(data + row * vocab, vocab, params, stops,
                                                              batch[i].num_generated, batch[i].history);
@@ -799,8 +812,10 @@ class PagedExecutor final : public StepExecutor {
   }
 
   const GlmModel* model_;
+  std::unique_ptr<ModelForward> forward_;
   KvPool pool_;
   int32_t inject_oom_above_sequences_;
+  std::function<void(int64_t, int32_t, const float*, int32_t)> on_sampled_logits_;
   std::function<void(const std::string&)> log_;  // null: stderr
   StepProfile profile_;
   // Scratch for Validate: per block, (generation << 32) | the batch slot owning it this step.
@@ -816,63 +831,6 @@ class ModelRunnerImpl final : public ModelRunner {
  public:
   ModelRunnerImpl(ModelInfo info, std::unique_ptr<GlmModel> model) : info_(std::move(info)), model_(std::move(model)) {}
   const ModelInfo& info() const override { return info_; }
-
-  absl::StatusOr<GenerationOutput> Generate(const std::vector<int32_t>& input_ids, const GenerationParams& params,
-                                            const std::function<bool(int32_t)>& on_token) override {
-    const ModelConfig& c = model_->config();
-    if (input_ids.empty()) return absl::InvalidArgumentError("input_ids: expected at least one token id");
-    for (size_t i = 0; i < input_ids.size(); ++i) {
-      if (input_ids[i] < 0 || input_ids[i] >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("input_ids[", i, "] = ", input_ids[i],
-                                                       ": expected an id in [0, ", c.vocab_size, ")"));
-      }
-    }
-    if (params.max_new_tokens <= 0) return absl::InvalidArgumentError("max_new_tokens: expected a positive count");
-    const int64_t needed = static_cast<int64_t>(input_ids.size()) + params.max_new_tokens;
-    if (needed > c.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input_ids: ", input_ids.size(), " prompt tokens + max_new_tokens ", params.max_new_tokens,
-          " exceed the model's max position embeddings ", c.max_position_embeddings));
-    }
-    constexpr int32_t kBlock = 16;
-    const int32_t blocks = static_cast<int32_t>((needed + kBlock - 1) / kBlock);
-    GenerationOutput output;
-    const std::vector<int32_t>& stops = params.stop_token_ids.empty() ? c.eos_token_ids : params.stop_token_ids;
-    absl::Status status = GuardTorch("generate", [&] {
-      KvPool pool = model_->AllocateKv(blocks, kBlock);
-      std::vector<int32_t> table(blocks);
-      for (int32_t b = 0; b < blocks; ++b) table[b] = b;
-      SequenceStep step;
-      step.block_table = table;
-      step.tokens = input_ids;
-      step.params = &params;
-      int32_t position = 0;
-      std::vector<int32_t> history = input_ids;  // prompt + generated, for the penalties
-      output.finish_reason = FinishReason::kLength;
-      while (static_cast<int32_t>(output.output_ids.size()) < params.max_new_tokens) {
-        step.start_position = position;
-        step.num_generated = static_cast<int32_t>(output.output_ids.size());
-        at::Tensor logits = model_->Forward({step}, pool).to(at::kFloat).contiguous().cpu();
-        const float* row = logits.data_ptr<float>();
-        if (output.output_ids.empty()) output.first_logits.assign(row, row + c.vocab_size);
-        const int32_t next = SampleNextToken(row, c.vocab_size, params, stops, step.num_generated, &history);
-        position += static_cast<int32_t>(step.tokens.size());
-        output.output_ids.push_back(next);
-        history.push_back(next);
-        if (on_token && !on_token(next)) {
-          output.finish_reason = FinishReason::kCancelled;
-          break;
-        }
-        if (std::find(stops.begin(), stops.end(), next) != stops.end()) {
-          output.finish_reason = FinishReason::kStop;
-          break;
-        }
-        step.tokens = {next};
-      }
-    });
-    GLM_RETURN_IF_ERROR(status);
-    return output;
-  }
 
   absl::StatusOr<std::unique_ptr<StepExecutor>> CreateExecutor(const ExecutorOptions& options) override {
     if (options.block_size <= 0) return absl::InvalidArgumentError("block_size: expected a positive token count");
@@ -924,7 +882,8 @@ class ModelRunnerImpl final : public ModelRunner {
     LogLine(options, absl::StrCat("kv cache: ", blocks, " blocks x ", options.block_size, " tokens (",
                                   blocks * options.block_size, " tokens, ", (blocks * per_block) >> 20, " MiB on ",
                                   device.str(), ") from ", source));
-    if (options.capture_decode_batch > 0 && device.is_cuda()) CaptureDecodeGraphs(options, pool);
+    auto forward = std::make_unique<ModelForward>(*model_);
+    if (options.capture_decode_batch > 0 && device.is_cuda()) CaptureDecodeGraphs(options, *forward, pool);
 #ifdef GLMSERVE_TORCH_CUDA
     // Test hook for the chaos suite on a GPU, off unless set: GLMSERVE_CUDA_MEMORY_HEADROOM_MB=N caps
     // the caching allocator at what it holds now (weights, KV pool, graphs) plus N MiB, so large
@@ -945,16 +904,15 @@ class ModelRunnerImpl final : public ModelRunner {
       }));
     }
 #endif
-    return std::unique_ptr<StepExecutor>(
-        new PagedExecutor(model_.get(), std::move(pool), options.inject_oom_above_sequences, options.log));
+    return std::unique_ptr<StepExecutor>(new PagedExecutor(std::move(forward), std::move(pool), options));
   }
 
  private:
-  void CaptureDecodeGraphs(const ExecutorOptions& options, KvPool& pool) {
+  void CaptureDecodeGraphs(const ExecutorOptions& options, ModelForward& forward, KvPool& pool) {
     std::vector<int32_t> captured;
     const auto start = std::chrono::steady_clock::now();
     const absl::Status status = GuardTorch("capturing decode graphs", [&] {
-      model_->CaptureDecodeGraphs(pool, options.capture_decode_batch, &captured);
+      forward.CaptureDecodeGraphs(pool, options.capture_decode_batch, &captured);
     });
     if (status.ok() && captured.empty()) return;  // graphs off: nothing to capture
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
@@ -985,10 +943,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string
   if (options.random_weights) {
     GLM_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(directory));
     std::unique_ptr<GlmModel> model;
-    GLM_RETURN_IF_ERROR(GuardTorch("building a random-weight model", [&] {
-      auto result = GlmModel::BuildRandom(config, dtype, device, options.random_seed);
-      if (!result.ok()) throw std::runtime_error(std::string(result.status().message()));
-      model = *std::move(result);
+    GLM_RETURN_IF_ERROR(GuardTorch("building a random-weight model", [&]() -> absl::Status {
+      GLM_ASSIGN_OR_RETURN(model, GlmModel::BuildRandom(config, dtype, device, options.random_seed));
+      return absl::OkStatus();
     }));
     ModelInfo info = DescribeModel(directory, config);
     info.source_format = "random-weights";
@@ -1005,19 +962,20 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string
   Parsed parsed;
   GLM_ASSIGN_OR_RETURN(InspectReport report, Inspect(directory, &parsed));
   if (!report.loadable()) {
-    return absl::FailedPreconditionError(absl::StrCat("checkpoint '", directory, "' cannot be loaded (",
+    // Nothing to load (no weight files at all) is NOT_FOUND; anything else found wrong
+    // with what is there is FAILED_PRECONDITION. Either way the message is the whole report.
+    return absl::Status(parsed.missing ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition,
+                        absl::StrCat("checkpoint '", directory, "' cannot be loaded (",
                                                       report.problems.size(), " problem",
                                                       report.problems.size() == 1 ? "" : "s", "):\n",
                                                       absl::StrJoin(report.problems, "\n")));
   }
   GLM_ASSIGN_OR_RETURN(auto stored, ReadCheckpointTensors(parsed.listing));
   std::unique_ptr<GlmModel> model;
-  absl::Status built = GuardTorch("building the model", [&] {
-    auto result = GlmModel::Build(parsed.config, parsed.plan, &stored, dtype, device);
-    if (!result.ok()) throw std::runtime_error(std::string(result.status().message()));
-    model = *std::move(result);
-  });
-  GLM_RETURN_IF_ERROR(built);
+  GLM_RETURN_IF_ERROR(GuardTorch("building the model", [&]() -> absl::Status {
+    GLM_ASSIGN_OR_RETURN(model, GlmModel::Build(parsed.config, parsed.plan, &stored, dtype, device));
+    return absl::OkStatus();
+  }));
   ModelInfo info = report.info;
   info.compute_dtype = DtypeName(dtype);
   info.device = device.str();

@@ -45,29 +45,25 @@ struct ExecutorOptions {
   int32_t capture_decode_batch = 0;
   // Receives log lines (the chosen KV pool size). Null = stderr.
   std::function<void(const std::string&)> log;
-};
-
-// Result of `generate` on one prompt (CLI and tests).
-struct GenerationOutput {
-  std::vector<int32_t> output_ids;  // generated ids only
-  std::vector<float> first_logits;  // raw fp32 logits at the first generated position
-  FinishReason finish_reason = FinishReason::kUnspecified;
+  // Null = off. Called on the engine thread with the fp32 logits of every sampled row: the
+  // sequence, how many ids it had generated before this row's, and the row of `vocab` values
+  // (valid only during the call). For callers that report logits (`generate --json`'s
+  // first_logits). While set, every sampled row's logits come to the host and are sampled
+  // there (same ids as on the device, one copy per step more).
+  std::function<void(int64_t sequence_id, int32_t num_generated, const float* logits, int32_t vocab)>
+      on_sampled_logits;
 };
 
 class ModelRunner {
  public:
-  // Loads and strictly validates `directory`. On any checkpoint problem returns
-  // FAILED_PRECONDITION whose message is the full report (one problem per line).
+  // Loads and strictly validates `directory`. Codes survive from where they arise: NOT_FOUND for
+  // a missing directory or no weight files at all, FAILED_PRECONDITION for any other checkpoint
+  // problem (both with the full report as the message, one problem per line), INVALID_ARGUMENT for
+  // bad options, RESOURCE_EXHAUSTED when the weights do not fit, INTERNAL for the rest.
   static absl::StatusOr<std::unique_ptr<ModelRunner>> Load(const std::string& directory,
                                                            const LoadOptions& options);
   virtual ~ModelRunner() = default;
   virtual const ModelInfo& info() const = 0;
-
-  // Single-sequence generation with a contiguous KV cache. `on_token` (optional) sees each new
-  // id; returning false stops generation (reported as kCancelled).
-  virtual absl::StatusOr<GenerationOutput> Generate(
-      const std::vector<int32_t>& input_ids, const GenerationParams& params,
-      const std::function<bool(int32_t)>& on_token = nullptr) = 0;
 
   // A paged-KV executor over this model for the engine. The runner must outlive it.
   virtual absl::StatusOr<std::unique_ptr<StepExecutor>> CreateExecutor(

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
+#include "runtime/generate_once.h"
 #include "runtime/inspect.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -246,7 +247,7 @@ int RunGenerate(int argc, char** argv) {
   params.sampling.top_p = top_p;
   params.sampling.top_k = top_k;
   params.sampling.seed = seed;
-  absl::StatusOr<GenerationOutput> output = (*runner)->Generate(ids, params);
+  absl::StatusOr<GenerationOutput> output = GenerateOnce(**runner, ids, params);
   if (!output.ok()) return ExitFor(output.status());
   if (as_json) {
     json out{{"output_ids", output->output_ids},

@@ -1,5 +1,5 @@
 // The engine with the real model: ModelRunner -> PagedExecutor (paged KV on CPU) -> engine.
-// Expected ids come from ModelRunner::Generate (one sequence, contiguous KV), which
+// Expected ids come from GenerateOnce (the request alone on an engine of batch 1), which
 // runtime_test proves equal to transformers' recorded outputs; the fixture test compares
 // against those recordings directly. Every wait is bounded; nothing sleeps for logic.
 #include <ATen/Parallel.h>
@@ -30,6 +30,7 @@
 #include "nlohmann/json.hpp"
 #include "runtime/engine.h"
 #include "runtime/engine/engine_impl.h"
+#include "runtime/generate_once.h"
 #include "runtime/model_runner.h"
 #include "tests/testutil/fixture_models.h"
 
@@ -120,13 +121,13 @@ class Collector {
 struct Case {
   std::vector<int32_t> prompt;
   GenerationParams params;
-  std::vector<int32_t> expected;  // from ModelRunner::Generate
+  std::vector<int32_t> expected;  // the request alone: GenerateOnce, batch 1
   FinishReason expected_finish = FinishReason::kUnspecified;
 };
 
 void ComputeExpected(ModelRunner* runner, std::vector<Case>* cases) {
   for (Case& c : *cases) {
-    absl::StatusOr<GenerationOutput> out = runner->Generate(c.prompt, c.params);
+    absl::StatusOr<GenerationOutput> out = GenerateOnce(*runner, c.prompt, c.params);
     ASSERT_TRUE(out.ok()) << out.status();
     c.expected = out->output_ids;
     c.expected_finish = out->finish_reason;
@@ -727,7 +728,7 @@ TEST(PagedExecutorTest, CapturesTheDecodeGraphsWhenCreated) {
     }
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    absl::StatusOr<GenerationOutput> alone = runner->Generate(prompts[i], params);
+    absl::StatusOr<GenerationOutput> alone = GenerateOnce(*runner, prompts[i], params);
     ASSERT_TRUE(alone.ok()) << alone.status();
     EXPECT_EQ(generated[i], alone->output_ids) << "sequence " << i;
   }

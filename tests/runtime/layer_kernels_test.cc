@@ -14,6 +14,7 @@
 #include "kernels/rms_norm.h"
 #include "runtime/glm_model.h"
 #include "runtime/model_config.h"
+#include "runtime/model_forward.h"
 #include "tests/testutil/fixture_models.h"
 
 namespace glmserve {
@@ -140,6 +141,7 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   const std::vector<int32_t> table_a = {9, 2, 30, 4, 17, 6}, table_b = {11, 40}, table_c = {1, 50};
   std::vector<int32_t> table_d;
   for (int32_t block = 60; block < 98; ++block) table_d.push_back(block);
+  ModelForward forward(m);
   std::vector<std::vector<SequenceStep>> steps(4);
   steps[0] = {step(1, {a.begin(), a.begin() + 40}, 0, table_a, false), step(2, b, 0, table_b, true)};
   steps[1] = {step(2, {42}, 9, table_b, true), step(1, {a.begin() + 40, a.end()}, 40, table_a, true),
@@ -149,7 +151,7 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   steps[3] = {step(2, {46}, 11, table_b, true), step(4, d, 0, table_d, true)};
   for (size_t i = 0; i < steps.size(); ++i) {
     SCOPED_TRACE(::testing::Message() << "step " << i);
-    const at::Tensor got = m.Forward(steps[i], fast_kv).to(at::kFloat).cpu();
+    const at::Tensor got = forward.Forward(steps[i], fast_kv).to(at::kFloat).cpu();
     const at::Tensor want = m.EagerForward(steps[i], aten_kv, {}).to(at::kFloat).cpu();
     ASSERT_EQ(got.sizes(), want.sizes());
     for (int64_t r = 0; r < got.size(0); ++r) {

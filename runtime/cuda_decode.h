@@ -1,0 +1,37 @@
+// The CUDA fast path over GlmModel (cuda_decode.cc, compiled only against a CUDA LibTorch:
+// GLMSERVE_TORCH_CUDA). It sits above the model: it calls GlmModel::RunLayers / Logits with its
+// own attention and fused kernels, and the model never calls it. model_forward.cc picks it per
+// batch. Include only from LibTorch TUs.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/glm_model.h"
+#include "runtime/step_executor.h"
+
+namespace glmserve {
+
+class CudaDecodeRunner;
+
+#ifdef GLMSERVE_TORCH_CUDA
+// Null where the fast path cannot run (no paged-attention kernel for this device, head_dim > 256).
+// The runner keeps a reference to `model`, which must outlive it.
+CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
+// Runs an all-decode batch through the paged-attention kernel, replaying a CUDA graph per
+// batch-size bucket. Returns an undefined tensor when it cannot take the batch.
+at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
+// Prefill and mixed batches in one eager forward (paged-attention kernel for decode rows, flash
+// attention over variable lengths for prefill chunks); fp32 logits of the sampled rows. Undefined
+// when it cannot take the batch (fp32 model, head_dim flash does not take, GLMSERVE_CUDA_DISABLE).
+at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
+void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
+                             std::vector<int32_t>* captured);
+// The fused kernels for eager forwards on the GPU (prefill and mixed batches).
+const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner);
+void DestroyCudaDecodeRunner(CudaDecodeRunner* runner);
+#endif
+
+}  // namespace glmserve

@@ -1,0 +1,50 @@
+// One forward pass over a batch, choosing per batch between the CUDA fast path (cuda_decode.h)
+// and GlmModel's eager forward. It owns the fast path's state (kernels, CUDA graphs), so the
+// dependency runs one way: model_forward -> cuda_decode -> glm_model. Include only from LibTorch
+// TUs. Not thread-safe: one owner (an executor) calls it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "runtime/glm_model.h"
+#include "runtime/step_executor.h"
+
+namespace glmserve {
+
+class CudaDecodeRunner;
+struct CudaDecodeRunnerDeleter {
+  void operator()(CudaDecodeRunner* runner) const;
+};
+
+class ModelForward {
+ public:
+  // `model` must outlive this object.
+  explicit ModelForward(const GlmModel& model);
+
+  const GlmModel& model() const { return model_; }
+
+  // Writes each sequence's new K/V into its blocks and returns logits [n, vocab] for the last fed
+  // token of every sequence with sample == true, in batch order: fp32, except from the CUDA decode
+  // graphs, which leave them in the model's dtype (the lm_head's own output; converting
+  // [64, 151552] to fp32 every step took 29 us on an H100, and the argmax reads half the bytes).
+  // Throws c10::Error on failure (callers turn it into a status).
+  at::Tensor Forward(const std::vector<SequenceStep>& batch, KvPool& kv);
+  // CUDA with graphs on: captures the decode graphs of batch buckets 1, 2, 4, ... up to the one
+  // holding max_sequences over `kv` now, appending each captured bucket to `captured`, so no
+  // step waits for a capture later. Throws where a capture fails (that bucket and the larger ones
+  // are then captured on first use). Does nothing elsewhere.
+  void CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured);
+
+ private:
+  CudaDecodeRunner* DecodeRunner();  // created on first use; null where it cannot run
+
+  const GlmModel& model_;
+  std::unique_ptr<CudaDecodeRunner, CudaDecodeRunnerDeleter> cuda_decode_;
+  bool cuda_decode_failed_ = false;
+};
+
+}  // namespace glmserve
