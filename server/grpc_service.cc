@@ -18,7 +18,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "glmserve/v1/inference.grpc.pb.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/auth.h"

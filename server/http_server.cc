@@ -11,7 +11,6 @@
 #include <cstring>
 #include <deque>
 #include <optional>
-#include <random>
 #include <utility>
 #include <vector>
 
@@ -19,7 +18,6 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/auth.h"
 #include "server/client_quota.h"
