@@ -1001,6 +1001,9 @@ void HttpServer::Shutdown() {
   state_->stopping = true;
   server_->stop();
   if (listener_.joinable()) listener_.join();
+  // Results the engine gave while shutting down are delivered now, so no serving slot (which
+  // holds the state) is released last on a delivery worker.
+  state_->sessions.Flush();
 }
 
 }  // namespace glmserve

@@ -150,7 +150,9 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
 class RequestSessions {
  public:
   explicit RequestSessions(RequestSessionsOptions options);
-  ~RequestSessions();  // joins the workers; after every session ended
+  // Joins the workers; after every session ended. Never from a worker: a sink must not hold the
+  // last reference to what owns this object (front ends Flush() before letting go).
+  ~RequestSessions();
   RequestSessions(const RequestSessions&) = delete;
   RequestSessions& operator=(const RequestSessions&) = delete;
 
