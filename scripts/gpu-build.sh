@@ -24,7 +24,9 @@
 #   protobuf-compiler-grpc libc-ares-dev libc-ares2 libssl-dev libssl3 prometheus-cpp-dev
 #   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 libcivetweb-dev
 #   libcivetweb1 civetweb libcurl4-openssl-dev libcurl4 libcpp-httplib-dev libcpp-httplib0.11
-#   libbrotli-dev libbrotli1 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 zlib1g-dev zlib1g).
+#   libbrotli-dev libbrotli1 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 zlib1g-dev zlib1g;
+#   for runtime/vision, not yet fetched there: libpng-dev libpng16-16 libjpeg62-turbo-dev
+#   libjpeg62-turbo. Without them CMake leaves glmserve_vision and tests/vision out with a warning).
 #   They are unpacked (dpkg -x) into .gpu/prefix and made relocatable there: .pc files name the
 #   prefix instead of /usr, absolute .so links point into the prefix, protoc and grpc_cpp_plugin
 #   run through wrappers that find their libraries. Our binaries find the prefix's libraries by

@@ -1,0 +1,424 @@
+// runtime/vision against transformers' Glm4v image processors (fixtures from
+// scripts/make_vision_fixtures.py) and against hostile input.
+#include <zlib.h>
+
+#include <cstdint>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "runtime/vision/glm4v_processor.h"
+#include "runtime/vision/image_decode.h"
+
+namespace glmserve::vision {
+namespace {
+
+using Json = nlohmann::json;
+
+const std::string kDir = std::string(GLMSERVE_FIXTURES_DIR) + "/vision/";
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in) << path;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+const Json& Expected() {
+  static const Json* j = new Json(Json::parse(ReadFile(kDir + "expected.json")));
+  return *j;
+}
+
+std::vector<uint8_t> Inflate(const std::string& z, size_t size) {
+  std::vector<uint8_t> out(size);
+  uLongf n = size;
+  EXPECT_EQ(uncompress(out.data(), &n, reinterpret_cast<const Bytef*>(z.data()), z.size()), Z_OK);
+  EXPECT_EQ(n, size);
+  return out;
+}
+
+std::string Fnv1a64(const std::vector<uint8_t>& data) {
+  uint64_t h = 0xCBF29CE484222325ULL;
+  for (uint8_t b : data) {
+    h ^= b;
+    h *= 0x100000001B3ULL;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+RgbImage DecodeOk(const std::string& bytes) {
+  absl::StatusOr<ImageDecoder> d = ImageDecoder::Create();
+  EXPECT_TRUE(d.ok());
+  absl::StatusOr<RgbImage> img = d->Decode(bytes);
+  EXPECT_TRUE(img.ok()) << img.status();
+  return img.ok() ? *img : RgbImage{};
+}
+
+absl::Status DecodeStatus(const std::string& bytes, DecodeOptions options = {}) {
+  absl::StatusOr<ImageDecoder> d = ImageDecoder::Create(options);
+  EXPECT_TRUE(d.ok());
+  return d->Decode(bytes).status();
+}
+
+// ------------------------------------------------------------------ decoding = PIL + convert_to_rgb
+
+TEST(VisionDecode, EveryFixtureImageDecodesAsPil) {
+  int n = 0;
+  for (const auto& [name, want] : Expected()["decoded"].items()) {
+    SCOPED_TRACE(name);
+    RgbImage img = DecodeOk(ReadFile(kDir + "images/" + name));
+    EXPECT_EQ(img.width, want["width"].get<int>());
+    EXPECT_EQ(img.height, want["height"].get<int>());
+    // Bit-exact: the FNV-1a hash of PIL's RGB bytes (mode in the fixture: RGB, L, P, RGBA, LA, I;16, CMYK).
+    EXPECT_EQ(Fnv1a64(img.pixels), want["fnv1a64"].get<std::string>()) << "mode " << want["mode"];
+    ++n;
+  }
+  EXPECT_GE(n, 17);
+}
+
+TEST(VisionDecode, ExifOrientationIsNotApplied) {
+  // exif6 carries orientation 6 (rotate to display); PIL's Image.open and the processor ignore it.
+  RgbImage img = DecodeOk(ReadFile(kDir + "images/exif6_56x30.jpg"));
+  EXPECT_EQ(img.width, 56);
+  EXPECT_EQ(img.height, 30);
+}
+
+TEST(VisionDecode, AlphaDropKeepsColorChannels) {
+  const std::string bytes = ReadFile(kDir + "images/rgba_60x60.png");
+  absl::StatusOr<ImageDecoder> drop = ImageDecoder::Create({.alpha = AlphaMode::kDrop});
+  ASSERT_TRUE(drop.ok());
+  absl::StatusOr<RgbImage> a = drop->Decode(bytes);
+  ASSERT_TRUE(a.ok()) << a.status();
+  RgbImage b = DecodeOk(bytes);
+  // Pixel 0 has alpha 0 in the fixture: white when composited, its own color when dropped.
+  EXPECT_EQ(b.pixels[0], 255);
+  EXPECT_NE(a->pixels, b.pixels);
+}
+
+// ------------------------------------------------------------------ preprocessing = transformers
+
+TEST(VisionProcess, PixelValuesEqualTransformers) {
+  const Json& e = Expected();
+  int cases = 0;
+  for (const Json& c : e["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    const std::string backend = c["backend"];
+    Glm4vProcessorOptions o;
+    o.backend = backend == "pil" ? ResizeBackend::kPil : ResizeBackend::kTorchvision;
+    absl::StatusOr<Glm4vImageProcessor> proc = Glm4vImageProcessor::Create(o);
+    ASSERT_TRUE(proc.ok()) << proc.status();
+    ProcessOverrides ov;
+    if (!c["max_pixels"].is_null()) ov.max_pixels = c["max_pixels"].get<int64_t>();
+    RgbImage img = DecodeOk(ReadFile(kDir + "images/" + c["image"].get<std::string>()));
+    absl::StatusOr<ProcessedImage> out = proc->Process(img, ov);
+    ASSERT_TRUE(out.ok()) << out.status();
+
+    const std::vector<int> thw = c["image_grid_thw"];
+    EXPECT_EQ(out->grid.grid_t, thw[0]);
+    EXPECT_EQ(out->grid.grid_h, thw[1]);
+    EXPECT_EQ(out->grid.grid_w, thw[2]);
+    const std::vector<int64_t> shape = c["pixel_values_shape"];
+    ASSERT_EQ(out->grid.num_patches(), shape[0]);
+    ASSERT_EQ(out->patch_dim, shape[1]);
+    EXPECT_EQ(out->num_image_tokens, shape[0] / 4);
+
+    const size_t n = static_cast<size_t>(shape[0] * shape[1]);
+    std::vector<uint8_t> codes = Inflate(ReadFile(kDir + c["codes"].get<std::string>()), n);
+    const Json& table = e["tables"][backend];
+    const int64_t per_channel = shape[1] / 3;
+    // Tolerance 0: every element bit-equal to transformers' float32. The count of resized-uint8
+    // differences is reported on failure (an off-by-one in resampling moves one code).
+    size_t mismatches = 0;
+    float max_diff = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const int ch = static_cast<int>((i % shape[1]) / per_channel);
+      const float want = table[ch][codes[i]].get<float>();
+      const float got = out->pixel_values[i];
+      if (got != want) {
+        ++mismatches;
+        max_diff = std::max(max_diff, std::abs(got - want));
+      }
+    }
+    EXPECT_EQ(mismatches, 0u) << "of " << n << " elements differ, max |diff| " << max_diff;
+    ++cases;
+  }
+  EXPECT_GE(cases, 20);
+}
+
+TEST(VisionProcess, GridsEqualTransformersSmartResize) {
+  absl::StatusOr<Glm4vImageProcessor> proc = Glm4vImageProcessor::Create();
+  ASSERT_TRUE(proc.ok());
+  for (const Json& g : Expected()["grids"]) {
+    SCOPED_TRACE(g.dump());
+    ProcessOverrides ov;
+    if (!g["max_pixels"].is_null()) ov.max_pixels = g["max_pixels"].get<int64_t>();
+    absl::StatusOr<ImageGrid> grid = proc->Grid(g["height"].get<int64_t>(), g["width"].get<int64_t>(), ov);
+    ASSERT_TRUE(grid.ok()) << grid.status();
+    EXPECT_EQ(grid->resized_height, g["resized"][0].get<int>());
+    EXPECT_EQ(grid->resized_width, g["resized"][1].get<int>());
+    EXPECT_EQ(grid->grid_h, g["grid"][1].get<int>());
+    EXPECT_EQ(grid->grid_w, g["grid"][2].get<int>());
+    EXPECT_EQ(grid->num_patches(), g["patches"].get<int64_t>());
+    absl::StatusOr<int64_t> tokens = proc->NumImageTokens(g["height"].get<int64_t>(), g["width"].get<int64_t>(), ov);
+    ASSERT_TRUE(tokens.ok());
+    EXPECT_EQ(*tokens, g["image_tokens"].get<int64_t>());
+  }
+}
+
+TEST(VisionProcess, PhoneScreenshotUnderFiveMillionPixels) {
+  // Issue 20: a 1080x2400 screenshot with max_pixels 5,000,000 is a 168x74 patch grid, 3,108 tokens.
+  absl::StatusOr<Glm4vImageProcessor> proc = Glm4vImageProcessor::Create();
+  ASSERT_TRUE(proc.ok());
+  absl::StatusOr<ImageGrid> g = proc->Grid(2400, 1080, {.max_pixels = 5'000'000});
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(g->grid_h, 168);
+  EXPECT_EQ(g->grid_w, 74);
+  EXPECT_EQ(g->resized_height, 2352);
+  EXPECT_EQ(g->resized_width, 1036);
+  EXPECT_EQ(*proc->NumImageTokens(2400, 1080, {.max_pixels = 5'000'000}), 3108);
+
+  RgbImage img;
+  img.width = 1080;
+  img.height = 2400;
+  img.pixels.assign(size_t{1080} * 2400 * 3, 200);
+  absl::StatusOr<ProcessedImage> out = proc->Process(img, {.max_pixels = 5'000'000});
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->grid.num_patches(), 12432);
+  EXPECT_EQ(out->num_image_tokens, 3108);
+  EXPECT_EQ(out->pixel_values.size(), size_t{12432} * 1176);
+}
+
+TEST(VisionProcess, ExtremeAspectRatiosRefusedAsTransformers) {
+  absl::StatusOr<Glm4vImageProcessor> proc = Glm4vImageProcessor::Create();
+  ASSERT_TRUE(proc.ok());
+  for (const Json& g : Expected()["grid_errors"]) {
+    SCOPED_TRACE(g.dump());
+    absl::StatusOr<ImageGrid> grid = proc->Grid(g["height"].get<int64_t>(), g["width"].get<int64_t>());
+    ASSERT_FALSE(grid.ok());
+    EXPECT_EQ(grid.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(grid.status().message().find("absolute aspect ratio must be smaller than 200"), std::string::npos)
+        << grid.status();
+    RgbImage img;
+    img.width = g["width"].get<int>();
+    img.height = g["height"].get<int>();
+    img.pixels.assign(static_cast<size_t>(img.width) * img.height * 3, 0);
+    EXPECT_EQ(proc->Process(img).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(VisionProcess, ZeroSizeAndBadOverridesRefused) {
+  absl::StatusOr<Glm4vImageProcessor> proc = Glm4vImageProcessor::Create();
+  ASSERT_TRUE(proc.ok());
+  EXPECT_EQ(proc->Process(RgbImage{}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(proc->Grid(0, 100).status().code(), absl::StatusCode::kInvalidArgument);
+  absl::Status s = proc->Grid(100, 100, {.max_pixels = 1000}).status();  // below 2 * 28 * 28
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("max_pixels"), std::string::npos) << s;
+  EXPECT_EQ(proc->Grid(100, 100, {.max_pixels = -5}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(VisionProcess, OptionsValidatedByCreate) {
+  auto field_named = [](Glm4vProcessorOptions o, const char* field) {
+    absl::Status s = Glm4vImageProcessor::Create(o).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_NE(s.message().find(field), std::string::npos) << s;
+  };
+  field_named({.patch_size = 0}, "patch_size");
+  field_named({.temporal_patch_size = 0}, "temporal_patch_size");
+  field_named({.merge_size = 0}, "merge_size");
+  field_named({.min_pixels = 0}, "min_pixels");
+  field_named({.min_pixels = 20000, .max_pixels = 10000}, "min_pixels");
+  field_named({.max_pixels = 100}, "max_pixels");
+  field_named({.rescale_factor = 0}, "rescale_factor");
+  Glm4vProcessorOptions o;
+  o.image_std[1] = 0;
+  field_named(o, "image_std");
+  EXPECT_EQ(ImageDecoder::Create({.max_pixels = 0}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ImageDecoder::Create({.max_jpeg_scans = 0}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ------------------------------------------------------------------ preprocessor_config.json
+
+TEST(VisionConfig, Glm41vConfigParses) {
+  // GLM-4.1V-9B-Thinking's preprocessor_config.json.
+  absl::StatusOr<Glm4vProcessorOptions> o = ParsePreprocessorConfig(R"({
+    "size": {"shortest_edge": 12544, "longest_edge": 9633792},
+    "do_rescale": true, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "image_processor_type": "Glm4vImageProcessor", "processor_class": "Glm4vProcessor"})");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->min_pixels, 12544);
+  EXPECT_EQ(o->max_pixels, 9633792);
+  EXPECT_EQ(o->backend, ResizeBackend::kTorchvision);
+  absl::StatusOr<Glm4vProcessorOptions> empty = ParsePreprocessorConfig("{}");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->max_pixels, 28 * 28 * 15000);
+}
+
+TEST(VisionConfig, BadFieldsNamed) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"size": {"shortest_edge": 12544, "longest_edge": -3}})", "size.longest_edge"},
+      {R"({"size": {"longest_edge": 9633792}})", "size"},
+      {R"({"size": {"shortest_edge": 12544, "longest_edge": 9.5}})", "size.longest_edge"},
+      {R"({"patch_size": "14"})", "patch_size"},
+      {R"({"temporal_patch_size": 0})", "temporal_patch_size"},
+      {R"({"merge_size": 100})", "merge_size"},
+      {R"({"image_mean": [0.5, 0.5]})", "image_mean"},
+      {R"({"image_std": [0.5, 0, 0.5]})", "image_std"},
+      {R"({"do_rescale": 1})", "do_rescale"},
+      {R"({"rescale_factor": -1})", "rescale_factor"},
+      {R"({"resample": 2})", "resample"},
+      {R"({"do_convert_rgb": false})", "do_convert_rgb"},
+      {R"({"image_processor_type": "Qwen2VLImageProcessor"})", "image_processor_type"},
+      {R"({"size": {"shortest_edge": 5000000, "longest_edge": 12544}})", "min_pixels"},
+      {R"([1, 2])", "object"},
+      {R"({"patch_size": 14,)", "JSON"},
+  };
+  for (const auto& [text, field] : cases) {
+    absl::Status s = ParsePreprocessorConfig(text).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(s.message().find(field), std::string::npos) << text << " -> " << s;
+  }
+  EXPECT_EQ(LoadPreprocessorConfig(kDir + "no-such-file.json").status().code(), absl::StatusCode::kNotFound);
+}
+
+// ------------------------------------------------------------------ hostile input
+
+std::string PngChunk(const char* type, const std::string& data) {
+  std::string out;
+  auto be32 = [&out](uint32_t v) {
+    for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<char>((v >> s) & 0xff));
+  };
+  be32(static_cast<uint32_t>(data.size()));
+  const std::string body = std::string(type, 4) + data;
+  out += body;
+  be32(static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  return out;
+}
+
+std::string PngHeaderOnly(uint32_t w, uint32_t h) {
+  std::string ihdr;
+  for (uint32_t v : {w, h}) {
+    for (int s = 24; s >= 0; s -= 8) ihdr.push_back(static_cast<char>((v >> s) & 0xff));
+  }
+  ihdr += std::string("\x08\x02\x00\x00\x00", 5);
+  return std::string("\x89PNG\r\n\x1a\n", 8) + PngChunk("IHDR", ihdr);
+}
+
+// A decompression bomb: the header claims w x h RGB, the IDAT is a small zlib stream of zeros
+// (1 MiB of them in about 1 KiB), as a hostile client would send.
+std::string PngBomb(uint32_t w, uint32_t h) {
+  std::string zeros(1 << 20, '\0');
+  std::vector<Bytef> z(compressBound(zeros.size()));
+  uLongf n = z.size();
+  EXPECT_EQ(compress2(z.data(), &n, reinterpret_cast<const Bytef*>(zeros.data()), zeros.size(), 9), Z_OK);
+  return PngHeaderOnly(w, h) + PngChunk("IDAT", std::string(reinterpret_cast<const char*>(z.data()), n)) +
+         PngChunk("IEND", "");
+}
+
+TEST(VisionHostile, EmptyAndNonImageBytes) {
+  absl::Status s = DecodeStatus("");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("empty"), std::string::npos) << s;
+  s = DecodeStatus("GIF89a....");
+  EXPECT_NE(s.message().find("not a PNG or JPEG"), std::string::npos) << s;
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::string bytes(1 + rng() % 4096, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    // Half of them behind a valid signature, so the libraries' own parsers see garbage.
+    if (trial % 2 == 0) bytes = std::string("\x89PNG\r\n\x1a\n", 8) + bytes;
+    if (trial % 4 == 1) bytes = std::string("\xff\xd8\xff", 3) + bytes;
+    EXPECT_EQ(DecodeStatus(bytes).code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(VisionHostile, TruncatedPngAndJpeg) {
+  for (const char* name : {"rgb_64x48.png", "interlaced_rgb_52x31.png", "photo_120x80.jpg", "progressive_70x50.jpg"}) {
+    const std::string bytes = ReadFile(kDir + "images/" + name);
+    for (size_t cut : {size_t{4}, size_t{9}, size_t{30}, bytes.size() / 3, bytes.size() / 2, bytes.size() - 40}) {
+      SCOPED_TRACE(std::string(name) + " cut at " + std::to_string(cut));
+      absl::Status s = DecodeStatus(bytes.substr(0, cut));
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    }
+  }
+  absl::Status s = DecodeStatus(ReadFile(kDir + "images/rgb_64x48.png").substr(0, 300));
+  EXPECT_NE(s.message().find("PNG"), std::string::npos) << s;
+}
+
+TEST(VisionHostile, CorruptedBytesNeverCrash) {
+  std::mt19937 rng(11);
+  for (const char* name : {"rgb_64x48.png", "palette_trns_40x56.png", "photo_120x80.jpg", "cmyk_40x32.jpg",
+                           "progressive_70x50.jpg"}) {
+    const std::string bytes = ReadFile(kDir + "images/" + name);
+    for (int trial = 0; trial < 100; ++trial) {
+      std::string b = bytes;
+      for (int k = 0; k < 1 + trial % 8; ++k) b[rng() % b.size()] = static_cast<char>(rng());
+      absl::StatusOr<ImageDecoder> d = ImageDecoder::Create();
+      absl::StatusOr<RgbImage> img = d->Decode(b);  // any answer but a crash; if OK, a whole image
+      if (img.ok()) {
+        EXPECT_EQ(img->pixels.size(), static_cast<size_t>(img->width) * img->height * 3);
+      }
+    }
+  }
+}
+
+TEST(VisionHostile, DecompressionBombRefusedFromHeader) {
+  const std::string png = PngBomb(40000, 40000);
+  EXPECT_LT(png.size(), 4096u);
+  absl::Status s = DecodeStatus(png);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("40000x40000"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("limit of 50000000"), std::string::npos) << s;
+  // The limit is the option: a 3000x3000 bomb passes the default limit and fails later, at its
+  // missing rows; under max_pixels 1,000,000 it is refused from the header.
+  const std::string small_bomb = PngBomb(3000, 3000);
+  s = DecodeStatus(small_bomb);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message().find("limit"), std::string::npos) << s;
+  s = DecodeStatus(small_bomb, {.max_pixels = 1'000'000});
+  EXPECT_NE(s.message().find("limit of 1000000"), std::string::npos) << s;
+
+  // A real JPEG whose SOF0 claims 40000x40000.
+  std::string jpg = ReadFile(kDir + "images/photo_120x80.jpg");
+  size_t sof = jpg.find("\xff\xc0");
+  ASSERT_NE(sof, std::string::npos);
+  jpg[sof + 5] = static_cast<char>(40000 >> 8);
+  jpg[sof + 6] = static_cast<char>(40000 & 0xff);
+  jpg[sof + 7] = static_cast<char>(40000 >> 8);
+  jpg[sof + 8] = static_cast<char>(40000 & 0xff);
+  s = DecodeStatus(jpg);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("40000x40000"), std::string::npos) << s;
+}
+
+TEST(VisionHostile, ZeroSizeHeaders) {
+  absl::Status s = DecodeStatus(PngHeaderOnly(0, 10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  std::string jpg = ReadFile(kDir + "images/photo_120x80.jpg");
+  size_t sof = jpg.find("\xff\xc0");
+  ASSERT_NE(sof, std::string::npos);
+  jpg[sof + 5] = 0;
+  jpg[sof + 6] = 0;
+  EXPECT_EQ(DecodeStatus(jpg).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(VisionHostile, TooManyProgressiveScans) {
+  const std::string jpg = ReadFile(kDir + "images/progressive_70x50.jpg");
+  absl::Status s = DecodeStatus(jpg, {.max_jpeg_scans = 2});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("progressive scans"), std::string::npos) << s;
+  EXPECT_TRUE(DecodeStatus(jpg).ok());
+}
+
+}  // namespace
+}  // namespace glmserve::vision
