@@ -21,17 +21,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/port_probe.h"
+#include "server/request.h"
 
 namespace glmserve {
 namespace {
 
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
   return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
-}
-
-std::string HostPort(const std::string& host, int port) {
-  if (host.find(':') != std::string::npos && host.front() != '[') return absl::StrCat("[", host, "]:", port);
-  return absl::StrCat(host, ":", port);
 }
 
 // The addresses to listen on for --host, in the order tried: an IPv6 wildcard or loopback falls
@@ -139,15 +135,15 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
     std::vector<std::string> tried;
     for (const std::string& listen_host : ListenHosts(host)) {
       if (server->bind_to_port(listen_host, port)) {
-        m->listen_spec_ = HostPort(listen_host, port);
+        m->listen_spec_ = FormatAddress(listen_host, port);
         break;
       }
-      tried.push_back(absl::StrCat("'", HostPort(listen_host, port), "'"));
+      tried.push_back(absl::StrCat("'", FormatAddress(listen_host, port), "'"));
     }
     if (m->listen_spec_.empty()) {
       std::string why = PortBindProblem(host, port);
       if (why.empty()) why = "the port is free, but the listener could not be set up";
-      return absl::UnavailableError(absl::StrCat("--metrics-port ", port, ": cannot bind ", HostPort(host, port),
+      return absl::UnavailableError(absl::StrCat("--metrics-port ", port, ": cannot bind ", FormatAddress(host, port),
                                                  ": ", why, " (tried ", absl::StrJoin(tried, ", "), ")"));
     }
     m->fallback_ = !tried.empty();
