@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "runtime/model_runner.h"
 #include "bench/model_flags.h"
-#include "runtime/profiling.h"
+#include "runtime/model/profiling.h"
+#include "runtime/model_runner.h"
 
 namespace {
 

@@ -1,5 +1,5 @@
 // Temperature / top-k / top-p sampling of whole logits rows on the GPU, picking exactly the id
-// that runtime/sampler.cc's SampleNextToken picks for a row without penalties or stop-id masking
+// that runtime/model/sampler.cc's SampleNextToken picks for a row without penalties or stop-id masking
 // (rows with them go through ApplyPenalties below first, which makes them such rows):
 //   scores = logits / temperature (fp32 division); stable sort descending (ties: lower id first);
 //   keep the top_k (all when top_k <= 0); probs = exp(double(score - max_score)) (-inf -> 0);
@@ -61,7 +61,7 @@ GLMSERVE_SAMPLING_HOST_DEVICE inline double SamplingDecisionMargin(int32_t vocab
 
 // CPU reference: out_ids[r] = the id SampleNextToken picks for row r (host pointers; logits
 // [rows, vocab] row-major fp32), or -1 where a score is NaN or uniform is outside [0, 1), which
-// SampleNextToken never sees. Sort-based, as runtime/sampler.cc. Nothing is written when vocab <= 0
+// SampleNextToken never sees. Sort-based, as runtime/model/sampler.cc. Nothing is written when vocab <= 0
 // or rows <= 0.
 void SampleRowsReference(const float* logits, int32_t rows, int32_t vocab, const SamplingRow* params,
                          int32_t* out_ids);
@@ -73,7 +73,7 @@ void SampleRowsReference(const float* logits, int32_t rows, int32_t vocab, const
 bool SampleRowsCuda(const float* logits, int32_t rows, int32_t vocab, const SamplingRow* params, int32_t* out_ids,
                     void* stream);
 
-// ---- Penalties and stop-id masking, before the sampling above (runtime/sampler.cc's order) ----
+// ---- Penalties and stop-id masking, before the sampling above (runtime/model/sampler.cc's order) ----
 //
 // Per-sequence token tables live on the device, one row ("slot") per sequence, [slots, vocab]
 // row-major: counts[slot][id] = how often id was generated (the prompt does not count);

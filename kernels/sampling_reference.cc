@@ -10,7 +10,7 @@
 namespace glmserve::kernels {
 namespace {
 
-// runtime/sampler.cc's SampleNextToken without penalties or stop masking, step by step (the
+// runtime/model/sampler.cc's SampleNextToken without penalties or stop masking, step by step (the
 // kernels library does not depend on the runtime; tests/runtime/sampler_test.cc checks the two
 // agree).
 int32_t SampleRowReference(const float* logits, int32_t vocab, const SamplingRow& p) {

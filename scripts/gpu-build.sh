@@ -195,7 +195,7 @@ if [ "${GLMSERVE_GPU_EXTRA:-0}" = 1 ]; then
   bench --batch-sizes 1,64 --temperature 0.8 --top-k 50 2>/dev/null | tee "$out/sampled.md"
 fi
 if [ "${GLMSERVE_GPU_SWEEP:-0}" = 1 ]; then
-  # Where the GEMV stops beating cuBLAS (the default threshold in runtime/cuda_decode.cc).
+  # Where the GEMV stops beating cuBLAS (the default threshold in runtime/model/cuda_decode.cc).
   for rows in 1 2 4 8; do
     echo "== GEMV up to $rows rows"
     GLMSERVE_CUDA_GEMV_MAX_ROWS=$rows bench --batch-sizes 1,2,4,8 --new-tokens 64 2>/dev/null | tail -4 | tee -a "$out/gemv_rows.md"

@@ -1,6 +1,6 @@
 // Temperature / top-k / top-p sampling: the CPU reference against hand-computed draws (run
 // everywhere), the CUDA kernel against the reference where a GPU exists (skipped otherwise, e.g.
-// in CI). The reference is tied to runtime/sampler.cc's SampleNextToken by
+// in CI). The reference is tied to runtime/model/sampler.cc's SampleNextToken by
 // tests/runtime/sampler_test.cc.
 #include <algorithm>
 #include <cmath>

@@ -15,11 +15,11 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
-#include "runtime/checkpoint.h"
-#include "runtime/checkpoint_tensors.h"
-#include "runtime/model_config.h"
-#include "runtime/pytorch_bin.h"
-#include "runtime/weight_map.h"
+#include "runtime/checkpoint/checkpoint.h"
+#include "runtime/checkpoint/checkpoint_tensors.h"
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/checkpoint/pytorch_bin.h"
+#include "runtime/checkpoint/weight_map.h"
 
 namespace glmserve {
 namespace {

@@ -12,9 +12,9 @@
 #include "gtest/gtest.h"
 #include "kernels/decode_ops.h"
 #include "kernels/rms_norm.h"
-#include "runtime/glm_model.h"
-#include "runtime/model_config.h"
-#include "runtime/model_forward.h"
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/model/glm_model.h"
+#include "runtime/model/model_forward.h"
 #include "tests/testutil/fixture_models.h"
 
 namespace glmserve {

@@ -1,6 +1,6 @@
 // Key mapping and validation on synthetic listings: expected names, rows and messages are
 // written out by hand from the checkpoint layouts, not computed by the code under test.
-#include "runtime/weight_map.h"
+#include "runtime/checkpoint/weight_map.h"
 
 #include <algorithm>
 #include <string>

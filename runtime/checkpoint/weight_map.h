@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/checkpoint.h"
-#include "runtime/model_config.h"
+#include "runtime/checkpoint/checkpoint.h"
+#include "runtime/checkpoint/model_config.h"
 
 namespace glmserve {
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/tensor_record.h"
+#include "runtime/checkpoint/tensor_record.h"
 
 namespace glmserve {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "runtime/tensor_record.h"
+#include "runtime/checkpoint/tensor_record.h"
 
 namespace at {
 class Tensor;

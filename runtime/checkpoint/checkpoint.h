@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "runtime/tensor_record.h"
+#include "runtime/checkpoint/tensor_record.h"
 
 namespace glmserve {
 

@@ -7,7 +7,7 @@
 #include <unordered_map>
 
 #include "absl/status/statusor.h"
-#include "runtime/checkpoint.h"
+#include "runtime/checkpoint/checkpoint.h"
 
 namespace glmserve {
 

@@ -15,7 +15,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <new>
 #include <stdexcept>
@@ -25,16 +24,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "runtime/checkpoint.h"
-#include "runtime/checkpoint_tensors.h"
-#include "runtime/glm_model.h"
+#include "runtime/checkpoint/checkpoint.h"
+#include "runtime/checkpoint/checkpoint_plan.h"
+#include "runtime/checkpoint/checkpoint_tensors.h"
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/checkpoint/weight_map.h"
 #include "runtime/inspect.h"
-#include "runtime/model_config.h"
-#include "runtime/model_forward.h"
-#include "runtime/profiling.h"
-#include "runtime/sampler.h"
+#include "runtime/model/glm_model.h"
+#include "runtime/model/model_forward.h"
+#include "runtime/model/profiling.h"
+#include "runtime/model/sampler.h"
 #include "runtime/status_macros.h"
-#include "runtime/weight_map.h"
 
 #ifdef GLMSERVE_TORCH_CUDA
 #include "kernels/sampling.h"
@@ -71,60 +71,6 @@ absl::Status GuardTorch(const char* what, Body&& body) {
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat(what, ": ", e.what()));
   }
-}
-
-ModelInfo DescribeModel(const std::string& directory, const ModelConfig& config) {
-  ModelInfo info;
-  info.directory = directory;
-  info.architecture = ArchitectureName(config.architecture);
-  info.num_layers = config.num_layers;
-  info.num_attention_heads = config.num_attention_heads;
-  info.num_key_value_heads = config.num_key_value_heads;
-  info.head_dim = config.head_dim;
-  info.hidden_size = config.hidden_size;
-  info.vocab_size = config.vocab_size;
-  info.max_position_embeddings = config.max_position_embeddings;
-  info.eos_token_ids = config.eos_token_ids;
-  return info;
-}
-
-struct Parsed {
-  ModelConfig config;
-  CheckpointListing listing;
-  WeightPlan plan;
-  bool missing = false;  // no weight files at all (NOT_FOUND from ListCheckpoint)
-};
-
-// Config + listing + plan, with every problem gathered.
-absl::StatusOr<InspectReport> Inspect(const std::string& directory, Parsed* parsed) {
-  std::error_code ec;
-  if (!std::filesystem::is_directory(directory, ec)) {
-    return absl::NotFoundError(absl::StrCat("model directory '", directory, "' does not exist or is not a directory"));
-  }
-  InspectReport report;
-  report.info.directory = directory;
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(directory);
-  absl::StatusOr<CheckpointListing> listing = ListCheckpoint(directory);
-  if (!config.ok()) report.problems.push_back(std::string(config.status().message()));
-  if (!listing.ok()) report.problems.push_back(std::string(listing.status().message()));
-  parsed->missing = absl::IsNotFound(config.status()) || absl::IsNotFound(listing.status());
-  if (listing.ok()) report.info.source_format = CheckpointFormatName(listing->format);
-  if (!config.ok() || !listing.ok()) {
-    if (listing.ok()) {
-      report.problems.insert(report.problems.end(), listing->problems.begin(), listing->problems.end());
-    }
-    return report;
-  }
-  parsed->config = *config;
-  parsed->listing = *std::move(listing);
-  parsed->plan = PlanWeights(parsed->config, parsed->listing);
-  report.info = DescribeModel(directory, parsed->config);
-  report.info.source_format = CheckpointFormatName(parsed->listing.format);
-  report.info.stored_dtype = parsed->plan.stored_dtype;
-  report.info.parameter_count = parsed->plan.parameter_count;
-  report.mapping = parsed->plan.mapping;
-  report.problems = parsed->plan.problems;
-  return report;
 }
 
 absl::StatusOr<at::Device> ParseDevice(const std::string& device) {
@@ -931,11 +877,6 @@ class ModelRunnerImpl final : public ModelRunner {
 
 }  // namespace
 
-absl::StatusOr<InspectReport> InspectCheckpoint(const std::string& directory) {
-  Parsed parsed;
-  return Inspect(directory, &parsed);
-}
-
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string& directory,
                                                                const LoadOptions& options) {
   GLM_ASSIGN_OR_RETURN(at::Device device, ParseDevice(options.device));
@@ -959,8 +900,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string
     info.device = device.str();
     return std::unique_ptr<ModelRunner>(new ModelRunnerImpl(std::move(info), std::move(model)));
   }
-  Parsed parsed;
-  GLM_ASSIGN_OR_RETURN(InspectReport report, Inspect(directory, &parsed));
+  CheckpointPlan parsed;
+  GLM_ASSIGN_OR_RETURN(InspectReport report, PlanCheckpoint(directory, &parsed));
   if (!report.loadable()) {
     // Nothing to load (no weight files at all) is NOT_FOUND; anything else found wrong
     // with what is there is FAILED_PRECONDITION. Either way the message is the whole report.

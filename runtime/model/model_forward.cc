@@ -1,8 +1,8 @@
-#include "runtime/model_forward.h"
+#include "runtime/model/model_forward.h"
 
 #include <algorithm>
 
-#include "runtime/cuda_decode.h"
+#include "runtime/model/cuda_decode.h"
 
 namespace glmserve {
 

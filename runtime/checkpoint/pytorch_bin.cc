@@ -1,4 +1,4 @@
-#include "runtime/pytorch_bin.h"
+#include "runtime/checkpoint/pytorch_bin.h"
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>

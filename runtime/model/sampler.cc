@@ -1,4 +1,4 @@
-#include "runtime/sampler.h"
+#include "runtime/model/sampler.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,13 +1,13 @@
-#include "runtime/weight_map.h"
+#include "runtime/checkpoint/weight_map.h"
 
 #include <map>
 #include <optional>
 #include <set>
 
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace glmserve {
 namespace {

@@ -1,4 +1,4 @@
-#include "runtime/glm_model.h"
+#include "runtime/model/glm_model.h"
 
 #include <algorithm>
 #include <limits>

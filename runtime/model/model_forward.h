@@ -10,7 +10,7 @@
 #include <memory>
 #include <vector>
 
-#include "runtime/glm_model.h"
+#include "runtime/model/glm_model.h"
 #include "runtime/step_executor.h"
 
 namespace glmserve {

@@ -1,4 +1,4 @@
-#include "runtime/checkpoint_tensors.h"
+#include "runtime/checkpoint/checkpoint_tensors.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/pytorch_bin.h"
+#include "runtime/checkpoint/pytorch_bin.h"
 
 namespace glmserve {
 namespace {

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "runtime/model_config.h"
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/checkpoint/weight_map.h"
 #include "runtime/step_executor.h"
-#include "runtime/weight_map.h"
 
 namespace glmserve {
 

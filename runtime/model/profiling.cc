@@ -1,4 +1,4 @@
-#include "runtime/profiling.h"
+#include "runtime/model/profiling.h"
 
 #include <torch/csrc/autograd/profiler_kineto.h>
 

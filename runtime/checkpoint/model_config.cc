@@ -1,4 +1,4 @@
-#include "runtime/model_config.h"
+#include "runtime/checkpoint/model_config.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "runtime/safetensors.h"
+#include "runtime/checkpoint/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

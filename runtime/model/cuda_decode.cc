@@ -41,8 +41,8 @@
 #include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
-#include "runtime/cuda_decode.h"
-#include "runtime/glm_model.h"
+#include "runtime/model/cuda_decode.h"
+#include "runtime/model/glm_model.h"
 
 namespace glmserve {
 

@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "runtime/glm_model.h"
+#include "runtime/model/glm_model.h"
 #include "runtime/step_executor.h"
 
 namespace glmserve {

@@ -1,4 +1,4 @@
-#include "runtime/checkpoint.h"
+#include "runtime/checkpoint/checkpoint.h"
 
 #include <sys/stat.h>
 
@@ -15,8 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
-#include "runtime/pytorch_bin.h"
-#include "runtime/safetensors.h"
+#include "runtime/checkpoint/pytorch_bin.h"
+#include "runtime/checkpoint/safetensors.h"
 
 namespace glmserve {
 namespace {
