@@ -475,8 +475,11 @@ class CudaDecodeRunner {
                                                        "gemm",  "wgmma",           "split_attention",
                                                        "mma_attention", "warp_attention", "mixed_step"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
-  // Where the skinny GEMM replaces cuBLAS (see the linear kernel below).
-  static constexpr int64_t kSkinnyGemmFasterUpToRows = 64;
+  // Where the skinny GEMM replaces cuBLAS (see the linear kernel below). On an H200 cuBLAS takes
+  // the lm_head faster from 32 rows on (bench/gemm_bench: 306 vs 350 us at 32 rows, 311 vs 429 at
+  // 64; decode_bench batch 64: 10,082 vs 9,832 tok/s with 16 here instead of 64); up to 16 rows
+  // they tie or the skinny GEMM wins (an H100 favoured it up to 64).
+  static constexpr int64_t kSkinnyGemmFasterUpToRows = 16;
   static constexpr int64_t kSkinnyGemmMinWeightElements = int64_t{1} << 29;
 
   struct Bucket {
