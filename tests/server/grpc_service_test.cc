@@ -493,9 +493,7 @@ class GrpcTextTest : public GrpcServiceTest {
  protected:
   void StartWithTokenizer() {
     StartServer();
-    std::string root = __FILE__;
-    root = root.substr(0, root.rfind("tests/server/"));
-    auto tok = tokenizer::Tokenizer::FromDirectory(root + "models/glm4-tiny");
+    auto tok = tokenizer::Tokenizer::FromDirectory(GLMSERVE_TEST_MODEL_DIR);
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = std::shared_ptr<const tokenizer::Tokenizer>(std::move(*tok));
     server_->SetTokenizer(tokenizer_);
@@ -551,9 +549,7 @@ TEST_F(GrpcTextTest, PromptTextAndStopStrings) {
 }
 
 TEST(DefaultStopIds, TokenizerEndOfTurnIdsJoinTheModelsEos) {
-  std::string root = __FILE__;
-  root = root.substr(0, root.rfind("tests/server/"));
-  auto tok = tokenizer::Tokenizer::FromDirectory(root + "models/glm4-tiny");
+  auto tok = tokenizer::Tokenizer::FromDirectory(GLMSERVE_TEST_MODEL_DIR);
   ASSERT_TRUE(tok.ok()) << tok.status();
   ValidationModel model;
   model.vocab_size = 1024;
