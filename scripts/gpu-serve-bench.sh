@@ -22,7 +22,8 @@
 #   O. GLMSERVE_SERVE_OOM=1 (default; 0 skips): OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
 #      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16: with 64 no step ran out: steps of up
 #      to 512 rows replay graphs whose memory is already held) through the running server: glmload sends 256 requests
-#      of 512 prompt tokens at 64 streams; every one must succeed (sent = ok, lost 0) with
+#      of 512 prompt tokens at 64 streams with up to 16,384 tokens a step (a step's activations far
+#      above the headroom plus the free space inside held segments); every one must succeed (sent = ok, lost 0) with
 #      glmserve_oom_events_total > 0 -> serve_oom.md.
 # Everything goes to $OUT (or .gpu/out): serve.log (server stderr), serve_<mix>.{json,md,log},
 # serve_http.*, serve_decode_bench.md, serve_metrics.txt, serve_table.md.
@@ -142,7 +143,8 @@ fi
 
 # O. Real CUDA out-of-memory through the running server: no request lost.
 if [ "${GLMSERVE_SERVE_OOM:-1}" = 1 ]; then
-  GLMSERVE_CUDA_MEMORY_HEADROOM_MB="${GLMSERVE_SERVE_OOM_HEADROOM_MB:-16}" start_server "$out/serve_oom.log" --max-batch 64
+  GLMSERVE_CUDA_MEMORY_HEADROOM_MB="${GLMSERVE_SERVE_OOM_HEADROOM_MB:-16}" start_server "$out/serve_oom.log" --max-batch 64 \
+    --max-batch-tokens 16384
   glmload_grpc --concurrency 64 --requests 256 --prompt-len 512 --max-new-tokens 16 --json-out "$out/serve_oom.json" \
     >"$out/serve_oom_load.md" 2>&1
   oom_rc=$?

@@ -832,23 +832,23 @@ class ModelRunnerImpl final : public ModelRunner {
     if (options.capture_decode_batch > 0 && device.is_cuda()) CaptureDecodeGraphs(options, *forward, pool);
 #ifdef GLMSERVE_TORCH_CUDA
     // Test hook for the chaos suite on a GPU, off unless set: GLMSERVE_CUDA_MEMORY_HEADROOM_MB=N caps
-    // the caching allocator at the memory in use now (weights, KV pool, graphs' pools) plus N MiB,
-    // so large steps run out of device memory for real through a running server (the engine's OOM
-    // path: RESOURCE_EXHAUSTED, smaller batch, retry). In use, not reserved: cached free segments
-    // would otherwise add to the headroom by however much the start-up left cached.
+    // the caching allocator at what it holds now (weights, KV pool, graphs) plus N MiB, so large
+    // steps run out of device memory for real through a running server (the engine's OOM path:
+    // RESOURCE_EXHAUSTED, smaller batch, retry). What it holds, not what is in use: graph pools are
+    // held but not in use, and a cap below them leaves no room for any step. Free space left inside
+    // held segments adds to N, so the storm needs steps far larger than N (scripts/gpu-serve-bench.sh).
     if (const char* headroom = std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB"); headroom != nullptr && device.is_cuda()) {
       GLM_RETURN_IF_ERROR(GuardTorch("capping device memory (GLMSERVE_CUDA_MEMORY_HEADROOM_MB)", [&] {
         EmptyDeviceCache(device);
-        const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-        const int64_t in_use = stats.allocated_bytes[0].current;
-        const int64_t reserved = stats.reserved_bytes[0].current;
-        const int64_t total_bytes = std::get<1>(at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index()));
-        const int64_t cap = in_use + (std::atoll(headroom) << 20);
+        const int64_t reserved =
+            c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current;
+        const auto [free_bytes, total_bytes] = at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index());
+        (void)free_bytes;
+        const int64_t cap = reserved + (std::atoll(headroom) << 20);
         c10::cuda::CUDACachingAllocator::setMemoryFraction(
             std::min(1.0, static_cast<double>(cap) / static_cast<double>(total_bytes)), device.index());
         LogLine(options, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20,
-                                      " MiB (", in_use >> 20, " MiB in use + ", headroom, " MiB; ", reserved >> 20,
-                                      " MiB reserved)"));
+                                      " MiB (", reserved >> 20, " MiB held + ", headroom, " MiB)"));
       }));
     }
 #endif
