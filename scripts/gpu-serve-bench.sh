@@ -20,8 +20,8 @@
 #   C. GLMSERVE_SERVE_CAPS="64 128 256 512": --max-prefill-tokens-with-decodes at each value, 64
 #      streams (eos ignored) -> serve_caps.md (the prefill budget's TTFT / ITL / tok/s trade-off);
 #   O. GLMSERVE_SERVE_OOM=1 (default; 0 skips): OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
-#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16: with 64 no step ran out: steps of up
-#      to 512 rows replay graphs whose memory is already held) through the running server: glmload sends 256 requests
+#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16: with 64 and 2,048-token steps no step ran out: the free
+#      space inside held segments took them) through the running server: glmload sends 256 requests
 #      of 512 prompt tokens at 64 streams with up to 16,384 tokens a step (a step's activations far
 #      above the headroom plus the free space inside held segments); every one must succeed (sent = ok, lost 0) with
 #      glmserve_oom_events_total > 0 -> serve_oom.md.
