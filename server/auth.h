@@ -43,7 +43,7 @@ class ApiKeys {
 // `--tls-cert`, `--tls-key`, `--tls-client-ca`: the PEM text of each file, checked before any
 // port is bound (LoadTls).
 struct TlsConfig {
-  std::string cert_file, key_file, client_ca_file;  // paths (cpp-httplib's SSLServer reads them)
+  std::string cert_file, key_file, client_ca_file;  // paths (the HTTP server's OpenSSL context reads them)
   std::string cert_pem, key_pem, client_ca_pem;     // contents (gRPC's SslServerCredentials)
   bool mutual() const { return !client_ca_file.empty(); }
 };

@@ -1,7 +1,10 @@
 #include "server/http_server.h"
 
+#include <fcntl.h>
 #include <httplib.h>
 #include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,6 +13,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -67,6 +71,7 @@ struct HttpServer::State {
   // Connections (each on a thread of its own) and API requests being answered / waiting for a
   // serving slot (HttpServerOptions::threads, max_waiting, max_connections).
   int connections = 0;                // guarded by mu
+  int tls_refusals = 0;               // guarded by mu; TLS connections over the cap being answered 503
   std::condition_variable connections_cv;
   int api_serving = 0;                // guarded by mu
   int api_waiting = 0;                // guarded by mu
@@ -114,28 +119,80 @@ void SocketAddress(int fd, bool peer, std::string& ip, int& port) {
   }
 }
 
-// One accepted connection as cpp-httplib's Stream, with what its SocketStream lacks: a deadline on
-// the whole request (head and body) rather than on each read, so a client sending a byte a
-// second is cut off (slowloris); the thread-local current connection lets handlers end the read
-// phase and ask for a close (a refused body left unread).
+int64_t MsUntil(Clock::time_point end) {
+  if (end == Clock::time_point::max()) return int64_t{1} << 30;
+  return std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
+}
+
+// The HTTPS context (--tls-cert/--tls-key, --tls-client-ca: mutual), set as cpp-httplib 0.11's
+// SSLServer sets its own, so a client sees the same server as before: TLS 1.1 and up, no
+// compression, no session resumption on renegotiation, the certificate chain file and the key; with
+// a client CA, a client certificate that CA signed is required (no CA names sent, as httplib).
+struct SslCtxFree {
+  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
+};
+struct SslFree {
+  void operator()(SSL* ssl) const { SSL_free(ssl); }
+};
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
+using SslPtr = std::unique_ptr<SSL, SslFree>;
+
+absl::StatusOr<SslCtxPtr> MakeServerContext(const TlsConfig& tls) {
+  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  if (ctx == nullptr) {
+    ERR_clear_error();
+    return absl::InternalError("--tls-cert: OpenSSL could not create a TLS context for the HTTP server");
+  }
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_COMPRESSION | SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION);
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_1_VERSION);
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.cert_file.c_str()) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx.get(), tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-cert: the HTTP server cannot use '", tls.cert_file, "' / '", tls.key_file, "'"));
+  }
+  if (tls.mutual()) {
+    if (SSL_CTX_load_verify_locations(ctx.get(), tls.client_ca_file.c_str(), nullptr) != 1) {
+      ERR_clear_error();
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-client-ca: the HTTP server cannot use '", tls.client_ca_file, "'"));
+    }
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  return ctx;
+}
+
+// The first OpenSSL error on the thread's queue as text ("" when none), the queue cleared.
+std::string TakeOpenSslError() {
+  const unsigned long e = ERR_get_error();
+  ERR_clear_error();
+  if (e == 0) return "";
+  char text[256];
+  ERR_error_string_n(e, text, sizeof text);
+  return text;
+}
+
+// One accepted connection as cpp-httplib's Stream, with what its SocketStream and SSLSocketStream
+// lack: a deadline on the whole request (head and body) rather than on each read, so a client
+// sending a byte a second is cut off (slowloris); the thread-local current connection lets
+// handlers end the read phase and ask for a close (a refused body left unread).
+// The transport is the plain socket (blocking, as httplib leaves it) or, with TLS, an SSL over
+// the socket made non-blocking: the handshake and every SSL_read / SSL_write retry on
+// WANT_READ / WANT_WRITE after a poll() bounded by the same deadline, so a partial TLS record
+// (a client trickling one byte by byte) never holds a read past it, as a blocking SSL_read
+// waiting for the whole record would.
 class Connection final : public httplib::Stream {
  public:
-  Connection(int fd, int64_t write_timeout_ms) : fd_(fd), write_timeout_ms_(write_timeout_ms) {}
+  Connection(int fd, SSL* ssl, int64_t write_timeout_ms) : fd_(fd), ssl_(ssl), write_timeout_ms_(write_timeout_ms) {}
 
-  bool is_readable() const override { return pos_ < len_ || PollFd(fd_, POLLIN, ReadWaitMs()) > 0; }
+  bool is_readable() const override {
+    return buffered() > 0 || PollFd(fd_, POLLIN, ReadWaitMs()) > 0;
+  }
   bool is_writable() const override { return PollFd(fd_, POLLOUT, write_timeout_ms_) > 0; }
   ssize_t read(char* ptr, size_t size) override {
     if (size == 0) return 0;
     if (pos_ == len_) {
-      const int64_t wait = ReadWaitMs();
-      if (wait <= 0 || PollFd(fd_, POLLIN, wait) <= 0) {
-        timed_out_ = true;
-        return -1;
-      }
-      ssize_t n;
-      do {
-        n = recv(fd_, buf_, sizeof buf_, 0);
-      } while (n < 0 && errno == EINTR);
+      const ssize_t n = ssl_ != nullptr ? FillTls() : FillPlain();
       if (n <= 0) return n;
       pos_ = 0;
       len_ = static_cast<size_t>(n);
@@ -146,6 +203,7 @@ class Connection final : public httplib::Stream {
     return static_cast<ssize_t>(n);
   }
   ssize_t write(const char* ptr, size_t size) override {
+    if (ssl_ != nullptr) return WriteTls(ptr, size, Clock::now() + std::chrono::milliseconds(write_timeout_ms_));
     if (!is_writable()) return -1;
     ssize_t n;
     do {
@@ -170,24 +228,142 @@ class Connection final : public httplib::Stream {
   bool close_after() const { return close_after_; }
   bool timed_out() const { return timed_out_; }
   int64_t written() const { return written_; }
-  size_t buffered() const { return len_ - pos_; }
-  // The client closed its side (an orderly EOF with nothing left to read).
+  // Bytes read but not yet consumed: ours, and with TLS what OpenSSL has decrypted and holds.
+  size_t buffered() const {
+    const size_t pending = ssl_ != nullptr ? static_cast<size_t>(std::max(0, SSL_pending(ssl_))) : 0;
+    return len_ - pos_ + pending;
+  }
+  // The client closed its side (an orderly EOF with nothing left to read; with TLS also its
+  // close_notify).
   bool PeerClosed() const {
-    if (pos_ < len_) return false;
+    if (buffered() > 0) return false;
+    if (ssl_ != nullptr && (SSL_get_shutdown(ssl_) & SSL_RECEIVED_SHUTDOWN) != 0) return true;
     char c;
     const ssize_t n = recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
   }
+  // An answer written outside httplib (408, 503): never blocks on a plain socket; over TLS waits
+  // at most a second for the client to take it.
+  void SendRaw(const std::string& out) {
+    if (ssl_ == nullptr) {
+      (void)send(fd_, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      return;
+    }
+    const auto end = Clock::now() + std::chrono::seconds(1);
+    for (size_t off = 0; off < out.size();) {
+      const ssize_t n = WriteTls(out.data() + off, out.size() - off, end);
+      if (n <= 0) return;
+      off += static_cast<size_t>(n);
+    }
+  }
+
+  // TLS: the server side of the handshake by `deadline` (stops early when `stopping`). False: it
+  // failed or timed out (tls_error() says why; timed_out() on a timeout).
+  bool Handshake(Clock::time_point deadline, const std::atomic<bool>& stopping) {
+    for (;;) {
+      ERR_clear_error();
+      const int r = SSL_accept(ssl_);
+      if (r == 1) return true;
+      const short events = WaitFor(SSL_get_error(ssl_, r), "handshake");
+      if (events == 0) return false;
+      const int64_t left = MsUntil(deadline);
+      if (left <= 0) {
+        timed_out_ = true;
+        NoteTlsError("handshake", "not completed within --http-read-timeout-ms");
+        return false;
+      }
+      if (stopping) return false;
+      PollFd(fd_, events, std::min<int64_t>(left, 100));
+    }
+  }
+  // TLS: close_notify, best effort (non-blocking: never waits for the client's). Not after a
+  // fatal error, where OpenSSL forbids it.
+  void CloseNotify() {
+    if (ssl_ == nullptr || fatal_ || !SSL_is_init_finished(ssl_)) return;
+    ERR_clear_error();
+    (void)SSL_shutdown(ssl_);
+    ERR_clear_error();
+  }
+  // The first TLS failure of this connection ("" when none): logged once, when it closes.
+  const std::string& tls_error() const { return tls_error_; }
 
  private:
+  ssize_t FillPlain() {
+    const int64_t wait = ReadWaitMs();
+    if (wait <= 0 || PollFd(fd_, POLLIN, wait) <= 0) {
+      timed_out_ = true;
+      return -1;
+    }
+    ssize_t n;
+    do {
+      n = recv(fd_, buf_, sizeof buf_, 0);
+    } while (n < 0 && errno == EINTR);
+    return n;
+  }
+  // SSL_read first (OpenSSL may hold decrypted bytes or a whole record already), then poll() only
+  // when it wants the socket, never past the deadline.
+  ssize_t FillTls() {
+    for (;;) {
+      ERR_clear_error();
+      const int n = SSL_read(ssl_, buf_, sizeof buf_);
+      if (n > 0) return n;
+      const int err = SSL_get_error(ssl_, n);
+      if (err == SSL_ERROR_ZERO_RETURN) return 0;  // close_notify: an orderly end
+      const short events = WaitFor(err, "read");
+      if (events == 0) return -1;
+      const int64_t wait = ReadWaitMs();
+      if (wait <= 0 || PollFd(fd_, events, wait) <= 0) {
+        timed_out_ = true;
+        return -1;
+      }
+    }
+  }
+  // SSL_write of [ptr, ptr + size) (at most 1 GiB at once) by `end`; retried with the same
+  // arguments after WANT_WRITE, as OpenSSL requires.
+  ssize_t WriteTls(const char* ptr, size_t size, Clock::time_point end) {
+    if (size == 0) return 0;
+    const int len = static_cast<int>(std::min<size_t>(size, size_t{1} << 30));
+    for (;;) {
+      ERR_clear_error();
+      const int n = SSL_write(ssl_, ptr, len);
+      if (n > 0) {
+        written_ += n;
+        return n;
+      }
+      const short events = WaitFor(SSL_get_error(ssl_, n), "write");
+      if (events == 0) return -1;
+      const int64_t left = MsUntil(end);
+      if (left <= 0 || PollFd(fd_, events, left) <= 0) {
+        NoteTlsError("write", "the client did not read within the write timeout");
+        return -1;
+      }
+    }
+  }
+  // The socket event OpenSSL waits for, or 0 after a failure (noted; fatal: no close_notify).
+  short WaitFor(int err, const char* stage) {
+    if (err == SSL_ERROR_WANT_READ) return POLLIN;
+    if (err == SSL_ERROR_WANT_WRITE) return POLLOUT;
+    const int saved_errno = errno;
+    fatal_ = err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL;
+    std::string why = TakeOpenSslError();
+    if (why.empty()) {
+      why = err == SSL_ERROR_SYSCALL ? (saved_errno != 0 ? std::string(std::strerror(saved_errno)) : "connection closed")
+                                     : absl::StrCat("SSL error ", err);
+    }
+    NoteTlsError(stage, why);
+    return 0;
+  }
+  void NoteTlsError(const char* stage, const std::string& why) {
+    if (tls_error_.empty()) tls_error_ = absl::StrCat(stage, ": ", why);
+  }
   int64_t ReadWaitMs() const {
     constexpr int64_t kPerRead = 30'000;  // no deadline (after the body): as httplib's read timeout
     if (deadline_ == Clock::time_point::max()) return kPerRead;
-    return std::min<int64_t>(
-        kPerRead, std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now()).count());
+    return std::min<int64_t>(kPerRead, MsUntil(deadline_));
   }
 
   const int fd_;
+  SSL* const ssl_;  // null: plaintext
   const int64_t write_timeout_ms_;
   char buf_[16 * 1024];
   size_t pos_ = 0;
@@ -195,11 +371,24 @@ class Connection final : public httplib::Stream {
   Clock::time_point deadline_ = Clock::time_point::max();
   bool timed_out_ = false;
   bool close_after_ = false;
+  bool fatal_ = false;
   int64_t written_ = 0;
+  std::string tls_error_;
 };
 
+// How the accept thread hands a connection over (ConnectionThreads): served, answered 503 (over
+// the cap), or, over TLS with every refusal thread busy, closed unanswered.
+enum class ConnectionFate { kServe, kRefuse, kDrop };
+
 thread_local Connection* tls_connection = nullptr;  // the connection this thread is answering
-thread_local bool tls_refuse_connection = false;    // set by ConnectionThreads when at the cap
+thread_local ConnectionFate tls_fate = ConnectionFate::kServe;  // set by ConnectionThreads
+
+// Over TLS a refusal (503 at the cap) needs a handshake, so it cannot be answered on the accept
+// thread: it runs on one of at most this many short-lived threads, the handshake bounded by
+// kTlsRefusalMs (or --http-read-timeout-ms when shorter); beyond, the connection is closed at once
+// (the client sees a reset, as at a full listen backlog).
+constexpr int kMaxTlsRefusals = 16;
+constexpr int64_t kTlsRefusalMs = 1'000;
 
 // A whole response written outside httplib (connection refused, request head timed out).
 std::string RawResponse(int status, const char* reason, const HttpError& e) {
@@ -213,7 +402,8 @@ std::string RawResponse(int status, const char* reason, const HttpError& e) {
 
 // After a response that left a request body unread: stop writing, then read and drop what the
 // client still sends for up to a second, so the close does not reset the connection before the
-// client has read the answer. Memory stays flat (one buffer).
+// client has read the answer. Memory stays flat (one buffer). (Over TLS the bytes are dropped
+// undecrypted, after our close_notify.)
 void LingerAndDiscard(int fd) {
   shutdown(fd, SHUT_WR);
   char sink[16 * 1024];
@@ -226,48 +416,65 @@ void LingerAndDiscard(int fd) {
 }
 
 // cpp-httplib's Server with our own per-connection loop (process_and_close_socket is its
-// per-connection hook): keep-alive idle timeout, a whole-request read deadline, closes asked for
-// by handlers, and the refusal of connections over the cap.
+// per-connection hook), for HTTP and HTTPS alike: keep-alive idle timeout, a whole-request read
+// deadline, closes asked for by handlers, and the refusal of connections over the cap. With
+// `ssl_ctx` every connection is TLS; its handshake counts against the first request's deadline
+// (from the accept: handshake, head and body within --http-read-timeout-ms).
 class ApiHttpServer final : public httplib::Server {
  public:
-  explicit ApiHttpServer(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  ApiHttpServer(std::shared_ptr<State> state, SslCtxPtr ssl_ctx)
+      : state_(std::move(state)), ssl_ctx_(std::move(ssl_ctx)) {}
 
  private:
   bool process_and_close_socket(socket_t sock) override {
     const HttpServerOptions& o = state_->options;
-    if (tls_refuse_connection) {  // the listener thread: never block
-      const HttpError e = ToHttpError(MakeRefusal(
-          absl::StatusCode::kUnavailable, RefusalKind::kTooManyConnections,
-          absl::StrCat("too many open connections (--http-max-connections ", o.max_connections, "); retry later")));
-      const std::string out = RawResponse(503, "Service Unavailable", e);
-      (void)send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    const auto accepted = Clock::now();
+    SslPtr ssl;
+    if (ssl_ctx_ != nullptr) {
+      ssl.reset(SSL_new(ssl_ctx_.get()));
+      const int flags = fcntl(sock, F_GETFL, 0);
+      if (ssl == nullptr || flags < 0 || fcntl(sock, F_SETFL, flags | O_NONBLOCK) != 0 ||
+          SSL_set_fd(ssl.get(), sock) != 1) {
+        LogEvent(LogLevel::kWarn, "tls_error", "", "could not set up TLS on an HTTP connection",
+                 {{"error", TakeOpenSslError()}});
+        shutdown(sock, SHUT_RDWR);
+        close(sock);
+        return false;
+      }
+    }
+    Connection conn(sock, ssl.get(), 10'000);
+    if (tls_fate != ConnectionFate::kServe) {
+      if (tls_fate == ConnectionFate::kRefuse) Refuse(conn, accepted);
       shutdown(sock, SHUT_WR);
       close(sock);
       return true;
     }
-    Connection conn(sock, 10'000);
     bool ok = true;
+    // TLS: the handshake, then the first request's head and body, within the read timeout.
+    const auto first_deadline = accepted + std::chrono::milliseconds(o.read_timeout_ms);
+    if (ssl != nullptr) ok = conn.Handshake(first_deadline, state_->stopping);
     size_t served = 0;
-    while (!state_->stopping && is_running()) {
+    while (ok && !state_->stopping && is_running()) {
+      const bool first_tls = ssl != nullptr && served == 0;
       if (conn.buffered() == 0) {  // idle keep-alive: wait for the next request's first byte
-        const auto idle_end = Clock::now() + std::chrono::milliseconds(o.idle_timeout_ms);
+        auto idle_end = Clock::now() + std::chrono::milliseconds(o.idle_timeout_ms);
+        if (first_tls) idle_end = std::min(idle_end, first_deadline);
         bool readable = false;
         while (!readable && !state_->stopping && Clock::now() < idle_end) readable = PollFd(sock, POLLIN, 100) > 0;
         if (!readable) break;
       }
-      conn.BeginRequest(Clock::now() + std::chrono::milliseconds(o.read_timeout_ms));
+      conn.BeginRequest(first_tls ? first_deadline : Clock::now() + std::chrono::milliseconds(o.read_timeout_ms));
       const bool last = ++served >= 1000 || state_->stopping;
       bool closed = false;
       tls_connection = &conn;
-      ok = process_request(conn, last, closed, nullptr);
+      ok = process_request(conn, last, closed, [&ssl](httplib::Request& req) { req.ssl = ssl.get(); });
       tls_connection = nullptr;
       if (!ok && conn.timed_out() && conn.written() == 0) {
         const Refusal refusal = MakeRefusal(
             absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
             absl::StrCat("the request did not arrive within --http-read-timeout-ms (", o.read_timeout_ms, " ms)"));
         const HttpError e = ToHttpError(refusal);
-        const std::string out = RawResponse(408, "Request Timeout", e);
-        (void)send(sock, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        conn.SendRaw(RawResponse(408, "Request Timeout", e));
         conn.CloseAfter();  // linger: what the client still sends must not reset the answer away
         if (o.log_requests) {
           LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
@@ -276,18 +483,53 @@ class ApiHttpServer final : public httplib::Server {
       }
       if (!ok || closed || last || conn.close_after()) break;
     }
+    if (!conn.tls_error().empty()) LogTlsError(conn, served == 0);
+    conn.CloseNotify();
     if (conn.close_after()) LingerAndDiscard(sock);
     shutdown(sock, SHUT_RDWR);
     close(sock);
     return ok;
   }
 
+  // Over --http-max-connections: 503 (Retry-After), then closed. Plain: on the accept thread,
+  // never blocking. TLS: after a handshake bounded by kTlsRefusalMs, on a refusal thread.
+  void Refuse(Connection& conn, Clock::time_point accepted) {
+    const HttpServerOptions& o = state_->options;
+    if (ssl_ctx_ != nullptr) {
+      const auto end = accepted + std::chrono::milliseconds(std::min(kTlsRefusalMs, o.read_timeout_ms));
+      if (!conn.Handshake(end, state_->stopping)) {
+        LogTlsError(conn, true);
+        return;
+      }
+    }
+    const HttpError e = ToHttpError(MakeRefusal(
+        absl::StatusCode::kUnavailable, RefusalKind::kTooManyConnections,
+        absl::StrCat("too many open connections (--http-max-connections ", o.max_connections, "); retry later")));
+    conn.SendRaw(RawResponse(503, "Service Unavailable", e));
+    conn.CloseNotify();
+  }
+
+  // Once per connection: a handshake that timed out at info (a slow client cut off, as a 408);
+  // any other TLS failure (no or bad client certificate, not TLS at all, reset) at debug.
+  static void LogTlsError(const Connection& conn, bool handshake) {
+    std::string ip;
+    int port = 0;
+    conn.get_remote_ip_and_port(ip, port);
+    const bool slow = handshake && conn.timed_out();
+    LogEvent(slow ? LogLevel::kInfo : LogLevel::kDebug, slow ? "tls_handshake_timeout" : "tls_error", "",
+             slow ? "TLS handshake not completed within --http-read-timeout-ms; connection closed"
+                  : "TLS connection failed",
+             {{"peer", FormatAddress(ip, port)}, {"error", conn.tls_error()}});
+  }
+
   std::shared_ptr<State> state_;
+  const SslCtxPtr ssl_ctx_;  // null: plaintext
 };
 
 // httplib's task queue: a thread per connection up to --http-max-connections (an idle or slow
 // connection then costs a thread, never the API: serving slots are taken only by complete
-// requests); over the cap the connection is answered 503 at once on the listener thread.
+// requests); over the cap the connection is answered 503 at once on the listener thread (over TLS
+// on one of kMaxTlsRefusals refusal threads, else closed).
 class ConnectionThreads final : public httplib::TaskQueue {
  public:
   explicit ConnectionThreads(std::shared_ptr<State> state) : state_(std::move(state)) {}
@@ -300,30 +542,47 @@ class ConnectionThreads final : public httplib::TaskQueue {
       if (!refuse) ++state_->connections;
     }
     if (!refuse) {
-      try {
-        std::thread([state = state_, fn] {
-          fn();
-          std::lock_guard<std::mutex> lock(state->mu);
-          if (--state->connections == 0) state->connections_cv.notify_all();
-        }).detach();
-        return;
-      } catch (const std::system_error&) {  // no thread to be had: refuse as over the cap
+      if (Spawn(&State::connections, ConnectionFate::kServe, fn)) return;
+    } else if (state_->options.tls != nullptr) {
+      bool refusal_thread = false;
+      {
         std::lock_guard<std::mutex> lock(state_->mu);
-        if (--state_->connections == 0) state_->connections_cv.notify_all();
+        refusal_thread = state_->tls_refusals < kMaxTlsRefusals;
+        if (refusal_thread) ++state_->tls_refusals;
       }
+      if (refusal_thread && Spawn(&State::tls_refusals, ConnectionFate::kRefuse, fn)) return;
     }
-    tls_refuse_connection = true;
+    // Over the cap (or no thread to be had): answered on this thread, never blocking.
+    tls_fate = state_->options.tls != nullptr ? ConnectionFate::kDrop : ConnectionFate::kRefuse;
     fn();
-    tls_refuse_connection = false;
+    tls_fate = ConnectionFate::kServe;
   }
-  // After the accept loop: every connection thread ends (they see `stopping`) before the server
-  // they run on is destroyed.
+  // After the accept loop: every connection and refusal thread ends (they see `stopping`) before
+  // the server they run on is destroyed.
   void shutdown() override {
     std::unique_lock<std::mutex> lock(state_->mu);
-    state_->connections_cv.wait(lock, [this] { return state_->connections == 0; });
+    state_->connections_cv.wait(lock, [this] { return state_->connections == 0 && state_->tls_refusals == 0; });
   }
 
  private:
+  // Runs fn on a thread of its own counted in state->*count (already incremented); false (and the
+  // count given back) when no thread can be had.
+  bool Spawn(int State::*count, ConnectionFate fate, const std::function<void()>& fn) {
+    try {
+      std::thread([state = state_, fn, count, fate] {
+        tls_fate = fate;
+        fn();
+        std::lock_guard<std::mutex> lock(state->mu);
+        if (--(state.get()->*count) == 0) state->connections_cv.notify_all();
+      }).detach();
+      return true;
+    } catch (const std::system_error&) {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (--(state_.get()->*count) == 0) state_->connections_cv.notify_all();
+      return false;
+    }
+  }
+
   std::shared_ptr<State> state_;
 };
 
@@ -762,28 +1021,20 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   }
   std::unique_ptr<HttpServer> server(new HttpServer());
   server->state_ = std::make_shared<State>(options);
-  if (options.tls != nullptr) {  // --tls-cert/--tls-key (LoadTls checked them); --tls-client-ca: mutual
-    const TlsConfig& tls = *options.tls;
-    auto ssl = std::make_unique<httplib::SSLServer>(
-        tls.cert_file.c_str(), tls.key_file.c_str(), tls.mutual() ? tls.client_ca_file.c_str() : nullptr);
-    if (!ssl->is_valid()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--tls-cert: the HTTP server cannot use '", tls.cert_file, "' / '", tls.key_file, "'"));
-    }
-    server->server_ = std::move(ssl);
-  } else {
-    server->server_ = std::make_unique<ApiHttpServer>(server->state_);
+  // HTTPS (--tls-cert/--tls-key, which LoadTls checked; --tls-client-ca: mutual) goes through the
+  // same connection loop as HTTP, over our own OpenSSL context.
+  SslCtxPtr ssl_ctx;
+  if (options.tls != nullptr) {
+    absl::StatusOr<SslCtxPtr> ctx = MakeServerContext(*options.tls);
+    if (!ctx.ok()) return ctx.status();
+    ssl_ctx = *std::move(ctx);
   }
+  server->server_ = std::make_unique<ApiHttpServer>(server->state_, std::move(ssl_ctx));
   httplib::Server& svr = *server->server_;
   std::shared_ptr<State> state = server->state_;
-  if (dynamic_cast<ApiHttpServer*>(&svr) != nullptr) {
-    // A thread per connection up to --http-max-connections; API work is bounded by the serving
-    // slots (--http-threads) and their waiting queue (--http-max-waiting).
-    svr.new_task_queue = [state] { return new ConnectionThreads(state); };
-  } else {  // HTTPS: httplib's own connection loop (no whole-request deadline; per-read timeouts)
-    const int threads = std::max(2, options.max_connections);
-    svr.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  }
+  // A thread per connection up to --http-max-connections; API work is bounded by the serving
+  // slots (--http-threads) and their waiting queue (--http-max-waiting).
+  svr.new_task_queue = [state] { return new ConnectionThreads(state); };
   svr.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
   svr.set_keep_alive_max_count(1000);
   // Small SSE chunks go out at once instead of waiting on the client's delayed ACK (Nagle): 30-40

@@ -38,7 +38,9 @@ struct HttpServerOptions {
   // Requests waiting for one of `threads`; beyond: 429 at once (Retry-After).
   int max_waiting = 256;
   // Open connections (each has a thread of its own while open; idle keep-alive and slow ones
-  // included); beyond: 503 at once and closed. Below the usual fd limit with room for gRPC.
+  // included); beyond: 503 at once and closed (over TLS after a handshake of at most 1 s on one of
+  // 16 refusal threads; with those busy, closed unanswered). Below the usual fd limit with room
+  // for gRPC.
   int max_connections = 512;
   // A request's head and body must arrive within this from its first byte (slow clients are cut
   // off: 408); an idle keep-alive connection is closed after idle_timeout_ms.
@@ -54,8 +56,9 @@ struct HttpServerOptions {
   std::string model_name = "glm";  // the id /v1/models lists
   std::shared_ptr<RequestObserver> observer;
   // Null = off. api_keys: /v1/* need `Authorization: Bearer KEY` (401 otherwise; /health stays
-  // open). tls: HTTPS (httplib::SSLServer), mutual when it names a client CA. client_quota: the
-  // per-client cap on queued plus running requests (429), shared with gRPC.
+  // open). tls: HTTPS (OpenSSL, through the same connection loop, deadline and cap as HTTP; the
+  // handshake counts against the first request's read deadline), mutual when it names a client CA.
+  // client_quota: the per-client cap on queued plus running requests (429), shared with gRPC.
   std::shared_ptr<const ApiKeys> api_keys;
   std::shared_ptr<const TlsConfig> tls;
   std::shared_ptr<ClientQuota> client_quota;

@@ -8,12 +8,15 @@ a key from --api-key-file or GLMSERVE_API_KEY; gRPC health, HTTP /health and /me
 in the logs; --max-requests-per-client counted per key across gRPC and HTTP (RESOURCE_EXHAUSTED /
 429 + Retry-After) while another key is served; TLS and mTLS with grpcio and the openai SDK
 (plaintext and certificate-less clients refused); bad TLS / key flags exit 2 naming the flag before
-any port is bound. Needs (pip): grpcio grpcio-tools grpcio-health-checking openai. Exit 77 = skipped.
+any port is bound; over HTTPS the read deadline and the connection cap of plaintext (slow TLS clients
+cut off: silent, trickled ClientHello, trickled head, trickled record; 503 over TLS). Needs (pip): grpcio grpcio-tools grpcio-health-checking openai. Exit 77 = skipped.
 """
 import argparse
 import json
 import os
+import select
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -59,6 +62,14 @@ def make_certs(d):
         run("openssl", "x509", "-req", "-in", p(name + ".csr"), "-CA", p("ca.crt"), "-CAkey", p("ca.key"),
             "-CAcreateserial", "-days", "1", "-out", p(name + ".crt"), "-extfile", p(name + ".ext"))
     return p
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def read(path):
@@ -272,6 +283,219 @@ def tls(args, pb, pb_grpc, p, mutual):
         server.stop()
 
 
+def tls_bio(port, ctx, client_hello_only=False):
+    """A raw socket and a client TLS object over memory BIOs, so the test decides which bytes go out
+    and when. client_hello_only: the ClientHello is made but not sent, and the handshake not run;
+    else the handshake is done. (sock, tls object, incoming BIO, outgoing BIO, connect time)."""
+    t0 = time.monotonic()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if client_hello_only:
+                return sock, obj, inc, out, t0
+            data = out.read()
+            if data:
+                sock.sendall(data)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            inc.write(chunk)
+    data = out.read()
+    if data:
+        sock.sendall(data)
+    return sock, obj, inc, out, t0
+
+
+SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+
+
+def slow_tls_client(port, ctx, mode, step=0.2, limit=10.0):
+    """One slow client over TLS; (outcome, seconds from connect): outcome 408 (the server's answer,
+    read over TLS), "closed" (EOF, reset or a TLS alert), "open" (still open after `limit` s).
+    modes: silent = connect, never send a ClientHello; hello = the ClientHello a byte every `step`;
+    head = handshake, then the request head one byte every `step` (a TLS record per byte);
+    record = handshake, then one TLS record holding the whole head, a byte every `step`, never its
+    last byte."""
+    sock, obj, inc, out, t0 = tls_bio(port, ctx, client_hello_only=mode in ("silent", "hello"))
+    if mode == "silent":
+        pieces = []
+    elif mode == "hello":
+        hello = out.read()
+        pieces = [hello[i:i + 1] for i in range(len(hello) - 1)]
+    elif mode == "head":
+        pieces = []
+        for i in range(len(SLOW_HEAD)):
+            obj.write(SLOW_HEAD[i:i + 1])
+            pieces.append(out.read())
+    else:
+        obj.write(SLOW_HEAD)
+        rec = out.read()
+        pieces = [rec[i:i + 1] for i in range(len(rec) - 1)]
+    got = b""
+    try:
+        while time.monotonic() - t0 < limit:
+            if pieces:
+                try:
+                    sock.sendall(pieces.pop(0))
+                except OSError:
+                    return "closed", time.monotonic() - t0
+            readable, _, _ = select.select([sock], [], [], step)
+            if not readable:
+                continue
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                return "closed", time.monotonic() - t0
+            if not chunk:
+                return ("408" if b"HTTP/1.1 408" in got else "closed"), time.monotonic() - t0
+            inc.write(chunk)
+            try:
+                while True:
+                    data = obj.read(65536)
+                    if not data:  # the server's close_notify
+                        break
+                    got += data
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                pass
+            except ssl.SSLError:
+                return "closed", time.monotonic() - t0
+            if b"HTTP/1.1 408" in got and b"request_timeout" in got:
+                return "408", time.monotonic() - t0
+        return "open", time.monotonic() - t0
+    finally:
+        sock.close()
+
+
+def tls_slow_clients(args, p):
+    """Issue 19 over HTTPS: the plaintext loop's read deadline, idle timeout and connection cap hold
+    for TLS too. A client that never sends a ClientHello, trickles it, trickles the request head
+    after the handshake or trickles one TLS record is cut off by --http-read-timeout-ms (408 when a
+    TLS channel exists, else closed) while well-behaved HTTPS requests are answered; 64 of them do
+    not stop a 65th; over --http-max-connections a TLS client gets the 503 over TLS."""
+    read_timeout = 2.0
+    margin = 1.5
+    ctx = ssl.create_default_context(cafile=p("ca.crt"))
+    server = Server(args.binary, args.model, ["--tls-cert", p("server.crt"), "--tls-key", p("server.key"),
+                                              "--http-read-timeout-ms", str(int(read_timeout * 1000)),
+                                              "--http-max-connections", "100"])
+    try:
+        url = f"https://localhost:{server.http_port}"
+        expected = {"silent": "closed", "hello": "closed", "head": "408", "record": "408"}
+        for mode in ("silent", "hello", "head", "record"):
+            result = {}
+            t = threading.Thread(target=lambda: result.update(r=slow_tls_client(server.http_port, ctx, mode)))
+            t.start()
+            time.sleep(0.5)
+            t1 = time.monotonic()
+            s, _, data = http("GET", url + "/health", context=ctx, timeout=10)
+            fast = time.monotonic() - t1
+            t.join(15)
+            outcome, dt = result.get("r", ("none", 0.0))
+            print(f"     TLS slow client '{mode}': {outcome} after {dt:.2f} s (deadline {read_timeout} s)")
+            check(outcome == expected[mode] and read_timeout - 0.3 <= dt < read_timeout + margin,
+                  f"TLS slow client '{mode}': {expected[mode]} at the read deadline (got {outcome} after {dt:.2f} s)")
+            check(s == 200 and fast < 1.0, f"TLS '{mode}': another HTTPS request answered meanwhile ({s}, {fast:.3f} s)")
+
+        # 64 slow TLS connections (16 of each kind) and, meanwhile, a 65th client that behaves.
+        base_rss = rss_kb(server.proc.pid)
+        results = []
+        lock = threading.Lock()
+
+        def one(mode):
+            r = slow_tls_client(server.http_port, ctx, mode)
+            with lock:
+                results.append((mode, *r))
+
+        threads = [threading.Thread(target=one, args=(m,), daemon=True)
+                   for m in ("silent", "hello", "head", "record") for _ in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        ok = 0
+        worst = 0.0
+        t_end = time.monotonic() + 1.2
+        while time.monotonic() < t_end:
+            t1 = time.monotonic()
+            s, _, _ = http("GET", url + "/health", context=ctx, timeout=10)
+            ok += s == 200
+            worst = max(worst, time.monotonic() - t1)
+            time.sleep(0.1)
+        check(ok >= 5 and worst < 1.0, f"64 slow TLS clients: HTTPS /health answered {ok} times, slowest {worst:.3f} s")
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30,
+                               http_client=openai.DefaultHttpxClient(verify=ctx))
+        r = client.chat.completions.create(model="glm4-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        check(r.usage.completion_tokens > 0, "64 slow TLS clients: a 65th (openai SDK over HTTPS) is served")
+        for t in threads:
+            t.join(20)
+        for mode in ("silent", "hello", "head", "record"):
+            mine = [(o, dt) for m, o, dt in results if m == mode]
+            worst_dt = max((dt for _, dt in mine), default=0.0)
+            print(f"     x16 '{mode}': outcomes {sorted(set(o for o, _ in mine))}, cut off after at most {worst_dt:.2f} s")
+            check(len(mine) == 16 and all(o == expected[mode] for o, _ in mine) and worst_dt < read_timeout + margin,
+                  f"16 slow TLS clients '{mode}': all {expected[mode]} within {read_timeout + margin} s")
+        grown = (rss_kb(server.proc.pid) - base_rss) >> 10
+        check(grown < 64, f"64 slow TLS clients: RSS flat ({grown} MB growth)")
+        s, _, _ = http("GET", url + "/health", context=ctx, timeout=10)
+        check(s == 200, f"HTTPS /health after the slow clients ({s})")
+    finally:
+        server.stop()
+    log = server.log()
+    check("TLS handshake not completed within --http-read-timeout-ms" in log and "http_status=408" in log,
+          "the cut-off TLS clients are logged (handshake timeout; request refused 408)")
+
+    # The connection cap over TLS: 8 connections hold the cap (handshake done, head unfinished);
+    # a 9th HTTPS client is answered 503 too_many_connections over TLS at once. With the 16 refusal
+    # threads busy (16 silent connections, each given at most 1 s to handshake) one more is closed
+    # unanswered at once; a second later 503 again.
+    server = Server(args.binary, args.model, ["--tls-cert", p("server.crt"), "--tls-key", p("server.key"),
+                                              "--http-max-connections", "8", "--http-read-timeout-ms", "5000"])
+    try:
+        url = f"https://localhost:{server.http_port}"
+        holders = []
+        for _ in range(8):
+            sock, obj, inc, out, _ = tls_bio(server.http_port, ctx)
+            obj.write(b"GET /health HTTP/1.1\r\n")
+            sock.sendall(out.read())
+            holders.append(sock)
+        time.sleep(0.3)
+        t1 = time.monotonic()
+        try:
+            s, h, data = http("GET", url + "/health", context=ctx, timeout=10)
+            err = json.loads(data).get("error", {}) if data else {}
+        except (OSError, ValueError) as e:  # not an HTTP answer (e.g. plaintext bytes before the handshake)
+            s, h, err = repr(e), {}, {}
+        dt = time.monotonic() - t1
+        check(s == 503 and err.get("code") == "too_many_connections" and err.get("type") == "service_unavailable_error"
+              and h.get("retry-after") == "1" and dt < 1.0,
+              f"TLS connection over --http-max-connections 8: 503 too_many_connections over TLS ({s} {err}, {dt:.3f} s)")
+        silent = [socket.create_connection(("127.0.0.1", server.http_port), timeout=10) for _ in range(16)]
+        time.sleep(0.2)
+        t1 = time.monotonic()
+        extra = socket.create_connection(("127.0.0.1", server.http_port), timeout=5)
+        try:
+            closed = extra.recv(1) == b""
+        except OSError:
+            closed = True
+        dt = time.monotonic() - t1
+        extra.close()
+        check(closed and dt < 0.5, f"TLS over the cap with the 16 refusal threads busy: closed at once ({dt:.3f} s)")
+        time.sleep(1.2)
+        s, _, _ = http("GET", url + "/health", context=ctx, timeout=10)
+        check(s == 503, f"TLS over the cap once the refusal threads are free: 503 again ({s})")
+        for sock in silent + holders:
+            sock.close()
+        time.sleep(0.5)
+        s, _, _ = http("GET", url + "/health", context=ctx, timeout=10)
+        check(s == 200, f"HTTPS /health once the connections closed ({s})")
+    finally:
+        server.stop()
+
+
 def bad_flags(args, p, tmp):
     junk = os.path.join(tmp, "junk.pem")
     with open(junk, "w") as f:
@@ -320,6 +544,7 @@ def main():
         per_peer_cap(args, pb, pb_grpc)
         tls(args, pb, pb_grpc, p, mutual=False)
         tls(args, pb, pb_grpc, p, mutual=True)
+        tls_slow_clients(args, p)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(FAILURES)} failure(s)")
