@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -133,6 +134,8 @@ bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std:
   }
   if (model_type == "chatglm" || first_arch.rfind("ChatGLM", 0) == 0) {
     *arch = Architecture::kChatGLM;
+  } else if (model_type == "glm4v" || first_arch == "Glm4vForConditionalGeneration") {
+    *arch = Architecture::kGlm4v;
   } else if (model_type == "glm4" || first_arch == "Glm4ForCausalLM") {
     *arch = Architecture::kGlm4;
   } else if (model_type == "glm" || first_arch == "GlmForCausalLM") {
@@ -140,7 +143,7 @@ bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std:
   } else {
     problems->push_back(absl::StrCat(
         "config.json: field 'model_type': '", model_type,
-        "' is not a GLM model (expected \"chatglm\", \"glm\" or \"glm4\")",
+        "' is not a GLM model (expected \"chatglm\", \"glm\", \"glm4\" or \"glm4v\")",
         first_arch.empty() ? "" : absl::StrCat("; architectures[0] is '", first_arch, "'")));
     return false;
   }
@@ -228,6 +231,177 @@ void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
   c->rotary_dim = static_cast<int32_t>(c->head_dim * partial);
 }
 
+// A sub-object of config.json (text_config, vision_config, rope_parameters...). Absent or null
+// reads as {} (every field at its default), as transformers builds a default sub-config.
+const json& SubObject(const json& parent, const char* key, FieldReader& r) {
+  static const json kEmpty = json::object();
+  if (!r.Has(key)) return kEmpty;
+  const json& value = parent[key];
+  if (!value.is_object()) {
+    r.Problem(key, absl::StrCat("expected an object, found ", value.type_name()));
+    return kEmpty;
+  }
+  return value;
+}
+
+// mrope_section: a list of non-negative integers; keeps *out when absent or bad.
+void ReadMropeSection(FieldReader& r, std::vector<int32_t>* out) {
+  std::vector<int32_t> section;
+  if (!r.IntList("mrope_section", &section)) return;
+  for (int32_t s : section) {
+    if (s < 0) {
+      r.Problem("mrope_section", absl::StrCat("expected non-negative integers, found ", s));
+      return;
+    }
+  }
+  *out = section;
+}
+
+// Glm4vConfig: text_config (Glm4vTextConfig), vision_config (Glm4vVisionConfig) and the
+// top-level token ids. Defaults are transformers 5.24's class defaults.
+void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
+  const json& text = SubObject(config, "text_config", top);
+  FieldReader r(text, "config.json: text_config", top.sink());
+  c->vocab_size = r.Int("vocab_size", 151552);
+  c->hidden_size = r.Int("hidden_size", 4096);
+  c->intermediate_size = r.Int("intermediate_size", 13696);
+  c->num_layers = r.Int("num_hidden_layers", 40);
+  c->num_attention_heads = r.Int("num_attention_heads", 32);
+  if (text.contains("num_key_value_heads") && text["num_key_value_heads"].is_null()) {
+    c->num_key_value_heads = c->num_attention_heads;
+  } else {
+    c->num_key_value_heads = r.Int("num_key_value_heads", 2);
+  }
+  // Glm4vTextAttention sizes its heads as hidden_size / num_attention_heads whatever head_dim
+  // says, while its rotary would read head_dim: a different value cannot run.
+  c->head_dim = c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0;
+  if (c->num_attention_heads > 0 && c->hidden_size % c->num_attention_heads != 0) {
+    r.Problem("hidden_size", absl::StrCat(c->hidden_size, " is not a multiple of num_attention_heads ",
+                                          c->num_attention_heads, " (glm4v's head size is their quotient)"));
+  }
+  if (r.Has("head_dim") && r.Int("head_dim", c->head_dim) != c->head_dim) {
+    r.Problem("head_dim", absl::StrCat("expected hidden_size / num_attention_heads = ", c->head_dim,
+                                       " (transformers' Glm4vTextAttention uses that)"));
+  }
+  c->max_position_embeddings = r.Int("max_position_embeddings", 32768);
+  c->rms_norm_eps = r.Number("rms_norm_eps", 1e-5);
+  c->attention_bias = true;  // Glm4vTextAttention: q/k/v always carry a bias
+  c->sandwich_norms = true;
+  const std::string act = r.String("hidden_act", "silu");
+  if (act != "silu") r.Problem("hidden_act", absl::StrCat("'", act, "' is not supported (expected \"silu\")"));
+
+  // Rotary: rope_parameters (transformers 5), or the released configs' top-level rope_theta /
+  // partial_rotary_factor with rope_scaling {type: default, mrope_section}. Glm4vText reads
+  // partial_rotary_factor with a default of 1.0 and mrope_section with [8, 12, 12].
+  double theta = r.Number("rope_theta", 10000.0);
+  double partial = r.Number("partial_rotary_factor", 1.0);
+  std::vector<int32_t> mrope = {8, 12, 12};
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    if (!r.Has(key)) continue;
+    const json& rope = SubObject(text, key, r);
+    FieldReader rr(rope, absl::StrCat("config.json: text_config.", key), r.sink());
+    const std::string type = rr.String("rope_type", rr.String("type", "default"));
+    if (type != "default") {
+      rr.Problem(rr.Has("rope_type") ? "rope_type" : "type",
+                 absl::StrCat("'", type, "' is not supported (only \"default\")"));
+    }
+    theta = rr.Number("rope_theta", theta);
+    partial = rr.Number("partial_rotary_factor", partial);
+    ReadMropeSection(rr, &mrope);
+  }
+  c->rope_theta = theta;
+  if (!(partial > 0.0 && partial <= 1.0)) {
+    r.Problem("partial_rotary_factor", absl::StrCat("expected a value in (0, 1], found ", partial));
+    partial = 1.0;
+  }
+  c->rotary_dim = static_cast<int32_t>(c->head_dim * partial);
+  c->mrope_section = mrope;
+  int64_t mrope_sum = 0;
+  for (int32_t s : mrope) mrope_sum += s;
+  if (mrope_sum * 2 != c->rotary_dim) {
+    r.Problem(r.Has("rope_parameters") ? "rope_parameters.mrope_section"
+              : r.Has("rope_scaling")  ? "rope_scaling.mrope_section"
+                                       : "rope_parameters.mrope_section (absent: [8, 12, 12])",
+              absl::StrCat("[", absl::StrJoin(mrope, ", "), "] sums to ", mrope_sum, " but the rotary dimension ",
+                           c->rotary_dim, " (head_dim ", c->head_dim, " x partial_rotary_factor ", partial, ") has ",
+                           c->rotary_dim / 2, " frequencies; they must be equal"));
+  }
+
+  // Pre-v5 saves put tie_word_embeddings inside text_config; transformers forwards a true one.
+  c->tie_word_embeddings = top.Bool("tie_word_embeddings", false) || r.Bool("tie_word_embeddings", false);
+  c->pad_token_id = r.Int("pad_token_id", top.Int("pad_token_id", -1));
+  std::vector<int32_t> eos;
+  if (r.IntList("eos_token_id", &eos) || top.IntList("eos_token_id", &eos)) c->eos_token_ids = eos;
+  c->torch_dtype = top.String("torch_dtype", top.String("dtype", r.String("torch_dtype", r.String("dtype", ""))));
+
+  VisionConfig v;
+  const json& vision = SubObject(config, "vision_config", top);
+  FieldReader vr(vision, "config.json: vision_config", top.sink());
+  v.depth = vr.Int("depth", v.depth);
+  v.hidden_size = vr.Int("hidden_size", v.hidden_size);
+  v.num_heads = vr.Int("num_heads", v.num_heads);
+  v.intermediate_size = vr.Int("intermediate_size", v.intermediate_size);
+  v.out_hidden_size = vr.Int("out_hidden_size", v.out_hidden_size);
+  v.patch_size = vr.Int("patch_size", v.patch_size);
+  v.spatial_merge_size = vr.Int("spatial_merge_size", v.spatial_merge_size);
+  v.temporal_patch_size = vr.Int("temporal_patch_size", v.temporal_patch_size);
+  v.image_size = vr.Int("image_size", v.image_size);
+  v.in_channels = vr.Int("in_channels", v.in_channels);
+  v.rms_norm_eps = vr.Number("rms_norm_eps", v.rms_norm_eps);
+  v.attention_bias = vr.Bool("attention_bias", v.attention_bias);
+  v.hidden_act = vr.String("hidden_act", v.hidden_act);
+  if (vr.Has("rope_parameters")) {
+    const json& rope = SubObject(vision, "rope_parameters", vr);
+    FieldReader rr(rope, "config.json: vision_config.rope_parameters", top.sink());
+    const std::string type = rr.String("rope_type", "axial");
+    if (type != "axial") rr.Problem("rope_type", absl::StrCat("'", type, "' is not supported (only \"axial\")"));
+    v.rope_theta = rr.Number("rope_theta", v.rope_theta);
+  }
+  for (auto [field, value] : {std::pair<const char*, int32_t>{"depth", v.depth}, {"hidden_size", v.hidden_size},
+                              {"num_heads", v.num_heads}, {"intermediate_size", v.intermediate_size},
+                              {"out_hidden_size", v.out_hidden_size}, {"patch_size", v.patch_size},
+                              {"spatial_merge_size", v.spatial_merge_size},
+                              {"temporal_patch_size", v.temporal_patch_size}, {"image_size", v.image_size},
+                              {"in_channels", v.in_channels}}) {
+    if (value <= 0) vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
+  }
+  // The blocks' axial rotary gives height and width a quarter of each head each (cos/sin are
+  // concatenated twice): a head size not divisible by 4 cannot run.
+  if (v.num_heads > 0 && v.hidden_size > 0 && (v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0)) {
+    vr.Problem("num_heads", absl::StrCat("hidden_size ", v.hidden_size, " / num_heads ", v.num_heads,
+                                         " must be a whole head size divisible by 4 (2-D rotary)"));
+  }
+  if (v.patch_size > 0 && v.image_size > 0 && v.image_size < v.patch_size) {
+    vr.Problem("image_size", absl::StrCat(v.image_size, " is smaller than patch_size ", v.patch_size,
+                                          " (no learned position embeddings)"));
+  }
+  if (v.out_hidden_size > 0 && c->hidden_size > 0 && v.out_hidden_size != c->hidden_size) {
+    vr.Problem("out_hidden_size", absl::StrCat(v.out_hidden_size, " differs from text_config.hidden_size ",
+                                               c->hidden_size, " (image features replace token embeddings)"));
+  }
+  if (!(v.rms_norm_eps > 0) || !std::isfinite(v.rms_norm_eps)) vr.Problem("rms_norm_eps", "expected a positive number");
+  if (v.hidden_act != "silu") {
+    vr.Problem("hidden_act", absl::StrCat("'", v.hidden_act, "' is not supported (expected \"silu\")"));
+  }
+  v.image_token_id = top.Int("image_token_id", v.image_token_id);
+  v.image_start_token_id = top.Int("image_start_token_id", v.image_start_token_id);
+  v.image_end_token_id = top.Int("image_end_token_id", v.image_end_token_id);
+  v.video_token_id = top.Int("video_token_id", v.video_token_id);
+  v.video_start_token_id = top.Int("video_start_token_id", v.video_start_token_id);
+  v.video_end_token_id = top.Int("video_end_token_id", v.video_end_token_id);
+  // Image ids are embedded before image features replace them: they must be in the vocabulary.
+  for (auto [field, id] : {std::pair<const char*, int32_t>{"image_token_id", v.image_token_id},
+                           {"image_start_token_id", v.image_start_token_id},
+                           {"image_end_token_id", v.image_end_token_id}, {"video_token_id", v.video_token_id},
+                           {"video_start_token_id", v.video_start_token_id},
+                           {"video_end_token_id", v.video_end_token_id}}) {
+    if (c->vocab_size > 0 && (id < 0 || id >= c->vocab_size)) {
+      top.Problem(field, absl::StrCat(id, " is outside the vocabulary (text_config.vocab_size ", c->vocab_size, ")"));
+    }
+  }
+  c->vision = v;
+}
+
 }  // namespace
 
 const char* ArchitectureName(Architecture arch) {
@@ -235,6 +409,7 @@ const char* ArchitectureName(Architecture arch) {
     case Architecture::kChatGLM: return "chatglm";
     case Architecture::kGlm: return "glm";
     case Architecture::kGlm4: return "glm4";
+    case Architecture::kGlm4v: return "glm4v";
   }
   return "unknown";
 }
@@ -260,20 +435,26 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
     return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
   }
   FieldReader reader(config, "config.json", &problems);
-  if (c.architecture == Architecture::kChatGLM) {
-    ReadOriginalChatGlm(reader, &c);
-  } else {
-    ReadTransformersGlm(config, reader, &c);
-  }
-  c.torch_dtype = reader.String("torch_dtype", reader.String("dtype", ""));
-
-  // eos: every id named by config.json or generation_config.json.
+  const bool glm4v = c.architecture == Architecture::kGlm4v;
   std::vector<int32_t> config_eos;
-  if (!reader.IntList("eos_token_id", &config_eos) && c.architecture != Architecture::kChatGLM) {
-    config_eos = {151329, 151336, 151338};  // GlmConfig's default
+  if (glm4v) {
+    // Glm4vConfig declares no eos default: only ids a file names stop generation.
+    ReadGlm4v(config, reader, &c);
+    config_eos = c.eos_token_ids;
+  } else {
+    if (c.architecture == Architecture::kChatGLM) {
+      ReadOriginalChatGlm(reader, &c);
+    } else {
+      ReadTransformersGlm(config, reader, &c);
+    }
+    c.torch_dtype = reader.String("torch_dtype", reader.String("dtype", ""));
+    // eos: every id named by config.json or generation_config.json.
+    if (!reader.IntList("eos_token_id", &config_eos) && c.architecture != Architecture::kChatGLM) {
+      config_eos = {151329, 151336, 151338};  // GlmConfig's default
+    }
+    c.eos_token_ids = config_eos;
+    c.pad_token_id = reader.Int("pad_token_id", c.architecture == Architecture::kChatGLM ? -1 : 151329);
   }
-  c.eos_token_ids = config_eos;
-  c.pad_token_id = reader.Int("pad_token_id", c.architecture == Architecture::kChatGLM ? -1 : 151329);
   if (fs::exists(dir / "generation_config.json", ec)) {
     json generation;
     if (ReadJsonObject(dir / "generation_config.json", &generation, &problems)) {
@@ -291,8 +472,10 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
   }
 
   // Sizes must be positive and consistent before any tensor shape can be derived from them.
+  // glm4v's text fields live in text_config; name them where they are.
+  const std::string in = glm4v ? "text_config." : "";
   auto require_positive = [&](const char* field, int32_t value) {
-    if (value <= 0) reader.Problem(field, absl::StrCat("expected a positive integer, found ", value));
+    if (value <= 0) reader.Problem(in + field, absl::StrCat("expected a positive integer, found ", value));
   };
   const bool original = c.architecture == Architecture::kChatGLM;
   require_positive(original ? "num_layers" : "num_hidden_layers", c.num_layers);
@@ -300,25 +483,25 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
   require_positive(original ? "ffn_hidden_size" : "intermediate_size", c.intermediate_size);
   require_positive("num_attention_heads", c.num_attention_heads);
   require_positive(original ? "multi_query_group_num" : "num_key_value_heads", c.num_key_value_heads);
-  require_positive(original ? "kv_channels" : "head_dim", c.head_dim);
+  require_positive(original ? "kv_channels" : glm4v ? "hidden_size / num_attention_heads" : "head_dim", c.head_dim);
   require_positive(original ? "padded_vocab_size" : "vocab_size", c.vocab_size);
   require_positive(original ? "seq_length" : "max_position_embeddings", c.max_position_embeddings);
   if (c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
       c.num_attention_heads % c.num_key_value_heads != 0) {
-    reader.Problem(original ? "multi_query_group_num" : "num_key_value_heads",
+    reader.Problem(in + (original ? "multi_query_group_num" : "num_key_value_heads"),
                    absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ",
                                 c.num_attention_heads));
   }
   if (c.rotary_dim % 2 != 0 || c.rotary_dim < 0 || c.rotary_dim > c.head_dim) {
-    reader.Problem("partial_rotary_factor",
+    reader.Problem(in + "partial_rotary_factor",
                    absl::StrCat("gives a rotary dimension of ", c.rotary_dim, " for head_dim ", c.head_dim,
                                 "; expected an even number no larger than head_dim"));
   }
   if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps)) {
-    reader.Problem(original ? "layernorm_epsilon" : "rms_norm_eps", "expected a positive number");
+    reader.Problem(in + (original ? "layernorm_epsilon" : "rms_norm_eps"), "expected a positive number");
   }
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
-    reader.Problem(original ? "rope_ratio" : "rope_theta", "expected a positive rotary base");
+    reader.Problem(in + (original ? "rope_ratio" : "rope_theta"), "expected a positive rotary base");
   }
   if (!problems.empty()) return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
   return c;

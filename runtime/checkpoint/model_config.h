@@ -1,8 +1,9 @@
-// config.json / generation_config.json of a GLM checkpoint, normalised across the three
-// layouts glmserve loads. LibTorch-free.
+// config.json / generation_config.json of a GLM checkpoint, normalised across the layouts
+// glmserve loads. LibTorch-free.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,8 +15,44 @@ enum class Architecture {
   kChatGLM,  // original remote-code layout, model_type "chatglm" (ChatGLM2/3, GLM-4-9B-chat)
   kGlm,      // transformers GlmForCausalLM, model_type "glm" (GLM-4-9B-chat-hf)
   kGlm4,     // transformers Glm4ForCausalLM, model_type "glm4" (GLM-4-0414): sandwich norms
+  // transformers Glm4vForConditionalGeneration, model_type "glm4v" (GLM-4.1V, AutoGLM-Phone-9B):
+  // a vision tower plus a glm4 text model (text_config) with 3-D rotary positions.
+  kGlm4v,
 };
 const char* ArchitectureName(Architecture arch);
+
+// GLM-4.1V's vision tower (config.json `vision_config`, transformers' Glm4vVisionConfig) and the
+// ids that place images and videos in the text. Only the weight plan and the future vision
+// tower read it; the text model ignores it.
+struct VisionConfig {
+  int32_t depth = 24;                  // vision blocks
+  int32_t hidden_size = 1536;
+  int32_t num_heads = 12;
+  int32_t intermediate_size = 13696;   // the patch merger's MLP (the blocks' MLP is out_hidden_size wide)
+  int32_t out_hidden_size = 4096;      // merger output: must equal the text hidden_size
+  int32_t patch_size = 14;
+  int32_t spatial_merge_size = 2;
+  int32_t temporal_patch_size = 2;
+  int32_t image_size = 336;            // learned position grid: (image_size / patch_size)^2 entries
+  int32_t in_channels = 3;
+  double rms_norm_eps = 1e-5;
+  double rope_theta = 10000.0;         // the blocks' 2-D ("axial") rotary
+  bool attention_bias = false;         // the blocks' qkv carries a bias
+  std::string hidden_act = "silu";
+  // Glm4vConfig's top-level token ids (defaults: GLM-4.1V's tokenizer).
+  int32_t image_token_id = 151343;
+  int32_t image_start_token_id = 151339;
+  int32_t image_end_token_id = 151340;
+  int32_t video_token_id = 151344;
+  int32_t video_start_token_id = 151341;
+  int32_t video_end_token_id = 151342;
+
+  int32_t head_dim() const { return num_heads > 0 ? hidden_size / num_heads : 0; }
+  int32_t num_positions() const {
+    const int32_t side = patch_size > 0 ? image_size / patch_size : 0;
+    return side * side;
+  }
+};
 
 struct ModelConfig {
   Architecture architecture = Architecture::kGlm;
@@ -37,6 +74,11 @@ struct ModelConfig {
   std::vector<int32_t> eos_token_ids; // generation_config.json's, then config.json's not already listed
   int32_t pad_token_id = -1;
   std::string torch_dtype;            // as declared in config.json (informational)
+  // glm4v: rotary frequencies given to each position component (temporal, height, width), in
+  // that order; sums to rotary_dim / 2. For text-only prompts the three components are equal, so
+  // the rotation is the 1-D one above; empty for the text architectures.
+  std::vector<int32_t> mrope_section;
+  std::optional<VisionConfig> vision;  // glm4v only
 };
 
 // Reads `directory`/config.json and, when present, generation_config.json. Defaults for absent

@@ -1,5 +1,7 @@
 #include "runtime/checkpoint/weight_map.h"
 
+#include <algorithm>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -12,45 +14,84 @@
 namespace glmserve {
 namespace {
 
-// Canonical tensors ("slots"). Per-layer slots are named layers.{L}.<name>.
+// Canonical tensors ("slots"). Text-layer slots are named layers.{L}.<name>, vision-block
+// slots visual.blocks.{L}.<name>.
 enum class Slot {
   kEmbed, kLmHead, kFinalNorm,
   kInputNorm, kPostAttnNorm, kMlpNorm, kPostMlpNorm,
   kQWeight, kKWeight, kVWeight, kQBias, kKBias, kVBias, kOWeight,
   kGateWeight, kUpWeight, kDownWeight,
+  // glm4v's vision tower, kept as transformers stores it (qkv fused, convolutions 5-D / 4-D).
+  kVisPatchEmbedWeight, kVisPatchEmbedBias, kVisPostConvNorm, kVisPositionEmbedding,
+  kVisNorm1, kVisNorm2, kVisQkvWeight, kVisQkvBias, kVisProjWeight, kVisGateWeight, kVisUpWeight, kVisDownWeight,
+  kVisPostNorm, kVisDownsampleWeight, kVisDownsampleBias,
+  kMergerProjWeight, kMergerNormWeight, kMergerNormBias, kMergerGateWeight, kMergerUpWeight, kMergerDownWeight,
 };
+
+// How many copies of a slot a model has: one, one per text layer, one per vision block.
+enum class Scope { kModel, kTextLayer, kVisionModel, kVisionBlock };
 
 struct SlotInfo {
   Slot slot;
-  const char* name;  // canonical name (per-layer slots get the "layers.{L}." prefix)
-  bool per_layer;
+  const char* name;  // canonical name (per-layer/per-block slots get their prefix)
+  Scope scope;
 };
 
 constexpr SlotInfo kSlots[] = {
-    {Slot::kEmbed, "embed.weight", false},
-    {Slot::kLmHead, "lm_head.weight", false},
-    {Slot::kFinalNorm, "final_norm.weight", false},
-    {Slot::kInputNorm, "input_norm.weight", true},
-    {Slot::kPostAttnNorm, "post_attn_norm.weight", true},
-    {Slot::kMlpNorm, "mlp_norm.weight", true},
-    {Slot::kPostMlpNorm, "post_mlp_norm.weight", true},
-    {Slot::kQWeight, "q.weight", true},
-    {Slot::kKWeight, "k.weight", true},
-    {Slot::kVWeight, "v.weight", true},
-    {Slot::kQBias, "q.bias", true},
-    {Slot::kKBias, "k.bias", true},
-    {Slot::kVBias, "v.bias", true},
-    {Slot::kOWeight, "o.weight", true},
-    {Slot::kGateWeight, "gate.weight", true},
-    {Slot::kUpWeight, "up.weight", true},
-    {Slot::kDownWeight, "down.weight", true},
+    {Slot::kEmbed, "embed.weight", Scope::kModel},
+    {Slot::kLmHead, "lm_head.weight", Scope::kModel},
+    {Slot::kFinalNorm, "final_norm.weight", Scope::kModel},
+    {Slot::kInputNorm, "input_norm.weight", Scope::kTextLayer},
+    {Slot::kPostAttnNorm, "post_attn_norm.weight", Scope::kTextLayer},
+    {Slot::kMlpNorm, "mlp_norm.weight", Scope::kTextLayer},
+    {Slot::kPostMlpNorm, "post_mlp_norm.weight", Scope::kTextLayer},
+    {Slot::kQWeight, "q.weight", Scope::kTextLayer},
+    {Slot::kKWeight, "k.weight", Scope::kTextLayer},
+    {Slot::kVWeight, "v.weight", Scope::kTextLayer},
+    {Slot::kQBias, "q.bias", Scope::kTextLayer},
+    {Slot::kKBias, "k.bias", Scope::kTextLayer},
+    {Slot::kVBias, "v.bias", Scope::kTextLayer},
+    {Slot::kOWeight, "o.weight", Scope::kTextLayer},
+    {Slot::kGateWeight, "gate.weight", Scope::kTextLayer},
+    {Slot::kUpWeight, "up.weight", Scope::kTextLayer},
+    {Slot::kDownWeight, "down.weight", Scope::kTextLayer},
+    {Slot::kVisPatchEmbedWeight, "visual.patch_embed.weight", Scope::kVisionModel},
+    {Slot::kVisPatchEmbedBias, "visual.patch_embed.bias", Scope::kVisionModel},
+    {Slot::kVisPostConvNorm, "visual.post_conv_norm.weight", Scope::kVisionModel},
+    {Slot::kVisPositionEmbedding, "visual.position_embedding.weight", Scope::kVisionModel},
+    {Slot::kVisNorm1, "norm1.weight", Scope::kVisionBlock},
+    {Slot::kVisNorm2, "norm2.weight", Scope::kVisionBlock},
+    {Slot::kVisQkvWeight, "qkv.weight", Scope::kVisionBlock},
+    {Slot::kVisQkvBias, "qkv.bias", Scope::kVisionBlock},
+    {Slot::kVisProjWeight, "proj.weight", Scope::kVisionBlock},
+    {Slot::kVisGateWeight, "gate.weight", Scope::kVisionBlock},
+    {Slot::kVisUpWeight, "up.weight", Scope::kVisionBlock},
+    {Slot::kVisDownWeight, "down.weight", Scope::kVisionBlock},
+    {Slot::kVisPostNorm, "visual.post_norm.weight", Scope::kVisionModel},
+    {Slot::kVisDownsampleWeight, "visual.downsample.weight", Scope::kVisionModel},
+    {Slot::kVisDownsampleBias, "visual.downsample.bias", Scope::kVisionModel},
+    {Slot::kMergerProjWeight, "visual.merger.proj.weight", Scope::kVisionModel},
+    {Slot::kMergerNormWeight, "visual.merger.norm.weight", Scope::kVisionModel},
+    {Slot::kMergerNormBias, "visual.merger.norm.bias", Scope::kVisionModel},
+    {Slot::kMergerGateWeight, "visual.merger.gate.weight", Scope::kVisionModel},
+    {Slot::kMergerUpWeight, "visual.merger.up.weight", Scope::kVisionModel},
+    {Slot::kMergerDownWeight, "visual.merger.down.weight", Scope::kVisionModel},
 };
 
 const SlotInfo& Info(Slot slot) { return kSlots[static_cast<int>(slot)]; }
 
-enum class Family { kOriginal, kTransformers };
+// Info() indexes kSlots by the enum: the table must list the slots in enum order.
+constexpr bool SlotsInEnumOrder() {
+  for (size_t i = 0; i < std::size(kSlots); ++i) {
+    if (static_cast<size_t>(kSlots[i].slot) != i) return false;
+  }
+  return true;
+}
+static_assert(SlotsInEnumOrder(), "kSlots must list every Slot in enum order");
 
-// The remapping table. `source` has "{L}" where the layer index goes. Several targets: the
+enum class Family { kOriginal, kTransformers, kGlm4v };
+
+// The remapping table. `source` has "{L}" where the layer (or vision block) index goes. Several targets: the
 // stored tensor is split along dim 0 in that order. No targets: the key is dropped (`why`).
 struct KeyRule {
   Family family;
@@ -96,6 +137,47 @@ const std::vector<KeyRule>& KeyRules() {
       {Family::kOriginal, "transformer.encoder.final_layernorm.weight", {Slot::kFinalNorm}},
       {Family::kOriginal, "transformer.output_layer.weight", {Slot::kLmHead}},
       {Family::kOriginal, "transformer.rotary_pos_emb.inv_freq", {}, "derived rotary buffer, recomputed from the config"},
+      // transformers Glm4vForConditionalGeneration (modeling_glm4v.py): the glm4 text model under
+      // model.language_model, the vision tower under model.visual.
+      {Family::kGlm4v, "model.language_model.embed_tokens.weight", {Slot::kEmbed}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.input_layernorm.weight", {Slot::kInputNorm}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.self_attn.q_proj.weight", {Slot::kQWeight}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.self_attn.k_proj.weight", {Slot::kKWeight}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.self_attn.v_proj.weight", {Slot::kVWeight}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.self_attn.q_proj.bias", {Slot::kQBias}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.self_attn.k_proj.bias", {Slot::kKBias}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.self_attn.v_proj.bias", {Slot::kVBias}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.self_attn.o_proj.weight", {Slot::kOWeight}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.post_self_attn_layernorm.weight", {Slot::kPostAttnNorm}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.post_attention_layernorm.weight", {Slot::kMlpNorm}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.post_mlp_layernorm.weight", {Slot::kPostMlpNorm}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.mlp.gate_up_proj.weight", {Slot::kGateWeight, Slot::kUpWeight}},
+      {Family::kGlm4v, "model.language_model.layers.{L}.mlp.down_proj.weight", {Slot::kDownWeight}},
+      {Family::kGlm4v, "model.language_model.norm.weight", {Slot::kFinalNorm}},
+      {Family::kGlm4v, "lm_head.weight", {Slot::kLmHead}},
+      {Family::kGlm4v, "model.language_model.rotary_emb.inv_freq", {}, "derived rotary buffer, recomputed from the config"},
+      {Family::kGlm4v, "model.visual.patch_embed.proj.weight", {Slot::kVisPatchEmbedWeight}},
+      {Family::kGlm4v, "model.visual.patch_embed.proj.bias", {Slot::kVisPatchEmbedBias}},
+      {Family::kGlm4v, "model.visual.post_conv_layernorm.weight", {Slot::kVisPostConvNorm}},
+      {Family::kGlm4v, "model.visual.embeddings.position_embedding.weight", {Slot::kVisPositionEmbedding}},
+      {Family::kGlm4v, "model.visual.blocks.{L}.norm1.weight", {Slot::kVisNorm1}},
+      {Family::kGlm4v, "model.visual.blocks.{L}.norm2.weight", {Slot::kVisNorm2}},
+      {Family::kGlm4v, "model.visual.blocks.{L}.attn.qkv.weight", {Slot::kVisQkvWeight}},
+      {Family::kGlm4v, "model.visual.blocks.{L}.attn.qkv.bias", {Slot::kVisQkvBias}},
+      {Family::kGlm4v, "model.visual.blocks.{L}.attn.proj.weight", {Slot::kVisProjWeight}},
+      {Family::kGlm4v, "model.visual.blocks.{L}.mlp.gate_proj.weight", {Slot::kVisGateWeight}},
+      {Family::kGlm4v, "model.visual.blocks.{L}.mlp.up_proj.weight", {Slot::kVisUpWeight}},
+      {Family::kGlm4v, "model.visual.blocks.{L}.mlp.down_proj.weight", {Slot::kVisDownWeight}},
+      {Family::kGlm4v, "model.visual.post_layernorm.weight", {Slot::kVisPostNorm}},
+      {Family::kGlm4v, "model.visual.downsample.weight", {Slot::kVisDownsampleWeight}},
+      {Family::kGlm4v, "model.visual.downsample.bias", {Slot::kVisDownsampleBias}},
+      {Family::kGlm4v, "model.visual.merger.proj.weight", {Slot::kMergerProjWeight}},
+      {Family::kGlm4v, "model.visual.merger.post_projection_norm.weight", {Slot::kMergerNormWeight}},
+      {Family::kGlm4v, "model.visual.merger.post_projection_norm.bias", {Slot::kMergerNormBias}},
+      {Family::kGlm4v, "model.visual.merger.gate_proj.weight", {Slot::kMergerGateWeight}},
+      {Family::kGlm4v, "model.visual.merger.up_proj.weight", {Slot::kMergerUpWeight}},
+      {Family::kGlm4v, "model.visual.merger.down_proj.weight", {Slot::kMergerDownWeight}},
+      {Family::kGlm4v, "model.visual.rotary_pos_emb.inv_freq", {}, "derived rotary buffer, recomputed from the config"},
   };
   return rules;
 }
@@ -110,6 +192,11 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 std::vector<int64_t> SlotShape(Slot slot, const ModelConfig& c) {
   const int64_t h = c.hidden_size, q = int64_t{c.num_attention_heads} * c.head_dim,
                 kv = int64_t{c.num_key_value_heads} * c.head_dim, f = c.intermediate_size, v = c.vocab_size;
+  // Vision sizes (modeling_glm4v.py): the blocks' MLP is out_hidden_size wide, the merger's
+  // intermediate_size; patch_embed is a Conv3d, downsample a Conv2d.
+  const VisionConfig vc = c.vision.value_or(VisionConfig{});
+  const int64_t vh = vc.hidden_size, vo = vc.out_hidden_size, vi = vc.intermediate_size, p = vc.patch_size,
+                m = vc.spatial_merge_size;
   switch (slot) {
     case Slot::kEmbed: case Slot::kLmHead: return {v, h};
     case Slot::kFinalNorm: case Slot::kInputNorm: case Slot::kPostAttnNorm:
@@ -121,12 +208,30 @@ std::vector<int64_t> SlotShape(Slot slot, const ModelConfig& c) {
     case Slot::kOWeight: return {h, q};
     case Slot::kGateWeight: case Slot::kUpWeight: return {f, h};
     case Slot::kDownWeight: return {h, f};
+    case Slot::kVisPatchEmbedWeight: return {vh, vc.in_channels, vc.temporal_patch_size, p, p};
+    case Slot::kVisPatchEmbedBias: case Slot::kVisPostConvNorm: case Slot::kVisNorm1: case Slot::kVisNorm2:
+    case Slot::kVisPostNorm: return {vh};
+    case Slot::kVisPositionEmbedding: return {vc.num_positions(), vh};
+    case Slot::kVisQkvWeight: return {3 * vh, vh};
+    case Slot::kVisQkvBias: return {3 * vh};
+    case Slot::kVisProjWeight: return {vh, vh};
+    case Slot::kVisGateWeight: case Slot::kVisUpWeight: return {vo, vh};
+    case Slot::kVisDownWeight: return {vh, vo};
+    case Slot::kVisDownsampleWeight: return {vo, vh, m, m};
+    case Slot::kVisDownsampleBias: case Slot::kMergerNormWeight: case Slot::kMergerNormBias: return {vo};
+    case Slot::kMergerProjWeight: return {vo, vo};
+    case Slot::kMergerGateWeight: case Slot::kMergerUpWeight: return {vi, vo};
+    case Slot::kMergerDownWeight: return {vo, vi};
   }
   return {};
 }
 
 // Why a slot is not part of this model, or "" when it is required.
 const char* SlotAbsentReason(Slot slot, const ModelConfig& c) {
+  const Scope scope = Info(slot).scope;
+  if ((scope == Scope::kVisionModel || scope == Scope::kVisionBlock) && !c.vision.has_value()) {
+    return "only glm4v has a vision tower";
+  }
   switch (slot) {
     case Slot::kLmHead:
       return c.tie_word_embeddings ? "tie_word_embeddings is true" : "";
@@ -135,13 +240,32 @@ const char* SlotAbsentReason(Slot slot, const ModelConfig& c) {
                                                                               : "attention_bias is false");
     case Slot::kPostAttnNorm: case Slot::kPostMlpNorm:
       return c.sandwich_norms ? "" : "only glm4 has post-attention/post-MLP sandwich norms";
+    case Slot::kVisQkvBias:
+      return c.vision->attention_bias ? "" : "vision_config.attention_bias is false";
     default:
       return "";
   }
 }
 
+// Copies of a scope's slots in this model.
+int32_t ScopeCount(Scope scope, const ModelConfig& c) {
+  switch (scope) {
+    case Scope::kModel: return 1;
+    case Scope::kTextLayer: return std::max(c.num_layers, 0);
+    case Scope::kVisionModel: return c.vision.has_value() ? 1 : 0;
+    case Scope::kVisionBlock: return c.vision.has_value() ? std::max(c.vision->depth, 0) : 0;
+  }
+  return 0;
+}
+
+bool Indexed(Scope scope) { return scope == Scope::kTextLayer || scope == Scope::kVisionBlock; }
+
 std::string SlotName(Slot slot, int32_t layer) {
-  return Info(slot).per_layer ? CanonicalLayerName(layer, Info(slot).name) : Info(slot).name;
+  switch (Info(slot).scope) {
+    case Scope::kTextLayer: return CanonicalLayerName(layer, Info(slot).name);
+    case Scope::kVisionBlock: return absl::StrCat("visual.blocks.", layer, ".", Info(slot).name);
+    default: return Info(slot).name;
+  }
 }
 
 // Matches `key` against a rule pattern; sets *layer for per-layer patterns.
@@ -181,15 +305,17 @@ std::string CanonicalLayerName(int32_t layer, const char* slot) { return absl::S
 
 std::vector<MappedTensor> CanonicalTensors(const ModelConfig& config) {
   std::vector<MappedTensor> tensors;
-  for (int32_t l = -1; l < config.num_layers; ++l) {
-    for (const SlotInfo& info : kSlots) {
-      if (info.per_layer != (l >= 0) || *SlotAbsentReason(info.slot, config)) continue;
-      MappedTensor t;
-      t.canonical = SlotName(info.slot, l);
-      t.source_key = t.canonical;
-      t.shape = SlotShape(info.slot, config);
-      t.row_end = t.shape[0];
-      tensors.push_back(std::move(t));
+  for (Scope scope : {Scope::kModel, Scope::kTextLayer, Scope::kVisionModel, Scope::kVisionBlock}) {
+    for (int32_t l = 0; l < ScopeCount(scope, config); ++l) {
+      for (const SlotInfo& info : kSlots) {
+        if (info.scope != scope || *SlotAbsentReason(info.slot, config)) continue;
+        MappedTensor t;
+        t.canonical = SlotName(info.slot, Indexed(scope) ? l : -1);
+        t.source_key = t.canonical;
+        t.shape = SlotShape(info.slot, config);
+        t.row_end = t.shape[0];
+        tensors.push_back(std::move(t));
+      }
     }
   }
   return tensors;
@@ -198,16 +324,49 @@ std::vector<MappedTensor> CanonicalTensors(const ModelConfig& config) {
 WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listing) {
   WeightPlan plan;
   plan.problems = listing.problems;
-  const Family family = config.architecture == Architecture::kChatGLM ? Family::kOriginal : Family::kTransformers;
+  const Family family = config.architecture == Architecture::kChatGLM  ? Family::kOriginal
+                        : config.architecture == Architecture::kGlm4v ? Family::kGlm4v
+                                                                        : Family::kTransformers;
   const bool original = family == Family::kOriginal;
-  const char* layers_field = original ? "num_layers" : "num_hidden_layers";
-  const char* vocab_field = original ? "padded_vocab_size" : "vocab_size";
+  const bool glm4v = family == Family::kGlm4v;
+  const char* vocab_field = original ? "padded_vocab_size" : glm4v ? "text_config.vocab_size" : "vocab_size";
+
+  // The indexed scopes: text layers and vision blocks, each checked for indices beyond the
+  // config and for indices with no tensors at all.
+  struct IndexedScope {
+    Scope scope;
+    const char* count_field;  // the config field that sets the count
+    const char* what;         // "layer(s)" / "vision block(s)"
+    const char* first_key;    // a key every index has, to name an empty one
+    int32_t count;
+    std::vector<bool> has_tensors;
+    std::set<int32_t> beyond_config;
+    bool empty_reported = false;
+  };
+  std::vector<IndexedScope> indexed;
+  indexed.push_back({Scope::kTextLayer,
+                     original ? "num_layers" : glm4v ? "text_config.num_hidden_layers" : "num_hidden_layers",
+                     "layer(s)",
+                     original ? "transformer.encoder.layers.{L}.input_layernorm.weight"
+                     : glm4v  ? "model.language_model.layers.{L}.input_layernorm.weight"
+                              : "model.layers.{L}.input_layernorm.weight",
+                     ScopeCount(Scope::kTextLayer, config), {}, {}, false});
+  if (glm4v) {
+    indexed.push_back({Scope::kVisionBlock, "vision_config.depth", "vision block(s)",
+                       "model.visual.blocks.{L}.norm1.weight", ScopeCount(Scope::kVisionBlock, config), {}, {},
+                       false});
+  }
+  for (IndexedScope& s : indexed) s.has_tensors.assign(s.count, false);
+  auto scope_of = [&](Scope scope) -> IndexedScope* {
+    for (IndexedScope& s : indexed) {
+      if (s.scope == scope) return &s;
+    }
+    return nullptr;
+  };
 
   std::map<SlotKey, MappedTensor> provided;
   std::set<SlotKey> misshapen;
   std::set<std::string> dtypes;
-  std::set<int32_t> layers_beyond_config;
-  std::vector<bool> layer_has_tensors(std::max(config.num_layers, 0), false);
 
   for (const TensorRecord& record : listing.tensors) {
     std::string key = record.name;
@@ -222,8 +381,9 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
         }
       }
     }
-    // A transformers base model (GlmModel) saves keys without the "model." prefix.
-    if (family == Family::kTransformers && !absl::StartsWith(key, "model.") && !absl::StartsWith(key, "lm_head.")) {
+    // A transformers base model (GlmModel, Glm4vModel) saves keys without the "model." prefix;
+    // transformers adds it back when loading, so "visual.*" lands on "model.visual.*" too.
+    if (!original && !absl::StartsWith(key, "model.") && !absl::StartsWith(key, "lm_head.")) {
       stripped += "(+model.)";
       key = "model." + key;
     }
@@ -237,19 +397,29 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     }
     const std::string note = stripped.empty() ? "" : absl::StrCat(" (wrapper prefix '", stripped, "' stripped)");
     if (rule == nullptr) {
+      std::string hint;
+      // The text-only layout: transformers 5.24 does not load it into Glm4vForConditionalGeneration
+      // either (its keys come up missing there), so it is not guessed at here.
+      if (glm4v && (absl::StartsWith(key, "model.layers.") || key == "model.embed_tokens.weight" ||
+                    key == "model.norm.weight")) {
+        hint = "; glm4v keeps the text model under 'model.language_model.' (transformers does not load this "
+               "layout either)";
+      }
       plan.problems.push_back(absl::StrCat("unexpected key '", record.name, "' in ", record.file, ": no ",
-                                           ArchitectureName(config.architecture), " tensor has this name"));
+                                           ArchitectureName(config.architecture), " tensor has this name", hint));
       continue;
     }
     if (rule->targets.empty()) {
       plan.mapping.push_back(absl::StrCat(record.name, " -> dropped: ", rule->why, note));
       continue;
     }
-    if (layer >= config.num_layers) {
-      layers_beyond_config.insert(layer);
-      continue;
+    if (IndexedScope* scope = scope_of(Info(rule->targets[0]).scope); scope != nullptr) {
+      if (layer >= scope->count) {
+        scope->beyond_config.insert(layer);
+        continue;
+      }
+      scope->has_tensors[layer] = true;
     }
-    if (layer >= 0) layer_has_tensors[layer] = true;
 
     const char* dtype = DtypeName(record.dtype);
     if (dtype == nullptr) {
@@ -305,37 +475,37 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     plan.mapping.push_back(absl::StrCat(record.name, " -> ", absl::StrJoin(targets_text, ", "), note));
   }
 
-  if (!layers_beyond_config.empty()) {
-    plan.problems.push_back(absl::StrCat("config.json ", layers_field, " is ", config.num_layers,
-                                         " but the checkpoint has tensors for layer(s) ",
-                                         absl::StrJoin(layers_beyond_config, ", "), " too"));
-  }
   // A key that may be in a weight file that could not be read (reported once, as unreadable) is
   // not reported again as missing.
   auto maybe_unreadable = [&](const std::string& key) {
     return listing.unreadable_keys_unknown || listing.unreadable_keys.count(key) > 0;
   };
-  const char* first_key = family == Family::kOriginal ? "transformer.encoder.layers.{L}.input_layernorm.weight"
-                                                      : "model.layers.{L}.input_layernorm.weight";
-  std::vector<int32_t> empty_layers;
-  int32_t unreadable_layers = 0;
-  for (int32_t l = 0; l < config.num_layers; ++l) {
-    if (layer_has_tensors[l]) continue;
-    if (maybe_unreadable(Instantiate(first_key, l))) {
-      ++unreadable_layers;
-    } else {
-      empty_layers.push_back(l);
+  for (IndexedScope& s : indexed) {
+    if (!s.beyond_config.empty()) {
+      plan.problems.push_back(absl::StrCat("config.json ", s.count_field, " is ", s.count,
+                                           " but the checkpoint has tensors for ", s.what, " ",
+                                           absl::StrJoin(s.beyond_config, ", "), " too"));
+    }
+    std::vector<int32_t> empty;
+    int32_t unreadable = 0;
+    for (int32_t l = 0; l < s.count; ++l) {
+      if (s.has_tensors[l]) continue;
+      if (maybe_unreadable(Instantiate(s.first_key, l))) {
+        ++unreadable;
+      } else {
+        empty.push_back(l);
+      }
+    }
+    // All indices empty is not "too few layers" but missing keys, listed one by one below.
+    s.empty_reported = !empty.empty() && static_cast<int32_t>(empty.size()) + unreadable < s.count;
+    if (s.empty_reported) {
+      plan.problems.push_back(absl::StrCat("config.json ", s.count_field, " is ", s.count,
+                                           " but the checkpoint has no tensors for ", s.what, " ",
+                                           absl::StrJoin(empty, ", "), " (e.g. '", Instantiate(s.first_key, empty[0]),
+                                           "' is absent)"));
     }
   }
-  const bool empty_layers_reported =
-      !empty_layers.empty() && static_cast<int32_t>(empty_layers.size()) + unreadable_layers < config.num_layers;
-  if (empty_layers_reported) {
-    plan.problems.push_back(absl::StrCat("config.json ", layers_field, " is ", config.num_layers,
-                                         " but the checkpoint has no tensors for layer(s) ",
-                                         absl::StrJoin(empty_layers, ", "), " (e.g. '",
-                                         Instantiate(first_key, empty_layers[0]), "' is absent)"));
-  }
-  // Every required slot must be provided; a layer with no tensors at all was reported above.
+  // Every required slot must be provided; an index with no tensors at all was reported above.
   auto display_source = [&](Slot slot, int32_t layer) {
     for (const KeyRule& rule : KeyRules()) {
       if (rule.family != family) continue;
@@ -345,21 +515,24 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     }
     return SlotName(slot, layer);
   };
-  for (int32_t l = -1; l < config.num_layers; ++l) {
-    if (l >= 0 && !layer_has_tensors[l] && empty_layers_reported) continue;
-    for (const SlotInfo& info : kSlots) {
-      if (info.per_layer != (l >= 0) || *SlotAbsentReason(info.slot, config)) continue;
-      const int32_t layer = info.per_layer ? l : -1;
-      auto it = provided.find(SlotKey{info.slot, layer});
-      if (it != provided.end()) {
-        plan.tensors.push_back(it->second);
-        continue;
+  for (Scope scope : {Scope::kModel, Scope::kTextLayer, Scope::kVisionModel, Scope::kVisionBlock}) {
+    const IndexedScope* index_info = scope_of(scope);
+    for (int32_t l = 0; l < ScopeCount(scope, config); ++l) {
+      if (index_info != nullptr && !index_info->has_tensors[l] && index_info->empty_reported) continue;
+      const int32_t layer = Indexed(scope) ? l : -1;
+      for (const SlotInfo& info : kSlots) {
+        if (info.scope != scope || *SlotAbsentReason(info.slot, config)) continue;
+        auto it = provided.find(SlotKey{info.slot, layer});
+        if (it != provided.end()) {
+          plan.tensors.push_back(it->second);
+          continue;
+        }
+        if (misshapen.count(SlotKey{info.slot, layer}) > 0) continue;
+        if (maybe_unreadable(display_source(info.slot, layer))) continue;
+        plan.problems.push_back(absl::StrCat("missing key '", display_source(info.slot, layer), "' (",
+                                             SlotName(info.slot, layer), ", expected shape ",
+                                             ShapeString(SlotShape(info.slot, config)), ")"));
       }
-      if (misshapen.count(SlotKey{info.slot, layer}) > 0) continue;
-      if (maybe_unreadable(display_source(info.slot, layer))) continue;
-      plan.problems.push_back(absl::StrCat("missing key '", display_source(info.slot, layer), "' (",
-                                           SlotName(info.slot, layer), ", expected shape ",
-                                           ShapeString(SlotShape(info.slot, config)), ")"));
     }
   }
   // A vocabulary mismatch shows up as shape mismatches; say what it means once.

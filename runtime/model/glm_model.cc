@@ -50,6 +50,40 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(
     }
     model->layers_.push_back(std::move(layer));
   }
+  if (config.vision.has_value()) {
+    auto vision = std::make_unique<VisionWeights>();
+    auto opt = [&](const std::string& name) {
+      auto it = canonical.find(name);
+      return it == canonical.end() ? at::Tensor() : it->second;
+    };
+    vision->patch_embed_weight = take("visual.patch_embed.weight");
+    vision->patch_embed_bias = take("visual.patch_embed.bias");
+    vision->post_conv_norm = take("visual.post_conv_norm.weight");
+    vision->position_embedding = take("visual.position_embedding.weight");
+    for (int32_t b = 0; b < config.vision->depth; ++b) {
+      auto name = [b](const char* slot) { return absl::StrCat("visual.blocks.", b, ".", slot); };
+      VisionWeights::Block block;
+      block.norm1 = take(name("norm1.weight"));
+      block.norm2 = take(name("norm2.weight"));
+      block.qkv_weight = take(name("qkv.weight"));
+      block.qkv_bias = opt(name("qkv.bias"));
+      block.proj_weight = take(name("proj.weight"));
+      block.gate_weight = take(name("gate.weight"));
+      block.up_weight = take(name("up.weight"));
+      block.down_weight = take(name("down.weight"));
+      vision->blocks.push_back(std::move(block));
+    }
+    vision->post_norm = take("visual.post_norm.weight");
+    vision->downsample_weight = take("visual.downsample.weight");
+    vision->downsample_bias = take("visual.downsample.bias");
+    vision->merger_proj = take("visual.merger.proj.weight");
+    vision->merger_norm_weight = take("visual.merger.norm.weight");
+    vision->merger_norm_bias = take("visual.merger.norm.bias");
+    vision->merger_gate = take("visual.merger.gate.weight");
+    vision->merger_up = take("visual.merger.up.weight");
+    vision->merger_down = take("visual.merger.down.weight");
+    model->vision_ = std::move(vision);
+  }
   // transformers: inv_freq = 1 / base^(arange(0, dim, 2) / dim), computed in float32.
   const int64_t dim = config.rotary_dim;
   if (dim > 0) {
@@ -69,7 +103,12 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::BuildRandom(const ModelConfi
   const auto options = at::TensorOptions().dtype(dtype).device(device);
   for (const MappedTensor& t : plan.tensors) {
     const bool is_norm = t.shape.size() == 1 && t.canonical.find("norm") != std::string::npos;
-    stored[t.source_key] = is_norm ? at::ones(t.shape, options) : at::randn(t.shape, options) * 0.02;
+    // A LayerNorm's bias (the vision merger's) starts at 0 as in torch, its weight at 1.
+    const bool is_norm_bias =
+        is_norm && t.canonical.size() >= 5 && t.canonical.compare(t.canonical.size() - 5, 5, ".bias") == 0;
+    stored[t.source_key] = is_norm_bias ? at::zeros(t.shape, options)
+                           : is_norm    ? at::ones(t.shape, options)
+                                        : at::randn(t.shape, options) * 0.02;
   }
   return Build(config, plan, &stored, dtype, device);
 }

@@ -31,6 +31,22 @@ struct KvPool {
   }
 };
 
+// GLM-4.1V's vision tower weights (glm4v checkpoints), validated and loaded in the model's
+// dtype on its device, in transformers' layouts: patch_embed [hidden, channels, temporal, patch,
+// patch] (Conv3d), downsample [out_hidden, hidden, merge, merge] (Conv2d), qkv fused [3 hidden,
+// hidden]. Nothing computes with them yet (issue 20, item 2); undefined tensors where the config
+// has no such tensor (qkv_bias without vision_config.attention_bias).
+struct VisionWeights {
+  struct Block {
+    at::Tensor norm1, norm2, qkv_weight, qkv_bias, proj_weight, gate_weight, up_weight, down_weight;
+  };
+  at::Tensor patch_embed_weight, patch_embed_bias, post_conv_norm, position_embedding;
+  std::vector<Block> blocks;
+  at::Tensor post_norm, downsample_weight, downsample_bias;
+  // The patch merger: proj, LayerNorm (weight and bias), then a SwiGLU MLP.
+  at::Tensor merger_proj, merger_norm_weight, merger_norm_bias, merger_gate, merger_up, merger_down;
+};
+
 class GlmModel {
  public:
   // Builds the model from the stored tensors named by `plan` (consumed: entries are released as
@@ -84,6 +100,8 @@ class GlmModel {
   at::Tensor EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv, const LayerKernels& kernels) const;
   // fp32 rotary inverse frequencies [rotary_dim / 2] on the device (undefined without rotary).
   const at::Tensor& inv_freq() const { return inv_freq_; }
+  // The vision tower's weights; null for the text architectures.
+  const VisionWeights* vision() const { return vision_.get(); }
 
  private:
   struct Layer {
@@ -106,6 +124,7 @@ class GlmModel {
   at::Device device_;
   at::Tensor embed_, lm_head_, final_norm_, inv_freq_;
   std::vector<Layer> layers_;
+  std::unique_ptr<VisionWeights> vision_;
 };
 
 }  // namespace glmserve

@@ -1,0 +1,142 @@
+// glm4v (GLM-4.1V) through the real glmserve binary: inspect shows the vision keys, text-only
+// generation matches transformers' recording (tests/fixtures/glm4v/expected.json text_cases),
+// broken checkpoints list every problem at once and exit 2, random weights build.
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+RunResult Glmserve(const std::vector<std::string>& args) {
+  const fs::path err_file = fs::temp_directory_path() / ("glmserve_cli_err_" + std::to_string(::getpid()));
+  std::string cmd = Quote(GLMSERVE_BINARY);
+  for (const std::string& a : args) cmd += " " + Quote(a);
+  cmd += " 2>" + Quote(err_file.string());
+  RunResult run;
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  char buffer[65536];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) run.out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  std::ifstream in(err_file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  run.err = ss.str();
+  fs::remove(err_file);
+  return run;
+}
+
+fs::path Fixtures() { return fs::path(GLMSERVE_FIXTURES_DIR); }
+
+json ReadJson(const fs::path& p) {
+  std::ifstream in(p);
+  return json::parse(in);
+}
+
+std::string Join(const json& ids) { return absl::StrJoin(ids.get<std::vector<int>>(), ","); }
+
+fs::path Glm4v() { return Fixtures() / "glm4v"; }
+
+TEST(Glm4vCli, TextOnlyGenerateMatchesTransformers) {
+  const json expected = ReadJson(Glm4v() / "expected.json");
+  const std::string dir = (Glm4v() / "tiny-safetensors-sharded").string();
+  ASSERT_GE(expected["text_cases"].size(), 3u);
+  for (const json& c : expected["text_cases"]) {
+    const std::string name = c["name"].get<std::string>();
+    RunResult r = Glmserve({"generate", "--model", dir, "--input-ids", Join(c["input_ids"]), "--max-new-tokens",
+                            std::to_string(c["max_new_tokens"].get<int>()), "--min-new-tokens",
+                            std::to_string(c["min_new_tokens"].get<int>()), "--json"});
+    ASSERT_EQ(r.exit_code, 0) << name << "\n" << r.err;
+    const json out = json::parse(r.out);
+    EXPECT_EQ(out["output_ids"], c["output_ids"]) << name;
+    ASSERT_EQ(out["first_logits"].size(), c["first_logits"].size()) << name;
+    for (size_t i = 0; i < out["first_logits"].size(); ++i) {
+      const double want = c["first_logits"][i].get<double>();
+      EXPECT_NEAR(out["first_logits"][i].get<double>(), want, 1e-5 + 1e-4 * std::abs(want)) << name << " [" << i << "]";
+    }
+  }
+}
+
+TEST(Glm4vCli, InspectShowsTheVisionKeys) {
+  RunResult r = Glmserve({"inspect", "--model", (Glm4v() / "tiny-safetensors-sharded").string(), "--json",
+                          "--show-mapping"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json out = json::parse(r.out);
+  EXPECT_EQ(out["loadable"], true);
+  EXPECT_EQ(out["architecture"], "glm4v");
+  EXPECT_EQ(out["format"], "safetensors-sharded");
+  EXPECT_EQ(out["dtype"], "float32");
+  EXPECT_EQ(out["mapping"].size(), 56u);
+  const std::vector<std::string> mapping = out["mapping"].get<std::vector<std::string>>();
+  for (const char* line : {"model.visual.patch_embed.proj.weight -> visual.patch_embed.weight",
+                           "model.visual.blocks.1.attn.qkv.weight -> visual.blocks.1.qkv.weight",
+                           "model.visual.merger.down_proj.weight -> visual.merger.down.weight",
+                           "model.language_model.layers.0.mlp.gate_up_proj.weight -> layers.0.gate.weight [rows 0:96], "
+                           "layers.0.up.weight [rows 96:192]"}) {
+    EXPECT_NE(std::find(mapping.begin(), mapping.end(), line), mapping.end()) << line;
+  }
+}
+
+TEST(Glm4vCli, BrokenCheckpointsListEveryProblemAtOnceAndExitTwo) {
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(Glm4v() / "broken")) {
+    const json broken = ReadJson(entry.path() / "broken.json");
+    for (const char* command : {"inspect", "generate"}) {
+      std::vector<std::string> args = {command, "--model", entry.path().string()};
+      if (std::string(command) == "generate") args.insert(args.end(), {"--input-ids", "1,2", "--max-new-tokens", "2"});
+      RunResult r = Glmserve(args);
+      EXPECT_EQ(r.exit_code, 2) << entry.path() << " " << command << "\n" << r.err;
+      EXPECT_TRUE(r.out.empty()) << r.out;
+      for (const json& needle : broken["expect_in_message"]) {
+        EXPECT_NE(r.err.find(needle.get<std::string>()), std::string::npos)
+            << entry.path() << " " << command << ": report lacks '" << needle.get<std::string>() << "':\n" << r.err;
+      }
+      EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 1);
+}
+
+TEST(Glm4vCli, RandomWeightsBuildFromTheConfigAlone) {
+  // Only config.json: the vision tensors get their shapes from vision_config too.
+  const fs::path dir = fs::temp_directory_path() / ("glmserve_glm4v_random_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(Glm4v() / "tiny-safetensors-sharded" / "config.json", dir / "config.json",
+                fs::copy_options::overwrite_existing);
+  RunResult r = Glmserve({"generate", "--model", dir.string(), "--random-weights", "--input-ids", "5,6,7",
+                          "--max-new-tokens", "3", "--json"});
+  fs::remove_all(dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["output_ids"].size(), 3u);
+}
+
+}  // namespace
