@@ -483,7 +483,7 @@ class ApiHttpServer final : public httplib::Server {
       }
       if (!ok || closed || last || conn.close_after()) break;
     }
-    if (!conn.tls_error().empty()) LogTlsError(conn, served == 0);
+    if (!conn.tls_error().empty()) LogTlsError(conn, served == 0 && conn.timed_out());
     conn.CloseNotify();
     if (conn.close_after()) LingerAndDiscard(sock);
     shutdown(sock, SHUT_RDWR);
@@ -498,7 +498,7 @@ class ApiHttpServer final : public httplib::Server {
     if (ssl_ctx_ != nullptr) {
       const auto end = accepted + std::chrono::milliseconds(std::min(kTlsRefusalMs, o.read_timeout_ms));
       if (!conn.Handshake(end, state_->stopping)) {
-        LogTlsError(conn, true);
+        LogTlsError(conn, false);  // at debug: a flood over the cap must not flood the log
         return;
       }
     }
@@ -509,13 +509,13 @@ class ApiHttpServer final : public httplib::Server {
     conn.CloseNotify();
   }
 
-  // Once per connection: a handshake that timed out at info (a slow client cut off, as a 408);
-  // any other TLS failure (no or bad client certificate, not TLS at all, reset) at debug.
-  static void LogTlsError(const Connection& conn, bool handshake) {
+  // Once per connection: a handshake that timed out at the read deadline (`slow`) at info (a slow
+  // client cut off, as a 408); any other TLS failure (no or bad client certificate, not TLS at
+  // all, reset, a refusal's handshake) at debug.
+  static void LogTlsError(const Connection& conn, bool slow) {
     std::string ip;
     int port = 0;
     conn.get_remote_ip_and_port(ip, port);
-    const bool slow = handshake && conn.timed_out();
     LogEvent(slow ? LogLevel::kInfo : LogLevel::kDebug, slow ? "tls_handshake_timeout" : "tls_error", "",
              slow ? "TLS handshake not completed within --http-read-timeout-ms; connection closed"
                   : "TLS connection failed",

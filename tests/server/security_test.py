@@ -401,6 +401,31 @@ def tls_slow_clients(args, p):
                   f"TLS slow client '{mode}': {expected[mode]} at the read deadline (got {outcome} after {dt:.2f} s)")
             check(s == 200 and fast < 1.0, f"TLS '{mode}': another HTTPS request answered meanwhile ({s}, {fast:.3f} s)")
 
+        # A refused body over TLS (Content-Length over the limit): 413, then close_notify and the
+        # linger, as in plaintext.
+        sock, obj, inc, out, _ = tls_bio(server.http_port, ctx)
+        obj.write(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000000\r\n\r\n" + b"a" * 4096)
+        sock.sendall(out.read())
+        got = b""
+        sock.settimeout(5)
+        try:
+            while b"payload_too_large" not in got:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                inc.write(chunk)
+                try:
+                    while data := obj.read(65536):
+                        got += data
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    pass
+        except OSError:
+            pass
+        sock.close()
+        check(got.startswith(b"HTTP/1.1 413") and b"payload_too_large" in got and b"Connection: close" in got,
+              f"TLS: Content-Length 100 MB answered 413 over TLS, connection closed ({got[:60]!r})")
+
         # 64 slow TLS connections (16 of each kind) and, meanwhile, a 65th client that behaves.
         base_rss = rss_kb(server.proc.pid)
         results = []
