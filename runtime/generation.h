@@ -47,7 +47,7 @@ const char* FinishReasonName(FinishReason reason);  // "length", "stop", ...
 // What a loaded model is, as reported by `inspect`, GetModelInfo and logs.
 struct ModelInfo {
   std::string directory;
-  std::string architecture;   // "chatglm" | "glm" | "glm4"
+  std::string architecture;   // "chatglm" | "glm" | "glm4" | "glm4v"
   std::string source_format;  // "safetensors", "safetensors-sharded", "pytorch-bin", "pytorch-bin-sharded"
   std::string stored_dtype;   // dtype of the weights on disk: "float32" | "float16" | "bfloat16" | "mixed"
   std::string compute_dtype;  // dtype used for compute: "float32" on CPU

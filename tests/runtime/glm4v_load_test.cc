@@ -326,6 +326,20 @@ TEST(Glm4vWeightMap, BaseModelPrefixesAndTheTextOnlyLayout) {
   EXPECT_FALSE(HasProblem(old_plan, "visual.patch_embed"));  // "visual.*" is accepted
 }
 
+TEST(Glm4vWeightMap, HalfPrecisionCheckpointsPlanAlike) {
+  const ModelConfig config = FixtureConfig();
+  auto listing = ListCheckpoint(Glm4vFixture().string());
+  ASSERT_TRUE(listing.ok());
+  for (const char* dtype : {"BF16", "F16"}) {
+    CheckpointListing l = *listing;
+    for (TensorRecord& r : l.tensors) r.dtype = dtype;
+    const WeightPlan plan = PlanWeights(config, l);
+    EXPECT_TRUE(plan.problems.empty()) << dtype;
+    EXPECT_EQ(plan.stored_dtype, std::string(dtype) == "BF16" ? "bfloat16" : "float16");
+    EXPECT_EQ(plan.tensors.size(), 58u);
+  }
+}
+
 TEST(Glm4vWeightMap, TextConfigsPlanNoVisionTensors) {
   ModelConfig text = FixtureConfig();
   text.architecture = Architecture::kGlm4;
