@@ -35,7 +35,7 @@
 #include "absl/strings/str_split.h"
 #include "glmserve/v1/inference.grpc.pb.h"
 #include "flags/flags.h"
-#include "server/request.h"
+#include "server/request/request.h"
 
 namespace glmserve::load {
 namespace {
@@ -45,7 +45,7 @@ using json = nlohmann::json;
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-// The server's code names (server/request.h): gRPC's codes are abseil's (same numbers, same names).
+// The server's code names (server/request/request.h): gRPC's codes are abseil's (same numbers, same names).
 const char* CodeName(grpc::StatusCode code) { return glmserve::CodeName(static_cast<absl::StatusCode>(code)); }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::string& path) {

@@ -3,9 +3,9 @@
 #include <cstring>
 #include <string>
 
-#include "server/cli.h"
-#include "server/doctor.h"
-#include "server/serve_command.h"
+#include "server/commands/cli.h"
+#include "server/commands/doctor.h"
+#include "server/commands/serve_command.h"
 
 namespace {
 

@@ -9,8 +9,9 @@ find_package(prometheus-cpp CONFIG REQUIRED)
 
 # Structured logs and the self-healing engine wrapper: no gRPC, no LibTorch (unit-testable).
 add_library(glmserve_obs STATIC
-  logging.cc
-  watchdog.cc
+  ops/logging.cc
+  ops/port_probe.cc
+  ops/watchdog.cc
 )
 target_include_directories(glmserve_obs PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_obs PUBLIC
@@ -20,8 +21,8 @@ target_link_libraries(glmserve_obs PUBLIC
 # API keys, TLS material, the per-client request cap (both front ends; no gRPC, no LibTorch).
 find_package(OpenSSL REQUIRED)
 add_library(glmserve_auth STATIC
-  auth.cc
-  client_quota.cc
+  request/auth.cc
+  request/client_quota.cc
 )
 target_include_directories(glmserve_auth PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_auth PUBLIC absl::status absl::statusor absl::strings OpenSSL::SSL OpenSSL::Crypto)
@@ -30,9 +31,9 @@ target_link_libraries(glmserve_auth PUBLIC absl::status absl::statusor absl::str
 # (admission, engine events off the engine thread, text, stop strings, logs, metrics). No gRPC, no
 # HTTP, no LibTorch: a front end only translates its wire format.
 add_library(glmserve_request STATIC
-  request.cc
-  request_session.cc
-  request_validation.cc
+  request/request.cc
+  request/request_session.cc
+  request/request_validation.cc
 )
 target_include_directories(glmserve_request PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_request PUBLIC
@@ -40,8 +41,8 @@ target_link_libraries(glmserve_request PUBLIC
   Threads::Threads glmserve_obs glmserve_auth nlohmann_json::nlohmann_json)
 
 add_library(glmserve_grpc STATIC
-  grpc_service.cc
-  grpc_validation.cc
+  frontend/grpc_service.cc
+  frontend/grpc_validation.cc
 )
 target_include_directories(glmserve_grpc PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_grpc PUBLIC
@@ -53,19 +54,18 @@ target_link_libraries(glmserve_grpc PUBLIC
 # carry the feature macros the .so was built with).
 pkg_check_modules(CPPHTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 add_library(glmserve_http STATIC
-  http_api.cc
-  http_server.cc
+  frontend/http_api.cc
+  frontend/http_server.cc
 )
 target_include_directories(glmserve_http PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_http PUBLIC glmserve_request glmserve_grpc glmserve_auth PkgConfig::CPPHTTPLIB OpenSSL::SSL OpenSSL::Crypto)
 
 add_library(glmserve_serve STATIC
-  serve_command.cc
-  serve_engine.cc
-  serve_flags.cc
-  metrics.cc
-  port_probe.cc
-  supervisor.cc
+  commands/serve_command.cc
+  commands/serve_engine.cc
+  commands/serve_flags.cc
+  ops/metrics.cc
+  commands/supervisor.cc
 )
 target_include_directories(glmserve_serve PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_definitions(glmserve_serve PRIVATE GLMSERVE_VERSION="${PROJECT_VERSION}")

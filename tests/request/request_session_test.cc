@@ -1,6 +1,6 @@
 // RequestSession over a fake engine: the test plays the engine thread (it calls on_tokens/on_done
 // itself), Flush() waits for the delivery workers, so nothing sleeps and every wait is bounded.
-#include "server/request_session.h"
+#include "server/request/request_session.h"
 
 #include <gtest/gtest.h>
 

@@ -1,13 +1,14 @@
-// The typed request and refusal (server/request.h): validation names fields in each front end's
+// The typed request and refusal (server/request/request.h): validation names fields in each front end's
 // dialect, and a refusal renders as a gRPC status and as an OpenAI error from its typed fields
 // alone (no message is read back).
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
 #include "runtime/engine.h"
-#include "server/http_api.h"
-#include "server/request.h"
-#include "server/request_validation.h"
+#include "server/frontend/http_api.h"
+#include "server/ops/port_probe.h"
+#include "server/request/request.h"
+#include "server/request/request_validation.h"
 
 namespace glmserve {
 namespace {

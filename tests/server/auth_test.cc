@@ -1,6 +1,6 @@
-// server/auth.h: API key loading and checking, TLS file validation (certificates made with the
+// server/request/auth.h: API key loading and checking, TLS file validation (certificates made with the
 // openssl CLI at test time; skipped without it).
-#include "server/auth.h"
+#include "server/request/auth.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

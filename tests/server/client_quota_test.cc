@@ -1,5 +1,5 @@
-// server/client_quota.h: the per-client cap on queued plus running requests.
-#include "server/client_quota.h"
+// server/request/client_quota.h: the per-client cap on queued plus running requests.
+#include "server/request/client_quota.h"
 
 #include <gtest/gtest.h>
 

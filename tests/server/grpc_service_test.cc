@@ -13,10 +13,10 @@
 
 #include "runtime/engine/engine_impl.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "server/auth.h"
-#include "server/client_quota.h"
-#include "server/grpc_service.h"
-#include "server/grpc_validation.h"
+#include "server/request/auth.h"
+#include "server/request/client_quota.h"
+#include "server/frontend/grpc_service.h"
+#include "server/frontend/grpc_validation.h"
 #include "tests/engine/fake_executor.h"
 #include "tests/server/test_client.h"
 

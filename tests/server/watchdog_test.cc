@@ -1,8 +1,8 @@
-// SelfHealingEngine (server/watchdog.h) over the real engine and tests/engine's FakeExecutor:
+// SelfHealingEngine (server/ops/watchdog.h) over the real engine and tests/engine's FakeExecutor:
 // faults are the scheduler's injected ones and the executor's gate; no gRPC, no LibTorch, no
 // model files. Time is a FakeClock shared by the watchdog and its engines: the tests advance it
 // and wait for events (a request's end, a health change, a restart), never for time to pass.
-#include "server/watchdog.h"
+#include "server/ops/watchdog.h"
 
 #include <gtest/gtest.h>
 
@@ -17,7 +17,7 @@
 
 #include "runtime/engine/clock.h"
 #include "runtime/engine/engine_impl.h"
-#include "server/logging.h"
+#include "server/ops/logging.h"
 #include "tests/engine/fake_executor.h"
 #include "tests/engine/test_util.h"
 

@@ -1,0 +1,269 @@
+#include "server/commands/cli.h"
+
+#include <cstdio>
+#include <limits>
+#include <optional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+#include "runtime/generate_once.h"
+#include "runtime/inspect.h"
+#include "runtime/model_runner.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "flags/flags.h"
+
+namespace glmserve {
+namespace {
+
+using json = nlohmann::json;
+using flags::FlagSet;
+
+int BadInput(const std::string& message) {
+  std::fprintf(stderr, "%s\n", message.c_str());
+  return kExitBadInput;
+}
+
+// Exit 2 for what the user can fix (flags, checkpoint), 1 for the rest.
+int ExitFor(const absl::Status& status) {
+  std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kNotFound:
+      return kExitBadInput;
+    default:
+      return kExitFailure;
+  }
+}
+
+json InfoJson(const ModelInfo& info) {
+  return json{{"directory", info.directory},
+              {"format", info.source_format},
+              {"architecture", info.architecture},
+              {"parameter_count", info.parameter_count},
+              {"dtype", info.stored_dtype},
+              {"layers", info.num_layers},
+              {"hidden_size", info.hidden_size},
+              {"heads", info.num_attention_heads},
+              {"kv_heads", info.num_key_value_heads},
+              {"head_dim", info.head_dim},
+              {"vocab_size", info.vocab_size},
+              {"max_position_embeddings", info.max_position_embeddings},
+              {"eos_token_ids", info.eos_token_ids}};
+}
+
+absl::Status ParseIds(const std::string& text, std::vector<int32_t>* ids) {
+  if (text.empty()) return absl::InvalidArgumentError("--input-ids: expected a comma-separated list of token ids, got nothing");
+  for (absl::string_view piece : absl::StrSplit(text, ',')) {
+    int32_t id = 0;
+    if (!absl::SimpleAtoi(piece, &id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--input-ids: '", piece, "' is not a token id; expected comma-separated integers like 1,2,3"));
+    }
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("--input-ids: ", id, " is negative; token ids start at 0"));
+    ids->push_back(id);
+  }
+  return absl::OkStatus();
+}
+
+std::string TextWithoutSpecials(const tokenizer::Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::vector<int32_t> kept;
+  for (int32_t id : ids) {
+    if (!tok.IsSpecial(id)) kept.push_back(id);
+  }
+  return tok.Decode(kept);
+}
+
+}  // namespace
+
+int RunTokenize(int argc, char** argv) {
+  std::string model, text, chat;
+  bool as_json = false, no_special = false;
+  FlagSet flags("glmserve tokenize", "--model DIR (--text TEXT | --chat TEXT) [--json] [--no-special-tokens]",
+                "Tokenizes text with a model directory's tokenizer (tokenizer.json or tokenizer.model) and prints the ids.");
+  flags.Path("model", &model, "model directory").ValueName("DIR");
+  flags.String("text", &text, "text to tokenize");
+  flags.String("chat", &chat, "instead of --text: one user message rendered with the chat template");
+  flags.Switch("no-special-tokens", &no_special, "skip the post-processor's special tokens (e.g. [gMASK]<sop>)");
+  flags.Switch("json", &as_json, "print {\"ids\", \"count\", \"format\", \"decoded\"} as one line");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+  if (model.empty()) return BadInput("--model: required, the model directory");
+  if (flags.was_set("text") == flags.was_set("chat")) return BadInput("--text: required (or --chat), exactly one");
+  absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::FromDirectory(model);
+  if (!tok.ok()) return ExitFor(tok.status());
+  std::vector<int32_t> ids;
+  if (flags.was_set("chat")) {
+    absl::StatusOr<std::vector<int32_t>> chat_ids = (*tok)->ApplyChatTemplate({{"user", chat}});
+    if (!chat_ids.ok()) return ExitFor(chat_ids.status());
+    ids = std::move(*chat_ids);
+  } else {
+    ids = (*tok)->Encode(text, !no_special);
+  }
+  if (as_json) {
+    json out{{"ids", ids}, {"count", ids.size()}, {"format", (*tok)->format()}, {"decoded", (*tok)->Decode(ids)}};
+    std::cout << out.dump() << std::endl;
+  } else {
+    std::printf("%s\n", absl::StrJoin(ids, ",").c_str());
+  }
+  return kExitOk;
+}
+
+int RunInspect(int argc, char** argv) {
+  std::string model;
+  bool as_json = false, show_mapping = false;
+  FlagSet flags("glmserve inspect", "--model DIR [--json] [--show-mapping]",
+                "Validates a checkpoint directory strictly and describes it. Exit 0 when loadable, 2 when not.");
+  flags.Path("model", &model, "checkpoint directory (config.json + weights)").ValueName("DIR");
+  flags.Switch("json", &as_json, "print one JSON object instead of text");
+  flags.Switch("show-mapping", &show_mapping, "print how every stored key maps to glmserve's canonical names");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+  if (model.empty()) return BadInput("--model: required, the checkpoint directory");
+
+  absl::StatusOr<InspectReport> report = InspectCheckpoint(model);
+  if (!report.ok()) return ExitFor(report.status());
+  const ModelInfo& info = report->info;
+  if (as_json) {
+    json out = InfoJson(info);
+    out["loadable"] = report->loadable();
+    out["problems"] = report->problems;
+    if (show_mapping) out["mapping"] = report->mapping;
+    std::cout << out.dump() << std::endl;
+    return report->loadable() ? kExitOk : kExitBadInput;
+  }
+  if (!report->loadable()) {
+    std::fprintf(stderr, "checkpoint '%s' cannot be loaded (%zu problem%s):\n%s\n", model.c_str(),
+                 report->problems.size(), report->problems.size() == 1 ? "" : "s",
+                 absl::StrJoin(report->problems, "\n").c_str());
+    return kExitBadInput;
+  }
+  std::printf("model:          %s\n", info.directory.c_str());
+  std::printf("format:         %s\n", info.source_format.c_str());
+  std::printf("architecture:   %s\n", info.architecture.c_str());
+  std::printf("parameters:     %lld\n", static_cast<long long>(info.parameter_count));
+  std::printf("dtype:          %s\n", info.stored_dtype.c_str());
+  std::printf("layers:         %d\n", info.num_layers);
+  std::printf("hidden size:    %d\n", info.hidden_size);
+  std::printf("heads:          %d\n", info.num_attention_heads);
+  std::printf("kv heads:       %d\n", info.num_key_value_heads);
+  std::printf("head dim:       %d\n", info.head_dim);
+  std::printf("vocab:          %d\n", info.vocab_size);
+  std::printf("max positions:  %d\n", info.max_position_embeddings);
+  std::printf("eos ids:        %s\n", absl::StrJoin(info.eos_token_ids, ",").c_str());
+  std::printf("validation:     ok (every key mapped, every shape and dtype as expected)\n");
+  if (show_mapping) {
+    std::printf("mapping:\n");
+    for (const std::string& line : report->mapping) std::printf("  %s\n", line.c_str());
+  }
+  return kExitOk;
+}
+
+int RunGenerate(int argc, char** argv) {
+  std::string model, input_ids_text;
+  flags::Device device;
+  flags::Dtype dtype = flags::Dtype::kAuto;
+  int32_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0;
+  float temperature = 0.0f, top_p = 1.0f;
+  uint64_t seed = 0;
+  bool as_json = false;
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  FlagSet flags("glmserve generate", "--model DIR (--input-ids 1,2,3 | --prompt TEXT | --chat TEXT) [flags]",
+                "Runs one prompt (token ids, text or a chat message) through a model and prints the generated ids.");
+  flags.Path("model", &model, "checkpoint directory").ValueName("DIR");
+  flags.String("input-ids", &input_ids_text, "prompt as comma-separated token ids, e.g. 1,2,3").ValueName("IDS");
+  flags.Int("max-new-tokens", &max_new_tokens, 1, kIntMax, "generate at most this many tokens");
+  flags.Int("min-new-tokens", &min_new_tokens, 0, kIntMax,
+            "eos ids are masked until this many tokens exist; at most --max-new-tokens");
+  flags.Number("temperature", &temperature, {0, std::numeric_limits<float>::max()},
+               "0 = greedy; otherwise sample at this temperature");
+  flags.Number("top-p", &top_p, {0, 1, /*lo_open=*/true}, "nucleus sampling mass");
+  flags.Int("top-k", &top_k, 0, kIntMax, "sample among the k most likely tokens; 0 = all");
+  flags.Uint64("seed", &seed, "sampling seed");
+  flags.Switch("json", &as_json, "print {\"output_ids\", \"first_logits\", \"finish_reason\"} as one line");
+  flags.DeviceFlag("device", &device, "where the model runs");
+  flags.DtypeFlag("dtype", &dtype, "compute dtype");
+  std::string prompt_text, chat_text, system_text;
+  flags.String("prompt", &prompt_text, "prompt text, tokenized with the model directory's tokenizer (instead of --input-ids)");
+  flags.String("chat", &chat_text, "one user message rendered with the model's chat template (instead of --input-ids)");
+  flags.String("system", &system_text, "with --chat: a system message before it");
+  bool random_weights = false;
+  flags.Switch("random-weights", &random_weights, "benchmark: random weights of --model's config.json, no weight files");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+  if (model.empty()) return BadInput("--model: required, the checkpoint directory");
+  const int inputs = flags.was_set("input-ids") + flags.was_set("prompt") + flags.was_set("chat");
+  if (inputs != 1) {
+    return BadInput("--input-ids: required (comma-separated token ids like 1,2,3), or --prompt TEXT, or --chat TEXT; exactly one");
+  }
+  std::vector<int32_t> ids;
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  if (flags.was_set("input-ids")) {
+    if (absl::Status s = ParseIds(input_ids_text, &ids); !s.ok()) return BadInput(std::string(s.message()));
+  } else {
+    absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> loaded = tokenizer::Tokenizer::FromDirectory(model);
+    if (!loaded.ok()) return ExitFor(loaded.status());
+    tok = std::move(*loaded);
+    if (flags.was_set("prompt")) {
+      ids = tok->Encode(prompt_text);
+    } else {
+      std::vector<tokenizer::Message> messages;
+      if (!system_text.empty()) messages.push_back({"system", system_text});
+      messages.push_back({"user", chat_text});
+      absl::StatusOr<std::vector<int32_t>> chat_ids = tok->ApplyChatTemplate(messages);
+      if (!chat_ids.ok()) return ExitFor(chat_ids.status());
+      ids = std::move(*chat_ids);
+    }
+    if (ids.empty()) return BadInput("--prompt: tokenizes to no ids");
+  }
+  if (min_new_tokens > max_new_tokens) {
+    return BadInput(absl::StrCat("--min-new-tokens: ", min_new_tokens, " must be in [0, --max-new-tokens=", max_new_tokens, "]"));
+  }
+
+  LoadOptions load;
+  load.device = device.ToString();
+  load.dtype = flags::DtypeName(dtype);
+  load.random_weights = random_weights;
+  absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(model, load);
+  if (!runner.ok()) return ExitFor(runner.status());
+  const ModelInfo& info = (*runner)->info();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] >= info.vocab_size) {
+      return BadInput(absl::StrCat("--input-ids: id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
+                                   info.vocab_size, ")"));
+    }
+  }
+  if (static_cast<int64_t>(ids.size()) + max_new_tokens > info.max_position_embeddings) {
+    return BadInput(absl::StrCat("--input-ids: ", ids.size(), " prompt tokens + --max-new-tokens ", max_new_tokens,
+                                 " exceed the model's max position embeddings (", info.max_position_embeddings, ")"));
+  }
+  GenerationParams params;
+  params.max_new_tokens = max_new_tokens;
+  params.min_new_tokens = min_new_tokens;
+  params.sampling.temperature = temperature;
+  params.sampling.top_p = top_p;
+  params.sampling.top_k = top_k;
+  params.sampling.seed = seed;
+  absl::StatusOr<GenerationOutput> output = GenerateOnce(**runner, ids, params);
+  if (!output.ok()) return ExitFor(output.status());
+  if (as_json) {
+    json out{{"output_ids", output->output_ids},
+             {"first_logits", output->first_logits},
+             {"finish_reason", FinishReasonName(output->finish_reason)}};
+    if (tok != nullptr) {  // text input: also the prompt ids and the text (special tokens omitted)
+      out["input_ids"] = ids;
+      out["text"] = TextWithoutSpecials(*tok, output->output_ids);
+    }
+    std::cout << out.dump() << std::endl;
+  } else {
+    std::printf("output_ids: %s\nfinish_reason: %s\n", absl::StrJoin(output->output_ids, ",").c_str(),
+                FinishReasonName(output->finish_reason));
+    if (tok != nullptr) std::printf("text: %s\n", TextWithoutSpecials(*tok, output->output_ids).c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace glmserve

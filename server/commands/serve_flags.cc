@@ -1,0 +1,217 @@
+#include "server/commands/serve_flags.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace glmserve {
+namespace {
+
+using flags::FlagSet;
+
+// --max-prefill-tokens-with-decodes when --device is a GPU and the flag is not given.
+constexpr int32_t kGpuPrefillTokensWithDecodes = 256;
+constexpr int64_t kIntMax = 2147483647;
+constexpr int64_t kMsMax = int64_t{1} << 40;  // "forever" for the millisecond flags, without overflow
+
+// Flags whose field in ServeFlags has another unit or type, or whose default depends on other
+// flags: parsed here first, moved into ServeFlags by Resolve.
+struct Staging {
+  int64_t kv_cpu_mb = 0;
+  int64_t queue_delay_us = 0;
+  int64_t prefill_cap = -1;  // unset: chosen by --device in Resolve
+  int64_t step_latency_ms = 0;
+  int64_t stall_ms = 0;
+
+  explicit Staging(const ServeFlags& f)
+      : kv_cpu_mb(f.executor.kv_cpu_budget_bytes >> 20),
+        queue_delay_us(f.engine.scheduler.max_queue_delay.count()),
+        stall_ms(f.engine.scheduler.faults.stall_duration.count()) {}
+};
+
+constexpr char kDescription[] =
+    "Loads a GLM checkpoint and serves glmserve.v1.Inference over gRPC, with grpc.health.v1 and\n"
+    "server reflection. Logs 'glmserve: serving on HOST:PORT' on stderr once the model is warm\n"
+    "(health SERVING). SIGTERM/SIGINT drains: health NOT_SERVING, new requests UNAVAILABLE,\n"
+    "in-flight requests finish (up to --drain-timeout-ms), exit 0; a second signal exits at once.\n"
+    "Bad flags exit 2 before anything is bound or loaded.";
+
+// The table of `glmserve serve`: --help is generated from it, and the defaults it shows are the
+// values `f` holds when called (ServeFlags' own).
+void Register(FlagSet& set, ServeFlags& f, Staging& s) {
+  GrpcServerOptions& g = f.grpc;
+  SchedulerOptions& sched = f.engine.scheduler;
+  FaultInjectionOptions& faults = sched.faults;
+
+  set.Section("model");
+  set.Path("model", &f.model_dir, "checkpoint directory (required)").ValueName("DIR");
+  set.DeviceFlag("device", &f.device, "where the model runs");
+  set.DtypeFlag("dtype", &f.dtype, "compute dtype");
+  set.Bool("random-weights", &f.load.random_weights, "benchmark: random weights of --model's config.json");
+
+  set.Section("network (see proto/README.md for the keepalive choices)");
+  set.String("host", &g.host, "0.0.0.0 or :: for every interface").ValueName("H").NotEmpty();
+  set.Int("port", &g.port, 0, 65535, "gRPC port; 0 picks a free port").ValueName("P");
+  set.Int("max-message-bytes", &g.max_message_bytes, 1024, kIntMax, "request and response size limit");
+  set.Int("max-concurrent-streams", &g.max_concurrent_streams, 1, kIntMax, "per HTTP/2 connection");
+  set.Int("keepalive-time-ms", &g.keepalive_time_ms, 1000, kIntMax, "ping a connection idle this long");
+  set.Int("keepalive-timeout-ms", &g.keepalive_timeout_ms, 1000, kIntMax, "close when a ping is not acked within");
+  set.Bool("keepalive-permit-without-calls", &g.keepalive_permit_without_calls, "allow client pings with no call");
+  set.Int("min-ping-interval-ms", &g.min_ping_interval_ms, 0, kIntMax, "client pings more often get GOAWAY");
+
+  set.Section("requests");
+  set.Int("max-new-tokens-cap", &g.limits.max_new_tokens_cap, 1, kIntMax, "largest max_new_tokens accepted");
+  set.Int("default-max-new-tokens", &g.limits.default_max_new_tokens, 1, kIntMax, "used when max_new_tokens is 0");
+  set.Int("max-prompt-tokens", &g.limits.max_prompt_tokens, 0, kIntMax, "longest prompt")
+      .DefaultText(absl::StrCat(g.limits.max_prompt_tokens, " = the model's max context - 1"));
+  set.Int("default-deadline-ms", &g.default_deadline_ms, 0, kMsMax,
+          "for requests sent without a deadline; 0 = none");
+  set.Bool("log-requests", &g.log_requests, "one stderr line per finished or refused request");
+  set.Bool("reflection", &g.reflection, "gRPC server reflection (grpcurl list/describe)");
+  const int64_t batch = sched.max_batch_size;
+  set.Int("max-requests-per-client", &f.max_requests_per_client, 0, kIntMax,
+          "queued plus running requests of one client (its API key, else its address); beyond: "
+          "RESOURCE_EXHAUSTED / HTTP 429; 0 = no cap")
+      .DefaultText(absl::StrCat("max(2 x --max-batch, (--max-queue + --max-batch) / 4) = ",
+                                std::max<int64_t>(2 * batch, (f.engine.max_queued_requests + batch) / 4)));
+
+  set.Section("security (server/README.md; health and /metrics stay open)");
+  set.Path("api-key-file", &f.api_key_file,
+           "API keys, one a line ('#' comments); also the environment variable GLMSERVE_API_KEY; "
+           "requests need 'authorization: Bearer KEY' (gRPC metadata / HTTP header)")
+      .DefaultText("no keys = open");
+  set.Path("tls-cert", &f.tls_cert, "PEM certificate (chain): TLS on gRPC and HTTP, with --tls-key")
+      .DefaultText("plaintext");
+  set.Path("tls-key", &f.tls_key, "PEM private key of --tls-cert");
+  set.Path("tls-client-ca", &f.tls_client_ca, "PEM CA: clients must present a certificate it signed (mutual TLS)");
+
+  set.Section("engine");
+  set.Int("max-batch", &sched.max_batch_size, 1, 1 << 16, "sequences running at once");
+  set.Int("max-queue", &f.engine.max_queued_requests, 1, kIntMax,
+          "accepted requests not yet running; beyond: RESOURCE_EXHAUSTED");
+  set.Int("max-batch-tokens", &sched.max_tokens_per_step, 1, kIntMax, "tokens per step (chunked prefill)");
+  set.Int("max-prefill-tokens-with-decodes", &s.prefill_cap, 0, kIntMax,
+          "prefill tokens in a step that also decodes (flat ITL while prompts arrive)")
+      .DefaultText(absl::StrCat(kGpuPrefillTokensWithDecodes, " on a GPU, 0 (no cap) on the CPU"));
+  set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");
+  set.Int("kv-block-size", &f.executor.block_size, 1, 4096, "tokens per KV block");
+  set.Int("kv-blocks", &f.executor.num_blocks, 0, kIntMax, "KV pool blocks")
+      .DefaultText(absl::StrCat(f.executor.num_blocks, " = sized from memory"));
+  set.Number("kv-memory-fraction", &f.executor.kv_memory_fraction, {0, 1, /*lo_open=*/true},
+             "of free GPU memory for the KV pool");
+  set.Int("kv-cpu-budget-mb", &s.kv_cpu_mb, 1, int64_t{1} << 30, "CPU KV pool size");
+
+  set.Section("lifecycle");
+  set.Int("warmup-timeout-ms", &f.warmup_timeout_ms, 1, kMsMax, "the warm-up request must finish within");
+  set.Int("drain-timeout-ms", &f.drain_timeout_ms, 0, kMsMax, "on SIGTERM wait this long for in-flight requests");
+  set.Int("shutdown-grace-ms", &f.shutdown_grace_ms, 0, kMsMax, "then this long before open calls are cancelled");
+
+  set.Section("observability (docs/operations.md)");
+  set.Int("metrics-port", &f.metrics_port, 0, 65535, "Prometheus GET /metrics on --host:P; 0 = off").ValueName("P");
+  set.Int("http-port", &f.http_port, 0, 65535,
+          "OpenAI-compatible HTTP/JSON API on --host:P (/v1/chat/completions, /v1/completions, "
+          "/v1/models, /health); 0 picks a free port and logs 'glmserve: http serving on HOST:PORT'")
+      .ValueName("P")
+      .DefaultText("off");
+  set.Int("http-threads", &f.http_threads, 2, 4096, "HTTP API requests answered at once");
+  set.Int("http-max-waiting", &f.http_max_waiting, 0, 1 << 20,
+          "HTTP requests waiting for one of those (in glmserve_queue_depth); beyond: 429 + Retry-After at once");
+  set.Int("http-max-connections", &f.http_max_connections, 1, 1 << 20,
+          "open HTTP connections (a thread each, idle ones included); beyond: 503 and closed");
+  set.Int("http-read-timeout-ms", &f.http_read_timeout_ms, 100, kMsMax,
+          "a request's head and body must arrive within (slow clients get 408 and are closed; idle "
+          "keep-alive closes after 5 s)");
+  set.Choice("log-level", &f.log_level, {"debug", "info", "warn", "error"}, "");
+  set.Choice("log-format", &f.log_format, {"json", "text"},
+             "json: one object per line {time,level,request_id,event,msg,fields}");
+
+  set.Section("self-healing (docs/operations.md)");
+  set.Switch("supervise", &f.supervise,
+             "run the server as a child process; restart it when it dies (backoff as below); "
+             "SIGTERM/SIGINT are forwarded for a drain");
+  set.Int("stall-timeout-ms", &f.stall_timeout_ms, 10, kMsMax,
+          "a step longer than this is an engine fault (NOT_SERVING, rebuild)");
+  set.Int("restart-backoff-ms", &f.restart_backoff_ms, 0, kMsMax,
+          "first engine rebuild / child restart delay, doubled per consecutive failure");
+  set.Int("restart-backoff-max-ms", &f.restart_backoff_max_ms, 0, kMsMax, "backoff cap");
+  set.Int("max-restarts", &f.max_restarts, 1, kIntMax,
+          "failures within --restart-window-ms before giving up (stay NOT_SERVING / supervisor exits)");
+  set.Int("restart-window-ms", &f.restart_window_ms, 1, kMsMax, "");
+  set.Int("canary-interval-ms", &f.canary_interval_ms, 0, kMsMax,
+          "while idle, a 1-token forward every N ms; failure = engine fault; 0 = off");
+
+  set.Section("test hooks (off by default; faults hit the first engine only unless --debug-faults-persist)");
+  set.Int("debug-step-latency-ms", &s.step_latency_ms, 0, 1 << 20, "sleep this long in every engine step");
+  set.Int("debug-inject-oom-above", &f.debug_inject_oom_above, 0, kIntMax,
+          "a step with more than N sequences runs out of memory in the executor (its real OOM path; "
+          "the batch limit halves)");
+  set.Int("debug-throw-on-step", &faults.throw_on_step, 0, kMsMax, "the K-th step attempt throws (an engine fault)")
+      .ValueName("K");
+  set.Int("debug-stall-on-step", &faults.stall_on_step, 0, kMsMax,
+          "the K-th step attempt hangs for --debug-stall-ms")
+      .ValueName("K");
+  set.Int("debug-stall-ms", &s.stall_ms, 0, kMsMax, "");
+  set.Bool("debug-faults-persist", &f.debug_faults_persist, "faults also apply to rebuilt engines");
+}
+
+// Moves the staged values into place and checks what concerns several flags.
+absl::Status Resolve(const Staging& s, ServeFlags& f) {
+  SchedulerOptions& sched = f.engine.scheduler;
+  f.load.device = f.device.ToString();
+  f.load.dtype = flags::DtypeName(f.dtype);
+  f.executor.kv_cpu_budget_bytes = s.kv_cpu_mb << 20;
+  sched.max_queue_delay = std::chrono::microseconds(s.queue_delay_us);
+  // Unset: a GPU caps the prefill of a step that also decodes at kGpuPrefillTokensWithDecodes (a
+  // mixed step then takes at most ~1.5x a decode step at 64 streams on an H200, see
+  // bench/results/gpu.md); the CPU, where prefill tokens cost as much as decode rows, has no cap.
+  sched.max_prefill_tokens_with_decodes =
+      s.prefill_cap >= 0 ? s.prefill_cap : (f.device.is_cuda() ? kGpuPrefillTokensWithDecodes : 0);
+  sched.faults.step_latency = std::chrono::milliseconds(s.step_latency_ms);
+  sched.faults.stall_duration = std::chrono::milliseconds(s.stall_ms);
+  // Unset: one client may hold a quarter of what the server admits (running plus queued), so
+  // at least three others always find room, but never less than two batches, so a lone client (a
+  // benchmark, a gateway without API keys) still fills every batch slot with the next batch
+  // queued behind it (no idle step between batches).
+  if (f.max_requests_per_client < 0) {
+    const int64_t batch = sched.max_batch_size;
+    f.max_requests_per_client = std::max<int64_t>(2 * batch, (f.engine.max_queued_requests + batch) / 4);
+  }
+  f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;
+  if (sched.max_tokens_per_step < sched.max_batch_size) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-batch-tokens: ", sched.max_tokens_per_step,
+                                                   " must be >= --max-batch ", sched.max_batch_size));
+  }
+  if (f.model_dir.empty()) return absl::InvalidArgumentError("--model: required");
+  if (f.grpc.limits.default_max_new_tokens > f.grpc.limits.max_new_tokens_cap) {
+    return absl::InvalidArgumentError(absl::StrCat("--default-max-new-tokens: ", f.grpc.limits.default_max_new_tokens,
+                                                   " is above --max-new-tokens-cap ",
+                                                   f.grpc.limits.max_new_tokens_cap));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string ServeUsage() {
+  ServeFlags f;
+  Staging s(f);
+  FlagSet set("glmserve serve", "--model DIR [flags]", kDescription);
+  Register(set, f, s);
+  return set.Usage();
+}
+
+absl::StatusOr<ServeFlags> ParseServeFlags(int argc, char** argv) {
+  ServeFlags f;
+  Staging s(f);
+  FlagSet set("glmserve serve", "--model DIR [flags]", kDescription);
+  Register(set, f, s);
+  if (absl::Status parsed = set.Parse(argc, argv); !parsed.ok()) return parsed;
+  if (set.help_requested()) {
+    f.help = true;
+    return f;
+  }
+  if (absl::Status resolved = Resolve(s, f); !resolved.ok()) return resolved;
+  return f;
+}
+
+}  // namespace glmserve

@@ -1,0 +1,453 @@
+#include "server/frontend/http_api.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "server/request/request_validation.h"
+
+namespace glmserve {
+namespace {
+
+using nlohmann::json;
+
+Refusal Bad(std::string param, const std::string& message, RefusalKind kind = RefusalKind::kInvalidValue) {
+  return InvalidField(std::move(param), message, kind);
+}
+
+const char* TypeName(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::string: return "a string";
+    case json::value_t::array: return "an array";
+    case json::value_t::object: return "an object";
+    case json::value_t::number_float: return "a number";
+    default: return "an integer";
+  }
+}
+
+Refusal WrongType(const std::string& path, const json& v, const char* expected) {
+  return Bad(path, absl::StrCat("expected ", expected, ", got ", TypeName(v)), RefusalKind::kInvalidType);
+}
+
+// Nesting depth outside strings, without building anything (a guard before the real parse).
+int MaxDepth(const std::string& body) {
+  int depth = 0;
+  int max_depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < body.size(); ++i) {
+    const char c = body[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      max_depth = std::max(max_depth, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return max_depth;
+}
+
+// Optional typed fields: absent or null -> nullopt-like (returns false without error).
+std::optional<Refusal> GetNumber(const json& body, const char* key, double lo, double hi,
+                                   std::optional<double>* out) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number()) return WrongType(key, *it, "a number");
+  const double v = it->get<double>();
+  if (!std::isfinite(v) || v < lo || v > hi) {
+    return Bad(key, absl::StrCat(v, " is outside [", lo, ", ", hi, "]"));
+  }
+  *out = v;
+  return std::nullopt;
+}
+
+std::optional<Refusal> GetInt(const json& body, const char* key, int64_t lo, int64_t hi,
+                                std::optional<int64_t>* out) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number_integer()) {
+    if (it->is_number_float()) {
+      const double d = it->get<double>();
+      if (std::isfinite(d) && d == std::floor(d) && d >= static_cast<double>(lo) && d <= static_cast<double>(hi)) {
+        *out = static_cast<int64_t>(d);
+        return std::nullopt;
+      }
+    }
+    return WrongType(key, *it, "an integer");
+  }
+  if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(hi)) {
+    return Bad(key, absl::StrCat(it->get<uint64_t>(), " is outside [", lo, ", ", hi, "]"));
+  }
+  const int64_t v = it->get<int64_t>();
+  if (v < lo || v > hi) return Bad(key, absl::StrCat(v, " is outside [", lo, ", ", hi, "]"));
+  *out = v;
+  return std::nullopt;
+}
+
+std::optional<Refusal> GetBool(const json& body, const char* key, bool* out) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_boolean()) return WrongType(key, *it, "a boolean");
+  *out = it->get<bool>();
+  return std::nullopt;
+}
+
+// Content of one chat message: a string, or a list of parts whose text parts are joined.
+std::optional<Refusal> MessageContent(const json& content, const std::string& path, std::string* out) {
+  if (content.is_string()) {
+    *out = content.get<std::string>();
+    return std::nullopt;
+  }
+  if (!content.is_array()) return WrongType(path, content, "a string or an array of content parts");
+  std::string text;
+  for (size_t j = 0; j < content.size(); ++j) {
+    const json& part = content[j];
+    const std::string ppath = absl::StrCat(path, "[", j, "]");
+    if (!part.is_object()) return WrongType(ppath, part, "an object");
+    auto type = part.find("type");
+    if (type == part.end() || type->is_null()) return Bad(ppath + ".type", "missing", RefusalKind::kMissingParameter);
+    if (!type->is_string()) return WrongType(ppath + ".type", *type, "a string");
+    const std::string t = type->get<std::string>();
+    if (t == "text" || t == "input_text") {
+      auto it = part.find("text");
+      if (it == part.end() || it->is_null()) return Bad(ppath + ".text", "missing", RefusalKind::kMissingParameter);
+      if (!it->is_string()) return WrongType(ppath + ".text", *it, "a string");
+      if (!text.empty()) text += "\n";
+      text += it->get<std::string>();
+    } else if (t == "image_url" || t == "input_image" || t == "image" || t == "input_audio" ||
+               t == "audio" || t == "video_url" || t == "file") {
+      return Bad(ppath, absl::StrCat("content part type '", t,
+                                     "' is not supported: the loaded model has no vision input "
+                                     "(text parts only)"),
+                 RefusalKind::kUnsupportedContent);
+    } else {
+      return Bad(ppath + ".type", absl::StrCat("unknown content part type '", t, "'; expected 'text'"));
+    }
+  }
+  *out = std::move(text);
+  return std::nullopt;
+}
+
+std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_request) {
+  auto it = body.find("messages");
+  if (it == body.end() || it->is_null()) return Bad("messages", "missing (an array of {role, content})", RefusalKind::kMissingParameter);
+  if (!it->is_array()) return WrongType("messages", *it, "an array");
+  if (it->empty()) return Bad("messages", "must contain at least one message");
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string path = absl::StrCat("messages[", i, "]");
+    if (!m.is_object()) return WrongType(path, m, "an object");
+    auto role = m.find("role");
+    if (role == m.end() || role->is_null()) return Bad(path + ".role", "missing", RefusalKind::kMissingParameter);
+    if (!role->is_string()) return WrongType(path + ".role", *role, "a string");
+    const std::string r = role->get<std::string>();
+    if (r != "system" && r != "user" && r != "assistant") {
+      return Bad(path + ".role", absl::StrCat("unknown role '", r, "'; expected system, user or assistant"));
+    }
+    auto content = m.find("content");
+    if (content == m.end() || content->is_null()) {
+      return Bad(path + ".content", "missing", RefusalKind::kMissingParameter);
+    }
+    std::string text;
+    if (auto e = MessageContent(*content, path + ".content", &text)) return e;
+    if (auto name = m.find("name"); name != m.end() && !name->is_null() && !name->is_string()) {
+      return WrongType(path + ".name", *name, "a string");
+    }
+    if (auto tc = m.find("tool_calls"); tc != m.end() && !tc->is_null()) {
+      return Bad(path + ".tool_calls", "tool calls are not supported", RefusalKind::kUnsupportedParameter);
+    }
+    out_request->messages.push_back({r, std::move(text)});
+  }
+  return std::nullopt;
+}
+
+std::optional<Refusal> ParsePrompt(const json& body, GenerateRequest* out_request) {
+  auto it = body.find("prompt");
+  if (it == body.end() || it->is_null()) return Bad("prompt", "missing (a string or an array of token ids)", RefusalKind::kMissingParameter);
+  if (it->is_string()) {
+    if (it->get_ref<const std::string&>().empty()) return Bad("prompt", "must not be empty");
+    out_request->prompt = it->get<std::string>();
+    return std::nullopt;
+  }
+  if (!it->is_array()) return WrongType("prompt", *it, "a string or an array of token ids");
+  if (it->empty()) return Bad("prompt", "must not be empty");
+  const json* ids = &*it;
+  std::string prefix = "prompt";
+  if ((*it)[0].is_string() || (*it)[0].is_array()) {  // a batch: n = 1 prompt only
+    if (it->size() != 1) return Bad("prompt", "only one prompt per request is supported");
+    if ((*it)[0].is_string()) {
+      if ((*it)[0].get_ref<const std::string&>().empty()) return Bad("prompt[0]", "must not be empty");
+      out_request->prompt = (*it)[0].get<std::string>();
+      return std::nullopt;
+    }
+    ids = &(*it)[0];
+    prefix = "prompt[0]";
+    if (ids->empty()) return Bad(prefix, "must not be empty");
+  }
+  for (size_t i = 0; i < ids->size(); ++i) {
+    const json& v = (*ids)[i];
+    const std::string path = absl::StrCat(prefix, "[", i, "]");
+    if (!v.is_number_integer()) return WrongType(path, v, "an integer token id");
+    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())
+                               : (v.get<int64_t>() < 0 || v.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
+      return Bad(path, absl::StrCat(v.dump(), " is not a token id"));
+    }
+    out_request->input_ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string HttpErrorBody(const HttpError& error) {
+  json e = {{"message", error.message},
+            {"type", error.type},
+            {"param", error.param.empty() ? json(nullptr) : json(error.param)},
+            {"code", error.code.empty() ? json(nullptr) : json(error.code)}};
+  return json{{"error", e}}.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out) {
+  out->kind = kind;
+  if (MaxDepth(body) > kMaxJsonDepth) {
+    return Bad("", absl::StrCat("request body nests deeper than ", kMaxJsonDepth, " levels"), RefusalKind::kInvalidJson);
+  }
+  json parsed;
+  try {
+    parsed = json::parse(body);
+  } catch (const json::parse_error& e) {
+    // e.what(): "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ..."
+    std::string what = e.what();
+    const size_t at = what.find("] ");
+    if (at != std::string::npos) what = what.substr(at + 2);
+    return Bad("", absl::StrCat("invalid JSON at byte ", e.byte, ": ", what), RefusalKind::kInvalidJson);
+  } catch (const std::exception& e) {
+    return Bad("", absl::StrCat("invalid JSON: ", e.what()), RefusalKind::kInvalidJson);
+  }
+  if (!parsed.is_object()) return Bad("", absl::StrCat("request body must be a JSON object, got ", TypeName(parsed)), RefusalKind::kInvalidType);
+
+  if (auto it = parsed.find("model"); it == parsed.end() || it->is_null()) {
+    return Bad("model", "missing", RefusalKind::kMissingParameter);
+  } else if (!it->is_string()) {
+    return WrongType("model", *it, "a string");
+  } else {
+    out->model = it->get<std::string>();
+  }
+  GenerateRequest& request = out->request;
+  if (kind == ApiKind::kChat) {
+    if (auto e = ParseMessages(parsed, &request)) return e;
+  } else {
+    if (auto e = ParsePrompt(parsed, &request)) return e;
+  }
+
+  std::optional<int64_t> max_tokens;
+  const char* max_key = "max_tokens";
+  if (kind == ApiKind::kChat && parsed.contains("max_completion_tokens") &&
+      !parsed["max_completion_tokens"].is_null()) {
+    max_key = "max_completion_tokens";
+  }
+  if (auto e = GetInt(parsed, max_key, 1, std::numeric_limits<int32_t>::max(), &max_tokens)) return e;
+  if (max_tokens) request.max_new_tokens = static_cast<int32_t>(*max_tokens);
+
+  std::optional<double> temperature, top_p, freq, presence;
+  if (auto e = GetNumber(parsed, "temperature", 0.0, 2.0, &temperature)) return e;
+  if (temperature) request.temperature = static_cast<float>(*temperature);
+  if (auto e = GetNumber(parsed, "top_p", 0.0, 1.0, &top_p)) return e;
+  if (top_p) {
+    if (*top_p <= 0.0) return Bad("top_p", absl::StrCat(*top_p, " is outside (0, 1]"));
+    request.top_p = static_cast<float>(*top_p);
+  }
+  if (auto e = GetNumber(parsed, "frequency_penalty", kMinOpenAiPenalty, kMaxOpenAiPenalty, &freq)) return e;
+  if (freq) request.frequency_penalty = static_cast<float>(*freq);
+  if (auto e = GetNumber(parsed, "presence_penalty", kMinOpenAiPenalty, kMaxOpenAiPenalty, &presence)) return e;
+  if (presence) request.presence_penalty = static_cast<float>(*presence);
+  // vLLM's extra sampling parameter: 1 = off; unlike the proto, 0 is refused (not "unset").
+  std::optional<double> repetition;
+  const double inf = std::numeric_limits<double>::infinity();
+  if (auto e = GetNumber(parsed, "repetition_penalty", -inf, inf, &repetition)) {
+    if (e->kind != RefusalKind::kInvalidType) {  // NaN/inf cannot come from JSON; kept for safety
+      e->message = absl::StrCat("repetition_penalty: must be in (0, ", kMaxRepetitionPenalty, "] (1 = off)");
+    }
+    return e;
+  }
+  if (repetition) {
+    if (!(*repetition > 0.0 && *repetition <= kMaxRepetitionPenalty)) {
+      return Bad("repetition_penalty", absl::StrCat(*repetition, " is outside (0, ", kMaxRepetitionPenalty, "] (1 = off)"));
+    }
+    request.repetition_penalty = static_cast<float>(*repetition);
+  }
+  // vLLM's extra parameters for fixed-length output: stop ids are ignored until min_tokens new
+  // tokens exist (the proto's min_new_tokens); ignore_eos = min_tokens equal to max_tokens.
+  std::optional<int64_t> min_tokens;
+  if (auto e = GetInt(parsed, "min_tokens", 0, std::numeric_limits<int32_t>::max(), &min_tokens)) return e;
+  if (min_tokens) request.min_new_tokens = static_cast<int32_t>(*min_tokens);
+  if (auto e = GetBool(parsed, "ignore_eos", &request.min_equals_max)) return e;
+
+  std::optional<int64_t> seed, n, top_k;
+  if (auto e = GetInt(parsed, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), &seed)) return e;
+  if (seed) request.seed = static_cast<uint64_t>(*seed);
+  if (auto e = GetInt(parsed, "n", 1, 1, &n)) {
+    e->message = "n: only n = 1 is supported";
+    return e;
+  }
+  if (auto e = GetInt(parsed, "top_k", 0, std::numeric_limits<int32_t>::max(), &top_k)) return e;
+  if (top_k) request.top_k = static_cast<int32_t>(*top_k);
+
+  if (auto it = parsed.find("stop"); it != parsed.end() && !it->is_null()) {
+    if (it->is_string()) {
+      request.stop.push_back(it->get<std::string>());
+    } else if (it->is_array()) {
+      for (size_t i = 0; i < it->size(); ++i) {
+        if (!(*it)[i].is_string()) return WrongType(absl::StrCat("stop[", i, "]"), (*it)[i], "a string");
+        request.stop.push_back((*it)[i].get<std::string>());
+      }
+    } else {
+      return WrongType("stop", *it, "a string or an array of strings");
+    }
+  }
+
+  if (auto e = GetBool(parsed, "stream", &out->stream)) return e;
+  if (auto it = parsed.find("stream_options"); it != parsed.end() && !it->is_null()) {
+    if (!it->is_object()) return WrongType("stream_options", *it, "an object");
+    if (!out->stream) return Bad("stream_options", "only allowed when stream is true");
+    if (auto e = GetBool(*it, "include_usage", &out->include_usage)) {
+      e->field = "stream_options.include_usage";
+      e->message = "stream_options." + e->message;
+      return e;
+    }
+  }
+  bool flag = false;
+  if (auto e = GetBool(parsed, "logprobs", &flag)) {
+    if (kind == ApiKind::kChat) return e;
+  }
+  if (kind == ApiKind::kChat && flag) return Bad("logprobs", "not supported", RefusalKind::kUnsupportedParameter);
+  if (kind == ApiKind::kCompletion) {
+    if (auto it = parsed.find("logprobs"); it != parsed.end() && !it->is_null()) {
+      if (!it->is_number_integer()) return WrongType("logprobs", *it, "an integer");
+      if (it->get<int64_t>() != 0) return Bad("logprobs", "not supported", RefusalKind::kUnsupportedParameter);
+    }
+    bool echo = false;
+    if (auto e = GetBool(parsed, "echo", &echo)) return e;
+    if (echo) return Bad("echo", "not supported", RefusalKind::kUnsupportedParameter);
+    std::optional<int64_t> best_of;
+    if (auto e = GetInt(parsed, "best_of", 1, 1, &best_of)) {
+      e->message = "best_of: only best_of = 1 is supported";
+      return e;
+    }
+    if (auto it = parsed.find("suffix"); it != parsed.end() && !it->is_null()) {
+      return Bad("suffix", "not supported", RefusalKind::kUnsupportedParameter);
+    }
+  }
+  if (auto it = parsed.find("tools"); it != parsed.end() && !it->is_null()) {
+    if (!it->is_array()) return WrongType("tools", *it, "an array");
+    if (!it->empty()) return Bad("tools", "tool calling is not supported", RefusalKind::kUnsupportedParameter);
+  }
+  if (auto it = parsed.find("user"); it != parsed.end() && !it->is_null() && !it->is_string()) {
+    return WrongType("user", *it, "a string");
+  }
+  if (auto it = parsed.find("response_format"); it != parsed.end() && !it->is_null()) {
+    if (!it->is_object()) return WrongType("response_format", *it, "an object");
+    auto type = it->find("type");
+    if (type == it->end() || !type->is_string()) return Bad("response_format.type", "expected a string", RefusalKind::kInvalidType);
+    if (type->get<std::string>() != "text") {
+      return Bad("response_format.type", "only 'text' is supported", RefusalKind::kUnsupportedParameter);
+    }
+  }
+  return std::nullopt;
+}
+
+HttpError ToHttpError(const Refusal& refusal) {
+  HttpError e;
+  e.message = refusal.message;
+  e.param = refusal.field;
+  // 429 and 503 say when to come back: the refusal's hint, at least a second.
+  auto busy = [&](int status, const char* type, const char* code) {
+    e.status = status;
+    e.type = type;
+    e.code = code;
+    e.retry_after_s = static_cast<int>(std::max<int64_t>(1, (refusal.retry_after_ms + 999) / 1000));
+  };
+  switch (refusal.kind) {
+    case RefusalKind::kInvalidValue: e.code = "invalid_value"; break;
+    case RefusalKind::kInvalidType: e.code = "invalid_type"; break;
+    case RefusalKind::kMissingParameter: e.code = "missing_required_parameter"; break;
+    case RefusalKind::kUnsupportedParameter: e.code = "unsupported_parameter"; break;
+    case RefusalKind::kUnsupportedContent: e.code = "unsupported_content_type"; break;
+    case RefusalKind::kInvalidJson: e.code = "invalid_json"; break;
+    case RefusalKind::kContextLength: e.code = "context_length_exceeded"; break;
+    case RefusalKind::kBadRequest: e.code = "bad_request"; break;
+    case RefusalKind::kPayloadTooLarge:
+      e.status = 413;
+      e.code = "payload_too_large";
+      break;
+    case RefusalKind::kUnsupportedMediaType:
+      e.status = 415;
+      e.code = "unsupported_media_type";
+      break;
+    case RefusalKind::kNotFound:
+      e.status = 404;
+      e.code = "not_found";
+      break;
+    case RefusalKind::kRequestTimeout:
+      e.status = 408;
+      e.code = "request_timeout";
+      break;
+    case RefusalKind::kUnauthenticated:
+      e.status = 401;
+      e.code = "invalid_api_key";
+      break;
+    case RefusalKind::kClientQuota: busy(429, "rate_limit_error", "rate_limit_exceeded"); break;
+    case RefusalKind::kQueueFull: busy(429, "rate_limit_error", "overloaded"); break;
+    case RefusalKind::kDraining: busy(503, "service_unavailable_error", "draining"); break;
+    case RefusalKind::kUnavailable: busy(503, "service_unavailable_error", "unavailable"); break;
+    case RefusalKind::kTooManyConnections: busy(503, "service_unavailable_error", "too_many_connections"); break;
+    case RefusalKind::kDeadline:
+      e.status = 504;
+      e.type = "timeout_error";
+      e.code = "deadline_exceeded";
+      if (e.param.empty()) e.param = "timeout";
+      break;
+    case RefusalKind::kCancelled:
+      e.status = 499;  // the client closed: sent as 400 where anything is still sent
+      e.code = "cancelled";
+      break;
+    case RefusalKind::kInternal:
+      e.status = 500;
+      e.type = "server_error";
+      e.code = "internal_error";
+      break;
+  }
+  return e;
+}
+
+std::optional<Refusal> ParseTimeout(const std::string& text, const std::string& param,
+                                      std::chrono::milliseconds* out) {
+  std::string number = text;
+  double scale = 1000.0;
+  if (number.size() > 2 && number.compare(number.size() - 2, 2, "ms") == 0) {
+    number.resize(number.size() - 2);
+    scale = 1.0;
+  } else if (number.size() > 1 && number.back() == 's') {
+    number.pop_back();
+  }
+  char* end = nullptr;
+  const double v = number.empty() ? -1 : std::strtod(number.c_str(), &end);
+  if (number.empty() || end == nullptr || *end != '\0' || !std::isfinite(v) || v <= 0 || v * scale > 86400e3) {
+    return Bad(param, absl::StrCat("'", text.substr(0, 64), "' is not a timeout in (0, 86400] seconds (e.g. 2.5, 300ms)"));
+  }
+  *out = std::chrono::milliseconds(std::max<int64_t>(1, static_cast<int64_t>(v * scale)));
+  return std::nullopt;
+}
+
+}  // namespace glmserve

@@ -1,0 +1,1261 @@
+#include "server/frontend/http_server.h"
+
+#include <fcntl.h>
+#include <httplib.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "server/ops/port_probe.h"
+#include "server/request/auth.h"
+#include "server/request/client_quota.h"
+#include "server/frontend/http_api.h"
+#include "server/ops/logging.h"
+#include "server/request/request.h"
+#include "server/request/request_session.h"
+#include "server/request/request_validation.h"
+
+namespace glmserve {
+
+using nlohmann::json;
+
+namespace {
+
+std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+int64_t NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+struct HttpServer::State {
+  explicit State(const HttpServerOptions& o) : options(o), sessions(SessionsOptions(o)) {}
+  static RequestSessionsOptions SessionsOptions(const HttpServerOptions& o) {
+    RequestSessionsOptions s;
+    s.limits = o.limits;
+    s.log_requests = o.log_requests;
+    s.observer = o.observer;
+    s.client_quota = o.client_quota;
+    s.id_prefix = "glmh";
+    s.loading_message = "model is loading or restarting; retry later";
+    return s;
+  }
+  const HttpServerOptions options;
+  // Admission, validation, engine events, text, logs and metrics (server/request/request_session.h).
+  RequestSessions sessions;
+  std::atomic<bool> stopping{false};
+
+  mutable std::mutex mu;
+  std::condition_variable idle_cv;
+  InferenceEngine* engine = nullptr;  // guarded by mu
+  bool serving = false;               // guarded by mu
+  bool draining = false;              // guarded by mu
+  int active = 0;                     // guarded by mu
+  // Connections (each on a thread of its own) and API requests being answered / waiting for a
+  // serving slot (HttpServerOptions::threads, max_waiting, max_connections).
+  int connections = 0;                // guarded by mu
+  int tls_refusals = 0;               // guarded by mu; TLS connections over the cap being answered 503
+  std::condition_variable connections_cv;
+  int api_serving = 0;                // guarded by mu
+  int api_waiting = 0;                // guarded by mu
+  std::condition_variable slot_cv;
+
+  void CallStarted() {
+    std::lock_guard<std::mutex> lock(mu);
+    ++active;
+  }
+  void CallDone() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (--active == 0) idle_cv.notify_all();
+  }
+};
+
+namespace {
+
+using State = HttpServer::State;
+using Clock = std::chrono::steady_clock;
+
+int PollFd(int fd, short events, int64_t timeout_ms) {
+  pollfd p{fd, events, 0};
+  const auto end = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, timeout_ms));
+  for (;;) {
+    const int64_t left =
+        std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
+    const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
+    if (r < 0 && errno == EINTR) continue;
+    return r;
+  }
+}
+
+void SocketAddress(int fd, bool peer, std::string& ip, int& port) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  const int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len)
+                     : getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  if (r != 0) return;
+  char host[NI_MAXHOST];
+  char serv[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, serv, sizeof serv,
+                  NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+    ip = host;
+    port = std::atoi(serv);
+  }
+}
+
+int64_t MsUntil(Clock::time_point end) {
+  if (end == Clock::time_point::max()) return int64_t{1} << 30;
+  return std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count();
+}
+
+// The HTTPS context (--tls-cert/--tls-key, --tls-client-ca: mutual), set as cpp-httplib 0.11's
+// SSLServer sets its own, so a client sees the same server as before: TLS 1.1 and up, no
+// compression, no session resumption on renegotiation, the certificate chain file and the key; with
+// a client CA, a client certificate that CA signed is required (no CA names sent, as httplib).
+struct SslCtxFree {
+  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
+};
+struct SslFree {
+  void operator()(SSL* ssl) const { SSL_free(ssl); }
+};
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
+using SslPtr = std::unique_ptr<SSL, SslFree>;
+
+absl::StatusOr<SslCtxPtr> MakeServerContext(const TlsConfig& tls) {
+  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  if (ctx == nullptr) {
+    ERR_clear_error();
+    return absl::InternalError("--tls-cert: OpenSSL could not create a TLS context for the HTTP server");
+  }
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_COMPRESSION | SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION);
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_1_VERSION);
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.cert_file.c_str()) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx.get(), tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-cert: the HTTP server cannot use '", tls.cert_file, "' / '", tls.key_file, "'"));
+  }
+  if (tls.mutual()) {
+    if (SSL_CTX_load_verify_locations(ctx.get(), tls.client_ca_file.c_str(), nullptr) != 1) {
+      ERR_clear_error();
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-client-ca: the HTTP server cannot use '", tls.client_ca_file, "'"));
+    }
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  return ctx;
+}
+
+// The first OpenSSL error on the thread's queue as text ("" when none), the queue cleared.
+std::string TakeOpenSslError() {
+  const unsigned long e = ERR_get_error();
+  ERR_clear_error();
+  if (e == 0) return "";
+  char text[256];
+  ERR_error_string_n(e, text, sizeof text);
+  return text;
+}
+
+// One accepted connection as cpp-httplib's Stream, with what its SocketStream and SSLSocketStream
+// lack: a deadline on the whole request (head and body) rather than on each read, so a client
+// sending a byte a second is cut off (slowloris); the thread-local current connection lets
+// handlers end the read phase and ask for a close (a refused body left unread).
+// The transport is the plain socket (blocking, as httplib leaves it) or, with TLS, an SSL over
+// the socket made non-blocking: the handshake and every SSL_read / SSL_write retry on
+// WANT_READ / WANT_WRITE after a poll() bounded by the same deadline, so a partial TLS record
+// (a client trickling one byte by byte) never holds a read past it, as a blocking SSL_read
+// waiting for the whole record would.
+class Connection final : public httplib::Stream {
+ public:
+  Connection(int fd, SSL* ssl, int64_t write_timeout_ms) : fd_(fd), ssl_(ssl), write_timeout_ms_(write_timeout_ms) {}
+
+  bool is_readable() const override {
+    return buffered() > 0 || PollFd(fd_, POLLIN, ReadWaitMs()) > 0;
+  }
+  bool is_writable() const override { return PollFd(fd_, POLLOUT, write_timeout_ms_) > 0; }
+  ssize_t read(char* ptr, size_t size) override {
+    if (size == 0) return 0;
+    if (pos_ == len_) {
+      const ssize_t n = ssl_ != nullptr ? FillTls() : FillPlain();
+      if (n <= 0) return n;
+      pos_ = 0;
+      len_ = static_cast<size_t>(n);
+    }
+    const size_t n = std::min(size, len_ - pos_);
+    std::memcpy(ptr, buf_ + pos_, n);
+    pos_ += n;
+    return static_cast<ssize_t>(n);
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    if (ssl_ != nullptr) return WriteTls(ptr, size, Clock::now() + std::chrono::milliseconds(write_timeout_ms_));
+    if (!is_writable()) return -1;
+    ssize_t n;
+    do {
+      n = send(fd_, ptr, size, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) written_ += n;
+    return n;
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, false, ip, port); }
+  socket_t socket() const override { return fd_; }
+
+  // A new request: its head and body must arrive by `deadline`.
+  void BeginRequest(Clock::time_point deadline) {
+    deadline_ = deadline;
+    timed_out_ = false;
+    close_after_ = false;
+    written_ = 0;
+  }
+  void EndRead() { deadline_ = Clock::time_point::max(); }
+  void CloseAfter() { close_after_ = true; }
+  bool close_after() const { return close_after_; }
+  bool timed_out() const { return timed_out_; }
+  int64_t written() const { return written_; }
+  // Bytes read but not yet consumed: ours, and with TLS what OpenSSL has decrypted and holds.
+  size_t buffered() const {
+    const size_t pending = ssl_ != nullptr ? static_cast<size_t>(std::max(0, SSL_pending(ssl_))) : 0;
+    return len_ - pos_ + pending;
+  }
+  // The client closed its side (an orderly EOF with nothing left to read; with TLS also its
+  // close_notify).
+  bool PeerClosed() const {
+    if (buffered() > 0) return false;
+    if (ssl_ != nullptr && (SSL_get_shutdown(ssl_) & SSL_RECEIVED_SHUTDOWN) != 0) return true;
+    char c;
+    const ssize_t n = recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+  }
+  // An answer written outside httplib (408, 503): never blocks on a plain socket; over TLS waits
+  // at most a second for the client to take it.
+  void SendRaw(const std::string& out) {
+    if (ssl_ == nullptr) {
+      (void)send(fd_, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      return;
+    }
+    const auto end = Clock::now() + std::chrono::seconds(1);
+    for (size_t off = 0; off < out.size();) {
+      const ssize_t n = WriteTls(out.data() + off, out.size() - off, end);
+      if (n <= 0) return;
+      off += static_cast<size_t>(n);
+    }
+  }
+
+  // TLS: the server side of the handshake by `deadline` (stops early when `stopping`). False: it
+  // failed or timed out (tls_error() says why; timed_out() on a timeout).
+  bool Handshake(Clock::time_point deadline, const std::atomic<bool>& stopping) {
+    for (;;) {
+      ERR_clear_error();
+      const int r = SSL_accept(ssl_);
+      if (r == 1) return true;
+      const short events = WaitFor(SSL_get_error(ssl_, r), "handshake");
+      if (events == 0) return false;
+      const int64_t left = MsUntil(deadline);
+      if (left <= 0) {
+        timed_out_ = true;
+        NoteTlsError("handshake", "not completed within --http-read-timeout-ms");
+        return false;
+      }
+      if (stopping) return false;
+      PollFd(fd_, events, std::min<int64_t>(left, 100));
+    }
+  }
+  // TLS: close_notify, best effort (non-blocking: never waits for the client's). Not after a
+  // fatal error, where OpenSSL forbids it.
+  void CloseNotify() {
+    if (ssl_ == nullptr || fatal_ || !SSL_is_init_finished(ssl_)) return;
+    ERR_clear_error();
+    (void)SSL_shutdown(ssl_);
+    ERR_clear_error();
+  }
+  // The first TLS failure of this connection ("" when none): logged once, when it closes.
+  const std::string& tls_error() const { return tls_error_; }
+
+ private:
+  ssize_t FillPlain() {
+    const int64_t wait = ReadWaitMs();
+    if (wait <= 0 || PollFd(fd_, POLLIN, wait) <= 0) {
+      timed_out_ = true;
+      return -1;
+    }
+    ssize_t n;
+    do {
+      n = recv(fd_, buf_, sizeof buf_, 0);
+    } while (n < 0 && errno == EINTR);
+    return n;
+  }
+  // SSL_read first (OpenSSL may hold decrypted bytes or a whole record already), then poll() only
+  // when it wants the socket, never past the deadline.
+  ssize_t FillTls() {
+    for (;;) {
+      ERR_clear_error();
+      const int n = SSL_read(ssl_, buf_, sizeof buf_);
+      if (n > 0) return n;
+      const int err = SSL_get_error(ssl_, n);
+      if (err == SSL_ERROR_ZERO_RETURN) return 0;  // close_notify: an orderly end
+      const short events = WaitFor(err, "read");
+      if (events == 0) return -1;
+      const int64_t wait = ReadWaitMs();
+      if (wait <= 0 || PollFd(fd_, events, wait) <= 0) {
+        timed_out_ = true;
+        return -1;
+      }
+    }
+  }
+  // SSL_write of [ptr, ptr + size) (at most 1 GiB at once) by `end`; retried with the same
+  // arguments after WANT_WRITE, as OpenSSL requires.
+  ssize_t WriteTls(const char* ptr, size_t size, Clock::time_point end) {
+    if (size == 0) return 0;
+    const int len = static_cast<int>(std::min<size_t>(size, size_t{1} << 30));
+    for (;;) {
+      ERR_clear_error();
+      const int n = SSL_write(ssl_, ptr, len);
+      if (n > 0) {
+        written_ += n;
+        return n;
+      }
+      const short events = WaitFor(SSL_get_error(ssl_, n), "write");
+      if (events == 0) return -1;
+      const int64_t left = MsUntil(end);
+      if (left <= 0 || PollFd(fd_, events, left) <= 0) {
+        NoteTlsError("write", "the client did not read within the write timeout");
+        return -1;
+      }
+    }
+  }
+  // The socket event OpenSSL waits for, or 0 after a failure (noted; fatal: no close_notify).
+  short WaitFor(int err, const char* stage) {
+    if (err == SSL_ERROR_WANT_READ) return POLLIN;
+    if (err == SSL_ERROR_WANT_WRITE) return POLLOUT;
+    const int saved_errno = errno;
+    fatal_ = err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL;
+    std::string why = TakeOpenSslError();
+    if (why.empty()) {
+      why = err == SSL_ERROR_SYSCALL ? (saved_errno != 0 ? std::string(std::strerror(saved_errno)) : "connection closed")
+                                     : absl::StrCat("SSL error ", err);
+    }
+    NoteTlsError(stage, why);
+    return 0;
+  }
+  void NoteTlsError(const char* stage, const std::string& why) {
+    if (tls_error_.empty()) tls_error_ = absl::StrCat(stage, ": ", why);
+  }
+  int64_t ReadWaitMs() const {
+    constexpr int64_t kPerRead = 30'000;  // no deadline (after the body): as httplib's read timeout
+    if (deadline_ == Clock::time_point::max()) return kPerRead;
+    return std::min<int64_t>(kPerRead, MsUntil(deadline_));
+  }
+
+  const int fd_;
+  SSL* const ssl_;  // null: plaintext
+  const int64_t write_timeout_ms_;
+  char buf_[16 * 1024];
+  size_t pos_ = 0;
+  size_t len_ = 0;
+  Clock::time_point deadline_ = Clock::time_point::max();
+  bool timed_out_ = false;
+  bool close_after_ = false;
+  bool fatal_ = false;
+  int64_t written_ = 0;
+  std::string tls_error_;
+};
+
+// How the accept thread hands a connection over (ConnectionThreads): served, answered 503 (over
+// the cap), or, over TLS with every refusal thread busy, closed unanswered.
+enum class ConnectionFate { kServe, kRefuse, kDrop };
+
+thread_local Connection* tls_connection = nullptr;  // the connection this thread is answering
+thread_local ConnectionFate tls_fate = ConnectionFate::kServe;  // set by ConnectionThreads
+
+// Over TLS a refusal (503 at the cap) needs a handshake, so it cannot be answered on the accept
+// thread: it runs on one of at most this many short-lived threads, the handshake bounded by
+// kTlsRefusalMs (or --http-read-timeout-ms when shorter); beyond, the connection is closed at once
+// (the client sees a reset, as at a full listen backlog).
+constexpr int kMaxTlsRefusals = 16;
+constexpr int64_t kTlsRefusalMs = 1'000;
+
+// A whole response written outside httplib (connection refused, request head timed out).
+std::string RawResponse(int status, const char* reason, const HttpError& e) {
+  const std::string body = HttpErrorBody(e);
+  std::string out = absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: application/json\r\nContent-Length: ",
+                                 body.size(), "\r\nConnection: close\r\n");
+  if (e.retry_after_s > 0) absl::StrAppend(&out, "Retry-After: ", e.retry_after_s, "\r\n");
+  absl::StrAppend(&out, "\r\n", body);
+  return out;
+}
+
+// After a response that left a request body unread: stop writing, then read and drop what the
+// client still sends for up to a second, so the close does not reset the connection before the
+// client has read the answer. Memory stays flat (one buffer). (Over TLS the bytes are dropped
+// undecrypted, after our close_notify.)
+void LingerAndDiscard(int fd) {
+  shutdown(fd, SHUT_WR);
+  char sink[16 * 1024];
+  const auto end = Clock::now() + std::chrono::seconds(1);
+  while (Clock::now() < end) {
+    if (PollFd(fd, POLLIN, 100) <= 0) continue;
+    const ssize_t n = recv(fd, sink, sizeof sink, 0);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) break;
+  }
+}
+
+// cpp-httplib's Server with our own per-connection loop (process_and_close_socket is its
+// per-connection hook), for HTTP and HTTPS alike: keep-alive idle timeout, a whole-request read
+// deadline, closes asked for by handlers, and the refusal of connections over the cap. With
+// `ssl_ctx` every connection is TLS; its handshake counts against the first request's deadline
+// (from the accept: handshake, head and body within --http-read-timeout-ms).
+class ApiHttpServer final : public httplib::Server {
+ public:
+  ApiHttpServer(std::shared_ptr<State> state, SslCtxPtr ssl_ctx)
+      : state_(std::move(state)), ssl_ctx_(std::move(ssl_ctx)) {}
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    const HttpServerOptions& o = state_->options;
+    const auto accepted = Clock::now();
+    SslPtr ssl;
+    if (ssl_ctx_ != nullptr) {
+      ssl.reset(SSL_new(ssl_ctx_.get()));
+      const int flags = fcntl(sock, F_GETFL, 0);
+      if (ssl == nullptr || flags < 0 || fcntl(sock, F_SETFL, flags | O_NONBLOCK) != 0 ||
+          SSL_set_fd(ssl.get(), sock) != 1) {
+        LogEvent(LogLevel::kWarn, "tls_error", "", "could not set up TLS on an HTTP connection",
+                 {{"error", TakeOpenSslError()}});
+        shutdown(sock, SHUT_RDWR);
+        close(sock);
+        return false;
+      }
+    }
+    Connection conn(sock, ssl.get(), 10'000);
+    if (tls_fate != ConnectionFate::kServe) {
+      if (tls_fate == ConnectionFate::kRefuse) Refuse(conn, accepted);
+      shutdown(sock, SHUT_WR);
+      close(sock);
+      return true;
+    }
+    bool ok = true;
+    // TLS: the handshake, then the first request's head and body, within the read timeout.
+    const auto first_deadline = accepted + std::chrono::milliseconds(o.read_timeout_ms);
+    if (ssl != nullptr) ok = conn.Handshake(first_deadline, state_->stopping);
+    size_t served = 0;
+    while (ok && !state_->stopping && is_running()) {
+      const bool first_tls = ssl != nullptr && served == 0;
+      if (conn.buffered() == 0) {  // idle keep-alive: wait for the next request's first byte
+        auto idle_end = Clock::now() + std::chrono::milliseconds(o.idle_timeout_ms);
+        if (first_tls) idle_end = std::min(idle_end, first_deadline);
+        bool readable = false;
+        while (!readable && !state_->stopping && Clock::now() < idle_end) readable = PollFd(sock, POLLIN, 100) > 0;
+        if (!readable) break;
+      }
+      conn.BeginRequest(first_tls ? first_deadline : Clock::now() + std::chrono::milliseconds(o.read_timeout_ms));
+      const bool last = ++served >= 1000 || state_->stopping;
+      bool closed = false;
+      tls_connection = &conn;
+      ok = process_request(conn, last, closed, [&ssl](httplib::Request& req) { req.ssl = ssl.get(); });
+      tls_connection = nullptr;
+      if (!ok && conn.timed_out() && conn.written() == 0) {
+        const Refusal refusal = MakeRefusal(
+            absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
+            absl::StrCat("the request did not arrive within --http-read-timeout-ms (", o.read_timeout_ms, " ms)"));
+        const HttpError e = ToHttpError(refusal);
+        conn.SendRaw(RawResponse(408, "Request Timeout", e));
+        conn.CloseAfter();  // linger: what the client still sends must not reset the answer away
+        if (o.log_requests) {
+          LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
+                   {{"status", CodeName(refusal.code)}, {"http_status", e.status}, {"message", e.message}});
+        }
+      }
+      if (!ok || closed || last || conn.close_after()) break;
+    }
+    if (!conn.tls_error().empty()) LogTlsError(conn, served == 0 && conn.timed_out());
+    conn.CloseNotify();
+    if (conn.close_after()) LingerAndDiscard(sock);
+    shutdown(sock, SHUT_RDWR);
+    close(sock);
+    return ok;
+  }
+
+  // Over --http-max-connections: 503 (Retry-After), then closed. Plain: on the accept thread,
+  // never blocking. TLS: after a handshake bounded by kTlsRefusalMs, on a refusal thread.
+  void Refuse(Connection& conn, Clock::time_point accepted) {
+    const HttpServerOptions& o = state_->options;
+    if (ssl_ctx_ != nullptr) {
+      const auto end = accepted + std::chrono::milliseconds(std::min(kTlsRefusalMs, o.read_timeout_ms));
+      if (!conn.Handshake(end, state_->stopping)) {
+        LogTlsError(conn, false);  // at debug: a flood over the cap must not flood the log
+        return;
+      }
+    }
+    const HttpError e = ToHttpError(MakeRefusal(
+        absl::StatusCode::kUnavailable, RefusalKind::kTooManyConnections,
+        absl::StrCat("too many open connections (--http-max-connections ", o.max_connections, "); retry later")));
+    conn.SendRaw(RawResponse(503, "Service Unavailable", e));
+    conn.CloseNotify();
+  }
+
+  // Once per connection: a handshake that timed out at the read deadline (`slow`) at info (a slow
+  // client cut off, as a 408); any other TLS failure (no or bad client certificate, not TLS at
+  // all, reset, a refusal's handshake) at debug.
+  static void LogTlsError(const Connection& conn, bool slow) {
+    std::string ip;
+    int port = 0;
+    conn.get_remote_ip_and_port(ip, port);
+    LogEvent(slow ? LogLevel::kInfo : LogLevel::kDebug, slow ? "tls_handshake_timeout" : "tls_error", "",
+             slow ? "TLS handshake not completed within --http-read-timeout-ms; connection closed"
+                  : "TLS connection failed",
+             {{"peer", FormatAddress(ip, port)}, {"error", conn.tls_error()}});
+  }
+
+  std::shared_ptr<State> state_;
+  const SslCtxPtr ssl_ctx_;  // null: plaintext
+};
+
+// httplib's task queue: a thread per connection up to --http-max-connections (an idle or slow
+// connection then costs a thread, never the API: serving slots are taken only by complete
+// requests); over the cap the connection is answered 503 at once on the listener thread (over TLS
+// on one of kMaxTlsRefusals refusal threads, else closed).
+class ConnectionThreads final : public httplib::TaskQueue {
+ public:
+  explicit ConnectionThreads(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+  void enqueue(std::function<void()> fn) override {
+    bool refuse = false;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      refuse = state_->connections >= state_->options.max_connections;
+      if (!refuse) ++state_->connections;
+    }
+    if (!refuse) {
+      if (Spawn(&State::connections, ConnectionFate::kServe, fn)) return;
+    } else if (state_->options.tls != nullptr) {
+      bool refusal_thread = false;
+      {
+        std::lock_guard<std::mutex> lock(state_->mu);
+        refusal_thread = state_->tls_refusals < kMaxTlsRefusals;
+        if (refusal_thread) ++state_->tls_refusals;
+      }
+      if (refusal_thread && Spawn(&State::tls_refusals, ConnectionFate::kRefuse, fn)) return;
+    }
+    // Over the cap (or no thread to be had): answered on this thread, never blocking.
+    tls_fate = state_->options.tls != nullptr ? ConnectionFate::kDrop : ConnectionFate::kRefuse;
+    fn();
+    tls_fate = ConnectionFate::kServe;
+  }
+  // After the accept loop: every connection and refusal thread ends (they see `stopping`) before
+  // the server they run on is destroyed.
+  void shutdown() override {
+    std::unique_lock<std::mutex> lock(state_->mu);
+    state_->connections_cv.wait(lock, [this] { return state_->connections == 0 && state_->tls_refusals == 0; });
+  }
+
+ private:
+  // Runs fn on a thread of its own counted in state->*count (already incremented); false (and the
+  // count given back) when no thread can be had.
+  bool Spawn(int State::*count, ConnectionFate fate, const std::function<void()>& fn) {
+    try {
+      std::thread([state = state_, fn, count, fate] {
+        tls_fate = fate;
+        fn();
+        std::lock_guard<std::mutex> lock(state->mu);
+        if (--(state.get()->*count) == 0) state->connections_cv.notify_all();
+      }).detach();
+      return true;
+    } catch (const std::system_error&) {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (--(state_.get()->*count) == 0) state_->connections_cv.notify_all();
+      return false;
+    }
+  }
+
+  std::shared_ptr<State> state_;
+};
+
+// Prompt text longer than this many bytes per allowed prompt token is refused before it is
+// tokenized: a token covers at least one byte, and no tokenizer here averages more than 64 bytes
+// a token over real text, so such a prompt cannot fit; tokenizing megabytes only to refuse them
+// costs seconds of CPU.
+constexpr int64_t kMaxPromptBytesPerToken = 64;
+
+std::string RequestIdOf(State& state, const httplib::Request& req) {
+  std::string request_id = req.get_header_value("x-request-id");
+  if (request_id.empty() || CheckRequestId(request_id, state.options.limits, Dialect::kOpenAiChat)) {
+    request_id = state.sessions.NewRequestId();
+  }
+  return request_id;
+}
+
+// One of HttpServerOptions::threads serving slots; released when the last holder lets go.
+struct ServingSlot {
+  explicit ServingSlot(std::shared_ptr<State> s) : state(std::move(s)) {}
+  ~ServingSlot() {
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      --state->api_serving;
+    }
+    state->slot_cv.notify_one();
+  }
+  std::shared_ptr<State> state;
+};
+
+// The HTTP half of one request over its RequestSession: the handler thread waits on it (unary) or
+// the SSE provider drains it (stream); the session's delivery worker fills it.
+struct Call final : public SessionSink {
+  bool has_text = false;  // a tokenizer: deltas carry text, else each step's ids
+  std::shared_ptr<RequestSession> session;  // set before anyone waits on the call
+
+  std::mutex mu;
+  std::condition_variable cv;
+  // Text new since the last chunk; without a tokenizer there is no text, and each engine step's
+  // ids travel instead (the choice's `token_ids`, as vLLM's return_token_ids), so a streaming
+  // client still sees every step as it happens.
+  struct Delta {
+    std::string text;
+    std::vector<int32_t> token_ids;
+  };
+  std::deque<Delta> deltas;  // guarded by mu
+  bool done = false;               // guarded by mu
+  RequestResult result;            // guarded by mu; valid once done
+  std::string tail;                // guarded by mu; text held back until the end
+  std::string text;                // guarded by mu; the whole text (unary)
+  ClientQuota::Lease quota;        // handler thread: released when the answer is complete
+
+  void OnStep(const std::vector<int32_t>& ids, const std::string& delta) override {
+    if (has_text && delta.empty()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (has_text) {
+        deltas.push_back({delta, {}});
+      } else {
+        deltas.push_back({std::string(), ids});
+      }
+    }
+    cv.notify_all();
+  }
+  void OnFinish(const RequestResult& r, const std::string& rest, const std::string& all) override {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      result = r;
+      tail = rest;
+      text = all;
+      done = true;
+    }
+    cv.notify_all();
+  }
+  void Cancel() { session->Cancel(); }
+};
+
+void LogRefused(State& state, const std::string& request_id, const std::string& route, const Refusal& refusal,
+                const HttpError& e) {
+  state.sessions.Refused(request_id, route, refusal, {{"http_status", e.status}, {"param", e.param}});
+}
+
+void SetError(httplib::Response& res, const HttpError& e) {
+  res.status = e.status == 499 ? 400 : e.status;
+  if (e.retry_after_s > 0) res.set_header("Retry-After", std::to_string(e.retry_after_s));
+  res.set_content(HttpErrorBody(e), "application/json");
+}
+
+// --api-key-file / GLMSERVE_API_KEY: `Authorization: Bearer KEY`, else 401 (OpenAI's shape and
+// code). *client: the key's name ("key#N"), or the peer address without keys
+// (--max-requests-per-client). The presented key is never logged or echoed.
+std::optional<Refusal> Authenticate(const State& state, const httplib::Request& req, std::string* client) {
+  if (state.options.api_keys == nullptr) {
+    *client = req.remote_addr;
+    return std::nullopt;
+  }
+  if (!req.has_header("Authorization")) {
+    return MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated,
+                       "missing API key: send 'Authorization: Bearer KEY'");
+  }
+  std::optional<std::string> who = state.options.api_keys->Check(req.get_header_value("Authorization"));
+  if (!who) return MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated, "invalid API key");
+  *client = std::move(*who);
+  return std::nullopt;
+}
+
+// A refusal that leaves the request body unread: the connection closes after the answer.
+void RefuseAndClose(State& state, const std::string& request_id, const std::string& route, const Refusal& refusal,
+                    httplib::Response& res) {
+  if (tls_connection != nullptr) tls_connection->CloseAfter();
+  res.set_header("x-request-id", request_id);
+  res.set_header("Connection", "close");
+  const HttpError e = ToHttpError(refusal);
+  LogRefused(state, request_id, route, refusal, e);
+  SetError(res, e);
+}
+
+Refusal ShutDownRefusal() {
+  return MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable,
+                     "server shut down before the request finished");
+}
+
+const char* FinishName(FinishReason reason) {
+  return reason == FinishReason::kLength ? "length" : "stop";
+}
+
+json Usage(const RequestResult& r) {
+  const int64_t completion = static_cast<int64_t>(r.output_ids.size());
+  return {{"prompt_tokens", r.prompt_tokens},
+          {"completion_tokens", completion},
+          {"total_tokens", r.prompt_tokens + completion}};
+}
+
+class Handler {
+ public:
+  explicit Handler(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+  void Api(ApiKind kind, const httplib::Request& req, const std::string& body, httplib::Response& res) {
+    const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
+    const std::string request_id = RequestIdOf(*state_, req);
+    res.set_header("x-request-id", request_id);
+    auto refuse = [&](const Refusal& refusal) {
+      const HttpError e = ToHttpError(refusal);
+      LogRefused(*state_, request_id, route, refusal, e);
+      SetError(res, e);
+      if (refusal.kind == RefusalKind::kUnauthenticated) res.set_header("WWW-Authenticate", "Bearer");
+    };
+    std::string client;
+    if (auto e = Authenticate(*state_, req, &client)) return refuse(*e);
+
+    // Deadline: ?timeout=, else a timeout / x-request-timeout header, else the default.
+    auto deadline = std::chrono::steady_clock::time_point::max();
+    if (state_->options.default_deadline_ms > 0) {
+      deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(state_->options.default_deadline_ms);
+    }
+    for (const char* source : {"query", "timeout", "x-request-timeout"}) {
+      const bool query = std::string(source) == "query";
+      if (query ? !req.has_param("timeout") : !req.has_header(source)) continue;
+      const std::string text = query ? req.get_param_value("timeout") : req.get_header_value(source);
+      std::chrono::milliseconds timeout{0};
+      if (auto e = ParseTimeout(text, query ? "timeout" : source, &timeout)) return refuse(*e);
+      deadline = std::chrono::steady_clock::now() + timeout;
+      break;
+    }
+
+    ApiRequest api;
+    if (auto e = ParseApiRequest(kind, body, &api)) return refuse(*e);
+
+    bool stopping = false;
+    bool serving = false;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      stopping = state_->stopping;
+      serving = state_->serving;
+    }
+    RequestSessions& sessions = state_->sessions;
+    if (stopping) {
+      return refuse(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kDraining,
+                                "server is draining; retry on another replica"));
+    }
+    if (!serving && !sessions.draining()) {
+      return refuse(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable,
+                                sessions.options().loading_message));
+    }
+    // Draining, loading, then the per-client cap: before tokenization.
+    Admission admission;
+    if (auto e = sessions.Admit(client, &admission)) return refuse(*e);
+    if (auto e = PromptTooLong(api, admission.model, kind)) return refuse(*e);
+    api.request.deadline = deadline;
+    SessionInfo info;
+    info.request_id = request_id;
+    info.rpc = route;
+    info.streaming = api.stream;
+    info.accepted_fields = {{"stream", api.stream}};
+    InferenceRequest request;
+    if (auto e = sessions.Validate(api.request, DialectOf(kind), admission, info, &request)) return refuse(*e);
+
+    // A serving slot, or a place in the bounded waiting queue (429 at once when it is full); held
+    // until the engine has finished the request.
+    std::shared_ptr<ServingSlot> slot;
+    if (auto e = AcquireSlot(deadline, &slot)) return refuse(*e);
+    info.hold_until_done = std::move(slot);
+
+    auto call = std::make_shared<Call>();
+    call->has_text = admission.model.tokenizer != nullptr;
+    call->quota = std::move(admission.quota);
+    if (auto e = sessions.Submit(admission, std::move(request), std::move(info), api.request.stop, call,
+                                 &call->session)) {
+      return refuse(*e);
+    }
+
+    const std::string id = absl::StrCat(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-", request_id);
+    const int64_t created = NowSeconds();
+    if (!api.stream) {
+      Unary(call, api, id, created, res);
+      call->quota.Release();  // before the answer goes out
+      return;
+    }
+    Stream(call, api, id, created, res);
+  }
+
+ private:
+  // Prompt text far longer than the longest allowed prompt could ever tokenize to (see
+  // kMaxPromptBytesPerToken): refused before tokenizing, naming the field.
+  std::optional<Refusal> PromptTooLong(const ApiRequest& api, const ValidationModel& model, ApiKind kind) const {
+    const int64_t max_prompt = MaxPromptTokens(state_->options.limits, model);
+    if (max_prompt <= 0 || !api.request.input_ids.empty()) return std::nullopt;
+    const int64_t max_bytes = max_prompt * kMaxPromptBytesPerToken;
+    int64_t bytes = static_cast<int64_t>(api.request.prompt.size());
+    std::string param = kind == ApiKind::kChat ? "messages" : "prompt";
+    size_t longest = 0;
+    for (size_t i = 0; i < api.request.messages.size(); ++i) {
+      const size_t n = api.request.messages[i].content.size();
+      bytes += static_cast<int64_t>(n);
+      if (n > longest) {
+        longest = n;
+        param = absl::StrCat("messages[", i, "].content");
+      }
+    }
+    if (bytes <= max_bytes) return std::nullopt;
+    return InvalidField(param,
+                        absl::StrCat(bytes, " bytes of prompt text cannot fit in ", max_prompt,
+                                     " prompt tokens (refused before tokenizing: more than ", kMaxPromptBytesPerToken,
+                                     " bytes per token)"),
+                        RefusalKind::kContextLength);
+  }
+
+  // Takes one of options.threads serving slots, waiting in a queue of at most max_waiting (counted
+  // in glmserve_queue_depth) for one; a full queue answers 429 at once. The wait ends with the
+  // request's deadline (504), a drain or shutdown (503) or the client closing.
+  std::optional<Refusal> AcquireSlot(Clock::time_point deadline, std::shared_ptr<ServingSlot>* out) {
+    const HttpServerOptions& o = state_->options;
+    const int serving_max = std::max(1, o.threads);
+    std::unique_lock<std::mutex> lock(state_->mu);
+    if (state_->api_serving < serving_max) {
+      ++state_->api_serving;
+      lock.unlock();
+      *out = std::make_shared<ServingSlot>(state_);
+      return std::nullopt;
+    }
+    if (state_->api_waiting >= o.max_waiting) {
+      return MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kQueueFull,
+                         absl::StrCat("HTTP queue full: ", state_->api_waiting, " requests waiting for one of ",
+                                      serving_max, " serving slots (--http-max-waiting ", o.max_waiting,
+                                      ", --http-threads ", serving_max, "); retry after 1000 ms"),
+                         1000);
+    }
+    ++state_->api_waiting;
+    std::optional<Refusal> error;
+    for (int round = 1;; ++round) {
+      if (state_->stopping || state_->draining) {
+        error = MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kDraining,
+                            "server is draining; retry on another replica");
+        break;
+      }
+      if (Clock::now() >= deadline) {
+        error = MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kDeadline,
+                            "deadline passed while waiting in the HTTP queue");
+        break;
+      }
+      if (state_->api_serving < serving_max) {
+        ++state_->api_serving;
+        break;
+      }
+      state_->slot_cv.wait_for(lock, std::chrono::milliseconds(100));
+      if (round % 5 == 0 && tls_connection != nullptr) {
+        lock.unlock();
+        const bool gone = tls_connection->PeerClosed();
+        lock.lock();
+        if (gone) {
+          error = MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled,
+                              "client closed the connection while queued");
+          break;
+        }
+      }
+    }
+    --state_->api_waiting;
+    lock.unlock();
+    if (!error) *out = std::make_shared<ServingSlot>(state_);
+    return error;
+  }
+
+  // Waits for the result; the listener's shutdown ends the wait with 503.
+  void Unary(const std::shared_ptr<Call>& call, const ApiRequest& api, const std::string& id, int64_t created,
+             httplib::Response& res) {
+    RequestResult result;
+    std::string text;
+    {
+      std::unique_lock<std::mutex> lock(call->mu);
+      while (!call->done) {
+        if (state_->stopping) {
+          lock.unlock();
+          call->Cancel();
+          SetError(res, ToHttpError(ShutDownRefusal()));
+          return;
+        }
+        call->cv.wait_for(lock, std::chrono::milliseconds(100));
+      }
+      result = call->result;
+      text = call->text;
+    }
+    if (!result.status.ok()) return SetError(res, ToHttpError(RefusalFromStatus(result.status)));
+    json body;
+    if (api.kind == ApiKind::kChat) {
+      body = {{"id", id}, {"object", "chat.completion"}, {"created", created}, {"model", api.model},
+              {"choices", json::array({{{"index", 0},
+                                        {"message", {{"role", "assistant"}, {"content", text}}},
+                                        {"logprobs", nullptr},
+                                        {"finish_reason", FinishName(result.finish_reason)}}})},
+              {"usage", Usage(result)}};
+    } else {
+      body = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", api.model},
+              {"choices", json::array({{{"index", 0}, {"text", text}, {"logprobs", nullptr},
+                                        {"finish_reason", FinishName(result.finish_reason)}}})},
+              {"usage", Usage(result)}};
+    }
+    res.status = 200;
+    res.set_content(Dump(body), "application/json");
+  }
+
+  // Server-sent events: one chunk per text delta, the finish chunk, the usage chunk when asked,
+  // then "data: [DONE]". A failed write (client gone) cancels the engine request.
+  void Stream(const std::shared_ptr<Call>& call, const ApiRequest& api, const std::string& id, int64_t created,
+              httplib::Response& res) {
+    state_->CallStarted();  // until the stream ends (the releaser)
+    res.status = 200;
+    res.set_header("Cache-Control", "no-cache");
+    const bool chat = api.kind == ApiKind::kChat;
+    const std::string model = api.model;
+    const bool include_usage = api.include_usage;
+    auto chunk = [chat, id, created, model, include_usage](const json& choice_delta, const json& finish,
+                                                           const std::vector<int32_t>& token_ids = {}) {
+      json choice = chat ? json{{"index", 0}, {"delta", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}}
+                         : json{{"index", 0}, {"text", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}};
+      if (!token_ids.empty()) choice["token_ids"] = token_ids;
+      json j = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
+                {"model", model}, {"choices", json::array({choice})}};
+      if (include_usage) j["usage"] = nullptr;
+      return absl::StrCat("data: ", Dump(j), "\n\n");
+    };
+    auto sent_role = std::make_shared<bool>(false);
+    std::shared_ptr<State> state = state_;
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [call, chunk, chat, id, created, model, include_usage, sent_role, state](size_t, httplib::DataSink& sink) {
+          auto write = [&](const std::string& s) {
+            if (sink.write(s.data(), s.size())) return true;
+            call->Cancel();
+            return false;
+          };
+          if (chat && !*sent_role) {
+            *sent_role = true;
+            if (!write(chunk({{"role", "assistant"}, {"content", ""}}, nullptr))) return false;
+          }
+          std::deque<Call::Delta> deltas;
+          bool done = false;
+          RequestResult result;
+          std::string tail;
+          {
+            std::unique_lock<std::mutex> lock(call->mu);
+            if (call->deltas.empty() && !call->done) {
+              call->cv.wait_for(lock, std::chrono::seconds(1));
+            }
+            deltas.swap(call->deltas);
+            done = call->done;
+            if (done) {
+              result = call->result;
+              tail = call->tail;
+            }
+          }
+          for (const Call::Delta& d : deltas) {
+            if (!write(chunk(chat ? json{{"content", d.text}} : json(d.text), nullptr, d.token_ids))) return false;
+          }
+          if (!done) {
+            if (state->stopping) {
+              call->Cancel();
+              write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(ShutDownRefusal())), "\n\n"));
+              sink.done();
+              return true;
+            }
+            // Nothing new: an SSE comment finds a closed connection (the write fails).
+            if (deltas.empty() && !write(": keep-alive\n\n")) return false;
+            return true;
+          }
+          if (!result.status.ok()) {
+            write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(RefusalFromStatus(result.status))), "\n\n"));
+            sink.done();
+            return true;
+          }
+          if (!tail.empty() && !write(chunk(chat ? json{{"content", tail}} : json(tail), nullptr))) return false;
+          if (!write(chunk(chat ? json::object() : json(""), FinishName(result.finish_reason)))) return false;
+          if (include_usage) {
+            json j = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                      {"created", created}, {"model", model}, {"choices", json::array()}, {"usage", Usage(result)}};
+            if (!write(absl::StrCat("data: ", Dump(j), "\n\n"))) return false;
+          }
+          if (!write("data: [DONE]\n\n")) return false;
+          sink.done();
+          return true;
+        },
+        [call, state](bool success) {
+          if (!success) call->Cancel();
+          call->quota.Release();
+          state->CallDone();
+        });
+  }
+
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options) {
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("--http-port: ", options.port, " is outside [0, 65535]"));
+  }
+  std::unique_ptr<HttpServer> server(new HttpServer());
+  server->state_ = std::make_shared<State>(options);
+  // HTTPS (--tls-cert/--tls-key, which LoadTls checked; --tls-client-ca: mutual) goes through the
+  // same connection loop as HTTP, over our own OpenSSL context.
+  SslCtxPtr ssl_ctx;
+  if (options.tls != nullptr) {
+    absl::StatusOr<SslCtxPtr> ctx = MakeServerContext(*options.tls);
+    if (!ctx.ok()) return ctx.status();
+    ssl_ctx = *std::move(ctx);
+  }
+  server->server_ = std::make_unique<ApiHttpServer>(server->state_, std::move(ssl_ctx));
+  httplib::Server& svr = *server->server_;
+  std::shared_ptr<State> state = server->state_;
+  // A thread per connection up to --http-max-connections; API work is bounded by the serving
+  // slots (--http-threads) and their waiting queue (--http-max-waiting).
+  svr.new_task_queue = [state] { return new ConnectionThreads(state); };
+  svr.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
+  svr.set_keep_alive_max_count(1000);
+  // Small SSE chunks go out at once instead of waiting on the client's delayed ACK (Nagle): 30-40
+  // ms of TTFT on a kept-alive connection otherwise.
+  svr.set_tcp_nodelay(true);
+  // SO_REUSEADDR only (as the metrics listener): httplib's default adds SO_REUSEPORT, which let a
+  // second server share a port in use and split the requests between the two processes.
+  svr.set_socket_options([](socket_t sock) {
+    const int on = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  });
+  svr.set_read_timeout(std::chrono::seconds(30));
+  svr.set_write_timeout(std::chrono::seconds(10));
+
+  auto handler = std::make_shared<Handler>(state);
+  // Every answer names its request: counted here so refusals by the library (413) carry one too.
+  auto counted = [state](auto fn) {
+    return [state, fn](const httplib::Request& req, httplib::Response& res) {
+      state->CallStarted();
+      fn(req, res);
+      state->CallDone();
+    };
+  };
+  // The API reads its own body (a ContentReader handler), counting bytes as they arrive: httplib's
+  // payload limit applies to a Content-Length only, and chunked bodies were read whole.
+  auto api_route = [state, handler](ApiKind kind) {
+    return [state, handler, kind](const httplib::Request& req, httplib::Response& res,
+                                  const httplib::ContentReader& reader) {
+      state->CallStarted();
+      const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
+      std::string body;
+      const size_t max_body = static_cast<size_t>(state->options.max_body_bytes);
+      bool too_large = false;
+      const bool read = reader([&](const char* data, size_t n) {
+        if (body.size() + n > max_body) {
+          too_large = true;
+          return false;
+        }
+        body.append(data, n);
+        return true;
+      });
+      if (tls_connection != nullptr) tls_connection->EndRead();
+      if (too_large || !read) {
+        Refusal e;
+        if (too_large) {
+          e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
+                          absl::StrCat("request body exceeds --max-message-bytes (", max_body, " bytes)"));
+        } else if (tls_connection != nullptr && tls_connection->timed_out()) {
+          e = MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
+                          absl::StrCat("the request body did not arrive within --http-read-timeout-ms (",
+                                       state->options.read_timeout_ms, " ms)"));
+        } else {
+          e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kBadRequest,
+                          "could not read the request body");
+        }
+        std::string().swap(body);
+        RefuseAndClose(*state, RequestIdOf(*state, req), route, e, res);
+      } else {
+        handler->Api(kind, req, body, res);
+      }
+      state->CallDone();
+    };
+  };
+  svr.Post("/v1/chat/completions", api_route(ApiKind::kChat));
+  svr.Post("/v1/completions", api_route(ApiKind::kCompletion));
+  // Before the body is read: POST /v1/* takes application/json only (415: a browser's
+  // cross-origin "simple" POST is text/plain, form or multipart, so it never reaches a handler),
+  // and a Content-Length over the limit is refused unread (413). GETs have no body: their read
+  // deadline ends here.
+  svr.set_pre_routing_handler([state](const httplib::Request& req, httplib::Response& res) {
+    if (req.method != "POST" || (req.path != "/v1/chat/completions" && req.path != "/v1/completions")) {
+      if (req.method == "GET" && tls_connection != nullptr) tls_connection->EndRead();
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    std::optional<Refusal> e;
+    const std::string type = req.get_header_value("Content-Type");
+    const std::string media = absl::AsciiStrToLower(absl::StripAsciiWhitespace(type.substr(0, type.find(';'))));
+    if (media != "application/json") {
+      e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kUnsupportedMediaType,
+                      type.empty() ? "Content-Type: missing; the API takes application/json"
+                                   : absl::StrCat("Content-Type: '", type, "' is not application/json"));
+    } else if (req.has_header("Content-Length")) {
+      const std::string length = req.get_header_value("Content-Length");
+      char* end = nullptr;
+      const unsigned long long n = std::strtoull(length.c_str(), &end, 10);
+      if (n > static_cast<unsigned long long>(state->options.max_body_bytes)) {
+        e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
+                        absl::StrCat("request body of ", length, " bytes exceeds --max-message-bytes (",
+                                     state->options.max_body_bytes, " bytes)"));
+      }
+    }
+    if (!e) return httplib::Server::HandlerResponse::Unhandled;
+    RefuseAndClose(*state, RequestIdOf(*state, req), req.path, *e, res);
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  svr.Get("/v1/models", [state](const httplib::Request& req, httplib::Response& res) {
+    std::string client;
+    if (auto e = Authenticate(*state, req, &client)) {
+      SetError(res, ToHttpError(*e));
+      res.set_header("WWW-Authenticate", "Bearer");
+      return;
+    }
+    const int32_t max_context = state->sessions.model().max_context;
+    json model = {{"id", state->options.model_name}, {"object", "model"}, {"created", NowSeconds()},
+                  {"owned_by", "glmserve"}};
+    if (max_context > 0) model["max_model_len"] = max_context;
+    res.set_content(Dump(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
+  });
+  svr.Get("/health", [state](const httplib::Request&, httplib::Response& res) {
+    bool serving = false;
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      serving = state->serving && !state->draining && state->engine != nullptr && !state->stopping;
+    }
+    res.status = serving ? 200 : 503;
+    res.set_content(Dump(json{{"status", serving ? "SERVING" : "NOT_SERVING"}}), "application/json");
+  });
+  svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    HttpError e;
+    e.status = res.status;
+    if (res.status == 413) {
+      e.message = "request body too large";
+      e.code = "payload_too_large";
+    } else if (res.status == 404) {
+      e.message = absl::StrCat("no route ", req.method, " ", req.path);
+      e.code = "not_found";
+    } else if (res.status >= 500) {
+      e.type = "server_error";
+      e.message = "internal error";
+      e.code = "internal_error";
+    } else {
+      e.message = absl::StrCat("bad HTTP request (status ", res.status, ")");
+      e.code = "bad_request";
+    }
+    res.set_content(HttpErrorBody(e), "application/json");
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown exception";
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    HttpError e;
+    e.status = 500;
+    e.type = "server_error";
+    e.message = absl::StrCat("internal error: ", what);
+    e.code = "internal_error";
+    LogEvent(LogLevel::kError, "http_exception", "", e.message);
+    SetError(res, e);
+  });
+
+  const int port = options.port == 0 ? svr.bind_to_any_port(options.host)
+                                     : (svr.bind_to_port(options.host, options.port) ? options.port : -1);
+  if (port <= 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", FormatAddress(options.host, options.port), " (HTTP)"));
+  }
+  server->port_ = port;
+  // httplib listens with a backlog of 5 (compiled in): a burst of new connections beyond that has
+  // its SYNs dropped and retried a second later. The same socket, listened on again, takes 1024.
+  struct ListenSocket : httplib::Server {
+    static socket_t Of(httplib::Server& s) { return (s.*(&ListenSocket::svr_sock_)).load(); }
+  };
+  if (const socket_t fd = ListenSocket::Of(svr); fd != INVALID_SOCKET) listen(fd, 1024);
+  server->listener_ = std::thread([&svr] { svr.listen_after_bind(); });
+  return server;
+}
+
+HttpServer::~HttpServer() { Shutdown(); }
+
+std::string HttpServer::address() const { return FormatAddress(state_->options.host, port_); }
+
+void HttpServer::SetEngine(InferenceEngine* engine) {
+  state_->sessions.SetEngine(engine);
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->engine = engine;
+}
+
+void HttpServer::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
+  state_->sessions.SetTokenizer(std::move(tokenizer));
+}
+
+void HttpServer::SetServing(bool serving) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->serving = serving;
+}
+
+void HttpServer::StartDrain() {
+  state_->sessions.StartDrain();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->draining = true;
+}
+
+bool HttpServer::WaitIdle(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->idle_cv.wait_for(lock, timeout, [this] { return state_->active == 0; });
+}
+
+int HttpServer::waiting_requests() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->api_waiting;
+}
+
+int HttpServer::active_calls() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->active;
+}
+
+void HttpServer::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  state_->stopping = true;
+  server_->stop();
+  if (listener_.joinable()) listener_.join();
+  // Results the engine gave while shutting down are delivered now, so no serving slot (which
+  // holds the state) is released last on a delivery worker.
+  state_->sessions.Flush();
+}
+
+}  // namespace glmserve

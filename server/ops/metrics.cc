@@ -1,0 +1,207 @@
+#include "server/ops/metrics.h"
+
+#include <httplib.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/ops/port_probe.h"
+
+namespace glmserve {
+namespace {
+
+prometheus::Histogram::BucketBoundaries SecondsBuckets() {
+  return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+}
+
+// The addresses to listen on for --host, in the order tried: an IPv6 wildcard or loopback falls
+// back to IPv4's on a machine without IPv6 (some VMs and containers).
+std::vector<std::string> ListenHosts(const std::string& host_in) {
+  std::string host = host_in;
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty() || host == "::" || host == "*") return {"::", "0.0.0.0"};
+  if (host == "::1") return {"::1", "127.0.0.1"};
+  return {host};
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::string& host,
+                                                                      int port,
+                                                                      const std::string& version) {
+  std::unique_ptr<ServerMetrics> m(new ServerMetrics());
+  m->registry_ = std::make_shared<prometheus::Registry>();
+  prometheus::Registry& r = *m->registry_;
+  m->requests_ = &prometheus::BuildCounter()
+                      .Name("glmserve_requests_total")
+                      .Help("Infer/InferStream calls finished, by gRPC status code")
+                      .Register(r);
+  m->requests_->Add({{"code", "OK"}});  // the series exists before the first request
+  m->latency_ = &prometheus::BuildHistogram()
+                     .Name("glmserve_request_latency_seconds")
+                     .Help("Submit to last token of requests the engine finished")
+                     .Register(r)
+                     .Add({}, SecondsBuckets());
+  m->ttft_ = &prometheus::BuildHistogram()
+                  .Name("glmserve_time_to_first_token_seconds")
+                  .Help("Submit to first generated token")
+                  .Register(r)
+                  .Add({}, SecondsBuckets());
+  m->queue_wait_ = &prometheus::BuildHistogram()
+                        .Name("glmserve_queue_wait_seconds")
+                        .Help("Submit to first scheduled step")
+                        .Register(r)
+                        .Add({}, SecondsBuckets());
+  m->batch_size_ = &prometheus::BuildHistogram()
+                        .Name("glmserve_batch_size")
+                        .Help("Sequences per engine step attempt")
+                        .Register(r)
+                        .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
+  m->queue_depth_ = &prometheus::BuildGauge()
+                         .Name("glmserve_queue_depth")
+                         .Help("Accepted requests not running (queued or preempted)")
+                         .Register(r)
+                         .Add({});
+  m->batch_limit_ = &prometheus::BuildGauge()
+                         .Name("glmserve_batch_limit")
+                         .Help("Current AIMD limit on running sequences")
+                         .Register(r)
+                         .Add({});
+  m->kv_usage_ = &prometheus::BuildGauge()
+                      .Name("glmserve_kv_cache_usage_ratio")
+                      .Help("KV blocks in use / KV blocks in the pool")
+                      .Register(r)
+                      .Add({});
+  m->oom_ = &prometheus::BuildCounter()
+                 .Name("glmserve_oom_events_total")
+                 .Help("Engine steps that ran out of memory (real or injected)")
+                 .Register(r)
+                 .Add({});
+  m->restarts_ = &prometheus::BuildCounter()
+                      .Name("glmserve_engine_restarts_total")
+                      .Help("Engine rebuilds by the watchdog")
+                      .Register(r)
+                      .Add({});
+  m->generated_ = &prometheus::BuildCounter()
+                       .Name("glmserve_generated_tokens_total")
+                       .Help("Tokens generated (streamed or returned)")
+                       .Register(r)
+                       .Add({});
+  prometheus::BuildGauge()
+      .Name("glmserve_build_info")
+      .Help("Always 1; labels carry the build")
+      .Register(r)
+      .Add({{"version", version}, {"compiler", __VERSION__}})
+      .Set(1);
+  if (port > 0) {
+    // The exporter is cpp-httplib (the HTTP API's library) serving the registry in the text
+    // format. prometheus-cpp's own exposer (civetweb 1.15) failed on the GPU machine on every port
+    // with "null context when constructing CivetServer", a failure civetweb gives no reason for;
+    // a bind of our own right after it found the port in use, so civetweb failed after it had
+    // bound and left its listening socket open.
+    auto server = std::make_unique<httplib::Server>();
+    server->new_task_queue = [] { return new httplib::ThreadPool(2); };
+    // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second server share a
+    // port in use instead of failing.
+    server->set_socket_options([](socket_t sock) {
+      const int on = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    });
+    std::weak_ptr<prometheus::Registry> registry = m->registry_;
+    server->Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
+      std::shared_ptr<prometheus::Registry> r = registry.lock();
+      if (r == nullptr) {
+        res.status = 503;
+        return;
+      }
+      res.set_content(prometheus::TextSerializer().Serialize(r->Collect()), "text/plain; version=0.0.4");
+    });
+    std::vector<std::string> tried;
+    for (const std::string& listen_host : ListenHosts(host)) {
+      if (server->bind_to_port(listen_host, port)) {
+        m->listen_spec_ = FormatAddress(listen_host, port);
+        break;
+      }
+      tried.push_back(absl::StrCat("'", FormatAddress(listen_host, port), "'"));
+    }
+    if (m->listen_spec_.empty()) {
+      std::string why = PortBindProblem(host, port);
+      if (why.empty()) why = "the port is free, but the listener could not be set up";
+      return absl::UnavailableError(absl::StrCat("--metrics-port ", port, ": cannot bind ", FormatAddress(host, port),
+                                                 ": ", why, " (tried ", absl::StrJoin(tried, ", "), ")"));
+    }
+    m->fallback_ = !tried.empty();
+    m->port_ = port;
+    m->http_ = std::move(server);
+    httplib::Server* http = m->http_.get();
+    m->http_thread_ = std::thread([http] { http->listen_after_bind(); });
+  }
+  return m;
+}
+
+ServerMetrics::~ServerMetrics() {
+  StopPolling();
+  if (http_ != nullptr) {
+    http_->stop();
+    if (http_thread_.joinable()) http_thread_.join();
+  }
+}
+
+void ServerMetrics::StopPolling() {
+  stop_ = true;
+  if (poller_.joinable()) poller_.join();
+}
+
+void ServerMetrics::OnRequestFinished(const char* code, const RequestResult* result) {
+  requests_->Add({{"code", code}}).Increment();
+  if (result == nullptr) return;
+  generated_->Increment(static_cast<double>(result->output_ids.size()));
+  if (result->status.ok()) latency_->Observe(result->total_ms / 1000.0);
+  if (result->ttft_ms > 0) ttft_->Observe(result->ttft_ms / 1000.0);
+  if (result->queue_ms > 0 || result->status.ok()) queue_wait_->Observe(result->queue_ms / 1000.0);
+}
+
+void ServerMetrics::OnStep(int32_t batch_size, const absl::Status& status) {
+  batch_size_->Observe(batch_size);
+  if (absl::IsResourceExhausted(status)) oom_->Increment();
+}
+
+void ServerMetrics::OnEngineRestart() { restarts_->Increment(); }
+
+void ServerMetrics::SetEngineStats(const EngineStats& stats) {
+  queue_depth_->Set(stats.waiting);
+  batch_limit_->Set(stats.batch_limit);
+  kv_usage_->Set(stats.blocks_total > 0
+                     ? static_cast<double>(stats.blocks_used) / stats.blocks_total
+                     : 0.0);
+}
+
+void ServerMetrics::StartPolling(std::function<EngineStats()> stats,
+                                 std::chrono::milliseconds interval) {
+  poller_ = std::thread([this, stats = std::move(stats), interval] {
+    while (!stop_) {
+      SetEngineStats(stats());
+      for (auto waited = std::chrono::milliseconds(0); waited < interval && !stop_;
+           waited += std::chrono::milliseconds(20)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+  });
+}
+
+}  // namespace glmserve

@@ -1,0 +1,81 @@
+// Prometheus metrics (prometheus-cpp's registry, served as text by cpp-httplib on --metrics-port). The names are a
+// contract: dashboards and alerts outside the project depend on them (docs/operations.md).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/engine.h"
+#include "server/ops/request_observer.h"
+
+namespace httplib {
+class Server;
+}  // namespace httplib
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace glmserve {
+
+class ServerMetrics final : public RequestObserver {
+ public:
+  // port 0: metrics are kept but not exposed. Otherwise serves GET /metrics on host:port
+  // ("::" = every interface, IPv4's 0.0.0.0 where the machine has no IPv6); UNAVAILABLE
+  // naming --metrics-port, the port and the reason (bind's errno) when it cannot be bound.
+  static absl::StatusOr<std::unique_ptr<ServerMetrics>> Create(const std::string& host, int port,
+                                                               const std::string& version);
+  ~ServerMetrics() override;
+
+  void OnRequestFinished(const char* code, const RequestResult* result) override;
+  // Engine thread, after every step attempt.
+  void OnStep(int32_t batch_size, const absl::Status& status);
+  void OnEngineRestart();
+  // Gauges from a stats snapshot (queue depth, batch limit, KV usage).
+  void SetEngineStats(const EngineStats& stats);
+  // Polls `stats()` every interval on a thread of its own until destruction. The function must
+  // stay callable until then.
+  void StartPolling(std::function<EngineStats()> stats, std::chrono::milliseconds interval);
+  void StopPolling();  // joins the poller
+
+  int port() const { return port_; }
+  // The host:port that bound ("[::]:9090" = every interface), and whether it was a fallback after
+  // the first address failed (e.g. "[::1]:P" -> "127.0.0.1:P" on a machine without IPv6).
+  const std::string& listen_spec() const { return listen_spec_; }
+  bool fallback() const { return fallback_; }
+
+ private:
+  ServerMetrics() = default;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<httplib::Server> http_;  // GET /metrics; null when port is 0
+  std::thread http_thread_;                // runs http_'s accept loop
+  int port_ = 0;
+  std::string listen_spec_;
+  bool fallback_ = false;
+  prometheus::Family<prometheus::Counter>* requests_ = nullptr;
+  prometheus::Histogram* latency_ = nullptr;
+  prometheus::Histogram* ttft_ = nullptr;
+  prometheus::Histogram* queue_wait_ = nullptr;
+  prometheus::Histogram* batch_size_ = nullptr;
+  prometheus::Gauge* queue_depth_ = nullptr;
+  prometheus::Gauge* batch_limit_ = nullptr;
+  prometheus::Gauge* kv_usage_ = nullptr;
+  prometheus::Counter* oom_ = nullptr;
+  prometheus::Counter* restarts_ = nullptr;
+  prometheus::Counter* generated_ = nullptr;
+  std::atomic<bool> stop_{false};
+  std::thread poller_;
+};
+
+}  // namespace glmserve

@@ -1,0 +1,533 @@
+#include "server/ops/watchdog.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/ops/logging.h"
+
+namespace glmserve {
+namespace {
+
+int64_t SinceEpochNs(Clock::TimePoint t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+double MsBetween(Clock::TimePoint from, Clock::TimePoint to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
+// Longest real-time wait between checks of the clock. A real clock is waited on exactly; a fake
+// one wakes the waiter through its advance listener, and this bound only covers a wake-up lost
+// between the waiter's check and its wait.
+constexpr std::chrono::milliseconds kMaxWait{200};
+
+}  // namespace
+
+absl::Status ValidateWatchdogOptions(const WatchdogOptions& o) {
+  if (o.stall_timeout.count() <= 0) return absl::InvalidArgumentError("stall_timeout: must be > 0");
+  if (o.backoff_initial.count() < 0) return absl::InvalidArgumentError("backoff_initial: must be >= 0");
+  if (o.backoff_max.count() < 0) return absl::InvalidArgumentError("backoff_max: must be >= 0");
+  if (o.max_failures < 1) return absl::InvalidArgumentError("max_failures: must be >= 1");
+  if (o.window.count() <= 0) return absl::InvalidArgumentError("window: must be > 0");
+  if (o.canary_interval.count() < 0) return absl::InvalidArgumentError("canary_interval: must be >= 0 (0 = off)");
+  if (o.warmup_timeout.count() <= 0) return absl::InvalidArgumentError("warmup_timeout: must be > 0");
+  return absl::OkStatus();
+}
+
+absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id,
+                          std::chrono::milliseconds timeout, Clock& clock) {
+  struct Done {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    absl::Status status;
+  };
+  auto done = std::make_shared<Done>();
+  InferenceRequest request;
+  request.request_id = request_id;
+  request.input_ids = {0};
+  request.params.max_new_tokens = 1;
+  request.deadline = clock.Now() + timeout;
+  RequestCallbacks callbacks;
+  callbacks.on_done = [done](const RequestResult& r) {
+    {
+      std::lock_guard<std::mutex> lock(done->mu);
+      done->done = true;
+      done->status = r.status;
+    }
+    done->cv.notify_all();
+  };
+  const Clock::TimePoint give_up = clock.Now() + timeout + std::chrono::seconds(1);
+  absl::Status submitted = engine->Submit(std::move(request), std::move(callbacks));
+  if (!submitted.ok()) return submitted;
+  const int64_t listener = clock.AddAdvanceListener([done] {
+    { std::lock_guard<std::mutex> lock(done->mu); }  // a waiter between its check and its wait
+    done->cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(done->mu);
+  for (Clock::TimePoint now = clock.Now(); !done->done && now < give_up; now = clock.Now()) {
+    done->cv.wait_for(lock, std::min<Clock::Duration>(give_up - now, kMaxWait));
+  }
+  const bool finished = done->done;
+  const absl::Status status = done->status;
+  lock.unlock();
+  clock.RemoveAdvanceListener(listener);
+  if (!finished) {
+    return absl::DeadlineExceededError(
+        absl::StrCat(request_id, ": 1-token forward did not finish within ", timeout.count(), " ms"));
+  }
+  return status;
+}
+
+// One accepted request. `generation` is the engine holding it; -1 while it waits for a rebuilt
+// engine (requeued). Callbacks of other generations are stale and ignored.
+struct SelfHealingEngine::Tracked {
+  InferenceRequest request;  // a copy, for requeue
+  RequestCallbacks callbacks;
+  int generation = 0;
+  bool streamed = false;
+  bool done = false;
+  std::mutex cb_mu;  // held while the client's callbacks run: none after the final on_done
+};
+
+SelfHealingEngine::SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks,
+                                     std::shared_ptr<Clock> clock)
+    : options_(options), factory_(std::move(factory)), hooks_(std::move(hooks)), clock_(std::move(clock)) {
+  clock_listener_ = clock_->AddAdvanceListener([this] {
+    { std::lock_guard<std::mutex> lock(mu_); }  // a waiter between its check and its wait
+    cv_.notify_all();
+  });
+}
+
+absl::StatusOr<std::unique_ptr<SelfHealingEngine>> SelfHealingEngine::Create(
+    WatchdogOptions options, EngineFactory factory, Hooks hooks, std::shared_ptr<Clock> clock) {
+  if (absl::Status valid = ValidateWatchdogOptions(options); !valid.ok()) return valid;
+  if (factory == nullptr) return absl::InvalidArgumentError("factory: must be set");
+  if (clock == nullptr) clock = std::make_shared<RealClock>();
+  std::unique_ptr<SelfHealingEngine> e(
+      new SelfHealingEngine(options, std::move(factory), std::move(hooks), std::move(clock)));
+  absl::StatusOr<EngineInstance> first = e->Build(0);
+  if (!first.ok()) return first.status();
+  e->model_info_ = first->engine->model_info();
+  {
+    std::lock_guard<std::mutex> lock(e->mu_);
+    e->keepalive_ = std::move(first->keepalive);
+    e->engine_ = std::move(first->engine);
+    e->last_activity_ = e->clock_->Now();
+  }
+  e->watchdog_ = std::thread([p = e.get()] { p->WatchLoop(); });
+  return e;
+}
+
+SelfHealingEngine::~SelfHealingEngine() {
+  clock_->RemoveAdvanceListener(clock_listener_);
+  Shutdown();
+  std::list<Reaper> reapers;
+  {
+    std::lock_guard<std::mutex> lock(reapers_mu_);
+    reapers.swap(reapers_);
+  }
+  for (Reaper& r : reapers) r.thread.join();
+}
+
+bool SelfHealingEngine::WaitUntil(std::unique_lock<std::mutex>& lock, Clock::TimePoint deadline) {
+  for (Clock::TimePoint now = clock_->Now(); !stopping_ && now < deadline; now = clock_->Now()) {
+    cv_.wait_for(lock, std::min<Clock::Duration>(deadline - now, kMaxWait));
+  }
+  return !stopping_;
+}
+
+bool SelfHealingEngine::WaitNoStuckEngine(std::chrono::milliseconds timeout) {
+  std::list<Reaper> finished;
+  bool none_left = false;
+  {
+    std::unique_lock<std::mutex> lock(reapers_mu_);
+    none_left = reapers_cv_.wait_for(lock, timeout, [this] {
+      return std::all_of(reapers_.begin(), reapers_.end(), [](const Reaper& r) { return r.done; });
+    });
+    for (auto it = reapers_.begin(); it != reapers_.end();) {
+      auto next = std::next(it);
+      if (it->done) finished.splice(finished.end(), reapers_, it);
+      it = next;
+    }
+  }
+  for (Reaper& r : finished) r.thread.join();
+  return none_left;
+}
+
+absl::StatusOr<EngineInstance> SelfHealingEngine::Build(int generation) {
+  absl::StatusOr<EngineInstance> built = factory_(
+      generation, [this, generation](int32_t, const absl::Status& s) { OnStepEnd(generation, s); });
+  if (!built.ok()) return built.status();
+  absl::Status warm = WarmUpEngine(built->engine.get(), absl::StrCat("warmup-", generation),
+                                   options_.warmup_timeout, *clock_);
+  if (!warm.ok()) {
+    Bury(std::move(built->engine), std::move(built->keepalive));
+    return absl::UnavailableError(absl::StrCat("warm-up failed: ", warm.ToString()));
+  }
+  return built;
+}
+
+void SelfHealingEngine::OnStepEnd(int generation, const absl::Status& status) {
+  last_beat_ns_ = SinceEpochNs(clock_->Now());
+  if (status.ok() || absl::IsResourceExhausted(status)) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (generation != generation_ || faulted_generation_ == generation) return;
+    faulted_generation_ = generation;
+    fault_ = absl::StrCat("engine step failed: ", status.ToString());
+  }
+  cv_.notify_all();
+}
+
+RequestCallbacks SelfHealingEngine::Wrap(const std::shared_ptr<Tracked>& t, int generation) {
+  RequestCallbacks cb;
+  cb.on_tokens = [this, t, generation](const std::vector<int32_t>& ids) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (t->generation != generation || t->done) return;
+      if (!t->callbacks.replayable_after_tokens) t->streamed = true;
+      last_activity_ = clock_->Now();
+    }
+    std::lock_guard<std::mutex> cb_lock(t->cb_mu);
+    if (t->callbacks.on_tokens) t->callbacks.on_tokens(ids);
+  };
+  cb.on_done = [this, t, generation](const RequestResult& result) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (t->generation != generation || t->done) return;
+      // A request of the failed batch: the watchdog requeues or fails it.
+      if (faulted_generation_ == generation && !result.status.ok()) return;
+    }
+    Resolve(t, result);
+  };
+  return cb;
+}
+
+void SelfHealingEngine::Resolve(const std::shared_ptr<Tracked>& t, const RequestResult& result) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (t->done) return;
+    t->done = true;
+    tracked_.erase(t->request.request_id);
+    last_activity_ = clock_->Now();
+    if (tracked_.empty()) idle_cv_.notify_all();
+  }
+  std::lock_guard<std::mutex> cb_lock(t->cb_mu);
+  if (t->callbacks.on_done) t->callbacks.on_done(result);
+}
+
+absl::Status SelfHealingEngine::Submit(InferenceRequest request, RequestCallbacks callbacks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return absl::UnavailableError("engine is shut down");
+  if (draining_) return absl::UnavailableError("engine is draining; not accepting requests");
+  if (state_ == State::kRecovering) {
+    return absl::UnavailableError(
+        absl::StrCat("engine is restarting after a fault (", reason_, "); retry shortly"));
+  }
+  if (state_ == State::kFailed) return absl::UnavailableError(reason_);
+  if (tracked_.count(request.request_id) > 0) {
+    return absl::AlreadyExistsError(absl::StrCat("request_id ", request.request_id, " is already in flight"));
+  }
+  auto t = std::make_shared<Tracked>();
+  t->request = request;
+  t->callbacks = std::move(callbacks);
+  t->generation = generation_;
+  absl::Status s = engine_->Submit(std::move(request), Wrap(t, generation_));
+  if (!s.ok()) return s;
+  if (tracked_.empty()) busy_since_ = clock_->Now();
+  tracked_.emplace(t->request.request_id, t);
+  return absl::OkStatus();
+}
+
+void SelfHealingEngine::Cancel(const std::string& request_id) {
+  std::shared_ptr<InferenceEngine> engine;
+  std::shared_ptr<Tracked> pending;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = tracked_.find(request_id);
+    if (it == tracked_.end()) return;
+    if (it->second->generation < 0) {
+      pending = it->second;
+    } else {
+      engine = engine_;
+    }
+  }
+  if (pending != nullptr) {
+    RequestResult r;
+    r.status = absl::CancelledError("cancelled while waiting for the engine to restart");
+    r.finish_reason = FinishReason::kCancelled;
+    r.prompt_tokens = static_cast<int32_t>(pending->request.input_ids.size());
+    Resolve(pending, r);
+  } else if (engine != nullptr) {
+    engine->Cancel(request_id);
+  }
+}
+
+void SelfHealingEngine::StartDrain() {
+  std::shared_ptr<InferenceEngine> engine;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+    engine = engine_;
+  }
+  if (engine != nullptr) engine->StartDrain();
+}
+
+bool SelfHealingEngine::WaitIdle(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return idle_cv_.wait_for(lock, timeout, [this] { return tracked_.empty(); });
+}
+
+void SelfHealingEngine::Shutdown() {
+  std::shared_ptr<InferenceEngine> engine;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (watchdog_.joinable()) watchdog_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    engine = engine_;
+  }
+  if (engine != nullptr) engine->Shutdown();  // remaining requests end CANCELLED
+  std::vector<std::shared_ptr<Tracked>> left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, t] : tracked_) left.push_back(t);
+  }
+  for (auto& t : left) {
+    RequestResult r;
+    r.status = absl::UnavailableError("server shut down before the request finished");
+    r.finish_reason = FinishReason::kCancelled;
+    Resolve(t, r);
+  }
+}
+
+EngineStats SelfHealingEngine::stats() const {
+  std::shared_ptr<InferenceEngine> engine;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    engine = engine_;
+  }
+  return engine != nullptr ? engine->stats() : EngineStats();
+}
+
+void SelfHealingEngine::Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive) {
+  WaitNoStuckEngine(std::chrono::milliseconds(0));  // joins the reapers that finished
+  ++graveyard_;
+  std::lock_guard<std::mutex> lock(reapers_mu_);
+  Reaper& reaper = reapers_.emplace_back();
+  // A stalled engine thread cannot be interrupted: shut it down off the watchdog thread.
+  reaper.thread = std::thread([this, &reaper, engine = std::move(engine), keepalive = std::move(keepalive)]() mutable {
+    engine->Shutdown();
+    engine.reset();
+    keepalive.reset();  // the model after its engine
+    --graveyard_;
+    {
+      std::lock_guard<std::mutex> lock(reapers_mu_);
+      reaper.done = true;
+    }
+    reapers_cv_.notify_all();
+  });
+}
+
+void SelfHealingEngine::WatchLoop() {
+  const auto tick = std::clamp<std::chrono::milliseconds>(options_.stall_timeout / 8,
+                                                          std::chrono::milliseconds(5),
+                                                          std::chrono::milliseconds(200));
+  for (;;) {
+    std::string why;
+    bool canary = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      // Faults, shutdown and a fake clock's advances notify cv_; the tick covers a real clock.
+      cv_.wait_for(lock, tick);
+      if (stopping_) return;
+      if (state_ != State::kServing) continue;
+      const auto now = clock_->Now();
+      if (faulted_generation_ == generation_) {
+        why = fault_;
+      } else if (!tracked_.empty()) {
+        const Clock::TimePoint beat{std::chrono::nanoseconds(last_beat_ns_.load())};
+        const auto since = now - std::max(beat, busy_since_);
+        if (since > options_.stall_timeout) {
+          why = absl::StrCat("engine stalled: no step finished for ",
+                             std::chrono::duration_cast<std::chrono::milliseconds>(since).count(),
+                             " ms with ", tracked_.size(), " requests in flight (--stall-timeout-ms=",
+                             options_.stall_timeout.count(), ")");
+        }
+      } else if (options_.canary_interval.count() > 0 && !draining_ &&
+                 now - last_activity_ > options_.canary_interval) {
+        canary = true;
+        last_activity_ = now;
+      }
+    }
+    if (canary) {
+      std::shared_ptr<InferenceEngine> engine;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        engine = engine_;
+      }
+      absl::Status s = WarmUpEngine(engine.get(), absl::StrCat("canary-", ++canaries_),
+                                    options_.stall_timeout, *clock_);
+      if (s.ok()) {
+        LogEvent(LogLevel::kDebug, "canary_ok", "", "idle canary forward ok");
+      } else if (!absl::IsUnavailable(s)) {  // UNAVAILABLE: draining or shut down meanwhile
+        why = absl::StrCat("idle canary failed: ", s.ToString());
+      }
+    }
+    if (!why.empty()) Recover(why);
+  }
+}
+
+void SelfHealingEngine::Recover(const std::string& first_why) {
+  std::string why = first_why;
+  const auto fault_time = clock_->Now();
+  // When the fault being handled happened: the backoff and the crash-loop window count from it,
+  // not from when this thread got round to it (a fake clock may move in between).
+  Clock::TimePoint failed_at = fault_time;
+  std::vector<std::shared_ptr<Tracked>> requeue;
+  std::vector<std::pair<std::shared_ptr<Tracked>, int>> fail;  // streamed already
+  int old_generation = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    state_ = State::kRecovering;
+    reason_ = why;
+    old_generation = generation_;
+    for (auto& [id, t] : tracked_) {
+      if (t->done) continue;
+      t->generation = -1;  // stale for the old engine
+      if (t->streamed) {
+        fail.emplace_back(t, 0);
+      } else {
+        requeue.push_back(t);
+      }
+    }
+  }
+  if (hooks_.on_health) hooks_.on_health(false);
+  LogEvent(LogLevel::kError, "engine_fault", "", absl::StrCat("engine fault: ", why),
+           {{"reason", why}, {"generation", old_generation},
+            {"requeued", requeue.size()}, {"failed", fail.size()}});
+  for (auto& [t, n] : fail) {
+    RequestResult r;
+    r.status = absl::UnavailableError(absl::StrCat(
+        "the engine failed while this request was streaming (", why,
+        "); it was not retried because output was already sent; retry the request"));
+    r.finish_reason = FinishReason::kError;
+    r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
+    Resolve(t, r);
+  }
+  {
+    std::shared_ptr<InferenceEngine> engine;
+    std::shared_ptr<void> keepalive;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      engine = std::move(engine_);
+      keepalive = std::move(keepalive_);
+    }
+    Bury(std::move(engine), std::move(keepalive));
+  }
+
+  for (;;) {
+    int failures = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto now = failed_at;
+      failures_.push_back(now);
+      while (!failures_.empty() && now - failures_.front() > options_.window) failures_.pop_front();
+      failures = static_cast<int>(failures_.size());
+      if (failures >= options_.max_failures) {
+        state_ = State::kFailed;
+        reason_ = absl::StrCat("engine crash loop: ", failures, " faults within ",
+                               options_.window.count() / 1000, " s; not restarting again (last: ", why,
+                               "); fix the cause and restart the server");
+      }
+      if (stopping_) {
+        state_ = State::kFailed;
+        reason_ = "server shut down during an engine restart";
+      }
+    }
+    if (state_ == State::kFailed) {  // only this thread sets it
+      std::string reason;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        reason = reason_;
+      }
+      LogEvent(LogLevel::kError, "engine_crash_loop", "", reason, {{"failures", failures}});
+      for (auto& t : requeue) {
+        RequestResult r;
+        r.status = absl::UnavailableError(reason);
+        r.finish_reason = FinishReason::kError;
+        r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
+        Resolve(t, r);
+      }
+      return;
+    }
+    auto delay = options_.backoff_initial * (int64_t{1} << std::min(failures - 1, 20));
+    delay = std::min<std::chrono::milliseconds>(delay, options_.backoff_max);
+    LogEvent(LogLevel::kWarn, "engine_rebuild_scheduled", "",
+             absl::StrCat("rebuilding the engine in ", delay.count(), " ms"),
+             {{"backoff_ms", delay.count()}, {"failures_in_window", failures}});
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!WaitUntil(lock, failed_at + delay)) continue;  // stopping: handled at the top
+    }
+    int generation = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      generation = generation_ + 1;
+    }
+    absl::StatusOr<EngineInstance> built = Build(generation);
+    if (!built.ok()) {
+      why = absl::StrCat("rebuild failed: ", built.status().ToString());
+      failed_at = clock_->Now();
+      LogEvent(LogLevel::kError, "engine_rebuild_failed", "", why, {{"generation", generation}});
+      continue;
+    }
+    std::vector<std::pair<std::shared_ptr<Tracked>, absl::Status>> refused;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      generation_ = generation;
+      engine_ = std::move(built->engine);
+      keepalive_ = std::move(built->keepalive);
+      if (draining_) engine_->StartDrain();
+      for (auto& t : requeue) {
+        if (t->done) continue;  // cancelled meanwhile
+        t->generation = generation;
+        InferenceRequest copy = t->request;
+        absl::Status s = engine_->Submit(std::move(copy), Wrap(t, generation));
+        if (!s.ok()) refused.emplace_back(t, s);
+      }
+      busy_since_ = clock_->Now();
+      last_activity_ = busy_since_;
+      state_ = State::kServing;
+      reason_.clear();
+    }
+    for (auto& [t, s] : refused) {
+      RequestResult r;
+      r.status = s;
+      r.finish_reason = FinishReason::kError;
+      Resolve(t, r);
+    }
+    ++restarts_;
+    if (hooks_.on_restart) hooks_.on_restart();
+    bool draining = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      draining = draining_;
+    }
+    if (hooks_.on_health && !draining) hooks_.on_health(true);
+    LogEvent(LogLevel::kInfo, "engine_restarted", "",
+             absl::StrCat("engine rebuilt and serving again after ",
+                          static_cast<int64_t>(MsBetween(fault_time, clock_->Now())), " ms"),
+             {{"generation", generation}, {"downtime_ms", MsBetween(fault_time, clock_->Now())},
+              {"requeued", requeue.size() - refused.size()}});
+    return;
+  }
+}
+
+}  // namespace glmserve

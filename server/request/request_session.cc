@@ -1,0 +1,361 @@
+#include "server/request/request_session.h"
+
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/tokenizer/text_output.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "server/ops/logging.h"
+
+namespace glmserve {
+
+// ---------------------------------------------------------------------------------------------
+// RequestSession
+
+RequestSession::RequestSession(RequestSessions* hub, SessionInfo info, InferenceEngine* engine,
+                               std::shared_ptr<SessionSink> sink)
+    : hub_(hub), info_(std::move(info)), engine_(engine), sink_(std::move(sink)) {}
+
+RequestSession::~RequestSession() = default;
+
+void RequestSession::Cancel() {
+  client_cancelled_ = true;
+  if (!done_) engine_->Cancel(engine_id_);  // unknown or finished ids are ignored by the engine
+}
+
+void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    pending_ids_.insert(pending_ids_.end(), ids.begin(), ids.end());
+    pending_ends_.push_back(pending_ids_.size());
+  }
+  QueueForDelivery();
+}
+
+void RequestSession::OnEngineDone(const RequestResult& result) {
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    if (result_) return;  // Abort() got there first (after the engine's Shutdown)
+    result_ = result;
+  }
+  QueueForDelivery();
+}
+
+void RequestSession::QueueForDelivery() {
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    if (queued_) return;
+    queued_ = true;
+  }
+  hub_->Queue(shared_from_this());
+}
+
+void RequestSession::Deliver() {
+  std::lock_guard<std::mutex> deliver(deliver_mu_);
+  std::optional<RequestResult> result;
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    ids_.swap(pending_ids_);
+    ends_.swap(pending_ends_);
+    pending_ids_.clear();
+    pending_ends_.clear();
+    if (result_ && !done_) result = result_;
+    queued_ = false;
+  }
+  size_t begin = 0;
+  for (size_t end : ends_) {
+    step_.assign(ids_.begin() + static_cast<std::ptrdiff_t>(begin), ids_.begin() + static_cast<std::ptrdiff_t>(end));
+    begin = end;
+    HandleStep(step_);
+  }
+  if (result) Finish(std::move(*result));
+}
+
+void RequestSession::HandleStep(const std::vector<int32_t>& ids) {
+  if (done_) return;
+  if (!first_token_logged_) {
+    first_token_logged_ = true;
+    if (hub_->options_.log_requests) {
+      LogEvent(LogLevel::kInfo, "first_token", info_.request_id, "first token",
+               {{"rpc", info_.rpc},
+                {"ttft_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}});
+    }
+  }
+  if (incremental_) {
+    delta_.clear();
+    const size_t kept = text_->Add(ids, &delta_);
+    if (text_->stopped() && kept > 0) engine_->Cancel(engine_id_);  // the stop string completed here
+    if (kept == 0) return;
+    if (!info_.streaming) return;
+    if (kept < ids.size()) {
+      step_.resize(kept);  // `ids` is step_: the ids after the stop string are not output
+      sink_->OnStep(step_, delta_);
+      return;
+    }
+    sink_->OnStep(ids, delta_);
+    return;
+  }
+  if (info_.streaming) {
+    delta_.clear();
+    sink_->OnStep(ids, delta_);
+  }
+}
+
+void RequestSession::Finish(RequestResult result) {
+  done_ = true;
+  hold_.reset();  // the engine's work is done: the front end's slot goes to the next request
+  std::string tail;
+  std::string text;
+  if (text_ != nullptr) {
+    if (text_->stopped()) {  // a stop string ended it (the engine saw a cancel)
+      result.status = absl::OkStatus();
+      result.finish_reason = FinishReason::kStop;
+      if (result.output_ids.size() > text_->kept_ids()) result.output_ids.resize(text_->kept_ids());
+    }
+    if (!incremental_) {
+      std::string unused;
+      text_->Add(result.output_ids, &unused);
+    }
+    tail = text_->Finish();
+    text = text_->text();
+  }
+  hub_->Unregister(engine_id_);
+  const char* code = client_cancelled_ && !result.status.ok() ? CodeName(absl::StatusCode::kCancelled)
+                                                              : CodeName(result.status.code());
+  hub_->LogFinished(*this, result, code);
+  // Let go of the sink: it holds this session too (to cancel it) until it is done.
+  std::shared_ptr<SessionSink> sink = std::move(sink_);
+  sink->OnFinish(result, tail, text);
+}
+
+void RequestSession::Abort() {
+  RequestResult result;
+  result.status = absl::UnavailableError("server shut down before the request finished");
+  result.finish_reason = FinishReason::kCancelled;
+  OnEngineDone(result);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RequestSessions
+
+RequestSessions::RequestSessions(RequestSessionsOptions options) : options_(std::move(options)) {
+  std::random_device rd;
+  id_prefix_ = absl::StrFormat("%s-%08x", options_.id_prefix, rd());
+  const int workers = std::max(1, options_.delivery_workers);
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { DeliveryLoop(); });
+}
+
+RequestSessions::~RequestSessions() {
+  {
+    std::lock_guard<std::mutex> lock(delivery_mu_);
+    delivery_stop_ = true;
+  }
+  delivery_cv_.notify_all();
+  for (std::thread& t : workers_) t.join();
+}
+
+void RequestSessions::SetEngine(InferenceEngine* engine) {
+  const ModelInfo& info = engine->model_info();
+  std::lock_guard<std::mutex> lock(mu_);
+  model_.vocab_size = info.vocab_size;
+  model_.max_context = info.max_position_embeddings;
+  model_.eos_token_ids = info.eos_token_ids;
+  engine_ = engine;
+}
+
+void RequestSessions::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  tokenizer_ = std::move(tokenizer);
+  model_.tokenizer = tokenizer_.get();
+}
+
+void RequestSessions::StartDrain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
+bool RequestSessions::draining() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return draining_;
+}
+
+ValidationModel RequestSessions::model() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return model_;
+}
+
+std::string RequestSessions::NewRequestId() { return absl::StrCat(id_prefix_, "-", next_id_.fetch_add(1)); }
+
+std::optional<Refusal> RequestSessions::Admit(const std::string& client, Admission* out) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) {
+      return MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kDraining,
+                         "server is draining; retry on another replica");
+    }
+    if (engine_ == nullptr) {
+      return MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable, options_.loading_message);
+    }
+    out->engine = engine_;
+    out->model = model_;
+  }
+  // After the 503s (draining, loading), before tokenization.
+  if (ClientQuota* quota = options_.client_quota.get(); quota != nullptr) {
+    bool admitted = false;
+    out->quota = quota->TryAcquire(client, &admitted);
+    if (!admitted) {
+      return MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kClientQuota,
+                         QuotaExceededMessage(quota->max_per_client()), 1000);
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request, Dialect dialect,
+                                                 const Admission& admission, const SessionInfo& info,
+                                                 InferenceRequest* out) {
+  std::optional<Refusal> refusal = ValidateRequest(request, options_.limits, admission.model, dialect, out);
+  if (refusal && refusal->prompt_tokens > 0) {  // the prompt's length is known only after tokenization
+    const int32_t max_context = admission.model.max_context;
+    LogEvent(LogLevel::kWarn, "prompt_too_long", info.request_id,
+             absl::StrCat("prompt of ", refusal->prompt_tokens, " tokens is too long (max position embeddings ",
+                          max_context, "); refusing"),
+             {{"rpc", info.rpc}, {"prompt_tokens", refusal->prompt_tokens},
+              {"max_position_embeddings", max_context},
+              {"above_max_position_embeddings", refusal->prompt_tokens > max_context}});
+  }
+  return refusal;
+}
+
+std::optional<Refusal> RequestSessions::Submit(const Admission& admission, InferenceRequest request, SessionInfo info,
+                                               const std::vector<std::string>& stop,
+                                               std::shared_ptr<SessionSink> sink,
+                                               std::shared_ptr<RequestSession>* out) {
+  const bool streaming = info.streaming;
+  std::shared_ptr<void> hold = std::move(info.hold_until_done);
+  auto session = std::shared_ptr<RequestSession>(
+      new RequestSession(this, std::move(info), admission.engine, std::move(sink)));
+  session->hold_ = std::move(hold);
+  if (admission.model.tokenizer != nullptr) {
+    session->text_ = std::make_unique<tokenizer::TextOutput>(admission.model.tokenizer, stop);
+    // Without stop strings a unary request decodes once, from the result (and stays replayable).
+    session->incremental_ = streaming || !stop.empty();
+  }
+  // Engine ids are unique even when clients reuse a request id (a retry may arrive while the
+  // engine still holds the previous attempt): "<request_id>#<n>", so engine logs still name it.
+  session->engine_id_ = absl::StrCat(session->info_.request_id, "#", next_id_.fetch_add(1));
+  request.request_id = session->engine_id_;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_.emplace(session->engine_id_, session);
+  }
+  if (options_.log_requests) {
+    nlohmann::json fields = {{"rpc", session->info_.rpc},
+                             {"engine_id", session->engine_id_},
+                             {"prompt_tokens", request.input_ids.size()},
+                             {"max_new_tokens", request.params.max_new_tokens}};
+    fields.update(session->info_.accepted_fields);
+    LogEvent(LogLevel::kInfo, "request_accepted", session->info_.request_id, "request accepted", fields);
+  }
+  RequestCallbacks callbacks;
+  const bool tokens_matter = streaming || session->incremental_ || options_.log_requests;
+  if (tokens_matter) {
+    callbacks.on_tokens = [session](const std::vector<int32_t>& ids) { session->OnEngineTokens(ids); };
+  }
+  // Nothing reaches the client before the result, so an engine fault may rerun it (not with
+  // incremental decoding, whose state is not rewound).
+  callbacks.replayable_after_tokens = !streaming && !session->incremental_;
+  callbacks.on_done = [session](const RequestResult& result) { session->OnEngineDone(result); };
+  absl::Status submitted = admission.engine->Submit(std::move(request), std::move(callbacks));
+  if (!submitted.ok()) {
+    Unregister(session->engine_id_);
+    session->done_ = true;
+    Refusal refusal = RefusalFromStatus(submitted);
+    if (refusal.kind == RefusalKind::kUnavailable && draining()) refusal.kind = RefusalKind::kDraining;
+    return refusal;
+  }
+  *out = std::move(session);
+  return std::nullopt;
+}
+
+void RequestSessions::Refused(const std::string& request_id, const std::string& rpc, const Refusal& refusal,
+                              nlohmann::json fields) {
+  const char* code = CodeName(refusal.code);
+  if (options_.observer != nullptr) options_.observer->OnRequestFinished(code, nullptr);
+  if (!options_.log_requests) return;
+  nlohmann::json all = {{"rpc", rpc}, {"status", code}};
+  all.update(fields);
+  all["message"] = refusal.message;
+  LogEvent(LogLevel::kInfo, "request_refused", request_id, "request refused", all);
+}
+
+void RequestSessions::LogFinished(const RequestSession& session, const RequestResult& result, const char* code) {
+  if (options_.observer != nullptr) options_.observer->OnRequestFinished(code, &result);
+  if (!options_.log_requests) return;
+  nlohmann::json fields = {{"rpc", session.info_.rpc},
+                           {"status", code},
+                           {"finish", FinishReasonName(result.finish_reason)},
+                           {"prompt_tokens", result.prompt_tokens},
+                           {"completion_tokens", result.output_ids.size()},
+                           {"queue_ms", result.queue_ms},
+                           {"ttft_ms", result.ttft_ms},
+                           {"total_ms", result.total_ms}};
+  if (!result.status.ok()) fields["message"] = std::string(result.status.message());
+  const bool failed = !result.status.ok() && result.status.code() != absl::StatusCode::kCancelled &&
+                      result.status.code() != absl::StatusCode::kDeadlineExceeded &&
+                      !session.client_cancelled_;
+  LogEvent(failed ? LogLevel::kWarn : LogLevel::kInfo, "request_finished", session.info_.request_id,
+           "request finished", fields);
+}
+
+void RequestSessions::Unregister(const std::string& engine_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  in_flight_.erase(engine_id);
+}
+
+void RequestSessions::Queue(std::shared_ptr<RequestSession> session) {
+  {
+    std::lock_guard<std::mutex> lock(delivery_mu_);
+    delivery_.push_back(std::move(session));
+  }
+  delivery_cv_.notify_one();
+}
+
+void RequestSessions::DeliveryLoop() {
+  std::unique_lock<std::mutex> lock(delivery_mu_);
+  while (true) {
+    delivery_cv_.wait(lock, [this] { return delivery_stop_ || !delivery_.empty(); });
+    if (delivery_.empty()) return;  // stopping, and nothing left to deliver
+    std::shared_ptr<RequestSession> session = std::move(delivery_.front());
+    delivery_.pop_front();
+    ++deliveries_running_;
+    lock.unlock();
+    session->Deliver();
+    session.reset();
+    lock.lock();
+    --deliveries_running_;
+    if (delivery_.empty() && deliveries_running_ == 0) delivery_idle_cv_.notify_all();
+  }
+}
+
+void RequestSessions::Flush() {
+  std::unique_lock<std::mutex> lock(delivery_mu_);
+  delivery_idle_cv_.wait(lock, [this] { return delivery_.empty() && deliveries_running_ == 0; });
+}
+
+void RequestSessions::AbortAll() {
+  Flush();  // a result the engine already gave is delivered, not replaced by UNAVAILABLE
+  std::vector<std::shared_ptr<RequestSession>> sessions;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, weak] : in_flight_) {
+      if (auto session = weak.lock()) sessions.push_back(std::move(session));
+    }
+  }
+  for (auto& session : sessions) session->Abort();
+  Flush();
+}
+
+}  // namespace glmserve

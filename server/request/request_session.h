@@ -1,0 +1,220 @@
+// One request from admission to its result, for every front end (gRPC, HTTP): admission (drain,
+// loading, the per-client cap), validation, submission, cancellation, the engine's events handled
+// OFF the engine thread (incremental detokenization, stop strings), request logs with the trace id,
+// metrics (RequestObserver) and the code names. A front end authenticates, parses its wire format
+// into a GenerateRequest, calls the steps below and renders what comes back (SessionSink, Refusal).
+// No gRPC, no HTTP, no LibTorch types.
+//
+// Threads: the engine's callbacks only append to the session's buffer and queue the session for a
+// delivery worker (at most once at a time, so the queue is bounded by the sessions in flight);
+// the workers detokenize, match stop strings, log and call the sink. A StartWrite or a tokenizer
+// call on the engine thread would delay every stream's next step.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/engine.h"
+#include "server/request/client_quota.h"
+#include "server/request/request.h"
+#include "server/ops/request_observer.h"
+#include "server/request/request_validation.h"
+
+namespace glmserve {
+
+namespace tokenizer {
+class TextOutput;
+}
+
+struct RequestSessionsOptions {
+  FrontendLimits limits;
+  // One info line per accepted, refused and finished request (and the first token).
+  bool log_requests = true;
+  // Sees every finished or refused request exactly once (metrics). Null = none.
+  std::shared_ptr<RequestObserver> observer;
+  // The per-client cap on queued plus running requests (shared by the front ends). Null = none.
+  std::shared_ptr<ClientQuota> client_quota;
+  // Generated request ids are "<id_prefix>-<8 random hex>-<n>" ("glm" for gRPC, "glmh" for HTTP).
+  std::string id_prefix = "glm";
+  // What a request hears while no engine is set (the front ends word it differently).
+  std::string loading_message = "model is loading; retry later";
+  // Threads that handle engine events. Two keep up with 256 streams on an H200: the work per
+  // event is a tokenizer step and a queued write.
+  int delivery_workers = 2;
+};
+
+// The front end's half of a session. Called on a delivery worker, one call at a time per session,
+// in the engine's order; must not block for long (other sessions wait for the worker).
+class SessionSink {
+ public:
+  virtual ~SessionSink() = default;
+  // One engine step of a streaming (or stop-string) session: the ids that belong to the output
+  // (those after a stop string are dropped; a step may be empty then) and the text now final ("" while
+  // held back, or without a tokenizer).
+  virtual void OnStep(const std::vector<int32_t>& ids, const std::string& text) = 0;
+  // Exactly once per submitted session: the result (a stop string turns a cancel into OK / STOP
+  // with the ids cut), the text not yet handed out in OnStep, and the whole text. Refusals before
+  // submission never reach the sink.
+  virtual void OnFinish(const RequestResult& result, const std::string& tail, const std::string& text) = 0;
+};
+
+// What the front end knows about a request before it is submitted.
+struct SessionInfo {
+  std::string request_id;  // the trace id, in every log line
+  std::string rpc;         // "Infer", "/v1/completions": logs
+  // Steps are delivered to the sink (else only the result; a session with stop strings still
+  // decodes incrementally, to cancel at the stop).
+  bool streaming = false;
+  nlohmann::json accepted_fields = nlohmann::json::object();  // extra fields of request_accepted
+  // Released once the engine has finished the request (HTTP's serving slot).
+  std::shared_ptr<void> hold_until_done;
+};
+
+// What admission hands to the steps after it: the engine, a snapshot of the model, the client's
+// place under the cap (released by the front end before its final answer goes out).
+struct Admission {
+  InferenceEngine* engine = nullptr;
+  ValidationModel model;
+  ClientQuota::Lease quota;
+};
+
+class RequestSessions;
+
+// One submitted request. The engine's callbacks and the delivery workers keep it alive until the
+// result was delivered.
+class RequestSession : public std::enable_shared_from_this<RequestSession> {
+ public:
+  ~RequestSession();
+  const std::string& request_id() const { return info_.request_id; }
+  const std::string& engine_id() const { return engine_id_; }
+  // The client went away: the engine frees the slot; a failed result is counted CANCELLED.
+  // Any thread; never under a lock the sink takes.
+  void Cancel();
+
+ private:
+  friend class RequestSessions;
+  RequestSession(RequestSessions* hub, SessionInfo info, InferenceEngine* engine, std::shared_ptr<SessionSink> sink);
+
+  // Engine thread: record and queue.
+  void OnEngineTokens(const std::vector<int32_t>& ids);
+  void OnEngineDone(const RequestResult& result);
+  void QueueForDelivery();
+  // Delivery worker.
+  void Deliver();
+  void HandleStep(const std::vector<int32_t>& ids);
+  void Finish(RequestResult result);
+  // After the engine's Shutdown(): the result it can no longer give.
+  void Abort();
+
+  RequestSessions* const hub_;
+  const SessionInfo info_;
+  InferenceEngine* const engine_;
+  std::shared_ptr<SessionSink> sink_;  // delivery worker; dropped after OnFinish
+  std::string engine_id_;
+  std::shared_ptr<void> hold_;  // SessionInfo::hold_until_done; delivery worker
+  std::unique_ptr<tokenizer::TextOutput> text_;  // null without a tokenizer
+  bool incremental_ = false;                     // text_ fed per step (streaming or stop strings)
+  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::atomic<bool> client_cancelled_{false};
+  std::atomic<bool> done_{false};  // the result was handled (Finish ran)
+
+  // What the engine reported and no worker has handled yet: the ids of every step back to back
+  // and where each step ends, so a step costs no allocation once the buffers have grown.
+  std::mutex events_mu_;
+  std::vector<int32_t> pending_ids_;     // guarded by events_mu_
+  std::vector<size_t> pending_ends_;     // guarded by events_mu_
+  std::optional<RequestResult> result_;  // guarded by events_mu_
+  bool queued_ = false;                  // guarded by events_mu_
+  // One worker at a time; the swapped-out buffers and the step being handled.
+  std::mutex deliver_mu_;
+  std::vector<int32_t> ids_;   // guarded by deliver_mu_
+  std::vector<size_t> ends_;   // guarded by deliver_mu_
+  std::vector<int32_t> step_;  // guarded by deliver_mu_
+  std::string delta_;          // guarded by deliver_mu_
+  bool first_token_logged_ = false;  // guarded by deliver_mu_
+};
+
+// The sessions of one front end and the delivery workers they share.
+class RequestSessions {
+ public:
+  explicit RequestSessions(RequestSessionsOptions options);
+  // Joins the workers; after every session ended. Never from a worker: a sink must not hold the
+  // last reference to what owns this object (front ends Flush() before letting go).
+  ~RequestSessions();
+  RequestSessions(const RequestSessions&) = delete;
+  RequestSessions& operator=(const RequestSessions&) = delete;
+
+  const RequestSessionsOptions& options() const { return options_; }
+
+  // The engine must outlive every session. Requests are refused (loading) until it is set.
+  void SetEngine(InferenceEngine* engine);
+  void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer);
+  // New requests UNAVAILABLE (draining); the engine itself is drained by whoever owns it.
+  void StartDrain();
+  bool draining() const;
+  ValidationModel model() const;
+
+  std::string NewRequestId();
+
+  // Admission: draining or no engine: UNAVAILABLE; over the per-client cap: RESOURCE_EXHAUSTED.
+  // Before tokenization. `client` is the API key's name or the peer address.
+  std::optional<Refusal> Admit(const std::string& client, Admission* out);
+  // ValidateRequest; a too-long prompt is also logged (prompt_too_long, with its length).
+  std::optional<Refusal> Validate(const GenerateRequest& request, Dialect dialect, const Admission& admission,
+                                  const SessionInfo& info, InferenceRequest* out);
+  // Submits; on OK the session reports to `sink` exactly once (OnFinish). On a refusal nothing
+  // was taken.
+  std::optional<Refusal> Submit(const Admission& admission, InferenceRequest request, SessionInfo info,
+                                const std::vector<std::string>& stop, std::shared_ptr<SessionSink> sink,
+                                std::shared_ptr<RequestSession>* out);
+
+  // Logs and counts a refusal (any step's, or the front end's own: authentication, parsing,
+  // transport limits). `fields`: the front end's extra log fields (http_status, param).
+  void Refused(const std::string& request_id, const std::string& rpc, const Refusal& refusal,
+               nlohmann::json fields = nlohmann::json::object());
+
+  // Returns once every queued engine event has been handled.
+  void Flush();
+  // After the engine's Shutdown(): every session still waiting for a result ends UNAVAILABLE.
+  void AbortAll();
+
+ private:
+  friend class RequestSession;
+  void Queue(std::shared_ptr<RequestSession> session);
+  void DeliveryLoop();
+  void Unregister(const std::string& engine_id);
+  void LogFinished(const RequestSession& session, const RequestResult& result, const char* code);
+
+  const RequestSessionsOptions options_;
+  std::string id_prefix_;
+  std::atomic<uint64_t> next_id_{1};
+
+  mutable std::mutex mu_;
+  InferenceEngine* engine_ = nullptr;                                  // guarded by mu_
+  bool draining_ = false;                                              // guarded by mu_
+  ValidationModel model_;                                              // guarded by mu_
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;              // guarded by mu_
+  std::map<std::string, std::weak_ptr<RequestSession>> in_flight_;     // guarded by mu_
+
+  std::mutex delivery_mu_;
+  std::condition_variable delivery_cv_;
+  std::condition_variable delivery_idle_cv_;
+  std::deque<std::shared_ptr<RequestSession>> delivery_;  // guarded by delivery_mu_
+  int deliveries_running_ = 0;                             // guarded by delivery_mu_
+  bool delivery_stop_ = false;                             // guarded by delivery_mu_
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace glmserve

@@ -1,0 +1,185 @@
+#include "server/request/request_validation.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace glmserve {
+
+int32_t MaxPromptTokens(const FrontendLimits& limits, const ValidationModel& model) {
+  int32_t max_prompt = limits.max_prompt_tokens;
+  if (model.max_context > 0 && (max_prompt <= 0 || max_prompt > model.max_context - 1)) {
+    max_prompt = model.max_context - 1;  // leave room for at least one new token
+  }
+  return std::max(0, max_prompt);
+}
+
+std::optional<Refusal> CheckRequestId(const std::string& request_id, const FrontendLimits& limits, Dialect dialect) {
+  const std::string field = FieldName(Field::kRequestId, dialect);
+  if (static_cast<int64_t>(request_id.size()) > limits.max_request_id_bytes) {
+    return InvalidField(field, absl::StrCat(request_id.size(), " bytes; at most ", limits.max_request_id_bytes,
+                                            " bytes allowed"));
+  }
+  for (unsigned char c : request_id) {
+    if (c < 0x21 || c > 0x7e) return InvalidField(field, "only printable ASCII without spaces (0x21..0x7e) allowed");
+  }
+  return std::nullopt;
+}
+
+std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const FrontendLimits& limits,
+                                       const ValidationModel& model, Dialect dialect, InferenceRequest* out) {
+  auto name = [dialect](Field field, int64_t index = -1) { return FieldName(field, dialect, index); };
+  const int32_t vocab = model.vocab_size;
+  // Prompt ids: input_ids, else the chat messages, else the prompt text.
+  std::vector<int32_t> input_ids = request.input_ids;
+  Field ids_field = Field::kInputIds;
+  if (input_ids.empty() && (!request.messages.empty() || !request.prompt.empty())) {
+    ids_field = !request.messages.empty() ? Field::kMessages : Field::kPrompt;
+    if (!request.messages.empty() && !request.prompt.empty()) {
+      return InvalidField(name(Field::kPrompt), "set either prompt or messages, not both");
+    }
+    if (model.tokenizer == nullptr) {
+      return InvalidField(name(ids_field), absl::StrCat("the server has no tokenizer (no tokenizer.json or "
+                                                        "tokenizer.model in the model directory); send ",
+                                                        name(Field::kInputIds)));
+    }
+    if (!request.messages.empty()) {
+      std::vector<tokenizer::Message> messages;
+      messages.reserve(request.messages.size());
+      for (const ChatMessage& m : request.messages) messages.push_back({m.role, m.content});
+      absl::StatusOr<std::vector<int32_t>> ids = model.tokenizer->ApplyChatTemplate(messages);
+      if (!ids.ok()) {
+        Refusal r = InvalidField(name(Field::kMessages), "");
+        r.message = std::string(ids.status().message());  // names the message and its field itself
+        return r;
+      }
+      input_ids = std::move(*ids);
+    } else {
+      input_ids = model.tokenizer->Encode(request.prompt);
+    }
+    if (input_ids.empty()) return InvalidField(name(ids_field), "tokenizes to no ids");
+  }
+  if (input_ids.empty()) {
+    return InvalidField(name(Field::kInputIds),
+                        absl::StrCat("must not be empty (at least 1 token id in [0, ", vocab, "))"));
+  }
+  for (size_t i = 0; i < input_ids.size(); ++i) {
+    const int32_t id = input_ids[i];
+    if (id < 0 || id >= vocab) {
+      return InvalidField(name(ids_field, static_cast<int64_t>(i)),
+                          absl::StrCat(id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  const int stops = static_cast<int>(request.stop.size());
+  if (stops > 0 && model.tokenizer == nullptr) {
+    return InvalidField(name(Field::kStop),
+                        "stop strings need the tokenizer, which this server does not have; use stop_token_ids");
+  }
+  if (stops > kMaxStopStrings) {
+    return InvalidField(name(Field::kStop), absl::StrCat(stops, " strings; at most ", kMaxStopStrings));
+  }
+  for (int i = 0; i < stops; ++i) {
+    const size_t n = request.stop[i].size();
+    if (n == 0 || n > static_cast<size_t>(kMaxStopStringBytes)) {
+      return InvalidField(name(Field::kStop, i),
+                          absl::StrCat(n, " bytes; each stop string must have 1..", kMaxStopStringBytes, " bytes"));
+    }
+  }
+  const int32_t prompt_tokens = static_cast<int32_t>(input_ids.size());
+  const int32_t max_prompt = MaxPromptTokens(limits, model);
+  if (max_prompt > 0 && prompt_tokens > max_prompt) {
+    Refusal r = InvalidField(name(ids_field),
+                             absl::StrCat(prompt_tokens, " tokens; at most ", max_prompt, " prompt tokens allowed"),
+                             RefusalKind::kContextLength);
+    r.prompt_tokens = prompt_tokens;
+    r.allowed_prompt_tokens = max_prompt;
+    return r;
+  }
+
+  int32_t max_new = request.max_new_tokens;
+  if (max_new < 0 || max_new > limits.max_new_tokens_cap) {
+    return InvalidField(name(Field::kMaxNewTokens),
+                        absl::StrCat(max_new, " is outside [0, ", limits.max_new_tokens_cap,
+                                     "] (0 means the default, ", limits.default_max_new_tokens, ")"));
+  }
+  if (max_new == 0) max_new = limits.default_max_new_tokens;
+  if (model.max_context > 0 && int64_t{prompt_tokens} + max_new > model.max_context) {
+    const int32_t room = model.max_context - prompt_tokens;
+    if (request.max_new_tokens == 0) {
+      max_new = room;  // the default shrinks to fit; an explicit value is the client's choice
+    } else {
+      return InvalidField(name(Field::kMaxNewTokens),
+                          absl::StrCat(max_new, " with ", prompt_tokens, " prompt tokens exceeds the model's max context ",
+                                       model.max_context, "; allowed range [1, ", room, "]"),
+                          RefusalKind::kContextLength);
+    }
+  }
+
+  const int32_t min_new = request.min_new_tokens;
+  if (min_new < 0 || min_new > max_new) {
+    return InvalidField(name(Field::kMinNewTokens), absl::StrCat(min_new, " is outside [0, ",
+                                                                  name(Field::kMaxNewTokens), "=", max_new, "]"));
+  }
+
+  const float temperature = request.temperature;
+  if (!std::isfinite(temperature) || temperature < 0.0f || temperature > limits.max_temperature) {
+    return InvalidField(name(Field::kTemperature), absl::StrCat(temperature, " is outside [0, ",
+                                                                 limits.max_temperature, "] (0 = greedy)"));
+  }
+  float top_p = request.top_p;
+  if (!std::isfinite(top_p) || top_p < 0.0f || top_p > 1.0f) {
+    return InvalidField(name(Field::kTopP), absl::StrCat(top_p, " is outside (0, 1] (0 means 1)"));
+  }
+  if (top_p == 0.0f) top_p = 1.0f;
+  if (request.top_k < 0) {
+    return InvalidField(name(Field::kTopK), absl::StrCat(request.top_k, " is outside [0, inf) (0 = no limit)"));
+  }
+  for (const auto& [field, value] : {std::pair{Field::kFrequencyPenalty, request.frequency_penalty},
+                                     std::pair{Field::kPresencePenalty, request.presence_penalty}}) {
+    if (!std::isfinite(value) || value < kMinOpenAiPenalty || value > kMaxOpenAiPenalty) {
+      return InvalidField(name(field), absl::StrCat(value, " is outside [", kMinOpenAiPenalty, ", ",
+                                                    kMaxOpenAiPenalty, "] (0 = off)"));
+    }
+  }
+  float repetition_penalty = request.repetition_penalty;
+  if (!std::isfinite(repetition_penalty) || repetition_penalty < 0.0f || repetition_penalty > kMaxRepetitionPenalty) {
+    return InvalidField(name(Field::kRepetitionPenalty), absl::StrCat(repetition_penalty, " is outside (0, ",
+                                                                       kMaxRepetitionPenalty, "] (0 means 1 = off)"));
+  }
+  if (repetition_penalty == 0.0f) repetition_penalty = 1.0f;
+  for (size_t i = 0; i < request.stop_token_ids.size(); ++i) {
+    const int32_t id = request.stop_token_ids[i];
+    if (id < 0 || id >= vocab) {
+      return InvalidField(name(Field::kStopTokenIds, static_cast<int64_t>(i)),
+                          absl::StrCat(id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  if (auto bad_id = CheckRequestId(request.request_id, limits, dialect)) return bad_id;
+
+  out->input_ids = std::move(input_ids);
+  out->params.max_new_tokens = max_new;
+  out->params.min_new_tokens = request.min_equals_max ? max_new : min_new;
+  out->params.sampling.temperature = temperature;
+  out->params.sampling.top_p = top_p;
+  out->params.sampling.top_k = request.top_k;
+  out->params.sampling.seed = request.seed;
+  out->params.sampling.frequency_penalty = request.frequency_penalty;
+  out->params.sampling.presence_penalty = request.presence_penalty;
+  out->params.sampling.repetition_penalty = repetition_penalty;
+  out->params.stop_token_ids = request.stop_token_ids;
+  if (out->params.stop_token_ids.empty() && model.tokenizer != nullptr) {
+    // Default stop ids: the model's eos ids plus the tokenizer's end-of-turn ids (<|user|>,
+    // <|observation|>) where the config lacks them (ChatGLM3's config has only </s>).
+    std::vector<int32_t> stop = model.eos_token_ids;
+    for (int32_t id : model.tokenizer->DefaultStopIds()) {
+      if (id < vocab && std::find(stop.begin(), stop.end(), id) == stop.end()) stop.push_back(id);
+    }
+    if (stop.size() > model.eos_token_ids.size()) out->params.stop_token_ids = std::move(stop);
+  }
+  out->deadline = request.deadline;
+  return std::nullopt;
+}
+
+}  // namespace glmserve
