@@ -129,8 +129,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "warm-up prefill + %d decode steps (one-time initialisation, untimed): %.1f ms\n",
                  warm_up_steps, Ms(warm_up_start, Clock::now()));
   }
-  std::printf("| batch | tokens/s | ms/step | TTFT ms | HBM roofline | first decode step ms |\n"
-              "|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "| batch | tokens/s | ms/step | TTFT ms | HBM roofline | first decode step ms |\n"
+      "|---:|---:|---:|---:|---:|---:|\n");
   for (int32_t batch : batch_sizes) {
     std::vector<std::vector<int32_t>> history(batch);
     std::vector<glmserve::SequenceStep> steps(batch);

@@ -8,10 +8,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <limits>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -172,12 +172,15 @@ int main(int argc, char** argv) {
                    static_cast<double>(r.tokens) / r.seconds);
     }
   }
-  std::printf("model: %s (%s, %d layers, hidden %d, vocab %d, %s on %s); prompt %d tokens, %d new tokens, "
-              "%d requests per client, %d LibTorch threads, %u CPUs\n\n",
-              model_flags.model.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size, info.vocab_size,
-              info.compute_dtype.c_str(), info.device.c_str(), prompt_tokens, new_tokens, requests_per_client,
-              at::get_num_threads(), std::thread::hardware_concurrency());
-  std::printf("| batching | concurrency | requests | generated tok/s | latency p50 ms | latency p95 ms | TTFT p50 ms | errors |\n");
+  std::printf(
+      "model: %s (%s, %d layers, hidden %d, vocab %d, %s on %s); prompt %d tokens, %d new tokens, "
+      "%d requests per client, %d LibTorch threads, %u CPUs\n\n",
+      model_flags.model.c_str(), info.architecture.c_str(), info.num_layers, info.hidden_size, info.vocab_size,
+      info.compute_dtype.c_str(), info.device.c_str(), prompt_tokens, new_tokens, requests_per_client,
+      at::get_num_threads(), std::thread::hardware_concurrency());
+  std::printf(
+      "| batching | concurrency | requests | generated tok/s | latency p50 ms | latency p95 ms | TTFT p50 ms | errors "
+      "|\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const Row& r : rows) {
     std::printf("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %d |\n", r.batching.c_str(), r.concurrency, r.requests,

@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-
 #include "flags/flags.h"
 #include "kernels/decode_ops.h"
 #include "kernels/rms_norm.h"
@@ -31,11 +30,8 @@ struct Shape {
 };
 
 // GLM-4-9B: hidden 4096, 32 query + 2 KV heads of 128, intermediate 13696, vocabulary 151552.
-constexpr Shape kShapes[] = {{"qkv", 4608, 4096},
-                             {"o", 4096, 4096},
-                             {"gate_up", 27392, 4096},
-                             {"down", 4096, 13696},
-                             {"lm_head", 151552, 4096}};
+constexpr Shape kShapes[] = {
+    {"qkv", 4608, 4096}, {"o", 4096, 4096}, {"gate_up", 27392, 4096}, {"down", 4096, 13696}, {"lm_head", 151552, 4096}};
 
 bool Ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
@@ -125,8 +121,8 @@ int main(int argc, char** argv) {
       for (auto math : {glmserve::kernels::SkinnyGemmMath::kWarpgroup, glmserve::kernels::SkinnyGemmMath::kWarp}) {
         const bool warpgroup = math == glmserve::kernels::SkinnyGemmMath::kWarpgroup;
         row(rows, warpgroup ? "skinny GEMM (wgmma)" : "skinny GEMM (mma.sync)", time_us([&](const void* w) {
-              return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k,
-                                                       ElementType::kBFloat16, gemm_workspace, stream, math);
+              return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
+                                                       gemm_workspace, stream, math);
             }));
       }
     }

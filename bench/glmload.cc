@@ -1,8 +1,8 @@
 #include "bench/glmload.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
-#include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,27 +14,26 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
-#include <deque>
 #include <cstdlib>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
 
-#include <nlohmann/json.hpp>
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "glmserve/v1/inference.grpc.pb.h"
 #include "flags/flags.h"
+#include "glmserve/v1/inference.grpc.pb.h"
 #include "server/request/request.h"
 
 namespace glmserve::load {
@@ -59,7 +58,8 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::stri
     std::vector<int32_t> ids;
     for (absl::string_view piece : absl::StrSplit(line, absl::ByAnyChar(", \t\r"), absl::SkipEmpty())) {
       int64_t v = 0;
-      absl::Status s = flags::ParseIntValue(absl::StrCat("--prompt-file ", path, ":", line_no), piece, 0, 2147483647, &v);
+      absl::Status s =
+          flags::ParseIntValue(absl::StrCat("--prompt-file ", path, ":", line_no), piece, 0, 2147483647, &v);
       if (!s.ok()) return s;
       ids.push_back(static_cast<int32_t>(v));
     }
@@ -93,8 +93,13 @@ class Level {
   Level(const Options& opts, const std::vector<std::shared_ptr<grpc::Channel>>& channels,
         const std::vector<std::vector<int32_t>>& prompts, int vocab_size, int concurrency, double rate,
         const HttpTarget* http = nullptr)
-      : opts_(opts), prompts_(prompts), vocab_size_(vocab_size), concurrency_(concurrency),
-        rate_(rate), http_(http), gen_(opts.seed + static_cast<uint64_t>(concurrency) * 7919) {
+      : opts_(opts),
+        prompts_(prompts),
+        vocab_size_(vocab_size),
+        concurrency_(concurrency),
+        rate_(rate),
+        http_(http),
+        gen_(opts.seed + static_cast<uint64_t>(concurrency) * 7919) {
     for (const auto& c : channels) stubs_.push_back(v1::Inference::NewStub(c));
   }
   ~Level() { StopHttpWorkers(); }
@@ -130,10 +135,10 @@ class Level {
 
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;
-  std::deque<HttpJob> jobs_;         // guarded by pool_mu_
-  size_t idle_workers_ = 0;          // guarded by pool_mu_
-  bool pool_stop_ = false;           // guarded by pool_mu_
-  std::vector<std::thread> workers_; // guarded by pool_mu_
+  std::deque<HttpJob> jobs_;          // guarded by pool_mu_
+  size_t idle_workers_ = 0;           // guarded by pool_mu_
+  bool pool_stop_ = false;            // guarded by pool_mu_
+  std::vector<std::thread> workers_;  // guarded by pool_mu_
 
   std::mutex gen_mu_;
   std::mt19937_64 gen_;
@@ -167,8 +172,7 @@ v1::InferRequest Level::MakeRequest() {
     std::uniform_int_distribution<int> id(0, std::max(1, vocab_size_) - 1);
     for (int i = 0; i < n; ++i) req.add_input_ids(id(gen_));
   }
-  const int max_new =
-      std::uniform_int_distribution<int>(opts_.max_new_tokens.lo, opts_.max_new_tokens.hi)(gen_);
+  const int max_new = std::uniform_int_distribution<int>(opts_.max_new_tokens.lo, opts_.max_new_tokens.hi)(gen_);
   req.set_max_new_tokens(max_new);
   if (opts_.ignore_eos) req.set_min_new_tokens(max_new);
   req.set_temperature(opts_.temperature);
@@ -265,8 +269,7 @@ void Level::Issue(Clock::time_point intended) {
     r.latency_ms = Ms(Clock::now() - intended);
     r.prompt_tokens = call->req.input_ids_size();
     if (s.ok()) {
-      r.generated = call->resp.has_usage() ? call->resp.usage().completion_tokens()
-                                           : call->resp.output_ids_size();
+      r.generated = call->resp.has_usage() ? call->resp.usage().completion_tokens() : call->resp.output_ids_size();
       r.queue_ms = call->resp.queue_ms();
       r.server_ttft_ms = call->resp.ttft_ms();
     }
@@ -456,16 +459,16 @@ void Level::Finish(Record r, std::vector<double> itl) {
 void Level::ProgressLoop() {
   const bool tty = isatty(2) != 0;
   const auto period = tty ? std::chrono::milliseconds(500) : std::chrono::milliseconds(5000);
-  const std::string what = rate_ > 0 ? absl::StrFormat("rate %.4g/s", rate_)
-                                     : absl::StrCat("concurrency ", concurrency_);
+  const std::string what =
+      rate_ > 0 ? absl::StrFormat("rate %.4g/s", rate_) : absl::StrCat("concurrency ", concurrency_);
   auto line = [&] {
     const double t = std::chrono::duration<double>(Clock::now() - start_).count();
     const double total = std::chrono::duration<double>(send_end_ - start_).count();
     std::string s = absl::StrFormat("glmload: %s  %5.1fs", what, t);
     if (opts_.requests == 0 || opts_.duration_s > 0) s += absl::StrFormat("/%.0fs", total);
-    s += absl::StrFormat("  sent %d  ok %d  err %d  in flight %d  %.1f req/s  %.0f tok/s",
-                         sent_.load(), ok_.load(), failed_.load(), in_flight_.load(),
-                         t > 0 ? ok_.load() / t : 0.0, t > 0 ? tokens_.load() / t : 0.0);
+    s += absl::StrFormat("  sent %d  ok %d  err %d  in flight %d  %.1f req/s  %.0f tok/s", sent_.load(), ok_.load(),
+                         failed_.load(), in_flight_.load(), t > 0 ? ok_.load() / t : 0.0,
+                         t > 0 ? tokens_.load() / t : 0.0);
     return s;
   };
   std::unique_lock<std::mutex> lock(mu_);
@@ -501,8 +504,7 @@ LevelResult Level::Run() {
     PoissonArrivals arrivals(rate_, opts_.seed);
     auto next = start_;
     while (true) {
-      next += std::chrono::duration_cast<Clock::duration>(
-          std::chrono::duration<double>(arrivals.NextGapSeconds()));
+      next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(arrivals.NextGapSeconds()));
       // Decided on the schedule, not the clock: the same seed sends the same arrivals.
       if (next >= send_end_ || (opts_.requests > 0 && sent_.load() >= opts_.requests)) break;
       std::this_thread::sleep_until(next);
@@ -665,8 +667,7 @@ absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string&
     d.lo = d.hi = static_cast<int>(a);
   } else if (parts.size() == 3 && parts[0] == "uniform") {
     if (!flags::ParseIntValue(flag, parts[1], 0, 1 << 24, &a).ok() ||
-        !flags::ParseIntValue(flag, parts[2], 0, 1 << 24, &b).ok() ||
-        a > b) {
+        !flags::ParseIntValue(flag, parts[2], 0, 1 << 24, &b).ok() || a > b) {
       return bad();
     }
     d.lo = static_cast<int>(a);
@@ -824,9 +825,8 @@ absl::StatusOr<HttpTarget> ConnectHttp(const std::string& target, ServerInfo* in
     httplib::Result res = cli.Get("/v1/models");
     if (res && res->status == 200) {
       const json j = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
-      if (!j.is_discarded() && j.is_object() && j.contains("data") && j["data"].is_array() &&
-          !j["data"].empty() && j["data"][0].is_object() && j["data"][0].contains("id") &&
-          j["data"][0]["id"].is_string()) {
+      if (!j.is_discarded() && j.is_object() && j.contains("data") && j["data"].is_array() && !j["data"].empty() &&
+          j["data"][0].is_object() && j["data"][0].contains("id") && j["data"][0]["id"].is_string()) {
         t.model = j["data"][0]["id"].get<std::string>();
         info->model = t.model;
         info->max_context = j["data"][0].value("max_model_len", 0);
@@ -905,8 +905,7 @@ absl::StatusOr<Report> RunLoad(const Options& opts) {
   }
   int vocab = opts.vocab_size > 0 ? opts.vocab_size : report.server.vocab_size;
   if (prompts.empty() && vocab <= 0) {
-    return absl::FailedPreconditionError(
-        "GetModelInfo failed and --vocab-size is not set: cannot draw prompt ids");
+    return absl::FailedPreconditionError("GetModelInfo failed and --vocab-size is not set: cannot draw prompt ids");
   }
   std::vector<int> levels = opts.sweep;
   if (levels.empty()) levels.push_back(opts.concurrency);
@@ -923,31 +922,29 @@ absl::StatusOr<Report> RunLoad(const Options& opts) {
 std::string FormatTable(const Report& r) {
   std::vector<std::vector<std::string>> rows;
   const bool open = !r.levels.empty() && r.levels[0].mode == "open";
-  rows.push_back({open ? "rate/s" : "conc", "ok", "errors", "req/s", "tok/s", "lat p50", "p90",
-                  "p99", "max", "ttft p50", "p99", "itl p50", "p99", "queue p50", "p99"});
+  rows.push_back({open ? "rate/s" : "conc", "ok", "errors", "req/s", "tok/s", "lat p50", "p90", "p99", "max",
+                  "ttft p50", "p99", "itl p50", "p99", "queue p50", "p99"});
   for (const LevelResult& l : r.levels) {
     std::string errors;
     for (const auto& [code, n] : l.errors) absl::StrAppend(&errors, errors.empty() ? "" : ",", code, "=", n);
     if (l.dropped > 0) absl::StrAppend(&errors, errors.empty() ? "" : ",", "dropped=", l.dropped);
     if (errors.empty()) errors = "0";
     const Summary& lat = l.latency_ms;
-    rows.push_back({open ? absl::StrFormat("%.4g", l.rate) : absl::StrCat(l.concurrency),
-                    absl::StrCat(l.ok), errors, absl::StrFormat("%.2f", l.requests_per_s),
-                    absl::StrFormat("%.1f", l.generated_tokens_per_s), Cell(lat.p50, lat),
-                    Cell(lat.p90, lat), Cell(lat.p99, lat), Cell(lat.max, lat),
+    rows.push_back({open ? absl::StrFormat("%.4g", l.rate) : absl::StrCat(l.concurrency), absl::StrCat(l.ok), errors,
+                    absl::StrFormat("%.2f", l.requests_per_s), absl::StrFormat("%.1f", l.generated_tokens_per_s),
+                    Cell(lat.p50, lat), Cell(lat.p90, lat), Cell(lat.p99, lat), Cell(lat.max, lat),
                     Cell(l.ttft_ms.p50, l.ttft_ms), Cell(l.ttft_ms.p99, l.ttft_ms),
                     Cell(l.inter_token_ms.p50, l.inter_token_ms, "%.2f"),
-                    Cell(l.inter_token_ms.p99, l.inter_token_ms, "%.2f"),
-                    Cell(l.queue_ms.p50, l.queue_ms), Cell(l.queue_ms.p99, l.queue_ms)});
+                    Cell(l.inter_token_ms.p99, l.inter_token_ms, "%.2f"), Cell(l.queue_ms.p50, l.queue_ms),
+                    Cell(l.queue_ms.p99, l.queue_ms)});
   }
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& row : rows)
     for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
   std::string out;
   if (r.server.known) {
-    absl::StrAppend(&out, "server: ", r.server.architecture, " on ", r.server.device, " (",
-                    r.server.dtype, "), max_batch ", r.server.max_batch, ", glmserve ",
-                    r.server.version, "\n");
+    absl::StrAppend(&out, "server: ", r.server.architecture, " on ", r.server.device, " (", r.server.dtype,
+                    "), max_batch ", r.server.max_batch, ", glmserve ", r.server.version, "\n");
   }
   if (r.options.http) {
     absl::StrAppend(&out, "POST /v1/completions", r.options.stream ? " (SSE stream)" : "",
@@ -993,10 +990,10 @@ std::string ToJson(const Report& r) {
                  {"seed", o.seed},
                  {"connections", o.connections}};
   if (r.server.known) {
-    j["server"] = {{"architecture", r.server.architecture}, {"device", r.server.device},
-                   {"dtype", r.server.dtype},               {"version", r.server.version},
-                   {"vocab_size", r.server.vocab_size},     {"max_batch", r.server.max_batch},
-                   {"max_context", r.server.max_context}};
+    j["server"] = {
+        {"architecture", r.server.architecture}, {"device", r.server.device},         {"dtype", r.server.dtype},
+        {"version", r.server.version},           {"vocab_size", r.server.vocab_size}, {"max_batch", r.server.max_batch},
+        {"max_context", r.server.max_context}};
   }
   j["levels"] = json::array();
   for (const LevelResult& l : r.levels) {
@@ -1087,7 +1084,8 @@ std::string CompareMarkdown(const std::vector<Report>& reports, const std::vecto
       {"p99 ms", [](const LevelResult& l) { return Cell(l.latency_ms.p99, l.latency_ms, "%.0f"); }},
       {"TTFT p50 ms", [](const LevelResult& l) { return Cell(l.ttft_ms.p50, l.ttft_ms, "%.0f"); }},
       {"queue p50 ms", [](const LevelResult& l) { return Cell(l.queue_ms.p50, l.queue_ms, "%.0f"); }},
-      {"errors", [](const LevelResult& l) {
+      {"errors",
+       [](const LevelResult& l) {
          int64_t n = l.dropped;
          for (const auto& e : l.errors) n += e.second;
          return absl::StrCat(n);
@@ -1115,11 +1113,10 @@ std::string CompareMarkdown(const std::vector<Report>& reports, const std::vecto
       if (c.name == "req/s" && reports.size() == 2) {
         const LevelResult* a = find(reports[0], x);
         const LevelResult* b = find(reports[1], x);
-        absl::StrAppend(&out, " ",
-                        a && b && a->requests_per_s > 0
-                            ? absl::StrFormat("%.2fx", b->requests_per_s / a->requests_per_s)
-                            : "-",
-                        " |");
+        absl::StrAppend(
+            &out, " ",
+            a && b && a->requests_per_s > 0 ? absl::StrFormat("%.2fx", b->requests_per_s / a->requests_per_s) : "-",
+            " |");
       }
     }
     out += "\n";
@@ -1131,8 +1128,8 @@ absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::str
                   const std::string& png_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  const fs::path dir = fs::temp_directory_path() /
-                       absl::StrCat("glmload-plot-", getpid(), "-", Clock::now().time_since_epoch().count());
+  const fs::path dir =
+      fs::temp_directory_path() / absl::StrCat("glmload-plot-", getpid(), "-", Clock::now().time_since_epoch().count());
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("plot: cannot create ", dir.string()));
   const bool open = !reports.empty() && !reports[0].levels.empty() && reports[0].levels[0].mode == "open";
@@ -1148,8 +1145,8 @@ absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::str
       return open ? a.rate < b.rate : a.concurrency < b.concurrency;
     });
     for (const LevelResult& l : ls) {
-      f << (open ? l.rate : l.concurrency) << " " << l.requests_per_s << " " << l.generated_tokens_per_s
-        << " " << l.latency_ms.p50 << " " << l.latency_ms.p90 << " " << l.latency_ms.p99 << " ";
+      f << (open ? l.rate : l.concurrency) << " " << l.requests_per_s << " " << l.generated_tokens_per_s << " "
+        << l.latency_ms.p50 << " " << l.latency_ms.p90 << " " << l.latency_ms.p99 << " ";
       if (l.ttft_ms.count > 0) {
         any_ttft = true;
         f << l.ttft_ms.p50 << " " << l.ttft_ms.p99 << "\n";
@@ -1191,13 +1188,13 @@ absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::str
       const std::pair<int, const char*> series[] = {{4, "p50"}, {5, "p90"}, {6, "p99"}};
       int k = 0;
       for (const auto& [col, name] : series) {
-        s << (first ? "" : ", ") << quote(data_files[i]) << " using 1:" << col << " with linespoints lw 2 "
-          << dash[k++] << " pt 7 lc rgb '" << c << "' title " << quote(labels[i] + " latency " + name);
+        s << (first ? "" : ", ") << quote(data_files[i]) << " using 1:" << col << " with linespoints lw 2 " << dash[k++]
+          << " pt 7 lc rgb '" << c << "' title " << quote(labels[i] + " latency " + name);
         first = false;
       }
       if (any_ttft) {
-        s << ", " << quote(data_files[i]) << " using 1:7 with linespoints lw 1 dt 4 pt 4 lc rgb '" << c
-          << "' title " << quote(labels[i] + " TTFT p50");
+        s << ", " << quote(data_files[i]) << " using 1:7 with linespoints lw 1 dt 4 pt 4 lc rgb '" << c << "' title "
+          << quote(labels[i] + " TTFT p50");
       }
     }
     s << "\nunset multiplot\n";
@@ -1215,9 +1212,9 @@ absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::str
     std::ifstream log(dir / "gnuplot.log");
     std::stringstream ss;
     ss << log.rdbuf();
-    result = absl::InternalError(absl::StrCat(
-        "plot: gnuplot failed (exit ", rc, "; is gnuplot installed? apt-get install gnuplot-nox): ",
-        ss.str().substr(0, 500)));
+    result = absl::InternalError(
+        absl::StrCat("plot: gnuplot failed (exit ", rc,
+                     "; is gnuplot installed? apt-get install gnuplot-nox): ", ss.str().substr(0, 500)));
   }
   fs::remove_all(dir, ec);
   return result;

@@ -101,12 +101,12 @@ struct Report {
 
 // One SSE "data:" payload of a /v1/completions stream, as glmload reads it.
 struct SseEvent {
-  bool done = false;            // "[DONE]"
-  std::string error;            // an error object: its code (or "unknown"); else ""
-  int tokens = 0;               // ids in this chunk: len(token_ids) when sent, else 1 per non-empty text
-  int completion_tokens = -1;   // the usage chunk's completion_tokens
-  bool finished = false;        // finish_reason set
-  bool malformed = false;       // not JSON / not an object
+  bool done = false;           // "[DONE]"
+  std::string error;           // an error object: its code (or "unknown"); else ""
+  int tokens = 0;              // ids in this chunk: len(token_ids) when sent, else 1 per non-empty text
+  int completion_tokens = -1;  // the usage chunk's completion_tokens
+  bool finished = false;       // finish_reason set
+  bool malformed = false;      // not JSON / not an object
 };
 SseEvent ParseSseData(const std::string& payload);
 
@@ -119,8 +119,7 @@ std::string FormatTable(const Report& r);
 std::string ToJson(const Report& r);
 absl::StatusOr<Report> FromJson(const std::string& text);
 // Side-by-side markdown: one row per concurrency, req/s, tok/s and latency of each report.
-std::string CompareMarkdown(const std::vector<Report>& reports,
-                            const std::vector<std::string>& labels);
+std::string CompareMarkdown(const std::vector<Report>& reports, const std::vector<std::string>& labels);
 // Throughput vs concurrency and latency percentiles vs concurrency, with gnuplot.
 absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::string>& labels,
                   const std::string& png_path);

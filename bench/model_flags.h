@@ -10,10 +10,10 @@
 namespace glmserve::bench {
 
 struct ModelFlags {
-  std::string model;                           // checkpoint directory (required)
-  flags::Device device;                        // cpu unless --device says otherwise
-  flags::Dtype dtype = flags::Dtype::kAuto;    // float32 on CPU, bfloat16 on CUDA
-  bool random_weights = false;                 // only registered where a benchmark supports it
+  std::string model;                         // checkpoint directory (required)
+  flags::Device device;                      // cpu unless --device says otherwise
+  flags::Dtype dtype = flags::Dtype::kAuto;  // float32 on CPU, bfloat16 on CUDA
+  bool random_weights = false;               // only registered where a benchmark supports it
 
   void Register(flags::FlagSet& set, bool with_random_weights = false) {
     set.Path("model", &model,

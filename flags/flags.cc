@@ -88,10 +88,14 @@ absl::StatusOr<Device> ParseDevice(absl::string_view flag, absl::string_view tex
 
 const char* DtypeName(Dtype dtype) {
   switch (dtype) {
-    case Dtype::kFloat32: return "float32";
-    case Dtype::kBFloat16: return "bfloat16";
-    case Dtype::kFloat16: return "float16";
-    case Dtype::kAuto: break;
+    case Dtype::kFloat32:
+      return "float32";
+    case Dtype::kBFloat16:
+      return "bfloat16";
+    case Dtype::kFloat16:
+      return "float16";
+    case Dtype::kAuto:
+      break;
   }
   return "";
 }
@@ -117,8 +121,8 @@ absl::Status ParseNumberValue(absl::string_view flag, absl::string_view text, Nu
   const bool above_lo = range.lo_open ? v > range.lo : v >= range.lo;
   if (s.empty() || *end != '\0' || errno != 0 || !std::isfinite(v) || !above_lo || v > range.hi ||
       std::isspace(static_cast<unsigned char>(s[0]))) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": '", text, "' is not a number in ", range.lo_open ? "(" : "[",
-                                                   range.lo, ", ", range.hi, "]"));
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": '", text, "' is not a number in ",
+                                                   range.lo_open ? "(" : "[", range.lo, ", ", range.hi, "]"));
   }
   *out = v;
   return absl::OkStatus();
@@ -145,8 +149,8 @@ absl::Status ParseDurationValue(absl::string_view flag, absl::string_view text, 
     *seconds = v * scale;
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(flag, ": '", text, "' is not a duration in [", min_s, "s, ", max_s,
-                                                 "s] (30, 30s, 500ms, 2m, 1h)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(flag, ": '", text, "' is not a duration in [", min_s, "s, ", max_s, "s] (30, 30s, 500ms, 2m, 1h)"));
 }
 
 FlagSet::FlagSet(std::string program, std::string synopsis, std::string description)

@@ -30,9 +30,9 @@ __device__ __forceinline__ void RotatePair(float position, float freq, float& ev
 
 template <typename T>
 __global__ void __launch_bounds__(kRotaryThreads)
-RotaryKvWriteKernel(T* __restrict__ qkv, const int64_t* __restrict__ positions, const float* __restrict__ inv_freq,
-                    const int64_t* __restrict__ slots, T* __restrict__ k_cache, T* __restrict__ v_cache,
-                    RotaryKvShape s) {
+    RotaryKvWriteKernel(T* __restrict__ qkv, const int64_t* __restrict__ positions, const float* __restrict__ inv_freq,
+                        const int64_t* __restrict__ slots, T* __restrict__ k_cache, T* __restrict__ v_cache,
+                        RotaryKvShape s) {
   const int t = blockIdx.x, head = blockIdx.y;  // heads: the query heads, then the KV heads
   T* row = qkv + t * s.qkv_row_stride;
   T* x = row + static_cast<int64_t>(head) * s.head_dim;
@@ -89,7 +89,7 @@ constexpr int kSwiGluThreads = 128;
 
 template <typename T>
 __global__ void __launch_bounds__(kSwiGluThreads)
-SwiGluChunkKernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t width) {
+    SwiGluChunkKernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t width) {
   constexpr int E = Chunk16<T>::kElements;
   const int64_t chunks = width / E;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kSwiGluThreads + threadIdx.x;
@@ -112,8 +112,9 @@ void LaunchSwiGlu(const void* gate_up, void* out, int64_t rows, int64_t width, c
   const int64_t chunk_blocks = (width / E + kSwiGluThreads - 1) / kSwiGluThreads;
   if (width % E == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
       rows <= 65535 && chunk_blocks <= 0x7fffffff) {
-    SwiGluChunkKernel<T><<<dim3(static_cast<unsigned>(chunk_blocks), static_cast<unsigned>(rows)), kSwiGluThreads, 0,
-                           stream>>>(in, y, width);
+    SwiGluChunkKernel<T>
+        <<<dim3(static_cast<unsigned>(chunk_blocks), static_cast<unsigned>(rows)), kSwiGluThreads, 0, stream>>>(in, y,
+                                                                                                                width);
     return;
   }
   const int64_t total = rows * width;
@@ -127,8 +128,8 @@ constexpr int kGemvWarps = 8;
 // M input rows, R weight rows per warp, U 16-byte loads per lane and row in flight.
 template <typename T, int M, int R, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
-GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-           int64_t n, int64_t k) {
+    GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+               int64_t n, int64_t k) {
   constexpr int E = 16 / sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * R;
@@ -197,14 +198,22 @@ bool GemvTyped(const void* x, const void* w, const void* bias, void* y, int32_t 
   // Few rows: one weight row per warp and deep unrolling keep enough loads in flight; more rows
   // share each loaded weight chunk across R weight rows so x is re-read less.
   switch (rows) {
-    case 1: return LaunchGemv<T, 1, 1, 8>(x, w, bias, y, n, k, st);
-    case 2: return LaunchGemv<T, 2, 2, 4>(x, w, bias, y, n, k, st);
-    case 3: return LaunchGemv<T, 3, 2, 4>(x, w, bias, y, n, k, st);
-    case 4: return LaunchGemv<T, 4, 2, 4>(x, w, bias, y, n, k, st);
-    case 5: return LaunchGemv<T, 5, 4, 2>(x, w, bias, y, n, k, st);
-    case 6: return LaunchGemv<T, 6, 4, 2>(x, w, bias, y, n, k, st);
-    case 7: return LaunchGemv<T, 7, 4, 2>(x, w, bias, y, n, k, st);
-    case 8: return LaunchGemv<T, 8, 4, 2>(x, w, bias, y, n, k, st);
+    case 1:
+      return LaunchGemv<T, 1, 1, 8>(x, w, bias, y, n, k, st);
+    case 2:
+      return LaunchGemv<T, 2, 2, 4>(x, w, bias, y, n, k, st);
+    case 3:
+      return LaunchGemv<T, 3, 2, 4>(x, w, bias, y, n, k, st);
+    case 4:
+      return LaunchGemv<T, 4, 2, 4>(x, w, bias, y, n, k, st);
+    case 5:
+      return LaunchGemv<T, 5, 4, 2>(x, w, bias, y, n, k, st);
+    case 6:
+      return LaunchGemv<T, 6, 4, 2>(x, w, bias, y, n, k, st);
+    case 7:
+      return LaunchGemv<T, 7, 4, 2>(x, w, bias, y, n, k, st);
+    case 8:
+      return LaunchGemv<T, 8, 4, 2>(x, w, bias, y, n, k, st);
   }
   return false;
 }
@@ -213,8 +222,8 @@ int ElementBytes(ElementType type) { return type == ElementType::kFloat32 ? 4 : 
 
 }  // namespace
 
-bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
-                       void* k_cache, void* v_cache, const RotaryKvShape& s, ElementType type, void* stream) {
+bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots, void* k_cache,
+                       void* v_cache, const RotaryKvShape& s, ElementType type, void* stream) {
   if (s.tokens < 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 || s.head_dim <= 0 || s.rotary_dim < 0 ||
       s.rotary_dim % 2 != 0 || s.rotary_dim > s.head_dim ||
       s.qkv_row_stride < int64_t{s.num_heads + 2 * s.num_kv_heads} * s.head_dim) {
@@ -227,7 +236,8 @@ bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_fre
   switch (type) {
     case ElementType::kFloat32:
       RotaryKvWriteKernel<float><<<grid, kRotaryThreads, 0, st>>>(static_cast<float*>(qkv), positions, inv_freq, slots,
-                                                       static_cast<float*>(k_cache), static_cast<float*>(v_cache), s);
+                                                                  static_cast<float*>(k_cache),
+                                                                  static_cast<float*>(v_cache), s);
       break;
     case ElementType::kBFloat16:
       RotaryKvWriteKernel<__nv_bfloat16><<<grid, kRotaryThreads, 0, st>>>(
@@ -235,10 +245,12 @@ bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_fre
           static_cast<__nv_bfloat16*>(v_cache), s);
       break;
     case ElementType::kFloat16:
-      RotaryKvWriteKernel<__half><<<grid, kRotaryThreads, 0, st>>>(static_cast<__half*>(qkv), positions, inv_freq, slots,
-                                                        static_cast<__half*>(k_cache), static_cast<__half*>(v_cache), s);
+      RotaryKvWriteKernel<__half><<<grid, kRotaryThreads, 0, st>>>(static_cast<__half*>(qkv), positions, inv_freq,
+                                                                   slots, static_cast<__half*>(k_cache),
+                                                                   static_cast<__half*>(v_cache), s);
       break;
-    default: return false;
+    default:
+      return false;
   }
   return cudaGetLastError() == cudaSuccess;
 }
@@ -248,18 +260,25 @@ bool SwiGluCuda(const void* gate_up, void* out, int64_t rows, int64_t width, Ele
   if (rows == 0) return true;
   auto st = static_cast<cudaStream_t>(stream);
   switch (type) {
-    case ElementType::kFloat32: LaunchSwiGlu<float>(gate_up, out, rows, width, st); break;
-    case ElementType::kBFloat16: LaunchSwiGlu<__nv_bfloat16>(gate_up, out, rows, width, st); break;
-    case ElementType::kFloat16: LaunchSwiGlu<__half>(gate_up, out, rows, width, st); break;
-    default: return false;
+    case ElementType::kFloat32:
+      LaunchSwiGlu<float>(gate_up, out, rows, width, st);
+      break;
+    case ElementType::kBFloat16:
+      LaunchSwiGlu<__nv_bfloat16>(gate_up, out, rows, width, st);
+      break;
+    case ElementType::kFloat16:
+      LaunchSwiGlu<__half>(gate_up, out, rows, width, st);
+      break;
+    default:
+      return false;
   }
   return cudaGetLastError() == cudaSuccess;
 }
 
 bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w) {
   const int64_t per_chunk = 16 / ElementBytes(type);
-  return rows >= 1 && rows <= kGemvMaxRows && k > 0 && k % per_chunk == 0 &&
-         reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+  return rows >= 1 && rows <= kGemvMaxRows && k > 0 && k % per_chunk == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
 bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
@@ -267,9 +286,12 @@ bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t r
   if (n <= 0 || !GemvCudaTakes(rows, k, type, x, w)) return false;
   auto st = static_cast<cudaStream_t>(stream);
   switch (type) {
-    case ElementType::kFloat32: return GemvTyped<float>(x, w, bias, y, rows, n, k, st);
-    case ElementType::kBFloat16: return GemvTyped<__nv_bfloat16>(x, w, bias, y, rows, n, k, st);
-    case ElementType::kFloat16: return GemvTyped<__half>(x, w, bias, y, rows, n, k, st);
+    case ElementType::kFloat32:
+      return GemvTyped<float>(x, w, bias, y, rows, n, k, st);
+    case ElementType::kBFloat16:
+      return GemvTyped<__nv_bfloat16>(x, w, bias, y, rows, n, k, st);
+    case ElementType::kFloat16:
+      return GemvTyped<__half>(x, w, bias, y, rows, n, k, st);
   }
   return false;
 }

@@ -15,10 +15,10 @@ namespace glmserve::kernels {
 
 struct RotaryKvShape {
   int32_t tokens = 0;
-  int32_t num_heads = 0;     // query heads
+  int32_t num_heads = 0;  // query heads
   int32_t num_kv_heads = 0;
   int32_t head_dim = 0;
-  int32_t rotary_dim = 0;    // leading dims of each head that rotate (even, <= head_dim); 0 = none
+  int32_t rotary_dim = 0;      // leading dims of each head that rotate (even, <= head_dim); 0 = none
   int64_t qkv_row_stride = 0;  // elements between tokens' rows of qkv
 };
 
@@ -30,8 +30,8 @@ struct RotaryKvShape {
 // are computed in fp32 and rounded to the dtype, and each product and sum is rounded to it.
 void RotaryKvWriteReference(float* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
                             float* k_cache, float* v_cache, const RotaryKvShape& shape);
-bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots,
-                       void* k_cache, void* v_cache, const RotaryKvShape& shape, ElementType type, void* stream);
+bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots, void* k_cache,
+                       void* v_cache, const RotaryKvShape& shape, ElementType type, void* stream);
 
 // gate_up: [rows, 2 * width] (gate, then up); out[r][i] = up * silu(gate), [rows, width].
 // Rounding as ATen's `up * silu(gate)`: silu in fp32, rounded, then the product rounded.

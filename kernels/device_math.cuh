@@ -17,13 +17,26 @@ __device__ __forceinline__ float ToFloat(float v) { return v; }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
 
-template <typename T> __device__ __forceinline__ T FromFloat(float v);
-template <> __device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <> __device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half(v); }
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) {
+  return __float2half(v);
+}
 
 // The value an ATen op on T tensors would store: computed in fp32, rounded to T.
-template <typename T> __device__ __forceinline__ float RoundTo(float v) { return ToFloat(FromFloat<T>(v)); }
+template <typename T>
+__device__ __forceinline__ float RoundTo(float v) {
+  return ToFloat(FromFloat<T>(v));
+}
 
 // 16 bytes of T (8 bf16/fp16 or 4 fp32 elements) -> fp32, bf16/fp16 two at a time.
 __device__ __forceinline__ void UnpackChunk(const uint4& raw, float* f, const float*) {
@@ -103,10 +116,10 @@ __device__ __forceinline__ void LoadMatrixX2(uint32_t smem, uint32_t (&r)[2]) {
 // major), b0/b1 the 16x8 B fragment (column major). Accumulator j of a lane is row lane / 4 +
 // 8 (j / 2), column 2 (lane % 4) + j % 2.
 // One asm string for both element types: `type` is "bf16" or "f16".
-#define GLMSERVE_MMA_M16N8K16(type)                                                                         \
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." type "." type                                    \
-               ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"                   \
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                            \
+#define GLMSERVE_MMA_M16N8K16(type)                                                     \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." type "." type                   \
+               ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n" \
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                         \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
 template <typename T>
 __device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {

@@ -26,8 +26,8 @@ bool GemvCuda(const void*, const void*, const void*, void*, int32_t, int64_t, in
 }
 size_t SkinnyGemmWorkspaceBytes() { return 0; }
 bool SkinnyGemmCudaTakes(int32_t, int64_t, int64_t, ElementType, const void*, const void*) { return false; }
-bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*,
-                    void*, SkinnyGemmMath) {
+bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*, void*,
+                    SkinnyGemmMath) {
   return false;
 }
 int32_t PagedAttentionMaxContext() { return 0; }

@@ -97,7 +97,8 @@ template <typename T>
 bool Launch(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
             const PagedAttentionShape& s, cudaStream_t stream) {
   PagedAttentionDecodeKernel<T><<<dim3(s.batch, s.num_heads), kThreads, 0, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, static_cast<T*>(out), s);
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, static_cast<T*>(out),
+      s);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -116,9 +117,9 @@ constexpr int kMaxHeadsPerThread = 4;    // accumulate loop: heads per thread, 4
 constexpr int kMaxSplits = 32;
 
 struct SplitLayout {
-  int group = 0;       // query heads per KV head
-  int k_stride = 0;    // floats per K row in shared memory (padded: conflict-free float4 reads)
-  size_t smem = 0;     // dynamic shared memory bytes
+  int group = 0;     // query heads per KV head
+  int k_stride = 0;  // floats per K row in shared memory (padded: conflict-free float4 reads)
+  size_t smem = 0;   // dynamic shared memory bytes
 };
 
 __host__ __device__ inline SplitLayout MakeSplitLayout(const PagedAttentionShape& s) {
@@ -185,7 +186,7 @@ int SplitCount(const PagedAttentionShape& s) {
   // Several blocks per SM: each tile is latency-bound. GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM
   // overrides the 4 for measurements.
   static const int blocks_per_sm = EnvSwitch("GLMSERVE_CUDA_ATTENTION_BLOCKS_PER_SM", 4, "an integer in [1, 64]",
-                                              [](long value) { return value >= 1 && value <= 64; });
+                                             [](long value) { return value >= 1 && value <= 64; });
   const int units = s.batch * s.num_kv_heads;
   int splits = (blocks_per_sm * sm_count + units - 1) / units;
   const int max_tiles = (s.max_context + kTile - 1) / kTile;
@@ -281,27 +282,27 @@ __device__ __forceinline__ void LoadTile(const T* __restrict__ k_cache, const T*
 template <typename T, int kSplitThreads>
 // 24 warps per SM either way: caps registers at 80 (256 threads) or 120 (128).
 __global__ void __launch_bounds__(kSplitThreads, kSplitThreads == 256 ? 3 : 5)
-PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
-                          const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
-                          float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
-                          int splits) {
+    PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                              const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
+                              float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
+                              int splits) {
   constexpr int kSplitWarps = kSplitThreads / 32;
   extern __shared__ float4 smem_raw[];
   const SplitLayout layout = MakeSplitLayout(s);
   const int group = layout.group, hd = s.head_dim, ks = layout.k_stride;
   float* q_s = reinterpret_cast<float*>(smem_raw);  // [group][hd], pre-scaled
-  float* k_s = q_s + group * hd;                     // [kTile][ks]
-  float* v_s = k_s + kTile * ks;                     // [kTile][hd]
-  float* p_s = v_s + kTile * hd;                     // [group][kTile]: scores, then weights
-  float* m_s = p_s + group * kTile;                  // running max per head
-  float* l_s = m_s + group;                          // running sum per head
-  float* c_s = l_s + group;                          // this tile's rescale factor per head
+  float* k_s = q_s + group * hd;                    // [kTile][ks]
+  float* v_s = k_s + kTile * ks;                    // [kTile][hd]
+  float* p_s = v_s + kTile * hd;                    // [group][kTile]: scores, then weights
+  float* m_s = p_s + group * kTile;                 // running max per head
+  float* l_s = m_s + group;                         // running sum per head
+  float* c_s = l_s + group;                         // this tile's rescale factor per head
   const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int context = context_lens[b];
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * hd;
   const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * hd;  // the group's heads are adjacent
-  constexpr int kChunk = 16 / sizeof(T);  // elements per 16-byte load
+  constexpr int kChunk = 16 / sizeof(T);                                    // elements per 16-byte load
   const int chunks_per_row = hd / kChunk;
   {
     // 16-byte loads, all issued before the first use: a plain element loop here waits for one
@@ -331,7 +332,7 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
     m_s[g] = -FLT_MAX;
     l_s[g] = 0.0f;
   }
-  const int cols = hd / 4;                        // float4 columns of a row
+  const int cols = hd / 4;  // float4 columns of a row
   const int heads_per_pass = kSplitThreads / cols;
   const int my_col = tid % cols, my_head0 = tid / cols;
   float acc[kMaxHeadsPerThread][4];
@@ -421,7 +422,8 @@ PagedAttentionSplitKernel(const T* __restrict__ q, const T* __restrict__ k_cache
   for (int r = 0; r < kMaxHeadsPerThread; ++r) {
     const int g = my_head0 + r * heads_per_pass;
     if (g < group) {
-      *reinterpret_cast<float4*>(acc_out + g * hd + 4 * my_col) = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+      *reinterpret_cast<float4*>(acc_out + g * hd + 4 * my_col) =
+          make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
     }
   }
   for (int g = tid; g < group; g += kSplitThreads) {
@@ -500,8 +502,8 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
   kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
       parts.part_stats, s, splits);
-  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), s.head_dim < 128 ? s.head_dim : 128, 0, stream>>>(
-      parts.part_acc, parts.part_stats, static_cast<T*>(out), s, splits);
+  PagedAttentionMergeKernel<T> < <<dim3(s.batch, s.num_heads), s.head_dim<128 ? s.head_dim : 128, 0, stream>>>(
+                                     parts.part_acc, parts.part_stats, static_cast<T*>(out), s, splits);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -512,12 +514,12 @@ bool AllowLargeSharedMemory(Kernel kernel) {
 }
 
 template <typename T, int kThreads>
-bool LaunchSplitWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens,
-                     void* out, const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
+bool LaunchSplitWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
+                     const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
   static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionSplitKernel<T, kThreads>);
-  return attribute_set && LaunchSplitThenMerge<T>(PagedAttentionSplitKernel<T, kThreads>, kThreads,
-                                                  MakeSplitLayout(s).smem, q, k, v, tables, lens, out, s, workspace,
-                                                  stream);
+  return attribute_set &&
+         LaunchSplitThenMerge<T>(PagedAttentionSplitKernel<T, kThreads>, kThreads, MakeSplitLayout(s).smem, q, k, v,
+                                 tables, lens, out, s, workspace, stream);
 }
 
 template <typename T>
@@ -526,7 +528,7 @@ bool LaunchSplit(const void* q, const void* k, const void* v, const int32_t* tab
   static const int threads = EnvSwitch("GLMSERVE_CUDA_ATTENTION_THREADS", kMinSplitThreads, "128 or 256",
                                        [](long value) { return value == 128 || value == 256; });
   return threads == 256 ? LaunchSplitWith<T, 256>(q, k, v, tables, lens, out, s, workspace, stream)
-                     : LaunchSplitWith<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
+                        : LaunchSplitWith<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
 }
 
 // ---- Tensor-core split kernel (bf16 / fp16) ----
@@ -556,13 +558,20 @@ __host__ __device__ inline MmaLayout MakeMmaLayout(int head_dim, int tile) {
   l.ld = head_dim + kMmaPad;
   l.p_ld = tile + kMmaPad;
   size_t offset = 0;
-  l.q = offset; offset += static_cast<size_t>(kMmaRows) * l.ld * 2;
-  l.k = offset; offset += static_cast<size_t>(tile) * l.ld * 2;
-  l.v = offset; offset += static_cast<size_t>(tile) * l.ld * 2;
-  l.s = offset; offset += static_cast<size_t>(kMmaRows) * tile * 4;
-  l.p = offset; offset += static_cast<size_t>(kMmaRows) * l.p_ld * 2;
-  l.o = offset; offset += static_cast<size_t>(kMmaRows) * head_dim * 4;
-  l.stats = offset; offset += 3 * kMmaRows * 4;
+  l.q = offset;
+  offset += static_cast<size_t>(kMmaRows) * l.ld * 2;
+  l.k = offset;
+  offset += static_cast<size_t>(tile) * l.ld * 2;
+  l.v = offset;
+  offset += static_cast<size_t>(tile) * l.ld * 2;
+  l.s = offset;
+  offset += static_cast<size_t>(kMmaRows) * tile * 4;
+  l.p = offset;
+  offset += static_cast<size_t>(kMmaRows) * l.p_ld * 2;
+  l.o = offset;
+  offset += static_cast<size_t>(kMmaRows) * head_dim * 4;
+  l.stats = offset;
+  offset += 3 * kMmaRows * 4;
   l.bytes = offset;
   return l;
 }
@@ -576,17 +585,17 @@ bool MmaKernelTakes(const PagedAttentionShape& s, ElementType type) {
 
 template <typename T, int kRows>
 __global__ void __launch_bounds__(kMmaThreads)
-PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
-                        const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
-                        float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
-                        int splits) {
+    PagedAttentionMmaKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                            const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
+                            float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
+                            int splits) {
   namespace wmma = nvcuda::wmma;
   extern __shared__ __align__(128) unsigned char mma_smem[];
   const int hd = s.head_dim, group = s.num_heads / s.num_kv_heads;
   const MmaLayout L = MakeMmaLayout(hd, kRows);
-  T* q_s = reinterpret_cast<T*>(mma_smem + L.q);  // [16][ld], rows >= group zero
-  T* k_s = reinterpret_cast<T*>(mma_smem + L.k);  // [kRows][ld]
-  T* v_s = reinterpret_cast<T*>(mma_smem + L.v);  // [kRows][ld]
+  T* q_s = reinterpret_cast<T*>(mma_smem + L.q);          // [16][ld], rows >= group zero
+  T* k_s = reinterpret_cast<T*>(mma_smem + L.k);          // [kRows][ld]
+  T* v_s = reinterpret_cast<T*>(mma_smem + L.v);          // [kRows][ld]
   float* s_s = reinterpret_cast<float*>(mma_smem + L.s);  // [16][kRows] raw scores
   T* p_s = reinterpret_cast<T*>(mma_smem + L.p);          // [16][p_ld] weights
   float* o_s = reinterpret_cast<float*>(mma_smem + L.o);  // [16][hd] unnormalised output
@@ -751,10 +760,10 @@ __device__ __forceinline__ uint32_t PackPair(float lo, float hi, const __half*) 
 
 template <typename T, int kHeadDim, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32)
-PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
-                         const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
-                         float* __restrict__ part_acc, float* __restrict__ part_stats, int* __restrict__ counters,
-                         T* __restrict__ out, PagedAttentionShape s, int splits, int chunks_per_split) {
+    PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                             const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
+                             float* __restrict__ part_acc, float* __restrict__ part_stats, int* __restrict__ counters,
+                             T* __restrict__ out, PagedAttentionShape s, int splits, int chunks_per_split) {
   using L = WarpLayout<kHeadDim, kWarps>;
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
@@ -827,7 +836,7 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   while (chunk < last) {
     const int next = chunk + kWarps;
     const int64_t next_row = next < last ? lane_row(next) : -1;  // its table read overlaps this chunk
-    CopyAsyncWait<1>();  // this chunk's K
+    CopyAsyncWait<1>();                                          // this chunk's K
     __syncwarp();
     float sc[4][4];
 #pragma unroll
@@ -894,8 +903,8 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
 #pragma unroll
       for (int t = 0; t < kDimTiles; t += 2) {
         uint32_t vf[4];  // positions 16 kk .. + 15 at dims 8 t .. 8 t + 15, transposed
-        LoadMatrixX4Trans(
-            v_s + ((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * L::kLd + (t + (lane >> 4)) * 8) * 2, vf);
+        LoadMatrixX4Trans(v_s + ((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * L::kLd + (t + (lane >> 4)) * 8) * 2,
+                          vf);
         Mma<T>(o[t], pf, vf[0], vf[1]);
         Mma<T>(o[t + 1], pf, vf[2], vf[3]);
       }
@@ -997,7 +1006,8 @@ PagedAttentionWarpKernel(const T* __restrict__ q, const T* __restrict__ k_cache,
   for (int i = tid; i < group * kHeadDim; i += kThreads) {
     const int g = i / kHeadDim;
     float value = 0.0f;
-    for (int sp = 0; sp < active; ++sp) value += __ldcg(part_acc + (unit0 + sp) * group * kHeadDim + i) * weight_s[g][sp];
+    for (int sp = 0; sp < active; ++sp)
+      value += __ldcg(part_acc + (unit0 + sp) * group * kHeadDim + i) * weight_s[g][sp];
     out_b[i] = FromFloat<T>(value * inv_total_s[g]);
   }
 }
@@ -1017,15 +1027,16 @@ template <typename T, int kHeadDim, int kWarps>
 bool LaunchWarpWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                     const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
   static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionWarpKernel<T, kHeadDim, kWarps>);
-  static const int chunks_per_split = EnvSwitch("GLMSERVE_CUDA_ATTENTION_CHUNKS", kWarpChunksPerSplit,
-                                                "an integer in [1, 64]", [](long value) { return value >= 1 && value <= 64; });
+  static const int chunks_per_split =
+      EnvSwitch("GLMSERVE_CUDA_ATTENTION_CHUNKS", kWarpChunksPerSplit, "an integer in [1, 64]",
+                [](long value) { return value >= 1 && value <= 64; });
   if (!attribute_set) return false;
   const int splits = WarpSplitCount(s, kWarps == 8 ? 1 : 2);
   const SplitWorkspace parts = CarveWorkspace(workspace, s, splits);
-  PagedAttentionWarpKernel<T, kHeadDim, kWarps><<<dim3(s.batch, s.num_kv_heads, splits), kWarps * 32,
-                                                  WarpLayout<kHeadDim, kWarps>::kBytes, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
-      parts.part_stats, parts.counters, static_cast<T*>(out), s, splits, chunks_per_split);
+  PagedAttentionWarpKernel<T, kHeadDim, kWarps>
+      <<<dim3(s.batch, s.num_kv_heads, splits), kWarps * 32, WarpLayout<kHeadDim, kWarps>::kBytes, stream>>>(
+          static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
+          parts.part_stats, parts.counters, static_cast<T*>(out), s, splits, chunks_per_split);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -1034,8 +1045,8 @@ bool LaunchWarpWith(const void* q, const void* k, const void* v, const int32_t* 
 template <typename T, int kHeadDim>
 bool LaunchWarpDim(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                    const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
-  static const int warps = EnvSwitch("GLMSERVE_CUDA_ATTENTION_WARPS", 8, "4 or 8",
-                                     [](long value) { return value == 4 || value == 8; });
+  static const int warps =
+      EnvSwitch("GLMSERVE_CUDA_ATTENTION_WARPS", 8, "4 or 8", [](long value) { return value == 4 || value == 8; });
   return warps == 8 ? LaunchWarpWith<T, kHeadDim, 8>(q, k, v, tables, lens, out, s, workspace, stream)
                     : LaunchWarpWith<T, kHeadDim, 4>(q, k, v, tables, lens, out, s, workspace, stream);
 }
@@ -1044,9 +1055,12 @@ template <typename T>
 bool LaunchWarp(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                 const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
   switch (s.head_dim) {
-    case 32: return LaunchWarpDim<T, 32>(q, k, v, tables, lens, out, s, workspace, stream);
-    case 64: return LaunchWarpDim<T, 64>(q, k, v, tables, lens, out, s, workspace, stream);
-    case 128: return LaunchWarpDim<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
+    case 32:
+      return LaunchWarpDim<T, 32>(q, k, v, tables, lens, out, s, workspace, stream);
+    case 64:
+      return LaunchWarpDim<T, 64>(q, k, v, tables, lens, out, s, workspace, stream);
+    case 128:
+      return LaunchWarpDim<T, 128>(q, k, v, tables, lens, out, s, workspace, stream);
   }
   return false;
 }
@@ -1055,9 +1069,9 @@ template <typename T, int kRows>
 bool LaunchMmaWith(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                    const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
   static const bool attribute_set = AllowLargeSharedMemory(PagedAttentionMmaKernel<T, kRows>);
-  return attribute_set && LaunchSplitThenMerge<T>(PagedAttentionMmaKernel<T, kRows>, kMmaThreads,
-                                                  MakeMmaLayout(s.head_dim, kRows).bytes, q, k, v, tables, lens, out,
-                                                  s, workspace, stream);
+  return attribute_set &&
+         LaunchSplitThenMerge<T>(PagedAttentionMmaKernel<T, kRows>, kMmaThreads, MakeMmaLayout(s.head_dim, kRows).bytes,
+                                 q, k, v, tables, lens, out, s, workspace, stream);
 }
 
 template <typename T>
@@ -1066,15 +1080,15 @@ bool LaunchMma(const void* q, const void* k, const void* v, const int32_t* table
   static const int tile = EnvSwitch("GLMSERVE_CUDA_ATTENTION_TILE", kMmaLargeTile, "32 or 64",
                                     [](long value) { return value == 32 || value == kMmaLargeTile; });
   return tile == 32 ? LaunchMmaWith<T, 32>(q, k, v, tables, lens, out, s, workspace, stream)
-                         : LaunchMmaWith<T, kMmaLargeTile>(q, k, v, tables, lens, out, s, workspace, stream);
+                    : LaunchMmaWith<T, kMmaLargeTile>(q, k, v, tables, lens, out, s, workspace, stream);
 }
 
 }  // namespace
 
 static bool ShapeIsValid(const PagedAttentionShape& s) {
-  return s.batch > 0 && s.num_heads > 0 && s.num_kv_heads > 0 && s.num_heads % s.num_kv_heads == 0 &&
-         s.head_dim > 0 && s.head_dim <= 256 && s.block_size > 0 && s.max_context > 0 &&
-         s.max_context <= PagedAttentionMaxContext() && s.q_row_stride >= 0;
+  return s.batch > 0 && s.num_heads > 0 && s.num_kv_heads > 0 && s.num_heads % s.num_kv_heads == 0 && s.head_dim > 0 &&
+         s.head_dim <= 256 && s.block_size > 0 && s.max_context > 0 && s.max_context <= PagedAttentionMaxContext() &&
+         s.q_row_stride >= 0;
 }
 
 size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape& s) {
@@ -1116,9 +1130,12 @@ bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_
     return false;
   }
   switch (type) {
-    case ElementType::kFloat32: return Launch<float>(q, k_cache, v_cache, block_tables, context_lens, out, s, st);
-    case ElementType::kBFloat16: return Launch<__nv_bfloat16>(q, k_cache, v_cache, block_tables, context_lens, out, s, st);
-    case ElementType::kFloat16: return Launch<__half>(q, k_cache, v_cache, block_tables, context_lens, out, s, st);
+    case ElementType::kFloat32:
+      return Launch<float>(q, k_cache, v_cache, block_tables, context_lens, out, s, st);
+    case ElementType::kBFloat16:
+      return Launch<__nv_bfloat16>(q, k_cache, v_cache, block_tables, context_lens, out, s, st);
+    case ElementType::kFloat16:
+      return Launch<__half>(q, k_cache, v_cache, block_tables, context_lens, out, s, st);
   }
   return false;
 }

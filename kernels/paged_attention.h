@@ -13,17 +13,17 @@
 namespace glmserve::kernels {
 
 struct PagedAttentionShape {
-  int32_t batch = 0;              // sequences (one query token each)
+  int32_t batch = 0;  // sequences (one query token each)
   int32_t num_heads = 0;
   int32_t num_kv_heads = 0;
-  int32_t head_dim = 0;           // <= 256
-  int32_t block_size = 0;         // tokens per KV block
-  int32_t max_blocks_per_seq = 0; // row stride of block_tables
-  int32_t max_context = 0;        // upper bound of any context_lens entry
-  float scale = 1.0f;             // usually 1/sqrt(head_dim)
-  int64_t q_row_stride = 0;       // elements between sequences' query rows; 0 = num_heads * head_dim
-  bool allow_tensor_cores = true; // bf16/fp16 with a workspace: QK^T and PV on tensor cores
-  bool allow_warp_tiles = true;   // with tensor cores and head_dim 32/64/128: the register-tile kernel
+  int32_t head_dim = 0;            // <= 256
+  int32_t block_size = 0;          // tokens per KV block
+  int32_t max_blocks_per_seq = 0;  // row stride of block_tables
+  int32_t max_context = 0;         // upper bound of any context_lens entry
+  float scale = 1.0f;              // usually 1/sqrt(head_dim)
+  int64_t q_row_stride = 0;        // elements between sequences' query rows; 0 = num_heads * head_dim
+  bool allow_tensor_cores = true;  // bf16/fp16 with a workspace: QK^T and PV on tensor cores
+  bool allow_warp_tiles = true;    // with tensor cores and head_dim 32/64/128: the register-tile kernel
 };
 
 // q: [batch, num_heads, head_dim]; k_cache/v_cache: [slots, num_kv_heads, head_dim] where
@@ -47,10 +47,9 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
 // With workspace == nullptr (or a group too large for it) a one-pass kernel runs instead, one
 // block per (sequence, query head). The split count depends only on the shape and the device,
 // so a captured CUDA graph and an eager run compute in the same order.
-bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache,
-                              const int32_t* block_tables, const int32_t* context_lens, void* out,
-                              const PagedAttentionShape& shape, ElementType type, void* stream,
-                              void* workspace = nullptr);
+bool PagedAttentionDecodeCuda(const void* q, const void* k_cache, const void* v_cache, const int32_t* block_tables,
+                              const int32_t* context_lens, void* out, const PagedAttentionShape& shape,
+                              ElementType type, void* stream, void* workspace = nullptr);
 
 // Bytes of workspace the split kernel needs for `shape`; 0 when it cannot take the shape.
 size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape& shape);

@@ -18,8 +18,9 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
       std::vector<double> scores(context);
       double max_score = -INFINITY;
       for (int32_t p = 0; p < context; ++p) {
-        const int64_t slot = static_cast<int64_t>(block_tables[b * s.max_blocks_per_seq + p / s.block_size]) *
-                                 s.block_size + p % s.block_size;
+        const int64_t slot =
+            static_cast<int64_t>(block_tables[b * s.max_blocks_per_seq + p / s.block_size]) * s.block_size +
+            p % s.block_size;
         const float* k = k_cache + (slot * s.num_kv_heads + kv_head) * s.head_dim;
         double dot = 0;
         for (int32_t d = 0; d < s.head_dim; ++d) dot += static_cast<double>(qh[d]) * k[d];
@@ -32,8 +33,9 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
       for (int32_t d = 0; d < s.head_dim; ++d) {
         double acc = 0;
         for (int32_t p = 0; p < context; ++p) {
-          const int64_t slot = static_cast<int64_t>(block_tables[b * s.max_blocks_per_seq + p / s.block_size]) *
-                                   s.block_size + p % s.block_size;
+          const int64_t slot =
+              static_cast<int64_t>(block_tables[b * s.max_blocks_per_seq + p / s.block_size]) * s.block_size +
+              p % s.block_size;
           acc += scores[p] * v_cache[(slot * s.num_kv_heads + kv_head) * s.head_dim + d];
         }
         o[d] = static_cast<float>(acc / total);

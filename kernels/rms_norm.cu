@@ -53,8 +53,8 @@ constexpr int kMaxChunks = 4;
 
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
-FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
-                         T* __restrict__ out, int64_t hidden, float eps) {
+    FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
+                             T* __restrict__ out, int64_t hidden, float eps) {
   constexpr int E = Chunk16<T>::kElements;
   const int64_t row = blockIdx.x;
   const int chunks = static_cast<int>(hidden / E);
@@ -125,8 +125,8 @@ bool LaunchTyped(const void* x, void* residual, const void* weight, void* out, i
     return cudaGetLastError() == cudaSuccess;
   }
   FusedAddRmsNormTypedKernel<T><<<static_cast<unsigned>(rows), 256, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
-      hidden, eps);
+      static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out), hidden,
+      eps);
   return cudaGetLastError() == cudaSuccess;
 }
 
@@ -137,15 +137,18 @@ bool FusedAddRmsNormCudaTyped(const void* x, void* residual, const void* weight,
   if (rows <= 0) return true;
   auto st = static_cast<cudaStream_t>(stream);
   switch (element_type) {
-    case 0: return LaunchTyped<float>(x, residual, weight, out, rows, hidden, eps, st);
-    case 1: return LaunchTyped<__nv_bfloat16>(x, residual, weight, out, rows, hidden, eps, st);
-    case 2: return LaunchTyped<__half>(x, residual, weight, out, rows, hidden, eps, st);
+    case 0:
+      return LaunchTyped<float>(x, residual, weight, out, rows, hidden, eps, st);
+    case 1:
+      return LaunchTyped<__nv_bfloat16>(x, residual, weight, out, rows, hidden, eps, st);
+    case 2:
+      return LaunchTyped<__half>(x, residual, weight, out, rows, hidden, eps, st);
   }
   return false;
 }
 
-bool FusedAddRmsNormCuda(const float* x, float* residual, const float* weight, float* out, int64_t rows,
-                         int64_t hidden, float eps, void* stream) {
+bool FusedAddRmsNormCuda(const float* x, float* residual, const float* weight, float* out, int64_t rows, int64_t hidden,
+                         float eps, void* stream) {
   return FusedAddRmsNormCudaTyped(x, residual, weight, out, rows, hidden, eps, 0, stream);
 }
 

@@ -7,16 +7,16 @@
 namespace glmserve::kernels {
 
 // CPU reference. `residual` is updated in place; rows x hidden, row-major, fp32.
-void FusedAddRmsNormReference(const float* x, float* residual, const float* weight, float* out,
-                              int64_t rows, int64_t hidden, float eps);
+void FusedAddRmsNormReference(const float* x, float* residual, const float* weight, float* out, int64_t rows,
+                              int64_t hidden, float eps);
 
 // CUDA: same on device pointers; returns false when no CUDA device or the launch failed.
-bool FusedAddRmsNormCuda(const float* x, float* residual, const float* weight, float* out,
-                         int64_t rows, int64_t hidden, float eps, void* stream);
+bool FusedAddRmsNormCuda(const float* x, float* residual, const float* weight, float* out, int64_t rows, int64_t hidden,
+                         float eps, void* stream);
 
 // Typed variant: element_type is static_cast<int>(ElementType) from paged_attention.h (0 fp32,
-// 1 bf16, 2 fp16). `x` may be null (norm only). Rounding follows transformers' RMSNorm: residual rounded to the dtype, variance in fp32,
-// normalised value rounded to the dtype, then multiplied by the weight and rounded again.
+// 1 bf16, 2 fp16). `x` may be null (norm only). Rounding follows transformers' RMSNorm: residual rounded to the dtype,
+// variance in fp32, normalised value rounded to the dtype, then multiplied by the weight and rounded again.
 bool FusedAddRmsNormCudaTyped(const void* x, void* residual, const void* weight, void* out, int64_t rows,
                               int64_t hidden, float eps, int element_type, void* stream);
 

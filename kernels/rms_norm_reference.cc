@@ -4,8 +4,8 @@
 
 namespace glmserve::kernels {
 
-void FusedAddRmsNormReference(const float* x, float* residual, const float* weight, float* out,
-                              int64_t rows, int64_t hidden, float eps) {
+void FusedAddRmsNormReference(const float* x, float* residual, const float* weight, float* out, int64_t rows,
+                              int64_t hidden, float eps) {
   for (int64_t r = 0; r < rows; ++r) {
     float* res = residual + r * hidden;
     double sum_squares = 0;

@@ -17,8 +17,8 @@ constexpr uint32_t kBufferPerThread = kBufferSize / kThreads;
 // Loads each thread keeps in flight in a row pass (of 4 floats each where the row allows, else
 // of 1); more would spill at 64 registers a thread.
 constexpr int kLoadsInFlight = 4;
-constexpr int kTopBits = 12;       // first histogram: sign, exponent and 3 mantissa bits of the key
-constexpr int kRefineBits = 10;    // then 10 bits at a time (12 + 10 + 10 = 32)
+constexpr int kTopBits = 12;     // first histogram: sign, exponent and 3 mantissa bits of the key
+constexpr int kRefineBits = 10;  // then 10 bits at a time (12 + 10 + 10 = 32)
 constexpr uint32_t kTopBins = 1u << kTopBits;
 constexpr uint32_t kRefineBins = 1u << kRefineBits;
 static_assert(kCandidates <= kBufferSize / 4, "probs and shares reuse the buffer past the candidates");
@@ -99,8 +99,8 @@ __device__ __forceinline__ void ForEachScore(const float* __restrict__ row, uint
 // increasing order, one id per thread and chunk, so visit may rank ids across the block (and
 // hold barriers).
 template <typename Visit>
-__device__ __forceinline__ void ForEachScoreInIdChunks(const float* __restrict__ row, uint32_t vocab,
-                                                       float temperature, bool greedy, Visit&& visit) {
+__device__ __forceinline__ void ForEachScoreInIdChunks(const float* __restrict__ row, uint32_t vocab, float temperature,
+                                                       bool greedy, Visit&& visit) {
   for (uint32_t base = 0; base < vocab; base += kThreads) {
     const uint32_t i = base + threadIdx.x;
     visit(i, i < vocab, Score(i < vocab ? __ldg(row + i) : 0.0f, temperature, greedy));
@@ -201,9 +201,9 @@ __device__ void SortDescending(unsigned long long* buffer, uint32_t size) {
 //    chunk instead.
 //  Then SampleNextToken's double arithmetic on the sorted candidates, the order-dependent sums
 //  by one thread in the CPU's order.
-__global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* __restrict__ logits, uint32_t vocab,
-                                                             const SamplingRow* __restrict__ params,
-                                                             int32_t* __restrict__ out_ids) {
+__global__ void __launch_bounds__(kThreads)
+    SampleRowsKernel(const float* __restrict__ logits, uint32_t vocab, const SamplingRow* __restrict__ params,
+                     int32_t* __restrict__ out_ids) {
   __shared__ unsigned long long buffer[kBufferSize];
   __shared__ double double_scratch[kWarps];
   __shared__ uint32_t uint_scratch[kWarps];
@@ -489,10 +489,9 @@ constexpr uint32_t kPenaltyBlocksPerRow = 64;
 
 // Steps 1-2 of kernels/sampling.h's ApplyPenalties. Grid (blocks per row, rows); a block whose row
 // has no slot returns at once. Only seen ids (a byte each) read their count and score.
-__global__ void __launch_bounds__(kPenaltyThreads) ApplyPenaltiesKernel(float* __restrict__ logits, uint32_t vocab,
-                                                                        const PenaltyRow* __restrict__ params,
-                                                                        const int32_t* __restrict__ counts,
-                                                                        const uint8_t* __restrict__ seen) {
+__global__ void __launch_bounds__(kPenaltyThreads)
+    ApplyPenaltiesKernel(float* __restrict__ logits, uint32_t vocab, const PenaltyRow* __restrict__ params,
+                         const int32_t* __restrict__ counts, const uint8_t* __restrict__ seen) {
   const PenaltyRow p = params[blockIdx.y];
   if (p.slot < 0) return;
   const int64_t base = static_cast<int64_t>(p.slot) * vocab;

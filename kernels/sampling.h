@@ -63,8 +63,7 @@ GLMSERVE_SAMPLING_HOST_DEVICE inline double SamplingDecisionMargin(int32_t vocab
 // [rows, vocab] row-major fp32), or -1 where a score is NaN or uniform is outside [0, 1), which
 // SampleNextToken never sees. Sort-based, as runtime/model/sampler.cc. Nothing is written when vocab <= 0
 // or rows <= 0.
-void SampleRowsReference(const float* logits, int32_t rows, int32_t vocab, const SamplingRow* params,
-                         int32_t* out_ids);
+void SampleRowsReference(const float* logits, int32_t rows, int32_t vocab, const SamplingRow* params, int32_t* out_ids);
 
 // CUDA: same on device pointers (logits, params and out_ids all in device memory), launched on
 // `stream` (cudaStream_t): out_ids[r] is the reference's id or -1 (see above). One thread block
@@ -87,12 +86,12 @@ bool SampleRowsCuda(const float* logits, int32_t rows, int32_t vocab, const Samp
 //        no fused multiply-add, so the device's result is the host's bit for bit)
 //   3. stop ids (MinNewTokensLengthLogitsProcessor): score = -inf for the row's stop ids.
 struct PenaltyRow {
-  int32_t slot = -1;          // row of counts / seen; < 0: steps 1-2 are skipped (no penalties)
-  float repetition = 1.0f;    // 1: step 1 skipped
+  int32_t slot = -1;        // row of counts / seen; < 0: steps 1-2 are skipped (no penalties)
+  float repetition = 1.0f;  // 1: step 1 skipped
   float frequency = 0.0f;
   float presence = 0.0f;
-  int32_t stop_begin = 0;     // this row masks stop_ids[stop_begin, stop_begin + stop_count)
-  int32_t stop_count = 0;     // 0 once num_generated >= min_new_tokens; ids outside [0, vocab) are skipped
+  int32_t stop_begin = 0;  // this row masks stop_ids[stop_begin, stop_begin + stop_count)
+  int32_t stop_count = 0;  // 0 once num_generated >= min_new_tokens; ids outside [0, vocab) are skipped
 };
 
 // One penalised score, the expression both sides use (each operation rounded to nearest).
@@ -133,15 +132,15 @@ void ApplyPenaltiesReference(float* logits, int32_t rows, int32_t vocab, const P
 // CPU reference of the table update: for each k < n with slots[k] >= 0 and 0 <= ids[k] < vocab,
 // seen[slots[k]][ids[k]] = 1 and, when counted is null or counted[k] != 0, counts[...] += 1.
 // Entries with a negative slot or id (a row the device left undecided) are skipped.
-void CountTokensReference(int32_t* counts, uint8_t* seen, int32_t vocab, const int32_t* slots,
-                          const int32_t* ids, const uint8_t* counted, int32_t n);
+void CountTokensReference(int32_t* counts, uint8_t* seen, int32_t vocab, const int32_t* slots, const int32_t* ids,
+                          const uint8_t* counted, int32_t n);
 
 // CUDA: ApplyPenaltiesReference on device pointers, launched on `stream` (cudaStream_t). True
 // with rows == 0; false when vocab <= 0, rows < 0 or > 65535, logits or params is null, there is
 // no CUDA device or a launch failed. The caller guarantees that counts/seen are valid for every slot a
 // row names, and stop_ids for every stop range.
-bool ApplyPenaltiesCuda(float* logits, int32_t rows, int32_t vocab, const PenaltyRow* params,
-                        const int32_t* counts, const uint8_t* seen, const int32_t* stop_ids, void* stream);
+bool ApplyPenaltiesCuda(float* logits, int32_t rows, int32_t vocab, const PenaltyRow* params, const int32_t* counts,
+                        const uint8_t* seen, const int32_t* stop_ids, void* stream);
 
 // CUDA: CountTokensReference on device pointers (counts by atomicAdd), launched on `stream`.
 // No host synchronisation: the executor runs it on the ids the sampler just wrote. True with

@@ -91,13 +91,15 @@ __device__ __forceinline__ void PinRegisters(float (&c)[N][4]) {
 
 // The instruction for both element types (bf16 or f16 chosen at compile time): `dregs` the
 // accumulator operand list, then the descriptors' and the scale predicate's operand numbers.
-#define GLMSERVE_WGMMA_TYPED(shape, dregs, a_op, b_op, s_op, ...)                                          \
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {                                                       \
-    asm volatile(GLMSERVE_WGMMA_PRED(s_op) GLMSERVE_WGMMA(shape, "bf16") dregs                             \
-                 GLMSERVE_WGMMA_TAIL(a_op, b_op, s_op) : __VA_ARGS__ : "l"(a), "l"(b), "r"(one));          \
-  } else {                                                                                                 \
-    asm volatile(GLMSERVE_WGMMA_PRED(s_op) GLMSERVE_WGMMA(shape, "f16") dregs                              \
-                 GLMSERVE_WGMMA_TAIL(a_op, b_op, s_op) : __VA_ARGS__ : "l"(a), "l"(b), "r"(one));          \
+#define GLMSERVE_WGMMA_TYPED(shape, dregs, a_op, b_op, s_op, ...)                                                    \
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {                                                                  \
+    asm volatile(GLMSERVE_WGMMA_PRED(s_op) GLMSERVE_WGMMA(shape, "bf16") dregs GLMSERVE_WGMMA_TAIL(a_op, b_op, s_op) \
+                 : __VA_ARGS__                                                                                       \
+                 : "l"(a), "l"(b), "r"(one));                                                                        \
+  } else {                                                                                                           \
+    asm volatile(GLMSERVE_WGMMA_PRED(s_op) GLMSERVE_WGMMA(shape, "f16") dregs GLMSERVE_WGMMA_TAIL(a_op, b_op, s_op)  \
+                 : __VA_ARGS__                                                                                       \
+                 : "l"(a), "l"(b), "r"(one));                                                                        \
   }
 
 // c[r][j] += sum over k16 of A (64 x 16, descriptor a) * B (8 RowTiles x 16, descriptor b).
@@ -112,8 +114,8 @@ __device__ __forceinline__ void Wgmma(float (&c)[RowTiles][4], uint64_t a, uint6
     GLMSERVE_WGMMA_TYPED("m64n16k16", "{%0, %1, %2, %3, %4, %5, %6, %7}", 8, 9, 10, GLMSERVE_F4(c, 0),
                          GLMSERVE_F4(c, 1))
   } else if constexpr (RowTiles == 4) {
-    GLMSERVE_WGMMA_TYPED("m64n32k16", "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}", 16,
-                         17, 18, GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3))
+    GLMSERVE_WGMMA_TYPED("m64n32k16", "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}", 16, 17,
+                         18, GLMSERVE_F4(c, 0), GLMSERVE_F4(c, 1), GLMSERVE_F4(c, 2), GLMSERVE_F4(c, 3))
   } else {
     static_assert(RowTiles == 8);
     GLMSERVE_WGMMA_TYPED("m64n64k16",
@@ -135,12 +137,12 @@ struct GemmArgs {
   const void* w;
   const void* bias;  // may be null
   void* y;
-  float* slots;    // [blocks][2][kSlotFloats]: a block's partial sums of its first and last tile
-  int* counters;   // [tiles]: parts of a tile stored so far (zeroed before the launch)
+  float* slots;   // [blocks][2][kSlotFloats]: a block's partial sums of its first and last tile
+  int* counters;  // [tiles]: parts of a tile stored so far (zeroed before the launch)
   int32_t rows;
   int64_t n, k;
-  int32_t k_blocks;    // per tile
-  int64_t per_block;   // work units (tile x k block) per block
+  int32_t k_blocks;   // per tile
+  int64_t per_block;  // work units (tile x k block) per block
 };
 
 template <typename Geometry, int RowTiles>
@@ -167,10 +169,9 @@ struct Layout {
   __device__ __forceinline__ static uint32_t Offset(int row, int chunk) {
     if constexpr (Geometry::kWarpgroupMma) {
       const int swizzled = ((chunk & 7) ^ (row & 7)) << 4, half = chunk >> 3;
-      return static_cast<uint32_t>(row < kTileFeatures
-                                       ? half * WeightHalfBytes() + row * 128 + swizzled
-                                       : 2 * WeightHalfBytes() + half * XHalfBytes() + (row - kTileFeatures) * 128 +
-                                             swizzled);
+      return static_cast<uint32_t>(row < kTileFeatures ? half * WeightHalfBytes() + row * 128 + swizzled
+                                                       : 2 * WeightHalfBytes() + half * XHalfBytes() +
+                                                             (row - kTileFeatures) * 128 + swizzled);
     } else {
       return static_cast<uint32_t>(row * kRowBytes + ((chunk ^ (row & 7)) << 4));
     }
@@ -325,8 +326,8 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
     clear();
     for (int64_t block = first_block; block <= last_block; ++block) {
       const int64_t block_first_tile = block * a.per_block / a.k_blocks;
-      const float4* part = reinterpret_cast<const float4*>(
-          a.slots + (block * 2 + (tile == block_first_tile ? 0 : 1)) * static_cast<int64_t>(kSlotFloats));
+      const float4* part = reinterpret_cast<const float4*>(a.slots + (block * 2 + (tile == block_first_tile ? 0 : 1)) *
+                                                                         static_cast<int64_t>(kSlotFloats));
 #pragma unroll
       for (int f = 0; f < kFeatureTiles; ++f)
 #pragma unroll

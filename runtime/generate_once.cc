@@ -11,7 +11,7 @@
 namespace glmserve {
 
 absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateSingleSequenceEngine(ModelRunner& runner, int64_t max_tokens,
-                                                                           ExecutorOptions executor_options) {
+                                                                            ExecutorOptions executor_options) {
   constexpr int32_t kBlockSize = 16;
   const ModelInfo& info = runner.info();
   const int64_t tokens = std::clamp<int64_t>(max_tokens, 1, std::max<int64_t>(info.max_position_embeddings, 1));

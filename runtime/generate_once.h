@@ -6,9 +6,8 @@
 
 #include <cstdint>
 #include <functional>
-#include <vector>
-
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "runtime/engine.h"

@@ -50,8 +50,7 @@ struct ExecutorOptions {
   // (valid only during the call). For callers that report logits (`generate --json`'s
   // first_logits). While set, every sampled row's logits come to the host and are sampled
   // there (same ids as on the device, one copy per step more).
-  std::function<void(int64_t sequence_id, int32_t num_generated, const float* logits, int32_t vocab)>
-      on_sampled_logits;
+  std::function<void(int64_t sequence_id, int32_t num_generated, const float* logits, int32_t vocab)> on_sampled_logits;
 };
 
 class ModelRunner {
@@ -60,14 +59,12 @@ class ModelRunner {
   // a missing directory or no weight files at all, FAILED_PRECONDITION for any other checkpoint
   // problem (both with the full report as the message, one problem per line), INVALID_ARGUMENT for
   // bad options, RESOURCE_EXHAUSTED when the weights do not fit, INTERNAL for the rest.
-  static absl::StatusOr<std::unique_ptr<ModelRunner>> Load(const std::string& directory,
-                                                           const LoadOptions& options);
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> Load(const std::string& directory, const LoadOptions& options);
   virtual ~ModelRunner() = default;
   virtual const ModelInfo& info() const = 0;
 
   // A paged-KV executor over this model for the engine. The runner must outlive it.
-  virtual absl::StatusOr<std::unique_ptr<StepExecutor>> CreateExecutor(
-      const ExecutorOptions& options) = 0;
+  virtual absl::StatusOr<std::unique_ptr<StepExecutor>> CreateExecutor(const ExecutorOptions& options) = 0;
 };
 
 }  // namespace glmserve

@@ -7,10 +7,10 @@
 #define GLM_STATUS_CONCAT_INNER(a, b) a##b
 #define GLM_STATUS_CONCAT(a, b) GLM_STATUS_CONCAT_INNER(a, b)
 
-#define GLM_RETURN_IF_ERROR(expr)                 \
-  do {                                            \
-    ::absl::Status _glm_status = (expr);          \
-    if (!_glm_status.ok()) return _glm_status;    \
+#define GLM_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::absl::Status _glm_status = (expr);       \
+    if (!_glm_status.ok()) return _glm_status; \
   } while (0)
 
 #define GLM_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

@@ -28,7 +28,7 @@ apt_packages=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libre2-dev
   libsentencepiece-dev libspdlog-dev prometheus-cpp-dev gnuplot-nox libcpp-httplib-dev
-  libpng-dev libjpeg62-turbo-dev zlib1g-dev
+  libpng-dev libjpeg62-turbo-dev zlib1g-dev clang-format
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -93,7 +93,9 @@ class Device {
   Device& operator=(const Device&) = delete;
   void* get() const { return ptr_; }
   template <typename I>
-  I* as() const { return static_cast<I*>(ptr_); }
+  I* as() const {
+    return static_cast<I*>(ptr_);
+  }
   std::vector<float> Floats() const {
     std::vector<float> host(count_);
     if (type_ == ElementType::kFloat32) {
@@ -160,7 +162,8 @@ void ExpectRotaryKvWriteMatchesReference(const RotaryKvShape& s, ElementType typ
   Device d_pos(positions), d_slots(slots), d_freq(inv_freq);
   ASSERT_TRUE(RotaryKvWriteCuda(d_qkv.get(), d_pos.as<int64_t>(), d_freq.as<float>(), d_slots.as<int64_t>(), d_k.get(),
                                 d_v.get(), s, type, nullptr));
-  RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), slots.data(), k_cache.data(), v_cache.data(), s);
+  RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), slots.data(), k_cache.data(), v_cache.data(),
+                         s);
   // bf16: the kernel rounds cos/sin and each product to bf16 as ATen does; the reference does not.
   const double rel = bf16 ? 3e-2 : 2e-5, abs = bf16 ? 3e-2 : 2e-5;
   ExpectClose(d_qkv.Floats(), qkv, rel, abs);
@@ -188,7 +191,8 @@ TEST_P(DecodeOpsCuda, RotaryWithoutRotaryDimsOnlyWritesTheCache) {
       d_freq(inv_freq);
   ASSERT_TRUE(RotaryKvWriteCuda(d_qkv.get(), d_pos.as<int64_t>(), d_freq.as<float>(), d_slots.as<int64_t>(), d_k.get(),
                                 d_v.get(), s, type(), nullptr));
-  RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), slots.data(), k_cache.data(), v_cache.data(), s);
+  RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), slots.data(), k_cache.data(), v_cache.data(),
+                         s);
   ExpectClose(d_qkv.Floats(), qkv, 0, 0);
   ExpectClose(d_k.Floats(), k_cache, 0, 0);
   ExpectClose(d_v.Floats(), v_cache, 0, 0);
@@ -219,8 +223,8 @@ TEST_P(DecodeOpsCuda, GemvMatchesReferenceForEveryRowCount) {
       GemvReference(x.data(), w.data(), with_bias ? bias.data() : nullptr, want.data(), rows, n, k);
       Device d_x(x, type()), d_y(std::vector<float>(rows * n, 0.0f), type());
       ASSERT_TRUE(GemvCudaTakes(rows, k, type(), d_x.get(), d_w.get()));
-      ASSERT_TRUE(GemvCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k, type(),
-                           nullptr));
+      ASSERT_TRUE(
+          GemvCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k, type(), nullptr));
       SCOPED_TRACE(testing::Message() << "rows " << rows << " bias " << with_bias);
       // bf16: one rounding of the fp32 sum (2^-8 relative); fp32: summation order only.
       ExpectClose(d_y.Floats(), want, bf16() ? 8e-3 : 1e-5, bf16() ? 2e-3 : 1e-5);
@@ -246,43 +250,43 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   // whose 36 tiles are each cut between several blocks; a single unit, so most blocks idle.
   // Each on warpgroup MMA (wgmma) and on per-warp mma.sync.
   for (SkinnyGemmMath math : {SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp})
-  for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}}) {
-    const int64_t n = shape.n, k = shape.k;
-    std::vector<float> w = Random(n * k, 21, type(), 0.05f), bias = Random(n, 22, type());
-    Device d_w(w, type()), d_bias(bias, type());
-    const std::vector<float> x = Random(kSkinnyGemmMaxRows * k, 23, type());
-    Device d_x(x, type());
-    std::vector<float> all_rows;  // the product for 64 rows: each smaller batch's rows must equal it
-    for (int32_t rows : {kSkinnyGemmMaxRows, 1, 3, 8, 9, 16, 17, 33}) {
-      for (bool with_bias : {true, false}) {
-        if (!with_bias && rows != 9) continue;
-        SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias
-                                        << (math == SkinnyGemmMath::kWarp ? " mma.sync" : " wgmma"));
-        Device d_y(std::vector<float>(rows * n, 0.0f), type());
-        ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, type(), d_x.get(), d_w.get()));
-        ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k,
-                                   type(), d_workspace.get(), nullptr, math));
-        const std::vector<float> got = d_y.Floats();
-        if (rows == kSkinnyGemmMaxRows) {
-          std::vector<float> want(rows * n);
-          GemvReference(x.data(), w.data(), bias.data(), want.data(), rows, n, k);
-          ExpectClose(got, want, 8e-3, 2e-3);
-          all_rows = got;
-          // A second call over the workspace the first one left (the calls before it used it
-          // too): the same bits.
-          ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), d_bias.get(), d_y.get(), rows, n, k, type(),
-                                     d_workspace.get(), nullptr, math));
-          EXPECT_EQ(d_y.Floats(), got);
-        } else if (with_bias) {
-          EXPECT_EQ(got, std::vector<float>(all_rows.begin(), all_rows.begin() + rows * n));
-        } else {
-          std::vector<float> want(rows * n);
-          GemvReference(x.data(), w.data(), nullptr, want.data(), rows, n, k);
-          ExpectClose(got, want, 8e-3, 2e-3);
+    for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}}) {
+      const int64_t n = shape.n, k = shape.k;
+      std::vector<float> w = Random(n * k, 21, type(), 0.05f), bias = Random(n, 22, type());
+      Device d_w(w, type()), d_bias(bias, type());
+      const std::vector<float> x = Random(kSkinnyGemmMaxRows * k, 23, type());
+      Device d_x(x, type());
+      std::vector<float> all_rows;  // the product for 64 rows: each smaller batch's rows must equal it
+      for (int32_t rows : {kSkinnyGemmMaxRows, 1, 3, 8, 9, 16, 17, 33}) {
+        for (bool with_bias : {true, false}) {
+          if (!with_bias && rows != 9) continue;
+          SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias
+                                          << (math == SkinnyGemmMath::kWarp ? " mma.sync" : " wgmma"));
+          Device d_y(std::vector<float>(rows * n, 0.0f), type());
+          ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, type(), d_x.get(), d_w.get()));
+          ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k,
+                                     type(), d_workspace.get(), nullptr, math));
+          const std::vector<float> got = d_y.Floats();
+          if (rows == kSkinnyGemmMaxRows) {
+            std::vector<float> want(rows * n);
+            GemvReference(x.data(), w.data(), bias.data(), want.data(), rows, n, k);
+            ExpectClose(got, want, 8e-3, 2e-3);
+            all_rows = got;
+            // A second call over the workspace the first one left (the calls before it used it
+            // too): the same bits.
+            ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), d_bias.get(), d_y.get(), rows, n, k, type(),
+                                       d_workspace.get(), nullptr, math));
+            EXPECT_EQ(d_y.Floats(), got);
+          } else if (with_bias) {
+            EXPECT_EQ(got, std::vector<float>(all_rows.begin(), all_rows.begin() + rows * n));
+          } else {
+            std::vector<float> want(rows * n);
+            GemvReference(x.data(), w.data(), nullptr, want.data(), rows, n, k);
+            ExpectClose(got, want, 8e-3, 2e-3);
+          }
         }
       }
     }
-  }
   EXPECT_FALSE(SkinnyGemmCudaTakes(kSkinnyGemmMaxRows + 1, 128, 64, type(), d_workspace.get(), d_workspace.get()));
   EXPECT_FALSE(SkinnyGemmCudaTakes(4, 128, 60, type(), d_workspace.get(), d_workspace.get()));
 }
@@ -295,59 +299,60 @@ TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
   // 5 sequences: each split block gets at most one 32-position tile of a context; 64 (a decode
   // batch): fewer splits, so blocks walk several tiles through the pipelined loop.
   for (int32_t batch : {5, 64})
-  for (const AttentionCase& c : {AttentionCase{32, 2, 128}, AttentionCase{8, 8, 64}, AttentionCase{16, 1, 128},
-                                 AttentionCase{4, 2, 256}, AttentionCase{32, 1, 32}}) {
-    SCOPED_TRACE(testing::Message() << batch << " sequences, " << c.heads << "/" << c.kv_heads << " heads, head_dim "
-                                    << c.head_dim);
-    // Query rows padded like the rotary kernel's in-place qkv rows.
-    const int64_t q_stride = int64_t{c.heads + 2 * c.kv_heads} * c.head_dim;
-    PagedAttentionShape s{batch, c.heads, c.kv_heads, c.head_dim, 16, 40, 600, 1.0f / std::sqrt(float(c.head_dim)),
-                          q_stride};
-    const int64_t slots = 256 * s.block_size;
-    std::vector<float> q = Random(s.batch * q_stride, 11, type());
-    std::vector<float> k = Random(slots * s.num_kv_heads * s.head_dim, 12, type());
-    std::vector<float> v = Random(k.size(), 13, type());
-    std::vector<int32_t> lens = {1, 17, 300, 599, 64};
-    for (int32_t i = 5; i < batch; ++i) lens.push_back(1 + (i * 37) % 599);
-    std::vector<int32_t> blocks(256);
-    std::iota(blocks.begin(), blocks.end(), 0);
-    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(14));
-    std::vector<int32_t> tables(s.batch * s.max_blocks_per_seq);
-    for (size_t i = 0; i < tables.size(); ++i) tables[i] = blocks[i % 256];
-    std::vector<float> want(int64_t{s.batch} * s.num_heads * s.head_dim);
-    PagedAttentionDecodeReference(q.data(), k.data(), v.data(), tables.data(), lens.data(), want.data(), s);
-    const size_t workspace_bytes = PagedAttentionWorkspaceBytes(s);
-    ASSERT_GT(workspace_bytes, 0u);
-    Device d_q(q, type()), d_k(k, type()), d_v(v, type()), d_tables(tables), d_lens(lens);
-    Device d_workspace(std::vector<uint8_t>(workspace_bytes, 0));
-    const double tol = bf16() ? 1e-2 : 1e-4;
-    // Split kernels on tensor cores (bf16, group <= 16: register tiles for head_dim <= 128, and
-    // shared-memory tiles) and on CUDA cores; one-pass kernel.
-    for (int kernel : {0, 1, 2}) {
-      SCOPED_TRACE(kernel == 0 ? "split, tensor cores, register tiles allowed"
-                               : kernel == 1 ? "split, tensor cores, shared-memory tiles" : "split, CUDA cores");
-      PagedAttentionShape shape = s;
-      shape.allow_warp_tiles = kernel == 0;
-      shape.allow_tensor_cores = kernel < 2;
-      Device d_out(std::vector<float>(want.size(), 0.0f), type());
+    for (const AttentionCase& c : {AttentionCase{32, 2, 128}, AttentionCase{8, 8, 64}, AttentionCase{16, 1, 128},
+                                   AttentionCase{4, 2, 256}, AttentionCase{32, 1, 32}}) {
+      SCOPED_TRACE(testing::Message() << batch << " sequences, " << c.heads << "/" << c.kv_heads << " heads, head_dim "
+                                      << c.head_dim);
+      // Query rows padded like the rotary kernel's in-place qkv rows.
+      const int64_t q_stride = int64_t{c.heads + 2 * c.kv_heads} * c.head_dim;
+      PagedAttentionShape s{batch,   c.heads, c.kv_heads, c.head_dim, 16, 40, 600, 1.0f / std::sqrt(float(c.head_dim)),
+                            q_stride};
+      const int64_t slots = 256 * s.block_size;
+      std::vector<float> q = Random(s.batch * q_stride, 11, type());
+      std::vector<float> k = Random(slots * s.num_kv_heads * s.head_dim, 12, type());
+      std::vector<float> v = Random(k.size(), 13, type());
+      std::vector<int32_t> lens = {1, 17, 300, 599, 64};
+      for (int32_t i = 5; i < batch; ++i) lens.push_back(1 + (i * 37) % 599);
+      std::vector<int32_t> blocks(256);
+      std::iota(blocks.begin(), blocks.end(), 0);
+      std::shuffle(blocks.begin(), blocks.end(), std::mt19937(14));
+      std::vector<int32_t> tables(s.batch * s.max_blocks_per_seq);
+      for (size_t i = 0; i < tables.size(); ++i) tables[i] = blocks[i % 256];
+      std::vector<float> want(int64_t{s.batch} * s.num_heads * s.head_dim);
+      PagedAttentionDecodeReference(q.data(), k.data(), v.data(), tables.data(), lens.data(), want.data(), s);
+      const size_t workspace_bytes = PagedAttentionWorkspaceBytes(s);
+      ASSERT_GT(workspace_bytes, 0u);
+      Device d_q(q, type()), d_k(k, type()), d_v(v, type()), d_tables(tables), d_lens(lens);
+      Device d_workspace(std::vector<uint8_t>(workspace_bytes, 0));
+      const double tol = bf16() ? 1e-2 : 1e-4;
+      // Split kernels on tensor cores (bf16, group <= 16: register tiles for head_dim <= 128, and
+      // shared-memory tiles) and on CUDA cores; one-pass kernel.
+      for (int kernel : {0, 1, 2}) {
+        SCOPED_TRACE(kernel == 0   ? "split, tensor cores, register tiles allowed"
+                     : kernel == 1 ? "split, tensor cores, shared-memory tiles"
+                                   : "split, CUDA cores");
+        PagedAttentionShape shape = s;
+        shape.allow_warp_tiles = kernel == 0;
+        shape.allow_tensor_cores = kernel < 2;
+        Device d_out(std::vector<float>(want.size(), 0.0f), type());
+        ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(),
+                                             d_lens.as<int32_t>(), d_out.get(), shape, type(), nullptr,
+                                             d_workspace.get()));
+        const std::vector<float> got = d_out.Floats();
+        ExpectClose(got, want, tol, tol);
+        // Again over the same workspace: the register-tile kernel's merge counters must have been
+        // left at zero (a stale count would merge early or never), and the sums come out the same.
+        Device d_again(std::vector<float>(want.size(), 0.0f), type());
+        ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(),
+                                             d_lens.as<int32_t>(), d_again.get(), shape, type(), nullptr,
+                                             d_workspace.get()));
+        EXPECT_EQ(d_again.Floats(), got);
+      }
+      Device d_onepass(std::vector<float>(want.size(), 0.0f), type());
       ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(),
-                                           d_lens.as<int32_t>(), d_out.get(), shape, type(), nullptr,
-                                           d_workspace.get()));
-      const std::vector<float> got = d_out.Floats();
-      ExpectClose(got, want, tol, tol);
-      // Again over the same workspace: the register-tile kernel's merge counters must have been
-      // left at zero (a stale count would merge early or never), and the sums come out the same.
-      Device d_again(std::vector<float>(want.size(), 0.0f), type());
-      ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(),
-                                           d_lens.as<int32_t>(), d_again.get(), shape, type(), nullptr,
-                                           d_workspace.get()));
-      EXPECT_EQ(d_again.Floats(), got);
+                                           d_lens.as<int32_t>(), d_onepass.get(), s, type(), nullptr, nullptr));
+      ExpectClose(d_onepass.Floats(), want, tol, tol);
     }
-    Device d_onepass(std::vector<float>(want.size(), 0.0f), type());
-    ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(), d_lens.as<int32_t>(),
-                                         d_onepass.get(), s, type(), nullptr, nullptr));
-    ExpectClose(d_onepass.Floats(), want, tol, tol);
-  }
 }
 
 TEST_P(DecodeOpsCuda, SplitKernelDeclinesHeadDimsItCannotTile) {

@@ -85,10 +85,10 @@ TEST(SamplingReference, TemperatureSharpensTheDistribution) {
 TEST(SamplingReference, TopPCutsTheNucleusAndRenormalises) {
   // probs 0.5, 0.3, 0.2 (ids 0, 1, 2): top_p 0.6 keeps ids 0 and 1 (mass 0.8), target = 0.8 u.
   const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
-  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.6)), 0);   // 0.48 < 0.5
-  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.7)), 1);   // 0.56
-  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.999)), 1); // never id 2
-  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.95)), 2);  // without top_p id 2 is reachable
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.6)), 0);    // 0.48 < 0.5
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.7)), 1);    // 0.56
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 0.6f, 0.999)), 1);  // never id 2
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.95)), 2);   // without top_p id 2 is reachable
 }
 
 TEST(SamplingReference, MaskedScoresAreNeverDrawn) {
@@ -109,11 +109,11 @@ TEST(SamplingReference, NanAndBadUniformAreLeftUndecided) {
 // What the CPU's walk looked like for one row: enough to tell whether the kernel may leave it
 // undecided under the contract in kernels/sampling.h.
 struct CpuWalk {
-  bool special = false;       // NaN, +inf max, all -inf or bad uniform: the kernel may say -1
-  size_t keep = 0;            // kept tokens after top_k
-  size_t eligible = 0;        // after the top_p cut
-  size_t chosen_rank = 0;     // index in sorted order of the CPU's id
-  double closest_mass = 1e300;  // |mass_i - top_p| over the cut loop's steps
+  bool special = false;           // NaN, +inf max, all -inf or bad uniform: the kernel may say -1
+  size_t keep = 0;                // kept tokens after top_k
+  size_t eligible = 0;            // after the top_p cut
+  size_t chosen_rank = 0;         // index in sorted order of the CPU's id
+  double closest_mass = 1e300;    // |mass_i - top_p| over the cut loop's steps
   double closest_target = 1e300;  // |target - running_i| / total over the walk's steps
 };
 
@@ -192,7 +192,7 @@ TEST(SamplingReference, UndecidedReasonsFollowTheContract) {
   EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 2000, 1.0f, 0.3)), "top_k between the candidates and vocab");
   EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 0.9f, 0.3)), "nucleus beyond the candidates");
   EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.9)), "draw beyond the candidates");
-  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.12345)), "");  // rank 617
+  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.12345)), "");                    // rank 617
   EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.1)), "draw inside the margin");  // 500 of 5000
 }
 
@@ -307,11 +307,10 @@ void CompareWithReference(int32_t vocab, int rows_per_shape, uint32_t seed, Tall
     for (int r = 0; r < rows_per_shape; ++r) {
       const SamplingRow& p = params[r];
       const float* row = logits.data() + static_cast<int64_t>(r) * vocab;
-      const std::string describe = "vocab " + std::to_string(vocab) + " shape " +
-                                   std::to_string(static_cast<int>(shape)) + " row " + std::to_string(r) +
-                                   " temperature " + std::to_string(p.temperature) + " top_k " +
-                                   std::to_string(p.top_k) + " top_p " + std::to_string(p.top_p) + " uniform " +
-                                   std::to_string(p.uniform);
+      const std::string describe =
+          "vocab " + std::to_string(vocab) + " shape " + std::to_string(static_cast<int>(shape)) + " row " +
+          std::to_string(r) + " temperature " + std::to_string(p.temperature) + " top_k " + std::to_string(p.top_k) +
+          " top_p " + std::to_string(p.top_p) + " uniform " + std::to_string(p.uniform);
       if (got[r] == -1) {
         ++tally->undecided;
         EXPECT_NE(UndecidedReason(row, vocab, p), "") << "undecided without a reason: " << describe;
@@ -415,8 +414,8 @@ TEST(SampleRowsCuda, NonFiniteRowsAreLeftToTheHostButGreedyStillDecides) {
   add(inf_row, Row(1.0f, 50, 1.0f, 0.5));
   add(masked_row, Row(1.0f, 0, 1.0f, 0.5));
   add(overflow_row, Row(0.5f, 0, 1.0f, 0.5));
-  add(base, Row(1.0f, 0, 1.0f, 1.0));     // uniform outside [0, 1)
-  add(inf_row, Row(0.0f, 0, 1.0f, 0.5));  // greedy: first +inf
+  add(base, Row(1.0f, 0, 1.0f, 1.0));        // uniform outside [0, 1)
+  add(inf_row, Row(0.0f, 0, 1.0f, 0.5));     // greedy: first +inf
   add(masked_row, Row(0.0f, 0, 1.0f, 0.5));  // greedy over all -inf: id 0
   std::vector<int32_t> got;
   ASSERT_TRUE(SampleOnDevice(logits, vocab, params, &got));
@@ -585,8 +584,8 @@ void ComparePenaltyPipeline(int32_t vocab, int32_t rows, uint32_t seed, Tally* t
   DeviceVector<float> d_logits(logits);
   DeviceVector<PenaltyRow> d_penalties(penalties);
   DeviceVector<int32_t> d_stops(stops);
-  ASSERT_TRUE(ApplyPenaltiesCuda(d_logits.data, rows, vocab, d_penalties.data, d_counts.data, d_seen.data,
-                                 d_stops.data, nullptr));
+  ASSERT_TRUE(ApplyPenaltiesCuda(d_logits.data, rows, vocab, d_penalties.data, d_counts.data, d_seen.data, d_stops.data,
+                                 nullptr));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> got = d_logits.Read();
   ASSERT_EQ(got.size(), want.size());
@@ -594,8 +593,8 @@ void ComparePenaltyPipeline(int32_t vocab, int32_t rows, uint32_t seed, Tally* t
   for (size_t i = 0; i < want.size(); ++i) {
     changed += std::memcmp(&want[i], &logits[i], sizeof(float)) != 0;
     ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)
-        << "row " << i / vocab << " id " << i % vocab << ": device " << got[i] << " reference " << want[i]
-        << " raw " << logits[i];
+        << "row " << i / vocab << " id " << i % vocab << ": device " << got[i] << " reference " << want[i] << " raw "
+        << logits[i];
   }
   EXPECT_GT(changed, rows);  // the penalties did something
 

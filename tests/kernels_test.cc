@@ -82,8 +82,7 @@ TEST(FusedAddRmsNorm, TypedFloat32RowWidthsOnBothKernelPaths) {
   for (int64_t hidden : {int64_t{128}, int64_t{4096}, int64_t{4098}, int64_t{40000}}) {
     for (bool with_delta : {true, false}) {
       SCOPED_TRACE(testing::Message() << "hidden " << hidden << " delta " << with_delta);
-      ExpectFusedAddRmsNormMatchesReference(3, hidden, with_delta, /*typed_entry=*/true,
-                                            static_cast<uint32_t>(hidden));
+      ExpectFusedAddRmsNormMatchesReference(3, hidden, with_delta, /*typed_entry=*/true, static_cast<uint32_t>(hidden));
     }
   }
 #endif
@@ -135,8 +134,12 @@ TEST(PagedAttentionDecode, CudaMatchesReference) {
   PagedAttentionDecodeReference(q.data(), k.data(), v.data(), tables.data(), lens.data(), want.data(), s);
   float *dq, *dk, *dv, *dout;
   int32_t *dtables, *dlens;
-  cudaMalloc(&dq, q.size() * 4); cudaMalloc(&dk, k.size() * 4); cudaMalloc(&dv, v.size() * 4);
-  cudaMalloc(&dout, q.size() * 4); cudaMalloc(&dtables, tables.size() * 4); cudaMalloc(&dlens, lens.size() * 4);
+  cudaMalloc(&dq, q.size() * 4);
+  cudaMalloc(&dk, k.size() * 4);
+  cudaMalloc(&dv, v.size() * 4);
+  cudaMalloc(&dout, q.size() * 4);
+  cudaMalloc(&dtables, tables.size() * 4);
+  cudaMalloc(&dlens, lens.size() * 4);
   cudaMemcpy(dq, q.data(), q.size() * 4, cudaMemcpyHostToDevice);
   cudaMemcpy(dk, k.data(), k.size() * 4, cudaMemcpyHostToDevice);
   cudaMemcpy(dv, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
@@ -144,7 +147,12 @@ TEST(PagedAttentionDecode, CudaMatchesReference) {
   cudaMemcpy(dlens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice);
   ASSERT_TRUE(PagedAttentionDecodeCuda(dq, dk, dv, dtables, dlens, dout, s, ElementType::kFloat32, nullptr));
   cudaMemcpy(got.data(), dout, got.size() * 4, cudaMemcpyDeviceToHost);
-  cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(dtables); cudaFree(dlens);
+  cudaFree(dq);
+  cudaFree(dk);
+  cudaFree(dv);
+  cudaFree(dout);
+  cudaFree(dtables);
+  cudaFree(dlens);
   for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-4f + 1e-4f * std::abs(want[i])) << i;
 #endif
 }

@@ -23,9 +23,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <sstream>
-#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>

@@ -50,16 +50,16 @@ std::vector<std::string> FilesWithSuffix(const fs::path& dir, const std::string&
 }
 
 // Lists one weight file of either kind; false when it could not be read at all.
-bool ListOne(bool safetensors, const fs::path& dir, const std::string& file,
-             std::vector<TensorRecord>* tensors, std::vector<std::string>* problems) {
+bool ListOne(bool safetensors, const fs::path& dir, const std::string& file, std::vector<TensorRecord>* tensors,
+             std::vector<std::string>* problems) {
   const std::string path = (dir / file).string();
   if (safetensors) return ListSafetensorsFile(path, file, tensors, problems);
   return ListPytorchBinFile(path, file, tensors, problems);
 }
 
 // Parses the index file; on success fills `weight_map` (key -> shard file) and returns true.
-bool ReadIndex(const fs::path& dir, const std::string& index_name,
-               std::map<std::string, std::string>* weight_map, std::vector<std::string>* problems) {
+bool ReadIndex(const fs::path& dir, const std::string& index_name, std::map<std::string, std::string>* weight_map,
+               std::vector<std::string>* problems) {
   std::ifstream in(dir / index_name, std::ios::binary);
   if (!in) {
     problems->push_back(absl::StrCat(index_name, ": cannot open"));
@@ -80,8 +80,7 @@ bool ReadIndex(const fs::path& dir, const std::string& index_name,
   }
   for (auto it = json["weight_map"].begin(); it != json["weight_map"].end(); ++it) {
     if (!it.value().is_string()) {
-      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", it.key(),
-                                       " is not a file name string"));
+      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", it.key(), " is not a file name string"));
       continue;
     }
     const std::string shard = it.value().get<std::string>();
@@ -96,8 +95,7 @@ bool ReadIndex(const fs::path& dir, const std::string& index_name,
   return true;
 }
 
-void ListSharded(bool safetensors, const fs::path& dir, const std::string& index_name,
-                 CheckpointListing* listing) {
+void ListSharded(bool safetensors, const fs::path& dir, const std::string& index_name, CheckpointListing* listing) {
   const std::string suffix = safetensors ? ".safetensors" : ".bin";
   std::map<std::string, std::string> weight_map;
   std::vector<std::string> shards;
@@ -117,8 +115,7 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
   std::set<std::string> readable;
   for (const std::string& shard : shards) {
     if (!IsRegularFile(dir / shard)) {
-      listing->problems.push_back(
-          absl::StrCat("index ", index_name, " names shard ", shard, ", which is absent"));
+      listing->problems.push_back(absl::StrCat("index ", index_name, " names shard ", shard, ", which is absent"));
       continue;
     }
     std::vector<TensorRecord> records;
@@ -138,19 +135,18 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
     for (TensorRecord& r : records) {
       auto prev = seen.find(r.name);
       if (prev != seen.end()) {
-        listing->problems.push_back(absl::StrCat("key ", r.name, " is in two shards: ",
-                                                 prev->second, " and ", shard, " (kept ",
-                                                 prev->second, ")"));
+        listing->problems.push_back(absl::StrCat("key ", r.name, " is in two shards: ", prev->second, " and ", shard,
+                                                 " (kept ", prev->second, ")"));
         continue;
       }
       if (index_ok) {
         auto it = weight_map.find(r.name);
         if (it == weight_map.end()) {
-          listing->problems.push_back(absl::StrCat(shard, ": contains key ", r.name,
-                                                   ", which index ", index_name, " does not name"));
+          listing->problems.push_back(
+              absl::StrCat(shard, ": contains key ", r.name, ", which index ", index_name, " does not name"));
         } else if (it->second != shard) {
-          listing->problems.push_back(absl::StrCat(shard, ": contains key ", r.name, ", which index ",
-                                                   index_name, " assigns to ", it->second));
+          listing->problems.push_back(
+              absl::StrCat(shard, ": contains key ", r.name, ", which index ", index_name, " assigns to ", it->second));
         }
       }
       seen.emplace(r.name, shard);
@@ -193,8 +189,7 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) {
       return absl::NotFoundError(absl::StrCat("checkpoint directory ", directory,
-                                              fs::exists(dir, ec) ? " is not a directory"
-                                                                  : " does not exist"));
+                                              fs::exists(dir, ec) ? " is not a directory" : " does not exist"));
     }
     CheckpointListing listing;
     listing.directory = directory;
@@ -211,10 +206,9 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
       if (any.size() == 1) {
         single = any[0];
       } else if (any.size() > 1) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "checkpoint directory ", directory, " holds ", any.size(),
-            " .safetensors files (", absl::StrJoin(any, ", "), ") but no ", kStIndex,
-            " saying which tensors each holds"));
+        return absl::FailedPreconditionError(absl::StrCat("checkpoint directory ", directory, " holds ", any.size(),
+                                                          " .safetensors files (", absl::StrJoin(any, ", "),
+                                                          ") but no ", kStIndex, " saying which tensors each holds"));
       }
     }
     if (!single.empty()) {
@@ -242,9 +236,8 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
       }
       return listing;
     }
-    return absl::NotFoundError(absl::StrCat("no weight files in ", directory, " (looked for ",
-                                            kStIndex, ", ", kStSingle, ", *.safetensors, ",
-                                            kBinIndex, ", ", kBinSingle, ")"));
+    return absl::NotFoundError(absl::StrCat("no weight files in ", directory, " (looked for ", kStIndex, ", ",
+                                            kStSingle, ", *.safetensors, ", kBinIndex, ", ", kBinSingle, ")"));
   } catch (const std::exception& e) {
     // Only allocation failures or filesystem oddities can land here.
     return absl::InternalError(absl::StrCat("listing ", directory, ": ", e.what()));

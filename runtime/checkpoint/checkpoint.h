@@ -28,8 +28,8 @@ const char* CheckpointFormatName(CheckpointFormat format);
 struct CheckpointListing {
   std::string directory;
   CheckpointFormat format = CheckpointFormat::kSafetensors;
-  std::vector<std::string> files;      // weight files actually present and read, in order
-  std::vector<TensorRecord> tensors;   // every tensor of every readable file, file order
+  std::vector<std::string> files;     // weight files actually present and read, in order
+  std::vector<TensorRecord> tensors;  // every tensor of every readable file, file order
   // File-level problems, each one line naming the file (and key where relevant) and saying
   // what was expected, e.g. "model-00002-of-00002.safetensors: truncated: header declares
   // 4096 data bytes, file holds 1000".

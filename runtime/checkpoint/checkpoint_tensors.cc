@@ -33,8 +33,7 @@ bool ToScalarType(const std::string& dtype, at::ScalarType* out) {
 }
 
 absl::Status UnsupportedDtype(const TensorRecord& r) {
-  return absl::InvalidArgumentError(absl::StrCat(r.file, ": tensor ", r.name, " has dtype ",
-                                                 r.dtype,
+  return absl::InvalidArgumentError(absl::StrCat(r.file, ": tensor ", r.name, " has dtype ", r.dtype,
                                                  ", which glmserve cannot load (F32, F16, BF16)"));
 }
 
@@ -60,21 +59,19 @@ absl::Status ReadSafetensorsFile(const std::string& path, const std::string& fil
     at::ScalarType type;
     if (!ToScalarType(r->dtype, &type)) return UnsupportedDtype(*r);
     if (r->data_offset > file_size || r->data_bytes > file_size - r->data_offset) {
-      return absl::DataLossError(absl::StrCat(file_name, ": tensor ", r->name, " needs bytes [",
-                                              r->data_offset, ", ", r->data_offset + r->data_bytes,
-                                              ") but the file holds ", file_size));
+      return absl::DataLossError(absl::StrCat(file_name, ": tensor ", r->name, " needs bytes [", r->data_offset, ", ",
+                                              r->data_offset + r->data_bytes, ") but the file holds ", file_size));
     }
     at::Tensor t = at::empty(r->shape, at::TensorOptions().dtype(type).device(at::kCPU));
     const uint64_t want = static_cast<uint64_t>(t.nbytes());
     if (want != r->data_bytes) {
-      return absl::DataLossError(absl::StrCat(file_name, ": tensor ", r->name, " holds ",
-                                              r->data_bytes, " bytes, its shape needs ", want));
+      return absl::DataLossError(
+          absl::StrCat(file_name, ": tensor ", r->name, " holds ", r->data_bytes, " bytes, its shape needs ", want));
     }
     char* dst = static_cast<char*>(t.data_ptr());
     uint64_t done = 0;
     while (done < want) {
-      const ssize_t got = ::pread(fd, dst + done, want - done,
-                                  static_cast<off_t>(r->data_offset + done));
+      const ssize_t got = ::pread(fd, dst + done, want - done, static_cast<off_t>(r->data_offset + done));
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) {
         return absl::DataLossError(absl::StrCat(file_name, ": reading tensor ", r->name, ": ",
@@ -102,8 +99,7 @@ absl::Status ReadBinFile(const std::string& path, const std::string& file_name,
     if (!ToScalarType(r->dtype, &type)) return UnsupportedDtype(*r);
     at::Tensor t = it->second;
     if (t.scalar_type() != type || t.device() != at::Device(at::kCPU)) {
-      return absl::DataLossError(absl::StrCat(file_name, ": tensor ", r->name,
-                                              " changed since it was listed"));
+      return absl::DataLossError(absl::StrCat(file_name, ": tensor ", r->name, " changed since it was listed"));
     }
     // Views (tied weights, slices) keep sharing storage when already contiguous.
     (*out)[r->name] = t.is_contiguous() ? t : t.contiguous();
@@ -114,8 +110,8 @@ absl::Status ReadBinFile(const std::string& path, const std::string& file_name,
 }  // namespace
 
 absl::StatusOr<TensorMap> ReadCheckpointTensors(const CheckpointListing& listing) {
-  const bool is_bin = listing.format == CheckpointFormat::kPytorchBin ||
-                      listing.format == CheckpointFormat::kPytorchBinSharded;
+  const bool is_bin =
+      listing.format == CheckpointFormat::kPytorchBin || listing.format == CheckpointFormat::kPytorchBinSharded;
   std::map<std::string, std::vector<const TensorRecord*>> by_file;
   for (const TensorRecord& r : listing.tensors) by_file[r.file].push_back(&r);
   TensorMap out;
@@ -124,8 +120,8 @@ absl::StatusOr<TensorMap> ReadCheckpointTensors(const CheckpointListing& listing
     for (const std::string& file : listing.files) {
       const std::string path = (std::filesystem::path(listing.directory) / file).string();
       const std::vector<const TensorRecord*>& records = by_file[file];
-      absl::Status status = is_bin ? ReadBinFile(path, file, records, &out)
-                                   : ReadSafetensorsFile(path, file, records, &out);
+      absl::Status status =
+          is_bin ? ReadBinFile(path, file, records, &out) : ReadSafetensorsFile(path, file, records, &out);
       if (!status.ok()) {
         if (is_bin) ClearPytorchBinCache();
         return status;
@@ -134,8 +130,7 @@ absl::StatusOr<TensorMap> ReadCheckpointTensors(const CheckpointListing& listing
   } catch (const c10::Error& e) {
     if (is_bin) ClearPytorchBinCache();
     std::string what = e.what_without_backtrace();
-    return absl::InternalError(
-        absl::StrCat("reading ", listing.directory, ": ", what.substr(0, what.find('\n'))));
+    return absl::InternalError(absl::StrCat("reading ", listing.directory, ": ", what.substr(0, what.find('\n'))));
   } catch (const std::exception& e) {
     if (is_bin) ClearPytorchBinCache();
     return absl::InternalError(absl::StrCat("reading ", listing.directory, ": ", e.what()));

@@ -13,7 +13,6 @@ namespace glmserve {
 
 // Reads every tensor of `listing` into CPU tensors keeping the stored dtype (F32, F16, BF16).
 // Never throws: torch/zip/pickle failures become a status naming the file.
-absl::StatusOr<std::unordered_map<std::string, at::Tensor>> ReadCheckpointTensors(
-    const CheckpointListing& listing);
+absl::StatusOr<std::unordered_map<std::string, at::Tensor>> ReadCheckpointTensors(const CheckpointListing& listing);
 
 }  // namespace glmserve

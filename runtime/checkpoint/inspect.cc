@@ -1,12 +1,11 @@
 // InspectCheckpoint (runtime/inspect.h) and the plan ModelRunner::Load reads: LibTorch-free
 // except that listing a .bin unpickles it (pytorch_bin.h).
-#include "runtime/checkpoint/checkpoint_plan.h"
-
 #include <filesystem>
 #include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/checkpoint/checkpoint_plan.h"
 
 namespace glmserve {
 

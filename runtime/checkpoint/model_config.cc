@@ -113,13 +113,12 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
   try {
     *out = json::parse(buffer.str());
   } catch (const json::parse_error& e) {
-    problems->push_back(absl::StrCat(path.filename().string(), ": invalid JSON at byte ", e.byte,
-                                     ": expected a JSON object"));
+    problems->push_back(
+        absl::StrCat(path.filename().string(), ": invalid JSON at byte ", e.byte, ": expected a JSON object"));
     return false;
   }
   if (!out->is_object()) {
-    problems->push_back(absl::StrCat(path.filename().string(), ": expected a JSON object, found ",
-                                     out->type_name()));
+    problems->push_back(absl::StrCat(path.filename().string(), ": expected a JSON object, found ", out->type_name()));
     return false;
   }
   return true;
@@ -128,8 +127,8 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
 bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std::string>* problems) {
   std::string model_type = config.value("model_type", "");
   std::string first_arch;
-  if (config.contains("architectures") && config["architectures"].is_array() &&
-      !config["architectures"].empty() && config["architectures"][0].is_string()) {
+  if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty() &&
+      config["architectures"][0].is_string()) {
     first_arch = config["architectures"][0].get<std::string>();
   }
   if (model_type == "chatglm" || first_arch.rfind("ChatGLM", 0) == 0) {
@@ -141,10 +140,10 @@ bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std:
   } else if (model_type == "glm" || first_arch == "GlmForCausalLM") {
     *arch = Architecture::kGlm;
   } else {
-    problems->push_back(absl::StrCat(
-        "config.json: field 'model_type': '", model_type,
-        "' is not a GLM model (expected \"chatglm\", \"glm\", \"glm4\" or \"glm4v\")",
-        first_arch.empty() ? "" : absl::StrCat("; architectures[0] is '", first_arch, "'")));
+    problems->push_back(
+        absl::StrCat("config.json: field 'model_type': '", model_type,
+                     "' is not a GLM model (expected \"chatglm\", \"glm\", \"glm4\" or \"glm4v\")",
+                     first_arch.empty() ? "" : absl::StrCat("; architectures[0] is '", first_arch, "'")));
     return false;
   }
   return true;
@@ -208,7 +207,8 @@ void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
   if (r.Has("rope_scaling")) {
     const json& scaling = config["rope_scaling"];
     std::string type = scaling.is_object() ? scaling.value("rope_type", scaling.value("type", "")) : "";
-    if (type != "default") r.Problem("rope_scaling", absl::StrCat("rope type '", type, "' is not supported (only \"default\")"));
+    if (type != "default")
+      r.Problem("rope_scaling", absl::StrCat("rope type '", type, "' is not supported (only \"default\")"));
   }
   if (r.Has("rope_parameters")) {
     const json& rope = config["rope_parameters"];
@@ -357,11 +357,15 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
     if (type != "axial") rr.Problem("rope_type", absl::StrCat("'", type, "' is not supported (only \"axial\")"));
     v.rope_theta = rr.Number("rope_theta", v.rope_theta);
   }
-  for (auto [field, value] : {std::pair<const char*, int32_t>{"depth", v.depth}, {"hidden_size", v.hidden_size},
-                              {"num_heads", v.num_heads}, {"intermediate_size", v.intermediate_size},
-                              {"out_hidden_size", v.out_hidden_size}, {"patch_size", v.patch_size},
+  for (auto [field, value] : {std::pair<const char*, int32_t>{"depth", v.depth},
+                              {"hidden_size", v.hidden_size},
+                              {"num_heads", v.num_heads},
+                              {"intermediate_size", v.intermediate_size},
+                              {"out_hidden_size", v.out_hidden_size},
+                              {"patch_size", v.patch_size},
                               {"spatial_merge_size", v.spatial_merge_size},
-                              {"temporal_patch_size", v.temporal_patch_size}, {"image_size", v.image_size},
+                              {"temporal_patch_size", v.temporal_patch_size},
+                              {"image_size", v.image_size},
                               {"in_channels", v.in_channels}}) {
     if (value <= 0) vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
   }
@@ -392,7 +396,8 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
   // Image ids are embedded before image features replace them: they must be in the vocabulary.
   for (auto [field, id] : {std::pair<const char*, int32_t>{"image_token_id", v.image_token_id},
                            {"image_start_token_id", v.image_start_token_id},
-                           {"image_end_token_id", v.image_end_token_id}, {"video_token_id", v.video_token_id},
+                           {"image_end_token_id", v.image_end_token_id},
+                           {"video_token_id", v.video_token_id},
                            {"video_start_token_id", v.video_start_token_id},
                            {"video_end_token_id", v.video_end_token_id}}) {
     if (c->vocab_size > 0 && (id < 0 || id >= c->vocab_size)) {
@@ -406,10 +411,14 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
 
 const char* ArchitectureName(Architecture arch) {
   switch (arch) {
-    case Architecture::kChatGLM: return "chatglm";
-    case Architecture::kGlm: return "glm";
-    case Architecture::kGlm4: return "glm4";
-    case Architecture::kGlm4v: return "glm4v";
+    case Architecture::kChatGLM:
+      return "chatglm";
+    case Architecture::kGlm:
+      return "glm";
+    case Architecture::kGlm4:
+      return "glm4";
+    case Architecture::kGlm4v:
+      return "glm4v";
   }
   return "unknown";
 }
@@ -486,11 +495,9 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
   require_positive(original ? "kv_channels" : glm4v ? "hidden_size / num_attention_heads" : "head_dim", c.head_dim);
   require_positive(original ? "padded_vocab_size" : "vocab_size", c.vocab_size);
   require_positive(original ? "seq_length" : "max_position_embeddings", c.max_position_embeddings);
-  if (c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
-      c.num_attention_heads % c.num_key_value_heads != 0) {
+  if (c.num_attention_heads > 0 && c.num_key_value_heads > 0 && c.num_attention_heads % c.num_key_value_heads != 0) {
     reader.Problem(in + (original ? "multi_query_group_num" : "num_key_value_heads"),
-                   absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ",
-                                c.num_attention_heads));
+                   absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ", c.num_attention_heads));
   }
   if (c.rotary_dim % 2 != 0 || c.rotary_dim < 0 || c.rotary_dim > c.head_dim) {
     reader.Problem(in + "partial_rotary_factor",

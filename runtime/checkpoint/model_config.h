@@ -25,19 +25,19 @@ const char* ArchitectureName(Architecture arch);
 // ids that place images and videos in the text. Only the weight plan and the future vision
 // tower read it; the text model ignores it.
 struct VisionConfig {
-  int32_t depth = 24;                  // vision blocks
+  int32_t depth = 24;  // vision blocks
   int32_t hidden_size = 1536;
   int32_t num_heads = 12;
-  int32_t intermediate_size = 13696;   // the patch merger's MLP (the blocks' MLP is out_hidden_size wide)
-  int32_t out_hidden_size = 4096;      // merger output: must equal the text hidden_size
+  int32_t intermediate_size = 13696;  // the patch merger's MLP (the blocks' MLP is out_hidden_size wide)
+  int32_t out_hidden_size = 4096;     // merger output: must equal the text hidden_size
   int32_t patch_size = 14;
   int32_t spatial_merge_size = 2;
   int32_t temporal_patch_size = 2;
-  int32_t image_size = 336;            // learned position grid: (image_size / patch_size)^2 entries
+  int32_t image_size = 336;  // learned position grid: (image_size / patch_size)^2 entries
   int32_t in_channels = 3;
   double rms_norm_eps = 1e-5;
-  double rope_theta = 10000.0;         // the blocks' 2-D ("axial") rotary
-  bool attention_bias = false;         // the blocks' qkv carries a bias
+  double rope_theta = 10000.0;  // the blocks' 2-D ("axial") rotary
+  bool attention_bias = false;  // the blocks' qkv carries a bias
   std::string hidden_act = "silu";
   // Glm4vConfig's top-level token ids (defaults: GLM-4.1V's tokenizer).
   int32_t image_token_id = 151343;
@@ -68,12 +68,12 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   // Rotated dims per head (even); the rest of the head passes through. Interleaved pairs.
   int32_t rotary_dim = 0;
-  bool attention_bias = false;        // q/k/v projections carry a bias
-  bool tie_word_embeddings = false;   // lm_head reuses the embedding matrix
-  bool sandwich_norms = false;        // glm4: extra norms after attention and after the MLP
-  std::vector<int32_t> eos_token_ids; // generation_config.json's, then config.json's not already listed
+  bool attention_bias = false;         // q/k/v projections carry a bias
+  bool tie_word_embeddings = false;    // lm_head reuses the embedding matrix
+  bool sandwich_norms = false;         // glm4: extra norms after attention and after the MLP
+  std::vector<int32_t> eos_token_ids;  // generation_config.json's, then config.json's not already listed
   int32_t pad_token_id = -1;
-  std::string torch_dtype;            // as declared in config.json (informational)
+  std::string torch_dtype;  // as declared in config.json (informational)
   // glm4v: rotary frequencies given to each position component (temporal, height, width), in
   // that order; sums to rotary_dim / 2. For text-only prompts the three components are equal, so
   // the rotation is the 1-D one above; empty for the text architectures.

@@ -2,8 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/jit/serialization/unpickler.h>
 #include <sys/stat.h>
+#include <torch/csrc/jit/serialization/unpickler.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -20,20 +20,34 @@ namespace {
 // Safetensors spelling of a torch dtype; the ScalarType name when there is none.
 std::string DtypeName(at::ScalarType t) {
   switch (t) {
-    case at::kDouble: return "F64";
-    case at::kFloat: return "F32";
-    case at::kHalf: return "F16";
-    case at::kBFloat16: return "BF16";
-    case at::kLong: return "I64";
-    case at::kInt: return "I32";
-    case at::kShort: return "I16";
-    case at::kChar: return "I8";
-    case at::kByte: return "U8";
-    case at::kBool: return "BOOL";
-    case at::kFloat8_e4m3fn: return "F8_E4M3";
-    case at::kFloat8_e5m2: return "F8_E5M2";
-    case at::kComplexFloat: return "C64";
-    default: return c10::toString(t);
+    case at::kDouble:
+      return "F64";
+    case at::kFloat:
+      return "F32";
+    case at::kHalf:
+      return "F16";
+    case at::kBFloat16:
+      return "BF16";
+    case at::kLong:
+      return "I64";
+    case at::kInt:
+      return "I32";
+    case at::kShort:
+      return "I16";
+    case at::kChar:
+      return "I8";
+    case at::kByte:
+      return "U8";
+    case at::kBool:
+      return "BOOL";
+    case at::kFloat8_e4m3fn:
+      return "F8_E4M3";
+    case at::kFloat8_e5m2:
+      return "F8_E5M2";
+    case at::kComplexFloat:
+      return "C64";
+    default:
+      return c10::toString(t);
   }
 }
 
@@ -83,18 +97,17 @@ absl::Status CheckMagic(const std::string& path, const std::string& file_name) {
   const size_t got = std::fread(magic, 1, 4, f);
   std::fclose(f);
   if (got == 0) {
-    return absl::DataLossError(
-        absl::StrCat(file_name, ": not a readable torch.save archive: empty file (0 bytes)"));
+    return absl::DataLossError(absl::StrCat(file_name, ": not a readable torch.save archive: empty file (0 bytes)"));
   }
   if (got >= 2 && magic[0] == 'P' && magic[1] == 'K') return absl::OkStatus();
   if (magic[0] == 0x80) {
-    return absl::UnimplementedError(absl::StrCat(
-        file_name,
-        ": legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a current "
-        "torch.save or convert it to safetensors"));
+    return absl::UnimplementedError(
+        absl::StrCat(file_name,
+                     ": legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a current "
+                     "torch.save or convert it to safetensors"));
   }
-  return absl::DataLossError(absl::StrCat(
-      file_name, ": not a readable torch.save archive: not a zip file (bad magic bytes)"));
+  return absl::DataLossError(
+      absl::StrCat(file_name, ": not a readable torch.save archive: not a zip file (bad magic bytes)"));
 }
 
 // Length of the argument of the protocol-2 pickle opcode at `pkl[pos]` (pos points at the opcode);
@@ -121,25 +134,69 @@ int64_t PickleArgLength(const std::string& pkl, size_t pos) {
     return len < 0 ? -1 : len_bytes + len;
   };
   switch (static_cast<unsigned char>(pkl[pos])) {
-    case '(': case '.': case '0': case '1': case '2': case 'N': case ')': case ']': case '}':
-    case 'a': case 'e': case 'l': case 't': case 's': case 'u': case 'b': case 'R': case 'Q':
-    case 'd': case 'o': case 0x81: case 0x85: case 0x86: case 0x87: case 0x88: case 0x89:
+    case '(':
+    case '.':
+    case '0':
+    case '1':
+    case '2':
+    case 'N':
+    case ')':
+    case ']':
+    case '}':
+    case 'a':
+    case 'e':
+    case 'l':
+    case 't':
+    case 's':
+    case 'u':
+    case 'b':
+    case 'R':
+    case 'Q':
+    case 'd':
+    case 'o':
+    case 0x81:
+    case 0x85:
+    case 0x86:
+    case 0x87:
+    case 0x88:
+    case 0x89:
       return 0;
-    case 'K': case 'q': case 'h': case 0x80: case 0x82:
+    case 'K':
+    case 'q':
+    case 'h':
+    case 0x80:
+    case 0x82:
       return 1;
-    case 'M': case 0x83:
+    case 'M':
+    case 0x83:
       return 2;
-    case 'J': case 'r': case 'j': case 0x84:
+    case 'J':
+    case 'r':
+    case 'j':
+    case 0x84:
       return 4;
     case 'G':
       return 8;
-    case 'I': case 'L': case 'F': case 'S': case 'V': case 'P': case 'g': case 'p':
+    case 'I':
+    case 'L':
+    case 'F':
+    case 'S':
+    case 'V':
+    case 'P':
+    case 'g':
+    case 'p':
       return lines(1);
-    case 'c': case 'i':
+    case 'c':
+    case 'i':
       return lines(2);
-    case 'X': case 'T': case 'B': case 0x8b:
+    case 'X':
+    case 'T':
+    case 'B':
+    case 0x8b:
       return counted(4);
-    case 'U': case 'C': case 0x8a:
+    case 'U':
+    case 'C':
+    case 0x8a:
       return counted(1);
     default:
       return -1;
@@ -173,9 +230,7 @@ bool PatchOrderedDicts(std::string* pkl) {
     for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(in[pos + 1 + i]);
     return v;
   };
-  auto followed_by_call = [&](size_t pos) {
-    return pos + 1 < in.size() && in[pos] == ')' && in[pos + 1] == 'R';
-  };
+  auto followed_by_call = [&](size_t pos) { return pos + 1 < in.size() && in[pos] == ')' && in[pos + 1] == 'R'; };
   bool top_level_od = false;
   size_t pos = 0;
   bool first_object = true;
@@ -249,11 +304,9 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
       pos += k;
       return k;
     };
-    auto read_record = [&](const std::string& name) {
-      return std::get<0>(reader.getRecord("data/" + name));
-    };
-    torch::jit::Unpickler unpickler(read_pickle, /*type_resolver=*/nullptr, /*obj_loader=*/nullptr,
-                                    read_record, at::Device(at::kCPU));
+    auto read_record = [&](const std::string& name) { return std::get<0>(reader.getRecord("data/" + name)); };
+    torch::jit::Unpickler unpickler(read_pickle, /*type_resolver=*/nullptr, /*obj_loader=*/nullptr, read_record,
+                                    at::Device(at::kCPU));
     unpickler.set_version(reader.version());
     c10::IValue value = unpickler.parse_ivalue();
     if (unwrap) {
@@ -264,8 +317,8 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
       value = std::move(dict);
     }
     if (!value.isGenericDict()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          file_name, ": holds a ", value.tagKind(), ", not a state dict (a dict of tensors)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(file_name, ": holds a ", value.tagKind(), ", not a state dict (a dict of tensors)"));
     }
     TensorList tensors;
     for (const auto& item : value.toGenericDict()) {
@@ -275,8 +328,8 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
       }
       const std::string key = item.key().toStringRef();
       if (!item.value().isTensor()) {
-        return absl::InvalidArgumentError(absl::StrCat(file_name, ": entry ", key, " is a ",
-                                                       item.value().tagKind(), ", not a tensor"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(file_name, ": entry ", key, " is a ", item.value().tagKind(), ", not a tensor"));
       }
       tensors.emplace_back(key, item.value().toTensor());
     }
@@ -293,8 +346,8 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
 
 }  // namespace
 
-bool ListPytorchBinFile(const std::string& path, const std::string& file_name,
-                        std::vector<TensorRecord>* tensors, std::vector<std::string>* problems) {
+bool ListPytorchBinFile(const std::string& path, const std::string& file_name, std::vector<TensorRecord>* tensors,
+                        std::vector<std::string>* problems) {
   TensorList loaded;
   absl::Status status = Load(path, file_name, &loaded);
   if (!status.ok()) {

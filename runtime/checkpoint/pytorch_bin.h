@@ -21,8 +21,8 @@ namespace glmserve {
 // Loading a .bin needs all of it in memory; the loaded tensors are kept in a
 // process-level cache keyed by path (and size/mtime) so that ReadCheckpointTensors does not load
 // the file a second time.
-bool ListPytorchBinFile(const std::string& path, const std::string& file_name,
-                        std::vector<TensorRecord>* tensors, std::vector<std::string>* problems);
+bool ListPytorchBinFile(const std::string& path, const std::string& file_name, std::vector<TensorRecord>* tensors,
+                        std::vector<std::string>* problems);
 
 // Moves the tensors of `path` into `out` (key -> tensor as stored, possibly non-contiguous views
 // sharing storage), taking them from the cache when present (and dropping the cache entry) or

@@ -59,10 +59,9 @@ struct Entry {
 
 uint64_t SafetensorsDtypeSize(const std::string& dtype) {
   static const std::pair<const char*, uint64_t> kSizes[] = {
-      {"F64", 8},     {"F32", 4},     {"F16", 2},      {"BF16", 2},     {"I64", 8},
-      {"I32", 4},     {"I16", 2},     {"I8", 1},       {"U64", 8},      {"U32", 4},
-      {"U16", 2},     {"U8", 1},      {"BOOL", 1},     {"F8_E4M3", 1},  {"F8_E5M2", 1},
-      {"F8_E8M0", 1}, {"C64", 8},     {"C128", 16},
+      {"F64", 8},  {"F32", 4},     {"F16", 2},     {"BF16", 2},    {"I64", 8}, {"I32", 4},
+      {"I16", 2},  {"I8", 1},      {"U64", 8},     {"U32", 4},     {"U16", 2}, {"U8", 1},
+      {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"F8_E8M0", 1}, {"C64", 8}, {"C128", 16},
   };
   for (const auto& [name, size] : kSizes) {
     if (dtype == name) return size;
@@ -70,8 +69,8 @@ uint64_t SafetensorsDtypeSize(const std::string& dtype) {
   return 0;
 }
 
-bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
-                         std::vector<TensorRecord>* tensors, std::vector<std::string>* problems) {
+bool ListSafetensorsFile(const std::string& path, const std::string& file_name, std::vector<TensorRecord>* tensors,
+                         std::vector<std::string>* problems) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     problems->push_back(absl::StrCat(file_name, ": unreadable: cannot open: ", std::strerror(errno)));
@@ -96,13 +95,13 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | size_bytes[i];
   if (header_size > file_size - 8) {
-    problems->push_back(absl::StrCat(file_name, ": header size ", header_size,
-                                     " is larger than the file (", file_size, " bytes)"));
+    problems->push_back(
+        absl::StrCat(file_name, ": header size ", header_size, " is larger than the file (", file_size, " bytes)"));
     return false;
   }
   if (header_size > kMaxHeaderBytes) {
-    problems->push_back(absl::StrCat(file_name, ": header size ", header_size,
-                                     " exceeds the 100 MB safetensors limit"));
+    problems->push_back(
+        absl::StrCat(file_name, ": header size ", header_size, " exceeds the 100 MB safetensors limit"));
     return false;
   }
   std::string header(header_size, '\0');
@@ -119,8 +118,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
     return false;
   }
   if (!json.is_object()) {
-    problems->push_back(
-        absl::StrCat(file_name, ": header is not a JSON object (", json.type_name(), ")"));
+    problems->push_back(absl::StrCat(file_name, ": header is not a JSON object (", json.type_name(), ")"));
     return false;
   }
 
@@ -157,8 +155,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
     if (shape.is_array()) {
       for (const auto& d : shape) {
         if (!d.is_number_integer() || d.get<int64_t>() < 0) {
-          problems->push_back(absl::StrCat(where, "shape ", shape.dump(),
-                                           " is not a list of non-negative integers"));
+          problems->push_back(absl::StrCat(where, "shape ", shape.dump(), " is not a list of non-negative integers"));
           ok = false;
           break;
         }
@@ -174,13 +171,13 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
       e.begin = offsets[0].get<uint64_t>();
       e.end = offsets[1].get<uint64_t>();
       if (e.begin > e.end) {
-        problems->push_back(absl::StrCat(where, "data_offsets [", e.begin, ", ", e.end,
-                                         "] are out of order (begin after end)"));
+        problems->push_back(
+            absl::StrCat(where, "data_offsets [", e.begin, ", ", e.end, "] are out of order (begin after end)"));
         ok = false;
       }
     } else {
-      problems->push_back(absl::StrCat(where, "data_offsets ", offsets.dump(),
-                                       " is not a pair of non-negative integers"));
+      problems->push_back(
+          absl::StrCat(where, "data_offsets ", offsets.dump(), " is not a pair of non-negative integers"));
       ok = false;
     }
     if (!ok) continue;
@@ -198,25 +195,22 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
         expected *= ud;
       }
       if (overflow || expected != e.end - e.begin) {
-        problems->push_back(absl::StrCat(
-            where, "holds ", e.end - e.begin, " bytes but ", e.dtype, " ", shape.dump(), " needs ",
-            overflow ? std::string("more than 2^64") : absl::StrCat(expected)));
+        problems->push_back(absl::StrCat(where, "holds ", e.end - e.begin, " bytes but ", e.dtype, " ", shape.dump(),
+                                         " needs ", overflow ? std::string("more than 2^64") : absl::StrCat(expected)));
         continue;
       }
     }
     entries.push_back(std::move(e));
   }
 
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
   // Overlaps: compare each entry with the furthest-reaching earlier one.
   const Entry* reach = nullptr;
   for (const Entry& e : entries) {
     if (reach != nullptr && e.begin < reach->end && e.end > e.begin) {
-      problems->push_back(absl::StrCat(file_name, ": tensors ", reach->key, " [", reach->begin, ", ",
-                                       reach->end, ") and ", e.key, " [", e.begin, ", ", e.end,
-                                       ") overlap"));
+      problems->push_back(absl::StrCat(file_name, ": tensors ", reach->key, " [", reach->begin, ", ", reach->end,
+                                       ") and ", e.key, " [", e.begin, ", ", e.end, ") overlap"));
     }
     if (reach == nullptr || e.end > reach->end) reach = &e;
   }
@@ -227,12 +221,9 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
     for (const Entry& e : entries) {
       if (e.end > data_available) lost.push_back(e.key);
     }
-    problems->push_back(absl::StrCat(file_name, ": truncated: header declares ", declared,
-                                     " data bytes, file holds ", data_available, " (",
-                                     lost.size(), " tensor(s) cut off: ",
-                                     absl::StrJoin(lost.begin(),
-                                                   lost.begin() + std::min<size_t>(lost.size(), 5),
-                                                   ", "),
+    problems->push_back(absl::StrCat(file_name, ": truncated: header declares ", declared, " data bytes, file holds ",
+                                     data_available, " (", lost.size(), " tensor(s) cut off: ",
+                                     absl::StrJoin(lost.begin(), lost.begin() + std::min<size_t>(lost.size(), 5), ", "),
                                      lost.size() > 5 ? ", ..." : "", ")"));
   }
   for (Entry& e : entries) {

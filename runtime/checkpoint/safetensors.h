@@ -19,7 +19,7 @@ uint64_t SafetensorsDtypeSize(const std::string& dtype);
 // key where relevant); tensors whose entry is malformed or whose data lies outside the file are not
 // listed, the others are appended to `tensors` in data-offset order (data_offset is absolute).
 // Returns false when the file could not be read at all (missing, unreadable, corrupt header).
-bool ListSafetensorsFile(const std::string& path, const std::string& file_name,
-                         std::vector<TensorRecord>* tensors, std::vector<std::string>* problems);
+bool ListSafetensorsFile(const std::string& path, const std::string& file_name, std::vector<TensorRecord>* tensors,
+                         std::vector<std::string>* problems);
 
 }  // namespace glmserve

@@ -10,12 +10,12 @@
 namespace glmserve {
 
 struct TensorRecord {
-  std::string name;              // key exactly as stored (before any remapping)
-  std::string file;              // file name relative to the checkpoint directory
-  std::string dtype;             // safetensors spelling: "F32", "F16", "BF16", "F64", "I8", ...
+  std::string name;   // key exactly as stored (before any remapping)
+  std::string file;   // file name relative to the checkpoint directory
+  std::string dtype;  // safetensors spelling: "F32", "F16", "BF16", "F64", "I8", ...
   std::vector<int64_t> shape;
-  uint64_t data_offset = 0;      // safetensors: absolute byte offset of the data in `file`
-  uint64_t data_bytes = 0;       // safetensors: byte length of the data
+  uint64_t data_offset = 0;  // safetensors: absolute byte offset of the data in `file`
+  uint64_t data_bytes = 0;   // safetensors: byte length of the data
 };
 
 }  // namespace glmserve

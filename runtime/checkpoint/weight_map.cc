@@ -17,15 +17,45 @@ namespace {
 // Canonical tensors ("slots"). Text-layer slots are named layers.{L}.<name>, vision-block
 // slots visual.blocks.{L}.<name>.
 enum class Slot {
-  kEmbed, kLmHead, kFinalNorm,
-  kInputNorm, kPostAttnNorm, kMlpNorm, kPostMlpNorm,
-  kQWeight, kKWeight, kVWeight, kQBias, kKBias, kVBias, kOWeight,
-  kGateWeight, kUpWeight, kDownWeight,
+  kEmbed,
+  kLmHead,
+  kFinalNorm,
+  kInputNorm,
+  kPostAttnNorm,
+  kMlpNorm,
+  kPostMlpNorm,
+  kQWeight,
+  kKWeight,
+  kVWeight,
+  kQBias,
+  kKBias,
+  kVBias,
+  kOWeight,
+  kGateWeight,
+  kUpWeight,
+  kDownWeight,
   // glm4v's vision tower, kept as transformers stores it (qkv fused, convolutions 5-D / 4-D).
-  kVisPatchEmbedWeight, kVisPatchEmbedBias, kVisPostConvNorm, kVisPositionEmbedding,
-  kVisNorm1, kVisNorm2, kVisQkvWeight, kVisQkvBias, kVisProjWeight, kVisGateWeight, kVisUpWeight, kVisDownWeight,
-  kVisPostNorm, kVisDownsampleWeight, kVisDownsampleBias,
-  kMergerProjWeight, kMergerNormWeight, kMergerNormBias, kMergerGateWeight, kMergerUpWeight, kMergerDownWeight,
+  kVisPatchEmbedWeight,
+  kVisPatchEmbedBias,
+  kVisPostConvNorm,
+  kVisPositionEmbedding,
+  kVisNorm1,
+  kVisNorm2,
+  kVisQkvWeight,
+  kVisQkvBias,
+  kVisProjWeight,
+  kVisGateWeight,
+  kVisUpWeight,
+  kVisDownWeight,
+  kVisPostNorm,
+  kVisDownsampleWeight,
+  kVisDownsampleBias,
+  kMergerProjWeight,
+  kMergerNormWeight,
+  kMergerNormBias,
+  kMergerGateWeight,
+  kMergerUpWeight,
+  kMergerDownWeight,
 };
 
 // How many copies of a slot a model has: one, one per text layer, one per vision block.
@@ -122,21 +152,31 @@ const std::vector<KeyRule>& KeyRules() {
       {Family::kTransformers, "model.norm.weight", {Slot::kFinalNorm}},
       {Family::kTransformers, "lm_head.weight", {Slot::kLmHead}},
       {Family::kTransformers, "model.rotary_emb.inv_freq", {}, "derived rotary buffer, recomputed from the config"},
-      {Family::kTransformers, "model.layers.{L}.self_attn.rotary_emb.inv_freq", {}, "derived rotary buffer, recomputed from the config"},
+      {Family::kTransformers,
+       "model.layers.{L}.self_attn.rotary_emb.inv_freq",
+       {},
+       "derived rotary buffer, recomputed from the config"},
       // original remote-code ChatGLM2/3 and GLM-4-9B-chat
       {Family::kOriginal, "transformer.embedding.word_embeddings.weight", {Slot::kEmbed}},
       {Family::kOriginal, "transformer.encoder.layers.{L}.input_layernorm.weight", {Slot::kInputNorm}},
-      {Family::kOriginal, "transformer.encoder.layers.{L}.self_attention.query_key_value.weight",
+      {Family::kOriginal,
+       "transformer.encoder.layers.{L}.self_attention.query_key_value.weight",
        {Slot::kQWeight, Slot::kKWeight, Slot::kVWeight}},
-      {Family::kOriginal, "transformer.encoder.layers.{L}.self_attention.query_key_value.bias",
+      {Family::kOriginal,
+       "transformer.encoder.layers.{L}.self_attention.query_key_value.bias",
        {Slot::kQBias, Slot::kKBias, Slot::kVBias}},
       {Family::kOriginal, "transformer.encoder.layers.{L}.self_attention.dense.weight", {Slot::kOWeight}},
       {Family::kOriginal, "transformer.encoder.layers.{L}.post_attention_layernorm.weight", {Slot::kMlpNorm}},
-      {Family::kOriginal, "transformer.encoder.layers.{L}.mlp.dense_h_to_4h.weight", {Slot::kGateWeight, Slot::kUpWeight}},
+      {Family::kOriginal,
+       "transformer.encoder.layers.{L}.mlp.dense_h_to_4h.weight",
+       {Slot::kGateWeight, Slot::kUpWeight}},
       {Family::kOriginal, "transformer.encoder.layers.{L}.mlp.dense_4h_to_h.weight", {Slot::kDownWeight}},
       {Family::kOriginal, "transformer.encoder.final_layernorm.weight", {Slot::kFinalNorm}},
       {Family::kOriginal, "transformer.output_layer.weight", {Slot::kLmHead}},
-      {Family::kOriginal, "transformer.rotary_pos_emb.inv_freq", {}, "derived rotary buffer, recomputed from the config"},
+      {Family::kOriginal,
+       "transformer.rotary_pos_emb.inv_freq",
+       {},
+       "derived rotary buffer, recomputed from the config"},
       // transformers Glm4vForConditionalGeneration (modeling_glm4v.py): the glm4 text model under
       // model.language_model, the vision tower under model.visual.
       {Family::kGlm4v, "model.language_model.embed_tokens.weight", {Slot::kEmbed}},
@@ -155,7 +195,10 @@ const std::vector<KeyRule>& KeyRules() {
       {Family::kGlm4v, "model.language_model.layers.{L}.mlp.down_proj.weight", {Slot::kDownWeight}},
       {Family::kGlm4v, "model.language_model.norm.weight", {Slot::kFinalNorm}},
       {Family::kGlm4v, "lm_head.weight", {Slot::kLmHead}},
-      {Family::kGlm4v, "model.language_model.rotary_emb.inv_freq", {}, "derived rotary buffer, recomputed from the config"},
+      {Family::kGlm4v,
+       "model.language_model.rotary_emb.inv_freq",
+       {},
+       "derived rotary buffer, recomputed from the config"},
       {Family::kGlm4v, "model.visual.patch_embed.proj.weight", {Slot::kVisPatchEmbedWeight}},
       {Family::kGlm4v, "model.visual.patch_embed.proj.bias", {Slot::kVisPatchEmbedBias}},
       {Family::kGlm4v, "model.visual.post_conv_layernorm.weight", {Slot::kVisPostConvNorm}},
@@ -198,30 +241,66 @@ std::vector<int64_t> SlotShape(Slot slot, const ModelConfig& c) {
   const int64_t vh = vc.hidden_size, vo = vc.out_hidden_size, vi = vc.intermediate_size, p = vc.patch_size,
                 m = vc.spatial_merge_size;
   switch (slot) {
-    case Slot::kEmbed: case Slot::kLmHead: return {v, h};
-    case Slot::kFinalNorm: case Slot::kInputNorm: case Slot::kPostAttnNorm:
-    case Slot::kMlpNorm: case Slot::kPostMlpNorm: return {h};
-    case Slot::kQWeight: return {q, h};
-    case Slot::kKWeight: case Slot::kVWeight: return {kv, h};
-    case Slot::kQBias: return {q};
-    case Slot::kKBias: case Slot::kVBias: return {kv};
-    case Slot::kOWeight: return {h, q};
-    case Slot::kGateWeight: case Slot::kUpWeight: return {f, h};
-    case Slot::kDownWeight: return {h, f};
-    case Slot::kVisPatchEmbedWeight: return {vh, vc.in_channels, vc.temporal_patch_size, p, p};
-    case Slot::kVisPatchEmbedBias: case Slot::kVisPostConvNorm: case Slot::kVisNorm1: case Slot::kVisNorm2:
-    case Slot::kVisPostNorm: return {vh};
-    case Slot::kVisPositionEmbedding: return {vc.num_positions(), vh};
-    case Slot::kVisQkvWeight: return {3 * vh, vh};
-    case Slot::kVisQkvBias: return {3 * vh};
-    case Slot::kVisProjWeight: return {vh, vh};
-    case Slot::kVisGateWeight: case Slot::kVisUpWeight: return {vo, vh};
-    case Slot::kVisDownWeight: return {vh, vo};
-    case Slot::kVisDownsampleWeight: return {vo, vh, m, m};
-    case Slot::kVisDownsampleBias: case Slot::kMergerNormWeight: case Slot::kMergerNormBias: return {vo};
-    case Slot::kMergerProjWeight: return {vo, vo};
-    case Slot::kMergerGateWeight: case Slot::kMergerUpWeight: return {vi, vo};
-    case Slot::kMergerDownWeight: return {vo, vi};
+    case Slot::kEmbed:
+    case Slot::kLmHead:
+      return {v, h};
+    case Slot::kFinalNorm:
+    case Slot::kInputNorm:
+    case Slot::kPostAttnNorm:
+    case Slot::kMlpNorm:
+    case Slot::kPostMlpNorm:
+      return {h};
+    case Slot::kQWeight:
+      return {q, h};
+    case Slot::kKWeight:
+    case Slot::kVWeight:
+      return {kv, h};
+    case Slot::kQBias:
+      return {q};
+    case Slot::kKBias:
+    case Slot::kVBias:
+      return {kv};
+    case Slot::kOWeight:
+      return {h, q};
+    case Slot::kGateWeight:
+    case Slot::kUpWeight:
+      return {f, h};
+    case Slot::kDownWeight:
+      return {h, f};
+    case Slot::kVisPatchEmbedWeight:
+      return {vh, vc.in_channels, vc.temporal_patch_size, p, p};
+    case Slot::kVisPatchEmbedBias:
+    case Slot::kVisPostConvNorm:
+    case Slot::kVisNorm1:
+    case Slot::kVisNorm2:
+    case Slot::kVisPostNorm:
+      return {vh};
+    case Slot::kVisPositionEmbedding:
+      return {vc.num_positions(), vh};
+    case Slot::kVisQkvWeight:
+      return {3 * vh, vh};
+    case Slot::kVisQkvBias:
+      return {3 * vh};
+    case Slot::kVisProjWeight:
+      return {vh, vh};
+    case Slot::kVisGateWeight:
+    case Slot::kVisUpWeight:
+      return {vo, vh};
+    case Slot::kVisDownWeight:
+      return {vh, vo};
+    case Slot::kVisDownsampleWeight:
+      return {vo, vh, m, m};
+    case Slot::kVisDownsampleBias:
+    case Slot::kMergerNormWeight:
+    case Slot::kMergerNormBias:
+      return {vo};
+    case Slot::kMergerProjWeight:
+      return {vo, vo};
+    case Slot::kMergerGateWeight:
+    case Slot::kMergerUpWeight:
+      return {vi, vo};
+    case Slot::kMergerDownWeight:
+      return {vo, vi};
   }
   return {};
 }
@@ -235,10 +314,14 @@ const char* SlotAbsentReason(Slot slot, const ModelConfig& c) {
   switch (slot) {
     case Slot::kLmHead:
       return c.tie_word_embeddings ? "tie_word_embeddings is true" : "";
-    case Slot::kQBias: case Slot::kKBias: case Slot::kVBias:
-      return c.attention_bias ? "" : (c.architecture == Architecture::kChatGLM ? "add_qkv_bias is false"
-                                                                              : "attention_bias is false");
-    case Slot::kPostAttnNorm: case Slot::kPostMlpNorm:
+    case Slot::kQBias:
+    case Slot::kKBias:
+    case Slot::kVBias:
+      return c.attention_bias
+                 ? ""
+                 : (c.architecture == Architecture::kChatGLM ? "add_qkv_bias is false" : "attention_bias is false");
+    case Slot::kPostAttnNorm:
+    case Slot::kPostMlpNorm:
       return c.sandwich_norms ? "" : "only glm4 has post-attention/post-MLP sandwich norms";
     case Slot::kVisQkvBias:
       return c.vision->attention_bias ? "" : "vision_config.attention_bias is false";
@@ -250,10 +333,14 @@ const char* SlotAbsentReason(Slot slot, const ModelConfig& c) {
 // Copies of a scope's slots in this model.
 int32_t ScopeCount(Scope scope, const ModelConfig& c) {
   switch (scope) {
-    case Scope::kModel: return 1;
-    case Scope::kTextLayer: return std::max(c.num_layers, 0);
-    case Scope::kVisionModel: return c.vision.has_value() ? 1 : 0;
-    case Scope::kVisionBlock: return c.vision.has_value() ? std::max(c.vision->depth, 0) : 0;
+    case Scope::kModel:
+      return 1;
+    case Scope::kTextLayer:
+      return std::max(c.num_layers, 0);
+    case Scope::kVisionModel:
+      return c.vision.has_value() ? 1 : 0;
+    case Scope::kVisionBlock:
+      return c.vision.has_value() ? std::max(c.vision->depth, 0) : 0;
   }
   return 0;
 }
@@ -262,9 +349,12 @@ bool Indexed(Scope scope) { return scope == Scope::kTextLayer || scope == Scope:
 
 std::string SlotName(Slot slot, int32_t layer) {
   switch (Info(slot).scope) {
-    case Scope::kTextLayer: return CanonicalLayerName(layer, Info(slot).name);
-    case Scope::kVisionBlock: return absl::StrCat("visual.blocks.", layer, ".", Info(slot).name);
-    default: return Info(slot).name;
+    case Scope::kTextLayer:
+      return CanonicalLayerName(layer, Info(slot).name);
+    case Scope::kVisionBlock:
+      return absl::StrCat("visual.blocks.", layer, ".", Info(slot).name);
+    default:
+      return Info(slot).name;
   }
 }
 
@@ -324,9 +414,9 @@ std::vector<MappedTensor> CanonicalTensors(const ModelConfig& config) {
 WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listing) {
   WeightPlan plan;
   plan.problems = listing.problems;
-  const Family family = config.architecture == Architecture::kChatGLM  ? Family::kOriginal
+  const Family family = config.architecture == Architecture::kChatGLM ? Family::kOriginal
                         : config.architecture == Architecture::kGlm4v ? Family::kGlm4v
-                                                                        : Family::kTransformers;
+                                                                      : Family::kTransformers;
   const bool original = family == Family::kOriginal;
   const bool glm4v = family == Family::kGlm4v;
   const char* vocab_field = original ? "padded_vocab_size" : glm4v ? "text_config.vocab_size" : "vocab_size";
@@ -345,15 +435,25 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
   };
   std::vector<IndexedScope> indexed;
   indexed.push_back({Scope::kTextLayer,
-                     original ? "num_layers" : glm4v ? "text_config.num_hidden_layers" : "num_hidden_layers",
+                     original ? "num_layers"
+                     : glm4v  ? "text_config.num_hidden_layers"
+                              : "num_hidden_layers",
                      "layer(s)",
                      original ? "transformer.encoder.layers.{L}.input_layernorm.weight"
                      : glm4v  ? "model.language_model.layers.{L}.input_layernorm.weight"
                               : "model.layers.{L}.input_layernorm.weight",
-                     ScopeCount(Scope::kTextLayer, config), {}, {}, false});
+                     ScopeCount(Scope::kTextLayer, config),
+                     {},
+                     {},
+                     false});
   if (glm4v) {
-    indexed.push_back({Scope::kVisionBlock, "vision_config.depth", "vision block(s)",
-                       "model.visual.blocks.{L}.norm1.weight", ScopeCount(Scope::kVisionBlock, config), {}, {},
+    indexed.push_back({Scope::kVisionBlock,
+                       "vision_config.depth",
+                       "vision block(s)",
+                       "model.visual.blocks.{L}.norm1.weight",
+                       ScopeCount(Scope::kVisionBlock, config),
+                       {},
+                       {},
                        false});
   }
   for (IndexedScope& s : indexed) s.has_tensors.assign(s.count, false);
@@ -402,8 +502,9 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
       // either (its keys come up missing there), so it is not guessed at here.
       if (glm4v && (absl::StartsWith(key, "model.layers.") || key == "model.embed_tokens.weight" ||
                     key == "model.norm.weight")) {
-        hint = "; glm4v keeps the text model under 'model.language_model.' (transformers does not load this "
-               "layout either)";
+        hint =
+            "; glm4v keeps the text model under 'model.language_model.' (transformers does not load this "
+            "layout either)";
       }
       plan.problems.push_back(absl::StrCat("unexpected key '", record.name, "' in ", record.file, ": no ",
                                            ArchitectureName(config.architecture), " tensor has this name", hint));
@@ -440,15 +541,14 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
         plan.mapping.push_back(absl::StrCat(record.name, " -> ignored: tie_word_embeddings is true, ",
                                             "lm_head reuses embed.weight", note));
       } else {
-        plan.problems.push_back(absl::StrCat("unexpected key '", record.name, "' in ", record.file,
-                                             ": config.json says ", absent[0]));
+        plan.problems.push_back(
+            absl::StrCat("unexpected key '", record.name, "' in ", record.file, ": config.json says ", absent[0]));
       }
       continue;
     }
     if (record.shape != expected) {
-      plan.problems.push_back(absl::StrCat("shape mismatch: key '", record.name, "' in ", record.file,
-                                           ": expected ", ShapeString(expected), ", found ",
-                                           ShapeString(record.shape)));
+      plan.problems.push_back(absl::StrCat("shape mismatch: key '", record.name, "' in ", record.file, ": expected ",
+                                           ShapeString(expected), ", found ", ShapeString(record.shape)));
       for (Slot slot : rule->targets) misshapen.insert(SlotKey{slot, layer});  // present, not missing
       continue;
     }
@@ -463,9 +563,9 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
       mapped.row_begin = row;
       mapped.row_end = row + mapped.shape[0];
       row = mapped.row_end;
-      targets_text.push_back(rule->targets.size() == 1
-                                 ? mapped.canonical
-                                 : absl::StrCat(mapped.canonical, " [rows ", mapped.row_begin, ":", mapped.row_end, "]"));
+      targets_text.push_back(rule->targets.size() == 1 ? mapped.canonical
+                                                       : absl::StrCat(mapped.canonical, " [rows ", mapped.row_begin,
+                                                                      ":", mapped.row_end, "]"));
       auto [it, inserted] = provided.emplace(SlotKey{slot, layer}, mapped);
       if (!inserted) {
         plan.problems.push_back(absl::StrCat("duplicate: keys '", it->second.source_key, "' and '", record.name,
@@ -499,10 +599,9 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     // All indices empty is not "too few layers" but missing keys, listed one by one below.
     s.empty_reported = !empty.empty() && static_cast<int32_t>(empty.size()) + unreadable < s.count;
     if (s.empty_reported) {
-      plan.problems.push_back(absl::StrCat("config.json ", s.count_field, " is ", s.count,
-                                           " but the checkpoint has no tensors for ", s.what, " ",
-                                           absl::StrJoin(empty, ", "), " (e.g. '", Instantiate(s.first_key, empty[0]),
-                                           "' is absent)"));
+      plan.problems.push_back(absl::StrCat(
+          "config.json ", s.count_field, " is ", s.count, " but the checkpoint has no tensors for ", s.what, " ",
+          absl::StrJoin(empty, ", "), " (e.g. '", Instantiate(s.first_key, empty[0]), "' is absent)"));
     }
   }
   // Every required slot must be provided; an index with no tensors at all was reported above.
@@ -543,8 +642,10 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
                                            " but the embedding '", record.name, "' has ", record.shape[0], " rows"));
     }
   }
-  if (dtypes.size() == 1) plan.stored_dtype = *dtypes.begin();
-  else if (dtypes.size() > 1) plan.stored_dtype = "mixed";
+  if (dtypes.size() == 1)
+    plan.stored_dtype = *dtypes.begin();
+  else if (dtypes.size() > 1)
+    plan.stored_dtype = "mixed";
   for (const MappedTensor& t : plan.tensors) {
     int64_t n = 1;
     for (int64_t d : t.shape) n *= d;

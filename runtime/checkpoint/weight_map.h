@@ -18,12 +18,12 @@ namespace glmserve {
 
 // One canonical tensor and the rows of a stored tensor it comes from.
 struct MappedTensor {
-  std::string canonical;        // e.g. "layers.0.q.weight"
-  std::string source_key;       // the stored key, exactly as in the file
+  std::string canonical;   // e.g. "layers.0.q.weight"
+  std::string source_key;  // the stored key, exactly as in the file
   std::string source_file;
-  int64_t row_begin = 0;        // slice of the stored tensor along dim 0
+  int64_t row_begin = 0;  // slice of the stored tensor along dim 0
   int64_t row_end = 0;
-  std::vector<int64_t> shape;   // canonical shape
+  std::vector<int64_t> shape;  // canonical shape
 };
 
 struct WeightPlan {

@@ -2,8 +2,7 @@
 
 namespace glmserve {
 
-BlockManager::BlockManager(int32_t num_blocks, int32_t block_size)
-    : num_blocks_(num_blocks), block_size_(block_size) {
+BlockManager::BlockManager(int32_t num_blocks, int32_t block_size) : num_blocks_(num_blocks), block_size_(block_size) {
   free_.reserve(num_blocks);
   for (int32_t id = num_blocks - 1; id >= 0; --id) free_.push_back(id);
 }

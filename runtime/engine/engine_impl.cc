@@ -40,8 +40,9 @@ class EngineImpl final : public InferenceEngine {
       std::lock_guard<std::mutex> lock(mu_);
       --queued_;
     };
-    hooks.on_request_finished = [this](const std::string& id, const RequestResult& result,
-                                       bool was_admitted) { OnFinished(id, result, was_admitted); };
+    hooks.on_request_finished = [this](const std::string& id, const RequestResult& result, bool was_admitted) {
+      OnFinished(id, result, was_admitted);
+    };
     hooks.on_batch_limit_change = [this](int32_t old_limit, int32_t new_limit) {
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -50,8 +51,8 @@ class EngineImpl final : public InferenceEngine {
       if (options_.on_batch_limit_change) options_.on_batch_limit_change(old_limit, new_limit);
     };
     if (options_.on_step_end) hooks.on_step_end = options_.on_step_end;
-    auto scheduler = Scheduler::Create(options_.scheduler, executor_.get(), clock_.get(),
-                                       model_info_, std::move(hooks));
+    auto scheduler =
+        Scheduler::Create(options_.scheduler, executor_.get(), clock_.get(), model_info_, std::move(hooks));
     if (!scheduler.ok()) return scheduler.status();
     scheduler_ = std::move(scheduler).value();
     limits_ = scheduler_->limits();
@@ -76,18 +77,16 @@ class EngineImpl final : public InferenceEngine {
       if (stopping_) return absl::UnavailableError("engine is shut down");
       if (draining_) return absl::UnavailableError("engine is draining; not accepting requests");
       if (!request.request_id.empty() && in_flight_ids_.count(request.request_id) > 0) {
-        return absl::AlreadyExistsError(
-            absl::StrCat("request_id ", request.request_id, " is already in flight"));
+        return absl::AlreadyExistsError(absl::StrCat("request_id ", request.request_id, " is already in flight"));
       }
       if (queued_ >= options_.max_queued_requests) {
         // Estimated time for the running batch to free enough slots for this queue.
         const double slots = std::max(1, batch_limit_);
         const double wait_ms = ema_service_ms_ * (1.0 + static_cast<double>(queued_) / slots);
-        const int64_t retry_ms =
-            std::clamp<int64_t>(static_cast<int64_t>(wait_ms), 10, 60000);
+        const int64_t retry_ms = std::clamp<int64_t>(static_cast<int64_t>(wait_ms), 10, 60000);
         absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
-            "waiting queue is full (", queued_, " requests queued, max_queued_requests=",
-            options_.max_queued_requests, "); retry after ", retry_ms, " ms"));
+            "waiting queue is full (", queued_, " requests queued, max_queued_requests=", options_.max_queued_requests,
+            "); retry after ", retry_ms, " ms"));
         SetRetryAfterMs(&full, retry_ms);
         return full;
       }
@@ -198,8 +197,8 @@ class EngineImpl final : public InferenceEngine {
         if (auto* submit = std::get_if<SubmitCommand>(&command)) {
           const std::string id = submit->request.request_id;
           RequestCallbacks callbacks = submit->callbacks;  // kept in case Add refuses
-          absl::Status s = scheduler_->Add(std::move(submit->request),
-                                           std::move(submit->callbacks), submit->submit_time);
+          absl::Status s =
+              scheduler_->Add(std::move(submit->request), std::move(submit->callbacks), submit->submit_time);
           if (!s.ok()) {  // Submit validated with the same limits, so this should not happen
             RequestResult result;
             result.status = s;
@@ -255,21 +254,22 @@ absl::Status ValidateEngineOptions(const EngineOptions& options) {
   absl::Status s = ValidateSchedulerOptions(options.scheduler);
   if (!s.ok()) return s;
   if (options.max_queued_requests < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_queued_requests must be >= 1, got ",
-                                                   options.max_queued_requests));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_queued_requests must be >= 1, got ", options.max_queued_requests));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateInferenceEngine(
-    EngineOptions options, std::unique_ptr<StepExecutor> executor, ModelInfo model_info,
-    std::shared_ptr<Clock> clock) {
+absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateInferenceEngine(EngineOptions options,
+                                                                       std::unique_ptr<StepExecutor> executor,
+                                                                       ModelInfo model_info,
+                                                                       std::shared_ptr<Clock> clock) {
   absl::Status s = ValidateEngineOptions(options);
   if (!s.ok()) return s;
   if (executor == nullptr) return absl::InvalidArgumentError("executor is null");
   if (clock == nullptr) clock = std::make_shared<RealClock>();
-  auto engine = std::make_unique<EngineImpl>(std::move(options), std::move(executor),
-                                             std::move(model_info), std::move(clock));
+  auto engine =
+      std::make_unique<EngineImpl>(std::move(options), std::move(executor), std::move(model_info), std::move(clock));
   s = engine->Init();
   if (!s.ok()) return s;
   return std::unique_ptr<InferenceEngine>(std::move(engine));

@@ -36,8 +36,9 @@ absl::Status ValidateEngineOptions(const EngineOptions& options);
 
 // Starts the engine thread. The engine owns `executor` and calls it only from that thread.
 // `clock` null = RealClock. INVALID_ARGUMENT naming the field when an option is bad.
-absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateInferenceEngine(
-    EngineOptions options, std::unique_ptr<StepExecutor> executor, ModelInfo model_info,
-    std::shared_ptr<Clock> clock = nullptr);
+absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateInferenceEngine(EngineOptions options,
+                                                                       std::unique_ptr<StepExecutor> executor,
+                                                                       ModelInfo model_info,
+                                                                       std::shared_ptr<Clock> clock = nullptr);
 
 }  // namespace glmserve

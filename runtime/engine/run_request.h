@@ -15,8 +15,7 @@ namespace glmserve {
 // Submit's refusal as the status; otherwise the request's result (whose own status may be an
 // error: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, ...). `on_tokens` (optional) runs on the
 // engine thread as RequestCallbacks::on_tokens does.
-absl::StatusOr<RequestResult> RunRequest(
-    InferenceEngine& engine, InferenceRequest request,
-    std::function<void(const std::vector<int32_t>& new_ids)> on_tokens = nullptr);
+absl::StatusOr<RequestResult> RunRequest(InferenceEngine& engine, InferenceRequest request,
+                                         std::function<void(const std::vector<int32_t>& new_ids)> on_tokens = nullptr);
 
 }  // namespace glmserve

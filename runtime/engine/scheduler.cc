@@ -50,18 +50,16 @@ void EraseValue(std::vector<T>& v, const T& x) {
 
 absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   if (o.max_batch_size < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_batch_size must be >= 1, got ", o.max_batch_size));
+    return absl::InvalidArgumentError(absl::StrCat("max_batch_size must be >= 1, got ", o.max_batch_size));
   }
   if (o.max_tokens_per_step < o.max_batch_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_tokens_per_step must be >= max_batch_size (", o.max_batch_size,
-                     ") so every running sequence can decode each step, got ",
-                     o.max_tokens_per_step));
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens_per_step must be >= max_batch_size (", o.max_batch_size,
+                                                   ") so every running sequence can decode each step, got ",
+                                                   o.max_tokens_per_step));
   }
   if (o.max_prefill_tokens_with_decodes < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("max_prefill_tokens_with_decodes must be >= 0, got ",
-                                                   o.max_prefill_tokens_with_decodes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_prefill_tokens_with_decodes must be >= 0, got ", o.max_prefill_tokens_with_decodes));
   }
   if (o.max_queue_delay.count() < 0) {
     return absl::InvalidArgumentError("max_queue_delay must be >= 0");
@@ -70,16 +68,15 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
     return absl::InvalidArgumentError("priority_aging_interval must be >= 0");
   }
   if (o.aimd_increase_after_steps < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "aimd_increase_after_steps must be >= 1, got ", o.aimd_increase_after_steps));
+    return absl::InvalidArgumentError(
+        absl::StrCat("aimd_increase_after_steps must be >= 1, got ", o.aimd_increase_after_steps));
   }
   if (o.max_oom_retries_alone < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_oom_retries_alone must be >= 0, got ", o.max_oom_retries_alone));
   }
   const FaultInjectionOptions& f = o.faults;
-  if (f.oom_above_sequences < 0 || f.oom_above_tokens < 0 || f.throw_on_step < 0 ||
-      f.step_latency.count() < 0) {
+  if (f.oom_above_sequences < 0 || f.oom_above_tokens < 0 || f.throw_on_step < 0 || f.step_latency.count() < 0) {
     return absl::InvalidArgumentError(
         "faults.oom_above_sequences, faults.oom_above_tokens, faults.throw_on_step and "
         "faults.step_latency must be >= 0");
@@ -96,19 +93,16 @@ absl::Status ValidateRequest(const InferenceRequest& request, const RequestLimit
     for (size_t i = 0; i < request.input_ids.size(); ++i) {
       const int32_t id = request.input_ids[i];
       if (id < 0 || id >= limits.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("input_ids[", i, "] = ", id,
-                                                       " is outside the vocabulary [0, ",
-                                                       limits.vocab_size, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("input_ids[", i, "] = ", id, " is outside the vocabulary [0, ", limits.vocab_size, ")"));
       }
     }
   }
   if (p.max_new_tokens <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("params.max_new_tokens must be > 0, got ", p.max_new_tokens));
+    return absl::InvalidArgumentError(absl::StrCat("params.max_new_tokens must be > 0, got ", p.max_new_tokens));
   }
   if (p.min_new_tokens < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("params.min_new_tokens must be >= 0, got ", p.min_new_tokens));
+    return absl::InvalidArgumentError(absl::StrCat("params.min_new_tokens must be >= 0, got ", p.min_new_tokens));
   }
   if (p.sampling.temperature < 0) {
     return absl::InvalidArgumentError("params.sampling.temperature must be >= 0");
@@ -122,23 +116,21 @@ absl::Status ValidateRequest(const InferenceRequest& request, const RequestLimit
   const int64_t total = static_cast<int64_t>(request.input_ids.size()) + p.max_new_tokens;
   const int64_t capacity = static_cast<int64_t>(limits.num_blocks) * limits.block_size;
   if (total > capacity) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "params.max_new_tokens: prompt (", request.input_ids.size(), " tokens) + max_new_tokens (",
-        p.max_new_tokens, ") = ", total, " exceeds the KV cache capacity of ", capacity,
-        " tokens (", limits.num_blocks, " blocks of ", limits.block_size, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("params.max_new_tokens: prompt (", request.input_ids.size(),
+                                                   " tokens) + max_new_tokens (", p.max_new_tokens, ") = ", total,
+                                                   " exceeds the KV cache capacity of ", capacity, " tokens (",
+                                                   limits.num_blocks, " blocks of ", limits.block_size, ")"));
   }
   if (limits.max_position_embeddings > 0 && total > limits.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "params.max_new_tokens: prompt (", request.input_ids.size(), " tokens) + max_new_tokens (",
-        p.max_new_tokens, ") = ", total, " exceeds max_position_embeddings (",
-        limits.max_position_embeddings, ")"));
+        "params.max_new_tokens: prompt (", request.input_ids.size(), " tokens) + max_new_tokens (", p.max_new_tokens,
+        ") = ", total, " exceeds max_position_embeddings (", limits.max_position_embeddings, ")"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(SchedulerOptions options,
-                                                             StepExecutor* executor, Clock* clock,
-                                                             const ModelInfo& model_info,
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(SchedulerOptions options, StepExecutor* executor,
+                                                             Clock* clock, const ModelInfo& model_info,
                                                              SchedulerHooks hooks) {
   if (executor == nullptr) return absl::InvalidArgumentError("executor is null");
   if (clock == nullptr) return absl::InvalidArgumentError("clock is null");
@@ -150,19 +142,17 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(SchedulerOptions op
   limits.max_position_embeddings = model_info.max_position_embeddings;
   limits.vocab_size = model_info.vocab_size;
   if (limits.block_size < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("executor block_size must be >= 1, got ", limits.block_size));
+    return absl::InvalidArgumentError(absl::StrCat("executor block_size must be >= 1, got ", limits.block_size));
   }
   if (limits.num_blocks < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("executor num_blocks must be >= 1, got ", limits.num_blocks));
+    return absl::InvalidArgumentError(absl::StrCat("executor num_blocks must be >= 1, got ", limits.num_blocks));
   }
-  return std::unique_ptr<Scheduler>(new Scheduler(std::move(options), executor, clock, model_info,
-                                                  std::move(hooks), limits));
+  return std::unique_ptr<Scheduler>(
+      new Scheduler(std::move(options), executor, clock, model_info, std::move(hooks), limits));
 }
 
-Scheduler::Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* clock,
-                     const ModelInfo& model_info, SchedulerHooks hooks, RequestLimits limits)
+Scheduler::Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* clock, const ModelInfo& model_info,
+                     SchedulerHooks hooks, RequestLimits limits)
     : options_(std::move(options)),
       executor_(executor),
       clock_(clock),
@@ -182,8 +172,7 @@ void Scheduler::Log(const std::string& line) const {
   }
 }
 
-absl::Status Scheduler::Add(InferenceRequest request, RequestCallbacks callbacks,
-                            TimePoint submit_time) {
+absl::Status Scheduler::Add(InferenceRequest request, RequestCallbacks callbacks, TimePoint submit_time) {
   absl::Status s = ValidateRequest(request, limits_);
   if (!s.ok()) return s;
   auto seq = std::make_unique<Sequence>();
@@ -191,8 +180,7 @@ absl::Status Scheduler::Add(InferenceRequest request, RequestCallbacks callbacks
   seq->tokens = request.input_ids;
   seq->tokens.reserve(request.input_ids.size() + request.params.max_new_tokens);
   seq->prompt_len = static_cast<int32_t>(request.input_ids.size());
-  seq->stop_ids = request.params.stop_token_ids.empty() ? eos_token_ids_
-                                                        : request.params.stop_token_ids;
+  seq->stop_ids = request.params.stop_token_ids.empty() ? eos_token_ids_ : request.params.stop_token_ids;
   seq->submit_time = submit_time;
   seq->arrival = next_arrival_++;
   seq->request = std::move(request);
@@ -316,9 +304,9 @@ void Scheduler::ExpireAndReap(TimePoint now) {
   }
   for (Sequence* s : expired) {
     Finish(s,
-           absl::DeadlineExceededError(absl::StrCat(
-               "request ", s->request.request_id, " passed its deadline after ",
-               s->num_generated(), " of ", s->request.params.max_new_tokens, " new tokens")),
+           absl::DeadlineExceededError(absl::StrCat("request ", s->request.request_id, " passed its deadline after ",
+                                                    s->num_generated(), " of ", s->request.params.max_new_tokens,
+                                                    " new tokens")),
            FinishReason::kDeadline);
   }
 }
@@ -337,8 +325,8 @@ void Scheduler::SetBatchLimit(int32_t limit, const char* why) {
   if (limit == batch_limit_) return;
   const int32_t old = batch_limit_;
   batch_limit_ = limit;
-  Log(absl::StrCat("batch limit ", old, " -> ", limit, " (", why, "); running ", running_.size(),
-                   ", waiting ", waiting_.size(), ", oom events ", oom_events_));
+  Log(absl::StrCat("batch limit ", old, " -> ", limit, " (", why, "); running ", running_.size(), ", waiting ",
+                   waiting_.size(), ", oom events ", oom_events_));
   if (hooks_.on_batch_limit_change) hooks_.on_batch_limit_change(old, limit);
 }
 
@@ -348,8 +336,7 @@ engine_internal::Sequence* Scheduler::PopBestWaiting(TimePoint now, bool pop) {
   auto effective = [&](const Sequence* s) -> int64_t {
     int64_t p = s->request.priority;
     if (aging_ms > 0 && now > s->submit_time) {
-      p += std::chrono::duration_cast<std::chrono::milliseconds>(now - s->submit_time).count() /
-           aging_ms;
+      p += std::chrono::duration_cast<std::chrono::milliseconds>(now - s->submit_time).count() / aging_ms;
     }
     return p;
   };
@@ -392,8 +379,7 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
   auto add_step = [&](Sequence* s, int32_t chunk) {
     SequenceStep st;
     st.sequence_id = s->id;
-    st.tokens.assign(s->tokens.begin() + s->num_computed,
-                     s->tokens.begin() + s->num_computed + chunk);
+    st.tokens.assign(s->tokens.begin() + s->num_computed, s->tokens.begin() + s->num_computed + chunk);
     st.start_position = s->num_computed;
     st.block_table = s->block_table;
     st.sample = s->num_computed + chunk == static_cast<int32_t>(s->tokens.size());
@@ -475,14 +461,12 @@ absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
   int64_t num_tokens = 0;
   for (const SequenceStep& st : plan.steps) num_tokens += static_cast<int64_t>(st.tokens.size());
   if (f.oom_above_sequences > 0 && num_seqs > f.oom_above_sequences) {
-    return absl::ResourceExhaustedError(absl::StrCat("injected OOM: batch of ", num_seqs,
-                                                     " sequences > faults.oom_above_sequences=",
-                                                     f.oom_above_sequences));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "injected OOM: batch of ", num_seqs, " sequences > faults.oom_above_sequences=", f.oom_above_sequences));
   }
   if (f.oom_above_tokens > 0 && num_tokens > f.oom_above_tokens) {
-    return absl::ResourceExhaustedError(absl::StrCat("injected OOM: step of ", num_tokens,
-                                                     " tokens > faults.oom_above_tokens=",
-                                                     f.oom_above_tokens));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("injected OOM: step of ", num_tokens, " tokens > faults.oom_above_tokens=", f.oom_above_tokens));
   }
   // The engine edge: no exception crosses into the scheduler.
   try {
@@ -506,10 +490,10 @@ void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePo
     if (!st.sample) continue;
     const int32_t id = result.next_tokens[i];
     if (id < 0 || (limits_.vocab_size > 0 && id >= limits_.vocab_size)) {
-      Finish(s,
-             absl::InternalError(absl::StrCat("executor returned token id ", id,
-                                              " for request ", s->request.request_id)),
-             FinishReason::kError);
+      Finish(
+          s,
+          absl::InternalError(absl::StrCat("executor returned token id ", id, " for request ", s->request.request_id)),
+          FinishReason::kError);
       continue;
     }
     s->tokens.push_back(id);
@@ -542,11 +526,11 @@ void Scheduler::HandleOom(const PlannedStep& plan, const absl::Status& status) {
     while (static_cast<int32_t>(running_.size()) > batch_limit_) Preempt(running_.back());
     if (++s->oom_alone_failures > options_.max_oom_retries_alone) {
       const SequenceStep& st = plan.steps[0];
-      const std::string msg = absl::StrCat(
-          "out of memory running request ", s->request.request_id, " alone (batch 1, ",
-          st.tokens.size(), " tokens at position ", st.start_position, ", sequence length ",
-          s->tokens.size(), ", ", s->block_table.size(), " KV blocks of ", limits_.block_size,
-          ") after ", s->oom_alone_failures, " attempts: ", status.message());
+      const std::string msg =
+          absl::StrCat("out of memory running request ", s->request.request_id, " alone (batch 1, ", st.tokens.size(),
+                       " tokens at position ", st.start_position, ", sequence length ", s->tokens.size(), ", ",
+                       s->block_table.size(), " KV blocks of ", limits_.block_size, ") after ", s->oom_alone_failures,
+                       " attempts: ", status.message());
       Log(msg);
       Finish(s, absl::ResourceExhaustedError(msg), FinishReason::kError);
     }
@@ -563,8 +547,8 @@ Scheduler::StepOutcome Scheduler::RunOnce() {
   if (plan.steps.empty()) return StepOutcome::kIdle;
   absl::StatusOr<StepResult> result = Execute(plan);
   if (result.ok() && result->next_tokens.size() != plan.steps.size()) {
-    result = absl::InternalError(absl::StrCat("executor returned ", result->next_tokens.size(),
-                                              " tokens for a batch of ", plan.steps.size()));
+    result = absl::InternalError(
+        absl::StrCat("executor returned ", result->next_tokens.size(), " tokens for a batch of ", plan.steps.size()));
   }
   if (hooks_.on_step_end) {
     hooks_.on_step_end(static_cast<int32_t>(plan.steps.size()), result.status());

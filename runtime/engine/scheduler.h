@@ -114,9 +114,8 @@ class Scheduler {
   using TimePoint = Clock::TimePoint;
 
   // `executor` and `clock` must outlive the scheduler. INVALID_ARGUMENT on a bad option.
-  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(SchedulerOptions options,
-                                                           StepExecutor* executor, Clock* clock,
-                                                           const ModelInfo& model_info,
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(SchedulerOptions options, StepExecutor* executor,
+                                                           Clock* clock, const ModelInfo& model_info,
                                                            SchedulerHooks hooks = {});
   ~Scheduler();
 
@@ -154,8 +153,8 @@ class Scheduler {
     std::vector<Sequence*> sequences;  // parallel to steps
   };
 
-  Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* clock,
-            const ModelInfo& model_info, SchedulerHooks hooks, RequestLimits limits);
+  Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* clock, const ModelInfo& model_info,
+            SchedulerHooks hooks, RequestLimits limits);
 
   void ExpireAndReap(TimePoint now);
   bool HeldByQueueDelay(TimePoint now) const;

@@ -16,9 +16,11 @@
 // run instead);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
-#include <ATen/ops/_flash_attention_forward.h>
+#include "runtime/model/cuda_decode.h"
+
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <ATen/ops/_flash_attention_forward.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -37,11 +39,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-
 #include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
-#include "runtime/model/cuda_decode.h"
 #include "runtime/model/glm_model.h"
 
 namespace glmserve {
@@ -88,8 +88,7 @@ bool FlashAttentionRuns(const GlmModel& model) {
     at::_flash_attention_forward(q, kv, kv, lengths, lengths, 2, 2, 0.0, true, false, 1.0);
     return true;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "flash attention unavailable (%s); prefill and mixed steps attend per sequence\n",
-                 e.what());
+    std::fprintf(stderr, "flash attention unavailable (%s); prefill and mixed steps attend per sequence\n", e.what());
     return false;
   }
 }
@@ -229,8 +228,8 @@ class CudaDecodeRunner {
     int64_t num_samples = 0;
     for (const SequenceStep& s : batch) num_samples += s.sample ? 1 : 0;
     const int64_t table_elements = int64_t{m.num_decodes} * decode_blocks;
-    const int64_t total = 3 * rows + num_samples + context_tokens + m.num_decodes + 2 * (m.num_prefills + 1) +
-                          table_elements;
+    const int64_t total =
+        3 * rows + num_samples + context_tokens + m.num_decodes + 2 * (m.num_prefills + 1) + table_elements;
     at::Tensor host = at::empty({total}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     int64_t* ids = host.data_ptr<int64_t>();
     int64_t* positions = ids + rows;
@@ -281,9 +280,7 @@ class CudaDecodeRunner {
       if (s.sample) sampled_rows[sample++] = last_row.at(&s);
     }
     const at::Tensor device_indices = host.to(model_.device(), /*non_blocking=*/true);
-    auto part = [&](const int64_t* begin, int64_t count) {
-      return device_indices.narrow(0, begin - ids, count);
-    };
+    auto part = [&](const int64_t* begin, int64_t count) { return device_indices.narrow(0, begin - ids, count); };
     const at::Tensor d_ids = part(ids, rows), d_positions = part(positions, rows), d_slots = part(slots, rows);
     m.context_slots = part(context_slots, context_tokens);
     m.lens = part(decode_lens, m.num_decodes).to(at::kInt);
@@ -338,11 +335,11 @@ class CudaDecodeRunner {
     int32_t num_decodes = 0;
     int64_t num_prefills = 0;
     int64_t total_tokens = 0;
-    int64_t max_q = 0, max_k = 0;                   // longest prefill chunk, longest prefill context
-    at::Tensor lens, tables;                        // decode rows: int32 [D], [D, max_blocks_per_seq]
-    at::Tensor context_slots, cu_q, cu_k;           // prefill: int64 [K], int32 [P + 1] each
-    kernels::PagedAttentionShape shape;             // the decode rows'
-    at::Tensor workspace;                           // split attention's (counters zeroed)
+    int64_t max_q = 0, max_k = 0;          // longest prefill chunk, longest prefill context
+    at::Tensor lens, tables;               // decode rows: int32 [D], [D, max_blocks_per_seq]
+    at::Tensor context_slots, cu_q, cu_k;  // prefill: int64 [K], int32 [P + 1] each
+    kernels::PagedAttentionShape shape;    // the decode rows'
+    at::Tensor workspace;                  // split attention's (counters zeroed)
   };
 
   // Writes the attention of q's first total_tokens rows into out's ([rows, heads * head_dim]).
@@ -356,8 +353,8 @@ class CudaDecodeRunner {
       s.q_row_stride = query.stride(0);
       Check(out.is_contiguous() && out.size(1) == width, "paged-attention decode (mixed step): output layout");
       Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                                              m.tables.data_ptr<int32_t>(), m.lens.data_ptr<int32_t>(),
-                                              out.data_ptr(), s, type_, CurrentStream(),
+                                              m.tables.data_ptr<int32_t>(), m.lens.data_ptr<int32_t>(), out.data_ptr(),
+                                              s, type_, CurrentStream(),
                                               m.workspace.defined() ? m.workspace.data_ptr() : nullptr),
             "paged-attention decode (mixed step)");
     }
@@ -387,10 +384,10 @@ class CudaDecodeRunner {
     void* pool_v_key = nullptr;  // V pool address
     int32_t block_size = 0;
     int32_t pool_blocks = 0;
-    at::Tensor ids, positions, slots;  // [tokens] int64, the graphs' inputs
-    std::vector<std::unique_ptr<at::cuda::CUDAGraph>> segments;  // layers + 1
+    at::Tensor ids, positions, slots;                              // [tokens] int64, the graphs' inputs
+    std::vector<std::unique_ptr<at::cuda::CUDAGraph>> segments;    // layers + 1
     std::vector<at::Tensor> queries, k_caches, v_caches, outputs;  // per layer
-    at::Tensor hidden;  // [tokens, hidden], the last segment's output
+    at::Tensor hidden;                                             // [tokens, hidden], the last segment's output
     bool Matches(const KvPool& kv) const {
       return !segments.empty() && pool_key == kv.k.data_ptr() && pool_v_key == kv.v.data_ptr() &&
              block_size == kv.block_size && pool_blocks == kv.num_blocks;
@@ -415,9 +412,9 @@ class CudaDecodeRunner {
     }
     // Warm-up outside the graphs (allocator, cuBLAS handles, kernel attributes).
     size_t layer = 0;
-    model_.RunLayers(g.ids, g.positions, g.slots, kv,
-                     [&](const at::Tensor&, const at::Tensor&, const at::Tensor&) { return g.outputs[layer++]; },
-                     kernels_);
+    model_.RunLayers(
+        g.ids, g.positions, g.slots, kv,
+        [&](const at::Tensor&, const at::Tensor&, const at::Tensor&) { return g.outputs[layer++]; }, kernels_);
     side.synchronize();
     const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
     bool capturing = false;
@@ -471,9 +468,9 @@ class CudaDecodeRunner {
 
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
-  static constexpr const char* kSwitchableKernels[] = {"norm",  "rotary",          "swiglu",       "gemv",
-                                                       "gemm",  "wgmma",           "split_attention",
-                                                       "mma_attention", "warp_attention", "mixed_step"};
+  static constexpr const char* kSwitchableKernels[] = {
+      "norm",  "rotary",          "swiglu",        "gemv",           "gemm",
+      "wgmma", "split_attention", "mma_attention", "warp_attention", "mixed_step"};
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below). On an H200 cuBLAS takes
   // the lm_head faster from 32 rows on (bench/gemm_bench: 306 vs 350 us at 32 rows, 311 vs 429 at
@@ -604,21 +601,20 @@ class CudaDecodeRunner {
     // Up to this many rows the GEMV streams the weights faster than cuBLAS; at 4 rows they tie
     // and at 8 cuBLAS wins (H100, bench/results/gpu.md). GLMSERVE_CUDA_GEMV_MAX_ROWS overrides
     // it for measurements.
-    int64_t max_rows =
-        EnvInt("GLMSERVE_CUDA_GEMV_MAX_ROWS", kDefaultGemvMaxRows, 0, kernels::kGemvMaxRows);
+    int64_t max_rows = EnvInt("GLMSERVE_CUDA_GEMV_MAX_ROWS", kDefaultGemvMaxRows, 0, kernels::kGemvMaxRows);
     if (!Enabled("gemv")) max_rows = 0;
     const int64_t gemm_workspace_bytes = gemm_workspace_bytes_;
     // Where the skinny GEMM replaces cuBLAS; the switches move the bounds for measurements.
-    const int64_t gemm_max_rows = EnvInt("GLMSERVE_CUDA_GEMM_MAX_ROWS", kSkinnyGemmFasterUpToRows, 0,
-                                         kernels::kSkinnyGemmMaxRows);
+    const int64_t gemm_max_rows =
+        EnvInt("GLMSERVE_CUDA_GEMM_MAX_ROWS", kSkinnyGemmFasterUpToRows, 0, kernels::kSkinnyGemmMaxRows);
     const int64_t gemm_min_weight =
         EnvInt("GLMSERVE_CUDA_GEMM_MIN_WEIGHT", kSkinnyGemmMinWeightElements, 0, int64_t{1} << 40);
     const kernels::SkinnyGemmMath gemm_math =
         Enabled("wgmma") ? kernels::SkinnyGemmMath::kWarpgroup : kernels::SkinnyGemmMath::kWarp;
     const int64_t max_custom_rows = std::max(max_rows, gemm_workspace_bytes > 0 ? gemm_max_rows : 0);
     if (max_custom_rows > 0) {
-      k.linear = [type, max_rows, gemm_workspace_bytes, gemm_max_rows, gemm_min_weight, gemm_math,
-                  max_custom_rows](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+      k.linear = [type, max_rows, gemm_workspace_bytes, gemm_max_rows, gemm_min_weight, gemm_math, max_custom_rows](
+                     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
         if (!x.is_contiguous() || !weight.is_contiguous() || rows > max_custom_rows) {
           return at::linear(x, weight, bias);  // prefill and large batches: cuBLAS
@@ -693,8 +689,9 @@ class CudaDecodeRunner {
       s.q_row_stride = query.stride(0);
       at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
       Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                                              b.tables.data_ptr<int32_t>(), b.lens.data_ptr<int32_t>(), out.data_ptr(), s,
-                                              type_, CurrentStream(), workspace.defined() ? workspace.data_ptr() : nullptr),
+                                              b.tables.data_ptr<int32_t>(), b.lens.data_ptr<int32_t>(), out.data_ptr(),
+                                              s, type_, CurrentStream(),
+                                              workspace.defined() ? workspace.data_ptr() : nullptr),
             "paged-attention decode");
       return out.view({q.size(0), q.size(1) * q.size(2)});
     };
@@ -712,9 +709,11 @@ class CudaDecodeRunner {
     ++verified_steps_;
     max_diff_seen_ = std::max(max_diff_seen_, max_diff);
     if (argmax_differs > 0 || verified_steps_ % 200 == 0) {
-      std::fprintf(stderr, "cuda graph verify: bucket %d rows %d max|graph-eager| %.3g argmax differs in %lld rows "
-                   "(steps %lld, worst %.3g)\n", b.size, n, max_diff, static_cast<long long>(argmax_differs),
-                   static_cast<long long>(verified_steps_), max_diff_seen_);
+      std::fprintf(stderr,
+                   "cuda graph verify: bucket %d rows %d max|graph-eager| %.3g argmax differs in %lld rows "
+                   "(steps %lld, worst %.3g)\n",
+                   b.size, n, max_diff, static_cast<long long>(argmax_differs), static_cast<long long>(verified_steps_),
+                   max_diff_seen_);
     }
   }
 
@@ -753,8 +752,8 @@ class CudaDecodeRunner {
   std::mutex mu_;
   bool graphs_ = true;
   bool verify_ = false;
-  bool mixed_ = false;  // RunMixed takes prefill and mixed batches
-  std::set<std::string> disabled_;  // GLMSERVE_CUDA_DISABLE
+  bool mixed_ = false;                // RunMixed takes prefill and mixed batches
+  std::set<std::string> disabled_;    // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
   GlmModel::LayerKernels kernels_;
   int64_t verified_steps_ = 0;

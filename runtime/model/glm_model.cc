@@ -7,9 +7,9 @@
 
 namespace glmserve {
 
-absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(
-    const ModelConfig& config, const WeightPlan& plan, std::unordered_map<std::string, at::Tensor>* stored,
-    at::ScalarType dtype, at::Device device) {
+absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(const ModelConfig& config, const WeightPlan& plan,
+                                                          std::unordered_map<std::string, at::Tensor>* stored,
+                                                          at::ScalarType dtype, at::Device device) {
   std::unordered_map<std::string, at::Tensor> canonical;
   // How many canonical tensors still need each stored tensor, so it can be freed after the last.
   std::unordered_map<std::string, int> uses;
@@ -17,8 +17,8 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(
   for (const MappedTensor& t : plan.tensors) {
     auto it = stored->find(t.source_key);
     if (it == stored->end()) {
-      return absl::InternalError(absl::StrCat("tensor '", t.source_key, "' was validated but not read from ",
-                                              t.source_file));
+      return absl::InternalError(
+          absl::StrCat("tensor '", t.source_key, "' was validated but not read from ", t.source_file));
     }
     at::Tensor slice = it->second.narrow(0, t.row_begin, t.row_end - t.row_begin);
     canonical[t.canonical] = slice.to(device, dtype).contiguous();
@@ -45,7 +45,8 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(
       layer.post_attn_norm = take(name("post_attn_norm.weight"));
       layer.post_mlp_norm = take(name("post_mlp_norm.weight"));
     }
-    for (const char* slot : {"q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias", "gate.weight", "up.weight"}) {
+    for (const char* slot :
+         {"q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias", "gate.weight", "up.weight"}) {
       canonical.erase(name(slot));
     }
     model->layers_.push_back(std::move(layer));
@@ -87,9 +88,10 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(
   // transformers: inv_freq = 1 / base^(arange(0, dim, 2) / dim), computed in float32.
   const int64_t dim = config.rotary_dim;
   if (dim > 0) {
-    at::Tensor exponents = at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) /
-                           static_cast<float>(dim);
-    model->inv_freq_ = (1.0 / at::pow(static_cast<double>(static_cast<float>(config.rope_theta)), exponents)).to(device);
+    at::Tensor exponents =
+        at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<float>(dim);
+    model->inv_freq_ =
+        (1.0 / at::pow(static_cast<double>(static_cast<float>(config.rope_theta)), exponents)).to(device);
   }
   return model;
 }
@@ -278,7 +280,7 @@ at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool
     outputs.reserve(views.size());
     for (const SeqView& view : views) {
       at::Tensor qs = q.narrow(0, view.row_begin, view.rows).transpose(0, 1);  // [heads, n, hd]
-      at::Tensor ks = k_cache.index_select(0, view.context_slots);              // [ctx, kv_heads, hd]
+      at::Tensor ks = k_cache.index_select(0, view.context_slots);             // [ctx, kv_heads, hd]
       at::Tensor vs = v_cache.index_select(0, view.context_slots);
       if (group > 1) {
         ks = ks.repeat_interleave(group, 1);

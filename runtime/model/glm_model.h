@@ -51,9 +51,9 @@ class GlmModel {
  public:
   // Builds the model from the stored tensors named by `plan` (consumed: entries are released as
   // they are converted, so peak memory stays near one copy).
-  static absl::StatusOr<std::unique_ptr<GlmModel>> Build(
-      const ModelConfig& config, const WeightPlan& plan,
-      std::unordered_map<std::string, at::Tensor>* stored, at::ScalarType dtype, at::Device device);
+  static absl::StatusOr<std::unique_ptr<GlmModel>> Build(const ModelConfig& config, const WeightPlan& plan,
+                                                         std::unordered_map<std::string, at::Tensor>* stored,
+                                                         at::ScalarType dtype, at::Device device);
 
   // A model of `config`'s shapes with random weights (N(0, 0.02), norms 1), made on the device:
   // benchmarks of real model sizes without a download.

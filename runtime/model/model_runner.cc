@@ -81,8 +81,8 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& device) {
     if (device.size() > 5 && device[4] == ':') index = std::atoi(device.c_str() + 5);
     return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
 #else
-    return absl::FailedPreconditionError(
-        absl::StrCat("--device '", device, "': this build of glmserve has no CUDA support (build against a CUDA LibTorch)"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device '", device, "': this build of glmserve has no CUDA support (build against a CUDA LibTorch)"));
 #endif
   }
   return absl::InvalidArgumentError(absl::StrCat("--device '", device, "': expected \"cpu\" or \"cuda[:N]\""));
@@ -98,10 +98,14 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& dtype, const at::De
 
 const char* DtypeName(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "float32";
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    default: return "unknown";
+    case at::kFloat:
+      return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    default:
+      return "unknown";
   }
 }
 
@@ -138,9 +142,7 @@ enum class RowPath { kDeviceArgmax, kDeviceSample, kHost };
 
 // The row's penalties need the sequence's token counts (the host sampler ignores them without a
 // history).
-bool CountsTokens(const SequenceStep& step) {
-  return step.params->sampling.has_penalties() && step.history != nullptr;
-}
+bool CountsTokens(const SequenceStep& step) { return step.params->sampling.has_penalties() && step.history != nullptr; }
 
 // Penalties or stop masking change the row's logits before the draw.
 bool ChangesLogits(const SequenceStep& step) {
@@ -260,11 +262,10 @@ class PenaltyTables {
         std::memcpy(packed.data() + 2 * n * sizeof(int32_t), entry_counted.data(), n);
         const at::Tensor uploaded = UploadBytes(packed.data(), packed.size(), device);
         const uint8_t* base = uploaded.data_ptr<uint8_t>();
-        if (!kernels::CountTokensCuda(counts(), seen(), static_cast<int32_t>(vocab_),
-                                      reinterpret_cast<const int32_t*>(base),
-                                      reinterpret_cast<const int32_t*>(base + n * sizeof(int32_t)),
-                                      base + 2 * n * sizeof(int32_t), static_cast<int32_t>(n),
-                                      at::cuda::getCurrentCUDAStream(device.index()).stream())) {
+        if (!kernels::CountTokensCuda(
+                counts(), seen(), static_cast<int32_t>(vocab_), reinterpret_cast<const int32_t*>(base),
+                reinterpret_cast<const int32_t*>(base + n * sizeof(int32_t)), base + 2 * n * sizeof(int32_t),
+                static_cast<int32_t>(n), at::cuda::getCurrentCUDAStream(device.index()).stream())) {
           throw std::runtime_error("penalty tables: CountTokensCuda failed to launch");
         }
       }
@@ -390,8 +391,7 @@ DeviceDraw SampleRowsOnDevice(const at::Tensor& device_logits, const std::vector
   void* stream = at::cuda::getCurrentCUDAStream(logits.device().index()).stream();
   if (penalties != nullptr &&
       !kernels::ApplyPenaltiesCuda(logits.data_ptr<float>(), num_rows, vocab,
-                                   reinterpret_cast<const kernels::PenaltyRow*>(base + penalty_offset),
-                                   counts, seen,
+                                   reinterpret_cast<const kernels::PenaltyRow*>(base + penalty_offset), counts, seen,
                                    stop_ids.empty() ? nullptr : reinterpret_cast<const int32_t*>(base + stops_offset),
                                    stream)) {
     return draw;
@@ -666,7 +666,8 @@ class PagedExecutor final : public StepExecutor {
         if (s.sample && static_cast<int64_t>(h.size()) != end) return bad("sampling before the end of history");
       }
       for (int32_t b : s.block_table) {
-        if (b < 0 || b >= pool_.num_blocks) return bad(absl::StrCat("block id ", b, " outside [0, ", pool_.num_blocks, ")"));
+        if (b < 0 || b >= pool_.num_blocks)
+          return bad(absl::StrCat("block id ", b, " outside [0, ", pool_.num_blocks, ")"));
         const uint64_t owner = block_owner_[b];
         if ((owner >> 32) == validate_generation_ && (owner & 0xffffffffu) != i) {
           return bad(absl::StrCat("block ", b, " also belongs to batch slot ", owner & 0xffffffffu));
@@ -691,7 +692,7 @@ class PagedExecutor final : public StepExecutor {
     // Copying every row's full fp32 logits and sorting them on the CPU dominated large-batch
     // decode steps.
     std::vector<int32_t> device_ids;  // per sampled row; -1: sample on the host
-    bool host_logits_needed = true;    // false when the device decided every sampled row
+    bool host_logits_needed = true;   // false when the device decided every sampled row
     absl::Status forward = GuardTorch("forward step", [&] {
       at::Tensor device_logits = forward_->Forward(batch, pool_);
       if (!on_sampled_logits_ && device_logits.is_cuda() && device_logits.dim() == 2 &&
@@ -716,8 +717,9 @@ class PagedExecutor final : public StepExecutor {
       }
       if (inject_oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > inject_oom_above_sequences_) {
         logits = at::Tensor();
-        TORCH_CHECK_WITH(OutOfMemoryError, false, "injected OOM (ExecutorOptions.inject_oom_above_sequences=",
-                         inject_oom_above_sequences_, "): batch of ", batch.size(), " sequences");
+        TORCH_CHECK_WITH(OutOfMemoryError, false,
+                         "injected OOM (ExecutorOptions.inject_oom_above_sequences=", inject_oom_above_sequences_,
+                         "): batch of ", batch.size(), " sequences");
       }
     });
     if (!forward.ok()) {
@@ -729,8 +731,8 @@ class PagedExecutor final : public StepExecutor {
     if (host_logits_needed && (logits.dim() != 2 || logits.size(0) != static_cast<int64_t>(num_samples) ||
                                logits.size(1) != vocab || logits.scalar_type() != at::kFloat)) {
       return absl::InternalError(absl::StrCat("forward step returned ", logits.dim(), "-d logits with ",
-                                              logits.dim() > 0 ? logits.size(0) : 0, " rows; expected [",
-                                              num_samples, ", ", vocab, "] fp32"));
+                                              logits.dim() > 0 ? logits.size(0) : 0, " rows; expected [", num_samples,
+                                              ", ", vocab, "] fp32"));
     }
     result.next_tokens.assign(batch.size(), -1);
     const float* data = host_logits_needed ? logits.data_ptr<float>() : nullptr;
@@ -818,8 +820,8 @@ class ModelRunnerImpl final : public ModelRunner {
       blocks = std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max() / options.block_size);
     }
     if (blocks <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat("num_blocks: the KV budget (", source, ") holds no block of ",
-                                                     per_block, " bytes"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("num_blocks: the KV budget (", source, ") holds no block of ", per_block, " bytes"));
     }
     KvPool pool;
     GLM_RETURN_IF_ERROR(GuardTorch("allocating the KV cache", [&] {
@@ -837,7 +839,8 @@ class ModelRunnerImpl final : public ModelRunner {
     // RESOURCE_EXHAUSTED, smaller batch, retry). What it holds, not what is in use: graph pools are
     // held but not in use, and a cap below them leaves no room for any step. Free space left inside
     // held segments adds to N, so the storm needs steps far larger than N (scripts/gpu-serve-bench.sh).
-    if (const char* headroom = std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB"); headroom != nullptr && device.is_cuda()) {
+    if (const char* headroom = std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB");
+        headroom != nullptr && device.is_cuda()) {
       GLM_RETURN_IF_ERROR(GuardTorch("capping device memory (GLMSERVE_CUDA_MEMORY_HEADROOM_MB)", [&] {
         EmptyDeviceCache(device);
         const int64_t reserved =
@@ -847,8 +850,8 @@ class ModelRunnerImpl final : public ModelRunner {
         const int64_t cap = reserved + (std::atoll(headroom) << 20);
         c10::cuda::CUDACachingAllocator::setMemoryFraction(
             std::min(1.0, static_cast<double>(cap) / static_cast<double>(total_bytes)), device.index());
-        LogLine(options, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20,
-                                      " MiB (", reserved >> 20, " MiB held + ", headroom, " MiB)"));
+        LogLine(options, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20, " MiB (",
+                                      reserved >> 20, " MiB held + ", headroom, " MiB)"));
       }));
     }
 #endif
@@ -859,9 +862,8 @@ class ModelRunnerImpl final : public ModelRunner {
   void CaptureDecodeGraphs(const ExecutorOptions& options, ModelForward& forward, KvPool& pool) {
     std::vector<int32_t> captured;
     const auto start = std::chrono::steady_clock::now();
-    const absl::Status status = GuardTorch("capturing decode graphs", [&] {
-      forward.CaptureDecodeGraphs(pool, options.capture_decode_batch, &captured);
-    });
+    const absl::Status status = GuardTorch(
+        "capturing decode graphs", [&] { forward.CaptureDecodeGraphs(pool, options.capture_decode_batch, &captured); });
     if (status.ok() && captured.empty()) return;  // graphs off: nothing to capture
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     std::string line = absl::StrCat("decode graphs captured for batch buckets [", absl::StrJoin(captured, ","), "] in ",
@@ -907,11 +909,10 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string
   if (!report.loadable()) {
     // Nothing to load (no weight files at all) is NOT_FOUND; anything else found wrong
     // with what is there is FAILED_PRECONDITION. Either way the message is the whole report.
-    return absl::Status(parsed.missing ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition,
-                        absl::StrCat("checkpoint '", directory, "' cannot be loaded (",
-                                                      report.problems.size(), " problem",
-                                                      report.problems.size() == 1 ? "" : "s", "):\n",
-                                                      absl::StrJoin(report.problems, "\n")));
+    return absl::Status(
+        parsed.missing ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition,
+        absl::StrCat("checkpoint '", directory, "' cannot be loaded (", report.problems.size(), " problem",
+                     report.problems.size() == 1 ? "" : "s", "):\n", absl::StrJoin(report.problems, "\n")));
   }
   GLM_ASSIGN_OR_RETURN(auto stored, ReadCheckpointTensors(parsed.listing));
   std::unique_ptr<GlmModel> model;

@@ -54,9 +54,8 @@ std::string ByteLevelDecode(std::string_view token, bool* ok) {
   return out;
 }
 
-absl::StatusOr<BytePairModel> BytePairModel::FromHf(
-    const std::vector<std::pair<std::string, int32_t>>& vocab,
-    const std::vector<std::pair<std::string, std::string>>& merges) {
+absl::StatusOr<BytePairModel> BytePairModel::FromHf(const std::vector<std::pair<std::string, int32_t>>& vocab,
+                                                    const std::vector<std::pair<std::string, std::string>>& merges) {
   BytePairModel m;
   std::unordered_map<std::string, int32_t> by_token;
   int32_t max_id = -1;
@@ -68,8 +67,8 @@ absl::StatusOr<BytePairModel> BytePairModel::FromHf(
     bool ok;
     std::string bytes = ByteLevelDecode(tok, &ok);
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tokenizer.json: vocab token '", tok, "' is not in the byte-level alphabet (not a byte-level BPE)"));
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: vocab token '", tok,
+                                                     "' is not in the byte-level alphabet (not a byte-level BPE)"));
     }
     m.id_to_bytes_[id] = bytes;
     m.bytes_to_id_.emplace(bytes, id);

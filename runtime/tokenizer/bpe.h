@@ -16,9 +16,8 @@ class BytePairModel {
  public:
   // HF tokenizer.json: vocab keys and merges are in GPT-2's byte-to-unicode alphabet.
   // merges[i] = "a b" or ["a", "b"]; priority = i.
-  static absl::StatusOr<BytePairModel> FromHf(
-      const std::vector<std::pair<std::string, int32_t>>& vocab,
-      const std::vector<std::pair<std::string, std::string>>& merges);
+  static absl::StatusOr<BytePairModel> FromHf(const std::vector<std::pair<std::string, int32_t>>& vocab,
+                                              const std::vector<std::pair<std::string, std::string>>& merges);
   // tiktoken: token bytes -> rank (= id). Two parts merge when their concatenation has a rank;
   // the lowest rank merges first (tiktoken's rule). Whole pieces found in the ranks are one id.
   static absl::StatusOr<BytePairModel> FromRanks(std::vector<std::pair<std::string, int32_t>> ranks);

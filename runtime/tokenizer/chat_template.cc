@@ -29,16 +29,14 @@ bool IsKnownGlm4Template(std::string_view tmpl) {
   return s == kMinimal || alt == kMinimal;
 }
 
-bool IsKnownChatGlm3Template(std::string_view tmpl) {
-  return tmpl.find("[gMASK]sop") != std::string_view::npos;
-}
+bool IsKnownChatGlm3Template(std::string_view tmpl) { return tmpl.find("[gMASK]sop") != std::string_view::npos; }
 
 absl::Status ValidateRoles(const std::vector<Message>& messages) {
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& r = messages[i].role;
     if (r != "system" && r != "user" && r != "assistant" && r != "observation") {
-      return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role: '", r,
-                                                     "' is not one of system, user, assistant, observation"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("messages[", i, "].role: '", r, "' is not one of system, user, assistant, observation"));
     }
   }
   return absl::OkStatus();

@@ -35,8 +35,10 @@ absl::StatusOr<std::string> ToRe2(std::string_view p) {
       ++i;
       continue;
     }
-    if (c == '[' && !in_class) in_class = true;
-    else if (c == ']' && in_class) in_class = false;
+    if (c == '[' && !in_class)
+      in_class = true;
+    else if (c == ']' && in_class)
+      in_class = false;
     if (!in_class && c == '(' && i + 2 < p.size() && p[i + 1] == '?' &&
         (p[i + 2] == '=' || p[i + 2] == '!' || p[i + 2] == '<')) {
       return absl::UnimplementedError(absl::StrCat(
@@ -67,8 +69,7 @@ uint32_t DecodeUtf8(std::string_view s, size_t i, size_t* len) {
 
 bool IsUnicodeSpace(uint32_t cp) {
   return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-         cp == 0x3000;
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
 RegexSplitter::~RegexSplitter() = default;
@@ -107,7 +108,7 @@ void RegexSplitter::Split(std::string_view text, std::vector<std::string_view>* 
     }
     size_t start = m.data() - text.data(), end = start + m.size();
     if (start > pos) pieces->push_back(text.substr(pos, start - pos));  // gap
-    if (end == start) {  // empty match: take one character as a gap
+    if (end == start) {                                                 // empty match: take one character as a gap
       size_t len;
       DecodeUtf8(text, start, &len);
       pieces->push_back(text.substr(start, len));

@@ -34,7 +34,8 @@ const SpLibrary& Library() {
       l->error = std::string("cannot load libsentencepiece.so.0 (Debian: libsentencepiece0): ") + (e ? e : "");
       return l;
     }
-    l->construct = reinterpret_cast<void (*)(void*)>(dlsym(l->handle, "_ZN13sentencepiece22SentencePieceProcessorC1Ev"));
+    l->construct =
+        reinterpret_cast<void (*)(void*)>(dlsym(l->handle, "_ZN13sentencepiece22SentencePieceProcessorC1Ev"));
     l->status_destroy = reinterpret_cast<void (*)(SpStatus*)>(dlsym(l->handle, "_ZN13sentencepiece4util6StatusD1Ev"));
     l->status_to_string = reinterpret_cast<std::string (*)(const SpStatus*)>(
         dlsym(l->handle, "_ZNK13sentencepiece4util6Status8ToStringB5cxx11Ev"));

@@ -33,8 +33,8 @@ class TextOutput {
  private:
   StreamDecoder decoder_;
   std::vector<std::string> stop_;
-  std::string all_;       // decoded text so far
-  size_t emitted_ = 0;    // bytes of all_ handed out
+  std::string all_;     // decoded text so far
+  size_t emitted_ = 0;  // bytes of all_ handed out
   size_t kept_ids_ = 0;
   bool stopped_ = false;
   bool finished_ = false;

@@ -33,10 +33,14 @@ size_t Utf8SequenceAt(std::string_view s, size_t i, size_t* valid_so_far) {
   }
   size_t n;
   unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c >= 0xE0 && c <= 0xEF) n = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-  else if (c >= 0xF0 && c <= 0xF4) n = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-  else return 0;
+  if (c >= 0xC2 && c <= 0xDF)
+    n = 2;
+  else if (c >= 0xE0 && c <= 0xEF)
+    n = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+  else if (c >= 0xF0 && c <= 0xF4)
+    n = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+  else
+    return 0;
   *valid_so_far = 1;
   for (size_t k = 1; k < n; ++k) {
     if (i + k >= s.size()) return 0;
@@ -111,8 +115,8 @@ std::optional<int32_t> Tokenizer::SpecialTokenId(std::string_view text) const {
 
 std::vector<int32_t> Tokenizer::DefaultStopIds() const {
   std::vector<int32_t> out;
-  for (std::string_view t : {std::string_view(eos_token_), std::string_view("<|user|>"),
-                             std::string_view("<|observation|>")}) {
+  for (std::string_view t :
+       {std::string_view(eos_token_), std::string_view("<|user|>"), std::string_view("<|observation|>")}) {
     if (auto id = SpecialTokenId(t); id && std::find(out.begin(), out.end(), *id) == out.end()) out.push_back(*id);
   }
   return out;
@@ -162,8 +166,10 @@ TokenizerConfig ReadTokenizerConfig(const fs::path& dir) {
     if (j.is_object()) {
       if (j.contains("chat_template") && j["chat_template"].is_string()) c.chat_template = j["chat_template"];
       if (j.contains("eos_token")) {
-        if (j["eos_token"].is_string()) c.eos_token = j["eos_token"];
-        else if (j["eos_token"].is_object() && j["eos_token"].contains("content")) c.eos_token = j["eos_token"]["content"];
+        if (j["eos_token"].is_string())
+          c.eos_token = j["eos_token"];
+        else if (j["eos_token"].is_object() && j["eos_token"].contains("content"))
+          c.eos_token = j["eos_token"]["content"];
       }
     }
   }
@@ -226,9 +232,12 @@ class BpeTokenizer : public Tokenizer {
     vocab_size_ = max_id + 1;
     family_ = Family::kGlm4;
     eos_token_ = cfg.eos_token.empty() ? "<|endoftext|>" : cfg.eos_token;
-    if (cfg.chat_template.empty()) chat_template_source_ = "family default (no chat_template)";
-    else if (IsKnownGlm4Template(cfg.chat_template)) chat_template_source_ = "chat_template (recognized GLM-4 template)";
-    else chat_template_source_ = "family default (chat_template not recognized; rendered as GLM-4)";
+    if (cfg.chat_template.empty())
+      chat_template_source_ = "family default (no chat_template)";
+    else if (IsKnownGlm4Template(cfg.chat_template))
+      chat_template_source_ = "chat_template (recognized GLM-4 template)";
+    else
+      chat_template_source_ = "family default (chat_template not recognized; rendered as GLM-4)";
     return absl::OkStatus();
   }
 
@@ -255,8 +264,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
   try {
     const json& model = j["model"];
     if (model.value("type", "") != "BPE") {
-      return absl::UnimplementedError(absl::StrCat(where, ": model.type '", model.value("type", ""),
-                                                   "' (only byte-level BPE is supported)"));
+      return absl::UnimplementedError(
+          absl::StrCat(where, ": model.type '", model.value("type", ""), "' (only byte-level BPE is supported)"));
     }
     if (j.contains("normalizer") && !j["normalizer"].is_null()) {
       return absl::UnimplementedError(absl::StrCat(where, ": normalizer ", j["normalizer"].dump(), " not supported"));
@@ -282,8 +291,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     std::string pattern;
     const json& pre = j.value("pre_tokenizer", json());
     std::vector<json> steps;
-    if (pre.is_object() && pre.value("type", "") == "Sequence") steps = pre["pretokenizers"].get<std::vector<json>>();
-    else if (pre.is_object()) steps.push_back(pre);
+    if (pre.is_object() && pre.value("type", "") == "Sequence")
+      steps = pre["pretokenizers"].get<std::vector<json>>();
+    else if (pre.is_object())
+      steps.push_back(pre);
     for (const json& s : steps) {
       const std::string type = s.value("type", "");
       if (type == "ByteLevel") {
@@ -305,7 +316,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     }
     if (pattern.empty()) pattern = ".+";  // no splitting: whole text is one piece
     auto splitter = RegexSplitter::Create(pattern);
-    if (!splitter.ok()) return absl::Status(splitter.status().code(), absl::StrCat(where, ": ", splitter.status().message()));
+    if (!splitter.ok())
+      return absl::Status(splitter.status().code(), absl::StrCat(where, ": ", splitter.status().message()));
     t->splitter_ = std::move(*splitter);
 
     for (const json& a : j.value("added_tokens", json::array())) {
@@ -314,8 +326,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     // Post-processor: TemplateProcessing's `single` (special tokens around $A); ByteLevel: no ids.
     std::vector<json> procs;
     const json& post = j.value("post_processor", json());
-    if (post.is_object() && post.value("type", "") == "Sequence") procs = post["processors"].get<std::vector<json>>();
-    else if (post.is_object()) procs.push_back(post);
+    if (post.is_object() && post.value("type", "") == "Sequence")
+      procs = post["processors"].get<std::vector<json>>();
+    else if (post.is_object())
+      procs.push_back(post);
     for (const json& p : procs) {
       const std::string type = p.value("type", "");
       if (type == "ByteLevel") continue;
@@ -341,9 +355,20 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
 }
 
 // GLM-4-9B's tokenization_chatglm.py numbers these after the ranks, in this order.
-const char* const kGlm4SpecialTokens[] = {
-    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
-    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>"};
+const char* const kGlm4SpecialTokens[] = {"<|endoftext|>",
+                                          "[MASK]",
+                                          "[gMASK]",
+                                          "[sMASK]",
+                                          "<sop>",
+                                          "<eop>",
+                                          "<|system|>",
+                                          "<|user|>",
+                                          "<|assistant|>",
+                                          "<|observation|>",
+                                          "<|begin_of_image|>",
+                                          "<|end_of_image|>",
+                                          "<|begin_of_video|>",
+                                          "<|end_of_video|>"};
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromTiktoken(const fs::path& dir, const std::string& text) {
   const std::string where = (dir / "tokenizer.model").string();
@@ -386,8 +411,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromTiktoken(const fs::
 // ---------------------------------------------------------------- sentencepiece (ChatGLM2/3)
 
 // ChatGLM2/3's SPTokenizer numbers these after the sentencepiece vocabulary, in this order.
-const char* const kChatGlm3SpecialTokens[] = {"[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
-                                              "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"};
+const char* const kChatGlm3SpecialTokens[] = {"[MASK]",   "[gMASK]",       "[sMASK]",        "sop", "eop", "<|system|>",
+                                              "<|user|>", "<|assistant|>", "<|observation|>"};
 
 class SentencePieceTokenizer : public Tokenizer {
  public:
@@ -466,8 +491,7 @@ class SentencePieceTokenizer : public Tokenizer {
     const std::string st = t->sp_.Load(bytes);
     if (!st.empty()) {
       return absl::InvalidArgumentError(absl::StrCat((dir / "tokenizer.model").string(),
-                                                     ": neither tiktoken ranks nor a sentencepiece model (",
-                                                     st, ")"));
+                                                     ": neither tiktoken ranks nor a sentencepiece model (", st, ")"));
     }
     t->format_ = "sentencepiece";
     t->family_ = Family::kChatGlm3;
@@ -481,9 +505,12 @@ class SentencePieceTokenizer : public Tokenizer {
       t->specials_.emplace_back(t->eos_token_, t->sp_.eos_id());
     }
     const TokenizerConfig cfg = ReadTokenizerConfig(dir);
-    if (cfg.chat_template.empty()) t->chat_template_source_ = "family default (no chat_template)";
-    else if (IsKnownChatGlm3Template(cfg.chat_template)) t->chat_template_source_ = "chat_template (recognized ChatGLM3 template)";
-    else t->chat_template_source_ = "family default (chat_template not recognized; rendered as ChatGLM3)";
+    if (cfg.chat_template.empty())
+      t->chat_template_source_ = "family default (no chat_template)";
+    else if (IsKnownChatGlm3Template(cfg.chat_template))
+      t->chat_template_source_ = "chat_template (recognized ChatGLM3 template)";
+    else
+      t->chat_template_source_ = "family default (chat_template not recognized; rendered as ChatGLM3)";
     return std::unique_ptr<Tokenizer>(std::move(t));
   }
 

@@ -4,9 +4,8 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -22,8 +21,7 @@ absl::Status Bad(absl::string_view field, absl::string_view what, const Json& go
       absl::StrCat("preprocessor_config.json: ", field, " must be ", what, ", got ", got.dump()));
 }
 
-absl::Status ReadInt(const Json& obj, const char* key, const std::string& field, int64_t lo, int64_t hi,
-                     int64_t* out) {
+absl::Status ReadInt(const Json& obj, const char* key, const std::string& field, int64_t lo, int64_t hi, int64_t* out) {
   auto it = obj.find(key);
   if (it == obj.end()) return absl::OkStatus();
   if (!it->is_number_integer() || it->get<int64_t>() < lo || it->get<int64_t>() > hi) {
@@ -88,7 +86,8 @@ absl::Status Validate(const Glm4vProcessorOptions& o) {
   }
   for (int c = 0; c < 3; ++c) {
     if (!std::isfinite(o.image_mean[c])) return bad("image_mean", o.image_mean[c], "finite");
-    if (!(o.image_std[c] > 0) || !std::isfinite(o.image_std[c])) return bad("image_std", o.image_std[c], "finite and > 0");
+    if (!(o.image_std[c] > 0) || !std::isfinite(o.image_std[c]))
+      return bad("image_std", o.image_std[c], "finite and > 0");
   }
   if (o.backend != ResizeBackend::kTorchvision && o.backend != ResizeBackend::kPil) {
     return absl::InvalidArgumentError("backend: unknown ResizeBackend");
@@ -107,11 +106,11 @@ double KeysCubic(double x) {
 }
 
 struct Taps {
-  std::vector<int> first;    // first input index per output index
-  std::vector<int> count;    // taps per output index
-  std::vector<int32_t> w;    // fixed-point weights, `stride` per output index
+  std::vector<int> first;  // first input index per output index
+  std::vector<int> count;  // taps per output index
+  std::vector<int32_t> w;  // fixed-point weights, `stride` per output index
   int stride = 0;
-  int precision = 0;         // fractional bits of w
+  int precision = 0;  // fractional bits of w
 };
 
 // The weights both backends compute in double, then quantize: PIL with 22 fractional bits;
@@ -378,7 +377,7 @@ absl::StatusOr<Glm4vProcessorOptions> Glm4vImageProcessor::Effective(const Proce
 }
 
 absl::StatusOr<ImageGrid> Glm4vImageProcessor::Grid(int64_t height, int64_t width,
-                                                     const ProcessOverrides& overrides) const {
+                                                    const ProcessOverrides& overrides) const {
   absl::StatusOr<Glm4vProcessorOptions> o = Effective(overrides);
   if (!o.ok()) return o.status();
   ResizedSize size{static_cast<int>(height), static_cast<int>(width)};
@@ -387,8 +386,8 @@ absl::StatusOr<ImageGrid> Glm4vImageProcessor::Grid(int64_t height, int64_t widt
     absl::StatusOr<ResizedSize> r = SmartResize(height, width, *o);
     if (!r.ok()) return r.status();
     size = *r;
-  } else if (height <= 0 || width <= 0 || height % factor != 0 || width % factor != 0 ||
-             height > (int64_t{1} << 20) || width > (int64_t{1} << 20)) {
+  } else if (height <= 0 || width <= 0 || height % factor != 0 || width % factor != 0 || height > (int64_t{1} << 20) ||
+             width > (int64_t{1} << 20)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "do_resize is false: image %dx%d must have both sides positive multiples of patch_size * merge_size = %d",
         width, height, factor));
@@ -413,8 +412,8 @@ absl::StatusOr<ProcessedImage> Glm4vImageProcessor::Process(const RgbImage& imag
                                                             const ProcessOverrides& overrides) const {
   if (image.width <= 0 || image.height <= 0 ||
       image.pixels.size() != static_cast<size_t>(image.width) * image.height * 3) {
-    return absl::InvalidArgumentError(absl::StrFormat("image %dx%d: zero-size or pixel buffer of %d bytes",
-                                                      image.width, image.height, image.pixels.size()));
+    return absl::InvalidArgumentError(absl::StrFormat("image %dx%d: zero-size or pixel buffer of %d bytes", image.width,
+                                                      image.height, image.pixels.size()));
   }
   absl::StatusOr<ImageGrid> grid = Grid(image.height, image.width, overrides);
   if (!grid.ok()) return grid.status();

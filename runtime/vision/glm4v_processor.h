@@ -47,7 +47,7 @@ struct Glm4vProcessorOptions {
   // Subtract image_mean and divide by image_std per channel (in rescaled units).
   bool do_normalize = true;
   std::array<double, 3> image_mean = {0.48145466, 0.4578275, 0.40821073};  // OPENAI_CLIP_MEAN
-  std::array<double, 3> image_std = {0.26862954, 0.26130258, 0.27577711};   // OPENAI_CLIP_STD
+  std::array<double, 3> image_std = {0.26862954, 0.26130258, 0.27577711};  // OPENAI_CLIP_STD
   ResizeBackend backend = ResizeBackend::kTorchvision;
 };
 

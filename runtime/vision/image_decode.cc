@@ -1,13 +1,13 @@
 #include "runtime/vision/image_decode.h"
 
+#include <jerror.h>
+#include <jpeglib.h>
+#include <png.h>
+
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
 #include <memory>
-
-#include <jpeglib.h>
-#include <jerror.h>
-#include <png.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -23,10 +23,10 @@ namespace {
 constexpr unsigned char kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 
 absl::Status TooManyPixels(const char* what, uint64_t w, uint64_t h, int64_t max_pixels) {
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "%s image is %dx%d = %d pixels, above the limit of %d pixels (refused from the header, nothing "
-      "decoded)",
-      what, w, h, w * h, max_pixels));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s image is %dx%d = %d pixels, above the limit of %d pixels (refused from the header, nothing "
+                      "decoded)",
+                      what, w, h, w * h, max_pixels));
 }
 
 // White-background composite, bit-exact with PIL's ImagingAlphaComposite for an opaque white
@@ -75,8 +75,8 @@ void PngOnWarning(png_structp, png_const_charp) {}  // PIL ignores ancillary pro
 void PngRead(png_structp png, png_bytep out, size_t n) {
   auto* st = static_cast<PngState*>(png_get_io_ptr(png));
   if (n > st->size - st->pos) {
-    std::snprintf(st->error, sizeof(st->error), "truncated: needed %zu more bytes at offset %zu of %zu", n,
-                  st->pos, st->size);
+    std::snprintf(st->error, sizeof(st->error), "truncated: needed %zu more bytes at offset %zu of %zu", n, st->pos,
+                  st->size);
     png_longjmp(png, 1);
   }
   std::memcpy(out, st->data + st->pos, n);
@@ -92,8 +92,8 @@ bool PngReadHeader(PngState* st) {
   png_set_user_limits(st->png, 0x7fffffff, 0x7fffffff);
   png_set_chunk_malloc_max(st->png, 8 << 20);
   png_read_info(st->png, st->info);
-  png_get_IHDR(st->png, st->info, &st->width, &st->height, &st->bit_depth, &st->color_type, &st->interlace,
-               nullptr, nullptr);
+  png_get_IHDR(st->png, st->info, &st->width, &st->height, &st->bit_depth, &st->color_type, &st->interlace, nullptr,
+               nullptr);
   st->has_trns = png_get_valid(st->png, st->info, PNG_INFO_tRNS) != 0;
   return true;
 }
@@ -258,8 +258,7 @@ absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view bytes, const DecodeOptions
   }
   jpeg_decompress_struct& c = st->cinfo;
   if (c.image_width == 0 || c.image_height == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("JPEG: zero-size image (%dx%d)", c.image_width, c.image_height));
+    return absl::InvalidArgumentError(absl::StrFormat("JPEG: zero-size image (%dx%d)", c.image_width, c.image_height));
   }
   if (static_cast<uint64_t>(c.image_width) * c.image_height > static_cast<uint64_t>(options.max_pixels)) {
     return TooManyPixels("JPEG", c.image_width, c.image_height, options.max_pixels);
@@ -279,9 +278,8 @@ absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view bytes, const DecodeOptions
       cmyk = true;
       break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrFormat("JPEG: unsupported color space %d with %d components", static_cast<int>(c.jpeg_color_space),
-                          c.num_components));
+      return absl::InvalidArgumentError(absl::StrFormat("JPEG: unsupported color space %d with %d components",
+                                                        static_cast<int>(c.jpeg_color_space), c.num_components));
   }
   // PIL's decoder settings: accurate integer IDCT and fancy upsampling (libjpeg's defaults).
   c.dct_method = JDCT_ISLOW;

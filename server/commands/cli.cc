@@ -1,9 +1,9 @@
 #include "server/commands/cli.h"
 
 #include <cstdio>
+#include <iostream>
 #include <limits>
 #include <optional>
-#include <iostream>
 #include <string>
 #include <vector>
 
@@ -11,12 +11,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "flags/flags.h"
 #include "nlohmann/json.hpp"
 #include "runtime/generate_once.h"
 #include "runtime/inspect.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "flags/flags.h"
 
 namespace glmserve {
 namespace {
@@ -43,30 +43,26 @@ int ExitFor(const absl::Status& status) {
 }
 
 json InfoJson(const ModelInfo& info) {
-  return json{{"directory", info.directory},
-              {"format", info.source_format},
-              {"architecture", info.architecture},
-              {"parameter_count", info.parameter_count},
-              {"dtype", info.stored_dtype},
-              {"layers", info.num_layers},
-              {"hidden_size", info.hidden_size},
-              {"heads", info.num_attention_heads},
-              {"kv_heads", info.num_key_value_heads},
-              {"head_dim", info.head_dim},
-              {"vocab_size", info.vocab_size},
-              {"max_position_embeddings", info.max_position_embeddings},
+  return json{{"directory", info.directory},          {"format", info.source_format},
+              {"architecture", info.architecture},    {"parameter_count", info.parameter_count},
+              {"dtype", info.stored_dtype},           {"layers", info.num_layers},
+              {"hidden_size", info.hidden_size},      {"heads", info.num_attention_heads},
+              {"kv_heads", info.num_key_value_heads}, {"head_dim", info.head_dim},
+              {"vocab_size", info.vocab_size},        {"max_position_embeddings", info.max_position_embeddings},
               {"eos_token_ids", info.eos_token_ids}};
 }
 
 absl::Status ParseIds(const std::string& text, std::vector<int32_t>* ids) {
-  if (text.empty()) return absl::InvalidArgumentError("--input-ids: expected a comma-separated list of token ids, got nothing");
+  if (text.empty())
+    return absl::InvalidArgumentError("--input-ids: expected a comma-separated list of token ids, got nothing");
   for (absl::string_view piece : absl::StrSplit(text, ',')) {
     int32_t id = 0;
     if (!absl::SimpleAtoi(piece, &id)) {
       return absl::InvalidArgumentError(
           absl::StrCat("--input-ids: '", piece, "' is not a token id; expected comma-separated integers like 1,2,3"));
     }
-    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("--input-ids: ", id, " is negative; token ids start at 0"));
+    if (id < 0)
+      return absl::InvalidArgumentError(absl::StrCat("--input-ids: ", id, " is negative; token ids start at 0"));
     ids->push_back(id);
   }
   return absl::OkStatus();
@@ -85,8 +81,9 @@ std::string TextWithoutSpecials(const tokenizer::Tokenizer& tok, const std::vect
 int RunTokenize(int argc, char** argv) {
   std::string model, text, chat;
   bool as_json = false, no_special = false;
-  FlagSet flags("glmserve tokenize", "--model DIR (--text TEXT | --chat TEXT) [--json] [--no-special-tokens]",
-                "Tokenizes text with a model directory's tokenizer (tokenizer.json or tokenizer.model) and prints the ids.");
+  FlagSet flags(
+      "glmserve tokenize", "--model DIR (--text TEXT | --chat TEXT) [--json] [--no-special-tokens]",
+      "Tokenizes text with a model directory's tokenizer (tokenizer.json or tokenizer.model) and prints the ids.");
   flags.Path("model", &model, "model directory").ValueName("DIR");
   flags.String("text", &text, "text to tokenize");
   flags.String("chat", &chat, "instead of --text: one user message rendered with the chat template");
@@ -188,16 +185,19 @@ int RunGenerate(int argc, char** argv) {
   flags.DeviceFlag("device", &device, "where the model runs");
   flags.DtypeFlag("dtype", &dtype, "compute dtype");
   std::string prompt_text, chat_text, system_text;
-  flags.String("prompt", &prompt_text, "prompt text, tokenized with the model directory's tokenizer (instead of --input-ids)");
+  flags.String("prompt", &prompt_text,
+               "prompt text, tokenized with the model directory's tokenizer (instead of --input-ids)");
   flags.String("chat", &chat_text, "one user message rendered with the model's chat template (instead of --input-ids)");
   flags.String("system", &system_text, "with --chat: a system message before it");
   bool random_weights = false;
-  flags.Switch("random-weights", &random_weights, "benchmark: random weights of --model's config.json, no weight files");
+  flags.Switch("random-weights", &random_weights,
+               "benchmark: random weights of --model's config.json, no weight files");
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (model.empty()) return BadInput("--model: required, the checkpoint directory");
   const int inputs = flags.was_set("input-ids") + flags.was_set("prompt") + flags.was_set("chat");
   if (inputs != 1) {
-    return BadInput("--input-ids: required (comma-separated token ids like 1,2,3), or --prompt TEXT, or --chat TEXT; exactly one");
+    return BadInput(
+        "--input-ids: required (comma-separated token ids like 1,2,3), or --prompt TEXT, or --chat TEXT; exactly one");
   }
   std::vector<int32_t> ids;
   std::unique_ptr<tokenizer::Tokenizer> tok;
@@ -220,7 +220,8 @@ int RunGenerate(int argc, char** argv) {
     if (ids.empty()) return BadInput("--prompt: tokenizes to no ids");
   }
   if (min_new_tokens > max_new_tokens) {
-    return BadInput(absl::StrCat("--min-new-tokens: ", min_new_tokens, " must be in [0, --max-new-tokens=", max_new_tokens, "]"));
+    return BadInput(
+        absl::StrCat("--min-new-tokens: ", min_new_tokens, " must be in [0, --max-new-tokens=", max_new_tokens, "]"));
   }
 
   LoadOptions load;

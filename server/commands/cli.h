@@ -5,8 +5,8 @@ namespace glmserve {
 
 // Exit codes shared by every subcommand.
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailure = 1;     // runtime failure (I/O, internal)
-inline constexpr int kExitBadInput = 2;    // bad flags/input or an unloadable checkpoint
+inline constexpr int kExitFailure = 1;   // runtime failure (I/O, internal)
+inline constexpr int kExitBadInput = 2;  // bad flags/input or an unloadable checkpoint
 
 // argv[0] is the subcommand name.
 int RunInspect(int argc, char** argv);

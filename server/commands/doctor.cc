@@ -3,9 +3,9 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -13,13 +13,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -45,7 +44,7 @@ struct Check {
   std::string name;
   std::string status;  // OK | WARN | FAIL
   std::string detail;
-  std::string fix;     // empty when OK
+  std::string fix;  // empty when OK
 };
 
 std::string Run(const std::string& cmd) {
@@ -107,9 +106,9 @@ struct Gpu {
 
 std::vector<Gpu> QueryGpus() {
   std::vector<Gpu> gpus;
-  const std::string out = Run(
-      "nvidia-smi --query-gpu=name,driver_version,memory.total,memory.free,compute_cap "
-      "--format=csv,noheader,nounits 2>/dev/null");
+  const std::string out =
+      Run("nvidia-smi --query-gpu=name,driver_version,memory.total,memory.free,compute_cap "
+          "--format=csv,noheader,nounits 2>/dev/null");
   for (absl::string_view line : absl::StrSplit(out, '\n', absl::SkipEmpty())) {
     std::vector<std::string> f = absl::StrSplit(line, ", ");
     if (f.size() < 5) continue;
@@ -187,11 +186,12 @@ int RunDoctor(int argc, char** argv) {
       struct statfs sf {};
       if (statfs(model.c_str(), &sf) == 0) {
         const unsigned long t = static_cast<unsigned long>(sf.f_type);
-        const bool network = t == 0x6969 /*nfs*/ || t == 0xFF534D42 /*cifs*/ || t == 0x65735546 /*fuse*/ ||
-                             t == 0x01021997 /*9p*/;
+        const bool network =
+            t == 0x6969 /*nfs*/ || t == 0xFF534D42 /*cifs*/ || t == 0x65735546 /*fuse*/ || t == 0x01021997 /*9p*/;
         const bool ro = (sf.f_flags & ST_RDONLY) != 0;
         if (network) {
-          add("model_mount", "WARN", absl::StrFormat("network/FUSE filesystem (type 0x%lx)%s", t, ro ? ", read-only" : ""),
+          add("model_mount", "WARN",
+              absl::StrFormat("network/FUSE filesystem (type 0x%lx)%s", t, ro ? ", read-only" : ""),
               "copy the model to local disk: loads and restarts will be slow otherwise");
         } else {
           add("model_mount", "OK", absl::StrFormat("local filesystem (type 0x%lx)%s", t, ro ? ", read-only" : ""));
@@ -206,9 +206,10 @@ int RunDoctor(int argc, char** argv) {
       } else {
         report = *r;
         have_report = true;
-        add("model", "OK", absl::StrCat(r->info.architecture, ", ", r->info.parameter_count, " parameters, ",
-                                        r->info.stored_dtype, ", ", r->info.source_format, ", ", GiB(model_bytes),
-                                        " of weights, max context ", r->info.max_position_embeddings));
+        add("model", "OK",
+            absl::StrCat(r->info.architecture, ", ", r->info.parameter_count, " parameters, ", r->info.stored_dtype,
+                         ", ", r->info.source_format, ", ", GiB(model_bytes), " of weights, max context ",
+                         r->info.max_position_embeddings));
       }
     }
   }
@@ -223,7 +224,8 @@ int RunDoctor(int argc, char** argv) {
       add("ram", "WARN", absl::StrCat(GiB(avail), " available; recommended ", GiB(need)),
           "loading reads the weights through host memory; leave 2x the weights free");
     } else {
-      add("ram", "OK", absl::StrCat(GiB(static_cast<double>(mem_total_kb) * 1024), " total, ", GiB(avail), " available"));
+      add("ram", "OK",
+          absl::StrCat(GiB(static_cast<double>(mem_total_kb) * 1024), " total, ", GiB(avail), " available"));
     }
   }
 
@@ -245,8 +247,8 @@ int RunDoctor(int argc, char** argv) {
       const int driver_major = std::atoi(g.driver.c_str());
       if (driver_major < kMinDriverMajor) {
         add(tag + "_driver", "FAIL",
-            absl::StrCat("driver ", g.driver, " < ", kMinDriverMajor, ", needed by LibTorch's CUDA ",
-                         kCudaRuntimeMajor, " runtime"),
+            absl::StrCat("driver ", g.driver, " < ", kMinDriverMajor, ", needed by LibTorch's CUDA ", kCudaRuntimeMajor,
+                         " runtime"),
             absl::StrCat("upgrade the NVIDIA driver to >= ", kMinDriverMajor));
       } else {
         add(tag + "_driver", "OK", absl::StrCat("driver ", g.driver, " supports CUDA ", kCudaRuntimeMajor));
@@ -263,7 +265,7 @@ int RunDoctor(int argc, char** argv) {
         const ModelInfo& m = report.info;
         const double kv_per_token = 2.0 * m.num_layers * std::max(1, m.num_key_value_heads) * m.head_dim * 2;
         const double weights = static_cast<double>(m.parameter_count) * 2;  // bf16
-        const double min_kv = kv_per_token * m.max_position_embeddings;    // one full sequence
+        const double min_kv = kv_per_token * m.max_position_embeddings;     // one full sequence
         if (free_bytes < weights + min_kv) {
           add(tag + "_memory", "FAIL",
               absl::StrCat(GiB(free_bytes), " free < ", GiB(weights), " weights + ", GiB(min_kv),
@@ -302,7 +304,8 @@ int RunDoctor(int argc, char** argv) {
       add(flag, "OK", absl::StrCat(host, ":", p, " is free"));
     } else {
       add(flag, "FAIL", absl::StrCat(host, ":", p, " cannot be bound: ", error),
-          absl::StrCat("stop whatever listens there (ss -ltnp 'sport = :", p, "') or pass --", flag == std::string("port") ? "port" : "metrics-port", " with another"));
+          absl::StrCat("stop whatever listens there (ss -ltnp 'sport = :", p, "') or pass --",
+                       flag == std::string("port") ? "port" : "metrics-port", " with another"));
     }
   }
 

@@ -23,18 +23,18 @@
 #include "runtime/engine.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "server/request/auth.h"
 #include "server/commands/cli.h"
-#include "server/request/client_quota.h"
+#include "server/commands/serve_engine.h"
+#include "server/commands/serve_flags.h"
+#include "server/commands/supervisor.h"
 #include "server/frontend/grpc_service.h"
 #include "server/frontend/http_server.h"
-#include "server/commands/serve_engine.h"
 #include "server/ops/logging.h"
 #include "server/ops/metrics.h"
 #include "server/ops/port_probe.h"
-#include "server/commands/serve_flags.h"
-#include "server/commands/supervisor.h"
 #include "server/ops/watchdog.h"
+#include "server/request/auth.h"
+#include "server/request/client_quota.h"
 
 #ifndef GLMSERVE_VERSION
 #define GLMSERVE_VERSION "unknown"
@@ -162,11 +162,11 @@ int RunServe(int argc, char** argv) {
     const std::string url_host =
         host.find(':') != std::string::npos && host.front() != '[' ? absl::StrCat("[", host, "]") : host;
     if (metrics_sink->fallback()) {
-      LogEvent(LogLevel::kWarn, "metrics_listen_fallback", "",
-               absl::StrCat("--metrics-port ", flags.metrics_port, ": ", host,
-                            " could not be bound (no IPv6 here?); listening on '", metrics_sink->listen_spec(),
-                            "' instead"),
-               {{"port", metrics_sink->port()}, {"listen", metrics_sink->listen_spec()}});
+      LogEvent(
+          LogLevel::kWarn, "metrics_listen_fallback", "",
+          absl::StrCat("--metrics-port ", flags.metrics_port, ": ", host,
+                       " could not be bound (no IPv6 here?); listening on '", metrics_sink->listen_spec(), "' instead"),
+          {{"port", metrics_sink->port()}, {"listen", metrics_sink->listen_spec()}});
     }
     LogEvent(LogLevel::kInfo, "metrics_listening", "",
              metrics_sink->fallback()
@@ -183,8 +183,7 @@ int RunServe(int argc, char** argv) {
              {{"flag", "--port"}, {"port", flags.grpc.port}, {"host", flags.grpc.host}});
     return kExitBadInput;
   }
-  LogLine(absl::StrCat("listening on ", (*server)->address(),
-                       " (health NOT_SERVING until the model is warm)"));
+  LogLine(absl::StrCat("listening on ", (*server)->address(), " (health NOT_SERVING until the model is warm)"));
   // The HTTP/JSON front end (off without --http-port): same engine, limits, metrics and logs.
   std::unique_ptr<HttpServer> http;
   if (flags.http_port >= 0) {
@@ -221,10 +220,10 @@ int RunServe(int argc, char** argv) {
   // Every engine (the first and each rebuild) loads the checkpoint afresh.
   bool load_failed = false;
   ModelInfo info;
-  EngineFactory factory = [&flags, &load_failed, &info, metrics_sink](
-                              int generation,
-                              std::function<void(int32_t, const absl::Status&)> heartbeat)
-      -> absl::StatusOr<EngineInstance> {
+  EngineFactory factory =
+      [&flags, &load_failed, &info, metrics_sink](
+          int generation,
+          std::function<void(int32_t, const absl::Status&)> heartbeat) -> absl::StatusOr<EngineInstance> {
     absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(flags.model_dir, flags.load);
     if (!runner.ok()) {
       load_failed = generation == 0;
@@ -247,9 +246,7 @@ int RunServe(int argc, char** argv) {
       engine_flags.engine.scheduler.faults = FaultInjectionOptions();
       engine_flags.engine.scheduler.faults.step_latency = latency;
     }
-    engine_flags.engine.scheduler.log = [](const std::string& line) {
-      LogEvent(LogLevel::kInfo, "engine", "", line);
-    };
+    engine_flags.engine.scheduler.log = [](const std::string& line) { LogEvent(LogLevel::kInfo, "engine", "", line); };
     engine_flags.engine.on_step_end = [heartbeat, metrics_sink](int32_t n, const absl::Status& s) {
       heartbeat(n, s);
       metrics_sink->OnStep(n, s);
@@ -284,8 +281,8 @@ int RunServe(int argc, char** argv) {
 
   // The tokenizer (prompt, messages, stop strings, response text) comes from the model directory.
   if (auto tok = tokenizer::Tokenizer::FromDirectory(flags.model_dir); tok.ok()) {
-    LogLine(absl::StrCat("tokenizer: ", (*tok)->format(), ", ", (*tok)->vocab_size(), " ids, chat template: ",
-                         (*tok)->chat_template_source()));
+    LogLine(absl::StrCat("tokenizer: ", (*tok)->format(), ", ", (*tok)->vocab_size(),
+                         " ids, chat template: ", (*tok)->chat_template_source()));
     std::shared_ptr<const tokenizer::Tokenizer> shared(std::move(*tok));
     (*server)->SetTokenizer(shared);
     if (http != nullptr) http->SetTokenizer(shared);
@@ -294,8 +291,7 @@ int RunServe(int argc, char** argv) {
                          "): prompt, messages and stop are refused; send input_ids"));
   }
   const auto load_start = std::chrono::steady_clock::now();
-  absl::StatusOr<std::unique_ptr<SelfHealingEngine>> engine =
-      SelfHealingEngine::Create(watchdog, factory, hooks);
+  absl::StatusOr<std::unique_ptr<SelfHealingEngine>> engine = SelfHealingEngine::Create(watchdog, factory, hooks);
   if (!engine.ok()) {
     // Fatal: at level error, so it shows at every --log-level.
     LogEvent(LogLevel::kError, load_failed ? "model_load_failed" : "engine_start_failed", "",
@@ -313,33 +309,29 @@ int RunServe(int argc, char** argv) {
         return stats;
       },
       std::chrono::milliseconds(250));
-  const double load_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-  LogLine(absl::StrCat("model ", info.architecture, " from ", flags.model_dir, " (",
-                       info.parameter_count, " parameters, ", info.device, ", ", info.compute_dtype,
-                       ") ready in ", static_cast<int>(load_s * 1000), " ms"));
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  LogLine(absl::StrCat("model ", info.architecture, " from ", flags.model_dir, " (", info.parameter_count,
+                       " parameters, ", info.device, ", ", info.compute_dtype, ") ready in ",
+                       static_cast<int>(load_s * 1000), " ms"));
   signals.SetReady();
   (*server)->SetServing(true);
-  LogLifecycle("serving", absl::StrCat("serving on ", (*server)->address()),
-               {{"address", (*server)->address()}});
+  LogLifecycle("serving", absl::StrCat("serving on ", (*server)->address()), {{"address", (*server)->address()}});
   if (http != nullptr) {
     http->SetServing(true);
-    LogLifecycle("http_serving", absl::StrCat("http serving on ", http->address()),
-                 {{"address", http->address()}});
+    LogLifecycle("http_serving", absl::StrCat("http serving on ", http->address()), {{"address", http->address()}});
   }
 
   signals.Wait();
-  const auto drain_deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(flags.drain_timeout_ms);
+  const auto drain_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(flags.drain_timeout_ms);
   (*server)->StartDrain();
   if (http != nullptr) http->StartDrain();
   const bool engine_idle = (*engine)->WaitIdle(std::chrono::milliseconds(flags.drain_timeout_ms));
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      drain_deadline - std::chrono::steady_clock::now());
+  const auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(drain_deadline - std::chrono::steady_clock::now());
   bool calls_idle = (*server)->WaitIdle(std::max(left, std::chrono::milliseconds(0)));
   if (http != nullptr) {
-    const auto http_left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        drain_deadline - std::chrono::steady_clock::now());
+    const auto http_left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(drain_deadline - std::chrono::steady_clock::now());
     calls_idle = http->WaitIdle(std::max(http_left, std::chrono::milliseconds(0))) && calls_idle;
   }
   if (!engine_idle || !calls_idle) {

@@ -6,8 +6,9 @@
 
 namespace glmserve {
 
-absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateServeEngine(
-    const ServeFlags& flags, std::unique_ptr<StepExecutor> executor, const ModelInfo& info) {
+absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateServeEngine(const ServeFlags& flags,
+                                                                   std::unique_ptr<StepExecutor> executor,
+                                                                   const ModelInfo& info) {
   return CreateInferenceEngine(flags.engine, std::move(executor), info);
 }
 

@@ -10,7 +10,8 @@
 
 namespace glmserve {
 
-absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateServeEngine(
-    const ServeFlags& flags, std::unique_ptr<StepExecutor> executor, const ModelInfo& info);
+absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateServeEngine(const ServeFlags& flags,
+                                                                   std::unique_ptr<StepExecutor> executor,
+                                                                   const ModelInfo& info);
 
 }  // namespace glmserve

@@ -64,8 +64,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("default-max-new-tokens", &g.limits.default_max_new_tokens, 1, kIntMax, "used when max_new_tokens is 0");
   set.Int("max-prompt-tokens", &g.limits.max_prompt_tokens, 0, kIntMax, "longest prompt")
       .DefaultText(absl::StrCat(g.limits.max_prompt_tokens, " = the model's max context - 1"));
-  set.Int("default-deadline-ms", &g.default_deadline_ms, 0, kMsMax,
-          "for requests sent without a deadline; 0 = none");
+  set.Int("default-deadline-ms", &g.default_deadline_ms, 0, kMsMax, "for requests sent without a deadline; 0 = none");
   set.Bool("log-requests", &g.log_requests, "one stderr line per finished or refused request");
   set.Bool("reflection", &g.reflection, "gRPC server reflection (grpcurl list/describe)");
   const int64_t batch = sched.max_batch_size;
@@ -147,8 +146,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "the batch limit halves)");
   set.Int("debug-throw-on-step", &faults.throw_on_step, 0, kMsMax, "the K-th step attempt throws (an engine fault)")
       .ValueName("K");
-  set.Int("debug-stall-on-step", &faults.stall_on_step, 0, kMsMax,
-          "the K-th step attempt hangs for --debug-stall-ms")
+  set.Int("debug-stall-on-step", &faults.stall_on_step, 0, kMsMax, "the K-th step attempt hangs for --debug-stall-ms")
       .ValueName("K");
   set.Int("debug-stall-ms", &s.stall_ms, 0, kMsMax, "");
   set.Bool("debug-faults-persist", &f.debug_faults_persist, "faults also apply to rebuilt engines");

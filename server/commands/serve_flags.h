@@ -30,13 +30,13 @@ struct ServeFlags {
   int metrics_port = 0;  // Prometheus GET /metrics on --host:PORT; 0 = off
   // OpenAI-compatible HTTP/JSON API (server/frontend/http_server.h) on --host:PORT; -1 = off, 0 = any port.
   int http_port = -1;
-  int http_threads = 64;  // HTTP API requests answered at once (each holds its connection's thread)
-  int http_max_waiting = 256;         // HTTP requests waiting for one of those; beyond: 429
-  int http_max_connections = 512;     // open HTTP connections; beyond: 503 and closed
+  int http_threads = 64;                  // HTTP API requests answered at once (each holds its connection's thread)
+  int http_max_waiting = 256;             // HTTP requests waiting for one of those; beyond: 429
+  int http_max_connections = 512;         // open HTTP connections; beyond: 503 and closed
   int64_t http_read_timeout_ms = 10'000;  // an HTTP request's head and body must arrive within
 
   // Security and fairness (server/request/auth.h, server/request/client_quota.h), both front ends.
-  std::string api_key_file;  // keys, one a line (also GLMSERVE_API_KEY); none = no authentication
+  std::string api_key_file;                      // keys, one a line (also GLMSERVE_API_KEY); none = no authentication
   std::string tls_cert, tls_key, tls_client_ca;  // PEM files; none = plaintext
   // Queued plus running requests per client (API key, else peer address); 0 = no cap; -1 (unset)
   // = max(2 x --max-batch, (--max-queue + --max-batch) / 4), resolved by ParseServeFlags.
@@ -45,9 +45,9 @@ struct ServeFlags {
   std::string log_format = "json";  // json|text
 
   // Self-healing (server/ops/watchdog.h, server/commands/supervisor.h).
-  bool supervise = false;               // run the server as a child process, restart it on death
-  int64_t stall_timeout_ms = 60'000;    // a step running longer than this is an engine fault
-  int64_t restart_backoff_ms = 500;     // first rebuild delay; doubles per consecutive failure
+  bool supervise = false;             // run the server as a child process, restart it on death
+  int64_t stall_timeout_ms = 60'000;  // a step running longer than this is an engine fault
+  int64_t restart_backoff_ms = 500;   // first rebuild delay; doubles per consecutive failure
   int64_t restart_backoff_max_ms = 30'000;
   int32_t max_restarts = 5;             // this many engine failures within the window ...
   int64_t restart_window_ms = 600'000;  // ... and the server stays NOT_SERVING, saying why

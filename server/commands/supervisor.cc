@@ -55,7 +55,8 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
   for (;;) {
     const pid_t child = fork();
     if (child < 0) {
-      LogEvent(LogLevel::kError, "supervisor_fork_failed", "", absl::StrCat("supervisor: fork failed: ", strerror(errno)));
+      LogEvent(LogLevel::kError, "supervisor_fork_failed", "",
+               absl::StrCat("supervisor: fork failed: ", strerror(errno)));
       return kExitFailure;
     }
     if (child == 0) {
@@ -68,8 +69,7 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
       execv(cargv[0], cargv.data());
       _exit(127);
     }
-    LogEvent(LogLevel::kInfo, "child_started", "",
-             absl::StrCat("supervisor: started server child pid ", child),
+    LogEvent(LogLevel::kInfo, "child_started", "", absl::StrCat("supervisor: started server child pid ", child),
              {{"child_pid", child}, {"restarts", restarts}, {"supervisor_pid", getpid()}});
     const SteadyClock::time_point started = SteadyClock::now();
     int status = 0;
@@ -108,15 +108,13 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
     const int in_window = static_cast<int>(failures.size());
     if (in_window >= flags.max_restarts) {
       LogEvent(LogLevel::kError, "supervisor_crash_loop", "",
-               absl::StrCat("supervisor: the server died ", in_window, " times within ",
-                            flags.restart_window_ms / 1000, " s (last: ", Describe(status),
-                            "); giving up"),
+               absl::StrCat("supervisor: the server died ", in_window, " times within ", flags.restart_window_ms / 1000,
+                            " s (last: ", Describe(status), "); giving up"),
                {{"failures", in_window}});
       return kExitFailure;
     }
-    const int64_t delay_ms =
-        std::min<int64_t>(flags.restart_backoff_ms * (int64_t{1} << std::min(in_window - 1, 20)),
-                          flags.restart_backoff_max_ms);
+    const int64_t delay_ms = std::min<int64_t>(flags.restart_backoff_ms * (int64_t{1} << std::min(in_window - 1, 20)),
+                                               flags.restart_backoff_max_ms);
     LogEvent(LogLevel::kWarn, "child_restart_scheduled", "",
              absl::StrCat("supervisor: restarting the server in ", delay_ms, " ms"),
              {{"backoff_ms", delay_ms}, {"failures_in_window", in_window}});

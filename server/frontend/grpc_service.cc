@@ -20,10 +20,10 @@
 #include "absl/strings/str_cat.h"
 #include "glmserve/v1/inference.grpc.pb.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/ops/logging.h"
 #include "server/ops/port_probe.h"
 #include "server/request/auth.h"
 #include "server/request/client_quota.h"
-#include "server/ops/logging.h"
 #include "server/request/request.h"
 #include "server/request/request_session.h"
 
@@ -113,10 +113,9 @@ class MalformedRequestGuard final : public grpc::internal::MethodHandler {
   void RunHandler(const HandlerParameter& param) override {
     if (param.status.ok()) return inner_->RunHandler(param);
     std::string detail = param.status.error_message();
-    const grpc::Status malformed(
-        grpc::INVALID_ARGUMENT,
-        absl::StrCat("malformed request: the body is not a valid protobuf ", message_type_,
-                     detail.empty() ? "" : absl::StrCat(" (", detail, ")")));
+    const grpc::Status malformed(grpc::INVALID_ARGUMENT,
+                                 absl::StrCat("malformed request: the body is not a valid protobuf ", message_type_,
+                                              detail.empty() ? "" : absl::StrCat(" (", detail, ")")));
     t_malformed = &malformed;
     inner_->RunHandler(HandlerParameter(param.call, param.server_context, param.request, grpc::Status::OK,
                                         param.internal_data, param.call_requester));
@@ -175,7 +174,7 @@ void RouteLibraryLogs() {
     google::protobuf::SetLogHandler(
         [](google::protobuf::LogLevel level, const char* file, int line, const std::string& message) {
           // A client's bad bytes ("String field ... contains invalid UTF-8") are no server error.
-          const LogLevel l = level >= google::protobuf::LOGLEVEL_FATAL ? LogLevel::kError
+          const LogLevel l = level >= google::protobuf::LOGLEVEL_FATAL     ? LogLevel::kError
                              : level >= google::protobuf::LOGLEVEL_WARNING ? LogLevel::kWarn
                                                                            : LogLevel::kInfo;
           LogEvent(l, "protobuf_library", "", message, {{"file", file != nullptr ? file : ""}, {"line", line}});
@@ -196,10 +195,9 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
 
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
                                   v1::InferResponse* response) override;
-  grpc::ServerWriteReactor<v1::InferResponse>* InferStream(
-      grpc::CallbackServerContext* ctx, const v1::InferRequest* request) override;
-  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx,
-                                         const v1::GetModelInfoRequest* request,
+  grpc::ServerWriteReactor<v1::InferResponse>* InferStream(grpc::CallbackServerContext* ctx,
+                                                           const v1::InferRequest* request) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
 
   void SetEngine(InferenceEngine* engine, int32_t max_batch) {
@@ -325,8 +323,8 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
     if (bad_id) return Refuse(*bad_id);
     std::string client;
     if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) {
-      return Refuse(MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated,
-                                denied.error_message()));
+      return Refuse(
+          MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated, denied.error_message()));
     }
     Admission admission;
     std::optional<Refusal> refusal = sessions.Admit(client, &admission);
@@ -347,8 +345,8 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
       return Refuse(MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled, "cancelled by the client"));
     }
     std::shared_ptr<RequestSession> session;
-    if (auto refused = sessions.Submit(admission, std::move(request), std::move(info), typed.stop,
-                                       shared_from_this(), &session)) {
+    if (auto refused =
+            sessions.Submit(admission, std::move(request), std::move(info), typed.stop, shared_from_this(), &session)) {
       return Refuse(*refused);  // RESOURCE_EXHAUSTED keeps the engine's retry hint in its message
     }
     {
@@ -426,14 +424,11 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
 
 class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
  public:
-  UnaryCall(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx,
-            v1::InferResponse* response)
+  UnaryCall(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx, v1::InferResponse* response)
       : CallBase(service, ctx, "Infer"), response_(response) {}
 
-  static grpc::ServerUnaryReactor* Create(InferenceServiceImpl* service,
-                                          grpc::CallbackServerContext* ctx,
-                                          const v1::InferRequest* request,
-                                          v1::InferResponse* response) {
+  static grpc::ServerUnaryReactor* Create(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx,
+                                          const v1::InferRequest* request, v1::InferResponse* response) {
     auto call = std::make_shared<UnaryCall>(service, ctx, response);
     call->self_ = call;
     call->Begin(*request);
@@ -470,8 +465,7 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
 
 class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::InferResponse> {
  public:
-  StreamCall(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx)
-      : CallBase(service, ctx, "InferStream") {}
+  StreamCall(InferenceServiceImpl* service, grpc::CallbackServerContext* ctx) : CallBase(service, ctx, "InferStream") {}
 
   static grpc::ServerWriteReactor<v1::InferResponse>* Create(InferenceServiceImpl* service,
                                                              grpc::CallbackServerContext* ctx,
@@ -582,8 +576,11 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
     }
     if (action == kFinish || action == kWriteAndFinish) ReleaseQuota();
     switch (action) {
-      case kNothing: break;
-      case kWrite: StartWrite(&out_); break;
+      case kNothing:
+        break;
+      case kWrite:
+        StartWrite(&out_);
+        break;
       case kWriteAndFinish:
         ctx_->AddTrailingMetadata(kRequestIdMetadata, request_id_);
         StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
@@ -607,21 +604,18 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
   v1::InferResponse out_;  // the one outstanding write
 };
 
-
-grpc::ServerUnaryReactor* InferenceServiceImpl::Infer(grpc::CallbackServerContext* ctx,
-                                                      const v1::InferRequest* request,
+grpc::ServerUnaryReactor* InferenceServiceImpl::Infer(grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
                                                       v1::InferResponse* response) {
   return UnaryCall::Create(this, ctx, request, response);
 }
 
-grpc::ServerWriteReactor<v1::InferResponse>* InferenceServiceImpl::InferStream(
-    grpc::CallbackServerContext* ctx, const v1::InferRequest* request) {
+grpc::ServerWriteReactor<v1::InferResponse>* InferenceServiceImpl::InferStream(grpc::CallbackServerContext* ctx,
+                                                                               const v1::InferRequest* request) {
   return StreamCall::Create(this, ctx, request);
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::GetModelInfo(grpc::CallbackServerContext* ctx,
-                                                             const v1::GetModelInfoRequest*,
-                                                             v1::ModelInfo* response) {
+                                                             const v1::GetModelInfoRequest*, v1::ModelInfo* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   std::string client;
   if (grpc::Status denied = Authenticate(ctx, options_, &client); !denied.ok()) {
@@ -644,34 +638,35 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::GetModelInfo(grpc::CallbackServe
 
 void InferenceServiceImpl::GuardAgainstMalformedRequests() {
   // Method indices as in the generated CallbackService (the proto's order).
-  MarkMethodCallback(0, new MalformedRequestGuard(
-                            new grpc::internal::CallbackUnaryHandler<v1::InferRequest, v1::InferResponse>(
-                                [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
-                                       v1::InferResponse* response) -> grpc::ServerUnaryReactor* {
-                                  if (t_malformed == nullptr) return Infer(ctx, request, response);
-                                  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-                                  reactor->Finish(AnswerMalformed(ctx, options_, "Infer"));
-                                  return reactor;
-                                }),
-                            v1::InferRequest::descriptor()->full_name()));
-  MarkMethodCallback(1, new MalformedRequestGuard(
-                            new grpc::internal::CallbackServerStreamingHandler<v1::InferRequest, v1::InferResponse>(
-                                [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request)
-                                    -> grpc::ServerWriteReactor<v1::InferResponse>* {
-                                  if (t_malformed == nullptr) return InferStream(ctx, request);
-                                  return new FinishOnlyWriteReactor(AnswerMalformed(ctx, options_, "InferStream"));
-                                }),
-                            v1::InferRequest::descriptor()->full_name()));
-  MarkMethodCallback(2, new MalformedRequestGuard(
-                            new grpc::internal::CallbackUnaryHandler<v1::GetModelInfoRequest, v1::ModelInfo>(
-                                [this](grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest* request,
-                                       v1::ModelInfo* response) -> grpc::ServerUnaryReactor* {
-                                  if (t_malformed == nullptr) return GetModelInfo(ctx, request, response);
-                                  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-                                  reactor->Finish(AnswerMalformed(ctx, options_, "GetModelInfo"));
-                                  return reactor;
-                                }),
-                            v1::GetModelInfoRequest::descriptor()->full_name()));
+  MarkMethodCallback(
+      0, new MalformedRequestGuard(new grpc::internal::CallbackUnaryHandler<v1::InferRequest, v1::InferResponse>(
+                                       [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
+                                              v1::InferResponse* response) -> grpc::ServerUnaryReactor* {
+                                         if (t_malformed == nullptr) return Infer(ctx, request, response);
+                                         grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+                                         reactor->Finish(AnswerMalformed(ctx, options_, "Infer"));
+                                         return reactor;
+                                       }),
+                                   v1::InferRequest::descriptor()->full_name()));
+  MarkMethodCallback(1,
+                     new MalformedRequestGuard(
+                         new grpc::internal::CallbackServerStreamingHandler<v1::InferRequest, v1::InferResponse>(
+                             [this](grpc::CallbackServerContext* ctx,
+                                    const v1::InferRequest* request) -> grpc::ServerWriteReactor<v1::InferResponse>* {
+                               if (t_malformed == nullptr) return InferStream(ctx, request);
+                               return new FinishOnlyWriteReactor(AnswerMalformed(ctx, options_, "InferStream"));
+                             }),
+                         v1::InferRequest::descriptor()->full_name()));
+  MarkMethodCallback(
+      2, new MalformedRequestGuard(new grpc::internal::CallbackUnaryHandler<v1::GetModelInfoRequest, v1::ModelInfo>(
+                                       [this](grpc::CallbackServerContext* ctx, const v1::GetModelInfoRequest* request,
+                                              v1::ModelInfo* response) -> grpc::ServerUnaryReactor* {
+                                         if (t_malformed == nullptr) return GetModelInfo(ctx, request, response);
+                                         grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+                                         reactor->Finish(AnswerMalformed(ctx, options_, "GetModelInfo"));
+                                         return reactor;
+                                       }),
+                                   v1::GetModelInfoRequest::descriptor()->full_name()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,18 +718,16 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_time_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, options.keepalive_timeout_ms);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
-                             options.keepalive_permit_without_calls ? 1 : 0);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-                             options.min_ping_interval_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, options.keepalive_permit_without_calls ? 1 : 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, options.min_ping_interval_ms);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
   // A second server on the same port is an error, not a silent load balancer.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     // The destructor's Shutdown() copes with the null server_.
-    return absl::UnavailableError(absl::StrCat("--port ", options.port, ": cannot listen on ",
-                                               FormatAddress(options.host, options.port)));
+    return absl::UnavailableError(
+        absl::StrCat("--port ", options.port, ": cannot listen on ", FormatAddress(options.host, options.port)));
   }
   server->SetServing(false);
   return server;
@@ -746,9 +739,7 @@ GrpcServer::~GrpcServer() {
 
 std::string GrpcServer::address() const { return FormatAddress(options_.host, port_); }
 
-void GrpcServer::SetEngine(InferenceEngine* engine, int32_t max_batch) {
-  service_->SetEngine(engine, max_batch);
-}
+void GrpcServer::SetEngine(InferenceEngine* engine, int32_t max_batch) { service_->SetEngine(engine, max_batch); }
 
 void GrpcServer::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
   service_->SetTokenizer(std::move(tokenizer));

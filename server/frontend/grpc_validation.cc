@@ -23,8 +23,7 @@ GenerateRequest FromProto(const v1::InferRequest& request) {
   return out;
 }
 
-absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& request,
-                                                      const FrontendLimits& limits,
+absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& request, const FrontendLimits& limits,
                                                       const ValidationModel& model) {
   InferenceRequest out;
   if (auto refusal = ValidateRequest(FromProto(request), limits, model, Dialect::kProto, &out)) {
@@ -40,12 +39,18 @@ absl::Status ValidateRequestId(const std::string& request_id, const FrontendLimi
 
 v1::FinishReason ToProtoFinishReason(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kUnspecified: return v1::UNSPECIFIED;
-    case FinishReason::kLength: return v1::LENGTH;
-    case FinishReason::kStop: return v1::STOP;
-    case FinishReason::kCancelled: return v1::CANCELLED;
-    case FinishReason::kDeadline: return v1::DEADLINE;
-    case FinishReason::kError: return v1::ERROR;
+    case FinishReason::kUnspecified:
+      return v1::UNSPECIFIED;
+    case FinishReason::kLength:
+      return v1::LENGTH;
+    case FinishReason::kStop:
+      return v1::STOP;
+    case FinishReason::kCancelled:
+      return v1::CANCELLED;
+    case FinishReason::kDeadline:
+      return v1::DEADLINE;
+    case FinishReason::kError:
+      return v1::ERROR;
   }
   return v1::UNSPECIFIED;
 }

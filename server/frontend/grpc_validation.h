@@ -20,8 +20,7 @@ GenerateRequest FromProto(const v1::InferRequest& request);
 
 // FromProto + ValidateRequest in the proto's dialect: INVALID_ARGUMENT names the field and the
 // accepted range (request_id and deadline are left to the caller).
-absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& request,
-                                                      const FrontendLimits& limits,
+absl::StatusOr<InferenceRequest> ValidateInferRequest(const v1::InferRequest& request, const FrontendLimits& limits,
                                                       const ValidationModel& model);
 
 // Checks a client-supplied request_id (empty is fine: the server generates one).

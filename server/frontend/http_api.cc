@@ -4,10 +4,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "server/request/request_validation.h"
@@ -23,13 +22,20 @@ Refusal Bad(std::string param, const std::string& message, RefusalKind kind = Re
 
 const char* TypeName(const json& v) {
   switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::string: return "a string";
-    case json::value_t::array: return "an array";
-    case json::value_t::object: return "an object";
-    case json::value_t::number_float: return "a number";
-    default: return "an integer";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "a boolean";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::object:
+      return "an object";
+    case json::value_t::number_float:
+      return "a number";
+    default:
+      return "an integer";
   }
 }
 
@@ -45,8 +51,10 @@ int MaxDepth(const std::string& body) {
   for (size_t i = 0; i < body.size(); ++i) {
     const char c = body[i];
     if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
@@ -59,8 +67,7 @@ int MaxDepth(const std::string& body) {
 }
 
 // Optional typed fields: absent or null -> nullopt-like (returns false without error).
-std::optional<Refusal> GetNumber(const json& body, const char* key, double lo, double hi,
-                                   std::optional<double>* out) {
+std::optional<Refusal> GetNumber(const json& body, const char* key, double lo, double hi, std::optional<double>* out) {
   auto it = body.find(key);
   if (it == body.end() || it->is_null()) return std::nullopt;
   if (!it->is_number()) return WrongType(key, *it, "a number");
@@ -72,8 +79,7 @@ std::optional<Refusal> GetNumber(const json& body, const char* key, double lo, d
   return std::nullopt;
 }
 
-std::optional<Refusal> GetInt(const json& body, const char* key, int64_t lo, int64_t hi,
-                                std::optional<int64_t>* out) {
+std::optional<Refusal> GetInt(const json& body, const char* key, int64_t lo, int64_t hi, std::optional<int64_t>* out) {
   auto it = body.find(key);
   if (it == body.end() || it->is_null()) return std::nullopt;
   if (!it->is_number_integer()) {
@@ -125,11 +131,12 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
       if (!it->is_string()) return WrongType(ppath + ".text", *it, "a string");
       if (!text.empty()) text += "\n";
       text += it->get<std::string>();
-    } else if (t == "image_url" || t == "input_image" || t == "image" || t == "input_audio" ||
-               t == "audio" || t == "video_url" || t == "file") {
-      return Bad(ppath, absl::StrCat("content part type '", t,
-                                     "' is not supported: the loaded model has no vision input "
-                                     "(text parts only)"),
+    } else if (t == "image_url" || t == "input_image" || t == "image" || t == "input_audio" || t == "audio" ||
+               t == "video_url" || t == "file") {
+      return Bad(ppath,
+                 absl::StrCat("content part type '", t,
+                              "' is not supported: the loaded model has no vision input "
+                              "(text parts only)"),
                  RefusalKind::kUnsupportedContent);
     } else {
       return Bad(ppath + ".type", absl::StrCat("unknown content part type '", t, "'; expected 'text'"));
@@ -141,7 +148,8 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
 
 std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_request) {
   auto it = body.find("messages");
-  if (it == body.end() || it->is_null()) return Bad("messages", "missing (an array of {role, content})", RefusalKind::kMissingParameter);
+  if (it == body.end() || it->is_null())
+    return Bad("messages", "missing (an array of {role, content})", RefusalKind::kMissingParameter);
   if (!it->is_array()) return WrongType("messages", *it, "an array");
   if (it->empty()) return Bad("messages", "must contain at least one message");
   for (size_t i = 0; i < it->size(); ++i) {
@@ -174,7 +182,8 @@ std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_requ
 
 std::optional<Refusal> ParsePrompt(const json& body, GenerateRequest* out_request) {
   auto it = body.find("prompt");
-  if (it == body.end() || it->is_null()) return Bad("prompt", "missing (a string or an array of token ids)", RefusalKind::kMissingParameter);
+  if (it == body.end() || it->is_null())
+    return Bad("prompt", "missing (a string or an array of token ids)", RefusalKind::kMissingParameter);
   if (it->is_string()) {
     if (it->get_ref<const std::string&>().empty()) return Bad("prompt", "must not be empty");
     out_request->prompt = it->get<std::string>();
@@ -221,7 +230,8 @@ std::string HttpErrorBody(const HttpError& error) {
 std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out) {
   out->kind = kind;
   if (MaxDepth(body) > kMaxJsonDepth) {
-    return Bad("", absl::StrCat("request body nests deeper than ", kMaxJsonDepth, " levels"), RefusalKind::kInvalidJson);
+    return Bad("", absl::StrCat("request body nests deeper than ", kMaxJsonDepth, " levels"),
+               RefusalKind::kInvalidJson);
   }
   json parsed;
   try {
@@ -235,7 +245,9 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   } catch (const std::exception& e) {
     return Bad("", absl::StrCat("invalid JSON: ", e.what()), RefusalKind::kInvalidJson);
   }
-  if (!parsed.is_object()) return Bad("", absl::StrCat("request body must be a JSON object, got ", TypeName(parsed)), RefusalKind::kInvalidType);
+  if (!parsed.is_object())
+    return Bad("", absl::StrCat("request body must be a JSON object, got ", TypeName(parsed)),
+               RefusalKind::kInvalidType);
 
   if (auto it = parsed.find("model"); it == parsed.end() || it->is_null()) {
     return Bad("model", "missing", RefusalKind::kMissingParameter);
@@ -283,7 +295,8 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   }
   if (repetition) {
     if (!(*repetition > 0.0 && *repetition <= kMaxRepetitionPenalty)) {
-      return Bad("repetition_penalty", absl::StrCat(*repetition, " is outside (0, ", kMaxRepetitionPenalty, "] (1 = off)"));
+      return Bad("repetition_penalty",
+                 absl::StrCat(*repetition, " is outside (0, ", kMaxRepetitionPenalty, "] (1 = off)"));
     }
     request.repetition_penalty = static_cast<float>(*repetition);
   }
@@ -295,7 +308,8 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (auto e = GetBool(parsed, "ignore_eos", &request.min_equals_max)) return e;
 
   std::optional<int64_t> seed, n, top_k;
-  if (auto e = GetInt(parsed, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), &seed)) return e;
+  if (auto e = GetInt(parsed, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), &seed))
+    return e;
   if (seed) request.seed = static_cast<uint64_t>(*seed);
   if (auto e = GetInt(parsed, "n", 1, 1, &n)) {
     e->message = "n: only n = 1 is supported";
@@ -359,7 +373,8 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (auto it = parsed.find("response_format"); it != parsed.end() && !it->is_null()) {
     if (!it->is_object()) return WrongType("response_format", *it, "an object");
     auto type = it->find("type");
-    if (type == it->end() || !type->is_string()) return Bad("response_format.type", "expected a string", RefusalKind::kInvalidType);
+    if (type == it->end() || !type->is_string())
+      return Bad("response_format.type", "expected a string", RefusalKind::kInvalidType);
     if (type->get<std::string>() != "text") {
       return Bad("response_format.type", "only 'text' is supported", RefusalKind::kUnsupportedParameter);
     }
@@ -379,14 +394,30 @@ HttpError ToHttpError(const Refusal& refusal) {
     e.retry_after_s = static_cast<int>(std::max<int64_t>(1, (refusal.retry_after_ms + 999) / 1000));
   };
   switch (refusal.kind) {
-    case RefusalKind::kInvalidValue: e.code = "invalid_value"; break;
-    case RefusalKind::kInvalidType: e.code = "invalid_type"; break;
-    case RefusalKind::kMissingParameter: e.code = "missing_required_parameter"; break;
-    case RefusalKind::kUnsupportedParameter: e.code = "unsupported_parameter"; break;
-    case RefusalKind::kUnsupportedContent: e.code = "unsupported_content_type"; break;
-    case RefusalKind::kInvalidJson: e.code = "invalid_json"; break;
-    case RefusalKind::kContextLength: e.code = "context_length_exceeded"; break;
-    case RefusalKind::kBadRequest: e.code = "bad_request"; break;
+    case RefusalKind::kInvalidValue:
+      e.code = "invalid_value";
+      break;
+    case RefusalKind::kInvalidType:
+      e.code = "invalid_type";
+      break;
+    case RefusalKind::kMissingParameter:
+      e.code = "missing_required_parameter";
+      break;
+    case RefusalKind::kUnsupportedParameter:
+      e.code = "unsupported_parameter";
+      break;
+    case RefusalKind::kUnsupportedContent:
+      e.code = "unsupported_content_type";
+      break;
+    case RefusalKind::kInvalidJson:
+      e.code = "invalid_json";
+      break;
+    case RefusalKind::kContextLength:
+      e.code = "context_length_exceeded";
+      break;
+    case RefusalKind::kBadRequest:
+      e.code = "bad_request";
+      break;
     case RefusalKind::kPayloadTooLarge:
       e.status = 413;
       e.code = "payload_too_large";
@@ -407,11 +438,21 @@ HttpError ToHttpError(const Refusal& refusal) {
       e.status = 401;
       e.code = "invalid_api_key";
       break;
-    case RefusalKind::kClientQuota: busy(429, "rate_limit_error", "rate_limit_exceeded"); break;
-    case RefusalKind::kQueueFull: busy(429, "rate_limit_error", "overloaded"); break;
-    case RefusalKind::kDraining: busy(503, "service_unavailable_error", "draining"); break;
-    case RefusalKind::kUnavailable: busy(503, "service_unavailable_error", "unavailable"); break;
-    case RefusalKind::kTooManyConnections: busy(503, "service_unavailable_error", "too_many_connections"); break;
+    case RefusalKind::kClientQuota:
+      busy(429, "rate_limit_error", "rate_limit_exceeded");
+      break;
+    case RefusalKind::kQueueFull:
+      busy(429, "rate_limit_error", "overloaded");
+      break;
+    case RefusalKind::kDraining:
+      busy(503, "service_unavailable_error", "draining");
+      break;
+    case RefusalKind::kUnavailable:
+      busy(503, "service_unavailable_error", "unavailable");
+      break;
+    case RefusalKind::kTooManyConnections:
+      busy(503, "service_unavailable_error", "too_many_connections");
+      break;
     case RefusalKind::kDeadline:
       e.status = 504;
       e.type = "timeout_error";
@@ -431,8 +472,7 @@ HttpError ToHttpError(const Refusal& refusal) {
   return e;
 }
 
-std::optional<Refusal> ParseTimeout(const std::string& text, const std::string& param,
-                                      std::chrono::milliseconds* out) {
+std::optional<Refusal> ParseTimeout(const std::string& text, const std::string& param, std::chrono::milliseconds* out) {
   std::string number = text;
   double scale = 1000.0;
   if (number.size() > 2 && number.compare(number.size() - 2, 2, "ms") == 0) {
@@ -444,7 +484,8 @@ std::optional<Refusal> ParseTimeout(const std::string& text, const std::string& 
   char* end = nullptr;
   const double v = number.empty() ? -1 : std::strtod(number.c_str(), &end);
   if (number.empty() || end == nullptr || *end != '\0' || !std::isfinite(v) || v <= 0 || v * scale > 86400e3) {
-    return Bad(param, absl::StrCat("'", text.substr(0, 64), "' is not a timeout in (0, 86400] seconds (e.g. 2.5, 300ms)"));
+    return Bad(param,
+               absl::StrCat("'", text.substr(0, 64), "' is not a timeout in (0, 86400] seconds (e.g. 2.5, 300ms)"));
   }
   *out = std::chrono::milliseconds(std::max<int64_t>(1, static_cast<int64_t>(v * scale)));
   return std::nullopt;

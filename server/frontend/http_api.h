@@ -19,8 +19,8 @@ struct HttpError {
   int status = 400;
   std::string type = "invalid_request_error";
   std::string message;
-  std::string param;  // JSON path: "messages[2].content", "max_tokens"; "" -> null
-  std::string code;   // "" -> null
+  std::string param;      // JSON path: "messages[2].content", "max_tokens"; "" -> null
+  std::string code;       // "" -> null
   int retry_after_s = 0;  // > 0: Retry-After header (429, 503)
 };
 std::string HttpErrorBody(const HttpError& error);  // the JSON object, one line
@@ -55,7 +55,6 @@ inline Dialect DialectOf(ApiKind kind) {
 
 // A `timeout` value: seconds as a decimal number, optionally suffixed "s" or "ms" ("2.5", "300ms").
 // In (0, 86400] s.
-std::optional<Refusal> ParseTimeout(const std::string& text, const std::string& param,
-                                      std::chrono::milliseconds* out);
+std::optional<Refusal> ParseTimeout(const std::string& text, const std::string& param, std::chrono::milliseconds* out);
 
 }  // namespace glmserve

@@ -14,20 +14,19 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/frontend/http_api.h"
+#include "server/ops/logging.h"
 #include "server/ops/port_probe.h"
 #include "server/request/auth.h"
 #include "server/request/client_quota.h"
-#include "server/frontend/http_api.h"
-#include "server/ops/logging.h"
 #include "server/request/request.h"
 #include "server/request/request_session.h"
 #include "server/request/request_validation.h"
@@ -71,11 +70,11 @@ struct HttpServer::State {
   int active = 0;                     // guarded by mu
   // Connections (each on a thread of its own) and API requests being answered / waiting for a
   // serving slot (HttpServerOptions::threads, max_waiting, max_connections).
-  int connections = 0;                // guarded by mu
-  int tls_refusals = 0;               // guarded by mu; TLS connections over the cap being answered 503
+  int connections = 0;   // guarded by mu
+  int tls_refusals = 0;  // guarded by mu; TLS connections over the cap being answered 503
   std::condition_variable connections_cv;
-  int api_serving = 0;                // guarded by mu
-  int api_waiting = 0;                // guarded by mu
+  int api_serving = 0;  // guarded by mu
+  int api_waiting = 0;  // guarded by mu
   std::condition_variable slot_cv;
 
   void CallStarted() {
@@ -186,9 +185,7 @@ class Connection final : public httplib::Stream {
  public:
   Connection(int fd, SSL* ssl, int64_t write_timeout_ms) : fd_(fd), ssl_(ssl), write_timeout_ms_(write_timeout_ms) {}
 
-  bool is_readable() const override {
-    return buffered() > 0 || PollFd(fd_, POLLIN, ReadWaitMs()) > 0;
-  }
+  bool is_readable() const override { return buffered() > 0 || PollFd(fd_, POLLIN, ReadWaitMs()) > 0; }
   bool is_writable() const override { return PollFd(fd_, POLLOUT, write_timeout_ms_) > 0; }
   ssize_t read(char* ptr, size_t size) override {
     if (size == 0) return 0;
@@ -348,8 +345,9 @@ class Connection final : public httplib::Stream {
     fatal_ = err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL;
     std::string why = TakeOpenSslError();
     if (why.empty()) {
-      why = err == SSL_ERROR_SYSCALL ? (saved_errno != 0 ? std::string(std::strerror(saved_errno)) : "connection closed")
-                                     : absl::StrCat("SSL error ", err);
+      why = err == SSL_ERROR_SYSCALL
+                ? (saved_errno != 0 ? std::string(std::strerror(saved_errno)) : "connection closed")
+                : absl::StrCat("SSL error ", err);
     }
     NoteTlsError(stage, why);
     return 0;
@@ -381,7 +379,7 @@ class Connection final : public httplib::Stream {
 // the cap), or, over TLS with every refusal thread busy, closed unanswered.
 enum class ConnectionFate { kServe, kRefuse, kDrop };
 
-thread_local Connection* tls_connection = nullptr;  // the connection this thread is answering
+thread_local Connection* tls_connection = nullptr;              // the connection this thread is answering
 thread_local ConnectionFate tls_fate = ConnectionFate::kServe;  // set by ConnectionThreads
 
 // Over TLS a refusal (503 at the cap) needs a handshake, so it cannot be answered on the accept
@@ -394,8 +392,9 @@ constexpr int64_t kTlsRefusalMs = 1'000;
 // A whole response written outside httplib (connection refused, request head timed out).
 std::string RawResponse(int status, const char* reason, const HttpError& e) {
   const std::string body = HttpErrorBody(e);
-  std::string out = absl::StrCat("HTTP/1.1 ", status, " ", reason, "\r\nContent-Type: application/json\r\nContent-Length: ",
-                                 body.size(), "\r\nConnection: close\r\n");
+  std::string out =
+      absl::StrCat("HTTP/1.1 ", status, " ", reason,
+                   "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n");
   if (e.retry_after_s > 0) absl::StrAppend(&out, "Retry-After: ", e.retry_after_s, "\r\n");
   absl::StrAppend(&out, "\r\n", body);
   return out;
@@ -517,10 +516,10 @@ class ApiHttpServer final : public httplib::Server {
     std::string ip;
     int port = 0;
     conn.get_remote_ip_and_port(ip, port);
-    LogEvent(slow ? LogLevel::kInfo : LogLevel::kDebug, slow ? "tls_handshake_timeout" : "tls_error", "",
-             slow ? "TLS handshake not completed within --http-read-timeout-ms; connection closed"
-                  : "TLS connection failed",
-             {{"peer", FormatAddress(ip, port)}, {"error", conn.tls_error()}});
+    LogEvent(
+        slow ? LogLevel::kInfo : LogLevel::kDebug, slow ? "tls_handshake_timeout" : "tls_error", "",
+        slow ? "TLS handshake not completed within --http-read-timeout-ms; connection closed" : "TLS connection failed",
+        {{"peer", FormatAddress(ip, port)}, {"error", conn.tls_error()}});
   }
 
   std::shared_ptr<State> state_;
@@ -617,7 +616,7 @@ struct ServingSlot {
 // The HTTP half of one request over its RequestSession: the handler thread waits on it (unary) or
 // the SSE provider drains it (stream); the session's delivery worker fills it.
 struct Call final : public SessionSink {
-  bool has_text = false;  // a tokenizer: deltas carry text, else each step's ids
+  bool has_text = false;                    // a tokenizer: deltas carry text, else each step's ids
   std::shared_ptr<RequestSession> session;  // set before anyone waits on the call
 
   std::mutex mu;
@@ -630,11 +629,11 @@ struct Call final : public SessionSink {
     std::vector<int32_t> token_ids;
   };
   std::deque<Delta> deltas;  // guarded by mu
-  bool done = false;               // guarded by mu
-  RequestResult result;            // guarded by mu; valid once done
-  std::string tail;                // guarded by mu; text held back until the end
-  std::string text;                // guarded by mu; the whole text (unary)
-  ClientQuota::Lease quota;        // handler thread: released when the answer is complete
+  bool done = false;         // guarded by mu
+  RequestResult result;      // guarded by mu; valid once done
+  std::string tail;          // guarded by mu; text held back until the end
+  std::string text;          // guarded by mu; the whole text (unary)
+  ClientQuota::Lease quota;  // handler thread: released when the answer is complete
 
   void OnStep(const std::vector<int32_t>& ids, const std::string& delta) override {
     if (has_text && delta.empty()) return;
@@ -706,9 +705,7 @@ Refusal ShutDownRefusal() {
                      "server shut down before the request finished");
 }
 
-const char* FinishName(FinishReason reason) {
-  return reason == FinishReason::kLength ? "length" : "stop";
-}
+const char* FinishName(FinishReason reason) { return reason == FinishReason::kLength ? "length" : "stop"; }
 
 json Usage(const RequestResult& r) {
   const int64_t completion = static_cast<int64_t>(r.output_ids.size());
@@ -765,8 +762,8 @@ class Handler {
                                 "server is draining; retry on another replica"));
     }
     if (!serving && !sessions.draining()) {
-      return refuse(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable,
-                                sessions.options().loading_message));
+      return refuse(
+          MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable, sessions.options().loading_message));
     }
     // Draining, loading, then the per-client cap: before tokenization.
     Admission admission;
@@ -790,8 +787,8 @@ class Handler {
     auto call = std::make_shared<Call>();
     call->has_text = admission.model.tokenizer != nullptr;
     call->quota = std::move(admission.quota);
-    if (auto e = sessions.Submit(admission, std::move(request), std::move(info), api.request.stop, call,
-                                 &call->session)) {
+    if (auto e =
+            sessions.Submit(admission, std::move(request), std::move(info), api.request.stop, call, &call->session)) {
       return refuse(*e);
     }
 
@@ -908,15 +905,23 @@ class Handler {
     if (!result.status.ok()) return SetError(res, ToHttpError(RefusalFromStatus(result.status)));
     json body;
     if (api.kind == ApiKind::kChat) {
-      body = {{"id", id}, {"object", "chat.completion"}, {"created", created}, {"model", api.model},
+      body = {{"id", id},
+              {"object", "chat.completion"},
+              {"created", created},
+              {"model", api.model},
               {"choices", json::array({{{"index", 0},
                                         {"message", {{"role", "assistant"}, {"content", text}}},
                                         {"logprobs", nullptr},
                                         {"finish_reason", FinishName(result.finish_reason)}}})},
               {"usage", Usage(result)}};
     } else {
-      body = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", api.model},
-              {"choices", json::array({{{"index", 0}, {"text", text}, {"logprobs", nullptr},
+      body = {{"id", id},
+              {"object", "text_completion"},
+              {"created", created},
+              {"model", api.model},
+              {"choices", json::array({{{"index", 0},
+                                        {"text", text},
+                                        {"logprobs", nullptr},
                                         {"finish_reason", FinishName(result.finish_reason)}}})},
               {"usage", Usage(result)}};
     }
@@ -939,8 +944,11 @@ class Handler {
       json choice = chat ? json{{"index", 0}, {"delta", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}}
                          : json{{"index", 0}, {"text", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}};
       if (!token_ids.empty()) choice["token_ids"] = token_ids;
-      json j = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
-                {"model", model}, {"choices", json::array({choice})}};
+      json j = {{"id", id},
+                {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                {"created", created},
+                {"model", model},
+                {"choices", json::array({choice})}};
       if (include_usage) j["usage"] = nullptr;
       return absl::StrCat("data: ", Dump(j), "\n\n");
     };
@@ -996,8 +1004,12 @@ class Handler {
           if (!tail.empty() && !write(chunk(chat ? json{{"content", tail}} : json(tail), nullptr))) return false;
           if (!write(chunk(chat ? json::object() : json(""), FinishName(result.finish_reason)))) return false;
           if (include_usage) {
-            json j = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                      {"created", created}, {"model", model}, {"choices", json::array()}, {"usage", Usage(result)}};
+            json j = {{"id", id},
+                      {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                      {"created", created},
+                      {"model", model},
+                      {"choices", json::array()},
+                      {"usage", Usage(result)}};
             if (!write(absl::StrCat("data: ", Dump(j), "\n\n"))) return false;
           }
           if (!write("data: [DONE]\n\n")) return false;
@@ -1139,8 +1151,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       return;
     }
     const int32_t max_context = state->sessions.model().max_context;
-    json model = {{"id", state->options.model_name}, {"object", "model"}, {"created", NowSeconds()},
-                  {"owned_by", "glmserve"}};
+    json model = {
+        {"id", state->options.model_name}, {"object", "model"}, {"created", NowSeconds()}, {"owned_by", "glmserve"}};
     if (max_context > 0) model["max_model_len"] = max_context;
     res.set_content(Dump(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
   });
@@ -1194,7 +1206,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   const int port = options.port == 0 ? svr.bind_to_any_port(options.host)
                                      : (svr.bind_to_port(options.host, options.port) ? options.port : -1);
   if (port <= 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", FormatAddress(options.host, options.port), " (HTTP)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", FormatAddress(options.host, options.port), " (HTTP)"));
   }
   server->port_ = port;
   // httplib listens with a backlog of 5 (compiled in): a burst of new connections beyond that has

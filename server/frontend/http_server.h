@@ -16,8 +16,8 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/engine.h"
-#include "server/request/request_validation.h"
 #include "server/ops/request_observer.h"
+#include "server/request/request_validation.h"
 
 namespace httplib {
 class Server;

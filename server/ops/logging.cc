@@ -33,20 +33,28 @@ spdlog::logger& Logger() {
 
 spdlog::level::level_enum ToSpd(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return spdlog::level::debug;
-    case LogLevel::kInfo: return spdlog::level::info;
-    case LogLevel::kWarn: return spdlog::level::warn;
-    case LogLevel::kError: return spdlog::level::err;
+    case LogLevel::kDebug:
+      return spdlog::level::debug;
+    case LogLevel::kInfo:
+      return spdlog::level::info;
+    case LogLevel::kWarn:
+      return spdlog::level::warn;
+    case LogLevel::kError:
+      return spdlog::level::err;
   }
   return spdlog::level::info;
 }
 
 const char* LevelName(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return "debug";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kWarn: return "warn";
-    case LogLevel::kError: return "error";
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarn:
+      return "warn";
+    case LogLevel::kError:
+      return "error";
   }
   return "info";
 }
@@ -54,8 +62,7 @@ const char* LevelName(LogLevel level) {
 std::string NowRfc3339() {
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);
-  const int64_t ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  const int64_t ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[32];
@@ -76,8 +83,7 @@ absl::Status ConfigureLogging(const std::string& level, const std::string& forma
   } else if (level == "error") {
     l = LogLevel::kError;
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--log-level: '", level, "' is not debug|info|warn|error"));
+    return absl::InvalidArgumentError(absl::StrCat("--log-level: '", level, "' is not debug|info|warn|error"));
   }
   if (format != "json" && format != "text") {
     return absl::InvalidArgumentError(absl::StrCat("--log-format: '", format, "' is not json|text"));
@@ -91,8 +97,8 @@ bool LogEnabled(LogLevel level) { return static_cast<int>(level) >= g_level.load
 
 namespace {
 
-void Emit(LogLevel level, std::string_view event, std::string_view request_id,
-          std::string_view msg, const nlohmann::json& fields, bool text_fields = true) {
+void Emit(LogLevel level, std::string_view event, std::string_view request_id, std::string_view msg,
+          const nlohmann::json& fields, bool text_fields = true) {
   std::string line;
   if (g_json) {
     nlohmann::json j = nlohmann::json::object();
@@ -119,8 +125,8 @@ void Emit(LogLevel level, std::string_view event, std::string_view request_id,
 
 }  // namespace
 
-void LogEvent(LogLevel level, std::string_view event, std::string_view request_id,
-              std::string_view msg, const nlohmann::json& fields) {
+void LogEvent(LogLevel level, std::string_view event, std::string_view request_id, std::string_view msg,
+              const nlohmann::json& fields) {
   if (LogEnabled(level)) Emit(level, event, request_id, msg, fields);
 }
 

@@ -3,10 +3,9 @@
 // Thread-safe. Before ConfigureLogging the format is text at level info.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 
@@ -20,8 +19,8 @@ bool LogEnabled(LogLevel level);
 
 // `event` is a stable snake_case name (request_accepted, engine_restarted, ...); `msg` is the
 // human sentence (the whole text line when fields are empty); `fields` a JSON object.
-void LogEvent(LogLevel level, std::string_view event, std::string_view request_id,
-              std::string_view msg, const nlohmann::json& fields = nlohmann::json::object());
+void LogEvent(LogLevel level, std::string_view event, std::string_view request_id, std::string_view msg,
+              const nlohmann::json& fields = nlohmann::json::object());
 // Lifecycle lines scripts wait for ("serving on HOST:PORT"): level info, logged at every
 // --log-level.
 void LogLifecycle(std::string_view event, std::string_view msg,

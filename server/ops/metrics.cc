@@ -1,13 +1,12 @@
 #include "server/ops/metrics.h"
 
 #include <httplib.h>
+#include <netdb.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
-
-#include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -41,9 +40,8 @@ std::vector<std::string> ListenHosts(const std::string& host_in) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::string& host,
-                                                                      int port,
-                                                                      const std::string& version) {
+absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::string& host, int port,
+                                                                     const std::string& version) {
   std::unique_ptr<ServerMetrics> m(new ServerMetrics());
   m->registry_ = std::make_shared<prometheus::Registry>();
   prometheus::Registry& r = *m->registry_;
@@ -186,13 +184,10 @@ void ServerMetrics::OnEngineRestart() { restarts_->Increment(); }
 void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   queue_depth_->Set(stats.waiting);
   batch_limit_->Set(stats.batch_limit);
-  kv_usage_->Set(stats.blocks_total > 0
-                     ? static_cast<double>(stats.blocks_used) / stats.blocks_total
-                     : 0.0);
+  kv_usage_->Set(stats.blocks_total > 0 ? static_cast<double>(stats.blocks_used) / stats.blocks_total : 0.0);
 }
 
-void ServerMetrics::StartPolling(std::function<EngineStats()> stats,
-                                 std::chrono::milliseconds interval) {
+void ServerMetrics::StartPolling(std::function<EngineStats()> stats, std::chrono::milliseconds interval) {
   poller_ = std::thread([this, stats = std::move(stats), interval] {
     while (!stop_) {
       SetEngineStats(stats());

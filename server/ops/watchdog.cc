@@ -36,8 +36,8 @@ absl::Status ValidateWatchdogOptions(const WatchdogOptions& o) {
   return absl::OkStatus();
 }
 
-absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id,
-                          std::chrono::milliseconds timeout, Clock& clock) {
+absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id, std::chrono::milliseconds timeout,
+                          Clock& clock) {
   struct Done {
     std::mutex mu;
     std::condition_variable cv;
@@ -101,8 +101,9 @@ SelfHealingEngine::SelfHealingEngine(WatchdogOptions options, EngineFactory fact
   });
 }
 
-absl::StatusOr<std::unique_ptr<SelfHealingEngine>> SelfHealingEngine::Create(
-    WatchdogOptions options, EngineFactory factory, Hooks hooks, std::shared_ptr<Clock> clock) {
+absl::StatusOr<std::unique_ptr<SelfHealingEngine>> SelfHealingEngine::Create(WatchdogOptions options,
+                                                                             EngineFactory factory, Hooks hooks,
+                                                                             std::shared_ptr<Clock> clock) {
   if (absl::Status valid = ValidateWatchdogOptions(options); !valid.ok()) return valid;
   if (factory == nullptr) return absl::InvalidArgumentError("factory: must be set");
   if (clock == nullptr) clock = std::make_shared<RealClock>();
@@ -158,11 +159,11 @@ bool SelfHealingEngine::WaitNoStuckEngine(std::chrono::milliseconds timeout) {
 }
 
 absl::StatusOr<EngineInstance> SelfHealingEngine::Build(int generation) {
-  absl::StatusOr<EngineInstance> built = factory_(
-      generation, [this, generation](int32_t, const absl::Status& s) { OnStepEnd(generation, s); });
+  absl::StatusOr<EngineInstance> built =
+      factory_(generation, [this, generation](int32_t, const absl::Status& s) { OnStepEnd(generation, s); });
   if (!built.ok()) return built.status();
-  absl::Status warm = WarmUpEngine(built->engine.get(), absl::StrCat("warmup-", generation),
-                                   options_.warmup_timeout, *clock_);
+  absl::Status warm =
+      WarmUpEngine(built->engine.get(), absl::StrCat("warmup-", generation), options_.warmup_timeout, *clock_);
   if (!warm.ok()) {
     Bury(std::move(built->engine), std::move(built->keepalive));
     return absl::UnavailableError(absl::StrCat("warm-up failed: ", warm.ToString()));
@@ -224,8 +225,7 @@ absl::Status SelfHealingEngine::Submit(InferenceRequest request, RequestCallback
   if (stopping_) return absl::UnavailableError("engine is shut down");
   if (draining_) return absl::UnavailableError("engine is draining; not accepting requests");
   if (state_ == State::kRecovering) {
-    return absl::UnavailableError(
-        absl::StrCat("engine is restarting after a fault (", reason_, "); retry shortly"));
+    return absl::UnavailableError(absl::StrCat("engine is restarting after a fault (", reason_, "); retry shortly"));
   }
   if (state_ == State::kFailed) return absl::UnavailableError(reason_);
   if (tracked_.count(request.request_id) > 0) {
@@ -336,8 +336,7 @@ void SelfHealingEngine::Bury(std::shared_ptr<InferenceEngine> engine, std::share
 }
 
 void SelfHealingEngine::WatchLoop() {
-  const auto tick = std::clamp<std::chrono::milliseconds>(options_.stall_timeout / 8,
-                                                          std::chrono::milliseconds(5),
+  const auto tick = std::clamp<std::chrono::milliseconds>(options_.stall_timeout / 8, std::chrono::milliseconds(5),
                                                           std::chrono::milliseconds(200));
   for (;;) {
     std::string why;
@@ -356,9 +355,9 @@ void SelfHealingEngine::WatchLoop() {
         const auto since = now - std::max(beat, busy_since_);
         if (since > options_.stall_timeout) {
           why = absl::StrCat("engine stalled: no step finished for ",
-                             std::chrono::duration_cast<std::chrono::milliseconds>(since).count(),
-                             " ms with ", tracked_.size(), " requests in flight (--stall-timeout-ms=",
-                             options_.stall_timeout.count(), ")");
+                             std::chrono::duration_cast<std::chrono::milliseconds>(since).count(), " ms with ",
+                             tracked_.size(),
+                             " requests in flight (--stall-timeout-ms=", options_.stall_timeout.count(), ")");
         }
       } else if (options_.canary_interval.count() > 0 && !draining_ &&
                  now - last_activity_ > options_.canary_interval) {
@@ -372,8 +371,8 @@ void SelfHealingEngine::WatchLoop() {
         std::lock_guard<std::mutex> lock(mu_);
         engine = engine_;
       }
-      absl::Status s = WarmUpEngine(engine.get(), absl::StrCat("canary-", ++canaries_),
-                                    options_.stall_timeout, *clock_);
+      absl::Status s =
+          WarmUpEngine(engine.get(), absl::StrCat("canary-", ++canaries_), options_.stall_timeout, *clock_);
       if (s.ok()) {
         LogEvent(LogLevel::kDebug, "canary_ok", "", "idle canary forward ok");
       } else if (!absl::IsUnavailable(s)) {  // UNAVAILABLE: draining or shut down meanwhile
@@ -410,13 +409,12 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
   }
   if (hooks_.on_health) hooks_.on_health(false);
   LogEvent(LogLevel::kError, "engine_fault", "", absl::StrCat("engine fault: ", why),
-           {{"reason", why}, {"generation", old_generation},
-            {"requeued", requeue.size()}, {"failed", fail.size()}});
+           {{"reason", why}, {"generation", old_generation}, {"requeued", requeue.size()}, {"failed", fail.size()}});
   for (auto& [t, n] : fail) {
     RequestResult r;
-    r.status = absl::UnavailableError(absl::StrCat(
-        "the engine failed while this request was streaming (", why,
-        "); it was not retried because output was already sent; retry the request"));
+    r.status = absl::UnavailableError(
+        absl::StrCat("the engine failed while this request was streaming (", why,
+                     "); it was not retried because output was already sent; retry the request"));
     r.finish_reason = FinishReason::kError;
     r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
     Resolve(t, r);
@@ -442,9 +440,8 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       failures = static_cast<int>(failures_.size());
       if (failures >= options_.max_failures) {
         state_ = State::kFailed;
-        reason_ = absl::StrCat("engine crash loop: ", failures, " faults within ",
-                               options_.window.count() / 1000, " s; not restarting again (last: ", why,
-                               "); fix the cause and restart the server");
+        reason_ = absl::StrCat("engine crash loop: ", failures, " faults within ", options_.window.count() / 1000,
+                               " s; not restarting again (last: ", why, "); fix the cause and restart the server");
       }
       if (stopping_) {
         state_ = State::kFailed;
@@ -524,7 +521,8 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     LogEvent(LogLevel::kInfo, "engine_restarted", "",
              absl::StrCat("engine rebuilt and serving again after ",
                           static_cast<int64_t>(MsBetween(fault_time, clock_->Now())), " ms"),
-             {{"generation", generation}, {"downtime_ms", MsBetween(fault_time, clock_->Now())},
+             {{"generation", generation},
+              {"downtime_ms", MsBetween(fault_time, clock_->Now())},
               {"requeued", requeue.size() - refused.size()}});
     return;
   }

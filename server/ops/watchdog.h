@@ -68,8 +68,8 @@ using EngineFactory = std::function<absl::StatusOr<EngineInstance>(
 
 // Sends a 1-token request and waits for it: a real forward pass. The request's deadline is
 // `timeout` on `clock`; the wait gives up (DEADLINE_EXCEEDED) a second after it.
-absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id,
-                          std::chrono::milliseconds timeout, Clock& clock);
+absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id, std::chrono::milliseconds timeout,
+                          Clock& clock);
 
 class SelfHealingEngine final : public InferenceEngine {
  public:
@@ -80,9 +80,8 @@ class SelfHealingEngine final : public InferenceEngine {
   // Validates `options` (INVALID_ARGUMENT), then builds and warms engine 0; its error is returned
   // as is. Health is reported SERVING by the caller (the first time); later transitions go
   // through hooks.on_health. `clock` null = RealClock.
-  static absl::StatusOr<std::unique_ptr<SelfHealingEngine>> Create(
-      WatchdogOptions options, EngineFactory factory, Hooks hooks,
-      std::shared_ptr<Clock> clock = nullptr);
+  static absl::StatusOr<std::unique_ptr<SelfHealingEngine>> Create(WatchdogOptions options, EngineFactory factory,
+                                                                   Hooks hooks, std::shared_ptr<Clock> clock = nullptr);
   // Shutdown(), then joins every reaper: waits for engines still inside a stalled step (serve
   // exits with std::_Exit instead when HasStuckEngine()).
   ~SelfHealingEngine() override;
@@ -105,8 +104,7 @@ class SelfHealingEngine final : public InferenceEngine {
   struct Tracked;
   enum class State { kServing, kRecovering, kFailed };
 
-  SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks,
-                    std::shared_ptr<Clock> clock);
+  SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks, std::shared_ptr<Clock> clock);
   absl::StatusOr<EngineInstance> Build(int generation);
   RequestCallbacks Wrap(const std::shared_ptr<Tracked>& t, int generation);
   void OnStepEnd(int generation, const absl::Status& status);
@@ -125,17 +123,17 @@ class SelfHealingEngine final : public InferenceEngine {
   ModelInfo model_info_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;       // wakes the watchdog
-  std::condition_variable idle_cv_;  // wakes WaitIdle
-  std::shared_ptr<InferenceEngine> engine_;  // guarded by mu_; null while recovering
-  std::shared_ptr<void> keepalive_;          // guarded by mu_
-  int generation_ = 0;                       // guarded by mu_
-  State state_ = State::kServing;            // guarded by mu_
-  std::string reason_;                       // guarded by mu_: why not serving
-  bool draining_ = false;                    // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
-  int faulted_generation_ = -1;              // guarded by mu_
-  std::string fault_;                        // guarded by mu_
+  std::condition_variable cv_;                                         // wakes the watchdog
+  std::condition_variable idle_cv_;                                    // wakes WaitIdle
+  std::shared_ptr<InferenceEngine> engine_;                            // guarded by mu_; null while recovering
+  std::shared_ptr<void> keepalive_;                                    // guarded by mu_
+  int generation_ = 0;                                                 // guarded by mu_
+  State state_ = State::kServing;                                      // guarded by mu_
+  std::string reason_;                                                 // guarded by mu_: why not serving
+  bool draining_ = false;                                              // guarded by mu_
+  bool stopping_ = false;                                              // guarded by mu_
+  int faulted_generation_ = -1;                                        // guarded by mu_
+  std::string fault_;                                                  // guarded by mu_
   std::unordered_map<std::string, std::shared_ptr<Tracked>> tracked_;  // guarded by mu_
   Clock::TimePoint busy_since_;                                        // guarded by mu_
   Clock::TimePoint last_activity_;                                     // guarded by mu_

@@ -61,8 +61,7 @@ Bio MemBio(const std::string& text) { return Bio(BIO_new_mem_buf(text.data(), st
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<const ApiKeys>> ApiKeys::Load(const std::string& file,
-                                                             const std::string& env_value) {
+absl::StatusOr<std::shared_ptr<const ApiKeys>> ApiKeys::Load(const std::string& file, const std::string& env_value) {
   auto keys = std::make_shared<ApiKeys>();
   if (!file.empty()) {
     std::string text;
@@ -75,8 +74,8 @@ absl::StatusOr<std::shared_ptr<const ApiKeys>> ApiKeys::Load(const std::string& 
       std::string_view key = Trim(line);
       if (key.empty() || key.front() == '#') continue;
       if (!ValidKey(key)) {  // the key itself is not repeated
-        return absl::InvalidArgumentError(absl::StrCat("--api-key-file: '", file, "' line ", number,
-                                                       ": a key is printable ASCII without spaces"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("--api-key-file: '", file, "' line ", number, ": a key is printable ASCII without spaces"));
       }
       keys->digests_.push_back(Digest(key));
     }
@@ -121,8 +120,7 @@ std::optional<std::string> ApiKeys::Check(std::string_view authorization) const 
   return absl::StrCat("key#", match);
 }
 
-absl::StatusOr<std::shared_ptr<const TlsConfig>> LoadTls(const std::string& cert_file,
-                                                         const std::string& key_file,
+absl::StatusOr<std::shared_ptr<const TlsConfig>> LoadTls(const std::string& cert_file, const std::string& key_file,
                                                          const std::string& client_ca_file) {
   if (cert_file.empty() && key_file.empty() && client_ca_file.empty()) return std::shared_ptr<const TlsConfig>();
   if (cert_file.empty() && !key_file.empty()) {

@@ -26,8 +26,7 @@ class ApiKeys {
   // neither gives a key (authentication off). INVALID_ARGUMENT names the flag (or the variable)
   // and, for a bad key, its line: an unreadable file, a file without keys, a key with spaces or
   // control characters.
-  static absl::StatusOr<std::shared_ptr<const ApiKeys>> Load(const std::string& file,
-                                                             const std::string& env_value);
+  static absl::StatusOr<std::shared_ptr<const ApiKeys>> Load(const std::string& file, const std::string& env_value);
   // Built from keys in memory (tests).
   static std::shared_ptr<const ApiKeys> FromKeys(const std::vector<std::string>& keys);
 
@@ -51,8 +50,7 @@ struct TlsConfig {
 // Null when no TLS flag is given. INVALID_ARGUMENT names the flag: a certificate without a key
 // (or the reverse), --tls-client-ca without --tls-cert, an unreadable file, a file that holds no
 // PEM certificate / private key, a key that does not match the certificate.
-absl::StatusOr<std::shared_ptr<const TlsConfig>> LoadTls(const std::string& cert_file,
-                                                         const std::string& key_file,
+absl::StatusOr<std::shared_ptr<const TlsConfig>> LoadTls(const std::string& cert_file, const std::string& key_file,
                                                          const std::string& client_ca_file);
 
 }  // namespace glmserve

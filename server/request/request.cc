@@ -9,22 +9,50 @@ std::string FieldName(Field field, Dialect dialect, int64_t index) {
   const bool json = dialect != Dialect::kProto;
   const char* name = "";
   switch (field) {
-    case Field::kInputIds: name = json ? "prompt" : "input_ids"; break;
+    case Field::kInputIds:
+      name = json ? "prompt" : "input_ids";
+      break;
     // A chat request has no prompt field: its prompt is the messages.
-    case Field::kPrompt: name = dialect == Dialect::kOpenAiChat ? "messages" : "prompt"; break;
-    case Field::kMessages: name = "messages"; break;
-    case Field::kMaxNewTokens: name = json ? "max_tokens" : "max_new_tokens"; break;
-    case Field::kMinNewTokens: name = json ? "min_tokens" : "min_new_tokens"; break;
-    case Field::kTemperature: name = "temperature"; break;
-    case Field::kTopP: name = "top_p"; break;
-    case Field::kTopK: name = "top_k"; break;
-    case Field::kFrequencyPenalty: name = "frequency_penalty"; break;
-    case Field::kPresencePenalty: name = "presence_penalty"; break;
-    case Field::kRepetitionPenalty: name = "repetition_penalty"; break;
-    case Field::kStop: name = "stop"; break;
-    case Field::kStopTokenIds: name = "stop_token_ids"; break;
+    case Field::kPrompt:
+      name = dialect == Dialect::kOpenAiChat ? "messages" : "prompt";
+      break;
+    case Field::kMessages:
+      name = "messages";
+      break;
+    case Field::kMaxNewTokens:
+      name = json ? "max_tokens" : "max_new_tokens";
+      break;
+    case Field::kMinNewTokens:
+      name = json ? "min_tokens" : "min_new_tokens";
+      break;
+    case Field::kTemperature:
+      name = "temperature";
+      break;
+    case Field::kTopP:
+      name = "top_p";
+      break;
+    case Field::kTopK:
+      name = "top_k";
+      break;
+    case Field::kFrequencyPenalty:
+      name = "frequency_penalty";
+      break;
+    case Field::kPresencePenalty:
+      name = "presence_penalty";
+      break;
+    case Field::kRepetitionPenalty:
+      name = "repetition_penalty";
+      break;
+    case Field::kStop:
+      name = "stop";
+      break;
+    case Field::kStopTokenIds:
+      name = "stop_token_ids";
+      break;
     // HTTP takes the request id from a header.
-    case Field::kRequestId: name = json ? "x-request-id" : "request_id"; break;
+    case Field::kRequestId:
+      name = json ? "x-request-id" : "request_id";
+      break;
   }
   return index >= 0 ? absl::StrCat(name, "[", index, "]") : std::string(name);
 }
@@ -55,17 +83,24 @@ Refusal RefusalFromStatus(const absl::Status& status) {
       r.kind = RefusalKind::kQueueFull;
       r.retry_after_ms = RetryAfterMs(status);
       break;
-    case absl::StatusCode::kUnavailable: r.kind = RefusalKind::kUnavailable; break;
-    case absl::StatusCode::kDeadlineExceeded: r.kind = RefusalKind::kDeadline; break;
-    case absl::StatusCode::kCancelled: r.kind = RefusalKind::kCancelled; break;
+    case absl::StatusCode::kUnavailable:
+      r.kind = RefusalKind::kUnavailable;
+      break;
+    case absl::StatusCode::kDeadlineExceeded:
+      r.kind = RefusalKind::kDeadline;
+      break;
+    case absl::StatusCode::kCancelled:
+      r.kind = RefusalKind::kCancelled;
+      break;
     case absl::StatusCode::kInvalidArgument:
       // The engine's own check: the prompt plus max_new_tokens above its KV capacity.
       r.kind = RefusalKind::kInvalidValue;
       break;
-    default: r.kind = RefusalKind::kInternal; break;
+    default:
+      r.kind = RefusalKind::kInternal;
+      break;
   }
   return r;
 }
-
 
 }  // namespace glmserve

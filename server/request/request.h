@@ -89,11 +89,11 @@ enum class RefusalKind {
   kNotFound,              // HTTP: no such route
   kRequestTimeout,        // HTTP: head and body not in within --http-read-timeout-ms
   // Who asks and how much.
-  kUnauthenticated,   // no or a wrong API key
-  kClientQuota,       // over --max-requests-per-client
-  kQueueFull,         // the engine's or the HTTP waiting queue is full
-  kDraining,          // the server is draining
-  kUnavailable,       // loading, restarting, stopped after a crash loop, shut down
+  kUnauthenticated,     // no or a wrong API key
+  kClientQuota,         // over --max-requests-per-client
+  kQueueFull,           // the engine's or the HTTP waiting queue is full
+  kDraining,            // the server is draining
+  kUnavailable,         // loading, restarting, stopped after a crash loop, shut down
   kTooManyConnections,  // HTTP: at --http-max-connections
   // How a request ended other than OK.
   kDeadline,
@@ -104,8 +104,8 @@ enum class RefusalKind {
 struct Refusal {
   absl::StatusCode code = absl::StatusCode::kInvalidArgument;
   RefusalKind kind = RefusalKind::kInvalidValue;
-  std::string field;    // the proto field name or the JSON path ("messages[2].content"); "" = none
-  std::string message;  // for people, names the field; never parsed
+  std::string field;           // the proto field name or the JSON path ("messages[2].content"); "" = none
+  std::string message;         // for people, names the field; never parsed
   int64_t retry_after_ms = 0;  // > 0: the client may retry after this long (RESOURCE_EXHAUSTED, UNAVAILABLE)
   // kContextLength from the prompt's length: its tokens and the most allowed (0 otherwise).
   int32_t prompt_tokens = 0;
@@ -118,8 +118,7 @@ struct Refusal {
 Refusal MakeRefusal(absl::StatusCode code, RefusalKind kind, std::string message, int64_t retry_after_ms = 0);
 
 // A refusal whose field and message are `field: detail`.
-Refusal InvalidField(std::string field, const std::string& detail,
-                     RefusalKind kind = RefusalKind::kInvalidValue);
+Refusal InvalidField(std::string field, const std::string& detail, RefusalKind kind = RefusalKind::kInvalidValue);
 
 // A status from the engine (Submit or a result): kind from the code alone, retry-after from the
 // engine's payload (runtime/engine.h), the message as is.
@@ -131,26 +130,43 @@ Refusal RefusalFromStatus(const absl::Status& status);
 // without linking the server.
 inline const char* CodeName(absl::StatusCode code) {
   switch (code) {
-    case absl::StatusCode::kOk: return "OK";
-    case absl::StatusCode::kCancelled: return "CANCELLED";
-    case absl::StatusCode::kUnknown: return "UNKNOWN";
-    case absl::StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case absl::StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case absl::StatusCode::kNotFound: return "NOT_FOUND";
-    case absl::StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
-    case absl::StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
-    case absl::StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case absl::StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    case absl::StatusCode::kAborted: return "ABORTED";
-    case absl::StatusCode::kOutOfRange: return "OUT_OF_RANGE";
-    case absl::StatusCode::kUnimplemented: return "UNIMPLEMENTED";
-    case absl::StatusCode::kInternal: return "INTERNAL";
-    case absl::StatusCode::kUnavailable: return "UNAVAILABLE";
-    case absl::StatusCode::kDataLoss: return "DATA_LOSS";
-    case absl::StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
+    case absl::StatusCode::kOk:
+      return "OK";
+    case absl::StatusCode::kCancelled:
+      return "CANCELLED";
+    case absl::StatusCode::kUnknown:
+      return "UNKNOWN";
+    case absl::StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case absl::StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case absl::StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case absl::StatusCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
+    case absl::StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case absl::StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case absl::StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case absl::StatusCode::kAborted:
+      return "ABORTED";
+    case absl::StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case absl::StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case absl::StatusCode::kInternal:
+      return "INTERNAL";
+    case absl::StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case absl::StatusCode::kDataLoss:
+      return "DATA_LOSS";
+    case absl::StatusCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
   }
 }
-
 
 }  // namespace glmserve

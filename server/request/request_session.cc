@@ -78,9 +78,10 @@ void RequestSession::HandleStep(const std::vector<int32_t>& ids) {
   if (!first_token_logged_) {
     first_token_logged_ = true;
     if (hub_->options_.log_requests) {
-      LogEvent(LogLevel::kInfo, "first_token", info_.request_id, "first token",
-               {{"rpc", info_.rpc},
-                {"ttft_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}});
+      LogEvent(
+          LogLevel::kInfo, "first_token", info_.request_id, "first token",
+          {{"rpc", info_.rpc},
+           {"ttft_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}});
     }
   }
   if (incremental_) {
@@ -222,7 +223,8 @@ std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request,
     LogEvent(LogLevel::kWarn, "prompt_too_long", info.request_id,
              absl::StrCat("prompt of ", refusal->prompt_tokens, " tokens is too long (max position embeddings ",
                           max_context, "); refusing"),
-             {{"rpc", info.rpc}, {"prompt_tokens", refusal->prompt_tokens},
+             {{"rpc", info.rpc},
+              {"prompt_tokens", refusal->prompt_tokens},
               {"max_position_embeddings", max_context},
               {"above_max_position_embeddings", refusal->prompt_tokens > max_context}});
   }
@@ -230,13 +232,12 @@ std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request,
 }
 
 std::optional<Refusal> RequestSessions::Submit(const Admission& admission, InferenceRequest request, SessionInfo info,
-                                               const std::vector<std::string>& stop,
-                                               std::shared_ptr<SessionSink> sink,
+                                               const std::vector<std::string>& stop, std::shared_ptr<SessionSink> sink,
                                                std::shared_ptr<RequestSession>* out) {
   const bool streaming = info.streaming;
   std::shared_ptr<void> hold = std::move(info.hold_until_done);
-  auto session = std::shared_ptr<RequestSession>(
-      new RequestSession(this, std::move(info), admission.engine, std::move(sink)));
+  auto session =
+      std::shared_ptr<RequestSession>(new RequestSession(this, std::move(info), admission.engine, std::move(sink)));
   session->hold_ = std::move(hold);
   if (admission.model.tokenizer != nullptr) {
     session->text_ = std::make_unique<tokenizer::TextOutput>(admission.model.tokenizer, stop);
@@ -304,10 +305,9 @@ void RequestSessions::LogFinished(const RequestSession& session, const RequestRe
                            {"total_ms", result.total_ms}};
   if (!result.status.ok()) fields["message"] = std::string(result.status.message());
   const bool failed = !result.status.ok() && result.status.code() != absl::StatusCode::kCancelled &&
-                      result.status.code() != absl::StatusCode::kDeadlineExceeded &&
-                      !session.client_cancelled_;
-  LogEvent(failed ? LogLevel::kWarn : LogLevel::kInfo, "request_finished", session.info_.request_id,
-           "request finished", fields);
+                      result.status.code() != absl::StatusCode::kDeadlineExceeded && !session.client_cancelled_;
+  LogEvent(failed ? LogLevel::kWarn : LogLevel::kInfo, "request_finished", session.info_.request_id, "request finished",
+           fields);
 }
 
 void RequestSessions::Unregister(const std::string& engine_id) {

@@ -19,17 +19,16 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "runtime/engine.h"
+#include "server/ops/request_observer.h"
 #include "server/request/client_quota.h"
 #include "server/request/request.h"
-#include "server/ops/request_observer.h"
 #include "server/request/request_validation.h"
 
 namespace glmserve {
@@ -123,7 +122,7 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   InferenceEngine* const engine_;
   std::shared_ptr<SessionSink> sink_;  // delivery worker; dropped after OnFinish
   std::string engine_id_;
-  std::shared_ptr<void> hold_;  // SessionInfo::hold_until_done; delivery worker
+  std::shared_ptr<void> hold_;                   // SessionInfo::hold_until_done; delivery worker
   std::unique_ptr<tokenizer::TextOutput> text_;  // null without a tokenizer
   bool incremental_ = false;                     // text_ fed per step (streaming or stop strings)
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
@@ -139,10 +138,10 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   bool queued_ = false;                  // guarded by events_mu_
   // One worker at a time; the swapped-out buffers and the step being handled.
   std::mutex deliver_mu_;
-  std::vector<int32_t> ids_;   // guarded by deliver_mu_
-  std::vector<size_t> ends_;   // guarded by deliver_mu_
-  std::vector<int32_t> step_;  // guarded by deliver_mu_
-  std::string delta_;          // guarded by deliver_mu_
+  std::vector<int32_t> ids_;         // guarded by deliver_mu_
+  std::vector<size_t> ends_;         // guarded by deliver_mu_
+  std::vector<int32_t> step_;        // guarded by deliver_mu_
+  std::string delta_;                // guarded by deliver_mu_
   bool first_token_logged_ = false;  // guarded by deliver_mu_
 };
 
@@ -202,18 +201,18 @@ class RequestSessions {
   std::atomic<uint64_t> next_id_{1};
 
   mutable std::mutex mu_;
-  InferenceEngine* engine_ = nullptr;                                  // guarded by mu_
-  bool draining_ = false;                                              // guarded by mu_
-  ValidationModel model_;                                              // guarded by mu_
-  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;              // guarded by mu_
-  std::map<std::string, std::weak_ptr<RequestSession>> in_flight_;     // guarded by mu_
+  InferenceEngine* engine_ = nullptr;                               // guarded by mu_
+  bool draining_ = false;                                           // guarded by mu_
+  ValidationModel model_;                                           // guarded by mu_
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;           // guarded by mu_
+  std::map<std::string, std::weak_ptr<RequestSession>> in_flight_;  // guarded by mu_
 
   std::mutex delivery_mu_;
   std::condition_variable delivery_cv_;
   std::condition_variable delivery_idle_cv_;
   std::deque<std::shared_ptr<RequestSession>> delivery_;  // guarded by delivery_mu_
-  int deliveries_running_ = 0;                             // guarded by delivery_mu_
-  bool delivery_stop_ = false;                             // guarded by delivery_mu_
+  int deliveries_running_ = 0;                            // guarded by delivery_mu_
+  bool delivery_stop_ = false;                            // guarded by delivery_mu_
   std::vector<std::thread> workers_;
 };
 

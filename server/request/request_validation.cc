@@ -19,8 +19,8 @@ int32_t MaxPromptTokens(const FrontendLimits& limits, const ValidationModel& mod
 std::optional<Refusal> CheckRequestId(const std::string& request_id, const FrontendLimits& limits, Dialect dialect) {
   const std::string field = FieldName(Field::kRequestId, dialect);
   if (static_cast<int64_t>(request_id.size()) > limits.max_request_id_bytes) {
-    return InvalidField(field, absl::StrCat(request_id.size(), " bytes; at most ", limits.max_request_id_bytes,
-                                            " bytes allowed"));
+    return InvalidField(
+        field, absl::StrCat(request_id.size(), " bytes; at most ", limits.max_request_id_bytes, " bytes allowed"));
   }
   for (unsigned char c : request_id) {
     if (c < 0x21 || c > 0x7e) return InvalidField(field, "only printable ASCII without spaces (0x21..0x7e) allowed");
@@ -101,8 +101,8 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
   int32_t max_new = request.max_new_tokens;
   if (max_new < 0 || max_new > limits.max_new_tokens_cap) {
     return InvalidField(name(Field::kMaxNewTokens),
-                        absl::StrCat(max_new, " is outside [0, ", limits.max_new_tokens_cap,
-                                     "] (0 means the default, ", limits.default_max_new_tokens, ")"));
+                        absl::StrCat(max_new, " is outside [0, ", limits.max_new_tokens_cap, "] (0 means the default, ",
+                                     limits.default_max_new_tokens, ")"));
   }
   if (max_new == 0) max_new = limits.default_max_new_tokens;
   if (model.max_context > 0 && int64_t{prompt_tokens} + max_new > model.max_context) {
@@ -110,23 +110,24 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
     if (request.max_new_tokens == 0) {
       max_new = room;  // the default shrinks to fit; an explicit value is the client's choice
     } else {
-      return InvalidField(name(Field::kMaxNewTokens),
-                          absl::StrCat(max_new, " with ", prompt_tokens, " prompt tokens exceeds the model's max context ",
-                                       model.max_context, "; allowed range [1, ", room, "]"),
-                          RefusalKind::kContextLength);
+      return InvalidField(
+          name(Field::kMaxNewTokens),
+          absl::StrCat(max_new, " with ", prompt_tokens, " prompt tokens exceeds the model's max context ",
+                       model.max_context, "; allowed range [1, ", room, "]"),
+          RefusalKind::kContextLength);
     }
   }
 
   const int32_t min_new = request.min_new_tokens;
   if (min_new < 0 || min_new > max_new) {
-    return InvalidField(name(Field::kMinNewTokens), absl::StrCat(min_new, " is outside [0, ",
-                                                                  name(Field::kMaxNewTokens), "=", max_new, "]"));
+    return InvalidField(name(Field::kMinNewTokens),
+                        absl::StrCat(min_new, " is outside [0, ", name(Field::kMaxNewTokens), "=", max_new, "]"));
   }
 
   const float temperature = request.temperature;
   if (!std::isfinite(temperature) || temperature < 0.0f || temperature > limits.max_temperature) {
-    return InvalidField(name(Field::kTemperature), absl::StrCat(temperature, " is outside [0, ",
-                                                                 limits.max_temperature, "] (0 = greedy)"));
+    return InvalidField(name(Field::kTemperature),
+                        absl::StrCat(temperature, " is outside [0, ", limits.max_temperature, "] (0 = greedy)"));
   }
   float top_p = request.top_p;
   if (!std::isfinite(top_p) || top_p < 0.0f || top_p > 1.0f) {
@@ -139,14 +140,14 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
   for (const auto& [field, value] : {std::pair{Field::kFrequencyPenalty, request.frequency_penalty},
                                      std::pair{Field::kPresencePenalty, request.presence_penalty}}) {
     if (!std::isfinite(value) || value < kMinOpenAiPenalty || value > kMaxOpenAiPenalty) {
-      return InvalidField(name(field), absl::StrCat(value, " is outside [", kMinOpenAiPenalty, ", ",
-                                                    kMaxOpenAiPenalty, "] (0 = off)"));
+      return InvalidField(
+          name(field), absl::StrCat(value, " is outside [", kMinOpenAiPenalty, ", ", kMaxOpenAiPenalty, "] (0 = off)"));
     }
   }
   float repetition_penalty = request.repetition_penalty;
   if (!std::isfinite(repetition_penalty) || repetition_penalty < 0.0f || repetition_penalty > kMaxRepetitionPenalty) {
     return InvalidField(name(Field::kRepetitionPenalty), absl::StrCat(repetition_penalty, " is outside (0, ",
-                                                                       kMaxRepetitionPenalty, "] (0 means 1 = off)"));
+                                                                      kMaxRepetitionPenalty, "] (0 means 1 = off)"));
   }
   if (repetition_penalty == 0.0f) repetition_penalty = 1.0f;
   for (size_t i = 0; i < request.stop_token_ids.size(); ++i) {

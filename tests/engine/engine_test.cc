@@ -1,7 +1,5 @@
 // Engine tests: the engine thread around the scheduler, driven through InferenceEngine.
 // Waits are condition variables / WaitIdle with generous timeouts, as safety nets only.
-#include "runtime/engine/engine_impl.h"
-
 #include <atomic>
 #include <condition_variable>
 #include <map>
@@ -12,6 +10,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "runtime/engine/engine_impl.h"
 #include "tests/engine/fake_executor.h"
 #include "tests/engine/test_util.h"
 
@@ -88,8 +87,7 @@ struct EngineHarness {
     engine = std::move(e).value();
   }
   std::vector<int32_t> Reference(const InferenceRequest& r) const {
-    return executor->Reference(r.input_ids, r.params.max_new_tokens, r.params.min_new_tokens,
-                               r.params.stop_token_ids);
+    return executor->Reference(r.input_ids, r.params.max_new_tokens, r.params.min_new_tokens, r.params.stop_token_ids);
   }
   std::vector<int32_t> limit_history() {
     std::lock_guard<std::mutex> lock(limits_mu);
@@ -107,8 +105,7 @@ struct EngineHarness {
 
 // A varied request: prompt, lengths, min_new and stop ids differ by index.
 InferenceRequest Varied(int i) {
-  InferenceRequest r = MakeRequest("q" + std::to_string(i), MakePrompt(i, 3 + (i * 5) % 17),
-                                   4 + (i * 7) % 29, i % 3);
+  InferenceRequest r = MakeRequest("q" + std::to_string(i), MakePrompt(i, 3 + (i * 5) % 17), 4 + (i * 7) % 29, i % 3);
   if (i % 4 == 0) {
     FakeExecutor probe(4, 16, 1000);
     auto free_run = probe.Reference(r.input_ids, r.params.max_new_tokens, 0, {});
@@ -178,8 +175,7 @@ TEST(EngineTest, BatchInvariance64ConcurrentVsAlone) {
   }
   // Concurrent: all 64 queued while the executor is held, then released at once.
   h.executor->CloseGate();
-  ASSERT_TRUE(h.engine->Submit(MakeRequest("warm", MakePrompt(77, 3), 2),
-                               h.collector.Callbacks("warm")).ok());
+  ASSERT_TRUE(h.engine->Submit(MakeRequest("warm", MakePrompt(77, 3), 2), h.collector.Callbacks("warm")).ok());
   ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));
   std::vector<std::thread> submitters;
   for (int t = 0; t < 4; ++t) {
@@ -212,8 +208,7 @@ TEST(EngineTest, OomStormLosesNothingAndTheLimitRecovers) {
   o.scheduler.faults.oom_above_sequences = 8;
   EngineHarness h(o);
   h.executor->CloseGate();
-  ASSERT_TRUE(h.engine->Submit(MakeRequest("warm", MakePrompt(77, 3), 2),
-                               h.collector.Callbacks("warm")).ok());
+  ASSERT_TRUE(h.engine->Submit(MakeRequest("warm", MakePrompt(77, 3), 2), h.collector.Callbacks("warm")).ok());
   ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));
   std::map<std::string, std::vector<int32_t>> expected;
   for (int i = 0; i < 100; ++i) {
@@ -255,8 +250,7 @@ TEST(EngineTest, PoolExhaustionPreemptsAndRecomputesIdentically) {
   o.scheduler.max_batch_size = 16;
   EngineHarness h(o, /*block_size=*/4, /*num_blocks=*/24);  // 96 tokens for 16 sequences
   h.executor->CloseGate();
-  ASSERT_TRUE(h.engine->Submit(MakeRequest("warm", MakePrompt(77, 3), 2),
-                               h.collector.Callbacks("warm")).ok());
+  ASSERT_TRUE(h.engine->Submit(MakeRequest("warm", MakePrompt(77, 3), 2), h.collector.Callbacks("warm")).ok());
   ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));
   std::map<std::string, std::vector<int32_t>> expected;
   for (int i = 0; i < 24; ++i) {
@@ -288,8 +282,7 @@ TEST(EngineTest, QueueFullAnswersAtOnceWithRetryAfter) {
   ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));  // "a" is running: 0 queued
   ASSERT_TRUE(h.engine->Submit(MakeRequest("b", MakePrompt(2, 3), 3), h.collector.Callbacks("b")).ok());
   ASSERT_TRUE(h.engine->Submit(MakeRequest("c", MakePrompt(3, 3), 3), h.collector.Callbacks("c")).ok());
-  absl::Status s =
-      h.engine->Submit(MakeRequest("d", MakePrompt(4, 3), 3), h.collector.Callbacks("d"));
+  absl::Status s = h.engine->Submit(MakeRequest("d", MakePrompt(4, 3), 3), h.collector.Callbacks("d"));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(s.message().find("retry after"), std::string::npos) << s;
   EXPECT_NE(s.message().find("max_queued_requests=2"), std::string::npos) << s;
@@ -318,8 +311,7 @@ TEST(EngineTest, DrainFinishesInFlightAndRefusesNew) {
   }
   ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));
   h.engine->StartDrain();
-  absl::Status s = h.engine->Submit(MakeRequest("late", MakePrompt(9, 4), 6),
-                                    h.collector.Callbacks("late"));
+  absl::Status s = h.engine->Submit(MakeRequest("late", MakePrompt(9, 4), 6), h.collector.Callbacks("late"));
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_FALSE(h.engine->WaitIdle(std::chrono::milliseconds(1)));
   h.executor->Open();
@@ -364,8 +356,7 @@ TEST(EngineTest, CancelFreesBlocksAndLeavesOthersUntouched) {
   EngineHarness h(o, 4, 4096);
   InferenceRequest keep = MakeRequest("keep", MakePrompt(1, 5), 40);
   ASSERT_TRUE(h.engine->Submit(keep, h.collector.Callbacks("keep")).ok());
-  ASSERT_TRUE(h.engine->Submit(MakeRequest("victim", MakePrompt(2, 5), 4000),
-                               h.collector.Callbacks("victim")).ok());
+  ASSERT_TRUE(h.engine->Submit(MakeRequest("victim", MakePrompt(2, 5), 4000), h.collector.Callbacks("victim")).ok());
   ASSERT_TRUE(h.collector.WaitTokens("victim", 3));
   h.engine->Cancel("victim");
   h.engine->Cancel("victim");
@@ -414,8 +405,7 @@ TEST(EngineTest, QueueDelayWakesOnFakeClockAdvance) {
   o.scheduler.max_tokens_per_step = 64;
   o.scheduler.max_queue_delay = std::chrono::milliseconds(100);
   EngineHarness h(o, 4, 1024, clock);
-  ASSERT_TRUE(h.engine->Submit(MakeRequest("held", MakePrompt(1, 3), 2),
-                               h.collector.Callbacks("held")).ok());
+  ASSERT_TRUE(h.engine->Submit(MakeRequest("held", MakePrompt(1, 3), 2), h.collector.Callbacks("held")).ok());
   EXPECT_FALSE(h.engine->WaitIdle(std::chrono::milliseconds(50)));  // held by the window
   EXPECT_EQ(h.executor->num_steps(), 0);
   clock->Advance(std::chrono::milliseconds(100));
@@ -430,8 +420,7 @@ TEST(EngineTest, InjectedOomAloneFailsOnlyThatRequest) {
   o.scheduler.faults.oom_above_tokens = 16;
   EngineHarness h(o);
   InferenceRequest small = MakeRequest("small", MakePrompt(1, 4), 8);
-  ASSERT_TRUE(h.engine->Submit(MakeRequest("huge", MakePrompt(2, 40), 4),
-                               h.collector.Callbacks("huge")).ok());
+  ASSERT_TRUE(h.engine->Submit(MakeRequest("huge", MakePrompt(2, 40), 4), h.collector.Callbacks("huge")).ok());
   ASSERT_TRUE(h.engine->Submit(small, h.collector.Callbacks("small")).ok());
   ASSERT_TRUE(h.engine->WaitIdle(kSafety));
   EXPECT_EQ(h.collector.result("huge").status.code(), absl::StatusCode::kResourceExhausted);

@@ -27,8 +27,7 @@ namespace glmserve::testing {
 
 class FakeExecutor : public StepExecutor {
  public:
-  FakeExecutor(int32_t block_size, int32_t num_blocks, int32_t vocab,
-               std::vector<int32_t> eos_ids = {})
+  FakeExecutor(int32_t block_size, int32_t num_blocks, int32_t vocab, std::vector<int32_t> eos_ids = {})
       : block_size_(block_size),
         num_blocks_(num_blocks),
         vocab_(vocab),
@@ -96,8 +95,8 @@ class FakeExecutor : public StepExecutor {
     while (static_cast<int32_t>(out.size()) < max_new) {
       int64_t sum = 0;
       for (int32_t t : history) sum += t;
-      const int32_t id = Next(sum, static_cast<int64_t>(history.size()),
-                              static_cast<int32_t>(out.size()), min_new, stops);
+      const int32_t id =
+          Next(sum, static_cast<int64_t>(history.size()), static_cast<int32_t>(out.size()), min_new, stops);
       out.push_back(id);
       history.push_back(id);
       if (std::find(stops.begin(), stops.end(), id) != stops.end()) break;
@@ -116,10 +115,8 @@ class FakeExecutor : public StepExecutor {
     if (clock_ != nullptr) clock_->Advance(step_time_);  // no listener locks our mu_
     batches_.push_back(batch);
     max_batch_seen_ = std::max<int32_t>(max_batch_seen_, static_cast<int32_t>(batch.size()));
-    if (always_oom_ ||
-        (oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > oom_above_sequences_)) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("fake OOM with ", batch.size(), " sequences"));
+    if (always_oom_ || (oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > oom_above_sequences_)) {
+      return absl::ResourceExhaustedError(absl::StrCat("fake OOM with ", batch.size(), " sequences"));
     }
     // No block shared by two sequences of the batch.
     std::set<int32_t> seen_blocks;
@@ -136,8 +133,8 @@ class FakeExecutor : public StepExecutor {
       const int64_t end = st.start_position + static_cast<int64_t>(st.tokens.size());
       if (st.tokens.empty()) Error(absl::StrCat("seq ", st.sequence_id, ": empty step"));
       if (end > static_cast<int64_t>(st.block_table.size()) * block_size_) {
-        Error(absl::StrCat("seq ", st.sequence_id, ": position ", end - 1,
-                           " outside its ", st.block_table.size(), " blocks"));
+        Error(absl::StrCat("seq ", st.sequence_id, ": position ", end - 1, " outside its ", st.block_table.size(),
+                           " blocks"));
         result.next_tokens.push_back(-1);
         continue;
       }
@@ -148,10 +145,9 @@ class FakeExecutor : public StepExecutor {
       int64_t sum = 0;
       for (int32_t pos = 0; pos < st.start_position; ++pos) {
         const Slot& slot = kv_[SlotIndex(st.block_table, pos)];
-        if (slot.sequence_id != st.sequence_id ||
-            (st.history != nullptr && slot.token != (*st.history)[pos])) {
-          Error(absl::StrCat("seq ", st.sequence_id, ": KV at position ", pos,
-                             " holds (seq ", slot.sequence_id, ", token ", slot.token, ")"));
+        if (slot.sequence_id != st.sequence_id || (st.history != nullptr && slot.token != (*st.history)[pos])) {
+          Error(absl::StrCat("seq ", st.sequence_id, ": KV at position ", pos, " holds (seq ", slot.sequence_id,
+                             ", token ", slot.token, ")"));
         }
         sum += slot.token;
       }
@@ -168,8 +164,8 @@ class FakeExecutor : public StepExecutor {
         continue;
       }
       if (st.history != nullptr && end != static_cast<int64_t>(st.history->size())) {
-        Error(absl::StrCat("seq ", st.sequence_id, ": sample=true but history has ",
-                           st.history->size(), " tokens, fed up to ", end));
+        Error(absl::StrCat("seq ", st.sequence_id, ": sample=true but history has ", st.history->size(),
+                           " tokens, fed up to ", end));
       }
       const GenerationParams& p = *st.params;
       const std::vector<int32_t>& stops = p.stop_token_ids.empty() ? eos_ids_ : p.stop_token_ids;

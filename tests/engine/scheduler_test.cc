@@ -20,8 +20,7 @@ using testing::TestModelInfo;
 using Outcome = Scheduler::StepOutcome;
 
 struct Harness {
-  Harness(SchedulerOptions options, int32_t block_size, int32_t num_blocks,
-          std::vector<int32_t> eos = {})
+  Harness(SchedulerOptions options, int32_t block_size, int32_t num_blocks, std::vector<int32_t> eos = {})
       : executor(block_size, num_blocks, 1000, eos) {
     options.log = [this](const std::string& line) { log.push_back(line); };
     SchedulerHooks hooks;
@@ -36,8 +35,8 @@ struct Harness {
 
   void Add(InferenceRequest r) {
     const std::string id = r.request_id;
-    references[id] = executor.Reference(r.input_ids, r.params.max_new_tokens,
-                                        r.params.min_new_tokens, r.params.stop_token_ids);
+    references[id] =
+        executor.Reference(r.input_ids, r.params.max_new_tokens, r.params.min_new_tokens, r.params.stop_token_ids);
     RequestCallbacks cb;
     cb.on_tokens = [this, id](const std::vector<int32_t>& ids) {
       streamed[id].insert(streamed[id].end(), ids.begin(), ids.end());
@@ -283,8 +282,7 @@ TEST(SchedulerTest, StopIdsAndMinNewTokens) {
   h.Add(MakeRequest("masked", prompt, 10, 5, {free_run[2]}));
   h.RunUntilIdle();
   EXPECT_EQ(h.results["stop"].finish_reason, FinishReason::kStop);
-  EXPECT_EQ(h.results["stop"].output_ids,
-            std::vector<int32_t>(free_run.begin(), free_run.begin() + 3));
+  EXPECT_EQ(h.results["stop"].output_ids, std::vector<int32_t>(free_run.begin(), free_run.begin() + 3));
   EXPECT_GE(h.results["masked"].output_ids.size(), 5u);
   h.ExpectAllMatchReference();
 }
@@ -349,8 +347,7 @@ TEST(SchedulerTest, OomAloneFailsOnlyThatRequestAfterBoundedRetries) {
     big = r;
     ++big_done;
   };
-  ASSERT_TRUE(
-      h.scheduler->Add(MakeRequest("big", MakePrompt(1, 20), 4), std::move(cb), h.clock.Now()).ok());
+  ASSERT_TRUE(h.scheduler->Add(MakeRequest("big", MakePrompt(1, 20), 4), std::move(cb), h.clock.Now()).ok());
   h.Add(MakeRequest("small", MakePrompt(2, 3), 8));
   h.RunUntilIdle(100);
   ASSERT_EQ(big_done, 1);
@@ -501,8 +498,7 @@ TEST(SchedulerTest, InjectedExceptionFailsOnlyThatStepsRequests) {
   RequestResult first;
   RequestCallbacks cb;
   cb.on_done = [&](const RequestResult& r) { first = r; };
-  ASSERT_TRUE(
-      h.scheduler->Add(MakeRequest("x", MakePrompt(1, 3), 5), std::move(cb), h.clock.Now()).ok());
+  ASSERT_TRUE(h.scheduler->Add(MakeRequest("x", MakePrompt(1, 3), 5), std::move(cb), h.clock.Now()).ok());
   h.Add(MakeRequest("y", MakePrompt(2, 3), 5));
   h.RunUntilIdle();
   EXPECT_EQ(first.status.code(), absl::StatusCode::kInternal);

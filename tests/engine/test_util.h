@@ -15,9 +15,8 @@ inline std::vector<int32_t> MakePrompt(int32_t seed, int32_t len, int32_t vocab 
   return p;
 }
 
-inline InferenceRequest MakeRequest(const std::string& id, std::vector<int32_t> prompt,
-                                    int32_t max_new, int32_t min_new = 0,
-                                    std::vector<int32_t> stop_ids = {}) {
+inline InferenceRequest MakeRequest(const std::string& id, std::vector<int32_t> prompt, int32_t max_new,
+                                    int32_t min_new = 0, std::vector<int32_t> stop_ids = {}) {
   InferenceRequest r;
   r.request_id = id;
   r.input_ids = std::move(prompt);

@@ -218,8 +218,8 @@ Counts RunAndCheck(InferenceEngine* engine, const std::vector<Case>& cases, cons
     }
   }
   const size_t n_accepted = static_cast<size_t>(std::count(accepted.begin(), accepted.end(), true));
-  EXPECT_TRUE(collector.WaitFor(n_accepted)) << tag << ": only " << collector.done() << " of " << n_accepted
-                                             << " requests finished in time";
+  EXPECT_TRUE(collector.WaitFor(n_accepted))
+      << tag << ": only " << collector.done() << " of " << n_accepted << " requests finished in time";
   for (size_t i = 0; i < cases.size(); ++i) {
     if (!accepted[i]) continue;
     Outcome o = collector.Get(i);
@@ -233,8 +233,8 @@ Counts RunAndCheck(InferenceEngine* engine, const std::vector<Case>& cases, cons
       continue;
     }
     ++counts.ok;
-    EXPECT_EQ(o.result.output_ids, cases[i].expected) << tag << " request " << i << " (prompt of "
-                                                      << cases[i].prompt.size() << ")";
+    EXPECT_EQ(o.result.output_ids, cases[i].expected)
+        << tag << " request " << i << " (prompt of " << cases[i].prompt.size() << ")";
     EXPECT_EQ(o.result.finish_reason, cases[i].expected_finish) << tag << " request " << i;
     EXPECT_EQ(o.result.prompt_tokens, static_cast<int32_t>(cases[i].prompt.size()));
   }
@@ -272,7 +272,7 @@ TEST_P(EngineFixtureParityTest, BatchedEngineIdsEqualTransformersRecording) {
   for (int rep = 0; rep < 4; ++rep) batch.insert(batch.end(), cases.begin(), cases.end());
   EngineSetup setup = DefaultSetup();
   setup.executor.capture_decode_batch = setup.engine.scheduler.max_batch_size;  // as `glmserve serve` does
-  setup.executor.block_size = 4;  // sequences span several blocks
+  setup.executor.block_size = 4;                                                // sequences span several blocks
   setup.engine.scheduler.max_tokens_per_step = 64;
   std::unique_ptr<InferenceEngine> engine = MakeEngine(runner, setup);
   ASSERT_NE(engine, nullptr);
@@ -438,11 +438,11 @@ TEST(EngineModelTest, OomStormOnRealCudaOutOfMemory) {
   const EngineStats stats = engine->stats();
   engine->Shutdown();
   c10::cuda::CUDACachingAllocator::setMemoryFraction(1.0, device);
-  std::printf("[ OOM storm (real CUDA OOM, cap %lld MiB reserved + 30 MiB) ] %s; oom_events=%lld preemptions=%lld "
-              "steps=%lld final batch_limit=%d\n",
-              static_cast<long long>(reserved >> 20), counts.ToString().c_str(),
-              static_cast<long long>(stats.oom_events), static_cast<long long>(stats.preemptions),
-              static_cast<long long>(stats.steps), stats.batch_limit);
+  std::printf(
+      "[ OOM storm (real CUDA OOM, cap %lld MiB reserved + 30 MiB) ] %s; oom_events=%lld preemptions=%lld "
+      "steps=%lld final batch_limit=%d\n",
+      static_cast<long long>(reserved >> 20), counts.ToString().c_str(), static_cast<long long>(stats.oom_events),
+      static_cast<long long>(stats.preemptions), static_cast<long long>(stats.steps), stats.batch_limit);
   EXPECT_EQ(counts.ok, 100);
   EXPECT_TRUE(counts.errors.empty());
   EXPECT_EQ(counts.lost, 0);

@@ -76,10 +76,17 @@ std::string ErrorOf(Args args) {
 
 TEST(FlagSetTest, ParsesEveryTypeInBothSyntaxes) {
   Options o;
-  ASSERT_TRUE(ParseInto(&o, {"--model", "m", "--device=cuda:3", "--dtype", "float16", "--port=0", "--top-p", "0.5",
-                             "--temperature", "0.7", "--reflection", "false", "--json", "--log-format=text",
-                             "--duration", "500ms", "--sizes", "4,16", "--labels", "a,,b", "--seed",
-                             "18446744073709551615"})
+  ASSERT_TRUE(ParseInto(&o, {"--model",         "m",
+                             "--device=cuda:3", "--dtype",
+                             "float16",         "--port=0",
+                             "--top-p",         "0.5",
+                             "--temperature",   "0.7",
+                             "--reflection",    "false",
+                             "--json",          "--log-format=text",
+                             "--duration",      "500ms",
+                             "--sizes",         "4,16",
+                             "--labels",        "a,,b",
+                             "--seed",          "18446744073709551615"})
                   .ok());
   EXPECT_EQ(o.model, "m");
   EXPECT_TRUE(o.device.is_cuda());
@@ -236,12 +243,12 @@ TEST(FlagSetTest, UsageIsGeneratedFromTheTable) {
   ASSERT_NE(model, std::string::npos);
   ASSERT_NE(network, std::string::npos);
   EXPECT_LT(model, network);
-  for (const char* want : {"--model DIR", "--device cpu|cuda[:N]", "(default: cuda:1)",
-                           "--dtype float32|bfloat16|float16", "(default: float32 on CPU, bfloat16 on CUDA)",
-                           "--port N", "gRPC port; 0 picks a free port (default: 50051)",
-                           "--reflection true|false", "(default: true)", "--log-format json|text",
-                           "(default: json)", "--sizes N,N,...", "(default: 1,8)", "--duration T", "(default: 10s)",
-                           "--dist D", "a distribution (default: fixed:32)", "Exit status: 0 ok, 2 bad flags."}) {
+  for (const char* want :
+       {"--model DIR", "--device cpu|cuda[:N]", "(default: cuda:1)", "--dtype float32|bfloat16|float16",
+        "(default: float32 on CPU, bfloat16 on CUDA)", "--port N", "gRPC port; 0 picks a free port (default: 50051)",
+        "--reflection true|false", "(default: true)", "--log-format json|text", "(default: json)", "--sizes N,N,...",
+        "(default: 1,8)", "--duration T", "(default: 10s)", "--dist D", "a distribution (default: fixed:32)",
+        "Exit status: 0 ok, 2 bad flags."}) {
     EXPECT_NE(usage.find(want), std::string::npos) << want << "\n" << usage;
   }
   // A switch that is off has no value name and no default.

@@ -8,13 +8,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "tests/testutil/server_process.h"
 
@@ -44,8 +43,7 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   fs::create_directories(dir);
   const std::string json_path = (dir / "run.json").string();
   const std::string png_path = (dir / "run.png").string();
-  const std::string cmd = std::string("timeout 90 ") + kLoad + " --target 127.0.0.1:" +
-                          std::to_string(port) +
+  const std::string cmd = std::string("timeout 90 ") + kLoad + " --target 127.0.0.1:" + std::to_string(port) +
                           " --sweep 1,2 --duration 2s --stream --prompt-len uniform:4:12"
                           " --max-new-tokens 6 --deadline-ms 20000 --no-progress --json-out " +
                           json_path + " --plot " + png_path + " 2>" + (dir / "stderr").string();
@@ -70,9 +68,8 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   EXPECT_EQ(j["server"]["architecture"], "glm4");
   ASSERT_EQ(j["levels"].size(), 2u);
   for (const auto& l : j["levels"]) {
-    for (const char* k : {"concurrency", "elapsed_s", "requests_sent", "requests_ok", "errors",
-                          "requests_per_s", "generated_tokens_per_s", "latency_ms", "ttft_ms",
-                          "inter_token_ms", "queue_ms"}) {
+    for (const char* k : {"concurrency", "elapsed_s", "requests_sent", "requests_ok", "errors", "requests_per_s",
+                          "generated_tokens_per_s", "latency_ms", "ttft_ms", "inter_token_ms", "queue_ms"}) {
       EXPECT_TRUE(l.contains(k)) << k;
     }
     for (const char* k : {"p50", "p90", "p99", "max"}) EXPECT_TRUE(l["latency_ms"].contains(k)) << k;
@@ -95,9 +92,8 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   EXPECT_GT(fs::file_size(png_path), 5000u);
 
   // Re-reporting the saved run: a markdown table.
-  const std::string md = RunCommand(std::string("timeout 30 ") + kLoad + " --from-json " + json_path +
-                                        "," + json_path + " --labels a,b",
-                                    &rc);
+  const std::string md = RunCommand(
+      std::string("timeout 30 ") + kLoad + " --from-json " + json_path + "," + json_path + " --labels a,b", &rc);
   EXPECT_EQ(rc, 0);
   EXPECT_NE(md.find("| concurrency |"), std::string::npos) << md;
   fs::remove_all(dir);
@@ -116,8 +112,10 @@ TEST(GlmloadRealTest, HttpStreamRun) {
     while (http_port == 0 && std::chrono::steady_clock::now() < end) {
       std::smatch m;
       const std::string log = server.log();
-      if (std::regex_search(log, m, re)) http_port = std::stoi(m[1]);
-      else std::this_thread::sleep_for(20ms);
+      if (std::regex_search(log, m, re))
+        http_port = std::stoi(m[1]);
+      else
+        std::this_thread::sleep_for(20ms);
     }
   }
   ASSERT_GT(http_port, 0) << "no 'http serving on' line:\n" << server.log();
@@ -126,8 +124,8 @@ TEST(GlmloadRealTest, HttpStreamRun) {
   fs::create_directories(dir);
   const std::string json_path = (dir / "run.json").string();
   // The tiny model's vocabulary is 1024 ids.
-  const std::string cmd = std::string("timeout 90 ") + kLoad + " --http --target 127.0.0.1:" +
-                          std::to_string(http_port) +
+  const std::string cmd = std::string("timeout 90 ") + kLoad +
+                          " --http --target 127.0.0.1:" + std::to_string(http_port) +
                           " --concurrency 3 --duration 2s --stream --prompt-len uniform:4:12"
                           " --max-new-tokens 6 --vocab-size 1024 --temperature 0.7 --top-p 0.85"
                           " --frequency-penalty 0.2 --presence-penalty 0.1 --repetition-penalty 1.1"

@@ -1,10 +1,11 @@
 // glmload's statistics on known numbers, and its flag parsing.
+#include "bench/glmload_stats.h"
+
 #include <gtest/gtest.h>
 
 #include <numeric>
 
 #include "bench/glmload.h"
-#include "bench/glmload_stats.h"
 
 namespace glmserve::load {
 namespace {
@@ -80,10 +81,10 @@ std::vector<char*> Argv(std::vector<std::string>& args) {
 }
 
 TEST(FlagsTest, ParsesEveryForm) {
-  std::vector<std::string> args = {"glmload", "--target", "10.0.0.1:9", "--sweep=1,2,4",
-                                   "--duration", "500ms", "--prompt-len", "uniform:8:64",
-                                   "--max-new-tokens", "fixed:16", "--stream", "--deadline-ms=250",
-                                   "--json-out", "x.json", "--seed", "7"};
+  std::vector<std::string> args = {"glmload",          "--target", "10.0.0.1:9",   "--sweep=1,2,4",
+                                   "--duration",       "500ms",    "--prompt-len", "uniform:8:64",
+                                   "--max-new-tokens", "fixed:16", "--stream",     "--deadline-ms=250",
+                                   "--json-out",       "x.json",   "--seed",       "7"};
   auto argv = Argv(args);
   auto o = ParseFlags(static_cast<int>(argv.size()), argv.data());
   ASSERT_TRUE(o.ok()) << o.status();
@@ -107,9 +108,19 @@ TEST(FlagsTest, ParsesEveryForm) {
 }
 
 TEST(FlagsTest, SamplingPenaltiesAndHttp) {
-  std::vector<std::string> args = {"glmload", "--top-p", "0.85", "--frequency-penalty=0.2",
-                                   "--presence-penalty", "-1.5", "--repetition-penalty", "1.1",
-                                   "--http", "--vocab-size", "1024", "--target", "h:8000"};
+  std::vector<std::string> args = {"glmload",
+                                   "--top-p",
+                                   "0.85",
+                                   "--frequency-penalty=0.2",
+                                   "--presence-penalty",
+                                   "-1.5",
+                                   "--repetition-penalty",
+                                   "1.1",
+                                   "--http",
+                                   "--vocab-size",
+                                   "1024",
+                                   "--target",
+                                   "h:8000"};
   auto argv = Argv(args);
   auto o = ParseFlags(static_cast<int>(argv.size()), argv.data());
   ASSERT_TRUE(o.ok()) << o.status();
@@ -157,7 +168,8 @@ TEST(FlagsTest, SamplingPenaltiesAndHttp) {
 TEST(SseTest, ParsesCompletionChunks) {
   SseEvent done = ParseSseData("[DONE]");
   EXPECT_TRUE(done.done);
-  SseEvent text = ParseSseData(R"({"id":"c","object":"text_completion","choices":[{"index":0,"text":"ab","logprobs":null,"finish_reason":null}]})");
+  SseEvent text = ParseSseData(
+      R"({"id":"c","object":"text_completion","choices":[{"index":0,"text":"ab","logprobs":null,"finish_reason":null}]})");
   EXPECT_EQ(text.tokens, 1);
   EXPECT_FALSE(text.finished);
   EXPECT_EQ(text.completion_tokens, -1);
@@ -171,20 +183,21 @@ TEST(SseTest, ParsesCompletionChunks) {
   SseEvent usage = ParseSseData(R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":6,"total_tokens":9}})");
   EXPECT_EQ(usage.completion_tokens, 6);
   EXPECT_EQ(usage.tokens, 0);
-  SseEvent error = ParseSseData(R"({"error":{"message":"m","type":"timeout_error","param":"timeout","code":"deadline_exceeded"}})");
+  SseEvent error =
+      ParseSseData(R"({"error":{"message":"m","type":"timeout_error","param":"timeout","code":"deadline_exceeded"}})");
   EXPECT_EQ(error.error, "deadline_exceeded");
   EXPECT_TRUE(ParseSseData("{not json").malformed);
   EXPECT_TRUE(ParseSseData("[1]").malformed);
 }
 
 TEST(FlagsTest, RejectsBadInput) {
-  for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
-           {"glmload", "--rate", "10", "--concurrency", "2"},
-           {"glmload", "--sweep", "1,x"},
-           {"glmload", "--prompt-len", "uniform:9:3"},
-           {"glmload", "--duration", "-1"},
-           {"glmload", "--bogus", "1"},
-           {"glmload", "--concurrency"}}) {
+  for (std::vector<std::string> args :
+       std::vector<std::vector<std::string>>{{"glmload", "--rate", "10", "--concurrency", "2"},
+                                             {"glmload", "--sweep", "1,x"},
+                                             {"glmload", "--prompt-len", "uniform:9:3"},
+                                             {"glmload", "--duration", "-1"},
+                                             {"glmload", "--bogus", "1"},
+                                             {"glmload", "--concurrency"}}) {
     auto argv = Argv(args);
     EXPECT_FALSE(ParseFlags(static_cast<int>(argv.size()), argv.data()).ok()) << args[1];
   }

@@ -1,7 +1,8 @@
 // glmload's closed and open loops against an in-process stub glmserve.v1.Inference that answers at
 // once (or after an injected delay): rate accuracy, request counts, streaming timings, deadlines.
-#include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,7 +12,6 @@
 #include <mutex>
 #include <set>
 #include <thread>
-#include <unistd.h>
 
 #include "bench/glmload.h"
 #include "glmserve/v1/inference.grpc.pb.h"
@@ -30,8 +30,7 @@ class StubService final : public v1::Inference::Service {
   std::set<int> prompt_sizes, max_new_seen;
   bool min_equals_max = true;
 
-  grpc::Status Infer(grpc::ServerContext* ctx, const v1::InferRequest* req,
-                     v1::InferResponse* resp) override {
+  grpc::Status Infer(grpc::ServerContext* ctx, const v1::InferRequest* req, v1::InferResponse* resp) override {
     Enter();
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -43,8 +42,7 @@ class StubService final : public v1::Inference::Service {
     for (int i = 0; i < req->max_new_tokens(); ++i) resp->add_output_ids(i);
     Final(*req, resp);
     Leave();
-    return ctx->IsCancelled() ? grpc::Status(grpc::StatusCode::CANCELLED, "cancelled")
-                              : grpc::Status::OK;
+    return ctx->IsCancelled() ? grpc::Status(grpc::StatusCode::CANCELLED, "cancelled") : grpc::Status::OK;
   }
   grpc::Status InferStream(grpc::ServerContext* ctx, const v1::InferRequest* req,
                            grpc::ServerWriter<v1::InferResponse>* writer) override {
@@ -60,8 +58,7 @@ class StubService final : public v1::Inference::Service {
     Leave();
     return grpc::Status::OK;
   }
-  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
-                            v1::ModelInfo* info) override {
+  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*, v1::ModelInfo* info) override {
     info->set_architecture("stub");
     info->set_device("cpu");
     info->set_vocab_size(100);
@@ -230,7 +227,7 @@ TEST_F(GlmloadStubTest, PromptFileAndLengthDistributions) {
   std::filesystem::remove(path);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->levels[0].ok, 60);
-  EXPECT_EQ(service_.prompt_sizes, (std::set<int>{2, 3}));   // both prompts drawn, blank line skipped
+  EXPECT_EQ(service_.prompt_sizes, (std::set<int>{2, 3}));     // both prompts drawn, blank line skipped
   EXPECT_EQ(service_.max_new_seen, (std::set<int>{2, 3, 4}));  // uniform:2:4
   EXPECT_TRUE(service_.min_equals_max);                        // --ignore-eos (default)
   EXPECT_GE(r->levels[0].generated_tokens, 120);

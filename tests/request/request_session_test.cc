@@ -125,7 +125,7 @@ TEST_F(SessionTest, StreamsStepsOffTheEngineThreadThenFinishesOnce) {
   ASSERT_FALSE(Start(Ids({1, 2, 3}), /*streaming=*/true, sink, &session));
   ASSERT_EQ(engine.callbacks.size(), 1u);
   EXPECT_EQ(engine.requests[0].request_id, session->engine_id());
-  EXPECT_EQ(session->engine_id().rfind("req#", 0), 0u);  // the trace id names the engine request
+  EXPECT_EQ(session->engine_id().rfind("req#", 0), 0u);       // the trace id names the engine request
   EXPECT_FALSE(engine.callbacks[0].replayable_after_tokens);  // a stream has sent tokens
   RequestCallbacks& cb = engine.callbacks[0];
   cb.on_tokens({5});

@@ -1,13 +1,14 @@
 // The typed request and refusal (server/request/request.h): validation names fields in each front end's
 // dialect, and a refusal renders as a gRPC status and as an OpenAI error from its typed fields
 // alone (no message is read back).
+#include "server/request/request.h"
+
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
 #include "runtime/engine.h"
 #include "server/frontend/http_api.h"
 #include "server/ops/port_probe.h"
-#include "server/request/request.h"
 #include "server/request/request_validation.h"
 
 namespace glmserve {
@@ -101,8 +102,8 @@ TEST(Refusal, EngineQueueFullRetryAfterFromThePayload) {
 }
 
 TEST(Refusal, HttpShapes) {
-  const HttpError quota = ToHttpError(
-      MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kClientQuota, "too many", 1000));
+  const HttpError quota =
+      ToHttpError(MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kClientQuota, "too many", 1000));
   EXPECT_EQ(quota.status, 429);
   EXPECT_EQ(quota.code, "rate_limit_exceeded");
   EXPECT_EQ(quota.retry_after_s, 1);
@@ -140,9 +141,8 @@ TEST(Refusal, JsonParserGivesTypedRefusals) {
   EXPECT_EQ(r->kind, RefusalKind::kInvalidJson);
   EXPECT_EQ(ToHttpError(*r).param, "");
   ApiRequest ok;
-  ASSERT_FALSE(ParseApiRequest(ApiKind::kCompletion,
-                               R"({"model": "m", "prompt": [1, 2], "presence_penalty": 0.5, "ignore_eos": true})",
-                               &ok));
+  ASSERT_FALSE(ParseApiRequest(
+      ApiKind::kCompletion, R"({"model": "m", "prompt": [1, 2], "presence_penalty": 0.5, "ignore_eos": true})", &ok));
   EXPECT_EQ(ok.request.input_ids, (std::vector<int32_t>{1, 2}));
   EXPECT_EQ(ok.request.presence_penalty, 0.5f);
   EXPECT_TRUE(ok.request.min_equals_max);

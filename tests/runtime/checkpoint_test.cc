@@ -1,6 +1,8 @@
 // Tests for ListCheckpoint (runtime/checkpoint.h) and ReadCheckpointTensors
 // (runtime/checkpoint_tensors.h). Fixtures: tests/fixtures/checkpoint/, made by
 // scripts/make_checkpoint_fixtures.py; expected values come from its expected.json files.
+#include "runtime/checkpoint/checkpoint.h"
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <sys/resource.h>
@@ -15,7 +17,6 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
-#include "runtime/checkpoint/checkpoint.h"
 #include "runtime/checkpoint/checkpoint_tensors.h"
 #include "runtime/checkpoint/model_config.h"
 #include "runtime/checkpoint/pytorch_bin.h"
@@ -26,9 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string Fixture(const std::string& name) {
-  return std::string(GLMSERVE_FIXTURES_DIR) + "/checkpoint/" + name;
-}
+std::string Fixture(const std::string& name) { return std::string(GLMSERVE_FIXTURES_DIR) + "/checkpoint/" + name; }
 
 std::string ReadAll(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -81,7 +80,7 @@ bool HasProblem(const CheckpointListing& l, const std::vector<std::string>& part
   return false;
 }
 
-#define EXPECT_PROBLEM(listing, ...)                                        \
+#define EXPECT_PROBLEM(listing, ...) \
   EXPECT_TRUE(HasProblem(listing, {__VA_ARGS__})) << "problems:\n" << Joined((listing).problems)
 
 at::ScalarType TypeOf(const std::string& dtype) {
@@ -146,8 +145,8 @@ TEST(ListCheckpoint, ShardedSafetensors) {
   auto listing = ListCheckpoint(dir);
   ASSERT_TRUE(listing.ok()) << listing.status();
   EXPECT_EQ(listing->format, CheckpointFormat::kSafetensorsSharded);
-  EXPECT_EQ(listing->files, (std::vector<std::string>{"model-00001-of-00002.safetensors",
-                                                      "model-00002-of-00002.safetensors"}));
+  EXPECT_EQ(listing->files,
+            (std::vector<std::string>{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}));
   EXPECT_TRUE(listing->problems.empty()) << Joined(listing->problems);
   CheckAgainstExpected(dir, *listing);
 }
@@ -206,8 +205,8 @@ TEST(ListCheckpoint, ShardedBin) {
   auto listing = ListCheckpoint(dir);
   ASSERT_TRUE(listing.ok()) << listing.status();
   EXPECT_EQ(listing->format, CheckpointFormat::kPytorchBinSharded);
-  EXPECT_EQ(listing->files, (std::vector<std::string>{"pytorch_model-00001-of-00002.bin",
-                                                      "pytorch_model-00002-of-00002.bin"}));
+  EXPECT_EQ(listing->files,
+            (std::vector<std::string>{"pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"}));
   EXPECT_TRUE(listing->problems.empty()) << Joined(listing->problems);
   CheckAgainstExpected(dir, *listing);
 }
@@ -244,12 +243,13 @@ TEST(ListCheckpoint, NothingToList) {
 TEST(ListCheckpoint, BadIndexReportsEveryProblem) {
   auto listing = ListCheckpoint(Fixture("st_bad_index"));
   ASSERT_TRUE(listing.ok()) << listing.status();
-  EXPECT_PROBLEM(*listing, "index model.safetensors.index.json names shard "
-                           "model-00003-of-00003.safetensors, which is absent");
-  EXPECT_PROBLEM(*listing, "model-00002-of-00003.safetensors", "ghost");           // index key missing
-  EXPECT_PROBLEM(*listing, "model-00001-of-00003.safetensors", "extra");           // key not in index
+  EXPECT_PROBLEM(*listing,
+                 "index model.safetensors.index.json names shard "
+                 "model-00003-of-00003.safetensors, which is absent");
+  EXPECT_PROBLEM(*listing, "model-00002-of-00003.safetensors", "ghost");  // index key missing
+  EXPECT_PROBLEM(*listing, "model-00001-of-00003.safetensors", "extra");  // key not in index
   EXPECT_PROBLEM(*listing, "dup", "model-00001-of-00003.safetensors",
-                 "model-00002-of-00003.safetensors");                              // in two shards
+                 "model-00002-of-00003.safetensors");  // in two shards
   EXPECT_GE(listing->problems.size(), 4u) << Joined(listing->problems);
   // The readable tensors are still listed, each once.
   std::map<std::string, int> count;
@@ -278,8 +278,9 @@ TEST(ListCheckpoint, BinIndexNamesAbsentShard) {
                 tmp.path() / "pytorch_model.bin.index.json");
   auto listing = ListCheckpoint(tmp.str());
   ASSERT_TRUE(listing.ok()) << listing.status();
-  EXPECT_PROBLEM(*listing, "index pytorch_model.bin.index.json names shard "
-                           "pytorch_model-00002-of-00002.bin, which is absent");
+  EXPECT_PROBLEM(*listing,
+                 "index pytorch_model.bin.index.json names shard "
+                 "pytorch_model-00002-of-00002.bin, which is absent");
   EXPECT_EQ(listing->problems.size(), 1u) << Joined(listing->problems);
   ClearPytorchBinCache();
 }
@@ -326,9 +327,9 @@ TEST_F(MalformedSafetensors, MissingFields) {
 }
 
 TEST_F(MalformedSafetensors, MetadataIgnored) {
-  auto l = List(Safetensors(
-      R"({"__metadata__": {"format": "pt"}, "v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
-      std::string(8, '\0')));
+  auto l = List(
+      Safetensors(R"({"__metadata__": {"format": "pt"}, "v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+                  std::string(8, '\0')));
   EXPECT_TRUE(l.problems.empty()) << Joined(l.problems);
   ASSERT_EQ(l.tensors.size(), 1u);
 }
@@ -343,20 +344,18 @@ TEST_F(MalformedSafetensors, OffsetsOutOfOrderAndOverlapping) {
 }
 
 TEST_F(MalformedSafetensors, ByteLengthMismatch) {
-  auto l = List(Safetensors(R"({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 4]}})",
-                            std::string(4, '\0')));
+  auto l = List(Safetensors(R"({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 4]}})", std::string(4, '\0')));
   EXPECT_PROBLEM(l, "model.safetensors", "a", "holds 4 bytes", "needs 6");
   EXPECT_TRUE(l.tensors.empty());
   // Overflowing shapes do not crash.
-  auto big = List(Safetensors(
-      R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 4]}})",
-      std::string(4, '\0')));
+  auto big =
+      List(Safetensors(R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 4]}})",
+                       std::string(4, '\0')));
   EXPECT_PROBLEM(big, "model.safetensors", "a", "needs");
 }
 
 TEST_F(MalformedSafetensors, UnknownDtypeIsListed) {
-  auto l = List(Safetensors(R"({"q": {"dtype": "Q4_K", "shape": [3], "data_offsets": [0, 5]}})",
-                            std::string(5, '\0')));
+  auto l = List(Safetensors(R"({"q": {"dtype": "Q4_K", "shape": [3], "data_offsets": [0, 5]}})", std::string(5, '\0')));
   EXPECT_TRUE(l.problems.empty()) << Joined(l.problems);
   ASSERT_EQ(l.tensors.size(), 1u);
   EXPECT_EQ(l.tensors[0].dtype, "Q4_K");
@@ -471,8 +470,7 @@ TEST_F(DamagedBin, LegacyFormatIsUnsupported) {
 
 TEST_F(DamagedBin, LegacyShardInShardedBin) {
   TempDir tmp;
-  fs::copy_file(fs::path(Fixture("bin_legacy")) / "pytorch_model.bin",
-                tmp.path() / "pytorch_model-00001-of-00001.bin");
+  fs::copy_file(fs::path(Fixture("bin_legacy")) / "pytorch_model.bin", tmp.path() / "pytorch_model-00001-of-00001.bin");
   WriteAll(tmp.path() / "pytorch_model.bin.index.json",
            R"({"metadata": {}, "weight_map": {"w": "pytorch_model-00001-of-00001.bin"}})");
   auto listing = ListCheckpoint(tmp.str());
@@ -484,9 +482,7 @@ TEST_F(DamagedBin, LegacyShardInShardedBin) {
 // An unreadable weights file is one problem naming the file as unreadable, not also every key
 // it would have held as missing (issue 19). The open failure is real and root cannot bypass it:
 // RLIMIT_NOFILE at the lowest free descriptor makes open() fail with EMFILE.
-std::string ModelFixture(const std::string& name) {
-  return std::string(GLMSERVE_FIXTURES_DIR) + "/models/" + name;
-}
+std::string ModelFixture(const std::string& name) { return std::string(GLMSERVE_FIXTURES_DIR) + "/models/" + name; }
 
 size_t CountContaining(const std::vector<std::string>& v, const std::string& needle) {
   size_t n = 0;

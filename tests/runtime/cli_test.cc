@@ -66,9 +66,9 @@ TEST(GenerateCli, JsonOutputMatchesTransformers) {
     const json expected = ReadJson(dir / "expected.json");
     ASSERT_FALSE(expected["cases"].empty());
     for (const json& c : expected["cases"]) {
-      RunResult r = Glmserve({"generate", "--model", dir.string(), "--input-ids", Join(c["input_ids"]), "--max-new-tokens",
-                        std::to_string(c["max_new_tokens"].get<int>()), "--min-new-tokens",
-                        std::to_string(c["min_new_tokens"].get<int>()), "--json"});
+      RunResult r = Glmserve({"generate", "--model", dir.string(), "--input-ids", Join(c["input_ids"]),
+                              "--max-new-tokens", std::to_string(c["max_new_tokens"].get<int>()), "--min-new-tokens",
+                              std::to_string(c["min_new_tokens"].get<int>()), "--json"});
       ASSERT_EQ(r.exit_code, 0) << r.err;
       EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << "one line of JSON";
       json out = json::parse(r.out);
@@ -85,8 +85,9 @@ TEST(GenerateCli, JsonOutputMatchesTransformers) {
 
 TEST(GenerateCli, SamplingIsReproducibleWithSeed) {
   const std::string dir = (Fixtures() / "models" / "glm4-gqa-safetensors").string();
-  std::vector<std::string> args = {"generate", "--model", dir, "--input-ids", "1,2,3", "--max-new-tokens", "8",
-                                   "--temperature", "0.9", "--top-p", "0.9", "--top-k", "50", "--seed", "7", "--json"};
+  std::vector<std::string> args = {"generate", "--model",       dir,   "--input-ids", "1,2,3", "--max-new-tokens",
+                                   "8",        "--temperature", "0.9", "--top-p",     "0.9",   "--top-k",
+                                   "50",       "--seed",        "7",   "--json"};
   RunResult a = Glmserve(args), b = Glmserve(args);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(json::parse(a.out)["output_ids"], json::parse(b.out)["output_ids"]);
@@ -141,10 +142,12 @@ TEST(InspectCli, EveryFixtureIsLoadableAndDescribed) {
     EXPECT_EQ(out["parameter_count"], expected["parameter_count"]);
     EXPECT_FALSE(out["mapping"].empty());
   }
-  RunResult text = Glmserve({"inspect", "--model", (Fixtures() / "models" / "chatglm3-fp16-bin-sharded").string(), "--show-mapping"});
+  RunResult text = Glmserve(
+      {"inspect", "--model", (Fixtures() / "models" / "chatglm3-fp16-bin-sharded").string(), "--show-mapping"});
   ASSERT_EQ(text.exit_code, 0) << text.err;
-  EXPECT_NE(text.out.find("transformer.encoder.layers.0.self_attention.query_key_value.weight -> layers.0.q.weight [rows 0:32], "
-                          "layers.0.k.weight [rows 32:48], layers.0.v.weight [rows 48:64]"),
+  EXPECT_NE(text.out.find(
+                "transformer.encoder.layers.0.self_attention.query_key_value.weight -> layers.0.q.weight [rows 0:32], "
+                "layers.0.k.weight [rows 32:48], layers.0.v.weight [rows 48:64]"),
             std::string::npos)
       << text.out;
   EXPECT_NE(text.out.find("transformer.rotary_pos_emb.inv_freq -> dropped"), std::string::npos) << text.out;
@@ -162,7 +165,8 @@ TEST(InspectCli, BrokenCheckpointsExitTwoWithOneReportNamingTheProblem) {
       EXPECT_TRUE(r.out.empty()) << entry.path() << " printed on stdout: " << r.out;
       for (const json& needle : broken["expect_in_message"]) {
         EXPECT_NE(r.err.find(needle.get<std::string>()), std::string::npos)
-            << entry.path() << " " << command << ": report lacks '" << needle.get<std::string>() << "':\n" << r.err;
+            << entry.path() << " " << command << ": report lacks '" << needle.get<std::string>() << "':\n"
+            << r.err;
       }
       EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
       EXPECT_EQ(r.err.find("Exception raised from"), std::string::npos) << "stack trace leaked: " << r.err;

@@ -86,8 +86,8 @@ TEST(Glm4vCli, TextOnlyGenerateMatchesTransformers) {
 }
 
 TEST(Glm4vCli, InspectShowsTheVisionKeys) {
-  RunResult r = Glmserve({"inspect", "--model", (Glm4v() / "tiny-safetensors-sharded").string(), "--json",
-                          "--show-mapping"});
+  RunResult r =
+      Glmserve({"inspect", "--model", (Glm4v() / "tiny-safetensors-sharded").string(), "--json", "--show-mapping"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json out = json::parse(r.out);
   EXPECT_EQ(out["loadable"], true);
@@ -117,7 +117,8 @@ TEST(Glm4vCli, BrokenCheckpointsListEveryProblemAtOnceAndExitTwo) {
       EXPECT_TRUE(r.out.empty()) << r.out;
       for (const json& needle : broken["expect_in_message"]) {
         EXPECT_NE(r.err.find(needle.get<std::string>()), std::string::npos)
-            << entry.path() << " " << command << ": report lacks '" << needle.get<std::string>() << "':\n" << r.err;
+            << entry.path() << " " << command << ": report lacks '" << needle.get<std::string>() << "':\n"
+            << r.err;
       }
       EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
     }

@@ -52,8 +52,8 @@ TEST_F(Glm4vConfigTest, FixtureConfigReadsTextVisionAndTokenIds) {
   EXPECT_EQ(c->num_layers, 2);
   EXPECT_EQ(c->num_attention_heads, 4);
   EXPECT_EQ(c->num_key_value_heads, 2);
-  EXPECT_EQ(c->head_dim, 16);    // hidden / heads: Glm4vTextAttention ignores head_dim
-  EXPECT_EQ(c->rotary_dim, 8);   // 16 x partial_rotary_factor 0.5
+  EXPECT_EQ(c->head_dim, 16);   // hidden / heads: Glm4vTextAttention ignores head_dim
+  EXPECT_EQ(c->rotary_dim, 8);  // 16 x partial_rotary_factor 0.5
   EXPECT_EQ(c->mrope_section, (std::vector<int32_t>{2, 1, 1}));
   EXPECT_EQ(c->max_position_embeddings, 1024);
   EXPECT_TRUE(c->attention_bias);
@@ -86,7 +86,8 @@ TEST_F(Glm4vConfigTest, FixtureConfigReadsTextVisionAndTokenIds) {
 TEST_F(Glm4vConfigTest, AbsentFieldsTakeTransformersDefaults) {
   // Glm4vConfig(): GLM-4.1V-9B's sizes. partial_rotary_factor must be given (Glm4vText's
   // default 1.0 with mrope_section [8, 12, 12] does not run in transformers either).
-  Write("config.json", R"({"model_type": "glm4v", "text_config": {"rope_parameters": {"partial_rotary_factor": 0.5}}})");
+  Write("config.json",
+        R"({"model_type": "glm4v", "text_config": {"rope_parameters": {"partial_rotary_factor": 0.5}}})");
   auto c = Load();
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->vocab_size, 151552);
@@ -312,7 +313,7 @@ TEST(Glm4vWeightMap, BaseModelPrefixesAndTheTextOnlyLayout) {
   for (TensorRecord& r : base.tensors) r.name = r.name.substr(std::string("model.").size());
   const WeightPlan base_plan = PlanWeights(config, base);
   EXPECT_EQ(base_plan.problems, std::vector<std::string>{"missing key 'lm_head.weight' (lm_head.weight, "
-                                                          "expected shape [256, 64])"});
+                                                         "expected shape [256, 64])"});
   // The text-only layout ("model.layers.*") that transformers 5.24 does not load for glm4v.
   CheckpointListing old = *listing;
   for (TensorRecord& r : old.tensors) {

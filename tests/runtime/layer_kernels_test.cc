@@ -20,7 +20,6 @@
 namespace glmserve {
 namespace {
 
-
 float* F(const at::Tensor& t) { return t.data_ptr<float>(); }
 
 GlmModel::LayerKernels ReferenceKernels(const GlmModel& model) {
@@ -44,9 +43,8 @@ GlmModel::LayerKernels ReferenceKernels(const GlmModel& model) {
     EXPECT_TRUE(qkv.is_contiguous());
     shape.tokens = static_cast<int32_t>(qkv.size(0));
     shape.qkv_row_stride = qkv.stride(0);
-    kernels::RotaryKvWriteReference(F(qkv), positions.data_ptr<int64_t>(),
-                                    inv_freq.defined() ? F(inv_freq) : nullptr, slots.data_ptr<int64_t>(),
-                                    F(k_cache), F(v_cache), shape);
+    kernels::RotaryKvWriteReference(F(qkv), positions.data_ptr<int64_t>(), inv_freq.defined() ? F(inv_freq) : nullptr,
+                                    slots.data_ptr<int64_t>(), F(k_cache), F(v_cache), shape);
   };
   k.swiglu = [](const at::Tensor& gate_up) {
     at::Tensor in = gate_up.contiguous();
@@ -111,7 +109,8 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
   absl::StatusOr<ModelConfig> config =
       LoadModelConfig((std::filesystem::path(GLMSERVE_FIXTURES_DIR).parent_path().parent_path() / "bench" / "configs" /
-                       "glm-4-9b-chat-hf").string());
+                       "glm-4-9b-chat-hf")
+                          .string());
   ASSERT_TRUE(config.ok()) << config.status();
   config->num_layers = 2;
   absl::StatusOr<std::unique_ptr<GlmModel>> model =

@@ -102,9 +102,11 @@ TEST_F(ModelConfigTest, EveryBadFieldIsReportedAtOnce) {
   ASSERT_FALSE(c.ok());
   const std::string message(c.status().message());
   EXPECT_NE(message.find("field 'hidden_size': expected an integer, found string"), std::string::npos) << message;
-  EXPECT_NE(message.find("field 'num_hidden_layers': expected a positive integer, found -1"), std::string::npos) << message;
+  EXPECT_NE(message.find("field 'num_hidden_layers': expected a positive integer, found -1"), std::string::npos)
+      << message;
   EXPECT_NE(message.find("'yarn' is not supported"), std::string::npos) << message;
-  EXPECT_NE(message.find("field 'num_key_value_heads': 3 does not divide num_attention_heads 4"), std::string::npos) << message;
+  EXPECT_NE(message.find("field 'num_key_value_heads': 3 does not divide num_attention_heads 4"), std::string::npos)
+      << message;
 }
 
 TEST_F(ModelConfigTest, NonGlmModelTypeIsRefusedByName) {

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <set>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,7 +43,8 @@ TEST(ModelParityFixtures, AllFormatsAndArchitecturesPresent) {
     architectures.insert(expected["architecture"].get<std::string>());
     dtypes.insert(expected["stored_dtype"].get<std::string>());
   }
-  EXPECT_EQ(formats, (std::set<std::string>{"safetensors", "safetensors-sharded", "pytorch-bin", "pytorch-bin-sharded"}));
+  EXPECT_EQ(formats,
+            (std::set<std::string>{"safetensors", "safetensors-sharded", "pytorch-bin", "pytorch-bin-sharded"}));
   EXPECT_EQ(architectures, (std::set<std::string>{"chatglm", "glm", "glm4"}));
   EXPECT_EQ(dtypes, (std::set<std::string>{"float32", "float16", "bfloat16"}));
 }

@@ -1,5 +1,7 @@
 // Status codes from the loader reach the caller unchanged (ModelRunner::Load), and GenerateOnce
 // refuses with the engine's own checks: no code is flattened to INTERNAL on the way.
+#include "runtime/model_runner.h"
+
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -7,7 +9,6 @@
 
 #include "gtest/gtest.h"
 #include "runtime/generate_once.h"
-#include "runtime/model_runner.h"
 #include "tests/testutil/fixture_models.h"
 
 namespace glmserve {

@@ -84,7 +84,7 @@ TEST(SamplerTest, FrequencyAndPresencePenaltiesCountOnlyGeneratedIds) {
   const std::vector<int32_t> history = {0, 0, 0, 0, 0};
   GenerationParams p = Greedy();
   EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, &history), 0);  // no penalties
-  p.sampling.frequency_penalty = 0.2f;  // 3.0 - 0.4 = 2.6 > 2.5
+  p.sampling.frequency_penalty = 0.2f;                                  // 3.0 - 0.4 = 2.6 > 2.5
   EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, &history), 0);
   p.sampling.frequency_penalty = 0.3f;  // 3.0 - 0.6 = 2.4 < 2.5
   EXPECT_EQ(SampleNextToken(logits.data(), 3, p, {}, 2, &history), 1);
@@ -284,8 +284,8 @@ TEST(SamplerTest, KernelReferenceAgreesWithSampleNextToken) {
       int32_t reference_id = -2;
       kernels::SampleRowsReference(logits.data(), 1, vocab, &row, &reference_id);
       const int32_t sampler_id = SampleNextToken(logits.data(), vocab, params, {0}, step);
-      ASSERT_EQ(reference_id, sampler_id) << "vocab " << vocab << " row " << r << " temperature "
-                                          << row.temperature << " top_k " << row.top_k << " top_p " << row.top_p;
+      ASSERT_EQ(reference_id, sampler_id) << "vocab " << vocab << " row " << r << " temperature " << row.temperature
+                                          << " top_k " << row.top_k << " top_p " << row.top_p;
       ++compared;
     }
   }

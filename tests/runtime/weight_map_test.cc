@@ -107,9 +107,10 @@ TEST(WeightMapTest, OriginalLayoutSplitsQueryKeyValueIntoQKV) {
   const MappedTensor* v_bias = Find(plan, "layers.0.v.bias");
   ASSERT_NE(v_bias, nullptr);
   EXPECT_EQ(v_bias->row_begin, 12);
-  EXPECT_NE(std::find(plan.mapping.begin(), plan.mapping.end(),
-                      "transformer.rotary_pos_emb.inv_freq -> dropped: derived rotary buffer, recomputed from the config"),
-            plan.mapping.end());
+  EXPECT_NE(
+      std::find(plan.mapping.begin(), plan.mapping.end(),
+                "transformer.rotary_pos_emb.inv_freq -> dropped: derived rotary buffer, recomputed from the config"),
+      plan.mapping.end());
 }
 
 TEST(WeightMapTest, WrapperPrefixesAreStripped) {
@@ -124,15 +125,19 @@ TEST(WeightMapTest, WrapperPrefixesAreStripped) {
 TEST(WeightMapTest, EveryProblemIsCollectedInOnePass) {
   CheckpointListing l = HfGlmListing();
   l.problems.push_back("model-00002-of-00002.safetensors: truncated");
-  l.tensors.erase(l.tensors.begin() + 11);               // down_proj missing
-  l.tensors[2].shape = {9, 8};                            // q_proj mis-shaped
-  l.tensors[4].dtype = "F64";                             // v_proj unsupported dtype
+  l.tensors.erase(l.tensors.begin() + 11);                                 // down_proj missing
+  l.tensors[2].shape = {9, 8};                                             // q_proj mis-shaped
+  l.tensors[4].dtype = "F64";                                              // v_proj unsupported dtype
   l.tensors.push_back(Rec("model.layers.0.self_attn.extra.weight", {1}));  // unexpected
   WeightPlan plan = PlanWeights(TinyConfig(Architecture::kGlm), l);
   EXPECT_TRUE(HasProblem(plan, "model-00002-of-00002.safetensors: truncated"));
-  EXPECT_TRUE(HasProblem(plan, "missing key 'model.layers.0.mlp.down_proj.weight' (layers.0.down.weight, expected shape [8, 12])"));
-  EXPECT_TRUE(HasProblem(plan, "shape mismatch: key 'model.layers.0.self_attn.q_proj.weight' in model.safetensors: expected [8, 8], found [9, 8]"));
-  EXPECT_TRUE(HasProblem(plan, "unsupported dtype: key 'model.layers.0.self_attn.v_proj.weight' in model.safetensors is stored as F64"));
+  EXPECT_TRUE(HasProblem(
+      plan, "missing key 'model.layers.0.mlp.down_proj.weight' (layers.0.down.weight, expected shape [8, 12])"));
+  EXPECT_TRUE(HasProblem(plan,
+                         "shape mismatch: key 'model.layers.0.self_attn.q_proj.weight' in model.safetensors: expected "
+                         "[8, 8], found [9, 8]"));
+  EXPECT_TRUE(HasProblem(
+      plan, "unsupported dtype: key 'model.layers.0.self_attn.v_proj.weight' in model.safetensors is stored as F64"));
   EXPECT_TRUE(HasProblem(plan, "unexpected key 'model.layers.0.self_attn.extra.weight'"));
   EXPECT_EQ(plan.problems.size(), 5u) << ::testing::PrintToString(plan.problems);
   EXPECT_TRUE(plan.tensors.empty());
@@ -143,8 +148,9 @@ TEST(WeightMapTest, LayerCountMismatchIsSummarisedNotListedKeyByKey) {
   config.num_layers = 2;
   WeightPlan plan = PlanWeights(config, HfGlmListing());
   ASSERT_EQ(plan.problems.size(), 1u) << ::testing::PrintToString(plan.problems);
-  EXPECT_EQ(plan.problems[0], "config.json num_hidden_layers is 2 but the checkpoint has no tensors for layer(s) 1 "
-                            "(e.g. 'model.layers.1.input_layernorm.weight' is absent)");
+  EXPECT_EQ(plan.problems[0],
+            "config.json num_hidden_layers is 2 but the checkpoint has no tensors for layer(s) 1 "
+            "(e.g. 'model.layers.1.input_layernorm.weight' is absent)");
 
   config.num_layers = 1;
   CheckpointListing extra = HfGlmListing();
@@ -158,7 +164,8 @@ TEST(WeightMapTest, VocabMismatchIsExplained) {
   ModelConfig config = TinyConfig(Architecture::kGlm);
   config.vocab_size = 12;
   WeightPlan plan = PlanWeights(config, HfGlmListing());
-  EXPECT_TRUE(HasProblem(plan, "config.json vocab_size is 12 but the embedding 'model.embed_tokens.weight' has 10 rows"));
+  EXPECT_TRUE(
+      HasProblem(plan, "config.json vocab_size is 12 but the embedding 'model.embed_tokens.weight' has 10 rows"));
   EXPECT_TRUE(HasProblem(plan, "shape mismatch: key 'lm_head.weight'"));
 }
 
@@ -173,7 +180,9 @@ TEST(WeightMapTest, TiedEmbeddingsNeedNoLmHeadAndBiasFollowsConfig) {
 
   config.attention_bias = false;
   plan = PlanWeights(config, l);
-  EXPECT_TRUE(HasProblem(plan, "unexpected key 'model.layers.0.self_attn.q_proj.bias' in model.safetensors: config.json says attention_bias is false"));
+  EXPECT_TRUE(HasProblem(plan,
+                         "unexpected key 'model.layers.0.self_attn.q_proj.bias' in model.safetensors: config.json says "
+                         "attention_bias is false"));
 }
 
 TEST(WeightMapTest, Glm4NeedsSandwichNorms) {
@@ -186,7 +195,9 @@ TEST(WeightMapTest, DuplicateProvidersAreReported) {
   CheckpointListing l = HfGlmListing();
   l.tensors.push_back(Rec("model.layers.0.mlp.up_proj.weight", {12, 8}));
   WeightPlan plan = PlanWeights(TinyConfig(Architecture::kGlm), l);
-  EXPECT_TRUE(HasProblem(plan, "duplicate: keys 'model.layers.0.mlp.gate_up_proj.weight' and 'model.layers.0.mlp.up_proj.weight' both provide layers.0.up.weight"));
+  EXPECT_TRUE(HasProblem(plan,
+                         "duplicate: keys 'model.layers.0.mlp.gate_up_proj.weight' and "
+                         "'model.layers.0.mlp.up_proj.weight' both provide layers.0.up.weight"));
 }
 
 }  // namespace

@@ -91,8 +91,8 @@ TEST(ApiKeysTest, FromKeys) {
 }
 
 bool MakeCert(const std::string& dir, const std::string& name) {
-  const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -keyout " + dir +
-                          "/" + name + ".key -out " + dir + "/" + name + ".crt >/dev/null 2>&1";
+  const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -keyout " + dir + "/" +
+                          name + ".key -out " + dir + "/" + name + ".crt >/dev/null 2>&1";
   return std::system(cmd.c_str()) == 0;
 }
 

@@ -1,5 +1,7 @@
 // The gRPC service in-process: the real engine (runtime/engine) over tests/engine's deterministic
 // FakeExecutor, the real GrpcServer on loopback port 0, and a C++ stub. No LibTorch, no model.
+#include "server/frontend/grpc_service.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -13,10 +15,9 @@
 
 #include "runtime/engine/engine_impl.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "server/frontend/grpc_validation.h"
 #include "server/request/auth.h"
 #include "server/request/client_quota.h"
-#include "server/frontend/grpc_service.h"
-#include "server/frontend/grpc_validation.h"
 #include "tests/engine/fake_executor.h"
 #include "tests/server/test_client.h"
 
@@ -194,7 +195,11 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const std::vector<InvalidCase> cases = {
       {"empty input", [](v1::InferRequest* r) { r->clear_input_ids(); }, "input_ids"},
-      {"prompt text", [](v1::InferRequest* r) { r->clear_input_ids(); r->set_prompt("hi"); },
+      {"prompt text",
+       [](v1::InferRequest* r) {
+         r->clear_input_ids();
+         r->set_prompt("hi");
+       },
        "no tokenizer"},
       {"messages",
        [](v1::InferRequest* r) {
@@ -217,14 +222,15 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
        },
        "max context"},
       {"prompt alone too long",
-       [](v1::InferRequest* r) { for (int i = 0; i < kMaxContext; ++i) r->add_input_ids(1); },
+       [](v1::InferRequest* r) {
+         for (int i = 0; i < kMaxContext; ++i) r->add_input_ids(1);
+       },
        "input_ids"},
       {"min > max", [](v1::InferRequest* r) { r->set_min_new_tokens(9); }, "min_new_tokens"},
       {"min negative", [](v1::InferRequest* r) { r->set_min_new_tokens(-1); }, "min_new_tokens"},
       {"temperature negative", [](v1::InferRequest* r) { r->set_temperature(-0.5f); }, "temperature"},
       {"temperature NaN", [nan](v1::InferRequest* r) { r->set_temperature(nan); }, "temperature"},
-      {"temperature inf",
-       [](v1::InferRequest* r) { r->set_temperature(std::numeric_limits<float>::infinity()); },
+      {"temperature inf", [](v1::InferRequest* r) { r->set_temperature(std::numeric_limits<float>::infinity()); },
        "temperature"},
       {"top_p > 1", [](v1::InferRequest* r) { r->set_top_p(1.5f); }, "top_p"},
       {"top_p negative", [](v1::InferRequest* r) { r->set_top_p(-0.1f); }, "top_p"},
@@ -234,10 +240,8 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
        "frequency_penalty: 2.5 is outside [-2, 2]"},
       {"frequency_penalty < -2", [](v1::InferRequest* r) { r->set_frequency_penalty(-3.0f); },
        "frequency_penalty: -3 is outside [-2, 2]"},
-      {"frequency_penalty NaN", [nan](v1::InferRequest* r) { r->set_frequency_penalty(nan); },
-       "frequency_penalty"},
-      {"presence_penalty > 2", [](v1::InferRequest* r) { r->set_presence_penalty(2.01f); },
-       "presence_penalty"},
+      {"frequency_penalty NaN", [nan](v1::InferRequest* r) { r->set_frequency_penalty(nan); }, "frequency_penalty"},
+      {"presence_penalty > 2", [](v1::InferRequest* r) { r->set_presence_penalty(2.01f); }, "presence_penalty"},
       {"presence_penalty inf",
        [](v1::InferRequest* r) { r->set_presence_penalty(-std::numeric_limits<float>::infinity()); },
        "presence_penalty: -inf is outside [-2, 2]"},
@@ -245,13 +249,10 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
        "repetition_penalty: -1 is outside (0, 10]"},
       {"repetition_penalty > 10", [](v1::InferRequest* r) { r->set_repetition_penalty(10.5f); },
        "repetition_penalty: 10.5 is outside (0, 10]"},
-      {"repetition_penalty NaN", [nan](v1::InferRequest* r) { r->set_repetition_penalty(nan); },
-       "repetition_penalty"},
-      {"stop id outside vocab", [](v1::InferRequest* r) { r->add_stop_token_ids(kVocab + 5); },
-       "stop_token_ids[0]"},
+      {"repetition_penalty NaN", [nan](v1::InferRequest* r) { r->set_repetition_penalty(nan); }, "repetition_penalty"},
+      {"stop id outside vocab", [](v1::InferRequest* r) { r->add_stop_token_ids(kVocab + 5); }, "stop_token_ids[0]"},
       {"request_id with space", [](v1::InferRequest* r) { r->set_request_id("a b"); }, "request_id"},
-      {"request_id too long",
-       [](v1::InferRequest* r) { r->set_request_id(std::string(200, 'x')); }, "request_id"},
+      {"request_id too long", [](v1::InferRequest* r) { r->set_request_id(std::string(200, 'x')); }, "request_id"},
   };
   for (const auto& c : cases) {
     v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 8);
@@ -259,8 +260,7 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
     v1::InferResponse response;
     grpc::Status unary = Unary(request, &response);
     EXPECT_EQ(unary.error_code(), grpc::INVALID_ARGUMENT) << c.name;
-    EXPECT_NE(unary.error_message().find(c.field), std::string::npos)
-        << c.name << ": " << unary.error_message();
+    EXPECT_NE(unary.error_message().find(c.field), std::string::npos) << c.name << ": " << unary.error_message();
     auto stream = RunStream(stub_.get(), request, 5s);
     EXPECT_EQ(stream.status.error_code(), grpc::INVALID_ARGUMENT) << c.name;
     EXPECT_TRUE(stream.messages.empty()) << c.name;
@@ -382,14 +382,12 @@ TEST_F(GrpcServiceTest, QueueFullIsResourceExhaustedWithRetryHint) {
   for (int i = 0; i < 2; ++i) {
     holders.emplace_back([this, i, &contexts, &cancelled] {
       v1::InferResponse response;
-      if (stub_->Infer(contexts[i].get(), MakeProtoRequest({1, 2}, 3000), &response).error_code() ==
-          grpc::CANCELLED) {
+      if (stub_->Infer(contexts[i].get(), MakeProtoRequest({1, 2}, 3000), &response).error_code() == grpc::CANCELLED) {
         ++cancelled;
       }
     });
     const auto end = std::chrono::steady_clock::now() + 5s;
-    while (engine_->stats().running + engine_->stats().waiting < i + 1 &&
-           std::chrono::steady_clock::now() < end) {
+    while (engine_->stats().running + engine_->stats().waiting < i + 1 && std::chrono::steady_clock::now() < end) {
       std::this_thread::sleep_for(2ms);
     }
   }

@@ -9,11 +9,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "tests/server/test_client.h"
 #include "tests/testutil/server_process.h"
@@ -24,8 +23,8 @@ namespace {
 using namespace std::chrono_literals;
 using testing::HealthCheck;
 using testing::MakeProtoRequest;
-using testing::RunStream;
 using testing::RunCommand;
+using testing::RunStream;
 using testing::ServerProcess;
 using testing::SetDeadline;
 
@@ -36,9 +35,9 @@ constexpr char kModel[] = GLMSERVE_TEST_MODEL_DIR;
 std::vector<int32_t> Generate(const std::vector<int32_t>& ids, int max_new) {
   std::string list;
   for (size_t i = 0; i < ids.size(); ++i) list += (i ? "," : "") + std::to_string(ids[i]);
-  const std::string out = RunCommand(std::string("timeout 120 ") + kBinary + " generate --model " + kModel +
-                                     " --input-ids " + list + " --max-new-tokens " + std::to_string(max_new) +
-                                     " --json 2>/dev/null");
+  const std::string out =
+      RunCommand(std::string("timeout 120 ") + kBinary + " generate --model " + kModel + " --input-ids " + list +
+                 " --max-new-tokens " + std::to_string(max_new) + " --json 2>/dev/null");
   auto j = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.contains("output_ids")) return {};
   return j["output_ids"].get<std::vector<int32_t>>();
@@ -61,8 +60,7 @@ class ServeIntegrationTest : public ::testing::Test {
     server_ = std::make_unique<ServerProcess>(kBinary, kModel, flags);
     port_ = server_->WaitServing(120s);
     ASSERT_GT(port_, 0) << server_->log();
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
-                                   grpc::InsecureChannelCredentials());
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
     stub_ = v1::Inference::NewStub(channel_);
   }
   grpc::Status Unary(const v1::InferRequest& request, v1::InferResponse* response,
@@ -71,9 +69,7 @@ class ServeIntegrationTest : public ::testing::Test {
     SetDeadline(&ctx, deadline);
     return stub_->Infer(&ctx, request, response);
   }
-  static std::vector<int32_t> Ids(const v1::InferResponse& r) {
-    return {r.output_ids().begin(), r.output_ids().end()};
-  }
+  static std::vector<int32_t> Ids(const v1::InferResponse& r) { return {r.output_ids().begin(), r.output_ids().end()}; }
 
   std::unique_ptr<ServerProcess> server_;
   int port_ = 0;
@@ -134,8 +130,7 @@ TEST_F(ServeIntegrationTest, InvalidInputsAreRejected) {
        },
        "max context"},
       {[](v1::InferRequest* r) { r->set_min_new_tokens(100); }, "min_new_tokens"},
-      {[](v1::InferRequest* r) { r->set_temperature(std::numeric_limits<float>::quiet_NaN()); },
-       "temperature"},
+      {[](v1::InferRequest* r) { r->set_temperature(std::numeric_limits<float>::quiet_NaN()); }, "temperature"},
       {[](v1::InferRequest* r) { r->set_temperature(-1); }, "temperature"},
       {[](v1::InferRequest* r) { r->set_top_p(1.01f); }, "top_p"},
       {[](v1::InferRequest* r) { r->set_top_k(-2); }, "top_k"},
@@ -160,8 +155,7 @@ TEST_F(ServeIntegrationTest, DeadlineAndCancelFreeCapacity) {
   v1::InferResponse response;
   v1::InferRequest long_request = MakeProtoRequest({1, 2, 3}, 1500);
   long_request.set_min_new_tokens(1500);  // no early stop on an eos id
-  EXPECT_EQ(Unary(long_request, &response, 300ms).error_code(),
-            grpc::DEADLINE_EXCEEDED);
+  EXPECT_EQ(Unary(long_request, &response, 300ms).error_code(), grpc::DEADLINE_EXCEEDED);
   auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response, 10s).ok());
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "deadline did not free the slot";
@@ -196,8 +190,7 @@ TEST_F(ServeIntegrationTest, SixtyFourConcurrentClients) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kClients; ++i) {
     threads.emplace_back([&, i] {
-      auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
-                                         grpc::InsecureChannelCredentials());
+      auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
       auto stub = v1::Inference::NewStub(channel);
       if (i % 2 == 0) {
         grpc::ClientContext ctx;

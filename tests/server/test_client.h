@@ -35,8 +35,8 @@ inline int HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std:
   grpc::ClientContext ctx;
   SetDeadline(&ctx, std::chrono::seconds(5));
   std::promise<grpc::Status> done;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
-                 &response_buffer, [&done](grpc::Status s) { done.set_value(s); });
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer, &response_buffer,
+                 [&done](grpc::Status s) { done.set_value(s); });
   grpc::Status status = done.get_future().get();
   if (status_out != nullptr) *status_out = status;
   if (!status.ok()) return -1;

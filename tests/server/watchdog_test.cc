@@ -40,9 +40,9 @@ class Harness {
   // `faults(generation)` gives each engine its fault injection.
   explicit Harness(std::function<FaultInjectionOptions(int)> faults, WatchdogOptions w = Defaults()) {
     ConfigureLogging("error", "text").IgnoreError();
-    EngineFactory factory = [this, faults](int generation,
-                                           std::function<void(int32_t, const absl::Status&)> beat)
-        -> absl::StatusOr<EngineInstance> {
+    EngineFactory factory =
+        [this, faults](int generation,
+                       std::function<void(int32_t, const absl::Status&)> beat) -> absl::StatusOr<EngineInstance> {
       EngineOptions o;
       o.scheduler.max_batch_size = 8;
       o.scheduler.faults = faults(generation);
@@ -182,8 +182,7 @@ TEST(WatchdogTest, StallPastTheTimeoutRebuildsWithoutWaitingForTheStuckStep) {
   EXPECT_TRUE(h.engine().HasStuckEngine()) << "engine 0 is still inside its step";
   EXPECT_FALSE(h.engine().WaitNoStuckEngine(0ms));
   h.executor(0)->Open();
-  EXPECT_TRUE(h.engine().WaitNoStuckEngine(kEventTimeout))
-      << "the stalled engine is shut down once its step returns";
+  EXPECT_TRUE(h.engine().WaitNoStuckEngine(kEventTimeout)) << "the stalled engine is shut down once its step returns";
   EXPECT_FALSE(h.engine().HasStuckEngine());
 }
 
@@ -288,8 +287,7 @@ TEST(WatchdogTest, IdleCanaryFindsABrokenEngineWithoutClientTraffic) {
 }
 
 TEST(WatchdogTest, CreateRefusesBadOptionsNamingTheField) {
-  EngineFactory never = [](int, std::function<void(int32_t, const absl::Status&)>)
-      -> absl::StatusOr<EngineInstance> {
+  EngineFactory never = [](int, std::function<void(int32_t, const absl::Status&)>) -> absl::StatusOr<EngineInstance> {
     ADD_FAILURE() << "no engine is built with bad options";
     return absl::InternalError("unreachable");
   };

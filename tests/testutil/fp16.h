@@ -17,7 +17,7 @@ inline uint16_t ToHalfBits(float v) {
   if (exponent == 0xffu) return static_cast<uint16_t>(sign | 0x7c00u | (mantissa != 0 ? 0x200u : 0u));
   const int e = static_cast<int>(exponent) - 127 + 15;
   if (e >= 31) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow: infinity
-  if (e <= 0) {                                                 // subnormal (or zero)
+  if (e <= 0) {                                               // subnormal (or zero)
     if (e < -10) return static_cast<uint16_t>(sign);
     mantissa |= 0x800000u;
     const int shift = 14 - e;

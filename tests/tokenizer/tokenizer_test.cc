@@ -1,5 +1,7 @@
 // Parity of glmserve_tokenizer with the reference libraries (HF tokenizers + transformers,
 // tiktoken, sentencepiece) on tests/fixtures/tokenizer (scripts/make_tokenizer_fixtures.py).
+#include "runtime/tokenizer/tokenizer.h"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -11,7 +13,6 @@
 #include "runtime/tokenizer/pretokenizer.h"
 #include "runtime/tokenizer/stream_decoder.h"
 #include "runtime/tokenizer/text_output.h"
-#include "runtime/tokenizer/tokenizer.h"
 
 namespace glmserve::tokenizer {
 namespace {
@@ -28,9 +29,9 @@ json ReadJson(const std::string& path) {
 }
 
 struct Format {
-  std::string name;       // key in expected.json
+  std::string name;  // key in expected.json
   std::string dir;
-  std::string format;     // Tokenizer::format()
+  std::string format;  // Tokenizer::format()
 };
 
 void PrintTo(const Format& f, std::ostream* os) { *os << f.name; }
@@ -117,12 +118,12 @@ TEST_P(ParityTest, StopIdsAndSpecials) {
   EXPECT_GT(tok_->vocab_size(), *tok_->SpecialTokenId("<|observation|>"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, ParityTest, ::testing::ValuesIn(Formats()),
-                         [](const auto& info) {
-                           std::string n = info.param.name;
-                           for (char& c : n) if (c == '-') c = '_';
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Formats, ParityTest, ::testing::ValuesIn(Formats()), [](const auto& info) {
+  std::string n = info.param.name;
+  for (char& c : n)
+    if (c == '-') c = '_';
+  return n;
+});
 
 TEST(Tokenizer, BundledModelStopIdsMatchConfig) {
   auto t = Tokenizer::FromDirectory(std::string(GLMSERVE_SOURCE_DIR) + "/models/glm4-tiny");
@@ -173,14 +174,19 @@ TEST(StreamDecoder, HoldsBackIncompleteCharacter) {
   EXPECT_EQ(dec.Add(ids[3]), emoji);
   // A sequence that can never complete is replaced, not held forever.
   EXPECT_EQ(dec.Add(ids[0]), "");
-  EXPECT_EQ(dec.Add((*t)->Encode("a", false)[0]), "\xEF\xBF\xBD" "a");
+  EXPECT_EQ(dec.Add((*t)->Encode("a", false)[0]),
+            "\xEF\xBF\xBD"
+            "a");
   EXPECT_EQ(dec.Add(ids[0]), "");
   EXPECT_EQ(dec.Finish(), "\xEF\xBF\xBD");
 }
 
 TEST(Utf8, SanitizeMatchesMaximalSubpart) {
   EXPECT_EQ(SanitizeUtf8("a\xC3"), "a\xEF\xBF\xBD");
-  EXPECT_EQ(SanitizeUtf8("\xE4\xBD" "b"), "\xEF\xBF\xBD" "b");
+  EXPECT_EQ(SanitizeUtf8("\xE4\xBD"
+                         "b"),
+            "\xEF\xBF\xBD"
+            "b");
   EXPECT_EQ(SanitizeUtf8("\xFF\xFE"), "\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(SanitizeUtf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
   EXPECT_EQ(CompleteUtf8Prefix("ab\xE4\xBD"), 2u);

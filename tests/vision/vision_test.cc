@@ -1,16 +1,15 @@
 // runtime/vision against transformers' Glm4v image processors (fixtures from
 // scripts/make_vision_fixtures.py) and against hostile input.
+#include <gtest/gtest.h>
 #include <zlib.h>
 
 #include <cstdint>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "runtime/vision/glm4v_processor.h"
 #include "runtime/vision/image_decode.h"
@@ -357,8 +356,8 @@ TEST(VisionHostile, TruncatedPngAndJpeg) {
 
 TEST(VisionHostile, CorruptedBytesNeverCrash) {
   std::mt19937 rng(11);
-  for (const char* name : {"rgb_64x48.png", "palette_trns_40x56.png", "photo_120x80.jpg", "cmyk_40x32.jpg",
-                           "progressive_70x50.jpg"}) {
+  for (const char* name :
+       {"rgb_64x48.png", "palette_trns_40x56.png", "photo_120x80.jpg", "cmyk_40x32.jpg", "progressive_70x50.jpg"}) {
     const std::string bytes = ReadFile(kDir + "images/" + name);
     for (int trial = 0; trial < 100; ++trial) {
       std::string b = bytes;
