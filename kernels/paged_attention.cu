@@ -502,8 +502,10 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
   kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
       parts.part_stats, s, splits);
-  PagedAttentionMergeKernel<T> < <<dim3(s.batch, s.num_heads), s.head_dim<128 ? s.head_dim : 128, 0, stream>>>(
-                                     parts.part_acc, parts.part_stats, static_cast<T*>(out), s, splits);
+  // A named thread count: clang-format 14 misreads a '<' comparison inside a launch's <<<...>>>.
+  const int merge_threads = s.head_dim < 128 ? s.head_dim : 128;
+  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), merge_threads, 0, stream>>>(
+      parts.part_acc, parts.part_stats, static_cast<T*>(out), s, splits);
   return cudaGetLastError() == cudaSuccess;
 }
 
