@@ -1,14 +1,11 @@
 // glm4v (GLM-4.1V) through the real glmserve binary: inspect shows the vision keys, text-only
 // generation matches transformers' recording (tests/fixtures/glm4v/expected.json text_cases),
 // broken checkpoints list every problem at once and exit 2, random weights build.
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,43 +13,16 @@
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testutil/run_binary.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
+using glmserve::testing::RunResult;
 
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-RunResult Glmserve(const std::vector<std::string>& args) {
-  const fs::path err_file = fs::temp_directory_path() / ("glmserve_cli_err_" + std::to_string(::getpid()));
-  std::string cmd = Quote(GLMSERVE_BINARY);
-  for (const std::string& a : args) cmd += " " + Quote(a);
-  cmd += " 2>" + Quote(err_file.string());
-  RunResult run;
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  char buffer[65536];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) run.out.append(buffer, n);
-  const int status = ::pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  std::ifstream in(err_file);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  run.err = ss.str();
-  fs::remove(err_file);
-  return run;
-}
+RunResult Glmserve(const std::vector<std::string>& args) { return glmserve::testing::RunBinary(GLMSERVE_BINARY, args); }
 
 fs::path Fixtures() { return fs::path(GLMSERVE_FIXTURES_DIR); }
 
