@@ -42,35 +42,17 @@
 #include "kernels/decode_ops.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
+#include "runtime/model/env_switches.h"
 #include "runtime/model/glm_model.h"
 
 namespace glmserve {
 
 namespace {
 
-bool EnvIs(const char* name, const char* value) {
-  const char* env = std::getenv(name);
-  return env != nullptr && std::strcmp(env, value) == 0;
-}
-
 kernels::ElementType ElementTypeOf(at::ScalarType dtype) {
   if (dtype == at::kBFloat16) return kernels::ElementType::kBFloat16;
   if (dtype == at::kHalf) return kernels::ElementType::kFloat16;
   return kernels::ElementType::kFloat32;
-}
-
-// A measurement switch's integer in [lo, hi]; unset gives `fallback`, a bad value says so on
-// stderr and gives `fallback` too.
-int64_t EnvInt(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
-  const char* env = std::getenv(name);
-  if (env == nullptr) return fallback;
-  int64_t value = 0;
-  if (!absl::SimpleAtoi(env, &value) || value < lo || value > hi) {
-    std::fprintf(stderr, "%s: '%s' is not an integer in [%lld, %lld]; using %lld\n", name, env,
-                 static_cast<long long>(lo), static_cast<long long>(hi), static_cast<long long>(fallback));
-    return fallback;
-  }
-  return value;
 }
 
 bool FlashTakesHeadDim(const ModelConfig& config) { return config.head_dim % 8 == 0 && config.head_dim <= 256; }

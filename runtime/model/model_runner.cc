@@ -15,8 +15,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <tuple>
 #include <type_traits>
@@ -30,6 +32,7 @@
 #include "runtime/checkpoint/model_config.h"
 #include "runtime/checkpoint/weight_map.h"
 #include "runtime/inspect.h"
+#include "runtime/model/env_switches.h"
 #include "runtime/model/glm_model.h"
 #include "runtime/model/model_forward.h"
 #include "runtime/model/profiling.h"
@@ -125,9 +128,10 @@ void EmptyDeviceCache(const at::Device& device) {
 #endif
 }
 
-void LogLine(const ExecutorOptions& options, const std::string& line) {
-  if (options.log) {
-    options.log(line);
+// To the executor's log callback (ExecutorOptions::log), stderr without one.
+void LogLine(const std::function<void(const std::string&)>& log, const std::string& line) {
+  if (log) {
+    log(line);
   } else {
     std::fprintf(stderr, "%s\n", line.c_str());
   }
@@ -153,10 +157,7 @@ bool ChangesLogits(const SequenceStep& step) {
 // GLMSERVE_CUDA_DEVICE_SAMPLING=0 sends every row but plain greedy ones (temperature > 0,
 // penalties, stop masking) to the host sampler (diagnosis). Read once.
 bool DeviceSamplingEnabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("GLMSERVE_CUDA_DEVICE_SAMPLING");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool enabled = [] { return !EnvIs("GLMSERVE_CUDA_DEVICE_SAMPLING", "0"); }();
   return enabled;
 }
 #endif
@@ -440,9 +441,8 @@ struct StepProfile {
   static StepProfile FromEnvironment() {
     StepProfile profile;
     if (const char* path = std::getenv("GLMSERVE_PROFILE_TRACE")) profile.path = path;
-    if (const char* after = std::getenv("GLMSERVE_PROFILE_AFTER_STEPS")) profile.after_steps = std::atoll(after);
-    if (const char* steps = std::getenv("GLMSERVE_PROFILE_STEPS")) profile.steps = std::atoll(steps);
-    if (profile.after_steps < 0 || profile.steps <= 0) profile.path.clear();
+    profile.after_steps = EnvInt("GLMSERVE_PROFILE_AFTER_STEPS", profile.after_steps, 0, int64_t{1} << 40);
+    profile.steps = EnvInt("GLMSERVE_PROFILE_STEPS", profile.steps, 1, int64_t{1} << 20);
     return profile;
   }
 };
@@ -483,8 +483,11 @@ class PagedExecutor final : public StepExecutor {
     absl::StatusOr<StepResult> result;
     if (!profile_.path.empty()) BeforeProfiledStep();
     try {
-      at::RecordFunction range(at::RecordScope::USER_SCOPE);
-      if (profile_.recording && range.isActive()) range.before(StepRangeName(batch));
+      std::optional<at::RecordFunction> range;  // the step's named range, only while recording
+      if (profile_.recording) {
+        range.emplace(at::RecordScope::USER_SCOPE);
+        if (range->isActive()) range->before(StepRangeName(batch));
+      }
       result = StepImpl(batch);
     } catch (const std::exception& e) {  // GuardTorch covers LibTorch; this covers the rest
       result = absl::InternalError(absl::StrCat("executor step: ", e.what()));
@@ -498,20 +501,12 @@ class PagedExecutor final : public StepExecutor {
   }
 
  private:
-  void Log(const std::string& line) {
-    if (log_) {
-      log_(line);
-    } else {
-      std::fprintf(stderr, "%s\n", line.c_str());
-    }
-  }
-
   void BeforeProfiledStep() {
     if (profile_.done || profile_.recording || profile_.seen++ < profile_.after_steps) return;
     absl::Status started = StartDeviceProfile();
     if (!started.ok()) {
       profile_.done = true;
-      Log(absl::StrCat("GLMSERVE_PROFILE_TRACE: ", started.message()));
+      LogLine(log_, absl::StrCat("GLMSERVE_PROFILE_TRACE: ", started.message()));
       return;
     }
     profile_.recording = true;
@@ -526,8 +521,9 @@ class PagedExecutor final : public StepExecutor {
     if (model_->device().is_cuda()) at::cuda::getCurrentCUDAStream().synchronize();
 #endif
     absl::Status stopped = StopDeviceProfile(profile_.path);
-    Log(stopped.ok() ? absl::StrCat("profile of ", profile_.steps, " executor steps written to ", profile_.path)
-                     : absl::StrCat("GLMSERVE_PROFILE_TRACE: ", stopped.message()));
+    LogLine(log_, stopped.ok()
+                      ? absl::StrCat("profile of ", profile_.steps, " executor steps written to ", profile_.path)
+                      : absl::StrCat("GLMSERVE_PROFILE_TRACE: ", stopped.message()));
   }
 
   // Chooses on the device every row it can: plain greedy rows by argmax (the first maximum, as on
@@ -827,9 +823,9 @@ class ModelRunnerImpl final : public ModelRunner {
     GLM_RETURN_IF_ERROR(GuardTorch("allocating the KV cache", [&] {
       pool = model_->AllocateKv(static_cast<int32_t>(blocks), options.block_size);
     }));
-    LogLine(options, absl::StrCat("kv cache: ", blocks, " blocks x ", options.block_size, " tokens (",
-                                  blocks * options.block_size, " tokens, ", (blocks * per_block) >> 20, " MiB on ",
-                                  device.str(), ") from ", source));
+    LogLine(options.log, absl::StrCat("kv cache: ", blocks, " blocks x ", options.block_size, " tokens (",
+                                      blocks * options.block_size, " tokens, ", (blocks * per_block) >> 20, " MiB on ",
+                                      device.str(), ") from ", source));
     auto forward = std::make_unique<ModelForward>(*model_);
     if (options.capture_decode_batch > 0 && device.is_cuda()) CaptureDecodeGraphs(options, *forward, pool);
 #ifdef GLMSERVE_TORCH_CUDA
@@ -839,19 +835,18 @@ class ModelRunnerImpl final : public ModelRunner {
     // RESOURCE_EXHAUSTED, smaller batch, retry). What it holds, not what is in use: graph pools are
     // held but not in use, and a cap below them leaves no room for any step. Free space left inside
     // held segments adds to N, so the storm needs steps far larger than N (scripts/gpu-serve-bench.sh).
-    if (const char* headroom = std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB");
-        headroom != nullptr && device.is_cuda()) {
+    if (std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB") != nullptr && device.is_cuda()) {
+      const int64_t headroom_mb = EnvInt("GLMSERVE_CUDA_MEMORY_HEADROOM_MB", 0, 0, int64_t{1} << 20);
       GLM_RETURN_IF_ERROR(GuardTorch("capping device memory (GLMSERVE_CUDA_MEMORY_HEADROOM_MB)", [&] {
         EmptyDeviceCache(device);
         const int64_t reserved =
             c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current;
-        const auto [free_bytes, total_bytes] = at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index());
-        (void)free_bytes;
-        const int64_t cap = reserved + (std::atoll(headroom) << 20);
+        const int64_t total_bytes = std::get<1>(at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index()));
+        const int64_t cap = reserved + (headroom_mb << 20);
         c10::cuda::CUDACachingAllocator::setMemoryFraction(
             std::min(1.0, static_cast<double>(cap) / static_cast<double>(total_bytes)), device.index());
-        LogLine(options, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20, " MiB (",
-                                      reserved >> 20, " MiB held + ", headroom, " MiB)"));
+        LogLine(options.log, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20,
+                                          " MiB (", reserved >> 20, " MiB held + ", headroom_mb, " MiB)"));
       }));
     }
 #endif
@@ -872,7 +867,7 @@ class ModelRunnerImpl final : public ModelRunner {
       EmptyDeviceCache(model_->device());
       absl::StrAppend(&line, "; the next bucket failed (captured on first use instead): ", status.message());
     }
-    LogLine(options, line);
+    LogLine(options.log, line);
   }
 
   ModelInfo info_;

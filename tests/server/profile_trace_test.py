@@ -55,6 +55,14 @@ def main():
               f"summary has one row for the 4 decode-only steps:\n{summary.stdout}")
     finally:
         server.stop()
+    # A bad value is named and the default kept (no profile before the default's 2000 steps).
+    os.environ.update(GLMSERVE_PROFILE_STEPS="abc")
+    bad = harness.Server(args.binary, args.model, [])
+    try:
+        check("GLMSERVE_PROFILE_STEPS: 'abc' is not an integer in [1, " in bad.log(),
+              f"a bad GLMSERVE_PROFILE_STEPS is named:\n{bad.log()}")
+    finally:
+        bad.stop()
     return 1 if harness.FAILURES else 0
 
 
