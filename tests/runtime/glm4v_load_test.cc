@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -20,6 +19,7 @@
 #include "runtime/checkpoint/weight_map.h"
 #include "runtime/model/glm_model.h"
 #include "runtime/model_runner.h"
+#include "tests/testutil/scratch_dir_test.h"
 
 namespace glmserve {
 namespace {
@@ -28,17 +28,9 @@ namespace fs = std::filesystem;
 
 fs::path Glm4vFixture() { return fs::path(GLMSERVE_FIXTURES_DIR) / "glm4v" / "tiny-safetensors-sharded"; }
 
-class Glm4vConfigTest : public ::testing::Test {
+class Glm4vConfigTest : public glmserve::testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("glmserve_glm4v_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  void Write(const std::string& name, const std::string& text) { std::ofstream(dir_ / name) << text; }
   absl::StatusOr<ModelConfig> Load() { return LoadModelConfig(dir_.string()); }
-  fs::path dir_;
 };
 
 TEST_F(Glm4vConfigTest, FixtureConfigReadsTextVisionAndTokenIds) {

@@ -1,27 +1,19 @@
 #include "runtime/checkpoint/model_config.h"
 
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/testutil/scratch_dir_test.h"
 
 namespace glmserve {
 namespace {
 
 namespace fs = std::filesystem;
 
-class ModelConfigTest : public ::testing::Test {
+class ModelConfigTest : public glmserve::testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("glmserve_config_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  void Write(const std::string& name, const std::string& text) { std::ofstream(dir_ / name) << text; }
   absl::StatusOr<ModelConfig> Load() { return LoadModelConfig(dir_.string()); }
-  fs::path dir_;
 };
 
 TEST_F(ModelConfigTest, GlmRopeParametersGiveThetaAndPartialRotary) {
