@@ -26,30 +26,31 @@ void RequestSession::Cancel() {
 }
 
 void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
+  bool queue = false;
   {
     std::lock_guard<std::mutex> lock(events_mu_);
     pending_ids_.insert(pending_ids_.end(), ids.begin(), ids.end());
     pending_ends_.push_back(pending_ids_.size());
+    queue = MarkQueued();
   }
-  QueueForDelivery();
+  if (queue) hub_->Queue(shared_from_this());
 }
 
 void RequestSession::OnEngineDone(const RequestResult& result) {
+  bool queue = false;
   {
     std::lock_guard<std::mutex> lock(events_mu_);
     if (result_) return;  // Abort() got there first (after the engine's Shutdown)
     result_ = result;
+    queue = MarkQueued();
   }
-  QueueForDelivery();
+  if (queue) hub_->Queue(shared_from_this());
 }
 
-void RequestSession::QueueForDelivery() {
-  {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    if (queued_) return;
-    queued_ = true;
-  }
-  hub_->Queue(shared_from_this());
+bool RequestSession::MarkQueued() {
+  if (queued_) return false;
+  queued_ = true;
+  return true;
 }
 
 void RequestSession::Deliver() {

@@ -106,10 +106,11 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   friend class RequestSessions;
   RequestSession(RequestSessions* hub, SessionInfo info, InferenceEngine* engine, std::shared_ptr<SessionSink> sink);
 
-  // Engine thread: record and queue.
+  // Engine thread: record and queue, under one lock of events_mu_ each.
   void OnEngineTokens(const std::vector<int32_t>& ids);
   void OnEngineDone(const RequestResult& result);
-  void QueueForDelivery();
+  // Under events_mu_: true when the session was not yet queued (the caller queues it).
+  bool MarkQueued();
   // Delivery worker.
   void Deliver();
   void HandleStep(const std::vector<int32_t>& ids);
