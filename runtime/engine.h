@@ -25,6 +25,9 @@ struct InferenceRequest {
   // Absolute deadline; time_point::max() = none. Expired requests end with DEADLINE_EXCEEDED.
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   int32_t priority = 0;  // higher is admitted first; ties in arrival order
+  // glm4v: the prompt's images and 3-D positions (input_ids already hold each image's
+  // image tokens, expanded). Null for text prompts.
+  std::shared_ptr<const MultimodalPrompt> multimodal;
 };
 
 struct RequestResult {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,55 @@ struct GenerationParams {
   // Generation stops after emitting any of these (the id is included in the output, as in
   // transformers). Empty = the model's eos ids from config.json / generation_config.json.
   std::vector<int32_t> stop_token_ids;
+};
+
+// One preprocessed image of a prompt, as the vision encoder takes it (runtime/vision's
+// Glm4vImageProcessor makes it from PNG/JPEG bytes).
+struct ImageInput {
+  // Patch grid: pixel_values has grid_t * grid_h * grid_w rows of patch_dim floats, in
+  // transformers' order (merge_size x merge_size blocks of patches, block-major).
+  int32_t grid_t = 1;
+  int32_t grid_h = 0;
+  int32_t grid_w = 0;
+  int32_t patch_dim = 0;
+  std::vector<float> pixel_values;
+  // Image tokens this image takes in the prompt: patches / spatial_merge_size^2.
+  int32_t num_tokens = 0;
+  // The size the image was resized to (usage reports and request logs say what the model saw).
+  int32_t resized_height = 0;
+  int32_t resized_width = 0;
+  int64_t num_patches() const { return int64_t{grid_t} * grid_h * grid_w; }
+};
+
+// A glm4v prompt's images and the 3-D rotary positions (temporal, height, width) they give its
+// tokens, as transformers' Glm4vModel.get_rope_index computes them. Immutable once built
+// (runtime/vision/multimodal_prompt.h), shared by the request and the executor.
+struct MultimodalPrompt {
+  std::vector<ImageInput> images;  // in prompt order
+  // Prompt index of each image's first image token; image k covers
+  // [image_offsets[k], image_offsets[k] + images[k].num_tokens).
+  std::vector<int32_t> image_offsets;
+  int32_t prompt_len = 0;
+  // positions[c * prompt_len + i]: component c (0 temporal, 1 height, 2 width) of prompt token i.
+  std::vector<int32_t> positions;
+  // Past the prompt every component of sequence index i is i + rope_delta (max position + 1 -
+  // prompt_len; negative when images are wider than they are long in tokens).
+  int32_t rope_delta = 0;
+
+  int64_t Position(int component, int64_t index) const {
+    return index < prompt_len ? positions[static_cast<size_t>(component) * prompt_len + index] : index + rope_delta;
+  }
+  // True when index's three components are equal, so the ordinary 1-D rotation at
+  // Position(0, index) is the 3-D one (text tokens, everything past the prompt).
+  bool IsPlain(int64_t index) const {
+    return index >= prompt_len || (positions[index] == positions[prompt_len + index] &&
+                                   positions[index] == positions[2 * static_cast<size_t>(prompt_len) + index]);
+  }
+  int64_t num_image_tokens() const {
+    int64_t n = 0;
+    for (const ImageInput& image : images) n += image.num_tokens;
+    return n;
+  }
 };
 
 enum class FinishReason {

@@ -29,7 +29,32 @@ struct SequenceStep {
   const GenerationParams* params = nullptr;  // owned by the engine, valid during Step()
   // Ids the sequence holds so far (prompt + generated), for samplers that need history.
   const std::vector<int32_t>* history = nullptr;
+  // glm4v prompts with images: their images and 3-D rotary positions, on every step of the
+  // sequence (prefill chunks place image features and 3-D positions; decode rows rotate at
+  // index + rope_delta). Null for text. Owned by the engine, valid during Step().
+  const MultimodalPrompt* multimodal = nullptr;
 };
+
+// The 1-D rotary position of sequence index `index` of `step`'s sequence: the index itself for
+// text, Position(0, index) for a multimodal prompt (meaningful where IsPlain(index)).
+inline int64_t RotaryPosition(const SequenceStep& step, int64_t index) {
+  return step.multimodal == nullptr ? index : step.multimodal->Position(0, index);
+}
+// True when some token fed by `step` needs 3-D rotary positions or an image's features (the
+// executor's multimodal path); false for text and for every decode row.
+inline bool StepNeedsMultimodal(const SequenceStep& step) {
+  const MultimodalPrompt* mm = step.multimodal;
+  if (mm == nullptr || step.start_position >= mm->prompt_len) return false;
+  const int64_t end = step.start_position + static_cast<int64_t>(step.tokens.size());
+  for (size_t k = 0; k < mm->images.size(); ++k) {
+    const int64_t begin = mm->image_offsets[k];
+    if (begin < end && begin + mm->images[k].num_tokens > step.start_position) return true;
+  }
+  for (int64_t i = step.start_position; i < end; ++i) {
+    if (!mm->IsPlain(i)) return true;
+  }
+  return false;
+}
 
 struct StepResult {
   // One entry per SequenceStep, same order: the sampled id, or -1 where sample was false.
@@ -50,6 +75,10 @@ class StepExecutor {
   // retry with a smaller batch (empty allocator caches before returning it). Any other error
   // fails the requests of this batch. Don't throw: exceptions become INTERNAL for the batch.
   virtual absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) = 0;
+  // The engine is done with `sequence_id` for now (finished, failed, cancelled or preempted):
+  // per-sequence state the executor keeps across steps (a multimodal prompt's encoded images) may
+  // go. A preempted sequence comes back with its prefill from position 0.
+  virtual void ReleaseSequence(int64_t sequence_id) { (void)sequence_id; }
 };
 
 }  // namespace glmserve
