@@ -14,10 +14,21 @@
 
 namespace glmserve::tokenizer {
 
+// One part of a message's content (OpenAI content parts): text, or an image's place. The image
+// itself travels beside the prompt (runtime/vision); the template renders only its placeholder.
+struct MessagePart {
+  enum class Kind { kText, kImage };
+  Kind kind = Kind::kText;
+  std::string text;  // kText only
+};
+
 // Chat role + content, as in the gRPC API's Message.
 struct Message {
   std::string role;
   std::string content;
+  // When non-empty, the content in parts (text and images in order) and `content` is ignored.
+  // Only a vision family's template takes image parts; the others refuse them naming the message.
+  std::vector<MessagePart> parts;
 };
 
 // Which chat format the checkpoint speaks.
