@@ -28,14 +28,24 @@ struct Message {
   std::string content;
   // When non-empty, the content in parts (text and images in order) and `content` is ignored.
   // Only a vision family's template takes image parts; the others refuse them naming the message.
-  std::vector<MessagePart> parts;
+  std::vector<MessagePart> parts = {};
 };
 
 // Which chat format the checkpoint speaks.
 enum class Family {
   kGlm4,      // [gMASK]<sop> <|role|>\ncontent ... <|assistant|> (byte-level BPE files)
   kChatGlm3,  // [gMASK] sop <|role|> sp("\n") sp(content) ... <|assistant|> (sentencepiece)
+  // GLM-4.1V / AutoGLM-Phone-9B (byte-level BPE): [gMASK]<sop> <|role|>\ncontent ...
+  // <|assistant|>\n; an image part of a user message renders as kGlm4vImagePlaceholder.
+  kGlm4v,
 };
+
+// "GLM-4", "ChatGLM3", "GLM-4.1V" (for messages).
+std::string_view FamilyName(Family family);
+
+// What an image part renders as in GLM-4.1V's template (three special ids). The server expands the
+// middle id to the image's token count (runtime/vision/multimodal_prompt.h).
+inline constexpr std::string_view kGlm4vImagePlaceholder = "<|begin_of_image|><|image|><|end_of_image|>";
 
 class Tokenizer {
  public:
@@ -63,7 +73,13 @@ class Tokenizer {
   std::string Decode(const std::vector<int32_t>& ids) const;
 
   // Chat prompt ids for `messages` (roles: system, user, assistant, observation), rendered as the
-  // checkpoint's chat template does; add_generation_prompt appends <|assistant|>.
+  // checkpoint's chat template does; add_generation_prompt appends <|assistant|> (GLM-4.1V:
+  // <|assistant|>\n). A message's text parts are its content, concatenated. Image parts:
+  // accepts_images() families render each as kGlm4vImagePlaceholder, in order, in user messages
+  // only; other families, and image parts elsewhere, are INVALID_ARGUMENT naming
+  // messages[i].content[j]. GLM-4.1V also refuses the observation role (its template has no such
+  // turn and would drop the message) and vision special tokens written as text (they would stand
+  // for an image that is not there).
   absl::StatusOr<std::vector<int32_t>> ApplyChatTemplate(const std::vector<Message>& messages,
                                                          bool add_generation_prompt = true) const;
 
@@ -77,10 +93,14 @@ class Tokenizer {
   // Number of ids (regular + special).
   int32_t vocab_size() const { return vocab_size_; }
   Family family() const { return family_; }
+  // True when the chat template takes image parts (Family::kGlm4v).
+  bool accepts_images() const { return family_ == Family::kGlm4v; }
   // "tokenizer.json", "tiktoken" or "sentencepiece".
   const std::string& format() const { return format_; }
-  // Where the chat template came from: "tokenizer_config.json (recognized GLM-4 template)",
-  // "family default (no chat_template)", "family default (chat_template not recognized)".
+  // Where the chat template came from: "chat_template (recognized GLM-4 template)" (or ChatGLM3,
+  // GLM-4.1V), "family default (no chat_template...)", "family default (chat_template not
+  // recognized; rendered as <family>)". The family is GLM-4.1V when the template is GLM-4.1V's or
+  // the directory's config.json says model_type "glm4v"; otherwise GLM-4 for byte-level BPE.
   const std::string& chat_template_source() const { return chat_template_source_; }
 
  protected:
