@@ -30,9 +30,81 @@ struct Sequence {
   uint64_t arrival = 0;
   int32_t oom_alone_failures = 0;
 
+  // True from the first Step that carried this sequence until ReleaseSequence: the executor may
+  // hold state for it (encoded images), so finishing or preempting it must release that.
+  bool executor_has_state = false;
+
   int32_t num_generated() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
   int32_t pending() const { return static_cast<int32_t>(tokens.size()) - num_computed; }
+  const MultimodalPrompt* multimodal() const { return request.multimodal.get(); }
+  // The first image whose first token is not computed yet (images.size() when none): the next
+  // image the vision encoder runs for this sequence, charged to the chunk that feeds its first token.
+  size_t next_image() const {
+    const MultimodalPrompt* mm = multimodal();
+    if (mm == nullptr) return 0;
+    size_t k = 0;
+    while (k < mm->image_offsets.size() && mm->image_offsets[k] < num_computed) ++k;
+    return k;
+  }
+  bool has_image_ahead() const {
+    const MultimodalPrompt* mm = multimodal();
+    return mm != nullptr && next_image() < mm->images.size();
+  }
+  // One token left to feed and no image starting there: a decode row (1 token of budget). A
+  // pending image start is prefill work even when it is the last token (its encoder is charged).
+  bool decoding() const { return pending() == 1 && !has_image_ahead(); }
 };
+
+// A prefill chunk as planned: tokens fed (from num_computed) and what it costs against the step's
+// budget (those tokens plus the encoder tokens of every image whose first token it feeds).
+struct PrefillChunk {
+  int32_t tokens = 0;
+  int32_t cost = 0;
+  int32_t encoder_tokens = 0;
+};
+
+// The image-charging rule (scheduler.h, SchedulerOptions::max_tokens_per_step): walk the pending
+// tokens; text and already-encoded image tokens cost 1 each; at image k's first token its
+// num_tokens are charged on top. When that charge (plus the token itself) exceeds what is left,
+// the chunk ends just before the image, unless the image starts the chunk and this is the step's
+// first prefill: then the chunk is that one token and it takes all of the budget left (the
+// encoder has to run whole once; doing it with the fewest text tokens beside it keeps the step as
+// short as it can be). tokens == 0: nothing of this sequence runs this step.
+PrefillChunk PlanPrefillChunk(const Sequence& s, int32_t budget, bool first_prefill) {
+  PrefillChunk c;
+  const MultimodalPrompt* mm = s.multimodal();
+  const int64_t start = s.num_computed;
+  const int64_t limit = start + s.pending();
+  size_t k = s.next_image();
+  const size_t num_images = mm == nullptr ? 0 : mm->images.size();
+  int64_t pos = start;
+  int64_t left = budget;
+  while (pos < limit && left > 0) {
+    const int64_t image_begin = k < num_images ? mm->image_offsets[k] : limit;
+    if (pos < image_begin) {
+      const int64_t take = std::min(std::min(limit, image_begin) - pos, left);
+      pos += take;
+      left -= take;
+      continue;
+    }
+    const int64_t charge = mm->images[k].num_tokens;
+    if (charge + 1 <= left) {
+      left -= charge;
+      c.encoder_tokens += static_cast<int32_t>(charge);
+      ++k;  // its first token is taken by the next iteration (left >= 1)
+      continue;
+    }
+    if (pos == start && first_prefill) {
+      c.encoder_tokens += static_cast<int32_t>(charge);
+      pos += 1;
+      left = 0;
+    }
+    break;
+  }
+  c.tokens = static_cast<int32_t>(pos - start);
+  c.cost = static_cast<int32_t>(budget - left);
+  return c;
+}
 
 }  // namespace engine_internal
 
@@ -84,6 +156,52 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The executor indexes positions and places image features by these fields, and the scheduler charges each
+// image once at image_offsets[k]; a request whose images do not describe its own prompt is refused here rather
+// than read out of bounds later.
+absl::Status ValidateMultimodal(const MultimodalPrompt& mm, size_t num_input_ids) {
+  const int64_t n = static_cast<int64_t>(num_input_ids);
+  if (mm.prompt_len != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("multimodal.prompt_len (", mm.prompt_len, ") must equal the number of input_ids (", n, ")"));
+  }
+  if (static_cast<int64_t>(mm.positions.size()) != 3 * n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("multimodal.positions has ", mm.positions.size(), " entries, expected 3 * prompt_len = ", 3 * n));
+  }
+  if (mm.image_offsets.size() != mm.images.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("multimodal.image_offsets has ", mm.image_offsets.size(),
+                                                   " entries, expected one per image (", mm.images.size(), ")"));
+  }
+  int64_t previous_end = 0;  // end of image k-1's token run
+  for (size_t k = 0; k < mm.images.size(); ++k) {
+    const int64_t begin = mm.image_offsets[k];
+    const int64_t count = mm.images[k].num_tokens;
+    if (count <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("multimodal.images[", k, "].num_tokens must be > 0, got ", count));
+    }
+    if (begin < 0 || begin >= n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("multimodal.image_offsets[", k, "] = ", begin, " is outside input_ids [0, ", n, ")"));
+    }
+    if (k > 0 && begin < previous_end) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "multimodal.image_offsets[", k, "] = ", begin, " must be >= ", previous_end, ", the end of image ", k - 1,
+          "'s tokens [", mm.image_offsets[k - 1], ", ", previous_end, "): offsets ascending, runs not overlapping"));
+    }
+    if (begin + count > n) {
+      return absl::InvalidArgumentError(absl::StrCat("multimodal.images[", k, "].num_tokens: its image tokens [", begin,
+                                                     ", ", begin + count, ") run past the ", n, " input_ids"));
+    }
+    previous_end = begin + count;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ValidateRequest(const InferenceRequest& request, const RequestLimits& limits) {
   const GenerationParams& p = request.params;
   if (request.input_ids.empty()) {
@@ -126,6 +244,7 @@ absl::Status ValidateRequest(const InferenceRequest& request, const RequestLimit
         "params.max_new_tokens: prompt (", request.input_ids.size(), " tokens) + max_new_tokens (", p.max_new_tokens,
         ") = ", total, " exceeds max_position_embeddings (", limits.max_position_embeddings, ")"));
   }
+  if (request.multimodal != nullptr) return ValidateMultimodal(*request.multimodal, request.input_ids.size());
   return absl::OkStatus();
 }
 
@@ -260,6 +379,7 @@ EngineStats Scheduler::stats() const {
 
 void Scheduler::Finish(Sequence* seq, absl::Status status, FinishReason reason) {
   const TimePoint now = clock_->Now();
+  ReleaseExecutorState(seq);
   blocks_.Release(seq->block_table);
   EraseValue(running_, seq);
   EraseValue(waiting_, seq);
@@ -311,7 +431,22 @@ void Scheduler::ExpireAndReap(TimePoint now) {
   }
 }
 
+void Scheduler::ReleaseExecutorState(Sequence* seq) {
+  if (!seq->executor_has_state) return;
+  seq->executor_has_state = false;
+  // The engine edge, as in Execute: an executor exception must not unwind the scheduler.
+  try {
+    executor_->ReleaseSequence(seq->id);
+  } catch (const std::exception& e) {
+    Log(absl::StrCat("executor ReleaseSequence(", seq->id, ") of request ", seq->request.request_id,
+                     " threw: ", e.what()));
+  } catch (...) {
+    Log(absl::StrCat("executor ReleaseSequence(", seq->id, ") of request ", seq->request.request_id, " threw"));
+  }
+}
+
 void Scheduler::Preempt(Sequence* seq) {
+  ReleaseExecutorState(seq);  // it comes back with prefill from 0: its images are encoded again
   blocks_.Release(seq->block_table);
   seq->num_computed = 0;  // recomputed from position 0 over prompt + generated so far
   seq->preempted = true;
@@ -374,9 +509,10 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
   PlannedStep plan;
   int32_t budget = options_.max_tokens_per_step;
   bool preempted_now = false;
-  int32_t decodes = 0;  // decode rows planned so far (pass 0)
+  int32_t decodes = 0;   // decode rows planned so far (pass 0)
+  int32_t prefills = 0;  // prefill chunks planned so far (pass 1 and admissions)
 
-  auto add_step = [&](Sequence* s, int32_t chunk) {
+  auto add_step = [&](Sequence* s, int32_t chunk, int32_t cost, int32_t encoder_tokens) {
     SequenceStep st;
     st.sequence_id = s->id;
     st.tokens.assign(s->tokens.begin() + s->num_computed, s->tokens.begin() + s->num_computed + chunk);
@@ -386,27 +522,36 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
     st.num_generated = s->num_generated();
     st.params = &s->request.params;
     st.history = &s->tokens;
+    st.multimodal = s->multimodal();
     plan.steps.push_back(std::move(st));
     plan.sequences.push_back(s);
-    budget -= chunk;
+    plan.encoder_tokens.push_back(encoder_tokens);
+    budget -= cost;
   };
 
   // 1. Running sequences, oldest first: decodes (1 token each) in a first pass so prefill chunks
-  //    can never crowd them out, then sequences still prefilling take what is left. A sequence
-  //    that needs a new block when the pool is empty preempts the newest running one (possibly
-  //    itself). Prefills never need blocks here: admission reserved their whole prompt.
+  //    can never crowd them out, then sequences still prefilling take what is left, images
+  //    charged by PlanPrefillChunk (one whose next image does not fit sits this step out unless
+  //    it is the step's first prefill). A sequence that needs a new block when the pool is empty
+  //    preempts the newest running one (possibly itself). Prefills never need blocks here:
+  //    admission reserved their whole prompt.
   for (int pass = 0; pass < 2; ++pass) {
     if (pass == 1) CapPrefillBudget(decodes, &budget);
     for (size_t i = 0; i < running_.size() && budget > 0;) {
       Sequence* s = running_[i];
-      const bool decoding = s->pending() == 1;
+      const bool decoding = s->decoding();
       if (decoding != (pass == 0)) {
         ++i;
         continue;
       }
-      const int32_t chunk = std::min(s->pending(), budget);
+      engine_internal::PrefillChunk c{1, 1, 0};
+      if (!decoding) c = engine_internal::PlanPrefillChunk(*s, budget, /*first_prefill=*/prefills == 0);
+      if (c.tokens == 0) {
+        ++i;
+        continue;
+      }
       bool self_preempted = false;
-      while (!blocks_.EnsureCapacity(s->block_table, s->num_computed + chunk)) {
+      while (!blocks_.EnsureCapacity(s->block_table, s->num_computed + c.tokens)) {
         Sequence* victim = running_.back();
         for (const Sequence* planned : plan.sequences) {
           // Only reachable if a prefill lost its reservation; never preempt planned work.
@@ -420,19 +565,29 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
         }
       }
       if (self_preempted) continue;  // running_[i] is now the next sequence
-      add_step(s, chunk);
-      if (decoding) ++decodes;
+      add_step(s, c.tokens, c.cost, c.encoder_tokens);
+      if (decoding) {
+        ++decodes;
+      } else {
+        ++prefills;
+      }
       ++i;
     }
   }
 
   // 2. Admit waiting requests (best first, head-of-line) while the limit, budget and pool allow.
-  //    Never in a step that preempted: that would thrash the pool.
+  //    Never in a step that preempted: that would thrash the pool. A request whose first chunk
+  //    would be empty (its next image does not fit what is left, and something prefills before it)
+  //    is not admitted this step and, head-of-line, neither is anything behind it: once the
+  //    running prefills ahead of it are done it is the step's first prefill and runs.
   if (!preempted_now && !HeldByQueueDelay(now)) {
     const int32_t limit = std::min(batch_limit_, options_.max_batch_size);
     while (budget > 0 && static_cast<int32_t>(running_.size()) < limit) {
       Sequence* s = PopBestWaiting(now, /*pop=*/false);
       if (s == nullptr) break;
+      const engine_internal::PrefillChunk c =
+          engine_internal::PlanPrefillChunk(*s, budget, /*first_prefill=*/prefills == 0);
+      if (c.tokens == 0) break;
       // Blocks for all of its tokens up front, so its prefill chunks never need preemption.
       if (!blocks_.EnsureCapacity(s->block_table, static_cast<int64_t>(s->tokens.size()))) break;
       PopBestWaiting(now, /*pop=*/true);
@@ -443,7 +598,8 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
         if (hooks_.on_first_admit) hooks_.on_first_admit(s->request.request_id);
       }
       s->preempted = false;
-      add_step(s, std::min(s->pending(), budget));
+      add_step(s, c.tokens, c.cost, c.encoder_tokens);
+      ++prefills;
     }
   }
   return plan;
@@ -473,6 +629,7 @@ absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
     if (f.throw_on_step > 0 && step_attempts_ == f.throw_on_step) {
       throw std::runtime_error(absl::StrCat("injected exception on step ", step_attempts_));
     }
+    for (Sequence* seq : plan.sequences) seq->executor_has_state = true;
     return executor_->Step(plan.steps);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("executor threw: ", e.what()));
@@ -526,9 +683,11 @@ void Scheduler::HandleOom(const PlannedStep& plan, const absl::Status& status) {
     while (static_cast<int32_t>(running_.size()) > batch_limit_) Preempt(running_.back());
     if (++s->oom_alone_failures > options_.max_oom_retries_alone) {
       const SequenceStep& st = plan.steps[0];
+      const std::string images =
+          plan.encoder_tokens[0] > 0 ? absl::StrCat(", ", plan.encoder_tokens[0], " vision-encoder tokens") : "";
       const std::string msg =
           absl::StrCat("out of memory running request ", s->request.request_id, " alone (batch 1, ", st.tokens.size(),
-                       " tokens at position ", st.start_position, ", sequence length ", s->tokens.size(), ", ",
+                       " tokens at position ", st.start_position, images, ", sequence length ", s->tokens.size(), ", ",
                        s->block_table.size(), " KV blocks of ", limits_.block_size, ") after ", s->oom_alone_failures,
                        " attempts: ", status.message());
       Log(msg);

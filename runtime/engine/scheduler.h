@@ -49,12 +49,26 @@ struct SchedulerOptions {
   // then sequences still prefilling and newly admitted ones take prefill chunks from what is
   // left, so a long prompt is split across steps (chunked prefill) instead of stalling decodes.
   // Must be >= max_batch_size so every running sequence can decode in every step.
+  //
+  // Images (glm4v, InferenceRequest::multimodal) are prompt work too: the executor runs the vision
+  // encoder for image k in the step whose chunk feeds image k's first token (image_offsets[k]),
+  // so that chunk is charged images[k].num_tokens on top of its own tokens (which include the image
+  // tokens the text model runs; tokens of an image whose first token came in an earlier chunk cost
+  // 1 each, its features are kept by the executor). When the charge (with that first token) does
+  // not fit what is left of the budget, the chunk ends just before the image's first token and
+  // runs what it has. Only when the image starts the chunk and the sequence is the step's first
+  // prefill (nothing else prefills in it) does it run over budget: the chunk is then that one
+  // token and it takes all of the budget left, so an image larger than any budget still runs, in
+  // a step of its own beside the decodes. The oldest running prefill is always the first prefill
+  // (running prefills go before admissions, admission is head-of-line), so every image is reached
+  // within a bounded number of steps, and decodes keep their 1 token every step throughout.
   int32_t max_tokens_per_step = 2048;
   // Prefill tokens a step may carry while sequences are decoding in it (chunked prefill's share
   // of a mixed step). A decode step's time is set by streaming the weights; prefill tokens add
   // compute on top, so this cap bounds how much a prompt arriving can stretch the inter-token
   // latency of everyone decoding. With nothing decoding, prefill takes all of
-  // max_tokens_per_step (a burst of prompts is prefilled in big, efficient steps).
+  // max_tokens_per_step (a burst of prompts is prefilled in big, efficient steps). Image encoder
+  // charges count against this cap like prefill tokens (the over-budget rule above included).
   // 0 = no separate cap. Must be >= 0.
   int32_t max_prefill_tokens_with_decodes = 0;
   // Batching window: while nothing is running, waiting requests are held until the oldest has
@@ -150,7 +164,8 @@ class Scheduler {
   using Sequence = engine_internal::Sequence;
   struct PlannedStep {
     std::vector<SequenceStep> steps;
-    std::vector<Sequence*> sequences;  // parallel to steps
+    std::vector<Sequence*> sequences;     // parallel to steps
+    std::vector<int32_t> encoder_tokens;  // parallel to steps: images' num_tokens charged to each
   };
 
   Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* clock, const ModelInfo& model_info,
@@ -168,6 +183,8 @@ class Scheduler {
   void HandleOom(const PlannedStep& plan, const absl::Status& status);
   void SetBatchLimit(int32_t limit, const char* why);
   void Preempt(Sequence* seq);
+  // ReleaseSequence on the executor if a Step has seen `seq` since its last release.
+  void ReleaseExecutorState(Sequence* seq);
   void Finish(Sequence* seq, absl::Status status, FinishReason reason);
   void Log(const std::string& line) const;
 

@@ -428,5 +428,52 @@ TEST(EngineTest, InjectedOomAloneFailsOnlyThatRequest) {
   EXPECT_EQ(h.collector.done("huge"), 1);
 }
 
+// A glm4v prompt through the engine: Submit refuses a malformed one naming the field; a good one
+// carries its pointer on every step; the engine thread releases every sequence it ran, including
+// the one still running at Shutdown.
+TEST(EngineTest, MultimodalRequestsAreValidatedCarriedAndReleased) {
+  EngineHarness h{EngineOptions()};
+  auto images = [](int32_t len, int32_t offset, int32_t num_tokens) {
+    auto mm = std::make_shared<MultimodalPrompt>();
+    mm->prompt_len = len;
+    mm->positions.resize(3 * static_cast<size_t>(len), 0);
+    mm->images.resize(1);
+    mm->images[0].num_tokens = num_tokens;
+    mm->image_offsets = {offset};
+    return mm;
+  };
+  InferenceRequest bad = MakeRequest("bad", MakePrompt(1, 10), 4);
+  bad.multimodal = images(10, 8, 3);  // tokens [8, 11) past the 10 input_ids
+  absl::Status s = h.engine->Submit(bad, h.collector.Callbacks("bad"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("multimodal.images[0].num_tokens"), std::string::npos) << s;
+
+  InferenceRequest good = MakeRequest("good", MakePrompt(2, 10), 4);
+  const std::shared_ptr<const MultimodalPrompt> mm = images(10, 2, 3);
+  good.multimodal = mm;
+  ASSERT_TRUE(h.engine->Submit(good, h.collector.Callbacks("good")).ok());
+  ASSERT_TRUE(h.engine->WaitIdle(kSafety));
+  EXPECT_EQ(h.collector.result("good").output_ids, h.Reference(good));
+  int steps = 0;
+  for (const auto& batch : h.executor->batches()) {
+    for (const SequenceStep& st : batch) {
+      EXPECT_EQ(st.multimodal, mm.get());
+      ++steps;
+    }
+  }
+  EXPECT_EQ(steps, 4);  // one prefill, three decodes
+  EXPECT_EQ(h.executor->released().size(), 1u);
+
+  InferenceRequest held = MakeRequest("held", MakePrompt(3, 10), 2000);
+  held.multimodal = images(10, 0, 5);
+  ASSERT_TRUE(h.engine->Submit(held, h.collector.Callbacks("held")).ok());
+  ASSERT_TRUE(h.collector.WaitTokens("held", 2));
+  h.engine->Shutdown();
+  EXPECT_EQ(h.collector.done("held"), 1);
+  EXPECT_EQ(h.executor->released().size(), 2u);
+  EXPECT_TRUE(h.executor->unreleased().empty());
+  EXPECT_TRUE(h.executor->errors().empty()) << h.executor->errors()[0];
+}
+
 }  // namespace
 }  // namespace glmserve

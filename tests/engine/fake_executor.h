@@ -5,12 +5,18 @@
 // the sequence's history. The next token is computed from that read-back KV:
 //   next = (sum of history * 31 + length) % vocab
 // with stop ids masked (bumped to the next non-stop id) while num_generated < min_new_tokens.
+// For multimodal sequences it models the vision side of the executor contract: image k is
+// "encoded" in the step whose chunk feeds image_offsets[k], its features are kept per sequence
+// until ReleaseSequence, and a chunk that feeds a later token of image k without them held is an
+// error (as is a sequence restarted at position 0 still holding features, a release of a
+// sequence no Step carried since its last release, or the multimodal pointer changing).
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -70,6 +76,43 @@ class FakeExecutor : public StepExecutor {
     return cv_.wait_for(lock, timeout, [this] { return blocked_at_gate_; });
   }
 
+  // Steps that would run more than `n` vision-encoder tokens (the num_tokens of every image whose
+  // first token they feed) return RESOURCE_EXHAUSTED, as an encoder OOM would (0 = never).
+  void set_oom_encoder_tokens_above(int32_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    oom_encoder_tokens_above_ = n;
+  }
+
+  // One image encoded by a successful step.
+  struct Encode {
+    size_t step;  // index into batches()
+    int64_t sequence_id;
+    size_t image;
+  };
+  std::vector<Encode> encodes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return encodes_;
+  }
+  // Every ReleaseSequence call, in order.
+  std::vector<int64_t> released() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return released_;
+  }
+  // Sequences some Step carried and that were not released since.
+  std::set<int64_t> unreleased() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return live_;
+  }
+
+  void ReleaseSequence(int64_t sequence_id) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_.push_back(sequence_id);
+    if (live_.erase(sequence_id) == 0) {
+      Error(absl::StrCat("ReleaseSequence(", sequence_id, ") but no Step carried it since its last release"));
+    }
+    features_.erase(sequence_id);
+  }
+
   std::vector<std::string> errors() const {
     std::lock_guard<std::mutex> lock(mu_);
     return errors_;
@@ -115,9 +158,18 @@ class FakeExecutor : public StepExecutor {
     if (clock_ != nullptr) clock_->Advance(step_time_);  // no listener locks our mu_
     batches_.push_back(batch);
     max_batch_seen_ = std::max<int32_t>(max_batch_seen_, static_cast<int32_t>(batch.size()));
+    for (const SequenceStep& st : batch) live_.insert(st.sequence_id);
     if (always_oom_ || (oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > oom_above_sequences_)) {
       return absl::ResourceExhaustedError(absl::StrCat("fake OOM with ", batch.size(), " sequences"));
     }
+    int64_t encoder_tokens = 0;
+    for (const SequenceStep& st : batch) {
+      for (size_t k : ImagesStartingIn(st)) encoder_tokens += st.multimodal->images[k].num_tokens;
+    }
+    if (oom_encoder_tokens_above_ > 0 && encoder_tokens > oom_encoder_tokens_above_) {
+      return absl::ResourceExhaustedError(absl::StrCat("fake vision-encoder OOM with ", encoder_tokens, " tokens"));
+    }
+    CheckAndEncodeImages(batch);
     // No block shared by two sequences of the batch.
     std::set<int32_t> seen_blocks;
     for (const SequenceStep& st : batch) {
@@ -175,6 +227,45 @@ class FakeExecutor : public StepExecutor {
   }
 
  private:
+  // Images whose first token `st` feeds.
+  static std::vector<size_t> ImagesStartingIn(const SequenceStep& st) {
+    std::vector<size_t> out;
+    const MultimodalPrompt* mm = st.multimodal;
+    if (mm == nullptr) return out;
+    const int64_t end = st.start_position + static_cast<int64_t>(st.tokens.size());
+    for (size_t k = 0; k < mm->images.size(); ++k) {
+      if (mm->image_offsets[k] >= st.start_position && mm->image_offsets[k] < end) out.push_back(k);
+    }
+    return out;
+  }
+
+  void CheckAndEncodeImages(const std::vector<SequenceStep>& batch) {
+    for (const SequenceStep& st : batch) {
+      auto [it, first_seen] = multimodal_of_.emplace(st.sequence_id, st.multimodal);
+      if (!first_seen && it->second != st.multimodal) {
+        Error(absl::StrCat("seq ", st.sequence_id, ": multimodal pointer changed between steps"));
+      }
+      if (st.start_position == 0 && features_.count(st.sequence_id) > 0) {
+        Error(absl::StrCat("seq ", st.sequence_id, ": restarted at position 0 still holding image features"));
+      }
+      const MultimodalPrompt* mm = st.multimodal;
+      if (mm == nullptr) continue;
+      std::set<size_t>& held = features_[st.sequence_id];
+      for (size_t k : ImagesStartingIn(st)) {
+        held.insert(k);
+        encodes_.push_back(Encode{batches_.size() - 1, st.sequence_id, k});
+      }
+      const int64_t end = st.start_position + static_cast<int64_t>(st.tokens.size());
+      for (size_t k = 0; k < mm->images.size(); ++k) {
+        const int64_t begin = mm->image_offsets[k];
+        const bool overlaps = begin < end && begin + mm->images[k].num_tokens > st.start_position;
+        if (overlaps && held.count(k) == 0) {
+          Error(absl::StrCat("seq ", st.sequence_id, ": fed tokens of image ", k, " without its features"));
+        }
+      }
+    }
+  }
+
   struct Slot {
     int64_t sequence_id;
     int32_t token;
@@ -211,6 +302,12 @@ class FakeExecutor : public StepExecutor {
   std::vector<std::vector<SequenceStep>> batches_;
   int32_t max_batch_seen_ = 0;
   int32_t oom_above_sequences_ = 0;
+  int32_t oom_encoder_tokens_above_ = 0;
+  std::vector<Encode> encodes_;
+  std::vector<int64_t> released_;
+  std::set<int64_t> live_;
+  std::map<int64_t, std::set<size_t>> features_;              // per sequence: images encoded, held
+  std::map<int64_t, const MultimodalPrompt*> multimodal_of_;  // per sequence: the pointer first seen
   bool always_oom_ = false;
   bool gate_open_ = true;
   bool blocked_at_gate_ = false;
