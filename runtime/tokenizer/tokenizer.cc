@@ -93,10 +93,28 @@ std::string Tokenizer::DecodeBytes(const std::vector<int32_t>& ids) const {
 
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const { return SanitizeUtf8(DecodeBytes(ids)); }
 
+std::string_view FamilyName(Family family) {
+  switch (family) {
+    case Family::kGlm4:
+      return "GLM-4";
+    case Family::kChatGlm3:
+      return "ChatGLM3";
+    case Family::kGlm4v:
+      return "GLM-4.1V";
+  }
+  return "unknown";
+}
+
 absl::StatusOr<std::vector<int32_t>> Tokenizer::ApplyChatTemplate(const std::vector<Message>& messages,
                                                                   bool add_generation_prompt) const {
   if (auto s = ValidateRoles(messages); !s.ok()) return s;
-  return ChatIds(messages, add_generation_prompt);
+  // The vision template renders parts itself; text-only formats see parts joined into content.
+  const bool has_parts =
+      std::any_of(messages.begin(), messages.end(), [](const Message& m) { return !m.parts.empty(); });
+  if (accepts_images() || !has_parts) return ChatIds(messages, add_generation_prompt);
+  absl::StatusOr<std::vector<Message>> text_only = TextOnlyMessages(messages, family_);
+  if (!text_only.ok()) return text_only.status();
+  return ChatIds(*text_only, add_generation_prompt);
 }
 
 bool Tokenizer::IsSpecial(int32_t id) const {
@@ -153,10 +171,12 @@ void EncodeWithSpecials(std::string_view text, const std::vector<std::pair<std::
   if (start < text.size()) encode_text(text.substr(start), out);
 }
 
-// tokenizer_config.json fields glmserve uses: chat_template (or chat_template.jinja), eos_token.
+// tokenizer_config.json fields glmserve uses: chat_template (or chat_template.jinja), eos_token;
+// and config.json's model_type, which picks the family default when no known template is found.
 struct TokenizerConfig {
   std::string chat_template;
   std::string eos_token;
+  std::string model_type;  // "glm4v": GLM-4.1V's chat format is the default
 };
 
 TokenizerConfig ReadTokenizerConfig(const fs::path& dir) {
@@ -174,6 +194,11 @@ TokenizerConfig ReadTokenizerConfig(const fs::path& dir) {
     }
   }
   if (auto text = ReadFile(dir / "chat_template.jinja"); text.ok() && c.chat_template.empty()) c.chat_template = *text;
+  // The model's config.json is read only for model_type; the checkpoint loader validates the rest.
+  if (auto text = ReadFile(dir / "config.json"); text.ok()) {
+    json j = json::parse(*text, nullptr, false);
+    if (j.is_object() && j.contains("model_type") && j["model_type"].is_string()) c.model_type = j["model_type"];
+  }
   return c;
 }
 
@@ -208,7 +233,8 @@ class BpeTokenizer : public Tokenizer {
 
   absl::StatusOr<std::vector<int32_t>> ChatIds(const std::vector<Message>& messages,
                                                bool add_generation_prompt) const override {
-    auto text = RenderGlm4Chat(messages, add_generation_prompt);
+    auto text = family_ == Family::kGlm4v ? RenderGlm4vChat(messages, add_generation_prompt)
+                                          : RenderGlm4Chat(messages, add_generation_prompt);
     if (!text.ok()) return text.status();
     return Encode(*text, /*add_special_tokens=*/false);  // transformers' apply_chat_template does the same
   }
@@ -217,7 +243,8 @@ class BpeTokenizer : public Tokenizer {
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromTiktoken(const fs::path& dir, const std::string& text);
 
  private:
-  absl::Status Finish(const TokenizerConfig& cfg) {
+  // `where`: the tokenizer file, for messages.
+  absl::Status Finish(const TokenizerConfig& cfg, const std::string& where) {
     specials_by_len_ = specials_;
     std::stable_sort(specials_by_len_.begin(), specials_by_len_.end(),
                      [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
@@ -230,14 +257,33 @@ class BpeTokenizer : public Tokenizer {
     special_text_.assign(max_id + 1, std::string());
     for (const auto& [t, id] : specials_) special_text_[id] = t;
     vocab_size_ = max_id + 1;
-    family_ = Family::kGlm4;
     eos_token_ = cfg.eos_token.empty() ? "<|endoftext|>" : cfg.eos_token;
-    if (cfg.chat_template.empty())
-      chat_template_source_ = "family default (no chat_template)";
-    else if (IsKnownGlm4Template(cfg.chat_template))
+    // A recognized template decides the family; otherwise the model's config.json does (a glm4v
+    // checkpoint with an edited template still speaks GLM-4.1V's format, as the text path falls back
+    // to its family's format).
+    if (!cfg.chat_template.empty() && IsKnownGlm4vTemplate(cfg.chat_template)) {
+      family_ = Family::kGlm4v;
+      chat_template_source_ = "chat_template (recognized GLM-4.1V template)";
+    } else if (!cfg.chat_template.empty() && IsKnownGlm4Template(cfg.chat_template)) {
+      family_ = Family::kGlm4;
       chat_template_source_ = "chat_template (recognized GLM-4 template)";
-    else
-      chat_template_source_ = "family default (chat_template not recognized; rendered as GLM-4)";
+    } else {
+      family_ = cfg.model_type == "glm4v" ? Family::kGlm4v : Family::kGlm4;
+      chat_template_source_ = absl::StrCat(
+          "family default (", cfg.chat_template.empty() ? "no chat_template" : "chat_template not recognized",
+          "; rendered as ", std::string(FamilyName(family_)), ")");
+    }
+    if (family_ == Family::kGlm4v) {
+      // Without these as single ids the rendered prompt would tokenize them as text.
+      for (std::string_view t : {"[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
+                                 "<|image|>", "<|end_of_image|>"}) {
+        if (!SpecialTokenId(t)) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": the GLM-4.1V chat format (", chat_template_source_,
+                                                         ") needs the special token '", std::string(t),
+                                                         "', which is not among the tokenizer's added tokens"));
+        }
+      }
+    }
     return absl::OkStatus();
   }
 
@@ -350,7 +396,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", e.what()));
   }
-  if (auto s = t->Finish(ReadTokenizerConfig(dir)); !s.ok()) return s;
+  if (auto s = t->Finish(ReadTokenizerConfig(dir), where); !s.ok()) return s;
   return std::unique_ptr<Tokenizer>(std::move(t));
 }
 
@@ -404,7 +450,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromTiktoken(const fs::
   for (const char* s : kGlm4SpecialTokens) t->specials_.emplace_back(s, next++);
   // GLM-4-9B's tokenizer(text) prefixes [gMASK] <sop> (build_inputs_with_special_tokens).
   t->prefix_ = {*t->SpecialTokenId("[gMASK]"), *t->SpecialTokenId("<sop>")};
-  if (auto s = t->Finish(ReadTokenizerConfig(dir)); !s.ok()) return s;
+  if (auto s = t->Finish(ReadTokenizerConfig(dir), where); !s.ok()) return s;
   return std::unique_ptr<Tokenizer>(std::move(t));
 }
 
@@ -506,7 +552,7 @@ class SentencePieceTokenizer : public Tokenizer {
     }
     const TokenizerConfig cfg = ReadTokenizerConfig(dir);
     if (cfg.chat_template.empty())
-      t->chat_template_source_ = "family default (no chat_template)";
+      t->chat_template_source_ = "family default (no chat_template; rendered as ChatGLM3)";
     else if (IsKnownChatGlm3Template(cfg.chat_template))
       t->chat_template_source_ = "chat_template (recognized ChatGLM3 template)";
     else

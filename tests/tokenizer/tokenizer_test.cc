@@ -88,7 +88,7 @@ TEST_P(ParityTest, ChatTemplateIdenticalToReference) {
   ASSERT_EQ(conversations_.size(), expected_["chat"].size());
   for (size_t c = 0; c < conversations_.size(); ++c) {
     std::vector<Message> messages;
-    for (const json& m : conversations_[c]) messages.push_back({m["role"], m["content"]});
+    for (const json& m : conversations_[c]) messages.push_back({m["role"], m["content"], {}});
     auto ids = tok_->ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
     ASSERT_TRUE(ids.ok()) << ids.status();
     EXPECT_EQ(*ids, expected_["chat"][c].get<std::vector<int32_t>>()) << "conversation " << c;
@@ -151,7 +151,7 @@ TEST(Tokenizer, MissingDirectory) {
 TEST(Tokenizer, UnknownRoleRejected) {
   auto t = Tokenizer::FromDirectory(kFixtures + "/glm4-hf");
   ASSERT_TRUE(t.ok());
-  auto ids = (*t)->ApplyChatTemplate({{"wizard", "hi"}});
+  auto ids = (*t)->ApplyChatTemplate({{"wizard", "hi", {}}});
   EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(ids.status().message().find("messages[0].role"), std::string::npos);
 }
