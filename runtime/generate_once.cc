@@ -29,7 +29,8 @@ absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateSingleSequenceEngine(Mode
 
 absl::StatusOr<GenerationOutput> GenerateOnce(ModelRunner& runner, const std::vector<int32_t>& input_ids,
                                               const GenerationParams& params,
-                                              const std::function<void(int32_t)>& on_token) {
+                                              const std::function<void(int32_t)>& on_token,
+                                              std::shared_ptr<const MultimodalPrompt> multimodal) {
   GenerationOutput output;
   ExecutorOptions executor_options;
   executor_options.on_sampled_logits = [&output](int64_t, int32_t num_generated, const float* logits, int32_t vocab) {
@@ -43,6 +44,7 @@ absl::StatusOr<GenerationOutput> GenerateOnce(ModelRunner& runner, const std::ve
   request.request_id = "generate";
   request.input_ids = input_ids;
   request.params = params;
+  request.multimodal = std::move(multimodal);
   std::function<void(const std::vector<int32_t>&)> on_tokens;
   if (on_token) {
     on_tokens = [&on_token](const std::vector<int32_t>& ids) {

@@ -34,8 +34,10 @@ absl::StatusOr<std::unique_ptr<InferenceEngine>> CreateSingleSequenceEngine(
 // Runs `input_ids` with `params` on a CreateSingleSequenceEngine sized for this request.
 // `on_token` (optional) sees each new id on the engine thread. Refusals are the engine's
 // (INVALID_ARGUMENT naming the field); a failed request returns its status.
+// `multimodal` (glm4v): the prompt's images and 3-D positions, input_ids already expanded.
 absl::StatusOr<GenerationOutput> GenerateOnce(ModelRunner& runner, const std::vector<int32_t>& input_ids,
                                               const GenerationParams& params,
-                                              const std::function<void(int32_t)>& on_token = nullptr);
+                                              const std::function<void(int32_t)>& on_token = nullptr,
+                                              std::shared_ptr<const MultimodalPrompt> multimodal = nullptr);
 
 }  // namespace glmserve

@@ -17,7 +17,9 @@ parity test walks):
                               between image_start/end), the ids transformers' processor expands them
                               to, image_grid_thw, image token counts, pixel_values' shape with its
                               sum / sum of squares / first values, greedy output_ids and the
-                              first step's logits (transformers generate, fp32, CPU)
+                              3-D rotary positions (get_rope_index, [3][len]) and the decode delta,
+                              first step's logits (transformers generate with mm_token_type_ids as
+                              the processor returns it, fp32, CPU)
                               text_cases: prompts without images (transformers then uses plain
                               1-D positions: the three mrope components are equal), greedy
                               output_ids and first logits, for the text-only path
@@ -167,8 +169,15 @@ def write_broken(state):
 
 
 def main():
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(MODEL)
+    # Only what this script writes: the tokenizer and chat files beside them come from
+    # scripts/make_glm4v_chat_fixtures.py.
+    for path in (IMAGES, os.path.join(OUT, "broken")):
+        shutil.rmtree(path, ignore_errors=True)
+    if os.path.isdir(MODEL):
+        for name in os.listdir(MODEL):
+            if name.startswith("model") and (name.endswith(".safetensors") or name.endswith(".json")):
+                os.remove(os.path.join(MODEL, name))
+    os.makedirs(MODEL, exist_ok=True)
     os.makedirs(IMAGES)
     torch.manual_seed(0)
     cfg = config()
@@ -208,10 +217,16 @@ def main():
         ids += [20, 21]
         expanded += [20, 21]
         input_ids = torch.tensor([expanded])
+        # What Glm4vProcessor returns beside input_ids: 1 at image tokens. Without it transformers
+        # falls back to 1-D positions for the image tokens (not what a served request gets).
+        mm_token_type_ids = (input_ids == IMAGE_TOKEN).int()
         with torch.no_grad():
+            positions, rope_deltas = model.model.get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids,
+                                                                image_grid_thw=grid)
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                 pixel_values=feats["pixel_values"], image_grid_thw=grid, max_new_tokens=8,
-                                 min_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True)
+                                 mm_token_type_ids=mm_token_type_ids, pixel_values=feats["pixel_values"],
+                                 image_grid_thw=grid, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True)
         pv = feats["pixel_values"].to(torch.float64)
         expected["cases"].append({
             "name": case,
@@ -224,6 +239,8 @@ def main():
             "pixel_values_sum": float(pv.sum()),
             "pixel_values_sum_squares": float((pv * pv).sum()),
             "pixel_values_first": [round(float(v), 6) for v in feats["pixel_values"].flatten()[:16]],
+            "rope_positions": positions[:, 0].tolist(),
+            "rope_delta": int(rope_deltas[0, 0]),
             "output_ids": out.sequences[0, input_ids.shape[1]:].tolist(),
             "first_logits": [round(float(v), 5) for v in out.logits[0][0].tolist()],
         })

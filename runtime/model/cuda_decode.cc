@@ -227,7 +227,7 @@ class CudaDecodeRunner {
     for (int32_t d = 0; d < m.num_decodes; ++d) {
       const SequenceStep& s = *decodes[d];
       ids[row] = s.tokens[0];
-      positions[row] = s.start_position;
+      positions[row] = RotaryPosition(s, s.start_position);
       slots[row] = kv.slot(s.block_table, s.start_position);
       decode_lens[d] = s.start_position + 1;
       const int32_t used = s.start_position / kv.block_size + 1;
@@ -243,7 +243,7 @@ class CudaDecodeRunner {
       const int64_t n = static_cast<int64_t>(s.tokens.size());
       for (int64_t i = 0; i < n; ++i) {
         ids[row + i] = s.tokens[i];
-        positions[row + i] = s.start_position + i;
+        positions[row + i] = RotaryPosition(s, s.start_position + i);
         slots[row + i] = kv.slot(s.block_table, s.start_position + i);
       }
       for (int64_t pos = 0; pos < s.start_position + n; ++pos) context_slots[context++] = kv.slot(s.block_table, pos);
@@ -512,7 +512,7 @@ class CudaDecodeRunner {
         const SequenceStep& s = batch[row];
         const int32_t pos = s.start_position;
         ids[row] = s.tokens[0];
-        positions[row] = pos;
+        positions[row] = RotaryPosition(s, pos);
         slots[row] = kv.slot(s.block_table, pos);
         // The kernel reads only the entries covering the context; the rest may hold stale ids.
         const int32_t used = std::min<int32_t>(pos / kv.block_size + 1, b.max_blocks);

@@ -92,6 +92,17 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(const ModelConfig& con
         at::arange(0, dim, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / static_cast<float>(dim);
     model->inv_freq_ =
         (1.0 / at::pow(static_cast<double>(static_cast<float>(config.rope_theta)), exponents)).to(device);
+    if (!config.mrope_section.empty()) {
+      std::vector<int64_t> components;
+      for (size_t c = 0; c < config.mrope_section.size(); ++c) {
+        components.insert(components.end(), config.mrope_section[c], static_cast<int64_t>(c % 3));
+      }
+      if (static_cast<int64_t>(components.size()) != dim / 2) {
+        return absl::FailedPreconditionError(absl::StrCat("config.json: rope_parameters.mrope_section sums to ",
+                                                          components.size(), ", expected rotary_dim / 2 = ", dim / 2));
+      }
+      model->mrope_components_ = at::tensor(components, at::TensorOptions().dtype(at::kLong)).to(device);
+    }
   }
   return model;
 }
@@ -153,19 +164,29 @@ at::Tensor GlmModel::ApplyRotary(const at::Tensor& x, const at::Tensor& cos, con
 }
 
 at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
-                               const AttendFn& attend, const LayerKernels& kernels) const {
+                               const AttendFn& attend, const LayerKernels& kernels,
+                               const EmbeddingOverride* embeddings) const {
   const ModelConfig& c = config_;
   const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads, hd = c.head_dim;
   const int64_t q_size = heads * hd, kv_size = kv_heads * hd;
   const int64_t total = ids.size(0);
+  const bool mrope = positions.dim() == 2;
+  TORCH_CHECK(!mrope || mrope_components_.defined(), "3-D positions given to a model without mrope_section");
+  const bool fused_rotary = kernels.rotary_kv && !mrope;
   at::Tensor cos, sin;
-  if (c.rotary_dim > 0 && !kernels.rotary_kv) {
-    at::Tensor freqs = positions.to(at::kFloat).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, rot/2]
+  if (c.rotary_dim > 0 && !fused_rotary) {
+    // [T, rot/2]: frequency j turns with position component mrope_components_[j] (1-D: the only one).
+    at::Tensor per_frequency =
+        mrope ? positions.index_select(0, mrope_components_).t().to(at::kFloat) : positions.to(at::kFloat).unsqueeze(1);
+    at::Tensor freqs = per_frequency * inv_freq_.unsqueeze(0);
     cos = freqs.cos().to(dtype_).unsqueeze(1);
     sin = freqs.sin().to(dtype_).unsqueeze(1);
   }
   at::Tensor x = embed_.index_select(0, ids);  // [T, H], the residual stream
-  at::Tensor pending;                          // output of the last block, not yet added to x
+  if (embeddings != nullptr && embeddings->rows.numel() > 0) {
+    x.index_copy_(0, embeddings->rows, embeddings->values.to(dtype_));
+  }
+  at::Tensor pending;  // output of the last block, not yet added to x
   auto add_and_norm = [&](const at::Tensor& weight) {
     at::Tensor delta = pending;
     pending = at::Tensor();
@@ -178,7 +199,7 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     at::Tensor k_cache = kv.k[l];
     at::Tensor v_cache = kv.v[l];
     at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
-    if (kernels.rotary_kv) {
+    if (fused_rotary) {
       kernels.rotary_kv(qkv, positions, slots, k_cache, v_cache);  // rotates q (the view above) in place
     } else {
       at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
@@ -228,25 +249,36 @@ at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& k
   return fp32 ? logits.to(at::kFloat) : logits;
 }
 
-at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv,
-                                  const LayerKernels& kernels) const {
+at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv, const LayerKernels& kernels,
+                                  const EmbeddingOverride* embeddings) const {
   const ModelConfig& c = config_;
   const int64_t heads = c.num_attention_heads, hd = c.head_dim;
   const int64_t q_size = heads * hd;
   const int64_t group = heads / c.num_key_value_heads;
 
   // Flatten the batch: token ids, their positions and the KV slot each writes.
-  std::vector<int64_t> ids, positions, slots, last_rows;
+  // 3-D rotary positions when any step needs them ([3, T]: every row's three components, equal
+  // for text), else one per row.
+  const bool mrope = std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal);
+  std::vector<int64_t> ids, positions, component_positions[3], slots, last_rows;
   for (const SequenceStep& s : batch) {
     for (size_t i = 0; i < s.tokens.size(); ++i) {
       const int64_t pos = s.start_position + static_cast<int64_t>(i);
       ids.push_back(s.tokens[i]);
-      positions.push_back(pos);
+      positions.push_back(RotaryPosition(s, pos));
+      for (int component = 0; component < 3 && mrope; ++component) {
+        component_positions[component].push_back(s.multimodal == nullptr ? pos
+                                                                         : s.multimodal->Position(component, pos));
+      }
       slots.push_back(kv.slot(s.block_table, pos));
     }
     if (s.sample) last_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
   }
   const auto long_cpu = at::TensorOptions().dtype(at::kLong);
+  at::Tensor position_tensor =
+      mrope ? at::stack({at::tensor(component_positions[0], long_cpu), at::tensor(component_positions[1], long_cpu),
+                         at::tensor(component_positions[2], long_cpu)})
+            : at::tensor(positions, long_cpu);
 
   // Per-sequence attention views: context slots and the causal mask for its query rows.
   struct SeqView {
@@ -295,8 +327,8 @@ at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool
     }
     return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
   };
-  at::Tensor hidden = RunLayers(at::tensor(ids, long_cpu).to(device_), at::tensor(positions, long_cpu).to(device_),
-                                at::tensor(slots, long_cpu).to(device_), kv, attend, kernels);
+  at::Tensor hidden = RunLayers(at::tensor(ids, long_cpu).to(device_), position_tensor.to(device_),
+                                at::tensor(slots, long_cpu).to(device_), kv, attend, kernels, embeddings);
   if (last_rows.empty()) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
   return Logits(hidden.index_select(0, at::tensor(last_rows, long_cpu).to(device_)), kernels);
 }

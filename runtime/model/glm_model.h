@@ -34,8 +34,8 @@ struct KvPool {
 // GLM-4.1V's vision tower weights (glm4v checkpoints), validated and loaded in the model's
 // dtype on its device, in transformers' layouts: patch_embed [hidden, channels, temporal, patch,
 // patch] (Conv3d), downsample [out_hidden, hidden, merge, merge] (Conv2d), qkv fused [3 hidden,
-// hidden]. Nothing computes with them yet (issue 20, item 2); undefined tensors where the config
-// has no such tensor (qkv_bias without vision_config.attention_bias).
+// hidden]; vision_tower.h computes with them. Undefined tensors where the config has no such tensor
+// (qkv_bias without vision_config.attention_bias).
 struct VisionWeights {
   struct Block {
     at::Tensor norm1, norm2, qkv_weight, qkv_bias, proj_weight, gate_weight, up_weight, down_weight;
@@ -85,11 +85,20 @@ class GlmModel {
     // at::linear(x, weight, bias); bias may be undefined.
     std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
   };
-  // The decoder layers on device tensors only (no host sync: CUDA-graph capturable): ids,
-  // positions and KV slots are [T] int64. Returns the hidden states [T, hidden] after the last
-  // layer (before the final norm).
+  // Rows of the input embeddings replaced by other vectors: a glm4v prompt's image features at
+  // its image tokens. rows [R] int64 and values [R, hidden] on the model's device.
+  struct EmbeddingOverride {
+    at::Tensor rows;
+    at::Tensor values;
+  };
+  // The decoder layers on device tensors only (no host sync: CUDA-graph capturable): ids and KV
+  // slots are [T] int64; positions are [T] int64, or [3, T] (temporal, height, width) for glm4v's
+  // 3-D rotary (mrope_section splits the frequencies among the three; rotated with ATen ops, so
+  // kernels.rotary_kv is not used then). Returns the hidden states [T, hidden] after the last layer
+  // (before the final norm).
   at::Tensor RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
-                       const AttendFn& attend, const LayerKernels& kernels = {}) const;
+                       const AttendFn& attend, const LayerKernels& kernels = {},
+                       const EmbeddingOverride* embeddings = nullptr) const;
   // Final norm + lm_head for the given hidden rows, in fp32; `fp32` false leaves the logits in
   // the model's dtype (the lm_head's own rounding, as transformers' bf16 logits).
   at::Tensor Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels = {}, bool fp32 = true) const;
@@ -97,9 +106,16 @@ class GlmModel {
   // mixed, decode), `kernels` for the rest of each layer. ModelForward (model_forward.h) calls it
   // with the GPU's fused kernels, or none on the CPU; tests call it with the kernels' CPU
   // references. Returns fp32 logits of the sampled rows; throws c10::Error on failure.
-  at::Tensor EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv, const LayerKernels& kernels) const;
+  // Multimodal steps (StepNeedsMultimodal) take 3-D positions from their prompts and `embeddings`
+  // (rows counted over the batch's tokens in order) for their image tokens; decode rows of a
+  // multimodal sequence rotate at index + rope_delta.
+  at::Tensor EagerForward(const std::vector<SequenceStep>& batch, KvPool& kv, const LayerKernels& kernels,
+                          const EmbeddingOverride* embeddings = nullptr) const;
   // fp32 rotary inverse frequencies [rotary_dim / 2] on the device (undefined without rotary).
   const at::Tensor& inv_freq() const { return inv_freq_; }
+  // glm4v: for each rotary frequency, which position component (0, 1, 2) drives it (mrope_section
+  // expanded), int64 on the device; undefined for the text architectures.
+  const at::Tensor& mrope_components() const { return mrope_components_; }
   // The vision tower's weights; null for the text architectures.
   const VisionWeights* vision() const { return vision_.get(); }
 
@@ -122,7 +138,7 @@ class GlmModel {
   ModelConfig config_;
   at::ScalarType dtype_;
   at::Device device_;
-  at::Tensor embed_, lm_head_, final_norm_, inv_freq_;
+  at::Tensor embed_, lm_head_, final_norm_, inv_freq_, mrope_components_;
   std::vector<Layer> layers_;
   std::unique_ptr<VisionWeights> vision_;
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "runtime/model/cuda_decode.h"
+#include "runtime/model/vision_tower.h"
 
 namespace glmserve {
 
@@ -27,6 +28,7 @@ CudaDecodeRunner* ModelForward::DecodeRunner() {
 }
 
 at::Tensor ModelForward::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) {
+  if (std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal)) return MultimodalForward(batch, kv);
 #ifdef GLMSERVE_TORCH_CUDA
   if (CudaDecodeRunner* runner = DecodeRunner()) {
     const bool all_decode = !batch.empty() && std::all_of(batch.begin(), batch.end(), [](const SequenceStep& s) {
@@ -42,6 +44,74 @@ at::Tensor ModelForward::Forward(const std::vector<SequenceStep>& batch, KvPool&
   }
 #endif
   return model_.EagerForward(batch, kv, GlmModel::LayerKernels());  // ATen ops
+}
+
+at::Tensor ModelForward::MultimodalForward(const std::vector<SequenceStep>& batch, KvPool& kv) {
+  const GlmModel::EmbeddingOverride images = ImageEmbeddings(batch);
+  GlmModel::LayerKernels kernels;  // ATen ops
+#ifdef GLMSERVE_TORCH_CUDA
+  // The fused kernels for the rest of each layer; RunLayers rotates 3-D positions itself.
+  if (CudaDecodeRunner* runner = DecodeRunner()) kernels = CudaLayerKernels(*runner);
+#endif
+  return model_.EagerForward(batch, kv, kernels, &images);
+}
+
+GlmModel::EmbeddingOverride ModelForward::ImageEmbeddings(const std::vector<SequenceStep>& batch) {
+  // The images each step's chunk reaches: [begin, end) of image k within the chunk's positions.
+  struct Overlap {
+    const SequenceStep* step;
+    size_t image;
+    int64_t begin, end;
+  };
+  std::vector<Overlap> overlaps;
+  std::vector<const ImageInput*> to_encode;
+  std::vector<at::Tensor*> encoded_slots;
+  for (const SequenceStep& s : batch) {
+    const MultimodalPrompt* mm = s.multimodal;
+    if (mm == nullptr) continue;
+    const int64_t chunk_end = s.start_position + static_cast<int64_t>(s.tokens.size());
+    std::vector<at::Tensor>& encoded = encoded_images_[s.sequence_id];
+    encoded.resize(mm->images.size());
+    for (size_t k = 0; k < mm->images.size(); ++k) {
+      const int64_t first = mm->image_offsets[k], last = first + mm->images[k].num_tokens;
+      const int64_t begin = std::max<int64_t>(first, s.start_position), end = std::min(last, chunk_end);
+      if (begin >= end) continue;
+      overlaps.push_back({&s, k, begin, end});
+      if (!encoded[k].defined()) {
+        to_encode.push_back(&mm->images[k]);
+        encoded_slots.push_back(&encoded[k]);
+      }
+    }
+  }
+  if (!to_encode.empty()) {
+    const ModelConfig& config = model_.config();
+    TORCH_CHECK(model_.vision() != nullptr && config.vision.has_value(), "a prompt with images reached a model (",
+                ArchitectureName(config.architecture), ") without a vision tower");
+    at::Tensor features = EncodeImages(*model_.vision(), *config.vision, to_encode, model_.dtype(), model_.device());
+    int64_t row = 0;
+    for (size_t i = 0; i < to_encode.size(); ++i) {
+      *encoded_slots[i] = features.narrow(0, row, to_encode[i]->num_tokens);
+      row += to_encode[i]->num_tokens;
+    }
+  }
+  std::vector<int64_t> rows;
+  std::vector<at::Tensor> values;
+  int64_t step_row = 0;  // the batch row of the current step's first token
+  size_t next = 0;
+  for (const SequenceStep& s : batch) {
+    for (; next < overlaps.size() && overlaps[next].step == &s; ++next) {
+      const Overlap& o = overlaps[next];
+      const int64_t first = s.multimodal->image_offsets[o.image];
+      for (int64_t pos = o.begin; pos < o.end; ++pos) rows.push_back(step_row + pos - s.start_position);
+      values.push_back(encoded_images_[s.sequence_id][o.image].narrow(0, o.begin - first, o.end - o.begin));
+    }
+    step_row += static_cast<int64_t>(s.tokens.size());
+  }
+  GlmModel::EmbeddingOverride result;
+  if (rows.empty()) return result;
+  result.rows = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(model_.device());
+  result.values = values.size() == 1 ? values[0] : at::cat(values, 0);
+  return result;
 }
 
 void ModelForward::CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "runtime/model/glm_model.h"
@@ -38,13 +39,23 @@ class ModelForward {
   // step waits for a capture later. Throws where a capture fails (that bucket and the larger ones
   // are then captured on first use). Does nothing elsewhere.
   void CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured);
+  // Drops what Forward keeps for `sequence_id` across steps (its encoded images).
+  void ReleaseSequence(int64_t sequence_id) { encoded_images_.erase(sequence_id); }
 
  private:
   CudaDecodeRunner* DecodeRunner();  // created on first use; null where it cannot run
+  // A batch with image tokens or 3-D positions: the vision encoder for images not yet encoded
+  // (all of the step's in one call), then the eager forward with their features placed.
+  at::Tensor MultimodalForward(const std::vector<SequenceStep>& batch, KvPool& kv);
+  GlmModel::EmbeddingOverride ImageEmbeddings(const std::vector<SequenceStep>& batch);
 
   const GlmModel& model_;
   std::unique_ptr<CudaDecodeRunner, CudaDecodeRunnerDeleter> cuda_decode_;
   bool cuda_decode_failed_ = false;
+  // Per sequence, per image: the features [num_tokens, hidden] once encoded (undefined before).
+  // An image is encoded in the step whose chunk reaches its first token and kept until the engine
+  // releases the sequence, since a long image's tokens may span several chunks.
+  std::unordered_map<int64_t, std::vector<at::Tensor>> encoded_images_;
 };
 
 }  // namespace glmserve

@@ -478,6 +478,7 @@ class PagedExecutor final : public StepExecutor {
         profile_(StepProfile::FromEnvironment()) {}
   int32_t block_size() const override { return pool_.block_size; }
   int32_t num_blocks() const override { return pool_.num_blocks; }
+  void ReleaseSequence(int64_t sequence_id) override { forward_->ReleaseSequence(sequence_id); }
 
   absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
     absl::StatusOr<StepResult> result;

@@ -33,10 +33,11 @@ absl::StatusOr<std::vector<int32_t>> ExpandImageTokens(const std::vector<int32_t
     const bool framed = i > 0 && input_ids[i - 1] == ids.image_start_token_id && i + 1 < input_ids.size() &&
                         input_ids[i + 1] == ids.image_end_token_id;
     if (!framed) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "input_ids[", i, "] = ", ids.image_token_id, " (image_token_id) must stand alone between image_start_token_id (",
-          ids.image_start_token_id, ") and image_end_token_id (", ids.image_end_token_id,
-          "): one placeholder per image, expanded here to the image's token count"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("input_ids[", i, "] = ", ids.image_token_id,
+                       " (image_token_id) must stand alone between image_start_token_id (", ids.image_start_token_id,
+                       ") and image_end_token_id (", ids.image_end_token_id,
+                       "): one placeholder per image, expanded here to the image's token count"));
     }
     if (next_image == images.size()) {
       return absl::InvalidArgumentError(absl::StrCat("input_ids[", i, "]: image placeholder number ", next_image + 1,
@@ -46,8 +47,9 @@ absl::StatusOr<std::vector<int32_t>> ExpandImageTokens(const std::vector<int32_t
     ++next_image;
   }
   if (next_image != images.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("input_ids hold ", next_image, " image placeholder(s) (image_token_id ",
-                                                   ids.image_token_id, ") but ", images.size(), " image(s) were given"));
+    return absl::InvalidArgumentError(absl::StrCat("input_ids hold ", next_image,
+                                                   " image placeholder(s) (image_token_id ", ids.image_token_id,
+                                                   ") but ", images.size(), " image(s) were given"));
   }
   return expanded;
 }
@@ -82,8 +84,8 @@ absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> BuildMultimodalPrompt(co
     int32_t run_end = i;
     while (run_end < n && expanded_ids[run_end] == image_token_id) ++run_end;
     if (next_image == images.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("input_ids[", i, "]: a run of image tokens but all ", images.size(),
-                                                     " image(s) are already placed"));
+      return absl::InvalidArgumentError(absl::StrCat("input_ids[", i, "]: a run of image tokens but all ",
+                                                     images.size(), " image(s) are already placed"));
     }
     const ImageInput& image = images[next_image];
     if (image.grid_h % spatial_merge_size != 0 || image.grid_w % spatial_merge_size != 0) {
@@ -109,8 +111,8 @@ absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> BuildMultimodalPrompt(co
     i = run_end;
   }
   if (next_image != images.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("input_ids place ", next_image, " image(s) but ", images.size(),
-                                                   " were given"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input_ids place ", next_image, " image(s) but ", images.size(), " were given"));
   }
   prompt->rope_delta = static_cast<int32_t>(max_position + 1 - n);
   prompt->images = std::move(images);

@@ -29,8 +29,7 @@ ImageInput ToImageInput(ProcessedImage processed);
 // them. INVALID_ARGUMENT naming the index when the placeholders and images disagree in number, a
 // placeholder is not between start and end ids, or an image token appears repeated already.
 absl::StatusOr<std::vector<int32_t>> ExpandImageTokens(const std::vector<int32_t>& input_ids,
-                                                       const std::vector<ImageInput>& images,
-                                                       const ImageTokenIds& ids);
+                                                       const std::vector<ImageInput>& images, const ImageTokenIds& ids);
 
 // The multimodal prompt of `expanded_ids` (each image's tokens already expanded, as
 // ExpandImageTokens returns them): image offsets, 3-D positions (text runs advance all three

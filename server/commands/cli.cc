@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +18,15 @@
 #include "runtime/inspect.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
+#ifdef GLMSERVE_WITH_VISION
+#include <fstream>
+#include <sstream>
+
+#include "runtime/checkpoint/model_config.h"
+#include "runtime/vision/glm4v_processor.h"
+#include "runtime/vision/image_decode.h"
+#include "runtime/vision/multimodal_prompt.h"
+#endif
 
 namespace glmserve {
 namespace {
@@ -160,6 +170,72 @@ int RunInspect(int argc, char** argv) {
   return kExitOk;
 }
 
+// generate --image: decodes and preprocesses each file as transformers' Glm4v processor would
+// with the checkpoint's preprocessor_config.json, expands each image placeholder in `ids` to the
+// image's token count, and builds the prompt's 3-D positions. Errors name the flag and the file.
+absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> PrepareImages(const std::string& model_dir,
+                                                                      const std::vector<std::string>& paths,
+                                                                      std::vector<int32_t>* ids) {
+#ifdef GLMSERVE_WITH_VISION
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
+  if (!config.ok()) return config.status();
+  if (!config->vision.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat("--image: ", model_dir, " is a ",
+                                                   ArchitectureName(config->architecture),
+                                                   " model, which takes no images (glm4v models do)"));
+  }
+  const VisionConfig& vc = *config->vision;
+  const std::string preprocessor_path = model_dir + "/preprocessor_config.json";
+  absl::StatusOr<vision::Glm4vProcessorOptions> options = vision::LoadPreprocessorConfig(preprocessor_path);
+  if (absl::IsNotFound(options.status())) {
+    // No preprocessor_config.json (a config-only directory for --random-weights): the
+    // processor's defaults with the vision tower's patch geometry.
+    options = vision::Glm4vProcessorOptions();
+    options->patch_size = vc.patch_size;
+    options->merge_size = vc.spatial_merge_size;
+    options->temporal_patch_size = vc.temporal_patch_size;
+  }
+  if (!options.ok())
+    return absl::InvalidArgumentError(absl::StrCat(preprocessor_path, ": ", options.status().message()));
+  if (options->patch_size != vc.patch_size || options->merge_size != vc.spatial_merge_size ||
+      options->temporal_patch_size != vc.temporal_patch_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        preprocessor_path, ": patch_size / merge_size / temporal_patch_size (", options->patch_size, "/",
+        options->merge_size, "/", options->temporal_patch_size, ") disagree with config.json's vision_config (",
+        vc.patch_size, "/", vc.spatial_merge_size, "/", vc.temporal_patch_size, ")"));
+  }
+  absl::StatusOr<vision::Glm4vImageProcessor> processor = vision::Glm4vImageProcessor::Create(*options);
+  if (!processor.ok()) return processor.status();
+  // As transformers loads an image file (load_image: PIL's convert("RGB"), alpha dropped).
+  vision::DecodeOptions decode;
+  decode.alpha = vision::AlphaMode::kDrop;
+  absl::StatusOr<vision::ImageDecoder> decoder = vision::ImageDecoder::Create(decode);
+  if (!decoder.ok()) return decoder.status();
+  std::vector<ImageInput> images;
+  for (const std::string& path : paths) {
+    std::ifstream file(path, std::ios::binary);
+    if (!file) return absl::InvalidArgumentError(absl::StrCat("--image ", path, ": cannot be read"));
+    std::ostringstream bytes;
+    bytes << file.rdbuf();
+    absl::StatusOr<vision::RgbImage> rgb = decoder->Decode(bytes.str());
+    if (!rgb.ok()) return absl::InvalidArgumentError(absl::StrCat("--image ", path, ": ", rgb.status().message()));
+    absl::StatusOr<vision::ProcessedImage> processed = processor->Process(*rgb);
+    if (!processed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--image ", path, ": ", processed.status().message()));
+    }
+    images.push_back(vision::ToImageInput(std::move(*processed)));
+  }
+  const vision::ImageTokenIds token_ids{vc.image_token_id, vc.image_start_token_id, vc.image_end_token_id};
+  absl::StatusOr<std::vector<int32_t>> expanded = vision::ExpandImageTokens(*ids, images, token_ids);
+  if (!expanded.ok()) return absl::InvalidArgumentError(absl::StrCat("--input-ids: ", expanded.status().message()));
+  *ids = std::move(*expanded);
+  return vision::BuildMultimodalPrompt(*ids, std::move(images), vc.image_token_id, vc.spatial_merge_size);
+#else
+  (void)model_dir, (void)paths, (void)ids;
+  return absl::FailedPreconditionError("--image: this glmserve was built without libpng/libjpeg (image input)");
+#endif
+}
+
 int RunGenerate(int argc, char** argv) {
   std::string model, input_ids_text;
   flags::Device device;
@@ -192,6 +268,15 @@ int RunGenerate(int argc, char** argv) {
   bool random_weights = false;
   flags.Switch("random-weights", &random_weights,
                "benchmark: random weights of --model's config.json, no weight files");
+  std::vector<std::string> image_paths;
+  flags.Custom("image", "PATH", "none",
+               "glm4v: a PNG or JPEG for the next image placeholder of --input-ids (one image_token_id between "
+               "image_start_token_id and image_end_token_id); repeat for each image, in order",
+               [&image_paths](const std::string& value) -> std::optional<std::string> {
+                 if (value.empty()) return "is empty; expected a PNG or JPEG file";
+                 image_paths.push_back(value);
+                 return std::nullopt;
+               });
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (model.empty()) return BadInput("--model: required, the checkpoint directory");
   const int inputs = flags.was_set("input-ids") + flags.was_set("prompt") + flags.was_set("chat");
@@ -218,6 +303,15 @@ int RunGenerate(int argc, char** argv) {
       ids = std::move(*chat_ids);
     }
     if (ids.empty()) return BadInput("--prompt: tokenizes to no ids");
+  }
+  std::shared_ptr<const MultimodalPrompt> multimodal;
+  if (!image_paths.empty()) {
+    if (!flags.was_set("input-ids")) {
+      return BadInput("--image: takes --input-ids holding one image placeholder per image (not --prompt/--chat)");
+    }
+    absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> prepared = PrepareImages(model, image_paths, &ids);
+    if (!prepared.ok()) return ExitFor(prepared.status());
+    multimodal = std::move(*prepared);
   }
   if (min_new_tokens > max_new_tokens) {
     return BadInput(
@@ -248,12 +342,17 @@ int RunGenerate(int argc, char** argv) {
   params.sampling.top_p = top_p;
   params.sampling.top_k = top_k;
   params.sampling.seed = seed;
-  absl::StatusOr<GenerationOutput> output = GenerateOnce(**runner, ids, params);
+  absl::StatusOr<GenerationOutput> output = GenerateOnce(**runner, ids, params, nullptr, multimodal);
   if (!output.ok()) return ExitFor(output.status());
   if (as_json) {
     json out{{"output_ids", output->output_ids},
              {"first_logits", output->first_logits},
              {"finish_reason", FinishReasonName(output->finish_reason)}};
+    if (multimodal != nullptr) {
+      std::vector<int32_t> image_tokens;
+      for (const ImageInput& image : multimodal->images) image_tokens.push_back(image.num_tokens);
+      out["image_tokens"] = image_tokens;
+    }
     if (tok != nullptr) {  // text input: also the prompt ids and the text (special tokens omitted)
       out["input_ids"] = ids;
       out["text"] = TextWithoutSpecials(*tok, output->output_ids);
