@@ -3,8 +3,8 @@
 a tiny tokenizer plus GLM-4.1V-9B-Thinking's real chat template for the tiny glm4v model made by
 scripts/make_glm4v_fixtures.py, and the reference renderings / ids / generations of a few chats.
 
-  python3 scripts/make_glm4v_chat_fixtures.py      (after scripts/make_glm4v_fixtures.py, which
-                                                    deletes tests/fixtures/glm4v/ and so these files)
+  python3 scripts/make_glm4v_chat_fixtures.py      (after scripts/make_glm4v_fixtures.py: it
+                                                    reads the model and images that script writes)
 
 Outputs, under tests/fixtures/glm4v/:
   tiny-safetensors-sharded/tokenizer.json, tokenizer_config.json, chat_template.jinja
@@ -40,8 +40,7 @@ Outputs, under tests/fixtures/glm4v/:
                           first step's raw logits, Glm4vForConditionalGeneration fp32 on CPU, recorded
                           as make_glm4v_fixtures.py records them, but generate gets the processor's
                           whole output, mm_token_type_ids included: without it transformers 5.24
-                          falls back to 1-D text positions for the image tokens (no M-RoPE), which
-                          is what make_glm4v_fixtures.py's image cases did.
+                          falls back to 1-D text positions for the image tokens (no M-RoPE).
 
 Where the template comes from (no model hub access here): zai-org/GLM-4.1V-9B-Thinking's
 chat_template, as vendored by SGLang's test/srt/test_jinja_template_utils.py
