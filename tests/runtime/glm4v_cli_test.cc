@@ -1,6 +1,8 @@
-// glm4v (GLM-4.1V) through the real glmserve binary: inspect shows the vision keys, text-only
-// generation matches transformers' recording (tests/fixtures/glm4v/expected.json text_cases),
-// broken checkpoints list every problem at once and exit 2, random weights build.
+// glm4v (GLM-4.1V) through the real glmserve binary: generate --image matches transformers'
+// recording for images of several sizes and aspect ratios (tests/fixtures/glm4v/expected.json
+// cases: ids exact, first logits within the text parity tolerance, image token counts), text-only
+// generation too (text_cases), inspect shows the vision keys, broken checkpoints list every problem
+// at once and exit 2, random weights build, bad --image input is refused naming the flag.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -53,6 +55,82 @@ TEST(Glm4vCli, TextOnlyGenerateMatchesTransformers) {
       EXPECT_NEAR(out["first_logits"][i].get<double>(), want, 1e-5 + 1e-4 * std::abs(want)) << name << " [" << i << "]";
     }
   }
+}
+
+void ExpectLogitsNear(const json& got, const json& want, const std::string& name) {
+  ASSERT_EQ(got.size(), want.size()) << name;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double w = want[i].get<double>();
+    EXPECT_NEAR(got[i].get<double>(), w, 1e-5 + 1e-4 * std::abs(w)) << name << " [" << i << "]";
+  }
+}
+
+std::vector<std::string> ImageArgs(const json& c) {
+  std::vector<std::string> args;
+  for (const json& image : c["images"])
+    args.insert(args.end(), {"--image", (Glm4v() / image.get<std::string>()).string()});
+  return args;
+}
+
+TEST(Glm4vCli, GenerateWithImagesMatchesTransformers) {
+  const json expected = ReadJson(Glm4v() / "expected.json");
+  const std::string dir = (Glm4v() / "tiny-safetensors-sharded").string();
+  ASSERT_GE(expected["cases"].size(), 8u);
+  for (const json& c : expected["cases"]) {
+    const std::string name = c["name"].get<std::string>();
+    std::vector<std::string> args = {"generate",
+                                     "--model",
+                                     dir,
+                                     "--input-ids",
+                                     Join(c["input_ids"]),
+                                     "--max-new-tokens",
+                                     std::to_string(expected["max_new_tokens"].get<int>()),
+                                     "--min-new-tokens",
+                                     std::to_string(expected["max_new_tokens"].get<int>()),
+                                     "--json"};
+    const std::vector<std::string> images = ImageArgs(c);
+    args.insert(args.end(), images.begin(), images.end());
+    RunResult r = Glmserve(args);
+    ASSERT_EQ(r.exit_code, 0) << name << "\n" << r.err;
+    const json out = json::parse(r.out);
+    EXPECT_EQ(out["image_tokens"], c["image_tokens"]) << name;
+    EXPECT_EQ(out["output_ids"], c["output_ids"]) << name;
+    ExpectLogitsNear(out["first_logits"], c["first_logits"], name);
+  }
+}
+
+TEST(Glm4vCli, BadImageInputIsRefusedNamingTheFlag) {
+  const std::string dir = (Glm4v() / "tiny-safetensors-sharded").string();
+  const std::string phone = (Glm4v() / "images" / "phone.png").string();
+  const std::string one_image = "5,240,242,241,20";
+  struct Case {
+    std::vector<std::string> args;
+    std::string needle;
+  };
+  const fs::path not_image = fs::temp_directory_path() / ("glmserve_not_image_" + std::to_string(::getpid()));
+  { std::ofstream(not_image) << "plain text, not a PNG"; }
+  const std::vector<Case> cases = {
+      {{"--input-ids", one_image, "--image", "/nonexistent/x.png"}, "--image /nonexistent/x.png: cannot be read"},
+      {{"--input-ids", one_image, "--image", not_image.string()}, "--image " + not_image.string()},
+      // Two images, one placeholder; and a placeholder outside image_start/end.
+      {{"--input-ids", one_image, "--image", phone, "--image", phone}, "2 image(s)"},
+      {{"--input-ids", "5,242,20", "--image", phone}, "between image_start_token_id"},
+      {{"--prompt", "hi", "--image", phone}, "--image: takes --input-ids"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"generate", "--model", dir, "--max-new-tokens", "2"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    RunResult r = Glmserve(args);
+    EXPECT_EQ(r.exit_code, 2) << c.needle << "\n" << r.err;
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << "stderr lacks '" << c.needle << "':\n" << r.err;
+    EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+  }
+  fs::remove(not_image);
+  // A text model takes no images.
+  RunResult text = Glmserve({"generate", "--model", (Fixtures() / "models" / "glm4-gqa-safetensors").string(),
+                             "--input-ids", "1,2", "--max-new-tokens", "2", "--image", phone});
+  EXPECT_EQ(text.exit_code, 2) << text.err;
+  EXPECT_NE(text.err.find("takes no images"), std::string::npos) << text.err;
 }
 
 TEST(Glm4vCli, InspectShowsTheVisionKeys) {
