@@ -12,7 +12,8 @@
 # GLMSERVE_GEMM_ROWS list) GLMSERVE_GPU_HF=1 GLMSERVE_GPU_PROFILE=0 (Kineto, per kernel family)
 # GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
 # host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel) GLMSERVE_GPU_SERVE=1
-# (glmserve serve + glmload table: scripts/gpu-serve-bench.sh, its own switches there).
+# (glmserve serve + glmload table: scripts/gpu-serve-bench.sh, its own switches there)
+# GLMSERVE_GPU_VISION=0 (the AutoGLM-Phone-9B agent benchmark: scripts/gpu-vision-bench.sh).
 # GLMSERVE_GPU_CONFIGURE_ONLY=1 stops after unpacking the prefix and configuring (no GPU needed:
 # how the prefix handling is checked on a CPU machine). Where one call is limited to 10 minutes,
 # build first with every part 0 (GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0
@@ -143,6 +144,12 @@ if [ "$tests" = 1 ]; then
     echo "graph-vs-eager steps with differing argmax: $(grep -c 'differs in [1-9]' "$out/engine_model_cuda_verify.log")"
   fi
   run .gpu/build/glmserve generate --model models/glm4-tiny --device cuda --dtype bfloat16 --input-ids 1,2,3 --max-new-tokens 8
+  # glm4v with images on CUDA against transformers on CUDA (fp32: exact ids; bf16: dtype tolerance).
+  for dt in float32 bfloat16; do
+    run timeout 600 python3 tests/reference/glm4v_live_check.py .gpu/build/glmserve tests/fixtures --device cuda \
+      --dtype "$dt" >"$out/glm4v_live_cuda_$dt.log" 2>&1
+    tail -1 "$out/glm4v_live_cuda_$dt.log"; grep FAIL "$out/glm4v_live_cuda_$dt.log" | head -5
+  done
 fi
 
 if [ "${GLMSERVE_GPU_GEMM:-0}" = 1 ]; then
@@ -218,6 +225,12 @@ if [ "${GLMSERVE_GPU_NCU:-0}" = 1 ]; then
     grep -E "Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Shared Memory Config|Stall|Warp Cycles Per Issued|Memory Throughput|Block Limit" \
       "$out/ncu_attention_b$b.txt" | head -30
   done
+fi
+if [ "${GLMSERVE_GPU_VISION:-0}" = 1 ]; then
+  # AutoGLM-Phone-9B (GLM-4.1V-9B sizes, random weights) behind the OpenAI HTTP API: one agent step
+  # with a 1080x2400 screenshot under max_pixels 5,000,000 after ~2,000 tokens of history, then
+  # GLMSERVE_VISION_AGENTS concurrent agents (scripts/gpu-vision-bench.sh).
+  run env OUT="$out" bash scripts/gpu-vision-bench.sh
 fi
 if [ "${GLMSERVE_GPU_SERVE:-1}" = 1 ]; then
   # glmserve serve --device cuda driven by glmload through gRPC (and HTTP) beside decode_bench.

@@ -169,7 +169,8 @@ class CudaDecodeRunner {
   // launches of such a step took longer on the host than the step on the GPU. Returns fp32 logits
   // of the sampled rows in batch order, or an undefined tensor when it cannot take the batch (the
   // per-sequence path runs).
-  at::Tensor RunMixed(const std::vector<SequenceStep>& batch, KvPool& kv) {
+  at::Tensor RunMixed(const std::vector<SequenceStep>& batch, KvPool& kv,
+                      const GlmModel::EmbeddingOverride* images = nullptr) {
     if (!mixed_ || batch.empty()) return at::Tensor();
     std::lock_guard<std::mutex> lock(mu_);
     const ModelConfig& c = model_.config();
@@ -199,7 +200,8 @@ class CudaDecodeRunner {
     // A graph bucket holds a fixed number of rows; rows past the batch are padding that reads and
     // writes only the pool's scratch block.
     int32_t bucket = 0;
-    if (graphs_ && m.total_tokens <= mixed_graph_max_tokens_) {
+    const bool mrope = std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal);
+    if (graphs_ && m.total_tokens <= mixed_graph_max_tokens_ && images == nullptr && !mrope) {
       bucket = static_cast<int32_t>((m.total_tokens + kMixedGraphStep - 1) / kMixedGraphStep * kMixedGraphStep);
     }
     const int64_t rows = bucket > 0 ? bucket : m.total_tokens;
@@ -270,6 +272,25 @@ class CudaDecodeRunner {
     m.cu_k = part(cu_k, m.num_prefills + 1).to(at::kInt);
     m.tables = part(tables, table_elements).to(at::kInt);
 
+    // 3-D rotary positions ([3, rows], rows in this order) when a chunk holds image tokens.
+    at::Tensor positions_3d;
+    if (mrope) {
+      at::Tensor host_3d = at::empty({3, rows}, at::TensorOptions().dtype(at::kLong));
+      int64_t* p3 = host_3d.data_ptr<int64_t>();
+      int64_t r = 0;
+      auto fill = [&](const SequenceStep& s) {
+        for (size_t i = 0; i < s.tokens.size(); ++i, ++r) {
+          const int64_t index = s.start_position + static_cast<int64_t>(i);
+          for (int c = 0; c < 3; ++c) {
+            p3[c * rows + r] = s.multimodal == nullptr ? index : s.multimodal->Position(c, index);
+          }
+        }
+      };
+      for (const SequenceStep* s : decodes) fill(*s);
+      for (const SequenceStep* s : prefills) fill(*s);
+      positions_3d = host_3d.to(model_.device());
+    }
+
     m.shape = AttentionShape(m.num_decodes, decode_blocks, kv);
     if (m.num_decodes > 0) m.workspace = AttentionWorkspace(m.shape);
     at::Tensor hidden;
@@ -304,7 +325,7 @@ class CudaDecodeRunner {
         AttendMixed(m, q, k_cache, v_cache, out);
         return out;
       };
-      hidden = model_.RunLayers(d_ids, d_positions, d_slots, kv, attend, kernels_);
+      hidden = model_.RunLayers(d_ids, mrope ? positions_3d : d_positions, d_slots, kv, attend, kernels_, images);
     }
     if (num_samples == 0) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
     return model_.Logits(hidden.index_select(0, part(sampled_rows, num_samples)), kernels_);
@@ -755,8 +776,9 @@ at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<Sequenc
   return runner.Run(batch, kv);
 }
 
-at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv) {
-  return runner.RunMixed(batch, kv);
+at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv,
+                            const GlmModel::EmbeddingOverride* images) {
+  return runner.RunMixed(batch, kv, images);
 }
 
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,

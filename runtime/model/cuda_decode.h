@@ -26,7 +26,11 @@ at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<Sequenc
 // Prefill and mixed batches in one eager forward (paged-attention kernel for decode rows, flash
 // attention over variable lengths for prefill chunks); fp32 logits of the sampled rows. Undefined
 // when it cannot take the batch (fp32 model, head_dim flash does not take, GLMSERVE_CUDA_DISABLE).
-at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
+// `images` (multimodal batches, StepNeedsMultimodal): image features for rows numbered in the
+// mixed order (one-token steps first, then the longer chunks, each group in batch order); such a step runs eagerly (no mixed-step graph) with 3-D
+// rotary positions when a step needs them.
+at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv,
+                            const GlmModel::EmbeddingOverride* images = nullptr);
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
                              std::vector<int32_t>* captured);
 // The fused kernels for eager forwards on the GPU (prefill and mixed batches).

@@ -46,17 +46,46 @@ at::Tensor ModelForward::Forward(const std::vector<SequenceStep>& batch, KvPool&
   return model_.EagerForward(batch, kv, GlmModel::LayerKernels());  // ATen ops
 }
 
+namespace {
+
+// Each batch entry's first row when rows follow the batch (the eager forward), or when one-token
+// steps come first and the longer chunks after them, each group in batch order (the CUDA mixed
+// forward's order).
+std::vector<int64_t> FirstRows(const std::vector<SequenceStep>& batch, bool one_token_steps_first) {
+  std::vector<int64_t> first(batch.size());
+  int64_t row = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const bool one_token = batch[i].tokens.size() == 1;
+      const bool in_pass = one_token_steps_first ? one_token == (pass == 0) : pass == 0;
+      if (!in_pass) continue;
+      first[i] = row;
+      row += static_cast<int64_t>(batch[i].tokens.size());
+    }
+  }
+  return first;
+}
+
+}  // namespace
+
 at::Tensor ModelForward::MultimodalForward(const std::vector<SequenceStep>& batch, KvPool& kv) {
-  const GlmModel::EmbeddingOverride images = ImageEmbeddings(batch);
   GlmModel::LayerKernels kernels;  // ATen ops
 #ifdef GLMSERVE_TORCH_CUDA
-  // The fused kernels for the rest of each layer; RunLayers rotates 3-D positions itself.
-  if (CudaDecodeRunner* runner = DecodeRunner()) kernels = CudaLayerKernels(*runner);
+  if (CudaDecodeRunner* runner = DecodeRunner()) {
+    // Flash attention over the chunks and the fused kernels, eagerly; RunLayers rotates 3-D
+    // positions itself.
+    const GlmModel::EmbeddingOverride images = ImageEmbeddings(batch, FirstRows(batch, true));
+    at::Tensor logits = CudaMixedForward(*runner, batch, kv, &images);
+    if (logits.defined()) return logits;
+    kernels = CudaLayerKernels(*runner);
+  }
 #endif
+  const GlmModel::EmbeddingOverride images = ImageEmbeddings(batch, FirstRows(batch, false));
   return model_.EagerForward(batch, kv, kernels, &images);
 }
 
-GlmModel::EmbeddingOverride ModelForward::ImageEmbeddings(const std::vector<SequenceStep>& batch) {
+GlmModel::EmbeddingOverride ModelForward::ImageEmbeddings(const std::vector<SequenceStep>& batch,
+                                                          const std::vector<int64_t>& first_rows) {
   // The images each step's chunk reaches: [begin, end) of image k within the chunk's positions.
   struct Overlap {
     const SequenceStep* step;
@@ -96,16 +125,12 @@ GlmModel::EmbeddingOverride ModelForward::ImageEmbeddings(const std::vector<Sequ
   }
   std::vector<int64_t> rows;
   std::vector<at::Tensor> values;
-  int64_t step_row = 0;  // the batch row of the current step's first token
-  size_t next = 0;
-  for (const SequenceStep& s : batch) {
-    for (; next < overlaps.size() && overlaps[next].step == &s; ++next) {
-      const Overlap& o = overlaps[next];
-      const int64_t first = s.multimodal->image_offsets[o.image];
-      for (int64_t pos = o.begin; pos < o.end; ++pos) rows.push_back(step_row + pos - s.start_position);
-      values.push_back(encoded_images_[s.sequence_id][o.image].narrow(0, o.begin - first, o.end - o.begin));
-    }
-    step_row += static_cast<int64_t>(s.tokens.size());
+  for (const Overlap& o : overlaps) {
+    const SequenceStep& s = *o.step;
+    const int64_t step_row = first_rows[static_cast<size_t>(&s - batch.data())];
+    const int64_t first = s.multimodal->image_offsets[o.image];
+    for (int64_t pos = o.begin; pos < o.end; ++pos) rows.push_back(step_row + pos - s.start_position);
+    values.push_back(encoded_images_[s.sequence_id][o.image].narrow(0, o.begin - first, o.end - o.begin));
   }
   GlmModel::EmbeddingOverride result;
   if (rows.empty()) return result;

@@ -47,7 +47,10 @@ class ModelForward {
   // A batch with image tokens or 3-D positions: the vision encoder for images not yet encoded
   // (all of the step's in one call), then the eager forward with their features placed.
   at::Tensor MultimodalForward(const std::vector<SequenceStep>& batch, KvPool& kv);
-  GlmModel::EmbeddingOverride ImageEmbeddings(const std::vector<SequenceStep>& batch);
+  // The features of the image tokens the batch feeds, as rows of the forward's input: batch
+  // entry i's tokens start at row first_rows[i].
+  GlmModel::EmbeddingOverride ImageEmbeddings(const std::vector<SequenceStep>& batch,
+                                              const std::vector<int64_t>& first_rows);
 
   const GlmModel& model_;
   std::unique_ptr<CudaDecodeRunner, CudaDecodeRunnerDeleter> cuda_decode_;

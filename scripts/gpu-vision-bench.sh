@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu-build.sh has built .gpu/build: `glmserve serve` with
+# AutoGLM-Phone-9B's architecture (bench/configs/autoglm-phone-9b: GLM-4.1V-9B sizes, random bf16
+# weights, the bundled tiny tokenizer) and --max-pixels 5000000, driven over the OpenAI HTTP API by
+# bench/autoglm_bench.py: one agent step with a 1080x2400 screenshot (a 168x74 patch grid, 3,108
+# image tokens) after ~2,000 tokens of text history (TTFT, 150 output tokens), then
+# GLMSERVE_VISION_AGENTS (16) concurrent agents of GLMSERVE_VISION_STEPS (5) steps each. Logs and
+# results go to $OUT (or .gpu/out).
+set -uo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+out="${OUT:-$repo_root/.gpu/out}"
+mkdir -p "$out"
+build="${GLMSERVE_BUILD_DIR:-.gpu/build}"
+model="${GLMSERVE_VISION_MODEL:-bench/configs/autoglm-phone-9b}"
+agents="${GLMSERVE_VISION_AGENTS:-16}"
+steps="${GLMSERVE_VISION_STEPS:-5}"
+[ -x "$build/glmserve" ] || { echo "gpu-vision-bench: $build/glmserve not built"; exit 1; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port="$(free_port)" http_port="$(free_port)"
+log="$out/vision_serve.log"
+"$build/glmserve" serve --model "$model" --random-weights true --device cuda --dtype bfloat16 --host 127.0.0.1 \
+  --port "$port" --http-port "$http_port" --max-pixels 5000000 --max-batch 64 --log-format text \
+  ${GLMSERVE_VISION_SERVE_FLAGS:-} 2>"$log" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+for _ in $(seq 1 600); do
+  kill -0 "$pid" 2>/dev/null || { echo "the server exited while starting:"; tail -20 "$log"; exit 1; }
+  grep -q "http serving on" "$log" && break
+  sleep 0.5
+done
+grep -E "ready in|http serving on|KV pool" "$log" | head -5
+status=0
+timeout 900 python3 bench/autoglm_bench.py --url "http://127.0.0.1:$http_port" --agents "$agents" --steps "$steps" \
+  | tee "$out/vision_bench.txt" || status=1
+grep -E "image_tokens|error|Error" "$log" | tail -5
+exit $status
