@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/checkpoint/model_config.h"
 #include "runtime/engine.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -35,6 +36,7 @@
 #include "server/ops/watchdog.h"
 #include "server/request/auth.h"
 #include "server/request/client_quota.h"
+#include "server/request/media.h"
 
 #ifndef GLMSERVE_VERSION
 #define GLMSERVE_VERSION "unknown"
@@ -289,6 +291,32 @@ int RunServe(int argc, char** argv) {
   } else {
     LogLine(absl::StrCat("no tokenizer (", tok.status().message(),
                          "): prompt, messages and stop are refused; send input_ids"));
+  }
+  // A vision model (config.json's vision_config) takes images: its decoder and preprocessor are
+  // built once here (preprocessor_config.json, --max-pixels) and shared by both front ends, which
+  // decode and preprocess on their own threads. A config that does not load is reported by the
+  // engine's load below.
+  if (absl::StatusOr<ModelConfig> config = LoadModelConfig(flags.model_dir); config.ok() && config->vision) {
+    const MediaOptions& media = flags.grpc.limits.media;
+    std::string source;
+    absl::StatusOr<std::shared_ptr<const ImageSupport>> images =
+        ImageSupport::ForModel(flags.model_dir, *config->vision, media, &source);
+    if (!images.ok()) {
+      LogEvent(LogLevel::kError, "config_invalid", "", std::string(images.status().message()),
+               {{"model", flags.model_dir}});
+      (*server)->Shutdown(std::chrono::milliseconds(0));
+      return kExitBadInput;
+    }
+    LogEvent(LogLevel::kInfo, "images", "",
+             absl::StrCat("images on: at most ", media.limit_images_per_prompt, " per request, max_pixels ",
+                          (*images)->max_pixels(), " (", media.max_pixels > 0 ? "--max-pixels" : source, "), file:// ",
+                          media.allowed_local_media_path.empty() ? "off" : media.allowed_local_media_path,
+                          ", http(s) URLs not fetched"),
+             {{"limit_images_per_prompt", media.limit_images_per_prompt},
+              {"max_pixels", (*images)->max_pixels()},
+              {"allowed_local_media_path", media.allowed_local_media_path}});
+    (*server)->SetImageSupport(*images);
+    if (http != nullptr) http->SetImageSupport(*images);
   }
   const auto load_start = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<SelfHealingEngine>> engine = SelfHealingEngine::Create(watchdog, factory, hooks);

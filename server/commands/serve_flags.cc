@@ -1,6 +1,10 @@
 #include "server/commands/serve_flags.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 
@@ -73,6 +77,21 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "RESOURCE_EXHAUSTED / HTTP 429; 0 = no cap")
       .DefaultText(absl::StrCat("max(2 x --max-batch, (--max-queue + --max-batch) / 4) = ",
                                 std::max<int64_t>(2 * batch, (f.engine.max_queued_requests + batch) / 4)));
+
+  set.Section("images (vision models, e.g. GLM-4.1V; docs/operations.md#images)");
+  MediaOptions& media = g.limits.media;
+  set.Int("limit-images-per-prompt", &media.limit_images_per_prompt, 0, 1 << 16,
+          "images in one request, all messages together; more: INVALID_ARGUMENT / HTTP 400; 0 = no images");
+  set.Int("max-pixels", &media.max_pixels, 0, int64_t{1} << 40,
+          "largest temporal_patch_size x height x width an image is resized to (larger ones are scaled "
+          "down, never cropped); replaces preprocessor_config.json's size.longest_edge; a request may "
+          "ask for less or up to this (mm_processor_kwargs.max_pixels / max_pixels)")
+      .DefaultText("0 = the checkpoint's size.longest_edge");
+  set.Path("allowed-local-media-path", &media.allowed_local_media_path,
+           "file:// image URLs are read from under this directory only (symlinks and '..' resolved); "
+           "http(s) image URLs are never fetched")
+      .ValueName("DIR")
+      .DefaultText("none = file:// refused");
 
   set.Section("security (server/README.md; health and /metrics stay open)");
   set.Path("api-key-file", &f.api_key_file,
@@ -180,6 +199,16 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
                                                    " must be >= --max-batch ", sched.max_batch_size));
   }
   if (f.model_dir.empty()) return absl::InvalidArgumentError("--model: required");
+  // Canonical once, so every file:// URL is compared with the directory's real path.
+  if (std::string& dir = f.grpc.limits.media.allowed_local_media_path; !dir.empty()) {
+    char resolved[PATH_MAX];
+    struct stat st;
+    if (realpath(dir.c_str(), resolved) == nullptr || stat(resolved, &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--allowed-local-media-path: '", dir, "' is not an existing directory"));
+    }
+    dir = resolved;
+  }
   if (f.grpc.limits.default_max_new_tokens > f.grpc.limits.max_new_tokens_cap) {
     return absl::InvalidArgumentError(absl::StrCat("--default-max-new-tokens: ", f.grpc.limits.default_max_new_tokens,
                                                    " is above --max-new-tokens-cap ",

@@ -39,7 +39,8 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-void FillFinal(const RequestResult& result, size_t already_sent, v1::InferResponse* out) {
+void FillFinal(const RequestResult& result, const std::vector<ImageUsage>& images, size_t already_sent,
+               v1::InferResponse* out) {
   for (size_t i = already_sent; i < result.output_ids.size(); ++i) {
     out->add_output_ids(result.output_ids[i]);
   }
@@ -48,6 +49,15 @@ void FillFinal(const RequestResult& result, size_t already_sent, v1::InferRespon
   out->mutable_usage()->set_prompt_tokens(result.prompt_tokens);
   out->mutable_usage()->set_completion_tokens(completion);
   out->mutable_usage()->set_total_tokens(result.prompt_tokens + completion);
+  int32_t image_tokens = 0;
+  for (const ImageUsage& image : images) {
+    v1::ImageUsage* u = out->mutable_usage()->add_images();
+    u->set_height(image.height);
+    u->set_width(image.width);
+    u->set_tokens(image.tokens);
+    image_tokens += image.tokens;
+  }
+  out->mutable_usage()->set_image_tokens(image_tokens);
   out->set_queue_ms(result.queue_ms);
   out->set_ttft_ms(result.ttft_ms);
   out->set_total_ms(result.total_ms);
@@ -225,6 +235,7 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
     sessions_.SetTokenizer(std::move(tokenizer));
   }
+  void SetImageSupport(std::shared_ptr<const ImageSupport> images) { sessions_.SetImageSupport(std::move(images)); }
 
   void StartDrain() {
     InferenceEngine* engine = nullptr;
@@ -333,7 +344,8 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
       quota_ = std::move(admission.quota);
     }
     if (refusal) return Refuse(*refusal);
-    GenerateRequest typed = FromProto(proto_request);
+    GenerateRequest typed;
+    if (auto invalid = FromProto(proto_request, &typed)) return Refuse(*invalid);
     typed.deadline = service_->EngineDeadline(ctx_);
     SessionInfo info;
     info.request_id = request_id_;
@@ -344,6 +356,7 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
     if (ctx_->IsCancelled()) {
       return Refuse(MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled, "cancelled by the client"));
     }
+    images_ = ImageUsages(request.multimodal.get());  // before the engine owns the request
     std::shared_ptr<RequestSession> session;
     if (auto refused =
             sessions.Submit(admission, std::move(request), std::move(info), typed.stop, shared_from_this(), &session)) {
@@ -404,6 +417,7 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
   grpc::CallbackServerContext* const ctx_;
   const char* const rpc_;
   std::string request_id_;
+  std::vector<ImageUsage> images_;  // set in Begin, before the session can call back
 
   std::mutex mu_;
   std::shared_ptr<RequestSession> session_;  // guarded by mu_; set once submitted
@@ -454,7 +468,7 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
   void OnResult() override {
     if (!result_.status.ok()) return FinishWith(ToGrpc(result_.status));
     response_->set_request_id(request_id_);
-    FillFinal(result_, 0, response_);
+    FillFinal(result_, images_, 0, response_);
     response_->set_text(text_);
     FinishWith(grpc::Status::OK);
   }
@@ -561,7 +575,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
         if (result_.status.ok()) {
           out_.Clear();
           out_.set_request_id(request_id_);
-          FillFinal(result_, streamed_, &out_);
+          FillFinal(result_, images_, streamed_, &out_);
           out_.set_text(tail_);
           action = kWriteAndFinish;
         } else {
@@ -743,6 +757,10 @@ void GrpcServer::SetEngine(InferenceEngine* engine, int32_t max_batch) { service
 
 void GrpcServer::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
   service_->SetTokenizer(std::move(tokenizer));
+}
+
+void GrpcServer::SetImageSupport(std::shared_ptr<const ImageSupport> images) {
+  service_->SetImageSupport(std::move(images));
 }
 
 void GrpcServer::SetServing(bool serving) {

@@ -81,6 +81,9 @@ class GrpcServer {
   // Enables prompt/messages/stop and response text. Call before SetServing(true); kept alive by
   // the server.
   void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer);
+  // A vision model's image decoding and preprocessing (server/request/media.h): image parts and
+  // InferRequest.images are taken. Null or never called = text only. Before SetServing(true).
+  void SetImageSupport(std::shared_ptr<const ImageSupport> images);
   // Health for "" and "glmserve.v1.Inference".
   void SetServing(bool serving);
 

@@ -3,6 +3,7 @@
 // shared with the HTTP front end.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -15,8 +16,11 @@
 
 namespace glmserve {
 
-// Every field of the proto, as is (validation resolves defaults and ranges).
-GenerateRequest FromProto(const v1::InferRequest& request);
+// Every field of the proto, as is (validation resolves defaults and ranges). Refused here only
+// what the typed request cannot hold: a message with both content and parts, an empty content
+// part, `images` beside messages. Image fields are named `messages[i].parts[j].image.data` /
+// `.mime_type` and `images[k].data`.
+std::optional<Refusal> FromProto(const v1::InferRequest& request, GenerateRequest* out);
 
 // FromProto + ValidateRequest in the proto's dialect: INVALID_ARGUMENT names the field and the
 // accepted range (request_id and deadline are left to the caller).

@@ -109,10 +109,15 @@ std::optional<Refusal> GetBool(const json& body, const char* key, bool* out) {
   return std::nullopt;
 }
 
-// Content of one chat message: a string, or a list of parts whose text parts are joined.
-std::optional<Refusal> MessageContent(const json& content, const std::string& path, std::string* out) {
+// Content of one chat message: a string, or a list of parts: text parts ({"type": "text",
+// "text": ...}) and image parts ({"type": "image_url", "image_url": {"url": ...}}, or the URL as a
+// plain string, as vLLM accepts). The text parts are also joined with "\n" into `content` (what a
+// text model's template renders); the image's bytes are resolved later (ValidateRequest), and its
+// refusals name `<path>[j].image_url.url`.
+std::optional<Refusal> MessageContent(const json& content, const std::string& path, ChatMessage* message,
+                                      std::vector<ImageData>* images) {
   if (content.is_string()) {
-    *out = content.get<std::string>();
+    message->content = content.get<std::string>();
     return std::nullopt;
   }
   if (!content.is_array()) return WrongType(path, content, "a string or an array of content parts");
@@ -131,18 +136,43 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
       if (!it->is_string()) return WrongType(ppath + ".text", *it, "a string");
       if (!text.empty()) text += "\n";
       text += it->get<std::string>();
-    } else if (t == "image_url" || t == "input_image" || t == "image" || t == "input_audio" || t == "audio" ||
-               t == "video_url" || t == "file") {
-      return Bad(ppath,
-                 absl::StrCat("content part type '", t,
-                              "' is not supported: the loaded model has no vision input "
-                              "(text parts only)"),
+      message->parts.push_back({false, it->get<std::string>(), -1});
+    } else if (t == "image_url") {
+      auto it = part.find("image_url");
+      if (it == part.end() || it->is_null()) {
+        return Bad(ppath + ".image_url", "missing ({\"url\": \"data:image/png;base64,...\"})",
+                   RefusalKind::kMissingParameter);
+      }
+      ImageData image;
+      image.part_field = ppath;
+      if (it->is_string()) {  // vLLM's shorthand: the URL itself
+        image.url = it->get<std::string>();
+        image.field = ppath + ".image_url";
+      } else if (it->is_object()) {
+        image.field = ppath + ".image_url.url";
+        auto url = it->find("url");
+        if (url == it->end() || url->is_null()) return Bad(image.field, "missing", RefusalKind::kMissingParameter);
+        if (!url->is_string()) return WrongType(image.field, *url, "a string");
+        image.url = url->get<std::string>();
+        // OpenAI's detail (auto/low/high) has no meaning here: the processor's resize decides.
+        if (auto detail = it->find("detail"); detail != it->end() && !detail->is_null() && !detail->is_string()) {
+          return WrongType(ppath + ".image_url.detail", *detail, "a string");
+        }
+      } else {
+        return WrongType(ppath + ".image_url", *it, "an object {\"url\": ...} or a URL string");
+      }
+      if (image.url.empty()) return Bad(image.field, "must not be empty");
+      message->parts.push_back({true, std::string(), static_cast<int32_t>(images->size())});
+      images->push_back(std::move(image));
+    } else if (t == "input_image" || t == "image" || t == "input_audio" || t == "audio" || t == "video_url" ||
+               t == "file") {
+      return Bad(ppath, absl::StrCat("content part type '", t, "' is not supported; send 'text' and 'image_url' parts"),
                  RefusalKind::kUnsupportedContent);
     } else {
-      return Bad(ppath + ".type", absl::StrCat("unknown content part type '", t, "'; expected 'text'"));
+      return Bad(ppath + ".type", absl::StrCat("unknown content part type '", t, "'; expected 'text' or 'image_url'"));
     }
   }
-  *out = std::move(text);
+  message->content = std::move(text);
   return std::nullopt;
 }
 
@@ -167,15 +197,16 @@ std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_requ
     if (content == m.end() || content->is_null()) {
       return Bad(path + ".content", "missing", RefusalKind::kMissingParameter);
     }
-    std::string text;
-    if (auto e = MessageContent(*content, path + ".content", &text)) return e;
+    ChatMessage message;
+    message.role = r;
+    if (auto e = MessageContent(*content, path + ".content", &message, &out_request->images)) return e;
     if (auto name = m.find("name"); name != m.end() && !name->is_null() && !name->is_string()) {
       return WrongType(path + ".name", *name, "a string");
     }
     if (auto tc = m.find("tool_calls"); tc != m.end() && !tc->is_null()) {
       return Bad(path + ".tool_calls", "tool calls are not supported", RefusalKind::kUnsupportedParameter);
     }
-    out_request->messages.push_back({r, std::move(text)});
+    out_request->messages.push_back(std::move(message));
   }
   return std::nullopt;
 }
@@ -306,6 +337,24 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (auto e = GetInt(parsed, "min_tokens", 0, std::numeric_limits<int32_t>::max(), &min_tokens)) return e;
   if (min_tokens) request.min_new_tokens = static_cast<int32_t>(*min_tokens);
   if (auto e = GetBool(parsed, "ignore_eos", &request.min_equals_max)) return e;
+
+  // vLLM's per-request processor arguments; max_pixels is the one this server takes.
+  if (auto it = parsed.find("mm_processor_kwargs"); it != parsed.end() && !it->is_null()) {
+    if (!it->is_object()) return WrongType("mm_processor_kwargs", *it, "an object");
+    for (auto kw = it->begin(); kw != it->end(); ++kw) {
+      if (kw.key() != "max_pixels") {
+        return Bad(absl::StrCat("mm_processor_kwargs.", kw.key()), "not supported (only max_pixels)",
+                   RefusalKind::kUnsupportedParameter);
+      }
+    }
+    std::optional<int64_t> max_pixels;
+    if (auto e = GetInt(*it, "max_pixels", 1, std::numeric_limits<int64_t>::max(), &max_pixels)) {
+      e->field = "mm_processor_kwargs.max_pixels";
+      e->message = "mm_processor_kwargs." + e->message;
+      return e;
+    }
+    if (max_pixels) request.max_pixels = *max_pixels;
+  }
 
   std::optional<int64_t> seed, n, top_k;
   if (auto e = GetInt(parsed, "seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), &seed))

@@ -628,12 +628,13 @@ struct Call final : public SessionSink {
     std::string text;
     std::vector<int32_t> token_ids;
   };
-  std::deque<Delta> deltas;  // guarded by mu
-  bool done = false;         // guarded by mu
-  RequestResult result;      // guarded by mu; valid once done
-  std::string tail;          // guarded by mu; text held back until the end
-  std::string text;          // guarded by mu; the whole text (unary)
-  ClientQuota::Lease quota;  // handler thread: released when the answer is complete
+  std::deque<Delta> deltas;        // guarded by mu
+  bool done = false;               // guarded by mu
+  RequestResult result;            // guarded by mu; valid once done
+  std::string tail;                // guarded by mu; text held back until the end
+  std::string text;                // guarded by mu; the whole text (unary)
+  ClientQuota::Lease quota;        // handler thread: released when the answer is complete
+  std::vector<ImageUsage> images;  // the prompt's images as resized (usage); set before Submit
 
   void OnStep(const std::vector<int32_t>& ids, const std::string& delta) override {
     if (has_text && delta.empty()) return;
@@ -707,11 +708,23 @@ Refusal ShutDownRefusal() {
 
 const char* FinishName(FinishReason reason) { return reason == FinishReason::kLength ? "length" : "stop"; }
 
-json Usage(const RequestResult& r) {
+// OpenAI's usage; with images also prompt_tokens_details.image_tokens (of prompt_tokens) and
+// glmserve's "images": each image's resized height, width and tokens, in prompt order.
+json Usage(const RequestResult& r, const std::vector<ImageUsage>& images) {
   const int64_t completion = static_cast<int64_t>(r.output_ids.size());
-  return {{"prompt_tokens", r.prompt_tokens},
-          {"completion_tokens", completion},
-          {"total_tokens", r.prompt_tokens + completion}};
+  json usage = {{"prompt_tokens", r.prompt_tokens},
+                {"completion_tokens", completion},
+                {"total_tokens", r.prompt_tokens + completion}};
+  if (images.empty()) return usage;
+  int64_t image_tokens = 0;
+  json list = json::array();
+  for (const ImageUsage& image : images) {
+    image_tokens += image.tokens;
+    list.push_back({{"height", image.height}, {"width", image.width}, {"tokens", image.tokens}});
+  }
+  usage["prompt_tokens_details"] = {{"image_tokens", image_tokens}};
+  usage["images"] = std::move(list);
+  return usage;
 }
 
 class Handler {
@@ -787,6 +800,7 @@ class Handler {
     auto call = std::make_shared<Call>();
     call->has_text = admission.model.tokenizer != nullptr;
     call->quota = std::move(admission.quota);
+    call->images = ImageUsages(request.multimodal.get());
     if (auto e =
             sessions.Submit(admission, std::move(request), std::move(info), api.request.stop, call, &call->session)) {
       return refuse(*e);
@@ -913,7 +927,7 @@ class Handler {
                                         {"message", {{"role", "assistant"}, {"content", text}}},
                                         {"logprobs", nullptr},
                                         {"finish_reason", FinishName(result.finish_reason)}}})},
-              {"usage", Usage(result)}};
+              {"usage", Usage(result, call->images)}};
     } else {
       body = {{"id", id},
               {"object", "text_completion"},
@@ -923,7 +937,7 @@ class Handler {
                                         {"text", text},
                                         {"logprobs", nullptr},
                                         {"finish_reason", FinishName(result.finish_reason)}}})},
-              {"usage", Usage(result)}};
+              {"usage", Usage(result, call->images)}};
     }
     res.status = 200;
     res.set_content(Dump(body), "application/json");
@@ -1009,7 +1023,7 @@ class Handler {
                       {"created", created},
                       {"model", model},
                       {"choices", json::array()},
-                      {"usage", Usage(result)}};
+                      {"usage", Usage(result, call->images)}};
             if (!write(absl::StrCat("data: ", Dump(j), "\n\n"))) return false;
           }
           if (!write("data: [DONE]\n\n")) return false;
@@ -1232,6 +1246,10 @@ void HttpServer::SetEngine(InferenceEngine* engine) {
 
 void HttpServer::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer) {
   state_->sessions.SetTokenizer(std::move(tokenizer));
+}
+
+void HttpServer::SetImageSupport(std::shared_ptr<const ImageSupport> images) {
+  state_->sessions.SetImageSupport(std::move(images));
 }
 
 void HttpServer::SetServing(bool serving) {

@@ -76,6 +76,9 @@ class HttpServer {
 
   void SetEngine(InferenceEngine* engine);  // must outlive Shutdown()
   void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer);
+  // A vision model's images (server/request/media.h): image_url parts are taken. Null or never
+  // called = text only.
+  void SetImageSupport(std::shared_ptr<const ImageSupport> images);
   void SetServing(bool serving);
   // New requests 503 (draining); in-flight ones finish.
   void StartDrain();

@@ -53,6 +53,10 @@ std::string FieldName(Field field, Dialect dialect, int64_t index) {
     case Field::kRequestId:
       name = json ? "x-request-id" : "request_id";
       break;
+    // vLLM's spelling in JSON (the processor's keyword arguments).
+    case Field::kMaxPixels:
+      name = json ? "mm_processor_kwargs.max_pixels" : "max_pixels";
+      break;
   }
   return index >= 0 ? absl::StrCat(name, "[", index, "]") : std::string(name);
 }

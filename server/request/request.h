@@ -16,9 +16,37 @@
 
 namespace glmserve {
 
+// One image as the client sent it, not yet decoded. Exactly one of `url` (the OpenAI API's
+// image_url: a data: URL, a file:// URL under --allowed-local-media-path, or an http(s) URL, which
+// is refused) and `bytes` (gRPC's Image.data) is set. Resolved, decoded and preprocessed by
+// ValidateRequest (server/request/media.h) on the front end's thread.
+struct ImageData {
+  std::string url;
+  std::string bytes;
+  std::string mime_type;  // gRPC's Image.mime_type ("" = from the bytes' signature)
+  // Where it came from, as the client spelled it, for refusals: the bytes' field
+  // ("messages[1].content[0].image_url.url", "messages[1].parts[0].image.data", "images[0].data"),
+  // the mime type's field ("" for a URL: its media type is part of `field`), and the content part
+  // ("messages[1].content[0]"; "" for input_ids images).
+  std::string field;
+  std::string mime_field;
+  std::string part_field;
+};
+
+// One part of a chat message's content, in order: text, or the place of GenerateRequest::images[image].
+struct ChatPart {
+  bool is_image = false;
+  std::string text;    // text parts
+  int32_t image = -1;  // image parts: index into GenerateRequest::images
+};
+
 struct ChatMessage {
   std::string role;
+  // The text: a string content as sent, or the text parts joined with "\n" (text models render it).
   std::string content;
+  // Set when the content came as parts (an OpenAI content array, gRPC Message.parts): text and
+  // images in order, as a vision model's chat template renders them. Empty for a string content.
+  std::vector<ChatPart> parts;
 };
 
 // What a client asks for, as parsed from its wire format and not yet checked against limits or
@@ -29,6 +57,12 @@ struct GenerateRequest {
   std::vector<int32_t> input_ids;
   std::string prompt;
   std::vector<ChatMessage> messages;
+  // The prompt's images in prompt order: the messages' image parts, or, with input_ids, one per
+  // image placeholder (image_start, image_token, image_end) in the ids.
+  std::vector<ImageData> images;
+  // The request's own image size limit (OpenAI API: mm_processor_kwargs.max_pixels; gRPC:
+  // max_pixels): replaces the server's for this request, at most the server's. 0 = the server's.
+  int64_t max_pixels = 0;
 
   int32_t max_new_tokens = 0;  // 0 = the server's default (shrunk to fit the context)
   int32_t min_new_tokens = 0;
@@ -69,6 +103,7 @@ enum class Field {
   kStop,
   kStopTokenIds,
   kRequestId,
+  kMaxPixels,
 };
 // The field's name in `dialect`; index >= 0 appends "[index]".
 std::string FieldName(Field field, Dialect dialect, int64_t index = -1);
@@ -80,7 +115,7 @@ enum class RefusalKind {
   kInvalidType,           // JSON: a value of the wrong type
   kMissingParameter,      // JSON: a required field is absent
   kUnsupportedParameter,  // JSON: a field this server does not implement (tools, logprobs, ...)
-  kUnsupportedContent,    // JSON: an image/audio content part
+  kUnsupportedContent,    // an image the model cannot take; JSON: an audio/video/file content part
   kInvalidJson,           // JSON: the body does not parse, is not an object, nests too deep
   kContextLength,         // the prompt (or prompt + max_new_tokens) does not fit
   kBadRequest,            // HTTP: an unreadable request

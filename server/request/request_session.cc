@@ -11,6 +11,20 @@
 
 namespace glmserve {
 
+namespace {
+
+// images=N image_tokens=M resized=HxW[,HxW...] on a request's log lines (nothing for text prompts).
+void AddImageFields(const std::vector<ImageUsage>& images, nlohmann::json* fields) {
+  if (images.empty()) return;
+  int64_t tokens = 0;
+  for (const ImageUsage& image : images) tokens += image.tokens;
+  (*fields)["images"] = images.size();
+  (*fields)["image_tokens"] = tokens;
+  (*fields)["resized"] = ResizedSizes(images);
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------
 // RequestSession
 
@@ -173,6 +187,11 @@ void RequestSessions::SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> t
   model_.tokenizer = tokenizer_.get();
 }
 
+void RequestSessions::SetImageSupport(std::shared_ptr<const ImageSupport> images) {
+  std::lock_guard<std::mutex> lock(mu_);
+  model_.images = std::move(images);
+}
+
 void RequestSessions::StartDrain() {
   std::lock_guard<std::mutex> lock(mu_);
   draining_ = true;
@@ -249,6 +268,7 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
   // engine still holds the previous attempt): "<request_id>#<n>", so engine logs still name it.
   session->engine_id_ = absl::StrCat(session->info_.request_id, "#", next_id_.fetch_add(1));
   request.request_id = session->engine_id_;
+  session->images_ = ImageUsages(request.multimodal.get());
   {
     std::lock_guard<std::mutex> lock(mu_);
     in_flight_.emplace(session->engine_id_, session);
@@ -258,6 +278,7 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
                              {"engine_id", session->engine_id_},
                              {"prompt_tokens", request.input_ids.size()},
                              {"max_new_tokens", request.params.max_new_tokens}};
+    AddImageFields(session->images_, &fields);
     fields.update(session->info_.accepted_fields);
     LogEvent(LogLevel::kInfo, "request_accepted", session->info_.request_id, "request accepted", fields);
   }
@@ -304,6 +325,7 @@ void RequestSessions::LogFinished(const RequestSession& session, const RequestRe
                            {"queue_ms", result.queue_ms},
                            {"ttft_ms", result.ttft_ms},
                            {"total_ms", result.total_ms}};
+  AddImageFields(session.images_, &fields);
   if (!result.status.ok()) fields["message"] = std::string(result.status.message());
   const bool failed = !result.status.ok() && result.status.code() != absl::StatusCode::kCancelled &&
                       result.status.code() != absl::StatusCode::kDeadlineExceeded && !session.client_cancelled_;

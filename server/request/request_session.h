@@ -123,6 +123,7 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   InferenceEngine* const engine_;
   std::shared_ptr<SessionSink> sink_;  // delivery worker; dropped after OnFinish
   std::string engine_id_;
+  std::vector<ImageUsage> images_;               // the prompt's images as resized (request logs)
   std::shared_ptr<void> hold_;                   // SessionInfo::hold_until_done; delivery worker
   std::unique_ptr<tokenizer::TextOutput> text_;  // null without a tokenizer
   bool incremental_ = false;                     // text_ fed per step (streaming or stop strings)
@@ -161,6 +162,8 @@ class RequestSessions {
   // The engine must outlive every session. Requests are refused (loading) until it is set.
   void SetEngine(InferenceEngine* engine);
   void SetTokenizer(std::shared_ptr<const tokenizer::Tokenizer> tokenizer);
+  // A vision model's image decoding and preprocessing (server/request/media.h); null = text only.
+  void SetImageSupport(std::shared_ptr<const ImageSupport> images);
   // New requests UNAVAILABLE (draining); the engine itself is drained by whoever owns it.
   void StartDrain();
   bool draining() const;

@@ -32,6 +32,10 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
                                        const ValidationModel& model, Dialect dialect, InferenceRequest* out) {
   auto name = [dialect](Field field, int64_t index = -1) { return FieldName(field, dialect, index); };
   const int32_t vocab = model.vocab_size;
+  // Images first: the costly part, but a bad image must be named even where the prompt would be
+  // refused for another reason (e.g. a server without a tokenizer).
+  std::vector<ImageInput> images;
+  if (auto bad_image = PrepareImages(request, limits.media, model.images.get(), dialect, &images)) return bad_image;
   // Prompt ids: input_ids, else the chat messages, else the prompt text.
   std::vector<int32_t> input_ids = request.input_ids;
   Field ids_field = Field::kInputIds;
@@ -48,7 +52,20 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
     if (!request.messages.empty()) {
       std::vector<tokenizer::Message> messages;
       messages.reserve(request.messages.size());
-      for (const ChatMessage& m : request.messages) messages.push_back({m.role, m.content});
+      for (const ChatMessage& m : request.messages) {
+        tokenizer::Message message{m.role, m.content, {}};
+        // A vision model's template renders content parts as sent (text and image placeholders
+        // in order, as transformers does); a text model's gets the joined text.
+        if (model.images != nullptr) {
+          for (const ChatPart& part : m.parts) {
+            tokenizer::MessagePart p;
+            p.kind = part.is_image ? tokenizer::MessagePart::Kind::kImage : tokenizer::MessagePart::Kind::kText;
+            p.text = part.text;
+            message.parts.push_back(std::move(p));
+          }
+        }
+        messages.push_back(std::move(message));
+      }
       absl::StatusOr<std::vector<int32_t>> ids = model.tokenizer->ApplyChatTemplate(messages);
       if (!ids.ok()) {
         Refusal r = InvalidField(name(Field::kMessages), "");
@@ -70,6 +87,14 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
     if (id < 0 || id >= vocab) {
       return InvalidField(name(ids_field, static_cast<int64_t>(i)),
                           absl::StrCat(id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  // A vision model's prompt: each placeholder expanded to its image's tokens (placeholders without
+  // images, e.g. spelled in the text, are refused). The length checks below see the expanded ids.
+  std::shared_ptr<const MultimodalPrompt> multimodal;
+  if (model.images != nullptr) {
+    if (auto bad = ExpandImagePrompt(*model.images, std::move(images), name(ids_field), &input_ids, &multimodal)) {
+      return bad;
     }
   }
   const int stops = static_cast<int>(request.stop.size());
@@ -180,6 +205,7 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
     if (stop.size() > model.eos_token_ids.size()) out->params.stop_token_ids = std::move(stop);
   }
   out->deadline = request.deadline;
+  out->multimodal = std::move(multimodal);
   return std::nullopt;
 }
 

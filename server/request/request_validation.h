@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "runtime/engine.h"
 #include "runtime/generation.h"
+#include "server/request/media.h"
 #include "server/request/request.h"
 
 namespace glmserve {
@@ -31,6 +32,8 @@ struct FrontendLimits {
   float max_temperature = 100.0f;
   // Longest client-supplied request_id, in bytes.
   int32_t max_request_id_bytes = 128;
+  // Images: how many, how large, where file:// URLs may point (server/request/media.h).
+  MediaOptions media;
 };
 
 // What the validator needs to know about the model.
@@ -42,6 +45,9 @@ struct ValidationModel {
   const tokenizer::Tokenizer* tokenizer = nullptr;
   // The model's eos ids (what the engine stops on when a request has no stop_token_ids).
   std::vector<int32_t> eos_token_ids;
+  // A vision model's image decoding and preprocessing; null = the model takes no images (a
+  // request with any is refused naming the image).
+  std::shared_ptr<const ImageSupport> images;
 };
 
 // Limits on stop strings.
@@ -59,7 +65,10 @@ inline constexpr float kMaxRepetitionPenalty = 10.0f;
 int32_t MaxPromptTokens(const FrontendLimits& limits, const ValidationModel& model);
 
 // Checks every field and fills *out (the engine's request_id is left to the session; the deadline
-// is copied). On a refusal *out is unspecified.
+// is copied). Images are resolved, decoded and preprocessed here, on the caller's thread, first
+// (PrepareImages: a bad image is refused before the prompt is tokenized), and the prompt's image
+// placeholders expanded (out->input_ids hold every image token; out->multimodal the images and
+// 3-D positions). On a refusal *out is unspecified.
 std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const FrontendLimits& limits,
                                        const ValidationModel& model, Dialect dialect, InferenceRequest* out);
 

@@ -127,11 +127,19 @@ TEST(Refusal, JsonParserGivesTypedRefusals) {
   ApiRequest api;
   std::optional<Refusal> r = ParseApiRequest(
       ApiKind::kChat,
-      R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})", &api);
+      R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]})",
+      &api);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->kind, RefusalKind::kUnsupportedContent);
   EXPECT_EQ(r->field, "messages[0].content[0]");
   EXPECT_EQ(ToHttpError(*r).code, "unsupported_content_type");
+  // An image part is parsed (tests/request/media_test.cc); one without its URL is a missing field.
+  r = ParseApiRequest(
+      ApiKind::kChat,
+      R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})", &api);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, RefusalKind::kMissingParameter);
+  EXPECT_EQ(r->field, "messages[0].content[0].image_url.url");
   r = ParseApiRequest(ApiKind::kCompletion, R"({"model": "m", "prompt": "x", "temperature": "hot"})", &api);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->kind, RefusalKind::kInvalidType);

@@ -1,0 +1,339 @@
+#include "server/request/media.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace glmserve {
+namespace {
+
+// A URL in a message, cut for a refusal (a data: URL is megabytes).
+std::string Shown(const std::string& url) { return url.size() <= 48 ? url : absl::StrCat(url.substr(0, 48), "..."); }
+
+bool SupportedMime(std::string type) {
+  absl::AsciiStrToLower(&type);
+  // image/jpg is not registered but common in clients; it means JPEG.
+  return type == "image/png" || type == "image/jpeg" || type == "image/jpg";
+}
+
+// data:[<media type>][;parameters][;base64],<payload> (RFC 2397); base64 only.
+std::optional<Refusal> DataUrlBytes(const ImageData& image, std::string* bytes) {
+  const std::string& url = image.url;
+  const size_t comma = url.find(',');
+  if (comma == std::string::npos) {
+    return InvalidField(image.field, absl::StrCat("'", Shown(url), "' is not a data: URL (no ',' before the data)"));
+  }
+  std::vector<std::string> header = absl::StrSplit(url.substr(5, comma - 5), ';');
+  const std::string type = header.empty() ? "" : header[0];
+  bool base64 = false;
+  for (size_t i = 1; i < header.size(); ++i) base64 = base64 || absl::EqualsIgnoreCase(header[i], "base64");
+  if (!SupportedMime(type)) {
+    return InvalidField(image.field,
+                        absl::StrCat("media type '", type.substr(0, 64),
+                                     "' is not supported; send image/png or image/jpeg "
+                                     "(data:image/png;base64,...)"),
+                        RefusalKind::kUnsupportedContent);
+  }
+  if (!base64) {
+    return InvalidField(image.field, "only base64 data: URLs are supported (data:image/png;base64,...)");
+  }
+  if (!absl::Base64Unescape(absl::string_view(url).substr(comma + 1), bytes)) {
+    return InvalidField(image.field, "the data: URL's payload is not valid base64");
+  }
+  return std::nullopt;
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// A file:// URL's path, percent-decoded; nullopt when it has a host other than localhost or an
+// invalid escape.
+std::optional<std::string> FileUrlPath(const std::string& url) {
+  std::string rest = url.substr(7);  // after "file://"
+  if (absl::StartsWithIgnoreCase(rest, "localhost/")) rest = rest.substr(9);
+  if (rest.empty() || rest[0] != '/') return std::nullopt;
+  std::string path;
+  for (size_t i = 0; i < rest.size(); ++i) {
+    if (rest[i] != '%') {
+      path += rest[i];
+      continue;
+    }
+    if (i + 2 >= rest.size() || HexValue(rest[i + 1]) < 0 || HexValue(rest[i + 2]) < 0) return std::nullopt;
+    const char c = static_cast<char>(HexValue(rest[i + 1]) * 16 + HexValue(rest[i + 2]));
+    if (c == '\0') return std::nullopt;
+    path += c;
+    i += 2;
+  }
+  return path;
+}
+
+bool Under(const std::string& path, const std::string& dir) {
+  if (dir == "/") return true;
+  return path == dir || (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 && path[dir.size()] == '/');
+}
+
+// file:// under the allowed directory. The path is canonicalized (symlinks, '..') before the
+// check, and the file actually opened is checked again through /proc/self/fd, so a symlink
+// swapped in between cannot lead outside. One message for missing, outside and unreadable files,
+// so a client learns nothing about paths outside the directory.
+std::optional<Refusal> FileUrlBytes(const ImageData& image, const MediaOptions& media, std::string* bytes) {
+  if (media.allowed_local_media_path.empty()) {
+    return InvalidField(image.field,
+                        "file:// image URLs are not enabled on this server (it was started without "
+                        "--allowed-local-media-path); send the image inline as a data:image/png;base64,... URL");
+  }
+  const std::optional<std::string> path = FileUrlPath(image.url);
+  if (!path) {
+    return InvalidField(image.field, absl::StrCat("'", Shown(image.url),
+                                                  "' is not a file:// URL with an absolute path (file:///DIR/FILE)"));
+  }
+  const Refusal refused = InvalidField(
+      image.field, absl::StrCat("'", Shown(image.url),
+                                "' is not a readable image file under the server's allowed local media directory"));
+  char resolved[PATH_MAX];
+  if (realpath(path->c_str(), resolved) == nullptr || !Under(resolved, media.allowed_local_media_path)) return refused;
+  const int fd = open(resolved, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return refused;
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { close(fd); }
+  } closer{fd};
+  char opened[PATH_MAX];
+  const std::string proc = absl::StrCat("/proc/self/fd/", fd);
+  const ssize_t n = readlink(proc.c_str(), opened, sizeof opened - 1);
+  if (n <= 0) return refused;
+  opened[n] = '\0';
+  struct stat st;
+  if (!Under(opened, media.allowed_local_media_path) || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return refused;
+  if (st.st_size > kMaxImageFileBytes) {
+    return InvalidField(image.field, absl::StrCat("the file has ", st.st_size, " bytes; at most ", kMaxImageFileBytes,
+                                                  " bytes allowed"));
+  }
+  bytes->resize(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < bytes->size()) {
+    const ssize_t got = read(fd, bytes->data() + done, bytes->size() - done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return refused;
+    done += static_cast<size_t>(got);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const ImageSupport>> ImageSupport::Create(const VisionConfig& vision,
+                                                                         const vision::Glm4vProcessorOptions& processor,
+                                                                         const MediaOptions& media) {
+  // As transformers loads an image given by URL, path or base64 in a chat (load_image: PIL's
+  // convert("RGB"), alpha dropped), and as `generate --image` and the fixtures' references do.
+  vision::DecodeOptions decode;
+  decode.alpha = vision::AlphaMode::kDrop;
+  absl::StatusOr<vision::ImageDecoder> decoder = vision::ImageDecoder::Create(decode);
+  if (!decoder.ok()) return decoder.status();
+  absl::StatusOr<vision::Glm4vImageProcessor> made = vision::Glm4vImageProcessor::Create(processor);
+  if (!made.ok()) return made.status();
+  std::shared_ptr<ImageSupport> support(new ImageSupport(*std::move(decoder), *std::move(made)));
+  support->ids_.image_token_id = vision.image_token_id;
+  support->ids_.image_start_token_id = vision.image_start_token_id;
+  support->ids_.image_end_token_id = vision.image_end_token_id;
+  support->spatial_merge_size_ = vision.spatial_merge_size;
+  support->max_decodes_ = media.max_concurrent_decodes > 0
+                              ? media.max_concurrent_decodes
+                              : std::max(1, static_cast<int32_t>(std::thread::hardware_concurrency()));
+  support->max_pixels_ = media.max_pixels > 0 ? media.max_pixels : processor.max_pixels;
+  if (support->max_pixels_ < support->min_max_pixels()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        media.max_pixels > 0 ? "--max-pixels: " : "preprocessor_config.json: size.longest_edge ", support->max_pixels_,
+        " is below the smallest image, temporal_patch_size x (patch_size x merge_size)^2 = ",
+        support->min_max_pixels()));
+  }
+  // The resize grid must be the model's merge grid, or the image tokens would not line up.
+  if (processor.merge_size != vision.spatial_merge_size) {
+    return absl::InvalidArgumentError(absl::StrCat("preprocessor_config.json: merge_size ", processor.merge_size,
+                                                   " differs from config.json's vision_config.spatial_merge_size ",
+                                                   vision.spatial_merge_size));
+  }
+  return std::shared_ptr<const ImageSupport>(std::move(support));
+}
+
+absl::StatusOr<std::shared_ptr<const ImageSupport>> ImageSupport::ForModel(const std::string& model_dir,
+                                                                           const VisionConfig& vision,
+                                                                           const MediaOptions& media,
+                                                                           std::string* note) {
+  const std::string path = absl::StrCat(model_dir, "/preprocessor_config.json");
+  absl::StatusOr<vision::Glm4vProcessorOptions> options = vision::LoadPreprocessorConfig(path);
+  if (absl::IsNotFound(options.status())) {
+    *note = absl::StrCat(path, " not found: transformers' Glm4vImageProcessor defaults");
+    options = vision::Glm4vProcessorOptions();
+    options->patch_size = vision.patch_size;
+    options->temporal_patch_size = vision.temporal_patch_size;
+    options->merge_size = vision.spatial_merge_size;
+  } else if (!options.ok()) {
+    return absl::Status(options.status().code(), absl::StrCat(path, ": ", options.status().message()));
+  } else {
+    *note = path;
+  }
+  return Create(vision, *options, media);
+}
+
+void ImageSupport::AcquireDecode() const {
+  std::unique_lock<std::mutex> lock(decode_mu_);
+  decode_cv_.wait(lock, [this] { return decoding_ < max_decodes_; });
+  ++decoding_;
+}
+
+void ImageSupport::ReleaseDecode() const {
+  {
+    std::lock_guard<std::mutex> lock(decode_mu_);
+    --decoding_;
+  }
+  decode_cv_.notify_one();
+}
+
+int64_t ImageSupport::min_max_pixels() const {
+  const vision::Glm4vProcessorOptions& o = processor_.options();
+  const int64_t side = int64_t{o.patch_size} * o.merge_size;
+  return int64_t{o.temporal_patch_size} * side * side;
+}
+
+std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& media, std::string* bytes) {
+  if (image.url.empty()) {
+    if (!image.mime_type.empty() && !SupportedMime(image.mime_type)) {
+      return InvalidField(image.mime_field.empty() ? image.field : image.mime_field,
+                          absl::StrCat("'", image.mime_type.substr(0, 64),
+                                       "' is not supported; image/png or image/jpeg (or empty: from the bytes)"),
+                          RefusalKind::kUnsupportedContent);
+    }
+    *bytes = image.bytes;
+    return std::nullopt;
+  }
+  const std::string& url = image.url;
+  if (absl::StartsWithIgnoreCase(url, "data:")) return DataUrlBytes(image, bytes);
+  if (absl::StartsWithIgnoreCase(url, "file://")) return FileUrlBytes(image, media, bytes);
+  if (absl::StartsWithIgnoreCase(url, "http://") || absl::StartsWithIgnoreCase(url, "https://")) {
+    return InvalidField(image.field, absl::StrCat("'", Shown(url),
+                                                  "': fetching image URLs is not enabled on this server; send the "
+                                                  "image inline as a data:image/png;base64,... (or "
+                                                  "data:image/jpeg;base64,...) URL"));
+  }
+  return InvalidField(image.field,
+                      absl::StrCat("'", Shown(url),
+                                   "' is not a supported image URL; expected data:image/png;base64,... or "
+                                   "data:image/jpeg;base64,... (file:// only under --allowed-local-media-path)"));
+}
+
+std::optional<Refusal> PrepareImages(const GenerateRequest& request, const MediaOptions& media,
+                                     const ImageSupport* support, Dialect dialect, std::vector<ImageInput>* out) {
+  out->clear();
+  const std::string max_pixels_field = FieldName(Field::kMaxPixels, dialect);
+  if (request.max_pixels < 0) return InvalidField(max_pixels_field, absl::StrCat(request.max_pixels, " is below 0"));
+  if (request.images.empty()) return std::nullopt;
+  const ImageData& first = request.images[0];
+  const std::string& first_field = first.part_field.empty() ? first.field : first.part_field;
+  if (support == nullptr) {
+    return InvalidField(first_field, "the loaded model takes no images: it has no vision input (text only)",
+                        RefusalKind::kUnsupportedContent);
+  }
+  const int64_t count = static_cast<int64_t>(request.images.size());
+  if (count > media.limit_images_per_prompt) {
+    const ImageData& over = request.images[static_cast<size_t>(media.limit_images_per_prompt)];
+    return InvalidField(over.part_field.empty() ? over.field : over.part_field,
+                        absl::StrCat(count, " images in the request; at most ", media.limit_images_per_prompt,
+                                     " allowed (--limit-images-per-prompt)"));
+  }
+  vision::ProcessOverrides overrides;
+  overrides.max_pixels = support->max_pixels();
+  if (request.max_pixels > 0) {
+    if (request.max_pixels > support->max_pixels() || request.max_pixels < support->min_max_pixels()) {
+      return InvalidField(
+          max_pixels_field,
+          absl::StrCat(request.max_pixels, " is outside [", support->min_max_pixels(), ", ", support->max_pixels(),
+                       "] (temporal_patch_size x height x width after resizing; the server's limit)"));
+    }
+    overrides.max_pixels = request.max_pixels;
+  }
+  // The glm4v chat template renders image parts in user messages only.
+  for (const ChatMessage& m : request.messages) {
+    if (m.role == "user") continue;
+    for (const ChatPart& part : m.parts) {
+      if (!part.is_image) continue;
+      const ImageData& image = request.images[static_cast<size_t>(part.image)];
+      return InvalidField(
+          image.part_field.empty() ? image.field : image.part_field,
+          absl::StrCat("an image in a '", m.role, "' message; the chat template renders images in user messages only"),
+          RefusalKind::kUnsupportedContent);
+    }
+  }
+  out->reserve(request.images.size());
+  for (const ImageData& image : request.images) {
+    std::string bytes;
+    if (auto refused = ImageBytes(image, media, &bytes)) return refused;
+    support->AcquireDecode();
+    struct Release {
+      const ImageSupport* support;
+      ~Release() { support->ReleaseDecode(); }
+    } release{support};
+    absl::StatusOr<vision::RgbImage> rgb = support->decoder().Decode(bytes);
+    if (!rgb.ok()) return InvalidField(image.field, std::string(rgb.status().message()));
+    bytes = std::string();
+    absl::StatusOr<vision::ProcessedImage> processed = support->processor().Process(*rgb, overrides);
+    if (!processed.ok()) {
+      return InvalidField(image.field, absl::StrCat("image ", rgb->width, "x", rgb->height,
+                                                    " (width x height): ", processed.status().message()));
+    }
+    out->push_back(vision::ToImageInput(*std::move(processed)));
+  }
+  return std::nullopt;
+}
+
+std::optional<Refusal> ExpandImagePrompt(const ImageSupport& support, std::vector<ImageInput> images,
+                                         const std::string& ids_field, std::vector<int32_t>* ids,
+                                         std::shared_ptr<const MultimodalPrompt>* multimodal) {
+  absl::StatusOr<std::vector<int32_t>> expanded = vision::ExpandImageTokens(*ids, images, support.token_ids());
+  if (!expanded.ok()) {
+    return InvalidField(ids_field,
+                        absl::StrCat("image placeholders and images disagree: ", expanded.status().message()));
+  }
+  if (images.empty()) return std::nullopt;  // a text prompt: 1-D positions
+  absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> prompt = vision::BuildMultimodalPrompt(
+      *expanded, std::move(images), support.token_ids().image_token_id, support.spatial_merge_size());
+  if (!prompt.ok()) return InvalidField(ids_field, std::string(prompt.status().message()));
+  *ids = *std::move(expanded);
+  *multimodal = *std::move(prompt);
+  return std::nullopt;
+}
+
+std::vector<ImageUsage> ImageUsages(const MultimodalPrompt* multimodal) {
+  std::vector<ImageUsage> out;
+  if (multimodal == nullptr) return out;
+  for (const ImageInput& image : multimodal->images) {
+    out.push_back({image.resized_height, image.resized_width, image.num_tokens});
+  }
+  return out;
+}
+
+std::string ResizedSizes(const std::vector<ImageUsage>& images) {
+  return absl::StrJoin(images, ",",
+                       [](std::string* s, const ImageUsage& u) { absl::StrAppend(s, u.height, "x", u.width); });
+}
+
+}  // namespace glmserve
