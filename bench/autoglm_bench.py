@@ -68,7 +68,10 @@ def step_body(args, history, screenshot):
                                                  {"type": "image_url", "image_url": {"url": url}}]})
     body = {"model": "glmserve", "messages": messages, "stream": True, "max_tokens": args.max_tokens,
             "temperature": 0, "top_p": 0.85, "frequency_penalty": 0.2, "ignore_eos": True,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True},
+            # Every step's ids, also where they decode to no text (random weights over the tiny
+            # tokenizer): the first token is timed when it is generated, not when text appears.
+            "return_token_ids": True}
     if args.max_pixels:
         body["mm_processor_kwargs"] = {"max_pixels": args.max_pixels}
     return json.dumps(body).encode()
@@ -97,10 +100,11 @@ def run_step(args, history, screenshot):
             usage = event["usage"]
         for choice in event.get("choices", []):
             piece = (choice.get("delta") or {}).get("content")
+            ids = choice.get("token_ids") or []
+            if ids and ttft is None:
+                ttft = time.perf_counter() - start
+            chunks += len(ids)
             if piece:
-                if ttft is None:
-                    ttft = time.perf_counter() - start
-                chunks += 1
                 text.append(piece)
     total = time.perf_counter() - start
     conn.close()

@@ -381,6 +381,7 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   }
 
   if (auto e = GetBool(parsed, "stream", &out->stream)) return e;
+  if (auto e = GetBool(parsed, "return_token_ids", &out->return_token_ids)) return e;
   if (auto it = parsed.find("stream_options"); it != parsed.end() && !it->is_null()) {
     if (!it->is_object()) return WrongType("stream_options", *it, "an object");
     if (!out->stream) return Bad("stream_options", "only allowed when stream is true");

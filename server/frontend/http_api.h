@@ -39,6 +39,10 @@ struct ApiRequest {
   GenerateRequest request;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  // return_token_ids (vLLM's spelling): each streamed chunk also carries the engine step's ids in
+  // the choice's `token_ids`, and a step whose ids decode to no text still sends a chunk, so a
+  // client sees every step (load tools timing tokens of random-weight models).
+  bool return_token_ids = false;
 };
 
 // Limits of the JSON layer (the generation limits are FrontendLimits, applied afterwards).

@@ -617,6 +617,7 @@ struct ServingSlot {
 // the SSE provider drains it (stream); the session's delivery worker fills it.
 struct Call final : public SessionSink {
   bool has_text = false;                    // a tokenizer: deltas carry text, else each step's ids
+  bool return_token_ids = false;            // deltas carry each step's ids beside the text
   std::shared_ptr<RequestSession> session;  // set before anyone waits on the call
 
   std::mutex mu;
@@ -637,11 +638,11 @@ struct Call final : public SessionSink {
   std::vector<ImageUsage> images;  // the prompt's images as resized (usage); set before Submit
 
   void OnStep(const std::vector<int32_t>& ids, const std::string& delta) override {
-    if (has_text && delta.empty()) return;
+    if (has_text && delta.empty() && !return_token_ids) return;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (has_text) {
-        deltas.push_back({delta, {}});
+        deltas.push_back({delta, return_token_ids ? ids : std::vector<int32_t>()});
       } else {
         deltas.push_back({std::string(), ids});
       }
@@ -799,6 +800,7 @@ class Handler {
 
     auto call = std::make_shared<Call>();
     call->has_text = admission.model.tokenizer != nullptr;
+    call->return_token_ids = api.return_token_ids;
     call->quota = std::move(admission.quota);
     call->images = ImageUsages(request.multimodal.get());
     if (auto e =

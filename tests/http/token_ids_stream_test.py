@@ -1,6 +1,9 @@
 """A model directory without a tokenizer streams each engine step's ids over HTTP (the choice's
 `token_ids`), so a streaming client sees every step as it happens rather than nothing until the
-end. Real binary on loopback; standard library only."""
+end. With a tokenizer, `return_token_ids: true` (vLLM's spelling) does the same beside the text,
+including steps whose ids decode to no text (--model-with-tokenizer: the glm4v fixture, whose tiny
+tokenizer has no text for ids 248-255; the ids must equal transformers' recording). Real binary on
+loopback; standard library only."""
 import argparse
 import json
 import os
@@ -40,6 +43,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
     parser.add_argument("--model", required=True, help="a model directory without tokenizer files")
+    parser.add_argument("--model-with-tokenizer", help="tests/fixtures/glm4v/tiny-safetensors-sharded")
     args = parser.parse_args()
     vocab = json.load(open(os.path.join(args.model, "config.json")))["vocab_size"]
     server = Server(args.binary, args.model)
@@ -56,6 +60,20 @@ def main():
         assert again == ids, (again, ids)  # greedy: the same ids every time
     finally:
         server.stop()
+    if args.model_with_tokenizer:
+        expected = json.load(open(os.path.join(args.model_with_tokenizer, "..", "expected.json")))
+        case = expected["text_cases"][0]
+        server = Server(args.binary, args.model_with_tokenizer)
+        try:
+            body = {"model": "m", "prompt": case["input_ids"], "max_tokens": len(case["output_ids"]),
+                    "ignore_eos": True, "stream": True, "return_token_ids": True,
+                    "stream_options": {"include_usage": True}}
+            ids, finish, usage, done = stream_ids(server, body)
+            assert done and finish == "length", (done, finish)
+            assert ids == case["output_ids"], (ids, case["output_ids"])
+            assert usage["completion_tokens"] == len(ids), usage
+        finally:
+            server.stop()
     print("token_ids_stream_test: OK")
 
 
