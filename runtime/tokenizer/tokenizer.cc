@@ -117,15 +117,10 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::ApplyChatTemplate(const std::vec
   return ChatIds(*text_only, add_generation_prompt);
 }
 
-bool Tokenizer::IsSpecial(int32_t id) const {
-  for (const auto& [t, sid] : specials_) {
-    if (sid == id) return true;
-  }
-  return false;
-}
+bool Tokenizer::IsSpecial(int32_t id) const { return std::binary_search(special_ids_.begin(), special_ids_.end(), id); }
 
 std::optional<int32_t> Tokenizer::SpecialTokenId(std::string_view text) const {
-  for (const auto& [t, id] : specials_) {
+  for (const auto& [t, id] : added_tokens_) {
     if (t == text) return id;
   }
   return std::nullopt;
@@ -171,25 +166,76 @@ void EncodeWithSpecials(std::string_view text, const std::vector<std::pair<std::
   if (start < text.size()) encode_text(text.substr(start), out);
 }
 
-// tokenizer_config.json fields glmserve uses: chat_template (or chat_template.jinja), eos_token;
-// and config.json's model_type, which picks the family default when no known template is found.
+// tokenizer_config.json fields glmserve uses: chat_template (or chat_template.jinja), eos_token, and
+// what makes tokens special besides tokenizer.json; config.json's model_type, which picks the
+// family default when no known template is found.
 struct TokenizerConfig {
   std::string chat_template;
   std::string eos_token;
   std::string model_type;  // "glm4v": GLM-4.1V's chat format is the default
+  // Strings transformers registers as special tokens: the values of top-level "*_token" keys
+  // (bos/eos/unk/sep/pad/cls/mask_token and model-specific ones such as image_token; a string or an
+  // AddedToken object's "content") and of an extra_special_tokens object.
+  std::vector<std::string> special_token_strings;
+  // added_tokens_decoder entries with "special": true (id, content).
+  std::vector<std::pair<int32_t, std::string>> special_decoder_entries;
 };
 
-TokenizerConfig ReadTokenizerConfig(const fs::path& dir) {
+// The text of a "*_token" value: a string, or an AddedToken object's "content"; empty otherwise
+// (null, numbers, booleans name no token; transformers ignores them for non-standard keys).
+std::string TokenString(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  return "";
+}
+
+// A tokenizer_config.json that is missing or not JSON leaves the defaults (it is optional, and the
+// chat template has its family fallback). read_specials (tokenizer.json only; tiktoken and
+// sentencepiece have fixed special tokens): fill special_token_strings and special_decoder_entries;
+// a malformed added_tokens_decoder is then an error naming the entry, since it would decide which
+// ids the response text keeps.
+absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool read_specials) {
   TokenizerConfig c;
-  if (auto text = ReadFile(dir / "tokenizer_config.json"); text.ok()) {
+  const std::string path = (dir / "tokenizer_config.json").string();
+  if (auto text = ReadFile(path); text.ok()) {
     json j = json::parse(*text, nullptr, false);
     if (j.is_object()) {
       if (j.contains("chat_template") && j["chat_template"].is_string()) c.chat_template = j["chat_template"];
-      if (j.contains("eos_token")) {
-        if (j["eos_token"].is_string())
-          c.eos_token = j["eos_token"];
-        else if (j["eos_token"].is_object() && j["eos_token"].contains("content"))
-          c.eos_token = j["eos_token"]["content"];
+      if (j.contains("eos_token")) c.eos_token = TokenString(j["eos_token"]);
+      for (auto it = j.begin(); read_specials && it != j.end(); ++it) {
+        const std::string& key = it.key();
+        if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0) {
+          if (std::string s = TokenString(it.value()); !s.empty()) c.special_token_strings.push_back(std::move(s));
+        }
+      }
+      // transformers 5 reads an extra_special_tokens object as more named tokens; a list of them
+      // (or additional_special_tokens) does not change which ids its decode skips.
+      if (read_specials && j.contains("extra_special_tokens") && j["extra_special_tokens"].is_object()) {
+        for (const json& v : j["extra_special_tokens"]) {
+          if (std::string s = TokenString(v); !s.empty()) c.special_token_strings.push_back(std::move(s));
+        }
+      }
+      if (read_specials && j.contains("added_tokens_decoder")) {
+        const json& atd = j["added_tokens_decoder"];
+        if (!atd.is_object()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ": added_tokens_decoder: expected an object of id -> token, got ", atd.type_name()));
+        }
+        for (auto it = atd.begin(); it != atd.end(); ++it) {
+          const std::string where = absl::StrCat(path, ": added_tokens_decoder[\"", it.key(), "\"]");
+          int32_t id;
+          if (!absl::SimpleAtoi(it.key(), &id) || id < 0) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ": expected a non-negative integer id as the key"));
+          }
+          const json& e = it.value();
+          if (!e.is_object() || !e.contains("content") || !e["content"].is_string()) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ": expected an object with a string \"content\""));
+          }
+          if (e.contains("special") && !e["special"].is_boolean()) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ".special: expected true or false"));
+          }
+          if (e.value("special", false)) c.special_decoder_entries.emplace_back(id, e["content"].get<std::string>());
+        }
       }
     }
   }
@@ -225,8 +271,8 @@ class BpeTokenizer : public Tokenizer {
   }
 
   std::string TokenBytes(int32_t id) const override {
-    if (id >= 0 && id < static_cast<int32_t>(special_text_.size()) && !special_text_[id].empty()) {
-      return special_text_[id];
+    if (id >= 0 && id < static_cast<int32_t>(added_text_.size()) && !added_text_[id].empty()) {
+      return added_text_[id];
     }
     return model_.Bytes(id);
   }
@@ -245,18 +291,20 @@ class BpeTokenizer : public Tokenizer {
  private:
   // `where`: the tokenizer file, for messages.
   absl::Status Finish(const TokenizerConfig& cfg, const std::string& where) {
-    specials_by_len_ = specials_;
+    specials_by_len_ = added_tokens_;
     std::stable_sort(specials_by_len_.begin(), specials_by_len_.end(),
                      [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
     std::fill(std::begin(first_byte_), std::end(first_byte_), false);
     int32_t max_id = model_.size() - 1;
-    for (const auto& [t, id] : specials_) {
+    for (const auto& [t, id] : added_tokens_) {
       if (!t.empty()) first_byte_[static_cast<unsigned char>(t[0])] = true;
       max_id = std::max(max_id, id);
     }
-    special_text_.assign(max_id + 1, std::string());
-    for (const auto& [t, id] : specials_) special_text_[id] = t;
+    added_text_.assign(max_id + 1, std::string());
+    for (const auto& [t, id] : added_tokens_) added_text_[id] = t;
     vocab_size_ = max_id + 1;
+    std::sort(special_ids_.begin(), special_ids_.end());
+    special_ids_.erase(std::unique(special_ids_.begin(), special_ids_.end()), special_ids_.end());
     eos_token_ = cfg.eos_token.empty() ? "<|endoftext|>" : cfg.eos_token;
     // A recognized template decides the family; otherwise the model's config.json does (a glm4v
     // checkpoint with an edited template still speaks GLM-4.1V's format, as the text path falls back
@@ -291,9 +339,42 @@ class BpeTokenizer : public Tokenizer {
   std::unique_ptr<RegexSplitter> splitter_;
   bool add_prefix_space_ = false;
   std::vector<int32_t> prefix_, suffix_;  // post-processor ids around the sequence
-  std::vector<std::pair<std::string, int32_t>> specials_by_len_;
+  // tokenizer_config.json's special tokens (transformers marks them special in HF tokenizers' added
+  // vocabulary, so its decode skips them): added_tokens_decoder entries with "special": true whose
+  // content is the token at that id, and the "*_token" strings. A string is looked up as
+  // transformers does: added tokens first, then the model's vocab (its keys as written in
+  // tokenizer.json). A string that is neither would be a new id past the vocabulary, which the model
+  // cannot produce, so it changes nothing.
+  void AddConfigSpecials(const TokenizerConfig& cfg, const std::vector<std::pair<std::string, int32_t>>& vocab) {
+    auto text_of = [&](int32_t id) -> const std::string* {
+      for (const auto& [t, aid] : added_tokens_) {
+        if (aid == id) return &t;
+      }
+      for (const auto& [t, vid] : vocab) {
+        if (vid == id) return &t;
+      }
+      return nullptr;
+    };
+    auto id_of = [&](const std::string& s) -> std::optional<int32_t> {
+      for (const auto& [t, aid] : added_tokens_) {
+        if (t == s) return aid;
+      }
+      for (const auto& [t, vid] : vocab) {
+        if (t == s) return vid;
+      }
+      return std::nullopt;
+    };
+    for (const auto& [id, content] : cfg.special_decoder_entries) {
+      if (const std::string* t = text_of(id); t != nullptr && *t == content) special_ids_.push_back(id);
+    }
+    for (const std::string& s : cfg.special_token_strings) {
+      if (auto id = id_of(s)) special_ids_.push_back(*id);
+    }
+  }
+
+  std::vector<std::pair<std::string, int32_t>> specials_by_len_;  // added tokens, longest first
   bool first_byte_[256];
-  std::vector<std::string> special_text_;  // id -> text for special ids
+  std::vector<std::string> added_text_;  // id -> text for added-token ids
 };
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::path& dir) {
@@ -305,6 +386,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": not a tokenizer.json (no model object)"));
   }
+  absl::StatusOr<TokenizerConfig> cfg = ReadTokenizerConfig(dir, /*read_specials=*/true);
+  if (!cfg.ok()) return cfg.status();
   auto t = std::make_unique<BpeTokenizer>();
   t->format_ = "tokenizer.json";
   try {
@@ -366,9 +449,20 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
       return absl::Status(splitter.status().code(), absl::StrCat(where, ": ", splitter.status().message()));
     t->splitter_ = std::move(*splitter);
 
-    for (const json& a : j.value("added_tokens", json::array())) {
-      t->specials_.emplace_back(a["content"].get<std::string>(), a["id"].get<int32_t>());
+    const json& added = j.value("added_tokens", json::array());
+    for (size_t i = 0; i < added.size(); ++i) {
+      const json& a = added[i];
+      const int32_t id = a["id"].get<int32_t>();
+      t->added_tokens_.emplace_back(a["content"].get<std::string>(), id);
+      // HF tokenizers' AddedToken: "special" defaults to false; decode(skip_special_tokens=True)
+      // drops only the special ones.
+      if (a.contains("special") && !a["special"].is_boolean()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": added_tokens[", i, "].special: expected true or false"));
+      }
+      if (a.value("special", false)) t->special_ids_.push_back(id);
     }
+    t->AddConfigSpecials(*cfg, vocab);
     // Post-processor: TemplateProcessing's `single` (special tokens around $A); ByteLevel: no ids.
     std::vector<json> procs;
     const json& post = j.value("post_processor", json());
@@ -396,7 +490,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", e.what()));
   }
-  if (auto s = t->Finish(ReadTokenizerConfig(dir), where); !s.ok()) return s;
+  if (auto s = t->Finish(*cfg, where); !s.ok()) return s;
   return std::unique_ptr<Tokenizer>(std::move(t));
 }
 
@@ -447,10 +541,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromTiktoken(const fs::
   auto splitter = RegexSplitter::Create(kGlm4Pattern);
   if (!splitter.ok()) return splitter.status();
   t->splitter_ = std::move(*splitter);
-  for (const char* s : kGlm4SpecialTokens) t->specials_.emplace_back(s, next++);
+  // All special: GLM-4-9B-chat's tokenizer_config.json marks each "special": true and lists them all
+  // in additional_special_tokens, which is what its (slow) tokenizer's decode skips.
+  for (const char* s : kGlm4SpecialTokens) {
+    t->special_ids_.push_back(next);
+    t->added_tokens_.emplace_back(s, next++);
+  }
   // GLM-4-9B's tokenizer(text) prefixes [gMASK] <sop> (build_inputs_with_special_tokens).
   t->prefix_ = {*t->SpecialTokenId("[gMASK]"), *t->SpecialTokenId("<sop>")};
-  if (auto s = t->Finish(ReadTokenizerConfig(dir), where); !s.ok()) return s;
+  absl::StatusOr<TokenizerConfig> cfg = ReadTokenizerConfig(dir, /*read_specials=*/false);
+  if (!cfg.ok()) return cfg.status();
+  if (auto s = t->Finish(*cfg, where); !s.ok()) return s;
   return std::unique_ptr<Tokenizer>(std::move(t));
 }
 
@@ -543,14 +644,23 @@ class SentencePieceTokenizer : public Tokenizer {
     t->family_ = Family::kChatGlm3;
     t->sp_size_ = t->sp_.size();
     int32_t next = t->sp_size_;
-    for (const char* s : kChatGlm3SpecialTokens) t->specials_.emplace_back(s, next++);
+    // All special: ChatGLM3's SPTokenizer keeps them in its special-token table, apart from the text
+    // vocabulary (unchanged behaviour; no reference tokenizer here marks any of them as text).
+    for (const char* s : kChatGlm3SpecialTokens) {
+      t->special_ids_.push_back(next);
+      t->added_tokens_.emplace_back(s, next++);
+    }
     t->vocab_size_ = next;
     // eos: sentencepiece's </s>.
     if (t->sp_.eos_id() >= 0) {
       t->eos_token_ = t->sp_.IdToPiece(t->sp_.eos_id());
-      t->specials_.emplace_back(t->eos_token_, t->sp_.eos_id());
+      t->added_tokens_.emplace_back(t->eos_token_, t->sp_.eos_id());
+      t->special_ids_.push_back(t->sp_.eos_id());
     }
-    const TokenizerConfig cfg = ReadTokenizerConfig(dir);
+    std::sort(t->special_ids_.begin(), t->special_ids_.end());
+    absl::StatusOr<TokenizerConfig> read = ReadTokenizerConfig(dir, /*read_specials=*/false);
+    if (!read.ok()) return read.status();
+    const TokenizerConfig& cfg = *read;
     if (cfg.chat_template.empty())
       t->chat_template_source_ = "family default (no chat_template; rendered as ChatGLM3)";
     else if (IsKnownChatGlm3Template(cfg.chat_template))

@@ -56,14 +56,14 @@ class Tokenizer {
   // tokenizer_config.json / chat_template.jinja for the chat template.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromDirectory(const std::string& dir);
 
-  // Text -> ids. Byte-level BPE: special-token strings in `text` (e.g. "<|user|>") map to their
-  // ids, as HF tokenizers and tiktoken(allowed_special="all") do. Sentencepiece (ChatGLM2/3): no
+  // Text -> ids. Byte-level BPE: added-token strings in `text` (e.g. "<|user|>", special or not)
+  // map to their ids, as HF tokenizers and tiktoken(allowed_special="all") do. Sentencepiece (ChatGLM2/3): no
   // special tokens are parsed from text, as ChatGLM3's tokenizer does. add_special_tokens applies the
   // post-processor: tokenizer.json's TemplateProcessing; tiktoken: GLM-4-9B's [gMASK] <sop>;
   // sentencepiece: ChatGLM2/3's [gMASK] sop (their build_inputs_with_special_tokens).
   virtual std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = true) const = 0;
 
-  // The raw bytes one id stands for (special tokens: their text; unknown ids: empty).
+  // The raw bytes one id stands for (added tokens, special or not: their text; unknown ids: empty).
   // Concatenating them gives DecodeBytes; streaming detokenization is built on this.
   virtual std::string TokenBytes(int32_t id) const = 0;
 
@@ -83,9 +83,16 @@ class Tokenizer {
   absl::StatusOr<std::vector<int32_t>> ApplyChatTemplate(const std::vector<Message>& messages,
                                                          bool add_generation_prompt = true) const;
 
-  // True for special/added-token ids (and, for sentencepiece, control ids).
+  // True for the ids the reference's decode(skip_special_tokens=True) drops; the response text
+  // (TextOutput, StreamDecoder) and `generate`'s text leave them out and keep every other id.
+  // tokenizer.json: an added token whose "special" is true, or that tokenizer_config.json makes
+  // special (added_tokens_decoder "special": true, or named by a "*_token" key such as eos_token), as
+  // transformers does; added tokens that are not special (GLM-4.1V's <think>, <answer>) are text.
+  // tiktoken / sentencepiece: the GLM special tokens and eos (GLM-4-9B-chat's config marks them all
+  // special; ChatGLM3's tokenizer keeps them in its special-token table). Sentencepiece control ids
+  // decode to nothing either way.
   bool IsSpecial(int32_t id) const;
-  // Id of a special/added token, if the tokenizer has it.
+  // Id of an added token (special or not), if the tokenizer has it.
   std::optional<int32_t> SpecialTokenId(std::string_view text) const;
   // Ids that end a chat turn: <|endoftext|> (or </s>), <|user|>, <|observation|> where present.
   std::vector<int32_t> DefaultStopIds() const;
@@ -110,7 +117,9 @@ class Tokenizer {
   Family family_ = Family::kGlm4;
   std::string format_;
   std::string chat_template_source_;
-  std::vector<std::pair<std::string, int32_t>> specials_;  // text, id
+  // text, id: every added token (split out of text by Encode, looked up by SpecialTokenId).
+  std::vector<std::pair<std::string, int32_t>> added_tokens_;
+  std::vector<int32_t> special_ids_;  // sorted, unique: the ids IsSpecial is true for
   std::string eos_token_;
 };
 
