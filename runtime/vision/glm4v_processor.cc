@@ -6,6 +6,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -69,6 +71,7 @@ absl::Status Validate(const Glm4vProcessorOptions& o) {
     return bad("temporal_patch_size", o.temporal_patch_size, "in [1, 64]");
   }
   if (o.merge_size < 1 || o.merge_size > 64) return bad("merge_size", o.merge_size, "in [1, 64]");
+  if (o.threads < 1 || o.threads > 256) return bad("threads", o.threads, "in [1, 256]");
   const int64_t factor = static_cast<int64_t>(o.patch_size) * o.merge_size;
   const int64_t smallest = o.temporal_patch_size * factor * factor;
   // Two billion pixels bounds every int index below and any sane screen.
@@ -161,6 +164,24 @@ Taps ComputeTaps(int in_size, int out_size, ResizeBackend backend) {
   return t;
 }
 
+// Runs fn(begin, end) over [0, n) split into up to `threads` contiguous ranges of at least
+// `min_per_thread` (small images are not worth a thread), one per thread (the caller takes the
+// first). Rows of a resize pass or of patches are independent, so the result is the same for any
+// split.
+template <typename Fn>
+void ForRanges(int n, int threads, int min_per_thread, const Fn& fn) {
+  threads = std::max(1, std::min(threads, n / min_per_thread));
+  if (threads <= 1) {
+    fn(0, n);
+    return;
+  }
+  std::vector<std::thread> workers;
+  const int step = (n + threads - 1) / threads;
+  for (int begin = step; begin < n; begin += step) workers.emplace_back(fn, begin, std::min(n, begin + step));
+  fn(0, std::min(n, step));
+  for (std::thread& w : workers) w.join();
+}
+
 inline uint8_t Clip8(int64_t acc, int precision) {
   const int64_t v = acc >> precision;  // arithmetic shift: floor, as both C kernels do
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
@@ -168,7 +189,7 @@ inline uint8_t Clip8(int64_t acc, int precision) {
 
 }  // namespace
 
-RgbImage ResizeBicubicAntialias(const RgbImage& image, int height, int width, ResizeBackend backend) {
+RgbImage ResizeBicubicAntialias(const RgbImage& image, int height, int width, ResizeBackend backend, int threads) {
   RgbImage cur = image;
   if (width != cur.width) {
     const Taps t = ComputeTaps(cur.width, width, backend);
@@ -177,23 +198,25 @@ RgbImage ResizeBicubicAntialias(const RgbImage& image, int height, int width, Re
     next.height = cur.height;
     next.pixels.resize(static_cast<size_t>(width) * cur.height * 3);
     const int64_t half = int64_t{1} << (t.precision - 1);
-    for (int y = 0; y < cur.height; ++y) {
-      const uint8_t* in = &cur.pixels[static_cast<size_t>(y) * cur.width * 3];
-      uint8_t* out = &next.pixels[static_cast<size_t>(y) * width * 3];
-      for (int x = 0; x < width; ++x) {
-        const int32_t* w = &t.w[static_cast<size_t>(x) * t.stride];
-        const uint8_t* p = in + static_cast<size_t>(t.first[x]) * 3;
-        int64_t r = half, g = half, b = half;
-        for (int k = 0; k < t.count[x]; ++k, p += 3) {
-          r += p[0] * w[k];
-          g += p[1] * w[k];
-          b += p[2] * w[k];
+    ForRanges(cur.height, threads, 64, [&](int y_begin, int y_end) {
+      for (int y = y_begin; y < y_end; ++y) {
+        const uint8_t* in = &cur.pixels[static_cast<size_t>(y) * cur.width * 3];
+        uint8_t* out = &next.pixels[static_cast<size_t>(y) * width * 3];
+        for (int x = 0; x < width; ++x) {
+          const int32_t* w = &t.w[static_cast<size_t>(x) * t.stride];
+          const uint8_t* p = in + static_cast<size_t>(t.first[x]) * 3;
+          int64_t r = half, g = half, b = half;
+          for (int k = 0; k < t.count[x]; ++k, p += 3) {
+            r += p[0] * w[k];
+            g += p[1] * w[k];
+            b += p[2] * w[k];
+          }
+          out[x * 3] = Clip8(r, t.precision);
+          out[x * 3 + 1] = Clip8(g, t.precision);
+          out[x * 3 + 2] = Clip8(b, t.precision);
         }
-        out[x * 3] = Clip8(r, t.precision);
-        out[x * 3 + 1] = Clip8(g, t.precision);
-        out[x * 3 + 2] = Clip8(b, t.precision);
       }
-    }
+    });
     cur = std::move(next);
   }
   if (height != cur.height) {
@@ -204,18 +227,20 @@ RgbImage ResizeBicubicAntialias(const RgbImage& image, int height, int width, Re
     next.pixels.resize(static_cast<size_t>(cur.width) * height * 3);
     const int64_t half = int64_t{1} << (t.precision - 1);
     const size_t row = static_cast<size_t>(cur.width) * 3;
-    std::vector<int64_t> acc(row);
-    for (int y = 0; y < height; ++y) {
-      const int32_t* w = &t.w[static_cast<size_t>(y) * t.stride];
-      std::fill(acc.begin(), acc.end(), half);
-      for (int k = 0; k < t.count[y]; ++k) {
-        const uint8_t* in = &cur.pixels[static_cast<size_t>(t.first[y] + k) * row];
-        const int64_t wk = w[k];
-        for (size_t i = 0; i < row; ++i) acc[i] += in[i] * wk;
+    ForRanges(height, threads, 64, [&](int y_begin, int y_end) {
+      std::vector<int64_t> acc(row);
+      for (int y = y_begin; y < y_end; ++y) {
+        const int32_t* w = &t.w[static_cast<size_t>(y) * t.stride];
+        std::fill(acc.begin(), acc.end(), half);
+        for (int k = 0; k < t.count[y]; ++k) {
+          const uint8_t* in = &cur.pixels[static_cast<size_t>(t.first[y] + k) * row];
+          const int64_t wk = w[k];
+          for (size_t i = 0; i < row; ++i) acc[i] += in[i] * wk;
+        }
+        uint8_t* out = &next.pixels[static_cast<size_t>(y) * row];
+        for (size_t i = 0; i < row; ++i) out[i] = Clip8(acc[i], t.precision);
       }
-      uint8_t* out = &next.pixels[static_cast<size_t>(y) * row];
-      for (size_t i = 0; i < row; ++i) out[i] = Clip8(acc[i], t.precision);
-    }
+    });
     cur = std::move(next);
   }
   return cur;
@@ -421,7 +446,7 @@ absl::StatusOr<ProcessedImage> Glm4vImageProcessor::Process(const RgbImage& imag
   RgbImage resized;
   const RgbImage* src = &image;
   if (g.resized_height != image.height || g.resized_width != image.width) {
-    resized = ResizeBicubicAntialias(image, g.resized_height, g.resized_width, options_.backend);
+    resized = ResizeBicubicAntialias(image, g.resized_height, g.resized_width, options_.backend, options_.threads);
     src = &resized;
   }
 
@@ -432,25 +457,28 @@ absl::StatusOr<ProcessedImage> Glm4vImageProcessor::Process(const RgbImage& imag
   out.patch_dim = 3LL * t_len * p * p;
   out.pixel_values.resize(static_cast<size_t>(g.num_patches() * out.patch_dim));
   const int blocks_h = g.grid_h / m, blocks_w = g.grid_w / m;
-  float* row = out.pixel_values.data();
-  for (int bh = 0; bh < blocks_h; ++bh) {
-    for (int bw = 0; bw < blocks_w; ++bw) {
-      for (int mh = 0; mh < m; ++mh) {
-        for (int mw = 0; mw < m; ++mw, row += out.patch_dim) {
-          const int y0 = (bh * m + mh) * p, x0 = (bw * m + mw) * p;
-          for (int c = 0; c < 3; ++c) {
-            float* dst = row + static_cast<size_t>(c) * t_len * p * p;
-            for (int py = 0; py < p; ++py) {
-              const uint8_t* in = &src->pixels[(static_cast<size_t>(y0 + py) * src->width + x0) * 3 + c];
-              for (int px = 0; px < p; ++px) dst[py * p + px] = value_[c][in[px * 3]];
+  const int64_t block_row_floats = int64_t{blocks_w} * m * m * out.patch_dim;  // one row of merge blocks
+  ForRanges(blocks_h, options_.threads, 4, [&](int bh_begin, int bh_end) {     // rows of merge blocks
+    for (int bh = bh_begin; bh < bh_end; ++bh) {
+      float* row = out.pixel_values.data() + static_cast<size_t>(bh) * block_row_floats;
+      for (int bw = 0; bw < blocks_w; ++bw) {
+        for (int mh = 0; mh < m; ++mh) {
+          for (int mw = 0; mw < m; ++mw, row += out.patch_dim) {
+            const int y0 = (bh * m + mh) * p, x0 = (bw * m + mw) * p;
+            for (int c = 0; c < 3; ++c) {
+              float* dst = row + static_cast<size_t>(c) * t_len * p * p;
+              for (int py = 0; py < p; ++py) {
+                const uint8_t* in = &src->pixels[(static_cast<size_t>(y0 + py) * src->width + x0) * 3 + c];
+                for (int px = 0; px < p; ++px) dst[py * p + px] = value_[c][in[px * 3]];
+              }
+              // The still image repeated over the temporal patch, as transformers' expand does.
+              for (int t = 1; t < t_len; ++t) std::copy(dst, dst + p * p, dst + static_cast<size_t>(t) * p * p);
             }
-            // The still image repeated over the temporal patch, as transformers' expand does.
-            for (int t = 1; t < t_len; ++t) std::copy(dst, dst + p * p, dst + static_cast<size_t>(t) * p * p);
           }
         }
       }
     }
-  }
+  });
   return out;
 }
 

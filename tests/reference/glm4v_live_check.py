@@ -8,7 +8,7 @@ Every image case of FIXTURES_DIR/glm4v/expected.json (several sizes and aspect r
 phone-shaped one, two images in one prompt) runs through both: transformers with the processor's
 output (pixel_values, image_grid_thw, mm_token_type_ids) and greedy generate, glmserve with the
 case's placeholder ids and image files. float32: output ids identical and first-step logits within
-rtol=1e-4, atol=1e-5 (TF32 off on both sides: torch's cuDNN convolutions use it by default, which
+rtol=1e-4, atol=1e-5 (1e-4 on CUDA, whose kernels reassociate sums; TF32 off on both sides: torch's cuDNN convolutions use it by default, which
 put transformers' own fp32 patch embedding 1e-2 off on an H200). bfloat16/float16: no less accurate
 than transformers in the same dtype: the largest first-step logit error against transformers in
 float32 at most 1.5x transformers' own + 0.02, and where the greedy paths part, transformers' own
@@ -60,7 +60,10 @@ def main():
     reference32 = model if exact else Glm4vForConditionalGeneration.from_pretrained(
         model_dir, dtype=torch.float32).to(args.device).eval()
     processor = Glm4vImageProcessor.from_pretrained(model_dir)
-    rtol, atol = (1e-4, 1e-5) if exact else (0.0, 0.12)
+    # fp32 on CUDA: other kernels (cuBLAS split sums, flash attention) reassociate the sums, 2e-5
+    # on these logits on an H200; ids stay exact.
+    cuda = args.device.startswith("cuda")
+    rtol, atol = ((1e-4, 1e-4 if cuda else 1e-5) if exact else (0.0, 0.12))
     steps = expected["max_new_tokens"]
     failures = []
     for case in expected["cases"]:
