@@ -27,8 +27,8 @@ at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<Sequenc
 // attention over variable lengths for prefill chunks); fp32 logits of the sampled rows. Undefined
 // when it cannot take the batch (fp32 model, head_dim flash does not take, GLMSERVE_CUDA_DISABLE).
 // `images` (multimodal batches, StepNeedsMultimodal): image features for rows numbered in the
-// mixed order (one-token steps first, then the longer chunks, each group in batch order); such a step runs eagerly (no mixed-step graph) with 3-D
-// rotary positions when a step needs them.
+// mixed order (one-token steps first, then the longer chunks, each group in batch order); such a step runs eagerly (no
+// mixed-step graph) with 3-D rotary positions when a step needs them.
 at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv,
                             const GlmModel::EmbeddingOverride* images = nullptr);
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
