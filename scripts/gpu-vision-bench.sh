@@ -19,7 +19,14 @@ steps="${GLMSERVE_VISION_STEPS:-5}"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port="$(free_port)" http_port="$(free_port)"
 log="$out/vision_serve.log"
-"$build/glmserve" serve --model "$model" --random-weights true --device cuda --dtype bfloat16 --host 127.0.0.1 \
+# GLMSERVE_VISION_PROFILE=1: a device trace of the first measured step's prefill (after the warm-up
+# step's ~155 engine steps), summarized by kind of step into vision_profile.md.
+profile_env=()
+if [ "${GLMSERVE_VISION_PROFILE:-0}" = 1 ]; then
+  mkdir -p .gpu/trace && rm -f .gpu/trace/vision.json
+  profile_env=(GLMSERVE_PROFILE_TRACE=.gpu/trace/vision.json GLMSERVE_PROFILE_AFTER_STEPS=156 GLMSERVE_PROFILE_STEPS=8)
+fi
+env "${profile_env[@]}" "$build/glmserve" serve --model "$model" --random-weights true --device cuda --dtype bfloat16 --host 127.0.0.1 \
   --port "$port" --http-port "$http_port" --max-pixels 5000000 --max-batch 64 --log-format text \
   ${GLMSERVE_VISION_SERVE_FLAGS:-} 2>"$log" &
 pid=$!
@@ -34,4 +41,7 @@ status=0
 timeout 900 python3 bench/autoglm_bench.py --url "http://127.0.0.1:$http_port" --agents "$agents" --steps "$steps" \
   | tee "$out/vision_bench.txt" || status=1
 grep -E "image_tokens|error|Error" "$log" | tail -5
+if [ "${GLMSERVE_VISION_PROFILE:-0}" = 1 ] && [ -f .gpu/trace/vision.json ]; then
+  python3 bench/summarize_trace.py .gpu/trace/vision.json --by-step | tee "$out/vision_profile.md" || status=1
+fi
 exit $status
