@@ -20,11 +20,12 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 port="$(free_port)" http_port="$(free_port)"
 log="$out/vision_serve.log"
 # GLMSERVE_VISION_PROFILE=1: a device trace of the first measured step's prefill (after the warm-up
-# step's ~155 engine steps), summarized by kind of step into vision_profile.md.
+# step: ~155 engine steps), summarized by kind of step into vision_profile.md.
 profile_env=()
 if [ "${GLMSERVE_VISION_PROFILE:-0}" = 1 ]; then
   mkdir -p .gpu/trace && rm -f .gpu/trace/vision.json
-  profile_env=(GLMSERVE_PROFILE_TRACE=.gpu/trace/vision.json GLMSERVE_PROFILE_AFTER_STEPS=156 GLMSERVE_PROFILE_STEPS=8)
+  profile_env=(GLMSERVE_PROFILE_TRACE=.gpu/trace/vision.json GLMSERVE_PROFILE_AFTER_STEPS="${GLMSERVE_VISION_PROFILE_AFTER:-150}"
+    GLMSERVE_PROFILE_STEPS="${GLMSERVE_VISION_PROFILE_STEPS:-12}")
 fi
 env "${profile_env[@]}" "$build/glmserve" serve --model "$model" --random-weights true --device cuda --dtype bfloat16 --host 127.0.0.1 \
   --port "$port" --http-port "$http_port" --max-pixels 5000000 --max-batch 64 --log-format text \
