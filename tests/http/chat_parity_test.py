@@ -10,8 +10,8 @@ Each conversation (text only, images as content parts, a five-step phone agent) 
   tokens and each image's resized size (from image_grid_thw) equal transformers';
 - --check-output-ids: gRPC's output_ids equal transformers' greedy ids;
 - --check-http-text: the HTTP content equals transformers' tokenizer decoding of them
-  (skip_special_tokens=True). Its ctest is DISABLED: the server's text drops the added tokens that
-  are not special (<think>, <answer>, ...), which transformers keeps (tests/http/CMakeLists.txt).
+  (skip_special_tokens=True): the added tokens that are not special (<think>, <answer>, ...) stay
+  in the text, as transformers keeps them (the phone agent reads its action out of <answer>).
 
 Skipped (77) without chat_expected.json or a tokenizer in the fixture.
 Needs (pip): openai grpcio grpcio-tools.
