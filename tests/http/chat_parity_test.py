@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
-from checks import FAILURES, check  # noqa: E402
+from checks import check, report  # noqa: E402
 from glmserve_process import inference_stubs  # noqa: E402
 from http_test_util import Server  # noqa: E402
 
@@ -121,11 +121,7 @@ def main():
     finally:
         server.stop()
 
-    if FAILURES:
-        print(f"{len(FAILURES)} FAILED:\n  " + "\n  ".join(FAILURES))
-        return 1
-    print("all passed")
-    return 0
+    return report()
 
 
 if __name__ == "__main__":

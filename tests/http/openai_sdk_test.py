@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
-from checks import FAILURES, check  # noqa: E402
+from checks import check, report  # noqa: E402
 from http_test_util import Server  # noqa: E402
 
 try:
@@ -321,11 +321,7 @@ def main():
     finally:
         slow.kill()
 
-    if FAILURES:
-        print(f"{len(FAILURES)} FAILED:\n  " + "\n  ".join(FAILURES))
-        return 1
-    print("all passed")
-    return 0
+    return report()
 
 
 if __name__ == "__main__":

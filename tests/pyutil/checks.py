@@ -9,3 +9,12 @@ def check(cond, what):
     if not cond:
         FAILURES.append(what)
     return cond
+
+
+def report(limit=50):
+    """The test's exit status: 1 listing the failures (at most `limit`), else 0."""
+    if FAILURES:
+        print(f"{len(FAILURES)} FAILED:\n  " + "\n  ".join(FAILURES[:limit]))
+        return 1
+    print("all passed")
+    return 0
