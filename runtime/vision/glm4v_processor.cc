@@ -309,6 +309,23 @@ absl::StatusOr<Glm4vProcessorOptions> LoadPreprocessorConfig(const std::string& 
   return o;
 }
 
+absl::StatusOr<Glm4vProcessorOptions> LoadCheckpointPreprocessing(const std::string& model_dir, int patch_size,
+                                                                  int temporal_patch_size, int merge_size,
+                                                                  std::string* source) {
+  const std::string path = model_dir + "/preprocessor_config.json";
+  absl::StatusOr<Glm4vProcessorOptions> options = LoadPreprocessorConfig(path);
+  if (!absl::IsNotFound(options.status())) {
+    if (source != nullptr && options.ok()) *source = path;
+    return options;
+  }
+  if (source != nullptr) *source = path + " not found: transformers' Glm4vImageProcessor defaults";
+  Glm4vProcessorOptions defaults;
+  defaults.patch_size = patch_size;
+  defaults.temporal_patch_size = temporal_patch_size;
+  defaults.merge_size = merge_size;
+  return defaults;
+}
+
 absl::StatusOr<ResizedSize> SmartResize(int64_t height, int64_t width, const Glm4vProcessorOptions& o) {
   if (height <= 0 || width <= 0) {
     return absl::InvalidArgumentError(absl::StrFormat("image has a zero or negative side (%dx%d)", width, height));

@@ -64,6 +64,13 @@ struct Glm4vProcessorOptions {
 absl::StatusOr<Glm4vProcessorOptions> ParsePreprocessorConfig(absl::string_view json_text);
 // The same from a file; NOT_FOUND when it does not exist.
 absl::StatusOr<Glm4vProcessorOptions> LoadPreprocessorConfig(const std::string& path);
+// A checkpoint's preprocessing: `model_dir`/preprocessor_config.json, or, where the directory has
+// none (a config-only directory for --random-weights), the processor's defaults with the vision
+// tower's patch geometry. `source` (optional) says which was used. Other errors are
+// LoadPreprocessorConfig's (they name the file).
+absl::StatusOr<Glm4vProcessorOptions> LoadCheckpointPreprocessing(const std::string& model_dir, int patch_size,
+                                                                  int temporal_patch_size, int merge_size,
+                                                                  std::string* source = nullptr);
 
 // transformers' smart_resize for a still image (num_frames = temporal_factor =
 // temporal_patch_size, factor = patch_size * merge_size): the resized {height, width}.

@@ -186,17 +186,9 @@ absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> PrepareImages(const std:
   }
   const VisionConfig& vc = *config->vision;
   const std::string preprocessor_path = model_dir + "/preprocessor_config.json";
-  absl::StatusOr<vision::Glm4vProcessorOptions> options = vision::LoadPreprocessorConfig(preprocessor_path);
-  if (absl::IsNotFound(options.status())) {
-    // No preprocessor_config.json (a config-only directory for --random-weights): the
-    // processor's defaults with the vision tower's patch geometry.
-    options = vision::Glm4vProcessorOptions();
-    options->patch_size = vc.patch_size;
-    options->merge_size = vc.spatial_merge_size;
-    options->temporal_patch_size = vc.temporal_patch_size;
-  }
-  if (!options.ok())
-    return absl::InvalidArgumentError(absl::StrCat(preprocessor_path, ": ", options.status().message()));
+  absl::StatusOr<vision::Glm4vProcessorOptions> options =
+      vision::LoadCheckpointPreprocessing(model_dir, vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size);
+  if (!options.ok()) return absl::InvalidArgumentError(options.status().message());
   if (options->patch_size != vc.patch_size || options->merge_size != vc.spatial_merge_size ||
       options->temporal_patch_size != vc.temporal_patch_size) {
     return absl::FailedPreconditionError(absl::StrCat(

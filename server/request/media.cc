@@ -179,19 +179,9 @@ absl::StatusOr<std::shared_ptr<const ImageSupport>> ImageSupport::ForModel(const
                                                                            const VisionConfig& vision,
                                                                            const MediaOptions& media,
                                                                            std::string* note) {
-  const std::string path = absl::StrCat(model_dir, "/preprocessor_config.json");
-  absl::StatusOr<vision::Glm4vProcessorOptions> options = vision::LoadPreprocessorConfig(path);
-  if (absl::IsNotFound(options.status())) {
-    *note = absl::StrCat(path, " not found: transformers' Glm4vImageProcessor defaults");
-    options = vision::Glm4vProcessorOptions();
-    options->patch_size = vision.patch_size;
-    options->temporal_patch_size = vision.temporal_patch_size;
-    options->merge_size = vision.spatial_merge_size;
-  } else if (!options.ok()) {
-    return absl::Status(options.status().code(), absl::StrCat(path, ": ", options.status().message()));
-  } else {
-    *note = path;
-  }
+  absl::StatusOr<vision::Glm4vProcessorOptions> options = vision::LoadCheckpointPreprocessing(
+      model_dir, vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size, note);
+  if (!options.ok()) return options.status();
   return Create(vision, *options, media);
 }
 
