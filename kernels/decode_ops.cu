@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kRotaryThreads)
   T* x = row + static_cast<int64_t>(head) * s.head_dim;
   const int half_rotary = s.rotary_dim / 2, pairs = (s.head_dim + 1) / 2;
   const bool kv_head = head >= s.num_heads;
-  const float position = static_cast<float>(positions[t]);
+  const int64_t* components = s.frequency_component;
   const int64_t kv_size = static_cast<int64_t>(s.num_kv_heads) * s.head_dim;
   const int64_t cache_offset = kv_head ? slots[t] * kv_size + static_cast<int64_t>(head - s.num_heads) * s.head_dim : 0;
   const int limit = kv_head ? pairs : half_rotary;  // a query head's unrotated dims stay as they are
@@ -48,6 +48,7 @@ __global__ void __launch_bounds__(kRotaryThreads)
     T even = x[e], odd = has_odd ? x[o] : T();
     if (p < half_rotary) {
       float even_f = ToFloat(even), odd_f = ToFloat(odd);
+      const float position = static_cast<float>(positions[components != nullptr ? components[p] * s.tokens + t : t]);
       RotatePair<T>(position, inv_freq[p], even_f, odd_f);
       even = FromFloat<T>(even_f);
       odd = FromFloat<T>(odd_f);
@@ -63,6 +64,28 @@ __global__ void __launch_bounds__(kRotaryThreads)
         v_cache[cache_offset + o] = v[o];
       }
     }
+  }
+}
+
+// ---- Vision rotary: one block per row, a thread per (head, pair) ----
+constexpr int kRotateHalfThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kRotateHalfThreads)
+    RotateHalfKernel(const T* __restrict__ x, int64_t x_row_stride, const float* __restrict__ cos,
+                     const float* __restrict__ sin, T* __restrict__ out, int32_t heads, int32_t head_dim) {
+  const int64_t r = blockIdx.x;
+  const int half = head_dim / 2;
+  const float* c = cos + r * head_dim;
+  const float* sn = sin + r * head_dim;
+  for (int k = threadIdx.x; k < heads * half; k += kRotateHalfThreads) {
+    const int h = k / half, i = k % half;
+    const T* in = x + r * x_row_stride + static_cast<int64_t>(h) * head_dim;
+    T* o = out + (r * heads + h) * head_dim;
+    const float first = ToFloat(in[i]), second = ToFloat(in[i + half]);
+    // __f*_rn: each product and sum rounded in fp32 as the separate ATen ops round them.
+    o[i] = FromFloat<T>(__fadd_rn(__fmul_rn(first, c[i]), -__fmul_rn(second, sn[i])));
+    o[i + half] = FromFloat<T>(__fadd_rn(__fmul_rn(second, c[i + half]), __fmul_rn(first, sn[i + half])));
   }
 }
 
@@ -248,6 +271,35 @@ bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_fre
       RotaryKvWriteKernel<__half><<<grid, kRotaryThreads, 0, st>>>(static_cast<__half*>(qkv), positions, inv_freq,
                                                                    slots, static_cast<__half*>(k_cache),
                                                                    static_cast<__half*>(v_cache), s);
+      break;
+    default:
+      return false;
+  }
+  return cudaGetLastError() == cudaSuccess;
+}
+
+bool RotateHalfCuda(const void* x, int64_t x_row_stride, const float* cos, const float* sin, void* out, int64_t rows,
+                    int32_t heads, int32_t head_dim, ElementType type, void* stream) {
+  if (rows < 0 || heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || x_row_stride < int64_t{heads} * head_dim ||
+      rows > 0x7fffffff) {
+    return false;
+  }
+  if (rows == 0) return true;
+  auto st = static_cast<cudaStream_t>(stream);
+  const auto blocks = static_cast<unsigned>(rows);
+  switch (type) {
+    case ElementType::kFloat32:
+      RotateHalfKernel<float><<<blocks, kRotateHalfThreads, 0, st>>>(static_cast<const float*>(x), x_row_stride, cos,
+                                                                     sin, static_cast<float*>(out), heads, head_dim);
+      break;
+    case ElementType::kBFloat16:
+      RotateHalfKernel<__nv_bfloat16>
+          <<<blocks, kRotateHalfThreads, 0, st>>>(static_cast<const __nv_bfloat16*>(x), x_row_stride, cos, sin,
+                                                  static_cast<__nv_bfloat16*>(out), heads, head_dim);
+      break;
+    case ElementType::kFloat16:
+      RotateHalfKernel<__half><<<blocks, kRotateHalfThreads, 0, st>>>(static_cast<const __half*>(x), x_row_stride, cos,
+                                                                      sin, static_cast<__half*>(out), heads, head_dim);
       break;
     default:
       return false;

@@ -20,6 +20,10 @@ struct RotaryKvShape {
   int32_t head_dim = 0;
   int32_t rotary_dim = 0;      // leading dims of each head that rotate (even, <= head_dim); 0 = none
   int64_t qkv_row_stride = 0;  // elements between tokens' rows of qkv
+  // 3-D rotary (glm4v's mrope): null, or rotary_dim / 2 entries (0, 1 or 2), one per frequency,
+  // naming the row of positions ([3, tokens], component-major) that drives it. Same memory as
+  // positions (device for the CUDA kernel).
+  const int64_t* frequency_component = nullptr;
 };
 
 // qkv: [tokens, qkv_row_stride] holding q (num_heads * head_dim), then k, then v (num_kv_heads *
@@ -32,6 +36,16 @@ void RotaryKvWriteReference(float* qkv, const int64_t* positions, const float* i
                             float* k_cache, float* v_cache, const RotaryKvShape& shape);
 bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots, void* k_cache,
                        void* v_cache, const RotaryKvShape& shape, ElementType type, void* stream);
+
+// GLM-4.1V's vision rotary (transformers' apply_rotary_pos_emb_vision): for each row r and head h
+// of x ([rows, heads, head_dim] whose rows are x_row_stride elements apart, heads adjacent),
+// out = x * cos + rotate_half(x) * sin computed in fp32 and rounded once to the element type;
+// rotate_half(x) = (-x[half:], x[:half]). cos, sin: fp32 [rows, head_dim]; out: [rows, heads,
+// head_dim] contiguous. head_dim even.
+void RotateHalfReference(const float* x, int64_t x_row_stride, const float* cos, const float* sin, float* out,
+                         int64_t rows, int32_t heads, int32_t head_dim);
+bool RotateHalfCuda(const void* x, int64_t x_row_stride, const float* cos, const float* sin, void* out, int64_t rows,
+                    int32_t heads, int32_t head_dim, ElementType type, void* stream);
 
 // gate_up: [rows, 2 * width] (gate, then up); out[r][i] = up * silu(gate), [rows, width].
 // Rounding as ATen's `up * silu(gate)`: silu in fp32, rounded, then the product rounded.

@@ -12,7 +12,8 @@ void RotaryKvWriteReference(float* qkv, const int64_t* positions, const float* i
     for (int32_t h = 0; h < s.num_heads + s.num_kv_heads; ++h) {
       float* head = row + int64_t{h} * s.head_dim;  // q heads, then k heads (adjacent in the row)
       for (int32_t j = 0; j < s.rotary_dim / 2; ++j) {
-        const float angle = static_cast<float>(positions[t]) * inv_freq[j];
+        const int64_t component = s.frequency_component != nullptr ? s.frequency_component[j] : 0;
+        const float angle = static_cast<float>(positions[component * s.tokens + t]) * inv_freq[j];
         const float c = std::cos(angle), sn = std::sin(angle);
         const float even = head[2 * j], odd = head[2 * j + 1];
         head[2 * j] = even * c - odd * sn;
@@ -24,6 +25,23 @@ void RotaryKvWriteReference(float* qkv, const int64_t* positions, const float* i
     for (int64_t i = 0; i < kv_size; ++i) {
       k_cache[slots[t] * kv_size + i] = k[i];
       v_cache[slots[t] * kv_size + i] = v[i];
+    }
+  }
+}
+
+void RotateHalfReference(const float* x, int64_t x_row_stride, const float* cos, const float* sin, float* out,
+                         int64_t rows, int32_t heads, int32_t head_dim) {
+  const int32_t half = head_dim / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* c = cos + r * head_dim;
+    const float* sn = sin + r * head_dim;
+    for (int32_t h = 0; h < heads; ++h) {
+      const float* in = x + r * x_row_stride + int64_t{h} * head_dim;
+      float* o = out + (r * heads + h) * head_dim;
+      for (int32_t i = 0; i < half; ++i) {
+        o[i] = in[i] * c[i] + -in[i + half] * sn[i];
+        o[i + half] = in[i + half] * c[i + half] + in[i] * sn[i + half];
+      }
     }
   }
 }

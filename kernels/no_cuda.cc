@@ -10,6 +10,10 @@ bool CudaKernelsAvailable() { return false; }
 bool FusedAddRmsNormCudaTyped(const void*, void*, const void*, void*, int64_t, int64_t, float, int, void*) {
   return false;
 }
+bool FusedNormAddRmsNormCudaTyped(const void*, const void*, void*, const void*, void*, int64_t, int64_t, float, int,
+                                  void*) {
+  return false;
+}
 bool PagedAttentionDecodeCuda(const void*, const void*, const void*, const int32_t*, const int32_t*, void*,
                               const PagedAttentionShape&, ElementType, void*, void*) {
   return false;
@@ -17,6 +21,10 @@ bool PagedAttentionDecodeCuda(const void*, const void*, const void*, const int32
 size_t PagedAttentionWorkspaceBytes(const PagedAttentionShape&) { return 0; }
 bool RotaryKvWriteCuda(void*, const int64_t*, const float*, const int64_t*, void*, void*, const RotaryKvShape&,
                        ElementType, void*) {
+  return false;
+}
+bool RotateHalfCuda(const void*, int64_t, const float*, const float*, void*, int64_t, int32_t, int32_t, ElementType,
+                    void*) {
   return false;
 }
 bool SwiGluCuda(const void*, void*, int64_t, int64_t, ElementType, void*) { return false; }

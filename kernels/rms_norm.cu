@@ -10,35 +10,52 @@
 namespace glmserve::kernels {
 namespace {
 
-// One block per row; the residual stream is read once, updated, and reduced in fp32 (warp
-// shuffles, then across warps through shared memory).
+// Sum of `local` over the block (every thread gets it). `scratch` holds a float per warp; the
+// trailing barrier lets a second call reuse it.
+__device__ __forceinline__ float BlockSum(float local, float* scratch) {
+  local = WarpSum(local);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warps = (blockDim.x + 31) / 32;
+  if (lane == 0) scratch[warp] = local;
+  __syncthreads();
+  float total = lane < warps ? scratch[lane] : 0.0f;
+  total = WarpSum(total);
+  __syncthreads();
+  return total;
+}
+
+// One block per row; the residual stream is read once, updated, and reduced in fp32. With
+// `x_weight` the delta is first normalised on its own (GLM-4-0414 / GLM-4.1V's post-attention and
+// post-MLP norms), rounded as transformers rounds its RMSNorm output, then added.
 template <typename T>
-__global__ void FusedAddRmsNormTypedKernel(const T* __restrict__ x, T* __restrict__ residual,
-                                           const T* __restrict__ weight, T* __restrict__ out, int64_t hidden,
-                                           float eps) {
+__global__ void FusedAddRmsNormTypedKernel(const T* __restrict__ x, const T* __restrict__ x_weight,
+                                           T* __restrict__ residual, const T* __restrict__ weight, T* __restrict__ out,
+                                           int64_t hidden, float eps) {
+  __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   T* res = residual + row * hidden;
+  const T* delta = x != nullptr ? x + row * hidden : nullptr;
+  float delta_inv_rms = 0.0f;
+  if (x_weight != nullptr) {
+    float local = 0.0f;
+    for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
+      const float d = ToFloat(delta[i]);
+      local += d * d;
+    }
+    delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
+  }
   float local = 0.0f;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
     float v = ToFloat(res[i]);
-    if (x != nullptr) {
-      v = RoundTo<T>(v + ToFloat(x[row * hidden + i]));
+    if (delta != nullptr) {
+      float d = ToFloat(delta[i]);
+      if (x_weight != nullptr) d = RoundTo<T>(ToFloat(x_weight[i]) * RoundTo<T>(d * delta_inv_rms));
+      v = RoundTo<T>(v + d);
       res[i] = FromFloat<T>(v);
     }
     local += v * v;
   }
-  local = WarpSum(local);
-  __shared__ float warp_sums[32];
-  __shared__ float inv_rms;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) warp_sums[warp] = local;
-  __syncthreads();
-  if (warp == 0) {
-    float total = lane < (blockDim.x + 31) / 32 ? warp_sums[lane] : 0.0f;
-    total = WarpSum(total);
-    if (lane == 0) inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
-  }
-  __syncthreads();
+  const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
     const float normed = RoundTo<T>(ToFloat(res[i]) * inv_rms);
     out[row * hidden + i] = FromFloat<T>(ToFloat(weight[i]) * normed);
@@ -53,9 +70,10 @@ constexpr int kMaxChunks = 4;
 
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
-    FusedAddRmsNormRowKernel(const T* __restrict__ x, T* __restrict__ residual, const T* __restrict__ weight,
-                             T* __restrict__ out, int64_t hidden, float eps) {
+    FusedAddRmsNormRowKernel(const T* __restrict__ x, const T* __restrict__ x_weight, T* __restrict__ residual,
+                             const T* __restrict__ weight, T* __restrict__ out, int64_t hidden, float eps) {
   constexpr int E = Chunk16<T>::kElements;
+  __shared__ float scratch[kRowThreads / 32];
   const int64_t row = blockIdx.x;
   const int chunks = static_cast<int>(hidden / E);
   uint4* res = reinterpret_cast<uint4*>(residual + row * hidden);
@@ -70,6 +88,21 @@ __global__ void __launch_bounds__(kRowThreads)
       if (delta != nullptr) raw_delta[c] = delta[chunk];
     }
   }
+  float delta_inv_rms = 0.0f;
+  if (x_weight != nullptr) {
+    float local = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kMaxChunks; ++c) {
+      const int chunk = threadIdx.x + c * kRowThreads;
+      if (chunk >= chunks) break;
+      float d[E];
+      Chunk16<T>::ToFloats(raw_delta[c], d);
+#pragma unroll
+      for (int i = 0; i < E; ++i) local += d[i] * d[i];
+    }
+    delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
+  }
+  const uint4* dw = reinterpret_cast<const uint4*>(x_weight);
   float local = 0.0f;
 #pragma unroll
   for (int c = 0; c < kMaxChunks; ++c) {
@@ -79,6 +112,12 @@ __global__ void __launch_bounds__(kRowThreads)
     if (delta != nullptr) {
       float d[E];
       Chunk16<T>::ToFloats(raw_delta[c], d);
+      if (dw != nullptr) {
+        float wf[E];
+        Chunk16<T>::ToFloats(dw[chunk], wf);
+#pragma unroll
+        for (int i = 0; i < E; ++i) d[i] = RoundTo<T>(wf[i] * RoundTo<T>(d[i] * delta_inv_rms));
+      }
 #pragma unroll
       for (int i = 0; i < E; ++i) v[c][i] = RoundTo<T>(v[c][i] + d[i]);
       res[chunk] = Chunk16<T>::FromFloats(v[c]);
@@ -86,18 +125,7 @@ __global__ void __launch_bounds__(kRowThreads)
 #pragma unroll
     for (int i = 0; i < E; ++i) local += v[c][i] * v[c][i];
   }
-  local = WarpSum(local);
-  __shared__ float warp_sums[kRowThreads / 32];
-  __shared__ float inv_rms;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) warp_sums[warp] = local;
-  __syncthreads();
-  if (warp == 0) {
-    float total = lane < kRowThreads / 32 ? warp_sums[lane] : 0.0f;
-    total = WarpSum(total);
-    if (lane == 0) inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
-  }
-  __syncthreads();
+  const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
   const uint4* w = reinterpret_cast<const uint4*>(weight);
   uint4* o = reinterpret_cast<uint4*>(out + row * hidden);
 #pragma unroll
@@ -113,38 +141,44 @@ __global__ void __launch_bounds__(kRowThreads)
 }
 
 template <typename T>
-bool LaunchTyped(const void* x, void* residual, const void* weight, void* out, int64_t rows, int64_t hidden, float eps,
-                 cudaStream_t stream) {
+bool LaunchTyped(const void* x, const void* x_weight, void* residual, const void* weight, void* out, int64_t rows,
+                 int64_t hidden, float eps, cudaStream_t stream) {
   constexpr int E = Chunk16<T>::kElements;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (hidden % E == 0 && hidden / E <= int64_t{kRowThreads} * kMaxChunks && aligned(residual) && aligned(weight) &&
-      aligned(out) && (x == nullptr || aligned(x))) {
+      aligned(out) && (x == nullptr || aligned(x)) && (x_weight == nullptr || aligned(x_weight))) {
     FusedAddRmsNormRowKernel<T><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
-        hidden, eps);
+        static_cast<const T*>(x), static_cast<const T*>(x_weight), static_cast<T*>(residual),
+        static_cast<const T*>(weight), static_cast<T*>(out), hidden, eps);
     return cudaGetLastError() == cudaSuccess;
   }
   FusedAddRmsNormTypedKernel<T><<<static_cast<unsigned>(rows), 256, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out), hidden,
-      eps);
+      static_cast<const T*>(x), static_cast<const T*>(x_weight), static_cast<T*>(residual),
+      static_cast<const T*>(weight), static_cast<T*>(out), hidden, eps);
   return cudaGetLastError() == cudaSuccess;
 }
 
 }  // namespace
 
-bool FusedAddRmsNormCudaTyped(const void* x, void* residual, const void* weight, void* out, int64_t rows,
-                              int64_t hidden, float eps, int element_type, void* stream) {
+bool FusedNormAddRmsNormCudaTyped(const void* x, const void* x_weight, void* residual, const void* weight, void* out,
+                                  int64_t rows, int64_t hidden, float eps, int element_type, void* stream) {
   if (rows <= 0) return true;
+  if (x_weight != nullptr && x == nullptr) return false;
   auto st = static_cast<cudaStream_t>(stream);
   switch (element_type) {
     case 0:
-      return LaunchTyped<float>(x, residual, weight, out, rows, hidden, eps, st);
+      return LaunchTyped<float>(x, x_weight, residual, weight, out, rows, hidden, eps, st);
     case 1:
-      return LaunchTyped<__nv_bfloat16>(x, residual, weight, out, rows, hidden, eps, st);
+      return LaunchTyped<__nv_bfloat16>(x, x_weight, residual, weight, out, rows, hidden, eps, st);
     case 2:
-      return LaunchTyped<__half>(x, residual, weight, out, rows, hidden, eps, st);
+      return LaunchTyped<__half>(x, x_weight, residual, weight, out, rows, hidden, eps, st);
   }
   return false;
+}
+
+bool FusedAddRmsNormCudaTyped(const void* x, void* residual, const void* weight, void* out, int64_t rows,
+                              int64_t hidden, float eps, int element_type, void* stream) {
+  return FusedNormAddRmsNormCudaTyped(x, nullptr, residual, weight, out, rows, hidden, eps, element_type, stream);
 }
 
 bool FusedAddRmsNormCuda(const float* x, float* residual, const float* weight, float* out, int64_t rows, int64_t hidden,

@@ -44,6 +44,37 @@ TEST(RotaryKvWrite, ReferenceRotatesPairsAndFillsTheCache) {
   EXPECT_EQ(std::vector<float>(v_cache.begin() + 4, v_cache.end()), (std::vector<float>{9, 10, 11, 12}));
 }
 
+TEST(RotaryKvWrite, ReferenceTurnsEachFrequencyByItsPositionComponent) {
+  // glm4v's 3-D rotary: one token with positions (temporal 0, height 2, width 4); frequency 0
+  // follows the height (angle 2 * 0.5 = 1), frequency 1 the width (4 * 0.25 = 1).
+  RotaryKvShape s{1, 1, 1, 4, 4, 12};
+  const std::vector<int64_t> components = {1, 2};
+  s.frequency_component = components.data();
+  std::vector<float> qkv = {1, 0, 0, 1, /*k*/ 1, 0, 1, 0, /*v*/ 0, 0, 0, 0};
+  const std::vector<int64_t> positions = {0, 2, 4};
+  const std::vector<float> inv_freq = {0.5f, 0.25f};
+  const int64_t slot = 0;
+  std::vector<float> k_cache(4), v_cache(4);
+  RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), &slot, k_cache.data(), v_cache.data(), s);
+  const float c = std::cos(1.0f), sn = std::sin(1.0f);
+  EXPECT_NEAR(qkv[0], c, 1e-6);
+  EXPECT_NEAR(qkv[1], sn, 1e-6);
+  EXPECT_NEAR(qkv[2], -sn, 1e-6);  // (0, 1) turned by 1 radian
+  EXPECT_NEAR(qkv[3], c, 1e-6);
+  EXPECT_NEAR(k_cache[2], c, 1e-6);
+  EXPECT_NEAR(k_cache[3], sn, 1e-6);
+}
+
+TEST(RotateHalf, ReferenceIsXCosPlusRotateHalfXSin) {
+  // Two rows of one 4-dim head, 6 elements apart. Row 0: cos 0, sin 1 -> rotate_half(x) =
+  // (-x2, -x3, x0, x1). Row 1: cos 1, sin 0 -> x.
+  const std::vector<float> x = {1, 2, 3, 4, 99, 99, 5, 6, 7, 8, 99, 99};
+  const std::vector<float> cos = {0, 0, 0, 0, 1, 1, 1, 1}, sin = {1, 1, 1, 1, 0, 0, 0, 0};
+  std::vector<float> out(8);
+  RotateHalfReference(x.data(), 6, cos.data(), sin.data(), out.data(), 2, 1, 4);
+  EXPECT_EQ(out, (std::vector<float>{-3, -4, 1, 2, 5, 6, 7, 8}));
+}
+
 TEST(SwiGlu, ReferenceIsUpTimesSiluOfGate) {
   // gate 0 -> silu 0; gate ln 3 -> ln3 * 3/4; up 2 and 4.
   const float ln3 = std::log(3.0f);
@@ -148,20 +179,31 @@ class DecodeOpsCuda : public ::testing::TestWithParam<ElementType> {
 };
 
 // The kernel against the reference for six tokens at positions up to 5000 in scattered slots.
-void ExpectRotaryKvWriteMatchesReference(const RotaryKvShape& s, ElementType type) {
+// `mrope`: positions [3, tokens] with the frequencies split among the three components as
+// glm4v's mrope_section [8, 12, 12] splits them.
+void ExpectRotaryKvWriteMatchesReference(RotaryKvShape s, ElementType type, bool mrope = false) {
   const bool bf16 = type == ElementType::kBFloat16;
   std::vector<float> qkv = Random(s.tokens * s.qkv_row_stride, 3, type);
   std::vector<int64_t> positions = {0, 1, 127, 128, 4095, 5000};
+  std::vector<int64_t> components;
+  if (mrope) {
+    positions.insert(positions.end(), {0, 3, 40, 41, 4000, 4999});
+    positions.insert(positions.end(), {0, 7, 2, 90, 4001, 4998});
+    for (int j = 0; j < s.rotary_dim / 2; ++j) components.push_back(j < 8 ? 0 : j < 20 ? 1 : 2);
+  }
+  Device d_components(mrope ? components : std::vector<int64_t>{0});
   std::vector<int64_t> slots = {9, 0, 3, 17, 5, 12};
-  ASSERT_EQ(s.tokens, static_cast<int32_t>(positions.size()));
+  ASSERT_EQ(s.tokens * (mrope ? 3 : 1), static_cast<int32_t>(positions.size()));
   std::vector<float> inv_freq(s.rotary_dim / 2);
   for (int j = 0; j < s.rotary_dim / 2; ++j) inv_freq[j] = 1.0f / std::pow(10000.0f, 2.0f * j / s.rotary_dim);
   const int64_t kv_size = int64_t{s.num_kv_heads} * s.head_dim;
   std::vector<float> k_cache(20 * kv_size, 0.0f), v_cache(20 * kv_size, 0.0f);
   Device d_qkv(qkv, type), d_k(k_cache, type), d_v(v_cache, type);
   Device d_pos(positions), d_slots(slots), d_freq(inv_freq);
+  if (mrope) s.frequency_component = d_components.as<int64_t>();
   ASSERT_TRUE(RotaryKvWriteCuda(d_qkv.get(), d_pos.as<int64_t>(), d_freq.as<float>(), d_slots.as<int64_t>(), d_k.get(),
                                 d_v.get(), s, type, nullptr));
+  if (mrope) s.frequency_component = components.data();
   RotaryKvWriteReference(qkv.data(), positions.data(), inv_freq.data(), slots.data(), k_cache.data(), v_cache.data(),
                          s);
   // bf16: the kernel rounds cos/sin and each product to bf16 as ATen does; the reference does not.
@@ -180,6 +222,34 @@ TEST_P(DecodeOpsCuda, RotaryKvWriteTakesWideAndOddHeads) {
   // More pairs per head than threads per block (rotated and copied ones), and an odd head_dim
   // whose last element has no partner.
   ExpectRotaryKvWriteMatchesReference(RotaryKvShape{6, 4, 2, 201, 160, (4 + 4) * 201}, type());
+}
+
+TEST_P(DecodeOpsCuda, RotaryKvWriteTakesThreeDimensionalPositions) {
+  // GLM-4.1V's text layout: 32 q heads, 2 kv heads, head_dim 128, rotary on 64 dims (32 frequencies).
+  ExpectRotaryKvWriteMatchesReference(RotaryKvShape{6, 32, 2, 128, 64, (32 + 4) * 128}, type(), /*mrope=*/true);
+}
+
+TEST_P(DecodeOpsCuda, RotateHalfMatchesReference) {
+  // GLM-4.1V's vision blocks: 12 heads of 128, q and k rotated in one call out of a qkv row of
+  // 3 x 12 x 128; angles of the size the 2-D rotary gives (row / column up to ~170).
+  const int64_t rows = 37, heads = 24, head_dim = 128, stride = 3 * 12 * 128;
+  std::vector<float> x = Random(rows * stride, 11, type());
+  std::vector<float> cos(rows * head_dim), sin(rows * head_dim);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < head_dim; ++i) {
+      const float angle = static_cast<float>(r * 4.7) / std::pow(10000.0f, static_cast<float>(i % 32) / 32.0f);
+      cos[r * head_dim + i] = std::cos(angle);
+      sin[r * head_dim + i] = std::sin(angle);
+    }
+  }
+  std::vector<float> want(rows * heads * head_dim), zeros(want.size(), 0.0f);
+  Device d_x(x, type()), d_cos(cos), d_sin(sin), d_out(zeros, type());
+  ASSERT_TRUE(RotateHalfCuda(d_x.get(), stride, d_cos.as<float>(), d_sin.as<float>(), d_out.get(), rows, heads,
+                             head_dim, type(), nullptr));
+  RotateHalfReference(x.data(), stride, cos.data(), sin.data(), want.data(), rows, heads, head_dim);
+  // Computed in fp32 on both sides and rounded once (bf16: half a unit in the last place, 2^-8).
+  const double rel = type() == ElementType::kFloat32 ? 1e-6 : type() == ElementType::kBFloat16 ? 4e-3 : 1e-3;
+  ExpectClose(d_out.Floats(), want, rel, 1e-6);
 }
 
 TEST_P(DecodeOpsCuda, RotaryWithoutRotaryDimsOnlyWritesTheCache) {

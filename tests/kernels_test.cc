@@ -26,11 +26,23 @@ TEST(FusedAddRmsNorm, ReferenceMatchesHandComputedRow) {
   EXPECT_FLOAT_EQ(out[1], 2.0f);
 }
 
+TEST(FusedNormAddRmsNorm, ReferenceNormalisesTheDeltaBeforeAdding) {
+  // x [3, 4]: rms sqrt(12.5) -> x / rms = [0.8485, 1.1314]; times x_weight [1, 0.5] = [0.8485,
+  // 0.5657]; residual [1, 1] + that = [1.8485, 1.5657]; its rms 1.7129 -> [1.0791, 0.9140]; times
+  // weight [2, 1].
+  std::vector<float> x = {3, 4}, x_weight = {1, 0.5f}, residual = {1, 1}, weight = {2, 1}, out(2);
+  FusedNormAddRmsNormReference(x.data(), x_weight.data(), residual.data(), weight.data(), out.data(), 1, 2, 0.0f);
+  EXPECT_NEAR(residual[0], 1.848528f, 1e-5f);
+  EXPECT_NEAR(residual[1], 1.565685f, 1e-5f);
+  EXPECT_NEAR(out[0], 2.158292f, 1e-5f);
+  EXPECT_NEAR(out[1], 0.914026f, 1e-5f);
+}
+
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS
 // Runs the fp32 CUDA add+RMSNorm (the fp32 entry point, or the typed one with element type 0 and
 // an optional null delta) on random rows and compares both outputs with the reference.
 void ExpectFusedAddRmsNormMatchesReference(int64_t rows, int64_t hidden, bool with_delta, bool typed_entry,
-                                           uint32_t seed) {
+                                           uint32_t seed, bool with_delta_weight = false) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
   std::vector<float> x(rows * hidden, 0.0f), residual(rows * hidden), weight(hidden);
@@ -39,29 +51,37 @@ void ExpectFusedAddRmsNormMatchesReference(int64_t rows, int64_t hidden, bool wi
   }
   for (float& v : residual) v = normal(rng);
   for (float& v : weight) v = 1.0f + 0.1f * normal(rng);
+  std::vector<float> delta_weight(hidden);
+  for (float& v : delta_weight) v = 0.5f + 0.2f * normal(rng);
   std::vector<float> want_res = residual, want(rows * hidden), got(rows * hidden), got_res(rows * hidden);
-  FusedAddRmsNormReference(x.data(), want_res.data(), weight.data(), want.data(), rows, hidden, 1e-5f);
-  float *dx, *dres, *dw, *dout;
+  FusedNormAddRmsNormReference(x.data(), with_delta_weight ? delta_weight.data() : nullptr, want_res.data(),
+                               weight.data(), want.data(), rows, hidden, 1e-5f);
+  float *dx, *dres, *dw, *dout, *ddw;
   const size_t bytes = rows * hidden * sizeof(float);
   ASSERT_EQ(cudaMalloc(&dx, bytes), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&dres, bytes), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&dw, hidden * sizeof(float)), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&dout, bytes), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&ddw, hidden * sizeof(float)), cudaSuccess);
+  cudaMemcpy(ddw, delta_weight.data(), hidden * sizeof(float), cudaMemcpyHostToDevice);
   cudaMemcpy(dx, x.data(), bytes, cudaMemcpyHostToDevice);
   cudaMemcpy(dres, residual.data(), bytes, cudaMemcpyHostToDevice);
   cudaMemcpy(dw, weight.data(), hidden * sizeof(float), cudaMemcpyHostToDevice);
   const bool launched =
-      typed_entry ? FusedAddRmsNormCudaTyped(with_delta ? dx : nullptr, dres, dw, dout, rows, hidden, 1e-5f, 0, nullptr)
-                  : FusedAddRmsNormCuda(dx, dres, dw, dout, rows, hidden, 1e-5f, nullptr);
+      with_delta_weight ? FusedNormAddRmsNormCudaTyped(dx, ddw, dres, dw, dout, rows, hidden, 1e-5f, 0, nullptr)
+      : typed_entry
+          ? FusedAddRmsNormCudaTyped(with_delta ? dx : nullptr, dres, dw, dout, rows, hidden, 1e-5f, 0, nullptr)
+          : FusedAddRmsNormCuda(dx, dres, dw, dout, rows, hidden, 1e-5f, nullptr);
   cudaMemcpy(got.data(), dout, bytes, cudaMemcpyDeviceToHost);
   cudaMemcpy(got_res.data(), dres, bytes, cudaMemcpyDeviceToHost);
   cudaFree(dx);
   cudaFree(dres);
   cudaFree(dw);
   cudaFree(dout);
+  cudaFree(ddw);
   ASSERT_TRUE(launched);
   for (int64_t i = 0; i < rows * hidden; ++i) {
-    ASSERT_NEAR(got_res[i], want_res[i], 1e-6f) << i;
+    ASSERT_NEAR(got_res[i], want_res[i], 1e-5f * std::abs(want_res[i]) + 1e-6f) << i;
     ASSERT_NEAR(got[i], want[i], 1e-4f * std::abs(want[i]) + 1e-5f) << i;
   }
 }
@@ -84,6 +104,17 @@ TEST(FusedAddRmsNorm, TypedFloat32RowWidthsOnBothKernelPaths) {
       SCOPED_TRACE(testing::Message() << "hidden " << hidden << " delta " << with_delta);
       ExpectFusedAddRmsNormMatchesReference(3, hidden, with_delta, /*typed_entry=*/true, static_cast<uint32_t>(hidden));
     }
+  }
+#endif
+}
+
+TEST(FusedNormAddRmsNorm, CudaMatchesReferenceOnBothKernelPaths) {
+  if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
+#ifdef GLMSERVE_HAVE_CUDA_KERNELS
+  for (int64_t hidden : {int64_t{128}, int64_t{1536}, int64_t{4096}, int64_t{4098}, int64_t{40000}}) {
+    SCOPED_TRACE(testing::Message() << "hidden " << hidden);
+    ExpectFusedAddRmsNormMatchesReference(5, hidden, /*with_delta=*/true, /*typed_entry=*/true,
+                                          static_cast<uint32_t>(hidden) + 1, /*with_delta_weight=*/true);
   }
 #endif
 }

@@ -104,6 +104,7 @@ class CudaDecodeRunner {
       gemm_workspace_bytes_ = static_cast<int64_t>(kernels::SkinnyGemmWorkspaceBytes());
     }
     kernels_ = MakeLayerKernels();
+    vision_kernels_ = MakeVisionKernels();
     // Flash attention takes bf16 / fp16 and head sizes up to 256 in multiples of 8.
     mixed_ = Enabled("mixed_step") && type_ != kernels::ElementType::kFloat32 && FlashTakesHeadDim(model.config()) &&
              FlashAttentionRuns(model);
@@ -111,6 +112,7 @@ class CudaDecodeRunner {
   }
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
+  const VisionKernels& vision_kernels() const { return vision_kernels_; }
 
   // Buckets 1, 2, 4, ... up to the one holding max_sequences, every row padding (reads and writes
   // only the pool's scratch block): their graphs are then ready for the first step of each size.
@@ -556,6 +558,43 @@ class CudaDecodeRunner {
 
   bool Enabled(const char* kernel) const { return disabled_.count(kernel) == 0; }
 
+  // The vision tower's fused kernels (glm4v): the add+RMSNorm at the vision config's epsilon, the
+  // fp32 rotary of q and k, SwiGLU.
+  VisionKernels MakeVisionKernels() const {
+    VisionKernels v;
+    const ModelConfig& c = model_.config();
+    if (!c.vision.has_value()) return v;
+    const kernels::ElementType type = type_;
+    if (Enabled("norm")) {
+      const float eps = static_cast<float>(c.vision->rms_norm_eps);
+      v.add_rms_norm = [type, eps](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
+        at::Tensor out = at::empty_like(residual);
+        Check(residual.is_contiguous() && (!delta.defined() || delta.is_contiguous()), "vision add+RMSNorm (layout)");
+        Check(kernels::FusedAddRmsNormCudaTyped(delta.defined() ? delta.data_ptr() : nullptr, residual.data_ptr(),
+                                                weight.data_ptr(), out.data_ptr(), residual.size(0), residual.size(1),
+                                                eps, static_cast<int>(type), CurrentStream()),
+              "vision add+RMSNorm");
+        return out;
+      };
+    }
+    if (Enabled("rotary")) {
+      v.rotate_qk = [type](const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin) {
+        const int64_t n = qkv.size(0), heads = qkv.size(2), head_dim = qkv.size(3);
+        Check(qkv.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == at::kFloat &&
+                  sin.scalar_type() == at::kFloat,
+              "vision rotary (layout)");
+        at::Tensor out = at::empty({n, 2, heads, head_dim}, qkv.options());
+        Check(kernels::RotateHalfCuda(qkv.data_ptr(), qkv.stride(0), cos.data_ptr<float>(), sin.data_ptr<float>(),
+                                      out.data_ptr(), n, static_cast<int32_t>(2 * heads),
+                                      static_cast<int32_t>(head_dim), type, CurrentStream()),
+              "vision rotary");
+        return out;
+      };
+    }
+    v.swiglu = kernels_.swiglu;
+    return v;
+  }
+
   // The fused kernels, each called on the current stream (a capture runs on a side stream).
   GlmModel::LayerKernels MakeLayerKernels() const {
     const ModelConfig& c = model_.config();
@@ -563,11 +602,13 @@ class CudaDecodeRunner {
     GlmModel::LayerKernels k;
     if (Enabled("norm")) {
       const float eps = static_cast<float>(c.rms_norm_eps);
-      k.add_rms_norm = [type, eps](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
+      k.add_rms_norm = [type, eps](const at::Tensor& delta, const at::Tensor& delta_weight, at::Tensor& residual,
+                                   const at::Tensor& weight) {
         at::Tensor out = at::empty_like(residual);
-        Check(kernels::FusedAddRmsNormCudaTyped(delta.defined() ? delta.data_ptr() : nullptr, residual.data_ptr(),
-                                                weight.data_ptr(), out.data_ptr(), residual.size(0), residual.size(1),
-                                                eps, static_cast<int>(type), CurrentStream()),
+        Check(kernels::FusedNormAddRmsNormCudaTyped(
+                  delta.defined() ? delta.data_ptr() : nullptr,
+                  delta_weight.defined() ? delta_weight.data_ptr() : nullptr, residual.data_ptr(), weight.data_ptr(),
+                  out.data_ptr(), residual.size(0), residual.size(1), eps, static_cast<int>(type), CurrentStream()),
               "fused add+RMSNorm");
         return out;
       };
@@ -579,17 +620,24 @@ class CudaDecodeRunner {
       shape.head_dim = c.head_dim;
       shape.rotary_dim = c.rotary_dim;
       const float* inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
-      k.rotary_kv = [type, shape, inv_freq](at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& slots,
-                                            at::Tensor& k_cache, at::Tensor& v_cache) mutable {
+      const at::Tensor& components = model_.mrope_components();
+      const int64_t* frequency_component = components.defined() ? components.data_ptr<int64_t>() : nullptr;
+      k.rotary_kv = [type, shape, inv_freq, frequency_component](at::Tensor& qkv, const at::Tensor& positions,
+                                                                 const at::Tensor& slots, at::Tensor& k_cache,
+                                                                 at::Tensor& v_cache) mutable {
         shape.tokens = static_cast<int32_t>(qkv.size(0));
         shape.qkv_row_stride = qkv.stride(0);
-        Check(qkv.stride(1) == 1 && positions.scalar_type() == at::kLong && slots.scalar_type() == at::kLong,
+        const bool three_d = positions.dim() == 2;
+        shape.frequency_component = three_d ? frequency_component : nullptr;
+        Check(qkv.stride(1) == 1 && positions.scalar_type() == at::kLong && slots.scalar_type() == at::kLong &&
+                  positions.is_contiguous() && (!three_d || (frequency_component != nullptr && positions.size(0) == 3)),
               "rotary+KV write (layout)");
         Check(kernels::RotaryKvWriteCuda(qkv.data_ptr(), positions.data_ptr<int64_t>(), inv_freq,
                                          slots.data_ptr<int64_t>(), k_cache.data_ptr(), v_cache.data_ptr(), shape, type,
                                          CurrentStream()),
               "rotary+KV write");
       };
+      k.rotary_kv_takes_3d = frequency_component != nullptr;
     }
     if (Enabled("swiglu")) {
       k.swiglu = [type](const at::Tensor& gate_up) {
@@ -759,6 +807,7 @@ class CudaDecodeRunner {
   std::set<std::string> disabled_;    // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
   GlmModel::LayerKernels kernels_;
+  VisionKernels vision_kernels_;  // empty members for a model without a vision tower
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;
   int32_t max_context_ = 0;
@@ -787,6 +836,7 @@ void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, Kv
 }
 
 const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner) { return runner.layer_kernels(); }
+const VisionKernels& CudaVisionKernels(const CudaDecodeRunner& runner) { return runner.vision_kernels(); }
 
 void DestroyCudaDecodeRunner(CudaDecodeRunner* runner) { delete runner; }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "runtime/model/glm_model.h"
+#include "runtime/model/vision_tower.h"
 #include "runtime/step_executor.h"
 
 namespace glmserve {
@@ -35,6 +36,8 @@ void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, Kv
                              std::vector<int32_t>* captured);
 // The fused kernels for eager forwards on the GPU (prefill and mixed batches).
 const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner);
+// The vision tower's (members empty for a text model).
+const VisionKernels& CudaVisionKernels(const CudaDecodeRunner& runner);
 void DestroyCudaDecodeRunner(CudaDecodeRunner* runner);
 #endif
 

@@ -69,8 +69,7 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(const ModelConfig& con
       block.qkv_weight = take(name("qkv.weight"));
       block.qkv_bias = opt(name("qkv.bias"));
       block.proj_weight = take(name("proj.weight"));
-      block.gate_weight = take(name("gate.weight"));
-      block.up_weight = take(name("up.weight"));
+      block.gate_up_weight = at::cat({take(name("gate.weight")), take(name("up.weight"))}, 0);
       block.down_weight = take(name("down.weight"));
       vision->blocks.push_back(std::move(block));
     }
@@ -172,7 +171,7 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
   const int64_t total = ids.size(0);
   const bool mrope = positions.dim() == 2;
   TORCH_CHECK(!mrope || mrope_components_.defined(), "3-D positions given to a model without mrope_section");
-  const bool fused_rotary = kernels.rotary_kv && !mrope;
+  const bool fused_rotary = kernels.rotary_kv && (!mrope || kernels.rotary_kv_takes_3d);
   at::Tensor cos, sin;
   if (c.rotary_dim > 0 && !fused_rotary) {
     // [T, rot/2]: frequency j turns with position component mrope_components_[j] (1-D: the only one).
@@ -186,11 +185,13 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
   if (embeddings != nullptr && embeddings->rows.numel() > 0) {
     x.index_copy_(0, embeddings->rows, embeddings->values.to(dtype_));
   }
-  at::Tensor pending;  // output of the last block, not yet added to x
+  // Output of the last block, not yet added to x, and the norm it takes first (sandwich norms):
+  // folded into the next add+RMSNorm.
+  at::Tensor pending, pending_norm;
   auto add_and_norm = [&](const at::Tensor& weight) {
-    at::Tensor delta = pending;
-    pending = at::Tensor();
-    return AddRmsNorm(kernels, delta, x, weight);
+    at::Tensor delta = pending, delta_weight = pending_norm;
+    pending = pending_norm = at::Tensor();
+    return AddRmsNorm(kernels, delta, delta_weight, x, weight);
   };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[l];
@@ -212,8 +213,8 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
       v_cache.index_copy_(0, slots, v);
     }
     at::Tensor o = Linear(kernels, attend(q, k_cache, v_cache), layer.o_weight, at::Tensor());
-    if (c.sandwich_norms) o = RmsNorm(o, layer.post_attn_norm);
     pending = o;
+    if (c.sandwich_norms) pending_norm = layer.post_attn_norm;
     h = add_and_norm(layer.mlp_norm);
     at::Tensor gate_up = Linear(kernels, h, layer.gate_up_weight, at::Tensor());
     at::Tensor act;
@@ -225,10 +226,11 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
       act = up * at::silu(gate);
     }
     at::Tensor m = Linear(kernels, act, layer.down_weight, at::Tensor());
-    if (c.sandwich_norms) m = RmsNorm(m, layer.post_mlp_norm);
     pending = m;
+    if (c.sandwich_norms) pending_norm = layer.post_mlp_norm;
   }
-  return pending.defined() ? x + pending : x;
+  if (!pending.defined()) return x;
+  return x + (pending_norm.defined() ? RmsNorm(pending, pending_norm) : pending);
 }
 
 at::Tensor GlmModel::Linear(const LayerKernels& kernels, const at::Tensor& x, const at::Tensor& weight,
@@ -236,16 +238,17 @@ at::Tensor GlmModel::Linear(const LayerKernels& kernels, const at::Tensor& x, co
   return kernels.linear ? kernels.linear(x, weight, bias) : at::linear(x, weight, bias);
 }
 
-at::Tensor GlmModel::AddRmsNorm(const LayerKernels& kernels, const at::Tensor& delta, at::Tensor& residual,
-                                const at::Tensor& weight) const {
-  if (kernels.add_rms_norm) return kernels.add_rms_norm(delta, residual, weight);
-  if (delta.defined()) residual = residual + delta;
+at::Tensor GlmModel::AddRmsNorm(const LayerKernels& kernels, const at::Tensor& delta, const at::Tensor& delta_weight,
+                                at::Tensor& residual, const at::Tensor& weight) const {
+  if (kernels.add_rms_norm) return kernels.add_rms_norm(delta, delta_weight, residual, weight);
+  if (delta.defined()) residual = residual + (delta_weight.defined() ? RmsNorm(delta, delta_weight) : delta);
   return RmsNorm(residual, weight);
 }
 
 at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels, bool fp32) const {
   at::Tensor rows = hidden_rows.contiguous();  // the fused kernel reads rows densely
-  at::Tensor logits = Linear(kernels, AddRmsNorm(kernels, at::Tensor(), rows, final_norm_), lm_head_, at::Tensor());
+  at::Tensor logits =
+      Linear(kernels, AddRmsNorm(kernels, at::Tensor(), at::Tensor(), rows, final_norm_), lm_head_, at::Tensor());
   return fp32 ? logits.to(at::kFloat) : logits;
 }
 

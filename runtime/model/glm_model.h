@@ -38,13 +38,35 @@ struct KvPool {
 // (qkv_bias without vision_config.attention_bias).
 struct VisionWeights {
   struct Block {
-    at::Tensor norm1, norm2, qkv_weight, qkv_bias, proj_weight, gate_weight, up_weight, down_weight;
+    // gate_up: the MLP's gate and up projections stacked [2 intermediate, hidden] (one GEMM).
+    at::Tensor norm1, norm2, qkv_weight, qkv_bias, proj_weight, gate_up_weight, down_weight;
   };
   at::Tensor patch_embed_weight, patch_embed_bias, post_conv_norm, position_embedding;
   std::vector<Block> blocks;
   at::Tensor post_norm, downsample_weight, downsample_bias;
   // The patch merger: proj, LayerNorm (weight and bias), then a SwiGLU MLP.
   at::Tensor merger_proj, merger_norm_weight, merger_norm_bias, merger_gate, merger_up, merger_down;
+};
+
+// Optional fused kernels for parts of a layer (the CUDA fast path passes its own down). Each one
+// left empty runs the same arithmetic as ATen ops.
+struct LayerKernels {
+  // residual += delta, or RMSNorm(delta) * delta_weight when delta_weight is defined (the
+  // sandwich norms of GLM-4-0414 / GLM-4.1V); delta may be undefined (norm only). Returns
+  // RMSNorm(residual) * weight.
+  std::function<at::Tensor(const at::Tensor& delta, const at::Tensor& delta_weight, at::Tensor& residual,
+                           const at::Tensor& weight)>
+      add_rms_norm;
+  // Rotates q and k inside qkv [T, q + 2 kv] in place and writes k and v to the caches' rows
+  // `slots`. Positions as RunLayers takes them; [3, T] only when rotary_kv_takes_3d.
+  std::function<void(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& slots, at::Tensor& k_cache,
+                     at::Tensor& v_cache)>
+      rotary_kv;
+  bool rotary_kv_takes_3d = false;
+  // gate_up [T, 2 I] -> up * silu(gate), [T, I].
+  std::function<at::Tensor(const at::Tensor& gate_up)> swiglu;
+  // at::linear(x, weight, bias); bias may be undefined.
+  std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
 };
 
 class GlmModel {
@@ -70,21 +92,8 @@ class GlmModel {
   // Attention of one layer over the paged cache: q [T, heads, head_dim] (rows may be strided:
   // a view into the qkv projection) -> [T, heads * head_dim].
   using AttendFn = std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache)>;
-  // Optional fused kernels for parts of a layer (the CUDA fast path passes its own down). Each one
-  // left empty runs the same arithmetic as ATen ops.
-  struct LayerKernels {
-    // residual += delta (delta may be undefined: norm only); returns RMSNorm(residual) * weight.
-    std::function<at::Tensor(const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight)> add_rms_norm;
-    // Rotates q and k inside qkv [T, q + 2 kv] in place and writes k and v to the caches' rows
-    // `slots`.
-    std::function<void(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& slots, at::Tensor& k_cache,
-                       at::Tensor& v_cache)>
-        rotary_kv;
-    // gate_up [T, 2 I] -> up * silu(gate), [T, I].
-    std::function<at::Tensor(const at::Tensor& gate_up)> swiglu;
-    // at::linear(x, weight, bias); bias may be undefined.
-    std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
-  };
+  // Fused kernels for parts of a layer (defined at namespace scope above).
+  using LayerKernels = ::glmserve::LayerKernels;
   // Rows of the input embeddings replaced by other vectors: a glm4v prompt's image features at
   // its image tokens. rows [R] int64 and values [R, hidden] on the model's device.
   struct EmbeddingOverride {
@@ -93,8 +102,8 @@ class GlmModel {
   };
   // The decoder layers on device tensors only (no host sync: CUDA-graph capturable): ids and KV
   // slots are [T] int64; positions are [T] int64, or [3, T] (temporal, height, width) for glm4v's
-  // 3-D rotary (mrope_section splits the frequencies among the three; rotated with ATen ops, so
-  // kernels.rotary_kv is not used then). Returns the hidden states [T, hidden] after the last layer
+  // 3-D rotary (mrope_section splits the frequencies among the three; rotated by kernels.rotary_kv
+  // when it takes 3-D positions, else with ATen ops). Returns the hidden states [T, hidden] after the last layer
   // (before the final norm).
   at::Tensor RunLayers(const at::Tensor& ids, const at::Tensor& positions, const at::Tensor& slots, KvPool& kv,
                        const AttendFn& attend, const LayerKernels& kernels = {},
@@ -130,9 +139,10 @@ class GlmModel {
   // x W^T + b through kernels.linear when given, else at::linear.
   at::Tensor Linear(const LayerKernels& kernels, const at::Tensor& x, const at::Tensor& weight,
                     const at::Tensor& bias) const;
-  // residual += delta (when defined); RMSNorm(residual) * weight, fused when kernels has it.
-  at::Tensor AddRmsNorm(const LayerKernels& kernels, const at::Tensor& delta, at::Tensor& residual,
-                        const at::Tensor& weight) const;
+  // residual += delta (when defined; first RMSNorm(delta) * delta_weight when that is defined);
+  // RMSNorm(residual) * weight, fused when kernels has it.
+  at::Tensor AddRmsNorm(const LayerKernels& kernels, const at::Tensor& delta, const at::Tensor& delta_weight,
+                        at::Tensor& residual, const at::Tensor& weight) const;
   at::Tensor ApplyRotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
 
   ModelConfig config_;

@@ -74,18 +74,20 @@ at::Tensor ModelForward::MultimodalForward(const std::vector<SequenceStep>& batc
   if (CudaDecodeRunner* runner = DecodeRunner()) {
     // Flash attention over the chunks and the fused kernels, eagerly; RunLayers rotates 3-D
     // positions itself.
-    const GlmModel::EmbeddingOverride images = ImageEmbeddings(batch, FirstRows(batch, true));
+    const GlmModel::EmbeddingOverride images =
+        ImageEmbeddings(batch, FirstRows(batch, true), CudaVisionKernels(*runner));
     at::Tensor logits = CudaMixedForward(*runner, batch, kv, &images);
     if (logits.defined()) return logits;
     kernels = CudaLayerKernels(*runner);
   }
 #endif
-  const GlmModel::EmbeddingOverride images = ImageEmbeddings(batch, FirstRows(batch, false));
+  const GlmModel::EmbeddingOverride images = ImageEmbeddings(batch, FirstRows(batch, false), VisionKernels());
   return model_.EagerForward(batch, kv, kernels, &images);
 }
 
 GlmModel::EmbeddingOverride ModelForward::ImageEmbeddings(const std::vector<SequenceStep>& batch,
-                                                          const std::vector<int64_t>& first_rows) {
+                                                          const std::vector<int64_t>& first_rows,
+                                                          const VisionKernels& kernels) {
   // The images each step's chunk reaches: [begin, end) of image k within the chunk's positions.
   struct Overlap {
     const SequenceStep* step;
@@ -116,7 +118,8 @@ GlmModel::EmbeddingOverride ModelForward::ImageEmbeddings(const std::vector<Sequ
     const ModelConfig& config = model_.config();
     TORCH_CHECK(model_.vision() != nullptr && config.vision.has_value(), "a prompt with images reached a model (",
                 ArchitectureName(config.architecture), ") without a vision tower");
-    at::Tensor features = EncodeImages(*model_.vision(), *config.vision, to_encode, model_.dtype(), model_.device());
+    at::Tensor features =
+        EncodeImages(*model_.vision(), *config.vision, to_encode, model_.dtype(), model_.device(), kernels);
     int64_t row = 0;
     for (size_t i = 0; i < to_encode.size(); ++i) {
       *encoded_slots[i] = features.narrow(0, row, to_encode[i]->num_tokens);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/model/glm_model.h"
+#include "runtime/model/vision_tower.h"
 #include "runtime/step_executor.h"
 
 namespace glmserve {
@@ -48,9 +49,10 @@ class ModelForward {
   // (all of the step's in one call), then the eager forward with their features placed.
   at::Tensor MultimodalForward(const std::vector<SequenceStep>& batch, KvPool& kv);
   // The features of the image tokens the batch feeds, as rows of the forward's input: batch
-  // entry i's tokens start at row first_rows[i].
+  // entry i's tokens start at row first_rows[i]. Images not yet encoded run through the vision
+  // tower with `kernels`.
   GlmModel::EmbeddingOverride ImageEmbeddings(const std::vector<SequenceStep>& batch,
-                                              const std::vector<int64_t>& first_rows);
+                                              const std::vector<int64_t>& first_rows, const VisionKernels& kernels);
 
   const GlmModel& model_;
   std::unique_ptr<CudaDecodeRunner, CudaDecodeRunnerDeleter> cuda_decode_;

@@ -36,7 +36,7 @@ void PatchCoordinates(const ImageInput& image, int32_t merge, std::vector<int64_
 }  // namespace
 
 at::Tensor EncodeImages(const VisionWeights& w, const VisionConfig& c, const std::vector<const ImageInput*>& images,
-                        at::ScalarType dtype, at::Device device) {
+                        at::ScalarType dtype, at::Device device, const VisionKernels& kernels) {
   const int64_t hidden = c.hidden_size, heads = c.num_heads, head_dim = c.head_dim();
   const int32_t merge = c.spatial_merge_size;
   const auto long_cpu = at::TensorOptions().dtype(at::kLong);
@@ -59,7 +59,13 @@ at::Tensor EncodeImages(const VisionWeights& w, const VisionConfig& c, const std
   // Patch embedding: a Conv3d whose stride equals its kernel is one linear map per patch.
   at::Tensor x =
       at::linear(at::cat(pixels, 0).to(device, dtype), w.patch_embed_weight.reshape({hidden, -1}), w.patch_embed_bias);
-  x = RmsNorm(x, w.post_conv_norm, c.rms_norm_eps);
+  // residual += delta (when defined), then its RMSNorm: fused when the kernels have it.
+  auto add_rms_norm = [&](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
+    if (kernels.add_rms_norm) return kernels.add_rms_norm(delta, residual, weight);
+    if (delta.defined()) residual = residual + delta;
+    return RmsNorm(residual, weight, c.rms_norm_eps);
+  };
+  x = add_rms_norm(at::Tensor(), x, w.post_conv_norm);
 
   at::Tensor row_ids = at::tensor(rows, long_cpu).to(device), col_ids = at::tensor(cols, long_cpu).to(device);
   // 2-D rotary: head_dim / 4 frequencies over head_dim / 2, the row's angles then the column's,
@@ -83,15 +89,27 @@ at::Tensor EncodeImages(const VisionWeights& w, const VisionConfig& c, const std
   x = x + sampled.squeeze(0).squeeze(-1).permute({1, 0}).to(dtype);
 
   const int64_t n = x.size(0);
+  const at::Tensor cos_2d = cos.squeeze(1), sin_2d = sin.squeeze(1);
+  const int64_t intermediate = w.blocks.empty() ? 0 : w.blocks[0].gate_up_weight.size(0) / 2;
+  at::Tensor pending;  // the last attention or MLP output, not yet added to x
   for (const VisionWeights::Block& block : w.blocks) {
-    at::Tensor h = RmsNorm(x, block.norm1, c.rms_norm_eps);
+    at::Tensor h = add_rms_norm(pending, x, block.norm1);
     at::Tensor qkv = at::linear(h, block.qkv_weight, block.qkv_bias).view({n, 3, heads, head_dim});
     // Rotary in fp32, as transformers' apply_rotary_pos_emb_vision.
-    auto rotate = [&](const at::Tensor& t) {
-      at::Tensor t32 = t.to(at::kFloat);
-      return (t32 * cos + RotateHalf(t32) * sin).to(dtype);
-    };
-    at::Tensor q = rotate(qkv.select(1, 0)), k = rotate(qkv.select(1, 1)), v = qkv.select(1, 2);
+    at::Tensor q, k;
+    if (kernels.rotate_qk) {
+      at::Tensor qk = kernels.rotate_qk(qkv, cos_2d, sin_2d);
+      q = qk.select(1, 0);
+      k = qk.select(1, 1);
+    } else {
+      auto rotate = [&](const at::Tensor& t) {
+        at::Tensor t32 = t.to(at::kFloat);
+        return (t32 * cos + RotateHalf(t32) * sin).to(dtype);
+      };
+      q = rotate(qkv.select(1, 0));
+      k = rotate(qkv.select(1, 1));
+    }
+    const at::Tensor v = qkv.select(1, 2);
     // Attention within each frame of each image only (non-causal), fused where ATen has a kernel.
     std::vector<at::Tensor> outputs;
     int64_t begin = 0;
@@ -102,11 +120,14 @@ at::Tensor EncodeImages(const VisionWeights& w, const VisionConfig& c, const std
       begin += len;
     }
     at::Tensor attn = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
-    x = x + at::linear(attn, block.proj_weight);
-    h = RmsNorm(x, block.norm2, c.rms_norm_eps);
-    x = x + at::linear(at::silu(at::linear(h, block.gate_weight)) * at::linear(h, block.up_weight), block.down_weight);
+    h = add_rms_norm(at::linear(attn, block.proj_weight), x, block.norm2);
+    const at::Tensor gate_up = at::linear(h, block.gate_up_weight);
+    const at::Tensor act =
+        kernels.swiglu ? kernels.swiglu(gate_up)
+                       : at::silu(gate_up.narrow(1, 0, intermediate)) * gate_up.narrow(1, intermediate, intermediate);
+    pending = at::linear(act, block.down_weight);
   }
-  x = RmsNorm(x, w.post_norm, c.rms_norm_eps);
+  x = add_rms_norm(pending, x, w.post_norm);
   // Downsample: a Conv2d over each merge x merge block (stride = kernel), i.e. one linear map of
   // the block's (channel, row, column) values.
   x = x.view({-1, merge, merge, hidden}).permute({0, 3, 1, 2}).reshape({-1, hidden * merge * merge});

@@ -57,11 +57,17 @@ TEST(Glm4vCli, TextOnlyGenerateMatchesTransformers) {
   }
 }
 
+// The text tolerance plus 1e-5 of the row's largest logit: the recorded logits come from one CPU,
+// and fp32 sums through the vision tower take another order under another CPU's BLAS kernels (a
+// 4.6-scale row moved by up to 2.2e-5 between two Xeon machines, ids equal). The live check
+// (glm4v_live_check.py) compares on the same machine.
 void ExpectLogitsNear(const json& got, const json& want, const std::string& name) {
   ASSERT_EQ(got.size(), want.size()) << name;
+  double scale = 0;
+  for (const json& w : want) scale = std::max(scale, std::abs(w.get<double>()));
   for (size_t i = 0; i < got.size(); ++i) {
     const double w = want[i].get<double>();
-    EXPECT_NEAR(got[i].get<double>(), w, 1e-5 + 1e-4 * std::abs(w)) << name << " [" << i << "]";
+    EXPECT_NEAR(got[i].get<double>(), w, 1e-5 + 1e-4 * std::abs(w) + 1e-5 * scale) << name << " [" << i << "]";
   }
 }
 

@@ -26,10 +26,12 @@ GlmModel::LayerKernels ReferenceKernels(const GlmModel& model) {
   const ModelConfig& c = model.config();
   GlmModel::LayerKernels k;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  k.add_rms_norm = [eps](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
+  k.add_rms_norm = [eps](const at::Tensor& delta, const at::Tensor& delta_weight, at::Tensor& residual,
+                         const at::Tensor& weight) {
     at::Tensor x = delta.defined() ? delta.contiguous() : at::zeros_like(residual);
     at::Tensor out = at::empty_like(residual);
-    kernels::FusedAddRmsNormReference(F(x), F(residual), F(weight), F(out), residual.size(0), residual.size(1), eps);
+    kernels::FusedNormAddRmsNormReference(F(x), delta_weight.defined() ? F(delta_weight) : nullptr, F(residual),
+                                          F(weight), F(out), residual.size(0), residual.size(1), eps);
     return out;
   };
   kernels::RotaryKvShape shape;
