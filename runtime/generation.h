@@ -37,14 +37,26 @@ struct GenerationParams {
 
 // One preprocessed image of a prompt, as the vision encoder takes it (runtime/vision's
 // Glm4vImageProcessor makes it from PNG/JPEG bytes).
+// Floats of `codes` ([rows, patch_dim] row-major, channel-major inside a row): table[channel * 256
+// + code], the channel being column / (patch_dim / 3).
+std::vector<float> ExpandPixelCodes(const std::vector<uint8_t>& codes, const std::vector<float>& table,
+                                    int64_t patch_dim);
+
 struct ImageInput {
-  // Patch grid: pixel_values has grid_t * grid_h * grid_w rows of patch_dim floats, in
-  // transformers' order (merge_size x merge_size blocks of patches, block-major).
+  // Patch grid: pixel_codes has grid_t * grid_h * grid_w rows of patch_dim values, in
+  // transformers' order (merge_size x merge_size blocks of patches, block-major; inside a row
+  // (channel, frame, y, x)).
   int32_t grid_t = 1;
   int32_t grid_h = 0;
   int32_t grid_w = 0;
   int32_t patch_dim = 0;
-  std::vector<float> pixel_values;
+  // The resized image's uint8 values in pixel_values' layout; value_table[channel * 256 + code]
+  // is the float the vision tower takes (rescaled and normalized as the processor rounds it). A
+  // quarter of the floats' bytes to copy to the device, which looks the floats up itself.
+  std::vector<uint8_t> pixel_codes;
+  std::vector<float> value_table;  // 3 * 256
+  // transformers' pixel_values for this image, [num_patches, patch_dim] row-major.
+  std::vector<float> PixelValues() const { return ExpandPixelCodes(pixel_codes, value_table, patch_dim); }
   // Image tokens this image takes in the prompt: patches / spatial_merge_size^2.
   int32_t num_tokens = 0;
   // The size the image was resized to (usage reports and request logs say what the model saw).

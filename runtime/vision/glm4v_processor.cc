@@ -472,21 +472,23 @@ absl::StatusOr<ProcessedImage> Glm4vImageProcessor::Process(const RgbImage& imag
   out.grid = g;
   out.num_image_tokens = g.num_patches() / (static_cast<int64_t>(m) * m);
   out.patch_dim = 3LL * t_len * p * p;
-  out.pixel_values.resize(static_cast<size_t>(g.num_patches() * out.patch_dim));
+  out.value_table.resize(3 * 256);
+  for (int c = 0; c < 3; ++c) std::copy(value_[c].begin(), value_[c].end(), out.value_table.begin() + c * 256);
+  out.pixel_codes.resize(static_cast<size_t>(g.num_patches() * out.patch_dim));
   const int blocks_h = g.grid_h / m, blocks_w = g.grid_w / m;
-  const int64_t block_row_floats = int64_t{blocks_w} * m * m * out.patch_dim;  // one row of merge blocks
+  const int64_t block_row_values = int64_t{blocks_w} * m * m * out.patch_dim;  // one row of merge blocks
   ForRanges(blocks_h, options_.threads, 4, [&](int bh_begin, int bh_end) {     // rows of merge blocks
     for (int bh = bh_begin; bh < bh_end; ++bh) {
-      float* row = out.pixel_values.data() + static_cast<size_t>(bh) * block_row_floats;
+      uint8_t* row = out.pixel_codes.data() + static_cast<size_t>(bh) * block_row_values;
       for (int bw = 0; bw < blocks_w; ++bw) {
         for (int mh = 0; mh < m; ++mh) {
           for (int mw = 0; mw < m; ++mw, row += out.patch_dim) {
             const int y0 = (bh * m + mh) * p, x0 = (bw * m + mw) * p;
             for (int c = 0; c < 3; ++c) {
-              float* dst = row + static_cast<size_t>(c) * t_len * p * p;
+              uint8_t* dst = row + static_cast<size_t>(c) * t_len * p * p;
               for (int py = 0; py < p; ++py) {
                 const uint8_t* in = &src->pixels[(static_cast<size_t>(y0 + py) * src->width + x0) * 3 + c];
-                for (int px = 0; px < p; ++px) dst[py * p + px] = value_[c][in[px * 3]];
+                for (int px = 0; px < p; ++px) dst[py * p + px] = in[px * 3];
               }
               // The still image repeated over the temporal patch, as transformers' expand does.
               for (int t = 1; t < t_len; ++t) std::copy(dst, dst + p * p, dst + static_cast<size_t>(t) * p * p);

@@ -13,7 +13,8 @@ ImageInput ToImageInput(ProcessedImage processed) {
   image.grid_h = processed.grid.grid_h;
   image.grid_w = processed.grid.grid_w;
   image.patch_dim = static_cast<int32_t>(processed.patch_dim);
-  image.pixel_values = std::move(processed.pixel_values);
+  image.pixel_codes = std::move(processed.pixel_codes);
+  image.value_table = std::move(processed.value_table);
   image.num_tokens = static_cast<int32_t>(processed.num_image_tokens);
   image.resized_height = processed.grid.resized_height;
   image.resized_width = processed.grid.resized_width;

@@ -300,14 +300,14 @@ TEST_F(MediaTest, InputIdsImagesExpandAsTransformers) {
     }
     // The pixels as transformers saw them (the RGBA image's alpha dropped, as load_image does):
     // the first values (printed to 6 decimals) and the sum over every image.
-    const std::vector<float>& first = out.multimodal->images[0].pixel_values;
+    const std::vector<float> first = out.multimodal->images[0].PixelValues();
     const std::vector<double> want_first = c["pixel_values_first"].get<std::vector<double>>();
     for (size_t k = 0; k < want_first.size(); ++k) {
       EXPECT_NEAR(first[k], want_first[k], 1e-5) << c["name"] << " pixel " << k;
     }
     double sum = 0;
     for (const ImageInput& image : out.multimodal->images) {
-      for (float v : image.pixel_values) sum += v;
+      for (float v : image.PixelValues()) sum += v;
     }
     EXPECT_NEAR(sum, c["pixel_values_sum"].get<double>(), 1e-3 * std::max(1.0, std::abs(sum))) << c["name"];
     const std::vector<ImageUsage> usage = ImageUsages(out.multimodal.get());
