@@ -188,6 +188,9 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
 }
 
 void ServerMetrics::StartPolling(std::function<EngineStats()> stats, std::chrono::milliseconds interval) {
+  // Once here, so the gauges hold the engine's values from the first scrape on (the poller's first
+  // pass can come after the server says it is serving: a loaded machine showed batch_limit 0).
+  SetEngineStats(stats());
   poller_ = std::thread([this, stats = std::move(stats), interval] {
     while (!stop_) {
       SetEngineStats(stats());
