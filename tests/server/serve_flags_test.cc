@@ -1,0 +1,52 @@
+// `glmserve serve`'s flag resolution: defaults that depend on --device, and explicit values
+// keeping their word.
+#include "server/commands/serve_flags.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace glmserve {
+namespace {
+
+absl::StatusOr<ServeFlags> Parse(std::vector<std::string> args) {
+  args.insert(args.begin(), {"serve", "--model", "/nonexistent-model-dir"});
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  return ParseServeFlags(static_cast<int>(argv.size()), argv.data());
+}
+
+TEST(ServeFlags, StepBudgetsDefaultByDevice) {
+  absl::StatusOr<ServeFlags> cpu = Parse({"--device", "cpu"});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EXPECT_EQ(cpu->engine.scheduler.max_tokens_per_step, 2048);
+  EXPECT_EQ(cpu->engine.scheduler.max_prefill_tokens_with_decodes, 0);
+
+  // Parsed without a GPU present: nothing is loaded before the flags are resolved.
+  absl::StatusOr<ServeFlags> gpu = Parse({"--device", "cuda"});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  EXPECT_EQ(gpu->engine.scheduler.max_tokens_per_step, 8192);
+  EXPECT_EQ(gpu->engine.scheduler.max_prefill_tokens_with_decodes, 256);
+}
+
+TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
+  for (const char* device : {"cpu", "cuda"}) {
+    absl::StatusOr<ServeFlags> f =
+        Parse({"--device", device, "--max-batch-tokens", "3000", "--max-prefill-tokens-with-decodes", "64"});
+    ASSERT_TRUE(f.ok()) << device << ": " << f.status();
+    EXPECT_EQ(f->engine.scheduler.max_tokens_per_step, 3000) << device;
+    EXPECT_EQ(f->engine.scheduler.max_prefill_tokens_with_decodes, 64) << device;
+  }
+}
+
+TEST(ServeFlags, StepBudgetBelowTheBatchIsRefusedNamingBothFlags) {
+  absl::StatusOr<ServeFlags> f = Parse({"--device", "cuda", "--max-batch", "512", "--max-batch-tokens", "256"});
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(f.status().message().find("--max-batch-tokens: 256"), std::string::npos) << f.status();
+  EXPECT_NE(f.status().message().find("--max-batch 512"), std::string::npos) << f.status();
+}
+
+}  // namespace
+}  // namespace glmserve
