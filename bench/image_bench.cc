@@ -68,8 +68,7 @@ int main(int argc, char** argv) {
               image->height);
   std::printf("| stage | threads | ms (median of %d) |\n|---|---:|---:|\n", repeat);
   std::string unescaped;
-  std::printf("| base64 decode | 1 | %.2f |\n",
-              MedianMs(repeat, [&] { absl::Base64Unescape(base64, &unescaped); }));
+  std::printf("| base64 decode | 1 | %.2f |\n", MedianMs(repeat, [&] { absl::Base64Unescape(base64, &unescaped); }));
   std::printf("| decode | 1 | %.2f |\n", MedianMs(repeat, [&] { (void)decoder->Decode(bytes); }));
   for (int t : {1, threads}) {
     glmserve::vision::Glm4vProcessorOptions options;
@@ -80,8 +79,8 @@ int main(int argc, char** argv) {
     auto grid = processor->Grid(image->height, image->width);
     if (!grid.ok()) return 1;
     const double resize_ms = MedianMs(repeat, [&] {
-      (void)glmserve::vision::ResizeBicubicAntialias(*image, grid->resized_height, grid->resized_width,
-                                                     options.backend, t);
+      (void)glmserve::vision::ResizeBicubicAntialias(*image, grid->resized_height, grid->resized_width, options.backend,
+                                                     t);
     });
     const double process_ms = MedianMs(repeat, [&] { (void)processor->Process(*image); });
     std::printf("| resize to %dx%d | %d | %.2f |\n| resize + pixel codes (Process) | %d | %.2f |\n",

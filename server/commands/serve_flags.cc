@@ -26,7 +26,7 @@ constexpr int64_t kMsMax = int64_t{1} << 40;  // "forever" for the millisecond f
 struct Staging {
   int64_t kv_cpu_mb = 0;
   int64_t queue_delay_us = 0;
-  int64_t prefill_cap = -1;  // unset: chosen by --device in Resolve
+  int64_t prefill_cap = -1;      // unset: chosen by --device in Resolve
   int64_t tokens_per_step = -1;  // likewise
   int64_t step_latency_ms = 0;
   int64_t stall_ms = 0;
@@ -113,8 +113,8 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "accepted requests not yet running; beyond: RESOURCE_EXHAUSTED");
   set.Int("max-batch-tokens", &s.tokens_per_step, 1, kIntMax,
           "tokens per step (chunked prefill; a prompt's images charge their tokens too)")
-      .DefaultText(absl::StrCat(kGpuTokensPerStep, " on a GPU, ", SchedulerOptions().max_tokens_per_step,
-                                " on the CPU"));
+      .DefaultText(
+          absl::StrCat(kGpuTokensPerStep, " on a GPU, ", SchedulerOptions().max_tokens_per_step, " on the CPU"));
   set.Int("max-prefill-tokens-with-decodes", &s.prefill_cap, 0, kIntMax,
           "prefill tokens in a step that also decodes (flat ITL while prompts arrive)")
       .DefaultText(absl::StrCat(kGpuPrefillTokensWithDecodes, " on a GPU, 0 (no cap) on the CPU"));
