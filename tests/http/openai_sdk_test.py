@@ -230,6 +230,8 @@ def main():
               f"min_tokens > max_tokens: the JSON names: {err and err['message']!r}")
         expect_error(server, P, {"model": "m", "prompt": [1], "ignore_eos": "yes"}, 400, "ignore_eos",
                      what="wrong type ignore_eos")
+        expect_error(server, C, chat_body(stream=True, return_token_ids=1), 400, "return_token_ids",
+                     what="wrong type return_token_ids")
         expect_error(server, C, chat_body(stream_options={"include_usage": True}), 400, "stream_options",
                      what="stream_options without stream")
         _, _, err = expect_error(server, C, chat_body(messages=[{"role": "user", "content": [
