@@ -81,6 +81,20 @@ void Check(bool launched, const char* what) {
   if (!launched) throw std::runtime_error(std::string(what) + " kernel launch failed");
 }
 
+// residual += delta (RMSNorm(delta) * delta_weight when that is defined; delta may be
+// undefined); returns RMSNorm(residual) * weight: the text layers' and the vision blocks' norm.
+at::Tensor LaunchAddRmsNorm(kernels::ElementType type, float eps, const at::Tensor& delta,
+                            const at::Tensor& delta_weight, at::Tensor& residual, const at::Tensor& weight,
+                            const char* what) {
+  at::Tensor out = at::empty_like(residual);
+  Check(kernels::FusedNormAddRmsNormCudaTyped(delta.defined() ? delta.data_ptr() : nullptr,
+                                              delta_weight.defined() ? delta_weight.data_ptr() : nullptr,
+                                              residual.data_ptr(), weight.data_ptr(), out.data_ptr(), residual.size(0),
+                                              residual.size(1), eps, static_cast<int>(type), CurrentStream()),
+        what);
+  return out;
+}
+
 }  // namespace
 
 class CudaDecodeRunner {
@@ -568,13 +582,8 @@ class CudaDecodeRunner {
     if (Enabled("norm")) {
       const float eps = static_cast<float>(c.vision->rms_norm_eps);
       v.add_rms_norm = [type, eps](const at::Tensor& delta, at::Tensor& residual, const at::Tensor& weight) {
-        at::Tensor out = at::empty_like(residual);
         Check(residual.is_contiguous() && (!delta.defined() || delta.is_contiguous()), "vision add+RMSNorm (layout)");
-        Check(kernels::FusedAddRmsNormCudaTyped(delta.defined() ? delta.data_ptr() : nullptr, residual.data_ptr(),
-                                                weight.data_ptr(), out.data_ptr(), residual.size(0), residual.size(1),
-                                                eps, static_cast<int>(type), CurrentStream()),
-              "vision add+RMSNorm");
-        return out;
+        return LaunchAddRmsNorm(type, eps, delta, at::Tensor(), residual, weight, "vision add+RMSNorm");
       };
     }
     if (Enabled("rotary")) {
@@ -604,13 +613,7 @@ class CudaDecodeRunner {
       const float eps = static_cast<float>(c.rms_norm_eps);
       k.add_rms_norm = [type, eps](const at::Tensor& delta, const at::Tensor& delta_weight, at::Tensor& residual,
                                    const at::Tensor& weight) {
-        at::Tensor out = at::empty_like(residual);
-        Check(kernels::FusedNormAddRmsNormCudaTyped(
-                  delta.defined() ? delta.data_ptr() : nullptr,
-                  delta_weight.defined() ? delta_weight.data_ptr() : nullptr, residual.data_ptr(), weight.data_ptr(),
-                  out.data_ptr(), residual.size(0), residual.size(1), eps, static_cast<int>(type), CurrentStream()),
-              "fused add+RMSNorm");
-        return out;
+        return LaunchAddRmsNorm(type, eps, delta, delta_weight, residual, weight, "fused add+RMSNorm");
       };
     }
     if (Enabled("rotary")) {
