@@ -13,7 +13,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +21,7 @@
 #include "server/frontend/grpc_validation.h"
 #include "server/frontend/http_api.h"
 #include "server/request/request_validation.h"
+#include "tests/testutil/read_file.h"
 #include "tests/testutil/scratch_dir_test.h"
 
 namespace glmserve {
@@ -30,14 +30,7 @@ namespace {
 const std::string kFixture = GLMSERVE_GLM4V_FIXTURE_DIR;  // tests/fixtures/glm4v
 const std::string kModelDir = kFixture + "/tiny-safetensors-sharded";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-nlohmann::json Expected() { return nlohmann::json::parse(ReadFile(kFixture + "/expected.json")); }
+nlohmann::json Expected() { return nlohmann::json::parse(testing::ReadWholeFile(kFixture + "/expected.json")); }
 
 // A real PNG (8-bit RGB, one gray level), written here so any size can be made.
 std::string Png(uint32_t width, uint32_t height) {
@@ -277,7 +270,7 @@ TEST_F(MediaTest, InputIdsImagesExpandAsTransformers) {
     r.input_ids = c["input_ids"].get<std::vector<int32_t>>();
     for (size_t i = 0; i < c["images"].size(); ++i) {
       ImageData image;
-      image.bytes = ReadFile(kFixture + "/" + c["images"][i].get<std::string>());
+      image.bytes = testing::ReadWholeFile(kFixture + "/" + c["images"][i].get<std::string>());
       image.field = absl::StrCat("images[", i, "].data");
       r.images.push_back(image);
     }
@@ -340,7 +333,7 @@ TEST_F(MediaTest, PhoneShapeAndOnePixel) {
 // 6,272 = 2*56*56: 2*140*56 = 15,680 is above, beta = sqrt(2*134*60/6272) = 1.601,
 // floor(134/1.601/28)*28 = 56, floor(60/1.601/28)*28 = 28: 56x28, grid 4x2, 2 tokens.
 TEST_F(MediaTest, RequestMaxPixelsLowersAndIsBoundedByTheServer) {
-  GenerateRequest r = IdsWithImages({ReadFile(kFixture + "/images/phone.png")});
+  GenerateRequest r = IdsWithImages({testing::ReadWholeFile(kFixture + "/images/phone.png")});
   InferenceRequest out;
   ASSERT_FALSE(Validate(r, Dialect::kProto, &out));
   EXPECT_EQ(out.multimodal->images[0].resized_height, 140);

@@ -6,14 +6,13 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "nlohmann/json.hpp"
 #include "runtime/tokenizer/chat_template.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "tests/testutil/read_file.h"
 #include "tests/testutil/scratch_dir_test.h"
 
 namespace glmserve::tokenizer {
@@ -26,14 +25,7 @@ const std::string kGlm4v = std::string(GLMSERVE_FIXTURES_DIR) + "/glm4v";
 const std::string kModel = kGlm4v + "/tiny-safetensors-sharded";
 const std::string kTokenizerFixtures = std::string(GLMSERVE_FIXTURES_DIR) + "/tokenizer";
 
-std::string ReadText(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-json ReadJson(const std::string& path) { return json::parse(ReadText(path)); }
+json ReadJson(const std::string& path) { return json::parse(testing::ReadWholeFile(path)); }
 
 // An OpenAI chat message (string content, or text / image_url parts) as the server builds it.
 Message ToMessage(const json& m) {
@@ -220,7 +212,7 @@ class Glm4vTemplateDirTest : public glmserve::testing::ScratchDirTest {
   void SetUp() override {
     ScratchDirTest::SetUp();
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::copy_file(fs::path(kModel) / f, dir_ / f);
-    template_ = ReadText(kModel + "/chat_template.jinja");
+    template_ = testing::ReadWholeFile(kModel + "/chat_template.jinja");
     ASSERT_NE(template_.find("<|begin_of_image|>"), std::string::npos);
   }
   void WriteGlm4vConfig() { Write("config.json", R"({"model_type": "glm4v"})"); }

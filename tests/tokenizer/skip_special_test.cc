@@ -7,8 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,6 +14,7 @@
 #include "runtime/tokenizer/stream_decoder.h"
 #include "runtime/tokenizer/text_output.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "tests/testutil/read_file.h"
 #include "tests/testutil/scratch_dir_test.h"
 
 namespace glmserve::tokenizer {
@@ -26,15 +25,9 @@ using json = nlohmann::json;
 const std::string kFixtures = std::string(GLMSERVE_FIXTURES_DIR);
 const std::string kGlm4vModel = kFixtures + "/glm4v/tiny-safetensors-sharded";
 
-std::string ReadText(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 const json& Expected() {
-  static const json* j = new json(json::parse(ReadText(kFixtures + "/tokenizer/skip_special_expected.json")));
+  static const json* j =
+      new json(json::parse(testing::ReadWholeFile(kFixtures + "/tokenizer/skip_special_expected.json")));
   return *j;
 }
 
@@ -183,7 +176,7 @@ class ConfigVariantTest : public glmserve::testing::ScratchDirTest {};
 TEST_F(ConfigVariantTest, SkippedIdsEqualTransformers) {
   const json& variants = Expected()["config_variants"];
   ASSERT_GE(variants.size(), 10u);
-  const std::string tokenizer_json = ReadText(kGlm4vModel + "/tokenizer.json");
+  const std::string tokenizer_json = testing::ReadWholeFile(kGlm4vModel + "/tokenizer.json");
   for (auto it = variants.begin(); it != variants.end(); ++it) {
     Write("tokenizer.json", tokenizer_json);
     Write("tokenizer_config.json", it.value()["tokenizer_config"].dump());
@@ -195,7 +188,7 @@ TEST_F(ConfigVariantTest, SkippedIdsEqualTransformers) {
 }
 
 TEST_F(ConfigVariantTest, MalformedSpecialFlagsAreRefusedNamingTheField) {
-  json tj = json::parse(ReadText(kGlm4vModel + "/tokenizer.json"));
+  json tj = json::parse(testing::ReadWholeFile(kGlm4vModel + "/tokenizer.json"));
   tj["added_tokens"][8]["special"] = "no";
   Write("tokenizer.json", tj.dump());
   auto t = Tokenizer::FromDirectory(dir_.string());
@@ -203,7 +196,7 @@ TEST_F(ConfigVariantTest, MalformedSpecialFlagsAreRefusedNamingTheField) {
   EXPECT_NE(t.status().message().find("added_tokens[8].special: expected true or false"), std::string::npos)
       << t.status();
 
-  Write("tokenizer.json", ReadText(kGlm4vModel + "/tokenizer.json"));
+  Write("tokenizer.json", testing::ReadWholeFile(kGlm4vModel + "/tokenizer.json"));
   const std::vector<std::pair<std::string, std::string>> bad = {
       {R"({"added_tokens_decoder": [1]})", "added_tokens_decoder: expected an object"},
       {R"({"added_tokens_decoder": {"x": {"content": "<a>"}}})",

@@ -4,15 +4,14 @@
 #include <zlib.h>
 
 #include <cstdint>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "runtime/vision/glm4v_processor.h"
 #include "runtime/vision/image_decode.h"
+#include "tests/testutil/read_file.h"
 
 namespace glmserve::vision {
 namespace {
@@ -21,16 +20,8 @@ using Json = nlohmann::json;
 
 const std::string kDir = std::string(GLMSERVE_FIXTURES_DIR) + "/vision/";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in) << path;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 const Json& Expected() {
-  static const Json* j = new Json(Json::parse(ReadFile(kDir + "expected.json")));
+  static const Json* j = new Json(Json::parse(testing::ReadWholeFile(kDir + "expected.json")));
   return *j;
 }
 
@@ -73,7 +64,7 @@ TEST(VisionDecode, EveryFixtureImageDecodesAsPil) {
   int n = 0;
   for (const auto& [name, want] : Expected()["decoded"].items()) {
     SCOPED_TRACE(name);
-    RgbImage img = DecodeOk(ReadFile(kDir + "images/" + name));
+    RgbImage img = DecodeOk(testing::ReadWholeFile(kDir + "images/" + name));
     EXPECT_EQ(img.width, want["width"].get<int>());
     EXPECT_EQ(img.height, want["height"].get<int>());
     // Bit-exact: the FNV-1a hash of PIL's RGB bytes (mode in the fixture: RGB, L, P, RGBA, LA, I;16, CMYK).
@@ -85,13 +76,13 @@ TEST(VisionDecode, EveryFixtureImageDecodesAsPil) {
 
 TEST(VisionDecode, ExifOrientationIsNotApplied) {
   // exif6 carries orientation 6 (rotate to display); PIL's Image.open and the processor ignore it.
-  RgbImage img = DecodeOk(ReadFile(kDir + "images/exif6_56x30.jpg"));
+  RgbImage img = DecodeOk(testing::ReadWholeFile(kDir + "images/exif6_56x30.jpg"));
   EXPECT_EQ(img.width, 56);
   EXPECT_EQ(img.height, 30);
 }
 
 TEST(VisionDecode, AlphaDropKeepsColorChannels) {
-  const std::string bytes = ReadFile(kDir + "images/rgba_60x60.png");
+  const std::string bytes = testing::ReadWholeFile(kDir + "images/rgba_60x60.png");
   absl::StatusOr<ImageDecoder> drop = ImageDecoder::Create({.alpha = AlphaMode::kDrop});
   ASSERT_TRUE(drop.ok());
   absl::StatusOr<RgbImage> a = drop->Decode(bytes);
@@ -116,7 +107,7 @@ TEST(VisionProcess, PixelValuesEqualTransformers) {
     ASSERT_TRUE(proc.ok()) << proc.status();
     ProcessOverrides ov;
     if (!c["max_pixels"].is_null()) ov.max_pixels = c["max_pixels"].get<int64_t>();
-    RgbImage img = DecodeOk(ReadFile(kDir + "images/" + c["image"].get<std::string>()));
+    RgbImage img = DecodeOk(testing::ReadWholeFile(kDir + "images/" + c["image"].get<std::string>()));
     absl::StatusOr<ProcessedImage> out = proc->Process(img, ov);
     ASSERT_TRUE(out.ok()) << out.status();
 
@@ -130,7 +121,7 @@ TEST(VisionProcess, PixelValuesEqualTransformers) {
     EXPECT_EQ(out->num_image_tokens, shape[0] / 4);
 
     const size_t n = static_cast<size_t>(shape[0] * shape[1]);
-    std::vector<uint8_t> codes = Inflate(ReadFile(kDir + c["codes"].get<std::string>()), n);
+    std::vector<uint8_t> codes = Inflate(testing::ReadWholeFile(kDir + c["codes"].get<std::string>()), n);
     const Json& table = e["tables"][backend];
     const int64_t per_channel = shape[1] / 3;
     // Tolerance 0: every element bit-equal to transformers' float32. The count of resized-uint8
@@ -345,14 +336,14 @@ TEST(VisionHostile, EmptyAndNonImageBytes) {
 
 TEST(VisionHostile, TruncatedPngAndJpeg) {
   for (const char* name : {"rgb_64x48.png", "interlaced_rgb_52x31.png", "photo_120x80.jpg", "progressive_70x50.jpg"}) {
-    const std::string bytes = ReadFile(kDir + "images/" + name);
+    const std::string bytes = testing::ReadWholeFile(kDir + "images/" + name);
     for (size_t cut : {size_t{4}, size_t{9}, size_t{30}, bytes.size() / 3, bytes.size() / 2, bytes.size() - 40}) {
       SCOPED_TRACE(std::string(name) + " cut at " + std::to_string(cut));
       absl::Status s = DecodeStatus(bytes.substr(0, cut));
       EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     }
   }
-  absl::Status s = DecodeStatus(ReadFile(kDir + "images/rgb_64x48.png").substr(0, 300));
+  absl::Status s = DecodeStatus(testing::ReadWholeFile(kDir + "images/rgb_64x48.png").substr(0, 300));
   EXPECT_NE(s.message().find("PNG"), std::string::npos) << s;
 }
 
@@ -360,7 +351,7 @@ TEST(VisionHostile, CorruptedBytesNeverCrash) {
   std::mt19937 rng(11);
   for (const char* name :
        {"rgb_64x48.png", "palette_trns_40x56.png", "photo_120x80.jpg", "cmyk_40x32.jpg", "progressive_70x50.jpg"}) {
-    const std::string bytes = ReadFile(kDir + "images/" + name);
+    const std::string bytes = testing::ReadWholeFile(kDir + "images/" + name);
     for (int trial = 0; trial < 100; ++trial) {
       std::string b = bytes;
       for (int k = 0; k < 1 + trial % 8; ++k) b[rng() % b.size()] = static_cast<char>(rng());
@@ -390,7 +381,7 @@ TEST(VisionHostile, DecompressionBombRefusedFromHeader) {
   EXPECT_NE(s.message().find("limit of 1000000"), std::string::npos) << s;
 
   // A real JPEG whose SOF0 claims 40000x40000.
-  std::string jpg = ReadFile(kDir + "images/photo_120x80.jpg");
+  std::string jpg = testing::ReadWholeFile(kDir + "images/photo_120x80.jpg");
   size_t sof = jpg.find("\xff\xc0");
   ASSERT_NE(sof, std::string::npos);
   jpg[sof + 5] = static_cast<char>(40000 >> 8);
@@ -405,7 +396,7 @@ TEST(VisionHostile, DecompressionBombRefusedFromHeader) {
 TEST(VisionHostile, ZeroSizeHeaders) {
   absl::Status s = DecodeStatus(PngHeaderOnly(0, 10));
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  std::string jpg = ReadFile(kDir + "images/photo_120x80.jpg");
+  std::string jpg = testing::ReadWholeFile(kDir + "images/photo_120x80.jpg");
   size_t sof = jpg.find("\xff\xc0");
   ASSERT_NE(sof, std::string::npos);
   jpg[sof + 5] = 0;
@@ -414,7 +405,7 @@ TEST(VisionHostile, ZeroSizeHeaders) {
 }
 
 TEST(VisionHostile, TooManyProgressiveScans) {
-  const std::string jpg = ReadFile(kDir + "images/progressive_70x50.jpg");
+  const std::string jpg = testing::ReadWholeFile(kDir + "images/progressive_70x50.jpg");
   absl::Status s = DecodeStatus(jpg, {.max_jpeg_scans = 2});
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("progressive scans"), std::string::npos) << s;
