@@ -62,6 +62,10 @@ struct ImageInput {
   // The size the image was resized to (usage reports and request logs say what the model saw).
   int32_t resized_height = 0;
   int32_t resized_width = 0;
+  // Host time the front end spent on this image before the engine saw it (request logs: where a
+  // request's time went before its first step).
+  double decode_ms = 0;      // PNG / JPEG decode
+  double preprocess_ms = 0;  // resize, patch order, pixel codes
   int64_t num_patches() const { return int64_t{grid_t} * grid_h * grid_w; }
 };
 

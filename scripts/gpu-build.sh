@@ -106,6 +106,8 @@ if [ "${GLMSERVE_GPU_CONFIGURE_ONLY:-0}" = 1 ]; then echo "configured .gpu/build
 targets="runtime_test engine_test engine_model_test kernels_test glmserve decode_bench gemm_bench glmload"
 # The gRPC health probe (deploy/docker/health_probe.cc) is defined with the deploy tests (Python).
 grep -q "glmserve_health_probe" .gpu/build/build.ninja && targets="$targets glmserve_health_probe"
+# The host side of an image request (decode, resize) on this machine's CPUs (with libpng/libjpeg).
+grep -q "build bench/image_bench:" .gpu/build/build.ninja && targets="$targets image_bench"
 # shellcheck disable=SC2086  # one word per target
 cmake --build .gpu/build -j 16 --target $targets \
   >"$out/build.log" 2>&1 || { grep -E "error|FAILED" "$out/build.log" | head -40; exit 1; }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -322,6 +323,7 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
 
   // Admits, validates and submits; on refusal the call is finished at once.
   void Begin(const v1::InferRequest& proto_request) {
+    const auto received = std::chrono::steady_clock::now();
     RequestSessions& sessions = service_->sessions();
     request_id_ = proto_request.request_id();
     std::optional<Refusal> bad_id = CheckRequestId(request_id_, service_->options().limits, Dialect::kProto);
@@ -351,6 +353,7 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
     info.request_id = request_id_;
     info.rpc = rpc_;
     info.streaming = streaming();
+    info.received = received;
     InferenceRequest request;
     if (auto invalid = sessions.Validate(typed, Dialect::kProto, admission, info, &request)) return Refuse(*invalid);
     if (ctx_->IsCancelled()) {

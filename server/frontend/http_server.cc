@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -733,6 +734,7 @@ class Handler {
   explicit Handler(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
   void Api(ApiKind kind, const httplib::Request& req, const std::string& body, httplib::Response& res) {
+    const auto received = std::chrono::steady_clock::now();
     const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
     const std::string request_id = RequestIdOf(*state_, req);
     res.set_header("x-request-id", request_id);
@@ -789,6 +791,7 @@ class Handler {
     info.rpc = route;
     info.streaming = api.stream;
     info.accepted_fields = {{"stream", api.stream}};
+    info.received = received;
     InferenceRequest request;
     if (auto e = sessions.Validate(api.request, DialectOf(kind), admission, info, &request)) return refuse(*e);
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <thread>
@@ -282,15 +283,20 @@ std::optional<Refusal> PrepareImages(const GenerateRequest& request, const Media
       const ImageSupport* support;
       ~Release() { support->ReleaseDecode(); }
     } release{support};
+    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<vision::RgbImage> rgb = support->decoder().Decode(bytes);
     if (!rgb.ok()) return InvalidField(image.field, std::string(rgb.status().message()));
     bytes = std::string();
+    const auto decoded = std::chrono::steady_clock::now();
     absl::StatusOr<vision::ProcessedImage> processed = support->processor().Process(*rgb, overrides);
     if (!processed.ok()) {
       return InvalidField(image.field, absl::StrCat("image ", rgb->width, "x", rgb->height,
                                                     " (width x height): ", processed.status().message()));
     }
     out->push_back(vision::ToImageInput(*std::move(processed)));
+    out->back().decode_ms = std::chrono::duration<double, std::milli>(decoded - start).count();
+    out->back().preprocess_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decoded).count();
   }
   return std::nullopt;
 }
@@ -316,7 +322,7 @@ std::vector<ImageUsage> ImageUsages(const MultimodalPrompt* multimodal) {
   std::vector<ImageUsage> out;
   if (multimodal == nullptr) return out;
   for (const ImageInput& image : multimodal->images) {
-    out.push_back({image.resized_height, image.resized_width, image.num_tokens});
+    out.push_back({image.resized_height, image.resized_width, image.num_tokens, image.decode_ms, image.preprocess_ms});
   }
   return out;
 }

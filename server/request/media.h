@@ -120,6 +120,8 @@ struct ImageUsage {
   int32_t height = 0;
   int32_t width = 0;
   int32_t tokens = 0;
+  double decode_ms = 0;  // ImageInput's host times
+  double preprocess_ms = 0;
 };
 std::vector<ImageUsage> ImageUsages(const MultimodalPrompt* multimodal);
 // "HxW,HxW" for the request log.

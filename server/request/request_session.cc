@@ -1,5 +1,6 @@
 #include "server/request/request_session.h"
 
+#include <cmath>
 #include <random>
 #include <utility>
 
@@ -13,14 +14,26 @@ namespace glmserve {
 
 namespace {
 
-// images=N image_tokens=M resized=HxW[,HxW...] on a request's log lines (nothing for text prompts).
-void AddImageFields(const std::vector<ImageUsage>& images, nlohmann::json* fields) {
+double TenthsOfMs(double ms) { return std::round(ms * 10) / 10; }
+
+// images=N image_tokens=M resized=HxW[,HxW...] on a request's log lines (nothing for text
+// prompts); request_accepted adds the host's decode and preprocessing time of all its images.
+void AddImageFields(const std::vector<ImageUsage>& images, bool with_times, nlohmann::json* fields) {
   if (images.empty()) return;
   int64_t tokens = 0;
-  for (const ImageUsage& image : images) tokens += image.tokens;
+  double decode_ms = 0, preprocess_ms = 0;
+  for (const ImageUsage& image : images) {
+    tokens += image.tokens;
+    decode_ms += image.decode_ms;
+    preprocess_ms += image.preprocess_ms;
+  }
   (*fields)["images"] = images.size();
   (*fields)["image_tokens"] = tokens;
   (*fields)["resized"] = ResizedSizes(images);
+  if (with_times) {
+    (*fields)["image_decode_ms"] = TenthsOfMs(decode_ms);
+    (*fields)["image_preprocess_ms"] = TenthsOfMs(preprocess_ms);
+  }
 }
 
 }  // namespace
@@ -278,7 +291,12 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
                              {"engine_id", session->engine_id_},
                              {"prompt_tokens", request.input_ids.size()},
                              {"max_new_tokens", request.params.max_new_tokens}};
-    AddImageFields(session->images_, &fields);
+    AddImageFields(session->images_, /*with_times=*/true, &fields);
+    if (session->info_.received) {
+      fields["host_ms"] = TenthsOfMs(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - *session->info_.received)
+              .count());
+    }
     fields.update(session->info_.accepted_fields);
     LogEvent(LogLevel::kInfo, "request_accepted", session->info_.request_id, "request accepted", fields);
   }
@@ -325,7 +343,7 @@ void RequestSessions::LogFinished(const RequestSession& session, const RequestRe
                            {"queue_ms", result.queue_ms},
                            {"ttft_ms", result.ttft_ms},
                            {"total_ms", result.total_ms}};
-  AddImageFields(session.images_, &fields);
+  AddImageFields(session.images_, /*with_times=*/false, &fields);
   if (!result.status.ok()) fields["message"] = std::string(result.status.message());
   const bool failed = !result.status.ok() && result.status.code() != absl::StatusCode::kCancelled &&
                       result.status.code() != absl::StatusCode::kDeadlineExceeded && !session.client_cancelled_;

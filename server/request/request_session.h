@@ -77,6 +77,9 @@ struct SessionInfo {
   // decodes incrementally, to cancel at the stop).
   bool streaming = false;
   nlohmann::json accepted_fields = nlohmann::json::object();  // extra fields of request_accepted
+  // When the front end had the whole request in hand: request_accepted logs host_ms, the time
+  // from there to the engine's queue (parsing, tokenization, images). Unset: not logged.
+  std::optional<std::chrono::steady_clock::time_point> received;
   // Released once the engine has finished the request (HTTP's serving slot).
   std::shared_ptr<void> hold_until_done;
 };

@@ -11,7 +11,7 @@ tiny-safetensors-sharded) on loopback, HTTP and gRPC.
 - gRPC: the same refusals name proto fields; input_ids with one placeholder per image and the
   images (the fixture's cases, made with transformers: expected.json) are expanded as transformers
   expands them (usage.prompt_tokens, image_tokens, each image's resized size) and the request log
-  says images=N image_tokens=M resized=HxW.
+  says images=N image_tokens=M resized=HxW (and host_ms, image_decode_ms, image_preprocess_ms).
 - --check-output-ids (on in ctest): the greedy output ids equal transformers' (expected.json), so
   the images went through the vision tower as transformers' processor prepares them.
 - Start-up: --allowed-local-media-path that is not a directory and --max-pixels below the smallest
@@ -252,6 +252,11 @@ def main():
         line = [ln for ln in log.splitlines() if "request_id=img-one_wide" in ln and "request accepted" in ln]
         check(bool(line) and "images=1" in line[0] and "image_tokens=12" in line[0] and "resized=84x112" in line[0],
               f"request log: {line[0] if line else log[-400:]}")
+        # Where the host's time went: the image's decode and preprocessing are part of host_ms.
+        times = {k: float(v) for k, v in re.findall(r"(host_ms|image_decode_ms|image_preprocess_ms)=([0-9.]+)",
+                                                     line[0] if line else "")}
+        check(len(times) == 3 and times["image_decode_ms"] + times["image_preprocess_ms"] <= times["host_ms"] + 0.2,
+              f"request_accepted times the host part: {times}")
         line = [ln for ln in log.splitlines() if "request_id=img-two_images" in ln and "request finished" in ln]
         check(bool(line) and "images=2" in line[0] and "image_tokens=22" in line[0]
               and "resized=84x112,140x56" in line[0], f"request log (finished): {line[0] if line else ''}")

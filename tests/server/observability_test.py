@@ -94,7 +94,10 @@ def main():
             evs = [e["event"] for e in events if e["request_id"] == rid]
             check(["request_accepted", "first_token", "request_finished"] == [x for x in evs if x in
                   ("request_accepted", "first_token", "request_finished")], f"{rid}: accept, first token, finish: {evs}")
+        acc = [e for e in events if e["request_id"] == "obs-1" and e["event"] == "request_accepted"][0]
         fin = [e for e in events if e["request_id"] == "obs-1" and e["event"] == "request_finished"][0]
+        check(0 <= acc["fields"].get("host_ms", -1) < 60000,
+              f"request_accepted says the host's time before the engine queue (host_ms): {acc['fields']}")
         check(fin["fields"]["finish"] and "total_ms" in fin["fields"] and "ttft_ms" in fin["fields"],
               f"finish carries timings and finish reason: {fin['fields']}")
         warn = [e for e in events if e["request_id"] == "too-long" and e["event"] == "prompt_too_long"]
