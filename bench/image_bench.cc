@@ -1,7 +1,7 @@
 // Where a request's image time goes before the engine sees it: base64 decode, PNG/JPEG decode,
 // and the Glm4v preprocessing (resize + pixel codes) at 1 and N threads, each the median of
 // --repeat runs on one image file.
-//   build/bench/image_bench [--repeat N] [--max-pixels P] [--threads N] IMAGE
+//   build/bench/image_bench [--repeat N] [--max-pixels P] [--threads N] [--fresh-pages true] IMAGE
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +15,7 @@
 #include "flags/flags.h"
 #include "runtime/vision/glm4v_processor.h"
 #include "runtime/vision/image_decode.h"
+#include "server/ops/host_memory.h"
 
 namespace {
 
@@ -35,14 +36,20 @@ double MedianMs(int repeat, const std::function<void()>& run) {
 int main(int argc, char** argv) {
   int repeat = 5, threads = 4;
   int64_t max_pixels = 5000000;
+  bool fresh_pages = false;
   std::vector<std::string> paths;
-  glmserve::flags::FlagSet flags("image_bench", "[--repeat N] [--max-pixels P] [--threads N] IMAGE",
+  glmserve::flags::FlagSet flags("image_bench",
+                                 "[--repeat N] [--max-pixels P] [--threads N] [--fresh-pages true] IMAGE",
                                  "Times an image's base64 decode, decode and Glm4v preprocessing.");
   flags.Int("repeat", &repeat, 1, 1000, "runs per stage (the median is printed)");
   flags.Int("threads", &threads, 1, 256, "preprocessing threads of the second row");
   flags.Int("max-pixels", &max_pixels, 1, int64_t{1} << 40, "the processor's size.longest_edge");
+  flags.Bool("fresh-pages", &fresh_pages,
+             "leave glibc's allocator as it is (every large buffer a fresh mmap) instead of the "
+             "server's KeepLargeHostBuffersMapped()");
   flags.Positional("IMAGE", &paths, "a PNG or JPEG file");
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+  if (!fresh_pages) glmserve::KeepLargeHostBuffersMapped();
   if (paths.size() != 1) {
     std::fprintf(stderr, "image_bench: expected one IMAGE, got %zu\n", paths.size());
     return 2;

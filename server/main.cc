@@ -6,6 +6,7 @@
 #include "server/commands/cli.h"
 #include "server/commands/doctor.h"
 #include "server/commands/serve_command.h"
+#include "server/ops/host_memory.h"
 
 namespace {
 
@@ -22,6 +23,7 @@ constexpr char kUsage[] =
 }  // namespace
 
 int main(int argc, char** argv) {
+  glmserve::KeepLargeHostBuffersMapped();  // image requests' buffers reuse mapped pages
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? glmserve::kExitBadInput : glmserve::kExitOk;

@@ -143,16 +143,20 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions&
   }
   if (!PngSetTransforms(&st)) return absl::InvalidArgumentError(absl::StrCat("PNG: ", st.error));
 
-  std::vector<unsigned char> raw(st.rowbytes * st.height);
-  std::vector<unsigned char*> rows(st.height);
-  for (png_uint_32 y = 0; y < st.height; ++y) rows[y] = raw.data() + y * st.rowbytes;
-  st.rows = rows.data();
-  if (!PngReadRows(&st)) return absl::InvalidArgumentError(absl::StrCat("PNG: corrupt or truncated: ", st.error));
-
   RgbImage out;
   out.width = static_cast<int>(st.width);
   out.height = static_cast<int>(st.height);
   out.pixels.resize(static_cast<size_t>(st.width) * st.height * 3);
+  // 8-bit RGB (a screenshot's usual form) is decoded straight into the result.
+  const bool rgb8 = st.channels == 3 && st.sample_bytes == 1 && st.rowbytes == size_t{st.width} * 3;
+  std::vector<unsigned char> raw(rgb8 ? 0 : st.rowbytes * st.height);
+  std::vector<unsigned char*> rows(st.height);
+  for (png_uint_32 y = 0; y < st.height; ++y) {
+    rows[y] = rgb8 ? out.pixels.data() + size_t{y} * st.rowbytes : raw.data() + y * st.rowbytes;
+  }
+  st.rows = rows.data();
+  if (!PngReadRows(&st)) return absl::InvalidArgumentError(absl::StrCat("PNG: corrupt or truncated: ", st.error));
+  if (rgb8) return out;
   const bool composite = options.alpha == AlphaMode::kCompositeOnWhite;
   for (png_uint_32 y = 0; y < st.height; ++y) {
     const unsigned char* in = rows[y];
