@@ -20,6 +20,7 @@
 
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <ATen/ops/_cudnn_attention_forward.h>
 #include <ATen/ops/_flash_attention_forward.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -75,6 +76,24 @@ bool FlashAttentionRuns(const GlmModel& model) {
   }
 }
 
+// One tiny call of cuDNN's attention over variable lengths with the model's heads (GQA: fewer
+// K/V heads), as fresh prompts use it: a LibTorch or cuDNN without it leaves them to flash.
+bool CudnnAttentionRuns(const GlmModel& model) {
+  try {
+    c10::cuda::CUDAGuard guard(model.device());
+    const ModelConfig& c = model.config();
+    const auto options = at::TensorOptions().dtype(model.dtype()).device(model.device());
+    const auto lengths = at::tensor({0, 2}, at::TensorOptions().dtype(at::kInt)).to(model.device());
+    at::Tensor q = at::zeros({2, c.num_attention_heads, c.head_dim}, options);
+    at::Tensor kv = at::zeros({2, c.num_key_value_heads, c.head_dim}, options);
+    at::_cudnn_attention_forward(q, kv, kv, std::nullopt, lengths, lengths, 2, 2, false, 0.0, true, false, 1.0);
+    return true;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cuDNN attention unavailable (%s); fresh prompts attend through flash attention\n", e.what());
+    return false;
+  }
+}
+
 void* CurrentStream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
 void Check(bool launched, const char* what) {
@@ -123,6 +142,9 @@ class CudaDecodeRunner {
     mixed_ = Enabled("mixed_step") && type_ != kernels::ElementType::kFloat32 && FlashTakesHeadDim(model.config()) &&
              FlashAttentionRuns(model);
     mixed_graph_max_tokens_ = EnvInt("GLMSERVE_CUDA_MIXED_GRAPH_MAX_TOKENS", kMixedGraphDefaultMaxTokens, 0, 1 << 16);
+    cudnn_prefill_min_tokens_ =
+        EnvInt("GLMSERVE_CUDA_CUDNN_PREFILL_MIN_TOKENS", kCudnnPrefillDefaultMinTokens, 1, int64_t{1} << 30);
+    cudnn_prefill_ = mixed_ && Enabled("cudnn_prefill") && CudnnAttentionRuns(model);
   }
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
@@ -213,6 +235,8 @@ class CudaDecodeRunner {
       m.max_k = std::max<int64_t>(m.max_k, s->start_position + n);
     }
     m.num_prefills = static_cast<int64_t>(prefills.size());
+    m.fresh_prefills =
+        std::all_of(prefills.begin(), prefills.end(), [](const SequenceStep* s) { return s->start_position == 0; });
     // A graph bucket holds a fixed number of rows; rows past the batch are padding that reads and
     // writes only the pool's scratch block.
     int32_t bucket = 0;
@@ -355,6 +379,7 @@ class CudaDecodeRunner {
     int64_t num_prefills = 0;
     int64_t total_tokens = 0;
     int64_t max_q = 0, max_k = 0;          // longest prefill chunk, longest prefill context
+    bool fresh_prefills = false;           // every prefill chunk is its sequence's whole context
     at::Tensor lens, tables;               // decode rows: int32 [D], [D, max_blocks_per_seq]
     at::Tensor context_slots, cu_q, cu_k;  // prefill: int64 [K], int32 [P + 1] each
     kernels::PagedAttentionShape shape;    // the decode rows'
@@ -382,6 +407,17 @@ class CudaDecodeRunner {
       at::Tensor query = q.narrow(0, m.num_decodes, prefill_rows).contiguous();
       at::Tensor keys = k_cache.index_select(0, m.context_slots);
       at::Tensor values = v_cache.index_select(0, m.context_slots);
+      // Prompts that start in this step (queries = keys, the causal mask's alignment moot) take
+      // cuDNN's kernel when long enough: on an H200 it runs a 4,472-token prompt's attention
+      // faster than flash (bench/results/gpu.md).
+      if (cudnn_prefill_ && m.fresh_prefills && prefill_rows >= cudnn_prefill_min_tokens_) {
+        auto result = at::_cudnn_attention_forward(query, keys, values, std::nullopt, m.cu_q, m.cu_k, m.max_q, m.max_k,
+                                                   /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
+                                                   /*is_causal=*/true, /*return_debug_mask=*/false,
+                                                   static_cast<double>(m.shape.scale));
+        out.narrow(0, m.num_decodes, prefill_rows).copy_(std::get<0>(result).reshape({prefill_rows, width}));
+        return;
+      }
       // Causal within each sequence, aligned to the bottom right (flash attention's convention
       // when a chunk's queries are fewer than its keys): query i of a chunk starting at position
       // p sees keys 0..p+i. GQA is native (fewer K/V heads than query heads).
@@ -488,8 +524,10 @@ class CudaDecodeRunner {
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {
-      "norm",  "rotary",          "swiglu",        "gemv",           "gemm",
-      "wgmma", "split_attention", "mma_attention", "warp_attention", "mixed_step"};
+      "norm",          "rotary",         "swiglu",     "gemv",         "gemm", "wgmma", "split_attention",
+      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill"};
+  // Fresh prompts of at least this many tokens in a step attend through cuDNN instead of flash.
+  static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below). On an H200 cuBLAS takes
   // the lm_head faster from 32 rows on (bench/gemm_bench: 306 vs 350 us at 32 rows, 311 vs 429 at
@@ -806,7 +844,9 @@ class CudaDecodeRunner {
   std::mutex mu_;
   bool graphs_ = true;
   bool verify_ = false;
-  bool mixed_ = false;                // RunMixed takes prefill and mixed batches
+  bool mixed_ = false;          // RunMixed takes prefill and mixed batches
+  bool cudnn_prefill_ = false;  // fresh prompts may attend through cuDNN (AttendMixed)
+  int64_t cudnn_prefill_min_tokens_ = 0;
   std::set<std::string> disabled_;    // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
   GlmModel::LayerKernels kernels_;
