@@ -58,9 +58,11 @@ kernels::ElementType ElementTypeOf(at::ScalarType dtype) {
 
 bool FlashTakesHeadDim(const ModelConfig& config) { return config.head_dim % 8 == 0 && config.head_dim <= 256; }
 
-// One tiny call of the flash kernel the mixed steps use: a LibTorch built without it, or a GPU it
-// does not support, leaves those steps to per-sequence attention instead of failing them.
-bool FlashAttentionRuns(const GlmModel& model) {
+// One tiny call of an attention kernel the prefill and mixed steps use, over variable lengths with
+// the model's heads (GQA: fewer K/V heads): a LibTorch built without it, or a GPU it does not
+// support, leaves those steps to the fallback `unavailable` names instead of failing them.
+template <typename Attend>
+bool AttentionKernelRuns(const GlmModel& model, const char* unavailable, const Attend& attend) {
   try {
     c10::cuda::CUDAGuard guard(model.device());
     const ModelConfig& c = model.config();
@@ -68,30 +70,28 @@ bool FlashAttentionRuns(const GlmModel& model) {
     const auto lengths = at::tensor({0, 2}, at::TensorOptions().dtype(at::kInt)).to(model.device());
     at::Tensor q = at::zeros({2, c.num_attention_heads, c.head_dim}, options);
     at::Tensor kv = at::zeros({2, c.num_key_value_heads, c.head_dim}, options);
-    at::_flash_attention_forward(q, kv, kv, lengths, lengths, 2, 2, 0.0, true, false, 1.0);
+    attend(q, kv, lengths);
     return true;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "flash attention unavailable (%s); prefill and mixed steps attend per sequence\n", e.what());
+    std::fprintf(stderr, "%s (%s)\n", unavailable, e.what());
     return false;
   }
 }
 
-// One tiny call of cuDNN's attention over variable lengths with the model's heads (GQA: fewer
-// K/V heads), as fresh prompts use it: a LibTorch or cuDNN without it leaves them to flash.
+bool FlashAttentionRuns(const GlmModel& model) {
+  return AttentionKernelRuns(model, "flash attention unavailable; prefill and mixed steps attend per sequence",
+                             [](const at::Tensor& q, const at::Tensor& kv, const at::Tensor& lengths) {
+                               at::_flash_attention_forward(q, kv, kv, lengths, lengths, 2, 2, 0.0, true, false, 1.0);
+                             });
+}
+
+// Fresh prompts' kernel (AttendMixed).
 bool CudnnAttentionRuns(const GlmModel& model) {
-  try {
-    c10::cuda::CUDAGuard guard(model.device());
-    const ModelConfig& c = model.config();
-    const auto options = at::TensorOptions().dtype(model.dtype()).device(model.device());
-    const auto lengths = at::tensor({0, 2}, at::TensorOptions().dtype(at::kInt)).to(model.device());
-    at::Tensor q = at::zeros({2, c.num_attention_heads, c.head_dim}, options);
-    at::Tensor kv = at::zeros({2, c.num_key_value_heads, c.head_dim}, options);
-    at::_cudnn_attention_forward(q, kv, kv, std::nullopt, lengths, lengths, 2, 2, false, 0.0, true, false, 1.0);
-    return true;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cuDNN attention unavailable (%s); fresh prompts attend through flash attention\n", e.what());
-    return false;
-  }
+  return AttentionKernelRuns(model, "cuDNN attention unavailable; fresh prompts attend through flash attention",
+                             [](const at::Tensor& q, const at::Tensor& kv, const at::Tensor& lengths) {
+                               at::_cudnn_attention_forward(q, kv, kv, std::nullopt, lengths, lengths, 2, 2, false, 0.0,
+                                                            true, false, 1.0);
+                             });
 }
 
 void* CurrentStream() { return at::cuda::getCurrentCUDAStream().stream(); }
