@@ -20,8 +20,8 @@
 
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraph.h>
-#include <ATen/ops/_cudnn_attention_forward.h>
 #include <ATen/ops/_flash_attention_forward.h>
+#include <ATen/ops/_scaled_dot_product_cudnn_attention.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -85,13 +85,33 @@ bool FlashAttentionRuns(const GlmModel& model) {
                              });
 }
 
-// Fresh prompts' kernel (AttendMixed).
-bool CudnnAttentionRuns(const GlmModel& model) {
-  return AttentionKernelRuns(model, "cuDNN attention unavailable; fresh prompts attend through flash attention",
-                             [](const at::Tensor& q, const at::Tensor& kv, const at::Tensor& lengths) {
-                               at::_cudnn_attention_forward(q, kv, kv, std::nullopt, lengths, lengths, 2, 2, false, 0.0,
-                                                            true, false, 1.0);
-                             });
+// cuDNN's attention on [batch, heads, tokens, head_dim] views, causal. With fewer K/V heads
+// than query heads it either takes them as they are (GQA) or, where this cuDNN/LibTorch refuses
+// that, each K/V head repeated for its query group (`expand_kv`).
+at::Tensor CudnnCausalAttention(const at::Tensor& q, at::Tensor k, at::Tensor v, double scale, bool expand_kv) {
+  if (expand_kv && k.size(1) != q.size(1)) {
+    k = k.repeat_interleave(q.size(1) / k.size(1), 1);
+    v = v.repeat_interleave(q.size(1) / v.size(1), 1);
+  }
+  return std::get<0>(at::_scaled_dot_product_cudnn_attention(q, k, v, std::nullopt, /*compute_log_sumexp=*/false,
+                                                             /*dropout_p=*/0.0, /*is_causal=*/true,
+                                                             /*return_debug_mask=*/false, scale));
+}
+
+// Fresh prompts' kernel (AttendMixed): 1 = GQA as is, 2 = with K/V heads repeated, 0 = unavailable.
+int CudnnAttentionMode(const GlmModel& model) {
+  for (const bool expand : {false, true}) {
+    const bool runs =
+        AttentionKernelRuns(model,
+                            expand ? "cuDNN attention unavailable; long prompts attend through flash attention"
+                                   : "cuDNN attention refuses K/V heads fewer than query heads; repeating them",
+                            [&](const at::Tensor& q, const at::Tensor& kv, const at::Tensor&) {
+                              CudnnCausalAttention(q.unsqueeze(0).transpose(1, 2), kv.unsqueeze(0).transpose(1, 2),
+                                                   kv.unsqueeze(0).transpose(1, 2), 1.0, expand);
+                            });
+    if (runs) return expand ? 2 : 1;
+  }
+  return 0;
 }
 
 void* CurrentStream() { return at::cuda::getCurrentCUDAStream().stream(); }
@@ -144,7 +164,7 @@ class CudaDecodeRunner {
     mixed_graph_max_tokens_ = EnvInt("GLMSERVE_CUDA_MIXED_GRAPH_MAX_TOKENS", kMixedGraphDefaultMaxTokens, 0, 1 << 16);
     cudnn_prefill_min_tokens_ =
         EnvInt("GLMSERVE_CUDA_CUDNN_PREFILL_MIN_TOKENS", kCudnnPrefillDefaultMinTokens, 1, int64_t{1} << 30);
-    cudnn_prefill_ = mixed_ && Enabled("cudnn_prefill") && CudnnAttentionRuns(model);
+    cudnn_prefill_mode_ = mixed_ && Enabled("cudnn_prefill") ? CudnnAttentionMode(model) : 0;
   }
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
@@ -407,15 +427,22 @@ class CudaDecodeRunner {
       at::Tensor query = q.narrow(0, m.num_decodes, prefill_rows).contiguous();
       at::Tensor keys = k_cache.index_select(0, m.context_slots);
       at::Tensor values = v_cache.index_select(0, m.context_slots);
-      // Prompts that start in this step (queries = keys, the causal mask's alignment moot) take
-      // cuDNN's kernel when long enough: on an H200 it runs a 4,472-token prompt's attention
-      // faster than flash (bench/results/gpu.md).
-      if (cudnn_prefill_ && m.fresh_prefills && prefill_rows >= cudnn_prefill_min_tokens_) {
-        auto result = at::_cudnn_attention_forward(query, keys, values, std::nullopt, m.cu_q, m.cu_k, m.max_q, m.max_k,
-                                                   /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
-                                                   /*is_causal=*/true, /*return_debug_mask=*/false,
-                                                   static_cast<double>(m.shape.scale));
-        out.narrow(0, m.num_decodes, prefill_rows).copy_(std::get<0>(result).reshape({prefill_rows, width}));
+      // A long prompt that starts in this step alone takes cuDNN's kernel (on an H200 twice
+      // flash's speed at 2-8k tokens: bench/results/gpu.md). Its length is padded to a multiple of
+      // kCudnnPrefillPad with zero rows after the prompt (causal: no real row sees them, their own
+      // rows are dropped), so a few cached cuDNN graphs serve every length.
+      if (cudnn_prefill_mode_ > 0 && m.fresh_prefills && m.num_prefills == 1 &&
+          prefill_rows >= cudnn_prefill_min_tokens_) {
+        const int64_t t = prefill_rows, padded = (t + kCudnnPrefillPad - 1) / kCudnnPrefillPad * kCudnnPrefillPad;
+        auto pad = [&](const at::Tensor& x) {  // [t, heads, d] -> [1, heads, padded, d]
+          if (padded == t) return x.unsqueeze(0).transpose(1, 2);
+          at::Tensor p = at::zeros({padded, x.size(1), x.size(2)}, x.options());
+          p.narrow(0, 0, t).copy_(x);
+          return p.unsqueeze(0).transpose(1, 2);
+        };
+        at::Tensor o = CudnnCausalAttention(pad(query), pad(keys), pad(values), static_cast<double>(m.shape.scale),
+                                            cudnn_prefill_mode_ == 2);  // [1, heads, padded, d]
+        out.narrow(0, m.num_decodes, t).view({t, q.size(1), q.size(2)}).copy_(o[0].transpose(0, 1).narrow(0, 0, t));
         return;
       }
       // Causal within each sequence, aligned to the bottom right (flash attention's convention
@@ -526,8 +553,10 @@ class CudaDecodeRunner {
   static constexpr const char* kSwitchableKernels[] = {
       "norm",          "rotary",         "swiglu",     "gemv",         "gemm", "wgmma", "split_attention",
       "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill"};
-  // Fresh prompts of at least this many tokens in a step attend through cuDNN instead of flash.
+  // A fresh prompt of at least this many tokens alone in a step attends through cuDNN, its length
+  // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
+  static constexpr int64_t kCudnnPrefillPad = 256;
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below). On an H200 cuBLAS takes
   // the lm_head faster from 32 rows on (bench/gemm_bench: 306 vs 350 us at 32 rows, 311 vs 429 at
@@ -845,7 +874,7 @@ class CudaDecodeRunner {
   bool graphs_ = true;
   bool verify_ = false;
   bool mixed_ = false;          // RunMixed takes prefill and mixed batches
-  bool cudnn_prefill_ = false;  // fresh prompts may attend through cuDNN (AttendMixed)
+  int cudnn_prefill_mode_ = 0;  // CudnnAttentionMode: a long fresh prompt may attend through cuDNN
   int64_t cudnn_prefill_min_tokens_ = 0;
   std::set<std::string> disabled_;    // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
