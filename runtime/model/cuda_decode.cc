@@ -168,12 +168,38 @@ class CudaDecodeRunner {
   }
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
+
+  // cuDNN builds a graph for each new prompt length the first time it sees one: ~70 ms on an H200
+  // (and ~1.2 s for its first real one), a request's TTFT unless built here, at start-up, for
+  // every padded length up to kCudnnPrefillPrewarmTokens (~2 s for 29 lengths).
+  void PrewarmCudnnPrefill() {
+    if (cudnn_prefill_mode_ == 0) return;
+    const ModelConfig& c = model_.config();
+    const auto options = at::TensorOptions().dtype(model_.dtype()).device(model_.device());
+    const int64_t first = (cudnn_prefill_min_tokens_ + kCudnnPrefillPad - 1) / kCudnnPrefillPad * kCudnnPrefillPad;
+    try {
+      c10::cuda::CUDAGuard guard(model_.device());
+      for (int64_t t = first; t <= kCudnnPrefillPrewarmTokens; t += kCudnnPrefillPad) {
+        // AttendMixed's layout (token-major rows seen as [1, heads, t, d]): graphs are cached by strides too.
+        at::Tensor q = at::zeros({1, t, c.num_attention_heads, c.head_dim}, options).transpose(1, 2);
+        at::Tensor kv = at::zeros({1, t, c.num_key_value_heads, c.head_dim}, options).transpose(1, 2);
+        CudnnCausalAttention(q, kv, kv, 1.0, cudnn_prefill_mode_ == 2);
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr,
+                   "cuDNN attention: building its graphs at start-up failed (%s); fresh prompts attend "
+                   "through flash attention\n",
+                   e.what());
+      cudnn_prefill_mode_ = 0;
+    }
+  }
   const VisionKernels& vision_kernels() const { return vision_kernels_; }
 
   // Buckets 1, 2, 4, ... up to the one holding max_sequences, every row padding (reads and writes
   // only the pool's scratch block): their graphs are then ready for the first step of each size.
   void CaptureBuckets(int32_t max_sequences, KvPool& kv, std::vector<int32_t>* captured) {
     std::lock_guard<std::mutex> lock(mu_);
+    PrewarmCudnnPrefill();
     if (!graphs_) return;
     const int32_t max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
     for (int32_t size = 1; size <= kMaxBucket; size *= 2) {
@@ -557,6 +583,7 @@ class CudaDecodeRunner {
   // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
   static constexpr int64_t kCudnnPrefillPad = 256;
+  static constexpr int64_t kCudnnPrefillPrewarmTokens = 8192;  // the GPU's default --max-batch-tokens
   static constexpr int64_t kDefaultGemvMaxRows = 2;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below). On an H200 cuBLAS takes
   // the lm_head faster from 32 rows on (bench/gemm_bench: 306 vs 350 us at 32 rows, 311 vs 429 at
