@@ -183,7 +183,9 @@ class CudaDecodeRunner {
         // AttendMixed's layout (token-major rows seen as [1, heads, t, d]): graphs are cached by strides too.
         at::Tensor q = at::zeros({1, t, c.num_attention_heads, c.head_dim}, options).transpose(1, 2);
         at::Tensor kv = at::zeros({1, t, c.num_key_value_heads, c.head_dim}, options).transpose(1, 2);
-        CudnnCausalAttention(q, kv, kv, 1.0, cudnn_prefill_mode_ == 2);
+        // The scale AttendMixed passes (PagedAttentionShape::scale), should cuDNN key its graphs by it.
+        const double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+        CudnnCausalAttention(q, kv, kv, scale, cudnn_prefill_mode_ == 2);
       }
     } catch (const std::exception& e) {
       std::fprintf(stderr,
