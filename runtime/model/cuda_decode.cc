@@ -36,6 +36,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
@@ -170,8 +171,8 @@ class CudaDecodeRunner {
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
 
   // cuDNN builds a graph for each new prompt length the first time it sees one: ~70 ms on an H200
-  // (and ~1.2 s for its first real one), a request's TTFT unless built here, at start-up, for
-  // every padded length up to kCudnnPrefillPrewarmTokens (~2 s for 29 lengths).
+  // (and ~1.2 s for its first real one), a request's TTFT unless built here, before the first
+  // step, for every padded length up to kCudnnPrefillPrewarmTokens (~2 s for 29 lengths).
   void PrewarmCudnnPrefill() {
     if (cudnn_prefill_mode_ == 0) return;
     const ModelConfig& c = model_.config();
@@ -179,7 +180,8 @@ class CudaDecodeRunner {
     const int64_t first = (cudnn_prefill_min_tokens_ + kCudnnPrefillPad - 1) / kCudnnPrefillPad * kCudnnPrefillPad;
     try {
       c10::cuda::CUDAGuard guard(model_.device());
-      for (int64_t t = first; t <= kCudnnPrefillPrewarmTokens; t += kCudnnPrefillPad) {
+      const int64_t last = std::min<int64_t>(kCudnnPrefillPrewarmTokens, max_context_);
+      for (int64_t t = first; t <= last; t += kCudnnPrefillPad) {
         // AttendMixed's layout (token-major rows seen as [1, heads, t, d]): graphs are cached by strides too.
         at::Tensor q = at::zeros({1, t, c.num_attention_heads, c.head_dim}, options).transpose(1, 2);
         at::Tensor kv = at::zeros({1, t, c.num_key_value_heads, c.head_dim}, options).transpose(1, 2);
@@ -201,7 +203,6 @@ class CudaDecodeRunner {
   // only the pool's scratch block): their graphs are then ready for the first step of each size.
   void CaptureBuckets(int32_t max_sequences, KvPool& kv, std::vector<int32_t>* captured) {
     std::lock_guard<std::mutex> lock(mu_);
-    PrewarmCudnnPrefill();
     if (!graphs_) return;
     const int32_t max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
     for (int32_t size = 1; size <= kMaxBucket; size *= 2) {
@@ -259,6 +260,12 @@ class CudaDecodeRunner {
                       const GlmModel::EmbeddingOverride* images = nullptr) {
     if (!mixed_ || batch.empty()) return at::Tensor();
     std::lock_guard<std::mutex> lock(mu_);
+    // LibTorch caches cuDNN's attention graphs per thread: built on the thread that runs the
+    // steps, at its first step (the server's warm-up request, before it reports serving).
+    if (cudnn_prefill_mode_ > 0 && cudnn_warm_thread_ != std::this_thread::get_id()) {
+      PrewarmCudnnPrefill();
+      cudnn_warm_thread_ = std::this_thread::get_id();
+    }
     const ModelConfig& c = model_.config();
     // Rows: decode sequences first (the kernel reads them as one dense block of queries), then
     // the prefill chunks, each sequence's tokens contiguous.
@@ -905,8 +912,9 @@ class CudaDecodeRunner {
   bool mixed_ = false;          // RunMixed takes prefill and mixed batches
   int cudnn_prefill_mode_ = 0;  // CudnnAttentionMode: a long fresh prompt may attend through cuDNN
   int64_t cudnn_prefill_min_tokens_ = 0;
-  std::set<std::string> disabled_;    // GLMSERVE_CUDA_DISABLE
-  int64_t gemm_workspace_bytes_ = 0;  // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
+  std::thread::id cudnn_warm_thread_;  // the thread whose cuDNN graph cache PrewarmCudnnPrefill filled
+  std::set<std::string> disabled_;     // GLMSERVE_CUDA_DISABLE
+  int64_t gemm_workspace_bytes_ = 0;   // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
   GlmModel::LayerKernels kernels_;
   VisionKernels vision_kernels_;  // empty members for a model without a vision tower
   int64_t verified_steps_ = 0;
