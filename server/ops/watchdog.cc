@@ -47,7 +47,10 @@ absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id
   auto done = std::make_shared<Done>();
   InferenceRequest request;
   request.request_id = request_id;
-  request.input_ids = {0};
+  // Two tokens: a prompt step, not a one-token step that runs as a decode. The executor's prompt
+  // path keeps per-thread state to build on its first step (LibTorch's cuDNN attention graphs,
+  // seconds on a GPU), which this request builds before the server reports serving.
+  request.input_ids = {0, 0};
   request.params.max_new_tokens = 1;
   request.deadline = clock.Now() + timeout;
   RequestCallbacks callbacks;
