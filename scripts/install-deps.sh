@@ -27,7 +27,7 @@ apt_packages=(
   build-essential cmake ninja-build pkg-config unzip
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libabsl-dev libgtest-dev libgmock-dev nlohmann-json3-dev libre2-dev
-  libsentencepiece-dev libspdlog-dev prometheus-cpp-dev gnuplot-nox libcpp-httplib-dev
+  libsentencepiece-dev libspdlog-dev prometheus-cpp-dev libcurl4-openssl-dev gnuplot-nox libcpp-httplib-dev
   libpng-dev libjpeg62-turbo-dev zlib1g-dev clang-format
 )
 missing=()

@@ -30,14 +30,16 @@ target_link_libraries(glmserve_auth PUBLIC absl::status absl::statusor absl::str
 # What both front ends share: the typed request and refusal, validation, the request session
 # (admission, engine events off the engine thread, text, stop strings, logs, metrics). No gRPC, no
 # HTTP, no LibTorch: a front end only translates its wire format.
-# Images (media.cc: data:/file:// URLs, decoding and preprocessing on the front end's threads)
+# Images (media.cc: data:/file:// URLs, media_fetch.cc: http(s) URLs when enabled, decoding and preprocessing on the front end's threads)
 # need runtime/vision, which needs libpng and libjpeg (scripts/install-deps.sh).
 if(NOT TARGET glmserve_vision)
   message(FATAL_ERROR "the gRPC/HTTP server needs glmserve_vision (libpng-dev, libjpeg62-turbo-dev: "
                       "scripts/install-deps.sh installs them); or configure with -DGLMSERVE_WITH_GRPC=OFF")
 endif()
+find_package(CURL REQUIRED)  # http(s) image URLs (serve --allow-media-fetch)
 add_library(glmserve_request STATIC
   request/media.cc
+  request/media_fetch.cc
   request/request.cc
   request/request_session.cc
   request/request_validation.cc
@@ -45,7 +47,7 @@ add_library(glmserve_request STATIC
 target_include_directories(glmserve_request PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_request PUBLIC
   glmserve_tokenizer glmserve_runtime_core glmserve_vision absl::status absl::statusor absl::strings
-  absl::str_format Threads::Threads glmserve_obs glmserve_auth nlohmann_json::nlohmann_json)
+  absl::str_format Threads::Threads glmserve_obs glmserve_auth nlohmann_json::nlohmann_json CURL::libcurl)
 
 add_library(glmserve_grpc STATIC
   frontend/grpc_service.cc

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "runtime/checkpoint/model_config.h"
 #include "runtime/engine.h"
 #include "runtime/model_runner.h"
@@ -311,10 +312,17 @@ int RunServe(int argc, char** argv) {
              absl::StrCat("images on: at most ", media.limit_images_per_prompt, " per request, max_pixels ",
                           (*images)->max_pixels(), " (", media.max_pixels > 0 ? "--max-pixels" : source, "), file:// ",
                           media.allowed_local_media_path.empty() ? "off" : media.allowed_local_media_path,
-                          ", http(s) URLs not fetched"),
+                          media.allow_fetch
+                              ? absl::StrCat(", http(s) URLs fetched from ",
+                                             media.fetch.allowed_domains.empty()
+                                                 ? std::string("any host")
+                                                 : absl::StrJoin(media.fetch.allowed_domains, ","),
+                                             " (", media.fetch.timeout_ms, " ms, ", media.fetch.max_bytes, " bytes)")
+                              : std::string(", http(s) URLs not fetched")),
              {{"limit_images_per_prompt", media.limit_images_per_prompt},
               {"max_pixels", (*images)->max_pixels()},
-              {"allowed_local_media_path", media.allowed_local_media_path}});
+              {"allowed_local_media_path", media.allowed_local_media_path},
+              {"allow_media_fetch", media.allow_fetch}});
     (*server)->SetImageSupport(*images);
     if (http != nullptr) http->SetImageSupport(*images);
   }

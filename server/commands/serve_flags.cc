@@ -92,10 +92,21 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "ask for less or up to this (mm_processor_kwargs.max_pixels / max_pixels)")
       .DefaultText("0 = the checkpoint's size.longest_edge");
   set.Path("allowed-local-media-path", &media.allowed_local_media_path,
-           "file:// image URLs are read from under this directory only (symlinks and '..' resolved); "
-           "http(s) image URLs are never fetched")
+           "file:// image URLs are read from under this directory only (symlinks and '..' resolved)")
       .ValueName("DIR")
       .DefaultText("none = file:// refused");
+  set.Bool("allow-media-fetch", &media.allow_fetch,
+           "http(s) image URLs are fetched (no redirects) within --media-fetch-timeout-ms and "
+           "--media-fetch-max-bytes, from --allowed-media-domains; off: refused (INVALID_ARGUMENT / HTTP "
+           "400). The server reaches what clients name: list the hosts");
+  set.Int("media-fetch-timeout-ms", &media.fetch.timeout_ms, 1, 600'000,
+          "one image URL's whole fetch, connection included; slower: HTTP 400 naming the image");
+  set.Int("media-fetch-max-bytes", &media.fetch.max_bytes, 1, int64_t{1} << 32,
+          "largest fetched image; larger: HTTP 400 naming the image");
+  set.StringList("allowed-media-domains", &media.fetch.allowed_domains,
+                 "hosts image URLs may be fetched from (a name allows its subdomains too)")
+      .ValueName("HOST,...")
+      .DefaultText("any host");
 
   set.Section("security (server/README.md; health and /metrics stay open)");
   set.Path("api-key-file", &f.api_key_file,

@@ -224,10 +224,17 @@ std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& me
   if (absl::StartsWithIgnoreCase(url, "data:")) return DataUrlBytes(image, bytes);
   if (absl::StartsWithIgnoreCase(url, "file://")) return FileUrlBytes(image, media, bytes);
   if (absl::StartsWithIgnoreCase(url, "http://") || absl::StartsWithIgnoreCase(url, "https://")) {
-    return InvalidField(image.field, absl::StrCat("'", Shown(url),
-                                                  "': fetching image URLs is not enabled on this server; send the "
-                                                  "image inline as a data:image/png;base64,... (or "
-                                                  "data:image/jpeg;base64,...) URL"));
+    if (!media.allow_fetch) {
+      return InvalidField(image.field, absl::StrCat("'", Shown(url),
+                                                    "': fetching image URLs is not enabled on this server; send the "
+                                                    "image inline as a data:image/png;base64,... (or "
+                                                    "data:image/jpeg;base64,...) URL"));
+    }
+    absl::StatusOr<std::string> fetched = FetchMediaUrl(url, media.fetch);
+    if (!fetched.ok())
+      return InvalidField(image.field, absl::StrCat("'", Shown(url), "': ", fetched.status().message()));
+    *bytes = *std::move(fetched);
+    return std::nullopt;
   }
   return InvalidField(image.field,
                       absl::StrCat("'", Shown(url),

@@ -21,6 +21,7 @@
 #include "runtime/vision/glm4v_processor.h"
 #include "runtime/vision/image_decode.h"
 #include "runtime/vision/multimodal_prompt.h"
+#include "server/request/media_fetch.h"
 #include "server/request/request.h"
 
 namespace glmserve {
@@ -42,6 +43,11 @@ struct MediaOptions {
   // bytes). A decoded image can take 150 MB (50 M pixels of RGB) and every HTTP connection has a
   // thread, so without this bound 512 connections could hold 75 GB. 0 = the machine's cores.
   int32_t max_concurrent_decodes = 0;
+  // http(s) image URLs are fetched (--allow-media-fetch) within `fetch` (timeout, size, hosts);
+  // off = refused naming the field. A server that fetches what clients name can be pointed at
+  // hosts only it can reach: keep it off or list the hosts.
+  bool allow_fetch = false;
+  MediaFetchLimits fetch;
 };
 
 // Largest image file a file:// URL may name (the body limit bounds inline images).

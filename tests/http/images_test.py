@@ -4,7 +4,8 @@ tiny-safetensors-sharded) on loopback, HTTP and gRPC.
 
 - Every bad image over /v1/chat/completions: 400 invalid_request_error whose `param` is the JSON
   path of the image (truncated PNG, a 40000x40000 header, not an image, wrong base64, a GIF media
-  type, aspect ratio > 200, http(s) URLs, file:// outside --allowed-local-media-path, too many
+  type, aspect ratio > 200, http(s) URLs (unless --allow-media-fetch: then fetched from the listed
+  hosts only, a 404 named), file:// outside --allowed-local-media-path, too many
   images, max_pixels above the server's, an image in an assistant message), and none of them
   reaches the engine (no request_accepted line; a streaming request running meanwhile gives the
   same ids as alone).
@@ -262,6 +263,36 @@ def main():
               and "resized=84x112,140x56" in line[0], f"request log (finished): {line[0] if line else ''}")
     finally:
         server.stop()
+
+    # --allow-media-fetch: http(s) image URLs fetched from the listed hosts, within the limits; a
+    # loopback HTTP server holds the image.
+    import functools
+    import http.server
+    files = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=media))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    base = f"127.0.0.1:{files.server_address[1]}"
+    server = Server(args.binary, args.model, ["--allow-media-fetch", "true", "--allowed-media-domains", "127.0.0.1",
+                                              "--media-fetch-timeout-ms", "5000"])
+    try:
+        C = "/v1/chat/completions"
+        URL = "messages[1].content[0].image_url.url"
+        fetched = server.post(C, chat([image_part(f"http://{base}/screen.png")], max_tokens=2))
+        with open(os.path.join(media, "screen.png"), "rb") as f:
+            inline = server.post(C, chat([image_part(data_url(f.read()))], max_tokens=2))
+        usages = [json.loads(data).get("usage", {}) if st == 200 else error_of(data) for st, _, data in (fetched, inline)]
+        check(fetched[0] == 200 and len(usages[0].get("images", [])) == 1 and usages[0] == usages[1],
+              f"an http:// image on an allowed host is fetched and answered as the same bytes inline: {usages}")
+        for what, url, says in [("a missing file", f"http://{base}/missing.png", "HTTP 404"),
+                                ("a host not listed", f"http://localhost:{files.server_address[1]}/screen.png",
+                                 "not in this server's --allowed-media-domains")]:
+            st, _, data = server.post(C, chat([image_part(url)]))
+            err = error_of(data)
+            check(st == 400 and err and err["param"] == URL and says in err["message"],
+                  f"fetch of {what}: {st} {err and err['message'][:160]!r}")
+    finally:
+        server.stop()
+        files.shutdown()
 
     return report()
 
