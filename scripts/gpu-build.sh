@@ -75,6 +75,15 @@ if [ "$(cat "$prefix/.debs-id" 2>/dev/null)" != "$debs_id" ]; then
   done
   echo "$debs_id" >"$prefix/.debs-id"
 fi
+# Debian's libcurl needs Debian's LDAP, libssh2 and others, which this machine may lack; where the
+# machine has a libcurl.so.4 of its own (the same ABI), glmserve uses that one; else it is built
+# without http(s) image fetching (-DGLMSERVE_MEDIA_FETCH=OFF: serve refuses --allow-media-fetch).
+media_fetch=OFF
+system_curl="$(ldconfig -p | awk '/libcurl\.so\.4 .*x86-64/ {print $NF; exit}')"
+if [ -n "$system_curl" ] && [ -e "$libdir/libcurl.so.4" ]; then
+  for f in "$libdir"/libcurl.so.4*; do ln -sfn "$system_curl" "$f"; done
+  media_fetch=ON
+fi
 # What is left pointing outside the prefix (an absolute /usr path in a .pc or CMake file, a link
 # out of the prefix) would pick the machine's copy or nothing: say so before configuring.
 leaks="$(grep -lE '(=|-I|-L)/usr/(lib|include)' "$libdir"/pkgconfig/*.pc "$prefix"/usr/share/pkgconfig/*.pc 2>/dev/null)"
@@ -95,7 +104,7 @@ fi
 # The arch include dir holds Debian's openssl/configuration.h (cpp-httplib includes OpenSSL).
 link_flags="-Wl,--disable-new-dtags -Wl,-rpath,$libdir"
 PKG_CONFIG_PATH="$libdir/pkgconfig:$prefix/usr/share/pkgconfig" \
-cmake -S . -B .gpu/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGLMSERVE_WITH_GRPC=ON \
+cmake -S . -B .gpu/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGLMSERVE_WITH_GRPC=ON -DGLMSERVE_MEDIA_FETCH=$media_fetch \
   -DGLMSERVE_LIBTORCH_DIR="$torch_dir" -DCMAKE_PREFIX_PATH="$prefix/usr" \
   -DProtobuf_PROTOC_EXECUTABLE="$prefix/wrap/protoc" -DGLMSERVE_GRPC_CPP_PLUGIN="$prefix/wrap/grpc_cpp_plugin" \
   -DCMAKE_C_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu" \

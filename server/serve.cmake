@@ -36,7 +36,12 @@ if(NOT TARGET glmserve_vision)
   message(FATAL_ERROR "the gRPC/HTTP server needs glmserve_vision (libpng-dev, libjpeg62-turbo-dev: "
                       "scripts/install-deps.sh installs them); or configure with -DGLMSERVE_WITH_GRPC=OFF")
 endif()
-find_package(CURL REQUIRED)  # http(s) image URLs (serve --allow-media-fetch)
+# http(s) image URLs (serve --allow-media-fetch) through libcurl; OFF builds a server that refuses
+# --allow-media-fetch at start (e.g. where only an incompatible libcurl exists: scripts/gpu-build.sh).
+option(GLMSERVE_MEDIA_FETCH "http(s) image URLs through libcurl" ON)
+if(GLMSERVE_MEDIA_FETCH)
+  find_package(CURL REQUIRED)
+endif()
 add_library(glmserve_request STATIC
   request/media.cc
   request/media_fetch.cc
@@ -47,7 +52,11 @@ add_library(glmserve_request STATIC
 target_include_directories(glmserve_request PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(glmserve_request PUBLIC
   glmserve_tokenizer glmserve_runtime_core glmserve_vision absl::status absl::statusor absl::strings
-  absl::str_format Threads::Threads glmserve_obs glmserve_auth nlohmann_json::nlohmann_json CURL::libcurl)
+  absl::str_format Threads::Threads glmserve_obs glmserve_auth nlohmann_json::nlohmann_json)
+if(GLMSERVE_MEDIA_FETCH)
+  target_compile_definitions(glmserve_request PRIVATE GLMSERVE_MEDIA_FETCH=1)
+  target_link_libraries(glmserve_request PUBLIC CURL::libcurl)
+endif()
 
 add_library(glmserve_grpc STATIC
   frontend/grpc_service.cc

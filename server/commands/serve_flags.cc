@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "server/request/media_fetch.h"
 
 namespace glmserve {
 namespace {
@@ -228,6 +229,11 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
                                                    " must be >= --max-batch ", sched.max_batch_size));
   }
   if (f.model_dir.empty()) return absl::InvalidArgumentError("--model: required");
+  if (f.grpc.limits.media.allow_fetch && !MediaFetchBuilt()) {
+    return absl::InvalidArgumentError(
+        "--allow-media-fetch: this glmserve was built without libcurl (-DGLMSERVE_MEDIA_FETCH=OFF); rebuild with it "
+        "or send images inline");
+  }
   // Canonical once, so every file:// URL is compared with the directory's real path.
   if (std::string& dir = f.grpc.limits.media.allowed_local_media_path; !dir.empty()) {
     char resolved[PATH_MAX];

@@ -1,6 +1,8 @@
 #include "server/request/media_fetch.h"
 
+#if GLMSERVE_MEDIA_FETCH
 #include <curl/curl.h>
+#endif
 
 #include <mutex>
 
@@ -10,6 +12,10 @@
 #include "absl/strings/str_cat.h"
 
 namespace glmserve {
+
+#if GLMSERVE_MEDIA_FETCH
+
+bool MediaFetchBuilt() { return true; }
 
 namespace {
 
@@ -103,5 +109,16 @@ absl::StatusOr<std::string> FetchMediaUrl(const std::string& url, const MediaFet
   if (status != 200) return absl::UnavailableError(absl::StrCat("HTTP ", status, " from '", host, "'"));
   return std::move(body.bytes);
 }
+
+#else  // built without libcurl (-DGLMSERVE_MEDIA_FETCH=OFF): serve refuses --allow-media-fetch
+
+bool MediaFetchBuilt() { return false; }
+std::string UrlHost(const std::string&) { return ""; }
+bool HostAllowed(const std::string&, const std::vector<std::string>&) { return false; }
+absl::StatusOr<std::string> FetchMediaUrl(const std::string&, const MediaFetchLimits&) {
+  return absl::UnimplementedError("this glmserve was built without libcurl (-DGLMSERVE_MEDIA_FETCH=OFF)");
+}
+
+#endif
 
 }  // namespace glmserve

@@ -21,6 +21,9 @@ struct MediaFetchLimits {
   std::vector<std::string> allowed_domains;
 };
 
+// False in a build without libcurl (-DGLMSERVE_MEDIA_FETCH=OFF), where nothing is fetched.
+bool MediaFetchBuilt();
+
 // The URL's host (lowercase, no port, no brackets), or "" when the URL has none.
 std::string UrlHost(const std::string& url);
 

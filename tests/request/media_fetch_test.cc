@@ -23,16 +23,13 @@ class MediaFetchTest : public ::testing::Test {
  protected:
   void SetUp() override {
     png_ = testing::ReadWholeFile(kPng);
-    server_.Get("/phone.png", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(png_, "image/png");
-    });
+    server_.Get("/phone.png",
+                [this](const httplib::Request&, httplib::Response& res) { res.set_content(png_, "image/png"); });
     server_.Get("/slow.png", [this](const httplib::Request&, httplib::Response& res) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1500));
       res.set_content(png_, "image/png");
     });
-    server_.Get("/moved.png", [](const httplib::Request&, httplib::Response& res) {
-      res.set_redirect("/phone.png");
-    });
+    server_.Get("/moved.png", [](const httplib::Request&, httplib::Response& res) { res.set_redirect("/phone.png"); });
     server_.Get("/missing.png", [](const httplib::Request&, httplib::Response& res) { res.status = 404; });
     // A body with no Content-Length that grows past the limit while it streams.
     server_.Get("/endless.png", [](const httplib::Request&, httplib::Response& res) {
