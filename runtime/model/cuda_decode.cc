@@ -170,33 +170,6 @@ class CudaDecodeRunner {
 
   const GlmModel::LayerKernels& layer_kernels() const { return kernels_; }
 
-  // cuDNN builds a graph for each new prompt length the first time it sees one: ~70 ms on an H200
-  // (and ~1.2 s for its first real one), a request's TTFT unless built here, before the first
-  // step, for every padded length up to kCudnnPrefillPrewarmTokens (~2 s for 29 lengths).
-  void PrewarmCudnnPrefill() {
-    if (cudnn_prefill_mode_ == 0) return;
-    const ModelConfig& c = model_.config();
-    const auto options = at::TensorOptions().dtype(model_.dtype()).device(model_.device());
-    const int64_t first = (cudnn_prefill_min_tokens_ + kCudnnPrefillPad - 1) / kCudnnPrefillPad * kCudnnPrefillPad;
-    try {
-      c10::cuda::CUDAGuard guard(model_.device());
-      const int64_t last = std::min<int64_t>(kCudnnPrefillPrewarmTokens, max_context_);
-      for (int64_t t = first; t <= last; t += kCudnnPrefillPad) {
-        // AttendMixed's layout (token-major rows seen as [1, heads, t, d]): graphs are cached by strides too.
-        at::Tensor q = at::zeros({1, t, c.num_attention_heads, c.head_dim}, options).transpose(1, 2);
-        at::Tensor kv = at::zeros({1, t, c.num_key_value_heads, c.head_dim}, options).transpose(1, 2);
-        // The scale AttendMixed passes (PagedAttentionShape::scale), should cuDNN key its graphs by it.
-        const double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-        CudnnCausalAttention(q, kv, kv, scale, cudnn_prefill_mode_ == 2);
-      }
-    } catch (const std::exception& e) {
-      std::fprintf(stderr,
-                   "cuDNN attention: building its graphs at start-up failed (%s); fresh prompts attend "
-                   "through flash attention\n",
-                   e.what());
-      cudnn_prefill_mode_ = 0;
-    }
-  }
   const VisionKernels& vision_kernels() const { return vision_kernels_; }
 
   // Buckets 1, 2, 4, ... up to the one holding max_sequences, every row padding (reads and writes
@@ -440,6 +413,35 @@ class CudaDecodeRunner {
     kernels::PagedAttentionShape shape;    // the decode rows'
     at::Tensor workspace;                  // split attention's (counters zeroed)
   };
+
+  // cuDNN builds a graph for each new prompt length the first time it sees one: ~70 ms on an H200
+  // (and ~1.2 s for its first real one), a request's TTFT unless built here, at the thread's
+  // first prompt step (the server's two-token warm-up request), for every padded length up to
+  // kCudnnPrefillPrewarmTokens (~2 s for 29 lengths).
+  void PrewarmCudnnPrefill() {
+    if (cudnn_prefill_mode_ == 0) return;
+    const ModelConfig& c = model_.config();
+    const auto options = at::TensorOptions().dtype(model_.dtype()).device(model_.device());
+    const int64_t first = (cudnn_prefill_min_tokens_ + kCudnnPrefillPad - 1) / kCudnnPrefillPad * kCudnnPrefillPad;
+    try {
+      c10::cuda::CUDAGuard guard(model_.device());
+      const int64_t last = std::min<int64_t>(kCudnnPrefillPrewarmTokens, max_context_);
+      for (int64_t t = first; t <= last; t += kCudnnPrefillPad) {
+        // AttendMixed's layout (token-major rows seen as [1, heads, t, d]): graphs are cached by strides too.
+        at::Tensor q = at::zeros({1, t, c.num_attention_heads, c.head_dim}, options).transpose(1, 2);
+        at::Tensor kv = at::zeros({1, t, c.num_key_value_heads, c.head_dim}, options).transpose(1, 2);
+        // The scale AttendMixed passes (PagedAttentionShape::scale), should cuDNN key its graphs by it.
+        const double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+        CudnnCausalAttention(q, kv, kv, scale, cudnn_prefill_mode_ == 2);
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr,
+                   "cuDNN attention: building its graphs failed (%s); fresh prompts attend "
+                   "through flash attention\n",
+                   e.what());
+      cudnn_prefill_mode_ = 0;
+    }
+  }
 
   // Writes the attention of q's first total_tokens rows into out's ([rows, heads * head_dim]).
   void AttendMixed(const MixedAttention& m, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
