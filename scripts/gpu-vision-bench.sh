@@ -41,7 +41,12 @@ grep -E "ready in|http serving on|KV pool" "$log" | head -5
 status=0
 timeout 900 python3 bench/autoglm_bench.py --url "http://127.0.0.1:$http_port" --agents "$agents" --steps "$steps" \
   | tee "$out/vision_bench.txt" || status=1
-grep -E "image_tokens|error|Error" "$log" | tail -5
+grep -E "error|Error" "$log" | tail -5
+# The single-step phase from the server's side (warm-up step first): where each request's time went
+# before the engine (host_ms = JSON, template, tokens, image decode + preprocessing) and its TTFT.
+echo "server side, first 4 requests: host_ms image_decode_ms image_preprocess_ms | ttft_ms"
+paste -d'|' <(grep "request accepted" "$log" | head -4 | grep -oE "(host_ms|image_decode_ms|image_preprocess_ms)=[0-9.]+" \
+  | paste -d' ' - - -) <(grep "first token" "$log" | head -4 | grep -oE "ttft_ms=[0-9.]+") | tee "$out/vision_server_side.txt"
 if [ "${GLMSERVE_VISION_PROFILE:-0}" = 1 ] && [ -f .gpu/trace/vision.json ]; then
   python3 bench/summarize_trace.py .gpu/trace/vision.json --by-step | tee "$out/vision_profile.md" || status=1
 fi
