@@ -53,7 +53,7 @@ struct Glm4vProcessorOptions {
   // Threads one Process() call uses for the resize and the patches (the caller's plus threads - 1
   // started for the call; rows are independent, so the output is the same for any count). A
   // 1080x2400 screenshot took 190 ms on one core. Not a preprocessor_config.json field (serve uses
-  // up to 8: server/request/media.cc). Must be >= 1.
+  // 4 to 8: server/request/media.cc). Must be >= 1.
   int threads = 4;
 };
 
