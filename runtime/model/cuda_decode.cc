@@ -426,12 +426,12 @@ class CudaDecodeRunner {
     try {
       c10::cuda::CUDAGuard guard(model_.device());
       const int64_t last = std::min<int64_t>(kCudnnPrefillPrewarmTokens, max_context_);
+      // The scale AttendMixed passes, should cuDNN key its graphs by it.
+      const double scale = AttentionScale();
       for (int64_t t = first; t <= last; t += kCudnnPrefillPad) {
         // AttendMixed's layout (token-major rows seen as [1, heads, t, d]): graphs are cached by strides too.
         at::Tensor q = at::zeros({1, t, c.num_attention_heads, c.head_dim}, options).transpose(1, 2);
         at::Tensor kv = at::zeros({1, t, c.num_key_value_heads, c.head_dim}, options).transpose(1, 2);
-        // The scale AttendMixed passes (PagedAttentionShape::scale), should cuDNN key its graphs by it.
-        const double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
         CudnnCausalAttention(q, kv, kv, scale, cudnn_prefill_mode_ == 2);
       }
     } catch (const std::exception& e) {
@@ -808,6 +808,12 @@ class CudaDecodeRunner {
     return k;
   }
 
+  // Softmax scale of every attention kernel here (1 / sqrt(head_dim), rounded to float as the
+  // kernels take it).
+  float AttentionScale() const {
+    return static_cast<float>(1.0 / std::sqrt(static_cast<double>(model_.config().head_dim)));
+  }
+
   // The paged-attention kernel's shape for `batch` decode rows whose block tables have
   // `max_blocks` entries each.
   kernels::PagedAttentionShape AttentionShape(int32_t batch, int32_t max_blocks, const KvPool& kv) const {
@@ -820,7 +826,7 @@ class CudaDecodeRunner {
     shape.block_size = kv.block_size;
     shape.max_blocks_per_seq = max_blocks;
     shape.max_context = max_context_;
-    shape.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    shape.scale = AttentionScale();
     shape.allow_tensor_cores = Enabled("mma_attention");
     shape.allow_warp_tiles = Enabled("warp_attention");
     return shape;
