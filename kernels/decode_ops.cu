@@ -6,6 +6,7 @@
 
 #include "kernels/decode_ops.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.cuh"
 
 namespace glmserve::kernels {
 namespace {
@@ -33,6 +34,7 @@ __global__ void __launch_bounds__(kRotaryThreads)
     RotaryKvWriteKernel(T* __restrict__ qkv, const int64_t* __restrict__ positions, const float* __restrict__ inv_freq,
                         const int64_t* __restrict__ slots, T* __restrict__ k_cache, T* __restrict__ v_cache,
                         RotaryKvShape s) {
+  AllowDependentsThenWait();
   const int t = blockIdx.x, head = blockIdx.y;  // heads: the query heads, then the KV heads
   T* row = qkv + t * s.qkv_row_stride;
   T* x = row + static_cast<int64_t>(head) * s.head_dim;
@@ -97,6 +99,7 @@ __device__ __forceinline__ float SwiGlu(float gate, float up) {
 
 template <typename T>
 __global__ void SwiGluKernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows, int64_t width) {
+  AllowDependentsThenWait();
   const int64_t total = rows * width;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -114,6 +117,7 @@ template <typename T>
 __global__ void __launch_bounds__(kSwiGluThreads)
     SwiGluChunkKernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t width) {
   constexpr int E = Chunk16<T>::kElements;
+  AllowDependentsThenWait();
   const int64_t chunks = width / E;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kSwiGluThreads + threadIdx.x;
   if (c >= chunks) return;
@@ -128,27 +132,34 @@ __global__ void __launch_bounds__(kSwiGluThreads)
 }
 
 template <typename T>
-void LaunchSwiGlu(const void* gate_up, void* out, int64_t rows, int64_t width, cudaStream_t stream) {
+cudaError_t LaunchSwiGlu(const void* gate_up, void* out, int64_t rows, int64_t width, cudaStream_t stream) {
   const T* in = static_cast<const T*>(gate_up);
   T* y = static_cast<T*>(out);
   constexpr int E = Chunk16<T>::kElements;
   const int64_t chunk_blocks = (width / E + kSwiGluThreads - 1) / kSwiGluThreads;
   if (width % E == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
       rows <= 65535 && chunk_blocks <= 0x7fffffff) {
-    SwiGluChunkKernel<T>
-        <<<dim3(static_cast<unsigned>(chunk_blocks), static_cast<unsigned>(rows)), kSwiGluThreads, 0, stream>>>(in, y,
-                                                                                                                width);
-    return;
+    return LaunchKernel(SwiGluChunkKernel<T>, dim3(static_cast<unsigned>(chunk_blocks), static_cast<unsigned>(rows)),
+                        dim3(kSwiGluThreads), 0, stream, in, y, width);
   }
   const int64_t total = rows * width;
   const unsigned blocks = static_cast<unsigned>((total + 255) / 256 < 65535 ? (total + 255) / 256 : 65535);
-  SwiGluKernel<T><<<blocks, 256, 0, stream>>>(in, y, rows, width);
+  return LaunchKernel(SwiGluKernel<T>, dim3(blocks), dim3(256), 0, stream, in, y, rows, width);
 }
 
 // ---- GEMV: each warp owns R output rows and streams their weights once with 16-byte loads ----
 constexpr int kGemvWarps = 8;
 
-// M input rows, R weight rows per warp, U 16-byte loads per lane and row in flight.
+// Iterations of a warp's weight rows past the first (kept in registers) that it asks L2 for before
+// its inputs are ready: with dependent launch that covers a 4096-wide row (qkv, o) and the
+// start of wider ones while the kernels before it finish.
+constexpr int kGemvPrefetchIterations = 3;
+
+__device__ __forceinline__ void PrefetchToL2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
+// M input rows, R weight rows per warp, U 16-byte loads per lane and row in flight. The weights
+// (which no kernel of a step writes) are read before the wait for the kernel before this one;
+// x and y only after it.
 template <typename T, int M, int R, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
@@ -160,13 +171,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   const int64_t chunks = k / E;
   const uint4* x4 = reinterpret_cast<const uint4*>(x);
   const uint4* w4 = reinterpret_cast<const uint4*>(w);
-  float acc[M][R];
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
-    uint4 wv[U][R];
+  uint4 wv[U][R];
+  auto load = [&](int64_t c0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t c = c0 + 32 * u;
@@ -176,6 +182,25 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         wv[u][r] = c < chunks && row0 + r < n ? __ldcs(w4 + (row0 + r) * chunks + c) : make_uint4(0, 0, 0, 0);
       }
     }
+  };
+  load(lane);
+  // The next iterations' lines (128 bytes, 8 chunks: one prefetch per lane covers 32 x 8 chunks).
+  constexpr int kLineChunks = 8;
+  for (int64_t c = 32 * U + int64_t{lane} * kLineChunks; c < chunks && c < 32 * U * (1 + kGemvPrefetchIterations);
+       c += 32 * kLineChunks) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (row0 + r < n) PrefetchToL2(w4 + (row0 + r) * chunks + c);
+    }
+  }
+  AllowDependentLaunch();
+  WaitForPrerequisiteGrid();
+  float acc[M][R];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+  for (int64_t c0 = lane; c0 < chunks;) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t c = c0 + 32 * u;
@@ -193,6 +218,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
           for (int e = 0; e < E; ++e) acc[m][r] = fmaf(xf[e], wf[r][e], acc[m][r]);
       }
     }
+    c0 += 32 * U;
+    if (c0 < chunks) load(c0);
   }
 #pragma unroll
   for (int m = 0; m < M; ++m) {
@@ -210,9 +237,9 @@ template <typename T, int M, int R, int U>
 bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream) {
   const int64_t rows_per_block = int64_t{kGemvWarps} * R;
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
-  GemvKernel<T, M, R, U><<<static_cast<unsigned>(blocks), kGemvWarps * 32, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias), static_cast<T*>(y), n, k);
-  return cudaGetLastError() == cudaSuccess;
+  return LaunchKernel(GemvKernel<T, M, R, U>, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32), 0, stream,
+                      static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
+                      static_cast<T*>(y), n, k) == cudaSuccess;
 }
 
 template <typename T>
@@ -258,24 +285,19 @@ bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_fre
   const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(s.num_heads + s.num_kv_heads));
   switch (type) {
     case ElementType::kFloat32:
-      RotaryKvWriteKernel<float><<<grid, kRotaryThreads, 0, st>>>(static_cast<float*>(qkv), positions, inv_freq, slots,
-                                                                  static_cast<float*>(k_cache),
-                                                                  static_cast<float*>(v_cache), s);
-      break;
+      return LaunchKernel(RotaryKvWriteKernel<float>, grid, dim3(kRotaryThreads), 0, st, static_cast<float*>(qkv),
+                          positions, inv_freq, slots, static_cast<float*>(k_cache), static_cast<float*>(v_cache),
+                          s) == cudaSuccess;
     case ElementType::kBFloat16:
-      RotaryKvWriteKernel<__nv_bfloat16><<<grid, kRotaryThreads, 0, st>>>(
-          static_cast<__nv_bfloat16*>(qkv), positions, inv_freq, slots, static_cast<__nv_bfloat16*>(k_cache),
-          static_cast<__nv_bfloat16*>(v_cache), s);
-      break;
+      return LaunchKernel(RotaryKvWriteKernel<__nv_bfloat16>, grid, dim3(kRotaryThreads), 0, st,
+                          static_cast<__nv_bfloat16*>(qkv), positions, inv_freq, slots,
+                          static_cast<__nv_bfloat16*>(k_cache), static_cast<__nv_bfloat16*>(v_cache), s) == cudaSuccess;
     case ElementType::kFloat16:
-      RotaryKvWriteKernel<__half><<<grid, kRotaryThreads, 0, st>>>(static_cast<__half*>(qkv), positions, inv_freq,
-                                                                   slots, static_cast<__half*>(k_cache),
-                                                                   static_cast<__half*>(v_cache), s);
-      break;
-    default:
-      return false;
+      return LaunchKernel(RotaryKvWriteKernel<__half>, grid, dim3(kRotaryThreads), 0, st, static_cast<__half*>(qkv),
+                          positions, inv_freq, slots, static_cast<__half*>(k_cache), static_cast<__half*>(v_cache),
+                          s) == cudaSuccess;
   }
-  return cudaGetLastError() == cudaSuccess;
+  return false;
 }
 
 bool RotateHalfCuda(const void* x, int64_t x_row_stride, const float* cos, const float* sin, void* out, int64_t rows,
@@ -313,18 +335,13 @@ bool SwiGluCuda(const void* gate_up, void* out, int64_t rows, int64_t width, Ele
   auto st = static_cast<cudaStream_t>(stream);
   switch (type) {
     case ElementType::kFloat32:
-      LaunchSwiGlu<float>(gate_up, out, rows, width, st);
-      break;
+      return LaunchSwiGlu<float>(gate_up, out, rows, width, st) == cudaSuccess;
     case ElementType::kBFloat16:
-      LaunchSwiGlu<__nv_bfloat16>(gate_up, out, rows, width, st);
-      break;
+      return LaunchSwiGlu<__nv_bfloat16>(gate_up, out, rows, width, st) == cudaSuccess;
     case ElementType::kFloat16:
-      LaunchSwiGlu<__half>(gate_up, out, rows, width, st);
-      break;
-    default:
-      return false;
+      return LaunchSwiGlu<__half>(gate_up, out, rows, width, st) == cudaSuccess;
   }
-  return cudaGetLastError() == cudaSuccess;
+  return false;
 }
 
 bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w) {

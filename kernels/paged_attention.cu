@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "kernels/device_math.cuh"
+#include "kernels/launch.cuh"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 
@@ -27,6 +28,7 @@ __global__ void PagedAttentionDecodeKernel(const T* __restrict__ q, const T* __r
                                            const T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,
                                            const int32_t* __restrict__ context_lens, T* __restrict__ out,
                                            PagedAttentionShape s) {
+  AllowDependentsThenWait();
   constexpr int kMaxPerLane = 8;  // head_dim <= 256
   __shared__ float q_shared[256];
   __shared__ float warp_max[kWarps], warp_sum[kWarps];
@@ -96,10 +98,9 @@ __global__ void PagedAttentionDecodeKernel(const T* __restrict__ q, const T* __r
 template <typename T>
 bool Launch(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
             const PagedAttentionShape& s, cudaStream_t stream) {
-  PagedAttentionDecodeKernel<T><<<dim3(s.batch, s.num_heads), kThreads, 0, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, static_cast<T*>(out),
-      s);
-  return cudaGetLastError() == cudaSuccess;
+  return LaunchKernel(PagedAttentionDecodeKernel<T>, dim3(s.batch, s.num_heads), dim3(kThreads), 0, stream,
+                      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens,
+                      static_cast<T*>(out), s) == cudaSuccess;
 }
 
 // ---- Grouped split kernel (used when the caller passes a workspace) ----
@@ -286,6 +287,7 @@ __global__ void __launch_bounds__(kSplitThreads, kSplitThreads == 256 ? 3 : 5)
                               const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
                               float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
                               int splits) {
+  AllowDependentsThenWait();
   constexpr int kSplitWarps = kSplitThreads / 32;
   extern __shared__ float4 smem_raw[];
   const SplitLayout layout = MakeSplitLayout(s);
@@ -451,6 +453,7 @@ constexpr int kMergePrefetch = 8;
 template <typename T>
 __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
                                           T* __restrict__ out, PagedAttentionShape s, int splits) {
+  AllowDependentsThenWait();
   __shared__ float weight_s[kMaxSplits];
   __shared__ float inv_total;
   const int b = blockIdx.x, h = blockIdx.y;
@@ -499,14 +502,14 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
                           void* workspace, cudaStream_t stream) {
   const int splits = SplitCount(s);
   const SplitWorkspace parts = CarveWorkspace(workspace, s, splits);
-  kernel<<<dim3(s.batch, s.num_kv_heads, splits), threads, smem, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
-      parts.part_stats, s, splits);
-  // A named thread count: clang-format 14 misreads a '<' comparison inside a launch's <<<...>>>.
+  if (LaunchKernel(kernel, dim3(s.batch, s.num_kv_heads, splits), dim3(threads), smem, stream, static_cast<const T*>(q),
+                   static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc, parts.part_stats,
+                   s, splits) != cudaSuccess) {
+    return false;
+  }
   const int merge_threads = s.head_dim < 128 ? s.head_dim : 128;
-  PagedAttentionMergeKernel<T><<<dim3(s.batch, s.num_heads), merge_threads, 0, stream>>>(
-      parts.part_acc, parts.part_stats, static_cast<T*>(out), s, splits);
-  return cudaGetLastError() == cudaSuccess;
+  return LaunchKernel(PagedAttentionMergeKernel<T>, dim3(s.batch, s.num_heads), dim3(merge_threads), 0, stream,
+                      parts.part_acc, parts.part_stats, static_cast<T*>(out), s, splits) == cudaSuccess;
 }
 
 // The shared-memory limit is raised once per kernel, before any capture (not a stream operation).
@@ -591,6 +594,7 @@ __global__ void __launch_bounds__(kMmaThreads)
                             const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
                             float* __restrict__ part_acc, float* __restrict__ part_stats, PagedAttentionShape s,
                             int splits) {
+  AllowDependentsThenWait();
   namespace wmma = nvcuda::wmma;
   extern __shared__ __align__(128) unsigned char mma_smem[];
   const int hd = s.head_dim, group = s.num_heads / s.num_kv_heads;
@@ -766,6 +770,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                              const int32_t* __restrict__ block_tables, const int32_t* __restrict__ context_lens,
                              float* __restrict__ part_acc, float* __restrict__ part_stats, int* __restrict__ counters,
                              T* __restrict__ out, PagedAttentionShape s, int splits, int chunks_per_split) {
+  AllowDependentsThenWait();
   using L = WarpLayout<kHeadDim, kWarps>;
   constexpr int kThreads = kWarps * 32;
   constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
@@ -1035,11 +1040,11 @@ bool LaunchWarpWith(const void* q, const void* k, const void* v, const int32_t* 
   if (!attribute_set) return false;
   const int splits = WarpSplitCount(s, kWarps == 8 ? 1 : 2);
   const SplitWorkspace parts = CarveWorkspace(workspace, s, splits);
-  PagedAttentionWarpKernel<T, kHeadDim, kWarps>
-      <<<dim3(s.batch, s.num_kv_heads, splits), kWarps * 32, WarpLayout<kHeadDim, kWarps>::kBytes, stream>>>(
-          static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
-          parts.part_stats, parts.counters, static_cast<T*>(out), s, splits, chunks_per_split);
-  return cudaGetLastError() == cudaSuccess;
+  return LaunchKernel(PagedAttentionWarpKernel<T, kHeadDim, kWarps>, dim3(s.batch, s.num_kv_heads, splits),
+                      dim3(kWarps * 32), WarpLayout<kHeadDim, kWarps>::kBytes, stream, static_cast<const T*>(q),
+                      static_cast<const T*>(k), static_cast<const T*>(v), tables, lens, parts.part_acc,
+                      parts.part_stats, parts.counters, static_cast<T*>(out), s, splits,
+                      chunks_per_split) == cudaSuccess;
 }
 
 // Warps per block: 8 (a 256-position context in one pass), or 4 with

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/device_math.cuh"
+#include "kernels/launch.cuh"
 #include "kernels/rms_norm.h"
 
 namespace glmserve::kernels {
@@ -31,6 +32,7 @@ template <typename T>
 __global__ void FusedAddRmsNormTypedKernel(const T* __restrict__ x, const T* __restrict__ x_weight,
                                            T* __restrict__ residual, const T* __restrict__ weight, T* __restrict__ out,
                                            int64_t hidden, float eps) {
+  AllowDependentsThenWait();
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   T* res = residual + row * hidden;
@@ -73,6 +75,7 @@ __global__ void __launch_bounds__(kRowThreads)
     FusedAddRmsNormRowKernel(const T* __restrict__ x, const T* __restrict__ x_weight, T* __restrict__ residual,
                              const T* __restrict__ weight, T* __restrict__ out, int64_t hidden, float eps) {
   constexpr int E = Chunk16<T>::kElements;
+  AllowDependentsThenWait();
   __shared__ float scratch[kRowThreads / 32];
   const int64_t row = blockIdx.x;
   const int chunks = static_cast<int>(hidden / E);
@@ -147,15 +150,13 @@ bool LaunchTyped(const void* x, const void* x_weight, void* residual, const void
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (hidden % E == 0 && hidden / E <= int64_t{kRowThreads} * kMaxChunks && aligned(residual) && aligned(weight) &&
       aligned(out) && (x == nullptr || aligned(x)) && (x_weight == nullptr || aligned(x_weight))) {
-    FusedAddRmsNormRowKernel<T><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<const T*>(x_weight), static_cast<T*>(residual),
-        static_cast<const T*>(weight), static_cast<T*>(out), hidden, eps);
-    return cudaGetLastError() == cudaSuccess;
+    return LaunchKernel(FusedAddRmsNormRowKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kRowThreads), 0, stream,
+                        static_cast<const T*>(x), static_cast<const T*>(x_weight), static_cast<T*>(residual),
+                        static_cast<const T*>(weight), static_cast<T*>(out), hidden, eps) == cudaSuccess;
   }
-  FusedAddRmsNormTypedKernel<T><<<static_cast<unsigned>(rows), 256, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(x_weight), static_cast<T*>(residual),
-      static_cast<const T*>(weight), static_cast<T*>(out), hidden, eps);
-  return cudaGetLastError() == cudaSuccess;
+  return LaunchKernel(FusedAddRmsNormTypedKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(256), 0, stream,
+                      static_cast<const T*>(x), static_cast<const T*>(x_weight), static_cast<T*>(residual),
+                      static_cast<const T*>(weight), static_cast<T*>(out), hidden, eps) == cudaSuccess;
 }
 
 }  // namespace

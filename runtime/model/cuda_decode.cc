@@ -42,6 +42,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "kernels/decode_ops.h"
+#include "kernels/launch.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 #include "runtime/model/env_switches.h"
@@ -152,6 +153,8 @@ class CudaDecodeRunner {
         disabled_.emplace(name);
       }
     }
+    // Process-wide (the kernels library's launches): the last runner made decides.
+    kernels::SetDependentLaunch(Enabled("pdl"));
     max_context_ = std::min<int32_t>(model.config().max_position_embeddings, kernels::PagedAttentionMaxContext());
     if (Enabled("gemm") && type_ != kernels::ElementType::kFloat32) {
       c10::cuda::CUDAGuard guard(model.device());
@@ -588,8 +591,8 @@ class CudaDecodeRunner {
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {
-      "norm",          "rotary",         "swiglu",     "gemv",         "gemm", "wgmma", "split_attention",
-      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill"};
+      "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma", "split_attention",
+      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl"};
   // A fresh prompt of at least this many tokens alone in a step attends through cuDNN, its length
   // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
