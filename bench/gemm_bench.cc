@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "flags/flags.h"
 #include "kernels/decode_ops.h"
+#include "kernels/launch.h"
 #include "kernels/rms_norm.h"
 
 namespace {
@@ -113,10 +114,16 @@ int main(int argc, char** argv) {
                                 CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
           }));
       if (glmserve::kernels::GemvCudaTakes(rows, shape.k, ElementType::kBFloat16, x, weights[0])) {
-        row(rows, "GEMV", time_us([&](const void* w) {
-              return glmserve::kernels::GemvCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
-                                                 stream);
-            }));
+        // Back to back, each call may start while the one before it ends (kernels/launch.h), as in
+        // a decode step; or only after it.
+        for (bool dependent_launch : {true, false}) {
+          glmserve::kernels::SetDependentLaunch(dependent_launch);
+          row(rows, dependent_launch ? "GEMV (dependent launch)" : "GEMV", time_us([&](const void* w) {
+                return glmserve::kernels::GemvCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
+                                                   stream);
+              }));
+        }
+        glmserve::kernels::SetDependentLaunch(true);
       }
       for (auto math : {glmserve::kernels::SkinnyGemmMath::kWarpgroup, glmserve::kernels::SkinnyGemmMath::kWarp}) {
         const bool warpgroup = math == glmserve::kernels::SkinnyGemmMath::kWarpgroup;

@@ -151,8 +151,7 @@ cudaError_t LaunchSwiGlu(const void* gate_up, void* out, int64_t rows, int64_t w
 constexpr int kGemvWarps = 8;
 
 // Iterations of a warp's weight rows past the first (kept in registers) that it asks L2 for before
-// its inputs are ready: with dependent launch that covers a 4096-wide row (qkv, o) and the
-// start of wider ones while the kernels before it finish.
+// its inputs are ready (GLMSERVE_CUDA_GEMV_PREFETCH overrides it for measurements).
 constexpr int kGemvPrefetchIterations = 3;
 
 __device__ __forceinline__ void PrefetchToL2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
@@ -163,7 +162,7 @@ __device__ __forceinline__ void PrefetchToL2(const void* p) { asm volatile("pref
 template <typename T, int M, int R, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-               int64_t n, int64_t k) {
+               int64_t n, int64_t k, int prefetch_iterations) {
   constexpr int E = 16 / sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * R;
@@ -186,7 +185,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   load(lane);
   // The next iterations' lines (128 bytes, 8 chunks: one prefetch per lane covers 32 x 8 chunks).
   constexpr int kLineChunks = 8;
-  for (int64_t c = 32 * U + int64_t{lane} * kLineChunks; c < chunks && c < 32 * U * (1 + kGemvPrefetchIterations);
+  for (int64_t c = 32 * U + int64_t{lane} * kLineChunks; c < chunks && c < 32 * U * (1 + prefetch_iterations);
        c += 32 * kLineChunks) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -235,11 +234,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 
 template <typename T, int M, int R, int U>
 bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream) {
+  static const int prefetch = EnvSwitch("GLMSERVE_CUDA_GEMV_PREFETCH", kGemvPrefetchIterations, "an integer in [0, 16]",
+                                        [](long value) { return value >= 0 && value <= 16; });
   const int64_t rows_per_block = int64_t{kGemvWarps} * R;
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
   return LaunchKernel(GemvKernel<T, M, R, U>, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32), 0, stream,
                       static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                      static_cast<T*>(y), n, k) == cudaSuccess;
+                      static_cast<T*>(y), n, k, prefetch) == cudaSuccess;
 }
 
 template <typename T>
@@ -248,8 +249,14 @@ bool GemvTyped(const void* x, const void* w, const void* bias, void* y, int32_t 
   // Few rows: one weight row per warp and deep unrolling keep enough loads in flight; more rows
   // share each loaded weight chunk across R weight rows so x is re-read less.
   switch (rows) {
-    case 1:
+    case 1: {
+      // GLMSERVE_CUDA_GEMV_ROWS_PER_WARP (1, 2 or 4; measurements): fewer, longer warps.
+      static const int rows_per_warp = EnvSwitch("GLMSERVE_CUDA_GEMV_ROWS_PER_WARP", 1, "1, 2 or 4",
+                                                 [](long value) { return value == 1 || value == 2 || value == 4; });
+      if (rows_per_warp == 2) return LaunchGemv<T, 1, 2, 4>(x, w, bias, y, n, k, st);
+      if (rows_per_warp == 4) return LaunchGemv<T, 1, 4, 2>(x, w, bias, y, n, k, st);
       return LaunchGemv<T, 1, 1, 8>(x, w, bias, y, n, k, st);
+    }
     case 2:
       return LaunchGemv<T, 2, 2, 4>(x, w, bias, y, n, k, st);
     case 3:
