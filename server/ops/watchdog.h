@@ -48,7 +48,7 @@ struct WatchdogOptions {
   std::chrono::milliseconds window{600'000};
   // While no request is in flight, a 1-token forward every interval; 0 = off. Must be >= 0.
   std::chrono::milliseconds canary_interval{0};
-  // Each new engine must finish a 1-token warm-up request within this, or the build fails
+  // Each new engine must finish a 2-token warm-up request within this, or the build fails
   // (UNAVAILABLE). Must be > 0.
   std::chrono::milliseconds warmup_timeout{300'000};
 };
@@ -66,7 +66,7 @@ struct EngineInstance {
 using EngineFactory = std::function<absl::StatusOr<EngineInstance>(
     int generation, std::function<void(int32_t, const absl::Status&)> on_step_end)>;
 
-// Sends a 1-token request and waits for it: a real forward pass. The request's deadline is
+// Sends a 2-token request (a prompt step) and waits for it: a real forward pass. The request's deadline is
 // `timeout` on `clock`; the wait gives up (DEADLINE_EXCEEDED) a second after it.
 absl::Status WarmUpEngine(InferenceEngine* engine, const std::string& request_id, std::chrono::milliseconds timeout,
                           Clock& clock);
