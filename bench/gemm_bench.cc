@@ -113,25 +113,27 @@ int main(int argc, char** argv) {
                                 static_cast<int>(shape.n), CUBLAS_COMPUTE_32F,
                                 CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
           }));
-      if (glmserve::kernels::GemvCudaTakes(rows, shape.k, ElementType::kBFloat16, x, weights[0])) {
-        // Back to back, each call may start while the one before it ends (kernels/launch.h), as in
-        // a decode step; or only after it.
-        for (bool dependent_launch : {true, false}) {
-          glmserve::kernels::SetDependentLaunch(dependent_launch);
-          row(rows, dependent_launch ? "GEMV (dependent launch)" : "GEMV", time_us([&](const void* w) {
+      // Back to back, each call may start while the one before it ends (kernels/launch.h), as in
+      // a decode step; or only after it.
+      for (bool dependent_launch : {true, false}) {
+        glmserve::kernels::SetDependentLaunch(dependent_launch);
+        const std::string how = dependent_launch ? ", dependent launch" : "";
+        if (glmserve::kernels::GemvCudaTakes(rows, shape.k, ElementType::kBFloat16, x, weights[0])) {
+          row(rows, "GEMV" + how, time_us([&](const void* w) {
                 return glmserve::kernels::GemvCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
                                                    stream);
               }));
         }
-        glmserve::kernels::SetDependentLaunch(true);
+        for (auto math : {glmserve::kernels::SkinnyGemmMath::kWarpgroup, glmserve::kernels::SkinnyGemmMath::kWarp}) {
+          const bool warpgroup = math == glmserve::kernels::SkinnyGemmMath::kWarpgroup;
+          row(rows, (warpgroup ? "skinny GEMM (wgmma" : "skinny GEMM (mma.sync") + how + ")",
+              time_us([&](const void* w) {
+                return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k,
+                                                         ElementType::kBFloat16, gemm_workspace, stream, math);
+              }));
+        }
       }
-      for (auto math : {glmserve::kernels::SkinnyGemmMath::kWarpgroup, glmserve::kernels::SkinnyGemmMath::kWarp}) {
-        const bool warpgroup = math == glmserve::kernels::SkinnyGemmMath::kWarpgroup;
-        row(rows, warpgroup ? "skinny GEMM (wgmma)" : "skinny GEMM (mma.sync)", time_us([&](const void* w) {
-              return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k, ElementType::kBFloat16,
-                                                       gemm_workspace, stream, math);
-            }));
-      }
+      glmserve::kernels::SetDependentLaunch(true);
     }
     for (void* w : weights) cudaFree(w);
   }

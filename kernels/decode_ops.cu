@@ -154,8 +154,6 @@ constexpr int kGemvWarps = 8;
 // its inputs are ready (GLMSERVE_CUDA_GEMV_PREFETCH overrides it for measurements).
 constexpr int kGemvPrefetchIterations = 3;
 
-__device__ __forceinline__ void PrefetchToL2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
-
 // M input rows, R weight rows per warp, U 16-byte loads per lane and row in flight. The weights
 // (which no kernel of a step writes) are read before the wait for the kernel before this one;
 // x and y only after it.

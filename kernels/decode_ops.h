@@ -69,7 +69,7 @@ bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t r
 // output does not depend on the row count or on timing.
 constexpr int32_t kSkinnyGemmMaxRows = 64;
 // Bytes of device workspace the GEMM needs on the current device (0 without one), any contents:
-// a call zeroes the counters it uses (a memset on `stream` before its kernel) and holds the
+// a call zeroes the counters it uses (a kernel on `stream` before the GEMM's) and holds the
 // workspace until that kernel ends, so calls on different streams need separate workspaces.
 size_t SkinnyGemmWorkspaceBytes();
 bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w);

@@ -21,6 +21,7 @@
 
 #include "kernels/decode_ops.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.cuh"
 
 namespace glmserve::kernels {
 namespace {
@@ -138,11 +139,12 @@ struct GemmArgs {
   const void* bias;  // may be null
   void* y;
   float* slots;   // [blocks][2][kSlotFloats]: a block's partial sums of its first and last tile
-  int* counters;  // [tiles]: parts of a tile stored so far (zeroed before the launch)
+  int* counters;  // [tiles]: parts of a tile stored so far (zeroed by ZeroCountersKernel before)
   int32_t rows;
   int64_t n, k;
-  int32_t k_blocks;   // per tile
-  int64_t per_block;  // work units (tile x k block) per block
+  int32_t k_blocks;    // per tile
+  int64_t per_block;   // work units (tile x k block) per block
+  int prefetch_units;  // units of its weight a block asks L2 for before it waits for its inputs
 };
 
 template <typename Geometry, int RowTiles>
@@ -191,6 +193,23 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * a.per_block;
   const int64_t end = begin + a.per_block < total ? begin + a.per_block : total;
   if (begin >= end) return;
+  // The weight (no kernel of a step writes it) is read before the wait for the kernel before this
+  // one: L2 gets the first units' rows, a 128-byte line per (row, 64 k), while that kernel ends.
+  {
+    constexpr int kLines = kTileFeatures * (L::kRowBytes / 128);
+    const int64_t last = begin + a.prefetch_units < end ? begin + a.prefetch_units : end;
+    for (int64_t unit = begin; unit < last; ++unit) {
+      const int64_t tile = unit / a.k_blocks;
+      const int64_t k0 = (unit - tile * a.k_blocks) * L::kBlockK;
+      for (int line = tid; line < kLines; line += kThreads) {
+        const int64_t feature = tile * kTileFeatures + line / (L::kRowBytes / 128);
+        const int64_t col = k0 + (line % (L::kRowBytes / 128)) * 64;
+        if (feature < a.n && col < a.k) PrefetchToL2(w + feature * a.k + col);
+      }
+    }
+  }
+  AllowDependentLaunch();
+  WaitForPrerequisiteGrid();
   // The swizzle atoms must start 1024-aligned (the launch adds the 1 KB this may skip).
   const uint32_t smem_base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
 
@@ -375,6 +394,16 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
   CopyAsyncWait<0>();
 }
 
+// The workspace's counters to zero, as a kernel rather than a memset: a memset between two
+// kernels would keep the GEMM from starting (and prefetching its weight) before the one before.
+__global__ void ZeroCountersKernel(int* counters, int64_t n) {
+  AllowDependentsThenWait();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    counters[i] = 0;
+  }
+}
+
 template <typename T, typename Geometry, int RowTiles>
 bool Launch(GemmArgs args, int sms, cudaStream_t stream) {
   using L = Layout<Geometry, RowTiles>;
@@ -391,8 +420,8 @@ bool Launch(GemmArgs args, int sms, cudaStream_t stream) {
   args.k_blocks = static_cast<int32_t>((args.k + L::kBlockK - 1) / L::kBlockK);
   const int64_t total = (args.n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
   args.per_block = (total + blocks - 1) / blocks;
-  SkinnyGemmKernel<T, Geometry, RowTiles><<<blocks, L::kThreads, smem, stream>>>(args);
-  return cudaGetLastError() == cudaSuccess;
+  return LaunchKernel(SkinnyGemmKernel<T, Geometry, RowTiles>, dim3(blocks), dim3(L::kThreads), smem, stream, args) ==
+         cudaSuccess;
 }
 
 template <typename T, typename Geometry>
@@ -432,9 +461,18 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
   args.rows = rows;
   args.n = n;
   args.k = k;
+  // A block's share of L2 (~50 MB on an H100 / H200) in 32 KB units; GLMSERVE_CUDA_GEMM_PREFETCH
+  // overrides it for measurements.
+  static const int prefetch_units = EnvSwitch("GLMSERVE_CUDA_GEMM_PREFETCH", 8, "an integer in [0, 64]",
+                                              [](long value) { return value >= 0 && value <= 64; });
+  args.prefetch_units = prefetch_units;
   auto st = static_cast<cudaStream_t>(stream);
   const int64_t tiles = (n + kTileFeatures - 1) / kTileFeatures;
-  if (cudaMemsetAsync(args.counters, 0, static_cast<size_t>(tiles) * sizeof(int), st) != cudaSuccess) return false;
+  constexpr int kZeroThreads = 256;
+  if (LaunchKernel(ZeroCountersKernel, dim3(static_cast<unsigned>((tiles + kZeroThreads - 1) / kZeroThreads)),
+                   dim3(kZeroThreads), 0, st, args.counters, tiles) != cudaSuccess) {
+    return false;
+  }
 #if GLMSERVE_CUDA_SM90A
   if (math == SkinnyGemmMath::kWarpgroup) {
     if (type == ElementType::kBFloat16) return LaunchForRows<__nv_bfloat16, WideWarpgroup>(args, sms, st);
