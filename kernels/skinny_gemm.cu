@@ -461,9 +461,9 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
   args.rows = rows;
   args.n = n;
   args.k = k;
-  // A block's share of L2 (~50 MB on an H100 / H200) in 32 KB units; GLMSERVE_CUDA_GEMM_PREFETCH
-  // overrides it for measurements.
-  static const int prefetch_units = EnvSwitch("GLMSERVE_CUDA_GEMM_PREFETCH", 8, "an integer in [0, 64]",
+  // Units of 32 KB; GLMSERVE_CUDA_GEMM_PREFETCH sets it for measurements (8: a block's share of
+  // an H200's 50 MB L2). 0 until measured: the GEMV's L2 prefetch made its steps slower.
+  static const int prefetch_units = EnvSwitch("GLMSERVE_CUDA_GEMM_PREFETCH", 0, "an integer in [0, 64]",
                                               [](long value) { return value >= 0 && value <= 64; });
   args.prefetch_units = prefetch_units;
   auto st = static_cast<cudaStream_t>(stream);
