@@ -150,18 +150,14 @@ cudaError_t LaunchSwiGlu(const void* gate_up, void* out, int64_t rows, int64_t w
 // ---- GEMV: each warp owns R output rows and streams their weights once with 16-byte loads ----
 constexpr int kGemvWarps = 8;
 
-// Iterations of a warp's weight rows past the first (kept in registers) that it asks L2 for before
-// its inputs are ready; GLMSERVE_CUDA_GEMV_PREFETCH sets it for measurements. 0: with 3, a decode
-// step at batch 1 took 6.31 ms instead of 5.63 without dependent launch (H200), not understood.
-constexpr int kGemvPrefetchIterations = 0;
-
 // M input rows, R weight rows per warp, U 16-byte loads per lane and row in flight. The weights
 // (which no kernel of a step writes) are read before the wait for the kernel before this one;
-// x and y only after it.
+// x and y only after it. Only the first loads go early: asking L2 for the rest of the row as well
+// made a batch-1 step slower (6.08 vs 5.57 ms, H200).
 template <typename T, int M, int R, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-               int64_t n, int64_t k, int prefetch_iterations) {
+               int64_t n, int64_t k) {
   constexpr int E = 16 / sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * R;
@@ -182,15 +178,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
   };
   load(lane);
-  // The next iterations' lines (128 bytes, 8 chunks: one prefetch per lane covers 32 x 8 chunks).
-  constexpr int kLineChunks = 8;
-  for (int64_t c = 32 * U + int64_t{lane} * kLineChunks; c < chunks && c < 32 * U * (1 + prefetch_iterations);
-       c += 32 * kLineChunks) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (row0 + r < n) PrefetchToL2(w4 + (row0 + r) * chunks + c);
-    }
-  }
   AllowDependentLaunch();
   WaitForPrerequisiteGrid();
   float acc[M][R];
@@ -233,13 +220,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 
 template <typename T, int M, int R, int U>
 bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream) {
-  static const int prefetch = EnvSwitch("GLMSERVE_CUDA_GEMV_PREFETCH", kGemvPrefetchIterations, "an integer in [0, 16]",
-                                        [](long value) { return value >= 0 && value <= 16; });
   const int64_t rows_per_block = int64_t{kGemvWarps} * R;
   const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
   return LaunchKernel(GemvKernel<T, M, R, U>, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32), 0, stream,
                       static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                      static_cast<T*>(y), n, k, prefetch) == cudaSuccess;
+                      static_cast<T*>(y), n, k) == cudaSuccess;
 }
 
 template <typename T>
@@ -248,14 +233,8 @@ bool GemvTyped(const void* x, const void* w, const void* bias, void* y, int32_t 
   // Few rows: one weight row per warp and deep unrolling keep enough loads in flight; more rows
   // share each loaded weight chunk across R weight rows so x is re-read less.
   switch (rows) {
-    case 1: {
-      // GLMSERVE_CUDA_GEMV_ROWS_PER_WARP (1, 2 or 4; measurements): fewer, longer warps.
-      static const int rows_per_warp = EnvSwitch("GLMSERVE_CUDA_GEMV_ROWS_PER_WARP", 1, "1, 2 or 4",
-                                                 [](long value) { return value == 1 || value == 2 || value == 4; });
-      if (rows_per_warp == 2) return LaunchGemv<T, 1, 2, 4>(x, w, bias, y, n, k, st);
-      if (rows_per_warp == 4) return LaunchGemv<T, 1, 4, 2>(x, w, bias, y, n, k, st);
+    case 1:
       return LaunchGemv<T, 1, 1, 8>(x, w, bias, y, n, k, st);
-    }
     case 2:
       return LaunchGemv<T, 2, 2, 4>(x, w, bias, y, n, k, st);
     case 3:

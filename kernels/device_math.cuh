@@ -134,9 +134,6 @@ __device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint3
 }
 #undef GLMSERVE_MMA_M16N8K16
 
-// Asks L2 for the 128-byte line holding p (no register, no wait).
-__device__ __forceinline__ void PrefetchToL2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
-
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -142,9 +142,8 @@ struct GemmArgs {
   int* counters;  // [tiles]: parts of a tile stored so far (zeroed by ZeroCountersKernel before)
   int32_t rows;
   int64_t n, k;
-  int32_t k_blocks;    // per tile
-  int64_t per_block;   // work units (tile x k block) per block
-  int prefetch_units;  // units of its weight a block asks L2 for before it waits for its inputs
+  int32_t k_blocks;   // per tile
+  int64_t per_block;  // work units (tile x k block) per block
 };
 
 template <typename Geometry, int RowTiles>
@@ -193,21 +192,6 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * a.per_block;
   const int64_t end = begin + a.per_block < total ? begin + a.per_block : total;
   if (begin >= end) return;
-  // The weight (no kernel of a step writes it) is read before the wait for the kernel before this
-  // one: L2 gets the first units' rows, a 128-byte line per (row, 64 k), while that kernel ends.
-  {
-    constexpr int kLines = kTileFeatures * (L::kRowBytes / 128);
-    const int64_t last = begin + a.prefetch_units < end ? begin + a.prefetch_units : end;
-    for (int64_t unit = begin; unit < last; ++unit) {
-      const int64_t tile = unit / a.k_blocks;
-      const int64_t k0 = (unit - tile * a.k_blocks) * L::kBlockK;
-      for (int line = tid; line < kLines; line += kThreads) {
-        const int64_t feature = tile * kTileFeatures + line / (L::kRowBytes / 128);
-        const int64_t col = k0 + (line % (L::kRowBytes / 128)) * 64;
-        if (feature < a.n && col < a.k) PrefetchToL2(w + feature * a.k + col);
-      }
-    }
-  }
   AllowDependentLaunch();
   WaitForPrerequisiteGrid();
   // The swizzle atoms must start 1024-aligned (the launch adds the 1 KB this may skip).
@@ -395,7 +379,7 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
 }
 
 // The workspace's counters to zero, as a kernel rather than a memset: a memset between two
-// kernels would keep the GEMM from starting (and prefetching its weight) before the one before.
+// kernels would keep the GEMM from starting before the kernel before it has ended.
 __global__ void ZeroCountersKernel(int* counters, int64_t n) {
   AllowDependentsThenWait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -461,11 +445,6 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
   args.rows = rows;
   args.n = n;
   args.k = k;
-  // Units of 32 KB; GLMSERVE_CUDA_GEMM_PREFETCH sets it for measurements (8: a block's share of
-  // an H200's 50 MB L2). 0 until measured: the GEMV's L2 prefetch made its steps slower.
-  static const int prefetch_units = EnvSwitch("GLMSERVE_CUDA_GEMM_PREFETCH", 0, "an integer in [0, 64]",
-                                              [](long value) { return value >= 0 && value <= 64; });
-  args.prefetch_units = prefetch_units;
   auto st = static_cast<cudaStream_t>(stream);
   const int64_t tiles = (n + kTileFeatures - 1) / kTileFeatures;
   constexpr int kZeroThreads = 256;

@@ -598,7 +598,7 @@ class CudaDecodeRunner {
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
   static constexpr int64_t kCudnnPrefillPad = 256;
   static constexpr int64_t kCudnnPrefillPrewarmTokens = 8192;  // the GPU's default --max-batch-tokens
-  static constexpr int64_t kDefaultGemvMaxRows = 2;
+  static constexpr int64_t kDefaultGemvMaxRows = 1;
   // Where the skinny GEMM replaces cuBLAS (see the linear kernel below). On an H200 cuBLAS takes
   // the lm_head faster from 32 rows on (bench/gemm_bench: 306 vs 350 us at 32 rows, 311 vs 429 at
   // 64; decode_bench batch 64: 10,082 vs 9,832 tok/s with 16 here instead of 64); up to 16 rows
@@ -760,9 +760,9 @@ class CudaDecodeRunner {
         return out;
       };
     }
-    // Up to this many rows the GEMV streams the weights faster than cuBLAS; at 4 rows they tie
-    // and at 8 cuBLAS wins (H100, bench/results/gpu.md). GLMSERVE_CUDA_GEMV_MAX_ROWS overrides
-    // it for measurements.
+    // Up to this many rows the GEMV streams the weights faster than cuBLAS: on an H200 one row
+    // (decode_bench 5.57 vs 5.81 ms a step), not two (6.15 vs 5.75; bench/results/gpu.md).
+    // GLMSERVE_CUDA_GEMV_MAX_ROWS overrides it for measurements.
     int64_t max_rows = EnvInt("GLMSERVE_CUDA_GEMV_MAX_ROWS", kDefaultGemvMaxRows, 0, kernels::kGemvMaxRows);
     if (!Enabled("gemv")) max_rows = 0;
     const int64_t gemm_workspace_bytes = gemm_workspace_bytes_;
