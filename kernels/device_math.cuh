@@ -9,8 +9,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <type_traits>
 
 namespace glmserve::kernels {
@@ -142,19 +140,6 @@ __device__ __forceinline__ float WarpSum(float v) {
 __device__ __forceinline__ float WarpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
-}
-
-// A measurement switch read from the environment: its integer value when `accepted` takes it,
-// else `fallback`, saying on stderr what the variable accepts when it is set to something else.
-template <typename Accepted>
-int EnvSwitch(const char* name, int fallback, const char* expected, Accepted accepted) {
-  const char* env = std::getenv(name);
-  if (env == nullptr) return fallback;
-  char* end = nullptr;
-  const long value = std::strtol(env, &end, 10);
-  if (end != env && *end == '\0' && accepted(value)) return static_cast<int>(value);
-  std::fprintf(stderr, "%s: '%s' is not %s; using %d\n", name, env, expected, fallback);
-  return fallback;
 }
 
 // Multiprocessors of the current device, asked once per device; 0 when CUDA cannot say.

@@ -144,6 +144,19 @@ bool SplitKernelTakes(const PagedAttentionShape& s) {
   return MakeSplitLayout(s).smem <= 200 * 1024;
 }
 
+// A measurement switch read from the environment: its integer value when `accepted` takes it,
+// else `fallback`, saying on stderr what the variable accepts when it is set to something else.
+template <typename Accepted>
+int EnvSwitch(const char* name, int fallback, const char* expected, Accepted accepted) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return fallback;
+  char* end = nullptr;
+  const long value = std::strtol(env, &end, 10);
+  if (end != env && *end == '\0' && accepted(value)) return static_cast<int>(value);
+  std::fprintf(stderr, "%s: '%s' is not %s; using %d\n", name, env, expected, fallback);
+  return fallback;
+}
+
 // The workspace starts with a counter per (sequence, KV head), padded to 16 bytes.
 int64_t CounterWords(const PagedAttentionShape& s) { return (int64_t{s.batch} * s.num_kv_heads + 3) / 4 * 4; }
 
