@@ -133,6 +133,9 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_prefill_tokens_with_decodes must be >= 0, got ", o.max_prefill_tokens_with_decodes));
   }
+  if (o.mixed_step_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("mixed_step_rows must be >= 0, got ", o.mixed_step_rows));
+  }
   if (o.max_queue_delay.count() < 0) {
     return absl::InvalidArgumentError("max_queue_delay must be >= 0");
   }
@@ -500,9 +503,14 @@ engine_internal::Sequence* Scheduler::PopBestWaiting(TimePoint now, bool pop) {
 }
 
 void Scheduler::CapPrefillBudget(int32_t decodes, int32_t* budget) const {
-  if (decodes > 0 && options_.max_prefill_tokens_with_decodes > 0) {
-    *budget = std::min(*budget, options_.max_prefill_tokens_with_decodes);
+  if (decodes == 0) return;
+  int32_t cap = options_.max_prefill_tokens_with_decodes;  // 0 = none
+  const int32_t rows = options_.mixed_step_rows;
+  if (rows > 0 && decodes <= rows / 4) {
+    const int32_t fill = rows - decodes;
+    cap = cap > 0 ? std::min(cap, fill) : fill;
   }
+  if (cap > 0) *budget = std::min(*budget, cap);
 }
 
 Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {

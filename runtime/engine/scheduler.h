@@ -71,6 +71,15 @@ struct SchedulerOptions {
   // charges count against this cap like prefill tokens (the over-budget rule above included).
   // 0 = no separate cap. Must be >= 0.
   int32_t max_prefill_tokens_with_decodes = 0;
+  // Rows (decode rows plus prefill tokens) a step that decodes is filled to: while the decode rows
+  // take at most a quarter of it, prefill beside them is cut to exactly what is left (and to
+  // max_prefill_tokens_with_decodes when that is lower); with more decode rows only
+  // max_prefill_tokens_with_decodes applies (there prefill must keep pace with as many sequences
+  // finishing, and the steps are compute-bound anyway). A GPU's GEMMs cost about the same per row
+  // up to a tile-friendly size and jump past it (on an H200, GLM-4-9B's layer GEMMs take 154 us
+  // at 256 rows and 219 at 320; bench/results/gpu.md), so 64 decodes beside 256 prefill tokens
+  // cost far more than beside 192. 0 = off. Must be >= 0.
+  int32_t mixed_step_rows = 0;
   // Batching window: while nothing is running, waiting requests are held until the oldest has
   // waited this long or max_batch_size requests are waiting, so the first batch starts fuller.
   // Once anything runs, arrivals join at the next step boundary regardless. 0 = never hold.
@@ -174,8 +183,8 @@ class Scheduler {
   void ExpireAndReap(TimePoint now);
   bool HeldByQueueDelay(TimePoint now) const;
   PlannedStep Plan(TimePoint now);
-  // Lowers the budget left for prefill to max_prefill_tokens_with_decodes when the step already
-  // holds `decodes` decode rows.
+  // Lowers the budget left for prefill when the step already holds `decodes` decode rows:
+  // max_prefill_tokens_with_decodes, and mixed_step_rows minus the decodes.
   void CapPrefillBudget(int32_t decodes, int32_t* budget) const;
   Sequence* PopBestWaiting(TimePoint now, bool pop);
   absl::StatusOr<StepResult> Execute(const PlannedStep& plan);

@@ -16,6 +16,9 @@ using flags::FlagSet;
 
 // --max-prefill-tokens-with-decodes when --device is a GPU and the flag is not given.
 constexpr int32_t kGpuPrefillTokensWithDecodes = 256;
+// --mixed-step-rows when --device is a GPU and the flag is not given: up to 256 rows the layer
+// GEMMs of GLM-4-9B cost ~6 us per extra row on an H200, past it ~11 (bench/results/gpu.md).
+constexpr int32_t kGpuMixedStepRows = 256;
 // --max-batch-tokens when --device is a GPU and the flag is not given (the CPU keeps
 // SchedulerOptions' default).
 constexpr int32_t kGpuTokensPerStep = 8192;
@@ -28,6 +31,7 @@ struct Staging {
   int64_t kv_cpu_mb = 0;
   int64_t queue_delay_us = 0;
   int64_t prefill_cap = -1;      // unset: chosen by --device in Resolve
+  int64_t mixed_step_rows = -1;  // unset: chosen by --device in Resolve
   int64_t tokens_per_step = -1;  // likewise
   int64_t step_latency_ms = 0;
   int64_t stall_ms = 0;
@@ -130,6 +134,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("max-prefill-tokens-with-decodes", &s.prefill_cap, 0, kIntMax,
           "prefill tokens in a step that also decodes (flat ITL while prompts arrive)")
       .DefaultText(absl::StrCat(kGpuPrefillTokensWithDecodes, " on a GPU, 0 (no cap) on the CPU"));
+  set.Int("mixed-step-rows", &s.mixed_step_rows, 0, kIntMax,
+          "rows a step that decodes is filled to with prefill while its decodes take a quarter or less")
+      .DefaultText(absl::StrCat(kGpuMixedStepRows, " on a GPU, 0 (off) on the CPU"));
   set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");
   set.Int("kv-block-size", &f.executor.block_size, 1, 4096, "tokens per KV block");
   set.Int("kv-blocks", &f.executor.num_blocks, 0, kIntMax, "KV pool blocks")
@@ -202,6 +209,11 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
   // bench/results/gpu.md); the CPU, where prefill tokens cost as much as decode rows, has no cap.
   sched.max_prefill_tokens_with_decodes =
       s.prefill_cap >= 0 ? s.prefill_cap : (f.device.is_cuda() ? kGpuPrefillTokensWithDecodes : 0);
+  // Unset: a GPU fills a step that decodes to kGpuMixedStepRows rows (64 decodes beside 192
+  // prefill tokens instead of 256: a 256-row step instead of a 320-row one); the CPU's cost per row
+  // does not jump, so it is off there.
+  sched.mixed_step_rows =
+      static_cast<int32_t>(s.mixed_step_rows >= 0 ? s.mixed_step_rows : (f.device.is_cuda() ? kGpuMixedStepRows : 0));
   // Unset: a GPU takes steps of up to kGpuTokensPerStep tokens while nothing decodes. A phone
   // agent's step (a 3,108-token screenshot charged twice, encoder and tokens, plus ~1,400 of text)
   // then prefills in one step instead of four (one of them a single token beside the vision

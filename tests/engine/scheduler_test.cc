@@ -39,6 +39,9 @@ TEST(SchedulerOptionsTest, BadOptionsNameTheField) {
   o.max_batch_size = 16;
   expect_bad(o, "max_tokens_per_step");
   o = SchedulerOptions();
+  o.mixed_step_rows = -1;
+  expect_bad(o, "mixed_step_rows");
+  o = SchedulerOptions();
   o.aimd_increase_after_steps = 0;
   expect_bad(o, "aimd_increase_after_steps");
   o = SchedulerOptions();
@@ -150,6 +153,45 @@ TEST(SchedulerTest, PrefillCapAppliesOnlyWhileSequencesDecode) {
   EXPECT_TRUE(batches[3][1].sample);
   h.RunUntilIdle();
   h.ExpectAllMatchReference();
+}
+
+// The chunk a 40-token prompt gets beside `decoders` decoding sequences.
+size_t PrefillChunkBeside(int decoders, SchedulerOptions o) {
+  Harness h(o, 4, 256);
+  for (int i = 0; i < decoders; ++i) h.Add(MakeRequest("d" + std::to_string(i), MakePrompt(10 + i, 3), 40));
+  EXPECT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);  // their prompts, nothing decoding yet
+  h.Add(MakeRequest("long", MakePrompt(2, 40), 2));
+  EXPECT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  const std::vector<SequenceStep> step = h.executor.batches()[1];
+  EXPECT_EQ(step.size(), static_cast<size_t>(decoders) + 1);
+  for (int i = 0; i < decoders; ++i) EXPECT_EQ(step[i].tokens.size(), 1u) << "decode row " << i;
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+  return step.back().tokens.size();
+}
+
+TEST(SchedulerTest, MixedStepsAreFilledToTheirRowsWhileDecodesTakeAQuarter) {
+  SchedulerOptions o;
+  o.max_batch_size = 8;
+  o.max_tokens_per_step = 64;
+  o.mixed_step_rows = 8;
+  o.max_prefill_tokens_with_decodes = 20;
+  // Decodes take at most 2 of the 8 rows: prefill fills the step to exactly 8.
+  EXPECT_EQ(PrefillChunkBeside(1, o), 7u);
+  EXPECT_EQ(PrefillChunkBeside(2, o), 6u);
+  // Three decodes take more: only max_prefill_tokens_with_decodes applies.
+  EXPECT_EQ(PrefillChunkBeside(3, o), 20u);
+  // The lower of the two wins.
+  o.max_prefill_tokens_with_decodes = 5;
+  EXPECT_EQ(PrefillChunkBeside(1, o), 5u);
+  // No separate cap: the fill alone, then (too many decodes) the whole budget left.
+  o.max_prefill_tokens_with_decodes = 0;
+  EXPECT_EQ(PrefillChunkBeside(2, o), 6u);
+  EXPECT_EQ(PrefillChunkBeside(6, o), 40u);
+  // Off: the cap alone.
+  o.mixed_step_rows = 0;
+  o.max_prefill_tokens_with_decodes = 9;
+  EXPECT_EQ(PrefillChunkBeside(1, o), 9u);
 }
 
 TEST(SchedulerTest, DeadlineExpiresMidGenerationAndFreesBlocks) {

@@ -22,21 +22,24 @@ TEST(ServeFlags, StepBudgetsDefaultByDevice) {
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   EXPECT_EQ(cpu->engine.scheduler.max_tokens_per_step, 2048);
   EXPECT_EQ(cpu->engine.scheduler.max_prefill_tokens_with_decodes, 0);
+  EXPECT_EQ(cpu->engine.scheduler.mixed_step_rows, 0);
 
   // Parsed without a GPU present: nothing is loaded before the flags are resolved.
   absl::StatusOr<ServeFlags> gpu = Parse({"--device", "cuda"});
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   EXPECT_EQ(gpu->engine.scheduler.max_tokens_per_step, 8192);
   EXPECT_EQ(gpu->engine.scheduler.max_prefill_tokens_with_decodes, 256);
+  EXPECT_EQ(gpu->engine.scheduler.mixed_step_rows, 256);
 }
 
 TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
   for (const char* device : {"cpu", "cuda"}) {
-    absl::StatusOr<ServeFlags> f =
-        Parse({"--device", device, "--max-batch-tokens", "3000", "--max-prefill-tokens-with-decodes", "64"});
+    absl::StatusOr<ServeFlags> f = Parse({"--device", device, "--max-batch-tokens", "3000",
+                                          "--max-prefill-tokens-with-decodes", "64", "--mixed-step-rows", "128"});
     ASSERT_TRUE(f.ok()) << device << ": " << f.status();
     EXPECT_EQ(f->engine.scheduler.max_tokens_per_step, 3000) << device;
     EXPECT_EQ(f->engine.scheduler.max_prefill_tokens_with_decodes, 64) << device;
+    EXPECT_EQ(f->engine.scheduler.mixed_step_rows, 128) << device;
   }
 }
 
