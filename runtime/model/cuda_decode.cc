@@ -162,9 +162,6 @@ class CudaDecodeRunner {
     }
     kernels_ = MakeLayerKernels();
     vision_kernels_ = MakeVisionKernels();
-    prefill_rows_max_context_ = Enabled("prefill_rows") ? EnvInt("GLMSERVE_CUDA_PREFILL_ROWS_MAX_CONTEXT",
-                                                                 kPrefillRowsDefaultMaxContext, 0, max_context_)
-                                                        : 0;
     // Flash attention takes bf16 / fp16 and head sizes up to 256 in multiples of 8.
     mixed_ = Enabled("mixed_step") && type_ != kernels::ElementType::kFloat32 && FlashTakesHeadDim(model.config()) &&
              FlashAttentionRuns(model);
@@ -190,8 +187,7 @@ class CudaDecodeRunner {
       Stage(bucket, {}, kv);
       Capture(bucket, kv);
       captured->push_back(size);
-      // Steps whose prompts ride along as decode rows (Run) reach past the batch's size.
-      if (size >= max_sequences && (prefill_rows_max_context_ == 0 || size >= kMaxBucket)) break;
+      if (size >= max_sequences) break;
     }
     if (!mixed_) return;
     for (int32_t tokens = kMixedGraphStep; tokens <= mixed_graph_max_tokens_; tokens += kMixedGraphStep) {
@@ -199,37 +195,17 @@ class CudaDecodeRunner {
     }
   }
 
-  // A batch through the decode graphs, one row per token: a decoding sequence's token, or each
-  // token of a short prompt chunk (text, every position below prefill_rows_max_context_). The
-  // rotary+KV kernel writes every row's K and V before the attention kernel reads any, so a
-  // prompt's rows attend to each other as a causal prefill would, each over its own context
-  // length. A mixed step then runs as one graph instead of 41 graph segments with eager flash
-  // attention between them, whose issue cost the GPU waited for (bench/results/gpu.md, 2026-12-03
-  // third session). Returns the sampled rows' logits in batch order, or an undefined tensor when
-  // it cannot take the batch.
   at::Tensor Run(const std::vector<SequenceStep>& batch, KvPool& kv) {
     // One model may be driven from two threads (the engine, and Generate from a CLI or a test):
     // buckets, staging buffers and captures are shared state.
     std::lock_guard<std::mutex> lock(mu_);
-    std::vector<DecodeRow> rows;
-    std::vector<int64_t> sampled_rows;  // each sampled step's last row, in batch order
-    bool one_sampled_token_each = true;
-    for (const SequenceStep& s : batch) {
-      const int32_t n = static_cast<int32_t>(s.tokens.size());
-      if (n == 0 || s.start_position + n > max_context_) return at::Tensor();
-      if (n > 1 || !s.sample) {
-        one_sampled_token_each = false;
-        // Each prompt row reads its whole context like a decode row (flash attention shares the
-        // K/V tiles between a chunk's queries): cheap only while those contexts are short.
-        if (s.multimodal != nullptr || s.start_position + n > prefill_rows_max_context_) return at::Tensor();
-      }
-      if (static_cast<int64_t>(rows.size()) + n > kMaxBucket) return at::Tensor();
-      for (int32_t i = 0; i < n; ++i) rows.push_back({&s, i});
-      if (s.sample) sampled_rows.push_back(static_cast<int64_t>(rows.size()) - 1);
-    }
-    const int32_t n = static_cast<int32_t>(rows.size());
+    const int32_t n = static_cast<int32_t>(batch.size());
     int32_t size = 1;
     while (size < n) size *= 2;
+    if (size > kMaxBucket) return at::Tensor();
+    for (const SequenceStep& s : batch) {
+      if (s.start_position + 1 > max_context_) return at::Tensor();
+    }
     const int32_t max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
     Bucket& bucket = buckets_[size];
     // A graph holds raw addresses of every layer's KV slice: a pool of another size can start at
@@ -238,35 +214,24 @@ class CudaDecodeRunner {
     const bool same_pool = bucket.pool_key == kv.k.data_ptr() && bucket.pool_v_key == kv.v.data_ptr() &&
                            bucket.block_size == kv.block_size && bucket.pool_blocks == kv.num_blocks;
     if (!same_pool) Prepare(bucket, size, max_blocks, kv);
-    Stage(bucket, rows, kv);
-    at::Tensor logits;
-    if (!graphs_) {
-      logits = Step(bucket, kv);
-    } else {
-      if (!same_pool || !bucket.graph) Capture(bucket, kv);
-      bucket.graph->replay();
-      if (verify_) Verify(bucket, kv, n);
-      logits = bucket.logits;
-    }
-    if (one_sampled_token_each) return logits.narrow(0, 0, n);
-    if (sampled_rows.empty()) return at::empty({0, logits.size(1)}, logits.options());
-    at::Tensor index = at::empty({static_cast<int64_t>(sampled_rows.size())},
-                                 at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-    std::copy(sampled_rows.begin(), sampled_rows.end(), index.data_ptr<int64_t>());
-    // A copy: the graph's output buffer is overwritten by the next replay.
-    return logits.index_select(0, index.to(logits.device(), /*non_blocking=*/true));
+    Stage(bucket, batch, kv);
+    if (!graphs_) return Step(bucket, kv).narrow(0, 0, n);
+    if (!same_pool || !bucket.graph) Capture(bucket, kv);
+    bucket.graph->replay();
+    if (verify_) Verify(bucket, kv, n);
+    return bucket.logits.narrow(0, 0, n);
   }
 
-  // A batch the decode graphs do not take (Run): long prompt chunks, alone or beside decode rows,
-  // and steps of more than 256 rows. One forward over every row with the fused kernels; decode
-  // rows (one token) attend through the paged-attention kernel in one launch, prefill chunks
-  // through flash attention over variable lengths, their whole context (earlier chunks included)
-  // gathered from the paged cache. Before this, each sequence attended alone through ATen ops, so
-  // a step with 64 decodes and one prompt launched ~40 small kernels per sequence per layer. Steps
-  // of up to mixed_graph_max_tokens_ tokens replay the layers between attentions as CUDA graphs
-  // (MixedGraph): eager, the ~700 launches of such a step took longer on the host than the step on
-  // the GPU. Returns fp32 logits of the sampled rows in batch order, or an undefined tensor when it
-  // cannot take the batch (the per-sequence path runs).
+  // A batch the decode graphs do not take: prefill chunks, alone or beside decode rows. One
+  // forward over every row with the fused kernels; decode rows (one token) attend through the
+  // paged-attention kernel in one launch, prefill chunks through flash attention over variable
+  // lengths, their whole context (earlier chunks included) gathered from the paged cache. Before
+  // this, each sequence attended alone through ATen ops, so a step with 64 decodes and one prompt
+  // launched ~40 small kernels per sequence per layer. Steps of up to mixed_graph_max_tokens_
+  // tokens replay the layers between attentions as CUDA graphs (MixedGraph): eager, the ~700
+  // launches of such a step took longer on the host than the step on the GPU. Returns fp32 logits
+  // of the sampled rows in batch order, or an undefined tensor when it cannot take the batch (the
+  // per-sequence path runs).
   at::Tensor RunMixed(const std::vector<SequenceStep>& batch, KvPool& kv,
                       const GlmModel::EmbeddingOverride* images = nullptr) {
     if (!mixed_ || batch.empty()) return at::Tensor();
@@ -624,12 +589,10 @@ class CudaDecodeRunner {
   static constexpr int32_t kMixedGraphDefaultMaxTokens = 512;
 
   static constexpr int32_t kMaxBucket = 256;
-  // Prompt tokens ride in the decode graphs (Run) while their positions stay below this.
-  static constexpr int64_t kPrefillRowsDefaultMaxContext = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {
-      "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma",       "split_attention",
-      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl",  "prefill_rows"};
+      "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma", "split_attention",
+      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl"};
   // A fresh prompt of at least this many tokens alone in a step attends through cuDNN, its length
   // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
@@ -679,16 +642,9 @@ class CudaDecodeRunner {
     b.lens = at::empty({size}, b.host_lens.options().pinned_memory(false).device(device));
   }
 
-  // One row of a decode-graph step: token `index` of `step`'s chunk, at position
-  // step->start_position + index.
-  struct DecodeRow {
-    const SequenceStep* step;
-    int32_t index;
-  };
-
   // Copies this step's inputs into the bucket's fixed device buffers; rows past the batch are
   // padding that reads and writes only the pool's scratch block.
-  void Stage(Bucket& b, const std::vector<DecodeRow>& rows, const KvPool& kv) {
+  void Stage(Bucket& b, const std::vector<SequenceStep>& batch, const KvPool& kv) {
     int64_t* ids = b.host_ids.data_ptr<int64_t>();
     int64_t* positions = b.host_positions.data_ptr<int64_t>();
     int64_t* slots = b.host_slots.data_ptr<int64_t>();
@@ -697,10 +653,10 @@ class CudaDecodeRunner {
     const int32_t scratch = kv.scratch_block();
     for (int32_t row = 0; row < b.size; ++row) {
       int32_t* table = tables + static_cast<int64_t>(row) * b.max_blocks;
-      if (row < static_cast<int32_t>(rows.size())) {
-        const SequenceStep& s = *rows[row].step;
-        const int32_t pos = s.start_position + rows[row].index;
-        ids[row] = s.tokens[rows[row].index];
+      if (row < static_cast<int32_t>(batch.size())) {
+        const SequenceStep& s = batch[row];
+        const int32_t pos = s.start_position;
+        ids[row] = s.tokens[0];
         positions[row] = RotaryPosition(s, pos);
         slots[row] = kv.slot(s.block_table, pos);
         // The kernel reads only the entries covering the context; the rest may hold stale ids.
@@ -975,7 +931,6 @@ class CudaDecodeRunner {
   int64_t verified_steps_ = 0;
   double max_diff_seen_ = 0;
   int32_t max_context_ = 0;
-  int64_t prefill_rows_max_context_ = 0;  // prompt positions below it go through Run; 0 = none
   std::map<int32_t, Bucket> buckets_;
   std::map<int32_t, MixedGraph> mixed_graphs_;  // by row count
   int64_t mixed_graph_max_tokens_ = 0;          // largest mixed step replayed as graphs; 0 = none

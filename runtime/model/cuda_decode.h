@@ -21,11 +21,8 @@ class CudaDecodeRunner;
 // Null where the fast path cannot run (no paged-attention kernel for this device, head_dim > 256).
 // The runner keeps a reference to `model`, which must outlive it.
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
-// Runs a batch through the paged-attention kernel, one row per token, replaying a CUDA graph per
-// row-count bucket (up to 256 rows): decode rows, and prompt chunks of text whose positions stay
-// below GLMSERVE_CUDA_PREFILL_ROWS_MAX_CONTEXT (256; each prompt token attends as a decode row
-// over its own context). Returns the sampled rows' logits in batch order (model dtype), or an
-// undefined tensor when it cannot take the batch.
+// Runs an all-decode batch through the paged-attention kernel, replaying a CUDA graph per
+// batch-size bucket. Returns an undefined tensor when it cannot take the batch.
 at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
 // Prefill and mixed batches in one eager forward (paged-attention kernel for decode rows, flash
 // attention over variable lengths for prefill chunks); fp32 logits of the sampled rows. Undefined

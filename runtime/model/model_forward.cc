@@ -31,11 +31,14 @@ at::Tensor ModelForward::Forward(const std::vector<SequenceStep>& batch, KvPool&
   if (std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal)) return MultimodalForward(batch, kv);
 #ifdef GLMSERVE_TORCH_CUDA
   if (CudaDecodeRunner* runner = DecodeRunner()) {
-    // Decode rows and short prompt chunks through the decode graphs; the rest (long prompts,
-    // steps over the largest bucket) through the mixed forward.
-    at::Tensor logits = batch.empty() ? at::Tensor() : CudaDecodeForward(*runner, batch, kv);
-    if (logits.defined()) return logits;
-    logits = CudaMixedForward(*runner, batch, kv);
+    const bool all_decode = !batch.empty() && std::all_of(batch.begin(), batch.end(), [](const SequenceStep& s) {
+      return s.tokens.size() == 1 && s.sample;
+    });
+    if (all_decode) {
+      at::Tensor logits = CudaDecodeForward(*runner, batch, kv);
+      if (logits.defined()) return logits;
+    }
+    at::Tensor logits = CudaMixedForward(*runner, batch, kv);
     if (logits.defined()) return logits;
     return model_.EagerForward(batch, kv, CudaLayerKernels(*runner));
   }
