@@ -8,7 +8,10 @@ Kineto profiler): time per kernel family and per kernel, per decode step, as a m
 --by-step reads a trace of a running server (GLMSERVE_PROFILE_TRACE, docs/operations.md): each
 executor step is a range "glmserve step decode=D prefill=P"; kernels are assigned to the step
 that launched them, and steps are grouped by kind (decode only, mixed by prefill tokens, prefill
-only): wall time, GPU busy time, the host's time between steps, kernel families.
+only): wall time, GPU busy time, the host's time between steps, kernel families. A second table
+says where the host spends a step of each kind: its outermost ATen ops (the ones no other op on
+the engine thread encloses) and its CUDA API calls (launches, graph replays, copies, syncs), by
+name. The profiler's own bookkeeping inflates both (every op is recorded), so read them as shares.
 """
 import argparse
 import bisect
@@ -53,6 +56,27 @@ def step_kind(decode, prefill):
     return "mixed, prefill > 512"
 
 
+def host_time(step, events_by_tid):
+    """The step's outermost ATen ops and its CUDA API calls on the engine thread: Counters of
+    microseconds by name (ops, API calls) and of API calls by name."""
+    ops, api, api_calls = collections.Counter(), collections.Counter(), collections.Counter()
+    begin, end = step["ts"], step["ts"] + step["dur"]
+    events = events_by_tid.get(step.get("tid"), [])
+    outer_end = begin
+    for e in events[bisect.bisect_left(events, (begin,)):]:
+        ts, _, name, cat, dur = e
+        if ts > end:
+            break
+        if cat == "cpu_op":
+            if ts >= outer_end:  # not inside the previous outermost op
+                ops[name] += dur
+                outer_end = ts + dur
+        else:
+            api[name] += dur
+            api_calls[name] += 1
+    return ops, api, api_calls
+
+
 def by_step(events, top_families):
     # Kineto writes each range twice: on the CPU thread (cat user_annotation) and on the GPU
     # stream over the kernels it launched (cat gpu_user_annotation).
@@ -68,6 +92,12 @@ def by_step(events, top_families):
     if not steps:
         print("no 'glmserve step' ranges: was the trace written with GLMSERVE_PROFILE_TRACE?")
         return 1
+    events_by_tid = collections.defaultdict(list)  # host events, (ts, seq, name, cat, dur) sorted
+    for seq, e in enumerate(events):
+        if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "cuda_runtime", "cuda_driver"):
+            events_by_tid[e.get("tid")].append((e["ts"], seq, e.get("name", ""), e["cat"], e.get("dur", 0)))
+    for host_events in events_by_tid.values():
+        host_events.sort()
     launch_ts = {}
     for e in events:
         if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {}):
@@ -95,7 +125,9 @@ def by_step(events, top_families):
         gpu_gap = gpu_span[i + 1][0] - gpu_span[i][1] if i in gpu_span and i + 1 in gpu_span else None
         g = groups.setdefault(step_kind(decode, prefill), {
             "n": 0, "decode": 0, "prefill": 0, "wall": 0.0, "busy": 0.0, "span": 0.0, "kernels": 0,
-            "gaps": [], "gpu_gaps": [], "families": collections.Counter()})
+            "gaps": [], "gpu_gaps": [], "families": collections.Counter(),
+            "host_ops": collections.Counter(), "host_api": collections.Counter(),
+            "host_api_calls": collections.Counter()})
         g["n"] += 1
         g["decode"] += decode
         g["prefill"] += prefill
@@ -110,6 +142,10 @@ def by_step(events, top_families):
             g["gpu_gaps"].append(gpu_gap)
         for k in kernels:
             g["families"][family(k["name"])] += k["dur"]
+        ops, api, api_calls = host_time(step, events_by_tid)
+        g["host_ops"].update(ops)
+        g["host_api"].update(api)
+        g["host_api_calls"].update(api_calls)
     total_wall = steps[-1]["ts"] + steps[-1]["dur"] - steps[0]["ts"]
     print(f"{len(steps)} steps over {total_wall / 1000:.1f} ms "
           f"({sum(g['decode'] for g in groups.values())} decode rows, "
@@ -126,6 +162,18 @@ def by_step(events, top_families):
         idle = f"{sum(gpu_gaps) / len(gpu_gaps) / 1000:.2f}" if gpu_gaps else "-"
         print(f"| {kind} | {n} | {g['decode'] / n:.1f} | {g['prefill'] / n:.1f} | {g['wall'] / n / 1000:.2f} "
               f"| {g['span'] / n / 1000:.2f} | {g['busy'] / n / 1000:.2f} | {idle} | {between} | {g['kernels'] / n:.0f} | {fams} |")
+    print("\n| step kind | host ms (step call) | outermost ATen ops ms | top ATen ops (ms per step) "
+          "| CUDA API ms | top CUDA API calls (ms per step, calls) |")
+    print("|---|---:|---:|---|---:|---|")
+    for kind, g in groups.items():
+        n = g["n"]
+
+        def top(counter):
+            return ", ".join(f"`{name}` {us / n / 1000:.2f}" for name, us in counter.most_common(top_families)) or "-"
+        api_calls = ", ".join(f"`{name}` {us / n / 1000:.2f} ({g['host_api_calls'][name] / n:.0f})"
+                              for name, us in g["host_api"].most_common(top_families))
+        print(f"| {kind} | {g['wall'] / n / 1000:.2f} | {sum(g['host_ops'].values()) / n / 1000:.2f} "
+              f"| {top(g['host_ops'])} | {sum(g['host_api'].values()) / n / 1000:.2f} | {api_calls or '-'} |")
     return 0
 
 

@@ -53,6 +53,9 @@ def main():
         check(summary.returncode == 0, f"summarize_trace --by-step exits 0 ({summary.stderr.strip()})")
         check(re.search(r"^\| decode only \| 4 \| 1\.0 \| 0\.0 \|", summary.stdout, re.M) is not None,
               f"summary has one row for the 4 decode-only steps:\n{summary.stdout}")
+        # Where the host spends those steps: on the CPU every op is an ATen op on the engine thread.
+        check(re.search(r"^\| decode only \| [0-9.]+ \| [0-9.]+ \| `aten::", summary.stdout, re.M) is not None,
+              f"summary names the decode steps' outermost host ops:\n{summary.stdout}")
     finally:
         server.stop()
     # A bad value is named and the default kept (no profile before the default's 2000 steps).
