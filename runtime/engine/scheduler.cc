@@ -139,6 +139,9 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   if (o.max_queue_delay.count() < 0) {
     return absl::InvalidArgumentError("max_queue_delay must be >= 0");
   }
+  if (o.max_prefill_hold.count() < 0) {
+    return absl::InvalidArgumentError("max_prefill_hold must be >= 0");
+  }
   if (o.priority_aging_interval.count() < 0) {
     return absl::InvalidArgumentError("priority_aging_interval must be >= 0");
   }
@@ -340,6 +343,18 @@ bool Scheduler::HeldByQueueDelay(TimePoint now) const {
     oldest = std::min(oldest, s->submit_time);
   }
   return now < oldest + options_.max_queue_delay;
+}
+
+bool Scheduler::HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t prefills, int32_t budget) const {
+  if (options_.max_prefill_hold.count() == 0 || decodes == 0 || prefills > 0 || waiting_.empty()) return false;
+  int64_t waiting_tokens = 0;
+  TimePoint oldest = TimePoint::max();
+  for (const Sequence* s : waiting_) {
+    if (s->preempted) return false;  // resuming work is never held
+    waiting_tokens += s->pending();
+    oldest = std::min(oldest, s->submit_time);
+  }
+  return waiting_tokens < budget && now < oldest + options_.max_prefill_hold;
 }
 
 bool Scheduler::ReadyToStep(TimePoint now) const {
@@ -587,8 +602,10 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
   //    Never in a step that preempted: that would thrash the pool. A request whose first chunk
   //    would be empty (its next image does not fit what is left, and something prefills before it)
   //    is not admitted this step and, head-of-line, neither is anything behind it: once the
-  //    running prefills ahead of it are done it is the step's first prefill and runs.
-  if (!preempted_now && !HeldByQueueDelay(now)) {
+  //    running prefills ahead of it are done it is the step's first prefill and runs. With
+  //    max_prefill_hold, a step that decodes admits nothing until the waiting prompts can fill
+  //    what is left for prefill or the oldest has waited that long (HeldForFullerPrefill).
+  if (!preempted_now && !HeldByQueueDelay(now) && !HeldForFullerPrefill(now, decodes, prefills, budget)) {
     const int32_t limit = std::min(batch_limit_, options_.max_batch_size);
     while (budget > 0 && static_cast<int32_t>(running_.size()) < limit) {
       Sequence* s = PopBestWaiting(now, /*pop=*/false);

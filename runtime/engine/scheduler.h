@@ -80,6 +80,14 @@ struct SchedulerOptions {
   // at 256 rows and 219 at 320; bench/results/gpu.md), so 64 decodes beside 256 prefill tokens
   // cost far more than beside 192. 0 = off. Must be >= 0.
   int32_t mixed_step_rows = 0;
+  // While sequences decode and no prompt is part-way through its prefill, new prompts are admitted
+  // only once the waiting ones hold enough tokens to fill the step's prefill budget (what
+  // max_prefill_tokens_with_decodes and mixed_step_rows leave), or the oldest of them has waited
+  // this long. On a GPU a step that carries prefill beside decodes pays a fixed cost on top of the
+  // prefill's own (the prompts' attention, more launches, a graph per layer): one such step with
+  // two prompts instead of two with one each. Each prompt's first token comes at most this much
+  // later. Preempted sequences are never held. 0 = admit at once. Must be >= 0.
+  std::chrono::microseconds max_prefill_hold{0};
   // Batching window: while nothing is running, waiting requests are held until the oldest has
   // waited this long or max_batch_size requests are waiting, so the first batch starts fuller.
   // Once anything runs, arrivals join at the next step boundary regardless. 0 = never hold.
@@ -182,6 +190,9 @@ class Scheduler {
 
   void ExpireAndReap(TimePoint now);
   bool HeldByQueueDelay(TimePoint now) const;
+  // max_prefill_hold: admissions wait this step (`decodes` decode rows and `prefills` prefill
+  // chunks planned so far, `budget` tokens left for prefill).
+  bool HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t prefills, int32_t budget) const;
   PlannedStep Plan(TimePoint now);
   // Lowers the budget left for prefill when the step already holds `decodes` decode rows:
   // max_prefill_tokens_with_decodes, and mixed_step_rows minus the decodes.

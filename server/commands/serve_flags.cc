@@ -30,6 +30,7 @@ constexpr int64_t kMsMax = int64_t{1} << 40;  // "forever" for the millisecond f
 struct Staging {
   int64_t kv_cpu_mb = 0;
   int64_t queue_delay_us = 0;
+  int64_t prefill_hold_us = 0;
   int64_t prefill_cap = -1;      // unset: chosen by --device in Resolve
   int64_t mixed_step_rows = -1;  // unset: chosen by --device in Resolve
   int64_t tokens_per_step = -1;  // likewise
@@ -138,6 +139,8 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "rows a step that decodes is filled to with prefill while its decodes take a quarter or less")
       .DefaultText(absl::StrCat(kGpuMixedStepRows, " on a GPU, 0 (off) on the CPU"));
   set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");
+  set.Int("max-prefill-hold-us", &s.prefill_hold_us, 0, kMsMax,
+          "while others decode, hold new prompts until they fill a step's prefill budget, at most this long");
   set.Int("kv-block-size", &f.executor.block_size, 1, 4096, "tokens per KV block");
   set.Int("kv-blocks", &f.executor.num_blocks, 0, kIntMax, "KV pool blocks")
       .DefaultText(absl::StrCat(f.executor.num_blocks, " = sized from memory"));
@@ -204,6 +207,7 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
   f.load.dtype = flags::DtypeName(f.dtype);
   f.executor.kv_cpu_budget_bytes = s.kv_cpu_mb << 20;
   sched.max_queue_delay = std::chrono::microseconds(s.queue_delay_us);
+  sched.max_prefill_hold = std::chrono::microseconds(s.prefill_hold_us);
   // Unset: a GPU caps the prefill of a step that also decodes at kGpuPrefillTokensWithDecodes (a
   // mixed step then takes at most ~1.5x a decode step at 64 streams on an H200, see
   // bench/results/gpu.md); the CPU, where prefill tokens cost as much as decode rows, has no cap.

@@ -39,6 +39,9 @@ TEST(SchedulerOptionsTest, BadOptionsNameTheField) {
   o.max_batch_size = 16;
   expect_bad(o, "max_tokens_per_step");
   o = SchedulerOptions();
+  o.max_prefill_hold = std::chrono::microseconds(-1);
+  expect_bad(o, "max_prefill_hold");
+  o = SchedulerOptions();
   o.mixed_step_rows = -1;
   expect_bad(o, "mixed_step_rows");
   o = SchedulerOptions();
@@ -192,6 +195,62 @@ TEST(SchedulerTest, MixedStepsAreFilledToTheirRowsWhileDecodesTakeAQuarter) {
   o.mixed_step_rows = 0;
   o.max_prefill_tokens_with_decodes = 9;
   EXPECT_EQ(PrefillChunkBeside(1, o), 9u);
+}
+
+// One sequence decoding ("d0", admitted and prefilled in the first step), then prompts arriving while
+// it decodes, with a prefill budget of 7 tokens beside it (mixed_step_rows 8).
+SchedulerOptions HoldOptions(int hold_ms) {
+  SchedulerOptions o;
+  o.max_batch_size = 8;
+  o.max_tokens_per_step = 64;
+  o.mixed_step_rows = 8;
+  o.max_prefill_hold = std::chrono::milliseconds(hold_ms);
+  return o;
+}
+
+TEST(SchedulerTest, PromptsWaitWhileOthersDecodeUntilTheyFillTheStep) {
+  Harness h(HoldOptions(100), 4, 256);
+  h.executor.AdvanceClockPerStep(&h.clock, std::chrono::milliseconds(10));
+  h.Add(MakeRequest("d0", MakePrompt(1, 3), 40));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);  // nothing decodes yet: never held
+  h.Add(MakeRequest("p1", MakePrompt(2, 4), 3));         // 4 tokens < 7: held
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  h.Add(MakeRequest("p2", MakePrompt(3, 4), 3));  // 8 tokens waiting >= 7: both go
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  const auto batches = h.executor.batches();
+  EXPECT_EQ(ChunkSizes(batches[0]), (std::vector<size_t>{3}));
+  EXPECT_EQ(ChunkSizes(batches[1]), (std::vector<size_t>{1}));
+  EXPECT_EQ(ChunkSizes(batches[2]), (std::vector<size_t>{1}));
+  EXPECT_EQ(ChunkSizes(batches[3]), (std::vector<size_t>{1, 4, 3}));
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, AHeldPromptGoesOnceItHasWaitedTheHold) {
+  Harness h(HoldOptions(35), 4, 256);
+  h.executor.AdvanceClockPerStep(&h.clock, std::chrono::milliseconds(10));
+  h.Add(MakeRequest("d0", MakePrompt(1, 3), 40));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  h.Add(MakeRequest("p1", MakePrompt(2, 4), 3));  // submitted at t = 10 ms
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  // Steps plan at t = 10, 20, 30, 40 (held: 40 < 10 + 35) and 50 (admitted).
+  const auto batches = h.executor.batches();
+  for (int step = 1; step <= 4; ++step) EXPECT_EQ(batches[step].size(), 1u) << "step " << step;
+  EXPECT_EQ(ChunkSizes(batches[5]), (std::vector<size_t>{1, 4}));
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+}
+
+TEST(SchedulerTest, WithoutAHoldPromptsJoinTheNextStep) {
+  Harness h(HoldOptions(0), 4, 256);
+  h.Add(MakeRequest("d0", MakePrompt(1, 3), 40));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  h.Add(MakeRequest("p1", MakePrompt(2, 4), 3));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  EXPECT_EQ(ChunkSizes(h.executor.batches()[1]), (std::vector<size_t>{1, 4}));
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
 }
 
 TEST(SchedulerTest, DeadlineExpiresMidGenerationAndFreesBlocks) {
