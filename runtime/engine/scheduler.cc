@@ -332,29 +332,29 @@ void Scheduler::CancelAll(const absl::Status& status) {
 
 bool Scheduler::HasWork() const { return !running_.empty() || !waiting_.empty(); }
 
+Scheduler::WaitingSummary Scheduler::SummarizeWaiting() const {
+  WaitingSummary w;
+  for (const Sequence* s : waiting_) {
+    w.resuming = w.resuming || s->preempted;
+    w.oldest = std::min(w.oldest, s->submit_time);
+    w.pending_tokens += s->pending();
+  }
+  return w;
+}
+
 bool Scheduler::HeldByQueueDelay(TimePoint now) const {
   if (options_.max_queue_delay.count() == 0 || !running_.empty() || waiting_.empty()) return false;
   if (static_cast<int32_t>(waiting_.size()) >= std::min(batch_limit_, options_.max_batch_size)) {
     return false;
   }
-  TimePoint oldest = TimePoint::max();
-  for (const Sequence* s : waiting_) {
-    if (s->preempted) return false;  // resuming work is never held
-    oldest = std::min(oldest, s->submit_time);
-  }
-  return now < oldest + options_.max_queue_delay;
+  const WaitingSummary w = SummarizeWaiting();
+  return !w.resuming && now < w.oldest + options_.max_queue_delay;
 }
 
 bool Scheduler::HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t prefills, int32_t budget) const {
   if (options_.max_prefill_hold.count() == 0 || decodes == 0 || prefills > 0 || waiting_.empty()) return false;
-  int64_t waiting_tokens = 0;
-  TimePoint oldest = TimePoint::max();
-  for (const Sequence* s : waiting_) {
-    if (s->preempted) return false;  // resuming work is never held
-    waiting_tokens += s->pending();
-    oldest = std::min(oldest, s->submit_time);
-  }
-  return waiting_tokens < budget && now < oldest + options_.max_prefill_hold;
+  const WaitingSummary w = SummarizeWaiting();
+  return !w.resuming && w.pending_tokens < budget && now < w.oldest + options_.max_prefill_hold;
 }
 
 bool Scheduler::ReadyToStep(TimePoint now) const {

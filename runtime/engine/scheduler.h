@@ -189,6 +189,15 @@ class Scheduler {
             SchedulerHooks hooks, RequestLimits limits);
 
   void ExpireAndReap(TimePoint now);
+  // What the admission holds (HeldByQueueDelay, HeldForFullerPrefill) look at in the waiting
+  // queue: its oldest submit time and the tokens its sequences have left to feed; `resuming` when
+  // a preempted sequence waits there (resuming work is never held).
+  struct WaitingSummary {
+    bool resuming = false;
+    TimePoint oldest = TimePoint::max();
+    int64_t pending_tokens = 0;
+  };
+  WaitingSummary SummarizeWaiting() const;
   bool HeldByQueueDelay(TimePoint now) const;
   // max_prefill_hold: admissions wait this step (`decodes` decode rows and `prefills` prefill
   // chunks planned so far, `budget` tokens left for prefill).
