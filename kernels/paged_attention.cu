@@ -37,6 +37,7 @@ __global__ void PagedAttentionDecodeKernel(const T* __restrict__ q, const T* __r
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kv_head = h / (s.num_heads / s.num_kv_heads);
   const int context = context_lens[b];
+  if (context == 0) return;  // a row this call leaves alone (the whole block returns)
   const int per_lane = (s.head_dim + 31) / 32;
   const int32_t* table = block_tables + static_cast<int64_t>(b) * s.max_blocks_per_seq;
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * s.head_dim;
@@ -302,6 +303,7 @@ __global__ void __launch_bounds__(kSplitThreads, kSplitThreads == 256 ? 3 : 5)
   const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int context = context_lens[b];
+  if (context == 0) return;  // a row this call leaves alone (the whole block returns)
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * hd;
   const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * hd;  // the group's heads are adjacent
   constexpr int kChunk = 16 / sizeof(T);                                    // elements per 16-byte load
@@ -452,8 +454,10 @@ constexpr int kMergePrefetch = 8;
 
 template <typename T>
 __global__ void PagedAttentionMergeKernel(const float* __restrict__ part_acc, const float* __restrict__ part_stats,
-                                          T* __restrict__ out, PagedAttentionShape s, int splits) {
+                                          const int32_t* __restrict__ context_lens, T* __restrict__ out,
+                                          PagedAttentionShape s, int splits) {
   AllowDependentsThenWait();
+  if (context_lens[blockIdx.x] == 0) return;  // the split kernel left this row alone
   __shared__ float weight_s[kMaxSplits];
   __shared__ float inv_total;
   const int b = blockIdx.x, h = blockIdx.y;
@@ -509,7 +513,7 @@ bool LaunchSplitThenMerge(SplitKernel kernel, int threads, size_t smem, const vo
   }
   const int merge_threads = s.head_dim < 128 ? s.head_dim : 128;
   return LaunchKernel(PagedAttentionMergeKernel<T>, dim3(s.batch, s.num_heads), dim3(merge_threads), 0, stream,
-                      parts.part_acc, parts.part_stats, static_cast<T*>(out), s, splits) == cudaSuccess;
+                      parts.part_acc, parts.part_stats, lens, static_cast<T*>(out), s, splits) == cudaSuccess;
 }
 
 // The shared-memory limit is raised once per kernel, before any capture (not a stream operation).
@@ -612,6 +616,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int context = context_lens[b];
+  if (context == 0) return;  // a row this call leaves alone (the whole block returns)
   const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : static_cast<int64_t>(s.num_heads) * hd;
   const T* qb = q + b * q_stride + static_cast<int64_t>(kvh) * group * hd;
   const int chunks_per_row = hd / 8;  // 16-byte chunks of 16-bit elements
@@ -786,6 +791,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const bool guessed = split == 0 && guess_p < s.max_context && guess_p / s.block_size < s.max_blocks_per_seq;
   const int32_t guess_block = guessed ? table[guess_p / s.block_size] : 0;
   const int context = context_lens[b];
+  if (context == 0) return;  // a row this call leaves alone (the whole block returns)
   const int active = WarpActiveSplits(context, splits, chunks_per_split);
   if (split >= active) return;  // the whole block: no barrier below is skipped by some threads only
   const int chunks = (context + kWarpChunk - 1) / kWarpChunk;

@@ -27,7 +27,9 @@ struct PagedAttentionShape {
 };
 
 // q: [batch, num_heads, head_dim]; k_cache/v_cache: [slots, num_kv_heads, head_dim] where
-// slot = block_tables[b][p / block_size] * block_size + p % block_size; out like q.
+// slot = block_tables[b][p / block_size] * block_size + p % block_size; out like q. A row whose
+// context_lens entry is 0 is skipped: its out row is left as it was (a mixed step's graph runs
+// this over every row and lets flash attention fill the prefill rows).
 // CPU reference, fp32 only.
 void PagedAttentionDecodeReference(const float* q, const float* k_cache, const float* v_cache,
                                    const int32_t* block_tables, const int32_t* context_lens, float* out,

@@ -11,6 +11,7 @@ void PagedAttentionDecodeReference(const float* q, const float* k_cache, const f
   const int32_t group = s.num_heads / s.num_kv_heads;
   for (int32_t b = 0; b < s.batch; ++b) {
     const int32_t context = context_lens[b];
+    if (context == 0) continue;  // left alone, as the CUDA kernels leave it
     for (int32_t h = 0; h < s.num_heads; ++h) {
       const int64_t q_stride = s.q_row_stride > 0 ? s.q_row_stride : int64_t{s.num_heads} * s.head_dim;
       const float* qh = q + b * q_stride + int64_t{h} * s.head_dim;

@@ -427,6 +427,49 @@ TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
     }
 }
 
+// A mixed step's graph runs the decode kernel over every row and lets flash attention fill the
+// prefill rows: rows whose context is 0 must come out exactly as they went in, on every kernel
+// (register tiles merged in the kernel, the split kernels with their merge kernel, one pass), and
+// the rows around them must still match the reference.
+TEST_P(DecodeOpsCuda, RowsOfContextZeroAreLeftAsTheyWere) {
+  const int32_t heads = 32, kv_heads = 2, head_dim = 128, batch = 8;
+  PagedAttentionShape s{batch, heads, kv_heads, head_dim, 16, 40, 600, 1.0f / std::sqrt(float(head_dim))};
+  const int64_t slots = 256 * s.block_size;
+  const std::vector<float> q = Random(int64_t{batch} * heads * head_dim, 51, type());
+  const std::vector<float> k = Random(slots * kv_heads * head_dim, 52, type());
+  const std::vector<float> v = Random(k.size(), 53, type());
+  const std::vector<int32_t> lens = {0, 17, 0, 599, 300, 0, 1, 0};
+  std::vector<int32_t> tables(s.batch * s.max_blocks_per_seq);
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>((i * 11) % 256);
+  const float sentinel = 3.0f;  // exact in bf16
+  std::vector<float> want(int64_t{batch} * heads * head_dim, sentinel);
+  PagedAttentionDecodeReference(q.data(), k.data(), v.data(), tables.data(), lens.data(), want.data(), s);
+  Device d_q(q, type()), d_k(k, type()), d_v(v, type()), d_tables(tables), d_lens(lens);
+  Device d_workspace(std::vector<uint8_t>(PagedAttentionWorkspaceBytes(s), 0));
+  const double tol = bf16() ? 1e-2 : 1e-4;
+  for (int kernel : {0, 1, 2, 3}) {
+    SCOPED_TRACE(kernel == 0   ? "split, register tiles"
+                 : kernel == 1 ? "split, shared-memory tiles"
+                 : kernel == 2 ? "split, CUDA cores"
+                               : "one pass");
+    PagedAttentionShape shape = s;
+    shape.allow_warp_tiles = kernel == 0;
+    shape.allow_tensor_cores = kernel < 2;
+    Device d_out(std::vector<float>(want.size(), sentinel), type());
+    ASSERT_TRUE(PagedAttentionDecodeCuda(d_q.get(), d_k.get(), d_v.get(), d_tables.as<int32_t>(), d_lens.as<int32_t>(),
+                                         d_out.get(), shape, type(), nullptr,
+                                         kernel == 3 ? nullptr : d_workspace.get()));
+    const std::vector<float> got = d_out.Floats();
+    for (int32_t b = 0; b < batch; ++b) {
+      if (lens[b] != 0) continue;
+      for (int64_t i = int64_t{b} * heads * head_dim; i < int64_t{b + 1} * heads * head_dim; ++i) {
+        ASSERT_EQ(got[i], sentinel) << "row " << b << " element " << i;
+      }
+    }
+    ExpectClose(got, want, tol, tol);
+  }
+}
+
 TEST_P(DecodeOpsCuda, SplitKernelDeclinesHeadDimsItCannotTile) {
   PagedAttentionShape s{2, 4, 4, 12, 16, 4, 64, 0.5f};
   EXPECT_EQ(PagedAttentionWorkspaceBytes(s), 0u);  // the one-pass kernel takes head_dim 12

@@ -144,6 +144,18 @@ TEST(PagedAttentionDecode, ReferenceWeightsPositionsBySoftmax) {
   EXPECT_NEAR(out[0], 0.75 * 8 + 0.25 * 4, 1e-6);
 }
 
+TEST(PagedAttentionDecode, ReferenceLeavesRowsOfContextZeroAlone) {
+  // Row 0 attends its one position (out = v); row 1 has no context: its output stays as it was.
+  PagedAttentionShape s{2, 1, 1, 2, 2, 1, 1, 0.5f};
+  std::vector<float> q = {1, 2, 3, 4}, k(4 * 2, 0.0f), v(4 * 2, 0.0f);
+  v[2 * 2 + 0] = 5;
+  v[2 * 2 + 1] = 6;
+  std::vector<int32_t> table = {1, 1}, lens = {1, 0};
+  std::vector<float> out(4, -9.0f);
+  PagedAttentionDecodeReference(q.data(), k.data(), v.data(), table.data(), lens.data(), out.data(), s);
+  EXPECT_EQ(out, (std::vector<float>{5, 6, -9, -9}));
+}
+
 TEST(PagedAttentionDecode, CudaMatchesReference) {
   if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
 #ifdef GLMSERVE_HAVE_CUDA_KERNELS

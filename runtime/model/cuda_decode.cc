@@ -5,25 +5,29 @@
 // kernels. Any other batch (prefill, or decodes sharing the step with prefill chunks) runs as one
 // eager forward with the same fused kernels, decode rows attending through the paged-attention
 // kernel in one launch and prefill chunks through flash attention over variable lengths (RunMixed).
+// Mixed steps of up to 512 rows with few prompt chunks replay one CUDA graph for the whole step,
+// attention included (WholeMixedGraph); the others replay the layers between attentions as graphs.
 // Compiled only against a CUDA LibTorch (GLMSERVE_TORCH_CUDA).
 //
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
 // GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
-// mma_attention,warp_attention,mixed_step> turns single kernels off (their ATen ops or cuBLAS, the
+// mma_attention,warp_attention,mixed_step,whole_mixed> turns single kernels off (their ATen ops or cuBLAS, the
 // skinny GEMM on mma.sync, the one-pass attention kernel, the CUDA-core split attention, the
 // shared-memory tile attention kernel, or per-sequence ATen attention for prefill and mixed steps
-// run instead);
+// run instead; whole_mixed: mixed steps replay graphs between their eager attentions);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
 #include "runtime/model/cuda_decode.h"
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/_scaled_dot_product_cudnn_attention.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
@@ -118,6 +122,37 @@ int CudnnAttentionMode(const GlmModel& model) {
 
 void* CurrentStream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
+int64_t RoundUp(int64_t value, int64_t step) { return (value + step - 1) / step * step; }
+
+// The KV pool a captured graph read: the graph holds raw addresses of every layer's KV slice, and
+// a pool of another size can start at the same address (the allocator reuses memory) yet place its
+// layers elsewhere; K and V are separate allocations, so a new pool can reuse K's old address
+// while V moves.
+struct KvPoolKey {
+  void* k = nullptr;
+  void* v = nullptr;
+  int32_t block_size = 0;
+  int32_t blocks = 0;
+  static KvPoolKey Of(const KvPool& kv) { return {kv.k.data_ptr(), kv.v.data_ptr(), kv.block_size, kv.num_blocks}; }
+  bool operator==(const KvPoolKey& o) const {
+    return k == o.k && v == o.v && block_size == o.block_size && blocks == o.blocks;
+  }
+};
+
+// Copies `rows` block-table rows of `width` entries each (the rest of each row is never read)
+// from pinned host memory to the device, both with a row stride of `stride` entries: a step
+// copies the entries its contexts use, not rows x the longest context's blocks.
+void CopyTableRows(const int32_t* host, int32_t* device, int64_t rows, int64_t width, int64_t stride) {
+  if (rows == 0 || width == 0) return;
+  const size_t pitch = static_cast<size_t>(stride) * sizeof(int32_t);
+  const cudaError_t error =
+      cudaMemcpy2DAsync(device, pitch, host, pitch, static_cast<size_t>(width) * sizeof(int32_t),
+                        static_cast<size_t>(rows), cudaMemcpyHostToDevice, at::cuda::getCurrentCUDAStream().stream());
+  if (error != cudaSuccess) {
+    throw std::runtime_error(std::string("block tables to the device: ") + cudaGetErrorString(error));
+  }
+}
+
 void Check(bool launched, const char* what) {
   if (!launched) throw std::runtime_error(std::string(what) + " kernel launch failed");
 }
@@ -166,6 +201,7 @@ class CudaDecodeRunner {
     mixed_ = Enabled("mixed_step") && type_ != kernels::ElementType::kFloat32 && FlashTakesHeadDim(model.config()) &&
              FlashAttentionRuns(model);
     mixed_graph_max_tokens_ = EnvInt("GLMSERVE_CUDA_MIXED_GRAPH_MAX_TOKENS", kMixedGraphDefaultMaxTokens, 0, 1 << 16);
+    whole_ = mixed_ && graphs_ && Enabled("whole_mixed");
     cudnn_prefill_min_tokens_ =
         EnvInt("GLMSERVE_CUDA_CUDNN_PREFILL_MIN_TOKENS", kCudnnPrefillDefaultMinTokens, 1, int64_t{1} << 30);
     cudnn_prefill_mode_ = mixed_ && Enabled("cudnn_prefill") ? CudnnAttentionMode(model) : 0;
@@ -193,6 +229,10 @@ class CudaDecodeRunner {
     for (int32_t tokens = kMixedGraphStep; tokens <= mixed_graph_max_tokens_; tokens += kMixedGraphStep) {
       CaptureMixed(mixed_graphs_[tokens], tokens, kv);
     }
+    // Whole-step graphs for the common steps (short contexts); longer contexts capture on first use.
+    for (int32_t rows = kMixedGraphStep; whole_ && rows <= mixed_graph_max_tokens_; rows += kMixedGraphStep) {
+      if (!EnsureWholeGraph(rows, kWholeContextCapacities[0], kv)) break;
+    }
   }
 
   at::Tensor Run(const std::vector<SequenceStep>& batch, KvPool& kv) {
@@ -208,11 +248,7 @@ class CudaDecodeRunner {
     }
     const int32_t max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
     Bucket& bucket = buckets_[size];
-    // A graph holds raw addresses of every layer's KV slice: a pool of another size can start at
-    // the same address (the allocator reuses memory) yet place its layers elsewhere.
-    // K and V are separate allocations: a new pool can reuse K's old address while V moves.
-    const bool same_pool = bucket.pool_key == kv.k.data_ptr() && bucket.pool_v_key == kv.v.data_ptr() &&
-                           bucket.block_size == kv.block_size && bucket.pool_blocks == kv.num_blocks;
+    const bool same_pool = bucket.pool == KvPoolKey::Of(kv);
     if (!same_pool) Prepare(bucket, size, max_blocks, kv);
     Stage(bucket, batch, kv);
     if (!graphs_) return Step(bucket, kv).narrow(0, 0, n);
@@ -268,12 +304,25 @@ class CudaDecodeRunner {
     m.num_prefills = static_cast<int64_t>(prefills.size());
     m.fresh_prefills =
         std::all_of(prefills.begin(), prefills.end(), [](const SequenceStep* s) { return s->start_position == 0; });
+    const bool mrope = std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal);
+    if (whole_ && images == nullptr && !mrope && m.num_prefills <= kWholePrefillSlots) {
+      const int32_t rows = static_cast<int32_t>(RoundUp(m.total_tokens, kMixedGraphStep));
+      int64_t capacity = 0;
+      for (int64_t c : kWholeContextCapacities) {
+        if (context_tokens <= c) {
+          capacity = c;
+          break;
+        }
+      }
+      if (rows <= mixed_graph_max_tokens_ && capacity > 0 && EnsureWholeGraph(rows, capacity, kv)) {
+        return RunWhole(batch, decodes, prefills, whole_graphs_[{rows, capacity}], context_tokens, kv);
+      }
+    }
     // A graph bucket holds a fixed number of rows; rows past the batch are padding that reads and
     // writes only the pool's scratch block.
     int32_t bucket = 0;
-    const bool mrope = std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal);
     if (graphs_ && m.total_tokens <= mixed_graph_max_tokens_ && images == nullptr && !mrope) {
-      bucket = static_cast<int32_t>((m.total_tokens + kMixedGraphStep - 1) / kMixedGraphStep * kMixedGraphStep);
+      bucket = static_cast<int32_t>(RoundUp(m.total_tokens, kMixedGraphStep));
     }
     const int64_t rows = bucket > 0 ? bucket : m.total_tokens;
     // Every index this step needs, in one pinned buffer and one copy to the device:
@@ -502,18 +551,12 @@ class CudaDecodeRunner {
   // The segments share one memory pool and are always replayed in capture order.
   struct MixedGraph {
     int32_t tokens = 0;
-    void* pool_key = nullptr;    // K pool address the graphs were captured with
-    void* pool_v_key = nullptr;  // V pool address
-    int32_t block_size = 0;
-    int32_t pool_blocks = 0;
+    KvPoolKey pool;                                                // the pool the graphs were captured with
     at::Tensor ids, positions, slots;                              // [tokens] int64, the graphs' inputs
     std::vector<std::unique_ptr<at::cuda::CUDAGraph>> segments;    // layers + 1
     std::vector<at::Tensor> queries, k_caches, v_caches, outputs;  // per layer
     at::Tensor hidden;                                             // [tokens, hidden], the last segment's output
-    bool Matches(const KvPool& kv) const {
-      return !segments.empty() && pool_key == kv.k.data_ptr() && pool_v_key == kv.v.data_ptr() &&
-             block_size == kv.block_size && pool_blocks == kv.num_blocks;
-    }
+    bool Matches(const KvPool& kv) const { return !segments.empty() && pool == KvPoolKey::Of(kv); }
   };
 
   void CaptureMixed(MixedGraph& g, int32_t tokens, KvPool& kv) {
@@ -578,10 +621,230 @@ class CudaDecodeRunner {
     }
     side.synchronize();
     g.tokens = tokens;
-    g.pool_key = kv.k.data_ptr();
-    g.pool_v_key = kv.v.data_ptr();
-    g.block_size = kv.block_size;
-    g.pool_blocks = kv.num_blocks;
+    g.pool = KvPoolKey::Of(kv);
+  }
+
+  // A mixed step of `rows` rows as one CUDA graph, attention included: decode rows first (the
+  // paged-attention kernel runs over every row and skips those of context 0), then up to
+  // kWholePrefillSlots prompt chunks (flash attention over variable lengths; its cumulative query
+  // lengths start at the first prompt row, and slots past the step's chunks are empty
+  // sequences), whose contexts are gathered from the paged cache into `context_capacity` rows
+  // (the step's context slots, then the scratch slot). Everything a step changes is data in
+  // whole_staging_, so one graph per (rows, capacity) serves every mix of decodes and chunks.
+  // Flash attention's grid depends only on the number of sequence slots and max_seqlen_q (the
+  // rows); at dropout 0 it draws no random numbers and never synchronizes.
+  struct WholeMixedGraph {
+    KvPoolKey pool;
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    at::Tensor hidden;  // [rows, hidden], the graph's output
+  };
+
+  // What every whole-step graph reads, at fixed addresses: int64 [ids | positions | slots |
+  // sampled rows] (kWholeMaxRows each) then context slots (the largest capacity); int32 [decode
+  // context lengths (kWholeMaxRows) | cumulative query lengths | cumulative key lengths
+  // (kWholePrefillSlots + 1 each) | block tables (kWholeMaxRows x max_blocks)]. Pinned copies on
+  // the host; the graphs run one step at a time, so they share it.
+  struct WholeStaging {
+    KvPoolKey pool;
+    int32_t max_blocks = 0;
+    at::Tensor host_longs, host_ints, longs, ints;
+    at::Tensor workspace;  // the paged-attention kernel's, sized for the largest graph
+    at::cuda::MempoolId_t graph_pool{0, 0};
+    // Recorded after a step's copies: the next step waits for it before it rewrites the pinned
+    // buffers (a step that samples nothing is not waited for by anyone else).
+    std::unique_ptr<at::cuda::CUDAEvent> copied = std::make_unique<at::cuda::CUDAEvent>();
+  };
+
+  static constexpr int64_t kWholeMaxRows = 512;
+  static constexpr int64_t kWholePrefillSlots = 8;
+  // Context rows a step's prompt chunks may gather: a graph per capacity, the smallest that holds
+  // the step's contexts (gathering costs ~1 KB a row and layer on GLM-4-9B).
+  static constexpr int64_t kWholeContextCapacities[] = {1024, 4096, 16384};
+  static constexpr int64_t kLongSampled = 3 * kWholeMaxRows, kLongContext = 4 * kWholeMaxRows;
+  static constexpr int64_t kIntCuQ = kWholeMaxRows, kIntCuK = kIntCuQ + kWholePrefillSlots + 1,
+                           kIntTables = kIntCuK + kWholePrefillSlots + 1;
+
+  void PrepareWholeStaging(const KvPool& kv) {
+    if (whole_staging_.pool == KvPoolKey::Of(kv)) return;
+    whole_graphs_.clear();  // they read the old buffers
+    whole_staging_ = WholeStaging();
+    WholeStaging st;  // assigned once complete: an allocation that fails leaves none
+    st.max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
+    const int64_t scratch = int64_t{kv.scratch_block()} * kv.block_size;
+    const int64_t longs = kLongContext + kWholeContextCapacities[std::size(kWholeContextCapacities) - 1];
+    const int64_t ints = kIntTables + kWholeMaxRows * st.max_blocks;
+    st.host_longs = at::full({longs}, scratch, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    st.host_longs.narrow(0, 0, 2 * kWholeMaxRows).zero_();  // ids and positions; slots stay scratch
+    st.host_longs.narrow(0, kLongSampled, kWholeMaxRows).zero_();
+    st.host_ints = at::zeros({ints}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    const at::Device device = model_.device();
+    st.longs = st.host_longs.to(device);
+    st.ints = st.host_ints.to(device);  // every length 0: a warm-up or capture attends nothing
+    size_t workspace_bytes = 0;
+    for (int64_t rows = kMixedGraphStep; rows <= kWholeMaxRows; rows += kMixedGraphStep) {
+      const kernels::PagedAttentionShape shape = AttentionShape(static_cast<int32_t>(rows), st.max_blocks, kv);
+      workspace_bytes = std::max(workspace_bytes, kernels::PagedAttentionWorkspaceBytes(shape));
+    }
+    if (Enabled("split_attention") && workspace_bytes > 0) {
+      st.workspace =
+          at::zeros({static_cast<int64_t>(workspace_bytes)}, at::TensorOptions().dtype(at::kByte).device(device));
+    }
+    st.graph_pool = at::cuda::graph_pool_handle();
+    at::cuda::getCurrentCUDAStream().synchronize();
+    st.pool = KvPoolKey::Of(kv);
+    whole_staging_ = std::move(st);
+  }
+
+  // The graph for (rows, capacity), captured now when it is missing or read another KV pool;
+  // false when whole-step graphs are off (then or before). Out of memory propagates: the engine
+  // shrinks the step and retries.
+  bool EnsureWholeGraph(int32_t rows, int64_t capacity, KvPool& kv) {
+    if (!whole_ || rows > kWholeMaxRows) return false;
+    try {
+      PrepareWholeStaging(kv);
+      WholeMixedGraph& g = whole_graphs_[{rows, capacity}];
+      if (g.graph && g.pool == KvPoolKey::Of(kv)) return true;
+      CaptureWhole(g, rows, capacity, kv);
+      return true;
+    } catch (const c10::OutOfMemoryError&) {
+      whole_graphs_.erase({rows, capacity});
+      throw;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "whole mixed-step CUDA graphs off: capturing %d rows failed: %s\n", rows, e.what());
+      whole_ = false;
+      whole_graphs_.clear();
+      return false;
+    }
+  }
+
+  void CaptureWhole(WholeMixedGraph& g, int32_t rows, int64_t capacity, KvPool& kv) {
+    g = WholeMixedGraph();
+    const WholeStaging& st = whole_staging_;
+    const ModelConfig& c = model_.config();
+    const at::Tensor ids = st.longs.narrow(0, 0, rows);
+    const at::Tensor positions = st.longs.narrow(0, kWholeMaxRows, rows);
+    const at::Tensor slots = st.longs.narrow(0, 2 * kWholeMaxRows, rows);
+    const at::Tensor context_slots = st.longs.narrow(0, kLongContext, capacity);
+    const at::Tensor lens = st.ints.narrow(0, 0, rows);
+    const at::Tensor cu_q = st.ints.narrow(0, kIntCuQ, kWholePrefillSlots + 1);
+    const at::Tensor cu_k = st.ints.narrow(0, kIntCuK, kWholePrefillSlots + 1);
+    const int32_t* tables = st.ints.data_ptr<int32_t>() + kIntTables;
+    const kernels::PagedAttentionShape shape = AttentionShape(rows, st.max_blocks, kv);
+    void* workspace = st.workspace.defined() ? st.workspace.data_ptr() : nullptr;
+    const int64_t width = int64_t{c.num_attention_heads} * c.head_dim;
+    const double scale = AttentionScale();
+    auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+      at::Tensor query = q;
+      if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();
+      const at::Tensor keys = k_cache.index_select(0, context_slots);
+      const at::Tensor values = v_cache.index_select(0, context_slots);
+      at::Tensor out = std::get<0>(at::_flash_attention_forward(query, keys, values, cu_q, cu_k, rows, capacity,
+                                                                /*dropout_p=*/0.0, /*is_causal=*/true,
+                                                                /*return_debug_mask=*/false, scale));
+      if (!out.is_contiguous()) out = out.contiguous();
+      kernels::PagedAttentionShape s = shape;
+      s.q_row_stride = query.stride(0);
+      Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables,
+                                              lens.data_ptr<int32_t>(), out.data_ptr(), s, type_, CurrentStream(),
+                                              workspace),
+            "paged-attention decode (whole mixed step)");
+      return out.view({rows, width});
+    };
+    c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+    current.synchronize();
+    {
+      c10::cuda::CUDAStreamGuard guard(side);
+      model_.RunLayers(ids, positions, slots, kv, attend, kernels_);  // warm-up outside the graph
+      side.synchronize();
+      g.graph = std::make_unique<at::cuda::CUDAGraph>();
+      g.graph->capture_begin(st.graph_pool, cudaStreamCaptureModeThreadLocal);
+      try {
+        g.hidden = model_.RunLayers(ids, positions, slots, kv, attend, kernels_);
+      } catch (...) {
+        try {
+          g.graph->capture_end();
+        } catch (...) {
+        }
+        g = WholeMixedGraph();
+        throw;
+      }
+      g.graph->capture_end();
+    }
+    side.synchronize();
+    g.pool = KvPoolKey::Of(kv);
+  }
+
+  // One mixed step through its whole-step graph (RunMixed's row order); returns the sampled rows'
+  // fp32 logits in batch order.
+  at::Tensor RunWhole(const std::vector<SequenceStep>& batch, const std::vector<const SequenceStep*>& decodes,
+                      const std::vector<const SequenceStep*>& prefills, WholeMixedGraph& g, int64_t context_tokens,
+                      const KvPool& kv) {
+    WholeStaging& st = whole_staging_;
+    const int64_t rows = g.hidden.size(0);
+    st.copied->synchronize();
+    int64_t* ids = st.host_longs.data_ptr<int64_t>();
+    int64_t* positions = ids + kWholeMaxRows;
+    int64_t* slots = positions + kWholeMaxRows;
+    int64_t* sampled_rows = ids + kLongSampled;
+    int64_t* context_slots = ids + kLongContext;
+    int32_t* lens = st.host_ints.data_ptr<int32_t>();
+    int32_t* cu_q = lens + kIntCuQ;
+    int32_t* cu_k = lens + kIntCuK;
+    int32_t* tables = lens + kIntTables;
+    std::map<const SequenceStep*, int64_t> last_row;
+    int64_t row = 0, table_width = 0;
+    for (const SequenceStep* s : decodes) {
+      ids[row] = s->tokens[0];
+      positions[row] = RotaryPosition(*s, s->start_position);
+      slots[row] = kv.slot(s->block_table, s->start_position);
+      lens[row] = s->start_position + 1;
+      const int64_t used = s->start_position / kv.block_size + 1;
+      std::copy(s->block_table.begin(), s->block_table.begin() + used, tables + row * st.max_blocks);
+      table_width = std::max(table_width, used);
+      last_row[s] = row++;
+    }
+    const int64_t num_decodes = row;
+    int64_t context = 0;
+    cu_q[0] = static_cast<int32_t>(num_decodes);
+    cu_k[0] = 0;
+    for (size_t p = 0; p < prefills.size(); ++p) {
+      const SequenceStep& s = *prefills[p];
+      const int64_t n = static_cast<int64_t>(s.tokens.size());
+      for (int64_t i = 0; i < n; ++i, ++row) {
+        ids[row] = s.tokens[i];
+        positions[row] = RotaryPosition(s, s.start_position + i);
+        slots[row] = kv.slot(s.block_table, s.start_position + i);
+        lens[row] = 0;
+      }
+      for (int64_t pos = 0; pos < s.start_position + n; ++pos) context_slots[context++] = kv.slot(s.block_table, pos);
+      cu_q[p + 1] = static_cast<int32_t>(cu_q[p] + n);
+      cu_k[p + 1] = static_cast<int32_t>(cu_k[p] + s.start_position + n);
+      last_row[&s] = row - 1;
+    }
+    for (int64_t p = static_cast<int64_t>(prefills.size()); p < kWholePrefillSlots; ++p) {
+      cu_q[p + 1] = cu_q[p];  // empty sequences
+      cu_k[p + 1] = cu_k[p];
+    }
+    for (; row < rows; ++row) {  // padding: reads and writes only the scratch block
+      ids[row] = 0;
+      positions[row] = 0;
+      slots[row] = int64_t{kv.scratch_block()} * kv.block_size;
+      lens[row] = 0;
+    }
+    int64_t num_samples = 0;
+    for (const SequenceStep& s : batch) {
+      if (s.sample) sampled_rows[num_samples++] = last_row.at(&s);
+    }
+    // Context slots past this step's keep earlier values: valid slots, gathered but never read.
+    st.longs.narrow(0, 0, kLongContext + context_tokens)
+        .copy_(st.host_longs.narrow(0, 0, kLongContext + context_tokens), /*non_blocking=*/true);
+    st.ints.narrow(0, 0, kIntTables).copy_(st.host_ints.narrow(0, 0, kIntTables), /*non_blocking=*/true);
+    CopyTableRows(tables, st.ints.data_ptr<int32_t>() + kIntTables, num_decodes, table_width, st.max_blocks);
+    st.copied->record();
+    g.graph->replay();
+    if (num_samples == 0) return at::empty({0, model_.config().vocab_size}, at::TensorOptions().dtype(at::kFloat));
+    return model_.Logits(g.hidden.index_select(0, st.longs.narrow(0, kLongSampled, num_samples)), kernels_);
   }
 
   // Mixed-step graph buckets: multiples of this many rows.
@@ -591,8 +854,8 @@ class CudaDecodeRunner {
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {
-      "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma", "split_attention",
-      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl"};
+      "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma",      "split_attention",
+      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl",  "whole_mixed"};
   // A fresh prompt of at least this many tokens alone in a step attends through cuDNN, its length
   // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
@@ -609,10 +872,7 @@ class CudaDecodeRunner {
   struct Bucket {
     int32_t size = 0;
     int32_t max_blocks = 0;
-    int32_t block_size = 0;
-    int32_t pool_blocks = 0;
-    void* pool_key = nullptr;    // K pool address the graph was captured with
-    void* pool_v_key = nullptr;  // V pool address
+    KvPoolKey pool;                                                           // the pool the graph was captured with
     at::Tensor host_ids, host_positions, host_slots, host_tables, host_lens;  // pinned staging
     at::Tensor ids, positions, slots, tables, lens;                           // device, fixed addresses
     at::Tensor logits;                                                        // graph output
@@ -623,10 +883,7 @@ class CudaDecodeRunner {
     b = Bucket();
     b.size = size;
     b.max_blocks = max_blocks;
-    b.block_size = kv.block_size;
-    b.pool_blocks = kv.num_blocks;
-    b.pool_key = kv.k.data_ptr();
-    b.pool_v_key = kv.v.data_ptr();
+    b.pool = KvPoolKey::Of(kv);
     const auto pinned_long = at::TensorOptions().dtype(at::kLong).pinned_memory(true);
     const auto pinned_int = at::TensorOptions().dtype(at::kInt).pinned_memory(true);
     b.host_ids = at::empty({size}, pinned_long);
@@ -651,6 +908,7 @@ class CudaDecodeRunner {
     int32_t* tables = b.host_tables.data_ptr<int32_t>();
     int32_t* lens = b.host_lens.data_ptr<int32_t>();
     const int32_t scratch = kv.scratch_block();
+    int32_t table_width = 1;
     for (int32_t row = 0; row < b.size; ++row) {
       int32_t* table = tables + static_cast<int64_t>(row) * b.max_blocks;
       if (row < static_cast<int32_t>(batch.size())) {
@@ -662,6 +920,7 @@ class CudaDecodeRunner {
         // The kernel reads only the entries covering the context; the rest may hold stale ids.
         const int32_t used = std::min<int32_t>(pos / kv.block_size + 1, b.max_blocks);
         std::copy(s.block_table.begin(), s.block_table.begin() + used, table);
+        table_width = std::max(table_width, used);
         lens[row] = pos + 1;
       } else {
         ids[row] = 0;
@@ -674,7 +933,7 @@ class CudaDecodeRunner {
     b.ids.copy_(b.host_ids, /*non_blocking=*/true);
     b.positions.copy_(b.host_positions, true);
     b.slots.copy_(b.host_slots, true);
-    b.tables.copy_(b.host_tables, true);
+    CopyTableRows(tables, b.tables.data_ptr<int32_t>(), b.size, table_width, b.max_blocks);
     b.lens.copy_(b.host_lens, true);
   }
 
@@ -934,6 +1193,9 @@ class CudaDecodeRunner {
   std::map<int32_t, Bucket> buckets_;
   std::map<int32_t, MixedGraph> mixed_graphs_;  // by row count
   int64_t mixed_graph_max_tokens_ = 0;          // largest mixed step replayed as graphs; 0 = none
+  bool whole_ = false;                          // mixed steps may replay one graph (WholeMixedGraph)
+  WholeStaging whole_staging_;
+  std::map<std::pair<int32_t, int64_t>, WholeMixedGraph> whole_graphs_;  // by (rows, context capacity)
 };
 
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model) {

@@ -105,8 +105,10 @@ TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
 // earlier chunks read back from the cache) against per-sequence ATen attention, in bf16 on
 // GLM-4-9B's layer shapes (two layers): a chunk whose queries start past position 0 must see
 // every earlier key (causal aligned to the bottom right), decode rows beside it must be unchanged.
-// Steps of up to 512 rows replay the mixed-step graphs (captured on first use), longer ones run
-// eagerly; both are covered.
+// Steps of up to 512 rows with at most 8 prompt chunks whose contexts fit 16,384 rows replay one
+// graph for the whole step (the 1,024-row context graph captured at start, the 4,096-row one on
+// first use); with more chunks they replay the graphs between eager attentions; longer steps run
+// eagerly. All are covered, decode rows with contexts of one block and of many.
 TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
   absl::StatusOr<ModelConfig> config =
@@ -120,7 +122,7 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   ASSERT_TRUE(model.ok()) << model.status();
   const GlmModel& m = **model;
   const int32_t block_size = 16;
-  KvPool fast_kv = m.AllocateKv(128, block_size), aten_kv = m.AllocateKv(128, block_size);
+  KvPool fast_kv = m.AllocateKv(256, block_size), aten_kv = m.AllocateKv(256, block_size);
   GenerationParams params;
   auto prompt = [](int32_t n, int32_t salt) {
     std::vector<int32_t> ids;
@@ -128,7 +130,7 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
     return ids;
   };
   // a: 70-token prompt in chunks of 40 and 30; b: 9-token prompt; c: joins in step 2 (5 tokens).
-  const std::vector<int32_t> a = prompt(70, 1), b = prompt(9, 2), c = prompt(5, 3), d = prompt(600, 4);
+  const std::vector<int32_t> a = prompt(70, 1), b = prompt(9, 2), c = prompt(5, 3), d = prompt(1120, 4);
   auto step = [&](int64_t id, std::vector<int32_t> tokens, int32_t start, std::vector<int32_t> table, bool sample) {
     SequenceStep st;
     st.sequence_id = id;
@@ -141,15 +143,22 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   };
   const std::vector<int32_t> table_a = {9, 2, 30, 4, 17, 6}, table_b = {11, 40}, table_c = {1, 50};
   std::vector<int32_t> table_d;
-  for (int32_t block = 60; block < 98; ++block) table_d.push_back(block);
+  for (int32_t block = 60; block < 132; ++block) table_d.push_back(block);
   ModelForward forward(m);
-  std::vector<std::vector<SequenceStep>> steps(4);
+  std::vector<std::vector<SequenceStep>> steps(7);
   steps[0] = {step(1, {a.begin(), a.begin() + 40}, 0, table_a, false), step(2, b, 0, table_b, true)};
   steps[1] = {step(2, {42}, 9, table_b, true), step(1, {a.begin() + 40, a.end()}, 40, table_a, true),
               step(3, c, 0, table_c, true)};
   steps[2] = {step(2, {43}, 10, table_b, true), step(1, {44}, 70, table_a, true), step(3, {45}, 5, table_c, true)};
   // Beyond the mixed-step graphs' largest bucket (512 rows): the eager forward.
-  steps[3] = {step(2, {46}, 11, table_b, true), step(4, d, 0, table_d, true)};
+  steps[3] = {step(2, {46}, 11, table_b, true), step(4, {d.begin(), d.begin() + 1100}, 0, table_d, false)};
+  // A chunk whose context (1,120 rows) needs the 4,096-row gather.
+  steps[4] = {step(2, {47}, 12, table_b, true), step(4, {d.begin() + 1100, d.end()}, 1100, table_d, true)};
+  // Nine prompt chunks: more than the whole-step graphs' slots.
+  steps[5] = {step(2, {48}, 13, table_b, true), step(4, {49}, 1120, table_d, true)};
+  for (int32_t i = 0; i < 9; ++i) steps[5].push_back(step(10 + i, prompt(3, 10 + i), 0, {140 + i}, true));
+  // A decode row whose context spans 71 blocks beside a fresh prompt, in one graph.
+  steps[6] = {step(2, {50}, 14, table_b, true), step(4, {51}, 1121, table_d, true), step(5, c, 0, {150}, true)};
   for (size_t i = 0; i < steps.size(); ++i) {
     SCOPED_TRACE(::testing::Message() << "step " << i);
     const at::Tensor got = forward.Forward(steps[i], fast_kv).to(at::kFloat).cpu();
