@@ -11,21 +11,18 @@
 namespace glmserve::kernels {
 namespace {
 
-// ---- Rotary + KV write: one block per (token, group of heads) ----
-// Blocks take a few heads each rather than a whole token: a decode step has few tokens (one per
-// sequence), and a block walking all of a token's heads serially was most of the kernel's time
-// (4.7 us at batch 64, 4.3 at batch 1 on an H100). A block per single head recomputed the token's
-// cos/sin for every head (34 times per token on GLM-4-9B): at 256 rows that took 11 us a layer
-// on an H200. Each block computes its token's cos/sin once into shared memory; each thread then
-// owns pairs (2p, 2p + 1) of a head; KV heads also copy their rotated k and their v into the
-// cache slot.
-constexpr int kRotaryThreads = 256;
-constexpr int kRotaryHeadsPerBlock = 8;
-constexpr int kRotaryMaxPairs = 128;  // rotary_dim <= 256 (the decode path's head_dim bound)
+// ---- Rotary + KV write: one block per (token, head) ----
+// A block per head rather than per token: a decode step has few tokens (one per sequence), and a
+// block walking all of a token's heads serially was most of the kernel's time (4.7 us at batch
+// 64, 4.3 at batch 1 on an H100). Each thread owns pairs (2p, 2p + 1) of its head; blocks of the
+// KV heads also copy their rotated k and their v into the cache slot.
+constexpr int kRotaryThreads = 64;
 
 template <typename T>
-__device__ __forceinline__ void RotatePair(float c, float sn, float& even, float& odd) {
+__device__ __forceinline__ void RotatePair(float position, float freq, float& even, float& odd) {
   // __f*_rn: no fused multiply-add, so fp32 rounds exactly as the separate ATen ops do.
+  const float angle = __fmul_rn(position, freq);
+  const float c = RoundTo<T>(cosf(angle)), sn = RoundTo<T>(sinf(angle));
   const float rotated_even = __fsub_rn(RoundTo<T>(__fmul_rn(even, c)), RoundTo<T>(__fmul_rn(odd, sn)));
   const float rotated_odd = __fadd_rn(RoundTo<T>(__fmul_rn(odd, c)), RoundTo<T>(__fmul_rn(even, sn)));
   even = rotated_even;
@@ -38,40 +35,29 @@ __global__ void __launch_bounds__(kRotaryThreads)
                         const int64_t* __restrict__ slots, T* __restrict__ k_cache, T* __restrict__ v_cache,
                         RotaryKvShape s) {
   AllowDependentsThenWait();
-  __shared__ float cos_s[kRotaryMaxPairs], sin_s[kRotaryMaxPairs];
-  const int t = blockIdx.x;
-  const int first_head = blockIdx.y * kRotaryHeadsPerBlock;  // heads: the query heads, then the KV heads
-  const int all_heads = s.num_heads + s.num_kv_heads;
-  const int heads = all_heads - first_head < kRotaryHeadsPerBlock ? all_heads - first_head : kRotaryHeadsPerBlock;
-  const int half_rotary = s.rotary_dim / 2, pairs = (s.head_dim + 1) / 2;
-  const int64_t* components = s.frequency_component;
-  for (int p = threadIdx.x; p < half_rotary; p += kRotaryThreads) {
-    const float position = static_cast<float>(positions[components != nullptr ? components[p] * s.tokens + t : t]);
-    const float angle = __fmul_rn(position, inv_freq[p]);
-    cos_s[p] = RoundTo<T>(cosf(angle));
-    sin_s[p] = RoundTo<T>(sinf(angle));
-  }
-  __syncthreads();
+  const int t = blockIdx.x, head = blockIdx.y;  // heads: the query heads, then the KV heads
   T* row = qkv + t * s.qkv_row_stride;
+  T* x = row + static_cast<int64_t>(head) * s.head_dim;
+  const int half_rotary = s.rotary_dim / 2, pairs = (s.head_dim + 1) / 2;
+  const bool kv_head = head >= s.num_heads;
+  const int64_t* components = s.frequency_component;
   const int64_t kv_size = static_cast<int64_t>(s.num_kv_heads) * s.head_dim;
-  for (int i = threadIdx.x; i < heads * pairs; i += kRotaryThreads) {
-    const int head = first_head + i / pairs, p = i % pairs;
-    const bool kv_head = head >= s.num_heads;
-    if (!kv_head && p >= half_rotary) continue;  // a query head's unrotated dims stay as they are
-    T* x = row + static_cast<int64_t>(head) * s.head_dim;
+  const int64_t cache_offset = kv_head ? slots[t] * kv_size + static_cast<int64_t>(head - s.num_heads) * s.head_dim : 0;
+  const int limit = kv_head ? pairs : half_rotary;  // a query head's unrotated dims stay as they are
+  for (int p = threadIdx.x; p < limit; p += kRotaryThreads) {
     const int e = 2 * p, o = 2 * p + 1;  // o == head_dim for an odd head_dim's last element
     const bool has_odd = o < s.head_dim;
     T even = x[e], odd = has_odd ? x[o] : T();
     if (p < half_rotary) {
       float even_f = ToFloat(even), odd_f = ToFloat(odd);
-      RotatePair<T>(cos_s[p], sin_s[p], even_f, odd_f);
+      const float position = static_cast<float>(positions[components != nullptr ? components[p] * s.tokens + t : t]);
+      RotatePair<T>(position, inv_freq[p], even_f, odd_f);
       even = FromFloat<T>(even_f);
       odd = FromFloat<T>(odd_f);
       x[e] = even;
       x[o] = odd;
     }
     if (kv_head) {
-      const int64_t cache_offset = slots[t] * kv_size + static_cast<int64_t>(head - s.num_heads) * s.head_dim;
       const T* v = x + kv_size;
       k_cache[cache_offset + e] = even;
       v_cache[cache_offset + e] = v[e];
@@ -274,15 +260,14 @@ int ElementBytes(ElementType type) { return type == ElementType::kFloat32 ? 4 : 
 bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_freq, const int64_t* slots, void* k_cache,
                        void* v_cache, const RotaryKvShape& s, ElementType type, void* stream) {
   if (s.tokens < 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 || s.head_dim <= 0 || s.rotary_dim < 0 ||
-      s.rotary_dim % 2 != 0 || s.rotary_dim > s.head_dim || s.rotary_dim / 2 > kRotaryMaxPairs ||
+      s.rotary_dim % 2 != 0 || s.rotary_dim > s.head_dim ||
       s.qkv_row_stride < int64_t{s.num_heads + 2 * s.num_kv_heads} * s.head_dim) {
     return false;
   }
   if (s.tokens == 0) return true;
   auto st = static_cast<cudaStream_t>(stream);
-  const int head_blocks = (s.num_heads + s.num_kv_heads + kRotaryHeadsPerBlock - 1) / kRotaryHeadsPerBlock;
-  if (head_blocks > 65535) return false;
-  const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(head_blocks));
+  if (s.num_heads + s.num_kv_heads > 65535) return false;
+  const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(s.num_heads + s.num_kv_heads));
   switch (type) {
     case ElementType::kFloat32:
       return LaunchKernel(RotaryKvWriteKernel<float>, grid, dim3(kRotaryThreads), 0, st, static_cast<float*>(qkv),
