@@ -733,6 +733,14 @@ class CudaDecodeRunner {
     void* workspace = st.workspace.defined() ? st.workspace.data_ptr() : nullptr;
     const int64_t width = int64_t{c.num_attention_heads} * c.head_dim;
     const double scale = AttentionScale();
+    // The warm-up below runs the kernels for real: over neutral inputs (no decode context, empty
+    // sequences, every write to the scratch block), never over a previous step's staging, whose
+    // cumulative lengths may reach past this graph's rows (a graph captured on first use).
+    const int64_t scratch = int64_t{kv.scratch_block()} * kv.block_size;
+    st.longs.narrow(0, 0, 2 * kWholeMaxRows).zero_();
+    st.longs.narrow(0, 2 * kWholeMaxRows, kWholeMaxRows).fill_(scratch);
+    st.longs.narrow(0, kLongContext, st.longs.size(0) - kLongContext).fill_(scratch);
+    st.ints.narrow(0, 0, kIntTables).zero_();
     auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
       at::Tensor query = q;
       if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();

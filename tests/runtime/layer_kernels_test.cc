@@ -145,20 +145,23 @@ TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   std::vector<int32_t> table_d;
   for (int32_t block = 60; block < 132; ++block) table_d.push_back(block);
   ModelForward forward(m);
-  std::vector<std::vector<SequenceStep>> steps(7);
+  std::vector<std::vector<SequenceStep>> steps(8);
   steps[0] = {step(1, {a.begin(), a.begin() + 40}, 0, table_a, false), step(2, b, 0, table_b, true)};
   steps[1] = {step(2, {42}, 9, table_b, true), step(1, {a.begin() + 40, a.end()}, 40, table_a, true),
               step(3, c, 0, table_c, true)};
   steps[2] = {step(2, {43}, 10, table_b, true), step(1, {44}, 70, table_a, true), step(3, {45}, 5, table_c, true)};
   // Beyond the mixed-step graphs' largest bucket (512 rows): the eager forward.
   steps[3] = {step(2, {46}, 11, table_b, true), step(4, {d.begin(), d.begin() + 1100}, 0, table_d, false)};
+  // A 101-row step (its prompt rows reach past row 64), then a step whose 64-row graph is captured
+  // on first use: that capture's warm-up must not run over the 101-row step's leftovers.
+  steps[4] = {step(2, {47}, 12, table_b, true), step(6, prompt(100, 6), 0, {200, 201, 202, 203, 204, 205, 206}, true)};
   // A chunk whose context (1,120 rows) needs the 4,096-row gather.
-  steps[4] = {step(2, {47}, 12, table_b, true), step(4, {d.begin() + 1100, d.end()}, 1100, table_d, true)};
+  steps[5] = {step(2, {48}, 13, table_b, true), step(4, {d.begin() + 1100, d.end()}, 1100, table_d, true)};
   // Nine prompt chunks: more than the whole-step graphs' slots.
-  steps[5] = {step(2, {48}, 13, table_b, true), step(4, {49}, 1120, table_d, true)};
-  for (int32_t i = 0; i < 9; ++i) steps[5].push_back(step(10 + i, prompt(3, 10 + i), 0, {140 + i}, true));
+  steps[6] = {step(2, {49}, 14, table_b, true), step(4, {50}, 1120, table_d, true)};
+  for (int32_t i = 0; i < 9; ++i) steps[6].push_back(step(10 + i, prompt(3, 10 + i), 0, {140 + i}, true));
   // A decode row whose context spans 71 blocks beside a fresh prompt, in one graph.
-  steps[6] = {step(2, {50}, 14, table_b, true), step(4, {51}, 1121, table_d, true), step(5, c, 0, {150}, true)};
+  steps[7] = {step(2, {51}, 15, table_b, true), step(4, {52}, 1121, table_d, true), step(5, c, 0, {150}, true)};
   for (size_t i = 0; i < steps.size(); ++i) {
     SCOPED_TRACE(::testing::Message() << "step " << i);
     const at::Tensor got = forward.Forward(steps[i], fast_kv).to(at::kFloat).cpu();
