@@ -63,6 +63,9 @@ struct EngineStats {
   int32_t blocks_used = 0;     // KV blocks owned by sequences
   int32_t blocks_free = 0;     // KV blocks in the pool
   int32_t blocks_total = 0;
+  int32_t blocks_cached = 0;            // KV blocks the prefix cache holds (in use or not)
+  int64_t prefix_cache_hit_tokens = 0;  // prompt positions taken from the prefix cache
+  int64_t prompt_tokens_scheduled = 0;  // prompt positions of admissions (cached or computed)
 };
 
 // Submit's RESOURCE_EXHAUSTED carries its retry hint as a typed payload besides the message, so

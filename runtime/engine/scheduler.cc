@@ -29,6 +29,11 @@ struct Sequence {
   bool preempted = false;  // back in waiting after running: resumes ahead of fresh requests
   uint64_t arrival = 0;
   int32_t oom_alone_failures = 0;
+  // Prefix caching: the leading blocks of block_table whose content is registered (matched at
+  // admission or registered after the steps that wrote them), and the registered block standing
+  // for the last of them; -1 once registering failed (nothing more is registered for it).
+  int32_t cached_blocks = 0;
+  BlockManager::Link chain;
 
   // True from the first Step that carried this sequence until ReleaseSequence: the executor may
   // hold state for it (encoded images), so finishing or preempting it must release that.
@@ -284,7 +289,7 @@ Scheduler::Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* cl
       eos_token_ids_(model_info.eos_token_ids),
       hooks_(std::move(hooks)),
       limits_(limits),
-      blocks_(limits.num_blocks, limits.block_size),
+      blocks_(limits.num_blocks, limits.block_size, options_.prefix_caching),
       batch_limit_(options_.max_batch_size) {}
 
 Scheduler::~Scheduler() = default;
@@ -392,6 +397,9 @@ EngineStats Scheduler::stats() const {
   st.blocks_used = blocks_.num_used();
   st.blocks_free = blocks_.num_free();
   st.blocks_total = blocks_.num_blocks();
+  st.blocks_cached = blocks_.num_cached();
+  st.prefix_cache_hit_tokens = prefix_cache_hit_tokens_;
+  st.prompt_tokens_scheduled = prompt_tokens_scheduled_;
   return st;
 }
 
@@ -467,10 +475,62 @@ void Scheduler::Preempt(Sequence* seq) {
   ReleaseExecutorState(seq);  // it comes back with prefill from 0: its images are encoded again
   blocks_.Release(seq->block_table);
   seq->num_computed = 0;  // recomputed from position 0 over prompt + generated so far
+  seq->cached_blocks = 0;
+  seq->chain = BlockManager::Link();
   seq->preempted = true;
   EraseValue(running_, seq);
   waiting_.push_back(seq);
   ++preemptions_;
+}
+
+namespace {
+
+// Leading blocks of `seq` the prefix cache may hold: whole blocks, and for a prompt with images
+// only those before its first image token (an image's tokens stand for its pixels, which the ids
+// do not say, and its positions are 3-D).
+int32_t CacheableBlocks(const engine_internal::Sequence& seq, int32_t block_size) {
+  int64_t tokens = static_cast<int64_t>(seq.tokens.size());
+  const MultimodalPrompt* mm = seq.multimodal();
+  if (mm != nullptr && !mm->image_offsets.empty()) tokens = std::min<int64_t>(tokens, mm->image_offsets[0]);
+  return static_cast<int32_t>(tokens / block_size);
+}
+
+}  // namespace
+
+void Scheduler::MatchCachedPrefix(Sequence* seq) {
+  if (!blocks_.prefix_caching() || !seq->block_table.empty() || seq->num_computed != 0) return;
+  // At least the last token is computed: its logits give the next token.
+  const int32_t block_size = blocks_.block_size();
+  const int32_t most = std::min(CacheableBlocks(*seq, block_size),
+                                static_cast<int32_t>((static_cast<int64_t>(seq->tokens.size()) - 1) / block_size));
+  if (most <= 0) return;
+  const int32_t matched = blocks_.MatchPrefix(seq->tokens, most, seq->block_table, &seq->chain);
+  seq->cached_blocks = matched;
+  seq->num_computed = matched * block_size;
+}
+
+void Scheduler::ForgetCachedPrefix(Sequence* seq) {
+  if (seq->cached_blocks <= 0 || seq->num_computed != seq->cached_blocks * blocks_.block_size()) return;
+  blocks_.Release(seq->block_table);
+  seq->num_computed = 0;
+  seq->cached_blocks = 0;
+  seq->chain = BlockManager::Link();
+}
+
+void Scheduler::RegisterWrittenBlocks(Sequence* seq) {
+  if (!blocks_.prefix_caching() || seq->cached_blocks < 0) return;
+  const int32_t block_size = blocks_.block_size();
+  const int32_t written = std::min(seq->num_computed / block_size, CacheableBlocks(*seq, block_size));
+  while (seq->cached_blocks < written) {
+    BlockManager::Link link;
+    if (!blocks_.Register(seq->block_table[seq->cached_blocks], seq->chain, seq->tokens,
+                          int64_t{seq->cached_blocks} * block_size, &link)) {
+      seq->cached_blocks = -1;
+      return;
+    }
+    seq->chain = link;
+    ++seq->cached_blocks;
+  }
 }
 
 void Scheduler::SetBatchLimit(int32_t limit, const char* why) {
@@ -610,11 +670,16 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
     while (budget > 0 && static_cast<int32_t>(running_.size()) < limit) {
       Sequence* s = PopBestWaiting(now, /*pop=*/false);
       if (s == nullptr) break;
+      MatchCachedPrefix(s);  // its prefill then starts after the cached blocks
       const engine_internal::PrefillChunk c =
           engine_internal::PlanPrefillChunk(*s, budget, /*first_prefill=*/prefills == 0);
-      if (c.tokens == 0) break;
       // Blocks for all of its tokens up front, so its prefill chunks never need preemption.
-      if (!blocks_.EnsureCapacity(s->block_table, static_cast<int64_t>(s->tokens.size()))) break;
+      if (c.tokens == 0 || !blocks_.EnsureCapacity(s->block_table, static_cast<int64_t>(s->tokens.size()))) {
+        ForgetCachedPrefix(s);
+        break;
+      }
+      prefix_cache_hit_tokens_ += s->num_computed;
+      prompt_tokens_scheduled_ += static_cast<int64_t>(s->tokens.size());
       PopBestWaiting(now, /*pop=*/true);
       running_.push_back(s);
       if (!s->admitted_once) {
@@ -669,6 +734,7 @@ void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePo
     const SequenceStep& st = plan.steps[i];
     s->num_computed += static_cast<int32_t>(st.tokens.size());
     s->oom_alone_failures = 0;
+    RegisterWrittenBlocks(s);
     if (!st.sample) continue;
     const int32_t id = result.next_tokens[i];
     if (id < 0 || (limits_.vocab_size > 0 && id >= limits_.vocab_size)) {

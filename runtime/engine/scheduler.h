@@ -88,6 +88,12 @@ struct SchedulerOptions {
   // two prompts instead of two with one each. Each prompt's first token comes at most this much
   // later. Preempted sequences are never held. 0 = admit at once. Must be >= 0.
   std::chrono::microseconds max_prefill_hold{0};
+  // Prefix caching: a full KV block whose tokens (and every token before them) a later request's
+  // prompt repeats is reused instead of computed again (BlockManager), so a shared system prompt or
+  // the history of a multi-turn conversation is prefilled once while its blocks stay in the pool.
+  // Blocks no request holds keep their content until the pool needs them. A prompt with images
+  // reuses only the blocks before its first image token. Off: every prompt is computed in full.
+  bool prefix_caching = false;
   // Batching window: while nothing is running, waiting requests are held until the oldest has
   // waited this long or max_batch_size requests are waiting, so the first batch starts fuller.
   // Once anything runs, arrivals join at the next step boundary regardless. 0 = never hold.
@@ -212,6 +218,11 @@ class Scheduler {
   void HandleOom(const PlannedStep& plan, const absl::Status& status);
   void SetBatchLimit(int32_t limit, const char* why);
   void Preempt(Sequence* seq);
+  // Prefix caching: takes the cached blocks that start `seq`'s tokens (admission), gives them back
+  // (an admission that did not happen), and registers the full blocks its steps have written.
+  void MatchCachedPrefix(Sequence* seq);
+  void ForgetCachedPrefix(Sequence* seq);
+  void RegisterWrittenBlocks(Sequence* seq);
   // ReleaseSequence on the executor if a Step has seen `seq` since its last release.
   void ReleaseExecutorState(Sequence* seq);
   void Finish(Sequence* seq, absl::Status status, FinishReason reason);
@@ -239,6 +250,8 @@ class Scheduler {
   int64_t oom_events_ = 0;
   int64_t preemptions_ = 0;
   int64_t finished_ = 0;
+  int64_t prefix_cache_hit_tokens_ = 0;
+  int64_t prompt_tokens_scheduled_ = 0;
 };
 
 }  // namespace glmserve

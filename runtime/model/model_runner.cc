@@ -662,14 +662,31 @@ class PagedExecutor final : public StepExecutor {
         }
         if (s.sample && static_cast<int64_t>(h.size()) != end) return bad("sampling before the end of history");
       }
-      for (int32_t b : s.block_table) {
+      // Blocks from the one holding start_position on are this sequence's alone (it writes them);
+      // those before it are read-only context, which sequences may share (prefix caching).
+      const size_t first_owned = static_cast<size_t>(s.start_position / pool_.block_size);
+      for (size_t j = 0; j < s.block_table.size(); ++j) {
+        const int32_t b = s.block_table[j];
         if (b < 0 || b >= pool_.num_blocks)
           return bad(absl::StrCat("block id ", b, " outside [0, ", pool_.num_blocks, ")"));
+        if (j < first_owned) continue;
         const uint64_t owner = block_owner_[b];
         if ((owner >> 32) == validate_generation_ && (owner & 0xffffffffu) != i) {
           return bad(absl::StrCat("block ", b, " also belongs to batch slot ", owner & 0xffffffffu));
         }
         block_owner_[b] = generation | i;
+      }
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {  // nobody reads a block another sequence writes
+      const SequenceStep& s = batch[i];
+      const size_t first_owned = static_cast<size_t>(s.start_position / pool_.block_size);
+      for (size_t j = 0; j < first_owned && j < s.block_table.size(); ++j) {
+        const uint64_t owner = block_owner_[s.block_table[j]];
+        if ((owner >> 32) == validate_generation_) {
+          return absl::InternalError(absl::StrCat("executor: sequence ", s.sequence_id, " (batch slot ", i,
+                                                  "): reads block ", s.block_table[j], " that batch slot ",
+                                                  owner & 0xffffffffu, " writes"));
+        }
       }
     }
     return absl::OkStatus();

@@ -141,6 +141,8 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");
   set.Int("max-prefill-hold-us", &s.prefill_hold_us, 0, kMsMax,
           "while others decode, hold new prompts until they fill a step's prefill budget, at most this long");
+  set.Bool("prefix-caching", &sched.prefix_caching,
+           "reuse the KV blocks of prompt prefixes seen before (system prompts, conversation history)");
   set.Int("kv-block-size", &f.executor.block_size, 1, 4096, "tokens per KV block");
   set.Int("kv-blocks", &f.executor.num_blocks, 0, kIntMax, "KV pool blocks")
       .DefaultText(absl::StrCat(f.executor.num_blocks, " = sized from memory"));

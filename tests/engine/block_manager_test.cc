@@ -35,5 +35,129 @@ TEST(BlockManagerTest, AllocatesAllOrNothingAndReleases) {
   EXPECT_EQ(blocks.num_free(), 4);
 }
 
+std::vector<int32_t> Iota(int32_t n, int32_t from) {
+  std::vector<int32_t> v(n);
+  for (int32_t i = 0; i < n; ++i) v[i] = from + i;
+  return v;
+}
+
+// Registers the first `n` blocks of `table` (written with `tokens`) as one chain.
+void RegisterChain(BlockManager& blocks, const std::vector<int32_t>& table, const std::vector<int32_t>& tokens,
+                   int32_t n) {
+  BlockManager::Link link;
+  for (int32_t i = 0; i < n; ++i) {
+    ASSERT_TRUE(blocks.Register(table[i], link, tokens, int64_t{i} * blocks.block_size(), &link));
+  }
+}
+
+TEST(BlockManagerTest, WithoutPrefixCachingNothingIsShared) {
+  BlockManager blocks(4, 4);
+  std::vector<int32_t> a, b;
+  const std::vector<int32_t> tokens = Iota(8, 1);
+  ASSERT_TRUE(blocks.EnsureCapacity(a, 8));
+  BlockManager::Link link;
+  EXPECT_FALSE(blocks.Register(a[0], BlockManager::Link(), tokens, 0, &link));
+  EXPECT_EQ(blocks.MatchPrefix(tokens, 2, b, &link), 0);
+  EXPECT_TRUE(b.empty());
+  blocks.Release(a);
+  EXPECT_EQ(blocks.num_free(), 4);
+  EXPECT_EQ(blocks.num_cached(), 0);
+}
+
+// A prompt that repeats another's first blocks takes them (one more holder each) up to the first
+// block whose tokens differ, never more than asked; a released registered block stays matchable
+// and counts as free.
+TEST(BlockManagerTest, MatchesRegisteredBlocksTokenForToken) {
+  BlockManager blocks(8, 4, /*prefix_caching=*/true);
+  const std::vector<int32_t> tokens = Iota(12, 1);  // three full blocks
+  std::vector<int32_t> a;
+  ASSERT_TRUE(blocks.EnsureCapacity(a, 12));
+  RegisterChain(blocks, a, tokens, 3);
+  EXPECT_EQ(blocks.num_cached(), 3);
+
+  std::vector<int32_t> b;
+  BlockManager::Link last;
+  std::vector<int32_t> longer = tokens;
+  longer.push_back(99);
+  EXPECT_EQ(blocks.MatchPrefix(longer, 8, b, &last), 3);
+  EXPECT_EQ(b, a);
+  EXPECT_EQ(last.block, a[2]);
+  EXPECT_EQ(blocks.num_used(), 3);  // shared, not copied
+
+  std::vector<int32_t> c;
+  std::vector<int32_t> differs = tokens;
+  differs[5] = 77;  // in the second block
+  EXPECT_EQ(blocks.MatchPrefix(differs, 8, c, &last), 1);
+  EXPECT_EQ(c, std::vector<int32_t>{a[0]});
+  std::vector<int32_t> d;
+  EXPECT_EQ(blocks.MatchPrefix(tokens, 2, d, &last), 2);  // capped by max_blocks
+
+  const std::vector<int32_t> chain = a;
+  blocks.Release(a);
+  blocks.Release(b);
+  blocks.Release(c);
+  blocks.Release(d);
+  EXPECT_EQ(blocks.num_free(), 8);
+  EXPECT_EQ(blocks.num_used(), 0);
+  EXPECT_EQ(blocks.num_cached(), 3);
+  std::vector<int32_t> e;
+  EXPECT_EQ(blocks.MatchPrefix(longer, 8, e, &last), 3);  // still there when nobody holds them
+  EXPECT_EQ(e, chain);
+}
+
+// Free unregistered blocks go first; then the registered block released longest ago (a chain's
+// last block before its first). A block handed out again loses its registration, and blocks
+// registered after it no longer match even when it is registered again with other tokens.
+TEST(BlockManagerTest, EvictsLeastRecentlyReleasedCachedBlocksLast) {
+  BlockManager blocks(4, 2, /*prefix_caching=*/true);
+  const std::vector<int32_t> tokens = Iota(4, 10);
+  std::vector<int32_t> a;
+  ASSERT_TRUE(blocks.EnsureCapacity(a, 4));
+  RegisterChain(blocks, a, tokens, 2);
+  blocks.Release(a);  // both evictable; a[1] released first
+  std::vector<int32_t> fresh;
+  ASSERT_TRUE(blocks.EnsureCapacity(fresh, 4));  // the two never-registered blocks
+  EXPECT_EQ(blocks.num_cached(), 2);
+  std::vector<int32_t> more;
+  ASSERT_TRUE(blocks.EnsureCapacity(more, 2));  // evicts the chain's last block
+  EXPECT_EQ(more, std::vector<int32_t>{a[1]});
+  EXPECT_EQ(blocks.num_cached(), 1);
+  std::vector<int32_t> m;
+  BlockManager::Link last;
+  EXPECT_EQ(blocks.MatchPrefix(tokens, 2, m, &last), 1);  // the first block is still cached
+  blocks.Release(m);
+
+  // Re-register the evicted id under other tokens: the old chain's second block must not come
+  // back through it.
+  std::vector<int32_t> other = {50, 51, 12, 13};
+  BlockManager::Link link;
+  ASSERT_TRUE(blocks.Register(more[0], BlockManager::Link(), other, 0, &link));
+  std::vector<int32_t> n;
+  EXPECT_EQ(blocks.MatchPrefix(tokens, 2, n, &last), 1);
+  EXPECT_EQ(n, std::vector<int32_t>{a[0]});
+  EXPECT_FALSE(blocks.EnsureCapacity(n, 8));  // 3 more needed, 1 free (none evictable: all held)
+}
+
+// Two sequences that computed the same content: the first registration stands for it and the
+// second sequence's chain continues through it.
+TEST(BlockManagerTest, SameContentRegisteredTwiceKeepsOneBlock) {
+  BlockManager blocks(6, 2, /*prefix_caching=*/true);
+  const std::vector<int32_t> tokens = Iota(4, 3);
+  std::vector<int32_t> a, b;
+  ASSERT_TRUE(blocks.EnsureCapacity(a, 4));
+  ASSERT_TRUE(blocks.EnsureCapacity(b, 4));
+  RegisterChain(blocks, a, tokens, 1);
+  BlockManager::Link link;
+  ASSERT_TRUE(blocks.Register(b[0], BlockManager::Link(), tokens, 0, &link));
+  EXPECT_EQ(link.block, a[0]);  // a's block stands for it
+  ASSERT_TRUE(blocks.Register(b[1], link, tokens, 2, &link));
+  EXPECT_EQ(link.block, b[1]);
+  EXPECT_EQ(blocks.num_cached(), 2);
+  std::vector<int32_t> c;
+  BlockManager::Link last;
+  EXPECT_EQ(blocks.MatchPrefix(tokens, 2, c, &last), 2);
+  EXPECT_EQ(c, (std::vector<int32_t>{a[0], b[1]}));
+}
+
 }  // namespace
 }  // namespace glmserve

@@ -1,8 +1,11 @@
 // A deterministic StepExecutor for engine tests. It keeps a simulated paged KV cache (one
-// (sequence, token) record per slot), so it can check what a real paged-attention executor
-// relies on: every position written lies inside the block table given, no block is shared by
-// two sequences of a batch, and the KV of positions [0, start_position) read back is exactly
-// the sequence's history. The next token is computed from that read-back KV:
+// (sequence, token, prefix) record per slot), so it can check what a real paged-attention
+// executor relies on: every position written lies inside the block table given, no block a
+// sequence writes (from the one holding start_position on) is in another sequence's table of the
+// batch, and the KV of positions [0, start_position) read back is exactly the sequence's history.
+// With AllowSharedPrefixes (prefix caching) those read-only blocks may have been written by
+// another sequence, and be read by several in one batch, if what was written there was computed
+// from the same tokens (every token up to that position). The next token is computed from that read-back KV:
 //   next = (sum of history * 31 + length) % vocab
 // with stop ids masked (bumped to the next non-stop id) while num_generated < min_new_tokens.
 // For multimodal sequences it models the vision side of the executor contract: image k is
@@ -38,7 +41,7 @@ class FakeExecutor : public StepExecutor {
         num_blocks_(num_blocks),
         vocab_(vocab),
         eos_ids_(std::move(eos_ids)),
-        kv_(static_cast<size_t>(block_size) * num_blocks, Slot{-1, -1}) {}
+        kv_(static_cast<size_t>(block_size) * num_blocks, Slot{-1, -1, 0}) {}
 
   int32_t block_size() const override { return block_size_; }
   int32_t num_blocks() const override { return num_blocks_; }
@@ -113,6 +116,12 @@ class FakeExecutor : public StepExecutor {
     features_.erase(sequence_id);
   }
 
+  // Prefix caching: KV read back may come from another sequence with the same prefix.
+  void AllowSharedPrefixes(bool allow) {
+    std::lock_guard<std::mutex> lock(mu_);
+    shared_prefixes_ = allow;
+  }
+
   std::vector<std::string> errors() const {
     std::lock_guard<std::mutex> lock(mu_);
     return errors_;
@@ -170,13 +179,24 @@ class FakeExecutor : public StepExecutor {
       return absl::ResourceExhaustedError(absl::StrCat("fake vision-encoder OOM with ", encoder_tokens, " tokens"));
     }
     CheckAndEncodeImages(batch);
-    // No block shared by two sequences of the batch.
-    std::set<int32_t> seen_blocks;
+    // No block a sequence writes is in another sequence's table of the batch; without shared
+    // prefixes, no block at all is.
+    std::map<int32_t, int64_t> owned_blocks;  // block -> the sequence writing it
     for (const SequenceStep& st : batch) {
-      for (int32_t b : st.block_table) {
+      const size_t first_owned = shared_prefixes_ ? static_cast<size_t>(st.start_position / block_size_) : 0;
+      for (size_t j = 0; j < st.block_table.size(); ++j) {
+        const int32_t b = st.block_table[j];
         if (b < 0 || b >= num_blocks_) Error(absl::StrCat("seq ", st.sequence_id, ": bad block ", b));
-        if (!seen_blocks.insert(b).second) {
+        if (j >= first_owned && !owned_blocks.emplace(b, st.sequence_id).second) {
           Error(absl::StrCat("block ", b, " shared within a batch (seq ", st.sequence_id, ")"));
+        }
+      }
+    }
+    for (const SequenceStep& st : batch) {
+      const size_t first_owned = shared_prefixes_ ? static_cast<size_t>(st.start_position / block_size_) : 0;
+      for (size_t j = 0; j < first_owned && j < st.block_table.size(); ++j) {
+        if (owned_blocks.count(st.block_table[j]) > 0) {
+          Error(absl::StrCat("seq ", st.sequence_id, " reads block ", st.block_table[j], " another sequence writes"));
         }
       }
     }
@@ -195,9 +215,13 @@ class FakeExecutor : public StepExecutor {
       }
       // Read back positions [0, start) from the paged KV and check them against history.
       int64_t sum = 0;
+      uint64_t prefix = 0;  // of history[0, pos]: what the KV at pos was computed from
       for (int32_t pos = 0; pos < st.start_position; ++pos) {
         const Slot& slot = kv_[SlotIndex(st.block_table, pos)];
-        if (slot.sequence_id != st.sequence_id || (st.history != nullptr && slot.token != (*st.history)[pos])) {
+        if (st.history != nullptr) prefix = PrefixHash(prefix, (*st.history)[pos]);
+        const bool same_sequence = slot.sequence_id == st.sequence_id;
+        if ((!same_sequence && !shared_prefixes_) || slot.prefix != prefix ||
+            (st.history != nullptr && slot.token != (*st.history)[pos])) {
           Error(absl::StrCat("seq ", st.sequence_id, ": KV at position ", pos, " holds (seq ", slot.sequence_id,
                              ", token ", slot.token, ")"));
         }
@@ -208,7 +232,8 @@ class FakeExecutor : public StepExecutor {
         if (st.history != nullptr && (*st.history)[pos] != st.tokens[i]) {
           Error(absl::StrCat("seq ", st.sequence_id, ": fed token differs from history"));
         }
-        kv_[SlotIndex(st.block_table, pos)] = Slot{st.sequence_id, st.tokens[i]};
+        prefix = PrefixHash(prefix, st.tokens[i]);
+        kv_[SlotIndex(st.block_table, pos)] = Slot{st.sequence_id, st.tokens[i], prefix};
         sum += st.tokens[i];
       }
       if (!st.sample) {
@@ -269,7 +294,11 @@ class FakeExecutor : public StepExecutor {
   struct Slot {
     int64_t sequence_id;
     int32_t token;
+    uint64_t prefix;  // PrefixHash over the writer's tokens [0, position]
   };
+  static uint64_t PrefixHash(uint64_t h, int32_t token) {
+    return (h ^ static_cast<uint32_t>(token)) * 0x100000001b3ull + 0x9e3779b97f4a7c15ull;
+  }
 
   size_t SlotIndex(const std::vector<int32_t>& table, int32_t pos) const {
     return static_cast<size_t>(table[pos / block_size_]) * block_size_ + pos % block_size_;
@@ -310,6 +339,7 @@ class FakeExecutor : public StepExecutor {
   std::map<int64_t, const MultimodalPrompt*> multimodal_of_;  // per sequence: the pointer first seen
   bool always_oom_ = false;
   bool gate_open_ = true;
+  bool shared_prefixes_ = false;
   bool blocked_at_gate_ = false;
 };
 

@@ -476,6 +476,32 @@ TEST(MultimodalSchedulerTest, ImageThatNeverFitsFailsAloneAfterBoundedRetries) {
   h.ExpectAllMatchReference();  // "small" is untouched
 }
 
+// Prefix caching stops at a prompt's first image token: the same ids after it may stand for other
+// pixels. Two image prompts with the same 22 ids (image at 13): only the 3 blocks before it are
+// shared; a text prompt with those ids shares the image prompt's first blocks too.
+TEST(MultimodalSchedulerTest, PrefixCachingReusesOnlyBlocksBeforeTheFirstImage) {
+  SchedulerOptions o;
+  o.max_batch_size = 4;
+  o.max_tokens_per_step = 64;
+  o.prefix_caching = true;
+  Harness h(o, 4, 64);
+  h.executor.AllowSharedPrefixes(true);
+  h.Add(ImageRequest("first", 3, 22, {{13, 6}}, 3));
+  h.RunUntilIdle();
+  size_t before = h.executor.batches().size();
+  h.Add(ImageRequest("second", 3, 22, {{13, 6}}, 3));
+  h.RunUntilIdle();
+  EXPECT_EQ(h.executor.batches()[before].front().start_position, 12);
+  EXPECT_EQ(h.scheduler->stats().prefix_cache_hit_tokens, 12);
+  // The image was encoded again for the second prompt (its chunk feeds the image's first token).
+  EXPECT_EQ(h.executor.encodes().size(), 2u);
+  before = h.executor.batches().size();
+  h.Add(MakeRequest("text", MakePrompt(3, 22), 3));
+  h.RunUntilIdle();
+  EXPECT_EQ(h.executor.batches()[before].front().start_position, 12);
+  h.ExpectAllMatchReference();
+}
+
 TEST(MultimodalSchedulerTest, ValidationNamesTheMultimodalField) {
   RequestLimits limits{/*block_size=*/4, /*num_blocks=*/64, /*max_position_embeddings=*/0, /*vocab_size=*/1000};
   auto expect_bad = [&](std::shared_ptr<MultimodalPrompt> mm, const std::string& field, int32_t len = 10) {

@@ -515,6 +515,44 @@ TEST(EngineModelTest, ChunkedPrefillOfLongPromptGivesIdenticalIds) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Prefix caching: prompts that repeat a 40-token system prompt reuse its KV blocks (several at once,
+// and after the first ones finished) and give the ids each request gives alone.
+
+TEST(EngineModelTest, PrefixCachingGivesEachRequestItsOwnIds) {
+  ModelRunner* runner = LoadModel(TinyModelDir());
+  ASSERT_NE(runner, nullptr);
+  const int32_t vocab = runner->info().vocab_size;
+  std::mt19937 rng(7);
+  std::vector<int32_t> system;
+  for (int32_t t = 0; t < 40; ++t) system.push_back(static_cast<int32_t>(rng() % vocab));
+  std::vector<Case> cases = MakeCases(12, vocab, /*sampled=*/false, 31, 6, 10);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    cases[i].prompt.insert(cases[i].prompt.begin(), system.begin(), system.end());
+    if (i % 3 == 2) {
+      cases[i].params.sampling.temperature = 0.8f;
+      cases[i].params.sampling.seed = 40 + i;
+    }
+  }
+  cases.push_back(cases[0]);  // a prompt seen before, whole
+  ComputeExpected(runner, &cases);
+  EngineSetup setup = DefaultSetup();
+  setup.executor.block_size = 8;
+  setup.engine.scheduler.prefix_caching = true;
+  std::unique_ptr<InferenceEngine> engine = MakeEngine(runner, setup);
+  ASSERT_NE(engine, nullptr);
+  const std::vector<Case> first(cases.begin(), cases.begin() + 4), rest(cases.begin() + 4, cases.end());
+  const Counts counts = RunAndCheck(engine.get(), first, "prefix-first");
+  const Counts more = RunAndCheck(engine.get(), rest, "prefix-rest");
+  const EngineStats stats = engine->stats();
+  engine->Shutdown();
+  EXPECT_EQ(counts.ok + more.ok, static_cast<int>(cases.size()));
+  // At least the 5 full blocks of the system prompt for each of the later 9 requests.
+  EXPECT_GE(stats.prefix_cache_hit_tokens, 9 * 40);
+  EXPECT_GT(stats.blocks_cached, 0);
+  EXPECT_EQ(stats.blocks_used, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Cancellation and deadlines give every block back.
 
 TEST(EngineModelTest, CancellationAndDeadlineFreeBlocks) {
@@ -632,6 +670,34 @@ TEST(PagedExecutorTest, HonoursTheStepContract) {
   SequenceStep shared = b;
   shared.block_table = {0};  // block 0 belongs to `a`
   EXPECT_EQ((*executor)->Step({a, shared}).status().code(), absl::StatusCode::kInternal);
+  // Prefix caching: blocks before a sequence's start_position are read-only context, which
+  // sequences may share; a block one of them writes may not be read or written by another.
+  const std::vector<int32_t> prefix = {1, 2, 3, 4}, history_c = {1, 2, 3, 4, 9}, history_d = {1, 2, 3, 4, 7};
+  SequenceStep writer = b;
+  writer.sequence_id = 3;
+  writer.tokens = prefix;
+  writer.history = &prefix;
+  writer.block_table = {3};
+  ASSERT_TRUE((*executor)->Step({writer}).ok());
+  SequenceStep c = b, d = b;
+  c.sequence_id = 4;
+  c.tokens = {9};
+  c.start_position = 4;
+  c.history = &history_c;
+  c.block_table = {3, 4};
+  d.sequence_id = 5;
+  d.tokens = {7};
+  d.start_position = 4;
+  d.history = &history_d;
+  d.block_table = {3, 5};
+  absl::StatusOr<StepResult> sharing = (*executor)->Step({c, d});
+  EXPECT_TRUE(sharing.ok()) << sharing.status();
+  SequenceStep rewriting = writer;
+  rewriting.sequence_id = 6;
+  absl::StatusOr<StepResult> read_while_written = (*executor)->Step({c, rewriting});
+  EXPECT_EQ(read_while_written.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(read_while_written.status().message().find("reads block 3"), std::string::npos)
+      << read_while_written.status();
   SequenceStep short_table = b;
   short_table.tokens = history_a;  // 5 positions, one block of 4
   short_table.history = &history_a;
