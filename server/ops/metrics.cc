@@ -100,6 +100,16 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                        .Help("Tokens generated (streamed or returned)")
                        .Register(r)
                        .Add({});
+  m->prefix_hits_ = &prometheus::BuildCounter()
+                         .Name("glmserve_prefix_cache_hit_tokens_total")
+                         .Help("Prompt positions whose KV an admission took from the prefix cache")
+                         .Register(r)
+                         .Add({});
+  m->prefix_queries_ = &prometheus::BuildCounter()
+                            .Name("glmserve_prefix_cache_query_tokens_total")
+                            .Help("Prompt positions of admissions, from the cache or computed")
+                            .Register(r)
+                            .Add({});
   prometheus::BuildGauge()
       .Name("glmserve_build_info")
       .Help("Always 1; labels carry the build")
@@ -185,6 +195,13 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   queue_depth_->Set(stats.waiting);
   batch_limit_->Set(stats.batch_limit);
   kv_usage_->Set(stats.blocks_total > 0 ? static_cast<double>(stats.blocks_used) / stats.blocks_total : 0.0);
+  // A count below the last one: the watchdog rebuilt the engine, whose counts start at 0.
+  auto add = [](prometheus::Counter* counter, int64_t now, int64_t& last) {
+    counter->Increment(static_cast<double>(now >= last ? now - last : now));
+    last = now;
+  };
+  add(prefix_hits_, stats.prefix_cache_hit_tokens, last_prefix_hits_);
+  add(prefix_queries_, stats.prompt_tokens_scheduled, last_prefix_queries_);
 }
 
 void ServerMetrics::StartPolling(std::function<EngineStats()> stats, std::chrono::milliseconds interval) {

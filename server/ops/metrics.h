@@ -42,7 +42,8 @@ class ServerMetrics final : public RequestObserver {
   // Engine thread, after every step attempt.
   void OnStep(int32_t batch_size, const absl::Status& status);
   void OnEngineRestart();
-  // Gauges from a stats snapshot (queue depth, batch limit, KV usage).
+  // Gauges from a stats snapshot (queue depth, batch limit, KV usage), and the prefix cache's
+  // counters. Called from one thread at a time (the constructor's caller, then the poller).
   void SetEngineStats(const EngineStats& stats);
   // Polls `stats()` every interval on a thread of its own until destruction. The function must
   // stay callable until then.
@@ -74,6 +75,9 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Counter* oom_ = nullptr;
   prometheus::Counter* restarts_ = nullptr;
   prometheus::Counter* generated_ = nullptr;
+  prometheus::Counter* prefix_hits_ = nullptr;     // from EngineStats' cumulative counts, by delta
+  prometheus::Counter* prefix_queries_ = nullptr;  // (an engine rebuilt by the watchdog starts at 0)
+  int64_t last_prefix_hits_ = 0, last_prefix_queries_ = 0;
   std::atomic<bool> stop_{false};
   std::thread poller_;
 };
