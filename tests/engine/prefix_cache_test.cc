@@ -24,11 +24,16 @@ SchedulerOptions CachingOptions() {
   return o;
 }
 
-// The first step of the first sequence that steps after `from` batches.
-SequenceStep FirstStepAfter(const Harness& h, size_t from) {
+// Runs request "a" to the end, then "b": returns b's first step.
+SequenceStep FirstStepOfTheSecond(Harness& h, const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  h.Add(MakeRequest("a", a, 5));
+  h.RunUntilIdle();
+  const size_t before = h.executor.batches().size();
+  h.Add(MakeRequest("b", b, 5));
+  h.RunUntilIdle();
   const auto batches = h.executor.batches();
-  EXPECT_GT(batches.size(), from);
-  return batches.size() > from ? batches[from].front() : SequenceStep();
+  EXPECT_GT(batches.size(), before);
+  return batches.size() > before ? batches[before].front() : SequenceStep();
 }
 
 std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
@@ -40,12 +45,8 @@ TEST(PrefixCacheTest, APromptRepeatingAnotherStartsAfterTheSharedBlocks) {
   Harness h(CachingOptions(), /*block_size=*/4, /*num_blocks=*/64);
   h.executor.AllowSharedPrefixes(true);
   const std::vector<int32_t> system = MakePrompt(1, 18);  // 4 full blocks and 2 tokens
-  h.Add(MakeRequest("a", Concat(system, MakePrompt(2, 3)), 5));
-  h.RunUntilIdle();
-  const size_t before = h.executor.batches().size();
-  h.Add(MakeRequest("b", Concat(system, MakePrompt(3, 7)), 5));
-  h.RunUntilIdle();
-  const SequenceStep first = FirstStepAfter(h, before);
+  const SequenceStep first =
+      FirstStepOfTheSecond(h, Concat(system, MakePrompt(2, 3)), Concat(system, MakePrompt(3, 7)));
   EXPECT_EQ(first.start_position, 16);  // the 4 full blocks of the shared prefix
   EXPECT_EQ(first.tokens.size(), 25u - 16u);
   EXPECT_EQ(h.scheduler->stats().prefix_cache_hit_tokens, 16);
@@ -57,13 +58,8 @@ TEST(PrefixCacheTest, AnIdenticalPromptComputesItsLastTokenAgain) {
   Harness h(CachingOptions(), 4, 64);
   h.executor.AllowSharedPrefixes(true);
   const std::vector<int32_t> prompt = MakePrompt(4, 16);  // exactly 4 blocks
-  h.Add(MakeRequest("a", prompt, 3));
-  h.RunUntilIdle();
-  const size_t before = h.executor.batches().size();
-  h.Add(MakeRequest("b", prompt, 3));
-  h.RunUntilIdle();
   // 3 blocks: the 4th holds the last prompt token, whose logits give the first new token.
-  EXPECT_EQ(FirstStepAfter(h, before).start_position, 12);
+  EXPECT_EQ(FirstStepOfTheSecond(h, prompt, prompt).start_position, 12);
   EXPECT_EQ(h.results["b"].output_ids, h.results["a"].output_ids);
   h.ExpectAllMatchReference();
 }
@@ -153,12 +149,7 @@ TEST(PrefixCacheTest, OffByDefault) {
   o.prefix_caching = false;
   Harness h(o, 4, 64);
   const std::vector<int32_t> prompt = MakePrompt(30, 20);
-  h.Add(MakeRequest("a", prompt, 3));
-  h.RunUntilIdle();
-  const size_t before = h.executor.batches().size();
-  h.Add(MakeRequest("b", prompt, 3));
-  h.RunUntilIdle();
-  EXPECT_EQ(FirstStepAfter(h, before).start_position, 0);
+  EXPECT_EQ(FirstStepOfTheSecond(h, prompt, prompt).start_position, 0);
   EXPECT_EQ(h.scheduler->stats().prefix_cache_hit_tokens, 0);
   EXPECT_EQ(h.scheduler->stats().blocks_cached, 0);
   EXPECT_FALSE(SchedulerOptions().prefix_caching);
