@@ -330,10 +330,17 @@ INSTANTIATE_TEST_SUITE_P(Models, BatchInvarianceTest,
 // ---------------------------------------------------------------------------------------------
 // OOM storm: injected OOM above 8 sequences, 100 requests, all complete with the right ids.
 
-void RunOomStorm(bool at_executor) {
+// `prefix_caching`: every prompt starts with the same 40 tokens and the engine shares their blocks,
+// through the preemptions and retries of the storm.
+void RunOomStorm(bool at_executor, bool prefix_caching = false) {
   ModelRunner* runner = LoadModel(TinyModelDir());
   ASSERT_NE(runner, nullptr);
   std::vector<Case> cases = MakeCases(100, runner->info().vocab_size, /*sampled=*/false, 11, 8, 12);
+  if (prefix_caching) {
+    std::vector<int32_t> system;
+    for (int32_t t = 0; t < 40; ++t) system.push_back((t * 131 + 17) % runner->info().vocab_size);
+    for (Case& c : cases) c.prompt.insert(c.prompt.begin(), system.begin(), system.end());
+  }
   // Every fourth request samples (seeded): shrinking must not change sampled ids either.
   for (size_t i = 0; i < cases.size(); i += 4) {
     cases[i].params.sampling.temperature = 0.8f;
@@ -346,6 +353,10 @@ void RunOomStorm(bool at_executor) {
   // Graphs captured up front (not the default) would hold their memory before the cap below is
   // set, and their replays allocate nothing: the storm needs captures and steps that allocate.
   setup.executor.capture_decode_batch = 0;
+  if (prefix_caching) {
+    setup.executor.block_size = 8;  // the shared 40 tokens fill 5 blocks
+    setup.engine.scheduler.prefix_caching = true;
+  }
   if (at_executor) {
     setup.executor.inject_oom_above_sequences = 8;  // real path: forward runs, then OutOfMemoryError
   } else {
@@ -373,6 +384,12 @@ void RunOomStorm(bool at_executor) {
   EXPECT_TRUE(counts.errors.empty());
   EXPECT_EQ(counts.lost, 0);
   EXPECT_GT(stats.oom_events, 0);
+  if (prefix_caching) {
+    std::printf("[ OOM storm, prefix caching ] prefix_cache_hit_tokens=%lld blocks_cached=%d\n",
+                static_cast<long long>(stats.prefix_cache_hit_tokens), stats.blocks_cached);
+    EXPECT_GE(stats.prefix_cache_hit_tokens, 90 * 40);
+  }
+  EXPECT_EQ(stats.blocks_used, 0);
 
   std::lock_guard<std::mutex> lock(mu);
   std::string trace;
@@ -397,6 +414,8 @@ void RunOomStorm(bool at_executor) {
 TEST(EngineModelTest, OomStormAllHundredCompleteAndLimitRecovers) { RunOomStorm(/*at_executor=*/false); }
 
 TEST(EngineModelTest, OomStormThroughExecutorOutOfMemoryError) { RunOomStorm(/*at_executor=*/true); }
+
+TEST(EngineModelTest, OomStormWithSharedPrefixBlocks) { RunOomStorm(/*at_executor=*/true, /*prefix_caching=*/true); }
 
 // The OOM storm against real CUDA out-of-memory errors (GPU runs only): the allocator is capped a
 // little above what the model and KV pool hold, so decode batches whose logits ([rows, 151552]
