@@ -141,6 +141,7 @@ class Level {
   std::vector<std::thread> workers_;  // guarded by pool_mu_
 
   std::mutex gen_mu_;
+  std::vector<int32_t> shared_prefix_;  // --shared-prefix-len, drawn on first use (under gen_mu_)
   std::mt19937_64 gen_;
 
   Clock::time_point start_, send_end_;
@@ -170,7 +171,13 @@ v1::InferRequest Level::MakeRequest() {
   } else {
     const int n = std::uniform_int_distribution<int>(opts_.prompt_len.lo, opts_.prompt_len.hi)(gen_);
     std::uniform_int_distribution<int> id(0, std::max(1, vocab_size_) - 1);
-    for (int i = 0; i < n; ++i) req.add_input_ids(id(gen_));
+    if (shared_prefix_.empty() && opts_.shared_prefix_len > 0) {
+      std::mt19937_64 shared_gen(opts_.seed ^ 0x5ba7edull);  // the same in every level
+      for (int i = 0; i < opts_.shared_prefix_len; ++i) shared_prefix_.push_back(id(shared_gen));
+    }
+    for (int i = 0; i < n; ++i) {
+      req.add_input_ids(i < static_cast<int>(shared_prefix_.size()) ? shared_prefix_[i] : id(gen_));
+    }
   }
   const int max_new = std::uniform_int_distribution<int>(opts_.max_new_tokens.lo, opts_.max_new_tokens.hi)(gen_);
   req.set_max_new_tokens(max_new);
@@ -719,6 +726,9 @@ void Register(flags::FlagSet& set, Options& o, bool& no_progress) {
   set.Custom("prompt-len", "D", absl::StrCat(o.prompt_len.lo), "prompt tokens: N, fixed:N or uniform:A:B",
              int_dist(&o.prompt_len));
   set.Custom("max-new-tokens", "D", absl::StrCat(o.max_new_tokens.lo), "same forms", int_dist(&o.max_new_tokens));
+  set.Int("shared-prefix-len", &o.shared_prefix_len, 0, 1 << 30,
+          "the first N tokens of every --prompt-len prompt are the same (a shared system prompt)")
+      .ValueName("N");
   set.Path("prompt-file", &o.prompt_file,
            "token-id prompts, one per line (ids split by commas/spaces), drawn at random instead of --prompt-len");
   set.Int("vocab-size", &o.vocab_size, 1, 1 << 30, "random prompt ids in [0, N)")
@@ -787,6 +797,9 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
   const int modes = (o.rate > 0) + !o.sweep.empty() + set.was_set("concurrency");
   if (modes > 1) {
     return absl::InvalidArgumentError("--concurrency, --rate and --sweep: pick one");
+  }
+  if (o.shared_prefix_len > 0 && !o.prompt_file.empty()) {
+    return absl::InvalidArgumentError("--shared-prefix-len: prompts come from --prompt-file; use one or the other");
   }
   if (!o.labels.empty() && o.labels.size() != o.from_json.size()) {
     return absl::InvalidArgumentError("--labels: one per --from-json file");
@@ -976,6 +989,7 @@ std::string ToJson(const Report& r) {
                  {"duration_s", o.duration_s},
                  {"requests", o.requests},
                  {"prompt_len", {o.prompt_len.lo, o.prompt_len.hi}},
+                 {"shared_prefix_len", o.shared_prefix_len},
                  {"max_new_tokens", {o.max_new_tokens.lo, o.max_new_tokens.hi}},
                  {"prompt_file", o.prompt_file},
                  {"ignore_eos", o.ignore_eos},

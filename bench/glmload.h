@@ -33,6 +33,10 @@ struct Options {
   double duration_s = 0;
   int64_t requests = 0;
   IntDist prompt_len{32, 32};
+  // The first this many tokens of every --prompt-len prompt are one sequence drawn once from the
+  // seed (a shared system prompt: what the server's prefix caching reuses); the rest are random.
+  // A prompt shorter than it is all shared tokens. 0 = none. Not with prompt_file.
+  int shared_prefix_len = 0;
   IntDist max_new_tokens{32, 32};
   // One prompt per line, token ids separated by commas or spaces; drawn uniformly (seeded).
   std::string prompt_file;

@@ -19,6 +19,8 @@
 #      by step kind with bench/summarize_trace.py --by-step -> serve_profile.md;
 #   C. GLMSERVE_SERVE_CAPS="64 128 256 512": --max-prefill-tokens-with-decodes at each value, 64
 #      streams (eos ignored) -> serve_caps.md (the prefill budget's TTFT / ITL / tok/s trade-off);
+#   K. GLMSERVE_SERVE_PREFIX=1 (0 by default): --prefix-caching false / true at 64 streams, prompts
+#      of GLMSERVE_SERVE_PREFIX_SHARED (1024) shared tokens + 128 of their own -> serve_prefix.md;
 #   O. GLMSERVE_SERVE_OOM=1 (default; 0 skips): OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
 #      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16: with 64 and 2,048-token steps no step ran out: the free
 #      space inside held segments took them) through the running server: glmload sends 256 requests
@@ -139,6 +141,31 @@ print(f"| {sys.argv[2]} | {lv['generated_tokens_per_s']:,.1f} | {t['p50']:.1f} /
 EOF2
   done
   cat "$out/serve_caps.md"
+fi
+
+# K. Prefix caching (GLMSERVE_SERVE_PREFIX=1; off by default): servers of their own with
+#    --prefix-caching false / true, 64 streams, prompts of GLMSERVE_SERVE_PREFIX_SHARED (1024)
+#    shared tokens (one system prompt) + 128 of their own, 128 new tokens -> serve_prefix.md.
+if [ "${GLMSERVE_SERVE_PREFIX:-0}" = 1 ]; then
+  shared="${GLMSERVE_SERVE_PREFIX_SHARED:-1024}"
+  echo "| --prefix-caching | tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |" >"$out/serve_prefix.md"
+  echo "|---|---:|---:|---:|" >>"$out/serve_prefix.md"
+  for caching in false true; do
+    start_server "$out/serve_prefix_$caching.log" --prefix-caching "$caching"
+    glmload_grpc --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1  # warm-up
+    glmload_grpc --concurrency 64 --duration "$duration" --prompt-len $((shared + 128)) --shared-prefix-len "$shared" \
+      --max-new-tokens 128 --ignore-eos true --json-out "$out/serve_prefix_$caching.json" \
+      >"$out/serve_prefix_$caching.md" 2>&1 || status=1
+    env -u LD_LIBRARY_PATH curl -sf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" | grep "^glmserve_prefix_cache"
+    stop_server
+    python3 - "$out/serve_prefix_$caching.json" "$caching" >>"$out/serve_prefix.md" <<'EOF2'
+import json, sys
+lv = json.load(open(sys.argv[1]))["levels"][0]
+t, i = lv["ttft_ms"], lv["inter_token_ms"]
+print(f"| {sys.argv[2]} | {lv['generated_tokens_per_s']:,.1f} | {t['p50']:.1f} / {t['p99']:.1f} | {i['p50']:.2f} / {i['p99']:.2f} |")
+EOF2
+  done
+  cat "$out/serve_prefix.md"
 fi
 
 # O. Real CUDA out-of-memory through the running server: no request lost.

@@ -28,6 +28,7 @@ class StubService final : public v1::Inference::Service {
   std::atomic<int> step_delay_ms{0};  // between stream messages
   std::mutex mu;
   std::set<int> prompt_sizes, max_new_seen;
+  std::vector<std::vector<int32_t>> prompts;  // every Infer call's input ids
   bool min_equals_max = true;
 
   grpc::Status Infer(grpc::ServerContext* ctx, const v1::InferRequest* req, v1::InferResponse* resp) override {
@@ -35,6 +36,7 @@ class StubService final : public v1::Inference::Service {
     {
       std::lock_guard<std::mutex> lock(mu);
       prompt_sizes.insert(req->input_ids_size());
+      prompts.emplace_back(req->input_ids().begin(), req->input_ids().end());
       max_new_seen.insert(req->max_new_tokens());
       min_equals_max &= req->min_new_tokens() == req->max_new_tokens();
     }
@@ -235,6 +237,36 @@ TEST_F(GlmloadStubTest, PromptFileAndLengthDistributions) {
 
   opts_.prompt_file = "/nonexistent/prompts.txt";
   EXPECT_FALSE(RunLoad(opts_).ok());
+}
+
+// --shared-prefix-len: every prompt starts with the same tokens (the same in each level of a
+// sweep), the rest still vary; with --prompt-file it is refused naming both flags.
+TEST_F(GlmloadStubTest, SharedPrefixStartsEveryPrompt) {
+  opts_.prompt_len = {6, 6};
+  opts_.shared_prefix_len = 4;
+  opts_.vocab_size = 1000;
+  opts_.sweep = {1, 2};
+  opts_.requests = 10;
+  auto r = RunLoad(opts_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::lock_guard<std::mutex> lock(service_.mu);
+  ASSERT_EQ(service_.prompts.size(), 20u);
+  std::set<std::vector<int32_t>> prefixes, tails;
+  for (const auto& p : service_.prompts) {
+    ASSERT_EQ(p.size(), 6u);
+    prefixes.emplace(p.begin(), p.begin() + 4);
+    tails.emplace(p.begin() + 4, p.end());
+  }
+  EXPECT_EQ(prefixes.size(), 1u);
+  EXPECT_GT(tails.size(), 10u);
+
+  const std::vector<std::string> args = {"glmload", "--shared-prefix-len", "8", "--prompt-file", "/tmp/p.txt"};
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  const absl::StatusOr<Options> parsed = ParseFlags(static_cast<int>(argv.size()), argv.data());
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_NE(parsed.status().message().find("--shared-prefix-len"), std::string::npos) << parsed.status();
+  EXPECT_NE(parsed.status().message().find("--prompt-file"), std::string::npos) << parsed.status();
 }
 
 TEST(GlmloadNoServerTest, UnreachableTargetFailsFast) {
