@@ -110,6 +110,15 @@ stop_server() {
 }
 trap stop_server EXIT
 glmload_grpc() { "$build/bench/glmload" --target "127.0.0.1:$port" --stream --deadline-ms 300000 --no-progress "$@"; }
+warm_up() { glmload_grpc --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1; }
+level_row() {  # level_row JSON LABEL: a single-level run's markdown row (tok/s, TTFT and ITL p50 / p99)
+  python3 - "$1" "$2" <<'EOF2'
+import json, sys
+lv = json.load(open(sys.argv[1]))["levels"][0]
+t, i = lv["ttft_ms"], lv["inter_token_ms"]
+print(f"| {sys.argv[2]} | {lv['generated_tokens_per_s']:,.1f} | {t['p50']:.1f} / {t['p99']:.1f} | {i['p50']:.2f} / {i['p99']:.2f} |")
+EOF2
+}
 
 # P. Where a step's time goes under real traffic (64 streams, steady state).
 if [ "${GLMSERVE_SERVE_PROFILE:-1}" = 1 ]; then
@@ -129,16 +138,11 @@ if [ -n "${GLMSERVE_SERVE_CAPS:-}" ]; then
   echo "|---:|---:|---:|---:|" >>"$out/serve_caps.md"
   for cap in $GLMSERVE_SERVE_CAPS; do
     start_server "$out/serve_cap_$cap.log" --max-prefill-tokens-with-decodes "$cap"
-    glmload_grpc --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1  # warm-up
+    warm_up
     glmload_grpc --concurrency 64 --duration "$duration" --prompt-len 128 --max-new-tokens 128 --ignore-eos true --json-out "$out/serve_cap_$cap.json" \
       >"$out/serve_cap_$cap.md" 2>&1 || status=1
     stop_server
-    python3 - "$out/serve_cap_$cap.json" "$cap" >>"$out/serve_caps.md" <<'EOF2'
-import json, sys
-lv = json.load(open(sys.argv[1]))["levels"][0]
-t, i = lv["ttft_ms"], lv["inter_token_ms"]
-print(f"| {sys.argv[2]} | {lv['generated_tokens_per_s']:,.1f} | {t['p50']:.1f} / {t['p99']:.1f} | {i['p50']:.2f} / {i['p99']:.2f} |")
-EOF2
+    level_row "$out/serve_cap_$cap.json" "$cap" >>"$out/serve_caps.md"
   done
   cat "$out/serve_caps.md"
 fi
@@ -152,18 +156,13 @@ if [ "${GLMSERVE_SERVE_PREFIX:-0}" = 1 ]; then
   echo "|---|---:|---:|---:|" >>"$out/serve_prefix.md"
   for caching in false true; do
     start_server "$out/serve_prefix_$caching.log" --prefix-caching "$caching"
-    glmload_grpc --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1  # warm-up
+    warm_up
     glmload_grpc --concurrency 64 --duration "$duration" --prompt-len $((shared + 128)) --shared-prefix-len "$shared" \
       --max-new-tokens 128 --ignore-eos true --json-out "$out/serve_prefix_$caching.json" \
       >"$out/serve_prefix_$caching.md" 2>&1 || status=1
     env -u LD_LIBRARY_PATH curl -sf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" | grep "^glmserve_prefix_cache"
     stop_server
-    python3 - "$out/serve_prefix_$caching.json" "$caching" >>"$out/serve_prefix.md" <<'EOF2'
-import json, sys
-lv = json.load(open(sys.argv[1]))["levels"][0]
-t, i = lv["ttft_ms"], lv["inter_token_ms"]
-print(f"| {sys.argv[2]} | {lv['generated_tokens_per_s']:,.1f} | {t['p50']:.1f} / {t['p99']:.1f} | {i['p50']:.2f} / {i['p99']:.2f} |")
-EOF2
+    level_row "$out/serve_prefix_$caching.json" "$caching" >>"$out/serve_prefix.md"
   done
   cat "$out/serve_prefix.md"
 fi
