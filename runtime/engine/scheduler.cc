@@ -473,10 +473,7 @@ void Scheduler::ReleaseExecutorState(Sequence* seq) {
 
 void Scheduler::Preempt(Sequence* seq) {
   ReleaseExecutorState(seq);  // it comes back with prefill from 0: its images are encoded again
-  blocks_.Release(seq->block_table);
-  seq->num_computed = 0;  // recomputed from position 0 over prompt + generated so far
-  seq->cached_blocks = 0;
-  seq->chain = BlockManager::Link();
+  ReleaseBlocks(seq);         // recomputed from position 0 over prompt + generated so far
   seq->preempted = true;
   EraseValue(running_, seq);
   waiting_.push_back(seq);
@@ -509,12 +506,16 @@ void Scheduler::MatchCachedPrefix(Sequence* seq) {
   seq->num_computed = matched * block_size;
 }
 
-void Scheduler::ForgetCachedPrefix(Sequence* seq) {
-  if (seq->cached_blocks <= 0 || seq->num_computed != seq->cached_blocks * blocks_.block_size()) return;
+void Scheduler::ReleaseBlocks(Sequence* seq) {
   blocks_.Release(seq->block_table);
   seq->num_computed = 0;
   seq->cached_blocks = 0;
   seq->chain = BlockManager::Link();
+}
+
+void Scheduler::ForgetCachedPrefix(Sequence* seq) {
+  if (seq->cached_blocks <= 0 || seq->num_computed != seq->cached_blocks * blocks_.block_size()) return;
+  ReleaseBlocks(seq);
 }
 
 void Scheduler::RegisterWrittenBlocks(Sequence* seq) {

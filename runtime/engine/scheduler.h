@@ -218,6 +218,8 @@ class Scheduler {
   void HandleOom(const PlannedStep& plan, const absl::Status& status);
   void SetBatchLimit(int32_t limit, const char* why);
   void Preempt(Sequence* seq);
+  // Gives back `seq`'s blocks: nothing of it is computed any more.
+  void ReleaseBlocks(Sequence* seq);
   // Prefix caching: takes the cached blocks that start `seq`'s tokens (admission), gives them back
   // (an admission that did not happen), and registers the full blocks its steps have written.
   void MatchCachedPrefix(Sequence* seq);
