@@ -12,6 +12,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chaos"))
 import harness  # noqa: E402
 from harness import check  # noqa: E402
+from checks import report  # noqa: E402  (tests/pyutil, on the path harness set)
 
 SYSTEM = [(i * 37 + 11) % 500 + 3 for i in range(48)]
 SUFFIXES = [[(i * 13 + k * 7) % 400 + 5 for i in range(3 + k % 5)] for k in range(8)]
@@ -76,10 +77,7 @@ def main():
         check(queries >= sum(len(SYSTEM) + len(s) for s in SUFFIXES), f"queried positions {queries}")
     finally:
         check(cached.stop() == 0, "server with the cache drains and exits 0")
-    if harness.FAILURES:
-        print(f"{len(harness.FAILURES)} check(s) failed")
-        return 1
-    return 0
+    return report()
 
 
 if __name__ == "__main__":
