@@ -670,16 +670,15 @@ class CudaDecodeRunner {
     whole_staging_ = WholeStaging();
     WholeStaging st;  // assigned once complete: an allocation that fails leaves none
     st.max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
-    const int64_t scratch = int64_t{kv.scratch_block()} * kv.block_size;
     const int64_t longs = kLongContext + kWholeContextCapacities[std::size(kWholeContextCapacities) - 1];
     const int64_t ints = kIntTables + kWholeMaxRows * st.max_blocks;
-    st.host_longs = at::full({longs}, scratch, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-    st.host_longs.narrow(0, 0, 2 * kWholeMaxRows).zero_();  // ids and positions; slots stay scratch
-    st.host_longs.narrow(0, kLongSampled, kWholeMaxRows).zero_();
+    st.host_longs = at::zeros({longs}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     st.host_ints = at::zeros({ints}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    // A graph reads the device buffers only after CaptureWhole set them to neutral values or a
+    // step wrote every row the graph reads.
     const at::Device device = model_.device();
-    st.longs = st.host_longs.to(device);
-    st.ints = st.host_ints.to(device);  // every length 0: a warm-up or capture attends nothing
+    st.longs = at::empty({longs}, at::TensorOptions().dtype(at::kLong).device(device));
+    st.ints = at::empty({ints}, at::TensorOptions().dtype(at::kInt).device(device));
     size_t workspace_bytes = 0;
     for (int64_t rows = kMixedGraphStep; rows <= kWholeMaxRows; rows += kMixedGraphStep) {
       const kernels::PagedAttentionShape shape = AttentionShape(static_cast<int32_t>(rows), st.max_blocks, kv);
