@@ -15,7 +15,7 @@
 #      p50/p99 (from glmload's --json-out), errors.
 # Before 2-7, each in a server of its own (so the sweep's server runs without them):
 #   P. GLMSERVE_SERVE_PROFILE=1 (default; 0 skips): Kineto profile of GLMSERVE_PROFILE_STEPS (64) executor steps at
-#      64 streams (eos ignored), after GLMSERVE_PROFILE_AFTER_STEPS (600) steps of that load, grouped
+#      GLMSERVE_PROFILE_STREAMS (64) streams (eos ignored), after GLMSERVE_PROFILE_AFTER_STEPS (600) steps of that load, grouped
 #      by step kind with bench/summarize_trace.py --by-step -> serve_profile.md;
 #   C. GLMSERVE_SERVE_CAPS="64 128 256 512": --max-prefill-tokens-with-decodes at each value, 64
 #      streams (eos ignored) -> serve_caps.md (the prefill budget's TTFT / ITL / tok/s trade-off);
@@ -120,13 +120,14 @@ print(f"| {sys.argv[2]} | {lv['generated_tokens_per_s']:,.1f} | {t['p50']:.1f} /
 EOF2
 }
 
-# P. Where a step's time goes under real traffic (64 streams, steady state).
+# P. Where a step's time goes under real traffic (64 streams unless told, steady state).
 if [ "${GLMSERVE_SERVE_PROFILE:-1}" = 1 ]; then
   mkdir -p .gpu/trace
   rm -f .gpu/trace/serve.json
   GLMSERVE_PROFILE_TRACE=.gpu/trace/serve.json GLMSERVE_PROFILE_AFTER_STEPS="${GLMSERVE_PROFILE_AFTER_STEPS:-600}" \
     GLMSERVE_PROFILE_STEPS="${GLMSERVE_PROFILE_STEPS:-64}" start_server "$out/serve_profile.log"
-  glmload_grpc --concurrency 64 --duration 12s --prompt-len 128 --max-new-tokens 128 --ignore-eos true >"$out/serve_profile_load.md" 2>&1
+  glmload_grpc --concurrency "${GLMSERVE_PROFILE_STREAMS:-64}" --duration 12s --prompt-len 128 --max-new-tokens 128 \
+    --ignore-eos true >"$out/serve_profile_load.md" 2>&1
   stop_server
   grep "executor steps written" "$out/serve_profile.log"
   python3 bench/summarize_trace.py .gpu/trace/serve.json --by-step | tee "$out/serve_profile.md" || status=1
