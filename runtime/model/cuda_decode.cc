@@ -6,7 +6,8 @@
 // eager forward with the same fused kernels, decode rows attending through the paged-attention
 // kernel in one launch and prefill chunks through flash attention over variable lengths (RunMixed).
 // Mixed steps of up to 512 rows with few prompt chunks replay one CUDA graph for the whole step,
-// attention included (WholeMixedGraph); the others replay the layers between attentions as graphs.
+// attention included (WholeMixedGraph; with few prompt rows the paged kernel takes them too, no
+// flash attention); the others replay the layers between attentions as graphs.
 // Compiled only against a CUDA LibTorch (GLMSERVE_TORCH_CUDA).
 //
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
@@ -202,6 +203,7 @@ class CudaDecodeRunner {
              FlashAttentionRuns(model);
     mixed_graph_max_tokens_ = EnvInt("GLMSERVE_CUDA_MIXED_GRAPH_MAX_TOKENS", kMixedGraphDefaultMaxTokens, 0, 1 << 16);
     whole_ = mixed_ && graphs_ && Enabled("whole_mixed");
+    paged_prompt_rows_ = EnvInt("GLMSERVE_CUDA_PAGED_PROMPT_ROWS", kPagedPromptDefaultRows, 0, kWholeMaxRows);
     cudnn_prefill_min_tokens_ =
         EnvInt("GLMSERVE_CUDA_CUDNN_PREFILL_MIN_TOKENS", kCudnnPrefillDefaultMinTokens, 1, int64_t{1} << 30);
     cudnn_prefill_mode_ = mixed_ && Enabled("cudnn_prefill") ? CudnnAttentionMode(model) : 0;
@@ -232,6 +234,7 @@ class CudaDecodeRunner {
     // Whole-step graphs for the common steps (short contexts); longer contexts capture on first use.
     for (int32_t rows = kMixedGraphStep; whole_ && rows <= mixed_graph_max_tokens_; rows += kMixedGraphStep) {
       if (!EnsureWholeGraph(rows, kWholeContextCapacities[0], kv)) break;
+      if (paged_prompt_rows_ > 0 && !EnsureWholeGraph(rows, kPagedPrompts, kv)) break;
     }
   }
 
@@ -307,14 +310,18 @@ class CudaDecodeRunner {
     const bool mrope = std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal);
     if (whole_ && images == nullptr && !mrope && m.num_prefills <= kWholePrefillSlots) {
       const int32_t rows = static_cast<int32_t>(RoundUp(m.total_tokens, kMixedGraphStep));
-      int64_t capacity = 0;
-      for (int64_t c : kWholeContextCapacities) {
-        if (context_tokens <= c) {
-          capacity = c;
-          break;
+      int64_t capacity = -1;
+      if (m.total_tokens - m.num_decodes <= paged_prompt_rows_ && m.max_k <= kPagedPromptMaxContext) {
+        capacity = kPagedPrompts;
+      } else {
+        for (int64_t c : kWholeContextCapacities) {
+          if (context_tokens <= c) {
+            capacity = c;
+            break;
+          }
         }
       }
-      if (rows <= mixed_graph_max_tokens_ && capacity > 0 && EnsureWholeGraph(rows, capacity, kv)) {
+      if (rows <= mixed_graph_max_tokens_ && capacity >= 0 && EnsureWholeGraph(rows, capacity, kv)) {
         return RunWhole(batch, decodes, prefills, whole_graphs_[{rows, capacity}], context_tokens, kv);
       }
     }
@@ -633,8 +640,15 @@ class CudaDecodeRunner {
   // whole_staging_, so one graph per (rows, capacity) serves every mix of decodes and chunks.
   // Flash attention's grid depends only on the number of sequence slots and max_seqlen_q (the
   // rows); at dropout 0 it draws no random numbers and never synchronizes.
+  // A graph of capacity kPagedPrompts has no flash attention and no gather: the paged kernel
+  // takes the prompt rows too, each as a query of its own over its causal context (its block
+  // table row, context = position + 1). Its cost grows with the rows and their contexts, but it
+  // has no fixed part: flash attention and the two gathers cost ~18 us a layer on an H200 however
+  // few the prompt rows (bench/results/gpu.md), which made a step carrying a few prompt rows
+  // beside the decodes cost nearly as much as one carrying hundreds.
   struct WholeMixedGraph {
     KvPoolKey pool;
+    bool paged_prompts = false;  // captured with capacity kPagedPrompts
     std::unique_ptr<at::cuda::CUDAGraph> graph;
     at::Tensor hidden;  // [rows, hidden], the graph's output
   };
@@ -660,6 +674,13 @@ class CudaDecodeRunner {
   // Context rows a step's prompt chunks may gather: a graph per capacity, the smallest that holds
   // the step's contexts (gathering costs ~1 KB a row and layer on GLM-4-9B).
   static constexpr int64_t kWholeContextCapacities[] = {1024, 4096, 16384};
+  // The graph key's capacity for a step whose prompt rows all attend through the paged kernel
+  // (WholeMixedGraph): steps of at most paged_prompt_rows_ prompt rows, contexts up to
+  // kPagedPromptMaxContext (each row reads its whole context, ~1 KB a position and layer on
+  // GLM-4-9B, where flash attention reads a chunk's keys once per 128 rows).
+  static constexpr int64_t kPagedPrompts = 0;
+  static constexpr int64_t kPagedPromptMaxContext = 1024;
+  static constexpr int64_t kPagedPromptDefaultRows = 64;
   static constexpr int64_t kLongSampled = 3 * kWholeMaxRows, kLongContext = 4 * kWholeMaxRows;
   static constexpr int64_t kIntCuQ = kWholeMaxRows, kIntCuK = kIntCuQ + kWholePrefillSlots + 1,
                            kIntTables = kIntCuK + kWholePrefillSlots + 1;
@@ -740,9 +761,20 @@ class CudaDecodeRunner {
     st.longs.narrow(0, 2 * kWholeMaxRows, kWholeMaxRows).fill_(scratch);
     st.longs.narrow(0, kLongContext, st.longs.size(0) - kLongContext).fill_(scratch);
     st.ints.narrow(0, 0, kIntTables).zero_();
+    const bool paged_prompts = capacity == kPagedPrompts;
     auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
       at::Tensor query = q;
       if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();
+      if (paged_prompts) {  // every row through the paged kernel; padding rows (context 0) stay unset
+        at::Tensor out = at::empty({rows, c.num_attention_heads, c.head_dim}, query.options());
+        kernels::PagedAttentionShape s = shape;
+        s.q_row_stride = query.stride(0);
+        Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables,
+                                                lens.data_ptr<int32_t>(), out.data_ptr(), s, type_, CurrentStream(),
+                                                workspace),
+              "paged-attention (whole mixed step, prompt rows paged)");
+        return out.view({rows, width});
+      }
       const at::Tensor keys = k_cache.index_select(0, context_slots);
       const at::Tensor values = v_cache.index_select(0, context_slots);
       at::Tensor out = std::get<0>(at::_flash_attention_forward(query, keys, values, cu_q, cu_k, rows, capacity,
@@ -780,6 +812,7 @@ class CudaDecodeRunner {
     }
     side.synchronize();
     g.pool = KvPoolKey::Of(kv);
+    g.paged_prompts = paged_prompts;
   }
 
   // One mixed step through its whole-step graph (RunMixed's row order); returns the sampled rows'
@@ -819,12 +852,20 @@ class CudaDecodeRunner {
       const SequenceStep& s = *prefills[p];
       const int64_t n = static_cast<int64_t>(s.tokens.size());
       for (int64_t i = 0; i < n; ++i, ++row) {
+        const int64_t position = s.start_position + i;
         ids[row] = s.tokens[i];
-        positions[row] = RotaryPosition(s, s.start_position + i);
-        slots[row] = kv.slot(s.block_table, s.start_position + i);
-        lens[row] = 0;
+        positions[row] = RotaryPosition(s, position);
+        slots[row] = kv.slot(s.block_table, position);
+        lens[row] = g.paged_prompts ? static_cast<int32_t>(position + 1) : 0;
+        if (g.paged_prompts) {
+          const int64_t used = position / kv.block_size + 1;
+          std::copy(s.block_table.begin(), s.block_table.begin() + used, tables + row * st.max_blocks);
+          table_width = std::max(table_width, used);
+        }
       }
-      for (int64_t pos = 0; pos < s.start_position + n; ++pos) context_slots[context++] = kv.slot(s.block_table, pos);
+      if (!g.paged_prompts) {
+        for (int64_t pos = 0; pos < s.start_position + n; ++pos) context_slots[context++] = kv.slot(s.block_table, pos);
+      }
       cu_q[p + 1] = static_cast<int32_t>(cu_q[p] + n);
       cu_k[p + 1] = static_cast<int32_t>(cu_k[p] + s.start_position + n);
       last_row[&s] = row - 1;
@@ -833,6 +874,7 @@ class CudaDecodeRunner {
       cu_q[p + 1] = cu_q[p];  // empty sequences
       cu_k[p + 1] = cu_k[p];
     }
+    const int64_t table_rows = g.paged_prompts ? row : num_decodes;
     for (; row < rows; ++row) {  // padding: reads and writes only the scratch block
       ids[row] = 0;
       positions[row] = 0;
@@ -844,10 +886,10 @@ class CudaDecodeRunner {
       if (s.sample) sampled_rows[num_samples++] = last_row.at(&s);
     }
     // Context slots past this step's keep earlier values: valid slots, gathered but never read.
-    st.longs.narrow(0, 0, kLongContext + context_tokens)
-        .copy_(st.host_longs.narrow(0, 0, kLongContext + context_tokens), /*non_blocking=*/true);
+    const int64_t longs = kLongContext + (g.paged_prompts ? 0 : context_tokens);
+    st.longs.narrow(0, 0, longs).copy_(st.host_longs.narrow(0, 0, longs), /*non_blocking=*/true);
     st.ints.narrow(0, 0, kIntTables).copy_(st.host_ints.narrow(0, 0, kIntTables), /*non_blocking=*/true);
-    CopyTableRows(tables, st.ints.data_ptr<int32_t>() + kIntTables, num_decodes, table_width, st.max_blocks);
+    CopyTableRows(tables, st.ints.data_ptr<int32_t>() + kIntTables, table_rows, table_width, st.max_blocks);
     st.copied->record();
     g.graph->replay();
     if (num_samples == 0) return at::empty({0, model_.config().vocab_size}, at::TensorOptions().dtype(at::kFloat));
@@ -1201,6 +1243,7 @@ class CudaDecodeRunner {
   std::map<int32_t, MixedGraph> mixed_graphs_;  // by row count
   int64_t mixed_graph_max_tokens_ = 0;          // largest mixed step replayed as graphs; 0 = none
   bool whole_ = false;                          // mixed steps may replay one graph (WholeMixedGraph)
+  int64_t paged_prompt_rows_ = 0;  // steps with up to this many prompt rows attend all rows paged; 0 = never
   WholeStaging whole_staging_;
   std::map<std::pair<int32_t, int64_t>, WholeMixedGraph> whole_graphs_;  // by (rows, context capacity)
 };

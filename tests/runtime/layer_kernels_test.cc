@@ -107,8 +107,10 @@ TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
 // every earlier key (causal aligned to the bottom right), decode rows beside it must be unchanged.
 // Steps of up to 512 rows with at most 8 prompt chunks whose contexts fit 16,384 rows replay one
 // graph for the whole step (the 1,024-row context graph captured at start, the 4,096-row one on
-// first use); with more chunks they replay the graphs between eager attentions; longer steps run
-// eagerly. All are covered, decode rows with contexts of one block and of many.
+// first use; steps of up to 64 prompt rows with contexts up to 1,024 in a graph whose paged kernel
+// takes the prompt rows too: steps 0, 1 and 7); with more chunks they replay the graphs between
+// eager attentions; longer steps run eagerly. All are covered, decode rows with contexts of one
+// block and of many.
 TEST(MixedStepTest, CudaMixedStepsMatchPerSequenceAttention) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
   absl::StatusOr<ModelConfig> config =
