@@ -110,7 +110,9 @@ stop_server() {
 }
 trap stop_server EXIT
 glmload_grpc() { "$build/bench/glmload" --target "127.0.0.1:$port" --stream --deadline-ms 300000 --no-progress "$@"; }
-warm_up() { glmload_grpc --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1; }
+# Every load draws its prompts from a seed of its own: prefix caching is on by default, and a load
+# repeating an earlier one's prompts would find them cached and skip their prefill.
+warm_up() { glmload_grpc --seed 100 --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1; }
 level_row() {  # level_row JSON LABEL: a single-level run's markdown row (tok/s, TTFT and ITL p50 / p99)
   python3 - "$1" "$2" <<'EOF2'
 import json, sys
@@ -196,22 +198,22 @@ fi
 if [ -z "$levels" ] || [ "${GLMSERVE_SERVE_SWEEP:-1}" != 1 ]; then trap - EXIT; exit $status; fi
 start_server "$out/serve.log"
 
-load() {  # load NAME FLAGS...: glmload through gRPC, streaming, the sweep
-  local name=$1; shift
+load() {  # load NAME SEED FLAGS...: glmload through gRPC, streaming, the sweep
+  local name=$1 seed=$2; shift 2
   echo "== glmload $name: $*"
-  glmload_grpc --sweep "$levels" --duration "$duration" --prompt-len 128 --max-new-tokens 128 \
+  glmload_grpc --sweep "$levels" --duration "$duration" --prompt-len 128 --max-new-tokens 128 --seed "$seed" \
     --json-out "$out/serve_$name.json" "$@" >"$out/serve_$name.md" 2>"$out/serve_$name.log" \
     || { echo "glmload $name: exit $? (errors or failed; $out/serve_$name.log)"; status=1; }
   cat "$out/serve_$name.md"
 }
 # Warm-up (not recorded): two waves of short requests at the full batch.
 "$build/bench/glmload" --target "127.0.0.1:$port" --stream --concurrency "$max_batch" --requests $((2 * max_batch)) \
-  --prompt-len 128 --max-new-tokens 16 --deadline-ms 300000 --no-progress >"$out/serve_warmup.md" 2>&1 || true
+  --seed 101 --prompt-len 128 --max-new-tokens 16 --deadline-ms 300000 --no-progress >"$out/serve_warmup.md" 2>&1 || true
 for mix in $mixes; do
   case "$mix" in
-    eos_ignored) load eos_ignored --ignore-eos true ;;
-    eos) load eos --ignore-eos false ;;
-    open_autoglm) load open_autoglm --ignore-eos false --temperature 0 --top-p 0.85 --frequency-penalty 0.2 ;;
+    eos_ignored) load eos_ignored 1 --ignore-eos true ;;
+    eos) load eos 2 --ignore-eos false ;;
+    open_autoglm) load open_autoglm 3 --ignore-eos false --temperature 0 --top-p 0.85 --frequency-penalty 0.2 ;;
     *) echo "unknown mix '$mix' (eos_ignored eos open_autoglm)"; status=1 ;;
   esac
 done
@@ -220,7 +222,7 @@ done
 if [ "${GLMSERVE_SERVE_HTTP:-1}" = 1 ]; then
   echo "== glmload http: --concurrency $http_concurrency through /v1/completions, streaming"
   "$build/bench/glmload" --http --target "127.0.0.1:$http_port" --stream --concurrency "$http_concurrency" \
-    --duration "$duration" --prompt-len 128 --max-new-tokens 128 --ignore-eos true --vocab-size "$vocab" \
+    --duration "$duration" --prompt-len 128 --max-new-tokens 128 --ignore-eos true --vocab-size "$vocab" --seed 4 \
     --deadline-ms 300000 --no-progress --json-out "$out/serve_http.json" >"$out/serve_http.md" 2>"$out/serve_http.log" \
     || { echo "glmload http: exit $? ($out/serve_http.log)"; status=1; }
   cat "$out/serve_http.md"
@@ -230,7 +232,8 @@ fi
 echo "== GET http://127.0.0.1:$metrics_port/metrics"
 if env -u LD_LIBRARY_PATH curl -sf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" >"$out/serve_metrics.txt" \
    && grep -q "^glmserve_build_info" "$out/serve_metrics.txt"; then
-  grep -E "^glmserve_(generated_tokens_total|requests_total|batch_limit|oom_events_total)" "$out/serve_metrics.txt"
+  grep -E "^glmserve_(generated_tokens_total|requests_total|batch_limit|oom_events_total|prefix_cache_[a-z_]*)" \
+    "$out/serve_metrics.txt"
 else
   echo "metrics scrape failed (curl exit or no glmserve_build_info)"; status=1
 fi

@@ -20,7 +20,15 @@ struct ServeFlags {
   flags::Dtype dtype = flags::Dtype::kAuto;
   LoadOptions load;
   ExecutorOptions executor;
-  EngineOptions engine;  // defaults are the engine's own (runtime/engine/engine_impl.h)
+  // The engine's own defaults (runtime/engine/engine_impl.h), except prefix caching, on: a served
+  // model sees the same system prompts and conversation histories again and again (64 streams
+  // sharing a 1,024-token system prompt on an H200: 6,756 instead of 2,001 tok/s, TTFT p50 38
+  // instead of 2,288 ms), and random prompts lose nothing (bench/results/gpu.md).
+  EngineOptions engine = [] {
+    EngineOptions defaults;
+    defaults.scheduler.prefix_caching = true;
+    return defaults;
+  }();
   GrpcServerOptions grpc;
   int64_t drain_timeout_ms = 30'000;    // SIGTERM: wait this long for in-flight requests
   int64_t shutdown_grace_ms = 5'000;    // then this long for gRPC to close open calls

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Prefix caching through the real `glmserve serve` binary on loopback (`--prefix-caching true`):
-requests that repeat a 48-token system prompt, one after another and several at once, get the same
-ids as from a server without the cache (greedy and seeded sampling), and the server's
+"""Prefix caching through the real `glmserve serve` binary on loopback (on by default): requests
+that repeat a 48-token system prompt, one after another and several at once, get the same ids as
+from a server with `--prefix-caching false` (greedy and seeded sampling), and the server's
 /metrics count the prompt positions taken from the cache. Exit 77 = skipped."""
 import argparse
 import concurrent.futures
@@ -51,14 +51,14 @@ def main():
         print(f"SKIP: no model at {args.model}")
         return 77
     pb, pb_grpc = harness.stubs(args.proto_root)
-    plain = harness.Server(args.binary, args.model, ["--kv-block-size", "8"])
+    plain = harness.Server(args.binary, args.model, ["--kv-block-size", "8", "--prefix-caching", "false"])
     try:
         want = run(plain, pb, pb_grpc)
     finally:
         check(plain.stop() == 0, "server without the cache drains and exits 0")
     mport = harness.free_port()
-    cached = harness.Server(args.binary, args.model,
-                            ["--kv-block-size", "8", "--prefix-caching", "true", "--metrics-port", str(mport)])
+    # No flag: serve's default is on.
+    cached = harness.Server(args.binary, args.model, ["--kv-block-size", "8", "--metrics-port", str(mport)])
     try:
         got = run(cached, pb, pb_grpc)
         for rid in want:

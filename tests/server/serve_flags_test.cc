@@ -31,21 +31,21 @@ TEST(ServeFlags, StepBudgetsDefaultByDevice) {
   EXPECT_EQ(gpu->engine.scheduler.max_prefill_tokens_with_decodes, 256);
   EXPECT_EQ(gpu->engine.scheduler.mixed_step_rows, 256);
   EXPECT_EQ(gpu->engine.scheduler.max_prefill_hold.count(), 0);  // measured no gain on a GPU
-  EXPECT_FALSE(gpu->engine.scheduler.prefix_caching);            // not yet measured on a GPU
-  EXPECT_FALSE(cpu->engine.scheduler.prefix_caching);
+  EXPECT_TRUE(gpu->engine.scheduler.prefix_caching);             // serve's default on every device
+  EXPECT_TRUE(cpu->engine.scheduler.prefix_caching);
 }
 
 TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
   for (const char* device : {"cpu", "cuda"}) {
     absl::StatusOr<ServeFlags> f =
         Parse({"--device", device, "--max-batch-tokens", "3000", "--max-prefill-tokens-with-decodes", "64",
-               "--mixed-step-rows", "128", "--max-prefill-hold-us", "20000", "--prefix-caching", "true"});
+               "--mixed-step-rows", "128", "--max-prefill-hold-us", "20000", "--prefix-caching", "false"});
     ASSERT_TRUE(f.ok()) << device << ": " << f.status();
     EXPECT_EQ(f->engine.scheduler.max_tokens_per_step, 3000) << device;
     EXPECT_EQ(f->engine.scheduler.max_prefill_tokens_with_decodes, 64) << device;
     EXPECT_EQ(f->engine.scheduler.mixed_step_rows, 128) << device;
     EXPECT_EQ(f->engine.scheduler.max_prefill_hold, std::chrono::milliseconds(20)) << device;
-    EXPECT_TRUE(f->engine.scheduler.prefix_caching) << device;
+    EXPECT_FALSE(f->engine.scheduler.prefix_caching) << device;
   }
 }
 
