@@ -141,6 +141,13 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   if (o.mixed_step_rows < 0) {
     return absl::InvalidArgumentError(absl::StrCat("mixed_step_rows must be >= 0, got ", o.mixed_step_rows));
   }
+  if (o.prefill_spread_steps < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill_spread_steps must be >= 0, got ", o.prefill_spread_steps));
+  }
+  if (o.prefill_spread_min_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefill_spread_min_tokens must be >= 1, got ", o.prefill_spread_min_tokens));
+  }
   if (o.max_queue_delay.count() < 0) {
     return absl::InvalidArgumentError("max_queue_delay must be >= 0");
   }
@@ -585,6 +592,16 @@ void Scheduler::CapPrefillBudget(int32_t decodes, int32_t* budget) const {
   if (rows > 0 && decodes <= rows / 4) {
     const int32_t fill = rows - decodes;
     cap = cap > 0 ? std::min(cap, fill) : fill;
+  }
+  if (options_.prefill_spread_steps > 0) {
+    int64_t backlog = SummarizeWaiting().pending_tokens;
+    for (const Sequence* s : running_) {
+      if (!s->decoding()) backlog += s->pending();
+    }
+    const int64_t share = (backlog + options_.prefill_spread_steps - 1) / options_.prefill_spread_steps;
+    const int32_t spread =
+        static_cast<int32_t>(std::clamp<int64_t>(share, options_.prefill_spread_min_tokens, int64_t{1} << 30));
+    cap = cap > 0 ? std::min(cap, spread) : spread;
   }
   if (cap > 0) *budget = std::min(*budget, cap);
 }

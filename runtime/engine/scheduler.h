@@ -80,6 +80,16 @@ struct SchedulerOptions {
   // at 256 rows and 219 at 320; bench/results/gpu.md), so 64 decodes beside 256 prefill tokens
   // cost far more than beside 192. 0 = off. Must be >= 0.
   int32_t mixed_step_rows = 0;
+  // While sequences decode, the prompt tokens waiting to be prefilled (queued requests and prompts
+  // part-way through their prefill: the backlog) are spread over about this many steps: a step's
+  // prefill is cut to ceil(backlog / prefill_spread_steps) tokens, but not below
+  // prefill_spread_min_tokens (nor above what the two caps above leave). Few prompts waiting then
+  // ride thin beside the decodes (on a GPU a few prompt rows cost little in a step that streams
+  // the weights anyway, hundreds cost compute), while a burst still drains in big steps, so
+  // nobody waits long for their first token. 0 = off (the caps alone). Must be >= 0.
+  int32_t prefill_spread_steps = 0;
+  // The least prefill a step that decodes is cut to by prefill_spread_steps. Must be >= 1.
+  int32_t prefill_spread_min_tokens = 64;
   // While sequences decode and no prompt is part-way through its prefill, new prompts are admitted
   // only once the waiting ones hold enough tokens to fill the step's prefill budget (what
   // max_prefill_tokens_with_decodes and mixed_step_rows leave), or the oldest of them has waited
@@ -210,7 +220,8 @@ class Scheduler {
   bool HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t prefills, int32_t budget) const;
   PlannedStep Plan(TimePoint now);
   // Lowers the budget left for prefill when the step already holds `decodes` decode rows:
-  // max_prefill_tokens_with_decodes, and mixed_step_rows minus the decodes.
+  // max_prefill_tokens_with_decodes, mixed_step_rows minus the decodes, and the backlog's share
+  // (prefill_spread_steps).
   void CapPrefillBudget(int32_t decodes, int32_t* budget) const;
   Sequence* PopBestWaiting(TimePoint now, bool pop);
   absl::StatusOr<StepResult> Execute(const PlannedStep& plan);

@@ -138,6 +138,10 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("mixed-step-rows", &s.mixed_step_rows, 0, kIntMax,
           "rows a step that decodes is filled to with prefill while its decodes take a quarter or less")
       .DefaultText(absl::StrCat(kGpuMixedStepRows, " on a GPU, 0 (off) on the CPU"));
+  set.Int("prefill-spread-steps", &sched.prefill_spread_steps, 0, kIntMax,
+          "while others decode, spread the waiting prompt tokens over about this many steps (0 = off)");
+  set.Int("prefill-spread-min-tokens", &sched.prefill_spread_min_tokens, 1, kIntMax,
+          "the least prefill --prefill-spread-steps cuts a step that decodes to");
   set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");
   set.Int("max-prefill-hold-us", &s.prefill_hold_us, 0, kMsMax,
           "while others decode, hold new prompts until they fill a step's prefill budget, at most this long");

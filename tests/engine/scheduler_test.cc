@@ -197,6 +197,42 @@ TEST(SchedulerTest, MixedStepsAreFilledToTheirRowsWhileDecodesTakeAQuarter) {
   EXPECT_EQ(PrefillChunkBeside(1, o), 9u);
 }
 
+// prefill_spread_steps: beside decodes, a step's prefill is the backlog (waiting prompts plus what
+// running prompts have left) over the spread steps, at least prefill_spread_min_tokens, at most
+// what the caps leave.
+TEST(SchedulerTest, PrefillBesideDecodesIsTheBacklogSpreadOverSteps) {
+  SchedulerOptions o;
+  o.max_batch_size = 8;
+  o.max_tokens_per_step = 64;
+  o.prefill_spread_steps = 4;
+  o.prefill_spread_min_tokens = 3;
+  EXPECT_EQ(PrefillChunkBeside(1, o), 10u);  // 40 waiting / 4
+  o.prefill_spread_min_tokens = 15;
+  EXPECT_EQ(PrefillChunkBeside(1, o), 15u);  // the floor
+  o.max_prefill_tokens_with_decodes = 8;
+  EXPECT_EQ(PrefillChunkBeside(1, o), 8u);  // the cap still bounds it
+  o.max_prefill_tokens_with_decodes = 0;
+  o.prefill_spread_steps = 0;
+  EXPECT_EQ(PrefillChunkBeside(1, o), 40u);  // off: the whole budget left
+
+  // Two 40-token prompts arriving together: 80 over 4 steps, then the share shrinks with the
+  // backlog (ceil: 60 / 4 = 15, 45 / 4 -> 12, ...), the second prompt admitted once the first is done.
+  o.prefill_spread_steps = 4;
+  o.prefill_spread_min_tokens = 1;
+  Harness h(o, 4, 256);
+  h.Add(MakeRequest("d0", MakePrompt(1, 3), 40));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  h.Add(MakeRequest("p1", MakePrompt(2, 40), 2));
+  h.Add(MakeRequest("p2", MakePrompt(3, 40), 2));
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  const auto batches = h.executor.batches();
+  EXPECT_EQ(ChunkSizes(batches[1]), (std::vector<size_t>{1, 20}));
+  EXPECT_EQ(ChunkSizes(batches[2]), (std::vector<size_t>{1, 15}));
+  EXPECT_EQ(ChunkSizes(batches[3]), (std::vector<size_t>{1, 5, 7}));  // 45 / 4 -> 12: p1's last 5, p2's first 7
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+}
+
 // One sequence decoding ("d0", admitted and prefilled in the first step), then prompts arriving while
 // it decodes, with a prefill budget of 7 tokens beside it (mixed_step_rows 8).
 SchedulerOptions HoldOptions(int hold_ms) {

@@ -39,13 +39,16 @@ TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
   for (const char* device : {"cpu", "cuda"}) {
     absl::StatusOr<ServeFlags> f =
         Parse({"--device", device, "--max-batch-tokens", "3000", "--max-prefill-tokens-with-decodes", "64",
-               "--mixed-step-rows", "128", "--max-prefill-hold-us", "20000", "--prefix-caching", "false"});
+               "--mixed-step-rows", "128", "--max-prefill-hold-us", "20000", "--prefix-caching", "false",
+               "--prefill-spread-steps", "4", "--prefill-spread-min-tokens", "32"});
     ASSERT_TRUE(f.ok()) << device << ": " << f.status();
     EXPECT_EQ(f->engine.scheduler.max_tokens_per_step, 3000) << device;
     EXPECT_EQ(f->engine.scheduler.max_prefill_tokens_with_decodes, 64) << device;
     EXPECT_EQ(f->engine.scheduler.mixed_step_rows, 128) << device;
     EXPECT_EQ(f->engine.scheduler.max_prefill_hold, std::chrono::milliseconds(20)) << device;
     EXPECT_FALSE(f->engine.scheduler.prefix_caching) << device;
+    EXPECT_EQ(f->engine.scheduler.prefill_spread_steps, 4) << device;
+    EXPECT_EQ(f->engine.scheduler.prefill_spread_min_tokens, 32) << device;
   }
 }
 
