@@ -85,6 +85,13 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                       .Help("KV blocks in use / KV blocks in the pool")
                       .Register(r)
                       .Add({});
+  m->prefix_usage_ = &prometheus::BuildGauge()
+                          .Name("glmserve_prefix_cache_usage_ratio")
+                          .Help(
+                              "KV blocks holding prompt prefixes later prompts may reuse (in use or not) / KV "
+                              "blocks in the pool")
+                          .Register(r)
+                          .Add({});
   m->oom_ = &prometheus::BuildCounter()
                  .Name("glmserve_oom_events_total")
                  .Help("Engine steps that ran out of memory (real or injected)")
@@ -195,6 +202,7 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   queue_depth_->Set(stats.waiting);
   batch_limit_->Set(stats.batch_limit);
   kv_usage_->Set(stats.blocks_total > 0 ? static_cast<double>(stats.blocks_used) / stats.blocks_total : 0.0);
+  prefix_usage_->Set(stats.blocks_total > 0 ? static_cast<double>(stats.blocks_cached) / stats.blocks_total : 0.0);
   // A count below the last one: the watchdog rebuilt the engine, whose counts start at 0.
   auto add = [](prometheus::Counter* counter, int64_t now, int64_t& last) {
     counter->Increment(static_cast<double>(now >= last ? now - last : now));

@@ -72,6 +72,7 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Gauge* queue_depth_ = nullptr;
   prometheus::Gauge* batch_limit_ = nullptr;
   prometheus::Gauge* kv_usage_ = nullptr;
+  prometheus::Gauge* prefix_usage_ = nullptr;
   prometheus::Counter* oom_ = nullptr;
   prometheus::Counter* restarts_ = nullptr;
   prometheus::Counter* generated_ = nullptr;

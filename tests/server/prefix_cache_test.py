@@ -75,6 +75,9 @@ def main():
         # Every request after the first shares the system prompt's 6 full blocks of 8.
         check(hits >= want_hits, f"prefix cache hits {hits} >= {want_hits}")
         check(queries >= sum(len(SYSTEM) + len(s) for s in SUFFIXES), f"queried positions {queries}")
+        # The system prompt's blocks stay registered after the requests end.
+        usage = harness.metric(metrics, "glmserve_prefix_cache_usage_ratio")
+        check(usage > 0, f"glmserve_prefix_cache_usage_ratio {usage} > 0 after the requests")
     finally:
         check(cached.stop() == 0, "server with the cache drains and exits 0")
     return report()
