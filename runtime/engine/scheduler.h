@@ -84,9 +84,11 @@ struct SchedulerOptions {
   // part-way through their prefill: the backlog) are spread over about this many steps: a step's
   // prefill is cut to ceil(backlog / prefill_spread_steps) tokens, but not below
   // prefill_spread_min_tokens (nor above what the two caps above leave). Few prompts waiting then
-  // ride thin beside the decodes (on a GPU a few prompt rows cost little in a step that streams
-  // the weights anyway, hundreds cost compute), while a burst still drains in big steps, so
-  // nobody waits long for their first token. 0 = off (the caps alone). Must be >= 0.
+  // ride thin beside the decodes (a GPU whose GEMMs stream the weights up to many rows pays
+  // little for a few prompt rows), while a burst still drains in big steps, so nobody waits long
+  // for their first token. On an H200 with GLM-4-9B it lost 2-9% against the caps alone (a mixed
+  // step's fixed part outweighs the GEMM time saved; bench/results/gpu.md). 0 = off (the caps
+  // alone). Must be >= 0.
   int32_t prefill_spread_steps = 0;
   // The least prefill a step that decodes is cut to by prefill_spread_steps. Must be >= 1.
   int32_t prefill_spread_min_tokens = 64;
