@@ -52,15 +52,12 @@ struct Variant {
     auto stride_b = cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, {n, k, 1});
     auto stride_d = cutlass::make_cute_packed_stride(typename Kernel::StrideD{}, {m, n, 1});
     static cutlass::KernelHardwareInfo hw = cutlass::KernelHardwareInfo::make_kernel_hardware_info<Kernel>(0);
-    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
-                                  {m, n, k, 1},
-                                  {static_cast<const Element*>(x), stride_a, static_cast<const Element*>(w), stride_b},
-                                  {{1.0f, 0.0f},
-                                   static_cast<const Element*>(y),
-                                   stride_d,
-                                   static_cast<Element*>(y),
-                                   stride_d},
-                                  hw};
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {m, n, k, 1},
+        {static_cast<const Element*>(x), stride_a, static_cast<const Element*>(w), stride_b},
+        {{1.0f, 0.0f}, static_cast<const Element*>(y), stride_d, static_cast<Element*>(y), stride_d},
+        hw};
     Gemm gemm;
     if (gemm.can_implement(args) != cutlass::Status::kSuccess) return false;
     if (Gemm::get_workspace_size(args) > workspace_bytes) return false;
@@ -82,22 +79,24 @@ struct Named {
   RunFn run;
 };
 const Named kVariants[] = {
-    {"coop 128x256 1x1 persistent", &Variant<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, Persistent>::Run},
+    {"coop 128x256 1x1 persistent",
+     &Variant<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, Persistent>::Run},
     {"coop 128x256 1x1 stream-K", &Variant<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, StreamK>::Run},
-    {"coop 128x256 2x1 persistent", &Variant<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, Persistent>::Run},
+    {"coop 128x256 2x1 persistent",
+     &Variant<Shape<_128, _256, _64>, Shape<_2, _1, _1>, Coop, CoopEpi, Persistent>::Run},
     {"coop 128x128 1x1 stream-K", &Variant<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, StreamK>::Run},
     {"coop 256x128 1x1 stream-K", &Variant<Shape<_256, _128, _64>, Shape<_1, _1, _1>, Coop, CoopEpi, StreamK>::Run},
     {"ping 64x256 1x1 persistent", &Variant<Shape<_64, _256, _64>, Shape<_1, _1, _1>, Ping, PingEpi, Persistent>::Run},
     {"ping 64x128 1x1 persistent", &Variant<Shape<_64, _128, _64>, Shape<_1, _1, _1>, Ping, PingEpi, Persistent>::Run},
 };
 
-#define CK(x)                                                                       \
-  do {                                                                              \
-    auto e = (x);                                                                   \
-    if (e != 0) {                                                                   \
+#define CK(x)                                                                      \
+  do {                                                                             \
+    auto e = (x);                                                                  \
+    if (e != 0) {                                                                  \
       std::printf("error %d at %s:%d\n", static_cast<int>(e), __FILE__, __LINE__); \
-      return 1;                                                                     \
-    }                                                                               \
+      return 1;                                                                    \
+    }                                                                              \
   } while (0)
 
 __global__ void Fill(__nv_bfloat16* p, size_t n, unsigned seed) {
@@ -154,8 +153,8 @@ int main() {
       const float alpha = 1.0f, beta = 0.0f;
       auto cublas_run = [&](const void* wp, void* out) {
         return cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, sh.n, m, sh.k, &alpha, wp, CUDA_R_16BF, sh.k, x,
-                            CUDA_R_16BF, sh.k, &beta, out, CUDA_R_16BF, sh.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) ==
-               CUBLAS_STATUS_SUCCESS;
+                            CUDA_R_16BF, sh.k, &beta, out, CUDA_R_16BF, sh.n, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
       };
       // Microseconds a call, weights rotating over the copies; negative when a call failed.
       auto time_it = [&](auto&& fn) {

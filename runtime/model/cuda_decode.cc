@@ -765,22 +765,17 @@ class CudaDecodeRunner {
     auto attend = [&](const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
       at::Tensor query = q;
       if (query.stride(2) != 1 || query.stride(1) != query.size(2)) query = query.contiguous();
+      at::Tensor out;
       if (paged_prompts) {  // every row through the paged kernel; padding rows (context 0) stay unset
-        at::Tensor out = at::empty({rows, c.num_attention_heads, c.head_dim}, query.options());
-        kernels::PagedAttentionShape s = shape;
-        s.q_row_stride = query.stride(0);
-        Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables,
-                                                lens.data_ptr<int32_t>(), out.data_ptr(), s, type_, CurrentStream(),
-                                                workspace),
-              "paged-attention (whole mixed step, prompt rows paged)");
-        return out.view({rows, width});
+        out = at::empty({rows, c.num_attention_heads, c.head_dim}, query.options());
+      } else {  // prompt rows through flash attention; the paged kernel below fills the decode rows
+        const at::Tensor keys = k_cache.index_select(0, context_slots);
+        const at::Tensor values = v_cache.index_select(0, context_slots);
+        out = std::get<0>(at::_flash_attention_forward(query, keys, values, cu_q, cu_k, rows, capacity,
+                                                       /*dropout_p=*/0.0, /*is_causal=*/true,
+                                                       /*return_debug_mask=*/false, scale));
+        if (!out.is_contiguous()) out = out.contiguous();
       }
-      const at::Tensor keys = k_cache.index_select(0, context_slots);
-      const at::Tensor values = v_cache.index_select(0, context_slots);
-      at::Tensor out = std::get<0>(at::_flash_attention_forward(query, keys, values, cu_q, cu_k, rows, capacity,
-                                                                /*dropout_p=*/0.0, /*is_causal=*/true,
-                                                                /*return_debug_mask=*/false, scale));
-      if (!out.is_contiguous()) out = out.contiguous();
       kernels::PagedAttentionShape s = shape;
       s.q_row_stride = query.stride(0);
       Check(kernels::PagedAttentionDecodeCuda(query.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), tables,
