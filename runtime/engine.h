@@ -35,6 +35,9 @@ struct RequestResult {
   FinishReason finish_reason = FinishReason::kUnspecified;
   std::vector<int32_t> output_ids;  // every generated id
   int32_t prompt_tokens = 0;
+  // Of prompt_tokens, the positions whose KV the prefix cache supplied when the request was first
+  // admitted (0 without prefix caching); they were not prefilled again.
+  int32_t cached_prompt_tokens = 0;
   double queue_ms = 0;  // submit -> first scheduled
   double ttft_ms = 0;   // submit -> first token
   double total_ms = 0;  // submit -> done

@@ -34,6 +34,7 @@ struct Sequence {
   // for the last of them; -1 once registering failed (nothing more is registered for it).
   int32_t cached_blocks = 0;
   BlockManager::Link chain;
+  int32_t cached_prompt_tokens = 0;  // matched at the first admission (RequestResult's)
 
   // True from the first Step that carried this sequence until ReleaseSequence: the executor may
   // hold state for it (encoded images), so finishing or preempting it must release that.
@@ -422,6 +423,7 @@ void Scheduler::Finish(Sequence* seq, absl::Status status, FinishReason reason) 
   result.finish_reason = reason;
   result.output_ids.assign(seq->tokens.begin() + seq->prompt_len, seq->tokens.end());
   result.prompt_tokens = seq->prompt_len;
+  result.cached_prompt_tokens = seq->cached_prompt_tokens;
   result.total_ms = Ms(now - seq->submit_time);
   result.queue_ms = seq->admitted_once ? Ms(seq->first_scheduled - seq->submit_time) : result.total_ms;
   result.ttft_ms = seq->has_first_token ? Ms(seq->first_token - seq->submit_time) : 0.0;
@@ -702,6 +704,7 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
       running_.push_back(s);
       if (!s->admitted_once) {
         s->admitted_once = true;
+        s->cached_prompt_tokens = s->num_computed;
         s->first_scheduled = now;
         if (hooks_.on_first_admit) hooks_.on_first_admit(s->request.request_id);
       }

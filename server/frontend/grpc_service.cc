@@ -50,6 +50,7 @@ void FillFinal(const RequestResult& result, const std::vector<ImageUsage>& image
   out->mutable_usage()->set_prompt_tokens(result.prompt_tokens);
   out->mutable_usage()->set_completion_tokens(completion);
   out->mutable_usage()->set_total_tokens(result.prompt_tokens + completion);
+  out->mutable_usage()->set_cached_prompt_tokens(result.cached_prompt_tokens);
   int32_t image_tokens = 0;
   for (const ImageUsage& image : images) {
     v1::ImageUsage* u = out->mutable_usage()->add_images();

@@ -710,13 +710,15 @@ Refusal ShutDownRefusal() {
 
 const char* FinishName(FinishReason reason) { return reason == FinishReason::kLength ? "length" : "stop"; }
 
-// OpenAI's usage; with images also prompt_tokens_details.image_tokens (of prompt_tokens) and
-// glmserve's "images": each image's resized height, width and tokens, in prompt order.
+// OpenAI's usage, prompt_tokens_details.cached_tokens (of prompt_tokens, from the prefix cache)
+// included; with images also prompt_tokens_details.image_tokens (of prompt_tokens) and glmserve's
+// "images": each image's resized height, width and tokens, in prompt order.
 json Usage(const RequestResult& r, const std::vector<ImageUsage>& images) {
   const int64_t completion = static_cast<int64_t>(r.output_ids.size());
   json usage = {{"prompt_tokens", r.prompt_tokens},
                 {"completion_tokens", completion},
-                {"total_tokens", r.prompt_tokens + completion}};
+                {"total_tokens", r.prompt_tokens + completion},
+                {"prompt_tokens_details", {{"cached_tokens", r.cached_prompt_tokens}}}};
   if (images.empty()) return usage;
   int64_t image_tokens = 0;
   json list = json::array();
@@ -724,7 +726,7 @@ json Usage(const RequestResult& r, const std::vector<ImageUsage>& images) {
     image_tokens += image.tokens;
     list.push_back({{"height", image.height}, {"width", image.width}, {"tokens", image.tokens}});
   }
-  usage["prompt_tokens_details"] = {{"image_tokens", image_tokens}};
+  usage["prompt_tokens_details"]["image_tokens"] = image_tokens;
   usage["images"] = std::move(list);
   return usage;
 }

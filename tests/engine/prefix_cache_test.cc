@@ -52,6 +52,9 @@ TEST(PrefixCacheTest, APromptRepeatingAnotherStartsAfterTheSharedBlocks) {
   EXPECT_EQ(h.scheduler->stats().prefix_cache_hit_tokens, 16);
   EXPECT_EQ(h.scheduler->stats().prompt_tokens_scheduled, 21 + 25);
   h.ExpectAllMatchReference();
+  // What each request's usage reports (RequestResult::cached_prompt_tokens).
+  EXPECT_EQ(h.results["a"].cached_prompt_tokens, 0);
+  EXPECT_EQ(h.results["b"].cached_prompt_tokens, 16);
 }
 
 TEST(PrefixCacheTest, AnIdenticalPromptComputesItsLastTokenAgain) {

@@ -93,6 +93,23 @@ def main():
         check(usage is not None and usage.completion_tokens == u.completion_tokens and usage.prompt_tokens == u.prompt_tokens,
               f"stream_options.include_usage: final chunk usage {usage}")
 
+        # Prefix caching (on by default): the same long prompt again reuses its full KV blocks, and
+        # usage.prompt_tokens_details.cached_tokens says how many positions, streaming included.
+        long_messages = [{"role": "system", "content": "You are a careful assistant. " * 12},
+                         {"role": "user", "content": "Name three colours."}]
+        first = client.chat.completions.create(model="glm4-tiny", messages=long_messages, max_tokens=4, temperature=0)
+        again = client.chat.completions.create(model="glm4-tiny", messages=long_messages, max_tokens=4, temperature=0,
+                                               stream=True, stream_options={"include_usage": True})
+        again_usage = None
+        for chunk in again:
+            if chunk.usage is not None:
+                again_usage = chunk.usage
+        first_cached = first.usage.prompt_tokens_details.cached_tokens
+        again_cached = again_usage.prompt_tokens_details.cached_tokens if again_usage else None
+        check(first_cached == 0 and again_cached is not None and 16 <= again_cached < again_usage.prompt_tokens,
+              f"prompt_tokens_details.cached_tokens: first {first_cached}, again {again_cached} "
+              f"of {again_usage.prompt_tokens if again_usage else None}")
+
         # Content as a list of text parts is the same prompt as the joined string.
         parts_chat = client.chat.completions.create(
             model="glm4-tiny", max_tokens=16, temperature=0,

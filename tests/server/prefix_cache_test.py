@@ -30,15 +30,17 @@ def requests(pb):
 
 
 def run(server, pb, pb_grpc):
+    """Each request's ids and its Usage.cached_prompt_tokens, by request id."""
     stub = pb_grpc.InferenceStub(harness.channel(server.port))
     reqs = requests(pb)
-    ids = {}
+    ids, cached = {}, {}
     for r in reqs[:2]:  # one after another: the second finds the first's blocks
-        ids[r.request_id] = list(stub.Infer(r, timeout=60).output_ids)
+        resp = stub.Infer(r, timeout=60)
+        ids[r.request_id], cached[r.request_id] = list(resp.output_ids), resp.usage.cached_prompt_tokens
     with concurrent.futures.ThreadPoolExecutor(len(reqs)) as pool:  # the rest at once
         for r, resp in zip(reqs[2:], pool.map(lambda r: stub.Infer(r, timeout=60), reqs[2:])):
-            ids[r.request_id] = list(resp.output_ids)
-    return ids
+            ids[r.request_id], cached[r.request_id] = list(resp.output_ids), resp.usage.cached_prompt_tokens
+    return ids, cached
 
 
 def main():
@@ -53,14 +55,18 @@ def main():
     pb, pb_grpc = harness.stubs(args.proto_root)
     plain = harness.Server(args.binary, args.model, ["--kv-block-size", "8", "--prefix-caching", "false"])
     try:
-        want = run(plain, pb, pb_grpc)
+        want, none_cached = run(plain, pb, pb_grpc)
+        check(set(none_cached.values()) == {0}, f"without the cache no usage counts cached tokens: {none_cached}")
     finally:
         check(plain.stop() == 0, "server without the cache drains and exits 0")
     mport = harness.free_port()
     # No flag: serve's default is on.
     cached = harness.Server(args.binary, args.model, ["--kv-block-size", "8", "--metrics-port", str(mport)])
     try:
-        got = run(cached, pb, pb_grpc)
+        got, cached_tokens = run(cached, pb, pb_grpc)
+        # The first request computes all; every later one reuses the system prompt's 6 blocks of 8.
+        check(cached_tokens["p0"] == 0 and all(cached_tokens[f"p{k}"] == 48 for k in range(1, len(SUFFIXES))),
+              f"Usage.cached_prompt_tokens: {cached_tokens}")
         for rid in want:
             check(got[rid] == want[rid], f"{rid}: same ids with the prefix cache ({got[rid]} vs {want[rid]})")
         want_hits = 48 * (len(SUFFIXES) - 1)
