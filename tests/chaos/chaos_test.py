@@ -6,7 +6,6 @@ gets a result or an explicit error) / recovery seconds, and asserts its own inva
   chaos_test.py --binary B --model DIR --proto-root proto [--scenario NAME ...]
 
 Scenarios: throw, stall, oom, supervise_kill, disconnect, latency. Exit 77 = skipped."""
-import argparse
 import concurrent.futures
 import os
 import signal
@@ -16,6 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from glmserve_process import server_test_args  # noqa: E402  (tests/pyutil, on the path harness set)
 from harness import check, Tally  # noqa: E402
 import grpc  # noqa: E402
 
@@ -290,14 +290,8 @@ SCENARIOS = {
 
 def main():
     global pb, pb_grpc
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--proto-root", required=True)
-    ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args(lambda ap: ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS)))
+    if args is None:
         return 77
     pb, pb_grpc = harness.stubs(args.proto_root)
     rows = []

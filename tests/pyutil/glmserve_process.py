@@ -1,7 +1,9 @@
 """Shared by the Python tests (gRPC client, observability, chaos, HTTP): `glmserve serve` as a
 child process on loopback (waits for the line announcing the port, keeps every stderr line), and
 Python stubs generated from the proto at test time."""
+import argparse
 import json
+import os
 import re
 import signal
 import subprocess
@@ -11,6 +13,23 @@ import threading
 
 GRPC_READY = r"serving on 127\.0\.0\.1:(\d+)"
 HTTP_READY = r"http serving on 127\.0\.0\.1:(\d+)"
+
+
+def server_test_args(add_arguments=None):
+    """The arguments every server test takes (--binary, --model, --proto-root, and what
+    add_arguments(parser) adds); None, after printing SKIP, when --model holds no config.json (the
+    caller exits 77)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--proto-root", required=True)
+    if add_arguments is not None:
+        add_arguments(ap)
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(args.model, "config.json")):
+        print(f"SKIP: no model at {args.model}")
+        return None
+    return args
 
 
 _stubs = None

@@ -3,7 +3,6 @@
 (issue 18: gRPC named codes with abseil's names, HTTP with a switch of its own, and a malformed
 protobuf was not counted at all). The real binary on loopback, gRPC (grpcio) and HTTP side by side;
 each case is sent once per front end and the label deltas compared. Exit 77 = skipped."""
-import argparse
 import http.client
 import json
 import os
@@ -14,7 +13,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "pyutil"))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "chaos"))
-from glmserve_process import HTTP_READY, GlmserveProcess, inference_stubs  # noqa: E402
+from glmserve_process import GlmserveProcess, HTTP_READY, inference_stubs, server_test_args  # noqa: E402
 from ports import free_port  # noqa: E402
 
 FAILURES = []
@@ -57,13 +56,8 @@ def http_post(port, path, body, key=KEY):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--proto-root", required=True)
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args()
+    if args is None:
         return 77
     try:
         import grpc

@@ -9,7 +9,6 @@
   trailing metadata (glmserve-request-id) and used in the logs;
 - `glmserve doctor`: OK on the bundled model (GPU checks WARN here), FAIL (exit 1) on a broken dir.
 Exit 77 = skipped."""
-import argparse
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chaos"))
 import harness  # noqa: E402
+from glmserve_process import server_test_args  # noqa: E402  (tests/pyutil, on the path harness set)
 from harness import check  # noqa: E402
 import grpc  # noqa: E402
 
@@ -30,13 +30,8 @@ NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserv
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--proto-root", required=True)
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args()
+    if args is None:
         return 77
     pb, pb_grpc = harness.stubs(args.proto_root)
     mport = harness.free_port()

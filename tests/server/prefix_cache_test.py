@@ -3,7 +3,6 @@
 that repeat a 48-token system prompt, one after another and several at once, get the same ids as
 from a server with `--prefix-caching false` (greedy and seeded sampling), and the server's
 /metrics count the prompt positions taken from the cache. Exit 77 = skipped."""
-import argparse
 import concurrent.futures
 import os
 import sys
@@ -11,6 +10,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chaos"))
 import harness  # noqa: E402
+from glmserve_process import server_test_args  # noqa: E402  (tests/pyutil, on the path harness set)
 from harness import check  # noqa: E402
 from checks import report  # noqa: E402  (tests/pyutil, on the path harness set)
 
@@ -44,13 +44,8 @@ def run(server, pb, pb_grpc):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--proto-root", required=True)
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args()
+    if args is None:
         return 77
     pb, pb_grpc = harness.stubs(args.proto_root)
     plain = harness.Server(args.binary, args.model, ["--kv-block-size", "8", "--prefix-caching", "false"])

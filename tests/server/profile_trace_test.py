@@ -6,7 +6,6 @@ bench/summarize_trace.py --by-step groups them by kind. A prompt of 5 ids with 6
 prefill step and 5 decode steps after the
 server's one-step warm-up; skipping two steps leaves 4 decode-only steps.
 Exit 77 = skipped."""
-import argparse
 import json
 import os
 import re
@@ -17,19 +16,15 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chaos"))
 import harness  # noqa: E402
+from glmserve_process import server_test_args  # noqa: E402  (tests/pyutil, on the path harness set)
 from harness import check  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--proto-root", required=True)
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args()
+    if args is None:
         return 77
     pb, pb_grpc = harness.stubs(args.proto_root)
     trace = os.path.join(tempfile.mkdtemp(prefix="glmserve_profile_"), "server.json")

@@ -8,7 +8,6 @@ INVALID_ARGUMENT naming the field, deadline exceeded and cancel free the slot, S
 
 Needs (pip): grpcio grpcio-tools grpcio-health-checking grpcio-reflection. Exit 77 = skipped.
 """
-import argparse
 import concurrent.futures
 import json
 import math
@@ -29,7 +28,7 @@ except ImportError as e:  # pragma: no cover
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
 from checks import FAILURES, check  # noqa: E402
-from glmserve_process import GlmserveProcess, inference_stubs  # noqa: E402
+from glmserve_process import GlmserveProcess, inference_stubs, server_test_args  # noqa: E402
 
 
 class Server(GlmserveProcess):
@@ -46,13 +45,8 @@ def generate(binary, model, ids, n):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--proto-root", required=True)
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args()
+    if args is None:
         return 77
     pb, pb_grpc = inference_stubs(args.proto_root)
 

@@ -11,7 +11,6 @@ in the logs; --max-requests-per-client counted per key across gRPC and HTTP (RES
 any port is bound; over HTTPS the read deadline and the connection cap of plaintext (slow TLS clients
 cut off: silent, trickled ClientHello, trickled head, trickled record; 503 over TLS). Needs (pip): grpcio grpcio-tools grpcio-health-checking openai. Exit 77 = skipped.
 """
-import argparse
 import json
 import os
 import select
@@ -29,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "pyutil"))
 from ports import free_port  # noqa: E402
 from checks import FAILURES, check  # noqa: E402
-from glmserve_process import GlmserveProcess, inference_stubs  # noqa: E402
+from glmserve_process import GlmserveProcess, inference_stubs, server_test_args  # noqa: E402
 
 try:
     import grpc
@@ -549,13 +548,8 @@ def bad_flags(args, p, tmp):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--proto-root", required=True)
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args()
+    if args is None:
         return 77
     if shutil.which("openssl") is None:
         print("SKIP: no openssl CLI")
