@@ -60,5 +60,19 @@ TEST(ServeFlags, StepBudgetBelowTheBatchIsRefusedNamingBothFlags) {
   EXPECT_NE(f.status().message().find("--max-batch 512"), std::string::npos) << f.status();
 }
 
+// The flags this change added, and --prefix-caching (now on by default): a bad value is refused
+// before anything starts, naming the flag and the value.
+TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
+  const std::vector<std::vector<std::string>> bad = {
+      {"--prefill-spread-steps", "-1"}, {"--prefill-spread-min-tokens", "0"}, {"--prefix-caching", "yes"}};
+  for (const std::vector<std::string>& flag : bad) {
+    absl::StatusOr<ServeFlags> f = Parse(flag);
+    ASSERT_FALSE(f.ok()) << flag[0];
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument) << f.status();
+    EXPECT_NE(f.status().message().find(flag[0]), std::string::npos) << f.status();
+    EXPECT_NE(f.status().message().find(flag[1]), std::string::npos) << f.status();
+  }
+}
+
 }  // namespace
 }  // namespace glmserve
