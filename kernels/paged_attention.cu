@@ -1053,13 +1053,17 @@ bool LaunchWarpWith(const void* q, const void* k, const void* v, const int32_t* 
                       chunks_per_split) == cudaSuccess;
 }
 
-// Warps per block: 8 (a 256-position context in one pass), or 4 with
-// GLMSERVE_CUDA_ATTENTION_WARPS=4 (measurements).
+// Warps per block: 8 (a 256-position context in one pass, one block an SM) while every
+// (sequence, KV head) fits one wave of SMs; past that 4, two blocks an SM, so the grid takes half
+// the waves (GLM-4-9B, H200: decode steps +2% at 128 and 256 rows, -0.4% at 64 where 4 warps
+// split a context in two; bench/results/gpu.md, sixth session). GLMSERVE_CUDA_ATTENTION_WARPS=4 or
+// 8 fixes it for measurements.
 template <typename T, int kHeadDim>
 bool LaunchWarpDim(const void* q, const void* k, const void* v, const int32_t* tables, const int32_t* lens, void* out,
                    const PagedAttentionShape& s, void* workspace, cudaStream_t stream) {
-  static const int warps =
-      EnvSwitch("GLMSERVE_CUDA_ATTENTION_WARPS", 8, "4 or 8", [](long value) { return value == 4 || value == 8; });
+  static const int fixed_warps =
+      EnvSwitch("GLMSERVE_CUDA_ATTENTION_WARPS", 0, "4 or 8", [](long value) { return value == 4 || value == 8; });
+  const int warps = fixed_warps != 0 ? fixed_warps : (s.batch * s.num_kv_heads > SplitSmCount() ? 4 : 8);
   return warps == 8 ? LaunchWarpWith<T, kHeadDim, 8>(q, k, v, tables, lens, out, s, workspace, stream)
                     : LaunchWarpWith<T, kHeadDim, 4>(q, k, v, tables, lens, out, s, workspace, stream);
 }

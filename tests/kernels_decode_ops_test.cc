@@ -369,8 +369,9 @@ struct AttentionCase {
 
 TEST_P(DecodeOpsCuda, SplitPagedAttentionMatchesReference) {
   // 5 sequences: each split block gets at most one 32-position tile of a context; 64 (a decode
-  // batch): fewer splits, so blocks walk several tiles through the pipelined loop.
-  for (int32_t batch : {5, 64})
+  // batch): fewer splits, so blocks walk several tiles through the pipelined loop; 160: more
+  // (sequence, KV head) pairs than SMs, so the register-tile kernel runs 4-warp blocks, two an SM.
+  for (int32_t batch : {5, 64, 160})
     for (const AttentionCase& c : {AttentionCase{32, 2, 128}, AttentionCase{8, 8, 64}, AttentionCase{16, 1, 128},
                                    AttentionCase{4, 2, 256}, AttentionCase{32, 1, 32}}) {
       SCOPED_TRACE(testing::Message() << batch << " sequences, " << c.heads << "/" << c.kv_heads << " heads, head_dim "

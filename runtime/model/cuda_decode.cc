@@ -13,14 +13,16 @@
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
 // GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
-// mma_attention,warp_attention,mixed_step,whole_mixed> turns single kernels off (their ATen ops or cuBLAS, the
-// skinny GEMM on mma.sync, the one-pass attention kernel, the CUDA-core split attention, the
+// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt> turns single kernels off (their
+// ATen ops or cuBLAS, the skinny GEMM on mma.sync, the one-pass attention kernel, the CUDA-core split attention, the
 // shared-memory tile attention kernel, or per-sequence ATen attention for prefill and mixed steps
-// run instead; whole_mixed: mixed steps replay graphs between their eager attentions);
+// run instead; whole_mixed: mixed steps replay graphs between their eager attentions; cublaslt:
+// bf16 / fp16 GEMMs on cublasGemmEx's heuristic instead of cuBLASLt's);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
 #include "runtime/model/cuda_decode.h"
 
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -28,6 +30,7 @@
 #include <ATen/ops/_scaled_dot_product_cudnn_attention.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -172,6 +175,16 @@ at::Tensor LaunchAddRmsNorm(kernels::ElementType type, float eps, const at::Tens
   return out;
 }
 
+// Sets ATen's preferred BLAS library without the "experimental feature" warning the setter
+// prints once (it is meant for Python users; the choice here is measured, not experimental).
+void SetBlasBackend(at::BlasBackend backend) {
+  struct Silent : c10::WarningHandler {
+    void process(const c10::Warning&) override {}
+  } silent;
+  c10::WarningUtils::WarningHandlerGuard guard(&silent);
+  at::globalContext().setBlasPreferredBackend(backend);
+}
+
 }  // namespace
 
 class CudaDecodeRunner {
@@ -191,6 +204,15 @@ class CudaDecodeRunner {
     }
     // Process-wide (the kernels library's launches): the last runner made decides.
     kernels::SetDependentLaunch(Enabled("pdl"));
+    // bf16 / fp16 GEMMs through cuBLASLt's heuristic instead of cublasGemmEx's: on an H200 a
+    // 64-row decode step's projections get faster kernels (decode_bench batch 64 +4%, 128 / 256
+    // rows within 1%; bench/results/gpu.md, sixth session). fp32, the exact reference dtype, stays
+    // on cublasGemmEx: there cuBLASLt's kernel choice depends on the row count, so a row's result
+    // depends on the batch around it (a prefix-cached OOM storm in engine_model_test changed a
+    // greedy request's ids), which cublasGemmEx's does not at those shapes. Process-wide, like the
+    // above.
+    SetBlasBackend(Enabled("cublaslt") && type_ != kernels::ElementType::kFloat32 ? at::BlasBackend::Cublaslt
+                                                                                  : at::BlasBackend::Cublas);
     max_context_ = std::min<int32_t>(model.config().max_position_embeddings, kernels::PagedAttentionMaxContext());
     if (Enabled("gemm") && type_ != kernels::ElementType::kFloat32) {
       c10::cuda::CUDAGuard guard(model.device());
@@ -898,8 +920,8 @@ class CudaDecodeRunner {
   static constexpr int32_t kMaxBucket = 256;
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {
-      "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma",      "split_attention",
-      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl",  "whole_mixed"};
+      "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma",       "split_attention",
+      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl",  "whole_mixed", "cublaslt"};
   // A fresh prompt of at least this many tokens alone in a step attends through cuDNN, its length
   // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
