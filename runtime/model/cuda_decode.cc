@@ -176,13 +176,19 @@ at::Tensor LaunchAddRmsNorm(kernels::ElementType type, float eps, const at::Tens
 }
 
 // Sets ATen's preferred BLAS library without the "experimental feature" warning the setter
-// prints once (it is meant for Python users; the choice here is measured, not experimental).
+// prints once (it is meant for Python users; the choice here is measured, not experimental). A
+// LibTorch that refuses it (built without cuBLASLt) keeps its own choice: slower, not wrong.
 void SetBlasBackend(at::BlasBackend backend) {
   struct Silent : c10::WarningHandler {
     void process(const c10::Warning&) override {}
   } silent;
   c10::WarningUtils::WarningHandlerGuard guard(&silent);
-  at::globalContext().setBlasPreferredBackend(backend);
+  try {
+    at::globalContext().setBlasPreferredBackend(backend);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "cuda decode: LibTorch refused BLAS library %s and keeps its default: %s\n",
+                 at::BlasBackendToString(backend).c_str(), e.what_without_backtrace());
+  }
 }
 
 }  // namespace
