@@ -45,10 +45,37 @@ summary "engine_model_test on CUDA" $? "$out/engine_model.log"
 
 left=$((deadline - $(elapsed)))
 echo "serve bench with $left s left"
+# SM clock, power and throttle reasons every 0.5 s while it runs: machines of one kind differ by
+# 5-10% in these tables, and a card at its power cap runs compute-bound steps at lower clocks.
+smi_pid=""
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_throttle_reasons.active --format=csv,noheader,nounits \
+    -lms 500 >"$out/clocks.csv" 2>/dev/null &
+  smi_pid=$!
+fi
 GLMSERVE_SERVE_DURATION="${GLMSERVE_PROOF_DURATION:-6s}" GLMSERVE_SERVE_PROFILE=0 timeout "$left" \
   bash scripts/gpu-serve-bench.sh >"$out/serve_bench.log" 2>&1
 rc=$?
+[ -n "$smi_pid" ] && kill "$smi_pid" 2>/dev/null
 echo "gpu-serve-bench: rc=$rc at $(elapsed) s"
+if [ -s "$out/clocks.csv" ]; then
+  python3 - "$out/clocks.csv" <<'EOF2'
+import statistics, sys
+busy = []  # (SM MHz, W, power-capped) while drawing over 250 W
+for line in open(sys.argv[1]):
+    fields = [f.strip() for f in line.split(",")]
+    try:
+        mhz, watts, reasons = float(fields[0]), float(fields[1]), int(fields[2], 16)
+    except (ValueError, IndexError):
+        continue
+    if watts > 250:
+        busy.append((mhz, watts, reasons & 0x4 != 0))  # 0x4: software power cap
+if busy:
+    print(f"GPU while busy ({len(busy)} samples over 250 W): SM clock median {statistics.median(b[0] for b in busy):.0f} MHz, "
+          f"min {min(b[0] for b in busy):.0f}; power median {statistics.median(b[1] for b in busy):.0f} W; "
+          f"power-capped in {sum(b[2] for b in busy)} samples")
+EOF2
+fi
 [ "$rc" = 0 ] || status=1
 cat "$out/serve_decode_bench.md" "$out/serve_table.md" "$out/serve_oom.md" 2>/dev/null
 grep -E "^glmserve_(prefix|oom|requests)" "$out/serve_bench.log" | head -20
