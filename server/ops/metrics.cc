@@ -201,8 +201,11 @@ void ServerMetrics::OnEngineRestart() { restarts_->Increment(); }
 void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   queue_depth_->Set(stats.waiting);
   batch_limit_->Set(stats.batch_limit);
-  kv_usage_->Set(stats.blocks_total > 0 ? static_cast<double>(stats.blocks_used) / stats.blocks_total : 0.0);
-  prefix_usage_->Set(stats.blocks_total > 0 ? static_cast<double>(stats.blocks_cached) / stats.blocks_total : 0.0);
+  auto share_of_pool = [&stats](int32_t blocks) {
+    return stats.blocks_total > 0 ? static_cast<double>(blocks) / stats.blocks_total : 0.0;
+  };
+  kv_usage_->Set(share_of_pool(stats.blocks_used));
+  prefix_usage_->Set(share_of_pool(stats.blocks_cached));
   // A count below the last one: the watchdog rebuilt the engine, whose counts start at 0.
   auto add = [](prometheus::Counter* counter, int64_t now, int64_t& last) {
     counter->Increment(static_cast<double>(now >= last ? now - last : now));
