@@ -182,12 +182,12 @@ def main():
     parser.add_argument("trace")
     parser.add_argument("--steps", type=int, help="decode steps the trace covers")
     parser.add_argument("--by-step", action="store_true", help="group by executor step (a server's trace)")
-    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--top", type=int, help="kernels listed (default 15; with --by-step, kernel families a step kind lists, default 5)")
     args = parser.parse_args()
     with open(args.trace) as f:
         events = json.load(f)["traceEvents"]
     if args.by_step:
-        return by_step(events, min(args.top, 5))
+        return by_step(events, args.top or 5)
     if args.steps is None:
         parser.error("--steps is required without --by-step")
     kernels = [e for e in events if e.get("cat") in ("kernel", "Kernel") and e.get("ph") == "X"]
@@ -210,7 +210,7 @@ def main():
     for label, us in by_family.most_common():
         print(f"| {label} | {us / steps / 1000:.3f} | {100 * us / busy:.1f}% |")
     print(f"\n| top kernels | calls/step | us/step | us/call |\n|---|---:|---:|---:|")
-    for name, us in by_name.most_common(args.top):
+    for name, us in by_name.most_common(args.top or 15):
         short = name if len(name) <= 90 else name[:87] + "..."
         short = short.replace("|", "\\|")
         print(f"| `{short}` | {calls[name] / steps:.0f} | {us / steps:.0f} | {us / calls[name]:.1f} |")
