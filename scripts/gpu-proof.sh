@@ -80,5 +80,6 @@ fi
 cat "$out/serve_decode_bench.md" "$out/serve_table.md" "$out/serve_oom.md" 2>/dev/null
 grep -E "^glmserve_(prefix|oom|requests)" "$out/serve_bench.log" | head -20
 echo "OOM lines in the storm's server log: $(grep -c -i 'out of memory' "$out/serve_oom.log" 2>/dev/null)"
+grep -iE "memory capped|out of memory|graphs off" "$out/serve_oom.log" 2>/dev/null | cut -c1-300 | head -4
 rm -f "$out"/*.json "$out"/serve_*.log
 exit $status

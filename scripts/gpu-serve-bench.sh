@@ -22,10 +22,10 @@
 #   K. GLMSERVE_SERVE_PREFIX=1 (0 by default): --prefix-caching false / true at 64 streams, prompts
 #      of GLMSERVE_SERVE_PREFIX_SHARED (1024) shared tokens + 128 of their own -> serve_prefix.md;
 #   O. GLMSERVE_SERVE_OOM=1 (default; 0 skips): OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
-#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16: with 64 and 2,048-token steps no step ran out: the free
-#      space inside held segments took them) through the running server: glmload sends 256 requests
-#      of 512 prompt tokens at 64 streams with up to 16,384 tokens a step (a step's activations far
-#      above the headroom plus the free space inside held segments); every one must succeed (sent = ok, lost 0) with
+#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16; the hook first fills the free space inside held
+#      segments with ballast, ~1.1 GiB on an H200, which otherwise took whole 16,384-token steps)
+#      through the running server: glmload sends 256 requests of 512 prompt tokens at 64 streams
+#      with up to 16,384 tokens a step; every one must succeed (sent = ok, lost 0) with
 #      glmserve_oom_events_total > 0 -> serve_oom.md.
 # Everything goes to $OUT (or .gpu/out): serve.log (server stderr), serve_<mix>.{json,md,log},
 # serve_http.*, serve_decode_bench.md, serve_metrics.txt, serve_table.md.

@@ -112,6 +112,26 @@ const char* DtypeName(at::ScalarType t) {
   }
 }
 
+#ifdef GLMSERVE_TORCH_CUDA
+// Allocates tensors of 1 GiB down to 2 MiB (the large pool's sizes) until none fits under the
+// allocator's cap (set to what it holds), so the free space inside held segments is in use; they
+// stay allocated for the life of the process. Returns their bytes. Test hook only
+// (GLMSERVE_CUDA_MEMORY_HEADROOM_MB).
+int64_t FillHeldSegments(const at::Device& device) {
+  static std::vector<at::Tensor>* ballast = new std::vector<at::Tensor>();
+  int64_t taken = 0;
+  for (int64_t bytes = int64_t{1} << 30; bytes >= int64_t{2} << 20;) {
+    try {
+      ballast->push_back(at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(device)));
+      taken += bytes;
+    } catch (const c10::OutOfMemoryError&) {
+      bytes /= 2;
+    }
+  }
+  return taken;
+}
+#endif
+
 // Gives the CUDA caching allocator's unused blocks back to the device, so a retry after an
 // out-of-memory (with a smaller batch) can get them. No-op on CPU and in CPU-only builds.
 void EmptyDeviceCache(const at::Device& device) {
@@ -852,7 +872,8 @@ class ModelRunnerImpl final : public ModelRunner {
     // steps run out of device memory for real through a running server (the engine's OOM path:
     // RESOURCE_EXHAUSTED, smaller batch, retry). What it holds, not what is in use: graph pools are
     // held but not in use, and a cap below them leaves no room for any step. Free space left inside
-    // held segments adds to N, so the storm needs steps far larger than N (scripts/gpu-serve-bench.sh).
+    // held segments (over a GiB on an H200 once graphs are captured) would add to N and let the
+    // storm's steps fit, so it is first taken by ballast tensors held for the process's life.
     if (std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB") != nullptr && device.is_cuda()) {
       const int64_t headroom_mb = EnvInt("GLMSERVE_CUDA_MEMORY_HEADROOM_MB", 0, 0, int64_t{1} << 20);
       GLM_RETURN_IF_ERROR(GuardTorch("capping device memory (GLMSERVE_CUDA_MEMORY_HEADROOM_MB)", [&] {
@@ -860,11 +881,17 @@ class ModelRunnerImpl final : public ModelRunner {
         const int64_t reserved =
             c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current;
         const int64_t total_bytes = std::get<1>(at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index()));
+        auto cap_at = [&](int64_t bytes) {
+          c10::cuda::CUDACachingAllocator::setMemoryFraction(
+              std::min(1.0, static_cast<double>(bytes) / static_cast<double>(total_bytes)), device.index());
+        };
+        cap_at(reserved);
+        const int64_t ballast = FillHeldSegments(device);
         const int64_t cap = reserved + (headroom_mb << 20);
-        c10::cuda::CUDACachingAllocator::setMemoryFraction(
-            std::min(1.0, static_cast<double>(cap) / static_cast<double>(total_bytes)), device.index());
+        cap_at(cap);
         LogLine(options.log, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20,
-                                          " MiB (", reserved >> 20, " MiB held + ", headroom_mb, " MiB)"));
+                                          " MiB (", reserved >> 20, " MiB held + ", headroom_mb, " MiB; ",
+                                          ballast >> 20, " MiB free inside held segments taken by ballast)"));
       }));
     }
 #endif
