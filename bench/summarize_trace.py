@@ -182,7 +182,8 @@ def main():
     parser.add_argument("trace")
     parser.add_argument("--steps", type=int, help="decode steps the trace covers")
     parser.add_argument("--by-step", action="store_true", help="group by executor step (a server's trace)")
-    parser.add_argument("--top", type=int, help="kernels listed (default 15; with --by-step, kernel families a step kind lists, default 5)")
+    parser.add_argument("--top", type=int,
+                        help="kernels listed (default 15); with --by-step, kernel families per step kind (default 5)")
     args = parser.parse_args()
     with open(args.trace) as f:
         events = json.load(f)["traceEvents"]
