@@ -4,7 +4,8 @@
 # (kernels_test, runtime_test's mixed-step and CUDA parity tests, the live check against
 # transformers in bf16, engine_model_test on CUDA with its real CUDA OOM storm), then
 # scripts/gpu-serve-bench.sh (decode_bench, the three mixes at 1..256 streams, HTTP, the OOM storm
-# through the server) in the time left. The device tool brings back only a few files, so every
+# through the server) in the time left, then scripts/gpu-vision-bench.sh (the phone agent) when at
+# least 150 s are left. The device tool brings back only a few files, so every
 # result is also printed to stdout. GLMSERVE_PROOF_DURATION (6s) sets the serve bench's levels;
 # GLMSERVE_PROOF_DEADLINE_S (585) the second, counted from the start, by which it must end.
 set -uo pipefail
@@ -19,7 +20,7 @@ status=0
 summary() {  # label rc log: the gtest verdict lines and failures
   echo "$1: rc=$2 at $(elapsed) s"
   grep -E "^\[  (PASSED|FAILED) " "$3" | head -5
-  grep -E "FAILED|OOM storm" "$3" | head -8
+  grep -E "FAILED|OOM storm" "$3" | cut -c1-220 | head -8  # the device returns the last 12,000 characters
   [ "$2" = 0 ] || status=1
 }
 
@@ -81,5 +82,18 @@ cat "$out/serve_decode_bench.md" "$out/serve_table.md" "$out/serve_oom.md" 2>/de
 grep -E "^glmserve_(prefix|oom|requests)" "$out/serve_bench.log" | head -20
 echo "OOM lines in the storm's server log: $(grep -c -i 'out of memory' "$out/serve_oom.log" 2>/dev/null)"
 grep -iE "memory capped|out of memory|graphs off" "$out/serve_oom.log" 2>/dev/null | cut -c1-300 | head -4
-rm -f "$out"/*.json "$out"/serve_*.log
+
+# The first customer's workload (Open-AutoGLM's phone agent over the OpenAI HTTP API, one
+# screenshot a step) in the time left, when there is enough for its server and 16 agents.
+left=$((deadline - $(elapsed)))
+if [ "$left" -ge 150 ]; then
+  timeout $((left - 5)) bash scripts/gpu-vision-bench.sh >"$out/vision.log" 2>&1
+  rc=$?
+  echo "gpu-vision-bench: rc=$rc at $(elapsed) s"
+  tail -25 "$out/vision.log"
+  [ "$rc" = 0 ] || status=1
+else
+  echo "gpu-vision-bench: skipped, $left s left"
+fi
+rm -f "$out"/*.json "$out"/serve_*.log "$out"/vision_*.txt
 exit $status
