@@ -497,8 +497,19 @@ def tls_slow_clients(args, p):
         check(s == 503 and err.get("code") == "too_many_connections" and err.get("type") == "service_unavailable_error"
               and h.get("retry-after") == "1" and dt < 1.0,
               f"TLS connection over --http-max-connections 8: 503 too_many_connections over TLS ({s} {err}, {dt:.3f} s)")
-        silent = [socket.create_connection(("127.0.0.1", server.http_port), timeout=10) for _ in range(16)]
-        time.sleep(0.2)
+        # The 503 above ran on a refusal thread, which may still be ending on a loaded machine: then
+        # one of the 16 silent connections below finds every thread taken and is closed at once,
+        # leaving a thread free for the extra one. Let it end, and replace any silent connection
+        # closed anyway, so that all 16 threads are busy when the extra one arrives.
+        time.sleep(0.5)
+        silent = []
+        for _ in range(2):
+            silent += [socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+                       for _ in range(16 - len(silent))]
+            time.sleep(0.2)
+            for sock in [sock for sock in silent if not still_open(sock)]:
+                sock.close()
+                silent.remove(sock)
         t1 = time.monotonic()
         extra = socket.create_connection(("127.0.0.1", server.http_port), timeout=5)
         try:
@@ -518,6 +529,21 @@ def tls_slow_clients(args, p):
         check(s == 200, f"HTTPS /health once the connections closed ({s})")
     finally:
         server.stop()
+
+
+def still_open(sock):
+    """True when the peer has neither closed `sock` nor sent anything on it (a non-blocking peek)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: answered
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+        sock.settimeout(10)
 
 
 def bad_flags(args, p, tmp):
