@@ -507,7 +507,10 @@ def tls_slow_clients(args, p):
             silent += [socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
                        for _ in range(16 - len(silent))]
             time.sleep(0.2)
-            for sock in [sock for sock in silent if not still_open(sock)]:
+            closed = [sock for sock in silent if not still_open(sock)]
+            if not closed:
+                break
+            for sock in closed:
                 sock.close()
                 silent.remove(sock)
         t1 = time.monotonic()
