@@ -11,12 +11,16 @@
 namespace glmserve::kernels {
 namespace {
 
-// ---- Rotary + KV write: one block per (token, head) ----
-// A block per head rather than per token: a decode step has few tokens (one per sequence), and a
-// block walking all of a token's heads serially was most of the kernel's time (4.7 us at batch
-// 64, 4.3 at batch 1 on an H100). Each thread owns pairs (2p, 2p + 1) of its head; blocks of the
-// KV heads also copy their rotated k and their v into the cache slot.
-constexpr int kRotaryThreads = 64;
+// ---- Rotary + KV write: a warp per (token, head), a few heads a block ----
+// A warp per head rather than a block per token: a decode step has few tokens (one per sequence),
+// and a block walking all of a token's heads serially was most of the kernel's time (4.7 us at
+// batch 64, 4.3 at batch 1 on an H100). A warp rather than a block of 64 threads per head: a query
+// head rotates 32 pairs (GLM's rotary covers half of its 128 dims), and with a block a head a
+// 128-row step (4,608 blocks) took two waves. Each lane owns pairs (2p, 2p + 1) of its head; the
+// KV heads' warps also copy their rotated k and their v into the cache slot.
+constexpr int kRotaryHeadThreads = 32;
+constexpr int kRotaryHeadsPerBlock = 4;
+constexpr int kRotaryThreads = kRotaryHeadThreads * kRotaryHeadsPerBlock;
 
 template <typename T>
 __device__ __forceinline__ void RotatePair(float position, float freq, float& even, float& odd) {
@@ -35,7 +39,9 @@ __global__ void __launch_bounds__(kRotaryThreads)
                         const int64_t* __restrict__ slots, T* __restrict__ k_cache, T* __restrict__ v_cache,
                         RotaryKvShape s) {
   AllowDependentsThenWait();
-  const int t = blockIdx.x, head = blockIdx.y;  // heads: the query heads, then the KV heads
+  // Heads: the query heads, then the KV heads.
+  const int t = blockIdx.x, head = blockIdx.y * kRotaryHeadsPerBlock + threadIdx.x / kRotaryHeadThreads;
+  if (head >= s.num_heads + s.num_kv_heads) return;
   T* row = qkv + t * s.qkv_row_stride;
   T* x = row + static_cast<int64_t>(head) * s.head_dim;
   const int half_rotary = s.rotary_dim / 2, pairs = (s.head_dim + 1) / 2;
@@ -44,7 +50,7 @@ __global__ void __launch_bounds__(kRotaryThreads)
   const int64_t kv_size = static_cast<int64_t>(s.num_kv_heads) * s.head_dim;
   const int64_t cache_offset = kv_head ? slots[t] * kv_size + static_cast<int64_t>(head - s.num_heads) * s.head_dim : 0;
   const int limit = kv_head ? pairs : half_rotary;  // a query head's unrotated dims stay as they are
-  for (int p = threadIdx.x; p < limit; p += kRotaryThreads) {
+  for (int p = threadIdx.x % kRotaryHeadThreads; p < limit; p += kRotaryHeadThreads) {
     const int e = 2 * p, o = 2 * p + 1;  // o == head_dim for an odd head_dim's last element
     const bool has_odd = o < s.head_dim;
     T even = x[e], odd = has_odd ? x[o] : T();
@@ -266,8 +272,9 @@ bool RotaryKvWriteCuda(void* qkv, const int64_t* positions, const float* inv_fre
   }
   if (s.tokens == 0) return true;
   auto st = static_cast<cudaStream_t>(stream);
-  if (s.num_heads + s.num_kv_heads > 65535) return false;
-  const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(s.num_heads + s.num_kv_heads));
+  const int head_blocks = (s.num_heads + s.num_kv_heads + kRotaryHeadsPerBlock - 1) / kRotaryHeadsPerBlock;
+  if (head_blocks > 65535) return false;
+  const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(head_blocks));
   switch (type) {
     case ElementType::kFloat32:
       return LaunchKernel(RotaryKvWriteKernel<float>, grid, dim3(kRotaryThreads), 0, st, static_cast<float*>(qkv),
