@@ -85,6 +85,7 @@ struct Record {
   double ttft_ms = -1;  // client side, streaming only
   int prompt_tokens = 0;
   int generated = 0;
+  int window_tokens = 0;  // ids that arrived inside the level's steady-state window
   double queue_ms = -1, server_ttft_ms = -1;
 };
 
@@ -122,6 +123,7 @@ class Level {
   void StopHttpWorkers();
   void Finish(Record r, std::vector<double> itl);
   bool StopSending() const;
+  bool InSteadyWindow(Clock::time_point t) const { return t >= steady_start_ && t < send_end_; }
   v1::InferRequest MakeRequest();
   void ProgressLoop();
 
@@ -144,7 +146,7 @@ class Level {
   std::vector<int32_t> shared_prefix_;  // --shared-prefix-len, drawn on first use (under gen_mu_)
   std::mt19937_64 gen_;
 
-  Clock::time_point start_, send_end_;
+  Clock::time_point start_, send_end_, steady_start_;
   std::atomic<int64_t> sent_{0}, dropped_{0}, in_flight_{0}, ok_{0}, failed_{0}, tokens_{0};
   std::atomic<bool> stop_sending_{false};
 
@@ -216,6 +218,7 @@ class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
       }
       last_ = now;
       rec_.generated += n;
+      if (level_->InSteadyWindow(now)) rec_.window_tokens += n;
     }
     if (msg_.finish_reason() != v1::UNSPECIFIED) {
       rec_.queue_ms = msg_.queue_ms();
@@ -277,6 +280,7 @@ void Level::Issue(Clock::time_point intended) {
     r.prompt_tokens = call->req.input_ids_size();
     if (s.ok()) {
       r.generated = call->resp.has_usage() ? call->resp.usage().completion_tokens() : call->resp.output_ids_size();
+      if (InSteadyWindow(Clock::now())) r.window_tokens = r.generated;
       r.queue_ms = call->resp.queue_ms();
       r.server_ttft_ms = call->resp.ttft_ms();
     }
@@ -408,6 +412,7 @@ Record Level::CallHttp(httplib::Client& cli, const HttpJob& job, std::vector<dou
             }
             last = now;
             counted += ev.tokens;
+            if (InSteadyWindow(now)) rec.window_tokens += ev.tokens;
           }
         }
       }
@@ -437,6 +442,7 @@ Record Level::CallHttp(httplib::Client& cli, const HttpJob& job, std::vector<dou
       rec.error = "bad_response";
     } else {
       rec.generated = j["usage"].value("completion_tokens", 0);
+      if (InSteadyWindow(Clock::now())) rec.window_tokens = rec.generated;
     }
   }
   return rec;
@@ -501,6 +507,7 @@ LevelResult Level::Run() {
   start_ = Clock::now();
   const double duration = opts_.duration_s > 0 ? opts_.duration_s : (opts_.requests > 0 ? 1e7 : 10.0);
   send_end_ = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(duration));
+  steady_start_ = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts_.warmup_s));
   last_done_ = start_;
   std::thread progress;
   if (opts_.progress) progress = std::thread([this] { ProgressLoop(); });
@@ -554,6 +561,7 @@ LevelResult Level::Run() {
     ++r.ok;
     r.prompt_tokens += rec.prompt_tokens;
     r.generated_tokens += rec.generated;
+    r.steady_generated_tokens += rec.window_tokens;
     lat.push_back(rec.latency_ms);
     if (rec.ttft_ms >= 0) ttft.push_back(rec.ttft_ms);
     if (rec.queue_ms >= 0) queue.push_back(rec.queue_ms);
@@ -562,6 +570,12 @@ LevelResult Level::Run() {
   if (r.elapsed_s > 0) {
     r.requests_per_s = r.ok / r.elapsed_s;
     r.generated_tokens_per_s = r.generated_tokens / r.elapsed_s;
+  }
+  // The window ends where sending did (a level cut short by --requests ends it at its last reply).
+  const Clock::time_point steady_end = std::min(send_end_, last_done_);
+  if (steady_end > steady_start_) {
+    r.steady_window_s = std::chrono::duration<double>(steady_end - steady_start_).count();
+    r.steady_generated_tokens_per_s = r.steady_generated_tokens / r.steady_window_s;
   }
   r.latency_ms = Summarize(std::move(lat));
   r.ttft_ms = Summarize(std::move(ttft));
@@ -716,6 +730,10 @@ void Register(flags::FlagSet& set, Options& o, bool& no_progress) {
   set.Int("requests", &o.requests, 1, int64_t{1} << 40,
           "per level: stop after sending N (with --duration: whichever first)")
       .DefaultText("");
+  set.Duration("warmup", &o.warmup_s, 0, 1e7,
+               "per level: ids arriving in the first T are left out of \"steady tok/s\" (sending goes on); "
+               "the drain after sending stops is always left out")
+      .ValueName("T");
   set.Int("deadline-ms", &o.deadline_ms, 1, int64_t{1} << 40, "per-request deadline");
   set.Int("max-in-flight", &o.max_in_flight, 1, 1000000,
           "open loop: arrivals beyond N in flight are dropped (counted)");
@@ -800,6 +818,11 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
   }
   if (o.shared_prefix_len > 0 && !o.prompt_file.empty()) {
     return absl::InvalidArgumentError("--shared-prefix-len: prompts come from --prompt-file; use one or the other");
+  }
+  if (o.duration_s > 0 && o.warmup_s >= o.duration_s) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--warmup: %gs leaves no steady-state window in a --duration of %gs; it must be shorter",
+                        o.warmup_s, o.duration_s));
   }
   if (!o.labels.empty() && o.labels.size() != o.from_json.size()) {
     return absl::InvalidArgumentError("--labels: one per --from-json file");
@@ -935,8 +958,8 @@ absl::StatusOr<Report> RunLoad(const Options& opts) {
 std::string FormatTable(const Report& r) {
   std::vector<std::vector<std::string>> rows;
   const bool open = !r.levels.empty() && r.levels[0].mode == "open";
-  rows.push_back({open ? "rate/s" : "conc", "ok", "errors", "req/s", "tok/s", "lat p50", "p90", "p99", "max",
-                  "ttft p50", "p99", "itl p50", "p99", "queue p50", "p99"});
+  rows.push_back({open ? "rate/s" : "conc", "ok", "errors", "req/s", "tok/s", "steady tok/s", "lat p50", "p90", "p99",
+                  "max", "ttft p50", "p99", "itl p50", "p99", "queue p50", "p99"});
   for (const LevelResult& l : r.levels) {
     std::string errors;
     for (const auto& [code, n] : l.errors) absl::StrAppend(&errors, errors.empty() ? "" : ",", code, "=", n);
@@ -945,6 +968,7 @@ std::string FormatTable(const Report& r) {
     const Summary& lat = l.latency_ms;
     rows.push_back({open ? absl::StrFormat("%.4g", l.rate) : absl::StrCat(l.concurrency), absl::StrCat(l.ok), errors,
                     absl::StrFormat("%.2f", l.requests_per_s), absl::StrFormat("%.1f", l.generated_tokens_per_s),
+                    l.steady_window_s > 0 ? absl::StrFormat("%.1f", l.steady_generated_tokens_per_s) : "-",
                     Cell(lat.p50, lat), Cell(lat.p90, lat), Cell(lat.p99, lat), Cell(lat.max, lat),
                     Cell(l.ttft_ms.p50, l.ttft_ms), Cell(l.ttft_ms.p99, l.ttft_ms),
                     Cell(l.inter_token_ms.p50, l.inter_token_ms, "%.2f"),
@@ -987,6 +1011,7 @@ std::string ToJson(const Report& r) {
                  {"rate", o.rate},
                  {"sweep", o.sweep},
                  {"duration_s", o.duration_s},
+                 {"warmup_s", o.warmup_s},
                  {"requests", o.requests},
                  {"prompt_len", {o.prompt_len.lo, o.prompt_len.hi}},
                  {"shared_prefix_len", o.shared_prefix_len},
@@ -1023,6 +1048,9 @@ std::string ToJson(const Report& r) {
               {"generated_tokens", l.generated_tokens},
               {"requests_per_s", l.requests_per_s},
               {"generated_tokens_per_s", l.generated_tokens_per_s},
+              {"steady_generated_tokens", l.steady_generated_tokens},
+              {"steady_window_s", l.steady_window_s},
+              {"steady_generated_tokens_per_s", l.steady_generated_tokens_per_s},
               {"latency_ms", SummaryJson(l.latency_ms)},
               {"ttft_ms", SummaryJson(l.ttft_ms)},
               {"inter_token_ms", SummaryJson(l.inter_token_ms)},
@@ -1066,6 +1094,9 @@ absl::StatusOr<Report> FromJson(const std::string& text) {
     l.generated_tokens = e.value("generated_tokens", int64_t{0});
     l.requests_per_s = e.value("requests_per_s", 0.0);
     l.generated_tokens_per_s = e.value("generated_tokens_per_s", 0.0);
+    l.steady_generated_tokens = e.value("steady_generated_tokens", int64_t{0});
+    l.steady_window_s = e.value("steady_window_s", 0.0);
+    l.steady_generated_tokens_per_s = e.value("steady_generated_tokens_per_s", 0.0);
     l.latency_ms = SummaryFrom(e.value("latency_ms", json()));
     l.ttft_ms = SummaryFrom(e.value("ttft_ms", json()));
     l.inter_token_ms = SummaryFrom(e.value("inter_token_ms", json()));
@@ -1094,6 +1125,10 @@ std::string CompareMarkdown(const std::vector<Report>& reports, const std::vecto
   const std::vector<Col> cols = {
       {"req/s", [](const LevelResult& l) { return absl::StrFormat("%.2f", l.requests_per_s); }},
       {"tok/s", [](const LevelResult& l) { return absl::StrFormat("%.0f", l.generated_tokens_per_s); }},
+      {"steady tok/s",
+       [](const LevelResult& l) {
+         return l.steady_window_s > 0 ? absl::StrFormat("%.0f", l.steady_generated_tokens_per_s) : std::string("-");
+       }},
       {"p50 ms", [](const LevelResult& l) { return Cell(l.latency_ms.p50, l.latency_ms, "%.0f"); }},
       {"p99 ms", [](const LevelResult& l) { return Cell(l.latency_ms.p99, l.latency_ms, "%.0f"); }},
       {"TTFT p50 ms", [](const LevelResult& l) { return Cell(l.ttft_ms.p50, l.ttft_ms, "%.0f"); }},

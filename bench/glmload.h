@@ -32,6 +32,11 @@ struct Options {
   // (0 = unset; with neither set, 10 s). In-flight requests then finish (their deadline bounds it).
   double duration_s = 0;
   int64_t requests = 0;
+  // The steady-state window of each level is [start + warmup_s, end of sending): only ids that
+  // arrive inside it count toward steady_generated_tokens_per_s. The level still sends during the
+  // warm-up; what it leaves out is the ramp (every stream's first prompt at once) and, always, the
+  // drain after sending stops (where fewer than --concurrency requests are in flight).
+  double warmup_s = 0;
   IntDist prompt_len{32, 32};
   // The first this many tokens of every --prompt-len prompt are one sequence drawn once from the
   // seed (a shared system prompt: what the server's prefix caching reuses); the rest are random.
@@ -87,6 +92,11 @@ struct LevelResult {
   std::map<std::string, int64_t> errors;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double requests_per_s = 0, generated_tokens_per_s = 0;
+  // Ids that arrived inside the steady-state window (Options::warmup_s) of requests that ended ok
+  // (streaming: as each message arrives; unary: all at the reply), over that window's length.
+  // Window 0 (e.g. --requests ended sending before the warm-up did): not measured.
+  int64_t steady_generated_tokens = 0;
+  double steady_window_s = 0, steady_generated_tokens_per_s = 0;
   Summary latency_ms, ttft_ms, inter_token_ms, queue_ms, server_ttft_ms;
 };
 

@@ -11,8 +11,10 @@
 #   4. one level through the OpenAI HTTP API, streaming (glmload --http);
 #   5. GET /metrics once with curl (the machine's curl, no prefix libraries: --metrics-port works);
 #   6. SIGTERM, bounded wait for the drain;
-#   7. $OUT/serve_table.md: mix, streams, tok/s, ratio to decode_bench at that batch, TTFT and ITL
-#      p50/p99 (from glmload's --json-out), errors.
+#   7. $OUT/serve_table.md: mix, streams, tok/s, ratio to decode_bench at that batch, steady tok/s
+#      and its ratio (ids that arrived between GLMSERVE_SERVE_WARMUP, 1s, into the level and the end
+#      of sending: no start-up burst, no drain), TTFT and ITL p50/p99 (from glmload's --json-out),
+#      errors.
 # Before 2-7, each in a server of its own (so the sweep's server runs without them):
 #   P. GLMSERVE_SERVE_PROFILE=1 (default; 0 skips): Kineto profile of GLMSERVE_PROFILE_STEPS (64) executor steps at
 #      GLMSERVE_PROFILE_STREAMS (64) streams (eos ignored), after GLMSERVE_PROFILE_AFTER_STEPS (600) steps of that load, grouped
@@ -46,6 +48,7 @@ build="${GLMSERVE_BUILD_DIR:-.gpu/build}"
 model="${GLMSERVE_SERVE_MODEL:-bench/configs/glm-4-9b-chat-hf}"
 levels="${GLMSERVE_SERVE_LEVELS:-1,8,32,64,128,256}"
 duration="${GLMSERVE_SERVE_DURATION:-15s}"
+warmup="${GLMSERVE_SERVE_WARMUP:-1s}"
 mixes="${GLMSERVE_SERVE_MIXES:-eos_ignored eos open_autoglm}"
 http_concurrency="${GLMSERVE_SERVE_HTTP_CONCURRENCY:-64}"
 max_batch="${GLMSERVE_SERVE_MAX_BATCH:-256}"
@@ -201,7 +204,7 @@ start_server "$out/serve.log"
 load() {  # load NAME SEED FLAGS...: glmload through gRPC, streaming, the sweep
   local name=$1 seed=$2; shift 2
   echo "== glmload $name: $*"
-  glmload_grpc --sweep "$levels" --duration "$duration" --prompt-len 128 --max-new-tokens 128 --seed "$seed" \
+  glmload_grpc --sweep "$levels" --duration "$duration" --warmup "$warmup" --prompt-len 128 --max-new-tokens 128 --seed "$seed" \
     --json-out "$out/serve_$name.json" "$@" >"$out/serve_$name.md" 2>"$out/serve_$name.log" \
     || { echo "glmload $name: exit $? (errors or failed; $out/serve_$name.log)"; status=1; }
   cat "$out/serve_$name.md"
@@ -222,7 +225,7 @@ done
 if [ "${GLMSERVE_SERVE_HTTP:-1}" = 1 ]; then
   echo "== glmload http: --concurrency $http_concurrency through /v1/completions, streaming"
   "$build/bench/glmload" --http --target "127.0.0.1:$http_port" --stream --concurrency "$http_concurrency" \
-    --duration "$duration" --prompt-len 128 --max-new-tokens 128 --ignore-eos true --vocab-size "$vocab" --seed 4 \
+    --duration "$duration" --warmup "$warmup" --prompt-len 128 --max-new-tokens 128 --ignore-eos true --vocab-size "$vocab" --seed 4 \
     --deadline-ms 300000 --no-progress --json-out "$out/serve_http.json" >"$out/serve_http.md" 2>"$out/serve_http.log" \
     || { echo "glmload http: exit $? ($out/serve_http.log)"; status=1; }
   cat "$out/serve_http.md"
@@ -255,8 +258,9 @@ if os.path.exists(path):
             decode[int(m.group(1))] = float(m.group(2))
 rows = [("eos_ignored", "gRPC, --ignore-eos true"), ("eos", "gRPC, --ignore-eos false"),
         ("open_autoglm", "gRPC, Open-AutoGLM (T 0, top_p 0.85, freq 0.2)"), ("http", "HTTP SSE, --ignore-eos true")]
-print("| mix | streams | tok/s | decode_bench tok/s | ratio | TTFT p50 / p99 ms | ITL p50 / p99 ms | ok / errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| mix | streams | tok/s | decode_bench tok/s | ratio | steady tok/s | steady ratio | TTFT p50 / p99 ms | "
+      "ITL p50 / p99 ms | ok / errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name, label in rows:
     p = os.path.join(out, f"serve_{name}.json")
     if not os.path.exists(p):
@@ -264,7 +268,7 @@ for name, label in rows:
     try:
         report = json.load(open(p))
     except ValueError:
-        print(f"| {label} | - | unreadable {p} | | | | | |")
+        print(f"| {label} | - | unreadable {p} | | | | | | | |")
         continue
     for lv in report.get("levels", []):
         n = lv.get("concurrency", 0)
@@ -272,8 +276,11 @@ for name, label in rows:
         ttft, itl = lv.get("ttft_ms", {}), lv.get("inter_token_ms", {})
         ref = decode.get(n)
         ratio = f"{tps / ref:.0%}" if ref else "-"
+        steady = lv.get("steady_generated_tokens_per_s", 0.0) if lv.get("steady_window_s", 0.0) > 0 else None
+        steady_cell = f"{steady:,.1f}" if steady is not None else "-"
+        steady_ratio = f"{steady / ref:.0%}" if ref and steady is not None else "-"
         errors = sum(lv.get("errors", {}).values()) if isinstance(lv.get("errors"), dict) else lv.get("errors", 0)
-        print(f"| {label} | {n} | {tps:,.1f} | {f'{ref:,.1f}' if ref else '-'} | {ratio} | "
+        print(f"| {label} | {n} | {tps:,.1f} | {f'{ref:,.1f}' if ref else '-'} | {ratio} | {steady_cell} | {steady_ratio} | "
               f"{ttft.get('p50', 0):.1f} / {ttft.get('p99', 0):.1f} | {itl.get('p50', 0):.2f} / {itl.get('p99', 0):.2f} | "
               f"{lv.get('requests_ok', 0)} / {errors} |")
 EOF

@@ -29,13 +29,15 @@ if [ "${1:-}" = "--glmload" ]; then
   expect "--http: the HTTP API does not report the vocabulary size; set --vocab-size" "$glmload" "${t[@]}" --http
   expect "--vocab-size: '0' is not an integer" "$glmload" "${t[@]}" --http --vocab-size 0
   expect "--duration: '5x' is not a duration" "$glmload" "${t[@]}" --duration 5x
+  expect "--warmup: 5s leaves no steady-state window in a --duration of 2s" "$glmload" "${t[@]}" --duration 2s --warmup 5s
+  expect "--warmup: '-1s' is not a duration" "$glmload" "${t[@]}" --warmup=-1s
   expect "--concurrency: '0' is not an integer in [1, 100000]" "$glmload" "${t[@]}" --concurrency 0
   expect "--ignore-eos: 'maybe' is not true|false" "$glmload" "${t[@]}" --ignore-eos maybe
   expect "--prompt-len: 'uniform:9:3' is not N, fixed:N or uniform:A:B" "$glmload" "${t[@]}" --prompt-len uniform:9:3
   expect "unknown flag '--bogus'" "$glmload" "${t[@]}" --bogus 1
   # --help lists the new flags.
   help="$("$glmload" --help)"
-  for flag in --top-p --frequency-penalty --presence-penalty --repetition-penalty --http; do
+  for flag in --top-p --frequency-penalty --presence-penalty --repetition-penalty --http --warmup; do
     if [[ "$help" != *"$flag"* ]]; then echo "FAIL: --help does not list $flag"; failures=$((failures + 1)); fi
   done
   [ "$failures" -eq 0 ] && echo "glmload flag errors: ok"

@@ -69,7 +69,8 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   ASSERT_EQ(j["levels"].size(), 2u);
   for (const auto& l : j["levels"]) {
     for (const char* k : {"concurrency", "elapsed_s", "requests_sent", "requests_ok", "errors", "requests_per_s",
-                          "generated_tokens_per_s", "latency_ms", "ttft_ms", "inter_token_ms", "queue_ms"}) {
+                          "generated_tokens_per_s", "steady_generated_tokens_per_s", "steady_window_s", "latency_ms",
+                          "ttft_ms", "inter_token_ms", "queue_ms"}) {
       EXPECT_TRUE(l.contains(k)) << k;
     }
     for (const char* k : {"p50", "p90", "p99", "max"}) EXPECT_TRUE(l["latency_ms"].contains(k)) << k;

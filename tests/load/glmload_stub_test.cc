@@ -187,6 +187,45 @@ TEST_F(GlmloadStubTest, StreamMeasuresTtftAndInterToken) {
   EXPECT_DOUBLE_EQ(l.queue_ms.p50, 3.0);
 }
 
+// The steady-state window is [start + warmup, end of sending): ids that arrive after sending
+// stopped (the drain) or during the warm-up are left out; the level's tok/s keeps them.
+TEST_F(GlmloadStubTest, SteadyWindowLeavesOutWarmupAndDrain) {
+  for (const bool stream : {true, false}) {
+    SCOPED_TRACE(stream ? "stream" : "unary");
+    opts_.stream = stream;
+    opts_.concurrency = 2;
+    // No id before 0.6 s, sending ends at 0.4 s: every id arrives in the drain.
+    service_.delay_ms = 600;
+    opts_.duration_s = 0.4;
+    opts_.warmup_s = 0.1;
+    auto drained = RunLoad(opts_);
+    ASSERT_TRUE(drained.ok()) << drained.status();
+    const LevelResult& d = drained->levels[0];
+    EXPECT_EQ(d.ok, 2);
+    EXPECT_EQ(d.generated_tokens, 6);
+    EXPECT_GT(d.generated_tokens_per_s, 0);
+    EXPECT_EQ(d.steady_generated_tokens, 0);
+    EXPECT_NEAR(d.steady_window_s, 0.3, 1e-6);
+    EXPECT_EQ(d.steady_generated_tokens_per_s, 0);
+
+    // Answered at once: ids arrive all through the level, the warm-up's are left out.
+    service_.delay_ms = 0;
+    opts_.duration_s = 0.5;
+    opts_.warmup_s = 0.2;
+    auto busy = RunLoad(opts_);
+    ASSERT_TRUE(busy.ok()) << busy.status();
+    const LevelResult& b = busy->levels[0];
+    EXPECT_GT(b.steady_generated_tokens, 0);
+    EXPECT_LT(b.steady_generated_tokens, b.generated_tokens);
+    EXPECT_NEAR(b.steady_window_s, 0.3, 1e-6);
+    EXPECT_DOUBLE_EQ(b.steady_generated_tokens_per_s, b.steady_generated_tokens / b.steady_window_s);
+    // A unary reply's ids arrive together: each counts whole or not at all.
+    if (!stream) EXPECT_EQ(b.steady_generated_tokens % 3, 0);
+    const std::string table = FormatTable(*busy);
+    EXPECT_NE(table.find("steady tok/s"), std::string::npos) << table;
+  }
+}
+
 TEST_F(GlmloadStubTest, DeadlinesCountAsErrorsByCode) {
   service_.delay_ms = 2000;
   opts_.concurrency = 2;
