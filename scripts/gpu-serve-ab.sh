@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu-build.sh built .gpu/build: the server at a few load levels
+# under several sets of serve flags, one server each, in the order given (repeat a set to see the
+# drift between the first and the last), so settings compare within one call and one card.
+#   bash scripts/gpu-serve-ab.sh "" "--mixed-step-rows 128 --max-prefill-tokens-with-decodes 64" ""
+# Each set runs scripts/gpu-serve-bench.sh with GLMSERVE_SERVE_FLAGS=<set>, no decode_bench, no
+# profile, no HTTP level, no OOM storm; GLMSERVE_SERVE_LEVELS (32,64), GLMSERVE_SERVE_MIXES
+# ("eos_ignored open_autoglm"), GLMSERVE_SERVE_DURATION (8s) and GLMSERVE_SERVE_WARMUP (1s) pass
+# through. Prints one line per set, mix and level (tok/s over the level, steady tok/s, TTFT and
+# ITL p50 / p99); the device tool returns few files, so stdout carries everything.
+set -uo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root" || exit 1
+out="${OUT:-$repo_root/.gpu/out}"
+[ "$#" -gt 0 ] || { echo "usage: gpu-serve-ab.sh FLAGS [FLAGS ...] (\"\" = the defaults)"; exit 2; }
+status=0
+i=0
+for flags in "$@"; do
+  i=$((i + 1))
+  dir="$out/ab$i"
+  mkdir -p "$dir"
+  OUT="$dir" GLMSERVE_SERVE_FLAGS="$flags" GLMSERVE_SERVE_LEVELS="${GLMSERVE_SERVE_LEVELS:-32,64}" \
+    GLMSERVE_SERVE_MIXES="${GLMSERVE_SERVE_MIXES:-eos_ignored open_autoglm}" \
+    GLMSERVE_SERVE_DURATION="${GLMSERVE_SERVE_DURATION:-8s}" GLMSERVE_SERVE_DECODE_BENCH=0 GLMSERVE_SERVE_PROFILE=0 \
+    GLMSERVE_SERVE_HTTP=0 GLMSERVE_SERVE_OOM=0 bash scripts/gpu-serve-bench.sh >"$dir/ab.log" 2>&1 || status=1
+  python3 - "$dir" "$i" "${flags:-defaults}" <<'EOF'
+import json, os, sys
+d, i, flags = sys.argv[1:]
+for mix in ("eos_ignored", "eos", "open_autoglm"):
+    p = os.path.join(d, f"serve_{mix}.json")
+    if not os.path.exists(p):
+        continue
+    for lv in json.load(open(p)).get("levels", []):
+        t, itl = lv.get("ttft_ms", {}), lv.get("inter_token_ms", {})
+        errors = sum(lv.get("errors", {}).values())
+        print(f"ab{i} [{flags}] {mix} {lv.get('concurrency')}: {lv.get('generated_tokens_per_s', 0):,.1f} tok/s, "
+              f"steady {lv.get('steady_generated_tokens_per_s', 0):,.1f}, TTFT {t.get('p50', 0):.1f} / "
+              f"{t.get('p99', 0):.1f}, ITL {itl.get('p50', 0):.2f} / {itl.get('p99', 0):.2f}, errors {errors}")
+EOF
+  [ -f "$dir/serve_eos_ignored.json" ] || { echo "ab$i [$flags]: no result"; tail -5 "$dir/ab.log"; }
+done
+exit $status
