@@ -142,6 +142,12 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   if (o.mixed_step_rows < 0) {
     return absl::InvalidArgumentError(absl::StrCat("mixed_step_rows must be >= 0, got ", o.mixed_step_rows));
   }
+  if (o.thin_prefill_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("thin_prefill_tokens must be >= 0, got ", o.thin_prefill_tokens));
+  }
+  if (o.thin_prefill_max_wait.count() < 0) {
+    return absl::InvalidArgumentError("thin_prefill_max_wait must be >= 0");
+  }
   if (o.prefill_spread_steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat("prefill_spread_steps must be >= 0, got ", o.prefill_spread_steps));
   }
@@ -587,8 +593,18 @@ engine_internal::Sequence* Scheduler::PopBestWaiting(TimePoint now, bool pop) {
   return s;
 }
 
-void Scheduler::CapPrefillBudget(int32_t decodes, int32_t* budget) const {
+void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget) const {
   if (decodes == 0) return;
+  if (options_.thin_prefill_tokens > 0) {
+    TimePoint oldest = SummarizeWaiting().oldest;
+    for (const Sequence* s : running_) {
+      if (!s->decoding()) oldest = std::min(oldest, s->submit_time);
+    }
+    // Nobody waiting is "oldest = max": thin.
+    if (oldest == TimePoint::max() || now - oldest <= options_.thin_prefill_max_wait) {
+      *budget = std::min(*budget, options_.thin_prefill_tokens);
+    }
+  }
   int32_t cap = options_.max_prefill_tokens_with_decodes;  // 0 = none
   const int32_t rows = options_.mixed_step_rows;
   if (rows > 0 && decodes <= rows / 4) {
@@ -639,7 +655,7 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
   //    preempts the newest running one (possibly itself). Prefills never need blocks here:
   //    admission reserved their whole prompt.
   for (int pass = 0; pass < 2; ++pass) {
-    if (pass == 1) CapPrefillBudget(decodes, &budget);
+    if (pass == 1) CapPrefillBudget(decodes, now, &budget);
     for (size_t i = 0; i < running_.size() && budget > 0;) {
       Sequence* s = running_[i];
       const bool decoding = s->decoding();

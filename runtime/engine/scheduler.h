@@ -92,6 +92,20 @@ struct SchedulerOptions {
   int32_t prefill_spread_steps = 0;
   // The least prefill a step that decodes is cut to by prefill_spread_steps. Must be >= 1.
   int32_t prefill_spread_min_tokens = 64;
+  // Thin prefill unless somebody waits: while sequences decode and every prompt not yet through
+  // its prefill (queued, or part-way) arrived less than thin_prefill_max_wait ago, a step carries
+  // at most this many prefill tokens (below what the caps above leave); once one has waited
+  // longer, the caps alone apply until no such prompt is left. Steady closed-loop serving on an
+  // H200 (GLM-4-9B, 128-token prompts and outputs) held 7-8% more tokens/s at 64 streams with 64
+  // prefill tokens a step than with the caps alone, and flat ITL, but a fixed thin budget lets
+  // prompts arriving together queue (TTFT p99 0.75 s) and falls behind at 128 streams, where
+  // prompts arrive faster than 64 tokens a step (bench/results/gpu.md, ninth session): the wait
+  // bound is what this adds to that budget. Not yet measured on a GPU in this form. 0 = off;
+  // must be >= 0.
+  int32_t thin_prefill_tokens = 0;
+  // How long a prompt may wait for its first token before the thin budget gives way. Must be >= 0
+  // (0: it gives way as soon as any prompt waits, i.e. only steps with nothing waiting are thin).
+  std::chrono::microseconds thin_prefill_max_wait{100000};
   // While sequences decode and no prompt is part-way through its prefill, new prompts are admitted
   // only once the waiting ones hold enough tokens to fill the step's prefill budget (what
   // max_prefill_tokens_with_decodes and mixed_step_rows leave), or the oldest of them has waited
@@ -224,7 +238,7 @@ class Scheduler {
   // Lowers the budget left for prefill when the step already holds `decodes` decode rows:
   // max_prefill_tokens_with_decodes, mixed_step_rows minus the decodes, and the backlog's share
   // (prefill_spread_steps).
-  void CapPrefillBudget(int32_t decodes, int32_t* budget) const;
+  void CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget) const;
   Sequence* PopBestWaiting(TimePoint now, bool pop);
   absl::StatusOr<StepResult> Execute(const PlannedStep& plan);
   void Commit(const PlannedStep& plan, const StepResult& result, TimePoint now);

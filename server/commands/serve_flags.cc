@@ -31,6 +31,7 @@ struct Staging {
   int64_t kv_cpu_mb = 0;
   int64_t queue_delay_us = 0;
   int64_t prefill_hold_us = 0;
+  int64_t thin_prefill_wait_ms = 100;
   int64_t prefill_cap = -1;      // unset: chosen by --device in Resolve
   int64_t mixed_step_rows = -1;  // unset: chosen by --device in Resolve
   int64_t tokens_per_step = -1;  // likewise
@@ -142,6 +143,12 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "while others decode, spread the waiting prompt tokens over about this many steps (0 = off)");
   set.Int("prefill-spread-min-tokens", &sched.prefill_spread_min_tokens, 1, kIntMax,
           "the least prefill --prefill-spread-steps cuts a step that decodes to");
+  set.Int("thin-prefill-tokens", &sched.thin_prefill_tokens, 0, kIntMax,
+          "while others decode, at most N prefill tokens a step until a prompt has waited "
+          "--thin-prefill-max-wait-ms for its first token (0 = off)")
+      .ValueName("N");
+  set.Int("thin-prefill-max-wait-ms", &s.thin_prefill_wait_ms, 0, kMsMax,
+          "how long a prompt may wait before --thin-prefill-tokens gives way to the caps");
   set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");
   set.Int("max-prefill-hold-us", &s.prefill_hold_us, 0, kMsMax,
           "while others decode, hold new prompts until they fill a step's prefill budget, at most this long");
@@ -214,6 +221,7 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
   f.executor.kv_cpu_budget_bytes = s.kv_cpu_mb << 20;
   sched.max_queue_delay = std::chrono::microseconds(s.queue_delay_us);
   sched.max_prefill_hold = std::chrono::microseconds(s.prefill_hold_us);
+  sched.thin_prefill_max_wait = std::chrono::milliseconds(s.thin_prefill_wait_ms);
   // Unset: a GPU caps the prefill of a step that also decodes at kGpuPrefillTokensWithDecodes (a
   // mixed step then takes at most ~1.5x a decode step at 64 streams on an H200, see
   // bench/results/gpu.md); the CPU, where prefill tokens cost as much as decode rows, has no cap.

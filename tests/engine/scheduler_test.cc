@@ -197,6 +197,47 @@ TEST(SchedulerTest, MixedStepsAreFilledToTheirRowsWhileDecodesTakeAQuarter) {
   EXPECT_EQ(PrefillChunkBeside(1, o), 9u);
 }
 
+// thin_prefill_tokens: beside decodes, a step's prefill is thin until a prompt not yet through
+// its prefill has waited longer than thin_prefill_max_wait; then the caps alone, until it is.
+TEST(SchedulerTest, ThinPrefillGivesWayOnceAPromptWaitsTooLong) {
+  SchedulerOptions o;
+  o.max_batch_size = 8;
+  o.max_tokens_per_step = 64;
+  o.max_prefill_tokens_with_decodes = 20;
+  o.thin_prefill_tokens = 4;
+  o.thin_prefill_max_wait = std::chrono::milliseconds(25);
+  Harness h(o, 4, 256);
+  h.executor.AdvanceClockPerStep(&h.clock, std::chrono::milliseconds(10));
+  h.Add(MakeRequest("d0", MakePrompt(1, 3), 40));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);  // nothing decodes yet: the whole prompt
+  h.Add(MakeRequest("p1", MakePrompt(2, 40), 2));
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  const auto batches = h.executor.batches();
+  EXPECT_EQ(ChunkSizes(batches[0]), (std::vector<size_t>{3}));
+  // p1 waited 0, 10, 20 ms: thin; 30 ms > 25: the cap (20) until it is through (4 + 4 + 4 + 20 + 8).
+  EXPECT_EQ(ChunkSizes(batches[1]), (std::vector<size_t>{1, 4}));
+  EXPECT_EQ(ChunkSizes(batches[2]), (std::vector<size_t>{1, 4}));
+  EXPECT_EQ(ChunkSizes(batches[3]), (std::vector<size_t>{1, 4}));
+  EXPECT_EQ(ChunkSizes(batches[4]), (std::vector<size_t>{1, 20}));
+  EXPECT_EQ(ChunkSizes(batches[5]), (std::vector<size_t>{1, 8}));
+  // The next prompt starts thin again.
+  h.Add(MakeRequest("p2", MakePrompt(3, 40), 2));
+  ASSERT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  const auto after = h.executor.batches();
+  ASSERT_GE(after.size(), 7u);
+  EXPECT_EQ(after[6].back().tokens.size(), 4u);
+  h.RunUntilIdle();
+  h.ExpectAllMatchReference();
+
+  o.thin_prefill_tokens = -1;
+  FakeClock clock;
+  FakeExecutor executor(4, 16, 1000);
+  EXPECT_FALSE(Scheduler::Create(o, &executor, &clock, TestModelInfo()).ok());
+  o.thin_prefill_tokens = 4;
+  o.thin_prefill_max_wait = std::chrono::microseconds(-1);
+  EXPECT_FALSE(Scheduler::Create(o, &executor, &clock, TestModelInfo()).ok());
+}
+
 // prefill_spread_steps: beside decodes, a step's prefill is the backlog (waiting prompts plus what
 // running prompts have left) over the spread steps, at least prefill_spread_min_tokens, at most
 // what the caps leave.

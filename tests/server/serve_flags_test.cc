@@ -31,16 +31,34 @@ TEST(ServeFlags, StepBudgetsDefaultByDevice) {
   EXPECT_EQ(gpu->engine.scheduler.max_prefill_tokens_with_decodes, 256);
   EXPECT_EQ(gpu->engine.scheduler.mixed_step_rows, 256);
   EXPECT_EQ(gpu->engine.scheduler.max_prefill_hold.count(), 0);  // measured no gain on a GPU
-  EXPECT_TRUE(gpu->engine.scheduler.prefix_caching);             // serve's default on every device
+  EXPECT_EQ(gpu->engine.scheduler.thin_prefill_tokens, 0);       // not yet measured in its bounded form
+  EXPECT_EQ(gpu->engine.scheduler.thin_prefill_max_wait, std::chrono::milliseconds(100));
+  EXPECT_TRUE(gpu->engine.scheduler.prefix_caching);  // serve's default on every device
   EXPECT_TRUE(cpu->engine.scheduler.prefix_caching);
 }
 
 TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
   for (const char* device : {"cpu", "cuda"}) {
-    absl::StatusOr<ServeFlags> f =
-        Parse({"--device", device, "--max-batch-tokens", "3000", "--max-prefill-tokens-with-decodes", "64",
-               "--mixed-step-rows", "128", "--max-prefill-hold-us", "20000", "--prefix-caching", "false",
-               "--prefill-spread-steps", "4", "--prefill-spread-min-tokens", "32"});
+    absl::StatusOr<ServeFlags> f = Parse({"--device",
+                                          device,
+                                          "--max-batch-tokens",
+                                          "3000",
+                                          "--max-prefill-tokens-with-decodes",
+                                          "64",
+                                          "--mixed-step-rows",
+                                          "128",
+                                          "--max-prefill-hold-us",
+                                          "20000",
+                                          "--prefix-caching",
+                                          "false",
+                                          "--prefill-spread-steps",
+                                          "4",
+                                          "--prefill-spread-min-tokens",
+                                          "32",
+                                          "--thin-prefill-tokens",
+                                          "64",
+                                          "--thin-prefill-max-wait-ms",
+                                          "250"});
     ASSERT_TRUE(f.ok()) << device << ": " << f.status();
     EXPECT_EQ(f->engine.scheduler.max_tokens_per_step, 3000) << device;
     EXPECT_EQ(f->engine.scheduler.max_prefill_tokens_with_decodes, 64) << device;
@@ -49,6 +67,8 @@ TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
     EXPECT_FALSE(f->engine.scheduler.prefix_caching) << device;
     EXPECT_EQ(f->engine.scheduler.prefill_spread_steps, 4) << device;
     EXPECT_EQ(f->engine.scheduler.prefill_spread_min_tokens, 32) << device;
+    EXPECT_EQ(f->engine.scheduler.thin_prefill_tokens, 64) << device;
+    EXPECT_EQ(f->engine.scheduler.thin_prefill_max_wait, std::chrono::milliseconds(250)) << device;
   }
 }
 
@@ -63,8 +83,11 @@ TEST(ServeFlags, StepBudgetBelowTheBatchIsRefusedNamingBothFlags) {
 // The flags this change added, and --prefix-caching (now on by default): a bad value is refused
 // before anything starts, naming the flag and the value.
 TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
-  const std::vector<std::vector<std::string>> bad = {
-      {"--prefill-spread-steps", "-1"}, {"--prefill-spread-min-tokens", "0"}, {"--prefix-caching", "yes"}};
+  const std::vector<std::vector<std::string>> bad = {{"--prefill-spread-steps", "-1"},
+                                                     {"--prefill-spread-min-tokens", "0"},
+                                                     {"--prefix-caching", "yes"},
+                                                     {"--thin-prefill-tokens", "-5"},
+                                                     {"--thin-prefill-max-wait-ms", "-1"}};
   for (const std::vector<std::string>& flag : bad) {
     absl::StatusOr<ServeFlags> f = Parse(flag);
     ASSERT_FALSE(f.ok()) << flag[0];
