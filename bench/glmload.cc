@@ -27,6 +27,8 @@
 #include <random>
 #include <sstream>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -85,7 +87,9 @@ struct Record {
   double ttft_ms = -1;  // client side, streaming only
   int prompt_tokens = 0;
   int generated = 0;
-  int window_tokens = 0;  // ids that arrived inside the level's steady-state window
+  // When ids arrived and how many (streaming: each message; unary: the reply), for the level's
+  // steady-state window, which is known only once the level ends.
+  std::vector<std::pair<Clock::time_point, int>> arrivals;
   double queue_ms = -1, server_ttft_ms = -1;
 };
 
@@ -123,7 +127,6 @@ class Level {
   void StopHttpWorkers();
   void Finish(Record r, std::vector<double> itl);
   bool StopSending() const;
-  bool InSteadyWindow(Clock::time_point t) const { return t >= steady_start_ && t < send_end_; }
   v1::InferRequest MakeRequest();
   void ProgressLoop();
 
@@ -146,7 +149,8 @@ class Level {
   std::vector<int32_t> shared_prefix_;  // --shared-prefix-len, drawn on first use (under gen_mu_)
   std::mt19937_64 gen_;
 
-  Clock::time_point start_, send_end_, steady_start_;
+  Clock::time_point start_, send_end_;
+  std::atomic<Clock::rep> last_send_{0};  // the latest Issue(), as Clock ticks since the epoch
   std::atomic<int64_t> sent_{0}, dropped_{0}, in_flight_{0}, ok_{0}, failed_{0}, tokens_{0};
   std::atomic<bool> stop_sending_{false};
 
@@ -218,7 +222,7 @@ class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
       }
       last_ = now;
       rec_.generated += n;
-      if (level_->InSteadyWindow(now)) rec_.window_tokens += n;
+      rec_.arrivals.emplace_back(now, n);
     }
     if (msg_.finish_reason() != v1::UNSPECIFIED) {
       rec_.queue_ms = msg_.queue_ms();
@@ -252,6 +256,9 @@ class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
 };
 
 void Level::Issue(Clock::time_point intended) {
+  const Clock::rep now = Clock::now().time_since_epoch().count();
+  for (Clock::rep seen = last_send_.load(); seen < now && !last_send_.compare_exchange_weak(seen, now);) {
+  }
   const int64_t n = sent_.fetch_add(1);
   in_flight_.fetch_add(1);
   v1::InferRequest req = MakeRequest();
@@ -280,7 +287,7 @@ void Level::Issue(Clock::time_point intended) {
     r.prompt_tokens = call->req.input_ids_size();
     if (s.ok()) {
       r.generated = call->resp.has_usage() ? call->resp.usage().completion_tokens() : call->resp.output_ids_size();
-      if (InSteadyWindow(Clock::now())) r.window_tokens = r.generated;
+      r.arrivals.emplace_back(Clock::now(), r.generated);
       r.queue_ms = call->resp.queue_ms();
       r.server_ttft_ms = call->resp.ttft_ms();
     }
@@ -412,7 +419,7 @@ Record Level::CallHttp(httplib::Client& cli, const HttpJob& job, std::vector<dou
             }
             last = now;
             counted += ev.tokens;
-            if (InSteadyWindow(now)) rec.window_tokens += ev.tokens;
+            rec.arrivals.emplace_back(now, ev.tokens);
           }
         }
       }
@@ -442,7 +449,7 @@ Record Level::CallHttp(httplib::Client& cli, const HttpJob& job, std::vector<dou
       rec.error = "bad_response";
     } else {
       rec.generated = j["usage"].value("completion_tokens", 0);
-      if (InSteadyWindow(Clock::now())) rec.window_tokens = rec.generated;
+      rec.arrivals.emplace_back(Clock::now(), rec.generated);
     }
   }
   return rec;
@@ -507,7 +514,6 @@ LevelResult Level::Run() {
   start_ = Clock::now();
   const double duration = opts_.duration_s > 0 ? opts_.duration_s : (opts_.requests > 0 ? 1e7 : 10.0);
   send_end_ = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(duration));
-  steady_start_ = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts_.warmup_s));
   last_done_ = start_;
   std::thread progress;
   if (opts_.progress) progress = std::thread([this] { ProgressLoop(); });
@@ -561,7 +567,6 @@ LevelResult Level::Run() {
     ++r.ok;
     r.prompt_tokens += rec.prompt_tokens;
     r.generated_tokens += rec.generated;
-    r.steady_generated_tokens += rec.window_tokens;
     lat.push_back(rec.latency_ms);
     if (rec.ttft_ms >= 0) ttft.push_back(rec.ttft_ms);
     if (rec.queue_ms >= 0) queue.push_back(rec.queue_ms);
@@ -571,10 +576,21 @@ LevelResult Level::Run() {
     r.requests_per_s = r.ok / r.elapsed_s;
     r.generated_tokens_per_s = r.generated_tokens / r.elapsed_s;
   }
-  // The window ends where sending did (a level cut short by --requests ends it at its last reply).
-  const Clock::time_point steady_end = std::min(send_end_, last_done_);
-  if (steady_end > steady_start_) {
-    r.steady_window_s = std::chrono::duration<double>(steady_end - steady_start_).count();
+  // The window: from the warm-up's end while every stream can still send, i.e. to the end of
+  // --duration, or to the last send where --requests ran out first (after it the streams drain).
+  const Clock::time_point steady_start =
+      start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts_.warmup_s));
+  const Clock::time_point last_send{Clock::duration(last_send_.load())};
+  const bool requests_ran_out = opts_.requests > 0 && r.sent >= opts_.requests && last_send < send_end_;
+  const Clock::time_point steady_end = std::min(requests_ran_out ? last_send : send_end_, last_done_);
+  if (steady_end > steady_start) {
+    r.steady_window_s = std::chrono::duration<double>(steady_end - steady_start).count();
+    for (const Record& rec : records_) {
+      if (!rec.error.empty()) continue;
+      for (const auto& [t, n] : rec.arrivals) {
+        if (t >= steady_start && t < steady_end) r.steady_generated_tokens += n;
+      }
+    }
     r.steady_generated_tokens_per_s = r.steady_generated_tokens / r.steady_window_s;
   }
   r.latency_ms = Summarize(std::move(lat));

@@ -92,9 +92,10 @@ struct LevelResult {
   std::map<std::string, int64_t> errors;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double requests_per_s = 0, generated_tokens_per_s = 0;
-  // Ids that arrived inside the steady-state window (Options::warmup_s) of requests that ended ok
-  // (streaming: as each message arrives; unary: all at the reply), over that window's length.
-  // Window 0 (e.g. --requests ended sending before the warm-up did): not measured.
+  // Ids that arrived inside the steady-state window (Options::warmup_s to the end of --duration,
+  // or to the last send where --requests ran out first) of requests that ended ok (streaming: as
+  // each message arrives; unary: all at the reply), over that window's length. Window 0 (sending
+  // ended before the warm-up did): not measured.
   int64_t steady_generated_tokens = 0;
   double steady_window_s = 0, steady_generated_tokens_per_s = 0;
   Summary latency_ms, ttft_ms, inter_token_ms, queue_ms, server_ttft_ms;

@@ -188,7 +188,8 @@ TEST_F(GlmloadStubTest, StreamMeasuresTtftAndInterToken) {
 }
 
 // The steady-state window is [start + warmup, end of sending): ids that arrive after sending
-// stopped (the drain) or during the warm-up are left out; the level's tok/s keeps them.
+// stopped (the drain: after --duration, or after the last send where --requests ran out) or during
+// the warm-up are left out; the level's tok/s keeps them.
 TEST_F(GlmloadStubTest, SteadyWindowLeavesOutWarmupAndDrain) {
   for (const bool stream : {true, false}) {
     SCOPED_TRACE(stream ? "stream" : "unary");
@@ -220,9 +221,26 @@ TEST_F(GlmloadStubTest, SteadyWindowLeavesOutWarmupAndDrain) {
     EXPECT_NEAR(b.steady_window_s, 0.3, 1e-6);
     EXPECT_DOUBLE_EQ(b.steady_generated_tokens_per_s, b.steady_generated_tokens / b.steady_window_s);
     // A unary reply's ids arrive together: each counts whole or not at all.
-    if (!stream) EXPECT_EQ(b.steady_generated_tokens % 3, 0);
+    if (!stream) {
+      EXPECT_EQ(b.steady_generated_tokens % 3, 0);
+    }
     const std::string table = FormatTable(*busy);
     EXPECT_NE(table.find("steady tok/s"), std::string::npos) << table;
+
+    // Ended by --requests: the window closes at the last send, so the last request's ids (which
+    // arrive after it) are left out.
+    opts_.duration_s = 0;
+    opts_.warmup_s = 0;
+    opts_.requests = 40;
+    auto counted = RunLoad(opts_);
+    ASSERT_TRUE(counted.ok()) << counted.status();
+    const LevelResult& c = counted->levels[0];
+    EXPECT_EQ(c.generated_tokens, 120);
+    EXPECT_GT(c.steady_generated_tokens, 0);
+    EXPECT_LE(c.steady_generated_tokens, 117);
+    EXPECT_GT(c.steady_window_s, 0);
+    EXPECT_LT(c.steady_window_s, c.elapsed_s);
+    opts_.requests = 0;
   }
 }
 
