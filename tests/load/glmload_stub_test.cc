@@ -191,17 +191,21 @@ TEST_F(GlmloadStubTest, StreamMeasuresTtftAndInterToken) {
 // stopped (the drain: after --duration, or after the last send where --requests ran out) or during
 // the warm-up are left out; the level's tok/s keeps them.
 TEST_F(GlmloadStubTest, SteadyWindowLeavesOutWarmupAndDrain) {
+  auto run_level = [&](double duration_s, double warmup_s, int64_t requests) {
+    opts_.duration_s = duration_s;
+    opts_.warmup_s = warmup_s;
+    opts_.requests = requests;
+    absl::StatusOr<Report> r = RunLoad(opts_);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() && r->levels.size() == 1 ? r->levels[0] : LevelResult();
+  };
   for (const bool stream : {true, false}) {
     SCOPED_TRACE(stream ? "stream" : "unary");
     opts_.stream = stream;
     opts_.concurrency = 2;
     // No id before 0.6 s, sending ends at 0.4 s: every id arrives in the drain.
     service_.delay_ms = 600;
-    opts_.duration_s = 0.4;
-    opts_.warmup_s = 0.1;
-    auto drained = RunLoad(opts_);
-    ASSERT_TRUE(drained.ok()) << drained.status();
-    const LevelResult& d = drained->levels[0];
+    const LevelResult d = run_level(0.4, 0.1, 0);
     EXPECT_EQ(d.ok, 2);
     EXPECT_EQ(d.generated_tokens, 6);
     EXPECT_GT(d.generated_tokens_per_s, 0);
@@ -211,11 +215,7 @@ TEST_F(GlmloadStubTest, SteadyWindowLeavesOutWarmupAndDrain) {
 
     // Answered at once: ids arrive all through the level, the warm-up's are left out.
     service_.delay_ms = 0;
-    opts_.duration_s = 0.5;
-    opts_.warmup_s = 0.2;
-    auto busy = RunLoad(opts_);
-    ASSERT_TRUE(busy.ok()) << busy.status();
-    const LevelResult& b = busy->levels[0];
+    const LevelResult b = run_level(0.5, 0.2, 0);
     EXPECT_GT(b.steady_generated_tokens, 0);
     EXPECT_LT(b.steady_generated_tokens, b.generated_tokens);
     EXPECT_NEAR(b.steady_window_s, 0.3, 1e-6);
@@ -224,23 +224,19 @@ TEST_F(GlmloadStubTest, SteadyWindowLeavesOutWarmupAndDrain) {
     if (!stream) {
       EXPECT_EQ(b.steady_generated_tokens % 3, 0);
     }
-    const std::string table = FormatTable(*busy);
+    Report report;
+    report.levels = {b};
+    const std::string table = FormatTable(report);
     EXPECT_NE(table.find("steady tok/s"), std::string::npos) << table;
 
     // Ended by --requests: the window closes at the last send, so the last request's ids (which
     // arrive after it) are left out.
-    opts_.duration_s = 0;
-    opts_.warmup_s = 0;
-    opts_.requests = 40;
-    auto counted = RunLoad(opts_);
-    ASSERT_TRUE(counted.ok()) << counted.status();
-    const LevelResult& c = counted->levels[0];
+    const LevelResult c = run_level(0, 0, 40);
     EXPECT_EQ(c.generated_tokens, 120);
     EXPECT_GT(c.steady_generated_tokens, 0);
     EXPECT_LE(c.steady_generated_tokens, 117);
     EXPECT_GT(c.steady_window_s, 0);
     EXPECT_LT(c.steady_window_s, c.elapsed_s);
-    opts_.requests = 0;
   }
 }
 
