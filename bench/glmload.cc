@@ -1199,12 +1199,12 @@ absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::str
   if (ec) return absl::InternalError(absl::StrCat("plot: cannot create ", dir.string()));
   const bool open = !reports.empty() && !reports[0].levels.empty() && reports[0].levels[0].mode == "open";
   const std::string xlabel = open ? "offered rate (requests/s)" : "concurrency (requests in flight)";
-  bool any_ttft = false;
+  bool any_ttft = false, any_steady = false;
   std::vector<std::string> data_files;
   for (size_t i = 0; i < reports.size(); ++i) {
     const fs::path p = dir / absl::StrCat("series", i, ".dat");
     std::ofstream f(p);
-    f << "# x req_s tok_s p50 p90 p99 ttft_p50 ttft_p99\n";
+    f << "# x req_s tok_s p50 p90 p99 ttft_p50 ttft_p99 steady_tok_s\n";
     std::vector<LevelResult> ls = reports[i].levels;
     std::sort(ls.begin(), ls.end(), [&](const LevelResult& a, const LevelResult& b) {
       return open ? a.rate < b.rate : a.concurrency < b.concurrency;
@@ -1214,9 +1214,15 @@ absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::str
         << l.latency_ms.p50 << " " << l.latency_ms.p90 << " " << l.latency_ms.p99 << " ";
       if (l.ttft_ms.count > 0) {
         any_ttft = true;
-        f << l.ttft_ms.p50 << " " << l.ttft_ms.p99 << "\n";
+        f << l.ttft_ms.p50 << " " << l.ttft_ms.p99 << " ";
       } else {
-        f << "NaN NaN\n";
+        f << "NaN NaN ";
+      }
+      if (l.steady_window_s > 0) {
+        any_steady = true;
+        f << l.steady_generated_tokens_per_s << "\n";
+      } else {
+        f << "NaN\n";
       }
     }
     data_files.push_back(p.string());
@@ -1244,6 +1250,10 @@ absl::Status Plot(const std::vector<Report>& reports, const std::vector<std::str
         << "' title " << quote(labels[i] + " req/s") << ", " << quote(data_files[i])
         << " using 1:3 axes x1y2 with linespoints lw 1 dt 2 pt 6 lc rgb '" << c << "' title "
         << quote(labels[i] + " tok/s");
+      if (any_steady) {
+        s << ", " << quote(data_files[i]) << " using 1:9 axes x1y2 with linespoints lw 1 dt 3 pt 4 lc rgb '" << c
+          << "' title " << quote(labels[i] + " steady tok/s");
+      }
     }
     s << "\nunset y2label\nunset y2tics\nset ytics mirror\n"
       << "set title 'Latency percentiles'\nset ylabel 'milliseconds'\nset logscale y\nset yrange [*:*]\nplot ";
