@@ -595,31 +595,29 @@ engine_internal::Sequence* Scheduler::PopBestWaiting(TimePoint now, bool pop) {
 
 void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget) const {
   if (decodes == 0) return;
-  if (options_.thin_prefill_tokens > 0) {
-    TimePoint oldest = SummarizeWaiting().oldest;
-    for (const Sequence* s : running_) {
-      if (!s->decoding()) oldest = std::min(oldest, s->submit_time);
-    }
-    // Nobody waiting is "oldest = max": thin.
-    if (oldest == TimePoint::max() || now - oldest <= options_.thin_prefill_max_wait) {
-      *budget = std::min(*budget, options_.thin_prefill_tokens);
-    }
-  }
   int32_t cap = options_.max_prefill_tokens_with_decodes;  // 0 = none
+  const auto lower_cap = [&cap](int32_t to) { cap = cap > 0 ? std::min(cap, to) : to; };
   const int32_t rows = options_.mixed_step_rows;
-  if (rows > 0 && decodes <= rows / 4) {
-    const int32_t fill = rows - decodes;
-    cap = cap > 0 ? std::min(cap, fill) : fill;
+  if (rows > 0 && decodes <= rows / 4) lower_cap(rows - decodes);
+  if (options_.prefill_spread_steps == 0 && options_.thin_prefill_tokens == 0) {
+    if (cap > 0) *budget = std::min(*budget, cap);
+    return;
+  }
+  // The backlog: prompt tokens queued or part-way through their prefill, and the oldest of them.
+  WaitingSummary backlog = SummarizeWaiting();
+  for (const Sequence* s : running_) {
+    if (s->decoding()) continue;
+    backlog.pending_tokens += s->pending();
+    backlog.oldest = std::min(backlog.oldest, s->submit_time);
   }
   if (options_.prefill_spread_steps > 0) {
-    int64_t backlog = SummarizeWaiting().pending_tokens;
-    for (const Sequence* s : running_) {
-      if (!s->decoding()) backlog += s->pending();
-    }
-    const int64_t share = (backlog + options_.prefill_spread_steps - 1) / options_.prefill_spread_steps;
-    const int32_t spread =
-        static_cast<int32_t>(std::clamp<int64_t>(share, options_.prefill_spread_min_tokens, int64_t{1} << 30));
-    cap = cap > 0 ? std::min(cap, spread) : spread;
+    const int64_t share = (backlog.pending_tokens + options_.prefill_spread_steps - 1) / options_.prefill_spread_steps;
+    lower_cap(static_cast<int32_t>(std::clamp<int64_t>(share, options_.prefill_spread_min_tokens, int64_t{1} << 30)));
+  }
+  // Nobody waiting leaves oldest at max: thin.
+  if (options_.thin_prefill_tokens > 0 &&
+      (backlog.oldest == TimePoint::max() || now - backlog.oldest <= options_.thin_prefill_max_wait)) {
+    lower_cap(options_.thin_prefill_tokens);
   }
   if (cap > 0) *budget = std::min(*budget, cap);
 }

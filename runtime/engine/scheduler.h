@@ -236,8 +236,8 @@ class Scheduler {
   bool HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t prefills, int32_t budget) const;
   PlannedStep Plan(TimePoint now);
   // Lowers the budget left for prefill when the step already holds `decodes` decode rows:
-  // max_prefill_tokens_with_decodes, mixed_step_rows minus the decodes, and the backlog's share
-  // (prefill_spread_steps).
+  // max_prefill_tokens_with_decodes, mixed_step_rows minus the decodes, the backlog's share
+  // (prefill_spread_steps) and thin_prefill_tokens while no prompt has waited too long.
   void CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget) const;
   Sequence* PopBestWaiting(TimePoint now, bool pop);
   absl::StatusOr<StepResult> Execute(const PlannedStep& plan);

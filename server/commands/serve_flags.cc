@@ -31,7 +31,7 @@ struct Staging {
   int64_t kv_cpu_mb = 0;
   int64_t queue_delay_us = 0;
   int64_t prefill_hold_us = 0;
-  int64_t thin_prefill_wait_ms = 100;
+  int64_t thin_prefill_wait_ms = 0;
   int64_t prefill_cap = -1;      // unset: chosen by --device in Resolve
   int64_t mixed_step_rows = -1;  // unset: chosen by --device in Resolve
   int64_t tokens_per_step = -1;  // likewise
@@ -41,6 +41,8 @@ struct Staging {
   explicit Staging(const ServeFlags& f)
       : kv_cpu_mb(f.executor.kv_cpu_budget_bytes >> 20),
         queue_delay_us(f.engine.scheduler.max_queue_delay.count()),
+        thin_prefill_wait_ms(
+            std::chrono::duration_cast<std::chrono::milliseconds>(f.engine.scheduler.thin_prefill_max_wait).count()),
         stall_ms(f.engine.scheduler.faults.stall_duration.count()) {}
 };
 
