@@ -6,8 +6,8 @@
 # Each set runs scripts/gpu-serve-bench.sh with GLMSERVE_SERVE_FLAGS=<set>, no decode_bench, no
 # profile, no HTTP level, no OOM storm; GLMSERVE_SERVE_LEVELS (32,64), GLMSERVE_SERVE_MIXES
 # ("eos_ignored open_autoglm"), GLMSERVE_SERVE_DURATION (8s) and GLMSERVE_SERVE_WARMUP (1s) pass
-# through. Prints one line per set, mix and level (tok/s over the level, steady tok/s, TTFT and
-# ITL p50 / p99); the device tool returns few files, so stdout carries everything.
+# through. Prints serve_table.md's row per set, mix and level (tok/s over the level, steady tok/s,
+# TTFT and ITL p50 / p99, errors); the device tool returns few files, so stdout carries everything.
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root" || exit 1
@@ -23,20 +23,8 @@ for flags in "$@"; do
     GLMSERVE_SERVE_MIXES="${GLMSERVE_SERVE_MIXES:-eos_ignored open_autoglm}" \
     GLMSERVE_SERVE_DURATION="${GLMSERVE_SERVE_DURATION:-8s}" GLMSERVE_SERVE_DECODE_BENCH=0 GLMSERVE_SERVE_PROFILE=0 \
     GLMSERVE_SERVE_HTTP=0 GLMSERVE_SERVE_OOM=0 bash scripts/gpu-serve-bench.sh >"$dir/ab.log" 2>&1 || status=1
-  python3 - "$dir" "$i" "${flags:-defaults}" <<'EOF'
-import json, os, sys
-d, i, flags = sys.argv[1:]
-for mix in ("eos_ignored", "eos", "open_autoglm"):
-    p = os.path.join(d, f"serve_{mix}.json")
-    if not os.path.exists(p):
-        continue
-    for lv in json.load(open(p)).get("levels", []):
-        t, itl = lv.get("ttft_ms", {}), lv.get("inter_token_ms", {})
-        errors = sum(lv.get("errors", {}).values())
-        print(f"ab{i} [{flags}] {mix} {lv.get('concurrency')}: {lv.get('generated_tokens_per_s', 0):,.1f} tok/s, "
-              f"steady {lv.get('steady_generated_tokens_per_s', 0):,.1f}, TTFT {t.get('p50', 0):.1f} / "
-              f"{t.get('p99', 0):.1f}, ITL {itl.get('p50', 0):.2f} / {itl.get('p99', 0):.2f}, errors {errors}")
-EOF
+  # gpu-serve-bench.sh's own table rows (ratios are "-": no decode_bench here), tagged with the set.
+  grep -E '^\| (gRPC|HTTP)' "$dir/serve_table.md" 2>/dev/null | sed "s/^/ab$i [${flags:-defaults}] /"
   [ -f "$dir/serve_eos_ignored.json" ] || { echo "ab$i [$flags]: no result"; tail -5 "$dir/ab.log"; }
 done
 exit $status
