@@ -25,6 +25,6 @@ for flags in "$@"; do
     GLMSERVE_SERVE_HTTP=0 GLMSERVE_SERVE_OOM=0 bash scripts/gpu-serve-bench.sh >"$dir/ab.log" 2>&1 || status=1
   # gpu-serve-bench.sh's own table rows (ratios are "-": no decode_bench here), tagged with the set.
   grep -E '^\| (gRPC|HTTP)' "$dir/serve_table.md" 2>/dev/null | sed "s/^/ab$i [${flags:-defaults}] /"
-  [ -f "$dir/serve_eos_ignored.json" ] || { echo "ab$i [$flags]: no result"; tail -5 "$dir/ab.log"; }
+  ls "$dir"/serve_*.json >/dev/null 2>&1 || { echo "ab$i [$flags]: no result"; tail -5 "$dir/ab.log"; }
 done
 exit $status

@@ -92,16 +92,19 @@ struct SchedulerOptions {
   int32_t prefill_spread_steps = 0;
   // The least prefill a step that decodes is cut to by prefill_spread_steps. Must be >= 1.
   int32_t prefill_spread_min_tokens = 64;
-  // Thin prefill unless somebody waits: while sequences decode and every prompt not yet through
-  // its prefill (queued, or part-way) arrived less than thin_prefill_max_wait ago, a step carries
-  // at most this many prefill tokens (below what the caps above leave); once one has waited
-  // longer, the caps alone apply until no such prompt is left. Steady closed-loop serving on an
-  // H200 (GLM-4-9B, 128-token prompts and outputs) held 7-8% more tokens/s at 64 streams with 64
-  // prefill tokens a step than with the caps alone, and flat ITL, but a fixed thin budget lets
-  // prompts arriving together queue (TTFT p99 0.75 s) and falls behind at 128 streams, where
-  // prompts arrive faster than 64 tokens a step (bench/results/gpu.md, ninth session): the wait
-  // bound is what this adds to that budget. Not yet measured on a GPU in this form. 0 = off;
-  // must be >= 0.
+  // Thin prefill unless somebody waits: while at most this many sequences are in the server
+  // (running or queued) and every prompt not yet through its prefill (queued, or part-way)
+  // arrived less than thin_prefill_max_wait ago, a step that decodes carries at most this many
+  // prefill tokens (below what the caps above leave); once one has waited longer, or more
+  // sequences are in (prompts as long as the outputs would arrive faster than thin steps take
+  // them in once they all decode), the caps alone apply.
+  // Steady closed-loop serving on an H200 (GLM-4-9B, 128-token prompts and outputs, 1 s bound)
+  // held 9% more tokens/s at 64 streams with 64 here than with the caps alone (8% at 32 streams
+  // with 32), ITL p99 1.2x its p50 instead of 1.7x, but TTFT p99 2.4x (prompts arriving together
+  // queue behind the thin budget); loads above the count ran as with the caps. Without the count,
+  // 128 streams fell to 9,500 from 12,400 tok/s (bench/results/gpu.md, tenth session). It counts
+  // the sequences in the server, not the decodes: a server that has fallen behind has fewer
+  // decodes, which would keep it thin and behind. 0 = off; must be >= 0.
   int32_t thin_prefill_tokens = 0;
   // How long a prompt may wait for its first token before the thin budget gives way. Must be >= 0
   // (0: it gives way as soon as any prompt waits, i.e. only steps with nothing waiting are thin).

@@ -146,8 +146,8 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("prefill-spread-min-tokens", &sched.prefill_spread_min_tokens, 1, kIntMax,
           "the least prefill --prefill-spread-steps cuts a step that decodes to");
   set.Int("thin-prefill-tokens", &sched.thin_prefill_tokens, 0, kIntMax,
-          "while others decode, at most N prefill tokens a step until a prompt has waited "
-          "--thin-prefill-max-wait-ms for its first token (0 = off)")
+          "while others decode and at most N sequences are in the server, at most N prefill tokens a step "
+          "until a prompt has waited --thin-prefill-max-wait-ms for its first token (0 = off)")
       .ValueName("N");
   set.Int("thin-prefill-max-wait-ms", &s.thin_prefill_wait_ms, 0, kMsMax,
           "how long a prompt may wait before --thin-prefill-tokens gives way to the caps");

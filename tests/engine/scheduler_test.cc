@@ -198,7 +198,8 @@ TEST(SchedulerTest, MixedStepsAreFilledToTheirRowsWhileDecodesTakeAQuarter) {
 }
 
 // thin_prefill_tokens: beside decodes, a step's prefill is thin until a prompt not yet through
-// its prefill has waited longer than thin_prefill_max_wait; then the caps alone, until it is.
+// its prefill has waited longer than thin_prefill_max_wait, or more sequences than that are in
+// the server; then the caps alone.
 TEST(SchedulerTest, ThinPrefillGivesWayOnceAPromptWaitsTooLong) {
   SchedulerOptions o;
   o.max_batch_size = 8;
@@ -228,6 +229,13 @@ TEST(SchedulerTest, ThinPrefillGivesWayOnceAPromptWaitsTooLong) {
   EXPECT_EQ(after[6].back().tokens.size(), 4u);
   h.RunUntilIdle();
   h.ExpectAllMatchReference();
+
+  // More sequences in the server than thin tokens: the caps, although only some of them decode
+  // (thin steps would keep a server that has fallen behind there).
+  o.thin_prefill_tokens = 2;
+  o.thin_prefill_max_wait = std::chrono::seconds(10);
+  EXPECT_EQ(PrefillChunkBeside(1, o), 2u);  // d0 and the prompt: 2 in the server
+  EXPECT_EQ(PrefillChunkBeside(2, o), 20u);
 
   o.thin_prefill_tokens = -1;
   FakeClock clock;
