@@ -599,7 +599,13 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
   const auto lower_cap = [&cap](int32_t to) { cap = cap > 0 ? std::min(cap, to) : to; };
   const int32_t rows = options_.mixed_step_rows;
   if (rows > 0 && decodes <= rows / 4) lower_cap(rows - decodes);
-  if (options_.prefill_spread_steps == 0 && options_.thin_prefill_tokens == 0) {
+  // More sequences in the server (running or queued) than thin tokens: once they all decode,
+  // prompts come in faster than thin steps take them (as many finish a step), so the caps. Not
+  // the decodes alone: a server falling behind has fewer of them, which would keep it thin and
+  // behind.
+  const bool thin_by_count = options_.thin_prefill_tokens > 0 &&
+                             running_.size() + waiting_.size() <= static_cast<size_t>(options_.thin_prefill_tokens);
+  if (options_.prefill_spread_steps == 0 && !thin_by_count) {  // nothing below needs the backlog
     if (cap > 0) *budget = std::min(*budget, cap);
     return;
   }
@@ -614,13 +620,8 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
     const int64_t share = (backlog.pending_tokens + options_.prefill_spread_steps - 1) / options_.prefill_spread_steps;
     lower_cap(static_cast<int32_t>(std::clamp<int64_t>(share, options_.prefill_spread_min_tokens, int64_t{1} << 30)));
   }
-  // Nobody waiting leaves oldest at max: thin. More sequences in the server (running or queued)
-  // than thin tokens: once they all decode, prompts come in faster than thin steps take them (as
-  // many finish a step), so the caps. Not the decodes alone: a server falling behind has fewer
-  // of them, which would keep it thin and behind.
-  const size_t in_server = running_.size() + waiting_.size();
-  if (options_.thin_prefill_tokens > 0 && in_server <= static_cast<size_t>(options_.thin_prefill_tokens) &&
-      (backlog.oldest == TimePoint::max() || now - backlog.oldest <= options_.thin_prefill_max_wait)) {
+  // Nobody waiting leaves oldest at max: thin.
+  if (thin_by_count && (backlog.oldest == TimePoint::max() || now - backlog.oldest <= options_.thin_prefill_max_wait)) {
     lower_cap(options_.thin_prefill_tokens);
   }
   if (cap > 0) *budget = std::min(*budget, cap);
