@@ -1,6 +1,7 @@
 #include "runtime/engine/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <stdexcept>
@@ -124,6 +125,13 @@ void EraseValue(std::vector<T>& v, const T& x) {
   if (it != v.end()) v.erase(it);
 }
 
+// A moving average weighing each new sample 1/16 (the first sample sets it): recent requests
+// decide, one odd request does not.
+void RecordAverage(double sample, double* average, bool* seen) {
+  *average = *seen ? *average + (sample - *average) / 16.0 : sample;
+  *seen = true;
+}
+
 }  // namespace
 
 absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
@@ -147,6 +155,20 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   }
   if (o.thin_prefill_max_wait.count() < 0) {
     return absl::InvalidArgumentError("thin_prefill_max_wait must be >= 0");
+  }
+  if (o.thin_prefill_auto && o.thin_prefill_tokens > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("thin_prefill_auto chooses the thin budget; thin_prefill_tokens must "
+                     "then be 0, got ",
+                     o.thin_prefill_tokens));
+  }
+  if (o.thin_prefill_auto_min_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("thin_prefill_auto_min_tokens must be >= 1, got ", o.thin_prefill_auto_min_tokens));
+  }
+  if (o.thin_prefill_prompt_steps < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("thin_prefill_prompt_steps must be >= 1, got ", o.thin_prefill_prompt_steps));
   }
   if (o.prefill_spread_steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat("prefill_spread_steps must be >= 0, got ", o.prefill_spread_steps));
@@ -357,6 +379,7 @@ Scheduler::WaitingSummary Scheduler::SummarizeWaiting() const {
     w.resuming = w.resuming || s->preempted;
     w.oldest = std::min(w.oldest, s->submit_time);
     w.pending_tokens += s->pending();
+    w.longest_pending = std::max(w.longest_pending, s->pending());
   }
   return w;
 }
@@ -441,6 +464,9 @@ void Scheduler::Finish(Sequence* seq, absl::Status status, FinishReason reason) 
   // Take the callbacks out before erasing the sequence; call after, so a callback that
   // re-enters (it must not) sees consistent state.
   RequestCallbacks callbacks = std::move(seq->callbacks);
+  if (result.status.ok()) {
+    RecordAverage(static_cast<double>(result.output_ids.size()), &average_output_tokens_, &seen_output_);
+  }
   sequences_.erase(seq->id);
   ++finished_;
   if (callbacks.on_done) {
@@ -599,32 +625,51 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
   const auto lower_cap = [&cap](int32_t to) { cap = cap > 0 ? std::min(cap, to) : to; };
   const int32_t rows = options_.mixed_step_rows;
   if (rows > 0 && decodes <= rows / 4) lower_cap(rows - decodes);
-  // More sequences in the server (running or queued) than thin tokens: once they all decode,
-  // prompts come in faster than thin steps take them (as many finish a step), so the caps. Not
-  // the decodes alone: a server falling behind has fewer of them, which would keep it thin and
-  // behind.
-  const bool thin_by_count = options_.thin_prefill_tokens > 0 &&
-                             running_.size() + waiting_.size() <= static_cast<size_t>(options_.thin_prefill_tokens);
-  if (options_.prefill_spread_steps == 0 && !thin_by_count) {  // nothing below needs the backlog
+  // The thin budget. By hand: only while at most that many sequences are in the server (running
+  // or queued): with more, once they all decode, prompts come in faster than thin steps take them
+  // (as many finish a step). Not the decodes alone: a server falling behind has fewer of them,
+  // which would keep it thin and behind. Automatic: the count is part of the budget.
+  int32_t thin = 0;
+  if (options_.thin_prefill_auto) {
+    thin = AutoThinTokens();
+  } else if (options_.thin_prefill_tokens > 0 &&
+             running_.size() + waiting_.size() <= static_cast<size_t>(options_.thin_prefill_tokens)) {
+    thin = options_.thin_prefill_tokens;
+  }
+  if (cap > 0 && thin >= cap) thin = 0;                   // no thinner than the caps
+  if (options_.prefill_spread_steps == 0 && thin == 0) {  // nothing below needs the backlog
     if (cap > 0) *budget = std::min(*budget, cap);
     return;
   }
-  // The backlog: prompt tokens queued or part-way through their prefill, and the oldest of them.
+  // The backlog: prompt tokens queued or part-way through their prefill, the most one sequence
+  // has left, and the oldest of them.
   WaitingSummary backlog = SummarizeWaiting();
   for (const Sequence* s : running_) {
     if (s->decoding()) continue;
     backlog.pending_tokens += s->pending();
+    backlog.longest_pending = std::max(backlog.longest_pending, s->pending());
     backlog.oldest = std::min(backlog.oldest, s->submit_time);
   }
   if (options_.prefill_spread_steps > 0) {
     const int64_t share = (backlog.pending_tokens + options_.prefill_spread_steps - 1) / options_.prefill_spread_steps;
     lower_cap(static_cast<int32_t>(std::clamp<int64_t>(share, options_.prefill_spread_min_tokens, int64_t{1} << 30)));
   }
+  if (options_.thin_prefill_auto && thin > 0) {
+    const int32_t steps = options_.thin_prefill_prompt_steps;
+    thin = std::max(thin, (backlog.longest_pending + steps - 1) / steps);
+  }
   // Nobody waiting leaves oldest at max: thin.
-  if (thin_by_count && (backlog.oldest == TimePoint::max() || now - backlog.oldest <= options_.thin_prefill_max_wait)) {
-    lower_cap(options_.thin_prefill_tokens);
+  if (thin > 0 && (backlog.oldest == TimePoint::max() || now - backlog.oldest <= options_.thin_prefill_max_wait)) {
+    lower_cap(thin);
   }
   if (cap > 0) *budget = std::min(*budget, cap);
+}
+
+int32_t Scheduler::AutoThinTokens() const {
+  if (!seen_prompt_ || !seen_output_) return 0;
+  const double sequences = static_cast<double>(running_.size() + waiting_.size());
+  const double tokens = std::ceil(sequences * average_prompt_tokens_ / std::max(1.0, average_output_tokens_));
+  return static_cast<int32_t>(std::clamp<double>(tokens, options_.thin_prefill_auto_min_tokens, 1 << 30));
 }
 
 Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
@@ -725,6 +770,7 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
         s->admitted_once = true;
         s->cached_prompt_tokens = s->num_computed;
         s->first_scheduled = now;
+        RecordAverage(static_cast<double>(s->pending()), &average_prompt_tokens_, &seen_prompt_);
         if (hooks_.on_first_admit) hooks_.on_first_admit(s->request.request_id);
       }
       s->preempted = false;

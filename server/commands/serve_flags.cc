@@ -149,8 +149,16 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "while others decode and at most N sequences are in the server, at most N prefill tokens a step "
           "until a prompt has waited --thin-prefill-max-wait-ms for its first token (0 = off)")
       .ValueName("N");
+  set.Bool("thin-prefill-auto", &sched.thin_prefill_auto,
+           "the thin budget from the load: sequences in the server x prompt / output tokens seen, at least "
+           "--thin-prefill-auto-min-tokens and the longest waiting prompt / --thin-prefill-prompt-steps "
+           "(instead of --thin-prefill-tokens)");
+  set.Int("thin-prefill-auto-min-tokens", &sched.thin_prefill_auto_min_tokens, 1, kIntMax,
+          "the least --thin-prefill-auto's budget is");
+  set.Int("thin-prefill-prompt-steps", &sched.thin_prefill_prompt_steps, 1, kIntMax,
+          "--thin-prefill-auto prefills no waiting prompt in more thin steps than this");
   set.Int("thin-prefill-max-wait-ms", &s.thin_prefill_wait_ms, 0, kMsMax,
-          "how long a prompt may wait before --thin-prefill-tokens gives way to the caps");
+          "how long a prompt may wait before the thin budget gives way to the caps");
   set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");
   set.Int("max-prefill-hold-us", &s.prefill_hold_us, 0, kMsMax,
           "while others decode, hold new prompts until they fill a step's prefill budget, at most this long");
@@ -256,6 +264,10 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
     f.max_requests_per_client = std::max<int64_t>(2 * batch, (f.engine.max_queued_requests + batch) / 4);
   }
   f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;
+  if (sched.thin_prefill_auto && sched.thin_prefill_tokens > 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--thin-prefill-tokens ", sched.thin_prefill_tokens,
+                                                   " and --thin-prefill-auto both choose the thin budget: give one"));
+  }
   if (sched.max_tokens_per_step < sched.max_batch_size) {
     return absl::InvalidArgumentError(absl::StrCat("--max-batch-tokens: ", sched.max_tokens_per_step,
                                                    " must be >= --max-batch ", sched.max_batch_size));

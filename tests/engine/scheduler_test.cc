@@ -246,6 +246,77 @@ TEST(SchedulerTest, ThinPrefillGivesWayOnceAPromptWaitsTooLong) {
   EXPECT_FALSE(Scheduler::Create(o, &executor, &clock, TestModelInfo()).ok());
 }
 
+// thin_prefill_auto: after "w" (12-token prompt, 4 tokens) has finished beside "d0" (12-token
+// prompt, 40 tokens), a prompt of `prompt_len` tokens arrives while d0 decodes; returns the chunks
+// it is prefilled in.
+std::vector<size_t> AutoThinChunks(SchedulerOptions o, int prompt_len) {
+  Harness h(o, 4, 256);
+  h.Add(MakeRequest("d0", MakePrompt(1, 12), 40, 40));
+  h.Add(MakeRequest("w", MakePrompt(2, 12), 4, 4));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);  // both prompts, 3 decodes
+  EXPECT_EQ(h.scheduler->stats().finished, 1);
+  h.Add(MakeRequest("p", MakePrompt(3, prompt_len), 2, 2));
+  const size_t before = h.executor.batches().size();
+  h.RunUntilIdle();
+  std::vector<size_t> chunks;
+  const auto batches = h.executor.batches();
+  for (size_t i = before; i < batches.size(); ++i) {
+    for (const SequenceStep& st : batches[i]) {
+      if (st.sequence_id != 3 || st.num_generated > 0) continue;
+      chunks.push_back(st.tokens.size());
+      EXPECT_EQ(batches[i].front().sequence_id, 1) << "d0 decodes beside every chunk";
+    }
+  }
+  h.ExpectAllMatchReference();
+  return chunks;
+}
+
+TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
+  SchedulerOptions o;
+  o.max_batch_size = 8;
+  o.max_tokens_per_step = 64;
+  o.max_prefill_tokens_with_decodes = 20;
+  o.thin_prefill_auto = true;
+  o.thin_prefill_auto_min_tokens = 1;
+  o.thin_prefill_prompt_steps = 100;
+  // Nothing has finished yet, so no ratio: the cap.
+  EXPECT_EQ(PrefillChunkBeside(1, o), 20u);
+  // Prompts of 12 tokens, outputs of 4: 3 prompt tokens a step for each of the 2 sequences in the
+  // server (d0 and p): 6 a step.
+  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
+  // p's 40 tokens move the prompt average to 12 + (40 - 12) / 16 = 13.75 once it is admitted:
+  // ceil(2 x 13.75 / 4) = 7 a step after its first chunk.
+  EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{6, 7, 7, 7, 7, 6}));
+  // No waiting prompt needs more than 4 thin steps: ceil(40 / 4) = 10, then ceil(30 / 4) = 8, then
+  // the 7 a step is more than a quarter of what is left.
+  o.thin_prefill_prompt_steps = 4;
+  EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{10, 8, 7, 7, 7, 1}));
+  // The floor.
+  o.thin_prefill_prompt_steps = 100;
+  o.thin_prefill_auto_min_tokens = 9;
+  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{9, 3}));
+  // Never above the caps.
+  o.thin_prefill_auto_min_tokens = 30;
+  EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{20, 20}));
+
+  FakeClock clock;
+  FakeExecutor executor(4, 16, 1000);
+  auto refused_naming = [&](const SchedulerOptions& bad, const std::string& field) {
+    const auto s = Scheduler::Create(bad, &executor, &clock, TestModelInfo());
+    ASSERT_FALSE(s.ok()) << field;
+    EXPECT_NE(s.status().message().find(field), std::string::npos) << s.status();
+  };
+  SchedulerOptions bad = o;
+  bad.thin_prefill_tokens = 4;  // by hand and automatic at once
+  refused_naming(bad, "thin_prefill_tokens");
+  bad = o;
+  bad.thin_prefill_auto_min_tokens = 0;
+  refused_naming(bad, "thin_prefill_auto_min_tokens");
+  bad = o;
+  bad.thin_prefill_prompt_steps = 0;
+  refused_naming(bad, "thin_prefill_prompt_steps");
+}
+
 // prefill_spread_steps: beside decodes, a step's prefill is the backlog (waiting prompts plus what
 // running prompts have left) over the spread steps, at least prefill_spread_min_tokens, at most
 // what the caps leave.

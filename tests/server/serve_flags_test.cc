@@ -32,7 +32,8 @@ TEST(ServeFlags, StepBudgetsDefaultByDevice) {
   EXPECT_EQ(gpu->engine.scheduler.mixed_step_rows, 256);
   EXPECT_EQ(gpu->engine.scheduler.max_prefill_hold.count(), 0);  // measured no gain on a GPU
   EXPECT_EQ(gpu->engine.scheduler.thin_prefill_tokens, 0);       // off: it trades TTFT p99 for tok/s
-  EXPECT_EQ(gpu->engine.scheduler.thin_prefill_max_wait, std::chrono::milliseconds(100));
+  EXPECT_FALSE(gpu->engine.scheduler.thin_prefill_auto);
+  EXPECT_EQ(gpu->engine.scheduler.thin_prefill_max_wait, std::chrono::seconds(1));
   EXPECT_TRUE(gpu->engine.scheduler.prefix_caching);  // serve's default on every device
   EXPECT_TRUE(cpu->engine.scheduler.prefix_caching);
 }
@@ -58,7 +59,11 @@ TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
                                           "--thin-prefill-tokens",
                                           "64",
                                           "--thin-prefill-max-wait-ms",
-                                          "250"});
+                                          "250",
+                                          "--thin-prefill-auto-min-tokens",
+                                          "48",
+                                          "--thin-prefill-prompt-steps",
+                                          "6"});
     ASSERT_TRUE(f.ok()) << device << ": " << f.status();
     EXPECT_EQ(f->engine.scheduler.max_tokens_per_step, 3000) << device;
     EXPECT_EQ(f->engine.scheduler.max_prefill_tokens_with_decodes, 64) << device;
@@ -69,7 +74,20 @@ TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
     EXPECT_EQ(f->engine.scheduler.prefill_spread_min_tokens, 32) << device;
     EXPECT_EQ(f->engine.scheduler.thin_prefill_tokens, 64) << device;
     EXPECT_EQ(f->engine.scheduler.thin_prefill_max_wait, std::chrono::milliseconds(250)) << device;
+    EXPECT_EQ(f->engine.scheduler.thin_prefill_auto_min_tokens, 48) << device;
+    EXPECT_EQ(f->engine.scheduler.thin_prefill_prompt_steps, 6) << device;
   }
+  absl::StatusOr<ServeFlags> automatic = Parse({"--thin-prefill-auto", "true"});
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  EXPECT_TRUE(automatic->engine.scheduler.thin_prefill_auto);
+}
+
+TEST(ServeFlags, ThinBudgetByHandAndAutomaticAtOnceIsRefusedNamingBoth) {
+  absl::StatusOr<ServeFlags> f = Parse({"--thin-prefill-auto", "true", "--thin-prefill-tokens", "64"});
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(f.status().message().find("--thin-prefill-tokens 64"), std::string::npos) << f.status();
+  EXPECT_NE(f.status().message().find("--thin-prefill-auto"), std::string::npos) << f.status();
 }
 
 TEST(ServeFlags, StepBudgetBelowTheBatchIsRefusedNamingBothFlags) {
@@ -83,11 +101,10 @@ TEST(ServeFlags, StepBudgetBelowTheBatchIsRefusedNamingBothFlags) {
 // The flags this change added, and --prefix-caching (now on by default): a bad value is refused
 // before anything starts, naming the flag and the value.
 TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
-  const std::vector<std::vector<std::string>> bad = {{"--prefill-spread-steps", "-1"},
-                                                     {"--prefill-spread-min-tokens", "0"},
-                                                     {"--prefix-caching", "yes"},
-                                                     {"--thin-prefill-tokens", "-5"},
-                                                     {"--thin-prefill-max-wait-ms", "-1"}};
+  const std::vector<std::vector<std::string>> bad = {
+      {"--prefill-spread-steps", "-1"},        {"--prefill-spread-min-tokens", "0"}, {"--prefix-caching", "yes"},
+      {"--thin-prefill-tokens", "-5"},         {"--thin-prefill-max-wait-ms", "-1"}, {"--thin-prefill-auto", "maybe"},
+      {"--thin-prefill-auto-min-tokens", "0"}, {"--thin-prefill-prompt-steps", "0"}};
   for (const std::vector<std::string>& flag : bad) {
     absl::StatusOr<ServeFlags> f = Parse(flag);
     ASSERT_FALSE(f.ok()) << flag[0];
