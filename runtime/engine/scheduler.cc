@@ -166,9 +166,9 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("thin_prefill_auto_min_tokens must be >= 1, got ", o.thin_prefill_auto_min_tokens));
   }
-  if (o.thin_prefill_prompt_steps < 1) {
+  if (o.thin_prefill_backlog_steps < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("thin_prefill_prompt_steps must be >= 1, got ", o.thin_prefill_prompt_steps));
+        absl::StrCat("thin_prefill_backlog_steps must be >= 1, got ", o.thin_prefill_backlog_steps));
   }
   if (o.prefill_spread_steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat("prefill_spread_steps must be >= 0, got ", o.prefill_spread_steps));
@@ -379,7 +379,6 @@ Scheduler::WaitingSummary Scheduler::SummarizeWaiting() const {
     w.resuming = w.resuming || s->preempted;
     w.oldest = std::min(w.oldest, s->submit_time);
     w.pending_tokens += s->pending();
-    w.longest_pending = std::max(w.longest_pending, s->pending());
   }
   return w;
 }
@@ -631,7 +630,7 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
   // which would keep it thin and behind. Automatic: the count is part of the budget.
   int32_t thin = 0;
   if (options_.thin_prefill_auto) {
-    thin = AutoThinTokens();
+    if (rows == 0 || decodes <= rows / 4) thin = AutoThinTokens();
   } else if (options_.thin_prefill_tokens > 0 &&
              running_.size() + waiting_.size() <= static_cast<size_t>(options_.thin_prefill_tokens)) {
     thin = options_.thin_prefill_tokens;
@@ -641,13 +640,11 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
     if (cap > 0) *budget = std::min(*budget, cap);
     return;
   }
-  // The backlog: prompt tokens queued or part-way through their prefill, the most one sequence
-  // has left, and the oldest of them.
+  // The backlog: prompt tokens queued or part-way through their prefill, and the oldest of them.
   WaitingSummary backlog = SummarizeWaiting();
   for (const Sequence* s : running_) {
     if (s->decoding()) continue;
     backlog.pending_tokens += s->pending();
-    backlog.longest_pending = std::max(backlog.longest_pending, s->pending());
     backlog.oldest = std::min(backlog.oldest, s->submit_time);
   }
   if (options_.prefill_spread_steps > 0) {
@@ -655,8 +652,9 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
     lower_cap(static_cast<int32_t>(std::clamp<int64_t>(share, options_.prefill_spread_min_tokens, int64_t{1} << 30)));
   }
   if (options_.thin_prefill_auto && thin > 0) {
-    const int32_t steps = options_.thin_prefill_prompt_steps;
-    thin = std::max(thin, (backlog.longest_pending + steps - 1) / steps);
+    const int64_t steps = options_.thin_prefill_backlog_steps;
+    thin = static_cast<int32_t>(
+        std::min<int64_t>(std::max<int64_t>(thin, (backlog.pending_tokens + steps - 1) / steps), int64_t{1} << 30));
   }
   // Nobody waiting leaves oldest at max: thin.
   if (thin > 0 && (backlog.oldest == TimePoint::max() || now - backlog.oldest <= options_.thin_prefill_max_wait)) {
@@ -668,7 +666,8 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
 int32_t Scheduler::AutoThinTokens() const {
   if (!seen_prompt_ || !seen_output_) return 0;
   const double sequences = static_cast<double>(running_.size() + waiting_.size());
-  const double tokens = std::ceil(sequences * average_prompt_tokens_ / std::max(1.0, average_output_tokens_));
+  // Nearest, not up: averages that approach a 1:1 ratio from below must not add a token a step.
+  const double tokens = std::round(sequences * average_prompt_tokens_ / std::max(1.0, average_output_tokens_));
   return static_cast<int32_t>(std::clamp<double>(tokens, options_.thin_prefill_auto_min_tokens, 1 << 30));
 }
 

@@ -278,7 +278,7 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   o.max_prefill_tokens_with_decodes = 20;
   o.thin_prefill_auto = true;
   o.thin_prefill_auto_min_tokens = 1;
-  o.thin_prefill_prompt_steps = 100;
+  o.thin_prefill_backlog_steps = 100;
   // Nothing has finished yet, so no ratio: the cap.
   EXPECT_EQ(PrefillChunkBeside(1, o), 20u);
   // Prompts of 12 tokens, outputs of 4: 3 prompt tokens a step for each of the 2 sequences in the
@@ -287,17 +287,25 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   // p's 40 tokens move the prompt average to 12 + (40 - 12) / 16 = 13.75 once it is admitted:
   // ceil(2 x 13.75 / 4) = 7 a step after its first chunk.
   EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{6, 7, 7, 7, 7, 6}));
-  // No waiting prompt needs more than 4 thin steps: ceil(40 / 4) = 10, then ceil(30 / 4) = 8, then
-  // the 7 a step is more than a quarter of what is left.
-  o.thin_prefill_prompt_steps = 4;
+  // The backlog (p alone here) within 4 steps: ceil(40 / 4) = 10, then ceil(30 / 4) = 8, then the
+  // 7 a step is more than a quarter of what is left.
+  o.thin_prefill_backlog_steps = 4;
   EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{10, 8, 7, 7, 7, 1}));
   // The floor.
-  o.thin_prefill_prompt_steps = 100;
+  o.thin_prefill_backlog_steps = 100;
   o.thin_prefill_auto_min_tokens = 9;
   EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{9, 3}));
   // Never above the caps.
   o.thin_prefill_auto_min_tokens = 30;
   EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{20, 20}));
+  // Only while the decodes take at most a quarter of mixed_step_rows: 1 of 40 (the fill to 40
+  // rows leaves more than the thin budget), then 1 of 3.
+  o.thin_prefill_auto_min_tokens = 1;
+  o.mixed_step_rows = 40;
+  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
+  o.mixed_step_rows = 3;
+  EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{20, 20}));
+  o.mixed_step_rows = 0;
 
   FakeClock clock;
   FakeExecutor executor(4, 16, 1000);
@@ -313,8 +321,8 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   bad.thin_prefill_auto_min_tokens = 0;
   refused_naming(bad, "thin_prefill_auto_min_tokens");
   bad = o;
-  bad.thin_prefill_prompt_steps = 0;
-  refused_naming(bad, "thin_prefill_prompt_steps");
+  bad.thin_prefill_backlog_steps = 0;
+  refused_naming(bad, "thin_prefill_backlog_steps");
 }
 
 // prefill_spread_steps: beside decodes, a step's prefill is the backlog (waiting prompts plus what

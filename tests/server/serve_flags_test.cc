@@ -62,7 +62,7 @@ TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
                                           "250",
                                           "--thin-prefill-auto-min-tokens",
                                           "48",
-                                          "--thin-prefill-prompt-steps",
+                                          "--thin-prefill-backlog-steps",
                                           "6"});
     ASSERT_TRUE(f.ok()) << device << ": " << f.status();
     EXPECT_EQ(f->engine.scheduler.max_tokens_per_step, 3000) << device;
@@ -75,7 +75,7 @@ TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
     EXPECT_EQ(f->engine.scheduler.thin_prefill_tokens, 64) << device;
     EXPECT_EQ(f->engine.scheduler.thin_prefill_max_wait, std::chrono::milliseconds(250)) << device;
     EXPECT_EQ(f->engine.scheduler.thin_prefill_auto_min_tokens, 48) << device;
-    EXPECT_EQ(f->engine.scheduler.thin_prefill_prompt_steps, 6) << device;
+    EXPECT_EQ(f->engine.scheduler.thin_prefill_backlog_steps, 6) << device;
   }
   absl::StatusOr<ServeFlags> automatic = Parse({"--thin-prefill-auto", "true"});
   ASSERT_TRUE(automatic.ok()) << automatic.status();
@@ -104,7 +104,7 @@ TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
   const std::vector<std::vector<std::string>> bad = {
       {"--prefill-spread-steps", "-1"},        {"--prefill-spread-min-tokens", "0"}, {"--prefix-caching", "yes"},
       {"--thin-prefill-tokens", "-5"},         {"--thin-prefill-max-wait-ms", "-1"}, {"--thin-prefill-auto", "maybe"},
-      {"--thin-prefill-auto-min-tokens", "0"}, {"--thin-prefill-prompt-steps", "0"}};
+      {"--thin-prefill-auto-min-tokens", "0"}, {"--thin-prefill-backlog-steps", "0"}};
   for (const std::vector<std::string>& flag : bad) {
     absl::StatusOr<ServeFlags> f = Parse(flag);
     ASSERT_FALSE(f.ok()) << flag[0];
