@@ -5,8 +5,9 @@
 #   bash scripts/gpu-serve-ab.sh "" "--mixed-step-rows 128 --max-prefill-tokens-with-decodes 64" ""
 # Each set runs scripts/gpu-serve-bench.sh with GLMSERVE_SERVE_FLAGS=<set>, no decode_bench, no
 # profile, no HTTP level, no OOM storm; GLMSERVE_SERVE_LEVELS (32,64), GLMSERVE_SERVE_MIXES
-# ("eos_ignored open_autoglm"), GLMSERVE_SERVE_DURATION (8s) and GLMSERVE_SERVE_WARMUP (1s) pass
-# through. Prints serve_table.md's row per set, mix and level (tok/s over the level, steady tok/s,
+# ("eos_ignored open_autoglm"), GLMSERVE_SERVE_DURATION (8s), GLMSERVE_SERVE_WARMUP (1s) and
+# GLMSERVE_SERVE_RATES (open loop, none) pass through. Prints serve_table.md's row per set, mix
+# and level, and serve_open.md's per rate (tok/s over the level, steady tok/s,
 # TTFT and ITL p50 / p99, errors); the device tool returns few files, so stdout carries everything.
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,7 +25,7 @@ for flags in "$@"; do
     GLMSERVE_SERVE_DURATION="${GLMSERVE_SERVE_DURATION:-8s}" GLMSERVE_SERVE_DECODE_BENCH=0 GLMSERVE_SERVE_PROFILE=0 \
     GLMSERVE_SERVE_HTTP=0 GLMSERVE_SERVE_OOM=0 bash scripts/gpu-serve-bench.sh >"$dir/ab.log" 2>&1 || status=1
   # gpu-serve-bench.sh's own table rows (ratios are "-": no decode_bench here), tagged with the set.
-  grep -E '^\| (gRPC|HTTP)' "$dir/serve_table.md" 2>/dev/null | sed "s/^/ab$i [${flags:-defaults}] /"
+  cat "$dir/serve_table.md" "$dir/serve_open.md" 2>/dev/null | grep -E '^\| (gRPC|HTTP)' | sed "s/^/ab$i [${flags:-defaults}] /"
   ls "$dir"/serve_*.json >/dev/null 2>&1 || { echo "ab$i [$flags]: no result"; tail -5 "$dir/ab.log"; }
 done
 exit $status

@@ -32,6 +32,7 @@
 # Everything goes to $OUT (or .gpu/out): serve.log (server stderr), serve_<mix>.{json,md,log},
 # serve_http.*, serve_decode_bench.md, serve_metrics.txt, serve_table.md.
 # Switches: GLMSERVE_SERVE_LEVELS=1,8,32,64,128,256 GLMSERVE_SERVE_DURATION=15s (per level)
+# GLMSERVE_SERVE_RATES="" (open-loop rates, requests/s, after the mixes: serve_open.md)
 # GLMSERVE_SERVE_MIXES="eos_ignored eos open_autoglm" GLMSERVE_SERVE_HTTP=1
 # GLMSERVE_SERVE_HTTP_CONCURRENCY=64 GLMSERVE_SERVE_MAX_BATCH=256 GLMSERVE_SERVE_DECODE_BENCH=1
 # GLMSERVE_SERVE_START_TIMEOUT=300 (s, model load + graph capture) GLMSERVE_SERVE_FLAGS="" (more
@@ -220,6 +221,29 @@ for mix in $mixes; do
     *) echo "unknown mix '$mix' (eos_ignored eos open_autoglm)"; status=1 ;;
   esac
 done
+
+# 3b. Open loop (GLMSERVE_SERVE_RATES="36 60", none by default): Poisson arrivals at each rate
+#     (requests/s), eos ignored, latency from the scheduled arrival -> serve_open.md (a closed
+#     loop's streams finish and return in step; these arrivals do not).
+if [ -n "${GLMSERVE_SERVE_RATES:-}" ]; then
+  echo "| load | requests ok / dropped | tok/s | steady tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | errors |" >"$out/serve_open.md"
+  echo "|---|---:|---:|---:|---:|---:|---:|" >>"$out/serve_open.md"
+  for rate in $GLMSERVE_SERVE_RATES; do
+    glmload_grpc --rate "$rate" --duration "$duration" --warmup "$warmup" --max-in-flight 1024 --prompt-len 128 \
+      --max-new-tokens 128 --ignore-eos true --seed 5 --json-out "$out/serve_rate_$rate.json" \
+      >"$out/serve_rate_$rate.md" 2>&1 || { echo "glmload --rate $rate: exit $?"; status=1; }
+    python3 - "$out/serve_rate_$rate.json" "$rate" <<'EOF2' >>"$out/serve_open.md"
+import json, sys
+lv = json.load(open(sys.argv[1]))["levels"][0]
+t, i, e = lv["ttft_ms"], lv["inter_token_ms"], lv.get("errors", {})
+errors = sum(e.values()) if isinstance(e, dict) else e
+print(f"| gRPC open loop, {sys.argv[2]} requests/s | {lv['requests_ok']} / {lv['requests_dropped']} | "
+      f"{lv['generated_tokens_per_s']:,.1f} | {lv['steady_generated_tokens_per_s']:,.1f} | {t['p50']:.1f} / {t['p99']:.1f} | "
+      f"{i['p50']:.2f} / {i['p99']:.2f} | {errors} |")
+EOF2
+  done
+  cat "$out/serve_open.md"
+fi
 
 # 4. One level through the OpenAI HTTP API (SSE streaming).
 if [ "${GLMSERVE_SERVE_HTTP:-1}" = 1 ]; then

@@ -166,9 +166,9 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("thin_prefill_auto_min_tokens must be >= 1, got ", o.thin_prefill_auto_min_tokens));
   }
-  if (o.thin_prefill_backlog_steps < 1) {
+  if (o.thin_prefill_backlog_steps < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("thin_prefill_backlog_steps must be >= 1, got ", o.thin_prefill_backlog_steps));
+        absl::StrCat("thin_prefill_backlog_steps must be >= 0, got ", o.thin_prefill_backlog_steps));
   }
   if (o.prefill_spread_steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat("prefill_spread_steps must be >= 0, got ", o.prefill_spread_steps));
@@ -651,7 +651,7 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
     const int64_t share = (backlog.pending_tokens + options_.prefill_spread_steps - 1) / options_.prefill_spread_steps;
     lower_cap(static_cast<int32_t>(std::clamp<int64_t>(share, options_.prefill_spread_min_tokens, int64_t{1} << 30)));
   }
-  if (options_.thin_prefill_auto && thin > 0) {
+  if (options_.thin_prefill_auto && thin > 0 && options_.thin_prefill_backlog_steps > 0) {
     const int64_t steps = options_.thin_prefill_backlog_steps;
     thin = static_cast<int32_t>(
         std::min<int64_t>(std::max<int64_t>(thin, (backlog.pending_tokens + steps - 1) / steps), int64_t{1} << 30));

@@ -155,8 +155,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
            "decodes take at most a quarter of --mixed-step-rows (instead of --thin-prefill-tokens)");
   set.Int("thin-prefill-auto-min-tokens", &sched.thin_prefill_auto_min_tokens, 1, kIntMax,
           "the least --thin-prefill-auto's budget is");
-  set.Int("thin-prefill-backlog-steps", &sched.thin_prefill_backlog_steps, 1, kIntMax,
-          "--thin-prefill-auto takes in the waiting prompt tokens within this many steps (a burst drains fast)");
+  set.Int("thin-prefill-backlog-steps", &sched.thin_prefill_backlog_steps, 0, kIntMax,
+          "--thin-prefill-auto takes in the waiting prompt tokens within this many steps (a burst drains fast; "
+          "0 = off)");
   set.Int("thin-prefill-max-wait-ms", &s.thin_prefill_wait_ms, 0, kMsMax,
           "how long a prompt may wait before the thin budget gives way to the caps");
   set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");

@@ -278,7 +278,7 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   o.max_prefill_tokens_with_decodes = 20;
   o.thin_prefill_auto = true;
   o.thin_prefill_auto_min_tokens = 1;
-  o.thin_prefill_backlog_steps = 100;
+  o.thin_prefill_backlog_steps = 0;  // off (the default)
   // Nothing has finished yet, so no ratio: the cap.
   EXPECT_EQ(PrefillChunkBeside(1, o), 20u);
   // Prompts of 12 tokens, outputs of 4: 3 prompt tokens a step for each of the 2 sequences in the
@@ -292,7 +292,7 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   o.thin_prefill_backlog_steps = 4;
   EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{10, 8, 7, 7, 7, 1}));
   // The floor.
-  o.thin_prefill_backlog_steps = 100;
+  o.thin_prefill_backlog_steps = 0;
   o.thin_prefill_auto_min_tokens = 9;
   EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{9, 3}));
   // Never above the caps.
@@ -321,7 +321,7 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   bad.thin_prefill_auto_min_tokens = 0;
   refused_naming(bad, "thin_prefill_auto_min_tokens");
   bad = o;
-  bad.thin_prefill_backlog_steps = 0;
+  bad.thin_prefill_backlog_steps = -1;
   refused_naming(bad, "thin_prefill_backlog_steps");
 }
 

@@ -102,9 +102,9 @@ TEST(ServeFlags, StepBudgetBelowTheBatchIsRefusedNamingBothFlags) {
 // before anything starts, naming the flag and the value.
 TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
   const std::vector<std::vector<std::string>> bad = {
-      {"--prefill-spread-steps", "-1"},        {"--prefill-spread-min-tokens", "0"}, {"--prefix-caching", "yes"},
-      {"--thin-prefill-tokens", "-5"},         {"--thin-prefill-max-wait-ms", "-1"}, {"--thin-prefill-auto", "maybe"},
-      {"--thin-prefill-auto-min-tokens", "0"}, {"--thin-prefill-backlog-steps", "0"}};
+      {"--prefill-spread-steps", "-1"},        {"--prefill-spread-min-tokens", "0"},  {"--prefix-caching", "yes"},
+      {"--thin-prefill-tokens", "-5"},         {"--thin-prefill-max-wait-ms", "-1"},  {"--thin-prefill-auto", "maybe"},
+      {"--thin-prefill-auto-min-tokens", "0"}, {"--thin-prefill-backlog-steps", "-1"}};
   for (const std::vector<std::string>& flag : bad) {
     absl::StatusOr<ServeFlags> f = Parse(flag);
     ASSERT_FALSE(f.ok()) << flag[0];
