@@ -285,7 +285,7 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   // server (d0 and p): 6 a step.
   EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
   // p's 40 tokens move the prompt average to 12 + (40 - 12) / 16 = 13.75 once it is admitted:
-  // ceil(2 x 13.75 / 4) = 7 a step after its first chunk.
+  // 2 x 13.75 / 4 = 6.875, to the nearest 7 a step after its first chunk.
   EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{6, 7, 7, 7, 7, 6}));
   // The backlog (p alone here) within 4 steps: ceil(40 / 4) = 10, then ceil(30 / 4) = 8, then the
   // 7 a step is more than a quarter of what is left.
