@@ -162,9 +162,9 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
                      "then be 0, got ",
                      o.thin_prefill_tokens));
   }
-  if (o.thin_prefill_auto_min_tokens < 1) {
+  if (o.thin_prefill_auto_prompt_steps < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("thin_prefill_auto_min_tokens must be >= 1, got ", o.thin_prefill_auto_min_tokens));
+        absl::StrCat("thin_prefill_auto_prompt_steps must be >= 1, got ", o.thin_prefill_auto_prompt_steps));
   }
   if (o.thin_prefill_backlog_steps < 0) {
     return absl::InvalidArgumentError(
@@ -666,9 +666,12 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
 int32_t Scheduler::AutoThinTokens() const {
   if (!seen_prompt_ || !seen_output_) return 0;
   const double sequences = static_cast<double>(running_.size() + waiting_.size());
+  const double output = std::max(1.0, average_output_tokens_);
+  // A prompt of P tokens at sequences x P / output a step takes output / sequences steps.
+  if (output > sequences * options_.thin_prefill_auto_prompt_steps) return 0;
   // Nearest, not up: averages that approach a 1:1 ratio from below must not add a token a step.
-  const double tokens = std::round(sequences * average_prompt_tokens_ / std::max(1.0, average_output_tokens_));
-  return static_cast<int32_t>(std::clamp<double>(tokens, options_.thin_prefill_auto_min_tokens, 1 << 30));
+  const double tokens = std::round(sequences * average_prompt_tokens_ / output);
+  return static_cast<int32_t>(std::clamp<double>(tokens, 1, 1 << 30));
 }
 
 Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {

@@ -150,11 +150,11 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "until a prompt has waited --thin-prefill-max-wait-ms for its first token (0 = off)")
       .ValueName("N");
   set.Bool("thin-prefill-auto", &sched.thin_prefill_auto,
-           "the thin budget from the load: sequences in the server x prompt / output tokens seen, at least "
-           "--thin-prefill-auto-min-tokens and the waiting prompt tokens / --thin-prefill-backlog-steps, while the "
-           "decodes take at most a quarter of --mixed-step-rows (instead of --thin-prefill-tokens)");
-  set.Int("thin-prefill-auto-min-tokens", &sched.thin_prefill_auto_min_tokens, 1, kIntMax,
-          "the least --thin-prefill-auto's budget is");
+           "the thin budget from the load (instead of --thin-prefill-tokens): sequences in the server x "
+           "prompt / output tokens seen, while a prompt takes at most --thin-prefill-auto-prompt-steps steps at it "
+           "and the decodes at most a quarter of --mixed-step-rows; for closed-loop clients (fixed concurrency)");
+  set.Int("thin-prefill-auto-prompt-steps", &sched.thin_prefill_auto_prompt_steps, 1, kIntMax,
+          "--thin-prefill-auto applies while a prompt takes at most this many steps at its budget");
   set.Int("thin-prefill-backlog-steps", &sched.thin_prefill_backlog_steps, 0, kIntMax,
           "--thin-prefill-auto takes in the waiting prompt tokens within this many steps (a burst drains fast; "
           "0 = off)");

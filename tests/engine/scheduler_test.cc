@@ -277,7 +277,6 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   o.max_tokens_per_step = 64;
   o.max_prefill_tokens_with_decodes = 20;
   o.thin_prefill_auto = true;
-  o.thin_prefill_auto_min_tokens = 1;
   o.thin_prefill_backlog_steps = 0;  // off (the default)
   // Nothing has finished yet, so no ratio: the cap.
   EXPECT_EQ(PrefillChunkBeside(1, o), 20u);
@@ -291,16 +290,20 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   // 7 a step is more than a quarter of what is left.
   o.thin_prefill_backlog_steps = 4;
   EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{10, 8, 7, 7, 7, 1}));
-  // The floor.
   o.thin_prefill_backlog_steps = 0;
-  o.thin_prefill_auto_min_tokens = 9;
-  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{9, 3}));
-  // Never above the caps.
-  o.thin_prefill_auto_min_tokens = 30;
+  // Only while a prompt takes at most thin_prefill_auto_prompt_steps at the budget: 4 tokens
+  // generated a request over 2 sequences is 2 steps.
+  o.thin_prefill_auto_prompt_steps = 2;
+  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
+  o.thin_prefill_auto_prompt_steps = 1;
   EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{20, 20}));
+  o.thin_prefill_auto_prompt_steps = 4;
+  // Never above the caps: a cap of 5 beats the 6 a step.
+  o.max_prefill_tokens_with_decodes = 5;
+  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{5, 5, 2}));
+  o.max_prefill_tokens_with_decodes = 20;
   // Only while the decodes take at most a quarter of mixed_step_rows: 1 of 40 (the fill to 40
   // rows leaves more than the thin budget), then 1 of 3.
-  o.thin_prefill_auto_min_tokens = 1;
   o.mixed_step_rows = 40;
   EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
   o.mixed_step_rows = 3;
@@ -318,8 +321,8 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   bad.thin_prefill_tokens = 4;  // by hand and automatic at once
   refused_naming(bad, "thin_prefill_tokens");
   bad = o;
-  bad.thin_prefill_auto_min_tokens = 0;
-  refused_naming(bad, "thin_prefill_auto_min_tokens");
+  bad.thin_prefill_auto_prompt_steps = 0;
+  refused_naming(bad, "thin_prefill_auto_prompt_steps");
   bad = o;
   bad.thin_prefill_backlog_steps = -1;
   refused_naming(bad, "thin_prefill_backlog_steps");

@@ -60,8 +60,8 @@ TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
                                           "64",
                                           "--thin-prefill-max-wait-ms",
                                           "250",
-                                          "--thin-prefill-auto-min-tokens",
-                                          "48",
+                                          "--thin-prefill-auto-prompt-steps",
+                                          "8",
                                           "--thin-prefill-backlog-steps",
                                           "6"});
     ASSERT_TRUE(f.ok()) << device << ": " << f.status();
@@ -74,7 +74,7 @@ TEST(ServeFlags, ExplicitStepBudgetsWinOnEveryDevice) {
     EXPECT_EQ(f->engine.scheduler.prefill_spread_min_tokens, 32) << device;
     EXPECT_EQ(f->engine.scheduler.thin_prefill_tokens, 64) << device;
     EXPECT_EQ(f->engine.scheduler.thin_prefill_max_wait, std::chrono::milliseconds(250)) << device;
-    EXPECT_EQ(f->engine.scheduler.thin_prefill_auto_min_tokens, 48) << device;
+    EXPECT_EQ(f->engine.scheduler.thin_prefill_auto_prompt_steps, 8) << device;
     EXPECT_EQ(f->engine.scheduler.thin_prefill_backlog_steps, 6) << device;
   }
   absl::StatusOr<ServeFlags> automatic = Parse({"--thin-prefill-auto", "true"});
@@ -101,10 +101,14 @@ TEST(ServeFlags, StepBudgetBelowTheBatchIsRefusedNamingBothFlags) {
 // The flags this change added, and --prefix-caching (now on by default): a bad value is refused
 // before anything starts, naming the flag and the value.
 TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
-  const std::vector<std::vector<std::string>> bad = {
-      {"--prefill-spread-steps", "-1"},        {"--prefill-spread-min-tokens", "0"},  {"--prefix-caching", "yes"},
-      {"--thin-prefill-tokens", "-5"},         {"--thin-prefill-max-wait-ms", "-1"},  {"--thin-prefill-auto", "maybe"},
-      {"--thin-prefill-auto-min-tokens", "0"}, {"--thin-prefill-backlog-steps", "-1"}};
+  const std::vector<std::vector<std::string>> bad = {{"--prefill-spread-steps", "-1"},
+                                                     {"--prefill-spread-min-tokens", "0"},
+                                                     {"--prefix-caching", "yes"},
+                                                     {"--thin-prefill-tokens", "-5"},
+                                                     {"--thin-prefill-max-wait-ms", "-1"},
+                                                     {"--thin-prefill-auto", "maybe"},
+                                                     {"--thin-prefill-auto-prompt-steps", "0"},
+                                                     {"--thin-prefill-backlog-steps", "-1"}};
   for (const std::vector<std::string>& flag : bad) {
     absl::StatusOr<ServeFlags> f = Parse(flag);
     ASSERT_FALSE(f.ok()) << flag[0];
