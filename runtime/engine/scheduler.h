@@ -121,7 +121,7 @@ struct SchedulerOptions {
   //   decode step is no longer bound by streaming the weights, and thin prefill in every step
   //   lost 3% at 128 streams.
   // The wait bound applies as above; until a request has finished, the caps alone. Measured on
-  // an H200 (bench/results/gpu.md): closed loops +2-7% at 32-64 streams, TTFT p99 2-4x; open-loop
+  // an H200 (bench/results/gpu.md): closed loops +2-7% at 32-64 streams, TTFT p99 2-5x; open-loop
   // (Poisson) arrivals the same throughput, TTFT p99 10-14x.
   bool thin_prefill_auto = false;
   // The most steps a prompt prefilled at the automatic thin budget may take. Must be >= 1.
