@@ -283,32 +283,49 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   // Prompts of 12 tokens, outputs of 4: 3 prompt tokens a step for each of the 2 sequences in the
   // server (d0 and p): 6 a step.
   EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
-  // p's 40 tokens move the prompt average to 12 + (40 - 12) / 16 = 13.75 once it is admitted:
-  // 2 x 13.75 / 4 = 6.875, to the nearest 7 a step after its first chunk.
-  EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{6, 7, 7, 7, 7, 6}));
-  // The backlog (p alone here) within 4 steps: ceil(40 / 4) = 10, then ceil(30 / 4) = 8, then the
-  // 7 a step is more than a quarter of what is left.
-  o.thin_prefill_backlog_steps = 4;
-  EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{10, 8, 7, 7, 7, 1}));
-  o.thin_prefill_backlog_steps = 0;
-  // Only while a prompt takes at most thin_prefill_auto_prompt_steps at the budget: 4 tokens
-  // generated a request over 2 sequences is 2 steps.
-  o.thin_prefill_auto_prompt_steps = 2;
-  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
-  o.thin_prefill_auto_prompt_steps = 1;
-  EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{20, 20}));
-  o.thin_prefill_auto_prompt_steps = 4;
-  // Never above the caps: a cap of 5 beats the 6 a step.
-  o.max_prefill_tokens_with_decodes = 5;
-  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{5, 5, 2}));
-  o.max_prefill_tokens_with_decodes = 20;
-  // Only while the decodes take at most a quarter of mixed_step_rows: 1 of 40 (the fill to 40
-  // rows leaves more than the thin budget), then 1 of 3.
-  o.mixed_step_rows = 40;
-  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
-  o.mixed_step_rows = 3;
-  EXPECT_EQ(AutoThinChunks(o, 40), (std::vector<size_t>{20, 20}));
-  o.mixed_step_rows = 0;
+  // Each case changes these options of `o` and gives the chunks a prompt of its length takes.
+  struct Case {
+    const char* why;
+    int32_t backlog_steps, prompt_steps, cap, mixed_step_rows, prompt_len;
+    std::vector<size_t> chunks;
+  };
+  const Case cases[] = {
+      {"p's 40 tokens move the prompt average to 12 + (40 - 12) / 16 = 13.75 once it is admitted: "
+       "2 x 13.75 / 4 = 6.875, to the nearest 7 a step after its first chunk",
+       0,
+       4,
+       20,
+       0,
+       40,
+       {6, 7, 7, 7, 7, 6}},
+      {"the backlog (p alone) within 4 steps: ceil(40 / 4) = 10, then ceil(30 / 4) = 8, then the 7 a "
+       "step is more than a quarter of what is left",
+       4,
+       4,
+       20,
+       0,
+       40,
+       {10, 8, 7, 7, 7, 1}},
+      {"a prompt takes 4 tokens generated / 2 sequences = 2 steps at the budget: at most 2 allowed",
+       0,
+       2,
+       20,
+       0,
+       12,
+       {6, 6}},
+      {"at most 1 step allowed: the cap", 0, 1, 20, 0, 40, {20, 20}},
+      {"never above the caps: a cap of 5 beats the 6 a step", 0, 4, 5, 0, 12, {5, 5, 2}},
+      {"1 decode of 40 mixed-step rows is under a quarter (and the fill leaves more than 6)", 0, 4, 20, 40, 12, {6, 6}},
+      {"1 decode of 3 mixed-step rows is more than a quarter: the cap", 0, 4, 20, 3, 40, {20, 20}},
+  };
+  for (const Case& c : cases) {
+    SchedulerOptions changed = o;
+    changed.thin_prefill_backlog_steps = c.backlog_steps;
+    changed.thin_prefill_auto_prompt_steps = c.prompt_steps;
+    changed.max_prefill_tokens_with_decodes = c.cap;
+    changed.mixed_step_rows = c.mixed_step_rows;
+    EXPECT_EQ(AutoThinChunks(changed, c.prompt_len), c.chunks) << c.why;
+  }
 
   FakeClock clock;
   FakeExecutor executor(4, 16, 1000);
