@@ -69,6 +69,9 @@ struct EngineStats {
   int32_t blocks_cached = 0;            // KV blocks the prefix cache holds (in use or not)
   int64_t prefix_cache_hit_tokens = 0;  // prompt positions taken from the prefix cache
   int64_t prompt_tokens_scheduled = 0;  // prompt positions of admissions (cached or computed)
+  // Prompt tokens the last step that decoded could carry beside its decodes (what the caps or,
+  // while it applied, the thin budget left); 0 before any such step.
+  int32_t prefill_budget_with_decodes = 0;
 };
 
 // Submit's RESOURCE_EXHAUSTED carries its retry hint as a typed payload besides the message, so

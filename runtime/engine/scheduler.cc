@@ -436,6 +436,7 @@ EngineStats Scheduler::stats() const {
   st.blocks_cached = blocks_.num_cached();
   st.prefix_cache_hit_tokens = prefix_cache_hit_tokens_;
   st.prompt_tokens_scheduled = prompt_tokens_scheduled_;
+  st.prefill_budget_with_decodes = last_prefill_budget_with_decodes_;
   return st;
 }
 
@@ -705,7 +706,10 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
   //    preempts the newest running one (possibly itself). Prefills never need blocks here:
   //    admission reserved their whole prompt.
   for (int pass = 0; pass < 2; ++pass) {
-    if (pass == 1) CapPrefillBudget(decodes, now, &budget);
+    if (pass == 1 && decodes > 0) {
+      CapPrefillBudget(decodes, now, &budget);
+      last_prefill_budget_with_decodes_ = budget;
+    }
     for (size_t i = 0; i < running_.size() && budget > 0;) {
       Sequence* s = running_[i];
       const bool decoding = s->decoding();

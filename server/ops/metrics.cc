@@ -92,6 +92,13 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                               "blocks in the pool")
                           .Register(r)
                           .Add({});
+  m->prefill_budget_ = &prometheus::BuildGauge()
+                            .Name("glmserve_prefill_budget_tokens")
+                            .Help(
+                                "Prompt tokens the last step that decoded could carry beside its decodes (the caps, "
+                                "or the thin budget while it applies)")
+                            .Register(r)
+                            .Add({});
   m->oom_ = &prometheus::BuildCounter()
                  .Name("glmserve_oom_events_total")
                  .Help("Engine steps that ran out of memory (real or injected)")
@@ -201,6 +208,7 @@ void ServerMetrics::OnEngineRestart() { restarts_->Increment(); }
 void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   queue_depth_->Set(stats.waiting);
   batch_limit_->Set(stats.batch_limit);
+  prefill_budget_->Set(stats.prefill_budget_with_decodes);
   auto share_of_pool = [&stats](int32_t blocks) {
     return stats.blocks_total > 0 ? static_cast<double>(blocks) / stats.blocks_total : 0.0;
   };

@@ -71,6 +71,7 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Gauge* queue_depth_ = nullptr;
   prometheus::Gauge* batch_limit_ = nullptr;
+  prometheus::Gauge* prefill_budget_ = nullptr;
   prometheus::Gauge* kv_usage_ = nullptr;
   prometheus::Gauge* prefix_usage_ = nullptr;
   prometheus::Counter* oom_ = nullptr;

@@ -248,8 +248,8 @@ TEST(SchedulerTest, ThinPrefillGivesWayOnceAPromptWaitsTooLong) {
 
 // thin_prefill_auto: after "w" (12-token prompt, 4 tokens) has finished beside "d0" (12-token
 // prompt, 40 tokens), a prompt of `prompt_len` tokens arrives while d0 decodes; returns the chunks
-// it is prefilled in.
-std::vector<size_t> AutoThinChunks(SchedulerOptions o, int prompt_len) {
+// it is prefilled in, and the prefill budget the stats report after the first of them.
+std::vector<size_t> AutoThinChunks(SchedulerOptions o, int prompt_len, int32_t* first_budget = nullptr) {
   Harness h(o, 4, 256);
   h.Add(MakeRequest("d0", MakePrompt(1, 12), 40, 40));
   h.Add(MakeRequest("w", MakePrompt(2, 12), 4, 4));
@@ -257,6 +257,9 @@ std::vector<size_t> AutoThinChunks(SchedulerOptions o, int prompt_len) {
   EXPECT_EQ(h.scheduler->stats().finished, 1);
   h.Add(MakeRequest("p", MakePrompt(3, prompt_len), 2, 2));
   const size_t before = h.executor.batches().size();
+  EXPECT_EQ(h.scheduler->stats().prefill_budget_with_decodes, o.max_prefill_tokens_with_decodes) << "no ratio yet";
+  EXPECT_EQ(h.scheduler->RunOnce(), Outcome::kStepped);
+  if (first_budget != nullptr) *first_budget = h.scheduler->stats().prefill_budget_with_decodes;
   h.RunUntilIdle();
   std::vector<size_t> chunks;
   const auto batches = h.executor.batches();
@@ -281,8 +284,10 @@ TEST(SchedulerTest, AutomaticThinPrefillKeepsPaceWithTheLoad) {
   // Nothing has finished yet, so no ratio: the cap.
   EXPECT_EQ(PrefillChunkBeside(1, o), 20u);
   // Prompts of 12 tokens, outputs of 4: 3 prompt tokens a step for each of the 2 sequences in the
-  // server (d0 and p): 6 a step.
-  EXPECT_EQ(AutoThinChunks(o, 12), (std::vector<size_t>{6, 6}));
+  // server (d0 and p): 6 a step, which the stats (glmserve_prefill_budget_tokens) report.
+  int32_t budget = 0;
+  EXPECT_EQ(AutoThinChunks(o, 12, &budget), (std::vector<size_t>{6, 6}));
+  EXPECT_EQ(budget, 6);
   // Each case changes these options of `o` and gives the chunks a prompt of its length takes.
   struct Case {
     const char* why;

@@ -24,6 +24,7 @@ import grpc  # noqa: E402
 
 NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserve_time_to_first_token_seconds",
          "glmserve_queue_wait_seconds", "glmserve_queue_depth", "glmserve_batch_size", "glmserve_batch_limit",
+         "glmserve_prefill_budget_tokens",
          "glmserve_oom_events_total", "glmserve_engine_restarts_total", "glmserve_kv_cache_usage_ratio",
          "glmserve_generated_tokens_total", "glmserve_prefix_cache_hit_tokens_total",
          "glmserve_prefix_cache_query_tokens_total", "glmserve_prefix_cache_usage_ratio", "glmserve_build_info"]
