@@ -267,9 +267,11 @@ class Scheduler {
   PlannedStep Plan(TimePoint now);
   // Lowers the budget left for prefill when the step already holds `decodes` decode rows:
   // max_prefill_tokens_with_decodes, mixed_step_rows minus the decodes, the backlog's share
-  // (prefill_spread_steps) and thin_prefill_tokens while no prompt has waited too long.
+  // (prefill_spread_steps) and the thin budget (thin_prefill_tokens, or thin_prefill_auto's) while
+  // no prompt has waited too long.
   void CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget) const;
-  // thin_prefill_auto's budget before the longest-prompt floor; 0 until the ratio is known.
+  // thin_prefill_auto's budget before the backlog rule; 0 where it does not apply (no ratio yet,
+  // or a prompt would take more than thin_prefill_auto_prompt_steps steps at it).
   int32_t AutoThinTokens() const;
   Sequence* PopBestWaiting(TimePoint now, bool pop);
   absl::StatusOr<StepResult> Execute(const PlannedStep& plan);
