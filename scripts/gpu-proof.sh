@@ -4,9 +4,10 @@
 # (kernels_test, runtime_test's mixed-step and CUDA parity tests, the live check against
 # transformers in bf16, engine_model_test on CUDA with its real CUDA OOM storm), then
 # scripts/gpu-serve-bench.sh (decode_bench, the three mixes at 1..256 streams, HTTP, the OOM storm
-# through the server) in the time left, then scripts/gpu-vision-bench.sh (the phone agent) when at
-# least 150 s are left. The device tool brings back only a few files, so every
-# result is also printed to stdout. GLMSERVE_PROOF_DURATION (6s) sets the serve bench's levels;
+# through the server, open-loop levels at GLMSERVE_PROOF_RATES requests/s: "36 66", about the
+# closed loop's 32 and 64 streams; "" for none) in the time left, then scripts/gpu-vision-bench.sh
+# (the phone agent) when at least 150 s are left. The device tool brings back only a few files, so
+# every result is also printed to stdout. GLMSERVE_PROOF_DURATION (6s) sets the serve bench's levels;
 # GLMSERVE_PROOF_DEADLINE_S (585) the second, counted from the start, by which it must end.
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,7 +55,8 @@ if command -v nvidia-smi >/dev/null; then
     -lms 500 >"$out/clocks.csv" 2>/dev/null &
   smi_pid=$!
 fi
-GLMSERVE_SERVE_DURATION="${GLMSERVE_PROOF_DURATION:-6s}" GLMSERVE_SERVE_PROFILE=0 timeout "$left" \
+GLMSERVE_SERVE_DURATION="${GLMSERVE_PROOF_DURATION:-6s}" GLMSERVE_SERVE_PROFILE=0 \
+  GLMSERVE_SERVE_RATES="${GLMSERVE_PROOF_RATES-36 66}" timeout "$left" \
   bash scripts/gpu-serve-bench.sh >"$out/serve_bench.log" 2>&1
 rc=$?
 [ -n "$smi_pid" ] && kill "$smi_pid" 2>/dev/null
@@ -78,7 +80,7 @@ if busy:
 EOF2
 fi
 [ "$rc" = 0 ] || status=1
-cat "$out/serve_decode_bench.md" "$out/serve_table.md" "$out/serve_oom.md" 2>/dev/null
+cat "$out/serve_decode_bench.md" "$out/serve_table.md" "$out/serve_open.md" "$out/serve_oom.md" 2>/dev/null
 grep -E "^glmserve_(prefix|oom|requests)" "$out/serve_bench.log" | head -20
 echo "OOM lines in the storm's server log: $(grep -c -i 'out of memory' "$out/serve_oom.log" 2>/dev/null)"
 grep -iE "memory capped|out of memory|graphs off" "$out/serve_oom.log" 2>/dev/null | cut -c1-300 | head -4
