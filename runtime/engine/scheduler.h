@@ -121,8 +121,8 @@ struct SchedulerOptions {
   //   decode step is no longer bound by streaming the weights, and thin prefill in every step
   //   lost 3% at 128 streams.
   // The wait bound applies as above; until a request has finished, the caps alone. Measured on
-  // an H200 (bench/results/gpu.md): closed loops +2-7% at 32-64 streams, TTFT p99 2-5x; open-loop
-  // (Poisson) arrivals the same throughput, TTFT p99 10-14x.
+  // an H200 (bench/results/gpu.md): closed loops +0-7% at 32-64 streams, TTFT p99 1.7-4.5x; open-loop
+  // (Poisson) arrivals the same or 2% less throughput, TTFT p99 8-23x.
   bool thin_prefill_auto = false;
   // The most steps a prompt prefilled at the automatic thin budget may take. Must be >= 1.
   int32_t thin_prefill_auto_prompt_steps = 4;
