@@ -21,7 +21,7 @@ for flags in "$@"; do
   dir="$out/ab$i"
   mkdir -p "$dir"
   OUT="$dir" GLMSERVE_SERVE_FLAGS="$flags" GLMSERVE_SERVE_LEVELS="${GLMSERVE_SERVE_LEVELS:-32,64}" \
-    GLMSERVE_SERVE_MIXES="${GLMSERVE_SERVE_MIXES:-eos_ignored open_autoglm}" \
+    GLMSERVE_SERVE_MIXES="${GLMSERVE_SERVE_MIXES-eos_ignored open_autoglm}" \
     GLMSERVE_SERVE_DURATION="${GLMSERVE_SERVE_DURATION:-8s}" GLMSERVE_SERVE_DECODE_BENCH=0 GLMSERVE_SERVE_PROFILE=0 \
     GLMSERVE_SERVE_HTTP=0 GLMSERVE_SERVE_OOM=0 bash scripts/gpu-serve-bench.sh >"$dir/ab.log" 2>&1 || status=1
   # gpu-serve-bench.sh's own table rows (ratios are "-": no decode_bench here), tagged with the set.

@@ -33,7 +33,7 @@
 # serve_http.*, serve_decode_bench.md, serve_metrics.txt, serve_table.md.
 # Switches: GLMSERVE_SERVE_LEVELS=1,8,32,64,128,256 GLMSERVE_SERVE_DURATION=15s (per level)
 # GLMSERVE_SERVE_RATES="" (open-loop rates, requests/s, after the mixes: serve_open.md)
-# GLMSERVE_SERVE_MIXES="eos_ignored eos open_autoglm" GLMSERVE_SERVE_HTTP=1
+# GLMSERVE_SERVE_MIXES="eos_ignored eos open_autoglm" ("" for none: open-loop rates only) GLMSERVE_SERVE_HTTP=1
 # GLMSERVE_SERVE_HTTP_CONCURRENCY=64 GLMSERVE_SERVE_MAX_BATCH=256 GLMSERVE_SERVE_DECODE_BENCH=1
 # GLMSERVE_SERVE_START_TIMEOUT=300 (s, model load + graph capture) GLMSERVE_SERVE_FLAGS="" (more
 # serve flags, e.g. "--max-batch-tokens 4096") GLMSERVE_SERVE_MODEL=bench/configs/glm-4-9b-chat-hf
@@ -50,7 +50,7 @@ model="${GLMSERVE_SERVE_MODEL:-bench/configs/glm-4-9b-chat-hf}"
 levels="${GLMSERVE_SERVE_LEVELS:-1,8,32,64,128,256}"
 duration="${GLMSERVE_SERVE_DURATION:-15s}"
 warmup="${GLMSERVE_SERVE_WARMUP:-1s}"
-mixes="${GLMSERVE_SERVE_MIXES:-eos_ignored eos open_autoglm}"
+mixes="${GLMSERVE_SERVE_MIXES-eos_ignored eos open_autoglm}"
 http_concurrency="${GLMSERVE_SERVE_HTTP_CONCURRENCY:-64}"
 max_batch="${GLMSERVE_SERVE_MAX_BATCH:-256}"
 start_timeout="${GLMSERVE_SERVE_START_TIMEOUT:-300}"
