@@ -1,0 +1,215 @@
+#include "bench/schedule_sim.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <memory>
+#include <random>
+#include <set>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "runtime/engine/clock.h"
+
+namespace glmserve::bench {
+
+double Curve::At(double x) const {
+  if (points.empty()) return 0;
+  if (x <= points.front().first) return points.front().second;
+  for (size_t i = 1; i < points.size(); ++i) {
+    const auto& [x1, y1] = points[i];
+    if (x <= x1) {
+      const auto& [x0, y0] = points[i - 1];
+      return y0 + (y1 - y0) * (x - x0) / (x1 - x0);
+    }
+  }
+  return points.back().second;
+}
+
+absl::StatusOr<Curve> ParseCurve(const std::string& text) {
+  Curve curve;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    const std::vector<absl::string_view> xy = absl::StrSplit(item, ':');
+    double x = 0, y = 0;
+    if (xy.size() != 2 || !absl::SimpleAtod(xy[0], &x) || !absl::SimpleAtod(xy[1], &y) || !std::isfinite(x) ||
+        !std::isfinite(y) || y < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not x:y (numbers, y >= 0)"));
+    }
+    if (!curve.points.empty() && x <= curve.points.back().first) {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "': x must grow from one point to the next"));
+    }
+    curve.points.emplace_back(x, y);
+  }
+  if (curve.points.empty()) return absl::InvalidArgumentError("no x:y points");
+  return curve;
+}
+
+double CostModel::StepMs(int32_t decode_rows, int32_t prompt_tokens) const {
+  if (decode_rows == 0) return std::max(decode_ms.At(1), prompt_tokens * prefill_only_token_us / 1000.0);
+  const int32_t rows = decode_rows + prompt_tokens;
+  const int32_t bucket = (rows + 63) / 64 * 64;
+  return decode_ms.At(decode_rows) + prompt_tokens * prompt_token_us.At(bucket) / 1000.0;
+}
+
+namespace {
+
+using TimePoint = Clock::TimePoint;
+
+// Answers every step at once with token 1 and moves the clock by the step's modelled time.
+class SimExecutor final : public StepExecutor {
+ public:
+  SimExecutor(const CostModel& cost, FakeClock* clock, int32_t num_blocks)
+      : cost_(cost), clock_(clock), num_blocks_(num_blocks) {}
+  int32_t block_size() const override { return 16; }
+  int32_t num_blocks() const override { return num_blocks_; }
+  absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
+    int32_t decodes = 0, prompt_tokens = 0;
+    StepResult result;
+    for (const SequenceStep& s : batch) {
+      if (s.tokens.size() == 1 && s.num_generated > 0) {
+        ++decodes;
+      } else {
+        prompt_tokens += static_cast<int32_t>(s.tokens.size());
+      }
+      result.next_tokens.push_back(s.sample ? 1 : -1);
+    }
+    clock_->Advance(std::chrono::duration_cast<Clock::Duration>(
+        std::chrono::duration<double, std::milli>(cost_.StepMs(decodes, prompt_tokens))));
+    ++steps_;
+    return result;
+  }
+  int64_t steps() const { return steps_; }
+
+ private:
+  const CostModel& cost_;
+  FakeClock* clock_;
+  int32_t num_blocks_;
+  int64_t steps_ = 0;
+};
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5))];
+}
+
+double Ms(Clock::Duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+}  // namespace
+
+absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostModel& cost, const SimLoad& load) {
+  if (load.concurrency < 0 || (load.concurrency == 0 && !(load.rate > 0))) {
+    return absl::InvalidArgumentError("load: concurrency > 0 (closed loop) or rate > 0 (open loop)");
+  }
+  if (load.prompt_len < 1 || load.new_tokens < 1) {
+    return absl::InvalidArgumentError("load: prompt_len and new_tokens must be >= 1");
+  }
+  if (!(load.client_delay_ms >= 0)) return absl::InvalidArgumentError("load: client_delay_ms must be >= 0");
+  if (!(load.warmup_s >= 0) || !(load.duration_s > load.warmup_s)) {
+    return absl::InvalidArgumentError("load: 0 <= warmup_s < duration_s");
+  }
+  FakeClock clock;
+  // Room for every request the load can have in flight: no preemption in the model.
+  SimExecutor executor(cost, &clock, 1 << 20);
+  ModelInfo info;
+  info.architecture = "sim";
+  info.vocab_size = 1000;
+  info.max_position_embeddings = load.prompt_len + load.new_tokens + 16;
+  absl::StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(options, &executor, &clock, info);
+  if (!scheduler.ok()) return scheduler.status();
+
+  struct Request {
+    TimePoint submit;
+    std::vector<TimePoint> arrivals;
+  };
+  std::deque<Request> requests;  // stable references for the callbacks
+  std::vector<TimePoint> resend;  // closed loop: finishes whose next request is due
+  absl::Status failure;
+  int64_t finished = 0;
+  const TimePoint start = clock.Now();
+  const auto at = [&](double seconds) {
+    return start + std::chrono::duration_cast<Clock::Duration>(std::chrono::duration<double>(seconds));
+  };
+  const TimePoint end = at(load.duration_s);
+  const bool closed = load.concurrency > 0;
+
+  auto submit = [&](TimePoint when) -> absl::Status {
+    const int64_t id = static_cast<int64_t>(requests.size());
+    requests.push_back(Request{when, {}});
+    Request* request = &requests.back();
+    InferenceRequest r;
+    r.request_id = absl::StrCat("sim-", id);
+    for (int32_t i = 0; i < load.prompt_len; ++i) r.input_ids.push_back(static_cast<int32_t>((id * 7919 + i * 13) % 997 + 2));
+    r.params.max_new_tokens = load.new_tokens;
+    r.params.min_new_tokens = load.new_tokens;
+    RequestCallbacks callbacks;
+    callbacks.on_tokens = [&clock, request](const std::vector<int32_t>& ids) {
+      request->arrivals.insert(request->arrivals.end(), ids.size(), clock.Now());
+    };
+    callbacks.on_done = [&, closed](const RequestResult& result) {
+      if (!result.status.ok() && failure.ok()) failure = result.status;
+      ++finished;
+      if (closed && clock.Now() < end) resend.push_back(clock.Now());
+    };  // (resent through `arrivals` after the step: a callback must not re-enter the scheduler)
+    return (*scheduler)->Add(std::move(r), std::move(callbacks), when);
+  };
+
+  std::mt19937_64 rng(load.seed);
+  std::uniform_real_distribution<double> client_delay_ms(0, load.client_delay_ms);
+  const auto delayed = [&](TimePoint t) {
+    if (load.client_delay_ms == 0) return t;
+    return t + std::chrono::duration_cast<Clock::Duration>(std::chrono::duration<double, std::milli>(client_delay_ms(rng)));
+  };
+  // The arrivals still to send, in time order: the Poisson schedule, or the closed loop's sends.
+  std::multiset<TimePoint> arrivals;
+  if (!closed) {
+    std::exponential_distribution<double> gap(load.rate);
+    for (double t = gap(rng); t < load.duration_s; t += gap(rng)) arrivals.insert(at(t));
+  } else {
+    for (int32_t i = 0; i < load.concurrency; ++i) arrivals.insert(delayed(start));
+  }
+  constexpr int64_t kMaxSteps = 10'000'000;
+  while (executor.steps() < kMaxSteps) {
+    for (TimePoint finished_at : resend) arrivals.insert(delayed(finished_at));
+    resend.clear();
+    const TimePoint now = clock.Now();
+    while (!arrivals.empty() && *arrivals.begin() <= now) {
+      if (absl::Status s = submit(*arrivals.begin()); !s.ok()) return s;
+      arrivals.erase(arrivals.begin());
+    }
+    if ((*scheduler)->HasWork()) {
+      if ((*scheduler)->RunOnce() == Scheduler::StepOutcome::kIdle) clock.Advance(std::chrono::milliseconds(1));
+    } else if (!arrivals.empty()) {
+      clock.Advance(*arrivals.begin() - now);
+    } else {
+      break;
+    }
+    if (!failure.ok()) return absl::InternalError(absl::StrCat("a simulated request failed: ", failure.ToString()));
+  }
+  if (executor.steps() >= kMaxSteps) return absl::InternalError("the simulation did not end within 10,000,000 steps");
+
+  SimResult result;
+  const TimePoint steady_from = at(load.warmup_s);
+  int64_t steady_tokens = 0;
+  std::vector<double> ttft, itl;
+  for (const Request& r : requests) {
+    if (r.arrivals.empty()) continue;
+    ttft.push_back(Ms(r.arrivals.front() - r.submit));
+    for (size_t i = 0; i < r.arrivals.size(); ++i) {
+      if (i > 0) itl.push_back(Ms(r.arrivals[i] - r.arrivals[i - 1]));
+      if (r.arrivals[i] > steady_from && r.arrivals[i] <= end) ++steady_tokens;
+    }
+  }
+  result.steady_tok_s = static_cast<double>(steady_tokens) / (load.duration_s - load.warmup_s);
+  result.ttft_p50_ms = Percentile(ttft, 0.5);
+  result.ttft_p99_ms = Percentile(ttft, 0.99);
+  result.itl_p50_ms = Percentile(itl, 0.5);
+  result.itl_p99_ms = Percentile(itl, 0.99);
+  result.requests = finished;
+  result.steps = executor.steps();
+  return result;
+}
+
+}  // namespace glmserve::bench

@@ -1,0 +1,116 @@
+// schedule_sim: glmserve's scheduler under closed- and open-loop load in simulated time, a step
+// costing what --decode-ms / --prompt-token-us say (an H200 with GLM-4-9B unless given). Prints
+// one markdown row per load level. No model, no GPU; seconds per run.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "bench/schedule_sim.h"
+#include "flags/flags.h"
+
+namespace {
+
+using glmserve::SchedulerOptions;
+using glmserve::bench::CostModel;
+using glmserve::bench::Curve;
+
+// A --decode-ms / --prompt-token-us value: its curve, or the parse error as the flag's message.
+std::function<std::optional<std::string>(const std::string&)> CurveFlag(Curve* target) {
+  return [target](const std::string& value) -> std::optional<std::string> {
+    absl::StatusOr<Curve> curve = glmserve::bench::ParseCurve(value);
+    if (!curve.ok()) return std::string(curve.status().message());
+    *target = *curve;
+    return std::nullopt;
+  };
+}
+
+std::string CurveText(const Curve& curve) {
+  std::string text;
+  for (const auto& [x, y] : curve.points) absl::StrAppend(&text, text.empty() ? "" : ",", x, ":", y);
+  return text;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int32_t> concurrency = {32, 64};
+  std::vector<std::string> rates;
+  glmserve::bench::SimLoad load;
+  double thin_wait_ms = 1000;
+  // Scheduling as `glmserve serve --device cuda` and scripts/gpu-serve-bench.sh (--max-batch 256) run it.
+  SchedulerOptions options;
+  options.max_batch_size = 256;
+  options.max_tokens_per_step = 8192;
+  options.max_prefill_tokens_with_decodes = 256;
+  options.mixed_step_rows = 256;
+  CostModel cost;
+
+  glmserve::flags::FlagSet set("schedule_sim", "[flags]",
+                               "glmserve's scheduler under load in simulated time, each step costing what the "
+                               "cost model says (GLM-4-9B on an H200 unless given); bench/README.md.");
+  set.Section("load");
+  set.IntList("concurrency", &concurrency, 1, 100000, "closed-loop levels (each finish sends the next request)")
+      .SkipEmptyItems();
+  set.StringList("rates", &rates, "open-loop levels: Poisson arrivals, requests/s").DefaultText("none");
+  set.Int("prompt-len", &load.prompt_len, 1, 1 << 20, "prompt tokens of every request");
+  set.Int("new-tokens", &load.new_tokens, 1, 1 << 20, "tokens every request generates");
+  set.Duration("duration", &load.duration_s, 1e-3, 1e6, "sending per level (simulated)");
+  set.Duration("warmup", &load.warmup_s, 0, 1e6, "tokens before this are left out of steady tok/s");
+  set.Number("client-delay-ms", &load.client_delay_ms, {0, 1e6},
+             "closed loop: each next request is sent up to this long (uniform) after a finish");
+  set.Uint64("seed", &load.seed, "open-loop arrivals and client delays");
+  set.Section("scheduling (glmserve serve's flags of the same names; GPU defaults)");
+  set.Int("max-batch", &options.max_batch_size, 1, 1 << 16, "");
+  set.Int("max-batch-tokens", &options.max_tokens_per_step, 1, 1 << 30, "");
+  set.Int("max-prefill-tokens-with-decodes", &options.max_prefill_tokens_with_decodes, 0, 1 << 30, "");
+  set.Int("mixed-step-rows", &options.mixed_step_rows, 0, 1 << 30, "");
+  set.Int("prefill-spread-steps", &options.prefill_spread_steps, 0, 1 << 30, "");
+  set.Int("thin-prefill-tokens", &options.thin_prefill_tokens, 0, 1 << 30, "");
+  set.Bool("thin-prefill-auto", &options.thin_prefill_auto, "");
+  set.Int("thin-prefill-auto-prompt-steps", &options.thin_prefill_auto_prompt_steps, 1, 1 << 30, "");
+  set.Int("thin-prefill-backlog-steps", &options.thin_prefill_backlog_steps, 0, 1 << 30, "");
+  set.Number("thin-prefill-max-wait-ms", &thin_wait_ms, {0, 1e9}, "");
+  set.Section("cost model (ms a step)");
+  set.Custom("decode-ms", "X:Y,...", CurveText(cost.decode_ms), "a step of Y ms at X decode rows, none prefilling",
+             CurveFlag(&cost.decode_ms));
+  set.Custom("prompt-token-us", "X:Y,...", CurveText(cost.prompt_token_us),
+             "Y us more a prompt token in a step that decodes, X its rows rounded up to a multiple of 64",
+             CurveFlag(&cost.prompt_token_us));
+  set.Number("prefill-only-token-us", &cost.prefill_only_token_us, {0, 1e6},
+             "us a prompt token in a step with no decodes (at least --decode-ms at 1 row)");
+  if (auto exit_code = set.ParseCommandLine(argc, argv)) return *exit_code;
+  if (load.warmup_s >= load.duration_s) return set.UsageError("--warmup must be shorter than --duration");
+  options.thin_prefill_max_wait =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::duration<double, std::milli>(thin_wait_ms));
+
+  std::vector<glmserve::bench::SimLoad> levels;
+  for (int32_t c : concurrency) {
+    levels.push_back(load);
+    levels.back().concurrency = c;
+  }
+  for (const std::string& text : rates) {
+    double rate = 0;
+    if (!absl::SimpleAtod(text, &rate) || !(rate > 0)) {
+      return set.UsageError(absl::StrCat("--rates: '", text, "' is not a positive number"));
+    }
+    levels.push_back(load);
+    levels.back().rate = rate;
+  }
+  std::printf("| load | steady tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | requests | steps |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|\n");
+  for (const glmserve::bench::SimLoad& level : levels) {
+    absl::StatusOr<glmserve::bench::SimResult> r = glmserve::bench::Simulate(options, cost, level);
+    if (!r.ok()) {
+      std::fprintf(stderr, "schedule_sim: %s\n", r.status().ToString().c_str());
+      return 1;
+    }
+    const std::string name = level.concurrency > 0 ? absl::StrCat(level.concurrency, " streams")
+                                                   : absl::StrCat(level.rate, " requests/s");
+    std::printf("| %s | %.1f | %.1f / %.1f | %.2f / %.2f | %lld | %lld |\n", name.c_str(), r->steady_tok_s,
+                r->ttft_p50_ms, r->ttft_p99_ms, r->itl_p50_ms, r->itl_p99_ms, static_cast<long long>(r->requests),
+                static_cast<long long>(r->steps));
+  }
+  return 0;
+}
