@@ -124,7 +124,7 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
     TimePoint submit;
     std::vector<TimePoint> arrivals;
   };
-  std::deque<Request> requests;  // stable references for the callbacks
+  std::deque<Request> requests;   // stable references for the callbacks
   std::vector<TimePoint> resend;  // closed loop: finishes whose next request is due
   absl::Status failure;
   int64_t finished = 0;
@@ -141,7 +141,8 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
     Request* request = &requests.back();
     InferenceRequest r;
     r.request_id = absl::StrCat("sim-", id);
-    for (int32_t i = 0; i < load.prompt_len; ++i) r.input_ids.push_back(static_cast<int32_t>((id * 7919 + i * 13) % 997 + 2));
+    for (int32_t i = 0; i < load.prompt_len; ++i)
+      r.input_ids.push_back(static_cast<int32_t>((id * 7919 + i * 13) % 997 + 2));
     r.params.max_new_tokens = load.new_tokens;
     r.params.min_new_tokens = load.new_tokens;
     RequestCallbacks callbacks;
@@ -160,7 +161,8 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
   std::uniform_real_distribution<double> client_delay_ms(0, load.client_delay_ms);
   const auto delayed = [&](TimePoint t) {
     if (load.client_delay_ms == 0) return t;
-    return t + std::chrono::duration_cast<Clock::Duration>(std::chrono::duration<double, std::milli>(client_delay_ms(rng)));
+    return t +
+           std::chrono::duration_cast<Clock::Duration>(std::chrono::duration<double, std::milli>(client_delay_ms(rng)));
   };
   // The arrivals still to send, in time order: the Poisson schedule, or the closed loop's sends.
   std::multiset<TimePoint> arrivals;

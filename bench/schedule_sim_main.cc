@@ -106,8 +106,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "schedule_sim: %s\n", r.status().ToString().c_str());
       return 1;
     }
-    const std::string name = level.concurrency > 0 ? absl::StrCat(level.concurrency, " streams")
-                                                   : absl::StrCat(level.rate, " requests/s");
+    const std::string name =
+        level.concurrency > 0 ? absl::StrCat(level.concurrency, " streams") : absl::StrCat(level.rate, " requests/s");
     std::printf("| %s | %.1f | %.1f / %.1f | %.2f / %.2f | %lld | %lld |\n", name.c_str(), r->steady_tok_s,
                 r->ttft_p50_ms, r->ttft_p99_ms, r->itl_p50_ms, r->itl_p99_ms, static_cast<long long>(r->requests),
                 static_cast<long long>(r->steps));

@@ -33,7 +33,7 @@ TEST(ScheduleSimTest, CostModelInterpolatesAndRoundsRowsToTheGraphBucket) {
   cost.prompt_token_us = Curve{{{64, 10.0}, {128, 20.0}}};
   cost.prefill_only_token_us = 25.0;
   EXPECT_DOUBLE_EQ(cost.StepMs(2, 0), 7.0);
-  EXPECT_DOUBLE_EQ(cost.StepMs(10, 0), 9.0);              // flat past the last point
+  EXPECT_DOUBLE_EQ(cost.StepMs(10, 0), 9.0);               // flat past the last point
   EXPECT_DOUBLE_EQ(cost.StepMs(2, 62), 7.0 + 62 * 0.010);  // 64 rows: the 64 bucket
   EXPECT_DOUBLE_EQ(cost.StepMs(2, 63), 7.0 + 63 * 0.020);  // 65 rows: the 128 bucket
   EXPECT_DOUBLE_EQ(cost.StepMs(0, 100), 5.0);              // prefill alone: at least a 1-row step
