@@ -665,20 +665,14 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
 }
 
 int32_t Scheduler::AutoThinTokens() const {
-  if (!seen_prompt_) return 0;
+  if (!seen_prompt_ || !seen_output_) return 0;
   const double sequences = static_cast<double>(running_.size() + waiting_.size());
-  // Until a request has finished, what they ask for: the closed loop's first wave is prefilled
-  // thin as well (at the caps it keeps its streams in step for several rounds).
-  const double output = std::max(1.0, seen_output_ ? average_output_tokens_ : average_max_new_tokens_);
+  const double output = std::max(1.0, average_output_tokens_);
   // A prompt of P tokens at sequences x P / output a step takes output / sequences steps.
   if (output > sequences * options_.thin_prefill_auto_prompt_steps) return 0;
-  const double pace = std::max(1.0, sequences * average_prompt_tokens_ / output);
-  // Whole chunks of the average prompt: the least budget at or above the pace that splits it
-  // evenly (a 128-token prompt at a pace of 60 or 64 a step: 64, two chunks, not 60 + 60 + 8). The
-  // sequence count moves by a few as requests finish and arrive, and a prompt cut into one chunk
-  // more costs a step more of waiting.
-  const double chunks = std::max(1.0, std::floor(average_prompt_tokens_ / pace));
-  return static_cast<int32_t>(std::clamp<double>(std::ceil(average_prompt_tokens_ / chunks), 1, 1 << 30));
+  // Nearest, not up: averages that approach a 1:1 ratio from below must not add a token a step.
+  const double tokens = std::round(sequences * average_prompt_tokens_ / output);
+  return static_cast<int32_t>(std::clamp<double>(tokens, 1, 1 << 30));
 }
 
 Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
@@ -783,8 +777,6 @@ Scheduler::PlannedStep Scheduler::Plan(TimePoint now) {
         s->cached_prompt_tokens = s->num_computed;
         s->first_scheduled = now;
         RecordAverage(static_cast<double>(s->pending()), &average_prompt_tokens_, &seen_prompt_);
-        RecordAverage(static_cast<double>(s->request.params.max_new_tokens), &average_max_new_tokens_,
-                      &seen_max_new_tokens_);
         if (hooks_.on_first_admit) hooks_.on_first_admit(s->request.request_id);
       }
       s->preempted = false;
