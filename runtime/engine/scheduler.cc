@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "runtime/status_macros.h"
 
 namespace glmserve {
 namespace engine_internal {
@@ -125,6 +126,12 @@ void EraseValue(std::vector<T>& v, const T& x) {
   if (it != v.end()) v.erase(it);
 }
 
+// "FIELD must be >= LEAST, got VALUE" where the option is below its least value.
+absl::Status AtLeast(absl::string_view field, int64_t value, int64_t least) {
+  if (value >= least) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(field, " must be >= ", least, ", got ", value));
+}
+
 // A moving average weighing each new sample 1/16 (the first sample sets it): recent requests
 // decide, one odd request does not.
 void RecordAverage(double sample, double* average, bool* seen) {
@@ -135,24 +142,15 @@ void RecordAverage(double sample, double* average, bool* seen) {
 }  // namespace
 
 absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
-  if (o.max_batch_size < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_batch_size must be >= 1, got ", o.max_batch_size));
-  }
+  GLM_RETURN_IF_ERROR(AtLeast("max_batch_size", o.max_batch_size, 1));
   if (o.max_tokens_per_step < o.max_batch_size) {
     return absl::InvalidArgumentError(absl::StrCat("max_tokens_per_step must be >= max_batch_size (", o.max_batch_size,
                                                    ") so every running sequence can decode each step, got ",
                                                    o.max_tokens_per_step));
   }
-  if (o.max_prefill_tokens_with_decodes < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_prefill_tokens_with_decodes must be >= 0, got ", o.max_prefill_tokens_with_decodes));
-  }
-  if (o.mixed_step_rows < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("mixed_step_rows must be >= 0, got ", o.mixed_step_rows));
-  }
-  if (o.thin_prefill_tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("thin_prefill_tokens must be >= 0, got ", o.thin_prefill_tokens));
-  }
+  GLM_RETURN_IF_ERROR(AtLeast("max_prefill_tokens_with_decodes", o.max_prefill_tokens_with_decodes, 0));
+  GLM_RETURN_IF_ERROR(AtLeast("mixed_step_rows", o.mixed_step_rows, 0));
+  GLM_RETURN_IF_ERROR(AtLeast("thin_prefill_tokens", o.thin_prefill_tokens, 0));
   if (o.thin_prefill_max_wait.count() < 0) {
     return absl::InvalidArgumentError("thin_prefill_max_wait must be >= 0");
   }
@@ -162,21 +160,10 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
                      "then be 0, got ",
                      o.thin_prefill_tokens));
   }
-  if (o.thin_prefill_auto_prompt_steps < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("thin_prefill_auto_prompt_steps must be >= 1, got ", o.thin_prefill_auto_prompt_steps));
-  }
-  if (o.thin_prefill_backlog_steps < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("thin_prefill_backlog_steps must be >= 0, got ", o.thin_prefill_backlog_steps));
-  }
-  if (o.prefill_spread_steps < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("prefill_spread_steps must be >= 0, got ", o.prefill_spread_steps));
-  }
-  if (o.prefill_spread_min_tokens < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prefill_spread_min_tokens must be >= 1, got ", o.prefill_spread_min_tokens));
-  }
+  GLM_RETURN_IF_ERROR(AtLeast("thin_prefill_auto_prompt_steps", o.thin_prefill_auto_prompt_steps, 1));
+  GLM_RETURN_IF_ERROR(AtLeast("thin_prefill_backlog_steps", o.thin_prefill_backlog_steps, 0));
+  GLM_RETURN_IF_ERROR(AtLeast("prefill_spread_steps", o.prefill_spread_steps, 0));
+  GLM_RETURN_IF_ERROR(AtLeast("prefill_spread_min_tokens", o.prefill_spread_min_tokens, 1));
   if (o.max_queue_delay.count() < 0) {
     return absl::InvalidArgumentError("max_queue_delay must be >= 0");
   }
@@ -186,14 +173,8 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   if (o.priority_aging_interval.count() < 0) {
     return absl::InvalidArgumentError("priority_aging_interval must be >= 0");
   }
-  if (o.aimd_increase_after_steps < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("aimd_increase_after_steps must be >= 1, got ", o.aimd_increase_after_steps));
-  }
-  if (o.max_oom_retries_alone < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_oom_retries_alone must be >= 0, got ", o.max_oom_retries_alone));
-  }
+  GLM_RETURN_IF_ERROR(AtLeast("aimd_increase_after_steps", o.aimd_increase_after_steps, 1));
+  GLM_RETURN_IF_ERROR(AtLeast("max_oom_retries_alone", o.max_oom_retries_alone, 0));
   const FaultInjectionOptions& f = o.faults;
   if (f.oom_above_sequences < 0 || f.oom_above_tokens < 0 || f.throw_on_step < 0 || f.step_latency.count() < 0) {
     return absl::InvalidArgumentError(
@@ -624,14 +605,15 @@ void Scheduler::CapPrefillBudget(int32_t decodes, TimePoint now, int32_t* budget
   int32_t cap = options_.max_prefill_tokens_with_decodes;  // 0 = none
   const auto lower_cap = [&cap](int32_t to) { cap = cap > 0 ? std::min(cap, to) : to; };
   const int32_t rows = options_.mixed_step_rows;
-  if (rows > 0 && decodes <= rows / 4) lower_cap(rows - decodes);
+  const bool decodes_take_a_quarter = rows == 0 || decodes <= rows / 4;  // of mixed_step_rows, when set
+  if (rows > 0 && decodes_take_a_quarter) lower_cap(rows - decodes);
   // The thin budget. By hand: only while at most that many sequences are in the server (running
   // or queued): with more, once they all decode, prompts come in faster than thin steps take them
   // (as many finish a step). Not the decodes alone: a server falling behind has fewer of them,
   // which would keep it thin and behind. Automatic: the count is part of the budget.
   int32_t thin = 0;
   if (options_.thin_prefill_auto) {
-    if (rows == 0 || decodes <= rows / 4) thin = AutoThinTokens();
+    if (decodes_take_a_quarter) thin = AutoThinTokens();
   } else if (options_.thin_prefill_tokens > 0 &&
              running_.size() + waiting_.size() <= static_cast<size_t>(options_.thin_prefill_tokens)) {
     thin = options_.thin_prefill_tokens;
