@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench/glmload_stats.h"
 #include "runtime/engine/clock.h"
 
 namespace glmserve::bench {
@@ -89,12 +90,6 @@ class SimExecutor final : public StepExecutor {
   int64_t steps_ = 0;
 };
 
-double Percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5))];
-}
-
 double Ms(Clock::Duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
 }  // namespace
@@ -157,7 +152,7 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
     return (*scheduler)->Add(std::move(r), std::move(callbacks), when);
   };
 
-  std::mt19937_64 rng(load.seed);
+  std::mt19937_64 rng(load.seed);  // client delays (closed loop)
   std::uniform_real_distribution<double> client_delay_ms(0, load.client_delay_ms);
   const auto delayed = [&](TimePoint t) {
     if (load.client_delay_ms == 0) return t;
@@ -167,8 +162,9 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
   // The arrivals still to send, in time order: the Poisson schedule, or the closed loop's sends.
   std::multiset<TimePoint> arrivals;
   if (!closed) {
-    std::exponential_distribution<double> gap(load.rate);
-    for (double t = gap(rng); t < load.duration_s; t += gap(rng)) arrivals.insert(at(t));
+    glmserve::load::PoissonArrivals poisson(load.rate, load.seed);  // glmload's open loop
+    for (double t = poisson.NextGapSeconds(); t < load.duration_s; t += poisson.NextGapSeconds())
+      arrivals.insert(at(t));
   } else {
     for (int32_t i = 0; i < load.concurrency; ++i) arrivals.insert(delayed(start));
   }
@@ -205,10 +201,11 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
     }
   }
   result.steady_tok_s = static_cast<double>(steady_tokens) / (load.duration_s - load.warmup_s);
-  result.ttft_p50_ms = Percentile(ttft, 0.5);
-  result.ttft_p99_ms = Percentile(ttft, 0.99);
-  result.itl_p50_ms = Percentile(itl, 0.5);
-  result.itl_p99_ms = Percentile(itl, 0.99);
+  // glmload's nearest-rank percentiles, so the figures compare with its tables.
+  result.ttft_p50_ms = glmserve::load::Percentile(ttft, 50);
+  result.ttft_p99_ms = glmserve::load::Percentile(std::move(ttft), 99);
+  result.itl_p50_ms = glmserve::load::Percentile(itl, 50);
+  result.itl_p99_ms = glmserve::load::Percentile(std::move(itl), 99);
   result.requests = finished;
   result.steps = executor.steps();
   return result;
