@@ -124,10 +124,12 @@ int main(int argc, char** argv) {
                                                    stream);
               }));
         }
-        for (auto math : {glmserve::kernels::SkinnyGemmMath::kWarpgroup, glmserve::kernels::SkinnyGemmMath::kWarp}) {
-          const bool warpgroup = math == glmserve::kernels::SkinnyGemmMath::kWarpgroup;
-          row(rows, (warpgroup ? "skinny GEMM (wgmma" : "skinny GEMM (mma.sync") + how + ")",
-              time_us([&](const void* w) {
+        using glmserve::kernels::SkinnyGemmMath;
+        for (auto math : {SkinnyGemmMath::kTma, SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp}) {
+          const char* name = math == SkinnyGemmMath::kTma         ? "skinny GEMM (TMA + wgmma"
+                             : math == SkinnyGemmMath::kWarpgroup ? "skinny GEMM (wgmma"
+                                                                  : "skinny GEMM (mma.sync";
+          row(rows, name + how + ")", time_us([&](const void* w) {
                 return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k,
                                                          ElementType::kBFloat16, gemm_workspace, stream, math);
               }));

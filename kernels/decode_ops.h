@@ -74,9 +74,11 @@ constexpr int32_t kSkinnyGemmMaxRows = 64;
 size_t SkinnyGemmWorkspaceBytes();
 bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, const void* x, const void* w);
 // The tensor-core instructions it runs: warpgroup MMA (wgmma, the operands read straight from
-// shared memory; where the kernels are built for sm_90a, else the same as kWarp) or per-warp
-// mma.sync fed by ldmatrix. Both accumulate in fp32, k in the same order.
-enum class SkinnyGemmMath { kWarpgroup, kWarp };
+// shared memory; where the kernels are built for sm_90a, else the same as kWarp) fed by cp.async
+// (kWarpgroup) or by the tensor memory accelerator with the weight's first stages asked for
+// before the kernel before it ends (kTma), or per-warp mma.sync fed by ldmatrix. All accumulate
+// in fp32, k in the same order.
+enum class SkinnyGemmMath { kWarpgroup, kWarp, kTma };
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
                     ElementType type, void* workspace, void* stream, SkinnyGemmMath math = SkinnyGemmMath::kWarpgroup);
 

@@ -11,6 +11,7 @@
 // rows), so 8 rows waste nothing. The products run on warpgroup MMA (wgmma, two warpgroups of
 // 64 features reading both operands from shared memory) or on per-warp mma.m16n8k16 fed by
 // ldmatrix; at 64 rows wgmma is 10-13% faster (the ldmatrix traffic for x was the bound).
+#include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -179,6 +180,96 @@ struct Layout {
   }
 };
 
+// Accumulator j of acc[f][r] is feature (f * 16 + lane / 4 + 8 * (j / 2)) of the warp's and
+// row (r * 8 + 2 * (lane % 4) + j % 2); warp w's features start at w * 16 * FeatureTiles.
+template <typename T, int FeatureTiles, int RowTiles>
+__device__ __forceinline__ void StoreTile(const GemmArgs& a, const float (&acc)[FeatureTiles][RowTiles][4],
+                                          int64_t tile, int warp, int lane) {
+  T* y = static_cast<T*>(a.y);
+  const T* bias = static_cast<const T*>(a.bias);
+#pragma unroll
+  for (int f = 0; f < FeatureTiles; ++f) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t feature = tile * kTileFeatures + (warp * FeatureTiles + f) * 16 + lane / 4 + half * 8;
+      if (feature >= a.n) continue;
+      const float b = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
+#pragma unroll
+      for (int r = 0; r < RowTiles; ++r) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int row = r * 8 + 2 * (lane % 4) + j;
+          if (row < a.rows) y[row * a.n + feature] = FromFloat<T>(acc[f][r][half * 2 + j] + b);
+        }
+      }
+    }
+  }
+}
+
+// A tile cut between blocks: the block owning units [begin, end) stores its part in slot 0 (its
+// first tile) or 1 (its last); whoever stores the tile's last part sums all of them in block
+// order into `acc` and returns true (it then stores the tile). `barrier` syncs the Threads
+// threads that hold accumulators; `finishing` is shared memory.
+template <int Threads, int FeatureTiles, int RowTiles, typename Barrier>
+__device__ __forceinline__ bool SumSplitTile(const GemmArgs& a, float (&acc)[FeatureTiles][RowTiles][4], int64_t tile,
+                                             int64_t first_tile, int tid, int* finishing, Barrier barrier) {
+  float4* mine = reinterpret_cast<float4*>(a.slots + (blockIdx.x * 2 + (tile == first_tile ? 0 : 1)) *
+                                                         static_cast<int64_t>(kSlotFloats));
+#pragma unroll
+  for (int f = 0; f < FeatureTiles; ++f)
+#pragma unroll
+    for (int r = 0; r < RowTiles; ++r)
+      mine[(f * RowTiles + r) * Threads + tid] = make_float4(acc[f][r][0], acc[f][r][1], acc[f][r][2], acc[f][r][3]);
+  __threadfence();
+  barrier();
+  const int64_t first_block = tile * a.k_blocks / a.per_block;
+  const int64_t last_block = ((tile + 1) * a.k_blocks - 1) / a.per_block;
+  const int parts = static_cast<int>(last_block - first_block + 1);
+  if (tid == 0) *finishing = atomicAdd(&a.counters[tile], 1) == parts - 1;
+  barrier();
+  if (!*finishing) return false;
+  __threadfence();
+#pragma unroll
+  for (int f = 0; f < FeatureTiles; ++f)
+#pragma unroll
+    for (int r = 0; r < RowTiles; ++r)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[f][r][j] = 0.0f;
+  // The parts' loads a few blocks at a time before their sums (in block order): a sum waits for
+  // one round trip to L2 per group, not per part (at most 64 floats a thread in flight).
+  constexpr int kPerPart = FeatureTiles * RowTiles * 4;
+  constexpr int kGroup = 64 / kPerPart > 4 ? 4 : 64 / kPerPart < 1 ? 1 : 64 / kPerPart;
+  for (int64_t group = first_block; group <= last_block; group += kGroup) {
+    float4 v[kGroup][FeatureTiles][RowTiles];
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      const int64_t block = group + g;
+      if (block > last_block) break;
+      const int64_t block_first_tile = block * a.per_block / a.k_blocks;
+      const float4* part = reinterpret_cast<const float4*>(a.slots + (block * 2 + (tile == block_first_tile ? 0 : 1)) *
+                                                                         static_cast<int64_t>(kSlotFloats));
+#pragma unroll
+      for (int f = 0; f < FeatureTiles; ++f)
+#pragma unroll
+        for (int r = 0; r < RowTiles; ++r) v[g][f][r] = __ldcg(part + (f * RowTiles + r) * Threads + tid);
+    }
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      if (group + g > last_block) break;
+#pragma unroll
+      for (int f = 0; f < FeatureTiles; ++f)
+#pragma unroll
+        for (int r = 0; r < RowTiles; ++r) {
+          acc[f][r][0] += v[g][f][r].x;
+          acc[f][r][1] += v[g][f][r].y;
+          acc[f][r][2] += v[g][f][r].z;
+          acc[f][r][3] += v[g][f][r].w;
+        }
+    }
+  }
+  return true;
+}
+
 template <typename T, typename Geometry, int RowTiles>
 __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm) SkinnyGemmKernel(GemmArgs a) {
   using L = Layout<Geometry, RowTiles>;
@@ -281,69 +372,9 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
     }
   };
 
-  // Accumulator j of acc[f][r] is feature (f * 16 + lane / 4 + 8 * (j / 2)) of the warp's and
-  // row (r * 8 + 2 * (lane % 4) + j % 2).
-  auto store = [&](int64_t tile) {
-    T* y = static_cast<T*>(a.y);
-    const T* bias = static_cast<const T*>(a.bias);
-#pragma unroll
-    for (int f = 0; f < kFeatureTiles; ++f) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int64_t feature = tile * kTileFeatures + (warp * kFeatureTiles + f) * 16 + lane / 4 + half * 8;
-        if (feature >= a.n) continue;
-        const float b = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
-#pragma unroll
-        for (int r = 0; r < RowTiles; ++r) {
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int row = r * 8 + 2 * (lane % 4) + j;
-            if (row < a.rows) y[row * a.n + feature] = FromFloat<T>(acc[f][r][half * 2 + j] + b);
-          }
-        }
-      }
-    }
-  };
-
   __shared__ int finishing;
   const int64_t first_tile = begin / a.k_blocks;
-  // The block owning units [begin, end) of a tile split between blocks stores its part in slot
-  // 0 (its first tile) or 1 (its last); whoever stores the tile's last part sums all of them.
-  auto finish_shared_tile = [&](int64_t tile) {
-    float4* mine = reinterpret_cast<float4*>(a.slots + (blockIdx.x * 2 + (tile == first_tile ? 0 : 1)) *
-                                                           static_cast<int64_t>(kSlotFloats));
-#pragma unroll
-    for (int f = 0; f < kFeatureTiles; ++f)
-#pragma unroll
-      for (int r = 0; r < RowTiles; ++r)
-        mine[(f * RowTiles + r) * kThreads + tid] = make_float4(acc[f][r][0], acc[f][r][1], acc[f][r][2], acc[f][r][3]);
-    __threadfence();
-    __syncthreads();
-    const int64_t first_block = tile * a.k_blocks / a.per_block;
-    const int64_t last_block = ((tile + 1) * a.k_blocks - 1) / a.per_block;
-    const int parts = static_cast<int>(last_block - first_block + 1);
-    if (tid == 0) finishing = atomicAdd(&a.counters[tile], 1) == parts - 1;
-    __syncthreads();
-    if (!finishing) return;
-    __threadfence();
-    clear();
-    for (int64_t block = first_block; block <= last_block; ++block) {
-      const int64_t block_first_tile = block * a.per_block / a.k_blocks;
-      const float4* part = reinterpret_cast<const float4*>(a.slots + (block * 2 + (tile == block_first_tile ? 0 : 1)) *
-                                                                         static_cast<int64_t>(kSlotFloats));
-#pragma unroll
-      for (int f = 0; f < kFeatureTiles; ++f)
-#pragma unroll
-        for (int r = 0; r < RowTiles; ++r) {
-          const float4 v = __ldcg(part + (f * RowTiles + r) * kThreads + tid);
-          acc[f][r][0] += v.x;
-          acc[f][r][1] += v.y;
-          acc[f][r][2] += v.z;
-          acc[f][r][3] += v.w;
-        }
-    }
-    store(tile);
-  };
+  auto block_barrier = [] { __syncthreads(); };
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -366,16 +397,196 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
     const bool tile_ends = (unit + 1) % a.k_blocks == 0;
     if (tile_ends || unit + 1 == end) {
       const int64_t tile = unit / a.k_blocks;
-      if (segment_begin % a.k_blocks == 0 && tile_ends) {
-        store(tile);
-      } else {
-        finish_shared_tile(tile);
+      if ((segment_begin % a.k_blocks == 0 && tile_ends) ||
+          SumSplitTile<kThreads>(a, acc, tile, first_tile, tid, &finishing, block_barrier)) {
+        StoreTile<T>(a, acc, tile, warp, lane);
       }
       clear();
       segment_begin = unit + 1;
     }
   }
   CopyAsyncWait<0>();
+}
+
+// --- The TMA form (SkinnyGemmMath::kTma) ---------------------------------------------------------
+// The same units, tiles, stage layout and wgmma as WideWarpgroup, fed by the tensor memory
+// accelerator instead of cp.async: one producer thread issues each stage's copies (one per 64-k
+// half of the weight tile and of x, written in the 128-byte swizzle wgmma reads) and the two
+// consumer warpgroups wait on the stage's mbarrier, so no barrier holds every warp at every stage
+// and the loads in flight never drain. The weight is read by no kernel of a step's writes, so
+// the producer asks for its first stages' weights before waiting for the kernel before it
+// (dependent launch): the weight stream starts while that kernel ends, where cuBLAS's kernels
+// start cold.
+struct TmaArgs {
+  CUtensorMap weight_map;  // [n, k], box 64 k x 128 features
+  CUtensorMap x_map;       // [rows, k], box 64 k x RowTiles * 8 rows
+  GemmArgs g;
+};
+
+constexpr int kTmaConsumerWarps = 8;
+constexpr int kTmaThreads = (kTmaConsumerWarps + 1) * 32;  // the last warp produces
+
+template <int RowTiles>
+struct TmaLayout {
+  using Base = Layout<WideWarpgroup, RowTiles>;
+  static constexpr int kStageBytes = Base::kStageBytes;
+  static constexpr int kWeightHalfBytes = Base::WeightHalfBytes();
+  static constexpr int kXHalfBytes = Base::XHalfBytes();
+  static constexpr int kStages = 200 * 1024 / kStageBytes > 8 ? 8 : 200 * 1024 / kStageBytes;
+  static constexpr int kSmem = kStages * kStageBytes + 1024;  // + the alignment of the swizzle atoms
+};
+
+__device__ __forceinline__ void BarrierInit(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void BarrierExpectBytes(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void BarrierArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Returns once the barrier's phase with this parity has completed.
+__device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+  } while (done == 0);
+}
+// Box (k0 .. k0 + 63, row0 ..) of the tensor map into shared memory, its lines kept in L2 by
+// `policy` (createpolicy); completes on `bar`.
+__device__ __forceinline__ void TmaLoad(uint32_t smem, const CUtensorMap* map, int64_t k0, int64_t row0, uint32_t bar,
+                                        uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+      "%3}], [%4], %5;\n" ::"r"(smem),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(static_cast<int32_t>(k0)), "r"(static_cast<int32_t>(row0)), "r"(bar),
+      "l"(policy)
+      : "memory");
+}
+__device__ __forceinline__ uint64_t EvictFirstPolicy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ uint64_t EvictLastPolicy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+template <typename T, int RowTiles>
+__global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_constant__ TmaArgs p) {
+#ifdef GLMSERVE_HAVE_WGMMA
+  using L = TmaLayout<RowTiles>;
+  constexpr int kStages = L::kStages;
+  const GemmArgs& a = p.g;
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
+  __shared__ int finishing;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t tiles = (a.n + kTileFeatures - 1) / kTileFeatures;
+  const int64_t total = tiles * a.k_blocks;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * a.per_block;
+  const int64_t end = begin + a.per_block < total ? begin + a.per_block : total;
+  if (begin >= end) return;
+  AllowDependentLaunch();
+  const uint32_t smem_base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
+  auto full_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&full[s])); };
+  auto empty_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&empty[s])); };
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      BarrierInit(full_bar(s), 1);
+      BarrierInit(empty_bar(s), kTmaConsumerWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp == kTmaConsumerWarps) {
+    if (lane != 0) return;
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&p.weight_map)) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&p.x_map)) : "memory");
+    // The weight is read once and need not stay in L2; x is read by every block.
+    const uint64_t evict_first = EvictFirstPolicy(), evict_last = EvictLastPolicy();
+    auto stage_base = [&](int s) { return smem_base + s * L::kStageBytes; };
+    auto load_weight = [&](int64_t unit, int s) {
+      const int64_t tile = unit / a.k_blocks, k0 = (unit - tile * a.k_blocks) * 128;
+      for (int half = 0; half < 2; ++half) {
+        TmaLoad(stage_base(s) + half * L::kWeightHalfBytes, &p.weight_map, k0 + half * 64, tile * kTileFeatures,
+                full_bar(s), evict_first);
+      }
+    };
+    auto load_x = [&](int64_t unit, int s) {
+      const int64_t tile = unit / a.k_blocks, k0 = (unit - tile * a.k_blocks) * 128;
+      for (int half = 0; half < 2; ++half) {
+        TmaLoad(stage_base(s) + 2 * L::kWeightHalfBytes + half * L::kXHalfBytes, &p.x_map, k0 + half * 64, 0,
+                full_bar(s), evict_last);
+      }
+    };
+    const int64_t units = end - begin;
+    const int prologue = units < kStages ? static_cast<int>(units) : kStages;
+    for (int i = 0; i < prologue; ++i) {
+      BarrierExpectBytes(full_bar(i), L::kStageBytes);
+      load_weight(begin + i, i);
+    }
+    WaitForPrerequisiteGrid();  // x is the kernel before's output
+    for (int i = 0; i < prologue; ++i) load_x(begin + i, i);
+    for (int64_t i = prologue; i < units; ++i) {
+      const int s = static_cast<int>(i % kStages);
+      BarrierWait(empty_bar(s), static_cast<uint32_t>((i / kStages - 1) & 1));
+      BarrierExpectBytes(full_bar(s), L::kStageBytes);
+      load_weight(begin + i, s);
+      load_x(begin + i, s);
+    }
+    return;
+  }
+
+  // Consumers: warpgroup g owns features 64 g .. 64 g + 63 of the tile, as in WideWarpgroup.
+  WaitForPrerequisiteGrid();  // the counters, the slots and y
+  float acc[1][RowTiles][4];
+  auto clear = [&] {
+#pragma unroll
+    for (int r = 0; r < RowTiles; ++r)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[0][r][j] = 0.0f;
+  };
+  auto consumer_barrier = [] { asm volatile("bar.sync 1, %0;\n" ::"n"(kTmaConsumerWarps * 32) : "memory"); };
+  const int64_t first_tile = begin / a.k_blocks;
+  clear();
+  int64_t segment_begin = begin;
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t i = unit - begin;
+    const int s = static_cast<int>(i % kStages);
+    BarrierWait(full_bar(s), static_cast<uint32_t>((i / kStages) & 1));
+    const uint32_t base = smem_base + s * L::kStageBytes;
+    const uint32_t a_base = base + (warp / 4) * 64 * 128, b_base = base + 2 * L::kWeightHalfBytes;
+    PinRegisters(acc[0]);
+    WarpgroupFence();
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks) {
+      const uint32_t step = (ks % 4) * 32;
+      Wgmma<T, RowTiles>(acc[0], SwizzledDescriptor(a_base + (ks / 4) * L::kWeightHalfBytes + step),
+                         SwizzledDescriptor(b_base + (ks / 4) * L::kXHalfBytes + step));
+    }
+    WarpgroupCommitAndWait();
+    PinRegisters(acc[0]);
+    __syncwarp();
+    if (lane == 0) BarrierArrive(empty_bar(s));
+    const bool tile_ends = (unit + 1) % a.k_blocks == 0;
+    if (tile_ends || unit + 1 == end) {
+      const int64_t tile = unit / a.k_blocks;
+      if ((segment_begin % a.k_blocks == 0 && tile_ends) ||
+          SumSplitTile<kTmaConsumerWarps * 32>(a, acc, tile, first_tile, tid, &finishing, consumer_barrier)) {
+        StoreTile<T>(a, acc, tile, warp, lane);
+      }
+      clear();
+      segment_begin = unit + 1;
+    }
+  }
+#endif
 }
 
 // The workspace's counters to zero, as a kernel rather than a memset: a memset between two
@@ -416,6 +627,72 @@ bool LaunchForRows(const GemmArgs& args, int sms, cudaStream_t stream) {
   return Launch<T, Geometry, 8>(args, sms, stream);
 }
 
+// cuTensorMapEncodeTiled from the driver, through the runtime (no link against libcuda).
+using TensorMapEncoder = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                      const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                      CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+TensorMapEncoder TensorMapEncoderOrNull() {
+  static const TensorMapEncoder encoder = []() -> TensorMapEncoder {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    return reinterpret_cast<TensorMapEncoder>(fn);
+  }();
+  return encoder;
+}
+
+// A row-major [rows, k] matrix read in boxes of 64 k x box_rows rows, 128-byte swizzled; rows
+// past the end and k past k read as zeros.
+bool EncodeRowMajorMap(CUtensorMap* map, const void* base, int64_t rows, int64_t k, int box_rows, ElementType type) {
+  const TensorMapEncoder encode = TensorMapEncoderOrNull();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  return encode(map,
+                type == ElementType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                const_cast<void*>(base), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <typename T, int RowTiles>
+bool LaunchTma(GemmArgs args, ElementType type, int sms, cudaStream_t stream) {
+  using L = TmaLayout<RowTiles>;
+  static std::atomic<bool> configured{false};
+  if (!configured.load(std::memory_order_acquire)) {
+    if (cudaFuncSetAttribute(TmaGemmKernel<T, RowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem) !=
+        cudaSuccess) {
+      return false;
+    }
+    configured.store(true, std::memory_order_release);
+  }
+  args.k_blocks = static_cast<int32_t>((args.k + 127) / 128);
+  const int64_t total = (args.n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
+  args.per_block = (total + sms - 1) / sms;
+  TmaArgs p;
+  p.g = args;
+  if (!EncodeRowMajorMap(&p.weight_map, args.w, args.n, args.k, kTileFeatures, type) ||
+      !EncodeRowMajorMap(&p.x_map, args.x, args.rows, args.k, RowTiles * 8, type)) {
+    return false;
+  }
+  return LaunchKernel(TmaGemmKernel<T, RowTiles>, dim3(sms), dim3(kTmaThreads), L::kSmem, stream, p) == cudaSuccess;
+}
+
+template <typename T>
+bool LaunchTmaForRows(const GemmArgs& args, ElementType type, int sms, cudaStream_t stream) {
+  if (args.rows <= 8) return LaunchTma<T, 1>(args, type, sms, stream);
+  if (args.rows <= 16) return LaunchTma<T, 2>(args, type, sms, stream);
+  if (args.rows <= 32) return LaunchTma<T, 4>(args, type, sms, stream);
+  return LaunchTma<T, 8>(args, type, sms, stream);
+}
+
 }  // namespace
 
 size_t SkinnyGemmWorkspaceBytes() {
@@ -453,6 +730,11 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
     return false;
   }
 #if GLMSERVE_CUDA_SM90A
+  if (math == SkinnyGemmMath::kTma) {
+    if (type == ElementType::kBFloat16) return LaunchTmaForRows<__nv_bfloat16>(args, type, sms, st);
+    if (type == ElementType::kFloat16) return LaunchTmaForRows<__half>(args, type, sms, st);
+    return false;
+  }
   if (math == SkinnyGemmMath::kWarpgroup) {
     if (type == ElementType::kBFloat16) return LaunchForRows<__nv_bfloat16, WideWarpgroup>(args, sms, st);
     if (type == ElementType::kFloat16) return LaunchForRows<__half, WideWarpgroup>(args, sms, st);

@@ -101,6 +101,18 @@ using testutil::RoundToHalf;
 using testutil::ToBf16Bits;
 using testutil::ToHalfBits;
 
+const char* MathName(SkinnyGemmMath math) {
+  switch (math) {
+    case SkinnyGemmMath::kTma:
+      return "wgmma fed by TMA";
+    case SkinnyGemmMath::kWarpgroup:
+      return "wgmma";
+    case SkinnyGemmMath::kWarp:
+      return "mma.sync";
+  }
+  return "?";
+}
+
 // A device copy of host data; the element type decides what the kernel sees (fp32, bf16, fp16).
 class Device {
  public:
@@ -320,8 +332,8 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   };
   // A partial last tile and k not a multiple of the 128-wide stage; GLM-4-9B's qkv projection,
   // whose 36 tiles are each cut between several blocks; a single unit, so most blocks idle.
-  // Each on warpgroup MMA (wgmma) and on per-warp mma.sync.
-  for (SkinnyGemmMath math : {SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp})
+  // Each on warpgroup MMA (wgmma) fed by cp.async and by TMA, and on per-warp mma.sync.
+  for (SkinnyGemmMath math : {SkinnyGemmMath::kTma, SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp})
     for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}}) {
       const int64_t n = shape.n, k = shape.k;
       std::vector<float> w = Random(n * k, 21, type(), 0.05f), bias = Random(n, 22, type());
@@ -332,8 +344,8 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
       for (int32_t rows : {kSkinnyGemmMaxRows, 1, 3, 8, 9, 16, 17, 33}) {
         for (bool with_bias : {true, false}) {
           if (!with_bias && rows != 9) continue;
-          SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias
-                                          << (math == SkinnyGemmMath::kWarp ? " mma.sync" : " wgmma"));
+          SCOPED_TRACE(testing::Message()
+                       << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias << MathName(math));
           Device d_y(std::vector<float>(rows * n, 0.0f), type());
           ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, type(), d_x.get(), d_w.get()));
           ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k,
@@ -485,9 +497,9 @@ TEST(DecodeOpsCudaHalf, SkinnyGemmAndRegisterTileAttentionMatchTheReference) {
     const int64_t n = 1000, k = 4096 + 24;
     const std::vector<float> w = Random(n * k, 31, half, 0.05f), x = Random(kSkinnyGemmMaxRows * k, 32, half);
     Device d_w(w, half), d_x(x, half), d_workspace(std::vector<uint8_t>(SkinnyGemmWorkspaceBytes(), 0));
-    for (SkinnyGemmMath math : {SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp}) {
+    for (SkinnyGemmMath math : {SkinnyGemmMath::kTma, SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp}) {
       for (int32_t rows : {kSkinnyGemmMaxRows, 5}) {
-        SCOPED_TRACE(testing::Message() << rows << " rows" << (math == SkinnyGemmMath::kWarp ? " mma.sync" : " wgmma"));
+        SCOPED_TRACE(testing::Message() << rows << " rows " << MathName(math));
         Device d_y(std::vector<float>(rows * n, 0.0f), half);
         ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, half, d_x.get(), d_w.get()));
         ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), nullptr, d_y.get(), rows, n, k, half, d_workspace.get(),

@@ -13,11 +13,12 @@
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
 // GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
-// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt> turns single kernels off (their
-// ATen ops or cuBLAS, the skinny GEMM on mma.sync, the one-pass attention kernel, the CUDA-core
-// split attention, the shared-memory tile attention kernel, or per-sequence ATen attention for
-// prefill and mixed steps run instead; whole_mixed: mixed steps replay graphs between their eager
-// attentions; cublaslt: bf16 / fp16 GEMMs on cublasGemmEx's heuristic instead of cuBLASLt's);
+// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt,tma_gemm> turns single kernels off
+// (their ATen ops or cuBLAS, the skinny GEMM on mma.sync, the one-pass attention kernel, the
+// CUDA-core split attention, the shared-memory tile attention kernel, or per-sequence ATen
+// attention for prefill and mixed steps run instead; whole_mixed: mixed steps replay graphs
+// between their eager attentions; cublaslt: bf16 / fp16 GEMMs on cublasGemmEx's heuristic instead
+// of cuBLASLt's; tma_gemm: the skinny GEMM's wgmma fed by cp.async instead of TMA);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
 #include "runtime/model/cuda_decode.h"
@@ -927,7 +928,8 @@ class CudaDecodeRunner {
   // Names GLMSERVE_CUDA_DISABLE accepts.
   static constexpr const char* kSwitchableKernels[] = {
       "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma",       "split_attention",
-      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl",  "whole_mixed", "cublaslt"};
+      "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl",  "whole_mixed", "cublaslt",
+      "tma_gemm"};
   // A fresh prompt of at least this many tokens alone in a step attends through cuDNN, its length
   // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
@@ -1102,8 +1104,9 @@ class CudaDecodeRunner {
         EnvInt("GLMSERVE_CUDA_GEMM_MAX_ROWS", kSkinnyGemmFasterUpToRows, 0, kernels::kSkinnyGemmMaxRows);
     const int64_t gemm_min_weight =
         EnvInt("GLMSERVE_CUDA_GEMM_MIN_WEIGHT", kSkinnyGemmMinWeightElements, 0, int64_t{1} << 40);
-    const kernels::SkinnyGemmMath gemm_math =
-        Enabled("wgmma") ? kernels::SkinnyGemmMath::kWarpgroup : kernels::SkinnyGemmMath::kWarp;
+    const kernels::SkinnyGemmMath gemm_math = !Enabled("wgmma")     ? kernels::SkinnyGemmMath::kWarp
+                                              : Enabled("tma_gemm") ? kernels::SkinnyGemmMath::kTma
+                                                                    : kernels::SkinnyGemmMath::kWarpgroup;
     const int64_t max_custom_rows = std::max(max_rows, gemm_workspace_bytes > 0 ? gemm_max_rows : 0);
     if (max_custom_rows > 0) {
       k.linear = [type, max_rows, gemm_workspace_bytes, gemm_max_rows, gemm_min_weight, gemm_math, max_custom_rows](
