@@ -936,11 +936,12 @@ class CudaDecodeRunner {
   static constexpr int64_t kCudnnPrefillPad = 256;
   static constexpr int64_t kCudnnPrefillPrewarmTokens = 8192;  // the GPU's default --max-batch-tokens
   static constexpr int64_t kDefaultGemvMaxRows = 1;
-  // Where the skinny GEMM replaces cuBLAS (see the linear kernel below). On an H200 cuBLAS takes
-  // the lm_head faster from 32 rows on (bench/gemm_bench: 306 vs 350 us at 32 rows, 311 vs 429 at
-  // 64; decode_bench batch 64: 10,082 vs 9,832 tok/s with 16 here instead of 64); up to 16 rows
-  // they tie or the skinny GEMM wins (an H100 favoured it up to 64).
-  static constexpr int64_t kSkinnyGemmFasterUpToRows = 16;
+  // Where the skinny GEMM replaces cuBLAS (see the linear kernel below): the lm_head at every
+  // decode batch it takes. On an H200 its TMA form streams the lm_head faster than cuBLAS at 8, 32
+  // and 64 rows (bench/gemm_bench: 294 / 293 / 299 us against 300 / 306 / 311; decode_bench, two
+  // pairs each: batch 32 5,489 / 5,505 against 5,449 / 5,439 tok/s, batch 64 10,430 / 10,497
+  // against 10,466 / 10,380). Its cp.async form lost from 32 rows on (350 vs 306 us at 32).
+  static constexpr int64_t kSkinnyGemmFasterUpToRows = kernels::kSkinnyGemmMaxRows;
   static constexpr int64_t kSkinnyGemmMinWeightElements = int64_t{1} << 29;
 
   struct Bucket {
@@ -1125,9 +1126,9 @@ class CudaDecodeRunner {
           return y;
         }
         // The skinny GEMM streams a weight faster than cuBLAS only where the weight is large
-        // enough to amortise its ramp-up: the lm_head (on wgmma 2.98 vs 2.82 TB/s at 8 rows, 2.90
-        // vs 2.79 at 32, 2.83 vs 2.74 at 64; slower for every per-layer projection; H100,
-        // bench/gemm_bench, bench/results/gpu.md).
+        // enough to amortise its ramp-up: the lm_head (TMA form on an H200: 4.22 / 4.24 / 4.15
+        // TB/s at 8 / 32 / 64 rows against cuBLAS's 4.14 / 4.06 / 3.99); every per-layer
+        // projection is slower on it at 32-64 rows (bench/gemm_bench, bench/results/gpu.md).
         if (gemm_workspace_bytes > 0 && rows <= gemm_max_rows && out_features * in >= gemm_min_weight &&
             kernels::SkinnyGemmCudaTakes(rows32, out_features, in, type, x.data_ptr(), weight.data_ptr())) {
           at::Tensor y = at::empty({rows, out_features}, x.options());
