@@ -184,6 +184,17 @@ struct Layout {
   }
 };
 
+// This block's work units [begin, end) of the (tile, k block) range, cut per_block a block;
+// empty for blocks past the end.
+struct UnitRange {
+  int64_t begin, end;
+};
+__device__ __forceinline__ UnitRange BlockUnits(const GemmArgs& a, int64_t tile_features) {
+  const int64_t total = (a.n + tile_features - 1) / tile_features * a.k_blocks;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * a.per_block;
+  return {begin, begin + a.per_block < total ? begin + a.per_block : total};
+}
+
 // Accumulator j of acc[f][r] is feature (f * 16 + lane / 4 + 8 * (j / 2)) of the warp's and
 // row (r * 8 + 2 * (lane % 4) + j % 2); warp w's features start at w * 16 * FeatureTiles.
 template <typename T, int FeatureTiles, int RowTiles>
@@ -282,10 +293,8 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
   const T* __restrict__ x = static_cast<const T*>(a.x);
   const T* __restrict__ w = static_cast<const T*>(a.w);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t tiles = (a.n + kTileFeatures - 1) / kTileFeatures;
-  const int64_t total = tiles * a.k_blocks;
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * a.per_block;
-  const int64_t end = begin + a.per_block < total ? begin + a.per_block : total;
+  const UnitRange units = BlockUnits(a, kTileFeatures);
+  const int64_t begin = units.begin, end = units.end;
   if (begin >= end) return;
   AllowDependentLaunch();
   WaitForPrerequisiteGrid();
@@ -491,10 +500,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_con
   __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
   __shared__ int finishing;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t tiles = (a.n + kTileFeatures - 1) / kTileFeatures;
-  const int64_t total = tiles * a.k_blocks;
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * a.per_block;
-  const int64_t end = begin + a.per_block < total ? begin + a.per_block : total;
+  const UnitRange units = BlockUnits(a, kTileFeatures);
+  const int64_t begin = units.begin, end = units.end;
   if (begin >= end) return;
   AllowDependentLaunch();
   const uint32_t smem_base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
@@ -530,15 +537,15 @@ __global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_con
                 full_bar(s), evict_last);
       }
     };
-    const int64_t units = end - begin;
-    const int prologue = units < kStages ? static_cast<int>(units) : kStages;
+    const int64_t count = end - begin;
+    const int prologue = count < kStages ? static_cast<int>(count) : kStages;
     for (int i = 0; i < prologue; ++i) {
       BarrierExpectBytes(full_bar(i), L::kStageBytes);
       load_weight(begin + i, i);
     }
     WaitForPrerequisiteGrid();  // x is the kernel before's output
     for (int i = 0; i < prologue; ++i) load_x(begin + i, i);
-    for (int64_t i = prologue; i < units; ++i) {
+    for (int64_t i = prologue; i < count; ++i) {
       const int s = static_cast<int>(i % kStages);
       BarrierWait(empty_bar(s), static_cast<uint32_t>((i / kStages - 1) & 1));
       BarrierExpectBytes(full_bar(s), L::kStageBytes);
