@@ -195,6 +195,22 @@ __device__ __forceinline__ UnitRange BlockUnits(const GemmArgs& a, int64_t tile_
   return {begin, begin + a.per_block < total ? begin + a.per_block : total};
 }
 
+// The dynamic shared memory's first 1024-aligned byte: swizzle atoms must start there (the
+// launches add the 1 KB this may skip).
+__device__ __forceinline__ uint32_t AlignedSharedBase(const uint8_t* smem) {
+  return (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
+}
+
+template <int FeatureTiles, int RowTiles>
+__device__ __forceinline__ void ClearAccumulators(float (&acc)[FeatureTiles][RowTiles][4]) {
+#pragma unroll
+  for (int f = 0; f < FeatureTiles; ++f)
+#pragma unroll
+    for (int r = 0; r < RowTiles; ++r)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[f][r][j] = 0.0f;
+}
+
 // Accumulator j of acc[f][r] is feature (f * 16 + lane / 4 + 8 * (j / 2)) of the warp's and
 // row (r * 8 + 2 * (lane % 4) + j % 2); warp w's features start at w * 16 * FeatureTiles.
 template <typename T, int FeatureTiles, int RowTiles>
@@ -244,12 +260,7 @@ __device__ __forceinline__ bool SumSplitTile(const GemmArgs& a, float (&acc)[Fea
   barrier();
   if (!*finishing) return false;
   __threadfence();
-#pragma unroll
-  for (int f = 0; f < FeatureTiles; ++f)
-#pragma unroll
-    for (int r = 0; r < RowTiles; ++r)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[f][r][j] = 0.0f;
+  ClearAccumulators(acc);
   // The parts' loads a few blocks at a time before their sums (in block order): a sum waits for
   // one round trip to L2 per group, not per part (at most 64 floats a thread in flight).
   constexpr int kPerPart = FeatureTiles * RowTiles * 4;
@@ -285,6 +296,43 @@ __device__ __forceinline__ bool SumSplitTile(const GemmArgs& a, float (&acc)[Fea
   return true;
 }
 
+// After `unit`, the last of a block's segment of a tile (the tile's last unit, or the block's):
+// the tile is stored by this block when the segment is the whole tile, else by whichever block
+// stores the tile's last part (SumSplitTile); the accumulators start again for the next segment.
+template <typename T, int Threads, int FeatureTiles, int RowTiles, typename Barrier>
+__device__ __forceinline__ void EndUnit(const GemmArgs& a, float (&acc)[FeatureTiles][RowTiles][4], int64_t unit,
+                                        int64_t end, int64_t first_tile, int64_t* segment_begin, int tid, int warp,
+                                        int lane, int* finishing, Barrier barrier) {
+  const bool tile_ends = (unit + 1) % a.k_blocks == 0;
+  if (!tile_ends && unit + 1 != end) return;
+  const int64_t tile = unit / a.k_blocks;
+  if ((*segment_begin % a.k_blocks == 0 && tile_ends) ||
+      SumSplitTile<Threads>(a, acc, tile, first_tile, tid, finishing, barrier)) {
+    StoreTile<T>(a, acc, tile, warp, lane);
+  }
+  ClearAccumulators(acc);
+  *segment_begin = unit + 1;
+}
+
+// c += one 128-k stage on warpgroup MMA: the weight tile's two 64-k halves (128 features, 128-byte
+// rows) at `base`, then x's two halves. Warpgroup g (warps 4 g .. 4 g + 3) owns features
+// 64 g .. 64 g + 63, warp 4 g + i the 16 from 64 g + 16 i.
+template <typename T, int RowTiles>
+__device__ __forceinline__ void WarpgroupStage(float (&c)[RowTiles][4], uint32_t base, int warp,
+                                               uint32_t weight_half_bytes, uint32_t x_half_bytes) {
+  const uint32_t a_base = base + (warp / 4) * 64 * 128, b_base = base + 2 * weight_half_bytes;
+  PinRegisters(c);
+  WarpgroupFence();
+#pragma unroll
+  for (int ks = 0; ks < 8; ++ks) {
+    const uint32_t step = (ks % 4) * 32;  // 16 k of 2 bytes into the 128-byte row
+    Wgmma<T, RowTiles>(c, SwizzledDescriptor(a_base + (ks / 4) * weight_half_bytes + step),
+                       SwizzledDescriptor(b_base + (ks / 4) * x_half_bytes + step));
+  }
+  WarpgroupCommitAndWait();
+  PinRegisters(c);
+}
+
 template <typename T, typename Geometry, int RowTiles>
 __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm) SkinnyGemmKernel(GemmArgs a) {
   using L = Layout<Geometry, RowTiles>;
@@ -298,8 +346,7 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
   if (begin >= end) return;
   AllowDependentLaunch();
   WaitForPrerequisiteGrid();
-  // The swizzle atoms must start 1024-aligned (the launch adds the 1 KB this may skip).
-  const uint32_t smem_base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
+  const uint32_t smem_base = AlignedSharedBase(smem);
 
   // Stage layout: 128 weight rows, then RowTiles * 8 x rows, each kBlockK elements.
   auto load = [&](int64_t unit, int stage) {
@@ -326,31 +373,12 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
   };
 
   float acc[kFeatureTiles][RowTiles][4];
-  auto clear = [&] {
-#pragma unroll
-    for (int f = 0; f < kFeatureTiles; ++f)
-#pragma unroll
-      for (int r = 0; r < RowTiles; ++r)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[f][r][j] = 0.0f;
-  };
 
   auto compute = [&](int stage) {
     const uint32_t base = smem_base + stage * L::kStageBytes;
     if constexpr (Geometry::kWarpgroupMma) {
       static_assert(kFeatureTiles == 1);
-      // Warpgroup g owns features 64 g .. 64 g + 63: warp 4 g + i the 16 from 64 g + 16 i, as above.
-      const uint32_t a_base = base + (warp / 4) * 64 * 128, b_base = base + 2 * L::WeightHalfBytes();
-      PinRegisters(acc[0]);
-      WarpgroupFence();
-#pragma unroll
-      for (int ks = 0; ks < L::kBlockK / 16; ++ks) {
-        const uint32_t step = (ks % 4) * 32;  // 16 k of 2 bytes into the 128-byte row
-        Wgmma<T, RowTiles>(acc[0], SwizzledDescriptor(a_base + (ks / 4) * L::WeightHalfBytes() + step),
-                           SwizzledDescriptor(b_base + (ks / 4) * L::XHalfBytes() + step));
-      }
-      WarpgroupCommitAndWait();
-      PinRegisters(acc[0]);
+      WarpgroupStage<T, RowTiles>(acc[0], base, warp, L::WeightHalfBytes(), L::XHalfBytes());
     } else {
 #pragma unroll
       for (int ks = 0; ks < L::kBlockK / 16; ++ks) {
@@ -394,7 +422,7 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
     if (begin + s < end) load(begin + s, s);
     CopyAsyncCommit();
   }
-  clear();
+  ClearAccumulators(acc);
   int64_t segment_begin = begin;
   int stage = 0;
   for (int64_t unit = begin; unit < end; ++unit) {
@@ -407,16 +435,7 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
     CopyAsyncCommit();
     compute(stage);
     stage = stage == kStages - 1 ? 0 : stage + 1;
-    const bool tile_ends = (unit + 1) % a.k_blocks == 0;
-    if (tile_ends || unit + 1 == end) {
-      const int64_t tile = unit / a.k_blocks;
-      if ((segment_begin % a.k_blocks == 0 && tile_ends) ||
-          SumSplitTile<kThreads>(a, acc, tile, first_tile, tid, &finishing, block_barrier)) {
-        StoreTile<T>(a, acc, tile, warp, lane);
-      }
-      clear();
-      segment_begin = unit + 1;
-    }
+    EndUnit<T, kThreads>(a, acc, unit, end, first_tile, &segment_begin, tid, warp, lane, &finishing, block_barrier);
   }
   CopyAsyncWait<0>();
 }
@@ -504,7 +523,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_con
   const int64_t begin = units.begin, end = units.end;
   if (begin >= end) return;
   AllowDependentLaunch();
-  const uint32_t smem_base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + 1023u) & ~1023u;
+  const uint32_t smem_base = AlignedSharedBase(smem);
   auto full_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&full[s])); };
   auto empty_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&empty[s])); };
   if (tid == 0) {
@@ -558,44 +577,19 @@ __global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_con
   // Consumers: warpgroup g owns features 64 g .. 64 g + 63 of the tile, as in WideWarpgroup.
   WaitForPrerequisiteGrid();  // the counters, the slots and y
   float acc[1][RowTiles][4];
-  auto clear = [&] {
-#pragma unroll
-    for (int r = 0; r < RowTiles; ++r)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[0][r][j] = 0.0f;
-  };
   auto consumer_barrier = [] { asm volatile("bar.sync 1, %0;\n" ::"n"(kTmaConsumerWarps * 32) : "memory"); };
   const int64_t first_tile = begin / a.k_blocks;
-  clear();
+  ClearAccumulators(acc);
   int64_t segment_begin = begin;
   for (int64_t unit = begin; unit < end; ++unit) {
     const int64_t i = unit - begin;
     const int s = static_cast<int>(i % kStages);
     BarrierWait(full_bar(s), static_cast<uint32_t>((i / kStages) & 1));
-    const uint32_t base = smem_base + s * L::kStageBytes;
-    const uint32_t a_base = base + (warp / 4) * 64 * 128, b_base = base + 2 * L::kWeightHalfBytes;
-    PinRegisters(acc[0]);
-    WarpgroupFence();
-#pragma unroll
-    for (int ks = 0; ks < 8; ++ks) {
-      const uint32_t step = (ks % 4) * 32;
-      Wgmma<T, RowTiles>(acc[0], SwizzledDescriptor(a_base + (ks / 4) * L::kWeightHalfBytes + step),
-                         SwizzledDescriptor(b_base + (ks / 4) * L::kXHalfBytes + step));
-    }
-    WarpgroupCommitAndWait();
-    PinRegisters(acc[0]);
+    WarpgroupStage<T, RowTiles>(acc[0], smem_base + s * L::kStageBytes, warp, L::kWeightHalfBytes, L::kXHalfBytes);
     __syncwarp();
     if (lane == 0) BarrierArrive(empty_bar(s));
-    const bool tile_ends = (unit + 1) % a.k_blocks == 0;
-    if (tile_ends || unit + 1 == end) {
-      const int64_t tile = unit / a.k_blocks;
-      if ((segment_begin % a.k_blocks == 0 && tile_ends) ||
-          SumSplitTile<kTmaConsumerWarps * 32>(a, acc, tile, first_tile, tid, &finishing, consumer_barrier)) {
-        StoreTile<T>(a, acc, tile, warp, lane);
-      }
-      clear();
-      segment_begin = unit + 1;
-    }
+    EndUnit<T, kTmaConsumerWarps * 32>(a, acc, unit, end, first_tile, &segment_begin, tid, warp, lane, &finishing,
+                                       consumer_barrier);
   }
 #endif
 }
@@ -610,22 +604,30 @@ __global__ void ZeroCountersKernel(int* counters, int64_t n) {
   }
 }
 
+// Raises Kernel's dynamic shared memory limit to `bytes`, once (the first call's size serves all).
+template <auto Kernel>
+bool AllowDynamicSharedMemory(int bytes) {
+  static std::atomic<bool> configured{false};
+  if (configured.load(std::memory_order_acquire)) return true;
+  if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) != cudaSuccess) return false;
+  configured.store(true, std::memory_order_release);
+  return true;
+}
+
+// Cuts the (tile, k block) units into `blocks` equal contiguous ranges: args' k_blocks and per_block.
+void CutWork(GemmArgs* args, int64_t block_k, int64_t blocks) {
+  args->k_blocks = static_cast<int32_t>((args->k + block_k - 1) / block_k);
+  const int64_t total = (args->n + kTileFeatures - 1) / kTileFeatures * args->k_blocks;
+  args->per_block = (total + blocks - 1) / blocks;
+}
+
 template <typename T, typename Geometry, int RowTiles>
 bool Launch(GemmArgs args, int sms, cudaStream_t stream) {
   using L = Layout<Geometry, RowTiles>;
   constexpr int smem = L::kStages * L::kStageBytes + 1024;
-  static std::atomic<bool> configured{false};
-  if (!configured.load(std::memory_order_acquire)) {
-    if (cudaFuncSetAttribute(SkinnyGemmKernel<T, Geometry, RowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             smem) != cudaSuccess) {
-      return false;
-    }
-    configured.store(true, std::memory_order_release);
-  }
+  if (!AllowDynamicSharedMemory<SkinnyGemmKernel<T, Geometry, RowTiles>>(smem)) return false;
   const int blocks = sms * Geometry::kBlocksPerSm;
-  args.k_blocks = static_cast<int32_t>((args.k + L::kBlockK - 1) / L::kBlockK);
-  const int64_t total = (args.n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
-  args.per_block = (total + blocks - 1) / blocks;
+  CutWork(&args, L::kBlockK, blocks);
   return LaunchKernel(SkinnyGemmKernel<T, Geometry, RowTiles>, dim3(blocks), dim3(L::kThreads), smem, stream, args) ==
          cudaSuccess;
 }
@@ -676,17 +678,8 @@ bool EncodeRowMajorMap(CUtensorMap* map, const void* base, int64_t rows, int64_t
 template <typename T, int RowTiles>
 bool LaunchTma(GemmArgs args, ElementType type, int sms, cudaStream_t stream) {
   using L = TmaLayout<RowTiles>;
-  static std::atomic<bool> configured{false};
-  if (!configured.load(std::memory_order_acquire)) {
-    if (cudaFuncSetAttribute(TmaGemmKernel<T, RowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem) !=
-        cudaSuccess) {
-      return false;
-    }
-    configured.store(true, std::memory_order_release);
-  }
-  args.k_blocks = static_cast<int32_t>((args.k + 127) / 128);
-  const int64_t total = (args.n + kTileFeatures - 1) / kTileFeatures * args.k_blocks;
-  args.per_block = (total + sms - 1) / sms;
+  if (!AllowDynamicSharedMemory<TmaGemmKernel<T, RowTiles>>(L::kSmem)) return false;
+  CutWork(&args, L::Base::kBlockK, sms);
   TmaArgs p;
   p.g = args;
   if (!EncodeRowMajorMap(&p.weight_map, args.w, args.n, args.k, kTileFeatures, type) ||
