@@ -126,10 +126,8 @@ int main(int argc, char** argv) {
         }
         using glmserve::kernels::SkinnyGemmMath;
         for (auto math : {SkinnyGemmMath::kTma, SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp}) {
-          const char* name = math == SkinnyGemmMath::kTma         ? "skinny GEMM (TMA + wgmma"
-                             : math == SkinnyGemmMath::kWarpgroup ? "skinny GEMM (wgmma"
-                                                                  : "skinny GEMM (mma.sync";
-          row(rows, name + how + ")", time_us([&](const void* w) {
+          row(rows, std::string("skinny GEMM (") + glmserve::kernels::SkinnyGemmMathName(math) + how + ")",
+              time_us([&](const void* w) {
                 return glmserve::kernels::SkinnyGemmCuda(x, w, nullptr, y, rows, shape.n, shape.k,
                                                          ElementType::kBFloat16, gemm_workspace, stream, math);
               }));

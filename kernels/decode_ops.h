@@ -79,6 +79,18 @@ bool SkinnyGemmCudaTakes(int32_t rows, int64_t n, int64_t k, ElementType type, c
 // before the kernel before it ends (kTma), or per-warp mma.sync fed by ldmatrix. All accumulate
 // in fp32, k in the same order.
 enum class SkinnyGemmMath { kWarpgroup, kWarp, kTma };
+// "TMA + wgmma", "wgmma" or "mma.sync", for tables and test traces.
+inline const char* SkinnyGemmMathName(SkinnyGemmMath math) {
+  switch (math) {
+    case SkinnyGemmMath::kTma:
+      return "TMA + wgmma";
+    case SkinnyGemmMath::kWarpgroup:
+      return "wgmma";
+    case SkinnyGemmMath::kWarp:
+      return "mma.sync";
+  }
+  return "?";
+}
 bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
                     ElementType type, void* workspace, void* stream, SkinnyGemmMath math = SkinnyGemmMath::kWarpgroup);
 

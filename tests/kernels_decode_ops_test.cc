@@ -101,18 +101,6 @@ using testutil::RoundToHalf;
 using testutil::ToBf16Bits;
 using testutil::ToHalfBits;
 
-const char* MathName(SkinnyGemmMath math) {
-  switch (math) {
-    case SkinnyGemmMath::kTma:
-      return "wgmma fed by TMA";
-    case SkinnyGemmMath::kWarpgroup:
-      return "wgmma";
-    case SkinnyGemmMath::kWarp:
-      return "mma.sync";
-  }
-  return "?";
-}
-
 // A device copy of host data; the element type decides what the kernel sees (fp32, bf16, fp16).
 class Device {
  public:
@@ -344,8 +332,8 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
       for (int32_t rows : {kSkinnyGemmMaxRows, 1, 3, 8, 9, 16, 17, 33}) {
         for (bool with_bias : {true, false}) {
           if (!with_bias && rows != 9) continue;
-          SCOPED_TRACE(testing::Message()
-                       << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias << MathName(math));
+          SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " rows " << rows << " bias " << with_bias << " "
+                                          << SkinnyGemmMathName(math));
           Device d_y(std::vector<float>(rows * n, 0.0f), type());
           ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, type(), d_x.get(), d_w.get()));
           ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), rows, n, k,
@@ -499,7 +487,7 @@ TEST(DecodeOpsCudaHalf, SkinnyGemmAndRegisterTileAttentionMatchTheReference) {
     Device d_w(w, half), d_x(x, half), d_workspace(std::vector<uint8_t>(SkinnyGemmWorkspaceBytes(), 0));
     for (SkinnyGemmMath math : {SkinnyGemmMath::kTma, SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp}) {
       for (int32_t rows : {kSkinnyGemmMaxRows, 5}) {
-        SCOPED_TRACE(testing::Message() << rows << " rows " << MathName(math));
+        SCOPED_TRACE(testing::Message() << rows << " rows " << SkinnyGemmMathName(math));
         Device d_y(std::vector<float>(rows * n, 0.0f), half);
         ASSERT_TRUE(SkinnyGemmCudaTakes(rows, n, k, half, d_x.get(), d_w.get()));
         ASSERT_TRUE(SkinnyGemmCuda(d_x.get(), d_w.get(), nullptr, d_y.get(), rows, n, k, half, d_workspace.get(),
