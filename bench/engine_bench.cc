@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench/closed_loop.h"
 #include "bench/model_flags.h"
 #include "runtime/engine.h"
 #include "runtime/engine/engine_impl.h"
@@ -46,12 +47,6 @@ double Percentile(std::vector<double> v, double q) {
   return v[i];
 }
 
-struct Shared {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<glmserve::RequestResult> done;
-};
-
 // Runs one closed-loop measurement on a fresh engine.
 Row Measure(glmserve::ModelRunner* runner, const glmserve::ExecutorOptions& exec_options, int32_t max_batch,
             int32_t concurrency, int32_t requests_per_client, int32_t prompt_tokens, int32_t new_tokens) {
@@ -73,46 +68,27 @@ Row Measure(glmserve::ModelRunner* runner, const glmserve::ExecutorOptions& exec
     std::exit(1);
   }
   const int32_t vocab = runner->info().vocab_size;
-  Shared shared;
-  int32_t next_id = 0;
-  auto submit = [&](int32_t id) {
-    glmserve::InferenceRequest r;
-    r.request_id = absl::StrCat("bench-", id);
-    for (int32_t i = 0; i < prompt_tokens; ++i) r.input_ids.push_back((id * 7919 + i * 13 + 1) % vocab);
-    r.params.max_new_tokens = new_tokens;
-    r.params.min_new_tokens = new_tokens;  // every request generates exactly new_tokens
-    glmserve::RequestCallbacks cb;
-    cb.on_done = [&shared](const glmserve::RequestResult& result) {
-      std::lock_guard<std::mutex> lock(shared.mu);
-      shared.done.push_back(result);
-      shared.cv.notify_all();
-    };
-    absl::Status s = (*engine)->Submit(std::move(r), std::move(cb));
-    if (!s.ok()) {
-      std::fprintf(stderr, "submit: %s\n", std::string(s.message()).c_str());
-      std::exit(1);
-    }
-  };
-  const int32_t total = concurrency * requests_per_client;
+  glmserve::bench::ClosedLoopOptions loop;
+  loop.clients = concurrency;
+  loop.max_requests = int64_t{concurrency} * requests_per_client;
   const Clock::time_point start = Clock::now();
-  for (; next_id < concurrency; ++next_id) submit(next_id);
-  size_t seen = 0;
-  while (true) {
-    std::unique_lock<std::mutex> lock(shared.mu);
-    if (!shared.cv.wait_for(lock, std::chrono::minutes(10), [&] { return shared.done.size() > seen; })) {
-      std::fprintf(stderr, "timed out waiting for results\n");
-      std::exit(1);
-    }
-    const size_t now_done = shared.done.size();
-    lock.unlock();
-    for (; seen < now_done; ++seen) {
-      if (next_id < total) submit(next_id++);
-    }
-    if (static_cast<int32_t>(seen) >= total) break;
+  absl::StatusOr<std::vector<glmserve::RequestResult>> done =
+      glmserve::bench::RunClosedLoop(engine->get(), loop, [&](int64_t id) {
+        glmserve::InferenceRequest r;
+        r.request_id = absl::StrCat("bench-", id);
+        for (int32_t i = 0; i < prompt_tokens; ++i)
+          r.input_ids.push_back(static_cast<int32_t>((id * 7919 + i * 13 + 1) % vocab));
+        r.params.max_new_tokens = new_tokens;
+        r.params.min_new_tokens = new_tokens;  // every request generates exactly new_tokens
+        return r;
+      });
+  if (!done.ok()) {
+    std::fprintf(stderr, "%s\n", done.status().ToString().c_str());
+    std::exit(1);
   }
   row.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   std::vector<double> latency, ttft;
-  for (const auto& r : shared.done) {
+  for (const auto& r : *done) {
     if (!r.status.ok()) {
       ++row.errors;
       continue;
@@ -121,7 +97,7 @@ Row Measure(glmserve::ModelRunner* runner, const glmserve::ExecutorOptions& exec
     latency.push_back(r.total_ms);
     ttft.push_back(r.ttft_ms);
   }
-  row.requests = total;
+  row.requests = static_cast<int32_t>(done->size());
   row.p50_ms = Percentile(latency, 0.5);
   row.p95_ms = Percentile(latency, 0.95);
   row.ttft_p50_ms = Percentile(ttft, 0.5);
