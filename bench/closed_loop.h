@@ -29,13 +29,14 @@ struct ClosedLoopOptions {
   std::chrono::steady_clock::duration finish_timeout = std::chrono::minutes(10);
 };
 
-// The results of every request sent, in finish order. `make_request(i)` builds the i-th request
-// (0, 1, ...); `on_tokens`, when set, is every request's streaming callback. An error when the
-// engine refuses a request or none finishes within finish_timeout.
-inline absl::StatusOr<std::vector<RequestResult>> RunClosedLoop(
-    InferenceEngine* engine, const ClosedLoopOptions& options,
-    const std::function<InferenceRequest(int64_t)>& make_request,
-    const std::function<void(const std::vector<int32_t>&)>& on_tokens = nullptr) {
+// Sends the i-th request (0, 1, ...) so that `on_done` hears its result exactly once, from any
+// thread; an error when it was refused.
+using ClosedLoopSend = std::function<absl::Status(int64_t i, std::function<void(const RequestResult&)> on_done)>;
+
+// The results of every request sent through `send`, in finish order. An error when a request is
+// refused or none finishes within finish_timeout.
+inline absl::StatusOr<std::vector<RequestResult>> RunClosedLoopWith(const ClosedLoopOptions& options,
+                                                                    const ClosedLoopSend& send_one) {
   // Shared with the callbacks: on an early return, requests still in flight finish into it.
   struct Finished {
     std::mutex mu;
@@ -45,15 +46,12 @@ inline absl::StatusOr<std::vector<RequestResult>> RunClosedLoop(
   auto finished = std::make_shared<Finished>();
   int64_t sent = 0;
   auto send = [&]() -> absl::Status {
-    RequestCallbacks callbacks;
-    callbacks.on_tokens = on_tokens;
-    callbacks.on_done = [finished](const RequestResult& result) {
+    const int64_t id = sent++;
+    absl::Status submitted = send_one(id, [finished](const RequestResult& result) {
       std::lock_guard<std::mutex> lock(finished->mu);
       finished->results.push_back(result);
       finished->cv.notify_all();
-    };
-    const int64_t id = sent++;
-    absl::Status submitted = engine->Submit(make_request(id), std::move(callbacks));
+    });
     if (!submitted.ok()) return absl::Status(submitted.code(), absl::StrCat("request ", id, ": ", submitted.message()));
     return absl::OkStatus();
   };
@@ -79,6 +77,20 @@ inline absl::StatusOr<std::vector<RequestResult>> RunClosedLoop(
   }
   std::lock_guard<std::mutex> lock(finished->mu);
   return std::move(finished->results);
+}
+
+// The same, each request submitted to `engine` directly: `make_request(i)` builds the i-th,
+// `on_tokens`, when set, is every request's streaming callback.
+inline absl::StatusOr<std::vector<RequestResult>> RunClosedLoop(
+    InferenceEngine* engine, const ClosedLoopOptions& options,
+    const std::function<InferenceRequest(int64_t)>& make_request,
+    const std::function<void(const std::vector<int32_t>&)>& on_tokens = nullptr) {
+  return RunClosedLoopWith(options, [&](int64_t i, std::function<void(const RequestResult&)> on_done) {
+    RequestCallbacks callbacks;
+    callbacks.on_tokens = on_tokens;
+    callbacks.on_done = std::move(on_done);
+    return engine->Submit(make_request(i), std::move(callbacks));
+  });
 }
 
 }  // namespace glmserve::bench

@@ -12,8 +12,9 @@
 #pragma once
 
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
+
+#include "absl/container/flat_hash_map.h"
 
 namespace glmserve {
 
@@ -76,7 +77,7 @@ class BlockManager {
   std::vector<uint64_t> key_;         // the by_key_ entry it is registered under
   std::vector<Link> parent_;          // the registered block holding the tokens before its own
   std::vector<int32_t> tokens_;       // [num_blocks * block_size]: the tokens it holds
-  std::unordered_map<uint64_t, int32_t> by_key_;
+  absl::flat_hash_map<uint64_t, int32_t> by_key_;
   uint64_t registrations_ = 0;
   // Registered blocks nobody holds, least recently released first (a list threaded through
   // prev_/next_, the sentinel at index num_blocks).

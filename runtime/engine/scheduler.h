@@ -264,7 +264,8 @@ class Scheduler {
   // max_prefill_hold: admissions wait this step (`decodes` decode rows and `prefills` prefill
   // chunks planned so far, `budget` tokens left for prefill).
   bool HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t prefills, int32_t budget) const;
-  PlannedStep Plan(TimePoint now);
+  // Plans the next step into `plan` (emptied first; its buffers are reused).
+  void Plan(TimePoint now, PlannedStep& plan);
   // Lowers the budget left for prefill when the step already holds `decodes` decode rows:
   // max_prefill_tokens_with_decodes, mixed_step_rows minus the decodes, the backlog's share
   // (prefill_spread_steps) and the thin budget (thin_prefill_tokens, or thin_prefill_auto's) while
@@ -303,6 +304,9 @@ class Scheduler {
   std::unordered_map<std::string, Sequence*> by_request_id_;
   std::vector<Sequence*> running_;  // admission order: oldest first
   std::vector<Sequence*> waiting_;  // unordered; ranked on admission
+  // RunOnce's step, kept between steps only for its buffers' capacity (its pointers go stale).
+  PlannedStep plan_;
+  std::vector<int32_t> new_token_;  // Commit's on_tokens argument, one id at a time
   int64_t next_sequence_id_ = 1;
   uint64_t next_arrival_ = 0;
 

@@ -53,6 +53,11 @@ void RequestSession::Cancel() {
 }
 
 void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
+  // A unary request without stop strings only logs its first token: later steps need no worker.
+  if (!info_.streaming && !incremental_) {
+    if (first_step_seen_) return;
+    first_step_seen_ = true;
+  }
   bool queue = false;
   {
     std::lock_guard<std::mutex> lock(events_mu_);
@@ -357,22 +362,37 @@ void RequestSessions::Unregister(const std::string& engine_id) {
 }
 
 void RequestSessions::Queue(std::shared_ptr<RequestSession> session) {
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(delivery_mu_);
     delivery_.push_back(std::move(session));
+    // The engine thread queues every streaming session each step, between two GPU steps: it
+    // wakes a sleeping worker only when no wake is already on its way; a worker that finds more
+    // queued wakes the next (DeliveryLoop), so a step costs the engine thread one futex wake, not
+    // one per worker or session.
+    wake = idle_workers_ > 0 && !wake_pending_;
+    if (wake) wake_pending_ = true;
   }
-  delivery_cv_.notify_one();
+  if (wake) delivery_cv_.notify_one();
 }
 
 void RequestSessions::DeliveryLoop() {
   std::unique_lock<std::mutex> lock(delivery_mu_);
   while (true) {
-    delivery_cv_.wait(lock, [this] { return delivery_stop_ || !delivery_.empty(); });
+    ++idle_workers_;
+    while (!delivery_stop_ && delivery_.empty()) {
+      delivery_cv_.wait(lock);
+      wake_pending_ = false;  // whichever worker wakes takes the wake: the next Queue may wake another
+    }
+    --idle_workers_;
     if (delivery_.empty()) return;  // stopping, and nothing left to deliver
     std::shared_ptr<RequestSession> session = std::move(delivery_.front());
     delivery_.pop_front();
+    const bool wake_next = !delivery_.empty() && idle_workers_ > 0 && !wake_pending_;
+    if (wake_next) wake_pending_ = true;
     ++deliveries_running_;
     lock.unlock();
+    if (wake_next) delivery_cv_.notify_one();
     session->Deliver();
     session.reset();
     lock.lock();

@@ -141,6 +141,7 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   std::vector<size_t> pending_ends_;     // guarded by events_mu_
   std::optional<RequestResult> result_;  // guarded by events_mu_
   bool queued_ = false;                  // guarded by events_mu_
+  bool first_step_seen_ = false;         // engine thread only
   // One worker at a time; the swapped-out buffers and the step being handled.
   std::mutex deliver_mu_;
   std::vector<int32_t> ids_;         // guarded by deliver_mu_
@@ -219,7 +220,9 @@ class RequestSessions {
   std::condition_variable delivery_idle_cv_;
   std::deque<std::shared_ptr<RequestSession>> delivery_;  // guarded by delivery_mu_
   int deliveries_running_ = 0;                            // guarded by delivery_mu_
-  bool delivery_stop_ = false;                            // guarded by delivery_mu_
+  int idle_workers_ = 0;                                  // waiting on delivery_cv_; guarded by delivery_mu_
+  bool wake_pending_ = false;   // notified, no worker woken by it yet; guarded by delivery_mu_
+  bool delivery_stop_ = false;  // guarded by delivery_mu_
   std::vector<std::thread> workers_;
 };
 

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -143,6 +145,84 @@ TEST_F(SessionTest, StreamsStepsOffTheEngineThreadThenFinishesOnce) {
   std::lock_guard<std::mutex> olock(observer->mu);
   EXPECT_EQ(observer->codes, (std::vector<std::string>{"OK"}));
   EXPECT_EQ(observer->with_result, (std::vector<bool>{true}));
+}
+
+// The engine thread wakes at most one worker per burst of queued sessions (one futex wake a
+// step, RequestSessions::Queue); the worker it woke wakes the next. Session A's sink holds its
+// worker until B's step arrives, so B is delivered only if the burst reached the second worker.
+TEST_F(SessionTest, ABurstOfSessionsReachesEveryDeliveryWorker) {
+  struct Gate {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool b_delivered = false;
+  };
+  auto gate = std::make_shared<Gate>();
+  class WaitForB final : public SessionSink {
+   public:
+    explicit WaitForB(std::shared_ptr<Gate> gate) : gate_(std::move(gate)) {}
+    void OnStep(const std::vector<int32_t>&, const std::string&) override {
+      std::unique_lock<std::mutex> lock(gate_->mu);
+      saw_b = gate_->cv.wait_for(lock, std::chrono::seconds(10), [&] { return gate_->b_delivered; });
+    }
+    void OnFinish(const RequestResult&, const std::string&, const std::string&) override {}
+    bool saw_b = false;
+
+   private:
+    std::shared_ptr<Gate> gate_;
+  };
+  class OpenGate final : public SessionSink {
+   public:
+    explicit OpenGate(std::shared_ptr<Gate> gate) : gate_(std::move(gate)) {}
+    void OnStep(const std::vector<int32_t>&, const std::string&) override {
+      std::lock_guard<std::mutex> lock(gate_->mu);
+      gate_->b_delivered = true;
+      gate_->cv.notify_all();
+    }
+    void OnFinish(const RequestResult&, const std::string&, const std::string&) override {}
+
+   private:
+    std::shared_ptr<Gate> gate_;
+  };
+  auto a = std::make_shared<WaitForB>(gate);
+  std::shared_ptr<RequestSession> session_a, session_b;
+  ASSERT_FALSE(Start(Ids({1, 2}), /*streaming=*/true, a, &session_a));
+  ASSERT_FALSE(Start(Ids({1, 2}), /*streaming=*/true, std::make_shared<OpenGate>(gate), &session_b));
+  ASSERT_EQ(engine.callbacks.size(), 2u);
+  engine.callbacks[0].on_tokens({5});  // one engine step: both sessions queued back to back
+  engine.callbacks[1].on_tokens({6});
+  sessions->Flush();
+  EXPECT_TRUE(a->saw_b) << "B's step waited behind A's on one worker";
+  RequestResult result;
+  result.finish_reason = FinishReason::kLength;
+  for (RequestCallbacks& cb : engine.callbacks) cb.on_done(result);
+  sessions->Flush();
+}
+
+// Many sessions, many steps, queued from one thread as the engine does: every step reaches its
+// sink in order and Flush() returns (no wake lost while workers sleep and wake).
+TEST_F(SessionTest, EveryStepOfManyStreamsIsDelivered) {
+  constexpr int kSessions = 64, kSteps = 40;
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  std::vector<std::shared_ptr<RequestSession>> started(kSessions);
+  for (int i = 0; i < kSessions; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_FALSE(Start(Ids({1, 2}, kSteps), /*streaming=*/true, sinks.back(), &started[i]));
+  }
+  for (int step = 0; step < kSteps; ++step) {
+    for (int i = 0; i < kSessions; ++i) engine.callbacks[i].on_tokens({step});
+    if (step % 8 == 0) sessions->Flush();  // let the workers fall asleep between some steps
+  }
+  RequestResult result;
+  result.finish_reason = FinishReason::kLength;
+  for (RequestCallbacks& cb : engine.callbacks) cb.on_done(result);
+  sessions->Flush();
+  std::vector<std::vector<int32_t>> expected;
+  for (int step = 0; step < kSteps; ++step) expected.push_back({step});
+  for (int i = 0; i < kSessions; ++i) {
+    std::lock_guard<std::mutex> lock(sinks[i]->mu);
+    EXPECT_EQ(sinks[i]->steps, expected) << "session " << i;
+    EXPECT_EQ(sinks[i]->finishes, 1) << "session " << i;
+  }
 }
 
 TEST_F(SessionTest, UnaryWithoutStopStringsIsReplayableAndSeesNoSteps) {
