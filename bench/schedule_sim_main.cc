@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "bench/schedule_sim.h"
 #include "flags/flags.h"
+#include "server/commands/scheduling_flags.h"
 
 namespace {
 
@@ -38,13 +39,10 @@ int main(int argc, char** argv) {
   std::vector<int32_t> concurrency = {32, 64};
   std::vector<std::string> rates;
   glmserve::bench::SimLoad load;
-  double thin_wait_ms = 1000;
-  // Scheduling as `glmserve serve --device cuda` and scripts/gpu-serve-bench.sh (--max-batch 256) run it.
+  // Scheduling as `glmserve serve --device cuda` runs it, at scripts/gpu-serve-bench.sh's --max-batch 256.
   SchedulerOptions options;
   options.max_batch_size = 256;
-  options.max_tokens_per_step = 8192;
-  options.max_prefill_tokens_with_decodes = 256;
-  options.mixed_step_rows = 256;
+  glmserve::SchedulingFlags scheduling(&options);
   CostModel cost;
 
   glmserve::flags::FlagSet set("schedule_sim", "[flags]",
@@ -61,17 +59,8 @@ int main(int argc, char** argv) {
   set.Number("client-delay-ms", &load.client_delay_ms, {0, 1e6},
              "closed loop: each next request is sent up to this long (uniform) after a finish");
   set.Uint64("seed", &load.seed, "open-loop arrivals and client delays");
-  set.Section("scheduling (glmserve serve's flags of the same names; GPU defaults)");
-  set.Int("max-batch", &options.max_batch_size, 1, 1 << 16, "");
-  set.Int("max-batch-tokens", &options.max_tokens_per_step, 1, 1 << 30, "");
-  set.Int("max-prefill-tokens-with-decodes", &options.max_prefill_tokens_with_decodes, 0, 1 << 30, "");
-  set.Int("mixed-step-rows", &options.mixed_step_rows, 0, 1 << 30, "");
-  set.Int("prefill-spread-steps", &options.prefill_spread_steps, 0, 1 << 30, "");
-  set.Int("thin-prefill-tokens", &options.thin_prefill_tokens, 0, 1 << 30, "");
-  set.Bool("thin-prefill-auto", &options.thin_prefill_auto, "");
-  set.Int("thin-prefill-auto-prompt-steps", &options.thin_prefill_auto_prompt_steps, 1, 1 << 30, "");
-  set.Int("thin-prefill-backlog-steps", &options.thin_prefill_backlog_steps, 0, 1 << 30, "");
-  set.Number("thin-prefill-max-wait-ms", &thin_wait_ms, {0, 1e9}, "");
+  set.Section("scheduling (glmserve serve's flags and their GPU defaults; prefix caching off unless given)");
+  scheduling.Register(set);
   set.Section("cost model (ms a step)");
   set.Custom("decode-ms", "X:Y,...", CurveText(cost.decode_ms), "a step of Y ms at X decode rows, none prefilling",
              CurveFlag(&cost.decode_ms));
@@ -82,8 +71,8 @@ int main(int argc, char** argv) {
              "us a prompt token in a step with no decodes (at least --decode-ms at 1 row)");
   if (auto exit_code = set.ParseCommandLine(argc, argv)) return *exit_code;
   if (load.warmup_s >= load.duration_s) return set.UsageError("--warmup must be shorter than --duration");
-  options.thin_prefill_max_wait =
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::duration<double, std::milli>(thin_wait_ms));
+  if (absl::Status resolved = scheduling.Resolve(/*gpu=*/true); !resolved.ok())
+    return set.UsageError(resolved.message());
 
   std::vector<glmserve::bench::SimLoad> levels;
   for (int32_t c : concurrency) {

@@ -87,7 +87,7 @@ add_library(glmserve_serve STATIC
 )
 target_include_directories(glmserve_serve PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_definitions(glmserve_serve PRIVATE GLMSERVE_VERSION="${PROJECT_VERSION}")
-target_link_libraries(glmserve_serve PUBLIC glmserve_grpc glmserve_http glmserve_engine glmserve_flags
+target_link_libraries(glmserve_serve PUBLIC glmserve_grpc glmserve_http glmserve_engine glmserve_flags glmserve_scheduling_flags
   prometheus-cpp::core PkgConfig::CPPHTTPLIB)
 # ModelRunner's code is in glmserve_runtime (LibTorch). Link it without its usage requirements:
 # its include directories carry torch's own google/protobuf headers, which clash with the

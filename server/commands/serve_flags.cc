@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "server/commands/scheduling_flags.h"
 #include "server/request/media_fetch.h"
 
 namespace glmserve {
@@ -14,35 +15,20 @@ namespace {
 
 using flags::FlagSet;
 
-// --max-prefill-tokens-with-decodes when --device is a GPU and the flag is not given.
-constexpr int32_t kGpuPrefillTokensWithDecodes = 256;
-// --mixed-step-rows when --device is a GPU and the flag is not given: up to 256 rows the layer
-// GEMMs of GLM-4-9B cost ~6 us per extra row on an H200, past it ~11 (bench/results/gpu.md).
-constexpr int32_t kGpuMixedStepRows = 256;
-// --max-batch-tokens when --device is a GPU and the flag is not given (the CPU keeps
-// SchedulerOptions' default).
-constexpr int32_t kGpuTokensPerStep = 8192;
 constexpr int64_t kIntMax = 2147483647;
 constexpr int64_t kMsMax = int64_t{1} << 40;  // "forever" for the millisecond flags, without overflow
 
 // Flags whose field in ServeFlags has another unit or type, or whose default depends on other
 // flags: parsed here first, moved into ServeFlags by Resolve.
 struct Staging {
+  SchedulingFlags scheduling;  // the engine section's scheduling flags (shared with schedule_sim)
   int64_t kv_cpu_mb = 0;
-  int64_t queue_delay_us = 0;
-  int64_t prefill_hold_us = 0;
-  int64_t thin_prefill_wait_ms = 0;
-  int64_t prefill_cap = -1;      // unset: chosen by --device in Resolve
-  int64_t mixed_step_rows = -1;  // unset: chosen by --device in Resolve
-  int64_t tokens_per_step = -1;  // likewise
   int64_t step_latency_ms = 0;
   int64_t stall_ms = 0;
 
-  explicit Staging(const ServeFlags& f)
-      : kv_cpu_mb(f.executor.kv_cpu_budget_bytes >> 20),
-        queue_delay_us(f.engine.scheduler.max_queue_delay.count()),
-        thin_prefill_wait_ms(
-            std::chrono::duration_cast<std::chrono::milliseconds>(f.engine.scheduler.thin_prefill_max_wait).count()),
+  explicit Staging(ServeFlags& f)
+      : scheduling(&f.engine.scheduler),
+        kv_cpu_mb(f.executor.kv_cpu_budget_bytes >> 20),
         stall_ms(f.engine.scheduler.faults.stall_duration.count()) {}
 };
 
@@ -128,43 +114,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Path("tls-client-ca", &f.tls_client_ca, "PEM CA: clients must present a certificate it signed (mutual TLS)");
 
   set.Section("engine");
-  set.Int("max-batch", &sched.max_batch_size, 1, 1 << 16, "sequences running at once");
+  s.scheduling.Register(set);
   set.Int("max-queue", &f.engine.max_queued_requests, 1, kIntMax,
           "accepted requests not yet running; beyond: RESOURCE_EXHAUSTED");
-  set.Int("max-batch-tokens", &s.tokens_per_step, 1, kIntMax,
-          "tokens per step (chunked prefill; a prompt's images charge their tokens too)")
-      .DefaultText(
-          absl::StrCat(kGpuTokensPerStep, " on a GPU, ", SchedulerOptions().max_tokens_per_step, " on the CPU"));
-  set.Int("max-prefill-tokens-with-decodes", &s.prefill_cap, 0, kIntMax,
-          "prefill tokens in a step that also decodes (flat ITL while prompts arrive)")
-      .DefaultText(absl::StrCat(kGpuPrefillTokensWithDecodes, " on a GPU, 0 (no cap) on the CPU"));
-  set.Int("mixed-step-rows", &s.mixed_step_rows, 0, kIntMax,
-          "rows a step that decodes is filled to with prefill while its decodes take a quarter or less")
-      .DefaultText(absl::StrCat(kGpuMixedStepRows, " on a GPU, 0 (off) on the CPU"));
-  set.Int("prefill-spread-steps", &sched.prefill_spread_steps, 0, kIntMax,
-          "while others decode, spread the waiting prompt tokens over about this many steps (0 = off)");
-  set.Int("prefill-spread-min-tokens", &sched.prefill_spread_min_tokens, 1, kIntMax,
-          "the least prefill --prefill-spread-steps cuts a step that decodes to");
-  set.Int("thin-prefill-tokens", &sched.thin_prefill_tokens, 0, kIntMax,
-          "while others decode and at most N sequences are in the server, at most N prefill tokens a step "
-          "until a prompt has waited --thin-prefill-max-wait-ms for its first token (0 = off)")
-      .ValueName("N");
-  set.Bool("thin-prefill-auto", &sched.thin_prefill_auto,
-           "the thin budget from the load (instead of --thin-prefill-tokens): sequences in the server x "
-           "prompt / output tokens seen, while a prompt takes at most --thin-prefill-auto-prompt-steps steps at it "
-           "and the decodes at most a quarter of --mixed-step-rows; for closed-loop clients (fixed concurrency)");
-  set.Int("thin-prefill-auto-prompt-steps", &sched.thin_prefill_auto_prompt_steps, 1, kIntMax,
-          "--thin-prefill-auto applies while a prompt takes at most this many steps at its budget");
-  set.Int("thin-prefill-backlog-steps", &sched.thin_prefill_backlog_steps, 0, kIntMax,
-          "--thin-prefill-auto takes in the waiting prompt tokens within this many steps (a burst drains fast; "
-          "0 = off)");
-  set.Int("thin-prefill-max-wait-ms", &s.thin_prefill_wait_ms, 0, kMsMax,
-          "how long a prompt may wait before the thin budget gives way to the caps");
-  set.Int("max-queue-delay-us", &s.queue_delay_us, 0, kMsMax, "batching window while idle");
-  set.Int("max-prefill-hold-us", &s.prefill_hold_us, 0, kMsMax,
-          "while others decode, hold new prompts until they fill a step's prefill budget, at most this long");
-  set.Bool("prefix-caching", &sched.prefix_caching,
-           "reuse the KV blocks of prompt prefixes seen before (system prompts, conversation history)");
   set.Int("kv-block-size", &f.executor.block_size, 1, 4096, "tokens per KV block");
   set.Int("kv-blocks", &f.executor.num_blocks, 0, kIntMax, "KV pool blocks")
       .DefaultText(absl::StrCat(f.executor.num_blocks, " = sized from memory"));
@@ -230,30 +182,7 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
   f.load.device = f.device.ToString();
   f.load.dtype = flags::DtypeName(f.dtype);
   f.executor.kv_cpu_budget_bytes = s.kv_cpu_mb << 20;
-  sched.max_queue_delay = std::chrono::microseconds(s.queue_delay_us);
-  sched.max_prefill_hold = std::chrono::microseconds(s.prefill_hold_us);
-  sched.thin_prefill_max_wait = std::chrono::milliseconds(s.thin_prefill_wait_ms);
-  // Unset: a GPU caps the prefill of a step that also decodes at kGpuPrefillTokensWithDecodes (a
-  // mixed step then takes at most ~1.5x a decode step at 64 streams on an H200, see
-  // bench/results/gpu.md); the CPU, where prefill tokens cost as much as decode rows, has no cap.
-  sched.max_prefill_tokens_with_decodes =
-      s.prefill_cap >= 0 ? s.prefill_cap : (f.device.is_cuda() ? kGpuPrefillTokensWithDecodes : 0);
-  // Unset: a GPU fills a step that decodes to kGpuMixedStepRows rows (64 decodes beside 192
-  // prefill tokens instead of 256: a 256-row step instead of a 320-row one); the CPU's cost per row
-  // does not jump, so it is off there.
-  sched.mixed_step_rows =
-      static_cast<int32_t>(s.mixed_step_rows >= 0 ? s.mixed_step_rows : (f.device.is_cuda() ? kGpuMixedStepRows : 0));
-  // Unset: a GPU takes steps of up to kGpuTokensPerStep tokens while nothing decodes. A phone
-  // agent's step (a 3,108-token screenshot charged twice, encoder and tokens, plus ~1,400 of text)
-  // then prefills in one step instead of four (one of them a single token beside the vision
-  // encoder): 208 instead of 227 ms to the first token on an H200, the same 16-agent throughput
-  // (bench/results/gpu.md); a burst of text prompts prefills in fewer, larger GEMMs. Steps that
-  // also decode stay under --max-prefill-tokens-with-decodes.
-  if (s.tokens_per_step >= 0) {
-    sched.max_tokens_per_step = static_cast<int32_t>(s.tokens_per_step);
-  } else if (f.device.is_cuda()) {
-    sched.max_tokens_per_step = kGpuTokensPerStep;
-  }
+  if (absl::Status scheduling = s.scheduling.Resolve(f.device.is_cuda()); !scheduling.ok()) return scheduling;
   sched.faults.step_latency = std::chrono::milliseconds(s.step_latency_ms);
   sched.faults.stall_duration = std::chrono::milliseconds(s.stall_ms);
   // Unset: one client may hold a quarter of what the server admits (running plus queued), so
@@ -265,14 +194,6 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
     f.max_requests_per_client = std::max<int64_t>(2 * batch, (f.engine.max_queued_requests + batch) / 4);
   }
   f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;
-  if (sched.thin_prefill_auto && sched.thin_prefill_tokens > 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--thin-prefill-tokens ", sched.thin_prefill_tokens,
-                                                   " and --thin-prefill-auto both choose the thin budget: give one"));
-  }
-  if (sched.max_tokens_per_step < sched.max_batch_size) {
-    return absl::InvalidArgumentError(absl::StrCat("--max-batch-tokens: ", sched.max_tokens_per_step,
-                                                   " must be >= --max-batch ", sched.max_batch_size));
-  }
   if (f.model_dir.empty()) return absl::InvalidArgumentError("--model: required");
   if (f.grpc.limits.media.allow_fetch && !MediaFetchBuilt()) {
     return absl::InvalidArgumentError(
