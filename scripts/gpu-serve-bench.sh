@@ -117,14 +117,7 @@ glmload_grpc() { "$build/bench/glmload" --target "127.0.0.1:$port" --stream --de
 # Every load draws its prompts from a seed of its own: prefix caching is on by default, and a load
 # repeating an earlier one's prompts would find them cached and skip their prefill.
 warm_up() { glmload_grpc --seed 100 --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1; }
-level_row() {  # level_row JSON LABEL: a single-level run's markdown row (tok/s, TTFT and ITL p50 / p99)
-  python3 - "$1" "$2" <<'EOF2'
-import json, sys
-lv = json.load(open(sys.argv[1]))["levels"][0]
-t, i = lv["ttft_ms"], lv["inter_token_ms"]
-print(f"| {sys.argv[2]} | {lv['generated_tokens_per_s']:,.1f} | {t['p50']:.1f} / {t['p99']:.1f} | {i['p50']:.2f} / {i['p99']:.2f} |")
-EOF2
-}
+level_row() { python3 bench/glmload_report.py row "$1" "$2"; }  # level_row JSON LABEL: one level's markdown row
 
 # P. Where a step's time goes under real traffic (64 streams unless told, steady state).
 if [ "${GLMSERVE_SERVE_PROFILE:-1}" = 1 ]; then
@@ -183,20 +176,8 @@ if [ "${GLMSERVE_SERVE_OOM:-1}" = 1 ]; then
   oom_rc=$?
   env -u LD_LIBRARY_PATH curl -sf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" >"$out/serve_oom_metrics.txt"
   stop_server
-  python3 - "$out/serve_oom.json" "$out/serve_oom_metrics.txt" "$oom_rc" <<'EOF2' | tee "$out/serve_oom.md" || status=1
-import json, re, sys
-lv = json.load(open(sys.argv[1]))["levels"][0]
-metrics = open(sys.argv[2]).read()
-def metric(name):
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", metrics, re.M))
-ok, errors = lv.get("requests_ok", 0), lv.get("errors", {})
-errors = sum(errors.values()) if isinstance(errors, dict) else errors
-ooms, restarts = metric("glmserve_oom_events_total"), metric("glmserve_engine_restarts_total")
-print("| sent | ok | errors | lost | glmserve_oom_events_total | glmserve_engine_restarts_total | glmload exit |")
-print("|---:|---:|---:|---:|---:|---:|---:|")
-print(f"| 256 | {ok} | {errors} | {256 - ok - errors} | {ooms:.0f} | {restarts:.0f} | {sys.argv[3]} |")
-sys.exit(0 if ok == 256 and ooms > 0 else 1)
-EOF2
+  python3 bench/glmload_report.py oom "$out/serve_oom.json" "$out/serve_oom_metrics.txt" "$oom_rc" | tee "$out/serve_oom.md" \
+    || status=1
 fi
 
 if [ -z "$levels" ] || [ "${GLMSERVE_SERVE_SWEEP:-1}" != 1 ]; then trap - EXIT; exit $status; fi
@@ -232,15 +213,7 @@ if [ -n "${GLMSERVE_SERVE_RATES:-}" ]; then
     glmload_grpc --rate "$rate" --duration "$duration" --warmup "$warmup" --max-in-flight 1024 --prompt-len 128 \
       --max-new-tokens 128 --ignore-eos true --seed 5 --json-out "$out/serve_rate_$rate.json" \
       >"$out/serve_rate_$rate.md" 2>&1 || { echo "glmload --rate $rate: exit $?"; status=1; }
-    python3 - "$out/serve_rate_$rate.json" "$rate" <<'EOF2' >>"$out/serve_open.md"
-import json, sys
-lv = json.load(open(sys.argv[1]))["levels"][0]
-t, i, e = lv["ttft_ms"], lv["inter_token_ms"], lv.get("errors", {})
-errors = sum(e.values()) if isinstance(e, dict) else e
-print(f"| gRPC open loop, {sys.argv[2]} requests/s | {lv['requests_ok']} / {lv['requests_dropped']} | "
-      f"{lv['generated_tokens_per_s']:,.1f} | {lv['steady_generated_tokens_per_s']:,.1f} | {t['p50']:.1f} / {t['p99']:.1f} | "
-      f"{i['p50']:.2f} / {i['p99']:.2f} | {errors} |")
-EOF2
+    python3 bench/glmload_report.py open-row "$out/serve_rate_$rate.json" "$rate" >>"$out/serve_open.md"
   done
   cat "$out/serve_open.md"
 fi
@@ -270,42 +243,5 @@ trap - EXIT
 stop_server
 
 # 7. The table.
-python3 - "$out" "$levels" <<'EOF' | tee "$out/serve_table.md"
-import json, os, re, sys
-out, levels = sys.argv[1], sys.argv[2]
-decode = {}
-path = os.path.join(out, "serve_decode_bench.md")
-if os.path.exists(path):
-    for line in open(path):
-        m = re.match(r"^\|\s*(\d+)\s*\|\s*([\d.]+)\s*\|", line)
-        if m:
-            decode[int(m.group(1))] = float(m.group(2))
-rows = [("eos_ignored", "gRPC, --ignore-eos true"), ("eos", "gRPC, --ignore-eos false"),
-        ("open_autoglm", "gRPC, Open-AutoGLM (T 0, top_p 0.85, freq 0.2)"), ("http", "HTTP SSE, --ignore-eos true")]
-print("| mix | streams | tok/s | decode_bench tok/s | ratio | steady tok/s | steady ratio | TTFT p50 / p99 ms | "
-      "ITL p50 / p99 ms | ok / errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for name, label in rows:
-    p = os.path.join(out, f"serve_{name}.json")
-    if not os.path.exists(p):
-        continue
-    try:
-        report = json.load(open(p))
-    except ValueError:
-        print(f"| {label} | - | unreadable {p} | | | | | | | |")
-        continue
-    for lv in report.get("levels", []):
-        n = lv.get("concurrency", 0)
-        tps = lv.get("generated_tokens_per_s", 0.0)
-        ttft, itl = lv.get("ttft_ms", {}), lv.get("inter_token_ms", {})
-        ref = decode.get(n)
-        ratio = f"{tps / ref:.0%}" if ref else "-"
-        steady = lv.get("steady_generated_tokens_per_s", 0.0) if lv.get("steady_window_s", 0.0) > 0 else None
-        steady_cell = f"{steady:,.1f}" if steady is not None else "-"
-        steady_ratio = f"{steady / ref:.0%}" if ref and steady is not None else "-"
-        errors = sum(lv.get("errors", {}).values()) if isinstance(lv.get("errors"), dict) else lv.get("errors", 0)
-        print(f"| {label} | {n} | {tps:,.1f} | {f'{ref:,.1f}' if ref else '-'} | {ratio} | {steady_cell} | {steady_ratio} | "
-              f"{ttft.get('p50', 0):.1f} / {ttft.get('p99', 0):.1f} | {itl.get('p50', 0):.2f} / {itl.get('p99', 0):.2f} | "
-              f"{lv.get('requests_ok', 0)} / {errors} |")
-EOF
+python3 bench/glmload_report.py table "$out" | tee "$out/serve_table.md"
 exit $status
