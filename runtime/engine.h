@@ -72,6 +72,15 @@ struct EngineStats {
   // Prompt tokens the last step that decoded could carry beside its decodes (what the caps or,
   // while it applied, the thin budget left); 0 before any such step.
   int32_t prefill_budget_with_decodes = 0;
+  // Where the engine thread's time went over every step attempt (nanoseconds, cumulative): before
+  // the step (deadlines, admission, preemption: planning), in the executor's own host work (checks,
+  // staging, launches, host sampling), waiting for the accelerator (StepResult::device_wait_us),
+  // and after the step (handing out tokens through the callbacks, finishing requests). On a GPU
+  // everything but the wait is time the GPU may idle between steps.
+  int64_t schedule_ns = 0;
+  int64_t executor_host_ns = 0;
+  int64_t device_wait_ns = 0;
+  int64_t commit_ns = 0;
 };
 
 // Submit's RESOURCE_EXHAUSTED carries its retry hint as a typed payload besides the message, so

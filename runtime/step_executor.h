@@ -61,6 +61,10 @@ struct StepResult {
   std::vector<int32_t> next_tokens;
   // Raw fp32 logits of the first sampled position, filled only when asked for (tests, CLI).
   std::vector<std::vector<float>> logits;
+  // Of the Step call's time, how long the host waited for an accelerator's results (microseconds;
+  // 0 where the model runs on the host). The rest of the call is host work: the engine's step
+  // phase metrics (EngineStats) tell GPU time from host time with it.
+  double device_wait_us = 0;
 };
 
 // Called only from the engine thread, one Step at a time. The full list of what a SequenceStep

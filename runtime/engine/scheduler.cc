@@ -418,6 +418,10 @@ EngineStats Scheduler::stats() const {
   st.prefix_cache_hit_tokens = prefix_cache_hit_tokens_;
   st.prompt_tokens_scheduled = prompt_tokens_scheduled_;
   st.prefill_budget_with_decodes = last_prefill_budget_with_decodes_;
+  st.schedule_ns = schedule_ns_;
+  st.executor_host_ns = executor_host_ns_;
+  st.device_wait_ns = device_wait_ns_;
+  st.commit_ns = commit_ns_;
   return st;
 }
 
@@ -876,7 +880,14 @@ Scheduler::StepOutcome Scheduler::RunOnce() {
   PlannedStep& plan = plan_;
   Plan(now, plan);
   if (plan.steps.empty()) return StepOutcome::kIdle;
+  auto ns = [](Clock::Duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); };
+  const TimePoint planned = clock_->Now();
+  schedule_ns_ += ns(planned - now);
   absl::StatusOr<StepResult> result = Execute(plan);
+  const TimePoint executed = clock_->Now();
+  const int64_t device_wait = result.ok() ? static_cast<int64_t>(result->device_wait_us * 1000) : 0;
+  device_wait_ns_ += device_wait;
+  executor_host_ns_ += std::max<int64_t>(0, ns(executed - planned) - device_wait);
   if (result.ok() && result->next_tokens.size() != plan.steps.size()) {
     result = absl::InternalError(
         absl::StrCat("executor returned ", result->next_tokens.size(), " tokens for a batch of ", plan.steps.size()));
@@ -894,7 +905,8 @@ Scheduler::StepOutcome Scheduler::RunOnce() {
     }
     return StepOutcome::kFailed;
   }
-  Commit(plan, *result, clock_->Now());
+  Commit(plan, *result, executed);
+  commit_ns_ += ns(clock_->Now() - executed);
   ++steps_;
   if (++consecutive_ok_steps_ >= options_.aimd_increase_after_steps) {
     consecutive_ok_steps_ = 0;

@@ -306,6 +306,8 @@ class Scheduler {
   std::vector<Sequence*> waiting_;  // unordered; ranked on admission
   // RunOnce's step, kept between steps only for its buffers' capacity (its pointers go stale).
   PlannedStep plan_;
+  // EngineStats' step phases, nanoseconds (clock_'s time).
+  int64_t schedule_ns_ = 0, executor_host_ns_ = 0, device_wait_ns_ = 0, commit_ns_ = 0;
   std::vector<int32_t> new_token_;  // Commit's on_tokens argument, one id at a time
   int64_t next_sequence_id_ = 1;
   uint64_t next_arrival_ = 0;

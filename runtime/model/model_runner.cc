@@ -620,7 +620,7 @@ class PagedExecutor final : public StepExecutor {
 #endif
     std::vector<int32_t> ids(paths.size(), -1);
     if (parts.empty()) return ids;
-    at::Tensor host_ids = (parts.size() == 1 ? parts[0] : at::cat(parts)).cpu();
+    at::Tensor host_ids = WaitForDevice([&] { return (parts.size() == 1 ? parts[0] : at::cat(parts)).cpu(); });
     const int32_t* argmax_ids = any_argmax ? host_ids.data_ptr<int32_t>() : nullptr;
     const int32_t* sampled_ids =
         has_sampled && static_cast<int64_t>(parts.size()) > (any_argmax ? 1 : 0)
@@ -715,6 +715,7 @@ class PagedExecutor final : public StepExecutor {
   absl::StatusOr<StepResult> StepImpl(const std::vector<SequenceStep>& batch) {
     StepResult result;
     if (batch.empty()) return result;
+    device_wait_us_ = 0;
     GLM_RETURN_IF_ERROR(Validate(batch));
     size_t num_samples = 0;
     for (const SequenceStep& s : batch) num_samples += s.sample ? 1 : 0;
@@ -743,9 +744,13 @@ class PagedExecutor final : public StepExecutor {
           const int64_t vocab = device_logits.size(1);
           logits = at::empty({static_cast<int64_t>(num_samples), vocab}, at::TensorOptions().dtype(at::kFloat));
           at::Tensor rows = at::tensor(host_rows, at::TensorOptions().dtype(at::kLong));
-          logits.index_copy_(0, rows,
-                             device_logits.index_select(0, rows.to(device_logits.device())).to(at::kFloat).cpu());
+          logits.index_copy_(
+              0, rows, WaitForDevice([&] {
+                return device_logits.index_select(0, rows.to(device_logits.device())).to(at::kFloat).cpu();
+              }));
         }
+      } else if (device_logits.is_cuda()) {
+        logits = WaitForDevice([&] { return device_logits.to(at::kFloat).contiguous().cpu(); });
       } else {
         logits = device_logits.to(at::kFloat).contiguous().cpu();
       }
@@ -790,7 +795,18 @@ class PagedExecutor final : public StepExecutor {
       result.next_tokens[i] = id;
       ++row;
     }
+    result.device_wait_us = device_wait_us_;
     return result;
+  }
+
+  // Runs `copy_to_host` (a device-to-host copy, which waits for the step's device work) and adds
+  // the time it blocked to this step's device wait.
+  template <typename Copy>
+  at::Tensor WaitForDevice(Copy&& copy_to_host) {
+    const auto start = std::chrono::steady_clock::now();
+    at::Tensor host = copy_to_host();
+    device_wait_us_ += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+    return host;
   }
 
   const GlmModel* model_;
@@ -803,6 +819,7 @@ class PagedExecutor final : public StepExecutor {
   // Scratch for Validate: per block, (generation << 32) | the batch slot owning it this step.
   std::vector<uint64_t> block_owner_;
   uint64_t validate_generation_ = 0;
+  double device_wait_us_ = 0;  // this step's, so far (WaitForDevice)
   static constexpr uint64_t kGenerationLimit = uint64_t{1} << 31;
 #ifdef GLMSERVE_TORCH_CUDA
   PenaltyTables penalty_tables_;

@@ -124,6 +124,17 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                             .Help("Prompt positions of admissions, from the cache or computed")
                             .Register(r)
                             .Add({});
+  auto& phases = prometheus::BuildCounter()
+                     .Name("glmserve_step_phase_seconds_total")
+                     .Help(
+                         "Engine thread time over every step attempt, by phase: schedule (planning before a "
+                         "step), executor_host (the executor's host work), device_wait (waiting for the "
+                         "accelerator), commit (handing out tokens, finishing requests)")
+                     .Register(r);
+  m->phase_schedule_ = &phases.Add({{"phase", "schedule"}});
+  m->phase_executor_host_ = &phases.Add({{"phase", "executor_host"}});
+  m->phase_device_wait_ = &phases.Add({{"phase", "device_wait"}});
+  m->phase_commit_ = &phases.Add({{"phase", "commit"}});
   prometheus::BuildGauge()
       .Name("glmserve_build_info")
       .Help("Always 1; labels carry the build")
@@ -215,12 +226,16 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   kv_usage_->Set(share_of_pool(stats.blocks_used));
   prefix_usage_->Set(share_of_pool(stats.blocks_cached));
   // A count below the last one: the watchdog rebuilt the engine, whose counts start at 0.
-  auto add = [](prometheus::Counter* counter, int64_t now, int64_t& last) {
-    counter->Increment(static_cast<double>(now >= last ? now - last : now));
+  auto add = [](prometheus::Counter* counter, int64_t now, int64_t& last, double scale = 1.0) {
+    counter->Increment(scale * static_cast<double>(now >= last ? now - last : now));
     last = now;
   };
   add(prefix_hits_, stats.prefix_cache_hit_tokens, last_prefix_hits_);
   add(prefix_queries_, stats.prompt_tokens_scheduled, last_prefix_queries_);
+  add(phase_schedule_, stats.schedule_ns, last_schedule_ns_, 1e-9);
+  add(phase_executor_host_, stats.executor_host_ns, last_executor_host_ns_, 1e-9);
+  add(phase_device_wait_, stats.device_wait_ns, last_device_wait_ns_, 1e-9);
+  add(phase_commit_, stats.commit_ns, last_commit_ns_, 1e-9);
 }
 
 void ServerMetrics::StartPolling(std::function<EngineStats()> stats, std::chrono::milliseconds interval) {

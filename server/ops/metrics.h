@@ -80,6 +80,12 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Counter* prefix_hits_ = nullptr;     // from EngineStats' cumulative counts, by delta
   prometheus::Counter* prefix_queries_ = nullptr;  // (an engine rebuilt by the watchdog starts at 0)
   int64_t last_prefix_hits_ = 0, last_prefix_queries_ = 0;
+  // glmserve_step_phase_seconds_total{phase}: schedule, executor_host, device_wait, commit (EngineStats).
+  prometheus::Counter* phase_schedule_ = nullptr;
+  prometheus::Counter* phase_executor_host_ = nullptr;
+  prometheus::Counter* phase_device_wait_ = nullptr;
+  prometheus::Counter* phase_commit_ = nullptr;
+  int64_t last_schedule_ns_ = 0, last_executor_host_ns_ = 0, last_device_wait_ns_ = 0, last_commit_ns_ = 0;
   std::atomic<bool> stop_{false};
   std::thread poller_;
 };

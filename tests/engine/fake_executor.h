@@ -51,6 +51,8 @@ class FakeExecutor : public StepExecutor {
     clock_ = clock;
     step_time_ = d;
   }
+  // Each Step reports this much of its time as waiting for a device (StepResult::device_wait_us).
+  void ReportDeviceWait(std::chrono::microseconds d) { device_wait_ = d; }
   // Steps with more than `n` sequences return RESOURCE_EXHAUSTED (0 = never).
   void set_oom_above_sequences(int32_t n) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -248,6 +250,7 @@ class FakeExecutor : public StepExecutor {
       const std::vector<int32_t>& stops = p.stop_token_ids.empty() ? eos_ids_ : p.stop_token_ids;
       result.next_tokens.push_back(Next(sum, end, st.num_generated, p.min_new_tokens, stops));
     }
+    result.device_wait_us = static_cast<double>(device_wait_.count());
     return result;
   }
 
@@ -323,6 +326,7 @@ class FakeExecutor : public StepExecutor {
   const std::vector<int32_t> eos_ids_;
   FakeClock* clock_ = nullptr;
   std::chrono::milliseconds step_time_{0};
+  std::chrono::microseconds device_wait_{0};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -77,6 +77,36 @@ TEST(SchedulerTest, RequestValidationNamesTheField) {
   EXPECT_TRUE(ValidateRequest(MakeRequest("a", MakePrompt(1, 10), 10), limits).ok());
 }
 
+// EngineStats' step phases on the injected clock: each step's 5 ms in the executor, of which it
+// reports 2 ms of device wait, is 3 ms of executor host work and 2 of device wait; a token callback
+// that takes 1 ms is commit time; planning costs no clock time here.
+TEST(SchedulerTest, StepPhasesSplitTheEngineThreadsTime) {
+  SchedulerOptions o;
+  o.max_batch_size = 4;
+  o.max_tokens_per_step = 64;
+  Harness h(o, /*block_size=*/4, /*num_blocks=*/64);
+  h.executor.AdvanceClockPerStep(&h.clock, std::chrono::milliseconds(5));
+  h.executor.ReportDeviceWait(std::chrono::microseconds(2000));
+  RequestCallbacks slow;
+  int tokens = 0;
+  slow.on_tokens = [&](const std::vector<int32_t>& ids) {
+    tokens += static_cast<int>(ids.size());
+    h.clock.Advance(std::chrono::milliseconds(1));
+  };
+  bool done = false;
+  slow.on_done = [&](const RequestResult&) { done = true; };
+  ASSERT_TRUE(h.scheduler->Add(MakeRequest("slow", MakePrompt(1, 6), 4), std::move(slow), h.clock.Now()).ok());
+  h.RunUntilIdle();
+  ASSERT_TRUE(done);
+  const EngineStats st = h.scheduler->stats();
+  ASSERT_EQ(st.steps, 4);  // a 6-token prompt in one step, then three decodes
+  EXPECT_EQ(tokens, 4);
+  EXPECT_EQ(st.executor_host_ns, 4 * 3'000'000);
+  EXPECT_EQ(st.device_wait_ns, 4 * 2'000'000);
+  EXPECT_EQ(st.commit_ns, 4 * 1'000'000);
+  EXPECT_EQ(st.schedule_ns, 0);
+}
+
 TEST(SchedulerTest, AdmissionUnderTokenBudget) {
   SchedulerOptions o;
   o.max_batch_size = 8;

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chaos"))
 import harness  # noqa: E402
@@ -27,7 +28,8 @@ NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserv
          "glmserve_prefill_budget_tokens",
          "glmserve_oom_events_total", "glmserve_engine_restarts_total", "glmserve_kv_cache_usage_ratio",
          "glmserve_generated_tokens_total", "glmserve_prefix_cache_hit_tokens_total",
-         "glmserve_prefix_cache_query_tokens_total", "glmserve_prefix_cache_usage_ratio", "glmserve_build_info"]
+         "glmserve_prefix_cache_query_tokens_total", "glmserve_prefix_cache_usage_ratio", "glmserve_step_phase_seconds_total",
+         "glmserve_build_info"]
 
 
 def main():
@@ -81,6 +83,20 @@ def main():
             check(harness.metric(after, h + "_count") == 3, f"{h}_count == 3")
         check(harness.metric(after, "glmserve_batch_size_count") > harness.metric(before, "glmserve_batch_size_count"),
               "glmserve_batch_size observed per step")
+
+        # The step phases reach /metrics by polling. Each step sleeps --debug-step-latency-ms (2 ms) in
+        # the executor's place; on a CPU nothing is device time.
+        phase = lambda samples, p: harness.metric(samples, "glmserve_step_phase_seconds_total", phase=p)
+        steps = 6 + 5 + 3  # at least one step a generated token
+        for _ in range(100):
+            after, _ = harness.scrape(mport)
+            if phase(after, "executor_host") >= steps * 0.002:
+                break
+            time.sleep(0.05)
+        check(phase(after, "executor_host") >= steps * 0.002,
+              f"step_phase_seconds_total{{phase=executor_host}} >= {steps} x 2 ms ({phase(after, 'executor_host')})")
+        check(phase(after, "device_wait") == 0, "step_phase_seconds_total{phase=device_wait} == 0 on a CPU")
+        check(phase(after, "schedule") > 0 and phase(after, "commit") > 0, "schedule and commit phases counted")
 
         events = server.events()
         check(len(events) > 0 and all({"time", "level", "request_id", "event", "msg", "fields"} <= set(e) for e in events),
