@@ -676,6 +676,12 @@ void Scheduler::Plan(TimePoint now, PlannedStep& plan) {
   auto add_step = [&](Sequence* s, int32_t chunk, int32_t cost, int32_t encoder_tokens) {
     if (planned == plan.steps.size()) plan.steps.emplace_back();
     SequenceStep& st = plan.steps[planned++];
+    // Every field back to its default (none can leak from the step before), keeping the vectors'
+    // capacity.
+    std::vector<int32_t> tokens = std::move(st.tokens), block_table = std::move(st.block_table);
+    st = SequenceStep();
+    st.tokens = std::move(tokens);
+    st.block_table = std::move(block_table);
     st.sequence_id = s->id;
     st.tokens.assign(s->tokens.begin() + s->num_computed, s->tokens.begin() + s->num_computed + chunk);
     st.start_position = s->num_computed;
