@@ -54,10 +54,7 @@ void RequestSession::Cancel() {
 
 void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
   // A unary request without stop strings only logs its first token: later steps need no worker.
-  if (!info_.streaming && !incremental_) {
-    if (first_step_seen_) return;
-    first_step_seen_ = true;
-  }
+  if (!info_.streaming && !incremental_ && first_step_seen_.exchange(true, std::memory_order_relaxed)) return;
   bool queue = false;
   {
     std::lock_guard<std::mutex> lock(events_mu_);

@@ -141,7 +141,8 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   std::vector<size_t> pending_ends_;     // guarded by events_mu_
   std::optional<RequestResult> result_;  // guarded by events_mu_
   bool queued_ = false;                  // guarded by events_mu_
-  bool first_step_seen_ = false;         // engine thread only
+  // Engine threads (a rebuilt engine's may overlap a stuck one's last step).
+  std::atomic<bool> first_step_seen_{false};
   // One worker at a time; the swapped-out buffers and the step being handled.
   std::mutex deliver_mu_;
   std::vector<int32_t> ids_;         // guarded by deliver_mu_
