@@ -23,6 +23,7 @@
 #include "flags/flags.h"
 #include "runtime/engine.h"
 #include "runtime/engine/engine_impl.h"
+#include "server/commands/scheduling_flags.h"
 #if GLMSERVE_ENGINE_HOST_BENCH_SESSIONS
 #include "server/ops/logging.h"
 #include "server/request/request_session.h"
@@ -71,7 +72,8 @@ class InstantExecutor : public glmserve::StepExecutor {
 
 #if GLMSERVE_ENGINE_HOST_BENCH_SESSIONS
 // A streaming front end's sink: each step's ids queued under the call's lock (as the gRPC stream
-// queues its writes); the result to the closed loop.
+// queues its writes, here dropped after the last few: nothing writes them out); the result to the
+// closed loop.
 class StreamingSink : public glmserve::SessionSink {
  public:
   StreamingSink(std::function<void(const glmserve::RequestResult&)> on_done, int64_t* tokens, std::mutex* tokens_mu)
@@ -112,13 +114,11 @@ int main(int argc, char** argv) {
   int64_t step_us = 0;
   bool through_sessions = false;
   glmserve::EngineOptions options;
-  // Scheduling as `glmserve serve --device cuda` runs it (scripts/gpu-serve-bench.sh: --max-batch 256).
+  // Scheduling as `glmserve serve --device cuda` runs it, at scripts/gpu-serve-bench.sh's --max-batch 256.
   options.scheduler.max_batch_size = 256;
-  options.scheduler.max_tokens_per_step = 8192;
-  options.scheduler.max_prefill_tokens_with_decodes = 256;
-  options.scheduler.mixed_step_rows = 256;
   options.scheduler.prefix_caching = true;  // serve's default on every device
   options.max_queued_requests = 4096;
+  glmserve::SchedulingFlags scheduling(&options.scheduler);
   glmserve::flags::FlagSet flags("engine_host_bench", "[flags]",
                                  "The engine's host time per step around an executor that costs nothing.");
   flags.IntList("concurrency", &concurrency, 1, 4096, "closed-loop clients, one level each");
@@ -130,7 +130,12 @@ int main(int argc, char** argv) {
   flags.Bool("sessions", &through_sessions,
              "requests through the server's RequestSessions (two delivery workers, request logs to "
              "stderr) to a streaming sink, as glmserve serve sends them");
+  flags.Section("scheduling (glmserve serve's flags and their GPU defaults)");
+  scheduling.Register(flags);
   if (auto exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+  if (absl::Status resolved = scheduling.Resolve(/*gpu=*/true); !resolved.ok()) {
+    return flags.UsageError(resolved.message());
+  }
 #if !GLMSERVE_ENGINE_HOST_BENCH_SESSIONS
   if (through_sessions) return flags.UsageError("--sessions: built without the server (GLMSERVE_WITH_GRPC=OFF)");
 #endif
