@@ -6,6 +6,9 @@
   glmload_report.py oom JSON METRICS RC     the OOM storm's table; exit 1 unless all 256 ok and OOMs seen
   glmload_report.py table OUT               the end-to-end table of OUT/serve_{mix}.json beside
                                             OUT/serve_decode_bench.md (decode_bench's tok/s per batch)
+  glmload_report.py phases METRICS          a scrape of glmserve's /metrics: ms a step attempt by
+                                            phase (glmserve_step_phase_seconds_total over
+                                            glmserve_batch_size_count) and the host's share
 """
 import json
 import os
@@ -43,8 +46,14 @@ def open_row(path, rate):
             f"{p50_p99(lv['ttft_ms'], 1)} | {p50_p99(lv['inter_token_ms'], 2)} | {errors(lv)} |")
 
 
-def metric(text, name):
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
+def metric(text, name, **labels):
+    """The sum of `name`'s samples in a Prometheus text scrape whose labels include `labels`."""
+    total = 0.0
+    for sample_labels, value in re.findall(rf"^{re.escape(name)}(?:{{([^}}]*)}})? ([0-9.e+-]+)$", text, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', sample_labels))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total
 
 
 def oom(path, metrics_path, glmload_rc):
@@ -57,6 +66,25 @@ def oom(path, metrics_path, glmload_rc):
              f"| {OOM_REQUESTS} | {ok} | {failed} | {OOM_REQUESTS - ok - failed} | {ooms:.0f} | {restarts:.0f} | "
              f"{glmload_rc} |"]
     return lines, ok == OOM_REQUESTS and ooms > 0
+
+
+PHASES = ["schedule", "executor_host", "device_wait", "commit"]
+
+
+def phases(metrics_path):
+    text = open(metrics_path).read()
+    steps = metric(text, "glmserve_batch_size_count")
+    seconds = {p: metric(text, "glmserve_step_phase_seconds_total", phase=p) for p in PHASES}
+    total = sum(seconds.values())
+    lines = ["| step attempts | " + " | ".join(f"{p} ms a step" for p in PHASES) + " | host share |",
+             "|---:|" + "---:|" * (len(PHASES) + 1)]
+    if steps <= 0 or total <= 0:
+        lines.append(f"| {steps:.0f} |" + " - |" * (len(PHASES) + 1))
+        return lines
+    host = total - seconds["device_wait"]
+    lines.append(f"| {steps:.0f} | " + " | ".join(f"{1e3 * seconds[p] / steps:.3f}" for p in PHASES) +
+                 f" | {host / total:.1%} |")
+    return lines
 
 
 def decode_bench_rates(out):
@@ -114,6 +142,8 @@ def main(argv):
         return 0 if passed else 1
     elif command == "table" and len(args) == 1:
         print("\n".join(table(args[0])))
+    elif command == "phases" and len(args) == 1:
+        print("\n".join(phases(args[0])))
     else:
         print(usage, file=sys.stderr)
         return 2

@@ -54,6 +54,25 @@ class GlmloadReportTest(unittest.TestCase):
         self.assertEqual(rc, 1)  # 67 of 256 answered and no OOM seen
         self.assertIn("| 256 | 67 | 0 | 189 | 0 | 2 | 0 |", text)
 
+    def test_phases_per_step_attempt(self):
+        scrape = """# TYPE glmserve_step_phase_seconds_total counter
+glmserve_step_phase_seconds_total{phase="commit"} 0.004
+glmserve_step_phase_seconds_total{phase="device_wait"} 2.4
+glmserve_step_phase_seconds_total{phase="executor_host"} 0.3
+glmserve_step_phase_seconds_total{phase="schedule"} 8e-05
+glmserve_batch_size_bucket{le="+Inf"} 400
+glmserve_batch_size_count 400
+glmserve_batch_size_sum 25600
+"""
+        with tempfile.TemporaryDirectory() as out:
+            path = os.path.join(out, "metrics.txt")
+            with open(path, "w") as f:
+                f.write(scrape)
+            rc, text = run("phases", path)
+        self.assertEqual(rc, 0)
+        # 400 attempts: 0.08 / 300 / 2400 / 4 ms over 400; host = 0.30408 of 2.70408 s
+        self.assertEqual(text.splitlines()[2], "| 400 | 0.000 | 0.750 | 6.000 | 0.010 | 11.2% |")
+
     def test_usage_errors_exit_2(self):
         self.assertEqual(run("row")[0], 2)
         self.assertEqual(run("nonsense", "x")[0], 2)
