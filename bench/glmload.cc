@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -92,6 +93,76 @@ struct Record {
   std::vector<std::pair<Clock::time_point, int>> arrivals;
   double queue_ms = -1, server_ttft_ms = -1;
 };
+
+// "HOST:PORT" or "[V6]:PORT" (the host without brackets); INVALID_ARGUMENT naming `flag`.
+absl::Status ParseHostPort(const char* flag, const std::string& target, std::string* host, int* port) {
+  const size_t colon = target.rfind(':');
+  int64_t value = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !flags::ParseIntValue(flag, target.substr(colon + 1), 1, 65535, &value).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": '", target, "' is not HOST:PORT"));
+  }
+  *host = target.substr(0, colon);
+  if (host->size() > 2 && host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
+  *port = static_cast<int>(value);
+  return absl::OkStatus();
+}
+
+// The counters of one /metrics scrape that ServerWindow is made of.
+struct MetricsSnapshot {
+  double steps = 0, batch_sum = 0;      // glmserve_batch_size_count / _sum
+  std::map<std::string, double> phase;  // glmserve_step_phase_seconds_total by phase
+};
+
+// GET /metrics from --metrics-target (5 s at most).
+absl::StatusOr<MetricsSnapshot> ScrapeMetrics(const std::string& target) {
+  std::string host;
+  int port = 0;
+  if (absl::Status s = ParseHostPort("--metrics-target", target, &host, &port); !s.ok()) return s;
+  httplib::Client cli(host, port);
+  cli.set_connection_timeout(std::chrono::seconds(2));
+  cli.set_read_timeout(std::chrono::seconds(5));
+  httplib::Result res = cli.Get("/metrics");
+  if (!res || res->status != 200) {
+    return absl::UnavailableError(
+        absl::StrCat("--metrics-target: GET http://", target,
+                     "/metrics: ", res ? absl::StrCat("HTTP ", res->status) : httplib::to_string(res.error())));
+  }
+  MetricsSnapshot m;
+  std::istringstream lines(res->body);
+  std::string line;
+  static const std::string kPhase = "glmserve_step_phase_seconds_total{";
+  while (std::getline(lines, line)) {
+    const size_t space = line.rfind(' ');
+    if (line.empty() || line[0] == '#' || space == std::string::npos) continue;
+    const std::string series = line.substr(0, space);
+    const double value = std::strtod(line.c_str() + space + 1, nullptr);
+    if (series == "glmserve_batch_size_count") {
+      m.steps = value;
+    } else if (series == "glmserve_batch_size_sum") {
+      m.batch_sum = value;
+    } else if (series.rfind(kPhase, 0) == 0) {
+      static const std::regex kLabel("phase=\"([a-z_]+)\"");
+      std::smatch label;
+      if (std::regex_search(series, label, kLabel)) m.phase[label[1]] = value;
+    }
+  }
+  return m;
+}
+
+// The level's window between two scrapes.
+ServerWindow WindowBetween(const MetricsSnapshot& a, const MetricsSnapshot& b) {
+  ServerWindow w;
+  const double steps = b.steps - a.steps;
+  if (steps <= 0) return w;
+  w.steps = static_cast<int64_t>(steps);
+  w.mean_batch = (b.batch_sum - a.batch_sum) / steps;
+  for (const auto& [phase, seconds] : b.phase) {
+    const auto before = a.phase.find(phase);
+    w.step_ms[phase] = 1e3 * (seconds - (before != a.phase.end() ? before->second : 0.0)) / steps;
+  }
+  return w;
+}
 
 class Level {
  public:
@@ -517,6 +588,36 @@ LevelResult Level::Run() {
   last_done_ = start_;
   std::thread progress;
   if (opts_.progress) progress = std::thread([this] { ProgressLoop(); });
+  // --metrics-target: the server's counters at the steady window's start (the warm-up's end) and
+  // end (when sending stops).
+  std::optional<MetricsSnapshot> window_start, window_end;
+  std::string scrape_error;
+  std::thread scraper;
+  if (!opts_.metrics_target.empty()) {
+    scraper = std::thread([&] {
+      const Clock::time_point steady_start =
+          start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts_.warmup_s));
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (cv_.wait_until(lock, steady_start, [this] { return done_; })) return;
+      }
+      absl::StatusOr<MetricsSnapshot> a = ScrapeMetrics(opts_.metrics_target);
+      if (!a.ok()) {
+        scrape_error = std::string(a.status().message());
+        return;
+      }
+      window_start = *a;
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!done_ && !StopSending()) cv_.wait_for(lock, std::chrono::milliseconds(10));
+      lock.unlock();
+      absl::StatusOr<MetricsSnapshot> b = ScrapeMetrics(opts_.metrics_target);
+      if (!b.ok()) {
+        scrape_error = std::string(b.status().message());
+        return;
+      }
+      window_end = *b;
+    });
+  }
 
   if (rate_ > 0) {
     // Open loop: arrivals on a precomputed Poisson schedule; latency counts from the scheduled
@@ -548,6 +649,8 @@ LevelResult Level::Run() {
     cv_.notify_all();
   }
   if (progress.joinable()) progress.join();
+  if (scraper.joinable()) scraper.join();
+  if (!scrape_error.empty()) std::fprintf(stderr, "glmload: %s\n", scrape_error.c_str());
   StopHttpWorkers();
 
   LevelResult r;
@@ -598,6 +701,7 @@ LevelResult Level::Run() {
   r.inter_token_ms = Summarize(itl_);
   r.queue_ms = Summarize(std::move(queue));
   r.server_ttft_ms = Summarize(std::move(sttft));
+  if (window_start && window_end) r.server = WindowBetween(*window_start, *window_end);
   return r;
 }
 
@@ -734,6 +838,11 @@ void Register(flags::FlagSet& set, Options& o, bool& no_progress) {
   };
   set.Section("load");
   set.String("target", &o.target, "server").ValueName("HOST:PORT").NotEmpty();
+  set.String("metrics-target", &o.metrics_target,
+             "the server's /metrics (serve --metrics-port): its steps, mean batch and ms a step by phase over "
+             "each level's steady window, in the table and the JSON (server_window)")
+      .ValueName("HOST:PORT")
+      .DefaultText("none");
   set.Int("concurrency", &o.concurrency, 1, 100000, "closed loop: N requests outstanding at all times");
   set.Number("rate", &o.rate, {1e-3, 1e6},
              "open loop: Poisson arrivals at R requests/s (seeded), latency from the scheduled arrival")
@@ -856,18 +965,10 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
 
 namespace {
 
-// "HOST:PORT" or "[V6]:PORT"; asks /v1/models for the model name (retrying for 10 s).
+// Asks /v1/models for the model name (retrying for 10 s).
 absl::StatusOr<HttpTarget> ConnectHttp(const std::string& target, ServerInfo* info) {
   HttpTarget t;
-  const size_t colon = target.rfind(':');
-  int64_t port = 0;
-  if (colon == std::string::npos || colon == 0 ||
-      !flags::ParseIntValue("--target", target.substr(colon + 1), 1, 65535, &port).ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--target: '", target, "' is not HOST:PORT"));
-  }
-  t.host = target.substr(0, colon);
-  if (t.host.size() > 2 && t.host.front() == '[' && t.host.back() == ']') t.host = t.host.substr(1, t.host.size() - 2);
-  t.port = static_cast<int>(port);
+  if (absl::Status s = ParseHostPort("--target", target, &t.host, &t.port); !s.ok()) return s;
   httplib::Client cli(t.host, t.port);
   cli.set_connection_timeout(std::chrono::seconds(2));
   cli.set_read_timeout(std::chrono::seconds(10));
@@ -1013,6 +1114,17 @@ std::string FormatTable(const Report& r) {
     }
     out += "\n";
   }
+  // --metrics-target: the server's own view of each level's steady window.
+  for (const LevelResult& l : r.levels) {
+    if (l.server.steps == 0) continue;
+    absl::StrAppend(&out, "server, ",
+                    l.mode == "open" ? absl::StrFormat("rate %.4g", l.rate) : absl::StrCat("conc ", l.concurrency),
+                    ": ", l.server.steps, " steps, mean batch ", absl::StrFormat("%.1f", l.server.mean_batch),
+                    ", ms a step:");
+    for (const auto& [phase, ms] : l.server.step_ms)
+      absl::StrAppend(&out, " ", phase, " ", absl::StrFormat("%.3f", ms));
+    out += "\n";
+  }
   return out;
 }
 
@@ -1072,6 +1184,10 @@ std::string ToJson(const Report& r) {
               {"inter_token_ms", SummaryJson(l.inter_token_ms)},
               {"queue_ms", SummaryJson(l.queue_ms)},
               {"server_ttft_ms", SummaryJson(l.server_ttft_ms)}};
+    if (l.server.steps > 0) {
+      e["server_window"] = {
+          {"steps", l.server.steps}, {"mean_batch", l.server.mean_batch}, {"step_ms", l.server.step_ms}};
+    }
     j["levels"].push_back(e);
   }
   return j.dump(2) + "\n";
@@ -1118,6 +1234,14 @@ absl::StatusOr<Report> FromJson(const std::string& text) {
     l.inter_token_ms = SummaryFrom(e.value("inter_token_ms", json()));
     l.queue_ms = SummaryFrom(e.value("queue_ms", json()));
     l.server_ttft_ms = SummaryFrom(e.value("server_ttft_ms", json()));
+    if (e.contains("server_window") && e["server_window"].is_object()) {
+      const json& w = e["server_window"];
+      l.server.steps = w.value("steps", int64_t{0});
+      l.server.mean_batch = w.value("mean_batch", 0.0);
+      if (w.contains("step_ms") && w["step_ms"].is_object()) {
+        l.server.step_ms = w["step_ms"].get<std::map<std::string, double>>();
+      }
+    }
     r.levels.push_back(l);
   }
   return r;

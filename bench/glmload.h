@@ -67,6 +67,9 @@ struct Options {
   int connections = 1;
   // Prompt ids are drawn from [0, vocab_size); 0 = ask the server (GetModelInfo).
   int vocab_size = 0;
+  // The server's /metrics ("HOST:PORT" of serve --metrics-port): scraped at each level's steady
+  // window's start and end for the server's own view of it (LevelResult::server). "" = not scraped.
+  std::string metrics_target;
   std::string json_out;
   std::string plot_out;
   // Re-report saved runs (JSON files of --json-out) instead of running: markdown side-by-side
@@ -79,6 +82,15 @@ struct Options {
 
 std::string Usage();
 absl::StatusOr<Options> ParseFlags(int argc, char** argv);
+
+// What glmserve's /metrics said over a level's steady window (two scrapes): step attempts, their
+// mean batch, and the engine thread's ms a step by phase (glmserve_step_phase_seconds_total:
+// schedule, executor_host, device_wait, commit).
+struct ServerWindow {
+  int64_t steps = 0;  // 0 = not scraped (or no step in the window)
+  double mean_batch = 0;
+  std::map<std::string, double> step_ms;  // phase -> ms a step
+};
 
 // The outcome of one load level.
 struct LevelResult {
@@ -99,6 +111,7 @@ struct LevelResult {
   int64_t steady_generated_tokens = 0;
   double steady_window_s = 0, steady_generated_tokens_per_s = 0;
   Summary latency_ms, ttft_ms, inter_token_ms, queue_ms, server_ttft_ms;
+  ServerWindow server;  // with Options::metrics_target
 };
 
 struct ServerInfo {

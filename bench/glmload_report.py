@@ -87,6 +87,16 @@ def phases(metrics_path):
     return lines
 
 
+def server_split(level):
+    """glmload --metrics-target's steady-window view: the engine thread's ms a step outside and
+    inside the wait for the GPU ("-" when not scraped)."""
+    step_ms = level.get("server_window", {}).get("step_ms", {})
+    if not step_ms:
+        return "-"
+    device = step_ms.get("device_wait", 0.0)
+    return f"{sum(step_ms.values()) - device:.3f} / {device:.3f}"
+
+
 def decode_bench_rates(out):
     rates = {}
     path = os.path.join(out, "serve_decode_bench.md")
@@ -101,8 +111,8 @@ def decode_bench_rates(out):
 def table(out):
     decode = decode_bench_rates(out)
     lines = ["| mix | streams | tok/s | decode_bench tok/s | ratio | steady tok/s | steady ratio | TTFT p50 / p99 ms | "
-             "ITL p50 / p99 ms | ok / errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ITL p50 / p99 ms | ok / errors | server ms a step: host / device |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, label in MIXES:
         path = os.path.join(out, f"serve_{name}.json")
         if not os.path.exists(path):
@@ -110,7 +120,7 @@ def table(out):
         try:
             report = json.load(open(path))
         except ValueError:
-            lines.append(f"| {label} | - | unreadable {path} | | | | | | | |")
+            lines.append(f"| {label} | - | unreadable {path} | | | | | | | | |")
             continue
         for lv in report.get("levels", []):
             n = lv.get("concurrency", 0)
@@ -121,7 +131,7 @@ def table(out):
                      f"{steady:,.1f}" if steady is not None else "-",
                      f"{steady / ref:.0%}" if ref and steady is not None else "-",
                      p50_p99(lv.get("ttft_ms", {}), 1), p50_p99(lv.get("inter_token_ms", {}), 2),
-                     f"{lv.get('requests_ok', 0)} / {errors(lv)}"]
+                     f"{lv.get('requests_ok', 0)} / {errors(lv)}", server_split(lv)]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 

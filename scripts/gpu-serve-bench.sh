@@ -113,7 +113,11 @@ stop_server() {
   server_pid=""
 }
 trap stop_server EXIT
-glmload_grpc() { "$build/bench/glmload" --target "127.0.0.1:$port" --stream --deadline-ms 300000 --no-progress "$@"; }
+# Every level also records the server's steps and ms a step by phase over its steady window (server_window).
+glmload_grpc() {
+  "$build/bench/glmload" --target "127.0.0.1:$port" --metrics-target "127.0.0.1:$metrics_port" --stream \
+    --deadline-ms 300000 --no-progress "$@"
+}
 # Every load draws its prompts from a seed of its own: prefix caching is on by default, and a load
 # repeating an earlier one's prompts would find them cached and skip their prefill.
 warm_up() { glmload_grpc --seed 100 --concurrency 64 --requests 128 --prompt-len 128 --max-new-tokens 16 >/dev/null 2>&1; }

@@ -1,7 +1,11 @@
 // The glmload binary against the real `glmserve serve` binary on the bundled tiny model (loopback,
 // --port 0): a short streamed sweep produces the table, the JSON with every field, and the PNG;
 // a short --http --stream run through the OpenAI HTTP API (--http-port 0) measures TTFT and ITL.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -32,6 +36,24 @@ constexpr char kModel[] = GLMSERVE_TEST_MODEL_DIR;
 
 using glmserve::testing::RunCommand;
 using glmserve::testing::ServerProcess;
+
+// A loopback TCP port nobody listens on right now (the kernel's pick for port 0); 0 on failure.
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof addr;
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
 
 TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
@@ -164,6 +186,51 @@ TEST(GlmloadRealTest, HttpStreamRun) {
 
   // The requests went through the HTTP front end (its request log names the route).
   EXPECT_NE(server.log().find("/v1/completions"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// --metrics-target: each level's steady window as the server saw it (two /metrics scrapes of
+// serve --metrics-port): its steps, mean batch and ms a step by phase. The server sleeps 3 ms a
+// step in the executor's place (--debug-step-latency-ms), and runs on a CPU (no device wait).
+TEST(GlmloadRealTest, MetricsTargetRecordsTheServersWindow) {
+  if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
+  const int metrics_port = FreeLoopbackPort();
+  ASSERT_GT(metrics_port, 0);
+  ServerProcess server(ServeBinary(), kModel,
+                       {"--metrics-port", std::to_string(metrics_port), "--debug-step-latency-ms", "3"});
+  const int port = server.WaitServing(120s);
+  ASSERT_GT(port, 0) << ServeBinary() << " did not serve:\n" << server.log();
+
+  const fs::path dir = fs::temp_directory_path() / ("glmload_metrics_test." + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string json_path = (dir / "run.json").string();
+  const std::string cmd = std::string("timeout 90 ") + kLoad + " --target 127.0.0.1:" + std::to_string(port) +
+                          " --metrics-target 127.0.0.1:" + std::to_string(metrics_port) +
+                          " --concurrency 3 --duration 2s --warmup 0.5s --stream --prompt-len 8"
+                          " --max-new-tokens 6 --deadline-ms 20000 --no-progress --json-out " +
+                          json_path + " 2>" + (dir / "stderr").string();
+  int rc = -1;
+  const std::string table = RunCommand(cmd, &rc);
+  ASSERT_EQ(rc, 0) << table << server.log();
+  EXPECT_NE(table.find("server, conc 3: "), std::string::npos) << table;
+
+  std::ifstream jf(json_path);
+  nlohmann::json j = nlohmann::json::parse(jf, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["levels"].size(), 1u);
+  const auto& w = j["levels"][0]["server_window"];
+  ASSERT_TRUE(w.is_object()) << j["levels"][0];
+  // 1.5 s of steps of at least 3 ms each: at most 500, and some.
+  EXPECT_GT(w["steps"].get<int>(), 10) << w;
+  EXPECT_LE(w["steps"].get<int>(), 500) << w;
+  EXPECT_GT(w["mean_batch"].get<double>(), 1.0) << w;
+  EXPECT_LE(w["mean_batch"].get<double>(), 3.0) << w;
+  EXPECT_GE(w["step_ms"]["executor_host"].get<double>(), 3.0) << w;
+  EXPECT_EQ(w["step_ms"]["device_wait"].get<double>(), 0.0) << w;
+  for (const char* phase : {"schedule", "commit"}) {
+    EXPECT_GT(w["step_ms"][phase].get<double>(), 0.0) << phase << " " << w;
+    EXPECT_LT(w["step_ms"][phase].get<double>(), 3.0) << phase << " " << w;
+  }
   fs::remove_all(dir);
 }
 

@@ -40,10 +40,23 @@ class GlmloadReportTest(unittest.TestCase):
         self.assertEqual(rc, 0)
         lines = out_text.splitlines()
         self.assertEqual(len(lines), 5, out_text)
-        self.assertEqual(lines[2], "| gRPC, --ignore-eos true | 1 | 353.7 | - | - | 352.0 | - | 4.0 / 6.7 | 2.76 / 3.34 | 67 / 0 |")
+        self.assertEqual(lines[2], "| gRPC, --ignore-eos true | 1 | 353.7 | - | - | 352.0 | - | 4.0 / 6.7 | 2.76 / 3.34 | "
+                                   "67 / 0 | - |")
         self.assertEqual(lines[3], "| gRPC, --ignore-eos true | 4 | 731.2 | 800.0 | 91% | 742.0 | 93% | 10.7 / 14.5 | "
-                                   "5.07 / 7.32 | 140 / 0 |")
+                                   "5.07 / 7.32 | 140 / 0 | - |")
         self.assertTrue(lines[4].startswith("| gRPC, --ignore-eos false | - | unreadable "), lines[4])
+
+    def test_table_shows_the_servers_own_split_when_glmload_scraped_it(self):
+        # sweep_metrics.json: glmload --metrics-target at 1 and 4 streams (server_window per level).
+        with tempfile.TemporaryDirectory() as out:
+            os.symlink(os.path.join(FIXTURES, "sweep_metrics.json"), os.path.join(out, "serve_eos.json"))
+            rc, out_text = run("table", out)
+        self.assertEqual(rc, 0)
+        rows = out_text.splitlines()[2:]
+        self.assertEqual(len(rows), 2, out_text)
+        # conc 1: commit 0.0308 + executor_host 2.7515 + schedule 0.0008 ms; device_wait 0 (a CPU)
+        self.assertTrue(rows[0].endswith("| 47 / 0 | 2.783 / 0.000 |"), rows[0])
+        self.assertTrue(rows[1].endswith("| 96 / 0 | 5.095 / 0.000 |"), rows[1])
 
     def test_oom_storm_fails_without_oom_events_or_with_a_lost_request(self):
         with tempfile.TemporaryDirectory() as out:
