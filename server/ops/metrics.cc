@@ -60,6 +60,16 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                   .Help("Submit to first generated token")
                   .Register(r)
                   .Add({}, SecondsBuckets());
+  // Decode speed as each client saw it (SLOs on inter-token latency): 1 ms to 1 s, finer where a
+  // GPU's decode steps fall (5-15 ms).
+  m->tpot_ = &prometheus::BuildHistogram()
+                  .Name("glmserve_time_per_output_token_seconds")
+                  .Help(
+                      "Per successful request with 2 or more tokens: first to last token over the tokens after the "
+                      "first")
+                  .Register(r)
+                  .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015,
+                                                                   0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1});
   m->queue_wait_ = &prometheus::BuildHistogram()
                         .Name("glmserve_queue_wait_seconds")
                         .Help("Submit to first scheduled step")
@@ -206,6 +216,10 @@ void ServerMetrics::OnRequestFinished(const char* code, const RequestResult* res
   generated_->Increment(static_cast<double>(result->output_ids.size()));
   if (result->status.ok()) latency_->Observe(result->total_ms / 1000.0);
   if (result->ttft_ms > 0) ttft_->Observe(result->ttft_ms / 1000.0);
+  const size_t tokens = result->output_ids.size();
+  if (result->status.ok() && tokens >= 2 && result->ttft_ms > 0 && result->total_ms >= result->ttft_ms) {
+    tpot_->Observe((result->total_ms - result->ttft_ms) / 1000.0 / static_cast<double>(tokens - 1));
+  }
   if (result->queue_ms > 0 || result->status.ok()) queue_wait_->Observe(result->queue_ms / 1000.0);
 }
 

@@ -67,6 +67,7 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   prometheus::Histogram* latency_ = nullptr;
   prometheus::Histogram* ttft_ = nullptr;
+  prometheus::Histogram* tpot_ = nullptr;  // glmserve_time_per_output_token_seconds
   prometheus::Histogram* queue_wait_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Gauge* queue_depth_ = nullptr;

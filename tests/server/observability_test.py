@@ -24,6 +24,7 @@ from harness import check  # noqa: E402
 import grpc  # noqa: E402
 
 NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserve_time_to_first_token_seconds",
+         "glmserve_time_per_output_token_seconds",
          "glmserve_queue_wait_seconds", "glmserve_queue_depth", "glmserve_batch_size", "glmserve_batch_limit",
          "glmserve_prefill_budget_tokens",
          "glmserve_oom_events_total", "glmserve_engine_restarts_total", "glmserve_kv_cache_usage_ratio",
@@ -79,8 +80,12 @@ def main():
         check(harness.metric(after, "glmserve_requests_total", code="INVALID_ARGUMENT") == 2,
               "requests_total{code=INVALID_ARGUMENT} == 2")
         check(harness.metric(after, "glmserve_generated_tokens_total") == 6 + 5 + 3, "generated_tokens_total == 14")
-        for h in ["glmserve_request_latency_seconds", "glmserve_time_to_first_token_seconds", "glmserve_queue_wait_seconds"]:
+        for h in ["glmserve_request_latency_seconds", "glmserve_time_to_first_token_seconds", "glmserve_queue_wait_seconds",
+                  "glmserve_time_per_output_token_seconds"]:
             check(harness.metric(after, h + "_count") == 3, f"{h}_count == 3")
+        # 6, 5 and 3 tokens, each step at least --debug-step-latency-ms (2 ms) apart: a mean gap of >= 2 ms
+        tpot_mean = harness.metric(after, "glmserve_time_per_output_token_seconds_sum") / 3
+        check(0.002 <= tpot_mean < 1.0, f"time_per_output_token mean {tpot_mean:.4f} s >= the 2 ms a step")
         check(harness.metric(after, "glmserve_batch_size_count") > harness.metric(before, "glmserve_batch_size_count"),
               "glmserve_batch_size observed per step")
 
