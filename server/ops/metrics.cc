@@ -124,6 +124,12 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                        .Help("Tokens generated (streamed or returned)")
                        .Register(r)
                        .Add({});
+  m->prompt_tokens_ =
+      &prometheus::BuildCounter()
+           .Name("glmserve_prompt_tokens_total")
+           .Help("Prompt tokens of the requests that finished (any status), prefix-cached ones included")
+           .Register(r)
+           .Add({});
   m->prefix_hits_ = &prometheus::BuildCounter()
                          .Name("glmserve_prefix_cache_hit_tokens_total")
                          .Help("Prompt positions whose KV an admission took from the prefix cache")
@@ -214,6 +220,7 @@ void ServerMetrics::OnRequestFinished(const char* code, const RequestResult* res
   requests_->Add({{"code", code}}).Increment();
   if (result == nullptr) return;
   generated_->Increment(static_cast<double>(result->output_ids.size()));
+  prompt_tokens_->Increment(static_cast<double>(result->prompt_tokens));
   if (result->status.ok()) latency_->Observe(result->total_ms / 1000.0);
   if (result->ttft_ms > 0) ttft_->Observe(result->ttft_ms / 1000.0);
   const size_t tokens = result->output_ids.size();

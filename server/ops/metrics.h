@@ -78,6 +78,7 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Counter* oom_ = nullptr;
   prometheus::Counter* restarts_ = nullptr;
   prometheus::Counter* generated_ = nullptr;
+  prometheus::Counter* prompt_tokens_ = nullptr;   // glmserve_prompt_tokens_total
   prometheus::Counter* prefix_hits_ = nullptr;     // from EngineStats' cumulative counts, by delta
   prometheus::Counter* prefix_queries_ = nullptr;  // (an engine rebuilt by the watchdog starts at 0)
   int64_t last_prefix_hits_ = 0, last_prefix_queries_ = 0;

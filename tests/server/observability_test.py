@@ -24,7 +24,7 @@ from harness import check  # noqa: E402
 import grpc  # noqa: E402
 
 NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserve_time_to_first_token_seconds",
-         "glmserve_time_per_output_token_seconds",
+         "glmserve_time_per_output_token_seconds", "glmserve_prompt_tokens_total",
          "glmserve_queue_wait_seconds", "glmserve_queue_depth", "glmserve_batch_size", "glmserve_batch_limit",
          "glmserve_prefill_budget_tokens",
          "glmserve_oom_events_total", "glmserve_engine_restarts_total", "glmserve_kv_cache_usage_ratio",
@@ -80,6 +80,7 @@ def main():
         check(harness.metric(after, "glmserve_requests_total", code="INVALID_ARGUMENT") == 2,
               "requests_total{code=INVALID_ARGUMENT} == 2")
         check(harness.metric(after, "glmserve_generated_tokens_total") == 6 + 5 + 3, "generated_tokens_total == 14")
+        check(harness.metric(after, "glmserve_prompt_tokens_total") == 4 + 3 + 2, "prompt_tokens_total == 9")
         for h in ["glmserve_request_latency_seconds", "glmserve_time_to_first_token_seconds", "glmserve_queue_wait_seconds",
                   "glmserve_time_per_output_token_seconds"]:
             check(harness.metric(after, h + "_count") == 3, f"{h}_count == 3")
