@@ -85,6 +85,18 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                          .Help("Accepted requests not running (queued or preempted)")
                          .Register(r)
                          .Add({});
+  m->running_ = &prometheus::BuildGauge()
+                     .Name("glmserve_requests_running")
+                     .Help("Sequences in the running batch (holding KV blocks, decoding or prefilling)")
+                     .Register(r)
+                     .Add({});
+  m->preemptions_ = &prometheus::BuildCounter()
+                         .Name("glmserve_preemptions_total")
+                         .Help(
+                             "Sequences sent back to waiting (KV pool full or the batch limit shrank), resumed by "
+                             "recomputing their prefill")
+                         .Register(r)
+                         .Add({});
   m->batch_limit_ = &prometheus::BuildGauge()
                          .Name("glmserve_batch_limit")
                          .Help("Current AIMD limit on running sequences")
@@ -239,6 +251,7 @@ void ServerMetrics::OnEngineRestart() { restarts_->Increment(); }
 
 void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   queue_depth_->Set(stats.waiting);
+  running_->Set(stats.running);
   batch_limit_->Set(stats.batch_limit);
   prefill_budget_->Set(stats.prefill_budget_with_decodes);
   auto share_of_pool = [&stats](int32_t blocks) {
@@ -253,6 +266,7 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   };
   add(prefix_hits_, stats.prefix_cache_hit_tokens, last_prefix_hits_);
   add(prefix_queries_, stats.prompt_tokens_scheduled, last_prefix_queries_);
+  add(preemptions_, stats.preemptions, last_preemptions_);
   add(phase_schedule_, stats.schedule_ns, last_schedule_ns_, 1e-9);
   add(phase_executor_host_, stats.executor_host_ns, last_executor_host_ns_, 1e-9);
   add(phase_device_wait_, stats.device_wait_ns, last_device_wait_ns_, 1e-9);

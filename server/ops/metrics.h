@@ -72,6 +72,9 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Gauge* queue_depth_ = nullptr;
   prometheus::Gauge* batch_limit_ = nullptr;
+  prometheus::Gauge* running_ = nullptr;        // glmserve_requests_running
+  prometheus::Counter* preemptions_ = nullptr;  // glmserve_preemptions_total, by delta as the prefix counters
+  int64_t last_preemptions_ = 0;
   prometheus::Gauge* prefill_budget_ = nullptr;
   prometheus::Gauge* kv_usage_ = nullptr;
   prometheus::Gauge* prefix_usage_ = nullptr;

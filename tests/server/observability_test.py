@@ -24,7 +24,8 @@ from harness import check  # noqa: E402
 import grpc  # noqa: E402
 
 NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserve_time_to_first_token_seconds",
-         "glmserve_time_per_output_token_seconds", "glmserve_prompt_tokens_total",
+         "glmserve_time_per_output_token_seconds", "glmserve_prompt_tokens_total", "glmserve_requests_running",
+         "glmserve_preemptions_total",
          "glmserve_queue_wait_seconds", "glmserve_queue_depth", "glmserve_batch_size", "glmserve_batch_limit",
          "glmserve_prefill_budget_tokens",
          "glmserve_oom_events_total", "glmserve_engine_restarts_total", "glmserve_kv_cache_usage_ratio",
@@ -129,6 +130,35 @@ def main():
         print("sample log line: " + json.dumps(fin))
     finally:
         check(server.stop() == 0, "SIGTERM drains and exits 0")
+
+    # A KV pool of 4 blocks of 16 tokens: three streams of 8 + 30 tokens (3 blocks each) cannot all
+    # hold theirs, so the scheduler preempts and they finish by recomputing.
+    mport = harness.free_port()
+    small = harness.Server(args.binary, args.model, ["--metrics-port", str(mport), "--kv-blocks", "4",
+                                                     "--kv-block-size", "16", "--log-level", "warn",
+                                                     "--debug-step-latency-ms", "10"])
+    try:
+        stub = pb_grpc.InferenceStub(harness.channel(small.port))
+        futures = [stub.Infer.future(pb.InferRequest(input_ids=list(range(10 + i, 18 + i)), max_new_tokens=30),
+                                     timeout=120) for i in range(3)]
+        running_seen = 0  # the gauge while they run (>= 90 steps of 10 ms; polled every 250 ms)
+        while not all(f.done() for f in futures):
+            samples, _ = harness.scrape(mport)
+            running_seen = max(running_seen, harness.metric(samples, "glmserve_requests_running"))
+            time.sleep(0.05)
+        check(all(len(f.result().output_ids) == 30 for f in futures), "3 requests through a 4-block KV pool finish")
+        check(1 <= running_seen <= 3, f"glmserve_requests_running seen at {running_seen} while they ran")
+        for _ in range(100):  # the engine's counters reach /metrics by polling
+            samples, _ = harness.scrape(mport)
+            if (harness.metric(samples, "glmserve_preemptions_total") > 0
+                    and harness.metric(samples, "glmserve_requests_running") == 0):
+                break
+            time.sleep(0.05)
+        check(harness.metric(samples, "glmserve_preemptions_total") > 0,
+              f"glmserve_preemptions_total counts them ({harness.metric(samples, 'glmserve_preemptions_total')})")
+        check(harness.metric(samples, "glmserve_requests_running") == 0, "glmserve_requests_running 0 when idle")
+    finally:
+        check(small.stop() == 0, "the small-pool server drains and exits 0")
 
     text_server = harness.Server(args.binary, args.model, ["--log-format", "text", "--log-level", "warn"])
     check(text_server.port is not None, "--log-format text --log-level warn still logs 'serving on'")
