@@ -374,6 +374,7 @@ void RequestSessions::Queue(std::shared_ptr<RequestSession> session) {
 }
 
 void RequestSessions::DeliveryLoop() {
+  std::vector<std::shared_ptr<RequestSession>> batch;
   std::unique_lock<std::mutex> lock(delivery_mu_);
   while (true) {
     ++idle_workers_;
@@ -383,15 +384,20 @@ void RequestSessions::DeliveryLoop() {
     }
     --idle_workers_;
     if (delivery_.empty()) return;  // stopping, and nothing left to deliver
-    std::shared_ptr<RequestSession> session = std::move(delivery_.front());
-    delivery_.pop_front();
+    // A worker's share of what is queued in one take: the engine thread, queuing a step's sessions
+    // one by one, then meets this lock once per share instead of once per session.
+    const size_t share = std::max<size_t>(1, delivery_.size() / std::max(1, options_.delivery_workers));
+    for (size_t i = 0; i < share; ++i) {
+      batch.push_back(std::move(delivery_.front()));
+      delivery_.pop_front();
+    }
     const bool wake_next = !delivery_.empty() && idle_workers_ > 0 && !wake_pending_;
     if (wake_next) wake_pending_ = true;
     ++deliveries_running_;
     lock.unlock();
     if (wake_next) delivery_cv_.notify_one();
-    session->Deliver();
-    session.reset();
+    for (std::shared_ptr<RequestSession>& session : batch) session->Deliver();
+    batch.clear();
     lock.lock();
     --deliveries_running_;
     if (delivery_.empty() && deliveries_running_ == 0) delivery_idle_cv_.notify_all();
