@@ -13,7 +13,6 @@
 // and writes PREFIX-b<batch>.json (a Chrome trace; bench/summarize_trace.py sums its kernels).
 #include <chrono>
 #include <cstdio>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -39,7 +38,7 @@ int main(int argc, char** argv) {
   std::string profile_trace;
   double temperature = 0, top_p = 1;
   int32_t top_k = 0;
-  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  using glmserve::flags::kIntMax;
   glmserve::flags::FlagSet flags("decode_bench", "--model DIR [flags]",
                                  "Times batched prefill + decode through the paged-KV executor.");
   model_flags.Register(flags, /*with_random_weights=*/true);

@@ -11,7 +11,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
-#include <limits>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -112,7 +111,7 @@ int main(int argc, char** argv) {
   model_flags.model = "models/glm4-tiny";
   std::vector<int32_t> concurrencies = {1, 8, 32};
   int32_t prompt_tokens = 32, new_tokens = 32, requests_per_client = 4, max_batch = 64, threads = 0;
-  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  using glmserve::flags::kIntMax;
   glmserve::flags::FlagSet flags("engine_bench", "[flags]", "Engine tokens/s and latency, batching on vs off.");
   model_flags.Register(flags);
   flags.IntList("concurrency", &concurrencies, 1, kIntMax, "client counts, one run each").SkipEmptyItems();

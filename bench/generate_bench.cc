@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
   using Clock = std::chrono::steady_clock;
   glmserve::bench::ModelFlags model_flags;
   int32_t prompt_tokens = 128, new_tokens = 128, runs = 3;
-  constexpr int64_t kIntMax = 2147483647;
+  using glmserve::flags::kIntMax;
   glmserve::flags::FlagSet flags("generate_bench", "--model DIR [flags]", "Times single-sequence greedy generation.");
   model_flags.Register(flags);
   flags.Int("prompt-tokens", &prompt_tokens, 1, kIntMax, "prompt length");

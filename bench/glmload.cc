@@ -62,7 +62,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::stri
     for (absl::string_view piece : absl::StrSplit(line, absl::ByAnyChar(", \t\r"), absl::SkipEmpty())) {
       int64_t v = 0;
       absl::Status s =
-          flags::ParseIntValue(absl::StrCat("--prompt-file ", path, ":", line_no), piece, 0, 2147483647, &v);
+          flags::ParseIntValue(absl::StrCat("--prompt-file ", path, ":", line_no), piece, 0, flags::kIntMax, &v);
       if (!s.ok()) return s;
       ids.push_back(static_cast<int32_t>(v));
     }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <set>
 #include <string>
@@ -28,6 +29,10 @@ namespace glmserve::flags {
 
 // The exit status of every command for a bad flag or flag value (and of `glmserve` itself).
 inline constexpr int kExitUsage = 2;
+// Upper bounds for Int flags: the largest value an int32_t target holds, and "forever" for the
+// time flags (ms or us) that stays far from overflow when converted to a finer unit.
+inline constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+inline constexpr int64_t kTimeMax = int64_t{1} << 40;
 
 // Where the model runs, parsed once from --device. Spellings: "cpu", "cuda", "cuda:N".
 struct Device {

@@ -236,7 +236,7 @@ int RunGenerate(int argc, char** argv) {
   float temperature = 0.0f, top_p = 1.0f;
   uint64_t seed = 0;
   bool as_json = false;
-  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  using flags::kIntMax;
   FlagSet flags("glmserve generate", "--model DIR (--input-ids 1,2,3 | --prompt TEXT | --chat TEXT) [flags]",
                 "Runs one prompt (token ids, text or a chat message) through a model and prints the generated ids.");
   flags.Path("model", &model, "checkpoint directory").ValueName("DIR");

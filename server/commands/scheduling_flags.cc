@@ -7,8 +7,8 @@
 namespace glmserve {
 namespace {
 
-constexpr int64_t kIntMax = 2147483647;
-constexpr int64_t kMsMax = int64_t{1} << 40;  // "forever" for the time flags, without overflow
+using flags::kIntMax;
+using flags::kTimeMax;
 
 }  // namespace
 
@@ -49,10 +49,10 @@ void SchedulingFlags::Register(flags::FlagSet& set) {
   set.Int("thin-prefill-backlog-steps", &o.thin_prefill_backlog_steps, 0, kIntMax,
           "--thin-prefill-auto takes in the waiting prompt tokens within this many steps (a burst drains fast; "
           "0 = off)");
-  set.Int("thin-prefill-max-wait-ms", &thin_prefill_wait_ms_, 0, kMsMax,
+  set.Int("thin-prefill-max-wait-ms", &thin_prefill_wait_ms_, 0, kTimeMax,
           "how long a prompt may wait before the thin budget gives way to the caps");
-  set.Int("max-queue-delay-us", &queue_delay_us_, 0, kMsMax, "batching window while idle");
-  set.Int("max-prefill-hold-us", &prefill_hold_us_, 0, kMsMax,
+  set.Int("max-queue-delay-us", &queue_delay_us_, 0, kTimeMax, "batching window while idle");
+  set.Int("max-prefill-hold-us", &prefill_hold_us_, 0, kTimeMax,
           "while others decode, hold new prompts until they fill a step's prefill budget, at most this long");
   set.Bool("prefix-caching", &o.prefix_caching,
            "reuse the KV blocks of prompt prefixes seen before (system prompts, conversation history)");

@@ -15,8 +15,8 @@ namespace {
 
 using flags::FlagSet;
 
-constexpr int64_t kIntMax = 2147483647;
-constexpr int64_t kMsMax = int64_t{1} << 40;  // "forever" for the millisecond flags, without overflow
+using flags::kIntMax;
+using flags::kTimeMax;
 
 // Flags whose field in ServeFlags has another unit or type, or whose default depends on other
 // flags: parsed here first, moved into ServeFlags by Resolve.
@@ -67,7 +67,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("default-max-new-tokens", &g.limits.default_max_new_tokens, 1, kIntMax, "used when max_new_tokens is 0");
   set.Int("max-prompt-tokens", &g.limits.max_prompt_tokens, 0, kIntMax, "longest prompt")
       .DefaultText(absl::StrCat(g.limits.max_prompt_tokens, " = the model's max context - 1"));
-  set.Int("default-deadline-ms", &g.default_deadline_ms, 0, kMsMax, "for requests sent without a deadline; 0 = none");
+  set.Int("default-deadline-ms", &g.default_deadline_ms, 0, kTimeMax, "for requests sent without a deadline; 0 = none");
   set.Bool("log-requests", &g.log_requests, "one stderr line per finished or refused request");
   set.Bool("reflection", &g.reflection, "gRPC server reflection (grpcurl list/describe)");
   const int64_t batch = sched.max_batch_size;
@@ -125,9 +125,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("kv-cpu-budget-mb", &s.kv_cpu_mb, 1, int64_t{1} << 30, "CPU KV pool size");
 
   set.Section("lifecycle");
-  set.Int("warmup-timeout-ms", &f.warmup_timeout_ms, 1, kMsMax, "the warm-up request must finish within");
-  set.Int("drain-timeout-ms", &f.drain_timeout_ms, 0, kMsMax, "on SIGTERM wait this long for in-flight requests");
-  set.Int("shutdown-grace-ms", &f.shutdown_grace_ms, 0, kMsMax, "then this long before open calls are cancelled");
+  set.Int("warmup-timeout-ms", &f.warmup_timeout_ms, 1, kTimeMax, "the warm-up request must finish within");
+  set.Int("drain-timeout-ms", &f.drain_timeout_ms, 0, kTimeMax, "on SIGTERM wait this long for in-flight requests");
+  set.Int("shutdown-grace-ms", &f.shutdown_grace_ms, 0, kTimeMax, "then this long before open calls are cancelled");
 
   set.Section("observability (docs/operations.md)");
   set.Int("metrics-port", &f.metrics_port, 0, 65535, "Prometheus GET /metrics on --host:P; 0 = off").ValueName("P");
@@ -141,7 +141,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "HTTP requests waiting for one of those (in glmserve_queue_depth); beyond: 429 + Retry-After at once");
   set.Int("http-max-connections", &f.http_max_connections, 1, 1 << 20,
           "open HTTP connections (a thread each, idle ones included); beyond: 503 and closed");
-  set.Int("http-read-timeout-ms", &f.http_read_timeout_ms, 100, kMsMax,
+  set.Int("http-read-timeout-ms", &f.http_read_timeout_ms, 100, kTimeMax,
           "a request's head and body must arrive within (slow clients get 408 and are closed; idle "
           "keep-alive closes after 5 s)");
   set.Choice("log-level", &f.log_level, {"debug", "info", "warn", "error"}, "");
@@ -152,15 +152,15 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Switch("supervise", &f.supervise,
              "run the server as a child process; restart it when it dies (backoff as below); "
              "SIGTERM/SIGINT are forwarded for a drain");
-  set.Int("stall-timeout-ms", &f.stall_timeout_ms, 10, kMsMax,
+  set.Int("stall-timeout-ms", &f.stall_timeout_ms, 10, kTimeMax,
           "a step longer than this is an engine fault (NOT_SERVING, rebuild)");
-  set.Int("restart-backoff-ms", &f.restart_backoff_ms, 0, kMsMax,
+  set.Int("restart-backoff-ms", &f.restart_backoff_ms, 0, kTimeMax,
           "first engine rebuild / child restart delay, doubled per consecutive failure");
-  set.Int("restart-backoff-max-ms", &f.restart_backoff_max_ms, 0, kMsMax, "backoff cap");
+  set.Int("restart-backoff-max-ms", &f.restart_backoff_max_ms, 0, kTimeMax, "backoff cap");
   set.Int("max-restarts", &f.max_restarts, 1, kIntMax,
           "failures within --restart-window-ms before giving up (stay NOT_SERVING / supervisor exits)");
-  set.Int("restart-window-ms", &f.restart_window_ms, 1, kMsMax, "");
-  set.Int("canary-interval-ms", &f.canary_interval_ms, 0, kMsMax,
+  set.Int("restart-window-ms", &f.restart_window_ms, 1, kTimeMax, "");
+  set.Int("canary-interval-ms", &f.canary_interval_ms, 0, kTimeMax,
           "while idle, a 1-token forward every N ms; failure = engine fault; 0 = off");
 
   set.Section("test hooks (off by default; faults hit the first engine only unless --debug-faults-persist)");
@@ -168,11 +168,11 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("debug-inject-oom-above", &f.debug_inject_oom_above, 0, kIntMax,
           "a step with more than N sequences runs out of memory in the executor (its real OOM path; "
           "the batch limit halves)");
-  set.Int("debug-throw-on-step", &faults.throw_on_step, 0, kMsMax, "the K-th step attempt throws (an engine fault)")
+  set.Int("debug-throw-on-step", &faults.throw_on_step, 0, kTimeMax, "the K-th step attempt throws (an engine fault)")
       .ValueName("K");
-  set.Int("debug-stall-on-step", &faults.stall_on_step, 0, kMsMax, "the K-th step attempt hangs for --debug-stall-ms")
+  set.Int("debug-stall-on-step", &faults.stall_on_step, 0, kTimeMax, "the K-th step attempt hangs for --debug-stall-ms")
       .ValueName("K");
-  set.Int("debug-stall-ms", &s.stall_ms, 0, kMsMax, "");
+  set.Int("debug-stall-ms", &s.stall_ms, 0, kTimeMax, "");
   set.Bool("debug-faults-persist", &f.debug_faults_persist, "faults also apply to rebuilt engines");
 }
 
