@@ -15,6 +15,9 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <iterator>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -159,10 +162,15 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                          "step), executor_host (the executor's host work), device_wait (waiting for the "
                          "accelerator), commit (handing out tokens, finishing requests)")
                      .Register(r);
-  m->phase_schedule_ = &phases.Add({{"phase", "schedule"}});
-  m->phase_executor_host_ = &phases.Add({{"phase", "executor_host"}});
-  m->phase_device_wait_ = &phases.Add({{"phase", "device_wait"}});
-  m->phase_commit_ = &phases.Add({{"phase", "commit"}});
+  const std::pair<const char*, int64_t EngineStats::*> kPhases[] = {{"schedule", &EngineStats::schedule_ns},
+                                                                    {"executor_host", &EngineStats::executor_host_ns},
+                                                                    {"device_wait", &EngineStats::device_wait_ns},
+                                                                    {"commit", &EngineStats::commit_ns}};
+  static_assert(std::size(kPhases) == std::tuple_size_v<decltype(m->phases_)>);
+  for (size_t i = 0; i < std::size(kPhases); ++i) {
+    m->phases_[i].counter = &phases.Add({{"phase", kPhases[i].first}});
+    m->phases_[i].total_ns = kPhases[i].second;
+  }
   prometheus::BuildGauge()
       .Name("glmserve_build_info")
       .Help("Always 1; labels carry the build")
@@ -267,10 +275,7 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   add(prefix_hits_, stats.prefix_cache_hit_tokens, last_prefix_hits_);
   add(prefix_queries_, stats.prompt_tokens_scheduled, last_prefix_queries_);
   add(preemptions_, stats.preemptions, last_preemptions_);
-  add(phase_schedule_, stats.schedule_ns, last_schedule_ns_, 1e-9);
-  add(phase_executor_host_, stats.executor_host_ns, last_executor_host_ns_, 1e-9);
-  add(phase_device_wait_, stats.device_wait_ns, last_device_wait_ns_, 1e-9);
-  add(phase_commit_, stats.commit_ns, last_commit_ns_, 1e-9);
+  for (PhaseCounter& phase : phases_) add(phase.counter, stats.*phase.total_ns, phase.last_ns, 1e-9);
 }
 
 void ServerMetrics::StartPolling(std::function<EngineStats()> stats, std::chrono::milliseconds interval) {

@@ -2,6 +2,7 @@
 // contract: dashboards and alerts outside the project depend on them (docs/operations.md).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -85,12 +86,13 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Counter* prefix_hits_ = nullptr;     // from EngineStats' cumulative counts, by delta
   prometheus::Counter* prefix_queries_ = nullptr;  // (an engine rebuilt by the watchdog starts at 0)
   int64_t last_prefix_hits_ = 0, last_prefix_queries_ = 0;
-  // glmserve_step_phase_seconds_total{phase}: schedule, executor_host, device_wait, commit (EngineStats).
-  prometheus::Counter* phase_schedule_ = nullptr;
-  prometheus::Counter* phase_executor_host_ = nullptr;
-  prometheus::Counter* phase_device_wait_ = nullptr;
-  prometheus::Counter* phase_commit_ = nullptr;
-  int64_t last_schedule_ns_ = 0, last_executor_host_ns_ = 0, last_device_wait_ns_ = 0, last_commit_ns_ = 0;
+  // glmserve_step_phase_seconds_total{phase}, one a phase of EngineStats, by delta as the prefix counters.
+  struct PhaseCounter {
+    prometheus::Counter* counter = nullptr;
+    int64_t EngineStats::*total_ns = nullptr;
+    int64_t last_ns = 0;
+  };
+  std::array<PhaseCounter, 4> phases_;
   std::atomic<bool> stop_{false};
   std::thread poller_;
 };
