@@ -749,10 +749,10 @@ class PagedExecutor final : public StepExecutor {
                 return device_logits.index_select(0, rows.to(device_logits.device())).to(at::kFloat).cpu();
               }));
         }
-      } else if (device_logits.is_cuda()) {
-        logits = WaitForDevice([&] { return device_logits.to(at::kFloat).contiguous().cpu(); });
       } else {
-        logits = device_logits.to(at::kFloat).contiguous().cpu();
+        // On a CPU the conversion is host work, not a wait.
+        auto to_host = [&] { return device_logits.to(at::kFloat).contiguous().cpu(); };
+        logits = device_logits.is_cuda() ? WaitForDevice(to_host) : to_host();
       }
       if (inject_oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > inject_oom_above_sequences_) {
         logits = at::Tensor();
