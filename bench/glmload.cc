@@ -952,6 +952,11 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
   if (!o.labels.empty() && o.labels.size() != o.from_json.size()) {
     return absl::InvalidArgumentError("--labels: one per --from-json file");
   }
+  if (!o.metrics_target.empty()) {
+    std::string host;
+    int port = 0;
+    if (absl::Status s = ParseHostPort("--metrics-target", o.metrics_target, &host, &port); !s.ok()) return s;
+  }
   if (o.http && o.from_json.empty() && o.vocab_size == 0 && o.prompt_file.empty()) {
     return absl::InvalidArgumentError(
         "--http: the HTTP API does not report the vocabulary size; set --vocab-size N (prompt ids "

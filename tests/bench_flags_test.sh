@@ -33,6 +33,8 @@ if [ "${1:-}" = "--glmload" ]; then
   expect "--warmup: '-1s' is not a duration" "$glmload" "${t[@]}" --warmup=-1s
   expect "--concurrency: '0' is not an integer in [1, 100000]" "$glmload" "${t[@]}" --concurrency 0
   expect "--ignore-eos: 'maybe' is not true|false" "$glmload" "${t[@]}" --ignore-eos maybe
+  expect "--metrics-target: 'localhost' is not HOST:PORT" "$glmload" "${t[@]}" --metrics-target localhost
+  expect "--metrics-target: '127.0.0.1:70000' is not HOST:PORT" "$glmload" "${t[@]}" --metrics-target 127.0.0.1:70000
   expect "--prompt-len: 'uniform:9:3' is not N, fixed:N or uniform:A:B" "$glmload" "${t[@]}" --prompt-len uniform:9:3
   expect "unknown flag '--bogus'" "$glmload" "${t[@]}" --bogus 1
   # --help lists the new flags.
