@@ -2,6 +2,8 @@
 # Benchmarks reject bad flag values with exit 2 and an error naming the flag and the value.
 #   bench_flags_test.sh DECODE_BENCH MODEL_DIR [GEMM_BENCH]
 #   bench_flags_test.sh --glmload GLMLOAD      (glmload's flags only; tests/load/CMakeLists.txt)
+#   bench_flags_test.sh --scheduling SCHEDULE_SIM ENGINE_HOST_BENCH   (serve's scheduling flags in
+#                                              the benches that share them, and their own)
 set -u
 failures=0
 expect() {  # expect "MESSAGE" COMMAND...: exit status 2 and MESSAGE on stderr
@@ -43,6 +45,18 @@ if [ "${1:-}" = "--glmload" ]; then
     if [[ "$help" != *"$flag"* ]]; then echo "FAIL: --help does not list $flag"; failures=$((failures + 1)); fi
   done
   [ "$failures" -eq 0 ] && echo "glmload flag errors: ok"
+  exit "$failures"
+fi
+if [ "${1:-}" = "--scheduling" ]; then
+  for bench in "$2" "$3"; do
+    # serve's checks across flags (server/commands/scheduling_flags.cc), as serve words them.
+    expect "--thin-prefill-tokens 8 and --thin-prefill-auto both choose the thin budget: give one" \
+      "$bench" --thin-prefill-auto true --thin-prefill-tokens 8
+    expect "--max-batch-tokens: 16 must be >= --max-batch 32" "$bench" --max-batch 32 --max-batch-tokens 16
+    expect "--mixed-step-rows: '-1' is not an integer" "$bench" --mixed-step-rows=-1
+  done
+  expect "--step-us: '-5' is not an integer" "$3" --step-us=-5
+  [ "$failures" -eq 0 ] && echo "scheduling flag errors: ok"
   exit "$failures"
 fi
 decode_bench="$1" model="$2" gemm_bench="${3:-}"
