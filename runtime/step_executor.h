@@ -3,12 +3,19 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "runtime/generation.h"
 
 namespace glmserve {
+
+// Overlapped steps (SchedulerOptions::overlap_steps): a fed token that stands for the id the
+// previous launched step samples for the same sequence, not known on the host when this step is
+// launched. It only ever appears as a decode row's one token, and as its history's last entry.
+inline constexpr int32_t kTokenFromPreviousStep = -1;
 
 // One sequence's share of a step.
 struct SequenceStep {
@@ -83,6 +90,32 @@ class StepExecutor {
   // per-sequence state the executor keeps across steps (a multimodal prompt's encoded images) may
   // go. A preempted sequence comes back with its prefill from position 0.
   virtual void ReleaseSequence(int64_t sequence_id) { (void)sequence_id; }
+
+  // Overlapped steps: Launch starts `batch` and may return before its ids exist; Collect returns
+  // the result of the oldest launched step not collected yet (FAILED_PRECONDITION when there is
+  // none). The engine launches step N+1 before it collects step N (so the host plans and stages
+  // N+1 while the accelerator runs N), never has more than two steps uncollected, and launches
+  // no step while two are. A decode row of step N+1 whose sequence sampled in step N feeds
+  // kTokenFromPreviousStep: the executor takes N's id for it (on the device, where it can). An
+  // error from Launch means the step did not start (nothing of it was committed, as for Step);
+  // the engine then collects the step before it. Launch's default runs Step at once with those
+  // tokens replaced by the previous result's ids (and the history's last entry with them), so
+  // every executor is correct under overlap; an accelerator's executor overrides both to
+  // overlap for real. Called only from the engine thread.
+  virtual absl::Status Launch(const std::vector<SequenceStep>& batch);
+  virtual absl::StatusOr<StepResult> Collect();
+
+ private:
+  // The default Launch/Collect: results of launched steps not yet collected, and the ids each
+  // sequence sampled in the step launched last (for its kTokenFromPreviousStep).
+  struct LaunchedStep {
+    StepResult result;  // a step whose Step failed was never launched
+    std::vector<int64_t> sequence_ids;
+  };
+  std::deque<LaunchedStep> launched_;
+  // The batch with kTokenFromPreviousStep resolved, and the histories it points to.
+  std::vector<SequenceStep> resolved_batch_;
+  std::vector<std::unique_ptr<std::vector<int32_t>>> resolved_histories_;
 };
 
 }  // namespace glmserve

@@ -42,7 +42,16 @@ struct Sequence {
   // hold state for it (encoded images), so finishing or preempting it must release that.
   bool executor_has_state = false;
 
+  // overlap_steps: tokens fed by launched steps not committed yet (already in num_computed), and
+  // the kTokenFromPreviousStep placeholders at the end of `tokens` for the ids those steps sample.
+  int32_t in_flight_tokens = 0;
+  int32_t placeholders = 0;
+
+  // Counting placeholders: what planning sees (a launched step's work as done).
   int32_t num_generated() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
+  // What is committed: ids the request has, positions whose KV a committed step wrote.
+  int32_t committed_generated() const { return num_generated() - placeholders; }
+  int32_t committed_computed() const { return num_computed - in_flight_tokens; }
   int32_t pending() const { return static_cast<int32_t>(tokens.size()) - num_computed; }
   const MultimodalPrompt* multimodal() const { return request.multimodal.get(); }
   // The first image whose first token is not computed yet (images.size() when none): the next
@@ -309,7 +318,7 @@ Scheduler::Scheduler(SchedulerOptions options, StepExecutor* executor, Clock* cl
       blocks_(limits.num_blocks, limits.block_size, options_.prefix_caching),
       batch_limit_(options_.max_batch_size) {}
 
-Scheduler::~Scheduler() = default;
+Scheduler::~Scheduler() { DiscardInFlight(); }
 
 void Scheduler::Log(const std::string& line) const {
   if (options_.log) {
@@ -347,12 +356,13 @@ void Scheduler::Cancel(const std::string& request_id) {
 }
 
 void Scheduler::CancelAll(const absl::Status& status) {
+  DiscardInFlight();
   // Newest first so nothing is preempted or re-admitted while we go.
   while (!running_.empty()) Finish(running_.back(), status, FinishReason::kCancelled);
   while (!waiting_.empty()) Finish(waiting_.back(), status, FinishReason::kCancelled);
 }
 
-bool Scheduler::HasWork() const { return !running_.empty() || !waiting_.empty(); }
+bool Scheduler::HasWork() const { return in_flight_ || !running_.empty() || !waiting_.empty(); }
 
 Scheduler::WaitingSummary Scheduler::SummarizeWaiting() const {
   WaitingSummary w;
@@ -380,7 +390,7 @@ bool Scheduler::HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t pre
 }
 
 bool Scheduler::ReadyToStep(TimePoint now) const {
-  if (!running_.empty()) return true;
+  if (in_flight_ || !running_.empty()) return true;
   if (waiting_.empty()) return false;
   if (!HeldByQueueDelay(now)) return true;
   for (const Sequence* s : waiting_) {
@@ -428,14 +438,23 @@ EngineStats Scheduler::stats() const {
 void Scheduler::Finish(Sequence* seq, absl::Status status, FinishReason reason) {
   const TimePoint now = clock_->Now();
   ReleaseExecutorState(seq);
+  // A launched step may still write this sequence's KV: on an accelerator's one stream that
+  // happens before any later step can write these blocks for another sequence.
   blocks_.Release(seq->block_table);
   EraseValue(running_, seq);
   EraseValue(waiting_, seq);
+  if (options_.overlap_steps) {  // launched rows of a finished sequence are discarded
+    for (PlannedStep* plan : {&plan_, &in_flight_plan_}) {
+      for (Sequence*& planned : plan->sequences) {
+        if (planned == seq) planned = nullptr;
+      }
+    }
+  }
 
   RequestResult result;
   result.status = std::move(status);
   result.finish_reason = reason;
-  result.output_ids.assign(seq->tokens.begin() + seq->prompt_len, seq->tokens.end());
+  result.output_ids.assign(seq->tokens.begin() + seq->prompt_len, seq->tokens.end() - seq->placeholders);
   result.prompt_tokens = seq->prompt_len;
   result.cached_prompt_tokens = seq->cached_prompt_tokens;
   result.total_ms = Ms(now - seq->submit_time);
@@ -477,7 +496,7 @@ void Scheduler::ExpireAndReap(TimePoint now) {
   for (Sequence* s : expired) {
     Finish(s,
            absl::DeadlineExceededError(absl::StrCat("request ", s->request.request_id, " passed its deadline after ",
-                                                    s->num_generated(), " of ", s->request.params.max_new_tokens,
+                                                    s->committed_generated(), " of ", s->request.params.max_new_tokens,
                                                     " new tokens")),
            FinishReason::kDeadline);
   }
@@ -547,7 +566,7 @@ void Scheduler::ForgetCachedPrefix(Sequence* seq) {
 void Scheduler::RegisterWrittenBlocks(Sequence* seq) {
   if (!blocks_.prefix_caching() || seq->cached_blocks < 0) return;
   const int32_t block_size = blocks_.block_size();
-  const int32_t written = std::min(seq->num_computed / block_size, CacheableBlocks(*seq, block_size));
+  const int32_t written = std::min(seq->committed_computed() / block_size, CacheableBlocks(*seq, block_size));
   while (seq->cached_blocks < written) {
     BlockManager::Link link;
     if (!blocks_.Register(seq->block_table[seq->cached_blocks], seq->chain, seq->tokens,
@@ -710,7 +729,8 @@ void Scheduler::Plan(TimePoint now, PlannedStep& plan) {
     for (size_t i = 0; i < running_.size() && budget > 0;) {
       Sequence* s = running_[i];
       const bool decoding = s->decoding();
-      if (decoding != (pass == 0)) {
+      // overlap_steps: a launched step brings its last id (it finishes when committed).
+      if (decoding != (pass == 0) || s->num_generated() >= s->request.params.max_new_tokens) {
         ++i;
         continue;
       }
@@ -784,7 +804,7 @@ void Scheduler::Plan(TimePoint now, PlannedStep& plan) {
   plan.steps.resize(planned);
 }
 
-absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
+absl::Status Scheduler::InjectFaults(const PlannedStep& plan) {
   ++step_attempts_;
   const FaultInjectionOptions& f = options_.faults;
   if (f.step_latency.count() > 0) clock_->SleepFor(f.step_latency);
@@ -803,12 +823,18 @@ absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
     return absl::ResourceExhaustedError(
         absl::StrCat("injected OOM: step of ", num_tokens, " tokens > faults.oom_above_tokens=", f.oom_above_tokens));
   }
+  for (Sequence* seq : plan.sequences) seq->executor_has_state = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
+  GLM_RETURN_IF_ERROR(InjectFaults(plan));
   // The engine edge: no exception crosses into the scheduler.
   try {
+    const FaultInjectionOptions& f = options_.faults;
     if (f.throw_on_step > 0 && step_attempts_ == f.throw_on_step) {
       throw std::runtime_error(absl::StrCat("injected exception on step ", step_attempts_));
     }
-    for (Sequence* seq : plan.sequences) seq->executor_has_state = true;
     return executor_->Step(plan.steps);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("executor threw: ", e.what()));
@@ -820,8 +846,13 @@ absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
 void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePoint now) {
   for (size_t i = 0; i < plan.steps.size(); ++i) {
     Sequence* s = plan.sequences[i];
+    if (s == nullptr) continue;  // finished while its step was in flight
     const SequenceStep& st = plan.steps[i];
-    s->num_computed += static_cast<int32_t>(st.tokens.size());
+    if (options_.overlap_steps) {  // counted as computed at launch
+      s->in_flight_tokens -= static_cast<int32_t>(st.tokens.size());
+    } else {
+      s->num_computed += static_cast<int32_t>(st.tokens.size());
+    }
     s->oom_alone_failures = 0;
     RegisterWrittenBlocks(s);
     if (!st.sample) continue;
@@ -833,7 +864,12 @@ void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePo
           FinishReason::kError);
       continue;
     }
-    s->tokens.push_back(id);
+    if (s->placeholders > 0) {
+      s->tokens[s->tokens.size() - s->placeholders] = id;  // the oldest placeholder is this step's
+      --s->placeholders;
+    } else {
+      s->tokens.push_back(id);
+    }
     if (!s->has_first_token) {
       s->has_first_token = true;
       s->first_token = now;
@@ -848,7 +884,7 @@ void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePo
     }
     if (std::find(s->stop_ids.begin(), s->stop_ids.end(), id) != s->stop_ids.end()) {
       Finish(s, absl::OkStatus(), FinishReason::kStop);
-    } else if (s->num_generated() >= s->request.params.max_new_tokens) {
+    } else if (s->committed_generated() >= s->request.params.max_new_tokens) {
       Finish(s, absl::OkStatus(), FinishReason::kLength);
     }
   }
@@ -880,39 +916,31 @@ void Scheduler::HandleOom(const PlannedStep& plan, const absl::Status& status) {
   while (static_cast<int32_t>(running_.size()) > batch_limit_) Preempt(running_.back());
 }
 
-Scheduler::StepOutcome Scheduler::RunOnce() {
-  const TimePoint now = clock_->Now();
-  ExpireAndReap(now);
-  PlannedStep& plan = plan_;
-  Plan(now, plan);
-  if (plan.steps.empty()) return StepOutcome::kIdle;
-  auto ns = [](Clock::Duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); };
-  const TimePoint planned = clock_->Now();
-  schedule_ns_ += ns(planned - now);
-  absl::StatusOr<StepResult> result = Execute(plan);
-  const TimePoint executed = clock_->Now();
-  const int64_t device_wait = result.ok() ? static_cast<int64_t>(result->device_wait_us * 1000) : 0;
-  device_wait_ns_ += device_wait;
-  executor_host_ns_ += std::max<int64_t>(0, ns(executed - planned) - device_wait);
-  if (result.ok() && result->next_tokens.size() != plan.steps.size()) {
-    result = absl::InternalError(
-        absl::StrCat("executor returned ", result->next_tokens.size(), " tokens for a batch of ", plan.steps.size()));
-  }
-  if (hooks_.on_step_end) {
-    hooks_.on_step_end(static_cast<int32_t>(plan.steps.size()), result.status());
-  }
-  if (!result.ok()) {
-    if (absl::IsResourceExhausted(result.status())) {
-      HandleOom(plan, result.status());
-      return StepOutcome::kOom;
+Scheduler::StepOutcome Scheduler::HandleFailedStep(PlannedStep& plan, const absl::Status& status) {
+  // Entries a launched step's commit finished are gone (overlap_steps).
+  size_t kept = 0;
+  for (size_t i = 0; i < plan.sequences.size(); ++i) {
+    if (plan.sequences[i] == nullptr) continue;
+    if (kept != i) {
+      std::swap(plan.steps[kept], plan.steps[i]);
+      plan.sequences[kept] = plan.sequences[i];
+      plan.encoder_tokens[kept] = plan.encoder_tokens[i];
     }
-    for (Sequence* s : plan.sequences) {
-      Finish(s, result.status(), FinishReason::kError);
-    }
-    return StepOutcome::kFailed;
+    ++kept;
   }
-  Commit(plan, *result, executed);
-  commit_ns_ += ns(clock_->Now() - executed);
+  plan.steps.resize(kept);
+  plan.sequences.resize(kept);
+  plan.encoder_tokens.resize(kept);
+  if (plan.steps.empty()) return StepOutcome::kFailed;
+  if (absl::IsResourceExhausted(status)) {
+    HandleOom(plan, status);
+    return StepOutcome::kOom;
+  }
+  for (Sequence* s : plan.sequences) Finish(s, status, FinishReason::kError);
+  return StepOutcome::kFailed;
+}
+
+void Scheduler::CountCleanStep() {
   ++steps_;
   if (++consecutive_ok_steps_ >= options_.aimd_increase_after_steps) {
     consecutive_ok_steps_ = 0;
@@ -920,7 +948,156 @@ Scheduler::StepOutcome Scheduler::RunOnce() {
       SetBatchLimit(batch_limit_ + 1, "additive increase after clean steps");
     }
   }
+}
+
+namespace {
+int64_t Nanoseconds(Clock::Duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); }
+}  // namespace
+
+Scheduler::StepOutcome Scheduler::RunOnce() {
+  if (options_.overlap_steps) return RunOnceOverlapped();
+  const TimePoint now = clock_->Now();
+  ExpireAndReap(now);
+  PlannedStep& plan = plan_;
+  Plan(now, plan);
+  if (plan.steps.empty()) return StepOutcome::kIdle;
+  const TimePoint planned = clock_->Now();
+  schedule_ns_ += Nanoseconds(planned - now);
+  absl::StatusOr<StepResult> result = Execute(plan);
+  const TimePoint executed = clock_->Now();
+  const int64_t device_wait = result.ok() ? static_cast<int64_t>(result->device_wait_us * 1000) : 0;
+  device_wait_ns_ += device_wait;
+  executor_host_ns_ += std::max<int64_t>(0, Nanoseconds(executed - planned) - device_wait);
+  if (result.ok() && result->next_tokens.size() != plan.steps.size()) {
+    result = absl::InternalError(
+        absl::StrCat("executor returned ", result->next_tokens.size(), " tokens for a batch of ", plan.steps.size()));
+  }
+  if (hooks_.on_step_end) {
+    hooks_.on_step_end(static_cast<int32_t>(plan.steps.size()), result.status());
+  }
+  if (!result.ok()) return HandleFailedStep(plan, result.status());
+  Commit(plan, *result, executed);
+  commit_ns_ += Nanoseconds(clock_->Now() - executed);
+  CountCleanStep();
   return StepOutcome::kStepped;
+}
+
+absl::Status Scheduler::LaunchPlan(const PlannedStep& plan) {
+  GLM_RETURN_IF_ERROR(InjectFaults(plan));
+  try {  // the engine edge, as in Execute
+    const FaultInjectionOptions& f = options_.faults;
+    if (f.throw_on_step > 0 && step_attempts_ == f.throw_on_step) {
+      throw std::runtime_error(absl::StrCat("injected exception on step ", step_attempts_));
+    }
+    return executor_->Launch(plan.steps);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("executor threw: ", e.what()));
+  } catch (...) {
+    return absl::InternalError("executor threw a non-standard exception");
+  }
+}
+
+void Scheduler::AdvanceLaunched(const PlannedStep& plan) {
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    Sequence* s = plan.sequences[i];
+    const int32_t fed = static_cast<int32_t>(plan.steps[i].tokens.size());
+    s->num_computed += fed;
+    s->in_flight_tokens += fed;
+    if (plan.steps[i].sample) {
+      s->tokens.push_back(kTokenFromPreviousStep);
+      ++s->placeholders;
+    }
+  }
+}
+
+bool Scheduler::PlanningMayPreempt() const {
+  // Plan preempts only for a decode that needs a new block (prefills hold their whole prompt's).
+  int32_t new_blocks = 0;
+  for (const Sequence* s : running_) {
+    if (s->decoding() &&
+        blocks_.BlocksFor(int64_t{s->num_computed} + 1) > static_cast<int32_t>(s->block_table.size())) {
+      ++new_blocks;
+    }
+  }
+  return new_blocks > blocks_.num_free();
+}
+
+Scheduler::StepOutcome Scheduler::CollectInFlight() {
+  const TimePoint start = clock_->Now();
+  absl::StatusOr<StepResult> result = [this]() -> absl::StatusOr<StepResult> {
+    try {  // the engine edge, as in Execute
+      return executor_->Collect();
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("executor Collect threw: ", e.what()));
+    } catch (...) {
+      return absl::InternalError("executor Collect threw a non-standard exception");
+    }
+  }();
+  const TimePoint collected = clock_->Now();
+  const int64_t device_wait = result.ok() ? static_cast<int64_t>(result->device_wait_us * 1000) : 0;
+  device_wait_ns_ += device_wait;
+  executor_host_ns_ += std::max<int64_t>(0, Nanoseconds(collected - start) - device_wait);
+  PlannedStep& plan = in_flight_plan_;
+  if (result.ok() && result->next_tokens.size() != plan.steps.size()) {
+    result = absl::InternalError(
+        absl::StrCat("executor returned ", result->next_tokens.size(), " tokens for a batch of ", plan.steps.size()));
+  }
+  if (hooks_.on_step_end) hooks_.on_step_end(static_cast<int32_t>(plan.steps.size()), result.status());
+  StepOutcome outcome = StepOutcome::kStepped;
+  if (result.ok()) {
+    Commit(plan, *result, collected);
+    commit_ns_ += Nanoseconds(clock_->Now() - collected);
+    CountCleanStep();
+  } else {
+    // The step ran but its ids are lost: its requests fail (a step launched after it fed ids it
+    // never delivered). Their rows in that later step are then discarded.
+    for (Sequence* s : plan.sequences) {
+      if (s != nullptr) Finish(s, result.status(), FinishReason::kError);
+    }
+    outcome = StepOutcome::kFailed;
+  }
+  in_flight_ = false;
+  return outcome;
+}
+
+void Scheduler::DiscardInFlight() {
+  for (bool* launched : {&in_flight_, &plan_launched_}) {
+    if (!*launched) continue;
+    *launched = false;
+    try {
+      (void)executor_->Collect();
+    } catch (...) {
+    }
+  }
+}
+
+Scheduler::StepOutcome Scheduler::RunOnceOverlapped() {
+  const TimePoint now = clock_->Now();
+  ExpireAndReap(now);
+  // Planning from uncommitted state is safe unless it could preempt a sequence the accelerator is
+  // still running (its blocks, its placeholder): then the step in flight is committed first.
+  if (in_flight_ && PlanningMayPreempt()) return CollectInFlight();
+  Plan(now, plan_);
+  const TimePoint planned = clock_->Now();
+  schedule_ns_ += Nanoseconds(planned - now);
+  if (plan_.steps.empty()) return in_flight_ ? CollectInFlight() : StepOutcome::kIdle;
+  const absl::Status launched = LaunchPlan(plan_);
+  executor_host_ns_ += Nanoseconds(clock_->Now() - planned);
+  if (!launched.ok()) {
+    // Commit the step before it first: what the failure handling preempts or fails must not be
+    // in flight.
+    if (in_flight_) CollectInFlight();
+    if (hooks_.on_step_end) hooks_.on_step_end(static_cast<int32_t>(plan_.steps.size()), launched);
+    return HandleFailedStep(plan_, launched);
+  }
+  AdvanceLaunched(plan_);
+  plan_launched_ = true;
+  StepOutcome outcome = StepOutcome::kStepped;
+  if (in_flight_) outcome = CollectInFlight();
+  std::swap(plan_, in_flight_plan_);
+  plan_launched_ = false;
+  in_flight_ = true;
+  return outcome;
 }
 
 }  // namespace glmserve

@@ -167,6 +167,19 @@ struct SchedulerOptions {
   // A sequence whose step runs out of memory while it is alone in the batch is retried this
   // many more times; then only it fails with RESOURCE_EXHAUSTED. Must be >= 0.
   int32_t max_oom_retries_alone = 2;
+  // Overlapped steps: step N+1 is planned and launched (StepExecutor::Launch) before step N's ids
+  // are collected and committed, so planning, staging and committing (the engine's and the
+  // executor's host time, during which a GPU otherwise idles: ~0.2 ms a step on an H200,
+  // bench/results/gpu.md) run while the accelerator computes. A decode row continuing from step N
+  // feeds kTokenFromPreviousStep, which the executor takes from N's ids. The ids every request
+  // gets are the same as without; what differs: a sequence that stops on a stop id in step N, is
+  // cancelled or passes its deadline has run one more row in step N+1, discarded (and a
+  // sequence that ends at max_new_tokens in step N is not planned into N+1). Steps go
+  // synchronous (collect, then plan) while planning could preempt (a decode needs a new KV block
+  // and the pool could run short) and after a launch fails; an error the executor reports only
+  // at Collect fails that step's requests (an out-of-memory is reported at Launch, retried as
+  // without overlap).
+  bool overlap_steps = false;
   FaultInjectionOptions faults;
   // Receives log lines (batch-limit changes, alone-OOM failures). Null = stderr.
   std::function<void(const std::string&)> log;
@@ -229,7 +242,7 @@ class Scheduler {
   // One step boundary: expire deadlines, plan (admit, preempt), execute, commit, call back.
   StepOutcome RunOnce();
 
-  bool HasWork() const;                   // anything waiting or running
+  bool HasWork() const;                   // anything waiting, running or launched
   bool ReadyToStep(TimePoint now) const;  // RunOnce would run a step now
   // When an idle scheduler must look again (queue-delay end, earliest waiting deadline);
   // TimePoint::max() when only new input can change anything.
@@ -275,8 +288,25 @@ class Scheduler {
   // or a prompt would take more than thin_prefill_auto_prompt_steps steps at it).
   int32_t AutoThinTokens() const;
   Sequence* PopBestWaiting(TimePoint now, bool pop);
+  // The fault injection every executor call goes through (faults): the injected failure, or OK.
+  absl::Status InjectFaults(const PlannedStep& plan);
   absl::StatusOr<StepResult> Execute(const PlannedStep& plan);
   void Commit(const PlannedStep& plan, const StepResult& result, TimePoint now);
+  // overlap_steps: RunOnce's form; Launch(plan_) and what a launched step changes at once (fed
+  // tokens count as computed, a sampled row's id is a kTokenFromPreviousStep placeholder);
+  // whether planning now could need a preemption (then the step in flight is collected first);
+  // collecting and committing the step in flight; collecting it for nothing (shutdown).
+  StepOutcome RunOnceOverlapped();
+  absl::Status LaunchPlan(const PlannedStep& plan);
+  void AdvanceLaunched(const PlannedStep& plan);
+  bool PlanningMayPreempt() const;
+  StepOutcome CollectInFlight();
+  void DiscardInFlight();
+  // After the step attempt `plan` failed with `status` (nothing of it committed): OOM shrinks the
+  // batch (kOom), anything else fails its requests (kFailed).
+  StepOutcome HandleFailedStep(PlannedStep& plan, const absl::Status& status);
+  // AIMD's additive increase after a committed step.
+  void CountCleanStep();
   void HandleOom(const PlannedStep& plan, const absl::Status& status);
   void SetBatchLimit(int32_t limit, const char* why);
   void Preempt(Sequence* seq);
@@ -305,7 +335,12 @@ class Scheduler {
   std::vector<Sequence*> running_;  // admission order: oldest first
   std::vector<Sequence*> waiting_;  // unordered; ranked on admission
   // RunOnce's step, kept between steps only for its buffers' capacity (its pointers go stale).
+  // With overlap_steps, the step launched last while in_flight_ (Finish nulls a finished
+  // sequence's entry in both plans: its row's result is discarded).
   PlannedStep plan_;
+  PlannedStep in_flight_plan_;
+  bool in_flight_ = false;
+  bool plan_launched_ = false;  // plan_ was launched and is not collected yet
   // EngineStats' step phases, nanoseconds (clock_'s time).
   int64_t schedule_ns_ = 0, executor_host_ns_ = 0, device_wait_ns_ = 0, commit_ns_ = 0;
   std::vector<int32_t> new_token_;  // Commit's on_tokens argument, one id at a time

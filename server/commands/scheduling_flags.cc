@@ -56,6 +56,9 @@ void SchedulingFlags::Register(flags::FlagSet& set) {
           "while others decode, hold new prompts until they fill a step's prefill budget, at most this long");
   set.Bool("prefix-caching", &o.prefix_caching,
            "reuse the KV blocks of prompt prefixes seen before (system prompts, conversation history)");
+  set.Bool("overlap-steps", &o.overlap_steps,
+           "launch each step before the one before it is committed: the engine plans, stages and streams while "
+           "the accelerator computes (same ids; a request that stops on a stop id has run one discarded row)");
 }
 
 absl::Status SchedulingFlags::Resolve(bool gpu) const {

@@ -118,6 +118,70 @@ class FakeExecutor : public StepExecutor {
     features_.erase(sequence_id);
   }
 
+  // Overlapped steps (SchedulerOptions::overlap_steps): Launch checks what the engine promises
+  // of kTokenFromPreviousStep (only a sampled decode row's one token, also its history's last
+  // entry, of a sequence that sampled in the step launched before, which is not collected) and
+  // that no more than two steps are ever out, then runs the default (Step at once, the token
+  // resolved from the previous result).
+  absl::Status Launch(const std::vector<SequenceStep>& batch) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++launches_;
+      if (outstanding_ >= 2) Error("Launch with two steps out");
+      for (const SequenceStep& st : batch) {
+        if (std::find(st.tokens.begin(), st.tokens.end(), kTokenFromPreviousStep) == st.tokens.end()) continue;
+        ++placeholder_rows_;
+        if (st.tokens.size() != 1 || !st.sample || st.history == nullptr || st.history->empty() ||
+            st.history->back() != kTokenFromPreviousStep) {
+          Error(absl::StrCat("seq ", st.sequence_id, ": kTokenFromPreviousStep outside a decode row's last token"));
+        }
+        if (outstanding_ == 0 || last_launch_sampled_.count(st.sequence_id) == 0) {
+          Error(absl::StrCat("seq ", st.sequence_id, ": kTokenFromPreviousStep but no launched step samples it"));
+        }
+      }
+    }
+    absl::Status status = StepExecutor::Launch(batch);
+    if (status.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++outstanding_;
+      max_outstanding_ = std::max(max_outstanding_, outstanding_);
+      last_launch_sampled_.clear();
+      for (const SequenceStep& st : batch) {
+        if (st.sample) last_launch_sampled_.insert(st.sequence_id);
+      }
+    }
+    return status;
+  }
+  absl::StatusOr<StepResult> Collect() override {
+    absl::StatusOr<StepResult> result = StepExecutor::Collect();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (result.ok()) --outstanding_;
+    if (++collects_ == fail_collect_)
+      return absl::InternalError(absl::StrCat("fake device fault at collect ", collects_));
+    return result;
+  }
+  // The K-th Collect (1-based) reports INTERNAL, as a device fault seen only there would.
+  void set_fail_collect(int64_t k) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_collect_ = k;
+  }
+  int64_t launches() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return launches_;
+  }
+  int64_t placeholder_rows() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return placeholder_rows_;
+  }
+  int32_t max_outstanding() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_outstanding_;
+  }
+  int32_t outstanding() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return outstanding_;
+  }
+
   // Prefix caching: KV read back may come from another sequence with the same prefix.
   void AllowSharedPrefixes(bool allow) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -325,6 +389,9 @@ class FakeExecutor : public StepExecutor {
   const int32_t vocab_;
   const std::vector<int32_t> eos_ids_;
   FakeClock* clock_ = nullptr;
+  int64_t launches_ = 0, collects_ = 0, fail_collect_ = 0, placeholder_rows_ = 0;
+  int32_t outstanding_ = 0, max_outstanding_ = 0;
+  std::set<int64_t> last_launch_sampled_;
   std::chrono::milliseconds step_time_{0};
   std::chrono::microseconds device_wait_{0};
 

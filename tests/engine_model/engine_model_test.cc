@@ -332,7 +332,7 @@ INSTANTIATE_TEST_SUITE_P(Models, BatchInvarianceTest,
 
 // `prefix_caching`: every prompt starts with the same 40 tokens and the engine shares their blocks,
 // through the preemptions and retries of the storm.
-void RunOomStorm(bool at_executor, bool prefix_caching = false) {
+void RunOomStorm(bool at_executor, bool prefix_caching = false, bool overlap_steps = false) {
   ModelRunner* runner = LoadModel(TinyModelDir());
   ASSERT_NE(runner, nullptr);
   std::vector<Case> cases = MakeCases(100, runner->info().vocab_size, /*sampled=*/false, 11, 8, 12);
@@ -357,6 +357,7 @@ void RunOomStorm(bool at_executor, bool prefix_caching = false) {
     setup.executor.block_size = 8;  // the shared 40 tokens fill 5 blocks
     setup.engine.scheduler.prefix_caching = true;
   }
+  setup.engine.scheduler.overlap_steps = overlap_steps;
   if (at_executor) {
     setup.executor.inject_oom_above_sequences = 8;  // real path: forward runs, then OutOfMemoryError
   } else {
@@ -416,6 +417,10 @@ TEST(EngineModelTest, OomStormAllHundredCompleteAndLimitRecovers) { RunOomStorm(
 TEST(EngineModelTest, OomStormThroughExecutorOutOfMemoryError) { RunOomStorm(/*at_executor=*/true); }
 
 TEST(EngineModelTest, OomStormWithSharedPrefixBlocks) { RunOomStorm(/*at_executor=*/true, /*prefix_caching=*/true); }
+
+TEST(EngineModelTest, OomStormWithOverlappedSteps) {
+  RunOomStorm(/*at_executor=*/true, /*prefix_caching=*/true, /*overlap_steps=*/true);
+}
 
 // The OOM storm against real CUDA out-of-memory errors (GPU runs only): the allocator is capped a
 // little above what the model and KV pool hold, so decode batches whose logits ([rows, 151552]
@@ -499,6 +504,71 @@ TEST(EngineModelTest, PoolExhaustionPreemptsAndRecomputesIdentically) {
   EXPECT_EQ(counts.ok, 24);
   EXPECT_GT(stats.preemptions, 0);
   EXPECT_EQ(stats.blocks_total, 24);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overlapped steps (SchedulerOptions::overlap_steps): every step launched before the one before it
+// is committed, decode rows fed the previous step's ids where they are (on a GPU: the device).
+// Every sampling path the executor has (greedy, seeded top-k / top-p draws, the three penalties,
+// stop ids masked before min_new_tokens, stops on the model's EOS) through mixed steps (chunked
+// prefill beside decodes), prefix caching and preemption gives each request its ids alone.
+
+TEST(EngineModelTest, OverlappedStepsGiveEachRequestItsAloneIds) {
+  ModelRunner* runner = LoadModel(TinyModelDir());
+  ASSERT_NE(runner, nullptr);
+  const int32_t vocab = runner->info().vocab_size;
+  std::vector<Case> cases = MakeCases(40, vocab, /*sampled=*/false, 51, 6, 20);
+  std::vector<int32_t> system;
+  for (int32_t t = 0; t < 24; ++t) system.push_back((t * 37 + 5) % vocab);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    Case& c = cases[i];
+    if (i % 4 == 0) c.prompt.insert(c.prompt.begin(), system.begin(), system.end());
+    SamplingParams& s = c.params.sampling;
+    switch (i % 5) {
+      case 1:
+        s.temperature = 0.8f;
+        s.top_k = 30;
+        s.top_p = 0.9f;
+        s.seed = 300 + i;
+        break;
+      case 2:  // the phone agent's settings
+        s.frequency_penalty = 0.2f;
+        s.top_p = 0.85f;
+        break;
+      case 3:
+        s.temperature = 0.7f;
+        s.seed = 400 + i;
+        s.presence_penalty = 0.5f;
+        s.repetition_penalty = 1.3f;
+        break;
+      case 4:
+        c.params.min_new_tokens = c.params.max_new_tokens;  // the EOS masked throughout
+        break;
+      default:
+        break;
+    }
+  }
+  ComputeExpected(runner, &cases);
+  EngineSetup setup = DefaultSetup();
+  setup.executor.block_size = 4;
+  setup.executor.num_blocks = 96;  // 384 token slots for up to 16 requests of up to 92: preemption
+  setup.executor.capture_decode_batch = 16;
+  setup.engine.scheduler.max_batch_size = 16;
+  setup.engine.scheduler.max_tokens_per_step = 48;  // prompts come in chunks beside the decodes
+  setup.engine.scheduler.prefix_caching = true;
+  setup.engine.scheduler.overlap_steps = true;
+  std::unique_ptr<InferenceEngine> engine = MakeEngine(runner, setup);
+  ASSERT_NE(engine, nullptr);
+  const Counts counts = RunAndCheck(engine.get(), cases, "overlap");
+  const Counts again = RunAndCheck(engine.get(), cases, "overlap-again");  // cached prefixes
+  const EngineStats stats = engine->stats();
+  engine->Shutdown();
+  std::printf("[ overlapped steps ] %s / %s; steps=%lld preemptions=%lld prefix_cache_hit_tokens=%lld\n",
+              counts.ToString().c_str(), again.ToString().c_str(), static_cast<long long>(stats.steps),
+              static_cast<long long>(stats.preemptions), static_cast<long long>(stats.prefix_cache_hit_tokens));
+  EXPECT_EQ(counts.ok + again.ok, 80);
+  EXPECT_GT(stats.preemptions, 0);
+  EXPECT_GT(stats.prefix_cache_hit_tokens, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
