@@ -4,10 +4,11 @@
 // (bench/closed_loop.h). With --sessions the requests go through the server's RequestSessions
 // (delivery workers, request logs) to a streaming sink, as `glmserve serve` sends them.
 // In `glmserve serve` the engine thread's work between two steps (commit and the callbacks,
-// reaping, planning) is GPU idle: "host us between steps" is that time. Prints one markdown row
-// per level.
+// reaping, planning) is GPU idle: "host us between steps" is that time, the device's idle time
+// between steps (with --overlap-steps the engine plans and commits while a step runs, and only
+// what does not overlap remains). Prints one markdown row per level.
 //   engine_host_bench [--concurrency 64,128,256] [--prompt-tokens 128] [--new-tokens 128]
-//                     [--seconds 2] [--step-us 0] [--sessions false]
+//                     [--seconds 2] [--step-us 0] [--sessions false] [--overlap-steps false]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -36,37 +37,70 @@ using Clock = std::chrono::steady_clock;
 constexpr int32_t kEosId = 2;
 
 // Answers every step at once, or after `step` (slept, as the engine thread waits for a GPU): a
-// sampled id that is never the eos id, so requests end by length. Sums the time between a step's
-// return and the next step's call (engine thread only).
+// sampled id that is never the eos id, so requests end by length. It keeps the timeline of a
+// device that runs one step at a time for `step` each: under Step a step runs from the call to its
+// return; under --overlap-steps a launched step starts when the call comes or when the device
+// finishes the step before it, whichever is later, and Collect sleeps until it ends. The time
+// between one step's end and the next one's start is the device's idle time (engine thread only).
 class InstantExecutor : public glmserve::StepExecutor {
  public:
   explicit InstantExecutor(std::chrono::microseconds step) : step_(step) {}
   int32_t block_size() const override { return 16; }
   int32_t num_blocks() const override { return 1 << 20; }
   absl::StatusOr<glmserve::StepResult> Step(const std::vector<glmserve::SequenceStep>& batch) override {
-    const Clock::time_point entered = Clock::now();
-    if (returned_ != Clock::time_point()) {
-      between_steps_ += entered - returned_;
+    Start(Clock::now());
+    glmserve::StepResult result = Answer(batch);
+    if (step_.count() > 0) std::this_thread::sleep_for(step_);
+    device_free_ = Clock::now();
+    return result;
+  }
+  absl::Status Launch(const std::vector<glmserve::SequenceStep>& batch) override {
+    const Clock::time_point started = Start(std::max(Clock::now(), device_free_));
+    device_free_ = started + step_;
+    launched_.push_back({Answer(batch), device_free_});
+    return absl::OkStatus();
+  }
+  absl::StatusOr<glmserve::StepResult> Collect() override {
+    if (launched_.empty()) return absl::FailedPreconditionError("Collect with no launched step");
+    Launched step = std::move(launched_.front());
+    launched_.pop_front();
+    const Clock::time_point waited = Clock::now();
+    std::this_thread::sleep_until(step.ends);
+    step.result.device_wait_us = std::chrono::duration<double, std::micro>(Clock::now() - waited).count();
+    return std::move(step.result);
+  }
+  // Mean microseconds the device idled between two steps; read after the engine stopped.
+  double MeanUsBetweenSteps() const {
+    return gaps_ == 0 ? 0 : std::chrono::duration<double, std::micro>(idle_).count() / gaps_;
+  }
+
+ private:
+  struct Launched {
+    glmserve::StepResult result;
+    Clock::time_point ends;
+  };
+
+  // A step starting on the device at `at`: the idle time since the last one ended.
+  Clock::time_point Start(Clock::time_point at) {
+    if (device_free_ != Clock::time_point()) {
+      idle_ += at - std::min(at, device_free_);
       ++gaps_;
     }
+    return at;
+  }
+  static glmserve::StepResult Answer(const std::vector<glmserve::SequenceStep>& batch) {
     glmserve::StepResult result;
     result.next_tokens.reserve(batch.size());
     for (const glmserve::SequenceStep& s : batch) {
       result.next_tokens.push_back(s.sample ? 1000 + static_cast<int32_t>(s.sequence_id % 7) : -1);
     }
-    if (step_.count() > 0) std::this_thread::sleep_for(step_);
-    returned_ = Clock::now();
     return result;
   }
-  // Mean microseconds between a step's return and the next call; read after the engine stopped.
-  double MeanUsBetweenSteps() const {
-    return gaps_ == 0 ? 0 : std::chrono::duration<double, std::micro>(between_steps_).count() / gaps_;
-  }
 
- private:
   const std::chrono::microseconds step_;
-  Clock::time_point returned_;
-  Clock::duration between_steps_{};
+  Clock::time_point device_free_;  // when the device finishes the last step given to it
+  std::deque<Launched> launched_;
+  Clock::duration idle_{};
   int64_t gaps_ = 0;
 };
 

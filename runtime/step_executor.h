@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -76,6 +77,15 @@ struct StepResult {
 
 // Called only from the engine thread, one Step at a time. The full list of what a SequenceStep
 // promises and what the engine expects back is in runtime/engine/README.md.
+// True when some row of `batch` feeds kTokenFromPreviousStep.
+bool FeedsPreviousStepIds(const std::vector<SequenceStep>& batch);
+// `batch` with every kTokenFromPreviousStep replaced by id_of(sequence_id), in the row's tokens and
+// as its history's last entry (a copy of the history, kept in `histories` while the batch is
+// used). INTERNAL naming the sequence where id_of answers < 0 (the previous step sampled none).
+absl::StatusOr<std::vector<SequenceStep>> ResolvePreviousStepIds(
+    const std::vector<SequenceStep>& batch, const std::function<int32_t(int64_t sequence_id)>& id_of,
+    std::vector<std::unique_ptr<std::vector<int32_t>>>* histories);
+
 class StepExecutor {
  public:
   virtual ~StepExecutor() = default;
@@ -113,9 +123,6 @@ class StepExecutor {
     std::vector<int64_t> sequence_ids;
   };
   std::deque<LaunchedStep> launched_;
-  // The batch with kTokenFromPreviousStep resolved, and the histories it points to.
-  std::vector<SequenceStep> resolved_batch_;
-  std::vector<std::unique_ptr<std::vector<int32_t>>> resolved_histories_;
 };
 
 }  // namespace glmserve

@@ -267,10 +267,11 @@ class CudaDecodeRunner {
     }
   }
 
-  at::Tensor Run(const std::vector<SequenceStep>& batch, KvPool& kv) {
+  at::Tensor Run(const std::vector<SequenceStep>& batch, KvPool& kv, const PreviousStepIds* previous) {
     // One model may be driven from two threads (the engine, and Generate from a CLI or a test):
     // buckets, staging buffers and captures are shared state.
     std::lock_guard<std::mutex> lock(mu_);
+    const FeedingPrevious feeding(this, previous);
     const int32_t n = static_cast<int32_t>(batch.size());
     int32_t size = 1;
     while (size < n) size *= 2;
@@ -300,10 +301,11 @@ class CudaDecodeRunner {
   // launches of such a step took longer on the host than the step on the GPU. Returns fp32 logits
   // of the sampled rows in batch order, or an undefined tensor when it cannot take the batch (the
   // per-sequence path runs).
-  at::Tensor RunMixed(const std::vector<SequenceStep>& batch, KvPool& kv,
-                      const GlmModel::EmbeddingOverride* images = nullptr) {
+  at::Tensor RunMixed(const std::vector<SequenceStep>& batch, KvPool& kv, const GlmModel::EmbeddingOverride* images,
+                      const PreviousStepIds* previous) {
     if (!mixed_ || batch.empty()) return at::Tensor();
     std::lock_guard<std::mutex> lock(mu_);
+    const FeedingPrevious feeding(this, previous);
     // LibTorch caches cuDNN's attention graphs per thread: built on the thread that runs the
     // steps, at its first step (the server's warm-up request, before it reports serving).
     if (cudnn_prefill_mode_ > 0 && cudnn_warm_thread_ != std::this_thread::get_id()) {
@@ -384,7 +386,7 @@ class CudaDecodeRunner {
     int64_t row = 0;
     for (int32_t d = 0; d < m.num_decodes; ++d) {
       const SequenceStep& s = *decodes[d];
-      ids[row] = s.tokens[0];
+      ids[row] = StagedId(s, row);
       positions[row] = RotaryPosition(s, s.start_position);
       slots[row] = kv.slot(s.block_table, s.start_position);
       decode_lens[d] = s.start_position + 1;
@@ -421,7 +423,9 @@ class CudaDecodeRunner {
     }
     const at::Tensor device_indices = host.to(model_.device(), /*non_blocking=*/true);
     auto part = [&](const int64_t* begin, int64_t count) { return device_indices.narrow(0, begin - ids, count); };
-    const at::Tensor d_ids = part(ids, rows), d_positions = part(positions, rows), d_slots = part(slots, rows);
+    at::Tensor d_ids = part(ids, rows);
+    const at::Tensor d_positions = part(positions, rows), d_slots = part(slots, rows);
+    ApplyPreviousIds(d_ids);
     m.context_slots = part(context_slots, context_tokens);
     m.lens = part(decode_lens, m.num_decodes).to(at::kInt);
     m.cu_q = part(cu_q, m.num_prefills + 1).to(at::kInt);
@@ -859,7 +863,7 @@ class CudaDecodeRunner {
     std::map<const SequenceStep*, int64_t> last_row;
     int64_t row = 0, table_width = 0;
     for (const SequenceStep* s : decodes) {
-      ids[row] = s->tokens[0];
+      ids[row] = StagedId(*s, row);
       positions[row] = RotaryPosition(*s, s->start_position);
       slots[row] = kv.slot(s->block_table, s->start_position);
       lens[row] = s->start_position + 1;
@@ -913,6 +917,7 @@ class CudaDecodeRunner {
     const int64_t longs = kLongContext + (g.paged_prompts ? 0 : context_tokens);
     st.longs.narrow(0, 0, longs).copy_(st.host_longs.narrow(0, 0, longs), /*non_blocking=*/true);
     st.ints.narrow(0, 0, kIntTables).copy_(st.host_ints.narrow(0, 0, kIntTables), /*non_blocking=*/true);
+    ApplyPreviousIds(st.longs.narrow(0, 0, rows));
     CopyTableRows(tables, st.ints.data_ptr<int32_t>() + kIntTables, table_rows, table_width, st.max_blocks);
     st.copied->record();
     g.graph->replay();
@@ -952,6 +957,8 @@ class CudaDecodeRunner {
     at::Tensor ids, positions, slots, tables, lens;                           // device, fixed addresses
     at::Tensor logits;                                                        // graph output
     std::unique_ptr<at::cuda::CUDAGraph> graph;
+    // Recorded after the staging copies: the pinned buffers are free again once it has passed.
+    std::unique_ptr<at::cuda::CUDAEvent> copied = std::make_unique<at::cuda::CUDAEvent>();
   };
 
   void Prepare(Bucket& b, int32_t size, int32_t max_blocks, KvPool& kv) {
@@ -977,6 +984,9 @@ class CudaDecodeRunner {
   // Copies this step's inputs into the bucket's fixed device buffers; rows past the batch are
   // padding that reads and writes only the pool's scratch block.
   void Stage(Bucket& b, const std::vector<SequenceStep>& batch, const KvPool& kv) {
+    // The step before may still be copying from these pinned buffers: with overlapped steps it was
+    // launched, not finished, when this one stages.
+    b.copied->synchronize();
     int64_t* ids = b.host_ids.data_ptr<int64_t>();
     int64_t* positions = b.host_positions.data_ptr<int64_t>();
     int64_t* slots = b.host_slots.data_ptr<int64_t>();
@@ -989,7 +999,7 @@ class CudaDecodeRunner {
       if (row < static_cast<int32_t>(batch.size())) {
         const SequenceStep& s = batch[row];
         const int32_t pos = s.start_position;
-        ids[row] = s.tokens[0];
+        ids[row] = StagedId(s, row);
         positions[row] = RotaryPosition(s, pos);
         slots[row] = kv.slot(s.block_table, pos);
         // The kernel reads only the entries covering the context; the rest may hold stale ids.
@@ -1010,6 +1020,61 @@ class CudaDecodeRunner {
     b.slots.copy_(b.host_slots, true);
     CopyTableRows(tables, b.tables.data_ptr<int32_t>(), b.size, table_width, b.max_blocks);
     b.lens.copy_(b.host_lens, true);
+    b.copied->record();
+    ApplyPreviousIds(b.ids);
+  }
+
+  // Overlapped steps: while a Run or RunMixed call stages, the previous step's ids it may feed.
+  struct FeedingPrevious {
+    FeedingPrevious(CudaDecodeRunner* runner, const PreviousStepIds* previous) : runner(runner) {
+      runner->previous_ = previous;
+      runner->previous_rows_.clear();
+    }
+    ~FeedingPrevious() {
+      runner->previous_ = nullptr;
+      runner->previous_rows_.clear();
+    }
+    CudaDecodeRunner* runner;
+  };
+
+  // The id staged at `row` for `s`'s first token. A kTokenFromPreviousStep takes previous_'s id:
+  // its host id where the previous step's ids are on the host, else 0 here and the device's id
+  // once the staged ids are on the device (ApplyPreviousIds): no wait for the step before.
+  int64_t StagedId(const SequenceStep& s, int64_t row) {
+    const int32_t token = s.tokens[0];
+    if (token != kTokenFromPreviousStep) return token;
+    auto missing = [&s]() {
+      return std::runtime_error(
+          absl::StrCat("sequence ", s.sequence_id, " feeds the previous step's id, which that step did not sample"));
+    };
+    if (previous_ == nullptr) throw missing();
+    if (!previous_->device_ids.defined()) {
+      const int32_t id = previous_->host_id(s.sequence_id);
+      if (id < 0) throw missing();
+      return id;
+    }
+    auto it = previous_->row_of_sequence->find(s.sequence_id);
+    if (it == previous_->row_of_sequence->end()) throw missing();
+    previous_rows_.emplace_back(row, it->second);
+    return 0;
+  }
+
+  // `device_ids` (int64, the staged ids on the device): the rows StagedId left to the device take
+  // the previous step's ids, on the stream (one small upload, a gather and a scatter).
+  void ApplyPreviousIds(const at::Tensor& device_ids) {
+    if (previous_rows_.empty()) return;
+    const int64_t n = static_cast<int64_t>(previous_rows_.size());
+    at::Tensor host = at::empty({2 * n}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    int64_t* packed = host.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      packed[i] = previous_rows_[i].first;
+      packed[n + i] = previous_rows_[i].second;
+    }
+    const at::Tensor indices = host.to(device_ids.device(), /*non_blocking=*/true);
+    at::Tensor target = device_ids;
+    target.index_copy_(0, indices.narrow(0, 0, n),
+                       previous_->device_ids.index_select(0, indices.narrow(0, n, n)).to(at::kLong));
+    previous_rows_.clear();
   }
 
   bool Enabled(const char* kernel) const { return disabled_.count(kernel) == 0; }
@@ -1253,6 +1318,10 @@ class CudaDecodeRunner {
   const GlmModel& model_;
   const kernels::ElementType type_;
   std::mutex mu_;
+  // While a Run / RunMixed call stages (FeedingPrevious): where kTokenFromPreviousStep ids come
+  // from, and the (row, index into previous_->device_ids) pairs StagedId left to the device.
+  const PreviousStepIds* previous_ = nullptr;
+  std::vector<std::pair<int64_t, int64_t>> previous_rows_;
   bool graphs_ = true;
   bool verify_ = false;
   bool mixed_ = false;          // RunMixed takes prefill and mixed batches
@@ -1280,13 +1349,14 @@ CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model) {
   return new CudaDecodeRunner(model);
 }
 
-at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv) {
-  return runner.Run(batch, kv);
+at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv,
+                             const PreviousStepIds* previous) {
+  return runner.Run(batch, kv, previous);
 }
 
 at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv,
-                            const GlmModel::EmbeddingOverride* images) {
-  return runner.RunMixed(batch, kv, images);
+                            const GlmModel::EmbeddingOverride* images, const PreviousStepIds* previous) {
+  return runner.RunMixed(batch, kv, images, previous);
 }
 
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "runtime/model/glm_model.h"
+#include "runtime/model/previous_step_ids.h"
 #include "runtime/model/vision_tower.h"
 #include "runtime/step_executor.h"
 
@@ -22,8 +23,11 @@ class CudaDecodeRunner;
 // The runner keeps a reference to `model`, which must outlive it.
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model);
 // Runs an all-decode batch through the paged-attention kernel, replaying a CUDA graph per
-// batch-size bucket. Returns an undefined tensor when it cannot take the batch.
-at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv);
+// batch-size bucket. Returns an undefined tensor when it cannot take the batch. Rows feeding
+// kTokenFromPreviousStep take `previous`'s id (from its device ids when defined: no wait for the
+// host), here and in CudaMixedForward; they throw on such a row without `previous`.
+at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv,
+                             const PreviousStepIds* previous = nullptr);
 // Prefill and mixed batches in one eager forward (paged-attention kernel for decode rows, flash
 // attention over variable lengths for prefill chunks); fp32 logits of the sampled rows. Undefined
 // when it cannot take the batch (fp32 model, head_dim flash does not take, GLMSERVE_CUDA_DISABLE).
@@ -31,7 +35,8 @@ at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<Sequenc
 // mixed order (one-token steps first, then the longer chunks, each group in batch order); such a step runs eagerly (no
 // mixed-step graph) with 3-D rotary positions when a step needs them.
 at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv,
-                            const GlmModel::EmbeddingOverride* images = nullptr);
+                            const GlmModel::EmbeddingOverride* images = nullptr,
+                            const PreviousStepIds* previous = nullptr);
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
                              std::vector<int32_t>* captured);
 // The fused kernels for eager forwards on the GPU (prefill and mixed batches).

@@ -1,6 +1,9 @@
 #include "runtime/model/model_forward.h"
 
 #include <algorithm>
+#include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "runtime/model/cuda_decode.h"
 #include "runtime/model/vision_tower.h"
@@ -27,23 +30,34 @@ CudaDecodeRunner* ModelForward::DecodeRunner() {
   return cuda_decode_.get();
 }
 
-at::Tensor ModelForward::Forward(const std::vector<SequenceStep>& batch, KvPool& kv) {
-  if (std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal)) return MultimodalForward(batch, kv);
+at::Tensor ModelForward::Forward(const std::vector<SequenceStep>& batch, KvPool& kv, const PreviousStepIds* previous) {
+  // The paths below that cannot take ids on the device get them on the host.
+  std::vector<SequenceStep> resolved;
+  std::vector<std::unique_ptr<std::vector<int32_t>>> histories;
+  auto on_host = [&]() -> const std::vector<SequenceStep>& {
+    if (!FeedsPreviousStepIds(batch)) return batch;
+    if (previous == nullptr) throw std::runtime_error("forward: a row feeds the previous step's id, none given");
+    absl::StatusOr<std::vector<SequenceStep>> ids = ResolvePreviousStepIds(batch, previous->host_id, &histories);
+    if (!ids.ok()) throw std::runtime_error(std::string(ids.status().message()));
+    resolved = *std::move(ids);
+    return resolved;
+  };
+  if (std::any_of(batch.begin(), batch.end(), StepNeedsMultimodal)) return MultimodalForward(on_host(), kv);
 #ifdef GLMSERVE_TORCH_CUDA
   if (CudaDecodeRunner* runner = DecodeRunner()) {
     const bool all_decode = !batch.empty() && std::all_of(batch.begin(), batch.end(), [](const SequenceStep& s) {
       return s.tokens.size() == 1 && s.sample;
     });
     if (all_decode) {
-      at::Tensor logits = CudaDecodeForward(*runner, batch, kv);
+      at::Tensor logits = CudaDecodeForward(*runner, batch, kv, previous);
       if (logits.defined()) return logits;
     }
-    at::Tensor logits = CudaMixedForward(*runner, batch, kv);
+    at::Tensor logits = CudaMixedForward(*runner, batch, kv, /*images=*/nullptr, previous);
     if (logits.defined()) return logits;
-    return model_.EagerForward(batch, kv, CudaLayerKernels(*runner));
+    return model_.EagerForward(on_host(), kv, CudaLayerKernels(*runner));
   }
 #endif
-  return model_.EagerForward(batch, kv, GlmModel::LayerKernels());  // ATen ops
+  return model_.EagerForward(on_host(), kv, GlmModel::LayerKernels());  // ATen ops
 }
 
 namespace {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/model/glm_model.h"
+#include "runtime/model/previous_step_ids.h"
 #include "runtime/model/vision_tower.h"
 #include "runtime/step_executor.h"
 
@@ -33,8 +34,10 @@ class ModelForward {
   // token of every sequence with sample == true, in batch order: fp32, except from the CUDA decode
   // graphs, which leave them in the model's dtype (the lm_head's own output; converting
   // [64, 151552] to fp32 every step took 29 us on an H100, and the argmax reads half the bytes).
-  // Throws c10::Error on failure (callers turn it into a status).
-  at::Tensor Forward(const std::vector<SequenceStep>& batch, KvPool& kv);
+  // Throws c10::Error on failure (callers turn it into a status). Rows feeding
+  // kTokenFromPreviousStep (overlapped steps) take `previous`'s ids: on the device where the CUDA
+  // fast path runs the batch, from the host elsewhere (images, the eager forward).
+  at::Tensor Forward(const std::vector<SequenceStep>& batch, KvPool& kv, const PreviousStepIds* previous = nullptr);
   // CUDA with graphs on: captures the decode graphs of batch buckets 1, 2, 4, ... up to the one
   // holding max_sequences over `kv` now, appending each captured bucket to `captured`, so no
   // step waits for a capture later. Throws where a capture fails (that bucket and the larger ones

@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 #ifdef GLMSERVE_TORCH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -15,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <limits>
 #include <new>
@@ -222,7 +224,11 @@ class PenaltyTables {
 
   // A slot for each of `steps` (rows with penalties, history non-null), ready for this step:
   // stale slots are rebuilt on the current stream. Throws on a CUDA error (GuardTorch's INTERNAL).
-  std::vector<int32_t> Prepare(const std::vector<const SequenceStep*>& steps, int64_t vocab, const at::Device& device) {
+  // Overlapped steps: a history may end in kTokenFromPreviousStep, the id a launched step is still
+  // drawing; a slot that counted that step's draw is trusted (Launched), one rebuilt takes the id
+  // from `previous_id` (which waits for it).
+  std::vector<int32_t> Prepare(const std::vector<const SequenceStep*>& steps, int64_t vocab, const at::Device& device,
+                               const std::function<int32_t(int64_t)>* previous_id) {
     const c10::cuda::CUDAGuard device_guard(device);  // the raw kernel launch goes to the current device
     ++clock_;
     if (!counts_.defined() || vocab != vocab_ || counts_.device() != device) {
@@ -258,8 +264,13 @@ class PenaltyTables {
       if (state.length != length || state.generated != generated || state.last_id != last_id) {
         cleared.push_back(slot);
         for (int64_t i = 0; i < length; ++i) {
+          int32_t id = history[i];
+          if (id == kTokenFromPreviousStep && i == length - 1) {
+            id = previous_id != nullptr ? (*previous_id)(s->sequence_id) : -1;
+            if (id < 0) throw std::runtime_error("penalty tables: a history ends in an id no step sampled");
+          }
           entry_slots.push_back(slot);
-          entry_ids.push_back(history[i]);
+          entry_ids.push_back(id);
           entry_counted.push_back(i >= length - generated ? 1 : 0);
         }
         state.length = length;  // InvalidateAll undoes this if the rebuild below throws
@@ -306,6 +317,42 @@ class PenaltyTables {
         state.last_id = drawn[k];  // the engine must append exactly this id
       } else {
         state.length = -1;
+      }
+    }
+  }
+
+  // Overlapped steps: the device drew and, where `counted`, counted the ids of `steps` in a step
+  // whose ids reach the host later. A counted slot takes the draw as its history's next entry, not
+  // known yet (kTokenFromPreviousStep, as the engine's history ends while the id is in flight).
+  // Returns each slot's length with it (-1: the slot is stale), for Collected.
+  std::vector<int64_t> Launched(const std::vector<const SequenceStep*>& steps, const std::vector<int32_t>& slots,
+                                bool counted) {
+    std::vector<int64_t> lengths;
+    for (size_t k = 0; k < steps.size(); ++k) {
+      Slot& state = slots_[slots[k]];
+      if (counted) {
+        ++state.length;
+        ++state.generated;
+        state.last_id = kTokenFromPreviousStep;
+        lengths.push_back(state.length);
+      } else {
+        state.length = -1;
+        lengths.push_back(-1);
+      }
+    }
+    return lengths;
+  }
+
+  // The ids of a step launched with Launched reached the host: a slot whose last entry is still
+  // that step's draw takes the id (the engine's history now holds it). One a later launch counted
+  // past keeps kTokenFromPreviousStep, as the history does.
+  void Collected(const std::vector<int64_t>& sequence_ids, const std::vector<int32_t>& slots,
+                 const std::vector<int64_t>& lengths, const std::vector<int32_t>& ids) {
+    for (size_t k = 0; k < slots.size(); ++k) {
+      Slot& state = slots_[slots[k]];
+      if (state.sequence_id == sequence_ids[k] && lengths[k] >= 0 && state.length == lengths[k] &&
+          state.last_id == kTokenFromPreviousStep) {
+        state.last_id = ids[k];
       }
     }
   }
@@ -521,7 +568,230 @@ class PagedExecutor final : public StepExecutor {
     return result;
   }
 
+  // Overlapped steps. On a GPU with device sampling a launched step is left running: its ids are
+  // chosen on the device and copied to pinned memory behind an event, and rows of the next step
+  // that continue its sequences take them on the device (PreviousStepIds): the host stages step
+  // N+1 while the GPU runs step N. Elsewhere (the CPU, GLMSERVE_CUDA_DEVICE_SAMPLING=0,
+  // on_sampled_logits) Launch runs the step to its ids, with the previous step's ids from the host.
+  absl::Status Launch(const std::vector<SequenceStep>& batch) override {
+    if (launched_.size() >= 2) {
+      return absl::FailedPreconditionError("executor: Launch with two launched steps not collected");
+    }
+    const bool feeds = FeedsPreviousStepIds(batch);
+    if (feeds && launched_.empty()) {
+      return absl::InternalError("executor: a row feeds the previous step's id, but no step is launched");
+    }
+    PreviousStepIds previous;
+    if (feeds) {
+      LaunchedStep* before = &launched_.back();  // a deque's elements stay put while it grows
+      if (!before->on_host) {
+        previous.device_ids = before->device_ids;
+        previous.row_of_sequence = &before->row_of_sequence;
+      }
+      previous.host_id = [this, before](int64_t sequence_id) { return HostIdOf(*before, sequence_id); };
+    }
+    absl::StatusOr<LaunchedStep> launched;
+    if (!profile_.path.empty()) BeforeProfiledStep();
+    try {
+      std::optional<at::RecordFunction> range;
+      if (profile_.recording) {
+        range.emplace(at::RecordScope::USER_SCOPE);
+        if (range->isActive()) range->before(StepRangeName(batch));
+      }
+      launched = LaunchImpl(batch, feeds ? &previous : nullptr);
+    } catch (const std::exception& e) {
+      launched = absl::InternalError(absl::StrCat("executor launch: ", e.what()));
+    }
+#ifdef GLMSERVE_TORCH_CUDA
+    if (!launched.ok()) penalty_tables_.InvalidateAll();
+#endif
+    if (profile_.recording) AfterProfiledStep();
+    if (!launched.ok()) return launched.status();
+    launched_.push_back(*std::move(launched));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<StepResult> Collect() override {
+    if (launched_.empty()) return absl::FailedPreconditionError("executor: Collect with no launched step");
+    LaunchedStep step = std::move(launched_.front());
+    launched_.pop_front();
+    if (step.on_host) return std::move(step.result);
+    StepResult result;
+    device_wait_us_ = 0;
+    absl::Status ready = GuardTorch("collect step", [&] { WaitForIds(step); });
+#ifdef GLMSERVE_TORCH_CUDA
+    if (!ready.ok()) penalty_tables_.InvalidateAll();
+#endif
+    if (!ready.ok()) return ready;
+    const int32_t vocab = model_->config().vocab_size;
+    result.next_tokens.assign(step.sequence_ids.size(), -1);
+    for (size_t i = 0, row = 0; i < step.sequence_ids.size(); ++i) {
+      if (!step.sampled[i]) continue;
+      const int32_t id = step.host_ids[row++];
+      if (id < 0 || id >= vocab) {
+        return absl::InternalError(absl::StrCat("device sampler returned id ", id, " for sequence ",
+                                                step.sequence_ids[i], "; expected [0, ", vocab, ")"));
+      }
+      result.next_tokens[i] = id;
+    }
+#ifdef GLMSERVE_TORCH_CUDA
+    if (!step.penalty_slots.empty()) {
+      std::vector<int32_t> ids;
+      for (int64_t row : step.penalty_rows) ids.push_back(step.host_ids[row]);
+      penalty_tables_.Collected(step.penalty_sequences, step.penalty_slots, step.penalty_lengths, ids);
+    }
+#endif
+    result.device_wait_us = device_wait_us_;
+    return result;
+  }
+
  private:
+  // A launched step not collected yet.
+  struct LaunchedStep {
+    std::vector<int64_t> sequence_ids;  // per batch entry
+    std::vector<bool> sampled;          // per batch entry
+    // Each sampled sequence's index among the step's sampled rows.
+    std::unordered_map<int64_t, int64_t> row_of_sequence;
+    // Run to its ids at launch (`result`), or left running: its ids on the device ([sampled rows]
+    // int32, none negative) and, once `ready` has passed, in pinned host memory.
+    bool on_host = false;
+    StepResult result;
+    at::Tensor device_ids;
+    at::Tensor pinned_ids;
+    std::vector<int32_t> host_ids;  // filled by WaitForIds
+    bool ids_on_host = false;
+#ifdef GLMSERVE_TORCH_CUDA
+    std::shared_ptr<at::cuda::CUDAEvent> ready;
+    // The penalty slots the device counted this step's draws into (PenaltyTables::Launched).
+    std::vector<int64_t> penalty_sequences, penalty_lengths, penalty_rows;
+    std::vector<int32_t> penalty_slots;
+#endif
+  };
+
+  // On a GPU with every sampled row chosen on the device, nothing of a step needs the host.
+  bool CanLeaveRunning(const std::vector<SequenceStep>& batch) const {
+#ifdef GLMSERVE_TORCH_CUDA
+    if (!model_->device().is_cuda() || on_sampled_logits_ || !DeviceSamplingEnabled() || batch.size() > 65535) {
+      return false;
+    }
+    return std::none_of(batch.begin(), batch.end(),
+                        [](const SequenceStep& s) { return s.sample && ChooseRowPath(s) == RowPath::kHost; });
+#else
+    (void)batch;
+    return false;
+#endif
+  }
+
+  absl::StatusOr<LaunchedStep> LaunchImpl(const std::vector<SequenceStep>& batch, const PreviousStepIds* previous) {
+    LaunchedStep step;
+    for (const SequenceStep& s : batch) {
+      step.sequence_ids.push_back(s.sequence_id);
+      step.sampled.push_back(s.sample);
+      if (s.sample) step.row_of_sequence.emplace(s.sequence_id, static_cast<int64_t>(step.row_of_sequence.size()));
+    }
+    if (!CanLeaveRunning(batch)) {
+      step.on_host = true;
+      absl::StatusOr<StepResult> result;
+      if (previous != nullptr) {
+        std::vector<std::unique_ptr<std::vector<int32_t>>> histories;
+        absl::StatusOr<std::vector<SequenceStep>> resolved =
+            ResolvePreviousStepIds(batch, previous->host_id, &histories);
+        if (!resolved.ok()) return resolved.status();
+        result = StepImpl(*resolved);
+      } else {
+        result = StepImpl(batch);
+      }
+      if (!result.ok()) return result.status();
+      step.result = *std::move(result);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (batch[i].sample) step.host_ids.push_back(step.result.next_tokens[i]);
+      }
+      step.ids_on_host = true;
+      return step;
+    }
+#ifdef GLMSERVE_TORCH_CUDA
+    GLM_RETURN_IF_ERROR(Validate(batch, /*previous_ids=*/previous != nullptr));
+    const int64_t num_samples = static_cast<int64_t>(step.row_of_sequence.size());
+    absl::Status forward = GuardTorch("forward step", [&] {
+      const at::Tensor device_logits = forward_->Forward(batch, pool_, previous);
+      if (device_logits.dim() != 2 || device_logits.size(0) != num_samples) {
+        throw std::runtime_error(absl::StrCat("forward step returned ", device_logits.dim(), "-d logits with ",
+                                              device_logits.dim() > 0 ? device_logits.size(0) : 0, " rows; expected ",
+                                              num_samples));
+      }
+      const std::function<int32_t(int64_t)>* previous_id = previous != nullptr ? &previous->host_id : nullptr;
+      DeviceChoice choice = EnqueueDeviceChoice(batch, device_logits, previous_id);
+      // Every row's id on the device: the argmax, or the sampler's draw. A row the sampler leaves
+      // to the host (-1: NaN logits) takes id 0 here instead; a step left running has no host
+      // logits to sample from, and the next step feeds the id before the host sees it.
+      at::Tensor ids = choice.argmax_ids;
+      if (choice.drawn_ids.defined()) {
+        const at::Tensor drawn = choice.drawn_ids.clamp_min(0);
+        if (!ids.defined() && static_cast<int64_t>(choice.sampled_rows.size()) == num_samples) {
+          ids = drawn;
+        } else {
+          if (!ids.defined()) ids = at::zeros({num_samples}, drawn.options());
+          const at::Tensor rows = UploadBytes(choice.sampled_rows.data(), choice.sampled_rows.size() * sizeof(int64_t),
+                                              device_logits.device())
+                                      .view(at::kLong);
+          ids.index_copy_(0, rows, drawn);
+        }
+      } else if (!choice.sampled_rows.empty()) {
+        throw std::runtime_error("the device sampler could not be launched for a step left running");
+      }
+      if (!ids.defined())
+        ids = at::zeros({num_samples}, at::TensorOptions().dtype(at::kInt).device(device_logits.device()));
+      if (inject_oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > inject_oom_above_sequences_) {
+        TORCH_CHECK_WITH(OutOfMemoryError, false,
+                         "injected OOM (ExecutorOptions.inject_oom_above_sequences=", inject_oom_above_sequences_,
+                         "): batch of ", batch.size(), " sequences");
+      }
+      step.device_ids = ids;
+      step.pinned_ids = at::empty({num_samples}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+      if (num_samples > 0) step.pinned_ids.copy_(ids, /*non_blocking=*/true);
+      step.ready = std::make_shared<at::cuda::CUDAEvent>();
+      step.ready->record(at::cuda::getCurrentCUDAStream(device_logits.device().index()));
+      if (!choice.slots.empty()) {
+        step.penalty_slots = choice.slots;
+        step.penalty_lengths = penalty_tables_.Launched(choice.counted_steps, choice.slots, choice.counted);
+        for (size_t k = 0; k < choice.counted_steps.size(); ++k) {
+          step.penalty_sequences.push_back(choice.counted_steps[k]->sequence_id);
+          step.penalty_rows.push_back(choice.sampled_rows[choice.counted_rows[k]]);
+        }
+      }
+    });
+    if (!forward.ok()) {
+      if (absl::IsResourceExhausted(forward)) EmptyDeviceCache(model_->device());
+      return forward;
+    }
+    return step;
+#else
+    (void)previous;
+    return absl::InternalError("executor: a step left running needs a CUDA build");
+#endif
+  }
+
+  // Blocks until `step`'s ids are in host memory (timed as device wait).
+  void WaitForIds(LaunchedStep& step) {
+    if (step.ids_on_host) return;
+#ifdef GLMSERVE_TORCH_CUDA
+    const auto start = std::chrono::steady_clock::now();
+    step.ready->synchronize();
+    device_wait_us_ += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+    const int32_t* ids = step.pinned_ids.data_ptr<int32_t>();
+    step.host_ids.assign(ids, ids + step.pinned_ids.numel());
+#endif
+    step.ids_on_host = true;
+  }
+
+  // The id `step` sampled for `sequence_id`, on the host (waiting for the device where it must);
+  // -1 where it sampled none.
+  int32_t HostIdOf(LaunchedStep& step, int64_t sequence_id) {
+    auto it = step.row_of_sequence.find(sequence_id);
+    if (it == step.row_of_sequence.end()) return -1;
+    WaitForIds(step);
+    return step.host_ids[it->second];
+  }
   void BeforeProfiledStep() {
     if (profile_.done || profile_.recording || profile_.seen++ < profile_.after_steps) return;
     absl::Status started = StartDeviceProfile();
@@ -547,29 +817,40 @@ class PagedExecutor final : public StepExecutor {
                       : absl::StrCat("GLMSERVE_PROFILE_TRACE: ", stopped.message()));
   }
 
-  // Chooses on the device every row it can: plain greedy rows by argmax (the first maximum, as on
-  // the CPU); with device sampling on, every other row by kernels/sampling.h (penalties and stop
-  // masking on an fp32 copy of the row, then the draw or argmax, then the drawn id counted into
-  // the penalty tables); one device-to-host copy brings all their ids. Returns one id per sampled
-  // row of `batch`, -1 where the host must sample the row from its raw logits.
-  std::vector<int32_t> ChooseIdsOnDevice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits) {
-    std::vector<RowPath> paths;
-    std::vector<int64_t> sampled_rows;
+  // The device's choice of the sampled rows' ids, enqueued on the stream (nothing waits): plain
+  // greedy rows by argmax (the first maximum, as on the CPU); with device sampling on, every other
+  // row by kernels/sampling.h (penalties and stop masking on an fp32 copy of the row, then the draw
+  // or argmax, then the drawn id counted into the penalty tables).
+  struct DeviceChoice {
+    std::vector<RowPath> paths;                      // per sampled row of the batch
+    std::vector<int64_t> sampled_rows;               // the rows the device sampler draws (kDeviceSample)
+    at::Tensor argmax_ids;                           // [sampled rows] int32, when some row is kDeviceArgmax
+    at::Tensor drawn_ids;                            // [sampled_rows] int32, -1 where the host decides; undefined: all
+    std::vector<const SequenceStep*> counted_steps;  // rows with penalty counts
+    std::vector<size_t> counted_rows;                // their index in sampled_rows
+    std::vector<int32_t> slots;                      // their penalty-table slots
+    bool counted = false;                            // the drawn ids were counted into those slots
+  };
+  // `previous_id` (overlapped steps): a penalty slot rebuilt from a history that ends in
+  // kTokenFromPreviousStep counts the id the previous step sampled there.
+  DeviceChoice EnqueueDeviceChoice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits,
+                                   const std::function<int32_t(int64_t)>* previous_id) {
+    DeviceChoice choice;
     bool any_argmax = false;
 #ifdef GLMSERVE_TORCH_CUDA
     std::vector<kernels::SamplingRow> sampling;
     std::vector<kernels::PenaltyRow> penalties;
     std::vector<int32_t> stop_ids;
     bool any_change = false;
-    std::vector<const SequenceStep*> counted_steps;  // rows with penalty counts
-    std::vector<size_t> counted_rows;                // their index in sampled_rows
+#else
+    (void)previous_id;
 #endif
     for (const SequenceStep& s : batch) {
       if (!s.sample) continue;
-      paths.push_back(ChooseRowPath(s));
-      any_argmax |= paths.back() == RowPath::kDeviceArgmax;
-      if (paths.back() != RowPath::kDeviceSample) continue;
-      sampled_rows.push_back(static_cast<int64_t>(paths.size()) - 1);
+      choice.paths.push_back(ChooseRowPath(s));
+      any_argmax |= choice.paths.back() == RowPath::kDeviceArgmax;
+      if (choice.paths.back() != RowPath::kDeviceSample) continue;
+      choice.sampled_rows.push_back(static_cast<int64_t>(choice.paths.size()) - 1);
 #ifdef GLMSERVE_TORCH_CUDA
       const SamplingParams& params = s.params->sampling;
       kernels::SamplingRow row;
@@ -583,8 +864,8 @@ class PagedExecutor final : public StepExecutor {
         penalty.repetition = params.repetition_penalty;
         penalty.frequency = params.frequency_penalty;
         penalty.presence = params.presence_penalty;
-        counted_steps.push_back(&s);
-        counted_rows.push_back(penalties.size());
+        choice.counted_steps.push_back(&s);
+        choice.counted_rows.push_back(penalties.size());
         any_change = true;
       }
       if (s.num_generated < s.params->min_new_tokens) {
@@ -598,54 +879,63 @@ class PagedExecutor final : public StepExecutor {
       penalties.push_back(penalty);
 #endif
     }
-    std::vector<at::Tensor> parts;
-    if (any_argmax) parts.push_back(device_logits.argmax(-1).to(at::kInt));
-    const bool has_sampled = !sampled_rows.empty();
+    if (any_argmax) choice.argmax_ids = device_logits.argmax(-1).to(at::kInt);
 #ifdef GLMSERVE_TORCH_CUDA
-    std::vector<int32_t> slots;
     int32_t* counts = nullptr;
     uint8_t* seen = nullptr;
-    if (!counted_steps.empty() && sampled_rows.size() <= 65535) {
-      slots = penalty_tables_.Prepare(counted_steps, device_logits.size(1), device_logits.device());
-      for (size_t k = 0; k < counted_steps.size(); ++k) penalties[counted_rows[k]].slot = slots[k];
+    if (!choice.counted_steps.empty() && choice.sampled_rows.size() <= 65535) {
+      choice.slots =
+          penalty_tables_.Prepare(choice.counted_steps, device_logits.size(1), device_logits.device(), previous_id);
+      for (size_t k = 0; k < choice.counted_steps.size(); ++k) penalties[choice.counted_rows[k]].slot = choice.slots[k];
       counts = penalty_tables_.counts();
       seen = penalty_tables_.seen();
     }
-    DeviceDraw draw;
-    if (has_sampled) {
-      draw = SampleRowsOnDevice(device_logits, sampled_rows, sampling, any_change ? &penalties : nullptr, stop_ids,
-                                counts, seen);
+    if (!choice.sampled_rows.empty()) {
+      const DeviceDraw draw = SampleRowsOnDevice(device_logits, choice.sampled_rows, sampling,
+                                                 any_change ? &penalties : nullptr, stop_ids, counts, seen);
+      choice.drawn_ids = draw.ids;
+      choice.counted = draw.counted;
     }
-    if (draw.ids.defined()) parts.push_back(draw.ids);
 #endif
-    std::vector<int32_t> ids(paths.size(), -1);
+    return choice;
+  }
+
+  // One id per sampled row of `batch` chosen on the device, waiting for them (one device-to-host
+  // copy); -1 where the host must sample the row from its raw logits.
+  std::vector<int32_t> ChooseIdsOnDevice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits) {
+    DeviceChoice choice = EnqueueDeviceChoice(batch, device_logits, nullptr);
+    std::vector<int32_t> ids(choice.paths.size(), -1);
+    std::vector<at::Tensor> parts;
+    if (choice.argmax_ids.defined()) parts.push_back(choice.argmax_ids);
+    if (choice.drawn_ids.defined()) parts.push_back(choice.drawn_ids);
     if (parts.empty()) return ids;
     at::Tensor host_ids = WaitForDevice([&] { return (parts.size() == 1 ? parts[0] : at::cat(parts)).cpu(); });
-    const int32_t* argmax_ids = any_argmax ? host_ids.data_ptr<int32_t>() : nullptr;
+    const int32_t* argmax_ids = choice.argmax_ids.defined() ? host_ids.data_ptr<int32_t>() : nullptr;
     const int32_t* sampled_ids =
-        has_sampled && static_cast<int64_t>(parts.size()) > (any_argmax ? 1 : 0)
-            ? host_ids.data_ptr<int32_t>() + (any_argmax ? static_cast<int64_t>(paths.size()) : 0)
+        choice.drawn_ids.defined()
+            ? host_ids.data_ptr<int32_t>() + (argmax_ids != nullptr ? static_cast<int64_t>(choice.paths.size()) : 0)
             : nullptr;
-    for (size_t row = 0; row < paths.size(); ++row) {
-      if (paths[row] == RowPath::kDeviceArgmax) ids[row] = argmax_ids[row];
+    for (size_t row = 0; row < choice.paths.size(); ++row) {
+      if (choice.paths[row] == RowPath::kDeviceArgmax) ids[row] = argmax_ids[row];
     }
     if (sampled_ids != nullptr) {
-      for (size_t k = 0; k < sampled_rows.size(); ++k) ids[sampled_rows[k]] = sampled_ids[k];
+      for (size_t k = 0; k < choice.sampled_rows.size(); ++k) ids[choice.sampled_rows[k]] = sampled_ids[k];
     }
 #ifdef GLMSERVE_TORCH_CUDA
-    if (!counted_steps.empty() && !slots.empty()) {
-      std::vector<int32_t> drawn(counted_steps.size(), -1);
-      if (draw.counted) {
-        for (size_t k = 0; k < counted_steps.size(); ++k) drawn[k] = sampled_ids[counted_rows[k]];
+    if (!choice.slots.empty()) {
+      std::vector<int32_t> drawn(choice.counted_steps.size(), -1);
+      if (choice.counted) {
+        for (size_t k = 0; k < choice.counted_steps.size(); ++k) drawn[k] = sampled_ids[choice.counted_rows[k]];
       }
-      penalty_tables_.Committed(counted_steps, slots, drawn);
+      penalty_tables_.Committed(choice.counted_steps, choice.slots, drawn);
     }
 #endif
     return ids;
   }
 
   // INTERNAL naming the problem when `batch` breaks what the engine promises; nothing is run.
-  absl::Status Validate(const std::vector<SequenceStep>& batch) {
+  // `previous_ids`: a sampled one-token row may feed kTokenFromPreviousStep (overlapped steps).
+  absl::Status Validate(const std::vector<SequenceStep>& batch, bool previous_ids = false) {
     const int32_t vocab = model_->config().vocab_size;
     const int64_t max_positions = model_->config().max_position_embeddings;
     // Entries of earlier steps carry an older generation: no per-step clearing of the whole pool's
@@ -672,6 +962,7 @@ class PagedExecutor final : public StepExecutor {
                                 " does not cover position ", end - 1));
       }
       for (int32_t id : s.tokens) {
+        if (id == kTokenFromPreviousStep && previous_ids && s.tokens.size() == 1 && s.sample) continue;
         if (id < 0 || id >= vocab) return bad(absl::StrCat("token id ", id, " outside [0, ", vocab, ")"));
       }
       if (s.history != nullptr) {
@@ -824,6 +1115,7 @@ class PagedExecutor final : public StepExecutor {
 #ifdef GLMSERVE_TORCH_CUDA
   PenaltyTables penalty_tables_;
 #endif
+  std::deque<LaunchedStep> launched_;  // overlapped steps launched and not collected, oldest first
 };
 
 class ModelRunnerImpl final : public ModelRunner {

@@ -58,6 +58,12 @@ class FakeExecutor : public StepExecutor {
     std::lock_guard<std::mutex> lock(mu_);
     oom_above_sequences_ = n;
   }
+  // The out-of-memory above comes after the step wrote its KV, as a real executor's may (a forward
+  // that ran, then failed): the engine must treat those positions as not computed.
+  void set_oom_after_writing(bool v) {
+    std::lock_guard<std::mutex> lock(mu_);
+    oom_after_writing_ = v;
+  }
   // Every step returns RESOURCE_EXHAUSTED while set.
   void set_always_oom(bool v) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -234,7 +240,9 @@ class FakeExecutor : public StepExecutor {
     batches_.push_back(batch);
     max_batch_seen_ = std::max<int32_t>(max_batch_seen_, static_cast<int32_t>(batch.size()));
     for (const SequenceStep& st : batch) live_.insert(st.sequence_id);
-    if (always_oom_ || (oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > oom_above_sequences_)) {
+    const bool oom =
+        always_oom_ || (oom_above_sequences_ > 0 && static_cast<int32_t>(batch.size()) > oom_above_sequences_);
+    if (oom && !oom_after_writing_) {
       return absl::ResourceExhaustedError(absl::StrCat("fake OOM with ", batch.size(), " sequences"));
     }
     int64_t encoder_tokens = 0;
@@ -314,6 +322,8 @@ class FakeExecutor : public StepExecutor {
       const std::vector<int32_t>& stops = p.stop_token_ids.empty() ? eos_ids_ : p.stop_token_ids;
       result.next_tokens.push_back(Next(sum, end, st.num_generated, p.min_new_tokens, stops));
     }
+    if (oom)
+      return absl::ResourceExhaustedError(absl::StrCat("fake OOM after writing KV, ", batch.size(), " sequences"));
     result.device_wait_us = static_cast<double>(device_wait_.count());
     return result;
   }
@@ -373,7 +383,7 @@ class FakeExecutor : public StepExecutor {
 
   int32_t Next(int64_t sum, int64_t len, int32_t num_generated, int32_t min_new,
                const std::vector<int32_t>& stops) const {
-    int32_t id = static_cast<int32_t>((sum * 31 + len) % vocab_);
+    int32_t id = static_cast<int32_t>((sum * 31 + len + int64_t{num_generated} * 7919) % vocab_);
     if (num_generated < min_new) {
       while (std::find(stops.begin(), stops.end(), id) != stops.end()) id = (id + 1) % vocab_;
     }
@@ -389,6 +399,7 @@ class FakeExecutor : public StepExecutor {
   const int32_t vocab_;
   const std::vector<int32_t> eos_ids_;
   FakeClock* clock_ = nullptr;
+  bool oom_after_writing_ = false;
   int64_t launches_ = 0, collects_ = 0, fail_collect_ = 0, placeholder_rows_ = 0;
   int32_t outstanding_ = 0, max_outstanding_ = 0;
   std::set<int64_t> last_launch_sampled_;
