@@ -8,7 +8,10 @@
 // process's one-time initialisation out of the first batch size's TTFT and steps.
 //   decode_bench --model DIR [--random-weights] --device cuda --dtype bfloat16
 //                [--batch-sizes 1,8,32,64] [--prompt-tokens 128] [--new-tokens 128] [--hbm-gbps 3350]
-//                [--profile-trace PREFIX]
+//                [--profile-trace PREFIX] [--overlap-steps false]
+// --overlap-steps: each decode step is launched before the one before it is collected (the
+// executor's Launch / Collect, as `glmserve serve --overlap-steps` drives it), its tokens the
+// previous step's ids on the device: the host's staging runs while the GPU computes.
 // --profile-trace: after each batch size's timed run, profiles kProfiledSteps more decode steps
 // and writes PREFIX-b<batch>.json (a Chrome trace; bench/summarize_trace.py sums its kernels).
 #include <chrono>
@@ -37,6 +40,7 @@ int main(int argc, char** argv) {
   double hbm_gbps = 3350;  // H100 SXM HBM3
   std::string profile_trace;
   double temperature = 0, top_p = 1;
+  bool overlap_steps = false;
   int32_t top_k = 0;
   using glmserve::flags::kIntMax;
   glmserve::flags::FlagSet flags("decode_bench", "--model DIR [flags]",
@@ -50,6 +54,9 @@ int main(int argc, char** argv) {
   flags.Number("temperature", &temperature, {0, 1e6}, "sampling temperature (0 = greedy)");
   flags.Int("top-k", &top_k, 0, kIntMax, "top-k when sampling (0 = off)");
   flags.Number("top-p", &top_p, {0, 1, /*lo_open=*/true}, "top-p when sampling (1 = off)");
+  flags.Bool("overlap-steps", &overlap_steps,
+             "launch each decode step before collecting the one before it (the next step's tokens stay on "
+             "the device)");
   flags.String("profile-trace", &profile_trace, "write a profile of extra decode steps to PREFIX-b<batch>.json")
       .ValueName("PREFIX");
   if (auto exit_code = glmserve::bench::ParseBenchFlags(flags, model_flags, argc, argv)) return *exit_code;
@@ -167,12 +174,49 @@ int main(int argc, char** argv) {
       for (int32_t b = 0; b < batch; ++b) history[b].push_back(out->next_tokens[b]);
       return true;
     };
+    // --overlap-steps: decode step `step` launched, its rows fed the previous step's ids where
+    // that step is still out (each history ends in a placeholder for the id its last launched step
+    // samples); collecting a step puts its ids in place of the oldest placeholders.
+    int32_t out_steps = 0;
+    auto launch_step = [&](int32_t step) {
+      for (int32_t b = 0; b < batch; ++b) {
+        steps[b].start_position = static_cast<int32_t>(history[b].size()) - 1;
+        steps[b].tokens = {history[b].back()};
+        steps[b].num_generated = step;
+      }
+      const absl::Status launched = (*executor)->Launch(steps);
+      if (!launched.ok()) {
+        std::fprintf(stderr, "decode launch: %s\n", std::string(launched.message()).c_str());
+        return false;
+      }
+      for (int32_t b = 0; b < batch; ++b) history[b].push_back(glmserve::kTokenFromPreviousStep);
+      ++out_steps;
+      return true;
+    };
+    auto collect_step = [&]() {
+      auto out = (*executor)->Collect();
+      if (!out.ok()) {
+        std::fprintf(stderr, "decode collect: %s\n", std::string(out.status().message()).c_str());
+        return false;
+      }
+      for (int32_t b = 0; b < batch; ++b) history[b][history[b].size() - out_steps] = out->next_tokens[b];
+      --out_steps;
+      return true;
+    };
     // The first decode step of a batch size, on its own too: a slow one means a one-time cost
     // (a graph capture, a GEMM choice) reached a timed step.
     Clock::time_point first_decode_end = first_token;
     for (int32_t step = 1; step < new_tokens; ++step) {
-      if (!decode_step(step)) return 1;
+      if (overlap_steps) {
+        if (!launch_step(step)) return 1;
+        if (out_steps == 2 && !collect_step()) return 1;
+      } else if (!decode_step(step)) {
+        return 1;
+      }
       if (step == 1) first_decode_end = Clock::now();
+    }
+    while (out_steps > 0) {
+      if (!collect_step()) return 1;
     }
     const Clock::time_point end = Clock::now();
     const double step_ms = Ms(first_token, end) / (new_tokens - 1);
