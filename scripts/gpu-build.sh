@@ -13,7 +13,9 @@
 # GLMSERVE_GPU_EXTRA=0 (attention block size, sampled decode) GLMSERVE_GPU_SWEEP=0 (GEMV rows,
 # host sampler) GLMSERVE_GPU_NCU=0 (Nsight Compute on the attention kernel) GLMSERVE_GPU_SERVE=1
 # (glmserve serve + glmload table: scripts/gpu-serve-bench.sh, its own switches there)
-# GLMSERVE_GPU_VISION=0 (the AutoGLM-Phone-9B agent benchmark: scripts/gpu-vision-bench.sh).
+# GLMSERVE_GPU_VISION=0 (the AutoGLM-Phone-9B agent benchmark: scripts/gpu-vision-bench.sh)
+# GLMSERVE_GPU_OVERLAP=0 (--overlap-steps: engine tests on CUDA, decode_bench and the server with
+# and without).
 # GLMSERVE_GPU_CONFIGURE_ONLY=1 stops after unpacking the prefix and configuring (no GPU needed:
 # how the prefix handling is checked on a CPU machine). Where one call is limited to 10 minutes,
 # build first with every part 0 (GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0
@@ -242,6 +244,19 @@ if [ "${GLMSERVE_GPU_VISION:-0}" = 1 ]; then
     tail -1 "$out/glm4v_live_cuda_$dt.log"; grep FAIL "$out/glm4v_live_cuda_$dt.log" | head -5
   done
   run env OUT="$out" bash scripts/gpu-vision-bench.sh
+fi
+if [ "${GLMSERVE_GPU_OVERLAP:-0}" = 1 ]; then
+  # Overlapped steps (--overlap-steps): the engine on the real model on CUDA with them (same ids as
+  # alone, OOM storm), decode_bench with and without (ABAB), the server with and without (ABAB).
+  echo "== overlapped steps"
+  GLMSERVE_TEST_DEVICE=cuda run timeout 300 .gpu/build/tests/engine_model/engine_model_test \
+    --gtest_filter='*Overlap*:*Invariance*' >"$out/overlap_engine_model_cuda.log" 2>&1
+  tail -1 "$out/overlap_engine_model_cuda.log"; grep -E "overlapped steps|FAILED" "$out/overlap_engine_model_cuda.log" | head
+  for overlap in false true false true; do
+    bench --batch-sizes "${GLMSERVE_BATCHES:-1,64}" --overlap-steps "$overlap" 2>/dev/null | tail -n +3 |
+      sed "s/^/overlap $overlap /" | tee -a "$out/overlap_decode.md"
+  done
+  run env OUT="$out/overlap_serve" bash scripts/gpu-serve-ab.sh "" "--overlap-steps true" "" "--overlap-steps true"
 fi
 if [ "${GLMSERVE_GPU_SERVE:-1}" = 1 ]; then
   # glmserve serve --device cuda driven by glmload through gRPC (and HTTP) beside decode_bench.
