@@ -827,20 +827,35 @@ absl::Status Scheduler::InjectFaults(const PlannedStep& plan) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The engine edge: no exception crosses into the scheduler; `who` threw becomes INTERNAL.
+template <typename Result, typename Call>
+Result AtEngineEdge(const char* who, Call&& call) {
+  try {
+    return call();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(who, " threw: ", e.what()));
+  } catch (...) {
+    return absl::InternalError(absl::StrCat(who, " threw a non-standard exception"));
+  }
+}
+
+}  // namespace
+
+void Scheduler::ThrowIfInjected() const {
+  const FaultInjectionOptions& f = options_.faults;
+  if (f.throw_on_step > 0 && step_attempts_ == f.throw_on_step) {
+    throw std::runtime_error(absl::StrCat("injected exception on step ", step_attempts_));
+  }
+}
+
 absl::StatusOr<StepResult> Scheduler::Execute(const PlannedStep& plan) {
   GLM_RETURN_IF_ERROR(InjectFaults(plan));
-  // The engine edge: no exception crosses into the scheduler.
-  try {
-    const FaultInjectionOptions& f = options_.faults;
-    if (f.throw_on_step > 0 && step_attempts_ == f.throw_on_step) {
-      throw std::runtime_error(absl::StrCat("injected exception on step ", step_attempts_));
-    }
+  return AtEngineEdge<absl::StatusOr<StepResult>>("executor", [&] {
+    ThrowIfInjected();
     return executor_->Step(plan.steps);
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("executor threw: ", e.what()));
-  } catch (...) {
-    return absl::InternalError("executor threw a non-standard exception");
-  }
+  });
 }
 
 void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePoint now) {
@@ -984,17 +999,10 @@ Scheduler::StepOutcome Scheduler::RunOnce() {
 
 absl::Status Scheduler::LaunchPlan(const PlannedStep& plan) {
   GLM_RETURN_IF_ERROR(InjectFaults(plan));
-  try {  // the engine edge, as in Execute
-    const FaultInjectionOptions& f = options_.faults;
-    if (f.throw_on_step > 0 && step_attempts_ == f.throw_on_step) {
-      throw std::runtime_error(absl::StrCat("injected exception on step ", step_attempts_));
-    }
+  return AtEngineEdge<absl::Status>("executor", [&] {
+    ThrowIfInjected();
     return executor_->Launch(plan.steps);
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("executor threw: ", e.what()));
-  } catch (...) {
-    return absl::InternalError("executor threw a non-standard exception");
-  }
+  });
 }
 
 void Scheduler::AdvanceLaunched(const PlannedStep& plan) {
@@ -1024,15 +1032,8 @@ bool Scheduler::PlanningMayPreempt() const {
 
 Scheduler::StepOutcome Scheduler::CollectInFlight() {
   const TimePoint start = clock_->Now();
-  absl::StatusOr<StepResult> result = [this]() -> absl::StatusOr<StepResult> {
-    try {  // the engine edge, as in Execute
-      return executor_->Collect();
-    } catch (const std::exception& e) {
-      return absl::InternalError(absl::StrCat("executor Collect threw: ", e.what()));
-    } catch (...) {
-      return absl::InternalError("executor Collect threw a non-standard exception");
-    }
-  }();
+  absl::StatusOr<StepResult> result =
+      AtEngineEdge<absl::StatusOr<StepResult>>("executor Collect", [this] { return executor_->Collect(); });
   const TimePoint collected = clock_->Now();
   const int64_t device_wait = result.ok() ? static_cast<int64_t>(result->device_wait_us * 1000) : 0;
   device_wait_ns_ += device_wait;

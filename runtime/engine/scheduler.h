@@ -290,6 +290,8 @@ class Scheduler {
   Sequence* PopBestWaiting(TimePoint now, bool pop);
   // The fault injection every executor call goes through (faults): the injected failure, or OK.
   absl::Status InjectFaults(const PlannedStep& plan);
+  // faults.throw_on_step: throws on that step attempt (called inside the engine edge).
+  void ThrowIfInjected() const;
   absl::StatusOr<StepResult> Execute(const PlannedStep& plan);
   void Commit(const PlannedStep& plan, const StepResult& result, TimePoint now);
   // overlap_steps: RunOnce's form; Launch(plan_) and what a launched step changes at once (fed

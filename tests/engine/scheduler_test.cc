@@ -559,82 +559,98 @@ TEST(SchedulerTest, ModelEosIdsUsedWhenStopIdsEmpty) {
 }
 
 TEST(SchedulerTest, AimdSequenceOfLimitsUnderInjectedOom) {
-  SchedulerOptions o;
-  o.max_batch_size = 16;
-  o.aimd_increase_after_steps = 3;
-  o.faults.oom_above_sequences = 5;
-  Harness h(o, 4, 256);
-  for (int i = 0; i < 16; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 3), 40));
-  h.RunUntilIdle();
-  // 16 -> 8 -> 4 on the first two OOMs; +1 per 3 clean steps; 6 running OOMs -> 3; and again.
-  ASSERT_GE(h.limits.size(), 9u);
-  EXPECT_EQ(std::vector<int32_t>(h.limits.begin(), h.limits.begin() + 9),
-            (std::vector<int32_t>{8, 4, 5, 6, 3, 4, 5, 6, 3}));
-  EXPECT_GT(h.scheduler->stats().oom_events, 3);
-  EXPECT_GT(h.scheduler->stats().preemptions, 0);
-  EXPECT_LE(h.executor.max_batch_seen(), 5);  // injected OOMs never reach the executor
-  h.ExpectAllMatchReference();
+  for (bool overlap : {false, true}) {  // overlap_steps: the same outcome
+    SCOPED_TRACE(overlap ? "overlapped steps" : "synchronous steps");
+    SchedulerOptions o;
+    o.overlap_steps = overlap;
+    o.max_batch_size = 16;
+    o.aimd_increase_after_steps = 3;
+    o.faults.oom_above_sequences = 5;
+    Harness h(o, 4, 256);
+    for (int i = 0; i < 16; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 3), 40));
+    h.RunUntilIdle();
+    // 16 -> 8 -> 4 on the first two OOMs; +1 per 3 clean steps; 6 running OOMs -> 3; and again.
+    ASSERT_GE(h.limits.size(), 9u);
+    EXPECT_EQ(std::vector<int32_t>(h.limits.begin(), h.limits.begin() + 9),
+              (std::vector<int32_t>{8, 4, 5, 6, 3, 4, 5, 6, 3}));
+    EXPECT_GT(h.scheduler->stats().oom_events, 3);
+    EXPECT_GT(h.scheduler->stats().preemptions, 0);
+    EXPECT_LE(h.executor.max_batch_seen(), 5);  // injected OOMs never reach the executor
+    h.ExpectAllMatchReference();
+  }
 }
 
 TEST(SchedulerTest, ExecutorOomShrinksLikeInjectedOom) {
-  SchedulerOptions o;
-  o.max_batch_size = 32;
-  o.aimd_increase_after_steps = 2;
-  Harness h(o, 4, 512);
-  h.executor.set_oom_above_sequences(6);  // the executor itself answers RESOURCE_EXHAUSTED
-  for (int i = 0; i < 32; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 5), 12));
-  h.RunUntilIdle();
-  ASSERT_GE(h.limits.size(), 3u);
-  EXPECT_EQ(h.limits[0], 16);
-  EXPECT_EQ(h.limits[1], 8);
-  EXPECT_EQ(h.limits[2], 4);
-  EXPECT_GT(h.scheduler->stats().oom_events, 2);
-  h.ExpectAllMatchReference();
+  for (bool overlap : {false, true}) {  // overlap_steps: the same outcome
+    SCOPED_TRACE(overlap ? "overlapped steps" : "synchronous steps");
+    SchedulerOptions o;
+    o.overlap_steps = overlap;
+    o.max_batch_size = 32;
+    o.aimd_increase_after_steps = 2;
+    Harness h(o, 4, 512);
+    h.executor.set_oom_above_sequences(6);  // the executor itself answers RESOURCE_EXHAUSTED
+    for (int i = 0; i < 32; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 5), 12));
+    h.RunUntilIdle();
+    ASSERT_GE(h.limits.size(), 3u);
+    EXPECT_EQ(h.limits[0], 16);
+    EXPECT_EQ(h.limits[1], 8);
+    EXPECT_EQ(h.limits[2], 4);
+    EXPECT_GT(h.scheduler->stats().oom_events, 2);
+    h.ExpectAllMatchReference();
+  }
 }
 
 TEST(SchedulerTest, OomAloneFailsOnlyThatRequestAfterBoundedRetries) {
-  SchedulerOptions o;
-  o.max_oom_retries_alone = 2;
-  o.faults.oom_above_tokens = 10;  // a 20-token prefill can never run
-  Harness h(o, 4, 64);
-  RequestResult big;
-  int big_done = 0;
-  RequestCallbacks cb;
-  cb.on_done = [&](const RequestResult& r) {
-    big = r;
-    ++big_done;
-  };
-  ASSERT_TRUE(h.scheduler->Add(MakeRequest("big", MakePrompt(1, 20), 4), std::move(cb), h.clock.Now()).ok());
-  h.Add(MakeRequest("small", MakePrompt(2, 3), 8));
-  h.RunUntilIdle(100);
-  ASSERT_EQ(big_done, 1);
-  EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(big.status.message().find("alone"), std::string::npos) << big.status;
-  EXPECT_NE(big.status.message().find("20 tokens"), std::string::npos) << big.status;
-  // 1 OOM with both, then 3 alone (first try + 2 retries).
-  EXPECT_EQ(h.scheduler->stats().oom_events, 4);
-  EXPECT_EQ(h.limits.front(), 1);
-  h.ExpectAllMatchReference();
+  for (bool overlap : {false, true}) {  // overlap_steps: the same outcome
+    SCOPED_TRACE(overlap ? "overlapped steps" : "synchronous steps");
+    SchedulerOptions o;
+    o.overlap_steps = overlap;
+    o.max_oom_retries_alone = 2;
+    o.faults.oom_above_tokens = 10;  // a 20-token prefill can never run
+    Harness h(o, 4, 64);
+    RequestResult big;
+    int big_done = 0;
+    RequestCallbacks cb;
+    cb.on_done = [&](const RequestResult& r) {
+      big = r;
+      ++big_done;
+    };
+    ASSERT_TRUE(h.scheduler->Add(MakeRequest("big", MakePrompt(1, 20), 4), std::move(cb), h.clock.Now()).ok());
+    h.Add(MakeRequest("small", MakePrompt(2, 3), 8));
+    h.RunUntilIdle(100);
+    ASSERT_EQ(big_done, 1);
+    EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_NE(big.status.message().find("alone"), std::string::npos) << big.status;
+    EXPECT_NE(big.status.message().find("20 tokens"), std::string::npos) << big.status;
+    // 1 OOM with both, then 3 alone (first try + 2 retries).
+    EXPECT_EQ(h.scheduler->stats().oom_events, 4);
+    EXPECT_EQ(h.limits.front(), 1);
+    h.ExpectAllMatchReference();
+  }
 }
 
 TEST(SchedulerTest, PoolExhaustionPreemptsNewestAndRecomputeGivesSameIds) {
-  SchedulerOptions o;
-  o.max_batch_size = 8;
-  Harness h(o, /*block_size=*/4, /*num_blocks=*/12);
-  for (int i = 0; i < 6; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 6), 20));
-  h.RunUntilIdle();
-  EXPECT_GT(h.scheduler->stats().preemptions, 0);
-  // The oldest request is never the victim: it is never re-prefilled from position 0.
-  int64_t r0_seq = -1;
-  int prefills_of_r0 = 0;
-  for (const auto& b : h.executor.batches()) {
-    for (const SequenceStep& st : b) {
-      if (r0_seq < 0) r0_seq = st.sequence_id;
-      if (st.sequence_id == r0_seq && st.start_position == 0) ++prefills_of_r0;
+  for (bool overlap : {false, true}) {  // overlap_steps: the same outcome
+    SCOPED_TRACE(overlap ? "overlapped steps" : "synchronous steps");
+    SchedulerOptions o;
+    o.overlap_steps = overlap;
+    o.max_batch_size = 8;
+    Harness h(o, /*block_size=*/4, /*num_blocks=*/12);
+    for (int i = 0; i < 6; ++i) h.Add(MakeRequest("r" + std::to_string(i), MakePrompt(i, 6), 20));
+    h.RunUntilIdle();
+    EXPECT_GT(h.scheduler->stats().preemptions, 0);
+    // The oldest request is never the victim: it is never re-prefilled from position 0.
+    int64_t r0_seq = -1;
+    int prefills_of_r0 = 0;
+    for (const auto& b : h.executor.batches()) {
+      for (const SequenceStep& st : b) {
+        if (r0_seq < 0) r0_seq = st.sequence_id;
+        if (st.sequence_id == r0_seq && st.start_position == 0) ++prefills_of_r0;
+      }
     }
+    EXPECT_EQ(prefills_of_r0, 1);
+    h.ExpectAllMatchReference();
   }
-  EXPECT_EQ(prefills_of_r0, 1);
-  h.ExpectAllMatchReference();
 }
 
 TEST(SchedulerTest, LongRequestIsNotStarvedByShortOnes) {
@@ -747,22 +763,26 @@ TEST(SchedulerTest, InjectedStepLatencyGoesThroughTheClock) {
 }
 
 TEST(SchedulerTest, InjectedExceptionFailsOnlyThatStepsRequests) {
-  SchedulerOptions o;
-  o.max_batch_size = 1;
-  o.max_tokens_per_step = 64;
-  o.faults.throw_on_step = 2;
-  Harness h(o, 4, 64);
-  RequestResult first;
-  RequestCallbacks cb;
-  cb.on_done = [&](const RequestResult& r) { first = r; };
-  ASSERT_TRUE(h.scheduler->Add(MakeRequest("x", MakePrompt(1, 3), 5), std::move(cb), h.clock.Now()).ok());
-  h.Add(MakeRequest("y", MakePrompt(2, 3), 5));
-  h.RunUntilIdle();
-  EXPECT_EQ(first.status.code(), absl::StatusCode::kInternal);
-  EXPECT_NE(first.status.message().find("injected exception"), std::string::npos);
-  EXPECT_EQ(first.finish_reason, FinishReason::kError);
-  EXPECT_EQ(first.output_ids.size(), 1u);
-  h.ExpectAllMatchReference();
+  for (bool overlap : {false, true}) {  // overlap_steps: the same outcome
+    SCOPED_TRACE(overlap ? "overlapped steps" : "synchronous steps");
+    SchedulerOptions o;
+    o.overlap_steps = overlap;
+    o.max_batch_size = 1;
+    o.max_tokens_per_step = 64;
+    o.faults.throw_on_step = 2;
+    Harness h(o, 4, 64);
+    RequestResult first;
+    RequestCallbacks cb;
+    cb.on_done = [&](const RequestResult& r) { first = r; };
+    ASSERT_TRUE(h.scheduler->Add(MakeRequest("x", MakePrompt(1, 3), 5), std::move(cb), h.clock.Now()).ok());
+    h.Add(MakeRequest("y", MakePrompt(2, 3), 5));
+    h.RunUntilIdle();
+    EXPECT_EQ(first.status.code(), absl::StatusCode::kInternal);
+    EXPECT_NE(first.status.message().find("injected exception"), std::string::npos);
+    EXPECT_EQ(first.finish_reason, FinishReason::kError);
+    EXPECT_EQ(first.output_ids.size(), 1u);
+    h.ExpectAllMatchReference();
+  }
 }
 
 }  // namespace
