@@ -174,7 +174,9 @@ struct SchedulerOptions {
   // feeds kTokenFromPreviousStep, which the executor takes from N's ids. The ids every request
   // gets are the same as without; what differs: a sequence that stops on a stop id in step N, is
   // cancelled or passes its deadline has run one more row in step N+1, discarded (and a
-  // sequence that ends at max_new_tokens in step N is not planned into N+1). Steps go
+  // sequence that ends at max_new_tokens in step N is not planned into N+1), and a request that
+  // arrives while step N runs is admitted into N+2, N+1 being planned already (its first token
+  // about one step later than without). Steps go
   // synchronous (collect, then plan) while planning could preempt (a decode needs a new KV block
   // and the pool could run short) and after a launch fails; an error the executor reports only
   // at Collect fails that step's requests (an out-of-memory is reported at Launch, retried as

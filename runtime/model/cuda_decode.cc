@@ -382,7 +382,9 @@ class CudaDecodeRunner {
     int64_t* cu_q = decode_lens + m.num_decodes;
     int64_t* cu_k = cu_q + m.num_prefills + 1;
     int64_t* tables = cu_k + m.num_prefills + 1;
-    std::map<const SequenceStep*, int64_t> last_row;  // each sampled sequence's last row
+    // Each batch entry's last row, by its index in the batch (a std::map here cost a node a row).
+    std::vector<int64_t> last_row(batch.size());
+    auto entry = [&batch](const SequenceStep& s) { return static_cast<size_t>(&s - batch.data()); };
     int64_t row = 0;
     for (int32_t d = 0; d < m.num_decodes; ++d) {
       const SequenceStep& s = *decodes[d];
@@ -393,7 +395,7 @@ class CudaDecodeRunner {
       const int32_t used = s.start_position / kv.block_size + 1;
       int64_t* table = tables + int64_t{d} * decode_blocks;
       for (int32_t b = 0; b < decode_blocks; ++b) table[b] = b < used ? s.block_table.at(b) : s.block_table.at(0);
-      last_row[&s] = row++;
+      last_row[entry(s)] = row++;
     }
     int64_t context = 0;
     cu_q[0] = 0;
@@ -410,7 +412,7 @@ class CudaDecodeRunner {
       cu_q[p + 1] = cu_q[p] + n;
       cu_k[p + 1] = cu_k[p] + s.start_position + n;
       row += n;
-      last_row[&s] = row - 1;
+      last_row[entry(s)] = row - 1;
     }
     for (; row < rows; ++row) {  // graph padding
       ids[row] = 0;
@@ -418,8 +420,8 @@ class CudaDecodeRunner {
       slots[row] = int64_t{kv.scratch_block()} * kv.block_size;
     }
     int64_t sample = 0;
-    for (const SequenceStep& s : batch) {
-      if (s.sample) sampled_rows[sample++] = last_row.at(&s);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (batch[i].sample) sampled_rows[sample++] = last_row[i];
     }
     const at::Tensor device_indices = host.to(model_.device(), /*non_blocking=*/true);
     auto part = [&](const int64_t* begin, int64_t count) { return device_indices.narrow(0, begin - ids, count); };
@@ -860,7 +862,8 @@ class CudaDecodeRunner {
     int32_t* cu_q = lens + kIntCuQ;
     int32_t* cu_k = lens + kIntCuK;
     int32_t* tables = lens + kIntTables;
-    std::map<const SequenceStep*, int64_t> last_row;
+    std::vector<int64_t> last_row(batch.size());  // by the entry's index in the batch
+    auto entry = [&batch](const SequenceStep& s) { return static_cast<size_t>(&s - batch.data()); };
     int64_t row = 0, table_width = 0;
     for (const SequenceStep* s : decodes) {
       ids[row] = StagedId(*s, row);
@@ -870,7 +873,7 @@ class CudaDecodeRunner {
       const int64_t used = s->start_position / kv.block_size + 1;
       std::copy(s->block_table.begin(), s->block_table.begin() + used, tables + row * st.max_blocks);
       table_width = std::max(table_width, used);
-      last_row[s] = row++;
+      last_row[entry(*s)] = row++;
     }
     const int64_t num_decodes = row;
     int64_t context = 0;
@@ -896,7 +899,7 @@ class CudaDecodeRunner {
       }
       cu_q[p + 1] = static_cast<int32_t>(cu_q[p] + n);
       cu_k[p + 1] = static_cast<int32_t>(cu_k[p] + s.start_position + n);
-      last_row[&s] = row - 1;
+      last_row[entry(s)] = row - 1;
     }
     for (int64_t p = static_cast<int64_t>(prefills.size()); p < kWholePrefillSlots; ++p) {
       cu_q[p + 1] = cu_q[p];  // empty sequences
@@ -910,8 +913,8 @@ class CudaDecodeRunner {
       lens[row] = 0;
     }
     int64_t num_samples = 0;
-    for (const SequenceStep& s : batch) {
-      if (s.sample) sampled_rows[num_samples++] = last_row.at(&s);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (batch[i].sample) sampled_rows[num_samples++] = last_row[i];
     }
     // Context slots past this step's keep earlier values: valid slots, gathered but never read.
     const int64_t longs = kLongContext + (g.paged_prompts ? 0 : context_tokens);

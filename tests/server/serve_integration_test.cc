@@ -70,6 +70,9 @@ class ServeIntegrationTest : public ::testing::Test {
     return stub_->Infer(&ctx, request, response);
   }
   static std::vector<int32_t> Ids(const v1::InferResponse& r) { return {r.output_ids().begin(), r.output_ids().end()}; }
+  // Bodies of tests that run once per server configuration.
+  void CheckDeadlineAndCancelFreeCapacity();
+  void CheckSixtyFourConcurrentClients();
 
   std::unique_ptr<ServerProcess> server_;
   int port_ = 0;
@@ -150,8 +153,17 @@ TEST_F(ServeIntegrationTest, InvalidInputsAreRejected) {
 }
 
 // One sequence at a time and slow steps: a request that still held its slot would delay the next.
+// Also with overlapped steps, where the slot's sequence is in a launched step when it goes.
 TEST_F(ServeIntegrationTest, DeadlineAndCancelFreeCapacity) {
-  Start({"--max-batch", "1", "--debug-step-latency-ms", "10"});
+  for (const char* overlap : {"false", "true"}) {
+    SCOPED_TRACE(std::string("--overlap-steps ") + overlap);
+    Start({"--max-batch", "1", "--debug-step-latency-ms", "10", "--overlap-steps", overlap});
+    if (HasFatalFailure()) return;
+    CheckDeadlineAndCancelFreeCapacity();
+  }
+}
+
+void ServeIntegrationTest::CheckDeadlineAndCancelFreeCapacity() {
   v1::InferResponse response;
   v1::InferRequest long_request = MakeProtoRequest({1, 2, 3}, 1500);
   long_request.set_min_new_tokens(1500);  // no early stop on an eos id
@@ -177,7 +189,15 @@ TEST_F(ServeIntegrationTest, DeadlineAndCancelFreeCapacity) {
 }
 
 TEST_F(ServeIntegrationTest, SixtyFourConcurrentClients) {
-  Start();
+  for (const char* overlap : {"false", "true"}) {
+    SCOPED_TRACE(std::string("--overlap-steps ") + overlap);
+    Start({"--overlap-steps", overlap});
+    if (HasFatalFailure()) return;
+    CheckSixtyFourConcurrentClients();
+  }
+}
+
+void ServeIntegrationTest::CheckSixtyFourConcurrentClients() {
   constexpr int kPrompts = 8, kClients = 64;
   std::vector<std::vector<int32_t>> prompts, expected;
   for (int p = 0; p < kPrompts; ++p) {
