@@ -58,7 +58,10 @@ namespace {
 
 using TimePoint = Clock::TimePoint;
 
-// Answers every step at once with token 1 and moves the clock by the step's modelled time.
+// Answers every step with token 1 and keeps the modelled device's timeline: a step takes its
+// modelled time from when it is given (Step) or, launched (overlapped steps), from when the device
+// finishes the step before it; the clock reaches a step's end when its ids are asked for (Step,
+// Collect). The host costs nothing here.
 class SimExecutor final : public StepExecutor {
  public:
   SimExecutor(const CostModel& cost, FakeClock* clock, int32_t num_blocks)
@@ -66,28 +69,56 @@ class SimExecutor final : public StepExecutor {
   int32_t block_size() const override { return 16; }
   int32_t num_blocks() const override { return num_blocks_; }
   absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
-    int32_t decodes = 0, prompt_tokens = 0;
+    StepResult result = Answer(batch);
+    clock_->Advance(Modelled(batch));
+    return result;
+  }
+  absl::Status Launch(const std::vector<SequenceStep>& batch) override {
+    const TimePoint start = std::max(clock_->Now(), device_free_);
+    device_free_ = start + Modelled(batch);
+    launched_.push_back({Answer(batch), device_free_});
+    return absl::OkStatus();
+  }
+  absl::StatusOr<StepResult> Collect() override {
+    if (launched_.empty()) return absl::FailedPreconditionError("Collect with no launched step");
+    Launched step = std::move(launched_.front());
+    launched_.pop_front();
+    if (clock_->Now() < step.ends) clock_->Advance(step.ends - clock_->Now());
+    return std::move(step.result);
+  }
+  int64_t steps() const { return steps_; }
+
+ private:
+  struct Launched {
     StepResult result;
+    TimePoint ends;
+  };
+
+  StepResult Answer(const std::vector<SequenceStep>& batch) {
+    StepResult result;
+    for (const SequenceStep& s : batch) result.next_tokens.push_back(s.sample ? 1 : -1);
+    ++steps_;
+    return result;
+  }
+  Clock::Duration Modelled(const std::vector<SequenceStep>& batch) const {
+    int32_t decodes = 0, prompt_tokens = 0;
     for (const SequenceStep& s : batch) {
       if (s.tokens.size() == 1 && s.num_generated > 0) {
         ++decodes;
       } else {
         prompt_tokens += static_cast<int32_t>(s.tokens.size());
       }
-      result.next_tokens.push_back(s.sample ? 1 : -1);
     }
-    clock_->Advance(std::chrono::duration_cast<Clock::Duration>(
-        std::chrono::duration<double, std::milli>(cost_.StepMs(decodes, prompt_tokens))));
-    ++steps_;
-    return result;
+    return std::chrono::duration_cast<Clock::Duration>(
+        std::chrono::duration<double, std::milli>(cost_.StepMs(decodes, prompt_tokens)));
   }
-  int64_t steps() const { return steps_; }
 
- private:
   const CostModel& cost_;
   FakeClock* clock_;
   int32_t num_blocks_;
   int64_t steps_ = 0;
+  TimePoint device_free_;
+  std::deque<Launched> launched_;
 };
 
 double Ms(Clock::Duration d) { return std::chrono::duration<double, std::milli>(d).count(); }

@@ -82,6 +82,23 @@ TEST(ScheduleSimTest, ClosedLoopTimingsFollowTheSteps) {
   EXPECT_DOUBLE_EQ(warm->steady_tok_s, 200.0);
 }
 
+// Overlapped steps: step N+1 launched before step N's ids are asked for. The modelled device runs
+// the steps back to back either way (the host costs nothing here), so one stream's timings are
+// those above: its first token at 10 ms, not when the step launched after it ends.
+TEST(ScheduleSimTest, OverlappedStepsKeepTheDevicesTimeline) {
+  SimLoad load = SmallRequests(1);
+  load.concurrency = 1;
+  SchedulerOptions overlapped;
+  overlapped.overlap_steps = true;
+  absl::StatusOr<SimResult> one = Simulate(overlapped, FlatTenMs(), load);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_DOUBLE_EQ(one->steady_tok_s, 100.0);
+  EXPECT_EQ(one->requests, 20);
+  EXPECT_EQ(one->steps, 100);
+  EXPECT_DOUBLE_EQ(one->ttft_p50_ms, 10.0);
+  EXPECT_DOUBLE_EQ(one->itl_p50_ms, 10.0);
+}
+
 // Open loop: an arrival waits for the step boundary (under 10 ms), then its own prefill step, and
 // latency counts from the scheduled arrival.
 TEST(ScheduleSimTest, OpenLoopLatencyCountsFromTheArrival) {
