@@ -8,7 +8,9 @@
                                             OUT/serve_decode_bench.md (decode_bench's tok/s per batch)
   glmload_report.py phases METRICS          a scrape of glmserve's /metrics: ms a step attempt by
                                             phase (glmserve_step_phase_seconds_total over
-                                            glmserve_batch_size_count) and the host's share
+                                            glmserve_batch_size_count), the host's share, and the
+                                            GPU's own busy ms a step and idle share
+                                            (glmserve_device_seconds_total)
 """
 import json
 import os
@@ -76,14 +78,19 @@ def phases(metrics_path):
     steps = metric(text, "glmserve_batch_size_count")
     seconds = {p: metric(text, "glmserve_step_phase_seconds_total", phase=p) for p in PHASES}
     total = sum(seconds.values())
-    lines = ["| step attempts | " + " | ".join(f"{p} ms a step" for p in PHASES) + " | host share |",
-             "|---:|" + "---:|" * (len(PHASES) + 1)]
+    # The GPU's own timing of the steps (glmserve_device_seconds_total): absent or 0 on a CPU.
+    busy = metric(text, "glmserve_device_seconds_total", state="busy")
+    idle = metric(text, "glmserve_device_seconds_total", state="idle")
+    lines = ["| step attempts | " + " | ".join(f"{p} ms a step" for p in PHASES) +
+             " | host share | device busy ms a step | device idle share |",
+             "|---:|" + "---:|" * (len(PHASES) + 3)]
     if steps <= 0 or total <= 0:
-        lines.append(f"| {steps:.0f} |" + " - |" * (len(PHASES) + 1))
+        lines.append(f"| {steps:.0f} |" + " - |" * (len(PHASES) + 3))
         return lines
     host = total - seconds["device_wait"]
+    device = (f"{1e3 * busy / steps:.3f} | {idle / (busy + idle):.1%}" if busy > 0 else "- | -")
     lines.append(f"| {steps:.0f} | " + " | ".join(f"{1e3 * seconds[p] / steps:.3f}" for p in PHASES) +
-                 f" | {host / total:.1%} |")
+                 f" | {host / total:.1%} | {device} |")
     return lines
 
 

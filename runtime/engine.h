@@ -81,6 +81,13 @@ struct EngineStats {
   int64_t executor_host_ns = 0;
   int64_t device_wait_ns = 0;
   int64_t commit_ns = 0;
+  // The accelerator's own timing of the steps (StepResult::device_busy_us / device_idle_us; 0
+  // where nothing times them, e.g. on a CPU), nanoseconds, cumulative: busy running the steps'
+  // work, and idle between one step's end and the next one's start while the engine had work
+  // running (a gap after the server ran out of work is not counted). idle / (busy + idle) is the
+  // share of the time the GPU waited for the host.
+  int64_t device_busy_ns = 0;
+  int64_t device_idle_ns = 0;
 };
 
 // Submit's RESOURCE_EXHAUSTED carries its retry hint as a typed payload besides the message, so

@@ -73,6 +73,11 @@ struct StepResult {
   // 0 where the model runs on the host). The rest of the call is host work: the engine's step
   // phase metrics (EngineStats) tell GPU time from host time with it.
   double device_wait_us = 0;
+  // The accelerator's own timing of the step (its events, microseconds): from its first to its last
+  // piece of device work, and the device's idle time from the end of the step before to this
+  // step's start. -1 where not timed (a CPU, the first step).
+  double device_busy_us = -1;
+  double device_idle_us = -1;
 };
 
 // Called only from the engine thread, one Step at a time. The full list of what a SequenceStep

@@ -432,6 +432,8 @@ EngineStats Scheduler::stats() const {
   st.executor_host_ns = executor_host_ns_;
   st.device_wait_ns = device_wait_ns_;
   st.commit_ns = commit_ns_;
+  st.device_busy_ns = device_busy_ns_;
+  st.device_idle_ns = device_idle_ns_;
   return st;
 }
 
@@ -955,6 +957,11 @@ Scheduler::StepOutcome Scheduler::HandleFailedStep(PlannedStep& plan, const absl
   return StepOutcome::kFailed;
 }
 
+void Scheduler::CountDeviceTime(const StepResult& result, bool continues) {
+  if (result.device_busy_us >= 0) device_busy_ns_ += static_cast<int64_t>(result.device_busy_us * 1000);
+  if (continues && result.device_idle_us >= 0) device_idle_ns_ += static_cast<int64_t>(result.device_idle_us * 1000);
+}
+
 void Scheduler::CountCleanStep() {
   ++steps_;
   if (++consecutive_ok_steps_ >= options_.aimd_increase_after_steps) {
@@ -974,6 +981,7 @@ Scheduler::StepOutcome Scheduler::RunOnce() {
   const TimePoint now = clock_->Now();
   ExpireAndReap(now);
   PlannedStep& plan = plan_;
+  const bool continues = running_after_last_step_;
   Plan(now, plan);
   if (plan.steps.empty()) return StepOutcome::kIdle;
   const TimePoint planned = clock_->Now();
@@ -993,6 +1001,8 @@ Scheduler::StepOutcome Scheduler::RunOnce() {
   if (!result.ok()) return HandleFailedStep(plan, result.status());
   Commit(plan, *result, executed);
   commit_ns_ += Nanoseconds(clock_->Now() - executed);
+  CountDeviceTime(*result, continues);
+  running_after_last_step_ = !running_.empty();
   CountCleanStep();
   return StepOutcome::kStepped;
 }
@@ -1048,6 +1058,7 @@ Scheduler::StepOutcome Scheduler::CollectInFlight() {
   if (result.ok()) {
     Commit(plan, *result, collected);
     commit_ns_ += Nanoseconds(clock_->Now() - collected);
+    CountDeviceTime(*result, in_flight_continues_);
     CountCleanStep();
   } else {
     // The step ran but its ids are lost: its requests fail (a step launched after it fed ids it
@@ -1057,6 +1068,7 @@ Scheduler::StepOutcome Scheduler::CollectInFlight() {
     }
     outcome = StepOutcome::kFailed;
   }
+  running_after_last_step_ = !running_.empty();
   in_flight_ = false;
   return outcome;
 }
@@ -1093,9 +1105,12 @@ Scheduler::StepOutcome Scheduler::RunOnceOverlapped() {
   }
   AdvanceLaunched(plan_);
   plan_launched_ = true;
+  // With a step in flight the device has this one queued behind it: any gap is the host's.
+  plan_continues_ = in_flight_ || running_after_last_step_;
   StepOutcome outcome = StepOutcome::kStepped;
   if (in_flight_) outcome = CollectInFlight();
   std::swap(plan_, in_flight_plan_);
+  in_flight_continues_ = plan_continues_;
   plan_launched_ = false;
   in_flight_ = true;
   return outcome;

@@ -311,6 +311,9 @@ class Scheduler {
   StepOutcome HandleFailedStep(PlannedStep& plan, const absl::Status& status);
   // AIMD's additive increase after a committed step.
   void CountCleanStep();
+  // Adds a committed step's device timing; `continues`: sequences were running when the step
+  // before it was committed.
+  void CountDeviceTime(const StepResult& result, bool continues);
   void HandleOom(const PlannedStep& plan, const absl::Status& status);
   void SetBatchLimit(int32_t limit, const char* why);
   void Preempt(Sequence* seq);
@@ -345,6 +348,12 @@ class Scheduler {
   PlannedStep in_flight_plan_;
   bool in_flight_ = false;
   bool plan_launched_ = false;  // plan_ was launched and is not collected yet
+  // Device timing (EngineStats::device_busy_ns / device_idle_ns): whether sequences were running
+  // when the last step was committed (the device's gap before the next one is then the host's),
+  // and that, for the step in flight and the one launched last, as they were launched.
+  bool running_after_last_step_ = false;
+  bool in_flight_continues_ = false, plan_continues_ = false;
+  int64_t device_busy_ns_ = 0, device_idle_ns_ = 0;
   // EngineStats' step phases, nanoseconds (clock_'s time).
   int64_t schedule_ns_ = 0, executor_host_ns_ = 0, device_wait_ns_ = 0, commit_ns_ = 0;
   std::vector<int32_t> new_token_;  // Commit's on_tokens argument, one id at a time

@@ -540,6 +540,28 @@ std::string StepRangeName(const std::vector<SequenceStep>& batch) {
   return absl::StrCat("glmserve step decode=", decode_rows, " prefill=", prefill_tokens);
 }
 
+// A step's first and last piece of device work as the device's own timing events see them (a GPU;
+// nothing on a CPU): StepResult::device_busy_us / device_idle_us.
+struct StepTiming {
+#ifdef GLMSERVE_TORCH_CUDA
+  std::shared_ptr<at::cuda::CUDAEvent> start, end;
+  static std::shared_ptr<at::cuda::CUDAEvent> Record(const at::Device& device) {
+    auto event = std::make_shared<at::cuda::CUDAEvent>(cudaEventDefault);  // timed
+    event->record(at::cuda::getCurrentCUDAStream(device.index()));
+    return event;
+  }
+  void Start(const at::Device& device) {
+    if (device.is_cuda()) start = Record(device);
+  }
+  void End(const at::Device& device) {
+    if (device.is_cuda()) end = Record(device);
+  }
+#else
+  void Start(const at::Device&) {}
+  void End(const at::Device&) {}
+#endif
+};
+
 // The engine's StepExecutor over GlmModel and a paged KV pool. The contract it honours is
 // "What the executor may rely on" in runtime/engine/README.md: it never throws, returns one id
 // per sequence (-1 where sample is false), and answers RESOURCE_EXHAUSTED only for an
@@ -637,6 +659,7 @@ class PagedExecutor final : public StepExecutor {
     if (!ready.ok()) penalty_tables_.InvalidateAll();
 #endif
     if (!ready.ok()) return ready;
+    TimeOnDevice(step.timing, &result);
     const int32_t vocab = model_->config().vocab_size;
     result.next_tokens.assign(step.sequence_ids.size(), -1);
     for (size_t i = 0, row = 0; i < step.sequence_ids.size(); ++i) {
@@ -674,8 +697,9 @@ class PagedExecutor final : public StepExecutor {
     at::Tensor pinned_ids;
     std::vector<int32_t> host_ids;  // filled by WaitForIds
     bool ids_on_host = false;
+    // Its start and end on the device (the end also marks its ids in pinned memory).
+    StepTiming timing;
 #ifdef GLMSERVE_TORCH_CUDA
-    std::shared_ptr<at::cuda::CUDAEvent> ready;
     // The penalty slots the device counted this step's draws into (PenaltyTables::Launched).
     std::vector<int64_t> penalty_sequences, penalty_lengths, penalty_rows;
     std::vector<int32_t> penalty_slots;
@@ -727,6 +751,7 @@ class PagedExecutor final : public StepExecutor {
     GLM_RETURN_IF_ERROR(Validate(batch, /*previous_ids=*/previous != nullptr));
     const int64_t num_samples = static_cast<int64_t>(step.row_of_sequence.size());
     absl::Status forward = GuardTorch("forward step", [&] {
+      step.timing.Start(model_->device());
       const at::Tensor device_logits = forward_->Forward(batch, pool_, previous);
       if (device_logits.dim() != 2 || device_logits.size(0) != num_samples) {
         throw std::runtime_error(absl::StrCat("forward step returned ", device_logits.dim(), "-d logits with ",
@@ -763,8 +788,7 @@ class PagedExecutor final : public StepExecutor {
       step.device_ids = ids;
       step.pinned_ids = at::empty({num_samples}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
       if (num_samples > 0) step.pinned_ids.copy_(ids, /*non_blocking=*/true);
-      step.ready = std::make_shared<at::cuda::CUDAEvent>();
-      step.ready->record(at::cuda::getCurrentCUDAStream(device_logits.device().index()));
+      step.timing.End(device_logits.device());  // after the ids' copy: it marks them ready too
       if (!choice.slots.empty()) {
         step.penalty_slots = choice.slots;
         step.penalty_lengths = penalty_tables_.Launched(choice.counted_steps, choice.slots, choice.counted);
@@ -785,12 +809,41 @@ class PagedExecutor final : public StepExecutor {
 #endif
   }
 
+  // The device's timing of the steps finished so far into `result`: `timing`'s busy span and the
+  // idle gap since the step timed before it, and those of earlier steps whose device work had not
+  // finished when their results went back (a prefill chunk that samples nothing is not waited
+  // for); steps finish in launch order on the one stream.
+  void TimeOnDevice(StepTiming timing, StepResult* result) {
+#ifdef GLMSERVE_TORCH_CUDA
+    if (!timing.start || !timing.end) return;
+    untimed_.push_back(std::move(timing));
+    double busy = 0, idle = 0;
+    bool timed = false, gap = false;
+    while (!untimed_.empty() && untimed_.front().end->query()) {
+      const StepTiming& done = untimed_.front();
+      busy += 1000.0 * done.start->elapsed_time(*done.end);
+      if (last_step_end_) {
+        idle += std::max(0.0, 1000.0 * last_step_end_->elapsed_time(*done.start));
+        gap = true;
+      }
+      last_step_end_ = done.end;
+      untimed_.pop_front();
+      timed = true;
+    }
+    if (timed) result->device_busy_us = busy;
+    if (gap) result->device_idle_us = idle;
+#else
+    (void)timing;
+    (void)result;
+#endif
+  }
+
   // Blocks until `step`'s ids are in host memory (timed as device wait).
   void WaitForIds(LaunchedStep& step) {
     if (step.ids_on_host) return;
 #ifdef GLMSERVE_TORCH_CUDA
     const auto start = std::chrono::steady_clock::now();
-    step.ready->synchronize();
+    step.timing.end->synchronize();
     device_wait_us_ += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
     const int32_t* ids = step.pinned_ids.data_ptr<int32_t>();
     step.host_ids.assign(ids, ids + step.pinned_ids.numel());
@@ -916,8 +969,11 @@ class PagedExecutor final : public StepExecutor {
 
   // One id per sampled row of `batch` chosen on the device, waiting for them (one device-to-host
   // copy); -1 where the host must sample the row from its raw logits.
-  std::vector<int32_t> ChooseIdsOnDevice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits) {
+  // `timing` (non-null on a GPU): the step's end event is recorded once its device work is queued.
+  std::vector<int32_t> ChooseIdsOnDevice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits,
+                                         StepTiming* timing) {
     DeviceChoice choice = EnqueueDeviceChoice(batch, device_logits, nullptr);
+    if (timing != nullptr) timing->End(device_logits.device());
     std::vector<int32_t> ids(choice.paths.size(), -1);
     std::vector<at::Tensor> parts;
     if (choice.argmax_ids.defined()) parts.push_back(choice.argmax_ids);
@@ -1034,11 +1090,14 @@ class PagedExecutor final : public StepExecutor {
     // decode steps.
     std::vector<int32_t> device_ids;  // per sampled row; -1: sample on the host
     bool host_logits_needed = true;   // false when the device decided every sampled row
+    StepTiming timing;
     absl::Status forward = GuardTorch("forward step", [&] {
+      timing.Start(model_->device());
       at::Tensor device_logits = forward_->Forward(batch, pool_);
       if (!on_sampled_logits_ && device_logits.is_cuda() && device_logits.dim() == 2 &&
           device_logits.size(0) == static_cast<int64_t>(num_samples)) {
-        device_ids = ChooseIdsOnDevice(batch, device_logits);
+        device_ids = ChooseIdsOnDevice(batch, device_logits, &timing);
+        TimeOnDevice(timing, &result);
         std::vector<int64_t> host_rows;
         for (size_t row = 0; row < device_ids.size(); ++row) {
           if (device_ids[row] < 0) host_rows.push_back(static_cast<int64_t>(row));
@@ -1131,6 +1190,10 @@ class PagedExecutor final : public StepExecutor {
   PenaltyTables penalty_tables_;
 #endif
   std::deque<LaunchedStep> launched_;  // overlapped steps launched and not collected, oldest first
+#ifdef GLMSERVE_TORCH_CUDA
+  std::shared_ptr<at::cuda::CUDAEvent> last_step_end_;  // the last timed step's end (TimeOnDevice)
+  std::deque<StepTiming> untimed_;                      // steps whose device work had not finished
+#endif
 };
 
 class ModelRunnerImpl final : public ModelRunner {

@@ -171,6 +171,19 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
     m->phases_[i].counter = &phases.Add({{"phase", kPhases[i].first}});
     m->phases_[i].total_ns = kPhases[i].second;
   }
+  auto& device = prometheus::BuildCounter()
+                     .Name("glmserve_device_seconds_total")
+                     .Help(
+                         "The accelerator's own timing of the engine's steps: busy (running them), idle (between "
+                         "one step's end and the next one's start while sequences ran); 0 on a CPU")
+                     .Register(r);
+  const std::pair<const char*, int64_t EngineStats::*> kDeviceStates[] = {{"busy", &EngineStats::device_busy_ns},
+                                                                          {"idle", &EngineStats::device_idle_ns}};
+  static_assert(std::size(kDeviceStates) == std::tuple_size_v<decltype(m->device_)>);
+  for (size_t i = 0; i < std::size(kDeviceStates); ++i) {
+    m->device_[i].counter = &device.Add({{"state", kDeviceStates[i].first}});
+    m->device_[i].total_ns = kDeviceStates[i].second;
+  }
   prometheus::BuildGauge()
       .Name("glmserve_build_info")
       .Help("Always 1; labels carry the build")
@@ -276,6 +289,7 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   add(prefix_queries_, stats.prompt_tokens_scheduled, last_prefix_queries_);
   add(preemptions_, stats.preemptions, last_preemptions_);
   for (PhaseCounter& phase : phases_) add(phase.counter, stats.*phase.total_ns, phase.last_ns, 1e-9);
+  for (PhaseCounter& state : device_) add(state.counter, stats.*state.total_ns, state.last_ns, 1e-9);
 }
 
 void ServerMetrics::StartPolling(std::function<EngineStats()> stats, std::chrono::milliseconds interval) {

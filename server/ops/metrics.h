@@ -93,6 +93,7 @@ class ServerMetrics final : public RequestObserver {
     int64_t last_ns = 0;
   };
   std::array<PhaseCounter, 4> phases_;
+  std::array<PhaseCounter, 2> device_;  // glmserve_device_seconds_total{state}: busy, idle
   std::atomic<bool> stop_{false};
   std::thread poller_;
 };

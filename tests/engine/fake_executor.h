@@ -53,6 +53,11 @@ class FakeExecutor : public StepExecutor {
   }
   // Each Step reports this much of its time as waiting for a device (StepResult::device_wait_us).
   void ReportDeviceWait(std::chrono::microseconds d) { device_wait_ = d; }
+  // Each Step reports the device's timing of it (StepResult::device_busy_us / device_idle_us).
+  void ReportDeviceTime(double busy_us, double idle_us) {
+    device_busy_us_ = busy_us;
+    device_idle_us_ = idle_us;
+  }
   // Steps with more than `n` sequences return RESOURCE_EXHAUSTED (0 = never).
   void set_oom_above_sequences(int32_t n) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -325,6 +330,8 @@ class FakeExecutor : public StepExecutor {
     if (oom)
       return absl::ResourceExhaustedError(absl::StrCat("fake OOM after writing KV, ", batch.size(), " sequences"));
     result.device_wait_us = static_cast<double>(device_wait_.count());
+    result.device_busy_us = device_busy_us_;
+    result.device_idle_us = device_idle_us_;
     return result;
   }
 
@@ -405,6 +412,7 @@ class FakeExecutor : public StepExecutor {
   std::set<int64_t> last_launch_sampled_;
   std::chrono::milliseconds step_time_{0};
   std::chrono::microseconds device_wait_{0};
+  double device_busy_us_ = -1, device_idle_us_ = -1;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

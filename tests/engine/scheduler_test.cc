@@ -107,6 +107,31 @@ TEST(SchedulerTest, StepPhasesSplitTheEngineThreadsTime) {
   EXPECT_EQ(st.schedule_ns, 0);
 }
 
+// The device's own timing: busy over every step, idle only before a step that follows one that left
+// sequences running (a gap after the server ran out of work is the clients', not the host's).
+TEST(SchedulerTest, DeviceIdleCountsOnlyWhileSequencesRun) {
+  for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlapped steps" : "synchronous steps");
+    SchedulerOptions o;
+    o.overlap_steps = overlap;
+    Harness h(o, /*block_size=*/4, /*num_blocks=*/64);
+    h.executor.ReportDeviceTime(/*busy_us=*/5000, /*idle_us=*/300);
+    h.Add(MakeRequest("first", MakePrompt(1, 6), 4));
+    h.RunUntilIdle();
+    EngineStats st = h.scheduler->stats();
+    ASSERT_EQ(st.steps, 4);  // the prompt, then three decodes
+    EXPECT_EQ(st.device_busy_ns, 4 * 5'000'000);
+    EXPECT_EQ(st.device_idle_ns, 3 * 300'000);
+    h.Add(MakeRequest("later", MakePrompt(2, 6), 2));  // after the server went idle
+    h.RunUntilIdle();
+    st = h.scheduler->stats();
+    ASSERT_EQ(st.steps, 6);
+    EXPECT_EQ(st.device_busy_ns, 6 * 5'000'000);
+    EXPECT_EQ(st.device_idle_ns, 4 * 300'000);  // not before "later"'s first step
+    h.ExpectAllMatchReference();
+  }
+}
+
 TEST(SchedulerTest, AdmissionUnderTokenBudget) {
   SchedulerOptions o;
   o.max_batch_size = 8;

@@ -84,7 +84,16 @@ glmserve_batch_size_sum 25600
             rc, text = run("phases", path)
         self.assertEqual(rc, 0)
         # 400 attempts: 0.08 / 300 / 2400 / 4 ms over 400; host = 0.30408 of 2.70408 s
-        self.assertEqual(text.splitlines()[2], "| 400 | 0.000 | 0.750 | 6.000 | 0.010 | 11.2% |")
+        self.assertEqual(text.splitlines()[2], "| 400 | 0.000 | 0.750 | 6.000 | 0.010 | 11.2% | - | - |")
+        # With the GPU's own timing: 2.32 s busy, 0.08 s idle over the same 400 attempts.
+        with tempfile.TemporaryDirectory() as out:
+            path = os.path.join(out, "metrics.txt")
+            with open(path, "w") as f:
+                f.write(scrape + 'glmserve_device_seconds_total{state="busy"} 2.32\n'
+                        'glmserve_device_seconds_total{state="idle"} 0.08\n')
+            rc, text = run("phases", path)
+        self.assertEqual(rc, 0)
+        self.assertEqual(text.splitlines()[2], "| 400 | 0.000 | 0.750 | 6.000 | 0.010 | 11.2% | 5.800 | 3.3% |")
 
     def test_usage_errors_exit_2(self):
         self.assertEqual(run("row")[0], 2)

@@ -31,7 +31,7 @@ NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserv
          "glmserve_oom_events_total", "glmserve_engine_restarts_total", "glmserve_kv_cache_usage_ratio",
          "glmserve_generated_tokens_total", "glmserve_prefix_cache_hit_tokens_total",
          "glmserve_prefix_cache_query_tokens_total", "glmserve_prefix_cache_usage_ratio", "glmserve_step_phase_seconds_total",
-         "glmserve_build_info"]
+         "glmserve_device_seconds_total", "glmserve_build_info"]
 
 
 def main():
@@ -103,6 +103,9 @@ def main():
         check(phase(after, "executor_host") >= steps * 0.002,
               f"step_phase_seconds_total{{phase=executor_host}} >= {steps} x 2 ms ({phase(after, 'executor_host')})")
         check(phase(after, "device_wait") == 0, "step_phase_seconds_total{phase=device_wait} == 0 on a CPU")
+        for state in ("busy", "idle"):
+            check(harness.metric(after, "glmserve_device_seconds_total", state=state) == 0,
+                  f"device_seconds_total{{state={state}}} == 0 on a CPU (nothing times the steps there)")
         check(phase(after, "schedule") > 0 and phase(after, "commit") > 0, "schedule and commit phases counted")
 
         events = server.events()
