@@ -8,7 +8,8 @@
 # ("eos_ignored open_autoglm"), GLMSERVE_SERVE_DURATION (8s), GLMSERVE_SERVE_WARMUP (1s) and
 # GLMSERVE_SERVE_RATES (open loop, none) pass through. Prints serve_table.md's row per set, mix
 # and level, and serve_open.md's per rate (tok/s over the level, steady tok/s,
-# TTFT and ITL p50 / p99, errors); the device tool returns few files, so stdout carries everything.
+# TTFT and ITL p50 / p99, errors), and serve_phases.md's line (ms a step by phase, the GPU's busy ms
+# a step and idle share); the device tool returns few files, so stdout carries everything.
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root" || exit 1
@@ -26,6 +27,8 @@ for flags in "$@"; do
     GLMSERVE_SERVE_HTTP=0 GLMSERVE_SERVE_OOM=0 bash scripts/gpu-serve-bench.sh >"$dir/ab.log" 2>&1 || status=1
   # gpu-serve-bench.sh's own table rows (ratios are "-": no decode_bench here), tagged with the set.
   cat "$dir/serve_table.md" "$dir/serve_open.md" 2>/dev/null | grep -E '^\| (gRPC|HTTP)' | sed "s/^/ab$i [${flags:-defaults}] /"
+  # The whole run's step phases and the GPU's busy / idle split (glmload_report.py phases).
+  tail -1 "$dir/serve_phases.md" 2>/dev/null | sed "s/^/ab$i [${flags:-defaults}] phases /"
   ls "$dir"/serve_*.json >/dev/null 2>&1 || { echo "ab$i [$flags]: no result"; tail -5 "$dir/ab.log"; }
 done
 exit $status

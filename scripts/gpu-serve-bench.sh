@@ -236,7 +236,7 @@ fi
 echo "== GET http://127.0.0.1:$metrics_port/metrics"
 if env -u LD_LIBRARY_PATH curl -sf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" >"$out/serve_metrics.txt" \
    && grep -q "^glmserve_build_info" "$out/serve_metrics.txt"; then
-  grep -E "^glmserve_(generated_tokens_total|requests_total|batch_limit|oom_events_total|prefix_cache_[a-z_]*|step_phase_seconds_total|batch_size_count)" \
+  grep -E "^glmserve_(generated_tokens_total|requests_total|batch_limit|oom_events_total|prefix_cache_[a-z_]*|step_phase_seconds_total|device_seconds_total|batch_size_count)" \
     "$out/serve_metrics.txt"
   # Where the engine thread's time went a step, over the whole run (the GPU may idle in all but device_wait).
   python3 bench/glmload_report.py phases "$out/serve_metrics.txt" | tee "$out/serve_phases.md"
