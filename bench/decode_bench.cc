@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "bench/model_flags.h"
 #include "runtime/model/profiling.h"
 #include "runtime/model_runner.h"
@@ -136,8 +137,8 @@ int main(int argc, char** argv) {
                  warm_up_steps, Ms(warm_up_start, Clock::now()));
   }
   std::printf(
-      "| batch | tokens/s | ms/step | TTFT ms | HBM roofline | first decode step ms |\n"
-      "|---:|---:|---:|---:|---:|---:|\n");
+      "| batch | tokens/s | ms/step | TTFT ms | HBM roofline | first decode step ms | device idle us a step |\n"
+      "|---:|---:|---:|---:|---:|---:|---:|\n");
   for (int32_t batch : batch_sizes) {
     std::vector<std::vector<int32_t>> history(batch);
     std::vector<glmserve::SequenceStep> steps(batch);
@@ -159,6 +160,14 @@ int main(int argc, char** argv) {
     }
     const Clock::time_point first_token = Clock::now();
     for (int32_t b = 0; b < batch; ++b) history[b].push_back(first->next_tokens[b]);
+    // The GPU's own idle time between the decode steps (StepResult::device_idle_us; none on a CPU).
+    double device_idle_us = 0;
+    int32_t idle_gaps = 0;
+    auto count_idle = [&](const glmserve::StepResult& result) {
+      if (result.device_idle_us < 0) return;
+      device_idle_us += result.device_idle_us;
+      ++idle_gaps;
+    };
     // One decode step for every sequence; false after printing the error.
     auto decode_step = [&](int32_t step) {
       for (int32_t b = 0; b < batch; ++b) {
@@ -171,6 +180,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "decode: %s\n", std::string(out.status().message()).c_str());
         return false;
       }
+      count_idle(*out);
       for (int32_t b = 0; b < batch; ++b) history[b].push_back(out->next_tokens[b]);
       return true;
     };
@@ -200,6 +210,7 @@ int main(int argc, char** argv) {
         return false;
       }
       for (int32_t b = 0; b < batch; ++b) history[b][history[b].size() - out_steps] = out->next_tokens[b];
+      count_idle(*out);
       --out_steps;
       return true;
     };
@@ -226,8 +237,9 @@ int main(int argc, char** argv) {
     const double bytes = static_cast<double>(info.parameter_count) * element_bytes +
                          batch * avg_context * static_cast<double>(kv_bytes_per_token);
     const double roofline = (bytes / (step_ms / 1000)) / (hbm_gbps * 1e9);
-    std::printf("| %d | %.1f | %.2f | %.1f | %.0f%% | %.2f |\n", batch, tokens_per_s, step_ms, Ms(start, first_token),
-                roofline * 100, Ms(first_token, first_decode_end));
+    const std::string idle = idle_gaps > 0 ? absl::StrFormat("%.1f", device_idle_us / idle_gaps) : "-";
+    std::printf("| %d | %.1f | %.2f | %.1f | %.0f%% | %.2f | %s |\n", batch, tokens_per_s, step_ms,
+                Ms(start, first_token), roofline * 100, Ms(first_token, first_decode_end), idle.c_str());
     std::fflush(stdout);
     if (!profile_trace.empty()) {
       const std::string path = profile_trace + "-b" + std::to_string(batch) + ".json";
