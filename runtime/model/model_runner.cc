@@ -819,16 +819,22 @@ class PagedExecutor final : public StepExecutor {
     untimed_.push_back(std::move(timing));
     double busy = 0, idle = 0;
     bool timed = false, gap = false;
-    while (!untimed_.empty() && untimed_.front().end->query()) {
-      const StepTiming& done = untimed_.front();
-      busy += 1000.0 * done.start->elapsed_time(*done.end);
-      if (last_step_end_) {
-        idle += std::max(0.0, 1000.0 * last_step_end_->elapsed_time(*done.start));
-        gap = true;
+    try {  // timing is a report: it never fails a step
+      while (!untimed_.empty() && untimed_.front().end->query()) {
+        const StepTiming& done = untimed_.front();
+        busy += 1000.0 * done.start->elapsed_time(*done.end);
+        if (last_step_end_) {
+          idle += std::max(0.0, 1000.0 * last_step_end_->elapsed_time(*done.start));
+          gap = true;
+        }
+        last_step_end_ = done.end;
+        untimed_.pop_front();
+        timed = true;
       }
-      last_step_end_ = done.end;
-      untimed_.pop_front();
-      timed = true;
+    } catch (const std::exception&) {
+      untimed_.clear();
+      last_step_end_.reset();
+      return;
     }
     if (timed) result->device_busy_us = busy;
     if (gap) result->device_idle_us = idle;
