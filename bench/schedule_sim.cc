@@ -70,13 +70,17 @@ class SimExecutor final : public StepExecutor {
   int32_t num_blocks() const override { return num_blocks_; }
   absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
     StepResult result = Answer(batch);
-    clock_->Advance(Modelled(batch));
+    const Clock::Duration modelled = Modelled(batch);
+    result.device_busy_us = std::chrono::duration<double, std::micro>(modelled).count();
+    clock_->Advance(modelled);
     return result;
   }
   absl::Status Launch(const std::vector<SequenceStep>& batch) override {
     const TimePoint start = std::max(clock_->Now(), device_free_);
-    device_free_ = start + Modelled(batch);
+    const Clock::Duration modelled = Modelled(batch);
+    device_free_ = start + modelled;
     launched_.push_back({Answer(batch), device_free_});
+    launched_.back().result.device_busy_us = std::chrono::duration<double, std::micro>(modelled).count();
     return absl::OkStatus();
   }
   absl::StatusOr<StepResult> Collect() override {
@@ -209,7 +213,12 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
       arrivals.erase(arrivals.begin());
     }
     if ((*scheduler)->HasWork()) {
-      if ((*scheduler)->RunOnce() == Scheduler::StepOutcome::kIdle) clock.Advance(std::chrono::milliseconds(1));
+      if ((*scheduler)->RunOnce() == Scheduler::StepOutcome::kIdle) {
+        // Held (a queue delay, an overlapped launch's lead): to when it ends or the next arrival.
+        TimePoint wake = (*scheduler)->NextWakeTime(now);
+        if (!arrivals.empty()) wake = std::min(wake, *arrivals.begin());
+        clock.Advance(wake > now && wake != TimePoint::max() ? wake - now : std::chrono::milliseconds(1));
+      }
     } else if (!arrivals.empty()) {
       clock.Advance(*arrivals.begin() - now);
     } else {
