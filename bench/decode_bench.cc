@@ -248,7 +248,15 @@ int main(int argc, char** argv) {
         return 1;
       }
       for (int32_t step = new_tokens; step < new_tokens + kProfiledSteps; ++step) {
-        if (!decode_step(step)) return 1;
+        if (overlap_steps) {  // the same path as the timed steps
+          if (!launch_step(step)) return 1;
+          if (out_steps == 2 && !collect_step()) return 1;
+        } else if (!decode_step(step)) {
+          return 1;
+        }
+      }
+      while (out_steps > 0) {
+        if (!collect_step()) return 1;
       }
       if (auto stopped = glmserve::StopDeviceProfile(path); !stopped.ok()) {
         std::fprintf(stderr, "%s\n", std::string(stopped.message()).c_str());
