@@ -58,8 +58,9 @@ void SchedulingFlags::Register(flags::FlagSet& set) {
   set.Bool("prefix-caching", &o.prefix_caching,
            "reuse the KV blocks of prompt prefixes seen before (system prompts, conversation history)");
   set.Bool("overlap-steps", &o.overlap_steps,
-           "launch each step before the one before it is committed: the engine plans, stages and streams while "
-           "the accelerator computes (same ids; a request that stops on a stop id has run one discarded row)");
+           "experimental: launch each step before the one before it is committed, so the engine plans, stages "
+           "and streams while the accelerator computes (same ids; a request that stops on a stop id has run one "
+           "discarded row)");
   set.Int("overlap-launch-lead-us", &overlap_lead_us_, 0, kTimeMax,
           "with --overlap-steps, launch each step this long before the one in flight is expected to end on "
           "the device (its measured time), so requests arriving meanwhile still join it (0 = at once)");
