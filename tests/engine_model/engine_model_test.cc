@@ -8,9 +8,13 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
+#include <execinfo.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -34,6 +38,21 @@
 #include "runtime/model_runner.h"
 #include "tests/testutil/fixture_models.h"
 
+namespace {
+// A crash in a test prints its stack (frames as binary(+offset): `addr2line -f -C -e BINARY
+// OFFSET` names them), since the GPU machine has no debugger.
+void SegvBacktrace(int sig) {
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  backtrace_symbols_fd(frames, n, 2);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+const bool kSegvHandler = [] {
+  signal(SIGSEGV, SegvBacktrace);
+  return true;
+}();
+}  // namespace
 namespace glmserve {
 namespace {
 
