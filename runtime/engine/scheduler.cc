@@ -1078,13 +1078,11 @@ Scheduler::StepOutcome Scheduler::CollectInFlight() {
 }
 
 void Scheduler::DiscardInFlight() {
-  for (bool* launched : {&in_flight_, &plan_launched_}) {
-    if (!*launched) continue;
-    *launched = false;
-    try {
-      (void)executor_->Collect();
-    } catch (...) {
-    }
+  if (!in_flight_) return;
+  in_flight_ = false;
+  try {
+    (void)executor_->Collect();
+  } catch (...) {
   }
 }
 
@@ -1132,14 +1130,12 @@ Scheduler::StepOutcome Scheduler::RunOnceOverlapped() {
     return HandleFailedStep(plan_, launched);
   }
   AdvanceLaunched(plan_);
-  plan_launched_ = true;
   // With a step in flight the device has this one queued behind it: any gap is the host's.
-  plan_continues_ = in_flight_ || running_after_last_step_;
+  const bool continues = in_flight_ || running_after_last_step_;
   StepOutcome outcome = StepOutcome::kStepped;
   if (in_flight_) outcome = CollectInFlight();
   std::swap(plan_, in_flight_plan_);
-  in_flight_continues_ = plan_continues_;
-  plan_launched_ = false;
+  in_flight_continues_ = continues;
   in_flight_ = true;
   // It starts on the device about now: the step before it has just ended (its ids came back), or
   // there was none.

@@ -360,16 +360,15 @@ class Scheduler {
   PlannedStep plan_;
   PlannedStep in_flight_plan_;
   bool in_flight_ = false;
-  bool plan_launched_ = false;  // plan_ was launched and is not collected yet
   // Device timing (EngineStats::device_busy_ns / device_idle_ns): whether sequences were running
   // when the last step was committed (the device's gap before the next one is then the host's),
-  // and that, for the step in flight and the one launched last, as they were launched.
+  // and that, for the step in flight, as it was launched.
   bool running_after_last_step_ = false;
   // overlap_launch_lead: the device's time for a step by its rows rounded up to 64 (moving
   // averages, microseconds), and when the step in flight is not to be followed before.
   std::unordered_map<int64_t, double> busy_us_by_rows_;
   TimePoint launch_not_before_ = TimePoint::min();
-  bool in_flight_continues_ = false, plan_continues_ = false;
+  bool in_flight_continues_ = false;
   int64_t device_busy_ns_ = 0, device_idle_ns_ = 0;
   // EngineStats' step phases, nanoseconds (clock_'s time).
   int64_t schedule_ns_ = 0, executor_host_ns_ = 0, device_wait_ns_ = 0, commit_ns_ = 0;
