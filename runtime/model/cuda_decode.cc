@@ -489,7 +489,7 @@ class CudaDecodeRunner {
       };
       hidden = model_.RunLayers(d_ids, mrope ? positions_3d : d_positions, d_slots, kv, attend, kernels_, images);
     }
-    if (num_samples == 0) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+    if (num_samples == 0) return at::empty({0, c.vocab_size}, hidden.options().dtype(at::kFloat));
     return model_.Logits(hidden.index_select(0, part(sampled_rows, num_samples)), kernels_);
   }
 
@@ -924,7 +924,7 @@ class CudaDecodeRunner {
     CopyTableRows(tables, st.ints.data_ptr<int32_t>() + kIntTables, table_rows, table_width, st.max_blocks);
     st.copied->record();
     g.graph->replay();
-    if (num_samples == 0) return at::empty({0, model_.config().vocab_size}, at::TensorOptions().dtype(at::kFloat));
+    if (num_samples == 0) return at::empty({0, model_.config().vocab_size}, g.hidden.options().dtype(at::kFloat));
     return model_.Logits(g.hidden.index_select(0, st.longs.narrow(0, kLongSampled, num_samples)), kernels_);
   }
 

@@ -332,7 +332,7 @@ at::Tensor GlmModel::EagerForward(const std::vector<SequenceStep>& batch, KvPool
   };
   at::Tensor hidden = RunLayers(at::tensor(ids, long_cpu).to(device_), position_tensor.to(device_),
                                 at::tensor(slots, long_cpu).to(device_), kv, attend, kernels, embeddings);
-  if (last_rows.empty()) return at::empty({0, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+  if (last_rows.empty()) return at::empty({0, c.vocab_size}, hidden.options().dtype(at::kFloat));
   return Logits(hidden.index_select(0, at::tensor(last_rows, long_cpu).to(device_)), kernels);
 }
 

@@ -788,7 +788,8 @@ class PagedExecutor final : public StepExecutor {
       step.device_ids = ids;
       step.pinned_ids = at::empty({num_samples}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
       if (num_samples > 0) step.pinned_ids.copy_(ids, /*non_blocking=*/true);
-      step.timing.End(device_logits.device());  // after the ids' copy: it marks them ready too
+      // The model's device, not the logits': a step that samples nothing may return empty host logits.
+      step.timing.End(model_->device());  // after the ids' copy: it marks them ready too
       if (!choice.slots.empty()) {
         step.penalty_slots = choice.slots;
         step.penalty_lengths = penalty_tables_.Launched(choice.counted_steps, choice.slots, choice.counted);
@@ -848,6 +849,7 @@ class PagedExecutor final : public StepExecutor {
   void WaitForIds(LaunchedStep& step) {
     if (step.ids_on_host) return;
 #ifdef GLMSERVE_TORCH_CUDA
+    if (!step.timing.end) throw std::runtime_error("a step left running recorded no end event on the device");
     const auto start = std::chrono::steady_clock::now();
     step.timing.end->synchronize();
     device_wait_us_ += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
@@ -979,7 +981,7 @@ class PagedExecutor final : public StepExecutor {
   std::vector<int32_t> ChooseIdsOnDevice(const std::vector<SequenceStep>& batch, const at::Tensor& device_logits,
                                          StepTiming* timing) {
     DeviceChoice choice = EnqueueDeviceChoice(batch, device_logits, nullptr);
-    if (timing != nullptr) timing->End(device_logits.device());
+    if (timing != nullptr) timing->End(model_->device());
     std::vector<int32_t> ids(choice.paths.size(), -1);
     std::vector<at::Tensor> parts;
     if (choice.argmax_ids.defined()) parts.push_back(choice.argmax_ids);
