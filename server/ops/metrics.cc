@@ -33,6 +33,18 @@ prometheus::Histogram::BucketBoundaries SecondsBuckets() {
 
 // The addresses to listen on for --host, in the order tried: an IPv6 wildcard or loopback falls
 // back to IPv4's on a machine without IPv6 (some VMs and containers).
+// One labelled child of `family` for each of `totals` (label value, EngineStats' cumulative
+// nanoseconds), bound to the matching entry of `out` (one entry each, checked at compile time).
+template <typename TimeCounter, size_t N>
+void BindTimeCounters(prometheus::Family<prometheus::Counter>& family, const char* label,
+                      const std::pair<const char*, int64_t EngineStats::*> (&totals)[N],
+                      std::array<TimeCounter, N>& out) {
+  for (size_t i = 0; i < N; ++i) {
+    out[i].counter = &family.Add({{label, totals[i].first}});
+    out[i].total_ns = totals[i].second;
+  }
+}
+
 std::vector<std::string> ListenHosts(const std::string& host_in) {
   std::string host = host_in;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
@@ -162,28 +174,20 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                          "step), executor_host (the executor's host work), device_wait (waiting for the "
                          "accelerator), commit (handing out tokens, finishing requests)")
                      .Register(r);
-  const std::pair<const char*, int64_t EngineStats::*> kPhases[] = {{"schedule", &EngineStats::schedule_ns},
-                                                                    {"executor_host", &EngineStats::executor_host_ns},
-                                                                    {"device_wait", &EngineStats::device_wait_ns},
-                                                                    {"commit", &EngineStats::commit_ns}};
-  static_assert(std::size(kPhases) == std::tuple_size_v<decltype(m->phases_)>);
-  for (size_t i = 0; i < std::size(kPhases); ++i) {
-    m->phases_[i].counter = &phases.Add({{"phase", kPhases[i].first}});
-    m->phases_[i].total_ns = kPhases[i].second;
-  }
+  BindTimeCounters(phases, "phase",
+                   {{"schedule", &EngineStats::schedule_ns},
+                    {"executor_host", &EngineStats::executor_host_ns},
+                    {"device_wait", &EngineStats::device_wait_ns},
+                    {"commit", &EngineStats::commit_ns}},
+                   m->phases_);
   auto& device = prometheus::BuildCounter()
                      .Name("glmserve_device_seconds_total")
                      .Help(
                          "The accelerator's own timing of the engine's steps: busy (running them), idle (between "
                          "one step's end and the next one's start while sequences ran); 0 on a CPU")
                      .Register(r);
-  const std::pair<const char*, int64_t EngineStats::*> kDeviceStates[] = {{"busy", &EngineStats::device_busy_ns},
-                                                                          {"idle", &EngineStats::device_idle_ns}};
-  static_assert(std::size(kDeviceStates) == std::tuple_size_v<decltype(m->device_)>);
-  for (size_t i = 0; i < std::size(kDeviceStates); ++i) {
-    m->device_[i].counter = &device.Add({{"state", kDeviceStates[i].first}});
-    m->device_[i].total_ns = kDeviceStates[i].second;
-  }
+  BindTimeCounters(device, "state", {{"busy", &EngineStats::device_busy_ns}, {"idle", &EngineStats::device_idle_ns}},
+                   m->device_);
   prometheus::BuildGauge()
       .Name("glmserve_build_info")
       .Help("Always 1; labels carry the build")
