@@ -4,6 +4,10 @@ Kineto profiler): time per kernel family and per kernel, per decode step, as a m
 
     python3 bench/summarize_trace.py TRACE.json --steps 8 [--top 20]
     python3 bench/summarize_trace.py TRACE.json --by-step
+    python3 bench/summarize_trace.py TRACE.json --steps 8 --gaps 12
+
+--gaps N lists where the GPU waits between its own operations (kernels, copies, memsets in
+stream order): the N largest sums of idle time by the pair of operations around it, per step.
 
 --by-step reads a trace of a running server (GLMSERVE_PROFILE_TRACE, docs/operations.md): each
 executor step is a range "glmserve step decode=D prefill=P"; kernels are assigned to the step
@@ -177,6 +181,42 @@ def by_step(events, top_families):
     return 0
 
 
+def short_name(name, width=60):
+    name = name.replace("|", "\\|")
+    return name if len(name) <= width else name[:width - 3] + "..."
+
+
+def gaps(events, steps, top):
+    """Idle time between consecutive GPU operations (any stream, in start order), summed by the
+    (before, after) pair of operation names: which launches the GPU waits for."""
+    ops = sorted((e for e in events if e.get("ph") == "X"
+                  and e.get("cat") in ("kernel", "Kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
+    if len(ops) < 2:
+        print("no GPU operations in the trace")
+        return 1
+    idle = collections.Counter()
+    count = collections.Counter()
+    end = ops[0]["ts"] + ops[0]["dur"]
+    before = ops[0]["name"]
+    for e in ops[1:]:
+        gap = e["ts"] - end
+        if gap > 0:
+            key = (short_name(before), short_name(e["name"]))
+            idle[key] += gap
+            count[key] += 1
+        if e["ts"] + e["dur"] >= end:
+            end = e["ts"] + e["dur"]
+            before = e["name"]
+    total = sum(idle.values())
+    span = end - ops[0]["ts"]
+    print(f"GPU idle between its operations: {total / steps:.1f} us per step of {span / steps / 1000:.2f} ms "
+          f"({len(ops) / steps:.0f} operations per step)\n")
+    print("| idle after | before | us/step | gaps/step | us/gap |\n|---|---|---:|---:|---:|")
+    for (a, b), us in idle.most_common(top):
+        print(f"| `{a}` | `{b}` | {us / steps:.1f} | {count[(a, b)] / steps:.1f} | {us / count[(a, b)]:.1f} |")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace")
@@ -184,9 +224,15 @@ def main():
     parser.add_argument("--by-step", action="store_true", help="group by executor step (a server's trace)")
     parser.add_argument("--top", type=int,
                         help="kernels listed (default 15); with --by-step, kernel families per step kind (default 5)")
+    parser.add_argument("--gaps", type=int, metavar="N",
+                        help="the N largest sums of GPU idle time between two operations, by their names")
     args = parser.parse_args()
     with open(args.trace) as f:
         events = json.load(f)["traceEvents"]
+    if args.gaps is not None:
+        if args.steps is None:
+            parser.error("--steps is required with --gaps")
+        return gaps(events, args.steps, args.gaps)
     if args.by_step:
         return by_step(events, args.top or 5)
     if args.steps is None:
