@@ -15,7 +15,7 @@
 # (glmserve serve + glmload table: scripts/gpu-serve-bench.sh, its own switches there)
 # GLMSERVE_GPU_VISION=0 (the AutoGLM-Phone-9B agent benchmark: scripts/gpu-vision-bench.sh)
 # GLMSERVE_GPU_OVERLAP=0 (--overlap-steps: engine tests on CUDA, decode_bench and the server with
-# and without).
+# and without; GLMSERVE_GPU_OVERLAP_GAPS=1 profiles batch 1 both ways for summarize_trace.py --gaps).
 # GLMSERVE_GPU_CONFIGURE_ONLY=1 stops after unpacking the prefix and configuring (no GPU needed:
 # how the prefix handling is checked on a CPU machine). Where one call is limited to 10 minutes,
 # build first with every part 0 (GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0
@@ -257,6 +257,15 @@ if [ "${GLMSERVE_GPU_OVERLAP:-0}" = 1 ]; then
     bench --batch-sizes "${GLMSERVE_BATCHES:-1,64}" --overlap-steps "$overlap" 2>/dev/null | tail -n +3 |
       sed "s/^/overlap $overlap /" | tee -a "$out/overlap_decode.md"
   done
+  # Where a step's device time goes either way: the GPU's idle time between its own operations.
+  if [ "${GLMSERVE_GPU_OVERLAP_GAPS:-1}" = 1 ]; then
+    mkdir -p .gpu/trace
+    for overlap in false true; do
+      bench --batch-sizes 1 --overlap-steps "$overlap" --profile-trace ".gpu/trace/overlap-$overlap" >/dev/null 2>&1
+      python3 bench/summarize_trace.py ".gpu/trace/overlap-$overlap-b1.json" --steps 8 --gaps 10 |
+        sed "s/^/overlap $overlap /" | tee -a "$out/overlap_gaps.md"
+    done
+  fi
   run env OUT="$out/overlap_serve" bash scripts/gpu-serve-ab.sh "" "--overlap-steps true" \
     "--overlap-steps true --overlap-launch-lead-us 500" ""
 fi
