@@ -3,6 +3,7 @@
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
 #include "kernels/sampling.h"
+#include "kernels/tuned_gemm.h"
 
 namespace glmserve::kernels {
 bool FusedAddRmsNormCuda(const float*, float*, const float*, float*, int64_t, int64_t, float, void*) { return false; }
@@ -47,4 +48,5 @@ bool ApplyPenaltiesCuda(float*, int32_t, int32_t, const PenaltyRow*, const int32
 bool CountTokensCuda(int32_t*, uint8_t*, int32_t, const int32_t*, const int32_t*, const uint8_t*, int32_t, void*) {
   return false;
 }
+std::unique_ptr<TunedGemm> TunedGemm::Create() { return nullptr; }
 }  // namespace glmserve::kernels

@@ -15,7 +15,8 @@
 # (glmserve serve + glmload table: scripts/gpu-serve-bench.sh, its own switches there)
 # GLMSERVE_GPU_VISION=0 (the AutoGLM-Phone-9B agent benchmark: scripts/gpu-vision-bench.sh)
 # GLMSERVE_GPU_OVERLAP=0 (--overlap-steps: engine tests on CUDA, decode_bench and the server with
-# and without; GLMSERVE_GPU_OVERLAP_GAPS=1 profiles batch 1 both ways for summarize_trace.py --gaps).
+# and without; GLMSERVE_GPU_OVERLAP_GAPS=1 profiles batch 1 both ways for summarize_trace.py --gaps)
+# GLMSERVE_GPU_GEMM_TUNING=0 (cuBLASLt's algorithms timed at start against its heuristic's first).
 # GLMSERVE_GPU_CONFIGURE_ONLY=1 stops after unpacking the prefix and configuring (no GPU needed:
 # how the prefix handling is checked on a CPU machine). Where one call is limited to 10 minutes,
 # build first with every part 0 (GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0
@@ -244,6 +245,28 @@ if [ "${GLMSERVE_GPU_VISION:-0}" = 1 ]; then
     tail -1 "$out/glm4v_live_cuda_$dt.log"; grep FAIL "$out/glm4v_live_cuda_$dt.log" | head -5
   done
   run env OUT="$out" bash scripts/gpu-vision-bench.sh
+fi
+if [ "${GLMSERVE_GPU_GEMM_TUNING:-0}" = 1 ]; then
+  # cuBLASLt's algorithms timed per shape and row count (kernels/tuned_gemm.h) against its
+  # heuristic's first (GLMSERVE_CUDA_DISABLE=gemm_tuning): the kernel test, the engine on CUDA
+  # (fp16 fixture: tuned), decode_bench on / off / on / off, the server both ways.
+  echo "== tuned GEMMs"
+  run timeout 120 .gpu/build/tests/kernels_test --gtest_filter='*TunedGemm*' >"$out/tuned_gemm_test.log" 2>&1
+  tail -1 "$out/tuned_gemm_test.log"; grep -E "Failure|FAILED" -A4 "$out/tuned_gemm_test.log" | head -20
+  GLMSERVE_TEST_DEVICE=cuda run timeout 300 .gpu/build/tests/engine_model/engine_model_test \
+    --gtest_filter='*Invariance*:*Parity*:*Overlap*:*Identical*' >"$out/tuned_engine_model_cuda.log" 2>&1
+  tail -1 "$out/tuned_engine_model_cuda.log"; grep -E "FAILED" "$out/tuned_engine_model_cuda.log" | head
+  for setting in on off on off; do
+    disable=""; [ "$setting" = off ] && disable="gemm_tuning"
+    GLMSERVE_CUDA_DISABLE="$disable" bench --batch-sizes "${GLMSERVE_BATCHES:-8,64,128,256}" \
+      2>"$out/tuned_decode_$setting.log" | tail -n +3 | sed "s/^/tuning $setting /" | tee -a "$out/tuned_decode.md"
+  done
+  grep -h "cuBLASLt algorithms" "$out/tuned_decode_on.log" | head -1
+  for setting in on off; do
+    disable=""; [ "$setting" = off ] && disable="gemm_tuning"
+    GLMSERVE_CUDA_DISABLE="$disable" run env OUT="$out/tuned_serve_$setting" bash scripts/gpu-serve-ab.sh "" |
+      sed "s/^/tuning $setting /"
+  done
 fi
 if [ "${GLMSERVE_GPU_OVERLAP:-0}" = 1 ]; then
   # Overlapped steps (--overlap-steps): the engine on the real model on CUDA with them (same ids as

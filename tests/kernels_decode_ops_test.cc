@@ -16,6 +16,7 @@
 #include "kernels/launch.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
+#include "kernels/tuned_gemm.h"
 #include "tests/testutil/bf16.h"
 #include "tests/testutil/fp16.h"
 
@@ -361,6 +362,84 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
     }
   EXPECT_FALSE(SkinnyGemmCudaTakes(kSkinnyGemmMaxRows + 1, 128, 64, type(), d_workspace.get(), d_workspace.get()));
   EXPECT_FALSE(SkinnyGemmCudaTakes(4, 128, 60, type(), d_workspace.get(), d_workspace.get()));
+}
+
+// cuBLASLt with timed algorithms: each tuned row count against the reference on every layer's
+// weight it was timed on, in bf16 and fp16; untuned counts, misaligned pointers, fp32 and a
+// capturing stream are refused.
+TEST_P(DecodeOpsCuda, TunedGemmMatchesReferenceAtEveryTunedRowCount) {
+  std::unique_ptr<TunedGemm> tuner = TunedGemm::Create();
+  ASSERT_NE(tuner, nullptr);
+  const int64_t n = 384, k = 512;
+  const int32_t most_rows = 192;
+  Device d_workspace(std::vector<uint8_t>(kTunedGemmWorkspaceBytes, 0));
+  if (!bf16()) {
+    Device scratch(std::vector<float>(most_rows * std::max(n, k), 0.0f), type());
+    const GemmKey key{64, n, k, type(), false};
+    EXPECT_FALSE(
+        tuner->Tune(key, {scratch.get()}, {}, scratch.get(), scratch.get(), d_workspace.get(), 8, nullptr, nullptr))
+        << "fp32 stays on ATen's cuBLAS call";
+    EXPECT_FALSE(tuner->Tuned(key));
+    return;
+  }
+  for (ElementType element : {ElementType::kBFloat16, ElementType::kFloat16}) {
+    // Three layers' weights and biases of one shape, as a model's projection.
+    std::vector<std::vector<float>> w, bias;
+    std::vector<std::unique_ptr<Device>> d_w, d_bias;
+    std::vector<const void*> weights, biases;
+    for (uint32_t layer = 0; layer < 3; ++layer) {
+      w.push_back(Random(n * k, 40 + layer, element, 0.05f));
+      bias.push_back(Random(n, 50 + layer, element));
+      d_w.push_back(std::make_unique<Device>(w.back(), element));
+      d_bias.push_back(std::make_unique<Device>(bias.back(), element));
+      weights.push_back(d_w.back()->get());
+      biases.push_back(d_bias.back()->get());
+    }
+    const std::vector<float> x = Random(most_rows * k, 60, element);
+    Device d_x(x, element), d_scratch_x(std::vector<float>(most_rows * k, 0.0f), element),
+        d_scratch_y(std::vector<float>(most_rows * n, 0.0f), element);
+    for (int32_t rows : {2, 64, 128, most_rows}) {
+      for (bool with_bias : {true, false}) {
+        SCOPED_TRACE(testing::Message() << (element == ElementType::kFloat16 ? "fp16" : "bf16") << " rows " << rows
+                                        << " bias " << with_bias);
+        const GemmKey key{rows, n, k, element, with_bias};
+        GemmTuning tuning;
+        ASSERT_TRUE(tuner->Tune(key, weights, with_bias ? biases : std::vector<const void*>{}, d_scratch_x.get(),
+                                d_scratch_y.get(), d_workspace.get(), 8, nullptr, &tuning));
+        EXPECT_TRUE(tuner->Tuned(key));
+        EXPECT_GE(tuning.candidates, 1);
+        EXPECT_GE(tuning.chosen, 0);
+        EXPECT_GT(tuning.chosen_us, 0.0);
+        EXPECT_LE(tuning.chosen_us, tuning.first_us) << "the fastest is at most the heuristic's first";
+        for (size_t layer = 0; layer < weights.size(); ++layer) {
+          Device d_y(std::vector<float>(rows * n, 0.0f), element);
+          const void* b = with_bias ? biases[layer] : nullptr;
+          ASSERT_TRUE(tuner->Takes(key, d_x.get(), weights[layer], b, d_y.get()));
+          ASSERT_TRUE(tuner->Run(key, d_x.get(), weights[layer], b, d_y.get(), d_workspace.get(), nullptr));
+          std::vector<float> want(rows * n);
+          GemvReference(x.data(), w[layer].data(), with_bias ? bias[layer].data() : nullptr, want.data(), rows, n, k);
+          ExpectClose(d_y.Floats(), want, 8e-3, 2e-3);
+        }
+      }
+    }
+    const GemmKey tuned{64, n, k, element, true};
+    EXPECT_FALSE(tuner->Takes(GemmKey{3, n, k, element, true}, d_x.get(), weights[0], biases[0], nullptr))
+        << "a row count never tuned";
+    EXPECT_FALSE(tuner->Takes(tuned, d_x.as<uint16_t>() + 1, weights[0], biases[0], nullptr)) << "misaligned x";
+    EXPECT_FALSE(tuner->Takes(tuned, d_x.get(), weights[0], nullptr, nullptr)) << "tuned with a bias";
+  }
+  // No timing (nor any launch) into a stream that is capturing a graph.
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  Device scratch(std::vector<float>(most_rows * k, 0.0f), type()), weight(std::vector<float>(n * k, 0.0f), type());
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  EXPECT_FALSE(tuner->Tune(GemmKey{8, n, k, type(), false}, {weight.get()}, {}, scratch.get(), scratch.get(),
+                           d_workspace.get(), 8, stream, nullptr));
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  EXPECT_FALSE(tuner->Tuned(GemmKey{8, n, k, type(), false}));
 }
 
 struct AttentionCase {

@@ -13,12 +13,13 @@
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
 // GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
-// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt,tma_gemm> turns single kernels off
+// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt,tma_gemm,gemm_tuning> turns single kernels off
 // (their ATen ops or cuBLAS, the skinny GEMM on mma.sync, the one-pass attention kernel, the
 // CUDA-core split attention, the shared-memory tile attention kernel, or per-sequence ATen
 // attention for prefill and mixed steps run instead; whole_mixed: mixed steps replay graphs
 // between their eager attentions; cublaslt: bf16 / fp16 GEMMs on cublasGemmEx's heuristic instead
-// of cuBLASLt's; tma_gemm: the skinny GEMM's wgmma fed by cp.async instead of TMA);
+// of cuBLASLt's; tma_gemm: the skinny GEMM's wgmma fed by cp.async instead of TMA; gemm_tuning:
+// cuBLASLt's heuristic's first algorithm instead of the fastest of its candidates, timed at start);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
 #include "runtime/model/cuda_decode.h"
@@ -35,10 +36,12 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -48,12 +51,14 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "kernels/decode_ops.h"
 #include "kernels/launch.h"
 #include "kernels/paged_attention.h"
 #include "kernels/rms_norm.h"
+#include "kernels/tuned_gemm.h"
 #include "runtime/model/env_switches.h"
 #include "runtime/model/glm_model.h"
 
@@ -65,6 +70,14 @@ kernels::ElementType ElementTypeOf(at::ScalarType dtype) {
   if (dtype == at::kBFloat16) return kernels::ElementType::kBFloat16;
   if (dtype == at::kHalf) return kernels::ElementType::kFloat16;
   return kernels::ElementType::kFloat32;
+}
+
+// The process's cuBLASLt tuner (the runtime drives one GPU), made on first use and never
+// destroyed (a cuBLASLt handle torn down after the CUDA runtime at exit can fail); null where
+// cuBLASLt cannot be set up.
+kernels::TunedGemm* SharedTunedGemm() {
+  static kernels::TunedGemm* const tuner = kernels::TunedGemm::Create().release();
+  return tuner;
 }
 
 bool FlashTakesHeadDim(const ModelConfig& config) { return config.head_dim % 8 == 0 && config.head_dim <= 256; }
@@ -225,6 +238,10 @@ class CudaDecodeRunner {
       c10::cuda::CUDAGuard guard(model.device());
       gemm_workspace_bytes_ = static_cast<int64_t>(kernels::SkinnyGemmWorkspaceBytes());
     }
+    if (Enabled("gemm_tuning") && type_ != kernels::ElementType::kFloat32) {
+      c10::cuda::CUDAGuard guard(model.device());
+      tuned_gemm_ = SharedTunedGemm();
+    }
     kernels_ = MakeLayerKernels();
     vision_kernels_ = MakeVisionKernels();
     // Flash attention takes bf16 / fp16 and head sizes up to 256 in multiples of 8.
@@ -244,8 +261,9 @@ class CudaDecodeRunner {
 
   // Buckets 1, 2, 4, ... up to the one holding max_sequences, every row padding (reads and writes
   // only the pool's scratch block): their graphs are then ready for the first step of each size.
-  void CaptureBuckets(int32_t max_sequences, KvPool& kv, std::vector<int32_t>* captured) {
+  void CaptureBuckets(int32_t max_sequences, KvPool& kv, std::vector<int32_t>* captured, std::string* note) {
     std::lock_guard<std::mutex> lock(mu_);
+    TuneGemms(max_sequences, note);
     if (!graphs_) return;
     const int32_t max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
     for (int32_t size = 1; size <= kMaxBucket; size *= 2) {
@@ -265,6 +283,76 @@ class CudaDecodeRunner {
       if (!EnsureWholeGraph(rows, kWholeContextCapacities[0], kv)) break;
       if (paged_prompt_rows_ > 0 && !EnsureWholeGraph(rows, kPagedPrompts, kv)) break;
     }
+  }
+
+  // cuBLASLt's fastest algorithm for each projection at each row count the decode buckets (up to
+  // max_sequences) and the mixed-step graphs run (tuned_gemm.h), timed on the model's own weights
+  // before anything is captured; each shape once in the process. What it found goes to `note`.
+  void TuneGemms(int32_t max_sequences, std::string* note) {
+    if (tuned_gemm_ == nullptr) return;
+    std::set<int32_t> decode_rows, rows;
+    for (int32_t size = 2; size <= kMaxBucket; size *= 2) {
+      decode_rows.insert(size);
+      if (size >= max_sequences) break;
+    }
+    rows = decode_rows;
+    for (int32_t t = kMixedGraphStep; mixed_ && t <= std::min(mixed_graph_max_tokens_, kMaxTunedRows);
+         t += kMixedGraphStep) {
+      rows.insert(t);
+    }
+    const std::vector<GlmModel::Projection> projections = model_.Projections();
+    int64_t max_n = 0, max_k = 0;
+    for (const GlmModel::Projection& p : projections) {
+      max_n = std::max(max_n, p.weights.front().size(0));
+      max_k = std::max(max_k, p.weights.front().size(1));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    const at::TensorOptions options = at::TensorOptions().dtype(model_.dtype()).device(model_.device());
+    const int32_t most_rows = *rows.rbegin();
+    at::Tensor x = at::zeros({most_rows, max_k}, options), y = at::empty({most_rows, max_n}, options);
+    at::Tensor workspace =
+        at::empty({static_cast<int64_t>(kernels::kTunedGemmWorkspaceBytes)}, options.dtype(at::kByte));
+    // A layer's four projections at each row count: the heuristic's first and the fastest, us.
+    std::map<int32_t, std::pair<double, double>> layer_us;
+    int tuned = 0, kept_first = 0;
+    for (const GlmModel::Projection& p : projections) {
+      const bool lm_head = std::string(p.role) == "lm_head";
+      std::vector<const void*> weights, biases;
+      for (size_t i = 0; i < p.weights.size(); ++i) {
+        if (!p.weights[i].is_contiguous() || p.weights[i].sizes() != p.weights.front().sizes()) return;
+        weights.push_back(p.weights[i].data_ptr());
+        if (p.biases[i].defined()) biases.push_back(p.biases[i].data_ptr());
+      }
+      const bool bias = !biases.empty();
+      if (bias && biases.size() != weights.size()) return;
+      for (int32_t r : lm_head ? decode_rows : rows) {
+        // The lm_head up to the skinny GEMM's rows takes the skinny GEMM (MakeLayerKernels).
+        if (lm_head && r <= kSkinnyGemmFasterUpToRows && gemm_workspace_bytes_ > 0) continue;
+        const kernels::GemmKey key{r, p.weights.front().size(0), p.weights.front().size(1), type_, bias};
+        if (tuned_gemm_->Tuned(key)) continue;
+        kernels::GemmTuning tuning;
+        if (!tuned_gemm_->Tune(key, weights, biases, x.data_ptr(), y.data_ptr(), workspace.data_ptr(),
+                               kTunedGemmCandidates, CurrentStream(), &tuning)) {
+          continue;
+        }
+        ++tuned;
+        kept_first += tuning.chosen == 0;
+        if (!lm_head && tuning.first_us > 0) {
+          layer_us[r].first += tuning.first_us;
+          layer_us[r].second += tuning.chosen_us;
+        }
+      }
+    }
+    if (tuned == 0 || note == nullptr) return;
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    std::vector<std::string> per_rows;
+    for (const auto& [r, us] : layer_us) {
+      per_rows.push_back(absl::StrFormat("%d rows %.1f -> %.1f", r, us.first, us.second));
+    }
+    *note = absl::StrFormat(
+        "cuBLASLt algorithms timed for %d GEMM shapes in %.0f ms (the heuristic's first was fastest for %d); "
+        "a layer's projections, its first -> the fastest, us: %s",
+        tuned, ms, kept_first, absl::StrJoin(per_rows, ", "));
   }
 
   at::Tensor Run(const std::vector<SequenceStep>& batch, KvPool& kv, const PreviousStepIds* previous) {
@@ -937,7 +1025,7 @@ class CudaDecodeRunner {
   static constexpr const char* kSwitchableKernels[] = {
       "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma",       "split_attention",
       "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl",  "whole_mixed", "cublaslt",
-      "tma_gemm"};
+      "tma_gemm",      "gemm_tuning"};
   // A fresh prompt of at least this many tokens alone in a step attends through cuDNN, its length
   // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
@@ -951,6 +1039,10 @@ class CudaDecodeRunner {
   // against 10,466 / 10,380). Its cp.async form lost from 32 rows on (350 vs 306 us at 32).
   static constexpr int64_t kSkinnyGemmFasterUpToRows = kernels::kSkinnyGemmMaxRows;
   static constexpr int64_t kSkinnyGemmMinWeightElements = int64_t{1} << 29;
+  // cuBLASLt candidates timed a shape (the third session's probe found the best within 8), and
+  // the most rows tuned (the default mixed-graph bound is 512).
+  static constexpr int kTunedGemmCandidates = 8;
+  static constexpr int64_t kMaxTunedRows = 1024;
 
   struct Bucket {
     int32_t size = 0;
@@ -1177,15 +1269,35 @@ class CudaDecodeRunner {
                                               : Enabled("tma_gemm") ? kernels::SkinnyGemmMath::kTma
                                                                     : kernels::SkinnyGemmMath::kWarpgroup;
     const int64_t max_custom_rows = std::max(max_rows, gemm_workspace_bytes > 0 ? gemm_max_rows : 0);
-    if (max_custom_rows > 0) {
-      k.linear = [type, max_rows, gemm_workspace_bytes, gemm_max_rows, gemm_min_weight, gemm_math, max_custom_rows](
-                     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+    const kernels::TunedGemm* tuned = tuned_gemm_;
+    if (max_custom_rows > 0 || tuned != nullptr) {
+      k.linear = [type, max_rows, gemm_workspace_bytes, gemm_max_rows, gemm_min_weight, gemm_math, max_custom_rows,
+                  tuned](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
-        if (!x.is_contiguous() || !weight.is_contiguous() || rows > max_custom_rows) {
-          return at::linear(x, weight, bias);  // prefill and large batches: cuBLAS
+        if (!x.is_contiguous() || !weight.is_contiguous() || (bias.defined() && !bias.is_contiguous()) ||
+            rows > std::numeric_limits<int32_t>::max()) {
+          return at::linear(x, weight, bias);
         }
         const auto rows32 = static_cast<int32_t>(rows);
         const void* bias_data = bias.defined() ? bias.data_ptr() : nullptr;
+        // The row counts the graphs and decode buckets use, tuned at capture (TuneGemms); prefill
+        // and other counts: ATen's cuBLAS(Lt) call.
+        auto tuned_or_aten = [&]() {
+          const kernels::GemmKey key{rows32, out_features, in, type, bias.defined()};
+          if (tuned == nullptr || x.scalar_type() != weight.scalar_type() ||
+              !tuned->Takes(key, x.data_ptr(), weight.data_ptr(), bias_data, nullptr)) {
+            return at::linear(x, weight, bias);
+          }
+          at::Tensor y = at::empty({rows, out_features}, x.options());
+          // Per call from the caching allocator, as the skinny GEMM's below.
+          at::Tensor workspace =
+              at::empty({static_cast<int64_t>(kernels::kTunedGemmWorkspaceBytes)}, x.options().dtype(at::kByte));
+          Check(tuned->Run(key, x.data_ptr(), weight.data_ptr(), bias_data, y.data_ptr(), workspace.data_ptr(),
+                           CurrentStream()),
+                "tuned GEMM");
+          return y;
+        };
+        if (rows > max_custom_rows) return tuned_or_aten();
         if (rows <= max_rows && kernels::GemvCudaTakes(rows32, in, type, x.data_ptr(), weight.data_ptr())) {
           at::Tensor y = at::empty({rows, out_features}, x.options());
           Check(kernels::GemvCuda(x.data_ptr(), weight.data_ptr(), bias_data, y.data_ptr(), rows32, out_features, in,
@@ -1208,7 +1320,7 @@ class CudaDecodeRunner {
                 "skinny GEMM");
           return y;
         }
-        return at::linear(x, weight, bias);
+        return tuned_or_aten();
       };
     }
     return k;
@@ -1333,6 +1445,9 @@ class CudaDecodeRunner {
   std::thread::id cudnn_warm_thread_;  // the thread whose cuDNN graph cache PrewarmCudnnPrefill filled
   std::set<std::string> disabled_;     // GLMSERVE_CUDA_DISABLE
   int64_t gemm_workspace_bytes_ = 0;   // kernels::SkinnyGemmCuda's; 0 when the "gemm" kernel is off
+  // cuBLASLt with timed algorithms (process-wide: tunings outlive an engine rebuilt by the
+  // watchdog); null for fp32 or with "gemm_tuning" off.
+  kernels::TunedGemm* tuned_gemm_ = nullptr;
   GlmModel::LayerKernels kernels_;
   VisionKernels vision_kernels_;  // empty members for a model without a vision tower
   int64_t verified_steps_ = 0;
@@ -1363,8 +1478,8 @@ at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<Sequence
 }
 
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
-                             std::vector<int32_t>* captured) {
-  runner.CaptureBuckets(max_sequences, kv, captured);
+                             std::vector<int32_t>* captured, std::string* note) {
+  runner.CaptureBuckets(max_sequences, kv, captured, note);
 }
 
 const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner) { return runner.layer_kernels(); }

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "runtime/model/glm_model.h"
@@ -37,8 +38,9 @@ at::Tensor CudaDecodeForward(CudaDecodeRunner& runner, const std::vector<Sequenc
 at::Tensor CudaMixedForward(CudaDecodeRunner& runner, const std::vector<SequenceStep>& batch, KvPool& kv,
                             const GlmModel::EmbeddingOverride* images = nullptr,
                             const PreviousStepIds* previous = nullptr);
+// Times cuBLASLt's algorithms for the GEMM shapes the buckets run first (what it found in `note`).
 void CaptureCudaDecodeGraphs(CudaDecodeRunner& runner, int32_t max_sequences, KvPool& kv,
-                             std::vector<int32_t>* captured);
+                             std::vector<int32_t>* captured, std::string* note);
 // The fused kernels for eager forwards on the GPU (prefill and mixed batches).
 const GlmModel::LayerKernels& CudaLayerKernels(const CudaDecodeRunner& runner);
 // The vision tower's (members empty for a text model).

@@ -245,6 +245,20 @@ at::Tensor GlmModel::AddRmsNorm(const LayerKernels& kernels, const at::Tensor& d
   return RmsNorm(residual, weight);
 }
 
+std::vector<GlmModel::Projection> GlmModel::Projections() const {
+  std::vector<Projection> roles = {{"qkv", {}, {}}, {"o", {}, {}}, {"gate_up", {}, {}}, {"down", {}, {}}};
+  for (const Layer& layer : layers_) {
+    const at::Tensor weights[] = {layer.qkv_weight, layer.o_weight, layer.gate_up_weight, layer.down_weight};
+    const at::Tensor biases[] = {layer.qkv_bias, at::Tensor(), at::Tensor(), at::Tensor()};
+    for (size_t i = 0; i < roles.size(); ++i) {
+      roles[i].weights.push_back(weights[i]);
+      roles[i].biases.push_back(biases[i]);
+    }
+  }
+  roles.push_back({"lm_head", {lm_head_}, {at::Tensor()}});
+  return roles;
+}
+
 at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels, bool fp32) const {
   at::Tensor rows = hidden_rows.contiguous();  // the fused kernel reads rows densely
   at::Tensor logits =

@@ -125,6 +125,14 @@ class GlmModel {
   // glm4v: for each rotary frequency, which position component (0, 1, 2) drives it (mrope_section
   // expanded), int64 on the device; undefined for the text architectures.
   const at::Tensor& mrope_components() const { return mrope_components_; }
+  // The decoder's linear projections by role (qkv, o, gate_up, down; the lm_head alone), each with
+  // every layer's weight (and bias, undefined where the role has none) in layer order: what tuning
+  // a GEMM per shape times, one layer's weight after another as a step reads them.
+  struct Projection {
+    const char* role;
+    std::vector<at::Tensor> weights, biases;
+  };
+  std::vector<Projection> Projections() const;
   // The vision tower's weights; null for the text architectures.
   const VisionWeights* vision() const { return vision_.get(); }
 

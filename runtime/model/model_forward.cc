@@ -156,11 +156,12 @@ GlmModel::EmbeddingOverride ModelForward::ImageEmbeddings(const std::vector<Sequ
   return result;
 }
 
-void ModelForward::CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured) {
+void ModelForward::CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured,
+                                       std::string* note) {
 #ifdef GLMSERVE_TORCH_CUDA
-  if (CudaDecodeRunner* runner = DecodeRunner()) CaptureCudaDecodeGraphs(*runner, max_sequences, kv, captured);
+  if (CudaDecodeRunner* runner = DecodeRunner()) CaptureCudaDecodeGraphs(*runner, max_sequences, kv, captured, note);
 #else
-  (void)kv, (void)max_sequences, (void)captured;
+  (void)kv, (void)max_sequences, (void)captured, (void)note;
 #endif
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -41,8 +42,9 @@ class ModelForward {
   // CUDA with graphs on: captures the decode graphs of batch buckets 1, 2, 4, ... up to the one
   // holding max_sequences over `kv` now, appending each captured bucket to `captured`, so no
   // step waits for a capture later. Throws where a capture fails (that bucket and the larger ones
-  // are then captured on first use). Does nothing elsewhere.
-  void CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured);
+  // are then captured on first use). Does nothing elsewhere. Before capturing, times the GEMM
+  // algorithms for the row counts the graphs run; `note` says what that found (empty: nothing).
+  void CaptureDecodeGraphs(KvPool& kv, int32_t max_sequences, std::vector<int32_t>* captured, std::string* note);
   // Drops what Forward keeps for `sequence_id` across steps (its encoded images).
   void ReleaseSequence(int64_t sequence_id) { encoded_images_.erase(sequence_id); }
 

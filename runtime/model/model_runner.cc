@@ -1296,9 +1296,12 @@ class ModelRunnerImpl final : public ModelRunner {
  private:
   void CaptureDecodeGraphs(const ExecutorOptions& options, ModelForward& forward, KvPool& pool) {
     std::vector<int32_t> captured;
+    std::string tuning;
     const auto start = std::chrono::steady_clock::now();
-    const absl::Status status = GuardTorch(
-        "capturing decode graphs", [&] { forward.CaptureDecodeGraphs(pool, options.capture_decode_batch, &captured); });
+    const absl::Status status = GuardTorch("capturing decode graphs", [&] {
+      forward.CaptureDecodeGraphs(pool, options.capture_decode_batch, &captured, &tuning);
+    });
+    if (!tuning.empty()) LogLine(options.log, tuning);
     if (status.ok() && captured.empty()) return;  // graphs off: nothing to capture
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     std::string line = absl::StrCat("decode graphs captured for batch buckets [", absl::StrJoin(captured, ","), "] in ",
