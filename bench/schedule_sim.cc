@@ -214,7 +214,7 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
     }
     if ((*scheduler)->HasWork()) {
       if ((*scheduler)->RunOnce() == Scheduler::StepOutcome::kIdle) {
-        // Held (a queue delay, an overlapped launch's lead): to when it ends or the next arrival.
+        // Held (a queue delay): to when it ends or the next arrival.
         TimePoint wake = (*scheduler)->NextWakeTime(now);
         if (!arrivals.empty()) wake = std::min(wake, *arrivals.begin());
         clock.Advance(wake > now && wake != TimePoint::max() ? wake - now : std::chrono::milliseconds(1));

@@ -270,8 +270,8 @@ if [ "${GLMSERVE_GPU_GEMM_TUNING:-0}" = 1 ]; then
 fi
 if [ "${GLMSERVE_GPU_OVERLAP:-0}" = 1 ]; then
   # Overlapped steps (--overlap-steps): the engine on the real model on CUDA with them (same ids as
-  # alone, OOM storm), decode_bench with and without (ABAB), the server without, with, with a
-  # 0.5 ms launch lead, and without again (the drift).
+  # alone, OOM storm), decode_bench with and without (ABAB), the server without, with, and
+  # without again (the drift).
   echo "== overlapped steps"
   GLMSERVE_TEST_DEVICE=cuda run timeout 300 .gpu/build/tests/engine_model/engine_model_test \
     --gtest_filter='*Overlap*:*Invariance*' >"$out/overlap_engine_model_cuda.log" 2>&1
@@ -289,8 +289,7 @@ if [ "${GLMSERVE_GPU_OVERLAP:-0}" = 1 ]; then
         sed "s/^/overlap $overlap /" | tee -a "$out/overlap_gaps.md"
     done
   fi
-  run env OUT="$out/overlap_serve" bash scripts/gpu-serve-ab.sh "" "--overlap-steps true" \
-    "--overlap-steps true --overlap-launch-lead-us 500" ""
+  run env OUT="$out/overlap_serve" bash scripts/gpu-serve-ab.sh "" "--overlap-steps true" ""
 fi
 if [ "${GLMSERVE_GPU_SERVE:-1}" = 1 ]; then
   # glmserve serve --device cuda driven by glmload through gRPC (and HTTP) beside decode_bench.

@@ -173,7 +173,6 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& o) {
   GLM_RETURN_IF_ERROR(AtLeast("thin_prefill_backlog_steps", o.thin_prefill_backlog_steps, 0));
   GLM_RETURN_IF_ERROR(AtLeast("prefill_spread_steps", o.prefill_spread_steps, 0));
   GLM_RETURN_IF_ERROR(AtLeast("prefill_spread_min_tokens", o.prefill_spread_min_tokens, 1));
-  GLM_RETURN_IF_ERROR(AtLeast("overlap_launch_lead (us)", o.overlap_launch_lead.count(), 0));
   if (o.max_queue_delay.count() < 0) {
     return absl::InvalidArgumentError("max_queue_delay must be >= 0");
   }
@@ -391,7 +390,7 @@ bool Scheduler::HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t pre
 }
 
 bool Scheduler::ReadyToStep(TimePoint now) const {
-  if (in_flight_) return now >= launch_not_before_;
+  if (in_flight_) return true;
   if (!running_.empty()) return true;
   if (waiting_.empty()) return false;
   if (!HeldByQueueDelay(now)) return true;
@@ -403,7 +402,6 @@ bool Scheduler::ReadyToStep(TimePoint now) const {
 
 Scheduler::TimePoint Scheduler::NextWakeTime(TimePoint now) const {
   if (ReadyToStep(now)) return now;
-  if (in_flight_) return launch_not_before_;
   TimePoint next = TimePoint::max();
   if (HeldByQueueDelay(now)) {
     for (const Sequence* s : waiting_) {
@@ -1059,7 +1057,6 @@ Scheduler::StepOutcome Scheduler::CollectInFlight() {
   if (hooks_.on_step_end) hooks_.on_step_end(static_cast<int32_t>(plan.steps.size()), result.status());
   StepOutcome outcome = StepOutcome::kStepped;
   if (result.ok()) {
-    LearnDeviceTime(plan, *result);
     Commit(plan, *result, collected);
     commit_ns_ += Nanoseconds(clock_->Now() - collected);
     CountDeviceTime(*result, in_flight_continues_);
@@ -1086,32 +1083,8 @@ void Scheduler::DiscardInFlight() {
   }
 }
 
-int64_t Scheduler::RowBucket(const PlannedStep& plan) {
-  int64_t rows = 0;
-  for (const SequenceStep& st : plan.steps) rows += static_cast<int64_t>(st.tokens.size());
-  return (rows + 63) / 64;
-}
-
-void Scheduler::LearnDeviceTime(const PlannedStep& plan, const StepResult& result) {
-  if (options_.overlap_launch_lead.count() == 0 || result.device_busy_us < 0) return;
-  auto [it, first] = busy_us_by_rows_.emplace(RowBucket(plan), result.device_busy_us);
-  if (!first) it->second += (result.device_busy_us - it->second) / 8;
-}
-
-void Scheduler::ScheduleNextLaunch(TimePoint started) {
-  launch_not_before_ = TimePoint::min();
-  if (options_.overlap_launch_lead.count() == 0) return;
-  auto it = busy_us_by_rows_.find(RowBucket(in_flight_plan_));
-  if (it == busy_us_by_rows_.end()) return;
-  const auto busy = std::chrono::duration_cast<Clock::Duration>(std::chrono::duration<double, std::micro>(it->second));
-  launch_not_before_ = started + busy - options_.overlap_launch_lead;
-}
-
 Scheduler::StepOutcome Scheduler::RunOnceOverlapped() {
   const TimePoint now = clock_->Now();
-  // overlap_launch_lead: the step in flight has a while to run; requests arriving meanwhile join
-  // the next step if it is planned later.
-  if (in_flight_ && now < launch_not_before_) return StepOutcome::kIdle;
   ExpireAndReap(now);
   // Planning from uncommitted state is safe unless it could preempt a sequence the accelerator is
   // still running (its blocks, its placeholder): then the step in flight is committed first.
@@ -1137,9 +1110,6 @@ Scheduler::StepOutcome Scheduler::RunOnceOverlapped() {
   std::swap(plan_, in_flight_plan_);
   in_flight_continues_ = continues;
   in_flight_ = true;
-  // It starts on the device about now: the step before it has just ended (its ids came back), or
-  // there was none.
-  ScheduleNextLaunch(clock_->Now());
   return outcome;
 }
 

@@ -182,14 +182,6 @@ struct SchedulerOptions {
   // at Collect fails that step's requests (an out-of-memory is reported at Launch, retried as
   // without overlap).
   bool overlap_steps = false;
-  // overlap_steps: launch step N+1 this long before step N is expected to end on the device, not as
-  // soon as N is launched, so requests that arrive while N runs still join N+1 (without it they
-  // join N+2: a step more to their first token). N's end is expected at its start (when N-1's ids
-  // came back, or its launch) plus the device's own time for steps of its size (row count rounded
-  // up to 64), a moving average of StepResult::device_busy_us; without that estimate (a CPU, the
-  // first steps of a size) N+1 launches at once. Too short a lead idles the device; as long as the
-  // host's planning and staging plus the estimate's error it costs nothing. 0 = off. Must be >= 0.
-  std::chrono::microseconds overlap_launch_lead{0};
   FaultInjectionOptions faults;
   // Receives log lines (batch-limit changes, alone-OOM failures). Null = stderr.
   std::function<void(const std::string&)> log;
@@ -244,7 +236,7 @@ class Scheduler {
   void CancelAll(const absl::Status& status);
 
   enum class StepOutcome {
-    kIdle,     // nothing to run (or held by max_queue_delay, overlap_launch_lead)
+    kIdle,     // nothing to run (or held by max_queue_delay)
     kStepped,  // a step ran and was committed
     kOom,      // the step ran out of memory; the limit shrank; the next call retries
     kFailed,   // the step failed otherwise; its requests finished with the error
@@ -313,11 +305,6 @@ class Scheduler {
   void AdvanceLaunched(const PlannedStep& plan);
   bool PlanningMayPreempt() const;
   StepOutcome CollectInFlight();
-  // overlap_launch_lead: records `plan`'s device time (its StepResult) and, for the step just put in
-  // flight at `started`, when the next launch is due.
-  static int64_t RowBucket(const PlannedStep& plan);
-  void LearnDeviceTime(const PlannedStep& plan, const StepResult& result);
-  void ScheduleNextLaunch(TimePoint started);
   void DiscardInFlight();
   // After the step attempt `plan` failed with `status` (nothing of it committed): OOM shrinks the
   // batch (kOom), anything else fails its requests (kFailed).
@@ -364,10 +351,6 @@ class Scheduler {
   // when the last step was committed (the device's gap before the next one is then the host's),
   // and that, for the step in flight, as it was launched.
   bool running_after_last_step_ = false;
-  // overlap_launch_lead: the device's time for a step by its rows rounded up to 64 (moving
-  // averages, microseconds), and when the step in flight is not to be followed before.
-  std::unordered_map<int64_t, double> busy_us_by_rows_;
-  TimePoint launch_not_before_ = TimePoint::min();
   bool in_flight_continues_ = false;
   int64_t device_busy_ns_ = 0, device_idle_ns_ = 0;
   // EngineStats' step phases, nanoseconds (clock_'s time).

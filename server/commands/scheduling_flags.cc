@@ -16,7 +16,6 @@ SchedulingFlags::SchedulingFlags(SchedulerOptions* options)
     : options_(options),
       queue_delay_us_(options->max_queue_delay.count()),
       prefill_hold_us_(options->max_prefill_hold.count()),
-      overlap_lead_us_(options->overlap_launch_lead.count()),
       thin_prefill_wait_ms_(
           std::chrono::duration_cast<std::chrono::milliseconds>(options->thin_prefill_max_wait).count()) {}
 
@@ -61,16 +60,12 @@ void SchedulingFlags::Register(flags::FlagSet& set) {
            "experimental: launch each step before the one before it is committed, so the engine plans, stages "
            "and streams while the accelerator computes (same ids; a request that stops on a stop id has run one "
            "discarded row)");
-  set.Int("overlap-launch-lead-us", &overlap_lead_us_, 0, kTimeMax,
-          "with --overlap-steps, launch each step this long before the one in flight is expected to end on "
-          "the device (its measured time), so requests arriving meanwhile still join it (0 = at once)");
 }
 
 absl::Status SchedulingFlags::Resolve(bool gpu) const {
   SchedulerOptions& o = *options_;
   o.max_queue_delay = std::chrono::microseconds(queue_delay_us_);
   o.max_prefill_hold = std::chrono::microseconds(prefill_hold_us_);
-  o.overlap_launch_lead = std::chrono::microseconds(overlap_lead_us_);
   o.thin_prefill_max_wait = std::chrono::milliseconds(thin_prefill_wait_ms_);
   // The CPU, where a prefill token costs what a decode row costs, keeps no cap and no fill.
   if (prefill_cap_ >= 0) {

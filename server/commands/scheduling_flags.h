@@ -38,7 +38,6 @@ class SchedulingFlags {
   SchedulerOptions* const options_;
   int64_t queue_delay_us_ = 0;
   int64_t prefill_hold_us_ = 0;
-  int64_t overlap_lead_us_ = 0;
   int64_t thin_prefill_wait_ms_ = 0;
   int64_t prefill_cap_ = -1;      // unset: chosen by the device in Resolve
   int64_t mixed_step_rows_ = -1;  // likewise

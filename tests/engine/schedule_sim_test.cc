@@ -100,25 +100,17 @@ TEST(ScheduleSimTest, OverlappedStepsKeepTheDevicesTimeline) {
 }
 
 // Open loop under overlap: a request arriving while step N runs joins N+2 (N+1 was planned when N
-// started), a step more to its first token; with a launch lead N+1 is planned shortly before N
-// ends and the arrival joins it, as without overlap. Same arrivals (seeded) in the three runs.
-TEST(ScheduleSimTest, ALaunchLeadLetsArrivalsJoinTheNextStep) {
+// started), a step more to its first token. Same arrivals (seeded) in both runs.
+TEST(ScheduleSimTest, OverlapAdmitsArrivalsAStepLater) {
   SimLoad load = SmallRequests(5);
   load.rate = 20;
-  SchedulerOptions overlapped, led;
+  SchedulerOptions overlapped;
   overlapped.overlap_steps = true;
-  led.overlap_steps = true;
-  led.overlap_launch_lead = std::chrono::milliseconds(2);
   absl::StatusOr<SimResult> sync = Simulate(SchedulerOptions(), FlatTenMs(), load);
   absl::StatusOr<SimResult> early = Simulate(overlapped, FlatTenMs(), load);
-  absl::StatusOr<SimResult> late = Simulate(led, FlatTenMs(), load);
-  ASSERT_TRUE(sync.ok() && early.ok() && late.ok());
+  ASSERT_TRUE(sync.ok() && early.ok());
   EXPECT_EQ(early->requests, sync->requests);
   EXPECT_GE(early->ttft_p50_ms, sync->ttft_p50_ms + 5.0) << sync->ttft_p50_ms;  // about a step more
-  // Only the arrivals in a step's last 2 ms wait a step more (a fifth of them).
-  EXPECT_LE(late->ttft_p50_ms, sync->ttft_p50_ms + 4.0) << sync->ttft_p50_ms;
-  EXPECT_LE(late->ttft_p50_ms, early->ttft_p50_ms - 4.0) << early->ttft_p50_ms;
-  EXPECT_EQ(late->requests, sync->requests);
 }
 
 // Open loop: an arrival waits for the step boundary (under 10 ms), then its own prefill step, and

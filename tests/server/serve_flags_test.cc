@@ -109,8 +109,7 @@ TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
                                                      {"--thin-prefill-auto", "maybe"},
                                                      {"--thin-prefill-auto-prompt-steps", "0"},
                                                      {"--thin-prefill-backlog-steps", "-1"},
-                                                     {"--overlap-steps", "2"},
-                                                     {"--overlap-launch-lead-us", "-500"}};
+                                                     {"--overlap-steps", "2"}};
   for (const std::vector<std::string>& flag : bad) {
     absl::StatusOr<ServeFlags> f = Parse(flag);
     ASSERT_FALSE(f.ok()) << flag[0];
@@ -120,19 +119,15 @@ TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
   }
 }
 
-// Overlapped steps are experimental: off unless asked for, and the launch lead reaches the
-// scheduler in microseconds.
-TEST(ServeFlags, OverlappedStepsAreOffByDefaultAndTheLeadIsMicroseconds) {
+// Overlapped steps are experimental: off unless asked for.
+TEST(ServeFlags, OverlappedStepsAreOffByDefault) {
   for (const char* device : {"cpu", "cuda"}) {
     absl::StatusOr<ServeFlags> plain = Parse({"--device", device});
     ASSERT_TRUE(plain.ok()) << plain.status();
     EXPECT_FALSE(plain->engine.scheduler.overlap_steps) << device;
-    EXPECT_EQ(plain->engine.scheduler.overlap_launch_lead.count(), 0) << device;
-    absl::StatusOr<ServeFlags> on =
-        Parse({"--device", device, "--overlap-steps", "true", "--overlap-launch-lead-us", "750"});
+    absl::StatusOr<ServeFlags> on = Parse({"--device", device, "--overlap-steps", "true"});
     ASSERT_TRUE(on.ok()) << on.status();
     EXPECT_TRUE(on->engine.scheduler.overlap_steps) << device;
-    EXPECT_EQ(on->engine.scheduler.overlap_launch_lead, std::chrono::microseconds(750)) << device;
   }
 }
 
