@@ -25,7 +25,7 @@ struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
-  bool tuned = false;
+  bool used = false;  // Run takes the key (the fastest beat the heuristic's first by the margin)
   void Destroy() {
     if (op != nullptr) cublasLtMatmulDescDestroy(op);
     if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
@@ -65,7 +65,8 @@ class CublasLtGemm final : public TunedGemm {
   }
 
   bool Tune(const GemmKey& key, const std::vector<const void*>& weights, const std::vector<const void*>& biases,
-            void* x, void* y, void* workspace, int max_candidates, void* stream, GemmTuning* tuning) override {
+            void* x, void* y, void* workspace, int max_candidates, double min_gain, void* stream,
+            GemmTuning* tuning) override {
     if (tuning != nullptr) *tuning = GemmTuning{};
     if (!ValidKey(key) || weights.empty() || (key.bias && biases.size() != weights.size()) || max_candidates < 1 ||
         !Aligned(x) || !Aligned(y) || !Aligned(workspace)) {
@@ -143,14 +144,15 @@ class CublasLtGemm final : public TunedGemm {
       return false;
     }
     const double calls = static_cast<double>(kPasses) * static_cast<double>(weights.size());
+    plan.algo = found[best].algo;
+    plan.used = first_ms < 0 || best_ms <= (1.0 - min_gain) * first_ms;
     if (tuning != nullptr) {
       tuning->candidates = candidates;
       tuning->chosen = best;
       tuning->chosen_us = 1000.0 * best_ms / calls;
       tuning->first_us = first_ms >= 0 ? 1000.0 * first_ms / calls : -1;
+      tuning->used = plan.used;
     }
-    plan.algo = found[best].algo;
-    plan.tuned = true;
     std::lock_guard<std::mutex> lock(mu_);
     auto [it, inserted] = plans_.emplace(key, plan);
     if (!inserted) {
@@ -168,7 +170,8 @@ class CublasLtGemm final : public TunedGemm {
   bool Takes(const GemmKey& key, const void* x, const void* w, const void* bias, const void* y) const override {
     if (key.bias != (bias != nullptr) || !Aligned(x) || !Aligned(w) || !Aligned(bias) || !Aligned(y)) return false;
     std::lock_guard<std::mutex> lock(mu_);
-    return plans_.count(key) > 0;
+    auto it = plans_.find(key);
+    return it != plans_.end() && it->second.used;
   }
 
   bool Run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y, void* workspace,
@@ -177,7 +180,7 @@ class CublasLtGemm final : public TunedGemm {
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = plans_.find(key);
-      if (it == plans_.end()) return false;
+      if (it == plans_.end() || !it->second.used) return false;
       plan = it->second;
     }
     return Matmul(plan, plan.algo, x, w, bias, y, workspace, static_cast<cudaStream_t>(stream));

@@ -41,6 +41,7 @@ struct GemmTuning {
   int chosen = -1;       // the fastest one's rank in the heuristic's order (0: its first)
   double chosen_us = 0;  // the fastest one's time
   double first_us = 0;   // the heuristic's first's time
+  bool used = false;     // Run takes the shape: the fastest beat the first by min_gain
 };
 
 // Workspace every call may use (split-K partial sums); the caller passes at least this much.
@@ -54,13 +55,18 @@ class TunedGemm {
 
   // Times up to `max_candidates` of cuBLASLt's algorithms for `key` on each of `weights` in turn
   // (`biases`: one a weight, or empty when !key.bias), with x [rows, k] and y [rows, n] as scratch
-  // (contents unused), and keeps the fastest for Run. False where none runs or the stream is
-  // capturing; `tuning` (optional) says what was measured.
+  // (contents unused), and keeps the fastest for Run where it is faster than the heuristic's first
+  // by at least `min_gain` (a fraction of the first's time); otherwise Takes refuses the shape and
+  // the caller keeps its own call (alone, a GEMM's time says little about its time between a
+  // step's other kernels: an H200's 64-row decode step lost 1-2% on candidates 2-8% faster
+  // alone). False where none runs or the stream is capturing; `tuning` (optional) says what was
+  // measured.
   virtual bool Tune(const GemmKey& key, const std::vector<const void*>& weights, const std::vector<const void*>& biases,
-                    void* x, void* y, void* workspace, int max_candidates, void* stream, GemmTuning* tuning) = 0;
-  // True when Tune chose an algorithm for `key`.
+                    void* x, void* y, void* workspace, int max_candidates, double min_gain, void* stream,
+                    GemmTuning* tuning) = 0;
+  // True when Tune has measured `key` (whether or not Run takes it).
   virtual bool Tuned(const GemmKey& key) const = 0;
-  // True when Tune chose an algorithm for `key` and the pointers have the alignment it was tuned
+  // True when Tune chose an algorithm for `key` to run and the pointers have the alignment it was tuned
   // for (16 bytes).
   virtual bool Takes(const GemmKey& key, const void* x, const void* w, const void* bias, const void* y) const = 0;
   // y = x w^T (+ bias) with the algorithm chosen for `key`; false if cuBLASLt refuses it.

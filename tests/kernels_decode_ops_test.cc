@@ -376,8 +376,8 @@ TEST_P(DecodeOpsCuda, TunedGemmMatchesReferenceAtEveryTunedRowCount) {
   if (!bf16()) {
     Device scratch(std::vector<float>(most_rows * std::max(n, k), 0.0f), type());
     const GemmKey key{64, n, k, type(), false};
-    EXPECT_FALSE(
-        tuner->Tune(key, {scratch.get()}, {}, scratch.get(), scratch.get(), d_workspace.get(), 8, nullptr, nullptr))
+    EXPECT_FALSE(tuner->Tune(key, {scratch.get()}, {}, scratch.get(), scratch.get(), d_workspace.get(), 8, 0.0, nullptr,
+                             nullptr))
         << "fp32 stays on ATen's cuBLAS call";
     EXPECT_FALSE(tuner->Tuned(key));
     return;
@@ -405,8 +405,9 @@ TEST_P(DecodeOpsCuda, TunedGemmMatchesReferenceAtEveryTunedRowCount) {
         const GemmKey key{rows, n, k, element, with_bias};
         GemmTuning tuning;
         ASSERT_TRUE(tuner->Tune(key, weights, with_bias ? biases : std::vector<const void*>{}, d_scratch_x.get(),
-                                d_scratch_y.get(), d_workspace.get(), 8, nullptr, &tuning));
+                                d_scratch_y.get(), d_workspace.get(), 8, 0.0, nullptr, &tuning));
         EXPECT_TRUE(tuner->Tuned(key));
+        EXPECT_TRUE(tuning.used) << "margin 0: the fastest runs";
         EXPECT_GE(tuning.candidates, 1);
         EXPECT_GE(tuning.chosen, 0);
         EXPECT_GT(tuning.chosen_us, 0.0);
@@ -422,6 +423,15 @@ TEST_P(DecodeOpsCuda, TunedGemmMatchesReferenceAtEveryTunedRowCount) {
         }
       }
     }
+    // A margin no candidate can beat: measured, but left to the caller's own call.
+    const GemmKey kept{32, n, k, element, true};
+    GemmTuning kept_tuning;
+    ASSERT_TRUE(tuner->Tune(kept, weights, biases, d_scratch_x.get(), d_scratch_y.get(), d_workspace.get(), 8, 1.0,
+                            nullptr, &kept_tuning));
+    EXPECT_TRUE(tuner->Tuned(kept));
+    EXPECT_FALSE(kept_tuning.used);
+    EXPECT_FALSE(tuner->Takes(kept, d_x.get(), weights[0], biases[0], nullptr));
+    EXPECT_FALSE(tuner->Run(kept, d_x.get(), weights[0], biases[0], d_scratch_y.get(), d_workspace.get(), nullptr));
     const GemmKey tuned{64, n, k, element, true};
     EXPECT_FALSE(tuner->Takes(GemmKey{3, n, k, element, true}, d_x.get(), weights[0], biases[0], nullptr))
         << "a row count never tuned";
@@ -434,7 +444,7 @@ TEST_P(DecodeOpsCuda, TunedGemmMatchesReferenceAtEveryTunedRowCount) {
   Device scratch(std::vector<float>(most_rows * k, 0.0f), type()), weight(std::vector<float>(n * k, 0.0f), type());
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   EXPECT_FALSE(tuner->Tune(GemmKey{8, n, k, type(), false}, {weight.get()}, {}, scratch.get(), scratch.get(),
-                           d_workspace.get(), 8, stream, nullptr));
+                           d_workspace.get(), 8, 0.0, stream, nullptr));
   cudaGraph_t graph = nullptr;
   EXPECT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   if (graph != nullptr) cudaGraphDestroy(graph);
