@@ -100,6 +100,50 @@ TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
   }
 }
 
+// What the GPU's GEMM tuning times on (GlmModel::Projections): each projection role with one weight
+// a layer in layer order, shaped as the config says, biases exactly where the config has them; the
+// weights are the forward's own (zeroing layer 0's o projection through it changes the logits).
+TEST_P(LayerKernelsTest, ProjectionsAreTheForwardsWeightsByRole) {
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(testing::FixtureModelDir(GetParam()).string());
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<std::unique_ptr<GlmModel>> model = GlmModel::BuildRandom(*config, at::kFloat, at::Device(at::kCPU), 5);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& c = *config;
+  const int64_t q = int64_t{c.num_attention_heads} * c.head_dim, kv = int64_t{c.num_key_value_heads} * c.head_dim;
+  const std::vector<GlmModel::Projection> roles = (*model)->Projections();
+  ASSERT_EQ(roles.size(), 5u);
+  const std::vector<std::string> names = {"qkv", "o", "gate_up", "down", "lm_head"};
+  const std::vector<std::vector<int64_t>> shapes = {{q + 2 * kv, c.hidden_size},
+                                                    {c.hidden_size, q},
+                                                    {2 * int64_t{c.intermediate_size}, c.hidden_size},
+                                                    {c.hidden_size, c.intermediate_size},
+                                                    {c.vocab_size, c.hidden_size}};
+  for (size_t r = 0; r < roles.size(); ++r) {
+    SCOPED_TRACE(names[r]);
+    EXPECT_EQ(roles[r].role, names[r]);
+    const size_t layers = names[r] == "lm_head" ? 1 : static_cast<size_t>(c.num_layers);
+    ASSERT_EQ(roles[r].weights.size(), layers);
+    ASSERT_EQ(roles[r].biases.size(), layers);
+    for (size_t l = 0; l < layers; ++l) {
+      EXPECT_EQ(roles[r].weights[l].sizes().vec(), shapes[r]) << "layer " << l;
+      EXPECT_EQ(roles[r].biases[l].defined(), names[r] == "qkv" && c.attention_bias) << "layer " << l;
+      if (l > 0) {
+        EXPECT_NE(roles[r].weights[l].data_ptr(), roles[r].weights[l - 1].data_ptr()) << "layer " << l;
+      }
+    }
+  }
+  KvPool kv_pool = (*model)->AllocateKv(4, 4);
+  GenerationParams params;
+  std::vector<SequenceStep> batch(1);
+  batch[0].tokens = {3, 1, 4};
+  batch[0].block_table = {1};
+  batch[0].params = &params;
+  const at::Tensor before = (*model)->EagerForward(batch, kv_pool, {});
+  roles[1].weights[0].zero_();
+  const at::Tensor after = (*model)->EagerForward(batch, kv_pool, {});
+  EXPECT_FALSE(at::allclose(before, after)) << "the o projection given is not the one the forward uses";
+}
+
 // The GPU's prefill and mixed steps (cuda_decode.cc RunMixed: decode rows through the paged
 // attention kernel, prefill chunks through flash attention over variable lengths with their
 // earlier chunks read back from the cache) against per-sequence ATen attention, in bf16 on
