@@ -70,17 +70,13 @@ class SimExecutor final : public StepExecutor {
   int32_t num_blocks() const override { return num_blocks_; }
   absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& batch) override {
     StepResult result = Answer(batch);
-    const Clock::Duration modelled = Modelled(batch);
-    result.device_busy_us = std::chrono::duration<double, std::micro>(modelled).count();
-    clock_->Advance(modelled);
+    clock_->Advance(Modelled(batch));
     return result;
   }
   absl::Status Launch(const std::vector<SequenceStep>& batch) override {
     const TimePoint start = std::max(clock_->Now(), device_free_);
-    const Clock::Duration modelled = Modelled(batch);
-    device_free_ = start + modelled;
+    device_free_ = start + Modelled(batch);
     launched_.push_back({Answer(batch), device_free_});
-    launched_.back().result.device_busy_us = std::chrono::duration<double, std::micro>(modelled).count();
     return absl::OkStatus();
   }
   absl::StatusOr<StepResult> Collect() override {

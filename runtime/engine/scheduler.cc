@@ -390,8 +390,7 @@ bool Scheduler::HeldForFullerPrefill(TimePoint now, int32_t decodes, int32_t pre
 }
 
 bool Scheduler::ReadyToStep(TimePoint now) const {
-  if (in_flight_) return true;
-  if (!running_.empty()) return true;
+  if (in_flight_ || !running_.empty()) return true;
   if (waiting_.empty()) return false;
   if (!HeldByQueueDelay(now)) return true;
   for (const Sequence* s : waiting_) {

@@ -19,7 +19,7 @@
 // attention for prefill and mixed steps run instead; whole_mixed: mixed steps replay graphs
 // between their eager attentions; cublaslt: bf16 / fp16 GEMMs on cublasGemmEx's heuristic instead
 // of cuBLASLt's; tma_gemm: the skinny GEMM's wgmma fed by cp.async instead of TMA; gemm_tuning:
-// cuBLASLt's heuristic's first algorithm instead of the fastest of its candidates, timed at start);
+// every projection on ATen's call, none on a cuBLASLt candidate timed faster at start);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
 #include "runtime/model/cuda_decode.h"
@@ -285,9 +285,10 @@ class CudaDecodeRunner {
     }
   }
 
-  // cuBLASLt's fastest algorithm for each projection at each row count the decode buckets (up to
+  // cuBLASLt's candidates for each projection at each row count the decode buckets (up to
   // max_sequences) and the mixed-step graphs run (tuned_gemm.h), timed on the model's own weights
-  // before anything is captured; each shape once in the process. What it found goes to `note`.
+  // before anything is captured; each shape once in the process, the fastest run where it beats
+  // the heuristic's first by kTunedGemmMinGain. What it found goes to `note`.
   void TuneGemms(int32_t max_sequences, std::string* note) {
     if (tuned_gemm_ == nullptr) return;
     std::set<int32_t> decode_rows, rows;
@@ -307,11 +308,17 @@ class CudaDecodeRunner {
       max_k = std::max(max_k, p.weights.front().size(1));
     }
     const auto start = std::chrono::steady_clock::now();
-    const at::TensorOptions options = at::TensorOptions().dtype(model_.dtype()).device(model_.device());
-    const int32_t most_rows = *rows.rbegin();
-    at::Tensor x = at::zeros({most_rows, max_k}, options), y = at::empty({most_rows, max_n}, options);
-    at::Tensor workspace =
-        at::empty({static_cast<int64_t>(kernels::kTunedGemmWorkspaceBytes)}, options.dtype(at::kByte));
+    // Scratch (~0.2 GB for GLM-4-9B) only once some shape is untimed: an engine the watchdog
+    // rebuilds, perhaps after an OOM, finds every shape timed and allocates none.
+    at::Tensor x, y, workspace;
+    auto scratch = [&] {
+      if (workspace.defined()) return;
+      const at::TensorOptions options = at::TensorOptions().dtype(model_.dtype()).device(model_.device());
+      const int32_t most_rows = *rows.rbegin();
+      x = at::zeros({most_rows, max_k}, options);
+      y = at::empty({most_rows, max_n}, options);
+      workspace = at::empty({static_cast<int64_t>(kernels::kTunedGemmWorkspaceBytes)}, options.dtype(at::kByte));
+    };
     // A layer's four projections at each row count: the heuristic's first and the fastest, us.
     std::map<int32_t, std::pair<double, double>> layer_us;
     int tuned = 0, used = 0;
@@ -330,6 +337,7 @@ class CudaDecodeRunner {
         if (lm_head && r <= kSkinnyGemmFasterUpToRows && gemm_workspace_bytes_ > 0) continue;
         const kernels::GemmKey key{r, p.weights.front().size(0), p.weights.front().size(1), type_, bias};
         if (tuned_gemm_->Tuned(key)) continue;
+        scratch();
         kernels::GemmTuning tuning;
         if (!tuned_gemm_->Tune(key, weights, biases, x.data_ptr(), y.data_ptr(), workspace.data_ptr(),
                                kTunedGemmCandidates, kTunedGemmMinGain, CurrentStream(), &tuning)) {
@@ -1042,12 +1050,12 @@ class CudaDecodeRunner {
   // cuBLASLt candidates timed a shape (the third session's probe found the best within 8), and
   // the most rows tuned (the default mixed-graph bound is 512).
   static constexpr int kTunedGemmCandidates = 8;
+  static constexpr int64_t kMaxTunedRows = 1024;
   // A candidate replaces ATen's call only when this much faster alone than the heuristic's first:
   // on an H200 candidates 2-8% faster alone lost 1-2% in a 64-row decode step (decode_bench 10,525
   // / 10,395 against 10,644 / 10,670 tok/s), while the heuristic's misses at 192 and 384 rows
   // (down at 192: 59.4 against 42.8 us) are far past it (bench/results/gpu.md, fifteenth session).
   static constexpr double kTunedGemmMinGain = 0.10;
-  static constexpr int64_t kMaxTunedRows = 1024;
 
   struct Bucket {
     int32_t size = 0;

@@ -31,8 +31,6 @@ prometheus::Histogram::BucketBoundaries SecondsBuckets() {
   return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
 }
 
-// The addresses to listen on for --host, in the order tried: an IPv6 wildcard or loopback falls
-// back to IPv4's on a machine without IPv6 (some VMs and containers).
 // One labelled child of `family` for each of `totals` (label value, EngineStats' cumulative
 // nanoseconds), bound to the matching entry of `out` (one entry each, checked at compile time).
 template <typename TimeCounter, size_t N>
@@ -45,6 +43,8 @@ void BindTimeCounters(prometheus::Family<prometheus::Counter>& family, const cha
   }
 }
 
+// The addresses to listen on for --host, in the order tried: an IPv6 wildcard or loopback falls
+// back to IPv4's on a machine without IPv6 (some VMs and containers).
 std::vector<std::string> ListenHosts(const std::string& host_in) {
   std::string host = host_in;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
