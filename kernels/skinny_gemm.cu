@@ -213,7 +213,7 @@ __device__ __forceinline__ void ClearAccumulators(float (&acc)[FeatureTiles][Row
 
 // Accumulator j of acc[f][r] is feature (f * 16 + lane / 4 + 8 * (j / 2)) of the warp's and
 // row (r * 8 + 2 * (lane % 4) + j % 2); warp w's features start at w * 16 * FeatureTiles.
-template <typename T, int FeatureTiles, int RowTiles>
+template <typename T, int TileFeatures = kTileFeatures, int FeatureTiles, int RowTiles>
 __device__ __forceinline__ void StoreTile(const GemmArgs& a, const float (&acc)[FeatureTiles][RowTiles][4],
                                           int64_t tile, int warp, int lane) {
   T* y = static_cast<T*>(a.y);
@@ -222,7 +222,7 @@ __device__ __forceinline__ void StoreTile(const GemmArgs& a, const float (&acc)[
   for (int f = 0; f < FeatureTiles; ++f) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int64_t feature = tile * kTileFeatures + (warp * FeatureTiles + f) * 16 + lane / 4 + half * 8;
+      const int64_t feature = tile * TileFeatures + (warp * FeatureTiles + f) * 16 + lane / 4 + half * 8;
       if (feature >= a.n) continue;
       const float b = bias != nullptr ? ToFloat(bias[feature]) : 0.0f;
 #pragma unroll
@@ -299,7 +299,7 @@ __device__ __forceinline__ bool SumSplitTile(const GemmArgs& a, float (&acc)[Fea
 // After `unit`, the last of a block's segment of a tile (the tile's last unit, or the block's):
 // the tile is stored by this block when the segment is the whole tile, else by whichever block
 // stores the tile's last part (SumSplitTile); the accumulators start again for the next segment.
-template <typename T, int Threads, int FeatureTiles, int RowTiles, typename Barrier>
+template <typename T, int Threads, int TileFeatures = kTileFeatures, int FeatureTiles, int RowTiles, typename Barrier>
 __device__ __forceinline__ void EndUnit(const GemmArgs& a, float (&acc)[FeatureTiles][RowTiles][4], int64_t unit,
                                         int64_t end, int64_t first_tile, int64_t* segment_begin, int tid, int warp,
                                         int lane, int* finishing, Barrier barrier) {
@@ -308,7 +308,7 @@ __device__ __forceinline__ void EndUnit(const GemmArgs& a, float (&acc)[FeatureT
   const int64_t tile = unit / a.k_blocks;
   if ((*segment_begin % a.k_blocks == 0 && tile_ends) ||
       SumSplitTile<Threads>(a, acc, tile, first_tile, tid, finishing, barrier)) {
-    StoreTile<T>(a, acc, tile, warp, lane);
+    StoreTile<T, TileFeatures>(a, acc, tile, warp, lane);
   }
   ClearAccumulators(acc);
   *segment_begin = unit + 1;
@@ -450,22 +450,25 @@ __global__ void __launch_bounds__(Geometry::kWarps * 32, Geometry::kBlocksPerSm)
 // (dependent launch): the weight stream starts while that kernel ends, where cuBLAS's kernels
 // start cold.
 struct TmaArgs {
-  CUtensorMap weight_map;  // [n, k], box 64 k x 128 features
+  CUtensorMap weight_map;  // [n, k], box 64 k x TileFeatures features
   CUtensorMap x_map;       // [rows, k], box 64 k x RowTiles * 8 rows
   GemmArgs g;
 };
 
-constexpr int kTmaConsumerWarps = 8;
-constexpr int kTmaThreads = (kTmaConsumerWarps + 1) * 32;  // the last warp produces
-
-template <int RowTiles>
+// TileFeatures 128 (two consumer warpgroups) with the work cut stream-K, or 64 (one) with a
+// whole tile a block: GLM-4-9B's qkv and o projections have 72 and 64 such tiles, so every tile
+// streams its whole k with no partial sums to pass between blocks (cuBLAS's choice there too).
+template <int RowTiles, int TileFeatures>
 struct TmaLayout {
-  using Base = Layout<WideWarpgroup, RowTiles>;
-  static constexpr int kStageBytes = Base::kStageBytes;
-  static constexpr int kWeightHalfBytes = Base::WeightHalfBytes();
-  static constexpr int kXHalfBytes = Base::XHalfBytes();
-  static constexpr int kStages = 200 * 1024 / kStageBytes > 8 ? 8 : 200 * 1024 / kStageBytes;
+  static constexpr int kBlockK = 128;
+  static constexpr int kConsumerWarps = TileFeatures / 16;
+  static constexpr int kThreads = (kConsumerWarps + 1) * 32;  // the last warp produces
+  static constexpr int kWeightHalfBytes = TileFeatures * 128;
+  static constexpr int kXHalfBytes = RowTiles * 8 * 128;
+  static constexpr int kStageBytes = 2 * (kWeightHalfBytes + kXHalfBytes);
+  static constexpr int kStages = 200 * 1024 / kStageBytes > 12 ? 12 : 200 * 1024 / kStageBytes;
   static constexpr int kSmem = kStages * kStageBytes + 1024;  // + the alignment of the swizzle atoms
+  static_assert(TileFeatures == 64 || TileFeatures == 128);
 };
 
 __device__ __forceinline__ void BarrierInit(uint32_t bar, int count) {
@@ -509,17 +512,18 @@ __device__ __forceinline__ uint64_t EvictLastPolicy() {
   return policy;
 }
 
-template <typename T, int RowTiles>
-__global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_constant__ TmaArgs p) {
+template <typename T, int RowTiles, int TileFeatures>
+__global__ void __launch_bounds__(TmaLayout<RowTiles, TileFeatures>::kThreads, 1)
+    TmaGemmKernel(const __grid_constant__ TmaArgs p) {
 #ifdef GLMSERVE_HAVE_WGMMA
-  using L = TmaLayout<RowTiles>;
-  constexpr int kStages = L::kStages;
+  using L = TmaLayout<RowTiles, TileFeatures>;
+  constexpr int kStages = L::kStages, kConsumerWarps = L::kConsumerWarps;
   const GemmArgs& a = p.g;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
   __shared__ int finishing;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const UnitRange units = BlockUnits(a, kTileFeatures);
+  const UnitRange units = BlockUnits(a, TileFeatures);
   const int64_t begin = units.begin, end = units.end;
   if (begin >= end) return;
   AllowDependentLaunch();
@@ -529,13 +533,13 @@ __global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_con
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
       BarrierInit(full_bar(s), 1);
-      BarrierInit(empty_bar(s), kTmaConsumerWarps);
+      BarrierInit(empty_bar(s), kConsumerWarps);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
-  if (warp == kTmaConsumerWarps) {
+  if (warp == kConsumerWarps) {
     if (lane != 0) return;
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&p.weight_map)) : "memory");
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&p.x_map)) : "memory");
@@ -545,7 +549,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_con
     auto load_weight = [&](int64_t unit, int s) {
       const int64_t tile = unit / a.k_blocks, k0 = (unit - tile * a.k_blocks) * 128;
       for (int half = 0; half < 2; ++half) {
-        TmaLoad(stage_base(s) + half * L::kWeightHalfBytes, &p.weight_map, k0 + half * 64, tile * kTileFeatures,
+        TmaLoad(stage_base(s) + half * L::kWeightHalfBytes, &p.weight_map, k0 + half * 64, tile * TileFeatures,
                 full_bar(s), evict_first);
       }
     };
@@ -577,7 +581,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_con
   // Consumers: warpgroup g owns features 64 g .. 64 g + 63 of the tile, as in WideWarpgroup.
   WaitForPrerequisiteGrid();  // the counters, the slots and y
   float acc[1][RowTiles][4];
-  auto consumer_barrier = [] { asm volatile("bar.sync 1, %0;\n" ::"n"(kTmaConsumerWarps * 32) : "memory"); };
+  auto consumer_barrier = [] { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumerWarps * 32) : "memory"); };
   const int64_t first_tile = begin / a.k_blocks;
   ClearAccumulators(acc);
   int64_t segment_begin = begin;
@@ -588,8 +592,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1) TmaGemmKernel(const __grid_con
     WarpgroupStage<T, RowTiles>(acc[0], smem_base + s * L::kStageBytes, warp, L::kWeightHalfBytes, L::kXHalfBytes);
     __syncwarp();
     if (lane == 0) BarrierArrive(empty_bar(s));
-    EndUnit<T, kTmaConsumerWarps * 32>(a, acc, unit, end, first_tile, &segment_begin, tid, warp, lane, &finishing,
-                                       consumer_barrier);
+    EndUnit<T, kConsumerWarps * 32, TileFeatures>(a, acc, unit, end, first_tile, &segment_begin, tid, warp, lane,
+                                                  &finishing, consumer_barrier);
   }
 #endif
 }
@@ -615,9 +619,9 @@ bool AllowDynamicSharedMemory(int bytes) {
 }
 
 // Cuts the (tile, k block) units into `blocks` equal contiguous ranges: args' k_blocks and per_block.
-void CutWork(GemmArgs* args, int64_t block_k, int64_t blocks) {
+void CutWork(GemmArgs* args, int64_t block_k, int64_t blocks, int64_t tile_features = kTileFeatures) {
   args->k_blocks = static_cast<int32_t>((args->k + block_k - 1) / block_k);
-  const int64_t total = (args->n + kTileFeatures - 1) / kTileFeatures * args->k_blocks;
+  const int64_t total = (args->n + tile_features - 1) / tile_features * args->k_blocks;
   args->per_block = (total + blocks - 1) / blocks;
 }
 
@@ -675,26 +679,39 @@ bool EncodeRowMajorMap(CUtensorMap* map, const void* base, int64_t rows, int64_t
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int RowTiles>
+// Whole 64-feature tiles a block where they fill at most one wave (the zeroing kernel is then
+// not needed either), else 128-feature tiles cut stream-K over one block per SM.
+bool TmaWholeTiles(int64_t n, int sms) { return (n + 63) / 64 <= sms; }
+
+template <typename T, int RowTiles, int TileFeatures>
 bool LaunchTma(GemmArgs args, ElementType type, int sms, cudaStream_t stream) {
-  using L = TmaLayout<RowTiles>;
-  if (!AllowDynamicSharedMemory<TmaGemmKernel<T, RowTiles>>(L::kSmem)) return false;
-  CutWork(&args, L::Base::kBlockK, sms);
+  using L = TmaLayout<RowTiles, TileFeatures>;
+  if (!AllowDynamicSharedMemory<TmaGemmKernel<T, RowTiles, TileFeatures>>(L::kSmem)) return false;
+  // Whole tiles: a block a tile, its whole k (one range a block: the cut's per_block is k_blocks).
+  const int64_t blocks = TileFeatures == 64 ? (args.n + TileFeatures - 1) / TileFeatures : sms;
+  CutWork(&args, L::kBlockK, blocks, TileFeatures);
   TmaArgs p;
   p.g = args;
-  if (!EncodeRowMajorMap(&p.weight_map, args.w, args.n, args.k, kTileFeatures, type) ||
+  if (!EncodeRowMajorMap(&p.weight_map, args.w, args.n, args.k, TileFeatures, type) ||
       !EncodeRowMajorMap(&p.x_map, args.x, args.rows, args.k, RowTiles * 8, type)) {
     return false;
   }
-  return LaunchKernel(TmaGemmKernel<T, RowTiles>, dim3(sms), dim3(kTmaThreads), L::kSmem, stream, p) == cudaSuccess;
+  return LaunchKernel(TmaGemmKernel<T, RowTiles, TileFeatures>, dim3(static_cast<unsigned>(blocks)), dim3(L::kThreads),
+                      L::kSmem, stream, p) == cudaSuccess;
+}
+
+template <typename T, int TileFeatures>
+bool LaunchTmaForRows(const GemmArgs& args, ElementType type, int sms, cudaStream_t stream) {
+  if (args.rows <= 8) return LaunchTma<T, 1, TileFeatures>(args, type, sms, stream);
+  if (args.rows <= 16) return LaunchTma<T, 2, TileFeatures>(args, type, sms, stream);
+  if (args.rows <= 32) return LaunchTma<T, 4, TileFeatures>(args, type, sms, stream);
+  return LaunchTma<T, 8, TileFeatures>(args, type, sms, stream);
 }
 
 template <typename T>
-bool LaunchTmaForRows(const GemmArgs& args, ElementType type, int sms, cudaStream_t stream) {
-  if (args.rows <= 8) return LaunchTma<T, 1>(args, type, sms, stream);
-  if (args.rows <= 16) return LaunchTma<T, 2>(args, type, sms, stream);
-  if (args.rows <= 32) return LaunchTma<T, 4>(args, type, sms, stream);
-  return LaunchTma<T, 8>(args, type, sms, stream);
+bool LaunchTmaForShape(const GemmArgs& args, ElementType type, int sms, cudaStream_t stream) {
+  return TmaWholeTiles(args.n, sms) ? LaunchTmaForRows<T, 64>(args, type, sms, stream)
+                                    : LaunchTmaForRows<T, 128>(args, type, sms, stream);
 }
 
 }  // namespace
@@ -729,14 +746,20 @@ bool SkinnyGemmCuda(const void* x, const void* w, const void* bias, void* y, int
   auto st = static_cast<cudaStream_t>(stream);
   const int64_t tiles = (n + kTileFeatures - 1) / kTileFeatures;
   constexpr int kZeroThreads = 256;
-  if (LaunchKernel(ZeroCountersKernel, dim3(static_cast<unsigned>((tiles + kZeroThreads - 1) / kZeroThreads)),
+#if GLMSERVE_CUDA_SM90A
+  const bool whole_tiles = math == SkinnyGemmMath::kTma && TmaWholeTiles(n, sms);  // no partial sums to count
+#else
+  const bool whole_tiles = false;
+#endif
+  if (!whole_tiles &&
+      LaunchKernel(ZeroCountersKernel, dim3(static_cast<unsigned>((tiles + kZeroThreads - 1) / kZeroThreads)),
                    dim3(kZeroThreads), 0, st, args.counters, tiles) != cudaSuccess) {
     return false;
   }
 #if GLMSERVE_CUDA_SM90A
   if (math == SkinnyGemmMath::kTma) {
-    if (type == ElementType::kBFloat16) return LaunchTmaForRows<__nv_bfloat16>(args, type, sms, st);
-    if (type == ElementType::kFloat16) return LaunchTmaForRows<__half>(args, type, sms, st);
+    if (type == ElementType::kBFloat16) return LaunchTmaForShape<__nv_bfloat16>(args, type, sms, st);
+    if (type == ElementType::kFloat16) return LaunchTmaForShape<__half>(args, type, sms, st);
     return false;
   }
   if (math == SkinnyGemmMath::kWarpgroup) {

@@ -320,10 +320,12 @@ TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
     int64_t n, k;
   };
   // A partial last tile and k not a multiple of the 128-wide stage; GLM-4-9B's qkv projection,
-  // whose 36 tiles are each cut between several blocks; a single unit, so most blocks idle.
-  // Each on warpgroup MMA (wgmma) fed by cp.async and by TMA, and on per-warp mma.sync.
+  // whose 36 tiles are each cut between several blocks (the TMA form: 72 whole 64-feature tiles);
+  // a single unit, so most blocks idle; more 64-feature tiles than an H100 / H200 has SMs (the
+  // TMA form cuts 128-feature tiles between blocks). Each on warpgroup MMA (wgmma) fed by
+  // cp.async and by TMA, and on per-warp mma.sync.
   for (SkinnyGemmMath math : {SkinnyGemmMath::kTma, SkinnyGemmMath::kWarpgroup, SkinnyGemmMath::kWarp})
-    for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}}) {
+    for (const Shape& shape : {Shape{1000, 4096 + 24}, Shape{4608, 4096}, Shape{128, 64}, Shape{9000, 1024 + 24}}) {
       const int64_t n = shape.n, k = shape.k;
       std::vector<float> w = Random(n * k, 21, type(), 0.05f), bias = Random(n, 22, type());
       Device d_w(w, type()), d_bias(bias, type());
