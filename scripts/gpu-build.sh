@@ -17,6 +17,7 @@
 # GLMSERVE_GPU_OVERLAP=0 (--overlap-steps: engine tests on CUDA, decode_bench and the server with
 # and without; GLMSERVE_GPU_OVERLAP_GAPS=1 profiles batch 1 both ways for summarize_trace.py --gaps)
 # GLMSERVE_GPU_GEMM_TUNING=0 (cuBLASLt's algorithms timed at start against its heuristic's first).
+# GLMSERVE_GPU_WHOLE_TILES=0 (the skinny GEMM's whole-tile form: tests, gemm_bench, decode_bench).
 # GLMSERVE_GPU_CONFIGURE_ONLY=1 stops after unpacking the prefix and configuring (no GPU needed:
 # how the prefix handling is checked on a CPU machine). Where one call is limited to 10 minutes,
 # build first with every part 0 (GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0
@@ -266,6 +267,21 @@ if [ "${GLMSERVE_GPU_GEMM_TUNING:-0}" = 1 ]; then
     disable=""; [ "$setting" = off ] && disable="gemm_tuning"
     GLMSERVE_CUDA_DISABLE="$disable" run env OUT="$out/tuned_serve_$setting" bash scripts/gpu-serve-ab.sh "" |
       sed "s/^/tuning $setting /"
+  done
+fi
+if [ "${GLMSERVE_GPU_WHOLE_TILES:-0}" = 1 ]; then
+  # The skinny GEMM's TMA form with a whole 64-feature tile a block where the tiles fit one wave
+  # (qkv, o, down on GLM-4-9B): the kernel tests, the layer GEMMs alone against cuBLAS, and
+  # decode_bench with those projections on it up to 64 rows (GLMSERVE_CUDA_GEMM_SMALL_WEIGHT)
+  # against the defaults (ABAB).
+  echo "== skinny GEMM, whole tiles"
+  run timeout 300 .gpu/build/tests/kernels_test --gtest_filter='*Skinny*:*Gemv*' >"$out/whole_tiles_test.log" 2>&1
+  tail -1 "$out/whole_tiles_test.log"; grep -E "Failure|FAILED" -A4 "$out/whole_tiles_test.log" | head -20
+  timeout 300 .gpu/build/bench/gemm_bench --rows 8,32,64 --iterations 100 2>&1 | tee "$out/whole_tiles_gemm.md"
+  for setting in whole default whole default; do
+    small=0; [ "$setting" = whole ] && small=60000000
+    GLMSERVE_CUDA_GEMM_SMALL_WEIGHT=$small bench --batch-sizes "${GLMSERVE_WHOLE_TILE_BATCHES:-8,32,64}" \
+      2>/dev/null | tail -n +3 | sed "s/^/$setting /" | tee -a "$out/whole_tiles_decode.md"
   done
 fi
 if [ "${GLMSERVE_GPU_OVERLAP:-0}" = 1 ]; then

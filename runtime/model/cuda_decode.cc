@@ -1278,13 +1278,17 @@ class CudaDecodeRunner {
         EnvInt("GLMSERVE_CUDA_GEMM_MAX_ROWS", kSkinnyGemmFasterUpToRows, 0, kernels::kSkinnyGemmMaxRows);
     const int64_t gemm_min_weight =
         EnvInt("GLMSERVE_CUDA_GEMM_MIN_WEIGHT", kSkinnyGemmMinWeightElements, 0, int64_t{1} << 40);
+    // Weights up to this many elements take the skinny GEMM too (0: none). For measuring its
+    // whole-tile form on the projections whose 64-feature tiles fit one wave (qkv, o, down).
+    const int64_t gemm_max_small_weight = EnvInt("GLMSERVE_CUDA_GEMM_SMALL_WEIGHT", 0, 0, int64_t{1} << 40);
     const kernels::SkinnyGemmMath gemm_math = !Enabled("wgmma")     ? kernels::SkinnyGemmMath::kWarp
                                               : Enabled("tma_gemm") ? kernels::SkinnyGemmMath::kTma
                                                                     : kernels::SkinnyGemmMath::kWarpgroup;
     const int64_t max_custom_rows = std::max(max_rows, gemm_workspace_bytes > 0 ? gemm_max_rows : 0);
     const kernels::TunedGemm* tuned = tuned_gemm_;
     if (max_custom_rows > 0 || tuned != nullptr) {
-      k.linear = [type, max_rows, gemm_workspace_bytes, gemm_max_rows, gemm_min_weight, gemm_math, max_custom_rows,
+      k.linear = [type, max_rows, gemm_workspace_bytes, gemm_max_rows, gemm_min_weight, gemm_max_small_weight,
+                  gemm_math, max_custom_rows,
                   tuned](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
         const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
         if (!x.is_contiguous() || !weight.is_contiguous() || (bias.defined() && !bias.is_contiguous()) ||
@@ -1322,7 +1326,9 @@ class CudaDecodeRunner {
         // enough to amortise its ramp-up: the lm_head (TMA form on an H200: 4.22 / 4.24 / 4.15
         // TB/s at 8 / 32 / 64 rows against cuBLAS's 4.14 / 4.06 / 3.99); every per-layer
         // projection is slower on it at 32-64 rows (bench/gemm_bench, bench/results/gpu.md).
-        if (gemm_workspace_bytes > 0 && rows <= gemm_max_rows && out_features * in >= gemm_min_weight &&
+        const int64_t weight_elements = out_features * in;
+        if (gemm_workspace_bytes > 0 && rows <= gemm_max_rows &&
+            (weight_elements >= gemm_min_weight || weight_elements <= gemm_max_small_weight) &&
             kernels::SkinnyGemmCudaTakes(rows32, out_features, in, type, x.data_ptr(), weight.data_ptr())) {
           at::Tensor y = at::empty({rows, out_features}, x.options());
           // From the caching allocator, per call: stream-ordered, so a capture's warm-up on a side
