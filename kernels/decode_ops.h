@@ -63,6 +63,12 @@ bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, con
 bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
               ElementType type, void* stream);
 
+// Asks L2 for `bytes` of `data` (a weight the next kernels read; 16-byte aligned) without waiting
+// for it: one small kernel that, once the kernel before it has ended, issues bulk L2 prefetches
+// (sm_90) and ends. For the few-row decode steps, where the short kernels between two weight
+// streams (rotary, attention, norms) leave HBM idle. Returns false where it cannot run.
+bool L2PrefetchCuda(const void* data, int64_t bytes, void* stream);
+
 // The same product on tensor cores for decode batches of up to kSkinnyGemmMaxRows rows, bf16 or
 // fp16 (kernels/skinny_gemm.cu): x [rows, k] contiguous, any n, k a multiple of 8. The weight is
 // streamed once, every SM taking an equal share of (output tile, k block) units; the sum for an

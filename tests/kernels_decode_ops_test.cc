@@ -615,7 +615,9 @@ TEST(DecodeOpsCudaHalf, SkinnyGemmAndRegisterTileAttentionMatchTheReference) {
 // Dependent launch (kernels/launch.h): each kernel of a chain reads what the one before it wrote,
 // so one that read its input before waiting for its predecessor would see the previous layer's
 // values. Layers of GEMV -> add+RMSNorm, 64 MiB of weight each (long enough for the next kernel
-// to start early), on a stream of its own, eager and captured in a graph, against the CPU chain.
+// to start early), on a stream of its own, eager and captured in a graph, against the CPU chain;
+// and with an L2 prefetch of the next layer's weight between the two (the norm's predecessor is
+// then the prefetch, which must not end before the GEMV it follows).
 TEST(DependentLaunch, ChainedKernelsReadTheirPredecessorsResults) {
   if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
   const ElementType type = ElementType::kFloat32;
@@ -635,7 +637,7 @@ TEST(DependentLaunch, ChainedKernelsReadTheirPredecessorsResults) {
   cudaStream_t stream = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   // Runs the chain from x0 and returns the final x.
-  auto run = [&](bool capture) {
+  auto run = [&](bool capture, bool prefetch) {
     Device d_x(x0, type), d_residual(std::vector<float>(hidden, 0.0f), type), d_y(std::vector<float>(hidden), type);
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
@@ -644,6 +646,9 @@ TEST(DependentLaunch, ChainedKernelsReadTheirPredecessorsResults) {
     }
     for (int l = 0; l < kLayers; ++l) {
       EXPECT_TRUE(GemvCuda(d_x.get(), d_weights[l]->get(), nullptr, d_y.get(), 1, hidden, hidden, type, stream));
+      if (prefetch) {
+        EXPECT_TRUE(L2PrefetchCuda(d_weights[(l + 1) % kLayers]->get(), hidden * hidden * 4, stream));
+      }
       EXPECT_TRUE(FusedAddRmsNormCuda(d_y.as<float>(), d_residual.as<float>(), d_norm.as<float>(), d_x.as<float>(), 1,
                                       hidden, 1e-5f, stream));
     }
@@ -659,9 +664,10 @@ TEST(DependentLaunch, ChainedKernelsReadTheirPredecessorsResults) {
   };
   const bool was_enabled = DependentLaunchEnabled();
   SetDependentLaunch(true);
-  const std::vector<float> eager = run(false), graphed = run(true);
+  const std::vector<float> eager = run(false, false), graphed = run(true, false);
+  const std::vector<float> eager_prefetch = run(false, true), graphed_prefetch = run(true, true);
   SetDependentLaunch(false);
-  const std::vector<float> serial = run(false);
+  const std::vector<float> serial = run(false, false);
   SetDependentLaunch(was_enabled);
   cudaStreamDestroy(stream);
   ExpectClose(eager, x, 1e-4, 1e-4);
@@ -669,6 +675,8 @@ TEST(DependentLaunch, ChainedKernelsReadTheirPredecessorsResults) {
   // The same kernels in the same order: the early start changes no bit.
   EXPECT_EQ(eager, serial);
   EXPECT_EQ(graphed, serial);
+  EXPECT_EQ(eager_prefetch, serial);
+  EXPECT_EQ(graphed_prefetch, serial);
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, DecodeOpsCuda, ::testing::Values(ElementType::kFloat32, ElementType::kBFloat16),

@@ -1267,6 +1267,30 @@ class CudaDecodeRunner {
         return out;
       };
     }
+    // Measurement switches, off by default: GLMSERVE_CUDA_L2_PREFETCH_<ROLE>_MB asks L2 for up to
+    // that many MB of the role's weight before the short kernels that precede its projection, in
+    // steps of at most GLMSERVE_CUDA_L2_PREFETCH_MAX_ROWS rows (HBM idles there at batch 1).
+    {
+      const char* const roles[] = {"qkv", "o", "gate_up", "down", "lm_head"};
+      const char* const variables[] = {"GLMSERVE_CUDA_L2_PREFETCH_QKV_MB", "GLMSERVE_CUDA_L2_PREFETCH_O_MB",
+                                       "GLMSERVE_CUDA_L2_PREFETCH_GATE_UP_MB", "GLMSERVE_CUDA_L2_PREFETCH_DOWN_MB",
+                                       "GLMSERVE_CUDA_L2_PREFETCH_LM_HEAD_MB"};
+      std::map<std::string, int64_t> prefetch_bytes;
+      for (size_t i = 0; i < std::size(roles); ++i) {
+        const int64_t mb = EnvInt(variables[i], 0, 0, 1024);
+        if (mb > 0) prefetch_bytes[roles[i]] = mb << 20;
+      }
+      const int64_t prefetch_max_rows = EnvInt("GLMSERVE_CUDA_L2_PREFETCH_MAX_ROWS", 8, 1, 1 << 20);
+      if (!prefetch_bytes.empty()) {
+        k.prefetch_weight = [prefetch_bytes, prefetch_max_rows](const char* role, const at::Tensor& weight,
+                                                                int64_t rows) {
+          const auto it = prefetch_bytes.find(role);
+          if (it == prefetch_bytes.end() || rows > prefetch_max_rows || !weight.is_contiguous()) return;
+          const int64_t bytes = std::min<int64_t>(it->second, weight.numel() * weight.element_size());
+          Check(kernels::L2PrefetchCuda(weight.data_ptr(), bytes, CurrentStream()), "L2 prefetch");
+        };
+      }
+    }
     // Up to this many rows the GEMV streams the weights faster than cuBLAS: on an H200 one row
     // (decode_bench 5.57 vs 5.81 ms a step), not two (6.15 vs 5.75; bench/results/gpu.md).
     // GLMSERVE_CUDA_GEMV_MAX_ROWS overrides it for measurements.

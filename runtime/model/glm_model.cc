@@ -197,6 +197,7 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     const Layer& layer = layers_[l];
     at::Tensor h = add_and_norm(layer.input_norm);
     at::Tensor qkv = Linear(kernels, h, layer.qkv_weight, layer.qkv_bias);
+    if (kernels.prefetch_weight) kernels.prefetch_weight("o", layer.o_weight, total);
     at::Tensor k_cache = kv.k[l];
     at::Tensor v_cache = kv.v[l];
     at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
@@ -213,10 +214,12 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
       v_cache.index_copy_(0, slots, v);
     }
     at::Tensor o = Linear(kernels, attend(q, k_cache, v_cache), layer.o_weight, at::Tensor());
+    if (kernels.prefetch_weight) kernels.prefetch_weight("gate_up", layer.gate_up_weight, total);
     pending = o;
     if (c.sandwich_norms) pending_norm = layer.post_attn_norm;
     h = add_and_norm(layer.mlp_norm);
     at::Tensor gate_up = Linear(kernels, h, layer.gate_up_weight, at::Tensor());
+    if (kernels.prefetch_weight) kernels.prefetch_weight("down", layer.down_weight, total);
     at::Tensor act;
     if (kernels.swiglu) {
       act = kernels.swiglu(gate_up);
@@ -226,6 +229,13 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
       act = up * at::silu(gate);
     }
     at::Tensor m = Linear(kernels, act, layer.down_weight, at::Tensor());
+    if (kernels.prefetch_weight) {
+      if (l + 1 < c.num_layers) {
+        kernels.prefetch_weight("qkv", layers_[l + 1].qkv_weight, total);
+      } else {
+        kernels.prefetch_weight("lm_head", lm_head_, total);
+      }
+    }
     pending = m;
     if (c.sandwich_norms) pending_norm = layer.post_mlp_norm;
   }

@@ -67,6 +67,10 @@ struct LayerKernels {
   std::function<at::Tensor(const at::Tensor& gate_up)> swiglu;
   // at::linear(x, weight, bias); bias may be undefined.
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
+  // Told, between two projections, of the weight the layers read next by its role (as
+  // Projections() names them) and the step's rows: may ask L2 for it while the short kernels
+  // between run. Optional; changes no result.
+  std::function<void(const char* role, const at::Tensor& weight, int64_t rows)> prefetch_weight;
 };
 
 class GlmModel {
