@@ -178,14 +178,21 @@ constexpr int kGemvWarps = 8;
 // (which no kernel of a step writes) are read before the wait for the kernel before this one;
 // x and y only after it. Only the first loads go early: asking L2 for the rest of the row as well
 // made a batch-1 step slower (6.08 vs 5.57 ms, H200).
-template <typename T, int M, int R, int U>
+// SwiGluPairs (R = 2): the weight is gate_up's, [2 I, k]; warp j takes rows j and I + j and
+// writes up * silu(gate) of its two sums, each rounded as the GEMV rounds its output, to y [M, I]:
+// the GEMV followed by the SwiGLU kernel, bit for bit, in one launch.
+template <typename T, int M, int R, int U, bool SwiGluPairs = false>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                int64_t n, int64_t k) {
+  static_assert(!SwiGluPairs || R == 2, "a SwiGLU pair is two weight rows");
   constexpr int E = 16 / sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * R;
-  if (row0 >= n) return;
+  const int64_t half = n / 2;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * (SwiGluPairs ? 1 : R);
+  if (row0 >= (SwiGluPairs ? half : n)) return;
+  // Weight row of the warp's r-th sum.
+  auto row_of = [&](int r) { return SwiGluPairs ? row0 + r * half : row0 + r; };
   const int64_t chunks = k / E;
   const uint4* x4 = reinterpret_cast<const uint4*>(x);
   const uint4* w4 = reinterpret_cast<const uint4*>(w);
@@ -197,7 +204,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         // Weights are read once per step: stream them past L1 so x stays cached.
-        wv[u][r] = c < chunks && row0 + r < n ? __ldcs(w4 + (row0 + r) * chunks + c) : make_uint4(0, 0, 0, 0);
+        wv[u][r] = c < chunks && row_of(r) < n ? __ldcs(w4 + row_of(r) * chunks + c) : make_uint4(0, 0, 0, 0);
       }
     }
   };
@@ -232,22 +239,34 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
 #pragma unroll
   for (int m = 0; m < M; ++m) {
+    if constexpr (SwiGluPairs) {
+      float rounded[2];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float total = WarpSum(acc[m][r]);
-      if (lane == 0 && row0 + r < n) {
-        y[m * n + row0 + r] = FromFloat<T>(bias != nullptr ? total + ToFloat(bias[row0 + r]) : total);
+      for (int r = 0; r < 2; ++r) {
+        const float total = WarpSum(acc[m][r]);
+        rounded[r] = ToFloat(FromFloat<T>(bias != nullptr ? total + ToFloat(bias[row_of(r)]) : total));
+      }
+      if (lane == 0) y[m * half + row0] = FromFloat<T>(SwiGlu<T>(rounded[0], rounded[1]));
+    } else {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float total = WarpSum(acc[m][r]);
+        if (lane == 0 && row0 + r < n) {
+          y[m * n + row0 + r] = FromFloat<T>(bias != nullptr ? total + ToFloat(bias[row0 + r]) : total);
+        }
       }
     }
   }
 }
 
-template <typename T, int M, int R, int U>
+template <typename T, int M, int R, int U, bool SwiGluPairs = false>
 bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream) {
-  const int64_t rows_per_block = int64_t{kGemvWarps} * R;
-  const int64_t blocks = (n + rows_per_block - 1) / rows_per_block;
-  return LaunchKernel(GemvKernel<T, M, R, U>, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32), 0, stream,
-                      static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
+  // A warp's outputs: R rows, or one SwiGLU pair of the n / 2 it writes.
+  const int64_t rows_per_block = int64_t{kGemvWarps} * (SwiGluPairs ? 1 : R);
+  const int64_t outputs = SwiGluPairs ? n / 2 : n;
+  const int64_t blocks = (outputs + rows_per_block - 1) / rows_per_block;
+  return LaunchKernel(GemvKernel<T, M, R, U, SwiGluPairs>, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32),
+                      0, stream, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
                       static_cast<T*>(y), n, k) == cudaSuccess;
 }
 
@@ -367,6 +386,22 @@ bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, con
   const int64_t per_chunk = 16 / ElementBytes(type);
   return rows >= 1 && rows <= kGemvMaxRows && k > 0 && k % per_chunk == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
+                    ElementType type, void* stream) {
+  if (rows != 1 || n <= 0 || n % 2 != 0 || !GemvCudaTakes(rows, k, type, x, w)) return false;
+  auto st = static_cast<cudaStream_t>(stream);
+  // Two rows a warp: half the one-row GEMV's unrolling keeps as many loads in flight.
+  switch (type) {
+    case ElementType::kFloat32:
+      return LaunchGemv<float, 1, 2, 4, true>(x, w, bias, y, n, k, st);
+    case ElementType::kBFloat16:
+      return LaunchGemv<__nv_bfloat16, 1, 2, 4, true>(x, w, bias, y, n, k, st);
+    case ElementType::kFloat16:
+      return LaunchGemv<__half, 1, 2, 4, true>(x, w, bias, y, n, k, st);
+  }
+  return false;
 }
 
 bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,

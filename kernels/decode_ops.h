@@ -62,6 +62,10 @@ constexpr int32_t kGemvMaxRows = 8;
 bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w);
 bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
               ElementType type, void* stream);
+// One row through gate_up and SwiGLU in one launch: w is gate_up's weight [n = 2 I, k], y [1, I]
+// = up * silu(gate) of the GEMV's rounded outputs, bit-equal to GemvCuda then SwiGluCuda.
+bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
+                    ElementType type, void* stream);
 
 // Asks L2 for `bytes` of `data` (a weight the next kernels read; 16-byte aligned) without waiting
 // for it: one small kernel that, once the kernel before it has ended, issues bulk L2 prefetches

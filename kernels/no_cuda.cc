@@ -34,6 +34,9 @@ bool GemvCuda(const void*, const void*, const void*, void*, int32_t, int64_t, in
   return false;
 }
 bool L2PrefetchCuda(const void*, int64_t, void*) { return false; }
+bool GemvSwiGluCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*) {
+  return false;
+}
 size_t SkinnyGemmWorkspaceBytes() { return 0; }
 bool SkinnyGemmCudaTakes(int32_t, int64_t, int64_t, ElementType, const void*, const void*) { return false; }
 bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*, void*,

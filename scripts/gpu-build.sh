@@ -18,7 +18,8 @@
 # and without; GLMSERVE_GPU_OVERLAP_GAPS=1 profiles batch 1 both ways for summarize_trace.py --gaps)
 # GLMSERVE_GPU_GEMM_TUNING=0 (cuBLASLt's algorithms timed at start against its heuristic's first).
 # GLMSERVE_GPU_WHOLE_TILES=0 (the skinny GEMM's whole-tile form: tests, gemm_bench, decode_bench).
-# GLMSERVE_GPU_L2_PREFETCH=0 (weights asked of L2 before their projection: tests, decode_bench).
+# GLMSERVE_GPU_FEW_ROWS=0 (L2 prefetch of the next weight, gate_up + SwiGLU in one GEMV: tests,
+# decode_bench).
 # GLMSERVE_GPU_CONFIGURE_ONLY=1 stops after unpacking the prefix and configuring (no GPU needed:
 # how the prefix handling is checked on a CPU machine). Where one call is limited to 10 minutes,
 # build first with every part 0 (GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0
@@ -285,30 +286,32 @@ if [ "${GLMSERVE_GPU_WHOLE_TILES:-0}" = 1 ]; then
       2>/dev/null | tail -n +3 | sed "s/^/$setting /" | tee -a "$out/whole_tiles_decode.md"
   done
 fi
-if [ "${GLMSERVE_GPU_L2_PREFETCH:-0}" = 1 ]; then
-  # Weights asked of L2 before the short kernels that precede their projection
-  # (GLMSERVE_CUDA_L2_PREFETCH_<ROLE>_MB): the chain test, the engine on CUDA with every role
-  # prefetched, decode_bench at few rows under each setting (ABCABC, then more).
-  echo "== L2 prefetch"
-  run timeout 120 .gpu/build/tests/kernels_test --gtest_filter='DependentLaunch*' >"$out/prefetch_test.log" 2>&1
-  tail -1 "$out/prefetch_test.log"; grep -E "Failure|FAILED" -A4 "$out/prefetch_test.log" | head -20
+if [ "${GLMSERVE_GPU_FEW_ROWS:-0}" = 1 ]; then
+  # Two measurement switches for few-row steps: weights asked of L2 before the short kernels that
+  # precede their projection (GLMSERVE_CUDA_L2_PREFETCH_<ROLE>_MB) and gate_up + SwiGLU as one
+  # GEMV launch at one row (GLMSERVE_CUDA_FUSED_SWIGLU=1). The kernel tests, the engine on CUDA
+  # with both on, decode_bench under each setting (rounds of every setting in turn).
+  echo "== few-row steps: L2 prefetch, gate_up + SwiGLU"
+  run timeout 120 .gpu/build/tests/kernels_test --gtest_filter='DependentLaunch*:*GemvSwiGlu*' \
+    >"$out/few_rows_test.log" 2>&1
+  tail -1 "$out/few_rows_test.log"; grep -E "Failure|FAILED" -A4 "$out/few_rows_test.log" | head -20
   all="GLMSERVE_CUDA_L2_PREFETCH_O_MB=48 GLMSERVE_CUDA_L2_PREFETCH_QKV_MB=16 GLMSERVE_CUDA_L2_PREFETCH_GATE_UP_MB=16 GLMSERVE_CUDA_L2_PREFETCH_DOWN_MB=16 GLMSERVE_CUDA_L2_PREFETCH_LM_HEAD_MB=16"
-  env $all GLMSERVE_TEST_DEVICE=cuda timeout 300 .gpu/build/tests/engine_model/engine_model_test \
-    --gtest_filter='*Parity*:*Invariance*:*Identical*' >"$out/prefetch_engine_model_cuda.log" 2>&1
-  tail -1 "$out/prefetch_engine_model_cuda.log"; grep -E "FAILED" "$out/prefetch_engine_model_cuda.log" | head
-  settings=("GLMSERVE_CUDA_L2_PREFETCH_O_MB=0" "GLMSERVE_CUDA_L2_PREFETCH_O_MB=48" "$all")
+  env $all GLMSERVE_CUDA_FUSED_SWIGLU=1 GLMSERVE_TEST_DEVICE=cuda timeout 300 \
+    .gpu/build/tests/engine_model/engine_model_test --gtest_filter='*Parity*:*Invariance*:*Identical*' \
+    >"$out/few_rows_engine_model_cuda.log" 2>&1
+  tail -1 "$out/few_rows_engine_model_cuda.log"; grep -E "FAILED" "$out/few_rows_engine_model_cuda.log" | head
+  settings=("GLMSERVE_CUDA_L2_PREFETCH_O_MB=0" "GLMSERVE_CUDA_L2_PREFETCH_O_MB=48" "$all"
+            "GLMSERVE_CUDA_FUSED_SWIGLU=1" "GLMSERVE_CUDA_FUSED_SWIGLU=1 $all")
+  few_rows_bench() {  # setting index, batch sizes, max prefetch rows
+    env ${settings[$1]} GLMSERVE_CUDA_L2_PREFETCH_MAX_ROWS="$3" bench --batch-sizes "$2" 2>/dev/null | tail -n +3 |
+      sed "s/^/setting $1 /" | tee -a "$out/few_rows_decode.md"
+  }
   for round in 1 2; do
-    for i in 0 1 2; do
-      env ${settings[$i]} .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights \
-        --device cuda --dtype bfloat16 --hbm-gbps "$gbps" --batch-sizes "${GLMSERVE_PREFETCH_BATCHES:-1,8}" \
-        2>/dev/null | tail -n +3 | sed "s/^/prefetch ${i} /" | tee -a "$out/prefetch_decode.md"
-    done
+    for i in 0 1 2 3 4; do few_rows_bench $i "${GLMSERVE_FEW_ROWS_BATCHES:-1,8}" 8; done
   done
-  for extra in "GLMSERVE_CUDA_L2_PREFETCH_O_MB=48 GLMSERVE_CUDA_L2_PREFETCH_DOWN_MB=40" \
-               "GLMSERVE_CUDA_L2_PREFETCH_O_MB=32 GLMSERVE_CUDA_L2_PREFETCH_QKV_MB=32"; do
-    env $extra .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights \
-      --device cuda --dtype bfloat16 --hbm-gbps "$gbps" --batch-sizes "${GLMSERVE_PREFETCH_BATCHES:-1,8}" \
-      2>/dev/null | tail -n +3 | sed "s/^/prefetch $extra /" | tee -a "$out/prefetch_decode.md"
+  # Decode and mixed-step row counts too: attention there reads KV at a third of HBM's rate.
+  for round in 1 2; do
+    for i in 0 1 2; do few_rows_bench $i 64,128 512; done
   done
 fi
 if [ "${GLMSERVE_GPU_OVERLAP:-0}" = 1 ]; then

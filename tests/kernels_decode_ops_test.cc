@@ -307,6 +307,34 @@ TEST_P(DecodeOpsCuda, GemvMatchesReferenceForEveryRowCount) {
   EXPECT_FALSE(GemvCudaTakes(1, k + 1, type(), d_w.get(), d_w.get()));
 }
 
+// One row through gate_up and SwiGLU in one launch: the same bits as the GEMV then the SwiGLU
+// kernel (the CPU chain as the reference too), with and without bias; pairs of rows it declines.
+TEST_P(DecodeOpsCuda, GemvSwiGluIsTheGemvThenSwiGluInOneLaunch) {
+  const int64_t width = 1001, n = 2 * width, k = 4096 + 24;  // a last block of few warps
+  const std::vector<float> w = Random(n * k, 9, type(), 0.05f), bias = Random(n, 10, type()), x = Random(k, 11, type());
+  Device d_w(w, type()), d_bias(bias, type()), d_x(x, type());
+  for (bool with_bias : {false, true}) {
+    const void* b = with_bias ? d_bias.get() : nullptr;
+    Device d_gate_up(std::vector<float>(n, 0.0f), type()), d_two_launches(std::vector<float>(width, 0.0f), type());
+    Device d_fused(std::vector<float>(width, 0.0f), type());
+    ASSERT_TRUE(GemvCuda(d_x.get(), d_w.get(), b, d_gate_up.get(), 1, n, k, type(), nullptr));
+    ASSERT_TRUE(SwiGluCuda(d_gate_up.get(), d_two_launches.get(), 1, width, type(), nullptr));
+    ASSERT_TRUE(GemvSwiGluCuda(d_x.get(), d_w.get(), b, d_fused.get(), 1, n, k, type(), nullptr));
+    SCOPED_TRACE(testing::Message() << "bias " << with_bias);
+    EXPECT_EQ(d_fused.Floats(), d_two_launches.Floats());
+    std::vector<float> gate_up(n), want(width);
+    GemvReference(x.data(), w.data(), with_bias ? bias.data() : nullptr, gate_up.data(), 1, n, k);
+    if (bf16()) {
+      for (float& v : gate_up) v = RoundToBf16(v);
+    }
+    SwiGluReference(gate_up.data(), want.data(), 1, width);
+    ExpectClose(d_fused.Floats(), want, bf16() ? 2e-2 : 1e-4, bf16() ? 4e-3 : 1e-5);
+  }
+  Device d_y(std::vector<float>(2 * width, 0.0f), type()), d_x2(Random(2 * k, 12, type()), type());
+  EXPECT_FALSE(GemvSwiGluCuda(d_x2.get(), d_w.get(), nullptr, d_y.get(), 2, n, k, type(), nullptr));
+  EXPECT_FALSE(GemvSwiGluCuda(d_x.get(), d_w.get(), nullptr, d_y.get(), 1, n - 1, k, type(), nullptr));
+}
+
 TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   if (!bf16()) {
     EXPECT_FALSE(SkinnyGemmCudaTakes(16, 128, 64, type(), nullptr, nullptr)) << "fp32 stays on cuBLAS";

@@ -1291,6 +1291,22 @@ class CudaDecodeRunner {
         };
       }
     }
+    // Measurement switch, off by default: GLMSERVE_CUDA_FUSED_SWIGLU=1 runs one-row steps' gate_up
+    // projection and SwiGLU as one GEMV launch (the same bits; one launch a layer fewer).
+    if (Enabled("gemv") && Enabled("swiglu") && EnvIs("GLMSERVE_CUDA_FUSED_SWIGLU", "1")) {
+      k.gate_up_swiglu = [type](const at::Tensor& x, const at::Tensor& weight) {
+        const int64_t rows = x.size(0), in = x.size(1), out_features = weight.size(0);
+        if (rows != 1 || !x.is_contiguous() || !weight.is_contiguous() || x.scalar_type() != weight.scalar_type() ||
+            !kernels::GemvCudaTakes(1, in, type, x.data_ptr(), weight.data_ptr()) || out_features % 2 != 0) {
+          return at::Tensor();
+        }
+        at::Tensor y = at::empty({rows, out_features / 2}, x.options());
+        Check(kernels::GemvSwiGluCuda(x.data_ptr(), weight.data_ptr(), nullptr, y.data_ptr(), 1, out_features, in, type,
+                                      CurrentStream()),
+              "GEMV + SwiGLU");
+        return y;
+      };
+    }
     // Up to this many rows the GEMV streams the weights faster than cuBLAS: on an H200 one row
     // (decode_bench 5.57 vs 5.81 ms a step), not two (6.15 vs 5.75; bench/results/gpu.md).
     // GLMSERVE_CUDA_GEMV_MAX_ROWS overrides it for measurements.

@@ -218,15 +218,19 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     pending = o;
     if (c.sandwich_norms) pending_norm = layer.post_attn_norm;
     h = add_and_norm(layer.mlp_norm);
-    at::Tensor gate_up = Linear(kernels, h, layer.gate_up_weight, at::Tensor());
-    if (kernels.prefetch_weight) kernels.prefetch_weight("down", layer.down_weight, total);
-    at::Tensor act;
-    if (kernels.swiglu) {
-      act = kernels.swiglu(gate_up);
+    at::Tensor act = kernels.gate_up_swiglu ? kernels.gate_up_swiglu(h, layer.gate_up_weight) : at::Tensor();
+    if (act.defined()) {
+      if (kernels.prefetch_weight) kernels.prefetch_weight("down", layer.down_weight, total);
     } else {
-      at::Tensor gate = gate_up.narrow(1, 0, c.intermediate_size);
-      at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
-      act = up * at::silu(gate);
+      at::Tensor gate_up = Linear(kernels, h, layer.gate_up_weight, at::Tensor());
+      if (kernels.prefetch_weight) kernels.prefetch_weight("down", layer.down_weight, total);
+      if (kernels.swiglu) {
+        act = kernels.swiglu(gate_up);
+      } else {
+        at::Tensor gate = gate_up.narrow(1, 0, c.intermediate_size);
+        at::Tensor up = gate_up.narrow(1, c.intermediate_size, c.intermediate_size);
+        act = up * at::silu(gate);
+      }
     }
     at::Tensor m = Linear(kernels, act, layer.down_weight, at::Tensor());
     if (kernels.prefetch_weight) {

@@ -65,6 +65,9 @@ struct LayerKernels {
   bool rotary_kv_takes_3d = false;
   // gate_up [T, 2 I] -> up * silu(gate), [T, I].
   std::function<at::Tensor(const at::Tensor& gate_up)> swiglu;
+  // x [T, H] -> up * silu(gate) of x's gate_up projection in one step, [T, I]; an undefined
+  // tensor where it does not take the shape (then linear and swiglu run). Optional.
+  std::function<at::Tensor(const at::Tensor& x, const at::Tensor& gate_up_weight)> gate_up_swiglu;
   // at::linear(x, weight, bias); bias may be undefined.
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
   // Told, between two projections, of the weight the layers read next by its role (as
