@@ -7,6 +7,7 @@
 #include "kernels/decode_ops.h"
 #include "kernels/device_math.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/rms_norm_row.cuh"
 
 namespace glmserve::kernels {
 namespace {
@@ -178,19 +179,34 @@ constexpr int kGemvWarps = 8;
 // (which no kernel of a step writes) are read before the wait for the kernel before this one;
 // x and y only after it. Only the first loads go early: asking L2 for the rest of the row as well
 // made a batch-1 step slower (6.08 vs 5.57 ms, H200).
+// The add+RMSNorm a GEMV may do first (NormPrologue): its input row is RMSNorm(residual + delta)
+// * weight, computed by every block into shared memory; block 0 writes residual + delta to
+// residual_out (another buffer: the other blocks still read residual).
+template <typename T>
+struct GemvNorm {
+  const T* delta = nullptr;         // may be null: the residual alone is normalised
+  const T* delta_weight = nullptr;  // the delta's own norm first (sandwich norms), or null
+  const T* residual = nullptr;
+  T* residual_out = nullptr;
+  const T* weight = nullptr;
+  float eps = 0.0f;
+};
+
 // SwiGluPairs (R = 2): the weight is gate_up's, [2 I, k]; warp j takes rows j and I + j and
 // writes up * silu(gate) of its two sums, each rounded as the GEMV rounds its output, to y [M, I]:
 // the GEMV followed by the SwiGLU kernel, bit for bit, in one launch.
-template <typename T, int M, int R, int U, bool SwiGluPairs = false>
+template <typename T, int M, int R, int U, bool SwiGluPairs = false, bool NormPrologue = false>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-               int64_t n, int64_t k) {
+               int64_t n, int64_t k, GemvNorm<T> norm) {
   static_assert(!SwiGluPairs || R == 2, "a SwiGLU pair is two weight rows");
+  static_assert(!NormPrologue || (M == 1 && kGemvWarps * 32 == kNormRowThreads), "the norm is one row's, a block's");
   constexpr int E = 16 / sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t half = n / 2;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * (SwiGluPairs ? 1 : R);
-  if (row0 >= (SwiGluPairs ? half : n)) return;
+  const bool has_rows = row0 < (SwiGluPairs ? half : n);
+  if (!NormPrologue && !has_rows) return;  // with the norm every warp of the block takes part in it
   // Weight row of the warp's r-th sum.
   auto row_of = [&](int r) { return SwiGluPairs ? row0 + r * half : row0 + r; };
   const int64_t chunks = k / E;
@@ -211,6 +227,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   load(lane);
   AllowDependentLaunch();
   WaitForPrerequisiteGrid();
+  extern __shared__ uint4 normed_x[];  // NormPrologue: the input row, k / E chunks
+  if constexpr (NormPrologue) {
+    __shared__ float scratch[kNormRowThreads / 32];
+    AddRmsNormRow<T>(reinterpret_cast<const uint4*>(norm.delta), reinterpret_cast<const uint4*>(norm.delta_weight),
+                     reinterpret_cast<const uint4*>(norm.residual),
+                     blockIdx.x == 0 ? reinterpret_cast<uint4*>(norm.residual_out) : nullptr,
+                     reinterpret_cast<const uint4*>(norm.weight), normed_x, static_cast<int>(chunks), k, norm.eps,
+                     scratch);
+    __syncthreads();
+    x4 = normed_x;
+    if (!has_rows) return;
+  }
   float acc[M][R];
 #pragma unroll
   for (int m = 0; m < M; ++m)
@@ -227,7 +255,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[E];
-        Chunk16<T>::ToFloats(__ldg(x4 + m * chunks + c), xf);
+        Chunk16<T>::ToFloats(NormPrologue ? x4[c] : __ldg(x4 + m * chunks + c), xf);
 #pragma unroll
         for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -259,15 +287,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
 }
 
-template <typename T, int M, int R, int U, bool SwiGluPairs = false>
-bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream) {
+template <typename T, int M, int R, int U, bool SwiGluPairs = false, bool NormPrologue = false>
+bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream,
+                const GemvNorm<T>& norm = {}) {
   // A warp's outputs: R rows, or one SwiGLU pair of the n / 2 it writes.
   const int64_t rows_per_block = int64_t{kGemvWarps} * (SwiGluPairs ? 1 : R);
   const int64_t outputs = SwiGluPairs ? n / 2 : n;
   const int64_t blocks = (outputs + rows_per_block - 1) / rows_per_block;
-  return LaunchKernel(GemvKernel<T, M, R, U, SwiGluPairs>, dim3(static_cast<unsigned>(blocks)), dim3(kGemvWarps * 32),
-                      0, stream, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
-                      static_cast<T*>(y), n, k) == cudaSuccess;
+  const size_t smem = NormPrologue ? static_cast<size_t>(k) * sizeof(T) : 0;
+  return LaunchKernel(GemvKernel<T, M, R, U, SwiGluPairs, NormPrologue>, dim3(static_cast<unsigned>(blocks)),
+                      dim3(kGemvWarps * 32), smem, stream, static_cast<const T*>(x), static_cast<const T*>(w),
+                      static_cast<const T*>(bias), static_cast<T*>(y), n, k, norm) == cudaSuccess;
 }
 
 template <typename T>
@@ -386,6 +416,59 @@ bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, con
   const int64_t per_chunk = 16 / ElementBytes(type);
   return rows >= 1 && rows <= kGemvMaxRows && k > 0 && k % per_chunk == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+namespace {
+template <typename T>
+bool LaunchGemvAddRmsNorm(const GemvNorm<T>& norm, const void* w, const void* bias, void* y, int64_t n, int64_t k,
+                          bool swiglu, cudaStream_t st) {
+  return swiglu ? LaunchGemv<T, 1, 2, 4, true, true>(nullptr, w, bias, y, n, k, st, norm)
+                : LaunchGemv<T, 1, 1, 8, false, true>(nullptr, w, bias, y, n, k, st, norm);
+}
+
+template <typename T>
+GemvNorm<T> MakeGemvNorm(const void* delta, const void* delta_weight, const void* residual, void* residual_out,
+                         const void* norm_weight, float eps) {
+  GemvNorm<T> norm;
+  norm.delta = static_cast<const T*>(delta);
+  norm.delta_weight = static_cast<const T*>(delta_weight);
+  norm.residual = static_cast<const T*>(residual);
+  norm.residual_out = static_cast<T*>(residual_out);
+  norm.weight = static_cast<const T*>(norm_weight);
+  norm.eps = eps;
+  return norm;
+}
+}  // namespace
+
+static_assert(kGemvAddRmsNormMaxChunks == kNormRowThreads * kNormRowMaxChunks, "the norm's rows, a block's registers");
+
+bool GemvAddRmsNormCuda(const void* delta, const void* delta_weight, const void* residual, void* residual_out,
+                        const void* norm_weight, float eps, const void* w, const void* bias, void* y, int64_t n,
+                        int64_t k, bool swiglu, ElementType type, void* stream) {
+  const int64_t per_chunk = 16 / ElementBytes(type);
+  auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (n <= 0 || k <= 0 || k % per_chunk != 0 || k / per_chunk > kGemvAddRmsNormMaxChunks || residual == nullptr ||
+      norm_weight == nullptr || w == nullptr || (delta_weight != nullptr && delta == nullptr) ||
+      (delta != nullptr && residual_out == nullptr) || (swiglu && n % 2 != 0) || !aligned(delta) ||
+      !aligned(delta_weight) || !aligned(residual) || !aligned(residual_out) || !aligned(norm_weight) || !aligned(w)) {
+    return false;
+  }
+  auto st = static_cast<cudaStream_t>(stream);
+  switch (type) {
+    case ElementType::kFloat32:
+      return LaunchGemvAddRmsNorm<float>(
+          MakeGemvNorm<float>(delta, delta_weight, residual, residual_out, norm_weight, eps), w, bias, y, n, k, swiglu,
+          st);
+    case ElementType::kBFloat16:
+      return LaunchGemvAddRmsNorm<__nv_bfloat16>(
+          MakeGemvNorm<__nv_bfloat16>(delta, delta_weight, residual, residual_out, norm_weight, eps), w, bias, y, n, k,
+          swiglu, st);
+    case ElementType::kFloat16:
+      return LaunchGemvAddRmsNorm<__half>(
+          MakeGemvNorm<__half>(delta, delta_weight, residual, residual_out, norm_weight, eps), w, bias, y, n, k, swiglu,
+          st);
+  }
+  return false;
 }
 
 bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,

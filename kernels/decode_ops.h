@@ -62,6 +62,16 @@ constexpr int32_t kGemvMaxRows = 8;
 bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w);
 bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
               ElementType type, void* stream);
+// One row's add+RMSNorm and the projection after it in one launch: the GEMV's input is
+// RMSNorm(residual + delta) * norm_weight (delta may be null; delta_weight normalises it first, as
+// FusedNormAddRmsNormCudaTyped), residual + delta goes to residual_out (another buffer: every block
+// reads residual), y = that row times w^T (+ bias), [1, n]; with swiglu (w gate_up's) y is
+// up * silu(gate), [1, n / 2]. Bit-equal to the norm kernel, then GemvCuda (then SwiGluCuda).
+// k (the hidden size) up to kGemvAddRmsNormMaxChunks 16-byte chunks.
+constexpr int64_t kGemvAddRmsNormMaxChunks = 1024;
+bool GemvAddRmsNormCuda(const void* delta, const void* delta_weight, const void* residual, void* residual_out,
+                        const void* norm_weight, float eps, const void* w, const void* bias, void* y, int64_t n,
+                        int64_t k, bool swiglu, ElementType type, void* stream);
 // One row through gate_up and SwiGLU in one launch: w is gate_up's weight [n = 2 I, k], y [1, I]
 // = up * silu(gate) of the GEMV's rounded outputs, bit-equal to GemvCuda then SwiGluCuda.
 bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,

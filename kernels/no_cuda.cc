@@ -37,6 +37,10 @@ bool L2PrefetchCuda(const void*, int64_t, void*) { return false; }
 bool GemvSwiGluCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*) {
   return false;
 }
+bool GemvAddRmsNormCuda(const void*, const void*, const void*, void*, const void*, float, const void*, const void*,
+                        void*, int64_t, int64_t, bool, ElementType, void*) {
+  return false;
+}
 size_t SkinnyGemmWorkspaceBytes() { return 0; }
 bool SkinnyGemmCudaTakes(int32_t, int64_t, int64_t, ElementType, const void*, const void*) { return false; }
 bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*, void*,

@@ -7,23 +7,10 @@
 #include "kernels/device_math.cuh"
 #include "kernels/launch.cuh"
 #include "kernels/rms_norm.h"
+#include "kernels/rms_norm_row.cuh"
 
 namespace glmserve::kernels {
 namespace {
-
-// Sum of `local` over the block (every thread gets it). `scratch` holds a float per warp; the
-// trailing barrier lets a second call reuse it.
-__device__ __forceinline__ float BlockSum(float local, float* scratch) {
-  local = WarpSum(local);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int warps = (blockDim.x + 31) / 32;
-  if (lane == 0) scratch[warp] = local;
-  __syncthreads();
-  float total = lane < warps ? scratch[lane] : 0.0f;
-  total = WarpSum(total);
-  __syncthreads();
-  return total;
-}
 
 // One block per row; the residual stream is read once, updated, and reduced in fp32. With
 // `x_weight` the delta is first normalised on its own (GLM-4-0414 / GLM-4.1V's post-attention and
@@ -65,82 +52,21 @@ __global__ void FusedAddRmsNormTypedKernel(const T* __restrict__ x, const T* __r
 }
 
 // Rows that fit in registers (the decode case): one block per row, each thread holds up to
-// kMaxChunks 16-byte chunks of the row, so the residual is read once with wide loads, the update
-// written once, and the normalisation reads nothing back from memory. Same rounding as above.
-constexpr int kRowThreads = 256;
-constexpr int kMaxChunks = 4;
-
+// kNormRowMaxChunks 16-byte chunks of the row, so the residual is read once with wide loads, the
+// update written once, and the normalisation reads nothing back from memory. Same rounding as
+// above (AddRmsNormRow, shared with the GEMV that normalises its own input).
 template <typename T>
-__global__ void __launch_bounds__(kRowThreads)
+__global__ void __launch_bounds__(kNormRowThreads)
     FusedAddRmsNormRowKernel(const T* __restrict__ x, const T* __restrict__ x_weight, T* __restrict__ residual,
                              const T* __restrict__ weight, T* __restrict__ out, int64_t hidden, float eps) {
   constexpr int E = Chunk16<T>::kElements;
   AllowDependentsThenWait();
-  __shared__ float scratch[kRowThreads / 32];
+  __shared__ float scratch[kNormRowThreads / 32];
   const int64_t row = blockIdx.x;
-  const int chunks = static_cast<int>(hidden / E);
   uint4* res = reinterpret_cast<uint4*>(residual + row * hidden);
-  const uint4* delta = x != nullptr ? reinterpret_cast<const uint4*>(x + row * hidden) : nullptr;
-  float v[kMaxChunks][E];
-  uint4 raw_res[kMaxChunks], raw_delta[kMaxChunks];
-#pragma unroll
-  for (int c = 0; c < kMaxChunks; ++c) {  // every load issued before any use
-    const int chunk = threadIdx.x + c * kRowThreads;
-    if (chunk < chunks) {
-      raw_res[c] = res[chunk];
-      if (delta != nullptr) raw_delta[c] = delta[chunk];
-    }
-  }
-  float delta_inv_rms = 0.0f;
-  if (x_weight != nullptr) {
-    float local = 0.0f;
-#pragma unroll
-    for (int c = 0; c < kMaxChunks; ++c) {
-      const int chunk = threadIdx.x + c * kRowThreads;
-      if (chunk >= chunks) break;
-      float d[E];
-      Chunk16<T>::ToFloats(raw_delta[c], d);
-#pragma unroll
-      for (int i = 0; i < E; ++i) local += d[i] * d[i];
-    }
-    delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
-  }
-  const uint4* dw = reinterpret_cast<const uint4*>(x_weight);
-  float local = 0.0f;
-#pragma unroll
-  for (int c = 0; c < kMaxChunks; ++c) {
-    const int chunk = threadIdx.x + c * kRowThreads;
-    if (chunk >= chunks) break;
-    Chunk16<T>::ToFloats(raw_res[c], v[c]);
-    if (delta != nullptr) {
-      float d[E];
-      Chunk16<T>::ToFloats(raw_delta[c], d);
-      if (dw != nullptr) {
-        float wf[E];
-        Chunk16<T>::ToFloats(dw[chunk], wf);
-#pragma unroll
-        for (int i = 0; i < E; ++i) d[i] = RoundTo<T>(wf[i] * RoundTo<T>(d[i] * delta_inv_rms));
-      }
-#pragma unroll
-      for (int i = 0; i < E; ++i) v[c][i] = RoundTo<T>(v[c][i] + d[i]);
-      res[chunk] = Chunk16<T>::FromFloats(v[c]);
-    }
-#pragma unroll
-    for (int i = 0; i < E; ++i) local += v[c][i] * v[c][i];
-  }
-  const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
-  const uint4* w = reinterpret_cast<const uint4*>(weight);
-  uint4* o = reinterpret_cast<uint4*>(out + row * hidden);
-#pragma unroll
-  for (int c = 0; c < kMaxChunks; ++c) {
-    const int chunk = threadIdx.x + c * kRowThreads;
-    if (chunk >= chunks) break;
-    float wf[E], result[E];
-    Chunk16<T>::ToFloats(w[chunk], wf);
-#pragma unroll
-    for (int i = 0; i < E; ++i) result[i] = wf[i] * RoundTo<T>(v[c][i] * inv_rms);
-    o[chunk] = Chunk16<T>::FromFloats(result);
-  }
+  AddRmsNormRow<T>(x != nullptr ? reinterpret_cast<const uint4*>(x + row * hidden) : nullptr,
+                   reinterpret_cast<const uint4*>(x_weight), res, res, reinterpret_cast<const uint4*>(weight),
+                   reinterpret_cast<uint4*>(out + row * hidden), static_cast<int>(hidden / E), hidden, eps, scratch);
 }
 
 template <typename T>
@@ -148,10 +74,10 @@ bool LaunchTyped(const void* x, const void* x_weight, void* residual, const void
                  int64_t hidden, float eps, cudaStream_t stream) {
   constexpr int E = Chunk16<T>::kElements;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (hidden % E == 0 && hidden / E <= int64_t{kRowThreads} * kMaxChunks && aligned(residual) && aligned(weight) &&
-      aligned(out) && (x == nullptr || aligned(x)) && (x_weight == nullptr || aligned(x_weight))) {
-    return LaunchKernel(FusedAddRmsNormRowKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kRowThreads), 0, stream,
-                        static_cast<const T*>(x), static_cast<const T*>(x_weight), static_cast<T*>(residual),
+  if (hidden % E == 0 && hidden / E <= int64_t{kNormRowThreads} * kNormRowMaxChunks && aligned(residual) &&
+      aligned(weight) && aligned(out) && (x == nullptr || aligned(x)) && (x_weight == nullptr || aligned(x_weight))) {
+    return LaunchKernel(FusedAddRmsNormRowKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kNormRowThreads), 0,
+                        stream, static_cast<const T*>(x), static_cast<const T*>(x_weight), static_cast<T*>(residual),
                         static_cast<const T*>(weight), static_cast<T*>(out), hidden, eps) == cudaSuccess;
   }
   return LaunchKernel(FusedAddRmsNormTypedKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(256), 0, stream,

@@ -335,6 +335,55 @@ TEST_P(DecodeOpsCuda, GemvSwiGluIsTheGemvThenSwiGluInOneLaunch) {
   EXPECT_FALSE(GemvSwiGluCuda(d_x.get(), d_w.get(), nullptr, d_y.get(), 1, n - 1, k, type(), nullptr));
 }
 
+// One row's add+RMSNorm and the projection after it in one launch: the same bits as the norm
+// kernel then the GEMV (then SwiGLU), for every form of the norm (no delta, a delta, a sandwich
+// delta), with and without SwiGLU; residual + delta lands in residual_out, residual is untouched.
+TEST_P(DecodeOpsCuda, GemvAddRmsNormIsTheNormThenTheGemvInOneLaunch) {
+  const int64_t k = 2056;  // 257 bf16 chunks: the last thread of the block holds one more
+  const int64_t width = 1001;
+  const float eps = 1e-5f;
+  const int element_type = bf16() ? 1 : 0;
+  const std::vector<float> residual = Random(k, 20, type()), delta = Random(k, 21, type()),
+                           delta_weight = Random(k, 22, type()), norm_weight = Random(k, 23, type()),
+                           w = Random(2 * width * k, 24, type(), 0.05f), bias = Random(2 * width, 25, type());
+  Device d_residual(residual, type()), d_delta(delta, type()), d_delta_weight(delta_weight, type()),
+      d_norm_weight(norm_weight, type()), d_w(w, type()), d_bias(bias, type());
+  for (int form = 0; form < 3; ++form) {  // no delta, a delta, a normalised delta
+    for (bool swiglu : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "form " << form << " swiglu " << swiglu);
+      const void* dp = form > 0 ? d_delta.get() : nullptr;
+      const void* dwp = form > 1 ? d_delta_weight.get() : nullptr;
+      const int64_t n = swiglu ? 2 * width : width, outputs = swiglu ? width : n;
+      const void* b = swiglu ? nullptr : d_bias.get();
+      // Two or three launches: the norm updates its own copy of the residual.
+      Device d_res_two(residual, type()), d_normed(std::vector<float>(k, 0.0f), type());
+      Device d_gate_up(std::vector<float>(n, 0.0f), type()), d_want(std::vector<float>(outputs, 0.0f), type());
+      ASSERT_TRUE(FusedNormAddRmsNormCudaTyped(dp, dwp, d_res_two.get(), d_norm_weight.get(), d_normed.get(), 1, k, eps,
+                                               element_type, nullptr));
+      ASSERT_TRUE(
+          GemvCuda(d_normed.get(), d_w.get(), b, swiglu ? d_gate_up.get() : d_want.get(), 1, n, k, type(), nullptr));
+      if (swiglu) {
+        ASSERT_TRUE(SwiGluCuda(d_gate_up.get(), d_want.get(), 1, width, type(), nullptr));
+      }
+      // One launch.
+      Device d_res_out(std::vector<float>(k, 0.0f), type()), d_y(std::vector<float>(outputs, 0.0f), type());
+      ASSERT_TRUE(GemvAddRmsNormCuda(dp, dwp, d_residual.get(), d_res_out.get(), d_norm_weight.get(), eps, d_w.get(), b,
+                                     d_y.get(), n, k, swiglu, type(), nullptr));
+      EXPECT_EQ(d_y.Floats(), d_want.Floats());
+      EXPECT_EQ(d_residual.Floats(), residual);
+      if (form > 0) {
+        EXPECT_EQ(d_res_out.Floats(), d_res_two.Floats());
+      }
+    }
+  }
+  Device d_y(std::vector<float>(width, 0.0f), type());
+  // A delta with nowhere to put the updated residual; a hidden size past the block's registers.
+  EXPECT_FALSE(GemvAddRmsNormCuda(d_delta.get(), nullptr, d_residual.get(), nullptr, d_norm_weight.get(), eps,
+                                  d_w.get(), nullptr, d_y.get(), width, k, false, type(), nullptr));
+  EXPECT_FALSE(GemvAddRmsNormCuda(nullptr, nullptr, d_residual.get(), nullptr, d_norm_weight.get(), eps, d_w.get(),
+                                  nullptr, d_y.get(), 1, 1025 * 8, false, type(), nullptr));
+}
+
 TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   if (!bf16()) {
     EXPECT_FALSE(SkinnyGemmCudaTakes(16, 128, 64, type(), nullptr, nullptr)) << "fp32 stays on cuBLAS";

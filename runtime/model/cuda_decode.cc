@@ -1307,6 +1307,42 @@ class CudaDecodeRunner {
         return y;
       };
     }
+    // Measurement switch, off by default: GLMSERVE_CUDA_FUSED_NORM=1 runs one-row steps' add+RMSNorm
+    // inside the GEMV after it (each block normalises the row while its first weight loads are in
+    // flight; the same bits), and with GLMSERVE_CUDA_FUSED_SWIGLU=1 the MLP's SwiGLU too.
+    if (Enabled("gemv") && Enabled("norm") && EnvIs("GLMSERVE_CUDA_FUSED_NORM", "1")) {
+      const float eps = static_cast<float>(c.rms_norm_eps);
+      const bool fuse_swiglu = Enabled("swiglu") && EnvIs("GLMSERVE_CUDA_FUSED_SWIGLU", "1");
+      k.norm_linear = [type, eps, fuse_swiglu](const at::Tensor& delta, const at::Tensor& delta_weight,
+                                               at::Tensor& residual, const at::Tensor& norm_weight,
+                                               const at::Tensor& weight, const at::Tensor& bias,
+                                               bool swiglu) -> GlmModel::FusedProjection {
+        const int64_t hidden = residual.dim() == 2 ? residual.size(1) : -1, out_features = weight.size(0);
+        const int64_t per_chunk = 16 / static_cast<int64_t>(residual.element_size());
+        auto fits = [&](const at::Tensor& t, int64_t elements) {
+          return !t.defined() || (t.is_contiguous() && t.scalar_type() == residual.scalar_type() &&
+                                  t.numel() == elements && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0);
+        };
+        const bool with_swiglu = swiglu && fuse_swiglu && out_features % 2 == 0;
+        if (hidden <= 0 || residual.size(0) != 1 || hidden % per_chunk != 0 ||
+            hidden / per_chunk > kernels::kGemvAddRmsNormMaxChunks || weight.size(1) != hidden ||
+            !fits(residual, hidden) || !fits(delta, hidden) || !fits(delta_weight, hidden) ||
+            !fits(norm_weight, hidden) || !fits(weight, out_features * hidden) || !fits(bias, out_features) ||
+            (delta_weight.defined() && !delta.defined())) {
+          return {};
+        }
+        at::Tensor residual_out = delta.defined() ? at::empty_like(residual) : at::Tensor();
+        at::Tensor y = at::empty({1, with_swiglu ? out_features / 2 : out_features}, residual.options());
+        auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.data_ptr() : nullptr; };
+        Check(kernels::GemvAddRmsNormCuda(ptr(delta), ptr(delta_weight), residual.data_ptr(),
+                                          residual_out.defined() ? residual_out.data_ptr() : nullptr,
+                                          norm_weight.data_ptr(), eps, weight.data_ptr(), ptr(bias), y.data_ptr(),
+                                          out_features, hidden, with_swiglu, type, CurrentStream()),
+              "add+RMSNorm + GEMV");
+        if (residual_out.defined()) residual = residual_out;
+        return {y, with_swiglu};
+      };
+    }
     // Up to this many rows the GEMV streams the weights faster than cuBLAS: on an H200 one row
     // (decode_bench 5.57 vs 5.81 ms a step), not two (6.15 vs 5.75; bench/results/gpu.md).
     // GLMSERVE_CUDA_GEMV_MAX_ROWS overrides it for measurements.

@@ -193,10 +193,18 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     pending = pending_norm = at::Tensor();
     return AddRmsNorm(kernels, delta, delta_weight, x, weight);
   };
+  // The norm and the projection after it in one step where the kernels can (norm_linear).
+  auto fused_norm_linear = [&](const at::Tensor& norm_weight, const at::Tensor& weight, const at::Tensor& bias,
+                               bool swiglu) {
+    FusedProjection fused;
+    if (kernels.norm_linear) fused = kernels.norm_linear(pending, pending_norm, x, norm_weight, weight, bias, swiglu);
+    if (fused.y.defined()) pending = pending_norm = at::Tensor();
+    return fused;
+  };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[l];
-    at::Tensor h = add_and_norm(layer.input_norm);
-    at::Tensor qkv = Linear(kernels, h, layer.qkv_weight, layer.qkv_bias);
+    at::Tensor qkv = fused_norm_linear(layer.input_norm, layer.qkv_weight, layer.qkv_bias, false).y;
+    if (!qkv.defined()) qkv = Linear(kernels, add_and_norm(layer.input_norm), layer.qkv_weight, layer.qkv_bias);
     if (kernels.prefetch_weight) kernels.prefetch_weight("o", layer.o_weight, total);
     at::Tensor k_cache = kv.k[l];
     at::Tensor v_cache = kv.v[l];
@@ -217,13 +225,16 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     if (kernels.prefetch_weight) kernels.prefetch_weight("gate_up", layer.gate_up_weight, total);
     pending = o;
     if (c.sandwich_norms) pending_norm = layer.post_attn_norm;
-    h = add_and_norm(layer.mlp_norm);
-    at::Tensor act = kernels.gate_up_swiglu ? kernels.gate_up_swiglu(h, layer.gate_up_weight) : at::Tensor();
-    if (act.defined()) {
-      if (kernels.prefetch_weight) kernels.prefetch_weight("down", layer.down_weight, total);
-    } else {
-      at::Tensor gate_up = Linear(kernels, h, layer.gate_up_weight, at::Tensor());
-      if (kernels.prefetch_weight) kernels.prefetch_weight("down", layer.down_weight, total);
+    const FusedProjection fused = fused_norm_linear(layer.mlp_norm, layer.gate_up_weight, at::Tensor(), true);
+    at::Tensor act = fused.swiglu ? fused.y : at::Tensor();
+    at::Tensor gate_up = fused.swiglu ? at::Tensor() : fused.y;
+    if (!fused.y.defined()) {
+      at::Tensor h = add_and_norm(layer.mlp_norm);
+      act = kernels.gate_up_swiglu ? kernels.gate_up_swiglu(h, layer.gate_up_weight) : at::Tensor();
+      if (!act.defined()) gate_up = Linear(kernels, h, layer.gate_up_weight, at::Tensor());
+    }
+    if (kernels.prefetch_weight) kernels.prefetch_weight("down", layer.down_weight, total);
+    if (!act.defined()) {
       if (kernels.swiglu) {
         act = kernels.swiglu(gate_up);
       } else {
@@ -275,8 +286,14 @@ std::vector<GlmModel::Projection> GlmModel::Projections() const {
 
 at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& kernels, bool fp32) const {
   at::Tensor rows = hidden_rows.contiguous();  // the fused kernel reads rows densely
+  FusedProjection fused;
+  if (kernels.norm_linear) {
+    fused = kernels.norm_linear(at::Tensor(), at::Tensor(), rows, final_norm_, lm_head_, at::Tensor(), false);
+  }
   at::Tensor logits =
-      Linear(kernels, AddRmsNorm(kernels, at::Tensor(), at::Tensor(), rows, final_norm_), lm_head_, at::Tensor());
+      fused.y.defined()
+          ? fused.y
+          : Linear(kernels, AddRmsNorm(kernels, at::Tensor(), at::Tensor(), rows, final_norm_), lm_head_, at::Tensor());
   return fp32 ? logits.to(at::kFloat) : logits;
 }
 

@@ -48,6 +48,12 @@ struct VisionWeights {
   at::Tensor merger_proj, merger_norm_weight, merger_norm_bias, merger_gate, merger_up, merger_down;
 };
 
+// What LayerKernels::norm_linear gave back.
+struct FusedProjection {
+  at::Tensor y;         // undefined: not taken (add_rms_norm, linear and swiglu run instead)
+  bool swiglu = false;  // y is up * silu(gate) of the projection, not the projection
+};
+
 // Optional fused kernels for parts of a layer (the CUDA fast path passes its own down). Each one
 // left empty runs the same arithmetic as ATen ops.
 struct LayerKernels {
@@ -70,6 +76,14 @@ struct LayerKernels {
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& gate_up_weight)> gate_up_swiglu;
   // at::linear(x, weight, bias); bias may be undefined.
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
+  // add_rms_norm(delta, delta_weight, residual, norm_weight) and the projection of its result by
+  // weight (+ bias) in one step, residual rebound to a new tensor holding the updated stream (the
+  // one passed in is left as it was); with `swiglu` (weight is gate_up's) the SwiGLU too where it
+  // can (FusedProjection says). Optional; the same results as the three hooks one by one.
+  std::function<FusedProjection(const at::Tensor& delta, const at::Tensor& delta_weight, at::Tensor& residual,
+                                const at::Tensor& norm_weight, const at::Tensor& weight, const at::Tensor& bias,
+                                bool swiglu)>
+      norm_linear;
   // Told, between two projections, of the weight the layers read next by its role (as
   // Projections() names them) and the step's rows: may ask L2 for it while the short kernels
   // between run. Optional; changes no result.
@@ -101,6 +115,7 @@ class GlmModel {
   using AttendFn = std::function<at::Tensor(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache)>;
   // Fused kernels for parts of a layer (defined at namespace scope above).
   using LayerKernels = ::glmserve::LayerKernels;
+  using FusedProjection = ::glmserve::FusedProjection;
   // Rows of the input embeddings replaced by other vectors: a glm4v prompt's image features at
   // its image tokens. rows [R] int64 and values [R, hidden] on the model's device.
   struct EmbeddingOverride {

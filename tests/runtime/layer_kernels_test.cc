@@ -100,6 +100,91 @@ TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
   }
 }
 
+// The one-row fusions' plumbing (norm_linear: add+RMSNorm and the projection after it, the
+// SwiGLU too where it says so; gate_up_swiglu; prefetch_weight): with the CPU references behind
+// them, taking one-row steps only as the GPU's do, a prefill and two decode steps give the ATen
+// forward's logits and caches; the residual handed to norm_linear is never written; and the
+// prefetches name, in order, the weight each next projection reads.
+TEST_P(LayerKernelsTest, FusedOneRowHooksReproduceTheAtenForward) {
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(testing::FixtureModelDir(GetParam()).string());
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<std::unique_ptr<GlmModel>> model = GlmModel::BuildRandom(*config, at::kFloat, at::Device(at::kCPU), 5);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const GlmModel& m = **model;
+  const ModelConfig& c = *config;
+  for (bool fuse_swiglu : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "SwiGLU fused " << fuse_swiglu);
+    GlmModel::LayerKernels k = ReferenceKernels(m);
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    int taken = 0, swiglu_taken = 0;
+    k.norm_linear = [&](const at::Tensor& delta, const at::Tensor& delta_weight, at::Tensor& residual,
+                        const at::Tensor& norm_weight, const at::Tensor& weight, const at::Tensor& bias,
+                        bool swiglu) -> GlmModel::FusedProjection {
+      if (residual.size(0) != 1) return {};
+      const at::Tensor before = residual.clone();
+      at::Tensor updated = residual.clone(), normed = at::empty_like(residual);
+      at::Tensor d = delta.defined() ? delta.contiguous() : at::zeros_like(residual);
+      kernels::FusedNormAddRmsNormReference(F(d), delta_weight.defined() ? F(delta_weight) : nullptr, F(updated),
+                                            F(norm_weight), F(normed), 1, residual.size(1), eps);
+      at::Tensor y = at::empty({1, weight.size(0)}, residual.options());
+      kernels::GemvReference(F(normed), F(weight), bias.defined() ? F(bias) : nullptr, F(y), 1, weight.size(0),
+                             weight.size(1));
+      const bool with_swiglu = swiglu && fuse_swiglu;
+      if (with_swiglu) {
+        at::Tensor act = at::empty({1, weight.size(0) / 2}, residual.options());
+        kernels::SwiGluReference(F(y), F(act), 1, weight.size(0) / 2);
+        y = act;
+        ++swiglu_taken;
+      }
+      EXPECT_TRUE(at::equal(residual, before));
+      if (delta.defined()) residual = updated;
+      ++taken;
+      return {y, with_swiglu};
+    };
+    k.gate_up_swiglu = [&](const at::Tensor& x, const at::Tensor& weight) {
+      at::Tensor gate_up = k.linear(x, weight, at::Tensor());
+      return k.swiglu(gate_up);
+    };
+    std::vector<std::pair<std::string, const void*>> prefetched;
+    k.prefetch_weight = [&](const char* role, const at::Tensor& weight, int64_t) {
+      prefetched.emplace_back(role, weight.data_ptr());
+    };
+    KvPool aten_kv = m.AllocateKv(8, 4), kernel_kv = m.AllocateKv(8, 4);
+    GenerationParams params;
+    std::vector<SequenceStep> batch(1);
+    batch[0].tokens = {3, 1, 4, 1, 5};
+    batch[0].block_table = {5, 0, 7};
+    batch[0].params = &params;
+    for (int step = 0; step < 3; ++step) {
+      SCOPED_TRACE(::testing::Message() << "step " << step);
+      prefetched.clear();
+      const at::Tensor want = m.EagerForward(batch, aten_kv, {});
+      const at::Tensor got = m.EagerForward(batch, kernel_kv, k);
+      ASSERT_EQ(got.sizes(), want.sizes());
+      EXPECT_TRUE(at::allclose(got, want, 1e-4, 1e-5)) << "max |diff| " << (got - want).abs().max().item<float>();
+      EXPECT_TRUE(at::allclose(kernel_kv.k, aten_kv.k, 1e-4, 1e-5)) << "K caches differ";
+      EXPECT_TRUE(at::allclose(kernel_kv.v, aten_kv.v, 1e-4, 1e-5)) << "V caches differ";
+      const std::vector<GlmModel::Projection> roles = m.Projections();
+      std::vector<std::pair<std::string, const void*>> expected;
+      for (int64_t l = 0; l < c.num_layers; ++l) {
+        expected.emplace_back("o", roles[1].weights[l].data_ptr());
+        expected.emplace_back("gate_up", roles[2].weights[l].data_ptr());
+        expected.emplace_back("down", roles[3].weights[l].data_ptr());
+        expected.emplace_back(l + 1 < c.num_layers ? "qkv" : "lm_head", l + 1 < c.num_layers
+                                                                            ? roles[0].weights[l + 1].data_ptr()
+                                                                            : roles[4].weights[0].data_ptr());
+      }
+      EXPECT_EQ(prefetched, expected);
+      batch[0].start_position += static_cast<int32_t>(batch[0].tokens.size());
+      batch[0].tokens = {static_cast<int32_t>(want.argmax(-1)[0].item<int64_t>())};
+    }
+    // The prefill's layers declined (5 rows), its one sampled row's lm_head taken; each decode
+    // step: qkv and gate_up per layer, the lm_head.
+    EXPECT_EQ(taken, 1 + 2 * (2 * c.num_layers + 1));
+    EXPECT_EQ(swiglu_taken, fuse_swiglu ? 2 * c.num_layers : 0);
+  }
+}
+
 // What the GPU's GEMM tuning times on (GlmModel::Projections): each projection role with one weight
 // a layer in layer order, shaped as the config says, biases exactly where the config has them; the
 // weights are the forward's own (zeroing layer 0's o projection through it changes the logits).
