@@ -192,14 +192,60 @@ struct GemvNorm {
   float eps = 0.0f;
 };
 
-// SwiGluPairs (R = 2): the weight is gate_up's, [2 I, k]; warp j takes rows j and I + j and
-// writes up * silu(gate) of its two sums, each rounded as the GEMV rounds its output, to y [M, I]:
-// the GEMV followed by the SwiGLU kernel, bit for bit, in one launch.
-template <typename T, int M, int R, int U, bool SwiGluPairs = false, bool NormPrologue = false>
+// The rotary + KV write a one-row qkv GEMV may do last (GemvEpilogue::kRotaryKv), as
+// RotaryKvWriteKernel does it for one token.
+template <typename T>
+struct GemvRotary {
+  const int64_t* positions = nullptr;  // [1], or [3, 1] with shape.frequency_component
+  const float* inv_freq = nullptr;
+  const int64_t* slot = nullptr;  // [1]
+  T* k_cache = nullptr;
+  T* v_cache = nullptr;
+  RotaryKvShape shape;
+};
+
+// One pair (row f, f + 1; f even, one head's) of a one-token qkv projection, already rounded:
+// rotated where the rotary kernel rotates it, stored to qkv (y, n wide), and a k or v head's pair
+// copied into its cache slot, as RotaryKvWriteKernel does for token 0.
+template <typename T>
+__device__ __forceinline__ void RotaryKvPair(const GemvRotary<T>& a, int64_t f, T even, T odd, T* qkv, int64_t n) {
+  const RotaryKvShape& s = a.shape;
+  const int head = static_cast<int>(f / s.head_dim), e = static_cast<int>(f % s.head_dim), p = e / 2;
+  if (head < s.num_heads + s.num_kv_heads && p < s.rotary_dim / 2) {
+    float even_f = ToFloat(even), odd_f = ToFloat(odd);
+    const int64_t* components = s.frequency_component;
+    const float position = static_cast<float>(a.positions[components != nullptr ? components[p] : 0]);
+    RotatePair<T>(position, a.inv_freq[p], even_f, odd_f);
+    even = FromFloat<T>(even_f);
+    odd = FromFloat<T>(odd_f);
+  }
+  qkv[f] = even;
+  if (f + 1 < n) qkv[f + 1] = odd;
+  if (head >= s.num_heads) {
+    const bool v_head = head >= s.num_heads + s.num_kv_heads;
+    const int kv_head = head - s.num_heads - (v_head ? s.num_kv_heads : 0);
+    T* cache = v_head ? a.v_cache : a.k_cache;
+    const int64_t at = a.slot[0] * s.num_kv_heads * s.head_dim + static_cast<int64_t>(kv_head) * s.head_dim + e;
+    cache[at] = even;
+    cache[at + 1] = odd;
+  }
+}
+
+// What a GEMV does with its sums. kStore: y = sum (+ bias), rounded. kSwiGlu (R = 2): the weight
+// is gate_up's, [2 I, k]; warp j takes rows j and I + j and writes up * silu(gate) of its two
+// rounded sums to y [M, I]: the GEMV then the SwiGLU kernel, bit for bit, in one launch.
+// kRotaryKv (M = 1, R = 2): the weight is qkv's; warp j takes rows 2 j and 2 j + 1, a pair of one
+// head, stores them rotated as the rotary kernel would and writes the k and v heads' pairs to the
+// caches: the GEMV then RotaryKvWriteCuda, bit for bit.
+enum class GemvEpilogue { kStore, kSwiGlu, kRotaryKv };
+
+template <typename T, int M, int R, int U, GemvEpilogue Epilogue = GemvEpilogue::kStore, bool NormPrologue = false>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-               int64_t n, int64_t k, GemvNorm<T> norm) {
-  static_assert(!SwiGluPairs || R == 2, "a SwiGLU pair is two weight rows");
+               int64_t n, int64_t k, GemvNorm<T> norm, GemvRotary<T> rotary) {
+  constexpr bool SwiGluPairs = Epilogue == GemvEpilogue::kSwiGlu;
+  static_assert(Epilogue == GemvEpilogue::kStore || R == 2, "a SwiGLU or rotary pair is two weight rows");
+  static_assert(Epilogue != GemvEpilogue::kRotaryKv || M == 1, "the rotary epilogue is one token's");
   static_assert(!NormPrologue || (M == 1 && kGemvWarps * 32 == kNormRowThreads), "the norm is one row's, a block's");
   constexpr int E = 16 / sizeof(T);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -275,6 +321,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         rounded[r] = ToFloat(FromFloat<T>(bias != nullptr ? total + ToFloat(bias[row_of(r)]) : total));
       }
       if (lane == 0) y[m * half + row0] = FromFloat<T>(SwiGlu<T>(rounded[0], rounded[1]));
+    } else if constexpr (Epilogue == GemvEpilogue::kRotaryKv) {
+      T pair[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float total = WarpSum(acc[m][r]);
+        pair[r] = FromFloat<T>(bias != nullptr && row0 + r < n ? total + ToFloat(bias[row0 + r]) : total);
+      }
+      if (lane == 0) RotaryKvPair(rotary, row0, pair[0], pair[1], y, n);
     } else {
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -287,17 +341,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
 }
 
-template <typename T, int M, int R, int U, bool SwiGluPairs = false, bool NormPrologue = false>
+template <typename T, int M, int R, int U, GemvEpilogue Epilogue = GemvEpilogue::kStore, bool NormPrologue = false>
 bool LaunchGemv(const void* x, const void* w, const void* bias, void* y, int64_t n, int64_t k, cudaStream_t stream,
-                const GemvNorm<T>& norm = {}) {
+                const GemvNorm<T>& norm = {}, const GemvRotary<T>& rotary = {}) {
+  constexpr bool SwiGluPairs = Epilogue == GemvEpilogue::kSwiGlu;
   // A warp's outputs: R rows, or one SwiGLU pair of the n / 2 it writes.
   const int64_t rows_per_block = int64_t{kGemvWarps} * (SwiGluPairs ? 1 : R);
   const int64_t outputs = SwiGluPairs ? n / 2 : n;
   const int64_t blocks = (outputs + rows_per_block - 1) / rows_per_block;
   const size_t smem = NormPrologue ? static_cast<size_t>(k) * sizeof(T) : 0;
-  return LaunchKernel(GemvKernel<T, M, R, U, SwiGluPairs, NormPrologue>, dim3(static_cast<unsigned>(blocks)),
+  return LaunchKernel(GemvKernel<T, M, R, U, Epilogue, NormPrologue>, dim3(static_cast<unsigned>(blocks)),
                       dim3(kGemvWarps * 32), smem, stream, static_cast<const T*>(x), static_cast<const T*>(w),
-                      static_cast<const T*>(bias), static_cast<T*>(y), n, k, norm) == cudaSuccess;
+                      static_cast<const T*>(bias), static_cast<T*>(y), n, k, norm, rotary) == cudaSuccess;
 }
 
 template <typename T>
@@ -421,9 +476,19 @@ bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, con
 namespace {
 template <typename T>
 bool LaunchGemvAddRmsNorm(const GemvNorm<T>& norm, const void* w, const void* bias, void* y, int64_t n, int64_t k,
-                          bool swiglu, cudaStream_t st) {
-  return swiglu ? LaunchGemv<T, 1, 2, 4, true, true>(nullptr, w, bias, y, n, k, st, norm)
-                : LaunchGemv<T, 1, 1, 8, false, true>(nullptr, w, bias, y, n, k, st, norm);
+                          bool swiglu, const GemvRotaryKvArgs* rotary_kv, cudaStream_t st) {
+  if (swiglu) return LaunchGemv<T, 1, 2, 4, GemvEpilogue::kSwiGlu, true>(nullptr, w, bias, y, n, k, st, norm);
+  if (rotary_kv != nullptr) {
+    GemvRotary<T> rotary;
+    rotary.positions = rotary_kv->positions;
+    rotary.inv_freq = rotary_kv->inv_freq;
+    rotary.slot = rotary_kv->slot;
+    rotary.k_cache = static_cast<T*>(rotary_kv->k_cache);
+    rotary.v_cache = static_cast<T*>(rotary_kv->v_cache);
+    rotary.shape = rotary_kv->shape;
+    return LaunchGemv<T, 1, 2, 4, GemvEpilogue::kRotaryKv, true>(nullptr, w, bias, y, n, k, st, norm, rotary);
+  }
+  return LaunchGemv<T, 1, 1, 8, GemvEpilogue::kStore, true>(nullptr, w, bias, y, n, k, st, norm);
 }
 
 template <typename T>
@@ -438,18 +503,26 @@ GemvNorm<T> MakeGemvNorm(const void* delta, const void* delta_weight, const void
   norm.eps = eps;
   return norm;
 }
-}  // namespace
 
-static_assert(kGemvAddRmsNormMaxChunks == kNormRowThreads * kNormRowMaxChunks, "the norm's rows, a block's registers");
+// The rotary epilogue's pairs must be one head's and cover qkv exactly.
+bool RotaryKvArgsFit(const GemvRotaryKvArgs& a, int64_t n) {
+  const RotaryKvShape& s = a.shape;
+  return a.positions != nullptr && a.slot != nullptr && a.k_cache != nullptr && a.v_cache != nullptr &&
+         s.num_heads > 0 && s.num_kv_heads > 0 && s.head_dim > 0 && s.head_dim % 2 == 0 && s.rotary_dim >= 0 &&
+         s.rotary_dim % 2 == 0 && s.rotary_dim <= s.head_dim && (s.rotary_dim == 0 || a.inv_freq != nullptr) &&
+         n == int64_t{s.num_heads + 2 * s.num_kv_heads} * s.head_dim;
+}
+}  // namespace
 
 bool GemvAddRmsNormCuda(const void* delta, const void* delta_weight, const void* residual, void* residual_out,
                         const void* norm_weight, float eps, const void* w, const void* bias, void* y, int64_t n,
-                        int64_t k, bool swiglu, ElementType type, void* stream) {
+                        int64_t k, bool swiglu, const GemvRotaryKvArgs* rotary_kv, ElementType type, void* stream) {
   const int64_t per_chunk = 16 / ElementBytes(type);
   auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (n <= 0 || k <= 0 || k % per_chunk != 0 || k / per_chunk > kGemvAddRmsNormMaxChunks || residual == nullptr ||
       norm_weight == nullptr || w == nullptr || (delta_weight != nullptr && delta == nullptr) ||
-      (delta != nullptr && residual_out == nullptr) || (swiglu && n % 2 != 0) || !aligned(delta) ||
+      (delta != nullptr && residual_out == nullptr) || (swiglu && n % 2 != 0) ||
+      (rotary_kv != nullptr && (swiglu || !RotaryKvArgsFit(*rotary_kv, n))) || !aligned(delta) ||
       !aligned(delta_weight) || !aligned(residual) || !aligned(residual_out) || !aligned(norm_weight) || !aligned(w)) {
     return false;
   }
@@ -458,15 +531,15 @@ bool GemvAddRmsNormCuda(const void* delta, const void* delta_weight, const void*
     case ElementType::kFloat32:
       return LaunchGemvAddRmsNorm<float>(
           MakeGemvNorm<float>(delta, delta_weight, residual, residual_out, norm_weight, eps), w, bias, y, n, k, swiglu,
-          st);
+          rotary_kv, st);
     case ElementType::kBFloat16:
       return LaunchGemvAddRmsNorm<__nv_bfloat16>(
           MakeGemvNorm<__nv_bfloat16>(delta, delta_weight, residual, residual_out, norm_weight, eps), w, bias, y, n, k,
-          swiglu, st);
+          swiglu, rotary_kv, st);
     case ElementType::kFloat16:
       return LaunchGemvAddRmsNorm<__half>(
           MakeGemvNorm<__half>(delta, delta_weight, residual, residual_out, norm_weight, eps), w, bias, y, n, k, swiglu,
-          st);
+          rotary_kv, st);
   }
   return false;
 }
@@ -478,11 +551,11 @@ bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int
   // Two rows a warp: half the one-row GEMV's unrolling keeps as many loads in flight.
   switch (type) {
     case ElementType::kFloat32:
-      return LaunchGemv<float, 1, 2, 4, true>(x, w, bias, y, n, k, st);
+      return LaunchGemv<float, 1, 2, 4, GemvEpilogue::kSwiGlu>(x, w, bias, y, n, k, st);
     case ElementType::kBFloat16:
-      return LaunchGemv<__nv_bfloat16, 1, 2, 4, true>(x, w, bias, y, n, k, st);
+      return LaunchGemv<__nv_bfloat16, 1, 2, 4, GemvEpilogue::kSwiGlu>(x, w, bias, y, n, k, st);
     case ElementType::kFloat16:
-      return LaunchGemv<__half, 1, 2, 4, true>(x, w, bias, y, n, k, st);
+      return LaunchGemv<__half, 1, 2, 4, GemvEpilogue::kSwiGlu>(x, w, bias, y, n, k, st);
   }
   return false;
 }

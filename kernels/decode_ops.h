@@ -62,16 +62,28 @@ constexpr int32_t kGemvMaxRows = 8;
 bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w);
 bool GemvCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
               ElementType type, void* stream);
+// What GemvAddRmsNormCuda's rotary epilogue takes: RotaryKvWriteCuda's arguments for one token.
+struct GemvRotaryKvArgs {
+  const int64_t* positions = nullptr;  // device: [1], or [3, 1] with shape.frequency_component
+  const float* inv_freq = nullptr;     // null only when shape.rotary_dim is 0
+  const int64_t* slot = nullptr;       // device: [1]
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  RotaryKvShape shape;  // head_dim even; tokens and qkv_row_stride are not read
+};
+
 // One row's add+RMSNorm and the projection after it in one launch: the GEMV's input is
 // RMSNorm(residual + delta) * norm_weight (delta may be null; delta_weight normalises it first, as
 // FusedNormAddRmsNormCudaTyped), residual + delta goes to residual_out (another buffer: every block
-// reads residual), y = that row times w^T (+ bias), [1, n]; with swiglu (w gate_up's) y is
-// up * silu(gate), [1, n / 2]. Bit-equal to the norm kernel, then GemvCuda (then SwiGluCuda).
-// k (the hidden size) up to kGemvAddRmsNormMaxChunks 16-byte chunks.
+// reads residual), y = that row times w^T (+ bias), [1, n]. With swiglu (w gate_up's) y is
+// up * silu(gate), [1, n / 2]; with rotary_kv (w qkv's, n = (heads + 2 kv heads) * head_dim) q and
+// k are rotated in y and k and v written to the caches. Bit-equal to the norm kernel, then
+// GemvCuda, then SwiGluCuda or RotaryKvWriteCuda. k (the hidden size) up to
+// kGemvAddRmsNormMaxChunks 16-byte chunks.
 constexpr int64_t kGemvAddRmsNormMaxChunks = 1024;
 bool GemvAddRmsNormCuda(const void* delta, const void* delta_weight, const void* residual, void* residual_out,
                         const void* norm_weight, float eps, const void* w, const void* bias, void* y, int64_t n,
-                        int64_t k, bool swiglu, ElementType type, void* stream);
+                        int64_t k, bool swiglu, const GemvRotaryKvArgs* rotary_kv, ElementType type, void* stream);
 // One row through gate_up and SwiGLU in one launch: w is gate_up's weight [n = 2 I, k], y [1, I]
 // = up * silu(gate) of the GEMV's rounded outputs, bit-equal to GemvCuda then SwiGluCuda.
 bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,

@@ -38,7 +38,7 @@ bool GemvSwiGluCuda(const void*, const void*, const void*, void*, int32_t, int64
   return false;
 }
 bool GemvAddRmsNormCuda(const void*, const void*, const void*, void*, const void*, float, const void*, const void*,
-                        void*, int64_t, int64_t, bool, ElementType, void*) {
+                        void*, int64_t, int64_t, bool, const GemvRotaryKvArgs*, ElementType, void*) {
   return false;
 }
 size_t SkinnyGemmWorkspaceBytes() { return 0; }

@@ -294,26 +294,28 @@ fi
 if [ "${GLMSERVE_GPU_FEW_ROWS:-0}" = 1 ]; then
   # Measurement switches for few-row steps: weights asked of L2 before the short kernels that
   # precede their projection (GLMSERVE_CUDA_L2_PREFETCH_<ROLE>_MB), and at one row gate_up +
-  # SwiGLU as one GEMV launch (GLMSERVE_CUDA_FUSED_SWIGLU=1) and each add+RMSNorm inside the GEMV
-  # after it (GLMSERVE_CUDA_FUSED_NORM=1). The kernel tests, the engine on CUDA with all of them
+  # SwiGLU as one GEMV launch (GLMSERVE_CUDA_FUSED_SWIGLU=1), each add+RMSNorm inside the GEMV
+  # after it (GLMSERVE_CUDA_FUSED_NORM=1), and with it qkv's rotary + KV write
+  # (GLMSERVE_CUDA_FUSED_ROTARY=1). The kernel tests, the engine on CUDA with all of them
   # on, decode_bench under each setting (a round of all, then a round of the main ones).
   echo "== few-row steps: L2 prefetch, fused SwiGLU and add+RMSNorm"
   run timeout 120 .gpu/build/tests/kernels_test --gtest_filter='DependentLaunch*:*GemvSwiGlu*:*GemvAddRmsNorm*' \
     >"$out/few_rows_test.log" 2>&1
   tail -1 "$out/few_rows_test.log"; grep -E "Failure|FAILED" -A4 "$out/few_rows_test.log" | head -20
   all="GLMSERVE_CUDA_L2_PREFETCH_O_MB=48 GLMSERVE_CUDA_L2_PREFETCH_QKV_MB=16 GLMSERVE_CUDA_L2_PREFETCH_GATE_UP_MB=16 GLMSERVE_CUDA_L2_PREFETCH_DOWN_MB=16 GLMSERVE_CUDA_L2_PREFETCH_LM_HEAD_MB=16"
-  fused="GLMSERVE_CUDA_FUSED_NORM=1 GLMSERVE_CUDA_FUSED_SWIGLU=1"
+  fused="GLMSERVE_CUDA_FUSED_NORM=1 GLMSERVE_CUDA_FUSED_SWIGLU=1 GLMSERVE_CUDA_FUSED_ROTARY=1"
   env $all $fused GLMSERVE_TEST_DEVICE=cuda timeout 300 \
     .gpu/build/tests/engine_model/engine_model_test --gtest_filter='*Parity*:*Invariance*:*Identical*' \
     >"$out/few_rows_engine_model_cuda.log" 2>&1
   tail -1 "$out/few_rows_engine_model_cuda.log"; grep -E "FAILED" "$out/few_rows_engine_model_cuda.log" | head
   settings=("GLMSERVE_CUDA_L2_PREFETCH_O_MB=0" "GLMSERVE_CUDA_L2_PREFETCH_O_MB=48" "$all"
-            "GLMSERVE_CUDA_FUSED_SWIGLU=1" "GLMSERVE_CUDA_FUSED_NORM=1" "$fused" "$fused $all")
+            "GLMSERVE_CUDA_FUSED_SWIGLU=1" "GLMSERVE_CUDA_FUSED_NORM=1"
+            "GLMSERVE_CUDA_FUSED_NORM=1 GLMSERVE_CUDA_FUSED_SWIGLU=1" "$fused" "$fused $all")
   few_rows_bench() {  # setting index, batch sizes, max prefetch rows
     env ${settings[$1]} GLMSERVE_CUDA_L2_PREFETCH_MAX_ROWS="$3" bench --batch-sizes "$2" 2>/dev/null | tail -n +3 |
       sed "s/^/setting $1 /" | tee -a "$out/few_rows_decode.md"
   }
-  for i in 0 1 2 3 4 5 6 0 5 6; do few_rows_bench $i "${GLMSERVE_FEW_ROWS_BATCHES:-1,8}" 8; done
+  for i in 0 1 2 3 4 5 6 7 0 6 7; do few_rows_bench $i "${GLMSERVE_FEW_ROWS_BATCHES:-1,8}" 8; done
   # Decode and mixed-step row counts too: attention there reads KV at a third of HBM's rate.
   for i in 0 1 2 0; do few_rows_bench $i 64,128 512; done
 fi

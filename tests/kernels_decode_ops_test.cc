@@ -368,7 +368,7 @@ TEST_P(DecodeOpsCuda, GemvAddRmsNormIsTheNormThenTheGemvInOneLaunch) {
       // One launch.
       Device d_res_out(std::vector<float>(k, 0.0f), type()), d_y(std::vector<float>(outputs, 0.0f), type());
       ASSERT_TRUE(GemvAddRmsNormCuda(dp, dwp, d_residual.get(), d_res_out.get(), d_norm_weight.get(), eps, d_w.get(), b,
-                                     d_y.get(), n, k, swiglu, type(), nullptr));
+                                     d_y.get(), n, k, swiglu, nullptr, type(), nullptr));
       EXPECT_EQ(d_y.Floats(), d_want.Floats());
       EXPECT_EQ(d_residual.Floats(), residual);
       if (form > 0) {
@@ -379,9 +379,88 @@ TEST_P(DecodeOpsCuda, GemvAddRmsNormIsTheNormThenTheGemvInOneLaunch) {
   Device d_y(std::vector<float>(width, 0.0f), type());
   // A delta with nowhere to put the updated residual; a hidden size past the block's registers.
   EXPECT_FALSE(GemvAddRmsNormCuda(d_delta.get(), nullptr, d_residual.get(), nullptr, d_norm_weight.get(), eps,
-                                  d_w.get(), nullptr, d_y.get(), width, k, false, type(), nullptr));
+                                  d_w.get(), nullptr, d_y.get(), width, k, false, nullptr, type(), nullptr));
   EXPECT_FALSE(GemvAddRmsNormCuda(nullptr, nullptr, d_residual.get(), nullptr, d_norm_weight.get(), eps, d_w.get(),
-                                  nullptr, d_y.get(), 1, 1025 * 8, false, type(), nullptr));
+                                  nullptr, d_y.get(), 1, 1025 * 8, false, nullptr, type(), nullptr));
+}
+
+// The same with the rotary + KV write after a qkv projection: the bits of the norm kernel, the
+// GEMV and RotaryKvWriteCuda in turn, in qkv and in both caches (another slot left as it was),
+// for half-rotary heads with bias (GLM-4), whole-rotary heads, and 3-D positions (GLM-4.1V).
+TEST_P(DecodeOpsCuda, GemvAddRmsNormWithRotaryIsTheThreeKernelsInOneLaunch) {
+  const int64_t k = 264;
+  const float eps = 1e-5f;
+  const int element_type = bf16() ? 1 : 0;
+  RotaryKvShape shape;
+  shape.tokens = 1;
+  shape.num_heads = 4;
+  shape.num_kv_heads = 2;
+  shape.head_dim = 12;
+  const int64_t n = (shape.num_heads + 2 * shape.num_kv_heads) * shape.head_dim,
+                kv = shape.num_kv_heads * shape.head_dim;
+  shape.qkv_row_stride = n;
+  const int64_t slots = 4, slot = 2;
+  const std::vector<float> residual = Random(k, 30, type()), delta = Random(k, 31, type()),
+                           norm_weight = Random(k, 32, type()), w = Random(n * k, 33, type(), 0.05f),
+                           bias = Random(n, 34, type()), cache0 = Random(slots * kv, 35, type());
+  Device d_residual(residual, type()), d_delta(delta, type()), d_norm_weight(norm_weight, type()), d_w(w, type()),
+      d_bias(bias, type());
+  Device d_positions(std::vector<int64_t>{37, 5, 11}), d_slot(std::vector<int64_t>{slot});
+  for (int form = 0; form < 3; ++form) {  // half rotary with bias, whole rotary, 3-D positions
+    SCOPED_TRACE(testing::Message() << "form " << form);
+    shape.rotary_dim = form == 1 ? shape.head_dim : shape.head_dim / 2;
+    std::vector<float> inv_freq(shape.rotary_dim / 2);
+    for (size_t j = 0; j < inv_freq.size(); ++j) inv_freq[j] = std::pow(10000.0f, -2.0f * j / shape.rotary_dim);
+    Device d_inv_freq(inv_freq, ElementType::kFloat32);
+    Device d_components(std::vector<int64_t>{0, 1, 2});
+    shape.frequency_component = form == 2 ? d_components.as<int64_t>() : nullptr;
+    const void* b = form == 0 ? d_bias.get() : nullptr;
+    // Three launches.
+    Device d_res_three(residual, type()), d_normed(std::vector<float>(k, 0.0f), type());
+    Device d_want(std::vector<float>(n, 0.0f), type()), d_k_want(cache0, type()), d_v_want(cache0, type());
+    ASSERT_TRUE(FusedNormAddRmsNormCudaTyped(d_delta.get(), nullptr, d_res_three.get(), d_norm_weight.get(),
+                                             d_normed.get(), 1, k, eps, element_type, nullptr));
+    ASSERT_TRUE(GemvCuda(d_normed.get(), d_w.get(), b, d_want.get(), 1, n, k, type(), nullptr));
+    ASSERT_TRUE(RotaryKvWriteCuda(d_want.get(), d_positions.as<int64_t>(), d_inv_freq.as<float>(), d_slot.as<int64_t>(),
+                                  d_k_want.get(), d_v_want.get(), shape, type(), nullptr));
+    // One launch.
+    Device d_res_out(std::vector<float>(k, 0.0f), type()), d_y(std::vector<float>(n, 0.0f), type());
+    Device d_k(cache0, type()), d_v(cache0, type());
+    GemvRotaryKvArgs rotary;
+    rotary.positions = d_positions.as<int64_t>();
+    rotary.inv_freq = d_inv_freq.as<float>();
+    rotary.slot = d_slot.as<int64_t>();
+    rotary.k_cache = d_k.get();
+    rotary.v_cache = d_v.get();
+    rotary.shape = shape;
+    ASSERT_TRUE(GemvAddRmsNormCuda(d_delta.get(), nullptr, d_residual.get(), d_res_out.get(), d_norm_weight.get(), eps,
+                                   d_w.get(), b, d_y.get(), n, k, false, &rotary, type(), nullptr));
+    EXPECT_EQ(d_y.Floats(), d_want.Floats());
+    EXPECT_EQ(d_k.Floats(), d_k_want.Floats());
+    EXPECT_EQ(d_v.Floats(), d_v_want.Floats());
+    EXPECT_EQ(d_res_out.Floats(), d_res_three.Floats());
+    EXPECT_NE(d_k.Floats(), cache0);  // the slot was written
+  }
+  // Pairs that would straddle heads (odd head_dim), a qkv width that is not the heads', SwiGLU too.
+  GemvRotaryKvArgs bad;
+  bad.positions = d_positions.as<int64_t>();
+  bad.slot = d_slot.as<int64_t>();
+  Device d_cache(cache0, type());
+  bad.k_cache = bad.v_cache = d_cache.get();
+  bad.shape = shape;
+  bad.shape.rotary_dim = 0;
+  bad.shape.head_dim = 11;
+  Device d_y(std::vector<float>(n, 0.0f), type());
+  EXPECT_FALSE(GemvAddRmsNormCuda(nullptr, nullptr, d_residual.get(), nullptr, d_norm_weight.get(), eps, d_w.get(),
+                                  nullptr, d_y.get(), n, k, false, &bad, type(), nullptr));
+  bad.shape.head_dim = 12;
+  EXPECT_FALSE(GemvAddRmsNormCuda(nullptr, nullptr, d_residual.get(), nullptr, d_norm_weight.get(), eps, d_w.get(),
+                                  nullptr, d_y.get(), n - 2, k, false, &bad, type(), nullptr));
+  EXPECT_FALSE(GemvAddRmsNormCuda(nullptr, nullptr, d_residual.get(), nullptr, d_norm_weight.get(), eps, d_w.get(),
+                                  nullptr, d_y.get(), n, k, true, &bad, type(), nullptr));
+  EXPECT_TRUE(GemvAddRmsNormCuda(nullptr, nullptr, d_residual.get(), nullptr, d_norm_weight.get(), eps, d_w.get(),
+                                 nullptr, d_y.get(), n, k, false, &bad, type(), nullptr));
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {

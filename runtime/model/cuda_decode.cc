@@ -1307,40 +1307,69 @@ class CudaDecodeRunner {
         return y;
       };
     }
-    // Measurement switch, off by default: GLMSERVE_CUDA_FUSED_NORM=1 runs one-row steps' add+RMSNorm
-    // inside the GEMV after it (each block normalises the row while its first weight loads are in
-    // flight; the same bits), and with GLMSERVE_CUDA_FUSED_SWIGLU=1 the MLP's SwiGLU too.
+    // Measurement switches, off by default: GLMSERVE_CUDA_FUSED_NORM=1 runs one-row steps'
+    // add+RMSNorm inside the GEMV after it (each block normalises the row while its first weight
+    // loads are in flight; the same bits), with GLMSERVE_CUDA_FUSED_SWIGLU=1 the MLP's SwiGLU too
+    // and with GLMSERVE_CUDA_FUSED_ROTARY=1 the rotary + KV write after qkv.
     if (Enabled("gemv") && Enabled("norm") && EnvIs("GLMSERVE_CUDA_FUSED_NORM", "1")) {
       const float eps = static_cast<float>(c.rms_norm_eps);
       const bool fuse_swiglu = Enabled("swiglu") && EnvIs("GLMSERVE_CUDA_FUSED_SWIGLU", "1");
-      k.norm_linear = [type, eps, fuse_swiglu](const at::Tensor& delta, const at::Tensor& delta_weight,
-                                               at::Tensor& residual, const at::Tensor& norm_weight,
-                                               const at::Tensor& weight, const at::Tensor& bias,
-                                               bool swiglu) -> GlmModel::FusedProjection {
-        const int64_t hidden = residual.dim() == 2 ? residual.size(1) : -1, out_features = weight.size(0);
+      const bool fuse_rotary = Enabled("rotary") && EnvIs("GLMSERVE_CUDA_FUSED_ROTARY", "1");
+      kernels::GemvRotaryKvArgs rotary_template;
+      rotary_template.inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
+      rotary_template.shape.tokens = 1;
+      rotary_template.shape.num_heads = c.num_attention_heads;
+      rotary_template.shape.num_kv_heads = c.num_key_value_heads;
+      rotary_template.shape.head_dim = c.head_dim;
+      rotary_template.shape.rotary_dim = c.rotary_dim;
+      const at::Tensor& components = model_.mrope_components();
+      const int64_t* frequency_component = components.defined() ? components.data_ptr<int64_t>() : nullptr;
+      k.norm_linear = [type, eps, fuse_swiglu, fuse_rotary, rotary_template, frequency_component](
+                          const GlmModel::NormLinear& a, at::Tensor& residual) -> GlmModel::FusedProjection {
+        const int64_t hidden = residual.dim() == 2 ? residual.size(1) : -1, out_features = a.weight.size(0);
         const int64_t per_chunk = 16 / static_cast<int64_t>(residual.element_size());
         auto fits = [&](const at::Tensor& t, int64_t elements) {
           return !t.defined() || (t.is_contiguous() && t.scalar_type() == residual.scalar_type() &&
                                   t.numel() == elements && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0);
         };
-        const bool with_swiglu = swiglu && fuse_swiglu && out_features % 2 == 0;
         if (hidden <= 0 || residual.size(0) != 1 || hidden % per_chunk != 0 ||
-            hidden / per_chunk > kernels::kGemvAddRmsNormMaxChunks || weight.size(1) != hidden ||
-            !fits(residual, hidden) || !fits(delta, hidden) || !fits(delta_weight, hidden) ||
-            !fits(norm_weight, hidden) || !fits(weight, out_features * hidden) || !fits(bias, out_features) ||
-            (delta_weight.defined() && !delta.defined())) {
+            hidden / per_chunk > kernels::kGemvAddRmsNormMaxChunks || a.weight.size(1) != hidden ||
+            !fits(residual, hidden) || !fits(a.delta, hidden) || !fits(a.delta_weight, hidden) ||
+            !fits(a.norm_weight, hidden) || !fits(a.weight, out_features * hidden) || !fits(a.bias, out_features) ||
+            (a.delta_weight.defined() && !a.delta.defined())) {
           return {};
         }
-        at::Tensor residual_out = delta.defined() ? at::empty_like(residual) : at::Tensor();
+        const bool with_swiglu = a.swiglu && fuse_swiglu && out_features % 2 == 0;
+        // The rotary epilogue: one token's positions ([1], or [3, 1] with mrope), its slot, caches
+        // of the element type; otherwise the rotary kernel runs after.
+        kernels::GemvRotaryKvArgs rotary = rotary_template;
+        const bool three_d = a.positions.defined() && a.positions.dim() == 2;
+        const bool with_rotary =
+            fuse_rotary && a.positions.defined() && a.slots.defined() && a.k_cache.defined() && a.v_cache.defined() &&
+            a.positions.scalar_type() == at::kLong && a.positions.is_contiguous() && a.positions.size(-1) == 1 &&
+            (!three_d || (frequency_component != nullptr && a.positions.size(0) == 3)) &&
+            a.slots.scalar_type() == at::kLong && a.slots.numel() == 1 && a.k_cache.is_contiguous() &&
+            a.v_cache.is_contiguous() && a.k_cache.scalar_type() == residual.scalar_type() &&
+            a.v_cache.scalar_type() == residual.scalar_type();
+        if (with_rotary) {
+          rotary.positions = a.positions.data_ptr<int64_t>();
+          rotary.slot = a.slots.data_ptr<int64_t>();
+          rotary.k_cache = a.k_cache.data_ptr();
+          rotary.v_cache = a.v_cache.data_ptr();
+          rotary.shape.qkv_row_stride = out_features;
+          rotary.shape.frequency_component = three_d ? frequency_component : nullptr;
+        }
+        at::Tensor residual_out = a.delta.defined() ? at::empty_like(residual) : at::Tensor();
         at::Tensor y = at::empty({1, with_swiglu ? out_features / 2 : out_features}, residual.options());
         auto ptr = [](const at::Tensor& t) -> const void* { return t.defined() ? t.data_ptr() : nullptr; };
-        Check(kernels::GemvAddRmsNormCuda(ptr(delta), ptr(delta_weight), residual.data_ptr(),
+        Check(kernels::GemvAddRmsNormCuda(ptr(a.delta), ptr(a.delta_weight), residual.data_ptr(),
                                           residual_out.defined() ? residual_out.data_ptr() : nullptr,
-                                          norm_weight.data_ptr(), eps, weight.data_ptr(), ptr(bias), y.data_ptr(),
-                                          out_features, hidden, with_swiglu, type, CurrentStream()),
+                                          a.norm_weight.data_ptr(), eps, a.weight.data_ptr(), ptr(a.bias), y.data_ptr(),
+                                          out_features, hidden, with_swiglu, with_rotary ? &rotary : nullptr, type,
+                                          CurrentStream()),
               "add+RMSNorm + GEMV");
         if (residual_out.defined()) residual = residual_out;
-        return {y, with_swiglu};
+        return {y, with_swiglu, with_rotary};
       };
     }
     // Up to this many rows the GEMV streams the weights faster than cuBLAS: on an H200 one row

@@ -194,22 +194,36 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     return AddRmsNorm(kernels, delta, delta_weight, x, weight);
   };
   // The norm and the projection after it in one step where the kernels can (norm_linear).
-  auto fused_norm_linear = [&](const at::Tensor& norm_weight, const at::Tensor& weight, const at::Tensor& bias,
-                               bool swiglu) {
+  auto fused_norm_linear = [&](NormLinear args) {
     FusedProjection fused;
-    if (kernels.norm_linear) fused = kernels.norm_linear(pending, pending_norm, x, norm_weight, weight, bias, swiglu);
+    if (!kernels.norm_linear) return fused;
+    args.delta = pending;
+    args.delta_weight = pending_norm;
+    fused = kernels.norm_linear(args, x);
     if (fused.y.defined()) pending = pending_norm = at::Tensor();
     return fused;
   };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[l];
-    at::Tensor qkv = fused_norm_linear(layer.input_norm, layer.qkv_weight, layer.qkv_bias, false).y;
-    if (!qkv.defined()) qkv = Linear(kernels, add_and_norm(layer.input_norm), layer.qkv_weight, layer.qkv_bias);
-    if (kernels.prefetch_weight) kernels.prefetch_weight("o", layer.o_weight, total);
     at::Tensor k_cache = kv.k[l];
     at::Tensor v_cache = kv.v[l];
-    at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
+    NormLinear qkv_args;
+    qkv_args.norm_weight = layer.input_norm;
+    qkv_args.weight = layer.qkv_weight;
+    qkv_args.bias = layer.qkv_bias;
     if (fused_rotary) {
+      qkv_args.positions = positions;
+      qkv_args.slots = slots;
+      qkv_args.k_cache = k_cache;
+      qkv_args.v_cache = v_cache;
+    }
+    const FusedProjection fused_qkv = fused_norm_linear(qkv_args);
+    at::Tensor qkv = fused_qkv.y;
+    if (!qkv.defined()) qkv = Linear(kernels, add_and_norm(layer.input_norm), layer.qkv_weight, layer.qkv_bias);
+    if (kernels.prefetch_weight) kernels.prefetch_weight("o", layer.o_weight, total);
+    at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
+    if (fused_qkv.rotary_kv) {  // q (the view above) and the caches are as rotary_kv leaves them
+    } else if (fused_rotary) {
       kernels.rotary_kv(qkv, positions, slots, k_cache, v_cache);  // rotates q (the view above) in place
     } else {
       at::Tensor k = qkv.narrow(1, q_size, kv_size).view({total, kv_heads, hd});
@@ -225,7 +239,11 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     if (kernels.prefetch_weight) kernels.prefetch_weight("gate_up", layer.gate_up_weight, total);
     pending = o;
     if (c.sandwich_norms) pending_norm = layer.post_attn_norm;
-    const FusedProjection fused = fused_norm_linear(layer.mlp_norm, layer.gate_up_weight, at::Tensor(), true);
+    NormLinear mlp_args;
+    mlp_args.norm_weight = layer.mlp_norm;
+    mlp_args.weight = layer.gate_up_weight;
+    mlp_args.swiglu = true;
+    const FusedProjection fused = fused_norm_linear(mlp_args);
     at::Tensor act = fused.swiglu ? fused.y : at::Tensor();
     at::Tensor gate_up = fused.swiglu ? at::Tensor() : fused.y;
     if (!fused.y.defined()) {
@@ -288,7 +306,10 @@ at::Tensor GlmModel::Logits(const at::Tensor& hidden_rows, const LayerKernels& k
   at::Tensor rows = hidden_rows.contiguous();  // the fused kernel reads rows densely
   FusedProjection fused;
   if (kernels.norm_linear) {
-    fused = kernels.norm_linear(at::Tensor(), at::Tensor(), rows, final_norm_, lm_head_, at::Tensor(), false);
+    NormLinear args;
+    args.norm_weight = final_norm_;
+    args.weight = lm_head_;
+    fused = kernels.norm_linear(args, rows);
   }
   at::Tensor logits =
       fused.y.defined()

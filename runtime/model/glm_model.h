@@ -48,10 +48,22 @@ struct VisionWeights {
   at::Tensor merger_proj, merger_norm_weight, merger_norm_bias, merger_gate, merger_up, merger_down;
 };
 
+// What LayerKernels::norm_linear takes: add_rms_norm's arguments, the projection's, and what
+// may be fused after it.
+struct NormLinear {
+  at::Tensor delta, delta_weight, norm_weight;  // as add_rms_norm takes them
+  at::Tensor weight, bias;                      // the projection (bias may be undefined)
+  bool swiglu = false;                          // weight is gate_up's: the SwiGLU too where it can
+  // Defined when weight is qkv's and the rotary + KV write may be fused too (as rotary_kv takes
+  // them).
+  at::Tensor positions, slots, k_cache, v_cache;
+};
+
 // What LayerKernels::norm_linear gave back.
 struct FusedProjection {
-  at::Tensor y;         // undefined: not taken (add_rms_norm, linear and swiglu run instead)
-  bool swiglu = false;  // y is up * silu(gate) of the projection, not the projection
+  at::Tensor y;            // undefined: not taken (add_rms_norm, linear, swiglu / rotary_kv run)
+  bool swiglu = false;     // y is up * silu(gate) of the projection, not the projection
+  bool rotary_kv = false;  // q and k in y are rotated and k, v written to the caches
 };
 
 // Optional fused kernels for parts of a layer (the CUDA fast path passes its own down). Each one
@@ -76,14 +88,11 @@ struct LayerKernels {
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& gate_up_weight)> gate_up_swiglu;
   // at::linear(x, weight, bias); bias may be undefined.
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias)> linear;
-  // add_rms_norm(delta, delta_weight, residual, norm_weight) and the projection of its result by
-  // weight (+ bias) in one step, residual rebound to a new tensor holding the updated stream (the
-  // one passed in is left as it was); with `swiglu` (weight is gate_up's) the SwiGLU too where it
-  // can (FusedProjection says). Optional; the same results as the three hooks one by one.
-  std::function<FusedProjection(const at::Tensor& delta, const at::Tensor& delta_weight, at::Tensor& residual,
-                                const at::Tensor& norm_weight, const at::Tensor& weight, const at::Tensor& bias,
-                                bool swiglu)>
-      norm_linear;
+  // add_rms_norm(delta, delta_weight, residual, norm_weight) and the projection of its result in
+  // one step, residual rebound to a new tensor holding the updated stream (the one passed in is
+  // left as it was); the SwiGLU or the rotary + KV write after it too where asked and it can
+  // (FusedProjection says). Optional; the same results as the hooks one by one.
+  std::function<FusedProjection(const NormLinear& args, at::Tensor& residual)> norm_linear;
   // Told, between two projections, of the weight the layers read next by its role (as
   // Projections() names them) and the step's rows: may ask L2 for it while the short kernels
   // between run. Optional; changes no result.
@@ -116,6 +125,7 @@ class GlmModel {
   // Fused kernels for parts of a layer (defined at namespace scope above).
   using LayerKernels = ::glmserve::LayerKernels;
   using FusedProjection = ::glmserve::FusedProjection;
+  using NormLinear = ::glmserve::NormLinear;
   // Rows of the input embeddings replaced by other vectors: a glm4v prompt's image features at
   // its image tokens. rows [R] int64 and values [R, hidden] on the model's device.
   struct EmbeddingOverride {

@@ -101,10 +101,10 @@ TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
 }
 
 // The one-row fusions' plumbing (norm_linear: add+RMSNorm and the projection after it, the
-// SwiGLU too where it says so; gate_up_swiglu; prefetch_weight): with the CPU references behind
-// them, taking one-row steps only as the GPU's do, a prefill and two decode steps give the ATen
-// forward's logits and caches; the residual handed to norm_linear is never written; and the
-// prefetches name, in order, the weight each next projection reads.
+// SwiGLU or the rotary + KV write too where it says so; gate_up_swiglu; prefetch_weight): with
+// the CPU references behind them, taking one-row steps only as the GPU's do, a prefill and two
+// decode steps give the ATen forward's logits and caches; the residual handed to norm_linear is
+// never written; and the prefetches name, in order, the weight each next projection reads.
 TEST_P(LayerKernelsTest, FusedOneRowHooksReproduceTheAtenForward) {
   absl::StatusOr<ModelConfig> config = LoadModelConfig(testing::FixtureModelDir(GetParam()).string());
   ASSERT_TRUE(config.ok()) << config.status();
@@ -112,34 +112,50 @@ TEST_P(LayerKernelsTest, FusedOneRowHooksReproduceTheAtenForward) {
   ASSERT_TRUE(model.ok()) << model.status();
   const GlmModel& m = **model;
   const ModelConfig& c = *config;
-  for (bool fuse_swiglu : {false, true}) {
-    SCOPED_TRACE(::testing::Message() << "SwiGLU fused " << fuse_swiglu);
+  for (int fusions = 0; fusions < 4; ++fusions) {
+    const bool fuse_swiglu = fusions & 1, fuse_rotary = fusions & 2;
+    SCOPED_TRACE(::testing::Message() << "SwiGLU fused " << fuse_swiglu << ", rotary fused " << fuse_rotary);
     GlmModel::LayerKernels k = ReferenceKernels(m);
     const float eps = static_cast<float>(c.rms_norm_eps);
-    int taken = 0, swiglu_taken = 0;
-    k.norm_linear = [&](const at::Tensor& delta, const at::Tensor& delta_weight, at::Tensor& residual,
-                        const at::Tensor& norm_weight, const at::Tensor& weight, const at::Tensor& bias,
-                        bool swiglu) -> GlmModel::FusedProjection {
+    int taken = 0, swiglu_taken = 0, rotary_taken = 0;
+    k.norm_linear = [&](const GlmModel::NormLinear& a, at::Tensor& residual) -> GlmModel::FusedProjection {
       if (residual.size(0) != 1) return {};
       const at::Tensor before = residual.clone();
       at::Tensor updated = residual.clone(), normed = at::empty_like(residual);
-      at::Tensor d = delta.defined() ? delta.contiguous() : at::zeros_like(residual);
-      kernels::FusedNormAddRmsNormReference(F(d), delta_weight.defined() ? F(delta_weight) : nullptr, F(updated),
-                                            F(norm_weight), F(normed), 1, residual.size(1), eps);
-      at::Tensor y = at::empty({1, weight.size(0)}, residual.options());
-      kernels::GemvReference(F(normed), F(weight), bias.defined() ? F(bias) : nullptr, F(y), 1, weight.size(0),
-                             weight.size(1));
-      const bool with_swiglu = swiglu && fuse_swiglu;
+      at::Tensor d = a.delta.defined() ? a.delta.contiguous() : at::zeros_like(residual);
+      kernels::FusedNormAddRmsNormReference(F(d), a.delta_weight.defined() ? F(a.delta_weight) : nullptr, F(updated),
+                                            F(a.norm_weight), F(normed), 1, residual.size(1), eps);
+      at::Tensor y = at::empty({1, a.weight.size(0)}, residual.options());
+      kernels::GemvReference(F(normed), F(a.weight), a.bias.defined() ? F(a.bias) : nullptr, F(y), 1, a.weight.size(0),
+                             a.weight.size(1));
+      const bool with_swiglu = a.swiglu && fuse_swiglu;
       if (with_swiglu) {
-        at::Tensor act = at::empty({1, weight.size(0) / 2}, residual.options());
-        kernels::SwiGluReference(F(y), F(act), 1, weight.size(0) / 2);
+        at::Tensor act = at::empty({1, a.weight.size(0) / 2}, residual.options());
+        kernels::SwiGluReference(F(y), F(act), 1, a.weight.size(0) / 2);
         y = act;
         ++swiglu_taken;
       }
+      const bool with_rotary = a.positions.defined() && fuse_rotary;
+      if (with_rotary) {
+        kernels::RotaryKvShape shape;
+        shape.tokens = 1;
+        shape.num_heads = c.num_attention_heads;
+        shape.num_kv_heads = c.num_key_value_heads;
+        shape.head_dim = c.head_dim;
+        shape.rotary_dim = c.rotary_dim;
+        shape.qkv_row_stride = y.size(1);
+        EXPECT_EQ(a.positions.numel(), 1);
+        EXPECT_EQ(a.slots.numel(), 1);
+        at::Tensor k_cache = a.k_cache, v_cache = a.v_cache;
+        kernels::RotaryKvWriteReference(F(y), a.positions.data_ptr<int64_t>(),
+                                        m.inv_freq().defined() ? F(m.inv_freq()) : nullptr, a.slots.data_ptr<int64_t>(),
+                                        F(k_cache), F(v_cache), shape);
+        ++rotary_taken;
+      }
       EXPECT_TRUE(at::equal(residual, before));
-      if (delta.defined()) residual = updated;
+      if (a.delta.defined()) residual = updated;
       ++taken;
-      return {y, with_swiglu};
+      return {y, with_swiglu, with_rotary};
     };
     k.gate_up_swiglu = [&](const at::Tensor& x, const at::Tensor& weight) {
       at::Tensor gate_up = k.linear(x, weight, at::Tensor());
@@ -182,6 +198,7 @@ TEST_P(LayerKernelsTest, FusedOneRowHooksReproduceTheAtenForward) {
     // step: qkv and gate_up per layer, the lm_head.
     EXPECT_EQ(taken, 1 + 2 * (2 * c.num_layers + 1));
     EXPECT_EQ(swiglu_taken, fuse_swiglu ? 2 * c.num_layers : 0);
+    EXPECT_EQ(rotary_taken, fuse_rotary ? 2 * c.num_layers : 0);
   }
 }
 
