@@ -239,8 +239,10 @@ __device__ __forceinline__ void RotaryKvPair(const GemvRotary<T>& a, int64_t f, 
 // caches: the GEMV then RotaryKvWriteCuda, bit for bit.
 enum class GemvEpilogue { kStore, kSwiGlu, kRotaryKv };
 
+// One row: four blocks an SM (32 warps' loads in flight) bound the registers to 64, which the
+// fused prologue and epilogues would pass.
 template <typename T, int M, int R, int U, GemvEpilogue Epilogue = GemvEpilogue::kStore, bool NormPrologue = false>
-__global__ void __launch_bounds__(kGemvWarps * 32)
+__global__ void __launch_bounds__(kGemvWarps * 32, M == 1 ? 4 : 1)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                int64_t n, int64_t k, GemvNorm<T> norm, GemvRotary<T> rotary) {
   constexpr bool SwiGluPairs = Epilogue == GemvEpilogue::kSwiGlu;
@@ -276,11 +278,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   extern __shared__ uint4 normed_x[];  // NormPrologue: the input row, k / E chunks
   if constexpr (NormPrologue) {
     __shared__ float scratch[kNormRowThreads / 32];
-    AddRmsNormRow<T>(reinterpret_cast<const uint4*>(norm.delta), reinterpret_cast<const uint4*>(norm.delta_weight),
-                     reinterpret_cast<const uint4*>(norm.residual),
-                     blockIdx.x == 0 ? reinterpret_cast<uint4*>(norm.residual_out) : nullptr,
-                     reinterpret_cast<const uint4*>(norm.weight), normed_x, static_cast<int>(chunks), k, norm.eps,
-                     scratch);
+    AddRmsNormRowThroughShared<T>(
+        reinterpret_cast<const uint4*>(norm.delta), reinterpret_cast<const uint4*>(norm.delta_weight),
+        reinterpret_cast<const uint4*>(norm.residual),
+        blockIdx.x == 0 ? reinterpret_cast<uint4*>(norm.residual_out) : nullptr,
+        reinterpret_cast<const uint4*>(norm.weight), normed_x, static_cast<int>(chunks), k, norm.eps, scratch);
     __syncthreads();
     x4 = normed_x;
     if (!has_rows) return;

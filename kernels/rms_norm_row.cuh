@@ -58,7 +58,7 @@ __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* d
       float d[E];
       Chunk16<T>::ToFloats(raw_delta[c], d);
 #pragma unroll
-      for (int i = 0; i < E; ++i) local += d[i] * d[i];
+      for (int i = 0; i < E; ++i) local = __fmaf_rn(d[i], d[i], local);
     }
     delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
   }
@@ -82,7 +82,7 @@ __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* d
       if (residual_out != nullptr) residual_out[chunk] = Chunk16<T>::FromFloats(v[c]);
     }
 #pragma unroll
-    for (int i = 0; i < E; ++i) local += v[c][i] * v[c][i];
+    for (int i = 0; i < E; ++i) local = __fmaf_rn(v[c][i], v[c][i], local);
   }
   const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
 #pragma unroll
@@ -94,6 +94,69 @@ __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* d
 #pragma unroll
     for (int i = 0; i < E; ++i) result[i] = wf[i] * RoundTo<T>(v[c][i] * inv_rms);
     out[chunk] = Chunk16<T>::FromFloats(result);
+  }
+}
+
+// The same row, the same bits, with few registers (for a kernel that keeps its own loads in
+// flight in registers meanwhile: the GEMV that normalises its input row): the row passes through
+// `row` (kNormRowThreads * kNormRowMaxChunks chunks of shared memory at most) instead of being
+// held, v stored there rounded as it is anyway, then overwritten by RMSNorm(v) * weight. Each
+// thread rereads only the chunks it wrote.
+template <typename T>
+__device__ __forceinline__ void AddRmsNormRowThroughShared(const uint4* delta, const uint4* delta_weight,
+                                                           const uint4* residual, uint4* residual_out,
+                                                           const uint4* weight, uint4* row, int chunks, int64_t hidden,
+                                                           float eps, float* scratch) {
+  constexpr int E = Chunk16<T>::kElements;
+  float delta_inv_rms = 0.0f;
+  if (delta_weight != nullptr) {
+    float local = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kNormRowMaxChunks; ++c) {
+      const int chunk = threadIdx.x + c * kNormRowThreads;
+      if (chunk >= chunks) break;
+      float d[E];
+      Chunk16<T>::ToFloats(delta[chunk], d);
+#pragma unroll
+      for (int i = 0; i < E; ++i) local = __fmaf_rn(d[i], d[i], local);
+    }
+    delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
+  }
+  float local = 0.0f;
+#pragma unroll
+  for (int c = 0; c < kNormRowMaxChunks; ++c) {
+    const int chunk = threadIdx.x + c * kNormRowThreads;
+    if (chunk >= chunks) break;
+    float v[E];
+    Chunk16<T>::ToFloats(residual[chunk], v);
+    if (delta != nullptr) {
+      float d[E];
+      Chunk16<T>::ToFloats(delta[chunk], d);
+      if (delta_weight != nullptr) {
+        float wf[E];
+        Chunk16<T>::ToFloats(delta_weight[chunk], wf);
+#pragma unroll
+        for (int i = 0; i < E; ++i) d[i] = RoundTo<T>(wf[i] * RoundTo<T>(d[i] * delta_inv_rms));
+      }
+#pragma unroll
+      for (int i = 0; i < E; ++i) v[i] = RoundTo<T>(v[i] + d[i]);
+      if (residual_out != nullptr) residual_out[chunk] = Chunk16<T>::FromFloats(v);
+    }
+    row[chunk] = Chunk16<T>::FromFloats(v);
+#pragma unroll
+    for (int i = 0; i < E; ++i) local = __fmaf_rn(v[i], v[i], local);
+  }
+  const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
+#pragma unroll
+  for (int c = 0; c < kNormRowMaxChunks; ++c) {
+    const int chunk = threadIdx.x + c * kNormRowThreads;
+    if (chunk >= chunks) break;
+    float v[E], wf[E], result[E];
+    Chunk16<T>::ToFloats(row[chunk], v);
+    Chunk16<T>::ToFloats(weight[chunk], wf);
+#pragma unroll
+    for (int i = 0; i < E; ++i) result[i] = wf[i] * RoundTo<T>(v[i] * inv_rms);
+    row[chunk] = Chunk16<T>::FromFloats(result);
   }
 }
 
