@@ -29,19 +29,66 @@ __device__ __forceinline__ float BlockSum(float local, float* scratch) {
   return total;
 }
 
+// The per-chunk steps both forms below share, so they round and sum alike. Sum of squares of one
+// chunk into local, in element order:
+template <typename T>
+__device__ __forceinline__ void AddSquares(const uint4& raw, float& local) {
+  constexpr int E = Chunk16<T>::kElements;
+  float x[E];
+  Chunk16<T>::ToFloats(raw, x);
+#pragma unroll
+  for (int i = 0; i < E; ++i) local = __fmaf_rn(x[i], x[i], local);
+}
+
+// v = residual + delta of one chunk, each element rounded to T; the delta first normalised and
+// scaled by its weight chunk where that is given (sandwich norms). v's squares go into local.
+template <typename T>
+__device__ __forceinline__ uint4 AddDelta(const uint4& raw_residual, const uint4* raw_delta,
+                                          const uint4* delta_weight_chunk, float delta_inv_rms, float& local) {
+  constexpr int E = Chunk16<T>::kElements;
+  float v[E];
+  Chunk16<T>::ToFloats(raw_residual, v);
+  if (raw_delta != nullptr) {
+    float d[E];
+    Chunk16<T>::ToFloats(*raw_delta, d);
+    if (delta_weight_chunk != nullptr) {
+      float wf[E];
+      Chunk16<T>::ToFloats(*delta_weight_chunk, wf);
+#pragma unroll
+      for (int i = 0; i < E; ++i) d[i] = RoundTo<T>(wf[i] * RoundTo<T>(d[i] * delta_inv_rms));
+    }
+#pragma unroll
+    for (int i = 0; i < E; ++i) v[i] = RoundTo<T>(v[i] + d[i]);
+  }
+#pragma unroll
+  for (int i = 0; i < E; ++i) local = __fmaf_rn(v[i], v[i], local);
+  return Chunk16<T>::FromFloats(v);  // exact: every element is a T already
+}
+
+// RMSNorm(v) * weight of one chunk.
+template <typename T>
+__device__ __forceinline__ uint4 NormChunk(const uint4& raw_v, const uint4& raw_weight, float inv_rms) {
+  constexpr int E = Chunk16<T>::kElements;
+  float v[E], wf[E], result[E];
+  Chunk16<T>::ToFloats(raw_v, v);
+  Chunk16<T>::ToFloats(raw_weight, wf);
+#pragma unroll
+  for (int i = 0; i < E; ++i) result[i] = wf[i] * RoundTo<T>(v[i] * inv_rms);
+  return Chunk16<T>::FromFloats(result);
+}
+
 // One row of `chunks` 16-byte chunks: v = residual + delta (delta first normalised and scaled by
 // delta_weight where that is given: GLM-4-0414's sandwich norms), each rounded to T; v goes to
 // residual_out where that is given (and delta is), RMSNorm(v) * weight to out. Pointers may be
 // global or shared; every thread of the block must call it. scratch: kNormRowThreads / 32 floats.
+// The row is held in registers: every load issued before any use, nothing read back.
 template <typename T>
 __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* delta_weight, const uint4* residual,
                                               uint4* residual_out, const uint4* weight, uint4* out, int chunks,
                                               int64_t hidden, float eps, float* scratch) {
-  constexpr int E = Chunk16<T>::kElements;
-  float v[kNormRowMaxChunks][E];
   uint4 raw_res[kNormRowMaxChunks], raw_delta[kNormRowMaxChunks];
 #pragma unroll
-  for (int c = 0; c < kNormRowMaxChunks; ++c) {  // every load issued before any use
+  for (int c = 0; c < kNormRowMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kNormRowThreads;
     if (chunk < chunks) {
       raw_res[c] = residual[chunk];
@@ -53,12 +100,8 @@ __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* d
     float local = 0.0f;
 #pragma unroll
     for (int c = 0; c < kNormRowMaxChunks; ++c) {
-      const int chunk = threadIdx.x + c * kNormRowThreads;
-      if (chunk >= chunks) break;
-      float d[E];
-      Chunk16<T>::ToFloats(raw_delta[c], d);
-#pragma unroll
-      for (int i = 0; i < E; ++i) local = __fmaf_rn(d[i], d[i], local);
+      if (threadIdx.x + c * kNormRowThreads >= chunks) break;
+      AddSquares<T>(raw_delta[c], local);
     }
     delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
   }
@@ -67,47 +110,28 @@ __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* d
   for (int c = 0; c < kNormRowMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kNormRowThreads;
     if (chunk >= chunks) break;
-    Chunk16<T>::ToFloats(raw_res[c], v[c]);
-    if (delta != nullptr) {
-      float d[E];
-      Chunk16<T>::ToFloats(raw_delta[c], d);
-      if (delta_weight != nullptr) {
-        float wf[E];
-        Chunk16<T>::ToFloats(delta_weight[chunk], wf);
-#pragma unroll
-        for (int i = 0; i < E; ++i) d[i] = RoundTo<T>(wf[i] * RoundTo<T>(d[i] * delta_inv_rms));
-      }
-#pragma unroll
-      for (int i = 0; i < E; ++i) v[c][i] = RoundTo<T>(v[c][i] + d[i]);
-      if (residual_out != nullptr) residual_out[chunk] = Chunk16<T>::FromFloats(v[c]);
-    }
-#pragma unroll
-    for (int i = 0; i < E; ++i) local = __fmaf_rn(v[c][i], v[c][i], local);
+    raw_res[c] = AddDelta<T>(raw_res[c], delta != nullptr ? &raw_delta[c] : nullptr,
+                             delta_weight != nullptr ? &delta_weight[chunk] : nullptr, delta_inv_rms, local);
+    if (delta != nullptr && residual_out != nullptr) residual_out[chunk] = raw_res[c];
   }
   const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
 #pragma unroll
   for (int c = 0; c < kNormRowMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kNormRowThreads;
     if (chunk >= chunks) break;
-    float wf[E], result[E];
-    Chunk16<T>::ToFloats(weight[chunk], wf);
-#pragma unroll
-    for (int i = 0; i < E; ++i) result[i] = wf[i] * RoundTo<T>(v[c][i] * inv_rms);
-    out[chunk] = Chunk16<T>::FromFloats(result);
+    out[chunk] = NormChunk<T>(raw_res[c], weight[chunk], inv_rms);
   }
 }
 
 // The same row, the same bits, with few registers (for a kernel that keeps its own loads in
 // flight in registers meanwhile: the GEMV that normalises its input row): the row passes through
-// `row` (kNormRowThreads * kNormRowMaxChunks chunks of shared memory at most) instead of being
-// held, v stored there rounded as it is anyway, then overwritten by RMSNorm(v) * weight. Each
-// thread rereads only the chunks it wrote.
+// `row` (up to kNormRowThreads * kNormRowMaxChunks chunks of shared memory) instead of being held,
+// v first, then RMSNorm(v) * weight over it. Each thread rereads only the chunks it wrote.
 template <typename T>
 __device__ __forceinline__ void AddRmsNormRowThroughShared(const uint4* delta, const uint4* delta_weight,
                                                            const uint4* residual, uint4* residual_out,
                                                            const uint4* weight, uint4* row, int chunks, int64_t hidden,
                                                            float eps, float* scratch) {
-  constexpr int E = Chunk16<T>::kElements;
   float delta_inv_rms = 0.0f;
   if (delta_weight != nullptr) {
     float local = 0.0f;
@@ -115,10 +139,7 @@ __device__ __forceinline__ void AddRmsNormRowThroughShared(const uint4* delta, c
     for (int c = 0; c < kNormRowMaxChunks; ++c) {
       const int chunk = threadIdx.x + c * kNormRowThreads;
       if (chunk >= chunks) break;
-      float d[E];
-      Chunk16<T>::ToFloats(delta[chunk], d);
-#pragma unroll
-      for (int i = 0; i < E; ++i) local = __fmaf_rn(d[i], d[i], local);
+      AddSquares<T>(delta[chunk], local);
     }
     delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
   }
@@ -127,36 +148,17 @@ __device__ __forceinline__ void AddRmsNormRowThroughShared(const uint4* delta, c
   for (int c = 0; c < kNormRowMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kNormRowThreads;
     if (chunk >= chunks) break;
-    float v[E];
-    Chunk16<T>::ToFloats(residual[chunk], v);
-    if (delta != nullptr) {
-      float d[E];
-      Chunk16<T>::ToFloats(delta[chunk], d);
-      if (delta_weight != nullptr) {
-        float wf[E];
-        Chunk16<T>::ToFloats(delta_weight[chunk], wf);
-#pragma unroll
-        for (int i = 0; i < E; ++i) d[i] = RoundTo<T>(wf[i] * RoundTo<T>(d[i] * delta_inv_rms));
-      }
-#pragma unroll
-      for (int i = 0; i < E; ++i) v[i] = RoundTo<T>(v[i] + d[i]);
-      if (residual_out != nullptr) residual_out[chunk] = Chunk16<T>::FromFloats(v);
-    }
-    row[chunk] = Chunk16<T>::FromFloats(v);
-#pragma unroll
-    for (int i = 0; i < E; ++i) local = __fmaf_rn(v[i], v[i], local);
+    const uint4 raw_delta = delta != nullptr ? delta[chunk] : uint4{};
+    row[chunk] = AddDelta<T>(residual[chunk], delta != nullptr ? &raw_delta : nullptr,
+                             delta_weight != nullptr ? &delta_weight[chunk] : nullptr, delta_inv_rms, local);
+    if (delta != nullptr && residual_out != nullptr) residual_out[chunk] = row[chunk];
   }
   const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
 #pragma unroll
   for (int c = 0; c < kNormRowMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kNormRowThreads;
     if (chunk >= chunks) break;
-    float v[E], wf[E], result[E];
-    Chunk16<T>::ToFloats(row[chunk], v);
-    Chunk16<T>::ToFloats(weight[chunk], wf);
-#pragma unroll
-    for (int i = 0; i < E; ++i) result[i] = wf[i] * RoundTo<T>(v[i] * inv_rms);
-    row[chunk] = Chunk16<T>::FromFloats(result);
+    row[chunk] = NormChunk<T>(row[chunk], weight[chunk], inv_rms);
   }
 }
 
