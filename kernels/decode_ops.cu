@@ -278,7 +278,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32, M == 1 ? 4 : 1)
   extern __shared__ uint4 normed_x[];  // NormPrologue: the input row, k / E chunks
   if constexpr (NormPrologue) {
     __shared__ float scratch[kNormRowThreads / 32];
-    AddRmsNormRowThroughShared<T>(
+    AddRmsNormRow<T, /*kHeld=*/false>(
         reinterpret_cast<const uint4*>(norm.delta), reinterpret_cast<const uint4*>(norm.delta_weight),
         reinterpret_cast<const uint4*>(norm.residual),
         blockIdx.x == 0 ? reinterpret_cast<uint4*>(norm.residual_out) : nullptr,

@@ -81,57 +81,40 @@ __device__ __forceinline__ uint4 NormChunk(const uint4& raw_v, const uint4& raw_
 // delta_weight where that is given: GLM-4-0414's sandwich norms), each rounded to T; v goes to
 // residual_out where that is given (and delta is), RMSNorm(v) * weight to out. Pointers may be
 // global or shared; every thread of the block must call it. scratch: kNormRowThreads / 32 floats.
-// The row is held in registers: every load issued before any use, nothing read back.
-template <typename T>
+// kHeld: the row is held in registers (every load issued before any use, nothing read back: the
+// norm kernel). Otherwise it passes through `out`, v first, then the result over it, each thread
+// rereading only the chunks it wrote: few registers, for a kernel that keeps its own loads in
+// flight meanwhile (the GEMV that normalises its input row into shared memory). Same bits.
+template <typename T, bool kHeld = true>
 __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* delta_weight, const uint4* residual,
                                               uint4* residual_out, const uint4* weight, uint4* out, int chunks,
                                               int64_t hidden, float eps, float* scratch) {
-  uint4 raw_res[kNormRowMaxChunks], raw_delta[kNormRowMaxChunks];
-#pragma unroll
-  for (int c = 0; c < kNormRowMaxChunks; ++c) {
-    const int chunk = threadIdx.x + c * kNormRowThreads;
-    if (chunk < chunks) {
-      raw_res[c] = residual[chunk];
-      if (delta != nullptr) raw_delta[c] = delta[chunk];
-    }
-  }
-  float delta_inv_rms = 0.0f;
-  if (delta_weight != nullptr) {
-    float local = 0.0f;
+  uint4 held[kNormRowMaxChunks], held_delta[kNormRowMaxChunks];
+  if constexpr (kHeld) {
 #pragma unroll
     for (int c = 0; c < kNormRowMaxChunks; ++c) {
-      if (threadIdx.x + c * kNormRowThreads >= chunks) break;
-      AddSquares<T>(raw_delta[c], local);
+      const int chunk = threadIdx.x + c * kNormRowThreads;
+      if (chunk < chunks) {
+        held[c] = residual[chunk];
+        if (delta != nullptr) held_delta[c] = delta[chunk];
+      }
     }
-    delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
   }
-  float local = 0.0f;
-#pragma unroll
-  for (int c = 0; c < kNormRowMaxChunks; ++c) {
-    const int chunk = threadIdx.x + c * kNormRowThreads;
-    if (chunk >= chunks) break;
-    raw_res[c] = AddDelta<T>(raw_res[c], delta != nullptr ? &raw_delta[c] : nullptr,
-                             delta_weight != nullptr ? &delta_weight[chunk] : nullptr, delta_inv_rms, local);
-    if (delta != nullptr && residual_out != nullptr) residual_out[chunk] = raw_res[c];
-  }
-  const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
-#pragma unroll
-  for (int c = 0; c < kNormRowMaxChunks; ++c) {
-    const int chunk = threadIdx.x + c * kNormRowThreads;
-    if (chunk >= chunks) break;
-    out[chunk] = NormChunk<T>(raw_res[c], weight[chunk], inv_rms);
-  }
-}
-
-// The same row, the same bits, with few registers (for a kernel that keeps its own loads in
-// flight in registers meanwhile: the GEMV that normalises its input row): the row passes through
-// `row` (up to kNormRowThreads * kNormRowMaxChunks chunks of shared memory) instead of being held,
-// v first, then RMSNorm(v) * weight over it. Each thread rereads only the chunks it wrote.
-template <typename T>
-__device__ __forceinline__ void AddRmsNormRowThroughShared(const uint4* delta, const uint4* delta_weight,
-                                                           const uint4* residual, uint4* residual_out,
-                                                           const uint4* weight, uint4* row, int chunks, int64_t hidden,
-                                                           float eps, float* scratch) {
+  // Chunk c of this thread (the row's chunk `chunk`) of the delta, and of v or the residual.
+  auto delta_chunk = [&](int c, int chunk) -> uint4 {
+    if constexpr (kHeld) {
+      return held_delta[c];
+    } else {
+      return delta[chunk];
+    }
+  };
+  auto row_chunk = [&](int c, int chunk, const uint4* source) -> uint4 {
+    if constexpr (kHeld) {
+      return held[c];
+    } else {
+      return source[chunk];
+    }
+  };
   float delta_inv_rms = 0.0f;
   if (delta_weight != nullptr) {
     float local = 0.0f;
@@ -139,7 +122,7 @@ __device__ __forceinline__ void AddRmsNormRowThroughShared(const uint4* delta, c
     for (int c = 0; c < kNormRowMaxChunks; ++c) {
       const int chunk = threadIdx.x + c * kNormRowThreads;
       if (chunk >= chunks) break;
-      AddSquares<T>(delta[chunk], local);
+      AddSquares<T>(delta_chunk(c, chunk), local);
     }
     delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
   }
@@ -148,17 +131,22 @@ __device__ __forceinline__ void AddRmsNormRowThroughShared(const uint4* delta, c
   for (int c = 0; c < kNormRowMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kNormRowThreads;
     if (chunk >= chunks) break;
-    const uint4 raw_delta = delta != nullptr ? delta[chunk] : uint4{};
-    row[chunk] = AddDelta<T>(residual[chunk], delta != nullptr ? &raw_delta : nullptr,
-                             delta_weight != nullptr ? &delta_weight[chunk] : nullptr, delta_inv_rms, local);
-    if (delta != nullptr && residual_out != nullptr) residual_out[chunk] = row[chunk];
+    const uint4 raw_delta = delta != nullptr ? delta_chunk(c, chunk) : uint4{};
+    const uint4 v = AddDelta<T>(row_chunk(c, chunk, residual), delta != nullptr ? &raw_delta : nullptr,
+                                delta_weight != nullptr ? &delta_weight[chunk] : nullptr, delta_inv_rms, local);
+    if (delta != nullptr && residual_out != nullptr) residual_out[chunk] = v;
+    if constexpr (kHeld) {
+      held[c] = v;
+    } else {
+      out[chunk] = v;
+    }
   }
   const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
 #pragma unroll
   for (int c = 0; c < kNormRowMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kNormRowThreads;
     if (chunk >= chunks) break;
-    row[chunk] = NormChunk<T>(row[chunk], weight[chunk], inv_rms);
+    out[chunk] = NormChunk<T>(row_chunk(c, chunk, out), weight[chunk], inv_rms);
   }
 }
 
