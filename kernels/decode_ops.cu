@@ -157,11 +157,12 @@ cudaError_t LaunchSwiGlu(const void* gate_up, void* out, int64_t rows, int64_t w
 // ---- L2 prefetch: a weight asked of L2 while short kernels leave HBM idle ----
 constexpr int64_t kPrefetchChunkBytes = int64_t{1} << 20;
 
-__global__ void __launch_bounds__(32) L2PrefetchKernel(const char* __restrict__ data, int64_t bytes) {
+__global__ void __launch_bounds__(32) L2PrefetchKernel(const char* __restrict__ data, int64_t bytes, bool early) {
   // The next kernel may be resident at once; this one ends only after the one before it has (so
-  // a kernel after this that reads that one's output still waits for it), and asks for the
-  // weight only then, not against the stream of the kernel before.
-  AllowDependentsThenWait();
+  // a kernel after this that reads that one's output still waits for it). The weight is asked for
+  // after that end, or with `early` at once, against the tail of the kernel before.
+  AllowDependentLaunch();
+  if (!early) WaitForPrerequisiteGrid();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   for (int64_t offset = static_cast<int64_t>(threadIdx.x) * kPrefetchChunkBytes; offset < bytes;
        offset += 32 * kPrefetchChunkBytes) {
@@ -170,6 +171,7 @@ __global__ void __launch_bounds__(32) L2PrefetchKernel(const char* __restrict__ 
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(data + offset), "r"(size) : "memory");
   }
 #endif
+  if (early) WaitForPrerequisiteGrid();
 }
 
 // ---- GEMV: each warp owns R output rows and streams their weights once with 16-byte loads ----
@@ -460,13 +462,13 @@ bool SwiGluCuda(const void* gate_up, void* out, int64_t rows, int64_t width, Ele
   return false;
 }
 
-bool L2PrefetchCuda(const void* data, int64_t bytes, void* stream) {
+bool L2PrefetchCuda(const void* data, int64_t bytes, bool early, void* stream) {
   // Bulk prefetches take 16-byte aligned addresses and sizes.
   if (data == nullptr || bytes <= 0 || reinterpret_cast<uintptr_t>(data) % 16 != 0) return false;
   const int64_t aligned = bytes / 16 * 16;
   if (aligned == 0) return true;
   return LaunchKernel(L2PrefetchKernel, dim3(1), dim3(32), 0, static_cast<cudaStream_t>(stream),
-                      static_cast<const char*>(data), aligned) == cudaSuccess;
+                      static_cast<const char*>(data), aligned, early) == cudaSuccess;
 }
 
 bool GemvCudaTakes(int32_t rows, int64_t k, ElementType type, const void* x, const void* w) {

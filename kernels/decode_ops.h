@@ -90,10 +90,11 @@ bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int
                     ElementType type, void* stream);
 
 // Asks L2 for `bytes` of `data` (a weight the next kernels read; 16-byte aligned) without waiting
-// for it: one small kernel that, once the kernel before it has ended, issues bulk L2 prefetches
-// (sm_90) and ends. For the few-row decode steps, where the short kernels between two weight
-// streams (rotary, attention, norms) leave HBM idle. Returns false where it cannot run.
-bool L2PrefetchCuda(const void* data, int64_t bytes, void* stream);
+// for it: one small kernel that issues bulk L2 prefetches (sm_90) once the kernel before it has
+// ended, or with `early` as soon as it starts (beside that kernel's own stream, into its tail),
+// and ends after the kernel before it. For the few-row decode steps, where the short kernels
+// between two weight streams (rotary, attention, norms) leave HBM idle. False where it cannot run.
+bool L2PrefetchCuda(const void* data, int64_t bytes, bool early, void* stream);
 
 // The same product on tensor cores for decode batches of up to kSkinnyGemmMaxRows rows, bf16 or
 // fp16 (kernels/skinny_gemm.cu): x [rows, k] contiguous, any n, k a multiple of 8. The weight is

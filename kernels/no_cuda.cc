@@ -33,7 +33,7 @@ bool GemvCudaTakes(int32_t, int64_t, ElementType, const void*, const void*) { re
 bool GemvCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*) {
   return false;
 }
-bool L2PrefetchCuda(const void*, int64_t, void*) { return false; }
+bool L2PrefetchCuda(const void*, int64_t, bool, void*) { return false; }
 bool GemvSwiGluCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*) {
   return false;
 }

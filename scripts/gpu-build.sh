@@ -308,16 +308,17 @@ if [ "${GLMSERVE_GPU_FEW_ROWS:-0}" = 1 ]; then
     .gpu/build/tests/engine_model/engine_model_test --gtest_filter='*Parity*:*Invariance*:*Identical*' \
     >"$out/few_rows_engine_model_cuda.log" 2>&1
   tail -1 "$out/few_rows_engine_model_cuda.log"; grep -E "FAILED" "$out/few_rows_engine_model_cuda.log" | head
-  settings=("GLMSERVE_CUDA_L2_PREFETCH_O_MB=0" "GLMSERVE_CUDA_L2_PREFETCH_O_MB=48" "$all"
+  early="GLMSERVE_CUDA_L2_PREFETCH_EARLY=1"
+  settings=("GLMSERVE_CUDA_L2_PREFETCH_O_MB=0" "GLMSERVE_CUDA_L2_PREFETCH_O_MB=48" "$all" "$all $early"
             "GLMSERVE_CUDA_FUSED_SWIGLU=1" "GLMSERVE_CUDA_FUSED_NORM=1"
-            "GLMSERVE_CUDA_FUSED_NORM=1 GLMSERVE_CUDA_FUSED_SWIGLU=1" "$fused" "$fused $all")
+            "GLMSERVE_CUDA_FUSED_NORM=1 GLMSERVE_CUDA_FUSED_SWIGLU=1" "$fused" "$fused $all" "$fused $all $early")
   few_rows_bench() {  # setting index, batch sizes, max prefetch rows
     env ${settings[$1]} GLMSERVE_CUDA_L2_PREFETCH_MAX_ROWS="$3" bench --batch-sizes "$2" 2>/dev/null | tail -n +3 |
       sed "s/^/setting $1 /" | tee -a "$out/few_rows_decode.md"
   }
-  for i in 0 1 2 3 4 5 6 7 0 6 7; do few_rows_bench $i "${GLMSERVE_FEW_ROWS_BATCHES:-1,8}" 8; done
+  for i in 0 1 2 3 4 5 6 7 8 9 0 7 8 9; do few_rows_bench $i "${GLMSERVE_FEW_ROWS_BATCHES:-1,8}" 8; done
   # Decode and mixed-step row counts too: attention there reads KV at a third of HBM's rate.
-  for i in 0 1 2 0; do few_rows_bench $i 64,128 512; done
+  for i in 0 1 2 3 0; do few_rows_bench $i 64,128 512; done
 fi
 if [ "${GLMSERVE_GPU_OVERLAP:-0}" = 1 ]; then
   # Overlapped steps (--overlap-steps): the engine on the real model on CUDA with them (same ids as

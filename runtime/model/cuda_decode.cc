@@ -1281,13 +1281,15 @@ class CudaDecodeRunner {
         if (mb > 0) prefetch_bytes[roles[i]] = mb << 20;
       }
       const int64_t prefetch_max_rows = EnvInt("GLMSERVE_CUDA_L2_PREFETCH_MAX_ROWS", 8, 1, 1 << 20);
+      // =1: asked for as soon as the prefetch kernel starts, into the tail of the projection before.
+      const bool prefetch_early = EnvIs("GLMSERVE_CUDA_L2_PREFETCH_EARLY", "1");
       if (!prefetch_bytes.empty()) {
-        k.prefetch_weight = [prefetch_bytes, prefetch_max_rows](const char* role, const at::Tensor& weight,
-                                                                int64_t rows) {
+        k.prefetch_weight = [prefetch_bytes, prefetch_max_rows, prefetch_early](
+                                const char* role, const at::Tensor& weight, int64_t rows) {
           const auto it = prefetch_bytes.find(role);
           if (it == prefetch_bytes.end() || rows > prefetch_max_rows || !weight.is_contiguous()) return;
           const int64_t bytes = std::min<int64_t>(it->second, weight.numel() * weight.element_size());
-          Check(kernels::L2PrefetchCuda(weight.data_ptr(), bytes, CurrentStream()), "L2 prefetch");
+          Check(kernels::L2PrefetchCuda(weight.data_ptr(), bytes, prefetch_early, CurrentStream()), "L2 prefetch");
         };
       }
     }
