@@ -34,6 +34,9 @@ namespace {
 
 constexpr char kServiceName[] = "glmserve.v1.Inference";
 constexpr char kRequestIdMetadata[] = "glmserve-request-id";
+// gRFC A6's server pushback: a client retrying under a service-config retry policy waits this
+// many milliseconds before its next attempt instead of its own randomised backoff.
+constexpr char kRetryPushbackMetadata[] = "grpc-retry-pushback-ms";
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -333,7 +336,9 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
       if (CheckRequestId(request_id_, service_->options().limits, Dialect::kProto)) request_id_.clear();
     }
     if (request_id_.empty() || bad_id) request_id_ = sessions.NewRequestId();
-    ctx_->AddInitialMetadata(kRequestIdMetadata, request_id_);
+    // The request id goes into the initial metadata only with a response (SendsResponse): a
+    // refusal stays trailers-only, which a client's retry policy may retry; a response's headers
+    // commit the call.
     if (bad_id) return Refuse(*bad_id);
     std::string client;
     if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) {
@@ -399,6 +404,10 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
 
   void Refuse(const Refusal& refusal) {
     ReleaseQuota();
+    if (refusal.retry_after_ms > 0 &&
+        (refusal.code == absl::StatusCode::kUnavailable || refusal.code == absl::StatusCode::kResourceExhausted)) {
+      ctx_->AddTrailingMetadata(kRetryPushbackMetadata, std::to_string(refusal.retry_after_ms));
+    }
     service_->sessions().Refused(request_id_, rpc_, refusal);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -471,6 +480,7 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
   }
   void OnResult() override {
     if (!result_.status.ok()) return FinishWith(ToGrpc(result_.status));
+    ctx_->AddInitialMetadata(kRequestIdMetadata, request_id_);
     response_->set_request_id(request_id_);
     FillFinal(result_, images_, 0, response_);
     response_->set_text(text_);
@@ -554,6 +564,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
   void Pump(bool force_error = false) {
     enum { kNothing, kWrite, kWriteAndFinish, kFinish } action = kNothing;
     grpc::Status status;
+    bool first_write = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (writing_ || final_started_) return;
@@ -591,7 +602,10 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
         final_started_ = true;
         finished_ = true;
       }
+      if ((action == kWrite || action == kWriteAndFinish) && !wrote_) first_write = wrote_ = true;
     }
+    // The request id's initial metadata goes out with the first response (see Begin).
+    if (first_write) ctx_->AddInitialMetadata(kRequestIdMetadata, request_id_);
     if (action == kFinish || action == kWriteAndFinish) ReleaseQuota();
     switch (action) {
       case kNothing:
@@ -618,6 +632,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
   bool broken_ = false;
   bool finished_ = false;
   bool final_started_ = false;
+  bool wrote_ = false;  // a response was written (or is being): the initial metadata went with it
   grpc::Status error_;
   v1::InferResponse out_;  // the one outstanding write
 };

@@ -780,8 +780,8 @@ class Handler {
                                 "server is draining; retry on another replica"));
     }
     if (!serving && !sessions.draining()) {
-      return refuse(
-          MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable, sessions.options().loading_message));
+      return refuse(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable,
+                                sessions.options().loading_message, sessions.options().loading_retry_after_ms));
     }
     // Draining, loading, then the per-client cap: before tokenization.
     Admission admission;

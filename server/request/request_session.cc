@@ -232,7 +232,8 @@ std::optional<Refusal> RequestSessions::Admit(const std::string& client, Admissi
                          "server is draining; retry on another replica");
     }
     if (engine_ == nullptr) {
-      return MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable, options_.loading_message);
+      return MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable, options_.loading_message,
+                         options_.loading_retry_after_ms);
     }
     out->engine = engine_;
     out->model = model_;

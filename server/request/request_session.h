@@ -49,6 +49,10 @@ struct RequestSessionsOptions {
   std::string id_prefix = "glm";
   // What a request hears while no engine is set (the front ends word it differently).
   std::string loading_message = "model is loading; retry later";
+  // How long that refusal tells clients to wait before they retry (gRPC's retry pushback, HTTP's
+  // Retry-After): a client's own backoff may be spent in a few milliseconds, a load or a
+  // supervised restart takes longer.
+  int64_t loading_retry_after_ms = 500;
   // Threads that handle engine events. Two keep up with 256 streams on an H200: the work per
   // event is a tokenizer step and a queued write.
   int delivery_workers = 2;

@@ -273,6 +273,7 @@ TEST_F(SessionTest, RefusalsAreTyped) {
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->kind, RefusalKind::kUnavailable);
   EXPECT_EQ(r->message, "model is loading; retry later");
+  EXPECT_EQ(r->retry_after_ms, 500);
   std::lock_guard<std::mutex> lock(sink->mu);
   EXPECT_EQ(sink->finishes, 0);  // refusals never reach the sink
 }

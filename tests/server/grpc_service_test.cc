@@ -402,6 +402,56 @@ TEST_F(GrpcServiceTest, QueueFullIsResourceExhaustedWithRetryHint) {
   ASSERT_TRUE(Unary(MakeProtoRequest({1, 2}, 4), &response, 5s).ok());
 }
 
+// While the model loads, a call is refused UNAVAILABLE with gRPC's retry pushback, and a client
+// under a retry policy whose own backoff would be spent in ~0.15 s (deploy/grpc-service-config.json's
+// attempts, shorter backoffs) waits the server's 500 ms between attempts instead, so a call sent
+// during a ~0.7 s load is answered once the engine is set.
+TEST_F(GrpcServiceTest, LoadingRefusalTellsRetryingClientsWhenToComeBack) {
+  auto executor = std::make_unique<testing::FakeExecutor>(16, 1024, kVocab);
+  auto engine = CreateInferenceEngine(DefaultEngineOptions(), std::move(executor), FakeModelInfo());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  engine_ = std::move(*engine);
+  GrpcServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  auto server = GrpcServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = std::move(*server);
+  stub_ = v1::Inference::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+
+  grpc::ClientContext plain;
+  SetDeadline(&plain, 10s);
+  v1::InferResponse response;
+  const grpc::Status refused = stub_->Infer(&plain, MakeProtoRequest({1, 2}, 2), &response);
+  EXPECT_EQ(refused.error_code(), grpc::UNAVAILABLE);
+  EXPECT_EQ(refused.error_message(), "model is loading; retry later");
+  const auto& trailers = plain.GetServerTrailingMetadata();
+  const auto pushback = trailers.find("grpc-retry-pushback-ms");
+  ASSERT_NE(pushback, trailers.end()) << "no retry pushback on the loading refusal";
+  EXPECT_EQ(std::string(pushback->second.data(), pushback->second.size()), "500");
+
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(R"({"methodConfig": [{"name": [{"service": "glmserve.v1.Inference"}],
+      "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.01s", "maxBackoff": "0.08s",
+                      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})");
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
+  auto retrying =
+      v1::Inference::NewStub(grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), args));
+  std::promise<grpc::Status> answered;
+  std::thread client([&] {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, 10s);
+    v1::InferResponse r;
+    answered.set_value(retrying->Infer(&ctx, MakeProtoRequest({1, 2}, 2), &r));
+  });
+  std::this_thread::sleep_for(700ms);  // the load
+  server_->SetEngine(engine_.get(), 64);
+  server_->SetServing(true);
+  const grpc::Status status = answered.get_future().get();
+  client.join();
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+}
+
 TEST_F(GrpcServiceTest, SixtyFourConcurrentClients) {
   StartServer();
   constexpr int kClients = 64;
