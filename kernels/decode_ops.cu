@@ -177,10 +177,6 @@ __global__ void __launch_bounds__(32) L2PrefetchKernel(const char* __restrict__ 
 // ---- GEMV: each warp owns R output rows and streams their weights once with 16-byte loads ----
 constexpr int kGemvWarps = 8;
 
-// M input rows, R weight rows per warp, U 16-byte loads per lane and row in flight. The weights
-// (which no kernel of a step writes) are read before the wait for the kernel before this one;
-// x and y only after it. Only the first loads go early: asking L2 for the rest of the row as well
-// made a batch-1 step slower (6.08 vs 5.57 ms, H200).
 // The add+RMSNorm a GEMV may do first (NormPrologue): its input row is RMSNorm(residual + delta)
 // * weight, computed by every block into shared memory; block 0 writes residual + delta to
 // residual_out (another buffer: the other blocks still read residual).
@@ -241,8 +237,11 @@ __device__ __forceinline__ void RotaryKvPair(const GemvRotary<T>& a, int64_t f, 
 // caches: the GEMV then RotaryKvWriteCuda, bit for bit.
 enum class GemvEpilogue { kStore, kSwiGlu, kRotaryKv };
 
-// One row: four blocks an SM (32 warps' loads in flight) bound the registers to 64, which the
-// fused prologue and epilogues would pass.
+// M input rows, R weight rows per warp, U 16-byte loads per lane and row in flight. The weights
+// (which no kernel of a step writes) are read before the wait for the kernel before this one;
+// x and y only after it. Only the first loads go early: asking L2 for the rest of the row as well
+// made a batch-1 step slower (6.08 vs 5.57 ms, H200). One row: four blocks an SM (32 warps' loads
+// in flight) bound the registers to 64, which the fused prologue and epilogues would pass.
 template <typename T, int M, int R, int U, GemvEpilogue Epilogue = GemvEpilogue::kStore, bool NormPrologue = false>
 __global__ void __launch_bounds__(kGemvWarps * 32, M == 1 ? 4 : 1)
     GemvKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
