@@ -174,6 +174,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
       .ValueName("K");
   set.Int("debug-stall-ms", &s.stall_ms, 0, kTimeMax, "");
   set.Bool("debug-faults-persist", &f.debug_faults_persist, "faults also apply to rebuilt engines");
+  set.Int("debug-load-delay-ms", &f.debug_load_delay_ms, 0, kTimeMax,
+          "every model load (a supervised child's start, an engine rebuild) waits this long first, "
+          "serving refusals meanwhile: a slow load");
 }
 
 // Moves the staged values into place and checks what concerns several flags.

@@ -64,6 +64,7 @@ struct ServeFlags {
   // Test hooks (off by default): see --help.
   int32_t debug_inject_oom_above = 0;
   bool debug_faults_persist = false;  // faults also apply to rebuilt engines
+  int64_t debug_load_delay_ms = 0;    // every model load waits this long first (a slow load)
 };
 
 // Parses argv (argv[0] is "serve"). INVALID_ARGUMENT names the bad flag and its value; nothing

@@ -138,10 +138,14 @@ def scenario_oom(args):
 
 
 def scenario_supervise_kill(args):
-    t = Tally("SIGKILL child under --supervise, 32 clients with retry policy")
+    # The new child loads for 1.5 s, listening and refusing meanwhile: the calls queued while no
+    # child listened reach it when the channel reconnects (~1 s) and must be retried by the retry
+    # policy (trailers-only refusals, the server's retry pushback), not failed.
+    t = Tally("SIGKILL child under --supervise (1.5 s load), 32 clients with retry policy")
     port = harness.free_port()
     server = harness.Server(args.binary, args.model, ["--supervise", "--restart-backoff-ms", "200",
-                            "--debug-step-latency-ms", "5", "--log-format", "json"], port=port)
+                            "--debug-step-latency-ms", "5", "--debug-load-delay-ms", "1500",
+                            "--log-format", "json"], port=port)
     try:
         child = [e for e in server.events() if e.get("event") == "child_started"][-1]["fields"]["child_pid"]
         hw = harness.HealthWatcher(port)
