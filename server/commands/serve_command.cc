@@ -227,8 +227,9 @@ int RunServe(int argc, char** argv) {
       [&flags, &load_failed, &info, metrics_sink](
           int generation,
           std::function<void(int32_t, const absl::Status&)> heartbeat) -> absl::StatusOr<EngineInstance> {
-    if (flags.debug_load_delay_ms > 0)
+    if (flags.debug_load_delay_ms > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(flags.debug_load_delay_ms));
+    }
     absl::StatusOr<std::unique_ptr<ModelRunner>> runner = ModelRunner::Load(flags.model_dir, flags.load);
     if (!runner.ok()) {
       load_failed = generation == 0;

@@ -336,9 +336,9 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
       if (CheckRequestId(request_id_, service_->options().limits, Dialect::kProto)) request_id_.clear();
     }
     if (request_id_.empty() || bad_id) request_id_ = sessions.NewRequestId();
-    // The request id goes into the initial metadata only with a response (SendsResponse): a
-    // refusal stays trailers-only, which a client's retry policy may retry; a response's headers
-    // commit the call.
+    // The request id goes into the initial metadata only with a response (UnaryCall::OnResult,
+    // StreamCall::Pump): a refusal stays trailers-only, which a client's retry policy may retry;
+    // a response's headers commit the call.
     if (bad_id) return Refuse(*bad_id);
     std::string client;
     if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) {
