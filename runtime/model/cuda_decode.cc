@@ -1346,10 +1346,14 @@ class CudaDecodeRunner {
         // of the element type; otherwise the rotary kernel runs after.
         kernels::GemvRotaryKvArgs rotary = rotary_template;
         const bool three_d = a.positions.defined() && a.positions.dim() == 2;
+        const kernels::RotaryKvShape& rs = rotary_template.shape;
+        const bool rotary_fits = rs.head_dim % 2 == 0 && rs.rotary_dim % 2 == 0 && rs.rotary_dim <= rs.head_dim &&
+                                 (rs.rotary_dim == 0 || rotary_template.inv_freq != nullptr) &&
+                                 out_features == int64_t{rs.num_heads + 2 * rs.num_kv_heads} * rs.head_dim;
         const bool with_rotary =
-            fuse_rotary && a.positions.defined() && a.slots.defined() && a.k_cache.defined() && a.v_cache.defined() &&
-            a.positions.scalar_type() == at::kLong && a.positions.is_contiguous() && a.positions.size(-1) == 1 &&
-            (!three_d || (frequency_component != nullptr && a.positions.size(0) == 3)) &&
+            fuse_rotary && rotary_fits && a.positions.defined() && a.slots.defined() && a.k_cache.defined() &&
+            a.v_cache.defined() && a.positions.scalar_type() == at::kLong && a.positions.is_contiguous() &&
+            a.positions.size(-1) == 1 && (!three_d || (frequency_component != nullptr && a.positions.size(0) == 3)) &&
             a.slots.scalar_type() == at::kLong && a.slots.numel() == 1 && a.k_cache.is_contiguous() &&
             a.v_cache.is_contiguous() && a.k_cache.scalar_type() == residual.scalar_type() &&
             a.v_cache.scalar_type() == residual.scalar_type();
