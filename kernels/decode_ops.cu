@@ -507,13 +507,9 @@ GemvNorm<T> MakeGemvNorm(const void* delta, const void* delta_weight, const void
   return norm;
 }
 
-// The rotary epilogue's pairs must be one head's and cover qkv exactly.
 bool RotaryKvArgsFit(const GemvRotaryKvArgs& a, int64_t n) {
-  const RotaryKvShape& s = a.shape;
   return a.positions != nullptr && a.slot != nullptr && a.k_cache != nullptr && a.v_cache != nullptr &&
-         s.num_heads > 0 && s.num_kv_heads > 0 && s.head_dim > 0 && s.head_dim % 2 == 0 && s.rotary_dim >= 0 &&
-         s.rotary_dim % 2 == 0 && s.rotary_dim <= s.head_dim && (s.rotary_dim == 0 || a.inv_freq != nullptr) &&
-         n == int64_t{s.num_heads + 2 * s.num_kv_heads} * s.head_dim;
+         GemvRotaryKvShapeFits(a.shape, a.inv_freq != nullptr, n);
 }
 }  // namespace
 

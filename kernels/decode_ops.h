@@ -71,6 +71,14 @@ struct GemvRotaryKvArgs {
   void* v_cache = nullptr;
   RotaryKvShape shape;  // head_dim even; tokens and qkv_row_stride are not read
 };
+// Whether the rotary epilogue takes these heads after a qkv projection n wide: each pair inside
+// one head (head_dim even), rotary_dim even and within the head, inverse frequencies wherever
+// anything rotates, n exactly the heads' width.
+inline bool GemvRotaryKvShapeFits(const RotaryKvShape& s, bool has_inv_freq, int64_t n) {
+  return s.num_heads > 0 && s.num_kv_heads > 0 && s.head_dim > 0 && s.head_dim % 2 == 0 && s.rotary_dim >= 0 &&
+         s.rotary_dim % 2 == 0 && s.rotary_dim <= s.head_dim && (s.rotary_dim == 0 || has_inv_freq) &&
+         n == int64_t{s.num_heads + 2 * s.num_kv_heads} * s.head_dim;
+}
 
 // One row's add+RMSNorm and the projection after it in one launch: the GEMV's input is
 // RMSNorm(residual + delta) * norm_weight (delta may be null; delta_weight normalises it first, as

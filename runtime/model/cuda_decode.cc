@@ -1316,7 +1316,6 @@ class CudaDecodeRunner {
     if (Enabled("gemv") && Enabled("norm") && EnvIs("GLMSERVE_CUDA_FUSED_NORM", "1")) {
       const float eps = static_cast<float>(c.rms_norm_eps);
       const bool fuse_swiglu = Enabled("swiglu") && EnvIs("GLMSERVE_CUDA_FUSED_SWIGLU", "1");
-      const bool fuse_rotary = Enabled("rotary") && EnvIs("GLMSERVE_CUDA_FUSED_ROTARY", "1");
       kernels::GemvRotaryKvArgs rotary_template;
       rotary_template.inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
       rotary_template.shape.tokens = 1;
@@ -1326,7 +1325,14 @@ class CudaDecodeRunner {
       rotary_template.shape.rotary_dim = c.rotary_dim;
       const at::Tensor& components = model_.mrope_components();
       const int64_t* frequency_component = components.defined() ? components.data_ptr<int64_t>() : nullptr;
-      k.norm_linear = [type, eps, fuse_swiglu, fuse_rotary, rotary_template, frequency_component](
+      // The model's qkv width, where its heads fit the rotary epilogue (else 0: the rotary kernel after).
+      const int64_t qkv_width = int64_t{c.num_attention_heads + 2 * c.num_key_value_heads} * c.head_dim;
+      const int64_t rotary_qkv_width =
+          Enabled("rotary") && EnvIs("GLMSERVE_CUDA_FUSED_ROTARY", "1") &&
+                  kernels::GemvRotaryKvShapeFits(rotary_template.shape, rotary_template.inv_freq != nullptr, qkv_width)
+              ? qkv_width
+              : 0;
+      k.norm_linear = [type, eps, fuse_swiglu, rotary_qkv_width, rotary_template, frequency_component](
                           const GlmModel::NormLinear& a, at::Tensor& residual) -> GlmModel::FusedProjection {
         const int64_t hidden = residual.dim() == 2 ? residual.size(1) : -1, out_features = a.weight.size(0);
         const int64_t per_chunk = 16 / static_cast<int64_t>(residual.element_size());
@@ -1346,12 +1352,8 @@ class CudaDecodeRunner {
         // of the element type; otherwise the rotary kernel runs after.
         kernels::GemvRotaryKvArgs rotary = rotary_template;
         const bool three_d = a.positions.defined() && a.positions.dim() == 2;
-        const kernels::RotaryKvShape& rs = rotary_template.shape;
-        const bool rotary_fits = rs.head_dim % 2 == 0 && rs.rotary_dim % 2 == 0 && rs.rotary_dim <= rs.head_dim &&
-                                 (rs.rotary_dim == 0 || rotary_template.inv_freq != nullptr) &&
-                                 out_features == int64_t{rs.num_heads + 2 * rs.num_kv_heads} * rs.head_dim;
         const bool with_rotary =
-            fuse_rotary && rotary_fits && a.positions.defined() && a.slots.defined() && a.k_cache.defined() &&
+            out_features == rotary_qkv_width && a.positions.defined() && a.slots.defined() && a.k_cache.defined() &&
             a.v_cache.defined() && a.positions.scalar_type() == at::kLong && a.positions.is_contiguous() &&
             a.positions.size(-1) == 1 && (!three_d || (frequency_component != nullptr && a.positions.size(0) == 3)) &&
             a.slots.scalar_type() == at::kLong && a.slots.numel() == 1 && a.k_cache.is_contiguous() &&
