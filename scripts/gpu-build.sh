@@ -312,11 +312,11 @@ if [ "${GLMSERVE_GPU_FEW_ROWS:-0}" = 1 ]; then
   settings=("GLMSERVE_CUDA_L2_PREFETCH_O_MB=0" "GLMSERVE_CUDA_L2_PREFETCH_O_MB=48" "$all" "$all $early"
             "GLMSERVE_CUDA_FUSED_SWIGLU=1" "GLMSERVE_CUDA_FUSED_NORM=1"
             "GLMSERVE_CUDA_FUSED_NORM=1 GLMSERVE_CUDA_FUSED_SWIGLU=1" "$fused" "$fused $all" "$fused $all $early")
-  few_rows_bench() {  # setting index, batch sizes, max prefetch rows (env runs programs, not bench())
-    # shellcheck disable=SC2086  # a setting is several VAR=value words
-    env ${settings[$1]} GLMSERVE_CUDA_L2_PREFETCH_MAX_ROWS="$3" .gpu/build/bench/decode_bench \
-      --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda --dtype bfloat16 --hbm-gbps "$gbps" \
-      --batch-sizes "$2" 2>/dev/null | tail -n +3 | sed "s/^/setting $1 /" | tee -a "$out/few_rows_decode.md"
+  few_rows_bench() {  # setting index, batch sizes, max prefetch rows
+    # A setting is several VAR=value words, exported in a subshell (env would not run bench()).
+    # shellcheck disable=SC2086
+    (export ${settings[$1]} GLMSERVE_CUDA_L2_PREFETCH_MAX_ROWS="$3"; bench --batch-sizes "$2" 2>/dev/null) |
+      tail -n +3 | sed "s/^/setting $1 /" | tee -a "$out/few_rows_decode.md"
   }
   for i in 0 1 2 3 4 5 6 7 8 9 0 7 8 9; do few_rows_bench $i "${GLMSERVE_FEW_ROWS_BATCHES:-1,8}" 8; done
   # Decode and mixed-step row counts too: attention there reads KV at a third of HBM's rate.
