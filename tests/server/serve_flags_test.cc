@@ -119,6 +119,24 @@ TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
   }
 }
 
+// The slow-load test hook (the chaos suite's supervised restart): off unless asked for; a bad
+// value is refused naming the flag and the value.
+TEST(ServeFlags, LoadDelayHookIsOffByDefaultAndRefusesBadValues) {
+  absl::StatusOr<ServeFlags> plain = Parse({});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->debug_load_delay_ms, 0);
+  absl::StatusOr<ServeFlags> slow = Parse({"--debug-load-delay-ms", "1500"});
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  EXPECT_EQ(slow->debug_load_delay_ms, 1500);
+  for (const char* bad : {"-1", "soon"}) {
+    absl::StatusOr<ServeFlags> f = Parse({"--debug-load-delay-ms", bad});
+    ASSERT_FALSE(f.ok()) << bad;
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument) << f.status();
+    EXPECT_NE(f.status().message().find("--debug-load-delay-ms"), std::string::npos) << f.status();
+    EXPECT_NE(f.status().message().find(bad), std::string::npos) << f.status();
+  }
+}
+
 // Overlapped steps are experimental: off unless asked for.
 TEST(ServeFlags, OverlappedStepsAreOffByDefault) {
   for (const char* device : {"cpu", "cuda"}) {
