@@ -176,14 +176,11 @@ class CublasLtGemm final : public TunedGemm {
 
   bool Run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y, void* workspace,
            void* stream) const override {
-    Plan plan;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = plans_.find(key);
-      if (it == plans_.end() || !it->second.used) return false;
-      plan = it->second;
-    }
-    return Matmul(plan, plan.algo, x, w, bias, y, workspace, static_cast<cudaStream_t>(stream));
+    // Held through the call: the plan's descriptor takes this call's bias pointer.
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = plans_.find(key);
+    if (it == plans_.end() || !it->second.used) return false;
+    return Matmul(it->second, it->second.algo, x, w, bias, y, workspace, static_cast<cudaStream_t>(stream));
   }
 
  private:
@@ -192,12 +189,11 @@ class CublasLtGemm final : public TunedGemm {
            key.n * 2 % kAlignmentBytes == 0 && key.k * 2 % kAlignmentBytes == 0;
   }
 
-  // The bias pointer is a descriptor attribute: set on the plan's descriptor per call, under the
-  // lock, since plans are shared between callers.
+  // The bias pointer is a descriptor attribute, set per call: a plan in plans_ is shared between
+  // callers, so Run holds mu_ around this; Tune's plan is its own until it is stored.
   bool Matmul(const Plan& plan, const cublasLtMatmulAlgo_t& algo, const void* x, const void* w, const void* bias,
               void* y, void* workspace, cudaStream_t stream) const {
     const float one = 1.0f, zero = 0.0f;
-    std::lock_guard<std::mutex> lock(matmul_mu_);
     if (bias != nullptr && cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                           sizeof(bias)) != CUBLAS_STATUS_SUCCESS) {
       return false;
@@ -207,8 +203,7 @@ class CublasLtGemm final : public TunedGemm {
   }
 
   cublasLtHandle_t handle_;
-  mutable std::mutex mu_;         // plans_
-  mutable std::mutex matmul_mu_;  // a plan's descriptor while its bias pointer is set and used
+  mutable std::mutex mu_;  // plans_, and a stored plan's descriptor while Run sets its bias pointer
   std::map<GemmKey, Plan> plans_;
 };
 

@@ -324,14 +324,17 @@ class CudaDecodeRunner {
     int tuned = 0, used = 0;
     for (const GlmModel::Projection& p : projections) {
       const bool lm_head = std::string(p.role) == "lm_head";
+      // A role whose weights the tuned call cannot take alike (one strided, shapes or biases that
+      // differ between layers) stays on ATen's call; the other roles are still tuned.
       std::vector<const void*> weights, biases;
-      for (size_t i = 0; i < p.weights.size(); ++i) {
-        if (!p.weights[i].is_contiguous() || p.weights[i].sizes() != p.weights.front().sizes()) return;
+      bool alike = true;
+      for (size_t i = 0; i < p.weights.size() && alike; ++i) {
+        alike = p.weights[i].is_contiguous() && p.weights[i].sizes() == p.weights.front().sizes();
         weights.push_back(p.weights[i].data_ptr());
         if (p.biases[i].defined()) biases.push_back(p.biases[i].data_ptr());
       }
       const bool bias = !biases.empty();
-      if (bias && biases.size() != weights.size()) return;
+      if (!alike || (bias && biases.size() != weights.size())) continue;
       for (int32_t r : lm_head ? decode_rows : rows) {
         // The lm_head up to the skinny GEMM's rows takes the skinny GEMM (MakeLayerKernels).
         if (lm_head && r <= kSkinnyGemmFasterUpToRows && gemm_workspace_bytes_ > 0) continue;

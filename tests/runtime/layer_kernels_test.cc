@@ -64,16 +64,27 @@ GlmModel::LayerKernels ReferenceKernels(const GlmModel& model) {
   return k;
 }
 
-class LayerKernelsTest : public ::testing::TestWithParam<std::string> {};
+// Each fixture model's config with random fp32 weights on the CPU.
+class LayerKernelsTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<ModelConfig> config = LoadModelConfig(testing::FixtureModelDir(GetParam()).string());
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = *config;
+    absl::StatusOr<std::unique_ptr<GlmModel>> model =
+        GlmModel::BuildRandom(config_, at::kFloat, at::Device(at::kCPU), /*seed=*/5);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *std::move(model);
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<GlmModel> model_;
+};
 
 // Two sequences prefilled together (different lengths, scattered blocks), then two decode steps
 // that read the KV the first steps wrote: logits and caches must match the ATen forward.
 TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(testing::FixtureModelDir(GetParam()).string());
-  ASSERT_TRUE(config.ok()) << config.status();
-  absl::StatusOr<std::unique_ptr<GlmModel>> model = GlmModel::BuildRandom(*config, at::kFloat, at::Device(at::kCPU), 5);
-  ASSERT_TRUE(model.ok()) << model.status();
-  const GlmModel& m = **model;
+  const GlmModel& m = *model_;
   const GlmModel::LayerKernels reference = ReferenceKernels(m);
   KvPool aten_kv = m.AllocateKv(8, 4), kernel_kv = m.AllocateKv(8, 4);
   GenerationParams params;
@@ -106,12 +117,8 @@ TEST_P(LayerKernelsTest, CpuReferenceKernelsReproduceTheAtenForward) {
 // decode steps give the ATen forward's logits and caches; the residual handed to norm_linear is
 // never written; and the prefetches name, in order, the weight each next projection reads.
 TEST_P(LayerKernelsTest, FusedOneRowHooksReproduceTheAtenForward) {
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(testing::FixtureModelDir(GetParam()).string());
-  ASSERT_TRUE(config.ok()) << config.status();
-  absl::StatusOr<std::unique_ptr<GlmModel>> model = GlmModel::BuildRandom(*config, at::kFloat, at::Device(at::kCPU), 5);
-  ASSERT_TRUE(model.ok()) << model.status();
-  const GlmModel& m = **model;
-  const ModelConfig& c = *config;
+  const GlmModel& m = *model_;
+  const ModelConfig& c = config_;
   for (int fusions = 0; fusions < 4; ++fusions) {
     const bool fuse_swiglu = fusions & 1, fuse_rotary = fusions & 2;
     SCOPED_TRACE(::testing::Message() << "SwiGLU fused " << fuse_swiglu << ", rotary fused " << fuse_rotary);
@@ -206,13 +213,9 @@ TEST_P(LayerKernelsTest, FusedOneRowHooksReproduceTheAtenForward) {
 // a layer in layer order, shaped as the config says, biases exactly where the config has them; the
 // weights are the forward's own (zeroing layer 0's o projection through it changes the logits).
 TEST_P(LayerKernelsTest, ProjectionsAreTheForwardsWeightsByRole) {
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(testing::FixtureModelDir(GetParam()).string());
-  ASSERT_TRUE(config.ok()) << config.status();
-  absl::StatusOr<std::unique_ptr<GlmModel>> model = GlmModel::BuildRandom(*config, at::kFloat, at::Device(at::kCPU), 5);
-  ASSERT_TRUE(model.ok()) << model.status();
-  const ModelConfig& c = *config;
+  const ModelConfig& c = config_;
   const int64_t q = int64_t{c.num_attention_heads} * c.head_dim, kv = int64_t{c.num_key_value_heads} * c.head_dim;
-  const std::vector<GlmModel::Projection> roles = (*model)->Projections();
+  const std::vector<GlmModel::Projection> roles = model_->Projections();
   ASSERT_EQ(roles.size(), 5u);
   const std::vector<std::string> names = {"qkv", "o", "gate_up", "down", "lm_head"};
   const std::vector<std::vector<int64_t>> shapes = {{q + 2 * kv, c.hidden_size},
@@ -234,15 +237,15 @@ TEST_P(LayerKernelsTest, ProjectionsAreTheForwardsWeightsByRole) {
       }
     }
   }
-  KvPool kv_pool = (*model)->AllocateKv(4, 4);
+  KvPool kv_pool = model_->AllocateKv(4, 4);
   GenerationParams params;
   std::vector<SequenceStep> batch(1);
   batch[0].tokens = {3, 1, 4};
   batch[0].block_table = {1};
   batch[0].params = &params;
-  const at::Tensor before = (*model)->EagerForward(batch, kv_pool, {});
+  const at::Tensor before = model_->EagerForward(batch, kv_pool, {});
   roles[1].weights[0].zero_();
-  const at::Tensor after = (*model)->EagerForward(batch, kv_pool, {});
+  const at::Tensor after = model_->EagerForward(batch, kv_pool, {});
   EXPECT_FALSE(at::allclose(before, after)) << "the o projection given is not the one the forward uses";
 }
 
