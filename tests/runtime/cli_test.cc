@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -10,25 +9,18 @@
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/testutil/run_binary.h"
+#include "tests/runtime/cli_test_support.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+using glmserve::testing::Fixtures;
+using glmserve::testing::Glmserve;
+using glmserve::testing::Join;
+using glmserve::testing::ReadJson;
 using glmserve::testing::RunResult;
-
-RunResult Glmserve(const std::vector<std::string>& args) { return glmserve::testing::RunBinary(GLMSERVE_BINARY, args); }
-
-fs::path Fixtures() { return fs::path(GLMSERVE_FIXTURES_DIR); }
-
-json ReadJson(const fs::path& p) {
-  std::ifstream in(p);
-  return json::parse(in);
-}
-
-std::string Join(const json& ids) { return absl::StrJoin(ids.get<std::vector<int>>(), ","); }
 
 TEST(GenerateCli, JsonOutputMatchesTransformers) {
   for (const char* name : {"glm4-gqa-safetensors", "chatglm3-fp16-bin-sharded"}) {
@@ -159,8 +151,8 @@ TEST(InspectCli, MissingDirectoryAndUsage) {
 
 TEST(TokenizeCli, IdsMatchTheReferenceAndErrorsNameTheFlag) {
   const std::string tiny = (Fixtures().parent_path().parent_path() / "models" / "glm4-tiny").string();
-  const auto expected = nlohmann::json::parse(std::ifstream(Fixtures() / "tokenizer" / "expected.json"));
-  const auto corpus = nlohmann::json::parse(std::ifstream(Fixtures() / "tokenizer" / "corpus.json"));
+  const auto expected = ReadJson(Fixtures() / "tokenizer" / "expected.json");
+  const auto corpus = ReadJson(Fixtures() / "tokenizer" / "corpus.json");
   RunResult r = Glmserve({"tokenize", "--model", tiny, "--text", corpus[5].get<std::string>(), "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto out = nlohmann::json::parse(r.out);

@@ -7,33 +7,24 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/testutil/run_binary.h"
+#include "tests/runtime/cli_test_support.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+using glmserve::testing::Fixtures;
+using glmserve::testing::Glmserve;
+using glmserve::testing::Join;
+using glmserve::testing::ReadJson;
 using glmserve::testing::RunResult;
-
-RunResult Glmserve(const std::vector<std::string>& args) { return glmserve::testing::RunBinary(GLMSERVE_BINARY, args); }
-
-fs::path Fixtures() { return fs::path(GLMSERVE_FIXTURES_DIR); }
-
-json ReadJson(const fs::path& p) {
-  std::ifstream in(p);
-  return json::parse(in);
-}
-
-std::string Join(const json& ids) { return absl::StrJoin(ids.get<std::vector<int>>(), ","); }
 
 fs::path Glm4v() { return Fixtures() / "glm4v"; }
 
