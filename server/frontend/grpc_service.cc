@@ -417,13 +417,21 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
   }
 
   // Client went away or cancelled: free the engine slot. Never under mu_.
-  void CancelInEngine() {
+  // `why`: CANCELLED (the client cancelled or went away), or DEADLINE_EXCEEDED where gRPC cancelled
+  // the call at its deadline (TransportCancelCode).
+  void CancelInEngine(absl::StatusCode why = absl::StatusCode::kCancelled) {
     std::shared_ptr<RequestSession> session;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!engine_done_) session = session_;
     }
-    if (session != nullptr) session->Cancel();
+    if (session != nullptr) session->Cancel(why);
+  }
+  // What an OnCancel means: gRPC cancels a call itself when its deadline passes, as it does when
+  // the client cancels; past the deadline it is counted DEADLINE_EXCEEDED, as the client sees it.
+  absl::StatusCode TransportCancelCode() const {
+    return ctx_->deadline() <= std::chrono::system_clock::now() ? absl::StatusCode::kDeadlineExceeded
+                                                                : absl::StatusCode::kCancelled;
   }
 
   InferenceServiceImpl* const service_;
@@ -462,7 +470,7 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
     return call.get();
   }
 
-  void OnCancel() override { CancelInEngine(); }
+  void OnCancel() override { CancelInEngine(TransportCancelCode()); }
   void OnDone() override {
     CheckDone();
     ReleaseQuota();
@@ -524,7 +532,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
       broken_ = true;
       pending_.clear();
     }
-    CancelInEngine();
+    CancelInEngine(TransportCancelCode());
     Pump();
   }
   void OnDone() override {

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "server/request/request_validation.h"
 
@@ -41,6 +42,13 @@ const char* TypeName(const json& v) {
 
 Refusal WrongType(const std::string& path, const json& v, const char* expected) {
   return Bad(path, absl::StrCat("expected ", expected, ", got ", TypeName(v)), RefusalKind::kInvalidType);
+}
+
+// e.what() without the library's "[json.exception.parse_error.101] " prefix.
+std::string WithoutExceptionId(const json::exception& e) {
+  std::string what = e.what();
+  const size_t at = what.find("] ");
+  return at == std::string::npos ? what : what.substr(at + 2);
 }
 
 // Nesting depth outside strings, without building anything (a guard before the real parse).
@@ -84,8 +92,13 @@ std::optional<Refusal> GetInt(const json& body, const char* key, int64_t lo, int
   if (it == body.end() || it->is_null()) return std::nullopt;
   if (!it->is_number_integer()) {
     if (it->is_number_float()) {
+      // 3.0, or an integer literal past 64 bits (JSON numbers have no size; the parser keeps those
+      // as doubles). hi + 1 as a double: INT64_MAX itself rounds up to 2^63, which is out.
       const double d = it->get<double>();
-      if (std::isfinite(d) && d == std::floor(d) && d >= static_cast<double>(lo) && d <= static_cast<double>(hi)) {
+      if (std::isfinite(d) && d == std::floor(d)) {
+        if (d < static_cast<double>(lo) || d >= static_cast<double>(hi) + 1.0) {
+          return Bad(key, absl::StrCat(it->dump(), " is outside [", lo, ", ", hi, "]"));
+        }
         *out = static_cast<int64_t>(d);
         return std::nullopt;
       }
@@ -106,6 +119,94 @@ std::optional<Refusal> GetBool(const json& body, const char* key, bool* out) {
   if (it == body.end() || it->is_null()) return std::nullopt;
   if (!it->is_boolean()) return WrongType(key, *it, "a boolean");
   *out = it->get<bool>();
+  return std::nullopt;
+}
+
+// The fields each route reads, and those it accepts knowing they change no output (user,
+// metadata, store, service_tier). Anything else is refused naming it: a field silently dropped
+// would break what the client asked for (logit_bias, a vLLM extra this server lacks).
+std::optional<Refusal> UnknownField(ApiKind kind, const json& body) {
+  static constexpr std::string_view kEither[] = {"model",
+                                                 "max_tokens",
+                                                 "temperature",
+                                                 "top_p",
+                                                 "top_k",
+                                                 "seed",
+                                                 "n",
+                                                 "frequency_penalty",
+                                                 "presence_penalty",
+                                                 "repetition_penalty",
+                                                 "min_tokens",
+                                                 "ignore_eos",
+                                                 "mm_processor_kwargs",
+                                                 "stop",
+                                                 "stop_token_ids",
+                                                 "stream",
+                                                 "stream_options",
+                                                 "return_token_ids",
+                                                 "logprobs",
+                                                 "top_logprobs",
+                                                 "tools",
+                                                 "tool_choice",
+                                                 "functions",
+                                                 "function_call",
+                                                 "parallel_tool_calls",
+                                                 "response_format",
+                                                 "logit_bias",
+                                                 "skip_special_tokens",
+                                                 "user",
+                                                 "metadata",
+                                                 "store",
+                                                 "service_tier"};
+  static constexpr std::string_view kChatOnly[] = {"messages", "max_completion_tokens"};
+  static constexpr std::string_view kCompletionOnly[] = {"prompt", "echo", "best_of", "suffix"};
+  auto listed = [](const auto& names, const std::string& key) {
+    return std::find(std::begin(names), std::end(names), key) != std::end(names);
+  };
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    const std::string& key = it.key();
+    if (listed(kEither, key) || (kind == ApiKind::kChat ? listed(kChatOnly, key) : listed(kCompletionOnly, key))) {
+      continue;
+    }
+    return Bad(key,
+               absl::StrCat("unknown field for ", kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions"),
+               RefusalKind::kUnsupportedParameter);
+  }
+  return std::nullopt;
+}
+
+// Fields accepted only at the value that changes nothing here: logit_bias {}, top_logprobs 0,
+// tool_choice / function_call "none" or "auto" (no tools can be given), skip_special_tokens true.
+std::optional<Refusal> NoOpOnly(const json& body) {
+  if (auto it = body.find("logit_bias"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) return WrongType("logit_bias", *it, "an object");
+    if (!it->empty()) return Bad("logit_bias", "token biases are not supported", RefusalKind::kUnsupportedParameter);
+  }
+  if (auto it = body.find("top_logprobs"); it != body.end() && !it->is_null()) {
+    if (!it->is_number_integer()) return WrongType("top_logprobs", *it, "an integer");
+    if (it->get<int64_t>() != 0) return Bad("top_logprobs", "not supported", RefusalKind::kUnsupportedParameter);
+  }
+  for (const char* key : {"tool_choice", "function_call"}) {
+    auto it = body.find(key);
+    if (it == body.end() || it->is_null()) continue;
+    if (!it->is_string() && !it->is_object()) return WrongType(key, *it, "a string or an object");
+    if (it->is_object() ||
+        (it->get_ref<const std::string&>() != "none" && it->get_ref<const std::string&>() != "auto")) {
+      return Bad(key, "tool calling is not supported (only \"none\" or \"auto\")", RefusalKind::kUnsupportedParameter);
+    }
+  }
+  if (auto it = body.find("functions"); it != body.end() && !it->is_null()) {
+    if (!it->is_array()) return WrongType("functions", *it, "an array");
+    if (!it->empty()) return Bad("functions", "function calling is not supported", RefusalKind::kUnsupportedParameter);
+  }
+  bool flag = false;
+  if (auto e = GetBool(body, "parallel_tool_calls", &flag)) return e;
+  flag = true;
+  if (auto e = GetBool(body, "skip_special_tokens", &flag)) return e;
+  if (!flag) {
+    return Bad("skip_special_tokens", "only true is supported (special tokens are never in the text)",
+               RefusalKind::kUnsupportedParameter);
+  }
   return std::nullopt;
 }
 
@@ -258,7 +359,7 @@ std::string HttpErrorBody(const HttpError& error) {
   return json{{"error", e}}.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out) {
+std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out, int32_t max_tokens_cap) {
   out->kind = kind;
   if (MaxDepth(body) > kMaxJsonDepth) {
     return Bad("", absl::StrCat("request body nests deeper than ", kMaxJsonDepth, " levels"),
@@ -268,17 +369,16 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   try {
     parsed = json::parse(body);
   } catch (const json::parse_error& e) {
-    // e.what(): "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ..."
-    std::string what = e.what();
-    const size_t at = what.find("] ");
-    if (at != std::string::npos) what = what.substr(at + 2);
-    return Bad("", absl::StrCat("invalid JSON at byte ", e.byte, ": ", what), RefusalKind::kInvalidJson);
-  } catch (const std::exception& e) {
-    return Bad("", absl::StrCat("invalid JSON: ", e.what()), RefusalKind::kInvalidJson);
+    return Bad("", absl::StrCat("invalid JSON at byte ", e.byte, ": ", WithoutExceptionId(e)),
+               RefusalKind::kInvalidJson);
+  } catch (const json::exception& e) {  // a number too large for a double (1e309)
+    return Bad("", absl::StrCat("invalid JSON: ", WithoutExceptionId(e)), RefusalKind::kInvalidJson);
   }
   if (!parsed.is_object())
     return Bad("", absl::StrCat("request body must be a JSON object, got ", TypeName(parsed)),
                RefusalKind::kInvalidType);
+  if (auto e = UnknownField(kind, parsed)) return e;
+  if (auto e = NoOpOnly(parsed)) return e;
 
   if (auto it = parsed.find("model"); it == parsed.end() || it->is_null()) {
     return Bad("model", "missing", RefusalKind::kMissingParameter);
@@ -300,15 +400,16 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
       !parsed["max_completion_tokens"].is_null()) {
     max_key = "max_completion_tokens";
   }
-  if (auto e = GetInt(parsed, max_key, 1, std::numeric_limits<int32_t>::max(), &max_tokens)) return e;
+  if (auto e = GetInt(parsed, max_key, 1, max_tokens_cap, &max_tokens)) return e;
   if (max_tokens) request.max_new_tokens = static_cast<int32_t>(*max_tokens);
 
   std::optional<double> temperature, top_p, freq, presence;
   if (auto e = GetNumber(parsed, "temperature", 0.0, 2.0, &temperature)) return e;
   if (temperature) request.temperature = static_cast<float>(*temperature);
-  if (auto e = GetNumber(parsed, "top_p", 0.0, 1.0, &top_p)) return e;
+  const double inf = std::numeric_limits<double>::infinity();
+  if (auto e = GetNumber(parsed, "top_p", -inf, inf, &top_p)) return e;
   if (top_p) {
-    if (*top_p <= 0.0) return Bad("top_p", absl::StrCat(*top_p, " is outside (0, 1]"));
+    if (!(*top_p > 0.0 && *top_p <= 1.0)) return Bad("top_p", absl::StrCat(*top_p, " is outside (0, 1]"));
     request.top_p = static_cast<float>(*top_p);
   }
   if (auto e = GetNumber(parsed, "frequency_penalty", kMinOpenAiPenalty, kMaxOpenAiPenalty, &freq)) return e;
@@ -317,7 +418,6 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (presence) request.presence_penalty = static_cast<float>(*presence);
   // vLLM's extra sampling parameter: 1 = off; unlike the proto, 0 is refused (not "unset").
   std::optional<double> repetition;
-  const double inf = std::numeric_limits<double>::infinity();
   if (auto e = GetNumber(parsed, "repetition_penalty", -inf, inf, &repetition)) {
     if (e->kind != RefusalKind::kInvalidType) {  // NaN/inf cannot come from JSON; kept for safety
       e->message = absl::StrCat("repetition_penalty: must be in (0, ", kMaxRepetitionPenalty, "] (1 = off)");
@@ -361,7 +461,7 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     return e;
   if (seed) request.seed = static_cast<uint64_t>(*seed);
   if (auto e = GetInt(parsed, "n", 1, 1, &n)) {
-    e->message = "n: only n = 1 is supported";
+    if (e->kind == RefusalKind::kInvalidValue) e->message = "n: only n = 1 is supported";
     return e;
   }
   if (auto e = GetInt(parsed, "top_k", 0, std::numeric_limits<int32_t>::max(), &top_k)) return e;
@@ -378,6 +478,22 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     } else {
       return WrongType("stop", *it, "a string or an array of strings");
     }
+  }
+
+  // vLLM's stop_token_ids: ids that end the output besides the model's own end ids.
+  if (auto it = parsed.find("stop_token_ids"); it != parsed.end() && !it->is_null()) {
+    if (!it->is_array()) return WrongType("stop_token_ids", *it, "an array of token ids");
+    for (size_t i = 0; i < it->size(); ++i) {
+      const json& v = (*it)[i];
+      const std::string path = absl::StrCat("stop_token_ids[", i, "]");
+      if (!v.is_number_integer()) return WrongType(path, v, "an integer token id");
+      if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())
+                                 : (v.get<int64_t>() < 0 || v.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
+        return Bad(path, absl::StrCat(v.dump(), " is not a token id"));
+      }
+      request.stop_token_ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
+    }
+    request.stop_token_ids_add_to_defaults = true;
   }
 
   if (auto e = GetBool(parsed, "stream", &out->stream)) return e;
@@ -406,7 +522,7 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     if (echo) return Bad("echo", "not supported", RefusalKind::kUnsupportedParameter);
     std::optional<int64_t> best_of;
     if (auto e = GetInt(parsed, "best_of", 1, 1, &best_of)) {
-      e->message = "best_of: only best_of = 1 is supported";
+      if (e->kind == RefusalKind::kInvalidValue) e->message = "best_of: only best_of = 1 is supported";
       return e;
     }
     if (auto it = parsed.find("suffix"); it != parsed.end() && !it->is_null()) {
@@ -484,6 +600,10 @@ HttpError ToHttpError(const Refusal& refusal) {
       e.status = 408;
       e.code = "request_timeout";
       break;
+    case RefusalKind::kHeaderTooLarge:
+      e.status = 431;
+      e.code = "request_header_fields_too_large";
+      break;
     case RefusalKind::kUnauthenticated:
       e.status = 401;
       e.code = "invalid_api_key";
@@ -531,8 +651,11 @@ std::optional<Refusal> ParseTimeout(const std::string& text, const std::string& 
   } else if (number.size() > 1 && number.back() == 's') {
     number.pop_back();
   }
+  // Digits and a point only: strtod alone would also take "0x10", "inf" and leading spaces.
+  const bool decimal =
+      std::all_of(number.begin(), number.end(), [](char c) { return absl::ascii_isdigit(c) || c == '.'; });
   char* end = nullptr;
-  const double v = number.empty() ? -1 : std::strtod(number.c_str(), &end);
+  const double v = number.empty() || !decimal ? -1 : std::strtod(number.c_str(), &end);
   if (number.empty() || end == nullptr || *end != '\0' || !std::isfinite(v) || v <= 0 || v * scale > 86400e3) {
     return Bad(param,
                absl::StrCat("'", text.substr(0, 64), "' is not a timeout in (0, 86400] seconds (e.g. 2.5, 300ms)"));

@@ -93,6 +93,11 @@ namespace {
 using State = HttpServer::State;
 using Clock = std::chrono::steady_clock;
 
+// A request head's limits (431 and the connection closed past them): Apache's default field count
+// (LimitRequestFields 100); 64 KiB in all, eight of httplib's longest lines (8,192 bytes).
+constexpr int64_t kMaxHeaderFields = 100;
+constexpr int64_t kMaxHeadBytes = 64 * 1024;
+
 int PollFd(int fd, short events, int64_t timeout_ms) {
   pollfd p{fd, events, 0};
   const auto end = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, timeout_ms));
@@ -189,7 +194,7 @@ class Connection final : public httplib::Stream {
   bool is_readable() const override { return buffered() > 0 || PollFd(fd_, POLLIN, ReadWaitMs()) > 0; }
   bool is_writable() const override { return PollFd(fd_, POLLOUT, write_timeout_ms_) > 0; }
   ssize_t read(char* ptr, size_t size) override {
-    if (size == 0) return 0;
+    if (size == 0 || head_too_large_) return head_too_large_ ? -1 : 0;
     if (pos_ == len_) {
       const ssize_t n = ssl_ != nullptr ? FillTls() : FillPlain();
       if (n <= 0) return n;
@@ -197,11 +202,14 @@ class Connection final : public httplib::Stream {
       len_ = static_cast<size_t>(n);
     }
     const size_t n = std::min(size, len_ - pos_);
+    if (in_head_ && !CountHead(buf_ + pos_, n)) return -1;
     std::memcpy(ptr, buf_ + pos_, n);
     pos_ += n;
     return static_cast<ssize_t>(n);
   }
   ssize_t write(const char* ptr, size_t size) override {
+    // httplib's own 400 for a head cut off at its limits: dropped, the 431 goes out instead.
+    if (head_too_large_) return static_cast<ssize_t>(size);
     if (ssl_ != nullptr) return WriteTls(ptr, size, Clock::now() + std::chrono::milliseconds(write_timeout_ms_));
     if (!is_writable()) return -1;
     ssize_t n;
@@ -215,13 +223,23 @@ class Connection final : public httplib::Stream {
   void get_local_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, false, ip, port); }
   socket_t socket() const override { return fd_; }
 
-  // A new request: its head and body must arrive by `deadline`.
+  // A new request: its head and body must arrive by `deadline`; its head (request line and header
+  // fields) is at most kMaxHeadBytes and kMaxHeaderFields fields.
   void BeginRequest(Clock::time_point deadline) {
     deadline_ = deadline;
     timed_out_ = false;
     close_after_ = false;
     written_ = 0;
+    in_head_ = true;
+    head_too_large_ = false;
+    head_bytes_ = 0;
+    head_lines_ = 0;
   }
+  // The request's head was parsed (httplib routes it): what follows is its body, or the next
+  // request. A request that never gets here was malformed, and nothing after it can be framed.
+  void EndHead() { in_head_ = false; }
+  bool head_parsed() const { return !in_head_; }
+  bool head_too_large() const { return head_too_large_; }
   void EndRead() { deadline_ = Clock::time_point::max(); }
   void CloseAfter() { close_after_ = true; }
   bool close_after() const { return close_after_; }
@@ -356,6 +374,16 @@ class Connection final : public httplib::Stream {
   void NoteTlsError(const char* stage, const std::string& why) {
     if (tls_error_.empty()) tls_error_ = absl::StrCat(stage, ": ", why);
   }
+  // Counts [data, data + n) against the head's limits; false (and head_too_large()) past them. httplib
+  // reads a head byte by byte and keeps every field (a 45 MB head of 3 million fields took ~330 MB),
+  // so the limits are what bound a connection's memory before its body.
+  bool CountHead(const char* data, size_t n) {
+    head_bytes_ += n;
+    head_lines_ += static_cast<int64_t>(std::count(data, data + n, '\n'));
+    // The request line and the blank line that ends the head are lines too.
+    head_too_large_ = head_bytes_ > kMaxHeadBytes || head_lines_ > kMaxHeaderFields + 2;
+    return !head_too_large_;
+  }
   int64_t ReadWaitMs() const {
     constexpr int64_t kPerRead = 30'000;  // no deadline (after the body): as httplib's read timeout
     if (deadline_ == Clock::time_point::max()) return kPerRead;
@@ -373,6 +401,10 @@ class Connection final : public httplib::Stream {
   bool close_after_ = false;
   bool fatal_ = false;
   int64_t written_ = 0;
+  bool in_head_ = false;
+  bool head_too_large_ = false;
+  int64_t head_bytes_ = 0;
+  int64_t head_lines_ = 0;
   std::string tls_error_;
 };
 
@@ -470,6 +502,23 @@ class ApiHttpServer final : public httplib::Server {
       tls_connection = &conn;
       ok = process_request(conn, last, closed, [&ssl](httplib::Request& req) { req.ssl = ssl.get(); });
       tls_connection = nullptr;
+      if (conn.head_too_large()) {
+        const Refusal refusal = MakeRefusal(
+            absl::StatusCode::kInvalidArgument, RefusalKind::kHeaderTooLarge,
+            absl::StrCat("request head over ", kMaxHeadBytes, " bytes or ", kMaxHeaderFields, " header fields"));
+        const HttpError e = ToHttpError(refusal);
+        if (conn.written() == 0) conn.SendRaw(RawResponse(431, "Request Header Fields Too Large", e));
+        conn.CloseAfter();
+        if (o.log_requests) {
+          LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
+                   {{"status", CodeName(refusal.code)}, {"http_status", e.status}, {"message", e.message}});
+        }
+        break;
+      }
+      // httplib answered a head it could not parse (400, 414) itself: where the next request would
+      // start is unknown, so the connection ends (reading on would take the rest of these bytes as
+      // requests of their own).
+      if (ok && !conn.head_parsed() && conn.written() > 0) break;
       if (!ok && conn.timed_out() && conn.written() == 0) {
         const Refusal refusal = MakeRefusal(
             absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
@@ -703,6 +752,57 @@ void RefuseAndClose(State& state, const std::string& request_id, const std::stri
   SetError(res, e);
 }
 
+// A body whose end the head does not say unambiguously (RFC 9112 6.3): Content-Length not a plain
+// decimal, given twice with different values, or beside Transfer-Encoding; a transfer coding other
+// than chunked. A proxy in front may frame such a request otherwise than this server would (request
+// smuggling), so it is refused and the connection closed.
+std::optional<Refusal> BodyFramingRefusal(const httplib::Request& req) {
+  auto bad = [](std::string message) {
+    return MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kBadRequest, std::move(message));
+  };
+  const size_t lengths = req.get_header_value_count("Content-Length");
+  std::string first;
+  for (size_t i = 0; i < lengths; ++i) {
+    const std::string value = req.get_header_value("Content-Length", i);
+    if (value.empty() || value.size() > 19 || !std::all_of(value.begin(), value.end(), absl::ascii_isdigit)) {
+      return bad(absl::StrCat("Content-Length: '", value.substr(0, 64), "' is not a byte count"));
+    }
+    if (i == 0) first = value;
+    if (value != first) {
+      return bad(absl::StrCat("Content-Length given twice with different values (", first, ", ", value, ")"));
+    }
+  }
+  if (req.has_header("Transfer-Encoding")) {
+    if (lengths > 0) return bad("both Content-Length and Transfer-Encoding given");
+    const std::string coding = req.get_header_value("Transfer-Encoding");
+    if (req.get_header_value_count("Transfer-Encoding") > 1 ||
+        absl::AsciiStrToLower(absl::StripAsciiWhitespace(coding)) != "chunked") {
+      return bad(absl::StrCat("Transfer-Encoding: '", coding.substr(0, 64), "' is not supported (only chunked)"));
+    }
+  }
+  return std::nullopt;
+}
+
+// POST /v1/* takes application/json only (415: a browser's cross-origin "simple" POST is
+// text/plain, form or multipart, so it never reaches a handler), and a Content-Length over the
+// limit is refused unread (413). After BodyFramingRefusal: the length is a plain decimal.
+std::optional<Refusal> ApiHeadRefusal(const httplib::Request& req, int64_t max_body_bytes) {
+  const std::string type = req.get_header_value("Content-Type");
+  const std::string media = absl::AsciiStrToLower(absl::StripAsciiWhitespace(type.substr(0, type.find(';'))));
+  if (media != "application/json") {
+    return MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kUnsupportedMediaType,
+                       type.empty() ? "Content-Type: missing; the API takes application/json"
+                                    : absl::StrCat("Content-Type: '", type, "' is not application/json"));
+  }
+  const std::string length = req.get_header_value("Content-Length");
+  if (!length.empty() && std::strtoull(length.c_str(), nullptr, 10) > static_cast<unsigned long long>(max_body_bytes)) {
+    return MakeRefusal(
+        absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
+        absl::StrCat("request body of ", length, " bytes exceeds --max-message-bytes (", max_body_bytes, " bytes)"));
+  }
+  return std::nullopt;
+}
+
 Refusal ShutDownRefusal() {
   return MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable,
                      "server shut down before the request finished");
@@ -765,7 +865,7 @@ class Handler {
     }
 
     ApiRequest api;
-    if (auto e = ParseApiRequest(kind, body, &api)) return refuse(*e);
+    if (auto e = ParseApiRequest(kind, body, &api, state_->options.limits.max_new_tokens_cap)) return refuse(*e);
 
     bool stopping = false;
     bool serving = false;
@@ -904,7 +1004,9 @@ class Handler {
     return error;
   }
 
-  // Waits for the result; the listener's shutdown ends the wait with 503.
+  // Waits for the result; the listener's shutdown ends the wait with 503, and a client that closes
+  // its connection cancels the request (as a stream's failed write does): its engine slot, serving
+  // slot and place under the client cap are freed now, not when the unread answer is done.
   void Unary(const std::shared_ptr<Call>& call, const ApiRequest& api, const std::string& id, int64_t created,
              httplib::Response& res) {
     RequestResult result;
@@ -919,6 +1021,18 @@ class Handler {
           return;
         }
         call->cv.wait_for(lock, std::chrono::milliseconds(100));
+        if (call->done || tls_connection == nullptr) continue;
+        lock.unlock();
+        const bool gone = tls_connection->PeerClosed();
+        lock.lock();
+        if (gone && !call->done) {
+          lock.unlock();
+          call->Cancel();
+          tls_connection->CloseAfter();
+          SetError(res, ToHttpError(MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled,
+                                                "client closed the connection before the answer")));
+          return;
+        }
       }
       result = call->result;
       text = call->text;
@@ -1134,32 +1248,18 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   };
   svr.Post("/v1/chat/completions", api_route(ApiKind::kChat));
   svr.Post("/v1/completions", api_route(ApiKind::kCompletion));
-  // Before the body is read: POST /v1/* takes application/json only (415: a browser's
-  // cross-origin "simple" POST is text/plain, form or multipart, so it never reaches a handler),
-  // and a Content-Length over the limit is refused unread (413). GETs have no body: their read
-  // deadline ends here.
+  // Once the head is parsed, before the body is read: an ambiguous body length is refused on any
+  // route (BodyFramingRefusal), the API's media type and body size checked (ApiHeadRefusal), each
+  // answered and the connection closed. GETs have no body: their read deadline ends here.
   svr.set_pre_routing_handler([state](const httplib::Request& req, httplib::Response& res) {
-    if (req.method != "POST" || (req.path != "/v1/chat/completions" && req.path != "/v1/completions")) {
+    if (tls_connection != nullptr) tls_connection->EndHead();
+    std::optional<Refusal> e = BodyFramingRefusal(req);
+    const bool api = req.method == "POST" && (req.path == "/v1/chat/completions" || req.path == "/v1/completions");
+    if (!e && !api) {
       if (req.method == "GET" && tls_connection != nullptr) tls_connection->EndRead();
       return httplib::Server::HandlerResponse::Unhandled;
     }
-    std::optional<Refusal> e;
-    const std::string type = req.get_header_value("Content-Type");
-    const std::string media = absl::AsciiStrToLower(absl::StripAsciiWhitespace(type.substr(0, type.find(';'))));
-    if (media != "application/json") {
-      e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kUnsupportedMediaType,
-                      type.empty() ? "Content-Type: missing; the API takes application/json"
-                                   : absl::StrCat("Content-Type: '", type, "' is not application/json"));
-    } else if (req.has_header("Content-Length")) {
-      const std::string length = req.get_header_value("Content-Length");
-      char* end = nullptr;
-      const unsigned long long n = std::strtoull(length.c_str(), &end, 10);
-      if (n > static_cast<unsigned long long>(state->options.max_body_bytes)) {
-        e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
-                        absl::StrCat("request body of ", length, " bytes exceeds --max-message-bytes (",
-                                     state->options.max_body_bytes, " bytes)"));
-      }
-    }
+    if (!e) e = ApiHeadRefusal(req, state->options.max_body_bytes);
     if (!e) return httplib::Server::HandlerResponse::Unhandled;
     RefuseAndClose(*state, RequestIdOf(*state, req), req.path, *e, res);
     return httplib::Server::HandlerResponse::Handled;

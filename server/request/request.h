@@ -77,6 +77,9 @@ struct GenerateRequest {
   float repetition_penalty = 0.0f;  // 0 = unset = 1
   std::vector<std::string> stop;    // stop strings (need the tokenizer)
   std::vector<int32_t> stop_token_ids;
+  // stop_token_ids end the output besides the model's default stop ids (the OpenAI API's vLLM
+  // field), instead of replacing them (the proto's).
+  bool stop_token_ids_add_to_defaults = false;
 
   std::string request_id;  // as the client sent it ("" = none); checked by ValidateRequestId
   // Absolute; max() = none. Set by the front end (gRPC deadline, HTTP timeout, or the default).
@@ -123,6 +126,7 @@ enum class RefusalKind {
   kUnsupportedMediaType,  // HTTP: POST body not application/json
   kNotFound,              // HTTP: no such route
   kRequestTimeout,        // HTTP: head and body not in within --http-read-timeout-ms
+  kHeaderTooLarge,        // HTTP: a request head over its size or field-count limit
   // Who asks and how much.
   kUnauthenticated,     // no or a wrong API key
   kClientQuota,         // over --max-requests-per-client

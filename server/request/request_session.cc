@@ -47,9 +47,17 @@ RequestSession::RequestSession(RequestSessions* hub, SessionInfo info, Inference
 
 RequestSession::~RequestSession() = default;
 
-void RequestSession::Cancel() {
-  client_cancelled_ = true;
+void RequestSession::Cancel(absl::StatusCode why) {
+  client_end_ = why;
   if (!done_) engine_->Cancel(engine_id_);  // unknown or finished ids are ignored by the engine
+}
+
+absl::StatusCode RequestSession::EndCode(const RequestResult& result) const {
+  const absl::StatusCode engine = result.status.code();
+  const absl::StatusCode client = client_end_;
+  if (engine == absl::StatusCode::kOk || client == absl::StatusCode::kOk) return engine;
+  // The engine's own deadline and the transport's may both end a call: either way it is a deadline.
+  return engine == absl::StatusCode::kDeadlineExceeded ? engine : client;
 }
 
 void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
@@ -153,9 +161,11 @@ void RequestSession::Finish(RequestResult result) {
     text = text_->text();
   }
   hub_->Unregister(engine_id_);
-  const char* code = client_cancelled_ && !result.status.ok() ? CodeName(absl::StatusCode::kCancelled)
-                                                              : CodeName(result.status.code());
-  hub_->LogFinished(*this, result, code);
+  const absl::StatusCode end = EndCode(result);
+  if (end == absl::StatusCode::kDeadlineExceeded && result.finish_reason == FinishReason::kCancelled) {
+    result.finish_reason = FinishReason::kDeadline;  // the transport's deadline cancelled it
+  }
+  hub_->LogFinished(*this, result, CodeName(end));
   // Let go of the sink: it holds this session too (to cancel it) until it is done.
   std::shared_ptr<SessionSink> sink = std::move(sink_);
   sink->OnFinish(result, tail, text);
@@ -349,7 +359,8 @@ void RequestSessions::LogFinished(const RequestSession& session, const RequestRe
   AddImageFields(session.images_, /*with_times=*/false, &fields);
   if (!result.status.ok()) fields["message"] = std::string(result.status.message());
   const bool failed = !result.status.ok() && result.status.code() != absl::StatusCode::kCancelled &&
-                      result.status.code() != absl::StatusCode::kDeadlineExceeded && !session.client_cancelled_;
+                      result.status.code() != absl::StatusCode::kDeadlineExceeded &&
+                      session.client_end_ == absl::StatusCode::kOk;
   LogEvent(failed ? LogLevel::kWarn : LogLevel::kInfo, "request_finished", session.info_.request_id, "request finished",
            fields);
 }

@@ -105,9 +105,11 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   ~RequestSession();
   const std::string& request_id() const { return info_.request_id; }
   const std::string& engine_id() const { return engine_id_; }
-  // The client went away: the engine frees the slot; a failed result is counted CANCELLED.
-  // Any thread; never under a lock the sink takes.
-  void Cancel();
+  // The client went away (`why` CANCELLED), or the transport ended the call at its deadline
+  // (DEADLINE_EXCEEDED: gRPC cancels such a call itself): the engine frees the slot, and a result
+  // the engine did not end on its own deadline is counted and logged as `why`. Any thread; never
+  // under a lock the sink takes.
+  void Cancel(absl::StatusCode why = absl::StatusCode::kCancelled);
 
  private:
   friend class RequestSessions;
@@ -122,6 +124,9 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   void Deliver();
   void HandleStep(const std::vector<int32_t>& ids);
   void Finish(RequestResult result);
+  // The code a result is counted and logged as: the engine's, or Cancel's `why` for a result the
+  // cancel ended.
+  absl::StatusCode EndCode(const RequestResult& result) const;
   // After the engine's Shutdown(): the result it can no longer give.
   void Abort();
 
@@ -135,8 +140,8 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   std::unique_ptr<tokenizer::TextOutput> text_;  // null without a tokenizer
   bool incremental_ = false;                     // text_ fed per step (streaming or stop strings)
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-  std::atomic<bool> client_cancelled_{false};
-  std::atomic<bool> done_{false};  // the result was handled (Finish ran)
+  std::atomic<absl::StatusCode> client_end_{absl::StatusCode::kOk};  // Cancel's `why`; OK: not cancelled
+  std::atomic<bool> done_{false};                                    // the result was handled (Finish ran)
 
   // What the engine reported and no worker has handled yet: the ids of every step back to back
   // and where each step ends, so a step costs no allocation once the buffers have grown.

@@ -194,15 +194,23 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
   out->params.sampling.frequency_penalty = request.frequency_penalty;
   out->params.sampling.presence_penalty = request.presence_penalty;
   out->params.sampling.repetition_penalty = repetition_penalty;
-  out->params.stop_token_ids = request.stop_token_ids;
-  if (out->params.stop_token_ids.empty() && model.tokenizer != nullptr) {
-    // Default stop ids: the model's eos ids plus the tokenizer's end-of-turn ids (<|user|>,
-    // <|observation|>) where the config lacks them (ChatGLM3's config has only </s>).
-    std::vector<int32_t> stop = model.eos_token_ids;
-    for (int32_t id : model.tokenizer->DefaultStopIds()) {
-      if (id < vocab && std::find(stop.begin(), stop.end(), id) == stop.end()) stop.push_back(id);
-    }
+  // Default stop ids: the model's eos ids plus the tokenizer's end-of-turn ids (<|user|>,
+  // <|observation|>) where the config lacks them (ChatGLM3's config has only </s>).
+  std::vector<int32_t> stop = model.eos_token_ids;
+  auto add = [&stop, vocab](int32_t id) {
+    if (id < vocab && std::find(stop.begin(), stop.end(), id) == stop.end()) stop.push_back(id);
+  };
+  if (model.tokenizer != nullptr) {
+    for (int32_t id : model.tokenizer->DefaultStopIds()) add(id);
+  }
+  if (request.stop_token_ids.empty()) {
+    // Empty: the engine's own eos ids, unless the tokenizer adds to them.
     if (stop.size() > model.eos_token_ids.size()) out->params.stop_token_ids = std::move(stop);
+  } else if (request.stop_token_ids_add_to_defaults) {
+    for (int32_t id : request.stop_token_ids) add(id);
+    out->params.stop_token_ids = std::move(stop);
+  } else {
+    out->params.stop_token_ids = request.stop_token_ids;
   }
   out->deadline = request.deadline;
   out->multimodal = std::move(multimodal);

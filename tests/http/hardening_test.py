@@ -9,6 +9,14 @@ loopback, standard library only. Each case reproduces a fault the server had:
   queue     500 streams: 64 served, the rest waited inside the HTTP library, invisible, never a
             429: now a bounded waiting queue (429 + Retry-After) counted in glmserve_queue_depth
   media     a cross-origin text/plain POST (a CSRF "simple request") was executed: now 415
+  framing   after a 400 for a malformed head the rest of the bytes were read as further requests,
+            and of two different Content-Lengths the first won (request smuggling): now 400 and
+            the connection closed
+  headers   a head of 3 million header fields (45 MB) was taken whole (RSS +330 MB, never given
+            back): now 431 past 100 fields or 64 KiB, the connection closed
+  unary_disconnect
+            a non-streaming request whose client closed the connection generated to the end,
+            holding its serving slot and engine slot, and was logged OK: now cancelled
 Exit 77 = skipped (no model)."""
 import argparse
 import json
@@ -178,6 +186,155 @@ def test_media_type(server):
     check(st == 200, f"application/json with a charset: 200 (got {st})")
 
 
+def responses_until_close(raw, port, timeout=10):
+    """The status codes of every response one connection gets for `raw` before the server closes it
+    (None at the end when it did not close within `timeout`)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(raw)
+    data = b""
+    closed = False
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+    except OSError:
+        pass
+    s.close()
+    codes = []
+    while b"\r\n\r\n" in data:  # responses back to back, each framed by its Content-Length
+        head, data = data.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        codes.append(int(lines[0].split()[1]))
+        length = [int(v) for k, _, v in (line.partition(b":") for line in lines[1:]) if k.lower() == b"content-length"]
+        data = data[length[0] if length else 0:]
+    return codes + ([] if closed else [None])
+
+
+def test_framing(server):
+    """A head httplib cannot parse, or a body length the head does not give unambiguously: one
+    answer, then the connection closes; the bytes after it are never served as requests."""
+    smuggled = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode()
+    post = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    cases = [
+        ("bad HTTP version", b"GET /health HTTP/9.9\r\n\r\n" + smuggled, [400]),
+        ("garbage request line", b"BLAH\r\n\r\n" + smuggled, [400]),
+        ("two different Content-Lengths",
+         post + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(body), len(body) + len(smuggled)) + body +
+         smuggled, [400]),
+        ("Content-Length '1x'", post + b"Content-Length: 1x\r\n\r\n" + smuggled, [400]),
+        ("Content-Length -1 on GET", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n" + smuggled, [400]),
+        ("Content-Length and Transfer-Encoding",
+         post + b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n" % len(body) + body + smuggled, [400]),
+        ("Transfer-Encoding gzip", post + b"Transfer-Encoding: gzip\r\n\r\n" + body, [400]),
+    ]
+    for name, raw, want in cases:
+        codes = responses_until_close(raw, server.port)
+        check(codes == want, f"framing, {name}: {want} then closed (got {codes})")
+    # A well-framed request refused for its content keeps the connection: the next one is served.
+    twice = post + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(body), len(body)) + body
+    bad_json = post + b"Content-Length: 1\r\n\r\n{"
+    codes = responses_until_close(twice + bad_json + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                                  server.port)
+    check(codes == [200, 400, 200], f"equal Content-Lengths served, a 400 for the body keeps the connection ({codes})")
+
+
+def test_headers(server):
+    """Past 100 header fields or 64 KiB of head: 431 and closed; RSS flat under a 45 MB head."""
+    pid = server.proc.pid
+    base = rss_kb(pid)
+    many = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(100)) + b"\r\n"
+    codes = responses_until_close(many, server.port)
+    check(codes == [431], f"101 header fields: 431, closed (got {codes})")
+    fits = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(98)) + \
+        b"Connection: close\r\n\r\n"
+    check(responses_until_close(fits, server.port) == [200], "100 header fields: served")
+    long_lines = b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 8000) for i in range(9)) + b"\r\n"
+    codes = responses_until_close(long_lines, server.port)
+    check(codes == [431], f"72 KB of header lines: 431, closed (got {codes})")
+    # 3 million fields streamed: answered at the limit, long before the client is done.
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    chunk = b"".join(b"X-%07d: v\r\n" % i for i in range(10000))
+    sent = 0
+    for _ in range(300):
+        try:
+            s.setblocking(False)
+            if s.recv(1, socket.MSG_PEEK):
+                break  # the answer is there
+        except BlockingIOError:
+            pass
+        except OSError:
+            break
+        try:
+            s.setblocking(True)
+            s.settimeout(5)
+            s.sendall(chunk)
+        except OSError:
+            break
+        sent += len(chunk)
+    s.setblocking(True)
+    status, headers, body = read_response(s, timeout=5)
+    s.close()
+    growth = rss_kb(pid) - base
+    check(status == 431 and is_openai_error(body, "invalid_request_error", "request_header_fields_too_large"),
+          f"a 45 MB head: 431 request_header_fields_too_large (got {status}, {sent >> 20} MB sent)")
+    check(sent < 4 << 20, f"a 45 MB head: answered while sending ({sent >> 10} KB of 45 MB sent)")
+    check(growth < 16 << 10, f"a 45 MB head: RSS flat ({growth >> 10} MB growth < 16 MB)")
+    st, _, _ = server.request("GET", "/health")
+    check(st == 200, f"health after the large heads (got {st})")
+
+
+def metric(port, name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{") and line.split()[0] == name:
+                return float(line.split()[-1])
+    return 0.0
+
+
+def test_unary_disconnect(binary, model):
+    """Two non-streaming 2,000-token requests (40 s at 20 ms a step) whose clients close after they
+    start: both cancelled (CANCELLED in the metrics), their slots free within seconds, and the next
+    request served at once on the two serving slots."""
+    mport = free_port()
+    server = Server(binary, model, ["--http-threads", "2", "--http-max-waiting", "0", "--debug-step-latency-ms", "20",
+                                    "--metrics-port", str(mport)])
+    try:
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 2000, "ignore_eos": True}).encode()
+        socks = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            socks.append(s)
+        running = 0
+        t_end = time.monotonic() + 20
+        while running < 2 and time.monotonic() < t_end:
+            running = metric(mport, "glmserve_requests_running")
+            time.sleep(0.1)
+        check(running == 2, f"two long unary requests running (saw {running})")
+        for s in socks:
+            s.close()
+        t = time.monotonic()
+        t_end = t + 10
+        while running > 0 and time.monotonic() < t_end:
+            running = metric(mport, "glmserve_requests_running")
+            time.sleep(0.1)
+        freed = time.monotonic() - t
+        check(running == 0, f"clients gone: both requests ended in {freed:.1f} s, not at their 40 s end")
+        cancelled = metric(mport, 'glmserve_requests_total{code="CANCELLED"}')
+        ok = metric(mport, 'glmserve_requests_total{code="OK"}')
+        check(cancelled == 2 and ok == 0, f"counted CANCELLED, not OK (CANCELLED {cancelled}, OK {ok})")
+        st, _, _ = server.post("/v1/completions", {"model": "m", "prompt": "hi", "max_tokens": 2}, timeout=30)
+        check(st == 200, f"a new request gets a serving slot (got {st}, not 429)")
+    finally:
+        server.stop()
+
+
 def test_slowloris(binary, model):
     """80 connections each sending a byte every 0.5 s: /health keeps answering; they are cut off
     at the read deadline (408); over the connection cap a connection gets 503 at once."""
@@ -325,11 +482,15 @@ def main():
         print("no model; skipped")
         return 77
     only = set(filter(None, args.only.split(",")))
-    if not only or only & {"chunked", "prompt", "media"}:
+    if not only or only & {"chunked", "prompt", "media", "framing", "headers"}:
         server = Server(args.binary, args.model)
         try:
             if not only or "media" in only:
                 test_media_type(server)
+            if not only or "framing" in only:
+                test_framing(server)
+            if not only or "headers" in only:
+                test_headers(server)
             if not only or "prompt" in only:
                 test_prompt_bound(server)
             if not only or "chunked" in only:
@@ -340,6 +501,8 @@ def main():
         test_slowloris(args.binary, args.model)
     if not only or "queue" in only:
         test_queue(args.binary, args.model)
+    if not only or "unary_disconnect" in only:
+        test_unary_disconnect(args.binary, args.model)
     if FAILURES:
         print(f"hardening_test: {len(FAILURES)} FAILED")
         return 1

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "runtime/engine.h"
 #include "server/frontend/http_api.h"
 #include "server/ops/port_probe.h"
@@ -154,6 +155,129 @@ TEST(Refusal, JsonParserGivesTypedRefusals) {
   EXPECT_EQ(ok.request.input_ids, (std::vector<int32_t>{1, 2}));
   EXPECT_EQ(ok.request.presence_penalty, 0.5f);
   EXPECT_TRUE(ok.request.min_equals_max);
+}
+
+// A field this server would drop is refused naming it, not ignored: unknown fields (a chat field
+// sent to /v1/completions too), and known ones at a value that would change the output. At the
+// values that change nothing they are accepted.
+TEST(Refusal, JsonParserRefusesWhatItWouldDrop) {
+  struct Case {
+    ApiKind kind;
+    const char* extra;  // fields after model and prompt / messages
+    const char* field;  // "" = accepted
+    RefusalKind kind_refused = RefusalKind::kUnsupportedParameter;
+  };
+  const Case cases[] = {
+      {ApiKind::kChat, R"("foo": 1)", "foo"},
+      {ApiKind::kChat, R"("prompt": "x")", "prompt"},
+      {ApiKind::kCompletion, R"("messages": [])", "messages"},
+      {ApiKind::kCompletion, R"("max_completion_tokens": 3)", "max_completion_tokens"},
+      {ApiKind::kChat, R"("logit_bias": {"227": -100})", "logit_bias"},
+      {ApiKind::kChat, R"("logit_bias": "junk")", "logit_bias", RefusalKind::kInvalidType},
+      {ApiKind::kChat, R"("logit_bias": {}, "top_logprobs": 0, "tool_choice": "auto", "function_call": "none")", ""},
+      {ApiKind::kChat, R"("top_logprobs": 5)", "top_logprobs"},
+      {ApiKind::kChat, R"("tool_choice": "required")", "tool_choice"},
+      {ApiKind::kChat, R"("tool_choice": {"type": "function", "function": {"name": "f"}})", "tool_choice"},
+      {ApiKind::kChat, R"("tool_choice": 3)", "tool_choice", RefusalKind::kInvalidType},
+      {ApiKind::kChat, R"("functions": [{"name": "f"}])", "functions"},
+      {ApiKind::kChat, R"("skip_special_tokens": false)", "skip_special_tokens"},
+      {ApiKind::kCompletion, R"("skip_special_tokens": true, "parallel_tool_calls": false, "user": "u",
+                               "metadata": {"a": "b"}, "store": false, "service_tier": "auto")",
+       ""},
+      {ApiKind::kCompletion, R"("allowed_token_ids": [1])", "allowed_token_ids"},
+      {ApiKind::kCompletion, R"("guided_json": {})", "guided_json"},
+      {ApiKind::kCompletion, R"("stop_token_ids": [3, "4"])", "stop_token_ids[1]", RefusalKind::kInvalidType},
+      {ApiKind::kCompletion, R"("stop_token_ids": [-1])", "stop_token_ids[0]", RefusalKind::kInvalidValue},
+  };
+  for (const Case& c : cases) {
+    const std::string body = absl::StrCat(
+        R"({"model": "m", )",
+        c.kind == ApiKind::kChat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "hi")", ", ",
+        c.extra, "}");
+    SCOPED_TRACE(body);
+    ApiRequest api;
+    const std::optional<Refusal> r = ParseApiRequest(c.kind, body, &api);
+    if (std::string(c.field).empty()) {
+      EXPECT_FALSE(r.has_value()) << r->message;
+      continue;
+    }
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->field, c.field);
+    EXPECT_EQ(r->kind, c.kind_refused);
+    EXPECT_EQ(ToHttpError(*r).status, 400);
+    EXPECT_NE(r->message.find(c.field), std::string::npos) << r->message;
+  }
+  ApiRequest api;
+  ASSERT_FALSE(
+      ParseApiRequest(ApiKind::kCompletion, R"({"model": "m", "prompt": "hi", "stop_token_ids": [7, 9]})", &api));
+  EXPECT_EQ(api.request.stop_token_ids, (std::vector<int32_t>{7, 9}));
+  EXPECT_TRUE(api.request.stop_token_ids_add_to_defaults);
+}
+
+// Each refusal states the range the parser takes: max_tokens [1, the server's cap], top_p (0, 1];
+// an integer literal past 64 bits is out of range, not "not an integer"; a number past a double's
+// range is invalid JSON without the JSON library's exception id; a wrong type for n says so.
+TEST(Refusal, JsonParserRangesAreTheOnesItTakes) {
+  auto refuse = [](const std::string& extra, int32_t cap = 4096) {
+    ApiRequest api;
+    std::optional<Refusal> r = ParseApiRequest(
+        ApiKind::kCompletion, absl::StrCat(R"({"model": "m", "prompt": "hi", )", extra, "}"), &api, cap);
+    EXPECT_TRUE(r.has_value()) << extra;
+    return r.value_or(Refusal());
+  };
+  EXPECT_EQ(refuse(R"("max_tokens": 0)").message, "max_tokens: 0 is outside [1, 4096]");
+  EXPECT_EQ(refuse(R"("max_tokens": 5000)").message, "max_tokens: 5000 is outside [1, 4096]");
+  EXPECT_EQ(refuse(R"("max_tokens": 123456789012345678901234567890)").message,
+            "max_tokens: 1.2345678901234568e+29 is outside [1, 4096]");
+  EXPECT_EQ(refuse(R"("max_tokens": 18446744073709551616)").kind, RefusalKind::kInvalidValue);
+  EXPECT_EQ(refuse(R"("seed": 18446744073709551616)").kind, RefusalKind::kInvalidValue);
+  EXPECT_EQ(refuse(R"("top_p": 0)").message, "top_p: 0 is outside (0, 1]");
+  EXPECT_EQ(refuse(R"("top_p": 1.5)").message, "top_p: 1.5 is outside (0, 1]");
+  const Refusal n = refuse(R"("n": "1")");
+  EXPECT_EQ(n.kind, RefusalKind::kInvalidType);
+  EXPECT_EQ(n.message, "n: expected an integer, got a string");
+  EXPECT_EQ(refuse(R"("n": 2)").message, "n: only n = 1 is supported");
+  const Refusal overflow = refuse(R"("temperature": 1e309)");
+  EXPECT_EQ(overflow.kind, RefusalKind::kInvalidJson);
+  EXPECT_EQ(overflow.message.find("json.exception"), std::string::npos) << overflow.message;
+  EXPECT_NE(overflow.message.find("1e309"), std::string::npos) << overflow.message;
+  ApiRequest ok;
+  ASSERT_FALSE(
+      ParseApiRequest(ApiKind::kCompletion, R"({"model": "m", "prompt": "hi", "max_tokens": 4096})", &ok, 4096));
+  EXPECT_EQ(ok.request.max_new_tokens, 4096);
+}
+
+TEST(Refusal, TimeoutIsADecimalNumberOfSecondsOrMilliseconds) {
+  std::chrono::milliseconds t{0};
+  EXPECT_FALSE(ParseTimeout("2.5", "timeout", &t).has_value());
+  EXPECT_EQ(t.count(), 2500);
+  EXPECT_FALSE(ParseTimeout("300ms", "timeout", &t).has_value());
+  EXPECT_EQ(t.count(), 300);
+  for (const char* bad : {"0x10", "inf", " 5", "1e3", "-1", "0", "", "5 s"}) {
+    const std::optional<Refusal> r = ParseTimeout(bad, "x-request-timeout", &t);
+    ASSERT_TRUE(r.has_value()) << bad;
+    EXPECT_EQ(r->field, "x-request-timeout");
+  }
+}
+
+// The OpenAI API's stop_token_ids (vLLM's) end the output besides the model's eos ids; the
+// proto's replace them.
+TEST(Validation, StopTokenIdsAddToOrReplaceTheDefaults) {
+  ValidationModel model = Model();
+  model.eos_token_ids = {2};
+  GenerateRequest request = Ids({1, 3}, 4);
+  request.stop_token_ids = {7, 2, 9};
+  InferenceRequest replaced;
+  ASSERT_FALSE(ValidateRequest(request, FrontendLimits(), model, Dialect::kProto, &replaced).has_value());
+  EXPECT_EQ(replaced.params.stop_token_ids, (std::vector<int32_t>{7, 2, 9}));
+  request.stop_token_ids_add_to_defaults = true;
+  InferenceRequest added;
+  ASSERT_FALSE(ValidateRequest(request, FrontendLimits(), model, Dialect::kOpenAiCompletion, &added).has_value());
+  EXPECT_EQ(added.params.stop_token_ids, (std::vector<int32_t>{2, 7, 9}));
+  request.stop_token_ids = {};
+  InferenceRequest defaults;
+  ASSERT_FALSE(ValidateRequest(request, FrontendLimits(), model, Dialect::kOpenAiCompletion, &defaults).has_value());
+  EXPECT_TRUE(defaults.params.stop_token_ids.empty()) << "empty: the engine's eos ids";
 }
 
 TEST(CodeName, EveryCodeIsAbseilsName) {

@@ -10,6 +10,8 @@
 #include <functional>
 #include <future>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -45,6 +47,33 @@ ModelInfo FakeModelInfo() {
   info.eos_token_ids = {2};
   return info;
 }
+
+// The codes calls finished with, as /metrics counts them (glmserve_requests_total{code}).
+class CodeCounter final : public RequestObserver {
+ public:
+  void OnRequestFinished(const char* code, const RequestResult*) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counts_[code];
+  }
+  // The count of `code` once `total` calls have finished (delivery is asynchronous), or -1.
+  int CountOnceFinished(const std::string& code, int total) {
+    const auto end = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < end) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        int finished = 0;
+        for (const auto& [name, n] : counts_) finished += n;
+        if (finished >= total) return counts_[code];
+      }
+      std::this_thread::sleep_for(2ms);
+    }
+    return -1;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, int> counts_;
+};
 
 class GrpcServiceTest : public ::testing::Test {
  protected:
@@ -317,8 +346,13 @@ TEST_F(GrpcServiceTest, PenaltiesAccepted) {
   EXPECT_EQ(response.output_ids_size(), 4);
 }
 
+// Past its deadline a call ends DEADLINE_EXCEEDED for the client and in the server's counts
+// alike, whether the engine saw the deadline first or gRPC cancelled the call at it.
 TEST_F(GrpcServiceTest, DeadlineExceededFreesCapacity) {
-  StartServer();
+  auto codes = std::make_shared<CodeCounter>();
+  GrpcServerOptions options;
+  options.observer = codes;
+  StartServer(DefaultEngineOptions(), options);
   v1::InferResponse response;
   const auto start = std::chrono::steady_clock::now();
   grpc::Status status = Unary(MakeProtoRequest({1, 2}, 3000), &response, 150ms);
@@ -328,13 +362,17 @@ TEST_F(GrpcServiceTest, DeadlineExceededFreesCapacity) {
   auto stream = RunStream(stub_.get(), MakeProtoRequest({1, 2}, 3000), 150ms);
   EXPECT_EQ(stream.status.error_code(), grpc::DEADLINE_EXCEEDED);
   EXPECT_TRUE(EngineIdleWithin(1s));
+  EXPECT_EQ(codes->CountOnceFinished("DEADLINE_EXCEEDED", 2), 2) << "counted as the client saw it";
   const auto next = std::chrono::steady_clock::now();
   ASSERT_TRUE(Unary(MakeProtoRequest({1, 2}, 4), &response, 2s).ok());
   EXPECT_LT(std::chrono::steady_clock::now() - next, 1s);
 }
 
 TEST_F(GrpcServiceTest, ClientCancelFreesCapacity) {
-  StartServer();
+  auto codes = std::make_shared<CodeCounter>();
+  GrpcServerOptions options;
+  options.observer = codes;
+  StartServer(DefaultEngineOptions(), options);
   {  // unary
     grpc::ClientContext ctx;
     SetDeadline(&ctx, 30s);
@@ -360,6 +398,7 @@ TEST_F(GrpcServiceTest, ClientCancelFreesCapacity) {
     EXPECT_EQ(reader->Finish().error_code(), grpc::CANCELLED);
     EXPECT_TRUE(EngineIdleWithin(1s)) << "a cancelled stream still holds the engine";
   }
+  EXPECT_EQ(codes->CountOnceFinished("CANCELLED", 2), 2);
   v1::InferResponse response;
   const auto next = std::chrono::steady_clock::now();
   ASSERT_TRUE(Unary(MakeProtoRequest({1, 2}, 4), &response, 2s).ok());
