@@ -79,14 +79,17 @@ class EngineImpl final : public InferenceEngine {
       if (!request.request_id.empty() && in_flight_ids_.count(request.request_id) > 0) {
         return absl::AlreadyExistsError(absl::StrCat("request_id ", request.request_id, " is already in flight"));
       }
-      if (queued_ >= options_.max_queued_requests) {
+      // Requests the next step will admit into free batch slots do not wait: a burst that arrives
+      // within one step is refused only past the slots it will fill and the waiting queue.
+      const int32_t free_slots = std::max(0, batch_limit_ - (in_flight_ - queued_));
+      if (queued_ >= options_.max_queued_requests + free_slots) {
         // Estimated time for the running batch to free enough slots for this queue.
         const double slots = std::max(1, batch_limit_);
         const double wait_ms = ema_service_ms_ * (1.0 + static_cast<double>(queued_) / slots);
         const int64_t retry_ms = std::clamp<int64_t>(static_cast<int64_t>(wait_ms), 10, 60000);
         absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
-            "waiting queue is full (", queued_, " requests queued, max_queued_requests=", options_.max_queued_requests,
-            "); retry after ", retry_ms, " ms"));
+            "waiting queue is full (", queued_ - free_slots, " requests queued beyond the batch's free slots, ",
+            "max_queued_requests=", options_.max_queued_requests, "); retry after ", retry_ms, " ms"));
         SetRetryAfterMs(&full, retry_ms);
         return full;
       }

@@ -20,8 +20,9 @@ struct EngineOptions {
   // Batching, budget, AIMD and fault-injection options; see scheduler.h.
   SchedulerOptions scheduler;
   // Most accepted requests not yet running (the submit inbox plus the waiting queue; requests
-  // preempted back to waiting count too). At the limit Submit returns RESOURCE_EXHAUSTED at once
-  // with "retry after N ms" in the message. Must be >= 1.
+  // preempted back to waiting count too) beyond those the batch's free slots (AIMD's limit less
+  // the running requests) will take at the next step. At the limit Submit returns
+  // RESOURCE_EXHAUSTED at once with "retry after N ms" in the message. Must be >= 1.
   int32_t max_queued_requests = 1024;
   // Test hook, called on the engine thread whenever the AIMD batch limit changes. Null = none.
   std::function<void(int32_t old_limit, int32_t new_limit)> on_batch_limit_change;

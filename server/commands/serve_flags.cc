@@ -116,7 +116,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Section("engine");
   s.scheduling.Register(set);
   set.Int("max-queue", &f.engine.max_queued_requests, 1, kIntMax,
-          "accepted requests not yet running; beyond: RESOURCE_EXHAUSTED");
+          "accepted requests waiting beyond the batch's free slots; beyond: RESOURCE_EXHAUSTED");
   set.Int("kv-block-size", &f.executor.block_size, 1, 4096, "tokens per KV block");
   set.Int("kv-blocks", &f.executor.num_blocks, 0, kIntMax, "KV pool blocks")
       .DefaultText(absl::StrCat(f.executor.num_blocks, " = sized from memory"));

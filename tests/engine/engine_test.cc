@@ -271,6 +271,32 @@ TEST(EngineTest, PoolExhaustionPreemptsAndRecomputesIdentically) {
   EXPECT_TRUE(h.executor->errors().empty()) << h.executor->errors()[0];
 }
 
+// Arrivals within one step wait for the engine thread to admit them; those the batch's free
+// slots will take are not the waiting queue's: a burst of batch + queue is accepted.
+TEST(EngineTest, BurstFillsFreeBatchSlotsBeforeTheQueue) {
+  EngineOptions o;
+  o.scheduler.max_batch_size = 4;
+  o.scheduler.max_tokens_per_step = 64;
+  o.max_queued_requests = 2;
+  EngineHarness h(o);
+  h.executor->CloseGate();
+  ASSERT_TRUE(h.engine->Submit(MakeRequest("a", MakePrompt(1, 3), 3), h.collector.Callbacks("a")).ok());
+  ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));  // "a" runs: 3 free slots, none queued
+  const std::vector<std::string> burst = {"b", "c", "d", "e", "f"};
+  for (const std::string& id : burst) {
+    EXPECT_TRUE(h.engine->Submit(MakeRequest(id, MakePrompt(2, 3), 3), h.collector.Callbacks(id)).ok()) << id;
+  }
+  absl::Status s = h.engine->Submit(MakeRequest("g", MakePrompt(3, 3), 3), h.collector.Callbacks("g"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << "3 free slots + a queue of 2 taken";
+  EXPECT_NE(s.message().find("max_queued_requests=2"), std::string::npos) << s;
+  h.executor->Open();
+  ASSERT_TRUE(h.engine->WaitIdle(kSafety));
+  for (const std::string& id : burst) {
+    EXPECT_EQ(h.collector.done(id), 1) << id;
+    EXPECT_TRUE(h.collector.result(id).status.ok()) << id;
+  }
+}
+
 TEST(EngineTest, QueueFullAnswersAtOnceWithRetryAfter) {
   EngineOptions o;
   o.scheduler.max_batch_size = 1;
