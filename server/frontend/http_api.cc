@@ -199,11 +199,11 @@ std::optional<Refusal> NoOpOnly(const json& body) {
     if (!it->is_array()) return WrongType("functions", *it, "an array");
     if (!it->empty()) return Bad("functions", "function calling is not supported", RefusalKind::kUnsupportedParameter);
   }
-  bool flag = false;
-  if (auto e = GetBool(body, "parallel_tool_calls", &flag)) return e;
-  flag = true;
-  if (auto e = GetBool(body, "skip_special_tokens", &flag)) return e;
-  if (!flag) {
+  bool parallel_tool_calls = false;  // type-checked only: with no tools there is nothing to call
+  if (auto e = GetBool(body, "parallel_tool_calls", &parallel_tool_calls)) return e;
+  bool skip_special_tokens = true;
+  if (auto e = GetBool(body, "skip_special_tokens", &skip_special_tokens)) return e;
+  if (!skip_special_tokens) {
     return Bad("skip_special_tokens", "only true is supported (special tokens are never in the text)",
                RefusalKind::kUnsupportedParameter);
   }
