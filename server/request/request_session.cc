@@ -55,9 +55,8 @@ void RequestSession::Cancel(absl::StatusCode why) {
 absl::StatusCode RequestSession::EndCode(const RequestResult& result) const {
   const absl::StatusCode engine = result.status.code();
   const absl::StatusCode client = client_end_;
-  if (engine == absl::StatusCode::kOk || client == absl::StatusCode::kOk) return engine;
-  // The engine's own deadline and the transport's may both end a call: either way it is a deadline.
-  return engine == absl::StatusCode::kDeadlineExceeded ? engine : client;
+  // What the client saw decides: it left (or its deadline ended the call) whatever the engine said.
+  return engine == absl::StatusCode::kOk || client == absl::StatusCode::kOk ? engine : client;
 }
 
 void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
@@ -291,8 +290,10 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
     session->incremental_ = streaming || !stop.empty();
   }
   // Engine ids are unique even when clients reuse a request id (a retry may arrive while the
-  // engine still holds the previous attempt): "<request_id>#<n>", so engine logs still name it.
-  session->engine_id_ = absl::StrCat(session->info_.request_id, "#", next_id_.fetch_add(1));
+  // engine still holds the previous attempt; gRPC and HTTP share the engine): "<request_id>#<n>",
+  // n counted over the process, so engine logs still name it.
+  static std::atomic<uint64_t> next_engine_id{1};
+  session->engine_id_ = absl::StrCat(session->info_.request_id, "#", next_engine_id.fetch_add(1));
   request.request_id = session->engine_id_;
   session->images_ = ImageUsages(request.multimodal.get());
   {

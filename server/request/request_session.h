@@ -124,8 +124,8 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   void Deliver();
   void HandleStep(const std::vector<int32_t>& ids);
   void Finish(RequestResult result);
-  // The code a result is counted and logged as: the engine's, or Cancel's `why` for a result the
-  // cancel ended.
+  // The code a result is counted and logged as: the engine's, or Cancel's `why` for one that did
+  // not end OK.
   absl::StatusCode EndCode(const RequestResult& result) const;
   // After the engine's Shutdown(): the result it can no longer give.
   void Abort();

@@ -310,6 +310,49 @@ TEST_F(SessionTest, CancelledByTheClientCountsCancelled) {
   EXPECT_EQ(observer->codes, (std::vector<std::string>{"CANCELLED"}));
 }
 
+// gRPC and HTTP each have their RequestSessions over one engine: the same client request id on
+// both at once must still give the engine two distinct ids (a clash failed the second INTERNAL).
+TEST_F(SessionTest, EngineIdsAreUniqueAcrossFrontEndsSharingAnEngine) {
+  RequestSessionsOptions options;
+  options.log_requests = false;
+  RequestSessions other(options);
+  other.SetEngine(&engine);
+  auto sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RequestSession> first;
+  ASSERT_FALSE(Start(Ids({1}), false, sink, &first));
+  Admission admission;
+  ASSERT_FALSE(other.Admit("c", &admission));
+  SessionInfo info;
+  info.request_id = "req";  // as Start's
+  info.rpc = "test";
+  InferenceRequest request;
+  ASSERT_FALSE(other.Validate(Ids({1}), Dialect::kProto, admission, info, &request));
+  std::shared_ptr<RequestSession> second;
+  ASSERT_FALSE(
+      other.Submit(admission, std::move(request), std::move(info), {}, std::make_shared<RecordingSink>(), &second));
+  EXPECT_NE(first->engine_id(), second->engine_id());
+  ASSERT_EQ(engine.requests.size(), 2u);
+  EXPECT_NE(engine.requests[0].request_id, engine.requests[1].request_id);
+  other.AbortAll();
+  other.Flush();
+}
+
+// gRPC cancels a call itself at its deadline: such a call is counted DEADLINE_EXCEEDED, as its
+// client saw it, even though the engine ended it as cancelled.
+TEST_F(SessionTest, EndedAtItsDeadlineByTheTransportCountsDeadlineExceeded) {
+  auto sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RequestSession> session;
+  ASSERT_FALSE(Start(Ids({1}), true, sink, &session));
+  session->Cancel(absl::StatusCode::kDeadlineExceeded);
+  RequestResult result;
+  result.status = absl::CancelledError("cancelled");
+  result.finish_reason = FinishReason::kCancelled;
+  engine.callbacks[0].on_done(result);
+  sessions->Flush();
+  std::lock_guard<std::mutex> lock(observer->mu);
+  EXPECT_EQ(observer->codes, (std::vector<std::string>{"DEADLINE_EXCEEDED"}));
+}
+
 TEST_F(SessionTest, AbortAllEndsWhatTheEngineNeverFinished) {
   auto sink = std::make_shared<RecordingSink>();
   std::shared_ptr<RequestSession> session;
