@@ -276,6 +276,8 @@ int RunServe(int argc, char** argv) {
   watchdog.window = std::chrono::milliseconds(flags.restart_window_ms);
   watchdog.canary_interval = std::chrono::milliseconds(flags.canary_interval_ms);
   watchdog.warmup_timeout = std::chrono::milliseconds(flags.warmup_timeout_ms);
+  // A step still running after the drain gets the grace gRPC's calls get, then is left behind.
+  watchdog.shutdown_timeout = std::chrono::milliseconds(flags.shutdown_grace_ms);
   GrpcServer* grpc_server = server->get();
   SelfHealingEngine::Hooks hooks;
   HttpServer* http_server = http.get();
@@ -374,7 +376,8 @@ int RunServe(int argc, char** argv) {
     calls_idle = http->WaitIdle(std::max(http_left, std::chrono::milliseconds(0))) && calls_idle;
   }
   if (!engine_idle || !calls_idle) {
-    LogLine(absl::StrCat("drain timeout: ", (*server)->active_calls(), " calls still open; cancelling"));
+    const int open_calls = (*server)->active_calls() + (http != nullptr ? http->active_calls() : 0);
+    LogLine(absl::StrCat("drain timeout: ", open_calls, " calls still open; cancelling"));
   }
   (*engine)->Shutdown();
   metrics_sink->StopPolling();  // before the engine it polls is destroyed

@@ -33,6 +33,7 @@ absl::Status ValidateWatchdogOptions(const WatchdogOptions& o) {
   if (o.window.count() <= 0) return absl::InvalidArgumentError("window: must be > 0");
   if (o.canary_interval.count() < 0) return absl::InvalidArgumentError("canary_interval: must be >= 0 (0 = off)");
   if (o.warmup_timeout.count() <= 0) return absl::InvalidArgumentError("warmup_timeout: must be > 0");
+  if (o.shutdown_timeout.count() < 0) return absl::InvalidArgumentError("shutdown_timeout: must be >= 0");
   return absl::OkStatus();
 }
 
@@ -92,6 +93,10 @@ struct SelfHealingEngine::Tracked {
   int generation = 0;
   bool streamed = false;
   bool done = false;
+  // When the client submitted it, and when the engine now running it got it (later after a
+  // requeue): the engine times from the latter, the client waited from the former.
+  Clock::TimePoint submitted;
+  Clock::TimePoint engine_submitted;
   std::mutex cb_mu;  // held while the client's callbacks run: none after the final on_done
 };
 
@@ -198,12 +203,20 @@ RequestCallbacks SelfHealingEngine::Wrap(const std::shared_ptr<Tracked>& t, int 
     std::lock_guard<std::mutex> cb_lock(t->cb_mu);
     if (t->callbacks.on_tokens) t->callbacks.on_tokens(ids);
   };
-  cb.on_done = [this, t, generation](const RequestResult& result) {
+  cb.on_done = [this, t, generation](const RequestResult& engine_result) {
+    RequestResult result = engine_result;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (t->generation != generation || t->done) return;
       // A request of the failed batch: the watchdog requeues or fails it.
       if (faulted_generation_ == generation && !result.status.ok()) return;
+      // A requeued request's times count from the client's submit: the outage is part of its wait.
+      const double lost_ms = std::chrono::duration<double, std::milli>(t->engine_submitted - t->submitted).count();
+      if (lost_ms > 0) {
+        result.queue_ms += lost_ms;
+        if (result.ttft_ms > 0) result.ttft_ms += lost_ms;
+        result.total_ms += lost_ms;
+      }
     }
     Resolve(t, result);
   };
@@ -238,6 +251,7 @@ absl::Status SelfHealingEngine::Submit(InferenceRequest request, RequestCallback
   t->request = request;
   t->callbacks = std::move(callbacks);
   t->generation = generation_;
+  t->submitted = t->engine_submitted = clock_->Now();
   absl::Status s = engine_->Submit(std::move(request), Wrap(t, generation_));
   if (!s.ok()) return s;
   if (tracked_.empty()) busy_since_ = clock_->Now();
@@ -286,27 +300,36 @@ bool SelfHealingEngine::WaitIdle(std::chrono::milliseconds timeout) {
 
 void SelfHealingEngine::Shutdown() {
   std::shared_ptr<InferenceEngine> engine;
+  std::shared_ptr<void> keepalive;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
   if (watchdog_.joinable()) watchdog_.join();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    engine = engine_;
-  }
-  if (engine != nullptr) engine->Shutdown();  // remaining requests end CANCELLED
   std::vector<std::shared_ptr<Tracked>> left;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    engine = std::move(engine_);
+    keepalive = std::move(keepalive_);
     for (auto& [id, t] : tracked_) left.push_back(t);
   }
+  // What is still in flight ends first, UNAVAILABLE: the server ended it, not its client, so it is
+  // retried elsewhere (the engine's own shutdown would end it CANCELLED, which clients do not retry).
   for (auto& t : left) {
     RequestResult r;
     r.status = absl::UnavailableError("server shut down before the request finished");
     r.finish_reason = FinishReason::kCancelled;
+    r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
     Resolve(t, r);
+  }
+  if (engine == nullptr) return;
+  // Off this thread, as a faulted engine is: a step that never returns must not hold the exit.
+  Bury(std::move(engine), std::move(keepalive));
+  if (!WaitNoStuckEngine(options_.shutdown_timeout)) {
+    LogEvent(LogLevel::kError, "engine_shutdown_stuck", "",
+             absl::StrCat("the engine did not leave its step within ", options_.shutdown_timeout.count(),
+                          " ms of shutdown; leaving it running"));
   }
 }
 
@@ -498,6 +521,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       for (auto& t : requeue) {
         if (t->done) continue;  // cancelled meanwhile
         t->generation = generation;
+        t->engine_submitted = clock_->Now();
         InferenceRequest copy = t->request;
         absl::Status s = engine_->Submit(std::move(copy), Wrap(t, generation));
         if (!s.ok()) refused.emplace_back(t, s);

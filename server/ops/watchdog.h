@@ -51,6 +51,10 @@ struct WatchdogOptions {
   // Each new engine must finish a 2-token warm-up request within this, or the build fails
   // (UNAVAILABLE). Must be > 0.
   std::chrono::milliseconds warmup_timeout{300'000};
+  // Shutdown waits this long for the engine's thread to leave its step; past it (a step that never
+  // returns, a GPU hang) the engine is left behind (HasStuckEngine) and Shutdown returns. Must be
+  // >= 0.
+  std::chrono::milliseconds shutdown_timeout{5'000};
 };
 
 // INVALID_ARGUMENT naming the first bad field.

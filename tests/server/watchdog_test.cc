@@ -33,6 +33,8 @@ struct Outcome {
   absl::Status status;
   size_t tokens = 0;
   size_t streamed = 0;
+  double queue_ms = 0;  // as the result says
+  double total_ms = 0;
 };
 
 class Harness {
@@ -99,7 +101,7 @@ class Harness {
     cb.on_tokens = [streamed](const std::vector<int32_t>& ids) { *streamed += ids.size(); };
     cb.replayable_after_tokens = !stream;
     cb.on_done = [done, streamed](const RequestResult& res) {
-      done->set_value(Outcome{res.status, res.output_ids.size(), streamed->load()});
+      done->set_value(Outcome{res.status, res.output_ids.size(), streamed->load(), res.queue_ms, res.total_ms});
     };
     absl::Status s = engine_->Submit(std::move(r), std::move(cb));
     if (!s.ok()) done->set_value(Outcome{s, 0, 0});
@@ -186,6 +188,26 @@ TEST(WatchdogTest, StallPastTheTimeoutRebuildsWithoutWaitingForTheStuckStep) {
   EXPECT_FALSE(h.engine().HasStuckEngine());
 }
 
+// Shutdown with a request in flight: it ends UNAVAILABLE (retryable: the server ended it, not its
+// client); an engine inside a step that does not return is left behind after shutdown_timeout
+// instead of holding Shutdown (and the process's exit) until it does.
+TEST(WatchdogTest, ShutdownAnswersInFlightUnavailableAndLeavesAStuckStepBehind) {
+  WatchdogOptions w = Harness::Defaults();
+  w.stall_timeout = 3600s;  // the clock does not move here: no stall is seen
+  w.shutdown_timeout = 50ms;
+  Harness h([](int) { return FaultInjectionOptions(); }, w);
+  h.executor(0)->CloseGate();  // the request's step hangs until Open()
+  auto a = h.Run("a", false);
+  ASSERT_TRUE(h.executor(0)->WaitBlockedAtGate(kEventTimeout));
+  auto shutdown = std::async(std::launch::async, [&h] { h.engine().Shutdown(); });
+  EXPECT_EQ(shutdown.wait_for(kEventTimeout), std::future_status::ready) << "Shutdown waited for the stuck step";
+  const Outcome out = Get(a);
+  EXPECT_TRUE(absl::IsUnavailable(out.status)) << out.status;
+  EXPECT_TRUE(h.engine().HasStuckEngine());
+  h.executor(0)->Open();
+  EXPECT_TRUE(h.engine().WaitNoStuckEngine(kEventTimeout)) << "shut down once its step returned";
+}
+
 TEST(WatchdogTest, CrashLoopStaysNotServingAndSaysWhy) {
   Harness h([](int) {
     FaultInjectionOptions f;
@@ -263,7 +285,11 @@ TEST(WatchdogTest, BackoffWaitsForTheClock) {
   EXPECT_EQ(h.engine().restarts(), 0);
   h.clock().Advance(1h);
   ASSERT_TRUE(h.WaitRestarts(1));
-  EXPECT_TRUE(Get(r).status.ok()) << "requeued on the rebuilt engine";
+  const Outcome requeued = Get(r);
+  EXPECT_TRUE(requeued.status.ok()) << "requeued on the rebuilt engine";
+  // Its times count from the client's submit: the hour without an engine is in them.
+  EXPECT_GE(requeued.queue_ms, 3600e3);
+  EXPECT_GE(requeued.total_ms, 3600e3);
 }
 
 TEST(WatchdogTest, IdleCanaryFindsABrokenEngineWithoutClientTraffic) {
