@@ -67,7 +67,8 @@ absl::Status GuardTorch(const char* what, Body&& body) {
     // workspace that could not get memory) are out-of-memory too: the retry may fit.
     const std::string message = e.what_without_backtrace();
     if (message.find("out of memory") != std::string::npos ||
-        message.find("CUBLAS_STATUS_ALLOC_FAILED") != std::string::npos) {
+        message.find("CUBLAS_STATUS_ALLOC_FAILED") != std::string::npos ||
+        message.find("can't allocate memory") != std::string::npos) {  // the CPU allocator's
       return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory: ", message));
     }
     return absl::InternalError(absl::StrCat(what, ": ", message));
@@ -1253,9 +1254,11 @@ class ModelRunnerImpl final : public ModelRunner {
           absl::StrCat("num_blocks: the KV budget (", source, ") holds no block of ", per_block, " bytes"));
     }
     KvPool pool;
-    GLM_RETURN_IF_ERROR(GuardTorch("allocating the KV cache", [&] {
-      pool = model_->AllocateKv(static_cast<int32_t>(blocks), options.block_size);
-    }));
+    const std::string allocating =
+        absl::StrCat("allocating the KV cache (", blocks, " blocks x ", options.block_size, " tokens, ",
+                     (blocks * per_block) >> 20, " MiB; see --kv-blocks, --kv-cpu-budget-mb, --kv-memory-fraction)");
+    GLM_RETURN_IF_ERROR(GuardTorch(
+        allocating.c_str(), [&] { pool = model_->AllocateKv(static_cast<int32_t>(blocks), options.block_size); }));
     LogLine(options.log, absl::StrCat("kv cache: ", blocks, " blocks x ", options.block_size, " tokens (",
                                       blocks * options.block_size, " tokens, ", (blocks * per_block) >> 20, " MiB on ",
                                       device.str(), ") from ", source));

@@ -93,11 +93,26 @@ class SignalWaiter {
 
 }  // namespace
 
+// The --log-format asked for, read from the raw arguments: when they do not parse, the error still
+// goes out in it.
+std::string LogFormatOf(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--log-format=text" || (arg == "--log-format" && i + 1 < argc && std::string(argv[i + 1]) == "text")) {
+      return "text";
+    }
+  }
+  return "json";
+}
+
 int RunServe(int argc, char** argv) {
   absl::StatusOr<ServeFlags> parsed = ParseServeFlags(argc, argv);
   if (!parsed.ok()) {
-    std::fprintf(stderr, "glmserve serve: %s\n\n%s", std::string(parsed.status().message()).c_str(),
-                 ServeUsage().c_str());
+    // One error line like every other that stops the server (a log pipeline parses stderr as JSON
+    // lines), not the usage.
+    ConfigureLogging("info", LogFormatOf(argc, argv)).IgnoreError();
+    LogEvent(LogLevel::kError, "flags_invalid", "",
+             absl::StrCat(parsed.status().message(), " (glmserve serve --help lists the flags)"));
     return kExitBadInput;
   }
   ServeFlags flags = std::move(*parsed);
@@ -220,11 +235,19 @@ int RunServe(int argc, char** argv) {
     http = std::move(*started);
   }
 
-  // Every engine (the first and each rebuild) loads the checkpoint afresh.
+  // Every engine (the first and each rebuild) loads the checkpoint afresh. The first one's
+  // failure is the configuration's (exit 2: a restart would fail alike) when the checkpoint does
+  // not load, or when the flags ask for what cannot be (a KV cache that holds no block or does not
+  // fit in memory, a batch the executor refuses).
   bool load_failed = false;
+  bool config_failed = false;
+  auto configuration = [](const absl::Status& s) {
+    return absl::IsInvalidArgument(s) || absl::IsFailedPrecondition(s) || absl::IsOutOfRange(s) ||
+           absl::IsResourceExhausted(s);
+  };
   ModelInfo info;
   EngineFactory factory =
-      [&flags, &load_failed, &info, metrics_sink](
+      [&flags, &load_failed, &config_failed, &configuration, &info, metrics_sink](
           int generation,
           std::function<void(int32_t, const absl::Status&)> heartbeat) -> absl::StatusOr<EngineInstance> {
     if (flags.debug_load_delay_ms > 0) {
@@ -243,6 +266,7 @@ int RunServe(int argc, char** argv) {
     executor_options.capture_decode_batch = flags.engine.scheduler.max_batch_size;
     absl::StatusOr<std::unique_ptr<StepExecutor>> executor = (*runner)->CreateExecutor(executor_options);
     if (!executor.ok()) {
+      config_failed = generation == 0 && configuration(executor.status());
       return absl::Status(executor.status().code(),
                           absl::StrCat("cannot create the executor: ", executor.status().message()));
     }
@@ -260,6 +284,7 @@ int RunServe(int argc, char** argv) {
     absl::StatusOr<std::unique_ptr<InferenceEngine>> engine =
         CreateServeEngine(engine_flags, std::move(*executor), info);
     if (!engine.ok()) {
+      config_failed = generation == 0 && configuration(engine.status());
       return absl::Status(engine.status().code(),
                           absl::StrCat("cannot create the engine: ", engine.status().message()));
     }
@@ -338,7 +363,7 @@ int RunServe(int argc, char** argv) {
     LogEvent(LogLevel::kError, load_failed ? "model_load_failed" : "engine_start_failed", "",
              std::string(engine.status().message()), {{"model", flags.model_dir}});
     (*server)->Shutdown(std::chrono::milliseconds(0));
-    return load_failed ? kExitBadInput : kExitFailure;
+    return load_failed || config_failed ? kExitBadInput : kExitFailure;
   }
   (*server)->SetEngine(engine->get(), flags.engine.scheduler.max_batch_size);
   if (http != nullptr) http->SetEngine(engine->get());

@@ -258,12 +258,26 @@ def malformed_protobuf(binary, model):
 
 
 def bad_flag_values(binary, model):
-    """Bad values of this change's serve flags: exit 2 before anything is bound, naming flag and value."""
+    """Bad values of serve flags: exit 2 before anything is bound, one JSON error line
+    (flags_invalid) naming flag and value (it was plain text and the whole usage, which a log
+    pipeline reading JSON lines chokes on). Flags the engine cannot be built with (a KV cache that
+    holds no block, or does not fit in memory) are configuration errors too: exit 2, not 1."""
     for flag, value in (("--max-prefill-tokens-with-decodes", "-1"), ("--max-prefill-tokens-with-decodes", "x"),
-                        ("--reflection", "maybe")):
+                        ("--reflection", "maybe"), ("--max-batch", "abc"), ("--frobnicate", "1")):
         rc, _, err = run_to_exit([binary, "serve", "--model", model, "--port", "0", flag, value], timeout=30)
         check(rc == 2, f"{flag} {value}: exit 2 (got {rc})")
-        check(f"{flag}: '{value}'" in err, f"{flag} {value}: the message names the flag and the value: {err[:200]}")
+        check(flag in err and (value in err or flag == "--frobnicate"),
+              f"{flag} {value}: the message names the flag and the value: {err[:200]}")
+        events, other = json_events(err)
+        check(not other and [e.get("event") for e in events] == ["flags_invalid"] and events[0].get("level") == "error",
+              f"{flag} {value}: one JSON error line, flags_invalid (events {[e.get('event') for e in events]}, "
+              f"other lines {len(other)})")
+    for extra in (["--kv-block-size", "4096", "--kv-cpu-budget-mb", "1"], ["--kv-blocks", "2000000000"]):
+        rc, _, err = run_to_exit([binary, "serve", "--model", model, "--port", "0", "--log-level", "error"] + extra,
+                                 timeout=60)
+        events, _ = json_events(err)
+        check(rc == 2 and any(e.get("event") == "engine_start_failed" for e in events),
+              f"{' '.join(extra)}: exit 2, engine_start_failed (got {rc}: {err[:300]})")
 
 
 def bad_device_values(binary, model):
