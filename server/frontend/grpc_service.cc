@@ -428,10 +428,13 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
     if (session != nullptr) session->Cancel(why);
   }
   // What an OnCancel means: gRPC cancels a call itself when its deadline passes, as it does when
-  // the client cancels; past the deadline it is counted DEADLINE_EXCEEDED, as the client sees it.
+  // the client cancels; at the deadline it is counted DEADLINE_EXCEEDED, as the client sees it.
+  // gRPC's timer and the system clock deadline() is given in differ by a little: a cancel within
+  // kDeadlineSlack before it is the deadline's.
   absl::StatusCode TransportCancelCode() const {
-    return ctx_->deadline() <= std::chrono::system_clock::now() ? absl::StatusCode::kDeadlineExceeded
-                                                                : absl::StatusCode::kCancelled;
+    constexpr auto kDeadlineSlack = std::chrono::milliseconds(50);
+    return ctx_->deadline() <= std::chrono::system_clock::now() + kDeadlineSlack ? absl::StatusCode::kDeadlineExceeded
+                                                                                 : absl::StatusCode::kCancelled;
   }
 
   InferenceServiceImpl* const service_;

@@ -55,7 +55,7 @@ struct HttpServer::State {
     s.observer = o.observer;
     s.client_quota = o.client_quota;
     s.id_prefix = "glmh";
-    s.loading_message = "model is loading or restarting; retry later";
+    s.loading_message = "model is loading; retry later";
     return s;
   }
   const HttpServerOptions options;
@@ -868,22 +868,18 @@ class Handler {
     if (auto e = ParseApiRequest(kind, body, &api, state_->options.limits.max_new_tokens_cap)) return refuse(*e);
 
     bool stopping = false;
-    bool serving = false;
     {
       std::lock_guard<std::mutex> lock(state_->mu);
       stopping = state_->stopping;
-      serving = state_->serving;
     }
     RequestSessions& sessions = state_->sessions;
     if (stopping) {
       return refuse(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kDraining,
                                 "server is draining; retry on another replica"));
     }
-    if (!serving && !sessions.draining()) {
-      return refuse(MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kUnavailable,
-                                sessions.options().loading_message, sessions.options().loading_retry_after_ms));
-    }
-    // Draining, loading, then the per-client cap: before tokenization.
+    // Draining, loading (no engine yet), then the per-client cap: before tokenization. While the
+    // engine restarts after a fault, or has stopped in a crash loop, the engine's own refusal says
+    // which, as gRPC's does (health is NOT_SERVING either way).
     Admission admission;
     if (auto e = sessions.Admit(client, &admission)) return refuse(*e);
     if (auto e = PromptTooLong(api, admission.model, kind)) return refuse(*e);

@@ -7,11 +7,14 @@ gets a result or an explicit error) / recovery seconds, and asserts its own inva
 
 Scenarios: throw, stall, oom, supervise_kill, disconnect, latency. Exit 77 = skipped."""
 import concurrent.futures
+import json
 import os
 import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -251,9 +254,10 @@ def scenario_latency(args):
 
 def scenario_crash_loop(args):
     t = Tally("crash loop: every engine throws, --max-restarts 3")
-    mport = harness.free_port()
+    mport, hport = harness.free_port(), harness.free_port()
     server = harness.Server(args.binary, args.model, ["--debug-throw-on-step", "3", "--debug-faults-persist", "true",
-                            "--max-restarts", "3", "--restart-backoff-ms", "50", "--metrics-port", str(mport)])
+                            "--max-restarts", "3", "--restart-backoff-ms", "50", "--metrics-port", str(mport),
+                            "--http-port", str(hport)])
     try:
         ch = harness.channel(server.port)
         stub = pb_grpc.InferenceStub(ch)
@@ -272,6 +276,16 @@ def scenario_crash_loop(args):
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.UNAVAILABLE and "crash loop" in e.details(),
                   f"crash_loop: UNAVAILABLE saying why: {e.details()}")
+        # The HTTP API says the same (it said "model is loading or restarting").
+        body = json.dumps({"model": "m", "prompt": [1, 2], "max_tokens": 2}).encode()
+        http_req = urllib.request.Request(f"http://127.0.0.1:{hport}/v1/completions", data=body,
+                                          headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(http_req, timeout=10)
+            check(False, "crash_loop: HTTP requests refused")
+        except urllib.error.HTTPError as e:
+            text = e.read().decode(errors="replace")
+            check(e.code == 503 and "crash loop" in text, f"crash_loop: HTTP 503 saying why: {e.code} {text[:200]}")
         s, _ = harness.scrape(mport)
         check(harness.metric(s, "glmserve_engine_restarts_total") == 2, "crash_loop: 2 rebuilds, then no more")
         check(t.lost == 0, f"crash_loop: no request lost ({t.lost})")
