@@ -10,11 +10,10 @@ find_package(prometheus-cpp CONFIG REQUIRED)
 # Structured logs and the self-healing engine wrapper: no gRPC, no LibTorch (unit-testable).
 add_library(glmserve_obs STATIC
   ops/logging.cc
-  ops/port_probe.cc
   ops/watchdog.cc
 )
 target_include_directories(glmserve_obs PUBLIC ${CMAKE_SOURCE_DIR})
-target_link_libraries(glmserve_obs PUBLIC
+target_link_libraries(glmserve_obs PUBLIC glmserve_port_probe
   absl::status absl::statusor absl::strings absl::str_format Threads::Threads
   spdlog::spdlog nlohmann_json::nlohmann_json)
 

@@ -1,8 +1,5 @@
 #include "server/commands/doctor.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -27,6 +24,7 @@
 #include "flags/flags.h"
 #include "runtime/inspect.h"
 #include "server/commands/cli.h"
+#include "server/ops/port_probe.h"
 
 namespace glmserve {
 namespace {
@@ -70,33 +68,6 @@ std::string GiB(double bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
   return buf;
-}
-
-bool PortFree(const std::string& host, int port, std::string* error) {
-  const int fd = socket(host.find(':') != std::string::npos ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) {
-    *error = std::strerror(errno);
-    return false;
-  }
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  int rc = -1;
-  if (host.find(':') != std::string::npos) {
-    sockaddr_in6 a{};
-    a.sin6_family = AF_INET6;
-    a.sin6_port = htons(static_cast<uint16_t>(port));
-    inet_pton(AF_INET6, host == "::" ? "::" : host.c_str(), &a.sin6_addr);
-    rc = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  } else {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    inet_pton(AF_INET, host.c_str(), &a.sin_addr);
-    rc = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  }
-  if (rc != 0) *error = std::strerror(errno);
-  close(fd);
-  return rc == 0;
 }
 
 struct Gpu {
@@ -236,6 +207,7 @@ int RunDoctor(int argc, char** argv) {
   if (gpus.empty()) {
     add("gpu", want_gpu ? "FAIL" : "WARN",
         driver_loaded ? "NVIDIA driver loaded but nvidia-smi lists no GPU"
+        : want_gpu    ? "no NVIDIA GPU visible (no /proc/driver/nvidia/version): serve --device cuda cannot start"
                       : "no NVIDIA GPU visible (no /proc/driver/nvidia/version); GPU checks skipped, "
                         "serve runs on CPU (--device cpu)",
         "on a GPU host: install the NVIDIA driver and expose the device (--gpus all / nvidia.com/gpu)");
@@ -296,16 +268,22 @@ int RunDoctor(int argc, char** argv) {
     }
   }
 
-  // Ports.
+  // Ports: bound as serve binds them (the host resolved, SO_REUSEADDR), and not one port twice.
   for (auto [flag, p] : {std::pair<const char*, int>{"port", port}, {"metrics_port", metrics_port}}) {
     if (p <= 0) continue;
-    std::string error;
-    if (PortFree(host, p, &error)) {
-      add(flag, "OK", absl::StrCat(host, ":", p, " is free"));
+    const char* option = flag == std::string("port") ? "port" : "metrics-port";
+    if (flag != std::string("port") && p == port) {
+      add(flag, "FAIL", absl::StrCat("--metrics-port ", p, " is --port too"),
+          "give the metrics listener a port of its own");
+      continue;
+    }
+    const std::string problem = PortBindProblem(host, p);
+    if (problem.empty()) {
+      add(flag, "OK", absl::StrCat(FormatAddress(host, p), " is free"));
     } else {
-      add(flag, "FAIL", absl::StrCat(host, ":", p, " cannot be bound: ", error),
-          absl::StrCat("stop whatever listens there (ss -ltnp 'sport = :", p, "') or pass --",
-                       flag == std::string("port") ? "port" : "metrics-port", " with another"));
+      add(flag, "FAIL", absl::StrCat(FormatAddress(host, p), " cannot be bound: ", problem),
+          absl::StrCat("stop whatever listens there (ss -ltnp 'sport = :", p, "'), fix --host, or pass --", option,
+                       " with another"));
     }
   }
 

@@ -182,6 +182,14 @@ def main():
     check(out.returncode == 1 and any(c["name"] == "model" and c["status"] == "FAIL" for c in j["checks"]),
           f"doctor: a model dir without weights FAILs with exit 1 (rc={out.returncode})")
     shutil.rmtree(broken, ignore_errors=True)
+    # Ports serve could not bind FAIL as serve would: a host that does not resolve, one port twice.
+    p = harness.free_port()
+    for extra, name in ((["--host", "no-such-host.invalid", "--port", str(p)], "port"),
+                        (["--port", str(p), "--metrics-port", str(p)], "metrics_port")):
+        out = subprocess.run([args.binary, "doctor", "--json"] + extra, capture_output=True, text=True, timeout=120)
+        j = json.loads(out.stdout)
+        check(out.returncode == 1 and any(c["name"] == name and c["status"] == "FAIL" for c in j["checks"]),
+              f"doctor {' '.join(extra)}: {name} FAILs, exit 1 (rc={out.returncode})")
 
     if harness.FAILURES:
         print(f"{len(harness.FAILURES)} check(s) failed")
