@@ -167,6 +167,7 @@ bool SelfHealingEngine::WaitNoStuckEngine(std::chrono::milliseconds timeout) {
 }
 
 absl::StatusOr<EngineInstance> SelfHealingEngine::Build(int generation) {
+  const Clock::TimePoint start = clock_->Now();
   absl::StatusOr<EngineInstance> built =
       factory_(generation, [this, generation](int32_t, const absl::Status& s) { OnStepEnd(generation, s); });
   if (!built.ok()) return built.status();
@@ -176,6 +177,8 @@ absl::StatusOr<EngineInstance> SelfHealingEngine::Build(int generation) {
     Bury(std::move(built->engine), std::move(built->keepalive));
     return absl::UnavailableError(absl::StrCat("warm-up failed: ", warm.ToString()));
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  last_build_ = clock_->Now() - start;
   return built;
 }
 
@@ -241,7 +244,14 @@ absl::Status SelfHealingEngine::Submit(InferenceRequest request, RequestCallback
   if (stopping_) return absl::UnavailableError("engine is shut down");
   if (draining_) return absl::UnavailableError("engine is draining; not accepting requests");
   if (state_ == State::kRecovering) {
-    return absl::UnavailableError(absl::StrCat("engine is restarting after a fault (", reason_, "); retry shortly"));
+    // When to come back: the backoff left, then as long as the last build took.
+    const auto left = std::max(Clock::Duration::zero(), rebuild_at_ - clock_->Now()) + last_build_;
+    const int64_t retry_ms =
+        std::clamp<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(left).count(), 200, 60'000);
+    absl::Status restarting = absl::UnavailableError(
+        absl::StrCat("engine is restarting after a fault (", reason_, "); retry after ", retry_ms, " ms"));
+    SetRetryAfterMs(&restarting, retry_ms);
+    return restarting;
   }
   if (state_ == State::kFailed) return absl::UnavailableError(reason_);
   if (tracked_.count(request.request_id) > 0) {
@@ -409,6 +419,11 @@ void SelfHealingEngine::WatchLoop() {
   }
 }
 
+std::chrono::milliseconds SelfHealingEngine::Backoff(int failures) const {
+  const auto delay = options_.backoff_initial * (int64_t{1} << std::clamp(failures - 1, 0, 20));
+  return std::min<std::chrono::milliseconds>(delay, options_.backoff_max);
+}
+
 void SelfHealingEngine::Recover(const std::string& first_why) {
   std::string why = first_why;
   const auto fault_time = clock_->Now();
@@ -422,6 +437,11 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     std::lock_guard<std::mutex> lock(mu_);
     state_ = State::kRecovering;
     reason_ = why;
+    // Refusals from now on say when to come back: this fault's backoff (the loop below sets it
+    // again for a failed rebuild).
+    int in_window = 1;
+    for (const Clock::TimePoint f : failures_) in_window += fault_time - f <= options_.window;
+    rebuild_at_ = fault_time + Backoff(in_window);
     old_generation = generation_;
     for (auto& [id, t] : tracked_) {
       if (t->done) continue;
@@ -490,13 +510,13 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       }
       return;
     }
-    auto delay = options_.backoff_initial * (int64_t{1} << std::min(failures - 1, 20));
-    delay = std::min<std::chrono::milliseconds>(delay, options_.backoff_max);
+    const std::chrono::milliseconds delay = Backoff(failures);
     LogEvent(LogLevel::kWarn, "engine_rebuild_scheduled", "",
              absl::StrCat("rebuilding the engine in ", delay.count(), " ms"),
              {{"backoff_ms", delay.count()}, {"failures_in_window", failures}});
     {
       std::unique_lock<std::mutex> lock(mu_);
+      rebuild_at_ = failed_at + delay;
       if (!WaitUntil(lock, failed_at + delay)) continue;  // stopping: handled at the top
     }
     int generation = 0;

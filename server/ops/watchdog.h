@@ -114,6 +114,8 @@ class SelfHealingEngine final : public InferenceEngine {
   void OnStepEnd(int generation, const absl::Status& status);
   void WatchLoop();
   void Recover(const std::string& why);
+  // The wait before rebuild n (1-based) of the window: WatchdogOptions::backoff_initial doubling.
+  std::chrono::milliseconds Backoff(int failures) const;
   void Resolve(const std::shared_ptr<Tracked>& t, const RequestResult& result);
   void Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive);
   // Waits on cv_ until `deadline` on clock_ or until stopping_; false when stopping.
@@ -140,8 +142,10 @@ class SelfHealingEngine final : public InferenceEngine {
   std::string fault_;                                                  // guarded by mu_
   std::unordered_map<std::string, std::shared_ptr<Tracked>> tracked_;  // guarded by mu_
   Clock::TimePoint busy_since_;                                        // guarded by mu_
-  Clock::TimePoint last_activity_;                                     // guarded by mu_
-  std::deque<Clock::TimePoint> failures_;                              // guarded by mu_
+  Clock::TimePoint rebuild_at_;            // guarded by mu_; when the pending rebuild starts (after its backoff)
+  Clock::Duration last_build_{};           // guarded by mu_; how long the last engine took to build and warm up
+  Clock::TimePoint last_activity_;         // guarded by mu_
+  std::deque<Clock::TimePoint> failures_;  // guarded by mu_
   // Nanoseconds of clock_'s time_since_epoch at the last step end: written on engine threads
   // without mu_, so a step end never waits for the watchdog.
   std::atomic<int64_t> last_beat_ns_{0};

@@ -89,6 +89,7 @@ Refusal RefusalFromStatus(const absl::Status& status) {
       break;
     case absl::StatusCode::kUnavailable:
       r.kind = RefusalKind::kUnavailable;
+      r.retry_after_ms = RetryAfterMs(status);  // an engine restarting after a fault says when
       break;
     case absl::StatusCode::kDeadlineExceeded:
       r.kind = RefusalKind::kDeadline;

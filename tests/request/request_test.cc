@@ -100,6 +100,14 @@ TEST(Refusal, EngineQueueFullRetryAfterFromThePayload) {
   EXPECT_EQ(e.retry_after_s, 3);
   // The text alone is not read: no payload, the default second.
   EXPECT_EQ(ToHttpError(RefusalFromStatus(absl::ResourceExhaustedError("retry after 9000 ms"))).retry_after_s, 1);
+  // An engine restarting after a fault says when to come back too: 503 + Retry-After.
+  absl::Status restarting = absl::UnavailableError("engine is restarting after a fault (x); retry after 4200 ms");
+  SetRetryAfterMs(&restarting, 4200);
+  const Refusal u = RefusalFromStatus(restarting);
+  EXPECT_EQ(u.kind, RefusalKind::kUnavailable);
+  EXPECT_EQ(u.retry_after_ms, 4200);
+  EXPECT_EQ(ToHttpError(u).status, 503);
+  EXPECT_EQ(ToHttpError(u).retry_after_s, 5);
 }
 
 TEST(Refusal, HttpShapes) {

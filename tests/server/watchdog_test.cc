@@ -282,6 +282,8 @@ TEST(WatchdogTest, BackoffWaitsForTheClock) {
   Outcome during = Get(refused);
   EXPECT_TRUE(absl::IsUnavailable(during.status)) << during.status;
   EXPECT_NE(during.status.message().find("restarting"), absl::string_view::npos) << during.status;
+  // When to come back (grpc-retry-pushback-ms, Retry-After): the backoff left, at most a minute.
+  EXPECT_EQ(RetryAfterMs(during.status), 60'000) << during.status;
   EXPECT_EQ(h.engine().restarts(), 0);
   h.clock().Advance(1h);
   ASSERT_TRUE(h.WaitRestarts(1));
