@@ -486,8 +486,13 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       failures = static_cast<int>(failures_.size());
       if (failures >= options_.max_failures) {
         state_ = State::kFailed;
+        // Every client refused from now on reads this: the fault's first line only (a failed
+        // rebuild's checkpoint report is many lines; engine_crash_loop and the faults before it
+        // logged it whole).
+        std::string last = why.substr(0, why.find('\n'));
+        if (last.size() > 300) last = absl::StrCat(last.substr(0, 300), "...");
         reason_ = absl::StrCat("engine crash loop: ", failures, " faults within ", options_.window.count() / 1000,
-                               " s; not restarting again (last: ", why, "); fix the cause and restart the server");
+                               " s; not restarting again (last: ", last, "); fix the cause and restart the server");
       }
       if (stopping_) {
         state_ = State::kFailed;
@@ -500,7 +505,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
         std::lock_guard<std::mutex> lock(mu_);
         reason = reason_;
       }
-      LogEvent(LogLevel::kError, "engine_crash_loop", "", reason, {{"failures", failures}});
+      LogEvent(LogLevel::kError, "engine_crash_loop", "", reason, {{"failures", failures}, {"last_fault", why}});
       for (auto& t : requeue) {
         RequestResult r;
         r.status = absl::UnavailableError(reason);
