@@ -18,6 +18,35 @@ using json = nlohmann::json;
 
 const char* JsonTypeName(const json& value) { return value.type_name(); }
 
+// An integer JSON value that get<int32_t>() returns unchanged (it wraps silently otherwise).
+bool FitsInt32(const json& value) {
+  if (value.is_number_unsigned()) return value.get<uint64_t>() <= static_cast<uint64_t>(INT32_MAX);
+  const int64_t v = value.get<int64_t>();
+  return v >= INT32_MIN && v <= INT32_MAX;
+}
+
+// `object[key]` when it is a string, else `fallback`; a present non-string adds a problem.
+std::string StringField(const json& object, const char* key, const std::string& fallback, const std::string& where,
+                        std::vector<std::string>* problems) {
+  if (!object.is_object()) return fallback;
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return fallback;
+  if (!it->is_string()) {
+    problems->push_back(absl::StrCat(where, ": field '", key, "': expected a string, found ", it->type_name()));
+    return fallback;
+  }
+  return it->get<std::string>();
+}
+
+// Layers (text) or blocks (vision) a config may declare; patches a side of the vision tower's
+// position table.
+constexpr int32_t kMaxConfigLayers = 1024;
+constexpr int32_t kMaxVisionPositionsSide = 4096;
+
+// The most bytes a JSON side file (config.json, generation_config.json) is read to: real ones are
+// a few KB; a link to /dev/zero must not be read until memory runs out.
+constexpr std::uintmax_t kMaxJsonFileBytes = 16u << 20;
+
 // Reads typed fields of one JSON object, collecting problems instead of stopping.
 class FieldReader {
  public:
@@ -31,6 +60,10 @@ class FieldReader {
     const json& value = object_[key];
     if (!value.is_number_integer()) {
       Problem(key, absl::StrCat("expected an integer, found ", JsonTypeName(value), " ", value.dump()));
+      return fallback;
+    }
+    if (!FitsInt32(value)) {
+      Problem(key, absl::StrCat(value.dump(), " is outside the 32-bit integer range"));
       return fallback;
     }
     return value.get<int32_t>();
@@ -72,13 +105,17 @@ class FieldReader {
     const json& value = object_[key];
     out->clear();
     if (value.is_number_integer()) {
+      if (!FitsInt32(value)) {
+        Problem(key, absl::StrCat(value.dump(), " is outside the 32-bit integer range"));
+        return false;
+      }
       out->push_back(value.get<int32_t>());
       return true;
     }
     if (value.is_array()) {
       for (const json& item : value) {
-        if (!item.is_number_integer()) {
-          Problem(key, absl::StrCat("expected an integer or a list of integers, found element ", item.dump()));
+        if (!item.is_number_integer() || !FitsInt32(item)) {
+          Problem(key, absl::StrCat("expected an integer or a list of 32-bit integers, found element ", item.dump()));
           return false;
         }
         out->push_back(item.get<int32_t>());
@@ -103,9 +140,25 @@ class FieldReader {
 
 // Parses a JSON object file; on failure adds a problem naming the file and the error position.
 bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<std::string>* problems) {
+  const std::string name = path.filename().string();
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::is_regular_file(status)) {
+    problems->push_back(absl::StrCat(name, ": not a regular file (",
+                                     ec                                      ? ec.message()
+                                     : std::filesystem::is_directory(status) ? "a directory"
+                                                                             : "a device, FIFO or socket",
+                                     ")"));
+    return false;
+  }
+  const std::uintmax_t size = std::filesystem::file_size(path, ec);
+  if (!ec && size > kMaxJsonFileBytes) {
+    problems->push_back(absl::StrCat(name, ": ", size, " bytes; a config file is at most ", kMaxJsonFileBytes));
+    return false;
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    problems->push_back(absl::StrCat(path.filename().string(), ": cannot be read"));
+    problems->push_back(absl::StrCat(name, ": cannot be read"));
     return false;
   }
   std::stringstream buffer;
@@ -113,8 +166,12 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
   try {
     *out = json::parse(buffer.str());
   } catch (const json::parse_error& e) {
-    problems->push_back(
-        absl::StrCat(path.filename().string(), ": invalid JSON at byte ", e.byte, ": expected a JSON object"));
+    problems->push_back(absl::StrCat(name, ": invalid JSON at byte ", e.byte, ": expected a JSON object"));
+    return false;
+  } catch (const json::exception& e) {  // a number past a double's range (1e400)
+    std::string what = e.what();
+    what = what.substr(what.find("] ") == std::string::npos ? 0 : what.find("] ") + 2);
+    problems->push_back(absl::StrCat(name, ": invalid JSON: ", what));
     return false;
   }
   if (!out->is_object()) {
@@ -125,7 +182,7 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
 }
 
 bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std::string>* problems) {
-  std::string model_type = config.value("model_type", "");
+  std::string model_type = StringField(config, "model_type", "", "config.json", problems);
   std::string first_arch;
   if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty() &&
       config["architectures"][0].is_string()) {
@@ -206,7 +263,8 @@ void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
   double partial = r.Number("partial_rotary_factor", 0.5);
   if (r.Has("rope_scaling")) {
     const json& scaling = config["rope_scaling"];
-    std::string type = scaling.is_object() ? scaling.value("rope_type", scaling.value("type", "")) : "";
+    const std::string legacy = StringField(scaling, "type", "", "config.json: rope_scaling", r.sink());
+    const std::string type = StringField(scaling, "rope_type", legacy, "config.json: rope_scaling", r.sink());
     if (type != "default")
       r.Problem("rope_scaling", absl::StrCat("rope type '", type, "' is not supported (only \"default\")"));
   }
@@ -369,6 +427,14 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
                               {"in_channels", v.in_channels}}) {
     if (value <= 0) vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
   }
+  if (v.depth > kMaxConfigLayers) {
+    vr.Problem("depth", absl::StrCat(v.depth, " is implausibly large (at most ", kMaxConfigLayers, ")"));
+  }
+  // The learned position embeddings are (image_size / patch_size)^2 rows.
+  if (v.patch_size > 0 && v.image_size / v.patch_size > kMaxVisionPositionsSide) {
+    vr.Problem("image_size", absl::StrCat(v.image_size, " / patch_size ", v.patch_size, " is more than ",
+                                          kMaxVisionPositionsSide, " patches a side"));
+  }
   // The blocks' axial rotary gives height and width a quarter of each head each (cos/sin are
   // concatenated twice): a head size not divisible by 4 cannot run.
   if (v.num_heads > 0 && v.hidden_size > 0 && (v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0)) {
@@ -423,7 +489,9 @@ const char* ArchitectureName(Architecture arch) {
   return "unknown";
 }
 
-absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
+namespace {
+
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory) {
   namespace fs = std::filesystem;
   const fs::path dir(directory);
   std::error_code ec;
@@ -483,18 +551,28 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
   // Sizes must be positive and consistent before any tensor shape can be derived from them.
   // glm4v's text fields live in text_config; name them where they are.
   const std::string in = glm4v ? "text_config." : "";
-  auto require_positive = [&](const char* field, int32_t value) {
-    if (value <= 0) reader.Problem(in + field, absl::StrCat("expected a positive integer, found ", value));
+  // The upper bounds are far above any GLM (GLM-4-9B: 40 layers, hidden 4096, vocab 151,552, 1M
+  // context for -1m): a config past them is corrupt, and sizing tensors or reports from it would
+  // take unbounded memory and time.
+  auto require_positive = [&](const char* field, int32_t value, int32_t most) {
+    if (value <= 0) {
+      reader.Problem(in + field, absl::StrCat("expected a positive integer, found ", value));
+    } else if (value > most) {
+      reader.Problem(in + field, absl::StrCat(value, " is implausibly large (at most ", most, ")"));
+    }
   };
   const bool original = c.architecture == Architecture::kChatGLM;
-  require_positive(original ? "num_layers" : "num_hidden_layers", c.num_layers);
-  require_positive("hidden_size", c.hidden_size);
-  require_positive(original ? "ffn_hidden_size" : "intermediate_size", c.intermediate_size);
-  require_positive("num_attention_heads", c.num_attention_heads);
-  require_positive(original ? "multi_query_group_num" : "num_key_value_heads", c.num_key_value_heads);
-  require_positive(original ? "kv_channels" : glm4v ? "hidden_size / num_attention_heads" : "head_dim", c.head_dim);
-  require_positive(original ? "padded_vocab_size" : "vocab_size", c.vocab_size);
-  require_positive(original ? "seq_length" : "max_position_embeddings", c.max_position_embeddings);
+  require_positive(original ? "num_layers" : "num_hidden_layers", c.num_layers, kMaxConfigLayers);
+  require_positive("hidden_size", c.hidden_size, 1 << 17);
+  require_positive(original ? "ffn_hidden_size" : "intermediate_size", c.intermediate_size, 1 << 20);
+  require_positive("num_attention_heads", c.num_attention_heads, 1 << 12);
+  require_positive(original ? "multi_query_group_num" : "num_key_value_heads", c.num_key_value_heads, 1 << 12);
+  require_positive(original ? "kv_channels"
+                   : glm4v  ? "hidden_size / num_attention_heads"
+                            : "head_dim",
+                   c.head_dim, 1 << 12);
+  require_positive(original ? "padded_vocab_size" : "vocab_size", c.vocab_size, 1 << 24);
+  require_positive(original ? "seq_length" : "max_position_embeddings", c.max_position_embeddings, 1 << 27);
   if (c.num_attention_heads > 0 && c.num_key_value_heads > 0 && c.num_attention_heads % c.num_key_value_heads != 0) {
     reader.Problem(in + (original ? "multi_query_group_num" : "num_key_value_heads"),
                    absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ", c.num_attention_heads));
@@ -512,6 +590,18 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
   }
   if (!problems.empty()) return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
   return c;
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
+  // Every field is read through type checks; this is the net under any the readers missed.
+  try {
+    return ReadModelConfig(directory);
+  } catch (const nlohmann::json::exception& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("config.json: a field of an unexpected type or value: ", e.what()));
+  }
 }
 
 }  // namespace glmserve

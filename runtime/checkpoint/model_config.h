@@ -2,6 +2,7 @@
 // glmserve loads. LibTorch-free.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -48,9 +49,10 @@ struct VisionConfig {
   int32_t video_end_token_id = 151342;
 
   int32_t head_dim() const { return num_heads > 0 ? hidden_size / num_heads : 0; }
+  // (image_size / patch_size)^2; LoadModelConfig refuses a side past 4096, so it fits.
   int32_t num_positions() const {
-    const int32_t side = patch_size > 0 ? image_size / patch_size : 0;
-    return side * side;
+    const int64_t side = patch_size > 0 ? image_size / patch_size : 0;
+    return static_cast<int32_t>(std::min<int64_t>(side * side, INT32_MAX));
   }
 };
 

@@ -101,6 +101,40 @@ TEST_F(ModelConfigTest, EveryBadFieldIsReportedAtOnce) {
       << message;
 }
 
+// Values a reader could not take as they are: refused naming the field and the value, never a
+// crash (a wrong JSON type, a number past a double, an integer past 32 bits taken modulo 2^32) or
+// unbounded work (20 million layers, a 4096-patch side, a config that is /dev/zero).
+TEST_F(ModelConfigTest, ValuesNoReaderCanTakeAreRefusedNamingTheField) {
+  const std::string base = R"("hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2)";
+  const struct {
+    std::string config;
+    std::string says;
+  } cases[] = {
+      {R"({"model_type": 4, "architectures": ["GlmForCausalLM"], )" + base + "}",
+       "field 'model_type': expected a string, found number"},
+      {R"({"model_type": "glm", "rope_scaling": {"type": 1}, )" + base + "}",
+       "rope_scaling: field 'type': expected a string, found number"},
+      {R"({"model_type": "glm", "rope_theta": 1e400, )" + base + "}", "config.json: invalid JSON: number overflow"},
+      {R"({"model_type": "glm", "vocab_size": 4294968320, )" + base + "}",
+       "field 'vocab_size': 4294968320 is outside the 32-bit integer range"},
+      {R"({"model_type": "glm", "eos_token_id": [5, 1099511627776], )" + base + "}",
+       "field 'eos_token_id': expected an integer or a list of 32-bit integers, found element 1099511627776"},
+      {R"({"model_type": "glm", "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 20000000})",
+       "field 'num_hidden_layers': 20000000 is implausibly large (at most 1024)"},
+  };
+  for (const auto& c : cases) {
+    Write("config.json", c.config);
+    auto loaded = Load();
+    ASSERT_FALSE(loaded.ok()) << c.config;
+    EXPECT_NE(loaded.status().message().find(c.says), std::string::npos) << loaded.status();
+  }
+  fs::remove(dir_ / "config.json");
+  fs::create_symlink("/dev/zero", dir_ / "config.json");
+  auto device = Load();
+  ASSERT_FALSE(device.ok());
+  EXPECT_NE(device.status().message().find("config.json: not a regular file"), std::string::npos) << device.status();
+}
+
 TEST_F(ModelConfigTest, NonGlmModelTypeIsRefusedByName) {
   Write("config.json", R"({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})");
   auto c = Load();
