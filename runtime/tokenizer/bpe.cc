@@ -59,7 +59,13 @@ absl::StatusOr<BytePairModel> BytePairModel::FromHf(const std::vector<std::pair<
   BytePairModel m;
   std::unordered_map<std::string, int32_t> by_token;
   int32_t max_id = -1;
-  for (const auto& [tok, id] : vocab) max_id = std::max(max_id, id);
+  for (const auto& [tok, id] : vocab) {
+    if (id < 0 || id >= kMaxTokenId) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokenizer.json: model.vocab '", tok, "' has id ", id, ", outside [0, ", kMaxTokenId, ")"));
+    }
+    max_id = std::max(max_id, id);
+  }
   if (max_id < 0) return absl::InvalidArgumentError("tokenizer.json: model.vocab is empty");
   m.id_to_bytes_.assign(max_id + 1, std::string());
   for (const auto& [tok, id] : vocab) {
@@ -93,7 +99,12 @@ absl::StatusOr<BytePairModel> BytePairModel::FromHf(const std::vector<std::pair<
 absl::StatusOr<BytePairModel> BytePairModel::FromRanks(std::vector<std::pair<std::string, int32_t>> ranks) {
   BytePairModel m;
   int32_t max_id = -1;
-  for (const auto& [bytes, id] : ranks) max_id = std::max(max_id, id);
+  for (const auto& [bytes, id] : ranks) {
+    if (id < 0 || id >= kMaxTokenId) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.model: rank ", id, " outside [0, ", kMaxTokenId, ")"));
+    }
+    max_id = std::max(max_id, id);
+  }
   if (max_id < 0) return absl::InvalidArgumentError("tokenizer.model: no ranks");
   m.id_to_bytes_.assign(max_id + 1, std::string());
   for (auto& [bytes, id] : ranks) {

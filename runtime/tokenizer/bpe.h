@@ -12,6 +12,10 @@
 
 namespace glmserve::tokenizer {
 
+// Token ids are below this (GLM-4's vocabulary is 151,552): tables indexed by id are sized from the
+// files' largest id, so a corrupt one must not ask for billions of entries.
+inline constexpr int32_t kMaxTokenId = 1 << 24;
+
 class BytePairModel {
  public:
   // HF tokenizer.json: vocab keys and merges are in GPT-2's byte-to-unicode alphabet.

@@ -137,7 +137,26 @@ std::vector<int32_t> Tokenizer::DefaultStopIds() const {
 
 namespace {
 
+// The largest tokenizer file read (GLM-4's tokenizer.json is ~20 MB): a link to /dev/zero or a
+// runaway file must not be read until memory runs out.
+constexpr std::uintmax_t kMaxTokenizerFileBytes = 512u << 20;
+
+// An integer JSON value in [0, kMaxTokenId).
+bool TokenIdFits(const json& v) {
+  return v.is_number_unsigned() ? v.get<uint64_t>() < static_cast<uint64_t>(kMaxTokenId)
+                                : v.get<int64_t>() >= 0 && v.get<int64_t>() < kMaxTokenId;
+}
+
 absl::StatusOr<std::string> ReadFile(const fs::path& p) {
+  std::error_code ec;
+  const auto status = fs::status(p, ec);
+  if (!ec && fs::exists(status) && !fs::is_regular_file(status)) {
+    return absl::InvalidArgumentError(absl::StrCat(p.string(), ": not a regular file"));
+  }
+  if (const std::uintmax_t size = fs::file_size(p, ec); !ec && size > kMaxTokenizerFileBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(p.string(), ": ", size, " bytes; a tokenizer file is at most ", kMaxTokenizerFileBytes));
+  }
   std::ifstream f(p, std::ios::binary);
   if (!f) return absl::NotFoundError(absl::StrCat(p.string(), ": cannot open"));
   std::stringstream ss;
@@ -224,8 +243,9 @@ absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool re
         for (auto it = atd.begin(); it != atd.end(); ++it) {
           const std::string where = absl::StrCat(path, ": added_tokens_decoder[\"", it.key(), "\"]");
           int32_t id;
-          if (!absl::SimpleAtoi(it.key(), &id) || id < 0) {
-            return absl::InvalidArgumentError(absl::StrCat(where, ": expected a non-negative integer id as the key"));
+          if (!absl::SimpleAtoi(it.key(), &id) || id < 0 || id >= kMaxTokenId) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(where, ": expected a token id in [0, ", kMaxTokenId, ") as the key"));
           }
           const json& e = it.value();
           if (!e.is_object() || !e.contains("content") || !e["content"].is_string()) {
@@ -291,6 +311,12 @@ class BpeTokenizer : public Tokenizer {
  private:
   // `where`: the tokenizer file, for messages.
   absl::Status Finish(const TokenizerConfig& cfg, const std::string& where) {
+    for (const auto& [t, id] : added_tokens_) {  // the id table below is sized by the largest
+      if (id < 0 || id >= kMaxTokenId) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": added token '", t, "' has id ", id, ", outside [0, ", kMaxTokenId, ")"));
+      }
+    }
     specials_by_len_ = added_tokens_;
     std::stable_sort(specials_by_len_.begin(), specials_by_len_.end(),
                      [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
@@ -400,7 +426,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
       return absl::UnimplementedError(absl::StrCat(where, ": normalizer ", j["normalizer"].dump(), " not supported"));
     }
     std::vector<std::pair<std::string, int32_t>> vocab;
-    for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) vocab.emplace_back(it.key(), it.value());
+    for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
+      if (!it.value().is_number_integer() || !TokenIdFits(it.value())) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": model.vocab '", it.key(), "': id ", it.value().dump(),
+                                                       " is not in [0, ", kMaxTokenId, ")"));
+      }
+      vocab.emplace_back(it.key(), it.value().get<int32_t>());
+    }
     std::vector<std::pair<std::string, std::string>> merges;
     for (const json& m : model["merges"]) {
       if (m.is_array() && m.size() == 2) {
@@ -452,6 +484,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     const json& added = j.value("added_tokens", json::array());
     for (size_t i = 0; i < added.size(); ++i) {
       const json& a = added[i];
+      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !TokenIdFits(a["id"])) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": added_tokens[", i, "].id: expected a token id in [0, ",
+                                                       kMaxTokenId, "), found ",
+                                                       a.is_object() && a.contains("id") ? a["id"].dump() : "none"));
+      }
       const int32_t id = a["id"].get<int32_t>();
       t->added_tokens_.emplace_back(a["content"].get<std::string>(), id);
       // HF tokenizers' AddedToken: "special" defaults to false; decode(skip_special_tokens=True)

@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -146,6 +148,44 @@ TEST(Tokenizer, ByteLevelRoundTripsInvalidUtf8) {
 TEST(Tokenizer, MissingDirectory) {
   auto t = Tokenizer::FromDirectory("/nonexistent/dir");
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
+}
+
+// Ids a corrupt tokenizer.json gives are refused naming the entry: the tables indexed by id are
+// sized from the largest, and a negative one was written out of bounds (the server crashed after
+// "listening on"; an id of 2^31 - 1 or 10^9 aborted allocating the table, 2^40 + 5 became 5).
+TEST(Tokenizer, CorruptIdsAreRefusedNamingTheEntry) {
+  std::ifstream in(kFixtures + "/glm4-hf/tokenizer.json");
+  const nlohmann::json good = nlohmann::json::parse(in);
+  const std::string dir = ::testing::TempDir() + "/glmserve_corrupt_tokenizer";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kFixtures + "/glm4-hf/tokenizer_config.json", dir + "/tokenizer_config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  const struct {
+    std::string what;
+    std::function<void(nlohmann::json&)> corrupt;
+    std::string says;
+  } cases[] = {
+      {"negative added id", [](nlohmann::json& j) { j["added_tokens"][0]["id"] = -5; }, "added_tokens[0].id"},
+      {"added id 2^31 - 1", [](nlohmann::json& j) { j["added_tokens"][0]["id"] = 2147483647; }, "added_tokens[0].id"},
+      {"added id 10^9", [](nlohmann::json& j) { j["added_tokens"][0]["id"] = 1000000000; }, "added_tokens[0].id"},
+      {"vocab id 2^40 + 5", [](nlohmann::json& j) { j["model"]["vocab"].begin().value() = 1099511627781; },
+       "model.vocab '"},
+  };
+  for (const auto& c : cases) {
+    nlohmann::json bad = good;
+    c.corrupt(bad);
+    std::ofstream(dir + "/tokenizer.json") << bad.dump();
+    auto t = Tokenizer::FromDirectory(dir);
+    ASSERT_FALSE(t.ok()) << c.what;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << c.what;
+    EXPECT_NE(t.status().message().find(c.says), std::string::npos) << c.what << ": " << t.status();
+  }
+  std::filesystem::remove(dir + "/tokenizer.json");
+  std::filesystem::create_symlink("/dev/zero", dir + "/tokenizer.json");
+  auto device = Tokenizer::FromDirectory(dir);
+  ASSERT_FALSE(device.ok());
+  EXPECT_NE(device.status().message().find("not a regular file"), std::string::npos) << device.status();
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Tokenizer, UnknownRoleRejected) {
