@@ -8,11 +8,15 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace glmserve {
 namespace {
@@ -203,6 +207,72 @@ int64_t PickleArgLength(const std::string& pkl, size_t pos) {
   }
 }
 
+// The most values the pickle's stack holds at once, simulated over its opcodes (0 where the
+// scanner meets an opcode it does not know: then nothing is claimed). A nested list 300,000 deep
+// is a 660 KB pickle whose IValue LibTorch destroys recursively, past the thread's stack; a state
+// dict's pickle holds a few thousand at most (SETITEMS batches of 1,000 pairs).
+int64_t PickleStackPeak(const std::string& pkl) {
+  std::vector<int64_t> marks;
+  int64_t depth = 0, peak = 0;
+  auto pop_to_mark = [&]() {
+    if (marks.empty()) return false;
+    depth = marks.back();
+    marks.pop_back();
+    return true;
+  };
+  for (size_t pos = 0; pos < pkl.size();) {
+    const auto op = static_cast<unsigned char>(pkl[pos]);
+    const int64_t arg = PickleArgLength(pkl, pos);
+    if (arg < 0) return 0;
+    switch (op) {
+      case '(':  // MARK
+        marks.push_back(depth);
+        break;
+      case 'e':
+      case 'u':
+      case '1':  // APPENDS, SETITEMS, POP_MARK: back to the mark
+        if (!pop_to_mark()) return 0;
+        break;
+      case 't':
+      case 'l':
+      case 'd':
+      case 'o':  // TUPLE, LIST, DICT, OBJ: the mark's items -> one
+        if (!pop_to_mark()) return 0;
+        ++depth;
+        break;
+      case 'a':
+      case 'R':
+      case 'b':
+      case '0':
+      case 0x81:
+      case 0x86:  // pop one (net)
+        --depth;
+        break;
+      case 's':
+      case 0x87:  // SETITEM, TUPLE3: pop two (net)
+        depth -= 2;
+        break;
+      case '.':
+      case 'p':
+      case 'q':
+      case 'r':
+      case 0x80:
+      case 0x85:
+      case 'Q':  // no change
+        break;
+      default:  // a value, a memo get, a global, an empty container, DUP: push one
+        ++depth;
+        break;
+    }
+    peak = std::max(peak, depth);
+    pos += 1 + static_cast<size_t>(arg);
+  }
+  return peak;
+}
+
+// The most values a state dict's pickle may hold on its stack (PickleStackPeak).
+constexpr int64_t kMaxPickleStack = 50'000;
+
 // LibTorch's Unpickler knows collections.OrderedDict only as the (ignored) backward-hooks
 // argument of _rebuild_tensor_v2: "OrderedDict()" unpickles to None. torch.save(module.state_dict())
 // pickles an OrderedDict (with nested OrderedDicts in its `_metadata` attribute), so the result
@@ -282,6 +352,30 @@ bool PatchOrderedDicts(std::string* pkl) {
 }
 
 // Loads every tensor of a torch.save zip archive. Never throws.
+// Why `t`'s view reaches outside its storage ("" when it does not): LibTorch's unpickler takes
+// the sizes, strides and offset a file gives without checking them (torch.load refuses such a
+// file); the first use would fail far from the file and key.
+std::string ViewOutsideStorage(const at::Tensor& t) {
+  if (t.numel() == 0) return "";
+  if (t.storage_offset() < 0) return absl::StrCat("negative storage offset ", t.storage_offset());
+  int64_t last = t.storage_offset();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.stride(d) < 0) return absl::StrCat("negative stride ", t.stride(d), " in dimension ", d);
+    if (t.size(d) > 1 && t.stride(d) > (std::numeric_limits<int64_t>::max() - last) / (t.size(d) - 1)) {
+      return "sizes and strides overflow";
+    }
+    last += (t.size(d) - 1) * t.stride(d);
+  }
+  const int64_t item = static_cast<int64_t>(t.element_size());
+  const int64_t storage_bytes = static_cast<int64_t>(t.storage().nbytes());
+  if (last >= storage_bytes / item) {
+    return absl::StrCat("its view (sizes [", absl::StrJoin(t.sizes(), ", "), "], strides [",
+                        absl::StrJoin(t.strides(), ", "), "], offset ", t.storage_offset(),
+                        ") reaches past its storage of ", storage_bytes, " bytes");
+  }
+  return "";
+}
+
 absl::Status Load(const std::string& path, const std::string& file_name, TensorList* out) {
   absl::Status magic = CheckMagic(path, file_name);
   if (!magic.ok()) return magic;
@@ -291,11 +385,28 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
     if (!reader.hasRecord("data.pkl")) {
       return absl::DataLossError(absl::StrCat(prefix, "zip archive has no data.pkl"));
     }
+    // torch.save stores its records uncompressed: a record larger than the file is compressed,
+    // and reading it would take memory its bytes on disk do not bound (a 2 MB zip bomb reached
+    // 4 GB).
+    std::error_code size_error;
+    const auto file_bytes = static_cast<size_t>(std::filesystem::file_size(path, size_error));
+    auto check_record = [&](const std::string& name) {
+      const size_t bytes = reader.getRecordSize(name);
+      if (!size_error && bytes > file_bytes) {
+        throw std::runtime_error(absl::StrCat("record ", name, " unpacks to ", bytes, " bytes, more than the file's ",
+                                              file_bytes, " (torch.save does not compress)"));
+      }
+    };
+    check_record("data.pkl");
     // What torch::jit::readArchiveAndTensors("data", ...) does (it is also what pickle_load uses),
     // except that the pickle bytes pass through PatchStateDictPickle first.
     auto [pkl_ptr, pkl_size] = reader.getRecord("data.pkl");
     std::string pkl(static_cast<const char*>(pkl_ptr.get()), pkl_size);
     pkl_ptr.clear();
+    if (const int64_t peak = PickleStackPeak(pkl); peak > kMaxPickleStack) {
+      return absl::DataLossError(absl::StrCat(prefix, "data.pkl nests ", peak,
+                                              " values deep (a state dict holds at most ", kMaxPickleStack, ")"));
+    }
     const bool unwrap = PatchOrderedDicts(&pkl);
     size_t pos = 0;
     auto read_pickle = [&](char* buf, size_t n) -> size_t {
@@ -304,7 +415,10 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
       pos += k;
       return k;
     };
-    auto read_record = [&](const std::string& name) { return std::get<0>(reader.getRecord("data/" + name)); };
+    auto read_record = [&](const std::string& name) {
+      check_record("data/" + name);
+      return std::get<0>(reader.getRecord("data/" + name));
+    };
     torch::jit::Unpickler unpickler(read_pickle, /*type_resolver=*/nullptr, /*obj_loader=*/nullptr, read_record,
                                     at::Device(at::kCPU));
     unpickler.set_version(reader.version());
@@ -331,7 +445,11 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
         return absl::InvalidArgumentError(
             absl::StrCat(file_name, ": entry ", key, " is a ", item.value().tagKind(), ", not a tensor"));
       }
-      tensors.emplace_back(key, item.value().toTensor());
+      const at::Tensor& t = item.value().toTensor();
+      if (std::string bad = ViewOutsideStorage(t); !bad.empty()) {
+        return absl::DataLossError(absl::StrCat(file_name, ": tensor ", key, ": ", bad));
+      }
+      tensors.emplace_back(key, t);
     }
     *out = std::move(tensors);
     return absl::OkStatus();

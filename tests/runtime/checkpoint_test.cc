@@ -4,6 +4,7 @@
 #include "runtime/checkpoint/checkpoint.h"
 
 #include <ATen/ATen.h>
+#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -459,6 +460,59 @@ TEST_F(DamagedBin, CorruptedArchiveBytes) {
     ExpectShortMessage(l);
     if (l.problems.empty()) (void)ReadCheckpointTensors(l);
   }
+  ClearPytorchBinCache();
+}
+
+// A torch.save archive of `pkl` as data.pkl and `storages` as data/<key>, the records compressed
+// when asked (torch.save never compresses).
+std::string TorchArchive(const std::string& pkl, const std::map<std::string, std::string>& storages,
+                         bool compress = false) {
+  std::string bytes;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer([&bytes](const void* data, size_t n) {
+      bytes.append(static_cast<const char*>(data), n);
+      return n;
+    });
+    writer.writeRecord("data.pkl", pkl.data(), pkl.size(), compress);
+    for (const auto& [key, data] : storages) writer.writeRecord("data/" + key, data.data(), data.size(), compress);
+    writer.writeEndOfFile();
+  }
+  return bytes;
+}
+
+// Protocol-2 pickle of {"w": a float tensor of `size` elements at `offset` in storage "0" of
+// `storage_elements` floats}, as torch.save writes a state dict (an OrderedDict aside).
+std::string OneTensorPickle(int32_t size, int32_t offset, int32_t storage_elements) {
+  auto unicode = [](const std::string& s) {
+    const uint32_t n = static_cast<uint32_t>(s.size());
+    return std::string("X") + std::string(reinterpret_cast<const char*>(&n), 4) + s;
+  };
+  auto int4 = [](int32_t v) { return std::string("J") + std::string(reinterpret_cast<const char*>(&v), 4); };
+  return std::string("\x80\x02}", 3) + unicode("w") + "ctorch._utils\n_rebuild_tensor_v2\n(" + "(" +
+         unicode("storage") + "ctorch\nFloatStorage\n" + unicode("0") + unicode("cpu") + int4(storage_elements) + "tQ" +
+         int4(offset) + int4(size) + "\x85" + int4(1) + "\x85" + "\x89" + "ccollections\nOrderedDict\n)R" + "tRs.";
+}
+
+// What LibTorch's unpickler takes without a check, refused naming the file and the cause: a view
+// past its storage (it loaded, and failed at model build naming nothing), a pickle nested past
+// what LibTorch can destroy without overflowing the stack (a 660 KB file crashed every command),
+// and a compressed record (a 2 MB file asked for 2 GB).
+TEST_F(DamagedBin, WhatTheUnpicklerDoesNotCheckIsRefused) {
+  const std::string storage(4 * sizeof(float), '\0');
+  auto fine = List(TorchArchive(OneTensorPickle(2, 2, 4), {{"0", storage}}));
+  EXPECT_TRUE(fine.problems.empty()) << fine.problems[0];
+  ASSERT_EQ(fine.tensors.size(), 1u);
+  EXPECT_EQ(fine.tensors[0].name, "w");
+  ClearPytorchBinCache();
+  auto past = List(TorchArchive(OneTensorPickle(2, 1000000, 4), {{"0", storage}}));
+  EXPECT_PROBLEM(past, "pytorch_model.bin: tensor w: ", "reaches past its storage of 16 bytes");
+  ExpectShortMessage(past);
+  const std::string nested = std::string("\x80\x02", 2) + std::string(60000, ']') + std::string(59999, 'a') + ".";
+  auto deep = List(TorchArchive(nested, {}));
+  EXPECT_PROBLEM(deep, "pytorch_model.bin", "data.pkl nests 60000 values deep");
+  const std::string padded = std::string("\x80\x02}.", 4) + std::string(4 << 20, '\0');  // after STOP: never read
+  auto bomb = List(TorchArchive(padded, {}, /*compress=*/true));
+  EXPECT_PROBLEM(bomb, "pytorch_model.bin", "record data.pkl unpacks to", "more than the file's");
   ClearPytorchBinCache();
 }
 
