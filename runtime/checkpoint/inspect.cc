@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "runtime/checkpoint/checkpoint_plan.h"
 
 namespace glmserve {
@@ -33,7 +34,11 @@ absl::StatusOr<InspectReport> PlanCheckpoint(const std::string& directory, Check
   report.info.directory = directory;
   absl::StatusOr<ModelConfig> config = LoadModelConfig(directory);
   absl::StatusOr<CheckpointListing> listing = ListCheckpoint(directory);
-  if (!config.ok()) report.problems.push_back(std::string(config.status().message()));
+  if (!config.ok()) {  // one problem a line, as LoadModelConfig joins them
+    for (absl::string_view line : absl::StrSplit(config.status().message(), '\n', absl::SkipEmpty())) {
+      report.problems.emplace_back(line);
+    }
+  }
   if (!listing.ok()) report.problems.push_back(std::string(listing.status().message()));
   parsed->missing = absl::IsNotFound(listing.status());
   if (listing.ok()) report.info.source_format = CheckpointFormatName(listing->format);

@@ -121,6 +121,26 @@ int RunTokenize(int argc, char** argv) {
   return kExitOk;
 }
 
+#ifdef GLMSERVE_WITH_VISION
+// The image processor a glm4v checkpoint's preprocessor_config.json gives, as serve and generate
+// --image build it; a refusal names the file.
+absl::StatusOr<vision::Glm4vImageProcessor> CheckpointImageProcessor(const std::string& model_dir,
+                                                                     const VisionConfig& vc) {
+  const std::string preprocessor_path = model_dir + "/preprocessor_config.json";
+  absl::StatusOr<vision::Glm4vProcessorOptions> options =
+      vision::LoadCheckpointPreprocessing(model_dir, vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size);
+  if (!options.ok()) return absl::InvalidArgumentError(options.status().message());
+  if (options->patch_size != vc.patch_size || options->merge_size != vc.spatial_merge_size ||
+      options->temporal_patch_size != vc.temporal_patch_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        preprocessor_path, ": patch_size / merge_size / temporal_patch_size (", options->patch_size, "/",
+        options->merge_size, "/", options->temporal_patch_size, ") disagree with config.json's vision_config (",
+        vc.patch_size, "/", vc.spatial_merge_size, "/", vc.temporal_patch_size, ")"));
+  }
+  return vision::Glm4vImageProcessor::Create(*options);
+}
+#endif
+
 int RunInspect(int argc, char** argv) {
   std::string model;
   bool as_json = false, show_mapping = false;
@@ -134,6 +154,14 @@ int RunInspect(int argc, char** argv) {
 
   absl::StatusOr<InspectReport> report = InspectCheckpoint(model);
   if (!report.ok()) return ExitFor(report.status());
+#ifdef GLMSERVE_WITH_VISION
+  // A glm4v checkpoint also needs its image preprocessing, which serve builds at start.
+  if (absl::StatusOr<ModelConfig> config = LoadModelConfig(model); config.ok() && config->vision.has_value()) {
+    if (auto processor = CheckpointImageProcessor(model, *config->vision); !processor.ok()) {
+      report->problems.push_back(std::string(processor.status().message()));
+    }
+  }
+#endif
   const ModelInfo& info = report->info;
   if (as_json) {
     json out = InfoJson(info);
@@ -185,18 +213,7 @@ absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> PrepareImages(const std:
                                                    " model, which takes no images (glm4v models do)"));
   }
   const VisionConfig& vc = *config->vision;
-  const std::string preprocessor_path = model_dir + "/preprocessor_config.json";
-  absl::StatusOr<vision::Glm4vProcessorOptions> options =
-      vision::LoadCheckpointPreprocessing(model_dir, vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size);
-  if (!options.ok()) return absl::InvalidArgumentError(options.status().message());
-  if (options->patch_size != vc.patch_size || options->merge_size != vc.spatial_merge_size ||
-      options->temporal_patch_size != vc.temporal_patch_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        preprocessor_path, ": patch_size / merge_size / temporal_patch_size (", options->patch_size, "/",
-        options->merge_size, "/", options->temporal_patch_size, ") disagree with config.json's vision_config (",
-        vc.patch_size, "/", vc.spatial_merge_size, "/", vc.temporal_patch_size, ")"));
-  }
-  absl::StatusOr<vision::Glm4vImageProcessor> processor = vision::Glm4vImageProcessor::Create(*options);
+  absl::StatusOr<vision::Glm4vImageProcessor> processor = CheckpointImageProcessor(model_dir, vc);
   if (!processor.ok()) return processor.status();
   // As transformers loads an image file (load_image: PIL's convert("RGB"), alpha dropped).
   vision::DecodeOptions decode;

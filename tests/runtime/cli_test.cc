@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -136,6 +137,25 @@ TEST(InspectCli, BrokenCheckpointsExitTwoWithOneReportNamingTheProblem) {
     ++checked;
   }
   EXPECT_GE(checked, 13);
+}
+
+// Each bad config field is a problem of its own (they came as one, the lines joined).
+TEST(InspectCli, EveryConfigProblemIsOneEntry) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "glmserve_many_config_problems";
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << R"({"model_type": "glm", "hidden_act": "gelu", "hidden_size": -1,
+    "num_attention_heads": 4, "num_key_value_heads": 3})";
+  RunResult r = Glmserve({"inspect", "--model", dir.string(), "--json"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  const json report = json::parse(r.out);
+  std::vector<std::string> config_problems;
+  for (const json& p : report["problems"]) {
+    const std::string text = p.get<std::string>();
+    EXPECT_EQ(text.find('\n'), std::string::npos) << text;
+    if (text.rfind("config.json:", 0) == 0) config_problems.push_back(text);
+  }
+  EXPECT_EQ(config_problems.size(), 3u) << r.out;
+  fs::remove_all(dir);
 }
 
 TEST(InspectCli, MissingDirectoryAndUsage) {

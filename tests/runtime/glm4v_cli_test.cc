@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -170,6 +171,19 @@ TEST(Glm4vCli, BrokenCheckpointsListEveryProblemAtOnceAndExitTwo) {
     ++checked;
   }
   EXPECT_GE(checked, 1);
+}
+
+// inspect checks the image preprocessing serve builds at start: a preprocessor_config.json serve
+// refuses is a problem of the checkpoint (inspect said "validation: ok").
+TEST(Glm4vCli, InspectChecksThePreprocessorConfig) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "glmserve_glm4v_bad_preprocessor";
+  fs::remove_all(dir);
+  fs::copy(Glm4v() / "tiny-safetensors-sharded", dir, fs::copy_options::recursive);
+  std::ofstream(dir / "preprocessor_config.json") << "{\"patch_size\": ";
+  RunResult r = Glmserve({"inspect", "--model", dir.string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("preprocessor_config.json: not valid JSON"), std::string::npos) << r.err;
+  fs::remove_all(dir);
 }
 
 TEST(Glm4vCli, RandomWeightsBuildFromTheConfigAlone) {
