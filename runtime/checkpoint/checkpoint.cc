@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -31,6 +32,23 @@ constexpr char kBinSingle[] = "pytorch_model.bin";
 bool IsRegularFile(const fs::path& p) {
   std::error_code ec;
   return fs::is_regular_file(p, ec);
+}
+
+// What `p` is when it exists but is not a regular file (following links): "a directory", "a
+// symlink loop", ...; "" when it is one or does not exist at all.
+std::string NotRegularFile(const fs::path& p) {
+  std::error_code ec;
+  const fs::file_status link = fs::symlink_status(p, ec);
+  if (ec || !fs::exists(link)) return "";
+  const fs::file_status target = fs::status(p, ec);
+  if (ec) return ec.value() == ELOOP ? "a symlink loop" : absl::StrCat("unreadable (", ec.message(), ")");
+  if (!fs::exists(target)) return "a symlink to a missing file";
+  if (fs::is_regular_file(target)) return "";
+  if (fs::is_directory(target)) return "a directory";
+  if (fs::is_fifo(target)) return "a FIFO";
+  if (fs::is_character_file(target) || fs::is_block_file(target)) return "a device";
+  if (fs::is_socket(target)) return "a socket";
+  return "not a regular file";
 }
 
 bool HasSuffix(const std::string& s, const std::string& suffix) {
@@ -115,7 +133,9 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
   std::set<std::string> readable;
   for (const std::string& shard : shards) {
     if (!IsRegularFile(dir / shard)) {
-      listing->problems.push_back(absl::StrCat("index ", index_name, " names shard ", shard, ", which is absent"));
+      const std::string what = NotRegularFile(dir / shard);
+      listing->problems.push_back(absl::StrCat("index ", index_name, " names shard ", shard, ", which is ",
+                                               what.empty() ? "absent" : absl::StrCat(what, ", not a regular file")));
       continue;
     }
     std::vector<TensorRecord> records;
@@ -235,6 +255,17 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
         listing.unreadable_keys_unknown = true;
       }
       return listing;
+    }
+    // A weight file's name on something that is not a file: say so, not that there is none.
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (!HasSuffix(name, ".safetensors") && !HasSuffix(name, ".bin") && name != kStIndex && name != kBinIndex) {
+        continue;
+      }
+      if (const std::string what = NotRegularFile(it->path()); !what.empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(name, " in ", directory, " is ", what, ", not a regular file of weights"));
+      }
     }
     return absl::NotFoundError(absl::StrCat("no weight files in ", directory, " (looked for ", kStIndex, ", ",
                                             kStSingle, ", *.safetensors, ", kBinIndex, ", ", kBinSingle, ")"));

@@ -183,10 +183,13 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     if (!ok) continue;
     const uint64_t elem = SafetensorsDtypeSize(e.dtype);
     if (elem != 0) {
-      // product(shape) * elem, with overflow detection.
+      // product(shape) * elem, with overflow detection; a zero dimension makes it 0 whatever the
+      // others are.
       uint64_t expected = elem;
       bool overflow = false;
-      for (int64_t d : e.shape) {
+      if (std::find(e.shape.begin(), e.shape.end(), 0) != e.shape.end()) expected = 0;
+      for (size_t i = 0; expected != 0 && i < e.shape.size(); ++i) {
+        const int64_t d = e.shape[i];
         const uint64_t ud = static_cast<uint64_t>(d);
         if (ud != 0 && expected > std::numeric_limits<uint64_t>::max() / ud) {
           overflow = true;

@@ -7,11 +7,13 @@
 #include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -353,6 +355,39 @@ TEST_F(MalformedSafetensors, ByteLengthMismatch) {
       List(Safetensors(R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 4]}})",
                        std::string(4, '\0')));
   EXPECT_PROBLEM(big, "model.safetensors", "a", "needs");
+  // A zero dimension makes it 0 bytes, whatever the others (it said "more than 2^64").
+  auto empty = List(Safetensors(R"({"a": {"dtype": "F32", "shape": [4611686018427387904, 0, 128],
+                                        "data_offsets": [0, 4]}})",
+                                std::string(4, '\0')));
+  EXPECT_PROBLEM(empty, "model.safetensors", "a", "holds 4 bytes", "needs 0");
+}
+
+// A weight file's name on something that is not a file is named as such (it was "no weight files"
+// or, for a shard, "absent").
+TEST(CheckpointListingTest, WeightNamesOnWhatIsNotAFileSayWhatItIs) {
+  const struct {
+    std::string what;
+    std::function<void(const fs::path&)> make;
+  } cases[] = {
+      {"a directory", [](const fs::path& p) { fs::create_directory(p); }},
+      {"a symlink loop", [](const fs::path& p) { fs::create_symlink(p.filename(), p); }},
+      {"a FIFO", [](const fs::path& p) { ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0); }},
+  };
+  for (const auto& c : cases) {
+    TempDir tmp;
+    c.make(tmp.path() / "model.safetensors");
+    auto listing = ListCheckpoint(tmp.str());
+    ASSERT_FALSE(listing.ok()) << c.what;
+    EXPECT_NE(listing.status().message().find("model.safetensors in " + tmp.str() + " is " + c.what), std::string::npos)
+        << listing.status();
+  }
+  TempDir sharded;
+  WriteAll(sharded.path() / "model.safetensors.index.json",
+           R"({"weight_map": {"w": "model-00001-of-00001.safetensors"}})");
+  fs::create_directory(sharded.path() / "model-00001-of-00001.safetensors");
+  auto listing = ListCheckpoint(sharded.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_PROBLEM(*listing, "names shard model-00001-of-00001.safetensors, which is a directory, not a regular file");
 }
 
 TEST_F(MalformedSafetensors, UnknownDtypeIsListed) {
