@@ -117,7 +117,11 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
   const std::string suffix = safetensors ? ".safetensors" : ".bin";
   std::map<std::string, std::string> weight_map;
   std::vector<std::string> shards;
-  const bool index_ok = ReadIndex(dir, index_name, &weight_map, &listing->problems);
+  bool index_ok = ReadIndex(dir, index_name, &weight_map, &listing->problems);
+  if (index_ok && weight_map.empty()) {  // then every key would be "missing", the shards unmentioned
+    listing->problems.push_back(absl::StrCat(index_name, ": weight_map names no tensor"));
+    index_ok = false;
+  }
   if (index_ok) {
     std::set<std::string> unique;
     for (const auto& [key, shard] : weight_map) unique.insert(shard);

@@ -390,6 +390,20 @@ TEST(CheckpointListingTest, WeightNamesOnWhatIsNotAFileSayWhatItIs) {
   EXPECT_PROBLEM(*listing, "names shard model-00001-of-00001.safetensors, which is a directory, not a regular file");
 }
 
+// An index naming no tensor is unusable, and the shards present are listed (every key was
+// reported missing and the shards never mentioned).
+TEST(CheckpointListingTest, IndexWithAnEmptyWeightMapListsTheShardsPresent) {
+  TempDir tmp;
+  WriteAll(tmp.path() / "model.safetensors.index.json", R"({"weight_map": {}})");
+  WriteAll(tmp.path() / "model-00001-of-00001.safetensors",
+           Safetensors(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", std::string(4, '\0')));
+  auto listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_PROBLEM(*listing, "model.safetensors.index.json: weight_map names no tensor");
+  ASSERT_EQ(listing->tensors.size(), 1u);
+  EXPECT_EQ(listing->tensors[0].name, "w");
+}
+
 TEST_F(MalformedSafetensors, UnknownDtypeIsListed) {
   auto l = List(Safetensors(R"({"q": {"dtype": "Q4_K", "shape": [3], "data_offsets": [0, 5]}})", std::string(5, '\0')));
   EXPECT_TRUE(l.problems.empty()) << Joined(l.problems);
