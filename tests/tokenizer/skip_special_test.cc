@@ -200,7 +200,7 @@ TEST_F(ConfigVariantTest, MalformedSpecialFlagsAreRefusedNamingTheField) {
   const std::vector<std::pair<std::string, std::string>> bad = {
       {R"({"added_tokens_decoder": [1]})", "added_tokens_decoder: expected an object"},
       {R"({"added_tokens_decoder": {"x": {"content": "<a>"}}})",
-       "added_tokens_decoder[\"x\"]: expected a non-negative"},
+       "added_tokens_decoder[\"x\"]: expected a token id in [0, 16777216) as the key"},
       {R"({"added_tokens_decoder": {"238": "<answer>"}})", "added_tokens_decoder[\"238\"]: expected an object"},
       {R"({"added_tokens_decoder": {"238": {"content": "<answer>", "special": 1}}})",
        "added_tokens_decoder[\"238\"].special: expected true or false"},
