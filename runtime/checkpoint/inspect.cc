@@ -25,6 +25,24 @@ ModelInfo DescribeModel(const std::string& directory, const ModelConfig& config)
   return info;
 }
 
+namespace {
+
+// The sizes weight shapes are derived from are usable (positive, heads in whole groups, the rotary
+// part within a head, layer counts within LoadModelConfig's bounds), whatever else is wrong.
+bool ShapesSound(const ModelConfig& c) {
+  const bool text = c.num_layers > 0 && c.num_layers <= 1024 && c.hidden_size > 0 && c.intermediate_size > 0 &&
+                    c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
+                    c.num_attention_heads % c.num_key_value_heads == 0 && c.head_dim > 0 && c.vocab_size > 0 &&
+                    c.rotary_dim >= 0 && c.rotary_dim <= c.head_dim;
+  if (!text || !c.vision.has_value()) return text;
+  const VisionConfig& v = *c.vision;
+  return v.depth > 0 && v.depth <= 1024 && v.hidden_size > 0 && v.num_heads > 0 && v.intermediate_size > 0 &&
+         v.out_hidden_size > 0 && v.patch_size > 0 && v.spatial_merge_size > 0 && v.temporal_patch_size > 0 &&
+         v.image_size >= v.patch_size && v.image_size / v.patch_size <= 4096 && v.in_channels > 0;
+}
+
+}  // namespace
+
 absl::StatusOr<InspectReport> PlanCheckpoint(const std::string& directory, CheckpointPlan* parsed) {
   std::error_code ec;
   if (!std::filesystem::is_directory(directory, ec)) {
@@ -32,17 +50,22 @@ absl::StatusOr<InspectReport> PlanCheckpoint(const std::string& directory, Check
   }
   InspectReport report;
   report.info.directory = directory;
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(directory);
+  std::vector<std::string> config_problems;
+  absl::StatusOr<ModelConfig> config = LoadModelConfigWithProblems(directory, &config_problems);
   absl::StatusOr<CheckpointListing> listing = ListCheckpoint(directory);
-  if (!config.ok()) {  // one problem a line, as LoadModelConfig joins them
+  if (!config.ok()) {  // one problem a line, as the message joins them
     for (absl::string_view line : absl::StrSplit(config.status().message(), '\n', absl::SkipEmpty())) {
       report.problems.emplace_back(line);
     }
+  } else {
+    report.problems = config_problems;
   }
   if (!listing.ok()) report.problems.push_back(std::string(listing.status().message()));
   parsed->missing = absl::IsNotFound(listing.status());
   if (listing.ok()) report.info.source_format = CheckpointFormatName(listing->format);
-  if (!config.ok() || !listing.ok()) {
+  // The weights are checked against a config with problems too (a bad hidden_act must not hide a
+  // missing key), as long as the shapes it gives are sound.
+  if (!config.ok() || !listing.ok() || !ShapesSound(*config)) {
     if (listing.ok()) {
       report.problems.insert(report.problems.end(), listing->problems.begin(), listing->problems.end());
     }
@@ -56,7 +79,7 @@ absl::StatusOr<InspectReport> PlanCheckpoint(const std::string& directory, Check
   report.info.stored_dtype = parsed->plan.stored_dtype;
   report.info.parameter_count = parsed->plan.parameter_count;
   report.mapping = parsed->plan.mapping;
-  report.problems = parsed->plan.problems;
+  report.problems.insert(report.problems.end(), parsed->plan.problems.begin(), parsed->plan.problems.end());
   return report;
 }
 

@@ -491,7 +491,10 @@ const char* ArchitectureName(Architecture arch) {
 
 namespace {
 
-absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory) {
+// The config as read, every problem found added to `problems`; an error status only where no
+// config could be read at all.
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::vector<std::string>* out_problems) {
+  std::vector<std::string>& problems = *out_problems;
   namespace fs = std::filesystem;
   const fs::path dir(directory);
   std::error_code ec;
@@ -502,7 +505,6 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory) {
     return absl::FailedPreconditionError(
         absl::StrCat("config.json: missing from '", directory, "' (every checkpoint needs one)"));
   }
-  std::vector<std::string> problems;
   json config;
   if (!ReadJsonObject(dir / "config.json", &config, &problems)) {
     return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
@@ -588,20 +590,27 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory) {
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
     reader.Problem(in + (original ? "rope_ratio" : "rope_theta"), "expected a positive rotary base");
   }
-  if (!problems.empty()) return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
   return c;
 }
 
 }  // namespace
 
-absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
+absl::StatusOr<ModelConfig> LoadModelConfigWithProblems(const std::string& directory,
+                                                        std::vector<std::string>* problems) {
   // Every field is read through type checks; this is the net under any the readers missed.
   try {
-    return ReadModelConfig(directory);
+    return ReadModelConfig(directory, problems);
   } catch (const nlohmann::json::exception& e) {
     return absl::FailedPreconditionError(
         absl::StrCat("config.json: a field of an unexpected type or value: ", e.what()));
   }
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory) {
+  std::vector<std::string> problems;
+  absl::StatusOr<ModelConfig> config = LoadModelConfigWithProblems(directory, &problems);
+  if (config.ok() && !problems.empty()) return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
+  return config;
 }
 
 }  // namespace glmserve

@@ -89,4 +89,10 @@ struct ModelConfig {
 // inconsistent sizes) is reported at once: FAILED_PRECONDITION, one problem per line.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& directory);
 
+// The same reading, the config returned as read with every problem added to `problems` (inspect
+// checks the weights against it too); an error status only where no config could be read (no
+// file, not JSON, not a GLM model), its problems in the message.
+absl::StatusOr<ModelConfig> LoadModelConfigWithProblems(const std::string& directory,
+                                                        std::vector<std::string>* problems);
+
 }  // namespace glmserve

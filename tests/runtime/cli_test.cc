@@ -158,6 +158,24 @@ TEST(InspectCli, EveryConfigProblemIsOneEntry) {
   fs::remove_all(dir);
 }
 
+// A config problem does not hide the weights' problems: the weights are checked against the
+// config as read while its shapes are sound (a bad hidden_act hid every missing key).
+TEST(InspectCli, ConfigAndWeightProblemsInOneReport) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "glmserve_config_and_weights";
+  fs::remove_all(dir);
+  fs::copy(Fixtures() / "models" / "glm4-gqa-safetensors", dir);
+  json config = ReadJson(dir / "config.json");
+  config["hidden_act"] = "gelu";
+  config["num_hidden_layers"] = 3;  // the file holds 2
+  std::ofstream(dir / "config.json") << config.dump();
+  RunResult r = Glmserve({"inspect", "--model", dir.string(), "--json"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  const std::string problems = json::parse(r.out)["problems"].dump();
+  EXPECT_NE(problems.find("field 'hidden_act'"), std::string::npos) << problems;
+  EXPECT_NE(problems.find("no tensors for layer(s) 2"), std::string::npos) << problems;
+  fs::remove_all(dir);
+}
+
 TEST(InspectCli, MissingDirectoryAndUsage) {
   RunResult r = Glmserve({"inspect", "--model", "/nonexistent/model"});
   EXPECT_EQ(r.exit_code, 2);
