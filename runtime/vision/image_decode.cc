@@ -62,6 +62,8 @@ struct PngState {
   int sample_bytes = 1;
   size_t rowbytes = 0;
   unsigned char** rows = nullptr;
+  // Every row was decoded and libpng asked for more input anyway (PngRead stopped it).
+  bool rows_complete = false;
 };
 
 void PngOnError(png_structp png, png_const_charp msg) {
@@ -74,6 +76,14 @@ void PngOnWarning(png_structp, png_const_charp) {}  // PIL ignores ancillary pro
 
 void PngRead(png_structp png, png_bytep out, size_t n) {
   auto* st = static_cast<PngState*>(png_get_io_ptr(png));
+  // Once every row is out, libpng would inflate the rest of the image data to its end only to
+  // check it: a 2.9 MB file of 100x100 pixels whose data inflates to 2.9 GB took 3.3 s of a decode
+  // slot. Nothing after the last row is needed; stop there.
+  if (st->rows != nullptr && (png_get_current_pass_number(png) >= 7 ||
+                              (st->interlace == PNG_INTERLACE_NONE && png_get_current_row_number(png) >= st->height))) {
+    st->rows_complete = true;
+    png_longjmp(png, 1);
+  }
   if (n > st->size - st->pos) {
     std::snprintf(st->error, sizeof(st->error), "truncated: needed %zu more bytes at offset %zu of %zu", n, st->pos,
                   st->size);
@@ -116,7 +126,7 @@ bool PngSetTransforms(PngState* st) {
 }
 
 bool PngReadRows(PngState* st) {
-  if (setjmp(png_jmpbuf(st->png))) return false;
+  if (setjmp(png_jmpbuf(st->png))) return st->rows_complete;
   png_read_image(st->png, st->rows);
   return true;
 }
