@@ -1,6 +1,8 @@
 #include "server/commands/cli.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <limits>
 #include <memory>
@@ -222,6 +224,17 @@ absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> PrepareImages(const std:
   if (!decoder.ok()) return decoder.status();
   std::vector<ImageInput> images;
   for (const std::string& path : paths) {
+    // As serve takes a file:// image: a regular file of at most 64 MiB (/dev/zero, a FIFO or a
+    // directory must not be read until memory runs out or forever).
+    constexpr std::uintmax_t kMaxImageFileBytes = 64u << 20;
+    std::error_code ec;
+    if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
+      return absl::InvalidArgumentError(absl::StrCat("--image ", path, ": not a regular file"));
+    }
+    if (const std::uintmax_t size = std::filesystem::file_size(path, ec); !ec && size > kMaxImageFileBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--image ", path, ": ", size, " bytes; an image file is at most ", kMaxImageFileBytes));
+    }
     std::ifstream file(path, std::ios::binary);
     if (!file) return absl::InvalidArgumentError(absl::StrCat("--image ", path, ": cannot be read"));
     std::ostringstream bytes;
@@ -321,6 +334,13 @@ int RunGenerate(int argc, char** argv) {
     absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> prepared = PrepareImages(model, image_paths, &ids);
     if (!prepared.ok()) return ExitFor(prepared.status());
     multimodal = std::move(*prepared);
+  } else if (absl::StatusOr<ModelConfig> config = LoadModelConfig(model); config.ok() && config->vision.has_value()) {
+    // As serve refuses it: an image placeholder without its image would run as a plain token.
+    const int64_t placeholders = std::count(ids.begin(), ids.end(), config->vision->image_token_id);
+    if (placeholders > 0) {
+      return BadInput(absl::StrCat("--input-ids: holds ", placeholders, " image placeholder(s) (image_token_id ",
+                                   config->vision->image_token_id, ") but no --image was given"));
+    }
   }
   if (min_new_tokens > max_new_tokens) {
     return BadInput(
