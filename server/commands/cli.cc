@@ -334,13 +334,6 @@ int RunGenerate(int argc, char** argv) {
     absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> prepared = PrepareImages(model, image_paths, &ids);
     if (!prepared.ok()) return ExitFor(prepared.status());
     multimodal = std::move(*prepared);
-  } else if (absl::StatusOr<ModelConfig> config = LoadModelConfig(model); config.ok() && config->vision.has_value()) {
-    // As serve refuses it: an image placeholder without its image would run as a plain token.
-    const int64_t placeholders = std::count(ids.begin(), ids.end(), config->vision->image_token_id);
-    if (placeholders > 0) {
-      return BadInput(absl::StrCat("--input-ids: holds ", placeholders, " image placeholder(s) (image_token_id ",
-                                   config->vision->image_token_id, ") but no --image was given"));
-    }
   }
   if (min_new_tokens > max_new_tokens) {
     return BadInput(
