@@ -209,7 +209,8 @@ struct JpegState {
   char error[JMSG_LENGTH_MAX + 64] = {0};
   int max_scans = 0;
   bool created = false;
-  unsigned char* out = nullptr;  // width * height * output_components
+  unsigned char* out = nullptr;  // image_width * image_height * out_components
+  int out_components = 0;        // what `out` is sized for
 };
 
 void JpegOnError(j_common_ptr cinfo) {
@@ -245,6 +246,12 @@ bool JpegReadHeader(JpegState* st, const unsigned char* data, size_t size) {
 bool JpegReadPixels(JpegState* st) {
   if (setjmp(st->jump)) return false;
   jpeg_start_decompress(&st->cinfo);
+  // Never write past what `out` holds, whatever libjpeg chose.
+  if (st->cinfo.output_width != st->cinfo.image_width || st->cinfo.output_height != st->cinfo.image_height ||
+      st->cinfo.output_components != st->out_components) {
+    std::snprintf(st->error, sizeof(st->error), "libjpeg's output layout is not the one asked for");
+    return false;
+  }
   const size_t stride = static_cast<size_t>(st->cinfo.output_width) * st->cinfo.output_components;
   while (st->cinfo.output_scanline < st->cinfo.output_height) {
     JSAMPROW row = st->out + st->cinfo.output_scanline * stride;
@@ -302,25 +309,23 @@ absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view bytes, const DecodeOptions
   c.progress = &st->progress;
 
   const int comps = cmyk ? 4 : (c.out_color_space == JCS_GRAYSCALE ? 1 : 3);
-  std::vector<unsigned char> raw(static_cast<size_t>(c.image_width) * c.image_height * comps);
-  st->out = raw.data();
-  if (!JpegReadPixels(st.get())) {
-    return absl::InvalidArgumentError(absl::StrCat("JPEG: corrupt or truncated: ", st->error));
-  }
-  if (c.output_width != c.image_width || c.output_height != c.image_height || c.output_components != comps) {
-    return absl::InternalError("JPEG: libjpeg returned an unexpected output layout");
-  }
-
   RgbImage out;
   out.width = static_cast<int>(c.image_width);
   out.height = static_cast<int>(c.image_height);
   const size_t n = static_cast<size_t>(out.width) * out.height;
   out.pixels.resize(n * 3);
+  // RGB (a photo's or a screenshot's usual form) is decoded straight into the result: no second
+  // copy of the image.
+  std::vector<unsigned char> raw(comps == 3 ? 0 : n * comps);
+  st->out = comps == 3 ? out.pixels.data() : raw.data();
+  st->out_components = comps;
+  if (!JpegReadPixels(st.get())) {
+    return absl::InvalidArgumentError(absl::StrCat("JPEG: corrupt or truncated: ", st->error));
+  }
+  if (comps == 3) return out;
   for (size_t i = 0; i < n; ++i) {
     uint8_t* o = &out.pixels[i * 3];
-    if (comps == 3) {
-      std::memcpy(o, &raw[i * 3], 3);
-    } else if (comps == 1) {
+    if (comps == 1) {
       o[0] = o[1] = o[2] = raw[i];
     } else {
       // PIL reads every CMYK JPEG as Adobe-inverted ("CMYK;I"), then converts with cmyk2rgb.
