@@ -251,10 +251,21 @@ class Connection final : public httplib::Stream {
     return len_ - pos_ + pending;
   }
   // The client closed its side (an orderly EOF with nothing left to read; with TLS also its
-  // close_notify).
+  // close_notify). Only on the connection's own thread (with TLS it reads records).
   bool PeerClosed() const {
     if (buffered() > 0) return false;
-    if (ssl_ != nullptr && (SSL_get_shutdown(ssl_) & SSL_RECEIVED_SHUTDOWN) != 0) return true;
+    if (ssl_ != nullptr) {
+      if ((SSL_get_shutdown(ssl_) & SSL_RECEIVED_SHUTDOWN) != 0) return true;
+      // The bytes waiting may be the client's close_notify (what a TLS client sends as it closes),
+      // which only a record read tells from a pipelined request: peek, never consume.
+      char c;
+      ERR_clear_error();
+      const int n = SSL_peek(ssl_, &c, 1);
+      if (n > 0) return false;
+      const int err = SSL_get_error(ssl_, n);
+      ERR_clear_error();
+      return err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE;
+    }
     char c;
     const ssize_t n = recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);

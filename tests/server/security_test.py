@@ -576,6 +576,51 @@ def bad_flags(args, p, tmp):
               f"{' '.join(os.path.basename(x) for x in extra)}: exit {r.returncode}, names {flag}: {r.stderr.strip()[:160]!r}")
 
 
+def metric(port, name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.split(" ")[0] == name:
+                return float(line.split()[-1])
+    return 0.0
+
+
+def tls_unary_disconnect(args, p):
+    """A non-streaming HTTPS request whose client goes away is cancelled, whether the client sends
+    its close_notify first or just closes (a TLS close_notify is bytes to read, which the plaintext
+    check took for a pipelined request): 2,000 tokens at 20 ms a step would run 40 s."""
+    ctx = ssl.create_default_context(cafile=p("ca.crt"))
+    server = Server(args.binary, args.model, ["--tls-cert", p("server.crt"), "--tls-key", p("server.key"),
+                                              "--debug-step-latency-ms", "20"])
+    try:
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 2000, "ignore_eos": True}).encode()
+        for n, how in enumerate(("close_notify", "plain close"), start=1):
+            raw = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
+            tls_sock = ctx.wrap_socket(raw, server_hostname="localhost")
+            tls_sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            running, t_end = 0.0, time.monotonic() + 20
+            while running < 1 and time.monotonic() < t_end:
+                running = metric(server.metrics_port, "glmserve_requests_running")
+                time.sleep(0.1)
+            check(running == 1, f"TLS unary ({how}): running (saw {running})")
+            if how == "close_notify":
+                try:  # sends close_notify, then waits for the server's, which the answer may precede
+                    tls_sock.unwrap()
+                except (ssl.SSLError, OSError):
+                    pass
+            tls_sock.close()
+            raw.close()
+            t_end = time.monotonic() + 10
+            while running > 0 and time.monotonic() < t_end:
+                running = metric(server.metrics_port, "glmserve_requests_running")
+                time.sleep(0.1)
+            cancelled = metric(server.metrics_port, 'glmserve_requests_total{code="CANCELLED"}')
+            check(running == 0 and cancelled == n,
+                  f"TLS unary ({how}): cancelled once the client left (running {running}, CANCELLED {cancelled})")
+    finally:
+        server.stop()
+
+
 def main():
     args = server_test_args()
     if args is None:
@@ -593,6 +638,7 @@ def main():
         tls(args, pb, pb_grpc, p, mutual=False)
         tls(args, pb, pb_grpc, p, mutual=True)
         tls_slow_clients(args, p)
+        tls_unary_disconnect(args, p)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(FAILURES)} failure(s)")
