@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -16,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "runtime/bounded_file.h"
 #include "runtime/checkpoint/pytorch_bin.h"
 #include "runtime/checkpoint/safetensors.h"
 
@@ -32,23 +32,6 @@ constexpr char kBinSingle[] = "pytorch_model.bin";
 bool IsRegularFile(const fs::path& p) {
   std::error_code ec;
   return fs::is_regular_file(p, ec);
-}
-
-// What `p` is when it exists but is not a regular file (following links): "a directory", "a
-// symlink loop", ...; "" when it is one or does not exist at all.
-std::string NotRegularFile(const fs::path& p) {
-  std::error_code ec;
-  const fs::file_status link = fs::symlink_status(p, ec);
-  if (ec || !fs::exists(link)) return "";
-  const fs::file_status target = fs::status(p, ec);
-  if (ec) return ec.value() == ELOOP ? "a symlink loop" : absl::StrCat("unreadable (", ec.message(), ")");
-  if (!fs::exists(target)) return "a symlink to a missing file";
-  if (fs::is_regular_file(target)) return "";
-  if (fs::is_directory(target)) return "a directory";
-  if (fs::is_fifo(target)) return "a FIFO";
-  if (fs::is_character_file(target) || fs::is_block_file(target)) return "a device";
-  if (fs::is_socket(target)) return "a socket";
-  return "not a regular file";
 }
 
 bool HasSuffix(const std::string& s, const std::string& suffix) {

@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "runtime/bounded_file.h"
 
 namespace glmserve {
 namespace {
@@ -141,30 +140,13 @@ class FieldReader {
 // Parses a JSON object file; on failure adds a problem naming the file and the error position.
 bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<std::string>* problems) {
   const std::string name = path.filename().string();
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (ec || !std::filesystem::is_regular_file(status)) {
-    problems->push_back(absl::StrCat(name, ": not a regular file (",
-                                     ec                                      ? ec.message()
-                                     : std::filesystem::is_directory(status) ? "a directory"
-                                                                             : "a device, FIFO or socket",
-                                     ")"));
+  const absl::StatusOr<std::string> text = ReadBoundedFile(path, kMaxJsonFileBytes, name);
+  if (!text.ok()) {
+    problems->push_back(std::string(text.status().message()));
     return false;
   }
-  const std::uintmax_t size = std::filesystem::file_size(path, ec);
-  if (!ec && size > kMaxJsonFileBytes) {
-    problems->push_back(absl::StrCat(name, ": ", size, " bytes; a config file is at most ", kMaxJsonFileBytes));
-    return false;
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    problems->push_back(absl::StrCat(name, ": cannot be read"));
-    return false;
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
   try {
-    *out = json::parse(buffer.str());
+    *out = json::parse(*text);
   } catch (const json::parse_error& e) {
     problems->push_back(absl::StrCat(name, ": invalid JSON at byte ", e.byte, ": expected a JSON object"));
     return false;

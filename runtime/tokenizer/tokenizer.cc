@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "runtime/bounded_file.h"
 #include "runtime/tokenizer/bpe.h"
 #include "runtime/tokenizer/chat_template.h"
 #include "runtime/tokenizer/pretokenizer.h"
@@ -148,20 +149,7 @@ bool TokenIdFits(const json& v) {
 }
 
 absl::StatusOr<std::string> ReadFile(const fs::path& p) {
-  std::error_code ec;
-  const auto status = fs::status(p, ec);
-  if (!ec && fs::exists(status) && !fs::is_regular_file(status)) {
-    return absl::InvalidArgumentError(absl::StrCat(p.string(), ": not a regular file"));
-  }
-  if (const std::uintmax_t size = fs::file_size(p, ec); !ec && size > kMaxTokenizerFileBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(p.string(), ": ", size, " bytes; a tokenizer file is at most ", kMaxTokenizerFileBytes));
-  }
-  std::ifstream f(p, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat(p.string(), ": cannot open"));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  return ReadBoundedFile(p, kMaxTokenizerFileBytes, p.string());
 }
 
 // Splits text on special tokens (leftmost, longest at a position) and encodes the rest with

@@ -1,8 +1,6 @@
 #include "server/commands/cli.h"
 
-#include <algorithm>
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 #include <limits>
 #include <memory>
@@ -16,13 +14,12 @@
 #include "absl/strings/str_split.h"
 #include "flags/flags.h"
 #include "nlohmann/json.hpp"
+#include "runtime/bounded_file.h"
 #include "runtime/generate_once.h"
 #include "runtime/inspect.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
 #ifdef GLMSERVE_WITH_VISION
-#include <fstream>
-#include <sstream>
 
 #include "runtime/checkpoint/model_config.h"
 #include "runtime/vision/glm4v_processor.h"
@@ -224,22 +221,11 @@ absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> PrepareImages(const std:
   if (!decoder.ok()) return decoder.status();
   std::vector<ImageInput> images;
   for (const std::string& path : paths) {
-    // As serve takes a file:// image: a regular file of at most 64 MiB (/dev/zero, a FIFO or a
-    // directory must not be read until memory runs out or forever).
+    // As serve takes a file:// image: a regular file of at most 64 MiB.
     constexpr std::uintmax_t kMaxImageFileBytes = 64u << 20;
-    std::error_code ec;
-    if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
-      return absl::InvalidArgumentError(absl::StrCat("--image ", path, ": not a regular file"));
-    }
-    if (const std::uintmax_t size = std::filesystem::file_size(path, ec); !ec && size > kMaxImageFileBytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--image ", path, ": ", size, " bytes; an image file is at most ", kMaxImageFileBytes));
-    }
-    std::ifstream file(path, std::ios::binary);
-    if (!file) return absl::InvalidArgumentError(absl::StrCat("--image ", path, ": cannot be read"));
-    std::ostringstream bytes;
-    bytes << file.rdbuf();
-    absl::StatusOr<vision::RgbImage> rgb = decoder->Decode(bytes.str());
+    const absl::StatusOr<std::string> bytes = ReadBoundedFile(path, kMaxImageFileBytes, "--image " + path);
+    if (!bytes.ok()) return absl::InvalidArgumentError(bytes.status().message());
+    absl::StatusOr<vision::RgbImage> rgb = decoder->Decode(*bytes);
     if (!rgb.ok()) return absl::InvalidArgumentError(absl::StrCat("--image ", path, ": ", rgb.status().message()));
     absl::StatusOr<vision::ProcessedImage> processed = processor->Process(*rgb);
     if (!processed.ok()) {
