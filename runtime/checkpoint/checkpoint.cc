@@ -4,10 +4,8 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <system_error>
 #include <utility>
 
@@ -61,16 +59,17 @@ bool ListOne(bool safetensors, const fs::path& dir, const std::string& file, std
 // Parses the index file; on success fills `weight_map` (key -> shard file) and returns true.
 bool ReadIndex(const fs::path& dir, const std::string& index_name, std::map<std::string, std::string>* weight_map,
                std::vector<std::string>* problems) {
-  std::ifstream in(dir / index_name, std::ios::binary);
-  if (!in) {
-    problems->push_back(absl::StrCat(index_name, ": cannot open"));
+  // A shard index is tens of KB (a few MB for thousands of tensors): bounded like config.json, so a
+  // link to /dev/zero is not read until memory runs out.
+  constexpr std::uintmax_t kMaxIndexBytes = 64u << 20;
+  const absl::StatusOr<std::string> text = ReadBoundedFile(dir / index_name, kMaxIndexBytes, index_name);
+  if (!text.ok()) {
+    problems->push_back(std::string(text.status().message()));
     return false;
   }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
   nlohmann::json json;
   try {
-    json = nlohmann::json::parse(buffer.str());
+    json = nlohmann::json::parse(*text);
   } catch (const nlohmann::json::exception& e) {
     problems->push_back(absl::StrCat(index_name, ": invalid JSON: ", e.what()));
     return false;

@@ -402,6 +402,12 @@ TEST(CheckpointListingTest, IndexWithAnEmptyWeightMapListsTheShardsPresent) {
   EXPECT_PROBLEM(*listing, "model.safetensors.index.json: weight_map names no tensor");
   ASSERT_EQ(listing->tensors.size(), 1u);
   EXPECT_EQ(listing->tensors[0].name, "w");
+  // An index past 64 MiB (a sparse file here) is refused unread, and the shards listed.
+  fs::resize_file(tmp.path() / "model.safetensors.index.json", (64u << 20) + 1);
+  auto huge = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(huge.ok()) << huge.status();
+  EXPECT_PROBLEM(*huge, "model.safetensors.index.json: 67108865 bytes, more than the 67108864 read at most");
+  EXPECT_EQ(huge->tensors.size(), 1u);
 }
 
 TEST_F(MalformedSafetensors, UnknownDtypeIsListed) {
