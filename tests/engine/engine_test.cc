@@ -271,17 +271,28 @@ TEST(EngineTest, PoolExhaustionPreemptsAndRecomputesIdentically) {
   EXPECT_TRUE(h.executor->errors().empty()) << h.executor->errors()[0];
 }
 
+// An engine of `batch` slots and a waiting queue of `queue`.
+EngineOptions QueueOptions(int32_t batch, int32_t queue) {
+  EngineOptions o;
+  o.scheduler.max_batch_size = batch;
+  o.scheduler.max_tokens_per_step = 64;
+  o.max_queued_requests = queue;
+  return o;
+}
+
+// Request "a" running, its step held at the executor's gate: what is submitted now waits for the
+// engine thread (Open() lets it go on).
+void HoldAStepWithOneRunning(EngineHarness& h) {
+  h.executor->CloseGate();
+  ASSERT_TRUE(h.engine->Submit(MakeRequest("a", MakePrompt(1, 3), 3), h.collector.Callbacks("a")).ok());
+  ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));
+}
+
 // Arrivals within one step wait for the engine thread to admit them; those the batch's free
 // slots will take are not the waiting queue's: a burst of batch + queue is accepted.
 TEST(EngineTest, BurstFillsFreeBatchSlotsBeforeTheQueue) {
-  EngineOptions o;
-  o.scheduler.max_batch_size = 4;
-  o.scheduler.max_tokens_per_step = 64;
-  o.max_queued_requests = 2;
-  EngineHarness h(o);
-  h.executor->CloseGate();
-  ASSERT_TRUE(h.engine->Submit(MakeRequest("a", MakePrompt(1, 3), 3), h.collector.Callbacks("a")).ok());
-  ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));  // "a" runs: 3 free slots, none queued
+  EngineHarness h(QueueOptions(/*batch=*/4, /*queue=*/2));
+  ASSERT_NO_FATAL_FAILURE(HoldAStepWithOneRunning(h));  // 3 free slots, none queued
   const std::vector<std::string> burst = {"b", "c", "d", "e", "f"};
   for (const std::string& id : burst) {
     EXPECT_TRUE(h.engine->Submit(MakeRequest(id, MakePrompt(2, 3), 3), h.collector.Callbacks(id)).ok()) << id;
@@ -298,14 +309,8 @@ TEST(EngineTest, BurstFillsFreeBatchSlotsBeforeTheQueue) {
 }
 
 TEST(EngineTest, QueueFullAnswersAtOnceWithRetryAfter) {
-  EngineOptions o;
-  o.scheduler.max_batch_size = 1;
-  o.scheduler.max_tokens_per_step = 64;
-  o.max_queued_requests = 2;
-  EngineHarness h(o);
-  h.executor->CloseGate();
-  ASSERT_TRUE(h.engine->Submit(MakeRequest("a", MakePrompt(1, 3), 3), h.collector.Callbacks("a")).ok());
-  ASSERT_TRUE(h.executor->WaitBlockedAtGate(kSafety));  // "a" is running: 0 queued
+  EngineHarness h(QueueOptions(/*batch=*/1, /*queue=*/2));
+  ASSERT_NO_FATAL_FAILURE(HoldAStepWithOneRunning(h));  // no free slot, none queued
   ASSERT_TRUE(h.engine->Submit(MakeRequest("b", MakePrompt(2, 3), 3), h.collector.Callbacks("b")).ok());
   ASSERT_TRUE(h.engine->Submit(MakeRequest("c", MakePrompt(3, 3), 3), h.collector.Callbacks("c")).ok());
   absl::Status s = h.engine->Submit(MakeRequest("d", MakePrompt(4, 3), 3), h.collector.Callbacks("d"));
