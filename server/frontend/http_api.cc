@@ -312,6 +312,22 @@ std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_requ
   return std::nullopt;
 }
 
+// A JSON array of token ids (a prompt's, stop_token_ids) appended to `out`; a refusal names the
+// element (`prefix[i]`). Ids are checked against the vocabulary later, by ValidateRequest.
+std::optional<Refusal> TokenIds(const json& ids, const std::string& prefix, std::vector<int32_t>* out) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const json& v = ids[i];
+    const std::string path = absl::StrCat(prefix, "[", i, "]");
+    if (!v.is_number_integer()) return WrongType(path, v, "an integer token id");
+    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())
+                               : (v.get<int64_t>() < 0 || v.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
+      return Bad(path, absl::StrCat(v.dump(), " is not a token id"));
+    }
+    out->push_back(static_cast<int32_t>(v.get<int64_t>()));
+  }
+  return std::nullopt;
+}
+
 std::optional<Refusal> ParsePrompt(const json& body, GenerateRequest* out_request) {
   auto it = body.find("prompt");
   if (it == body.end() || it->is_null())
@@ -336,17 +352,7 @@ std::optional<Refusal> ParsePrompt(const json& body, GenerateRequest* out_reques
     prefix = "prompt[0]";
     if (ids->empty()) return Bad(prefix, "must not be empty");
   }
-  for (size_t i = 0; i < ids->size(); ++i) {
-    const json& v = (*ids)[i];
-    const std::string path = absl::StrCat(prefix, "[", i, "]");
-    if (!v.is_number_integer()) return WrongType(path, v, "an integer token id");
-    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())
-                               : (v.get<int64_t>() < 0 || v.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
-      return Bad(path, absl::StrCat(v.dump(), " is not a token id"));
-    }
-    out_request->input_ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
-  }
-  return std::nullopt;
+  return TokenIds(*ids, prefix, &out_request->input_ids);
 }
 
 }  // namespace
@@ -483,16 +489,7 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   // vLLM's stop_token_ids: ids that end the output besides the model's own end ids.
   if (auto it = parsed.find("stop_token_ids"); it != parsed.end() && !it->is_null()) {
     if (!it->is_array()) return WrongType("stop_token_ids", *it, "an array of token ids");
-    for (size_t i = 0; i < it->size(); ++i) {
-      const json& v = (*it)[i];
-      const std::string path = absl::StrCat("stop_token_ids[", i, "]");
-      if (!v.is_number_integer()) return WrongType(path, v, "an integer token id");
-      if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())
-                                 : (v.get<int64_t>() < 0 || v.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
-        return Bad(path, absl::StrCat(v.dump(), " is not a token id"));
-      }
-      request.stop_token_ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
-    }
+    if (auto e = TokenIds(*it, "stop_token_ids", &request.stop_token_ids)) return e;
     request.stop_token_ids_add_to_defaults = true;
   }
 

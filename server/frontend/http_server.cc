@@ -513,17 +513,11 @@ class ApiHttpServer final : public httplib::Server {
       tls_connection = &conn;
       ok = process_request(conn, last, closed, [&ssl](httplib::Request& req) { req.ssl = ssl.get(); });
       tls_connection = nullptr;
-      if (conn.head_too_large()) {
-        const Refusal refusal = MakeRefusal(
-            absl::StatusCode::kInvalidArgument, RefusalKind::kHeaderTooLarge,
-            absl::StrCat("request head over ", kMaxHeadBytes, " bytes or ", kMaxHeaderFields, " header fields"));
-        const HttpError e = ToHttpError(refusal);
-        if (conn.written() == 0) conn.SendRaw(RawResponse(431, "Request Header Fields Too Large", e));
-        conn.CloseAfter();
-        if (o.log_requests) {
-          LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
-                   {{"status", CodeName(refusal.code)}, {"http_status", e.status}, {"message", e.message}});
-        }
+      if (conn.head_too_large()) {  // httplib's own answer was dropped (Connection::write)
+        AnswerAndClose(conn, "Request Header Fields Too Large",
+                       MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kHeaderTooLarge,
+                                   absl::StrCat("request head over ", kMaxHeadBytes, " bytes or ", kMaxHeaderFields,
+                                                " header fields")));
         break;
       }
       // httplib answered a head it could not parse (400, 414) itself: where the next request would
@@ -531,16 +525,10 @@ class ApiHttpServer final : public httplib::Server {
       // requests of their own).
       if (ok && !conn.head_parsed() && conn.written() > 0) break;
       if (!ok && conn.timed_out() && conn.written() == 0) {
-        const Refusal refusal = MakeRefusal(
-            absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
-            absl::StrCat("the request did not arrive within --http-read-timeout-ms (", o.read_timeout_ms, " ms)"));
-        const HttpError e = ToHttpError(refusal);
-        conn.SendRaw(RawResponse(408, "Request Timeout", e));
-        conn.CloseAfter();  // linger: what the client still sends must not reset the answer away
-        if (o.log_requests) {
-          LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
-                   {{"status", CodeName(refusal.code)}, {"http_status", e.status}, {"message", e.message}});
-        }
+        AnswerAndClose(conn, "Request Timeout",
+                       MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
+                                   absl::StrCat("the request did not arrive within --http-read-timeout-ms (",
+                                                o.read_timeout_ms, " ms)")));
       }
       if (!ok || closed || last || conn.close_after()) break;
     }
@@ -550,6 +538,19 @@ class ApiHttpServer final : public httplib::Server {
     shutdown(sock, SHUT_RDWR);
     close(sock);
     return ok;
+  }
+
+  // A refusal of a request httplib could not hand to a handler (its head too large, or late),
+  // written raw, then the connection closed after a linger (what the client still sends must not
+  // reset the answer away). `reason`: the status line's phrase for the refusal's HTTP status.
+  void AnswerAndClose(Connection& conn, const char* reason, const Refusal& refusal) {
+    const HttpError e = ToHttpError(refusal);
+    conn.SendRaw(RawResponse(e.status, reason, e));
+    conn.CloseAfter();
+    if (state_->options.log_requests) {
+      LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
+               {{"status", CodeName(refusal.code)}, {"http_status", e.status}, {"message", e.message}});
+    }
   }
 
   // Over --http-max-connections: 503 (Retry-After), then closed. Plain: on the accept thread,
