@@ -107,8 +107,8 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   const std::string& engine_id() const { return engine_id_; }
   // The client went away (`why` CANCELLED), or the transport ended the call at its deadline
   // (DEADLINE_EXCEEDED: gRPC cancels such a call itself): the engine frees the slot, and a result
-  // the engine did not end on its own deadline is counted and logged as `why`. Any thread; never
-  // under a lock the sink takes.
+  // that is not OK is counted and logged as `why` (EndCode). Any thread; never under a lock the
+  // sink takes.
   void Cancel(absl::StatusCode why = absl::StatusCode::kCancelled);
 
  private:
