@@ -29,7 +29,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_test_util import Server  # noqa: E402
-from ports import free_port  # noqa: E402  (tests/pyutil, on the path through http_test_util)
+from metrics import sample as metric  # noqa: E402  (tests/pyutil, on the path through http_test_util)
+from ports import free_port  # noqa: E402
 
 FAILURES = []
 
@@ -286,14 +287,6 @@ def test_headers(server):
     check(growth < 16 << 10, f"a 45 MB head: RSS flat ({growth >> 10} MB growth < 16 MB)")
     st, _, _ = server.request("GET", "/health")
     check(st == 200, f"health after the large heads (got {st})")
-
-
-def metric(port, name):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{") and line.split()[0] == name:
-                return float(line.split()[-1])
-    return 0.0
 
 
 def test_unary_disconnect(binary, model):

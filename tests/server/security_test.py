@@ -26,6 +26,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "pyutil"))
+from metrics import sample as metric  # noqa: E402
 from ports import free_port  # noqa: E402
 from checks import FAILURES, check  # noqa: E402
 from glmserve_process import GlmserveProcess, inference_stubs, server_test_args  # noqa: E402
@@ -574,14 +575,6 @@ def bad_flags(args, p, tmp):
                             "--log-level", "error", *extra], capture_output=True, text=True, timeout=60)
         check(r.returncode == 2 and flag in r.stderr and "listening on" not in r.stderr,
               f"{' '.join(os.path.basename(x) for x in extra)}: exit {r.returncode}, names {flag}: {r.stderr.strip()[:160]!r}")
-
-
-def metric(port, name):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.split(" ")[0] == name:
-                return float(line.split()[-1])
-    return 0.0
 
 
 def tls_unary_disconnect(args, p):
