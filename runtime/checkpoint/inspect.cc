@@ -30,15 +30,16 @@ namespace {
 // The sizes weight shapes are derived from are usable (positive, heads in whole groups, the rotary
 // part within a head, layer counts within LoadModelConfig's bounds), whatever else is wrong.
 bool ShapesSound(const ModelConfig& c) {
-  const bool text = c.num_layers > 0 && c.num_layers <= 1024 && c.hidden_size > 0 && c.intermediate_size > 0 &&
-                    c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
+  const bool text = c.num_layers > 0 && c.num_layers <= kMaxConfigLayers && c.hidden_size > 0 &&
+                    c.intermediate_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0 &&
                     c.num_attention_heads % c.num_key_value_heads == 0 && c.head_dim > 0 && c.vocab_size > 0 &&
                     c.rotary_dim >= 0 && c.rotary_dim <= c.head_dim;
   if (!text || !c.vision.has_value()) return text;
   const VisionConfig& v = *c.vision;
-  return v.depth > 0 && v.depth <= 1024 && v.hidden_size > 0 && v.num_heads > 0 && v.intermediate_size > 0 &&
-         v.out_hidden_size > 0 && v.patch_size > 0 && v.spatial_merge_size > 0 && v.temporal_patch_size > 0 &&
-         v.image_size >= v.patch_size && v.image_size / v.patch_size <= 4096 && v.in_channels > 0;
+  return v.depth > 0 && v.depth <= kMaxConfigLayers && v.hidden_size > 0 && v.num_heads > 0 &&
+         v.intermediate_size > 0 && v.out_hidden_size > 0 && v.patch_size > 0 && v.spatial_merge_size > 0 &&
+         v.temporal_patch_size > 0 && v.image_size >= v.patch_size &&
+         v.image_size / v.patch_size <= kMaxVisionPositionsSide && v.in_channels > 0;
 }
 
 }  // namespace

@@ -37,11 +37,6 @@ std::string StringField(const json& object, const char* key, const std::string& 
   return it->get<std::string>();
 }
 
-// Layers (text) or blocks (vision) a config may declare; patches a side of the vision tower's
-// position table.
-constexpr int32_t kMaxConfigLayers = 1024;
-constexpr int32_t kMaxVisionPositionsSide = 4096;
-
 // The most bytes a JSON side file (config.json, generation_config.json) is read to: real ones are
 // a few KB; a link to /dev/zero must not be read until memory runs out.
 constexpr std::uintmax_t kMaxJsonFileBytes = 16u << 20;

@@ -22,6 +22,11 @@ enum class Architecture {
 };
 const char* ArchitectureName(Architecture arch);
 
+// Layers (text) or blocks (vision) a config may declare, and patches a side of the vision tower's
+// position table: LoadModelConfig refuses more (a corrupt config would size reports and tables).
+inline constexpr int32_t kMaxConfigLayers = 1024;
+inline constexpr int32_t kMaxVisionPositionsSide = 4096;
+
 // GLM-4.1V's vision tower (config.json `vision_config`, transformers' Glm4vVisionConfig) and the
 // ids that place images and videos in the text. Only the weight plan and the future vision
 // tower read it; the text model ignores it.
@@ -49,7 +54,8 @@ struct VisionConfig {
   int32_t video_end_token_id = 151342;
 
   int32_t head_dim() const { return num_heads > 0 ? hidden_size / num_heads : 0; }
-  // (image_size / patch_size)^2; LoadModelConfig refuses a side past 4096, so it fits.
+  // (image_size / patch_size)^2; LoadModelConfig refuses a side past kMaxVisionPositionsSide, so it
+  // fits.
   int32_t num_positions() const {
     const int64_t side = patch_size > 0 ? image_size / patch_size : 0;
     return static_cast<int32_t>(std::min<int64_t>(side * side, INT32_MAX));
