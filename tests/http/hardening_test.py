@@ -29,7 +29,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from http_test_util import Server  # noqa: E402
-from metrics import sample as metric  # noqa: E402  (tests/pyutil, on the path through http_test_util)
+from metrics import sample as metric, wait_sample  # noqa: E402  (tests/pyutil, on the path through http_test_util)
 from ports import free_port  # noqa: E402
 
 FAILURES = []
@@ -304,19 +304,12 @@ def test_unary_disconnect(binary, model):
             s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
             socks.append(s)
-        running = 0
-        t_end = time.monotonic() + 20
-        while running < 2 and time.monotonic() < t_end:
-            running = metric(mport, "glmserve_requests_running")
-            time.sleep(0.1)
+        running = wait_sample(mport, "glmserve_requests_running", lambda v: v >= 2, 20)
         check(running == 2, f"two long unary requests running (saw {running})")
         for s in socks:
             s.close()
         t = time.monotonic()
-        t_end = t + 10
-        while running > 0 and time.monotonic() < t_end:
-            running = metric(mport, "glmserve_requests_running")
-            time.sleep(0.1)
+        running = wait_sample(mport, "glmserve_requests_running", lambda v: v == 0, 10)
         freed = time.monotonic() - t
         check(running == 0, f"clients gone: both requests ended in {freed:.1f} s, not at their 40 s end")
         cancelled = metric(mport, 'glmserve_requests_total{code="CANCELLED"}')

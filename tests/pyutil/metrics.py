@@ -1,4 +1,5 @@
 """One sample of the server's /metrics, for the tests that start the real binary."""
+import time
 import urllib.request
 
 
@@ -10,3 +11,13 @@ def sample(port, series):
             if line.split(" ", 1)[0] == series:
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def wait_sample(port, series, done, timeout_s):
+    """Samples `series` every 0.1 s until `done(value)` holds or `timeout_s` passes; the last value."""
+    end = time.monotonic() + timeout_s
+    value = sample(port, series)
+    while not done(value) and time.monotonic() < end:
+        time.sleep(0.1)
+        value = sample(port, series)
+    return value

@@ -26,7 +26,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "pyutil"))
-from metrics import sample as metric  # noqa: E402
+from metrics import sample as metric, wait_sample  # noqa: E402
 from ports import free_port  # noqa: E402
 from checks import FAILURES, check  # noqa: E402
 from glmserve_process import GlmserveProcess, inference_stubs, server_test_args  # noqa: E402
@@ -591,10 +591,7 @@ def tls_unary_disconnect(args, p):
             tls_sock = ctx.wrap_socket(raw, server_hostname="localhost")
             tls_sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            running, t_end = 0.0, time.monotonic() + 20
-            while running < 1 and time.monotonic() < t_end:
-                running = metric(server.metrics_port, "glmserve_requests_running")
-                time.sleep(0.1)
+            running = wait_sample(server.metrics_port, "glmserve_requests_running", lambda v: v >= 1, 20)
             check(running == 1, f"TLS unary ({how}): running (saw {running})")
             if how == "close_notify":
                 try:  # sends close_notify, then waits for the server's, which the answer may precede
@@ -603,10 +600,7 @@ def tls_unary_disconnect(args, p):
                     pass
             tls_sock.close()
             raw.close()
-            t_end = time.monotonic() + 10
-            while running > 0 and time.monotonic() < t_end:
-                running = metric(server.metrics_port, "glmserve_requests_running")
-                time.sleep(0.1)
+            running = wait_sample(server.metrics_port, "glmserve_requests_running", lambda v: v == 0, 10)
             cancelled = metric(server.metrics_port, 'glmserve_requests_total{code="CANCELLED"}')
             check(running == 0 and cancelled == n,
                   f"TLS unary ({how}): cancelled once the client left (running {running}, CANCELLED {cancelled})")
