@@ -187,9 +187,9 @@ def test_media_type(server):
     check(st == 200, f"application/json with a charset: 200 (got {st})")
 
 
-def responses_until_close(raw, port, timeout=10):
+def responses_until_close(raw, port, timeout=10, bodies=None):
     """The status codes of every response one connection gets for `raw` before the server closes it
-    (None at the end when it did not close within `timeout`)."""
+    (None at the end when it did not close within `timeout`); their bodies appended to `bodies`."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(raw)
     data = b""
@@ -210,6 +210,8 @@ def responses_until_close(raw, port, timeout=10):
         lines = head.split(b"\r\n")
         codes.append(int(lines[0].split()[1]))
         length = [int(v) for k, _, v in (line.partition(b":") for line in lines[1:]) if k.lower() == b"content-length"]
+        if bodies is not None:
+            bodies.append(data[:length[0] if length else 0])
         data = data[length[0] if length else 0:]
     return codes + ([] if closed else [None])
 
@@ -220,21 +222,28 @@ def test_framing(server):
     smuggled = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
     body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode()
     post = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    # (what, bytes, statuses, the header the answer must name: None where httplib answers itself)
     cases = [
-        ("bad HTTP version", b"GET /health HTTP/9.9\r\n\r\n" + smuggled, [400]),
-        ("garbage request line", b"BLAH\r\n\r\n" + smuggled, [400]),
+        ("bad HTTP version", b"GET /health HTTP/9.9\r\n\r\n" + smuggled, [400], None),
+        ("garbage request line", b"BLAH\r\n\r\n" + smuggled, [400], None),
         ("two different Content-Lengths",
          post + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(body), len(body) + len(smuggled)) + body +
-         smuggled, [400]),
-        ("Content-Length '1x'", post + b"Content-Length: 1x\r\n\r\n" + smuggled, [400]),
-        ("Content-Length -1 on GET", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n" + smuggled, [400]),
+         smuggled, [400], b"Content-Length"),
+        ("Content-Length '1x'", post + b"Content-Length: 1x\r\n\r\n" + smuggled, [400], b"Content-Length"),
+        ("Content-Length -1 on GET", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n" + smuggled, [400],
+         b"Content-Length"),
         ("Content-Length and Transfer-Encoding",
-         post + b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n" % len(body) + body + smuggled, [400]),
-        ("Transfer-Encoding gzip", post + b"Transfer-Encoding: gzip\r\n\r\n" + body, [400]),
+         post + b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n" % len(body) + body + smuggled, [400],
+         b"Transfer-Encoding"),
+        ("Transfer-Encoding gzip", post + b"Transfer-Encoding: gzip\r\n\r\n" + body, [400], b"Transfer-Encoding"),
     ]
-    for name, raw, want in cases:
-        codes = responses_until_close(raw, server.port)
+    for name, raw, want, names in cases:
+        bodies = []
+        codes = responses_until_close(raw, server.port, bodies=bodies)
         check(codes == want, f"framing, {name}: {want} then closed (got {codes})")
+        if names is not None:
+            check(bool(bodies) and names in bodies[0] and is_openai_error(bodies[0], "invalid_request_error"),
+                  f"framing, {name}: the error names {names.decode()} ({bodies[:1]!r})")
     # A well-framed request refused for its content keeps the connection: the next one is served.
     twice = post + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(body), len(body)) + body
     bad_json = post + b"Content-Length: 1\r\n\r\n{"
