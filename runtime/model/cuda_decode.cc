@@ -13,13 +13,14 @@
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
 // GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
-// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt,tma_gemm,gemm_tuning> turns single kernels off
+// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt,tma_gemm,gemm_tuning,fused_norm> turns single kernels off
 // (their ATen ops or cuBLAS, the skinny GEMM on mma.sync, the one-pass attention kernel, the
 // CUDA-core split attention, the shared-memory tile attention kernel, or per-sequence ATen
 // attention for prefill and mixed steps run instead; whole_mixed: mixed steps replay graphs
 // between their eager attentions; cublaslt: bf16 / fp16 GEMMs on cublasGemmEx's heuristic instead
 // of cuBLASLt's; tma_gemm: the skinny GEMM's wgmma fed by cp.async instead of TMA; gemm_tuning:
-// every projection on ATen's call, none on a cuBLASLt candidate timed faster at start);
+// every projection on ATen's call, none on a cuBLASLt candidate timed faster at start;
+// fused_norm: one-row steps' add+RMSNorm in its own kernel, not inside the GEMV after it);
 // GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
 // the bounds where the GEMV and the skinny GEMM replace cuBLAS.
 #include "runtime/model/cuda_decode.h"
@@ -1036,7 +1037,7 @@ class CudaDecodeRunner {
   static constexpr const char* kSwitchableKernels[] = {
       "norm",          "rotary",         "swiglu",     "gemv",          "gemm", "wgmma",       "split_attention",
       "mma_attention", "warp_attention", "mixed_step", "cudnn_prefill", "pdl",  "whole_mixed", "cublaslt",
-      "tma_gemm",      "gemm_tuning"};
+      "tma_gemm",      "gemm_tuning",    "fused_norm"};
   // A fresh prompt of at least this many tokens alone in a step attends through cuDNN, its length
   // padded to a multiple of kCudnnPrefillPad.
   static constexpr int64_t kCudnnPrefillDefaultMinTokens = 1024;
@@ -1312,11 +1313,12 @@ class CudaDecodeRunner {
         return y;
       };
     }
-    // Measurement switches, off by default: GLMSERVE_CUDA_FUSED_NORM=1 runs one-row steps'
-    // add+RMSNorm inside the GEMV after it (each block normalises the row while its first weight
-    // loads are in flight; the same bits), with GLMSERVE_CUDA_FUSED_SWIGLU=1 the MLP's SwiGLU too
-    // and with GLMSERVE_CUDA_FUSED_ROTARY=1 the rotary + KV write after qkv.
-    if (Enabled("gemv") && Enabled("norm") && EnvIs("GLMSERVE_CUDA_FUSED_NORM", "1")) {
+    // One-row steps run each add+RMSNorm inside the GEMV after it (each block normalises the row
+    // while its first weight loads are in flight; the same bits): batch 1 +3.5% on an H100
+    // (bench/results/gpu.md, eighteenth session). Off: GLMSERVE_CUDA_DISABLE=fused_norm.
+    // Measurement switches, off by default, measured no faster: with GLMSERVE_CUDA_FUSED_SWIGLU=1
+    // the MLP's SwiGLU too, with GLMSERVE_CUDA_FUSED_ROTARY=1 the rotary + KV write after qkv.
+    if (Enabled("gemv") && Enabled("norm") && Enabled("fused_norm")) {
       const float eps = static_cast<float>(c.rms_norm_eps);
       const bool fuse_swiglu = Enabled("swiglu") && EnvIs("GLMSERVE_CUDA_FUSED_SWIGLU", "1");
       kernels::GemvRotaryKvArgs rotary_template;
