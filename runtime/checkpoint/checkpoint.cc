@@ -16,6 +16,7 @@
 #include "runtime/bounded_file.h"
 #include "runtime/checkpoint/pytorch_bin.h"
 #include "runtime/checkpoint/safetensors.h"
+#include "runtime/json_error.h"
 
 namespace glmserve {
 namespace {
@@ -71,7 +72,7 @@ bool ReadIndex(const fs::path& dir, const std::string& index_name, std::map<std:
   try {
     json = nlohmann::json::parse(*text);
   } catch (const nlohmann::json::exception& e) {
-    problems->push_back(absl::StrCat(index_name, ": invalid JSON: ", e.what()));
+    problems->push_back(absl::StrCat(index_name, ": invalid JSON: ", JsonErrorText(e)));
     return false;
   }
   if (!json.is_object() || !json.contains("weight_map") || !json["weight_map"].is_object()) {

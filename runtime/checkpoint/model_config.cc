@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 #include "runtime/bounded_file.h"
+#include "runtime/json_error.h"
 
 namespace glmserve {
 namespace {
@@ -146,9 +147,7 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
     problems->push_back(absl::StrCat(name, ": invalid JSON at byte ", e.byte, ": expected a JSON object"));
     return false;
   } catch (const json::exception& e) {  // a number past a double's range (1e400)
-    std::string what = e.what();
-    what = what.substr(what.find("] ") == std::string::npos ? 0 : what.find("] ") + 2);
-    problems->push_back(absl::StrCat(name, ": invalid JSON: ", what));
+    problems->push_back(absl::StrCat(name, ": invalid JSON: ", JsonErrorText(e)));
     return false;
   }
   if (!out->is_object()) {
@@ -579,7 +578,7 @@ absl::StatusOr<ModelConfig> LoadModelConfigWithProblems(const std::string& direc
     return ReadModelConfig(directory, problems);
   } catch (const nlohmann::json::exception& e) {
     return absl::FailedPreconditionError(
-        absl::StrCat("config.json: a field of an unexpected type or value: ", e.what()));
+        absl::StrCat("config.json: a field of an unexpected type or value: ", JsonErrorText(e)));
   }
 }
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "runtime/json_error.h"
 
 namespace glmserve {
 namespace {
@@ -114,7 +115,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
   try {
     json = nlohmann::json::parse(header);
   } catch (const nlohmann::json::exception& e) {
-    problems->push_back(absl::StrCat(file_name, ": header is not valid JSON: ", e.what()));
+    problems->push_back(absl::StrCat(file_name, ": header is not valid JSON: ", JsonErrorText(e)));
     return false;
   }
   if (!json.is_object()) {

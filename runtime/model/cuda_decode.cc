@@ -13,16 +13,15 @@
 // Diagnosis switches (read once): GLMSERVE_CUDA_GRAPHS=0 runs decode steps eagerly;
 // GLMSERVE_CUDA_GRAPHS_VERIFY=1 re-runs every replayed step eagerly and reports differences;
 // GLMSERVE_CUDA_DISABLE=<comma list of norm,rotary,swiglu,gemv,gemm,wgmma,split_attention,
-// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt,tma_gemm,gemm_tuning,fused_norm> turns single kernels off
-// (their ATen ops or cuBLAS, the skinny GEMM on mma.sync, the one-pass attention kernel, the
-// CUDA-core split attention, the shared-memory tile attention kernel, or per-sequence ATen
-// attention for prefill and mixed steps run instead; whole_mixed: mixed steps replay graphs
-// between their eager attentions; cublaslt: bf16 / fp16 GEMMs on cublasGemmEx's heuristic instead
-// of cuBLASLt's; tma_gemm: the skinny GEMM's wgmma fed by cp.async instead of TMA; gemm_tuning:
-// every projection on ATen's call, none on a cuBLASLt candidate timed faster at start;
-// fused_norm: one-row steps' add+RMSNorm in its own kernel, not inside the GEMV after it);
-// GLMSERVE_CUDA_GEMV_MAX_ROWS, GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move
-// the bounds where the GEMV and the skinny GEMM replace cuBLAS.
+// mma_attention,warp_attention,mixed_step,whole_mixed,cublaslt,tma_gemm,gemm_tuning,fused_norm> turns single kernels
+// off (their ATen ops or cuBLAS, the skinny GEMM on mma.sync, the one-pass attention kernel, the CUDA-core split
+// attention, the shared-memory tile attention kernel, or per-sequence ATen attention for prefill and mixed steps run
+// instead; whole_mixed: mixed steps replay graphs between their eager attentions; cublaslt: bf16 / fp16 GEMMs on
+// cublasGemmEx's heuristic instead of cuBLASLt's; tma_gemm: the skinny GEMM's wgmma fed by cp.async instead of TMA;
+// gemm_tuning: every projection on ATen's call, none on a cuBLASLt candidate timed faster at start; fused_norm: one-row
+// steps' add+RMSNorm in its own kernel, not inside the GEMV after it); GLMSERVE_CUDA_GEMV_MAX_ROWS,
+// GLMSERVE_CUDA_GEMM_MAX_ROWS and GLMSERVE_CUDA_GEMM_MIN_WEIGHT move the bounds where the GEMV and the skinny GEMM
+// replace cuBLAS.
 #include "runtime/model/cuda_decode.h"
 
 #include <ATen/Context.h>

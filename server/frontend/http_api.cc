@@ -10,6 +10,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/json_error.h"
 #include "server/request/request_validation.h"
 
 namespace glmserve {
@@ -42,13 +43,6 @@ const char* TypeName(const json& v) {
 
 Refusal WrongType(const std::string& path, const json& v, const char* expected) {
   return Bad(path, absl::StrCat("expected ", expected, ", got ", TypeName(v)), RefusalKind::kInvalidType);
-}
-
-// e.what() without the library's "[json.exception.parse_error.101] " prefix.
-std::string WithoutExceptionId(const json::exception& e) {
-  std::string what = e.what();
-  const size_t at = what.find("] ");
-  return at == std::string::npos ? what : what.substr(at + 2);
 }
 
 // Nesting depth outside strings, without building anything (a guard before the real parse).
@@ -375,10 +369,9 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   try {
     parsed = json::parse(body);
   } catch (const json::parse_error& e) {
-    return Bad("", absl::StrCat("invalid JSON at byte ", e.byte, ": ", WithoutExceptionId(e)),
-               RefusalKind::kInvalidJson);
+    return Bad("", absl::StrCat("invalid JSON at byte ", e.byte, ": ", JsonErrorText(e)), RefusalKind::kInvalidJson);
   } catch (const json::exception& e) {  // a number too large for a double (1e309)
-    return Bad("", absl::StrCat("invalid JSON: ", WithoutExceptionId(e)), RefusalKind::kInvalidJson);
+    return Bad("", absl::StrCat("invalid JSON: ", JsonErrorText(e)), RefusalKind::kInvalidJson);
   }
   if (!parsed.is_object())
     return Bad("", absl::StrCat("request body must be a JSON object, got ", TypeName(parsed)),

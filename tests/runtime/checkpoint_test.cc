@@ -269,6 +269,8 @@ TEST(ListCheckpoint, InvalidIndexJsonNamesPosition) {
   ASSERT_TRUE(listing.ok()) << listing.status();
   EXPECT_EQ(listing->format, CheckpointFormat::kSafetensorsSharded);
   EXPECT_PROBLEM(*listing, "model.safetensors.index.json", "invalid JSON", "line 1, column");
+  // The parser's own exception id names nothing in the user's file.
+  EXPECT_EQ(Joined(listing->problems).find("json.exception"), std::string::npos) << Joined(listing->problems);
   // The shards present are still listed.
   EXPECT_EQ(listing->files, std::vector<std::string>{"model-00001-of-00002.safetensors"});
 }
@@ -317,7 +319,9 @@ TEST_F(MalformedSafetensors, HeaderSizeLargerThanFile) {
 }
 
 TEST_F(MalformedSafetensors, InvalidJson) {
-  EXPECT_PROBLEM(List(Safetensors("{\"a\": [1,", "")), "model.safetensors", "not valid JSON");
+  const CheckpointListing broken = List(Safetensors("{\"a\": [1,", ""));
+  EXPECT_PROBLEM(broken, "model.safetensors", "not valid JSON", "unexpected end of input");
+  EXPECT_EQ(Joined(broken.problems).find("json.exception"), std::string::npos) << Joined(broken.problems);
   EXPECT_PROBLEM(List(Safetensors("[1, 2]", "")), "model.safetensors", "not a JSON object");
 }
 
