@@ -1,4 +1,4 @@
-// `glmserve serve`: load, warm up, serve over gRPC, drain on SIGTERM/SIGINT.
+// `glmserve serve`: load, warm up, serve over gRPC, drain on SIGTERM/SIGINT/SIGHUP.
 #include "server/commands/serve_command.h"
 
 #include <netdb.h>
@@ -158,6 +158,8 @@ int RunServe(int argc, char** argv) {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  // The terminal or SSH session that started the server closing: a drain too, not death mid-request.
+  sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
   // Leaked on purpose: the waiter thread outlives RunServe.

@@ -35,7 +35,7 @@ struct Staging {
 constexpr char kDescription[] =
     "Loads a GLM checkpoint and serves glmserve.v1.Inference over gRPC, with grpc.health.v1 and\n"
     "server reflection. Logs 'glmserve: serving on HOST:PORT' on stderr once the model is warm\n"
-    "(health SERVING). SIGTERM/SIGINT drains: health NOT_SERVING, new requests UNAVAILABLE,\n"
+    "(health SERVING). SIGTERM/SIGINT/SIGHUP drain: health NOT_SERVING, new requests UNAVAILABLE,\n"
     "in-flight requests finish (up to --drain-timeout-ms), exit 0; a second signal exits at once.\n"
     "Bad flags exit 2 before anything is bound or loaded.";
 
@@ -151,7 +151,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Section("self-healing (docs/operations.md)");
   set.Switch("supervise", &f.supervise,
              "run the server as a child process; restart it when it dies (backoff as below); "
-             "SIGTERM/SIGINT are forwarded for a drain");
+             "SIGTERM/SIGINT/SIGHUP are forwarded for a drain");
   set.Int("stall-timeout-ms", &f.stall_timeout_ms, 10, kTimeMax,
           "a step longer than this is an engine fault (NOT_SERVING, rebuild)");
   set.Int("restart-backoff-ms", &f.restart_backoff_ms, 0, kTimeMax,

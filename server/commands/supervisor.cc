@@ -46,6 +46,7 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGCHLD);
   sigprocmask(SIG_BLOCK, &set, &old_mask);
 
@@ -76,7 +77,7 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
     for (;;) {
       timespec timeout{0, 200'000'000};
       const int sig = sigtimedwait(&set, nullptr, &timeout);
-      if (sig == SIGTERM || sig == SIGINT) {
+      if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
         LogEvent(LogLevel::kInfo, "supervisor_signal", "",
                  absl::StrCat("supervisor: signal ", sig, ": forwarding to child ", child),
                  {{"signal", sig}, {"child_pid", child}});
@@ -123,7 +124,7 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
       const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(until - SteadyClock::now());
       timespec ts{static_cast<time_t>(left.count() / 1'000'000'000), static_cast<long>(left.count() % 1'000'000'000)};
       const int sig = sigtimedwait(&set, nullptr, &ts);
-      if (sig == SIGTERM || sig == SIGINT) return kExitOk;  // no child to drain
+      if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) return kExitOk;  // no child to drain
     }
     ++restarts;
   }

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "tests/server/test_client.h"
 #include "tests/testutil/server_process.h"
 
@@ -232,7 +233,11 @@ void ServeIntegrationTest::CheckSixtyFourConcurrentClients() {
   }
 }
 
-TEST_F(ServeIntegrationTest, SigtermDrainsInFlightRequests) {
+// SIGTERM (Kubernetes, systemd), SIGINT (Ctrl-C) and SIGHUP (the terminal or SSH session that
+// started the server closing) all drain: in-flight requests finish, new ones are refused.
+class ServeSignalTest : public ServeIntegrationTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(ServeSignalTest, SignalDrainsInFlightRequests) {
   Start({"--debug-step-latency-ms", "10"});
   constexpr int kInFlight = 6;
   std::vector<grpc::Status> statuses(kInFlight);
@@ -248,7 +253,7 @@ TEST_F(ServeIntegrationTest, SigtermDrainsInFlightRequests) {
     });
   }
   std::this_thread::sleep_for(300ms);  // all six are generating (100 steps x 10 ms)
-  server_->Signal(SIGTERM);
+  server_->Signal(GetParam());
   int health = -2;
   for (int i = 0; i < 100 && health != 2; ++i) {
     health = HealthCheck(channel_, "");
@@ -263,7 +268,21 @@ TEST_F(ServeIntegrationTest, SigtermDrainsInFlightRequests) {
     EXPECT_EQ(counts[i], 100u) << i;
   }
   EXPECT_EQ(server_->WaitExit(30s), 0) << server_->log();
+  EXPECT_NE(server_->log().find(absl::StrCat("signal ", GetParam(), ": draining")), std::string::npos)
+      << server_->log();
 }
+
+INSTANTIATE_TEST_SUITE_P(Signals, ServeSignalTest, ::testing::Values(SIGTERM, SIGINT, SIGHUP),
+                         [](const ::testing::TestParamInfo<int>& info) -> std::string {
+                           switch (info.param) {
+                             case SIGTERM:
+                               return "Sigterm";
+                             case SIGINT:
+                               return "Sigint";
+                             default:
+                               return "Sighup";
+                           }
+                         });
 
 }  // namespace
 }  // namespace glmserve
