@@ -11,6 +11,10 @@ Writes tests/fixtures/tokenizer/:
   chatglm3-sp/           sentencepiece tokenizer.model trained here (ChatGLM3-style specials)
   expected.json          reference ids / decodes / chat ids from HF tokenizers + transformers,
                          tiktoken, sentencepiece.
+  long_runs.json         pieces thousands of bytes long and their BPE ids (HF tokenizers, tiktoken)
+  chatglm3-sp-prefix/    chatglm3-sp's model with the dummy prefix on (as real ChatGLM2/3 models)
+  sp_prefix.json         id sequences and their ChatGLM3 decodes with that model (specials kept / dropped);
+                         `make_tokenizer_fixtures.py long_runs` writes these four alone.
 """
 import base64, copy, json, os, sys, tempfile
 
@@ -244,7 +248,88 @@ def make_sentencepiece():
     return {"encode": enc, "decode": decs, "chat": chats, "sp_vocab_size": n}
 
 
+# Generated replies as ChatGLM3 starts them ("▁" "\n" ...: the dummy prefix before a newline) and
+# others, for a sentencepiece model whose normaliser adds the dummy prefix (real ChatGLM2/3 do).
+PREFIX_TEXTS = ["\nHello world", "hello world", " two  spaces", "\n\n你好，世界", "x", "  ", "😀 emoji"]
+
+
+def make_sentencepiece_prefix():
+    """chatglm3-sp-prefix/: the chatglm3-sp model with add_dummy_prefix on, and sp_prefix.json: id
+    sequences (the texts' encodings, a special id inside, leading "▁" pieces alone) and what the
+    ChatGLM3 decode gives for them (sentencepiece per run, specials as text; with specials
+    dropped, one run)."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    d = os.path.join(OUT, "chatglm3-sp-prefix")
+    os.makedirs(d, exist_ok=True)
+    m = pb.ModelProto()
+    with open(os.path.join(OUT, "chatglm3-sp", "tokenizer.model"), "rb") as f:
+        m.ParseFromString(f.read())
+    m.normalizer_spec.add_dummy_prefix = True
+    model = m.SerializeToString()
+    with open(os.path.join(d, "tokenizer.model"), "wb") as f:
+        f.write(model)
+    write_json(os.path.join(d, "tokenizer_config.json"), {"tokenizer_class": "ChatGLMTokenizer", "eos_token": "</s>"})
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    n = sp.get_piece_size()
+    specials = {s: n + i for i, s in enumerate(CHATGLM3_SPECIALS)}
+    inv = {v: k for k, v in specials.items()}
+    space = sp.piece_to_id("\u2581")
+    seqs = [sp.encode(t) for t in PREFIX_TEXTS]
+    seqs += [[space] + sp.encode("hi"), [space, space] + sp.encode("hi"),
+             sp.encode("hi") + [specials["<|user|>"]] + sp.encode("there"),
+             [specials["<|assistant|>"]] + sp.encode("\nok")]
+
+    def dec(ids):
+        out, run = "", []
+        for i in ids + [None]:
+            if i is None or i in inv:
+                out += sp.decode(run)
+                run = []
+                if i is not None:
+                    out += inv[i]
+            else:
+                run.append(i)
+        return out
+
+    write_json(os.path.join(OUT, "sp_prefix.json"),
+               {"ids": seqs, "decode": [dec(x) for x in seqs],
+                "decode_skip_special": [sp.decode([i for i in x if i < n]) for x in seqs]})
+
+
+# Single pre-tokenizer pieces thousands of bytes long (runs of one class the regexes never split):
+# the BPE merge loop's cost on them, and its ties between equal pairs all along a run.
+LONG_RUNS = ["=" * 4000, " " * 4000 + "x", "ab" * 2000, "中文" * 1000, "!?" * 2000, "a" * 3000 + " " + "=" * 1000,
+             "\n" * 3000, "😀" * 500, "-" * 3999 + ">"]
+
+
+def make_long_runs():
+    """long_runs.json: the texts and their ids from HF tokenizers (glm4-tiny, glm4-hf) and tiktoken."""
+    import tiktoken
+    from tokenizers import Tokenizer
+    out = {"texts": LONG_RUNS}
+    for name, d in [("glm4-tiny", TINY), ("glm4-hf", os.path.join(OUT, "glm4-hf"))]:
+        tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        out[name] = [tok.encode(s).ids for s in LONG_RUNS]
+    ranks = {}
+    with open(os.path.join(OUT, "glm4-tiktoken", "tokenizer.model")) as f:
+        for line in f:
+            b64, rank = line.split()
+            ranks[base64.b64decode(b64)] = int(rank)
+    specials = {s: len(ranks) + i for i, s in enumerate(GLM4_SPECIALS)}
+    enc = tiktoken.Encoding("glm4-fixture", pat_str=GLM4_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    prefix = [specials["[gMASK]"], specials["<sop>"]]
+    out["glm4-tiktoken"] = [prefix + enc.encode(s) for s in LONG_RUNS]
+    with open(os.path.join(OUT, "long_runs.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+
+
 def main():
+    if sys.argv[1:] == ["long_runs"]:  # the four below the docstring's expected.json, from those before
+        make_long_runs()
+        make_sentencepiece_prefix()
+        return
     os.makedirs(OUT, exist_ok=True)
     write_json(os.path.join(OUT, "corpus.json"), CORPUS)
     write_json(os.path.join(OUT, "conversations.json"), CONVERSATIONS)
@@ -262,6 +347,8 @@ def main():
         print(f"{k}: {len(CORPUS)} lines, python round trip {rt}/{len(CORPUS)}, "
               f"{sum(len(x) for x in expected[k]['encode'])} tokens")
     write_json(os.path.join(OUT, "expected.json"), expected)
+    make_long_runs()
+    make_sentencepiece_prefix()
 
 
 if __name__ == "__main__":

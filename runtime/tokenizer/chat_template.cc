@@ -1,6 +1,7 @@
 #include "runtime/tokenizer/chat_template.h"
 
 #include "absl/strings/str_cat.h"
+#include "runtime/shown_value.h"
 
 namespace glmserve::tokenizer {
 namespace {
@@ -226,8 +227,8 @@ absl::Status ValidateRoles(const std::vector<Message>& messages) {
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& r = messages[i].role;
     if (r != "system" && r != "user" && r != "assistant" && r != "observation") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("messages[", i, "].role: '", r, "' is not one of system, user, assistant, observation"));
+      return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role: '", ShownValue(r),
+                                                     "' is not one of system, user, assistant, observation"));
     }
   }
   return absl::OkStatus();

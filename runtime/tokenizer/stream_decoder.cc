@@ -4,7 +4,7 @@ namespace glmserve::tokenizer {
 
 std::string StreamDecoder::Add(int32_t id) {
   if (skip_special_ && tokenizer_->IsSpecial(id)) return "";
-  pending_ += tokenizer_->TokenBytes(id);
+  pending_ += tokenizer_->StreamBytes(id, &state_);
   const size_t n = CompleteUtf8Prefix(pending_);
   std::string out = SanitizeUtf8(std::string_view(pending_).substr(0, n));
   pending_.erase(0, n);

@@ -29,6 +29,7 @@ class StreamDecoder {
   const Tokenizer* tokenizer_;
   bool skip_special_;
   std::string pending_;
+  Tokenizer::StreamState state_;
 };
 
 }  // namespace glmserve::tokenizer

@@ -18,14 +18,7 @@ size_t TextOutput::Add(const std::vector<int32_t>& ids, std::string* delta) {
     ++kept;
     ++kept_ids_;
     all_ += decoder_.Add(id);
-    // The earliest stop string that starts in the not-yet-emitted text (emitted text never holds
-    // the start of a possible stop string, see below).
-    size_t stop_at = std::string::npos;
-    for (const std::string& s : stop_) {
-      const size_t from = emitted_ >= s.size() ? emitted_ - s.size() + 1 : 0;
-      const size_t p = all_.find(s, std::max(from, emitted_));
-      if (p != std::string::npos) stop_at = std::min(stop_at, p);
-    }
+    const size_t stop_at = EarliestStop();
     if (stop_at != std::string::npos) {
       delta->append(all_, emitted_, stop_at - emitted_);
       all_.resize(stop_at);
@@ -52,10 +45,26 @@ size_t TextOutput::Add(const std::vector<int32_t>& ids, std::string* delta) {
   return kept;
 }
 
+size_t TextOutput::EarliestStop() const {
+  // Emitted text never holds the start of a possible stop string (Add holds such a suffix back).
+  size_t stop_at = std::string::npos;
+  for (const std::string& s : stop_) {
+    const size_t p = all_.find(s, emitted_);
+    if (p != std::string::npos) stop_at = std::min(stop_at, p);
+  }
+  return stop_at;
+}
+
 std::string TextOutput::Finish() {
   if (stopped_ || finished_) return "";
   finished_ = true;
   all_ += decoder_.Finish();
+  // The flush can complete a stop string: held-back bytes of a character cut short become U+FFFD.
+  const size_t stop_at = EarliestStop();
+  if (stop_at != std::string::npos) {
+    all_.resize(stop_at);
+    stopped_ = true;
+  }
   std::string rest = all_.substr(emitted_);
   emitted_ = all_.size();
   return rest;

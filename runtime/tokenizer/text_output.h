@@ -22,7 +22,8 @@ class TextOutput {
   // including the id that completed a stop string; 0 once stopped) and appends the text that is
   // now final to *delta. Text that could still be the start of a stop string is held back.
   size_t Add(const std::vector<int32_t>& ids, std::string* delta);
-  // End of generation: returns the rest of the text (held-back bytes; "" after a stop).
+  // End of generation: returns the rest of the text (held-back bytes; "" after a stop). A stop
+  // string the flushed bytes complete cuts the text there and sets stopped().
   std::string Finish();
 
   bool stopped() const { return stopped_; }
@@ -31,6 +32,9 @@ class TextOutput {
   std::string text() const { return all_.substr(0, emitted_); }
 
  private:
+  // Where the earliest stop string starts in the text not yet emitted (npos: none).
+  size_t EarliestStop() const;
+
   StreamDecoder decoder_;
   std::vector<std::string> stop_;
   std::string all_;     // decoded text so far

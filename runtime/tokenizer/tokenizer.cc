@@ -92,6 +92,11 @@ std::string Tokenizer::DecodeBytes(const std::vector<int32_t>& ids) const {
   return out;
 }
 
+std::string Tokenizer::StreamBytes(int32_t id, StreamState* state) const {
+  state->at_text_start = false;
+  return TokenBytes(id);
+}
+
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const { return SanitizeUtf8(DecodeBytes(ids)); }
 
 std::string_view FamilyName(Family family) {
@@ -621,6 +626,35 @@ class SentencePieceTokenizer : public Tokenizer {
       }
     }
     return out;
+  }
+
+  std::string StreamBytes(int32_t id, StreamState* state) const override {
+    auto leave_start = [state] {
+      state->at_text_start = false;
+      state->start_ids.clear();
+    };
+    // DecodeBytes restarts sentencepiece's decoder after every id outside its vocabulary.
+    if (id < 0 || id >= sp_size_) {
+      state->at_text_start = true;
+      state->start_ids.clear();
+      return TokenBytes(id);
+    }
+    // Past a run's start every piece is its own bytes ("▁" a space). At the start sentencepiece
+    // strips the dummy prefix where the model's normaliser adds one: one "▁", or every leading one
+    // with remove_extra_whitespaces ("▁" "▁" "hi" is " hi" or "hi"). Its own decode of the run so
+    // far says which, until it yields text. A byte piece (maybe part of a character, which
+    // decoded alone would be U+FFFD) is never stripped; a run of over kMaxStartIds pieces that
+    // decode to nothing (whitespace) leaves the start, bounding the re-decoding.
+    constexpr size_t kMaxStartIds = 256;
+    if (!state->at_text_start) return TokenBytes(id);
+    if (sp_.IsByte(id) || state->start_ids.size() >= kMaxStartIds) {
+      leave_start();
+      return TokenBytes(id);
+    }
+    state->start_ids.push_back(id);
+    std::string text = sp_.Decode(std::vector<int>(state->start_ids.begin(), state->start_ids.end()));
+    if (!text.empty()) leave_start();
+    return text;
   }
 
   std::string DecodeBytes(const std::vector<int32_t>& ids) const override {

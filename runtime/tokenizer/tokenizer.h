@@ -67,6 +67,16 @@ class Tokenizer {
   // Concatenating them gives DecodeBytes; streaming detokenization is built on this.
   virtual std::string TokenBytes(int32_t id) const = 0;
 
+  // Where ids are decoded one at a time (streaming): how far the current run of DecodeBytes is.
+  struct StreamState {
+    bool at_text_start = true;       // nothing decoded yet in the run (the start, or after a special id)
+    std::vector<int32_t> start_ids;  // the run's ids while at_text_start (sentencepiece)
+  };
+  // One id's bytes in a stream: concatenated, they give DecodeBytes of the ids. Sentencepiece's
+  // decoder strips the dummy prefix at the start of a run (the text's, and after each special id);
+  // the others take TokenBytes throughout.
+  virtual std::string StreamBytes(int32_t id, StreamState* state) const;
+
   // ids -> bytes (may be invalid UTF-8 for partial sequences).
   virtual std::string DecodeBytes(const std::vector<int32_t>& ids) const;
   // ids -> valid UTF-8; invalid sequences become U+FFFD (as HF tokenizers' decode does).

@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/json_error.h"
+#include "runtime/shown_value.h"
 #include "server/request/request_validation.h"
 
 namespace glmserve {
@@ -225,6 +226,17 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
     if (type == part.end() || type->is_null()) return Bad(ppath + ".type", "missing", RefusalKind::kMissingParameter);
     if (!type->is_string()) return WrongType(ppath + ".type", *type, "a string");
     const std::string t = type->get<std::string>();
+    // A part's keys: its type, its payload, and cache_control (a caching hint that changes no
+    // output); others are refused, not dropped.
+    for (auto key = part.begin(); key != part.end(); ++key) {
+      if (key.key() == "type" || key.key() == "cache_control" ||
+          key.key() == (t == "image_url" ? "image_url" : "text")) {
+        continue;
+      }
+      if (t != "text" && t != "input_text" && t != "image_url") break;  // the type itself is refused below
+      return Bad(ppath + "." + key.key(), absl::StrCat("unknown field for a '", t, "' content part"),
+                 RefusalKind::kUnsupportedParameter);
+    }
     if (t == "text" || t == "input_text") {
       auto it = part.find("text");
       if (it == part.end() || it->is_null()) return Bad(ppath + ".text", "missing", RefusalKind::kMissingParameter);
@@ -271,6 +283,31 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
   return std::nullopt;
 }
 
+// A message's keys: those ParseMessages reads; those clients send back from an earlier reply that
+// change nothing at null / empty / false (refusal, annotations, audio, function_call, prefix); and
+// reasoning_content, which the GLM chat templates leave out of earlier turns. Anything else is
+// refused naming it: "prefix": true (continue this assistant message) or a tool_call_id dropped
+// would make another prompt than the one asked for.
+std::optional<Refusal> UnknownMessageField(const json& message, const std::string& path) {
+  for (auto it = message.begin(); it != message.end(); ++it) {
+    const std::string& key = it.key();
+    if (key == "role" || key == "content" || key == "name" || key == "tool_calls") continue;
+    if (key == "reasoning_content") {
+      if (!it->is_null() && !it->is_string()) return WrongType(path + "." + key, *it, "a string");
+      continue;
+    }
+    const bool nothing = it->is_null() || (it->is_array() && it->empty()) || (it->is_object() && it->empty()) ||
+                         (it->is_boolean() && !it->get<bool>());
+    if (nothing &&
+        (key == "refusal" || key == "annotations" || key == "audio" || key == "function_call" || key == "prefix")) {
+      continue;
+    }
+    return Bad(path + "." + key, "unknown or unsupported message field (expected role, content, name)",
+               RefusalKind::kUnsupportedParameter);
+  }
+  return std::nullopt;
+}
+
 std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_request) {
   auto it = body.find("messages");
   if (it == body.end() || it->is_null())
@@ -286,7 +323,8 @@ std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_requ
     if (!role->is_string()) return WrongType(path + ".role", *role, "a string");
     const std::string r = role->get<std::string>();
     if (r != "system" && r != "user" && r != "assistant") {
-      return Bad(path + ".role", absl::StrCat("unknown role '", r, "'; expected system, user or assistant"));
+      return Bad(path + ".role",
+                 absl::StrCat("unknown role '", ShownValue(r), "'; expected system, user or assistant"));
     }
     auto content = m.find("content");
     if (content == m.end() || content->is_null()) {
@@ -301,6 +339,7 @@ std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_requ
     if (auto tc = m.find("tool_calls"); tc != m.end() && !tc->is_null()) {
       return Bad(path + ".tool_calls", "tool calls are not supported", RefusalKind::kUnsupportedParameter);
     }
+    if (auto e = UnknownMessageField(m, path)) return e;
     out_request->messages.push_back(std::move(message));
   }
   return std::nullopt;

@@ -18,12 +18,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "runtime/shown_value.h"
 
 namespace glmserve {
 namespace {
-
-// A URL in a message, cut for a refusal (a data: URL is megabytes).
-std::string Shown(const std::string& url) { return url.size() <= 48 ? url : absl::StrCat(url.substr(0, 48), "..."); }
 
 bool SupportedMime(std::string type) {
   absl::AsciiStrToLower(&type);
@@ -36,7 +34,8 @@ std::optional<Refusal> DataUrlBytes(const ImageData& image, std::string* bytes) 
   const std::string& url = image.url;
   const size_t comma = url.find(',');
   if (comma == std::string::npos) {
-    return InvalidField(image.field, absl::StrCat("'", Shown(url), "' is not a data: URL (no ',' before the data)"));
+    return InvalidField(image.field,
+                        absl::StrCat("'", ShownValue(url), "' is not a data: URL (no ',' before the data)"));
   }
   std::vector<std::string> header = absl::StrSplit(url.substr(5, comma - 5), ';');
   const std::string type = header.empty() ? "" : header[0];
@@ -103,11 +102,11 @@ std::optional<Refusal> FileUrlBytes(const ImageData& image, const MediaOptions& 
   }
   const std::optional<std::string> path = FileUrlPath(image.url);
   if (!path) {
-    return InvalidField(image.field, absl::StrCat("'", Shown(image.url),
+    return InvalidField(image.field, absl::StrCat("'", ShownValue(image.url),
                                                   "' is not a file:// URL with an absolute path (file:///DIR/FILE)"));
   }
   const Refusal refused = InvalidField(
-      image.field, absl::StrCat("'", Shown(image.url),
+      image.field, absl::StrCat("'", ShownValue(image.url),
                                 "' is not a readable image file under the server's allowed local media directory"));
   char resolved[PATH_MAX];
   if (realpath(path->c_str(), resolved) == nullptr || !Under(resolved, media.allowed_local_media_path)) return refused;
@@ -226,19 +225,19 @@ std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& me
   if (absl::StartsWithIgnoreCase(url, "file://")) return FileUrlBytes(image, media, bytes);
   if (absl::StartsWithIgnoreCase(url, "http://") || absl::StartsWithIgnoreCase(url, "https://")) {
     if (!media.allow_fetch) {
-      return InvalidField(image.field, absl::StrCat("'", Shown(url),
+      return InvalidField(image.field, absl::StrCat("'", ShownValue(url),
                                                     "': fetching image URLs is not enabled on this server; send the "
                                                     "image inline as a data:image/png;base64,... (or "
                                                     "data:image/jpeg;base64,...) URL"));
     }
     absl::StatusOr<std::string> fetched = FetchMediaUrl(url, media.fetch);
     if (!fetched.ok())
-      return InvalidField(image.field, absl::StrCat("'", Shown(url), "': ", fetched.status().message()));
+      return InvalidField(image.field, absl::StrCat("'", ShownValue(url), "': ", fetched.status().message()));
     *bytes = *std::move(fetched);
     return std::nullopt;
   }
   return InvalidField(image.field,
-                      absl::StrCat("'", Shown(url),
+                      absl::StrCat("'", ShownValue(url),
                                    "' is not a supported image URL; expected data:image/png;base64,... or "
                                    "data:image/jpeg;base64,... (file:// only under --allowed-local-media-path)"));
 }

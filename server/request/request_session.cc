@@ -147,17 +147,21 @@ void RequestSession::Finish(RequestResult result) {
   std::string tail;
   std::string text;
   if (text_ != nullptr) {
-    if (text_->stopped()) {  // a stop string ended it (the engine saw a cancel)
-      result.status = absl::OkStatus();
-      result.finish_reason = FinishReason::kStop;
-      if (result.output_ids.size() > text_->kept_ids()) result.output_ids.resize(text_->kept_ids());
-    }
+    // A stop string completed while generating (the engine saw a cancel), or by the final flush
+    // (a character cut short at the end becomes U+FFFD): the latter only ends a generation that
+    // ended well (length, end id), never turns an error into a stop.
+    const bool stopped_while_generating = text_->stopped();
     if (!incremental_) {
       std::string unused;
       text_->Add(result.output_ids, &unused);
     }
     tail = text_->Finish();
     text = text_->text();
+    if (stopped_while_generating || (text_->stopped() && result.status.ok())) {
+      result.status = absl::OkStatus();
+      result.finish_reason = FinishReason::kStop;
+      if (result.output_ids.size() > text_->kept_ids()) result.output_ids.resize(text_->kept_ids());
+    }
   }
   hub_->Unregister(engine_id_);
   const absl::StatusCode end = EndCode(result);

@@ -222,6 +222,54 @@ TEST(Refusal, JsonParserRefusesWhatItWouldDrop) {
   EXPECT_TRUE(api.request.stop_token_ids_add_to_defaults);
 }
 
+// Inside messages too: a key this server would drop is refused naming it ("prefix": true would
+// continue an assistant message, a dropped tool_call_id changes the prompt); what clients echo back
+// from a reply at values that change nothing is accepted, as is a content part's cache_control.
+// An unknown role is quoted cut short (whole, 20 KB made a gRPC status past clients' 16 KB
+// metadata limit: RESOURCE_EXHAUSTED, retried, instead of INVALID_ARGUMENT).
+TEST(Refusal, MessageAndPartKeysRefusedNotDropped) {
+  struct Case {
+    const char* message;
+    const char* field;  // "" = accepted
+  };
+  const Case cases[] = {
+      {R"({"role": "user", "content": "hi", "weird": 1})", "messages[0].weird"},
+      {R"({"role": "assistant", "content": "The answer is", "prefix": true})", "messages[0].prefix"},
+      {R"({"role": "user", "content": "hi", "tool_call_id": "c1"})", "messages[0].tool_call_id"},
+      {R"({"role": "user", "content": [{"type": "text", "text": "hi", "extra": 1}]})", "messages[0].content[0].extra"},
+      {R"({"role": "user", "content": [{"type": "text", "text": "hi", "image_url": "data:x"}]})",
+       "messages[0].content[0].image_url"},
+      {R"({"role": "assistant", "content": "hi", "refusal": null, "annotations": [], "audio": null,
+           "function_call": null, "prefix": false, "reasoning_content": "thought"})",
+       ""},
+      {R"({"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]})", ""},
+      {R"({"role": "assistant", "content": "hi", "refusal": "no"})", "messages[0].refusal"},
+  };
+  for (const Case& c : cases) {
+    const std::string body = absl::StrCat(R"({"model": "m", "messages": [)", c.message, "]}");
+    SCOPED_TRACE(body);
+    ApiRequest api;
+    const std::optional<Refusal> r = ParseApiRequest(ApiKind::kChat, body, &api);
+    if (std::string(c.field).empty()) {
+      EXPECT_FALSE(r.has_value()) << r->message;
+      continue;
+    }
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->field, c.field);
+    EXPECT_EQ(r->kind, RefusalKind::kUnsupportedParameter);
+    EXPECT_EQ(ToHttpError(*r).status, 400);
+  }
+  ApiRequest api;
+  const std::string role(20000, 'x');
+  const std::optional<Refusal> r = ParseApiRequest(
+      ApiKind::kChat, absl::StrCat(R"({"model": "m", "messages": [{"role": ")", role, R"(", "content": "hi"}]})"),
+      &api);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->field, "messages[0].role");
+  EXPECT_LT(r->message.size(), 200u) << r->message.size();
+  EXPECT_NE(r->message.find("(20000 bytes)"), std::string::npos) << r->message;
+}
+
 // Each refusal states the range the parser takes: max_tokens [1, the server's cap], top_p (0, 1];
 // an integer literal past 64 bits is out of range, not "not an integer"; a number past a double's
 // range is invalid JSON without the JSON library's exception id; a wrong type for n says so.

@@ -62,6 +62,19 @@ class ParityTest : public ::testing::TestWithParam<Format> {
 
 TEST_P(ParityTest, FormatDetected) { EXPECT_EQ(tok_->format(), GetParam().format); }
 
+// Pieces thousands of bytes long (one pre-tokenizer run each): the merge order along a run of equal
+// pairs (leftmost first) and the merges of merged parts, against HF tokenizers and tiktoken.
+TEST_P(ParityTest, LongRunsIdenticalToReference) {
+  if (GetParam().format == "sentencepiece") GTEST_SKIP() << "sentencepiece encodes through its own library";
+  const json runs = ReadJson(kFixtures + "/long_runs.json");
+  const auto texts = runs["texts"].get<std::vector<std::string>>();
+  ASSERT_EQ(runs[GetParam().name].size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    EXPECT_EQ(tok_->Encode(texts[i]), runs[GetParam().name][i].get<std::vector<int32_t>>())
+        << "text " << i << " (" << texts[i].size() << " bytes, starting " << texts[i].substr(0, 8) << ")";
+  }
+}
+
 TEST_P(ParityTest, EncodeIdsIdenticalToReference) {
   int same = 0;
   for (size_t i = 0; i < corpus_.size(); ++i) {
@@ -297,6 +310,31 @@ TEST(TextOutput, StopStringEndsTextAndKeepsTheCompletingId) {
   EXPECT_EQ(delta, "");
 }
 
+// Bytes held back at the end of generation (a character cut short) become U+FFFD when flushed; a
+// stop string they complete ends the text there as any other.
+TEST(TextOutput, StopStringCompletedByTheFinalFlush) {
+  auto t = Tokenizer::FromDirectory(kFixtures + "/glm4-tiktoken");
+  ASSERT_TRUE(t.ok());
+  std::vector<int32_t> ids = (*t)->Encode("a", false);
+  const std::vector<int32_t> first_byte = (*t)->Encode("\xF0", false);  // of a 4-byte character
+  ASSERT_EQ(first_byte.size(), 1u);
+  ids.push_back(first_byte[0]);
+  TextOutput out(t->get(), {"\xEF\xBF\xBD"});
+  std::string delta;
+  EXPECT_EQ(out.Add(ids, &delta), ids.size());
+  EXPECT_EQ(delta, "a");
+  EXPECT_FALSE(out.stopped());
+  EXPECT_EQ(out.Finish(), "");
+  EXPECT_TRUE(out.stopped());
+  EXPECT_EQ(out.text(), "a");
+  // Without the stop string the flushed character is the text's end.
+  TextOutput plain(t->get(), {});
+  delta.clear();
+  plain.Add(ids, &delta);
+  EXPECT_EQ(delta + plain.Finish(), "a\xEF\xBF\xBD");
+  EXPECT_FALSE(plain.stopped());
+}
+
 TEST(TextOutput, PartialStopPrefixIsHeldBackThenReleased) {
   auto tok = Tiny();
   TextOutput out(tok.get(), {"</stop>"});
@@ -319,6 +357,29 @@ TEST(SentencePiece, SpecialStringsInTextStayText) {
   const std::vector<int32_t> ids = (*t)->Encode("workshop eop <|user|>", /*add_special_tokens=*/false);
   for (int32_t id : ids) EXPECT_FALSE((*t)->IsSpecial(id)) << id;
   EXPECT_EQ((*t)->Decode(ids), "workshop eop <|user|>");
+}
+
+// ChatGLM2/3's sentencepiece models add a dummy prefix, and their replies start with it ("▁" "\n"
+// ...): the reference decode strips it at the text's start and after each special id. The text
+// the server streams must be that decode, one id at a time, with specials kept and dropped.
+TEST(SentencePiece, StreamedTextStripsTheDummyPrefixAsTheReference) {
+  auto t = Tokenizer::FromDirectory(kFixtures + "/chatglm3-sp-prefix");
+  ASSERT_TRUE(t.ok()) << t.status();
+  const json expected = ReadJson(kFixtures + "/sp_prefix.json");
+  ASSERT_GE(expected["ids"].size(), 10u);
+  for (size_t i = 0; i < expected["ids"].size(); ++i) {
+    const auto ids = expected["ids"][i].get<std::vector<int32_t>>();
+    const std::string want = expected["decode"][i], want_without_specials = expected["decode_skip_special"][i];
+    EXPECT_EQ((*t)->Decode(ids), want) << "sequence " << i;
+    StreamDecoder kept(t->get()), dropped(t->get(), /*skip_special_tokens=*/true);
+    std::string streamed, streamed_without_specials;
+    for (int32_t id : ids) {
+      streamed += kept.Add(id);
+      streamed_without_specials += dropped.Add(id);
+    }
+    EXPECT_EQ(streamed + kept.Finish(), want) << "sequence " << i;
+    EXPECT_EQ(streamed_without_specials + dropped.Finish(), want_without_specials) << "sequence " << i;
+  }
 }
 
 TEST(Tokenizer, TextPrefixLikeTheReferenceTokenizers) {
