@@ -4,8 +4,9 @@
 
 namespace glmserve::tokenizer {
 
-TextOutput::TextOutput(const Tokenizer* tokenizer, std::vector<std::string> stop)
-    : decoder_(tokenizer, /*skip_special_tokens=*/true) {
+TextOutput::TextOutput(const Tokenizer* tokenizer, std::vector<std::string> stop, std::vector<int32_t> stop_ids,
+                       size_t min_ids)
+    : decoder_(tokenizer, /*skip_special_tokens=*/true), stop_ids_(std::move(stop_ids)), min_ids_(min_ids) {
   for (std::string& s : stop) {
     if (!s.empty()) stop_.push_back(std::move(s));
   }
@@ -17,7 +18,7 @@ size_t TextOutput::Add(const std::vector<int32_t>& ids, std::string* delta) {
   for (int32_t id : ids) {
     ++kept;
     ++kept_ids_;
-    all_ += decoder_.Add(id);
+    if (std::find(stop_ids_.begin(), stop_ids_.end(), id) == stop_ids_.end()) all_ += decoder_.Add(id);
     const size_t stop_at = EarliestStop();
     if (stop_at != std::string::npos) {
       delta->append(all_, emitted_, stop_at - emitted_);
@@ -46,6 +47,7 @@ size_t TextOutput::Add(const std::vector<int32_t>& ids, std::string* delta) {
 }
 
 size_t TextOutput::EarliestStop() const {
+  if (kept_ids_ < min_ids_) return std::string::npos;
   // Emitted text never holds the start of a possible stop string (Add holds such a suffix back).
   size_t stop_at = std::string::npos;
   for (const std::string& s : stop_) {

@@ -15,8 +15,13 @@ namespace glmserve::tokenizer {
 // Not thread-safe: fed from one thread (the engine's callbacks run in order).
 class TextOutput {
  public:
-  // Special tokens produce no text. Empty stop strings are ignored.
-  TextOutput(const Tokenizer* tokenizer, std::vector<std::string> stop);
+  // Special tokens produce no text, nor do `stop_ids` (the ids that end generation: the one that
+  // does is a delimiter, as a stop string is, and is left out of the text as vLLM does; the output
+  // ids keep it). Empty stop strings are ignored. Stop strings end the text only once `min_ids`
+  // ids have come (min_new_tokens: the engine holds stop ids that long, vLLM's min_tokens holds
+  // both).
+  TextOutput(const Tokenizer* tokenizer, std::vector<std::string> stop, std::vector<int32_t> stop_ids = {},
+             size_t min_ids = 0);
 
   // Feeds newly generated ids. Returns how many of them belong to the output (all, or up to and
   // including the id that completed a stop string; 0 once stopped) and appends the text that is
@@ -37,6 +42,8 @@ class TextOutput {
 
   StreamDecoder decoder_;
   std::vector<std::string> stop_;
+  std::vector<int32_t> stop_ids_;
+  size_t min_ids_ = 0;
   std::string all_;     // decoded text so far
   size_t emitted_ = 0;  // bytes of all_ handed out
   size_t kept_ids_ = 0;

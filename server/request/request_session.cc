@@ -289,7 +289,12 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
       std::shared_ptr<RequestSession>(new RequestSession(this, std::move(info), admission.engine, std::move(sink)));
   session->hold_ = std::move(hold);
   if (admission.model.tokenizer != nullptr) {
-    session->text_ = std::make_unique<tokenizer::TextOutput>(admission.model.tokenizer, stop);
+    // The ids that end generation (the request's, else the model's end ids) give no text; stop
+    // strings wait for min_new_tokens as stop ids do.
+    session->text_ = std::make_unique<tokenizer::TextOutput>(
+        admission.model.tokenizer, stop,
+        request.params.stop_token_ids.empty() ? admission.model.eos_token_ids : request.params.stop_token_ids,
+        static_cast<size_t>(std::max(0, request.params.min_new_tokens)));
     // Without stop strings a unary request decodes once, from the result (and stays replayable).
     session->incremental_ = streaming || !stop.empty();
   }

@@ -335,6 +335,41 @@ TEST(TextOutput, StopStringCompletedByTheFinalFlush) {
   EXPECT_FALSE(plain.stopped());
 }
 
+// The id that ends generation is a delimiter: its text is left out (vLLM's stop_token_ids rule),
+// while every other id's text stays and the caller's ids keep it.
+TEST(TextOutput, StopIdsGiveNoText) {
+  auto t = Tokenizer::FromDirectory(kFixtures + "/glm4-tiktoken");
+  ASSERT_TRUE(t.ok());
+  const std::vector<int32_t> ids = (*t)->Encode("one two", false);
+  ASSERT_GE(ids.size(), 2u);
+  TextOutput out(t->get(), {}, {ids.back()});
+  std::string delta;
+  EXPECT_EQ(out.Add(ids, &delta), ids.size());
+  delta += out.Finish();
+  EXPECT_EQ(delta, (*t)->Decode(std::vector<int32_t>(ids.begin(), ids.end() - 1)));
+  EXPECT_NE(delta, "one two");
+}
+
+// min_new_tokens holds stop strings as it holds stop ids (vLLM's min_tokens): a stop string
+// completed by the first min ids does not end the text; one completed after does.
+TEST(TextOutput, StopStringsWaitForMinIds) {
+  auto t = Tokenizer::FromDirectory(kFixtures + "/glm4-tiktoken");
+  ASSERT_TRUE(t.ok());
+  const std::vector<int32_t> ids = (*t)->Encode("ab ab ab", false);
+  const std::vector<int32_t> first = (*t)->Encode("ab", false);
+  ASSERT_GT(ids.size(), first.size());
+  TextOutput held(t->get(), {"ab"}, {}, first.size() + 1);
+  std::string delta;
+  held.Add(ids, &delta);
+  EXPECT_TRUE(held.stopped());
+  EXPECT_EQ(delta, "ab ");  // the second "ab" ends it
+  TextOutput at_once(t->get(), {"ab"});
+  delta.clear();
+  at_once.Add(ids, &delta);
+  EXPECT_TRUE(at_once.stopped());
+  EXPECT_EQ(delta, "");
+}
+
 TEST(TextOutput, PartialStopPrefixIsHeldBackThenReleased) {
   auto tok = Tiny();
   TextOutput out(tok.get(), {"</stop>"});
