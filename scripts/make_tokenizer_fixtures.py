@@ -186,6 +186,21 @@ def make_tiktoken():
     return {"encode": ids, "decode": dec, "chat": chats}
 
 
+def chatglm3_decode(sp, specials, ids):
+    """ChatGLM3's decode: sentencepiece over each run of its ids, the special tokens as their text."""
+    out, run = "", []
+    inv = {v: k for k, v in specials.items()}
+    for i in ids + [None]:
+        if i is None or i in inv:
+            out += sp.decode(run)
+            run = []
+            if i is not None:
+                out += inv[i]
+        else:
+            run.append(i)
+    return out
+
+
 def make_sentencepiece():
     import sentencepiece as spm
     d = os.path.join(OUT, "chatglm3-sp")
@@ -225,19 +240,7 @@ def make_sentencepiece():
     # tokenizer(text) adds the prefix [gMASK] sop (ChatGLMTokenizer.build_inputs_with_special_tokens).
     enc = [[specials["[gMASK]"], specials["sop"]] + sp.encode(s) for s in CORPUS]
 
-    def dec(ids):
-        out, run = "", []
-        inv = {v: k for k, v in specials.items()}
-        for i in ids + [None]:
-            if i is None or i in inv:
-                out += sp.decode(run)
-                run = []
-                if i is not None:
-                    out += inv[i]
-            else:
-                run.append(i)
-        return out
-    decs = [dec(x) for x in enc]
+    decs = [chatglm3_decode(sp, specials, x) for x in enc]
     chats = []
     for conv in CONVERSATIONS:  # ChatGLM3's build_chat_input
         ids = [specials["[gMASK]"], specials["sop"]]
@@ -273,27 +276,14 @@ def make_sentencepiece_prefix():
     sp = spm.SentencePieceProcessor(model_proto=model)
     n = sp.get_piece_size()
     specials = {s: n + i for i, s in enumerate(CHATGLM3_SPECIALS)}
-    inv = {v: k for k, v in specials.items()}
     space = sp.piece_to_id("\u2581")
     seqs = [sp.encode(t) for t in PREFIX_TEXTS]
     seqs += [[space] + sp.encode("hi"), [space, space] + sp.encode("hi"),
              sp.encode("hi") + [specials["<|user|>"]] + sp.encode("there"),
              [specials["<|assistant|>"]] + sp.encode("\nok")]
 
-    def dec(ids):
-        out, run = "", []
-        for i in ids + [None]:
-            if i is None or i in inv:
-                out += sp.decode(run)
-                run = []
-                if i is not None:
-                    out += inv[i]
-            else:
-                run.append(i)
-        return out
-
     write_json(os.path.join(OUT, "sp_prefix.json"),
-               {"ids": seqs, "decode": [dec(x) for x in seqs],
+               {"ids": seqs, "decode": [chatglm3_decode(sp, specials, x) for x in seqs],
                 "decode_skip_special": [sp.decode([i for i in x if i < n]) for x in seqs]})
 
 
