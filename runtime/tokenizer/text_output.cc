@@ -19,6 +19,7 @@ size_t TextOutput::Add(const std::vector<int32_t>& ids, std::string* delta) {
     ++kept;
     ++kept_ids_;
     if (std::find(stop_ids_.begin(), stop_ids_.end(), id) == stop_ids_.end()) all_ += decoder_.Add(id);
+    if (kept_ids_ == min_ids_) min_text_end_ = all_.size();
     const size_t stop_at = EarliestStop();
     if (stop_at != std::string::npos) {
       delta->append(all_, emitted_, stop_at - emitted_);
@@ -47,11 +48,14 @@ size_t TextOutput::Add(const std::vector<int32_t>& ids, std::string* delta) {
 }
 
 size_t TextOutput::EarliestStop() const {
-  if (kept_ids_ < min_ids_) return std::string::npos;
+  // As vLLM's min_tokens: only once more than min_ids ids have come, and only a stop string that
+  // ends in their text (not one the first min_ids ids completed, maybe still held back).
+  if (kept_ids_ <= min_ids_) return std::string::npos;
   // Emitted text never holds the start of a possible stop string (Add holds such a suffix back).
   size_t stop_at = std::string::npos;
   for (const std::string& s : stop_) {
-    const size_t p = all_.find(s, emitted_);
+    const size_t ends_past_min = min_text_end_ + 1 > s.size() ? min_text_end_ + 1 - s.size() : 0;
+    const size_t p = all_.find(s, std::max(emitted_, ends_past_min));
     if (p != std::string::npos) stop_at = std::min(stop_at, p);
   }
   return stop_at;

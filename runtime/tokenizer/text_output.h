@@ -44,8 +44,9 @@ class TextOutput {
   std::vector<std::string> stop_;
   std::vector<int32_t> stop_ids_;
   size_t min_ids_ = 0;
-  std::string all_;     // decoded text so far
-  size_t emitted_ = 0;  // bytes of all_ handed out
+  size_t min_text_end_ = 0;  // bytes of all_ the first min_ids_ ids decoded to
+  std::string all_;          // decoded text so far
+  size_t emitted_ = 0;       // bytes of all_ handed out
   size_t kept_ids_ = 0;
   bool stopped_ = false;
   bool finished_ = false;

@@ -629,31 +629,25 @@ class SentencePieceTokenizer : public Tokenizer {
   }
 
   std::string StreamBytes(int32_t id, StreamState* state) const override {
-    auto leave_start = [state] {
-      state->at_text_start = false;
-      state->start_ids.clear();
-    };
     // DecodeBytes restarts sentencepiece's decoder after every id outside its vocabulary.
     if (id < 0 || id >= sp_size_) {
       state->at_text_start = true;
-      state->start_ids.clear();
       return TokenBytes(id);
     }
     // Past a run's start every piece is its own bytes ("▁" a space). At the start sentencepiece
-    // strips the dummy prefix where the model's normaliser adds one: one "▁", or every leading one
-    // with remove_extra_whitespaces ("▁" "▁" "hi" is " hi" or "hi"). Its own decode of the run so
-    // far says which, until it yields text. A byte piece (maybe part of a character, which
-    // decoded alone would be U+FFFD) is never stripped; a run of over kMaxStartIds pieces that
-    // decode to nothing (whitespace) leaves the start, bounding the re-decoding.
-    constexpr size_t kMaxStartIds = 256;
-    if (!state->at_text_start) return TokenBytes(id);
-    if (sp_.IsByte(id) || state->start_ids.size() >= kMaxStartIds) {
-      leave_start();
+    // strips the dummy prefix where the model's normaliser adds one, which the piece decoded
+    // alone shows ("▁hi" -> "hi"). A piece that yields nothing there (a lone "▁") was that prefix,
+    // and the start is over, unless the model also removes extra whitespace: then every leading
+    // "▁" goes ("▁" "▁" "hi" is " hi", or "hi" with remove_extra_whitespaces). Control ids yield
+    // nothing and change nothing; a byte piece (maybe part of a character, which decoded alone
+    // would be U+FFFD) is never stripped.
+    if (!state->at_text_start || sp_.IsControl(id)) return TokenBytes(id);
+    if (sp_.IsByte(id)) {
+      state->at_text_start = false;
       return TokenBytes(id);
     }
-    state->start_ids.push_back(id);
-    std::string text = sp_.Decode(std::vector<int>(state->start_ids.begin(), state->start_ids.end()));
-    if (!text.empty()) leave_start();
+    std::string text = sp_.Decode(std::vector<int>{id});
+    if (!text.empty() || !strips_every_leading_space_) state->at_text_start = false;
     return text;
   }
 
@@ -702,6 +696,14 @@ class SentencePieceTokenizer : public Tokenizer {
     t->format_ = "sentencepiece";
     t->family_ = Family::kChatGlm3;
     t->sp_size_ = t->sp_.size();
+    // How the decoder treats leading "▁" pieces (StreamBytes): two decode to nothing only where
+    // the normaliser removes extra whitespace.
+    for (int32_t id = 0; id < t->sp_size_; ++id) {
+      if (t->sp_.IdToPiece(id) == "\xE2\x96\x81") {
+        t->strips_every_leading_space_ = t->sp_.Decode({id, id}).empty();
+        break;
+      }
+    }
     int32_t next = t->sp_size_;
     // All special: ChatGLM3's SPTokenizer keeps them in its special-token table, apart from the text
     // vocabulary (unchanged behaviour; no reference tokenizer here marks any of them as text).
@@ -732,6 +734,7 @@ class SentencePieceTokenizer : public Tokenizer {
  private:
   SentencePiece sp_;
   int32_t sp_size_ = 0;
+  bool strips_every_leading_space_ = false;  // remove_extra_whitespaces: every leading "▁" goes
 };
 
 bool LooksLikeTiktoken(const std::string& text) {

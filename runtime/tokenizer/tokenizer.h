@@ -69,8 +69,7 @@ class Tokenizer {
 
   // Where ids are decoded one at a time (streaming): how far the current run of DecodeBytes is.
   struct StreamState {
-    bool at_text_start = true;       // nothing decoded yet in the run (the start, or after a special id)
-    std::vector<int32_t> start_ids;  // the run's ids while at_text_start (sentencepiece)
+    bool at_text_start = true;  // nothing decoded yet in the run (the start, or after a special id)
   };
   // One id's bytes in a stream: concatenated, they give DecodeBytes of the ids. Sentencepiece's
   // decoder strips the dummy prefix at the start of a run (the text's, and after each special id);

@@ -55,6 +55,11 @@ std::string ListenFailure(const std::string& flag, int port, const std::string& 
   return message;
 }
 
+bool SignalIgnored(int sig) {
+  struct sigaction current {};
+  return sigaction(sig, nullptr, &current) == 0 && current.sa_handler == SIG_IGN;
+}
+
 // Signals are blocked in every thread and taken by one waiter thread (sigwait), so nothing
 // async-signal-unsafe happens in a handler.
 class SignalWaiter {
@@ -65,6 +70,12 @@ class SignalWaiter {
         int sig = 0;
         if (sigwait(&set, &sig) != 0) continue;
         std::unique_lock<std::mutex> lock(mu_);
+        // A hang-up comes twice when a terminal closes (the shell's, then the kernel's), and again
+        // from a supervisor forwarding it: a repeat is no request to exit at once.
+        if (sig == SIGHUP && signals_ > 0) {
+          LogLine("signal 1 (hang-up): already draining");
+          continue;
+        }
         if (signals_ > 0 || !ready_) {
           LogLine(absl::StrCat("signal ", sig, ": ", ready_ ? "second signal, exiting now" : "exiting before ready"));
           std::_Exit(ready_ ? kExitFailure : kExitOk);
@@ -158,8 +169,9 @@ int RunServe(int argc, char** argv) {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
-  // The terminal or SSH session that started the server closing: a drain too, not death mid-request.
-  sigaddset(&set, SIGHUP);
+  // The terminal or SSH session that started the server closing: a drain too, not death mid-request;
+  // unless SIGHUP is ignored already (nohup), which a blocked signal taken by sigwait would undo.
+  if (!SignalIgnored(SIGHUP)) sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
   // Leaked on purpose: the waiter thread outlives RunServe.

@@ -46,7 +46,10 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
+  // nohup's ignored SIGHUP stays ignored (a blocked signal taken by sigtimedwait would undo it);
+  // a hang-up forwarded beside the terminal's own reaches the child twice, which it takes as one.
+  struct sigaction hup {};
+  if (!(sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN)) sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGCHLD);
   sigprocmask(SIG_BLOCK, &set, &old_mask);
 

@@ -226,11 +226,11 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
     if (type == part.end() || type->is_null()) return Bad(ppath + ".type", "missing", RefusalKind::kMissingParameter);
     if (!type->is_string()) return WrongType(ppath + ".type", *type, "a string");
     const std::string t = type->get<std::string>();
-    // A part's keys: its type, its payload, and cache_control (a caching hint that changes no
-    // output); others are refused, not dropped.
+    // A part's keys: its type, its payload, cache_control (a caching hint) and an image's uuid
+    // (vLLM's cache key), which change no output; others are refused, not dropped.
     for (auto key = part.begin(); key != part.end(); ++key) {
       if (key.key() == "type" || key.key() == "cache_control" ||
-          key.key() == (t == "image_url" ? "image_url" : "text")) {
+          key.key() == (t == "image_url" ? "image_url" : "text") || (t == "image_url" && key.key() == "uuid")) {
         continue;
       }
       if (t != "text" && t != "input_text" && t != "image_url") break;  // the type itself is refused below
@@ -285,14 +285,14 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
 
 // A message's keys: those ParseMessages reads; those clients send back from an earlier reply that
 // change nothing at null / empty / false (refusal, annotations, audio, function_call, prefix); and
-// reasoning_content, which the GLM chat templates leave out of earlier turns. Anything else is
+// reasoning_content / reasoning, which the GLM chat templates leave out of earlier turns. Anything else is
 // refused naming it: "prefix": true (continue this assistant message) or a tool_call_id dropped
 // would make another prompt than the one asked for.
 std::optional<Refusal> UnknownMessageField(const json& message, const std::string& path) {
   for (auto it = message.begin(); it != message.end(); ++it) {
     const std::string& key = it.key();
     if (key == "role" || key == "content" || key == "name" || key == "tool_calls") continue;
-    if (key == "reasoning_content") {
+    if (key == "reasoning_content" || key == "reasoning") {  // vLLM's names, older and newer
       if (!it->is_null() && !it->is_string()) return WrongType(path + "." + key, *it, "a string");
       continue;
     }
@@ -336,7 +336,7 @@ std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_requ
     if (auto name = m.find("name"); name != m.end() && !name->is_null() && !name->is_string()) {
       return WrongType(path + ".name", *name, "a string");
     }
-    if (auto tc = m.find("tool_calls"); tc != m.end() && !tc->is_null()) {
+    if (auto tc = m.find("tool_calls"); tc != m.end() && !tc->is_null() && !(tc->is_array() && tc->empty())) {
       return Bad(path + ".tool_calls", "tool calls are not supported", RefusalKind::kUnsupportedParameter);
     }
     if (auto e = UnknownMessageField(m, path)) return e;

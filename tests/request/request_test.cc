@@ -240,10 +240,15 @@ TEST(Refusal, MessageAndPartKeysRefusedNotDropped) {
       {R"({"role": "user", "content": [{"type": "text", "text": "hi", "image_url": "data:x"}]})",
        "messages[0].content[0].image_url"},
       {R"({"role": "assistant", "content": "hi", "refusal": null, "annotations": [], "audio": null,
-           "function_call": null, "prefix": false, "reasoning_content": "thought"})",
+           "function_call": null, "prefix": false, "reasoning_content": "thought",
+           "reasoning": null, "tool_calls": []})",
        ""},
       {R"({"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]})", ""},
       {R"({"role": "assistant", "content": "hi", "refusal": "no"})", "messages[0].refusal"},
+      {R"({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"},
+           "uuid": "u1"}]})",
+       ""},
+      {R"({"role": "user", "content": [{"type": "text", "text": "hi", "uuid": "u1"}]})", "messages[0].content[0].uuid"},
   };
   for (const Case& c : cases) {
     const std::string body = absl::StrCat(R"({"model": "m", "messages": [)", c.message, "]}");

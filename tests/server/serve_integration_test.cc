@@ -254,6 +254,10 @@ TEST_P(ServeSignalTest, SignalDrainsInFlightRequests) {
   }
   std::this_thread::sleep_for(300ms);  // all six are generating (100 steps x 10 ms)
   server_->Signal(GetParam());
+  if (GetParam() == SIGHUP) {  // a closing terminal hangs up twice (the shell, then the kernel)
+    std::this_thread::sleep_for(5ms);
+    server_->Signal(SIGHUP);
+  }
   int health = -2;
   for (int i = 0; i < 100 && health != 2; ++i) {
     health = HealthCheck(channel_, "");
@@ -270,6 +274,24 @@ TEST_P(ServeSignalTest, SignalDrainsInFlightRequests) {
   EXPECT_EQ(server_->WaitExit(30s), 0) << server_->log();
   EXPECT_NE(server_->log().find(absl::StrCat("signal ", GetParam(), ": draining")), std::string::npos)
       << server_->log();
+}
+
+// Started under nohup (SIGHUP ignored), a hang-up changes nothing: the server keeps serving.
+TEST_F(ServeIntegrationTest, HangUpIgnoredUnderNohup) {
+  struct sigaction ignore {
+  }, previous{};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(sigaction(SIGHUP, &ignore, &previous), 0);
+  Start();  // the server inherits the ignored disposition through fork and exec
+  ASSERT_EQ(sigaction(SIGHUP, &previous, nullptr), 0);
+  server_->Signal(SIGHUP);
+  std::this_thread::sleep_for(200ms);
+  v1::InferResponse response;
+  const grpc::Status status = Unary(MakeProtoRequest({1, 2, 3}, 4), &response);
+  EXPECT_TRUE(status.ok()) << status.error_message() << "\n" << server_->log();
+  EXPECT_EQ(server_->log().find("signal 1"), std::string::npos) << server_->log();
+  server_->Signal(SIGTERM);
+  EXPECT_EQ(server_->WaitExit(30s), 0) << server_->log();
 }
 
 INSTANTIATE_TEST_SUITE_P(Signals, ServeSignalTest, ::testing::Values(SIGTERM, SIGINT, SIGHUP),

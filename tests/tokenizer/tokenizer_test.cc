@@ -350,24 +350,31 @@ TEST(TextOutput, StopIdsGiveNoText) {
   EXPECT_NE(delta, "one two");
 }
 
-// min_new_tokens holds stop strings as it holds stop ids (vLLM's min_tokens): a stop string
-// completed by the first min ids does not end the text; one completed after does.
+// min_new_tokens holds stop strings as it holds stop ids (vLLM's min_tokens): they are looked for
+// once more than min ids have come, and one the first min ids completed never ends the text.
 TEST(TextOutput, StopStringsWaitForMinIds) {
   auto t = Tokenizer::FromDirectory(kFixtures + "/glm4-tiktoken");
   ASSERT_TRUE(t.ok());
-  const std::vector<int32_t> ids = (*t)->Encode("ab ab ab", false);
-  const std::vector<int32_t> first = (*t)->Encode("ab", false);
-  ASSERT_GT(ids.size(), first.size());
-  TextOutput held(t->get(), {"ab"}, {}, first.size() + 1);
+  const std::vector<int32_t> first = (*t)->Encode("ab", false), next = (*t)->Encode(" ab", false);
+  std::vector<int32_t> ids = first;
+  for (int k = 0; k < 2; ++k) ids.insert(ids.end(), next.begin(), next.end());  // "ab ab ab"
+  auto run = [&](size_t min_ids) {
+    TextOutput out(t->get(), {"ab"}, {}, min_ids);
+    std::string delta;
+    out.Add(ids, &delta);
+    EXPECT_TRUE(out.stopped()) << min_ids;
+    return delta;
+  };
+  EXPECT_EQ(run(0), "");
+  EXPECT_EQ(run(first.size()), "ab ");  // the first "ab" is the min ids' own: the second ends it
+  EXPECT_EQ(run(first.size() + next.size()), "ab ab ");
+  // All ids within the min: no stop string ends the text, not even at the flush.
+  TextOutput none(t->get(), {"ab"}, {}, ids.size());
   std::string delta;
-  held.Add(ids, &delta);
-  EXPECT_TRUE(held.stopped());
-  EXPECT_EQ(delta, "ab ");  // the second "ab" ends it
-  TextOutput at_once(t->get(), {"ab"});
-  delta.clear();
-  at_once.Add(ids, &delta);
-  EXPECT_TRUE(at_once.stopped());
-  EXPECT_EQ(delta, "");
+  none.Add(ids, &delta);
+  delta += none.Finish();
+  EXPECT_FALSE(none.stopped());
+  EXPECT_EQ(delta, "ab ab ab");
 }
 
 TEST(TextOutput, PartialStopPrefixIsHeldBackThenReleased) {
