@@ -648,12 +648,6 @@ class ConnectionThreads final : public httplib::TaskQueue {
   std::shared_ptr<State> state_;
 };
 
-// Prompt text longer than this many bytes per allowed prompt token is refused before it is
-// tokenized: a token covers at least one byte, and no tokenizer here averages more than 64 bytes
-// a token over real text, so such a prompt cannot fit; tokenizing megabytes only to refuse them
-// costs seconds of CPU.
-constexpr int64_t kMaxPromptBytesPerToken = 64;
-
 std::string RequestIdOf(State& state, const httplib::Request& req) {
   std::string request_id = req.get_header_value("x-request-id");
   if (request_id.empty() || CheckRequestId(request_id, state.options.limits, Dialect::kOpenAiChat)) {
@@ -894,7 +888,6 @@ class Handler {
     // which, as gRPC's does (health is NOT_SERVING either way).
     Admission admission;
     if (auto e = sessions.Admit(client, &admission)) return refuse(*e);
-    if (auto e = PromptTooLong(api, admission.model, kind)) return refuse(*e);
     api.request.deadline = deadline;
     SessionInfo info;
     info.request_id = request_id;
@@ -932,31 +925,6 @@ class Handler {
   }
 
  private:
-  // Prompt text far longer than the longest allowed prompt could ever tokenize to (see
-  // kMaxPromptBytesPerToken): refused before tokenizing, naming the field.
-  std::optional<Refusal> PromptTooLong(const ApiRequest& api, const ValidationModel& model, ApiKind kind) const {
-    const int64_t max_prompt = MaxPromptTokens(state_->options.limits, model);
-    if (max_prompt <= 0 || !api.request.input_ids.empty()) return std::nullopt;
-    const int64_t max_bytes = max_prompt * kMaxPromptBytesPerToken;
-    int64_t bytes = static_cast<int64_t>(api.request.prompt.size());
-    std::string param = kind == ApiKind::kChat ? "messages" : "prompt";
-    size_t longest = 0;
-    for (size_t i = 0; i < api.request.messages.size(); ++i) {
-      const size_t n = api.request.messages[i].content.size();
-      bytes += static_cast<int64_t>(n);
-      if (n > longest) {
-        longest = n;
-        param = absl::StrCat("messages[", i, "].content");
-      }
-    }
-    if (bytes <= max_bytes) return std::nullopt;
-    return InvalidField(param,
-                        absl::StrCat(bytes, " bytes of prompt text cannot fit in ", max_prompt,
-                                     " prompt tokens (refused before tokenizing: more than ", kMaxPromptBytesPerToken,
-                                     " bytes per token)"),
-                        RefusalKind::kContextLength);
-  }
-
   // Takes one of options.threads serving slots, waiting in a queue of at most max_waiting (counted
   // in glmserve_queue_depth) for one; a full queue answers 429 at once. The wait ends with the
   // request's deadline (504), a drain or shutdown (503) or the client closing.

@@ -28,6 +28,41 @@ std::optional<Refusal> CheckRequestId(const std::string& request_id, const Front
   return std::nullopt;
 }
 
+namespace {
+
+// Prompt text longer than this many bytes per allowed prompt token is refused before it is
+// tokenized: a token covers at least one byte, and no tokenizer here averages more than 64 bytes a
+// token over real text, so such a prompt cannot fit; tokenizing megabytes only to refuse them
+// costs CPU on the front end's threads (gRPC's callback threads serve every other call too).
+constexpr int64_t kMaxPromptBytesPerToken = 64;
+
+std::optional<Refusal> PromptTextTooLong(const GenerateRequest& request, const FrontendLimits& limits,
+                                         const ValidationModel& model, const std::string& prompt_field,
+                                         const std::string& messages_field) {
+  const int64_t max_prompt = MaxPromptTokens(limits, model);
+  if (max_prompt <= 0) return std::nullopt;
+  const int64_t max_bytes = max_prompt * kMaxPromptBytesPerToken;
+  int64_t bytes = static_cast<int64_t>(request.prompt.size());
+  std::string field = prompt_field;
+  size_t longest = 0;
+  for (size_t i = 0; i < request.messages.size(); ++i) {
+    const size_t n = request.messages[i].content.size();
+    bytes += static_cast<int64_t>(n);
+    if (n > longest) {
+      longest = n;
+      field = absl::StrCat(messages_field, "[", i, "].content");
+    }
+  }
+  if (bytes <= max_bytes) return std::nullopt;
+  return InvalidField(field,
+                      absl::StrCat(bytes, " bytes of prompt text cannot fit in ", max_prompt,
+                                   " prompt tokens (refused before tokenizing: more than ", kMaxPromptBytesPerToken,
+                                   " bytes per token)"),
+                      RefusalKind::kContextLength);
+}
+
+}  // namespace
+
 std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const FrontendLimits& limits,
                                        const ValidationModel& model, Dialect dialect, InferenceRequest* out) {
   auto name = [dialect](Field field, int64_t index = -1) { return FieldName(field, dialect, index); };
@@ -48,6 +83,9 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
       return InvalidField(name(ids_field), absl::StrCat("the server has no tokenizer (no tokenizer.json or "
                                                         "tokenizer.model in the model directory); send ",
                                                         name(Field::kInputIds)));
+    }
+    if (auto too_long = PromptTextTooLong(request, limits, model, name(ids_field), name(Field::kMessages))) {
+      return too_long;
     }
     if (!request.messages.empty()) {
       std::vector<tokenizer::Message> messages;

@@ -656,6 +656,39 @@ TEST(DefaultStopIds, TokenizerEndOfTurnIdsJoinTheModelsEos) {
   EXPECT_EQ(out->params.stop_token_ids, (std::vector<int32_t>{7}));
 }
 
+// Prompt text that could not fit the context even at 64 bytes a token is refused before the
+// tokenizer runs (gRPC tokenizes on its callback threads, which serve every other call), naming
+// the prompt or the longest message.
+TEST(GrpcValidation, PromptTextTooLongRefusedBeforeTokenizing) {
+  auto tok = tokenizer::Tokenizer::FromDirectory(GLMSERVE_TEST_MODEL_DIR);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  ValidationModel model;
+  model.vocab_size = 1024;
+  model.tokenizer = tok->get();
+  model.max_context = 64;
+  const int32_t max_prompt = MaxPromptTokens(FrontendLimits(), model);
+  ASSERT_GT(max_prompt, 0);
+  v1::InferRequest request;
+  request.set_prompt(std::string(static_cast<size_t>(max_prompt) * 64 + 1, '='));
+  auto out = ValidateInferRequest(request, FrontendLimits(), model);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(out.status().message().find("prompt: "), std::string::npos) << out.status();
+  EXPECT_NE(out.status().message().find("refused before tokenizing"), std::string::npos) << out.status();
+  v1::InferRequest chat;
+  chat.add_messages()->set_role("system");
+  chat.mutable_messages(0)->set_content("short");
+  chat.add_messages()->set_role("user");
+  chat.mutable_messages(1)->set_content(std::string(static_cast<size_t>(max_prompt) * 64, 'a'));
+  out = ValidateInferRequest(chat, FrontendLimits(), model);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("messages[1].content"), std::string::npos) << out.status();
+  // At the bound it is tokenized (and refused, if at all, by its token count).
+  request.set_prompt(std::string(static_cast<size_t>(max_prompt) * 64, '='));
+  out = ValidateInferRequest(request, FrontendLimits(), model);
+  if (!out.ok()) EXPECT_EQ(out.status().message().find("before tokenizing"), std::string::npos) << out.status();
+}
+
 TEST_F(GrpcTextTest, ChatMessagesValidated) {
   StartWithTokenizer();
   v1::InferRequest request;
