@@ -27,6 +27,9 @@
 namespace glmserve {
 namespace {
 
+// Connections the /metrics listener serves at once (a thread each while open).
+constexpr int kMetricsThreads = 16;
+
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
   return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
 }
@@ -201,7 +204,13 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
     // a bind of our own right after it found the port in use, so civetweb failed after it had
     // bound and left its listening socket open.
     auto server = std::make_unique<httplib::Server>();
-    server->new_task_queue = [] { return new httplib::ThreadPool(2); };
+    // httplib holds a thread per connection while it is open: with 2, two idle sockets (or a
+    // Prometheus HA pair keeping its connections alive) left every other scrape waiting 5 s, and
+    // the pod read as down. 16 threads; an idle connection is let go after 2 s, a silent one after
+    // 3 s (a scrape's request is one small head).
+    server->new_task_queue = [] { return new httplib::ThreadPool(kMetricsThreads); };
+    server->set_keep_alive_timeout(2);
+    server->set_read_timeout(std::chrono::seconds(3));
     // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second server share a
     // port in use instead of failing.
     server->set_socket_options([](socket_t sock) {

@@ -92,6 +92,9 @@ struct SelfHealingEngine::Tracked {
   RequestCallbacks callbacks;
   int generation = 0;
   bool streamed = false;
+  // The ids the client was sent: a streamed request the engine's fault ends is resolved with them
+  // (its log line and token counters say what it got, not 0).
+  std::vector<int32_t> streamed_ids;
   bool done = false;
   // When the client submitted it, and when the engine now running it got it (later after a
   // requeue): the engine times from the latter, the client waited from the former.
@@ -200,7 +203,10 @@ RequestCallbacks SelfHealingEngine::Wrap(const std::shared_ptr<Tracked>& t, int 
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (t->generation != generation || t->done) return;
-      if (!t->callbacks.replayable_after_tokens) t->streamed = true;
+      if (!t->callbacks.replayable_after_tokens) {
+        t->streamed = true;
+        t->streamed_ids.insert(t->streamed_ids.end(), ids.begin(), ids.end());
+      }
       last_activity_ = clock_->Now();
     }
     std::lock_guard<std::mutex> cb_lock(t->cb_mu);
@@ -347,9 +353,23 @@ EngineStats SelfHealingEngine::stats() const {
   std::shared_ptr<InferenceEngine> engine;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    engine = engine_;
+    if (state_ == State::kServing) engine = engine_;  // a faulted one being buried knows nothing owed
   }
-  return engine != nullptr ? engine->stats() : EngineStats();
+  if (engine != nullptr) {
+    EngineStats s = engine->stats();
+    std::lock_guard<std::mutex> lock(mu_);
+    last_batch_limit_ = s.batch_limit;
+    last_max_batch_size_ = s.max_batch_size;
+    return s;
+  }
+  // No engine serving (a rebuild, a crash loop): the requests owed wait, nothing runs, and the
+  // limits are the last engine's; an empty snapshot read as an idle pod to autoscalers and alerts.
+  EngineStats s;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, t] : tracked_) s.waiting += t->done ? 0 : 1;
+  s.batch_limit = last_batch_limit_;
+  s.max_batch_size = last_max_batch_size_;
+  return s;
 }
 
 void SelfHealingEngine::Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive) {
@@ -463,6 +483,10 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
                      "); it was not retried because output was already sent; retry the request"));
     r.finish_reason = FinishReason::kError;
     r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      r.output_ids = t->streamed_ids;
+    }
     Resolve(t, r);
   }
   {
@@ -542,7 +566,6 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       generation_ = generation;
       engine_ = std::move(built->engine);
       keepalive_ = std::move(built->keepalive);
-      if (draining_) engine_->StartDrain();
       for (auto& t : requeue) {
         if (t->done) continue;  // cancelled meanwhile
         t->generation = generation;
@@ -551,6 +574,9 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
         absl::Status s = engine_->Submit(std::move(copy), Wrap(t, generation));
         if (!s.ok()) refused.emplace_back(t, s);
       }
+      // A drain asked for during the rebuild starts once the requests it owes are back in: a
+      // draining engine refuses submissions, and they were accepted before the drain.
+      if (draining_) engine_->StartDrain();
       busy_since_ = clock_->Now();
       last_activity_ = busy_since_;
       state_ = State::kServing;
@@ -560,6 +586,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       RequestResult r;
       r.status = s;
       r.finish_reason = FinishReason::kError;
+      r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
       Resolve(t, r);
     }
     ++restarts_;

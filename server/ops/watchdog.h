@@ -141,7 +141,10 @@ class SelfHealingEngine final : public InferenceEngine {
   int faulted_generation_ = -1;                                        // guarded by mu_
   std::string fault_;                                                  // guarded by mu_
   std::unordered_map<std::string, std::shared_ptr<Tracked>> tracked_;  // guarded by mu_
-  Clock::TimePoint busy_since_;                                        // guarded by mu_
+  // The last engine's batch limits (stats()), reported while none runs; guarded by mu_.
+  mutable int32_t last_batch_limit_ = 0;
+  mutable int32_t last_max_batch_size_ = 0;
+  Clock::TimePoint busy_since_;            // guarded by mu_
   Clock::TimePoint rebuild_at_;            // guarded by mu_; when the pending rebuild starts (after its backoff)
   Clock::Duration last_build_{};           // guarded by mu_; how long the last engine took to build and warm up
   Clock::TimePoint last_activity_;         // guarded by mu_

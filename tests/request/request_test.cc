@@ -302,6 +302,14 @@ TEST(Refusal, JsonParserRangesAreTheOnesItTakes) {
   EXPECT_EQ(overflow.kind, RefusalKind::kInvalidJson);
   EXPECT_EQ(overflow.message.find("json.exception"), std::string::npos) << overflow.message;
   EXPECT_NE(overflow.message.find("1e309"), std::string::npos) << overflow.message;
+  // An unterminated string: the parser quotes what it read, cut short (not a whole prompt).
+  ApiRequest unterminated;
+  const std::optional<Refusal> cut = ParseApiRequest(
+      ApiKind::kCompletion, absl::StrCat(R"({"model": "m", "prompt": ")", std::string(100000, 'a')), &unterminated);
+  ASSERT_TRUE(cut.has_value());
+  EXPECT_EQ(cut->kind, RefusalKind::kInvalidJson);
+  EXPECT_LT(cut->message.size(), 300u) << cut->message.size();
+  EXPECT_NE(cut->message.find("last read"), std::string::npos) << cut->message;
   ApiRequest ok;
   ASSERT_FALSE(
       ParseApiRequest(ApiKind::kCompletion, R"({"model": "m", "prompt": "hi", "max_tokens": 4096})", &ok, 4096));

@@ -9,9 +9,11 @@
   trailing metadata (glmserve-request-id) and used in the logs;
 - `glmserve doctor`: OK on the bundled model (GPU checks WARN here), FAIL (exit 1) on a broken dir.
 Exit 77 = skipped."""
+import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,25 @@ def main():
             check(f"# TYPE {name} " in text, f"/metrics has {name}")
         check(harness.metric(before, "glmserve_build_info") == 1, "glmserve_build_info is 1")
         check(harness.metric(before, "glmserve_batch_limit") > 0, "glmserve_batch_limit is the AIMD limit (> 0)")
+        # Connections held open (a Prometheus HA pair keeping theirs alive, idle sockets) do not
+        # hold other scrapes back: with a 2-thread listener, two made every other scrape wait 5 s.
+        held = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", mport, timeout=5)
+            conn.request("GET", "/metrics")
+            conn.getresponse().read()
+            held.append(conn)
+        idle = [socket.create_connection(("127.0.0.1", mport), timeout=5) for _ in range(4)]
+        t0 = time.monotonic()
+        try:
+            harness.scrape(mport)
+            scraped = time.monotonic() - t0
+        except Exception as e:  # noqa: BLE001  (a timeout or refusal is the failure reported)
+            scraped = float("inf")
+            print(f"scrape failed: {e!r}")
+        check(scraped < 1.0, f"/metrics answered in {scraped:.2f} s beside 2 kept-alive and 4 idle connections")
+        for c in held + idle:
+            c.close()
 
         stub = pb_grpc.InferenceStub(harness.channel(server.port))
         r, call = stub.Infer.with_call(pb.InferRequest(input_ids=[1, 2, 3, 4], max_new_tokens=6, request_id="obs-1"),

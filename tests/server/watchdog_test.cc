@@ -160,6 +160,7 @@ TEST(WatchdogTest, ExceptionRebuildsRequeuesUnaryAndFailsStreamedOnes) {
   EXPECT_TRUE(absl::IsUnavailable(s.status)) << s.status;
   EXPECT_NE(s.status.message().find("already sent"), absl::string_view::npos) << s.status;
   EXPECT_GT(s.streamed, 0u);
+  EXPECT_EQ(s.tokens, s.streamed) << "the failure result carries the ids the client was sent";
   // The requeued request may finish on the new engine before the rebuild is counted.
   ASSERT_TRUE(h.WaitRestarts(1));
   EXPECT_EQ(h.engine().restarts(), 1);
@@ -292,6 +293,37 @@ TEST(WatchdogTest, BackoffWaitsForTheClock) {
   // Its times count from the client's submit: the hour without an engine is in them.
   EXPECT_GE(requeued.queue_ms, 3600e3);
   EXPECT_GE(requeued.total_ms, 3600e3);
+}
+
+// While the engine is rebuilt the requests it owes count as waiting, with the last engine's batch
+// limit (an empty snapshot read as an idle pod to autoscalers and queue alerts), and a drain asked
+// for meanwhile still runs them on the rebuilt engine (it refused them: "engine is draining").
+TEST(WatchdogTest, RebuildKeepsOwedRequestsCountedAndADrainRunsThem) {
+  WatchdogOptions w = Harness::Defaults();
+  w.backoff_initial = 1h;
+  w.backoff_max = 2h;
+  Harness h(
+      [](int gen) {
+        FaultInjectionOptions f;
+        if (gen == 0) f.throw_on_step = 2;
+        return f;
+      },
+      w);
+  const EngineStats before = h.engine().stats();
+  ASSERT_GT(before.batch_limit, 0);
+  auto r = h.Run("r", false, 2);
+  ASSERT_TRUE(h.WaitHealthChanges(1));
+  const EngineStats during = h.engine().stats();
+  EXPECT_EQ(during.waiting, 1);
+  EXPECT_EQ(during.running, 0);
+  EXPECT_EQ(during.batch_limit, before.batch_limit);
+  EXPECT_EQ(during.max_batch_size, before.max_batch_size);
+  h.engine().StartDrain();
+  h.clock().Advance(1h);
+  ASSERT_TRUE(h.WaitRestarts(1));
+  const Outcome requeued = Get(r);
+  EXPECT_TRUE(requeued.status.ok()) << requeued.status;
+  EXPECT_EQ(requeued.tokens, 2u);
 }
 
 TEST(WatchdogTest, IdleCanaryFindsABrokenEngineWithoutClientTraffic) {
