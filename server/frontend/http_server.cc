@@ -208,8 +208,9 @@ class Connection final : public httplib::Stream {
     return static_cast<ssize_t>(n);
   }
   ssize_t write(const char* ptr, size_t size) override {
-    // httplib's own 400 for a head cut off at its limits: dropped, the 431 goes out instead.
-    if (head_too_large_) return static_cast<ssize_t>(size);
+    // httplib's own 400 for a head cut off at its limits, or by the read deadline: dropped, the
+    // 431 or the 408 goes out instead.
+    if (head_too_large_ || (in_head_ && timed_out_)) return static_cast<ssize_t>(size);
     if (ssl_ != nullptr) return WriteTls(ptr, size, Clock::now() + std::chrono::milliseconds(write_timeout_ms_));
     if (!is_writable()) return -1;
     ssize_t n;
@@ -524,7 +525,7 @@ class ApiHttpServer final : public httplib::Server {
       // start is unknown, so the connection ends (reading on would take the rest of these bytes as
       // requests of their own).
       if (ok && !conn.head_parsed() && conn.written() > 0) break;
-      if (!ok && conn.timed_out() && conn.written() == 0) {
+      if ((!ok || !conn.head_parsed()) && conn.timed_out() && conn.written() == 0) {
         AnswerAndClose(conn, "Request Timeout",
                        MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
                                    absl::StrCat("the request did not arrive within --http-read-timeout-ms (",
@@ -547,10 +548,8 @@ class ApiHttpServer final : public httplib::Server {
     const HttpError e = ToHttpError(refusal);
     conn.SendRaw(RawResponse(e.status, reason, e));
     conn.CloseAfter();
-    if (state_->options.log_requests) {
-      LogEvent(LogLevel::kInfo, "request_refused", "", "request refused",
-               {{"status", CodeName(refusal.code)}, {"http_status", e.status}, {"message", e.message}});
-    }
+    // Counted in glmserve_requests_total and logged as every other refusal.
+    state_->sessions.Refused("", "http", refusal, {{"http_status", e.status}});
   }
 
   // Over --http-max-connections: 503 (Retry-After), then closed. Plain: on the accept thread,

@@ -377,9 +377,10 @@ def test_slowloris(binary, model):
         check(ok >= 15 and worst < 1.0, f"slowloris x80: /health answered {ok} times, slowest {worst:.3f} s")
         st, _, _ = server.post("/v1/completions", {"model": "m", "prompt": "hi", "max_tokens": 2})
         check(st == 200, f"slowloris x80: the API answers (got {st})")
-        # The slow ones were answered 408 and closed at the deadline (2 s).
+        # The slow ones were answered 408 and closed at the deadline (2 s): five that stopped
+        # sending, two still trickling their head when it passed (httplib's own answer was 400).
         statuses = []
-        for s in slow[:5]:
+        for s in slow[:7]:
             try:
                 st, _, body = read_response(s, timeout=5)
             except OSError as e:
