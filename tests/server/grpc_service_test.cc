@@ -635,12 +635,25 @@ TEST_F(GrpcTextTest, PromptTextAndStopStrings) {
   EXPECT_EQ(stream_stopped.messages.back().finish_reason(), v1::STOP);
 }
 
-TEST(DefaultStopIds, TokenizerEndOfTurnIdsJoinTheModelsEos) {
-  auto tok = tokenizer::Tokenizer::FromDirectory(GLMSERVE_TEST_MODEL_DIR);
-  ASSERT_TRUE(tok.ok()) << tok.status();
+// The bundled model's tokenizer in a validation model of 1,024 ids (GLM-4's specials are 1000+).
+struct TokenizerModel {
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
   ValidationModel model;
-  model.vocab_size = 1024;
-  model.tokenizer = tok->get();
+};
+TokenizerModel LoadTokenizerModel() {
+  TokenizerModel m;
+  auto tok = tokenizer::Tokenizer::FromDirectory(GLMSERVE_TEST_MODEL_DIR);
+  EXPECT_TRUE(tok.ok()) << tok.status();
+  if (tok.ok()) m.tokenizer = std::move(*tok);
+  m.model.vocab_size = 1024;
+  m.model.tokenizer = m.tokenizer.get();
+  return m;
+}
+
+TEST(DefaultStopIds, TokenizerEndOfTurnIdsJoinTheModelsEos) {
+  TokenizerModel loaded = LoadTokenizerModel();
+  ASSERT_NE(loaded.tokenizer, nullptr);
+  ValidationModel& model = loaded.model;
   model.eos_token_ids = {1000};  // a config with only <|endoftext|> (like ChatGLM3's </s>)
   v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 4);
   auto out = ValidateInferRequest(request, FrontendLimits(), model);
@@ -660,11 +673,9 @@ TEST(DefaultStopIds, TokenizerEndOfTurnIdsJoinTheModelsEos) {
 // tokenizer runs (gRPC tokenizes on its callback threads, which serve every other call), naming
 // the prompt or the longest message.
 TEST(GrpcValidation, PromptTextTooLongRefusedBeforeTokenizing) {
-  auto tok = tokenizer::Tokenizer::FromDirectory(GLMSERVE_TEST_MODEL_DIR);
-  ASSERT_TRUE(tok.ok()) << tok.status();
-  ValidationModel model;
-  model.vocab_size = 1024;
-  model.tokenizer = tok->get();
+  TokenizerModel loaded = LoadTokenizerModel();
+  ASSERT_NE(loaded.tokenizer, nullptr);
+  ValidationModel& model = loaded.model;
   model.max_context = 64;
   const int32_t max_prompt = MaxPromptTokens(FrontendLimits(), model);
   ASSERT_GT(max_prompt, 0);

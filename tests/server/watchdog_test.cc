@@ -265,17 +265,22 @@ TEST(WatchdogTest, FaultsOutsideTheWindowDoNotCountTowardsTheCrashLoop) {
   EXPECT_EQ(spaced.engine().restarts(), 2);
 }
 
-TEST(WatchdogTest, BackoffWaitsForTheClock) {
+// The first engine throws on its step 2 (the first request's first step); the rebuild waits an
+// hour of the test's clock, which only the test advances.
+FaultInjectionOptions FirstEngineThrowsOnStep2(int generation) {
+  FaultInjectionOptions f;
+  if (generation == 0) f.throw_on_step = 2;
+  return f;
+}
+WatchdogOptions HourBackoff() {
   WatchdogOptions w = Harness::Defaults();
-  w.backoff_initial = 1h;  // never reached unless the test advances the clock
+  w.backoff_initial = 1h;
   w.backoff_max = 2h;
-  Harness h(
-      [](int gen) {
-        FaultInjectionOptions f;
-        if (gen == 0) f.throw_on_step = 2;
-        return f;
-      },
-      w);
+  return w;
+}
+
+TEST(WatchdogTest, BackoffWaitsForTheClock) {
+  Harness h(FirstEngineThrowsOnStep2, HourBackoff());
   auto r = h.Run("r", false, 2);
   ASSERT_TRUE(h.WaitHealthChanges(1));
   EXPECT_EQ(h.health(), std::vector<bool>{false});
@@ -299,16 +304,7 @@ TEST(WatchdogTest, BackoffWaitsForTheClock) {
 // limit (an empty snapshot read as an idle pod to autoscalers and queue alerts), and a drain asked
 // for meanwhile still runs them on the rebuilt engine (it refused them: "engine is draining").
 TEST(WatchdogTest, RebuildKeepsOwedRequestsCountedAndADrainRunsThem) {
-  WatchdogOptions w = Harness::Defaults();
-  w.backoff_initial = 1h;
-  w.backoff_max = 2h;
-  Harness h(
-      [](int gen) {
-        FaultInjectionOptions f;
-        if (gen == 0) f.throw_on_step = 2;
-        return f;
-      },
-      w);
+  Harness h(FirstEngineThrowsOnStep2, HourBackoff());
   const EngineStats before = h.engine().stats();
   ASSERT_GT(before.batch_limit, 0);
   auto r = h.Run("r", false, 2);
