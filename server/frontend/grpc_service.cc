@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <utility>
@@ -340,6 +341,14 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
     // StreamCall::Pump): a refusal stays trailers-only, which a client's retry policy may retry;
     // a response's headers commit the call.
     if (bad_id) return Refuse(*bad_id);
+    // Over --max-message-bytes (gRPC itself refuses only past twice it, below): INVALID_ARGUMENT,
+    // counted and logged, where gRPC's RESOURCE_EXHAUSTED is neither and is retried by clients.
+    if (const size_t bytes = proto_request.ByteSizeLong();
+        bytes > static_cast<size_t>(service_->options().max_message_bytes)) {
+      return Refuse(MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
+                                absl::StrCat("request of ", bytes, " bytes; at most ",
+                                             service_->options().max_message_bytes, " (--max-message-bytes)")));
+    }
     std::string client;
     if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) {
       return Refuse(
@@ -758,7 +767,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
   builder.AddListeningPort(FormatAddress(options.host, options.port), credentials, &server->port_);
   if (!options.reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   builder.RegisterService(server->service_.get());
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  // Twice the limit, so that a request over it reaches CallBase::Begin and is refused there as
+  // every other bad request; past twice it gRPC refuses before any of this code runs.
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(int64_t{2} * options.max_message_bytes, std::numeric_limits<int>::max())));
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_time_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, options.keepalive_timeout_ms);

@@ -43,7 +43,8 @@ struct GrpcServerOptions {
   int min_ping_interval_ms = 10'000;
   // Concurrent streams per HTTP/2 connection (gRPC default: unlimited).
   int max_concurrent_streams = 256;
-  // Largest request and response message (gRPC default: 4 MiB receive, unlimited send).
+  // Largest request and response message (gRPC default: 4 MiB receive, unlimited send). A request
+  // over it is INVALID_ARGUMENT (counted, logged); past twice it gRPC's own RESOURCE_EXHAUSTED.
   int max_message_bytes = 4 << 20;
 
   // Deadline applied to requests that carry none; 0 = none.

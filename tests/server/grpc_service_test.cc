@@ -529,6 +529,25 @@ TEST_F(GrpcServiceTest, SixtyFourConcurrentClients) {
   }
 }
 
+// A request over --max-message-bytes is INVALID_ARGUMENT from the service (counted, logged, not
+// retried), not gRPC's own RESOURCE_EXHAUSTED, which clients' retry policies retry; only past
+// twice the limit does gRPC refuse it itself.
+TEST_F(GrpcServiceTest, OversizeRequestIsInvalidArgumentUpToTwiceTheLimit) {
+  GrpcServerOptions options;
+  options.max_message_bytes = 64 << 10;
+  StartServer(DefaultEngineOptions(), options);
+  v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 4);
+  request.set_prompt(std::string(100 << 10, 'a'));
+  v1::InferResponse response;
+  grpc::Status status = Unary(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_NE(status.error_message().find("--max-message-bytes"), std::string::npos) << status.error_message();
+  request.set_prompt(std::string(200 << 10, 'a'));
+  status = Unary(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response).ok());
+}
+
 TEST_F(GrpcServiceTest, ModelInfo) {
   StartServer();
   grpc::ClientContext ctx;
