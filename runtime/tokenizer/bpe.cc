@@ -167,32 +167,33 @@ void BytePairModel::EncodePiece(std::string_view piece, std::vector<int32_t>* ou
     if (index > 0) parts[index - 1].next = index;
   }
   if (parts.empty()) return;
-  // A pair as it was when pushed: stale once either part has merged since (ids differ) or the
-  // left part has been absorbed (id -1). Parts keep their byte order, so the left part's index
-  // orders ties leftmost-first.
+  // A pair by its left part and its merge's priority (8 bytes: a run of megabytes holds one a
+  // byte). Parts keep their byte order, so the left part's index orders ties leftmost-first. An
+  // entry is stale once the pair at its left part (absorbed: id -1) merges at another priority;
+  // a pair there that merges at the same priority is the one to take at that place either way.
   struct Candidate {
     int32_t priority;
     int32_t left;
-    int32_t left_id;
-    int32_t right_id;
-    int32_t result;
     bool operator>(const Candidate& o) const { return priority != o.priority ? priority > o.priority : left > o.left; }
+  };
+  auto merge_at = [&](int32_t left) -> const Merge* {
+    if (left < 0 || parts[left].id < 0 || parts[left].next < 0) return nullptr;
+    auto it = merges_.find(Key(parts[left].id, parts[parts[left].next].id));
+    return it == merges_.end() ? nullptr : &it->second;
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
   auto push_pair = [&](int32_t left) {
-    if (left < 0 || parts[left].next < 0) return;
-    const int32_t left_id = parts[left].id, right_id = parts[parts[left].next].id;
-    auto it = merges_.find(Key(left_id, right_id));
-    if (it != merges_.end()) heap.push({it->second.priority, left, left_id, right_id, it->second.result});
+    if (const Merge* m = merge_at(left)) heap.push({m->priority, left});
   };
   for (int32_t i = 0; i + 1 < static_cast<int32_t>(parts.size()); ++i) push_pair(i);
   while (!heap.empty()) {
     const Candidate c = heap.top();
     heap.pop();
+    const Merge* m = merge_at(c.left);
+    if (m == nullptr || m->priority != c.priority) continue;
     Part& left = parts[c.left];
-    if (left.id != c.left_id || left.next < 0 || parts[left.next].id != c.right_id) continue;
     Part& right = parts[left.next];
-    left.id = c.result;
+    left.id = m->result;
     left.next = right.next;
     if (right.next >= 0) parts[right.next].prev = c.left;
     right.id = -1;
