@@ -55,11 +55,6 @@ std::string ListenFailure(const std::string& flag, int port, const std::string& 
   return message;
 }
 
-bool SignalIgnored(int sig) {
-  struct sigaction current {};
-  return sigaction(sig, nullptr, &current) == 0 && current.sa_handler == SIG_IGN;
-}
-
 // Signals are blocked in every thread and taken by one waiter thread (sigwait), so nothing
 // async-signal-unsafe happens in a handler.
 class SignalWaiter {
@@ -165,13 +160,7 @@ int RunServe(int argc, char** argv) {
             {"max_requests_per_client", flags.max_requests_per_client}});
 
   // Before any thread exists, so every thread inherits the mask.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  // The terminal or SSH session that started the server closing: a drain too, not death mid-request;
-  // unless SIGHUP is ignored already (nohup), which a blocked signal taken by sigwait would undo.
-  if (!SignalIgnored(SIGHUP)) sigaddset(&set, SIGHUP);
+  const sigset_t set = DrainSignals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
   // Leaked on purpose: the waiter thread outlives RunServe.

@@ -29,6 +29,16 @@ std::string Describe(int status) {
 
 }  // namespace
 
+sigset_t DrainSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  struct sigaction hup {};
+  if (!(sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN)) sigaddset(&set, SIGHUP);
+  return set;
+}
+
 int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
   std::vector<std::string> args = {"/proc/self/exe"};
   char self[4096];
@@ -43,13 +53,9 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
   }
 
   sigset_t set, old_mask;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  // nohup's ignored SIGHUP stays ignored (a blocked signal taken by sigtimedwait would undo it);
-  // a hang-up forwarded beside the terminal's own reaches the child twice, which it takes as one.
-  struct sigaction hup {};
-  if (!(sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN)) sigaddset(&set, SIGHUP);
+  // A hang-up forwarded beside the terminal's own reaches the child twice, which it takes as one.
+  const sigset_t drain = DrainSignals();
+  set = drain;
   sigaddset(&set, SIGCHLD);
   sigprocmask(SIG_BLOCK, &set, &old_mask);
 
@@ -80,7 +86,7 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
     for (;;) {
       timespec timeout{0, 200'000'000};
       const int sig = sigtimedwait(&set, nullptr, &timeout);
-      if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+      if (sig > 0 && sigismember(&drain, sig) == 1) {
         LogEvent(LogLevel::kInfo, "supervisor_signal", "",
                  absl::StrCat("supervisor: signal ", sig, ": forwarding to child ", child),
                  {{"signal", sig}, {"child_pid", child}});
@@ -127,7 +133,7 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
       const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(until - SteadyClock::now());
       timespec ts{static_cast<time_t>(left.count() / 1'000'000'000), static_cast<long>(left.count() % 1'000'000'000)};
       const int sig = sigtimedwait(&set, nullptr, &ts);
-      if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) return kExitOk;  // no child to drain
+      if (sig > 0 && sigismember(&drain, sig) == 1) return kExitOk;  // no child to drain
     }
     ++restarts;
   }
