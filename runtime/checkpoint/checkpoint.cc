@@ -16,7 +16,7 @@
 #include "runtime/bounded_file.h"
 #include "runtime/checkpoint/pytorch_bin.h"
 #include "runtime/checkpoint/safetensors.h"
-#include "runtime/json_error.h"
+#include "runtime/json_util.h"
 
 namespace glmserve {
 namespace {

@@ -9,7 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 #include "runtime/bounded_file.h"
-#include "runtime/json_error.h"
+#include "runtime/json_util.h"
 
 namespace glmserve {
 namespace {
@@ -19,11 +19,7 @@ using json = nlohmann::json;
 const char* JsonTypeName(const json& value) { return value.type_name(); }
 
 // An integer JSON value that get<int32_t>() returns unchanged (it wraps silently otherwise).
-bool FitsInt32(const json& value) {
-  if (value.is_number_unsigned()) return value.get<uint64_t>() <= static_cast<uint64_t>(INT32_MAX);
-  const int64_t v = value.get<int64_t>();
-  return v >= INT32_MIN && v <= INT32_MAX;
-}
+bool FitsInt32(const json& value) { return JsonIntegerIn(value, INT32_MIN, INT32_MAX); }
 
 // `object[key]` when it is a string, else `fallback`; a present non-string adds a problem.
 std::string StringField(const json& object, const char* key, const std::string& fallback, const std::string& where,

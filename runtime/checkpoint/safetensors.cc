@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
-#include "runtime/json_error.h"
+#include "runtime/json_util.h"
 
 namespace glmserve {
 namespace {

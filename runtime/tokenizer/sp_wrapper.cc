@@ -103,6 +103,7 @@ std::string SentencePiece::Decode(const std::vector<int>& ids) const {
 int SentencePiece::size() const { return impl_->sp->GetPieceSize(); }
 int SentencePiece::eos_id() const { return impl_->sp->eos_id(); }
 std::string SentencePiece::IdToPiece(int id) const { return impl_->sp->IdToPiece(id); }
+int SentencePiece::PieceToId(const std::string& piece) const { return impl_->sp->PieceToId(piece); }
 bool SentencePiece::IsControl(int id) const { return impl_->sp->IsControl(id); }
 bool SentencePiece::IsUnknown(int id) const { return impl_->sp->IsUnknown(id); }
 bool SentencePiece::IsByte(int id) const { return impl_->sp->IsByte(id); }

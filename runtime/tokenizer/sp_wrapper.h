@@ -20,6 +20,8 @@ class SentencePiece {
   int size() const;
   int eos_id() const;
   std::string IdToPiece(int id) const;
+  // The piece's id; the unknown id where the model has no such piece.
+  int PieceToId(const std::string& piece) const;
   bool IsControl(int id) const;
   bool IsUnknown(int id) const;
   bool IsByte(int id) const;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "runtime/bounded_file.h"
+#include "runtime/json_util.h"
 #include "runtime/tokenizer/bpe.h"
 #include "runtime/tokenizer/chat_template.h"
 #include "runtime/tokenizer/pretokenizer.h"
@@ -148,10 +149,7 @@ namespace {
 constexpr std::uintmax_t kMaxTokenizerFileBytes = 512u << 20;
 
 // An integer JSON value in [0, kMaxTokenId).
-bool TokenIdFits(const json& v) {
-  return v.is_number_unsigned() ? v.get<uint64_t>() < static_cast<uint64_t>(kMaxTokenId)
-                                : v.get<int64_t>() >= 0 && v.get<int64_t>() < kMaxTokenId;
-}
+bool TokenIdFits(const json& v) { return JsonIntegerIn(v, 0, kMaxTokenId - 1); }
 
 absl::StatusOr<std::string> ReadFile(const fs::path& p) {
   return ReadBoundedFile(p, kMaxTokenizerFileBytes, p.string());
@@ -420,7 +418,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     }
     std::vector<std::pair<std::string, int32_t>> vocab;
     for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
-      if (!it.value().is_number_integer() || !TokenIdFits(it.value())) {
+      if (!TokenIdFits(it.value())) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": model.vocab '", it.key(), "': id ", it.value().dump(),
                                                        " is not in [0, ", kMaxTokenId, ")"));
       }
@@ -477,7 +475,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     const json& added = j.value("added_tokens", json::array());
     for (size_t i = 0; i < added.size(); ++i) {
       const json& a = added[i];
-      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !TokenIdFits(a["id"])) {
+      if (!a.is_object() || !a.contains("id") || !TokenIdFits(a["id"])) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": added_tokens[", i, "].id: expected a token id in [0, ",
                                                        kMaxTokenId, "), found ",
                                                        a.is_object() && a.contains("id") ? a["id"].dump() : "none"));
@@ -698,11 +696,8 @@ class SentencePieceTokenizer : public Tokenizer {
     t->sp_size_ = t->sp_.size();
     // How the decoder treats leading "▁" pieces (StreamBytes): two decode to nothing only where
     // the normaliser removes extra whitespace.
-    for (int32_t id = 0; id < t->sp_size_; ++id) {
-      if (t->sp_.IdToPiece(id) == "\xE2\x96\x81") {
-        t->strips_every_leading_space_ = t->sp_.Decode({id, id}).empty();
-        break;
-      }
+    if (const int space = t->sp_.PieceToId("\xE2\x96\x81"); !t->sp_.IsUnknown(space)) {
+      t->strips_every_leading_space_ = t->sp_.Decode({space, space}).empty();
     }
     int32_t next = t->sp_size_;
     // All special: ChatGLM3's SPTokenizer keeps them in its special-token table, apart from the text

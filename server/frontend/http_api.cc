@@ -10,7 +10,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/json_error.h"
+#include "runtime/json_util.h"
 #include "runtime/shown_value.h"
 #include "server/request/request_validation.h"
 
@@ -100,12 +100,8 @@ std::optional<Refusal> GetInt(const json& body, const char* key, int64_t lo, int
     }
     return WrongType(key, *it, "an integer");
   }
-  if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(hi)) {
-    return Bad(key, absl::StrCat(it->get<uint64_t>(), " is outside [", lo, ", ", hi, "]"));
-  }
-  const int64_t v = it->get<int64_t>();
-  if (v < lo || v > hi) return Bad(key, absl::StrCat(v, " is outside [", lo, ", ", hi, "]"));
-  *out = v;
+  if (!JsonIntegerIn(*it, lo, hi)) return Bad(key, absl::StrCat(it->dump(), " is outside [", lo, ", ", hi, "]"));
+  *out = it->get<int64_t>();
   return std::nullopt;
 }
 
@@ -352,8 +348,7 @@ std::optional<Refusal> TokenIds(const json& ids, const std::string& prefix, std:
     const json& v = ids[i];
     const std::string path = absl::StrCat(prefix, "[", i, "]");
     if (!v.is_number_integer()) return WrongType(path, v, "an integer token id");
-    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())
-                               : (v.get<int64_t>() < 0 || v.get<int64_t>() > std::numeric_limits<int32_t>::max())) {
+    if (!JsonIntegerIn(v, 0, std::numeric_limits<int32_t>::max())) {
       return Bad(path, absl::StrCat(v.dump(), " is not a token id"));
     }
     out->push_back(static_cast<int32_t>(v.get<int64_t>()));

@@ -1,8 +1,8 @@
-// nlohmann::json's exception text as a user reads it: what() begins with the library's own id
-// ("[json.exception.parse_error.101] "), which names nothing in the user's file or request.
-// Header-only: the checkpoint reader and the HTTP front end share it without a library between them.
+// nlohmann::json helpers the checkpoint reader, the tokenizers and the HTTP front end share (header-only:
+// no library between them): an exception's text as a user reads it, and an integer's range.
 #pragma once
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -26,6 +26,18 @@ inline std::string JsonErrorText(const nlohmann::json::exception& e) {
     what = absl::StrCat(what.substr(0, from), ShownValue(what.substr(from, to - from)), "'");
   }
   return what;
+}
+
+// True when `value` is a JSON integer in [lo, hi]: what get<int32_t>() and the like return
+// unchanged (they wrap silently otherwise; an unsigned one past 2^63 is out of every range here).
+inline bool JsonIntegerIn(const nlohmann::json& value, int64_t lo, int64_t hi) {
+  if (!value.is_number_integer()) return false;
+  if (value.is_number_unsigned()) {  // the parser's type for every non-negative literal, 0 included
+    const uint64_t u = value.get<uint64_t>();
+    return hi >= 0 && u <= static_cast<uint64_t>(hi) && (lo <= 0 || u >= static_cast<uint64_t>(lo));
+  }
+  const int64_t v = value.get<int64_t>();
+  return v >= lo && v <= hi;
 }
 
 }  // namespace glmserve
