@@ -36,6 +36,7 @@
 #include "server/ops/port_probe.h"
 #include "server/ops/watchdog.h"
 #include "server/request/auth.h"
+#include "server/request/byte_budget.h"
 #include "server/request/client_quota.h"
 #include "server/request/media.h"
 
@@ -150,6 +151,9 @@ int RunServe(int argc, char** argv) {
     }
   }
   if (flags.supervise) return RunSupervisor(argc, argv, flags);
+  // Prompt text tokenized at once, both front ends together: ~20x in transient memory at worst
+  // (one pre-tokenizer run), so ~2.5 GiB; far more text than the cores tokenize in a moment.
+  flags.grpc.tokenize_budget = std::make_shared<ByteBudget>(int64_t{128} << 20);
   LogEvent(LogLevel::kInfo, "security", "",
            absl::StrCat("authentication ", flags.grpc.api_keys ? "on" : "off (no --api-key-file / GLMSERVE_API_KEY)",
                         "; TLS ", flags.grpc.tls ? (flags.grpc.tls->mutual() ? "on (mutual)" : "on") : "off",
@@ -223,6 +227,7 @@ int RunServe(int argc, char** argv) {
     http_options.api_keys = flags.grpc.api_keys;
     http_options.tls = flags.grpc.tls;
     http_options.client_quota = flags.grpc.client_quota;  // one count per client across both APIs
+    http_options.tokenize_budget = flags.grpc.tokenize_budget;
     std::string name = flags.model_dir;
     while (name.size() > 1 && name.back() == '/') name.pop_back();
     if (const size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);

@@ -296,6 +296,7 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     s.log_requests = o.log_requests;
     s.observer = o.observer;
     s.client_quota = o.client_quota;
+    s.tokenize_budget = o.tokenize_budget;
     s.id_prefix = "glm";
     s.loading_message = "model is loading; retry later";
     return s;

@@ -23,6 +23,7 @@ namespace glmserve {
 class InferenceServiceImpl;
 class ApiKeys;      // server/request/auth.h
 struct TlsConfig;   // server/request/auth.h
+class ByteBudget;   // server/request/byte_budget.h
 class ClientQuota;  // server/request/client_quota.h
 
 // Transport and front-end limits. Defaults match `glmserve serve --help`; see proto/README.md for
@@ -64,6 +65,9 @@ struct GrpcServerOptions {
   std::shared_ptr<const ApiKeys> api_keys;
   std::shared_ptr<const TlsConfig> tls;
   std::shared_ptr<ClientQuota> client_quota;
+  // The cap on prompt text being tokenized at once (server/request/byte_budget.h), shared with the
+  // other front end. Null = none.
+  std::shared_ptr<ByteBudget> tokenize_budget;
 };
 
 class GrpcServer {

@@ -54,6 +54,7 @@ struct HttpServer::State {
     s.log_requests = o.log_requests;
     s.observer = o.observer;
     s.client_quota = o.client_quota;
+    s.tokenize_budget = o.tokenize_budget;
     s.id_prefix = "glmh";
     s.loading_message = "model is loading; retry later";
     return s;

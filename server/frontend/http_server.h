@@ -27,6 +27,7 @@ namespace glmserve {
 
 class ApiKeys;      // server/request/auth.h
 struct TlsConfig;   // server/request/auth.h
+class ByteBudget;   // server/request/byte_budget.h
 class ClientQuota;  // server/request/client_quota.h
 
 struct HttpServerOptions {
@@ -62,6 +63,9 @@ struct HttpServerOptions {
   std::shared_ptr<const ApiKeys> api_keys;
   std::shared_ptr<const TlsConfig> tls;
   std::shared_ptr<ClientQuota> client_quota;
+  // The cap on prompt text being tokenized at once (server/request/byte_budget.h), shared with the
+  // other front end. Null = none.
+  std::shared_ptr<ByteBudget> tokenize_budget;
 };
 
 class HttpServer {

@@ -266,6 +266,22 @@ std::optional<Refusal> RequestSessions::Admit(const std::string& client, Admissi
 std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request, Dialect dialect,
                                                  const Admission& admission, const SessionInfo& info,
                                                  InferenceRequest* out) {
+  std::shared_ptr<void> tokenizing;  // held while ValidateRequest tokenizes
+  if (ByteBudget* budget = options_.tokenize_budget.get(); budget != nullptr) {
+    int64_t text_bytes = static_cast<int64_t>(request.prompt.size());
+    // A message's content holds its text parts joined (what PromptTextTooLong counts too).
+    for (const ChatMessage& m : request.messages) text_bytes += static_cast<int64_t>(m.content.size());
+    if (text_bytes >= options_.tokenize_budget_min_bytes) {
+      tokenizing = budget->TryAcquire(text_bytes);
+      if (tokenizing == nullptr) {
+        return MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kQueueFull,
+                           absl::StrCat(text_bytes, " bytes of prompt text wait for the tokenizer, which holds ",
+                                        budget->in_flight(), " bytes of other prompts (at most ", budget->limit(),
+                                        " at once); retry"),
+                           200);
+      }
+    }
+  }
   std::optional<Refusal> refusal = ValidateRequest(request, options_.limits, admission.model, dialect, out);
   if (refusal && refusal->prompt_tokens > 0) {  // the prompt's length is known only after tokenization
     const int32_t max_context = admission.model.max_context;

@@ -27,6 +27,7 @@
 
 #include "runtime/engine.h"
 #include "server/ops/request_observer.h"
+#include "server/request/byte_budget.h"
 #include "server/request/client_quota.h"
 #include "server/request/request.h"
 #include "server/request/request_validation.h"
@@ -45,6 +46,12 @@ struct RequestSessionsOptions {
   std::shared_ptr<RequestObserver> observer;
   // The per-client cap on queued plus running requests (shared by the front ends). Null = none.
   std::shared_ptr<ClientQuota> client_quota;
+  // The cap on prompt text being tokenized at once, in bytes (shared by the front ends); a prompt
+  // of at least tokenize_budget_min_bytes that would pass it is refused RESOURCE_EXHAUSTED with a
+  // retry-after. Null = none.
+  std::shared_ptr<ByteBudget> tokenize_budget;
+  // Smaller prompts (all their text) skip the cap: their transient memory is small.
+  int64_t tokenize_budget_min_bytes = int64_t{64} << 10;
   // Generated request ids are "<id_prefix>-<8 random hex>-<n>" ("glm" for gRPC, "glmh" for HTTP).
   std::string id_prefix = "glm";
   // What a request hears while no engine is set (the front ends word it differently).

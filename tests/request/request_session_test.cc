@@ -296,6 +296,63 @@ TEST_F(SessionTest, PerClientCap) {
   EXPECT_FALSE(sessions->Admit("a", &again));
 }
 
+TEST_F(SessionTest, LargePromptTextWaitsForTheTokenizeBudget) {
+  auto budget = std::make_shared<ByteBudget>(1000);
+  RequestSessionsOptions options;
+  options.tokenize_budget = budget;
+  options.tokenize_budget_min_bytes = 100;
+  Make(options);
+  SessionInfo info;
+  info.request_id = "req";
+  info.rpc = "test";
+  auto validate = [&](GenerateRequest request) {
+    Admission admission;
+    EXPECT_FALSE(sessions->Admit("c", &admission));
+    InferenceRequest out;
+    return sessions->Validate(request, Dialect::kProto, admission, info, &out);
+  };
+  GenerateRequest large;
+  large.messages.push_back({"user", std::string(600, 'a'), {}});
+  GenerateRequest small;
+  small.prompt = std::string(99, 'a');
+  {
+    std::shared_ptr<void> other = budget->TryAcquire(500);  // another prompt being tokenized
+    ASSERT_NE(other, nullptr);
+    std::optional<Refusal> r = validate(large);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->code, absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(r->kind, RefusalKind::kQueueFull);
+    EXPECT_GT(r->retry_after_ms, 0);
+    EXPECT_NE(r->message.find("600 bytes of prompt text"), std::string::npos) << r->message;
+    // Under the size that counts: no tokenizer in this test, so refused for that, not the budget.
+    std::optional<Refusal> s = validate(small);
+    ASSERT_TRUE(s.has_value());
+    EXPECT_EQ(s->code, absl::StatusCode::kInvalidArgument) << s->message;
+    EXPECT_EQ(budget->in_flight(), 500);
+  }
+  std::optional<Refusal> r = validate(large);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->code, absl::StatusCode::kInvalidArgument) << r->message;  // past the budget: no tokenizer
+  EXPECT_EQ(budget->in_flight(), 0);  // the hold ends with the validation
+}
+
+TEST(ByteBudgetTest, ALargerRequestThanTheLimitPassesAloneOnly) {
+  ByteBudget budget(100);
+  std::shared_ptr<void> huge = budget.TryAcquire(250);
+  ASSERT_NE(huge, nullptr);
+  EXPECT_EQ(budget.TryAcquire(1), nullptr);
+  huge.reset();
+  std::shared_ptr<void> a = budget.TryAcquire(60);
+  ASSERT_NE(a, nullptr);
+  std::shared_ptr<void> b = budget.TryAcquire(40);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(budget.TryAcquire(1), nullptr);
+  EXPECT_EQ(budget.in_flight(), 100);
+  ByteBudget unlimited(0);
+  EXPECT_NE(unlimited.TryAcquire(int64_t{1} << 40), nullptr);
+  EXPECT_EQ(unlimited.in_flight(), 0);
+}
+
 TEST_F(SessionTest, CancelledByTheClientCountsCancelled) {
   auto sink = std::make_shared<RecordingSink>();
   std::shared_ptr<RequestSession> session;
