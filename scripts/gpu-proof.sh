@@ -30,6 +30,13 @@ GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0 GLMSERVE_GPU_SERVE=0
 rc=$?
 echo "gpu-build: rc=$rc at $(elapsed) s"
 [ "$rc" = 0 ] || { tail -20 "$out/gpubuild.log"; exit 1; }
+# The CUTLASS-against-cuBLAS GEMM probe (scripts/gpu-gemm-probe.sh) compiles on the CPU while the
+# tests run and is timed after the serve bench, where .gpu/wheels holds the CUTLASS wheel.
+probe_pid=""
+if ls .gpu/wheels/nvidia_cutlass-*.whl >/dev/null 2>&1; then
+  GLMSERVE_GEMM_PROBE_RUN=0 bash scripts/gpu-gemm-probe.sh >"$out/gemm_probe_compile.log" 2>&1 &
+  probe_pid=$!
+fi
 
 timeout 90 .gpu/build/tests/kernels_test >"$out/kernels_test.log" 2>&1
 summary kernels_test $? "$out/kernels_test.log"
@@ -84,6 +91,18 @@ cat "$out/serve_decode_bench.md" "$out/serve_table.md" "$out/serve_open.md" "$ou
 grep -E "^glmserve_(prefix|oom|requests)" "$out/serve_bench.log" | head -20
 echo "OOM lines in the storm's server log: $(grep -c -i 'out of memory' "$out/serve_oom.log" 2>/dev/null)"
 grep -iE "memory capped|out of memory|graphs off" "$out/serve_oom.log" 2>/dev/null | cut -c1-300 | head -4
+
+if [ -n "$probe_pid" ]; then
+  wait "$probe_pid"  # compiled (or failed: the log says)
+  left=$((deadline - $(elapsed)))
+  if [ "$left" -ge 60 ]; then
+    timeout $((left - 5)) bash scripts/gpu-gemm-probe.sh >"$out/gemm_probe.log" 2>&1
+    echo "gemm probe: rc=$? at $(elapsed) s"
+    tail -9 "$out/gemm_probe.log"
+  else
+    echo "gemm probe: skipped, $left s left"
+  fi
+fi
 
 # The first customer's workload (Open-AutoGLM's phone agent over the OpenAI HTTP API, one
 # screenshot a step) in the time left, when there is enough for its server and 16 agents.
