@@ -15,7 +15,7 @@ if [ ! -x .gpu/gemm_probe ] || [ bench/gemm_probe/cutlass_vs_cublas.cu -nt .gpu/
   python3 -m zipfile -e "$wheel" .gpu/cutlass >/dev/null || { echo "gpu-gemm-probe: cannot unpack $wheel"; exit 1; }
   src=.gpu/cutlass/cutlass_library/source
   nvcc -std=c++17 -O3 -DNDEBUG -arch=sm_90a --expt-relaxed-constexpr -I"$src/include" -I"$src/tools/util/include" \
-    bench/gemm_probe/cutlass_vs_cublas.cu -o .gpu/gemm_probe -lcublas >"$out/gemm_probe_build.log" 2>&1 \
+    bench/gemm_probe/cutlass_vs_cublas.cu -o .gpu/gemm_probe -lcublasLt -lcublas >"$out/gemm_probe_build.log" 2>&1 \
     || { echo "gpu-gemm-probe: nvcc failed"; tail -20 "$out/gemm_probe_build.log"; exit 1; }
 fi
 # GLMSERVE_GEMM_PROBE_RUN=0 compiles only (e.g. beside a build, so that the timing runs alone later).

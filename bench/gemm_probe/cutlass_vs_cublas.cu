@@ -5,6 +5,7 @@
 // Not part of the build: scripts/gpu-gemm-probe.sh compiles and runs it on the GPU machine.
 // Weights rotate over copies so L2 never holds them (as in a real step); every CUTLASS variant's
 // output is checked against cuBLAS's before it is timed.
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -109,6 +110,51 @@ __global__ void Fill(__nv_bfloat16* p, size_t n, unsigned seed) {
   }
 }
 
+// The fastest of cuBLASLt's first `max_candidates` heuristic algorithms for y = x w^T (what the
+// engine's TunedGemm picks at start, kernels/tuned_gemm.h), timed by `time_it`; negative when none
+// runs. `rank`: the winner's place in the heuristic's order.
+template <class TimeIt>
+double BestLtCandidate(cublasLtHandle_t lt, int m, int n, int k, const void* x, void* y, void* workspace,
+                       size_t workspace_bytes, cudaStream_t stream, int max_candidates, TimeIt&& time_it, int* rank) {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulPreference_t preference = nullptr;
+  const cublasOperation_t transpose = CUBLAS_OP_T, plain = CUBLAS_OP_N;
+  std::vector<cublasLtMatmulHeuristicResult_t> found(max_candidates);
+  int returned = 0;
+  bool ok = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)) ==
+                CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &plain, sizeof(plain)) ==
+                CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, n, k) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, m, k) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatrixLayoutCreate(&c, CUDA_R_16BF, n, m, n) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulPreferenceCreate(&preference) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &workspace_bytes, sizeof(workspace_bytes)) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, c, c, preference, max_candidates, found.data(), &returned) ==
+                CUBLAS_STATUS_SUCCESS;
+  double best = -1;
+  const float one = 1.0f, zero = 0.0f;
+  for (int i = 0; ok && i < returned; ++i) {
+    const double t = time_it([&](const void* wp) {
+      return cublasLtMatmul(lt, op, &one, wp, a, x, b, &zero, y, c, y, c, &found[i].algo, workspace, workspace_bytes,
+                            stream) == CUBLAS_STATUS_SUCCESS;
+    });
+    if (t > 0 && (best < 0 || t < best)) {
+      best = t;
+      *rank = i;
+    }
+  }
+  if (preference != nullptr) cublasLtMatmulPreferenceDestroy(preference);
+  if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+  if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+  if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
+  if (op != nullptr) cublasLtMatmulDescDestroy(op);
+  return best;
+}
+
 }  // namespace probe
 
 using probe::kVariants;
@@ -121,6 +167,8 @@ int main() {
   const int rows_list[] = {64, 128, 192, 256, 320, 384, 512};
   cublasHandle_t cublas;
   CK(cublasCreate(&cublas));
+  cublasLtHandle_t lt;
+  CK(cublasLtCreate(&lt));
   cudaStream_t stream;
   CK(cudaStreamCreate(&stream));
   CK(cublasSetStream(cublas, stream));
@@ -135,6 +183,7 @@ int main() {
   const int num_variants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
   std::vector<std::vector<double>> layer_us(num_variants + 1, std::vector<double>(std::size(rows_list), 0.0));
   std::vector<double> best_per_shape_us(std::size(rows_list), 0.0);  // each projection's fastest variant
+  std::vector<double> lt_best_us(std::size(rows_list), 0.0);  // cuBLASLt's best tuned candidate a layer
   for (const Shape& sh : shapes) {
     const size_t w_elems = size_t{static_cast<size_t>(sh.n)} * sh.k, w_bytes = w_elems * 2;
     const int copies = std::min(16, std::max(2, static_cast<int>((size_t{400} << 20) / w_bytes) + 1));
@@ -179,8 +228,13 @@ int main() {
       CK(cudaStreamSynchronize(stream));
       const double t_cublas = time_it([&](const void* wp) { return cublas_run(wp, y); });
       layer_us[0][r] += t_cublas;
-      std::printf("%-8s m=%4d  cublasGemmEx %8.2f us (%.0f TFLOP/s)", sh.name, m, t_cublas,
-                  2.0 * m * sh.n * sh.k / t_cublas / 1e6);
+      int lt_rank = -1;
+      double t_lt = probe::BestLtCandidate(lt, m, sh.n, sh.k, x, y, workspace, size_t{32} << 20, stream, 32, time_it,
+                                           &lt_rank);
+      if (t_lt <= 0) t_lt = t_cublas;
+      lt_best_us[r] += t_lt;
+      std::printf("%-8s m=%4d  cublasGemmEx %8.2f us (%.0f TFLOP/s) | cuBLASLt best of 32 %.2f (#%d)", sh.name, m,
+                  t_cublas, 2.0 * m * sh.n * sh.k / t_cublas / 1e6, t_lt, lt_rank);
       double fastest = 1e9;
       for (int v = 0; v < num_variants; ++v) {
         auto run = [&](const void* wp) {
@@ -206,7 +260,7 @@ int main() {
           std::printf(" | %s %s", kVariants[v].name, t == -2 ? "WRONG" : "n/a");
         }
       }
-      best_per_shape_us[r] += std::min(fastest, t_cublas);
+      best_per_shape_us[r] += std::min(fastest, std::min(t_cublas, t_lt));
       std::printf("\n");
       std::fflush(stdout);
     }
@@ -216,16 +270,16 @@ int main() {
     cudaFree(want);
   }
   std::printf(
-      "\nSum of a layer's four projections, us: cuBLAS; the one CUTLASS variant best for all four; each "
-      "projection's fastest of cuBLAS and every variant\n| rows | cuBLAS | best single CUTLASS | variant | fastest "
-      "per projection |\n|---:|---:|---:|---|---:|\n");
+      "\nSum of a layer's four projections, us: cuBLAS; cuBLASLt's best candidate each (the engine's tuning); "
+      "the one CUTLASS variant best for all four; each projection's fastest of all\n| rows | cuBLAS | cuBLASLt "
+      "tuned | best single CUTLASS | variant | fastest per projection |\n|---:|---:|---:|---:|---|---:|\n");
   for (size_t r = 0; r < std::size(rows_list); ++r) {
     int best = -1;
     for (int v = 0; v < num_variants; ++v) {
       if (best < 0 || layer_us[v + 1][r] < layer_us[best + 1][r]) best = v;
     }
-    std::printf("| %d | %.1f | %.1f | %s | %.1f |\n", rows_list[r], layer_us[0][r], layer_us[best + 1][r],
-                kVariants[best].name, best_per_shape_us[r]);
+    std::printf("| %d | %.1f | %.1f | %.1f | %s | %.1f |\n", rows_list[r], layer_us[0][r], lt_best_us[r],
+                layer_us[best + 1][r], kVariants[best].name, best_per_shape_us[r]);
   }
   return 0;
 }
