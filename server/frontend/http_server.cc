@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -74,6 +75,38 @@ struct HttpServer::State {
   // serving slot (HttpServerOptions::threads, max_waiting, max_connections).
   int connections = 0;   // guarded by mu
   int tls_refusals = 0;  // guarded by mu; TLS connections over the cap being answered 503
+  // Each served connection by socket: whether it is between requests (TLS handshake, idle
+  // keep-alive, a request head not yet complete) and since when. At the cap a new connection
+  // closes the one longest between requests (past kEvictAfterMs) instead of being refused: a
+  // slowloris holds only such connections, and a client that sends its request at once is never
+  // among them for long.
+  struct ConnectionPhase {
+    std::chrono::steady_clock::time_point since;
+    bool between_requests = true;
+    bool evicted = false;  // shut down for a new connection; its thread is ending
+  };
+  std::map<int, ConnectionPhase> open_connections;  // guarded by mu
+  int evicted = 0;                                  // guarded by mu; entries with `evicted`
+
+  void ConnectionOpened(int fd) {
+    std::lock_guard<std::mutex> lock(mu);
+    open_connections[fd] = {std::chrono::steady_clock::now(), true, false};
+  }
+  void ConnectionBetweenRequests(int fd, bool between) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = open_connections.find(fd);
+    if (it == open_connections.end() || it->second.evicted) return;
+    it->second.between_requests = between;
+    it->second.since = std::chrono::steady_clock::now();
+  }
+  // Before the socket is closed (after, its number may be another connection's).
+  void ConnectionClosing(int fd) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = open_connections.find(fd);
+    if (it == open_connections.end()) return;
+    if (it->second.evicted) --evicted;
+    open_connections.erase(it);
+  }
   std::condition_variable connections_cv;
   int api_serving = 0;  // guarded by mu
   int api_waiting = 0;  // guarded by mu
@@ -433,6 +466,10 @@ thread_local ConnectionFate tls_fate = ConnectionFate::kServe;  // set by Connec
 // kTlsRefusalMs (or --http-read-timeout-ms when shorter); beyond, the connection is closed at once
 // (the client sees a reset, as at a full listen backlog).
 constexpr int kMaxTlsRefusals = 16;
+// At --http-max-connections a new connection closes one that has been between requests (idle,
+// or its head incomplete) for at least this long; kMaxEvicting such closes at once at most.
+constexpr int64_t kEvictAfterMs = 1'000;
+constexpr int kMaxEvicting = 64;
 constexpr int64_t kTlsRefusalMs = 1'000;
 
 // A whole response written outside httplib (connection refused, request head timed out).
@@ -495,6 +532,7 @@ class ApiHttpServer final : public httplib::Server {
       close(sock);
       return true;
     }
+    state_->ConnectionOpened(sock);
     bool ok = true;
     // TLS: the handshake, then the first request's head and body, within the read timeout.
     const auto first_deadline = accepted + std::chrono::milliseconds(o.read_timeout_ms);
@@ -506,9 +544,11 @@ class ApiHttpServer final : public httplib::Server {
         auto idle_end = Clock::now() + std::chrono::milliseconds(o.idle_timeout_ms);
         if (first_tls) idle_end = std::min(idle_end, first_deadline);
         bool readable = false;
+        state_->ConnectionBetweenRequests(sock, true);
         while (!readable && !state_->stopping && Clock::now() < idle_end) readable = PollFd(sock, POLLIN, 100) > 0;
         if (!readable) break;
       }
+      state_->ConnectionBetweenRequests(sock, true);  // its head's time starts now
       conn.BeginRequest(first_tls ? first_deadline : Clock::now() + std::chrono::milliseconds(o.read_timeout_ms));
       const bool last = ++served >= 1000 || state_->stopping;
       bool closed = false;
@@ -537,6 +577,7 @@ class ApiHttpServer final : public httplib::Server {
     if (!conn.tls_error().empty()) LogTlsError(conn, served == 0 && conn.timed_out());
     conn.CloseNotify();
     if (conn.close_after()) LingerAndDiscard(sock);
+    state_->ConnectionClosing(sock);
     shutdown(sock, SHUT_RDWR);
     close(sock);
     return ok;
@@ -600,7 +641,7 @@ class ConnectionThreads final : public httplib::TaskQueue {
     bool refuse = false;
     {
       std::lock_guard<std::mutex> lock(state_->mu);
-      refuse = state_->connections >= state_->options.max_connections;
+      refuse = state_->connections - state_->evicted >= state_->options.max_connections && !EvictOneLocked();
       if (!refuse) ++state_->connections;
     }
     if (!refuse) {
@@ -619,6 +660,32 @@ class ConnectionThreads final : public httplib::TaskQueue {
     fn();
     tls_fate = ConnectionFate::kServe;
   }
+  // At the cap: shuts down the connection longest between requests, if past kEvictAfterMs, for a
+  // new one (its thread sees the socket closed and ends). At most kMaxEvicting at once, so the
+  // threads stay bounded while evicted ones end. False: none to evict.
+  bool EvictOneLocked() {
+    if (state_->evicted >= kMaxEvicting) return false;
+    const auto latest = Clock::now() - std::chrono::milliseconds(kEvictAfterMs);
+    State::ConnectionPhase* victim = nullptr;
+    int victim_fd = -1;
+    for (auto& [fd, phase] : state_->open_connections) {
+      if (!phase.between_requests || phase.evicted || phase.since > latest) continue;
+      if (victim == nullptr || phase.since < victim->since) {
+        victim = &phase;
+        victim_fd = fd;
+      }
+    }
+    if (victim == nullptr) return false;
+    victim->evicted = true;
+    ++state_->evicted;
+    ::shutdown(victim_fd, SHUT_RDWR);
+    LogEvent(LogLevel::kDebug, "http_connection_evicted", "",
+             "at --http-max-connections: closed the connection longest between requests for a new one",
+             {{"between_requests_ms",
+               std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - victim->since).count()}});
+    return true;
+  }
+
   // After the accept loop: every connection and refusal thread ends (they see `stopping`) before
   // the server they run on is destroyed.
   void shutdown() override {
@@ -1228,7 +1295,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   // route (BodyFramingRefusal), the API's media type and body size checked (ApiHeadRefusal), each
   // answered and the connection closed. GETs have no body: their read deadline ends here.
   svr.set_pre_routing_handler([state](const httplib::Request& req, httplib::Response& res) {
-    if (tls_connection != nullptr) tls_connection->EndHead();
+    if (tls_connection != nullptr) {
+      tls_connection->EndHead();
+      state->ConnectionBetweenRequests(tls_connection->socket(), false);
+    }
     std::optional<Refusal> e = BodyFramingRefusal(req);
     const bool api = req.method == "POST" && (req.path == "/v1/chat/completions" || req.path == "/v1/completions");
     if (!e && !api) {

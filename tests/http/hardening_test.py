@@ -409,6 +409,21 @@ def test_slowloris(binary, model):
               and headers.get("retry-after") == "1" and time.monotonic() - t < 1,
               f"connection over --http-max-connections 8: 503 too_many_connections at once (got {st})")
         s9.close()
+        # Past a second between requests the oldest unfinished head gives way: a slowloris that
+        # holds every connection cannot keep a client that sends its request at once out.
+        time.sleep(1.0)
+        t = time.monotonic()
+        st, _, _ = server.request("GET", "/health")
+        check(st == 200 and time.monotonic() - t < 1,
+              f"at the cap, the connection longest in an unfinished head closed for a new request (got {st})")
+        gone = 0
+        for s in idle:
+            try:
+                s.settimeout(2)
+                gone += s.recv(64) == b""
+            except OSError:
+                gone += 1
+        check(gone == 1, f"exactly one unfinished head was closed for it ({gone})")
         for s in idle:
             s.close()
         time.sleep(0.5)
