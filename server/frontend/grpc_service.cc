@@ -129,16 +129,26 @@ class MalformedRequestGuard final : public grpc::internal::MethodHandler {
   void RunHandler(const HandlerParameter& param) override {
     if (param.status.ok()) return inner_->RunHandler(param);
     std::string detail = param.status.error_message();
-    const grpc::Status malformed(grpc::INVALID_ARGUMENT,
-                                 absl::StrCat("malformed request: the body is not a valid protobuf ", message_type_,
-                                              detail.empty() ? "" : absl::StrCat(" (", detail, ")")));
+    // CANCELLED: Deserialize's "no message arrived" passes through as is.
+    const grpc::Status malformed =
+        param.status.error_code() == grpc::CANCELLED
+            ? param.status
+            : grpc::Status(grpc::INVALID_ARGUMENT,
+                           absl::StrCat("malformed request: the body is not a valid protobuf ", message_type_,
+                                        detail.empty() ? "" : absl::StrCat(" (", detail, ")")));
     t_malformed = &malformed;
     inner_->RunHandler(HandlerParameter(param.call, param.server_context, param.request, grpc::Status::OK,
                                         param.internal_data, param.call_requester));
     t_malformed = nullptr;
   }
   void* Deserialize(grpc_call* call, grpc_byte_buffer* req, grpc::Status* status, void** handler_data) override {
-    return inner_->Deserialize(call, req, status, handler_data);
+    // No message at all: the call was reset or timed out before its request arrived (no stub
+    // sends a unary call without one), which the server may see before gRPC marks it cancelled.
+    // The inner handler still runs: it sets up `handler_data` (its message holder) either way.
+    void* request = inner_->Deserialize(call, req, status, handler_data);
+    if (req == nullptr && !status->ok())
+      *status = grpc::Status(grpc::CANCELLED, "the call ended before its request arrived");
+    return request;
   }
 
  private:
@@ -159,6 +169,18 @@ grpc::Status AnswerMalformed(const grpc::CallbackServerContext* ctx, const GrpcS
                              const char* method) {
   std::string client;
   const bool counted = std::string_view(method) != "GetModelInfo";  // as well-formed calls are
+  // No body because the call ended before it arrived (its deadline passed, the client cancelled):
+  // gRPC still runs the handler, with a deserialization error. Not the request's fault.
+  const bool late = ctx->deadline() <= std::chrono::system_clock::now();
+  if (late || ctx->IsCancelled() || t_malformed->error_code() == grpc::CANCELLED) {
+    const absl::StatusCode code = late ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kCancelled;
+    if (counted && options.observer != nullptr) options.observer->OnRequestFinished(CodeName(code), nullptr);
+    LogEvent(LogLevel::kDebug, "request_ended_unread", "",
+             absl::StrCat(method, ": the call ended before its request arrived"),
+             {{"method", method}, {"peer", ctx->peer()}, {"code", CodeName(code)}});
+    return late ? grpc::Status(grpc::DEADLINE_EXCEEDED, "the deadline passed before the request arrived")
+                : grpc::Status(grpc::CANCELLED, "the call ended before its request arrived");
+  }
   if (grpc::Status denied = Authenticate(ctx, options, &client); !denied.ok()) {
     if (counted && options.observer != nullptr) {
       options.observer->OnRequestFinished(CodeName(absl::StatusCode::kUnauthenticated), nullptr);

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -222,6 +223,23 @@ def malformed_protobuf(binary, model):
                     check(e.code() == grpc.StatusCode.INVALID_ARGUMENT,
                           f"{method}, {what}: INVALID_ARGUMENT (got {e.code()})")
                     check("malformed request" in (e.details() or ""), f"{method}, {what}: a message ({e.details()!r})")
+        # A call whose deadline passes before its request arrives (the client sends headers, never
+        # the message) is no malformed request: DEADLINE_EXCEEDED, not INVALID_ARGUMENT.
+        release = threading.Event()
+
+        def never_sends():
+            release.wait(5)
+            return
+            yield
+
+        try:
+            channel.stream_unary("/glmserve.v1.Inference/Infer", request_serializer=None,
+                                 response_deserializer=None)(never_sends(), timeout=0.3)
+            check(False, "Infer without its message: ends")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, f"Infer without its message: DEADLINE_EXCEEDED ({e.code()})")
+        release.set()
+        time.sleep(0.3)  # the server's own end of that call
         # A well-formed request on the same server still works.
         info = channel.unary_unary("/glmserve.v1.Inference/GetModelInfo", request_serializer=None,
                                    response_deserializer=None)(b"", timeout=10)
@@ -232,6 +250,8 @@ def malformed_protobuf(binary, model):
     events, other = json_events(server.log())
     check(not other, f"malformed protobuf: every stderr line is JSON (other: {other[:3]})")
     check(any(e.get("event") == "request_malformed" for e in events), "malformed protobuf: logged as request_malformed")
+    malformed = sum(e.get("event") == "request_malformed" for e in events)
+    check(malformed == 8, f"malformed protobuf: the 8 malformed calls logged, not the call without a message ({malformed})")
     if FAILURES:
         print(server.log())
 
