@@ -122,19 +122,19 @@ double BestLtCandidate(cublasLtHandle_t lt, int m, int n, int k, const void* x, 
   const cublasOperation_t transpose = CUBLAS_OP_T, plain = CUBLAS_OP_N;
   std::vector<cublasLtMatmulHeuristicResult_t> found(max_candidates);
   int returned = 0;
-  bool ok = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
-            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)) ==
-                CUBLAS_STATUS_SUCCESS &&
-            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &plain, sizeof(plain)) ==
-                CUBLAS_STATUS_SUCCESS &&
-            cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, n, k) == CUBLAS_STATUS_SUCCESS &&
-            cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, m, k) == CUBLAS_STATUS_SUCCESS &&
-            cublasLtMatrixLayoutCreate(&c, CUDA_R_16BF, n, m, n) == CUBLAS_STATUS_SUCCESS &&
-            cublasLtMatmulPreferenceCreate(&preference) == CUBLAS_STATUS_SUCCESS &&
-            cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                 &workspace_bytes, sizeof(workspace_bytes)) == CUBLAS_STATUS_SUCCESS &&
-            cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, c, c, preference, max_candidates, found.data(), &returned) ==
-                CUBLAS_STATUS_SUCCESS;
+  bool ok =
+      cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)) ==
+          CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &plain, sizeof(plain)) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, n, k) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, m, k) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatrixLayoutCreate(&c, CUDA_R_16BF, n, m, n) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceCreate(&preference) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
+                                           sizeof(workspace_bytes)) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, c, c, preference, max_candidates, found.data(), &returned) ==
+          CUBLAS_STATUS_SUCCESS;
   double best = -1;
   const float one = 1.0f, zero = 0.0f;
   for (int i = 0; ok && i < returned; ++i) {
@@ -183,7 +183,7 @@ int main() {
   const int num_variants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
   std::vector<std::vector<double>> layer_us(num_variants + 1, std::vector<double>(std::size(rows_list), 0.0));
   std::vector<double> best_per_shape_us(std::size(rows_list), 0.0);  // each projection's fastest variant
-  std::vector<double> lt_best_us(std::size(rows_list), 0.0);  // cuBLASLt's best tuned candidate a layer
+  std::vector<double> lt_best_us(std::size(rows_list), 0.0);         // cuBLASLt's best tuned candidate a layer
   for (const Shape& sh : shapes) {
     const size_t w_elems = size_t{static_cast<size_t>(sh.n)} * sh.k, w_bytes = w_elems * 2;
     const int copies = std::min(16, std::max(2, static_cast<int>((size_t{400} << 20) / w_bytes) + 1));
@@ -229,8 +229,8 @@ int main() {
       const double t_cublas = time_it([&](const void* wp) { return cublas_run(wp, y); });
       layer_us[0][r] += t_cublas;
       int lt_rank = -1;
-      double t_lt = probe::BestLtCandidate(lt, m, sh.n, sh.k, x, y, workspace, size_t{32} << 20, stream, 32, time_it,
-                                           &lt_rank);
+      double t_lt =
+          probe::BestLtCandidate(lt, m, sh.n, sh.k, x, y, workspace, size_t{32} << 20, stream, 32, time_it, &lt_rank);
       if (t_lt <= 0) t_lt = t_cublas;
       lt_best_us[r] += t_lt;
       std::printf("%-8s m=%4d  cublasGemmEx %8.2f us (%.0f TFLOP/s) | cuBLASLt best of 32 %.2f (#%d)", sh.name, m,

@@ -274,11 +274,11 @@ std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request,
     if (text_bytes >= options_.tokenize_budget_min_bytes) {
       tokenizing = budget->TryAcquire(text_bytes);
       if (tokenizing == nullptr) {
-        return MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kQueueFull,
-                           absl::StrCat(text_bytes, " bytes of prompt text wait for the tokenizer, which holds ",
-                                        budget->in_flight(), " bytes of other prompts (at most ", budget->limit(),
-                                        " at once); retry"),
-                           200);
+        return MakeRefusal(
+            absl::StatusCode::kResourceExhausted, RefusalKind::kQueueFull,
+            absl::StrCat(text_bytes, " bytes of prompt text wait for the tokenizer, which holds ", budget->in_flight(),
+                         " bytes of other prompts (at most ", budget->limit(), " at once); retry"),
+            200);
       }
     }
   }

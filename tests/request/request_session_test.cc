@@ -333,7 +333,7 @@ TEST_F(SessionTest, LargePromptTextWaitsForTheTokenizeBudget) {
   std::optional<Refusal> r = validate(large);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->code, absl::StatusCode::kInvalidArgument) << r->message;  // past the budget: no tokenizer
-  EXPECT_EQ(budget->in_flight(), 0);  // the hold ends with the validation
+  EXPECT_EQ(budget->in_flight(), 0);                                     // the hold ends with the validation
 }
 
 TEST(ByteBudgetTest, ALargerRequestThanTheLimitPassesAloneOnly) {
