@@ -1,6 +1,7 @@
 #include "server/ops/watchdog.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -100,7 +101,8 @@ struct SelfHealingEngine::Tracked {
   // requeue): the engine times from the latter, the client waited from the former.
   Clock::TimePoint submitted;
   Clock::TimePoint engine_submitted;
-  std::mutex cb_mu;  // held while the client's callbacks run: none after the final on_done
+  std::optional<Clock::TimePoint> first_token;  // when the client's first ids were passed on
+  std::mutex cb_mu;                             // held while the client's callbacks run: none after the final on_done
 };
 
 SelfHealingEngine::SelfHealingEngine(WatchdogOptions options, EngineFactory factory, Hooks hooks,
@@ -197,12 +199,25 @@ void SelfHealingEngine::OnStepEnd(int generation, const absl::Status& status) {
   cv_.notify_all();
 }
 
+void SelfHealingEngine::ReportSent(const Tracked& t, RequestResult* r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Clock::TimePoint now = clock_->Now();
+  auto ms = [](Clock::TimePoint from, Clock::TimePoint to) {
+    return std::chrono::duration<double, std::milli>(to - from).count();
+  };
+  r->prompt_tokens = static_cast<int32_t>(t.request.input_ids.size());
+  r->output_ids = t.streamed_ids;
+  r->total_ms = ms(t.submitted, now);
+  if (t.first_token) r->ttft_ms = ms(t.submitted, *t.first_token);
+}
+
 RequestCallbacks SelfHealingEngine::Wrap(const std::shared_ptr<Tracked>& t, int generation) {
   RequestCallbacks cb;
   cb.on_tokens = [this, t, generation](const std::vector<int32_t>& ids) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (t->generation != generation || t->done) return;
+      if (!t->first_token) t->first_token = clock_->Now();
       if (!t->callbacks.replayable_after_tokens) {
         t->streamed = true;
         t->streamed_ids.insert(t->streamed_ids.end(), ids.begin(), ids.end());
@@ -336,7 +351,7 @@ void SelfHealingEngine::Shutdown() {
     RequestResult r;
     r.status = absl::UnavailableError("server shut down before the request finished");
     r.finish_reason = FinishReason::kCancelled;
-    r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
+    ReportSent(*t, &r);
     Resolve(t, r);
   }
   if (engine == nullptr) return;
@@ -482,11 +497,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
         absl::StrCat("the engine failed while this request was streaming (", why,
                      "); it was not retried because output was already sent; retry the request"));
     r.finish_reason = FinishReason::kError;
-    r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      r.output_ids = t->streamed_ids;
-    }
+    ReportSent(*t, &r);
     Resolve(t, r);
   }
   {

@@ -117,6 +117,9 @@ class SelfHealingEngine final : public InferenceEngine {
   // The wait before rebuild n (1-based) of the window: WatchdogOptions::backoff_initial doubling.
   std::chrono::milliseconds Backoff(int failures) const;
   void Resolve(const std::shared_ptr<Tracked>& t, const RequestResult& result);
+  // A request the server ends without the engine's result (a fault after streaming, shutdown):
+  // what its client was sent and when (its log line and token counters say so, not 0).
+  void ReportSent(const Tracked& t, RequestResult* r);
   void Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive);
   // Waits on cv_ until `deadline` on clock_ or until stopping_; false when stopping.
   bool WaitUntil(std::unique_lock<std::mutex>& lock, Clock::TimePoint deadline);

@@ -114,11 +114,10 @@ void RequestSession::HandleStep(const std::vector<int32_t>& ids) {
   if (done_) return;
   if (!first_token_logged_) {
     first_token_logged_ = true;
+    first_token_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
     if (hub_->options_.log_requests) {
-      LogEvent(
-          LogLevel::kInfo, "first_token", info_.request_id, "first token",
-          {{"rpc", info_.rpc},
-           {"ttft_ms", std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count()}});
+      LogEvent(LogLevel::kInfo, "first_token", info_.request_id, "first token",
+               {{"rpc", info_.rpc}, {"ttft_ms", first_token_ms_}});
     }
   }
   if (incremental_) {
@@ -129,20 +128,35 @@ void RequestSession::HandleStep(const std::vector<int32_t>& ids) {
     if (!info_.streaming) return;
     if (kept < ids.size()) {
       step_.resize(kept);  // `ids` is step_: the ids after the stop string are not output
-      sink_->OnStep(step_, delta_);
+      StreamStep(step_);
       return;
     }
-    sink_->OnStep(ids, delta_);
+    StreamStep(ids);
     return;
   }
   if (info_.streaming) {
     delta_.clear();
-    sink_->OnStep(ids, delta_);
+    StreamStep(ids);
   }
+}
+
+void RequestSession::StreamStep(const std::vector<int32_t>& ids) {
+  streamed_ids_.insert(streamed_ids_.end(), ids.begin(), ids.end());
+  sink_->OnStep(ids, delta_);
 }
 
 void RequestSession::Finish(RequestResult result) {
   done_ = true;
+  bool aborted = false;
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    aborted = aborted_;
+  }
+  if (aborted) {  // what the engine never reported: what the client got, and how long it took
+    result.output_ids = streamed_ids_;
+    result.ttft_ms = first_token_ms_;
+    result.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
+  }
   hold_.reset();  // the engine's work is done: the front end's slot goes to the next request
   std::string tail;
   std::string text;
@@ -178,6 +192,11 @@ void RequestSession::Abort() {
   RequestResult result;
   result.status = absl::UnavailableError("server shut down before the request finished");
   result.finish_reason = FinishReason::kCancelled;
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    if (result_) return;  // the engine's own result is already on its way
+    aborted_ = true;
+  }
   OnEngineDone(result);
 }
 

@@ -130,6 +130,8 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   // Delivery worker.
   void Deliver();
   void HandleStep(const std::vector<int32_t>& ids);
+  // A streaming step's ids to the sink (and kept: an aborted session's result reports them).
+  void StreamStep(const std::vector<int32_t>& ids);
   void Finish(RequestResult result);
   // The code a result is counted and logged as: the engine's, or Cancel's `why` for one that did
   // not end OK.
@@ -157,15 +159,18 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   std::vector<size_t> pending_ends_;     // guarded by events_mu_
   std::optional<RequestResult> result_;  // guarded by events_mu_
   bool queued_ = false;                  // guarded by events_mu_
+  bool aborted_ = false;                 // guarded by events_mu_; Abort() gave the result
   // Engine threads (a rebuilt engine's may overlap a stuck one's last step).
   std::atomic<bool> first_step_seen_{false};
   // One worker at a time; the swapped-out buffers and the step being handled.
   std::mutex deliver_mu_;
-  std::vector<int32_t> ids_;         // guarded by deliver_mu_
-  std::vector<size_t> ends_;         // guarded by deliver_mu_
-  std::vector<int32_t> step_;        // guarded by deliver_mu_
-  std::string delta_;                // guarded by deliver_mu_
-  bool first_token_logged_ = false;  // guarded by deliver_mu_
+  std::vector<int32_t> ids_;           // guarded by deliver_mu_
+  std::vector<size_t> ends_;           // guarded by deliver_mu_
+  std::vector<int32_t> step_;          // guarded by deliver_mu_
+  std::string delta_;                  // guarded by deliver_mu_
+  bool first_token_logged_ = false;    // guarded by deliver_mu_
+  double first_token_ms_ = 0;          // guarded by deliver_mu_; since start_
+  std::vector<int32_t> streamed_ids_;  // guarded by deliver_mu_; what a streaming client was sent
 };
 
 // The sessions of one front end and the delivery workers they share.

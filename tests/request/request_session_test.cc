@@ -414,10 +414,18 @@ TEST_F(SessionTest, AbortAllEndsWhatTheEngineNeverFinished) {
   auto sink = std::make_shared<RecordingSink>();
   std::shared_ptr<RequestSession> session;
   ASSERT_FALSE(Start(Ids({1}), true, sink, &session));
+  engine.callbacks[0].on_tokens({5, 6});
+  engine.callbacks[0].on_tokens({7});
+  sessions->Flush();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a total time above the first token's
   sessions->AbortAll();
   std::lock_guard<std::mutex> lock(sink->mu);
   EXPECT_EQ(sink->finishes, 1);
   EXPECT_EQ(sink->result.status.code(), absl::StatusCode::kUnavailable);
+  // Its log line and metrics report what the client was sent and when, not zeros.
+  EXPECT_EQ(sink->result.output_ids, (std::vector<int32_t>{5, 6, 7}));
+  EXPECT_GT(sink->result.ttft_ms, 0);
+  EXPECT_GT(sink->result.total_ms, sink->result.ttft_ms);
 }
 
 TEST_F(SessionTest, StopStringCancelsAndCutsOffTheEngineThread) {

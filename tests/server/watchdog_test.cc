@@ -209,6 +209,43 @@ TEST(WatchdogTest, ShutdownAnswersInFlightUnavailableAndLeavesAStuckStepBehind) 
   EXPECT_TRUE(h.engine().WaitNoStuckEngine(kEventTimeout)) << "shut down once its step returned";
 }
 
+// A streaming request that shutdown ends: its result says what its client was sent (the request log
+// and token counters; they said 0 tokens in 0 ms).
+TEST(WatchdogTest, ShutdownReportsWhatAStreamWasSent) {
+  WatchdogOptions w = Harness::Defaults();
+  w.stall_timeout = 3600s;
+  w.shutdown_timeout = 50ms;
+  Harness h([](int) { return FaultInjectionOptions(); }, w);
+  auto streamed = std::make_shared<std::atomic<size_t>>(0);
+  auto done = std::make_shared<std::promise<RequestResult>>();
+  InferenceRequest r;
+  r.request_id = "s";
+  r.input_ids = {1, 2, 3};
+  r.params.max_new_tokens = r.params.min_new_tokens = 1000;
+  RequestCallbacks cb;
+  testing::FakeExecutor* executor = h.executor(0);
+  cb.on_tokens = [streamed, executor](const std::vector<int32_t>& ids) {
+    if ((*streamed += ids.size()) >= 3) executor->CloseGate();  // the step after the third token hangs
+  };
+  cb.replayable_after_tokens = false;
+  cb.on_done = [done](const RequestResult& res) { done->set_value(res); };
+  ASSERT_TRUE(h.engine().Submit(std::move(r), std::move(cb)).ok());
+  ASSERT_TRUE(executor->WaitBlockedAtGate(kEventTimeout));
+  h.clock().Advance(7ms);
+  auto shutdown = std::async(std::launch::async, [&h] { h.engine().Shutdown(); });
+  std::future<RequestResult> result = done->get_future();
+  ASSERT_EQ(result.wait_for(kEventTimeout), std::future_status::ready);
+  const RequestResult res = result.get();
+  EXPECT_TRUE(absl::IsUnavailable(res.status)) << res.status;
+  EXPECT_GE(streamed->load(), 3u);
+  EXPECT_EQ(res.output_ids.size(), streamed->load());
+  EXPECT_EQ(res.prompt_tokens, 3);
+  EXPECT_GE(res.total_ms, 7.0);
+  EXPECT_LE(res.ttft_ms, res.total_ms - 7.0);
+  executor->Open();
+  EXPECT_EQ(shutdown.wait_for(kEventTimeout), std::future_status::ready);
+}
+
 TEST(WatchdogTest, CrashLoopStaysNotServingAndSaysWhy) {
   Harness h([](int) {
     FaultInjectionOptions f;
