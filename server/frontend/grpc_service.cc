@@ -851,6 +851,10 @@ void GrpcServer::Shutdown(std::chrono::milliseconds grace) {
   if (shut_down_) return;
   shut_down_ = true;
   if (server_ == nullptr) return;  // Start() failed before the server existed (e.g. port in use)
+  // With no Inference call left, what remains are health Watch streams (they saw NOT_SERVING
+  // when the drain began) and such, which never end by themselves: the grace would be waited out
+  // on every shutdown a load balancer watches. gRPC's health service offers no way to end them.
+  if (service_->active_calls() == 0) grace = std::chrono::milliseconds(0);
   server_->Shutdown(std::chrono::system_clock::now() + grace);
   server_->Wait();
 }

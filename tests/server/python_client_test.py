@@ -163,6 +163,10 @@ def main():
 
         # SIGTERM with requests in flight.
         drain_req = pb.InferRequest(input_ids=prompt, max_new_tokens=100, min_new_tokens=100)
+        # A load balancer's health Watch stays open through the drain: it must not hold the exit
+        # for --shutdown-grace-ms (5 s) once the calls are done.
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        check(next(watch).status == health_pb2.HealthCheckResponse.SERVING, "health Watch: SERVING")
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
             futs = [ex.submit(lambda: list(stub.Infer(drain_req, timeout=60).output_ids))
                     for _ in range(4)]
@@ -178,7 +182,11 @@ def main():
                 check(e.code() == grpc.StatusCode.UNAVAILABLE, f"draining: {e.code().name}")
             results = [f.result(timeout=60) for f in futs]
         check(all(len(r) == 100 for r in results), "in-flight requests completed during drain")
+        t0 = time.monotonic()
         check(server.proc.wait(30) == 0, "exit 0 after drain")
+        check(time.monotonic() - t0 < 3, f"exit within 3 s of the drain with a health Watch open "
+              f"({time.monotonic() - t0:.2f} s)")
+        watch.cancel()
     finally:
         server.kill()
 
