@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 #include <netdb.h>
+#include <poll.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -12,10 +13,14 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <iterator>
+#include <map>
+#include <mutex>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -29,6 +34,152 @@ namespace {
 
 // Connections the /metrics listener serves at once (a thread each while open).
 constexpr int kMetricsThreads = 16;
+// With every thread taken, a new connection closes the one longest between requests (a scrape's
+// head is one small write; an idle keep-alive one is let go after 2 s anyway) once it has been
+// so this long: 16 connections trickling a head a byte a second held every thread, and every
+// scrape failed for as long as they went on.
+constexpr auto kMetricsEvictAfter = std::chrono::seconds(1);
+
+int PollFd(int fd, short events, int timeout_ms) {
+  pollfd p{fd, events, 0};
+  int r;
+  do {
+    r = poll(&p, 1, timeout_ms);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+// A plain socket as cpp-httplib's Stream (its own is not in the library's header): each read
+// waits at most 3 s, each write 5 s.
+class MetricsStream final : public httplib::Stream {
+ public:
+  explicit MetricsStream(int fd) : fd_(fd) {}
+  bool is_readable() const override { return PollFd(fd_, POLLIN, 3'000) > 0; }
+  bool is_writable() const override { return PollFd(fd_, POLLOUT, 5'000) > 0; }
+  ssize_t read(char* ptr, size_t size) override {
+    if (!is_readable()) return -1;
+    ssize_t n;
+    do {
+      n = recv(fd_, ptr, size, 0);
+    } while (n < 0 && errno == EINTR);
+    return n;
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    ssize_t n;
+    do {
+      n = send(fd_, ptr, size, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    return n;
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { Address(true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { Address(false, ip, port); }
+  socket_t socket() const override { return fd_; }
+
+ private:
+  void Address(bool peer, std::string& ip, int& port) const {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    const int r = peer ? getpeername(fd_, reinterpret_cast<sockaddr*>(&addr), &len)
+                       : getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    char host[NI_MAXHOST];
+    char serv[NI_MAXSERV];
+    if (r == 0 && getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, serv, sizeof serv,
+                              NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
+      ip = host;
+      port = std::atoi(serv);
+    }
+  }
+  const int fd_;
+};
+
+// The /metrics listener: cpp-httplib's server with a connection loop of its own (keep-alive up to
+// 2 s idle) that knows which connections are between requests, so that a new connection can take
+// a trickling one's thread.
+class MetricsHttpServer final : public httplib::Server {
+ public:
+  MetricsHttpServer() {
+    new_task_queue = [this] { return new EvictingPool(this); };
+    set_pre_routing_handler([this](const httplib::Request&, httplib::Response&) {
+      SetBetweenRequests(t_connection_fd, false);  // the head is in
+      return HandlerResponse::Unhandled;
+    });
+  }
+
+ private:
+  struct Phase {
+    std::chrono::steady_clock::time_point since;
+    bool between_requests = true;
+  };
+
+  class EvictingPool final : public httplib::TaskQueue {
+   public:
+    explicit EvictingPool(MetricsHttpServer* server) : server_(server), pool_(kMetricsThreads) {}
+    void enqueue(std::function<void()> fn) override {
+      server_->EvictIfFull();
+      pool_.enqueue(std::move(fn));
+    }
+    void shutdown() override { pool_.shutdown(); }
+
+   private:
+    MetricsHttpServer* const server_;
+    httplib::ThreadPool pool_;
+  };
+
+  bool process_and_close_socket(socket_t sock) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_[sock] = {std::chrono::steady_clock::now(), true};
+    }
+    t_connection_fd = sock;
+    MetricsStream stream(sock);
+    bool ok = true;
+    constexpr int kMaxRequests = 100;
+    for (int served = 0; ok && is_running() && served < kMaxRequests; ++served) {
+      SetBetweenRequests(sock, true);
+      if (PollFd(sock, POLLIN, 2'000) <= 0) break;  // idle keep-alive: let go after 2 s
+      bool closed = false;
+      ok = process_request(stream, served + 1 == kMaxRequests, closed, nullptr);
+      if (closed) break;
+    }
+    t_connection_fd = -1;
+    std::lock_guard<std::mutex> lock(mu_);  // closed under the lock: EvictIfFull never sees a reused number
+    open_.erase(sock);
+    ::shutdown(sock, SHUT_RDWR);
+    close(sock);
+    return ok;
+  }
+
+  void SetBetweenRequests(int fd, bool between) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = open_.find(fd);
+    if (it == open_.end()) return;
+    it->second.between_requests = between;
+    it->second.since = std::chrono::steady_clock::now();
+  }
+
+  void EvictIfFull() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (open_.size() < static_cast<size_t>(kMetricsThreads)) return;
+    const auto latest = std::chrono::steady_clock::now() - kMetricsEvictAfter;
+    auto oldest = open_.end();
+    for (auto it = open_.begin(); it != open_.end(); ++it) {
+      const Phase& p = it->second;
+      if (p.between_requests && p.since <= latest && (oldest == open_.end() || p.since < oldest->second.since)) {
+        oldest = it;
+      }
+    }
+    if (oldest == open_.end()) return;
+    ::shutdown(oldest->first, SHUT_RDWR);     // its thread's read fails and the connection ends
+    oldest->second.between_requests = false;  // not chosen twice
+  }
+
+  static thread_local int t_connection_fd;  // the connection this thread serves
+  std::mutex mu_;
+  std::map<int, Phase> open_;  // guarded by mu_; by socket
+};
+
+thread_local int MetricsHttpServer::t_connection_fd = -1;
 
 prometheus::Histogram::BucketBoundaries SecondsBuckets() {
   return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
@@ -203,12 +354,12 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
     // with "null context when constructing CivetServer", a failure civetweb gives no reason for;
     // a bind of our own right after it found the port in use, so civetweb failed after it had
     // bound and left its listening socket open.
-    auto server = std::make_unique<httplib::Server>();
+    auto server = std::make_unique<MetricsHttpServer>();
     // httplib holds a thread per connection while it is open: with 2, two idle sockets (or a
     // Prometheus HA pair keeping its connections alive) left every other scrape waiting 5 s, and
-    // the pod read as down. 16 threads; an idle connection is let go after 2 s, a silent one after
-    // 3 s (a scrape's request is one small head).
-    server->new_task_queue = [] { return new httplib::ThreadPool(kMetricsThreads); };
+    // the pod read as down. 16 threads (kMetricsThreads); an idle connection is let go after 2 s, a
+    // silent one after 3 s (a scrape's request is one small head), a trickling one when a new
+    // connection needs its thread (MetricsHttpServer).
     server->set_keep_alive_timeout(2);
     server->set_read_timeout(std::chrono::seconds(3));
     // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second server share a

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chaos"))
@@ -68,6 +69,35 @@ def main():
             print(f"scrape failed: {e!r}")
         check(scraped < 1.0, f"/metrics answered in {scraped:.2f} s beside 2 kept-alive and 4 idle connections")
         for c in held + idle:
+            c.close()
+        # 16 connections (every listener thread) trickling a request head a byte every 0.3 s: a
+        # scrape takes the thread of the one longest at it (past 1 s), instead of waiting them out.
+        trickling = [socket.create_connection(("127.0.0.1", mport), timeout=5) for _ in range(16)]
+        stop = threading.Event()
+
+        def trickle(sock):
+            for b in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 200:
+                if stop.wait(0.3):
+                    return
+                try:
+                    sock.send(bytes([b]))
+                except OSError:
+                    return
+
+        threads = [threading.Thread(target=trickle, args=(c,), daemon=True) for c in trickling]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        try:
+            harness.scrape(mport)
+            scraped = time.monotonic() - t0
+        except Exception as e:  # noqa: BLE001
+            scraped = float("inf")
+            print(f"scrape failed: {e!r}")
+        check(scraped < 1.0, f"/metrics answered in {scraped:.2f} s beside 16 trickling connections")
+        stop.set()
+        for c in trickling:
             c.close()
 
         stub = pb_grpc.InferenceStub(harness.channel(server.port))
