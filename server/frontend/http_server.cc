@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/frontend/http_api.h"
+#include "server/ops/connection_phases.h"
 #include "server/ops/logging.h"
 #include "server/ops/port_probe.h"
 #include "server/request/auth.h"
@@ -75,38 +76,9 @@ struct HttpServer::State {
   // serving slot (HttpServerOptions::threads, max_waiting, max_connections).
   int connections = 0;   // guarded by mu
   int tls_refusals = 0;  // guarded by mu; TLS connections over the cap being answered 503
-  // Each served connection by socket: whether it is between requests (TLS handshake, idle
-  // keep-alive, a request head not yet complete) and since when. At the cap a new connection
-  // closes the one longest between requests (past kEvictAfterMs) instead of being refused: a
-  // slowloris holds only such connections, and a client that sends its request at once is never
-  // among them for long.
-  struct ConnectionPhase {
-    std::chrono::steady_clock::time_point since;
-    bool between_requests = true;
-    bool evicted = false;  // shut down for a new connection; its thread is ending
-  };
-  std::map<int, ConnectionPhase> open_connections;  // guarded by mu
-  int evicted = 0;                                  // guarded by mu; entries with `evicted`
-
-  void ConnectionOpened(int fd) {
-    std::lock_guard<std::mutex> lock(mu);
-    open_connections[fd] = {std::chrono::steady_clock::now(), true, false};
-  }
-  void ConnectionBetweenRequests(int fd, bool between) {
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = open_connections.find(fd);
-    if (it == open_connections.end() || it->second.evicted) return;
-    it->second.between_requests = between;
-    it->second.since = std::chrono::steady_clock::now();
-  }
-  // Before the socket is closed (after, its number may be another connection's).
-  void ConnectionClosing(int fd) {
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = open_connections.find(fd);
-    if (it == open_connections.end()) return;
-    if (it->second.evicted) --evicted;
-    open_connections.erase(it);
-  }
+  // Served connections between requests (server/ops/connection_phases.h): at the cap a new
+  // connection closes the one longest between requests, past kEvictAfterMs, instead of a 503.
+  ConnectionPhases phases;
   std::condition_variable connections_cv;
   int api_serving = 0;  // guarded by mu
   int api_waiting = 0;  // guarded by mu
@@ -532,7 +504,7 @@ class ApiHttpServer final : public httplib::Server {
       close(sock);
       return true;
     }
-    state_->ConnectionOpened(sock);
+    state_->phases.Opened(sock);
     bool ok = true;
     // TLS: the handshake, then the first request's head and body, within the read timeout.
     const auto first_deadline = accepted + std::chrono::milliseconds(o.read_timeout_ms);
@@ -544,11 +516,11 @@ class ApiHttpServer final : public httplib::Server {
         auto idle_end = Clock::now() + std::chrono::milliseconds(o.idle_timeout_ms);
         if (first_tls) idle_end = std::min(idle_end, first_deadline);
         bool readable = false;
-        state_->ConnectionBetweenRequests(sock, true);
+        state_->phases.SetBetweenRequests(sock, true);
         while (!readable && !state_->stopping && Clock::now() < idle_end) readable = PollFd(sock, POLLIN, 100) > 0;
         if (!readable) break;
       }
-      state_->ConnectionBetweenRequests(sock, true);  // its head's time starts now
+      state_->phases.SetBetweenRequests(sock, true);  // its head's time starts now
       conn.BeginRequest(first_tls ? first_deadline : Clock::now() + std::chrono::milliseconds(o.read_timeout_ms));
       const bool last = ++served >= 1000 || state_->stopping;
       bool closed = false;
@@ -577,7 +549,7 @@ class ApiHttpServer final : public httplib::Server {
     if (!conn.tls_error().empty()) LogTlsError(conn, served == 0 && conn.timed_out());
     conn.CloseNotify();
     if (conn.close_after()) LingerAndDiscard(sock);
-    state_->ConnectionClosing(sock);
+    state_->phases.Closing(sock);
     shutdown(sock, SHUT_RDWR);
     close(sock);
     return ok;
@@ -641,7 +613,8 @@ class ConnectionThreads final : public httplib::TaskQueue {
     bool refuse = false;
     {
       std::lock_guard<std::mutex> lock(state_->mu);
-      refuse = state_->connections - state_->evicted >= state_->options.max_connections && !EvictOneLocked();
+      refuse = state_->connections - state_->phases.evicted() >= state_->options.max_connections &&
+               !state_->phases.EvictOldest(std::chrono::milliseconds(kEvictAfterMs), kMaxEvicting);
       if (!refuse) ++state_->connections;
     }
     if (!refuse) {
@@ -660,32 +633,6 @@ class ConnectionThreads final : public httplib::TaskQueue {
     fn();
     tls_fate = ConnectionFate::kServe;
   }
-  // At the cap: shuts down the connection longest between requests, if past kEvictAfterMs, for a
-  // new one (its thread sees the socket closed and ends). At most kMaxEvicting at once, so the
-  // threads stay bounded while evicted ones end. False: none to evict.
-  bool EvictOneLocked() {
-    if (state_->evicted >= kMaxEvicting) return false;
-    const auto latest = Clock::now() - std::chrono::milliseconds(kEvictAfterMs);
-    State::ConnectionPhase* victim = nullptr;
-    int victim_fd = -1;
-    for (auto& [fd, phase] : state_->open_connections) {
-      if (!phase.between_requests || phase.evicted || phase.since > latest) continue;
-      if (victim == nullptr || phase.since < victim->since) {
-        victim = &phase;
-        victim_fd = fd;
-      }
-    }
-    if (victim == nullptr) return false;
-    victim->evicted = true;
-    ++state_->evicted;
-    ::shutdown(victim_fd, SHUT_RDWR);
-    LogEvent(LogLevel::kDebug, "http_connection_evicted", "",
-             "at --http-max-connections: closed the connection longest between requests for a new one",
-             {{"between_requests_ms",
-               std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - victim->since).count()}});
-    return true;
-  }
-
   // After the accept loop: every connection and refusal thread ends (they see `stopping`) before
   // the server they run on is destroyed.
   void shutdown() override {
@@ -1297,7 +1244,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   svr.set_pre_routing_handler([state](const httplib::Request& req, httplib::Response& res) {
     if (tls_connection != nullptr) {
       tls_connection->EndHead();
-      state->ConnectionBetweenRequests(tls_connection->socket(), false);
+      state->phases.SetBetweenRequests(tls_connection->socket(), false);
     }
     std::optional<Refusal> e = BodyFramingRefusal(req);
     const bool api = req.method == "POST" && (req.path == "/v1/chat/completions" || req.path == "/v1/completions");

@@ -27,6 +27,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/ops/connection_phases.h"
 #include "server/ops/port_probe.h"
 
 namespace glmserve {
@@ -38,7 +39,7 @@ constexpr int kMetricsThreads = 16;
 // head is one small write; an idle keep-alive one is let go after 2 s anyway) once it has been
 // so this long: 16 connections trickling a head a byte a second held every thread, and every
 // scrape failed for as long as they went on.
-constexpr auto kMetricsEvictAfter = std::chrono::seconds(1);
+constexpr auto kMetricsEvictAfter = std::chrono::milliseconds(1'000);
 
 int PollFd(int fd, short events, int timeout_ms) {
   pollfd p{fd, events, 0};
@@ -101,22 +102,20 @@ class MetricsHttpServer final : public httplib::Server {
   MetricsHttpServer() {
     new_task_queue = [this] { return new EvictingPool(this); };
     set_pre_routing_handler([this](const httplib::Request&, httplib::Response&) {
-      SetBetweenRequests(t_connection_fd, false);  // the head is in
+      phases_.SetBetweenRequests(t_connection_fd, false);  // the head is in
       return HandlerResponse::Unhandled;
     });
   }
 
  private:
-  struct Phase {
-    std::chrono::steady_clock::time_point since;
-    bool between_requests = true;
-  };
-
   class EvictingPool final : public httplib::TaskQueue {
    public:
     explicit EvictingPool(MetricsHttpServer* server) : server_(server), pool_(kMetricsThreads) {}
     void enqueue(std::function<void()> fn) override {
-      server_->EvictIfFull();
+      // Every thread taken: the new connection takes the one longest between requests.
+      if (server_->phases_.open() >= static_cast<size_t>(kMetricsThreads)) {
+        server_->phases_.EvictOldest(kMetricsEvictAfter, kMetricsThreads);
+      }
       pool_.enqueue(std::move(fn));
     }
     void shutdown() override { pool_.shutdown(); }
@@ -127,56 +126,27 @@ class MetricsHttpServer final : public httplib::Server {
   };
 
   bool process_and_close_socket(socket_t sock) override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      open_[sock] = {std::chrono::steady_clock::now(), true};
-    }
+    phases_.Opened(sock);
     t_connection_fd = sock;
     MetricsStream stream(sock);
     bool ok = true;
     constexpr int kMaxRequests = 100;
     for (int served = 0; ok && is_running() && served < kMaxRequests; ++served) {
-      SetBetweenRequests(sock, true);
+      phases_.SetBetweenRequests(sock, true);
       if (PollFd(sock, POLLIN, 2'000) <= 0) break;  // idle keep-alive: let go after 2 s
       bool closed = false;
       ok = process_request(stream, served + 1 == kMaxRequests, closed, nullptr);
       if (closed) break;
     }
     t_connection_fd = -1;
-    std::lock_guard<std::mutex> lock(mu_);  // closed under the lock: EvictIfFull never sees a reused number
-    open_.erase(sock);
+    phases_.Closing(sock);
     ::shutdown(sock, SHUT_RDWR);
     close(sock);
     return ok;
   }
 
-  void SetBetweenRequests(int fd, bool between) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = open_.find(fd);
-    if (it == open_.end()) return;
-    it->second.between_requests = between;
-    it->second.since = std::chrono::steady_clock::now();
-  }
-
-  void EvictIfFull() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (open_.size() < static_cast<size_t>(kMetricsThreads)) return;
-    const auto latest = std::chrono::steady_clock::now() - kMetricsEvictAfter;
-    auto oldest = open_.end();
-    for (auto it = open_.begin(); it != open_.end(); ++it) {
-      const Phase& p = it->second;
-      if (p.between_requests && p.since <= latest && (oldest == open_.end() || p.since < oldest->second.since)) {
-        oldest = it;
-      }
-    }
-    if (oldest == open_.end()) return;
-    ::shutdown(oldest->first, SHUT_RDWR);     // its thread's read fails and the connection ends
-    oldest->second.between_requests = false;  // not chosen twice
-  }
-
   static thread_local int t_connection_fd;  // the connection this thread serves
-  std::mutex mu_;
-  std::map<int, Phase> open_;  // guarded by mu_; by socket
+  ConnectionPhases phases_;
 };
 
 thread_local int MetricsHttpServer::t_connection_fd = -1;
