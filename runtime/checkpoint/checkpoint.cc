@@ -81,14 +81,24 @@ bool ReadIndex(const fs::path& dir, const std::string& index_name, std::map<std:
   }
   for (auto it = json["weight_map"].begin(); it != json["weight_map"].end(); ++it) {
     if (!it.value().is_string()) {
-      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", it.key(), " is not a file name string"));
+      problems->push_back(
+          absl::StrCat(index_name, ": weight_map entry for ", ShownName(it.key()), " is not a file name string"));
       continue;
     }
     const std::string shard = it.value().get<std::string>();
     if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
-      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", it.key(), " names ",
-                                       shard.empty() ? "an empty file name" : shard,
+      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", ShownName(it.key()), " names ",
+                                       shard.empty() ? "an empty file name" : ShownName(shard),
                                        ", which is not a file in the checkpoint directory"));
+      continue;
+    }
+    // A NUL ends the path where the file is opened (the entry named another shard in effect);
+    // no shard's name holds a control character.
+    if (ShownName(shard) != shard) {
+      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", ShownName(it.key()), " names \"",
+                                       ShownName(shard), "\", which holds a ",
+                                       shard.find('\0') != std::string::npos ? "NUL byte" : "control character",
+                                       "; expected a shard file name"));
       continue;
     }
     (*weight_map)[it.key()] = shard;
@@ -142,18 +152,18 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
     for (TensorRecord& r : records) {
       auto prev = seen.find(r.name);
       if (prev != seen.end()) {
-        listing->problems.push_back(absl::StrCat("key ", r.name, " is in two shards: ", prev->second, " and ", shard,
-                                                 " (kept ", prev->second, ")"));
+        listing->problems.push_back(absl::StrCat("key ", ShownName(r.name), " is in two shards: ", prev->second,
+                                                 " and ", shard, " (kept ", prev->second, ")"));
         continue;
       }
       if (index_ok) {
         auto it = weight_map.find(r.name);
         if (it == weight_map.end()) {
-          listing->problems.push_back(
-              absl::StrCat(shard, ": contains key ", r.name, ", which index ", index_name, " does not name"));
+          listing->problems.push_back(absl::StrCat(shard, ": contains key ", ShownName(r.name), ", which index ",
+                                                   index_name, " does not name"));
         } else if (it->second != shard) {
-          listing->problems.push_back(
-              absl::StrCat(shard, ": contains key ", r.name, ", which index ", index_name, " assigns to ", it->second));
+          listing->problems.push_back(absl::StrCat(shard, ": contains key ", ShownName(r.name), ", which index ",
+                                                   index_name, " assigns to ", it->second));
         }
       }
       seen.emplace(r.name, shard);
@@ -168,7 +178,7 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
       if (present.count({shard, key}) != 0) continue;
       auto it = seen.find(key);
       if (it != seen.end()) continue;  // found in another shard: reported as "assigns to" above
-      listing->problems.push_back(absl::StrCat(shard, ": index ", index_name, " lists key ", key,
+      listing->problems.push_back(absl::StrCat(shard, ": index ", index_name, " lists key ", ShownName(key),
                                                " in this shard, but the shard does not contain it"));
     }
   }

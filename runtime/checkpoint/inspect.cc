@@ -44,7 +44,17 @@ bool ShapesSound(const ModelConfig& c) {
 
 }  // namespace
 
-absl::StatusOr<InspectReport> PlanCheckpoint(const std::string& directory, CheckpointPlan* parsed) {
+namespace {
+
+// The report as printed: whatever a file says (a key, a shard name) with its control bytes escaped
+// (ShownName), so that a NUL does not end the text report early nor a newline split a problem.
+InspectReport Printable(InspectReport report) {
+  for (std::string& line : report.problems) line = ShownName(line);
+  for (std::string& line : report.mapping) line = ShownName(line);
+  return report;
+}
+
+absl::StatusOr<InspectReport> Plan(const std::string& directory, CheckpointPlan* parsed) {
   std::error_code ec;
   if (!std::filesystem::is_directory(directory, ec)) {
     return absl::NotFoundError(absl::StrCat("model directory '", directory, "' does not exist or is not a directory"));
@@ -82,6 +92,14 @@ absl::StatusOr<InspectReport> PlanCheckpoint(const std::string& directory, Check
   report.mapping = parsed->plan.mapping;
   report.problems.insert(report.problems.end(), parsed->plan.problems.begin(), parsed->plan.problems.end());
   return report;
+}
+
+}  // namespace
+
+absl::StatusOr<InspectReport> PlanCheckpoint(const std::string& directory, CheckpointPlan* parsed) {
+  absl::StatusOr<InspectReport> report = Plan(directory, parsed);
+  if (!report.ok()) return report;
+  return Printable(*std::move(report));
 }
 
 absl::StatusOr<InspectReport> InspectCheckpoint(const std::string& directory) {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 #include "runtime/bounded_file.h"
+#include "runtime/checkpoint/tensor_record.h"
 #include "runtime/json_util.h"
 
 namespace glmserve {
@@ -59,6 +60,21 @@ class FieldReader {
     }
     return value.get<int32_t>();
   }
+
+  // A size (hidden_size, vocab_size...): absent takes transformers' default `fallback` (listed in
+  // `defaulted` when given); null is 0, which the positivity check reports by name (transformers
+  // would pass None on and fail building the model, not take its default).
+  int32_t Dim(const char* key, int32_t fallback, std::vector<std::string>* defaulted = nullptr) {
+    if (object_.is_object() && object_.contains(key) && object_[key].is_null()) return 0;
+    if (!object_.is_object() || !object_.contains(key)) {
+      if (defaulted != nullptr) defaulted->push_back(absl::StrCat(prefix_, key, " (default ", fallback, ")"));
+      return fallback;
+    }
+    return Int(key, fallback);
+  }
+
+  // How this reader's fields are named in the defaulted list ("text_config." for glm4v).
+  void set_prefix(std::string prefix) { prefix_ = std::move(prefix); }
 
   double Number(const char* key, double fallback) {
     if (!Has(key)) return fallback;
@@ -127,7 +143,22 @@ class FieldReader {
   const json& object_;
   std::string file_;
   std::vector<std::string>* problems_;
+  std::string prefix_;
 };
+
+// Refuses eos ids outside [0, vocab_size): generation would wait for a token the model never
+// produces, or look past its logits.
+void CheckEosIds(FieldReader& r, const std::vector<int32_t>& ids, int32_t vocab_size, const std::string& vocab_field) {
+  if (vocab_size <= 0) return;  // the vocabulary's own problem is reported
+  std::vector<int32_t> outside;
+  for (int32_t id : ids) {
+    if (id < 0 || id >= vocab_size) outside.push_back(id);
+  }
+  if (outside.empty()) return;
+  r.Problem("eos_token_id", absl::StrCat(absl::StrJoin(outside, ", "), outside.size() == 1 ? " is" : " are",
+                                         " outside the vocabulary (", vocab_field, " ", vocab_size,
+                                         "); expected token ids in [0, ", vocab_size, ")"));
+}
 
 // Parses a JSON object file; on failure adds a problem naming the file and the error position.
 bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<std::string>* problems) {
@@ -140,7 +171,20 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
   try {
     *out = json::parse(*text);
   } catch (const json::parse_error& e) {
-    problems->push_back(absl::StrCat(name, ": invalid JSON at byte ", e.byte, ": expected a JSON object"));
+    // The parser's own reason ("parse error at line 3, column 19: syntax error while parsing value -
+    // invalid literal; last read: 'NaN'"), its position given once.
+    std::string reason = JsonErrorText(e);
+    std::string where;
+    if (reason.rfind("parse error", 0) == 0) {
+      const size_t colon = reason.find(": ");
+      if (colon != std::string::npos) {
+        where = reason.substr(0, colon);
+        reason = reason.substr(colon + 2);
+      }
+    }
+    const std::string at = where.rfind("parse error at ", 0) == 0 ? where.substr(15) : "";
+    problems->push_back(absl::StrCat(name, ": invalid JSON at byte ", e.byte, at.empty() ? "" : " (", at,
+                                     at.empty() ? "" : ")", ": ", ShownName(reason)));
     return false;
   } catch (const json::exception& e) {  // a number past a double's range (1e400)
     problems->push_back(absl::StrCat(name, ": invalid JSON: ", JsonErrorText(e)));
@@ -179,13 +223,14 @@ bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std:
 }
 
 void ReadOriginalChatGlm(FieldReader& r, ModelConfig* c) {
-  c->num_layers = r.Int("num_layers", 28);
-  c->vocab_size = r.Int("padded_vocab_size", 65024);
-  c->hidden_size = r.Int("hidden_size", 4096);
-  c->intermediate_size = r.Int("ffn_hidden_size", 13696);
-  c->num_attention_heads = r.Int("num_attention_heads", 32);
-  c->head_dim = r.Int("kv_channels", 128);
-  c->max_position_embeddings = r.Int("seq_length", 2048);
+  std::vector<std::string>* d = &c->defaulted_sizes;
+  c->num_layers = r.Dim("num_layers", 28, d);
+  c->vocab_size = r.Dim("padded_vocab_size", 65024, d);
+  c->hidden_size = r.Dim("hidden_size", 4096, d);
+  c->intermediate_size = r.Dim("ffn_hidden_size", 13696, d);
+  c->num_attention_heads = r.Dim("num_attention_heads", 32, d);
+  c->head_dim = r.Dim("kv_channels", 128, d);
+  c->max_position_embeddings = r.Dim("seq_length", 2048);
   c->rms_norm_eps = r.Number("layernorm_epsilon", 1e-5);
   const bool multi_query = r.Bool("multi_query_attention", false);
   const int32_t groups = r.Int("multi_query_group_num", 1);
@@ -205,11 +250,12 @@ void ReadOriginalChatGlm(FieldReader& r, ModelConfig* c) {
 }
 
 void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
-  c->vocab_size = r.Int("vocab_size", 151552);
-  c->hidden_size = r.Int("hidden_size", 4096);
-  c->intermediate_size = r.Int("intermediate_size", 13696);
-  c->num_layers = r.Int("num_hidden_layers", 40);
-  c->num_attention_heads = r.Int("num_attention_heads", 32);
+  std::vector<std::string>* d = &c->defaulted_sizes;
+  c->vocab_size = r.Dim("vocab_size", 151552, d);
+  c->hidden_size = r.Dim("hidden_size", 4096, d);
+  c->intermediate_size = r.Dim("intermediate_size", 13696, d);
+  c->num_layers = r.Dim("num_hidden_layers", 40, d);
+  c->num_attention_heads = r.Dim("num_attention_heads", 32, d);
   // transformers: an explicit null means "same as attention heads"; absent means the default 2.
   if (config.contains("num_key_value_heads") && config["num_key_value_heads"].is_null()) {
     c->num_key_value_heads = c->num_attention_heads;
@@ -220,9 +266,9 @@ void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
   if (config.contains("head_dim") && config["head_dim"].is_null()) {
     c->head_dim = c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0;
   } else {
-    c->head_dim = r.Int("head_dim", 128);
+    c->head_dim = r.Dim("head_dim", 128, d);
   }
-  c->max_position_embeddings = r.Int("max_position_embeddings", 131072);
+  c->max_position_embeddings = r.Dim("max_position_embeddings", 131072);
   c->rms_norm_eps = r.Number("rms_norm_eps", 0.00000015625);
   c->tie_word_embeddings = r.Bool("tie_word_embeddings", false);
   c->attention_bias = r.Bool("attention_bias", true);
@@ -292,11 +338,13 @@ void ReadMropeSection(FieldReader& r, std::vector<int32_t>* out) {
 void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
   const json& text = SubObject(config, "text_config", top);
   FieldReader r(text, "config.json: text_config", top.sink());
-  c->vocab_size = r.Int("vocab_size", 151552);
-  c->hidden_size = r.Int("hidden_size", 4096);
-  c->intermediate_size = r.Int("intermediate_size", 13696);
-  c->num_layers = r.Int("num_hidden_layers", 40);
-  c->num_attention_heads = r.Int("num_attention_heads", 32);
+  r.set_prefix("text_config.");
+  std::vector<std::string>* d = &c->defaulted_sizes;
+  c->vocab_size = r.Dim("vocab_size", 151552, d);
+  c->hidden_size = r.Dim("hidden_size", 4096, d);
+  c->intermediate_size = r.Dim("intermediate_size", 13696, d);
+  c->num_layers = r.Dim("num_hidden_layers", 40, d);
+  c->num_attention_heads = r.Dim("num_attention_heads", 32, d);
   if (text.contains("num_key_value_heads") && text["num_key_value_heads"].is_null()) {
     c->num_key_value_heads = c->num_attention_heads;
   } else {
@@ -313,7 +361,7 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
     r.Problem("head_dim", absl::StrCat("expected hidden_size / num_attention_heads = ", c->head_dim,
                                        " (transformers' Glm4vTextAttention uses that)"));
   }
-  c->max_position_embeddings = r.Int("max_position_embeddings", 32768);
+  c->max_position_embeddings = r.Dim("max_position_embeddings", 32768);
   c->rms_norm_eps = r.Number("rms_norm_eps", 1e-5);
   c->attention_bias = true;  // Glm4vTextAttention: q/k/v always carry a bias
   c->sandwich_norms = true;
@@ -361,7 +409,13 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
   c->tie_word_embeddings = top.Bool("tie_word_embeddings", false) || r.Bool("tie_word_embeddings", false);
   c->pad_token_id = r.Int("pad_token_id", top.Int("pad_token_id", -1));
   std::vector<int32_t> eos;
-  if (r.IntList("eos_token_id", &eos) || top.IntList("eos_token_id", &eos)) c->eos_token_ids = eos;
+  if (r.IntList("eos_token_id", &eos)) {
+    CheckEosIds(r, eos, c->vocab_size, "text_config.vocab_size");
+    c->eos_token_ids = eos;
+  } else if (top.IntList("eos_token_id", &eos)) {
+    CheckEosIds(top, eos, c->vocab_size, "text_config.vocab_size");
+    c->eos_token_ids = eos;
+  }
   c->torch_dtype = top.String("torch_dtype", top.String("dtype", r.String("torch_dtype", r.String("dtype", ""))));
 
   VisionConfig v;
@@ -499,9 +553,16 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
       ReadTransformersGlm(config, reader, &c);
     }
     c.torch_dtype = reader.String("torch_dtype", reader.String("dtype", ""));
-    // eos: every id named by config.json or generation_config.json.
-    if (!reader.IntList("eos_token_id", &config_eos) && c.architecture != Architecture::kChatGLM) {
-      config_eos = {151329, 151336, 151338};  // GlmConfig's default
+    // eos: every id named by config.json or generation_config.json. Absent, GlmConfig's default
+    // (those of its ids inside the vocabulary: a small model's vocabulary has none of them); null,
+    // none (transformers keeps the None).
+    if (reader.IntList("eos_token_id", &config_eos)) {
+      CheckEosIds(reader, config_eos, c.vocab_size,
+                  c.architecture == Architecture::kChatGLM ? "padded_vocab_size" : "vocab_size");
+    } else if (!config.contains("eos_token_id") && c.architecture != Architecture::kChatGLM) {
+      for (int32_t id : {151329, 151336, 151338}) {
+        if (id < c.vocab_size) config_eos.push_back(id);
+      }
     }
     c.eos_token_ids = config_eos;
     c.pad_token_id = reader.Int("pad_token_id", c.architecture == Architecture::kChatGLM ? -1 : 151329);
@@ -512,6 +573,10 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
       FieldReader gen_reader(generation, "generation_config.json", &problems);
       std::vector<int32_t> gen_eos;
       if (gen_reader.IntList("eos_token_id", &gen_eos)) {
+        CheckEosIds(gen_reader, gen_eos, c.vocab_size,
+                    absl::StrCat("config.json ", glm4v                                      ? "text_config.vocab_size"
+                                                 : c.architecture == Architecture::kChatGLM ? "padded_vocab_size"
+                                                                                            : "vocab_size"));
         // Union: chat checkpoints list <|user|>/<|observation|> in one file and <|endoftext|>
         // in the other, and generation must stop at any of them.
         for (int32_t id : config_eos) {
@@ -528,9 +593,13 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
   // The upper bounds are far above any GLM (GLM-4-9B: 40 layers, hidden 4096, vocab 151,552, 1M
   // context for -1m): a config past them is corrupt, and sizing tensors or reports from it would
   // take unbounded memory and time.
+  const json& sizes_object =
+      glm4v && config.contains("text_config") && config["text_config"].is_object() ? config["text_config"] : config;
   auto require_positive = [&](const char* field, int32_t value, int32_t most) {
     if (value <= 0) {
-      reader.Problem(in + field, absl::StrCat("expected a positive integer, found ", value));
+      const bool null = sizes_object.contains(field) && sizes_object[field].is_null();
+      reader.Problem(in + field, absl::StrCat("expected a positive integer, found ",
+                                              null ? std::string("null") : absl::StrCat(value)));
     } else if (value > most) {
       reader.Problem(in + field, absl::StrCat(value, " is implausibly large (at most ", most, ")"));
     }

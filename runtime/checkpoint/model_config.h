@@ -87,6 +87,9 @@ struct ModelConfig {
   // the rotation is the 1-D one above; empty for the text architectures.
   std::vector<int32_t> mrope_section;
   std::optional<VisionConfig> vision;  // glm4v only
+  // Sizes config.json does not set, which took transformers' defaults, e.g. "hidden_size (default
+  // 4096)": the weight plan names them when tensor shapes disagree.
+  std::vector<std::string> defaulted_sizes;
 };
 
 // Reads `directory`/config.json and, when present, generation_config.json. Defaults for absent

@@ -13,10 +13,12 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "runtime/shown_value.h"
 
 namespace glmserve {
 namespace {
@@ -207,70 +209,284 @@ int64_t PickleArgLength(const std::string& pkl, size_t pos) {
   }
 }
 
-// The most values the pickle's stack holds at once, simulated over its opcodes (0 where the
-// scanner meets an opcode it does not know: then nothing is claimed). A nested list 300,000 deep
-// is a 660 KB pickle whose IValue LibTorch destroys recursively, past the thread's stack; a state
-// dict's pickle holds a few thousand at most (SETITEMS batches of 1,000 pairs).
-int64_t PickleStackPeak(const std::string& pkl) {
-  std::vector<int64_t> marks;
-  int64_t depth = 0, peak = 0;
-  auto pop_to_mark = [&]() {
-    if (marks.empty()) return false;
-    depth = marks.back();
-    marks.pop_back();
-    return true;
+// What a pickle builds, simulated over its opcodes before LibTorch parses it: how deep its values
+// nest (LibTorch frees a nested IValue recursively, one stack frame per level: 200,000 nested
+// TUPLE1s, a 400 KB file, overflowed the thread's stack) and the most values its stack holds at
+// once. Every container a pickle can build counts (TUPLE/TUPLE1-3, LIST, DICT, EMPTY_LIST and
+// EMPTY_DICT filled by APPEND(S)/SETITEM(S), OBJ/INST, REDUCE, NEWOBJ, BUILD), through the memo
+// too (a memoized list filled after it was put in another is still nested there): the values
+// are nodes of a graph, each container's items its edges, and the depth is the longest path.
+struct PickleShape {
+  int64_t depth = 0;       // containers on the longest chain of nesting
+  int64_t stack_peak = 0;  // values on the stack at once
+  std::string error;       // an opcode the scanner cannot follow ("" when none)
+  // The first state dict entry whose tensor is pickled with a negative "size" or "stride".
+  std::string negative_view_key;
+  const char* negative_view = "";
+};
+
+// Memo slot of a PUT/GET-type opcode at `pkl[pos]` (its argument already bounds-checked); -1
+// when unreadable.
+int64_t PickleMemoSlot(const std::string& pkl, size_t pos, int64_t arg) {
+  const unsigned char op = pkl[pos];
+  if (op == 'q' || op == 'h') return static_cast<unsigned char>(pkl[pos + 1]);
+  if (op == 'r' || op == 'j') {
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(pkl[pos + 1 + i]);
+    return v;
+  }
+  int64_t v = 0;  // PUT/GET: a decimal line
+  for (int64_t i = 0; i + 1 < arg; ++i) {
+    const char c = pkl[pos + 1 + i];
+    if (c < '0' || c > '9' || v > (int64_t{1} << 40)) return -1;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
+// Whether the integer opcode at `pkl[pos]` (argument length `arg`, bounds-checked) is negative.
+bool NegativeInt(const std::string& pkl, size_t pos, int64_t arg) {
+  switch (static_cast<unsigned char>(pkl[pos])) {
+    case 'J':  // BININT: 4 bytes, signed
+      return (static_cast<unsigned char>(pkl[pos + 4]) & 0x80) != 0;
+    case 'I':
+    case 'L':  // INT, LONG: a decimal line
+      return arg > 0 && pkl[pos + 1] == '-';
+    case 0x8a:
+    case 0x8b: {  // LONG1, LONG4: length, then little-endian two's complement
+      const int64_t len_bytes = static_cast<unsigned char>(pkl[pos]) == 0x8a ? 1 : 4;
+      return arg > len_bytes && (static_cast<unsigned char>(pkl[pos + static_cast<size_t>(arg)]) & 0x80) != 0;
+    }
+    default:
+      return false;
+  }
+}
+
+PickleShape ScanPickle(const std::string& pkl) {
+  PickleShape shape;
+  // A value on the simulated stack: `node` is a container's node, or -1 for a scalar (a number, a
+  // string, None, a global, a storage); a negative integer and a BINUNICODE string (a key) are
+  // told apart.
+  struct Value {
+    int64_t node = -1;
+    bool negative = false;
+    bool text = false;  // a string, its bytes at pkl[text_at, text_at + text_len)
+    size_t text_at = 0;
+    size_t text_len = 0;
+  };
+  // Per node: kNegativeItem, a tuple holding a negative integer; kNegativeSize/kNegativeStride, the
+  // arguments (storage, offset, sizes, strides, ...) of _rebuild_tensor_v2 with a negative size or
+  // stride, and what the call returns from them. LibTorch replaces a negative stride with a
+  // positive one (c10's set_sizes_and_strides), so it is caught here or not at all.
+  constexpr uint8_t kNegativeItem = 1, kNegativeSize = 2, kNegativeStride = 4;
+  std::vector<Value> stack;
+  std::vector<size_t> marks;
+  std::unordered_map<int64_t, Value> memo;
+  std::vector<std::pair<int64_t, int64_t>> edges;  // container node -> item node
+  std::vector<uint8_t> flags;                      // per node
+  auto new_node = [&](uint8_t f) {
+    flags.push_back(f);
+    return static_cast<int64_t>(flags.size()) - 1;
+  };
+  auto pop = [&]() -> Value {
+    if (stack.empty()) return Value{};  // LibTorch refuses the pickle; nothing nests here
+    const Value v = stack.back();
+    stack.pop_back();
+    return v;
+  };
+  auto top = [&]() -> int64_t { return stack.empty() ? -1 : stack.back().node; };
+  auto link = [&](int64_t container, const Value& item) {
+    if (container >= 0 && item.node >= 0) edges.emplace_back(container, item.node);
+  };
+  // The items above the innermost mark, removed from the stack (with the mark).
+  std::vector<Value> items;
+  auto pop_mark = [&]() {
+    const size_t from = marks.empty() ? stack.size() : std::min(marks.back(), stack.size());
+    if (!marks.empty()) marks.pop_back();
+    items.assign(stack.begin() + static_cast<std::ptrdiff_t>(from), stack.end());
+    stack.resize(from);
+  };
+  auto flag_of = [&](const Value& v, uint8_t f) { return v.node >= 0 && (flags[static_cast<size_t>(v.node)] & f); };
+  // A tuple of `items`: which of the flags above it carries.
+  auto tuple = [&]() {
+    uint8_t f = 0;
+    for (const Value& item : items) f |= item.negative ? kNegativeItem : 0;
+    if (items.size() >= 4 && flag_of(items[2], kNegativeItem)) f |= kNegativeSize;
+    if (items.size() >= 4 && flag_of(items[3], kNegativeItem)) f |= kNegativeStride;
+    const int64_t node = new_node(f);
+    for (const Value& item : items) link(node, item);
+    stack.push_back(Value{node});
+  };
+  // Key/value pairs going into a dict: the first tensor with a negative size or stride is named.
+  auto pairs = [&](const std::vector<Value>& kv) {
+    for (size_t i = 0; i + 1 < kv.size() && shape.negative_view_key.empty(); i += 2) {
+      if (!flag_of(kv[i + 1], kNegativeSize | kNegativeStride)) continue;
+      shape.negative_view = flag_of(kv[i + 1], kNegativeStride) ? "stride" : "size";
+      shape.negative_view_key = kv[i].text ? pkl.substr(kv[i].text_at, kv[i].text_len) : "(a key that is not a string)";
+    }
   };
   for (size_t pos = 0; pos < pkl.size();) {
     const auto op = static_cast<unsigned char>(pkl[pos]);
     const int64_t arg = PickleArgLength(pkl, pos);
-    if (arg < 0) return 0;
+    if (arg < 0) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "0x%02x", op);
+      shape.error = absl::StrCat("data.pkl: cannot follow opcode ", hex, " at byte ", pos,
+                                 " (not a pickle protocol 2 opcode, or its argument is cut short; torch.save "
+                                 "writes protocol 2)");
+      return shape;
+    }
+    if (op == '.') break;  // STOP: LibTorch reads no further
     switch (op) {
       case '(':  // MARK
-        marks.push_back(depth);
+        marks.push_back(stack.size());
         break;
-      case 'e':
-      case 'u':
-      case '1':  // APPENDS, SETITEMS, POP_MARK: back to the mark
-        if (!pop_to_mark()) return 0;
+      case '1':  // POP_MARK
+        pop_mark();
         break;
-      case 't':
+      case '0':  // POP
+        pop();
+        break;
+      case '2':  // DUP
+        stack.push_back(stack.empty() ? Value{} : stack.back());
+        break;
+      case ']':
+      case '}':  // EMPTY_LIST, EMPTY_DICT: filled later
+        stack.push_back(Value{new_node(0)});
+        break;
+      case 't':  // TUPLE: the mark's items
+        pop_mark();
+        tuple();
+        break;
       case 'l':
       case 'd':
-      case 'o':  // TUPLE, LIST, DICT, OBJ: the mark's items -> one
-        if (!pop_to_mark()) return 0;
-        ++depth;
+      case 'o':
+      case 'i': {  // LIST, DICT, OBJ, INST: the mark's items -> one container
+        pop_mark();
+        if (op == 'd') pairs(items);
+        const int64_t node = new_node(0);
+        for (const Value& item : items) link(node, item);
+        stack.push_back(Value{node});
         break;
-      case 'a':
+      }
+      case 0x85:
+      case 0x86:
+      case 0x87: {  // TUPLE1, TUPLE2, TUPLE3
+        items.assign(static_cast<size_t>(op - 0x84), Value{});
+        for (auto it = items.rbegin(); it != items.rend(); ++it) *it = pop();
+        tuple();
+        break;
+      }
+      case 'a': {  // APPEND
+        const Value item = pop();
+        link(top(), item);
+        break;
+      }
+      case 's': {  // SETITEM
+        const Value value = pop();
+        const Value key = pop();
+        pairs({key, value});
+        link(top(), key);
+        link(top(), value);
+        break;
+      }
+      case 'e':
+      case 'u': {  // APPENDS, SETITEMS: the mark's items into the container below it
+        pop_mark();
+        if (op == 'u') pairs(items);
+        for (const Value& item : items) link(top(), item);
+        break;
+      }
+      case 'b': {  // BUILD: the state goes into the object below it
+        const Value state = pop();
+        link(top(), state);
+        break;
+      }
       case 'R':
-      case 'b':
-      case '0':
-      case 0x81:
-      case 0x86:  // pop one (net)
-        --depth;
+      case 0x81: {  // REDUCE, NEWOBJ: what the call returns may hold its arguments
+        const Value args = pop();
+        pop();  // the callable
+        const int64_t node = new_node(args.node >= 0 ? flags[static_cast<size_t>(args.node)] : 0);
+        link(node, args);
+        stack.push_back(Value{node});
         break;
-      case 's':
-      case 0x87:  // SETITEM, TUPLE3: pop two (net)
-        depth -= 2;
+      }
+      case 'Q':  // BINPERSID: the id -> a storage
+        pop();
+        stack.push_back(Value{});
         break;
-      case '.':
       case 'p':
       case 'q':
-      case 'r':
-      case 0x80:
-      case 0x85:
-      case 'Q':  // no change
+      case 'r': {  // PUT, BINPUT, LONG_BINPUT
+        const int64_t slot = PickleMemoSlot(pkl, pos, arg);
+        if (slot >= 0) memo[slot] = stack.empty() ? Value{} : stack.back();
         break;
-      default:  // a value, a memo get, a global, an empty container, DUP: push one
-        ++depth;
+      }
+      case 'g':
+      case 'h':
+      case 'j': {  // GET, BINGET, LONG_BINGET
+        auto it = memo.find(PickleMemoSlot(pkl, pos, arg));
+        stack.push_back(it == memo.end() ? Value{} : it->second);
+        break;
+      }
+      case 0x80:  // PROTO
+        break;
+      case 'X':  // BINUNICODE: a string (a state dict's keys are these)
+        stack.push_back(Value{-1, false, true, pos + 5, static_cast<size_t>(arg - 4)});
+        break;
+      default:  // a scalar: a number, a string, None, True/False, a global, EMPTY_TUPLE, PERSID, EXT
+        stack.push_back(Value{-1, NegativeInt(pkl, pos, arg)});
         break;
     }
-    peak = std::max(peak, depth);
+    shape.stack_peak = std::max<int64_t>(shape.stack_peak, static_cast<int64_t>(stack.size()));
     pos += 1 + static_cast<size_t>(arg);
   }
-  return peak;
+  const int64_t nodes = static_cast<int64_t>(flags.size());
+  // Longest chain of containers: depth(v) = 1 + the deepest item, by an explicit depth-first walk
+  // (a recursive one would overflow here instead). An item met again while it is being walked is a
+  // cycle (LibTorch never frees it): that edge is not followed.
+  std::vector<int64_t> first(static_cast<size_t>(nodes) + 1, 0);
+  for (const auto& [from, to] : edges) ++first[static_cast<size_t>(from) + 1];
+  for (int64_t v = 0; v < nodes; ++v) first[v + 1] += first[v];
+  std::vector<int64_t> next_slot(first.begin(), first.end() - 1);
+  std::vector<int64_t> items_of(edges.size());
+  for (const auto& [from, to] : edges) items_of[static_cast<size_t>(next_slot[from]++)] = to;
+  std::vector<int64_t> depth(static_cast<size_t>(nodes), 0);  // 0: not walked yet
+  std::vector<char> on_path(static_cast<size_t>(nodes), 0);
+  std::vector<std::pair<int64_t, int64_t>> path;  // node, index of its next item
+  for (int64_t root = 0; root < nodes; ++root) {
+    if (depth[root] != 0) continue;
+    path.emplace_back(root, first[root]);
+    on_path[root] = 1;
+    depth[root] = 1;
+    while (!path.empty()) {
+      auto& [node, at] = path.back();
+      if (at < first[node + 1]) {
+        const int64_t item = items_of[static_cast<size_t>(at++)];
+        if (on_path[item] != 0) continue;
+        if (depth[item] == 0) {
+          on_path[item] = 1;
+          depth[item] = 1;
+          path.emplace_back(item, first[item]);
+          continue;
+        }
+        depth[node] = std::max(depth[node], depth[item] + 1);
+        continue;
+      }
+      const int64_t done = node;
+      on_path[done] = 0;
+      path.pop_back();
+      if (!path.empty()) depth[path.back().first] = std::max(depth[path.back().first], depth[done] + 1);
+      shape.depth = std::max(shape.depth, depth[done]);
+    }
+  }
+  return shape;
 }
 
-// The most values a state dict's pickle may hold on its stack (PickleStackPeak).
+// How deep a state dict's values nest (a tensor is 4 levels of tuples at most) and how many its
+// pickle holds on its stack at once (SETITEMS batches of 1,000 pairs): a pickle past either is
+// refused (ScanPickle).
+constexpr int64_t kMaxPickleDepth = 50'000;
 constexpr int64_t kMaxPickleStack = 50'000;
 
 // LibTorch's Unpickler knows collections.OrderedDict only as the (ignored) backward-hooks
@@ -351,16 +567,21 @@ bool PatchOrderedDicts(std::string* pkl) {
   return false;
 }
 
-// Loads every tensor of a torch.save zip archive. Never throws.
 // Why `t`'s view reaches outside its storage ("" when it does not): LibTorch's unpickler takes
 // the sizes, strides and offset a file gives without checking them (torch.load refuses such a
-// file); the first use would fail far from the file and key.
-std::string ViewOutsideStorage(const at::Tensor& t) {
+// file); the first use would fail far from the file and key. `*bytes_needed` is how far into the
+// storage the view reaches.
+std::string ViewOutsideStorage(const at::Tensor& t, int64_t* bytes_needed) {
+  *bytes_needed = 0;
   if (t.numel() == 0) return "";
   if (t.storage_offset() < 0) return absl::StrCat("negative storage offset ", t.storage_offset());
   int64_t last = t.storage_offset();
   for (int64_t d = 0; d < t.dim(); ++d) {
-    if (t.stride(d) < 0) return absl::StrCat("negative stride ", t.stride(d), " in dimension ", d);
+    if (t.stride(d) < 0) {
+      return absl::StrCat("negative stride ", t.stride(d), " in dimension ", d, " (strides [",
+                          absl::StrJoin(t.strides(), ", "),
+                          "]); torch.save never writes one, expected non-negative strides");
+    }
     if (t.size(d) > 1 && t.stride(d) > (std::numeric_limits<int64_t>::max() - last) / (t.size(d) - 1)) {
       return "sizes and strides overflow";
     }
@@ -373,9 +594,18 @@ std::string ViewOutsideStorage(const at::Tensor& t) {
                         absl::StrJoin(t.strides(), ", "), "], offset ", t.storage_offset(),
                         ") reaches past its storage of ", storage_bytes, " bytes");
   }
+  *bytes_needed = (last + 1) * item;
   return "";
 }
 
+// A storage record as read from the archive: its name and its real size (the pickle declares a
+// size of its own, which LibTorch's unpickler trusts).
+struct StorageRecord {
+  std::string name;
+  size_t bytes = 0;
+};
+
+// Loads every tensor of a torch.save zip archive. Never throws.
 absl::Status Load(const std::string& path, const std::string& file_name, TensorList* out) {
   absl::Status magic = CheckMagic(path, file_name);
   if (!magic.ok()) return magic;
@@ -398,14 +628,46 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
       }
     };
     check_record("data.pkl");
+    // torch.save writes sys.byteorder; torch.load swaps a "big" archive's bytes on a little-endian
+    // machine. Read as they are, its numbers would be garbage (NaN logits), so it is refused.
+    if (reader.hasRecord("byteorder")) {
+      check_record("byteorder");
+      auto [order_ptr, order_size] = reader.getRecord("byteorder");
+      const std::string order =
+          order_size == 0 ? std::string() : std::string(static_cast<const char*>(order_ptr.get()), order_size);
+      if (order == "big") {
+        return absl::UnimplementedError(absl::StrCat(
+            file_name,
+            ": record byteorder says \"big\": the archive was saved on a big-endian machine, and glmserve reads "
+            "little-endian archives only; load it with torch.load and save it again on a little-endian machine, or "
+            "convert it to safetensors"));
+      }
+      if (order != "little") {
+        return absl::DataLossError(absl::StrCat(prefix, "record byteorder holds \"", ShownName(ShownValue(order)),
+                                                "\"; expected \"little\" or \"big\""));
+      }
+    }
     // What torch::jit::readArchiveAndTensors("data", ...) does (it is also what pickle_load uses),
     // except that the pickle bytes pass through PatchStateDictPickle first.
     auto [pkl_ptr, pkl_size] = reader.getRecord("data.pkl");
     std::string pkl(static_cast<const char*>(pkl_ptr.get()), pkl_size);
     pkl_ptr.clear();
-    if (const int64_t peak = PickleStackPeak(pkl); peak > kMaxPickleStack) {
-      return absl::DataLossError(absl::StrCat(prefix, "data.pkl nests ", peak,
-                                              " values deep (a state dict holds at most ", kMaxPickleStack, ")"));
+    const PickleShape shape = ScanPickle(pkl);
+    if (!shape.error.empty()) return absl::DataLossError(absl::StrCat(prefix, shape.error));
+    if (shape.depth > kMaxPickleDepth) {
+      return absl::DataLossError(absl::StrCat(prefix, "data.pkl nests ", shape.depth,
+                                              " values deep (a state dict nests at most ", kMaxPickleDepth, ")"));
+    }
+    if (!shape.negative_view_key.empty()) {
+      return absl::DataLossError(absl::StrCat(file_name, ": tensor ", ShownName(shape.negative_view_key),
+                                              ": its pickled view has a negative ", shape.negative_view,
+                                              " (torch.save never writes one, and LibTorch would silently take "
+                                              "another); expected non-negative sizes and strides"));
+    }
+    if (shape.stack_peak > kMaxPickleStack) {
+      return absl::DataLossError(absl::StrCat(prefix, "data.pkl holds ", shape.stack_peak,
+                                              " values on its stack at once (a state dict holds at most ",
+                                              kMaxPickleStack, ")"));
     }
     const bool unwrap = PatchOrderedDicts(&pkl);
     size_t pos = 0;
@@ -415,9 +677,12 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
       pos += k;
       return k;
     };
+    std::map<const void*, StorageRecord> records;  // by the address of the bytes read
     auto read_record = [&](const std::string& name) {
       check_record("data/" + name);
-      return std::get<0>(reader.getRecord("data/" + name));
+      auto [data, bytes] = reader.getRecord("data/" + name);
+      records[data.get()] = StorageRecord{"data/" + name, bytes};
+      return std::move(data);
     };
     torch::jit::Unpickler unpickler(read_pickle, /*type_resolver=*/nullptr, /*obj_loader=*/nullptr, read_record,
                                     at::Device(at::kCPU));
@@ -443,11 +708,20 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
       const std::string key = item.key().toStringRef();
       if (!item.value().isTensor()) {
         return absl::InvalidArgumentError(
-            absl::StrCat(file_name, ": entry ", key, " is a ", item.value().tagKind(), ", not a tensor"));
+            absl::StrCat(file_name, ": entry ", ShownName(key), " is a ", item.value().tagKind(), ", not a tensor"));
       }
       const at::Tensor& t = item.value().toTensor();
-      if (std::string bad = ViewOutsideStorage(t); !bad.empty()) {
-        return absl::DataLossError(absl::StrCat(file_name, ": tensor ", key, ": ", bad));
+      int64_t needed = 0;
+      if (std::string bad = ViewOutsideStorage(t, &needed); !bad.empty()) {
+        return absl::DataLossError(absl::StrCat(file_name, ": tensor ", ShownName(key), ": ", bad));
+      }
+      // The storage's bytes are the record's: one shorter than the view would be read past its end.
+      if (auto it = records.find(t.storage().data_ptr().get()); needed > 0 && it != records.end()) {
+        if (static_cast<uint64_t>(needed) > it->second.bytes) {
+          return absl::DataLossError(absl::StrCat(file_name, ": tensor ", ShownName(key), ": needs ", needed,
+                                                  " bytes of record ", it->second.name, ", which holds ",
+                                                  it->second.bytes, " (the record is cut short)"));
+        }
       }
       tensors.emplace_back(key, t);
     }

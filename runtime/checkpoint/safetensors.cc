@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -112,8 +113,20 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
   }
 
   nlohmann::json json;
+  // nlohmann keeps the last of two equal keys; a tensor named twice in one header is ambiguous
+  // (which bytes are it?), so every top-level key is counted as it is parsed. The last entry is
+  // still listed (the problem refuses the checkpoint; its key is not also reported missing).
+  std::set<std::string> seen_keys;
+  std::set<std::string> twice;
+  auto count_keys = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    if (depth == 1 && event == nlohmann::json::parse_event_t::key && parsed.is_string()) {
+      std::string key = parsed.get<std::string>();
+      if (!seen_keys.insert(key).second) twice.insert(std::move(key));
+    }
+    return true;
+  };
   try {
-    json = nlohmann::json::parse(header);
+    json = nlohmann::json::parse(header, count_keys);
   } catch (const nlohmann::json::exception& e) {
     problems->push_back(absl::StrCat(file_name, ": header is not valid JSON: ", JsonErrorText(e)));
     return false;
@@ -123,6 +136,12 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     return false;
   }
 
+  for (const std::string& key : twice) {
+    if (key == "__metadata__") continue;
+    problems->push_back(absl::StrCat(file_name, ": tensor ", ShownName(key),
+                                     " appears more than once in the header (expected each tensor name once)"));
+  }
+
   const uint64_t data_start = 8 + header_size;
   const uint64_t data_available = file_size - data_start;
   std::vector<Entry> entries;
@@ -130,7 +149,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     const std::string& key = it.key();
     if (key == "__metadata__") continue;
     const nlohmann::json& v = it.value();
-    const std::string where = absl::StrCat(file_name, ": tensor ", key, ": ");
+    const std::string where = absl::StrCat(file_name, ": tensor ", ShownName(key), ": ");
     if (!v.is_object()) {
       problems->push_back(absl::StrCat(where, "entry is not a JSON object"));
       continue;
@@ -213,8 +232,9 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
   const Entry* reach = nullptr;
   for (const Entry& e : entries) {
     if (reach != nullptr && e.begin < reach->end && e.end > e.begin) {
-      problems->push_back(absl::StrCat(file_name, ": tensors ", reach->key, " [", reach->begin, ", ", reach->end,
-                                       ") and ", e.key, " [", e.begin, ", ", e.end, ") overlap"));
+      problems->push_back(absl::StrCat(file_name, ": tensors ", ShownName(reach->key), " [", reach->begin, ", ",
+                                       reach->end, ") and ", ShownName(e.key), " [", e.begin, ", ", e.end,
+                                       ") overlap"));
     }
     if (reach == nullptr || e.end > reach->end) reach = &e;
   }
@@ -223,7 +243,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
   if (declared > data_available) {
     std::vector<std::string> lost;
     for (const Entry& e : entries) {
-      if (e.end > data_available) lost.push_back(e.key);
+      if (e.end > data_available) lost.push_back(ShownName(e.key));
     }
     problems->push_back(absl::StrCat(file_name, ": truncated: header declares ", declared, " data bytes, file holds ",
                                      data_available, " (", lost.size(), " tensor(s) cut off: ",

@@ -466,6 +466,7 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
 
   std::map<SlotKey, MappedTensor> provided;
   std::set<SlotKey> misshapen;
+  int64_t misshapen_keys = 0;
   std::set<std::string> dtypes;
 
   for (const TensorRecord& record : listing.tensors) {
@@ -549,6 +550,7 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     if (record.shape != expected) {
       plan.problems.push_back(absl::StrCat("shape mismatch: key '", record.name, "' in ", record.file, ": expected ",
                                            ShapeString(expected), ", found ", ShapeString(record.shape)));
+      ++misshapen_keys;
       for (Slot slot : rule->targets) misshapen.insert(SlotKey{slot, layer});  // present, not missing
       continue;
     }
@@ -642,6 +644,31 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
                                            " but the embedding '", record.name, "' has ", record.shape[0], " rows"));
     }
   }
+  // So does a hidden size that differs (often one config.json does not set, so transformers'
+  // default 4096): name the field once, not only the shapes. Both go first: they explain the
+  // shape mismatches after them.
+  const char* hidden_field = glm4v ? "text_config.hidden_size" : "hidden_size";
+  std::vector<std::string> sizes;
+  auto defaulted = [&](const std::string& field) {
+    for (const std::string& d : config.defaulted_sizes) {
+      if (absl::StartsWith(d, field + " ")) return true;
+    }
+    return false;
+  };
+  for (const TensorRecord& record : listing.tensors) {
+    const bool is_embedding = absl::EndsWith(record.name, original ? "word_embeddings.weight" : "embed_tokens.weight");
+    if (is_embedding && record.shape.size() == 2 && record.shape[1] != config.hidden_size) {
+      sizes.push_back(absl::StrCat("config.json ", hidden_field, " is ", config.hidden_size,
+                                   defaulted(hidden_field) ? " (absent from config.json: transformers' default)" : "",
+                                   " but the embedding '", record.name, "' has ", record.shape[1], " columns"));
+    }
+  }
+  if (misshapen_keys > 0 && !config.defaulted_sizes.empty()) {
+    sizes.push_back(absl::StrCat("config.json does not set ", absl::StrJoin(config.defaulted_sizes, ", "),
+                                 ": transformers' defaults were used, and ", misshapen_keys,
+                                 " stored tensor(s) have other shapes; set the sizes in config.json"));
+  }
+  plan.problems.insert(plan.problems.begin(), sizes.begin(), sizes.end());
   if (dtypes.size() == 1)
     plan.stored_dtype = *dtypes.begin();
   else if (dtypes.size() > 1)

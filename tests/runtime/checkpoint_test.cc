@@ -24,6 +24,7 @@
 #include "runtime/checkpoint/model_config.h"
 #include "runtime/checkpoint/pytorch_bin.h"
 #include "runtime/checkpoint/weight_map.h"
+#include "runtime/inspect.h"
 
 namespace glmserve {
 namespace {
@@ -414,6 +415,22 @@ TEST(CheckpointListingTest, IndexWithAnEmptyWeightMapListsTheShardsPresent) {
   EXPECT_EQ(huge->tensors.size(), 1u);
 }
 
+// A tensor named twice in one header was taken from its last entry, silently (across shards it
+// was already refused): which bytes are the tensor is ambiguous.
+TEST_F(MalformedSafetensors, TensorNamedTwiceInOneHeaderIsRefused) {
+  auto l = List(Safetensors(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                                "v": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+                                "w": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
+                            std::string(12, '\0')));
+  EXPECT_PROBLEM(l, "model.safetensors: tensor w appears more than once in the header");
+  EXPECT_EQ(l.problems.size(), 1u) << Joined(l.problems);
+  // Keys repeated below the top level name no tensor.
+  auto nested = List(Safetensors(R"({"__metadata__": {"a": "1", "a": "2"},
+                                     "v": {"dtype": "F32", "shape": [1], "shape": [1], "data_offsets": [0, 4]}})",
+                                 std::string(4, '\0')));
+  EXPECT_TRUE(nested.problems.empty()) << Joined(nested.problems);
+}
+
 TEST_F(MalformedSafetensors, UnknownDtypeIsListed) {
   auto l = List(Safetensors(R"({"q": {"dtype": "Q4_K", "shape": [3], "data_offsets": [0, 5]}})", std::string(5, '\0')));
   EXPECT_TRUE(l.problems.empty()) << Joined(l.problems);
@@ -525,7 +542,7 @@ TEST_F(DamagedBin, CorruptedArchiveBytes) {
 // A torch.save archive of `pkl` as data.pkl and `storages` as data/<key>, the records compressed
 // when asked (torch.save never compresses).
 std::string TorchArchive(const std::string& pkl, const std::map<std::string, std::string>& storages,
-                         bool compress = false) {
+                         bool compress = false, const std::map<std::string, std::string>& records = {}) {
   std::string bytes;
   {
     caffe2::serialize::PyTorchStreamWriter writer([&bytes](const void* data, size_t n) {
@@ -534,6 +551,7 @@ std::string TorchArchive(const std::string& pkl, const std::map<std::string, std
     });
     writer.writeRecord("data.pkl", pkl.data(), pkl.size(), compress);
     for (const auto& [key, data] : storages) writer.writeRecord("data/" + key, data.data(), data.size(), compress);
+    for (const auto& [name, data] : records) writer.writeRecord(name, data.data(), data.size(), compress);
     writer.writeEndOfFile();
   }
   return bytes;
@@ -541,7 +559,7 @@ std::string TorchArchive(const std::string& pkl, const std::map<std::string, std
 
 // Protocol-2 pickle of {"w": a float tensor of `size` elements at `offset` in storage "0" of
 // `storage_elements` floats}, as torch.save writes a state dict (an OrderedDict aside).
-std::string OneTensorPickle(int32_t size, int32_t offset, int32_t storage_elements) {
+std::string OneTensorPickle(int32_t size, int32_t offset, int32_t storage_elements, int32_t stride = 1) {
   auto unicode = [](const std::string& s) {
     const uint32_t n = static_cast<uint32_t>(s.size());
     return std::string("X") + std::string(reinterpret_cast<const char*>(&n), 4) + s;
@@ -549,7 +567,7 @@ std::string OneTensorPickle(int32_t size, int32_t offset, int32_t storage_elemen
   auto int4 = [](int32_t v) { return std::string("J") + std::string(reinterpret_cast<const char*>(&v), 4); };
   return std::string("\x80\x02}", 3) + unicode("w") + "ctorch._utils\n_rebuild_tensor_v2\n(" + "(" +
          unicode("storage") + "ctorch\nFloatStorage\n" + unicode("0") + unicode("cpu") + int4(storage_elements) + "tQ" +
-         int4(offset) + int4(size) + "\x85" + int4(1) + "\x85" + "\x89" + "ccollections\nOrderedDict\n)R" + "tRs.";
+         int4(offset) + int4(size) + "\x85" + int4(stride) + "\x85" + "\x89" + "ccollections\nOrderedDict\n)R" + "tRs.";
 }
 
 // What LibTorch's unpickler takes without a check, refused naming the file and the cause: a view
@@ -572,6 +590,97 @@ TEST_F(DamagedBin, WhatTheUnpicklerDoesNotCheckIsRefused) {
   const std::string padded = std::string("\x80\x02}.", 4) + std::string(4 << 20, '\0');  // after STOP: never read
   auto bomb = List(TorchArchive(padded, {}, /*compress=*/true));
   EXPECT_PROBLEM(bomb, "pytorch_model.bin", "record data.pkl unpacks to", "more than the file's");
+  ClearPytorchBinCache();
+}
+
+// Every opcode that builds a container counts towards the nesting depth, not only lists and dicts
+// filled on the stack: 200,000 nested TUPLE1s (a 400 KB file) crashed every command (SIGSEGV, the
+// stack overflowed while LibTorch freed the value), as did MARK-based TUPLE/LIST/DICT nesting and
+// lists nested through the memo after they were built.
+TEST_F(DamagedBin, EveryNestingOpcodeCountsDepth) {
+  const std::string proto("\x80\x02", 2);
+  auto le32 = [](uint32_t v) { return std::string(reinterpret_cast<const char*>(&v), 4); };
+  auto repeat = [](const std::string& s, int n) {
+    std::string out;
+    for (int i = 0; i < n; ++i) out += s;
+    return out;
+  };
+  std::string memo_chain;  // 60,000 lists in the memo, then each appended to the one before
+  for (uint32_t i = 0; i < 60000; ++i) memo_chain += "]r" + le32(i) + "0";
+  for (uint32_t i = 0; i + 1 < 60000; ++i) memo_chain += "j" + le32(i) + "j" + le32(i + 1) + "a0";
+  const struct {
+    std::string what;
+    std::string pkl;
+    std::string says;
+  } cases[] = {
+      {"TUPLE1", proto + "N" + std::string(200000, '\x85') + ".", "data.pkl nests 200000 values deep"},
+      {"TUPLE2", proto + "N" + repeat("N\x86", 60000) + ".", "data.pkl nests 60000 values deep"},
+      {"TUPLE3", proto + "N" + repeat("NN\x87", 60000) + ".", "data.pkl nests 60000 values deep"},
+      {"MARK TUPLE", proto + std::string(60000, '(') + std::string(60000, 't') + ".", "nests 60000 values deep"},
+      {"MARK LIST", proto + std::string(60000, '(') + std::string(60000, 'l') + ".", "nests 60000 values deep"},
+      {"MARK DICT", proto + std::string(60000, '(') + std::string(60000, 'd') + ".", "nests 60000 values deep"},
+      {"memo", proto + memo_chain + "N.", "data.pkl nests 60000 values deep"},
+      {"bytes after STOP", proto + "N" + std::string(60000, '\x85') + ".\x95", "data.pkl nests 60000 values deep"},
+      {"unknown opcode", proto + "N\x95.", "data.pkl: cannot follow opcode 0x95 at byte 3"},
+  };
+  for (const auto& c : cases) {
+    auto l = List(TorchArchive(c.pkl, {}));
+    EXPECT_PROBLEM(l, "pytorch_model.bin: not a readable torch.save archive: ", c.says) << c.what;
+    if (c.what != "unknown opcode") EXPECT_PROBLEM(l, "(a state dict nests at most 50000)") << c.what;
+    ExpectShortMessage(l);
+  }
+  // A state dict still loads.
+  auto fine = List(TorchArchive(OneTensorPickle(2, 2, 4), {{"0", std::string(16, '\0')}}));
+  EXPECT_TRUE(fine.problems.empty()) << Joined(fine.problems);
+  ClearPytorchBinCache();
+}
+
+// A storage record shorter than the view of a tensor on it (cut, or 0 bytes) was read past its
+// end: the checkpoint validated "ok" and generated garbage or NaN.
+TEST_F(DamagedBin, StorageRecordShorterThanItsTensorIsRefused) {
+  auto cut = List(TorchArchive(OneTensorPickle(4, 0, 4), {{"0", std::string(8, '\0')}}));
+  EXPECT_PROBLEM(cut, "pytorch_model.bin: tensor w: needs 16 bytes of record data/0, which holds 8");
+  EXPECT_TRUE(cut.tensors.empty());
+  ExpectShortMessage(cut);
+  auto empty = List(TorchArchive(OneTensorPickle(4, 0, 4), {{"0", ""}}));
+  EXPECT_PROBLEM(empty, "pytorch_model.bin: tensor w: needs 16 bytes of record data/0, which holds 0");
+  // The view's reach counts, not the storage's start: elements 2..3 of a 3-element record.
+  auto offset = List(TorchArchive(OneTensorPickle(2, 2, 4), {{"0", std::string(12, '\0')}}));
+  EXPECT_PROBLEM(offset, "pytorch_model.bin: tensor w: needs 16 bytes of record data/0, which holds 12");
+  // A record longer than needed is fine (torch.load takes it too).
+  auto longer = List(TorchArchive(OneTensorPickle(2, 0, 4), {{"0", std::string(12, '\0')}}));
+  EXPECT_TRUE(longer.problems.empty()) << Joined(longer.problems);
+  ClearPytorchBinCache();
+}
+
+// The byteorder record: "little" loads; "big" (torch.load swaps its bytes) is refused, not read
+// as garbage; anything else is refused naming the record and its value.
+TEST_F(DamagedBin, ByteorderRecordIsChecked) {
+  const std::string pkl = OneTensorPickle(2, 0, 2);
+  const std::string storage(8, '\0');
+  auto little = List(TorchArchive(pkl, {{"0", storage}}, false, {{"byteorder", "little"}}));
+  EXPECT_TRUE(little.problems.empty()) << Joined(little.problems);
+  ClearPytorchBinCache();
+  auto big = List(TorchArchive(pkl, {{"0", storage}}, false, {{"byteorder", "big"}}));
+  EXPECT_PROBLEM(big, "pytorch_model.bin: record byteorder says \"big\"", "little-endian");
+  EXPECT_TRUE(big.tensors.empty());
+  auto junk = List(TorchArchive(pkl, {{"0", storage}}, false, {{"byteorder", std::string("mid\0dle", 7)}}));
+  EXPECT_PROBLEM(junk, "pytorch_model.bin", "record byteorder holds \"mid\\x00dle\"; expected \"little\" or \"big\"");
+  ExpectShortMessage(junk);
+  ClearPytorchBinCache();
+}
+
+// torch.save never writes a negative stride; LibTorch's unpickler made one positive (c10's
+// set_sizes_and_strides does), so the file loaded with its sign ignored.
+TEST_F(DamagedBin, NegativeStrideIsRefusedNamingTheKey) {
+  auto l = List(TorchArchive(OneTensorPickle(2, 3, 4, /*stride=*/-1), {{"0", std::string(16, '\0')}}));
+  EXPECT_PROBLEM(l, "pytorch_model.bin: tensor w: its pickled view has a negative stride",
+                 "expected non-negative sizes and strides");
+  EXPECT_TRUE(l.tensors.empty());
+  ExpectShortMessage(l);
+  ClearPytorchBinCache();
+  auto size = List(TorchArchive(OneTensorPickle(-2, 0, 4), {{"0", std::string(16, '\0')}}));
+  EXPECT_PROBLEM(size, "pytorch_model.bin: tensor w: its pickled view has a negative size");
   ClearPytorchBinCache();
 }
 
@@ -601,6 +710,61 @@ size_t CountContaining(const std::vector<std::string>& v, const std::string& nee
   size_t n = 0;
   for (const std::string& s : v) n += s.find(needle) != std::string::npos;
   return n;
+}
+
+// An index entry whose shard name holds a NUL: the path was cut there when opened (the real shard
+// read twice, nine false "is in two shards"), and the text report ended at the NUL.
+TEST(CheckpointListingTest, IndexShardNameWithANulIsRefusedNamingTheEntry) {
+  TempDir tmp;
+  for (const auto& entry : fs::directory_iterator(ModelFixture("glm-mha-safetensors-sharded"))) {
+    if (entry.path().filename() != "expected.json") fs::copy_file(entry.path(), tmp.path() / entry.path().filename());
+  }
+  const fs::path index = tmp.path() / "model.safetensors.index.json";
+  nlohmann::json j = nlohmann::json::parse(ReadAll(index));
+  const std::string key = "model.layers.0.self_attn.k_proj.weight";
+  const std::string shard = j["weight_map"][key].get<std::string>();
+  j["weight_map"][key] = shard + std::string("\0.evil", 6);
+  WriteAll(index, j.dump());
+  auto listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_PROBLEM(*listing, "model.safetensors.index.json: weight_map entry for " + key + " names \"" + shard +
+                               "\\x00.evil\", which holds a NUL byte");
+  EXPECT_EQ(CountContaining(listing->problems, "two shards"), 0u) << Joined(listing->problems);
+  // The report as inspect prints it: no NUL, every problem there.
+  auto report = InspectCheckpoint(tmp.str());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_FALSE(report->problems.empty());
+  for (const std::string& p : report->problems) EXPECT_EQ(p.find('\0'), std::string::npos) << p;
+  EXPECT_EQ(CountContaining(report->problems, "which holds a NUL byte"), 1u) << Joined(report->problems);
+}
+
+// config.json without hidden_size takes transformers' default (4096, as GlmConfig does); when the
+// tensors disagree the report names the field, not only 23 shape mismatches.
+TEST(ConfigAgainstTensors, DefaultedHiddenSizeIsNamedWhenShapesDisagree) {
+  TempDir tmp;
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    fs::copy_file(fs::path(ModelFixture("glm4-gqa-safetensors")) / f, tmp.path() / f);
+  }
+  nlohmann::json config = nlohmann::json::parse(ReadAll(tmp.path() / "config.json"));
+  config.erase("hidden_size");
+  WriteAll(tmp.path() / "config.json", config.dump());
+  auto report = InspectCheckpoint(tmp.str());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(CountContaining(report->problems,
+                            "config.json hidden_size is 4096 (absent from config.json: transformers' default) but "
+                            "the embedding 'model.embed_tokens.weight' has 32 columns"),
+            1u)
+      << Joined(report->problems);
+  EXPECT_EQ(CountContaining(report->problems, "config.json does not set hidden_size (default 4096)"), 1u)
+      << Joined(report->problems);
+  // null is not absent: transformers keeps the None (and fails building the model).
+  config["hidden_size"] = nullptr;
+  WriteAll(tmp.path() / "config.json", config.dump());
+  auto null = InspectCheckpoint(tmp.str());
+  ASSERT_TRUE(null.ok()) << null.status();
+  EXPECT_EQ(
+      CountContaining(null->problems, "config.json: field 'hidden_size': expected a positive integer, found null"), 1u)
+      << Joined(null->problems);
 }
 
 TEST(UnreadableWeights, OpenFailureIsOneProblemWithoutMissingKeys) {

@@ -1,9 +1,11 @@
 #include "runtime/checkpoint/model_config.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/testutil/scratch_dir_test.h"
 
 namespace glmserve {
@@ -29,9 +31,10 @@ TEST_F(ModelConfigTest, GlmRopeParametersGiveThetaAndPartialRotary) {
   EXPECT_EQ(c->rotary_dim, 6);
   EXPECT_DOUBLE_EQ(c->rope_theta, 500000.0);
   EXPECT_EQ(c->num_key_value_heads, 2);
-  // GlmConfig's defaults: attention_bias true, eos [151329, 151336, 151338].
+  // GlmConfig's defaults: attention_bias true, eos [151329, 151336, 151338], here none of them
+  // (outside a vocabulary of 160).
   EXPECT_TRUE(c->attention_bias);
-  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{151329, 151336, 151338}));
+  EXPECT_TRUE(c->eos_token_ids.empty());
 }
 
 TEST_F(ModelConfigTest, LegacyTopLevelRopeAndTransformersHeadDimDefault) {
@@ -52,6 +55,48 @@ TEST_F(ModelConfigTest, EosIdsAreTheUnionOfBothFiles) {
   auto c = Load();
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{7, 9, 5}));
+}
+
+// eos ids outside the vocabulary were accepted ("eos ids: 3,67,-1"), and null or absent ids pulled
+// in GLM-4's defaults even where the vocabulary does not reach them.
+TEST_F(ModelConfigTest, EosIdsOutsideTheVocabularyAreRefusedNamingFileAndField) {
+  const std::string sizes = R"("hidden_size": 32, "num_attention_heads": 4, "vocab_size": 160)";
+  Write("config.json", R"({"model_type": "glm4", "eos_token_id": [3, -1, 160], )" + sizes + "}");
+  auto c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("config.json: field 'eos_token_id': -1, 160 are outside the vocabulary "
+                                      "(vocab_size 160); expected token ids in [0, 160)"),
+            std::string::npos)
+      << c.status();
+  Write("config.json", R"({"model_type": "glm4", "eos_token_id": 3, )" + sizes + "}");
+  Write("generation_config.json", R"({"eos_token_id": [99999999, 5]})");
+  c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("generation_config.json: field 'eos_token_id': 99999999 is outside the "
+                                      "vocabulary (config.json vocab_size 160)"),
+            std::string::npos)
+      << c.status();
+  fs::remove(dir_ / "generation_config.json");
+  // null: none (transformers keeps the None); absent: GlmConfig's default ids inside the vocabulary.
+  Write("config.json", R"({"model_type": "glm4", "eos_token_id": null, )" + sizes + "}");
+  c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->eos_token_ids.empty());
+  Write("config.json", R"({"model_type": "glm4", "hidden_size": 32, "num_attention_heads": 4, "vocab_size": 151330})");
+  c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{151329}));
+  Write("config.json", R"({"model_type": "glm4", "hidden_size": 32, "num_attention_heads": 4})");
+  c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int32_t>{151329, 151336, 151338}));
+  // chatglm names its vocabulary padded_vocab_size.
+  Write("config.json", R"({"model_type": "chatglm", "padded_vocab_size": 100, "eos_token_id": 100})");
+  c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("field 'eos_token_id': 100 is outside the vocabulary (padded_vocab_size 100)"),
+            std::string::npos)
+      << c.status();
 }
 
 TEST_F(ModelConfigTest, OriginalChatGlmFields) {
@@ -85,6 +130,57 @@ TEST_F(ModelConfigTest, InvalidJsonNamesFileAndPosition) {
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(c.status().message().find("config.json: invalid JSON at byte"), std::string::npos) << c.status();
+}
+
+// The parser's reason, not "expected a JSON object" whatever the fault.
+TEST_F(ModelConfigTest, InvalidJsonSaysWhatIsWrong) {
+  Write("config.json", R"({"model_type": "glm", "rms_norm_eps": NaN})");
+  auto c = Load();
+  ASSERT_FALSE(c.ok());
+  std::string message(c.status().message());
+  EXPECT_NE(message.find("config.json: invalid JSON at byte 39 (line 1, column 39): syntax error while parsing value"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("invalid literal"), std::string::npos) << message;
+  EXPECT_EQ(message.find("expected a JSON object"), std::string::npos) << message;
+  EXPECT_EQ(message.find("json.exception"), std::string::npos) << message;
+  Write("config.json", R"({"model_type": "glm", "hidden_size": 32, "num_attention_heads": 4})");
+  Write("generation_config.json", "{\"eos_token_id\": 5,}");
+  c = Load();
+  ASSERT_FALSE(c.ok());
+  message = std::string(c.status().message());
+  EXPECT_NE(message.find("generation_config.json: invalid JSON at byte 20 (line 1, column 20): syntax error while "
+                         "parsing object key"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(message.find("expected a JSON object"), std::string::npos) << message;
+  // The parser quotes what it read: a stray byte is shown escaped, so the message stays UTF-8 (it
+  // made `inspect --json` abort: the JSON writer throws on it).
+  Write("config.json", "{\"model_type\": \"glm\", \"x\": \"\xff\"}");
+  c = Load();
+  ASSERT_FALSE(c.ok());
+  message = std::string(c.status().message());
+  EXPECT_NE(message.find("ill-formed UTF-8 byte; last read: '\"\\xff'"), std::string::npos) << message;
+  EXPECT_NO_THROW((void)nlohmann::json(message).dump()) << message;
+}
+
+// A size given as null is refused by name (it silently took the default 4096); absent, it takes
+// transformers' default, which the config lists.
+TEST_F(ModelConfigTest, NullSizeIsRefusedAndAbsentOnesAreListed) {
+  Write("config.json", R"({"model_type": "glm4", "hidden_size": null, "num_attention_heads": 4, "vocab_size": 160})");
+  auto c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("config.json: field 'hidden_size': expected a positive integer, found null"),
+            std::string::npos)
+      << c.status();
+  Write("config.json", R"({"model_type": "glm4", "num_attention_heads": 4, "vocab_size": 160})");
+  c = Load();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hidden_size, 4096);
+  EXPECT_NE(std::find(c->defaulted_sizes.begin(), c->defaulted_sizes.end(), "hidden_size (default 4096)"),
+            c->defaulted_sizes.end());
+  EXPECT_EQ(std::find(c->defaulted_sizes.begin(), c->defaulted_sizes.end(), "vocab_size (default 151552)"),
+            c->defaulted_sizes.end());
 }
 
 TEST_F(ModelConfigTest, EveryBadFieldIsReportedAtOnce) {
