@@ -473,7 +473,8 @@ def tls_slow_clients(args, p):
     check("TLS handshake not completed within --http-read-timeout-ms" in log and "http_status=408" in log,
           "the cut-off TLS clients are logged (handshake timeout; request refused 408)")
 
-    # The connection cap over TLS: 8 connections hold the cap (handshake done, head unfinished);
+    # The connection cap over TLS: 8 connections hold the cap (handshake done, inside a request
+    # whose body has not all arrived: not between requests, so never closed for a new connection);
     # a 9th HTTPS client is answered 503 too_many_connections over TLS at once. With the 16 refusal
     # threads busy (16 silent connections, each given at most 1 s to handshake) one more is closed
     # unanswered at once; a second later 503 again.
@@ -484,7 +485,8 @@ def tls_slow_clients(args, p):
         holders = []
         for _ in range(8):
             sock, obj, inc, out, _ = tls_bio(server.http_port, ctx)
-            obj.write(b"GET /health HTTP/1.1\r\n")
+            obj.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{")
             sock.sendall(out.read())
             holders.append(sock)
         time.sleep(0.3)
