@@ -1,5 +1,6 @@
-// nlohmann::json helpers the checkpoint reader, the tokenizers and the HTTP front end share (header-only:
-// no library between them): an exception's text as a user reads it, and an integer's range.
+// nlohmann::json helpers the checkpoint reader, the tokenizers, the CLI and the front ends share
+// (header-only: no library between them): an exception's text as a user reads it, a dump that never
+// throws, and an integer's range.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +27,13 @@ inline std::string JsonErrorText(const nlohmann::json::exception& e) {
     what = absl::StrCat(what.substr(0, from), ShownValue(what.substr(from, to - from)), "'");
   }
   return what;
+}
+
+// The JSON text of `j`, bytes that are not UTF-8 (a generated text cut inside a character, a
+// file's stray byte quoted in a message) as U+FFFD: nlohmann's dump() throws on them, which
+// ended `inspect --json` with an abort.
+inline std::string JsonDump(const nlohmann::json& j, int indent = -1) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 // True when `value` is a JSON integer in [lo, hi]: what get<int32_t>() and the like return

@@ -399,7 +399,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
   const std::string where = path.string();
-  json j = json::parse(*text, nullptr, false);
+  json j;
+  try {
+    j = json::parse(*text);
+  } catch (const json::exception& e) {  // cut short, bad UTF-8, ...: the parser says where and why
+    return absl::InvalidArgumentError(absl::StrCat(where, ": invalid JSON: ", JsonErrorText(e)));
+  }
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": not a tokenizer.json (no model object)"));
   }

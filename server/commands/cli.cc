@@ -17,6 +17,7 @@
 #include "runtime/bounded_file.h"
 #include "runtime/generate_once.h"
 #include "runtime/inspect.h"
+#include "runtime/json_util.h"
 #include "runtime/model_runner.h"
 #include "runtime/tokenizer/tokenizer.h"
 #ifdef GLMSERVE_WITH_VISION
@@ -113,7 +114,7 @@ int RunTokenize(int argc, char** argv) {
   }
   if (as_json) {
     json out{{"ids", ids}, {"count", ids.size()}, {"format", (*tok)->format()}, {"decoded", (*tok)->Decode(ids)}};
-    std::cout << out.dump() << std::endl;
+    std::cout << JsonDump(out) << std::endl;
   } else {
     std::printf("%s\n", absl::StrJoin(ids, ",").c_str());
   }
@@ -153,6 +154,10 @@ int RunInspect(int argc, char** argv) {
 
   absl::StatusOr<InspectReport> report = InspectCheckpoint(model);
   if (!report.ok()) return ExitFor(report.status());
+  // Tokenizer files, where there are any, must load as serve loads them (none: ids only).
+  if (auto tok = tokenizer::Tokenizer::FromDirectory(model); !tok.ok() && !absl::IsNotFound(tok.status())) {
+    report->problems.push_back(std::string(tok.status().message()));
+  }
 #ifdef GLMSERVE_WITH_VISION
   // A glm4v checkpoint also needs its image preprocessing, which serve builds at start.
   if (absl::StatusOr<ModelConfig> config = LoadModelConfig(model); config.ok() && config->vision.has_value()) {
@@ -167,7 +172,7 @@ int RunInspect(int argc, char** argv) {
     out["loadable"] = report->loadable();
     out["problems"] = report->problems;
     if (show_mapping) out["mapping"] = report->mapping;
-    std::cout << out.dump() << std::endl;
+    std::cout << JsonDump(out) << std::endl;
     return report->loadable() ? kExitOk : kExitBadInput;
   }
   if (!report->loadable()) {
@@ -365,7 +370,7 @@ int RunGenerate(int argc, char** argv) {
       out["input_ids"] = ids;
       out["text"] = TextWithoutSpecials(*tok, output->output_ids);
     }
-    std::cout << out.dump() << std::endl;
+    std::cout << JsonDump(out) << std::endl;
   } else {
     std::printf("output_ids: %s\nfinish_reason: %s\n", absl::StrJoin(output->output_ids, ",").c_str(),
                 FinishReasonName(output->finish_reason));

@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "flags/flags.h"
 #include "runtime/inspect.h"
+#include "runtime/json_util.h"
 #include "server/commands/cli.h"
 #include "server/ops/port_probe.h"
 
@@ -294,7 +295,7 @@ int RunDoctor(int argc, char** argv) {
     for (const Check& c : checks) {
       out["checks"].push_back({{"name", c.name}, {"status", c.status}, {"detail", c.detail}, {"fix", c.fix}});
     }
-    std::printf("%s\n", out.dump(2).c_str());
+    std::printf("%s\n", JsonDump(out, 2).c_str());
   } else {
     for (const Check& c : checks) {
       std::printf("%-4s  %-18s %s\n", c.status.c_str(), c.name.c_str(), c.detail.c_str());

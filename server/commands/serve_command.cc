@@ -327,9 +327,15 @@ int RunServe(int argc, char** argv) {
     std::shared_ptr<const tokenizer::Tokenizer> shared(std::move(*tok));
     (*server)->SetTokenizer(shared);
     if (http != nullptr) http->SetTokenizer(shared);
-  } else {
+  } else if (absl::IsNotFound(tok.status())) {
     LogLine(absl::StrCat("no tokenizer (", tok.status().message(),
                          "): prompt, messages and stop are refused; send input_ids"));
+  } else {
+    // Tokenizer files that do not load are a broken checkpoint, not an ids-only one: serving
+    // without them would refuse every prompt while health said SERVING.
+    LogEvent(LogLevel::kError, "config_invalid", "", std::string(tok.status().message()), {{"model", flags.model_dir}});
+    (*server)->Shutdown(std::chrono::milliseconds(0));
+    return kExitBadInput;
   }
   // A vision model (config.json's vision_config) takes images: its decoder and preprocessor are
   // built once here (preprocessor_config.json, --max-pixels) and shared by both front ends, which

@@ -390,7 +390,7 @@ std::string HttpErrorBody(const HttpError& error) {
             {"type", error.type},
             {"param", error.param.empty() ? json(nullptr) : json(error.param)},
             {"code", error.code.empty() ? json(nullptr) : json(error.code)}};
-  return json{{"error", e}}.dump(-1, ' ', false, json::error_handler_t::replace);
+  return JsonDump(json{{"error", e}});
 }
 
 std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out, int32_t max_tokens_cap) {

@@ -23,6 +23,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/json_util.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/frontend/http_api.h"
 #include "server/ops/connection_phases.h"
@@ -40,7 +41,7 @@ using nlohmann::json;
 
 namespace {
 
-std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string Dump(const json& j) { return JsonDump(j); }
 
 int64_t NowSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "runtime/json_util.h"
 
 namespace glmserve {
 namespace {
@@ -131,7 +132,7 @@ void Emit(LogLevel level, std::string_view event, std::string_view request_id, s
     j["event"] = std::string(event);
     j["msg"] = std::string(msg);
     j["fields"] = fields.is_object() ? fields : nlohmann::json::object();
-    line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    line = JsonDump(j);
   } else {
     line = absl::StrCat("glmserve: ", std::string(msg.empty() ? event : msg));
     if (!request_id.empty()) absl::StrAppend(&line, " request_id=", std::string(request_id));

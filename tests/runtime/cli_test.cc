@@ -176,6 +176,29 @@ TEST(InspectCli, ConfigAndWeightProblemsInOneReport) {
   fs::remove_all(dir);
 }
 
+// Tokenizer files that do not load are a problem of the checkpoint (serve refused no prompt
+// before: it started ids-only); the parser's reason is given, and a stray byte in it does not
+// abort --json (nlohmann's dump threw on it).
+TEST(InspectCli, BrokenTokenizerIsAProblemNamingTheFile) {
+  const fs::path tiny = Fixtures().parent_path().parent_path() / "models" / "glm4-tiny";
+  const fs::path dir = fs::path(::testing::TempDir()) / "glmserve_broken_tokenizer";
+  fs::remove_all(dir);
+  fs::copy(tiny, dir);
+  std::ofstream(dir / "tokenizer.json", std::ios::trunc) << "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\xff\": 1}";
+  RunResult r = Glmserve({"inspect", "--model", dir.string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("tokenizer.json: invalid JSON: parse error at line 1"), std::string::npos) << r.err;
+  r = Glmserve({"inspect", "--model", dir.string(), "--json"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+  const json report = json::parse(r.out);
+  ASSERT_EQ(report["problems"].size(), 1u) << r.out;
+  EXPECT_NE(report["problems"][0].get<std::string>().find("tokenizer.json"), std::string::npos) << r.out;
+  fs::remove(dir / "tokenizer.json");  // no tokenizer at all: ids only, loadable
+  EXPECT_EQ(Glmserve({"inspect", "--model", dir.string()}).exit_code, 0);
+  fs::remove_all(dir);
+}
+
 TEST(InspectCli, MissingDirectoryAndUsage) {
   RunResult r = Glmserve({"inspect", "--model", "/nonexistent/model"});
   EXPECT_EQ(r.exit_code, 2);

@@ -135,6 +135,27 @@ def port_conflicts(binary, model):
         first.stop()
 
 
+def broken_tokenizer(binary, model):
+    """Tokenizer files that do not load: serve exits 2 naming the file (it started ids-only and
+    refused every prompt while health said SERVING)."""
+    tmp = tempfile.mkdtemp(prefix="glmserve_tokenizer_")
+    try:
+        broken = os.path.join(tmp, "model")
+        shutil.copytree(model, broken)
+        with open(os.path.join(broken, "tokenizer.json"), "w") as f:
+            f.write('{"model": {"type": "BPE", "vocab": {')
+        rc, _, err = run_to_exit([binary, "serve", "--model", broken, "--host", "127.0.0.1", "--port", "0",
+                                  "--log-format", "json"])
+        check(rc == 2, f"broken tokenizer: exit 2 (got {rc})")
+        events, _ = json_events(err)
+        errors = [e for e in events if e.get("level") == "error"]
+        check(len(errors) == 1 and errors[0].get("event") == "config_invalid"
+              and "tokenizer.json: invalid JSON" in errors[0].get("msg", ""),
+              f"broken tokenizer: one config_invalid error naming tokenizer.json ({errors})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def unreadable_weights(binary):
     if not os.path.isdir(FIXTURE):
         print(f"unreadable weights: SKIP (no fixture at {FIXTURE})")
@@ -357,6 +378,7 @@ def main():
         port_conflicts(args.binary, args.model)
     if args.only in (None, "unreadable"):
         unreadable_weights(args.binary)
+        broken_tokenizer(args.binary, args.model)
     if args.only in (None, "malformed"):
         malformed_protobuf(args.binary, args.model)
     print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
