@@ -152,6 +152,24 @@ def broken_tokenizer(binary, model):
         check(len(errors) == 1 and errors[0].get("event") == "config_invalid"
               and "tokenizer.json: invalid JSON" in errors[0].get("msg", ""),
               f"broken tokenizer: one config_invalid error naming tokenizer.json ({errors})")
+        # A chat template glmserve does not recognize: it serves, and says at warn that messages
+        # get the family's built-in format instead.
+        shutil.copy(os.path.join(model, "tokenizer.json"), os.path.join(broken, "tokenizer.json"))
+        config_path = os.path.join(broken, "tokenizer_config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["chat_template"] = "{% for m in messages %}{{ m.content }}{% endfor %}"
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        server = GlmserveProcess(binary, broken, ["--log-format", "json"])
+        try:
+            server.stop()
+        finally:
+            server.kill()
+        events, _ = json_events(server.log())
+        warned = [e for e in events if e.get("event") == "chat_template_unrecognized"]
+        check(len(warned) == 1 and warned[0].get("level") == "warn",
+              f"an unrecognized chat template is one warning at start ({warned})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
