@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -49,8 +50,13 @@ inline absl::StatusOr<std::string> ReadBoundedFile(const std::filesystem::path& 
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": ", size, " bytes, more than the ", max_bytes, " read at most"));
   }
+  errno = 0;
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(label, ": cannot be read"));
+  if (!in) {
+    const int why = errno;  // what open(2) said, where the library kept it
+    return absl::NotFoundError(
+        absl::StrCat(label, ": cannot be read", why != 0 ? absl::StrCat(" (", std::strerror(why), ")") : ""));
+  }
   std::stringstream bytes;
   bytes << in.rdbuf();
   return bytes.str();

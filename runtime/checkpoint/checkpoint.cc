@@ -200,14 +200,26 @@ const char* CheckpointFormatName(CheckpointFormat format) {
   return "unknown";
 }
 
+absl::Status CheckModelDirectory(const std::string& directory) {
+  const fs::path dir(directory);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat("checkpoint directory ", directory,
+                                            fs::exists(dir, ec) ? " is not a directory" : " does not exist"));
+  }
+  fs::directory_iterator it(dir, ec);
+  if (ec) {
+    const std::string why = absl::StrCat("checkpoint directory ", directory, " cannot be read: ", ec.message());
+    return ec == std::errc::permission_denied ? absl::PermissionDeniedError(why) : absl::FailedPreconditionError(why);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
   try {
     const fs::path dir(directory);
+    if (absl::Status usable = CheckModelDirectory(directory); !usable.ok()) return usable;
     std::error_code ec;
-    if (!fs::is_directory(dir, ec)) {
-      return absl::NotFoundError(absl::StrCat("checkpoint directory ", directory,
-                                              fs::exists(dir, ec) ? " is not a directory" : " does not exist"));
-    }
     CheckpointListing listing;
     listing.directory = directory;
     if (IsRegularFile(dir / kStIndex)) {

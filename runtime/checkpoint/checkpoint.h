@@ -48,4 +48,9 @@ struct CheckpointListing {
 // sharded safetensors, single safetensors, sharded .bin, single .bin.
 absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory);
 
+// OK when `directory` is a directory whose entries can be listed; else NOT_FOUND (missing, or not
+// a directory) or PERMISSION_DENIED / FAILED_PRECONDITION naming it and the system's reason (an
+// unreadable directory read as empty: "config.json missing", "no weight files").
+absl::Status CheckModelDirectory(const std::string& directory);
+
 }  // namespace glmserve

@@ -55,10 +55,7 @@ InspectReport Printable(InspectReport report) {
 }
 
 absl::StatusOr<InspectReport> Plan(const std::string& directory, CheckpointPlan* parsed) {
-  std::error_code ec;
-  if (!std::filesystem::is_directory(directory, ec)) {
-    return absl::NotFoundError(absl::StrCat("model directory '", directory, "' does not exist or is not a directory"));
-  }
+  if (absl::Status usable = CheckModelDirectory(directory); !usable.ok()) return usable;
   InspectReport report;
   report.info.directory = directory;
   std::vector<std::string> config_problems;

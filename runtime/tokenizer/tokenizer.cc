@@ -753,12 +753,27 @@ bool LooksLikeTiktoken(const std::string& text) {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromDirectory(const std::string& dir_str) {
   const fs::path dir(dir_str);
-  if (fs::exists(dir / "tokenizer.json")) return BpeTokenizer::FromHfJson(dir);
-  if (fs::exists(dir / "tokenizer.model")) {
-    auto text = ReadFile(dir / "tokenizer.model");
-    if (!text.ok()) return text.status();
-    if (LooksLikeTiktoken(*text)) return BpeTokenizer::FromTiktoken(dir, *text);
-    return SentencePieceTokenizer::Load(dir, *text);
+  // NOT_FOUND means no tokenizer files at all (ids only); files that are there and do not load
+  // are FAILED_PRECONDITION, whatever stopped them (a file that cannot be opened included).
+  auto present = [](absl::StatusOr<std::unique_ptr<Tokenizer>> loaded) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
+    if (!loaded.ok() && absl::IsNotFound(loaded.status())) {
+      return absl::FailedPreconditionError(loaded.status().message());
+    }
+    return loaded;
+  };
+  std::error_code ec;
+  for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
+    const bool found = fs::exists(dir / name, ec);
+    if (ec) {
+      return absl::FailedPreconditionError(
+          absl::StrCat((dir / name).string(), ": cannot be looked up (", ec.message(), ")"));
+    }
+    if (!found) continue;
+    if (std::string_view(name) == "tokenizer.json") return present(BpeTokenizer::FromHfJson(dir));
+    absl::StatusOr<std::string> text = ReadFile(dir / name);
+    if (!text.ok()) return present(text.status());
+    if (LooksLikeTiktoken(*text)) return present(BpeTokenizer::FromTiktoken(dir, *text));
+    return present(SentencePieceTokenizer::Load(dir, *text));
   }
   return absl::NotFoundError(absl::StrCat(dir_str, ": no tokenizer.json or tokenizer.model"));
 }

@@ -46,6 +46,7 @@ int ExitFor(const absl::Status& status) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kPermissionDenied:  // an unreadable model directory or file
       return kExitBadInput;
     default:
       return kExitFailure;

@@ -226,6 +226,17 @@ def unreadable_weights(binary):
         check("missing key" not in text, "inspect: no 'missing key' lines")
         if FAILURES:
             print(text)
+
+        # The whole directory unreadable: said so (it read as empty: "config.json missing", "no
+        # weight files"), exit 2.
+        os.chmod(weights, 0o644)
+        os.chmod(model, 0)
+        try:
+            rc, out, err = run_to_exit(prefix + [binary, "inspect", "--model", model])
+        finally:
+            os.chmod(model, 0o755)
+        check(rc == 2 and "cannot be read: Permission denied" in err and "config.json" not in err,
+              f"inspect, unreadable directory: exit 2 naming it ({rc}: {err.strip()})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
