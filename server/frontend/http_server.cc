@@ -14,7 +14,6 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
-#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -40,8 +39,6 @@ namespace glmserve {
 using nlohmann::json;
 
 namespace {
-
-std::string Dump(const json& j) { return JsonDump(j); }
 
 int64_t NowSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -439,11 +436,11 @@ thread_local ConnectionFate tls_fate = ConnectionFate::kServe;  // set by Connec
 // kTlsRefusalMs (or --http-read-timeout-ms when shorter); beyond, the connection is closed at once
 // (the client sees a reset, as at a full listen backlog).
 constexpr int kMaxTlsRefusals = 16;
+constexpr int64_t kTlsRefusalMs = 1'000;
 // At --http-max-connections a new connection closes one that has been between requests (idle,
 // or its head incomplete) for at least this long; kMaxEvicting such closes at once at most.
 constexpr int64_t kEvictAfterMs = 1'000;
 constexpr int kMaxEvicting = 64;
-constexpr int64_t kTlsRefusalMs = 1'000;
 
 // A whole response written outside httplib (connection refused, request head timed out).
 std::string RawResponse(int status, const char* reason, const HttpError& e) {
@@ -1052,7 +1049,7 @@ class Handler {
               {"usage", Usage(result, call->images)}};
     }
     res.status = 200;
-    res.set_content(Dump(body), "application/json");
+    res.set_content(JsonDump(body), "application/json");
   }
 
   // Server-sent events: one chunk per text delta, the finish chunk, the usage chunk when asked,
@@ -1076,7 +1073,7 @@ class Handler {
                 {"model", model},
                 {"choices", json::array({choice})}};
       if (include_usage) j["usage"] = nullptr;
-      return absl::StrCat("data: ", Dump(j), "\n\n");
+      return absl::StrCat("data: ", JsonDump(j), "\n\n");
     };
     auto sent_role = std::make_shared<bool>(false);
     std::shared_ptr<State> state = state_;
@@ -1136,7 +1133,7 @@ class Handler {
                       {"model", model},
                       {"choices", json::array()},
                       {"usage", Usage(result, call->images)}};
-            if (!write(absl::StrCat("data: ", Dump(j), "\n\n"))) return false;
+            if (!write(absl::StrCat("data: ", JsonDump(j), "\n\n"))) return false;
           }
           if (!write("data: [DONE]\n\n")) return false;
           sink.done();
@@ -1269,7 +1266,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     json model = {
         {"id", state->options.model_name}, {"object", "model"}, {"created", NowSeconds()}, {"owned_by", "glmserve"}};
     if (max_context > 0) model["max_model_len"] = max_context;
-    res.set_content(Dump(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
+    res.set_content(JsonDump(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
   });
   svr.Get("/health", [state](const httplib::Request&, httplib::Response& res) {
     bool serving = false;
@@ -1278,7 +1275,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       serving = state->serving && !state->draining && state->engine != nullptr && !state->stopping;
     }
     res.status = serving ? 200 : 503;
-    res.set_content(Dump(json{{"status", serving ? "SERVING" : "NOT_SERVING"}}), "application/json");
+    res.set_content(JsonDump(json{{"status", serving ? "SERVING" : "NOT_SERVING"}}), "application/json");
   });
   svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;

@@ -50,13 +50,18 @@ int PollFd(int fd, short events, int timeout_ms) {
   return r;
 }
 
-// A plain socket as cpp-httplib's Stream (its own is not in the library's header): each read
-// waits at most 3 s, each write 5 s.
+// A metrics connection is let go after this long idle between requests, a silent one after
+// kMetricsReadMs within one (a scrape's request is one small head), a write after kMetricsWriteMs.
+constexpr int kMetricsIdleMs = 2'000;
+constexpr int kMetricsReadMs = 3'000;
+constexpr int kMetricsWriteMs = 5'000;
+
+// A plain socket as cpp-httplib's Stream (its own is not in the library's header).
 class MetricsStream final : public httplib::Stream {
  public:
   explicit MetricsStream(int fd) : fd_(fd) {}
-  bool is_readable() const override { return PollFd(fd_, POLLIN, 3'000) > 0; }
-  bool is_writable() const override { return PollFd(fd_, POLLOUT, 5'000) > 0; }
+  bool is_readable() const override { return PollFd(fd_, POLLIN, kMetricsReadMs) > 0; }
+  bool is_writable() const override { return PollFd(fd_, POLLOUT, kMetricsWriteMs) > 0; }
   ssize_t read(char* ptr, size_t size) override {
     if (!is_readable()) return -1;
     ssize_t n;
@@ -133,7 +138,13 @@ class MetricsHttpServer final : public httplib::Server {
     constexpr int kMaxRequests = 100;
     for (int served = 0; ok && is_running() && served < kMaxRequests; ++served) {
       phases_.SetBetweenRequests(sock, true);
-      if (PollFd(sock, POLLIN, 2'000) <= 0) break;  // idle keep-alive: let go after 2 s
+      // Idle keep-alive, in slices so that a stopping server does not wait it out.
+      const auto idle_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(kMetricsIdleMs);
+      bool readable = false;
+      while (!readable && is_running() && std::chrono::steady_clock::now() < idle_end) {
+        readable = PollFd(sock, POLLIN, 100) > 0;
+      }
+      if (!readable) break;
       bool closed = false;
       ok = process_request(stream, served + 1 == kMaxRequests, closed, nullptr);
       if (closed) break;
@@ -325,13 +336,10 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
     // a bind of our own right after it found the port in use, so civetweb failed after it had
     // bound and left its listening socket open.
     auto server = std::make_unique<MetricsHttpServer>();
-    // httplib holds a thread per connection while it is open: with 2, two idle sockets (or a
-    // Prometheus HA pair keeping its connections alive) left every other scrape waiting 5 s, and
-    // the pod read as down. 16 threads (kMetricsThreads); an idle connection is let go after 2 s, a
-    // silent one after 3 s (a scrape's request is one small head), a trickling one when a new
-    // connection needs its thread (MetricsHttpServer).
-    server->set_keep_alive_timeout(2);
-    server->set_read_timeout(std::chrono::seconds(3));
+    // A thread per connection while it is open: with 2, two idle sockets (or a Prometheus HA pair
+    // keeping its connections alive) left every other scrape waiting 5 s, and the pod read as
+    // down. 16 threads (kMetricsThreads); idle and silent connections let go (kMetricsIdleMs,
+    // kMetricsReadMs), a trickling one when a new connection needs its thread (MetricsHttpServer).
     // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second server share a
     // port in use instead of failing.
     server->set_socket_options([](socket_t sock) {
