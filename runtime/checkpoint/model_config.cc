@@ -249,13 +249,19 @@ void ReadOriginalChatGlm(FieldReader& r, ModelConfig* c) {
   if (!r.Bool("original_rope", true)) r.Problem("original_rope", "false is not supported");
 }
 
-void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
+// The sizes transformers' Glm / Glm4 / Glm4v (text) configs share, with their defaults.
+void ReadTransformersSizes(FieldReader& r, ModelConfig* c) {
   std::vector<std::string>* d = &c->defaulted_sizes;
   c->vocab_size = r.Dim("vocab_size", 151552, d);
   c->hidden_size = r.Dim("hidden_size", 4096, d);
   c->intermediate_size = r.Dim("intermediate_size", 13696, d);
   c->num_layers = r.Dim("num_hidden_layers", 40, d);
   c->num_attention_heads = r.Dim("num_attention_heads", 32, d);
+}
+
+void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
+  std::vector<std::string>* d = &c->defaulted_sizes;
+  ReadTransformersSizes(r, c);
   // transformers: an explicit null means "same as attention heads"; absent means the default 2.
   if (config.contains("num_key_value_heads") && config["num_key_value_heads"].is_null()) {
     c->num_key_value_heads = c->num_attention_heads;
@@ -339,12 +345,7 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
   const json& text = SubObject(config, "text_config", top);
   FieldReader r(text, "config.json: text_config", top.sink());
   r.set_prefix("text_config.");
-  std::vector<std::string>* d = &c->defaulted_sizes;
-  c->vocab_size = r.Dim("vocab_size", 151552, d);
-  c->hidden_size = r.Dim("hidden_size", 4096, d);
-  c->intermediate_size = r.Dim("intermediate_size", 13696, d);
-  c->num_layers = r.Dim("num_hidden_layers", 40, d);
-  c->num_attention_heads = r.Dim("num_attention_heads", 32, d);
+  ReadTransformersSizes(r, c);
   if (text.contains("num_key_value_heads") && text["num_key_value_heads"].is_null()) {
     c->num_key_value_heads = c->num_attention_heads;
   } else {

@@ -626,7 +626,9 @@ TEST_F(DamagedBin, EveryNestingOpcodeCountsDepth) {
   for (const auto& c : cases) {
     auto l = List(TorchArchive(c.pkl, {}));
     EXPECT_PROBLEM(l, "pytorch_model.bin: not a readable torch.save archive: ", c.says) << c.what;
-    if (c.what != "unknown opcode") EXPECT_PROBLEM(l, "(a state dict nests at most 50000)") << c.what;
+    if (c.what != "unknown opcode") {
+      EXPECT_PROBLEM(l, "(a state dict nests at most 50000)") << c.what;
+    }
     ExpectShortMessage(l);
   }
   // A state dict still loads.
