@@ -1,8 +1,11 @@
 #include "runtime/checkpoint/checkpoint.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -207,10 +210,11 @@ absl::Status CheckModelDirectory(const std::string& directory) {
     return absl::NotFoundError(absl::StrCat("checkpoint directory ", directory,
                                             fs::exists(dir, ec) ? " is not a directory" : " does not exist"));
   }
-  fs::directory_iterator it(dir, ec);
-  if (ec) {
-    const std::string why = absl::StrCat("checkpoint directory ", directory, " cannot be read: ", ec.message());
-    return ec == std::errc::permission_denied ? absl::PermissionDeniedError(why) : absl::FailedPreconditionError(why);
+  // access(2), not opening it: no descriptor is taken (the process may be at its limit).
+  if (::access(directory.c_str(), R_OK | X_OK) != 0) {
+    const int err = errno;
+    const std::string why = absl::StrCat("checkpoint directory ", directory, " cannot be read: ", std::strerror(err));
+    return err == EACCES ? absl::PermissionDeniedError(why) : absl::FailedPreconditionError(why);
   }
   return absl::OkStatus();
 }

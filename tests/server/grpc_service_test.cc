@@ -716,7 +716,9 @@ TEST(GrpcValidation, PromptTextTooLongRefusedBeforeTokenizing) {
   // At the bound it is tokenized (and refused, if at all, by its token count).
   request.set_prompt(std::string(static_cast<size_t>(max_prompt) * 64, '='));
   out = ValidateInferRequest(request, FrontendLimits(), model);
-  if (!out.ok()) EXPECT_EQ(out.status().message().find("before tokenizing"), std::string::npos) << out.status();
+  if (!out.ok()) {
+    EXPECT_EQ(out.status().message().find("before tokenizing"), std::string::npos) << out.status();
+  }
 }
 
 TEST_F(GrpcTextTest, ChatMessagesValidated) {
