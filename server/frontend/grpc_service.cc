@@ -558,7 +558,8 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
         cancel = true;
       }
     }
-    if (cancel) CancelInEngine();
+    if (cancel)
+      CancelInEngine(TransportCancelCode());  // a write fails when the call ended: its deadline, or the client
     Pump();
   }
   void OnCancel() override {
