@@ -300,6 +300,10 @@ int RunGenerate(int argc, char** argv) {
   }
   std::vector<int32_t> ids;
   std::unique_ptr<tokenizer::Tokenizer> tok;
+  // The flag the prompt came from, in messages about its ids.
+  const std::string input_flag = flags.was_set("input-ids") ? "--input-ids"
+                                 : flags.was_set("prompt")  ? "--prompt"
+                                                            : "--chat";
   if (flags.was_set("input-ids")) {
     if (absl::Status s = ParseIds(input_ids_text, &ids); !s.ok()) return BadInput(std::string(s.message()));
   } else {
@@ -316,7 +320,7 @@ int RunGenerate(int argc, char** argv) {
       if (!chat_ids.ok()) return ExitFor(chat_ids.status());
       ids = std::move(*chat_ids);
     }
-    if (ids.empty()) return BadInput("--prompt: tokenizes to no ids");
+    if (ids.empty()) return BadInput(absl::StrCat(input_flag, ": tokenizes to no ids"));
   }
   std::shared_ptr<const MultimodalPrompt> multimodal;
   if (!image_paths.empty()) {
@@ -341,12 +345,13 @@ int RunGenerate(int argc, char** argv) {
   const ModelInfo& info = (*runner)->info();
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] >= info.vocab_size) {
-      return BadInput(absl::StrCat("--input-ids: id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
-                                   info.vocab_size, ")"));
+      return BadInput(absl::StrCat(
+          input_flag, ": id ", ids[i], " at position ", i, " is outside the vocabulary [0, ", info.vocab_size, ")",
+          tok != nullptr ? absl::StrCat(" (", tok->format(), " gives ids past config.json's vocab_size)") : ""));
     }
   }
   if (static_cast<int64_t>(ids.size()) + max_new_tokens > info.max_position_embeddings) {
-    return BadInput(absl::StrCat("--input-ids: ", ids.size(), " prompt tokens + --max-new-tokens ", max_new_tokens,
+    return BadInput(absl::StrCat(input_flag, ": ", ids.size(), " prompt tokens + --max-new-tokens ", max_new_tokens,
                                  " exceed the model's max position embeddings (", info.max_position_embeddings, ")"));
   }
   GenerationParams params;

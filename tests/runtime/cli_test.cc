@@ -199,6 +199,25 @@ TEST(InspectCli, BrokenTokenizerIsAProblemNamingTheFile) {
   fs::remove_all(dir);
 }
 
+// An id the tokenizer gives past config.json's vocab_size is blamed on the flag the prompt came
+// from and the tokenizer (it said --input-ids, which was not given).
+TEST(GenerateCli, PromptIdsPastTheVocabularyNameThePromptFlag) {
+  const fs::path tiny = Fixtures().parent_path().parent_path() / "models" / "glm4-tiny";
+  const fs::path dir = fs::path(::testing::TempDir()) / "glmserve_big_added_token";
+  fs::remove_all(dir);
+  fs::copy(tiny, dir);
+  json tokenizer = ReadJson(dir / "tokenizer.json");
+  tokenizer["added_tokens"].push_back({{"id", 999999}, {"content", "<|big|>"}, {"special", true}});
+  std::ofstream(dir / "tokenizer.json", std::ios::trunc) << tokenizer.dump();
+  RunResult r = Glmserve({"generate", "--model", dir.string(), "--prompt", "<|big|>", "--max-new-tokens", "1"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--prompt: id 999999 at position 0 is outside the vocabulary [0, 1024) (tokenizer.json"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("--input-ids"), std::string::npos) << r.err;
+  fs::remove_all(dir);
+}
+
 TEST(InspectCli, MissingDirectoryAndUsage) {
   RunResult r = Glmserve({"inspect", "--model", "/nonexistent/model"});
   EXPECT_EQ(r.exit_code, 2);
