@@ -636,17 +636,10 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
       }
     }
   }
-  // A vocabulary mismatch shows up as shape mismatches; say what it means once.
-  for (const TensorRecord& record : listing.tensors) {
-    const bool is_embedding = absl::EndsWith(record.name, original ? "word_embeddings.weight" : "embed_tokens.weight");
-    if (is_embedding && record.shape.size() == 2 && record.shape[0] != config.vocab_size) {
-      plan.problems.push_back(absl::StrCat("config.json ", vocab_field, " is ", config.vocab_size,
-                                           " but the embedding '", record.name, "' has ", record.shape[0], " rows"));
-    }
-  }
-  // So does a hidden size that differs (often one config.json does not set, so transformers'
-  // default 4096): name the field once, not only the shapes. Both go first: they explain the
-  // shape mismatches after them.
+  // A vocabulary or hidden size that differs shows up as shape mismatches; say what it means
+  // once, read off the embedding. The hidden size (often one config.json does not set, so
+  // transformers' default 4096) goes first with the defaulted sizes below: they explain the shape
+  // mismatches after them.
   const char* hidden_field = glm4v ? "text_config.hidden_size" : "hidden_size";
   std::vector<std::string> sizes;
   auto defaulted = [&](const std::string& field) {
@@ -657,7 +650,12 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
   };
   for (const TensorRecord& record : listing.tensors) {
     const bool is_embedding = absl::EndsWith(record.name, original ? "word_embeddings.weight" : "embed_tokens.weight");
-    if (is_embedding && record.shape.size() == 2 && record.shape[1] != config.hidden_size) {
+    if (!is_embedding || record.shape.size() != 2) continue;
+    if (record.shape[0] != config.vocab_size) {
+      plan.problems.push_back(absl::StrCat("config.json ", vocab_field, " is ", config.vocab_size,
+                                           " but the embedding '", record.name, "' has ", record.shape[0], " rows"));
+    }
+    if (record.shape[1] != config.hidden_size) {
       sizes.push_back(absl::StrCat("config.json ", hidden_field, " is ", config.hidden_size,
                                    defaulted(hidden_field) ? " (absent from config.json: transformers' default)" : "",
                                    " but the embedding '", record.name, "' has ", record.shape[1], " columns"));
