@@ -411,10 +411,10 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
   c->pad_token_id = r.Int("pad_token_id", top.Int("pad_token_id", -1));
   std::vector<int32_t> eos;
   if (r.IntList("eos_token_id", &eos)) {
-    CheckEosIds(r, eos, c->vocab_size, "text_config.vocab_size");
+    CheckEosIds(r, eos, c->vocab_size, VocabSizeField(Architecture::kGlm4v));
     c->eos_token_ids = eos;
   } else if (top.IntList("eos_token_id", &eos)) {
-    CheckEosIds(top, eos, c->vocab_size, "text_config.vocab_size");
+    CheckEosIds(top, eos, c->vocab_size, VocabSizeField(Architecture::kGlm4v));
     c->eos_token_ids = eos;
   }
   c->torch_dtype = top.String("torch_dtype", top.String("dtype", r.String("torch_dtype", r.String("dtype", ""))));
@@ -494,7 +494,8 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
                            {"video_start_token_id", v.video_start_token_id},
                            {"video_end_token_id", v.video_end_token_id}}) {
     if (c->vocab_size > 0 && (id < 0 || id >= c->vocab_size)) {
-      top.Problem(field, absl::StrCat(id, " is outside the vocabulary (text_config.vocab_size ", c->vocab_size, ")"));
+      top.Problem(field, absl::StrCat(id, " is outside the vocabulary (", VocabSizeField(Architecture::kGlm4v), " ",
+                                      c->vocab_size, ")"));
     }
   }
   c->vision = v;
@@ -514,6 +515,17 @@ const char* ArchitectureName(Architecture arch) {
       return "glm4v";
   }
   return "unknown";
+}
+
+const char* VocabSizeField(Architecture arch) {
+  switch (arch) {
+    case Architecture::kChatGLM:
+      return "padded_vocab_size";
+    case Architecture::kGlm4v:
+      return "text_config.vocab_size";
+    default:
+      return "vocab_size";
+  }
 }
 
 namespace {
@@ -558,8 +570,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
     // (those of its ids inside the vocabulary: a small model's vocabulary has none of them); null,
     // none (transformers keeps the None).
     if (reader.IntList("eos_token_id", &config_eos)) {
-      CheckEosIds(reader, config_eos, c.vocab_size,
-                  c.architecture == Architecture::kChatGLM ? "padded_vocab_size" : "vocab_size");
+      CheckEosIds(reader, config_eos, c.vocab_size, VocabSizeField(c.architecture));
     } else if (!config.contains("eos_token_id") && c.architecture != Architecture::kChatGLM) {
       for (int32_t id : {151329, 151336, 151338}) {
         if (id < c.vocab_size) config_eos.push_back(id);
@@ -574,10 +585,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
       FieldReader gen_reader(generation, "generation_config.json", &problems);
       std::vector<int32_t> gen_eos;
       if (gen_reader.IntList("eos_token_id", &gen_eos)) {
-        CheckEosIds(gen_reader, gen_eos, c.vocab_size,
-                    absl::StrCat("config.json ", glm4v                                      ? "text_config.vocab_size"
-                                                 : c.architecture == Architecture::kChatGLM ? "padded_vocab_size"
-                                                                                            : "vocab_size"));
+        CheckEosIds(gen_reader, gen_eos, c.vocab_size, absl::StrCat("config.json ", VocabSizeField(c.architecture)));
         // Union: chat checkpoints list <|user|>/<|observation|> in one file and <|endoftext|>
         // in the other, and generation must stop at any of them.
         for (int32_t id : config_eos) {

@@ -21,6 +21,9 @@ enum class Architecture {
   kGlm4v,
 };
 const char* ArchitectureName(Architecture arch);
+// config.json's name for the vocabulary size of `arch` ("padded_vocab_size", "vocab_size",
+// "text_config.vocab_size"), as messages name it.
+const char* VocabSizeField(Architecture arch);
 
 // Layers (text) or blocks (vision) a config may declare, and patches a side of the vision tower's
 // position table: LoadModelConfig refuses more (a corrupt config would size reports and tables).

@@ -419,7 +419,7 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
                                                                       : Family::kTransformers;
   const bool original = family == Family::kOriginal;
   const bool glm4v = family == Family::kGlm4v;
-  const char* vocab_field = original ? "padded_vocab_size" : glm4v ? "text_config.vocab_size" : "vocab_size";
+  const char* vocab_field = VocabSizeField(config.architecture);
 
   // The indexed scopes: text layers and vision blocks, each checked for indices beyond the
   // config and for indices with no tensors at all.
