@@ -287,9 +287,7 @@ std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request,
                                                  InferenceRequest* out) {
   std::shared_ptr<void> tokenizing;  // held while ValidateRequest tokenizes
   if (ByteBudget* budget = options_.tokenize_budget.get(); budget != nullptr) {
-    int64_t text_bytes = static_cast<int64_t>(request.prompt.size());
-    // A message's content holds its text parts joined (what PromptTextTooLong counts too).
-    for (const ChatMessage& m : request.messages) text_bytes += static_cast<int64_t>(m.content.size());
+    const int64_t text_bytes = PromptTextBytes(request);
     if (text_bytes >= options_.tokenize_budget_min_bytes) {
       tokenizing = budget->TryAcquire(text_bytes);
       if (tokenizing == nullptr) {

@@ -28,6 +28,12 @@ std::optional<Refusal> CheckRequestId(const std::string& request_id, const Front
   return std::nullopt;
 }
 
+int64_t PromptTextBytes(const GenerateRequest& request) {
+  int64_t bytes = static_cast<int64_t>(request.prompt.size());
+  for (const ChatMessage& m : request.messages) bytes += static_cast<int64_t>(m.content.size());
+  return bytes;
+}
+
 namespace {
 
 // Prompt text longer than this many bytes per allowed prompt token is refused before it is
@@ -42,18 +48,17 @@ std::optional<Refusal> PromptTextTooLong(const GenerateRequest& request, const F
   const int64_t max_prompt = MaxPromptTokens(limits, model);
   if (max_prompt <= 0) return std::nullopt;
   const int64_t max_bytes = max_prompt * kMaxPromptBytesPerToken;
-  int64_t bytes = static_cast<int64_t>(request.prompt.size());
-  std::string field = prompt_field;
+  const int64_t bytes = PromptTextBytes(request);
+  if (bytes <= max_bytes) return std::nullopt;
+  std::string field = prompt_field;  // the largest part is named
   size_t longest = 0;
   for (size_t i = 0; i < request.messages.size(); ++i) {
     const size_t n = request.messages[i].content.size();
-    bytes += static_cast<int64_t>(n);
     if (n > longest) {
       longest = n;
       field = absl::StrCat(messages_field, "[", i, "].content");
     }
   }
-  if (bytes <= max_bytes) return std::nullopt;
   return InvalidField(field,
                       absl::StrCat(bytes, " bytes of prompt text cannot fit in ", max_prompt,
                                    " prompt tokens (refused before tokenizing: more than ", kMaxPromptBytesPerToken,

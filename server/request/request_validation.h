@@ -64,6 +64,10 @@ inline constexpr float kMaxRepetitionPenalty = 10.0f;
 // new token); 0 = unbounded.
 int32_t MaxPromptTokens(const FrontendLimits& limits, const ValidationModel& model);
 
+// Bytes of prompt text a request asks to tokenize: its prompt and its messages' contents (a
+// message's text parts are joined in its content).
+int64_t PromptTextBytes(const GenerateRequest& request);
+
 // Checks every field and fills *out (the engine's request_id is left to the session; the deadline
 // is copied). Images are resolved, decoded and preprocessed here, on the caller's thread, first
 // (PrepareImages: a bad image is refused before the prompt is tokenized), and the prompt's image
