@@ -28,6 +28,7 @@
 #include "server/ops/connection_phases.h"
 #include "server/ops/logging.h"
 #include "server/ops/port_probe.h"
+#include "server/ops/socket_io.h"
 #include "server/request/auth.h"
 #include "server/request/client_quota.h"
 #include "server/request/request.h"
@@ -101,33 +102,6 @@ using Clock = std::chrono::steady_clock;
 // (LimitRequestFields 100); 64 KiB in all, eight of httplib's longest lines (8,192 bytes).
 constexpr int64_t kMaxHeaderFields = 100;
 constexpr int64_t kMaxHeadBytes = 64 * 1024;
-
-int PollFd(int fd, short events, int64_t timeout_ms) {
-  pollfd p{fd, events, 0};
-  const auto end = Clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, timeout_ms));
-  for (;;) {
-    const int64_t left =
-        std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now()).count());
-    const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
-    if (r < 0 && errno == EINTR) continue;
-    return r;
-  }
-}
-
-void SocketAddress(int fd, bool peer, std::string& ip, int& port) {
-  sockaddr_storage addr{};
-  socklen_t len = sizeof addr;
-  const int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len)
-                     : getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  if (r != 0) return;
-  char host[NI_MAXHOST];
-  char serv[NI_MAXSERV];
-  if (getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, serv, sizeof serv,
-                  NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
-    ip = host;
-    port = std::atoi(serv);
-  }
-}
 
 int64_t MsUntil(Clock::time_point end) {
   if (end == Clock::time_point::max()) return int64_t{1} << 30;

@@ -13,7 +13,6 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -29,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "server/ops/connection_phases.h"
 #include "server/ops/port_probe.h"
+#include "server/ops/socket_io.h"
 
 namespace glmserve {
 namespace {
@@ -40,15 +40,6 @@ constexpr int kMetricsThreads = 16;
 // so this long: 16 connections trickling a head a byte a second held every thread, and every
 // scrape failed for as long as they went on.
 constexpr auto kMetricsEvictAfter = std::chrono::milliseconds(1'000);
-
-int PollFd(int fd, short events, int timeout_ms) {
-  pollfd p{fd, events, 0};
-  int r;
-  do {
-    r = poll(&p, 1, timeout_ms);
-  } while (r < 0 && errno == EINTR);
-  return r;
-}
 
 // A metrics connection is let go after this long idle between requests, a silent one after
 // kMetricsReadMs within one (a scrape's request is one small head), a write after kMetricsWriteMs.
@@ -78,24 +69,11 @@ class MetricsStream final : public httplib::Stream {
     } while (n < 0 && errno == EINTR);
     return n;
   }
-  void get_remote_ip_and_port(std::string& ip, int& port) const override { Address(true, ip, port); }
-  void get_local_ip_and_port(std::string& ip, int& port) const override { Address(false, ip, port); }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, false, ip, port); }
   socket_t socket() const override { return fd_; }
 
  private:
-  void Address(bool peer, std::string& ip, int& port) const {
-    sockaddr_storage addr{};
-    socklen_t len = sizeof addr;
-    const int r = peer ? getpeername(fd_, reinterpret_cast<sockaddr*>(&addr), &len)
-                       : getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    char host[NI_MAXHOST];
-    char serv[NI_MAXSERV];
-    if (r == 0 && getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, serv, sizeof serv,
-                              NI_NUMERICHOST | NI_NUMERICSERV) == 0) {
-      ip = host;
-      port = std::atoi(serv);
-    }
-  }
   const int fd_;
 };
 
