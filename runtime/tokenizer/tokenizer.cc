@@ -761,16 +761,21 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromDirectory(const std::s
     }
     return loaded;
   };
-  std::error_code ec;
-  for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
-    const bool found = fs::exists(dir / name, ec);
-    if (ec) {
-      return absl::FailedPreconditionError(
-          absl::StrCat((dir / name).string(), ": cannot be looked up (", ec.message(), ")"));
-    }
-    if (!found) continue;
-    if (std::string_view(name) == "tokenizer.json") return present(BpeTokenizer::FromHfJson(dir));
-    absl::StatusOr<std::string> text = ReadFile(dir / name);
+  // A file that cannot even be looked up (an unsearchable directory) is one that does not load.
+  auto exists = [](const fs::path& path) -> absl::StatusOr<bool> {
+    std::error_code ec;
+    const bool found = fs::exists(path, ec);
+    if (ec)
+      return absl::FailedPreconditionError(absl::StrCat(path.string(), ": cannot be looked up (", ec.message(), ")"));
+    return found;
+  };
+  absl::StatusOr<bool> has_json = exists(dir / "tokenizer.json");
+  if (!has_json.ok()) return has_json.status();
+  if (*has_json) return present(BpeTokenizer::FromHfJson(dir));
+  absl::StatusOr<bool> has_model = exists(dir / "tokenizer.model");
+  if (!has_model.ok()) return has_model.status();
+  if (*has_model) {
+    absl::StatusOr<std::string> text = ReadFile(dir / "tokenizer.model");
     if (!text.ok()) return present(text.status());
     if (LooksLikeTiktoken(*text)) return present(BpeTokenizer::FromTiktoken(dir, *text));
     return present(SentencePieceTokenizer::Load(dir, *text));
