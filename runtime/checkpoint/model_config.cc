@@ -182,7 +182,8 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
         reason = reason.substr(colon + 2);
       }
     }
-    const std::string at = where.rfind("parse error at ", 0) == 0 ? where.substr(15) : "";
+    static constexpr std::string_view kAt = "parse error at ";
+    const std::string at = where.rfind(kAt, 0) == 0 ? where.substr(kAt.size()) : "";
     problems->push_back(absl::StrCat(name, ": invalid JSON at byte ", e.byte, at.empty() ? "" : " (", at,
                                      at.empty() ? "" : ")", ": ", ShownName(reason)));
     return false;
