@@ -23,6 +23,17 @@ using glmserve::testing::Join;
 using glmserve::testing::ReadJson;
 using glmserve::testing::RunResult;
 
+// The bundled tiny model (models/glm4-tiny: weights and a tokenizer).
+fs::path TinyModel() { return Fixtures().parent_path().parent_path() / "models" / "glm4-tiny"; }
+
+// A fresh copy of the tiny model in the test's temp directory, to break.
+fs::path TinyModelCopy(const std::string& name) {
+  const fs::path dir = fs::path(::testing::TempDir()) / name;
+  fs::remove_all(dir);
+  fs::copy(TinyModel(), dir);
+  return dir;
+}
+
 TEST(GenerateCli, JsonOutputMatchesTransformers) {
   for (const char* name : {"glm4-gqa-safetensors", "chatglm3-fp16-bin-sharded"}) {
     const fs::path dir = Fixtures() / "models" / name;
@@ -180,10 +191,7 @@ TEST(InspectCli, ConfigAndWeightProblemsInOneReport) {
 // before: it started ids-only); the parser's reason is given, and a stray byte in it does not
 // abort --json (nlohmann's dump threw on it).
 TEST(InspectCli, BrokenTokenizerIsAProblemNamingTheFile) {
-  const fs::path tiny = Fixtures().parent_path().parent_path() / "models" / "glm4-tiny";
-  const fs::path dir = fs::path(::testing::TempDir()) / "glmserve_broken_tokenizer";
-  fs::remove_all(dir);
-  fs::copy(tiny, dir);
+  const fs::path dir = TinyModelCopy("glmserve_broken_tokenizer");
   std::ofstream(dir / "tokenizer.json", std::ios::trunc) << "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\xff\": 1}";
   RunResult r = Glmserve({"inspect", "--model", dir.string()});
   EXPECT_EQ(r.exit_code, 2) << r.err;
@@ -202,10 +210,7 @@ TEST(InspectCli, BrokenTokenizerIsAProblemNamingTheFile) {
 // An id the tokenizer gives past config.json's vocab_size is blamed on the flag the prompt came
 // from and the tokenizer (it said --input-ids, which was not given).
 TEST(GenerateCli, PromptIdsPastTheVocabularyNameThePromptFlag) {
-  const fs::path tiny = Fixtures().parent_path().parent_path() / "models" / "glm4-tiny";
-  const fs::path dir = fs::path(::testing::TempDir()) / "glmserve_big_added_token";
-  fs::remove_all(dir);
-  fs::copy(tiny, dir);
+  const fs::path dir = TinyModelCopy("glmserve_big_added_token");
   json tokenizer = ReadJson(dir / "tokenizer.json");
   tokenizer["added_tokens"].push_back({{"id", 999999}, {"content", "<|big|>"}, {"special", true}});
   std::ofstream(dir / "tokenizer.json", std::ios::trunc) << tokenizer.dump();
@@ -230,7 +235,7 @@ TEST(InspectCli, MissingDirectoryAndUsage) {
 }
 
 TEST(TokenizeCli, IdsMatchTheReferenceAndErrorsNameTheFlag) {
-  const std::string tiny = (Fixtures().parent_path().parent_path() / "models" / "glm4-tiny").string();
+  const std::string tiny = TinyModel().string();
   const auto expected = ReadJson(Fixtures() / "tokenizer" / "expected.json");
   const auto corpus = ReadJson(Fixtures() / "tokenizer" / "corpus.json");
   RunResult r = Glmserve({"tokenize", "--model", tiny, "--text", corpus[5].get<std::string>(), "--json"});
