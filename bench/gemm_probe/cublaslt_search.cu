@@ -27,13 +27,13 @@
 
 namespace {
 
-#define CHECK_CUDA(call)                                                                  \
-  do {                                                                                    \
-    cudaError_t e = (call);                                                               \
-    if (e != cudaSuccess) {                                                               \
+#define CHECK_CUDA(call)                                                                        \
+  do {                                                                                          \
+    cudaError_t e = (call);                                                                     \
+    if (e != cudaSuccess) {                                                                     \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e)); \
-      std::exit(1);                                                                       \
-    }                                                                                     \
+      std::exit(1);                                                                             \
+    }                                                                                           \
   } while (0)
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // as the engine's kTunedGemmWorkspaceBytes
@@ -57,8 +57,7 @@ std::string Describe(const cublasLtMatmulAlgo_t& algo) {
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &w);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &w);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk), &w);
-  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof(reduction),
-                                       &w);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof(reduction), &w);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof(swizzle), &w);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom), &w);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof(stages), &w);
@@ -199,8 +198,8 @@ class Bench {
   std::vector<Config> Neighbours(const std::vector<Config>& bases, size_t limit) {
     std::vector<Config> out;
     const int splits[] = {1, 2, 3, 4, 5, 6, 8, 12, 16};
-    const int clusters[] = {-1, CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1,
-                            CUBLASLT_CLUSTER_SHAPE_2x1x1, CUBLASLT_CLUSTER_SHAPE_1x2x1};
+    const int clusters[] = {-1, CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1, CUBLASLT_CLUSTER_SHAPE_2x1x1,
+                            CUBLASLT_CLUSTER_SHAPE_1x2x1};
     for (const Config& base : bases) {
       std::vector<int> tiles = CapList(base.algo, CUBLASLT_ALGO_CAP_TILE_IDS);
       int base_tile = 0;
@@ -231,8 +230,9 @@ class Bench {
                   Set(&candidate, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, splitk);
                   Set(&candidate, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, reduction);
                   Set(&candidate, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, swizzle);
-                  const bool accepted = cluster < 0 ? Accept(&candidate, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, splitk)
-                                                    : Accept(&candidate, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster);
+                  const bool accepted = cluster < 0
+                                            ? Accept(&candidate, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, splitk)
+                                            : Accept(&candidate, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster);
                   if (!accepted) continue;
                   Config c{candidate, Describe(candidate), 0};
                   bool seen = false;
@@ -334,8 +334,8 @@ class Bench {
     return values;
   }
   cublasStatus_t Call(const cublasLtMatmulAlgo_t& algo, const void* w, void* y, float alpha, float beta) {
-    return cublasLtMatmul(handle_, op_, &alpha, w, a_, x_, b_, &beta, y, c_, y, c_, &algo, workspace_,
-                          kWorkspaceBytes, stream_);
+    return cublasLtMatmul(handle_, op_, &alpha, w, a_, x_, b_, &beta, y, c_, y, c_, &algo, workspace_, kWorkspaceBytes,
+                          stream_);
   }
   void Fill(void* p, int64_t count, float scale) {
     std::vector<__nv_bfloat16> host(static_cast<size_t>(count));
@@ -391,7 +391,9 @@ int main(int argc, char** argv) {
   std::printf("# %s, cuBLASLt %zu\n", prop.name, cublasLtGetVersion());
   cublasLtHandle_t handle;
   cublasLtCreate(&handle);
-  std::printf("| projection | rows | heuristic first us | best of first 32 us | searched: configs | best us | TB/s | gain vs best-32 | rel err | best configuration |\n");
+  std::printf(
+      "| projection | rows | heuristic first us | best of first 32 us | searched: configs | best us | TB/s | gain vs "
+      "best-32 | rel err | best configuration |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
   for (int rows : rows_list) {
     for (const Shape& shape : shapes) {
@@ -450,16 +452,15 @@ int main(int argc, char** argv) {
           break;
         }
       }
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
       const double bytes = static_cast<double>(shape.n * shape.k) * 2;
       if (best == nullptr) {
         std::printf("| %s | %d | %.1f | %.1f | %zu | none matched | | | | (%.0f s) |\n", shape.name, rows, first_us,
                     best32, searched, seconds);
       } else {
-        std::printf("| %s | %d | %.1f | %.1f | %zu of %zu | %.1f | %.2f | %+.1f%% | %.1e | %s (%.0f s) |\n", shape.name, rows,
-                    first_us, best32, searched, bench.checks(), best->us, bytes / best->us / 1e6, 100.0 * (best32 - best->us) / best32,
-                    error, best->text.c_str(), seconds);
+        std::printf("| %s | %d | %.1f | %.1f | %zu of %zu | %.1f | %.2f | %+.1f%% | %.1e | %s (%.0f s) |\n", shape.name,
+                    rows, first_us, best32, searched, bench.checks(), best->us, bytes / best->us / 1e6,
+                    100.0 * (best32 - best->us) / best32, error, best->text.c_str(), seconds);
       }
       std::fflush(stdout);
     }
