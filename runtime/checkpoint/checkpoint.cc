@@ -109,6 +109,36 @@ bool ReadIndex(const fs::path& dir, const std::string& index_name, std::map<std:
   return true;
 }
 
+// Lines a report gives one kind of key-by-key disagreement between an index and one of its
+// shards; past it, one line counts the rest. An index written for another checkpoint disagrees on
+// every key (300,000 keys made a 48 MB report); a renamed key or two is still named in full.
+constexpr int kKeyLinesPerShardAndKind = 50;
+
+// Key-by-key problems, at most kKeyLinesPerShardAndKind lines per (shard, kind), then a count.
+class KeyProblems {
+ public:
+  explicit KeyProblems(std::vector<std::string>* problems) : problems_(problems) {}
+  // make_line() is called only while the (shard, kind) is under its limit.
+  template <typename MakeLine>
+  void Add(const std::string& shard, const char* kind, MakeLine make_line) {
+    if (++counts_[{shard, kind}] <= kKeyLinesPerShardAndKind) problems_->push_back(make_line());
+  }
+  // Appends the counts of the lines left out, one per (shard, kind).
+  void Finish() {
+    for (const auto& [where, count] : counts_) {
+      if (count <= kKeyLinesPerShardAndKind) continue;
+      problems_->push_back(absl::StrCat(where.first, ": ", count - kKeyLinesPerShardAndKind, " more keys ",
+                                        where.second, " (", count, " in all, the first ", kKeyLinesPerShardAndKind,
+                                        " above)"));
+    }
+    counts_.clear();
+  }
+
+ private:
+  std::vector<std::string>* problems_;
+  std::map<std::pair<std::string, std::string>, int64_t> counts_;  // (shard, kind) -> problems seen
+};
+
 void ListSharded(bool safetensors, const fs::path& dir, const std::string& index_name, CheckpointListing* listing) {
   const std::string suffix = safetensors ? ".safetensors" : ".bin";
   std::map<std::string, std::string> weight_map;
@@ -131,6 +161,7 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
 
   std::map<std::string, std::string> seen;  // key -> shard that supplied it
   std::set<std::string> readable;
+  KeyProblems key_problems(&listing->problems);
   for (const std::string& shard : shards) {
     if (!IsRegularFile(dir / shard)) {
       const std::string what = NotRegularFile(dir / shard);
@@ -162,11 +193,15 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
       if (index_ok) {
         auto it = weight_map.find(r.name);
         if (it == weight_map.end()) {
-          listing->problems.push_back(absl::StrCat(shard, ": contains key ", ShownName(r.name), ", which index ",
-                                                   index_name, " does not name"));
+          key_problems.Add(shard, "in the shard that the index does not name", [&] {
+            return absl::StrCat(shard, ": contains key ", ShownName(r.name), ", which index ", index_name,
+                                " does not name");
+          });
         } else if (it->second != shard) {
-          listing->problems.push_back(absl::StrCat(shard, ": contains key ", ShownName(r.name), ", which index ",
-                                                   index_name, " assigns to ", it->second));
+          key_problems.Add(shard, "in the shard that the index assigns to another shard", [&] {
+            return absl::StrCat(shard, ": contains key ", ShownName(r.name), ", which index ", index_name,
+                                " assigns to ", it->second);
+          });
         }
       }
       seen.emplace(r.name, shard);
@@ -181,10 +216,13 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
       if (present.count({shard, key}) != 0) continue;
       auto it = seen.find(key);
       if (it != seen.end()) continue;  // found in another shard: reported as "assigns to" above
-      listing->problems.push_back(absl::StrCat(shard, ": index ", index_name, " lists key ", ShownName(key),
-                                               " in this shard, but the shard does not contain it"));
+      key_problems.Add(shard, "that the index lists in this shard but the shard does not contain", [&] {
+        return absl::StrCat(shard, ": index ", index_name, " lists key ", ShownName(key),
+                            " in this shard, but the shard does not contain it");
+      });
     }
   }
+  key_problems.Finish();
 }
 
 }  // namespace

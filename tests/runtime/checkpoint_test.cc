@@ -415,6 +415,37 @@ TEST(CheckpointListingTest, IndexWithAnEmptyWeightMapListsTheShardsPresent) {
   EXPECT_EQ(huge->tensors.size(), 1u);
 }
 
+// An index written for another checkpoint disagrees with its shard on every key: the report names
+// the first 50 of each kind and counts the rest (300,000 bogus entries made a 48 MB report).
+TEST(CheckpointListingTest, KeyByKeyIndexProblemsAreCappedPerShardAndKind) {
+  TempDir tmp;
+  const std::string shard = "model-00001-of-00001.safetensors";
+  nlohmann::json header = nlohmann::json::object();
+  for (int i = 0; i < 53; ++i) {
+    header["real." + std::to_string(i)] = {{"dtype", "F32"}, {"shape", {1}}, {"data_offsets", {4 * i, 4 * i + 4}}};
+  }
+  WriteAll(tmp.path() / shard, Safetensors(header.dump(), std::string(4 * 53, '\0')));
+  nlohmann::json index = {{"weight_map", nlohmann::json::object()}};
+  for (int i = 0; i < 1000; ++i) index["weight_map"]["bogus." + std::to_string(i)] = shard;
+  WriteAll(tmp.path() / "model.safetensors.index.json", index.dump());
+  auto listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  int not_named = 0, not_contained = 0;
+  for (const std::string& p : listing->problems) {
+    not_named += p.find(", which index model.safetensors.index.json does not name") != std::string::npos;
+    not_contained += p.find("but the shard does not contain it") != std::string::npos;
+  }
+  EXPECT_EQ(not_named, 50) << Joined(listing->problems);
+  EXPECT_EQ(not_contained, 50) << Joined(listing->problems);
+  EXPECT_PROBLEM(*listing,
+                 shard + ": 3 more keys in the shard that the index does not name (53 in all, the first 50 above)");
+  EXPECT_PROBLEM(*listing, shard +
+                               ": 950 more keys that the index lists in this shard but the shard does not contain "
+                               "(1000 in all, the first 50 above)");
+  EXPECT_EQ(listing->problems.size(), 102u) << Joined(listing->problems);
+  EXPECT_EQ(listing->tensors.size(), 53u);
+}
+
 // A tensor named twice in one header was taken from its last entry, silently (across shards it
 // was already refused): which bytes are the tensor is ambiguous.
 TEST_F(MalformedSafetensors, TensorNamedTwiceInOneHeaderIsRefused) {
