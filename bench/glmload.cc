@@ -261,7 +261,7 @@ v1::InferRequest Level::MakeRequest() {
   if (opts_.ignore_eos) req.set_min_new_tokens(max_new);
   req.set_temperature(opts_.temperature);
   if (opts_.temperature > 0) req.set_seed(gen_());
-  req.set_top_p(opts_.top_p);
+  if (opts_.top_p > 0) req.set_top_p(opts_.top_p);  // unset is 1; a set 0 is refused
   req.set_frequency_penalty(opts_.frequency_penalty);
   req.set_presence_penalty(opts_.presence_penalty);
   req.set_repetition_penalty(opts_.repetition_penalty);

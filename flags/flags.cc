@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <string_view>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -344,7 +345,11 @@ absl::Status FlagSet::Parse(int argc, char** argv) {
     }
     if (!inline_value) {
       if (flag->is_switch_) {
-        value = "true";
+        // A switch also takes a separate true|false, as a --name true|false flag does: scripts
+        // written for either form keep working when a flag becomes a switch.
+        const bool spelled =
+            i + 1 < argc && (std::string_view(argv[i + 1]) == "true" || std::string_view(argv[i + 1]) == "false");
+        value = spelled ? argv[++i] : "true";
       } else if (i + 1 < argc) {
         value = argv[++i];
       } else {

@@ -140,7 +140,7 @@ class FlagSet {
   Flag& Number(std::string name, T* target, NumberRange range, std::string help);
   // --name true|false (also 1|0): a value is required.
   Flag& Bool(std::string name, bool* target, std::string help);
-  // --name alone sets true; --name=false|true also works.
+  // --name alone sets true; --name=false|true and --name true|false (that word next) also work.
   Flag& Switch(std::string name, bool* target, std::string help);
   // One of `choices`; the usage shows them as a|b|c.
   Flag& Choice(std::string name, std::string* target, std::vector<std::string> choices, std::string help);

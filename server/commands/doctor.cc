@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -100,10 +101,11 @@ std::vector<Gpu> QueryGpus() {
 int RunDoctor(int argc, char** argv) {
   std::string model, host = "127.0.0.1";
   bool json = false;
-  int port = 50051, metrics_port = 0;
+  int port = 50051, metrics_port = 0, http_port = 0;
   // Unset: the GPU checks WARN (not FAIL) when there is no GPU, as serve would run on the CPU.
   flags::Device device;
-  flags::FlagSet set("glmserve doctor", "[--model DIR] [--json] [--host H] [--port P] [--metrics-port P] [--device D]",
+  flags::FlagSet set("glmserve doctor",
+                     "[--model DIR] [--json] [--host H] [--port P] [--metrics-port P] [--http-port P] [--device D]",
                      "Checks the machine (CPU, RAM, GPU, driver vs LibTorch's CUDA runtime, compute capability,\n"
                      "cuDNN, GPU memory vs model + KV pool), the model directory (strict validation, permissions,\n"
                      "mount) and the ports. Each check: OK/WARN/FAIL with the fix. Exit 1 when any check FAILs,\n"
@@ -113,6 +115,7 @@ int RunDoctor(int argc, char** argv) {
   set.String("host", &host, "address the ports are checked on").ValueName("H").NotEmpty();
   set.Int("port", &port, 0, 65535, "gRPC port serve will bind; 0 = not checked").ValueName("P");
   set.Int("metrics-port", &metrics_port, 0, 65535, "metrics port serve will bind; 0 = not checked").ValueName("P");
+  set.Int("http-port", &http_port, 0, 65535, "HTTP API port serve will bind; 0 = not checked").ValueName("P");
   set.DeviceFlag("device", &device, "cuda or cuda:N: no GPU is a FAIL, not a WARN");
   if (std::optional<int> exit_code = set.ParseCommandLine(argc, argv)) return *exit_code;
 
@@ -270,20 +273,31 @@ int RunDoctor(int argc, char** argv) {
   }
 
   // Ports: bound as serve binds them (the host resolved, SO_REUSEADDR), and not one port twice.
-  for (auto [flag, p] : {std::pair<const char*, int>{"port", port}, {"metrics_port", metrics_port}}) {
-    if (p <= 0) continue;
-    const char* option = flag == std::string("port") ? "port" : "metrics-port";
-    if (flag != std::string("port") && p == port) {
-      add(flag, "FAIL", absl::StrCat("--metrics-port ", p, " is --port too"),
-          "give the metrics listener a port of its own");
+  struct PortCheck {
+    const char* check;  // the check's name
+    const char* flag;   // serve's flag for it
+    int port;
+  };
+  const PortCheck ports[] = {
+      {"port", "port", port}, {"metrics_port", "metrics-port", metrics_port}, {"http_port", "http-port", http_port}};
+  for (size_t i = 0; i < std::size(ports); ++i) {
+    const PortCheck& c = ports[i];
+    if (c.port <= 0) continue;
+    const PortCheck* same = nullptr;
+    for (size_t j = 0; j < i && same == nullptr; ++j) {
+      if (ports[j].port == c.port) same = &ports[j];
+    }
+    if (same != nullptr) {
+      add(c.check, "FAIL", absl::StrCat("--", c.flag, " ", c.port, " is --", same->flag, " too"),
+          absl::StrCat("give --", c.flag, " a port of its own"));
       continue;
     }
-    const std::string problem = PortBindProblem(host, p);
+    const std::string problem = PortBindProblem(host, c.port);
     if (problem.empty()) {
-      add(flag, "OK", absl::StrCat(FormatAddress(host, p), " is free"));
+      add(c.check, "OK", absl::StrCat(FormatAddress(host, c.port), " is free"));
     } else {
-      add(flag, "FAIL", absl::StrCat(FormatAddress(host, p), " cannot be bound: ", problem),
-          absl::StrCat("stop whatever listens there (ss -ltnp 'sport = :", p, "'), fix --host, or pass --", option,
+      add(c.check, "FAIL", absl::StrCat(FormatAddress(host, c.port), " cannot be bound: ", problem),
+          absl::StrCat("stop whatever listens there (ss -ltnp 'sport = :", c.port, "'), fix --host, or pass --", c.flag,
                        " with another"));
     }
   }

@@ -314,9 +314,10 @@ int RunServe(int argc, char** argv) {
   GrpcServer* grpc_server = server->get();
   SelfHealingEngine::Hooks hooks;
   HttpServer* http_server = http.get();
-  hooks.on_health = [grpc_server, http_server](bool serving) {
+  hooks.on_health = [grpc_server, http_server, metrics_sink](bool serving) {
     grpc_server->SetServing(serving);
     if (http_server != nullptr) http_server->SetServing(serving);
+    metrics_sink->SetServing(serving);
   };
   hooks.on_restart = [metrics_sink] { metrics_sink->OnEngineRestart(); };
 
@@ -403,6 +404,7 @@ int RunServe(int argc, char** argv) {
                        static_cast<int>(load_s * 1000), " ms"));
   signals.SetReady();
   (*server)->SetServing(true);
+  metrics_sink->SetServing(true);
   LogLifecycle("serving", absl::StrCat("serving on ", (*server)->address()), {{"address", (*server)->address()}});
   if (http != nullptr) {
     http->SetServing(true);
@@ -413,6 +415,7 @@ int RunServe(int argc, char** argv) {
   const auto drain_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(flags.drain_timeout_ms);
   (*server)->StartDrain();
   if (http != nullptr) http->StartDrain();
+  metrics_sink->SetServing(false);
   const bool engine_idle = (*engine)->WaitIdle(std::chrono::milliseconds(flags.drain_timeout_ms));
   const auto left =
       std::chrono::duration_cast<std::chrono::milliseconds>(drain_deadline - std::chrono::steady_clock::now());

@@ -34,10 +34,11 @@ struct Staging {
 
 constexpr char kDescription[] =
     "Loads a GLM checkpoint and serves glmserve.v1.Inference over gRPC, with grpc.health.v1 and\n"
-    "server reflection. Logs 'glmserve: serving on HOST:PORT' on stderr once the model is warm\n"
-    "(health SERVING). SIGTERM/SIGINT/SIGHUP drain: health NOT_SERVING, new requests UNAVAILABLE,\n"
-    "in-flight requests finish (up to --drain-timeout-ms), exit 0; a second signal exits at once.\n"
-    "Bad flags exit 2 before anything is bound or loaded.";
+    "server reflection. Logs 'serving on HOST:PORT' (event \"serving\") on stderr once the model is\n"
+    "warm (health SERVING). SIGTERM/SIGINT/SIGHUP drain: health NOT_SERVING, new requests\n"
+    "UNAVAILABLE, in-flight requests finish (up to --drain-timeout-ms), exit 0; a second SIGTERM or\n"
+    "SIGINT exits at once (a repeated SIGHUP does not). Bad flags exit 2 before anything is bound or\n"
+    "loaded.";
 
 // The table of `glmserve serve`: --help is generated from it, and the defaults it shows are the
 // values `f` holds when called (ServeFlags' own).
@@ -50,7 +51,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Path("model", &f.model_dir, "checkpoint directory (required)").ValueName("DIR");
   set.DeviceFlag("device", &f.device, "where the model runs");
   set.DtypeFlag("dtype", &f.dtype, "compute dtype");
-  set.Bool("random-weights", &f.load.random_weights, "benchmark: random weights of --model's config.json");
+  set.Switch("random-weights", &f.load.random_weights, "benchmark: random weights of --model's config.json");
 
   set.Section("network (see proto/README.md for the keepalive choices)");
   set.String("host", &g.host, "0.0.0.0 or :: for every interface").ValueName("H").NotEmpty();
@@ -133,7 +134,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("metrics-port", &f.metrics_port, 0, 65535, "Prometheus GET /metrics on --host:P; 0 = off").ValueName("P");
   set.Int("http-port", &f.http_port, 0, 65535,
           "OpenAI-compatible HTTP/JSON API on --host:P (/v1/chat/completions, /v1/completions, "
-          "/v1/models, /health); 0 picks a free port and logs 'glmserve: http serving on HOST:PORT'")
+          "/v1/models, /health); 0 picks a free port and logs 'http serving on HOST:PORT' (event \"http_serving\")")
       .ValueName("P")
       .DefaultText("off");
   set.Int("http-threads", &f.http_threads, 2, 4096, "HTTP API requests answered at once");
@@ -168,6 +169,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("debug-inject-oom-above", &f.debug_inject_oom_above, 0, kIntMax,
           "a step with more than N sequences runs out of memory in the executor (its real OOM path; "
           "the batch limit halves)");
+  set.Int("debug-inject-oom-above-tokens", &faults.oom_above_tokens, 0, kIntMax,
+          "a step that feeds more than N tokens fails as out of memory before the executor (the scheduler's "
+          "OOM path: the batch limit halves; one sequence over N alone fails with RESOURCE_EXHAUSTED)");
   set.Int("debug-throw-on-step", &faults.throw_on_step, 0, kTimeMax, "the K-th step attempt throws (an engine fault)")
       .ValueName("K");
   set.Int("debug-stall-on-step", &faults.stall_on_step, 0, kTimeMax, "the K-th step attempt hangs for --debug-stall-ms")

@@ -62,6 +62,13 @@ std::optional<Refusal> FromProto(const v1::InferRequest& request, GenerateReques
     out.images.push_back(ImageFromProto(request.images(i), path, ""));
   }
   out.max_pixels = request.max_pixels();
+  // Explicit presence: a set 0 is a value out of range, not "the default" (which is unset).
+  if (request.has_max_new_tokens() && request.max_new_tokens() == 0) {
+    return InvalidField("max_new_tokens", "0 new tokens; set at least 1, or leave it unset for the server's default");
+  }
+  if (request.has_top_p() && request.top_p() == 0.0f) {
+    return InvalidField("top_p", "0 is outside (0, 1]; leave it unset to keep every token (1)");
+  }
   out.max_new_tokens = request.max_new_tokens();
   out.min_new_tokens = request.min_new_tokens();
   out.temperature = request.temperature();

@@ -1230,6 +1230,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     return httplib::Server::HandlerResponse::Handled;
   });
   svr.Get("/v1/models", [state](const httplib::Request& req, httplib::Response& res) {
+    res.set_header("x-request-id", RequestIdOf(*state, req));
     std::string client;
     if (auto e = Authenticate(*state, req, &client)) {
       SetError(res, ToHttpError(*e));
@@ -1242,7 +1243,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     if (max_context > 0) model["max_model_len"] = max_context;
     res.set_content(JsonDump(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
   });
-  svr.Get("/health", [state](const httplib::Request&, httplib::Response& res) {
+  svr.Get("/health", [state](const httplib::Request& req, httplib::Response& res) {
+    res.set_header("x-request-id", RequestIdOf(*state, req));
     bool serving = false;
     {
       std::lock_guard<std::mutex> lock(state->mu);

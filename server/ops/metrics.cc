@@ -218,6 +218,13 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                      .Help("Sequences in the running batch (holding KV blocks, decoding or prefilling)")
                      .Register(r)
                      .Add({});
+  m->serving_ = &prometheus::BuildGauge()
+                     .Name("glmserve_serving")
+                     .Help(
+                         "1 while health is SERVING (model loaded and warm, engine healthy, not draining), else 0 "
+                         "(loading, rebuilding after a fault, crash loop, draining)")
+                     .Register(r)
+                     .Add({});
   m->preemptions_ = &prometheus::BuildCounter()
                          .Name("glmserve_preemptions_total")
                          .Help(
@@ -389,6 +396,8 @@ void ServerMetrics::OnStep(int32_t batch_size, const absl::Status& status) {
 }
 
 void ServerMetrics::OnEngineRestart() { restarts_->Increment(); }
+
+void ServerMetrics::SetServing(bool serving) { serving_->Set(serving ? 1 : 0); }
 
 void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   queue_depth_->Set(stats.waiting);

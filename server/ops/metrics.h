@@ -43,6 +43,10 @@ class ServerMetrics final : public RequestObserver {
   // Engine thread, after every step attempt.
   void OnStep(int32_t batch_size, const absl::Status& status);
   void OnEngineRestart();
+  // glmserve_serving: 1 while the server answers health SERVING (model loaded and warm, engine
+  // healthy, not draining), else 0. The listener binds before the model loads, so `up` alone
+  // cannot tell a loading or NOT_SERVING pod from a serving one. Any thread.
+  void SetServing(bool serving);
   // Gauges from a stats snapshot (queue depth, batch limit, KV usage), and the prefix cache's
   // counters. Called from one thread at a time (the constructor's caller, then the poller).
   void SetEngineStats(const EngineStats& stats);
@@ -74,6 +78,7 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Gauge* queue_depth_ = nullptr;
   prometheus::Gauge* batch_limit_ = nullptr;
   prometheus::Gauge* running_ = nullptr;        // glmserve_requests_running
+  prometheus::Gauge* serving_ = nullptr;        // glmserve_serving
   prometheus::Counter* preemptions_ = nullptr;  // glmserve_preemptions_total, by delta as the prefix counters
   int64_t last_preemptions_ = 0;
   prometheus::Gauge* prefill_budget_ = nullptr;

@@ -169,8 +169,8 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
   int32_t max_new = request.max_new_tokens;
   if (max_new < 0 || max_new > limits.max_new_tokens_cap) {
     return InvalidField(name(Field::kMaxNewTokens),
-                        absl::StrCat(max_new, " is outside [0, ", limits.max_new_tokens_cap, "] (0 means the default, ",
-                                     limits.default_max_new_tokens, ")"));
+                        absl::StrCat(max_new, " is outside [1, ", limits.max_new_tokens_cap,
+                                     "] (unset means the default, ", limits.default_max_new_tokens, ")"));
   }
   if (max_new == 0) max_new = limits.default_max_new_tokens;
   if (model.max_context > 0 && int64_t{prompt_tokens} + max_new > model.max_context) {
@@ -199,7 +199,7 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
   }
   float top_p = request.top_p;
   if (!std::isfinite(top_p) || top_p < 0.0f || top_p > 1.0f) {
-    return InvalidField(name(Field::kTopP), absl::StrCat(top_p, " is outside (0, 1] (0 means 1)"));
+    return InvalidField(name(Field::kTopP), absl::StrCat(top_p, " is outside (0, 1] (unset means 1)"));
   }
   if (top_p == 0.0f) top_p = 1.0f;
   if (request.top_k < 0) {

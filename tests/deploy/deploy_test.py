@@ -161,9 +161,10 @@ def wiring(layout, docs):
           "-service glmserve.v1.Inference" in " ".join(rp.get("exec", {}).get("command", [])),
           f"{layout}: readiness on glmserve.v1.Inference")
     pre = c["lifecycle"]["preStop"]["sleep"]["seconds"]
-    budget = pre + (int(cm["GLMSERVE_DRAIN_TIMEOUT_MS"]) + int(cm["GLMSERVE_SHUTDOWN_GRACE_MS"])) / 1000
+    # The grace twice (proto/README.md, Drain): once for a step still running, once for gRPC's shutdown.
+    budget = pre + (int(cm["GLMSERVE_DRAIN_TIMEOUT_MS"]) + 2 * int(cm["GLMSERVE_SHUTDOWN_GRACE_MS"])) / 1000
     check(pod["terminationGracePeriodSeconds"] > budget,
-          f"{layout}: terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} > preStop + drain + grace {budget}")
+          f"{layout}: terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} > preStop + drain + 2 x grace {budget}")
     sc, psc = c["securityContext"], pod["securityContext"]
     check(sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True and
           sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] and psc["runAsNonRoot"] and psc["runAsUser"] != 0,

@@ -152,6 +152,20 @@ TEST(FlagSetTest, BoolsSwitchesAndEnums) {
   EXPECT_TRUE(o.reflection);
 }
 
+// A switch takes the next word when it is true or false (scripts written for a --name true|false
+// flag keep working), and nothing else: `--json 1` leaves 1 as the next argument.
+TEST(FlagSetTest, SwitchTakesASeparateTrueOrFalse) {
+  Options o;
+  ASSERT_TRUE(ParseInto(&o, {"--json", "false", "--reflection", "true"}).ok());
+  EXPECT_FALSE(o.json);
+  ASSERT_TRUE(ParseInto(&o, {"--json", "true"}).ok());
+  EXPECT_TRUE(o.json);
+  o.json = false;
+  ASSERT_TRUE(ParseInto(&o, {"--json"}).ok());
+  EXPECT_TRUE(o.json);
+  EXPECT_EQ(ErrorOf({"--json", "1"}).rfind("unexpected argument '1'", 0), 0u) << ErrorOf({"--json", "1"});
+}
+
 TEST(FlagSetTest, DevicesParsedOnce) {
   for (const char* bad : {"cudafoo", "cuda:x", "cuda:", "cuda:-1", "cuda:+1", "cuda: 1", "cuda:1x", "gpu", "CPU", "",
                           "cuda:128", "cuda:99999999999999999999"}) {

@@ -66,6 +66,10 @@ def main():
         check([m.id for m in models.data] == ["glm4-tiny"], f"/v1/models lists {[m.id for m in models.data]}")
         st, _, data = server.request("GET", "/health")
         check(st == 200 and json.loads(data)["status"] == "SERVING", f"/health 200 ({st})")
+        for path in ("/v1/models", "/health"):  # every route echoes x-request-id, not only the API's
+            st, headers, _ = server.request("GET", path, headers={"x-request-id": "get-req-1"})
+            check(st == 200 and headers.get("x-request-id") == "get-req-1",
+                  f"{path} echoes x-request-id ({st}, {headers.get('x-request-id')})")
 
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
         chat = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=16, temperature=0)

@@ -42,10 +42,10 @@ TEST(Refusal, FieldNamedInEachDialect) {
   EXPECT_EQ(proto.code, absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(proto.kind, RefusalKind::kInvalidValue);
   EXPECT_EQ(proto.field, "max_new_tokens");
-  EXPECT_EQ(proto.message, "max_new_tokens: 5000 is outside [0, 4096] (0 means the default, 256)");
+  EXPECT_EQ(proto.message, "max_new_tokens: 5000 is outside [1, 4096] (unset means the default, 256)");
   const Refusal chat = Refuse(over_cap, Dialect::kOpenAiChat);
   EXPECT_EQ(chat.field, "max_tokens");
-  EXPECT_EQ(chat.message, "max_tokens: 5000 is outside [0, 4096] (0 means the default, 256)");
+  EXPECT_EQ(chat.message, "max_tokens: 5000 is outside [1, 4096] (unset means the default, 256)");
 
   GenerateRequest min_over = Ids({1, 2}, 3);
   min_over.min_new_tokens = 5;

@@ -206,10 +206,12 @@ TEST_F(GrpcServiceTest, GeneratedRequestIdWhenEmpty) {
   ASSERT_TRUE(Unary(MakeProtoRequest({1}, 2), &b).ok());
   EXPECT_FALSE(a.request_id().empty());
   EXPECT_NE(a.request_id(), b.request_id());
-  // Zero max_new_tokens means the default (256, shrunk to fit the context if needed).
+  // An unset max_new_tokens means the default (256, shrunk to fit the context if needed).
   EXPECT_EQ(a.output_ids_size(), 2);
   v1::InferResponse d;
-  ASSERT_TRUE(Unary(MakeProtoRequest({1}, 0), &d).ok());
+  v1::InferRequest unset = MakeProtoRequest({1}, 0);
+  unset.clear_max_new_tokens();
+  ASSERT_TRUE(Unary(unset, &d).ok());
   EXPECT_EQ(d.output_ids_size(), GrpcServerOptions().limits.default_max_new_tokens);
 }
 
@@ -242,6 +244,9 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
       {"id negative", [](v1::InferRequest* r) { r->set_input_ids(1, -1); }, "input_ids[1]"},
       {"id >= vocab", [](v1::InferRequest* r) { r->add_input_ids(kVocab); }, "input_ids[3]"},
       {"max_new negative", [](v1::InferRequest* r) { r->set_max_new_tokens(-1); }, "max_new_tokens"},
+      // Issue 3: max_new_tokens <= 0 and top_p out of (0, 1] are refused; unset is the default.
+      {"max_new zero set", [](v1::InferRequest* r) { r->set_max_new_tokens(0); }, "max_new_tokens: 0 new tokens"},
+      {"top_p zero set", [](v1::InferRequest* r) { r->set_top_p(0.0f); }, "top_p: 0 is outside (0, 1]"},
       {"max_new above cap", [](v1::InferRequest* r) { r->set_max_new_tokens(4097); }, "max_new_tokens"},
       {"prompt + max_new beyond context",
        [](v1::InferRequest* r) {
@@ -297,7 +302,7 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
   // Range is in the message, e.g. max_new_tokens.
   v1::InferRequest request = MakeProtoRequest({1}, -1);
   v1::InferResponse response;
-  EXPECT_NE(Unary(request, &response).error_message().find("[0, 4096]"), std::string::npos);
+  EXPECT_NE(Unary(request, &response).error_message().find("[1, 4096]"), std::string::npos);
   // Still serving afterwards.
   ASSERT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response).ok());
   EXPECT_EQ(response.output_ids_size(), 4);

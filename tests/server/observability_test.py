@@ -34,7 +34,7 @@ NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserv
          "glmserve_oom_events_total", "glmserve_engine_restarts_total", "glmserve_kv_cache_usage_ratio",
          "glmserve_generated_tokens_total", "glmserve_prefix_cache_hit_tokens_total",
          "glmserve_prefix_cache_query_tokens_total", "glmserve_prefix_cache_usage_ratio", "glmserve_step_phase_seconds_total",
-         "glmserve_device_seconds_total", "glmserve_build_info"]
+         "glmserve_device_seconds_total", "glmserve_build_info", "glmserve_serving"]
 
 
 def main():
@@ -50,6 +50,7 @@ def main():
         for name in NAMES:
             check(f"# TYPE {name} " in text, f"/metrics has {name}")
         check(harness.metric(before, "glmserve_build_info") == 1, "glmserve_build_info is 1")
+        check(harness.metric(before, "glmserve_serving") == 1, "glmserve_serving is 1 once health is SERVING")
         check(harness.metric(before, "glmserve_batch_limit") > 0, "glmserve_batch_limit is the AIMD limit (> 0)")
         # Connections held open (a Prometheus HA pair keeping theirs alive, idle sockets) do not
         # hold other scrapes back: with a 2-thread listener, two made every other scrape wait 5 s.
@@ -214,6 +215,28 @@ def main():
     finally:
         check(small.stop() == 0, "the small-pool server drains and exits 0")
 
+    # While the model loads, /metrics already answers (the alert on `up` alone saw such a pod as
+    # serving): glmserve_serving says 0 until health is SERVING, then 1.
+    lport = harness.free_port()
+    loading = harness.Server(args.binary, args.model, ["--metrics-port", str(lport), "--debug-load-delay-ms", "6000"],
+                             wait=False)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                during, _ = harness.scrape(lport)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        check(harness.metric(during, "glmserve_serving") == 0, "glmserve_serving is 0 while the model loads")
+        loading.wait_serving(120)
+        after, _ = harness.scrape(lport)
+        check(harness.metric(after, "glmserve_serving") == 1, "glmserve_serving is 1 once loaded")
+    finally:
+        check(loading.stop() == 0, "the slow-loading server drains and exits 0")
+
     text_server = harness.Server(args.binary, args.model, ["--log-format", "text", "--log-level", "warn"])
     check(text_server.port is not None, "--log-format text --log-level warn still logs 'serving on'")
     text_server.stop()
@@ -236,11 +259,23 @@ def main():
     # Ports serve could not bind FAIL as serve would: a host that does not resolve, one port twice.
     p = harness.free_port()
     for extra, name in ((["--host", "no-such-host.invalid", "--port", str(p)], "port"),
-                        (["--port", str(p), "--metrics-port", str(p)], "metrics_port")):
+                        (["--port", str(p), "--metrics-port", str(p)], "metrics_port"),
+                        (["--port", str(p), "--http-port", str(p)], "http_port")):
         out = subprocess.run([args.binary, "doctor", "--json"] + extra, capture_output=True, text=True, timeout=120)
         j = json.loads(out.stdout)
         check(out.returncode == 1 and any(c["name"] == name and c["status"] == "FAIL" for c in j["checks"]),
               f"doctor {' '.join(extra)}: {name} FAILs, exit 1 (rc={out.returncode})")
+    # The HTTP API's port is checked like the others: held by a socket here, free once closed.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        hport = held.getsockname()[1]
+        out = subprocess.run([args.binary, "doctor", "--json", "--port", "0", "--http-port", str(hport)],
+                             capture_output=True, text=True, timeout=120)
+        j = json.loads(out.stdout)
+        check(out.returncode == 1 and any(c["name"] == "http_port" and c["status"] == "FAIL" and
+                                          "--http-port" in c["fix"] for c in j["checks"]),
+              f"doctor --http-port {hport} held: http_port FAILs naming the flag (rc={out.returncode})")
 
     if harness.FAILURES:
         print(f"{len(harness.FAILURES)} check(s) failed")

@@ -137,6 +137,21 @@ TEST(ServeFlags, LoadDelayHookIsOffByDefaultAndRefusesBadValues) {
   }
 }
 
+// Both OOM injections are off by default; one counts a step's sequences (in the executor), the
+// other its tokens (in the scheduler), as issue 4 names them.
+TEST(ServeFlags, OomInjectionBySequencesOrTokens) {
+  absl::StatusOr<ServeFlags> plain = Parse({});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->debug_inject_oom_above, 0);
+  EXPECT_EQ(plain->engine.scheduler.faults.oom_above_tokens, 0);
+  absl::StatusOr<ServeFlags> tokens = Parse({"--debug-inject-oom-above-tokens", "64"});
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  EXPECT_EQ(tokens->engine.scheduler.faults.oom_above_tokens, 64);
+  absl::StatusOr<ServeFlags> bad = Parse({"--debug-inject-oom-above-tokens", "-1"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--debug-inject-oom-above-tokens: '-1'"), std::string::npos) << bad.status();
+}
+
 // Overlapped steps are experimental: off unless asked for.
 TEST(ServeFlags, OverlappedStepsAreOffByDefault) {
   for (const char* device : {"cpu", "cuda"}) {
