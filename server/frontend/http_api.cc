@@ -257,9 +257,20 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
         if (url == it->end() || url->is_null()) return Bad(image.field, "missing", RefusalKind::kMissingParameter);
         if (!url->is_string()) return WrongType(image.field, *url, "a string");
         image.url = url->get<std::string>();
-        // OpenAI's detail (auto/low/high) has no meaning here: the processor's resize decides.
-        if (auto detail = it->find("detail"); detail != it->end() && !detail->is_null() && !detail->is_string()) {
-          return WrongType(ppath + ".image_url.detail", *detail, "a string");
+        // OpenAI's detail (auto/low/high) has no meaning here: the processor's resize decides. Its
+        // values are still OpenAI's, and other keys (a misspelt "detial") are refused, not dropped.
+        if (auto detail = it->find("detail"); detail != it->end() && !detail->is_null()) {
+          if (!detail->is_string()) return WrongType(ppath + ".image_url.detail", *detail, "a string");
+          const std::string& d = detail->get_ref<const std::string&>();
+          if (d != "auto" && d != "low" && d != "high") {
+            return Bad(ppath + ".image_url.detail",
+                       absl::StrCat("'", ShownValue(d), "' is not auto, low or high (the resize is the processor's)"));
+          }
+        }
+        for (auto key = it->begin(); key != it->end(); ++key) {
+          if (key.key() == "url" || key.key() == "detail") continue;
+          return Bad(ppath + ".image_url." + key.key(), "unknown field for image_url (expected url, detail)",
+                     RefusalKind::kUnsupportedParameter);
         }
       } else {
         return WrongType(ppath + ".image_url", *it, "an object {\"url\": ...} or a URL string");
@@ -272,7 +283,8 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
       return Bad(ppath, absl::StrCat("content part type '", t, "' is not supported; send 'text' and 'image_url' parts"),
                  RefusalKind::kUnsupportedContent);
     } else {
-      return Bad(ppath + ".type", absl::StrCat("unknown content part type '", t, "'; expected 'text' or 'image_url'"));
+      return Bad(ppath + ".type",
+                 absl::StrCat("unknown content part type '", ShownValue(t), "'; expected 'text' or 'image_url'"));
     }
   }
   message->content = std::move(text);

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "runtime/engine.h"
+#include "runtime/shown_value.h"
 
 namespace glmserve {
 
@@ -71,6 +72,10 @@ Refusal MakeRefusal(absl::StatusCode code, RefusalKind kind, std::string message
 }
 
 Refusal InvalidField(std::string field, const std::string& detail, RefusalKind kind) {
+  // A field path can hold a client's key (an unknown JSON field of 2 MB was echoed whole into the
+  // response's param and message and the log line); the server's own paths are far shorter.
+  constexpr size_t kShownFieldBytes = 160;
+  field = ShownValue(field, kShownFieldBytes);
   Refusal r;
   r.kind = kind;
   r.message = field.empty() ? detail : absl::StrCat(field, ": ", detail);

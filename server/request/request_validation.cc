@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -113,6 +114,14 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
       if (!ids.ok()) {
         Refusal r = InvalidField(name(Field::kMessages), "");
         r.message = std::string(ids.status().message());  // names the message and its field itself
+        // "messages[1].content[0]: text contains ..." names the part: the refusal's field (an
+        // HTTP error's param) says the same, not only "messages".
+        const std::string_view message = r.message;
+        if (const size_t colon = message.find(": ");
+            colon != std::string_view::npos && message.rfind(r.field + "[", 0) == 0 &&
+            message.substr(0, colon).find(' ') == std::string_view::npos) {
+          r.field = std::string(message.substr(0, colon));
+        }
         return r;
       }
       input_ids = std::move(*ids);

@@ -165,6 +165,53 @@ TEST(Refusal, JsonParserGivesTypedRefusals) {
   EXPECT_TRUE(ok.request.min_equals_max);
 }
 
+// A client's key in a refused field's path is cut (a 2 MB unknown key was echoed whole into the
+// 400's param and message, twice its size, and into the log line); so is an unknown part type.
+TEST(Refusal, HugeUnknownKeysAndTypesAreCutInParamAndMessage) {
+  const std::string big(2'000'000, 'K');
+  const std::string bodies[] = {
+      absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": "hi"}], ")", big, R"(": 1})"),
+      absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": "hi", ")", big, R"(": 1}]})"),
+      absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": [{"type": ")", big, R"("}]}]})"),
+      absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x", ")",
+                   big, R"(": 1}]}]})"),
+  };
+  for (const std::string& body : bodies) {
+    ApiRequest api;
+    const std::optional<Refusal> r = ParseApiRequest(ApiKind::kChat, body, &api);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_LT(r->field.size(), 256u) << r->field.substr(0, 80);
+    EXPECT_LT(r->message.size(), 512u) << r->message.substr(0, 80);
+    EXPECT_NE(r->message.find(" bytes)"), std::string::npos) << r->message.substr(0, 300);  // cut, its size said
+    EXPECT_LT(ToHttpError(*r).message.size(), 512u);
+  }
+}
+
+// image_url objects are held to what the rest of the request is: detail takes OpenAI's values
+// only, and a key besides url and detail (a misspelt "detial") is refused, not dropped.
+TEST(Refusal, ImageUrlObjectKeysAndDetailAreChecked) {
+  auto parse = [](const std::string& image_url) {
+    ApiRequest api;
+    return ParseApiRequest(ApiKind::kChat,
+                           absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", )",
+                                        R"("text": "x"}, {"type": "image_url", "image_url": )",
+                                        image_url, "}]}]}"),
+                           &api);
+  };
+  for (const char* ok : {"auto", "low", "high"}) {
+    std::optional<Refusal> r = parse(absl::StrCat(R"({"url": "data:image/png;base64,AAAA", "detail": ")", ok, R"("})"));
+    EXPECT_FALSE(r) << ok << ": " << r->message;
+  }
+  std::optional<Refusal> ultra = parse(R"({"url": "data:image/png;base64,AAAA", "detail": "ultra"})");
+  ASSERT_TRUE(ultra);
+  EXPECT_EQ(ultra->field, "messages[0].content[1].image_url.detail");
+  EXPECT_NE(ultra->message.find("'ultra' is not auto, low or high"), std::string::npos) << ultra->message;
+  std::optional<Refusal> typo = parse(R"({"url": "data:image/png;base64,AAAA", "detial": "low"})");
+  ASSERT_TRUE(typo);
+  EXPECT_EQ(typo->field, "messages[0].content[1].image_url.detial");
+  EXPECT_EQ(typo->kind, RefusalKind::kUnsupportedParameter);
+}
+
 // A field this server would drop is refused naming it, not ignored: unknown fields (a chat field
 // sent to /v1/completions too), and known ones at a value that would change the output. At the
 // values that change nothing they are accepted.
