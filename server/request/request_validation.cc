@@ -117,9 +117,9 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
         // "messages[1].content[0]: text contains ..." names the part: the refusal's field (an
         // HTTP error's param) says the same, not only "messages".
         const std::string_view message = r.message;
-        if (const size_t colon = message.find(": ");
-            colon != std::string_view::npos && message.rfind(r.field + "[", 0) == 0 &&
-            message.substr(0, colon).find(' ') == std::string_view::npos) {
+        if (const size_t colon = message.find(": "); colon != std::string_view::npos &&
+                                                     message.rfind(r.field + "[", 0) == 0 &&
+                                                     message.substr(0, colon).find(' ') == std::string_view::npos) {
           r.field = std::string(message.substr(0, colon));
         }
         return r;

@@ -173,8 +173,8 @@ TEST(Refusal, HugeUnknownKeysAndTypesAreCutInParamAndMessage) {
       absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": "hi"}], ")", big, R"(": 1})"),
       absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": "hi", ")", big, R"(": 1}]})"),
       absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": [{"type": ")", big, R"("}]}]})"),
-      absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x", ")",
-                   big, R"(": 1}]}]})"),
+      absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x", ")", big,
+                   R"(": 1}]}]})"),
   };
   for (const std::string& body : bodies) {
     ApiRequest api;
@@ -194,8 +194,7 @@ TEST(Refusal, ImageUrlObjectKeysAndDetailAreChecked) {
     ApiRequest api;
     return ParseApiRequest(ApiKind::kChat,
                            absl::StrCat(R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", )",
-                                        R"("text": "x"}, {"type": "image_url", "image_url": )",
-                                        image_url, "}]}]}"),
+                                        R"("text": "x"}, {"type": "image_url", "image_url": )", image_url, "}]}]}"),
                            &api);
   };
   for (const char* ok : {"auto", "low", "high"}) {
