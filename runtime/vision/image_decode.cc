@@ -7,6 +7,7 @@
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "absl/status/status.h"
@@ -62,8 +63,11 @@ struct PngState {
   int sample_bytes = 1;
   size_t rowbytes = 0;
   unsigned char** rows = nullptr;
+  int passes = 1;  // png_set_interlace_handling's: 7 for Adam7
   // Every row was decoded and libpng asked for more input anyway (PngRead stopped it).
   bool rows_complete = false;
+  const std::function<bool()>* stop = nullptr;  // DecodeHint::stop; null = never
+  bool stopped = false;                         // it answered true
 };
 
 void PngOnError(png_structp png, png_const_charp msg) {
@@ -117,7 +121,7 @@ bool PngSetTransforms(PngState* st) {
   if (st->color_type == PNG_COLOR_TYPE_GRAY && st->bit_depth < 8) png_set_expand_gray_1_2_4_to_8(st->png);
   if (st->has_trns) png_set_tRNS_to_alpha(st->png);
   if (st->bit_depth == 16 && !gray16) png_set_strip_16(st->png);  // high byte, as PIL's ";16B" modes
-  png_set_interlace_handling(st->png);
+  st->passes = png_set_interlace_handling(st->png);
   png_read_update_info(st->png, st->info);
   st->channels = png_get_channels(st->png, st->info);
   st->sample_bytes = png_get_bit_depth(st->png, st->info) == 16 ? 2 : 1;
@@ -125,32 +129,51 @@ bool PngSetTransforms(PngState* st) {
   return true;
 }
 
+// png_read_image's loop (every pass over every row), asking st->stop every 64 rows.
 bool PngReadRows(PngState* st) {
   if (setjmp(png_jmpbuf(st->png))) return st->rows_complete;
-  png_read_image(st->png, st->rows);
+  for (int pass = 0; pass < st->passes; ++pass) {
+    for (png_uint_32 y = 0; y < st->height; ++y) {
+      if (st->stop != nullptr && y % 64 == 0 && (*st->stop)()) {
+        st->stopped = true;
+        return false;
+      }
+      png_read_row(st->png, st->rows[y], nullptr);
+    }
+  }
   return true;
 }
 
-absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions& options) {
-  PngState st;
-  st.data = reinterpret_cast<const unsigned char*>(bytes.data());
-  st.size = bytes.size();
-  st.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &st, PngOnError, PngOnWarning);
-  if (st.png == nullptr) return absl::ResourceExhaustedError("PNG: libpng could not allocate its state");
-  st.info = png_create_info_struct(st.png);
-  struct Cleanup {
-    PngState* st;
-    ~Cleanup() { png_destroy_read_struct(&st->png, st->info ? &st->info : nullptr, nullptr); }
-  } cleanup{&st};
-  if (st.info == nullptr) return absl::ResourceExhaustedError("PNG: libpng could not allocate its state");
+// Reads the header into st (a fresh state). Returns OK or Decode's refusal.
+absl::Status PngHeader(PngState* st, absl::string_view bytes, const DecodeOptions& options) {
+  st->data = reinterpret_cast<const unsigned char*>(bytes.data());
+  st->size = bytes.size();
+  st->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, st, PngOnError, PngOnWarning);
+  if (st->png == nullptr) return absl::ResourceExhaustedError("PNG: libpng could not allocate its state");
+  st->info = png_create_info_struct(st->png);
+  if (st->info == nullptr) return absl::ResourceExhaustedError("PNG: libpng could not allocate its state");
+  if (!PngReadHeader(st)) return absl::InvalidArgumentError(absl::StrCat("PNG: bad header: ", st->error));
+  if (st->width == 0 || st->height == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("PNG: zero-size image (%dx%d)", st->width, st->height));
+  }
+  if (static_cast<uint64_t>(st->width) * st->height > static_cast<uint64_t>(options.max_pixels)) {
+    return TooManyPixels("PNG", st->width, st->height, options.max_pixels);
+  }
+  return absl::OkStatus();
+}
 
-  if (!PngReadHeader(&st)) return absl::InvalidArgumentError(absl::StrCat("PNG: bad header: ", st.error));
-  if (st.width == 0 || st.height == 0) {
-    return absl::InvalidArgumentError(absl::StrFormat("PNG: zero-size image (%dx%d)", st.width, st.height));
+struct PngCleanup {
+  PngState* st;
+  ~PngCleanup() {
+    if (st->png != nullptr) png_destroy_read_struct(&st->png, st->info ? &st->info : nullptr, nullptr);
   }
-  if (static_cast<uint64_t>(st.width) * st.height > static_cast<uint64_t>(options.max_pixels)) {
-    return TooManyPixels("PNG", st.width, st.height, options.max_pixels);
-  }
+};
+
+absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions& options, const DecodeHint& hint) {
+  PngState st;
+  PngCleanup cleanup{&st};
+  if (absl::Status header = PngHeader(&st, bytes, options); !header.ok()) return header;
+  st.stop = hint.stop ? &hint.stop : nullptr;
   if (!PngSetTransforms(&st)) return absl::InvalidArgumentError(absl::StrCat("PNG: ", st.error));
 
   RgbImage out;
@@ -165,7 +188,10 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions&
     rows[y] = rgb8 ? out.pixels.data() + size_t{y} * st.rowbytes : raw.data() + y * st.rowbytes;
   }
   st.rows = rows.data();
-  if (!PngReadRows(&st)) return absl::InvalidArgumentError(absl::StrCat("PNG: corrupt or truncated: ", st.error));
+  if (!PngReadRows(&st)) {
+    if (st.stopped) return absl::CancelledError("PNG: stopped");
+    return absl::InvalidArgumentError(absl::StrCat("PNG: corrupt or truncated: ", st.error));
+  }
   if (rgb8) return out;
   const bool composite = options.alpha == AlphaMode::kCompositeOnWhite;
   for (png_uint_32 y = 0; y < st.height; ++y) {
@@ -209,8 +235,13 @@ struct JpegState {
   char error[JMSG_LENGTH_MAX + 64] = {0};
   int max_scans = 0;
   bool created = false;
-  unsigned char* out = nullptr;  // image_width * image_height * out_components
-  int out_components = 0;        // what `out` is sized for
+  unsigned char* out = nullptr;  // out_width * out_height * out_components
+  JDIMENSION out_width = 0;      // what `out` is sized for
+  JDIMENSION out_height = 0;
+  int out_components = 0;
+  const std::function<bool()>* stop = nullptr;  // DecodeHint::stop; null = never
+  unsigned progress_calls = 0;
+  bool stopped = false;  // stop answered true
 };
 
 void JpegOnError(j_common_ptr cinfo) {
@@ -232,6 +263,12 @@ void JpegOnProgress(j_common_ptr cinfo) {
     std::snprintf(st->error, sizeof(st->error), "more than %d progressive scans", st->max_scans);
     std::longjmp(st->jump, 1);
   }
+  // Called per row group (and per iMCU row of every progressive scan): ask every 16th time.
+  if (st->stop != nullptr && ++st->progress_calls % 16 == 0 && (*st->stop)()) {
+    st->stopped = true;
+    std::snprintf(st->error, sizeof(st->error), "stopped");
+    std::longjmp(st->jump, 1);
+  }
 }
 
 bool JpegReadHeader(JpegState* st, const unsigned char* data, size_t size) {
@@ -243,11 +280,18 @@ bool JpegReadHeader(JpegState* st, const unsigned char* data, size_t size) {
   return true;
 }
 
+// The output size for the scale and color space set on cinfo (libjpeg's own arithmetic).
+bool JpegOutputSize(JpegState* st) {
+  if (setjmp(st->jump)) return false;
+  jpeg_calc_output_dimensions(&st->cinfo);
+  return true;
+}
+
 bool JpegReadPixels(JpegState* st) {
   if (setjmp(st->jump)) return false;
   jpeg_start_decompress(&st->cinfo);
   // Never write past what `out` holds, whatever libjpeg chose.
-  if (st->cinfo.output_width != st->cinfo.image_width || st->cinfo.output_height != st->cinfo.image_height ||
+  if (st->cinfo.output_width != st->out_width || st->cinfo.output_height != st->out_height ||
       st->cinfo.output_components != st->out_components) {
     std::snprintf(st->error, sizeof(st->error), "libjpeg's output layout is not the one asked for");
     return false;
@@ -260,30 +304,38 @@ bool JpegReadPixels(JpegState* st) {
   return true;
 }
 
-absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view bytes, const DecodeOptions& options) {
-  auto st = std::make_unique<JpegState>();  // big (jmp_buf, libjpeg structs): off the stack
+struct JpegCleanup {
+  JpegState* st;
+  ~JpegCleanup() {
+    if (st->created) jpeg_destroy_decompress(&st->cinfo);
+  }
+};
+
+// Reads the header into st (a fresh state). Returns OK or Decode's refusal.
+absl::Status JpegHeader(JpegState* st, absl::string_view bytes, const DecodeOptions& options) {
   st->cinfo.err = jpeg_std_error(&st->err);
   st->err.error_exit = JpegOnError;
   st->err.emit_message = JpegOnMessage;
-  st->cinfo.client_data = st.get();
+  st->cinfo.client_data = st;
   st->max_scans = options.max_jpeg_scans;
-  struct Cleanup {
-    JpegState* st;
-    ~Cleanup() {
-      if (st->created) jpeg_destroy_decompress(&st->cinfo);
-    }
-  } cleanup{st.get()};
-
-  if (!JpegReadHeader(st.get(), reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size())) {
+  if (!JpegReadHeader(st, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size())) {
     return absl::InvalidArgumentError(absl::StrCat("JPEG: bad header: ", st->error));
   }
-  jpeg_decompress_struct& c = st->cinfo;
+  const jpeg_decompress_struct& c = st->cinfo;
   if (c.image_width == 0 || c.image_height == 0) {
     return absl::InvalidArgumentError(absl::StrFormat("JPEG: zero-size image (%dx%d)", c.image_width, c.image_height));
   }
   if (static_cast<uint64_t>(c.image_width) * c.image_height > static_cast<uint64_t>(options.max_pixels)) {
     return TooManyPixels("JPEG", c.image_width, c.image_height, options.max_pixels);
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view bytes, const DecodeOptions& options, const DecodeHint& hint) {
+  auto st = std::make_unique<JpegState>();  // big (jmp_buf, libjpeg structs): off the stack
+  JpegCleanup cleanup{st.get()};
+  if (absl::Status header = JpegHeader(st.get(), bytes, options); !header.ok()) return header;
+  jpeg_decompress_struct& c = st->cinfo;
   bool cmyk = false;
   switch (c.jpeg_color_space) {
     case JCS_GRAYSCALE:
@@ -307,11 +359,18 @@ absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view bytes, const DecodeOptions
   c.do_fancy_upsampling = TRUE;
   st->progress.progress_monitor = JpegOnProgress;
   c.progress = &st->progress;
+  st->stop = hint.stop ? &hint.stop : nullptr;
+  c.scale_num =
+      static_cast<unsigned>(JpegScaleEighths(static_cast<int>(c.image_width), static_cast<int>(c.image_height), hint));
+  c.scale_denom = 8;
+  if (!JpegOutputSize(st.get())) return absl::InvalidArgumentError(absl::StrCat("JPEG: ", st->error));
 
   const int comps = cmyk ? 4 : (c.out_color_space == JCS_GRAYSCALE ? 1 : 3);
+  st->out_width = c.output_width;
+  st->out_height = c.output_height;
   RgbImage out;
-  out.width = static_cast<int>(c.image_width);
-  out.height = static_cast<int>(c.image_height);
+  out.width = static_cast<int>(c.output_width);
+  out.height = static_cast<int>(c.output_height);
   const size_t n = static_cast<size_t>(out.width) * out.height;
   out.pixels.resize(n * 3);
   // RGB (a photo's or a screenshot's usual form) is decoded straight into the result: no second
@@ -320,6 +379,7 @@ absl::StatusOr<RgbImage> DecodeJpeg(absl::string_view bytes, const DecodeOptions
   st->out = comps == 3 ? out.pixels.data() : raw.data();
   st->out_components = comps;
   if (!JpegReadPixels(st.get())) {
+    if (st->stopped) return absl::CancelledError("JPEG: stopped");
     return absl::InvalidArgumentError(absl::StrCat("JPEG: corrupt or truncated: ", st->error));
   }
   if (comps == 3) return out;
@@ -369,10 +429,45 @@ absl::StatusOr<ImageDecoder> ImageDecoder::Create(const DecodeOptions& options) 
   return ImageDecoder(options);
 }
 
-absl::StatusOr<RgbImage> ImageDecoder::Decode(absl::string_view bytes) const {
+absl::StatusOr<RgbImage> ImageDecoder::Decode(absl::string_view bytes, const DecodeHint& hint) const {
   absl::StatusOr<ImageFormat> format = SniffImageFormat(bytes);
   if (!format.ok()) return format.status();
-  return *format == ImageFormat::kPng ? DecodePng(bytes, options_) : DecodeJpeg(bytes, options_);
+  return *format == ImageFormat::kPng ? DecodePng(bytes, options_, hint) : DecodeJpeg(bytes, options_, hint);
+}
+
+absl::StatusOr<ImageHeader> ImageDecoder::ReadHeader(absl::string_view bytes) const {
+  absl::StatusOr<ImageFormat> format = SniffImageFormat(bytes);
+  if (!format.ok()) return format.status();
+  ImageHeader header;
+  header.format = *format;
+  if (*format == ImageFormat::kPng) {
+    PngState st;
+    PngCleanup cleanup{&st};
+    if (absl::Status s = PngHeader(&st, bytes, options_); !s.ok()) return s;
+    header.width = static_cast<int>(st.width);
+    header.height = static_cast<int>(st.height);
+    return header;
+  }
+  auto st = std::make_unique<JpegState>();
+  JpegCleanup cleanup{st.get()};
+  if (absl::Status s = JpegHeader(st.get(), bytes, options_); !s.ok()) return s;
+  header.width = static_cast<int>(st->cinfo.image_width);
+  header.height = static_cast<int>(st->cinfo.image_height);
+  return header;
+}
+
+int JpegScaleEighths(int width, int height, const DecodeHint& hint) {
+  // At most 2x the target: decoded in full, as PIL does (the fixtures' parity holds there).
+  if (hint.min_width <= 0 || hint.min_height <= 0 || int64_t{width} <= 2 * int64_t{hint.min_width} ||
+      int64_t{height} <= 2 * int64_t{hint.min_height}) {
+    return 8;
+  }
+  // libjpeg's output side is ceil(side * M / 8) (jdiv_round_up).
+  auto scaled = [](int side, int m) { return (int64_t{side} * m + 7) / 8; };
+  for (int m = 1; m < 8; ++m) {
+    if (scaled(width, m) >= hint.min_width && scaled(height, m) >= hint.min_height) return m;
+  }
+  return 8;
 }
 
 }  // namespace glmserve::vision

@@ -85,8 +85,15 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("max-pixels", &media.max_pixels, 0, int64_t{1} << 40,
           "largest temporal_patch_size x height x width an image is resized to (larger ones are scaled "
           "down, never cropped); replaces preprocessor_config.json's size.longest_edge; a request may "
-          "ask for less or up to this (mm_processor_kwargs.max_pixels / max_pixels)")
+          "ask for less or up to this (mm_processor_kwargs.max_pixels / max_pixels); a source image above 16 x "
+          "(this / temporal_patch_size) pixels is refused from its header")
       .DefaultText("0 = the checkpoint's size.longest_edge");
+  set.Int("max-request-image-pixels", &media.max_request_image_pixels, 0, int64_t{1} << 40,
+          "source pixels (width x height as sent) of one request's images together; the image that passes "
+          "it: INVALID_ARGUMENT / HTTP 400 naming it, before anything is decoded")
+      .DefaultText(
+          "0 = --limit-images-per-prompt x (max_pixels / temporal_patch_size), at least one image's source "
+          "limit: 58,800,000 for GLM-4.1V");
   set.Path("allowed-local-media-path", &media.allowed_local_media_path,
            "file:// image URLs are read from under this directory only (symlinks and '..' resolved)")
       .ValueName("DIR")

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <limits>
 #include <thread>
 #include <utility>
 
@@ -138,6 +139,25 @@ std::optional<Refusal> FileUrlBytes(const ImageData& image, const MediaOptions& 
   return std::nullopt;
 }
 
+// An image preparation that stopped early: DEADLINE_EXCEEDED (the request's deadline passed) or
+// CANCELLED (the client went away), saying when. The field is named in the message only: an HTTP
+// error's param stays the deadline's ("timeout"); the image was not at fault.
+Refusal Stopped(const ImageData& image, absl::StatusCode code, const std::string& when) {
+  if (code == absl::StatusCode::kDeadlineExceeded) {
+    return MakeRefusal(code, RefusalKind::kDeadline,
+                       absl::StrCat(image.field, ": the request's deadline passed ", when, "; retry with a later one"));
+  }
+  return MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled,
+                     absl::StrCat(image.field, ": the client went away (cancelled or closed the connection) ", when));
+}
+
+std::optional<Refusal> StoppedEarly(const ImageData& image, std::chrono::steady_clock::time_point deadline,
+                                    const std::function<bool()>& abandoned, const char* when) {
+  if (std::chrono::steady_clock::now() >= deadline) return Stopped(image, absl::StatusCode::kDeadlineExceeded, when);
+  if (abandoned && abandoned()) return Stopped(image, absl::StatusCode::kCancelled, when);
+  return std::nullopt;
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<const ImageSupport>> ImageSupport::Create(const VisionConfig& vision,
@@ -151,20 +171,42 @@ absl::StatusOr<std::shared_ptr<const ImageSupport>> ImageSupport::Create(const V
   if (!decoder.ok()) return decoder.status();
   absl::StatusOr<vision::Glm4vImageProcessor> made = vision::Glm4vImageProcessor::Create(processor);
   if (!made.ok()) return made.status();
-  std::shared_ptr<ImageSupport> support(new ImageSupport(*std::move(decoder), *std::move(made)));
+  if (media.max_request_image_pixels < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-request-image-pixels: ", media.max_request_image_pixels,
+                                                   " is below 0 (0 = derived from --limit-images-per-prompt)"));
+  }
+  if (media.max_source_pixels_ratio < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_source_pixels_ratio: ", media.max_source_pixels_ratio, " is below 0 (0 = no ratio)"));
+  }
+  const int32_t slots = media.max_concurrent_decodes > 0
+                            ? media.max_concurrent_decodes
+                            : std::max(1, static_cast<int32_t>(std::thread::hardware_concurrency()));
+  std::shared_ptr<ImageSupport> support(new ImageSupport(*std::move(decoder), *std::move(made), slots));
   support->ids_.image_token_id = vision.image_token_id;
   support->ids_.image_start_token_id = vision.image_start_token_id;
   support->ids_.image_end_token_id = vision.image_end_token_id;
   support->spatial_merge_size_ = vision.spatial_merge_size;
-  support->max_decodes_ = media.max_concurrent_decodes > 0
-                              ? media.max_concurrent_decodes
-                              : std::max(1, static_cast<int32_t>(std::thread::hardware_concurrency()));
   support->max_pixels_ = media.max_pixels > 0 ? media.max_pixels : processor.max_pixels;
   if (support->max_pixels_ < support->min_max_pixels()) {
     return absl::InvalidArgumentError(absl::StrCat(
         media.max_pixels > 0 ? "--max-pixels: " : "preprocessor_config.json: size.longest_edge ", support->max_pixels_,
         " is below the smallest image, temporal_patch_size x (patch_size x merge_size)^2 = ",
         support->min_max_pixels()));
+  }
+  // Saturating: --max-pixels may be up to 2^40.
+  const int64_t largest = support->max_pixels_ / std::max(1, processor.temporal_patch_size);
+  const int64_t decodable = support->decoder_.options().max_pixels;
+  support->max_source_pixels_ = decodable;
+  if (media.max_source_pixels_ratio > 0 && largest <= decodable / media.max_source_pixels_ratio) {
+    support->max_source_pixels_ = largest * media.max_source_pixels_ratio;
+  }
+  support->max_request_image_pixels_ = media.max_request_image_pixels;
+  if (support->max_request_image_pixels_ == 0) {
+    const int64_t images = std::max<int64_t>(1, media.limit_images_per_prompt);
+    support->max_request_image_pixels_ =
+        std::max(support->max_source_pixels_,
+                 largest > std::numeric_limits<int64_t>::max() / images ? largest : largest * images);
   }
   // The resize grid must be the model's merge grid, or the image tokens would not line up.
   if (processor.merge_size != vision.spatial_merge_size) {
@@ -189,18 +231,56 @@ absl::StatusOr<std::shared_ptr<const ImageSupport>> ImageSupport::ForModel(const
   return Create(vision, *options, media);
 }
 
-void ImageSupport::AcquireDecode() const {
-  std::unique_lock<std::mutex> lock(decode_mu_);
-  decode_cv_.wait(lock, [this] { return decoding_ < max_decodes_; });
-  ++decoding_;
+DecodeSlots::DecodeSlots(int32_t slots, std::chrono::milliseconds poll)
+    : slots_(std::max<int32_t>(1, slots)), poll_(std::max(poll, std::chrono::milliseconds(1))) {}
+
+absl::Status DecodeSlots::Acquire(std::chrono::steady_clock::time_point deadline,
+                                  const std::function<bool()>& abandoned) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t ticket = next_ticket_++;
+  queue_.push_back(ticket);
+  absl::Status gave_up;
+  while (true) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      gave_up = absl::DeadlineExceededError("the deadline passed");
+      break;
+    }
+    if (queue_.front() == ticket && in_use_ < slots_) {
+      queue_.pop_front();
+      ++in_use_;
+      // The next in line may take another free slot.
+      if (!queue_.empty() && in_use_ < slots_) cv_.notify_all();
+      return absl::OkStatus();
+    }
+    if (abandoned) {
+      // Asked unlocked: an HTTP connection's check is a syscall.
+      lock.unlock();
+      const bool gone = abandoned();
+      lock.lock();
+      if (gone) {
+        gave_up = absl::CancelledError("the client went away");
+        break;
+      }
+    }
+    cv_.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + poll_));
+  }
+  queue_.erase(std::find(queue_.begin(), queue_.end(), ticket));
+  cv_.notify_all();  // the one behind may now be first
+  return gave_up;
 }
 
-void ImageSupport::ReleaseDecode() const {
+void DecodeSlots::Release() {
   {
-    std::lock_guard<std::mutex> lock(decode_mu_);
-    --decoding_;
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_use_;
   }
-  decode_cv_.notify_one();
+  // Every waiter checks whether it is first; the queue is bounded by the threads that wait.
+  cv_.notify_all();
+}
+
+int32_t DecodeSlots::waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int32_t>(queue_.size());
 }
 
 int64_t ImageSupport::min_max_pixels() const {
@@ -284,24 +364,105 @@ std::optional<Refusal> PrepareImages(const GenerateRequest& request, const Media
           RefusalKind::kUnsupportedContent);
     }
   }
-  out->reserve(request.images.size());
-  for (const ImageData& image : request.images) {
+  const auto deadline = request.deadline;
+  const std::function<bool()>& abandoned = media.abandoned;
+  // Every image's bytes and header first: a request over a limit is refused before any decode.
+  struct Pending {
     std::string bytes;
-    if (auto refused = ImageBytes(image, media, &bytes)) return refused;
-    support->AcquireDecode();
+    vision::ImageHeader header;
+    vision::ImageGrid grid;  // the resized size, from the header (transformers' smart_resize)
+  };
+  std::vector<Pending> pending(request.images.size());
+  int64_t request_pixels = 0;
+  for (size_t i = 0; i < request.images.size(); ++i) {
+    const ImageData& image = request.images[i];
+    if (auto stopped = StoppedEarly(image, deadline, abandoned, "before it was read")) return stopped;
+    Pending& p = pending[i];
+    if (auto refused = ImageBytes(image, media, &p.bytes)) return refused;
+    absl::StatusOr<vision::ImageHeader> header = support->decoder().ReadHeader(p.bytes);
+    if (!header.ok()) return InvalidField(image.field, std::string(header.status().message()));
+    p.header = *header;
+    const int64_t pixels = int64_t{p.header.width} * p.header.height;
+    if (pixels > support->max_source_pixels()) {
+      return InvalidField(image.field,
+                          absl::StrCat("image ", p.header.width, "x", p.header.height, " (width x height) has ", pixels,
+                                       " pixels; this server decodes at most ", support->max_source_pixels(), " (",
+                                       media.max_source_pixels_ratio, " x the largest image it resizes to, max_pixels ",
+                                       support->max_pixels(), " / temporal_patch_size); send it smaller"));
+    }
+    request_pixels += pixels;
+    if (request_pixels > support->max_request_image_pixels()) {
+      return InvalidField(image.field,
+                          absl::StrCat("image ", p.header.width, "x", p.header.height,
+                                       " (width x height) brings the request's images to ", request_pixels,
+                                       " pixels to decode; at most ", support->max_request_image_pixels(),
+                                       " per request (--max-request-image-pixels); send fewer or smaller images"));
+    }
+    absl::StatusOr<vision::ImageGrid> grid = support->processor().Grid(p.header.height, p.header.width, overrides);
+    if (!grid.ok()) {
+      return InvalidField(image.field, absl::StrCat("image ", p.header.width, "x", p.header.height,
+                                                    " (width x height): ", grid.status().message()));
+    }
+    p.grid = *grid;
+  }
+  out->reserve(request.images.size());
+  for (size_t i = 0; i < request.images.size(); ++i) {
+    const ImageData& image = request.images[i];
+    Pending& p = pending[i];
+    // Checked here too: a slot may be free, and Acquire asks `abandoned` only while it waits.
+    if (auto stopped = StoppedEarly(image, deadline, abandoned, "before it was decoded")) return stopped;
+    const absl::Status slot = support->decode_slots_->Acquire(deadline, abandoned);
+    if (!slot.ok()) return Stopped(image, slot.code(), "while it waited for a decode slot");
     struct Release {
-      const ImageSupport* support;
-      ~Release() { support->ReleaseDecode(); }
-    } release{support};
+      DecodeSlots* slots;
+      ~Release() { slots->Release(); }
+    } release{support->decode_slots_.get()};
     const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<vision::RgbImage> rgb = support->decoder().Decode(bytes);
+    vision::DecodeHint hint;
+    hint.min_width = p.grid.resized_width;
+    hint.min_height = p.grid.resized_height;
+    // The deadline every call; the client (a syscall for HTTP) at most every 10 ms.
+    auto asked = start;
+    hint.stop = [&] {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return true;
+      if (!abandoned || now - asked < std::chrono::milliseconds(10)) return false;
+      asked = now;
+      return abandoned();
+    };
+    absl::StatusOr<vision::RgbImage> rgb = support->decoder().Decode(p.bytes, hint);
+    if (!rgb.ok() && rgb.status().code() == absl::StatusCode::kCancelled) {
+      return Stopped(image,
+                     std::chrono::steady_clock::now() >= deadline ? absl::StatusCode::kDeadlineExceeded
+                                                                  : absl::StatusCode::kCancelled,
+                     "while it was decoded");
+    }
     if (!rgb.ok()) return InvalidField(image.field, std::string(rgb.status().message()));
-    bytes = std::string();
+    p.bytes = std::string();
     const auto decoded = std::chrono::steady_clock::now();
-    absl::StatusOr<vision::ProcessedImage> processed = support->processor().Process(*rgb, overrides);
+    const vision::Glm4vImageProcessor& processor = support->processor();
+    // A JPEG decoded at a reduced scale is resized to the size its header gave (what
+    // transformers resizes the full image to); Process then finds it at that size and only
+    // patches it.
+    vision::RgbImage scaled_down;
+    const vision::RgbImage* source = &*rgb;
+    if (rgb->width != p.header.width || rgb->height != p.header.height) {
+      scaled_down = vision::ResizeBicubicAntialias(*rgb, p.grid.resized_height, p.grid.resized_width,
+                                                   processor.options().backend, processor.options().threads);
+      *rgb = vision::RgbImage();
+      source = &scaled_down;
+    }
+    absl::StatusOr<vision::ProcessedImage> processed = processor.Process(*source, overrides);
     if (!processed.ok()) {
-      return InvalidField(image.field, absl::StrCat("image ", rgb->width, "x", rgb->height,
+      return InvalidField(image.field, absl::StrCat("image ", p.header.width, "x", p.header.height,
                                                     " (width x height): ", processed.status().message()));
+    }
+    if (processed->grid.resized_height != p.grid.resized_height ||
+        processed->grid.resized_width != p.grid.resized_width) {
+      return MakeRefusal(
+          absl::StatusCode::kInternal, RefusalKind::kInternal,
+          absl::StrCat(image.field, ": resized to ", processed->grid.resized_width, "x", processed->grid.resized_height,
+                       ", not the ", p.grid.resized_width, "x", p.grid.resized_height, " its header gives"));
     }
     out->push_back(vision::ToImageInput(*std::move(processed)));
     out->back().decode_ms = std::chrono::duration<double, std::milli>(decoded - start).count();

@@ -7,8 +7,11 @@
 // no LibTorch.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -40,9 +43,29 @@ struct MediaOptions {
   // canonical (symlinks and '..' resolved by ParseServeFlags); "" = file:// URLs refused.
   std::string allowed_local_media_path;
   // Images decoded and preprocessed at once, server-wide; more wait (holding only their encoded
-  // bytes). A decoded image can take 150 MB (50 M pixels of RGB) and every HTTP connection has a
-  // thread, so without this bound 512 connections could hold 75 GB. 0 = the machine's cores.
+  // bytes) in arrival order (DecodeSlots), until their request's deadline or their client leaves.
+  // A decoded image can take 150 MB (50 M pixels of RGB) and every HTTP connection has a thread, so
+  // without this bound 512 connections could hold 75 GB. 0 = the machine's cores.
   int32_t max_concurrent_decodes = 0;
+  // Source pixels (width x height as sent, before any resize) summed over one request's images
+  // (--max-request-image-pixels): the image that would pass it is refused INVALID_ARGUMENT naming
+  // it, from the headers, before any image is decoded. Decoding costs by the source's pixels
+  // (~30 ns each), not by the resized size: ten 49 M-pixel PNGs of 381 KB fit in a 4 MB body and
+  // cost 15 s of CPU. 0 = limit_images_per_prompt images of the largest size the processor keeps
+  // (max_pixels / temporal_patch_size: 58.8 M for GLM-4.1V's 10 x 5.88 M), and at least one image
+  // of the source limit below.
+  int64_t max_request_image_pixels = 0;
+  // One image's source may have at most this many times the pixels of the largest image the server
+  // resizes to (max_pixels / temporal_patch_size); larger ones are refused naming the image, from the
+  // header. Matters where --max-pixels is set low: GLM-4.1V's own 5.88 M allows 94 M, above the
+  // decoder's absolute 50 M (vision::DecodeOptions::max_pixels), which always holds. 0 = only that.
+  int32_t max_source_pixels_ratio = 16;
+  // Per request, never a flag: answers true once the request's client has gone (gRPC: the call was
+  // cancelled; HTTP: the connection closed). RequestSessions::Validate sets it on a copy of the
+  // options for the request at hand; PrepareImages asks it before each image, while the image waits
+  // for a decode slot (every 100 ms) and while it is decoded, and then refuses CANCELLED. Must be
+  // cheap (a flag, or one non-blocking recv) and callable from the request's thread. Empty = never.
+  std::function<bool()> abandoned;
   // http(s) image URLs are fetched (--allow-media-fetch) within `fetch` (timeout, size, hosts);
   // off = refused naming the field. A server that fetches what clients name can be pointed at
   // hosts only it can reach: keep it off or list the hosts.
@@ -52,6 +75,40 @@ struct MediaOptions {
 
 // Largest image file a file:// URL may name (the body limit bounds inline images).
 inline constexpr int64_t kMaxImageFileBytes = int64_t{64} << 20;
+
+// The server's image decode slots, handed out first come, first served (a ticket queue): with a
+// plain condition variable, whichever waiter the scheduler woke first got a freed slot, and one
+// client's burst of costly images could overtake an earlier request indefinitely. A waiter whose
+// deadline passes or whose client leaves gives up its place, and those behind it move up. Any
+// thread.
+class DecodeSlots {
+ public:
+  // `slots` >= 1. `poll`: how often a waiter asks its `abandoned` (a closed connection wakes
+  // nobody).
+  explicit DecodeSlots(int32_t slots, std::chrono::milliseconds poll = std::chrono::milliseconds(100));
+  DecodeSlots(const DecodeSlots&) = delete;
+  DecodeSlots& operator=(const DecodeSlots&) = delete;
+
+  // Waits behind every earlier caller still waiting, then takes a slot: OK, and the caller holds it
+  // until Release(). DEADLINE_EXCEEDED once `deadline` has passed (also when it had already passed
+  // and a slot was free), CANCELLED once `abandoned` (empty = never) answers true; then nothing is
+  // held.
+  absl::Status Acquire(std::chrono::steady_clock::time_point deadline, const std::function<bool()>& abandoned);
+  void Release();
+
+  int32_t slots() const { return slots_; }
+  // Callers waiting now (tests; what a metric would show).
+  int32_t waiting() const;
+
+ private:
+  const int32_t slots_;
+  const std::chrono::milliseconds poll_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int32_t in_use_ = 0;          // guarded by mu_
+  uint64_t next_ticket_ = 0;    // guarded by mu_
+  std::deque<uint64_t> queue_;  // guarded by mu_; tickets of waiting callers, in arrival order
+};
 
 // What a vision model's requests need: the decoder, the processor with the checkpoint's
 // preprocessor_config.json, the image token ids and the merge size. Immutable; any thread.
@@ -70,6 +127,10 @@ class ImageSupport {
 
   // The server's limit on temporal_patch_size x height x width after resizing.
   int64_t max_pixels() const { return max_pixels_; }
+  // The most source pixels one image may have (MediaOptions::max_source_pixels_ratio and the
+  // decoder's absolute limit), and one request's images together (max_request_image_pixels).
+  int64_t max_source_pixels() const { return max_source_pixels_; }
+  int64_t max_request_image_pixels() const { return max_request_image_pixels_; }
   // The smallest max_pixels accepted: temporal_patch_size * (patch_size * merge_size)^2 (one
   // image token).
   int64_t min_max_pixels() const;
@@ -79,23 +140,22 @@ class ImageSupport {
   const vision::Glm4vImageProcessor& processor() const { return processor_; }
 
  private:
-  ImageSupport(vision::ImageDecoder decoder, vision::Glm4vImageProcessor processor)
-      : decoder_(std::move(decoder)), processor_(std::move(processor)) {}
+  ImageSupport(vision::ImageDecoder decoder, vision::Glm4vImageProcessor processor, int32_t decode_slots)
+      : decoder_(std::move(decoder)),
+        processor_(std::move(processor)),
+        decode_slots_(std::make_unique<DecodeSlots>(decode_slots)) {}
   friend std::optional<Refusal> PrepareImages(const GenerateRequest&, const MediaOptions&, const ImageSupport*, Dialect,
                                               std::vector<ImageInput>*);
-  // One of max_concurrent_decodes slots while an image is decoded and processed.
-  void AcquireDecode() const;
-  void ReleaseDecode() const;
 
   vision::ImageDecoder decoder_;
   vision::Glm4vImageProcessor processor_;
-  int32_t max_decodes_ = 1;
-  mutable std::mutex decode_mu_;
-  mutable std::condition_variable decode_cv_;
-  mutable int32_t decoding_ = 0;  // guarded by decode_mu_
+  // One of max_concurrent_decodes slots is held while an image is decoded and processed.
+  std::unique_ptr<DecodeSlots> decode_slots_;
   vision::ImageTokenIds ids_;
   int32_t spatial_merge_size_ = 2;
   int64_t max_pixels_ = 0;
+  int64_t max_source_pixels_ = 0;
+  int64_t max_request_image_pixels_ = 0;
 };
 
 // The bytes of one image: gRPC's bytes as they are (a mime_type other than image/png or
@@ -107,7 +167,13 @@ std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& me
 // Every image of `request`, resolved, decoded and preprocessed in prompt order, one at a time (a
 // decoded image is dropped once processed): the count against media.limit_images_per_prompt, the
 // request's max_pixels against the server's, the roles that may carry images (user: the glm4v
-// chat template renders image parts only there), then each image. A model without images
+// chat template renders image parts only there); then every image's bytes and header (its size
+// against the source limit and the request's against max_request_image_pixels, its resized size),
+// so a request over a limit costs no decode (the encoded bytes are held until each is decoded:
+// at most the body, or the file:// / fetched files); then each image under a decode slot, a JPEG
+// far larger than its resized size at a reduced DCT scale (vision::DecodeHint). Stops as soon as
+// request.deadline passes (DEADLINE_EXCEEDED) or media.abandoned answers true (CANCELLED):
+// before each image, while it waits for a slot, while it is decoded. A model without images
 // (support null) refuses any image. Nothing to do without images.
 std::optional<Refusal> PrepareImages(const GenerateRequest& request, const MediaOptions& media,
                                      const ImageSupport* support, Dialect dialect, std::vector<ImageInput>* out);

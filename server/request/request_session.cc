@@ -45,7 +45,8 @@ RequestSession::RequestSession(RequestSessions* hub, SessionInfo info, Inference
                                std::shared_ptr<SessionSink> sink)
     : hub_(hub), info_(std::move(info)), engine_(engine), sink_(std::move(sink)) {}
 
-RequestSession::~RequestSession() = default;
+// A sink that took the request_finished line and never reported it still has it written.
+RequestSession::~RequestSession() { LogDeferredFinish(std::nullopt); }
 
 void RequestSession::Cancel(absl::StatusCode why) {
   client_end_ = why;
@@ -182,10 +183,37 @@ void RequestSession::Finish(RequestResult result) {
   if (end == absl::StatusCode::kDeadlineExceeded && result.finish_reason == FinishReason::kCancelled) {
     result.finish_reason = FinishReason::kDeadline;  // the transport's deadline cancelled it
   }
-  hub_->LogFinished(*this, result, CodeName(end));
   // Let go of the sink: it holds this session too (to cancel it) until it is done.
   std::shared_ptr<SessionSink> sink = std::move(sink_);
+  if (sink->TakesFinishedLog(result)) {
+    std::lock_guard<std::mutex> lock(deferred_mu_);
+    deferred_result_ = result;
+    deferred_code_ = end;
+  } else {
+    hub_->LogFinished(*this, result, CodeName(end));
+  }
   sink->OnFinish(result, tail, text);
+}
+
+void RequestSession::LogDeferredFinish(std::optional<absl::StatusCode> ended) {
+  std::optional<RequestResult> result;
+  absl::StatusCode code;
+  {
+    std::lock_guard<std::mutex> lock(deferred_mu_);
+    result = std::move(deferred_result_);
+    deferred_result_.reset();
+    code = deferred_code_;
+  }
+  if (!result) return;
+  if (ended && code == absl::StatusCode::kOk) {
+    code = *ended;
+    result->status = absl::Status(code, code == absl::StatusCode::kDeadlineExceeded
+                                            ? "the deadline passed before the client read the result"
+                                            : "the client went away before reading the result");
+    result->finish_reason =
+        code == absl::StatusCode::kDeadlineExceeded ? FinishReason::kDeadline : FinishReason::kCancelled;
+  }
+  hub_->LogFinished(*this, *result, CodeName(code));
 }
 
 void RequestSession::Abort() {
@@ -284,7 +312,7 @@ std::optional<Refusal> RequestSessions::Admit(const std::string& client, Admissi
 
 std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request, Dialect dialect,
                                                  const Admission& admission, const SessionInfo& info,
-                                                 InferenceRequest* out) {
+                                                 InferenceRequest* out, const std::function<bool()>& abandoned) {
   std::shared_ptr<void> tokenizing;  // held while ValidateRequest tokenizes
   if (ByteBudget* budget = options_.tokenize_budget.get(); budget != nullptr) {
     const int64_t text_bytes = PromptTextBytes(request);
@@ -299,7 +327,16 @@ std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request,
       }
     }
   }
-  std::optional<Refusal> refusal = ValidateRequest(request, options_.limits, admission.model, dialect, out);
+  // The client's liveness reaches image preparation on a copy of the limits (only where there are
+  // images to prepare: the copy holds a few strings).
+  const FrontendLimits* limits = &options_.limits;
+  FrontendLimits with_abandoned;
+  if (abandoned && !request.images.empty()) {
+    with_abandoned = options_.limits;
+    with_abandoned.media.abandoned = abandoned;
+    limits = &with_abandoned;
+  }
+  std::optional<Refusal> refusal = ValidateRequest(request, *limits, admission.model, dialect, out);
   if (refusal && refusal->prompt_tokens > 0) {  // the prompt's length is known only after tokenization
     const int32_t max_context = admission.model.max_context;
     LogEvent(LogLevel::kWarn, "prompt_too_long", info.request_id,

@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -78,6 +79,11 @@ class SessionSink {
   // with the ids cut), the text not yet handed out in OnStep, and the whole text. Refusals before
   // submission never reach the sink.
   virtual void OnFinish(const RequestResult& result, const std::string& tail, const std::string& text) = 0;
+  // Called just before OnFinish. True when the sink reports the request_finished line and count
+  // itself, through RequestSession::LogDeferredFinish, once it knows what its client got: a stream
+  // whose client does not read holds its messages behind HTTP/2 flow control, and counted at the
+  // engine's end it was counted OK while its call ended DEADLINE_EXCEEDED.
+  virtual bool TakesFinishedLog(const RequestResult& /*result*/) { return false; }
 };
 
 // What the front end knows about a request before it is submitted.
@@ -117,6 +123,10 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   // that is not OK is counted and logged as `why` (EndCode). Any thread; never under a lock the
   // sink takes.
   void Cancel(absl::StatusCode why = absl::StatusCode::kCancelled);
+  // For a sink whose TakesFinishedLog was true, once its call has ended: logs and counts the
+  // result kept at the engine's end, as `ended` (DEADLINE_EXCEEDED, CANCELLED) where the call
+  // ended before the result reached the client, else as the result's own code. Once; any thread.
+  void LogDeferredFinish(std::optional<absl::StatusCode> ended);
 
  private:
   friend class RequestSessions;
@@ -143,6 +153,10 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   const SessionInfo info_;
   InferenceEngine* const engine_;
   std::shared_ptr<SessionSink> sink_;  // delivery worker; dropped after OnFinish
+  // The result Finish kept for LogDeferredFinish (set before the sink's OnFinish; taken once).
+  std::mutex deferred_mu_;
+  std::optional<RequestResult> deferred_result_;
+  absl::StatusCode deferred_code_ = absl::StatusCode::kOk;
   std::string engine_id_;
   std::vector<ImageUsage> images_;               // the prompt's images as resized (request logs)
   std::shared_ptr<void> hold_;                   // SessionInfo::hold_until_done; delivery worker
@@ -201,8 +215,12 @@ class RequestSessions {
   // Before tokenization. `client` is the API key's name or the peer address.
   std::optional<Refusal> Admit(const std::string& client, Admission* out);
   // ValidateRequest; a too-long prompt is also logged (prompt_too_long, with its length).
+  // `abandoned` (empty = never): answers true once the client has gone (gRPC: the call cancelled;
+  // HTTP: the connection closed); image preparation then stops and the request is refused
+  // CANCELLED (MediaOptions::abandoned). Images also stop at request.deadline (DEADLINE_EXCEEDED).
   std::optional<Refusal> Validate(const GenerateRequest& request, Dialect dialect, const Admission& admission,
-                                  const SessionInfo& info, InferenceRequest* out);
+                                  const SessionInfo& info, InferenceRequest* out,
+                                  const std::function<bool()>& abandoned = {});
   // Submits; on OK the session reports to `sink` exactly once (OnFinish). On a refusal nothing
   // was taken.
   std::optional<Refusal> Submit(const Admission& admission, InferenceRequest request, SessionInfo info,

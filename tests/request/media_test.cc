@@ -10,9 +10,13 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -521,6 +525,157 @@ TEST_F(LocalMediaTest, FileUrlsOnlyUnderTheAllowedDirectory) {
   std::optional<Refusal> r = Bytes("file://otherhost/x.png", &bytes);
   ASSERT_TRUE(r);
   EXPECT_NE(r->message.find("absolute path"), std::string::npos) << r->message;
+}
+
+// ------------------------------------------------------------------ decode slots, deadlines, budgets
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kNoDeadline = Clock::time_point::max();
+
+// Waits (bounded) until `slots` has `n` callers waiting.
+bool WaitForWaiting(const DecodeSlots& slots, int32_t n) {
+  for (int i = 0; i < 5000 && slots.waiting() != n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return slots.waiting() == n;
+}
+
+TEST(DecodeSlotsTest, HandedOutInArrivalOrder) {
+  DecodeSlots slots(1, std::chrono::milliseconds(5));
+  ASSERT_TRUE(slots.Acquire(kNoDeadline, nullptr).ok());
+  std::mutex mu;
+  std::vector<int> order;
+  std::vector<std::thread> waiters;
+  // Each waiter queues only once the one before it waits, so arrival order is 0, 1, ..., 5.
+  for (int i = 0; i < 6; ++i) {
+    waiters.emplace_back([&, i] {
+      ASSERT_TRUE(slots.Acquire(kNoDeadline, nullptr).ok());
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        order.push_back(i);
+      }
+      slots.Release();
+    });
+    ASSERT_TRUE(WaitForWaiting(slots, i + 1));
+  }
+  slots.Release();
+  for (std::thread& t : waiters) t.join();
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(slots.waiting(), 0);
+}
+
+TEST(DecodeSlotsTest, DeadlineAndAbandonedGiveUpThePlace) {
+  DecodeSlots slots(1, std::chrono::milliseconds(5));
+  // A passed deadline is refused even with a slot free.
+  EXPECT_EQ(slots.Acquire(Clock::now() - std::chrono::milliseconds(1), nullptr).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(slots.Acquire(kNoDeadline, nullptr).ok());  // held from here on
+  EXPECT_EQ(slots.Acquire(Clock::now() + std::chrono::milliseconds(30), nullptr).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  std::atomic<bool> gone{false};
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    gone = true;
+  });
+  EXPECT_EQ(slots.Acquire(kNoDeadline, [&] { return gone.load(); }).code(), absl::StatusCode::kCancelled);
+  later.join();
+  EXPECT_EQ(slots.waiting(), 0);
+
+  // A first waiter that gives up lets the one behind it take the slot.
+  std::atomic<bool> first_gone{false};
+  absl::Status first, second;
+  std::thread a([&] { first = slots.Acquire(kNoDeadline, [&] { return first_gone.load(); }); });
+  ASSERT_TRUE(WaitForWaiting(slots, 1));
+  std::thread b([&] { second = slots.Acquire(kNoDeadline, nullptr); });
+  ASSERT_TRUE(WaitForWaiting(slots, 2));
+  first_gone = true;
+  ASSERT_TRUE(WaitForWaiting(slots, 1));
+  a.join();
+  slots.Release();
+  b.join();
+  EXPECT_EQ(first.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(second.ok()) << second;
+  slots.Release();
+}
+
+// 100x100 images are 10,000 source pixels each: a budget of 15,000 takes one, and the second is
+// refused by its field, from the headers, before anything is decoded.
+TEST_F(MediaTest, RequestPixelBudgetNamesTheImageOverIt) {
+  MediaOptions media;
+  media.max_request_image_pixels = 15'000;
+  model_.images = Support(media);
+  ASSERT_EQ(model_.images->max_request_image_pixels(), 15'000);
+  InferenceRequest out;
+  std::optional<Refusal> r = Validate(IdsWithImages({Png(100, 100), Png(100, 100)}), Dialect::kProto, &out);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->code, absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r->field, "images[1].data");
+  EXPECT_EQ(r->message,
+            "images[1].data: image 100x100 (width x height) brings the request's images to 20000 pixels to decode; at "
+            "most 15000 per request (--max-request-image-pixels); send fewer or smaller images");
+  EXPECT_FALSE(Validate(IdsWithImages({Png(100, 100), Png(50, 50)}), Dialect::kProto, &out));
+  // The JSON path over HTTP.
+  const Refusal chat =
+      ChatRefusal(ChatBody(absl::StrCat(ImagePart(DataUrl(Png(100, 100))), ", ", ImagePart(DataUrl(Png(100, 100))))));
+  EXPECT_EQ(chat.field, "messages[1].content[1].image_url.url");
+  // The default: --limit-images-per-prompt (10) x the largest image kept, 11,760,000 / 2.
+  EXPECT_EQ(Support(MediaOptions())->max_request_image_pixels(), 58'800'000);
+}
+
+// --max-pixels 6,272 keeps at most 3,136 pixels: a source above 16 x that (50,176) is refused
+// from its header, naming the image.
+TEST_F(MediaTest, SourcePixelsBoundedByTheServersMaxPixels) {
+  MediaOptions media;
+  media.max_pixels = 6272;
+  model_.images = Support(media);
+  EXPECT_EQ(model_.images->max_source_pixels(), 50'176);
+  InferenceRequest out;
+  EXPECT_FALSE(Validate(IdsWithImages({Png(224, 224)}), Dialect::kProto, &out));  // 50,176
+  std::optional<Refusal> r = Validate(IdsWithImages({Png(225, 224)}), Dialect::kProto, &out);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->field, "images[0].data");
+  EXPECT_NE(r->message.find("has 50400 pixels; this server decodes at most 50176"), std::string::npos) << r->message;
+  // The checkpoint's own 5.88 M allows 94 M: the decoder's 50 M holds.
+  EXPECT_EQ(Support(MediaOptions())->max_source_pixels(), 50'000'000);
+}
+
+TEST_F(MediaTest, DeadlineAndAbandonedStopImagesNamingThem) {
+  GenerateRequest r = IdsWithImages({Png(64, 64), Png(64, 64)});
+  r.deadline = Clock::now() - std::chrono::milliseconds(1);
+  InferenceRequest out;
+  std::optional<Refusal> late = Validate(r, Dialect::kProto, &out);
+  ASSERT_TRUE(late);
+  EXPECT_EQ(late->code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(late->kind, RefusalKind::kDeadline);
+  EXPECT_EQ(late->message.rfind("images[0].data: the request's deadline passed", 0), 0u) << late->message;
+
+  // The client leaves after the first image was read: the second is never decoded.
+  r.deadline = kNoDeadline;
+  FrontendLimits limits;
+  int asked = 0;
+  limits.media.abandoned = [&] { return ++asked > 1; };
+  std::optional<Refusal> gone = Validate(r, Dialect::kProto, &out, limits);
+  ASSERT_TRUE(gone);
+  EXPECT_EQ(gone->code, absl::StatusCode::kCancelled);
+  EXPECT_EQ(gone->kind, RefusalKind::kCancelled);
+  EXPECT_EQ(gone->message.rfind("images[1].data: the client went away", 0), 0u) << gone->message;
+  limits.media.abandoned = [] { return false; };
+  EXPECT_FALSE(Validate(r, Dialect::kProto, &out, limits));
+}
+
+// photo.jpg is 96x72; under max_pixels 1,568 it becomes 28x28, less than half of it each way, so
+// it is decoded at 4/8 (48x36) and resized from there to the size its header gives.
+TEST_F(MediaTest, ScaledJpegKeepsTheHeadersGrid) {
+  GenerateRequest r = IdsWithImages({testing::ReadWholeFile(kFixture + "/images/photo.jpg")});
+  r.max_pixels = 1568;
+  InferenceRequest out;
+  ASSERT_FALSE(Validate(r, Dialect::kProto, &out));
+  const ImageInput& image = out.multimodal->images[0];
+  absl::StatusOr<vision::ImageGrid> grid = model_.images->processor().Grid(72, 96, {.max_pixels = 1568});
+  ASSERT_TRUE(grid.ok());
+  EXPECT_EQ(image.resized_height, grid->resized_height);
+  EXPECT_EQ(image.resized_width, grid->resized_width);
+  EXPECT_EQ(image.resized_height, 28);
+  EXPECT_EQ(image.num_tokens, 1);
+  EXPECT_EQ(image.pixel_codes.size(), static_cast<size_t>(grid->num_patches()) * image.patch_dim);
 }
 
 }  // namespace

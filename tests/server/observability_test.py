@@ -215,6 +215,42 @@ def main():
     finally:
         check(small.stop() == 0, "the small-pool server drains and exits 0")
 
+    # An InferStream client that never reads: its messages queue behind HTTP/2 flow control, the
+    # engine finishes, the deadline passes before the status goes out. It is counted and logged as
+    # what the client got (DEADLINE_EXCEEDED), not OK; a client that reads is counted OK at once.
+    uport = harness.free_port()
+    unread = harness.Server(args.binary, args.model, ["--metrics-port", str(uport), "--log-format", "json"])
+    try:
+        ustub = pb_grpc.InferenceStub(grpc.insecure_channel(f"127.0.0.1:{unread.port}",
+                                                            options=[("grpc.http2.bdp_probe", 0)]))
+        long_id = "unread-" + "x" * 120  # in every message: 1,200 of them pass the 64 KiB window
+        pending = ustub.InferStream(pb.InferRequest(input_ids=[1, 2, 3], max_new_tokens=1200, min_new_tokens=1200,
+                                                    request_id=long_id), timeout=8)
+        time.sleep(9)
+        try:
+            sum(1 for _ in pending)
+            got = "OK"
+        except grpc.RpcError as e:
+            got = e.code().name
+        check(got == "DEADLINE_EXCEEDED", f"the unread stream ended {got} for its client")
+        for _ in ustub.InferStream(pb.InferRequest(input_ids=[1, 2, 3], max_new_tokens=4), timeout=60):
+            pass
+        counted = {}
+        for _ in range(40):  # the unread call is counted when it ends, just after its client saw it
+            counted, _ = harness.scrape(uport)
+            if harness.metric(counted, "glmserve_requests_total", code="DEADLINE_EXCEEDED") >= 1:
+                break
+            time.sleep(0.05)
+        check(harness.metric(counted, "glmserve_requests_total", code="DEADLINE_EXCEEDED") == 1 and
+              harness.metric(counted, "glmserve_requests_total", code="OK") == 1,
+              "the unread stream counted DEADLINE_EXCEEDED, the read one OK: "
+              f"{[(k[0], dict(k[1]), v) for k, v in counted.items() if k[0] == 'glmserve_requests_total']}")
+        fin = [e for e in unread.events() if e["request_id"] == long_id and e["event"] == "request_finished"]
+        check(len(fin) == 1 and fin[0]["fields"]["status"] == "DEADLINE_EXCEEDED" and
+              fin[0]["fields"]["finish"] == "deadline", f"its request_finished line says so: {fin}")
+    finally:
+        check(unread.stop() == 0, "the unread-stream server drains and exits 0")
+
     # While the model loads, /metrics already answers (the alert on `up` alone saw such a pod as
     # serving): glmserve_serving says 0 until health is SERVING, then 1.
     lport = harness.free_port()

@@ -1,9 +1,12 @@
 // runtime/vision against transformers' Glm4v image processors (fixtures from
 // scripts/make_vision_fixtures.py) and against hostile input.
 #include <gtest/gtest.h>
+#include <jpeglib.h>
 #include <zlib.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -446,6 +449,183 @@ TEST(VisionHostile, TooManyProgressiveScans) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("progressive scans"), std::string::npos) << s;
   EXPECT_TRUE(DecodeStatus(jpg).ok());
+}
+
+// ------------------------------------------------------------------ reduced-scale JPEG decoding, stop
+
+// A photo-like RGB JPEG (smooth gradients, edges and noise; 4:2:0, quality 90) encoded here so
+// any size can be made.
+std::string PhotoJpeg(int width, int height, bool progressive = false) {
+  std::vector<uint8_t> rgb(static_cast<size_t>(width) * height * 3);
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> noise(-12, 12);
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      uint8_t* p = &rgb[(static_cast<size_t>(y) * width + x) * 3];
+      const bool edge = ((x / 37) + (y / 53)) % 2 == 0;
+      const int base[3] = {x * 255 / width, y * 255 / height, edge ? 200 : 40};
+      for (int c = 0; c < 3; ++c) p[c] = static_cast<uint8_t>(std::clamp(base[c] + noise(rng), 0, 255));
+    }
+  }
+  jpeg_compress_struct c;
+  jpeg_error_mgr err;
+  c.err = jpeg_std_error(&err);
+  jpeg_create_compress(&c);
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&c, &buf, &size);
+  c.image_width = static_cast<JDIMENSION>(width);
+  c.image_height = static_cast<JDIMENSION>(height);
+  c.input_components = 3;
+  c.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&c);
+  jpeg_set_quality(&c, 90, TRUE);
+  if (progressive) jpeg_simple_progression(&c);
+  jpeg_start_compress(&c, TRUE);
+  while (c.next_scanline < c.image_height) {
+    JSAMPROW row = &rgb[static_cast<size_t>(c.next_scanline) * width * 3];
+    jpeg_write_scanlines(&c, &row, 1);
+  }
+  jpeg_finish_compress(&c);
+  jpeg_destroy_compress(&c);
+  std::string out(reinterpret_cast<char*>(buf), size);
+  std::free(buf);
+  return out;
+}
+
+DecodeHint Hint(int min_width, int min_height) {
+  DecodeHint hint;
+  hint.min_width = min_width;
+  hint.min_height = min_height;
+  return hint;
+}
+
+TEST(VisionDecode, JpegScalePicksTheSmallestScaleAtLeastTheTarget) {
+  EXPECT_EQ(JpegScaleEighths(7000, 7000, Hint(56, 56)), 1);
+  // ceil(1000 M / 8) >= 400 needs M >= 3.2; ceil(800 M / 8) >= 300 needs M >= 3: 4/8.
+  EXPECT_EQ(JpegScaleEighths(1000, 800, Hint(400, 300)), 4);
+  // 3/8: ceil(1000 * 3 / 8) = 375 >= 350, ceil(900 * 3 / 8) = 338 >= 300.
+  EXPECT_EQ(JpegScaleEighths(1000, 900, Hint(350, 300)), 3);
+  // At most 2x the target in one dimension, or no target: full size (PIL parity).
+  EXPECT_EQ(JpegScaleEighths(1000, 800, Hint(500, 100)), 8);
+  EXPECT_EQ(JpegScaleEighths(1000, 800, Hint(100, 400)), 8);
+  EXPECT_EQ(JpegScaleEighths(1000, 800, {}), 8);
+  // Every choice: the output reaches the target, one step smaller would not, and a scaled source
+  // was more than 2x the target in both dimensions.
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> side(1, 9000);
+  for (int i = 0; i < 20000; ++i) {
+    const int w = side(rng), h = side(rng);
+    const DecodeHint hint = Hint(1 + side(rng) % w, 1 + side(rng) % h);
+    const int m = JpegScaleEighths(w, h, hint);
+    ASSERT_GE(m, 1);
+    ASSERT_LE(m, 8);
+    if (m == 8) continue;
+    auto out = [](int s, int k) { return (int64_t{s} * k + 7) / 8; };
+    ASSERT_GT(w, 2 * hint.min_width);
+    ASSERT_GT(h, 2 * hint.min_height);
+    ASSERT_GE(out(w, m), hint.min_width) << w << "x" << h << " m=" << m;
+    ASSERT_GE(out(h, m), hint.min_height) << w << "x" << h << " m=" << m;
+    ASSERT_TRUE(m == 1 || out(w, m - 1) < hint.min_width || out(h, m - 1) < hint.min_height);
+  }
+}
+
+TEST(VisionDecode, ScaledJpegDecodeCoversTheTargetAndStaysClose) {
+  absl::StatusOr<ImageDecoder> d = ImageDecoder::Create();
+  ASSERT_TRUE(d.ok());
+  for (const bool progressive : {false, true}) {
+    const std::string jpg = PhotoJpeg(1200, 900, progressive);
+    absl::StatusOr<ImageHeader> header = d->ReadHeader(jpg);
+    ASSERT_TRUE(header.ok()) << header.status();
+    EXPECT_EQ(header->format, ImageFormat::kJpeg);
+    EXPECT_EQ(header->width, 1200);
+    EXPECT_EQ(header->height, 900);
+    // smart_resize of 900x1200 under max_pixels 2 x 280 x 224 is 224x280 (28-multiples).
+    const int tw = 280, th = 224;
+    absl::StatusOr<RgbImage> full = d->Decode(jpg);
+    absl::StatusOr<RgbImage> scaled = d->Decode(jpg, Hint(tw, th));
+    ASSERT_TRUE(full.ok() && scaled.ok());
+    EXPECT_EQ(full->width, 1200);
+    // 2/8: 300x225, the smallest libjpeg scale that still covers 280x224.
+    EXPECT_EQ(scaled->width, 300);
+    EXPECT_EQ(scaled->height, 225);
+    ASSERT_EQ(scaled->pixels.size(), size_t{300} * 225 * 3);
+    // After the resize both take, the reduced decode differs from the full one by little: the DCT
+    // scaling low-passes before the antialiased bicubic does (runtime/vision/README.md, DecodeHint).
+    const RgbImage a = ResizeBicubicAntialias(*full, th, tw, ResizeBackend::kTorchvision);
+    const RgbImage b = ResizeBicubicAntialias(*scaled, th, tw, ResizeBackend::kTorchvision);
+    ASSERT_EQ(a.pixels.size(), b.pixels.size());
+    double sum = 0;
+    int worst = 0;
+    for (size_t i = 0; i < a.pixels.size(); ++i) {
+      const int diff = std::abs(int{a.pixels[i]} - int{b.pixels[i]});
+      sum += diff;
+      worst = std::max(worst, diff);
+    }
+    const double mean = sum / static_cast<double>(a.pixels.size());
+    std::printf("progressive=%d: mean |full - scaled| = %.3f, max %d (uint8 levels)\n", progressive, mean, worst);
+    EXPECT_LT(mean, 3.0);
+    EXPECT_LT(worst, 64);
+  }
+}
+
+TEST(VisionDecode, SmallJpegAndPngIgnoreTheHint) {
+  // Every fixture image with a hint of half its size: decoded in full, the same bytes as without.
+  absl::StatusOr<ImageDecoder> d = ImageDecoder::Create();
+  ASSERT_TRUE(d.ok());
+  for (const char* name : {"photo_120x80.jpg", "progressive_70x50.jpg", "rgb_64x48.png"}) {
+    const std::string bytes = testing::ReadWholeFile(kDir + "images/" + name);
+    absl::StatusOr<RgbImage> plain = d->Decode(bytes);
+    ASSERT_TRUE(plain.ok());
+    absl::StatusOr<RgbImage> hinted = d->Decode(bytes, Hint(plain->width / 2, plain->height / 2));
+    ASSERT_TRUE(hinted.ok()) << name;
+    EXPECT_EQ(hinted->width, plain->width) << name;
+    EXPECT_EQ(hinted->pixels, plain->pixels) << name;
+  }
+}
+
+TEST(VisionDecode, StopEndsTheDecodeCancelled) {
+  absl::StatusOr<ImageDecoder> d = ImageDecoder::Create();
+  ASSERT_TRUE(d.ok());
+  const std::string jpg = PhotoJpeg(640, 480);
+  const std::string progressive = PhotoJpeg(640, 480, true);
+  const std::string png = testing::ReadWholeFile(kDir + "images/screen_360x800.png");
+  const std::string interlaced = testing::ReadWholeFile(kDir + "images/interlaced_rgb_52x31.png");
+  for (const std::string* bytes : {&jpg, &progressive, &png, &interlaced}) {
+    int asked = 0;
+    DecodeHint hint;
+    hint.stop = [&] { return ++asked > 1; };
+    absl::StatusOr<RgbImage> stopped = d->Decode(*bytes, hint);
+    EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << stopped.status();
+    EXPECT_NE(stopped.status().message().find("stopped"), std::string::npos);
+    hint.stop = [] { return false; };
+    absl::StatusOr<RgbImage> whole = d->Decode(*bytes, hint);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    absl::StatusOr<RgbImage> plain = d->Decode(*bytes);
+    ASSERT_TRUE(plain.ok());
+    EXPECT_EQ(whole->pixels, plain->pixels);
+  }
+}
+
+TEST(VisionHostile, HeaderRefusalsAreDecodes) {
+  // ReadHeader refuses what Decode refuses from the header, with the same message.
+  absl::StatusOr<ImageDecoder> d = ImageDecoder::Create({.max_pixels = 1000});
+  ASSERT_TRUE(d.ok());
+  const std::string jpg = PhotoJpeg(64, 48);
+  const std::string png = testing::ReadWholeFile(kDir + "images/rgb_64x48.png");
+  for (const std::string& bytes : {jpg, png, std::string("GIF89a...."), std::string(), jpg.substr(0, 20)}) {
+    absl::StatusOr<ImageHeader> header = d->ReadHeader(bytes);
+    absl::StatusOr<RgbImage> image = d->Decode(bytes);
+    ASSERT_FALSE(header.ok());
+    EXPECT_EQ(header.status(), image.status());
+  }
+  absl::StatusOr<ImageDecoder> wide = ImageDecoder::Create();
+  ASSERT_TRUE(wide.ok());
+  absl::StatusOr<ImageHeader> header = wide->ReadHeader(png);
+  ASSERT_TRUE(header.ok());
+  EXPECT_EQ(header->format, ImageFormat::kPng);
+  EXPECT_EQ(header->width, 64);
+  EXPECT_EQ(header->height, 48);
 }
 
 }  // namespace
