@@ -45,8 +45,7 @@ RequestSession::RequestSession(RequestSessions* hub, SessionInfo info, Inference
                                std::shared_ptr<SessionSink> sink)
     : hub_(hub), info_(std::move(info)), engine_(engine), sink_(std::move(sink)) {}
 
-// A sink that took the request_finished line and never reported it still has it written.
-RequestSession::~RequestSession() { LogDeferredFinish(std::nullopt); }
+RequestSession::~RequestSession() = default;
 
 void RequestSession::Cancel(absl::StatusCode why) {
   client_end_ = why;
