@@ -83,7 +83,7 @@ server_pid=""
 probe="$build/tests/deploy/glmserve_health_probe"
 start_server() {  # start_server LOG [FLAGS...]: a server on the ports above, ready or exit 1
   local log=$1; shift
-  local cmd=("$build/glmserve" serve --model "$model" --random-weights true --device "$device" --dtype "$dtype"
+  local cmd=("$build/glmserve" serve --model "$model" --random-weights --device "$device" --dtype "$dtype"
     --host 127.0.0.1 --port "$port" --http-port "$http_port" --metrics-port "$metrics_port"
     --max-batch "$max_batch" --max-concurrent-streams 1024 --http-threads $((http_concurrency + 32))
     --log-requests false --log-format text "${extra[@]}" "$@")

@@ -27,7 +27,7 @@ if [ "${GLMSERVE_VISION_PROFILE:-0}" = 1 ]; then
   profile_env=(GLMSERVE_PROFILE_TRACE=.gpu/trace/vision.json GLMSERVE_PROFILE_AFTER_STEPS="${GLMSERVE_VISION_PROFILE_AFTER:-150}"
     GLMSERVE_PROFILE_STEPS="${GLMSERVE_VISION_PROFILE_STEPS:-12}")
 fi
-env "${profile_env[@]}" "$build/glmserve" serve --model "$model" --random-weights true --device cuda --dtype bfloat16 --host 127.0.0.1 \
+env "${profile_env[@]}" "$build/glmserve" serve --model "$model" --random-weights --device cuda --dtype bfloat16 --host 127.0.0.1 \
   --port "$port" --http-port "$http_port" --max-pixels 5000000 --max-batch 64 --log-format text \
   ${GLMSERVE_VISION_SERVE_FLAGS:-} 2>"$log" &
 pid=$!
