@@ -232,22 +232,34 @@ absl::StatusOr<std::shared_ptr<const ImageSupport>> ImageSupport::ForModel(const
 }
 
 DecodeSlots::DecodeSlots(int32_t slots, std::chrono::milliseconds poll)
-    : slots_(std::max<int32_t>(1, slots)), poll_(std::max(poll, std::chrono::milliseconds(1))) {}
+    : slots_(std::max<int32_t>(1, slots)),
+      poll_(std::max(poll, std::chrono::milliseconds(1))),
+      share_((std::max<int32_t>(1, slots) + 1) / 2) {}
+
+uint64_t DecodeSlots::NextTicket() const {
+  for (const Waiter& w : queue_) {
+    auto it = held_.find(w.client);
+    if (it == held_.end() || it->second < share_) return w.ticket;
+  }
+  // Every waiting client holds its share already: the slot is not left idle.
+  return queue_.empty() ? 0 : queue_.front().ticket;
+}
 
 absl::Status DecodeSlots::Acquire(std::chrono::steady_clock::time_point deadline,
-                                  const std::function<bool()>& abandoned) {
+                                  const std::function<bool()>& abandoned, const std::string& client) {
   std::unique_lock<std::mutex> lock(mu_);
   const uint64_t ticket = next_ticket_++;
-  queue_.push_back(ticket);
+  queue_.push_back({ticket, client});
   absl::Status gave_up;
   while (true) {
     if (std::chrono::steady_clock::now() >= deadline) {
       gave_up = absl::DeadlineExceededError("the deadline passed");
       break;
     }
-    if (queue_.front() == ticket && in_use_ < slots_) {
-      queue_.pop_front();
+    if (in_use_ < slots_ && NextTicket() == ticket) {
+      queue_.erase(std::find_if(queue_.begin(), queue_.end(), [&](const Waiter& w) { return w.ticket == ticket; }));
       ++in_use_;
+      ++held_[client];
       // The next in line may take another free slot.
       if (!queue_.empty() && in_use_ < slots_) cv_.notify_all();
       return absl::OkStatus();
@@ -264,15 +276,16 @@ absl::Status DecodeSlots::Acquire(std::chrono::steady_clock::time_point deadline
     }
     cv_.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + poll_));
   }
-  queue_.erase(std::find(queue_.begin(), queue_.end(), ticket));
+  queue_.erase(std::find_if(queue_.begin(), queue_.end(), [&](const Waiter& w) { return w.ticket == ticket; }));
   cv_.notify_all();  // the one behind may now be first
   return gave_up;
 }
 
-void DecodeSlots::Release() {
+void DecodeSlots::Release(const std::string& client) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     --in_use_;
+    if (auto it = held_.find(client); it != held_.end() && --it->second <= 0) held_.erase(it);
   }
   // Every waiter checks whether it is first; the queue is bounded by the threads that wait.
   cv_.notify_all();
@@ -411,12 +424,13 @@ std::optional<Refusal> PrepareImages(const GenerateRequest& request, const Media
     Pending& p = pending[i];
     // Checked here too: a slot may be free, and Acquire asks `abandoned` only while it waits.
     if (auto stopped = StoppedEarly(image, deadline, abandoned, "before it was decoded")) return stopped;
-    const absl::Status slot = support->decode_slots_->Acquire(deadline, abandoned);
+    const absl::Status slot = support->decode_slots_->Acquire(deadline, abandoned, media.client);
     if (!slot.ok()) return Stopped(image, slot.code(), "while it waited for a decode slot");
     struct Release {
       DecodeSlots* slots;
-      ~Release() { slots->Release(); }
-    } release{support->decode_slots_.get()};
+      const std::string& client;
+      ~Release() { slots->Release(client); }
+    } release{support->decode_slots_.get(), media.client};
     const auto start = std::chrono::steady_clock::now();
     vision::DecodeHint hint;
     hint.min_width = p.grid.resized_width;

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -60,6 +61,9 @@ struct MediaOptions {
   // header. Matters where --max-pixels is set low: GLM-4.1V's own 5.88 M allows 94 M, above the
   // decoder's absolute 50 M (vision::DecodeOptions::max_pixels), which always holds. 0 = only that.
   int32_t max_source_pixels_ratio = 16;
+  // Per request, never a flag: who sent it (its API key's name, else its peer address: as
+  // --max-requests-per-client counts), for the decode slots' share per client (DecodeSlots).
+  std::string client;
   // Per request, never a flag: answers true once the request's client has gone (gRPC: the call was
   // cancelled; HTTP: the connection closed). RequestSessions::Validate sets it on a copy of the
   // options for the request at hand; PrepareImages asks it before each image, while the image waits
@@ -79,8 +83,10 @@ inline constexpr int64_t kMaxImageFileBytes = int64_t{64} << 20;
 // The server's image decode slots, handed out first come, first served (a ticket queue): with a
 // plain condition variable, whichever waiter the scheduler woke first got a freed slot, and one
 // client's burst of costly images could overtake an earlier request indefinitely. A waiter whose
-// deadline passes or whose client leaves gives up its place, and those behind it move up. Any
-// thread.
+// deadline passes or whose client leaves gives up its place, and those behind it move up. A client
+// holds at most half the slots (rounded up) while another client waits: one sending many costly
+// images from several connections queued every other client's screenshot behind them (~2 s a
+// step with six 49 M-pixel PNGs in flight); alone, it may use them all. Any thread.
 class DecodeSlots {
  public:
   // `slots` >= 1. `poll`: how often a waiter asks its `abandoned` (a closed connection wakes
@@ -93,8 +99,11 @@ class DecodeSlots {
   // until Release(). DEADLINE_EXCEEDED once `deadline` has passed (also when it had already passed
   // and a slot was free), CANCELLED once `abandoned` (empty = never) answers true; then nothing is
   // held.
-  absl::Status Acquire(std::chrono::steady_clock::time_point deadline, const std::function<bool()>& abandoned);
-  void Release();
+  // `client`: whose request it is (the per-client share; "" is one client like any other).
+  absl::Status Acquire(std::chrono::steady_clock::time_point deadline, const std::function<bool()>& abandoned,
+                       const std::string& client = "");
+  // Ends a slot Acquire gave `client`.
+  void Release(const std::string& client = "");
 
   int32_t slots() const { return slots_; }
   // Callers waiting now (tests; what a metric would show).
@@ -105,9 +114,19 @@ class DecodeSlots {
   const std::chrono::milliseconds poll_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  int32_t in_use_ = 0;          // guarded by mu_
-  uint64_t next_ticket_ = 0;    // guarded by mu_
-  std::deque<uint64_t> queue_;  // guarded by mu_; tickets of waiting callers, in arrival order
+  struct Waiter {
+    uint64_t ticket;
+    std::string client;
+  };
+  // Under mu_: the ticket the next free slot goes to (the first waiter whose client holds less than
+  // its share, else the first), 0 when nobody waits.
+  uint64_t NextTicket() const;
+
+  const int32_t share_;                            // slots one client holds while others wait
+  int32_t in_use_ = 0;                             // guarded by mu_
+  uint64_t next_ticket_ = 1;                       // guarded by mu_
+  std::deque<Waiter> queue_;                       // guarded by mu_; waiting callers, in arrival order
+  std::unordered_map<std::string, int32_t> held_;  // guarded by mu_; slots in use by client
 };
 
 // What a vision model's requests need: the decoder, the processor with the checkpoint's

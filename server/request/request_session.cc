@@ -297,6 +297,7 @@ std::optional<Refusal> RequestSessions::Admit(const std::string& client, Admissi
     out->engine = engine_;
     out->model = model_;
   }
+  out->client = client;
   // After the 503s (draining, loading), before tokenization.
   if (ClientQuota* quota = options_.client_quota.get(); quota != nullptr) {
     bool admitted = false;
@@ -326,14 +327,15 @@ std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request,
       }
     }
   }
-  // The client's liveness reaches image preparation on a copy of the limits (only where there are
-  // images to prepare: the copy holds a few strings).
+  // The client's identity and liveness reach image preparation on a copy of the limits (only where
+  // there are images to prepare: the copy holds a few strings).
   const FrontendLimits* limits = &options_.limits;
-  FrontendLimits with_abandoned;
-  if (abandoned && !request.images.empty()) {
-    with_abandoned = options_.limits;
-    with_abandoned.media.abandoned = abandoned;
-    limits = &with_abandoned;
+  FrontendLimits with_client;
+  if (!request.images.empty()) {
+    with_client = options_.limits;
+    with_client.media.abandoned = abandoned;
+    with_client.media.client = admission.client;
+    limits = &with_client;
   }
   std::optional<Refusal> refusal = ValidateRequest(request, *limits, admission.model, dialect, out);
   if (refusal && refusal->prompt_tokens > 0) {  // the prompt's length is known only after tokenization

@@ -107,6 +107,7 @@ struct Admission {
   InferenceEngine* engine = nullptr;
   ValidationModel model;
   ClientQuota::Lease quota;
+  std::string client;  // Admit's: the API key's name or the peer address (image decode shares)
 };
 
 class RequestSessions;

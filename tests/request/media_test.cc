@@ -596,6 +596,43 @@ TEST(DecodeSlotsTest, DeadlineAndAbandonedGiveUpThePlace) {
   slots.Release();
 }
 
+// Two slots, a share of one per client while another waits: a client alone takes both; with both
+// held by it, a second client that queues after its third request gets the next free slot first.
+TEST(DecodeSlotsTest, AClientHoldsHalfTheSlotsWhileAnotherWaits) {
+  DecodeSlots slots(2, std::chrono::milliseconds(5));
+  ASSERT_TRUE(slots.Acquire(kNoDeadline, nullptr, "a").ok());
+  ASSERT_TRUE(slots.Acquire(kNoDeadline, nullptr, "a").ok());  // alone: past its share
+  std::mutex mu;
+  std::vector<std::string> order;
+  auto waiter = [&](const std::string& client) {
+    return std::thread([&, client] {
+      ASSERT_TRUE(slots.Acquire(kNoDeadline, nullptr, client).ok());
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        order.push_back(client);
+      }
+    });
+  };
+  std::thread a3 = waiter("a");
+  ASSERT_TRUE(WaitForWaiting(slots, 1));
+  std::thread b1 = waiter("b");
+  ASSERT_TRUE(WaitForWaiting(slots, 2));
+  slots.Release("a");  // "a" still holds its share: the slot goes to "b", though "a" came first
+  b1.join();
+  ASSERT_TRUE(WaitForWaiting(slots, 1));
+  slots.Release("a");  // now "a" holds nothing but its waiter
+  a3.join();
+  EXPECT_EQ(order, (std::vector<std::string>{"b", "a"}));
+  EXPECT_EQ(slots.waiting(), 0);
+  slots.Release("a");
+  slots.Release("b");
+  // Everyone released: a client alone again takes both.
+  ASSERT_TRUE(slots.Acquire(kNoDeadline, nullptr, "a").ok());
+  ASSERT_TRUE(slots.Acquire(Clock::now() + std::chrono::seconds(5), nullptr, "a").ok());
+  slots.Release("a");
+  slots.Release("a");
+}
+
 // 100x100 images are 10,000 source pixels each: a budget of 15,000 takes one, and the second is
 // refused by its field, from the headers, before anything is decoded.
 TEST_F(MediaTest, RequestPixelBudgetNamesTheImageOverIt) {
