@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -139,6 +140,7 @@ class Bench {
   // its algorithm takes, stages as the heuristic set them or left to cuBLASLt.
   std::vector<Config> Neighbours(const std::vector<Config>& bases, size_t limit) {
     std::vector<Config> out;
+    std::set<std::string> described;  // the configurations in `out`, by Describe
     const int splits[] = {1, 2, 3, 4, 5, 6, 8, 12, 16};
     const int clusters[] = {-1, CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1, CUBLASLT_CLUSTER_SHAPE_2x1x1,
                             CUBLASLT_CLUSTER_SHAPE_1x2x1};
@@ -177,9 +179,7 @@ class Bench {
                                             : Accept(&candidate, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster);
                   if (!accepted) continue;
                   Config c{candidate, Describe(candidate), 0};
-                  bool seen = false;
-                  for (const Config& o : out) seen = seen || o.text == c.text;
-                  if (!seen) out.push_back(c);
+                  if (described.insert(c.text).second) out.push_back(c);
                   if (out.size() >= limit) return out;
                 }
               }

@@ -199,8 +199,7 @@ void RequestSession::LogDeferredFinish(std::optional<absl::StatusCode> ended) {
   absl::StatusCode code;
   {
     std::lock_guard<std::mutex> lock(deferred_mu_);
-    result = std::move(deferred_result_);
-    deferred_result_.reset();
+    result = std::exchange(deferred_result_, std::nullopt);
     code = deferred_code_;
   }
   if (!result) return;
