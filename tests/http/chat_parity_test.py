@@ -118,6 +118,12 @@ def main():
                     want_text = decode(conv["output_ids"], skip_special_tokens=True)
                     check(r.choices[0].message.content == want_text,
                           f"HTTP {name}: content {r.choices[0].message.content!r} == transformers' {want_text!r}")
+        # A vision token typed into a text part is refused naming that part, in param too.
+        st, _, data = server.post("/v1/chat/completions", {"model": "m", "max_tokens": 1, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "look <|begin_of_image|> here"}]}]})
+        err = (json.loads(data).get("error") or {}) if st == 400 else {}
+        check(err.get("param") == "messages[0].content[0]" and "<|begin_of_image|>" in err.get("message", ""),
+              f"vision token in a text part: {st} param={err.get('param')!r} {err.get('message', '')[:120]!r}")
     finally:
         server.stop()
 
