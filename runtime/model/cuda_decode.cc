@@ -1222,6 +1222,20 @@ class CudaDecodeRunner {
     return v;
   }
 
+  // The rotary + KV write's arguments for one token of this model, less the token's positions,
+  // slot and caches.
+  kernels::GemvRotaryKvArgs OneTokenRotary() const {
+    const ModelConfig& c = model_.config();
+    kernels::GemvRotaryKvArgs rotary;
+    rotary.inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
+    rotary.shape.tokens = 1;
+    rotary.shape.num_heads = c.num_attention_heads;
+    rotary.shape.num_kv_heads = c.num_key_value_heads;
+    rotary.shape.head_dim = c.head_dim;
+    rotary.shape.rotary_dim = c.rotary_dim;
+    return rotary;
+  }
+
   // The fused kernels, each called on the current stream (a capture runs on a side stream).
   GlmModel::LayerKernels MakeLayerKernels() const {
     const ModelConfig& c = model_.config();
@@ -1320,13 +1334,7 @@ class CudaDecodeRunner {
     if (Enabled("gemv") && Enabled("norm") && Enabled("fused_norm")) {
       const float eps = static_cast<float>(c.rms_norm_eps);
       const bool fuse_swiglu = Enabled("swiglu") && EnvIs("GLMSERVE_CUDA_FUSED_SWIGLU", "1");
-      kernels::GemvRotaryKvArgs rotary_template;
-      rotary_template.inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
-      rotary_template.shape.tokens = 1;
-      rotary_template.shape.num_heads = c.num_attention_heads;
-      rotary_template.shape.num_kv_heads = c.num_key_value_heads;
-      rotary_template.shape.head_dim = c.head_dim;
-      rotary_template.shape.rotary_dim = c.rotary_dim;
+      const kernels::GemvRotaryKvArgs rotary_template = OneTokenRotary();
       const at::Tensor& components = model_.mrope_components();
       const int64_t* frequency_component = components.defined() ? components.data_ptr<int64_t>() : nullptr;
       // The model's qkv width, where its heads fit the rotary epilogue (else 0: the rotary kernel after).
@@ -1390,13 +1398,7 @@ class CudaDecodeRunner {
     // turns it on (measurement switch, off by default).
     if (Enabled("gemv") && Enabled("norm") && Enabled("rotary") && EnvIs("GLMSERVE_CUDA_LAYER_CHAIN", "1")) {
       const float eps = static_cast<float>(c.rms_norm_eps);
-      kernels::GemvRotaryKvArgs rotary_template;
-      rotary_template.inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
-      rotary_template.shape.tokens = 1;
-      rotary_template.shape.num_heads = c.num_attention_heads;
-      rotary_template.shape.num_kv_heads = c.num_key_value_heads;
-      rotary_template.shape.head_dim = c.head_dim;
-      rotary_template.shape.rotary_dim = c.rotary_dim;
+      const kernels::GemvRotaryKvArgs rotary_template = OneTokenRotary();
       k.layer_chain = [type, eps, rotary_template](const GlmModel::LayerChain& a,
                                                    at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
