@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 
 #include "kernels/decode_epilogues.cuh"
 #include "kernels/decode_ops.h"
@@ -109,7 +110,27 @@ __device__ __forceinline__ int PlaceUnit(int& cursor, int count, int slots) {
   return first;
 }
 
-__device__ __forceinline__ void ConsumerSync() { RowThreadsSync<kConsumerBarrier>(); }
+__device__ __forceinline__ void ConsumerSync() {
+  __syncwarp();  // a named barrier counts warps: each must arrive whole
+  RowThreadsSync<kConsumerBarrier>();
+}
+
+// A wait that has not ended after ~2^22 polls (seconds) stops the kernel with what it waited for
+// instead of hanging the device: a schedule mismatch between producer and consumers is a bug.
+__device__ __forceinline__ void WaitOrTrap(uint32_t bar, uint32_t parity, const char* what, int64_t unit, int slot) {
+  uint32_t done = 0;
+  for (uint64_t polls = 0; done == 0; ++polls) {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+    if (polls == (uint64_t{1} << 22)) {
+      printf("layer chain: block %d thread %d stuck on %s slot %d parity %u unit %lld\n", blockIdx.x, threadIdx.x, what,
+             slot, parity, static_cast<long long>(unit));
+      __trap();
+    }
+  }
+}
 
 // Every block's consumers arrive; returns once `target` arrivals (this launch's k-th meeting: k x
 // the grid) are in, with the other blocks' writes before theirs visible.
@@ -119,9 +140,14 @@ __device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target) {
     __threadfence();
     atomicAdd(counter, 1u);
     unsigned seen = 0;
-    do {
+    for (uint64_t polls = 0;; ++polls) {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-    } while (seen < target);
+      if (seen >= target) break;
+      if (polls == (uint64_t{1} << 23)) {
+        printf("layer chain: block %d stuck meeting: %u of %u arrived\n", blockIdx.x, seen, target);
+        __trap();
+      }
+    }
     __threadfence();
   }
   ConsumerSync();
@@ -191,7 +217,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
         for (int s = first; s < first + count; ++s) {
           const uint64_t bit = uint64_t{1} << s;
           if (used & bit) {  // wait until the slot's last reader is done with it
-            BarrierWait(empty_bar(s), (empty_parity & bit) != 0 ? 1u : 0u);
+            WaitOrTrap(empty_bar(s), (empty_parity & bit) != 0 ? 1u : 0u, "empty", unit, s);
             empty_parity ^= bit;
           }
           used |= bit;
@@ -264,7 +290,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       full_parity ^= bit;
       if (sequence % kConsumerWarps != warp) continue;
       __syncwarp();  // lane 0 back from the last unit's epilogue
-      BarrierWait(full_bar(first), parity);
+      WaitOrTrap(full_bar(first), parity, "full", unit, first);
       const uint4* rows = reinterpret_cast<const uint4*>(smem + static_cast<int64_t>(first) * p.slot_bytes);
       const int64_t row_stride = static_cast<int64_t>(row_slots) * p.slot_bytes / 16;  // in chunks
       float total[2] = {RowDot<T>(rows, x4, chunks, lane), 0.0f};
@@ -383,16 +409,40 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(p.barrier_offset + 2 * kMaxRingSlots * 8);
 
   auto kernel = OneRowLayerChainKernel<T>;
+  // The limit is raised once, to the device's most (not a stream operation: a call inside a graph
+  // capture would end the capture).
+  static const bool limit_raised =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) == cudaSuccess;
   int resident = 0;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
-          cudaSuccess ||
+  if (!limit_raised ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kChainThreads, smem) != cudaSuccess ||
       resident < 1) {
     cudaGetLastError();
     return false;
   }
-  // One block an SM: the blocks wait for each other, so all of them must be resident at once.
-  return LaunchKernel(kernel, dim3(static_cast<unsigned>(sms)), dim3(kChainThreads), smem, stream, p) == cudaSuccess;
+  // One block an SM: the blocks wait for each other, so all of them must be resident at once. A
+  // cooperative launch has the driver guarantee it (or refuse the launch) where something else
+  // holds SMs; with dependent launch where the driver takes both.
+  cudaLaunchAttribute attributes[2];
+  attributes[0].id = cudaLaunchAttributeCooperative;
+  attributes[0].val.cooperative = 1;
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = DependentLaunchEnabled() ? 1 : 0;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(sms));
+  config.blockDim = dim3(kChainThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = 2;
+  cudaError_t launched = cudaLaunchKernelEx(&config, kernel, p);
+  if (launched != cudaSuccess) {
+    cudaGetLastError();
+    config.numAttrs = 1;  // cooperative only
+    launched = cudaLaunchKernelEx(&config, kernel, p);
+  }
+  const cudaError_t pending = cudaGetLastError();
+  return launched == cudaSuccess && pending == cudaSuccess;
 }
 
 }  // namespace
