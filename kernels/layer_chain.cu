@@ -411,8 +411,12 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   auto kernel = OneRowLayerChainKernel<T>;
   // The limit is raised once, to the device's most (not a stream operation: a call inside a graph
   // capture would end the capture).
-  static const bool limit_raised =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem) == cudaSuccess;
+  static const bool limit_raised = [&] {
+    cudaFuncAttributes attributes{};
+    return cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess &&
+           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                max_smem - static_cast<int>(attributes.sharedSizeBytes)) == cudaSuccess;
+  }();
   int resident = 0;
   if (!limit_raised ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kChainThreads, smem) != cudaSuccess ||
