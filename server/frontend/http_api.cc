@@ -496,6 +496,12 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     if (auto e = GetInt(*it, "max_pixels", 1, std::numeric_limits<int64_t>::max(), &max_pixels)) {
       e->field = "mm_processor_kwargs.max_pixels";
       e->message = "mm_processor_kwargs." + e->message;
+      // The parser does not know the model's range (the image settings check a positive budget
+      // and name theirs); "outside [1, 2^63 - 1]" would read as if any positive value passed.
+      if (e->kind == RefusalKind::kInvalidValue) {
+        e->message = absl::StrCat("mm_processor_kwargs.max_pixels: ", (*it)["max_pixels"].dump(),
+                                  " is below 1 (a pixel budget within the server's image settings)");
+      }
       return e;
     }
     if (max_pixels) request.max_pixels = *max_pixels;

@@ -218,6 +218,15 @@ TEST(MediaParse, MalformedPartsNameTheirPath) {
     EXPECT_EQ(r->message.rfind(c.field + ": ", 0), 0u) << r->message;
     EXPECT_EQ(ToHttpError(*r).status, 400);
   }
+  // A budget below 1 is told so, not a range the server's image settings would narrow anyway.
+  ApiRequest api;
+  std::optional<Refusal> r = ParseApiRequest(
+      ApiKind::kChat,
+      R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "mm_processor_kwargs": {"max_pixels": -5}})",
+      &api);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->message,
+            "mm_processor_kwargs.max_pixels: -5 is below 1 (a pixel budget within the server's image settings)");
 }
 
 TEST(MediaParse, ProtoPartsAndImages) {
