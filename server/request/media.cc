@@ -250,6 +250,9 @@ absl::Status DecodeSlots::Acquire(std::chrono::steady_clock::time_point deadline
   std::unique_lock<std::mutex> lock(mu_);
   const uint64_t ticket = next_ticket_++;
   queue_.push_back({ticket, client});
+  auto leave_queue = [&] {
+    queue_.erase(std::find_if(queue_.begin(), queue_.end(), [&](const Waiter& w) { return w.ticket == ticket; }));
+  };
   absl::Status gave_up;
   while (true) {
     if (std::chrono::steady_clock::now() >= deadline) {
@@ -257,7 +260,7 @@ absl::Status DecodeSlots::Acquire(std::chrono::steady_clock::time_point deadline
       break;
     }
     if (in_use_ < slots_ && NextTicket() == ticket) {
-      queue_.erase(std::find_if(queue_.begin(), queue_.end(), [&](const Waiter& w) { return w.ticket == ticket; }));
+      leave_queue();
       ++in_use_;
       ++held_[client];
       // The next in line may take another free slot.
@@ -276,7 +279,7 @@ absl::Status DecodeSlots::Acquire(std::chrono::steady_clock::time_point deadline
     }
     cv_.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + poll_));
   }
-  queue_.erase(std::find_if(queue_.begin(), queue_.end(), [&](const Waiter& w) { return w.ticket == ticket; }));
+  leave_queue();
   cv_.notify_all();  // the one behind may now be first
   return gave_up;
 }
