@@ -97,6 +97,51 @@ bool GemvAddRmsNormCuda(const void* delta, const void* delta_weight, const void*
 bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
                     ElementType type, void* stream);
 
+// What the one-row layer chain takes: one token's path from a layer's attention output to the
+// next layer's attention input, in one persistent launch (layer_chain.cu). Element pointers are
+// device memory of the element type, 16-byte aligned, contiguous.
+struct OneRowLayerChainArgs {
+  int64_t hidden = 0;                    // H
+  int64_t attention_width = 0;           // heads * head_dim: the o projection's input
+  int64_t intermediate = 0;              // I
+  float eps = 0.0f;                      // both RMSNorms'
+  const void* attention = nullptr;       // [attention_width]: this layer's attention output
+  const void* residual = nullptr;        // [H]: the stream this layer's attention block adds to
+  const void* o_weight = nullptr;        // [H, attention_width]
+  const void* mlp_norm = nullptr;        // [H]
+  const void* gate_up_weight = nullptr;  // [2 I, H]: gate rows, then up rows
+  const void* down_weight = nullptr;     // [H, I]
+  // The next layer's input norm and qkv projection (+ rotary and KV write); qkv_weight null: this
+  // is the last layer, and the chain ends after the MLP.
+  const void* next_input_norm = nullptr;  // [H]
+  const void* qkv_weight = nullptr;       // [qkv_width, H]
+  const void* qkv_bias = nullptr;         // [qkv_width] or null
+  int64_t qkv_width = 0;
+  GemvRotaryKvArgs rotary;  // as GemvAddRmsNormCuda's rotary_kv
+  // Outputs. residual_out [H]: the stream after this layer's MLP (after its attention block for
+  // the last layer); mlp_out [H]: the MLP's output (the last layer's delta still to add); qkv_out
+  // [qkv_width]: the next layer's q, k, v with q and k rotated.
+  void* residual_out = nullptr;
+  void* mlp_out = nullptr;
+  void* qkv_out = nullptr;
+  // Scratch: [H] and [I] elements, and a zeroed 4-byte counter the blocks meet on (one a launch).
+  void* o_out = nullptr;
+  void* act = nullptr;
+  unsigned* barrier = nullptr;
+  // Weight slots of the ring each block streams through (0: as many as shared memory holds);
+  // tests make it small so the ring wraps and waits.
+  int32_t ring_slots = 0;
+};
+// The chain: o = attention W_o^T; r = residual + o; act = SwiGLU(RMSNorm(r) W_gu^T);
+// m = act W_down^T; then, unless last, r' = r + m and qkv = RMSNorm(r') W_qkv^T + b with the
+// rotary + KV write. Bit-equal to GemvCuda (o), GemvAddRmsNormCuda (gate_up) and SwiGluCuda,
+// GemvCuda (down), GemvAddRmsNormCuda with its rotary epilogue (qkv). One block per SM streams
+// its share of all four weights back to back through a shared-memory ring fed by a producer warp
+// (TMA bulk copies), whatever the activations wait for: the blocks meet on `barrier` between
+// projections while the next weight keeps arriving. False where it cannot run (shapes, alignment,
+// shared memory, or a device without sm_90).
+bool OneRowLayerChainCuda(const OneRowLayerChainArgs& args, ElementType type, void* stream);
+
 // Asks L2 for `bytes` of `data` (a weight the next kernels read; 16-byte aligned) without waiting
 // for it: one small kernel that issues bulk L2 prefetches (sm_90) once the kernel before it has
 // ended, or with `early` as soon as it starts (beside that kernel's own stream, into its tail),

@@ -15,17 +15,30 @@ namespace glmserve::kernels {
 constexpr int kNormRowThreads = 256;
 constexpr int kNormRowMaxChunks = 4;  // 16-byte chunks a thread: rows up to 8,192 bf16 elements
 
-// Sum of `local` over the block (every thread gets it). `scratch` holds a float per warp; the
-// trailing barrier lets a second call reuse it.
+// Holds the threads that sum a row together: the whole block (kBarrier 0), or the first
+// kNormRowThreads threads on named barrier kBarrier (a block whose other warps do other work).
+template <int kBarrier>
+__device__ __forceinline__ void RowThreadsSync() {
+  if constexpr (kBarrier == 0) {
+    __syncthreads();
+  } else {
+    asm volatile("bar.sync %0, %1;\n" ::"n"(kBarrier), "n"(kNormRowThreads) : "memory");
+  }
+}
+
+// Sum of `local` over the block, or over the first kNormRowThreads threads with kBarrier (every
+// one of them gets it). `scratch` holds a float per warp; the trailing barrier lets a second call
+// reuse it.
+template <int kBarrier = 0>
 __device__ __forceinline__ float BlockSum(float local, float* scratch) {
   local = WarpSum(local);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int warps = (blockDim.x + 31) / 32;
+  const int warps = kBarrier == 0 ? (blockDim.x + 31) / 32 : kNormRowThreads / 32;
   if (lane == 0) scratch[warp] = local;
-  __syncthreads();
+  RowThreadsSync<kBarrier>();
   float total = lane < warps ? scratch[lane] : 0.0f;
   total = WarpSum(total);
-  __syncthreads();
+  RowThreadsSync<kBarrier>();
   return total;
 }
 
@@ -85,7 +98,8 @@ __device__ __forceinline__ uint4 NormChunk(const uint4& raw_v, const uint4& raw_
 // norm kernel). Otherwise it passes through `out`, v first, then the result over it, each thread
 // rereading only the chunks it wrote: few registers, for a kernel that keeps its own loads in
 // flight meanwhile (the GEMV that normalises its input row into shared memory). Same bits.
-template <typename T, bool kHeld = true>
+// kBarrier: as BlockSum's (only the first kNormRowThreads threads call it).
+template <typename T, bool kHeld = true, int kBarrier = 0>
 __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* delta_weight, const uint4* residual,
                                               uint4* residual_out, const uint4* weight, uint4* out, int chunks,
                                               int64_t hidden, float eps, float* scratch) {
@@ -124,7 +138,7 @@ __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* d
       if (chunk >= chunks) break;
       AddSquares<T>(delta_chunk(c, chunk), local);
     }
-    delta_inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
+    delta_inv_rms = rsqrtf(BlockSum<kBarrier>(local, scratch) / static_cast<float>(hidden) + eps);
   }
   float local = 0.0f;
 #pragma unroll
@@ -141,7 +155,7 @@ __device__ __forceinline__ void AddRmsNormRow(const uint4* delta, const uint4* d
       out[chunk] = v;
     }
   }
-  const float inv_rms = rsqrtf(BlockSum(local, scratch) / static_cast<float>(hidden) + eps);
+  const float inv_rms = rsqrtf(BlockSum<kBarrier>(local, scratch) / static_cast<float>(hidden) + eps);
 #pragma unroll
   for (int c = 0; c < kNormRowMaxChunks; ++c) {
     const int chunk = threadIdx.x + c * kNormRowThreads;

@@ -27,6 +27,7 @@
 #include "kernels/decode_ops.h"
 #include "kernels/device_math.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/mbarrier.cuh"
 
 namespace glmserve::kernels {
 namespace {
@@ -471,25 +472,6 @@ struct TmaLayout {
   static_assert(TileFeatures == 64 || TileFeatures == 128);
 };
 
-__device__ __forceinline__ void BarrierInit(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void BarrierExpectBytes(uint32_t bar, int bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void BarrierArrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Returns once the barrier's phase with this parity has completed.
-__device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(bar), "r"(parity)
-                 : "memory");
-  } while (done == 0);
-}
 // Box (k0 .. k0 + 63, row0 ..) of the tensor map into shared memory, its lines kept in L2 by
 // `policy` (createpolicy); completes on `bar`.
 __device__ __forceinline__ void TmaLoad(uint32_t smem, const CUtensorMap* map, int64_t k0, int64_t row0, uint32_t bar,
@@ -500,16 +482,6 @@ __device__ __forceinline__ void TmaLoad(uint32_t smem, const CUtensorMap* map, i
       "l"(reinterpret_cast<uint64_t>(map)), "r"(static_cast<int32_t>(k0)), "r"(static_cast<int32_t>(row0)), "r"(bar),
       "l"(policy)
       : "memory");
-}
-__device__ __forceinline__ uint64_t EvictFirstPolicy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-__device__ __forceinline__ uint64_t EvictLastPolicy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
 }
 
 template <typename T, int RowTiles, int TileFeatures>

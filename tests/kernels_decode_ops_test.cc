@@ -463,6 +463,126 @@ TEST_P(DecodeOpsCuda, GemvAddRmsNormWithRotaryIsTheThreeKernelsInOneLaunch) {
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
+// The one-row layer chain against the kernels it replaces, launched one by one (each tested
+// against its CPU reference above): o by the GEMV, gate_up by the GEMV with its add+RMSNorm, then
+// SwiGLU, down by the GEMV, the next layer's qkv by the GEMV with its add+RMSNorm and rotary + KV
+// write. Bit for bit, for a middle layer and the last one, with the ring as large as shared memory
+// allows and with 4 slots (it wraps and the producer waits for every slot), on two sizes: an
+// attention width other than the hidden size with a down row of three slots, and GLM-4-9B's head
+// layout at a quarter of its width.
+TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
+  struct Size {
+    int64_t hidden, intermediate;
+    int32_t heads, kv_heads, head_dim;
+  };
+  for (const Size size : {Size{264, 712, 4, 2, 64}, Size{1024, 3424, 8, 2, 128}}) {
+    const int64_t h = size.hidden, inter = size.intermediate;
+    RotaryKvShape shape;
+    shape.tokens = 1;
+    shape.num_heads = size.heads;
+    shape.num_kv_heads = size.kv_heads;
+    shape.head_dim = size.head_dim;
+    shape.rotary_dim = size.head_dim / 2;
+    const int64_t attention_width = int64_t{size.heads} * size.head_dim;
+    const int64_t qkv_width = int64_t{size.heads + 2 * size.kv_heads} * size.head_dim;
+    shape.qkv_row_stride = qkv_width;
+    const int64_t kv = int64_t{size.kv_heads} * size.head_dim, slots = 3, slot = 1;
+    const float eps = 1e-5f;
+    const std::vector<float> attention = Random(attention_width, 40, type()), residual = Random(h, 41, type()),
+                             o_w = Random(h * attention_width, 42, type(), 0.05f), mlp_norm = Random(h, 43, type()),
+                             gate_up_w = Random(2 * inter * h, 44, type(), 0.05f),
+                             down_w = Random(h * inter, 45, type(), 0.05f), next_norm = Random(h, 46, type()),
+                             qkv_w = Random(qkv_width * h, 47, type(), 0.05f), qkv_b = Random(qkv_width, 48, type()),
+                             cache0 = Random(slots * kv, 49, type());
+    Device d_attention(attention, type()), d_residual(residual, type()), d_o_w(o_w, type()),
+        d_mlp_norm(mlp_norm, type()), d_gate_up_w(gate_up_w, type()), d_down_w(down_w, type()),
+        d_next_norm(next_norm, type()), d_qkv_w(qkv_w, type()), d_qkv_b(qkv_b, type());
+    std::vector<float> inv_freq(shape.rotary_dim / 2);
+    for (size_t j = 0; j < inv_freq.size(); ++j) inv_freq[j] = std::pow(10000.0f, -2.0f * j / shape.rotary_dim);
+    Device d_inv_freq(inv_freq, ElementType::kFloat32), d_position(std::vector<int64_t>{300}),
+        d_slot(std::vector<int64_t>{slot});
+    auto zeros = [&](int64_t n) { return std::make_unique<Device>(std::vector<float>(n, 0.0f), type()); };
+    auto rotary_into = [&](const Device& k_cache, const Device& v_cache) {
+      GemvRotaryKvArgs r;
+      r.positions = d_position.as<int64_t>();
+      r.inv_freq = d_inv_freq.as<float>();
+      r.slot = d_slot.as<int64_t>();
+      r.k_cache = k_cache.get();
+      r.v_cache = v_cache.get();
+      r.shape = shape;
+      return r;
+    };
+    // One by one.
+    auto o = zeros(h), after_attention = zeros(h), gate_up = zeros(2 * inter), act = zeros(inter), m = zeros(h),
+         after_mlp = zeros(h), qkv = zeros(qkv_width);
+    Device k_want(cache0, type()), v_want(cache0, type());
+    ASSERT_TRUE(GemvCuda(d_attention.get(), d_o_w.get(), nullptr, o->get(), 1, h, attention_width, type(), nullptr));
+    ASSERT_TRUE(GemvAddRmsNormCuda(o->get(), nullptr, d_residual.get(), after_attention->get(), d_mlp_norm.get(), eps,
+                                   d_gate_up_w.get(), nullptr, gate_up->get(), 2 * inter, h, false, nullptr, type(),
+                                   nullptr));
+    ASSERT_TRUE(SwiGluCuda(gate_up->get(), act->get(), 1, inter, type(), nullptr));
+    ASSERT_TRUE(GemvCuda(act->get(), d_down_w.get(), nullptr, m->get(), 1, h, inter, type(), nullptr));
+    const GemvRotaryKvArgs rotary_want = rotary_into(k_want, v_want);
+    ASSERT_TRUE(GemvAddRmsNormCuda(m->get(), nullptr, after_attention->get(), after_mlp->get(), d_next_norm.get(), eps,
+                                   d_qkv_w.get(), d_qkv_b.get(), qkv->get(), qkv_width, h, false, &rotary_want, type(),
+                                   nullptr));
+    for (bool last : {false, true}) {
+      for (int32_t ring_slots : {0, 4}) {
+        SCOPED_TRACE(testing::Message() << "hidden " << h << " last " << last << " ring slots " << ring_slots);
+        auto residual_out = zeros(h), mlp_out = zeros(h), qkv_out = zeros(qkv_width), o_out = zeros(h),
+             act_out = zeros(inter);
+        Device k_cache(cache0, type()), v_cache(cache0, type()), barrier(std::vector<int64_t>{0});
+        OneRowLayerChainArgs a;
+        a.hidden = h;
+        a.attention_width = attention_width;
+        a.intermediate = inter;
+        a.eps = eps;
+        a.attention = d_attention.get();
+        a.residual = d_residual.get();
+        a.o_weight = d_o_w.get();
+        a.mlp_norm = d_mlp_norm.get();
+        a.gate_up_weight = d_gate_up_w.get();
+        a.down_weight = d_down_w.get();
+        if (!last) {
+          a.next_input_norm = d_next_norm.get();
+          a.qkv_weight = d_qkv_w.get();
+          a.qkv_bias = d_qkv_b.get();
+          a.qkv_width = qkv_width;
+          a.rotary = rotary_into(k_cache, v_cache);
+        }
+        a.residual_out = residual_out->get();
+        a.mlp_out = mlp_out->get();
+        a.qkv_out = qkv_out->get();
+        a.o_out = o_out->get();
+        a.act = act_out->get();
+        a.barrier = barrier.as<unsigned>();
+        a.ring_slots = ring_slots;
+        ASSERT_TRUE(OneRowLayerChainCuda(a, type(), nullptr));
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        EXPECT_EQ(o_out->Floats(), o->Floats());
+        EXPECT_EQ(act_out->Floats(), act->Floats());
+        EXPECT_EQ(mlp_out->Floats(), m->Floats());
+        EXPECT_EQ(residual_out->Floats(), last ? after_attention->Floats() : after_mlp->Floats());
+        if (last) {
+          EXPECT_EQ(k_cache.Floats(), cache0);
+        } else {
+          EXPECT_EQ(qkv_out->Floats(), qkv->Floats());
+          EXPECT_EQ(k_cache.Floats(), k_want.Floats());
+          EXPECT_EQ(v_cache.Floats(), v_want.Floats());
+          EXPECT_NE(k_cache.Floats(), cache0);
+        }
+      }
+    }
+  }
+  // A hidden size not of whole 16-byte chunks (nothing else is read before that is refused).
+  OneRowLayerChainArgs bad;
+  bad.hidden = 13;
+  bad.attention_width = 16;
+  bad.intermediate = 16;
+  EXPECT_FALSE(OneRowLayerChainCuda(bad, type(), nullptr));
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
 TEST_P(DecodeOpsCuda, SkinnyGemmMatchesReferenceAndDoesNotDependOnTheRowCount) {
   if (!bf16()) {
     EXPECT_FALSE(SkinnyGemmCudaTakes(16, 128, 64, type(), nullptr, nullptr)) << "fp32 stays on cuBLAS";

@@ -1222,6 +1222,20 @@ class CudaDecodeRunner {
     return v;
   }
 
+  // The rotary + KV write's arguments for one token of this model, less the token's positions,
+  // slot and caches.
+  kernels::GemvRotaryKvArgs OneTokenRotary() const {
+    const ModelConfig& c = model_.config();
+    kernels::GemvRotaryKvArgs rotary;
+    rotary.inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
+    rotary.shape.tokens = 1;
+    rotary.shape.num_heads = c.num_attention_heads;
+    rotary.shape.num_kv_heads = c.num_key_value_heads;
+    rotary.shape.head_dim = c.head_dim;
+    rotary.shape.rotary_dim = c.rotary_dim;
+    return rotary;
+  }
+
   // The fused kernels, each called on the current stream (a capture runs on a side stream).
   GlmModel::LayerKernels MakeLayerKernels() const {
     const ModelConfig& c = model_.config();
@@ -1320,13 +1334,7 @@ class CudaDecodeRunner {
     if (Enabled("gemv") && Enabled("norm") && Enabled("fused_norm")) {
       const float eps = static_cast<float>(c.rms_norm_eps);
       const bool fuse_swiglu = Enabled("swiglu") && EnvIs("GLMSERVE_CUDA_FUSED_SWIGLU", "1");
-      kernels::GemvRotaryKvArgs rotary_template;
-      rotary_template.inv_freq = model_.inv_freq().defined() ? model_.inv_freq().data_ptr<float>() : nullptr;
-      rotary_template.shape.tokens = 1;
-      rotary_template.shape.num_heads = c.num_attention_heads;
-      rotary_template.shape.num_kv_heads = c.num_key_value_heads;
-      rotary_template.shape.head_dim = c.head_dim;
-      rotary_template.shape.rotary_dim = c.rotary_dim;
+      const kernels::GemvRotaryKvArgs rotary_template = OneTokenRotary();
       const at::Tensor& components = model_.mrope_components();
       const int64_t* frequency_component = components.defined() ? components.data_ptr<int64_t>() : nullptr;
       // The model's qkv width, where its heads fit the rotary epilogue (else 0: the rotary kernel after).
@@ -1382,6 +1390,71 @@ class CudaDecodeRunner {
               "add+RMSNorm + GEMV");
         if (residual_out.defined()) residual = residual_out;
         return {y, with_swiglu, with_rotary};
+      };
+    }
+    // One-row steps: from each layer's attention output to the next layer's attention input in one
+    // persistent launch that streams the four weights back to back (kernels/layer_chain.cu; the
+    // same bits as the GEMVs, norms, SwiGLU and rotary one by one). GLMSERVE_CUDA_LAYER_CHAIN=1
+    // turns it on (measurement switch, off by default).
+    if (Enabled("gemv") && Enabled("norm") && Enabled("rotary") && EnvIs("GLMSERVE_CUDA_LAYER_CHAIN", "1")) {
+      const float eps = static_cast<float>(c.rms_norm_eps);
+      const kernels::GemvRotaryKvArgs rotary_template = OneTokenRotary();
+      k.layer_chain = [type, eps, rotary_template](const GlmModel::LayerChain& a,
+                                                   at::Tensor& residual) -> GlmModel::LayerChainResult {
+        const bool last = !a.qkv_weight.defined();
+        auto fits = [&](const at::Tensor& t) {
+          return t.defined() && t.is_contiguous() && t.scalar_type() == residual.scalar_type() &&
+                 t.device() == residual.device();
+        };
+        if (residual.dim() != 2 || residual.size(0) != 1 || !fits(residual) || !fits(a.attention) ||
+            a.attention.size(0) != 1 || !fits(a.o_weight) || !fits(a.mlp_norm) || !fits(a.gate_up_weight) ||
+            !fits(a.down_weight) || a.gate_up_weight.size(0) % 2 != 0 ||
+            (!last && (!fits(a.next_input_norm) || !fits(a.qkv_weight) || (a.qkv_bias.defined() && !fits(a.qkv_bias)) ||
+                       !fits(a.k_cache) || !fits(a.v_cache) || a.positions.scalar_type() != at::kLong ||
+                       a.positions.numel() != 1 || a.slots.scalar_type() != at::kLong || a.slots.numel() != 1))) {
+          return {};
+        }
+        const int64_t hidden = residual.size(1), intermediate = a.gate_up_weight.size(0) / 2;
+        kernels::OneRowLayerChainArgs args;
+        args.hidden = hidden;
+        args.attention_width = a.attention.size(1);
+        args.intermediate = intermediate;
+        args.eps = eps;
+        args.attention = a.attention.data_ptr();
+        args.residual = residual.data_ptr();
+        args.o_weight = a.o_weight.data_ptr();
+        args.mlp_norm = a.mlp_norm.data_ptr();
+        args.gate_up_weight = a.gate_up_weight.data_ptr();
+        args.down_weight = a.down_weight.data_ptr();
+        at::Tensor qkv;
+        if (!last) {
+          args.next_input_norm = a.next_input_norm.data_ptr();
+          args.qkv_weight = a.qkv_weight.data_ptr();
+          args.qkv_bias = a.qkv_bias.defined() ? a.qkv_bias.data_ptr() : nullptr;
+          args.qkv_width = a.qkv_weight.size(0);
+          args.rotary = rotary_template;
+          args.rotary.positions = a.positions.data_ptr<int64_t>();
+          args.rotary.slot = a.slots.data_ptr<int64_t>();
+          args.rotary.k_cache = a.k_cache.data_ptr();
+          args.rotary.v_cache = a.v_cache.data_ptr();
+          args.rotary.shape.qkv_row_stride = args.qkv_width;
+          qkv = at::empty({1, args.qkv_width}, residual.options());
+          args.qkv_out = qkv.data_ptr();
+        }
+        at::Tensor residual_out = at::empty_like(residual), mlp = at::empty_like(residual),
+                   o_out = at::empty_like(residual), act = at::empty({1, intermediate}, residual.options());
+        args.residual_out = residual_out.data_ptr();
+        args.mlp_out = mlp.data_ptr();
+        args.o_out = o_out.data_ptr();
+        args.act = act.data_ptr();
+        args.barrier = static_cast<unsigned*>(a.barrier.data_ptr());
+        if (!kernels::OneRowLayerChainCuda(args, type, CurrentStream())) return {};
+        residual = residual_out;
+        GlmModel::LayerChainResult result;
+        result.taken = true;
+        result.qkv = qkv;
+        if (last) result.mlp = mlp;
+        return result;
       };
     }
     // Up to this many rows the GEMV streams the weights faster than cuBLAS: on an H200 one row

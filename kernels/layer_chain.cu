@@ -1,0 +1,467 @@
+// One token through a decoder layer's projections in one persistent launch: o, then gate_up with
+// its add+RMSNorm and SwiGLU, then down, then the next layer's add+RMSNorm, qkv, rotary and KV
+// write (decode_ops.h, OneRowLayerChainCuda).
+//
+// Why: at batch 1 a decode step streams ~17.5 GB of weights through ~160 GEMVs, and each GEMV
+// boundary costs a ramp and a tail where HBM is not busy (qkv and o at 2.5-2.9 TB/s alone, the
+// lm_head, one long stream, at 4.4; bench/results/gpu.md). Here every block (one per SM) has a
+// producer warp that streams the block's rows of all four weights back to back into a ring of
+// shared-memory slots with TMA bulk copies; the weights depend on nothing a kernel writes, so the
+// stream never waits for the activations. The eight consumer warps take whole rows from the ring
+// (a warp a row, its lanes over 16-byte chunks in the GEMV's order, so the sums are the GEMV's
+// bit for bit) and the blocks meet on a counter in global memory between projections, while the
+// next projection's rows keep arriving.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+
+#include "kernels/decode_epilogues.cuh"
+#include "kernels/decode_ops.h"
+#include "kernels/device_math.cuh"
+#include "kernels/launch.cuh"
+#include "kernels/mbarrier.cuh"
+#include "kernels/rms_norm_row.cuh"
+
+namespace glmserve::kernels {
+namespace {
+
+constexpr int kConsumerWarps = kNormRowThreads / 32;  // the norm helpers' block of threads
+constexpr int kChainThreads = kNormRowThreads + 32;   // the last warp produces
+constexpr int kConsumerBarrier = 1;                   // named barrier of the consumer warps
+constexpr int kMaxRingSlots = 64;                     // a bit each in the parity masks
+
+// The projections in the order the chain runs them.
+enum ChainPhase : int { kPhaseO = 0, kPhaseGateUp = 1, kPhaseDown = 2, kPhaseQkv = 3 };
+
+template <typename T>
+struct ChainParams {
+  const T* attention;
+  const T* residual;
+  const T* o_weight;
+  const T* mlp_norm;
+  const T* gate_up_weight;
+  const T* down_weight;
+  const T* next_input_norm;
+  const T* qkv_weight;
+  const T* qkv_bias;
+  GemvRotary<T> rotary;
+  T* residual_out;
+  T* mlp_out;
+  T* qkv_out;
+  T* o_out;
+  T* act;
+  unsigned* barrier;
+  int64_t hidden, attention_width, intermediate, qkv_width;
+  float eps;
+  int phases;  // 4, or 3 for the last layer (no qkv)
+  int ring_slots;
+  int slot_bytes;
+  // Byte offsets in dynamic shared memory (the ring starts at 0).
+  int x_offset, residual_offset, delta_offset, barrier_offset;
+};
+
+// A phase's units of work: an output row (o, down), a gate / up row pair (gate_up), an even / odd
+// row pair of one head (qkv, for the rotary). Each weight row starts on a slot.
+struct PhaseShape {
+  int64_t units;
+  int rows_per_unit;
+  int64_t row_elements;
+};
+
+template <typename T>
+__device__ __forceinline__ PhaseShape ShapeOf(const ChainParams<T>& p, int phase) {
+  switch (phase) {
+    case kPhaseO:
+      return {p.hidden, 1, p.attention_width};
+    case kPhaseGateUp:
+      return {p.intermediate, 2, p.hidden};
+    case kPhaseDown:
+      return {p.hidden, 1, p.intermediate};
+    default:
+      return {p.qkv_width / 2, 2, p.hidden};
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ const T* WeightRow(const ChainParams<T>& p, int phase, int64_t unit, int r) {
+  switch (phase) {
+    case kPhaseO:
+      return p.o_weight + unit * p.attention_width;
+    case kPhaseGateUp:
+      return p.gate_up_weight + (unit + r * p.intermediate) * p.hidden;
+    case kPhaseDown:
+      return p.down_weight + unit * p.intermediate;
+    default:
+      return p.qkv_weight + (2 * unit + r) * p.hidden;
+  }
+}
+
+// The first of `count` consecutive ring slots for the next unit; a unit never wraps around the
+// ring's end (it starts again at slot 0). Producer and consumers walk the same sequence.
+__device__ __forceinline__ int PlaceUnit(int& cursor, int count, int slots) {
+  if (cursor + count > slots) cursor = 0;
+  const int first = cursor;
+  cursor += count;
+  if (cursor == slots) cursor = 0;
+  return first;
+}
+
+__device__ __forceinline__ void ConsumerSync() {
+  __syncwarp();  // a named barrier counts warps: each must arrive whole
+  RowThreadsSync<kConsumerBarrier>();
+}
+
+// A wait that has not ended after ~2^22 polls (seconds) stops the kernel with what it waited for
+// instead of hanging the device: a schedule mismatch between producer and consumers is a bug.
+__device__ __forceinline__ void WaitOrTrap(uint32_t bar, uint32_t parity, const char* what, int64_t unit, int slot) {
+  uint32_t done = 0;
+  for (uint64_t polls = 0; done == 0; ++polls) {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+    if (polls == (uint64_t{1} << 22)) {
+      printf("layer chain: block %d thread %d stuck on %s slot %d parity %u unit %lld\n", blockIdx.x, threadIdx.x, what,
+             slot, parity, static_cast<long long>(unit));
+      __trap();
+    }
+  }
+}
+
+// Every block's consumers arrive; returns once `target` arrivals (this launch's k-th meeting: k x
+// the grid) are in, with the other blocks' writes before theirs visible.
+__device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target) {
+  ConsumerSync();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+    unsigned seen = 0;
+    for (uint64_t polls = 0;; ++polls) {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+      if (seen >= target) break;
+      if (polls == (uint64_t{1} << 23)) {
+        printf("layer chain: block %d stuck meeting: %u of %u arrived\n", blockIdx.x, seen, target);
+        __trap();
+      }
+    }
+    __threadfence();
+  }
+  ConsumerSync();
+}
+
+// `elements` of a row another block wrote in this launch into shared memory, through L2.
+template <typename T>
+__device__ __forceinline__ void CopyRowFromL2(T* to, const T* from, int64_t elements) {
+  constexpr int E = 16 / sizeof(T);
+  const uint4* src = reinterpret_cast<const uint4*>(from);
+  uint4* dst = reinterpret_cast<uint4*>(to);
+  for (int64_t c = threadIdx.x; c < elements / E; c += kNormRowThreads) dst[c] = __ldcg(src + c);
+}
+
+// A warp's dot product of one weight row with x, both in shared memory: lane l takes chunks l,
+// l + 32, ... in order, as GemvKernel's lanes do, then the warp's sum.
+template <typename T>
+__device__ __forceinline__ float RowDot(const uint4* w, const uint4* x, int64_t chunks, int lane) {
+  constexpr int E = 16 / sizeof(T);
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int64_t c = lane; c < chunks; c += 32) {
+    float wf[E], xf[E];
+    Chunk16<T>::ToFloats(w[c], wf);
+    Chunk16<T>::ToFloats(x[c], xf);
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc = fmaf(xf[e], wf[e], acc);
+  }
+  return WarpSum(acc);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const __grid_constant__ ChainParams<T> p) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ float scratch[kConsumerWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t grid = gridDim.x, block = blockIdx.x;
+  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + p.barrier_offset);
+  auto full_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&bars[s])); };
+  auto empty_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&bars[kMaxRingSlots + s])); };
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < p.ring_slots; ++s) {
+      BarrierInit(full_bar(s), 1);
+      BarrierInit(empty_bar(s), 1);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  AllowDependentLaunch();
+
+  if (warp == kConsumerWarps) {
+    // The producer: the block's rows of every phase, back to back. No kernel writes a weight, so
+    // this starts before the kernel before this one has ended.
+    if (lane != 0) return;
+    const uint64_t policy = EvictFirstPolicy();  // read once a step: L2 need not keep them
+    uint64_t used = 0, empty_parity = 0;
+    int cursor = 0;
+    for (int phase = 0; phase < p.phases; ++phase) {
+      const PhaseShape shape = ShapeOf(p, phase);
+      const uint32_t row_bytes = static_cast<uint32_t>(shape.row_elements * sizeof(T));
+      const int row_slots = static_cast<int>((row_bytes + p.slot_bytes - 1) / p.slot_bytes);
+      const int count = row_slots * shape.rows_per_unit;
+      const int64_t end = shape.units * (block + 1) / grid;
+      for (int64_t unit = shape.units * block / grid; unit < end; ++unit) {
+        const int first = PlaceUnit(cursor, count, p.ring_slots);
+        for (int s = first; s < first + count; ++s) {
+          const uint64_t bit = uint64_t{1} << s;
+          if (used & bit) {  // wait until the slot's last reader is done with it
+            WaitOrTrap(empty_bar(s), (empty_parity & bit) != 0 ? 1u : 0u, "empty", unit, s);
+            empty_parity ^= bit;
+          }
+          used |= bit;
+        }
+        BarrierExpectBytes(full_bar(first), static_cast<int>(row_bytes) * shape.rows_per_unit);
+        for (int r = 0; r < shape.rows_per_unit; ++r) {
+          BulkCopyToShared(ring + static_cast<uint32_t>((first + r * row_slots) * p.slot_bytes),
+                           WeightRow(p, phase, unit, r), row_bytes, full_bar(first), policy);
+        }
+      }
+    }
+    return;
+  }
+
+  // The consumers: each phase's input row into shared memory, then the units in turn, unit i of
+  // the block to warp i % 8.
+  T* x = reinterpret_cast<T*>(smem + p.x_offset);
+  T* residual = reinterpret_cast<T*>(smem + p.residual_offset);
+  T* delta = reinterpret_cast<T*>(smem + p.delta_offset);
+  const uint4* x4 = reinterpret_cast<const uint4*>(x);
+  constexpr int E = 16 / sizeof(T);
+  const int hidden_chunks = static_cast<int>(p.hidden / E);
+  const bool last_layer = p.phases == kPhaseQkv;  // no qkv phase
+  uint64_t full_parity = 0;
+  int cursor = 0;
+  int64_t sequence = 0;
+  WaitForPrerequisiteGrid();
+  for (int phase = 0; phase < p.phases; ++phase) {
+    if (phase == kPhaseO) {
+      CopyRowFromL2(x, p.attention, p.attention_width);
+    } else if (phase == kPhaseGateUp) {
+      GridMeet(p.barrier, static_cast<unsigned>(grid));
+      CopyRowFromL2(delta, p.o_out, p.hidden);
+      ConsumerSync();
+      // Every block keeps residual + o; block 0 also writes it out where the chain ends here.
+      AddRmsNormRow<T, /*kHeld=*/false, kConsumerBarrier>(
+          reinterpret_cast<const uint4*>(delta), nullptr, reinterpret_cast<const uint4*>(p.residual),
+          reinterpret_cast<uint4*>(residual), reinterpret_cast<const uint4*>(p.mlp_norm), reinterpret_cast<uint4*>(x),
+          hidden_chunks, p.hidden, p.eps, scratch);
+      if (last_layer && block == 0) {
+        ConsumerSync();
+        for (int c = threadIdx.x; c < hidden_chunks; c += kNormRowThreads) {
+          reinterpret_cast<uint4*>(p.residual_out)[c] = reinterpret_cast<const uint4*>(residual)[c];
+        }
+      }
+    } else if (phase == kPhaseDown) {
+      GridMeet(p.barrier, static_cast<unsigned>(2 * grid));
+      CopyRowFromL2(x, p.act, p.intermediate);
+    } else {
+      GridMeet(p.barrier, static_cast<unsigned>(3 * grid));
+      CopyRowFromL2(delta, p.mlp_out, p.hidden);
+      ConsumerSync();
+      AddRmsNormRow<T, /*kHeld=*/false, kConsumerBarrier>(
+          reinterpret_cast<const uint4*>(delta), nullptr, reinterpret_cast<const uint4*>(residual),
+          block == 0 ? reinterpret_cast<uint4*>(p.residual_out) : nullptr,
+          reinterpret_cast<const uint4*>(p.next_input_norm), reinterpret_cast<uint4*>(x), hidden_chunks, p.hidden,
+          p.eps, scratch);
+    }
+    ConsumerSync();
+    const PhaseShape shape = ShapeOf(p, phase);
+    const int64_t row_bytes = shape.row_elements * static_cast<int64_t>(sizeof(T));
+    const int row_slots = static_cast<int>((row_bytes + p.slot_bytes - 1) / p.slot_bytes);
+    const int count = row_slots * shape.rows_per_unit;
+    const int64_t chunks = shape.row_elements / E;
+    const int64_t end = shape.units * (block + 1) / grid;
+    for (int64_t unit = shape.units * block / grid; unit < end; ++unit, ++sequence) {
+      const int first = PlaceUnit(cursor, count, p.ring_slots);
+      const uint64_t bit = uint64_t{1} << first;
+      const uint32_t parity = (full_parity & bit) != 0 ? 1u : 0u;
+      full_parity ^= bit;
+      if (sequence % kConsumerWarps != warp) continue;
+      __syncwarp();  // lane 0 back from the last unit's epilogue
+      WaitOrTrap(full_bar(first), parity, "full", unit, first);
+      const uint4* rows = reinterpret_cast<const uint4*>(smem + static_cast<int64_t>(first) * p.slot_bytes);
+      const int64_t row_stride = static_cast<int64_t>(row_slots) * p.slot_bytes / 16;  // in chunks
+      float total[2] = {RowDot<T>(rows, x4, chunks, lane), 0.0f};
+      if (shape.rows_per_unit == 2) total[1] = RowDot<T>(rows + row_stride, x4, chunks, lane);
+      __syncwarp();
+      if (lane != 0) continue;
+      for (int s = first; s < first + count; ++s) BarrierArrive(empty_bar(s));
+      switch (phase) {
+        case kPhaseO:
+          p.o_out[unit] = FromFloat<T>(total[0]);
+          break;
+        case kPhaseGateUp: {
+          const float gate = ToFloat(FromFloat<T>(total[0])), up = ToFloat(FromFloat<T>(total[1]));
+          p.act[unit] = FromFloat<T>(SwiGlu<T>(gate, up));
+          break;
+        }
+        case kPhaseDown:
+          p.mlp_out[unit] = FromFloat<T>(total[0]);
+          break;
+        default: {
+          const int64_t f = 2 * unit;
+          T pair[2];
+          for (int r = 0; r < 2; ++r) {
+            pair[r] = FromFloat<T>(p.qkv_bias != nullptr ? total[r] + ToFloat(p.qkv_bias[f + r]) : total[r]);
+          }
+          RotaryKvPair(p.rotary, f, pair[0], pair[1], p.qkv_out, p.qkv_width);
+          break;
+        }
+      }
+    }
+  }
+}
+
+int64_t RoundUp(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+template <typename T>
+bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
+  constexpr int64_t E = 16 / sizeof(T);
+  auto aligned = [](const void* ptr) { return ptr != nullptr && reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool last = a.qkv_weight == nullptr;
+  if (a.hidden <= 0 || a.attention_width <= 0 || a.intermediate <= 0 || a.hidden % E != 0 ||
+      a.attention_width % E != 0 || a.intermediate % E != 0 || a.hidden / E > kNormRowMaxChunks * kNormRowThreads ||
+      !aligned(a.attention) || !aligned(a.residual) || !aligned(a.o_weight) || !aligned(a.mlp_norm) ||
+      !aligned(a.gate_up_weight) || !aligned(a.down_weight) || !aligned(a.residual_out) || !aligned(a.mlp_out) ||
+      !aligned(a.o_out) || !aligned(a.act) || a.barrier == nullptr || a.ring_slots < 0) {
+    return false;
+  }
+  if (!last) {
+    const GemvRotaryKvArgs& r = a.rotary;
+    if (!aligned(a.next_input_norm) || !aligned(a.qkv_out) || a.qkv_width <= 0 || a.qkv_width % 2 != 0 ||
+        r.positions == nullptr || r.slot == nullptr || r.k_cache == nullptr || r.v_cache == nullptr ||
+        !GemvRotaryKvShapeFits(r.shape, r.inv_freq != nullptr, a.qkv_width)) {
+      return false;
+    }
+  }
+  int device = 0, sms = 0, major = 0, max_smem = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (major < 9 || sms <= 0) return false;  // bulk copies, mbarrier transaction counts, griddepcontrol
+
+  ChainParams<T> p{};
+  p.attention = static_cast<const T*>(a.attention);
+  p.residual = static_cast<const T*>(a.residual);
+  p.o_weight = static_cast<const T*>(a.o_weight);
+  p.mlp_norm = static_cast<const T*>(a.mlp_norm);
+  p.gate_up_weight = static_cast<const T*>(a.gate_up_weight);
+  p.down_weight = static_cast<const T*>(a.down_weight);
+  p.next_input_norm = static_cast<const T*>(a.next_input_norm);
+  p.qkv_weight = static_cast<const T*>(a.qkv_weight);
+  p.qkv_bias = static_cast<const T*>(a.qkv_bias);
+  if (!last) {
+    p.rotary.positions = a.rotary.positions;
+    p.rotary.inv_freq = a.rotary.inv_freq;
+    p.rotary.slot = a.rotary.slot;
+    p.rotary.k_cache = static_cast<T*>(a.rotary.k_cache);
+    p.rotary.v_cache = static_cast<T*>(a.rotary.v_cache);
+    p.rotary.shape = a.rotary.shape;
+  }
+  p.residual_out = static_cast<T*>(a.residual_out);
+  p.mlp_out = static_cast<T*>(a.mlp_out);
+  p.qkv_out = static_cast<T*>(a.qkv_out);
+  p.o_out = static_cast<T*>(a.o_out);
+  p.act = static_cast<T*>(a.act);
+  p.barrier = a.barrier;
+  p.hidden = a.hidden;
+  p.attention_width = a.attention_width;
+  p.intermediate = a.intermediate;
+  p.qkv_width = last ? 0 : a.qkv_width;
+  p.eps = a.eps;
+  p.phases = last ? 3 : 4;
+
+  // Shared memory: the ring, then x (the widest input row), the residual and a delta row, the
+  // ring's barriers. A slot holds one row of the hidden-wide weights; a down row takes several.
+  const int64_t element = sizeof(T);
+  const int64_t slot_bytes = RoundUp(std::max(a.hidden, a.attention_width) * element, 128);
+  const int64_t x_bytes = RoundUp(std::max({a.hidden, a.attention_width, a.intermediate}) * element, 128);
+  const int64_t row_bytes = RoundUp(a.hidden * element, 128);
+  const int64_t fixed = x_bytes + 2 * row_bytes + 2 * kMaxRingSlots * 8;
+  const int64_t static_smem = 1024;  // the consumers' scratch and what the compiler adds
+  const int64_t room = max_smem - static_smem - fixed;
+  int64_t slots = std::min<int64_t>(kMaxRingSlots, room / slot_bytes);
+  if (a.ring_slots > 0) slots = std::min<int64_t>(slots, a.ring_slots);
+  const int64_t down_row_slots = (a.intermediate * element + slot_bytes - 1) / slot_bytes;
+  if (slots < std::max<int64_t>(2, down_row_slots) || a.intermediate * element >= (1 << 20)) return false;
+  p.ring_slots = static_cast<int>(slots);
+  p.slot_bytes = static_cast<int>(slot_bytes);
+  p.x_offset = static_cast<int>(slots * slot_bytes);
+  p.residual_offset = static_cast<int>(p.x_offset + x_bytes);
+  p.delta_offset = static_cast<int>(p.residual_offset + row_bytes);
+  p.barrier_offset = static_cast<int>(p.delta_offset + row_bytes);
+  const size_t smem = static_cast<size_t>(p.barrier_offset + 2 * kMaxRingSlots * 8);
+
+  auto kernel = OneRowLayerChainKernel<T>;
+  // The limit is raised once, to the device's most (not a stream operation: a call inside a graph
+  // capture would end the capture).
+  static const bool limit_raised = [&] {
+    cudaFuncAttributes attributes{};
+    return cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess &&
+           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                max_smem - static_cast<int>(attributes.sharedSizeBytes)) == cudaSuccess;
+  }();
+  int resident = 0;
+  if (!limit_raised ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kChainThreads, smem) != cudaSuccess ||
+      resident < 1) {
+    cudaGetLastError();
+    return false;
+  }
+  // One block an SM: the blocks wait for each other, so all of them must be resident at once. A
+  // cooperative launch has the driver guarantee it (or refuse the launch) where something else
+  // holds SMs; with dependent launch where the driver takes both.
+  cudaLaunchAttribute attributes[2];
+  attributes[0].id = cudaLaunchAttributeCooperative;
+  attributes[0].val.cooperative = 1;
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = DependentLaunchEnabled() ? 1 : 0;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(sms));
+  config.blockDim = dim3(kChainThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = 2;
+  cudaError_t launched = cudaLaunchKernelEx(&config, kernel, p);
+  if (launched != cudaSuccess) {
+    cudaGetLastError();
+    config.numAttrs = 1;  // cooperative only
+    launched = cudaLaunchKernelEx(&config, kernel, p);
+  }
+  const cudaError_t pending = cudaGetLastError();
+  return launched == cudaSuccess && pending == cudaSuccess;
+}
+
+}  // namespace
+
+bool OneRowLayerChainCuda(const OneRowLayerChainArgs& args, ElementType type, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  switch (type) {
+    case ElementType::kFloat32:
+      return LaunchChain<float>(args, st);
+    case ElementType::kBFloat16:
+      return LaunchChain<__nv_bfloat16>(args, st);
+    case ElementType::kFloat16:
+      return LaunchChain<__half>(args, st);
+  }
+  return false;
+}
+
+}  // namespace glmserve::kernels

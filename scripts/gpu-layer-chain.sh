@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# On the GPU machine, one device call: the one-row layer chain (kernels/layer_chain.cu,
+# GLMSERVE_CUDA_LAYER_CHAIN=1) checked and measured. Builds (scripts/gpu-build.sh, every part
+# off), then kernels_test (all of it: the chain against the kernels it replaces, bit for bit),
+# fixture parity on CUDA and the engine's parity / invariance tests with the chain on, decode_bench
+# at batch 1 with it off and on in turn (GLMSERVE_CHAIN_ROUNDS rounds), and a Kineto profile of
+# batch 1 each way (bench/summarize_trace.py). Every result is printed (the device tool returns
+# stdout's tail and $OUT).
+set -uo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root" || exit 1
+out="${OUT:-$repo_root/.gpu/out}"
+mkdir -p "$out"
+start=$(date +%s)
+elapsed() { echo "$(($(date +%s) - start))"; }
+status=0
+summary() {  # label rc log
+  echo "$1: rc=$2 at $(elapsed) s"
+  grep -E "^\[  (PASSED|FAILED) " "$3" | head -5
+  grep -E "FAILED|Failure" -A6 "$3" | cut -c1-220 | head -30
+  [ "$2" = 0 ] || status=1
+}
+
+GLMSERVE_GPU_TARGETS="${GLMSERVE_GPU_TARGETS:-kernels_test runtime_test engine_model_test decode_bench}" \
+  GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0 GLMSERVE_GPU_SERVE=0 GLMSERVE_GPU_VISION=0 \
+  timeout 300 bash scripts/gpu-build.sh >"$out/gpubuild.log" 2>&1
+rc=$?
+echo "gpu-build: rc=$rc at $(elapsed) s"
+[ "$rc" = 0 ] || { tail -30 "$out/gpubuild.log"; exit 1; }
+
+timeout 120 .gpu/build/tests/kernels_test >"$out/kernels_test.log" 2>&1
+summary kernels_test $? "$out/kernels_test.log"
+GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_TEST_DEVICE=cuda timeout 120 .gpu/build/tests/runtime/runtime_test \
+  --gtest_filter='MixedStep*:*Parity*' >"$out/runtime_test_chain.log" 2>&1
+summary "runtime_test (CUDA parity, chain on)" $? "$out/runtime_test_chain.log"
+GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_TEST_DEVICE=cuda timeout 200 .gpu/build/tests/engine_model/engine_model_test \
+  --gtest_filter='*Parity*:*Invariance*:*Identical*' >"$out/engine_model_chain.log" 2>&1
+summary "engine_model_test (CUDA, chain on)" $? "$out/engine_model_chain.log"
+GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_GRAPHS_VERIFY=1 GLMSERVE_TEST_DEVICE=cuda timeout 200 \
+  .gpu/build/tests/engine_model/engine_model_test --gtest_filter='*Invariance*:*Parity*' \
+  >"$out/engine_model_chain_verify.log" 2>&1
+echo "graph-vs-eager steps with differing argmax (chain on): $(grep -c 'differs in [1-9]' "$out/engine_model_chain_verify.log")"
+
+gbps=3350
+nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && gbps=4800
+bench() { .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
+  --dtype bfloat16 --hbm-gbps "$gbps" "$@"; }
+echo "== decode_bench GLM-4-9B bf16, chain off / on in turn"
+for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
+  for chain in 0 1; do
+    GLMSERVE_CUDA_LAYER_CHAIN=$chain bench --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
+      sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
+  done
+done
+if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
+  mkdir -p .gpu/trace
+  for chain in 0 1; do
+    GLMSERVE_CUDA_LAYER_CHAIN=$chain bench --batch-sizes 1 --profile-trace ".gpu/trace/chain$chain" >/dev/null 2>&1
+    echo "== profile, batch 1, chain $chain"
+    python3 bench/summarize_trace.py ".gpu/trace/chain$chain-b1.json" --steps 8 --top 12 | tee "$out/chain_profile_$chain.md"
+  done
+fi
+echo "done at $(elapsed) s, status $status"
+exit "$status"
