@@ -132,6 +132,19 @@ __device__ __forceinline__ void WaitOrTrap(uint32_t bar, uint32_t parity, const 
   }
 }
 
+// Until the producer has armed `slot`'s full barrier for the block's unit `sequence` (see
+// armed_unit), with the same bound as WaitOrTrap.
+__device__ __forceinline__ void WaitArmed(const int* armed_unit, int slot, int sequence, int64_t unit) {
+  const volatile int* armed = armed_unit;
+  for (uint64_t polls = 0; armed[slot] != sequence; ++polls) {
+    if (polls == (uint64_t{1} << 22)) {
+      printf("layer chain: block %d thread %d stuck on arming slot %d for unit %lld (sequence %d, armed %d)\n",
+             blockIdx.x, threadIdx.x, slot, static_cast<long long>(unit), sequence, armed[slot]);
+      __trap();
+    }
+  }
+}
+
 // Every block's consumers arrive; returns once `target` arrivals (this launch's k-th meeting: k x
 // the grid) are in, with the other blocks' writes before theirs visible.
 __device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target) {
@@ -183,12 +196,19 @@ template <typename T>
 __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const __grid_constant__ ChainParams<T> p) {
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ float scratch[kConsumerWarps];
+  // The block-local sequence number of the unit whose bytes each slot's full barrier now counts
+  // (-1: none yet). A consumer waits for its unit's number here before it waits on the barrier:
+  // eight warps take the units in turn, so a warp can reach a slot's next use while its last use
+  // is still in flight, and a parity wait cannot tell that phase from the one it wants (it would
+  // pass at once on a slot two phases behind).
+  __shared__ int armed_unit[kMaxRingSlots];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t grid = gridDim.x, block = blockIdx.x;
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + p.barrier_offset);
   auto full_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&bars[s])); };
   auto empty_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&bars[kMaxRingSlots + s])); };
+  for (int s = threadIdx.x; s < kMaxRingSlots; s += blockDim.x) armed_unit[s] = -1;
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.ring_slots; ++s) {
       BarrierInit(full_bar(s), 1);
@@ -205,14 +225,14 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
     if (lane != 0) return;
     const uint64_t policy = EvictFirstPolicy();  // read once a step: L2 need not keep them
     uint64_t used = 0, empty_parity = 0;
-    int cursor = 0;
+    int cursor = 0, sequence = 0;
     for (int phase = 0; phase < p.phases; ++phase) {
       const PhaseShape shape = ShapeOf(p, phase);
       const uint32_t row_bytes = static_cast<uint32_t>(shape.row_elements * sizeof(T));
       const int row_slots = static_cast<int>((row_bytes + p.slot_bytes - 1) / p.slot_bytes);
       const int count = row_slots * shape.rows_per_unit;
       const int64_t end = shape.units * (block + 1) / grid;
-      for (int64_t unit = shape.units * block / grid; unit < end; ++unit) {
+      for (int64_t unit = shape.units * block / grid; unit < end; ++unit, ++sequence) {
         const int first = PlaceUnit(cursor, count, p.ring_slots);
         for (int s = first; s < first + count; ++s) {
           const uint64_t bit = uint64_t{1} << s;
@@ -222,7 +242,10 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
           }
           used |= bit;
         }
+        // Every earlier use of these slots is done with: the full barrier's phase in progress is
+        // this unit's from here on.
         BarrierExpectBytes(full_bar(first), static_cast<int>(row_bytes) * shape.rows_per_unit);
+        reinterpret_cast<volatile int*>(armed_unit)[first] = sequence;
         for (int r = 0; r < shape.rows_per_unit; ++r) {
           BulkCopyToShared(ring + static_cast<uint32_t>((first + r * row_slots) * p.slot_bytes),
                            WeightRow(p, phase, unit, r), row_bytes, full_bar(first), policy);
@@ -290,6 +313,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       full_parity ^= bit;
       if (sequence % kConsumerWarps != warp) continue;
       __syncwarp();  // lane 0 back from the last unit's epilogue
+      WaitArmed(armed_unit, first, static_cast<int>(sequence), unit);
       WaitOrTrap(full_bar(first), parity, "full", unit, first);
       const uint4* rows = reinterpret_cast<const uint4*>(smem + static_cast<int64_t>(first) * p.slot_bytes);
       const int64_t row_stride = static_cast<int64_t>(row_slots) * p.slot_bytes / 16;  // in chunks
