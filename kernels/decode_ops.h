@@ -131,6 +131,9 @@ struct OneRowLayerChainArgs {
   // Weight slots of the ring each block streams through (0: as many as shared memory holds);
   // tests make it small so the ring wraps and waits.
   int32_t ring_slots = 0;
+  // Measurement only: where given, [grid, 16] values a block writes as it goes (layer_chain.cu's
+  // TimelineMark: globaltimer nanoseconds at its stages, clock cycles spent waiting).
+  int64_t* timeline = nullptr;
 };
 // The chain: o = attention W_o^T; r = residual + o; act = SwiGLU(RMSNorm(r) W_gu^T);
 // m = act W_down^T; then, unless last, r' = r + m and qkv = RMSNorm(r') W_qkv^T + b with the

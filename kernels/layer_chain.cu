@@ -55,6 +55,7 @@ struct ChainParams {
   T* o_out;
   T* act;
   unsigned* barrier;
+  long long* timeline;  // OneRowLayerChainArgs::timeline
   int64_t hidden, attention_width, intermediate, qkv_width;
   float eps;
   int phases;  // 4, or 3 for the last layer (no qkv)
@@ -108,6 +109,27 @@ __device__ __forceinline__ int PlaceUnit(int& cursor, int count, int slots) {
   cursor += count;
   if (cursor == slots) cursor = 0;
   return first;
+}
+
+// Measurement (OneRowLayerChainArgs::timeline): the time now, and one of the block's marks.
+__device__ __forceinline__ long long GlobalNanoseconds() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+enum TimelineMark : int {
+  kMarkStart = 0,         // the block's barriers are set up
+  kMarkInputs = 1,        // the kernel before has ended (consumers)
+  kMarkMet = 2,           // 2, 3, 4: after each meeting of the blocks
+  kMarkConsumed = 5,      // the consumers' last unit is done
+  kMarkIssued = 6,        // the producer has issued every copy
+  kMarkProducerWait = 7,  // clock cycles the producer waited for free slots
+  kMarkConsumerWait = 8,  // clock cycles warp 0 waited for its rows
+  kMarkMeetWait = 9,      // clock cycles the meetings took (thread 0)
+  kTimelineMarks = 16,
+};
+__device__ __forceinline__ void Mark(long long* timeline, int mark, long long value) {
+  if (timeline != nullptr) timeline[static_cast<int64_t>(blockIdx.x) * kTimelineMarks + mark] = value;
 }
 
 __device__ __forceinline__ void ConsumerSync() {
@@ -218,6 +240,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
   }
   __syncthreads();
   AllowDependentLaunch();
+  if (threadIdx.x == 0) Mark(p.timeline, kMarkStart, GlobalNanoseconds());
 
   if (warp == kConsumerWarps) {
     // The producer: the block's rows of every phase, back to back. No kernel writes a weight, so
@@ -226,6 +249,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
     const uint64_t policy = EvictFirstPolicy();  // read once a step: L2 need not keep them
     uint64_t used = 0, empty_parity = 0;
     int cursor = 0, sequence = 0;
+    long long producer_wait = 0;
     for (int phase = 0; phase < p.phases; ++phase) {
       const PhaseShape shape = ShapeOf(p, phase);
       const uint32_t row_bytes = static_cast<uint32_t>(shape.row_elements * sizeof(T));
@@ -237,7 +261,9 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
         for (int s = first; s < first + count; ++s) {
           const uint64_t bit = uint64_t{1} << s;
           if (used & bit) {  // wait until the slot's last reader is done with it
+            const long long waited_from = clock64();
             WaitOrTrap(empty_bar(s), (empty_parity & bit) != 0 ? 1u : 0u, "empty", unit, s);
+            producer_wait += clock64() - waited_from;
             empty_parity ^= bit;
           }
           used |= bit;
@@ -252,6 +278,8 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
         }
       }
     }
+    Mark(p.timeline, kMarkIssued, GlobalNanoseconds());
+    Mark(p.timeline, kMarkProducerWait, producer_wait);
     return;
   }
 
@@ -268,11 +296,22 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
   int cursor = 0;
   int64_t sequence = 0;
   WaitForPrerequisiteGrid();
+  long long consumer_wait = 0, meet_wait = 0;
+  if (threadIdx.x == 0) Mark(p.timeline, kMarkInputs, GlobalNanoseconds());
+  // Every block's consumers arrive at the k-th meeting (k x the grid arrivals).
+  auto meet = [&](int k) {
+    const long long from = clock64();
+    GridMeet(p.barrier, static_cast<unsigned>(k * grid));
+    if (threadIdx.x == 0) {
+      meet_wait += clock64() - from;
+      Mark(p.timeline, kMarkMet + k - 1, GlobalNanoseconds());
+    }
+  };
   for (int phase = 0; phase < p.phases; ++phase) {
     if (phase == kPhaseO) {
       CopyRowFromL2(x, p.attention, p.attention_width);
     } else if (phase == kPhaseGateUp) {
-      GridMeet(p.barrier, static_cast<unsigned>(grid));
+      meet(1);
       CopyRowFromL2(delta, p.o_out, p.hidden);
       ConsumerSync();
       // Every block keeps residual + o; block 0 also writes it out where the chain ends here.
@@ -287,10 +326,10 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
         }
       }
     } else if (phase == kPhaseDown) {
-      GridMeet(p.barrier, static_cast<unsigned>(2 * grid));
+      meet(2);
       CopyRowFromL2(x, p.act, p.intermediate);
     } else {
-      GridMeet(p.barrier, static_cast<unsigned>(3 * grid));
+      meet(3);
       CopyRowFromL2(delta, p.mlp_out, p.hidden);
       ConsumerSync();
       AddRmsNormRow<T, /*kHeld=*/false, kConsumerBarrier>(
@@ -313,8 +352,10 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       full_parity ^= bit;
       if (sequence % kConsumerWarps != warp) continue;
       __syncwarp();  // lane 0 back from the last unit's epilogue
+      const long long waited_from = clock64();
       WaitArmed(armed_unit, first, static_cast<int>(sequence), unit);
       WaitOrTrap(full_bar(first), parity, "full", unit, first);
+      consumer_wait += clock64() - waited_from;
       const uint4* rows = reinterpret_cast<const uint4*>(smem + static_cast<int64_t>(first) * p.slot_bytes);
       const int64_t row_stride = static_cast<int64_t>(row_slots) * p.slot_bytes / 16;  // in chunks
       float total[2] = {RowDot<T>(rows, x4, chunks, lane), 0.0f};
@@ -344,6 +385,14 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
           break;
         }
       }
+    }
+  }
+  if (p.timeline != nullptr) {
+    ConsumerSync();
+    if (threadIdx.x == 0) {
+      Mark(p.timeline, kMarkConsumed, GlobalNanoseconds());
+      Mark(p.timeline, kMarkConsumerWait, consumer_wait);
+      Mark(p.timeline, kMarkMeetWait, meet_wait);
     }
   }
 }
@@ -404,6 +453,7 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   p.o_out = static_cast<T*>(a.o_out);
   p.act = static_cast<T*>(a.act);
   p.barrier = a.barrier;
+  p.timeline = reinterpret_cast<long long*>(a.timeline);
   p.hidden = a.hidden;
   p.attention_width = a.attention_width;
   p.intermediate = a.intermediate;
