@@ -52,12 +52,14 @@ struct LayerWeights {
 int main(int argc, char** argv) {
   int32_t layers = 40, iterations = 5, timeline_layer = 20;
   std::vector<int32_t> ring_slots = {0};
+  bool prefetch_next = false;
   glmserve::flags::FlagSet flags("layer_chain_bench", "[flags]",
                                  "Times the one-row layer chain against the kernels it replaces.");
   flags.Int("layers", &layers, 2, 200, "layers, each with its own weights");
   flags.Int("iterations", &iterations, 1, 1000, "timed passes over the layers");
   flags.IntList("ring-slots", &ring_slots, 0, 64, "the chain's ring sizes to time (0: as many as fit)");
   flags.Int("timeline-layer", &timeline_layer, 0, 199, "the layer whose blocks' timeline is printed");
+  flags.Bool("prefetch-next", &prefetch_next, "each chain asks L2 for the next layer's o rows (next_o_weight)");
   if (auto exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (timeline_layer >= layers) return flags.UsageError("--timeline-layer: not below --layers");
   if (!glmserve::kernels::CudaKernelsAvailable()) {
@@ -67,10 +69,14 @@ int main(int argc, char** argv) {
   std::vector<void*> owned;
   std::vector<LayerWeights> w(layers);
   for (LayerWeights& l : w) {
-    l = {Filled(kHidden * kAttention, owned),    Filled(2 * kIntermediate * kHidden, owned),
-         Filled(kHidden * kIntermediate, owned), Filled(kQkv * kHidden, owned),
-         Filled(kQkv, owned),                    Filled(kHidden, owned),
-         Filled(kHidden, owned),                 Filled(kCacheSlots * kKvHeads * kHeadDim, owned),
+    l = {Filled(kHidden * kAttention, owned),
+         Filled(2 * kIntermediate * kHidden, owned),
+         Filled(kHidden * kIntermediate, owned),
+         Filled(kQkv * kHidden, owned),
+         Filled(kQkv, owned),
+         Filled(kHidden, owned),
+         Filled(kHidden, owned),
+         Filled(kCacheSlots * kKvHeads * kHeadDim, owned),
          Filled(kCacheSlots * kKvHeads * kHeadDim, owned)};
     if (l.v_cache == nullptr) return 1;
   }
@@ -140,6 +146,7 @@ int main(int argc, char** argv) {
         a.qkv_weight = next.qkv;
         a.qkv_bias = next.qkv_bias;
         a.qkv_width = kQkv;
+        a.next_o_weight = prefetch_next ? next.o : nullptr;
         a.rotary = rotary;
         a.residual_out = residual[(l + 1) % 2];
         a.mlp_out = mlp_out;
@@ -157,8 +164,8 @@ int main(int argc, char** argv) {
       }
       if (!glmserve::kernels::GemvCuda(attention, layer.o, nullptr, o_out, 1, kHidden, kAttention, bf16, nullptr) ||
           !glmserve::kernels::GemvAddRmsNormCuda(o_out, nullptr, residual[l % 2], after_attention, layer.mlp_norm, kEps,
-                                                 layer.gate_up, nullptr, gate_up_out, 2 * kIntermediate, kHidden,
-                                                 false, nullptr, bf16, nullptr) ||
+                                                 layer.gate_up, nullptr, gate_up_out, 2 * kIntermediate, kHidden, false,
+                                                 nullptr, bf16, nullptr) ||
           !glmserve::kernels::SwiGluCuda(gate_up_out, act, 1, kIntermediate, bf16, nullptr) ||
           !glmserve::kernels::GemvCuda(act, layer.down, nullptr, mlp_out, 1, kHidden, kIntermediate, bf16, nullptr) ||
           !glmserve::kernels::GemvAddRmsNormCuda(mlp_out, nullptr, after_attention, residual[(l + 1) % 2],
@@ -209,10 +216,11 @@ int main(int argc, char** argv) {
   if (!Ok(cudaMemcpy(marks.data(), timeline, marks.size() * 8, cudaMemcpyDeviceToHost), "cudaMemcpy")) return 1;
   int64_t t0 = INT64_MAX;
   for (int b = 0; b < sms; ++b) t0 = std::min(t0, marks[b * kMarks]);
-  const char* names[] = {"block start", "inputs ready", "met after o", "met after gate_up", "met after down",
-                         "consumers done", "producer issued all"};
-  std::printf("\nlayer %d's chain, ring slots %d: microseconds after the first block started (mean / max over blocks)\n\n",
-              timeline_layer, ring_slots.front());
+  const char* names[] = {"block start",    "inputs ready",   "met after o",        "met after gate_up",
+                         "met after down", "consumers done", "producer issued all"};
+  std::printf(
+      "\nlayer %d's chain, ring slots %d: microseconds after the first block started (mean / max over blocks)\n\n",
+      timeline_layer, ring_slots.front());
   std::printf("| stage | mean | max |\n|---|---:|---:|\n");
   for (int m = 0; m < 7; ++m) {
     double sum = 0.0, most = 0.0;

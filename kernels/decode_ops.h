@@ -117,6 +117,10 @@ struct OneRowLayerChainArgs {
   const void* qkv_weight = nullptr;       // [qkv_width, H]
   const void* qkv_bias = nullptr;         // [qkv_width] or null
   int64_t qkv_width = 0;
+  // The next layer's o weight [H, attention_width], or null: each block asks L2 for its rows of it
+  // once its producer has issued its own copies, so that HBM stays busy through the attention
+  // between this launch and the next, whose o rows then come from L2.
+  const void* next_o_weight = nullptr;
   GemvRotaryKvArgs rotary;  // as GemvAddRmsNormCuda's rotary_kv
   // Outputs. residual_out [H]: the stream after this layer's MLP (after its attention block for
   // the last layer); mlp_out [H]: the MLP's output (the last layer's delta still to add); qkv_out

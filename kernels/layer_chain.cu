@@ -48,6 +48,7 @@ struct ChainParams {
   const T* next_input_norm;
   const T* qkv_weight;
   const T* qkv_bias;
+  const T* next_o_weight;
   GemvRotary<T> rotary;
   T* residual_out;
   T* mlp_out;
@@ -278,6 +279,16 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
         }
       }
     }
+    if (p.next_o_weight != nullptr) {  // the rows of it this block will stream next
+      const int64_t begin = p.hidden * block / grid, end = p.hidden * (block + 1) / grid;
+      const auto* from = reinterpret_cast<const uint8_t*>(p.next_o_weight + begin * p.attention_width);
+      const int64_t bytes = (end - begin) * p.attention_width * static_cast<int64_t>(sizeof(T));
+      constexpr int64_t kPrefetchBytes = 32 << 10;
+      for (int64_t at = 0; at < bytes; at += kPrefetchBytes) {
+        const auto size = static_cast<uint32_t>(bytes - at < kPrefetchBytes ? bytes - at : kPrefetchBytes);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(from + at), "r"(size) : "memory");
+      }
+    }
     Mark(p.timeline, kMarkIssued, GlobalNanoseconds());
     Mark(p.timeline, kMarkProducerWait, producer_wait);
     return;
@@ -439,6 +450,7 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   p.next_input_norm = static_cast<const T*>(a.next_input_norm);
   p.qkv_weight = static_cast<const T*>(a.qkv_weight);
   p.qkv_bias = static_cast<const T*>(a.qkv_bias);
+  p.next_o_weight = aligned(a.next_o_weight) ? static_cast<const T*>(a.next_o_weight) : nullptr;
   if (!last) {
     p.rotary.positions = a.rotary.positions;
     p.rotary.inv_freq = a.rotary.inv_freq;

@@ -1399,8 +1399,10 @@ class CudaDecodeRunner {
     if (Enabled("gemv") && Enabled("norm") && Enabled("rotary") && EnvIs("GLMSERVE_CUDA_LAYER_CHAIN", "1")) {
       const float eps = static_cast<float>(c.rms_norm_eps);
       const kernels::GemvRotaryKvArgs rotary_template = OneTokenRotary();
-      k.layer_chain = [type, eps, rotary_template](const GlmModel::LayerChain& a,
-                                                   at::Tensor& residual) -> GlmModel::LayerChainResult {
+      // GLMSERVE_CUDA_CHAIN_PREFETCH=1: each chain also asks L2 for the next layer's o rows.
+      const bool prefetch_next = EnvIs("GLMSERVE_CUDA_CHAIN_PREFETCH", "1");
+      k.layer_chain = [type, eps, rotary_template, prefetch_next](const GlmModel::LayerChain& a,
+                                                                  at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
         auto fits = [&](const at::Tensor& t) {
           return t.defined() && t.is_contiguous() && t.scalar_type() == residual.scalar_type() &&
@@ -1432,6 +1434,7 @@ class CudaDecodeRunner {
           args.qkv_weight = a.qkv_weight.data_ptr();
           args.qkv_bias = a.qkv_bias.defined() ? a.qkv_bias.data_ptr() : nullptr;
           args.qkv_width = a.qkv_weight.size(0);
+          if (prefetch_next && fits(a.next_o_weight)) args.next_o_weight = a.next_o_weight.data_ptr();
           args.rotary = rotary_template;
           args.rotary.positions = a.positions.data_ptr<int64_t>();
           args.rotary.slot = a.slots.data_ptr<int64_t>();

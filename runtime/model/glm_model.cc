@@ -259,6 +259,7 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
         args.slots = slots;
         args.k_cache = kv.k[l + 1];
         args.v_cache = kv.v[l + 1];
+        args.next_o_weight = next.o_weight;
       }
       args.barrier = chain_barriers.narrow(0, l, 1);
       LayerChainResult chained = kernels.layer_chain(args, x);

@@ -74,7 +74,8 @@ struct LayerChain {
   // The next layer's input norm and qkv projection, with what the rotary + KV write takes
   // (undefined for the last layer: the chain ends with its MLP).
   at::Tensor next_input_norm, qkv_weight, qkv_bias, positions, slots, k_cache, v_cache;
-  at::Tensor barrier;  // a zeroed int32 the call may use once (the step's, one per layer)
+  at::Tensor next_o_weight;  // the next layer's, for the kernel to ask L2 for ahead of its use
+  at::Tensor barrier;        // a zeroed int32 the call may use once (the step's, one per layer)
 };
 
 // What LayerKernels::layer_chain gave back.
