@@ -3,7 +3,8 @@
 # GLMSERVE_CUDA_LAYER_CHAIN=1) checked and measured. Builds (scripts/gpu-build.sh, every part
 # off), then kernels_test (all of it: the chain against the kernels it replaces, bit for bit),
 # fixture parity on CUDA and the engine's parity / invariance tests with the chain on, decode_bench
-# at batch 1 with it off and on in turn (GLMSERVE_CHAIN_ROUNDS rounds), and a Kineto profile of
+# at batch 1 with it off, on, and on with GLMSERVE_CUDA_CHAIN_PREFETCH in turn (GLMSERVE_CHAIN_ROUNDS
+# rounds), layer_chain_bench (the chain alone, its timeline), and a Kineto profile of
 # batch 1 each way (bench/summarize_trace.py). Every result is printed (the device tool returns
 # stdout's tail and $OUT).
 set -uo pipefail
@@ -21,7 +22,7 @@ summary() {  # label rc log
   [ "$2" = 0 ] || status=1
 }
 
-GLMSERVE_GPU_TARGETS="${GLMSERVE_GPU_TARGETS:-kernels_test runtime_test engine_model_test decode_bench}" \
+GLMSERVE_GPU_TARGETS="${GLMSERVE_GPU_TARGETS:-kernels_test runtime_test engine_model_test decode_bench layer_chain_bench}" \
   GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0 GLMSERVE_GPU_SERVE=0 GLMSERVE_GPU_VISION=0 \
   timeout 300 bash scripts/gpu-build.sh >"$out/gpubuild.log" 2>&1
 rc=$?
@@ -41,21 +42,39 @@ GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_GRAPHS_VERIFY=1 GLMSERVE_TEST_DEVICE=c
   >"$out/engine_model_chain_verify.log" 2>&1
 echo "graph-vs-eager steps with differing argmax (chain on): $(grep -c 'differs in [1-9]' "$out/engine_model_chain_verify.log")"
 
+echo "== layer_chain_bench (the chain alone, 40 layers, no attention between them)"
+timeout 120 .gpu/build/bench/layer_chain_bench --ring-slots 0,8,16 | tee "$out/layer_chain_bench.md"
+timeout 60 .gpu/build/bench/layer_chain_bench --prefetch-next | head -6 | tail -1 | sed 's/^/prefetch-next: /'
+
 gbps=3350
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && gbps=4800
 bench() { .gpu/build/bench/decode_bench --model bench/configs/glm-4-9b-chat-hf --random-weights --device cuda \
   --dtype bfloat16 --hbm-gbps "$gbps" "$@"; }
-echo "== decode_bench GLM-4-9B bf16, chain off / on in turn"
+# The switches of each variant: 0 (chain off), 1 (on), prefetch (on, with the next o rows to L2).
+variant() {
+  case "$1" in
+    0) echo GLMSERVE_CUDA_LAYER_CHAIN=0 ;;
+    1) echo GLMSERVE_CUDA_LAYER_CHAIN=1 ;;
+    prefetch) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_PREFETCH=1 ;;
+  esac
+}
+bench_as() {  # variant, then decode_bench's flags
+  local name="$1"
+  shift
+  # shellcheck disable=SC2046  # one assignment a word
+  (export $(variant "$name") && bench "$@")
+}
+echo "== decode_bench GLM-4-9B bf16, chain off / on / on with prefetch in turn"
 for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
-  for chain in 0 1; do
-    GLMSERVE_CUDA_LAYER_CHAIN=$chain bench --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
+  for chain in 0 1 prefetch; do
+    bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
       sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
   done
 done
 if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
   mkdir -p .gpu/trace
-  for chain in 0 1; do
-    GLMSERVE_CUDA_LAYER_CHAIN=$chain bench --batch-sizes 1 --profile-trace ".gpu/trace/chain$chain" >/dev/null 2>&1
+  for chain in 0 1 prefetch; do
+    bench_as "$chain" --batch-sizes 1 --profile-trace ".gpu/trace/chain$chain" >/dev/null 2>&1
     echo "== profile, batch 1, chain $chain"
     python3 bench/summarize_trace.py ".gpu/trace/chain$chain-b1.json" --steps 8 --top 12 | tee "$out/chain_profile_$chain.md"
   done
