@@ -56,6 +56,13 @@ variant() {
     0) echo GLMSERVE_CUDA_LAYER_CHAIN=0 ;;
     1) echo GLMSERVE_CUDA_LAYER_CHAIN=1 ;;
     prefetch) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_PREFETCH=1 ;;
+    # A 12-slot ring and 4-warp attention blocks: an SM holds a chain's block and an attention
+    # block at once (registers: 9 warps x 128 + 4 x 224 = 64 K), so the next chain streams
+    # while the attention runs.
+    coresident)
+      echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_PREFETCH=1 GLMSERVE_CUDA_CHAIN_RING_SLOTS=12 \
+        GLMSERVE_CUDA_ATTENTION_WARPS=4
+      ;;
   esac
 }
 bench_as() {  # variant, then decode_bench's flags
@@ -64,19 +71,19 @@ bench_as() {  # variant, then decode_bench's flags
   # shellcheck disable=SC2046  # one assignment a word
   (export $(variant "$name") && bench "$@")
 }
-echo "== decode_bench GLM-4-9B bf16, chain off / on / on with prefetch in turn"
+echo "== decode_bench GLM-4-9B bf16, chain off / on / on with prefetch / co-resident in turn"
 for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
-  for chain in 0 1 prefetch; do
+  for chain in 0 1 prefetch coresident; do
     bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
       sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
   done
 done
 if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
   mkdir -p .gpu/trace
-  for chain in 0 1 prefetch; do
+  for chain in 0 prefetch coresident; do
     bench_as "$chain" --batch-sizes 1 --profile-trace ".gpu/trace/chain$chain" >/dev/null 2>&1
     echo "== profile, batch 1, chain $chain"
-    python3 bench/summarize_trace.py ".gpu/trace/chain$chain-b1.json" --steps 8 --top 12 | tee "$out/chain_profile_$chain.md"
+    python3 bench/summarize_trace.py ".gpu/trace/chain$chain-b1.json" --steps 8 --top 5 | tee "$out/chain_profile_$chain.md"
   done
 fi
 echo "done at $(elapsed) s, status $status"

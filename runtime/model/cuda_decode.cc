@@ -1401,8 +1401,11 @@ class CudaDecodeRunner {
       const kernels::GemvRotaryKvArgs rotary_template = OneTokenRotary();
       // GLMSERVE_CUDA_CHAIN_PREFETCH=1: each chain also asks L2 for the next layer's o rows.
       const bool prefetch_next = EnvIs("GLMSERVE_CUDA_CHAIN_PREFETCH", "1");
-      k.layer_chain = [type, eps, rotary_template, prefetch_next](const GlmModel::LayerChain& a,
-                                                                  at::Tensor& residual) -> GlmModel::LayerChainResult {
+      // GLMSERVE_CUDA_CHAIN_RING_SLOTS=N caps the chain's ring (0: as many as shared memory holds):
+      // a smaller one leaves an SM room for the attention's blocks beside the chain's.
+      const int32_t ring_slots = static_cast<int32_t>(EnvInt("GLMSERVE_CUDA_CHAIN_RING_SLOTS", 0, 0, 64));
+      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots](
+                          const GlmModel::LayerChain& a, at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
         auto fits = [&](const at::Tensor& t) {
           return t.defined() && t.is_contiguous() && t.scalar_type() == residual.scalar_type() &&
@@ -1451,6 +1454,7 @@ class CudaDecodeRunner {
         args.o_out = o_out.data_ptr();
         args.act = act.data_ptr();
         args.barrier = static_cast<unsigned*>(a.barrier.data_ptr());
+        args.ring_slots = ring_slots;
         if (!kernels::OneRowLayerChainCuda(args, type, CurrentStream())) return {};
         residual = residual_out;
         GlmModel::LayerChainResult result;
