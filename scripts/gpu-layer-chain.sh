@@ -29,7 +29,8 @@ rc=$?
 echo "gpu-build: rc=$rc at $(elapsed) s"
 [ "$rc" = 0 ] || { tail -30 "$out/gpubuild.log"; exit 1; }
 
-timeout 120 .gpu/build/tests/kernels_test >"$out/kernels_test.log" 2>&1
+# GLMSERVE_CHAIN_KERNEL_TESTS: a gtest filter (default all; '*LayerChain*' for the chain's alone).
+timeout 120 .gpu/build/tests/kernels_test --gtest_filter="${GLMSERVE_CHAIN_KERNEL_TESTS:-*}" >"$out/kernels_test.log" 2>&1
 summary kernels_test $? "$out/kernels_test.log"
 GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_TEST_DEVICE=cuda timeout 120 .gpu/build/tests/runtime/runtime_test \
   --gtest_filter='MixedStep*:*Parity*' >"$out/runtime_test_chain.log" 2>&1
