@@ -557,8 +557,34 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
         a.act = act_out->get();
         a.barrier = barrier.as<unsigned>();
         a.ring_slots = ring_slots;
+        // The small ring also asks L2 for a next o weight and keeps a timeline: neither may
+        // change a bit, and every block's marks come in the order its stages run.
+        int sms = 0;
+        ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+        constexpr int kMarks = 16;
+        Device timeline(std::vector<int64_t>(static_cast<size_t>(sms) * kMarks, 0));
+        if (ring_slots != 0) {
+          a.next_o_weight = d_o_w.get();
+          a.timeline = timeline.as<int64_t>();
+        }
         ASSERT_TRUE(OneRowLayerChainCuda(a, type(), nullptr));
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        if (ring_slots != 0) {
+          std::vector<int64_t> marks(static_cast<size_t>(sms) * kMarks);
+          ASSERT_EQ(cudaMemcpy(marks.data(), timeline.get(), marks.size() * 8, cudaMemcpyDeviceToHost), cudaSuccess);
+          for (int b = 0; b < sms; ++b) {
+            const int64_t* m = &marks[static_cast<size_t>(b) * kMarks];
+            // start, inputs, the meetings (two for the last layer), consumers done; the producer's
+            // last issue after the start.
+            const int met = last ? 2 : 3;
+            EXPECT_GT(m[0], 0) << "block " << b;
+            EXPECT_LE(m[0], m[1]) << "block " << b;
+            EXPECT_LE(m[1], m[2]) << "block " << b;
+            for (int k = 1; k < met; ++k) EXPECT_LE(m[1 + k], m[2 + k]) << "block " << b;
+            EXPECT_LE(m[1 + met], m[5]) << "block " << b;
+            EXPECT_LE(m[0], m[6]) << "block " << b;
+          }
+        }
         EXPECT_EQ(o_out->Floats(), o->Floats());
         EXPECT_EQ(act_out->Floats(), act->Floats());
         EXPECT_EQ(mlp_out->Floats(), m->Floats());
