@@ -3,7 +3,8 @@
 // over `--layers` layers of their own weights (no layer finds its weights in L2), no attention
 // between them. Prints microseconds per layer and the weight bytes streamed per second for each
 // ring size, then where one layer's chain spends its time (its blocks' timeline marks).
-//   layer_chain_bench [--layers 40] [--iterations 5] [--ring-slots 0,8,16] [--timeline-layer 20]
+//   layer_chain_bench [--layers 40] [--iterations 5] [--ring-slots 0,8,16] [--lookahead-kb 0,256]
+//                     [--timeline-layer 20]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -53,11 +54,15 @@ int main(int argc, char** argv) {
   int32_t layers = 40, iterations = 5, timeline_layer = 20;
   std::vector<int32_t> ring_slots = {0};
   bool prefetch_next = false;
+  std::vector<int32_t> lookahead_kb = {0};
+  int64_t lookahead_bytes = 0;  // of the pass being timed
   glmserve::flags::FlagSet flags("layer_chain_bench", "[flags]",
                                  "Times the one-row layer chain against the kernels it replaces.");
   flags.Int("layers", &layers, 2, 200, "layers, each with its own weights");
   flags.Int("iterations", &iterations, 1, 1000, "timed passes over the layers");
   flags.IntList("ring-slots", &ring_slots, 0, 64, "the chain's ring sizes to time (0: as many as fit)");
+  flags.IntList("lookahead-kb", &lookahead_kb, 0, 4096,
+                "the chain's L2 lookahead a block, in KiB, to time with each ring size (l2_lookahead_bytes)");
   flags.Int("timeline-layer", &timeline_layer, 0, 199, "the layer whose blocks' timeline is printed");
   flags.Bool("prefetch-next", &prefetch_next, "each chain asks L2 for the next layer's o rows (next_o_weight)");
   if (auto exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
@@ -155,6 +160,7 @@ int main(int argc, char** argv) {
         a.act = act;
         a.barrier = barriers + l;
         a.ring_slots = ring;
+        a.l2_lookahead_bytes = lookahead_bytes;
         a.timeline = with_timeline && l == timeline_layer ? timeline : nullptr;
         if (!glmserve::kernels::OneRowLayerChainCuda(a, bf16, nullptr)) {
           std::fprintf(stderr, "layer_chain_bench: the chain refused (ring slots %d)\n", ring);
@@ -196,18 +202,21 @@ int main(int argc, char** argv) {
   };
   std::printf("layer_chain_bench: GLM-4-9B layer shapes, bf16, %d layers, %.1f MB of weights a layer, %d SMs\n\n",
               layers, layer_bytes / 1e6, sms);
-  std::printf("| kernels | ring slots | us / layer | weight GB/s |\n|---|---:|---:|---:|\n");
+  std::printf("| kernels | ring slots | L2 lookahead KiB | us / layer | weight GB/s |\n|---|---:|---:|---:|---:|\n");
   const double one_by_one = time_pass(-1);
   if (one_by_one < 0) return 1;
-  std::printf("| one by one (GEMV, SwiGLU, GEMV + norm + rotary) | - | %.1f | %.0f |\n", one_by_one,
+  std::printf("| one by one (GEMV, SwiGLU, GEMV + norm + rotary) | - | - | %.1f | %.0f |\n", one_by_one,
               layer_bytes / one_by_one / 1e3);
   for (const int32_t ring : ring_slots) {
-    const double us = time_pass(ring);
-    if (us < 0) return 1;
-    std::printf("| layer chain | %s | %.1f | %.0f |\n", ring == 0 ? "most" : std::to_string(ring).c_str(), us,
-                layer_bytes / us / 1e3);
+    for (const int32_t kb : lookahead_kb) {
+      lookahead_bytes = int64_t{kb} << 10;
+      const double us = time_pass(ring);
+      if (us < 0) return 1;
+      std::printf("| layer chain | %s | %d | %.1f | %.0f |\n", ring == 0 ? "most" : std::to_string(ring).c_str(), kb,
+                  us, layer_bytes / us / 1e3);
+    }
   }
-  // One more pass with the timeline of one layer, at the first ring size.
+  // One more pass with the timeline of one layer, at the first ring size and the last lookahead.
   if (!Ok(cudaMemset(timeline, 0, 8 * static_cast<size_t>(sms) * kMarks), "cudaMemset") ||
       !pass(ring_slots.front(), true) || !Ok(cudaDeviceSynchronize(), "timeline pass")) {
     return 1;
@@ -219,8 +228,9 @@ int main(int argc, char** argv) {
   const char* names[] = {"block start",    "inputs ready",   "met after o",        "met after gate_up",
                          "met after down", "consumers done", "producer issued all"};
   std::printf(
-      "\nlayer %d's chain, ring slots %d: microseconds after the first block started (mean / max over blocks)\n\n",
-      timeline_layer, ring_slots.front());
+      "\nlayer %d's chain, ring slots %d, L2 lookahead %d KiB: microseconds after the first block started (mean / max "
+      "over blocks)\n\n",
+      timeline_layer, ring_slots.front(), lookahead_kb.back());
   std::printf("| stage | mean | max |\n|---|---:|---:|\n");
   for (int m = 0; m < 7; ++m) {
     double sum = 0.0, most = 0.0;

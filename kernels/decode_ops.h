@@ -135,6 +135,9 @@ struct OneRowLayerChainArgs {
   // Weight slots of the ring each block streams through (0: as many as shared memory holds);
   // tests make it small so the ring wraps and waits.
   int32_t ring_slots = 0;
+  // Bytes of its rows each block asks L2 for ahead of its copies into the ring (0: none), so that
+  // HBM keeps streaming while the consumers wait at a meeting and the ring is full.
+  int64_t l2_lookahead_bytes = 0;
   // Measurement only: where given, [grid, 16] values a block writes as it goes (layer_chain.cu's
   // TimelineMark: globaltimer nanoseconds at its stages, clock cycles spent waiting).
   int64_t* timeline = nullptr;

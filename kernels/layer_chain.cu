@@ -59,7 +59,8 @@ struct ChainParams {
   long long* timeline;  // OneRowLayerChainArgs::timeline
   int64_t hidden, attention_width, intermediate, qkv_width;
   float eps;
-  int phases;  // 4, or 3 for the last layer (no qkv)
+  int phases;               // 4, or 3 for the last layer (no qkv)
+  int64_t lookahead_bytes;  // OneRowLayerChainArgs::l2_lookahead_bytes
   int ring_slots;
   int slot_bytes;
   // Byte offsets in dynamic shared memory (the ring starts at 0).
@@ -131,6 +132,10 @@ enum TimelineMark : int {
 };
 __device__ __forceinline__ void Mark(long long* timeline, int mark, long long value) {
   if (timeline != nullptr) timeline[static_cast<int64_t>(blockIdx.x) * kTimelineMarks + mark] = value;
+}
+
+__device__ __forceinline__ void PrefetchToL2(const void* from, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(from), "r"(bytes) : "memory");
 }
 
 __device__ __forceinline__ void ConsumerSync() {
@@ -251,6 +256,24 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
     uint64_t used = 0, empty_parity = 0;
     int cursor = 0, sequence = 0;
     long long producer_wait = 0;
+    // The L2 lookahead: a second walk over the same units, lookahead_bytes ahead of the copies.
+    // While the consumers wait at a meeting the ring fills and the copies stop, but the prefetches
+    // already asked for keep HBM busy; the copies after it find their rows in L2.
+    int ahead_phase = 0;
+    int64_t ahead_unit = ShapeOf(p, 0).units * block / grid, ahead_bytes = 0;
+    auto prefetch_ahead = [&] {
+      while (ahead_bytes < p.lookahead_bytes && ahead_phase < p.phases) {
+        const PhaseShape shape = ShapeOf(p, ahead_phase);
+        if (ahead_unit >= shape.units * (block + 1) / grid) {
+          if (++ahead_phase < p.phases) ahead_unit = ShapeOf(p, ahead_phase).units * block / grid;
+          continue;
+        }
+        const auto row_bytes = static_cast<uint32_t>(shape.row_elements * sizeof(T));
+        for (int r = 0; r < shape.rows_per_unit; ++r) PrefetchToL2(WeightRow(p, ahead_phase, ahead_unit, r), row_bytes);
+        ahead_bytes += static_cast<int64_t>(row_bytes) * shape.rows_per_unit;
+        ++ahead_unit;
+      }
+    };
     for (int phase = 0; phase < p.phases; ++phase) {
       const PhaseShape shape = ShapeOf(p, phase);
       const uint32_t row_bytes = static_cast<uint32_t>(shape.row_elements * sizeof(T));
@@ -259,6 +282,8 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       const int64_t end = shape.units * (block + 1) / grid;
       for (int64_t unit = shape.units * block / grid; unit < end; ++unit, ++sequence) {
         const int first = PlaceUnit(cursor, count, p.ring_slots);
+        prefetch_ahead();
+        ahead_bytes -= static_cast<int64_t>(row_bytes) * shape.rows_per_unit;  // this unit's, copied next
         for (int s = first; s < first + count; ++s) {
           const uint64_t bit = uint64_t{1} << s;
           if (used & bit) {  // wait until the slot's last reader is done with it
@@ -285,8 +310,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       const int64_t bytes = (end - begin) * p.attention_width * static_cast<int64_t>(sizeof(T));
       constexpr int64_t kPrefetchBytes = 32 << 10;
       for (int64_t at = 0; at < bytes; at += kPrefetchBytes) {
-        const auto size = static_cast<uint32_t>(bytes - at < kPrefetchBytes ? bytes - at : kPrefetchBytes);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(from + at), "r"(size) : "memory");
+        PrefetchToL2(from + at, static_cast<uint32_t>(bytes - at < kPrefetchBytes ? bytes - at : kPrefetchBytes));
       }
     }
     Mark(p.timeline, kMarkIssued, GlobalNanoseconds());
@@ -472,6 +496,7 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   p.qkv_width = last ? 0 : a.qkv_width;
   p.eps = a.eps;
   p.phases = last ? 3 : 4;
+  p.lookahead_bytes = a.l2_lookahead_bytes > 0 ? a.l2_lookahead_bytes : 0;
 
   // Shared memory: the ring, then x (the widest input row), the residual and a delta row, the
   // ring's barriers. A slot holds one row of the hidden-wide weights; a down row takes several.

@@ -8,7 +8,8 @@
 # batch 1 each way (bench/summarize_trace.py). Every result is printed (the device tool returns
 # stdout's tail and $OUT). A short call: GLMSERVE_GPU_TARGETS="kernels_test decode_bench
 # layer_chain_bench" GLMSERVE_CHAIN_KERNEL_TESTS='*LayerChain*' GLMSERVE_CHAIN_MODEL_TESTS=0
-# GLMSERVE_CHAIN_ROUNDS=1 GLMSERVE_CHAIN_PROFILES=coresident (the variants to profile).
+# GLMSERVE_CHAIN_ROUNDS=1 GLMSERVE_CHAIN_PROFILES=lookahead (the variants to profile;
+# GLMSERVE_CHAIN_VARIANTS the ones decode_bench times: 0 1 lookahead prefetch coresident).
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root" || exit 1
@@ -48,8 +49,8 @@ if [ "${GLMSERVE_CHAIN_MODEL_TESTS:-1}" = 1 ]; then  # 0: the kernel tests only
 fi
 
 echo "== layer_chain_bench (the chain alone, 40 layers, no attention between them)"
-timeout 120 .gpu/build/bench/layer_chain_bench --ring-slots 0,12 | tee "$out/layer_chain_bench.md"
-timeout 60 .gpu/build/bench/layer_chain_bench --prefetch-next | head -6 | tail -1 | sed 's/^/prefetch-next: /'
+timeout 120 .gpu/build/bench/layer_chain_bench --ring-slots 0 --lookahead-kb 0,128,256,384 |
+  tee "$out/layer_chain_bench.md"
 
 gbps=3350
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && gbps=4800
@@ -61,6 +62,10 @@ variant() {
     0) echo GLMSERVE_CUDA_LAYER_CHAIN=0 ;;
     1) echo GLMSERVE_CUDA_LAYER_CHAIN=1 ;;
     prefetch) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_PREFETCH=1 ;;
+    # Each block's rows asked of L2 GLMSERVE_CHAIN_LOOKAHEAD_KB (256) KiB ahead of its copies.
+    lookahead)
+      echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB="${GLMSERVE_CHAIN_LOOKAHEAD_KB:-256}"
+      ;;
     # A 12-slot ring and 4-warp attention blocks: an SM holds a chain's block and an attention
     # block at once (registers: 9 warps x 128 + 4 x 224 = 64 K), so the next chain streams
     # while the attention runs.
@@ -76,16 +81,16 @@ bench_as() {  # variant, then decode_bench's flags
   # shellcheck disable=SC2046  # one assignment a word
   (export $(variant "$name") && bench "$@")
 }
-echo "== decode_bench GLM-4-9B bf16, chain off / on / on with prefetch / co-resident in turn"
+echo "== decode_bench GLM-4-9B bf16, the variants in turn"
 for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
-  for chain in 0 1 prefetch coresident; do
+  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 lookahead}; do
     bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
       sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
   done
 done
 if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
   mkdir -p .gpu/trace
-  for chain in ${GLMSERVE_CHAIN_PROFILES:-0 prefetch coresident}; do
+  for chain in ${GLMSERVE_CHAIN_PROFILES:-0 lookahead}; do
     bench_as "$chain" --batch-sizes 1 --profile-trace ".gpu/trace/chain$chain" >/dev/null 2>&1
     echo "== profile, batch 1, chain $chain"
     python3 bench/summarize_trace.py ".gpu/trace/chain$chain-b1.json" --steps 8 --top 5 | tee "$out/chain_profile_$chain.md"

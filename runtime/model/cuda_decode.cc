@@ -1404,7 +1404,9 @@ class CudaDecodeRunner {
       // GLMSERVE_CUDA_CHAIN_RING_SLOTS=N caps the chain's ring (0: as many as shared memory holds):
       // a smaller one leaves an SM room for the attention's blocks beside the chain's.
       const int32_t ring_slots = static_cast<int32_t>(EnvInt("GLMSERVE_CUDA_CHAIN_RING_SLOTS", 0, 0, 64));
-      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots](
+      // GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB=K: each block asks L2 for its rows K KiB ahead of its copies.
+      const int64_t lookahead_bytes = EnvInt("GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB", 0, 0, 1 << 16) << 10;
+      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, lookahead_bytes](
                           const GlmModel::LayerChain& a, at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
         auto fits = [&](const at::Tensor& t) {
@@ -1455,6 +1457,7 @@ class CudaDecodeRunner {
         args.act = act.data_ptr();
         args.barrier = static_cast<unsigned*>(a.barrier.data_ptr());
         args.ring_slots = ring_slots;
+        args.l2_lookahead_bytes = lookahead_bytes;
         if (!kernels::OneRowLayerChainCuda(args, type, CurrentStream())) return {};
         residual = residual_out;
         GlmModel::LayerChainResult result;
