@@ -557,14 +557,16 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
         a.act = act_out->get();
         a.barrier = barrier.as<unsigned>();
         a.ring_slots = ring_slots;
-        // The small ring also asks L2 for a next o weight and keeps a timeline: neither may
-        // change a bit, and every block's marks come in the order its stages run.
+        // The small ring also asks L2 for its rows ahead and for a next o weight, and keeps a
+        // timeline: none of it may change a bit, and every block's marks come in the order its
+        // stages run.
         int sms = 0;
         ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
         constexpr int kMarks = 16;
         Device timeline(std::vector<int64_t>(static_cast<size_t>(sms) * kMarks, 0));
         if (ring_slots != 0) {
           a.next_o_weight = d_o_w.get();
+          a.l2_lookahead_bytes = 4096;
           a.timeline = timeline.as<int64_t>();
         }
         ASSERT_TRUE(OneRowLayerChainCuda(a, type(), nullptr));
