@@ -282,8 +282,10 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       const int64_t end = shape.units * (block + 1) / grid;
       for (int64_t unit = shape.units * block / grid; unit < end; ++unit, ++sequence) {
         const int first = PlaceUnit(cursor, count, p.ring_slots);
-        prefetch_ahead();
-        ahead_bytes -= static_cast<int64_t>(row_bytes) * shape.rows_per_unit;  // this unit's, copied next
+        if (p.lookahead_bytes > 0) {
+          prefetch_ahead();
+          ahead_bytes -= static_cast<int64_t>(row_bytes) * shape.rows_per_unit;  // this unit's, copied next
+        }
         for (int s = first; s < first + count; ++s) {
           const uint64_t bit = uint64_t{1} << s;
           if (used & bit) {  // wait until the slot's last reader is done with it
