@@ -498,8 +498,10 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
       e->message = "mm_processor_kwargs." + e->message;
       // The parser does not know the model's range (the image settings check a positive budget
       // and name theirs); "outside [1, 2^63 - 1]" would read as if any positive value passed.
-      if (e->kind == RefusalKind::kInvalidValue) {
-        e->message = absl::StrCat("mm_processor_kwargs.max_pixels: ", (*it)["max_pixels"].dump(),
+      // A value past 64 bits keeps that message: it is the bound it crossed.
+      const json& given = (*it)["max_pixels"];
+      if (e->kind == RefusalKind::kInvalidValue && given.is_number() && given.get<double>() < 1.0) {
+        e->message = absl::StrCat("mm_processor_kwargs.max_pixels: ", given.dump(),
                                   " is below 1 (a pixel budget within the server's image settings)");
       }
       return e;

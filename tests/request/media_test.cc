@@ -227,6 +227,14 @@ TEST(MediaParse, MalformedPartsNameTheirPath) {
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->message,
             "mm_processor_kwargs.max_pixels: -5 is below 1 (a pixel budget within the server's image settings)");
+  // One past 64 bits is told the bound it crossed, not "below 1".
+  r = ParseApiRequest(
+      ApiKind::kChat,
+      R"({"model": "m", "messages": [{"role": "user", "content": "x"}], "mm_processor_kwargs": {"max_pixels": 10000000000000000000}})",
+      &api);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->field, "mm_processor_kwargs.max_pixels");
+  EXPECT_EQ(r->message, "mm_processor_kwargs.max_pixels: 10000000000000000000 is outside [1, 9223372036854775807]");
 }
 
 TEST(MediaParse, ProtoPartsAndImages) {
