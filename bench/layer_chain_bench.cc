@@ -28,7 +28,6 @@ constexpr int64_t kHidden = 4096, kIntermediate = 13696, kHeads = 32, kKvHeads =
 constexpr int64_t kQkv = (kHeads + 2 * kKvHeads) * kHeadDim, kAttention = kHeads * kHeadDim;
 constexpr int64_t kCacheSlots = 16;
 constexpr float kEps = 1.5625e-07f;
-constexpr int kMarks = 16;  // layer_chain.cu's kTimelineMarks
 
 bool Ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) std::fprintf(stderr, "layer_chain_bench: %s: %s\n", what, cudaGetErrorString(e));
@@ -109,7 +108,7 @@ int main(int argc, char** argv) {
       !Ok(cudaGetDevice(&device), "cudaGetDevice") ||
       !Ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "attribute") ||
       !Ok(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, device), "attribute") ||
-      !Ok(cudaMalloc(&timeline, 8 * static_cast<size_t>(sms) * kMarks), "cudaMalloc")) {
+      !Ok(cudaMalloc(&timeline, 8 * static_cast<size_t>(sms) * glmserve::kernels::kChainTimelineMarks), "cudaMalloc")) {
     return 1;
   }
   auto rotary_of = [&](const LayerWeights& l) {
@@ -217,6 +216,7 @@ int main(int argc, char** argv) {
     }
   }
   // One more pass with the timeline of one layer, at the first ring size and the last lookahead.
+  constexpr int kMarks = glmserve::kernels::kChainTimelineMarks;
   if (!Ok(cudaMemset(timeline, 0, 8 * static_cast<size_t>(sms) * kMarks), "cudaMemset") ||
       !pass(ring_slots.front(), true) || !Ok(cudaDeviceSynchronize(), "timeline pass")) {
     return 1;
@@ -232,7 +232,8 @@ int main(int argc, char** argv) {
       "over blocks)\n\n",
       timeline_layer, ring_slots.front(), lookahead_kb.back());
   std::printf("| stage | mean | max |\n|---|---:|---:|\n");
-  for (int m = 0; m < 7; ++m) {
+  static_assert(glmserve::kernels::kChainMarkIssued == 6, "names[] lists the stages in their order");
+  for (int m = glmserve::kernels::kChainMarkStart; m <= glmserve::kernels::kChainMarkIssued; ++m) {
     double sum = 0.0, most = 0.0;
     for (int b = 0; b < sms; ++b) {
       const double at = (marks[b * kMarks + m] - t0) / 1e3;
@@ -246,7 +247,7 @@ int main(int argc, char** argv) {
   for (int m = 0; m < 3; ++m) {
     double sum = 0.0, most = 0.0;
     for (int b = 0; b < sms; ++b) {
-      const double us = marks[b * kMarks + 7 + m] / (clock_khz / 1e3);
+      const double us = marks[b * kMarks + glmserve::kernels::kChainMarkProducerWait + m] / (clock_khz / 1e3);
       sum += us;
       most = std::max(most, us);
     }

@@ -138,9 +138,22 @@ struct OneRowLayerChainArgs {
   // Bytes of its rows each block asks L2 for ahead of its copies into the ring (0: none), so that
   // HBM keeps streaming while the consumers wait at a meeting and the ring is full.
   int64_t l2_lookahead_bytes = 0;
-  // Measurement only: where given, [grid, 16] values a block writes as it goes (layer_chain.cu's
-  // TimelineMark: globaltimer nanoseconds at its stages, clock cycles spent waiting).
+  // Measurement only: where given, [grid, kChainTimelineMarks] values a block writes as it goes
+  // (ChainTimelineMark below).
   int64_t* timeline = nullptr;
+};
+// OneRowLayerChainArgs::timeline's values of one block, by index: globaltimer nanoseconds at its
+// stages, then clock cycles it spent waiting. Marks of stages a launch does not have stay as given.
+enum ChainTimelineMark : int {
+  kChainMarkStart = 0,         // the block's barriers are set up
+  kChainMarkInputs = 1,        // the kernel before has ended (consumers)
+  kChainMarkMet = 2,           // 2, 3, 4: after the 1st, 2nd, 3rd meeting of the blocks
+  kChainMarkConsumed = 5,      // the consumers' last unit is done
+  kChainMarkIssued = 6,        // the producer has issued every copy
+  kChainMarkProducerWait = 7,  // clock cycles the producer waited for free slots
+  kChainMarkConsumerWait = 8,  // clock cycles consumer warp 0 waited for its rows
+  kChainMarkMeetWait = 9,      // clock cycles thread 0 spent in the meetings
+  kChainTimelineMarks = 16,    // values a block (room to spare)
 };
 // The chain: o = attention W_o^T; r = residual + o; act = SwiGLU(RMSNorm(r) W_gu^T);
 // m = act W_down^T; then, unless last, r' = r + m and qkv = RMSNorm(r') W_qkv^T + b with the

@@ -119,19 +119,8 @@ __device__ __forceinline__ long long GlobalNanoseconds() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
-enum TimelineMark : int {
-  kMarkStart = 0,         // the block's barriers are set up
-  kMarkInputs = 1,        // the kernel before has ended (consumers)
-  kMarkMet = 2,           // 2, 3, 4: after each meeting of the blocks
-  kMarkConsumed = 5,      // the consumers' last unit is done
-  kMarkIssued = 6,        // the producer has issued every copy
-  kMarkProducerWait = 7,  // clock cycles the producer waited for free slots
-  kMarkConsumerWait = 8,  // clock cycles warp 0 waited for its rows
-  kMarkMeetWait = 9,      // clock cycles the meetings took (thread 0)
-  kTimelineMarks = 16,
-};
 __device__ __forceinline__ void Mark(long long* timeline, int mark, long long value) {
-  if (timeline != nullptr) timeline[static_cast<int64_t>(blockIdx.x) * kTimelineMarks + mark] = value;
+  if (timeline != nullptr) timeline[static_cast<int64_t>(blockIdx.x) * kChainTimelineMarks + mark] = value;
 }
 
 __device__ __forceinline__ void PrefetchToL2(const void* from, uint32_t bytes) {
@@ -246,7 +235,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
   }
   __syncthreads();
   AllowDependentLaunch();
-  if (threadIdx.x == 0) Mark(p.timeline, kMarkStart, GlobalNanoseconds());
+  if (threadIdx.x == 0) Mark(p.timeline, kChainMarkStart, GlobalNanoseconds());
 
   if (warp == kConsumerWarps) {
     // The producer: the block's rows of every phase, back to back. No kernel writes a weight, so
@@ -315,8 +304,8 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
         PrefetchToL2(from + at, static_cast<uint32_t>(bytes - at < kPrefetchBytes ? bytes - at : kPrefetchBytes));
       }
     }
-    Mark(p.timeline, kMarkIssued, GlobalNanoseconds());
-    Mark(p.timeline, kMarkProducerWait, producer_wait);
+    Mark(p.timeline, kChainMarkIssued, GlobalNanoseconds());
+    Mark(p.timeline, kChainMarkProducerWait, producer_wait);
     return;
   }
 
@@ -334,14 +323,14 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
   int64_t sequence = 0;
   WaitForPrerequisiteGrid();
   long long consumer_wait = 0, meet_wait = 0;
-  if (threadIdx.x == 0) Mark(p.timeline, kMarkInputs, GlobalNanoseconds());
+  if (threadIdx.x == 0) Mark(p.timeline, kChainMarkInputs, GlobalNanoseconds());
   // Every block's consumers arrive at the k-th meeting (k x the grid arrivals).
   auto meet = [&](int k) {
     const long long from = clock64();
     GridMeet(p.barrier, static_cast<unsigned>(k * grid));
     if (threadIdx.x == 0) {
       meet_wait += clock64() - from;
-      Mark(p.timeline, kMarkMet + k - 1, GlobalNanoseconds());
+      Mark(p.timeline, kChainMarkMet + k - 1, GlobalNanoseconds());
     }
   };
   for (int phase = 0; phase < p.phases; ++phase) {
@@ -427,9 +416,9 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
   if (p.timeline != nullptr) {
     ConsumerSync();
     if (threadIdx.x == 0) {
-      Mark(p.timeline, kMarkConsumed, GlobalNanoseconds());
-      Mark(p.timeline, kMarkConsumerWait, consumer_wait);
-      Mark(p.timeline, kMarkMeetWait, meet_wait);
+      Mark(p.timeline, kChainMarkConsumed, GlobalNanoseconds());
+      Mark(p.timeline, kChainMarkConsumerWait, consumer_wait);
+      Mark(p.timeline, kChainMarkMeetWait, meet_wait);
     }
   }
 }
