@@ -151,6 +151,19 @@ class Device {
   void* ptr_ = nullptr;
 };
 
+// The rotary + KV write's arguments for one token, from device copies of its inputs.
+GemvRotaryKvArgs RotaryKvInto(const Device& positions, const Device& inv_freq, const Device& slot,
+                              const Device& k_cache, const Device& v_cache, const RotaryKvShape& shape) {
+  GemvRotaryKvArgs r;
+  r.positions = positions.as<int64_t>();
+  r.inv_freq = inv_freq.as<float>();
+  r.slot = slot.as<int64_t>();
+  r.k_cache = k_cache.get();
+  r.v_cache = v_cache.get();
+  r.shape = shape;
+  return r;
+}
+
 std::vector<float> Random(size_t n, uint32_t seed, ElementType type, float scale = 1.0f) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
@@ -426,13 +439,7 @@ TEST_P(DecodeOpsCuda, GemvAddRmsNormWithRotaryIsTheThreeKernelsInOneLaunch) {
     // One launch.
     Device d_res_out(std::vector<float>(k, 0.0f), type()), d_y(std::vector<float>(n, 0.0f), type());
     Device d_k(cache0, type()), d_v(cache0, type());
-    GemvRotaryKvArgs rotary;
-    rotary.positions = d_positions.as<int64_t>();
-    rotary.inv_freq = d_inv_freq.as<float>();
-    rotary.slot = d_slot.as<int64_t>();
-    rotary.k_cache = d_k.get();
-    rotary.v_cache = d_v.get();
-    rotary.shape = shape;
+    const GemvRotaryKvArgs rotary = RotaryKvInto(d_positions, d_inv_freq, d_slot, d_k, d_v, shape);
     ASSERT_TRUE(GemvAddRmsNormCuda(d_delta.get(), nullptr, d_residual.get(), d_res_out.get(), d_norm_weight.get(), eps,
                                    d_w.get(), b, d_y.get(), n, k, false, &rotary, type(), nullptr));
     EXPECT_EQ(d_y.Floats(), d_want.Floats());
@@ -503,14 +510,7 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
         d_slot(std::vector<int64_t>{slot});
     auto zeros = [&](int64_t n) { return std::make_unique<Device>(std::vector<float>(n, 0.0f), type()); };
     auto rotary_into = [&](const Device& k_cache, const Device& v_cache) {
-      GemvRotaryKvArgs r;
-      r.positions = d_position.as<int64_t>();
-      r.inv_freq = d_inv_freq.as<float>();
-      r.slot = d_slot.as<int64_t>();
-      r.k_cache = k_cache.get();
-      r.v_cache = v_cache.get();
-      r.shape = shape;
-      return r;
+      return RotaryKvInto(d_position, d_inv_freq, d_slot, k_cache, v_cache, shape);
     };
     // One by one.
     auto o = zeros(h), after_attention = zeros(h), gate_up = zeros(2 * inter), act = zeros(inter), m = zeros(h),
@@ -562,7 +562,7 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
         // stages run.
         int sms = 0;
         ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
-        constexpr int kMarks = 16;
+        constexpr int kMarks = kChainTimelineMarks;
         Device timeline(std::vector<int64_t>(static_cast<size_t>(sms) * kMarks, 0));
         if (ring_slots != 0) {
           a.next_o_weight = d_o_w.get();
@@ -579,12 +579,12 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
             // start, inputs, the meetings (two for the last layer), consumers done; the producer's
             // last issue after the start.
             const int met = last ? 2 : 3;
-            EXPECT_GT(m[0], 0) << "block " << b;
-            EXPECT_LE(m[0], m[1]) << "block " << b;
-            EXPECT_LE(m[1], m[2]) << "block " << b;
-            for (int k = 1; k < met; ++k) EXPECT_LE(m[1 + k], m[2 + k]) << "block " << b;
-            EXPECT_LE(m[1 + met], m[5]) << "block " << b;
-            EXPECT_LE(m[0], m[6]) << "block " << b;
+            EXPECT_GT(m[kChainMarkStart], 0) << "block " << b;
+            EXPECT_LE(m[kChainMarkStart], m[kChainMarkInputs]) << "block " << b;
+            EXPECT_LE(m[kChainMarkInputs], m[kChainMarkMet]) << "block " << b;
+            for (int k = 1; k < met; ++k) EXPECT_LE(m[kChainMarkMet + k - 1], m[kChainMarkMet + k]) << "block " << b;
+            EXPECT_LE(m[kChainMarkMet + met - 1], m[kChainMarkConsumed]) << "block " << b;
+            EXPECT_LE(m[kChainMarkStart], m[kChainMarkIssued]) << "block " << b;
           }
         }
         EXPECT_EQ(o_out->Floats(), o->Floats());
