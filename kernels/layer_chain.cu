@@ -135,12 +135,7 @@ __device__ __forceinline__ void ConsumerSync() {
 // A wait that has not ended after ~2^22 polls (seconds) stops the kernel with what it waited for
 // instead of hanging the device: a schedule mismatch between producer and consumers is a bug.
 __device__ __forceinline__ void WaitOrTrap(uint32_t bar, uint32_t parity, const char* what, int64_t unit, int slot) {
-  uint32_t done = 0;
-  for (uint64_t polls = 0; done == 0; ++polls) {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(bar), "r"(parity)
-                 : "memory");
+  for (uint64_t polls = 0; !BarrierTryWait(bar, parity); ++polls) {
     if (polls == (uint64_t{1} << 22)) {
       printf("layer chain: block %d thread %d stuck on %s slot %d parity %u unit %lld\n", blockIdx.x, threadIdx.x, what,
              slot, parity, static_cast<long long>(unit));

@@ -18,15 +18,20 @@ __device__ __forceinline__ void BarrierExpectBytes(uint32_t bar, int bytes) {
 __device__ __forceinline__ void BarrierArrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+// Whether the barrier's phase with this parity has completed (the hardware may hold the thread a
+// while before it says no).
+__device__ __forceinline__ bool BarrierTryWait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+               : "=r"(done)
+               : "r"(bar), "r"(parity)
+               : "memory");
+  return done != 0;
+}
 // Returns once the barrier's phase with this parity has completed.
 __device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(bar), "r"(parity)
-                 : "memory");
-  } while (done == 0);
+  while (!BarrierTryWait(bar, parity)) {
+  }
 }
 __device__ __forceinline__ uint64_t EvictFirstPolicy() {
   uint64_t policy;
