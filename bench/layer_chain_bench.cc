@@ -4,7 +4,7 @@
 // between them. Prints microseconds per layer and the weight bytes streamed per second for each
 // ring size, then where one layer's chain spends its time (its blocks' timeline marks).
 //   layer_chain_bench [--layers 40] [--iterations 5] [--ring-slots 0,8,16] [--lookahead-kb 0,256]
-//                     [--timeline-layer 20]
+//                     [--claimed-tail-percent 0,10] [--timeline-layer 20]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -54,7 +55,9 @@ int main(int argc, char** argv) {
   std::vector<int32_t> ring_slots = {0};
   bool prefetch_next = false;
   std::vector<int32_t> lookahead_kb = {0};
+  std::vector<int32_t> tail_percents = {0};
   int64_t lookahead_bytes = 0;  // of the pass being timed
+  int32_t tail_percent = 0;     // of the pass being timed
   glmserve::flags::FlagSet flags("layer_chain_bench", "[flags]",
                                  "Times the one-row layer chain against the kernels it replaces.");
   flags.Int("layers", &layers, 2, 200, "layers, each with its own weights");
@@ -62,6 +65,9 @@ int main(int argc, char** argv) {
   flags.IntList("ring-slots", &ring_slots, 0, 64, "the chain's ring sizes to time (0: as many as fit)");
   flags.IntList("lookahead-kb", &lookahead_kb, 0, 4096,
                 "the chain's L2 lookahead a block, in KiB, to time with each ring size (l2_lookahead_bytes)");
+  flags.IntList("claimed-tail-percent", &tail_percents, 0, 100,
+                "the chain's shared tail of each projection's rows, to time with each ring size and lookahead "
+                "(claimed_tail_percent)");
   flags.Int("timeline-layer", &timeline_layer, 0, 199, "the layer whose blocks' timeline is printed");
   flags.Bool("prefetch-next", &prefetch_next, "each chain asks L2 for the next layer's o rows (next_o_weight)");
   if (auto exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
@@ -95,13 +101,14 @@ int main(int argc, char** argv) {
   int64_t *positions = nullptr, *slot = nullptr, *timeline = nullptr;
   float* inv_freq = nullptr;
   unsigned* barriers = nullptr;
+  const size_t barrier_bytes = sizeof(unsigned) * glmserve::kernels::kChainBarrierWords * static_cast<size_t>(layers);
   int device = 0, sms = 0, clock_khz = 0;
   const std::vector<int64_t> host_index = {7};
   std::vector<float> host_freq(kHeadDim / 4);
   for (size_t j = 0; j < host_freq.size(); ++j) host_freq[j] = 1.0f / (1.0f + static_cast<float>(j));
   if (act == nullptr || qkv_out == nullptr || !Ok(cudaMalloc(&positions, 8), "cudaMalloc") ||
       !Ok(cudaMalloc(&slot, 8), "cudaMalloc") || !Ok(cudaMalloc(&inv_freq, host_freq.size() * 4), "cudaMalloc") ||
-      !Ok(cudaMalloc(&barriers, 4 * static_cast<size_t>(layers)), "cudaMalloc") ||
+      !Ok(cudaMalloc(&barriers, barrier_bytes), "cudaMalloc") ||
       !Ok(cudaMemcpy(positions, host_index.data(), 8, cudaMemcpyHostToDevice), "cudaMemcpy") ||
       !Ok(cudaMemcpy(slot, host_index.data(), 8, cudaMemcpyHostToDevice), "cudaMemcpy") ||
       !Ok(cudaMemcpy(inv_freq, host_freq.data(), host_freq.size() * 4, cudaMemcpyHostToDevice), "cudaMemcpy") ||
@@ -129,7 +136,7 @@ int main(int argc, char** argv) {
   const ElementType bf16 = ElementType::kBFloat16;
   // One pass over the layers, the chain's way (ring > -1) or the kernels one by one.
   auto pass = [&](int32_t ring, bool with_timeline) -> bool {
-    if (!Ok(cudaMemsetAsync(barriers, 0, 4 * static_cast<size_t>(layers)), "cudaMemsetAsync")) return false;
+    if (!Ok(cudaMemsetAsync(barriers, 0, barrier_bytes), "cudaMemsetAsync")) return false;
     for (int32_t l = 0; l < layers; ++l) {
       const LayerWeights& layer = w[l];
       const LayerWeights& next = w[(l + 1) % layers];
@@ -157,9 +164,10 @@ int main(int argc, char** argv) {
         a.qkv_out = qkv_out;
         a.o_out = o_out;
         a.act = act;
-        a.barrier = barriers + l;
+        a.barrier = barriers + int64_t{l} * glmserve::kernels::kChainBarrierWords;
         a.ring_slots = ring;
         a.l2_lookahead_bytes = lookahead_bytes;
+        a.claimed_tail_percent = tail_percent;
         a.timeline = with_timeline && l == timeline_layer ? timeline : nullptr;
         if (!glmserve::kernels::OneRowLayerChainCuda(a, bf16, nullptr)) {
           std::fprintf(stderr, "layer_chain_bench: the chain refused (ring slots %d)\n", ring);
@@ -201,21 +209,27 @@ int main(int argc, char** argv) {
   };
   std::printf("layer_chain_bench: GLM-4-9B layer shapes, bf16, %d layers, %.1f MB of weights a layer, %d SMs\n\n",
               layers, layer_bytes / 1e6, sms);
-  std::printf("| kernels | ring slots | L2 lookahead KiB | us / layer | weight GB/s |\n|---|---:|---:|---:|---:|\n");
+  std::printf(
+      "| kernels | ring slots | L2 lookahead KiB | claimed tail %% | us / layer | weight GB/s |\n"
+      "|---|---:|---:|---:|---:|---:|\n");
   const double one_by_one = time_pass(-1);
   if (one_by_one < 0) return 1;
-  std::printf("| one by one (GEMV, SwiGLU, GEMV + norm + rotary) | - | - | %.1f | %.0f |\n", one_by_one,
+  std::printf("| one by one (GEMV, SwiGLU, GEMV + norm + rotary) | - | - | - | %.1f | %.0f |\n", one_by_one,
               layer_bytes / one_by_one / 1e3);
   for (const int32_t ring : ring_slots) {
     for (const int32_t kb : lookahead_kb) {
-      lookahead_bytes = int64_t{kb} << 10;
-      const double us = time_pass(ring);
-      if (us < 0) return 1;
-      std::printf("| layer chain | %s | %d | %.1f | %.0f |\n", ring == 0 ? "most" : std::to_string(ring).c_str(), kb,
-                  us, layer_bytes / us / 1e3);
+      for (const int32_t tail : tail_percents) {
+        lookahead_bytes = int64_t{kb} << 10;
+        tail_percent = tail;
+        const double us = time_pass(ring);
+        if (us < 0) return 1;
+        std::printf("| layer chain | %s | %d | %d | %.1f | %.0f |\n", ring == 0 ? "most" : std::to_string(ring).c_str(),
+                    kb, tail, us, layer_bytes / us / 1e3);
+      }
     }
   }
-  // One more pass with the timeline of one layer, at the first ring size and the last lookahead.
+  // One more pass with the timeline of one layer, at the first ring size and the last lookahead and
+  // tail.
   constexpr int kMarks = glmserve::kernels::kChainTimelineMarks;
   if (!Ok(cudaMemset(timeline, 0, 8 * static_cast<size_t>(sms) * kMarks), "cudaMemset") ||
       !pass(ring_slots.front(), true) || !Ok(cudaDeviceSynchronize(), "timeline pass")) {
@@ -225,22 +239,33 @@ int main(int argc, char** argv) {
   if (!Ok(cudaMemcpy(marks.data(), timeline, marks.size() * 8, cudaMemcpyDeviceToHost), "cudaMemcpy")) return 1;
   int64_t t0 = INT64_MAX;
   for (int b = 0; b < sms; ++b) t0 = std::min(t0, marks[b * kMarks]);
-  const char* names[] = {"block start",    "inputs ready",   "met after o",        "met after gate_up",
-                         "met after down", "consumers done", "producer issued all"};
+  using namespace glmserve::kernels;  // the marks' names
+  const std::pair<int, const char*> stages[] = {
+      {kChainMarkStart, "block start"},
+      {kChainMarkInputs, "inputs ready"},
+      {kChainMarkArrived, "arrived at the meeting after o"},
+      {kChainMarkMet, "met after o"},
+      {kChainMarkArrived + 1, "arrived at the meeting after gate_up"},
+      {kChainMarkMet + 1, "met after gate_up"},
+      {kChainMarkArrived + 2, "arrived at the meeting after down"},
+      {kChainMarkMet + 2, "met after down"},
+      {kChainMarkConsumed, "consumers done"},
+      {kChainMarkIssued, "producer issued all"},
+  };
   std::printf(
-      "\nlayer %d's chain, ring slots %d, L2 lookahead %d KiB: microseconds after the first block started (mean / max "
-      "over blocks)\n\n",
-      timeline_layer, ring_slots.front(), lookahead_kb.back());
-  std::printf("| stage | mean | max |\n|---|---:|---:|\n");
-  static_assert(glmserve::kernels::kChainMarkIssued == 6, "names[] lists the stages in their order");
-  for (int m = glmserve::kernels::kChainMarkStart; m <= glmserve::kernels::kChainMarkIssued; ++m) {
-    double sum = 0.0, most = 0.0;
+      "\nlayer %d's chain, ring slots %d, L2 lookahead %d KiB, claimed tail %d%%: microseconds after the first block "
+      "started (min / mean / max over blocks)\n\n",
+      timeline_layer, ring_slots.front(), lookahead_kb.back(), tail_percents.back());
+  std::printf("| stage | min | mean | max |\n|---|---:|---:|---:|\n");
+  for (const auto& [m, name] : stages) {
+    double sum = 0.0, least = 1e30, most = 0.0;
     for (int b = 0; b < sms; ++b) {
       const double at = (marks[b * kMarks + m] - t0) / 1e3;
       sum += at;
+      least = std::min(least, at);
       most = std::max(most, at);
     }
-    std::printf("| %s | %.1f | %.1f |\n", names[m], sum / sms, most);
+    std::printf("| %s | %.1f | %.1f | %.1f |\n", name, least, sum / sms, most);
   }
   const char* waits[] = {"producer waiting for free slots", "consumer warp 0 waiting for rows",
                          "thread 0 in the meetings"};
@@ -251,7 +276,7 @@ int main(int argc, char** argv) {
       sum += us;
       most = std::max(most, us);
     }
-    std::printf("| %s (us, at %d MHz) | %.1f | %.1f |\n", waits[m], clock_khz / 1000, sum / sms, most);
+    std::printf("| %s (us, at %d MHz) | - | %.1f | %.1f |\n", waits[m], clock_khz / 1000, sum / sms, most);
   }
   for (void* p : owned) cudaFree(p);
   return 0;

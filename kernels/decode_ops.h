@@ -128,10 +128,15 @@ struct OneRowLayerChainArgs {
   void* residual_out = nullptr;
   void* mlp_out = nullptr;
   void* qkv_out = nullptr;
-  // Scratch: [H] and [I] elements, and a zeroed 4-byte counter the blocks meet on (one a launch).
+  // Scratch: [H] and [I] elements, and kChainBarrierWords zeroed counters (one set a launch): the
+  // blocks meet on the first and claim the phases' shared tails with the next four.
   void* o_out = nullptr;
   void* act = nullptr;
   unsigned* barrier = nullptr;
+  // Percent of each projection's rows left to whichever block asks first (0: each block streams a
+  // fixed share). The blocks' shares of HBM differ, so with fixed shares the early ones wait at
+  // the meeting for the late ones; a shared tail lets the early ones take more.
+  int32_t claimed_tail_percent = 0;
   // Weight slots of the ring each block streams through (0: as many as shared memory holds);
   // tests make it small so the ring wraps and waits.
   int32_t ring_slots = 0;
@@ -142,6 +147,8 @@ struct OneRowLayerChainArgs {
   // (ChainTimelineMark below).
   int64_t* timeline = nullptr;
 };
+// Zeroed counters OneRowLayerChainArgs::barrier points to.
+constexpr int32_t kChainBarrierWords = 8;
 // OneRowLayerChainArgs::timeline's values of one block, by index: globaltimer nanoseconds at its
 // stages, then clock cycles it spent waiting. Marks of stages a launch does not have stay as given.
 enum ChainTimelineMark : int {
@@ -153,6 +160,7 @@ enum ChainTimelineMark : int {
   kChainMarkProducerWait = 7,  // clock cycles the producer waited for free slots
   kChainMarkConsumerWait = 8,  // clock cycles consumer warp 0 waited for its rows
   kChainMarkMeetWait = 9,      // clock cycles thread 0 spent in the meetings
+  kChainMarkArrived = 10,      // 10, 11, 12: when the block's consumers arrived at each meeting
   kChainTimelineMarks = 16,    // values a block (room to spare)
 };
 // The chain: o = attention W_o^T; r = residual + o; act = SwiGLU(RMSNorm(r) W_gu^T);

@@ -9,7 +9,8 @@
 # stdout's tail and $OUT). A short call: GLMSERVE_GPU_TARGETS="kernels_test decode_bench
 # layer_chain_bench" GLMSERVE_CHAIN_KERNEL_TESTS='*LayerChain*' GLMSERVE_CHAIN_MODEL_TESTS=0
 # GLMSERVE_CHAIN_ROUNDS=1 GLMSERVE_CHAIN_PROFILES=lookahead (the variants to profile;
-# GLMSERVE_CHAIN_VARIANTS the ones decode_bench times: 0 1 lookahead prefetch coresident).
+# GLMSERVE_CHAIN_VARIANTS the ones decode_bench times: 0 1 lookahead tail lookahead_tail prefetch
+# coresident).
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root" || exit 1
@@ -49,7 +50,9 @@ if [ "${GLMSERVE_CHAIN_MODEL_TESTS:-1}" = 1 ]; then  # 0: the kernel tests only
 fi
 
 echo "== layer_chain_bench (the chain alone, 40 layers, no attention between them)"
-timeout 120 .gpu/build/bench/layer_chain_bench --ring-slots 0 --lookahead-kb 0,128,256,384 |
+# GLMSERVE_CHAIN_BENCH_ARGS: its flags (the ring sizes, lookaheads and claimed tails it times).
+# shellcheck disable=SC2086  # flags, one a word
+timeout 150 .gpu/build/bench/layer_chain_bench ${GLMSERVE_CHAIN_BENCH_ARGS:---ring-slots 0 --lookahead-kb 0,256 --claimed-tail-percent 0,10,25} |
   tee "$out/layer_chain_bench.md"
 
 gbps=3350
@@ -65,6 +68,15 @@ variant() {
     # Each block's rows asked of L2 GLMSERVE_CHAIN_LOOKAHEAD_KB (256) KiB ahead of its copies.
     lookahead)
       echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB="${GLMSERVE_CHAIN_LOOKAHEAD_KB:-256}"
+      ;;
+    # The last GLMSERVE_CHAIN_TAIL_PERCENT (10) % of each projection's rows to whichever block asks first.
+    tail)
+      echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_CLAIMED_TAIL_PERCENT="${GLMSERVE_CHAIN_TAIL_PERCENT:-10}"
+      ;;
+    # Both.
+    lookahead_tail)
+      echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB="${GLMSERVE_CHAIN_LOOKAHEAD_KB:-256}" \
+        GLMSERVE_CUDA_CHAIN_CLAIMED_TAIL_PERCENT="${GLMSERVE_CHAIN_TAIL_PERCENT:-10}"
       ;;
     # A 12-slot ring and 4-warp attention blocks: an SM holds a chain's block and an attention
     # block at once (registers: 9 warps x 128 + 4 x 224 = 64 K), so the next chain streams
@@ -83,7 +95,7 @@ bench_as() {  # variant, then decode_bench's flags
 }
 echo "== decode_bench GLM-4-9B bf16, the variants in turn"
 for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
-  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 lookahead}; do
+  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 lookahead tail lookahead_tail}; do
     bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
       sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
   done
