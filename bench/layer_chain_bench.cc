@@ -3,8 +3,7 @@
 // over `--layers` layers of their own weights (no layer finds its weights in L2), no attention
 // between them. Prints microseconds per layer and the weight bytes streamed per second for each
 // ring size, then where one layer's chain spends its time (its blocks' timeline marks).
-//   layer_chain_bench [--layers 40] [--iterations 5] [--ring-slots 0,8,16] [--lookahead-kb 0,256]
-//                     [--claimed-tail-percent 0,10] [--timeline-layer 20]
+//   layer_chain_bench [--layers 40] [--iterations 5] [--ring-slots 0,8,16] [--timeline-layer 20]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -54,20 +53,11 @@ int main(int argc, char** argv) {
   int32_t layers = 40, iterations = 5, timeline_layer = 20;
   std::vector<int32_t> ring_slots = {0};
   bool prefetch_next = false;
-  std::vector<int32_t> lookahead_kb = {0};
-  std::vector<int32_t> tail_percents = {0};
-  int64_t lookahead_bytes = 0;  // of the pass being timed
-  int32_t tail_percent = 0;     // of the pass being timed
   glmserve::flags::FlagSet flags("layer_chain_bench", "[flags]",
                                  "Times the one-row layer chain against the kernels it replaces.");
   flags.Int("layers", &layers, 2, 200, "layers, each with its own weights");
   flags.Int("iterations", &iterations, 1, 1000, "timed passes over the layers");
   flags.IntList("ring-slots", &ring_slots, 0, 64, "the chain's ring sizes to time (0: as many as fit)");
-  flags.IntList("lookahead-kb", &lookahead_kb, 0, 4096,
-                "the chain's L2 lookahead a block, in KiB, to time with each ring size (l2_lookahead_bytes)");
-  flags.IntList("claimed-tail-percent", &tail_percents, 0, 100,
-                "the chain's shared tail of each projection's rows, to time with each ring size and lookahead "
-                "(claimed_tail_percent)");
   flags.Int("timeline-layer", &timeline_layer, 0, 199, "the layer whose blocks' timeline is printed");
   flags.Bool("prefetch-next", &prefetch_next, "each chain asks L2 for the next layer's o rows (next_o_weight)");
   if (auto exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
@@ -101,7 +91,7 @@ int main(int argc, char** argv) {
   int64_t *positions = nullptr, *slot = nullptr, *timeline = nullptr;
   float* inv_freq = nullptr;
   unsigned* barriers = nullptr;
-  const size_t barrier_bytes = sizeof(unsigned) * glmserve::kernels::kChainBarrierWords * static_cast<size_t>(layers);
+  const size_t barrier_bytes = sizeof(unsigned) * static_cast<size_t>(layers);
   int device = 0, sms = 0, clock_khz = 0;
   const std::vector<int64_t> host_index = {7};
   std::vector<float> host_freq(kHeadDim / 4);
@@ -134,6 +124,7 @@ int main(int argc, char** argv) {
     return r;
   };
   const ElementType bf16 = ElementType::kBFloat16;
+  bool full_fences = false;  // the chain's meetings in the pass being timed
   // One pass over the layers, the chain's way (ring > -1) or the kernels one by one.
   auto pass = [&](int32_t ring, bool with_timeline) -> bool {
     if (!Ok(cudaMemsetAsync(barriers, 0, barrier_bytes), "cudaMemsetAsync")) return false;
@@ -164,10 +155,9 @@ int main(int argc, char** argv) {
         a.qkv_out = qkv_out;
         a.o_out = o_out;
         a.act = act;
-        a.barrier = barriers + int64_t{l} * glmserve::kernels::kChainBarrierWords;
+        a.barrier = barriers + l;
         a.ring_slots = ring;
-        a.l2_lookahead_bytes = lookahead_bytes;
-        a.claimed_tail_percent = tail_percent;
+        a.full_fence_meetings = full_fences;
         a.timeline = with_timeline && l == timeline_layer ? timeline : nullptr;
         if (!glmserve::kernels::OneRowLayerChainCuda(a, bf16, nullptr)) {
           std::fprintf(stderr, "layer_chain_bench: the chain refused (ring slots %d)\n", ring);
@@ -210,26 +200,22 @@ int main(int argc, char** argv) {
   std::printf("layer_chain_bench: GLM-4-9B layer shapes, bf16, %d layers, %.1f MB of weights a layer, %d SMs\n\n",
               layers, layer_bytes / 1e6, sms);
   std::printf(
-      "| kernels | ring slots | L2 lookahead KiB | claimed tail %% | us / layer | weight GB/s |\n"
-      "|---|---:|---:|---:|---:|---:|\n");
+      "| kernels | ring slots | meetings | us / layer | weight GB/s |\n"
+      "|---|---:|---|---:|---:|\n");
   const double one_by_one = time_pass(-1);
   if (one_by_one < 0) return 1;
-  std::printf("| one by one (GEMV, SwiGLU, GEMV + norm + rotary) | - | - | - | %.1f | %.0f |\n", one_by_one,
+  std::printf("| one by one (GEMV, SwiGLU, GEMV + norm + rotary) | - | - | %.1f | %.0f |\n", one_by_one,
               layer_bytes / one_by_one / 1e3);
   for (const int32_t ring : ring_slots) {
-    for (const int32_t kb : lookahead_kb) {
-      for (const int32_t tail : tail_percents) {
-        lookahead_bytes = int64_t{kb} << 10;
-        tail_percent = tail;
-        const double us = time_pass(ring);
-        if (us < 0) return 1;
-        std::printf("| layer chain | %s | %d | %d | %.1f | %.0f |\n", ring == 0 ? "most" : std::to_string(ring).c_str(),
-                    kb, tail, us, layer_bytes / us / 1e3);
-      }
+    for (const bool fenced : {true, false}) {
+      full_fences = fenced;
+      const double us = time_pass(ring);
+      if (us < 0) return 1;
+      std::printf("| layer chain | %s | %s | %.1f | %.0f |\n", ring == 0 ? "most" : std::to_string(ring).c_str(),
+                  fenced ? "whole fences" : "release / acquire", us, layer_bytes / us / 1e3);
     }
   }
-  // One more pass with the timeline of one layer, at the first ring size and the last lookahead and
-  // tail.
+  // One more pass with the timeline of one layer, at the first ring size, release / acquire meetings.
   constexpr int kMarks = glmserve::kernels::kChainTimelineMarks;
   if (!Ok(cudaMemset(timeline, 0, 8 * static_cast<size_t>(sms) * kMarks), "cudaMemset") ||
       !pass(ring_slots.front(), true) || !Ok(cudaDeviceSynchronize(), "timeline pass")) {
@@ -253,9 +239,10 @@ int main(int argc, char** argv) {
       {kChainMarkIssued, "producer issued all"},
   };
   std::printf(
-      "\nlayer %d's chain, ring slots %d, L2 lookahead %d KiB, claimed tail %d%%: microseconds after the first block "
-      "started (min / mean / max over blocks)\n\n",
-      timeline_layer, ring_slots.front(), lookahead_kb.back(), tail_percents.back());
+      "\nlayer %d's chain, ring slots %d, release / acquire meetings: microseconds after the first block started (min "
+      "/ mean / max over "
+      "blocks)\n\n",
+      timeline_layer, ring_slots.front());
   std::printf("| stage | min | mean | max |\n|---|---:|---:|---:|\n");
   for (const auto& [m, name] : stages) {
     double sum = 0.0, least = 1e30, most = 0.0;

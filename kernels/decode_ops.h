@@ -128,27 +128,20 @@ struct OneRowLayerChainArgs {
   void* residual_out = nullptr;
   void* mlp_out = nullptr;
   void* qkv_out = nullptr;
-  // Scratch: [H] and [I] elements, and kChainBarrierWords zeroed counters (one set a launch): the
-  // blocks meet on the first and claim the phases' shared tails with the next four.
+  // Scratch: [H] and [I] elements, and a zeroed 4-byte counter the blocks meet on (one a launch).
   void* o_out = nullptr;
   void* act = nullptr;
   unsigned* barrier = nullptr;
-  // Percent of each projection's rows left to whichever block asks first (0: each block streams a
-  // fixed share). The blocks' shares of HBM differ, so with fixed shares the early ones wait at
-  // the meeting for the late ones; a shared tail lets the early ones take more.
-  int32_t claimed_tail_percent = 0;
   // Weight slots of the ring each block streams through (0: as many as shared memory holds);
   // tests make it small so the ring wraps and waits.
   int32_t ring_slots = 0;
-  // Bytes of its rows each block asks L2 for ahead of its copies into the ring (0: none), so that
-  // HBM keeps streaming while the consumers wait at a meeting and the ring is full.
-  int64_t l2_lookahead_bytes = 0;
+  // Measurement: the blocks' meetings with a whole fence before each arrival and after each wait
+  // (the first form) instead of a release arrival and an acquire wait.
+  bool full_fence_meetings = false;
   // Measurement only: where given, [grid, kChainTimelineMarks] values a block writes as it goes
   // (ChainTimelineMark below).
   int64_t* timeline = nullptr;
 };
-// Zeroed counters OneRowLayerChainArgs::barrier points to.
-constexpr int32_t kChainBarrierWords = 8;
 // OneRowLayerChainArgs::timeline's values of one block, by index: globaltimer nanoseconds at its
 // stages, then clock cycles it spent waiting. Marks of stages a launch does not have stay as given.
 enum ChainTimelineMark : int {

@@ -59,10 +59,9 @@ struct ChainParams {
   long long* timeline;  // OneRowLayerChainArgs::timeline
   int64_t hidden, attention_width, intermediate, qkv_width;
   float eps;
-  int phases;               // 4, or 3 for the last layer (no qkv)
-  int64_t lookahead_bytes;  // OneRowLayerChainArgs::l2_lookahead_bytes
-  int tail_percent;         // OneRowLayerChainArgs::claimed_tail_percent
+  int phases;  // 4, or 3 for the last layer (no qkv)
   int ring_slots;
+  bool full_fence_meetings;  // OneRowLayerChainArgs::full_fence_meetings
   int slot_bytes;
   // Byte offsets in dynamic shared memory (the ring starts at 0).
   int x_offset, residual_offset, delta_offset, barrier_offset;
@@ -102,16 +101,6 @@ __device__ __forceinline__ const T* WeightRow(const ChainParams<T>& p, int phase
     default:
       return p.qkv_weight + (2 * unit + r) * p.hidden;
   }
-}
-
-// A block's fixed share of a phase's units, [begin, end); the units from `fixed` on (the claimed
-// tail) go to whichever block's producer asks first.
-struct FixedShare {
-  int64_t begin, end, fixed;
-};
-__device__ __forceinline__ FixedShare FixedShareOf(int64_t units, int tail_percent, int64_t block, int64_t grid) {
-  const int64_t fixed = units - units * tail_percent / 100;
-  return {fixed * block / grid, fixed * (block + 1) / grid, fixed};
 }
 
 // The first of `count` consecutive ring slots for the next unit; a unit never wraps around the
@@ -157,44 +146,31 @@ __device__ __forceinline__ void WaitOrTrap(uint32_t bar, uint32_t parity, const 
 
 // Until the producer has armed `slot`'s full barrier for the block's unit `sequence` (see
 // armed_unit), with the same bound as WaitOrTrap.
-__device__ __forceinline__ void WaitArmed(const int* armed_unit, int slot, int sequence, int phase) {
+__device__ __forceinline__ void WaitArmed(const int* armed_unit, int slot, int sequence, int64_t unit) {
   const volatile int* armed = armed_unit;
   for (uint64_t polls = 0; armed[slot] != sequence; ++polls) {
     if (polls == (uint64_t{1} << 22)) {
-      printf("layer chain: block %d thread %d stuck on arming slot %d in phase %d (sequence %d, armed %d)\n",
-             blockIdx.x, threadIdx.x, slot, phase, sequence, armed[slot]);
-      __trap();
-    }
-  }
-}
-
-// Whether the block's unit `sequence` belongs to `phase`: waits until the producer has armed it
-// (published passes it) or has said where the phase ends (phase_end, -1 until then). The
-// producer writes a phase's end before it publishes any unit of the next phase.
-__device__ __forceinline__ bool WaitInPhase(const int* published, const int* phase_end, int phase, int sequence) {
-  const volatile int* armed_count = published;
-  const volatile int* end = phase_end;
-  for (uint64_t polls = 0;; ++polls) {
-    if (end[phase] >= 0) return sequence < end[phase];
-    if (*armed_count > sequence) {
-      __threadfence_block();  // the end, where written, was written before this count
-      return end[phase] < 0 || sequence < end[phase];
-    }
-    if (polls == (uint64_t{1} << 22)) {
-      printf("layer chain: block %d thread %d stuck on unit %d of phase %d (published %d)\n", blockIdx.x, threadIdx.x,
-             sequence, phase, *armed_count);
+      printf("layer chain: block %d thread %d stuck on arming slot %d for unit %lld (sequence %d, armed %d)\n",
+             blockIdx.x, threadIdx.x, slot, static_cast<long long>(unit), sequence, armed[slot]);
       __trap();
     }
   }
 }
 
 // Every block's consumers arrive; returns once `target` arrivals (this launch's k-th meeting: k x
-// the grid) are in, with the other blocks' writes before theirs visible.
-__device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target) {
+// the grid) are in, with the other blocks' writes before theirs visible. The arrival is a release
+// (the block's writes, ordered before it by the consumers' barrier, go with it) and the poll an
+// acquire, as the barrier after it passes on to the other consumers; `full_fences` puts a whole
+// fence before the arrival and after the poll instead (the first form, kept for measurements).
+__device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target, bool full_fences) {
   ConsumerSync();
   if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(counter, 1u);
+    if (full_fences) {
+      __threadfence();
+      atomicAdd(counter, 1u);
+    } else {
+      asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(counter) : "memory");
+    }
     unsigned seen = 0;
     for (uint64_t polls = 0;; ++polls) {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
@@ -204,7 +180,7 @@ __device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target) {
         __trap();
       }
     }
-    __threadfence();
+    if (full_fences) __threadfence();
   }
   ConsumerSync();
 }
@@ -245,12 +221,6 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
   // is still in flight, and a parity wait cannot tell that phase from the one it wants (it would
   // pass at once on a slot two phases behind).
   __shared__ int armed_unit[kMaxRingSlots];
-  // The unit each slot's armed sequence stands for, how many of the block's units the producer
-  // has armed, and where each phase's units end in the block's sequence (-1: not known yet): with
-  // a claimed tail only the producer knows which units, and how many, a phase brings the block.
-  __shared__ int slot_unit[kMaxRingSlots];
-  __shared__ int published;
-  __shared__ int phase_end[4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t grid = gridDim.x, block = blockIdx.x;
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -258,8 +228,6 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
   auto full_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&bars[s])); };
   auto empty_bar = [&](int s) { return static_cast<uint32_t>(__cvta_generic_to_shared(&bars[kMaxRingSlots + s])); };
   for (int s = threadIdx.x; s < kMaxRingSlots; s += blockDim.x) armed_unit[s] = -1;
-  if (threadIdx.x < 4) phase_end[threadIdx.x] = -1;
-  if (threadIdx.x == 0) published = 0;
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.ring_slots; ++s) {
       BarrierInit(full_bar(s), 1);
@@ -279,56 +247,14 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
     uint64_t used = 0, empty_parity = 0;
     int cursor = 0, sequence = 0;
     long long producer_wait = 0;
-    // The L2 lookahead: a second walk over the same units, lookahead_bytes ahead of the copies.
-    // While the consumers wait at a meeting the ring fills and the copies stop, but the prefetches
-    // already asked for keep HBM busy; the copies after it find their rows in L2.
-    // It walks the fixed shares only: which tail units the block gets is known when it gets them.
-    auto share_of = [&](int phase) { return FixedShareOf(ShapeOf(p, phase).units, p.tail_percent, block, grid); };
-    int ahead_phase = 0;
-    int64_t ahead_unit = share_of(0).begin, ahead_bytes = 0;
-    auto prefetch_ahead = [&] {
-      while (ahead_bytes < p.lookahead_bytes && ahead_phase < p.phases) {
-        const PhaseShape shape = ShapeOf(p, ahead_phase);
-        if (ahead_unit >= share_of(ahead_phase).end) {
-          if (++ahead_phase < p.phases) ahead_unit = share_of(ahead_phase).begin;
-          continue;
-        }
-        const auto row_bytes = static_cast<uint32_t>(shape.row_elements * sizeof(T));
-        for (int r = 0; r < shape.rows_per_unit; ++r) PrefetchToL2(WeightRow(p, ahead_phase, ahead_unit, r), row_bytes);
-        ahead_bytes += static_cast<int64_t>(row_bytes) * shape.rows_per_unit;
-        ++ahead_unit;
-      }
-    };
     for (int phase = 0; phase < p.phases; ++phase) {
       const PhaseShape shape = ShapeOf(p, phase);
       const uint32_t row_bytes = static_cast<uint32_t>(shape.row_elements * sizeof(T));
       const int row_slots = static_cast<int>((row_bytes + p.slot_bytes - 1) / p.slot_bytes);
       const int count = row_slots * shape.rows_per_unit;
-      // The block's fixed share, then tail units one claim at a time, each asked for one unit ahead
-      // so that the answer arrives while the unit before streams.
-      const FixedShare share = share_of(phase);
-      unsigned* claims = p.barrier + 1 + phase;
-      auto claim = [&] { return share.fixed + static_cast<int64_t>(atomicAdd(claims, 1u)); };
-      const bool tail = share.fixed < shape.units;
-      int64_t next = share.begin, claimed = tail && share.begin == share.end ? claim() : shape.units;
-      for (;; ++sequence) {
-        const bool fixed_unit = next < share.end;
-        int64_t unit;
-        if (fixed_unit) {
-          unit = next++;
-          if (tail && next == share.end) claimed = claim();
-        } else if (claimed < shape.units) {
-          unit = claimed;
-          claimed = claim();
-        } else {
-          break;
-        }
+      const int64_t end = shape.units * (block + 1) / grid;
+      for (int64_t unit = shape.units * block / grid; unit < end; ++unit, ++sequence) {
         const int first = PlaceUnit(cursor, count, p.ring_slots);
-        if (p.lookahead_bytes > 0) {
-          prefetch_ahead();
-          // This unit's bytes, copied next, were asked of L2 (a fixed share's unit) or never were.
-          if (fixed_unit) ahead_bytes -= static_cast<int64_t>(row_bytes) * shape.rows_per_unit;
-        }
         for (int s = first; s < first + count; ++s) {
           const uint64_t bit = uint64_t{1} << s;
           if (used & bit) {  // wait until the slot's last reader is done with it
@@ -342,20 +268,15 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
         // Every earlier use of these slots is done with: the full barrier's phase in progress is
         // this unit's from here on.
         BarrierExpectBytes(full_bar(first), static_cast<int>(row_bytes) * shape.rows_per_unit);
-        reinterpret_cast<volatile int*>(slot_unit)[first] = static_cast<int>(unit);
         reinterpret_cast<volatile int*>(armed_unit)[first] = sequence;
-        __threadfence_block();  // the slot's unit before the count that announces it
-        reinterpret_cast<volatile int&>(published) = sequence + 1;
         for (int r = 0; r < shape.rows_per_unit; ++r) {
           BulkCopyToShared(ring + static_cast<uint32_t>((first + r * row_slots) * p.slot_bytes),
                            WeightRow(p, phase, unit, r), row_bytes, full_bar(first), policy);
         }
       }
-      reinterpret_cast<volatile int*>(phase_end)[phase] = sequence;  // before the next phase's count
     }
-    if (p.next_o_weight != nullptr) {  // the rows of its fixed share this block will stream next
-      const FixedShare next_o = FixedShareOf(p.hidden, p.tail_percent, block, grid);
-      const int64_t begin = next_o.begin, end = next_o.end;
+    if (p.next_o_weight != nullptr) {  // the rows of it this block will stream next
+      const int64_t begin = p.hidden * block / grid, end = p.hidden * (block + 1) / grid;
       const auto* from = reinterpret_cast<const uint8_t*>(p.next_o_weight + begin * p.attention_width);
       const int64_t bytes = (end - begin) * p.attention_width * static_cast<int64_t>(sizeof(T));
       constexpr int64_t kPrefetchBytes = 32 << 10;
@@ -368,8 +289,8 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
     return;
   }
 
-  // The consumers: each phase's input row into shared memory, then the block's units in turn, the
-  // block's i-th unit to warp i % 8.
+  // The consumers: each phase's input row into shared memory, then the units in turn, unit i of
+  // the block to warp i % 8.
   T* x = reinterpret_cast<T*>(smem + p.x_offset);
   T* residual = reinterpret_cast<T*>(smem + p.residual_offset);
   T* delta = reinterpret_cast<T*>(smem + p.delta_offset);
@@ -390,7 +311,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       if (threadIdx.x == 0) Mark(p.timeline, kChainMarkArrived + k - 1, GlobalNanoseconds());
     }
     const long long from = clock64();
-    GridMeet(p.barrier, static_cast<unsigned>(k * grid));
+    GridMeet(p.barrier, static_cast<unsigned>(k * grid), p.full_fence_meetings);
     if (threadIdx.x == 0) {
       meet_wait += clock64() - from;
       Mark(p.timeline, kChainMarkMet + k - 1, GlobalNanoseconds());
@@ -433,20 +354,16 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
     const int row_slots = static_cast<int>((row_bytes + p.slot_bytes - 1) / p.slot_bytes);
     const int count = row_slots * shape.rows_per_unit;
     const int64_t chunks = shape.row_elements / E;
-    for (;; ++sequence) {
-      // Every warp walks every unit of the block (the ring's placement and parities); lane 0
-      // learns whether the phase has one more.
-      const bool more = __shfl_sync(
-          0xffffffffu, lane == 0 && WaitInPhase(&published, phase_end, phase, static_cast<int>(sequence)), 0);
-      if (!more) break;
+    const int64_t end = shape.units * (block + 1) / grid;
+    for (int64_t unit = shape.units * block / grid; unit < end; ++unit, ++sequence) {
       const int first = PlaceUnit(cursor, count, p.ring_slots);
       const uint64_t bit = uint64_t{1} << first;
       const uint32_t parity = (full_parity & bit) != 0 ? 1u : 0u;
       full_parity ^= bit;
       if (sequence % kConsumerWarps != warp) continue;
+      __syncwarp();  // lane 0 back from the last unit's epilogue
       const long long waited_from = clock64();
-      WaitArmed(armed_unit, first, static_cast<int>(sequence), phase);
-      const int64_t unit = reinterpret_cast<volatile int*>(slot_unit)[first];
+      WaitArmed(armed_unit, first, static_cast<int>(sequence), unit);
       WaitOrTrap(full_bar(first), parity, "full", unit, first);
       consumer_wait += clock64() - waited_from;
       const uint4* rows = reinterpret_cast<const uint4*>(smem + static_cast<int64_t>(first) * p.slot_bytes);
@@ -554,8 +471,7 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   p.qkv_width = last ? 0 : a.qkv_width;
   p.eps = a.eps;
   p.phases = last ? 3 : 4;
-  p.lookahead_bytes = a.l2_lookahead_bytes > 0 ? a.l2_lookahead_bytes : 0;
-  p.tail_percent = std::clamp(a.claimed_tail_percent, 0, 100);
+  p.full_fence_meetings = a.full_fence_meetings;
 
   // Shared memory: the ring, then x (the widest input row), the residual and a delta row, the
   // ring's barriers. A slot holds one row of the hidden-wide weights; a down row takes several.

@@ -3,11 +3,10 @@
 # GLMSERVE_CUDA_LAYER_CHAIN=1) checked and measured. Builds (scripts/gpu-build.sh, every part
 # off), then kernels_test (GLMSERVE_CHAIN_KERNEL_TESTS, a gtest filter: the chain against the
 # kernels it replaces, bit for bit), layer_chain_bench (the chain alone, its timeline),
-# decode_bench at batch 1 under each of GLMSERVE_CHAIN_VARIANTS (0 1 lookahead tail
-# lookahead_tail; also prefetch, coresident) for GLMSERVE_CHAIN_ROUNDS rounds, Kineto profiles of
-# GLMSERVE_CHAIN_PROFILES (bench/summarize_trace.py), and last fixture parity on CUDA and the
-# engine's parity / invariance tests under GLMSERVE_CHAIN_MODEL_VARIANT (GLMSERVE_CHAIN_MODEL_TESTS=0
-# skips them). Every result is printed (the device tool returns stdout's tail and $OUT). A short
+# decode_bench at batch 1 under each of GLMSERVE_CHAIN_VARIANTS (0 1 fenced; also prefetch, coresident)
+# for GLMSERVE_CHAIN_ROUNDS rounds, Kineto profiles of GLMSERVE_CHAIN_PROFILES
+# (bench/summarize_trace.py), and last fixture parity on CUDA and the engine's parity / invariance
+# tests under GLMSERVE_CHAIN_MODEL_VARIANT (GLMSERVE_CHAIN_MODEL_TESTS=0 skips them). Every result is printed (the device tool returns stdout's tail and $OUT). A short
 # call: GLMSERVE_GPU_TARGETS="kernels_test decode_bench layer_chain_bench"
 # GLMSERVE_CHAIN_KERNEL_TESTS='*LayerChain*' GLMSERVE_CHAIN_MODEL_TESTS=0 GLMSERVE_CHAIN_ROUNDS=1.
 set -uo pipefail
@@ -37,9 +36,9 @@ timeout 120 .gpu/build/tests/kernels_test --gtest_filter="${GLMSERVE_CHAIN_KERNE
 summary kernels_test $? "$out/kernels_test.log"
 
 echo "== layer_chain_bench (the chain alone, 40 layers, no attention between them)"
-# GLMSERVE_CHAIN_BENCH_ARGS: its flags (the ring sizes, lookaheads and claimed tails it times).
+# GLMSERVE_CHAIN_BENCH_ARGS: its flags (the ring sizes it times).
 # shellcheck disable=SC2086  # flags, one a word
-timeout 150 .gpu/build/bench/layer_chain_bench ${GLMSERVE_CHAIN_BENCH_ARGS:---ring-slots 0 --lookahead-kb 0,256 --claimed-tail-percent 0,10,25} |
+timeout 150 .gpu/build/bench/layer_chain_bench ${GLMSERVE_CHAIN_BENCH_ARGS:---ring-slots 0,12} |
   tee "$out/layer_chain_bench.md"
 
 gbps=3350
@@ -52,19 +51,7 @@ variant() {
     0) echo GLMSERVE_CUDA_LAYER_CHAIN=0 ;;
     1) echo GLMSERVE_CUDA_LAYER_CHAIN=1 ;;
     prefetch) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_PREFETCH=1 ;;
-    # Each block's rows asked of L2 GLMSERVE_CHAIN_LOOKAHEAD_KB (256) KiB ahead of its copies.
-    lookahead)
-      echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB="${GLMSERVE_CHAIN_LOOKAHEAD_KB:-256}"
-      ;;
-    # The last GLMSERVE_CHAIN_TAIL_PERCENT (10) % of each projection's rows to whichever block asks first.
-    tail)
-      echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_CLAIMED_TAIL_PERCENT="${GLMSERVE_CHAIN_TAIL_PERCENT:-10}"
-      ;;
-    # Both.
-    lookahead_tail)
-      echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB="${GLMSERVE_CHAIN_LOOKAHEAD_KB:-256}" \
-        GLMSERVE_CUDA_CHAIN_CLAIMED_TAIL_PERCENT="${GLMSERVE_CHAIN_TAIL_PERCENT:-10}"
-      ;;
+    fenced) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_FULL_FENCE=1 ;;  # the meetings' first form
     # A 12-slot ring and 4-warp attention blocks: an SM holds a chain's block and an attention
     # block at once (registers: 9 warps x 128 + 4 x 224 = 64 K), so the next chain streams
     # while the attention runs.
@@ -82,22 +69,22 @@ bench_as() {  # variant, then decode_bench's flags
 }
 echo "== decode_bench GLM-4-9B bf16, the variants in turn"
 for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
-  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 lookahead tail lookahead_tail}; do
+  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 fenced}; do
     bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
       sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
   done
 done
 if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
   mkdir -p .gpu/trace
-  for chain in ${GLMSERVE_CHAIN_PROFILES:-0 lookahead}; do
+  for chain in ${GLMSERVE_CHAIN_PROFILES:-0 1}; do
     bench_as "$chain" --batch-sizes 1 --profile-trace ".gpu/trace/chain$chain" >/dev/null 2>&1
     echo "== profile, batch 1, chain $chain"
     python3 bench/summarize_trace.py ".gpu/trace/chain$chain-b1.json" --steps 8 --top 5 | tee "$out/chain_profile_$chain.md"
   done
 fi
 # The engine's tests with the chain on, last (the measurements come back even where they run out
-# of time), as variant GLMSERVE_CHAIN_MODEL_VARIANT (lookahead_tail) sets it.
-model_variant="${GLMSERVE_CHAIN_MODEL_VARIANT:-lookahead_tail}"
+# of time), as variant GLMSERVE_CHAIN_MODEL_VARIANT (1) sets it.
+model_variant="${GLMSERVE_CHAIN_MODEL_VARIANT:-1}"
 if [ "${GLMSERVE_CHAIN_MODEL_TESTS:-1}" = 1 ]; then  # 0: the kernel tests only
   # shellcheck disable=SC2046  # one assignment a word
   export $(variant "$model_variant")

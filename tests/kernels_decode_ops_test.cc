@@ -526,15 +526,12 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
     ASSERT_TRUE(GemvAddRmsNormCuda(m->get(), nullptr, after_attention->get(), after_mlp->get(), d_next_norm.get(), eps,
                                    d_qkv_w.get(), d_qkv_b.get(), qkv->get(), qkv_width, h, false, &rotary_want, type(),
                                    nullptr));
-    // Full and 4-slot rings; fixed shares, a claimed tail of 30%, every unit claimed.
-    const std::pair<int32_t, int32_t> rings_and_tails[] = {{0, 0}, {4, 0}, {0, 30}, {4, 100}};
     for (bool last : {false, true}) {
-      for (const auto& [ring_slots, tail_percent] : rings_and_tails) {
-        SCOPED_TRACE(testing::Message() << "hidden " << h << " last " << last << " ring slots " << ring_slots
-                                        << " claimed tail " << tail_percent << "%");
+      for (int32_t ring_slots : {0, 4}) {
+        SCOPED_TRACE(testing::Message() << "hidden " << h << " last " << last << " ring slots " << ring_slots);
         auto residual_out = zeros(h), mlp_out = zeros(h), qkv_out = zeros(qkv_width), o_out = zeros(h),
              act_out = zeros(inter);
-        Device k_cache(cache0, type()), v_cache(cache0, type()), barrier(std::vector<int32_t>(kChainBarrierWords, 0));
+        Device k_cache(cache0, type()), v_cache(cache0, type()), barrier(std::vector<int64_t>{0});
         OneRowLayerChainArgs a;
         a.hidden = h;
         a.attention_width = attention_width;
@@ -560,17 +557,15 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
         a.act = act_out->get();
         a.barrier = barrier.as<unsigned>();
         a.ring_slots = ring_slots;
-        a.claimed_tail_percent = tail_percent;
-        // The small ring also asks L2 for its rows ahead and for a next o weight, and keeps a
-        // timeline: none of it may change a bit, and every block's marks come in the order its
-        // stages run.
+        a.full_fence_meetings = ring_slots != 0;  // either form of the meetings
+        // The small ring also asks L2 for a next o weight and keeps a timeline: none of it may change a bit, and every
+        // block's marks come in the order its stages run.
         int sms = 0;
         ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
         constexpr int kMarks = kChainTimelineMarks;
         Device timeline(std::vector<int64_t>(static_cast<size_t>(sms) * kMarks, 0));
         if (ring_slots != 0) {
           a.next_o_weight = d_o_w.get();
-          a.l2_lookahead_bytes = 4096;
           a.timeline = timeline.as<int64_t>();
         }
         ASSERT_TRUE(OneRowLayerChainCuda(a, type(), nullptr));
@@ -587,6 +582,12 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
             EXPECT_LE(m[kChainMarkStart], m[kChainMarkInputs]) << "block " << b;
             EXPECT_LE(m[kChainMarkInputs], m[kChainMarkMet]) << "block " << b;
             for (int k = 1; k < met; ++k) EXPECT_LE(m[kChainMarkMet + k - 1], m[kChainMarkMet + k]) << "block " << b;
+            for (int k = 0; k < met; ++k) {  // every block arrives before any leaves
+              for (int other = 0; other < sms; ++other) {
+                EXPECT_LE(m[kChainMarkArrived + k], marks[static_cast<size_t>(other) * kMarks + kChainMarkMet + k])
+                    << "block " << b << " meeting " << k << " block " << other;
+              }
+            }
             EXPECT_LE(m[kChainMarkMet + met - 1], m[kChainMarkConsumed]) << "block " << b;
             EXPECT_LE(m[kChainMarkStart], m[kChainMarkIssued]) << "block " << b;
           }

@@ -1404,13 +1404,9 @@ class CudaDecodeRunner {
       // GLMSERVE_CUDA_CHAIN_RING_SLOTS=N caps the chain's ring (0: as many as shared memory holds):
       // a smaller one leaves an SM room for the attention's blocks beside the chain's.
       const int32_t ring_slots = static_cast<int32_t>(EnvInt("GLMSERVE_CUDA_CHAIN_RING_SLOTS", 0, 0, 64));
-      // GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB=K: each block asks L2 for its rows K KiB ahead of its copies.
-      const int64_t lookahead_bytes = EnvInt("GLMSERVE_CUDA_CHAIN_LOOKAHEAD_KB", 0, 0, 1 << 16) << 10;
-      // GLMSERVE_CUDA_CHAIN_CLAIMED_TAIL_PERCENT=P: the last P% of each projection's rows go to
-      // whichever block asks first (OneRowLayerChainArgs::claimed_tail_percent).
-      const auto tail_percent = static_cast<int32_t>(EnvInt("GLMSERVE_CUDA_CHAIN_CLAIMED_TAIL_PERCENT", 0, 0, 100));
-      static_assert(kLayerChainBarrierWords == kernels::kChainBarrierWords);
-      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, lookahead_bytes, tail_percent](
+      // GLMSERVE_CUDA_CHAIN_FULL_FENCE=1: the meetings' first form (OneRowLayerChainArgs::full_fence_meetings).
+      const bool full_fences = EnvIs("GLMSERVE_CUDA_CHAIN_FULL_FENCE", "1");
+      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, full_fences](
                           const GlmModel::LayerChain& a, at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
         auto fits = [&](const at::Tensor& t) {
@@ -1422,8 +1418,7 @@ class CudaDecodeRunner {
             !fits(a.down_weight) || a.gate_up_weight.size(0) % 2 != 0 ||
             (!last && (!fits(a.next_input_norm) || !fits(a.qkv_weight) || (a.qkv_bias.defined() && !fits(a.qkv_bias)) ||
                        !fits(a.k_cache) || !fits(a.v_cache) || a.positions.scalar_type() != at::kLong ||
-                       a.positions.numel() != 1 || a.slots.scalar_type() != at::kLong || a.slots.numel() != 1)) ||
-            a.barrier.numel() < kernels::kChainBarrierWords || !a.barrier.is_contiguous()) {
+                       a.positions.numel() != 1 || a.slots.scalar_type() != at::kLong || a.slots.numel() != 1))) {
           return {};
         }
         const int64_t hidden = residual.size(1), intermediate = a.gate_up_weight.size(0) / 2;
@@ -1462,8 +1457,7 @@ class CudaDecodeRunner {
         args.act = act.data_ptr();
         args.barrier = static_cast<unsigned*>(a.barrier.data_ptr());
         args.ring_slots = ring_slots;
-        args.l2_lookahead_bytes = lookahead_bytes;
-        args.claimed_tail_percent = tail_percent;
+        args.full_fence_meetings = full_fences;
         if (!kernels::OneRowLayerChainCuda(args, type, CurrentStream())) return {};
         residual = residual_out;
         GlmModel::LayerChainResult result;

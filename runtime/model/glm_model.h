@@ -75,10 +75,8 @@ struct LayerChain {
   // (undefined for the last layer: the chain ends with its MLP).
   at::Tensor next_input_norm, qkv_weight, qkv_bias, positions, slots, k_cache, v_cache;
   at::Tensor next_o_weight;  // the next layer's, for the kernel to ask L2 for ahead of its use
-  at::Tensor barrier;        // kLayerChainBarrierWords zeroed int32 the call may use once (the step's)
+  at::Tensor barrier;        // a zeroed int32 the call may use once (the step's, one per layer)
 };
-// Counters a layer chain call meets and claims work on (kernels::kChainBarrierWords).
-constexpr int64_t kLayerChainBarrierWords = 8;
 
 // What LayerKernels::layer_chain gave back.
 struct LayerChainResult {
