@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
     return r;
   };
   const ElementType bf16 = ElementType::kBFloat16;
-  bool full_fences = false;  // the chain's meetings in the pass being timed
+  int32_t meeting = 0;  // the chain's meetings in the pass being timed (ChainMeeting)
   // One pass over the layers, the chain's way (ring > -1) or the kernels one by one.
   auto pass = [&](int32_t ring, bool with_timeline) -> bool {
     if (!Ok(cudaMemsetAsync(barriers, 0, barrier_bytes), "cudaMemsetAsync")) return false;
@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
         a.act = act;
         a.barrier = barriers + l;
         a.ring_slots = ring;
-        a.full_fence_meetings = full_fences;
+        a.meeting = meeting;
         a.timeline = with_timeline && l == timeline_layer ? timeline : nullptr;
         if (!glmserve::kernels::OneRowLayerChainCuda(a, bf16, nullptr)) {
           std::fprintf(stderr, "layer_chain_bench: the chain refused (ring slots %d)\n", ring);
@@ -207,15 +207,16 @@ int main(int argc, char** argv) {
   std::printf("| one by one (GEMV, SwiGLU, GEMV + norm + rotary) | - | - | %.1f | %.0f |\n", one_by_one,
               layer_bytes / one_by_one / 1e3);
   for (const int32_t ring : ring_slots) {
-    for (const bool fenced : {true, false}) {
-      full_fences = fenced;
+    const char* forms[] = {"release, relaxed polls", "release, acquire polls", "whole fences"};
+    for (const int32_t form : {2, 1, 0}) {
+      meeting = form;
       const double us = time_pass(ring);
       if (us < 0) return 1;
       std::printf("| layer chain | %s | %s | %.1f | %.0f |\n", ring == 0 ? "most" : std::to_string(ring).c_str(),
-                  fenced ? "whole fences" : "release / acquire", us, layer_bytes / us / 1e3);
+                  forms[form], us, layer_bytes / us / 1e3);
     }
   }
-  // One more pass with the timeline of one layer, at the first ring size, release / acquire meetings.
+  // One more pass with the timeline of one layer, at the first ring size, with the default meetings.
   constexpr int kMarks = glmserve::kernels::kChainTimelineMarks;
   if (!Ok(cudaMemset(timeline, 0, 8 * static_cast<size_t>(sms) * kMarks), "cudaMemset") ||
       !pass(ring_slots.front(), true) || !Ok(cudaDeviceSynchronize(), "timeline pass")) {
@@ -230,16 +231,19 @@ int main(int argc, char** argv) {
       {kChainMarkStart, "block start"},
       {kChainMarkInputs, "inputs ready"},
       {kChainMarkArrived, "arrived at the meeting after o"},
+      {kChainMarkReleased, "its arrival made (after the release)"},
       {kChainMarkMet, "met after o"},
       {kChainMarkArrived + 1, "arrived at the meeting after gate_up"},
+      {kChainMarkReleased + 1, "its arrival made"},
       {kChainMarkMet + 1, "met after gate_up"},
       {kChainMarkArrived + 2, "arrived at the meeting after down"},
+      {kChainMarkReleased + 2, "its arrival made"},
       {kChainMarkMet + 2, "met after down"},
       {kChainMarkConsumed, "consumers done"},
       {kChainMarkIssued, "producer issued all"},
   };
   std::printf(
-      "\nlayer %d's chain, ring slots %d, release / acquire meetings: microseconds after the first block started (min "
+      "\nlayer %d's chain, ring slots %d, release and relaxed polls: microseconds after the first block started (min "
       "/ mean / max over "
       "blocks)\n\n",
       timeline_layer, ring_slots.front());

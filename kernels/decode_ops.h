@@ -135,12 +135,20 @@ struct OneRowLayerChainArgs {
   // Weight slots of the ring each block streams through (0: as many as shared memory holds);
   // tests make it small so the ring wraps and waits.
   int32_t ring_slots = 0;
-  // Measurement: the blocks' meetings with a whole fence before each arrival and after each wait
-  // (the first form) instead of a release arrival and an acquire wait.
-  bool full_fence_meetings = false;
+  // How the blocks meet between projections (ChainMeeting; measurements).
+  int32_t meeting = 0;
   // Measurement only: where given, [grid, kChainTimelineMarks] values a block writes as it goes
   // (ChainTimelineMark below).
   int64_t* timeline = nullptr;
+};
+// OneRowLayerChainArgs::meeting: a release arrival on the meeting's counter, then polls of it
+// until every block has arrived: relaxed polls and one acquire fence after (the default), acquire
+// polls, or (the first form) a whole fence before a plain atomic arrival, acquire polls and a
+// whole fence after.
+enum ChainMeeting : int32_t {
+  kChainMeetRelaxedPoll = 0,
+  kChainMeetAcquirePoll = 1,
+  kChainMeetWholeFences = 2,
 };
 // OneRowLayerChainArgs::timeline's values of one block, by index: globaltimer nanoseconds at its
 // stages, then clock cycles it spent waiting. Marks of stages a launch does not have stay as given.
@@ -154,7 +162,8 @@ enum ChainTimelineMark : int {
   kChainMarkConsumerWait = 8,  // clock cycles consumer warp 0 waited for its rows
   kChainMarkMeetWait = 9,      // clock cycles thread 0 spent in the meetings
   kChainMarkArrived = 10,      // 10, 11, 12: when the block's consumers arrived at each meeting
-  kChainTimelineMarks = 16,    // values a block (room to spare)
+  kChainMarkReleased = 13,     // 13, 14, 15: when its arrival at each meeting was made (after its release)
+  kChainTimelineMarks = 16,    // values a block
 };
 // The chain: o = attention W_o^T; r = residual + o; act = SwiGLU(RMSNorm(r) W_gu^T);
 // m = act W_down^T; then, unless last, r' = r + m and qkv = RMSNorm(r') W_qkv^T + b with the

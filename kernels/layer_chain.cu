@@ -61,7 +61,7 @@ struct ChainParams {
   float eps;
   int phases;  // 4, or 3 for the last layer (no qkv)
   int ring_slots;
-  bool full_fence_meetings;  // OneRowLayerChainArgs::full_fence_meetings
+  int meeting;  // OneRowLayerChainArgs::meeting
   int slot_bytes;
   // Byte offsets in dynamic shared memory (the ring starts at 0).
   int x_offset, residual_offset, delta_offset, barrier_offset;
@@ -159,28 +159,35 @@ __device__ __forceinline__ void WaitArmed(const int* armed_unit, int slot, int s
 
 // Every block's consumers arrive; returns once `target` arrivals (this launch's k-th meeting: k x
 // the grid) are in, with the other blocks' writes before theirs visible. The arrival is a release
-// (the block's writes, ordered before it by the consumers' barrier, go with it) and the poll an
-// acquire, as the barrier after it passes on to the other consumers; `full_fences` puts a whole
-// fence before the arrival and after the poll instead (the first form, kept for measurements).
-__device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target, bool full_fences) {
+// (the block's writes, ordered before it by the consumers' barrier, go with it); the others are
+// awaited as `form` says (ChainMeeting), and the barrier after the wait passes its acquire on to
+// the other consumers. With a timeline, thread 0 marks when its arrival was made (`released`).
+__device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target, int form, long long* timeline,
+                                         int released) {
   ConsumerSync();
   if (threadIdx.x == 0) {
-    if (full_fences) {
+    if (form == kChainMeetWholeFences) {
       __threadfence();
       atomicAdd(counter, 1u);
     } else {
       asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(counter) : "memory");
     }
+    Mark(timeline, released, GlobalNanoseconds());
     unsigned seen = 0;
     for (uint64_t polls = 0;; ++polls) {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+      if (form == kChainMeetRelaxedPoll) {
+        asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+      } else {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+      }
       if (seen >= target) break;
       if (polls == (uint64_t{1} << 23)) {
         printf("layer chain: block %d stuck meeting: %u of %u arrived\n", blockIdx.x, seen, target);
         __trap();
       }
     }
-    if (full_fences) __threadfence();
+    if (form == kChainMeetRelaxedPoll) asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+    if (form == kChainMeetWholeFences) __threadfence();
   }
   ConsumerSync();
 }
@@ -311,7 +318,7 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       if (threadIdx.x == 0) Mark(p.timeline, kChainMarkArrived + k - 1, GlobalNanoseconds());
     }
     const long long from = clock64();
-    GridMeet(p.barrier, static_cast<unsigned>(k * grid), p.full_fence_meetings);
+    GridMeet(p.barrier, static_cast<unsigned>(k * grid), p.meeting, p.timeline, kChainMarkReleased + k - 1);
     if (threadIdx.x == 0) {
       meet_wait += clock64() - from;
       Mark(p.timeline, kChainMarkMet + k - 1, GlobalNanoseconds());
@@ -471,7 +478,7 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   p.qkv_width = last ? 0 : a.qkv_width;
   p.eps = a.eps;
   p.phases = last ? 3 : 4;
-  p.full_fence_meetings = a.full_fence_meetings;
+  p.meeting = a.meeting;
 
   // Shared memory: the ring, then x (the widest input row), the residual and a delta row, the
   // ring's barriers. A slot holds one row of the hidden-wide weights; a down row takes several.

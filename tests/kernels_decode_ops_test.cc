@@ -557,7 +557,8 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
         a.act = act_out->get();
         a.barrier = barrier.as<unsigned>();
         a.ring_slots = ring_slots;
-        a.full_fence_meetings = ring_slots != 0;  // either form of the meetings
+        // Each form of the meetings.
+        a.meeting = ring_slots != 0 ? kChainMeetWholeFences : last ? kChainMeetAcquirePoll : kChainMeetRelaxedPoll;
         // The small ring also asks L2 for a next o weight and keeps a timeline: none of it may change a bit, and every
         // block's marks come in the order its stages run.
         int sms = 0;

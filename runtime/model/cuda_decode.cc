@@ -1404,9 +1404,10 @@ class CudaDecodeRunner {
       // GLMSERVE_CUDA_CHAIN_RING_SLOTS=N caps the chain's ring (0: as many as shared memory holds):
       // a smaller one leaves an SM room for the attention's blocks beside the chain's.
       const int32_t ring_slots = static_cast<int32_t>(EnvInt("GLMSERVE_CUDA_CHAIN_RING_SLOTS", 0, 0, 64));
-      // GLMSERVE_CUDA_CHAIN_FULL_FENCE=1: the meetings' first form (OneRowLayerChainArgs::full_fence_meetings).
-      const bool full_fences = EnvIs("GLMSERVE_CUDA_CHAIN_FULL_FENCE", "1");
-      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, full_fences](
+      // GLMSERVE_CUDA_CHAIN_MEETING=F: how the blocks meet (kernels::ChainMeeting).
+      const auto meeting = static_cast<int32_t>(
+          EnvInt("GLMSERVE_CUDA_CHAIN_MEETING", kernels::kChainMeetRelaxedPoll, 0, kernels::kChainMeetWholeFences));
+      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, meeting](
                           const GlmModel::LayerChain& a, at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
         auto fits = [&](const at::Tensor& t) {
@@ -1457,7 +1458,7 @@ class CudaDecodeRunner {
         args.act = act.data_ptr();
         args.barrier = static_cast<unsigned*>(a.barrier.data_ptr());
         args.ring_slots = ring_slots;
-        args.full_fence_meetings = full_fences;
+        args.meeting = meeting;
         if (!kernels::OneRowLayerChainCuda(args, type, CurrentStream())) return {};
         residual = residual_out;
         GlmModel::LayerChainResult result;
