@@ -92,6 +92,9 @@ int main(int argc, char** argv) {
   float* inv_freq = nullptr;
   unsigned* barriers = nullptr;
   const size_t barrier_bytes = sizeof(unsigned) * static_cast<size_t>(layers);
+  const int64_t exchange_words = 2 * kHidden + kIntermediate;  // a layer's (OneRowLayerChainArgs::exchange)
+  const size_t exchange_bytes = 8 * static_cast<size_t>(exchange_words) * static_cast<size_t>(layers);
+  int64_t* exchange = nullptr;
   int device = 0, sms = 0, clock_khz = 0;
   const std::vector<int64_t> host_index = {7};
   std::vector<float> host_freq(kHeadDim / 4);
@@ -99,6 +102,7 @@ int main(int argc, char** argv) {
   if (act == nullptr || qkv_out == nullptr || !Ok(cudaMalloc(&positions, 8), "cudaMalloc") ||
       !Ok(cudaMalloc(&slot, 8), "cudaMalloc") || !Ok(cudaMalloc(&inv_freq, host_freq.size() * 4), "cudaMalloc") ||
       !Ok(cudaMalloc(&barriers, barrier_bytes), "cudaMalloc") ||
+      !Ok(cudaMalloc(&exchange, exchange_bytes), "cudaMalloc") ||
       !Ok(cudaMemcpy(positions, host_index.data(), 8, cudaMemcpyHostToDevice), "cudaMemcpy") ||
       !Ok(cudaMemcpy(slot, host_index.data(), 8, cudaMemcpyHostToDevice), "cudaMemcpy") ||
       !Ok(cudaMemcpy(inv_freq, host_freq.data(), host_freq.size() * 4, cudaMemcpyHostToDevice), "cudaMemcpy") ||
@@ -124,10 +128,13 @@ int main(int argc, char** argv) {
     return r;
   };
   const ElementType bf16 = ElementType::kBFloat16;
-  int32_t meeting = 0;  // the chain's meetings in the pass being timed (ChainMeeting)
+  int32_t meeting = glmserve::kernels::kChainMeetTaggedWords;  // the chain's, in the pass being timed
   // One pass over the layers, the chain's way (ring > -1) or the kernels one by one.
   auto pass = [&](int32_t ring, bool with_timeline) -> bool {
-    if (!Ok(cudaMemsetAsync(barriers, 0, barrier_bytes), "cudaMemsetAsync")) return false;
+    if (!Ok(cudaMemsetAsync(barriers, 0, barrier_bytes), "cudaMemsetAsync") ||
+        !Ok(cudaMemsetAsync(exchange, 0, exchange_bytes), "cudaMemsetAsync")) {
+      return false;
+    }
     for (int32_t l = 0; l < layers; ++l) {
       const LayerWeights& layer = w[l];
       const LayerWeights& next = w[(l + 1) % layers];
@@ -158,6 +165,7 @@ int main(int argc, char** argv) {
         a.barrier = barriers + l;
         a.ring_slots = ring;
         a.meeting = meeting;
+        a.exchange = exchange + l * exchange_words;
         a.timeline = with_timeline && l == timeline_layer ? timeline : nullptr;
         if (!glmserve::kernels::OneRowLayerChainCuda(a, bf16, nullptr)) {
           std::fprintf(stderr, "layer_chain_bench: the chain refused (ring slots %d)\n", ring);
@@ -207,8 +215,8 @@ int main(int argc, char** argv) {
   std::printf("| one by one (GEMV, SwiGLU, GEMV + norm + rotary) | - | - | %.1f | %.0f |\n", one_by_one,
               layer_bytes / one_by_one / 1e3);
   for (const int32_t ring : ring_slots) {
-    const char* forms[] = {"release, relaxed polls", "release, acquire polls", "whole fences"};
-    for (const int32_t form : {2, 1, 0}) {
+    const char* forms[] = {"release, relaxed polls", "release, acquire polls", "whole fences", "tagged words"};
+    for (const int32_t form : {2, 1, 0, 3}) {
       meeting = form;
       const double us = time_pass(ring);
       if (us < 0) return 1;
@@ -243,12 +251,13 @@ int main(int argc, char** argv) {
       {kChainMarkIssued, "producer issued all"},
   };
   std::printf(
-      "\nlayer %d's chain, ring slots %d, release and relaxed polls: microseconds after the first block started (min "
+      "\nlayer %d's chain, ring slots %d, tagged words: microseconds after the first block started (min "
       "/ mean / max over "
       "blocks)\n\n",
       timeline_layer, ring_slots.front());
   std::printf("| stage | min | mean | max |\n|---|---:|---:|---:|\n");
   for (const auto& [m, name] : stages) {
+    if (marks[m] == 0) continue;  // a stage this form of the meetings does not have
     double sum = 0.0, least = 1e30, most = 0.0;
     for (int b = 0; b < sms; ++b) {
       const double at = (marks[b * kMarks + m] - t0) / 1e3;

@@ -97,6 +97,17 @@ bool GemvAddRmsNormCuda(const void* delta, const void* delta_weight, const void*
 bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int32_t rows, int64_t n, int64_t k,
                     ElementType type, void* stream);
 
+// OneRowLayerChainArgs::meeting: a release arrival on the meeting's counter, then polls of it
+// until every block has arrived: relaxed polls and one acquire fence after, acquire polls, or (the
+// first form) a whole fence before a plain atomic arrival, acquire polls and a whole fence after;
+// or no meeting (the default): each element the next projection needs is a word of the exchange
+// that says it was written, and a block waits for the words of the row it needs.
+enum ChainMeeting : int32_t {
+  kChainMeetRelaxedPoll = 0,
+  kChainMeetAcquirePoll = 1,
+  kChainMeetWholeFences = 2,
+  kChainMeetTaggedWords = 3,
+};
 // What the one-row layer chain takes: one token's path from a layer's attention output to the
 // next layer's attention input, in one persistent launch (layer_chain.cu). Element pointers are
 // device memory of the element type, 16-byte aligned, contiguous.
@@ -132,23 +143,17 @@ struct OneRowLayerChainArgs {
   void* o_out = nullptr;
   void* act = nullptr;
   unsigned* barrier = nullptr;
+  // kChainMeetTaggedWords: zeroed scratch of (2 H + I) x 8 bytes (one a launch) through which the
+  // blocks pass o, the SwiGLU output and the MLP output to each other (barrier unused).
+  void* exchange = nullptr;
   // Weight slots of the ring each block streams through (0: as many as shared memory holds);
   // tests make it small so the ring wraps and waits.
   int32_t ring_slots = 0;
-  // How the blocks meet between projections (ChainMeeting; measurements).
-  int32_t meeting = 0;
+  // How the blocks meet between projections (ChainMeeting; the counter forms are measurements).
+  int32_t meeting = kChainMeetTaggedWords;
   // Measurement only: where given, [grid, kChainTimelineMarks] values a block writes as it goes
   // (ChainTimelineMark below).
   int64_t* timeline = nullptr;
-};
-// OneRowLayerChainArgs::meeting: a release arrival on the meeting's counter, then polls of it
-// until every block has arrived: relaxed polls and one acquire fence after (the default), acquire
-// polls, or (the first form) a whole fence before a plain atomic arrival, acquire polls and a
-// whole fence after.
-enum ChainMeeting : int32_t {
-  kChainMeetRelaxedPoll = 0,
-  kChainMeetAcquirePoll = 1,
-  kChainMeetWholeFences = 2,
 };
 // OneRowLayerChainArgs::timeline's values of one block, by index: globaltimer nanoseconds at its
 // stages, then clock cycles it spent waiting. Marks of stages a launch does not have stay as given.

@@ -56,6 +56,7 @@ struct ChainParams {
   T* o_out;
   T* act;
   unsigned* barrier;
+  void* exchange;       // OneRowLayerChainArgs::exchange (kChainMeetTaggedWords)
   long long* timeline;  // OneRowLayerChainArgs::timeline
   int64_t hidden, attention_width, intermediate, qkv_width;
   float eps;
@@ -192,6 +193,72 @@ __device__ __forceinline__ void GridMeet(unsigned* counter, unsigned target, int
   ConsumerSync();
 }
 
+// kChainMeetTaggedWords: an element the blocks pass each other is one word that also says it
+// was written (the exchange is zeroed before the launch), so a reader needs no counter and no
+// fence: it reads until every word of the row is marked. Memory fences were what the meetings
+// cost (timeline: 2.6-6.3 us from a block's arrival until its release was made).
+template <typename T>
+struct ExchangeWord {  // 16-bit elements: the mark in the high half
+  using Word = uint32_t;
+  static constexpr int kPerChunk = 4;  // words a 16-byte load holds
+  __device__ static Word Of(T v) { return 0x10000u | *reinterpret_cast<const uint16_t*>(&v); }
+  __device__ static bool Marked(Word w) { return (w >> 16) == 1u; }
+  __device__ static T Value(Word w) {
+    const uint16_t bits = static_cast<uint16_t>(w & 0xffffu);
+    return *reinterpret_cast<const T*>(&bits);
+  }
+};
+template <>
+struct ExchangeWord<float> {  // fp32: the mark in the high word
+  using Word = unsigned long long;
+  static constexpr int kPerChunk = 2;
+  __device__ static Word Of(float v) { return (Word{1} << 32) | __float_as_uint(v); }
+  __device__ static bool Marked(Word w) { return (w >> 32) == 1u; }
+  __device__ static float Value(Word w) { return __uint_as_float(static_cast<uint32_t>(w)); }
+};
+
+template <typename T>
+__device__ __forceinline__ void PutExchange(void* exchange, int64_t index, T value) {
+  using X = ExchangeWord<T>;
+  typename X::Word* at = static_cast<typename X::Word*>(exchange) + index;
+  if constexpr (sizeof(typename X::Word) == 4) {
+    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(at), "r"(X::Of(value)) : "memory");
+  } else {
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;\n" ::"l"(at), "l"(X::Of(value)) : "memory");
+  }
+}
+
+// `elements` of a row the blocks write into `exchange` (from word `offset`) into shared memory,
+// each 16 bytes of words read again (after a short sleep) until all of them are marked.
+template <typename T>
+__device__ __forceinline__ void WaitRowFromExchange(T* to, const void* exchange, int64_t offset, int64_t elements) {
+  using X = ExchangeWord<T>;
+  const uint4* src = reinterpret_cast<const uint4*>(static_cast<const typename X::Word*>(exchange) + offset);
+  for (int64_t c = threadIdx.x; c < elements / X::kPerChunk; c += kNormRowThreads) {
+    typename X::Word w[X::kPerChunk];
+    for (uint64_t polls = 0;; ++polls) {
+      uint4 v;
+      asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                   : "l"(src + c)
+                   : "memory");
+      memcpy(w, &v, sizeof(v));
+      bool marked = true;
+#pragma unroll
+      for (int i = 0; i < X::kPerChunk; ++i) marked = marked && X::Marked(w[i]);
+      if (marked) break;
+      if (polls == (uint64_t{1} << 22)) {
+        printf("layer chain: block %d thread %d stuck on exchange words %lld..\n", blockIdx.x, threadIdx.x,
+               static_cast<long long>(offset + c * X::kPerChunk));
+        __trap();
+      }
+      __nanosleep(64);
+    }
+#pragma unroll
+    for (int i = 0; i < X::kPerChunk; ++i) to[c * X::kPerChunk + i] = X::Value(w[i]);
+  }
+}
+
 // `elements` of a row another block wrote in this launch into shared memory, through L2.
 template <typename T>
 __device__ __forceinline__ void CopyRowFromL2(T* to, const T* from, int64_t elements) {
@@ -312,24 +379,35 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
   long long consumer_wait = 0, meet_wait = 0;
   if (threadIdx.x == 0) Mark(p.timeline, kChainMarkInputs, GlobalNanoseconds());
   // Every block's consumers arrive at the k-th meeting (k x the grid arrivals).
-  auto meet = [&](int k) {
+  // With tagged words the k-th meeting is the wait for the row the phase after it takes (into
+  // `to`, from the exchange's word `offset`), else the counter's, then that row through L2 from
+  // `row`.
+  const bool tagged = p.meeting == kChainMeetTaggedWords;
+  auto meet = [&](int k, T* to, int64_t offset, const T* row, int64_t elements) {
     if (p.timeline != nullptr) {  // the arrivals' spread is what the early blocks wait for
       ConsumerSync();
       if (threadIdx.x == 0) Mark(p.timeline, kChainMarkArrived + k - 1, GlobalNanoseconds());
     }
     const long long from = clock64();
-    GridMeet(p.barrier, static_cast<unsigned>(k * grid), p.meeting, p.timeline, kChainMarkReleased + k - 1);
+    if (tagged) {
+      ConsumerSync();  // every warp is done with the phase before (`to` may be its x)
+      WaitRowFromExchange(to, p.exchange, offset, elements);
+    } else {
+      GridMeet(p.barrier, static_cast<unsigned>(k * grid), p.meeting, p.timeline, kChainMarkReleased + k - 1);
+      CopyRowFromL2(to, row, elements);
+    }
     if (threadIdx.x == 0) {
       meet_wait += clock64() - from;
       Mark(p.timeline, kChainMarkMet + k - 1, GlobalNanoseconds());
     }
   };
+  // The exchange's rows: o [H], act [I], the MLP's output [H].
+  const int64_t exchange_act = p.hidden, exchange_mlp = p.hidden + p.intermediate;
   for (int phase = 0; phase < p.phases; ++phase) {
     if (phase == kPhaseO) {
       CopyRowFromL2(x, p.attention, p.attention_width);
     } else if (phase == kPhaseGateUp) {
-      meet(1);
-      CopyRowFromL2(delta, p.o_out, p.hidden);
+      meet(1, delta, 0, p.o_out, p.hidden);
       ConsumerSync();
       // Every block keeps residual + o; block 0 also writes it out where the chain ends here.
       AddRmsNormRow<T, /*kHeld=*/false, kConsumerBarrier>(
@@ -343,11 +421,9 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
         }
       }
     } else if (phase == kPhaseDown) {
-      meet(2);
-      CopyRowFromL2(x, p.act, p.intermediate);
+      meet(2, x, exchange_act, p.act, p.intermediate);
     } else {
-      meet(3);
-      CopyRowFromL2(delta, p.mlp_out, p.hidden);
+      meet(3, delta, exchange_mlp, p.mlp_out, p.hidden);
       ConsumerSync();
       AddRmsNormRow<T, /*kHeld=*/false, kConsumerBarrier>(
           reinterpret_cast<const uint4*>(delta), nullptr, reinterpret_cast<const uint4*>(residual),
@@ -383,14 +459,17 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       switch (phase) {
         case kPhaseO:
           p.o_out[unit] = FromFloat<T>(total[0]);
+          if (tagged) PutExchange(p.exchange, unit, FromFloat<T>(total[0]));
           break;
         case kPhaseGateUp: {
           const float gate = ToFloat(FromFloat<T>(total[0])), up = ToFloat(FromFloat<T>(total[1]));
           p.act[unit] = FromFloat<T>(SwiGlu<T>(gate, up));
+          if (tagged) PutExchange(p.exchange, exchange_act + unit, FromFloat<T>(SwiGlu<T>(gate, up)));
           break;
         }
         case kPhaseDown:
           p.mlp_out[unit] = FromFloat<T>(total[0]);
+          if (tagged) PutExchange(p.exchange, exchange_mlp + unit, FromFloat<T>(total[0]));
           break;
         default: {
           const int64_t f = 2 * unit;
@@ -425,7 +504,8 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
       a.attention_width % E != 0 || a.intermediate % E != 0 || a.hidden / E > kNormRowMaxChunks * kNormRowThreads ||
       !aligned(a.attention) || !aligned(a.residual) || !aligned(a.o_weight) || !aligned(a.mlp_norm) ||
       !aligned(a.gate_up_weight) || !aligned(a.down_weight) || !aligned(a.residual_out) || !aligned(a.mlp_out) ||
-      !aligned(a.o_out) || !aligned(a.act) || a.barrier == nullptr || a.ring_slots < 0) {
+      !aligned(a.o_out) || !aligned(a.act) || a.ring_slots < 0 || a.meeting < 0 || a.meeting > kChainMeetTaggedWords ||
+      (a.meeting == kChainMeetTaggedWords ? !aligned(a.exchange) : a.barrier == nullptr)) {
     return false;
   }
   if (!last) {
@@ -470,6 +550,7 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   p.qkv_out = static_cast<T*>(a.qkv_out);
   p.o_out = static_cast<T*>(a.o_out);
   p.act = static_cast<T*>(a.act);
+  p.exchange = a.exchange;
   p.barrier = a.barrier;
   p.timeline = reinterpret_cast<long long*>(a.timeline);
   p.hidden = a.hidden;

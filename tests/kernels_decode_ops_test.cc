@@ -526,84 +526,90 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
     ASSERT_TRUE(GemvAddRmsNormCuda(m->get(), nullptr, after_attention->get(), after_mlp->get(), d_next_norm.get(), eps,
                                    d_qkv_w.get(), d_qkv_b.get(), qkv->get(), qkv_width, h, false, &rotary_want, type(),
                                    nullptr));
+    const ChainMeeting meetings[] = {kChainMeetTaggedWords, kChainMeetRelaxedPoll, kChainMeetAcquirePoll,
+                                     kChainMeetWholeFences};
     for (bool last : {false, true}) {
       for (int32_t ring_slots : {0, 4}) {
-        SCOPED_TRACE(testing::Message() << "hidden " << h << " last " << last << " ring slots " << ring_slots);
-        auto residual_out = zeros(h), mlp_out = zeros(h), qkv_out = zeros(qkv_width), o_out = zeros(h),
-             act_out = zeros(inter);
-        Device k_cache(cache0, type()), v_cache(cache0, type()), barrier(std::vector<int64_t>{0});
-        OneRowLayerChainArgs a;
-        a.hidden = h;
-        a.attention_width = attention_width;
-        a.intermediate = inter;
-        a.eps = eps;
-        a.attention = d_attention.get();
-        a.residual = d_residual.get();
-        a.o_weight = d_o_w.get();
-        a.mlp_norm = d_mlp_norm.get();
-        a.gate_up_weight = d_gate_up_w.get();
-        a.down_weight = d_down_w.get();
-        if (!last) {
-          a.next_input_norm = d_next_norm.get();
-          a.qkv_weight = d_qkv_w.get();
-          a.qkv_bias = d_qkv_b.get();
-          a.qkv_width = qkv_width;
-          a.rotary = rotary_into(k_cache, v_cache);
-        }
-        a.residual_out = residual_out->get();
-        a.mlp_out = mlp_out->get();
-        a.qkv_out = qkv_out->get();
-        a.o_out = o_out->get();
-        a.act = act_out->get();
-        a.barrier = barrier.as<unsigned>();
-        a.ring_slots = ring_slots;
-        // Each form of the meetings.
-        a.meeting = ring_slots != 0 ? kChainMeetWholeFences : last ? kChainMeetAcquirePoll : kChainMeetRelaxedPoll;
-        // The small ring also asks L2 for a next o weight and keeps a timeline: none of it may change a bit, and every
-        // block's marks come in the order its stages run.
-        int sms = 0;
-        ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
-        constexpr int kMarks = kChainTimelineMarks;
-        Device timeline(std::vector<int64_t>(static_cast<size_t>(sms) * kMarks, 0));
-        if (ring_slots != 0) {
-          a.next_o_weight = d_o_w.get();
-          a.timeline = timeline.as<int64_t>();
-        }
-        ASSERT_TRUE(OneRowLayerChainCuda(a, type(), nullptr));
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        if (ring_slots != 0) {
-          std::vector<int64_t> marks(static_cast<size_t>(sms) * kMarks);
-          ASSERT_EQ(cudaMemcpy(marks.data(), timeline.get(), marks.size() * 8, cudaMemcpyDeviceToHost), cudaSuccess);
-          for (int b = 0; b < sms; ++b) {
-            const int64_t* m = &marks[static_cast<size_t>(b) * kMarks];
-            // start, inputs, the meetings (two for the last layer), consumers done; the producer's
-            // last issue after the start.
-            const int met = last ? 2 : 3;
-            EXPECT_GT(m[kChainMarkStart], 0) << "block " << b;
-            EXPECT_LE(m[kChainMarkStart], m[kChainMarkInputs]) << "block " << b;
-            EXPECT_LE(m[kChainMarkInputs], m[kChainMarkMet]) << "block " << b;
-            for (int k = 1; k < met; ++k) EXPECT_LE(m[kChainMarkMet + k - 1], m[kChainMarkMet + k]) << "block " << b;
-            for (int k = 0; k < met; ++k) {  // every block arrives before any leaves
-              for (int other = 0; other < sms; ++other) {
-                EXPECT_LE(m[kChainMarkArrived + k], marks[static_cast<size_t>(other) * kMarks + kChainMarkMet + k])
-                    << "block " << b << " meeting " << k << " block " << other;
-              }
-            }
-            EXPECT_LE(m[kChainMarkMet + met - 1], m[kChainMarkConsumed]) << "block " << b;
-            EXPECT_LE(m[kChainMarkStart], m[kChainMarkIssued]) << "block " << b;
+        for (const ChainMeeting meeting : meetings) {
+          SCOPED_TRACE(testing::Message()
+                       << "hidden " << h << " last " << last << " ring slots " << ring_slots << " meeting " << meeting);
+          auto residual_out = zeros(h), mlp_out = zeros(h), qkv_out = zeros(qkv_width), o_out = zeros(h),
+               act_out = zeros(inter);
+          Device k_cache(cache0, type()), v_cache(cache0, type()), barrier(std::vector<int64_t>{0}),
+              exchange(std::vector<int64_t>(2 * h + inter, 0));
+          OneRowLayerChainArgs a;
+          a.hidden = h;
+          a.attention_width = attention_width;
+          a.intermediate = inter;
+          a.eps = eps;
+          a.attention = d_attention.get();
+          a.residual = d_residual.get();
+          a.o_weight = d_o_w.get();
+          a.mlp_norm = d_mlp_norm.get();
+          a.gate_up_weight = d_gate_up_w.get();
+          a.down_weight = d_down_w.get();
+          if (!last) {
+            a.next_input_norm = d_next_norm.get();
+            a.qkv_weight = d_qkv_w.get();
+            a.qkv_bias = d_qkv_b.get();
+            a.qkv_width = qkv_width;
+            a.rotary = rotary_into(k_cache, v_cache);
           }
-        }
-        EXPECT_EQ(o_out->Floats(), o->Floats());
-        EXPECT_EQ(act_out->Floats(), act->Floats());
-        EXPECT_EQ(mlp_out->Floats(), m->Floats());
-        EXPECT_EQ(residual_out->Floats(), last ? after_attention->Floats() : after_mlp->Floats());
-        if (last) {
-          EXPECT_EQ(k_cache.Floats(), cache0);
-        } else {
-          EXPECT_EQ(qkv_out->Floats(), qkv->Floats());
-          EXPECT_EQ(k_cache.Floats(), k_want.Floats());
-          EXPECT_EQ(v_cache.Floats(), v_want.Floats());
-          EXPECT_NE(k_cache.Floats(), cache0);
+          a.residual_out = residual_out->get();
+          a.mlp_out = mlp_out->get();
+          a.qkv_out = qkv_out->get();
+          a.o_out = o_out->get();
+          a.act = act_out->get();
+          a.barrier = barrier.as<unsigned>();
+          a.ring_slots = ring_slots;
+          a.exchange = exchange.get();
+          a.meeting = meeting;
+          // The small ring also asks L2 for a next o weight and keeps a timeline: none of it may change a bit, and
+          // every block's marks come in the order its stages run.
+          int sms = 0;
+          ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+          constexpr int kMarks = kChainTimelineMarks;
+          Device timeline(std::vector<int64_t>(static_cast<size_t>(sms) * kMarks, 0));
+          if (ring_slots != 0) {
+            a.next_o_weight = d_o_w.get();
+            a.timeline = timeline.as<int64_t>();
+          }
+          ASSERT_TRUE(OneRowLayerChainCuda(a, type(), nullptr));
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          if (ring_slots != 0) {
+            std::vector<int64_t> marks(static_cast<size_t>(sms) * kMarks);
+            ASSERT_EQ(cudaMemcpy(marks.data(), timeline.get(), marks.size() * 8, cudaMemcpyDeviceToHost), cudaSuccess);
+            for (int b = 0; b < sms; ++b) {
+              const int64_t* m = &marks[static_cast<size_t>(b) * kMarks];
+              // start, inputs, the meetings (two for the last layer), consumers done; the producer's
+              // last issue after the start.
+              const int met = last ? 2 : 3;
+              EXPECT_GT(m[kChainMarkStart], 0) << "block " << b;
+              EXPECT_LE(m[kChainMarkStart], m[kChainMarkInputs]) << "block " << b;
+              EXPECT_LE(m[kChainMarkInputs], m[kChainMarkMet]) << "block " << b;
+              for (int k = 1; k < met; ++k) EXPECT_LE(m[kChainMarkMet + k - 1], m[kChainMarkMet + k]) << "block " << b;
+              for (int k = 0; k < met; ++k) {  // every block arrives before any leaves
+                for (int other = 0; other < sms; ++other) {
+                  EXPECT_LE(m[kChainMarkArrived + k], marks[static_cast<size_t>(other) * kMarks + kChainMarkMet + k])
+                      << "block " << b << " meeting " << k << " block " << other;
+                }
+              }
+              EXPECT_LE(m[kChainMarkMet + met - 1], m[kChainMarkConsumed]) << "block " << b;
+              EXPECT_LE(m[kChainMarkStart], m[kChainMarkIssued]) << "block " << b;
+            }
+          }
+          EXPECT_EQ(o_out->Floats(), o->Floats());
+          EXPECT_EQ(act_out->Floats(), act->Floats());
+          EXPECT_EQ(mlp_out->Floats(), m->Floats());
+          EXPECT_EQ(residual_out->Floats(), last ? after_attention->Floats() : after_mlp->Floats());
+          if (last) {
+            EXPECT_EQ(k_cache.Floats(), cache0);
+          } else {
+            EXPECT_EQ(qkv_out->Floats(), qkv->Floats());
+            EXPECT_EQ(k_cache.Floats(), k_want.Floats());
+            EXPECT_EQ(v_cache.Floats(), v_want.Floats());
+            EXPECT_NE(k_cache.Floats(), cache0);
+          }
         }
       }
     }

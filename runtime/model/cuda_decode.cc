@@ -1406,7 +1406,7 @@ class CudaDecodeRunner {
       const int32_t ring_slots = static_cast<int32_t>(EnvInt("GLMSERVE_CUDA_CHAIN_RING_SLOTS", 0, 0, 64));
       // GLMSERVE_CUDA_CHAIN_MEETING=F: how the blocks meet (kernels::ChainMeeting).
       const auto meeting = static_cast<int32_t>(
-          EnvInt("GLMSERVE_CUDA_CHAIN_MEETING", kernels::kChainMeetRelaxedPoll, 0, kernels::kChainMeetWholeFences));
+          EnvInt("GLMSERVE_CUDA_CHAIN_MEETING", kernels::kChainMeetTaggedWords, 0, kernels::kChainMeetTaggedWords));
       k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, meeting](
                           const GlmModel::LayerChain& a, at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
@@ -1415,8 +1415,13 @@ class CudaDecodeRunner {
                  t.device() == residual.device();
         };
         if (residual.dim() != 2 || residual.size(0) != 1 || !fits(residual) || !fits(a.attention) ||
-            a.attention.size(0) != 1 || !fits(a.o_weight) || !fits(a.mlp_norm) || !fits(a.gate_up_weight) ||
-            !fits(a.down_weight) || a.gate_up_weight.size(0) % 2 != 0 ||
+            a.attention.size(0) != 1 ||
+            (meeting == kernels::kChainMeetTaggedWords &&
+             (!a.exchange.defined() || !a.exchange.is_contiguous() || a.exchange.scalar_type() != at::kLong ||
+              a.exchange.device() != residual.device() ||
+              a.exchange.numel() < 2 * residual.size(1) + a.gate_up_weight.size(0) / 2)) ||
+            !fits(a.o_weight) || !fits(a.mlp_norm) || !fits(a.gate_up_weight) || !fits(a.down_weight) ||
+            a.gate_up_weight.size(0) % 2 != 0 ||
             (!last && (!fits(a.next_input_norm) || !fits(a.qkv_weight) || (a.qkv_bias.defined() && !fits(a.qkv_bias)) ||
                        !fits(a.k_cache) || !fits(a.v_cache) || a.positions.scalar_type() != at::kLong ||
                        a.positions.numel() != 1 || a.slots.scalar_type() != at::kLong || a.slots.numel() != 1))) {
@@ -1459,6 +1464,7 @@ class CudaDecodeRunner {
         args.barrier = static_cast<unsigned*>(a.barrier.data_ptr());
         args.ring_slots = ring_slots;
         args.meeting = meeting;
+        if (meeting == kernels::kChainMeetTaggedWords) args.exchange = a.exchange.data_ptr();
         if (!kernels::OneRowLayerChainCuda(args, type, CurrentStream())) return {};
         residual = residual_out;
         GlmModel::LayerChainResult result;

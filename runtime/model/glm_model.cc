@@ -207,6 +207,9 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
   // kernels can (layer_chain); each call meets on its own zeroed counter.
   const bool chain = kernels.layer_chain && total == 1 && !c.sandwich_norms && !mrope && fused_rotary;
   const at::Tensor chain_barriers = chain ? at::zeros({c.num_layers}, ids.options().dtype(at::kInt)) : at::Tensor();
+  const at::Tensor chain_exchange =
+      chain ? at::zeros({c.num_layers, 2 * c.hidden_size + c.intermediate_size}, ids.options().dtype(at::kLong))
+            : at::Tensor();
   at::Tensor chained_qkv;  // this layer's qkv from the chain before: rotated, k and v cached
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[l];
@@ -262,6 +265,7 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
         args.next_o_weight = next.o_weight;
       }
       args.barrier = chain_barriers.narrow(0, l, 1);
+      args.exchange = chain_exchange[l];
       LayerChainResult chained = kernels.layer_chain(args, x);
       if (chained.taken) {
         chained_qkv = std::move(chained.qkv);

@@ -76,6 +76,7 @@ struct LayerChain {
   at::Tensor next_input_norm, qkv_weight, qkv_bias, positions, slots, k_cache, v_cache;
   at::Tensor next_o_weight;  // the next layer's, for the kernel to ask L2 for ahead of its use
   at::Tensor barrier;        // a zeroed int32 the call may use once (the step's, one per layer)
+  at::Tensor exchange;       // zeroed int64 [2 H + I] the call may use once (the step's, one per layer)
 };
 
 // What LayerKernels::layer_chain gave back.
