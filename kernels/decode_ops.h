@@ -98,10 +98,12 @@ bool GemvSwiGluCuda(const void* x, const void* w, const void* bias, void* y, int
                     ElementType type, void* stream);
 
 // OneRowLayerChainArgs::meeting: a release arrival on the meeting's counter, then polls of it
-// until every block has arrived: relaxed polls and one acquire fence after, acquire polls, or (the
-// first form) a whole fence before a plain atomic arrival, acquire polls and a whole fence after;
-// or no meeting (the default): each element the next projection needs is a word of the exchange
-// that says it was written, and a block waits for the words of the row it needs.
+// until every block has arrived: relaxed polls and one acquire fence after, acquire polls (the
+// default: the fastest of the three on an H100), or (the first form) a whole fence before a plain
+// atomic arrival, acquire polls and a whole fence after; or no meeting: each element the next
+// projection needs is a word of the exchange that says it was written, and a block waits for the
+// words of the row it needs (no fence: written after the fences were measured to cost 2.6-6.3 us
+// a meeting, not yet run on a GPU).
 enum ChainMeeting : int32_t {
   kChainMeetRelaxedPoll = 0,
   kChainMeetAcquirePoll = 1,
@@ -149,8 +151,8 @@ struct OneRowLayerChainArgs {
   // Weight slots of the ring each block streams through (0: as many as shared memory holds);
   // tests make it small so the ring wraps and waits.
   int32_t ring_slots = 0;
-  // How the blocks meet between projections (ChainMeeting; the counter forms are measurements).
-  int32_t meeting = kChainMeetTaggedWords;
+  // How the blocks meet between projections (ChainMeeting).
+  int32_t meeting = kChainMeetAcquirePoll;
   // Measurement only: where given, [grid, kChainTimelineMarks] values a block writes as it goes
   // (ChainTimelineMark below).
   int64_t* timeline = nullptr;

@@ -3,7 +3,7 @@
 # GLMSERVE_CUDA_LAYER_CHAIN=1) checked and measured. Builds (scripts/gpu-build.sh, every part
 # off), then kernels_test (GLMSERVE_CHAIN_KERNEL_TESTS, a gtest filter: the chain against the
 # kernels it replaces, bit for bit), layer_chain_bench (the chain alone, its timeline),
-# decode_bench at batch 1 under each of GLMSERVE_CHAIN_VARIANTS (0 1 acquire; also relaxed,
+# decode_bench at batch 1 under each of GLMSERVE_CHAIN_VARIANTS (0 1 tagged; also relaxed,
 # fenced, prefetch, coresident) for GLMSERVE_CHAIN_ROUNDS rounds, Kineto profiles of
 # GLMSERVE_CHAIN_PROFILES (bench/summarize_trace.py), and last fixture parity on CUDA and the
 # engine's parity / invariance tests under GLMSERVE_CHAIN_MODEL_VARIANT (GLMSERVE_CHAIN_MODEL_TESTS=0
@@ -52,10 +52,10 @@ variant() {
     0) echo GLMSERVE_CUDA_LAYER_CHAIN=0 ;;
     1) echo GLMSERVE_CUDA_LAYER_CHAIN=1 ;;
     prefetch) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_PREFETCH=1 ;;
-    # The meetings' counter forms (kernels::ChainMeeting; the default passes tagged words).
+    # The meetings' other forms (kernels::ChainMeeting; the default's acquire polls are 1's).
     relaxed) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_MEETING=0 ;;
-    acquire) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_MEETING=1 ;;
     fenced) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_MEETING=2 ;;
+    tagged) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_MEETING=3 ;;
     # A 12-slot ring and 4-warp attention blocks: an SM holds a chain's block and an attention
     # block at once (registers: 9 warps x 128 + 4 x 224 = 64 K), so the next chain streams
     # while the attention runs.
@@ -73,7 +73,7 @@ bench_as() {  # variant, then decode_bench's flags
 }
 echo "== decode_bench GLM-4-9B bf16, the variants in turn"
 for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
-  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 acquire}; do
+  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 tagged}; do
     bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
       sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
   done
@@ -87,8 +87,8 @@ if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
   done
 fi
 # The engine's tests with the chain on, last (the measurements come back even where they run out
-# of time), as variant GLMSERVE_CHAIN_MODEL_VARIANT (1) sets it.
-model_variant="${GLMSERVE_CHAIN_MODEL_VARIANT:-1}"
+# of time), as variant GLMSERVE_CHAIN_MODEL_VARIANT (tagged) sets it.
+model_variant="${GLMSERVE_CHAIN_MODEL_VARIANT:-tagged}"
 if [ "${GLMSERVE_CHAIN_MODEL_TESTS:-1}" = 1 ]; then  # 0: the kernel tests only
   # shellcheck disable=SC2046  # one assignment a word
   export $(variant "$model_variant")

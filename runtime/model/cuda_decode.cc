@@ -1406,7 +1406,7 @@ class CudaDecodeRunner {
       const int32_t ring_slots = static_cast<int32_t>(EnvInt("GLMSERVE_CUDA_CHAIN_RING_SLOTS", 0, 0, 64));
       // GLMSERVE_CUDA_CHAIN_MEETING=F: how the blocks meet (kernels::ChainMeeting).
       const auto meeting = static_cast<int32_t>(
-          EnvInt("GLMSERVE_CUDA_CHAIN_MEETING", kernels::kChainMeetTaggedWords, 0, kernels::kChainMeetTaggedWords));
+          EnvInt("GLMSERVE_CUDA_CHAIN_MEETING", kernels::kChainMeetAcquirePoll, 0, kernels::kChainMeetTaggedWords));
       k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, meeting](
                           const GlmModel::LayerChain& a, at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
