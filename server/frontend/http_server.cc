@@ -189,14 +189,23 @@ class Connection final : public httplib::Stream {
     // httplib's own 400 for a head cut off at its limits, or by the read deadline: dropped, the
     // 431 or the 408 goes out instead.
     if (head_too_large_ || (in_head_ && timed_out_)) return static_cast<ssize_t>(size);
-    if (ssl_ != nullptr) return WriteTls(ptr, size, Clock::now() + std::chrono::milliseconds(write_timeout_ms_));
-    if (!is_writable()) return -1;
-    ssize_t n;
-    do {
-      n = send(fd_, ptr, size, MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n > 0) written_ += n;
-    return n;
+    // A response after which the connection closes (a refusal that left its body unread) says
+    // `Connection: close` alone: httplib adds its Keep-Alive field to every response of a
+    // connection it means to keep, and writes a response's head in one piece.
+    if (close_after_ && written_ == 0) {
+      std::string head(ptr, size);
+      const size_t field = head.find("\r\nKeep-Alive:");
+      if (field != std::string::npos && field < head.find("\r\n\r\n")) {
+        head.erase(field, head.find("\r\n", field + 2) - field);
+        for (size_t sent = 0; sent < head.size();) {
+          const ssize_t n = WriteSome(head.data() + sent, head.size() - sent);
+          if (n <= 0) return -1;
+          sent += static_cast<size_t>(n);
+        }
+        return static_cast<ssize_t>(size);
+      }
+    }
+    return WriteSome(ptr, size);
   }
   void get_remote_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, true, ip, port); }
   void get_local_ip_and_port(std::string& ip, int& port) const override { SocketAddress(fd_, false, ip, port); }
@@ -327,6 +336,17 @@ class Connection final : public httplib::Stream {
   }
   // SSL_write of [ptr, ptr + size) (at most 1 GiB at once) by `end`; retried with the same
   // arguments after WANT_WRITE, as OpenSSL requires.
+  // Some of `size` bytes out (at least one, or -1), within the write timeout.
+  ssize_t WriteSome(const char* ptr, size_t size) {
+    if (ssl_ != nullptr) return WriteTls(ptr, size, Clock::now() + std::chrono::milliseconds(write_timeout_ms_));
+    if (!is_writable()) return -1;
+    ssize_t n;
+    do {
+      n = send(fd_, ptr, size, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) written_ += n;
+    return n;
+  }
   ssize_t WriteTls(const char* ptr, size_t size, Clock::time_point end) {
     if (size == 0) return 0;
     const int len = static_cast<int>(std::min<size_t>(size, size_t{1} << 30));
@@ -1208,6 +1228,11 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
           e = MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
                           absl::StrCat("the request body did not arrive within --http-read-timeout-ms (",
                                        state->options.read_timeout_ms, " ms)"));
+        } else if (absl::AsciiStrToLower(req.get_header_value("Transfer-Encoding")) == "chunked") {
+          // httplib's chunked reader takes no trailer fields after the last chunk (RFC 9112 7.1.2).
+          e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kBadRequest,
+                          "could not read the chunked request body: malformed chunks, or trailer fields after the "
+                          "last chunk (not accepted: send them as header fields)");
         } else {
           e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kBadRequest,
                           "could not read the request body");

@@ -140,8 +140,17 @@ def test_chunked(server):
               b"Content-Length: 100000000\r\n\r\n")
     status, headers, body = read_response(s)
     s.close()
-    check(status == 413 and headers.get("connection") == "close",
-          f"Content-Length 100 MB: 413 before the body, connection closed (got {status})")
+    check(status == 413 and headers.get("connection") == "close" and "keep-alive" not in headers,
+          f"Content-Length 100 MB: 413 before the body, Connection: close and no Keep-Alive (got {status} {headers})")
+    # Trailer fields after a chunked body's last chunk: refused, and the message says why.
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    small = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(small) + small + b"\r\n0\r\nX-Sum: 1\r\n\r\n")
+    status, headers, body = read_response(s)
+    s.close()
+    check(status == 400 and b"trailer fields" in body and "keep-alive" not in headers,
+          f"chunked body with a trailer field: 400 naming trailer fields, no Keep-Alive (got {status} {body[:160]!r})")
     st, _, _ = server.request("GET", "/health")
     check(st == 200, "health after the oversized bodies")
 
