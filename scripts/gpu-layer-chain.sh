@@ -11,19 +11,8 @@
 # call: GLMSERVE_GPU_TARGETS="kernels_test decode_bench layer_chain_bench"
 # GLMSERVE_CHAIN_KERNEL_TESTS='*LayerChain*' GLMSERVE_CHAIN_MODEL_TESTS=0 GLMSERVE_CHAIN_ROUNDS=1.
 set -uo pipefail
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root" || exit 1
-out="${OUT:-$repo_root/.gpu/out}"
-mkdir -p "$out"
-start=$(date +%s)
-elapsed() { echo "$(($(date +%s) - start))"; }
-status=0
-summary() {  # label rc log
-  echo "$1: rc=$2 at $(elapsed) s"
-  grep -E "^\[  (PASSED|FAILED) " "$3" | head -5
-  grep -E "FAILED|Failure" -A6 "$3" | cut -c1-220 | head -30
-  [ "$2" = 0 ] || status=1
-}
+# shellcheck source=scripts/gpu-call-prologue.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-call-prologue.sh"
 
 GLMSERVE_GPU_TARGETS="${GLMSERVE_GPU_TARGETS:-kernels_test runtime_test engine_model_test decode_bench layer_chain_bench}" \
   GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0 GLMSERVE_GPU_SERVE=0 GLMSERVE_GPU_VISION=0 \

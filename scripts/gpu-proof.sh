@@ -10,20 +10,9 @@
 # every result is also printed to stdout. GLMSERVE_PROOF_DURATION (6s) sets the serve bench's levels;
 # GLMSERVE_PROOF_DEADLINE_S (585) the second, counted from the start, by which it must end.
 set -uo pipefail
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root" || exit 1
-out="${OUT:-$repo_root/.gpu/out}"
-mkdir -p "$out"
-start=$(date +%s)
-elapsed() { echo "$(($(date +%s) - start))"; }
+# shellcheck source=scripts/gpu-call-prologue.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-call-prologue.sh"
 deadline="${GLMSERVE_PROOF_DEADLINE_S:-585}"
-status=0
-summary() {  # label rc log: the gtest verdict lines and failures
-  echo "$1: rc=$2 at $(elapsed) s"
-  grep -E "^\[  (PASSED|FAILED) " "$3" | head -5
-  grep -E "FAILED|OOM storm" "$3" | cut -c1-220 | head -8  # the device returns the last 12,000 characters
-  [ "$2" = 0 ] || status=1
-}
 
 GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0 GLMSERVE_GPU_SERVE=0 GLMSERVE_GPU_VISION=0 \
   timeout 200 bash scripts/gpu-build.sh >"$out/gpubuild.log" 2>&1
@@ -39,10 +28,10 @@ if ls .gpu/wheels/nvidia_cutlass-*.whl >/dev/null 2>&1; then
 fi
 
 timeout 90 .gpu/build/tests/kernels_test >"$out/kernels_test.log" 2>&1
-summary kernels_test $? "$out/kernels_test.log"
+summary kernels_test $? "$out/kernels_test.log" "FAILED|OOM storm"
 GLMSERVE_TEST_DEVICE=cuda timeout 90 .gpu/build/tests/runtime/runtime_test --gtest_filter='MixedStep*:*Parity*' \
   >"$out/runtime_test.log" 2>&1
-summary "runtime_test (mixed steps, CUDA parity)" $? "$out/runtime_test.log"
+summary "runtime_test (mixed steps, CUDA parity)" $? "$out/runtime_test.log" "FAILED|OOM storm"
 timeout 150 python3 tests/reference/live_check.py .gpu/build/glmserve tests/fixtures/models --device cuda \
   --dtype bfloat16 >"$out/live_check.log" 2>&1
 rc=$?
@@ -50,7 +39,7 @@ echo "live_check bf16 against transformers: rc=$rc at $(elapsed) s"
 tail -2 "$out/live_check.log"
 [ "$rc" = 0 ] || status=1
 GLMSERVE_TEST_DEVICE=cuda timeout 150 .gpu/build/tests/engine_model/engine_model_test >"$out/engine_model.log" 2>&1
-summary "engine_model_test on CUDA" $? "$out/engine_model.log"
+summary "engine_model_test on CUDA" $? "$out/engine_model.log" "FAILED|OOM storm"
 
 left=$((deadline - $(elapsed)))
 echo "serve bench with $left s left"
