@@ -1415,19 +1415,19 @@ class CudaDecodeRunner {
                  t.device() == residual.device();
         };
         if (residual.dim() != 2 || residual.size(0) != 1 || !fits(residual) || !fits(a.attention) ||
-            a.attention.size(0) != 1 ||
-            (meeting == kernels::kChainMeetTaggedWords &&
-             (!a.exchange.defined() || !a.exchange.is_contiguous() || a.exchange.scalar_type() != at::kLong ||
-              a.exchange.device() != residual.device() ||
-              a.exchange.numel() < 2 * residual.size(1) + a.gate_up_weight.size(0) / 2)) ||
-            !fits(a.o_weight) || !fits(a.mlp_norm) || !fits(a.gate_up_weight) || !fits(a.down_weight) ||
-            a.gate_up_weight.size(0) % 2 != 0 ||
+            a.attention.size(0) != 1 || !fits(a.o_weight) || !fits(a.mlp_norm) || !fits(a.gate_up_weight) ||
+            !fits(a.down_weight) || a.gate_up_weight.size(0) % 2 != 0 ||
             (!last && (!fits(a.next_input_norm) || !fits(a.qkv_weight) || (a.qkv_bias.defined() && !fits(a.qkv_bias)) ||
                        !fits(a.k_cache) || !fits(a.v_cache) || a.positions.scalar_type() != at::kLong ||
                        a.positions.numel() != 1 || a.slots.scalar_type() != at::kLong || a.slots.numel() != 1))) {
           return {};
         }
         const int64_t hidden = residual.size(1), intermediate = a.gate_up_weight.size(0) / 2;
+        if (meeting == kernels::kChainMeetTaggedWords &&
+            (!a.exchange.defined() || !a.exchange.is_contiguous() || a.exchange.scalar_type() != at::kLong ||
+             a.exchange.device() != residual.device() || a.exchange.numel() < 2 * hidden + intermediate)) {
+          return {};
+        }
         kernels::OneRowLayerChainArgs args;
         args.hidden = hidden;
         args.attention_width = a.attention.size(1);
