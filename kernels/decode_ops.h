@@ -153,6 +153,10 @@ struct OneRowLayerChainArgs {
   int32_t ring_slots = 0;
   // How the blocks meet between projections (ChainMeeting).
   int32_t meeting = kChainMeetAcquirePoll;
+  // SMs the launch leaves free (its grid is the SM count less these), so that it can start beside
+  // the last blocks of the kernel before it (at batch 1 the attention runs on 2 blocks) instead of
+  // after them: all of a chain's blocks must be resident at once.
+  int32_t spare_sms = 0;
   // Measurement only: where given, [grid, kChainTimelineMarks] values a block writes as it goes
   // (ChainTimelineMark below).
   int64_t* timeline = nullptr;

@@ -607,7 +607,7 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attributes[1].val.programmaticStreamSerializationAllowed = DependentLaunchEnabled() ? 1 : 0;
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(sms));
+  config.gridDim = dim3(static_cast<unsigned>(std::max(1, sms - std::max(0, a.spare_sms))));
   config.blockDim = dim3(kChainThreads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;

@@ -3,13 +3,14 @@
 # GLMSERVE_CUDA_LAYER_CHAIN=1) checked and measured. Builds (scripts/gpu-build.sh, every part
 # off), then kernels_test (GLMSERVE_CHAIN_KERNEL_TESTS, a gtest filter: the chain against the
 # kernels it replaces, bit for bit), layer_chain_bench (the chain alone, its timeline),
-# decode_bench at batch 1 under each of GLMSERVE_CHAIN_VARIANTS (0 1 tagged; also relaxed,
-# fenced, prefetch, coresident) for GLMSERVE_CHAIN_ROUNDS rounds, Kineto profiles of
-# GLMSERVE_CHAIN_PROFILES (bench/summarize_trace.py), and last fixture parity on CUDA and the
-# engine's parity / invariance tests under GLMSERVE_CHAIN_MODEL_VARIANT (GLMSERVE_CHAIN_MODEL_TESTS=0
-# skips them). Every result is printed (the device tool returns stdout's tail and $OUT). A short
-# call: GLMSERVE_GPU_TARGETS="kernels_test decode_bench layer_chain_bench"
-# GLMSERVE_CHAIN_KERNEL_TESTS='*LayerChain*' GLMSERVE_CHAIN_MODEL_TESTS=0 GLMSERVE_CHAIN_ROUNDS=1.
+# decode_bench at batch 1 under each of GLMSERVE_CHAIN_VARIANTS (0 1 tagged spare tagged_spare;
+# also relaxed, fenced, prefetch, coresident) for GLMSERVE_CHAIN_ROUNDS rounds, Kineto profiles
+# of GLMSERVE_CHAIN_PROFILES (1 tagged_spare; bench/summarize_trace.py), and last fixture parity
+# on CUDA and the engine's parity / invariance tests under GLMSERVE_CHAIN_MODEL_VARIANT
+# (GLMSERVE_CHAIN_MODEL_TESTS=0 skips them). Every result is printed (the device tool returns
+# stdout's tail and $OUT). A short call: GLMSERVE_GPU_TARGETS="kernels_test decode_bench
+# layer_chain_bench" GLMSERVE_CHAIN_KERNEL_TESTS='*LayerChain*' GLMSERVE_CHAIN_MODEL_TESTS=0
+# GLMSERVE_CHAIN_ROUNDS=1.
 set -uo pipefail
 # shellcheck source=scripts/gpu-call-prologue.sh
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-call-prologue.sh"
@@ -45,6 +46,13 @@ variant() {
     relaxed) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_MEETING=0 ;;
     fenced) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_MEETING=2 ;;
     tagged) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_MEETING=3 ;;
+    # The chain's grid leaves GLMSERVE_CHAIN_SPARE_SMS (2) SMs to the attention's blocks, so that
+    # it can start beside them.
+    spare) echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_SPARE_SMS="${GLMSERVE_CHAIN_SPARE_SMS:-2}" ;;
+    tagged_spare)
+      echo GLMSERVE_CUDA_LAYER_CHAIN=1 GLMSERVE_CUDA_CHAIN_MEETING=3 \
+        GLMSERVE_CUDA_CHAIN_SPARE_SMS="${GLMSERVE_CHAIN_SPARE_SMS:-2}"
+      ;;
     # A 12-slot ring and 4-warp attention blocks: an SM holds a chain's block and an attention
     # block at once (registers: 9 warps x 128 + 4 x 224 = 64 K), so the next chain streams
     # while the attention runs.
@@ -62,22 +70,22 @@ bench_as() {  # variant, then decode_bench's flags
 }
 echo "== decode_bench GLM-4-9B bf16, the variants in turn"
 for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
-  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 tagged}; do
+  for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 tagged spare tagged_spare}; do
     bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
       sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
   done
 done
 if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
   mkdir -p .gpu/trace
-  for chain in ${GLMSERVE_CHAIN_PROFILES:-0 1}; do
+  for chain in ${GLMSERVE_CHAIN_PROFILES:-1 tagged_spare}; do
     bench_as "$chain" --batch-sizes 1 --profile-trace ".gpu/trace/chain$chain" >/dev/null 2>&1
     echo "== profile, batch 1, chain $chain"
     python3 bench/summarize_trace.py ".gpu/trace/chain$chain-b1.json" --steps 8 --top 5 | tee "$out/chain_profile_$chain.md"
   done
 fi
 # The engine's tests with the chain on, last (the measurements come back even where they run out
-# of time), as variant GLMSERVE_CHAIN_MODEL_VARIANT (tagged) sets it.
-model_variant="${GLMSERVE_CHAIN_MODEL_VARIANT:-tagged}"
+# of time), as variant GLMSERVE_CHAIN_MODEL_VARIANT (tagged_spare) sets it.
+model_variant="${GLMSERVE_CHAIN_MODEL_VARIANT:-tagged_spare}"
 if [ "${GLMSERVE_CHAIN_MODEL_TESTS:-1}" = 1 ]; then  # 0: the kernel tests only
   # shellcheck disable=SC2046  # one assignment a word
   export $(variant "$model_variant")

@@ -564,6 +564,7 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
           a.ring_slots = ring_slots;
           a.exchange = exchange.get();
           a.meeting = meeting;
+          a.spare_sms = ring_slots == 0 ? 3 : 0;  // a smaller grid (the timeline below reads every SM's block)
           // The small ring also asks L2 for a next o weight and keeps a timeline: none of it may change a bit, and
           // every block's marks come in the order its stages run.
           int sms = 0;

@@ -1407,7 +1407,9 @@ class CudaDecodeRunner {
       // GLMSERVE_CUDA_CHAIN_MEETING=F: how the blocks meet (kernels::ChainMeeting).
       const auto meeting = static_cast<int32_t>(
           EnvInt("GLMSERVE_CUDA_CHAIN_MEETING", kernels::kChainMeetAcquirePoll, 0, kernels::kChainMeetTaggedWords));
-      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, meeting](
+      // GLMSERVE_CUDA_CHAIN_SPARE_SMS=N: the chain's grid leaves N SMs to the attention before it.
+      const auto spare_sms = static_cast<int32_t>(EnvInt("GLMSERVE_CUDA_CHAIN_SPARE_SMS", 0, 0, 64));
+      k.layer_chain = [type, eps, rotary_template, prefetch_next, ring_slots, meeting, spare_sms](
                           const GlmModel::LayerChain& a, at::Tensor& residual) -> GlmModel::LayerChainResult {
         const bool last = !a.qkv_weight.defined();
         auto fits = [&](const at::Tensor& t) {
@@ -1464,6 +1466,7 @@ class CudaDecodeRunner {
         args.barrier = static_cast<unsigned*>(a.barrier.data_ptr());
         args.ring_slots = ring_slots;
         args.meeting = meeting;
+        args.spare_sms = spare_sms;
         if (meeting == kernels::kChainMeetTaggedWords) args.exchange = a.exchange.data_ptr();
         if (!kernels::OneRowLayerChainCuda(args, type, CurrentStream())) return {};
         residual = residual_out;
