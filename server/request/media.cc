@@ -339,7 +339,8 @@ std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& me
 }
 
 std::optional<Refusal> PrepareImages(const GenerateRequest& request, const MediaOptions& media,
-                                     const ImageSupport* support, Dialect dialect, std::vector<ImageInput>* out) {
+                                     const RequestOrigin& origin, const ImageSupport* support, Dialect dialect,
+                                     std::vector<ImageInput>* out) {
   out->clear();
   const std::string max_pixels_field = FieldName(Field::kMaxPixels, dialect);
   if (request.max_pixels < 0) return InvalidField(max_pixels_field, absl::StrCat(request.max_pixels, " is below 0"));
@@ -381,7 +382,7 @@ std::optional<Refusal> PrepareImages(const GenerateRequest& request, const Media
     }
   }
   const auto deadline = request.deadline;
-  const std::function<bool()>& abandoned = media.abandoned;
+  const std::function<bool()>& abandoned = origin.abandoned;
   // Every image's bytes and header first: a request over a limit is refused before any decode.
   struct Pending {
     std::string bytes;
@@ -427,13 +428,13 @@ std::optional<Refusal> PrepareImages(const GenerateRequest& request, const Media
     Pending& p = pending[i];
     // Checked here too: a slot may be free, and Acquire asks `abandoned` only while it waits.
     if (auto stopped = StoppedEarly(image, deadline, abandoned, "before it was decoded")) return stopped;
-    const absl::Status slot = support->decode_slots_->Acquire(deadline, abandoned, media.client);
+    const absl::Status slot = support->decode_slots_->Acquire(deadline, abandoned, origin.client);
     if (!slot.ok()) return Stopped(image, slot.code(), "while it waited for a decode slot");
     struct Release {
       DecodeSlots* slots;
       const std::string& client;
       ~Release() { slots->Release(client); }
-    } release{support->decode_slots_.get(), media.client};
+    } release{support->decode_slots_.get(), origin.client};
     const auto start = std::chrono::steady_clock::now();
     vision::DecodeHint hint;
     hint.min_width = p.grid.resized_width;

@@ -61,20 +61,24 @@ struct MediaOptions {
   // header. Matters where --max-pixels is set low: GLM-4.1V's own 5.88 M allows 94 M, above the
   // decoder's absolute 50 M (vision::DecodeOptions::max_pixels), which always holds. 0 = only that.
   int32_t max_source_pixels_ratio = 16;
-  // Per request, never a flag: who sent it (its API key's name, else its peer address: as
-  // --max-requests-per-client counts), for the decode slots' share per client (DecodeSlots).
-  std::string client;
-  // Per request, never a flag: answers true once the request's client has gone (gRPC: the call was
-  // cancelled; HTTP: the connection closed). RequestSessions::Validate sets it on a copy of the
-  // options for the request at hand; PrepareImages asks it before each image, while the image waits
-  // for a decode slot (every 100 ms) and while it is decoded, and then refuses CANCELLED. Must be
-  // cheap (a flag, or one non-blocking recv) and callable from the request's thread. Empty = never.
-  std::function<bool()> abandoned;
   // http(s) image URLs are fetched (--allow-media-fetch) within `fetch` (timeout, size, hosts);
   // off = refused naming the field. A server that fetches what clients name can be pointed at
   // hosts only it can reach: keep it off or list the hosts.
   bool allow_fetch = false;
   MediaFetchLimits fetch;
+};
+
+// Where a request comes from, as image preparation needs to know it (RequestSessions::Validate
+// fills it for each request; MediaOptions are the server's).
+struct RequestOrigin {
+  // Who sent it (its API key's name, else its peer address: as --max-requests-per-client counts),
+  // for the decode slots' share per client (DecodeSlots).
+  std::string client;
+  // Answers true once the request's client has gone (gRPC: the call was cancelled; HTTP: the
+  // connection closed). PrepareImages asks it before each image, while the image waits for a
+  // decode slot (every 100 ms) and while it is decoded, and then refuses CANCELLED. Must be cheap
+  // (a flag, or one non-blocking recv) and callable from the request's thread. Empty = never.
+  std::function<bool()> abandoned;
 };
 
 // Largest image file a file:// URL may name (the body limit bounds inline images).
@@ -163,8 +167,8 @@ class ImageSupport {
       : decoder_(std::move(decoder)),
         processor_(std::move(processor)),
         decode_slots_(std::make_unique<DecodeSlots>(decode_slots)) {}
-  friend std::optional<Refusal> PrepareImages(const GenerateRequest&, const MediaOptions&, const ImageSupport*, Dialect,
-                                              std::vector<ImageInput>*);
+  friend std::optional<Refusal> PrepareImages(const GenerateRequest&, const MediaOptions&, const RequestOrigin&,
+                                              const ImageSupport*, Dialect, std::vector<ImageInput>*);
 
   vision::ImageDecoder decoder_;
   vision::Glm4vImageProcessor processor_;
@@ -191,11 +195,12 @@ std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& me
 // so a request over a limit costs no decode (the encoded bytes are held until each is decoded:
 // at most the body, or the file:// / fetched files); then each image under a decode slot, a JPEG
 // far larger than its resized size at a reduced DCT scale (vision::DecodeHint). Stops as soon as
-// request.deadline passes (DEADLINE_EXCEEDED) or media.abandoned answers true (CANCELLED):
+// request.deadline passes (DEADLINE_EXCEEDED) or origin.abandoned answers true (CANCELLED):
 // before each image, while it waits for a slot, while it is decoded. A model without images
 // (support null) refuses any image. Nothing to do without images.
 std::optional<Refusal> PrepareImages(const GenerateRequest& request, const MediaOptions& media,
-                                     const ImageSupport* support, Dialect dialect, std::vector<ImageInput>* out);
+                                     const RequestOrigin& origin, const ImageSupport* support, Dialect dialect,
+                                     std::vector<ImageInput>* out);
 
 // The prompt with each image's placeholder (image_start, image_token, image_end) expanded to its
 // image tokens, and the multimodal prompt (3-D positions) the engine runs; `images` is moved in.

@@ -326,17 +326,8 @@ std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request,
       }
     }
   }
-  // The client's identity and liveness reach image preparation on a copy of the limits (only where
-  // there are images to prepare: the copy holds a few strings).
-  const FrontendLimits* limits = &options_.limits;
-  FrontendLimits with_client;
-  if (!request.images.empty()) {
-    with_client = options_.limits;
-    with_client.media.abandoned = abandoned;
-    with_client.media.client = admission.client;
-    limits = &with_client;
-  }
-  std::optional<Refusal> refusal = ValidateRequest(request, *limits, admission.model, dialect, out);
+  std::optional<Refusal> refusal =
+      ValidateRequest(request, options_.limits, admission.model, dialect, out, {admission.client, abandoned});
   if (refusal && refusal->prompt_tokens > 0) {  // the prompt's length is known only after tokenization
     const int32_t max_context = admission.model.max_context;
     LogEvent(LogLevel::kWarn, "prompt_too_long", info.request_id,

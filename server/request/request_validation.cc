@@ -70,13 +70,15 @@ std::optional<Refusal> PromptTextTooLong(const GenerateRequest& request, const F
 }  // namespace
 
 std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const FrontendLimits& limits,
-                                       const ValidationModel& model, Dialect dialect, InferenceRequest* out) {
+                                       const ValidationModel& model, Dialect dialect, InferenceRequest* out,
+                                       const RequestOrigin& origin) {
   auto name = [dialect](Field field, int64_t index = -1) { return FieldName(field, dialect, index); };
   const int32_t vocab = model.vocab_size;
   // Images first: the costly part, but a bad image must be named even where the prompt would be
   // refused for another reason (e.g. a server without a tokenizer).
   std::vector<ImageInput> images;
-  if (auto bad_image = PrepareImages(request, limits.media, model.images.get(), dialect, &images)) return bad_image;
+  if (auto bad_image = PrepareImages(request, limits.media, origin, model.images.get(), dialect, &images))
+    return bad_image;
   // Prompt ids: input_ids, else the chat messages, else the prompt text.
   std::vector<int32_t> input_ids = request.input_ids;
   Field ids_field = Field::kInputIds;

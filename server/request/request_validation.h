@@ -72,9 +72,11 @@ int64_t PromptTextBytes(const GenerateRequest& request);
 // is copied). Images are resolved, decoded and preprocessed here, on the caller's thread, first
 // (PrepareImages: a bad image is refused before the prompt is tokenized), and the prompt's image
 // placeholders expanded (out->input_ids hold every image token; out->multimodal the images and
-// 3-D positions). On a refusal *out is unspecified.
+// 3-D positions). `origin`: who sent the request and whether they are still there (image
+// preparation's share of decode slots, its early stop). On a refusal *out is unspecified.
 std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const FrontendLimits& limits,
-                                       const ValidationModel& model, Dialect dialect, InferenceRequest* out);
+                                       const ValidationModel& model, Dialect dialect, InferenceRequest* out,
+                                       const RequestOrigin& origin = RequestOrigin());
 
 // Checks a client-supplied request id (empty is fine: the server generates one).
 std::optional<Refusal> CheckRequestId(const std::string& request_id, const FrontendLimits& limits, Dialect dialect);

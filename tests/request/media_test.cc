@@ -129,8 +129,9 @@ class MediaTest : public ::testing::Test {
   }
 
   std::optional<Refusal> Validate(const GenerateRequest& r, Dialect dialect, InferenceRequest* out,
-                                  const FrontendLimits& limits = FrontendLimits()) {
-    return ValidateRequest(r, limits, model_, dialect, out);
+                                  const FrontendLimits& limits = FrontendLimits(),
+                                  const RequestOrigin& origin = RequestOrigin()) {
+    return ValidateRequest(r, limits, model_, dialect, out, origin);
   }
 
   // Parses a chat body and validates it; the refusal (which must exist).
@@ -703,16 +704,16 @@ TEST_F(MediaTest, DeadlineAndAbandonedStopImagesNamingThem) {
 
   // The client leaves after the first image was read: the second is never decoded.
   r.deadline = kNoDeadline;
-  FrontendLimits limits;
   int asked = 0;
-  limits.media.abandoned = [&] { return ++asked > 1; };
-  std::optional<Refusal> gone = Validate(r, Dialect::kProto, &out, limits);
+  RequestOrigin origin;
+  origin.abandoned = [&] { return ++asked > 1; };
+  std::optional<Refusal> gone = Validate(r, Dialect::kProto, &out, FrontendLimits(), origin);
   ASSERT_TRUE(gone);
   EXPECT_EQ(gone->code, absl::StatusCode::kCancelled);
   EXPECT_EQ(gone->kind, RefusalKind::kCancelled);
   EXPECT_EQ(gone->message.rfind("images[1].data: the client went away", 0), 0u) << gone->message;
-  limits.media.abandoned = [] { return false; };
-  EXPECT_FALSE(Validate(r, Dialect::kProto, &out, limits));
+  origin.abandoned = [] { return false; };
+  EXPECT_FALSE(Validate(r, Dialect::kProto, &out, FrontendLimits(), origin));
 }
 
 // photo.jpg is 96x72; under max_pixels 1,568 it becomes 28x28, less than half of it each way, so
