@@ -5,7 +5,6 @@ of a valid chat and completions body. Asserts: never a 5xx, every 4xx is an Open
 and the server still serves (/health 200, a real request works). Deterministic (seeded) and
 bounded by --budget-s. Exit 77 = skipped.
 """
-import argparse
 import copy
 import json
 import os
@@ -14,6 +13,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
+from glmserve_process import server_test_args  # noqa: E402
 from http_test_util import Server  # noqa: E402
 
 FAILURES = []
@@ -53,13 +54,8 @@ def replaced(value, path, new):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--budget-s", type=float, default=150)
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args(lambda ap: ap.add_argument("--budget-s", type=float, default=150), proto_root=False)
+    if args is None:
         return 77
     rng = random.Random(1234)
     bodies = []  # (path, name, bytes)

@@ -7,7 +7,6 @@ type, param): invalid JSON, wrong types, unknown roles, missing fields, out-of-r
 image parts, 413, 429 + Retry-After, 503 draining, 504 deadline; a client that disconnects
 mid-stream frees its slot. Needs (pip): openai. Exit 77 = skipped.
 """
-import argparse
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyutil"))
 from checks import check, report  # noqa: E402
+from glmserve_process import server_test_args  # noqa: E402
 from http_test_util import Server  # noqa: E402
 
 try:
@@ -50,12 +50,8 @@ def chat_body(**kw):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--model", required=True)
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.model, "config.json")):
-        print(f"SKIP: no model at {args.model}")
+    args = server_test_args(proto_root=False)
+    if args is None:
         return 77
     print(f"openai SDK {openai.__version__}", flush=True)
 

@@ -15,14 +15,15 @@ GRPC_READY = r"serving on 127\.0\.0\.1:(\d+)"
 HTTP_READY = r"http serving on 127\.0\.0\.1:(\d+)"
 
 
-def server_test_args(add_arguments=None):
-    """The arguments every server test takes (--binary, --model, --proto-root, and what
-    add_arguments(parser) adds); None, after printing SKIP, when --model holds no config.json (the
-    caller exits 77)."""
+def server_test_args(add_arguments=None, proto_root=True):
+    """The arguments every server test takes (--binary, --model, --proto-root unless proto_root is
+    False: the HTTP-only tests, and what add_arguments(parser) adds); None, after printing SKIP,
+    when --model holds no config.json (the caller exits 77)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--proto-root", required=True)
+    if proto_root:
+        ap.add_argument("--proto-root", required=True)
     if add_arguments is not None:
         add_arguments(ap)
     args = ap.parse_args()
