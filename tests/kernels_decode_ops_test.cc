@@ -593,8 +593,8 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
                 EXPECT_LE(m[kChainMarkArrived + k], m[kChainMarkMet + k]) << "block " << b << " meeting " << k;
                 if (meeting == kChainMeetTaggedWords)
                   continue;  // rows, not a counter: a block goes on once they are in
-                // On a counter: every block arrives before any leaves (its arrival's mark, taken before the
-                // arrival is made: the one after it could tie with another block's leaving).
+                // On a counter: every block arrives before any leaves. Its arrival mark is taken before the
+                // arrival is made; the release mark after it is not ordered with the others' leaving.
                 EXPECT_LE(m[kChainMarkArrived + k], m[kChainMarkReleased + k]) << "block " << b << " meeting " << k;
                 for (int other = 0; other < sms; ++other) {
                   EXPECT_LE(m[kChainMarkArrived + k], marks[static_cast<size_t>(other) * kMarks + kChainMarkMet + k])
