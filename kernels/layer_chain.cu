@@ -236,6 +236,9 @@ __device__ __forceinline__ void WaitRowFromExchange(T* to, const void* exchange,
   const uint4* src = reinterpret_cast<const uint4*>(static_cast<const typename X::Word*>(exchange) + offset);
   for (int64_t c = threadIdx.x; c < elements / X::kPerChunk; c += kNormRowThreads) {
     typename X::Word w[X::kPerChunk];
+    // Between polls a sleep that doubles up to 256 ns: an early block's 256 threads polling at
+    // once would otherwise take ~1 TB/s of L2 from the blocks still streaming their weights.
+    unsigned sleep_ns = 32;
     for (uint64_t polls = 0;; ++polls) {
       uint4 v;
       asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -252,7 +255,8 @@ __device__ __forceinline__ void WaitRowFromExchange(T* to, const void* exchange,
                static_cast<long long>(offset + c * X::kPerChunk));
         __trap();
       }
-      __nanosleep(64);
+      __nanosleep(sleep_ns);
+      sleep_ns = sleep_ns < 256 ? 2 * sleep_ns : 256;
     }
 #pragma unroll
     for (int i = 0; i < X::kPerChunk; ++i) to[c * X::kPerChunk + i] = X::Value(w[i]);
