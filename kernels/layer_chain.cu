@@ -236,8 +236,8 @@ __device__ __forceinline__ void WaitRowFromExchange(T* to, const void* exchange,
   const uint4* src = reinterpret_cast<const uint4*>(static_cast<const typename X::Word*>(exchange) + offset);
   for (int64_t c = threadIdx.x; c < elements / X::kPerChunk; c += kNormRowThreads) {
     typename X::Word w[X::kPerChunk];
-    // Between polls a sleep that doubles up to 256 ns: an early block's 256 threads polling at
-    // once would otherwise take ~1 TB/s of L2 from the blocks still streaming their weights.
+    // Between polls a sleep that doubles up to 256 ns: 132 waiting blocks of 256 threads polling
+    // back to back would read ~1 TB/s from L2 beside the blocks still streaming their weights.
     unsigned sleep_ns = 32;
     for (uint64_t polls = 0;; ++polls) {
       uint4 v;
