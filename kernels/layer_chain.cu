@@ -619,6 +619,16 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   config.numAttrs = 2;
   cudaError_t launched = cudaLaunchKernelEx(&config, kernel, p);
   if (launched != cudaSuccess) {
+    // Said once: without dependent launch the chain cannot start beside the kernel before it
+    // (what spare_sms is for), which measurements must know.
+    static bool said = false;
+    if (!said && attributes[1].val.programmaticStreamSerializationAllowed != 0) {
+      said = true;
+      std::fprintf(stderr,
+                   "layer chain: the driver refused a cooperative launch with dependent launch (%s); "
+                   "launching cooperatively alone\n",
+                   cudaGetErrorString(launched));
+    }
     cudaGetLastError();
     config.numAttrs = 1;  // cooperative only
     launched = cudaLaunchKernelEx(&config, kernel, p);
