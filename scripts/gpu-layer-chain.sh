@@ -71,10 +71,12 @@ bench_as() {  # variant, then decode_bench's flags
 echo "== decode_bench GLM-4-9B bf16, the variants in turn"
 for round in $(seq "${GLMSERVE_CHAIN_ROUNDS:-2}"); do
   for chain in ${GLMSERVE_CHAIN_VARIANTS:-0 1 tagged spare tagged_spare}; do
-    bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>/dev/null | tail -n +3 |
+    bench_as "$chain" --batch-sizes "${GLMSERVE_CHAIN_BATCHES:-1}" 2>>"$out/chain_decode_stderr.log" | tail -n +3 |
       sed "s/^/round $round chain $chain /" | tee -a "$out/chain_decode.md"
   done
 done
+# What the chain said on stderr (a refused launch form, a stuck wait), once each.
+grep -h "layer chain" "$out/chain_decode_stderr.log" 2>/dev/null | sort | uniq -c | head -10
 if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
   mkdir -p .gpu/trace
   for chain in ${GLMSERVE_CHAIN_PROFILES:-1 tagged_spare}; do
