@@ -371,8 +371,10 @@ int RunServe(int argc, char** argv) {
                                                  ? std::string("any host")
                                                  : absl::StrJoin(media.fetch.allowed_domains, ","),
                                              " (", media.fetch.timeout_ms, " ms, ", media.fetch.max_bytes, " bytes)")
-                              : std::string(", http(s) URLs not fetched")),
+                              : std::string(", http(s) URLs not fetched"),
+                          ", request bodies up to ", flags.grpc.max_message_bytes, " bytes (--max-message-bytes)"),
              {{"limit_images_per_prompt", media.limit_images_per_prompt},
+              {"max_message_bytes", flags.grpc.max_message_bytes},
               {"max_pixels", (*images)->max_pixels()},
               {"allowed_local_media_path", media.allowed_local_media_path},
               {"allow_media_fetch", media.allow_fetch}});

@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/checkpoint/model_config.h"
 #include "server/commands/scheduling_flags.h"
 #include "server/request/media_fetch.h"
 
@@ -18,6 +19,9 @@ using flags::FlagSet;
 using flags::kIntMax;
 using flags::kTimeMax;
 
+// --max-message-bytes unset, for a model that takes images.
+constexpr int kImageModelMaxMessageBytes = 16 << 20;
+
 // Flags whose field in ServeFlags has another unit or type, or whose default depends on other
 // flags: parsed here first, moved into ServeFlags by Resolve.
 struct Staging {
@@ -25,6 +29,7 @@ struct Staging {
   int64_t kv_cpu_mb = 0;
   int64_t step_latency_ms = 0;
   int64_t stall_ms = 0;
+  int64_t max_message_bytes = -1;  // --max-message-bytes; unset: by the model (Resolve)
 
   explicit Staging(ServeFlags& f)
       : scheduling(&f.engine.scheduler),
@@ -56,7 +61,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Section("network (see proto/README.md for the keepalive choices)");
   set.String("host", &g.host, "0.0.0.0 or :: for every interface").ValueName("H").NotEmpty();
   set.Int("port", &g.port, 0, 65535, "gRPC port; 0 picks a free port").ValueName("P");
-  set.Int("max-message-bytes", &g.max_message_bytes, 1024, kIntMax, "request and response size limit");
+  set.Int("max-message-bytes", &s.max_message_bytes, 1024, kIntMax, "request and response size limit")
+      .DefaultText(absl::StrCat(g.max_message_bytes, "; ", kImageModelMaxMessageBytes,
+                                " for a model that takes images (a screenshot as base64 is 1-4 MB)"));
   set.Int("max-concurrent-streams", &g.max_concurrent_streams, 1, kIntMax, "per HTTP/2 connection");
   set.Int("keepalive-time-ms", &g.keepalive_time_ms, 1000, kIntMax, "ping a connection idle this long");
   set.Int("keepalive-timeout-ms", &g.keepalive_timeout_ms, 1000, kIntMax, "close when a ping is not acked within");
@@ -209,6 +216,14 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
   }
   f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;
   if (f.model_dir.empty()) return absl::InvalidArgumentError("--model: required");
+  // A phone agent sends a full-resolution screenshot a step, 1-4 MB as base64: a model that takes
+  // images gets room for it unless the flag says otherwise. (An unreadable config.json is the
+  // load's to report.)
+  if (s.max_message_bytes >= 0) {
+    f.grpc.max_message_bytes = static_cast<int>(s.max_message_bytes);
+  } else if (absl::StatusOr<ModelConfig> config = LoadModelConfig(f.model_dir); config.ok() && config->vision) {
+    f.grpc.max_message_bytes = kImageModelMaxMessageBytes;
+  }
   if (f.grpc.limits.media.allow_fetch && !MediaFetchBuilt()) {
     return absl::InvalidArgumentError(
         "--allow-media-fetch: this glmserve was built without libcurl (-DGLMSERVE_MEDIA_FETCH=OFF); rebuild with it "

@@ -189,6 +189,13 @@ def main():
         err = error_of(data)
         check(st == 400 and err and err["param"] == "messages[1].content[0]" and "user messages only" in err["message"],
               f"image in an assistant message: {st} {err and err['param']!r}")
+        # A body over 4 MiB: a model that takes images reads up to 16 MiB by default (a screenshot as
+        # base64 is 1-4 MB), so this one is read whole and refused for its prompt, not as too large.
+        st, _, data = server.post(C, {"model": "m", "max_tokens": 1,
+                                      "messages": [{"role": "user", "content": "a" * (5 << 20)}]})
+        err = error_of(data)
+        check(st == 400 and err and err.get("code") == "context_length_exceeded",
+              f"5 MiB body to a model that takes images: read, refused for its length (got {st} {err})")
         check(accepted_count(server) == before, "no refused image reached the engine (no request accepted)")
 
         # Good images pass the image stage (and are answered; without a tokenizer the prompt would be
