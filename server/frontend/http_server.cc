@@ -334,8 +334,6 @@ class Connection final : public httplib::Stream {
       }
     }
   }
-  // SSL_write of [ptr, ptr + size) (at most 1 GiB at once) by `end`; retried with the same
-  // arguments after WANT_WRITE, as OpenSSL requires.
   // Some of `size` bytes out (at least one, or -1), within the write timeout.
   ssize_t WriteSome(const char* ptr, size_t size) {
     if (ssl_ != nullptr) return WriteTls(ptr, size, Clock::now() + std::chrono::milliseconds(write_timeout_ms_));
@@ -347,6 +345,8 @@ class Connection final : public httplib::Stream {
     if (n > 0) written_ += n;
     return n;
   }
+  // SSL_write of [ptr, ptr + size) (at most 1 GiB at once) by `end`; retried with the same
+  // arguments after WANT_WRITE, as OpenSSL requires.
   ssize_t WriteTls(const char* ptr, size_t size, Clock::time_point end) {
     if (size == 0) return 0;
     const int len = static_cast<int>(std::min<size_t>(size, size_t{1} << 30));
