@@ -20,6 +20,7 @@
 #include "runtime/checkpoint/pytorch_bin.h"
 #include "runtime/checkpoint/safetensors.h"
 #include "runtime/json_util.h"
+#include "runtime/printable_text.h"
 
 namespace glmserve {
 namespace {
@@ -85,21 +86,21 @@ bool ReadIndex(const fs::path& dir, const std::string& index_name, std::map<std:
   for (auto it = json["weight_map"].begin(); it != json["weight_map"].end(); ++it) {
     if (!it.value().is_string()) {
       problems->push_back(
-          absl::StrCat(index_name, ": weight_map entry for ", ShownName(it.key()), " is not a file name string"));
+          absl::StrCat(index_name, ": weight_map entry for ", PrintableText(it.key()), " is not a file name string"));
       continue;
     }
     const std::string shard = it.value().get<std::string>();
     if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
-      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", ShownName(it.key()), " names ",
-                                       shard.empty() ? "an empty file name" : ShownName(shard),
+      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", PrintableText(it.key()), " names ",
+                                       shard.empty() ? "an empty file name" : PrintableText(shard),
                                        ", which is not a file in the checkpoint directory"));
       continue;
     }
     // A NUL ends the path where the file is opened (the entry named another shard in effect);
     // no shard's name holds a control character.
-    if (ShownName(shard) != shard) {
-      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", ShownName(it.key()), " names \"",
-                                       ShownName(shard), "\", which holds a ",
+    if (PrintableText(shard) != shard) {
+      problems->push_back(absl::StrCat(index_name, ": weight_map entry for ", PrintableText(it.key()), " names \"",
+                                       PrintableText(shard), "\", which holds a ",
                                        shard.find('\0') != std::string::npos ? "NUL byte" : "control character",
                                        "; expected a shard file name"));
       continue;
@@ -186,7 +187,7 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
     for (TensorRecord& r : records) {
       auto prev = seen.find(r.name);
       if (prev != seen.end()) {
-        listing->problems.push_back(absl::StrCat("key ", ShownName(r.name), " is in two shards: ", prev->second,
+        listing->problems.push_back(absl::StrCat("key ", PrintableText(r.name), " is in two shards: ", prev->second,
                                                  " and ", shard, " (kept ", prev->second, ")"));
         continue;
       }
@@ -194,12 +195,12 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
         auto it = weight_map.find(r.name);
         if (it == weight_map.end()) {
           key_problems.Add(shard, "in the shard that the index does not name", [&] {
-            return absl::StrCat(shard, ": contains key ", ShownName(r.name), ", which index ", index_name,
+            return absl::StrCat(shard, ": contains key ", PrintableText(r.name), ", which index ", index_name,
                                 " does not name");
           });
         } else if (it->second != shard) {
           key_problems.Add(shard, "in the shard that the index assigns to another shard", [&] {
-            return absl::StrCat(shard, ": contains key ", ShownName(r.name), ", which index ", index_name,
+            return absl::StrCat(shard, ": contains key ", PrintableText(r.name), ", which index ", index_name,
                                 " assigns to ", it->second);
           });
         }
@@ -217,7 +218,7 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
       auto it = seen.find(key);
       if (it != seen.end()) continue;  // found in another shard: reported as "assigns to" above
       key_problems.Add(shard, "that the index lists in this shard but the shard does not contain", [&] {
-        return absl::StrCat(shard, ": index ", index_name, " lists key ", ShownName(key),
+        return absl::StrCat(shard, ": index ", index_name, " lists key ", PrintableText(key),
                             " in this shard, but the shard does not contain it");
       });
     }

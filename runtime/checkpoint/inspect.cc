@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "runtime/checkpoint/checkpoint_plan.h"
+#include "runtime/printable_text.h"
 
 namespace glmserve {
 
@@ -47,10 +48,10 @@ bool ShapesSound(const ModelConfig& c) {
 namespace {
 
 // The report as printed: whatever a file says (a key, a shard name) with its control bytes escaped
-// (ShownName), so that a NUL does not end the text report early nor a newline split a problem.
+// (PrintableText), so that a NUL does not end the text report early nor a newline split a problem.
 InspectReport Printable(InspectReport report) {
-  for (std::string& line : report.problems) line = ShownName(line);
-  for (std::string& line : report.mapping) line = ShownName(line);
+  for (std::string& line : report.problems) line = PrintableText(line);
+  for (std::string& line : report.mapping) line = PrintableText(line);
   return report;
 }
 

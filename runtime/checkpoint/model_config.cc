@@ -12,6 +12,7 @@
 #include "runtime/bounded_file.h"
 #include "runtime/checkpoint/tensor_record.h"
 #include "runtime/json_util.h"
+#include "runtime/printable_text.h"
 
 namespace glmserve {
 namespace {
@@ -186,7 +187,7 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
     static constexpr std::string_view kAt = "parse error at ";
     const std::string at = where.rfind(kAt, 0) == 0 ? where.substr(kAt.size()) : "";
     problems->push_back(absl::StrCat(name, ": invalid JSON at byte ", e.byte, at.empty() ? "" : " (", at,
-                                     at.empty() ? "" : ")", ": ", ShownName(reason)));
+                                     at.empty() ? "" : ")", ": ", PrintableText(reason)));
     return false;
   } catch (const json::exception& e) {  // a number past a double's range (1e400)
     problems->push_back(absl::StrCat(name, ": invalid JSON: ", JsonErrorText(e)));

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "runtime/printable_text.h"
 #include "runtime/shown_value.h"
 
 namespace glmserve {
@@ -643,7 +644,7 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
             "convert it to safetensors"));
       }
       if (order != "little") {
-        return absl::DataLossError(absl::StrCat(prefix, "record byteorder holds \"", ShownName(ShownValue(order)),
+        return absl::DataLossError(absl::StrCat(prefix, "record byteorder holds \"", PrintableText(ShownValue(order)),
                                                 "\"; expected \"little\" or \"big\""));
       }
     }
@@ -659,7 +660,7 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
                                               " values deep (a state dict nests at most ", kMaxPickleDepth, ")"));
     }
     if (!shape.negative_view_key.empty()) {
-      return absl::DataLossError(absl::StrCat(file_name, ": tensor ", ShownName(shape.negative_view_key),
+      return absl::DataLossError(absl::StrCat(file_name, ": tensor ", PrintableText(shape.negative_view_key),
                                               ": its pickled view has a negative ", shape.negative_view,
                                               " (torch.save never writes one, and LibTorch would silently take "
                                               "another); expected non-negative sizes and strides"));
@@ -707,18 +708,18 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
       }
       const std::string key = item.key().toStringRef();
       if (!item.value().isTensor()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(file_name, ": entry ", ShownName(key), " is a ", item.value().tagKind(), ", not a tensor"));
+        return absl::InvalidArgumentError(absl::StrCat(file_name, ": entry ", PrintableText(key), " is a ",
+                                                       item.value().tagKind(), ", not a tensor"));
       }
       const at::Tensor& t = item.value().toTensor();
       int64_t needed = 0;
       if (std::string bad = ViewOutsideStorage(t, &needed); !bad.empty()) {
-        return absl::DataLossError(absl::StrCat(file_name, ": tensor ", ShownName(key), ": ", bad));
+        return absl::DataLossError(absl::StrCat(file_name, ": tensor ", PrintableText(key), ": ", bad));
       }
       // The storage's bytes are the record's: one shorter than the view would be read past its end.
       if (auto it = records.find(t.storage().data_ptr().get()); needed > 0 && it != records.end()) {
         if (static_cast<uint64_t>(needed) > it->second.bytes) {
-          return absl::DataLossError(absl::StrCat(file_name, ": tensor ", ShownName(key), ": needs ", needed,
+          return absl::DataLossError(absl::StrCat(file_name, ": tensor ", PrintableText(key), ": needs ", needed,
                                                   " bytes of record ", it->second.name, ", which holds ",
                                                   it->second.bytes, " (the record is cut short)"));
         }

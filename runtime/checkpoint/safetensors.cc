@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 #include "runtime/json_util.h"
+#include "runtime/printable_text.h"
 
 namespace glmserve {
 namespace {
@@ -138,7 +139,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
 
   for (const std::string& key : twice) {
     if (key == "__metadata__") continue;
-    problems->push_back(absl::StrCat(file_name, ": tensor ", ShownName(key),
+    problems->push_back(absl::StrCat(file_name, ": tensor ", PrintableText(key),
                                      " appears more than once in the header (expected each tensor name once)"));
   }
 
@@ -149,7 +150,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     const std::string& key = it.key();
     if (key == "__metadata__") continue;
     const nlohmann::json& v = it.value();
-    const std::string where = absl::StrCat(file_name, ": tensor ", ShownName(key), ": ");
+    const std::string where = absl::StrCat(file_name, ": tensor ", PrintableText(key), ": ");
     if (!v.is_object()) {
       problems->push_back(absl::StrCat(where, "entry is not a JSON object"));
       continue;
@@ -232,8 +233,8 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
   const Entry* reach = nullptr;
   for (const Entry& e : entries) {
     if (reach != nullptr && e.begin < reach->end && e.end > e.begin) {
-      problems->push_back(absl::StrCat(file_name, ": tensors ", ShownName(reach->key), " [", reach->begin, ", ",
-                                       reach->end, ") and ", ShownName(e.key), " [", e.begin, ", ", e.end,
+      problems->push_back(absl::StrCat(file_name, ": tensors ", PrintableText(reach->key), " [", reach->begin, ", ",
+                                       reach->end, ") and ", PrintableText(e.key), " [", e.begin, ", ", e.end,
                                        ") overlap"));
     }
     if (reach == nullptr || e.end > reach->end) reach = &e;
@@ -243,7 +244,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
   if (declared > data_available) {
     std::vector<std::string> lost;
     for (const Entry& e : entries) {
-      if (e.end > data_available) lost.push_back(ShownName(e.key));
+      if (e.end > data_available) lost.push_back(PrintableText(e.key));
     }
     problems->push_back(absl::StrCat(file_name, ": truncated: header declares ", declared, " data bytes, file holds ",
                                      data_available, " (", lost.size(), " tensor(s) cut off: ",

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "runtime/json_util.h"
+#include "runtime/printable_text.h"
 
 namespace glmserve {
 namespace {
@@ -98,29 +99,6 @@ bool LogEnabled(LogLevel level) { return static_cast<int>(level) >= g_level.load
 
 namespace {
 
-// A field's value on a text log line: control characters escaped (\n, \r, \t, \xNN), so a
-// client's value (a chat role with a newline in it, quoted in a refusal) cannot start a line of
-// its own that reads as the server's.
-std::string TextFieldValue(const std::string& value) {
-  std::string out;
-  out.reserve(value.size());
-  for (const char c : value) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (u < 0x20 || u == 0x7f) {
-      absl::StrAppend(&out, "\\x", absl::Hex(u, absl::kZeroPad2));
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
 void Emit(LogLevel level, std::string_view event, std::string_view request_id, std::string_view msg,
           const nlohmann::json& fields, bool text_fields = true) {
   std::string line;
@@ -138,7 +116,9 @@ void Emit(LogLevel level, std::string_view event, std::string_view request_id, s
     if (!request_id.empty()) absl::StrAppend(&line, " request_id=", std::string(request_id));
     if (text_fields && fields.is_object()) {
       for (auto it = fields.begin(); it != fields.end(); ++it) {
-        const std::string v = TextFieldValue(it->is_string() ? it->get<std::string>() : it->dump());
+        // Escaped (runtime/printable_text.h), so that a client's value (a chat role with a newline
+        // in it, quoted in a refusal) cannot start a line of its own that reads as the server's.
+        const std::string v = PrintableText(it->is_string() ? it->get<std::string>() : JsonDump(*it));
         const bool quote = v.find(' ') != std::string::npos;
         absl::StrAppend(&line, " ", it.key(), "=", quote ? "\"" : "", v, quote ? "\"" : "");
       }

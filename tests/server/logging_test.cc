@@ -28,6 +28,15 @@ TEST(Logging, TextFieldsCannotStartALine) {
   EXPECT_NE(line.find("rpc=Infer"), std::string::npos) << line;
 }
 
+// A client's bytes that are not UTF-8, as a string or inside a list, print escaped: a list's
+// JSON used to be written by a dump that throws on them.
+TEST(Logging, TextFieldsEscapeBytesThatAreNotUtf8) {
+  const std::string line = Logged("text", {{"role", "a\xff"}, {"stop", nlohmann::json::array({"b\xfe"})}});
+  ASSERT_FALSE(line.empty());
+  EXPECT_NE(line.find("role=a\\xff"), std::string::npos) << line;
+  EXPECT_NE(line.find("stop=[\"b\xef\xbf\xbd\"]"), std::string::npos) << line;  // U+FFFD in its place
+}
+
 TEST(Logging, JsonLinesKeepTheValueWhole) {
   const std::string line = Logged("json", {{"message", "a\nb"}});
   ASSERT_FALSE(line.empty());
