@@ -5,7 +5,8 @@
 # kernels it replaces, bit for bit), layer_chain_bench (the chain alone, its timeline),
 # decode_bench at batch 1 under each of GLMSERVE_CHAIN_VARIANTS (0 1 tagged spare tagged_spare;
 # also relaxed, fenced, prefetch, coresident) for GLMSERVE_CHAIN_ROUNDS rounds, Kineto profiles
-# of GLMSERVE_CHAIN_PROFILES (1 tagged_spare; bench/summarize_trace.py), and last fixture parity
+# of GLMSERVE_CHAIN_PROFILES (1 tagged_spare; bench/summarize_trace.py), `glmserve serve` at 1
+# stream under each of GLMSERVE_CHAIN_SERVE_VARIANTS (none by default), and last fixture parity
 # on CUDA and the engine's parity / invariance tests under GLMSERVE_CHAIN_MODEL_VARIANT
 # (GLMSERVE_CHAIN_MODEL_TESTS=0 skips them). Every result is printed (the device tool returns
 # stdout's tail and $OUT). A short call: GLMSERVE_GPU_TARGETS="kernels_test decode_bench
@@ -15,9 +16,10 @@ set -uo pipefail
 # shellcheck source=scripts/gpu-call-prologue.sh
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-call-prologue.sh"
 
-GLMSERVE_GPU_TARGETS="${GLMSERVE_GPU_TARGETS:-kernels_test runtime_test engine_model_test decode_bench layer_chain_bench}" \
-  GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0 GLMSERVE_GPU_SERVE=0 GLMSERVE_GPU_VISION=0 \
-  timeout 300 bash scripts/gpu-build.sh >"$out/gpubuild.log" 2>&1
+targets="${GLMSERVE_GPU_TARGETS:-kernels_test runtime_test engine_model_test decode_bench layer_chain_bench}"
+[ -n "${GLMSERVE_CHAIN_SERVE_VARIANTS:-}" ] && targets="$targets glmserve glmload"
+GLMSERVE_GPU_TARGETS="$targets" GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0 GLMSERVE_GPU_SERVE=0 \
+  GLMSERVE_GPU_VISION=0 timeout 300 bash scripts/gpu-build.sh >"$out/gpubuild.log" 2>&1
 rc=$?
 echo "gpu-build: rc=$rc at $(elapsed) s"
 [ "$rc" = 0 ] || { tail -30 "$out/gpubuild.log"; exit 1; }
@@ -85,6 +87,20 @@ if [ "${GLMSERVE_CHAIN_PROFILE:-1}" = 1 ]; then
     python3 bench/summarize_trace.py ".gpu/trace/chain$chain-b1.json" --steps 8 --top 5 | tee "$out/chain_profile_$chain.md"
   done
 fi
+# The product at batch 1 (GLMSERVE_CHAIN_SERVE_VARIANTS, e.g. "0 tagged_spare"; none by
+# default): `glmserve serve` under each variant driven by glmload at 1 stream, EOS ignored
+# (scripts/gpu-serve-bench.sh; the build then adds glmserve and glmload).
+for chain in ${GLMSERVE_CHAIN_SERVE_VARIANTS:-}; do
+  (
+    # shellcheck disable=SC2046  # one assignment a word
+    export $(variant "$chain")
+    GLMSERVE_SERVE_LEVELS=1 GLMSERVE_SERVE_MIXES=eos_ignored GLMSERVE_SERVE_DURATION="${GLMSERVE_CHAIN_SERVE_DURATION:-8s}" \
+      GLMSERVE_SERVE_PROFILE=0 GLMSERVE_SERVE_OOM=0 GLMSERVE_SERVE_HTTP=0 GLMSERVE_SERVE_DECODE_BENCH=0 \
+      OUT="$out/serve_$chain" timeout 240 bash scripts/gpu-serve-bench.sh >"$out/serve_$chain.log" 2>&1
+    echo "== glmserve serve, 1 stream, eos ignored, chain $chain: rc=$? at $(elapsed) s"
+    grep -E "^\|" "$out/serve_$chain/serve_table.md" 2>/dev/null | sed -n '1p;$p'
+  )
+done
 # The engine's tests with the chain on, last (the measurements come back even where they run out
 # of time), as variant GLMSERVE_CHAIN_MODEL_VARIANT (tagged_spare) sets it.
 model_variant="${GLMSERVE_CHAIN_MODEL_VARIANT:-tagged_spare}"
