@@ -63,7 +63,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("port", &g.port, 0, 65535, "gRPC port; 0 picks a free port").ValueName("P");
   set.Int("max-message-bytes", &s.max_message_bytes, 1024, kIntMax, "request and response size limit")
       .DefaultText(absl::StrCat(g.max_message_bytes, "; ", kImageModelMaxMessageBytes,
-                                " for a model that takes images (a screenshot as base64 is 1-4 MB)"));
+                                " for a model that takes images: a phone screenshot as base64 is 1-4 MB"));
   set.Int("max-concurrent-streams", &g.max_concurrent_streams, 1, kIntMax, "per HTTP/2 connection");
   set.Int("keepalive-time-ms", &g.keepalive_time_ms, 1000, kIntMax, "ping a connection idle this long");
   set.Int("keepalive-timeout-ms", &g.keepalive_timeout_ms, 1000, kIntMax, "close when a ping is not acked within");
