@@ -41,6 +41,19 @@ struct GemvRotary {
   RotaryKvShape shape;
 };
 
+// The caller's arguments (decode_ops.h) with the caches typed.
+template <typename T>
+GemvRotary<T> GemvRotaryOf(const GemvRotaryKvArgs& args) {
+  GemvRotary<T> rotary;
+  rotary.positions = args.positions;
+  rotary.inv_freq = args.inv_freq;
+  rotary.slot = args.slot;
+  rotary.k_cache = static_cast<T*>(args.k_cache);
+  rotary.v_cache = static_cast<T*>(args.v_cache);
+  rotary.shape = args.shape;
+  return rotary;
+}
+
 // One pair (row f, f + 1; f even, one head's) of a one-token qkv projection, already rounded:
 // rotated where the rotary kernel rotates it, stored to qkv (y, n wide), and a k or v head's pair
 // copied into its cache slot, as RotaryKvWriteKernel does for token 0.

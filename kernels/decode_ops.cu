@@ -427,14 +427,8 @@ bool LaunchGemvAddRmsNorm(const GemvNorm<T>& norm, const void* w, const void* bi
                           bool swiglu, const GemvRotaryKvArgs* rotary_kv, cudaStream_t st) {
   if (swiglu) return LaunchGemv<T, 1, 2, 4, GemvEpilogue::kSwiGlu, true>(nullptr, w, bias, y, n, k, st, norm);
   if (rotary_kv != nullptr) {
-    GemvRotary<T> rotary;
-    rotary.positions = rotary_kv->positions;
-    rotary.inv_freq = rotary_kv->inv_freq;
-    rotary.slot = rotary_kv->slot;
-    rotary.k_cache = static_cast<T*>(rotary_kv->k_cache);
-    rotary.v_cache = static_cast<T*>(rotary_kv->v_cache);
-    rotary.shape = rotary_kv->shape;
-    return LaunchGemv<T, 1, 2, 4, GemvEpilogue::kRotaryKv, true>(nullptr, w, bias, y, n, k, st, norm, rotary);
+    return LaunchGemv<T, 1, 2, 4, GemvEpilogue::kRotaryKv, true>(nullptr, w, bias, y, n, k, st, norm,
+                                                                 GemvRotaryOf<T>(*rotary_kv));
   }
   return LaunchGemv<T, 1, 1, 8, GemvEpilogue::kStore, true>(nullptr, w, bias, y, n, k, st, norm);
 }

@@ -541,14 +541,7 @@ bool LaunchChain(const OneRowLayerChainArgs& a, cudaStream_t stream) {
   p.qkv_weight = static_cast<const T*>(a.qkv_weight);
   p.qkv_bias = static_cast<const T*>(a.qkv_bias);
   p.next_o_weight = aligned(a.next_o_weight) ? static_cast<const T*>(a.next_o_weight) : nullptr;
-  if (!last) {
-    p.rotary.positions = a.rotary.positions;
-    p.rotary.inv_freq = a.rotary.inv_freq;
-    p.rotary.slot = a.rotary.slot;
-    p.rotary.k_cache = static_cast<T*>(a.rotary.k_cache);
-    p.rotary.v_cache = static_cast<T*>(a.rotary.v_cache);
-    p.rotary.shape = a.rotary.shape;
-  }
+  if (!last) p.rotary = GemvRotaryOf<T>(a.rotary);
   p.residual_out = static_cast<T*>(a.residual_out);
   p.mlp_out = static_cast<T*>(a.mlp_out);
   p.qkv_out = static_cast<T*>(a.qkv_out);
