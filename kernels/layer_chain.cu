@@ -461,20 +461,25 @@ __global__ void __launch_bounds__(kChainThreads, 1) OneRowLayerChainKernel(const
       if (lane != 0) continue;
       for (int s = first; s < first + count; ++s) BarrierArrive(empty_bar(s));
       switch (phase) {
-        case kPhaseO:
-          p.o_out[unit] = FromFloat<T>(total[0]);
-          if (tagged) PutExchange(p.exchange, unit, FromFloat<T>(total[0]));
-          break;
-        case kPhaseGateUp: {
-          const float gate = ToFloat(FromFloat<T>(total[0])), up = ToFloat(FromFloat<T>(total[1]));
-          p.act[unit] = FromFloat<T>(SwiGlu<T>(gate, up));
-          if (tagged) PutExchange(p.exchange, exchange_act + unit, FromFloat<T>(SwiGlu<T>(gate, up)));
+        case kPhaseO: {
+          const T o = FromFloat<T>(total[0]);
+          p.o_out[unit] = o;
+          if (tagged) PutExchange(p.exchange, unit, o);
           break;
         }
-        case kPhaseDown:
-          p.mlp_out[unit] = FromFloat<T>(total[0]);
-          if (tagged) PutExchange(p.exchange, exchange_mlp + unit, FromFloat<T>(total[0]));
+        case kPhaseGateUp: {
+          const float gate = ToFloat(FromFloat<T>(total[0])), up = ToFloat(FromFloat<T>(total[1]));
+          const T act = FromFloat<T>(SwiGlu<T>(gate, up));
+          p.act[unit] = act;
+          if (tagged) PutExchange(p.exchange, exchange_act + unit, act);
           break;
+        }
+        case kPhaseDown: {
+          const T mlp = FromFloat<T>(total[0]);
+          p.mlp_out[unit] = mlp;
+          if (tagged) PutExchange(p.exchange, exchange_mlp + unit, mlp);
+          break;
+        }
         default: {
           const int64_t f = 2 * unit;
           T pair[2];
