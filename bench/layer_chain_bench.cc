@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
   float* inv_freq = nullptr;
   unsigned* barriers = nullptr;
   const size_t barrier_bytes = sizeof(unsigned) * static_cast<size_t>(layers);
-  const int64_t exchange_words = 2 * kHidden + kIntermediate;  // a layer's (OneRowLayerChainArgs::exchange)
+  const int64_t exchange_words = glmserve::kernels::OneRowLayerChainExchangeWords(kHidden, kIntermediate);
   const size_t exchange_bytes = 8 * static_cast<size_t>(exchange_words) * static_cast<size_t>(layers);
   int64_t* exchange = nullptr;
   int device = 0, sms = 0, clock_khz = 0;

@@ -145,8 +145,9 @@ struct OneRowLayerChainArgs {
   void* o_out = nullptr;
   void* act = nullptr;
   unsigned* barrier = nullptr;
-  // kChainMeetTaggedWords: zeroed scratch of (2 H + I) x 8 bytes (one a launch) through which the
-  // blocks pass o, the SwiGLU output and the MLP output to each other (barrier unused).
+  // kChainMeetTaggedWords: zeroed scratch of OneRowLayerChainExchangeWords x 8 bytes (one a
+  // launch) through which the blocks pass o, the SwiGLU output and the MLP output to each other
+  // (barrier unused).
   void* exchange = nullptr;
   // Weight slots of the ring each block streams through (0: as many as shared memory holds);
   // tests make it small so the ring wraps and waits.
@@ -161,6 +162,11 @@ struct OneRowLayerChainArgs {
   // (ChainTimelineMark below).
   int64_t* timeline = nullptr;
 };
+// 8-byte words OneRowLayerChainArgs::exchange holds: o [H], the SwiGLU output [I], the MLP's
+// output [H].
+constexpr int64_t OneRowLayerChainExchangeWords(int64_t hidden, int64_t intermediate) {
+  return 2 * hidden + intermediate;
+}
 // OneRowLayerChainArgs::timeline's values of one block, by index: globaltimer nanoseconds at its
 // stages, then clock cycles it spent waiting. Marks of stages a launch does not have stay as given.
 enum ChainTimelineMark : int {

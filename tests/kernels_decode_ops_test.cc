@@ -536,7 +536,7 @@ TEST_P(DecodeOpsCuda, OneRowLayerChainIsTheLayersKernelsOneByOne) {
           auto residual_out = zeros(h), mlp_out = zeros(h), qkv_out = zeros(qkv_width), o_out = zeros(h),
                act_out = zeros(inter);
           Device k_cache(cache0, type()), v_cache(cache0, type()), barrier(std::vector<int64_t>{0}),
-              exchange(std::vector<int64_t>(2 * h + inter, 0));
+              exchange(std::vector<int64_t>(OneRowLayerChainExchangeWords(h, inter), 0));
           OneRowLayerChainArgs a;
           a.hidden = h;
           a.attention_width = attention_width;

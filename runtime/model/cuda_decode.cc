@@ -1427,7 +1427,8 @@ class CudaDecodeRunner {
         const int64_t hidden = residual.size(1), intermediate = a.gate_up_weight.size(0) / 2;
         if (meeting == kernels::kChainMeetTaggedWords &&
             (!a.exchange.defined() || !a.exchange.is_contiguous() || a.exchange.scalar_type() != at::kLong ||
-             a.exchange.device() != residual.device() || a.exchange.numel() < 2 * hidden + intermediate)) {
+             a.exchange.device() != residual.device() ||
+             a.exchange.numel() < kernels::OneRowLayerChainExchangeWords(hidden, intermediate))) {
           return {};
         }
         kernels::OneRowLayerChainArgs args;
