@@ -1,6 +1,5 @@
-// Epilogues of the decode projections shared by the GEMV (decode_ops.cu) and the one-row layer
-// chain (layer_chain.cu), so both round alike and give the same bits: GLM's rotary pair, SwiGLU,
-// and the rotary + KV write of one token's qkv pair. Included by the .cu files only.
+// Epilogues of the one-row decode projections (decode_ops.cu's GEMV): GLM's rotary pair, SwiGLU,
+// and the rotary + KV write of one token's qkv pair, rounded as the kernels they replace round.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,6 +1,5 @@
-// Shared-memory mbarriers and the bulk copies (TMA) that complete on them, sm_90. Shared by the
-// kernels that stream a weight through shared memory with a producer warp: the skinny GEMM
-// (skinny_gemm.cu) and the one-row layer chain (layer_chain.cu). Included by the .cu files only.
+// Shared-memory mbarriers and the bulk copies (TMA) that complete on them, sm_90, for the kernels
+// that stream a weight through shared memory with a producer warp (skinny_gemm.cu).
 #pragma once
 
 #include <cuda_runtime.h>

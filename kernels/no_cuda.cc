@@ -41,7 +41,6 @@ bool GemvAddRmsNormCuda(const void*, const void*, const void*, void*, const void
                         void*, int64_t, int64_t, bool, const GemvRotaryKvArgs*, ElementType, void*) {
   return false;
 }
-bool OneRowLayerChainCuda(const OneRowLayerChainArgs&, ElementType, void*) { return false; }
 size_t SkinnyGemmWorkspaceBytes() { return 0; }
 bool SkinnyGemmCudaTakes(int32_t, int64_t, int64_t, ElementType, const void*, const void*) { return false; }
 bool SkinnyGemmCuda(const void*, const void*, const void*, void*, int32_t, int64_t, int64_t, ElementType, void*, void*,

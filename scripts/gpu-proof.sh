@@ -10,8 +10,24 @@
 # every result is also printed to stdout. GLMSERVE_PROOF_DURATION (6s) sets the serve bench's levels;
 # GLMSERVE_PROOF_DEADLINE_S (585) the second, counted from the start, by which it must end.
 set -uo pipefail
-# shellcheck source=scripts/gpu-call-prologue.sh
-source "$(dirname "${BASH_SOURCE[0]}")/gpu-call-prologue.sh"
+# out: where results go ($OUT, which the device tool returns, else .gpu/out); status: 0 until a
+# summary sees a non-zero exit code.
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root" || exit 1
+out="${OUT:-$repo_root/.gpu/out}"
+mkdir -p "$out"
+start=$(date +%s)
+elapsed() { echo "$(($(date +%s) - start))"; }
+status=0
+# summary LABEL RC LOG [PATTERN]: RC and the time, the gtest verdict lines of LOG, then its lines
+# matching PATTERN (failures and their next lines by default), cut short: the device returns only
+# the last 12,000 characters of stdout.
+summary() {
+  echo "$1: rc=$2 at $(elapsed) s"
+  grep -E "^\[  (PASSED|FAILED) " "$3" | head -5
+  grep -E "${4:-FAILED|Failure}" -A6 "$3" | cut -c1-220 | head -30
+  [ "$2" = 0 ] || status=1
+}
 deadline="${GLMSERVE_PROOF_DEADLINE_S:-585}"
 
 GLMSERVE_GPU_TESTS=0 GLMSERVE_GPU_TABLE=0 GLMSERVE_GPU_HF=0 GLMSERVE_GPU_SERVE=0 GLMSERVE_GPU_VISION=0 \

@@ -203,20 +203,10 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
     if (fused.y.defined()) pending = pending_norm = at::Tensor();
     return fused;
   };
-  // One row: each layer's o projection, MLP and the next layer's qkv in one call where the
-  // kernels can (layer_chain); each call meets on its own zeroed counter.
-  const bool chain = kernels.layer_chain && total == 1 && !c.sandwich_norms && !mrope && fused_rotary;
-  const at::Tensor chain_barriers = chain ? at::zeros({c.num_layers}, ids.options().dtype(at::kInt)) : at::Tensor();
-  const at::Tensor chain_exchange =
-      chain ? at::zeros({c.num_layers, 2 * c.hidden_size + c.intermediate_size}, ids.options().dtype(at::kLong))
-            : at::Tensor();
-  at::Tensor chained_qkv;  // this layer's qkv from the chain before: rotated, k and v cached
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& layer = layers_[l];
     at::Tensor k_cache = kv.k[l];
     at::Tensor v_cache = kv.v[l];
-    at::Tensor qkv = std::move(chained_qkv);
-    const bool qkv_chained = qkv.defined();
     NormLinear qkv_args;
     qkv_args.norm_weight = layer.input_norm;
     qkv_args.weight = layer.qkv_weight;
@@ -227,8 +217,8 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
       qkv_args.k_cache = k_cache;
       qkv_args.v_cache = v_cache;
     }
-    const FusedProjection fused_qkv = qkv_chained ? FusedProjection{qkv, false, true} : fused_norm_linear(qkv_args);
-    qkv = fused_qkv.y;
+    const FusedProjection fused_qkv = fused_norm_linear(qkv_args);
+    at::Tensor qkv = fused_qkv.y;
     if (!qkv.defined()) qkv = Linear(kernels, add_and_norm(layer.input_norm), layer.qkv_weight, layer.qkv_bias);
     if (kernels.prefetch_weight) kernels.prefetch_weight("o", layer.o_weight, total);
     at::Tensor q = qkv.narrow(1, 0, q_size).view({total, heads, hd});
@@ -246,33 +236,6 @@ at::Tensor GlmModel::RunLayers(const at::Tensor& ids, const at::Tensor& position
       v_cache.index_copy_(0, slots, v);
     }
     const at::Tensor attention = attend(q, k_cache, v_cache);
-    if (chain && !pending.defined()) {
-      LayerChain args;
-      args.attention = attention;
-      args.o_weight = layer.o_weight;
-      args.mlp_norm = layer.mlp_norm;
-      args.gate_up_weight = layer.gate_up_weight;
-      args.down_weight = layer.down_weight;
-      if (l + 1 < c.num_layers) {
-        const Layer& next = layers_[l + 1];
-        args.next_input_norm = next.input_norm;
-        args.qkv_weight = next.qkv_weight;
-        args.qkv_bias = next.qkv_bias;
-        args.positions = positions;
-        args.slots = slots;
-        args.k_cache = kv.k[l + 1];
-        args.v_cache = kv.v[l + 1];
-        args.next_o_weight = next.o_weight;
-      }
-      args.barrier = chain_barriers.narrow(0, l, 1);
-      args.exchange = chain_exchange[l];
-      LayerChainResult chained = kernels.layer_chain(args, x);
-      if (chained.taken) {
-        chained_qkv = std::move(chained.qkv);
-        pending = std::move(chained.mlp);
-        continue;
-      }
-    }
     at::Tensor o = Linear(kernels, attention, layer.o_weight, at::Tensor());
     if (kernels.prefetch_weight) kernels.prefetch_weight("gate_up", layer.gate_up_weight, total);
     pending = o;

@@ -66,26 +66,6 @@ struct FusedProjection {
   bool rotary_kv = false;  // q and k in y are rotated and k, v written to the caches
 };
 
-// What LayerKernels::layer_chain takes: one row's attention output and the weights from there to
-// the next layer's attention input.
-struct LayerChain {
-  at::Tensor attention;  // [1, heads * head_dim]
-  at::Tensor o_weight, mlp_norm, gate_up_weight, down_weight;
-  // The next layer's input norm and qkv projection, with what the rotary + KV write takes
-  // (undefined for the last layer: the chain ends with its MLP).
-  at::Tensor next_input_norm, qkv_weight, qkv_bias, positions, slots, k_cache, v_cache;
-  at::Tensor next_o_weight;  // the next layer's, for the kernel to ask L2 for ahead of its use
-  at::Tensor barrier;        // a zeroed int32 the call may use once (the step's, one per layer)
-  at::Tensor exchange;       // zeroed int64 [2 H + I] the call may use once (the step's, one per layer)
-};
-
-// What LayerKernels::layer_chain gave back.
-struct LayerChainResult {
-  bool taken = false;  // false: nothing ran (the hooks one by one run instead)
-  at::Tensor qkv;      // the next layer's [1, q + 2 kv], q and k rotated, k and v in its caches
-  at::Tensor mlp;      // the last layer's MLP output, not yet added to the residual
-};
-
 // Optional fused kernels for parts of a layer (the CUDA fast path passes its own down). Each one
 // left empty runs the same arithmetic as ATen ops.
 struct LayerKernels {
@@ -113,12 +93,6 @@ struct LayerKernels {
   // left as it was); the SwiGLU or the rotary + KV write after it too where asked and it can
   // (FusedProjection says). Optional; the same results as the hooks one by one.
   std::function<FusedProjection(const NormLinear& args, at::Tensor& residual)> norm_linear;
-  // One row from a layer's attention output to the next layer's attention input in one step (the
-  // o projection, the MLP with its add+RMSNorm, then the next layer's add+RMSNorm, qkv, rotary
-  // and KV write; the last layer's up to its MLP output), residual rebound to the stream after
-  // it. Optional; the same results as the hooks one by one. Not for sandwich norms or 3-D
-  // positions.
-  std::function<LayerChainResult(const LayerChain& args, at::Tensor& residual)> layer_chain;
   // Told, between two projections, of the weight the layers read next by its role (as
   // Projections() names them) and the step's rows: may ask L2 for it while the short kernels
   // between run. Optional; changes no result.
@@ -152,8 +126,6 @@ class GlmModel {
   using LayerKernels = ::glmserve::LayerKernels;
   using FusedProjection = ::glmserve::FusedProjection;
   using NormLinear = ::glmserve::NormLinear;
-  using LayerChain = ::glmserve::LayerChain;
-  using LayerChainResult = ::glmserve::LayerChainResult;
   // Rows of the input embeddings replaced by other vectors: a glm4v prompt's image features at
   // its image tokens. rows [R] int64 and values [R, hidden] on the model's device.
   struct EmbeddingOverride {
