@@ -156,6 +156,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "HTTP requests waiting for one of those (in glmserve_queue_depth); beyond: 429 + Retry-After at once");
   set.Int("http-max-connections", &f.http_max_connections, 1, 1 << 20,
           "open HTTP connections (a thread each, idle ones included); beyond: 503 and closed");
+  set.Int("http-body-budget-mb", &f.http_body_budget_mb, 1, int64_t{1} << 20,
+          "API request bodies held at once over all HTTP connections (arriving, waiting or being answered); "
+          "a body that would pass it: 429 + Retry-After and closed (one alone always passes)");
   set.Int("http-read-timeout-ms", &f.http_read_timeout_ms, 100, kTimeMax,
           "a request's head and body must arrive within (slow clients get 408 and are closed; idle "
           "keep-alive closes after 5 s)");

@@ -42,6 +42,10 @@ struct ServeFlags {
   int http_max_waiting = 256;             // HTTP requests waiting for one of those; beyond: 429
   int http_max_connections = 512;         // open HTTP connections; beyond: 503 and closed
   int64_t http_read_timeout_ms = 10'000;  // an HTTP request's head and body must arrive within
+  // API request bodies held at once over all HTTP connections (read, waiting or answered), MiB;
+  // beyond: 429. 512 connections could otherwise hold 512 x --max-message-bytes (8 GiB with
+  // images).
+  int64_t http_body_budget_mb = 512;
 
   // Security and fairness (server/request/auth.h, server/request/client_quota.h), both front ends.
   std::string api_key_file;                      // keys, one a line (also GLMSERVE_API_KEY); none = no authentication

@@ -30,6 +30,7 @@
 #include "server/ops/port_probe.h"
 #include "server/ops/socket_io.h"
 #include "server/request/auth.h"
+#include "server/request/byte_budget.h"
 #include "server/request/client_quota.h"
 #include "server/request/request.h"
 #include "server/request/request_session.h"
@@ -795,6 +796,9 @@ std::optional<Refusal> BodyFramingRefusal(const httplib::Request& req) {
   return std::nullopt;
 }
 
+// A chunked body's hold on --http-body-budget-mb grows by at least this much at a time.
+constexpr int64_t kChunkedBodyHoldStep = int64_t{64} << 10;
+
 // POST /v1/* takes application/json only (415: a browser's cross-origin "simple" POST is
 // text/plain, form or multipart, so it never reaches a handler), and a Content-Length over the
 // limit is refused unread (413). After BodyFramingRefusal: the length is a plain decimal.
@@ -1209,19 +1213,42 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
       std::string body;
       const size_t max_body = static_cast<size_t>(state->options.max_body_bytes);
+      // The body's share of --http-body-budget-mb, taken before a byte of it is read: a declared
+      // length at once (the pre-routing handler checked it is a number within max_body), a chunked
+      // body in steps as it arrives. Held as long as the body is: until the handler returns (a unary
+      // answer is complete then; a stream's events are written after).
+      ByteBudget unlimited(0);
+      ByteBudget::Hold held(state->options.body_budget != nullptr ? state->options.body_budget.get() : &unlimited);
+      const std::string declared = req.get_header_value("Content-Length");
+      bool over_budget =
+          !held.Grow(declared.empty() ? 0 : static_cast<int64_t>(std::strtoull(declared.c_str(), nullptr, 10)));
       bool too_large = false;
-      const bool read = reader([&](const char* data, size_t n) {
+      const bool read = !over_budget && reader([&](const char* data, size_t n) {
         if (body.size() + n > max_body) {
           too_large = true;
+          return false;
+        }
+        const int64_t needed = static_cast<int64_t>(body.size() + n) - held.bytes();
+        if (needed > 0 && !held.Grow(std::max<int64_t>(needed, kChunkedBodyHoldStep))) {
+          over_budget = true;
           return false;
         }
         body.append(data, n);
         return true;
       });
       if (tls_connection != nullptr) tls_connection->EndRead();
-      if (too_large || !read) {
+      if (too_large || over_budget || !read) {
         Refusal e;
-        if (too_large) {
+        if (over_budget) {
+          const ByteBudget& budget = *state->options.body_budget;
+          const std::string size =
+              declared.empty() ? absl::StrCat("over ", body.size(), " bytes so far") : absl::StrCat(declared, " bytes");
+          e = MakeRefusal(absl::StatusCode::kResourceExhausted, RefusalKind::kQueueFull,
+                          absl::StrCat("request body (", size, ") does not fit --http-body-budget-mb (",
+                                       budget.limit() >> 20, " MiB): other HTTP requests hold ",
+                                       budget.in_flight() - held.bytes(), " bytes of it; retry after 1000 ms"),
+                          1000);
+        } else if (too_large) {
           e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
                           absl::StrCat("request body exceeds --max-message-bytes (", max_body, " bytes)"));
         } else if (tls_connection != nullptr && tls_connection->timed_out()) {

@@ -50,6 +50,12 @@ struct HttpServerOptions {
   // Largest request body, chunked ones included (counted while reading); above: 413 (same
   // default as gRPC's --max-message-bytes).
   int64_t max_body_bytes = 4 << 20;
+  // The cap on API request bodies held at once over all connections, from the head's arrival
+  // (a Content-Length's worth at once, a chunked body as it arrives) for as long as the body is
+  // kept (a unary answer's whole wait; a stream's until it starts): without it, up to max_connections bodies of
+  // max_body_bytes each. A body that would pass it is refused with 429 + Retry-After and its connection closed (one
+  // alone always passes). Null = none. serve: --http-body-budget-mb.
+  std::shared_ptr<ByteBudget> body_budget;
   // Deadline for requests without a `timeout` (query or header); 0 = none.
   int64_t default_deadline_ms = 600'000;
   FrontendLimits limits;

@@ -1,8 +1,9 @@
-// A byte-weighted cap on work in flight, shared by the gRPC and the HTTP front ends: prompt text
-// being tokenized. Tokenizing takes transient memory of several times the text (up to ~20x for a
-// single pre-tokenizer run, runtime/tokenizer/bpe.cc), on the transport's threads, whose number
-// gRPC grows on demand: without a cap, many large prompts at once could take the host's memory.
-// No gRPC, no LibTorch (tests/request/request_session_test.cc).
+// A byte-weighted cap on work in flight, for memory that a count of requests does not bound:
+// prompt text being tokenized (transient memory of several times the text, up to ~20x for a single
+// pre-tokenizer run, runtime/tokenizer/bpe.cc, on the transports' threads, whose number gRPC grows
+// on demand), and HTTP request bodies held while they arrive, wait for a serving slot and are
+// answered (one a connection, up to --http-max-connections). Without a cap, many large requests at
+// once could take the host's memory. No gRPC, no LibTorch (tests/request/request_session_test.cc).
 #pragma once
 
 #include <cstdint>
@@ -13,25 +14,47 @@ namespace glmserve {
 
 class ByteBudget {
  public:
-  // limit_bytes <= 0: no cap (every TryAcquire succeeds; nothing is counted).
+  // limit_bytes <= 0: no cap (every hold grows; nothing is counted).
   explicit ByteBudget(int64_t limit_bytes) : limit_(limit_bytes) {}
   ByteBudget(const ByteBudget&) = delete;
   ByteBudget& operator=(const ByteBudget&) = delete;
 
-  // A hold on `bytes` until the returned pointer's last copy goes, or null when the holds in flight
-  // plus `bytes` would pass the limit. A request larger than the whole limit is let in alone, so
-  // that every size can pass when the server is otherwise idle. The budget must outlive its holds.
-  std::shared_ptr<void> TryAcquire(int64_t bytes) {
-    if (limit_ <= 0 || bytes <= 0) return std::shared_ptr<void>(this, [](ByteBudget*) {});
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (in_flight_ > 0 && in_flight_ + bytes > limit_) return nullptr;
-      in_flight_ += bytes;
+  // Bytes held against a budget until the hold goes; for work whose size grows as it arrives (a
+  // chunked body). The budget must outlive its holds.
+  class Hold {
+   public:
+    explicit Hold(ByteBudget* budget) : budget_(budget) {}
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+    ~Hold() {
+      if (bytes_ == 0) return;
+      std::lock_guard<std::mutex> lock(budget_->mu_);
+      budget_->in_flight_ -= bytes_;
     }
-    return std::shared_ptr<void>(this, [bytes](ByteBudget* budget) {
-      std::lock_guard<std::mutex> lock(budget->mu_);
-      budget->in_flight_ -= bytes;
-    });
+    // Adds `bytes` to the hold, or returns false (nothing added) when the other holds in flight
+    // plus this one's would pass the limit. A hold alone may pass it, so that every size can pass
+    // when the server is otherwise idle.
+    bool Grow(int64_t bytes) {
+      if (budget_->limit_ <= 0 || bytes <= 0) return true;
+      std::lock_guard<std::mutex> lock(budget_->mu_);
+      if (budget_->in_flight_ > bytes_ && budget_->in_flight_ + bytes > budget_->limit_) return false;
+      budget_->in_flight_ += bytes;
+      bytes_ += bytes;
+      return true;
+    }
+    int64_t bytes() const { return bytes_; }
+
+   private:
+    ByteBudget* const budget_;
+    int64_t bytes_ = 0;  // counted in budget_->in_flight_
+  };
+
+  // A hold on `bytes` until the returned pointer's last copy goes, or null when the holds in flight
+  // plus `bytes` would pass the limit (Hold::Grow's rule).
+  std::shared_ptr<void> TryAcquire(int64_t bytes) {
+    auto hold = std::make_shared<Hold>(this);
+    if (!hold->Grow(bytes)) return nullptr;
+    return hold;
   }
 
   int64_t in_flight() const {

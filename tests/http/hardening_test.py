@@ -17,6 +17,10 @@ loopback, standard library only. Each case reproduces a fault the server had:
   unary_disconnect
             a non-streaming request whose client closed the connection generated to the end,
             holding its serving slot and engine slot, and was logged OK: now cancelled
+  body_budget
+            every open connection could hold a body of --max-message-bytes at once (512 x 16 MiB
+            for a model that takes images): now --http-body-budget-mb over all of them, past it
+            429 + Retry-After and the connection closed
 Exit 77 = skipped (no model)."""
 import argparse
 import json
@@ -492,6 +496,71 @@ def test_queue(binary, model):
         server.stop()
 
 
+def post_head(port, length=None, path="/v1/completions"):
+    """A socket that has sent a POST head (Content-Length `length`, else chunked) and no body."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    framing = b"Content-Length: %d" % length if length is not None else b"Transfer-Encoding: chunked"
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s\r\n\r\n" %
+              (path.encode(), framing))
+    return s
+
+
+def padded_body(length):
+    """A completion request of exactly `length` bytes (its prompt pads it)."""
+    frame = json.dumps({"model": "m", "prompt": "", "max_tokens": 1})
+    return frame.replace('"prompt": ""', '"prompt": "' + "a" * (length - len(frame)) + '"').encode()
+
+
+def test_body_budget(binary, model):
+    """--http-body-budget-mb 1: a body still arriving holds its declared 900,000 bytes, so a second
+    of 200,000 bytes gets 429 + Retry-After unread, and a chunked one is cut off once it passes the
+    room left; once the first connection goes, the same second body is read and answered; a body
+    over the whole budget passes alone."""
+    server = Server(binary, model, ["--http-body-budget-mb", "1"])
+    try:
+        holder = post_head(server.port, 900_000)
+        holder.sendall(b'{"model":')  # the rest never comes while the others are tried
+        time.sleep(0.3)
+        second = padded_body(200_000)
+        s = post_head(server.port, len(second))
+        status, headers, body = read_response(s)
+        s.close()
+        check(status == 429 and headers.get("retry-after") == "1" and headers.get("connection") == "close" and
+              is_openai_error(body, "rate_limit_error") and b"request body (200000 bytes) does not fit --http-body-budget-mb (1 MiB)" in body,
+              f"a declared body past the budget: 429, Retry-After 1, closed, naming the flag ({status} {body[:160]})")
+
+        s = post_head(server.port, None)
+        sent = 0
+        refused_early = False
+        piece = b"a" * 32768
+        try:
+            s.sendall(b"%x\r\n%s\r\n" % (len(b'{"prompt":"'), b'{"prompt":"'))
+            while sent < 400_000:
+                s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent += len(piece)
+        except OSError:
+            refused_early = True
+        status, headers, body = read_response(s)
+        s.close()
+        check(status == 429 and is_openai_error(body, "rate_limit_error"),
+              f"a chunked body is cut off once it passes the room left: 429 ({status}, {sent} bytes sent, "
+              f"send failed {refused_early})")
+
+        holder.close()
+        time.sleep(0.3)
+        status, _, body = server.request("POST", "/v1/completions", body=second,
+                                         headers={"Content-Type": "application/json"}, timeout=30)
+        check(status is not None and status != 429, f"with the first body gone the second is read ({status})")
+        alone = padded_body(1_500_000)
+        status, _, body = server.request("POST", "/v1/completions", body=alone,
+                                         headers={"Content-Type": "application/json"}, timeout=30)
+        check(status is not None and status != 429, f"a body over the whole budget passes alone ({status})")
+        st, _, _ = server.request("GET", "/health")
+        check(st == 200, "health after the budget's refusals")
+    finally:
+        server.stop()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
@@ -523,6 +592,8 @@ def main():
         test_queue(args.binary, args.model)
     if not only or "unary_disconnect" in only:
         test_unary_disconnect(args.binary, args.model)
+    if not only or "body_budget" in only:
+        test_body_budget(args.binary, args.model)
     if FAILURES:
         print(f"hardening_test: {len(FAILURES)} FAILED")
         return 1

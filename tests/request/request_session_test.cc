@@ -353,6 +353,25 @@ TEST(ByteBudgetTest, ALargerRequestThanTheLimitPassesAloneOnly) {
   EXPECT_EQ(unlimited.in_flight(), 0);
 }
 
+TEST(ByteBudgetTest, AHoldGrowsWhileTheOthersLeaveRoomAndAloneWithoutLimit) {
+  ByteBudget budget(100);
+  {
+    ByteBudget::Hold body(&budget);
+    EXPECT_TRUE(body.Grow(70));
+    std::shared_ptr<void> other = budget.TryAcquire(20);
+    ASSERT_NE(other, nullptr);
+    EXPECT_TRUE(body.Grow(10));   // 100 in all: at the limit
+    EXPECT_FALSE(body.Grow(1));   // past it while another holds
+    EXPECT_EQ(body.bytes(), 80);  // a refused step adds nothing
+    EXPECT_EQ(budget.in_flight(), 100);
+    other.reset();
+    EXPECT_TRUE(body.Grow(500));  // alone: past the limit
+    EXPECT_EQ(budget.TryAcquire(1), nullptr);
+    EXPECT_EQ(budget.in_flight(), 580);
+  }
+  EXPECT_EQ(budget.in_flight(), 0);  // the hold gives back all it grew
+}
+
 TEST_F(SessionTest, CancelledByTheClientCountsCancelled) {
   auto sink = std::make_shared<RecordingSink>();
   std::shared_ptr<RequestSession> session;
