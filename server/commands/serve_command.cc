@@ -66,6 +66,8 @@ class SignalWaiter {
         int sig = 0;
         if (sigwait(&set, &sig) != 0) continue;
         std::unique_lock<std::mutex> lock(mu_);
+        // RunServe has returned: the process is exiting and its logger may be gone already.
+        if (exiting_) std::_Exit(kExitFailure);
         // A hang-up comes twice when a terminal closes (the shell's, then the kernel's), and again
         // from a supervisor forwarding it: a repeat is no request to exit at once.
         if (sig == SIGHUP && signals_ > 0) {
@@ -90,12 +92,19 @@ class SignalWaiter {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return signals_ > 0; });
   }
+  // From here on a signal exits (1) without a word: after RunServe returns, static destructors
+  // tear down the logger that the waiter thread would write through.
+  void SetExiting() {
+    std::lock_guard<std::mutex> lock(mu_);
+    exiting_ = true;
+  }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   int signals_ = 0;
   bool ready_ = false;
+  bool exiting_ = false;
 };
 
 }  // namespace
@@ -170,6 +179,10 @@ int RunServe(int argc, char** argv) {
   // Leaked on purpose: the waiter thread outlives RunServe.
   SignalWaiter& signals = *new SignalWaiter();
   signals.Start(set);
+  struct MarkExiting {
+    SignalWaiter& signals;
+    ~MarkExiting() { signals.SetExiting(); }
+  } mark_exiting{signals};  // on every return below
 
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics =
       ServerMetrics::Create(flags.grpc.host, flags.metrics_port, GLMSERVE_VERSION);

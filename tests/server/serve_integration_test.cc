@@ -276,6 +276,20 @@ TEST_P(ServeSignalTest, SignalDrainsInFlightRequests) {
       << server_->log();
 }
 
+// A second signal exits at once (1) wherever the drain is, including while an idle server is
+// already returning from it: the signal thread once logged there through a logger being torn down
+// and died of SIGSEGV (139) with a ~100 ms gap between the two signals.
+TEST_F(ServeIntegrationTest, SecondSignalAnywhereInAnIdleDrainExitsWithoutACrash) {
+  for (int gap_ms = 0; gap_ms <= 200; gap_ms += 20) {
+    Start();
+    server_->Signal(SIGTERM);
+    std::this_thread::sleep_for(std::chrono::milliseconds(gap_ms));
+    server_->Signal(SIGTERM);
+    const int code = server_->WaitExit(30s);
+    EXPECT_TRUE(code == 0 || code == 1) << "gap " << gap_ms << " ms: exit " << code << "\n" << server_->log();
+  }
+}
+
 // Started under nohup (SIGHUP ignored), a hang-up changes nothing: the server keeps serving.
 TEST_F(ServeIntegrationTest, HangUpIgnoredUnderNohup) {
   struct sigaction ignore {
