@@ -375,7 +375,7 @@ void Level::IssueHttp(Clock::time_point intended, const v1::InferRequest& req) {
                {"temperature", req.temperature()}};
   if (req.max_new_tokens() > 0) body["max_tokens"] = req.max_new_tokens();
   if (req.min_new_tokens() > 0) body["min_tokens"] = req.min_new_tokens();
-  if (req.seed() != 0) body["seed"] = static_cast<int64_t>(req.seed() >> 1);  // JSON's int64
+  if (req.has_seed()) body["seed"] = static_cast<int64_t>(req.seed() >> 1);  // JSON's int64
   if (req.top_p() > 0) body["top_p"] = req.top_p();
   if (req.frequency_penalty() != 0) body["frequency_penalty"] = req.frequency_penalty();
   if (req.presence_penalty() != 0) body["presence_penalty"] = req.presence_penalty();

@@ -74,7 +74,7 @@ std::optional<Refusal> FromProto(const v1::InferRequest& request, GenerateReques
   out.temperature = request.temperature();
   out.top_p = request.top_p();
   out.top_k = request.top_k();
-  out.seed = request.seed();
+  if (request.has_seed()) out.seed = request.seed();
   out.frequency_penalty = request.frequency_penalty();
   out.presence_penalty = request.presence_penalty();
   out.repetition_penalty = request.repetition_penalty();

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -71,7 +72,8 @@ struct GenerateRequest {
   float temperature = 0.0f;  // 0 = greedy
   float top_p = 0.0f;        // 0 = 1
   int32_t top_k = 0;         // 0 = no limit
-  uint64_t seed = 0;
+  // Unset: a seed drawn for the request (as OpenAI and vLLM do: unseeded samples differ each time).
+  std::optional<uint64_t> seed;
   float frequency_penalty = 0.0f;
   float presence_penalty = 0.0f;
   float repetition_penalty = 0.0f;  // 0 = unset = 1

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
@@ -36,6 +37,14 @@ int64_t PromptTextBytes(const GenerateRequest& request) {
 }
 
 namespace {
+
+// The seed of a request that sets none: unseeded requests each sample their own way, as OpenAI's
+// and vLLM's do (a fixed default made every unseeded retry return the same text).
+uint64_t DrawnSeed() {
+  thread_local std::mt19937_64 generator{(static_cast<uint64_t>(std::random_device{}()) << 32) ^
+                                         std::random_device{}()};
+  return generator();
+}
 
 // Prompt text longer than this many bytes per allowed prompt token is refused before it is
 // tokenized: a token covers at least one byte, and no tokenizer here averages more than 64 bytes a
@@ -244,7 +253,7 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
   out->params.sampling.temperature = temperature;
   out->params.sampling.top_p = top_p;
   out->params.sampling.top_k = request.top_k;
-  out->params.sampling.seed = request.seed;
+  out->params.sampling.seed = request.seed ? *request.seed : DrawnSeed();
   out->params.sampling.frequency_penalty = request.frequency_penalty;
   out->params.sampling.presence_penalty = request.presence_penalty;
   out->params.sampling.repetition_penalty = repetition_penalty;

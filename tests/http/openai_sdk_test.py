@@ -159,6 +159,14 @@ def main():
         b = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=12, temperature=0.9,
                                            top_p=0.9, seed=7)
         check(a.choices[0].message.content == b.choices[0].message.content, "same seed, same text")
+        # Without a seed each request draws its own (OpenAI, vLLM): a fixed default gave every
+        # unseeded request the same sample.
+        unseeded = {client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=12,
+                                                   temperature=1.0).choices[0].message.content for _ in range(4)}
+        check(len(unseeded) >= 2, f"unseeded samples differ: {len(unseeded)} distinct of 4")
+        zero = [client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=12, temperature=1.0,
+                                               seed=0).choices[0].message.content for _ in range(2)]
+        check(zero[0] == zero[1], "seed 0 set is a seed: same text")
         z = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=16, temperature=0,
                                            frequency_penalty=0, presence_penalty=0)
         check(z.choices[0].message.content == text, "zero penalties == none")

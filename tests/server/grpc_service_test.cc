@@ -12,6 +12,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -306,6 +307,29 @@ TEST_F(GrpcServiceTest, InvalidArgumentsNameTheField) {
   // Still serving afterwards.
   ASSERT_TRUE(Unary(MakeProtoRequest({1, 2, 3}, 4), &response).ok());
   EXPECT_EQ(response.output_ids_size(), 4);
+}
+
+// seed unset: each request gets a seed of its own (they were all 0, so every unseeded sampled
+// request gave the same ids); set, even to 0, it is taken as given.
+TEST(GrpcValidation, UnsetSeedIsDrawnPerRequestAndASetZeroIsKept) {
+  ValidationModel model;
+  model.vocab_size = kVocab;
+  model.max_context = kMaxContext;
+  v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 8);
+  request.set_temperature(1.0f);
+  std::set<uint64_t> drawn;
+  for (int i = 0; i < 4; ++i) {
+    absl::StatusOr<InferenceRequest> unseeded = ValidateInferRequest(request, FrontendLimits(), model);
+    ASSERT_TRUE(unseeded.ok()) << unseeded.status();
+    drawn.insert(unseeded->params.sampling.seed);
+  }
+  EXPECT_EQ(drawn.size(), 4u);
+  request.set_seed(0);
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<InferenceRequest> zero = ValidateInferRequest(request, FrontendLimits(), model);
+    ASSERT_TRUE(zero.ok()) << zero.status();
+    EXPECT_EQ(zero->params.sampling.seed, 0u);
+  }
 }
 
 // The penalty fields reach the engine's SamplingParams; repetition_penalty 0 (unset) means 1.
