@@ -455,7 +455,9 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (auto e = GetNumber(parsed, "top_p", -inf, inf, &top_p)) return e;
   if (top_p) {
     if (!(*top_p > 0.0 && *top_p <= 1.0)) return Bad("top_p", absl::StrCat(*top_p, " is outside (0, 1]"));
-    request.top_p = static_cast<float>(*top_p);
+    // Below float's range a positive top_p would round to 0, which means unset (keep every token);
+    // any positive top_p that small keeps the most likely token alone, as the least float does.
+    request.top_p = std::max(static_cast<float>(*top_p), std::numeric_limits<float>::denorm_min());
   }
   if (auto e = GetNumber(parsed, "frequency_penalty", kMinOpenAiPenalty, kMaxOpenAiPenalty, &freq)) return e;
   if (freq) request.frequency_penalty = static_cast<float>(*freq);
@@ -475,6 +477,11 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
                  absl::StrCat(*repetition, " is outside (0, ", kMaxRepetitionPenalty, "] (1 = off)"));
     }
     request.repetition_penalty = static_cast<float>(*repetition);
+    if (request.repetition_penalty == 0.0f) {  // 0 would mean unset (1): the opposite of what was asked
+      return Bad("repetition_penalty", absl::StrCat(*repetition, " is below the least 32-bit float (",
+                                                    std::numeric_limits<float>::denorm_min(), "); (0, ",
+                                                    kMaxRepetitionPenalty, "] (1 = off)"));
+    }
   }
   // vLLM's extra parameters for fixed-length output: stop ids are ignored until min_tokens new
   // tokens exist (the proto's min_new_tokens); ignore_eos = min_tokens equal to max_tokens.

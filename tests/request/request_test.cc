@@ -340,6 +340,15 @@ TEST(Refusal, JsonParserRangesAreTheOnesItTakes) {
   EXPECT_EQ(refuse(R"("seed": 18446744073709551616)").kind, RefusalKind::kInvalidValue);
   EXPECT_EQ(refuse(R"("top_p": 0)").message, "top_p: 0 is outside (0, 1]");
   EXPECT_EQ(refuse(R"("top_p": 1.5)").message, "top_p: 1.5 is outside (0, 1]");
+  // Past a 32-bit float's range a positive value would round to 0, which means unset: top_p keeps
+  // the most likely token alone as the least float does; a repetition penalty is refused.
+  EXPECT_NE(refuse(R"("repetition_penalty": 1e-50)").message.find("repetition_penalty: 1e-50 is below the least"),
+            std::string::npos);
+  {
+    ApiRequest tiny;
+    ASSERT_FALSE(ParseApiRequest(ApiKind::kCompletion, R"({"model": "m", "prompt": "hi", "top_p": 1e-50})", &tiny));
+    EXPECT_GT(tiny.request.top_p, 0.0f);
+  }
   const Refusal n = refuse(R"("n": "1")");
   EXPECT_EQ(n.kind, RefusalKind::kInvalidType);
   EXPECT_EQ(n.message, "n: expected an integer, got a string");
