@@ -145,12 +145,17 @@ std::optional<Refusal> UnknownField(ApiKind kind, const json& body) {
                                                  "response_format",
                                                  "logit_bias",
                                                  "skip_special_tokens",
+                                                 "spaces_between_special_tokens",
+                                                 "include_stop_str_in_output",
+                                                 "min_p",
+                                                 "echo",
                                                  "user",
                                                  "metadata",
                                                  "store",
                                                  "service_tier"};
-  static constexpr std::string_view kChatOnly[] = {"messages", "max_completion_tokens"};
-  static constexpr std::string_view kCompletionOnly[] = {"prompt", "echo", "best_of", "suffix"};
+  static constexpr std::string_view kChatOnly[] = {"messages", "max_completion_tokens", "add_generation_prompt",
+                                                   "continue_final_message", "chat_template_kwargs"};
+  static constexpr std::string_view kCompletionOnly[] = {"prompt", "best_of", "suffix"};
   auto listed = [](const auto& names, const std::string& key) {
     return std::find(std::begin(names), std::end(names), key) != std::end(names);
   };
@@ -167,7 +172,11 @@ std::optional<Refusal> UnknownField(ApiKind kind, const json& body) {
 }
 
 // Fields accepted only at the value that changes nothing here: logit_bias {}, top_logprobs 0,
-// tool_choice / function_call "none" or "auto" (no tools can be given), skip_special_tokens true.
+// tool_choice / function_call "none" or "auto" (no tools can be given), skip_special_tokens true;
+// vLLM's extras at their defaults, as clients that spell out vLLM's defaults send them: min_p 0,
+// include_stop_str_in_output false, add_generation_prompt true, continue_final_message false,
+// chat_template_kwargs {}; spaces_between_special_tokens at either value (special tokens are
+// never in the text).
 std::optional<Refusal> NoOpOnly(const json& body) {
   if (auto it = body.find("logit_bias"); it != body.end() && !it->is_null()) {
     if (!it->is_object()) return WrongType("logit_bias", *it, "an object");
@@ -197,6 +206,40 @@ std::optional<Refusal> NoOpOnly(const json& body) {
   if (!skip_special_tokens) {
     return Bad("skip_special_tokens", "only true is supported (special tokens are never in the text)",
                RefusalKind::kUnsupportedParameter);
+  }
+  bool spaces_between_special_tokens = true;
+  if (auto e = GetBool(body, "spaces_between_special_tokens", &spaces_between_special_tokens)) return e;
+  if (auto it = body.find("min_p"); it != body.end() && !it->is_null()) {
+    if (!it->is_number()) return WrongType("min_p", *it, "a number");
+    if (it->get<double>() != 0.0) {
+      return Bad("min_p", "only 0 is supported (no min-p filtering; top_p and top_k are)",
+                 RefusalKind::kUnsupportedParameter);
+    }
+  }
+  // Each of these at its default: (field, the default, what the other value would ask for).
+  struct BoolDefault {
+    const char* key;
+    bool value;
+    const char* unsupported;
+  };
+  for (const BoolDefault& d :
+       {BoolDefault{"include_stop_str_in_output", false, "stop strings are never in the text"},
+        BoolDefault{"add_generation_prompt", true, "the chat template always ends with the assistant's turn"},
+        BoolDefault{"continue_final_message", false, "continuing the last message is not supported"},
+        BoolDefault{"echo", false, "echoing the prompt is not supported"}}) {
+    bool value = d.value;
+    if (auto e = GetBool(body, d.key, &value)) return e;
+    if (value != d.value) {
+      return Bad(d.key, absl::StrCat("only ", d.value ? "true" : "false", " is supported (", d.unsupported, ")"),
+                 RefusalKind::kUnsupportedParameter);
+    }
+  }
+  if (auto it = body.find("chat_template_kwargs"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) return WrongType("chat_template_kwargs", *it, "an object");
+    if (!it->empty()) {
+      return Bad("chat_template_kwargs." + it->begin().key(), "chat template arguments are not supported",
+                 RefusalKind::kUnsupportedParameter);
+    }
   }
   return std::nullopt;
 }
@@ -552,10 +595,27 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (auto it = parsed.find("stream_options"); it != parsed.end() && !it->is_null()) {
     if (!it->is_object()) return WrongType("stream_options", *it, "an object");
     if (!out->stream) return Bad("stream_options", "only allowed when stream is true");
-    if (auto e = GetBool(*it, "include_usage", &out->include_usage)) {
-      e->field = "stream_options.include_usage";
-      e->message = "stream_options." + e->message;
-      return e;
+    bool continuous_usage_stats = false;  // vLLM's usage in every chunk
+    for (auto option = it->begin(); option != it->end(); ++option) {
+      const std::string path = "stream_options." + option.key();
+      std::optional<Refusal> e;
+      if (option.key() == "include_usage") {
+        e = GetBool(*it, "include_usage", &out->include_usage);
+      } else if (option.key() == "continuous_usage_stats") {
+        e = GetBool(*it, "continuous_usage_stats", &continuous_usage_stats);
+        if (!e && continuous_usage_stats) {
+          return Bad(path, "only false is supported (usage comes in the last chunk with include_usage)",
+                     RefusalKind::kUnsupportedParameter);
+        }
+      } else {
+        return Bad(path, "unknown stream option (include_usage, continuous_usage_stats)",
+                   RefusalKind::kUnsupportedParameter);
+      }
+      if (e) {
+        e->field = path;
+        e->message = "stream_options." + e->message;
+        return e;
+      }
     }
   }
   bool flag = false;
@@ -568,9 +628,6 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
       if (!it->is_number_integer()) return WrongType("logprobs", *it, "an integer");
       if (it->get<int64_t>() != 0) return Bad("logprobs", "not supported", RefusalKind::kUnsupportedParameter);
     }
-    bool echo = false;
-    if (auto e = GetBool(parsed, "echo", &echo)) return e;
-    if (echo) return Bad("echo", "not supported", RefusalKind::kUnsupportedParameter);
     std::optional<int64_t> best_of;
     if (auto e = GetInt(parsed, "best_of", 1, 1, &best_of)) {
       if (e->kind == RefusalKind::kInvalidValue) e->message = "best_of: only best_of = 1 is supported";

@@ -321,6 +321,47 @@ TEST(Refusal, MessageAndPartKeysRefusedNotDropped) {
   EXPECT_NE(r->message.find("(20000 bytes)"), std::string::npos) << r->message;
 }
 
+// vLLM's extra fields at their defaults are taken (clients that spell out vLLM's defaults send
+// them; each was an "unknown field" 400); any other value is refused naming the field, as are
+// stream options other than include_usage.
+TEST(Refusal, VllmExtrasAtTheirDefaultsAreTakenAndOtherValuesNamed) {
+  auto parse = [](ApiKind kind, const std::string& extra) {
+    ApiRequest api;
+    const std::string head = kind == ApiKind::kChat
+                                 ? R"({"model": "m", "messages": [{"role": "user", "content": "hi"}], )"
+                                 : R"({"model": "m", "prompt": "hi", )";
+    return ParseApiRequest(kind, absl::StrCat(head, extra, "}"), &api);
+  };
+  const std::string defaults =
+      R"("add_generation_prompt": true, "continue_final_message": false, "include_stop_str_in_output": false,
+         "min_p": 0, "echo": false, "chat_template_kwargs": {}, "spaces_between_special_tokens": false,
+         "stream": true, "stream_options": {"include_usage": true, "continuous_usage_stats": false})";
+  const std::optional<Refusal> taken = parse(ApiKind::kChat, defaults);
+  EXPECT_FALSE(taken.has_value()) << taken->message;
+  EXPECT_FALSE(parse(ApiKind::kCompletion, R"("min_p": 0.0, "echo": false, "include_stop_str_in_output": false)"));
+  const std::pair<const char*, const char*> refused[] = {
+      {R"("add_generation_prompt": false)", "add_generation_prompt"},
+      {R"("continue_final_message": true)", "continue_final_message"},
+      {R"("include_stop_str_in_output": true)", "include_stop_str_in_output"},
+      {R"("min_p": 0.1)", "min_p"},
+      {R"("echo": true)", "echo"},
+      {R"("chat_template_kwargs": {"enable_thinking": false})", "chat_template_kwargs.enable_thinking"},
+      {R"("stream": true, "stream_options": {"continuous_usage_stats": true})",
+       "stream_options.continuous_usage_stats"},
+      {R"("stream": true, "stream_options": {"foo": 1})", "stream_options.foo"},
+  };
+  for (const auto& [extra, field] : refused) {
+    const std::optional<Refusal> r = parse(ApiKind::kChat, extra);
+    ASSERT_TRUE(r.has_value()) << extra;
+    EXPECT_EQ(r->kind, RefusalKind::kUnsupportedParameter) << extra << ": " << r->message;
+    EXPECT_EQ(r->field, field) << extra;
+  }
+  // Chat-only fields stay unknown to /v1/completions.
+  const std::optional<Refusal> completion = parse(ApiKind::kCompletion, R"("add_generation_prompt": true)");
+  ASSERT_TRUE(completion.has_value());
+  EXPECT_EQ(completion->field, "add_generation_prompt");
+}
+
 // Each refusal states the range the parser takes: max_tokens [1, the server's cap], top_p (0, 1];
 // an integer literal past 64 bits is out of range, not "not an integer"; a number past a double's
 // range is invalid JSON without the JSON library's exception id; a wrong type for n says so.
