@@ -943,7 +943,7 @@ class Handler {
       call->quota.Release();  // before the answer goes out
       return;
     }
-    Stream(call, api, id, created, res);
+    Stream(call, api, id, created, req.version == "HTTP/1.0", res);
   }
 
  private:
@@ -1058,6 +1058,8 @@ class Handler {
                                         {"finish_reason", FinishName(result.finish_reason)}}})},
               {"usage", Usage(result, call->images)}};
     }
+    // return_token_ids: the choice's ids, every one the stream would have sent in its chunks.
+    if (api.return_token_ids) body["choices"][0]["token_ids"] = result.output_ids;
     res.status = 200;
     res.set_content(JsonDump(body), "application/json");
   }
@@ -1065,7 +1067,7 @@ class Handler {
   // Server-sent events: one chunk per text delta, the finish chunk, the usage chunk when asked,
   // then "data: [DONE]". A failed write (client gone) cancels the engine request.
   void Stream(const std::shared_ptr<Call>& call, const ApiRequest& api, const std::string& id, int64_t created,
-              httplib::Response& res) {
+              bool http_1_0, httplib::Response& res) {
     state_->CallStarted();  // until the stream ends (the releaser)
     res.status = 200;
     res.set_header("Cache-Control", "no-cache");
@@ -1087,73 +1089,79 @@ class Handler {
     };
     auto sent_role = std::make_shared<bool>(false);
     std::shared_ptr<State> state = state_;
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [call, chunk, chat, id, created, model, include_usage, sent_role, state](size_t, httplib::DataSink& sink) {
-          auto write = [&](const std::string& s) {
-            if (sink.write(s.data(), s.size())) return true;
-            call->Cancel();
-            return false;
-          };
-          if (chat && !*sent_role) {
-            *sent_role = true;
-            if (!write(chunk({{"role", "assistant"}, {"content", ""}}, nullptr))) return false;
-          }
-          std::deque<Call::Delta> deltas;
-          bool done = false;
-          RequestResult result;
-          std::string tail;
-          {
-            std::unique_lock<std::mutex> lock(call->mu);
-            if (call->deltas.empty() && !call->done) {
-              call->cv.wait_for(lock, std::chrono::seconds(1));
-            }
-            deltas.swap(call->deltas);
-            done = call->done;
-            if (done) {
-              result = call->result;
-              tail = call->tail;
-            }
-          }
-          for (const Call::Delta& d : deltas) {
-            if (!write(chunk(chat ? json{{"content", d.text}} : json(d.text), nullptr, d.token_ids))) return false;
-          }
-          if (!done) {
-            if (state->stopping) {
-              call->Cancel();
-              write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(ShutDownRefusal())), "\n\n"));
-              sink.done();
-              return true;
-            }
-            // Nothing new: an SSE comment finds a closed connection (the write fails).
-            if (deltas.empty() && !write(": keep-alive\n\n")) return false;
-            return true;
-          }
-          if (!result.status.ok()) {
-            write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(RefusalFromStatus(result.status))), "\n\n"));
-            sink.done();
-            return true;
-          }
-          if (!tail.empty() && !write(chunk(chat ? json{{"content", tail}} : json(tail), nullptr))) return false;
-          if (!write(chunk(chat ? json::object() : json(""), FinishName(result.finish_reason)))) return false;
-          if (include_usage) {
-            json j = {{"id", id},
-                      {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                      {"created", created},
-                      {"model", model},
-                      {"choices", json::array()},
-                      {"usage", Usage(result, call->images)}};
-            if (!write(absl::StrCat("data: ", JsonDump(j), "\n\n"))) return false;
-          }
-          if (!write("data: [DONE]\n\n")) return false;
+    auto events = [call, chunk, chat, id, created, model, include_usage, sent_role, state](size_t,
+                                                                                           httplib::DataSink& sink) {
+      auto write = [&](const std::string& s) {
+        if (sink.write(s.data(), s.size())) return true;
+        call->Cancel();
+        return false;
+      };
+      if (chat && !*sent_role) {
+        *sent_role = true;
+        if (!write(chunk({{"role", "assistant"}, {"content", ""}}, nullptr))) return false;
+      }
+      std::deque<Call::Delta> deltas;
+      bool done = false;
+      RequestResult result;
+      std::string tail;
+      {
+        std::unique_lock<std::mutex> lock(call->mu);
+        if (call->deltas.empty() && !call->done) {
+          call->cv.wait_for(lock, std::chrono::seconds(1));
+        }
+        deltas.swap(call->deltas);
+        done = call->done;
+        if (done) {
+          result = call->result;
+          tail = call->tail;
+        }
+      }
+      for (const Call::Delta& d : deltas) {
+        if (!write(chunk(chat ? json{{"content", d.text}} : json(d.text), nullptr, d.token_ids))) return false;
+      }
+      if (!done) {
+        if (state->stopping) {
+          call->Cancel();
+          write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(ShutDownRefusal())), "\n\n"));
           sink.done();
           return true;
-        },
-        [call, state](bool success) {
-          if (!success) call->Cancel();
-          call->quota.Release();
-          state->CallDone();
-        });
+        }
+        // Nothing new: an SSE comment finds a closed connection (the write fails).
+        if (deltas.empty() && !write(": keep-alive\n\n")) return false;
+        return true;
+      }
+      if (!result.status.ok()) {
+        write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(RefusalFromStatus(result.status))), "\n\n"));
+        sink.done();
+        return true;
+      }
+      if (!tail.empty() && !write(chunk(chat ? json{{"content", tail}} : json(tail), nullptr))) return false;
+      if (!write(chunk(chat ? json::object() : json(""), FinishName(result.finish_reason)))) return false;
+      if (include_usage) {
+        json j = {{"id", id},
+                  {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                  {"created", created},
+                  {"model", model},
+                  {"choices", json::array()},
+                  {"usage", Usage(result, call->images)}};
+        if (!write(absl::StrCat("data: ", JsonDump(j), "\n\n"))) return false;
+      }
+      if (!write("data: [DONE]\n\n")) return false;
+      sink.done();
+      return true;
+    };
+    auto ended = [call, state](bool success) {
+      if (!success) call->Cancel();
+      call->quota.Release();
+      state->CallDone();
+    };
+    if (http_1_0) {
+      // RFC 9112 6.1: no Transfer-Encoding to an HTTP/1.0 client; the stream ends with the
+      // connection (closed after every HTTP/1.0 request: the pre-routing handler).
+      res.set_content_provider("text/event-stream", std::move(events), std::move(ended));
+    } else {
+      res.set_chunked_content_provider("text/event-stream", std::move(events), std::move(ended));
+    }
   }
 
   std::shared_ptr<State> state_;
@@ -1281,6 +1289,12 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     if (tls_connection != nullptr) {
       tls_connection->EndHead();
       state->phases.SetBetweenRequests(tls_connection->socket(), false);
+    }
+    // An HTTP/1.0 client gets a response whose end the connection's close marks (a stream has no
+    // chunked coding to frame it: RFC 9112 6.1), and no keep-alive it did not ask for.
+    if (req.version == "HTTP/1.0" && tls_connection != nullptr) {
+      tls_connection->CloseAfter();
+      res.set_header("Connection", "close");
     }
     std::optional<Refusal> e = BodyFramingRefusal(req);
     const bool api = req.method == "POST" && (req.path == "/v1/chat/completions" || req.path == "/v1/completions");

@@ -17,6 +17,9 @@ loopback, standard library only. Each case reproduces a fault the server had:
   unary_disconnect
             a non-streaming request whose client closed the connection generated to the end,
             holding its serving slot and engine slot, and was logged OK: now cancelled
+  http10    an HTTP/1.0 client's stream came with Transfer-Encoding: chunked (a 1.0 client reads the
+            chunk sizes as data) and its answers advertised a keep-alive the server did not keep:
+            now the stream ends with the connection, every answer says Connection: close
   body_budget
             every open connection could hold a body of --max-message-bytes at once (512 x 16 MiB
             for a model that takes images): now --http-body-budget-mb over all of them, past it
@@ -496,6 +499,30 @@ def test_queue(binary, model):
         server.stop()
 
 
+def test_http10(server):
+    """HTTP/1.0: a stream is the events alone, ended by the connection's close; no keep-alive."""
+    for stream in (True, False):
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 3, "stream": stream}).encode()
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        s.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head, _, payload = data.partition(b"\r\n\r\n")
+        head = head.decode("latin-1").lower()
+        check(" 200 " in head.split("\r\n")[0] and "connection: close" in head and "keep-alive" not in head and
+              "transfer-encoding" not in head,
+              f"HTTP/1.0 {'stream' if stream else 'unary'}: 200, Connection: close, no keep-alive or chunked coding")
+        if stream:
+            check(payload.startswith(b"data: ") and payload.endswith(b"data: [DONE]\n\n"),
+                  f"HTTP/1.0 stream: the events alone, to the close ({payload[:40]!r} ... {payload[-20:]!r})")
+
+
 def post_head(port, length=None, path="/v1/completions"):
     """A socket that has sent a POST head (Content-Length `length`, else chunked) and no body."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -571,7 +598,7 @@ def main():
         print("no model; skipped")
         return 77
     only = set(filter(None, args.only.split(",")))
-    if not only or only & {"chunked", "prompt", "media", "framing", "headers"}:
+    if not only or only & {"chunked", "prompt", "media", "framing", "headers", "http10"}:
         server = Server(args.binary, args.model)
         try:
             if not only or "media" in only:
@@ -584,6 +611,8 @@ def main():
                 test_prompt_bound(server)
             if not only or "chunked" in only:
                 test_chunked(server)
+            if not only or "http10" in only:
+                test_http10(server)
         finally:
             server.stop()
     if not only or "slowloris" in only:

@@ -2,8 +2,8 @@
 `token_ids`), so a streaming client sees every step as it happens rather than nothing until the
 end. With a tokenizer, `return_token_ids: true` (vLLM's spelling) does the same beside the text,
 including steps whose ids decode to no text (--model-with-tokenizer: the glm4v fixture, whose tiny
-tokenizer has no text for ids 248-255; the ids must equal transformers' recording). Real binary on
-loopback; standard library only."""
+tokenizer has no text for ids 248-255; the ids must equal transformers' recording), and a unary
+answer's choice carries them all. Real binary on loopback; standard library only."""
 import argparse
 import json
 import os
@@ -72,6 +72,12 @@ def main():
             assert done and finish == "length", (done, finish)
             assert ids == case["output_ids"], (ids, case["output_ids"])
             assert usage["completion_tokens"] == len(ids), usage
+            # Unary: the choice carries the same ids (return_token_ids was dropped without a stream).
+            unary = dict(body, stream=False)
+            del unary["stream_options"]
+            status, _, data = server.request("POST", "/v1/completions", body=unary)
+            assert status == 200, (status, data)
+            assert json.loads(data)["choices"][0]["token_ids"] == case["output_ids"], data
         finally:
             server.stop()
     print("token_ids_stream_test: OK")
