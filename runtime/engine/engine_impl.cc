@@ -89,7 +89,7 @@ class EngineImpl final : public InferenceEngine {
         const int64_t retry_ms = std::clamp<int64_t>(static_cast<int64_t>(wait_ms), 10, 60000);
         absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
             "waiting queue is full (", queued_ - free_slots, " requests queued beyond the batch's free slots, ",
-            "max_queued_requests=", options_.max_queued_requests, "); retry after ", retry_ms, " ms"));
+            "at most ", options_.max_queued_requests, ": serve's --max-queue); retry after ", retry_ms, " ms"));
         SetRetryAfterMs(&full, retry_ms);
         return full;
       }

@@ -19,6 +19,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "runtime/checkpoint/model_config.h"
@@ -127,8 +128,10 @@ int RunServe(int argc, char** argv) {
     // One error line like every other that stops the server (a log pipeline parses stderr as JSON
     // lines), not the usage.
     ConfigureLogging("info", LogFormatOf(argc, argv)).IgnoreError();
-    LogEvent(LogLevel::kError, "flags_invalid", "",
-             absl::StrCat(parsed.status().message(), " (glmserve serve --help lists the flags)"));
+    const std::string message(parsed.status().message());
+    LogEvent(
+        LogLevel::kError, "flags_invalid", "",
+        absl::StrCat(message, absl::StrContains(message, "--help") ? "" : " (glmserve serve --help lists the flags)"));
     return kExitBadInput;
   }
   ServeFlags flags = std::move(*parsed);

@@ -181,6 +181,9 @@ void RequestSession::Finish(RequestResult result) {
   const absl::StatusCode end = EndCode(result);
   if (end == absl::StatusCode::kDeadlineExceeded && result.finish_reason == FinishReason::kCancelled) {
     result.finish_reason = FinishReason::kDeadline;  // the transport's deadline cancelled it
+    // The engine's message says "cancelled": the log line names the deadline instead.
+    result.status = absl::DeadlineExceededError(
+        absl::StrCat("the call's deadline passed after ", result.output_ids.size(), " generated tokens"));
   }
   // Let go of the sink: it holds this session too (to cancel it) until it is done.
   std::shared_ptr<SessionSink> sink = std::move(sink_);

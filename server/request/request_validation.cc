@@ -142,8 +142,11 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
     if (input_ids.empty()) return InvalidField(name(ids_field), "tokenizes to no ids");
   }
   if (input_ids.empty()) {
-    return InvalidField(name(Field::kInputIds),
-                        absl::StrCat("must not be empty (at least 1 token id in [0, ", vocab, "))"));
+    // gRPC's prompt has three forms; an empty request names the first and says the others exist.
+    return InvalidField(
+        name(Field::kInputIds),
+        absl::StrCat("must not be empty (at least 1 token id in [0, ", vocab, "))",
+                     dialect == Dialect::kProto ? "; or give the prompt as text (prompt) or messages" : ""));
   }
   for (size_t i = 0; i < input_ids.size(); ++i) {
     const int32_t id = input_ids[i];

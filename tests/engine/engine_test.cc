@@ -299,7 +299,7 @@ TEST(EngineTest, BurstFillsFreeBatchSlotsBeforeTheQueue) {
   }
   absl::Status s = h.engine->Submit(MakeRequest("g", MakePrompt(3, 3), 3), h.collector.Callbacks("g"));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << "3 free slots + a queue of 2 taken";
-  EXPECT_NE(s.message().find("max_queued_requests=2"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("at most 2: serve's --max-queue"), std::string::npos) << s;
   h.executor->Open();
   ASSERT_TRUE(h.engine->WaitIdle(kSafety));
   for (const std::string& id : burst) {
@@ -316,7 +316,7 @@ TEST(EngineTest, QueueFullAnswersAtOnceWithRetryAfter) {
   absl::Status s = h.engine->Submit(MakeRequest("d", MakePrompt(4, 3), 3), h.collector.Callbacks("d"));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(s.message().find("retry after"), std::string::npos) << s;
-  EXPECT_NE(s.message().find("max_queued_requests=2"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("at most 2: serve's --max-queue"), std::string::npos) << s;
   h.executor->Open();
   ASSERT_TRUE(h.engine->WaitIdle(kSafety));
   for (const char* id : {"a", "b", "c"}) {

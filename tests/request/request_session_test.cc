@@ -425,8 +425,14 @@ TEST_F(SessionTest, EndedAtItsDeadlineByTheTransportCountsDeadlineExceeded) {
   result.finish_reason = FinishReason::kCancelled;
   engine.callbacks[0].on_done(result);
   sessions->Flush();
-  std::lock_guard<std::mutex> lock(observer->mu);
-  EXPECT_EQ(observer->codes, (std::vector<std::string>{"DEADLINE_EXCEEDED"}));
+  {
+    std::lock_guard<std::mutex> lock(observer->mu);
+    EXPECT_EQ(observer->codes, (std::vector<std::string>{"DEADLINE_EXCEEDED"}));
+  }
+  // Its result (the log line's message) names the deadline, not the engine's "cancelled".
+  std::lock_guard<std::mutex> lock(sink->mu);
+  EXPECT_EQ(sink->result.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(sink->result.status.message().find("deadline passed"), std::string::npos) << sink->result.status;
 }
 
 TEST_F(SessionTest, AbortAllEndsWhatTheEngineNeverFinished) {
