@@ -245,6 +245,7 @@ int RunServe(int argc, char** argv) {
     http_options.client_quota = flags.grpc.client_quota;  // one count per client across both APIs
     http_options.tokenize_budget = flags.grpc.tokenize_budget;
     http_options.body_budget = std::make_shared<ByteBudget>(flags.http_body_budget_mb << 20);
+    http_options.served_model_names = flags.served_model_names;
     std::string name = flags.model_dir;
     while (name.size() > 1 && name.back() == '/') name.pop_back();
     if (const size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);

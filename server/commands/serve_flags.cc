@@ -156,6 +156,11 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "HTTP requests waiting for one of those (in glmserve_queue_depth); beyond: 429 + Retry-After at once");
   set.Int("http-max-connections", &f.http_max_connections, 1, 1 << 20,
           "open HTTP connections (a thread each, idle ones included); beyond: 503 and closed");
+  set.StringList("served-model-name", &f.served_model_names,
+                 "model ids HTTP requests may name in `model` (the first is listed first by /v1/models); "
+                 "another: 404 model_not_found")
+      .ValueName("NAME,...")
+      .DefaultText("the model directory's name; any id taken");
   set.Int("http-body-budget-mb", &f.http_body_budget_mb, 1, int64_t{1} << 20,
           "API request bodies held at once over all HTTP connections (arriving, waiting or being answered); "
           "a body that would pass it: 429 + Retry-After and closed (one alone always passes)");

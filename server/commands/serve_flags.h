@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "flags/flags.h"
@@ -46,6 +47,9 @@ struct ServeFlags {
   // beyond: 429. 512 connections could otherwise hold 512 x --max-message-bytes (8 GiB with
   // images).
   int64_t http_body_budget_mb = 512;
+  // The model ids HTTP requests may name (vLLM's --served-model-name); empty: the model
+  // directory's name is listed and any id taken.
+  std::vector<std::string> served_model_names;
 
   // Security and fairness (server/request/auth.h, server/request/client_quota.h), both front ends.
   std::string api_key_file;                      // keys, one a line (also GLMSERVE_API_KEY); none = no authentication

@@ -704,6 +704,10 @@ HttpError ToHttpError(const Refusal& refusal) {
       e.status = 404;
       e.code = "not_found";
       break;
+    case RefusalKind::kModelNotFound:
+      e.status = 404;
+      e.code = "model_not_found";
+      break;
     case RefusalKind::kRequestTimeout:
       e.status = 408;
       e.code = "request_timeout";

@@ -22,7 +22,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "runtime/json_util.h"
+#include "runtime/printable_text.h"
+#include "runtime/shown_value.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/frontend/http_api.h"
 #include "server/ops/connection_phases.h"
@@ -796,6 +799,31 @@ std::optional<Refusal> BodyFramingRefusal(const httplib::Request& req) {
   return std::nullopt;
 }
 
+// One entry of /v1/models: OpenAI's model object, with vLLM's max_model_len where known.
+json ModelObject(State& state, const std::string& id) {
+  json model = {{"id", id}, {"object", "model"}, {"created", NowSeconds()}, {"owned_by", "glmserve"}};
+  const int32_t max_context = state.sessions.model().max_context;
+  if (max_context > 0) model["max_model_len"] = max_context;
+  return model;
+}
+
+// The ids /v1/models lists: --served-model-name's, else the model directory's name.
+std::vector<std::string> ListedModels(const HttpServerOptions& o) {
+  return o.served_model_names.empty() ? std::vector<std::string>{o.model_name} : o.served_model_names;
+}
+// Whether a request may name `model`: any id without --served-model-name, else one of its ids.
+bool ServesModel(const HttpServerOptions& o, const std::string& model) {
+  return o.served_model_names.empty() ||
+         std::find(o.served_model_names.begin(), o.served_model_names.end(), model) != o.served_model_names.end();
+}
+Refusal ModelNotFound(const HttpServerOptions& o, const std::string& model, const std::string& field) {
+  Refusal r = MakeRefusal(absl::StatusCode::kNotFound, RefusalKind::kModelNotFound,
+                          absl::StrCat("model '", PrintableText(ShownValue(model)), "' is not served here (",
+                                       absl::StrJoin(ListedModels(o), ", "), "; GET /v1/models lists them)"));
+  r.field = field;
+  return r;
+}
+
 // A chunked body's hold on --http-body-budget-mb grows by at least this much at a time.
 constexpr int64_t kChunkedBodyHoldStep = int64_t{64} << 10;
 
@@ -882,6 +910,9 @@ class Handler {
 
     ApiRequest api;
     if (auto e = ParseApiRequest(kind, body, &api, state_->options.limits.max_new_tokens_cap)) return refuse(*e);
+    if (!api.model.empty() && !ServesModel(state_->options, api.model)) {
+      return refuse(ModelNotFound(state_->options, api.model, "model"));
+    }
 
     bool stopping = false;
     {
@@ -1315,11 +1346,27 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       res.set_header("WWW-Authenticate", "Bearer");
       return;
     }
-    const int32_t max_context = state->sessions.model().max_context;
-    json model = {
-        {"id", state->options.model_name}, {"object", "model"}, {"created", NowSeconds()}, {"owned_by", "glmserve"}};
-    if (max_context > 0) model["max_model_len"] = max_context;
-    res.set_content(JsonDump(json{{"object", "list"}, {"data", json::array({model})}}), "application/json");
+    json data = json::array();
+    for (const std::string& id : ListedModels(state->options)) data.push_back(ModelObject(*state, id));
+    res.set_content(JsonDump(json{{"object", "list"}, {"data", std::move(data)}}), "application/json");
+  });
+  // OpenAI's "retrieve model" (the SDK's models.retrieve): one listed id, else 404 model_not_found.
+  svr.Get(R"(/v1/models/(.+))", [state](const httplib::Request& req, httplib::Response& res) {
+    const std::string request_id = RequestIdOf(*state, req);
+    res.set_header("x-request-id", request_id);
+    std::string client;
+    if (auto e = Authenticate(*state, req, &client)) {
+      SetError(res, ToHttpError(*e));
+      res.set_header("WWW-Authenticate", "Bearer");
+      return;
+    }
+    const std::string id = req.matches[1];
+    const std::vector<std::string> listed = ListedModels(state->options);
+    if (std::find(listed.begin(), listed.end(), id) == listed.end()) {
+      SetError(res, ToHttpError(ModelNotFound(state->options, id, "")));
+      return;
+    }
+    res.set_content(JsonDump(ModelObject(*state, id)), "application/json");
   });
   svr.Get("/health", [state](const httplib::Request& req, httplib::Response& res) {
     res.set_header("x-request-id", RequestIdOf(*state, req));

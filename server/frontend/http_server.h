@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "runtime/engine.h"
@@ -60,7 +61,11 @@ struct HttpServerOptions {
   int64_t default_deadline_ms = 600'000;
   FrontendLimits limits;
   bool log_requests = true;
-  std::string model_name = "glm";  // the id /v1/models lists
+  std::string model_name = "glm";  // the id /v1/models lists when served_model_names is empty
+  // The model ids requests may name (`model`; the first is what /v1/models lists first): another
+  // is refused 404 model_not_found. Empty: model_name is listed and any id is taken (one model a
+  // server). serve: --served-model-name.
+  std::vector<std::string> served_model_names;
   std::shared_ptr<RequestObserver> observer;
   // Null = off. api_keys: /v1/* need `Authorization: Bearer KEY` (401 otherwise; /health stays
   // open). tls: HTTPS (OpenSSL, through the same connection loop, deadline and cap as HTTP; the

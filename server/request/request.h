@@ -127,6 +127,7 @@ enum class RefusalKind {
   kPayloadTooLarge,       // HTTP: body over --max-message-bytes
   kUnsupportedMediaType,  // HTTP: POST body not application/json
   kNotFound,              // HTTP: no such route
+  kModelNotFound,         // HTTP: `model` is none of --served-model-name
   kRequestTimeout,        // HTTP: head and body not in within --http-read-timeout-ms
   kHeaderTooLarge,        // HTTP: a request head over its size or field-count limit
   // Who asks and how much.
