@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "glmserve/v1/inference.grpc.pb.h"
+#include "grpc/health/v1/health.pb.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "server/ops/logging.h"
 #include "server/ops/port_probe.h"
@@ -813,6 +814,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
 
   RouteLibraryLogs();
   grpc::EnableDefaultHealthCheckService(true);
+  // Reflection describes grpc.health.v1.Health from its descriptors (proto/grpc/health/v1): naming
+  // one here keeps the linker from dropping them from the static library.
+  (void)grpc::health::v1::HealthCheckResponse::descriptor();
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();

@@ -64,6 +64,11 @@ def main():
             file_containing_symbol="glmserve.v1.Inference")]), timeout=10))
         check(len(reply.file_descriptor_response.file_descriptor_proto) > 0,
               "reflection serves the proto descriptor")
+        # The health service it lists is described too (grpcurl describe / calls through reflection).
+        reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="grpc.health.v1.Health")]), timeout=10))
+        check(len(reply.file_descriptor_response.file_descriptor_proto) > 0,
+              f"reflection describes grpc.health.v1.Health ({reply.error_response.error_message or 'ok'})")
 
         health = health_pb2_grpc.HealthStub(server.channel)
         for svc in ("", "glmserve.v1.Inference"):
