@@ -799,6 +799,13 @@ std::optional<Refusal> BodyFramingRefusal(const httplib::Request& req) {
   return std::nullopt;
 }
 
+// The methods a route takes ("" for a path no route has).
+std::string AllowedMethods(const std::string& path) {
+  if (path == "/v1/chat/completions" || path == "/v1/completions") return "POST";
+  if (path == "/v1/models" || path == "/health" || path.rfind("/v1/models/", 0) == 0) return "GET";
+  return "";
+}
+
 // One entry of /v1/models: OpenAI's model object, with vLLM's max_model_len where known.
 json ModelObject(State& state, const std::string& id) {
   json model = {{"id", id}, {"object", "model"}, {"created", NowSeconds()}, {"owned_by", "glmserve"}};
@@ -1385,6 +1392,12 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     if (res.status == 413) {
       e.message = "request body too large";
       e.code = "payload_too_large";
+    } else if (res.status == 404 && !AllowedMethods(req.path).empty()) {
+      // A route that exists, asked with another method (RFC 9110 15.5.6: 405 and Allow).
+      e.status = res.status = 405;
+      e.message = absl::StrCat(req.method, " ", req.path, ": method not allowed (", AllowedMethods(req.path), ")");
+      e.code = "method_not_allowed";
+      res.set_header("Allow", AllowedMethods(req.path));
     } else if (res.status == 404) {
       e.message = absl::StrCat("no route ", req.method, " ", req.path);
       e.code = "not_found";

@@ -66,6 +66,13 @@ def main():
             st, headers, _ = server.request("GET", path, headers={"x-request-id": "get-req-1"})
             check(st == 200 and headers.get("x-request-id") == "get-req-1",
                   f"{path} echoes x-request-id ({st}, {headers.get('x-request-id')})")
+        # A route asked with a method it does not take: 405 + Allow (it was 404 "no route").
+        for method, path, allow in (("GET", "/v1/chat/completions", "POST"), ("DELETE", "/v1/models", "GET")):
+            st, headers, data = server.request(method, path)
+            check(st == 405 and headers.get("allow") == allow and json.loads(data)["error"]["code"] == "method_not_allowed",
+                  f"{method} {path}: 405, Allow {allow} ({st}, {headers.get('allow')})")
+        st, _, _ = server.request("GET", "/v1/nothing")
+        check(st == 404, f"a path no route has: 404 ({st})")
 
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
         chat = client.chat.completions.create(model="glm4-tiny", messages=messages, max_tokens=16, temperature=0)
