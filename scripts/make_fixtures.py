@@ -215,6 +215,10 @@ MODEL_VARIANTS = [
          cfg=dict(kv=1, tied=True),
          variant="Glm4ForCausalLM, MQA (1 kv head), tie_word_embeddings true (no lm_head.weight "
                  "stored), single fp32 model.safetensors"),
+    dict(name="glm4-tied-stored-lm-head-safetensors", seed=110, arch="glm4", fmt="safetensors",
+         dtype="float32", cfg=dict(kv=2, tied=True), stored_lm_head=True,
+         variant="Glm4ForCausalLM, tie_word_embeddings true yet an lm_head.weight with other values "
+                 "stored (transformers then leaves the two untied), single fp32 model.safetensors"),
     dict(name="glm4-headdim12-fp16-bin-sharded", seed=103, arch="glm4", fmt="pytorch-bin-sharded",
          shards=2, dtype="float16",
          cfg=dict(kv=2, head_dim=12, rope={"rope_type": "default", "rope_theta": 500000.0,
@@ -307,6 +311,13 @@ def build_model(spec):
     model = model.to(torch.float32).eval()
     scaled_init(model, spec["seed"])
     stored = round_to(model, DTYPES[spec["dtype"]])
+    if spec.get("stored_lm_head"):
+        # An lm_head of its own beside tie_word_embeddings: the in-memory model unties it as
+        # transformers does when loading such a checkpoint.
+        g = torch.Generator().manual_seed(spec["seed"] + 1)
+        head = (0.2 * torch.randn(model.lm_head.weight.shape, generator=g)).to(DTYPES[spec["dtype"]])
+        model.lm_head.weight = torch.nn.Parameter(head.to(torch.float32))
+        stored["lm_head.weight"] = head.clone().contiguous()
     return model, cfg, stored
 
 
@@ -620,6 +631,7 @@ def check():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["models", "broken", "demo", "check"])
+    ap.add_argument("--model", help="with --only models: make this one model fixture, leave the others")
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -628,9 +640,11 @@ def main():
     transformers.utils.logging.disable_progress_bar()
     if a.only in (None, "models"):
         print("models:")
-        fresh(MODELS)
+        if a.model is None:
+            fresh(MODELS)
         for spec in MODEL_VARIANTS:
-            make_model_fixture(spec)
+            if a.model is None or spec["name"] == a.model:
+                make_model_fixture(spec)
     if a.only in (None, "broken"):
         print("broken:")
         make_broken()

@@ -496,7 +496,7 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
         break;
       }
     }
-    const std::string note = stripped.empty() ? "" : absl::StrCat(" (wrapper prefix '", stripped, "' stripped)");
+    std::string note = stripped.empty() ? "" : absl::StrCat(" (wrapper prefix '", stripped, "' stripped)");
     if (rule == nullptr) {
       std::string hint;
       // The text-only layout: transformers 5.24 does not load it into Glm4vForConditionalGeneration
@@ -534,18 +534,23 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     std::vector<int64_t> expected = SlotShape(rule->targets[0], config);
     std::vector<std::string> absent;
     for (size_t i = 1; i < rule->targets.size(); ++i) expected[0] += SlotShape(rule->targets[i], config)[0];
+    // An lm_head stored beside tie_word_embeddings is read: the model ties the two only where they
+    // hold the same values (transformers keeps a different stored lm_head untied, and its outputs
+    // are the reference).
+    const bool tied_lm_head =
+        config.tie_word_embeddings && rule->targets.size() == 1 && rule->targets[0] == Slot::kLmHead;
     for (Slot slot : rule->targets) {
-      if (const char* why = SlotAbsentReason(slot, config); *why) absent.push_back(why);
+      if (const char* why = SlotAbsentReason(slot, config); *why && !tied_lm_head) absent.push_back(why);
     }
     if (!absent.empty()) {
-      if (config.tie_word_embeddings && rule->targets[0] == Slot::kLmHead) {
-        plan.mapping.push_back(absl::StrCat(record.name, " -> ignored: tie_word_embeddings is true, ",
-                                            "lm_head reuses embed.weight", note));
-      } else {
-        plan.problems.push_back(
-            absl::StrCat("unexpected key '", record.name, "' in ", record.file, ": config.json says ", absent[0]));
-      }
+      plan.problems.push_back(
+          absl::StrCat("unexpected key '", record.name, "' in ", record.file, ": config.json says ", absent[0]));
       continue;
+    }
+    if (tied_lm_head) {
+      note = absl::StrCat(note,
+                          " (beside tie_word_embeddings: used where it differs from embed.weight, as "
+                          "transformers does; else lm_head reuses embed.weight)");
     }
     if (record.shape != expected) {
       plan.problems.push_back(absl::StrCat("shape mismatch: key '", record.name, "' in ", record.file, ": expected ",
@@ -622,12 +627,14 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
       if (index_info != nullptr && !index_info->has_tensors[l] && index_info->empty_reported) continue;
       const int32_t layer = Indexed(scope) ? l : -1;
       for (const SlotInfo& info : kSlots) {
-        if (info.scope != scope || *SlotAbsentReason(info.slot, config)) continue;
+        if (info.scope != scope) continue;
         auto it = provided.find(SlotKey{info.slot, layer});
+        // Provided despite an absent slot: only a stored lm_head beside tie_word_embeddings.
         if (it != provided.end()) {
           plan.tensors.push_back(it->second);
           continue;
         }
+        if (*SlotAbsentReason(info.slot, config)) continue;
         if (misshapen.count(SlotKey{info.slot, layer}) > 0) continue;
         if (maybe_unreadable(display_source(info.slot, layer))) continue;
         plan.problems.push_back(absl::StrCat("missing key '", display_source(info.slot, layer), "' (",

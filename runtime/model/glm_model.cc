@@ -27,7 +27,13 @@ absl::StatusOr<std::unique_ptr<GlmModel>> GlmModel::Build(const ModelConfig& con
   std::unique_ptr<GlmModel> model(new GlmModel(config, dtype, device));
   auto take = [&](const std::string& name) { return canonical.at(name); };
   model->embed_ = take("embed.weight");
-  model->lm_head_ = config.tie_word_embeddings ? model->embed_ : take("lm_head.weight");
+  // Tied: the embedding, unless the checkpoint also stores an lm_head with other values (then that
+  // one, as transformers keeps it untied; the plan maps it only when stored).
+  auto stored_lm_head = canonical.find("lm_head.weight");
+  model->lm_head_ = !config.tie_word_embeddings ? take("lm_head.weight")
+                    : stored_lm_head == canonical.end() || at::equal(stored_lm_head->second, model->embed_)
+                        ? model->embed_
+                        : stored_lm_head->second;
   model->final_norm_ = take("final_norm.weight");
   for (int32_t l = 0; l < config.num_layers; ++l) {
     auto name = [l](const char* slot) { return CanonicalLayerName(l, slot); };
