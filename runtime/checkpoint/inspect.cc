@@ -47,9 +47,17 @@ bool ShapesSound(const ModelConfig& c) {
 
 namespace {
 
+// Problems a report lists, then one line saying how many more there were: a file that names
+// 100,000 tensors is refused with a page, not 100,000 lines (and a serve error message as long).
+constexpr size_t kMaxListedProblems = 200;
+
 // The report as printed: whatever a file says (a key, a shard name) with its control bytes escaped
 // (PrintableText), so that a NUL does not end the text report early nor a newline split a problem.
 InspectReport Printable(InspectReport report) {
+  if (report.problems.size() > kMaxListedProblems) {
+    report.problems_unlisted = static_cast<int64_t>(report.problems.size() - kMaxListedProblems);
+    report.problems.resize(kMaxListedProblems);
+  }
   for (std::string& line : report.problems) line = PrintableText(line);
   for (std::string& line : report.mapping) line = PrintableText(line);
   return report;
@@ -93,6 +101,12 @@ absl::StatusOr<InspectReport> Plan(const std::string& directory, CheckpointPlan*
 }
 
 }  // namespace
+
+std::string InspectReport::ProblemsHeading() const {
+  const int64_t total = static_cast<int64_t>(problems.size()) + problems_unlisted;
+  return absl::StrCat(total, total == 1 ? " problem" : " problems",
+                      problems_unlisted > 0 ? absl::StrCat(", the first ", problems.size(), " listed") : "");
+}
 
 absl::StatusOr<InspectReport> PlanCheckpoint(const std::string& directory, CheckpointPlan* parsed) {
   absl::StatusOr<InspectReport> report = Plan(directory, parsed);

@@ -468,6 +468,8 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
   std::set<SlotKey> misshapen;
   int64_t misshapen_keys = 0;
   std::set<std::string> dtypes;
+  constexpr int64_t kListedUnknownKeys = 20;
+  int64_t unknown_keys = 0;
 
   for (const TensorRecord& record : listing.tensors) {
     std::string key = record.name;
@@ -507,8 +509,12 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
             "; glm4v keeps the text model under 'model.language_model.' (transformers does not load this "
             "layout either)";
       }
-      plan.problems.push_back(absl::StrCat("unexpected key '", record.name, "' in ", record.file, ": no ",
-                                           ArchitectureName(config.architecture), " tensor has this name", hint));
+      // The first few by name, then a count: a file of 100,000 stray names must not push the
+      // missing keys (what the reader needs to know) out of the listed problems.
+      if (++unknown_keys <= kListedUnknownKeys) {
+        plan.problems.push_back(absl::StrCat("unexpected key '", record.name, "' in ", record.file, ": no ",
+                                             ArchitectureName(config.architecture), " tensor has this name", hint));
+      }
       continue;
     }
     if (rule->targets.empty()) {
@@ -580,6 +586,10 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
       }
     }
     plan.mapping.push_back(absl::StrCat(record.name, " -> ", absl::StrJoin(targets_text, ", "), note));
+  }
+  if (unknown_keys > kListedUnknownKeys) {
+    plan.problems.push_back(absl::StrCat("... and ", unknown_keys - kListedUnknownKeys, " more unexpected keys (",
+                                         unknown_keys, " in all; the first ", kListedUnknownKeys, " are listed)"));
   }
 
   // A key that may be in a weight file that could not be read (reported once, as unreadable) is

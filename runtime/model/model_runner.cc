@@ -1350,10 +1350,9 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string
   if (!report.loadable()) {
     // Nothing to load (no weight files at all) is NOT_FOUND; anything else found wrong
     // with what is there is FAILED_PRECONDITION. Either way the message is the whole report.
-    return absl::Status(
-        parsed.missing ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition,
-        absl::StrCat("checkpoint '", directory, "' cannot be loaded (", report.problems.size(), " problem",
-                     report.problems.size() == 1 ? "" : "s", "):\n", absl::StrJoin(report.problems, "\n")));
+    return absl::Status(parsed.missing ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition,
+                        absl::StrCat("checkpoint '", directory, "' cannot be loaded (", report.ProblemsHeading(),
+                                     "):\n", absl::StrJoin(report.problems, "\n")));
   }
   GLM_ASSIGN_OR_RETURN(auto stored, ReadCheckpointTensors(parsed.listing));
   std::unique_ptr<GlmModel> model;

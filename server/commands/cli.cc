@@ -172,14 +172,14 @@ int RunInspect(int argc, char** argv) {
     json out = InfoJson(info);
     out["loadable"] = report->loadable();
     out["problems"] = report->problems;
+    if (report->problems_unlisted > 0) out["problems_unlisted"] = report->problems_unlisted;
     if (show_mapping) out["mapping"] = report->mapping;
     std::cout << JsonDump(out) << std::endl;
     return report->loadable() ? kExitOk : kExitBadInput;
   }
   if (!report->loadable()) {
-    std::fprintf(stderr, "checkpoint '%s' cannot be loaded (%zu problem%s):\n%s\n", model.c_str(),
-                 report->problems.size(), report->problems.size() == 1 ? "" : "s",
-                 absl::StrJoin(report->problems, "\n").c_str());
+    std::fprintf(stderr, "checkpoint '%s' cannot be loaded (%s):\n%s\n", model.c_str(),
+                 report->ProblemsHeading().c_str(), absl::StrJoin(report->problems, "\n").c_str());
     return kExitBadInput;
   }
   std::printf("model:          %s\n", info.directory.c_str());

@@ -176,7 +176,7 @@ int RunDoctor(int argc, char** argv) {
       if (!r.ok()) {
         add("model", "FAIL", std::string(r.status().message()), "fix the path or the checkpoint files");
       } else if (!r->loadable()) {
-        add("model", "FAIL", absl::StrCat(r->problems.size(), " problem(s): ", absl::StrJoin(r->problems, "; ")),
+        add("model", "FAIL", absl::StrCat(r->ProblemsHeading(), ": ", absl::StrJoin(r->problems, "; ")),
             "re-download or re-export the checkpoint (glmserve inspect --model DIR lists each problem)");
       } else {
         report = *r;

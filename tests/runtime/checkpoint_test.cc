@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "runtime/checkpoint/checkpoint_tensors.h"
 #include "runtime/checkpoint/model_config.h"
@@ -798,6 +800,43 @@ TEST(ConfigAgainstTensors, DefaultedHiddenSizeIsNamedWhenShapesDisagree) {
   EXPECT_EQ(
       CountContaining(null->problems, "config.json: field 'hidden_size': expected a positive integer, found null"), 1u)
       << Joined(null->problems);
+}
+
+// A header naming 100,000 tensors: read in linear time (a parse callback made it quadratic: 59 s),
+// the stray names listed 20 and counted, so the missing keys still make the listed problems, and
+// the report's list stops at 200 with a count of the rest.
+TEST(ConfigAgainstTensors, AHeaderOfManyStrayNamesIsSummarizedAndTheMissingKeysListed) {
+  TempDir tmp;
+  fs::copy_file(fs::path(ModelFixture("glm4-gqa-safetensors")) / "config.json", tmp.path() / "config.json");
+  std::string header = "{";
+  for (int i = 0; i < 100000; ++i) {
+    absl::StrAppend(&header, i == 0 ? "" : ",", "\"t", i,
+                    "\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}");
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::string file(8, '\0');
+  const uint64_t size = header.size();
+  std::memcpy(file.data(), &size, 8);
+  WriteAll(tmp.path() / "model.safetensors", file + header);
+  auto report = InspectCheckpoint(tmp.str());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(CountContaining(report->problems, "unexpected key 't"), 20u) << Joined(report->problems);
+  EXPECT_EQ(CountContaining(report->problems, "... and 99980 more unexpected keys (100000 in all"), 1u)
+      << Joined(report->problems);
+  EXPECT_EQ(CountContaining(report->problems, "missing key 'model.embed_tokens.weight'"), 1u)
+      << Joined(report->problems);
+  EXPECT_LE(report->problems.size(), 200u);
+
+  // More problems than a report lists: the first 200, and the count of the rest.
+  nlohmann::json config = nlohmann::json::parse(ReadAll(tmp.path() / "config.json"));
+  config["num_hidden_layers"] = 40;  // 40 layers' keys missing: ~400 problems
+  WriteAll(tmp.path() / "config.json", config.dump());
+  auto many = InspectCheckpoint(tmp.str());
+  ASSERT_TRUE(many.ok()) << many.status();
+  EXPECT_EQ(many->problems.size(), 200u);
+  EXPECT_GT(many->problems_unlisted, 0);
+  EXPECT_NE(many->ProblemsHeading().find(", the first 200 listed"), std::string::npos) << many->ProblemsHeading();
 }
 
 TEST(UnreadableWeights, OpenFailureIsOneProblemWithoutMissingKeys) {
