@@ -199,17 +199,29 @@ std::string TokenString(const json& v) {
   return "";
 }
 
-// A tokenizer_config.json that is missing or not JSON leaves the defaults (it is optional, and the
-// chat template has its family fallback). read_specials (tokenizer.json only; tiktoken and
-// sentencepiece have fixed special tokens): fill special_token_strings and special_decoder_entries;
+// A missing tokenizer_config.json leaves the defaults (it is optional, and the chat template has
+// its family fallback); one that is there must be a JSON object (a damaged one was taken as absent,
+// and its chat template silently replaced by the family's; transformers refuses it). read_specials (tokenizer.json
+// only; tiktoken and sentencepiece have fixed special tokens): fill special_token_strings and special_decoder_entries;
 // a malformed added_tokens_decoder is then an error naming the entry, since it would decide which
 // ids the response text keeps.
 absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool read_specials) {
   TokenizerConfig c;
   const std::string path = (dir / "tokenizer_config.json").string();
-  if (auto text = ReadFile(path); text.ok()) {
-    json j = json::parse(*text, nullptr, false);
-    if (j.is_object()) {
+  std::error_code exists_error;
+  if (fs::exists(path, exists_error)) {
+    absl::StatusOr<std::string> text = ReadFile(path);
+    if (!text.ok()) return text.status();
+    json j;
+    try {
+      j = json::parse(*text);
+    } catch (const json::exception& e) {  // cut short, bad UTF-8, ...: the parser says where and why
+      return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON: ", JsonErrorText(e)));
+    }
+    if (!j.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": expected a JSON object, got ", j.type_name()));
+    }
+    {
       if (j.contains("chat_template") && j["chat_template"].is_string()) c.chat_template = j["chat_template"];
       if (j.contains("eos_token")) c.eos_token = TokenString(j["eos_token"]);
       for (auto it = j.begin(); read_specials && it != j.end(); ++it) {

@@ -187,6 +187,25 @@ TEST(InspectCli, ConfigAndWeightProblemsInOneReport) {
   fs::remove_all(dir);
 }
 
+// A damaged tokenizer_config.json is a problem naming it (it was taken as absent: the chat
+// template silently became the family's default); a missing one stays optional.
+TEST(InspectCli, DamagedTokenizerConfigIsAProblemNamingTheFile) {
+  const fs::path dir = TinyModelCopy("glmserve_broken_tokenizer_config");
+  fs::remove(dir / "chat_template.jinja");
+  std::ofstream(dir / "tokenizer_config.json", std::ios::trunc) << "{\"chat_template\": \"x\",";
+  RunResult r = Glmserve({"inspect", "--model", dir.string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("tokenizer_config.json: invalid JSON: parse error at line 1"), std::string::npos) << r.err;
+  std::ofstream(dir / "tokenizer_config.json", std::ios::trunc) << "[1]";
+  r = Glmserve({"inspect", "--model", dir.string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("tokenizer_config.json: expected a JSON object, got array"), std::string::npos) << r.err;
+  fs::remove(dir / "tokenizer_config.json");
+  r = Glmserve({"inspect", "--model", dir.string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  fs::remove_all(dir);
+}
+
 // Tokenizer files that do not load are a problem of the checkpoint (serve refused no prompt
 // before: it started ids-only); the parser's reason is given, and a stray byte in it does not
 // abort --json (nlohmann's dump threw on it).
