@@ -65,14 +65,18 @@ class FieldReader {
 
   // A size (hidden_size, vocab_size...): absent takes transformers' default `fallback` (listed in
   // `defaulted` when given); null is 0, which the positivity check reports by name (transformers
-  // would pass None on and fail building the model, not take its default).
+  // would pass None on and fail building the model, not take its default). A value of the wrong
+  // type or range is reported and read as 0 too: checked against the weights as the default, it
+  // made every shape a wrong "config.json hidden_size is 4096" (the weights are then not checked).
   int32_t Dim(const char* key, int32_t fallback, std::vector<std::string>* defaulted = nullptr) {
     if (object_.is_object() && object_.contains(key) && object_[key].is_null()) return 0;
     if (!object_.is_object() || !object_.contains(key)) {
       if (defaulted != nullptr) defaulted->push_back(absl::StrCat(prefix_, key, " (default ", fallback, ")"));
       return fallback;
     }
-    return Int(key, fallback);
+    const size_t problems_before = problems_->size();
+    const int32_t value = Int(key, fallback);
+    return problems_->size() > problems_before ? 0 : value;
   }
 
   // How this reader's fields are named in the defaulted list ("text_config." for glm4v).
@@ -139,6 +143,13 @@ class FieldReader {
 
   void Problem(const std::string& key, const std::string& what) {
     problems_->push_back(absl::StrCat(file_, ": field '", key, "': ", what));
+  }
+  // True when a problem already names field `key` (a value of the wrong type, read as 0, is not
+  // reported again as "expected a positive integer, found 0").
+  bool Reported(const std::string& key) const {
+    const std::string named = absl::StrCat("field '", key, "':");
+    return std::any_of(problems_->begin(), problems_->end(),
+                       [&](const std::string& p) { return p.find(named) != std::string::npos; });
   }
 
  private:
@@ -455,7 +466,8 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
                               {"temporal_patch_size", v.temporal_patch_size},
                               {"image_size", v.image_size},
                               {"in_channels", v.in_channels}}) {
-    if (value <= 0) vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
+    if (value <= 0 && !vr.Reported(field))
+      vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
   }
   if (v.depth > kMaxConfigLayers) {
     vr.Problem("depth", absl::StrCat(v.depth, " is implausibly large (at most ", kMaxConfigLayers, ")"));
@@ -608,6 +620,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
   const json& sizes_object =
       glm4v && config.contains("text_config") && config["text_config"].is_object() ? config["text_config"] : config;
   auto require_positive = [&](const char* field, int32_t value, int32_t most) {
+    if (value <= 0 && reader.Reported(in + field)) return;
     if (value <= 0) {
       const bool null = sizes_object.contains(field) && sizes_object[field].is_null();
       reader.Problem(in + field, absl::StrCat("expected a positive integer, found ",

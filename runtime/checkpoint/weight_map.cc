@@ -597,11 +597,21 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
   auto maybe_unreadable = [&](const std::string& key) {
     return listing.unreadable_keys_unknown || listing.unreadable_keys.count(key) > 0;
   };
+  // A size config.json does not set is transformers' default: said so where a message quotes it.
+  auto defaulted = [&](const std::string& field) {
+    for (const std::string& d : config.defaulted_sizes) {
+      if (absl::StartsWith(d, field + " ")) return true;
+    }
+    return false;
+  };
+  auto quoted = [&](const std::string& field, int64_t value) {
+    return absl::StrCat("config.json ", field, " is ", value,
+                        defaulted(field) ? " (absent from config.json: transformers' default)" : "");
+  };
   for (IndexedScope& s : indexed) {
     if (!s.beyond_config.empty()) {
-      plan.problems.push_back(absl::StrCat("config.json ", s.count_field, " is ", s.count,
-                                           " but the checkpoint has tensors for ", s.what, " ",
-                                           absl::StrJoin(s.beyond_config, ", "), " too"));
+      plan.problems.push_back(absl::StrCat(quoted(s.count_field, s.count), " but the checkpoint has tensors for ",
+                                           s.what, " ", absl::StrJoin(s.beyond_config, ", "), " too"));
     }
     std::vector<int32_t> empty;
     int32_t unreadable = 0;
@@ -616,9 +626,9 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     // All indices empty is not "too few layers" but missing keys, listed one by one below.
     s.empty_reported = !empty.empty() && static_cast<int32_t>(empty.size()) + unreadable < s.count;
     if (s.empty_reported) {
-      plan.problems.push_back(absl::StrCat(
-          "config.json ", s.count_field, " is ", s.count, " but the checkpoint has no tensors for ", s.what, " ",
-          absl::StrJoin(empty, ", "), " (e.g. '", Instantiate(s.first_key, empty[0]), "' is absent)"));
+      plan.problems.push_back(absl::StrCat(quoted(s.count_field, s.count), " but the checkpoint has no tensors for ",
+                                           s.what, " ", absl::StrJoin(empty, ", "), " (e.g. '",
+                                           Instantiate(s.first_key, empty[0]), "' is absent)"));
     }
   }
   // Every required slot must be provided; an index with no tensors at all was reported above.
@@ -659,23 +669,16 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
   // mismatches after them.
   const char* hidden_field = glm4v ? "text_config.hidden_size" : "hidden_size";
   std::vector<std::string> sizes;
-  auto defaulted = [&](const std::string& field) {
-    for (const std::string& d : config.defaulted_sizes) {
-      if (absl::StartsWith(d, field + " ")) return true;
-    }
-    return false;
-  };
   for (const TensorRecord& record : listing.tensors) {
     const bool is_embedding = absl::EndsWith(record.name, original ? "word_embeddings.weight" : "embed_tokens.weight");
     if (!is_embedding || record.shape.size() != 2) continue;
     if (record.shape[0] != config.vocab_size) {
-      plan.problems.push_back(absl::StrCat("config.json ", vocab_field, " is ", config.vocab_size,
-                                           " but the embedding '", record.name, "' has ", record.shape[0], " rows"));
+      plan.problems.push_back(absl::StrCat(quoted(vocab_field, config.vocab_size), " but the embedding '", record.name,
+                                           "' has ", record.shape[0], " rows"));
     }
     if (record.shape[1] != config.hidden_size) {
-      sizes.push_back(absl::StrCat("config.json ", hidden_field, " is ", config.hidden_size,
-                                   defaulted(hidden_field) ? " (absent from config.json: transformers' default)" : "",
-                                   " but the embedding '", record.name, "' has ", record.shape[1], " columns"));
+      sizes.push_back(absl::StrCat(quoted(hidden_field, config.hidden_size), " but the embedding '", record.name,
+                                   "' has ", record.shape[1], " columns"));
     }
   }
   if (misshapen_keys > 0 && !config.defaulted_sizes.empty()) {

@@ -802,6 +802,34 @@ TEST(ConfigAgainstTensors, DefaultedHiddenSizeIsNamedWhenShapesDisagree) {
       << Joined(null->problems);
 }
 
+// A size of the wrong type is one problem (it was read as the default, and every tensor shape
+// then mismatched "config.json hidden_size is 4096"); a count config.json leaves out says it is
+// transformers' default where a message quotes it.
+TEST(ConfigAgainstTensors, ABadSizeIsOneProblemAndADefaultedCountSaysSo) {
+  TempDir tmp;
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    fs::copy_file(fs::path(ModelFixture("glm4-gqa-safetensors")) / f, tmp.path() / f);
+  }
+  nlohmann::json config = nlohmann::json::parse(ReadAll(tmp.path() / "config.json"));
+  config["hidden_size"] = "32";
+  WriteAll(tmp.path() / "config.json", config.dump());
+  auto bad = InspectCheckpoint(tmp.str());
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  ASSERT_EQ(bad->problems.size(), 1u) << Joined(bad->problems);
+  EXPECT_NE(bad->problems[0].find("field 'hidden_size': expected an integer, found string"), std::string::npos)
+      << bad->problems[0];
+  config["hidden_size"] = 32;
+  config.erase("num_hidden_layers");
+  WriteAll(tmp.path() / "config.json", config.dump());
+  auto defaulted = InspectCheckpoint(tmp.str());
+  ASSERT_TRUE(defaulted.ok()) << defaulted.status();
+  EXPECT_EQ(CountContaining(defaulted->problems,
+                            "config.json num_hidden_layers is 40 (absent from config.json: "
+                            "transformers' default) but the checkpoint has no tensors for"),
+            1u)
+      << Joined(defaulted->problems);
+}
+
 // A header naming 100,000 tensors: read in linear time (a parse callback made it quadratic: 59 s),
 // the stray names listed 20 and counted, so the missing keys still make the listed problems, and
 // the report's list stops at 200 with a count of the rest.
