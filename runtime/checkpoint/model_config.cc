@@ -646,9 +646,12 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
                    absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ", c.num_attention_heads));
   }
   if (c.rotary_dim % 2 != 0 || c.rotary_dim < 0 || c.rotary_dim > c.head_dim) {
-    reader.Problem(in + "partial_rotary_factor",
-                   absl::StrCat("gives a rotary dimension of ", c.rotary_dim, " for head_dim ", c.head_dim,
-                                "; expected an even number no larger than head_dim"));
+    // The original ChatGLM rotates half of each kv_channels-wide head: kv_channels is the knob.
+    reader.Problem(original ? "kv_channels" : in + "partial_rotary_factor",
+                   original ? absl::StrCat(c.head_dim, " gives a rotary dimension of ", c.rotary_dim,
+                                           " (half of it); expected a multiple of 4")
+                            : absl::StrCat("gives a rotary dimension of ", c.rotary_dim, " for head_dim ", c.head_dim,
+                                           "; expected an even number no larger than head_dim"));
   }
   if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps)) {
     reader.Problem(in + (original ? "layernorm_epsilon" : "rms_norm_eps"), "expected a positive number");

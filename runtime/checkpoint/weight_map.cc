@@ -641,6 +641,7 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
     }
     return SlotName(slot, layer);
   };
+  std::set<std::string> reported_missing;
   for (Scope scope : {Scope::kModel, Scope::kTextLayer, Scope::kVisionModel, Scope::kVisionBlock}) {
     const IndexedScope* index_info = scope_of(scope);
     for (int32_t l = 0; l < ScopeCount(scope, config); ++l) {
@@ -657,6 +658,8 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
         if (*SlotAbsentReason(info.slot, config)) continue;
         if (misshapen.count(SlotKey{info.slot, layer}) > 0) continue;
         if (maybe_unreadable(display_source(info.slot, layer))) continue;
+        // A fused stored key (query_key_value, gate_up_proj) provides several slots: named once.
+        if (!reported_missing.insert(display_source(info.slot, layer)).second) continue;
         plan.problems.push_back(absl::StrCat("missing key '", display_source(info.slot, layer), "' (",
                                              SlotName(info.slot, layer), ", expected shape ",
                                              ShapeString(SlotShape(info.slot, config)), ")"));

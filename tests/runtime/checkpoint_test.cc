@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -828,6 +829,37 @@ TEST(ConfigAgainstTensors, ABadSizeIsOneProblemAndADefaultedCountSaysSo) {
                             "transformers' default) but the checkpoint has no tensors for"),
             1u)
       << Joined(defaulted->problems);
+}
+
+// A fused stored key that is missing (ChatGLM's query_key_value, GLM-4's gate_up_proj) is named
+// once, not once per slot it provides; an original ChatGLM head size whose rotary half is odd
+// names kv_channels (the field it has), not partial_rotary_factor.
+TEST(ConfigAgainstTensors, AMissingFusedKeyIsNamedOnceAndChatGlmRotaryNamesKvChannels) {
+  const std::string dir = ModelFixture("chatglm-glm4-9b-bf16-safetensors-sharded");
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<CheckpointListing> listing = ListCheckpoint(dir);
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  const std::string fused = "transformer.encoder.layers.0.self_attention.query_key_value.bias";
+  auto& tensors = listing->tensors;
+  const auto before = tensors.size();
+  tensors.erase(std::remove_if(tensors.begin(), tensors.end(), [&](const TensorRecord& r) { return r.name == fused; }),
+                tensors.end());
+  ASSERT_EQ(tensors.size() + 1, before);
+  const WeightPlan plan = PlanWeights(*config, *listing);
+  EXPECT_EQ(CountContaining(plan.problems, "missing key '" + fused + "'"), 1u) << Joined(plan.problems);
+
+  TempDir tmp;
+  for (const auto& entry : fs::directory_iterator(dir))
+    fs::copy_file(entry.path(), tmp.path() / entry.path().filename());
+  nlohmann::json chatglm = nlohmann::json::parse(ReadAll(tmp.path() / "config.json"));
+  chatglm["kv_channels"] = 10;
+  WriteAll(tmp.path() / "config.json", chatglm.dump());
+  const absl::StatusOr<ModelConfig> odd = LoadModelConfig(tmp.str());
+  ASSERT_FALSE(odd.ok());
+  EXPECT_NE(odd.status().message().find("field 'kv_channels': 10 gives a rotary dimension of 5"), std::string::npos)
+      << odd.status();
+  EXPECT_EQ(odd.status().message().find("partial_rotary_factor"), std::string::npos) << odd.status();
 }
 
 // A header naming 100,000 tensors: read in linear time (a parse callback made it quadratic: 59 s),
