@@ -81,8 +81,23 @@ fi
 extra=(${GLMSERVE_SERVE_FLAGS:-})
 server_pid=""
 probe="$build/tests/deploy/glmserve_health_probe"
+# Until the card's memory is given back (at most 30 s): a process that just exited (decode_bench,
+# the server before) may still hold it, and a server sizing its KV pool and graphs then, and more
+# so the OOM storm's capped one, starts with less than it will have (one storm in a proof run had
+# no room left for a single sequence and refused all 256 requests; alone it passed twice).
+wait_gpu_released() {
+  for _ in $(seq 1 60); do
+    local used
+    used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
+    [ -z "$used" ] || [ "$used" -lt 1024 ] && return 0
+    sleep 0.5
+  done
+  echo "the card still holds ${used} MiB 30 s after the last process ended"
+}
+
 start_server() {  # start_server LOG [FLAGS...]: a server on the ports above, ready or exit 1
   local log=$1; shift
+  wait_gpu_released
   local cmd=("$build/glmserve" serve --model "$model" --random-weights --device "$device" --dtype "$dtype"
     --host 127.0.0.1 --port "$port" --http-port "$http_port" --metrics-port "$metrics_port"
     --max-batch "$max_batch" --max-concurrent-streams 1024 --http-threads $((http_concurrency + 32))
