@@ -82,9 +82,8 @@ extra=(${GLMSERVE_SERVE_FLAGS:-})
 server_pid=""
 probe="$build/tests/deploy/glmserve_health_probe"
 # Until the card's memory is given back (at most 30 s): a process that just exited (decode_bench,
-# the server before) may still hold it, and a server sizing its KV pool and graphs then, and more
-# so the OOM storm's capped one, starts with less than it will have (one storm in a proof run had
-# no room left for a single sequence and refused all 256 requests; alone it passed twice).
+# the server before) may still hold it, and a server sizing its KV pool from the free memory would
+# start with less than it will have.
 wait_gpu_released() {
   for _ in $(seq 1 60); do
     local used
