@@ -595,18 +595,13 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (auto it = parsed.find("stream_options"); it != parsed.end() && !it->is_null()) {
     if (!it->is_object()) return WrongType("stream_options", *it, "an object");
     if (!out->stream) return Bad("stream_options", "only allowed when stream is true");
-    bool continuous_usage_stats = false;  // vLLM's usage in every chunk
     for (auto option = it->begin(); option != it->end(); ++option) {
       const std::string path = "stream_options." + option.key();
       std::optional<Refusal> e;
       if (option.key() == "include_usage") {
         e = GetBool(*it, "include_usage", &out->include_usage);
       } else if (option.key() == "continuous_usage_stats") {
-        e = GetBool(*it, "continuous_usage_stats", &continuous_usage_stats);
-        if (!e && continuous_usage_stats) {
-          return Bad(path, "only false is supported (usage comes in the last chunk with include_usage)",
-                     RefusalKind::kUnsupportedParameter);
-        }
+        e = GetBool(*it, "continuous_usage_stats", &out->continuous_usage);
       } else {
         return Bad(path, "unknown stream option (include_usage, continuous_usage_stats)",
                    RefusalKind::kUnsupportedParameter);

@@ -40,6 +40,9 @@ struct ApiRequest {
   GenerateRequest request;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  // stream_options.continuous_usage_stats (vLLM's): with include_usage, every chunk carries the
+  // usage so far, not null.
+  bool continuous_usage = false;
   // return_token_ids (vLLM's spelling): each streamed chunk also carries the engine step's ids in
   // the choice's `token_ids`, and a step whose ids decode to no text still sends a chunk, so a
   // client sees every step (load tools timing tokens of random-weight models).

@@ -694,6 +694,7 @@ struct Call final : public SessionSink {
   struct Delta {
     std::string text;
     std::vector<int32_t> token_ids;
+    int64_t generated = 0;  // tokens generated up to and including this delta's step
   };
   std::deque<Delta> deltas;        // guarded by mu
   bool done = false;               // guarded by mu
@@ -702,15 +703,18 @@ struct Call final : public SessionSink {
   std::string text;                // guarded by mu; the whole text (unary)
   ClientQuota::Lease quota;        // handler thread: released when the answer is complete
   std::vector<ImageUsage> images;  // the prompt's images as resized (usage); set before Submit
+  int64_t prompt_tokens = 0;       // set before Submit (continuous usage)
+  int64_t generated = 0;           // guarded by mu; tokens of the steps delivered so far
 
   void OnStep(const std::vector<int32_t>& ids, const std::string& delta) override {
-    if (has_text && delta.empty() && !return_token_ids) return;
     {
       std::lock_guard<std::mutex> lock(mu);
+      generated += static_cast<int64_t>(ids.size());
+      if (has_text && delta.empty() && !return_token_ids) return;
       if (has_text) {
-        deltas.push_back({delta, return_token_ids ? ids : std::vector<int32_t>()});
+        deltas.push_back({delta, return_token_ids ? ids : std::vector<int32_t>(), generated});
       } else {
-        deltas.push_back({std::string(), ids});
+        deltas.push_back({std::string(), ids, generated});
       }
     }
     cv.notify_all();
@@ -969,6 +973,7 @@ class Handler {
     call->return_token_ids = api.return_token_ids;
     call->quota = std::move(admission.quota);
     call->images = ImageUsages(request.multimodal.get());
+    call->prompt_tokens = static_cast<int64_t>(request.input_ids.size());
     if (auto e =
             sessions.Submit(admission, std::move(request), std::move(info), api.request.stop, call, &call->session)) {
       return refuse(*e);
@@ -1112,8 +1117,12 @@ class Handler {
     const bool chat = api.kind == ApiKind::kChat;
     const std::string model = api.model;
     const bool include_usage = api.include_usage;
-    auto chunk = [chat, id, created, model, include_usage](const json& choice_delta, const json& finish,
-                                                           const std::vector<int32_t>& token_ids = {}) {
+    // With continuous_usage_stats every chunk's usage is the count so far (vLLM's), else null.
+    const bool continuous = include_usage && api.continuous_usage;
+    const int64_t prompt_tokens = call->prompt_tokens;
+    auto chunk = [chat, id, created, model, include_usage, continuous, prompt_tokens](
+                     const json& choice_delta, const json& finish, const std::vector<int32_t>& token_ids = {},
+                     int64_t generated = 0) {
       json choice = chat ? json{{"index", 0}, {"delta", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}}
                          : json{{"index", 0}, {"text", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}};
       if (!token_ids.empty()) choice["token_ids"] = token_ids;
@@ -1122,7 +1131,12 @@ class Handler {
                 {"created", created},
                 {"model", model},
                 {"choices", json::array({choice})}};
-      if (include_usage) j["usage"] = nullptr;
+      if (include_usage) {
+        j["usage"] = continuous ? json{{"prompt_tokens", prompt_tokens},
+                                       {"completion_tokens", generated},
+                                       {"total_tokens", prompt_tokens + generated}}
+                                : json(nullptr);
+      }
       return absl::StrCat("data: ", JsonDump(j), "\n\n");
     };
     auto sent_role = std::make_shared<bool>(false);
@@ -1155,7 +1169,9 @@ class Handler {
         }
       }
       for (const Call::Delta& d : deltas) {
-        if (!write(chunk(chat ? json{{"content", d.text}} : json(d.text), nullptr, d.token_ids))) return false;
+        if (!write(chunk(chat ? json{{"content", d.text}} : json(d.text), nullptr, d.token_ids, d.generated))) {
+          return false;
+        }
       }
       if (!done) {
         if (state->stopping) {
@@ -1173,8 +1189,13 @@ class Handler {
         sink.done();
         return true;
       }
-      if (!tail.empty() && !write(chunk(chat ? json{{"content", tail}} : json(tail), nullptr))) return false;
-      if (!write(chunk(chat ? json::object() : json(""), FinishName(result.finish_reason)))) return false;
+      const auto completion = static_cast<int64_t>(result.output_ids.size());
+      if (!tail.empty() && !write(chunk(chat ? json{{"content", tail}} : json(tail), nullptr, {}, completion))) {
+        return false;
+      }
+      if (!write(chunk(chat ? json::object() : json(""), FinishName(result.finish_reason), {}, completion))) {
+        return false;
+      }
       if (include_usage) {
         json j = {{"id", id},
                   {"object", chat ? "chat.completion.chunk" : "text_completion"},

@@ -99,6 +99,16 @@ def main():
         check(finish == chat.choices[0].finish_reason, f"chat stream finish_reason {finish}")
         check(usage is not None and usage.completion_tokens == u.completion_tokens and usage.prompt_tokens == u.prompt_tokens,
               f"stream_options.include_usage: final chunk usage {usage}")
+        # vLLM's continuous_usage_stats: every chunk carries the usage so far (it was refused).
+        stream = client.chat.completions.create(
+            model="glm4-tiny", messages=messages, max_tokens=16, temperature=0, stream=True,
+            stream_options={"include_usage": True, "continuous_usage_stats": True})
+        counts = [(c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.total_tokens) if c.usage else None
+                  for c in stream]
+        check(all(c is not None for c in counts) and all(p == u.prompt_tokens and t == p + n for p, n, t in counts) and
+              [n for _, n, _ in counts] == sorted(n for _, n, _ in counts) and counts[-1][1] == u.completion_tokens and
+              counts[0][1] == 0,
+              f"continuous_usage_stats: usage in every chunk, completion tokens rising to the total ({counts})")
 
         # Prefix caching (on by default): the same long prompt again reuses its full KV blocks, and
         # usage.prompt_tokens_details.cached_tokens says how many positions, streaming included.
