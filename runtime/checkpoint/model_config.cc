@@ -144,13 +144,6 @@ class FieldReader {
   void Problem(const std::string& key, const std::string& what) {
     problems_->push_back(absl::StrCat(file_, ": field '", key, "': ", what));
   }
-  // True when a problem already names field `key` (a value of the wrong type, read as 0, is not
-  // reported again as "expected a positive integer, found 0").
-  bool Reported(const std::string& key) const {
-    const std::string named = absl::StrCat("field '", key, "':");
-    return std::any_of(problems_->begin(), problems_->end(),
-                       [&](const std::string& p) { return p.find(named) != std::string::npos; });
-  }
 
  private:
   const json& object_;
@@ -466,8 +459,7 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
                               {"temporal_patch_size", v.temporal_patch_size},
                               {"image_size", v.image_size},
                               {"in_channels", v.in_channels}}) {
-    if (value <= 0 && !vr.Reported(field))
-      vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
+    if (value <= 0) vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
   }
   if (v.depth > kMaxConfigLayers) {
     vr.Problem("depth", absl::StrCat(v.depth, " is implausibly large (at most ", kMaxConfigLayers, ")"));
@@ -620,7 +612,9 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
   const json& sizes_object =
       glm4v && config.contains("text_config") && config["text_config"].is_object() ? config["text_config"] : config;
   auto require_positive = [&](const char* field, int32_t value, int32_t most) {
-    if (value <= 0 && reader.Reported(in + field)) return;
+    // A value of the wrong type or range was reported as such where it was read (read as 0).
+    const auto it = sizes_object.find(field);
+    if (value <= 0 && it != sizes_object.end() && !it->is_null() && !FitsInt32(*it)) return;
     if (value <= 0) {
       const bool null = sizes_object.contains(field) && sizes_object[field].is_null();
       reader.Problem(in + field, absl::StrCat("expected a positive integer, found ",
