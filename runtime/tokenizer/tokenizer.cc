@@ -176,6 +176,16 @@ void EncodeWithSpecials(std::string_view text, const std::vector<std::pair<std::
   if (start < text.size()) encode_text(text.substr(start), out);
 }
 
+// `text`, the contents of the JSON file `where`; INVALID_ARGUMENT naming the file and where and why
+// the parser stopped (cut short, bad UTF-8, ...).
+absl::StatusOr<json> ParseJsonText(const std::string& where, const std::string& text) {
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": invalid JSON: ", JsonErrorText(e)));
+  }
+}
+
 // tokenizer_config.json fields glmserve uses: chat_template (or chat_template.jinja), eos_token, and
 // what makes tokens special besides tokenizer.json; config.json's model_type, which picks the
 // family default when no known template is found.
@@ -201,10 +211,10 @@ std::string TokenString(const json& v) {
 
 // A missing tokenizer_config.json leaves the defaults (it is optional, and the chat template has
 // its family fallback); one that is there must be a JSON object (a damaged one was taken as absent,
-// and its chat template silently replaced by the family's; transformers refuses it). read_specials (tokenizer.json
-// only; tiktoken and sentencepiece have fixed special tokens): fill special_token_strings and special_decoder_entries;
-// a malformed added_tokens_decoder is then an error naming the entry, since it would decide which
-// ids the response text keeps.
+// and its chat template silently replaced by the family's; transformers refuses it).
+// read_specials (tokenizer.json only; tiktoken and sentencepiece have fixed special tokens): fill
+// special_token_strings and special_decoder_entries; a malformed added_tokens_decoder is then an
+// error naming the entry, since it would decide which ids the response text keeps.
 absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool read_specials) {
   TokenizerConfig c;
   const std::string path = (dir / "tokenizer_config.json").string();
@@ -212,53 +222,48 @@ absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool re
   if (fs::exists(path, exists_error)) {
     absl::StatusOr<std::string> text = ReadFile(path);
     if (!text.ok()) return text.status();
-    json j;
-    try {
-      j = json::parse(*text);
-    } catch (const json::exception& e) {  // cut short, bad UTF-8, ...: the parser says where and why
-      return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON: ", JsonErrorText(e)));
-    }
+    absl::StatusOr<json> parsed = ParseJsonText(path, *text);
+    if (!parsed.ok()) return parsed.status();
+    json j = *std::move(parsed);
     if (!j.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": expected a JSON object, got ", j.type_name()));
     }
-    {
-      if (j.contains("chat_template") && j["chat_template"].is_string()) c.chat_template = j["chat_template"];
-      if (j.contains("eos_token")) c.eos_token = TokenString(j["eos_token"]);
-      for (auto it = j.begin(); read_specials && it != j.end(); ++it) {
-        const std::string& key = it.key();
-        if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0) {
-          if (std::string s = TokenString(it.value()); !s.empty()) c.special_token_strings.push_back(std::move(s));
-        }
+    if (j.contains("chat_template") && j["chat_template"].is_string()) c.chat_template = j["chat_template"];
+    if (j.contains("eos_token")) c.eos_token = TokenString(j["eos_token"]);
+    for (auto it = j.begin(); read_specials && it != j.end(); ++it) {
+      const std::string& key = it.key();
+      if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0) {
+        if (std::string s = TokenString(it.value()); !s.empty()) c.special_token_strings.push_back(std::move(s));
       }
-      // transformers 5 reads an extra_special_tokens object as more named tokens; a list of them
-      // (or additional_special_tokens) does not change which ids its decode skips.
-      if (read_specials && j.contains("extra_special_tokens") && j["extra_special_tokens"].is_object()) {
-        for (const json& v : j["extra_special_tokens"]) {
-          if (std::string s = TokenString(v); !s.empty()) c.special_token_strings.push_back(std::move(s));
-        }
+    }
+    // transformers 5 reads an extra_special_tokens object as more named tokens; a list of them
+    // (or additional_special_tokens) does not change which ids its decode skips.
+    if (read_specials && j.contains("extra_special_tokens") && j["extra_special_tokens"].is_object()) {
+      for (const json& v : j["extra_special_tokens"]) {
+        if (std::string s = TokenString(v); !s.empty()) c.special_token_strings.push_back(std::move(s));
       }
-      if (read_specials && j.contains("added_tokens_decoder")) {
-        const json& atd = j["added_tokens_decoder"];
-        if (!atd.is_object()) {
+    }
+    if (read_specials && j.contains("added_tokens_decoder")) {
+      const json& atd = j["added_tokens_decoder"];
+      if (!atd.is_object()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": added_tokens_decoder: expected an object of id -> token, got ", atd.type_name()));
+      }
+      for (auto it = atd.begin(); it != atd.end(); ++it) {
+        const std::string where = absl::StrCat(path, ": added_tokens_decoder[\"", it.key(), "\"]");
+        int32_t id;
+        if (!absl::SimpleAtoi(it.key(), &id) || id < 0 || id >= kMaxTokenId) {
           return absl::InvalidArgumentError(
-              absl::StrCat(path, ": added_tokens_decoder: expected an object of id -> token, got ", atd.type_name()));
+              absl::StrCat(where, ": expected a token id in [0, ", kMaxTokenId, ") as the key"));
         }
-        for (auto it = atd.begin(); it != atd.end(); ++it) {
-          const std::string where = absl::StrCat(path, ": added_tokens_decoder[\"", it.key(), "\"]");
-          int32_t id;
-          if (!absl::SimpleAtoi(it.key(), &id) || id < 0 || id >= kMaxTokenId) {
-            return absl::InvalidArgumentError(
-                absl::StrCat(where, ": expected a token id in [0, ", kMaxTokenId, ") as the key"));
-          }
-          const json& e = it.value();
-          if (!e.is_object() || !e.contains("content") || !e["content"].is_string()) {
-            return absl::InvalidArgumentError(absl::StrCat(where, ": expected an object with a string \"content\""));
-          }
-          if (e.contains("special") && !e["special"].is_boolean()) {
-            return absl::InvalidArgumentError(absl::StrCat(where, ".special: expected true or false"));
-          }
-          if (e.value("special", false)) c.special_decoder_entries.emplace_back(id, e["content"].get<std::string>());
+        const json& e = it.value();
+        if (!e.is_object() || !e.contains("content") || !e["content"].is_string()) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": expected an object with a string \"content\""));
         }
+        if (e.contains("special") && !e["special"].is_boolean()) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ".special: expected true or false"));
+        }
+        if (e.value("special", false)) c.special_decoder_entries.emplace_back(id, e["content"].get<std::string>());
       }
     }
   }
@@ -411,12 +416,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
   const std::string where = path.string();
-  json j;
-  try {
-    j = json::parse(*text);
-  } catch (const json::exception& e) {  // cut short, bad UTF-8, ...: the parser says where and why
-    return absl::InvalidArgumentError(absl::StrCat(where, ": invalid JSON: ", JsonErrorText(e)));
-  }
+  absl::StatusOr<json> parsed = ParseJsonText(where, *text);
+  if (!parsed.ok()) return parsed.status();
+  json j = *std::move(parsed);
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": not a tokenizer.json (no model object)"));
   }
