@@ -1284,8 +1284,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       // length at once (the pre-routing handler checked it is a number within max_body), a chunked
       // body in steps as it arrives. Held as long as the body is: until the handler returns (a unary
       // answer is complete then; a stream's events are written after).
-      ByteBudget unlimited(0);
-      ByteBudget::Hold held(state->options.body_budget != nullptr ? state->options.body_budget.get() : &unlimited);
+      ByteBudget::Hold held(state->options.body_budget.get());
       const std::string declared = req.get_header_value("Content-Length");
       bool over_budget =
           !held.Grow(declared.empty() ? 0 : static_cast<int64_t>(std::strtoull(declared.c_str(), nullptr, 10)));

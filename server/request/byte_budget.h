@@ -20,7 +20,7 @@ class ByteBudget {
   ByteBudget& operator=(const ByteBudget&) = delete;
 
   // Bytes held against a budget until the hold goes; for work whose size grows as it arrives (a
-  // chunked body). The budget must outlive its holds.
+  // chunked body). The budget must outlive its holds; a null budget is no cap.
   class Hold {
    public:
     explicit Hold(ByteBudget* budget) : budget_(budget) {}
@@ -35,7 +35,7 @@ class ByteBudget {
     // plus this one's would pass the limit. A hold alone may pass it, so that every size can pass
     // when the server is otherwise idle.
     bool Grow(int64_t bytes) {
-      if (budget_->limit_ <= 0 || bytes <= 0) return true;
+      if (budget_ == nullptr || budget_->limit_ <= 0 || bytes <= 0) return true;
       std::lock_guard<std::mutex> lock(budget_->mu_);
       if (budget_->in_flight_ > bytes_ && budget_->in_flight_ + bytes > budget_->limit_) return false;
       budget_->in_flight_ += bytes;

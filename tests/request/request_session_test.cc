@@ -369,7 +369,10 @@ TEST(ByteBudgetTest, AHoldGrowsWhileTheOthersLeaveRoomAndAloneWithoutLimit) {
     EXPECT_EQ(budget.TryAcquire(1), nullptr);
     EXPECT_EQ(budget.in_flight(), 580);
   }
-  EXPECT_EQ(budget.in_flight(), 0);  // the hold gives back all it grew
+  EXPECT_EQ(budget.in_flight(), 0);    // the hold gives back all it grew
+  ByteBudget::Hold uncapped(nullptr);  // no budget: every size, nothing counted
+  EXPECT_TRUE(uncapped.Grow(int64_t{1} << 40));
+  EXPECT_EQ(uncapped.bytes(), 0);
 }
 
 TEST_F(SessionTest, CancelledByTheClientCountsCancelled) {
