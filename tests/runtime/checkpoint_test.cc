@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <random>
 #include <string>
@@ -742,6 +743,11 @@ TEST_F(DamagedBin, LegacyShardInShardedBin) {
 // RLIMIT_NOFILE at the lowest free descriptor makes open() fail with EMFILE.
 std::string ModelFixture(const std::string& name) { return std::string(GLMSERVE_FIXTURES_DIR) + "/models/" + name; }
 
+// Copies `files` of the fixture model `name` into `tmp` (to edit them there).
+void CopyModelFixture(const std::string& name, const TempDir& tmp, std::initializer_list<const char*> files) {
+  for (const char* f : files) fs::copy_file(fs::path(ModelFixture(name)) / f, tmp.path() / f);
+}
+
 size_t CountContaining(const std::vector<std::string>& v, const std::string& needle) {
   size_t n = 0;
   for (const std::string& s : v) n += s.find(needle) != std::string::npos;
@@ -778,9 +784,7 @@ TEST(CheckpointListingTest, IndexShardNameWithANulIsRefusedNamingTheEntry) {
 // tensors disagree the report names the field, not only 23 shape mismatches.
 TEST(ConfigAgainstTensors, DefaultedHiddenSizeIsNamedWhenShapesDisagree) {
   TempDir tmp;
-  for (const char* f : {"config.json", "model.safetensors"}) {
-    fs::copy_file(fs::path(ModelFixture("glm4-gqa-safetensors")) / f, tmp.path() / f);
-  }
+  CopyModelFixture("glm4-gqa-safetensors", tmp, {"config.json", "model.safetensors"});
   nlohmann::json config = nlohmann::json::parse(ReadAll(tmp.path() / "config.json"));
   config.erase("hidden_size");
   WriteAll(tmp.path() / "config.json", config.dump());
@@ -808,9 +812,7 @@ TEST(ConfigAgainstTensors, DefaultedHiddenSizeIsNamedWhenShapesDisagree) {
 // transformers' default where a message quotes it.
 TEST(ConfigAgainstTensors, ABadSizeIsOneProblemAndADefaultedCountSaysSo) {
   TempDir tmp;
-  for (const char* f : {"config.json", "model.safetensors"}) {
-    fs::copy_file(fs::path(ModelFixture("glm4-gqa-safetensors")) / f, tmp.path() / f);
-  }
+  CopyModelFixture("glm4-gqa-safetensors", tmp, {"config.json", "model.safetensors"});
   nlohmann::json config = nlohmann::json::parse(ReadAll(tmp.path() / "config.json"));
   config["hidden_size"] = "32";
   WriteAll(tmp.path() / "config.json", config.dump());
@@ -867,7 +869,7 @@ TEST(ConfigAgainstTensors, AMissingFusedKeyIsNamedOnceAndChatGlmRotaryNamesKvCha
 // the report's list stops at 200 with a count of the rest.
 TEST(ConfigAgainstTensors, AHeaderOfManyStrayNamesIsSummarizedAndTheMissingKeysListed) {
   TempDir tmp;
-  fs::copy_file(fs::path(ModelFixture("glm4-gqa-safetensors")) / "config.json", tmp.path() / "config.json");
+  CopyModelFixture("glm4-gqa-safetensors", tmp, {"config.json"});
   std::string header = "{";
   for (int i = 0; i < 100000; ++i) {
     absl::StrAppend(&header, i == 0 ? "" : ",", "\"t", i,
@@ -901,9 +903,7 @@ TEST(ConfigAgainstTensors, AHeaderOfManyStrayNamesIsSummarizedAndTheMissingKeysL
 
 TEST(UnreadableWeights, OpenFailureIsOneProblemWithoutMissingKeys) {
   TempDir tmp;
-  for (const char* f : {"config.json", "model.safetensors"}) {
-    fs::copy_file(fs::path(ModelFixture("glm4-gqa-safetensors")) / f, tmp.path() / f);
-  }
+  CopyModelFixture("glm4-gqa-safetensors", tmp, {"config.json", "model.safetensors"});
   absl::StatusOr<ModelConfig> config = LoadModelConfig(tmp.str());
   ASSERT_TRUE(config.ok()) << config.status();
 
