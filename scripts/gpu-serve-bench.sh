@@ -24,11 +24,17 @@
 #   K. GLMSERVE_SERVE_PREFIX=1 (0 by default): --prefix-caching false / true at 64 streams, prompts
 #      of GLMSERVE_SERVE_PREFIX_SHARED (1024) shared tokens + 128 of their own -> serve_prefix.md;
 #   O. GLMSERVE_SERVE_OOM=1 (default; 0 skips): OOM storm against real CUDA OOM (GLMSERVE_CUDA_MEMORY_HEADROOM_MB=
-#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 16; the hook first fills the free space inside held
-#      segments with ballast, ~1.1 GiB on an H200, which otherwise took whole 16,384-token steps)
-#      through the running server: glmload sends 256 requests of 512 prompt tokens at 64 streams
-#      with up to 16,384 tokens a step; every one must succeed (sent = ok, lost 0) with
-#      glmserve_oom_events_total > 0 -> serve_oom.md.
+#      GLMSERVE_SERVE_OOM_HEADROOM_MB, 96: the device memory held after the warm-up step + that
+#      much; the hook first fills the free space inside held segments with ballast, ~1.1 GiB on an
+#      H200) through the running server: glmload sends 2,048 requests of 64 prompt tokens and 32
+#      new ones at 256 streams to a server taking 256 at once: the first wave's step of 80 prompts
+#      (their rows' activations and [151552] fp32 logits) outgrows the headroom, the batch limit
+#      halves and climbs back, and a lone request's step (a few MiB) always fits. On an H100
+#      (2026-12-06) headroom 64 and 128 gave that (1,024 of 1,024 ok, one OOM event each), 256 none.
+#      The storm before it (64 streams of 512-token prompts, 16 MiB) depended on the start's memory
+#      layout: a lone 512-token prompt needs ~100-128 MiB here, and once it fit, so did the rest.
+#      Every request must succeed (sent = ok, lost 0) with glmserve_oom_events_total > 0 ->
+#      serve_oom.md.
 # Everything goes to $OUT (or .gpu/out): serve.log (server stderr), serve_<mix>.{json,md,log},
 # serve_http.*, serve_decode_bench.md, serve_metrics.txt, serve_table.md.
 # Switches: GLMSERVE_SERVE_LEVELS=1,8,32,64,128,256 GLMSERVE_SERVE_DURATION=15s (per level)
@@ -187,9 +193,9 @@ fi
 
 # O. Real CUDA out-of-memory through the running server: no request lost.
 if [ "${GLMSERVE_SERVE_OOM:-1}" = 1 ]; then
-  GLMSERVE_CUDA_MEMORY_HEADROOM_MB="${GLMSERVE_SERVE_OOM_HEADROOM_MB:-16}" start_server "$out/serve_oom.log" --max-batch 64 \
-    --max-batch-tokens 16384
-  glmload_grpc --concurrency 64 --requests 256 --prompt-len 512 --max-new-tokens 16 --json-out "$out/serve_oom.json" \
+  GLMSERVE_CUDA_MEMORY_HEADROOM_MB="${GLMSERVE_SERVE_OOM_HEADROOM_MB:-96}" start_server "$out/serve_oom.log" \
+    --max-batch 256 --max-batch-tokens 16384
+  glmload_grpc --concurrency 256 --requests 2048 --prompt-len 64 --max-new-tokens 32 --json-out "$out/serve_oom.json" \
     >"$out/serve_oom_load.md" 2>&1
   oom_rc=$?
   env -u LD_LIBRARY_PATH curl -sf --max-time 10 "http://127.0.0.1:$metrics_port/metrics" >"$out/serve_oom_metrics.txt"

@@ -160,6 +160,44 @@ void LogLine(const std::function<void(const std::string&)>& log, const std::stri
   }
 }
 
+// Test hook for the chaos suite on a GPU, off unless GLMSERVE_CUDA_MEMORY_HEADROOM_MB=N is set:
+// caps the caching allocator at what it holds now (weights, KV pool, graphs, the start-up's
+// cuDNN plans) plus N MiB, so large steps run out of device memory for real through a running
+// server (the engine's OOM path: RESOURCE_EXHAUSTED, smaller batch, retry). What it holds, not
+// what is in use: graph pools are held but not in use, and a cap below them leaves no room for
+// any step. Free space left inside held segments (over a GiB on an H200 once graphs are
+// captured) would add to N and let the storm's steps fit, so it is first taken by ballast
+// tensors held for the process's life. Applied after the executor's first step (the server's
+// warm-up request), not at its creation: that step still allocates (cuDNN's prefill plans, a
+// mixed graph), and under a cap set before it those allocations took the headroom or failed,
+// so a lone storm request could not fit either, depending on the start's memory layout.
+void CapDeviceMemoryForChaos(const at::Device& device, const std::function<void(const std::string&)>& log) {
+#ifdef GLMSERVE_TORCH_CUDA
+  if (std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB") == nullptr || !device.is_cuda()) return;
+  const int64_t headroom_mb = EnvInt("GLMSERVE_CUDA_MEMORY_HEADROOM_MB", 0, 0, int64_t{1} << 20);
+  const absl::Status status = GuardTorch("capping device memory (GLMSERVE_CUDA_MEMORY_HEADROOM_MB)", [&] {
+    EmptyDeviceCache(device);
+    const int64_t reserved = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current;
+    const int64_t total_bytes = std::get<1>(at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index()));
+    auto cap_at = [&](int64_t bytes) {
+      c10::cuda::CUDACachingAllocator::setMemoryFraction(
+          std::min(1.0, static_cast<double>(bytes) / static_cast<double>(total_bytes)), device.index());
+    };
+    cap_at(reserved);
+    const int64_t ballast = FillHeldSegments(device);
+    const int64_t cap = reserved + (headroom_mb << 20);
+    cap_at(cap);
+    LogLine(log, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20, " MiB (",
+                              reserved >> 20, " MiB held after the first step + ", headroom_mb, " MiB; ", ballast >> 20,
+                              " MiB free inside held segments taken by ballast)"));
+  });
+  if (!status.ok()) LogLine(log, status.ToString());
+#else
+  (void)device;
+  (void)log;
+#endif
+}
+
 // Where a sampled row's next id is chosen when the logits are on a GPU. Rows whose logits change
 // before the draw (penalties, stop ids masked before min_new_tokens) are sampled on the device too:
 // kernels/sampling.h's ApplyPenalties changes an fp32 copy of the row exactly as the host sampler
@@ -602,6 +640,7 @@ class PagedExecutor final : public StepExecutor {
     if (!result.ok()) penalty_tables_.InvalidateAll();
 #endif
     if (profile_.recording) AfterProfiledStep();
+    if (result.ok()) AfterStepDone();
     return result;
   }
 
@@ -652,7 +691,10 @@ class PagedExecutor final : public StepExecutor {
     if (launched_.empty()) return absl::FailedPreconditionError("executor: Collect with no launched step");
     LaunchedStep step = std::move(launched_.front());
     launched_.pop_front();
-    if (step.on_host) return std::move(step.result);
+    if (step.on_host) {
+      AfterStepDone();
+      return std::move(step.result);
+    }
     StepResult result;
     device_wait_us_ = 0;
     absl::Status ready = GuardTorch("collect step", [&] { WaitForIds(step); });
@@ -680,10 +722,16 @@ class PagedExecutor final : public StepExecutor {
     }
 #endif
     result.device_wait_us = device_wait_us_;
+    AfterStepDone();
     return result;
   }
 
  private:
+  void AfterStepDone() {
+    if (!first_step_done_) CapDeviceMemoryForChaos(model_->device(), log_);
+    first_step_done_ = true;
+  }
+
   // A launched step not collected yet.
   struct LaunchedStep {
     std::vector<int64_t> sequence_ids;  // per batch entry
@@ -1189,6 +1237,7 @@ class PagedExecutor final : public StepExecutor {
   int32_t inject_oom_above_sequences_;
   std::function<void(int64_t, int32_t, const float*, int32_t)> on_sampled_logits_;
   std::function<void(const std::string&)> log_;  // null: stderr
+  bool first_step_done_ = false;                 // CapDeviceMemoryForChaos runs after it
   StepProfile profile_;
   // Scratch for Validate: per block, (generation << 32) | the batch slot owning it this step.
   std::vector<uint64_t> block_owner_;
@@ -1264,35 +1313,6 @@ class ModelRunnerImpl final : public ModelRunner {
                                       device.str(), ") from ", source));
     auto forward = std::make_unique<ModelForward>(*model_);
     if (options.capture_decode_batch > 0 && device.is_cuda()) CaptureDecodeGraphs(options, *forward, pool);
-#ifdef GLMSERVE_TORCH_CUDA
-    // Test hook for the chaos suite on a GPU, off unless set: GLMSERVE_CUDA_MEMORY_HEADROOM_MB=N caps
-    // the caching allocator at what it holds now (weights, KV pool, graphs) plus N MiB, so large
-    // steps run out of device memory for real through a running server (the engine's OOM path:
-    // RESOURCE_EXHAUSTED, smaller batch, retry). What it holds, not what is in use: graph pools are
-    // held but not in use, and a cap below them leaves no room for any step. Free space left inside
-    // held segments (over a GiB on an H200 once graphs are captured) would add to N and let the
-    // storm's steps fit, so it is first taken by ballast tensors held for the process's life.
-    if (std::getenv("GLMSERVE_CUDA_MEMORY_HEADROOM_MB") != nullptr && device.is_cuda()) {
-      const int64_t headroom_mb = EnvInt("GLMSERVE_CUDA_MEMORY_HEADROOM_MB", 0, 0, int64_t{1} << 20);
-      GLM_RETURN_IF_ERROR(GuardTorch("capping device memory (GLMSERVE_CUDA_MEMORY_HEADROOM_MB)", [&] {
-        EmptyDeviceCache(device);
-        const int64_t reserved =
-            c10::cuda::CUDACachingAllocator::getDeviceStats(device.index()).reserved_bytes[0].current;
-        const int64_t total_bytes = std::get<1>(at::getDeviceAllocator(at::kCUDA)->getMemoryInfo(device.index()));
-        auto cap_at = [&](int64_t bytes) {
-          c10::cuda::CUDACachingAllocator::setMemoryFraction(
-              std::min(1.0, static_cast<double>(bytes) / static_cast<double>(total_bytes)), device.index());
-        };
-        cap_at(reserved);
-        const int64_t ballast = FillHeldSegments(device);
-        const int64_t cap = reserved + (headroom_mb << 20);
-        cap_at(cap);
-        LogLine(options.log, absl::StrCat("GLMSERVE_CUDA_MEMORY_HEADROOM_MB: device memory capped at ", cap >> 20,
-                                          " MiB (", reserved >> 20, " MiB held + ", headroom_mb, " MiB; ",
-                                          ballast >> 20, " MiB free inside held segments taken by ballast)"));
-      }));
-    }
-#endif
     return std::unique_ptr<StepExecutor>(new PagedExecutor(std::move(forward), std::move(pool), options));
   }
 

@@ -2,6 +2,7 @@
 """bench/glmload_report.py over reports glmload wrote (tests/fixtures/glmload: a sweep at 1 and 4
 streams and an open loop at 5 requests/s, against the demo model on a CPU). The expected cells are
 the fixtures' numbers as read from the JSON, rounded by hand."""
+import json
 import os
 import subprocess
 import sys
@@ -63,9 +64,30 @@ class GlmloadReportTest(unittest.TestCase):
             metrics = os.path.join(out, "metrics.txt")
             with open(metrics, "w") as f:
                 f.write('glmserve_oom_events_total 0\nglmserve_engine_restarts_total{reason="oom"} 2\n')
-            rc, text = run("oom", os.path.join(FIXTURES, "sweep_1_4.json"), metrics, "0")
+            report = os.path.join(out, "storm.json")  # the sweep's report as a storm of 256 requests
+            with open(os.path.join(FIXTURES, "sweep_1_4.json")) as f:
+                storm = json.load(f)
+            storm["config"]["requests"] = 256
+            with open(report, "w") as f:
+                json.dump(storm, f)
+            rc, text = run("oom", report, metrics, "0")
         self.assertEqual(rc, 1)  # 67 of 256 answered and no OOM seen
         self.assertIn("| 256 | 67 | 0 | 189 | 0 | 2 | 0 |", text)
+
+    def test_oom_storm_passes_when_every_request_sent_is_ok_and_ooms_seen(self):
+        with tempfile.TemporaryDirectory() as out:
+            metrics = os.path.join(out, "metrics.txt")
+            with open(metrics, "w") as f:
+                f.write("glmserve_oom_events_total 5\n")
+            report = os.path.join(out, "storm.json")
+            with open(os.path.join(FIXTURES, "sweep_1_4.json")) as f:
+                storm = json.load(f)
+            storm["config"]["requests"] = 67  # the first level's 67 answered, as a storm of 67
+            with open(report, "w") as f:
+                json.dump(storm, f)
+            rc, text = run("oom", report, metrics, "0")
+        self.assertEqual(rc, 0, text)
+        self.assertIn("| 67 | 67 | 0 | 0 | 5 | 0 | 0 |", text)
 
     def test_phases_per_step_attempt(self):
         scrape = """# TYPE glmserve_step_phase_seconds_total counter
