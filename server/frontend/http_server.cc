@@ -803,10 +803,51 @@ std::optional<Refusal> BodyFramingRefusal(const httplib::Request& req) {
   return std::nullopt;
 }
 
+// Every route the server answers, each spelled here only: its registration (RegisterRoute), the
+// 405 answer's Allow header (AllowedMethods) and the API's pre-routing checks read them.
+struct Route {
+  const char* method;   // "GET" or "POST"
+  const char* pattern;  // httplib's pattern (a regex where `prefix` is set)
+  const char* prefix;   // paths starting with it match; null: the pattern is the exact path
+};
+constexpr Route kChatRoute{"POST", "/v1/chat/completions", nullptr};
+constexpr Route kCompletionRoute{"POST", "/v1/completions", nullptr};
+constexpr Route kModelsRoute{"GET", "/v1/models", nullptr};
+constexpr Route kModelRoute{"GET", R"(/v1/models/(.+))", "/v1/models/"};
+constexpr Route kHealthRoute{"GET", "/health", nullptr};
+constexpr Route kRoutes[] = {kChatRoute, kCompletionRoute, kModelsRoute, kModelRoute, kHealthRoute};
+static_assert(std::string_view(kChatRoute.method) == "POST" && std::string_view(kCompletionRoute.method) == "POST",
+              "the API routes read a body as it arrives");
+
+bool RouteMatches(const Route& route, const std::string& path) {
+  return route.prefix != nullptr ? path.rfind(route.prefix, 0) == 0 && path.size() > std::strlen(route.prefix)
+                                 : path == route.pattern;
+}
+
+bool IsRoute(const Route& route, const httplib::Request& req) {
+  return req.method == route.method && RouteMatches(route, req.path);
+}
+
+const char* ApiPath(ApiKind kind) { return (kind == ApiKind::kChat ? kChatRoute : kCompletionRoute).pattern; }
+
+void RegisterRoute(httplib::Server& svr, const Route& route, httplib::Server::Handler handler) {
+  if (std::string_view(route.method) == "POST") {
+    svr.Post(route.pattern, std::move(handler));
+  } else {
+    svr.Get(route.pattern, std::move(handler));
+  }
+}
+
+// A route that reads its body as it arrives: a POST (the API routes; asserted beside them).
+void RegisterRoute(httplib::Server& svr, const Route& route, httplib::Server::HandlerWithContentReader handler) {
+  svr.Post(route.pattern, std::move(handler));
+}
+
 // The methods a route takes ("" for a path no route has).
 std::string AllowedMethods(const std::string& path) {
-  if (path == "/v1/chat/completions" || path == "/v1/completions") return "POST";
-  if (path == "/v1/models" || path == "/health" || path.rfind("/v1/models/", 0) == 0) return "GET";
+  for (const Route& route : kRoutes) {
+    if (RouteMatches(route, path)) return route.method;
+  }
   return "";
 }
 
@@ -892,7 +933,7 @@ class Handler {
 
   void Api(ApiKind kind, const httplib::Request& req, const std::string& body, httplib::Response& res) {
     const auto received = std::chrono::steady_clock::now();
-    const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
+    const std::string route = ApiPath(kind);
     const std::string request_id = RequestIdOf(*state_, req);
     res.set_header("x-request-id", request_id);
     auto refuse = [&](const Refusal& refusal) {
@@ -1277,7 +1318,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     return [state, handler, kind](const httplib::Request& req, httplib::Response& res,
                                   const httplib::ContentReader& reader) {
       state->CallStarted();
-      const std::string route = kind == ApiKind::kChat ? "/v1/chat/completions" : "/v1/completions";
+      const std::string route = ApiPath(kind);
       std::string body;
       const size_t max_body = static_cast<size_t>(state->options.max_body_bytes);
       // The body's share of --http-body-budget-mb, taken before a byte of it is read: a declared
@@ -1338,8 +1379,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       state->CallDone();
     };
   };
-  svr.Post("/v1/chat/completions", api_route(ApiKind::kChat));
-  svr.Post("/v1/completions", api_route(ApiKind::kCompletion));
+  RegisterRoute(svr, kChatRoute, api_route(ApiKind::kChat));
+  RegisterRoute(svr, kCompletionRoute, api_route(ApiKind::kCompletion));
   // Once the head is parsed, before the body is read: an ambiguous body length is refused on any
   // route (BodyFramingRefusal), the API's media type and body size checked (ApiHeadRefusal), each
   // answered and the connection closed. GETs have no body: their read deadline ends here.
@@ -1355,7 +1396,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       res.set_header("Connection", "close");
     }
     std::optional<Refusal> e = BodyFramingRefusal(req);
-    const bool api = req.method == "POST" && (req.path == "/v1/chat/completions" || req.path == "/v1/completions");
+    const bool api = IsRoute(kChatRoute, req) || IsRoute(kCompletionRoute, req);
     if (!e && !api) {
       if (req.method == "GET" && tls_connection != nullptr) tls_connection->EndRead();
       return httplib::Server::HandlerResponse::Unhandled;
@@ -1365,7 +1406,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     RefuseAndClose(*state, RequestIdOf(*state, req), req.path, *e, res);
     return httplib::Server::HandlerResponse::Handled;
   });
-  svr.Get("/v1/models", [state](const httplib::Request& req, httplib::Response& res) {
+  RegisterRoute(svr, kModelsRoute, [state](const httplib::Request& req, httplib::Response& res) {
     res.set_header("x-request-id", RequestIdOf(*state, req));
     std::string client;
     if (auto e = Authenticate(*state, req, &client)) {
@@ -1378,7 +1419,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     res.set_content(JsonDump(json{{"object", "list"}, {"data", std::move(data)}}), "application/json");
   });
   // OpenAI's "retrieve model" (the SDK's models.retrieve): one listed id, else 404 model_not_found.
-  svr.Get(R"(/v1/models/(.+))", [state](const httplib::Request& req, httplib::Response& res) {
+  RegisterRoute(svr, kModelRoute, [state](const httplib::Request& req, httplib::Response& res) {
     const std::string request_id = RequestIdOf(*state, req);
     res.set_header("x-request-id", request_id);
     std::string client;
@@ -1395,7 +1436,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     }
     res.set_content(JsonDump(ModelObject(*state, id)), "application/json");
   });
-  svr.Get("/health", [state](const httplib::Request& req, httplib::Response& res) {
+  RegisterRoute(svr, kHealthRoute, [state](const httplib::Request& req, httplib::Response& res) {
     res.set_header("x-request-id", RequestIdOf(*state, req));
     bool serving = false;
     {
