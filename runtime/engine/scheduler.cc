@@ -31,6 +31,9 @@ struct Sequence {
   bool preempted = false;  // back in waiting after running: resumes ahead of fresh requests
   uint64_t arrival = 0;
   int32_t oom_alone_failures = 0;
+  // The batch limit before the first out-of-memory step this sequence was in (0: none yet): given
+  // back if it then fails alone, since its own size, not the batch, is what did not fit.
+  int32_t batch_limit_before_oom = 0;
   // Prefix caching: the leading blocks of block_table whose content is registered (matched at
   // admission or registered after the steps that wrote them), and the registered block standing
   // for the last of them; -1 once registering failed (nothing more is registered for it).
@@ -871,6 +874,7 @@ void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePo
       s->num_computed += static_cast<int32_t>(st.tokens.size());
     }
     s->oom_alone_failures = 0;
+    s->batch_limit_before_oom = 0;
     RegisterWrittenBlocks(s);
     if (!st.sample) continue;
     const int32_t id = result.next_tokens[i];
@@ -911,6 +915,9 @@ void Scheduler::HandleOom(const PlannedStep& plan, const absl::Status& status) {
   ++oom_events_;
   consecutive_ok_steps_ = 0;
   const int32_t n = static_cast<int32_t>(plan.steps.size());
+  for (Sequence* s : plan.sequences) {
+    if (s->batch_limit_before_oom == 0) s->batch_limit_before_oom = batch_limit_;
+  }
   if (n == 1) {
     Sequence* s = plan.sequences[0];
     SetBatchLimit(1, "out of memory with one sequence");
@@ -919,13 +926,21 @@ void Scheduler::HandleOom(const PlannedStep& plan, const absl::Status& status) {
       const SequenceStep& st = plan.steps[0];
       const std::string images =
           plan.encoder_tokens[0] > 0 ? absl::StrCat(", ", plan.encoder_tokens[0], " vision-encoder tokens") : "";
-      const std::string msg =
-          absl::StrCat("out of memory running request ", s->request.request_id, " alone (batch 1, ", st.tokens.size(),
-                       " tokens at position ", st.start_position, images, ", sequence length ", s->tokens.size(), ", ",
-                       s->block_table.size(), " KV blocks of ", limits_.block_size, ") after ", s->oom_alone_failures,
-                       " attempts: ", status.message());
+      const std::string msg = absl::StrCat(
+          "out of memory running request ", s->request.request_id, " alone (batch 1, ", st.tokens.size(),
+          " tokens at position ", st.start_position, images, ", sequence length ", s->tokens.size(), ", ",
+          s->block_table.size(), " KV blocks of ", limits_.block_size, ") after ", s->oom_alone_failures,
+          " attempts: it needs more device memory than this server has with nothing else running; send fewer "
+          "prompt tokens, max_new_tokens or image pixels (",
+          status.message(), ")");
       Log(msg);
-      Finish(s, absl::ResourceExhaustedError(msg), FinishReason::kError);
+      // Not RESOURCE_EXHAUSTED: retry policies (gRPC's, OpenAI's SDKs' on 429) would send it again
+      // as it is, and it would fail the same way.
+      const int32_t limit_before = s->batch_limit_before_oom;
+      Finish(s, absl::FailedPreconditionError(msg), FinishReason::kError);
+      if (limit_before > batch_limit_) {
+        SetBatchLimit(limit_before, "given back: a request failed alone (its size ran out of memory)");
+      }
     }
     return;
   }

@@ -287,6 +287,9 @@ int RunServe(int argc, char** argv) {
     }
     info = (*runner)->info();
     ExecutorOptions executor_options = flags.executor;
+    // Test faults hit the first engine only (the executor's injected OOM too: it lives here).
+    const bool faults_apply = generation == 0 || flags.debug_faults_persist;
+    if (!faults_apply) executor_options.inject_oom_above_sequences = 0;
     executor_options.log = [](const std::string& line) { LogEvent(LogLevel::kInfo, "executor", "", line); };
     // The decode graphs of every batch the scheduler may run, before the first request.
     executor_options.capture_decode_batch = flags.engine.scheduler.max_batch_size;
@@ -297,7 +300,7 @@ int RunServe(int argc, char** argv) {
                           absl::StrCat("cannot create the executor: ", executor.status().message()));
     }
     ServeFlags engine_flags = flags;
-    if (generation > 0 && !flags.debug_faults_persist) {  // test faults hit the first engine only
+    if (!faults_apply) {
       const auto latency = engine_flags.engine.scheduler.faults.step_latency;
       engine_flags.engine.scheduler.faults = FaultInjectionOptions();
       engine_flags.engine.scheduler.faults.step_latency = latency;

@@ -684,6 +684,9 @@ HttpError ToHttpError(const Refusal& refusal) {
     case RefusalKind::kContextLength:
       e.code = "context_length_exceeded";
       break;
+    case RefusalKind::kTooLargeForMemory:
+      e.code = "request_too_large_for_memory";
+      break;
     case RefusalKind::kBadRequest:
       e.code = "bad_request";
       break;

@@ -106,6 +106,11 @@ Refusal RefusalFromStatus(const absl::Status& status) {
       // The engine's own check: the prompt plus max_new_tokens above its KV capacity.
       r.kind = RefusalKind::kInvalidValue;
       break;
+    case absl::StatusCode::kFailedPrecondition:
+      // The engine ran the request alone and it still ran out of device memory: not to be retried
+      // as it is (RESOURCE_EXHAUSTED would be, by gRPC retry policies and OpenAI's SDKs alike).
+      r.kind = RefusalKind::kTooLargeForMemory;
+      break;
     default:
       r.kind = RefusalKind::kInternal;
       break;

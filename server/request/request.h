@@ -123,6 +123,7 @@ enum class RefusalKind {
   kUnsupportedContent,    // an image the model cannot take; JSON: an audio/video/file content part
   kInvalidJson,           // JSON: the body does not parse, is not an object, nests too deep
   kContextLength,         // the prompt (or prompt + max_new_tokens) does not fit
+  kTooLargeForMemory,     // ran out of device memory alone, after its retries (FAILED_PRECONDITION)
   kBadRequest,            // HTTP: an unreadable request
   kPayloadTooLarge,       // HTTP: body over --max-message-bytes
   kUnsupportedMediaType,  // HTTP: POST body not application/json

@@ -454,7 +454,7 @@ TEST(EngineTest, InjectedOomAloneFailsOnlyThatRequest) {
   ASSERT_TRUE(h.engine->Submit(MakeRequest("huge", MakePrompt(2, 40), 4), h.collector.Callbacks("huge")).ok());
   ASSERT_TRUE(h.engine->Submit(small, h.collector.Callbacks("small")).ok());
   ASSERT_TRUE(h.engine->WaitIdle(kSafety));
-  EXPECT_EQ(h.collector.result("huge").status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(h.collector.result("huge").status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(h.collector.result("small").output_ids, h.Reference(small));
   EXPECT_EQ(h.collector.done("huge"), 1);
 }

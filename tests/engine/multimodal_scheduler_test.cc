@@ -467,7 +467,7 @@ TEST(MultimodalSchedulerTest, ImageThatNeverFitsFailsAloneAfterBoundedRetries) {
   h.Add(MakeRequest("small", MakePrompt(2, 3), 6));
   h.RunUntilIdle(100);
   ASSERT_EQ(big_done, 1);
-  EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(big.status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(big.status.message().find("10 vision-encoder tokens"), std::string::npos) << big.status;
   // 1 OOM with both, then 3 alone (first try + 2 retries).
   EXPECT_EQ(h.scheduler->stats().oom_events, 4);

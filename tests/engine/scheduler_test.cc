@@ -644,12 +644,18 @@ TEST(SchedulerTest, OomAloneFailsOnlyThatRequestAfterBoundedRetries) {
     h.Add(MakeRequest("small", MakePrompt(2, 3), 8));
     h.RunUntilIdle(100);
     ASSERT_EQ(big_done, 1);
-    EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted);
+    // Not RESOURCE_EXHAUSTED: retry policies would send it again unchanged.
+    EXPECT_EQ(big.status.code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_NE(big.status.message().find("alone"), std::string::npos) << big.status;
     EXPECT_NE(big.status.message().find("20 tokens"), std::string::npos) << big.status;
+    EXPECT_NE(big.status.message().find("send fewer prompt tokens"), std::string::npos) << big.status;
     // 1 OOM with both, then 3 alone (first try + 2 retries).
     EXPECT_EQ(h.scheduler->stats().oom_events, 4);
     EXPECT_EQ(h.limits.front(), 1);
+    // Its size, not the batch, ran out of memory: the limit before the first OOM comes back at once
+    // instead of one sequence a few dozen clean steps.
+    EXPECT_EQ(h.limits.back(), o.max_batch_size);
+    EXPECT_EQ(h.scheduler->batch_limit(), o.max_batch_size);
     h.ExpectAllMatchReference();
   }
 }

@@ -85,6 +85,19 @@ TEST(Refusal, IgnoreEosResolvesAgainstTheDefault) {
   EXPECT_EQ(out.params.sampling.repetition_penalty, 1.5f);
 }
 
+// A request that ran out of device memory alone: FAILED_PRECONDITION through gRPC, a 400 naming
+// it over HTTP, neither with a retry hint (a 429 / RESOURCE_EXHAUSTED is retried as it is).
+TEST(Refusal, OutOfMemoryAloneIsNotRetryable) {
+  const Refusal r = RefusalFromStatus(absl::FailedPreconditionError("out of memory running request r alone"));
+  EXPECT_EQ(r.kind, RefusalKind::kTooLargeForMemory);
+  EXPECT_EQ(r.ToStatus().code(), absl::StatusCode::kFailedPrecondition);
+  const HttpError e = ToHttpError(r);
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.type, "invalid_request_error");
+  EXPECT_EQ(e.code, "request_too_large_for_memory");
+  EXPECT_EQ(e.retry_after_s, 0);
+}
+
 TEST(Refusal, EngineQueueFullRetryAfterFromThePayload) {
   absl::Status full = absl::ResourceExhaustedError("waiting queue is full; retry after 2500 ms");
   SetRetryAfterMs(&full, 2500);
