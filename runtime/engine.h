@@ -51,6 +51,10 @@ struct RequestCallbacks {
   // call): a supervising wrapper may then rerun the request from scratch after an engine fault
   // even though tokens were generated. The engine itself ignores it.
   bool replayable_after_tokens = false;
+  // Optional: called before such a rerun (never during one of this request's other callbacks);
+  // on_tokens then starts again from the first generated id, so what was derived from the ids
+  // given so far (decoded text, a stop string's progress) must be dropped.
+  std::function<void()> on_replay;
 };
 
 // A snapshot of the engine's scheduling state, for metrics and logs. Counters are cumulative.

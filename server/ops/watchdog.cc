@@ -510,6 +510,12 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     }
     Bury(std::move(engine), std::move(keepalive));
   }
+  // The old engine is gone (no callback of it runs any more): each request it had started over
+  // forgets what it was given, before the new engine gives it its ids from the first.
+  for (auto& t : requeue) {
+    std::lock_guard<std::mutex> cb_lock(t->cb_mu);
+    if (t->callbacks.on_replay) t->callbacks.on_replay();
+  }
 
   for (;;) {
     int failures = 0;

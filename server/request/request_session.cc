@@ -72,6 +72,18 @@ void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
   if (queue) hub_->Queue(shared_from_this());
 }
 
+void RequestSession::OnEngineReplay() {
+  bool queue = false;
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    pending_ids_.clear();  // the failed run's, not handled yet
+    pending_ends_.clear();
+    restart_text_ = true;
+    queue = MarkQueued();
+  }
+  if (queue) hub_->Queue(shared_from_this());
+}
+
 void RequestSession::OnEngineDone(const RequestResult& result) {
   bool queue = false;
   {
@@ -92,8 +104,10 @@ bool RequestSession::MarkQueued() {
 void RequestSession::Deliver() {
   std::lock_guard<std::mutex> deliver(deliver_mu_);
   std::optional<RequestResult> result;
+  bool restart_text = false;
   {
     std::lock_guard<std::mutex> lock(events_mu_);
+    restart_text = std::exchange(restart_text_, false);
     ids_.swap(pending_ids_);
     ends_.swap(pending_ends_);
     pending_ids_.clear();
@@ -101,6 +115,7 @@ void RequestSession::Deliver() {
     if (result_ && !done_) result = result_;
     queued_ = false;
   }
+  if (restart_text && make_text_ && !done_) text_ = make_text_();
   size_t begin = 0;
   for (size_t end : ends_) {
     step_.assign(ids_.begin() + static_cast<std::ptrdiff_t>(begin), ids_.begin() + static_cast<std::ptrdiff_t>(end));
@@ -355,10 +370,13 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
   if (admission.model.tokenizer != nullptr) {
     // The ids that end generation (the request's, else the model's end ids) give no text; stop
     // strings wait for min_new_tokens as stop ids do.
-    session->text_ = std::make_unique<tokenizer::TextOutput>(
-        admission.model.tokenizer, stop,
-        request.params.stop_token_ids.empty() ? admission.model.eos_token_ids : request.params.stop_token_ids,
-        static_cast<size_t>(std::max(0, request.params.min_new_tokens)));
+    session->make_text_ = [tokenizer = admission.model.tokenizer, stop,
+                           end_ids = request.params.stop_token_ids.empty() ? admission.model.eos_token_ids
+                                                                           : request.params.stop_token_ids,
+                           min_new_tokens = static_cast<size_t>(std::max(0, request.params.min_new_tokens))] {
+      return std::make_unique<tokenizer::TextOutput>(tokenizer, stop, end_ids, min_new_tokens);
+    };
+    session->text_ = session->make_text_();
     // Without stop strings a unary request decodes once, from the result (and stays replayable).
     session->incremental_ = streaming || !stop.empty();
   }
@@ -392,9 +410,10 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
   if (tokens_matter) {
     callbacks.on_tokens = [session](const std::vector<int32_t>& ids) { session->OnEngineTokens(ids); };
   }
-  // Nothing reaches the client before the result, so an engine fault may rerun it (not with
-  // incremental decoding, whose state is not rewound).
-  callbacks.replayable_after_tokens = !streaming && !session->incremental_;
+  // Nothing reaches the client before the result, so an engine fault may rerun it (stop strings'
+  // incremental decoding starts over: OnEngineReplay).
+  callbacks.replayable_after_tokens = !streaming;
+  callbacks.on_replay = [session] { session->OnEngineReplay(); };
   callbacks.on_done = [session](const RequestResult& result) { session->OnEngineDone(result); };
   absl::Status submitted = admission.engine->Submit(std::move(request), std::move(callbacks));
   if (!submitted.ok()) {

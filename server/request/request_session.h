@@ -136,6 +136,9 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   // Engine thread: record and queue, under one lock of events_mu_ each.
   void OnEngineTokens(const std::vector<int32_t>& ids);
   void OnEngineDone(const RequestResult& result);
+  // A supervising engine reruns the request from scratch (RequestCallbacks::on_replay): the text
+  // decoded so far is dropped before the rerun's ids are handled.
+  void OnEngineReplay();
   // Under events_mu_: true when the session was not yet queued (the caller queues it).
   bool MarkQueued();
   // Delivery worker.
@@ -162,7 +165,9 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   std::vector<ImageUsage> images_;               // the prompt's images as resized (request logs)
   std::shared_ptr<void> hold_;                   // SessionInfo::hold_until_done; delivery worker
   std::unique_ptr<tokenizer::TextOutput> text_;  // null without a tokenizer
-  bool incremental_ = false;                     // text_ fed per step (streaming or stop strings)
+  // A fresh text_ (the request's stop strings, end ids, min_new_tokens), for a rerun.
+  std::function<std::unique_ptr<tokenizer::TextOutput>()> make_text_;
+  bool incremental_ = false;  // text_ fed per step (streaming or stop strings)
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::atomic<absl::StatusCode> client_end_{absl::StatusCode::kOk};  // Cancel's `why`; OK: not cancelled
   std::atomic<bool> done_{false};                                    // the result was handled (Finish ran)
@@ -175,6 +180,7 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   std::optional<RequestResult> result_;  // guarded by events_mu_
   bool queued_ = false;                  // guarded by events_mu_
   bool aborted_ = false;                 // guarded by events_mu_; Abort() gave the result
+  bool restart_text_ = false;            // guarded by events_mu_; OnEngineReplay ran since Deliver
   // Engine threads (a rebuilt engine's may overlap a stuck one's last step).
   std::atomic<bool> first_step_seen_{false};
   // One worker at a time; the swapped-out buffers and the step being handled.

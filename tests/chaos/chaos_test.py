@@ -5,7 +5,8 @@ gets a result or an explicit error) / recovery seconds, and asserts its own inva
 
   chaos_test.py --binary B --model DIR --proto-root proto [--scenario NAME ...]
 
-Scenarios: throw, stall, oom, supervise_kill, disconnect, latency. Exit 77 = skipped."""
+Scenarios: throw, throw_stop_strings, stall, oom, faults_first_engine, supervise_kill, disconnect,
+latency, crash_loop. Exit 77 = skipped."""
 import concurrent.futures
 import json
 import os
@@ -92,6 +93,46 @@ def scenario_throw(args):
     return t
 
 
+def scenario_throw_stop_strings(args):
+    # Unary calls with stop strings decode their text step by step (to stop early): rerun after the
+    # fault on the new engine, their text must start over, so each answer equals the same request
+    # run again once the server is healthy (greedy, no fault), ids and text alike.
+    t = Tally("engine throws under unary calls with stop strings")
+    mport = harness.free_port()
+    server = harness.Server(args.binary, args.model, ["--debug-throw-on-step", "20",
+                            "--debug-step-latency-ms", "5", "--max-batch", "8", "--metrics-port", str(mport),
+                            "--restart-backoff-ms", "200"])
+
+    def with_stop(i):
+        r = req(i, 24, exact=True)
+        r.stop.append("\x01never")  # never in the tiny model's text: the length ends each one
+        return r
+
+    try:
+        ch = harness.channel(server.port, retry=True)
+        stub = pb_grpc.InferenceStub(ch)
+        answers = {}
+
+        def call(i):
+            def go():
+                answers[i] = stub.Infer(with_stop(i), timeout=60)
+            return go
+
+        fire([call(i) for i in range(12)], t, 12)
+        check(t.ok == t.sent == 12, f"throw_stop_strings: every unary call with stop strings was rerun and "
+              f"answered ({t.ok}/{t.sent}, {dict(t.errors)})")
+        common_after("throw_stop_strings", server, t, mport, want_restarts=1)
+        for i, got in sorted(answers.items()):
+            again = stub.Infer(with_stop(i), timeout=60)
+            check(list(got.output_ids) == list(again.output_ids) and got.text == again.text,
+                  f"throw_stop_strings: request {i} after the rerun equals a run without a fault "
+                  f"({len(got.text)} / {len(again.text)} characters)")
+        ch.close()
+    finally:
+        server.stop()
+    return t
+
+
 def scenario_stall(args):
     t = Tally("engine stalls past the watchdog")
     mport = harness.free_port()
@@ -134,6 +175,42 @@ def scenario_oom(args):
         check(harness.metric(s, "glmserve_engine_restarts_total") == 0, "oom: an OOM is not an engine fault (no restart)")
         check(t.ok == t.sent, f"oom: every request succeeded despite the storm ({t.ok}/{t.sent})")
         common_after("oom", server, t)
+        ch.close()
+    finally:
+        server.stop()
+    return t
+
+
+def scenario_faults_first_engine(args):
+    # Test faults hit the first engine only (--debug-faults-persist off): the executor's injected
+    # OOM too. Once the injected throw has rebuilt the engine, batches above the OOM threshold run.
+    t = Tally("injected OOM and throw, first engine only")
+    mport = harness.free_port()
+    server = harness.Server(args.binary, args.model, ["--debug-inject-oom-above", "2", "--debug-throw-on-step", "30",
+                            "--debug-step-latency-ms", "2", "--max-batch", "8", "--metrics-port", str(mport),
+                            "--restart-backoff-ms", "200"])
+    try:
+        ch = harness.channel(server.port, retry=True)
+        stub = pb_grpc.InferenceStub(ch)
+        fire([unary(stub, i, 12) for i in range(24)], t, 8)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            s, _ = harness.scrape(mport)
+            if harness.metric(s, "glmserve_engine_restarts_total") >= 1:
+                break
+            time.sleep(0.2)
+        check(harness.metric(s, "glmserve_engine_restarts_total") >= 1, "faults_first_engine: the throw rebuilt it")
+        check(harness.wait_health(server.port, 1, 60), "faults_first_engine: SERVING after the rebuild")
+        ooms_before = harness.metric(s, "glmserve_oom_events_total")
+        check(ooms_before > 0, f"faults_first_engine: the first engine ran out of memory ({ooms_before})")
+        fire([unary(stub, 100 + i, 24) for i in range(16)], t, 8)
+        s, _ = harness.scrape(mport)
+        check(harness.metric(s, "glmserve_oom_events_total") == ooms_before,
+              f"faults_first_engine: no injected OOM on the rebuilt engine "
+              f"({harness.metric(s, 'glmserve_oom_events_total')} events, {ooms_before} before)")
+        check(harness.metric(s, "glmserve_batch_limit") == 8, "faults_first_engine: the rebuilt engine's limit is whole")
+        check(t.ok == t.sent, f"faults_first_engine: every request succeeded ({t.ok}/{t.sent}, {dict(t.errors)})")
+        common_after("faults_first_engine", server, t)
         ch.close()
     finally:
         server.stop()
@@ -297,8 +374,10 @@ def scenario_crash_loop(args):
 
 SCENARIOS = {
     "throw": scenario_throw,
+    "throw_stop_strings": scenario_throw_stop_strings,
     "stall": scenario_stall,
     "oom": scenario_oom,
+    "faults_first_engine": scenario_faults_first_engine,
     "supervise_kill": scenario_supervise_kill,
     "disconnect": scenario_disconnect,
     "latency": scenario_latency,

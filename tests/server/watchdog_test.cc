@@ -35,6 +35,7 @@ struct Outcome {
   size_t streamed = 0;
   double queue_ms = 0;  // as the result says
   double total_ms = 0;
+  int replays = 0;  // on_replay calls (`streamed` counts from the last)
 };
 
 class Harness {
@@ -97,11 +98,17 @@ class Harness {
     r.params.min_new_tokens = n;
     auto done = std::make_shared<std::promise<Outcome>>();
     auto streamed = std::make_shared<std::atomic<size_t>>(0);
+    auto replays = std::make_shared<std::atomic<int>>(0);
     RequestCallbacks cb;
     cb.on_tokens = [streamed](const std::vector<int32_t>& ids) { *streamed += ids.size(); };
     cb.replayable_after_tokens = !stream;
-    cb.on_done = [done, streamed](const RequestResult& res) {
-      done->set_value(Outcome{res.status, res.output_ids.size(), streamed->load(), res.queue_ms, res.total_ms});
+    cb.on_replay = [streamed, replays] {
+      *streamed = 0;
+      ++*replays;
+    };
+    cb.on_done = [done, streamed, replays](const RequestResult& res) {
+      done->set_value(
+          Outcome{res.status, res.output_ids.size(), streamed->load(), res.queue_ms, res.total_ms, replays->load()});
     };
     absl::Status s = engine_->Submit(std::move(r), std::move(cb));
     if (!s.ok()) done->set_value(Outcome{s, 0, 0});
@@ -157,6 +164,11 @@ TEST(WatchdogTest, ExceptionRebuildsRequeuesUnaryAndFailsStreamedOnes) {
   Outcome u = Get(unary), s = Get(streamed);
   EXPECT_TRUE(u.status.ok()) << u.status;
   EXPECT_EQ(u.tokens, 8u) << "rerun from scratch on the new engine";
+  // Told before the rerun, whose ids its on_tokens then saw from the first: what an observer
+  // derived from the failed run's (stop strings' decoded text) starts over.
+  EXPECT_EQ(u.replays, 1);
+  EXPECT_EQ(u.streamed, 8u);
+  EXPECT_EQ(s.replays, 0);
   EXPECT_TRUE(absl::IsUnavailable(s.status)) << s.status;
   EXPECT_NE(s.status.message().find("already sent"), absl::string_view::npos) << s.status;
   EXPECT_GT(s.streamed, 0u);
