@@ -28,6 +28,9 @@ struct InferenceRequest {
   // glm4v: the prompt's images and 3-D positions (input_ids already hold each image's
   // image tokens, expanded). Null for text prompts.
   std::shared_ptr<const MultimodalPrompt> multimodal;
+  // A front end admitted it before the drain began (it may have waited in the front end's own
+  // queue since): taken while draining, as requests already queued are. Not after Shutdown.
+  bool admitted_before_drain = false;
 };
 
 struct RequestResult {

@@ -75,7 +75,9 @@ class EngineImpl final : public InferenceEngine {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return absl::UnavailableError("engine is shut down");
-      if (draining_) return absl::UnavailableError("engine is draining; not accepting requests");
+      if (draining_ && !request.admitted_before_drain) {
+        return absl::UnavailableError("engine is draining; not accepting requests");
+      }
       if (!request.request_id.empty() && in_flight_ids_.count(request.request_id) > 0) {
         return absl::AlreadyExistsError(absl::StrCat("request_id ", request.request_id, " is already in flight"));
       }

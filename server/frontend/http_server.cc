@@ -1033,7 +1033,8 @@ class Handler {
  private:
   // Takes one of options.threads serving slots, waiting in a queue of at most max_waiting (counted
   // in glmserve_queue_depth) for one; a full queue answers 429 at once. The wait ends with the
-  // request's deadline (504), a drain or shutdown (503) or the client closing.
+  // request's deadline (504), the server stopping at the drain's timeout (503) or the client
+  // closing; a drain itself does not end it (the request was admitted before it).
   std::optional<Refusal> AcquireSlot(Clock::time_point deadline, std::shared_ptr<ServingSlot>* out) {
     const HttpServerOptions& o = state_->options;
     const int serving_max = std::max(1, o.threads);
@@ -1054,9 +1055,11 @@ class Handler {
     ++state_->api_waiting;
     std::optional<Refusal> error;
     for (int round = 1;; ++round) {
-      if (state_->stopping || state_->draining) {
+      // Not while draining: it was admitted before the drain, which owes it its answer until the
+      // drain's timeout stops the server.
+      if (state_->stopping) {
         error = MakeRefusal(absl::StatusCode::kUnavailable, RefusalKind::kDraining,
-                            "server is draining; retry on another replica");
+                            "server is shutting down (the drain timed out); retry on another replica");
         break;
       }
       if (Clock::now() >= deadline) {

@@ -263,7 +263,9 @@ void SelfHealingEngine::Resolve(const std::shared_ptr<Tracked>& t, const Request
 absl::Status SelfHealingEngine::Submit(InferenceRequest request, RequestCallbacks callbacks) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return absl::UnavailableError("engine is shut down");
-  if (draining_) return absl::UnavailableError("engine is draining; not accepting requests");
+  if (draining_ && !request.admitted_before_drain) {
+    return absl::UnavailableError("engine is draining; not accepting requests");
+  }
   if (state_ == State::kRecovering) {
     // When to come back: the backoff left, then as long as the last build took.
     const auto left = std::max(Clock::Duration::zero(), rebuild_at_ - clock_->Now()) + last_build_;

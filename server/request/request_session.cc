@@ -386,6 +386,9 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
   static std::atomic<uint64_t> next_engine_id{1};
   session->engine_id_ = absl::StrCat(session->info_.request_id, "#", next_engine_id.fetch_add(1));
   request.request_id = session->engine_id_;
+  // Admit() let it in before any drain (it refuses from then on): a drain that began since, while
+  // it was validated or waited for an HTTP serving slot, still owes it its answer.
+  request.admitted_before_drain = true;
   session->images_ = ImageUsages(request.multimodal.get());
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -344,6 +344,10 @@ TEST(EngineTest, DrainFinishesInFlightAndRefusesNew) {
   h.engine->StartDrain();
   absl::Status s = h.engine->Submit(MakeRequest("late", MakePrompt(9, 4), 6), h.collector.Callbacks("late"));
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  // One a front end admitted before the drain (it waited in the front end's own queue) is taken.
+  InferenceRequest owed = MakeRequest("owed", MakePrompt(8, 4), 6);
+  owed.admitted_before_drain = true;
+  EXPECT_TRUE(h.engine->Submit(owed, h.collector.Callbacks("owed")).ok());
   EXPECT_FALSE(h.engine->WaitIdle(std::chrono::milliseconds(1)));
   h.executor->Open();
   ASSERT_TRUE(h.engine->WaitIdle(kSafety));
@@ -354,10 +358,14 @@ TEST(EngineTest, DrainFinishesInFlightAndRefusesNew) {
     EXPECT_EQ(h.collector.result(id).output_ids.size(), 6u);
   }
   EXPECT_EQ(h.collector.done("late"), 0);
+  EXPECT_TRUE(h.collector.result("owed").status.ok());
+  EXPECT_EQ(h.collector.result("owed").output_ids, h.Reference(owed));
   h.engine->Shutdown();
   h.engine->Shutdown();  // idempotent
   EXPECT_EQ(h.engine->Submit(MakeRequest("after", MakePrompt(9, 4), 6), h.collector.Callbacks("after")).code(),
             absl::StatusCode::kUnavailable);
+  EXPECT_EQ(h.engine->Submit(owed, h.collector.Callbacks("owed-after")).code(), absl::StatusCode::kUnavailable)
+      << "not after Shutdown";
 }
 
 TEST(EngineTest, ShutdownCancelsEverythingExactlyOnce) {

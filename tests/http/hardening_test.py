@@ -24,6 +24,8 @@ loopback, standard library only. Each case reproduces a fault the server had:
             every open connection could hold a body of --max-message-bytes at once (512 x 16 MiB
             for a model that takes images): now --http-body-budget-mb over all of them, past it
             429 + Retry-After and the connection closed
+  drain     requests admitted but still waiting for a serving slot when SIGTERM came were answered
+            503 "draining" (gRPC's queued ones ran): now they run too; only new ones get 503
 Exit 77 = skipped (no model)."""
 import argparse
 import json
@@ -499,6 +501,40 @@ def test_queue(binary, model):
         server.stop()
 
 
+def test_drain(binary, model):
+    """threads 2: of 6 concurrent requests 2 run and 4 wait for a slot; SIGTERM then. All 6 are
+    answered 200 (admitted before the drain), a request sent after it gets 503, the exit is 0."""
+    mport = free_port()
+    server = Server(binary, model, ["--http-threads", "2", "--http-max-waiting", "8", "--debug-step-latency-ms", "20",
+                                    "--metrics-port", str(mport), "--drain-timeout-ms", "30000"])
+    try:
+        results = [None] * 6
+        body = {"model": "m", "prompt": "hi", "max_tokens": 30, "ignore_eos": True}
+
+        def one(i):
+            results[i] = server.post("/v1/completions", body, timeout=120)[0]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        waiting = wait_sample(mport, "glmserve_queue_depth", lambda v: v is not None and v >= 4, 20)
+        check(waiting is not None and waiting >= 4, f"4 requests wait for a serving slot before the signal ({waiting})")
+        server.terminate()
+        time.sleep(0.3)
+        try:
+            late = server.post("/v1/completions", body, timeout=10)[0]
+        except OSError:
+            late = "refused"  # the listener may already be closed: refused is as good
+        for t in threads:
+            t.join(120)
+        check(results == [200] * 6, f"every request admitted before SIGTERM answered, waiting ones too ({results})")
+        check(late in (503, "refused"), f"a request sent after SIGTERM is refused ({late})")
+        rc = server.proc.wait(60)
+        check(rc == 0, f"the drain ends with exit 0 ({rc})")
+    finally:
+        server.stop()
+
+
 def test_http10(server):
     """HTTP/1.0: a stream is the events alone, ended by the connection's close; no keep-alive."""
     for stream in (True, False):
@@ -623,6 +659,8 @@ def main():
         test_unary_disconnect(args.binary, args.model)
     if not only or "body_budget" in only:
         test_body_budget(args.binary, args.model)
+    if not only or "drain" in only:
+        test_drain(args.binary, args.model)
     if FAILURES:
         print(f"hardening_test: {len(FAILURES)} FAILED")
         return 1
