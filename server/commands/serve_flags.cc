@@ -72,7 +72,8 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
 
   set.Section("requests");
   set.Int("max-new-tokens-cap", &g.limits.max_new_tokens_cap, 1, kIntMax, "largest max_new_tokens accepted");
-  set.Int("default-max-new-tokens", &g.limits.default_max_new_tokens, 1, kIntMax, "used when max_new_tokens is 0");
+  set.Int("default-max-new-tokens", &g.limits.default_max_new_tokens, 1, kIntMax,
+          "used when max_new_tokens (HTTP: max_tokens) is unset");
   set.Int("max-prompt-tokens", &g.limits.max_prompt_tokens, 0, kIntMax, "longest prompt")
       .DefaultText(absl::StrCat(g.limits.max_prompt_tokens, " = the model's max context - 1"));
   set.Int("default-deadline-ms", &g.default_deadline_ms, 0, kTimeMax, "for requests sent without a deadline; 0 = none");
@@ -193,7 +194,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "the batch limit halves)");
   set.Int("debug-inject-oom-above-tokens", &faults.oom_above_tokens, 0, kIntMax,
           "a step that feeds more than N tokens fails as out of memory before the executor (the scheduler's "
-          "OOM path: the batch limit halves; one sequence over N alone fails with RESOURCE_EXHAUSTED)");
+          "OOM path: the batch limit halves; one sequence over N alone fails with FAILED_PRECONDITION)");
   set.Int("debug-throw-on-step", &faults.throw_on_step, 0, kTimeMax, "the K-th step attempt throws (an engine fault)")
       .ValueName("K");
   set.Int("debug-stall-on-step", &faults.stall_on_step, 0, kTimeMax, "the K-th step attempt hangs for --debug-stall-ms")
