@@ -459,8 +459,11 @@ int RunServe(int argc, char** argv) {
   (*server)->Shutdown(std::chrono::milliseconds(flags.shutdown_grace_ms));
   LogLine("stopped");
   if ((*engine)->HasStuckEngine()) {
-    // An engine torn down after a stall is still inside its step: its thread cannot be joined.
-    LogLine("an engine torn down after a stall is still running; exiting without joining it");
+    // An engine torn down after a stall is still inside its step, or a rebuild still loads the
+    // model: their threads cannot be joined in time.
+    LogLine((*engine)->RebuildAbandoned()
+                ? "an engine rebuild is still loading or warming up; exiting without waiting for it"
+                : "an engine torn down after a stall is still running; exiting without joining it");
     std::fflush(stderr);
     std::_Exit(kExitOk);
   }

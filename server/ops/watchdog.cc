@@ -131,13 +131,22 @@ absl::StatusOr<std::unique_ptr<SelfHealingEngine>> SelfHealingEngine::Create(Wat
     e->engine_ = std::move(first->engine);
     e->last_activity_ = e->clock_->Now();
   }
-  e->watchdog_ = std::thread([p = e.get()] { p->WatchLoop(); });
+  e->watchdog_ = std::thread([p = e.get()] {
+    p->WatchLoop();
+    {
+      std::lock_guard<std::mutex> lock(p->mu_);
+      p->watchdog_exited_ = true;
+    }
+    p->cv_.notify_all();
+  });
   return e;
 }
 
 SelfHealingEngine::~SelfHealingEngine() {
   clock_->RemoveAdvanceListener(clock_listener_);
   Shutdown();
+  // A rebuild Shutdown left running (RebuildAbandoned) ends here; a server exits before this.
+  if (watchdog_.joinable()) watchdog_.join();
   std::list<Reaper> reapers;
   {
     std::lock_guard<std::mutex> lock(reapers_mu_);
@@ -309,7 +318,7 @@ void SelfHealingEngine::Cancel(const std::string& request_id) {
     RequestResult r;
     r.status = absl::CancelledError("cancelled while waiting for the engine to restart");
     r.finish_reason = FinishReason::kCancelled;
-    r.prompt_tokens = static_cast<int32_t>(pending->request.input_ids.size());
+    ReportSent(*pending, &r);
     Resolve(pending, r);
   } else if (engine != nullptr) {
     engine->Cancel(request_id);
@@ -334,12 +343,38 @@ bool SelfHealingEngine::WaitIdle(std::chrono::milliseconds timeout) {
 void SelfHealingEngine::Shutdown() {
   std::shared_ptr<InferenceEngine> engine;
   std::shared_ptr<void> keepalive;
+  std::vector<std::shared_ptr<Tracked>> owed;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    for (auto& [id, t] : tracked_) {
+      if (t->generation < 0) owed.push_back(t);
+    }
   }
   cv_.notify_all();
-  if (watchdog_.joinable()) watchdog_.join();
+  // Requests waiting for a rebuild are in no engine: answered now, not once the model has loaded
+  // again (minutes for a large checkpoint, past any drain timeout or pod grace period).
+  for (auto& t : owed) {
+    RequestResult r;
+    r.status = absl::UnavailableError("server shut down during an engine restart; retry the request");
+    r.finish_reason = FinishReason::kError;
+    ReportSent(*t, &r);
+    Resolve(t, r);
+  }
+  // The watchdog thread ends at once unless it is inside a rebuild (a model load, a warm-up):
+  // waited for as long as a stuck engine is, then left running (RebuildAbandoned).
+  if (watchdog_.joinable()) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool exited = cv_.wait_for(lock, options_.shutdown_timeout, [this] { return watchdog_exited_; });
+    lock.unlock();
+    if (exited) {
+      watchdog_.join();
+    } else if (!rebuild_abandoned_.exchange(true)) {
+      LogEvent(LogLevel::kError, "engine_shutdown_stuck", "",
+               absl::StrCat("an engine rebuild did not end within ", options_.shutdown_timeout.count(),
+                            " ms of shutdown; leaving it running"));
+    }
+  }
   std::vector<std::shared_ptr<Tracked>> left;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -553,7 +588,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
         RequestResult r;
         r.status = absl::UnavailableError(reason);
         r.finish_reason = FinishReason::kError;
-        r.prompt_tokens = static_cast<int32_t>(t->request.input_ids.size());
+        ReportSent(*t, &r);
         Resolve(t, r);
       }
       return;
@@ -573,6 +608,15 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       generation = generation_ + 1;
     }
     absl::StatusOr<EngineInstance> built = Build(generation);
+    bool stopping = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping = stopping_;
+    }
+    if (stopping) {  // Shutdown came during the build: nothing installs it (handled at the top)
+      if (built.ok()) Bury(std::move(built->engine), std::move(built->keepalive));
+      continue;
+    }
     if (!built.ok()) {
       why = absl::StrCat("rebuild failed: ", built.status().ToString());
       failed_at = clock_->Now();

@@ -100,7 +100,10 @@ class SelfHealingEngine final : public InferenceEngine {
 
   int64_t restarts() const { return restarts_.load(); }
   // True while an engine torn down after a stall has not finished shutting down.
-  bool HasStuckEngine() const { return graveyard_.load() > 0; }
+  bool HasStuckEngine() const { return graveyard_.load() > 0 || rebuild_abandoned_.load(); }
+  // Shutdown returned while a rebuild (model load, warm-up) went on: the server exits without
+  // waiting for it (HasStuckEngine), the destructor would.
+  bool RebuildAbandoned() const { return rebuild_abandoned_.load(); }
   // Waits (real time) until no torn-down engine is still shutting down; true when none is.
   bool WaitNoStuckEngine(std::chrono::milliseconds timeout);
 
@@ -157,7 +160,9 @@ class SelfHealingEngine final : public InferenceEngine {
   std::atomic<int64_t> last_beat_ns_{0};
   std::atomic<int64_t> restarts_{0};
   std::atomic<int> graveyard_{0};
-  int64_t canaries_ = 0;  // watchdog thread only
+  std::atomic<bool> rebuild_abandoned_{false};
+  bool watchdog_exited_ = false;  // guarded by mu_; WatchLoop returned
+  int64_t canaries_ = 0;          // watchdog thread only
   std::thread watchdog_;
   // One per torn-down engine; finished ones are joined when the next is started and by
   // WaitNoStuckEngine, the rest by the destructor.

@@ -5,8 +5,8 @@ gets a result or an explicit error) / recovery seconds, and asserts its own inva
 
   chaos_test.py --binary B --model DIR --proto-root proto [--scenario NAME ...]
 
-Scenarios: throw, throw_stop_strings, stall, oom, faults_first_engine, supervise_kill, disconnect,
-latency, crash_loop. Exit 77 = skipped."""
+Scenarios: throw, throw_stop_strings, stall, oom, faults_first_engine, sigterm_during_rebuild,
+supervise_kill, disconnect, latency, crash_loop. Exit 77 = skipped."""
 import concurrent.futures
 import json
 import os
@@ -217,6 +217,52 @@ def scenario_faults_first_engine(args):
     return t
 
 
+def scenario_sigterm_during_rebuild(args):
+    # SIGTERM while the engine's model loads again after a fault (8 s a load here): the request it
+    # owes is answered UNAVAILABLE and the process exits within the drain timeout plus its grace,
+    # not after the load (minutes for a real checkpoint, past Kubernetes' grace period).
+    t = Tally("SIGTERM during an engine rebuild")
+    server = harness.Server(args.binary, args.model, ["--debug-throw-on-step", "6", "--debug-load-delay-ms", "8000",
+                            "--restart-backoff-ms", "100", "--debug-step-latency-ms", "20",
+                            "--drain-timeout-ms", "1000", "--shutdown-grace-ms", "1000"], start_timeout=60)
+    try:
+        ch = harness.channel(server.port)
+        stub = pb_grpc.InferenceStub(ch)
+        result = {}
+
+        def owed():
+            try:
+                stub.Infer(req(1, 40, exact=True), timeout=60)
+                result["code"] = "OK"
+            except grpc.RpcError as e:
+                result["code"], result["details"] = e.code().name, e.details()
+            result["at"] = time.monotonic()
+
+        caller = threading.Thread(target=owed)
+        caller.start()
+        check(harness.wait_health(server.port, 2, 20), "sigterm_during_rebuild: the fault took health down")
+        time.sleep(0.5)  # the rebuild's load has begun
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = server.proc.wait(30)
+        except Exception:
+            rc = None
+        exited = time.monotonic() - signalled
+        caller.join(30)
+        answered = result.get("at", float("inf")) - signalled
+        t.record(result.get("code", "LOST"))
+        check(result.get("code") == "UNAVAILABLE" and "engine restart" in result.get("details", ""),
+              f"sigterm_during_rebuild: the owed request is answered UNAVAILABLE naming the restart ({result})")
+        check(answered < 4, f"sigterm_during_rebuild: answered {answered:.1f} s after SIGTERM (drain 1 s; the load had ~7 s left)")
+        check(rc == 0 and exited < 5, f"sigterm_during_rebuild: exit {rc} {exited:.1f} s after SIGTERM, not after the load")
+        check("exiting without waiting for it" in server.log(), "sigterm_during_rebuild: the log says the load was left")
+        ch.close()
+    finally:
+        server.stop()
+    return t
+
+
 def scenario_supervise_kill(args):
     # The new child loads for 1.5 s, listening and refusing meanwhile: the calls queued while no
     # child listened reach it when the channel reconnects (~1 s) and must be retried by the retry
@@ -378,6 +424,7 @@ SCENARIOS = {
     "stall": scenario_stall,
     "oom": scenario_oom,
     "faults_first_engine": scenario_faults_first_engine,
+    "sigterm_during_rebuild": scenario_sigterm_during_rebuild,
     "supervise_kill": scenario_supervise_kill,
     "disconnect": scenario_disconnect,
     "latency": scenario_latency,

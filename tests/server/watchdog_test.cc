@@ -46,6 +46,12 @@ class Harness {
     EngineFactory factory =
         [this, faults](int generation,
                        std::function<void(int32_t, const absl::Status&)> beat) -> absl::StatusOr<EngineInstance> {
+      std::function<void(int)> before;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        before = before_build_;
+      }
+      if (before) before(generation);
       EngineOptions o;
       o.scheduler.max_batch_size = 8;
       o.scheduler.faults = faults(generation);
@@ -132,6 +138,11 @@ class Harness {
     return executors_.at(generation);
   }
   SelfHealingEngine& engine() { return *engine_; }
+  // Runs at the start of each engine build (a slow model load, a build that blocks).
+  void set_before_build(std::function<void(int)> before) {
+    std::lock_guard<std::mutex> lock(mu_);
+    before_build_ = std::move(before);
+  }
   FakeClock& clock() { return *clock_; }
 
  private:
@@ -141,7 +152,8 @@ class Harness {
   std::vector<bool> health_;
   int restarts_seen_ = 0;
   std::map<int, testing::FakeExecutor*> executors_;  // owned by the engines
-  std::unique_ptr<SelfHealingEngine> engine_;        // last: destroyed first
+  std::function<void(int)> before_build_;
+  std::unique_ptr<SelfHealingEngine> engine_;  // last: destroyed first
 };
 
 Outcome Get(std::future<Outcome>& f) {
@@ -223,6 +235,40 @@ TEST(WatchdogTest, ShutdownAnswersInFlightUnavailableAndLeavesAStuckStepBehind) 
 
 // A streaming request that shutdown ends: its result says what its client was sent (the request log
 // and token counters; they said 0 tokens in 0 ms).
+// SIGTERM while the model loads again after a fault: the requests owed are answered at once
+// (UNAVAILABLE, retryable elsewhere) and Shutdown returns after shutdown_timeout, leaving the load
+// behind (the server then exits without joining it), instead of waiting minutes for the load.
+TEST(WatchdogTest, ShutdownDuringARebuildAnswersWhatIsOwedWithoutWaitingForTheLoad) {
+  WatchdogOptions w = Harness::Defaults();
+  w.shutdown_timeout = 100ms;
+  Harness h(
+      [](int gen) {
+        FaultInjectionOptions f;
+        if (gen == 0) f.throw_on_step = 3;
+        return f;
+      },
+      w);
+  std::promise<void> loading, release;
+  std::shared_future<void> released = release.get_future().share();
+  h.set_before_build([&loading, released](int generation) {
+    if (generation != 1) return;
+    loading.set_value();
+    released.wait();  // the load that would take minutes
+  });
+  auto owed = h.Run("owed", /*stream=*/false, 16);
+  ASSERT_EQ(loading.get_future().wait_for(kEventTimeout), std::future_status::ready);
+  const auto start = std::chrono::steady_clock::now();
+  h.engine().Shutdown();
+  const auto took = std::chrono::steady_clock::now() - start;
+  Outcome o = Get(owed);
+  EXPECT_TRUE(absl::IsUnavailable(o.status)) << o.status;
+  EXPECT_NE(o.status.message().find("shut down during an engine restart"), absl::string_view::npos) << o.status;
+  EXPECT_LT(took, 5s) << "Shutdown waited for the rebuild";
+  EXPECT_TRUE(h.engine().RebuildAbandoned());
+  EXPECT_TRUE(h.engine().HasStuckEngine());
+  release.set_value();  // the destructor then joins the rebuild, which installs nothing
+}
+
 TEST(WatchdogTest, ShutdownReportsWhatAStreamWasSent) {
   WatchdogOptions w = Harness::Defaults();
   w.stall_timeout = 3600s;
