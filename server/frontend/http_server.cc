@@ -573,10 +573,13 @@ class ApiHttpServer final : public httplib::Server {
         return;
       }
     }
-    const HttpError e = ToHttpError(MakeRefusal(
+    const Refusal refusal = MakeRefusal(
         absl::StatusCode::kUnavailable, RefusalKind::kTooManyConnections,
-        absl::StrCat("too many open connections (--http-max-connections ", o.max_connections, "); retry later")));
-    conn.SendRaw(RawResponse(503, "Service Unavailable", e));
+        absl::StrCat("too many open connections (--http-max-connections ", o.max_connections, "); retry later"));
+    // Counted in glmserve_requests_total (UNAVAILABLE), as every refusal; not logged one by one:
+    // a flood of connections over the cap must not flood the log.
+    state_->sessions.CountRefused(refusal);
+    conn.SendRaw(RawResponse(503, "Service Unavailable", ToHttpError(refusal)));
     conn.CloseNotify();
   }
 
@@ -1006,7 +1009,9 @@ class Handler {
     // A serving slot, or a place in the bounded waiting queue (429 at once when it is full); held
     // until the engine has finished the request.
     std::shared_ptr<ServingSlot> slot;
+    const auto waiting_since = Clock::now();
     if (auto e = AcquireSlot(deadline, &slot)) return refuse(*e);
+    info.front_queue_ms = std::chrono::duration<double, std::milli>(Clock::now() - waiting_since).count();
     info.hold_until_done = std::move(slot);
 
     auto call = std::make_shared<Call>();

@@ -178,14 +178,16 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                       .Help("Infer/InferStream calls finished, by gRPC status code")
                       .Register(r);
   m->requests_->Add({{"code", "OK"}});  // the series exists before the first request
-  m->latency_ = &prometheus::BuildHistogram()
-                     .Name("glmserve_request_latency_seconds")
-                     .Help("Submit to last token of requests the engine finished")
-                     .Register(r)
-                     .Add({}, SecondsBuckets());
+  m->latency_ =
+      &prometheus::BuildHistogram()
+           .Name("glmserve_request_latency_seconds")
+           .Help(
+               "Arrival in a queue (the HTTP serving slots' or the engine's) to last token, requests that finished OK")
+           .Register(r)
+           .Add({}, SecondsBuckets());
   m->ttft_ = &prometheus::BuildHistogram()
                   .Name("glmserve_time_to_first_token_seconds")
-                  .Help("Submit to first generated token")
+                  .Help("Arrival in a queue (the HTTP serving slots' or the engine's) to first generated token")
                   .Register(r)
                   .Add({}, SecondsBuckets());
   // Decode speed as each client saw it (SLOs on inter-token latency): 1 ms to 1 s, finer where a
@@ -200,7 +202,7 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                                                                    0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1});
   m->queue_wait_ = &prometheus::BuildHistogram()
                         .Name("glmserve_queue_wait_seconds")
-                        .Help("Submit to first scheduled step")
+                        .Help("Arrival in a queue (the HTTP serving slots' or the engine's) to first scheduled step")
                         .Register(r)
                         .Add({}, SecondsBuckets());
   m->batch_size_ = &prometheus::BuildHistogram()
@@ -208,11 +210,13 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                         .Help("Sequences per engine step attempt")
                         .Register(r)
                         .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
-  m->queue_depth_ = &prometheus::BuildGauge()
-                         .Name("glmserve_queue_depth")
-                         .Help("Accepted requests not running (queued or preempted)")
-                         .Register(r)
-                         .Add({});
+  m->queue_depth_ =
+      &prometheus::BuildGauge()
+           .Name("glmserve_queue_depth")
+           .Help(
+               "Accepted requests not running: queued or preempted in the engine, or waiting for an HTTP serving slot")
+           .Register(r)
+           .Add({});
   m->running_ = &prometheus::BuildGauge()
                      .Name("glmserve_requests_running")
                      .Help("Sequences in the running batch (holding KV blocks, decoding or prefilling)")
@@ -284,7 +288,9 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                          .Add({});
   m->prefix_queries_ = &prometheus::BuildCounter()
                             .Name("glmserve_prefix_cache_query_tokens_total")
-                            .Help("Prompt positions of admissions, from the cache or computed")
+                            .Help(
+                                "Prompt positions of admissions, from the cache or computed (each engine's 2-token "
+                                "warm-up and idle canaries included)")
                             .Register(r)
                             .Add({});
   auto& phases = prometheus::BuildCounter()
@@ -409,7 +415,8 @@ void ServerMetrics::SetEngineStats(const EngineStats& stats) {
   };
   kv_usage_->Set(share_of_pool(stats.blocks_used));
   prefix_usage_->Set(share_of_pool(stats.blocks_cached));
-  // A count below the last one: the watchdog rebuilt the engine, whose counts start at 0.
+  // The watchdog carries a torn-down engine's counts into the next one's, so they only grow; a
+  // count below the last one (an engine that is not the watchdog's) starts over from 0.
   auto add = [](prometheus::Counter* counter, int64_t now, int64_t& last, double scale = 1.0) {
     counter->Increment(scale * static_cast<double>(now >= last ? now - last : now));
     last = now;

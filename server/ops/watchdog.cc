@@ -412,16 +412,33 @@ EngineStats SelfHealingEngine::stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     last_batch_limit_ = s.batch_limit;
     last_max_batch_size_ = s.max_batch_size;
+    AddCounts(carried_, &s);
     return s;
   }
   // No engine serving (a rebuild, a crash loop): the requests owed wait, nothing runs, and the
   // limits are the last engine's; an empty snapshot read as an idle pod to autoscalers and alerts.
   EngineStats s;
   std::lock_guard<std::mutex> lock(mu_);
+  AddCounts(carried_, &s);
   for (const auto& [id, t] : tracked_) s.waiting += t->done ? 0 : 1;
   s.batch_limit = last_batch_limit_;
   s.max_batch_size = last_max_batch_size_;
   return s;
+}
+
+void SelfHealingEngine::AddCounts(const EngineStats& from, EngineStats* to) {
+  to->oom_events += from.oom_events;
+  to->preemptions += from.preemptions;
+  to->steps += from.steps;
+  to->finished += from.finished;
+  to->prefix_cache_hit_tokens += from.prefix_cache_hit_tokens;
+  to->prompt_tokens_scheduled += from.prompt_tokens_scheduled;
+  to->schedule_ns += from.schedule_ns;
+  to->executor_host_ns += from.executor_host_ns;
+  to->device_wait_ns += from.device_wait_ns;
+  to->commit_ns += from.commit_ns;
+  to->device_busy_ns += from.device_busy_ns;
+  to->device_idle_ns += from.device_idle_ns;
 }
 
 void SelfHealingEngine::Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive) {
@@ -544,6 +561,14 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       std::lock_guard<std::mutex> lock(mu_);
       engine = std::move(engine_);
       keepalive = std::move(keepalive_);
+    }
+    // Its counts (steps, preemptions, prefix-cache tokens, phase times) carry on into the next
+    // engine's: the metrics built from them stay monotone and lose nothing counted since their
+    // last poll.
+    if (engine != nullptr) {
+      const EngineStats last = engine->stats();
+      std::lock_guard<std::mutex> lock(mu_);
+      AddCounts(last, &carried_);
     }
     Bury(std::move(engine), std::move(keepalive));
   }

@@ -124,6 +124,8 @@ class SelfHealingEngine final : public InferenceEngine {
   // what its client was sent and when (its log line and token counters say so, not 0).
   void ReportSent(const Tracked& t, RequestResult* r);
   void Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive);
+  // Adds `from`'s cumulative counts (not its gauges) to `to`'s.
+  static void AddCounts(const EngineStats& from, EngineStats* to);
   // Waits on cv_ until `deadline` on clock_ or until stopping_; false when stopping.
   bool WaitUntil(std::unique_lock<std::mutex>& lock, Clock::TimePoint deadline);
 
@@ -161,6 +163,8 @@ class SelfHealingEngine final : public InferenceEngine {
   std::atomic<int64_t> restarts_{0};
   std::atomic<int> graveyard_{0};
   std::atomic<bool> rebuild_abandoned_{false};
+  // The cumulative counts of the engines torn down so far (stats() adds them to the live one's).
+  EngineStats carried_;           // guarded by mu_
   bool watchdog_exited_ = false;  // guarded by mu_; WatchLoop returned
   int64_t canaries_ = 0;          // watchdog thread only
   std::thread watchdog_;

@@ -172,6 +172,11 @@ void RequestSession::Finish(RequestResult result) {
     result.ttft_ms = first_token_ms_;
     result.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
   }
+  if (info_.front_queue_ms > 0) {
+    result.queue_ms += info_.front_queue_ms;
+    if (result.ttft_ms > 0) result.ttft_ms += info_.front_queue_ms;
+    result.total_ms += info_.front_queue_ms;
+  }
   hold_.reset();  // the engine's work is done: the front end's slot goes to the next request
   std::string tail;
   std::string text;
@@ -428,6 +433,10 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
   }
   *out = std::move(session);
   return std::nullopt;
+}
+
+void RequestSessions::CountRefused(const Refusal& refusal) {
+  if (options_.observer != nullptr) options_.observer->OnRequestFinished(CodeName(refusal.code), nullptr);
 }
 
 void RequestSessions::Refused(const std::string& request_id, const std::string& rpc, const Refusal& refusal,

@@ -99,6 +99,10 @@ struct SessionInfo {
   std::optional<std::chrono::steady_clock::time_point> received;
   // Released once the engine has finished the request (HTTP's serving slot).
   std::shared_ptr<void> hold_until_done;
+  // How long the front end held the request in its own queue before the engine's (HTTP: waiting
+  // for a serving slot, counted in glmserve_queue_depth): part of its queue wait, TTFT and total,
+  // in the result's metrics and log line, which the engine times from its own submit.
+  double front_queue_ms = 0;
 };
 
 // What admission hands to the steps after it: the engine, a snapshot of the model, the client's
@@ -238,6 +242,8 @@ class RequestSessions {
   // transport limits). `fields`: the front end's extra log fields (http_status, param).
   void Refused(const std::string& request_id, const std::string& rpc, const Refusal& refusal,
                nlohmann::json fields = nlohmann::json::object());
+  // Counts a refusal without logging it: one a flood repeats (a connection over the cap).
+  void CountRefused(const Refusal& refusal);
 
   // Returns once every queued engine event has been handled.
   void Flush();

@@ -414,8 +414,11 @@ def test_slowloris(binary, model):
     finally:
         server.stop()
     # The connection cap: at 8 open connections the 9th is answered 503 at once.
-    server = Server(binary, model, ["--http-max-connections", "8", "--http-read-timeout-ms", "3000"])
+    mport = free_port()
+    server = Server(binary, model, ["--http-max-connections", "8", "--http-read-timeout-ms", "3000",
+                                    "--metrics-port", str(mport)])
     try:
+        unavailable_before = metric(mport, 'glmserve_requests_total{code="UNAVAILABLE"}') or 0
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(8)]
         for s in idle:
             s.sendall(b"GET /health HTTP/1.1\r\n")  # an unfinished head holds the connection
@@ -427,6 +430,8 @@ def test_slowloris(binary, model):
               and headers.get("retry-after") == "1" and time.monotonic() - t < 1,
               f"connection over --http-max-connections 8: 503 too_many_connections at once (got {st})")
         s9.close()
+        unavailable = (metric(mport, 'glmserve_requests_total{code="UNAVAILABLE"}') or 0) - unavailable_before
+        check(unavailable == 1, f"the 503 over the cap is counted as UNAVAILABLE in glmserve_requests_total ({unavailable})")
         # Past a second between requests the oldest unfinished head gives way: a slowloris that
         # holds every connection cannot keep a client that sends its request at once out.
         time.sleep(1.0)
@@ -458,6 +463,7 @@ def test_queue(binary, model):
     server = Server(binary, model, ["--http-threads", "2", "--http-max-waiting", "3", "--debug-step-latency-ms", "40",
                                     "--metrics-port", str(mport)])
     try:
+        queue_wait_before = metric(mport, "glmserve_queue_wait_seconds_sum") or 0
         results = [None] * 10
         body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 12, "ignore_eos": True, "stream": True})
 
@@ -497,6 +503,10 @@ def test_queue(binary, model):
               "429s: Retry-After 1, OpenAI rate_limit_error, at once (< 1 s)")
         check(all(b"data: [DONE]" in r[2] for r in results if r[0] == 200), "every admitted stream ends with [DONE]")
         check(depth >= 3, f"glmserve_queue_depth counted the waiting HTTP requests (max seen {depth})")
+        # The 3 that waited for a slot waited a stream's time (12 steps of 40 ms) or two: their wait
+        # for a serving slot is queue wait too (it was left out, the engine timing from its submit).
+        queue_wait = (metric(mport, "glmserve_queue_wait_seconds_sum") or 0) - queue_wait_before
+        check(queue_wait >= 1.0, f"glmserve_queue_wait_seconds counts the wait for a serving slot ({queue_wait:.2f} s)")
     finally:
         server.stop()
 

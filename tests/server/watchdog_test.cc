@@ -192,6 +192,10 @@ TEST(WatchdogTest, ExceptionRebuildsRequeuesUnaryAndFailsStreamedOnes) {
   EXPECT_EQ(h.health(), (std::vector<bool>{false, true}));
   auto after = h.Run("after", false);
   EXPECT_TRUE(Get(after).status.ok());
+  // The torn-down engine's counts carry on (metrics built from them never drop): prompt tokens
+  // admitted over both engines, 3 a request: "u" twice, "s", "after"; and each engine's 2-token
+  // warm-up. The new engine alone saw 3 + 3 + 2.
+  EXPECT_EQ(h.engine().stats().prompt_tokens_scheduled, 4 * 3 + 2 * 2);
 }
 
 TEST(WatchdogTest, StallPastTheTimeoutRebuildsWithoutWaitingForTheStuckStep) {
