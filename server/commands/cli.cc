@@ -154,6 +154,13 @@ int RunInspect(int argc, char** argv) {
   if (model.empty()) return BadInput("--model: required, the checkpoint directory");
 
   absl::StatusOr<InspectReport> report = InspectCheckpoint(model);
+  if (!report.ok() && as_json) {
+    // A script reading --json gets its object for a path that is no checkpoint directory too.
+    std::cout << JsonDump(json{{"directory", model},
+                               {"loadable", false},
+                               {"problems", json::array({std::string(report.status().message())})}})
+              << std::endl;
+  }
   if (!report.ok()) return ExitFor(report.status());
   // Tokenizer files, where there are any, must load as serve loads them (none: ids only).
   if (auto tok = tokenizer::Tokenizer::FromDirectory(model); !tok.ok() && !absl::IsNotFound(tok.status())) {
@@ -250,6 +257,26 @@ absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> PrepareImages(const std:
 #endif
 }
 
+// A glm4v prompt without --image: no image placeholder may stand in it, as serve refuses one
+// (it would run as plain text, its tokens never replaced by an image's). Other models: OK.
+absl::Status CheckNoImagePlaceholders(const std::string& model_dir, const std::vector<int32_t>& ids,
+                                      const std::string& input_flag) {
+#ifdef GLMSERVE_WITH_VISION
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
+  if (!config.ok() || !config->vision.has_value()) return absl::OkStatus();  // the load reports a bad config
+  const VisionConfig& vc = *config->vision;
+  const vision::ImageTokenIds token_ids{vc.image_token_id, vc.image_start_token_id, vc.image_end_token_id};
+  absl::StatusOr<std::vector<int32_t>> expanded = vision::ExpandImageTokens(ids, {}, token_ids);
+  if (!expanded.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(input_flag, ": ", expanded.status().message(), " (give each placeholder's image with --image)"));
+  }
+#else
+  (void)model_dir, (void)ids, (void)input_flag;
+#endif
+  return absl::OkStatus();
+}
+
 int RunGenerate(int argc, char** argv) {
   std::string model, input_ids_text;
   flags::Device device;
@@ -298,6 +325,10 @@ int RunGenerate(int argc, char** argv) {
     return BadInput(
         "--input-ids: required (comma-separated token ids like 1,2,3), or --prompt TEXT, or --chat TEXT; exactly one");
   }
+  if (flags.was_set("system") && !flags.was_set("chat")) {
+    return BadInput(
+        "--system: a system message for --chat's template; with --input-ids or --prompt it would be ignored");
+  }
   std::vector<int32_t> ids;
   std::unique_ptr<tokenizer::Tokenizer> tok;
   // The flag the prompt came from, in messages about its ids.
@@ -330,6 +361,8 @@ int RunGenerate(int argc, char** argv) {
     absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> prepared = PrepareImages(model, image_paths, &ids);
     if (!prepared.ok()) return ExitFor(prepared.status());
     multimodal = std::move(*prepared);
+  } else if (absl::Status placeholders = CheckNoImagePlaceholders(model, ids, input_flag); !placeholders.ok()) {
+    return BadInput(std::string(placeholders.message()));
   }
   if (min_new_tokens > max_new_tokens) {
     return BadInput(

@@ -147,8 +147,6 @@ int RunDoctor(int argc, char** argv) {
       for (const auto& entry : fs::directory_iterator(model, ec)) {
         if (!entry.is_regular_file()) continue;
         if (access(entry.path().c_str(), R_OK) != 0) unreadable.push_back(entry.path().filename().string());
-        const std::string ext = entry.path().extension().string();
-        if (ext == ".safetensors" || ext == ".bin") model_bytes += static_cast<double>(entry.file_size());
       }
       if (access(model.c_str(), R_OK | X_OK) != 0 || !unreadable.empty()) {
         add("model_permissions", "FAIL",
@@ -181,6 +179,11 @@ int RunDoctor(int argc, char** argv) {
       } else {
         report = *r;
         have_report = true;
+        // The checkpoint's own tensors, not every .safetensors / .bin file beside them (optimizer
+        // states, other exports); a mixed-dtype checkpoint is counted at 4 bytes a parameter.
+        const std::string& dtype = r->info.stored_dtype;
+        const double bytes_per_parameter = dtype == "bfloat16" || dtype == "float16" ? 2.0 : 4.0;
+        model_bytes = static_cast<double>(r->info.parameter_count) * bytes_per_parameter;
         add("model", "OK",
             absl::StrCat(r->info.architecture, ", ", r->info.parameter_count, " parameters, ", r->info.stored_dtype,
                          ", ", r->info.source_format, ", ", GiB(model_bytes), " of weights, max context ",

@@ -87,6 +87,7 @@ TEST(GenerateCli, BadInputExitsTwoNamingTheFlag) {
       {{"--input-ids", "1,2", "--max-new-tokens", "4", "--top-p", "1.5"}, "--top-p"},
       {{"--input-ids", "1,2", "--max-new-tokens", "4", "--bogus", "1"}, "--bogus"},
       {{"--input-ids", "1,2", "--max-new-tokens", "1000"}, "max position embeddings"},
+      {{"--input-ids", "1,2", "--max-new-tokens", "4", "--system", "be brief"}, "--system"},
       {{"--max-new-tokens", "4"}, "--input-ids"},
   };
   for (const BadInput& c : cases) {
@@ -246,6 +247,14 @@ TEST(InspectCli, MissingDirectoryAndUsage) {
   RunResult r = Glmserve({"inspect", "--model", "/nonexistent/model"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("/nonexistent/model"), std::string::npos) << r.err;
+  // --json: one object on stdout whatever the path (a script parses it), the exit still 2.
+  RunResult as_json = Glmserve({"inspect", "--model", "/nonexistent/model", "--json"});
+  EXPECT_EQ(as_json.exit_code, 2);
+  const nlohmann::json parsed = nlohmann::json::parse(as_json.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(parsed.is_object()) << as_json.out;
+  EXPECT_EQ(parsed.value("loadable", true), false);
+  ASSERT_TRUE(parsed["problems"].is_array() && parsed["problems"].size() == 1u) << as_json.out;
+  EXPECT_NE(parsed["problems"][0].get<std::string>().find("/nonexistent/model"), std::string::npos) << as_json.out;
   RunResult help = Glmserve({"inspect", "--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("--show-mapping"), std::string::npos);
