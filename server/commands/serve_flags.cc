@@ -74,7 +74,8 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("max-new-tokens-cap", &g.limits.max_new_tokens_cap, 1, kIntMax, "largest max_new_tokens accepted");
   set.Int("default-max-new-tokens", &g.limits.default_max_new_tokens, 1, kIntMax,
           "used when max_new_tokens (HTTP: max_tokens) is unset");
-  set.Int("max-prompt-tokens", &g.limits.max_prompt_tokens, 0, kIntMax, "longest prompt")
+  set.Int("max-prompt-tokens", &g.limits.max_prompt_tokens, 0, kIntMax,
+          "longest prompt (more than the model's max context - 1 is taken as that)")
       .DefaultText(absl::StrCat(g.limits.max_prompt_tokens, " = the model's max context - 1"));
   set.Int("default-deadline-ms", &g.default_deadline_ms, 0, kTimeMax, "for requests sent without a deadline; 0 = none");
   set.Bool("log-requests", &g.log_requests, "one stderr line per finished or refused request");
@@ -247,6 +248,22 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
           absl::StrCat("--allowed-local-media-path: '", dir, "' is not an existing directory"));
     }
     dir = resolved;
+  }
+  for (size_t i = 0; i < f.served_model_names.size(); ++i) {
+    const std::string& name = f.served_model_names[i];
+    if (name.empty()) {
+      return absl::InvalidArgumentError(
+          "--served-model-name: an empty id (two commas, or one at an end); expected NAME or NAME,NAME,...");
+    }
+    if (std::find(f.served_model_names.begin(), f.served_model_names.begin() + i, name) !=
+        f.served_model_names.begin() + i) {
+      return absl::InvalidArgumentError(absl::StrCat("--served-model-name: '", name, "' is given twice"));
+    }
+  }
+  if (f.restart_backoff_ms > f.restart_backoff_max_ms) {
+    return absl::InvalidArgumentError(absl::StrCat("--restart-backoff-ms: ", f.restart_backoff_ms,
+                                                   " is above --restart-backoff-max-ms ", f.restart_backoff_max_ms,
+                                                   " (the first rebuild's delay; later ones double up to the cap)"));
   }
   if (f.grpc.limits.default_max_new_tokens > f.grpc.limits.max_new_tokens_cap) {
     return absl::InvalidArgumentError(absl::StrCat("--default-max-new-tokens: ", f.grpc.limits.default_max_new_tokens,

@@ -8,6 +8,11 @@ default, 127.0.0.1:50051, is checked to be serve-demo.sh's default port). Each e
 through `bash -c` from the repository root and must exit 0 with sane output (JSON where JSON is
 promised, the right number of tokens, SERVING, ...). Also checked: the section keeps its two
 commands (scripts/serve-demo.sh, scripts/test.sh) and names no tool Debian 12 lacks (grpcurl).
+The client's own errors: bad JSON (argument or stdin) for every method, a request that is no JSON
+object, a missing TLS file, --tls-key or --tls-cert alone and --timeout <= 0 exit 2 with one line
+naming the problem, never a traceback; a reader that stops early (`| head -1`) ends it quietly by
+SIGPIPE; a full disk (/dev/full) exits 1; --help lists the methods, options, environment and exit
+codes.
 
 Needs grpcio + grpcio-tools (scripts/install-deps.sh). Exit 0 pass, 1 fail, 77 skipped."""
 import argparse
@@ -135,11 +140,84 @@ def main():
             problem = None if out.returncode == 0 else f"exit {out.returncode}: {out.stderr.strip()[-500:]}"
             problem = problem or sane(cmd, out.stdout)
             check(problem is None, f"{cmd[:110]}{'...' if len(cmd) > 110 else ''}" + (f" -> {problem}" if problem else ""))
+        client_errors(env)
     finally:
         check(server.stop() == 0, "server drains and exits 0")
     client_security(args.binary, args.model)
     print(f"{len(FAILURES)} failed" if FAILURES else "all passed")
     return 1 if FAILURES else 0
+
+
+def client_errors(env):
+    """glmserve-client.py's usage and setup errors (exit 2, one line on stderr, no traceback), its
+    end on a closed or full stdout, and its --help, against the demo server at env's GLMSERVE_ADDR."""
+    import shlex
+    import tempfile
+    client = [sys.executable, os.path.join(ROOT, "scripts", "glmserve-client.py"), "--timeout", "60"]
+
+    def run(args, stdin=None):
+        return subprocess.run(client + args, input=stdin, capture_output=True, text=True, timeout=120, env=env)
+
+    def refused(what, out, *words):
+        err = out.stderr.strip()
+        check(out.returncode == 2 and not out.stdout and "Traceback" not in err and len(err.splitlines()) == 1
+              and err.startswith("glmserve-client: ") and all(w in err for w in words),
+              f"glmserve-client.py {what}: exit {out.returncode} (want 2), one line naming {words}: {err[-300:]!r}")
+
+    for method in ("Infer", "InferStream", "GetModelInfo", "Health"):
+        refused(f"{method} '{{bad'", run([method, "{bad"]), "request", "not JSON")
+        refused(f"{method} - <<< '{{bad'", run([method, "-"], "{bad"), "request on stdin", "not JSON")
+    for method, request, kind in [("Infer", "[]", "array"), ("InferStream", "null", "null"),
+                                  ("GetModelInfo", "3", "number"), ("Health", '"x"', "string")]:
+        refused(f"{method} '{request}'", run([method, request]), "must be a JSON object", kind)
+    refused("Infer with a request field of the wrong type", run(["Infer", '{"input_ids": "1"}']),
+            "glmserve.v1.InferRequest", "input_ids")
+    with tempfile.TemporaryDirectory() as d:
+        missing = os.path.join(d, "missing.pem")
+        pem = os.path.join(d, "some.pem")
+        with open(pem, "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+        refused("--tls-ca MISSING", run(["--tls-ca", missing, "Health"]), "--tls-ca", missing, "No such file")
+        refused("--tls-cert MISSING --tls-key FILE", run(["--tls-cert", missing, "--tls-key", pem, "Health"]),
+                "--tls-cert", missing)
+        refused("--tls-cert FILE --tls-key MISSING", run(["--tls-cert", pem, "--tls-key", missing, "Health"]),
+                "--tls-key", missing)
+        # Alone, the key went unused over plaintext: refused as the lone certificate is.
+        refused("--tls-key alone", run(["--tls-key", pem, "Health"]), "--tls-key", "--tls-cert")
+        refused("--tls-cert alone", run(["--tls-cert", pem, "Health"]), "--tls-cert", "--tls-key")
+    for t in ("0", "-5"):
+        out = run(["--timeout", t, "Health"])
+        check(out.returncode == 2 and "--timeout" in out.stderr and "> 0" in out.stderr and not out.stdout
+              and "Traceback" not in out.stderr,
+              f"glmserve-client.py --timeout {t}: exit {out.returncode} (want 2), {out.stderr.strip()[-160:]!r}")
+
+    # 1500 messages (~100 kB) outgrow the pipe's buffer, so the client is still writing when head exits.
+    stream = shlex.join(client + ["InferStream", '{"input_ids": [1, 2], "max_new_tokens": 1500, "min_new_tokens": 1500}'])
+    out = subprocess.run(["bash", "-c", f"set -o pipefail; {stream} | head -1"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    lines = out.stdout.splitlines()
+    check(out.returncode == 128 + 13 and not out.stderr and len(lines) == 1 and '"output_ids"' in lines[0],
+          f"glmserve-client.py InferStream | head -1: ends by SIGPIPE (141) with no message: exit "
+          f"{out.returncode}, {len(lines)} lines, stderr {out.stderr.strip()[-300:]!r}")
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            out = subprocess.run(client + ["Health"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                                 env=env)
+        check(out.returncode == 1 and "cannot write the reply to stdout" in out.stderr and "Traceback" not in out.stderr
+              and len(out.stderr.strip().splitlines()) == 1,
+              f"glmserve-client.py Health > /dev/full: exit {out.returncode} (want 1), {out.stderr.strip()[-300:]!r}")
+
+    out = run(["--help"])
+    missing = [w for w in ("Infer", "InferStream", "GetModelInfo", "Health", "--addr", "--timeout", "--api-key",
+                           "--tls-ca", "--tls-cert", "--tls-key", "--emit-defaults", "--proto-root", "GLMSERVE_ADDR",
+                           "GLMSERVE_API_KEY", "Exit: 0 OK", "1 the RPC failed", "2 usage or setup error")
+               if w not in out.stdout]
+    # Every option says what it does, on its line or (a long option) the next, not just its name.
+    lines = out.stdout.splitlines()
+    bare = [l.strip() for i, l in enumerate(lines) if re.fullmatch(r"\s+--[a-z-]+( [A-Z:]+)?", l)
+            and not (i + 1 < len(lines) and re.match(r"\s{6,}[^\s-]", lines[i + 1]))]
+    check(out.returncode == 0 and not missing and not bare,
+          f"glmserve-client.py --help: exit {out.returncode}, lacks {missing}, options without help {bare}")
 
 
 def client_security(binary, model):

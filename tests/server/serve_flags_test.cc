@@ -119,6 +119,32 @@ TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
   }
 }
 
+// Values that parse one by one but make no sense: refused naming the flag (an empty model id was
+// listed by /v1/models as ""; a first rebuild delay above the cap was silently the cap).
+TEST(ServeFlags, ModelIdsAndBackoffThatContradictThemselvesAreRefused) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {{"--served-model-name", ","}, "--served-model-name: an empty id"},
+      {{"--served-model-name", "a,,b"}, "--served-model-name: an empty id"},
+      {{"--served-model-name", "a,"}, "--served-model-name: an empty id"},
+      {{"--served-model-name", "a,b,a"}, "--served-model-name: 'a' is given twice"},
+      {{"--restart-backoff-ms", "5000", "--restart-backoff-max-ms", "100"},
+       "--restart-backoff-ms: 5000 is above --restart-backoff-max-ms 100"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<ServeFlags> f = Parse(c.args);
+    ASSERT_FALSE(f.ok()) << c.needle;
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument) << f.status();
+    EXPECT_NE(f.status().message().find(c.needle), std::string::npos) << f.status();
+  }
+  absl::StatusOr<ServeFlags> ok = Parse({"--served-model-name", "glm-4,autoglm", "--restart-backoff-ms", "100"});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->served_model_names, (std::vector<std::string>{"glm-4", "autoglm"}));
+}
+
 // The slow-load test hook (the chaos suite's supervised restart): off unless asked for; a bad
 // value is refused naming the flag and the value.
 TEST(ServeFlags, LoadDelayHookIsOffByDefaultAndRefusesBadValues) {
