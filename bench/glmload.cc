@@ -795,20 +795,20 @@ SseEvent ParseSseData(const std::string& payload) {
 // ---------------------------------------------------------------------------------------------
 // Flags.
 
-absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string& text) {
+absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string& text, int min) {
   std::vector<std::string> parts = absl::StrSplit(text, ':');
   IntDist d;
   int64_t a = 0, b = 0;
   auto bad = [&] {
     return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": '", text, "' is not N, fixed:N or uniform:A:B (0 <= A <= B)"));
+        absl::StrCat(flag, ": '", text, "' is not N, fixed:N or uniform:A:B (", min, " <= A <= B)"));
   };
   if (parts.size() == 1 || (parts.size() == 2 && parts[0] == "fixed")) {
-    if (!flags::ParseIntValue(flag, parts.back(), 0, 1 << 24, &a).ok()) return bad();
+    if (!flags::ParseIntValue(flag, parts.back(), min, 1 << 24, &a).ok()) return bad();
     d.lo = d.hi = static_cast<int>(a);
   } else if (parts.size() == 3 && parts[0] == "uniform") {
-    if (!flags::ParseIntValue(flag, parts[1], 0, 1 << 24, &a).ok() ||
-        !flags::ParseIntValue(flag, parts[2], 0, 1 << 24, &b).ok() || a > b) {
+    if (!flags::ParseIntValue(flag, parts[1], min, 1 << 24, &a).ok() ||
+        !flags::ParseIntValue(flag, parts[2], min, 1 << 24, &b).ok() || a > b) {
       return bad();
     }
     d.lo = static_cast<int>(a);
@@ -828,10 +828,12 @@ constexpr char kSynopsis[] =
 // The table of glmload's flags: ParseFlags parses with it and Usage prints it, with the defaults
 // `o` holds when called (Options' own).
 void Register(flags::FlagSet& set, Options& o, bool& no_progress) {
+  // Prompts and generations of at least one token: the server refuses 0 for either, so a load of
+  // them measured nothing but refusals.
   const auto int_dist = [](IntDist* target) {
     return [target](const std::string& value) -> std::optional<std::string> {
-      absl::StatusOr<IntDist> d = ParseIntDist("", value);
-      if (!d.ok()) return "is not N, fixed:N or uniform:A:B (0 <= A <= B)";
+      absl::StatusOr<IntDist> d = ParseIntDist("", value, /*min=*/1);
+      if (!d.ok()) return "is not N, fixed:N or uniform:A:B (1 <= A <= B)";
       *target = *d;
       return std::nullopt;
     };
@@ -943,6 +945,22 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
   }
   if (o.shared_prefix_len > 0 && !o.prompt_file.empty()) {
     return absl::InvalidArgumentError("--shared-prefix-len: prompts come from --prompt-file; use one or the other");
+  }
+  if (o.shared_prefix_len > o.prompt_len.lo) {
+    return absl::InvalidArgumentError(absl::StrCat("--shared-prefix-len: ", o.shared_prefix_len,
+                                                   " is longer than the shortest --prompt-len prompt (",
+                                                   o.prompt_len.lo, " tokens)"));
+  }
+  // Output paths are checked before the run, not after it (a bad one cost the whole benchmark).
+  for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--json-out", o.json_out},
+                                   std::pair<const char*, const std::string&>{"--plot", o.plot_out}}) {
+    if (path.empty()) continue;
+    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+    std::error_code ec;
+    if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, ": '", path, "': the directory '", parent.string(), "' does not exist"));
+    }
   }
   if (o.duration_s > 0 && o.warmup_s >= o.duration_s) {
     return absl::InvalidArgumentError(

@@ -18,7 +18,8 @@ namespace glmserve::load {
 struct IntDist {
   int lo = 0, hi = 0;
 };
-absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string& text);
+// `min`: the smallest value A, B or N may take.
+absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string& text, int min);
 
 struct Options {
   std::string target = "127.0.0.1:50051";

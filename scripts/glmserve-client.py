@@ -72,8 +72,8 @@ def seconds(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
-    # gRPC takes 0 or less as a deadline already past and inf as none: every call would end
-    # DEADLINE_EXCEEDED, or never.
+    # A deadline of 0 or less has passed before the call starts (DEADLINE_EXCEEDED, or a race with
+    # a fast reply) and nan or inf is no deadline at all: a typo, refused rather than sent.
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}")
     return value

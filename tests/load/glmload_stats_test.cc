@@ -201,6 +201,22 @@ TEST(FlagsTest, RejectsBadInput) {
     auto argv = Argv(args);
     EXPECT_FALSE(ParseFlags(static_cast<int>(argv.size()), argv.data()).ok()) << args[1];
   }
+  // Loads the server refuses request by request, and outputs that cannot be written: refused
+  // before the run, naming the flag.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> refused = {
+      {{"glmload", "--prompt-len", "0"}, "--prompt-len"},
+      {{"glmload", "--max-new-tokens", "uniform:0:4"}, "--max-new-tokens"},
+      {{"glmload", "--shared-prefix-len", "100", "--prompt-len", "8"},
+       "--shared-prefix-len: 100 is longer than the shortest --prompt-len prompt (8 tokens)"},
+      {{"glmload", "--json-out", "/nonexistent-dir/x.json"}, "--json-out: '/nonexistent-dir/x.json'"},
+      {{"glmload", "--plot", "/nonexistent-dir/p.png"}, "--plot: '/nonexistent-dir/p.png'"},
+  };
+  for (auto [args, want] : refused) {
+    auto argv = Argv(args);
+    auto r = ParseFlags(static_cast<int>(argv.size()), argv.data());
+    ASSERT_FALSE(r.ok()) << args[1];
+    EXPECT_NE(std::string(r.status().message()).find(want), std::string::npos) << r.status();
+  }
 }
 
 TEST(ReportTest, JsonRoundTripAndMarkdown) {
