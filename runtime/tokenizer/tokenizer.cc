@@ -794,6 +794,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromDirectory(const std::s
     if (LooksLikeTiktoken(*text)) return present(BpeTokenizer::FromTiktoken(dir, *text));
     return present(SentencePieceTokenizer::Load(dir, *text));
   }
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {  // still NOT_FOUND (no tokenizer), saying why
+    return absl::NotFoundError(absl::StrCat(dir_str, fs::exists(dir, ec) ? ": not a directory" : ": no such directory",
+                                            " (expected a model directory holding tokenizer.json or tokenizer.model)"));
+  }
   return absl::NotFoundError(absl::StrCat(dir_str, ": no tokenizer.json or tokenizer.model"));
 }
 
