@@ -257,26 +257,6 @@ absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> PrepareImages(const std:
 #endif
 }
 
-// A glm4v prompt without --image: no image placeholder may stand in it, as serve refuses one
-// (it would run as plain text, its tokens never replaced by an image's). Other models: OK.
-absl::Status CheckNoImagePlaceholders(const std::string& model_dir, const std::vector<int32_t>& ids,
-                                      const std::string& input_flag) {
-#ifdef GLMSERVE_WITH_VISION
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(model_dir);
-  if (!config.ok() || !config->vision.has_value()) return absl::OkStatus();  // the load reports a bad config
-  const VisionConfig& vc = *config->vision;
-  const vision::ImageTokenIds token_ids{vc.image_token_id, vc.image_start_token_id, vc.image_end_token_id};
-  absl::StatusOr<std::vector<int32_t>> expanded = vision::ExpandImageTokens(ids, {}, token_ids);
-  if (!expanded.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(input_flag, ": ", expanded.status().message(), " (give each placeholder's image with --image)"));
-  }
-#else
-  (void)model_dir, (void)ids, (void)input_flag;
-#endif
-  return absl::OkStatus();
-}
-
 int RunGenerate(int argc, char** argv) {
   std::string model, input_ids_text;
   flags::Device device;
@@ -312,7 +292,9 @@ int RunGenerate(int argc, char** argv) {
   std::vector<std::string> image_paths;
   flags.Custom("image", "PATH", "none",
                "glm4v: a PNG or JPEG for the next image placeholder of --input-ids (one image_token_id between "
-               "image_start_token_id and image_end_token_id); repeat for each image, in order",
+               "image_start_token_id and image_end_token_id); repeat for each image, in order. Without it the "
+               "ids run as text, as transformers runs them without pixel_values (serve refuses placeholders "
+               "without images)",
                [&image_paths](const std::string& value) -> std::optional<std::string> {
                  if (value.empty()) return "is empty; expected a PNG or JPEG file";
                  image_paths.push_back(value);
@@ -361,8 +343,6 @@ int RunGenerate(int argc, char** argv) {
     absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> prepared = PrepareImages(model, image_paths, &ids);
     if (!prepared.ok()) return ExitFor(prepared.status());
     multimodal = std::move(*prepared);
-  } else if (absl::Status placeholders = CheckNoImagePlaceholders(model, ids, input_flag); !placeholders.ok()) {
-    return BadInput(std::string(placeholders.message()));
   }
   if (min_new_tokens > max_new_tokens) {
     return BadInput(
