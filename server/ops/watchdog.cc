@@ -208,6 +208,14 @@ void SelfHealingEngine::OnStepEnd(int generation, const absl::Status& status) {
   cv_.notify_all();
 }
 
+void SelfHealingEngine::EndWithoutEngine(const std::shared_ptr<Tracked>& t, absl::Status status, FinishReason reason) {
+  RequestResult r;
+  r.status = std::move(status);
+  r.finish_reason = reason;
+  ReportSent(*t, &r);
+  Resolve(t, r);
+}
+
 void SelfHealingEngine::ReportSent(const Tracked& t, RequestResult* r) {
   std::lock_guard<std::mutex> lock(mu_);
   const Clock::TimePoint now = clock_->Now();
@@ -315,11 +323,8 @@ void SelfHealingEngine::Cancel(const std::string& request_id) {
     }
   }
   if (pending != nullptr) {
-    RequestResult r;
-    r.status = absl::CancelledError("cancelled while waiting for the engine to restart");
-    r.finish_reason = FinishReason::kCancelled;
-    ReportSent(*pending, &r);
-    Resolve(pending, r);
+    EndWithoutEngine(pending, absl::CancelledError("cancelled while waiting for the engine to restart"),
+                     FinishReason::kCancelled);
   } else if (engine != nullptr) {
     engine->Cancel(request_id);
   }
@@ -355,11 +360,8 @@ void SelfHealingEngine::Shutdown() {
   // Requests waiting for a rebuild are in no engine: answered now, not once the model has loaded
   // again (minutes for a large checkpoint, past any drain timeout or pod grace period).
   for (auto& t : owed) {
-    RequestResult r;
-    r.status = absl::UnavailableError("server shut down during an engine restart; retry the request");
-    r.finish_reason = FinishReason::kError;
-    ReportSent(*t, &r);
-    Resolve(t, r);
+    EndWithoutEngine(t, absl::UnavailableError("server shut down during an engine restart; retry the request"),
+                     FinishReason::kError);
   }
   // The watchdog thread ends at once unless it is inside a rebuild (a model load, a warm-up):
   // waited for as long as a stuck engine is, then left running (RebuildAbandoned).
@@ -385,11 +387,8 @@ void SelfHealingEngine::Shutdown() {
   // What is still in flight ends first, UNAVAILABLE: the server ended it, not its client, so it is
   // retried elsewhere (the engine's own shutdown would end it CANCELLED, which clients do not retry).
   for (auto& t : left) {
-    RequestResult r;
-    r.status = absl::UnavailableError("server shut down before the request finished");
-    r.finish_reason = FinishReason::kCancelled;
-    ReportSent(*t, &r);
-    Resolve(t, r);
+    EndWithoutEngine(t, absl::UnavailableError("server shut down before the request finished"),
+                     FinishReason::kCancelled);
   }
   if (engine == nullptr) return;
   // Off this thread, as a faulted engine is: a step that never returns must not hold the exit.
@@ -546,13 +545,11 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
   LogEvent(LogLevel::kError, "engine_fault", "", absl::StrCat("engine fault: ", why),
            {{"reason", why}, {"generation", old_generation}, {"requeued", requeue.size()}, {"failed", fail.size()}});
   for (auto& [t, n] : fail) {
-    RequestResult r;
-    r.status = absl::UnavailableError(
-        absl::StrCat("the engine failed while this request was streaming (", why,
-                     "); it was not retried because output was already sent; retry the request"));
-    r.finish_reason = FinishReason::kError;
-    ReportSent(*t, &r);
-    Resolve(t, r);
+    EndWithoutEngine(t,
+                     absl::UnavailableError(absl::StrCat("the engine failed while this request was streaming (", why,
+                                                         "); it was not retried because output was already sent; "
+                                                         "retry the request")),
+                     FinishReason::kError);
   }
   {
     std::shared_ptr<InferenceEngine> engine;
@@ -610,11 +607,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
       }
       LogEvent(LogLevel::kError, "engine_crash_loop", "", reason, {{"failures", failures}, {"last_fault", why}});
       for (auto& t : requeue) {
-        RequestResult r;
-        r.status = absl::UnavailableError(reason);
-        r.finish_reason = FinishReason::kError;
-        ReportSent(*t, &r);
-        Resolve(t, r);
+        EndWithoutEngine(t, absl::UnavailableError(reason), FinishReason::kError);
       }
       return;
     }

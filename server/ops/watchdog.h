@@ -123,6 +123,8 @@ class SelfHealingEngine final : public InferenceEngine {
   // A request the server ends without the engine's result (a fault after streaming, shutdown):
   // what its client was sent and when (its log line and token counters say so, not 0).
   void ReportSent(const Tracked& t, RequestResult* r);
+  // Resolves `t` with `status` and what its client was sent (ReportSent): no engine answers it.
+  void EndWithoutEngine(const std::shared_ptr<Tracked>& t, absl::Status status, FinishReason reason);
   void Bury(std::shared_ptr<InferenceEngine> engine, std::shared_ptr<void> keepalive);
   // Adds `from`'s cumulative counts (not its gauges) to `to`'s.
   static void AddCounts(const EngineStats& from, EngineStats* to);
