@@ -765,13 +765,15 @@ std::optional<Refusal> Authenticate(const State& state, const httplib::Request& 
 }
 
 // A refusal that leaves the request body unread: the connection closes after the answer.
+// `inference`: an API route's request, counted in glmserve_requests_total and logged as every
+// refusal; other routes' (health, models) are not counted, as their answers never are.
 void RefuseAndClose(State& state, const std::string& request_id, const std::string& route, const Refusal& refusal,
-                    httplib::Response& res) {
+                    httplib::Response& res, bool inference = true) {
   if (tls_connection != nullptr) tls_connection->CloseAfter();
   res.set_header("x-request-id", request_id);
   res.set_header("Connection", "close");
   const HttpError e = ToHttpError(refusal);
-  LogRefused(state, request_id, route, refusal, e);
+  if (inference) LogRefused(state, request_id, route, refusal, e);
   SetError(res, e);
 }
 
@@ -1411,7 +1413,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     }
     if (!e) e = ApiHeadRefusal(req, state->options.max_body_bytes);
     if (!e) return httplib::Server::HandlerResponse::Unhandled;
-    RefuseAndClose(*state, RequestIdOf(*state, req), req.path, *e, res);
+    RefuseAndClose(*state, RequestIdOf(*state, req), req.path, *e, res, /*inference=*/api);
     return httplib::Server::HandlerResponse::Handled;
   });
   RegisterRoute(svr, kModelsRoute, [state](const httplib::Request& req, httplib::Response& res) {

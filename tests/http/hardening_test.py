@@ -24,6 +24,8 @@ loopback, standard library only. Each case reproduces a fault the server had:
             every open connection could hold a body of --max-message-bytes at once (512 x 16 MiB
             for a model that takes images): now --http-body-budget-mb over all of them, past it
             429 + Retry-After and the connection closed
+  uncounted a refused GET /health or /v1/models (bad framing) counted as an inference request in
+            glmserve_requests_total: now only the API routes' refusals are
   drain     requests admitted but still waiting for a serving slot when SIGTERM came were answered
             503 "draining" (gRPC's queued ones ran): now they run too; only new ones get 503
 Exit 77 = skipped (no model)."""
@@ -511,6 +513,29 @@ def test_queue(binary, model):
         server.stop()
 
 
+def test_uncounted_routes(binary, model):
+    """A refused health or models request (bad framing) is answered 400 and closed, but not counted
+    in glmserve_requests_total (inference requests only; it counted INVALID_ARGUMENT); the same on
+    an API route is counted."""
+    mport = free_port()
+    server = Server(binary, model, ["--metrics-port", str(mport)])
+    try:
+        series = 'glmserve_requests_total{code="INVALID_ARGUMENT"}'
+        before = metric(mport, series) or 0
+        for path, method in (("/health", "GET"), ("/v1/models", "GET")):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+                s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".encode())
+                st, _, _ = read_response(s)
+            check(st == 400, f"{method} {path} with Transfer-Encoding: gzip answered 400 ({st})")
+        check((metric(mport, series) or 0) == before, "a health or models request is not counted as an inference request")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
+            st, _, _ = read_response(s)
+        check(st == 400 and (metric(mport, series) or 0) == before + 1, f"the same on /v1/completions is counted ({st})")
+    finally:
+        server.stop()
+
+
 def test_drain(binary, model):
     """threads 2: of 6 concurrent requests 2 run and 4 wait for a slot; SIGTERM then. All 6 are
     answered 200 (admitted before the drain), a request sent after it gets 503, the exit is 0."""
@@ -671,6 +696,8 @@ def main():
         test_body_budget(args.binary, args.model)
     if not only or "drain" in only:
         test_drain(args.binary, args.model)
+    if not only or "uncounted" in only:
+        test_uncounted_routes(args.binary, args.model)
     if FAILURES:
         print(f"hardening_test: {len(FAILURES)} FAILED")
         return 1
