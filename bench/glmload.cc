@@ -1271,14 +1271,20 @@ absl::StatusOr<Report> FromJson(const std::string& text) {
 }
 
 std::string CompareMarkdown(const std::vector<Report>& reports, const std::vector<std::string>& labels) {
-  std::vector<int> xs;
+  // A level is its concurrency (closed loop) or its arrival rate (open loop: concurrency 0), in
+  // that order; rows match levels of the same kind and size across the reports.
+  using Level = std::pair<bool, double>;  // (open, concurrency or requests/s)
+  auto level_of = [](const LevelResult& l) {
+    return l.mode == "open" ? Level{true, l.rate} : Level{false, static_cast<double>(l.concurrency)};
+  };
+  std::vector<Level> xs;
   for (const Report& r : reports)
-    for (const LevelResult& l : r.levels) xs.push_back(l.concurrency);
+    for (const LevelResult& l : r.levels) xs.push_back(level_of(l));
   std::sort(xs.begin(), xs.end());
   xs.erase(std::unique(xs.begin(), xs.end()), xs.end());
-  auto find = [](const Report& r, int c) -> const LevelResult* {
+  auto find = [&level_of](const Report& r, const Level& x) -> const LevelResult* {
     for (const LevelResult& l : r.levels)
-      if (l.concurrency == c) return &l;
+      if (level_of(l) == x) return &l;
     return nullptr;
   };
   struct Col {
@@ -1303,7 +1309,8 @@ std::string CompareMarkdown(const std::vector<Report>& reports, const std::vecto
          return absl::StrCat(n);
        }},
   };
-  std::string head = "| concurrency |", rule = "|---:|";
+  const bool any_open = std::any_of(xs.begin(), xs.end(), [](const Level& x) { return x.first; });
+  std::string head = any_open ? "| level |" : "| concurrency |", rule = "|---:|";
   for (const Col& c : cols) {
     for (const std::string& label : labels) {
       absl::StrAppend(&head, " ", c.name, " (", label, ") |");
@@ -1315,8 +1322,8 @@ std::string CompareMarkdown(const std::vector<Report>& reports, const std::vecto
     }
   }
   std::string out = head + "\n" + rule + "\n";
-  for (int x : xs) {
-    absl::StrAppend(&out, "| ", x, " |");
+  for (const Level& x : xs) {
+    absl::StrAppend(&out, "| ", x.first ? absl::StrFormat("%.4g requests/s", x.second) : absl::StrCat(x.second), " |");
     for (const Col& c : cols) {
       for (const Report& r : reports) {
         const LevelResult* l = find(r, x);

@@ -243,6 +243,18 @@ TEST(ReportTest, JsonRoundTripAndMarkdown) {
   const std::string md = CompareMarkdown({*back, faster}, {"off", "on"});
   EXPECT_NE(md.find("| concurrency |"), std::string::npos) << md;
   EXPECT_NE(md.find("3.00x"), std::string::npos) << md;
+  // An open-loop run is compared by its arrival rate (its concurrency is 0): a row per rate, not
+  // one "0" row that every rate fell into.
+  Report open = *back;
+  for (size_t i = 0; i < open.levels.size(); ++i) {
+    open.levels[i].mode = "open";
+    open.levels[i].concurrency = 0;
+    open.levels[i].rate = 5.0 * static_cast<double>(i + 1);
+  }
+  const std::string open_md = CompareMarkdown({open}, {"rates"});
+  EXPECT_NE(open_md.find("| level |"), std::string::npos) << open_md;
+  EXPECT_NE(open_md.find("| 5 requests/s |"), std::string::npos) << open_md;
+  EXPECT_NE(open_md.find("| 10 requests/s |"), std::string::npos) << open_md;
 }
 
 }  // namespace
