@@ -1170,10 +1170,11 @@ std::string ToJson(const Report& r) {
                  {"prompt_file", o.prompt_file},
                  {"ignore_eos", o.ignore_eos},
                  {"temperature", o.temperature},
-                 {"top_p", o.top_p},
+                 // Not sent (the server's default): null, not a 0 no server takes.
+                 {"top_p", o.top_p > 0 ? json(o.top_p) : json(nullptr)},
                  {"frequency_penalty", o.frequency_penalty},
                  {"presence_penalty", o.presence_penalty},
-                 {"repetition_penalty", o.repetition_penalty},
+                 {"repetition_penalty", o.repetition_penalty > 0 ? json(o.repetition_penalty) : json(nullptr)},
                  {"api", o.http ? "http" : "grpc"},
                  {"stream", o.stream},
                  {"deadline_ms", o.deadline_ms},

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "bench/glmload.h"
+#include "nlohmann/json.hpp"
 
 namespace glmserve::load {
 namespace {
@@ -232,6 +233,10 @@ TEST(ReportTest, JsonRoundTripAndMarkdown) {
     l.errors["UNAVAILABLE"] = c;
     r.levels.push_back(l);
   }
+  // top_p and repetition_penalty not sent: null in the JSON, not a 0 no server takes.
+  const nlohmann::json written = nlohmann::json::parse(ToJson(r));
+  EXPECT_TRUE(written["config"]["top_p"].is_null()) << written["config"];
+  EXPECT_TRUE(written["config"]["repetition_penalty"].is_null()) << written["config"];
   auto back = FromJson(ToJson(r));
   ASSERT_TRUE(back.ok()) << back.status();
   ASSERT_EQ(back->levels.size(), 2u);
