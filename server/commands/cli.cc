@@ -101,8 +101,9 @@ int RunTokenize(int argc, char** argv) {
   flags.Switch("no-special-tokens", &no_special, "skip the post-processor's special tokens (e.g. [gMASK]<sop>)");
   flags.Switch("json", &as_json, "print {\"ids\", \"count\", \"format\", \"decoded\"} as one line");
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
-  if (model.empty()) return BadInput("--model: required, the model directory");
-  if (flags.was_set("text") == flags.was_set("chat")) return BadInput("--text: required (or --chat), exactly one");
+  if (model.empty()) return flags.UsageError("--model: required, the model directory");
+  if (flags.was_set("text") == flags.was_set("chat"))
+    return flags.UsageError("--text: required (or --chat), exactly one");
   absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::FromDirectory(model);
   if (!tok.ok()) return ExitFor(tok.status());
   std::vector<int32_t> ids;
@@ -151,7 +152,7 @@ int RunInspect(int argc, char** argv) {
   flags.Switch("json", &as_json, "print one JSON object instead of text");
   flags.Switch("show-mapping", &show_mapping, "print how every stored key maps to glmserve's canonical names");
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
-  if (model.empty()) return BadInput("--model: required, the checkpoint directory");
+  if (model.empty()) return flags.UsageError("--model: required, the checkpoint directory");
 
   absl::StatusOr<InspectReport> report = InspectCheckpoint(model);
   if (!report.ok() && as_json) {
@@ -301,14 +302,14 @@ int RunGenerate(int argc, char** argv) {
                  return std::nullopt;
                });
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
-  if (model.empty()) return BadInput("--model: required, the checkpoint directory");
+  if (model.empty()) return flags.UsageError("--model: required, the checkpoint directory");
   const int inputs = flags.was_set("input-ids") + flags.was_set("prompt") + flags.was_set("chat");
   if (inputs != 1) {
-    return BadInput(
+    return flags.UsageError(
         "--input-ids: required (comma-separated token ids like 1,2,3), or --prompt TEXT, or --chat TEXT; exactly one");
   }
   if (flags.was_set("system") && !flags.was_set("chat")) {
-    return BadInput(
+    return flags.UsageError(
         "--system: a system message for --chat's template; with --input-ids or --prompt it would be ignored");
   }
   std::vector<int32_t> ids;
@@ -338,14 +339,15 @@ int RunGenerate(int argc, char** argv) {
   std::shared_ptr<const MultimodalPrompt> multimodal;
   if (!image_paths.empty()) {
     if (!flags.was_set("input-ids")) {
-      return BadInput("--image: takes --input-ids holding one image placeholder per image (not --prompt/--chat)");
+      return flags.UsageError(
+          "--image: takes --input-ids holding one image placeholder per image (not --prompt/--chat)");
     }
     absl::StatusOr<std::shared_ptr<const MultimodalPrompt>> prepared = PrepareImages(model, image_paths, &ids);
     if (!prepared.ok()) return ExitFor(prepared.status());
     multimodal = std::move(*prepared);
   }
   if (min_new_tokens > max_new_tokens) {
-    return BadInput(
+    return flags.UsageError(
         absl::StrCat("--min-new-tokens: ", min_new_tokens, " must be in [0, --max-new-tokens=", max_new_tokens, "]"));
   }
 

@@ -102,6 +102,18 @@ TEST(GenerateCli, BadInputExitsTwoNamingTheFlag) {
   RunResult r = Glmserve({"generate", "--input-ids", "1"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--model"), std::string::npos) << r.err;
+  // Flags that conflict or are missing read as a bad flag does: the command, then the usage line.
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"generate", "--input-ids", "1"},
+        std::vector<std::string>{"generate", "--model", dir, "--input-ids", "1", "--prompt", "x"},
+        std::vector<std::string>{"generate", "--model", dir, "--input-ids", "1", "--max-new-tokens", "2",
+                                 "--min-new-tokens", "3"},
+        std::vector<std::string>{"inspect"}, std::vector<std::string>{"tokenize", "--model", dir}}) {
+    RunResult u = Glmserve(args);
+    EXPECT_EQ(u.exit_code, 2) << absl::StrJoin(args, " ");
+    EXPECT_EQ(u.err.rfind("glmserve " + args[0] + ": ", 0), 0u) << u.err;
+    EXPECT_NE(u.err.find("usage: glmserve " + args[0]), std::string::npos) << u.err;
+  }
 }
 
 TEST(InspectCli, EveryFixtureIsLoadableAndDescribed) {
