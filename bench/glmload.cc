@@ -795,14 +795,16 @@ SseEvent ParseSseData(const std::string& payload) {
 // ---------------------------------------------------------------------------------------------
 // Flags.
 
+namespace {
+// What a value that is no IntDist is not (ParseIntDist's message and the flag table's).
+std::string NotAnIntDist(int min) { return absl::StrCat("is not N, fixed:N or uniform:A:B (", min, " <= A <= B)"); }
+}  // namespace
+
 absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string& text, int min) {
   std::vector<std::string> parts = absl::StrSplit(text, ':');
   IntDist d;
   int64_t a = 0, b = 0;
-  auto bad = [&] {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": '", text, "' is not N, fixed:N or uniform:A:B (", min, " <= A <= B)"));
-  };
+  auto bad = [&] { return absl::InvalidArgumentError(absl::StrCat(flag, ": '", text, "' ", NotAnIntDist(min))); };
   if (parts.size() == 1 || (parts.size() == 2 && parts[0] == "fixed")) {
     if (!flags::ParseIntValue(flag, parts.back(), min, 1 << 24, &a).ok()) return bad();
     d.lo = d.hi = static_cast<int>(a);
@@ -832,8 +834,9 @@ void Register(flags::FlagSet& set, Options& o, bool& no_progress) {
   // them measured nothing but refusals.
   const auto int_dist = [](IntDist* target) {
     return [target](const std::string& value) -> std::optional<std::string> {
-      absl::StatusOr<IntDist> d = ParseIntDist("", value, /*min=*/1);
-      if (!d.ok()) return "is not N, fixed:N or uniform:A:B (1 <= A <= B)";
+      constexpr int kMinTokens = 1;
+      absl::StatusOr<IntDist> d = ParseIntDist("", value, kMinTokens);
+      if (!d.ok()) return NotAnIntDist(kMinTokens);
       *target = *d;
       return std::nullopt;
     };

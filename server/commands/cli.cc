@@ -102,8 +102,9 @@ int RunTokenize(int argc, char** argv) {
   flags.Switch("json", &as_json, "print {\"ids\", \"count\", \"format\", \"decoded\"} as one line");
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (model.empty()) return flags.UsageError("--model: required, the model directory");
-  if (flags.was_set("text") == flags.was_set("chat"))
+  if (flags.was_set("text") == flags.was_set("chat")) {
     return flags.UsageError("--text: required (or --chat), exactly one");
+  }
   absl::StatusOr<std::unique_ptr<tokenizer::Tokenizer>> tok = tokenizer::Tokenizer::FromDirectory(model);
   if (!tok.ok()) return ExitFor(tok.status());
   std::vector<int32_t> ids;

@@ -99,7 +99,8 @@ class SelfHealingEngine final : public InferenceEngine {
   EngineStats stats() const override;
 
   int64_t restarts() const { return restarts_.load(); }
-  // True while an engine torn down after a stall has not finished shutting down.
+  // True while an engine torn down after a stall has not finished shutting down, or once Shutdown
+  // left a rebuild running (RebuildAbandoned): a thread the server cannot join in time.
   bool HasStuckEngine() const { return graveyard_.load() > 0 || rebuild_abandoned_.load(); }
   // Shutdown returned while a rebuild (model load, warm-up) went on: the server exits without
   // waiting for it (HasStuckEngine), the destructor would.
