@@ -189,7 +189,12 @@ class Level {
     std::string body;
     int prompt_tokens = 0;
   };
-  void Issue(Clock::time_point intended);
+  // Sends request number `n` of the level (its index in sent_).
+  void Issue(Clock::time_point intended, int64_t n);
+  // Closed loop: takes the next send's number, or nothing once sending has stopped. One atomic
+  // step: with "is sending over?" and the count apart, two completions could both take the last
+  // of --requests N (N + 1 sent).
+  std::optional<int64_t> TakeSend();
   // HTTP: a pool of blocking workers, one keep-alive connection each, grown whenever a request
   // finds no idle worker (so every request in flight has its own connection).
   void IssueHttp(Clock::time_point intended, const v1::InferRequest& req);
@@ -232,6 +237,15 @@ class Level {
   Clock::time_point last_done_;
   bool done_ = false;
 };
+
+std::optional<int64_t> Level::TakeSend() {
+  if (stop_sending_.load() || Clock::now() >= send_end_) return std::nullopt;
+  int64_t n = sent_.load();
+  do {
+    if (opts_.requests > 0 && n >= opts_.requests) return std::nullopt;
+  } while (!sent_.compare_exchange_weak(n, n + 1));
+  return n;
+}
 
 bool Level::StopSending() const {
   if (stop_sending_.load()) return true;
@@ -326,11 +340,10 @@ class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
   std::vector<double> itl_;
 };
 
-void Level::Issue(Clock::time_point intended) {
+void Level::Issue(Clock::time_point intended, int64_t n) {
   const Clock::rep now = Clock::now().time_since_epoch().count();
   for (Clock::rep seen = last_send_.load(); seen < now && !last_send_.compare_exchange_weak(seen, now);) {
   }
-  const int64_t n = sent_.fetch_add(1);
   in_flight_.fetch_add(1);
   v1::InferRequest req = MakeRequest();
   if (http_ != nullptr) {
@@ -535,8 +548,8 @@ void Level::Finish(Record r, std::vector<double> itl) {
   }
   // Closed loop: the completion sends the next request (before this one leaves in_flight_, so
   // in_flight_ only reaches 0 at the end).
-  if (rate_ <= 0 && !StopSending()) {
-    Issue(Clock::now());
+  if (rate_ <= 0) {
+    if (const std::optional<int64_t> n = TakeSend()) Issue(Clock::now(), *n);
   }
   // The last touch of this Level: Run() reads in_flight_ under mu_, so once it sees 0 no
   // completion is still inside Finish().
@@ -633,10 +646,14 @@ LevelResult Level::Run() {
         dropped_.fetch_add(1);
         continue;
       }
-      Issue(next);
+      Issue(next, sent_.fetch_add(1));  // this thread alone sends in an open loop
     }
   } else {
-    for (int i = 0; i < concurrency_ && !StopSending(); ++i) Issue(Clock::now());
+    for (int i = 0; i < concurrency_; ++i) {
+      const std::optional<int64_t> n = TakeSend();
+      if (!n) break;
+      Issue(Clock::now(), *n);
+    }
   }
   // Wait for the level to end: sending stopped and nothing in flight. Deadlines bound it.
   {
