@@ -55,9 +55,9 @@ std::vector<std::string> FilesWithSuffix(const fs::path& dir, const std::string&
 
 // Lists one weight file of either kind; false when it could not be read at all.
 bool ListOne(bool safetensors, const fs::path& dir, const std::string& file, std::vector<TensorRecord>* tensors,
-             std::vector<std::string>* problems) {
+             std::vector<std::string>* problems, std::set<std::string>* refused_keys) {
   const std::string path = (dir / file).string();
-  if (safetensors) return ListSafetensorsFile(path, file, tensors, problems);
+  if (safetensors) return ListSafetensorsFile(path, file, tensors, problems, refused_keys);
   return ListPytorchBinFile(path, file, tensors, problems);
 }
 
@@ -171,7 +171,7 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
       continue;
     }
     std::vector<TensorRecord> records;
-    if (!ListOne(safetensors, dir, shard, &records, &listing->problems)) {
+    if (!ListOne(safetensors, dir, shard, &records, &listing->problems, &listing->unreadable_keys)) {
       listing->unreadable_files.push_back(shard);
       if (index_ok) {
         for (const auto& [key, in_shard] : weight_map) {
@@ -285,7 +285,7 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
     }
     if (!single.empty()) {
       listing.format = CheckpointFormat::kSafetensors;
-      if (ListOne(true, dir, single, &listing.tensors, &listing.problems)) {
+      if (ListOne(true, dir, single, &listing.tensors, &listing.problems, &listing.unreadable_keys)) {
         listing.files.push_back(single);
       } else {
         listing.unreadable_files.push_back(single);
@@ -300,7 +300,7 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
     }
     if (IsRegularFile(dir / kBinSingle)) {
       listing.format = CheckpointFormat::kPytorchBin;
-      if (ListOne(false, dir, kBinSingle, &listing.tensors, &listing.problems)) {
+      if (ListOne(false, dir, kBinSingle, &listing.tensors, &listing.problems, &listing.unreadable_keys)) {
         listing.files.push_back(kBinSingle);
       } else {
         listing.unreadable_files.push_back(kBinSingle);

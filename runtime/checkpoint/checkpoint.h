@@ -38,7 +38,9 @@ struct CheckpointListing {
   // file, damaged header, ...), each already one line in `problems`. Their tensors are unknown, so
   // PlanWeights does not also report the keys they may hold as missing: the keys an index assigns
   // to them (`unreadable_keys`), or every key when nothing says what they hold (a single file,
-  // or no usable index: `unreadable_keys_unknown`).
+  // or no usable index: `unreadable_keys_unknown`). `unreadable_keys` also holds the tensors a
+  // readable file names but could not give (a malformed entry, data outside the file), each
+  // reported once as such.
   std::vector<std::string> unreadable_files;
   std::set<std::string> unreadable_keys;
   bool unreadable_keys_unknown = false;

@@ -96,7 +96,7 @@ uint64_t SafetensorsDtypeSize(const std::string& dtype) {
 }
 
 bool ListSafetensorsFile(const std::string& path, const std::string& file_name, std::vector<TensorRecord>* tensors,
-                         std::vector<std::string>* problems) {
+                         std::vector<std::string>* problems, std::set<std::string>* refused_keys) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) {
     problems->push_back(absl::StrCat(file_name, ": unreadable: cannot open: ", std::strerror(errno)));
@@ -155,6 +155,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     return false;
   }
 
+  const size_t problems_before_entries = problems->size();
   for (const std::string& key : keys.twice) {
     if (key == "__metadata__") continue;
     problems->push_back(absl::StrCat(file_name, ": tensor ", PrintableText(key),
@@ -171,6 +172,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     const std::string where = absl::StrCat(file_name, ": tensor ", PrintableText(key), ": ");
     if (!v.is_object()) {
       problems->push_back(absl::StrCat(where, "entry is not a JSON object"));
+      refused_keys->insert(key);
       continue;
     }
     std::vector<std::string> missing;
@@ -179,6 +181,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     }
     if (!missing.empty()) {
       problems->push_back(absl::StrCat(where, "missing ", absl::StrJoin(missing, ", ")));
+      refused_keys->insert(key);
       continue;
     }
     Entry e;
@@ -219,7 +222,10 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
           absl::StrCat(where, "data_offsets ", offsets.dump(), " is not a pair of non-negative integers"));
       ok = false;
     }
-    if (!ok) continue;
+    if (!ok) {
+      refused_keys->insert(key);
+      continue;
+    }
     const uint64_t elem = SafetensorsDtypeSize(e.dtype);
     if (elem != 0) {
       // product(shape) * elem, with overflow detection; a zero dimension makes it 0 whatever the
@@ -239,6 +245,7 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
       if (overflow || expected != e.end - e.begin) {
         problems->push_back(absl::StrCat(where, "holds ", e.end - e.begin, " bytes but ", e.dtype, " ", shape.dump(),
                                          " needs ", overflow ? std::string("more than 2^64") : absl::StrCat(expected)));
+        refused_keys->insert(key);
         continue;
       }
     }
@@ -259,6 +266,26 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
   }
   uint64_t declared = 0;
   for (const Entry& e : entries) declared = std::max(declared, e.end);
+  // safetensors (and so transformers) refuses a data section its tensors do not cover exactly:
+  // bytes before, between or after them mean a file that was overwritten or cut together. Only
+  // checked when every entry parsed (and no name came twice), so that a refused entry's bytes are
+  // not called a gap too.
+  if (problems->size() == problems_before_entries && declared <= data_available) {
+    uint64_t covered = 0;
+    for (const Entry& e : entries) {
+      if (e.begin > covered) {
+        problems->push_back(absl::StrCat(file_name, ": ", e.begin - covered, " data bytes [", covered, ", ", e.begin,
+                                         ") belong to no tensor, before ", PrintableText(e.key),
+                                         " (safetensors tensors follow each other from byte 0 without gaps)"));
+      }
+      covered = std::max(covered, e.end);
+    }
+    if (covered < data_available) {
+      problems->push_back(absl::StrCat(file_name, ": ", data_available - covered,
+                                       " bytes after the last tensor's data (the file should end at data byte ",
+                                       covered, "; safetensors refuses such a file as not fully covered)"));
+    }
+  }
   if (declared > data_available) {
     std::vector<std::string> lost;
     for (const Entry& e : entries) {
@@ -270,7 +297,10 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
                                      lost.size() > 5 ? ", ..." : "", ")"));
   }
   for (Entry& e : entries) {
-    if (e.end > data_available) continue;  // reported above; never read outside the file
+    if (e.end > data_available) {  // reported above; never read outside the file
+      refused_keys->insert(e.key);
+      continue;
+    }
     TensorRecord r;
     r.name = std::move(e.key);
     r.file = file_name;

@@ -228,6 +228,28 @@ const std::vector<KeyRule>& KeyRules() {
 // Prefixes that wrappers add (DataParallel, PEFT, torch.compile); stripped before matching.
 constexpr const char* kWrapperPrefixes[] = {"module.", "base_model.model.", "_orig_mod."};
 
+// The name a stored key is matched under: wrapper prefixes stripped (appended to `*stripped`), and
+// a transformers base model's (GlmModel, Glm4vModel) missing "model." added back, as transformers
+// does when loading, so "visual.*" lands on "model.visual.*" too. `original`: the remote-code
+// layout, whose names are taken as they are past the wrappers.
+std::string CanonicalKey(std::string key, bool original, std::string* stripped) {
+  for (bool again = true; again;) {
+    again = false;
+    for (const char* prefix : kWrapperPrefixes) {
+      if (absl::StartsWith(key, prefix)) {
+        *stripped += prefix;
+        key = key.substr(std::string(prefix).size());
+        again = true;
+      }
+    }
+  }
+  if (!original && !absl::StartsWith(key, "model.") && !absl::StartsWith(key, "lm_head.")) {
+    *stripped += "(+model.)";
+    key = "model." + key;
+  }
+  return key;
+}
+
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
@@ -472,24 +494,8 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
   int64_t unknown_keys = 0;
 
   for (const TensorRecord& record : listing.tensors) {
-    std::string key = record.name;
     std::string stripped;
-    for (bool again = true; again;) {
-      again = false;
-      for (const char* prefix : kWrapperPrefixes) {
-        if (absl::StartsWith(key, prefix)) {
-          stripped += prefix;
-          key = key.substr(std::string(prefix).size());
-          again = true;
-        }
-      }
-    }
-    // A transformers base model (GlmModel, Glm4vModel) saves keys without the "model." prefix;
-    // transformers adds it back when loading, so "visual.*" lands on "model.visual.*" too.
-    if (!original && !absl::StartsWith(key, "model.") && !absl::StartsWith(key, "lm_head.")) {
-      stripped += "(+model.)";
-      key = "model." + key;
-    }
+    const std::string key = CanonicalKey(record.name, original, &stripped);
     const KeyRule* rule = nullptr;
     int32_t layer = -1;
     for (const KeyRule& candidate : KeyRules()) {
@@ -594,8 +600,14 @@ WeightPlan PlanWeights(const ModelConfig& config, const CheckpointListing& listi
 
   // A key that may be in a weight file that could not be read (reported once, as unreadable) is
   // not reported again as missing.
+  // The listing names them as stored, the checks below by their matched names.
+  std::set<std::string> unreadable_keys;
+  for (const std::string& stored : listing.unreadable_keys) {
+    std::string ignored;
+    unreadable_keys.insert(CanonicalKey(stored, original, &ignored));
+  }
   auto maybe_unreadable = [&](const std::string& key) {
-    return listing.unreadable_keys_unknown || listing.unreadable_keys.count(key) > 0;
+    return listing.unreadable_keys_unknown || unreadable_keys.count(key) > 0;
   };
   // A size config.json does not set is transformers' default: said so where a message quotes it.
   auto defaulted = [&](const std::string& field) {

@@ -355,6 +355,28 @@ TEST_F(MalformedSafetensors, OffsetsOutOfOrderAndOverlapping) {
   EXPECT_PROBLEM(l, "model.safetensors", "b", "c", "overlap");
 }
 
+// safetensors refuses a data section its tensors do not cover exactly ("incomplete metadata, file
+// not fully covered", "invalid offset for tensor"); such a file passed inspect and loaded here.
+TEST_F(MalformedSafetensors, DataBytesNoTensorOwns) {
+  auto trailing = List(Safetensors(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+                                   std::string(8, '\0') + "appended"));
+  EXPECT_PROBLEM(trailing, "model.safetensors", "8 bytes after the last tensor", "end at data byte 8");
+  EXPECT_EQ(trailing.problems.size(), 1u) << Joined(trailing.problems);
+
+  auto gaps = List(Safetensors(R"({"b": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]},
+                                   "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
+                               std::string(16, '\0')));
+  EXPECT_PROBLEM(gaps, "model.safetensors", "4 data bytes [0, 4)", "before a (");
+  EXPECT_PROBLEM(gaps, "model.safetensors", "4 data bytes [8, 12)", "before b (");
+  EXPECT_EQ(gaps.problems.size(), 2u) << Joined(gaps.problems);
+
+  // A refused entry's bytes are its own problem, not also a gap.
+  auto refused = List(Safetensors(R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]},
+                                      "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
+                                  std::string(12, '\0')));
+  EXPECT_EQ(refused.problems.size(), 1u) << Joined(refused.problems);
+}
+
 TEST_F(MalformedSafetensors, ByteLengthMismatch) {
   auto l = List(Safetensors(R"({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 4]}})", std::string(4, '\0')));
   EXPECT_PROBLEM(l, "model.safetensors", "a", "holds 4 bytes", "needs 6");
@@ -778,6 +800,26 @@ TEST(CheckpointListingTest, IndexShardNameWithANulIsRefusedNamingTheEntry) {
   EXPECT_FALSE(report->problems.empty());
   for (const std::string& p : report->problems) EXPECT_EQ(p.find('\0'), std::string::npos) << p;
   EXPECT_EQ(CountContaining(report->problems, "which holds a NUL byte"), 1u) << Joined(report->problems);
+}
+
+// A tensor a readable file names but cannot give (its entry refused) is one problem, not also a
+// missing key; with a wrapper prefix too (the index and the file name keys as stored).
+TEST(CheckpointListingTest, RefusedEntryIsNotAlsoAMissingKey) {
+  TempDir tmp;
+  CopyModelFixture("glm-prefix-base-model-safetensors", tmp, {"config.json", "model.safetensors"});
+  const fs::path file = tmp.path() / "model.safetensors";
+  const std::string bytes = ReadAll(file);
+  uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | static_cast<unsigned char>(bytes[i]);
+  nlohmann::json header = nlohmann::json::parse(bytes.substr(8, header_size));
+  const std::string key = "base_model.model.model.layers.0.mlp.down_proj.weight";
+  ASSERT_TRUE(header.contains(key)) << header.dump();
+  header[key]["data_offsets"][1] = -1;
+  WriteAll(file, Safetensors(header.dump(), bytes.substr(8 + header_size)));
+  auto report = InspectCheckpoint(tmp.str());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(CountContaining(report->problems, key + ": data_offsets"), 1u) << Joined(report->problems);
+  EXPECT_EQ(report->problems.size(), 1u) << Joined(report->problems);
 }
 
 // config.json without hidden_size takes transformers' default (4096, as GlmConfig does); when the
