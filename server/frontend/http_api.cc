@@ -714,6 +714,10 @@ HttpError ToHttpError(const Refusal& refusal) {
       e.status = 431;
       e.code = "request_header_fields_too_large";
       break;
+    case RefusalKind::kLengthRequired:
+      e.status = 411;
+      e.code = "length_required";
+      break;
     case RefusalKind::kUnauthenticated:
       e.status = 401;
       e.code = "invalid_api_key";

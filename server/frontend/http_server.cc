@@ -779,8 +779,9 @@ void RefuseAndClose(State& state, const std::string& request_id, const std::stri
 
 // A body whose end the head does not say unambiguously (RFC 9112 6.3): Content-Length not a plain
 // decimal, given twice with different values, or beside Transfer-Encoding; a transfer coding other
-// than chunked. A proxy in front may frame such a request otherwise than this server would (request
-// smuggling), so it is refused and the connection closed.
+// than chunked; a body on a method httplib reads none for. A proxy in front may frame such a request
+// otherwise than this server would (request smuggling), so it is refused and the connection closed.
+// A POST that says nothing of its length gets 411 at once.
 std::optional<Refusal> BodyFramingRefusal(const httplib::Request& req) {
   auto bad = [](std::string message) {
     return MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kBadRequest, std::move(message));
@@ -797,13 +798,31 @@ std::optional<Refusal> BodyFramingRefusal(const httplib::Request& req) {
       return bad(absl::StrCat("Content-Length given twice with different values (", first, ", ", value, ")"));
     }
   }
-  if (req.has_header("Transfer-Encoding")) {
+  const bool chunked = req.has_header("Transfer-Encoding");
+  if (chunked) {
     if (lengths > 0) return bad("both Content-Length and Transfer-Encoding given");
     const std::string coding = req.get_header_value("Transfer-Encoding");
     if (req.get_header_value_count("Transfer-Encoding") > 1 ||
         absl::AsciiStrToLower(absl::StripAsciiWhitespace(coding)) != "chunked") {
       return bad(absl::StrCat("Transfer-Encoding: '", coding.substr(0, 64), "' is not supported (only chunked)"));
     }
+  }
+  // httplib reads a body for these methods only. Another method's body would stay on the
+  // connection and be read as the next request (a request smuggled past a proxy's rules), so it is
+  // refused. A POST without either header (RFC 9112 6.3: no body) was read until the read deadline
+  // and answered 408 as if the client were slow: it is asked for its length at once (411).
+  const bool reads_body = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+                          req.method == "DELETE" || req.method == "PRI";
+  const bool declares_body = chunked || (lengths > 0 && first.find_first_not_of('0') != std::string::npos);
+  if (!reads_body && declares_body) {
+    return bad(absl::StrCat(req.method.substr(0, 16),
+                            " request with a body (Content-Length or Transfer-Encoding): only POST requests take one "
+                            "here"));
+  }
+  if (req.method == "POST" && lengths == 0 && !chunked) {
+    return MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kLengthRequired,
+                       absl::StrCat(req.method.substr(0, 16),
+                                    " request without Content-Length or Transfer-Encoding: chunked (one is needed)"));
   }
   return std::nullopt;
 }
@@ -902,6 +921,18 @@ std::optional<Refusal> ApiHeadRefusal(const httplib::Request& req, int64_t max_b
         absl::StrCat("request body of ", length, " bytes exceeds --max-message-bytes (", max_body_bytes, " bytes)"));
   }
   return std::nullopt;
+}
+
+// The checks a request's head alone decides (BodyFramingRefusal on any route; ApiHeadRefusal's
+// media type and body size on the API's): true when `res` now holds the refusal, the connection
+// to be closed after it.
+bool RefuseOnHead(State& state, const httplib::Request& req, httplib::Response& res) {
+  std::optional<Refusal> e = BodyFramingRefusal(req);
+  const bool api = IsRoute(kChatRoute, req) || IsRoute(kCompletionRoute, req);
+  if (!e && api) e = ApiHeadRefusal(req, state.options.max_body_bytes);
+  if (!e) return false;
+  RefuseAndClose(state, RequestIdOf(state, req), req.path, *e, res, /*inference=*/api);
+  return true;
 }
 
 Refusal ShutDownRefusal() {
@@ -1405,16 +1436,14 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
       tls_connection->CloseAfter();
       res.set_header("Connection", "close");
     }
-    std::optional<Refusal> e = BodyFramingRefusal(req);
-    const bool api = IsRoute(kChatRoute, req) || IsRoute(kCompletionRoute, req);
-    if (!e && !api) {
-      if (req.method == "GET" && tls_connection != nullptr) tls_connection->EndRead();
-      return httplib::Server::HandlerResponse::Unhandled;
-    }
-    if (!e) e = ApiHeadRefusal(req, state->options.max_body_bytes);
-    if (!e) return httplib::Server::HandlerResponse::Unhandled;
-    RefuseAndClose(*state, RequestIdOf(*state, req), req.path, *e, res, /*inference=*/api);
-    return httplib::Server::HandlerResponse::Handled;
+    if (RefuseOnHead(*state, req, res)) return httplib::Server::HandlerResponse::Handled;
+    if (req.method == "GET" && tls_connection != nullptr) tls_connection->EndRead();
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // A client that waits for "100 Continue" before sending its body gets the refusal instead when
+  // the head alone refuses the request (RFC 9110 10.1.1): not a 413's whole upload first.
+  svr.set_expect_100_continue_handler([state](const httplib::Request& req, httplib::Response& res) {
+    return RefuseOnHead(*state, req, res) ? res.status : 100;
   });
   RegisterRoute(svr, kModelsRoute, [state](const httplib::Request& req, httplib::Response& res) {
     res.set_header("x-request-id", RequestIdOf(*state, req));
@@ -1456,8 +1485,11 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     res.status = serving ? 200 : 503;
     res.set_content(JsonDump(json{{"status", serving ? "SERVING" : "NOT_SERVING"}}), "application/json");
   });
-  svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+  svr.set_error_handler(httplib::Server::HandlerWithResponse([state](const httplib::Request& req,
+                                                                      httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    // Every answer names its request, a route's refusal by httplib too (404, 405, 413).
+    if (!res.has_header("x-request-id")) res.set_header("x-request-id", RequestIdOf(*state, req));
     HttpError e;
     e.status = res.status;
     if (res.status == 413) {

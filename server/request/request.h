@@ -131,6 +131,7 @@ enum class RefusalKind {
   kModelNotFound,         // HTTP: `model` is none of --served-model-name
   kRequestTimeout,        // HTTP: head and body not in within --http-read-timeout-ms
   kHeaderTooLarge,        // HTTP: a request head over its size or field-count limit
+  kLengthRequired,        // HTTP: a POST with neither Content-Length nor Transfer-Encoding (411)
   // Who asks and how much.
   kUnauthenticated,     // no or a wrong API key
   kClientQuota,         // over --max-requests-per-client

@@ -242,6 +242,7 @@ def test_framing(server):
     smuggled = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
     body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 1}).encode()
     post = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    inner = post + b"Content-Length: %d\r\n\r\n" % len(body) + body
     # (what, bytes, statuses, the header the answer must name: None where httplib answers itself)
     cases = [
         ("bad HTTP version", b"GET /health HTTP/9.9\r\n\r\n" + smuggled, [400], None),
@@ -256,6 +257,19 @@ def test_framing(server):
          post + b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n" % len(body) + body + smuggled, [400],
          b"Transfer-Encoding"),
         ("Transfer-Encoding gzip", post + b"Transfer-Encoding: gzip\r\n\r\n" + body, [400], b"Transfer-Encoding"),
+        # httplib reads no body for these methods: the body was served as a second request.
+        ("a body on GET", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner,
+         [400], b"GET request with a body"),
+        ("a body on HEAD", b"HEAD /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner,
+         [400], None),
+        ("a body on OPTIONS",
+         b"OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner, [400],
+         b"OPTIONS request with a body"),
+        ("a chunked body on GET",
+         b"GET /v1/models HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(inner) + inner +
+         b"\r\n0\r\n\r\n", [400], b"GET request with a body"),
+        # No length at all: RFC 9112 6.3 says no body; it was read until the read deadline (408).
+        ("a POST without a length", post + b"\r\n" + body, [411], b"without Content-Length"),
     ]
     for name, raw, want, names in cases:
         bodies = []
@@ -270,6 +284,26 @@ def test_framing(server):
     codes = responses_until_close(twice + bad_json + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                                   server.port)
     check(codes == [200, 400, 200], f"equal Content-Lengths served, a 400 for the body keeps the connection ({codes})")
+    # A bodiless GET (or one saying Content-Length: 0) is served and keeps the connection.
+    codes = responses_until_close(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                                  b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", server.port)
+    check(codes == [200, 200], f"GET with Content-Length 0: served, the connection kept ({codes})")
+    # A head that refuses the request answers an Expect: 100-continue with the refusal, no 100
+    # first (the client would upload the whole body for nothing); a good one gets its 100.
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(post + b"Expect: 100-continue\r\nContent-Length: 50000000\r\n\r\n")
+    status, _, refusal = read_response(s)
+    s.close()
+    check(status == 413 and is_openai_error(refusal, "invalid_request_error", "payload_too_large"),
+          f"Expect: 100-continue over the body limit: 413 at once, no 100 ({status})")
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(post + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    status, _, _ = read_response(s)
+    if status == 100:
+        s.sendall(body)
+        status, _, _ = read_response(s)
+    s.close()
+    check(status == 200, f"Expect: 100-continue on a good request: 100, then 200 ({status})")
 
 
 def test_headers(server):

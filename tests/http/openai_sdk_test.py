@@ -66,6 +66,13 @@ def main():
             st, headers, _ = server.request("GET", path, headers={"x-request-id": "get-req-1"})
             check(st == 200 and headers.get("x-request-id") == "get-req-1",
                   f"{path} echoes x-request-id ({st}, {headers.get('x-request-id')})")
+        # httplib's own answers too: no route (404), a route asked with another method (405).
+        for method, path, want in (("GET", "/v1/nope", 404), ("GET", "/v1/chat/completions", 405),
+                                   ("POST", "/v1/models", 405)):
+            st, headers, _ = server.request(method, path, body=b"" if method == "POST" else None,
+                                            headers={"x-request-id": "err-req-1"})
+            check(st == want and headers.get("x-request-id") == "err-req-1",
+                  f"{method} {path}: {want} echoes x-request-id ({st}, {headers.get('x-request-id')})")
         # A route asked with a method it does not take: 405 + Allow (it was 404 "no route").
         for method, path, allow in (("GET", "/v1/chat/completions", "POST"), ("DELETE", "/v1/models", "GET")):
             st, headers, data = server.request(method, path)
