@@ -508,6 +508,46 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
   c->vision = v;
 }
 
+// generation_config.json's temperature, top_p and top_k, the ones in range; the others noted in
+// ignored_generation_values, never a load problem (a sampling default is no reason to refuse the
+// weights). do_sample is not read: vLLM's OpenAI server takes the values alone, and so does ours.
+void ReadSamplingDefaults(const json& generation, ModelConfig* c) {
+  auto ignored = [&](const char* field, const json& value, const char* expected) {
+    c->ignored_generation_values.push_back(
+        absl::StrCat(field, ": ", value.dump().substr(0, 64), " is not ", expected, "; not used as a default"));
+  };
+  auto number = [&](const char* field) -> std::optional<double> {
+    auto it = generation.find(field);
+    if (it == generation.end() || it->is_null()) return std::nullopt;
+    if (!it->is_number()) {
+      ignored(field, *it, "a number");
+      return std::nullopt;
+    }
+    return it->get<double>();
+  };
+  if (std::optional<double> t = number("temperature")) {
+    if (*t >= 0.0 && *t <= 2.0) {
+      c->default_temperature = *t;
+    } else {
+      ignored("temperature", generation["temperature"], "in [0, 2]");
+    }
+  }
+  if (std::optional<double> p = number("top_p")) {
+    if (*p > 0.0 && *p <= 1.0) {
+      c->default_top_p = *p;
+    } else {
+      ignored("top_p", generation["top_p"], "in (0, 1]");
+    }
+  }
+  if (auto it = generation.find("top_k"); it != generation.end() && !it->is_null()) {
+    if (it->is_number_integer() && FitsInt32(*it) && it->get<int64_t>() >= 0) {
+      c->default_top_k = it->get<int32_t>();
+    } else {
+      ignored("top_k", *it, "an integer >= 0");
+    }
+  }
+}
+
 }  // namespace
 
 const char* ArchitectureName(Architecture arch) {
@@ -600,6 +640,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
         }
         c.eos_token_ids = gen_eos;
       }
+      ReadSamplingDefaults(generation, &c);
     }
   }
 

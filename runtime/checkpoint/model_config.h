@@ -84,6 +84,14 @@ struct ModelConfig {
   bool sandwich_norms = false;         // glm4: extra norms after attention and after the MLP
   std::vector<int32_t> eos_token_ids;  // generation_config.json's, then config.json's not already listed
   int32_t pad_token_id = -1;
+  // generation_config.json's sampling values, where it sets them in range: the OpenAI API's
+  // defaults for requests that leave them out (as vLLM takes them). Unset: the API's own.
+  std::optional<double> default_temperature;  // >= 0
+  std::optional<double> default_top_p;        // (0, 1]
+  std::optional<int32_t> default_top_k;       // >= 0 (0 = off)
+  // generation_config.json values not taken, each "field: why" (a wrong type or range): the
+  // checkpoint still loads (transformers reads the file alike), serve logs them.
+  std::vector<std::string> ignored_generation_values;
   std::string torch_dtype;  // as declared in config.json (informational)
   // glm4v: rotary frequencies given to each position component (temporal, height, width), in
   // that order; sums to rotary_dim / 2. For text-only prompts the three components are equal, so

@@ -246,6 +246,24 @@ int RunServe(int argc, char** argv) {
     http_options.tokenize_budget = flags.grpc.tokenize_budget;
     http_options.body_budget = std::make_shared<ByteBudget>(flags.http_body_budget_mb << 20);
     http_options.served_model_names = flags.served_model_names;
+    // A config that does not load leaves OpenAI's defaults; the engine's load reports it.
+    if (absl::StatusOr<ModelConfig> config = LoadModelConfig(flags.model_dir); config.ok()) {
+      SamplingDefaults& d = http_options.sampling_defaults;
+      if (config->default_temperature) d.temperature = static_cast<float>(*config->default_temperature);
+      if (config->default_top_p) d.top_p = static_cast<float>(*config->default_top_p);
+      if (config->default_top_k) d.top_k = *config->default_top_k;
+      for (const std::string& ignored : config->ignored_generation_values) {
+        LogEvent(LogLevel::kWarn, "generation_config_ignored", "", absl::StrCat("generation_config.json ", ignored),
+                 {{"model", flags.model_dir}});
+      }
+      LogEvent(LogLevel::kInfo, "http_sampling_defaults", "",
+               absl::StrCat("HTTP requests without them sample at temperature ", d.temperature, ", top_p ",
+                            d.top_p > 0 ? d.top_p : 1.0f, ", top_k ", d.top_k, " (",
+                            config->default_temperature || config->default_top_p || config->default_top_k
+                                ? "generation_config.json over OpenAI's defaults"
+                                : "OpenAI's defaults",
+                            ")"));
+    }
     std::string name = flags.model_dir;
     while (name.size() > 1 && name.back() == '/') name.pop_back();
     if (const size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);

@@ -114,7 +114,8 @@ std::optional<Refusal> GetBool(const json& body, const char* key, bool* out) {
 }
 
 // The fields each route reads, and those it accepts knowing they change no output (user,
-// metadata, store, service_tier). Anything else is refused naming it: a field silently dropped
+// metadata, store, service_tier, safety_identifier, prompt_cache_key: a cache hint, prefix caching
+// is automatic). Anything else is refused naming it: a field silently dropped
 // would break what the client asked for (logit_bias, a vLLM extra this server lacks).
 std::optional<Refusal> UnknownField(ApiKind kind, const json& body) {
   static constexpr std::string_view kEither[] = {"model",
@@ -152,9 +153,20 @@ std::optional<Refusal> UnknownField(ApiKind kind, const json& body) {
                                                  "user",
                                                  "metadata",
                                                  "store",
-                                                 "service_tier"};
-  static constexpr std::string_view kChatOnly[] = {"messages", "max_completion_tokens", "add_generation_prompt",
-                                                   "continue_final_message", "chat_template_kwargs"};
+                                                 "service_tier",
+                                                 "safety_identifier",
+                                                 "prompt_cache_key"};
+  static constexpr std::string_view kChatOnly[] = {"messages",
+                                                   "max_completion_tokens",
+                                                   "add_generation_prompt",
+                                                   "continue_final_message",
+                                                   "chat_template_kwargs",
+                                                   "modalities",
+                                                   "audio",
+                                                   "prediction",
+                                                   "web_search_options",
+                                                   "reasoning_effort",
+                                                   "verbosity"};
   static constexpr std::string_view kCompletionOnly[] = {"prompt", "best_of", "suffix"};
   auto listed = [](const auto& names, const std::string& key) {
     return std::find(std::begin(names), std::end(names), key) != std::end(names);
@@ -232,6 +244,27 @@ std::optional<Refusal> NoOpOnly(const json& body) {
     if (value != d.value) {
       return Bad(d.key, absl::StrCat("only ", d.value ? "true" : "false", " is supported (", d.unsupported, ")"),
                  RefusalKind::kUnsupportedParameter);
+    }
+  }
+  // OpenAI's chat fields for what a text model here does not do, accepted where they ask for
+  // nothing: modalities ["text"]; audio, prediction, web_search_options, reasoning_effort and
+  // verbosity null (each asks for output or effort this server cannot give).
+  if (auto it = body.find("modalities"); it != body.end() && !it->is_null()) {
+    if (!it->is_array()) return WrongType("modalities", *it, "an array of strings");
+    for (const json& m : *it) {
+      if (!m.is_string() || m.get_ref<const std::string&>() != "text") {
+        return Bad("modalities", "only [\"text\"] is supported", RefusalKind::kUnsupportedParameter);
+      }
+    }
+  }
+  for (const char* key : {"audio", "prediction", "web_search_options", "reasoning_effort", "verbosity"}) {
+    if (auto it = body.find(key); it != body.end() && !it->is_null()) {
+      return Bad(key, "not supported (only null)", RefusalKind::kUnsupportedParameter);
+    }
+  }
+  for (const char* key : {"safety_identifier", "prompt_cache_key"}) {
+    if (auto it = body.find(key); it != body.end() && !it->is_null() && !it->is_string()) {
+      return WrongType(key, *it, "a string");
     }
   }
   if (auto it = body.find("chat_template_kwargs"); it != body.end() && !it->is_null()) {
@@ -372,10 +405,13 @@ std::optional<Refusal> ParseMessages(const json& body, GenerateRequest* out_requ
     auto role = m.find("role");
     if (role == m.end() || role->is_null()) return Bad(path + ".role", "missing", RefusalKind::kMissingParameter);
     if (!role->is_string()) return WrongType(path + ".role", *role, "a string");
-    const std::string r = role->get<std::string>();
+    std::string r = role->get<std::string>();
+    // OpenAI's newer name for the system message (its models take developer messages in place of
+    // system ones); GLM's templates know system.
+    if (r == "developer") r = "system";
     if (r != "system" && r != "user" && r != "assistant") {
       return Bad(path + ".role",
-                 absl::StrCat("unknown role '", ShownValue(r), "'; expected system, user or assistant"));
+                 absl::StrCat("unknown role '", ShownValue(r), "'; expected system (or developer), user or assistant"));
     }
     auto content = m.find("content");
     if (content == m.end() || content->is_null()) {
@@ -448,7 +484,8 @@ std::string HttpErrorBody(const HttpError& error) {
   return JsonDump(json{{"error", e}});
 }
 
-std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out, int32_t max_tokens_cap) {
+std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out, int32_t max_tokens_cap,
+                                       const SamplingDefaults& defaults) {
   out->kind = kind;
   if (MaxDepth(body) > kMaxJsonDepth) {
     return Bad("", absl::StrCat("request body nests deeper than ", kMaxJsonDepth, " levels"),
@@ -472,6 +509,8 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     return Bad("model", "missing", RefusalKind::kMissingParameter);
   } else if (!it->is_string()) {
     return WrongType("model", *it, "a string");
+  } else if (it->get_ref<const std::string&>().empty()) {
+    return Bad("model", "is empty (name the model: GET /v1/models lists the ids served)");
   } else {
     out->model = it->get<std::string>();
   }
@@ -491,6 +530,9 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (auto e = GetInt(parsed, max_key, 1, max_tokens_cap, &max_tokens)) return e;
   if (max_tokens) request.max_new_tokens = static_cast<int32_t>(*max_tokens);
 
+  request.temperature = defaults.temperature;
+  request.top_p = defaults.top_p;
+  request.top_k = defaults.top_k;
   std::optional<double> temperature, top_p, freq, presence;
   if (auto e = GetNumber(parsed, "temperature", 0.0, 2.0, &temperature)) return e;
   if (temperature) request.temperature = static_cast<float>(*temperature);
@@ -567,8 +609,9 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     if (e->kind == RefusalKind::kInvalidValue) e->message = "n: only n = 1 is supported";
     return e;
   }
-  if (auto e = GetInt(parsed, "top_k", 0, std::numeric_limits<int32_t>::max(), &top_k)) return e;
-  if (top_k) request.top_k = static_cast<int32_t>(*top_k);
+  // vLLM's "off" is -1 (its default, which clients spelling out vLLM's defaults send) or 0.
+  if (auto e = GetInt(parsed, "top_k", -1, std::numeric_limits<int32_t>::max(), &top_k)) return e;
+  if (top_k) request.top_k = static_cast<int32_t>(std::max<int64_t>(*top_k, 0));
 
   if (auto it = parsed.find("stop"); it != parsed.end() && !it->is_null()) {
     if (it->is_string()) {
@@ -602,8 +645,13 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
         e = GetBool(*it, "include_usage", &out->include_usage);
       } else if (option.key() == "continuous_usage_stats") {
         e = GetBool(*it, "continuous_usage_stats", &out->continuous_usage);
+      } else if (option.key() == "include_obfuscation") {
+        // OpenAI pads stream events against length side channels; the padding carries nothing a
+        // client reads, so either value is served as the stream without it.
+        bool obfuscation = false;
+        e = GetBool(*it, "include_obfuscation", &obfuscation);
       } else {
-        return Bad(path, "unknown stream option (include_usage, continuous_usage_stats)",
+        return Bad(path, "unknown stream option (include_usage, continuous_usage_stats, include_obfuscation)",
                    RefusalKind::kUnsupportedParameter);
       }
       if (e) {
@@ -621,7 +669,8 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
   if (kind == ApiKind::kCompletion) {
     if (auto it = parsed.find("logprobs"); it != parsed.end() && !it->is_null()) {
       if (!it->is_number_integer()) return WrongType("logprobs", *it, "an integer");
-      if (it->get<int64_t>() != 0) return Bad("logprobs", "not supported", RefusalKind::kUnsupportedParameter);
+      // Even 0 asks for the sampled tokens' logprobs (OpenAI's legacy completions): not given here.
+      return Bad("logprobs", "not supported (log probabilities are not returned)", RefusalKind::kUnsupportedParameter);
     }
     std::optional<int64_t> best_of;
     if (auto e = GetInt(parsed, "best_of", 1, 1, &best_of)) {

@@ -56,9 +56,11 @@ inline constexpr int kMaxJsonDepth = 64;
 // says where (byte offset) and why. Fields it does not know are refused (unsupported_parameter),
 // as are those it knows but does not implement at a value that would change the output
 // (logit_bias, tool_choice "required", ...). `max_tokens_cap`: the server's --max-new-tokens-cap,
-// the upper bound max_tokens is refused above (FrontendLimits::max_new_tokens_cap).
+// the upper bound max_tokens is refused above (FrontendLimits::max_new_tokens_cap). `defaults`:
+// the sampling of fields left out.
 std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, ApiRequest* out,
-                                       int32_t max_tokens_cap = std::numeric_limits<int32_t>::max());
+                                       int32_t max_tokens_cap = std::numeric_limits<int32_t>::max(),
+                                       const SamplingDefaults& defaults = {});
 
 // The dialect validation names fields in (max_tokens, prompt[3], messages).
 inline Dialect DialectOf(ApiKind kind) {

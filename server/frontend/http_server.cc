@@ -997,7 +997,9 @@ class Handler {
     }
 
     ApiRequest api;
-    if (auto e = ParseApiRequest(kind, body, &api, state_->options.limits.max_new_tokens_cap)) return refuse(*e);
+    if (auto e = ParseApiRequest(kind, body, &api, state_->options.limits.max_new_tokens_cap,
+                                 state_->options.sampling_defaults))
+      return refuse(*e);
     if (!api.model.empty() && !ServesModel(state_->options, api.model)) {
       return refuse(ModelNotFound(state_->options, api.model, "model"));
     }
@@ -1443,7 +1445,11 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   // A client that waits for "100 Continue" before sending its body gets the refusal instead when
   // the head alone refuses the request (RFC 9110 10.1.1): not a 413's whole upload first.
   svr.set_expect_100_continue_handler([state](const httplib::Request& req, httplib::Response& res) {
-    return RefuseOnHead(*state, req, res) ? res.status : 100;
+    if (!RefuseOnHead(*state, req, res)) return 100;
+    // httplib writes this answer without its usual Content-Length (the body would end only at the
+    // close, which a client reading by length does not see as the end).
+    res.set_header("Content-Length", std::to_string(res.body.size()));
+    return res.status;
   });
   RegisterRoute(svr, kModelsRoute, [state](const httplib::Request& req, httplib::Response& res) {
     res.set_header("x-request-id", RequestIdOf(*state, req));
@@ -1485,36 +1491,36 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     res.status = serving ? 200 : 503;
     res.set_content(JsonDump(json{{"status", serving ? "SERVING" : "NOT_SERVING"}}), "application/json");
   });
-  svr.set_error_handler(httplib::Server::HandlerWithResponse([state](const httplib::Request& req,
-                                                                      httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    // Every answer names its request, a route's refusal by httplib too (404, 405, 413).
-    if (!res.has_header("x-request-id")) res.set_header("x-request-id", RequestIdOf(*state, req));
-    HttpError e;
-    e.status = res.status;
-    if (res.status == 413) {
-      e.message = "request body too large";
-      e.code = "payload_too_large";
-    } else if (res.status == 404 && !AllowedMethods(req.path).empty()) {
-      // A route that exists, asked with another method (RFC 9110 15.5.6: 405 and Allow).
-      e.status = res.status = 405;
-      e.message = absl::StrCat(req.method, " ", req.path, ": method not allowed (", AllowedMethods(req.path), ")");
-      e.code = "method_not_allowed";
-      res.set_header("Allow", AllowedMethods(req.path));
-    } else if (res.status == 404) {
-      e.message = absl::StrCat("no route ", req.method, " ", req.path);
-      e.code = "not_found";
-    } else if (res.status >= 500) {
-      e.type = "server_error";
-      e.message = "internal error";
-      e.code = "internal_error";
-    } else {
-      e.message = absl::StrCat("bad HTTP request (status ", res.status, ")");
-      e.code = "bad_request";
-    }
-    res.set_content(HttpErrorBody(e), "application/json");
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+  svr.set_error_handler(
+      httplib::Server::HandlerWithResponse([state](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        // Every answer names its request, a route's refusal by httplib too (404, 405, 413).
+        if (!res.has_header("x-request-id")) res.set_header("x-request-id", RequestIdOf(*state, req));
+        HttpError e;
+        e.status = res.status;
+        if (res.status == 413) {
+          e.message = "request body too large";
+          e.code = "payload_too_large";
+        } else if (res.status == 404 && !AllowedMethods(req.path).empty()) {
+          // A route that exists, asked with another method (RFC 9110 15.5.6: 405 and Allow).
+          e.status = res.status = 405;
+          e.message = absl::StrCat(req.method, " ", req.path, ": method not allowed (", AllowedMethods(req.path), ")");
+          e.code = "method_not_allowed";
+          res.set_header("Allow", AllowedMethods(req.path));
+        } else if (res.status == 404) {
+          e.message = absl::StrCat("no route ", req.method, " ", req.path);
+          e.code = "not_found";
+        } else if (res.status >= 500) {
+          e.type = "server_error";
+          e.message = "internal error";
+          e.code = "internal_error";
+        } else {
+          e.message = absl::StrCat("bad HTTP request (status ", res.status, ")");
+          e.code = "bad_request";
+        }
+        res.set_content(HttpErrorBody(e), "application/json");
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "unknown exception";
     try {

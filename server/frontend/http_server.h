@@ -61,6 +61,9 @@ struct HttpServerOptions {
   int64_t default_deadline_ms = 600'000;
   FrontendLimits limits;
   bool log_requests = true;
+  // Sampling for requests that leave temperature / top_p / top_k out (serve: the checkpoint's
+  // generation_config.json over OpenAI's defaults).
+  SamplingDefaults sampling_defaults;
   std::string model_name = "glm";  // the id /v1/models lists when served_model_names is empty
   // The model ids requests may name (`model`; the first is what /v1/models lists first): another
   // is refused 404 model_not_found. Empty: model_name is listed and any id is taken (one model a

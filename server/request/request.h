@@ -88,6 +88,15 @@ struct GenerateRequest {
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
+// What a request that leaves temperature, top_p or top_k out gets: OpenAI's defaults (temperature
+// 1, top_p 1), replaced by the model's generation_config.json values where it sets them (as vLLM's
+// OpenAI server does). serve fills it from the checkpoint.
+struct SamplingDefaults {
+  float temperature = 1.0f;  // 0 = greedy
+  float top_p = 0.0f;        // 0 = 1
+  int32_t top_k = 0;         // 0 = no limit
+};
+
 // How a front end spells the request's fields in refusals: proto field names, or the OpenAI JSON
 // paths (max_tokens, prompt[3], messages).
 enum class Dialect { kProto, kOpenAiChat, kOpenAiCompletion };

@@ -292,10 +292,12 @@ def test_framing(server):
     # first (the client would upload the whole body for nothing); a good one gets its 100.
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     s.sendall(post + b"Expect: 100-continue\r\nContent-Length: 50000000\r\n\r\n")
-    status, _, refusal = read_response(s)
+    status, refusal_headers, refusal = read_response(s)
     s.close()
+    check(refusal_headers.get("content-length") == str(len(refusal)),
+          f"Expect: 100-continue refusal framed by its Content-Length ({refusal_headers})")
     check(status == 413 and is_openai_error(refusal, "invalid_request_error", "payload_too_large"),
-          f"Expect: 100-continue over the body limit: 413 at once, no 100 ({status})")
+          f"Expect: 100-continue over the body limit: 413 at once, no 100 ({status} {refusal[:160]!r})")
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     s.sendall(post + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
     status, _, _ = read_response(s)

@@ -9,7 +9,9 @@ mid-stream frees its slot. Needs (pip): openai. Exit 77 = skipped.
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 
@@ -299,10 +301,77 @@ def main():
         check(st == 413 and err is not None and err["type"] == "invalid_request_error", f"body too large: {st} {err}")
         st, _, data = server.request("GET", "/v1/nothing")
         check(st == 404 and error_of(data) is not None, f"unknown route: {st}")
+        expect_error(server, C, chat_body(model=""), 400, "model", what="empty model")
+        expect_error(server, P, {"model": "", "prompt": "hi"}, 400, "model", what="empty model (completions)")
+        # logprobs 0 still asks for the sampled tokens' logprobs: refused, not answered null.
+        expect_error(server, P, {"model": "m", "prompt": "hi", "max_tokens": 2, "logprobs": 0}, 400, "logprobs",
+                     what="completions logprobs 0")
+        expect_error(server, C, chat_body(reasoning_effort="low"), 400, "reasoning_effort", what="reasoning_effort set")
+        expect_error(server, C, chat_body(modalities=["text", "audio"]), 400, "modalities", what="audio modality")
+        expect_error(server, C, chat_body(safety_identifier=5), 400, "safety_identifier", what="safety_identifier type")
         st, _, _ = server.request("GET", "/health")
         check(st == 200, "still serving after the error matrix")
+
+        # OpenAI's fields that ask for nothing here are taken (they were "unknown field").
+        quiet = chat_body(temperature=0, safety_identifier="u1", prompt_cache_key="c1", modalities=["text"], audio=None,
+                          prediction=None, web_search_options=None, reasoning_effort=None, verbosity=None)
+        st, _, data = server.post(C, quiet)
+        check(st == 200, f"OpenAI's no-op fields accepted ({st} {data[:200]!r})")
+        st, _, data = server.post(C, dict(quiet, stream=True, stream_options={"include_usage": True,
+                                                                             "include_obfuscation": False}))
+        check(st == 200 and data.rstrip().endswith(b"data: [DONE]"), f"stream_options.include_obfuscation ({st})")
+        # developer is OpenAI's newer name for the system message: the same prompt as system.
+        as_system = server.post(C, chat_body(temperature=0, messages=[{"role": "system", "content": "Be brief."},
+                                                                      {"role": "user", "content": "hello"}]))
+        as_developer = server.post(C, chat_body(temperature=0, messages=[{"role": "developer", "content": "Be brief."},
+                                                                         {"role": "user", "content": "hello"}]))
+        usage = [json.loads(r[2])["usage"]["prompt_tokens"] if r[0] == 200 else None for r in (as_system, as_developer)]
+        texts = [json.loads(r[2])["choices"][0]["message"]["content"] if r[0] == 200 else None
+                 for r in (as_system, as_developer)]
+        check(as_developer[0] == 200 and usage[0] == usage[1] and texts[0] == texts[1],
+              f"developer role rendered as system ({as_developer[0]}, prompt tokens {usage}, texts equal "
+              f"{texts[0] == texts[1]})")
+
+        # Sampling left out: OpenAI's default temperature 1 (this model's generation_config.json sets
+        # none), not greedy. Seeded, that is exactly temperature 1; unseeded draws differ.
+        def completion(**kw):
+            st, _, data = server.post(P, dict({"model": "m", "prompt": "hello", "max_tokens": 8, "ignore_eos": True},
+                                              **kw))
+            return json.loads(data)["choices"][0]["text"] if st == 200 else f"status {st}"
+
+        seeded = completion(seed=11)
+        check(completion(seed=11, top_k=-1) == seeded, "top_k -1 (vLLM's off) is top_k 0")
+        check(seeded == completion(seed=11, temperature=1.0) and seeded != completion(temperature=0),
+              f"no temperature: OpenAI's default 1, not greedy ({seeded!r})")
+        draws = {completion() for _ in range(4)}
+        check(len(draws) > 1, f"no temperature, no seed: draws differ ({len(draws)} distinct of 4)")
     finally:
         server.kill()
+
+    # The checkpoint's generation_config.json sets the defaults (as vLLM takes them): temperature 0
+    # there makes requests without one greedy; its top_p and top_k apply likewise.
+    with tempfile.TemporaryDirectory() as tmp:
+        model = os.path.join(tmp, "model")
+        shutil.copytree(args.model, model)
+        gen_path = os.path.join(model, "generation_config.json")
+        gen = json.load(open(gen_path))
+        gen.update({"temperature": 0.7, "top_p": 0.5, "top_k": 3})
+        json.dump(gen, open(gen_path, "w"))
+        tuned = Server(args.binary, model)
+        try:
+            def tuned_text(**kw):
+                st, _, data = tuned.post("/v1/completions", dict({"model": "m", "prompt": "hello", "max_tokens": 8,
+                                                                  "ignore_eos": True, "seed": 5}, **kw))
+                return json.loads(data)["choices"][0]["text"] if st == 200 else f"status {st}"
+
+            default = tuned_text()
+            check(default == tuned_text(temperature=0.7, top_p=0.5, top_k=3) and
+                  default != tuned_text(temperature=1.0, top_p=1.0, top_k=0),
+                  f"generation_config.json's temperature / top_p / top_k are the defaults ({default!r})")
+            check(any("temperature 0.7" in line and "generation_config.json" in line for line in tuned.lines),
+                  "the defaults are logged at start")
+        finally:
+            tuned.kill()
 
     # ---- overload, deadline, disconnect, drain: one sequence at a time, a slow engine ----
     slow = Server(args.binary, args.model, ["--debug-step-latency-ms", "40", "--max-batch", "1", "--max-queue", "1"])

@@ -49,7 +49,7 @@ def main():
     server = Server(args.binary, args.model)
     try:
         body = {"model": "m", "prompt": [5, 9, 2, 7], "max_tokens": 6, "ignore_eos": True, "stream": True,
-                "stream_options": {"include_usage": True}}
+                "stream_options": {"include_usage": True}, "temperature": 0}
         ids, finish, usage, done = stream_ids(server, body)
         assert done, "no [DONE]"
         assert finish == "length", finish
@@ -66,7 +66,7 @@ def main():
         server = Server(args.binary, args.model_with_tokenizer)
         try:
             body = {"model": "m", "prompt": case["input_ids"], "max_tokens": len(case["output_ids"]),
-                    "ignore_eos": True, "stream": True, "return_token_ids": True,
+                    "temperature": 0, "ignore_eos": True, "stream": True, "return_token_ids": True,
                     "stream_options": {"include_usage": True}}
             ids, finish, usage, done = stream_ids(server, body)
             assert done and finish == "length", (done, finish)
