@@ -72,6 +72,10 @@ bool ReadIndex(const fs::path& dir, const std::string& index_name, std::map<std:
     problems->push_back(std::string(text.status().message()));
     return false;
   }
+  if (std::string shape = JsonShapeProblem(*text, /*max_depth=*/16, /*max_values=*/4'000'000); !shape.empty()) {
+    problems->push_back(absl::StrCat(index_name, ": ", shape, " (an index nests 2 levels, a value a tensor)"));
+    return false;
+  }
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(*text);

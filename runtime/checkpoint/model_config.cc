@@ -174,6 +174,10 @@ bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<st
     problems->push_back(std::string(text.status().message()));
     return false;
   }
+  if (std::string shape = JsonShapeProblem(*text, /*max_depth=*/64, /*max_values=*/1'000'000); !shape.empty()) {
+    problems->push_back(absl::StrCat(name, ": ", shape, " (a model config nests a few levels, a few hundred values)"));
+    return false;
+  }
   try {
     *out = json::parse(*text);
   } catch (const json::parse_error& e) {

@@ -136,6 +136,12 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     return false;
   }
 
+  // A header nests 3 levels ({name: {shape: [...]}}) and holds ~8 values a tensor.
+  if (std::string shape = JsonShapeProblem(header, /*max_depth=*/16, /*max_values=*/4'000'000); !shape.empty()) {
+    problems->push_back(
+        absl::StrCat(file_name, ": header ", shape, " (a safetensors header nests 3 levels, ~8 values a tensor)"));
+    return false;
+  }
   nlohmann::json json;
   // nlohmann keeps the last of two equal keys; a tensor named twice in one header is ambiguous
   // (which bytes are it?), so a first pass counts the top-level keys. The last entry is still

@@ -179,6 +179,10 @@ void EncodeWithSpecials(std::string_view text, const std::vector<std::pair<std::
 // `text`, the contents of the JSON file `where`; INVALID_ARGUMENT naming the file and where and why
 // the parser stopped (cut short, bad UTF-8, ...).
 absl::StatusOr<json> ParseJsonText(const std::string& where, const std::string& text) {
+  // GLM-4's tokenizer.json holds ~500,000 values; a vocabulary of 2^24 tokens with its merges fits.
+  if (std::string shape = JsonShapeProblem(text, /*max_depth=*/64, /*max_values=*/64'000'000); !shape.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", shape));
+  }
   try {
     return json::parse(text);
   } catch (const json::exception& e) {

@@ -145,7 +145,8 @@ int RunDoctor(int argc, char** argv) {
     } else {
       std::vector<std::string> unreadable;
       for (const auto& entry : fs::directory_iterator(model, ec)) {
-        if (!entry.is_regular_file()) continue;
+        std::error_code entry_ec;  // a symlink loop or a dangling link: not a file to check (inspect names it)
+        if (!entry.is_regular_file(entry_ec)) continue;
         if (access(entry.path().c_str(), R_OK) != 0) unreadable.push_back(entry.path().filename().string());
       }
       if (access(model.c_str(), R_OK | X_OK) != 0 || !unreadable.empty()) {
@@ -208,7 +209,8 @@ int RunDoctor(int argc, char** argv) {
   }
 
   // GPU, driver vs CUDA runtime, compute capability, memory, cuDNN.
-  const bool driver_loaded = fs::exists("/proc/driver/nvidia/version");
+  std::error_code probe_ec;
+  const bool driver_loaded = fs::exists("/proc/driver/nvidia/version", probe_ec);
   const std::vector<Gpu> gpus = QueryGpus();
   const bool want_gpu = device.is_cuda();
   if (gpus.empty()) {
@@ -267,7 +269,7 @@ int RunDoctor(int argc, char** argv) {
     }
   }
   if (!gpus.empty() || want_gpu) {
-    if (fs::exists(absl::StrCat("/usr/local/cuda/lib64/libcudart.so.", kCudaRuntimeMajor))) {
+    if (fs::exists(absl::StrCat("/usr/local/cuda/lib64/libcudart.so.", kCudaRuntimeMajor), probe_ec)) {
       add("cuda_runtime", "OK", absl::StrCat("libcudart.so.", kCudaRuntimeMajor, " present"));
     } else {
       add("cuda_runtime", "FAIL", absl::StrCat("libcudart.so.", kCudaRuntimeMajor, " not in /usr/local/cuda/lib64"),

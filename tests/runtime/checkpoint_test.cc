@@ -377,6 +377,20 @@ TEST_F(MalformedSafetensors, DataBytesNoTensorOwns) {
   EXPECT_EQ(refused.problems.size(), 1u) << Joined(refused.problems);
 }
 
+// Quoting a deeply nested shape recursed once a level (SIGSEGV at ~60,000 levels); a 100 MB header
+// of empty objects took 4 GB as a tree. Both are refused from the text's shape.
+TEST_F(MalformedSafetensors, NestingAndValueCountAreBounded) {
+  const std::string deep = R"({"a": {"dtype": "F32", "shape": )" + std::string(100000, '[') + std::string(100000, ']') +
+                           R"(, "data_offsets": [0, 0]}})";
+  auto nested = List(Safetensors(deep, ""));
+  EXPECT_PROBLEM(nested, "model.safetensors", "nests deeper than 16 levels");
+  std::string many = R"({"__metadata__": {}, "junk": [)";
+  for (int i = 0; i < 4'000'001; ++i) many += "0,";
+  many += "0]}";
+  auto crowded = List(Safetensors(many, ""));
+  EXPECT_PROBLEM(crowded, "model.safetensors", "more than 4000000 JSON values");
+}
+
 TEST_F(MalformedSafetensors, ByteLengthMismatch) {
   auto l = List(Safetensors(R"({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 4]}})", std::string(4, '\0')));
   EXPECT_PROBLEM(l, "model.safetensors", "a", "holds 4 bytes", "needs 6");

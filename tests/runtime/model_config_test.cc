@@ -217,6 +217,10 @@ TEST_F(ModelConfigTest, ValuesNoReaderCanTakeAreRefusedNamingTheField) {
        "field 'eos_token_id': expected an integer or a list of 32-bit integers, found element 1099511627776"},
       {R"({"model_type": "glm", "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 20000000})",
        "field 'num_hidden_layers': 20000000 is implausibly large (at most 1024)"},
+      // Quoting a deeply nested value in the message recursed once a level: SIGSEGV at ~60,000.
+      {R"({"model_type": "glm", "num_hidden_layers": )" + std::string(100000, '[') + std::string(100000, ']') +
+           R"(, "hidden_size": 32, "num_attention_heads": 4})",
+       "config.json: nests deeper than 64 levels"},
   };
   for (const auto& c : cases) {
     Write("config.json", c.config);

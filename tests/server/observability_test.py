@@ -300,6 +300,14 @@ def main():
     ram = next((c["status"] for c in j["checks"] if c["name"] == "ram"), "")
     check("0.00 GiB of weights" in model_line and ram == "OK",
           f"doctor counts the checkpoint's tensors, not a 30 GB file beside them ({model_line!r}, ram {ram})")
+    # A symlink loop beside the checkpoint (a file doctor checks for permissions) ended doctor with
+    # an uncaught filesystem_error (abort, exit 134).
+    os.remove(os.path.join(extra, "optimizer.bin"))
+    os.symlink("README", os.path.join(extra, "README"))
+    out = subprocess.run([args.binary, "doctor", "--model", extra, "--json"], capture_output=True, text=True,
+                         timeout=120)
+    check(out.returncode == 0 and out.stdout.startswith("{"),
+          f"doctor with a symlink loop in the model dir: a report, exit 0 (rc={out.returncode}, {out.stderr[-200:]!r})")
     shutil.rmtree(extra, ignore_errors=True)
     broken = tempfile.mkdtemp(prefix="glmserve_doctor_")
     shutil.copy(os.path.join(args.model, "config.json"), broken)
