@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -117,6 +118,70 @@ absl::Status CheckMagic(const std::string& path, const std::string& file_name) {
       absl::StrCat(file_name, ": not a readable torch.save archive: not a zip file (bad magic bytes)"));
 }
 
+// The first record of the zip archive at `path` whose central directory entry says it unpacks to
+// more bytes than the file holds, as "NAME unpacks to N bytes, more than the file's M"; "" when
+// none does, or when the directory cannot be read (LibTorch's reader then reports the archive).
+// Checked before LibTorch's reader exists: its constructor already unpacks the version and
+// serialization_id records (a 1 MB file whose version record inflated to 1 GB took 2.2 GB and
+// loaded). ZIP64 sizes are read from their extra field.
+std::string OversizedZipRecord(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  in.seekg(0, std::ios::end);
+  const int64_t file_bytes = static_cast<int64_t>(in.tellg());
+  auto read_at = [&](int64_t at, size_t n) -> std::string {
+    if (at < 0 || n == 0 || at + static_cast<int64_t>(n) > file_bytes) return "";
+    std::string buf(n, '\0');
+    in.clear();
+    in.seekg(at);
+    in.read(buf.data(), static_cast<std::streamsize>(n));
+    return in ? buf : std::string();
+  };
+  auto le = [](const std::string& b, size_t at, int bytes) -> uint64_t {
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + i]);
+    return v;
+  };
+  // The end of central directory record: 22 bytes and a comment of at most 64 KiB.
+  const int64_t tail_at = std::max<int64_t>(0, file_bytes - (22 + 65535));
+  const std::string tail = read_at(tail_at, static_cast<size_t>(file_bytes - tail_at));
+  const size_t eocd = tail.size() >= 22 ? tail.rfind(std::string("PK\x05\x06", 4)) : std::string::npos;
+  if (eocd == std::string::npos || eocd + 22 > tail.size()) return "";
+  uint64_t entries = le(tail, eocd + 10, 2), dir_at = le(tail, eocd + 16, 4);
+  if (entries == 0xffff || dir_at == 0xffffffff) {  // ZIP64: its locator sits just before
+    const std::string locator = read_at(tail_at + static_cast<int64_t>(eocd) - 20, 20);
+    if (locator.size() != 20 || locator.compare(0, 4, "PK\x06\x07") != 0) return "";
+    const std::string record = read_at(static_cast<int64_t>(le(locator, 8, 8)), 56);
+    if (record.size() != 56 || record.compare(0, 4, "PK\x06\x06") != 0) return "";
+    entries = le(record, 32, 8);
+    dir_at = le(record, 48, 8);
+  }
+  int64_t at = static_cast<int64_t>(dir_at);
+  for (uint64_t i = 0; i < entries && i < 1'000'000; ++i) {
+    const std::string head = read_at(at, 46);
+    if (head.size() != 46 || head.compare(0, 4, "PK\x01\x02") != 0) return "";
+    uint64_t unpacked = le(head, 24, 4);
+    const size_t name_len = le(head, 28, 2), extra_len = le(head, 30, 2), comment_len = le(head, 32, 2);
+    const std::string name = read_at(at + 46, name_len);
+    if (unpacked == 0xffffffff) {  // the ZIP64 extra field (id 1) holds it, first
+      const std::string extra = read_at(at + 46 + static_cast<int64_t>(name_len), extra_len);
+      for (size_t e = 0; e + 4 <= extra.size();) {
+        const uint64_t id = le(extra, e, 2), len = le(extra, e + 2, 2);
+        if (id == 1 && len >= 8 && e + 12 <= extra.size()) {
+          unpacked = le(extra, e + 4, 8);
+          break;
+        }
+        e += 4 + len;
+      }
+    }
+    if (unpacked > static_cast<uint64_t>(file_bytes)) {
+      return absl::StrCat(PrintableText(name), " unpacks to ", unpacked, " bytes, more than the file's ", file_bytes);
+    }
+    at += 46 + static_cast<int64_t>(name_len + extra_len + comment_len);
+  }
+  return "";
+}
+
 // Length of the argument of the protocol-2 pickle opcode at `pkl[pos]` (pos points at the opcode);
 // -1 for an opcode this scanner does not know or a truncated argument.
 int64_t PickleArgLength(const std::string& pkl, size_t pos) {
@@ -136,9 +201,12 @@ int64_t PickleArgLength(const std::string& pkl, size_t pos) {
     }
     return static_cast<int64_t>(at - pos - 1);
   };
+  // A length past the pickle's end is an argument cut short: LibTorch allocates the declared length
+  // first (a 16-byte pickle declaring 4 GiB took 4.3 GB before its error).
   auto counted = [&](int len_bytes) -> int64_t {
     const int64_t len = le(pos + 1, len_bytes);
-    return len < 0 ? -1 : len_bytes + len;
+    if (len < 0 || pos + 1 + len_bytes + static_cast<uint64_t>(len) > n) return -1;
+    return len_bytes + len;
   };
   switch (static_cast<unsigned char>(pkl[pos])) {
     case '(':
@@ -420,6 +488,13 @@ PickleShape ScanPickle(const std::string& pkl) {
       case 'q':
       case 'r': {  // PUT, BINPUT, LONG_BINPUT
         const int64_t slot = PickleMemoSlot(pkl, pos, arg);
+        // LibTorch sizes its memo table to the slot (an 11-byte pickle naming slot 2^28 took
+        // 4.3 GB); torch.save numbers its slots from 0, one PUT each, so none passes the pickle's size.
+        if (slot > static_cast<int64_t>(pkl.size())) {
+          shape.error = absl::StrCat("data.pkl: memo slot ", slot, " at byte ", pos, " is past any a pickle of ",
+                                     pkl.size(), " bytes fills (torch.save numbers them from 0)");
+          return shape;
+        }
         if (slot >= 0) memo[slot] = stack.empty() ? Value{} : stack.back();
         break;
       }
@@ -611,6 +686,9 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
   absl::Status magic = CheckMagic(path, file_name);
   if (!magic.ok()) return magic;
   const std::string prefix = absl::StrCat(file_name, ": not a readable torch.save archive: ");
+  if (const std::string oversized = OversizedZipRecord(path); !oversized.empty()) {
+    return absl::DataLossError(absl::StrCat(prefix, "record ", oversized, " (torch.save does not compress)"));
+  }
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
     if (!reader.hasRecord("data.pkl")) {

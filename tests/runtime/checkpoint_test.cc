@@ -660,7 +660,22 @@ TEST_F(DamagedBin, WhatTheUnpicklerDoesNotCheckIsRefused) {
   EXPECT_PROBLEM(deep, "pytorch_model.bin", "data.pkl nests 60000 values deep");
   const std::string padded = std::string("\x80\x02}.", 4) + std::string(4 << 20, '\0');  // after STOP: never read
   auto bomb = List(TorchArchive(padded, {}, /*compress=*/true));
-  EXPECT_PROBLEM(bomb, "pytorch_model.bin", "record data.pkl unpacks to", "more than the file's");
+  EXPECT_PROBLEM(bomb, "pytorch_model.bin", "record archive/data.pkl unpacks to", "more than the file's");
+  ClearPytorchBinCache();
+  // Any record, before LibTorch's reader unpacks its own (version, serialization_id): a 1 MB file
+  // whose version record inflated to 1 GB took 2.2 GB and loaded.
+  const std::string fine_pkl = OneTensorPickle(2, 2, 4);
+  auto extra_bomb =
+      List(TorchArchive(fine_pkl, {{"0", storage}}, /*compress=*/true, {{"extra", std::string(4 << 20, ' ')}}));
+  EXPECT_PROBLEM(extra_bomb, "pytorch_model.bin", "record archive/extra unpacks to 4194304 bytes");
+  ClearPytorchBinCache();
+  // LibTorch allocates a string's declared length, and a memo table to the slot named, first: a
+  // 16-byte pickle took 4.3 GB either way. Both are cut short or out of range before it runs.
+  auto long_string = List(TorchArchive(std::string("\x80\x02X\xff\xff\xff\xff", 7) + "aaaaaaaaaa.", {}));
+  EXPECT_PROBLEM(long_string, "pytorch_model.bin", "cannot follow opcode 0x58 at byte 2", "cut short");
+  ClearPytorchBinCache();
+  auto far_slot = List(TorchArchive(std::string("\x80\x02}r\x00\x00\x00\x10.", 9), {}));
+  EXPECT_PROBLEM(far_slot, "pytorch_model.bin", "memo slot 268435456 at byte 3");
   ClearPytorchBinCache();
 }
 
