@@ -340,7 +340,7 @@ std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& me
 
 std::optional<Refusal> PrepareImages(const GenerateRequest& request, const MediaOptions& media,
                                      const RequestOrigin& origin, const ImageSupport* support, Dialect dialect,
-                                     std::vector<ImageInput>* out) {
+                                     std::vector<ImageInput>* out, int32_t max_prompt_tokens) {
   out->clear();
   const std::string max_pixels_field = FieldName(Field::kMaxPixels, dialect);
   if (request.max_pixels < 0) return InvalidField(max_pixels_field, absl::StrCat(request.max_pixels, " is below 0"));
@@ -391,6 +391,7 @@ std::optional<Refusal> PrepareImages(const GenerateRequest& request, const Media
   };
   std::vector<Pending> pending(request.images.size());
   int64_t request_pixels = 0;
+  int64_t image_tokens = 0;
   for (size_t i = 0; i < request.images.size(); ++i) {
     const ImageData& image = request.images[i];
     if (auto stopped = StoppedEarly(image, deadline, abandoned, "before it was read")) return stopped;
@@ -417,10 +418,30 @@ std::optional<Refusal> PrepareImages(const GenerateRequest& request, const Media
     }
     absl::StatusOr<vision::ImageGrid> grid = support->processor().Grid(p.header.height, p.header.width, overrides);
     if (!grid.ok()) {
-      return InvalidField(image.field, absl::StrCat("image ", p.header.width, "x", p.header.height,
-                                                    " (width x height): ", grid.status().message()));
+      // The processor's own messages name the size ("image 1x201: ..."); the others get it here.
+      const std::string why(grid.status().message());
+      return InvalidField(
+          image.field, absl::StartsWith(why, "image ")
+                           ? why
+                           : absl::StrCat("image ", p.header.width, "x", p.header.height, " (width x height): ", why));
     }
     p.grid = *grid;
+    // The image tokens are known from the headers: a prompt they alone make too long is refused
+    // before any decode (a 146 KB PNG of 7071x7071 took a decode slot, 1 s and 190 MB first).
+    const int64_t merge = support->processor().options().merge_size;
+    image_tokens += p.grid.num_patches() / (merge * merge);
+    if (max_prompt_tokens > 0 && image_tokens > max_prompt_tokens) {
+      Refusal r = InvalidField(
+          image.field,
+          absl::StrCat("image ", p.header.width, "x", p.header.height,
+                       " (width x height) brings the prompt's images to ", image_tokens, " tokens; at most ",
+                       max_prompt_tokens,
+                       " prompt tokens allowed (send it smaller, or set mm_processor_kwargs.max_pixels / max_pixels)"),
+          RefusalKind::kContextLength);
+      r.prompt_tokens = static_cast<int32_t>(std::min<int64_t>(image_tokens, INT32_MAX));
+      r.allowed_prompt_tokens = max_prompt_tokens;
+      return r;
+    }
   }
   out->reserve(request.images.size());
   for (size_t i = 0; i < request.images.size(); ++i) {

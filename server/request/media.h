@@ -168,7 +168,7 @@ class ImageSupport {
         processor_(std::move(processor)),
         decode_slots_(std::make_unique<DecodeSlots>(decode_slots)) {}
   friend std::optional<Refusal> PrepareImages(const GenerateRequest&, const MediaOptions&, const RequestOrigin&,
-                                              const ImageSupport*, Dialect, std::vector<ImageInput>*);
+                                              const ImageSupport*, Dialect, std::vector<ImageInput>*, int32_t);
 
   vision::ImageDecoder decoder_;
   vision::Glm4vImageProcessor processor_;
@@ -192,7 +192,8 @@ std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& me
 // request's max_pixels against the server's, the roles that may carry images (user: the glm4v
 // chat template renders image parts only there); then every image's bytes and header (its size
 // against the source limit and the request's against max_request_image_pixels, its resized size),
-// so a request over a limit costs no decode (the encoded bytes are held until each is decoded:
+// and the image tokens they make against `max_prompt_tokens` (0 = none: the prompt's bound, text
+// aside), so a request over a limit costs no decode (the encoded bytes are held until each is decoded:
 // at most the body, or the file:// / fetched files); then each image under a decode slot, a JPEG
 // far larger than its resized size at a reduced DCT scale (vision::DecodeHint). Stops as soon as
 // request.deadline passes (DEADLINE_EXCEEDED) or origin.abandoned answers true (CANCELLED):
@@ -200,7 +201,7 @@ std::optional<Refusal> ImageBytes(const ImageData& image, const MediaOptions& me
 // (support null) refuses any image. Nothing to do without images.
 std::optional<Refusal> PrepareImages(const GenerateRequest& request, const MediaOptions& media,
                                      const RequestOrigin& origin, const ImageSupport* support, Dialect dialect,
-                                     std::vector<ImageInput>* out);
+                                     std::vector<ImageInput>* out, int32_t max_prompt_tokens = 0);
 
 // The prompt with each image's placeholder (image_start, image_token, image_end) expanded to its
 // image tokens, and the multimodal prompt (3-D positions) the engine runs; `images` is moved in.

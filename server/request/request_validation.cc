@@ -86,7 +86,8 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
   // Images first: the costly part, but a bad image must be named even where the prompt would be
   // refused for another reason (e.g. a server without a tokenizer).
   std::vector<ImageInput> images;
-  if (auto bad_image = PrepareImages(request, limits.media, origin, model.images.get(), dialect, &images))
+  if (auto bad_image = PrepareImages(request, limits.media, origin, model.images.get(), dialect, &images,
+                                     MaxPromptTokens(limits, model)))
     return bad_image;
   // Prompt ids: input_ids, else the chat messages, else the prompt text.
   std::vector<int32_t> input_ids = request.input_ids;

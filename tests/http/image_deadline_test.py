@@ -164,7 +164,8 @@ def main():
 
         # Over the per-request budget: refused from the headers, naming the image, no decode.
         c0 = cpu.now()
-        st, _, data = server.post(C, chat([bomb] * 7), timeout=60)
+        # (small max_pixels: their tokens alone would refuse the first, from its header too)
+        st, _, data = server.post(C, chat([bomb] * 7, mm_processor_kwargs={"max_pixels": 6272}), timeout=60)
         err = json.loads(data).get("error", {}) if data else {}
         spent = cpu.now() - c0
         check(st == 400 and err.get("param") == "messages[0].content[1].image_url.url" and

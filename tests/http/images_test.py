@@ -196,6 +196,14 @@ def main():
         err = error_of(data)
         check(st == 400 and err and err.get("code") == "context_length_exceeded",
               f"5 MiB body to a model that takes images: read, refused for its length (got {st} {err})")
+        # An image whose tokens alone pass the prompt's bound is refused from its header, before a
+        # decode (a header-only PNG: decoded, it would fail as "not enough image data" instead).
+        st, _, data = server.post(C, chat([image_part(data_url(png_header_only(4000, 4000)))]))
+        err = error_of(data)
+        check(st == 400 and err and err.get("code") == "context_length_exceeded" and
+              err["param"].endswith("content[0].image_url.url") and
+              "brings the prompt's images to" in err["message"],
+              f"image tokens over the prompt bound: refused from the header ({st} {err})")
         check(accepted_count(server) == before, "no refused image reached the engine (no request accepted)")
 
         # Good images pass the image stage (and are answered; without a tokenizer the prompt would be
