@@ -58,6 +58,13 @@ struct PngState {
   png_uint_32 width = 0, height = 0;
   int bit_depth = 0, color_type = 0, interlace = 0;
   bool has_trns = false;
+  // An 8-bit gray or RGB image's tRNS colour key: PIL keeps it as info["transparency"] through
+  // convert("RGB"), and transformers' convert_to_rgb then paints those pixels white, alpha mode or
+  // not. The key's pixels come out of libpng with alpha 0, the others 255.
+  bool colour_key = false;
+  // A 16-bit gray image's tRNS value (PIL's I;16 keeps it aside; convert("RGB") ignores it, the
+  // processor's convert_to_rgb on the opened image paints it white): -1 = none.
+  int gray16_key = -1;
   // After the transforms: samples per pixel and bytes per sample of the rows we get.
   int channels = 0;
   int sample_bytes = 1;
@@ -116,10 +123,17 @@ bool PngReadHeader(PngState* st) {
 // PIL saturates those values rather than keeping the high byte).
 bool PngSetTransforms(PngState* st) {
   if (setjmp(png_jmpbuf(st->png))) return false;
-  const bool gray16 = st->bit_depth == 16 && st->color_type == PNG_COLOR_TYPE_GRAY && !st->has_trns;
+  const bool gray16 = st->bit_depth == 16 && st->color_type == PNG_COLOR_TYPE_GRAY;
   if (st->color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(st->png);
   if (st->color_type == PNG_COLOR_TYPE_GRAY && st->bit_depth < 8) png_set_expand_gray_1_2_4_to_8(st->png);
-  if (st->has_trns) png_set_tRNS_to_alpha(st->png);
+  if (gray16 && st->has_trns) {
+    png_color_16p key = nullptr;
+    if (png_get_tRNS(st->png, st->info, nullptr, nullptr, &key) != 0 && key != nullptr) st->gray16_key = key->gray;
+  } else if (st->has_trns) {
+    st->colour_key =
+        st->bit_depth == 8 && (st->color_type == PNG_COLOR_TYPE_GRAY || st->color_type == PNG_COLOR_TYPE_RGB);
+    png_set_tRNS_to_alpha(st->png);
+  }
   if (st->bit_depth == 16 && !gray16) png_set_strip_16(st->png);  // high byte, as PIL's ";16B" modes
   st->passes = png_set_interlace_handling(st->png);
   png_read_update_info(st->png, st->info);
@@ -193,7 +207,7 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions&
     return absl::InvalidArgumentError(absl::StrCat("PNG: corrupt or truncated: ", st.error));
   }
   if (rgb8) return out;
-  const bool composite = options.alpha == AlphaMode::kCompositeOnWhite;
+  const bool composite = options.alpha == AlphaMode::kCompositeOnWhite || st.colour_key;
   for (png_uint_32 y = 0; y < st.height; ++y) {
     const unsigned char* in = rows[y];
     uint8_t* o = out.pixels.data() + static_cast<size_t>(y) * st.width * 3;
@@ -201,7 +215,8 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions&
       uint8_t r, g, b;
       if (st.sample_bytes == 2) {  // 16-bit gray: PIL's I;16 -> RGB clips at 255
         unsigned v = (static_cast<unsigned>(in[2 * x]) << 8) | in[2 * x + 1];
-        r = g = b = static_cast<uint8_t>(v > 255 ? 255 : v);
+        const bool keyed = options.alpha == AlphaMode::kCompositeOnWhite && static_cast<int>(v) == st.gray16_key;
+        r = g = b = keyed ? 255 : static_cast<uint8_t>(v > 255 ? 255 : v);
       } else {
         const unsigned char* p = in + static_cast<size_t>(x) * st.channels;
         const bool gray = st.channels <= 2;

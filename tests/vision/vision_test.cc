@@ -320,6 +320,55 @@ std::string PngBomb(uint32_t w, uint32_t h) {
          PngChunk("IEND", "");
 }
 
+// A PNG of `w` x `h` pixels: raw rows (each a filter byte 0 and its samples), bit depth and colour
+// type as given, and a tRNS chunk.
+std::string PngWithTrns(uint32_t w, uint32_t h, int depth, int color_type, const std::string& rows,
+                        const std::string& trns) {
+  std::string ihdr;
+  for (uint32_t v : {w, h}) {
+    for (int s = 24; s >= 0; s -= 8) ihdr.push_back(static_cast<char>((v >> s) & 0xff));
+  }
+  ihdr += std::string{static_cast<char>(depth), static_cast<char>(color_type), 0, 0, 0};
+  std::vector<Bytef> z(compressBound(rows.size()));
+  uLongf n = z.size();
+  EXPECT_EQ(compress2(z.data(), &n, reinterpret_cast<const Bytef*>(rows.data()), rows.size(), 9), Z_OK);
+  return std::string("\x89PNG\r\n\x1a\n", 8) + PngChunk("IHDR", ihdr) + PngChunk("tRNS", trns) +
+         PngChunk("IDAT", std::string(reinterpret_cast<const char*>(z.data()), n)) + PngChunk("IEND", "");
+}
+
+// A tRNS colour key, as PIL 11 / transformers 5.24 read it (the values below are theirs:
+// load_image() for kDrop, convert_to_rgb() on the opened image for kCompositeOnWhite). 8-bit gray
+// and RGB keys are painted white either way (PIL keeps the key through convert("RGB") and
+// convert_to_rgb composites it); a 16-bit gray image clips at 255 (its key ignored by
+// convert("RGB"), white under convert_to_rgb). Here they kept their colour, and 16-bit gray with a
+// key came out as its high byte.
+TEST(VisionDecode, TrnsColourKeysAsTransformers) {
+  auto pixels = [](const std::string& png, AlphaMode mode) {
+    absl::StatusOr<ImageDecoder> decoder = ImageDecoder::Create({.alpha = mode});
+    EXPECT_TRUE(decoder.ok());
+    absl::StatusOr<RgbImage> image = decoder->Decode(png);
+    EXPECT_TRUE(image.ok()) << image.status();
+    return image.ok() ? std::vector<int>(image->pixels.begin(), image->pixels.end()) : std::vector<int>{};
+  };
+  // 16-bit gray [[7, 300], [600, 5]], key 7.
+  const std::string gray16 =
+      PngWithTrns(2, 2, 16, 0, std::string("\0\x00\x07\x01\x2c\0\x02\x58\x00\x05", 10), std::string("\x00\x07", 2));
+  EXPECT_EQ(pixels(gray16, AlphaMode::kDrop), (std::vector<int>{7, 7, 7, 255, 255, 255, 255, 255, 255, 5, 5, 5}));
+  EXPECT_EQ(pixels(gray16, AlphaMode::kCompositeOnWhite),
+            (std::vector<int>{255, 255, 255, 255, 255, 255, 255, 255, 255, 5, 5, 5}));
+  // 8-bit gray [[7, 80], [144, 7]], key 7.
+  const std::string gray8 = PngWithTrns(2, 2, 8, 0, std::string("\0\x07\x50\0\x90\x07", 6), std::string("\x00\x07", 2));
+  for (AlphaMode mode : {AlphaMode::kDrop, AlphaMode::kCompositeOnWhite}) {
+    EXPECT_EQ(pixels(gray8, mode), (std::vector<int>{255, 255, 255, 80, 80, 80, 144, 144, 144, 255, 255, 255}));
+  }
+  // 8-bit RGB [(1, 2, 3), (16, 32, 48)], key (1, 2, 3).
+  const std::string rgb =
+      PngWithTrns(2, 1, 8, 2, std::string("\0\x01\x02\x03\x10\x20\x30", 7), std::string("\x00\x01\x00\x02\x00\x03", 6));
+  for (AlphaMode mode : {AlphaMode::kDrop, AlphaMode::kCompositeOnWhite}) {
+    EXPECT_EQ(pixels(rgb, mode), (std::vector<int>{255, 255, 255, 16, 32, 48}));
+  }
+}
+
 TEST(VisionHostile, EmptyAndNonImageBytes) {
   absl::Status s = DecodeStatus("");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
