@@ -89,7 +89,8 @@ absl::StatusOr<BytePairModel> BytePairModel::FromHf(const std::vector<std::pair<
       return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: merge ", i, " '", merges[i].first, " ",
                                                      merges[i].second, "' names a token not in model.vocab"));
     }
-    m.merges_.emplace(Key(a->second, b->second), Merge{static_cast<int32_t>(i), r->second});
+    // A pair listed twice takes its last rank, as tokenizers' BPE builds its merge map.
+    m.merges_.insert_or_assign(Key(a->second, b->second), Merge{static_cast<int32_t>(i), r->second});
   }
   for (int b = 0; b < 256; ++b) {
     auto it = m.bytes_to_id_.find(std::string(1, static_cast<char>(b)));

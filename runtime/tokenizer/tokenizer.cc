@@ -489,7 +489,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
         return absl::UnimplementedError(absl::StrCat(where, ": pre_tokenizer type '", type, "' not supported"));
       }
     }
-    if (pattern.empty()) pattern = ".+";  // no splitting: whole text is one piece
+    if (pattern.empty()) pattern = "(?s).+";  // no splitting: the whole text, newlines too, is one piece
     auto splitter = RegexSplitter::Create(pattern);
     if (!splitter.ok())
       return absl::Status(splitter.status().code(), absl::StrCat(where, ": ", splitter.status().message()));

@@ -293,4 +293,28 @@ TEST_F(Glm4vTemplateDirTest, MissingImageTokenFailsTheLoad) {
 }
 
 }  // namespace
+
+// Whitespace inside {% %} / {{ }} tags changes nothing in Jinja; between them it is prompt text.
+// A template with a newline more (after <|assistant|>, after the content) or a space after the
+// role was taken for the minimal one and rendered without it, where transformers renders it.
+TEST(ChatTemplateRecognition, LiteralWhitespaceIsPartOfTheTemplate) {
+  const std::string minimal =
+      "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+      "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+  EXPECT_TRUE(IsKnownGlm4Template(minimal));
+  EXPECT_TRUE(
+      IsKnownGlm4Template("[gMASK]<sop>{%for message in messages%}<|{{message.role}}|>\n{{  message.content }}"
+                          "{%  endfor %}{%\n if add_generation_prompt %}<|assistant|>{% endif\t%}"));
+  for (const std::string& other : {
+           std::string("[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+                       "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"),
+           std::string("[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n"
+                       "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"),
+           std::string("[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|> \n{{ message['content'] }}"
+                       "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"),
+       }) {
+    EXPECT_FALSE(IsKnownGlm4Template(other)) << other;
+  }
+}
+
 }  // namespace glmserve::tokenizer

@@ -164,6 +164,35 @@ TEST(Tokenizer, MissingDirectory) {
 }
 
 // Ids a corrupt tokenizer.json gives are refused naming the entry: the tables indexed by id are
+// tokenizer.json variants where glmserve and tokenizers split differently (expected ids from
+// transformers 5.24 / tokenizers 0.23 on the same files): a merge listed twice takes its last rank
+// (glmserve kept the first: "int" -> [453]); ByteLevel with use_regex false keeps the text one piece,
+// newlines too (RE2's ".+" stopped at each newline: "a\nb" -> [64, 198, 65]).
+TEST(Tokenizer, MergeRanksAndUnsplitTextAsTokenizers) {
+  const std::string tiny = std::string(GLMSERVE_SOURCE_DIR) + "/models/glm4-tiny";
+  std::ifstream in(tiny + "/tokenizer.json");
+  const nlohmann::json base = nlohmann::json::parse(in);
+  const std::string dir = ::testing::TempDir() + "/glmserve_tokenizer_variants";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(tiny + "/tokenizer_config.json", dir + "/tokenizer_config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto ids = [&](const nlohmann::json& j, const std::string& text) {
+    std::ofstream(dir + "/tokenizer.json") << j.dump();
+    auto t = Tokenizer::FromDirectory(dir);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? (*t)->Encode(text, false) : std::vector<int32_t>{};
+  };
+  nlohmann::json twice = base;
+  twice["model"]["merges"].push_back(nlohmann::json::array({"i", "n"}));
+  EXPECT_EQ(ids(twice, "int"), (std::vector<int32_t>{72, 283}));
+  nlohmann::json unsplit = base;
+  unsplit["pre_tokenizer"] = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}};
+  unsplit["model"]["vocab"]["a\u010a"] = 1500;
+  unsplit["model"]["merges"].push_back(nlohmann::json::array({"a", "\u010a"}));
+  EXPECT_EQ(ids(unsplit, "a\nb"), (std::vector<int32_t>{1500, 65}));
+}
+
 // sized from the largest, and a negative one was written out of bounds (the server crashed after
 // "listening on"; an id of 2^31 - 1 or 10^9 aborted allocating the table, 2^40 + 5 became 5).
 TEST(Tokenizer, CorruptIdsAreRefusedNamingTheEntry) {
