@@ -269,6 +269,14 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
     std::error_code ec;
     CheckpointListing listing;
     listing.directory = directory;
+    // An index that is there but no file (a FIFO, a directory, a link to a device or in a loop)
+    // is named as such: it read as absent ("3 .safetensors files but no index").
+    for (const char* index : {kStIndex, kBinIndex}) {
+      if (const std::string what = NotRegularFile(dir / index); !what.empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("checkpoint directory ", directory, ": ", index, " is ", what, ", not a regular file"));
+      }
+    }
     if (IsRegularFile(dir / kStIndex)) {
       listing.format = CheckpointFormat::kSafetensorsSharded;
       ListSharded(true, dir, kStIndex, &listing);

@@ -215,19 +215,43 @@ bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std:
       config["architectures"][0].is_string()) {
     first_arch = config["architectures"][0].get<std::string>();
   }
-  if (model_type == "chatglm" || first_arch.rfind("ChatGLM", 0) == 0) {
+  // transformers picks the classes by model_type (architectures only names what was saved), so a
+  // model_type decides; architectures[0] only where none is given. A glm4v_moe (GLM-4.5V) config
+  // naming the dense class loaded here as a dense glm4v, and failed later on its expert tensors.
+  if (!model_type.empty()) {
+    if (model_type == "chatglm") {
+      *arch = Architecture::kChatGLM;
+    } else if (model_type == "glm4v") {
+      *arch = Architecture::kGlm4v;
+    } else if (model_type == "glm4") {
+      *arch = Architecture::kGlm4;
+    } else if (model_type == "glm") {
+      *arch = Architecture::kGlm;
+    } else {
+      const bool moe = model_type == "glm4_moe" || model_type == "glm4v_moe";
+      problems->push_back(absl::StrCat(
+          "config.json: field 'model_type': '", PrintableText(ShownValue(model_type)),
+          "' is not a GLM model this server runs (expected \"chatglm\", \"glm\", \"glm4\" or \"glm4v\")",
+          moe ? "; GLM-4.5's mixture-of-experts layers are not supported" : "",
+          first_arch.empty() ? ""
+                             : absl::StrCat("; architectures[0] is '", PrintableText(ShownValue(first_arch)), "'")));
+      return false;
+    }
+    return true;
+  }
+  if (first_arch.rfind("ChatGLM", 0) == 0) {
     *arch = Architecture::kChatGLM;
-  } else if (model_type == "glm4v" || first_arch == "Glm4vForConditionalGeneration") {
+  } else if (first_arch == "Glm4vForConditionalGeneration") {
     *arch = Architecture::kGlm4v;
-  } else if (model_type == "glm4" || first_arch == "Glm4ForCausalLM") {
+  } else if (first_arch == "Glm4ForCausalLM") {
     *arch = Architecture::kGlm4;
-  } else if (model_type == "glm" || first_arch == "GlmForCausalLM") {
+  } else if (first_arch == "GlmForCausalLM") {
     *arch = Architecture::kGlm;
   } else {
-    problems->push_back(
-        absl::StrCat("config.json: field 'model_type': '", model_type,
-                     "' is not a GLM model (expected \"chatglm\", \"glm\", \"glm4\" or \"glm4v\")",
-                     first_arch.empty() ? "" : absl::StrCat("; architectures[0] is '", first_arch, "'")));
+    problems->push_back(absl::StrCat(
+        "config.json: no model_type, and architectures[0] is ",
+        first_arch.empty() ? std::string("absent") : absl::StrCat("'", PrintableText(ShownValue(first_arch)), "'"),
+        ": not a GLM model (expected model_type \"chatglm\", \"glm\", \"glm4\" or \"glm4v\")"));
     return false;
   }
   return true;
@@ -591,7 +615,8 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
   if (!fs::is_directory(dir, ec)) {
     return absl::NotFoundError(absl::StrCat("model directory '", directory, "' does not exist or is not a directory"));
   }
-  if (!fs::exists(dir / "config.json", ec)) {
+  // The link itself: a symlink loop or a dangling link is "not a regular file", not "missing".
+  if (!fs::exists(fs::symlink_status(dir / "config.json", ec))) {
     return absl::FailedPreconditionError(
         absl::StrCat("config.json: missing from '", directory, "' (every checkpoint needs one)"));
   }
@@ -630,7 +655,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& directory, std::v
     c.eos_token_ids = config_eos;
     c.pad_token_id = reader.Int("pad_token_id", c.architecture == Architecture::kChatGLM ? -1 : 151329);
   }
-  if (fs::exists(dir / "generation_config.json", ec)) {
+  if (fs::exists(fs::symlink_status(dir / "generation_config.json", ec))) {
     json generation;
     if (ReadJsonObject(dir / "generation_config.json", &generation, &problems)) {
       FieldReader gen_reader(generation, "generation_config.json", &problems);

@@ -136,6 +136,13 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
     return false;
   }
 
+  // nlohmann's parser ends the text at a NUL, so a header padded with NULs (not spaces) or cut
+  // together from two would parse; safetensors refuses it as invalid JSON.
+  if (const size_t nul = header.find('\0'); nul != std::string::npos) {
+    problems->push_back(absl::StrCat(file_name, ": header holds a NUL byte at header byte ", nul,
+                                     " (a safetensors header is JSON text, padded with spaces only)"));
+    return false;
+  }
   // A header nests 3 levels ({name: {shape: [...]}}) and holds ~8 values a tensor.
   if (std::string shape = JsonShapeProblem(header, /*max_depth=*/16, /*max_values=*/4'000'000); !shape.empty()) {
     problems->push_back(
@@ -171,6 +178,15 @@ bool ListSafetensorsFile(const std::string& path, const std::string& file_name, 
   const uint64_t data_start = 8 + header_size;
   const uint64_t data_available = file_size - data_start;
   std::vector<Entry> entries;
+  // safetensors reads __metadata__ as null or a map of strings to strings, and refuses anything else.
+  if (auto meta = json.find("__metadata__"); meta != json.end() && !meta->is_null()) {
+    bool strings = meta->is_object();
+    for (auto m = meta->begin(); strings && m != meta->end(); ++m) strings = m->is_string();
+    if (!strings) {
+      problems->push_back(absl::StrCat(file_name, ": __metadata__ is not an object of string values (",
+                                       JsonDump(*meta).substr(0, 64), "); safetensors refuses such a header"));
+    }
+  }
   for (auto it = json.begin(); it != json.end(); ++it) {
     const std::string& key = it.key();
     if (key == "__metadata__") continue;

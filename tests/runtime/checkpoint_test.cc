@@ -344,6 +344,18 @@ TEST_F(MalformedSafetensors, MetadataIgnored) {
                   std::string(8, '\0')));
   EXPECT_TRUE(l.problems.empty()) << Joined(l.problems);
   ASSERT_EQ(l.tensors.size(), 1u);
+  // What safetensors refuses (checked with safetensors 0.7: "invalid type: integer"): metadata
+  // that is not strings; null passes.
+  const std::string tensor = R"("v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]})";
+  for (const char* meta : {"[1]", "5", R"({"a": 1})"}) {
+    auto bad = List(Safetensors(absl::StrCat(R"({"__metadata__": )", meta, ", ", tensor, "}"), std::string(8, '\0')));
+    EXPECT_PROBLEM(bad, "model.safetensors", "__metadata__ is not an object of string values");
+  }
+  auto null = List(Safetensors(absl::StrCat(R"({"__metadata__": null, )", tensor, "}"), std::string(8, '\0')));
+  EXPECT_TRUE(null.problems.empty()) << Joined(null.problems);
+  // nlohmann stops at a NUL: a header padded with NULs parsed; safetensors refuses it.
+  auto nul = List(Safetensors(absl::StrCat("{", tensor, "}", std::string(4, '\0')), std::string(8, '\0')));
+  EXPECT_PROBLEM(nul, "model.safetensors", "header holds a NUL byte");
 }
 
 TEST_F(MalformedSafetensors, OffsetsOutOfOrderAndOverlapping) {
@@ -433,6 +445,18 @@ TEST(CheckpointListingTest, WeightNamesOnWhatIsNotAFileSayWhatItIs) {
   auto listing = ListCheckpoint(sharded.str());
   ASSERT_TRUE(listing.ok()) << listing.status();
   EXPECT_PROBLEM(*listing, "names shard model-00001-of-00001.safetensors, which is a directory, not a regular file");
+  // The index itself: it read as absent ("N .safetensors files but no index").
+  for (const auto& c : cases) {
+    TempDir tmp;
+    c.make(tmp.path() / "model.safetensors.index.json");
+    WriteAll(tmp.path() / "model-00001-of-00002.safetensors", "");
+    WriteAll(tmp.path() / "model-00002-of-00002.safetensors", "");
+    auto index = ListCheckpoint(tmp.str());
+    ASSERT_FALSE(index.ok()) << c.what;
+    EXPECT_NE(index.status().message().find("model.safetensors.index.json is " + c.what + ", not a regular file"),
+              std::string::npos)
+        << index.status();
+  }
 }
 
 // An index naming no tensor is unusable, and the shards present are listed (every key was

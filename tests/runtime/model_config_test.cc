@@ -235,11 +235,47 @@ TEST_F(ModelConfigTest, ValuesNoReaderCanTakeAreRefusedNamingTheField) {
   EXPECT_NE(device.status().message().find("config.json: not a regular file"), std::string::npos) << device.status();
 }
 
+// A config file that is a symlink loop is named as such: config.json read as "missing",
+// generation_config.json (the stop ids) was skipped without a word.
+TEST_F(ModelConfigTest, ConfigFilesInASymlinkLoopAreNamed) {
+  fs::create_symlink("config.json", dir_ / "config.json");
+  auto config = Load();
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("config.json: not a regular file (a symlink loop)"), std::string::npos)
+      << config.status();
+  fs::remove(dir_ / "config.json");
+  Write("config.json", R"({"model_type": "glm4", "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,
+                           "head_dim": 8})");
+  fs::create_symlink("generation_config.json", dir_ / "generation_config.json");
+  auto generation = Load();
+  ASSERT_FALSE(generation.ok());
+  EXPECT_NE(generation.status().message().find("generation_config.json: not a regular file (a symlink loop)"),
+            std::string::npos)
+      << generation.status();
+}
+
 TEST_F(ModelConfigTest, NonGlmModelTypeIsRefusedByName) {
   Write("config.json", R"({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})");
   auto c = Load();
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("'llama' is not a GLM model"), std::string::npos) << c.status();
+  // model_type decides, as in transformers: a GLM class name beside another type loaded as that
+  // class (GLM-4.5V's glm4v_moe as a dense glm4v, failing later on its expert tensors).
+  Write("config.json", R"({"model_type": "glm4v_moe", "architectures": ["Glm4vForConditionalGeneration"]})");
+  auto moe = Load();
+  ASSERT_FALSE(moe.ok());
+  EXPECT_NE(moe.status().message().find("'glm4v_moe' is not a GLM model this server runs"), std::string::npos)
+      << moe.status();
+  EXPECT_NE(moe.status().message().find("mixture-of-experts layers are not supported"), std::string::npos)
+      << moe.status();
+  Write("config.json", R"({"model_type": "llama", "architectures": ["Glm4ForCausalLM"]})");
+  EXPECT_FALSE(Load().ok());
+  // Without a model_type the class name still says which GLM it is.
+  Write("config.json", R"({"architectures": ["Glm4ForCausalLM"], "hidden_size": 32, "num_attention_heads": 4,
+                          "num_hidden_layers": 2, "head_dim": 8})");
+  auto by_class = Load();
+  ASSERT_TRUE(by_class.ok()) << by_class.status();
+  EXPECT_EQ(by_class->architecture, Architecture::kGlm4);
 }
 
 TEST_F(ModelConfigTest, MissingConfigAndMissingDirectory) {
