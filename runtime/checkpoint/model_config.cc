@@ -320,7 +320,10 @@ void ReadTransformersGlm(const json& config, FieldReader& r, ModelConfig* c) {
   // Rotary: newest transformers keep it in rope_parameters; older configs at top level.
   double theta = r.Number("rope_theta", 10000.0);
   double partial = r.Number("partial_rotary_factor", 0.5);
-  if (r.Has("rope_scaling")) {
+  if (r.Has("rope_scaling") && !config["rope_scaling"].is_object()) {
+    r.Problem("rope_scaling", absl::StrCat("expected an object ({\"rope_type\": \"default\", ...}), found ",
+                                           JsonTypeName(config["rope_scaling"])));
+  } else if (r.Has("rope_scaling")) {
     const json& scaling = config["rope_scaling"];
     const std::string legacy = StringField(scaling, "type", "", "config.json: rope_scaling", r.sink());
     const std::string type = StringField(scaling, "rope_type", legacy, "config.json: rope_scaling", r.sink());

@@ -210,6 +210,8 @@ TEST_F(ModelConfigTest, ValuesNoReaderCanTakeAreRefusedNamingTheField) {
        "field 'model_type': expected a string, found number"},
       {R"({"model_type": "glm", "rope_scaling": {"type": 1}, )" + base + "}",
        "rope_scaling: field 'type': expected a string, found number"},
+      {R"({"model_type": "glm", "rope_scaling": [1, 2], )" + base + "}",
+       "field 'rope_scaling': expected an object ({\"rope_type\": \"default\", ...}), found array"},
       {R"({"model_type": "glm", "rope_theta": 1e400, )" + base + "}", "config.json: invalid JSON: number overflow"},
       {R"({"model_type": "glm", "vocab_size": 4294968320, )" + base + "}",
        "field 'vocab_size': 4294968320 is outside the 32-bit integer range"},
