@@ -492,8 +492,19 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
                               {"in_channels", v.in_channels}}) {
     if (value <= 0) vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
   }
-  if (v.depth > kMaxConfigLayers) {
-    vr.Problem("depth", absl::StrCat(v.depth, " is implausibly large (at most ", kMaxConfigLayers, ")"));
+  // Bounds far above GLM-4.1V's (hidden 1536, 12 heads, intermediate 13696, patch 14, merge 2,
+  // 3 channels), as for the text sizes: past them a config is corrupt, and the shapes derived
+  // from it (a patch embedding of 2^30 x 2^20 features) are no shapes to report or allocate.
+  for (auto [field, value, most] : {std::tuple<const char*, int32_t, int32_t>{"depth", v.depth, kMaxConfigLayers},
+                                    {"hidden_size", v.hidden_size, 1 << 17},
+                                    {"num_heads", v.num_heads, 1 << 12},
+                                    {"intermediate_size", v.intermediate_size, 1 << 20},
+                                    {"out_hidden_size", v.out_hidden_size, 1 << 17},
+                                    {"patch_size", v.patch_size, 1 << 10},
+                                    {"spatial_merge_size", v.spatial_merge_size, 64},
+                                    {"temporal_patch_size", v.temporal_patch_size, 64},
+                                    {"in_channels", v.in_channels, 64}}) {
+    if (value > most) vr.Problem(field, absl::StrCat(value, " is implausibly large (at most ", most, ")"));
   }
   // The learned position embeddings are (image_size / patch_size)^2 rows.
   if (v.patch_size > 0 && v.image_size / v.patch_size > kMaxVisionPositionsSide) {

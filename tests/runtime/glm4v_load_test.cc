@@ -159,6 +159,24 @@ TEST_F(Glm4vConfigTest, EveryBadFieldIsReportedAtOnceNamingItsPlace) {
   }
 }
 
+// Vision sizes far past any GLM-4.1V are corrupt, named as the text sizes are (a hidden_size of
+// 2^30 with 2^20 heads was taken, and reported only as tensor shapes of billions of features).
+TEST_F(Glm4vConfigTest, ImplausibleVisionSizesAreNamed) {
+  Write("config.json", R"({"model_type": "glm4v",
+    "text_config": {"hidden_size": 64, "num_attention_heads": 4, "vocab_size": 100},
+    "vision_config": {"depth": 2, "hidden_size": 1073741824, "num_heads": 1048576, "in_channels": 100000,
+      "spatial_merge_size": 4096, "out_hidden_size": 64}})");
+  auto c = Load();
+  ASSERT_FALSE(c.ok());
+  const std::string message(c.status().message());
+  for (const char* needle : {"field 'hidden_size': 1073741824 is implausibly large (at most 131072)",
+                             "field 'num_heads': 1048576 is implausibly large (at most 4096)",
+                             "field 'in_channels': 100000 is implausibly large (at most 64)",
+                             "field 'spatial_merge_size': 4096 is implausibly large (at most 64)"}) {
+    EXPECT_NE(message.find(needle), std::string::npos) << needle << "\n---\n" << message;
+  }
+}
+
 TEST_F(Glm4vConfigTest, DefaultRopeWithoutPartialFactorIsRefusedAsTransformersFails) {
   // transformers 5.24: "split_with_sizes expects split_sizes to sum exactly to 64".
   Write("config.json", R"({"model_type": "glm4v"})");
