@@ -461,7 +461,9 @@ std::optional<Refusal> ParsePrompt(const json& body, GenerateRequest* out_reques
   const json* ids = &*it;
   std::string prefix = "prompt";
   if ((*it)[0].is_string() || (*it)[0].is_array()) {  // a batch: n = 1 prompt only
-    if (it->size() != 1) return Bad("prompt", "only one prompt per request is supported");
+    if (it->size() != 1) {
+      return Bad("prompt", "only one prompt per request is supported", RefusalKind::kUnsupportedParameter);
+    }
     if ((*it)[0].is_string()) {
       if ((*it)[0].get_ref<const std::string&>().empty()) return Bad("prompt[0]", "must not be empty");
       out_request->prompt = (*it)[0].get<std::string>();
@@ -528,6 +530,11 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     max_key = "max_completion_tokens";
   }
   if (auto e = GetInt(parsed, max_key, 1, max_tokens_cap, &max_tokens)) return e;
+  // Both given: the newer field counts, the older is still checked (a bad value is a client bug).
+  if (std::string_view(max_key) == "max_completion_tokens") {
+    std::optional<int64_t> unused;
+    if (auto e = GetInt(parsed, "max_tokens", 1, max_tokens_cap, &unused)) return e;
+  }
   if (max_tokens) request.max_new_tokens = static_cast<int32_t>(*max_tokens);
 
   request.temperature = defaults.temperature;
@@ -606,7 +613,10 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     return e;
   if (seed) request.seed = static_cast<uint64_t>(*seed);
   if (auto e = GetInt(parsed, "n", 1, 1, &n)) {
-    if (e->kind == RefusalKind::kInvalidValue) e->message = "n: only n = 1 is supported";
+    if (e->kind == RefusalKind::kInvalidValue) {
+      e->message = "n: only n = 1 is supported";
+      e->kind = RefusalKind::kUnsupportedParameter;  // a value the API defines, not implemented here
+    }
     return e;
   }
   // vLLM's "off" is -1 (its default, which clients spelling out vLLM's defaults send) or 0.
@@ -674,7 +684,10 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
     }
     std::optional<int64_t> best_of;
     if (auto e = GetInt(parsed, "best_of", 1, 1, &best_of)) {
-      if (e->kind == RefusalKind::kInvalidValue) e->message = "best_of: only best_of = 1 is supported";
+      if (e->kind == RefusalKind::kInvalidValue) {
+        e->message = "best_of: only best_of = 1 is supported";
+        e->kind = RefusalKind::kUnsupportedParameter;
+      }
       return e;
     }
     if (auto it = parsed.find("suffix"); it != parsed.end() && !it->is_null()) {

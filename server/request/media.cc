@@ -53,7 +53,12 @@ std::optional<Refusal> DataUrlBytes(const ImageData& image, std::string* bytes) 
     return InvalidField(image.field, "only base64 data: URLs are supported (data:image/png;base64,...)");
   }
   if (!absl::Base64Unescape(absl::string_view(url).substr(comma + 1), bytes)) {
-    return InvalidField(image.field, "the data: URL's payload is not valid base64");
+    const absl::string_view payload = absl::string_view(url).substr(comma + 1);
+    const bool url_safe = payload.find_first_of("-_") != absl::string_view::npos;
+    return InvalidField(image.field, absl::StrCat("the data: URL's payload is not valid base64",
+                                                  url_safe ? " ('-' / '_': the URL-safe alphabet; send standard "
+                                                             "base64, '+' and '/')"
+                                                           : ""));
   }
   return std::nullopt;
 }

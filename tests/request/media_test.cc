@@ -411,6 +411,7 @@ TEST_F(MediaTest, BadImagesNameTheirJsonPath) {
       {"not an image", DataUrl("hello, this is text"), "not a PNG or JPEG image"},
       {"empty image", DataUrl(""), ""},
       {"wrong base64", "data:image/png;base64,@@@not-base64@@@", "not valid base64"},
+      {"URL-safe base64", "data:image/png;base64,iVBORw0KGgo-_AAAA", "the URL-safe alphabet"},
       {"GIF media type", DataUrl("GIF89a", "image/gif"), "image/gif"},
       {"no media type", "data:;base64,AAAA", "is not supported"},
       {"not base64", "data:image/png,rawbytes", "only base64"},

@@ -407,6 +407,20 @@ TEST(Refusal, JsonParserRangesAreTheOnesItTakes) {
   EXPECT_EQ(n.kind, RefusalKind::kInvalidType);
   EXPECT_EQ(n.message, "n: expected an integer, got a string");
   EXPECT_EQ(refuse(R"("n": 2)").message, "n: only n = 1 is supported");
+  // A value OpenAI defines that this server does not implement: unsupported_parameter, as
+  // server/README.md says (it was invalid_value).
+  EXPECT_EQ(refuse(R"("n": 2)").kind, RefusalKind::kUnsupportedParameter);
+  // max_tokens beside max_completion_tokens is still checked (0 passed unchecked).
+  {
+    ApiRequest both;
+    const std::optional<Refusal> r =
+        ParseApiRequest(ApiKind::kChat,
+                        R"({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0,
+            "max_completion_tokens": 5})",
+                        &both, 4096);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->field, "max_tokens");
+  }
   const Refusal overflow = refuse(R"("temperature": 1e309)");
   EXPECT_EQ(overflow.kind, RefusalKind::kInvalidJson);
   EXPECT_EQ(overflow.message.find("json.exception"), std::string::npos) << overflow.message;
