@@ -25,6 +25,12 @@ int32_t SampleRowReference(const float* logits, int32_t vocab, const SamplingRow
   }
   if (greedy) return static_cast<int32_t>(std::max_element(scores.begin(), scores.end()) - scores.begin());
   if (!(p.uniform >= 0.0 && p.uniform < 1.0)) return -1;
+  // A score of +inf (a tiny temperature dividing a finite logit past float's range, or a +inf
+  // logit) leaves exp(score - max) NaN, and the draw fell through to the least likely kept token.
+  // The distribution's limit there is the first largest logit: taken, as greedy takes it.
+  if (*std::max_element(scores.begin(), scores.end()) == std::numeric_limits<float>::infinity()) {
+    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
+  }
   std::vector<int32_t> order(vocab);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[a] > scores[b]; });

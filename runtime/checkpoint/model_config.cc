@@ -556,7 +556,7 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
 void ReadSamplingDefaults(const json& generation, ModelConfig* c) {
   auto ignored = [&](const char* field, const json& value, const char* expected) {
     c->ignored_generation_values.push_back(
-        absl::StrCat(field, ": ", value.dump().substr(0, 64), " is not ", expected, "; not used as a default"));
+        absl::StrCat(field, ": ", JsonDump(value).substr(0, 64), " is not ", expected, "; not used as a default"));
   };
   auto number = [&](const char* field) -> std::optional<double> {
     auto it = generation.find(field);

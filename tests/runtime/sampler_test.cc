@@ -48,6 +48,22 @@ TEST(SamplerTest, TopKOneAndTinyTopPAreGreedy) {
   }
 }
 
+// A temperature small enough that logit / temperature overflows (1e-40 on logits ~1) made every
+// score +inf, exp(inf - inf) NaN, and the draw fell through to the least likely token; a +inf
+// logit did the same. The limit of the distribution is the first largest logit.
+TEST(SamplerTest, OverflowingScoresTakeTheFirstLargestLogit) {
+  const std::vector<float> logits = {0.1f, 0.9f, -0.4f, 0.8f, 0.3f};
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    for (float t : {1e-40f, 1e-38f}) {  // both +inf at 1e-40; 1e37 apart (a certain draw) at 1e-38
+      EXPECT_EQ(SampleNextToken(logits.data(), 5, Sampled(t, 1.0f, 0, seed), {}, 0), 1) << t;
+      EXPECT_EQ(SampleNextToken(logits.data(), 5, Sampled(t, 0.9f, 3, seed), {}, 0), 1) << t;
+    }
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> infinite = {0.0f, 1.0f, inf, 2.0f, inf};
+  EXPECT_EQ(SampleNextToken(infinite.data(), 5, Sampled(1.0f, 1.0f, 0, 7), {}, 0), 2);
+}
+
 TEST(SamplerTest, SameSeedAndStepSameDraw) {
   std::vector<float> logits(50, 0.0f);
   for (uint64_t seed = 0; seed < 20; ++seed) {
