@@ -33,7 +33,15 @@ struct GenerationParams {
   // Generation stops after emitting any of these (the id is included in the output, as in
   // transformers). Empty = the model's eos ids from config.json / generation_config.json.
   std::vector<int32_t> stop_token_ids;
+  // vLLM's ignore_eos: the model's eos ids neither end the output nor are masked (they may appear
+  // in it); stop_token_ids alone stop it, none when empty.
+  bool ignore_eos = false;
 };
+
+// The ids that end `params`' output: its own, else the model's `eos_token_ids`.
+inline const std::vector<int32_t>& StopIds(const GenerationParams& params, const std::vector<int32_t>& eos_token_ids) {
+  return params.ignore_eos || !params.stop_token_ids.empty() ? params.stop_token_ids : eos_token_ids;
+}
 
 // One preprocessed image of a prompt, as the vision encoder takes it (runtime/vision's
 // Glm4vImageProcessor makes it from PNG/JPEG bytes).

@@ -339,7 +339,7 @@ absl::Status Scheduler::Add(InferenceRequest request, RequestCallbacks callbacks
   seq->tokens = request.input_ids;
   seq->tokens.reserve(request.input_ids.size() + request.params.max_new_tokens);
   seq->prompt_len = static_cast<int32_t>(request.input_ids.size());
-  seq->stop_ids = request.params.stop_token_ids.empty() ? eos_token_ids_ : request.params.stop_token_ids;
+  seq->stop_ids = StopIds(request.params, eos_token_ids_);
   seq->submit_time = submit_time;
   seq->arrival = next_arrival_++;
   seq->request = std::move(request);

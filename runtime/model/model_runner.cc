@@ -993,8 +993,7 @@ class PagedExecutor final : public StepExecutor {
         any_change = true;
       }
       if (s.num_generated < s.params->min_new_tokens) {
-        const std::vector<int32_t>& stops =
-            s.params->stop_token_ids.empty() ? model_->config().eos_token_ids : s.params->stop_token_ids;
+        const std::vector<int32_t>& stops = StopIds(*s.params, model_->config().eos_token_ids);
         penalty.stop_begin = static_cast<int32_t>(stop_ids.size());
         penalty.stop_count = static_cast<int32_t>(stops.size());
         stop_ids.insert(stop_ids.end(), stops.begin(), stops.end());
@@ -1201,8 +1200,7 @@ class PagedExecutor final : public StepExecutor {
     for (size_t i = 0; i < batch.size(); ++i) {
       if (!batch[i].sample) continue;
       const GenerationParams& params = *batch[i].params;
-      const std::vector<int32_t>& stops =
-          params.stop_token_ids.empty() ? model_->config().eos_token_ids : params.stop_token_ids;
+      const std::vector<int32_t>& stops = StopIds(params, model_->config().eos_token_ids);
       const bool decided_on_device = !device_ids.empty() && device_ids[row] >= 0;
       if (on_sampled_logits_) {
         on_sampled_logits_(batch[i].sequence_id, batch[i].num_generated, data + row * vocab, vocab);

@@ -575,12 +575,12 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
                                                     kMaxRepetitionPenalty, "] (1 = off)"));
     }
   }
-  // vLLM's extra parameters for fixed-length output: stop ids are ignored until min_tokens new
-  // tokens exist (the proto's min_new_tokens); ignore_eos = min_tokens equal to max_tokens.
+  // vLLM's extra parameters: stop ids are masked until min_tokens new tokens exist (the proto's
+  // min_new_tokens); ignore_eos: the model's end ids do not end the output (as vLLM, not masked).
   std::optional<int64_t> min_tokens;
   if (auto e = GetInt(parsed, "min_tokens", 0, std::numeric_limits<int32_t>::max(), &min_tokens)) return e;
   if (min_tokens) request.min_new_tokens = static_cast<int32_t>(*min_tokens);
-  if (auto e = GetBool(parsed, "ignore_eos", &request.min_equals_max)) return e;
+  if (auto e = GetBool(parsed, "ignore_eos", &request.ignore_eos)) return e;
 
   // vLLM's per-request processor arguments; max_pixels is the one this server takes.
   if (auto it = parsed.find("mm_processor_kwargs"); it != parsed.end() && !it->is_null()) {

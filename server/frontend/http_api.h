@@ -36,7 +36,7 @@ struct ApiRequest {
   ApiKind kind = ApiKind::kChat;
   std::string model;
   // prompt / messages / input_ids, max_tokens, min_tokens, sampling (penalties included), stop,
-  // ignore_eos (min_equals_max): what gRPC's parser fills from the proto.
+  // ignore_eos: what gRPC's parser fills from the proto.
   GenerateRequest request;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage

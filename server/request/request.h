@@ -67,8 +67,9 @@ struct GenerateRequest {
 
   int32_t max_new_tokens = 0;  // 0 = the server's default (shrunk to fit the context)
   int32_t min_new_tokens = 0;
-  // vLLM's ignore_eos: min_new_tokens becomes the resolved max_new_tokens (fixed-length output).
-  bool min_equals_max = false;
+  // vLLM's ignore_eos: the model's end ids (eos, and the tokenizer's end-of-turn ids) neither end
+  // the output nor are masked; stop_token_ids and stop strings still end it.
+  bool ignore_eos = false;
   float temperature = 0.0f;  // 0 = greedy
   float top_p = 0.0f;        // 0 = 1
   int32_t top_k = 0;         // 0 = no limit

@@ -253,7 +253,8 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
 
   out->input_ids = std::move(input_ids);
   out->params.max_new_tokens = max_new;
-  out->params.min_new_tokens = request.min_equals_max ? max_new : min_new;
+  out->params.min_new_tokens = min_new;
+  out->params.ignore_eos = request.ignore_eos;
   out->params.sampling.temperature = temperature;
   out->params.sampling.top_p = top_p;
   out->params.sampling.top_k = request.top_k;
@@ -270,7 +271,9 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
   if (model.tokenizer != nullptr) {
     for (int32_t id : model.tokenizer->DefaultStopIds()) add(id);
   }
-  if (request.stop_token_ids.empty()) {
+  if (request.ignore_eos) {
+    out->params.stop_token_ids = request.stop_token_ids;  // the request's own, or none
+  } else if (request.stop_token_ids.empty()) {
     // Empty: the engine's own eos ids, unless the tokenizer adds to them.
     if (stop.size() > model.eos_token_ids.size()) out->params.stop_token_ids = std::move(stop);
   } else if (request.stop_token_ids_add_to_defaults) {

@@ -343,6 +343,23 @@ def main():
         check(completion(seed=11, top_k=-1) == seeded, "top_k -1 (vLLM's off) is top_k 0")
         check(seeded == completion(seed=11, temperature=1.0) and seeded != completion(temperature=0),
               f"no temperature: OpenAI's default 1, not greedy ({seeded!r})")
+        # ignore_eos as vLLM means it: the end ids neither stop nor are masked (the prompt [236]'s
+        # greedy first token is the end id 1009, kept; ids as transformers' greedy loop gives them);
+        # stop_token_ids and stop strings still stop (ignore_eos was min_tokens = max_tokens here,
+        # which masked them: [5..9] with stop id 387 ran to the length).
+        def ids_of(**kw):
+            st, _, data = server.post(P, dict({"model": "m", "temperature": 0, "return_token_ids": True}, **kw))
+            choice = json.loads(data)["choices"][0] if st == 200 else {}
+            return choice.get("token_ids"), choice.get("finish_reason"), choice.get("text")
+
+        check(ids_of(prompt=[236], max_tokens=5, ignore_eos=True)[:2] == ([1009, 139, 738, 575, 792], "length"),
+              f"ignore_eos keeps the end id and goes on: {ids_of(prompt=[236], max_tokens=5, ignore_eos=True)[:2]}")
+        check(ids_of(prompt=[5, 6, 7, 8, 9], max_tokens=10, ignore_eos=True, stop_token_ids=[387])[:2] ==
+              ([491, 446, 790, 387], "stop"), "ignore_eos: stop_token_ids still stop")
+        full = ids_of(prompt=[5, 6, 7, 8, 9], max_tokens=8, ignore_eos=True)[2] or ""
+        stopped = ids_of(prompt=[5, 6, 7, 8, 9], max_tokens=8, ignore_eos=True, stop=[full[3:6]])
+        check(len(full) > 6 and stopped[1] == "stop" and stopped[2] == full[:3],
+              f"ignore_eos: stop strings still stop ({full!r} -> {stopped[1:]!r})")
         draws = {completion() for _ in range(4)}
         check(len(draws) > 1, f"no temperature, no seed: draws differ ({len(draws)} distinct of 4)")
     finally:

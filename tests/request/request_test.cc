@@ -74,15 +74,27 @@ TEST(Refusal, PromptTooLongCarriesItsNumbers) {
   EXPECT_EQ(room.param, "max_tokens");
 }
 
-TEST(Refusal, IgnoreEosResolvesAgainstTheDefault) {
+// vLLM's ignore_eos: the model's end ids stop nothing and are not masked (it was min_tokens =
+// max_tokens, which masked them and stop_token_ids, and switched stop strings off); the request's
+// own stop_token_ids still stop.
+TEST(Refusal, IgnoreEosLeavesOnlyTheRequestsStopIds) {
   GenerateRequest r = Ids({1, 2}, 0);
-  r.min_equals_max = true;
+  r.ignore_eos = true;
   r.repetition_penalty = 1.5f;
+  ValidationModel model = Model();
+  model.eos_token_ids = {7, 8};
   InferenceRequest out;
-  ASSERT_FALSE(ValidateRequest(r, FrontendLimits(), Model(), Dialect::kOpenAiChat, &out));
+  ASSERT_FALSE(ValidateRequest(r, FrontendLimits(), model, Dialect::kOpenAiCompletion, &out));
   EXPECT_EQ(out.params.max_new_tokens, 62);  // the default 256 shrunk to the context
-  EXPECT_EQ(out.params.min_new_tokens, 62);
+  EXPECT_EQ(out.params.min_new_tokens, 0);
+  EXPECT_TRUE(out.params.ignore_eos);
+  EXPECT_TRUE(StopIds(out.params, model.eos_token_ids).empty());
   EXPECT_EQ(out.params.sampling.repetition_penalty, 1.5f);
+  r.stop_token_ids = {9};
+  r.stop_token_ids_add_to_defaults = true;  // HTTP's: added to the end ids, which ignore_eos drops
+  InferenceRequest with_stops;
+  ASSERT_FALSE(ValidateRequest(r, FrontendLimits(), model, Dialect::kOpenAiCompletion, &with_stops));
+  EXPECT_EQ(StopIds(with_stops.params, model.eos_token_ids), (std::vector<int32_t>{9}));
 }
 
 // A request that ran out of device memory alone: FAILED_PRECONDITION through gRPC, a 400 naming
@@ -175,7 +187,7 @@ TEST(Refusal, JsonParserGivesTypedRefusals) {
       ApiKind::kCompletion, R"({"model": "m", "prompt": [1, 2], "presence_penalty": 0.5, "ignore_eos": true})", &ok));
   EXPECT_EQ(ok.request.input_ids, (std::vector<int32_t>{1, 2}));
   EXPECT_EQ(ok.request.presence_penalty, 0.5f);
-  EXPECT_TRUE(ok.request.min_equals_max);
+  EXPECT_TRUE(ok.request.ignore_eos);
 }
 
 // A client's key in a refused field's path is cut (a 2 MB unknown key was echoed whole into the
