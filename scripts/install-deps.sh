@@ -63,6 +63,9 @@ fi
 python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>&1 || \
   python3 -m pip install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection "setuptools<82" >>"$log" 2>&1 \
   || fail "pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection"
+# h2: a raw HTTP/2 client for the gRPC test of a client that reads nothing (grpcio always reads).
+python3 -c "import h2" >/dev/null 2>&1 || \
+  python3 -m pip install -q "h2==4.4.1" >>"$log" 2>&1 || fail "pip install h2==4.3.0"
 # The official OpenAI Python SDK: the client of the HTTP API tests (tests/http).
 python3 -c "import openai" >/dev/null 2>&1 || \
   python3 -m pip install -q "openai==3.57.0" >>"$log" 2>&1 || fail "pip install openai==3.57.0"

@@ -613,12 +613,30 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
   }
   void OnStep(const std::vector<int32_t>& ids, const std::string& text) override {
     if (ids.empty()) return;
+    bool stuck = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (broken_ || finished_) return;
-      pending_.push_back(ids);
-      pending_text_.push_back(text);
-      streamed_ += ids.size();
+      // A client that reads nothing (its HTTP/2 window full) holds the write in flight: its steps
+      // piled up here (~1 KB a token) and the engine kept generating for it until the deadline
+      // (10 minutes by default). Past kStuckWriteTimeout, as HTTP's write timeout, the generation
+      // stops and what is held goes; the call ends CANCELLED when the write ends.
+      if (writing_ && std::chrono::steady_clock::now() - write_started_ > kStuckWriteTimeout) {
+        stuck = stuck_ = broken_ = true;
+        pending_.clear();
+        pending_text_.clear();
+      } else {
+        pending_.push_back(ids);
+        pending_text_.push_back(text);
+        streamed_ += ids.size();
+      }
+    }
+    if (stuck) {
+      LogEvent(LogLevel::kInfo, "stream_unread", request_id_,
+               absl::StrCat("InferStream: the client read no response for ",
+                            std::chrono::duration_cast<std::chrono::seconds>(kStuckWriteTimeout).count(),
+                            " s (its HTTP/2 window is full): generation cancelled"));
+      CancelInEngine(absl::StatusCode::kCancelled);
     }
     Pump();
   }
@@ -652,7 +670,12 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
       } else if (broken_) {
         if (!engine_done_) return;  // wait for the engine to let go of the request
         action = kFinish;
-        status = grpc::Status(grpc::CANCELLED, "cancelled by the client");
+        status = stuck_ ? grpc::Status(
+                              grpc::CANCELLED,
+                              absl::StrCat("the client read no response for ",
+                                           std::chrono::duration_cast<std::chrono::seconds>(kStuckWriteTimeout).count(),
+                                           " s: generation cancelled"))
+                        : grpc::Status(grpc::CANCELLED, "cancelled by the client");
       } else if (!pending_.empty()) {
         out_.Clear();
         out_.set_request_id(request_id_);
@@ -663,6 +686,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
           pending_text_.pop_front();
         }
         writing_ = true;
+        write_started_ = std::chrono::steady_clock::now();
         action = kWrite;
       } else if (engine_done_) {
         if (!result_.status.ok()) {
@@ -674,6 +698,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
           FillFinal(result_, images_, streamed_, &out_);
           out_.set_text(tail_);
           writing_ = final_in_flight_ = true;
+          write_started_ = std::chrono::steady_clock::now();
           action = kWrite;
         } else {
           action = kFinish;
@@ -702,7 +727,12 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
     }
   }
 
+  // How long one write may wait on a client that reads nothing while the engine generates for it.
+  static constexpr std::chrono::seconds kStuckWriteTimeout{10};
+
   // Guarded by mu_.
+  std::chrono::steady_clock::time_point write_started_;  // of the write in flight (writing_)
+  bool stuck_ = false;                                   // cancelled for a write stuck past the timeout
   std::deque<std::vector<int32_t>> pending_;
   std::deque<std::string> pending_text_;  // text of each pending_ entry (with a tokenizer)
   size_t streamed_ = 0;

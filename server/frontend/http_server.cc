@@ -1405,6 +1405,11 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
           e = MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
                           absl::StrCat("the request body did not arrive within --http-read-timeout-ms (",
                                        state->options.read_timeout_ms, " ms)"));
+        } else if (tls_connection != nullptr && tls_connection->PeerClosed()) {
+          // The client left mid-body: its own doing, counted CANCELLED (499) as a client that
+          // leaves while its request waits; as a bad request it fed the bad-input alert.
+          e = MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled,
+                          "the client closed the connection before its request body arrived");
         } else if (absl::AsciiStrToLower(req.get_header_value("Transfer-Encoding")) == "chunked") {
           // httplib's chunked reader takes no trailer fields after the last chunk (RFC 9112 7.1.2).
           e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kBadRequest,

@@ -568,6 +568,18 @@ def test_uncounted_routes(binary, model):
             s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
             st, _, _ = read_response(s)
         check(st == 400 and (metric(mport, series) or 0) == before + 1, f"the same on /v1/completions is counted ({st})")
+        # A client that leaves mid-body is CANCELLED, not bad input (it fed the bad-input alert).
+        cancelled = 'glmserve_requests_total{code="CANCELLED"}'
+        before_cancelled, before_bad = metric(mport, cancelled) or 0, metric(mport, series) or 0
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"model\":")
+            time.sleep(0.2)
+            s.shutdown(socket.SHUT_WR)
+            read_response(s)
+        counted = wait_sample(mport, cancelled, lambda v: v == before_cancelled + 1, 5)
+        check(counted == before_cancelled + 1 and (metric(mport, series) or 0) == before_bad,
+              f"a client gone mid-body is counted CANCELLED ({counted - before_cancelled:.0f}), not INVALID_ARGUMENT")
     finally:
         server.stop()
 
