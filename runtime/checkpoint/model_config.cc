@@ -166,14 +166,49 @@ void CheckEosIds(FieldReader& r, const std::vector<int32_t>& ids, int32_t vocab_
                                          "); expected token ids in [0, ", vocab_size, ")"));
 }
 
+// `text` with Python's JSON extensions NaN, Infinity and -Infinity (outside strings) written as the
+// strings "NaN", "Infinity", "-Infinity": Python's json (what transformers reads a config with, and
+// writes one with when a float is not finite) takes them, nlohmann refuses the whole file. A field
+// glmserve reads then says it found a string "NaN" where it expects a number; the others load.
+std::string PythonJsonLiteralsAsStrings(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out.push_back(c);
+      if (c == '\\' && i + 1 < text.size()) {
+        out.push_back(text[++i]);
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (absl::string_view literal : {"-Infinity", "Infinity", "NaN"}) {
+      if (absl::string_view(text).substr(i, literal.size()) == literal) {
+        absl::StrAppend(&out, "\"", literal, "\"");
+        i += literal.size() - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out.push_back(c);
+  }
+  return out;
+}
+
 // Parses a JSON object file; on failure adds a problem naming the file and the error position.
 bool ReadJsonObject(const std::filesystem::path& path, json* out, std::vector<std::string>* problems) {
   const std::string name = path.filename().string();
-  const absl::StatusOr<std::string> text = ReadBoundedFile(path, kMaxJsonFileBytes, name);
+  absl::StatusOr<std::string> text = ReadBoundedFile(path, kMaxJsonFileBytes, name);
   if (!text.ok()) {
     problems->push_back(std::string(text.status().message()));
     return false;
   }
+  *text = PythonJsonLiteralsAsStrings(*text);
   if (std::string shape = JsonShapeProblem(*text, /*max_depth=*/64, /*max_values=*/1'000'000); !shape.empty()) {
     problems->push_back(absl::StrCat(name, ": ", shape, " (a model config nests a few levels, a few hundred values)"));
     return false;

@@ -134,7 +134,8 @@ TEST_F(ModelConfigTest, InvalidJsonNamesFileAndPosition) {
 
 // The parser's reason, not "expected a JSON object" whatever the fault.
 TEST_F(ModelConfigTest, InvalidJsonSaysWhatIsWrong) {
-  Write("config.json", R"({"model_type": "glm", "rms_norm_eps": NaN})");
+  // (lowercase: Python's NaN is taken, PythonNanAndInfinityLoadWhereUnused)
+  Write("config.json", R"({"model_type": "glm", "rms_norm_eps": nan})");
   auto c = Load();
   ASSERT_FALSE(c.ok());
   std::string message(c.status().message());
@@ -254,6 +255,22 @@ TEST_F(ModelConfigTest, ConfigFilesInASymlinkLoopAreNamed) {
   EXPECT_NE(generation.status().message().find("generation_config.json: not a regular file (a symlink loop)"),
             std::string::npos)
       << generation.status();
+}
+
+// Python's json reads and writes NaN / Infinity (transformers loads such a config; a field it does
+// not use may hold one); the whole file was refused as invalid JSON. A field glmserve reads names it.
+TEST_F(ModelConfigTest, PythonNanAndInfinityLoadWhereUnused) {
+  Write("config.json", R"({"model_type": "glm4", "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,
+    "head_dim": 8, "initializer_range": NaN, "attention_dropout": -Infinity, "note": "NaN and \"Infinity\" stay text"})");
+  auto loaded = Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  Write("config.json", R"({"model_type": "glm4", "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,
+    "head_dim": 8, "rope_theta": Infinity})");
+  auto used = Load();
+  ASSERT_FALSE(used.ok());
+  EXPECT_NE(used.status().message().find("field 'rope_theta': expected a number, found string \"Infinity\""),
+            std::string::npos)
+      << used.status();
 }
 
 TEST_F(ModelConfigTest, NonGlmModelTypeIsRefusedByName) {
