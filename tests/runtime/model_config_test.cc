@@ -139,7 +139,7 @@ TEST_F(ModelConfigTest, InvalidJsonSaysWhatIsWrong) {
   auto c = Load();
   ASSERT_FALSE(c.ok());
   std::string message(c.status().message());
-  EXPECT_NE(message.find("config.json: invalid JSON at byte 39 (line 1, column 39): syntax error while parsing value"),
+  EXPECT_NE(message.find("config.json: invalid JSON at byte 40 (line 1, column 40): syntax error while parsing value"),
             std::string::npos)
       << message;
   EXPECT_NE(message.find("invalid literal"), std::string::npos) << message;
