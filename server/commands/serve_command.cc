@@ -225,6 +225,9 @@ int RunServe(int argc, char** argv) {
     return kExitBadInput;
   }
   LogLine(absl::StrCat("listening on ", (*server)->address(), " (health NOT_SERVING until the model is warm)"));
+  // The front ends' view of the checkpoint (HTTP's sampling defaults, the vision settings), read
+  // once; a config that does not load is reported by the engine's load below.
+  const absl::StatusOr<ModelConfig> front_config = LoadModelConfig(flags.model_dir);
   // The HTTP/JSON front end (off without --http-port): same engine, limits, metrics and logs.
   std::unique_ptr<HttpServer> http;
   if (flags.http_port >= 0) {
@@ -246,8 +249,8 @@ int RunServe(int argc, char** argv) {
     http_options.tokenize_budget = flags.grpc.tokenize_budget;
     http_options.body_budget = std::make_shared<ByteBudget>(flags.http_body_budget_mb << 20);
     http_options.served_model_names = flags.served_model_names;
-    // A config that does not load leaves OpenAI's defaults; the engine's load reports it.
-    if (absl::StatusOr<ModelConfig> config = LoadModelConfig(flags.model_dir); config.ok()) {
+    // A config that does not load leaves OpenAI's defaults.
+    if (const absl::StatusOr<ModelConfig>& config = front_config; config.ok()) {
       SamplingDefaults& d = http_options.sampling_defaults;
       if (config->default_temperature) d.temperature = static_cast<float>(*config->default_temperature);
       if (config->default_top_p) d.top_p = static_cast<float>(*config->default_top_p);
@@ -389,7 +392,7 @@ int RunServe(int argc, char** argv) {
   // built once here (preprocessor_config.json, --max-pixels) and shared by both front ends, which
   // decode and preprocess on their own threads. A config that does not load is reported by the
   // engine's load below.
-  if (absl::StatusOr<ModelConfig> config = LoadModelConfig(flags.model_dir); config.ok() && config->vision) {
+  if (const absl::StatusOr<ModelConfig>& config = front_config; config.ok() && config->vision) {
     const MediaOptions& media = flags.grpc.limits.media;
     std::string source;
     absl::StatusOr<std::shared_ptr<const ImageSupport>> images =
