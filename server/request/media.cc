@@ -70,21 +70,31 @@ int HexValue(char c) {
   return -1;
 }
 
-// A file:// URL's path, percent-decoded; nullopt when it has a host other than localhost or an
-// invalid escape.
-std::optional<std::string> FileUrlPath(const std::string& url) {
+// A file:// URL's path, percent-decoded; else why it is none (a host other than localhost, no
+// absolute path, a query or fragment, a bad or NUL escape), for the refusal.
+absl::StatusOr<std::string> FileUrlPath(const std::string& url) {
   std::string rest = url.substr(7);  // after "file://"
   if (absl::StartsWithIgnoreCase(rest, "localhost/")) rest = rest.substr(9);
-  if (rest.empty() || rest[0] != '/') return std::nullopt;
+  if (rest.empty() || rest[0] != '/') {
+    return absl::InvalidArgumentError("is not a file:// URL with an absolute path (file:///DIR/FILE)");
+  }
+  if (rest.find_first_of("?#") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        "holds a query or fragment ('?' or '#'); a file name with those characters is spelled %3F / %23");
+  }
   std::string path;
   for (size_t i = 0; i < rest.size(); ++i) {
     if (rest[i] != '%') {
       path += rest[i];
       continue;
     }
-    if (i + 2 >= rest.size() || HexValue(rest[i + 1]) < 0 || HexValue(rest[i + 2]) < 0) return std::nullopt;
+    if (i + 2 >= rest.size() || HexValue(rest[i + 1]) < 0 || HexValue(rest[i + 2]) < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("has a '%' at byte ", 7 + i,
+                                                     " not followed by two hex digits (a '%' in a file name is "
+                                                     "spelled %25)"));
+    }
     const char c = static_cast<char>(HexValue(rest[i + 1]) * 16 + HexValue(rest[i + 2]));
-    if (c == '\0') return std::nullopt;
+    if (c == '\0') return absl::InvalidArgumentError("holds %00 (a NUL byte names no file)");
     path += c;
     i += 2;
   }
@@ -106,10 +116,9 @@ std::optional<Refusal> FileUrlBytes(const ImageData& image, const MediaOptions& 
                         "file:// image URLs are not enabled on this server (it was started without "
                         "--allowed-local-media-path); send the image inline as a data:image/png;base64,... URL");
   }
-  const std::optional<std::string> path = FileUrlPath(image.url);
-  if (!path) {
-    return InvalidField(image.field, absl::StrCat("'", ShownValue(image.url),
-                                                  "' is not a file:// URL with an absolute path (file:///DIR/FILE)"));
+  const absl::StatusOr<std::string> path = FileUrlPath(image.url);
+  if (!path.ok()) {
+    return InvalidField(image.field, absl::StrCat("'", ShownValue(image.url), "' ", path.status().message()));
   }
   const Refusal refused = InvalidField(
       image.field, absl::StrCat("'", ShownValue(image.url),

@@ -544,6 +544,16 @@ TEST_F(LocalMediaTest, FileUrlsOnlyUnderTheAllowedDirectory) {
   std::optional<Refusal> r = Bytes("file://otherhost/x.png", &bytes);
   ASSERT_TRUE(r);
   EXPECT_NE(r->message.find("absolute path"), std::string::npos) << r->message;
+  // What is wrong with the URL is said (each read "not a file:// URL with an absolute path").
+  for (const auto& [url, says] : std::vector<std::pair<std::string, std::string>>{
+           {"file://" + media + "/50%.png", "not followed by two hex digits (a '%' in a file name is spelled %25)"},
+           {"file://" + media + "/a%00.png", "holds %00"},
+           {"file://" + media + "/screen.png?x=1", "holds a query or fragment"},
+           {"file://" + media + "/screen.png#top", "holds a query or fragment"}}) {
+    std::optional<Refusal> bad = Bytes(url, &bytes);
+    ASSERT_TRUE(bad) << url;
+    EXPECT_NE(bad->message.find(says), std::string::npos) << bad->message;
+  }
 }
 
 // ------------------------------------------------------------------ decode slots, deadlines, budgets
