@@ -68,6 +68,9 @@ struct HttpServer::State {
   // Admission, validation, engine events, text, logs and metrics (server/request/request_session.h).
   RequestSessions sessions;
   std::atomic<bool> stopping{false};
+  // /v1/models' `created` (OpenAI: when the model was made): the server's start, the same on every
+  // call (it was each call's own time).
+  const int64_t started_seconds = NowSeconds();
 
   mutable std::mutex mu;
   std::condition_variable idle_cv;
@@ -877,7 +880,7 @@ std::string AllowedMethods(const std::string& path) {
 
 // One entry of /v1/models: OpenAI's model object, with vLLM's max_model_len where known.
 json ModelObject(State& state, const std::string& id) {
-  json model = {{"id", id}, {"object", "model"}, {"created", NowSeconds()}, {"owned_by", "glmserve"}};
+  json model = {{"id", id}, {"object", "model"}, {"created", state.started_seconds}, {"owned_by", "glmserve"}};
   const int32_t max_context = state.sessions.model().max_context;
   if (max_context > 0) model["max_model_len"] = max_context;
   return model;

@@ -62,6 +62,10 @@ def main():
         client = openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0, timeout=60)
         models = client.models.list()
         check([m.id for m in models.data] == ["glm4-tiny"], f"/v1/models lists {[m.id for m in models.data]}")
+        time.sleep(1.1)  # `created` is when the model came up, not each call's time
+        again = client.models.retrieve("glm4-tiny")
+        check(again.created == models.data[0].created and again.created <= time.time(),
+              f"created is the same on every call ({models.data[0].created}, {again.created})")
         st, _, data = server.request("GET", "/health")
         check(st == 200 and json.loads(data)["status"] == "SERVING", f"/health 200 ({st})")
         for path in ("/v1/models", "/health"):  # every route echoes x-request-id, not only the API's
