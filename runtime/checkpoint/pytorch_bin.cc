@@ -62,6 +62,28 @@ std::string DtypeName(at::ScalarType t) {
 // First line of an exception message, trimmed and capped, without LibTorch's backtrace.
 std::string ShortReason(const std::string& what) {
   std::string s = what.substr(0, what.find('\n'));
+  // LibTorch's own wording is for its developers: an internal assertion's source path and plea for a
+  // bug report, "(Could this error message be improved?...)". What the archive lacks is kept.
+  static constexpr std::string_view kAssert = " INTERNAL ASSERT FAILED at ";
+  static constexpr std::string_view kReport = "please report a bug to PyTorch.";
+  if (const size_t at = s.find(kAssert); at != std::string::npos) {
+    const size_t report = s.find(kReport, at);
+    std::string detail = report == std::string::npos ? "" : s.substr(report + kReport.size());
+    while (!detail.empty() && detail.front() == ' ') detail.erase(0, 1);
+    s = absl::StrCat("its pickle is not what torch.save writes (LibTorch's check ", s.substr(0, at), " failed",
+                     detail.empty() ? "" : ": ", detail, ")");
+  }
+  if (const size_t improve = s.find(" (Could this error message be improved?"); improve != std::string::npos) {
+    s.erase(improve);
+  }
+  static constexpr std::string_view kHasRecord = "Expected hasRecord(\"";
+  if (s.rfind(kHasRecord, 0) == 0) {
+    const size_t end = s.find("\")", kHasRecord.size());
+    if (end != std::string::npos) {
+      s = absl::StrCat("no \"", s.substr(kHasRecord.size(), end - kHasRecord.size()),
+                       "\" record (torch.save writes one; every record under one archive folder)");
+    }
+  }
   while (!s.empty() && (s.back() == ' ' || s.back() == '\r' || s.back() == '.')) s.pop_back();
   if (s.size() > 300) s = s.substr(0, 300) + "...";
   return s.empty() ? std::string("unknown error") : s;

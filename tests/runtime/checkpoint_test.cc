@@ -701,6 +701,13 @@ TEST_F(DamagedBin, WhatTheUnpicklerDoesNotCheckIsRefused) {
   auto far_slot = List(TorchArchive(std::string("\x80\x02}r\x00\x00\x00\x10.", 9), {}));
   EXPECT_PROBLEM(far_slot, "pytorch_model.bin", "memo slot 268435456 at byte 3");
   ClearPytorchBinCache();
+  // LibTorch's internal assertion reads as what is wrong, without its source path and bug-report
+  // plea (SETITEM on an int: "isGenericDict() INTERNAL ASSERT FAILED at \"/pytorch/aten/...").
+  auto not_a_dict = List(TorchArchive(std::string("\x80\x02K\x01K\x02K\x03s.", 10), {}));
+  EXPECT_PROBLEM(not_a_dict, "pytorch_model.bin", "its pickle is not what torch.save writes",
+                 "Expected GenericDict but got Int");
+  EXPECT_EQ(Joined(not_a_dict.problems).find("report a bug"), std::string::npos) << Joined(not_a_dict.problems);
+  ClearPytorchBinCache();
 }
 
 // Every opcode that builds a container counts towards the nesting depth, not only lists and dicts
