@@ -145,39 +145,18 @@ absl::Status AppendGlm4vText(std::string_view text, std::string_view path, std::
   return absl::OkStatus();
 }
 
-// `s` with the whitespace inside its {% %} and {{ }} tags removed; the literal text between tags is
-// kept byte for byte (it is part of the prompt: "<|assistant|>\n" renders a newline token).
-std::string StripTagSpace(std::string_view s) {
-  std::string out;
-  bool in_tag = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (!in_tag && c == '{' && i + 1 < s.size() && (s[i + 1] == '%' || s[i + 1] == '{')) {
-      in_tag = true;
-    } else if (in_tag && (c == '%' || c == '}') && i + 1 < s.size() && s[i + 1] == '}') {
-      out += c;
-      out += '}';
-      ++i;
-      in_tag = false;
-      continue;
-    }
-    if (in_tag && (c == ' ' || c == '\t' || c == '\n' || c == '\r')) continue;
-    out.push_back(c);
-  }
-  return out;
-}
-
 }  // namespace
 
 bool IsKnownGlm4Template(std::string_view tmpl) {
-  // The template of the bundled model and of GLM-4 exports that carry the minimal form; whitespace
-  // inside {% %} and {{ }} tags is ignored, the text between them must be exactly the minimal
-  // form's (a "\n" more or less is another prompt: such a template goes to the Jinja renderer).
-  static const std::string kMinimal = StripTagSpace(
+  // The template of the bundled model and of GLM-4 exports that carry the minimal form, compared
+  // as Jinja renders them (NormalizeJinjaWhitespace: whitespace in tags, trim_blocks, lstrip_blocks);
+  // the text between tags must be the minimal form's (a "\n" more or less is another prompt: such a
+  // template is not recognized, and serve says so).
+  static const std::string kMinimal = NormalizeJinjaWhitespace(
       "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
       "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}");
   if (tmpl.find("|>\n{{") == std::string_view::npos) return false;
-  std::string s = StripTagSpace(tmpl);
+  std::string s = NormalizeJinjaWhitespace(tmpl);
   std::string alt = s;
   for (size_t p; (p = alt.find("message.role")) != std::string::npos;) alt.replace(p, 12, "message['role']");
   for (size_t p; (p = alt.find("message.content")) != std::string::npos;) alt.replace(p, 15, "message['content']");
