@@ -580,7 +580,7 @@ absl::StatusOr<int64_t> Glm4vImageProcessor::NumImageTokens(int64_t height, int6
                                                             const ProcessOverrides& overrides) const {
   absl::StatusOr<ImageGrid> g = Grid(height, width, overrides);
   if (!g.ok()) return g.status();
-  return g->num_patches() / (static_cast<int64_t>(options_.merge_size) * options_.merge_size);
+  return ImageTokens(*g);
 }
 
 absl::StatusOr<ProcessedImage> Glm4vImageProcessor::Process(const RgbImage& image,
@@ -603,7 +603,7 @@ absl::StatusOr<ProcessedImage> Glm4vImageProcessor::Process(const RgbImage& imag
   const int p = options_.patch_size, m = options_.merge_size, t_len = options_.temporal_patch_size;
   ProcessedImage out;
   out.grid = g;
-  out.num_image_tokens = g.num_patches() / (static_cast<int64_t>(m) * m);
+  out.num_image_tokens = ImageTokens(g);
   out.patch_dim = 3LL * t_len * p * p;
   out.value_table.resize(3 * 256);
   for (int c = 0; c < 3; ++c) std::copy(value_[c].begin(), value_[c].end(), out.value_table.begin() + c * 256);

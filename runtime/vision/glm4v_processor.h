@@ -126,6 +126,10 @@ class Glm4vImageProcessor {
   // usage accounting before decoding finishes).
   absl::StatusOr<ImageGrid> Grid(int64_t height, int64_t width, const ProcessOverrides& overrides = {}) const;
   absl::StatusOr<int64_t> NumImageTokens(int64_t height, int64_t width, const ProcessOverrides& overrides = {}) const;
+  // The image tokens a grid makes: its patches / merge_size^2.
+  int64_t ImageTokens(const ImageGrid& grid) const {
+    return grid.num_patches() / (static_cast<int64_t>(options_.merge_size) * options_.merge_size);
+  }
 
   absl::StatusOr<ProcessedImage> Process(const RgbImage& image, const ProcessOverrides& overrides = {}) const;
 

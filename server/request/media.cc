@@ -442,8 +442,7 @@ std::optional<Refusal> PrepareImages(const GenerateRequest& request, const Media
     p.grid = *grid;
     // The image tokens are known from the headers: a prompt they alone make too long is refused
     // before any decode (a 146 KB PNG of 7071x7071 took a decode slot, 1 s and 190 MB first).
-    const int64_t merge = support->processor().options().merge_size;
-    image_tokens += p.grid.num_patches() / (merge * merge);
+    image_tokens += support->processor().ImageTokens(p.grid);
     if (max_prompt_tokens > 0 && image_tokens > max_prompt_tokens) {
       Refusal r = InvalidField(
           image.field,
