@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <string_view>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -515,21 +517,10 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
     if (type != "axial") rr.Problem("rope_type", absl::StrCat("'", type, "' is not supported (only \"axial\")"));
     v.rope_theta = rr.Number("rope_theta", v.rope_theta);
   }
-  for (auto [field, value] : {std::pair<const char*, int32_t>{"depth", v.depth},
-                              {"hidden_size", v.hidden_size},
-                              {"num_heads", v.num_heads},
-                              {"intermediate_size", v.intermediate_size},
-                              {"out_hidden_size", v.out_hidden_size},
-                              {"patch_size", v.patch_size},
-                              {"spatial_merge_size", v.spatial_merge_size},
-                              {"temporal_patch_size", v.temporal_patch_size},
-                              {"image_size", v.image_size},
-                              {"in_channels", v.in_channels}}) {
-    if (value <= 0) vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
-  }
-  // Bounds far above GLM-4.1V's (hidden 1536, 12 heads, intermediate 13696, patch 14, merge 2,
-  // 3 channels), as for the text sizes: past them a config is corrupt, and the shapes derived
-  // from it (a patch embedding of 2^30 x 2^20 features) are no shapes to report or allocate.
+  // Positive, and within bounds far above GLM-4.1V's (hidden 1536, 12 heads, intermediate 13696,
+  // patch 14, merge 2, 3 channels), as the text sizes are: past them a config is corrupt, and the
+  // shapes derived from it (a patch embedding of 2^30 x 2^20 features) are no shapes to report or
+  // allocate. image_size is bounded through its position table below.
   for (auto [field, value, most] : {std::tuple<const char*, int32_t, int32_t>{"depth", v.depth, kMaxConfigLayers},
                                     {"hidden_size", v.hidden_size, 1 << 17},
                                     {"num_heads", v.num_heads, 1 << 12},
@@ -538,7 +529,9 @@ void ReadGlm4v(const json& config, FieldReader& top, ModelConfig* c) {
                                     {"patch_size", v.patch_size, 1 << 10},
                                     {"spatial_merge_size", v.spatial_merge_size, 64},
                                     {"temporal_patch_size", v.temporal_patch_size, 64},
+                                    {"image_size", v.image_size, std::numeric_limits<int32_t>::max()},
                                     {"in_channels", v.in_channels, 64}}) {
+    if (value <= 0) vr.Problem(field, absl::StrCat("expected a positive integer, found ", value));
     if (value > most) vr.Problem(field, absl::StrCat(value, " is implausibly large (at most ", most, ")"));
   }
   // The learned position embeddings are (image_size / patch_size)^2 rows.
