@@ -255,43 +255,38 @@ bool DetectArchitecture(const json& config, Architecture* arch, std::vector<std:
   // transformers picks the classes by model_type (architectures only names what was saved), so a
   // model_type decides; architectures[0] only where none is given. A glm4v_moe (GLM-4.5V) config
   // naming the dense class loaded here as a dense glm4v, and failed later on its expert tensors.
-  if (!model_type.empty()) {
-    if (model_type == "chatglm") {
-      *arch = Architecture::kChatGLM;
-    } else if (model_type == "glm4v") {
-      *arch = Architecture::kGlm4v;
-    } else if (model_type == "glm4") {
-      *arch = Architecture::kGlm4;
-    } else if (model_type == "glm") {
-      *arch = Architecture::kGlm;
-    } else {
-      const bool moe = model_type == "glm4_moe" || model_type == "glm4v_moe";
-      problems->push_back(absl::StrCat(
-          "config.json: field 'model_type': '", PrintableText(ShownValue(model_type)),
-          "' is not a GLM model this server runs (expected \"chatglm\", \"glm\", \"glm4\" or \"glm4v\")",
-          moe ? "; GLM-4.5's mixture-of-experts layers are not supported" : "",
-          first_arch.empty() ? ""
-                             : absl::StrCat("; architectures[0] is '", PrintableText(ShownValue(first_arch)), "'")));
-      return false;
+  struct Known {
+    const char* model_type;
+    const char* saved_class;  // architectures[0]; ChatGLM's remote code saves several ChatGLM* classes
+    Architecture arch;
+  };
+  static constexpr Known kKnown[] = {{"chatglm", "ChatGLM", Architecture::kChatGLM},
+                                     {"glm4v", "Glm4vForConditionalGeneration", Architecture::kGlm4v},
+                                     {"glm4", "Glm4ForCausalLM", Architecture::kGlm4},
+                                     {"glm", "GlmForCausalLM", Architecture::kGlm}};
+  static constexpr char kExpected[] = "\"chatglm\", \"glm\", \"glm4\" or \"glm4v\"";
+  for (const Known& k : kKnown) {
+    const bool by_class =
+        k.arch == Architecture::kChatGLM ? first_arch.rfind(k.saved_class, 0) == 0 : first_arch == k.saved_class;
+    if (model_type.empty() ? by_class : model_type == k.model_type) {
+      *arch = k.arch;
+      return true;
     }
-    return true;
   }
-  if (first_arch.rfind("ChatGLM", 0) == 0) {
-    *arch = Architecture::kChatGLM;
-  } else if (first_arch == "Glm4vForConditionalGeneration") {
-    *arch = Architecture::kGlm4v;
-  } else if (first_arch == "Glm4ForCausalLM") {
-    *arch = Architecture::kGlm4;
-  } else if (first_arch == "GlmForCausalLM") {
-    *arch = Architecture::kGlm;
+  if (!model_type.empty()) {
+    const bool moe = model_type == "glm4_moe" || model_type == "glm4v_moe";
+    problems->push_back(absl::StrCat(
+        "config.json: field 'model_type': '", PrintableText(ShownValue(model_type)),
+        "' is not a GLM model this server runs (expected ", kExpected, ")",
+        moe ? "; GLM-4.5's mixture-of-experts layers are not supported" : "",
+        first_arch.empty() ? "" : absl::StrCat("; architectures[0] is '", PrintableText(ShownValue(first_arch)), "'")));
   } else {
     problems->push_back(absl::StrCat(
         "config.json: no model_type, and architectures[0] is ",
         first_arch.empty() ? std::string("absent") : absl::StrCat("'", PrintableText(ShownValue(first_arch)), "'"),
-        ": not a GLM model (expected model_type \"chatglm\", \"glm\", \"glm4\" or \"glm4v\")"));
-    return false;
+        ": not a GLM model (expected model_type ", kExpected, ")"));
   }
-  return true;
+  return false;
 }
 
 void ReadOriginalChatGlm(FieldReader& r, ModelConfig* c) {
