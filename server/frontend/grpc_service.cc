@@ -632,10 +632,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
       }
     }
     if (stuck) {
-      LogEvent(LogLevel::kInfo, "stream_unread", request_id_,
-               absl::StrCat("InferStream: the client read no response for ",
-                            std::chrono::duration_cast<std::chrono::seconds>(kStuckWriteTimeout).count(),
-                            " s (its HTTP/2 window is full): generation cancelled"));
+      LogEvent(LogLevel::kInfo, "stream_unread", request_id_, absl::StrCat("InferStream: ", UnreadMessage()));
       CancelInEngine(absl::StatusCode::kCancelled);
     }
     Pump();
@@ -670,12 +667,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
       } else if (broken_) {
         if (!engine_done_) return;  // wait for the engine to let go of the request
         action = kFinish;
-        status = stuck_ ? grpc::Status(
-                              grpc::CANCELLED,
-                              absl::StrCat("the client read no response for ",
-                                           std::chrono::duration_cast<std::chrono::seconds>(kStuckWriteTimeout).count(),
-                                           " s: generation cancelled"))
-                        : grpc::Status(grpc::CANCELLED, "cancelled by the client");
+        status = grpc::Status(grpc::CANCELLED, stuck_ ? UnreadMessage() : "cancelled by the client");
       } else if (!pending_.empty()) {
         out_.Clear();
         out_.set_request_id(request_id_);
@@ -729,6 +721,11 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
 
   // How long one write may wait on a client that reads nothing while the engine generates for it.
   static constexpr std::chrono::seconds kStuckWriteTimeout{10};
+  // Why such a call ended: its log line and its status say the same.
+  static std::string UnreadMessage() {
+    return absl::StrCat("the client read no response for ", kStuckWriteTimeout.count(),
+                        " s (its HTTP/2 window is full): generation cancelled");
+  }
 
   // Guarded by mu_.
   std::chrono::steady_clock::time_point write_started_;  // of the write in flight (writing_)
