@@ -140,8 +140,15 @@ absl::Status CheckMagic(const std::string& path, const std::string& file_name) {
       absl::StrCat(file_name, ": not a readable torch.save archive: not a zip file (bad magic bytes)"));
 }
 
+// A record that unpacks to more than the file holds: compressed, which torch.save never does, and
+// reading it would take memory its bytes on disk do not bound (a zip bomb).
+std::string OversizedRecord(const std::string& name, uint64_t bytes, uint64_t file_bytes) {
+  return absl::StrCat("record ", name, " unpacks to ", bytes, " bytes, more than the file's ", file_bytes,
+                      " (torch.save does not compress)");
+}
+
 // The first record of the zip archive at `path` whose central directory entry says it unpacks to
-// more bytes than the file holds, as "NAME unpacks to N bytes, more than the file's M"; "" when
+// more bytes than the file holds, as OversizedRecord says it; "" when
 // none does, or when the directory cannot be read (LibTorch's reader then reports the archive).
 // Checked before LibTorch's reader exists: its constructor already unpacks the version and
 // serialization_id records (a 1 MB file whose version record inflated to 1 GB took 2.2 GB and
@@ -197,7 +204,7 @@ std::string OversizedZipRecord(const std::string& path) {
       }
     }
     if (unpacked > static_cast<uint64_t>(file_bytes)) {
-      return absl::StrCat(PrintableText(name), " unpacks to ", unpacked, " bytes, more than the file's ", file_bytes);
+      return OversizedRecord(PrintableText(name), unpacked, static_cast<uint64_t>(file_bytes));
     }
     at += 46 + static_cast<int64_t>(name_len + extra_len + comment_len);
   }
@@ -709,23 +716,21 @@ absl::Status Load(const std::string& path, const std::string& file_name, TensorL
   if (!magic.ok()) return magic;
   const std::string prefix = absl::StrCat(file_name, ": not a readable torch.save archive: ");
   if (const std::string oversized = OversizedZipRecord(path); !oversized.empty()) {
-    return absl::DataLossError(absl::StrCat(prefix, "record ", oversized, " (torch.save does not compress)"));
+    return absl::DataLossError(absl::StrCat(prefix, oversized));
   }
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
     if (!reader.hasRecord("data.pkl")) {
       return absl::DataLossError(absl::StrCat(prefix, "zip archive has no data.pkl"));
     }
-    // torch.save stores its records uncompressed: a record larger than the file is compressed,
-    // and reading it would take memory its bytes on disk do not bound (a 2 MB zip bomb reached
-    // 4 GB).
+    // OversizedZipRecord checked every record from the zip's directory; this is for an archive
+    // whose directory it could not read but LibTorch's reader can (a 2 MB zip bomb reached 4 GB).
     std::error_code size_error;
     const auto file_bytes = static_cast<size_t>(std::filesystem::file_size(path, size_error));
     auto check_record = [&](const std::string& name) {
       const size_t bytes = reader.getRecordSize(name);
       if (!size_error && bytes > file_bytes) {
-        throw std::runtime_error(absl::StrCat("record ", name, " unpacks to ", bytes, " bytes, more than the file's ",
-                                              file_bytes, " (torch.save does not compress)"));
+        throw std::runtime_error(OversizedRecord(name, bytes, file_bytes));
       }
     };
     check_record("data.pkl");

@@ -824,8 +824,7 @@ std::optional<Refusal> BodyFramingRefusal(const httplib::Request& req) {
   }
   if (req.method == "POST" && lengths == 0 && !chunked) {
     return MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kLengthRequired,
-                       absl::StrCat(req.method.substr(0, 16),
-                                    " request without Content-Length or Transfer-Encoding: chunked (one is needed)"));
+                       "POST request without Content-Length or Transfer-Encoding: chunked (one is needed)");
   }
   return std::nullopt;
 }
