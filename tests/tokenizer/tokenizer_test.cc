@@ -163,7 +163,16 @@ TEST(Tokenizer, MissingDirectory) {
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
 }
 
-// Ids a corrupt tokenizer.json gives are refused naming the entry: the tables indexed by id are
+// A directory `name` under the test's temp dir holding `source`'s tokenizer_config.json; each case
+// writes its own tokenizer.json there.
+std::string TokenizerVariantDir(const std::string& source, const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "/" + name;
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(source + "/tokenizer_config.json", dir + "/tokenizer_config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  return dir;
+}
+
 // tokenizer.json variants where glmserve and tokenizers split differently (expected ids from
 // transformers 5.24 / tokenizers 0.23 on the same files): a merge listed twice takes its last rank
 // (glmserve kept the first: "int" -> [453]); ByteLevel with use_regex false keeps the text one piece,
@@ -172,10 +181,7 @@ TEST(Tokenizer, MergeRanksAndUnsplitTextAsTokenizers) {
   const std::string tiny = std::string(GLMSERVE_SOURCE_DIR) + "/models/glm4-tiny";
   std::ifstream in(tiny + "/tokenizer.json");
   const nlohmann::json base = nlohmann::json::parse(in);
-  const std::string dir = ::testing::TempDir() + "/glmserve_tokenizer_variants";
-  std::filesystem::create_directories(dir);
-  std::filesystem::copy_file(tiny + "/tokenizer_config.json", dir + "/tokenizer_config.json",
-                             std::filesystem::copy_options::overwrite_existing);
+  const std::string dir = TokenizerVariantDir(tiny, "glmserve_tokenizer_variants");
   auto ids = [&](const nlohmann::json& j, const std::string& text) {
     std::ofstream(dir + "/tokenizer.json") << j.dump();
     auto t = Tokenizer::FromDirectory(dir);
@@ -193,15 +199,13 @@ TEST(Tokenizer, MergeRanksAndUnsplitTextAsTokenizers) {
   EXPECT_EQ(ids(unsplit, "a\nb"), (std::vector<int32_t>{1500, 65}));
 }
 
+// Ids a corrupt tokenizer.json gives are refused naming the entry: the tables indexed by id are
 // sized from the largest, and a negative one was written out of bounds (the server crashed after
 // "listening on"; an id of 2^31 - 1 or 10^9 aborted allocating the table, 2^40 + 5 became 5).
 TEST(Tokenizer, CorruptIdsAreRefusedNamingTheEntry) {
   std::ifstream in(kFixtures + "/glm4-hf/tokenizer.json");
   const nlohmann::json good = nlohmann::json::parse(in);
-  const std::string dir = ::testing::TempDir() + "/glmserve_corrupt_tokenizer";
-  std::filesystem::create_directories(dir);
-  std::filesystem::copy_file(kFixtures + "/glm4-hf/tokenizer_config.json", dir + "/tokenizer_config.json",
-                             std::filesystem::copy_options::overwrite_existing);
+  const std::string dir = TokenizerVariantDir(kFixtures + "/glm4-hf", "glmserve_corrupt_tokenizer");
   const struct {
     std::string what;
     std::function<void(nlohmann::json&)> corrupt;
