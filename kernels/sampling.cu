@@ -212,6 +212,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ DigitChoice choice;
   __shared__ uint32_t fill;
   __shared__ uint32_t lowest_equal_id;
+  __shared__ uint32_t max_equal_count;  // elements sharing the largest key, counted when top_k is 1
   __shared__ double kept_total;
   // Until the gather the buffer holds the histogram; after the sort, past the candidates, the probs.
   uint32_t* histogram = reinterpret_cast<uint32_t*>(buffer);
@@ -227,6 +228,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool kept_are_candidates = keep <= kCandidates;
   const uint32_t num_candidates = kept_are_candidates ? keep : kCandidates;
   const bool use_top_p = !greedy && p.top_p > 0.0f && p.top_p < 1.0f;
+  const bool top_k_limited = !greedy && keep < vocab;  // its ties with the k-th join the kept tokens
   // These conditions depend on the row's parameters only, so the whole block returns together.
   if (!greedy && (!(p.uniform >= 0.0 && p.uniform < 1.0) || (!kept_are_candidates && keep < vocab))) {
     if (tid == 0) out_ids[blockIdx.x] = -1;
@@ -299,6 +301,7 @@ __global__ void __launch_bounds__(kThreads)
   if (tid == 0) {
     fill = 0;
     lowest_equal_id = 0xFFFFFFFFu;
+    max_equal_count = 0;
   }
   __syncthreads();
   const bool needs_row_total = !kept_are_candidates;
@@ -325,7 +328,10 @@ __global__ void __launch_bounds__(kThreads)
       const bool is_equal = valid && key == prefix;
       if (valid) {
         if (key > prefix) buffer[atomicAdd(&fill, 1u)] = SortKey(key, i);
-        if (is_equal && remaining == 1) atomicMin(&lowest_equal_id, i);
+        if (is_equal && remaining == 1) {
+          atomicMin(&lowest_equal_id, i);
+          if (!count_known && top_k_limited) atomicAdd(&max_equal_count, 1u);
+        }
         add_to_row_total(key, s);
       }
       if (remaining == 1) return;  // block-uniform
@@ -387,6 +393,22 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
+  // top_k keeps the elements equal to the k-th too (sampling.h). When some were left out (exact
+  // ties straddle the threshold), the whole buffer is sorted and holds them right after the others;
+  // past the buffer or the candidates' arrays, or for top_k 1 (only the lowest id was kept), the
+  // host decides.
+  uint32_t kept_count = num_candidates;
+  if (top_k_limited) {
+    const uint32_t equal_total = count_known ? count : max_equal_count;
+    if (equal_total > remaining) {
+      kept_count = num_candidates - remaining + equal_total;
+      if (!buffered || kept_count > kCandidates) {
+        if (tid == 0) out_ids[blockIdx.x] = -1;
+        return;
+      }
+    }
+  }
+
   uint32_t sort_size = 1;
   while (sort_size < sort_count) sort_size <<= 1;
   for (uint32_t i = sort_count + tid; i < sort_size; i += kThreads) buffer[i] = 0ull;
@@ -397,8 +419,8 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
 
-  // SampleNextToken's arithmetic on the sorted candidates buffer[0, num_candidates).
-  for (uint32_t i = tid; i < num_candidates; i += kThreads) {
+  // SampleNextToken's arithmetic on the sorted candidates buffer[0, kept_count).
+  for (uint32_t i = tid; i < kept_count; i += kThreads) {
     const uint32_t key = static_cast<uint32_t>(buffer[i] >> 32);
     probs[i] = key == kNegativeInfinityKey ? 0.0 : exp(static_cast<double>(ScoreFromKey(key) - max_score));
   }
@@ -407,7 +429,7 @@ __global__ void __launch_bounds__(kThreads)
     double total = 0.0;
     if (kept_are_candidates) {
 #pragma unroll 8
-      for (uint32_t i = 0; i < num_candidates; ++i) total += probs[i];
+      for (uint32_t i = 0; i < kept_count; ++i) total += probs[i];
     } else {
       total = row_total;
     }
@@ -415,7 +437,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   if (use_top_p) {
-    for (uint32_t i = tid; i < num_candidates; i += kThreads) shares[i] = probs[i] / kept_total;
+    for (uint32_t i = tid; i < kept_count; i += kThreads) shares[i] = probs[i] / kept_total;
   }
   // With the whole vocab kept, rows whose decision lies beyond the candidates (flat distributions)
   // are told apart up front, so the walk below never scans all of them for nothing. The parallel
@@ -423,7 +445,7 @@ __global__ void __launch_bounds__(kThreads)
   double candidate_mass = 0.0;
   if (!kept_are_candidates) {
     double mine = 0.0;
-    for (uint32_t i = tid; i < num_candidates; i += kThreads) mine += probs[i];
+    for (uint32_t i = tid; i < kept_count; i += kThreads) mine += probs[i];
     candidate_mass = BlockSum(mine, double_scratch);
   }
   __syncthreads();
@@ -440,7 +462,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   int32_t result = -1;
   double total = kept_total;
-  uint32_t eligible = num_candidates;          // leading candidates the draw walks
+  uint32_t eligible = kept_count;              // leading candidates the draw walks
   bool eligible_closed = kept_are_candidates;  // no kept token lies beyond them
   bool undecided = false;
   if (use_top_p) {
@@ -448,7 +470,7 @@ __global__ void __launch_bounds__(kThreads)
     double mass = 0.0;
     bool closed = false;
 #pragma unroll 8
-    for (uint32_t i = 0; i < num_candidates; ++i) {
+    for (uint32_t i = 0; i < kept_count; ++i) {
       mass += shares[i];
       if (mass >= top_p - margin) {
         undecided = mass < top_p + margin;

@@ -2,10 +2,10 @@
 // that runtime/model/sampler.cc's SampleNextToken picks for a row without penalties or stop-id masking
 // (rows with them go through ApplyPenalties below first, which makes them such rows):
 //   scores = logits / temperature (fp32 division); stable sort descending (ties: lower id first);
-//   keep the top_k (all when top_k <= 0); probs = exp(double(score - max_score)) (-inf -> 0);
-//   if 0 < top_p < 1, keep the shortest prefix whose running sum of probs[i] / total reaches
-//   top_p and re-total it; target = uniform * total; the first id whose running sum of probs
-//   exceeds target, else the last kept id. temperature <= 0 takes the argmax (first maximum).
+//   keep the top_k and every score equal to the k-th (all when top_k <= 0); probs = exp(double(score - max_score))
+//   (-inf -> 0); if 0 < top_p < 1, keep the shortest prefix whose running sum of probs[i] / total reaches top_p and
+//   re-total it; target = uniform * total; the first id whose running sum of probs exceeds target, else the last kept
+//   id. temperature <= 0 takes the argmax (first maximum).
 //
 // What is exact. The sort order, the fp32 scores and every double operation on the sorted
 // candidates are the CPU's, in the CPU's order. Two things can differ: the device's double exp
@@ -22,6 +22,8 @@
 //   - a score is NaN, or (temperature > 0) the largest score is +inf or every score is -inf;
 //   - (temperature > 0) uniform is outside [0, 1);
 //   - kSamplingCandidates < top_k < vocab (the kept total needs elements beyond the candidates);
+//   - top_k < vocab and the scores equal to the k-th take the kept tokens past kSamplingCandidates,
+//     or top_k is 1 and the largest score is shared;
 //   - every token is kept, vocab > kSamplingCandidates, and the decision is not reached within the
 //     kSamplingCandidates most likely tokens (the nucleus does not close there, or, without
 //     top_p, the target lies beyond their running sum);

@@ -36,6 +36,9 @@ int32_t SampleRowReference(const float* logits, int32_t vocab, const SamplingRow
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[a] > scores[b]; });
   size_t keep = order.size();
   if (p.top_k > 0) keep = std::min<size_t>(keep, static_cast<size_t>(p.top_k));
+  // top_k is a threshold, as in transformers' TopKLogitsWarper and vLLM: every score equal to the
+  // k-th is kept too (bf16 logits tie often).
+  while (keep < order.size() && scores[order[keep]] == scores[order[keep - 1]]) ++keep;
   const float max_score = scores[order[0]];
   std::vector<double> probs(keep);
   double total = 0;

@@ -42,11 +42,17 @@ int32_t SampleOne(const std::vector<float>& logits, const SamplingRow& row) {
   return id;
 }
 
-TEST(SamplingReference, TopKOneIsTheFirstArgmax) {
-  const std::vector<float> logits = {1, 5, 3, 5};
-  EXPECT_EQ(SampleOne(logits, Row(0.7f, 1, 1.0f, 0.0)), 1);
-  EXPECT_EQ(SampleOne(logits, Row(0.7f, 1, 1.0f, 0.999)), 1);
-  EXPECT_EQ(SampleOne(logits, Row(0.0f, 0, 1.0f, 0.5)), 1);  // temperature 0: argmax
+TEST(SamplingReference, TopKKeepsEveryScoreEqualToTheKth) {
+  // transformers' TopKLogitsWarper removes scores < the k-th largest, so ties with it stay: top_k 1
+  // keeps ids 1 and 3 here (probs 1, 1: target 2u), top_k 2 keeps 1, 3 and 4 (probs 1, 1, e^-2).
+  const std::vector<float> logits = {1, 5, 3, 5, 3};
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 1, 1.0f, 0.0)), 1);
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 1, 1.0f, 0.49)), 1);   // 0.98 < 1
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 1, 1.0f, 0.51)), 3);   // 1.02 >= 1
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 3, 1.0f, 0.999)), 4);  // 3 and 4 tie as the 3rd: both kept
+  // top_k 2: the 2nd score (5) has no tie below it, so ids 1 and 3 only.
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 2, 1.0f, 0.999)), 3);
+  EXPECT_EQ(SampleOne(logits, Row(0.0f, 1, 1.0f, 0.5)), 1);  // temperature 0: the first argmax
 }
 
 TEST(SamplingReference, EqualScoresAreOrderedByIdAndDrawnUniformly) {
@@ -56,7 +62,7 @@ TEST(SamplingReference, EqualScoresAreOrderedByIdAndDrawnUniformly) {
   EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.3)), 1);   // 1.2 < 2
   EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.6)), 2);   // 2.4 < 3
   EXPECT_EQ(SampleOne(logits, Row(1.0f, 0, 1.0f, 0.99)), 3);  // 3.96 < 4
-  EXPECT_EQ(SampleOne(logits, Row(1.0f, 2, 1.0f, 0.99)), 1);  // top_k 2 keeps ids 0 and 1
+  EXPECT_EQ(SampleOne(logits, Row(1.0f, 2, 1.0f, 0.99)), 3);  // top_k 2 ties with all four
 }
 
 TEST(SamplingReference, TinyTopPKeepsOnlyTheTopToken) {
@@ -110,7 +116,8 @@ TEST(SamplingReference, NanAndBadUniformAreLeftUndecided) {
 // undecided under the contract in kernels/sampling.h.
 struct CpuWalk {
   bool special = false;           // NaN, +inf max, all -inf or bad uniform: the kernel may say -1
-  size_t keep = 0;                // kept tokens after top_k
+  size_t keep = 0;                // kept tokens after top_k (ties with the k-th included)
+  size_t ties_past_top_k = 0;     // of them, beyond the first top_k
   size_t eligible = 0;            // after the top_p cut
   size_t chosen_rank = 0;         // index in sorted order of the CPU's id
   double closest_mass = 1e300;    // |mass_i - top_p| over the cut loop's steps
@@ -134,6 +141,9 @@ CpuWalk TraceCpu(const float* logits, int32_t vocab, const SamplingRow& p) {
     return w;
   }
   w.keep = p.top_k > 0 ? std::min<size_t>(vocab, p.top_k) : vocab;
+  const size_t keep_without_ties = w.keep;
+  while (w.keep < static_cast<size_t>(vocab) && scores[order[w.keep]] == scores[order[w.keep - 1]]) ++w.keep;
+  w.ties_past_top_k = w.keep - keep_without_ties;
   std::vector<double> probs(w.keep);
   double total = 0;
   for (size_t i = 0; i < w.keep; ++i) {
@@ -175,6 +185,7 @@ std::string UndecidedReason(const float* logits, int32_t vocab, const SamplingRo
   const double margin = 2 * SamplingDecisionMargin(vocab, w.keep > candidates);
   if (p.temperature <= 0.0f) return "";
   if (w.keep > candidates && w.keep < static_cast<size_t>(vocab)) return "top_k between the candidates and vocab";
+  if (w.ties_past_top_k > 0 && (w.keep > candidates || p.top_k == 1)) return "ties with the k-th past the candidates";
   if (w.keep > candidates) {
     const bool use_top_p = p.top_p > 0.0f && p.top_p < 1.0f;
     if (use_top_p && w.eligible > candidates) return "nucleus beyond the candidates";
@@ -189,7 +200,13 @@ TEST(SamplingReference, UndecidedReasonsFollowTheContract) {
   const std::vector<float> small = {1, 2, 3};
   EXPECT_EQ(UndecidedReason(small.data(), 3, Row(1.0f, 0, 0.9f, 0.3)), "");
   std::vector<float> flat(5000, 0.0f);
-  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 2000, 1.0f, 0.3)), "top_k between the candidates and vocab");
+  std::vector<float> ramp(5000);
+  for (size_t i = 0; i < ramp.size(); ++i) ramp[i] = -1e-3f * static_cast<float>(i);
+  EXPECT_EQ(UndecidedReason(ramp.data(), 5000, Row(1.0f, 2000, 1.0f, 0.3)), "top_k between the candidates and vocab");
+  EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 3, 1.0f, 0.3)), "ties with the k-th past the candidates");
+  EXPECT_EQ(UndecidedReason(small.data(), 3, Row(1.0f, 1, 1.0f, 0.3)), "");
+  const std::vector<float> shared_max = {3, 1, 3};
+  EXPECT_EQ(UndecidedReason(shared_max.data(), 3, Row(1.0f, 1, 1.0f, 0.3)), "ties with the k-th past the candidates");
   EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 0.9f, 0.3)), "nucleus beyond the candidates");
   EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.9)), "draw beyond the candidates");
   EXPECT_EQ(UndecidedReason(flat.data(), 5000, Row(1.0f, 0, 1.0f, 0.12345)), "");                    // rank 617
@@ -371,27 +388,45 @@ TEST(SampleRowsCuda, DecidesPeakedRowsWithTheDefaultNucleus) {
   EXPECT_GE(decided, rows * 9 / 10);
 }
 
-TEST(SampleRowsCuda, TiesAcrossTheCandidateCutKeepTheLowestIds) {
-  // All scores equal: the kept tokens are the top_k lowest ids, and the draw picks rank
-  // floor(u * k) (u * k kept off integers: a draw exactly on a boundary is left to the host).
-  // Exercises the ranked gather of threshold-equal elements.
+TEST(SampleRowsCuda, TiesWithTheKthAreKeptOrLeftToTheHost) {
+  // Exact ties with the k-th score straddling the candidate cut exercise the ranked gather and the
+  // whole-buffer sort. 40 ids share the top score, the rest are masked: any top_k up to 40 keeps all
+  // 40 (probs 1 each), and the draw picks the floor(40 u)-th lowest of them. Ties past the
+  // candidates (a flat row) and a shared maximum under top_k 1 are the host's.
   if (!CudaKernelsAvailable()) GTEST_SKIP() << "no CUDA device";
   const int32_t vocab = 151552;
+  std::vector<int32_t> tied_ids;
+  for (int32_t k = 0; k < 40; ++k) tied_ids.push_back(37 + 3779 * k);
+  std::vector<float> tied_row(vocab, -kInf);
+  for (int32_t id : tied_ids) tied_row[id] = 0.25f;
   std::vector<float> logits;
   std::vector<SamplingRow> params;
-  const std::vector<int32_t> top_ks = {1, 3, 100, 777, 1024};
-  for (int32_t k : top_ks) {
-    std::vector<float> row(vocab, 0.25f);
-    logits.insert(logits.end(), row.begin(), row.end());
+  for (int32_t k : {2, 3, 17, 39}) {
+    logits.insert(logits.end(), tied_row.begin(), tied_row.end());
     params.push_back(Row(1.0f, k, 1.0f, 0.4321));
   }
+  std::vector<float> flat_row(vocab, 0.25f);
+  for (int32_t k : {3, 1024}) {
+    logits.insert(logits.end(), flat_row.begin(), flat_row.end());
+    params.push_back(Row(1.0f, k, 1.0f, 0.4321));
+  }
+  std::vector<float> two_maxima(vocab, -1.0f);
+  two_maxima[10] = two_maxima[20] = 2.0f;
+  logits.insert(logits.end(), two_maxima.begin(), two_maxima.end());
+  params.push_back(Row(1.0f, 1, 1.0f, 0.75));
   std::vector<int32_t> want(params.size()), got;
   SampleRowsReference(logits.data(), static_cast<int32_t>(params.size()), vocab, params.data(), want.data());
   ASSERT_TRUE(SampleOnDevice(logits, vocab, params, &got));
-  for (size_t r = 0; r < params.size(); ++r) {
-    EXPECT_EQ(want[r], static_cast<int32_t>(0.4321 * top_ks[r])) << r;
+  for (size_t r = 0; r < 4; ++r) {
+    EXPECT_EQ(want[r], tied_ids[static_cast<size_t>(0.4321 * 40)]) << r;
     EXPECT_EQ(got[r], want[r]) << r;
   }
+  for (size_t r = 4; r < 6; ++r) {
+    EXPECT_EQ(want[r], static_cast<int32_t>(0.4321 * vocab)) << r;
+    EXPECT_EQ(got[r], -1) << r;
+  }
+  EXPECT_EQ(want[6], 20);
+  EXPECT_EQ(got[6], -1);
 }
 
 TEST(SampleRowsCuda, NonFiniteRowsAreLeftToTheHostButGreedyStillDecides) {
