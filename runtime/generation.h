@@ -11,7 +11,7 @@ namespace glmserve {
 struct SamplingParams {
   float temperature = 0.0f;  // 0 = greedy (argmax); otherwise logits are divided by it
   float top_p = 1.0f;        // nucleus mass kept, in (0, 1]; 1 keeps everything
-  int32_t top_k = 0;         // keep the k most likely tokens; 0 = no limit
+  int32_t top_k = 0;         // keep the k most likely tokens (and ties with the k-th); 0 = no limit
   uint64_t seed = 0;         // per-request RNG seed; same seed, same prompt, same params -> same ids
   // OpenAI-style penalties over the ids generated so far (not the prompt), applied to the logits
   // before everything else: logit[t] -= frequency_penalty * count(t) + presence_penalty * (count(t) > 0).
