@@ -75,12 +75,23 @@ class SignalWaiter {
           LogLine("signal 1 (hang-up): already draining");
           continue;
         }
+        // One request to stop often arrives twice: Ctrl-C or systemd's control-group kill reaches
+        // both a supervisor and its child, which then also gets the supervisor's forward, and GNU
+        // timeout signals its command and then its process group. The same signal within
+        // kRepeatWindow of the first is that copy, not an operator asking to exit at once.
+        const auto now = std::chrono::steady_clock::now();
+        if (signals_ > 0 && sig == first_signal_ && now - first_signal_at_ < kRepeatWindow) {
+          LogLine(absl::StrCat("signal ", sig, ": again within 1 s, taken as the same request (already draining)"));
+          continue;
+        }
         if (signals_ > 0 || !ready_) {
           LogLine(absl::StrCat("signal ", sig, ": ", ready_ ? "second signal, exiting now" : "exiting before ready"));
           std::_Exit(ready_ ? kExitFailure : kExitOk);
         }
         ++signals_;
-        LogLine(absl::StrCat("signal ", sig, ": draining (send again to exit at once)"));
+        first_signal_ = sig;
+        first_signal_at_ = now;
+        LogLine(absl::StrCat("signal ", sig, ": draining (send again after 1 s to exit at once)"));
         cv_.notify_all();
       }
     }).detach();
@@ -101,9 +112,13 @@ class SignalWaiter {
   }
 
  private:
+  static constexpr std::chrono::seconds kRepeatWindow{1};
+
   std::mutex mu_;
   std::condition_variable cv_;
   int signals_ = 0;
+  int first_signal_ = 0;                                   // the signal that started the drain
+  std::chrono::steady_clock::time_point first_signal_at_;  // when it came
   bool ready_ = false;
   bool exiting_ = false;
 };

@@ -46,10 +46,14 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
   if (n > 0) args[0] = std::string(self, static_cast<size_t>(n));
   args.push_back("serve");
   for (int i = 1; i < argc; ++i) {
-    // Every spelling the flag parser takes (--supervise, --supervise=true): a child that
-    // supervised in turn would start children forever.
+    // Every spelling the flag parser takes (--supervise, --supervise=true, --supervise true): a
+    // child that supervised in turn would start children forever.
     const std::string arg = argv[i];
-    if (arg != "--supervise" && arg.rfind("--supervise=", 0) != 0) args.push_back(arg);
+    if (arg == "--supervise") {
+      if (i + 1 < argc && (std::string_view(argv[i + 1]) == "true" || std::string_view(argv[i + 1]) == "false")) ++i;
+      continue;
+    }
+    if (arg.rfind("--supervise=", 0) != 0) args.push_back(arg);
   }
 
   sigset_t set, old_mask;

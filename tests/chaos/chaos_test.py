@@ -308,6 +308,38 @@ def scenario_supervise_kill(args):
     return t
 
 
+def scenario_supervise_group_signal(args):
+    # Ctrl-C and systemd's control-group kill signal the supervisor and its child together, and the
+    # supervisor forwards its copy: the child gets the signal twice within milliseconds. Before, it
+    # took the copy as a second request and exited at once, failing every in-flight call. Also the
+    # spelling `--supervise true`, which the child once received as a stray `true`.
+    t = Tally("--supervise true, SIGTERM / SIGINT to the process group with 12 streams in flight")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = harness.Server(args.binary, args.model, ["--supervise", "true", "--debug-step-latency-ms", "10",
+                                "--log-format", "json"], port=harness.free_port(), new_session=True)
+        try:
+            ch = harness.channel(server.port)
+            stub = pb_grpc.InferenceStub(ch)
+            calls = [stream(stub, i, 60, timeout=60, exact=True) for i in range(12)]
+            with concurrent.futures.ThreadPoolExecutor(12) as ex:
+                futures = [ex.submit(harness.run_call, fn, t, 90) for fn in calls]
+                time.sleep(0.3)  # all twelve are generating (60 steps x 10 ms)
+                os.killpg(server.proc.pid, sig)
+                for f in futures:
+                    f.result()
+            rc = server.proc.wait(30)
+            check(rc == 0, f"supervise_group_signal: signal {int(sig)} to the group drains and exits 0 (rc={rc})")
+            copies = [e for e in server.events() if "taken as the same request" in e.get("msg", "")]
+            check(len(copies) >= 1, f"supervise_group_signal: the child took the forwarded copy as the same request")
+            ch.close()
+        finally:
+            server.kill()
+    check(t.ok == t.sent == 24, f"supervise_group_signal: every in-flight stream finished ({t.ok} of {t.sent}, "
+          f"errors {dict(t.errors)})")
+    check(t.lost == 0, f"supervise_group_signal: no request lost ({t.lost})")
+    return t
+
+
 def scenario_disconnect(args):
     t = Tally("100 streams, every tenth disconnects mid-stream")
     mport = harness.free_port()
@@ -426,6 +458,7 @@ SCENARIOS = {
     "faults_first_engine": scenario_faults_first_engine,
     "sigterm_during_rebuild": scenario_sigterm_during_rebuild,
     "supervise_kill": scenario_supervise_kill,
+    "supervise_group_signal": scenario_supervise_group_signal,
     "disconnect": scenario_disconnect,
     "latency": scenario_latency,
     "crash_loop": scenario_crash_loop,

@@ -53,9 +53,12 @@ def inference_stubs(proto_root):
 
 
 class GlmserveProcess:
-    def __init__(self, binary, model, extra=(), port=0, wait=True, ready_pattern=GRPC_READY, start_timeout=120):
+    def __init__(self, binary, model, extra=(), port=0, wait=True, ready_pattern=GRPC_READY, start_timeout=120,
+                 new_session=False):
         self.cmd = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port), *extra]
-        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True, errors="replace")
+        # new_session: its own process group, which a test can signal as a terminal or systemd does.
+        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True, errors="replace",
+                                     start_new_session=new_session)
         self.lines = []
         self.port = None
         self.lock = threading.Lock()

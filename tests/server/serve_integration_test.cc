@@ -253,11 +253,12 @@ TEST_P(ServeSignalTest, SignalDrainsInFlightRequests) {
     });
   }
   std::this_thread::sleep_for(300ms);  // all six are generating (100 steps x 10 ms)
+  // Every signal comes twice: a closing terminal hangs up twice (the shell, then the kernel), and
+  // Ctrl-C or systemd's control-group kill reach a supervised child directly and through the
+  // supervisor's forward (GNU timeout too signals its command twice). A copy is no second request.
   server_->Signal(GetParam());
-  if (GetParam() == SIGHUP) {  // a closing terminal hangs up twice (the shell, then the kernel)
-    std::this_thread::sleep_for(5ms);
-    server_->Signal(SIGHUP);
-  }
+  std::this_thread::sleep_for(5ms);
+  server_->Signal(GetParam());
   int health = -2;
   for (int i = 0; i < 100 && health != 2; ++i) {
     health = HealthCheck(channel_, "");
@@ -288,6 +289,24 @@ TEST_F(ServeIntegrationTest, SecondSignalAnywhereInAnIdleDrainExitsWithoutACrash
     const int code = server_->WaitExit(30s);
     EXPECT_TRUE(code == 0 || code == 1) << "gap " << gap_ms << " ms: exit " << code << "\n" << server_->log();
   }
+}
+
+// A second SIGTERM a second or more after the first is an operator asking to exit at once: the
+// in-flight stream is cut and the exit code is 1.
+TEST_F(ServeIntegrationTest, SecondSignalAfterTheRepeatWindowExitsAtOnce) {
+  Start({"--debug-step-latency-ms", "10"});
+  v1::InferRequest request = MakeProtoRequest({1, 2, 3}, 2000);
+  request.set_min_new_tokens(2000);
+  std::thread client([&] { RunStream(stub_.get(), request, 60s); });
+  std::this_thread::sleep_for(300ms);
+  server_->Signal(SIGTERM);
+  std::this_thread::sleep_for(1200ms);
+  const auto second = std::chrono::steady_clock::now();
+  server_->Signal(SIGTERM);
+  EXPECT_EQ(server_->WaitExit(30s), 1) << server_->log();
+  EXPECT_LT(std::chrono::steady_clock::now() - second, 10s) << "the drain ran on (2000 steps x 10 ms)";
+  client.join();
+  EXPECT_NE(server_->log().find("second signal, exiting now"), std::string::npos) << server_->log();
 }
 
 // Started under nohup (SIGHUP ignored), a hang-up changes nothing: the server keeps serving.
