@@ -863,6 +863,11 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<int64_t>(int64_t{2} * options.max_message_bytes, std::numeric_limits<int>::max())));
   builder.SetMaxSendMessageSize(options.max_message_bytes);
+  // gRPC 1.51 inflates a compressed message whole before it checks the receive limit: a 1 MB gzip
+  // request made the server allocate (and keep) 1 GB, before the API key was checked. Requests come
+  // uncompressed (clients compress none unless asked); a compressed one is refused UNIMPLEMENTED.
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_DEFLATE, false);
+  builder.SetCompressionAlgorithmSupportStatus(GRPC_COMPRESS_GZIP, false);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_time_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, options.keepalive_timeout_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, options.keepalive_permit_without_calls ? 1 : 0);

@@ -5,7 +5,7 @@ that trusts the test's CA), certificates made with the openssl CLI in a temporar
 
 Checks: UNAUTHENTICATED / 401 (OpenAI shape, WWW-Authenticate) without or with a wrong key, OK with
 a key from --api-key-file or GLMSERVE_API_KEY; gRPC health, HTTP /health and /metrics open; no key
-in the logs; --max-requests-per-client counted per key across gRPC and HTTP (RESOURCE_EXHAUSTED /
+in the logs; compressed requests refused (a gzip bomb cost 1 GB before the key check); --max-requests-per-client counted per key across gRPC and HTTP (RESOURCE_EXHAUSTED /
 429 + Retry-After) while another key is served; TLS and mTLS with grpcio and the openai SDK
 (plaintext and certificate-less clients refused); bad TLS / key flags exit 2 naming the flag before
 any port is bound; over HTTPS the read deadline and the connection cap of plaintext (slow TLS clients
@@ -219,6 +219,39 @@ def per_peer_cap(args, pb, pb_grpc):
         s, _, _ = http("POST", f"http://127.0.0.1:{server.http_port}/v1/chat/completions", chat_body())
         check(s == 429, f"per-peer cap over HTTP: {s}")
         holder.cancel()
+    finally:
+        server.stop()
+
+
+def compressed_requests(args, pb, pb_grpc):
+    """gRPC 1.51 inflates a compressed message whole before checking the receive limit: a 64 KB gzip
+    request that inflates to 64 MB of input_ids made the server allocate (and keep) it, before the
+    API key was looked at. Compressed requests are refused UNIMPLEMENTED; uncompressed ones serve."""
+    server = Server(args.binary, args.model, env={"GLMSERVE_API_KEY": KEYS[0]})
+    try:
+        ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        n = 64 << 20
+        length = b""
+        rest = n
+        while True:  # the field's varint length
+            byte, rest = rest & 0x7F, rest >> 7
+            length += bytes([byte | (0x80 if rest else 0)])
+            if not rest:
+                break
+        bomb = b"\x0a" + length + b"\x01" * n + b"\x18\x01"  # input_ids = [1] * n, max_new_tokens 1
+        raw_infer = ch.unary_unary("/glmserve.v1.Inference/Infer", request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        before = rss_kb(server.proc.pid)
+        for algorithm in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+            code, msg = code_of(lambda: raw_infer(bomb, timeout=60, compression=algorithm))
+            check(code == grpc.StatusCode.UNIMPLEMENTED and "disabled" in msg,
+                  f"a {algorithm.name} request is refused: {code} {msg!r}")
+        grown = rss_kb(server.proc.pid) - before
+        check(grown < 32 * 1024, f"two 64 MB compression bombs left the server's memory as it was (+{grown} KB)")
+        stub = pb_grpc.InferenceStub(ch)
+        code, msg = code_of(lambda: stub.Infer(pb.InferRequest(input_ids=[1, 2, 3], max_new_tokens=2), timeout=30,
+                                               metadata=(("authorization", f"Bearer {KEYS[0]}"),)))
+        check(code == grpc.StatusCode.OK, f"an uncompressed request after them: {code} {msg!r}")
     finally:
         server.stop()
 
@@ -624,6 +657,7 @@ def main():
         bad_flags(args, p, tmp)
         auth_and_quota(args, pb, pb_grpc, tmp)
         per_peer_cap(args, pb, pb_grpc)
+        compressed_requests(args, pb, pb_grpc)
         tls(args, pb, pb_grpc, p, mutual=False)
         tls(args, pb, pb_grpc, p, mutual=True)
         tls_slow_clients(args, p)
