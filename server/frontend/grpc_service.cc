@@ -1,5 +1,6 @@
 #include "server/frontend/grpc_service.h"
 
+#include <grpc/support/time.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -300,11 +301,16 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
 
   // Deadline for the engine: the call's deadline, else the default one.
   std::chrono::steady_clock::time_point EngineDeadline(const grpc::CallbackServerContext* ctx) const {
-    const auto system_deadline = ctx->deadline();
+    // From gRPC's own timespec: ServerContext::deadline() converts it to system_clock nanoseconds,
+    // which wrap for deadlines past 2262 (grpc-go sends `2562047H`, ~292 years, for no deadline),
+    // and the call then failed at once as past its deadline.
+    const gpr_timespec raw = ctx->raw_deadline();
     const auto steady_now = std::chrono::steady_clock::now();
-    if (system_deadline != std::chrono::system_clock::time_point::max()) {
-      const auto left = system_deadline - std::chrono::system_clock::now();
-      return steady_now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
+    if (gpr_time_cmp(raw, gpr_inf_future(raw.clock_type)) != 0) {
+      const gpr_timespec left = gpr_time_sub(raw, gpr_now(raw.clock_type));
+      constexpr int64_t kFarSeconds = int64_t{100} * 365 * 24 * 3600;  // as good as none
+      if (left.tv_sec >= kFarSeconds) return steady_now + std::chrono::seconds(kFarSeconds);
+      return steady_now + std::chrono::seconds(left.tv_sec) + std::chrono::nanoseconds(left.tv_nsec);
     }
     if (options_.default_deadline_ms > 0) {
       return steady_now + std::chrono::milliseconds(options_.default_deadline_ms);
@@ -681,10 +687,15 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
         write_started_ = std::chrono::steady_clock::now();
         action = kWrite;
       } else if (engine_done_) {
-        if (!result_.status.ok()) {
+        // A stream cut short after its first message (its deadline, a model failure, an engine
+        // fault) still gets the last message, with the finish reason and usage, before the status:
+        // the client learns what it used. Before any message the status goes alone, so that a retry
+        // policy may still retry the call (a response commits it).
+        const bool last_message = result_.status.ok() || wrote_;
+        if (!last_message || final_written_) {
           action = kFinish;
-          status = ToGrpc(result_.status);
-        } else if (!final_written_) {  // the last message, then (once written) the status
+          status = result_.status.ok() ? grpc::Status::OK : ToGrpc(result_.status);
+        } else {  // the last message, then (once written) the status
           out_.Clear();
           out_.set_request_id(request_id_);
           FillFinal(result_, images_, streamed_, &out_);
@@ -692,9 +703,6 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
           writing_ = final_in_flight_ = true;
           write_started_ = std::chrono::steady_clock::now();
           action = kWrite;
-        } else {
-          action = kFinish;
-          status = grpc::Status::OK;
         }
       }
       if (action == kFinish) {

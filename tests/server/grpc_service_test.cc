@@ -397,6 +397,48 @@ TEST_F(GrpcServiceTest, DeadlineExceededFreesCapacity) {
   EXPECT_LT(std::chrono::steady_clock::now() - next, 1s);
 }
 
+// A stream cut off by its deadline after messages went out ends with a last message, finish_reason
+// DEADLINE and the usage of what was generated, then DEADLINE_EXCEEDED: the client learns what it
+// used (before, the status came alone). The server's default deadline applies: the client set none,
+// so gRPC's transport leaves the call open for that message.
+TEST_F(GrpcServiceTest, StreamPastItsDeadlineEndsWithItsUsage) {
+  GrpcServerOptions options;
+  options.default_deadline_ms = 400;
+  StartServer(DefaultEngineOptions(), options);
+  grpc::ClientContext ctx;
+  auto reader = stub_->InferStream(&ctx, MakeProtoRequest({1, 2}, 3000));
+  std::vector<v1::InferResponse> messages;
+  size_t ids = 0;
+  v1::InferResponse message;
+  while (reader->Read(&message)) {
+    ids += message.output_ids_size();
+    messages.push_back(message);
+  }
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::DEADLINE_EXCEEDED) << status.error_message();
+  ASSERT_GE(messages.size(), 2u) << "tokens streamed before the deadline";
+  const v1::InferResponse& last = messages.back();
+  EXPECT_EQ(last.finish_reason(), v1::DEADLINE);
+  EXPECT_EQ(last.usage().prompt_tokens(), 2);
+  EXPECT_EQ(static_cast<size_t>(last.usage().completion_tokens()), ids);
+  EXPECT_LT(ids, 3000u);
+  for (size_t i = 0; i + 1 < messages.size(); ++i) EXPECT_EQ(messages[i].finish_reason(), v1::UNSPECIFIED) << i;
+}
+
+// A deadline ~292 years away (grpc-go's for none: `grpc-timeout: 2562047H`) once wrapped in the
+// server's conversion to nanoseconds and failed the call at once as past its deadline.
+TEST_F(GrpcServiceTest, FarDeadlineIsNoDeadline) {
+  StartServer();
+  for (int64_t hours : {int64_t{2562047}, int64_t{2000000}, int64_t{1}}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_seconds(hours * 3600, GPR_TIMESPAN)));
+    v1::InferResponse response;
+    const grpc::Status status = stub_->Infer(&ctx, MakeProtoRequest({1, 2, 3}, 4), &response);
+    EXPECT_TRUE(status.ok()) << hours << " h: " << status.error_message();
+    EXPECT_EQ(response.output_ids_size(), 4) << hours << " h";
+  }
+}
+
 TEST_F(GrpcServiceTest, ClientCancelFreesCapacity) {
   auto codes = std::make_shared<CodeCounter>();
   GrpcServerOptions options;
