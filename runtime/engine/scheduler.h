@@ -183,7 +183,8 @@ struct SchedulerOptions {
   // without overlap).
   bool overlap_steps = false;
   FaultInjectionOptions faults;
-  // Receives log lines (batch-limit changes, alone-OOM failures). Null = stderr.
+  // Receives log lines, each an event off the normal path (batch-limit changes, alone-OOM failures,
+  // a callback that threw, an injected stall). Null = stderr.
   std::function<void(const std::string&)> log;
 };
 

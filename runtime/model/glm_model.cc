@@ -141,7 +141,7 @@ KvPool GlmModel::AllocateKv(int32_t num_blocks, int32_t block_size) const {
   pool.block_size = block_size;
   pool.num_blocks = num_blocks;
   const auto options = at::TensorOptions().dtype(dtype_).device(device_);
-  const int64_t slots = int64_t{num_blocks + 1} * block_size;  // + the scratch block
+  const int64_t slots = (int64_t{num_blocks} + 1) * block_size;  // + the scratch block
   pool.k = at::zeros({config_.num_layers, slots, config_.num_key_value_heads, config_.head_dim}, options);
   pool.v = at::zeros_like(pool.k);
   return pool;

@@ -85,7 +85,8 @@ class SignalWaiter {
           continue;
         }
         if (signals_ > 0 || !ready_) {
-          LogLine(absl::StrCat("signal ", sig, ": ", ready_ ? "second signal, exiting now" : "exiting before ready"));
+          LogEvent(ready_ ? LogLevel::kWarn : LogLevel::kInfo, "log", "",
+                   absl::StrCat("signal ", sig, ": ", ready_ ? "second signal, exiting now" : "exiting before ready"));
           std::_Exit(ready_ ? kExitFailure : kExitOk);
         }
         ++signals_;
@@ -99,6 +100,18 @@ class SignalWaiter {
   void SetReady() {
     std::lock_guard<std::mutex> lock(mu_);
     ready_ = true;
+  }
+  // Drains and exits with `exit_code` as a signal would, unless a signal came first.
+  void Stop(int exit_code) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (signals_ > 0) return;
+    ++signals_;
+    exit_code_ = exit_code;
+    cv_.notify_all();
+  }
+  int exit_code() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return exit_code_;
   }
   void Wait() {
     std::unique_lock<std::mutex> lock(mu_);
@@ -117,6 +130,7 @@ class SignalWaiter {
   std::mutex mu_;
   std::condition_variable cv_;
   int signals_ = 0;
+  int exit_code_ = kExitOk;                                // what RunServe returns once drained (Stop's)
   int first_signal_ = 0;                                   // the signal that started the drain
   std::chrono::steady_clock::time_point first_signal_at_;  // when it came
   bool ready_ = false;
@@ -341,7 +355,10 @@ int RunServe(int argc, char** argv) {
       engine_flags.engine.scheduler.faults = FaultInjectionOptions();
       engine_flags.engine.scheduler.faults.step_latency = latency;
     }
-    engine_flags.engine.scheduler.log = [](const std::string& line) { LogEvent(LogLevel::kInfo, "engine", "", line); };
+    // The scheduler logs only what is off the normal path (batch-limit changes after out-of-memory
+    // steps, a request failing alone, a callback that threw): warn, so a filter for level != info
+    // shows them.
+    engine_flags.engine.scheduler.log = [](const std::string& line) { LogEvent(LogLevel::kWarn, "engine", "", line); };
     engine_flags.engine.on_step_end = [heartbeat, metrics_sink](int32_t n, const absl::Status& s) {
       heartbeat(n, s);
       metrics_sink->OnStep(n, s);
@@ -377,6 +394,16 @@ int RunServe(int argc, char** argv) {
     metrics_sink->SetServing(serving);
   };
   hooks.on_restart = [metrics_sink] { metrics_sink->OnEngineRestart(); };
+  // Under --supervise a crash loop is the supervisor's to heal: a fresh process (a new CUDA context,
+  // memory returned) may serve where in-process rebuilds kept failing. Unsupervised, the server
+  // stays up NOT_SERVING and says why (an orchestrator's liveness probe restarts it).
+  if (std::getenv(kSupervisedEnv) != nullptr) {
+    hooks.on_crash_loop = [&signals](const std::string&) {
+      LogEvent(LogLevel::kError, "log", "",
+               "engine crash loop under --supervise: exiting 1 so that the supervisor starts a fresh process");
+      signals.Stop(kExitFailure);
+    };
+  }
 
   // The tokenizer (prompt, messages, stop strings, response text) comes from the model directory.
   if (auto tok = tokenizer::Tokenizer::FromDirectory(flags.model_dir); tok.ok()) {
@@ -486,7 +513,7 @@ int RunServe(int argc, char** argv) {
   }
   if (!engine_idle || !calls_idle) {
     const int open_calls = (*server)->active_calls() + (http != nullptr ? http->active_calls() : 0);
-    LogLine(absl::StrCat("drain timeout: ", open_calls, " calls still open; cancelling"));
+    LogEvent(LogLevel::kWarn, "log", "", absl::StrCat("drain timeout: ", open_calls, " calls still open; cancelling"));
   }
   (*engine)->Shutdown();
   metrics_sink->StopPolling();  // before the engine it polls is destroyed
@@ -501,9 +528,9 @@ int RunServe(int argc, char** argv) {
                 ? "an engine rebuild is still loading or warming up; exiting without waiting for it"
                 : "an engine torn down after a stall is still running; exiting without joining it");
     std::fflush(stderr);
-    std::_Exit(kExitOk);
+    std::_Exit(signals.exit_code());
   }
-  return kExitOk;
+  return signals.exit_code();
 }
 
 }  // namespace glmserve

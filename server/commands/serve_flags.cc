@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <iterator>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/checkpoint/model_config.h"
@@ -226,6 +228,17 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
   }
   f.executor.inject_oom_above_sequences = f.debug_inject_oom_above;
   if (f.model_dir.empty()) return absl::InvalidArgumentError("--model: required");
+  // Two listeners on one port: the second bind failed with gRPC's or the exporter's own words.
+  const std::pair<const char*, int> ports[] = {
+      {"--port", f.grpc.port}, {"--http-port", f.http_port}, {"--metrics-port", f.metrics_port}};
+  for (size_t i = 0; i < std::size(ports); ++i) {
+    for (size_t j = i + 1; j < std::size(ports); ++j) {
+      if (ports[i].second > 0 && ports[i].second == ports[j].second) {
+        return absl::InvalidArgumentError(absl::StrCat(ports[j].first, " ", ports[j].second, ": is ", ports[i].first,
+                                                       " too; each listener needs a port of its own"));
+      }
+    }
+  }
   // A phone agent sends a full-resolution screenshot a step, 1-4 MB as base64: a model that takes
   // images gets room for it unless the flag says otherwise. (An unreadable config.json is the
   // load's to report.)

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <deque>
 #include <string>
 #include <vector>
@@ -76,6 +77,7 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
     if (child == 0) {
       // If the supervisor itself is killed, the server drains and exits instead of lingering.
       prctl(PR_SET_PDEATHSIG, SIGTERM);
+      setenv(kSupervisedEnv, "1", 1);
       sigprocmask(SIG_SETMASK, &old_mask, nullptr);
       std::vector<char*> cargv;
       for (auto& a : args) cargv.push_back(a.data());
@@ -101,7 +103,9 @@ int RunSupervisor(int argc, char** argv, const ServeFlags& flags) {
       if (r == child) break;
     }
     const double ran_s = std::chrono::duration<double>(SteadyClock::now() - started).count();
-    LogEvent(LogLevel::kInfo, "child_exited", "",
+    // A child that drained (0) ended as asked; any other end is what the supervisor is for.
+    const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    LogEvent(clean ? LogLevel::kInfo : LogLevel::kWarn, "child_exited", "",
              absl::StrCat("supervisor: child ", child, " ended: ", Describe(status)),
              {{"child_pid", child}, {"status", Describe(status)}, {"ran_s", ran_s}});
     if (stopping) return WIFEXITED(status) ? WEXITSTATUS(status) : kExitFailure;

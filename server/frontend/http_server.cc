@@ -538,8 +538,10 @@ class ApiHttpServer final : public httplib::Server {
       // requests of their own).
       if (ok && !conn.head_parsed() && conn.written() > 0) break;
       if ((!ok || !conn.head_parsed()) && conn.timed_out() && conn.written() == 0) {
+        // The client's own doing, counted CANCELLED as one that leaves mid-body: as
+        // DEADLINE_EXCEEDED a half-sent request fed the alert on server-side failures.
         AnswerAndClose(conn, "Request Timeout",
-                       MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
+                       MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kRequestTimeout,
                                    absl::StrCat("the request did not arrive within --http-read-timeout-ms (",
                                                 o.read_timeout_ms, " ms)")));
       }
@@ -1404,7 +1406,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
           e = MakeRefusal(absl::StatusCode::kInvalidArgument, RefusalKind::kPayloadTooLarge,
                           absl::StrCat("request body exceeds --max-message-bytes (", max_body, " bytes)"));
         } else if (tls_connection != nullptr && tls_connection->timed_out()) {
-          e = MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kRequestTimeout,
+          e = MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kRequestTimeout,  // the client's doing
                           absl::StrCat("the request body did not arrive within --http-read-timeout-ms (",
                                        state->options.read_timeout_ms, " ms)"));
         } else if (tls_connection != nullptr && tls_connection->PeerClosed()) {
@@ -1545,8 +1547,14 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     SetError(res, e);
   });
 
-  const int port = options.port == 0 ? svr.bind_to_any_port(options.host)
-                                     : (svr.bind_to_port(options.host, options.port) ? options.port : -1);
+  // "*" is every interface to gRPC and the metrics listener; httplib resolved it as a name and
+  // bound [::1] only. It is IPv6's wildcard here (dual-stack), else IPv4's.
+  int port = -1;
+  for (const std::string& host :
+       options.host == "*" ? std::vector<std::string>{"::", "0.0.0.0"} : std::vector<std::string>{options.host}) {
+    port = options.port == 0 ? svr.bind_to_any_port(host) : (svr.bind_to_port(host, options.port) ? options.port : -1);
+    if (port > 0) break;
+  }
   if (port <= 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", FormatAddress(options.host, options.port), " (HTTP)"));

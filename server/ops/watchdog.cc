@@ -588,8 +588,16 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
         state_ = State::kFailed;
         // Every client refused from now on reads this: the fault's first line only (a failed
         // rebuild's checkpoint report is many lines; engine_crash_loop and the faults before it
-        // logged it whole).
-        std::string last = why.substr(0, why.find('\n'));
+        // logged it whole), and the line after it when the first only introduces it ("cannot load
+        // DIR:").
+        const size_t first_end = why.find('\n');
+        std::string last = why.substr(0, first_end);
+        if (!last.empty() && last.back() == ':' && first_end != std::string::npos) {
+          const size_t next_end = why.find('\n', first_end + 1);
+          absl::StrAppend(
+              &last, " ",
+              why.substr(first_end + 1, next_end == std::string::npos ? std::string::npos : next_end - first_end - 1));
+        }
         if (last.size() > 300) last = absl::StrCat(last.substr(0, 300), "...");
         reason_ = absl::StrCat("engine crash loop: ", failures, " faults within ", options_.window.count() / 1000,
                                " s; not restarting again (last: ", last, "); fix the cause and restart the server");
@@ -601,14 +609,21 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     }
     if (state_ == State::kFailed) {  // only this thread sets it
       std::string reason;
+      bool shutting_down = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
         reason = reason_;
+        shutting_down = stopping_;
       }
-      LogEvent(LogLevel::kError, "engine_crash_loop", "", reason, {{"failures", failures}, {"last_fault", why}});
+      if (shutting_down) {
+        LogEvent(LogLevel::kInfo, "log", "", absl::StrCat("engine rebuild left: ", reason));
+      } else {
+        LogEvent(LogLevel::kError, "engine_crash_loop", "", reason, {{"failures", failures}, {"last_fault", why}});
+      }
       for (auto& t : requeue) {
         EndWithoutEngine(t, absl::UnavailableError(reason), FinishReason::kError);
       }
+      if (!shutting_down && hooks_.on_crash_loop) hooks_.on_crash_loop(reason);
       return;
     }
     const std::chrono::milliseconds delay = Backoff(failures);

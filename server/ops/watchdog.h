@@ -80,6 +80,8 @@ class SelfHealingEngine final : public InferenceEngine {
   struct Hooks {
     std::function<void(bool serving)> on_health;  // health status changes
     std::function<void()> on_restart;             // an engine was rebuilt and is serving
+    // The engine gave up after a crash loop (no rebuild follows); not called for a shutdown.
+    std::function<void(const std::string& reason)> on_crash_loop;
   };
   // Validates `options` (INVALID_ARGUMENT), then builds and warms engine 0; its error is returned
   // as is. Health is reported SERVING by the caller (the first time); later transitions go

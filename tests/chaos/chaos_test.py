@@ -450,6 +450,40 @@ def scenario_crash_loop(args):
     return t
 
 
+def scenario_supervise_crash_loop(args):
+    # Under --supervise an engine crash loop exits the child 1, so the supervisor tries a fresh
+    # process (before: the child stayed up NOT_SERVING and the supervisor never acted). Every engine
+    # of every child throws on its first real step: each child gives up after 2 faults, the
+    # supervisor restarts it once and then gives up itself (--max-restarts 2 serves both).
+    t = Tally("--supervise, every engine throws: the child's crash loop restarts the process")
+    server = harness.Server(args.binary, args.model, ["--supervise", "--debug-throw-on-step", "3",
+                            "--debug-faults-persist", "true", "--max-restarts", "2", "--restart-backoff-ms", "100",
+                            "--log-format", "json"], port=harness.free_port())
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and server.proc.poll() is None:
+            ch = harness.channel(server.port)
+            harness.run_call(unary(pb_grpc.InferenceStub(ch), t.sent, 8, timeout=5), t, 30)
+            ch.close()
+            time.sleep(0.1)
+        rc = server.proc.wait(30)
+        events = server.events()
+        children = [e for e in events if e.get("event") == "child_started"]
+        exits = [e for e in events if e.get("event") == "child_exited"]
+        check(len(children) == 2, f"supervise_crash_loop: the supervisor started a second child ({len(children)})")
+        check(len(exits) == 2 and all(e.get("level") == "warn" and "exit code 1" in e.get("msg", "") for e in exits),
+              f"supervise_crash_loop: each child exited 1 after its crash loop, logged at warn "
+              f"({[(e.get('level'), e.get('msg')) for e in exits]})")
+        check(any(e.get("event") == "supervisor_crash_loop" for e in events),
+              "supervise_crash_loop: the supervisor gave up after --max-restarts")
+        check(rc == 1, f"supervise_crash_loop: the supervisor exits 1 (rc={rc})")
+        check(t.lost == 0 and t.ok == 0, f"supervise_crash_loop: every call answered, none served ({t.ok} ok, "
+              f"{dict(t.errors)}, {t.lost} lost)")
+    finally:
+        server.kill()
+    return t
+
+
 SCENARIOS = {
     "throw": scenario_throw,
     "throw_stop_strings": scenario_throw_stop_strings,
@@ -462,6 +496,7 @@ SCENARIOS = {
     "disconnect": scenario_disconnect,
     "latency": scenario_latency,
     "crash_loop": scenario_crash_loop,
+    "supervise_crash_loop": scenario_supervise_crash_loop,
 }
 
 

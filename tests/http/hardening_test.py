@@ -389,7 +389,9 @@ def test_unary_disconnect(binary, model):
 def test_slowloris(binary, model):
     """80 connections each sending a byte every 0.5 s: /health keeps answering; they are cut off
     at the read deadline (408); over the connection cap a connection gets 503 at once."""
-    server = Server(binary, model, ["--http-read-timeout-ms", "2000", "--http-max-connections", "100"])
+    slow_mport = free_port()
+    server = Server(binary, model, ["--http-read-timeout-ms", "2000", "--http-max-connections", "100",
+                                    "--metrics-port", str(slow_mport)])
     try:
         pid = server.proc.pid
         base = rss_kb(pid)
@@ -445,6 +447,12 @@ def test_slowloris(binary, model):
         check(all(st == 408 for st in statuses), f"slow connections cut off with 408 at the deadline ({statuses})")
         if not all(st == 408 for st in statuses):
             print(server.log()[-3000:])
+        # A client too slow to send its request is its own doing: counted CANCELLED, as one that
+        # leaves mid-body. As DEADLINE_EXCEEDED it fed GlmserveHighErrorRatio, the server-side alert.
+        deadline = metric(slow_mport, 'glmserve_requests_total{code="DEADLINE_EXCEEDED"}') or 0
+        cancelled = metric(slow_mport, 'glmserve_requests_total{code="CANCELLED"}') or 0
+        check(deadline == 0 and cancelled >= 7, f"408s counted CANCELLED, not DEADLINE_EXCEEDED "
+              f"({cancelled:.0f} / {deadline:.0f})")
         stop.set()
         for s in slow:
             s.close()

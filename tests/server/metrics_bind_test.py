@@ -4,7 +4,8 @@
   error-level log line naming `--metrics-port`, the port and the reason (JSON and text formats);
 - `--host ::` (every interface; Debian's civetweb, the exporter before, refused "[::]:P" on every
   port): GET /metrics answers on 127.0.0.1;
-- `--host 0.0.0.0` likewise.
+- `--host 0.0.0.0` and `--host '*'` likewise, and the HTTP API's /health (with '*' it was bound on
+  [::1] only).
 Exit 77 = skipped (no model)."""
 import argparse
 import json
@@ -66,9 +67,9 @@ def in_use(binary, model):
 
 
 def wildcard(binary, model, host):
-    mport = free_port()
+    mport, hport = free_port(), free_port()
     proc = subprocess.Popen([binary, "serve", "--model", model, "--host", host, "--port", "0",
-                             "--metrics-port", str(mport), "--log-format", "json"],
+                             "--metrics-port", str(mport), "--http-port", str(hport), "--log-format", "json"],
                             stderr=subprocess.PIPE, text=True, errors="replace")
     lines = []
     serving = False
@@ -86,6 +87,12 @@ def wildcard(binary, model, host):
         if serving:
             text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
             check("glmserve_build_info" in text, f"--host {host}: GET http://127.0.0.1:{mport}/metrics answers")
+            # The OpenAI API on every interface too: with "*" httplib once bound [::1] only.
+            try:
+                health = urllib.request.urlopen(f"http://127.0.0.1:{hport}/health", timeout=10).status
+            except OSError as e:
+                health = repr(e)
+            check(health == 200, f"--host {host}: GET http://127.0.0.1:{hport}/health answers ({health})")
         else:
             print("".join(lines))
     finally:
@@ -109,6 +116,7 @@ def main():
         return 77
     in_use(args.binary, args.model)
     wildcard(args.binary, args.model, "::")
+    wildcard(args.binary, args.model, "*")
     wildcard(args.binary, args.model, "0.0.0.0")
     print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
     return 1 if FAILURES else 0

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace glmserve {
@@ -96,6 +97,25 @@ TEST(ServeFlags, StepBudgetBelowTheBatchIsRefusedNamingBothFlags) {
   EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(f.status().message().find("--max-batch-tokens: 256"), std::string::npos) << f.status();
   EXPECT_NE(f.status().message().find("--max-batch 512"), std::string::npos) << f.status();
+}
+
+// Two listeners on one port are refused naming both flags (the second bind failed with gRPC's own
+// words and a dump of its internals).
+TEST(ServeFlags, ListenersSharingAPortAreRefusedNamingBothFlags) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--port", "52000", "--http-port", "52000"}, "--http-port 52000: is --port too"},
+      {{"--port", "52000", "--metrics-port", "52000"}, "--metrics-port 52000: is --port too"},
+      {{"--port", "52001", "--http-port", "52002", "--metrics-port", "52002"},
+       "--metrics-port 52002: is --http-port too"},
+  };
+  for (const auto& [args, want] : cases) {
+    absl::StatusOr<ServeFlags> f = Parse(args);
+    ASSERT_FALSE(f.ok()) << want;
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(f.status().message().find(want), std::string::npos) << f.status();
+  }
+  EXPECT_TRUE(Parse({"--port", "0", "--http-port", "0", "--metrics-port", "0"}).ok()) << "0 picks free ports";
+  EXPECT_TRUE(Parse({"--port", "52000", "--http-port", "52001", "--metrics-port", "52002"}).ok());
 }
 
 // The flags this change added, and --prefix-caching (now on by default): a bad value is refused

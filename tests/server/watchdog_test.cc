@@ -47,11 +47,16 @@ class Harness {
         [this, faults](int generation,
                        std::function<void(int32_t, const absl::Status&)> beat) -> absl::StatusOr<EngineInstance> {
       std::function<void(int)> before;
+      std::function<absl::Status(int)> build_error;
       {
         std::lock_guard<std::mutex> lock(mu_);
         before = before_build_;
+        build_error = build_error_;
       }
       if (before) before(generation);
+      if (build_error) {
+        if (absl::Status s = build_error(generation); !s.ok()) return s;
+      }
       EngineOptions o;
       o.scheduler.max_batch_size = 8;
       o.scheduler.faults = faults(generation);
@@ -143,6 +148,11 @@ class Harness {
     std::lock_guard<std::mutex> lock(mu_);
     before_build_ = std::move(before);
   }
+  // Each engine build fails with what this returns, where not OK (a checkpoint gone since start).
+  void set_build_error(std::function<absl::Status(int)> error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    build_error_ = std::move(error);
+  }
   FakeClock& clock() { return *clock_; }
 
  private:
@@ -153,6 +163,7 @@ class Harness {
   int restarts_seen_ = 0;
   std::map<int, testing::FakeExecutor*> executors_;  // owned by the engines
   std::function<void(int)> before_build_;
+  std::function<absl::Status(int)> build_error_;
   std::unique_ptr<SelfHealingEngine> engine_;  // last: destroyed first
 };
 
@@ -326,6 +337,28 @@ TEST(WatchdogTest, CrashLoopStaysNotServingAndSaysWhy) {
   Outcome later = Get(refused);
   EXPECT_TRUE(absl::IsUnavailable(later.status)) << later.status;
   EXPECT_NE(later.status.message().find("crash loop"), absl::string_view::npos) << later.status;
+}
+
+// Rebuilds that fail to load name the cause on the line after "cannot load DIR:": the refusal
+// clients read keeps it (it once ended at the colon).
+TEST(WatchdogTest, CrashLoopOfFailedLoadsNamesTheCause) {
+  Harness h([](int) {
+    FaultInjectionOptions f;
+    f.throw_on_step = 2;
+    return f;
+  });
+  h.set_build_error([](int generation) {
+    return generation == 0
+               ? absl::OkStatus()
+               : absl::FailedPreconditionError("cannot load /models/m:\nno weight files in /models/m\nmore");
+  });
+  auto r = h.Run("r", false, 2);
+  Outcome o = Get(r);
+  EXPECT_TRUE(absl::IsUnavailable(o.status)) << o.status;
+  EXPECT_NE(o.status.message().find("crash loop"), absl::string_view::npos) << o.status;
+  EXPECT_NE(o.status.message().find("cannot load /models/m: no weight files in /models/m)"), absl::string_view::npos)
+      << o.status;
+  EXPECT_EQ(o.status.message().find("more"), absl::string_view::npos) << o.status;
 }
 
 TEST(WatchdogTest, FaultsOutsideTheWindowDoNotCountTowardsTheCrashLoop) {
