@@ -1,5 +1,5 @@
-// Chat-template recognition. There is no maintained C++ Jinja engine in Debian 12, so glmserve
-// renders the GLM family formats in code and recognizes the known GLM templates (README.md).
+// Chat-template recognition: the known GLM templates are rendered in code; other templates run on
+// the Jinja engine (jinja_chat.h; README.md).
 #ifndef GLMSERVE_RUNTIME_TOKENIZER_CHAT_TEMPLATE_H_
 #define GLMSERVE_RUNTIME_TOKENIZER_CHAT_TEMPLATE_H_
 

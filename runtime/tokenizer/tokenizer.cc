@@ -13,6 +13,7 @@
 #include "runtime/json_util.h"
 #include "runtime/tokenizer/bpe.h"
 #include "runtime/tokenizer/chat_template.h"
+#include "runtime/tokenizer/jinja_chat.h"
 #include "runtime/tokenizer/pretokenizer.h"
 #include "runtime/tokenizer/sp_wrapper.h"
 
@@ -195,6 +196,7 @@ absl::StatusOr<json> ParseJsonText(const std::string& where, const std::string& 
 // family default when no known template is found.
 struct TokenizerConfig {
   std::string chat_template;
+  std::string chat_template_where;  // the file it came from, for messages
   std::string eos_token;
   std::string model_type;  // "glm4v": GLM-4.1V's chat format is the default
   // Strings transformers registers as special tokens: the values of top-level "*_token" keys
@@ -232,7 +234,10 @@ absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool re
     if (!j.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": expected a JSON object, got ", j.type_name()));
     }
-    if (j.contains("chat_template") && j["chat_template"].is_string()) c.chat_template = j["chat_template"];
+    if (j.contains("chat_template") && j["chat_template"].is_string()) {
+      c.chat_template = j["chat_template"];
+      c.chat_template_where = absl::StrCat(path, "'s chat_template");
+    }
     if (j.contains("eos_token")) c.eos_token = TokenString(j["eos_token"]);
     for (auto it = j.begin(); read_specials && it != j.end(); ++it) {
       const std::string& key = it.key();
@@ -271,7 +276,10 @@ absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool re
       }
     }
   }
-  if (auto text = ReadFile(dir / "chat_template.jinja"); text.ok() && c.chat_template.empty()) c.chat_template = *text;
+  if (auto text = ReadFile(dir / "chat_template.jinja"); text.ok() && c.chat_template.empty()) {
+    c.chat_template = *text;
+    c.chat_template_where = (dir / "chat_template.jinja").string();
+  }
   // The model's config.json is read only for model_type; the checkpoint loader validates the rest.
   if (auto text = ReadFile(dir / "config.json"); text.ok()) {
     json j = json::parse(*text, nullptr, false);
@@ -311,8 +319,9 @@ class BpeTokenizer : public Tokenizer {
 
   absl::StatusOr<std::vector<int32_t>> ChatIds(const std::vector<Message>& messages,
                                                bool add_generation_prompt) const override {
-    auto text = family_ == Family::kGlm4v ? RenderGlm4vChat(messages, add_generation_prompt)
-                                          : RenderGlm4Chat(messages, add_generation_prompt);
+    auto text = jinja_ != nullptr           ? jinja_->Render(messages, add_generation_prompt)
+                : family_ == Family::kGlm4v ? RenderGlm4vChat(messages, add_generation_prompt)
+                                            : RenderGlm4Chat(messages, add_generation_prompt);
     if (!text.ok()) return text.status();
     return Encode(*text, /*add_special_tokens=*/false);  // transformers' apply_chat_template does the same
   }
@@ -355,9 +364,25 @@ class BpeTokenizer : public Tokenizer {
       chat_template_source_ = "chat_template (recognized GLM-4 template)";
     } else {
       family_ = cfg.model_type == "glm4v" ? Family::kGlm4v : Family::kGlm4;
+      // A text model's other template (GLM-4-0414, GLM-Z1, a fine-tune's) runs on the Jinja engine,
+      // when it parses and renders a plain user turn; GLM-4.1V's image parts need the built-in
+      // renderer. Otherwise the family's format, and the reason, which serve logs as a warning.
+      std::string jinja_problem;
+      if (!cfg.chat_template.empty() && family_ == Family::kGlm4) {
+        absl::StatusOr<std::unique_ptr<JinjaChatTemplate>> jinja =
+            JinjaChatTemplate::Create(cfg.chat_template, cfg.chat_template_where, {{"eos_token", eos_token_}});
+        absl::Status probe = jinja.status();
+        if (jinja.ok()) probe = (*jinja)->Render({Message{"user", "hi"}}, /*add_generation_prompt=*/true).status();
+        if (probe.ok()) {
+          jinja_ = std::move(*jinja);
+          chat_template_source_ = "chat_template (run by the Jinja engine)";
+          return absl::OkStatus();
+        }
+        jinja_problem = absl::StrCat(": ", probe.message());
+      }
       chat_template_source_ = absl::StrCat(
           "family default (", cfg.chat_template.empty() ? "no chat_template" : "chat_template not recognized",
-          "; rendered as ", std::string(FamilyName(family_)), ")");
+          jinja_problem, "; rendered as ", std::string(FamilyName(family_)), ")");
     }
     if (family_ == Family::kGlm4v) {
       // Without these as single ids the rendered prompt would tokenize them as text.
@@ -374,6 +399,7 @@ class BpeTokenizer : public Tokenizer {
   }
 
   BytePairModel model_;
+  std::shared_ptr<const JinjaChatTemplate> jinja_;  // the checkpoint's own template, when it runs there
   std::unique_ptr<RegexSplitter> splitter_;
   bool add_prefix_space_ = false;
   std::vector<int32_t> prefix_, suffix_;  // post-processor ids around the sequence

@@ -409,11 +409,12 @@ int RunServe(int argc, char** argv) {
   if (auto tok = tokenizer::Tokenizer::FromDirectory(flags.model_dir); tok.ok()) {
     LogLine(absl::StrCat("tokenizer: ", (*tok)->format(), ", ", (*tok)->vocab_size(),
                          " ids, chat template: ", (*tok)->chat_template_source()));
-    // A chat template we do not run (glmserve renders the GLM formats it knows, not Jinja): the
-    // checkpoint's own template may differ from what messages get, which its owner should hear.
+    // A chat template neither built-in renderer nor the Jinja engine runs (it fails a plain user
+    // turn, or is a vision model's other template): what messages get differs from the checkpoint's
+    // own template, which its owner should hear.
     if ((*tok)->chat_template_source().find("not recognized") != std::string::npos) {
       LogEvent(LogLevel::kWarn, "chat_template_unrecognized", "",
-               absl::StrCat("the checkpoint's chat_template is not one glmserve recognizes; messages are rendered in ",
+               absl::StrCat("the checkpoint's chat_template is not run; messages are rendered in ",
                             "the model family's built-in format instead (", (*tok)->chat_template_source(), ")"),
                {{"model", flags.model_dir}});
     }

@@ -152,24 +152,32 @@ def broken_tokenizer(binary, model):
         check(len(errors) == 1 and errors[0].get("event") == "config_invalid"
               and "tokenizer.json: invalid JSON" in errors[0].get("msg", ""),
               f"broken tokenizer: one config_invalid error naming tokenizer.json ({errors})")
-        # A chat template glmserve does not recognize: it serves, and says at warn that messages
-        # get the family's built-in format instead.
+        # A chat template the built-in renderers do not know runs on the Jinja engine, quietly; one
+        # that cannot render a plain user turn is one warning at start: messages get the family's
+        # built-in format instead, and the warning says why.
         shutil.copy(os.path.join(model, "tokenizer.json"), os.path.join(broken, "tokenizer.json"))
         config_path = os.path.join(broken, "tokenizer_config.json")
         with open(config_path) as f:
             config = json.load(f)
-        config["chat_template"] = "{% for m in messages %}{{ m.content }}{% endfor %}"
-        with open(config_path, "w") as f:
-            json.dump(config, f)
-        server = GlmserveProcess(binary, broken, ["--log-format", "json"])
-        try:
-            server.stop()
-        finally:
-            server.kill()
-        events, _ = json_events(server.log())
-        warned = [e for e in events if e.get("event") == "chat_template_unrecognized"]
-        check(len(warned) == 1 and warned[0].get("level") == "warn",
-              f"an unrecognized chat template is one warning at start ({warned})")
+        for template, want_warning in (("{% for m in messages %}{{ m.content }}{% endfor %}", False),
+                                       ("{{ raise_exception('no plain turns') }}", True)):
+            config["chat_template"] = template
+            with open(config_path, "w") as f:
+                json.dump(config, f)
+            server = GlmserveProcess(binary, broken, ["--log-format", "json"])
+            try:
+                server.stop()
+            finally:
+                server.kill()
+            events, _ = json_events(server.log())
+            warned = [e for e in events if e.get("event") == "chat_template_unrecognized"]
+            if want_warning:
+                check(len(warned) == 1 and warned[0].get("level") == "warn" and "no plain turns" in warned[0]["msg"],
+                      f"a chat template that fails a plain user turn is one warning at start ({warned})")
+            else:
+                engine = [e for e in events if "run by the Jinja engine" in e.get("msg", "")]
+                check(not warned and len(engine) == 1,
+                      f"another chat template runs on the Jinja engine without a warning ({warned}, {engine})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -262,7 +262,8 @@ TEST_F(Glm4vTemplateDirTest, EditedTemplateWithoutAGlm4vConfigIsTextOnlyGlm4) {
   Write("chat_template.jinja", Replace(template_, "<|assistant|>\n{% endif %}", "<|assistant|>{% endif %}"));
   auto tok = Load(dir_.string());
   ASSERT_NE(tok, nullptr);
-  EXPECT_EQ(tok->chat_template_source(), "family default (chat_template not recognized; rendered as GLM-4)");
+  // A text model's template the built-in renderers do not know runs on the Jinja engine.
+  EXPECT_EQ(tok->chat_template_source(), "chat_template (run by the Jinja engine)");
   EXPECT_EQ(tok->family(), Family::kGlm4);
   auto ids = tok->ApplyChatTemplate({{"user", "", {Image(), Text("what is this?")}}});
   EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);

@@ -1,0 +1,162 @@
+// Checkpoint chat templates the built-in renderers do not recognize, run by the Jinja engine
+// (runtime/tokenizer/jinja_chat.h), against what transformers renders for them
+// (tests/fixtures/chat_templates/goldens.json: scripts/make_chat_template_goldens.py), byte for
+// byte; a model directory with GLM-Z1's template gives transformers' prompt ids; bad and hostile
+// templates are refused or fail the request, never the process.
+#include "runtime/tokenizer/jinja_chat.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+#include "runtime/tokenizer/tokenizer.h"
+#include "tests/testutil/read_file.h"
+#include "tests/testutil/scratch_dir_test.h"
+
+namespace glmserve::tokenizer {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const std::string kTemplates = std::string(GLMSERVE_FIXTURES_DIR) + "/chat_templates";
+const std::string kTinyModel = std::string(GLMSERVE_SOURCE_DIR) + "/models/glm4-tiny";
+
+json Goldens() { return json::parse(testing::ReadWholeFile(kTemplates + "/goldens.json")); }
+
+std::vector<Message> ToMessages(const json& messages) {
+  std::vector<Message> out;
+  for (const json& m : messages) out.push_back(Message{m["role"], m["content"]});
+  return out;
+}
+
+std::unique_ptr<JinjaChatTemplate> Parse(const std::string& source) {
+  auto t = JinjaChatTemplate::Create(source, "test template", {{"eos_token", "<|endoftext|>"}});
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+TEST(JinjaChatTemplate, RendersEveryFixtureTemplateAsTransformers) {
+  const json goldens = Goldens();
+  ASSERT_GE(goldens["cases"].size(), 60u);
+  std::map<std::string, std::unique_ptr<JinjaChatTemplate>> parsed;
+  int compared = 0;
+  for (const json& c : goldens["cases"]) {
+    const std::string name = c["template"];
+    if (!parsed.count(name)) parsed[name] = Parse(testing::ReadWholeFile(kTemplates + "/" + name));
+    ASSERT_NE(parsed[name], nullptr) << name;
+    const absl::StatusOr<std::string> text =
+        parsed[name]->Render(ToMessages(c["messages"]), c["add_generation_prompt"]);
+    if (c.contains("error")) {
+      EXPECT_FALSE(text.ok()) << name << " " << c["messages"].dump() << ": transformers raised " << c["error"];
+      continue;
+    }
+    ASSERT_TRUE(text.ok()) << name << " " << c["messages"].dump() << ": " << text.status();
+    EXPECT_EQ(*text, c["text"].get<std::string>()) << name << " " << c["messages"].dump();
+    ++compared;
+  }
+  EXPECT_GE(compared, 60);
+}
+
+TEST(JinjaChatTemplate, ToJsonIsPythonsJsonDumps) {
+  // Ordered: json.dumps keeps a dict's insertion order (unless sort_keys).
+  const auto goldens = nlohmann::ordered_json::parse(testing::ReadWholeFile(kTemplates + "/goldens.json"));
+  ASSERT_GE(goldens["dumps"].size(), 5u);
+  for (const auto& d : goldens["dumps"]) {
+    const auto& kw = d["kwargs"];
+    const bool indented = kw.contains("indent");
+    const std::string item =
+        kw.contains("separators") ? kw["separators"][0].get<std::string>() : (indented ? "," : ", ");
+    const std::string key = kw.contains("separators") ? kw["separators"][1].get<std::string>() : ": ";
+    EXPECT_EQ(JinjaChatTemplate::PythonJsonDumps(d["value"].dump(), kw.value("ensure_ascii", true),
+                                                 indented ? kw["indent"].get<int>() : -1, item, key,
+                                                 kw.value("sort_keys", false)),
+              d["text"].get<std::string>())
+        << d.dump();
+  }
+}
+
+// A model directory whose template is GLM-Z1's (not one the built-in renderers know): the prompt
+// ids are transformers' apply_chat_template ids for it.
+class JinjaChatTokenizerTest : public testing::ScratchDirTest {};
+
+TEST_F(JinjaChatTokenizerTest, UnrecognizedTemplateRunsOnTheJinjaEngine) {
+  fs::copy_file(kTinyModel + "/tokenizer.json", dir_ / "tokenizer.json");
+  json config = json::parse(testing::ReadWholeFile(kTinyModel + "/tokenizer_config.json"));
+  config.erase("chat_template");
+  Write("tokenizer_config.json", config.dump());
+  Write("chat_template.jinja", testing::ReadWholeFile(kTemplates + "/GLM-Z1-9B-0414.jinja"));
+  auto tok = Tokenizer::FromDirectory(dir_.string());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->chat_template_source(), "chat_template (run by the Jinja engine)");
+  int compared = 0;
+  const json goldens = Goldens();
+  for (const json& c : goldens["cases"]) {
+    if (c["template"] != "GLM-Z1-9B-0414.jinja" || !c.contains("ids")) continue;
+    auto ids = (*tok)->ApplyChatTemplate(ToMessages(c["messages"]), c["add_generation_prompt"]);
+    ASSERT_TRUE(ids.ok()) << c["messages"].dump() << ": " << ids.status();
+    EXPECT_EQ(*ids, c["ids"].get<std::vector<int32_t>>()) << c["messages"].dump();
+    ++compared;
+  }
+  EXPECT_GE(compared, 10);
+}
+
+// A template that cannot render a plain user turn falls back to the family's format and says why.
+TEST_F(JinjaChatTokenizerTest, TemplateThatFailsThePlainTurnFallsBackNamingTheReason) {
+  fs::copy_file(kTinyModel + "/tokenizer.json", dir_ / "tokenizer.json");
+  json config = json::parse(testing::ReadWholeFile(kTinyModel + "/tokenizer_config.json"));
+  config["chat_template"] = "{{ raise_exception('this template takes no user turns') }}";
+  Write("tokenizer_config.json", config.dump());
+  auto tok = Tokenizer::FromDirectory(dir_.string());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const std::string source = (*tok)->chat_template_source();
+  EXPECT_NE(source.find("chat_template not recognized"), std::string::npos) << source;
+  EXPECT_NE(source.find("this template takes no user turns"), std::string::npos) << source;
+  EXPECT_NE(source.find("tokenizer_config.json's chat_template"), std::string::npos) << source;
+  EXPECT_NE(source.find("rendered as GLM-4"), std::string::npos) << source;
+}
+
+TEST(JinjaChatTemplate, RaisedErrorsAreTheRequestsNotTheProcess) {
+  auto t = Parse(
+      "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tool role here') }}"
+      "{% endif %}{{ m.content }}{% endfor %}");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(*t->Render({Message{"user", "fine"}}, true), "fine");
+  const absl::StatusOr<std::string> refused = t->Render({Message{"tool", "x"}}, true);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("no tool role here"), std::string::npos) << refused.status();
+  EXPECT_NE(refused.status().message().find("messages: "), std::string::npos) << refused.status();
+  EXPECT_FALSE(t->Render({}, true).ok()) << "no messages";
+}
+
+TEST(JinjaChatTemplate, HostileTemplatesAreRefusedOrFailWithoutACrash) {
+  // A macro calling itself without end: a stack overflow (SIGSEGV) in stock minja.
+  auto recursive = Parse("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+  ASSERT_NE(recursive, nullptr);
+  const absl::StatusOr<std::string> deep = recursive->Render({Message{"user", "x"}}, true);
+  EXPECT_FALSE(deep.ok());
+  EXPECT_LE(deep.status().message().size(), 1000u) << "the repeated location is cut short";
+  // Deep nesting: refused before the parser (quadratic in depth) sees it.
+  const std::string parens = std::string(5000, '(');
+  auto nested = JinjaChatTemplate::Create("{{ " + parens + "1" + std::string(5000, ')') + " }}", "x.jinja", {});
+  ASSERT_FALSE(nested.ok());
+  EXPECT_NE(nested.status().message().find("x.jinja: brackets or blocks nested 5002 deep"), std::string::npos)
+      << nested.status();
+  std::string ifs;
+  for (int i = 0; i < 300; ++i) ifs += "{% if true %}";
+  EXPECT_FALSE(JinjaChatTemplate::Create(ifs, "x.jinja", {}).ok());
+  EXPECT_FALSE(JinjaChatTemplate::Create(std::string(kMaxChatTemplateBytes + 1, 'a'), "x.jinja", {}).ok());
+  // Parse errors name the file and where.
+  auto unclosed = JinjaChatTemplate::Create("{% if x %}never closed", "x.jinja", {});
+  ASSERT_FALSE(unclosed.ok());
+  EXPECT_NE(unclosed.status().message().find("x.jinja: not a Jinja template"), std::string::npos) << unclosed.status();
+  EXPECT_NE(unclosed.status().message().find("row 1"), std::string::npos) << unclosed.status();
+}
+
+}  // namespace
+}  // namespace glmserve::tokenizer
