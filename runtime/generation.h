@@ -135,6 +135,9 @@ struct ModelInfo {
   int32_t vocab_size = 0;
   int32_t max_position_embeddings = 0;
   std::vector<int32_t> eos_token_ids;
+  // Tokens the KV pool holds (blocks x block size), set by the engine; 0 = unknown. One sequence's
+  // prompt plus output can never exceed it, whatever max_position_embeddings allows.
+  int64_t kv_capacity_tokens = 0;
 };
 
 }  // namespace glmserve

@@ -56,6 +56,7 @@ class EngineImpl final : public InferenceEngine {
     if (!scheduler.ok()) return scheduler.status();
     scheduler_ = std::move(scheduler).value();
     limits_ = scheduler_->limits();
+    model_info_.kv_capacity_tokens = int64_t{limits_.num_blocks} * limits_.block_size;
     batch_limit_ = options_.scheduler.max_batch_size;
     stats_ = scheduler_->stats();
     listener_ = clock_->AddAdvanceListener([this] { Wake(); });
@@ -227,7 +228,7 @@ class EngineImpl final : public InferenceEngine {
 
   const EngineOptions options_;
   const std::unique_ptr<StepExecutor> executor_;
-  const ModelInfo model_info_;
+  ModelInfo model_info_;  // kv_capacity_tokens set by Init, then constant
   const std::shared_ptr<Clock> clock_;
   std::unique_ptr<Scheduler> scheduler_;  // engine thread only (after Init)
   RequestLimits limits_;                  // immutable after Init

@@ -329,7 +329,7 @@ int RunGenerate(int argc, char** argv) {
       ids = tok->Encode(prompt_text);
     } else {
       std::vector<tokenizer::Message> messages;
-      if (!system_text.empty()) messages.push_back({"system", system_text});
+      if (flags.was_set("system")) messages.push_back({"system", system_text});  // "" too: an empty turn
       messages.push_back({"user", chat_text});
       absl::StatusOr<std::vector<int32_t>> chat_ids = tok->ApplyChatTemplate(messages);
       if (!chat_ids.ok()) return ExitFor(chat_ids.status());

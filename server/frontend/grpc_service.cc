@@ -250,7 +250,12 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     proto->set_stored_dtype(info.stored_dtype);
     proto->set_device(info.device);
     proto->set_vocab_size(info.vocab_size);
-    proto->set_max_context(info.max_position_embeddings);
+    // The KV pool's capacity where it holds fewer tokens than the positions allow.
+    int64_t max_context = info.max_position_embeddings;
+    if (info.kv_capacity_tokens > 0 && (max_context <= 0 || info.kv_capacity_tokens < max_context)) {
+      max_context = info.kv_capacity_tokens;
+    }
+    proto->set_max_context(static_cast<int32_t>(max_context));
     for (int32_t id : info.eos_token_ids) proto->add_eos_token_ids(id);
     proto->set_max_batch(max_batch);
     proto->set_build_version(options_.build_version);

@@ -272,7 +272,13 @@ void RequestSessions::SetEngine(InferenceEngine* engine) {
   const ModelInfo& info = engine->model_info();
   std::lock_guard<std::mutex> lock(mu_);
   model_.vocab_size = info.vocab_size;
+  // What one sequence can hold: the position limit, or the KV pool where it holds fewer tokens
+  // (a small --kv-blocks / --kv-cpu-budget-mb). Advertised (max_model_len, ModelInfo.max_context),
+  // and a default max_new_tokens shrinks to it.
   model_.max_context = info.max_position_embeddings;
+  model_.context_is_kv_capacity =
+      info.kv_capacity_tokens > 0 && (model_.max_context <= 0 || info.kv_capacity_tokens < model_.max_context);
+  if (model_.context_is_kv_capacity) model_.max_context = static_cast<int32_t>(info.kv_capacity_tokens);
   model_.eos_token_ids = info.eos_token_ids;
   engine_ = engine;
 }
@@ -354,8 +360,8 @@ std::optional<Refusal> RequestSessions::Validate(const GenerateRequest& request,
   if (refusal && refusal->prompt_tokens > 0) {  // the prompt's length is known only after tokenization
     const int32_t max_context = admission.model.max_context;
     LogEvent(LogLevel::kWarn, "prompt_too_long", info.request_id,
-             absl::StrCat("prompt of ", refusal->prompt_tokens, " tokens is too long (max position embeddings ",
-                          max_context, "); refusing"),
+             absl::StrCat("prompt of ", refusal->prompt_tokens, " tokens is too long (max context ", max_context,
+                          admission.model.context_is_kv_capacity ? ", the KV cache's capacity" : "", "); refusing"),
              {{"rpc", info.rpc},
               {"prompt_tokens", refusal->prompt_tokens},
               {"max_position_embeddings", max_context},

@@ -204,8 +204,10 @@ std::optional<Refusal> ValidateRequest(const GenerateRequest& request, const Fro
     } else {
       return InvalidField(
           name(Field::kMaxNewTokens),
-          absl::StrCat(max_new, " with ", prompt_tokens, " prompt tokens exceeds the model's max context ",
-                       model.max_context, "; allowed range [1, ", room, "]"),
+          absl::StrCat(
+              max_new, " with ", prompt_tokens, " prompt tokens exceeds the model's max context ", model.max_context,
+              model.context_is_kv_capacity ? " (what the KV cache holds: --kv-blocks / --kv-cpu-budget-mb)" : "",
+              "; allowed range [1, ", room, "]"),
           RefusalKind::kContextLength);
     }
   }

@@ -39,7 +39,8 @@ struct FrontendLimits {
 // What the validator needs to know about the model.
 struct ValidationModel {
   int32_t vocab_size = 0;
-  int32_t max_context = 0;  // prompt + new tokens; 0 = unknown (not checked)
+  int32_t max_context = 0;              // prompt + new tokens; 0 = unknown (not checked)
+  bool context_is_kv_capacity = false;  // max_context is the KV pool's, below max_position_embeddings
   // Tokenizes prompt/messages and decodes output text; null = ids only (prompt, messages and
   // stop are refused with INVALID_ARGUMENT).
   const tokenizer::Tokenizer* tokenizer = nullptr;

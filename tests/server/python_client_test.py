@@ -210,6 +210,27 @@ def main():
               "--reflection false: Infer answers")
     finally:
         quiet.kill()
+
+    # A KV pool smaller than the model's positions (--kv-blocks 20: 320 tokens, the tiny model
+    # allows 2048) is what one request can hold: advertised as max_context, and the default
+    # max_new_tokens (256) shrinks to it. Before, 2048 was advertised and a 200-token prompt without
+    # max_new_tokens was refused naming a field the client never sent.
+    small = Server(args.binary, args.model, ["--kv-blocks", "20"])
+    try:
+        stub = pb_grpc.InferenceStub(small.channel)
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+        check(info.max_context == 320, f"--kv-blocks 20: max_context is the KV pool's 320 ({info.max_context})")
+        r = stub.Infer(pb.InferRequest(input_ids=[5] * 200, min_new_tokens=0), timeout=60)
+        check(r.usage.completion_tokens <= 120 and r.usage.prompt_tokens == 200,
+              f"the default max_new_tokens shrinks to the pool ({r.usage.completion_tokens} new)")
+        try:
+            stub.Infer(pb.InferRequest(input_ids=[5] * 200, max_new_tokens=200), timeout=30)
+            check(False, "an explicit max_new_tokens past the pool is refused")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_new_tokens" in e.details()
+                  and "KV cache" in e.details(), f"past the pool: {e.code().name} {e.details()!r}")
+    finally:
+        small.kill()
     if FAILURES:
         print("".join(server.lines[-40:]))
         print(f"{len(FAILURES)} checks failed")

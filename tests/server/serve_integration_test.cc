@@ -388,6 +388,16 @@ TEST_F(ServeIntegrationTest, PromptAndChatText) {
   EXPECT_EQ(unary.usage().prompt_tokens(), static_cast<int>(chat["input_ids"].size()));
   EXPECT_EQ(Ids(unary), chat["output_ids"].get<std::vector<int32_t>>());
   EXPECT_EQ(unary.text(), chat["text"].get<std::string>());
+
+  // An empty system message is a turn of its own, for the CLI as for the server (the CLI dropped it).
+  sys->set_content("");
+  status = Unary(request, &unary);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  nlohmann::json empty_system = RunJson("generate" + model + " --system '' --chat hello --max-new-tokens 12");
+  ASSERT_FALSE(empty_system.is_discarded());
+  EXPECT_EQ(unary.usage().prompt_tokens(), static_cast<int>(empty_system["input_ids"].size()));
+  EXPECT_GT(empty_system["input_ids"].size(),
+            RunJson("generate" + model + " --chat hello --max-new-tokens 1")["input_ids"].size());
 }
 
 }  // namespace
