@@ -218,6 +218,13 @@ FlagSet::Flag& FlagSet::Number(std::string name, T* target, NumberRange range, s
   f.set_ = [target, range](const Flag& flag, const std::string& value) {
     double v = 0;
     if (absl::Status s = ParseNumberValue(absl::StrCat("--", flag.name_), value, range, &v); !s.ok()) return s;
+    // A float target rounds: 1e-50 for (0, 1] became 0, refused later in words naming no flag.
+    const double stored = static_cast<double>(static_cast<T>(v));
+    if (range.lo_open ? !(stored > range.lo) : !(stored >= range.lo)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag.name_, ": '", value, "' rounds to ", stored,
+                                                     ", outside ", range.lo_open ? "(" : "[", range.lo, ", ", range.hi,
+                                                     "]"));
+    }
     *target = static_cast<T>(v);
     return absl::OkStatus();
   };

@@ -129,8 +129,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
       .DefaultText("no keys = open");
   set.Path("tls-cert", &f.tls_cert, "PEM certificate (chain): TLS on gRPC and HTTP, with --tls-key")
       .DefaultText("plaintext");
-  set.Path("tls-key", &f.tls_key, "PEM private key of --tls-cert");
-  set.Path("tls-client-ca", &f.tls_client_ca, "PEM CA: clients must present a certificate it signed (mutual TLS)");
+  set.Path("tls-key", &f.tls_key, "PEM private key of --tls-cert (default: none)");
+  set.Path("tls-client-ca", &f.tls_client_ca,
+           "PEM CA: clients must present a certificate it signed (mutual TLS; default: none, no client certificates)");
 
   set.Section("engine");
   s.scheduling.Register(set);
@@ -155,7 +156,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
           "/v1/models, /health); 0 picks a free port and logs 'http serving on HOST:PORT' (event \"http_serving\")")
       .ValueName("P")
       .DefaultText("off");
-  set.Int("http-threads", &f.http_threads, 2, 4096, "HTTP API requests answered at once");
+  set.Int("http-threads", &f.http_threads, 2, 4096, "HTTP API requests answered at once (2 to 4096)");
   set.Int("http-max-waiting", &f.http_max_waiting, 0, 1 << 20,
           "HTTP requests waiting for one of those (in glmserve_queue_depth); beyond: 429 + Retry-After at once");
   set.Int("http-max-connections", &f.http_max_connections, 1, 1 << 20,
@@ -171,7 +172,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("http-read-timeout-ms", &f.http_read_timeout_ms, 100, kTimeMax,
           "a request's head and body must arrive within (slow clients get 408 and are closed; idle "
           "keep-alive closes after 5 s)");
-  set.Choice("log-level", &f.log_level, {"debug", "info", "warn", "error"}, "");
+  set.Choice("log-level", &f.log_level, {"debug", "info", "warn", "error"}, "the least severe log lines written");
   set.Choice("log-format", &f.log_format, {"json", "text"},
              "json: one object per line {time,level,request_id,event,msg,fields}");
 
@@ -186,9 +187,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
   set.Int("restart-backoff-max-ms", &f.restart_backoff_max_ms, 0, kTimeMax, "backoff cap");
   set.Int("max-restarts", &f.max_restarts, 1, kIntMax,
           "failures within --restart-window-ms before giving up (stay NOT_SERVING / supervisor exits)");
-  set.Int("restart-window-ms", &f.restart_window_ms, 1, kTimeMax, "");
+  set.Int("restart-window-ms", &f.restart_window_ms, 1, kTimeMax, "the window --max-restarts counts failures in");
   set.Int("canary-interval-ms", &f.canary_interval_ms, 0, kTimeMax,
-          "while idle, a 1-token forward every N ms; failure = engine fault; 0 = off");
+          "while idle, a request of 2 prompt tokens and 1 new every N ms; failure = engine fault; 0 = off");
 
   set.Section("test hooks (off by default; faults hit the first engine only unless --debug-faults-persist)");
   set.Int("debug-step-latency-ms", &s.step_latency_ms, 0, 1 << 20, "sleep this long in every engine step");
@@ -202,7 +203,7 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
       .ValueName("K");
   set.Int("debug-stall-on-step", &faults.stall_on_step, 0, kTimeMax, "the K-th step attempt hangs for --debug-stall-ms")
       .ValueName("K");
-  set.Int("debug-stall-ms", &s.stall_ms, 0, kTimeMax, "");
+  set.Int("debug-stall-ms", &s.stall_ms, 0, kTimeMax, "how long --debug-stall-on-step hangs");
   set.Bool("debug-faults-persist", &f.debug_faults_persist, "faults also apply to rebuilt engines");
   set.Int("debug-load-delay-ms", &f.debug_load_delay_ms, 0, kTimeMax,
           "every model load (a supervised child's start, an engine rebuild) waits this long first, "

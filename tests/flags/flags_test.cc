@@ -26,7 +26,7 @@ class Args {
 struct Options {
   std::string model;
   int32_t port = 50051;
-  double top_p = 1.0;
+  float top_p = 1.0f;  // float, as the sampler keeps it
   float temperature = 0.0f;
   bool reflection = true;
   bool json = false;
@@ -135,6 +135,8 @@ TEST(FlagSetTest, NumberRangesOpenAndClosed) {
   EXPECT_EQ(ErrorOf({"--top-p", "nan"}), "--top-p: 'nan' is not a number in (0, 1]");
   EXPECT_EQ(ErrorOf({"--temperature", "-0.5"}), "--temperature: '-0.5' is not a number in [0, 100]");
   EXPECT_EQ(ErrorOf({"--temperature", "inf"}), "--temperature: 'inf' is not a number in [0, 100]");
+  // In range as a double, 0 once stored as the float it is: refused here, naming the flag.
+  EXPECT_EQ(ErrorOf({"--top-p", "1e-50"}), "--top-p: '1e-50' rounds to 0, outside (0, 1]");
   Options o;
   EXPECT_TRUE(ParseInto(&o, {"--temperature", "0", "--top-p", "1"}).ok());
 }
