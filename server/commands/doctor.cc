@@ -141,7 +141,10 @@ int RunDoctor(int argc, char** argv) {
   if (!model.empty()) {
     std::error_code ec;
     if (!fs::is_directory(model, ec)) {
-      add("model", "FAIL", absl::StrCat(model, " is not a directory"), "pass --model with a checkpoint directory");
+      std::error_code exists_error;
+      add("model", "FAIL",
+          absl::StrCat(model, fs::exists(model, exists_error) ? " is not a directory" : " does not exist"),
+          "pass --model with a checkpoint directory");
     } else {
       std::vector<std::string> unreadable;
       for (const auto& entry : fs::directory_iterator(model, ec)) {

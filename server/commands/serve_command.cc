@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -190,6 +191,18 @@ int RunServe(int argc, char** argv) {
     if (flags.max_requests_per_client > 0) {
       flags.grpc.client_quota = std::make_shared<ClientQuota>(flags.max_requests_per_client);
     }
+  }
+  // A model directory that is not there is the flag's error, before any port is bound (it surfaced
+  // as "no tokenizer", then a load failure naming no flag, after the gRPC port was listening).
+  if (std::error_code ec; !std::filesystem::is_directory(flags.model_dir, ec)) {
+    std::error_code exists_error;
+    LogEvent(LogLevel::kError, "flags_invalid", "",
+             absl::StrCat(
+                 "--model ", flags.model_dir,
+                 std::filesystem::exists(flags.model_dir, exists_error) ? ": not a directory" : ": no such directory",
+                 " (expected a checkpoint directory: config.json, the weights, the tokenizer)"),
+             {{"model", flags.model_dir}});
+    return kExitBadInput;
   }
   if (flags.supervise) return RunSupervisor(argc, argv, flags);
   // Prompt text tokenized at once, both front ends together: ~20x in transient memory at worst

@@ -350,7 +350,18 @@ def bad_flag_values(binary, model):
         check(not other and [e.get("event") for e in events] == ["flags_invalid"] and events[0].get("level") == "error",
               f"{flag} {value}: one JSON error line, flags_invalid (events {[e.get('event') for e in events]}, "
               f"other lines {len(other)})")
-    for extra in (["--kv-block-size", "4096", "--kv-cpu-budget-mb", "1"], ["--kv-blocks", "2000000000"]):
+    # A model directory that is not there, or a file: the flag's error, before any port is bound
+    # (it was "no tokenizer ... send input_ids", then a load failure naming no flag, while the
+    # gRPC port listened).
+    for missing, says in ((os.path.join(model, "no-such-dir"), "no such directory"),
+                          (os.path.join(model, "config.json"), "not a directory")):
+        rc, _, err = run_to_exit([binary, "serve", "--model", missing, "--port", "0"], timeout=30)
+        events, other = json_events(err)
+        check(rc == 2 and [e.get("event") for e in events] == ["flags_invalid"]
+              and f"--model {missing}: {says}" in events[0].get("msg", ""),
+              f"--model {missing}: exit 2, one flags_invalid line saying '{says}' (got {rc}: {err[:300]})")
+    for extra in (["--kv-block-size", "4096", "--kv-cpu-budget-mb", "1"], ["--kv-blocks", "2000000000"],
+                  ["--kv-blocks", "2147483647"]):
         rc, _, err = run_to_exit([binary, "serve", "--model", model, "--port", "0", "--log-level", "error"] + extra,
                                  timeout=60)
         events, _ = json_events(err)
