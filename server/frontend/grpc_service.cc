@@ -167,17 +167,21 @@ class FinishOnlyWriteReactor final : public grpc::ServerWriteReactor<v1::InferRe
 
 // The answer to a malformed request: UNAUTHENTICATED first when keys are on and the caller has
 // none (as for a well-formed one), else INVALID_ARGUMENT (logged at warn).
-grpc::Status AnswerMalformed(const grpc::CallbackServerContext* ctx, const GrpcServerOptions& options,
-                             const char* method) {
+grpc::Status AnswerMalformed(grpc::CallbackServerContext* ctx, const GrpcServerOptions& options, const char* method,
+                             const std::string& request_id) {
+  // Every call's status carries its request id (the metadata's trace id, else a new one).
+  ctx->AddTrailingMetadata(kRequestIdMetadata, request_id);
   std::string client;
   const bool counted = std::string_view(method) != "GetModelInfo";  // as well-formed calls are
   // No body because the call ended before it arrived (its deadline passed, the client cancelled):
   // gRPC still runs the handler, with a deserialization error. Not the request's fault.
-  const bool late = ctx->deadline() <= std::chrono::system_clock::now();
+  // gRPC's own timespec: deadline()'s nanoseconds wrap for deadlines past 2262 (EngineDeadline).
+  const gpr_timespec deadline = ctx->raw_deadline();
+  const bool late = gpr_time_cmp(deadline, gpr_now(deadline.clock_type)) <= 0;
   if (late || ctx->IsCancelled() || t_malformed->error_code() == grpc::CANCELLED) {
     const absl::StatusCode code = late ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kCancelled;
     if (counted && options.observer != nullptr) options.observer->OnRequestFinished(CodeName(code), nullptr);
-    LogEvent(LogLevel::kDebug, "request_ended_unread", "",
+    LogEvent(LogLevel::kDebug, "request_ended_unread", request_id,
              absl::StrCat(method, ": the call ended before its request arrived"),
              {{"method", method}, {"peer", ctx->peer()}, {"code", CodeName(code)}});
     return late ? grpc::Status(grpc::DEADLINE_EXCEEDED, "the deadline passed before the request arrived")
@@ -192,7 +196,7 @@ grpc::Status AnswerMalformed(const grpc::CallbackServerContext* ctx, const GrpcS
   if (counted && options.observer != nullptr) {
     options.observer->OnRequestFinished(CodeName(absl::StatusCode::kInvalidArgument), nullptr);
   }
-  LogEvent(LogLevel::kWarn, "request_malformed", "", absl::StrCat(method, ": ", t_malformed->error_message()),
+  LogEvent(LogLevel::kWarn, "request_malformed", request_id, absl::StrCat(method, ": ", t_malformed->error_message()),
            {{"method", method}, {"peer", ctx->peer()}, {"code", "INVALID_ARGUMENT"}});
   return *t_malformed;
 }
@@ -305,6 +309,13 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   RequestSessions& sessions() { return sessions_; }
 
   // Deadline for the engine: the call's deadline, else the default one.
+  // A malformed request's id: the metadata's trace id where valid, else a new one.
+  std::string MalformedRequestId(const grpc::CallbackServerContext* ctx) {
+    std::string id = TraceIdFromMetadata(ctx);
+    if (id.empty() || CheckRequestId(id, options_.limits, Dialect::kProto)) id = sessions_.NewRequestId();
+    return id;
+  }
+
   std::chrono::steady_clock::time_point EngineDeadline(const grpc::CallbackServerContext* ctx) const {
     // From gRPC's own timespec: ServerContext::deadline() converts it to system_clock nanoseconds,
     // which wrap for deadlines past 2262 (grpc-go sends `2562047H`, ~292 years, for no deadline),
@@ -792,23 +803,24 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::GetModelInfo(grpc::CallbackServe
 
 void InferenceServiceImpl::GuardAgainstMalformedRequests() {
   // Method indices as in the generated CallbackService (the proto's order).
-  MarkMethodCallback(
-      0, new MalformedRequestGuard(new grpc::internal::CallbackUnaryHandler<v1::InferRequest, v1::InferResponse>(
-                                       [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
-                                              v1::InferResponse* response) -> grpc::ServerUnaryReactor* {
-                                         if (t_malformed == nullptr) return Infer(ctx, request, response);
-                                         grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-                                         reactor->Finish(AnswerMalformed(ctx, options_, "Infer"));
-                                         return reactor;
-                                       }),
-                                   v1::InferRequest::descriptor()->full_name()));
+  MarkMethodCallback(0, new MalformedRequestGuard(
+                            new grpc::internal::CallbackUnaryHandler<v1::InferRequest, v1::InferResponse>(
+                                [this](grpc::CallbackServerContext* ctx, const v1::InferRequest* request,
+                                       v1::InferResponse* response) -> grpc::ServerUnaryReactor* {
+                                  if (t_malformed == nullptr) return Infer(ctx, request, response);
+                                  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+                                  reactor->Finish(AnswerMalformed(ctx, options_, "Infer", MalformedRequestId(ctx)));
+                                  return reactor;
+                                }),
+                            v1::InferRequest::descriptor()->full_name()));
   MarkMethodCallback(1,
                      new MalformedRequestGuard(
                          new grpc::internal::CallbackServerStreamingHandler<v1::InferRequest, v1::InferResponse>(
                              [this](grpc::CallbackServerContext* ctx,
                                     const v1::InferRequest* request) -> grpc::ServerWriteReactor<v1::InferResponse>* {
                                if (t_malformed == nullptr) return InferStream(ctx, request);
-                               return new FinishOnlyWriteReactor(AnswerMalformed(ctx, options_, "InferStream"));
+                               return new FinishOnlyWriteReactor(
+                                   AnswerMalformed(ctx, options_, "InferStream", MalformedRequestId(ctx)));
                              }),
                          v1::InferRequest::descriptor()->full_name()));
   MarkMethodCallback(
@@ -817,7 +829,8 @@ void InferenceServiceImpl::GuardAgainstMalformedRequests() {
                                               v1::ModelInfo* response) -> grpc::ServerUnaryReactor* {
                                          if (t_malformed == nullptr) return GetModelInfo(ctx, request, response);
                                          grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-                                         reactor->Finish(AnswerMalformed(ctx, options_, "GetModelInfo"));
+                                         reactor->Finish(
+                                             AnswerMalformed(ctx, options_, "GetModelInfo", MalformedRequestId(ctx)));
                                          return reactor;
                                        }),
                                    v1::GetModelInfoRequest::descriptor()->full_name()));

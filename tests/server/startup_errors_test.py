@@ -281,6 +281,9 @@ def malformed_protobuf(binary, model):
                     check(e.code() == grpc.StatusCode.INVALID_ARGUMENT,
                           f"{method}, {what}: INVALID_ARGUMENT (got {e.code()})")
                     check("malformed request" in (e.details() or ""), f"{method}, {what}: a message ({e.details()!r})")
+                    # Its request id in the trailers, as every call's (it had none).
+                    ids = [v for k, v in (e.trailing_metadata() or ()) if k == "glmserve-request-id"]
+                    check(len(ids) == 1 and ids[0], f"{method}, {what}: glmserve-request-id trailer ({ids})")
         # A call whose deadline passes before its request arrives (the client sends headers, never
         # the message) is no malformed request: DEADLINE_EXCEEDED, not INVALID_ARGUMENT.
         release = threading.Event()
