@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -51,7 +52,15 @@ constexpr int kMetricsWriteMs = 5'000;
 class MetricsStream final : public httplib::Stream {
  public:
   explicit MetricsStream(int fd) : fd_(fd) {}
-  bool is_readable() const override { return PollFd(fd_, POLLIN, kMetricsReadMs) > 0; }
+  // A request (its head: a scrape's is one small write) must be in by `deadline`, however it
+  // trickles: each read's own wait alone let a byte a second hold a thread for ever.
+  void SetReadDeadline(std::chrono::steady_clock::time_point deadline) { read_deadline_ = deadline; }
+  bool is_readable() const override {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(read_deadline_ - std::chrono::steady_clock::now());
+    const int wait_ms = static_cast<int>(std::min<int64_t>(kMetricsReadMs, left.count()));
+    return wait_ms > 0 && PollFd(fd_, POLLIN, wait_ms) > 0;
+  }
   bool is_writable() const override { return PollFd(fd_, POLLOUT, kMetricsWriteMs) > 0; }
   ssize_t read(char* ptr, size_t size) override {
     if (!is_readable()) return -1;
@@ -75,6 +84,7 @@ class MetricsStream final : public httplib::Stream {
 
  private:
   const int fd_;
+  std::chrono::steady_clock::time_point read_deadline_ = std::chrono::steady_clock::time_point::max();
 };
 
 // The /metrics listener: cpp-httplib's server with a connection loop of its own (keep-alive up to
@@ -95,16 +105,24 @@ class MetricsHttpServer final : public httplib::Server {
    public:
     explicit EvictingPool(MetricsHttpServer* server) : server_(server), pool_(kMetricsThreads) {}
     void enqueue(std::function<void()> fn) override {
-      // Every thread taken: the new connection takes the one longest between requests.
+      // Every thread taken: the connections longest between requests are closed, one for each
+      // connection waiting for a thread, this one included (the queue is first come, first served:
+      // one eviction a new connection let 17 tricklers keep a scrape queued behind them).
+      const int waiting = ++waiting_;
       if (server_->phases_.open() >= static_cast<size_t>(kMetricsThreads)) {
-        server_->phases_.EvictOldest(kMetricsEvictAfter, kMetricsThreads);
+        for (int i = 0; i < waiting && server_->phases_.EvictOldest(kMetricsEvictAfter, kMetricsThreads); ++i) {
+        }
       }
-      pool_.enqueue(std::move(fn));
+      pool_.enqueue([this, fn = std::move(fn)] {
+        --waiting_;
+        fn();
+      });
     }
     void shutdown() override { pool_.shutdown(); }
 
    private:
     MetricsHttpServer* const server_;
+    std::atomic<int> waiting_{0};  // connections accepted, not yet on a thread
     httplib::ThreadPool pool_;
   };
 
@@ -123,6 +141,7 @@ class MetricsHttpServer final : public httplib::Server {
         readable = PollFd(sock, POLLIN, 100) > 0;
       }
       if (!readable) break;
+      stream.SetReadDeadline(std::chrono::steady_clock::now() + std::chrono::milliseconds(kMetricsReadMs));
       bool closed = false;
       ok = process_request(stream, served + 1 == kMaxRequests, closed, nullptr);
       if (closed) break;

@@ -71,9 +71,11 @@ def main():
         check(scraped < 1.0, f"/metrics answered in {scraped:.2f} s beside 2 kept-alive and 4 idle connections")
         for c in held + idle:
             c.close()
-        # 16 connections (every listener thread) trickling a request head a byte every 0.3 s: a
-        # scrape takes the thread of the one longest at it (past 1 s), instead of waiting them out.
-        trickling = [socket.create_connection(("127.0.0.1", mport), timeout=5) for _ in range(16)]
+        # 24 connections (every listener thread, and 8 more waiting for one) trickling a request head
+        # a byte every 0.3 s: a scrape takes the thread of one longest at it (past 1 s), instead of
+        # waiting them out. With 17 or more, one eviction a connection left the scrape queued
+        # behind the tricklers that took the freed threads, and every scrape timed out.
+        trickling = [socket.create_connection(("127.0.0.1", mport), timeout=5) for _ in range(24)]
         stop = threading.Event()
 
         def trickle(sock):
@@ -89,14 +91,15 @@ def main():
         for t in threads:
             t.start()
         time.sleep(1.5)
-        t0 = time.monotonic()
-        try:
-            harness.scrape(mport)
-            scraped = time.monotonic() - t0
-        except Exception as e:  # noqa: BLE001
-            scraped = float("inf")
-            print(f"scrape failed: {e!r}")
-        check(scraped < 1.0, f"/metrics answered in {scraped:.2f} s beside 16 trickling connections")
+        for attempt in range(2):
+            t0 = time.monotonic()
+            try:
+                harness.scrape(mport)
+                scraped = time.monotonic() - t0
+            except Exception as e:  # noqa: BLE001
+                scraped = float("inf")
+                print(f"scrape failed: {e!r}")
+            check(scraped < 1.0, f"/metrics answered in {scraped:.2f} s beside 24 trickling connections ({attempt})")
         stop.set()
         for c in trickling:
             c.close()
