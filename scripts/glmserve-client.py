@@ -67,6 +67,22 @@ def emit(line):
         die(f"cannot write the reply to stdout: {e.strerror or e}", code=1)
 
 
+def address(text):
+    # gRPC takes a port past 65535 modulo 65536 (99999 dialled 34463) and says nothing.
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit() and not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} of {text!r} is outside 1..65535")
+    return text
+
+
+def api_key(text):
+    # A header value is visible ASCII and spaces; anything else failed inside gRPC with its trace,
+    # or (not UTF-8) in Python with a traceback.
+    if not all(0x20 <= ord(c) < 0x7F for c in text):
+        raise argparse.ArgumentTypeError("must be printable ASCII (no newlines or other characters)")
+    return text
+
+
 def seconds(text):
     try:
         value = float(text)
@@ -172,12 +188,13 @@ def arguments():
     ap.add_argument("request", metavar="JSON", nargs="?", default="{}",
                     help="the request, a JSON object; - reads it from stdin (default: {})")
     # An empty GLMSERVE_ADDR (`GLMSERVE_ADDR= cmd`) means unset, not the address "".
-    ap.add_argument("--addr", metavar="HOST:PORT", default=os.environ.get("GLMSERVE_ADDR") or DEFAULT_ADDR,
+    ap.add_argument("--addr", metavar="HOST:PORT", type=address,
+                    default=os.environ.get("GLMSERVE_ADDR") or DEFAULT_ADDR,
                     help=f"the server (default: $GLMSERVE_ADDR, else {DEFAULT_ADDR})")
     ap.add_argument("--timeout", metavar="SECONDS", type=seconds, default=120.0,
                     help="deadline of the call, > 0; a stream's whole length counts (default: 120)")
     # The key itself is never shown as the default: --help is pasted into tickets.
-    ap.add_argument("--api-key", metavar="KEY", default=os.environ.get("GLMSERVE_API_KEY"),
+    ap.add_argument("--api-key", metavar="KEY", type=api_key, default=os.environ.get("GLMSERVE_API_KEY"),
                     help="sent as `authorization: Bearer KEY` (default: $GLMSERVE_API_KEY, else none; "
                          "the variable keeps the key out of ps and shell history)")
     ap.add_argument("--tls", action="store_true",

@@ -185,6 +185,15 @@ def client_errors(env):
         # Alone, the key went unused over plaintext: refused as the lone certificate is.
         refused("--tls-key alone", run(["--tls-key", pem, "Health"]), "--tls-key", "--tls-cert")
         refused("--tls-cert alone", run(["--tls-cert", pem, "Health"]), "--tls-cert", "--tls-key")
+    # A port past 65535 was dialled modulo 65536; a key with a newline or non-ASCII failed inside
+    # gRPC with its trace (exit 1), one not UTF-8 with a Python traceback.
+    for flag, value, words in (("--addr", "127.0.0.1:99999", ("--addr", "99999", "1..65535")),
+                               ("--api-key", "a\nb", ("--api-key", "printable ASCII")),
+                               ("--api-key", "cl\u00e9", ("--api-key", "printable ASCII"))):
+        out = run([flag, value, "Health"])
+        err = out.stderr.strip()
+        check(out.returncode == 2 and not out.stdout and "Traceback" not in err and all(w in err for w in words),
+              f"glmserve-client.py {flag} {value!r}: exit {out.returncode} (want 2) naming {words}: {err[-200:]!r}")
     for t in ("0", "-5"):
         out = run(["--timeout", t, "Health"])
         check(out.returncode == 2 and "--timeout" in out.stderr and "> 0" in out.stderr and not out.stdout
