@@ -454,6 +454,9 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
       text_ = text;
       engine_done_ = true;
     }
+    // The engine's work is done: the client's --max-requests-per-client slot frees now, not when
+    // the call ends (a stream whose client reads nothing held it until its deadline).
+    ReleaseQuota();
     OnResult();
   }
 

@@ -18,6 +18,7 @@ from glmserve_process import server_test_args  # noqa: E402  (tests/pyutil, on t
 from harness import check  # noqa: E402
 from checks import report  # noqa: E402
 from metrics import sample, wait_sample  # noqa: E402
+import grpc  # noqa: E402
 
 try:
     import h2.config
@@ -47,6 +48,40 @@ def open_unread_streams(port, pb):
         conn.send_data(sid, b"\x00" + struct.pack(">I", len(body)) + body, end_stream=True)
     sock.sendall(conn.data_to_send())
     return sock
+
+
+def finished_unread_stream_frees_its_slot(args, pb, pb_grpc):
+    """A stream that finishes generating while its client reads nothing still holds its call until
+    the client reads or the deadline passes; its --max-requests-per-client slot frees when the
+    engine is done with it (it was held to the deadline, refusing the client's next calls)."""
+    server = harness.Server(args.binary, args.model, ["--max-requests-per-client", "1",
+                                                      "--debug-step-latency-ms", "5"])
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        conn = h2.connection.H2Connection(config)
+        conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0, h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", "/glmserve.v1.Inference/InferStream"),
+                                (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")])
+        body = pb.InferRequest(input_ids=[1, 2, 3], max_new_tokens=40, min_new_tokens=40).SerializeToString()
+        conn.send_data(sid, b"\x00" + struct.pack(">I", len(body)) + body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        stub = pb_grpc.InferenceStub(harness.channel(server.port))
+        served, last = False, None
+        deadline = time.monotonic() + 8  # 40 steps at 5 ms: generated well within this
+        while time.monotonic() < deadline and not served:
+            try:
+                served = len(stub.Infer(pb.InferRequest(input_ids=[7, 8], max_new_tokens=2), timeout=10).output_ids) == 2
+            except grpc.RpcError as e:
+                last = f"{e.code().name}: {e.details()}"
+                time.sleep(0.2)
+        check(served, f"the client's next call is admitted once its unread stream finished generating ({last})")
+        sock.close()
+    finally:
+        check(server.stop() == 0, "the server drains and exits 0")
 
 
 def main():
@@ -84,6 +119,7 @@ def main():
         check(len(ids) == 4, "served after the unread client left")
     finally:
         check(server.stop() == 0, "the server drains and exits 0")
+    finished_unread_stream_frees_its_slot(args, pb, pb_grpc)
     return report()
 
 
