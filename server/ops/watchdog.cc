@@ -391,12 +391,21 @@ void SelfHealingEngine::Shutdown() {
                      FinishReason::kCancelled);
   }
   if (engine == nullptr) return;
+  // An engine torn down after an earlier fault (a stalled step) may still be inside that step: the
+  // wait below is for it too, but it is not the serving engine that failed to stop.
+  const bool earlier_stuck = !WaitNoStuckEngine(std::chrono::milliseconds(0));
   // Off this thread, as a faulted engine is: a step that never returns must not hold the exit.
   Bury(std::move(engine), std::move(keepalive));
   if (!WaitNoStuckEngine(options_.shutdown_timeout)) {
-    LogEvent(LogLevel::kError, "engine_shutdown_stuck", "",
-             absl::StrCat("the engine did not leave its step within ", options_.shutdown_timeout.count(),
-                          " ms of shutdown; leaving it running"));
+    if (earlier_stuck) {
+      LogEvent(LogLevel::kWarn, "engine_shutdown_stuck", "",
+               absl::StrCat("an engine torn down after an earlier fault is still inside its stalled step ",
+                            options_.shutdown_timeout.count(), " ms into shutdown; leaving it running"));
+    } else {
+      LogEvent(LogLevel::kError, "engine_shutdown_stuck", "",
+               absl::StrCat("the engine did not leave its step within ", options_.shutdown_timeout.count(),
+                            " ms of shutdown; leaving it running"));
+    }
   }
 }
 
