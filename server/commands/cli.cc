@@ -40,8 +40,7 @@ int BadInput(const std::string& message) {
 }
 
 // Exit 2 for what the user can fix (flags, checkpoint), 1 for the rest.
-int ExitFor(const absl::Status& status) {
-  std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
+int ExitCodeFor(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kFailedPrecondition:
@@ -51,6 +50,11 @@ int ExitFor(const absl::Status& status) {
     default:
       return kExitFailure;
   }
+}
+
+int ExitFor(const absl::Status& status) {
+  std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
+  return ExitCodeFor(status);
 }
 
 json InfoJson(const ModelInfo& info) {
@@ -157,11 +161,14 @@ int RunInspect(int argc, char** argv) {
 
   absl::StatusOr<InspectReport> report = InspectCheckpoint(model);
   if (!report.ok() && as_json) {
-    // A script reading --json gets its object for a path that is no checkpoint directory too.
-    std::cout << JsonDump(json{{"directory", model},
-                               {"loadable", false},
-                               {"problems", json::array({std::string(report.status().message())})}})
-              << std::endl;
+    // A script reading --json gets its object, with every key, for a path that is no checkpoint
+    // directory too; the object is the whole output, as for a checkpoint with problems.
+    json out = InfoJson(ModelInfo{});
+    out["directory"] = model;
+    out["loadable"] = false;
+    out["problems"] = json::array({std::string(report.status().message())});
+    std::cout << JsonDump(out) << std::endl;
+    return ExitCodeFor(report.status());
   }
   if (!report.ok()) return ExitFor(report.status());
   // Tokenizer files, where there are any, must load as serve loads them (none: ids only).

@@ -434,9 +434,14 @@ def main():
         for i in range(2):
             h = slow.conn(30)
             h.request("POST", C, body=json.dumps(chat_body(max_tokens=1000, stream=True)),
-                      headers={"Content-Type": "application/json"})
+                      headers={"Content-Type": "application/json", "x-request-id": f"holder-{i}"})
             holders.append(h)
-            time.sleep(0.3)
+            # Accepted (running, then queued) before the next: on a loaded machine a fixed pause let
+            # the third request arrive first and be served.
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not any(f"request_id=holder-{i}" in l and "accepted" in l
+                                                     for l in slow.lines):
+                time.sleep(0.05)
         st, hdrs, err = expect_error(slow, C, chat_body(max_tokens=2), 429, None, etype="rate_limit_error",
                                      what="overload")
         check(int(hdrs.get("retry-after", "0")) >= 1, f"429 carries Retry-After: {hdrs.get('retry-after')}")

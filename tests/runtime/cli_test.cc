@@ -163,6 +163,25 @@ TEST(InspectCli, BrokenCheckpointsExitTwoWithOneReportNamingTheProblem) {
   EXPECT_GE(checked, 13);
 }
 
+// A path that is no checkpoint directory gets the same object, every key present, as the only
+// output (it had three keys, and the message went to stderr as well).
+TEST(InspectCli, JsonForAMissingDirectoryHasEveryKey) {
+  const RunResult good =
+      Glmserve({"inspect", "--model", (Fixtures() / "models" / "glm4-gqa-safetensors").string(), "--json"});
+  ASSERT_EQ(good.exit_code, 0) << good.err;
+  const fs::path missing = fs::path(::testing::TempDir()) / "glmserve_no_such_model_dir";
+  const RunResult r = Glmserve({"inspect", "--model", missing.string(), "--json"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err, "");
+  const json report = json::parse(r.out);
+  const json good_report = json::parse(good.out);
+  for (const auto& [key, value] : good_report.items()) EXPECT_TRUE(report.contains(key)) << key;
+  EXPECT_EQ(report["loadable"], false);
+  EXPECT_EQ(report["directory"], missing.string());
+  ASSERT_EQ(report["problems"].size(), 1u);
+  EXPECT_NE(report["problems"][0].get<std::string>().find("does not exist"), std::string::npos) << r.out;
+}
+
 // Each bad config field is a problem of its own (they came as one, the lines joined).
 TEST(InspectCli, EveryConfigProblemIsOneEntry) {
   const fs::path dir = fs::path(::testing::TempDir()) / "glmserve_many_config_problems";
