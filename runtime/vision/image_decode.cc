@@ -65,6 +65,15 @@ struct PngState {
   // A 16-bit gray image's tRNS value (PIL's I;16 keeps it aside; convert("RGB") ignores it, the
   // processor's convert_to_rgb on the opened image paints it white): -1 = none.
   int gray16_key = -1;
+  // AlphaMode::kDrop (PIL's convert("RGB"), then the processor's convert_to_rgb): the colour key
+  // PIL keeps as info["transparency"] for a palette whose tRNS is one fully transparent entry among
+  // opaque ones (the entry's colour), a 1/2/4-bit gray image (its raw key compared with the
+  // expanded 8-bit values; 1-bit: 0 or 255) and a 16-bit RGB image (its 16-bit key compared with
+  // the 8-bit values PIL keeps). Pixels of that colour in the RGB result become white; libpng is
+  // not asked for alpha.
+  bool drop_alpha = false;
+  bool rgb_key_set = false;
+  int rgb_key[3] = {-1, -1, -1};
   // After the transforms: samples per pixel and bytes per sample of the rows we get.
   int channels = 0;
   int sample_bytes = 1;
@@ -119,6 +128,43 @@ bool PngReadHeader(PngState* st) {
   return true;
 }
 
+// PngState::rgb_key for the images whose tRNS PIL keeps as a colour key through convert("RGB")
+// (PngImagePlugin's chunk_tRNS, then Image.convert); false for the others.
+bool PilKeepsColourKey(PngState* st) {
+  png_bytep alphas = nullptr;
+  int alpha_count = 0;
+  png_color_16p key = nullptr;
+  if (png_get_tRNS(st->png, st->info, &alphas, &alpha_count, &key) == 0) return false;
+  if (st->color_type == PNG_COLOR_TYPE_PALETTE) {
+    png_colorp palette = nullptr;
+    int palette_size = 0;
+    if (alphas == nullptr || png_get_PLTE(st->png, st->info, &palette, &palette_size) == 0) return false;
+    int transparent = -1;  // PIL's _simple_palette: 0xff* 0x00 0xff*
+    for (int i = 0; i < alpha_count; ++i) {
+      if (alphas[i] == 0 && transparent < 0) {
+        transparent = i;
+      } else if (alphas[i] != 255) {
+        return false;
+      }
+    }
+    if (transparent < 0 || transparent >= palette_size) return false;
+    st->rgb_key[0] = palette[transparent].red;
+    st->rgb_key[1] = palette[transparent].green;
+    st->rgb_key[2] = palette[transparent].blue;
+  } else if (st->color_type == PNG_COLOR_TYPE_GRAY && st->bit_depth < 8 && key != nullptr) {
+    const int value = st->bit_depth == 1 ? (key->gray != 0 ? 255 : 0) : key->gray;
+    st->rgb_key[0] = st->rgb_key[1] = st->rgb_key[2] = value;
+  } else if (st->color_type == PNG_COLOR_TYPE_RGB && st->bit_depth == 16 && key != nullptr) {
+    st->rgb_key[0] = key->red;
+    st->rgb_key[1] = key->green;
+    st->rgb_key[2] = key->blue;
+  } else {
+    return false;
+  }
+  st->rgb_key_set = true;
+  return true;
+}
+
 // Transforms to 8-bit gray / gray+alpha / RGB / RGBA (16-bit gray without alpha stays 16-bit:
 // PIL saturates those values rather than keeping the high byte).
 bool PngSetTransforms(PngState* st) {
@@ -129,6 +175,8 @@ bool PngSetTransforms(PngState* st) {
   if (gray16 && st->has_trns) {
     png_color_16p key = nullptr;
     if (png_get_tRNS(st->png, st->info, nullptr, nullptr, &key) != 0 && key != nullptr) st->gray16_key = key->gray;
+  } else if (st->has_trns && st->drop_alpha && PilKeepsColourKey(st)) {
+    // rgb_key set: the rows stay without alpha.
   } else if (st->has_trns) {
     st->colour_key =
         st->bit_depth == 8 && (st->color_type == PNG_COLOR_TYPE_GRAY || st->color_type == PNG_COLOR_TYPE_RGB);
@@ -183,11 +231,22 @@ struct PngCleanup {
   }
 };
 
+// PngState::rgb_key's pixels white (what convert_to_rgb makes of PIL's kept colour key).
+RgbImage PaintColourKeyWhite(const PngState& st, RgbImage image) {
+  if (!st.rgb_key_set) return image;
+  for (size_t i = 0; i + 2 < image.pixels.size(); i += 3) {
+    uint8_t* p = image.pixels.data() + i;
+    if (p[0] == st.rgb_key[0] && p[1] == st.rgb_key[1] && p[2] == st.rgb_key[2]) p[0] = p[1] = p[2] = 255;
+  }
+  return image;
+}
+
 absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions& options, const DecodeHint& hint) {
   PngState st;
   PngCleanup cleanup{&st};
   if (absl::Status header = PngHeader(&st, bytes, options); !header.ok()) return header;
   st.stop = hint.stop ? &hint.stop : nullptr;
+  st.drop_alpha = options.alpha == AlphaMode::kDrop;
   if (!PngSetTransforms(&st)) return absl::InvalidArgumentError(absl::StrCat("PNG: ", st.error));
 
   RgbImage out;
@@ -206,7 +265,7 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions&
     if (st.stopped) return absl::CancelledError("PNG: stopped");
     return absl::InvalidArgumentError(absl::StrCat("PNG: corrupt or truncated: ", st.error));
   }
-  if (rgb8) return out;
+  if (rgb8) return PaintColourKeyWhite(st, std::move(out));
   const bool composite = options.alpha == AlphaMode::kCompositeOnWhite || st.colour_key;
   for (png_uint_32 y = 0; y < st.height; ++y) {
     const unsigned char* in = rows[y];
@@ -237,7 +296,7 @@ absl::StatusOr<RgbImage> DecodePng(absl::string_view bytes, const DecodeOptions&
       o[2] = b;
     }
   }
-  return out;
+  return PaintColourKeyWhite(st, std::move(out));
 }
 
 // ---------------------------------------------------------------- JPEG

@@ -321,9 +321,9 @@ std::string PngBomb(uint32_t w, uint32_t h) {
 }
 
 // A PNG of `w` x `h` pixels: raw rows (each a filter byte 0 and its samples), bit depth and colour
-// type as given, and a tRNS chunk.
+// type as given, a PLTE chunk when given, and a tRNS chunk.
 std::string PngWithTrns(uint32_t w, uint32_t h, int depth, int color_type, const std::string& rows,
-                        const std::string& trns) {
+                        const std::string& trns, const std::string& plte = "") {
   std::string ihdr;
   for (uint32_t v : {w, h}) {
     for (int s = 24; s >= 0; s -= 8) ihdr.push_back(static_cast<char>((v >> s) & 0xff));
@@ -332,8 +332,9 @@ std::string PngWithTrns(uint32_t w, uint32_t h, int depth, int color_type, const
   std::vector<Bytef> z(compressBound(rows.size()));
   uLongf n = z.size();
   EXPECT_EQ(compress2(z.data(), &n, reinterpret_cast<const Bytef*>(rows.data()), rows.size(), 9), Z_OK);
-  return std::string("\x89PNG\r\n\x1a\n", 8) + PngChunk("IHDR", ihdr) + PngChunk("tRNS", trns) +
-         PngChunk("IDAT", std::string(reinterpret_cast<const char*>(z.data()), n)) + PngChunk("IEND", "");
+  return std::string("\x89PNG\r\n\x1a\n", 8) + PngChunk("IHDR", ihdr) + (plte.empty() ? "" : PngChunk("PLTE", plte)) +
+         PngChunk("tRNS", trns) + PngChunk("IDAT", std::string(reinterpret_cast<const char*>(z.data()), n)) +
+         PngChunk("IEND", "");
 }
 
 // A tRNS colour key, as PIL 11 / transformers 5.24 read it (the values below are theirs:
@@ -367,6 +368,29 @@ TEST(VisionDecode, TrnsColourKeysAsTransformers) {
   for (AlphaMode mode : {AlphaMode::kDrop, AlphaMode::kCompositeOnWhite}) {
     EXPECT_EQ(pixels(rgb, mode), (std::vector<int>{255, 255, 255, 16, 32, 48}));
   }
+  // The keys PIL keeps through convert("RGB") in other forms (kDrop, load_image's path; PIL's
+  // values). A palette whose tRNS is one transparent entry among opaque ones: that entry's colour,
+  // wherever it appears (index 2 has index 0's colour); alphas of any other form are dropped.
+  const std::string palette("\x0a\x14\x1e\x28\x32\x3c\x0a\x14\x1e", 9);  // (10,20,30) (40,50,60) (10,20,30)
+  const std::string indices("\0\x00\x01\0\x02\x01", 6);                  // [[0, 1], [2, 1]]
+  EXPECT_EQ(pixels(PngWithTrns(2, 2, 8, 3, indices, std::string("\x00\xff\xff", 3), palette), AlphaMode::kDrop),
+            (std::vector<int>{255, 255, 255, 40, 50, 60, 255, 255, 255, 40, 50, 60}));
+  EXPECT_EQ(pixels(PngWithTrns(2, 2, 8, 3, indices, std::string("\x00\x80", 2), palette), AlphaMode::kDrop),
+            (std::vector<int>{10, 20, 30, 40, 50, 60, 10, 20, 30, 40, 50, 60}));
+  // 1-bit gray [1, 0, 1, 0], key 0 (PIL: 0 or 255); 2-bit gray [0, 1, 2, 3] with its raw key
+  // compared with the expanded values (key 0 matches 0, key 1 matches nothing).
+  EXPECT_EQ(pixels(PngWithTrns(4, 1, 1, 0, std::string("\0\xa0", 2), std::string("\x00\x00", 2)), AlphaMode::kDrop),
+            std::vector<int>(12, 255));
+  EXPECT_EQ(pixels(PngWithTrns(4, 1, 2, 0, std::string("\0\x1b", 2), std::string("\x00\x00", 2)), AlphaMode::kDrop),
+            (std::vector<int>{255, 255, 255, 85, 85, 85, 170, 170, 170, 255, 255, 255}));
+  EXPECT_EQ(pixels(PngWithTrns(4, 1, 2, 0, std::string("\0\x1b", 2), std::string("\x00\x01", 2)), AlphaMode::kDrop),
+            (std::vector<int>{0, 0, 0, 85, 85, 85, 170, 170, 170, 255, 255, 255}));
+  // 16-bit RGB [(5, 6, 7), (0x1000, 0x2000, 0x3000)], key (16, 32, 48): PIL compares the 16-bit
+  // key with the 8-bit high bytes it keeps.
+  EXPECT_EQ(pixels(PngWithTrns(2, 1, 16, 2, std::string("\0\x00\x05\x00\x06\x00\x07\x10\x00\x20\x00\x30\x00", 13),
+                               std::string("\x00\x10\x00\x20\x00\x30", 6)),
+                   AlphaMode::kDrop),
+            (std::vector<int>{0, 0, 0, 255, 255, 255}));
 }
 
 TEST(VisionHostile, EmptyAndNonImageBytes) {
