@@ -289,6 +289,8 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
     return std::nullopt;
   }
   if (!content.is_array()) return WrongType(path, content, "a string or an array of content parts");
+  // OpenAI refuses an empty parts array (minItems 1); it rendered an empty turn here.
+  if (content.empty()) return Bad(path, "an empty array; give at least one content part (or a string)");
   std::string text;
   for (size_t j = 0; j < content.size(); ++j) {
     const json& part = content[j];

@@ -254,6 +254,9 @@ def main():
         expect_error(server, C, chat_body(messages={"role": "user"}), 400, "messages", what="wrong type messages")
         expect_error(server, C, chat_body(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content",
                      what="wrong type content")
+        # An empty parts array rendered an empty turn; OpenAI refuses it (minItems 1).
+        expect_error(server, C, chat_body(messages=[{"role": "user", "content": []}]), 400, "messages[0].content",
+                     what="empty content parts")
         expect_error(server, C, chat_body(stop=5), 400, "stop", what="wrong type stop")
         expect_error(server, C, chat_body(stop=["a", 3]), 400, "stop[1]", what="wrong type stop[1]")
         expect_error(server, C, chat_body(messages=[{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]),
