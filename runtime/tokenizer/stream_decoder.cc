@@ -6,7 +6,7 @@ std::string StreamDecoder::Add(int32_t id) {
   if (skip_special_ && tokenizer_->IsSpecial(id)) return "";
   pending_ += tokenizer_->StreamBytes(id, &state_);
   const size_t n = CompleteUtf8Prefix(pending_);
-  std::string out = SanitizeUtf8(std::string_view(pending_).substr(0, n));
+  std::string out = SanitizeUtf8(std::string_view(pending_).substr(0, n), tokenizer_->replaces_each_invalid_byte());
   pending_.erase(0, n);
   return out;
 }
@@ -18,7 +18,7 @@ std::string StreamDecoder::Add(const std::vector<int32_t>& ids) {
 }
 
 std::string StreamDecoder::Finish() {
-  std::string out = SanitizeUtf8(pending_);
+  std::string out = SanitizeUtf8(pending_, tokenizer_->replaces_each_invalid_byte());
   pending_.clear();
   return out;
 }

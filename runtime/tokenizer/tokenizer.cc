@@ -68,7 +68,7 @@ size_t CompleteUtf8Prefix(std::string_view s) {
   return s.size();
 }
 
-std::string SanitizeUtf8(std::string_view s) {
+std::string SanitizeUtf8(std::string_view s, bool each_byte) {
   std::string out;
   out.reserve(s.size());
   size_t i = 0;
@@ -80,7 +80,7 @@ std::string SanitizeUtf8(std::string_view s) {
       i += n;
     } else {
       out += "\xEF\xBF\xBD";
-      i += std::max<size_t>(valid, 1);
+      i += each_byte ? 1 : std::max<size_t>(valid, 1);
     }
   }
   return out;
@@ -99,7 +99,9 @@ std::string Tokenizer::StreamBytes(int32_t id, StreamState* state) const {
   return TokenBytes(id);
 }
 
-std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const { return SanitizeUtf8(DecodeBytes(ids)); }
+std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
+  return SanitizeUtf8(DecodeBytes(ids), replaces_each_invalid_byte());
+}
 
 std::string_view FamilyName(Family family) {
   switch (family) {
@@ -650,6 +652,8 @@ class SentencePieceTokenizer : public Tokenizer {
     out.insert(out.end(), ids.begin(), ids.end());
     return out;
   }
+
+  bool replaces_each_invalid_byte() const override { return true; }
 
   std::string TokenBytes(int32_t id) const override {
     if (id >= sp_size_) {

@@ -78,8 +78,11 @@ class Tokenizer {
 
   // ids -> bytes (may be invalid UTF-8 for partial sequences).
   virtual std::string DecodeBytes(const std::vector<int32_t>& ids) const;
-  // ids -> valid UTF-8; invalid sequences become U+FFFD (as HF tokenizers' decode does).
+  // ids -> valid UTF-8; invalid sequences become U+FFFD as the reference's decode does (HF
+  // tokenizers: one a maximal invalid subpart; sentencepiece: one a byte).
   std::string Decode(const std::vector<int32_t>& ids) const;
+  // Sentencepiece's decode gives one U+FFFD per invalid byte, the others one per invalid sequence.
+  virtual bool replaces_each_invalid_byte() const { return false; }
 
   // Chat prompt ids for `messages` (roles: system, user, assistant, observation), rendered as the
   // checkpoint's chat template does; add_generation_prompt appends <|assistant|> (GLM-4.1V:
@@ -136,8 +139,9 @@ class Tokenizer {
 // Length of the longest prefix of `s` that ends on a UTF-8 character boundary and leaves at most
 // an incomplete (but so far valid) trailing sequence out.
 size_t CompleteUtf8Prefix(std::string_view s);
-// Replaces every invalid UTF-8 sequence by U+FFFD (one per maximal invalid subpart).
-std::string SanitizeUtf8(std::string_view s);
+// Replaces every invalid UTF-8 sequence by U+FFFD: one per maximal invalid subpart (Python's and
+// HF tokenizers' "replace"), or one per invalid byte (`each_byte`: sentencepiece's decode).
+std::string SanitizeUtf8(std::string_view s, bool each_byte = false);
 
 }  // namespace glmserve::tokenizer
 

@@ -434,6 +434,32 @@ TEST(SentencePiece, SpecialStringsInTextStayText) {
   EXPECT_EQ((*t)->Decode(ids), "workshop eop <|user|>");
 }
 
+// Sentencepiece's decode gives one U+FFFD per invalid byte (the byte-fallback pieces of a cut-off
+// character): sp.decode([<0xE4>, <0xBD>]) is two, [<0xF0>, <0x9F>, <0x98>, <0x41>] three and "A"
+// (the values from the sentencepiece package on this fixture). One per invalid sequence is HF
+// tokenizers' rule, which the byte-level formats keep. Final text and streamed deltas alike.
+TEST(SentencePiece, InvalidBytesBecomeOneReplacementEach) {
+  auto t = Tokenizer::FromDirectory(kFixtures + "/chatglm3-sp");
+  ASSERT_TRUE(t.ok()) << t.status();
+  const std::string r = "\xEF\xBF\xBD";
+  const std::vector<std::pair<std::vector<int32_t>, std::string>> cases = {
+      {{234, 195}, r + r}, {{234, 195, 71}, r + r + "A"}, {{246, 165, 158, 71}, r + r + r + "A"}};
+  for (const auto& [ids, want] : cases) {
+    EXPECT_EQ((*t)->Decode(ids), want);
+    StreamDecoder stream(t->get());
+    std::string streamed = stream.Add(ids);
+    streamed += stream.Finish();
+    EXPECT_EQ(streamed, want);
+  }
+  EXPECT_EQ(SanitizeUtf8("\xF0\x9F\x98"
+                         "A",
+                         /*each_byte=*/true),
+            r + r + r + "A");
+  EXPECT_EQ(SanitizeUtf8("\xF0\x9F\x98"
+                         "A"),
+            r + "A");
+}
+
 // ChatGLM2/3's sentencepiece models add a dummy prefix, and their replies start with it ("▁" "\n"
 // ...): the reference decode strips it at the text's start and after each special id. The text
 // the server streams must be that decode, one id at a time, with specials kept and dropped.
