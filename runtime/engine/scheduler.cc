@@ -31,6 +31,9 @@ struct Sequence {
   bool preempted = false;  // back in waiting after running: resumes ahead of fresh requests
   uint64_t arrival = 0;
   int32_t oom_alone_failures = 0;
+  // Tokens of its step when it last ran out of memory alone (0: not yet): a retry whose chunk is
+  // no smaller (an image taken whole, a decode) counts as a failure alone.
+  int32_t oom_alone_chunk = 0;
   // The batch limit before the first out-of-memory step this sequence was in (0: none yet): given
   // back if it then fails alone, since its own size, not the batch, is what did not fit.
   int32_t batch_limit_before_oom = 0;
@@ -693,6 +696,7 @@ void Scheduler::Plan(TimePoint now, PlannedStep& plan) {
   plan.sequences.clear();
   plan.encoder_tokens.clear();
   int32_t budget = options_.max_tokens_per_step;
+  if (oom_prefill_cap_ > 0) budget = std::min(budget, oom_prefill_cap_ + static_cast<int32_t>(running_.size()));
   bool preempted_now = false;
   int32_t decodes = 0;   // decode rows planned so far (pass 0)
   int32_t prefills = 0;  // prefill chunks planned so far (pass 1 and admissions)
@@ -731,6 +735,7 @@ void Scheduler::Plan(TimePoint now, PlannedStep& plan) {
       CapPrefillBudget(decodes, now, &budget);
       last_prefill_budget_with_decodes_ = budget;
     }
+    if (pass == 1 && oom_prefill_cap_ > 0) budget = std::min(budget, oom_prefill_cap_);
     for (size_t i = 0; i < running_.size() && budget > 0;) {
       Sequence* s = running_[i];
       const bool decoding = s->decoding();
@@ -874,6 +879,7 @@ void Scheduler::Commit(const PlannedStep& plan, const StepResult& result, TimePo
       s->num_computed += static_cast<int32_t>(st.tokens.size());
     }
     s->oom_alone_failures = 0;
+    s->oom_alone_chunk = 0;
     s->batch_limit_before_oom = 0;
     RegisterWrittenBlocks(s);
     if (!st.sample) continue;
@@ -922,6 +928,19 @@ void Scheduler::HandleOom(const PlannedStep& plan, const absl::Status& status) {
     Sequence* s = plan.sequences[0];
     SetBatchLimit(1, "out of memory with one sequence");
     while (static_cast<int32_t>(running_.size()) > batch_limit_) Preempt(running_.back());
+    // A prefill chunk that does not fit alone may fit in halves (activations grow with its
+    // tokens): the prefill tokens a step takes are capped at half of it and the request tried
+    // again, down to one token. Only a step that cannot shrink counts towards failing it alone
+    // (it failed with the full --max-batch-tokens chunk while a smaller one would have run).
+    const int32_t chunk = static_cast<int32_t>(plan.steps[0].tokens.size());
+    const bool shrank = s->oom_alone_chunk == 0 || chunk < s->oom_alone_chunk;
+    s->oom_alone_chunk = chunk;
+    if (chunk > 1 && shrank) {
+      oom_prefill_cap_ = std::max(1, chunk / 2);
+      Log(absl::StrCat("prefill tokens a step capped at ", oom_prefill_cap_, " (out of memory prefilling ", chunk,
+                       " tokens of request ", s->request.request_id, " alone); oom events ", oom_events_));
+      return;
+    }
     if (++s->oom_alone_failures > options_.max_oom_retries_alone) {
       const SequenceStep& st = plan.steps[0];
       const std::string images =
@@ -983,6 +1002,11 @@ void Scheduler::CountCleanStep() {
     consecutive_ok_steps_ = 0;
     if (batch_limit_ < options_.max_batch_size) {
       SetBatchLimit(batch_limit_ + 1, "additive increase after clean steps");
+    }
+    if (oom_prefill_cap_ > 0) {  // doubles back, as the batch limit grows back
+      oom_prefill_cap_ = oom_prefill_cap_ >= options_.max_tokens_per_step / 2 ? 0 : oom_prefill_cap_ * 2;
+      Log(oom_prefill_cap_ == 0 ? std::string("prefill tokens a step no longer capped (clean steps)")
+                                : absl::StrCat("prefill tokens a step capped at ", oom_prefill_cap_, " (clean steps)"));
     }
   }
 }

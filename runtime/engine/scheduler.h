@@ -361,6 +361,9 @@ class Scheduler {
   uint64_t next_arrival_ = 0;
 
   int32_t batch_limit_;
+  // Prefill tokens a step may take after a chunk ran out of memory alone (0: uncapped); halved by
+  // HandleOom, doubled back after clean steps as the batch limit grows back.
+  int32_t oom_prefill_cap_ = 0;
   int32_t consecutive_ok_steps_ = 0;
   int64_t step_attempts_ = 0;
   int64_t steps_ = 0;

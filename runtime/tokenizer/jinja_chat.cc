@@ -7,16 +7,22 @@
 #include <cstdio>
 #include <ctime>
 #include <exception>
+#include <functional>
 #include <iomanip>
 #include <new>
 #include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 
-// minja's own limit on render recursion (third_party/minja/glmserve.patch); 256 levels stay well
-// inside a thread's stack, and GLM templates nest a handful.
+// minja's own limits (third_party/minja/glmserve.patch): render recursion (GLM templates nest a
+// handful of levels), range() lengths (Jinja's sandbox allows 100,000) and repeated strings.
 #define MINJA_MAX_DEPTH 256
+#define MINJA_MAX_RANGE 100000
+#define MINJA_MAX_STRING_BYTES (16u << 20)
+#include <pthread.h>
+
 #include <minja.hpp>
 
 namespace glmserve::tokenizer {
@@ -80,6 +86,11 @@ void DumpString(const std::string& s, const DumpOptions& o, std::string* out) {
     if (c < 0x20) {
       std::snprintf(buffer, sizeof buffer, "\\u%04x", c);
       out->append(buffer);
+      ++i;
+      continue;
+    }
+    if (c == 0x7F && o.ensure_ascii) {  // json.dumps escapes what is not ' '..'~'
+      out->append("\\u007f");
       ++i;
       continue;
     }
@@ -165,7 +176,9 @@ minja::Value MakeToJson() {
     if (args.args.empty()) throw std::runtime_error("tojson: no value given");
     DumpOptions o;
     minja::Value indent, separators;
-    if (args.args.size() > 1) indent = args.args[1];
+    // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
+    if (args.args.size() > 1) o.ensure_ascii = args.args[1].to_bool();
+    if (args.args.size() > 2) indent = args.args[2];
     for (auto& [name, value] : args.kwargs) {
       if (name == "indent") {
         indent = value;
@@ -241,6 +254,25 @@ int NestingDepth(std::string_view source) {
   return deepest;
 }
 
+// Runs `work` on a thread of its own with a 256 MiB stack (reserved, touched only as used), and
+// waits for it. std::regex (minja's tokenizer) recurses a frame a character of a long comment or
+// string, and values nested deep recurse as they are printed or freed: a thread's usual 8 MiB
+// ended the process at 40-60 KB of template. False if no thread could be started.
+bool RunOnLargeStack(const std::function<void()>& work) {
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) return false;
+  pthread_attr_setstacksize(&attr, size_t{256} << 20);
+  pthread_t thread;
+  auto trampoline = [](void* arg) -> void* {
+    (*static_cast<const std::function<void()>*>(arg))();
+    return nullptr;
+  };
+  const bool started = pthread_create(&thread, &attr, trampoline, const_cast<std::function<void()>*>(&work)) == 0;
+  pthread_attr_destroy(&attr);
+  if (started) pthread_join(thread, nullptr);
+  return started;
+}
+
 }  // namespace
 
 struct JinjaChatTemplate::Parsed {
@@ -260,17 +292,24 @@ absl::StatusOr<std::unique_ptr<JinjaChatTemplate>> JinjaChatTemplate::Create(
                                                    kMaxChatTemplateNesting, " a chat template may have"));
   }
   auto parsed = std::make_unique<Parsed>();
-  try {
-    // As transformers configures Jinja for chat templates.
-    parsed->root = minja::Parser::parse(std::string(source), minja::Options{/*trim_blocks=*/true,
-                                                                            /*lstrip_blocks=*/true,
-                                                                            /*keep_trailing_newline=*/false});
-  } catch (const std::bad_alloc&) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": out of memory parsing it"));
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": not a Jinja template glmserve can run: ", Shorten(e.what())));
-  }
+  // Jinja's lexer takes \r\n as a newline (trim_blocks removes it); minja only \n.
+  const std::string text = absl::StrReplaceAll(absl::string_view(source.data(), source.size()), {{"\r\n", "\n"}});
+  absl::Status status;
+  const bool ran = RunOnLargeStack([&] {
+    try {
+      // As transformers configures Jinja for chat templates.
+      parsed->root = minja::Parser::parse(text, minja::Options{/*trim_blocks=*/true,
+                                                               /*lstrip_blocks=*/true,
+                                                               /*keep_trailing_newline=*/false});
+    } catch (const std::bad_alloc&) {
+      status = absl::InvalidArgumentError(absl::StrCat(where, ": out of memory parsing it"));
+    } catch (const std::exception& e) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat(where, ": not a Jinja template glmserve can run: ", Shorten(e.what())));
+    }
+  });
+  if (!ran) return absl::ResourceExhaustedError(absl::StrCat(where, ": no thread to parse it on"));
+  if (!status.ok()) return status;
   std::unique_ptr<JinjaChatTemplate> t(new JinjaChatTemplate());
   t->parsed_ = std::move(parsed);
   t->where_ = std::move(where);
@@ -283,6 +322,15 @@ absl::StatusOr<std::string> JinjaChatTemplate::Render(const std::vector<Message>
   if (messages.empty()) {  // transformers refuses it too
     return absl::InvalidArgumentError("messages: empty; the chat template needs at least one message");
   }
+  absl::StatusOr<std::string> result;
+  if (!RunOnLargeStack([&] { result = RenderHere(messages, add_generation_prompt); })) {
+    return absl::ResourceExhaustedError(absl::StrCat(where_, ": no thread to render it on"));
+  }
+  return result;
+}
+
+absl::StatusOr<std::string> JinjaChatTemplate::RenderHere(const std::vector<Message>& messages,
+                                                          bool add_generation_prompt) const {
   try {
     ordered_json vars = ordered_json::object();
     // The special tokens first: transformers passes them beside the fixed names, which win.
@@ -300,8 +348,13 @@ absl::StatusOr<std::string> JinjaChatTemplate::Render(const std::vector<Message>
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat(where_, ": rendering these messages ran out of memory"));
   } catch (const std::exception& e) {
+    // minja wraps a bad_alloc deep in a render into its own error: still the memory's.
+    const std::string what = e.what();
+    if (what.find("bad_alloc") != std::string::npos) {
+      return absl::ResourceExhaustedError(absl::StrCat(where_, ": rendering these messages ran out of memory"));
+    }
     return absl::InvalidArgumentError(
-        absl::StrCat("messages: the checkpoint's chat template (", where_, ") refused them: ", Shorten(e.what())));
+        absl::StrCat("messages: the checkpoint's chat template (", where_, ") refused them: ", Shorten(what)));
   }
 }
 

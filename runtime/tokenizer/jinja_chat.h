@@ -51,6 +51,8 @@ class JinjaChatTemplate {
  private:
   struct Parsed;
   JinjaChatTemplate() = default;
+  // Render's work, on the calling thread (Render runs it on a thread with a large stack).
+  absl::StatusOr<std::string> RenderHere(const std::vector<Message>& messages, bool add_generation_prompt) const;
   std::unique_ptr<Parsed> parsed_;
   std::string where_;
   std::map<std::string, std::string> variables_;

@@ -374,7 +374,14 @@ class BpeTokenizer : public Tokenizer {
         absl::StatusOr<std::unique_ptr<JinjaChatTemplate>> jinja =
             JinjaChatTemplate::Create(cfg.chat_template, cfg.chat_template_where, {{"eos_token", eos_token_}});
         absl::Status probe = jinja.status();
-        if (jinja.ok()) probe = (*jinja)->Render({Message{"user", "hi"}}, /*add_generation_prompt=*/true).status();
+        // A plain conversation with a history (a filter the engine lacks in an assistant branch
+        // surfaced only on the second turn otherwise).
+        if (jinja.ok()) {
+          probe = (*jinja)
+                      ->Render({Message{"user", "hi"}, Message{"assistant", "hello"}, Message{"user", "hi"}},
+                               /*add_generation_prompt=*/true)
+                      .status();
+        }
         if (probe.ok()) {
           jinja_ = std::move(*jinja);
           chat_template_source_ = "chat_template (run by the Jinja engine)";

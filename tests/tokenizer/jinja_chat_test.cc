@@ -62,6 +62,14 @@ TEST(JinjaChatTemplate, RendersEveryFixtureTemplateAsTransformers) {
   EXPECT_GE(compared, 60);
 }
 
+// tojson's second positional argument is ensure_ascii, as transformers defines the filter, and
+// DEL is escaped under it as json.dumps escapes it ('"a\u007fb"').
+TEST(JinjaChatTemplate, ToJsonTakesTransformersArguments) {
+  auto t = Parse("{{ messages[0].content | tojson(true) }}");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(*t->Render({Message{"user", "a\x7f\xc3\xa9"}}, false), "\"a\\u007f\\u00e9\"");
+}
+
 TEST(JinjaChatTemplate, ToJsonIsPythonsJsonDumps) {
   // Ordered: json.dumps keeps a dict's insertion order (unless sort_keys).
   const auto goldens = nlohmann::ordered_json::parse(testing::ReadWholeFile(kTemplates + "/goldens.json"));
@@ -134,7 +142,49 @@ TEST(JinjaChatTemplate, RaisedErrorsAreTheRequestsNotTheProcess) {
   EXPECT_FALSE(t->Render({}, true).ok()) << "no messages";
 }
 
+// Whitespace as Jinja (transformers' configuration) leaves it; the values are transformers' own
+// renderings of these templates for one user turn "hi". lstrip_blocks strips before block tags only
+// (minja stripped before {{ }} too: a ChatGLM3-style "|>\n {{ content }}" lost its space), and a
+// template with CRLF line ends renders \n as Jinja's lexer does.
+TEST(JinjaChatTemplate, WhitespaceAsJinja) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{% for m in messages %}<|{{ m.role }}|>\n {{ m['content'] }}{% endfor %}", "<|user|>\n hi"},
+      {"{% for m in messages %}<|user|>\r\n{{ m.content }}\r\n{% endfor %}", "<|user|>\nhi\n"},
+      {"{% for m in messages %}\n   {{ m.content }}\n  {% if true %}x{% endif %}{% endfor %}", "   hi\nx"},
+  };
+  for (const auto& [source, want] : cases) {
+    auto t = Parse(source);
+    ASSERT_NE(t, nullptr) << source;
+    EXPECT_EQ(*t->Render({Message{"user", "hi"}}, false), want) << source;
+  }
+}
+
 TEST(JinjaChatTemplate, HostileTemplatesAreRefusedOrFailWithoutACrash) {
+  // A division by zero a message can bring about (SIGFPE in stock minja), huge ranges and repeated
+  // strings (memory), a list holding itself (recursion without end), a 60 KB comment (std::regex
+  // recursing a frame a character): the request's error, or a template that loads.
+  for (const std::string& source :
+       {std::string("{{ 10 // (messages[0].content|length - 3) }}"), std::string("{{ 1 % (messages|length - 1) }}"),
+        std::string("{% for i in range(10**9) %}x{% endfor %}"),
+        std::string("{% for i in range(0, 10, 0) %}x{% endfor %}"), std::string("{{ 'ab' * 100000000 }}"),
+        std::string("{% set l = [] %}{% set _ = l.append(l) %}{{ l }}")}) {
+    auto t = Parse(source);
+    ASSERT_NE(t, nullptr) << source;
+    const absl::StatusOr<std::string> r = t->Render({Message{"user", "abc"}}, true);
+    EXPECT_FALSE(r.ok()) << source;
+    EXPECT_LE(r.status().message().size(), 1000u) << source;
+  }
+  // replace() is linear (a 4 MB message took 10-18 s) and Python's for an empty `before`.
+  auto replacing = Parse("{{ messages[0].content.replace('a', 'bb') }}|{{ 'abc'.replace('', '-') }}");
+  ASSERT_NE(replacing, nullptr);
+  const absl::StatusOr<std::string> replaced = replacing->Render({Message{"user", std::string(4 << 20, 'a')}}, true);
+  ASSERT_TRUE(replaced.ok()) << replaced.status();
+  EXPECT_EQ(replaced->size(), (size_t{8} << 20) + 1 + 7);
+  EXPECT_EQ(replaced->substr(replaced->size() - 8), "|-a-b-c-");
+  auto commented = Parse("{# " + std::string(60000, 'c') + " #}{{ messages[0].content }}");
+  ASSERT_NE(commented, nullptr);
+  EXPECT_EQ(*commented->Render({Message{"user", "hi"}}, false), "hi");
+
   // A macro calling itself without end: a stack overflow (SIGSEGV) in stock minja.
   auto recursive = Parse("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
   ASSERT_NE(recursive, nullptr);

@@ -272,6 +272,8 @@ public:
 
   bool is_object() const { return !!object_; }
   bool is_array() const { return !!array_; }
+  // glmserve patch: the same list object (not an equal one)
+  bool is_same_array(const Value & other) const { return array_ && array_ == other.array_; }
   bool is_callable() const { return !!callable_; }
   bool is_null() const { return !object_ && !array_ && primitive_.is_null() && !callable_; }
   bool is_boolean() const { return primitive_.is_boolean(); }
@@ -487,6 +489,10 @@ public:
   }
   Value operator*(const Value& rhs) const {
       if (is_string() && rhs.is_number_integer()) {
+        // glmserve patch: bounded, as a chat prompt is (it grew until the process ran out of memory)
+        const std::string unit = to_str();
+        if (rhs.get<int64_t>() > 0 && unit.size() * (uint64_t) rhs.get<int64_t>() > MINJA_MAX_STRING_BYTES)
+          throw std::runtime_error("string repetition over the template engine's size limit");
         std::ostringstream out;
         for (int64_t i = 0, n = rhs.get<int64_t>(); i < n; ++i) {
           out << to_str();
@@ -500,12 +506,24 @@ public:
   }
   Value operator/(const Value& rhs) const {
       if (is_number_integer() && rhs.is_number_integer())
-        return get<int64_t>() / rhs.get<int64_t>();
+        return checked_div(get<int64_t>(), rhs.get<int64_t>());
       else
         return get<double>() / rhs.get<double>();
   }
   Value operator%(const Value& rhs) const {
-    return get<int64_t>() % rhs.get<int64_t>();
+    return checked_mod(get<int64_t>(), rhs.get<int64_t>());
+  }
+  // glmserve patch: an integer division by zero (or INT64_MIN by -1) raised SIGFPE and killed the
+  // process; Python raises ZeroDivisionError.
+  static int64_t checked_div(int64_t a, int64_t b) {
+    if (b == 0) throw std::runtime_error("integer division or modulo by zero");
+    if (b == -1 && a == std::numeric_limits<int64_t>::min()) throw std::runtime_error("integer overflow in division");
+    return a / b;
+  }
+  static int64_t checked_mod(int64_t a, int64_t b) {
+    if (b == 0) throw std::runtime_error("integer division or modulo by zero");
+    if (b == -1) return 0;
+    return a % b;
   }
 };
 
@@ -592,6 +610,8 @@ static std::string error_location_suffix(const std::string & source, size_t pos)
       start = std::find(start, source.end(), '\n') + 1;
     }
     auto end = std::find(start, source.end(), '\n');
+    // glmserve patch: a long line was copied into the message once per nesting level (545 MB)
+    if (end - start > 160) end = start + 160;
     return std::string(start, end);
   };
   auto start = source.begin();
@@ -604,7 +624,7 @@ static std::string error_location_suffix(const std::string & source, size_t pos)
   out << " at row " << line << ", column " << col << ":\n";
   if (line > 1) out << get_line(line - 1) << "\n";
   out << get_line(line) << "\n";
-  out << std::string(col - 1, ' ') << "^\n";
+  out << std::string(std::min<size_t>(col - 1, 160), ' ') << "^\n";  // glmserve patch: bounded
   if (line < max_line) out << get_line(line + 1) << "\n";
 
   return out.str();
@@ -614,6 +634,12 @@ static std::string error_location_suffix(const std::string & source, size_t pos)
 // overflows the stack and kills the process). Throws a std::runtime_error instead.
 #ifndef MINJA_MAX_DEPTH
 #define MINJA_MAX_DEPTH 1000
+#endif
+#ifndef MINJA_MAX_STRING_BYTES
+#define MINJA_MAX_STRING_BYTES (16u << 20)
+#endif
+#ifndef MINJA_MAX_RANGE
+#define MINJA_MAX_RANGE 1000000
 #endif
 struct DepthGuard {
     static int & depth() { static thread_local int d = 0; return d; }
@@ -1388,8 +1414,8 @@ public:
               case Op::Mul:       return l * r;
               case Op::Div:       return l / r;
               case Op::MulMul:    return std::pow(l.get<double>(), r.get<double>());
-              case Op::DivDiv:    return l.get<int64_t>() / r.get<int64_t>();
-              case Op::Mod:       return l.get<int64_t>() % r.get<int64_t>();
+              case Op::DivDiv:    return Value::checked_div(l.get<int64_t>(), r.get<int64_t>());
+              case Op::Mod:       return Value::checked_mod(l.get<int64_t>(), r.get<int64_t>());
               case Op::Eq:        return l == r;
               case Op::Ne:        return l != r;
               case Op::Lt:        return l < r;
@@ -1538,6 +1564,9 @@ public:
         if (obj.is_array()) {
           if (method->get_name() == "append") {
               vargs.expectArgs("append method", {1, 1}, {0, 0});
+              // glmserve patch: a list holding itself recursed without end when printed or destroyed
+              if (vargs.args[0].is_same_array(obj))
+                throw std::runtime_error("append: a list cannot hold itself");
               obj.push_back(vargs.args[0]);
               return Value();
           } else if (method->get_name() == "pop") {
@@ -1639,15 +1668,37 @@ public:
             vargs.expectArgs("replace method", {2, 3}, {0, 0});
             auto before = vargs.args[0].get<std::string>();
             auto after = vargs.args[1].get<std::string>();
-            auto count = vargs.args.size() == 3 ? vargs.args[2].get<int64_t>()
-                                                : str.length();
-            size_t start_pos = 0;
-            while ((start_pos = str.find(before, start_pos)) != std::string::npos &&
-                  count-- > 0) {
-              str.replace(start_pos, before.length(), after);
-              start_pos += after.length();
+            // glmserve patch: linear (in-place replace was quadratic: 10-18 s on a 4 MB message),
+            // bounded, and Python's meaning for a count < 0 (all) and for an empty `before`.
+            int64_t left = vargs.args.size() == 3 ? vargs.args[2].get<int64_t>() : -1;
+            std::string out;
+            auto grow = [&](const std::string & piece) {
+              if (out.size() + piece.size() > 4 * (size_t) MINJA_MAX_STRING_BYTES)
+                throw std::runtime_error("replace: result over the template engine's size limit");
+              out += piece;
+            };
+            if (before.empty()) {  // after before each character and at the end
+              for (size_t i = 0; i < str.size();) {
+                size_t n = 1;
+                while (i + n < str.size() && ((unsigned char) str[i + n] & 0xC0) == 0x80) ++n;
+                if (left != 0) { grow(after); if (left > 0) --left; }
+                grow(str.substr(i, n));
+                i += n;
+              }
+              if (left != 0) grow(after);
+              return out;
             }
-            return str;
+            size_t pos = 0;
+            while (left != 0) {
+              const size_t hit = str.find(before, pos);
+              if (hit == std::string::npos) break;
+              grow(str.substr(pos, hit - pos));
+              grow(after);
+              pos = hit + before.size();
+              if (left > 0) --left;
+            }
+            grow(str.substr(pos));
+            return out;
           }
         }
         throw std::runtime_error("Unknown method: " + method->get_name());
@@ -1889,7 +1940,7 @@ private:
         auto start = it;
         consumeSpaces(space_handling);
         std::smatch match;
-        if (std::regex_search(it, end, match, regex) && match.position() == 0) {
+        if (std::regex_search(it, end, match, regex, std::regex_constants::match_continuous)) {  // glmserve patch: linear
             it += match[0].length();
             std::vector<std::string> ret;
             for (size_t i = 0, n = match.size(); i < n; ++i) {
@@ -1904,7 +1955,7 @@ private:
         auto start = it;
         consumeSpaces(space_handling);
         std::smatch match;
-        if (std::regex_search(it, end, match, regex) && match.position() == 0) {
+        if (std::regex_search(it, end, match, regex, std::regex_constants::match_continuous)) {  // glmserve patch: linear
             it += match[0].length();
             return match[0].str();
         }
@@ -2631,9 +2682,10 @@ private:
 
               auto text = text_token->text;
               if (post_space == SpaceHandling::Strip) {
-                static std::regex trailing_space_regex(R"(\s+$)");
-                text = std::regex_replace(text, trailing_space_regex, "");
-              } else if (options.lstrip_blocks && it != end) {
+                // glmserve patch: Python's whitespace, and no std::regex (it recursed a frame a character)
+                { size_t e = text.size(); size_t n; while (e > 0 && (n = py_space_len_before(text, e))) e -= n; text.resize(e); }
+              } else if (options.lstrip_blocks && it != end && !dynamic_cast<ExpressionTemplateToken*>((*it).get())) {
+                // glmserve patch: as Jinja's lstrip_blocks, only before block tags and comments
                 auto i = text.size();
                 while (i > 0 && (text[i - 1] == ' ' || text[i - 1] == '\t')) i--;
                 if ((i == 0 && (it - 1) == begin) || (i > 0 && text[i - 1] == '\n')) {
@@ -2641,8 +2693,7 @@ private:
                 }
               }
               if (pre_space == SpaceHandling::Strip) {
-                static std::regex leading_space_regex(R"(^\s+)");
-                text = std::regex_replace(text, leading_space_regex, "");
+                { size_t b = 0; size_t n; while (b < text.size() && (n = py_space_len_at(text, b))) b += n; text.erase(0, b); }
               } else if (options.trim_blocks && (it - 1) != begin && !dynamic_cast<ExpressionTemplateToken*>((*(it - 2)).get())) {
                 if (!text.empty() && text[0] == '\n') {
                   text.erase(0, 1);
@@ -3096,6 +3147,12 @@ inline std::shared_ptr<Context> Context::builtins() {
     int64_t end = startEndStep[1];
     int64_t step = param_set[2] ? startEndStep[2] : 1;
 
+    // glmserve patch: step 0 looped for ever; a huge range took all memory (Jinja's sandbox caps it)
+    if (step == 0) throw std::runtime_error("range() arg 3 must not be zero");
+    {
+      const long double count = step > 0 ? ((long double) end - start) / step : ((long double) start - end) / -step;
+      if (count > MINJA_MAX_RANGE) throw std::runtime_error("range() over the template engine's size limit");
+    }
     auto res = Value::array();
     if (step > 0) {
       for (int64_t i = start; i < end; i += step) {
