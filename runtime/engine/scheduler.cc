@@ -939,6 +939,10 @@ void Scheduler::HandleOom(const PlannedStep& plan, const absl::Status& status) {
       oom_prefill_cap_ = std::max(1, chunk / 2);
       Log(absl::StrCat("prefill tokens a step capped at ", oom_prefill_cap_, " (out of memory prefilling ", chunk,
                        " tokens of request ", s->request.request_id, " alone); oom events ", oom_events_));
+      // The chunk's size, not the batch, did not fit: the batch limit before the OOM comes back.
+      if (s->batch_limit_before_oom > batch_limit_) {
+        SetBatchLimit(s->batch_limit_before_oom, "given back: a prefill chunk ran out of memory alone, now capped");
+      }
       return;
     }
     if (++s->oom_alone_failures > options_.max_oom_retries_alone) {

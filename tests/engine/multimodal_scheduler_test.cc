@@ -469,10 +469,12 @@ TEST(MultimodalSchedulerTest, ImageThatNeverFitsFailsAloneAfterBoundedRetries) {
   ASSERT_EQ(big_done, 1);
   EXPECT_EQ(big.status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(big.status.message().find("10 vision-encoder tokens"), std::string::npos) << big.status;
-  // 1 OOM with both, then 3 alone (first try + 2 retries).
-  EXPECT_EQ(h.scheduler->stats().oom_events, 4);
-  // "big" once (it failed), "small" twice (preempted by the first OOM's shrink, then finished).
-  EXPECT_EQ(h.executor.released().size(), 3u);
+  // 1 OOM with both, 1 alone that halves the prefill chunk and gives the batch limit back, 1 with
+  // both again (an image is taken whole: its chunk does not shrink), then 3 alone (first try + 2
+  // retries).
+  EXPECT_EQ(h.scheduler->stats().oom_events, 6);
+  // "big" once (it failed), "small" three times (preempted by both OOMs with it, then finished).
+  EXPECT_EQ(h.executor.released().size(), 4u);
   h.ExpectAllMatchReference();  // "small" is untouched
 }
 

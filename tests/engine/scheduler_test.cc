@@ -625,37 +625,29 @@ TEST(SchedulerTest, ExecutorOomShrinksLikeInjectedOom) {
   }
 }
 
-TEST(SchedulerTest, OomAloneFailsOnlyThatRequestAfterBoundedRetries) {
+// A prefill chunk that runs out of memory alone is halved until it fits (the step's prefill tokens
+// capped), instead of failing the request: a 20-token prompt where a step holds 10 tokens finishes
+// with its reference ids (it failed FAILED_PRECONDITION "alone" while 10-token chunks would have
+// run). The cap doubles back after clean steps.
+TEST(SchedulerTest, OomAlonePrefillIsHalvedUntilItFits) {
   for (bool overlap : {false, true}) {  // overlap_steps: the same outcome
     SCOPED_TRACE(overlap ? "overlapped steps" : "synchronous steps");
     SchedulerOptions o;
     o.overlap_steps = overlap;
     o.max_oom_retries_alone = 2;
-    o.faults.oom_above_tokens = 10;  // a 20-token prefill can never run
+    o.aimd_increase_after_steps = 2;
+    o.faults.oom_above_tokens = 10;  // a step of more than 10 tokens runs out of memory
     Harness h(o, 4, 64);
-    RequestResult big;
-    int big_done = 0;
-    RequestCallbacks cb;
-    cb.on_done = [&](const RequestResult& r) {
-      big = r;
-      ++big_done;
-    };
-    ASSERT_TRUE(h.scheduler->Add(MakeRequest("big", MakePrompt(1, 20), 4), std::move(cb), h.clock.Now()).ok());
+    h.Add(MakeRequest("big", MakePrompt(1, 20), 4));
     h.Add(MakeRequest("small", MakePrompt(2, 3), 8));
-    h.RunUntilIdle(100);
-    ASSERT_EQ(big_done, 1);
-    // Not RESOURCE_EXHAUSTED: retry policies would send it again unchanged.
-    EXPECT_EQ(big.status.code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_NE(big.status.message().find("alone"), std::string::npos) << big.status;
-    EXPECT_NE(big.status.message().find("20 tokens"), std::string::npos) << big.status;
-    EXPECT_NE(big.status.message().find("send fewer prompt tokens"), std::string::npos) << big.status;
-    // 1 OOM with both, then 3 alone (first try + 2 retries).
-    EXPECT_EQ(h.scheduler->stats().oom_events, 4);
-    EXPECT_EQ(h.limits.front(), 1);
-    // Its size, not the batch, ran out of memory: the limit before the first OOM comes back at once
-    // instead of one sequence a few dozen clean steps.
-    EXPECT_EQ(h.limits.back(), o.max_batch_size);
-    EXPECT_EQ(h.scheduler->batch_limit(), o.max_batch_size);
+    h.RunUntilIdle(200);
+    // 1 OOM with both (23 tokens), 1 alone with 20: the chunk halves to 10, which fits.
+    EXPECT_EQ(h.scheduler->stats().oom_events, 2);
+    EXPECT_EQ(h.scheduler->batch_limit(), o.max_batch_size) << "given back after clean steps";
+    h.ExpectAllMatchReference();  // both finished OK with their own ids
+    // Later prompts are no longer capped: a 9-token prefill goes in one step.
+    h.Add(MakeRequest("later", MakePrompt(3, 9), 2));
+    h.RunUntilIdle(50);
     h.ExpectAllMatchReference();
   }
 }
