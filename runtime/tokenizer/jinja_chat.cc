@@ -236,16 +236,16 @@ int NestingDepth(std::string_view source) {
                                    source[k] == '\n' || source[k] == '\r')) {
         ++k;
       }
-      const std::string_view rest = source.substr(k);
-      if (rest.rfind("end", 0) == 0) {
-        blocks = std::max(0, blocks - 1);
-      } else {
-        for (std::string_view opener : kOpeners) {
-          if (rest.rfind(opener, 0) == 0 && rest.size() > opener.size() &&
-              !std::isalnum(static_cast<unsigned char>(rest[opener.size()])) && rest[opener.size()] != '_') {
-            ++blocks;
-            break;
-          }
+      std::string_view rest = source.substr(k);
+      // Only the end tags of the counted blocks close one (an endset / endblock closed a block
+      // never counted, and a template could nest past the cap unseen).
+      const bool closing = rest.rfind("end", 0) == 0;
+      if (closing) rest.remove_prefix(3);
+      for (std::string_view opener : kOpeners) {
+        if (rest.rfind(opener, 0) == 0 && rest.size() > opener.size() &&
+            !std::isalnum(static_cast<unsigned char>(rest[opener.size()])) && rest[opener.size()] != '_') {
+          blocks = closing ? std::max(0, blocks - 1) : blocks + 1;
+          break;
         }
       }
     }

@@ -200,6 +200,10 @@ TEST(JinjaChatTemplate, HostileTemplatesAreRefusedOrFailWithoutACrash) {
   std::string ifs;
   for (int i = 0; i < 300; ++i) ifs += "{% if true %}";
   EXPECT_FALSE(JinjaChatTemplate::Create(ifs, "x.jinja", {}).ok());
+  // An end tag of a block not counted (endset) does not hide the nesting.
+  std::string hidden;
+  for (int i = 0; i < 300; ++i) hidden += "{% if true %}{% set x %}y{% endset %}";
+  EXPECT_FALSE(JinjaChatTemplate::Create(hidden, "x.jinja", {}).ok());
   EXPECT_FALSE(JinjaChatTemplate::Create(std::string(kMaxChatTemplateBytes + 1, 'a'), "x.jinja", {}).ok());
   // Parse errors name the file and where.
   auto unclosed = JinjaChatTemplate::Create("{% if x %}never closed", "x.jinja", {});
