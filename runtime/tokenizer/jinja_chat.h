@@ -7,7 +7,8 @@
 // `tojson` is Python's json.dumps (ensure_ascii off unless asked, indent, separators, sort_keys),
 // `strftime_now(format)` the local time, `raise_exception(msg)` fails the render with msg; the
 // variables are `messages` (role and content strings), `tools` and `documents` (None),
-// `add_generation_prompt` and the tokenizer's special tokens (eos_token, ...).
+// `add_generation_prompt` and the tokenizer's named special tokens (tokenizer_config.json's
+// top-level "*_token" keys: eos_token, pad_token, ...; an absent one renders empty, as in Jinja).
 //
 // A bad checkpoint template never takes the process down: over kMaxChatTemplateBytes, brackets or
 // blocks nested past kMaxChatTemplateNesting (parsing is quadratic in depth) or a parse error are

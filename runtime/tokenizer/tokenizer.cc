@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/escaping.h"
@@ -199,6 +200,9 @@ absl::StatusOr<json> ParseJsonText(const std::string& where, const std::string& 
 struct TokenizerConfig {
   std::string chat_template;
   std::string chat_template_where;  // the file it came from, for messages
+  // Top-level "*_token" keys and their texts (eos_token, pad_token, ...): transformers passes its
+  // special_tokens_map to the chat template as variables.
+  std::map<std::string, std::string> named_tokens;
   std::string eos_token;
   std::string model_type;  // "glm4v": GLM-4.1V's chat format is the default
   // Strings transformers registers as special tokens: the values of top-level "*_token" keys
@@ -241,6 +245,12 @@ absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool re
       c.chat_template_where = absl::StrCat(path, "'s chat_template");
     }
     if (j.contains("eos_token")) c.eos_token = TokenString(j["eos_token"]);
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      const std::string& key = it.key();
+      if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0) {
+        if (std::string s = TokenString(it.value()); !s.empty()) c.named_tokens[key] = std::move(s);
+      }
+    }
     for (auto it = j.begin(); read_specials && it != j.end(); ++it) {
       const std::string& key = it.key();
       if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0) {
@@ -372,7 +382,7 @@ class BpeTokenizer : public Tokenizer {
       std::string jinja_problem;
       if (!cfg.chat_template.empty() && family_ == Family::kGlm4) {
         absl::StatusOr<std::unique_ptr<JinjaChatTemplate>> jinja =
-            JinjaChatTemplate::Create(cfg.chat_template, cfg.chat_template_where, {{"eos_token", eos_token_}});
+            JinjaChatTemplate::Create(cfg.chat_template, cfg.chat_template_where, cfg.named_tokens);
         absl::Status probe = jinja.status();
         // A plain conversation with a history (a filter the engine lacks in an assistant branch
         // surfaced only on the second turn otherwise).

@@ -113,6 +113,21 @@ TEST_F(JinjaChatTokenizerTest, UnrecognizedTemplateRunsOnTheJinjaEngine) {
   EXPECT_GE(compared, 10);
 }
 
+// The named special tokens are template variables as transformers passes its special_tokens_map:
+// glm4-tiny's tokenizer_config.json names eos_token and pad_token (transformers renders this
+// template to "[|<|endoftext|>|<|endoftext|>|]"; bos_token and unk_token are undefined: empty).
+TEST_F(JinjaChatTokenizerTest, NamedSpecialTokensAreTemplateVariables) {
+  fs::copy_file(kTinyModel + "/tokenizer.json", dir_ / "tokenizer.json");
+  json config = json::parse(testing::ReadWholeFile(kTinyModel + "/tokenizer_config.json"));
+  config["chat_template"] = "[{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}]";
+  Write("tokenizer_config.json", config.dump());
+  auto tok = Tokenizer::FromDirectory(dir_.string());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = (*tok)->ApplyChatTemplate({Message{"user", "x"}}, false);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ((*tok)->Decode(*ids), "[|<|endoftext|>|<|endoftext|>|]");
+}
+
 // A template that cannot render a plain user turn falls back to the family's format and says why.
 TEST_F(JinjaChatTokenizerTest, TemplateThatFailsThePlainTurnFallsBackNamingTheReason) {
   fs::copy_file(kTinyModel + "/tokenizer.json", dir_ / "tokenizer.json");
