@@ -1264,7 +1264,8 @@ class Handler {
       if (!done) {
         if (state->stopping) {
           call->Cancel();
-          write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(ShutDownRefusal())), "\n\n"));
+          // The error event, then [DONE] as every stream ends (vLLM does the same).
+          write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(ShutDownRefusal())), "\n\ndata: [DONE]\n\n"));
           sink.done();
           return true;
         }
@@ -1273,7 +1274,8 @@ class Handler {
         return true;
       }
       if (!result.status.ok()) {
-        write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(RefusalFromStatus(result.status))), "\n\n"));
+        write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(RefusalFromStatus(result.status))),
+                           "\n\ndata: [DONE]\n\n"));
         sink.done();
         return true;
       }

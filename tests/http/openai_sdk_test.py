@@ -407,6 +407,13 @@ def main():
         expect_error(slow, C, chat_body(max_tokens=500), 504, "timeout", etype="timeout_error",
                      headers={"timeout": "200ms"}, what="deadline (timeout header)")
 
+        # A stream cut by its deadline after it started: the error event, then data: [DONE] as every
+        # stream ends (vLLM's order; it ended at the error event, and raw SSE clients waited on).
+        st, _, data = slow.post(C + "?timeout=0.5", chat_body(max_tokens=500, stream=True), timeout=30)
+        events = [e for e in data.decode().split("\n\n") if e.startswith("data: ")]
+        check(st == 200 and len(events) >= 3 and '"error"' in events[-2] and events[-1] == "data: [DONE]",
+              f"a stream's deadline: the error event, then [DONE] ({st}, last {events[-2:]!r})")
+
         # Disconnect mid-stream frees the slot: the next request runs at once, not after 1000 steps.
         c = slow.conn(30)
         c.request("POST", C, body=json.dumps(chat_body(max_tokens=1000, stream=True)),
