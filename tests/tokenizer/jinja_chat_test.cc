@@ -90,22 +90,35 @@ TEST(JinjaChatTemplate, ToJsonIsPythonsJsonDumps) {
 
 // A model directory whose template is GLM-Z1's (not one the built-in renderers know): the prompt
 // ids are transformers' apply_chat_template ids for it.
-class JinjaChatTokenizerTest : public testing::ScratchDirTest {};
+class JinjaChatTokenizerTest : public testing::ScratchDirTest {
+ protected:
+  // glm4-tiny's tokenizer in the scratch directory, its tokenizer_config.json's chat_template set to
+  // `chat_template` (removed when empty), loaded.
+  std::unique_ptr<Tokenizer> LoadWithTemplate(const std::string& chat_template) {
+    fs::copy_file(kTinyModel + "/tokenizer.json", dir_ / "tokenizer.json");
+    json config = json::parse(testing::ReadWholeFile(kTinyModel + "/tokenizer_config.json"));
+    if (chat_template.empty()) {
+      config.erase("chat_template");
+    } else {
+      config["chat_template"] = chat_template;
+    }
+    Write("tokenizer_config.json", config.dump());
+    auto tok = Tokenizer::FromDirectory(dir_.string());
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    return tok.ok() ? std::move(*tok) : nullptr;
+  }
+};
 
 TEST_F(JinjaChatTokenizerTest, UnrecognizedTemplateRunsOnTheJinjaEngine) {
-  fs::copy_file(kTinyModel + "/tokenizer.json", dir_ / "tokenizer.json");
-  json config = json::parse(testing::ReadWholeFile(kTinyModel + "/tokenizer_config.json"));
-  config.erase("chat_template");
-  Write("tokenizer_config.json", config.dump());
   Write("chat_template.jinja", testing::ReadWholeFile(kTemplates + "/GLM-Z1-9B-0414.jinja"));
-  auto tok = Tokenizer::FromDirectory(dir_.string());
-  ASSERT_TRUE(tok.ok()) << tok.status();
-  EXPECT_EQ((*tok)->chat_template_source(), "chat_template (run by the Jinja engine)");
+  const std::unique_ptr<Tokenizer> tok = LoadWithTemplate("");
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->chat_template_source(), "chat_template (run by the Jinja engine)");
   int compared = 0;
   const json goldens = Goldens();
   for (const json& c : goldens["cases"]) {
     if (c["template"] != "GLM-Z1-9B-0414.jinja" || !c.contains("ids")) continue;
-    auto ids = (*tok)->ApplyChatTemplate(ToMessages(c["messages"]), c["add_generation_prompt"]);
+    auto ids = tok->ApplyChatTemplate(ToMessages(c["messages"]), c["add_generation_prompt"]);
     ASSERT_TRUE(ids.ok()) << c["messages"].dump() << ": " << ids.status();
     EXPECT_EQ(*ids, c["ids"].get<std::vector<int32_t>>()) << c["messages"].dump();
     ++compared;
@@ -117,26 +130,19 @@ TEST_F(JinjaChatTokenizerTest, UnrecognizedTemplateRunsOnTheJinjaEngine) {
 // glm4-tiny's tokenizer_config.json names eos_token and pad_token (transformers renders this
 // template to "[|<|endoftext|>|<|endoftext|>|]"; bos_token and unk_token are undefined: empty).
 TEST_F(JinjaChatTokenizerTest, NamedSpecialTokensAreTemplateVariables) {
-  fs::copy_file(kTinyModel + "/tokenizer.json", dir_ / "tokenizer.json");
-  json config = json::parse(testing::ReadWholeFile(kTinyModel + "/tokenizer_config.json"));
-  config["chat_template"] = "[{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}]";
-  Write("tokenizer_config.json", config.dump());
-  auto tok = Tokenizer::FromDirectory(dir_.string());
-  ASSERT_TRUE(tok.ok()) << tok.status();
-  auto ids = (*tok)->ApplyChatTemplate({Message{"user", "x"}}, false);
+  const std::unique_ptr<Tokenizer> tok =
+      LoadWithTemplate("[{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}]");
+  ASSERT_NE(tok, nullptr);
+  auto ids = tok->ApplyChatTemplate({Message{"user", "x"}}, false);
   ASSERT_TRUE(ids.ok()) << ids.status();
-  EXPECT_EQ((*tok)->Decode(*ids), "[|<|endoftext|>|<|endoftext|>|]");
+  EXPECT_EQ(tok->Decode(*ids), "[|<|endoftext|>|<|endoftext|>|]");
 }
 
 // A template that cannot render a plain user turn falls back to the family's format and says why.
 TEST_F(JinjaChatTokenizerTest, TemplateThatFailsThePlainTurnFallsBackNamingTheReason) {
-  fs::copy_file(kTinyModel + "/tokenizer.json", dir_ / "tokenizer.json");
-  json config = json::parse(testing::ReadWholeFile(kTinyModel + "/tokenizer_config.json"));
-  config["chat_template"] = "{{ raise_exception('this template takes no user turns') }}";
-  Write("tokenizer_config.json", config.dump());
-  auto tok = Tokenizer::FromDirectory(dir_.string());
-  ASSERT_TRUE(tok.ok()) << tok.status();
-  const std::string source = (*tok)->chat_template_source();
+  const std::unique_ptr<Tokenizer> tok = LoadWithTemplate("{{ raise_exception('this template takes no user turns') }}");
+  ASSERT_NE(tok, nullptr);
+  const std::string source = tok->chat_template_source();
   EXPECT_NE(source.find("chat_template not recognized"), std::string::npos) << source;
   EXPECT_NE(source.find("this template takes no user turns"), std::string::npos) << source;
   EXPECT_NE(source.find("tokenizer_config.json's chat_template"), std::string::npos) << source;
