@@ -138,6 +138,15 @@ struct ModelInfo {
   // Tokens the KV pool holds (blocks x block size), set by the engine; 0 = unknown. One sequence's
   // prompt plus output can never exceed it, whatever max_position_embeddings allows.
   int64_t kv_capacity_tokens = 0;
+
+  // True when the KV pool, not the positions, bounds what one sequence can hold.
+  bool context_is_kv_capacity() const {
+    return kv_capacity_tokens > 0 && (max_position_embeddings <= 0 || kv_capacity_tokens < max_position_embeddings);
+  }
+  // Prompt plus generated tokens one sequence can hold (0 = unknown).
+  int32_t max_context() const {
+    return context_is_kv_capacity() ? static_cast<int32_t>(kv_capacity_tokens) : max_position_embeddings;
+  }
 };
 
 }  // namespace glmserve

@@ -248,13 +248,10 @@ absl::StatusOr<TokenizerConfig> ReadTokenizerConfig(const fs::path& dir, bool re
     for (auto it = j.begin(); it != j.end(); ++it) {
       const std::string& key = it.key();
       if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0) {
-        if (std::string s = TokenString(it.value()); !s.empty()) c.named_tokens[key] = std::move(s);
-      }
-    }
-    for (auto it = j.begin(); read_specials && it != j.end(); ++it) {
-      const std::string& key = it.key();
-      if (key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0) {
-        if (std::string s = TokenString(it.value()); !s.empty()) c.special_token_strings.push_back(std::move(s));
+        if (std::string s = TokenString(it.value()); !s.empty()) {
+          if (read_specials) c.special_token_strings.push_back(s);
+          c.named_tokens[key] = std::move(s);
+        }
       }
     }
     // transformers 5 reads an extra_special_tokens object as more named tokens; a list of them

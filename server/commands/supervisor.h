@@ -1,10 +1,10 @@
 // `glmserve serve --supervise`: the same command runs as a child process; the supervisor restarts
-// it when it dies (signal, abort, exit 1: also an engine crash loop, which the child exits on), with exponential
-// backoff (--restart-backoff-ms doubled per failure within --restart-window-ms, capped by --restart-backoff-max-ms) and
-// gives up after
-// --max-restarts failures in the window (exit 1). SIGTERM/SIGINT/SIGHUP are forwarded to the child
-// for a clean drain; the supervisor then exits with the child's code. A child exiting 0 (drained) or 2
-// (bad flags or an unloadable checkpoint: a restart cannot help) is not restarted.
+// it when it dies (signal, abort, exit 1: also an engine crash loop, which the child exits on),
+// with exponential backoff (--restart-backoff-ms doubled per failure within --restart-window-ms,
+// capped by --restart-backoff-max-ms) and gives up after --max-restarts failures in the window
+// (exit 1). SIGTERM/SIGINT/SIGHUP are forwarded to the child for a clean drain; the supervisor then
+// exits with the child's code. A child exiting 0 (drained) or 2 (bad flags or an unloadable
+// checkpoint: a restart cannot help) is not restarted.
 #pragma once
 
 #include <signal.h>

@@ -254,12 +254,7 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     proto->set_stored_dtype(info.stored_dtype);
     proto->set_device(info.device);
     proto->set_vocab_size(info.vocab_size);
-    // The KV pool's capacity where it holds fewer tokens than the positions allow.
-    int64_t max_context = info.max_position_embeddings;
-    if (info.kv_capacity_tokens > 0 && (max_context <= 0 || info.kv_capacity_tokens < max_context)) {
-      max_context = info.kv_capacity_tokens;
-    }
-    proto->set_max_context(static_cast<int32_t>(max_context));
+    proto->set_max_context(info.max_context());  // the KV pool's capacity where it holds fewer tokens
     for (int32_t id : info.eos_token_ids) proto->add_eos_token_ids(id);
     proto->set_max_batch(max_batch);
     proto->set_build_version(options_.build_version);
@@ -308,7 +303,6 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   const GrpcServerOptions& options() const { return options_; }
   RequestSessions& sessions() { return sessions_; }
 
-  // Deadline for the engine: the call's deadline, else the default one.
   // A malformed request's id: the metadata's trace id where valid, else a new one.
   std::string MalformedRequestId(const grpc::CallbackServerContext* ctx) {
     std::string id = TraceIdFromMetadata(ctx);
@@ -316,6 +310,7 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     return id;
   }
 
+  // Deadline for the engine: the call's deadline, else the default one.
   std::chrono::steady_clock::time_point EngineDeadline(const grpc::CallbackServerContext* ctx) const {
     // From gRPC's own timespec: ServerContext::deadline() converts it to system_clock nanoseconds,
     // which wrap for deadlines past 2262 (grpc-go sends `2562047H`, ~292 years, for no deadline),

@@ -1236,6 +1236,12 @@ class Handler {
         call->Cancel();
         return false;
       };
+      // An error after the stream started: its event, then [DONE] as every stream ends (vLLM's order).
+      auto end_with_error = [&](const Refusal& refusal) {
+        write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(refusal)), "\n\ndata: [DONE]\n\n"));
+        sink.done();
+        return true;
+      };
       if (chat && !*sent_role) {
         *sent_role = true;
         if (!write(chunk({{"role", "assistant"}, {"content", ""}}, nullptr))) return false;
@@ -1264,21 +1270,13 @@ class Handler {
       if (!done) {
         if (state->stopping) {
           call->Cancel();
-          // The error event, then [DONE] as every stream ends (vLLM does the same).
-          write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(ShutDownRefusal())), "\n\ndata: [DONE]\n\n"));
-          sink.done();
-          return true;
+          return end_with_error(ShutDownRefusal());
         }
         // Nothing new: an SSE comment finds a closed connection (the write fails).
         if (deltas.empty() && !write(": keep-alive\n\n")) return false;
         return true;
       }
-      if (!result.status.ok()) {
-        write(absl::StrCat("data: ", HttpErrorBody(ToHttpError(RefusalFromStatus(result.status))),
-                           "\n\ndata: [DONE]\n\n"));
-        sink.done();
-        return true;
-      }
+      if (!result.status.ok()) return end_with_error(RefusalFromStatus(result.status));
       const auto completion = static_cast<int64_t>(result.output_ids.size());
       if (!tail.empty() && !write(chunk(chat ? json{{"content", tail}} : json(tail), nullptr, {}, completion))) {
         return false;
@@ -1549,11 +1547,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     SetError(res, e);
   });
 
-  // "*" is every interface to gRPC and the metrics listener; httplib resolved it as a name and
-  // bound [::1] only. It is IPv6's wildcard here (dual-stack), else IPv4's.
+  // The metrics listener's addresses for --host (httplib resolved "*" as a name and bound [::1]
+  // only).
   int port = -1;
-  for (const std::string& host :
-       options.host == "*" ? std::vector<std::string>{"::", "0.0.0.0"} : std::vector<std::string>{options.host}) {
+  for (const std::string& host : ListenHosts(options.host)) {
     port = options.port == 0 ? svr.bind_to_any_port(host) : (svr.bind_to_port(host, options.port) ? options.port : -1);
     if (port > 0) break;
   }

@@ -175,16 +175,6 @@ void BindTimeCounters(prometheus::Family<prometheus::Counter>& family, const cha
   }
 }
 
-// The addresses to listen on for --host, in the order tried: an IPv6 wildcard or loopback falls
-// back to IPv4's on a machine without IPv6 (some VMs and containers).
-std::vector<std::string> ListenHosts(const std::string& host_in) {
-  std::string host = host_in;
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host.empty() || host == "::" || host == "*") return {"::", "0.0.0.0"};
-  if (host == "::1") return {"::1", "127.0.0.1"};
-  return {host};
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::string& host, int port,

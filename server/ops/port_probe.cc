@@ -16,6 +16,14 @@ std::string FormatAddress(const std::string& host, int port) {
   return absl::StrCat(host, ":", port);
 }
 
+std::vector<std::string> ListenHosts(const std::string& host_in) {
+  std::string host = host_in;
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty() || host == "::" || host == "*") return {"::", "0.0.0.0"};
+  if (host == "::1") return {"::1", "127.0.0.1"};
+  return {host};
+}
+
 std::string PortBindProblem(const std::string& host_in, int port) {
   if (port <= 0) return "";
   std::string host = host_in;

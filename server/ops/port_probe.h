@@ -4,11 +4,17 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace glmserve {
 
 // "host:port", bracketing IPv6 literals ("[::1]:50051").
 std::string FormatAddress(const std::string& host, int port);
+
+// The addresses to listen on for --host, in the order tried: every interface ("", "*", "::") is
+// IPv6's wildcard (dual-stack), and an IPv6 wildcard or loopback falls back to IPv4's on a machine
+// without IPv6 (some VMs and containers); brackets around a literal are dropped.
+std::vector<std::string> ListenHosts(const std::string& host);
 
 // Why host:port cannot be bound, from a bind with SO_REUSEADDR only, as every listener of
 // glmserve sets it: "Address already in use", "Permission denied", "cannot resolve 'h': ...".

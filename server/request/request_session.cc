@@ -275,10 +275,8 @@ void RequestSessions::SetEngine(InferenceEngine* engine) {
   // What one sequence can hold: the position limit, or the KV pool where it holds fewer tokens
   // (a small --kv-blocks / --kv-cpu-budget-mb). Advertised (max_model_len, ModelInfo.max_context),
   // and a default max_new_tokens shrinks to it.
-  model_.max_context = info.max_position_embeddings;
-  model_.context_is_kv_capacity =
-      info.kv_capacity_tokens > 0 && (model_.max_context <= 0 || info.kv_capacity_tokens < model_.max_context);
-  if (model_.context_is_kv_capacity) model_.max_context = static_cast<int32_t>(info.kv_capacity_tokens);
+  model_.max_context = info.max_context();
+  model_.context_is_kv_capacity = info.context_is_kv_capacity();
   model_.eos_token_ids = info.eos_token_ids;
   engine_ = engine;
 }
