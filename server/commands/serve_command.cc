@@ -284,6 +284,7 @@ int RunServe(int argc, char** argv) {
     http_options.default_deadline_ms = flags.grpc.default_deadline_ms;
     http_options.limits = flags.grpc.limits;
     http_options.log_requests = flags.grpc.log_requests;
+    http_options.refused_log_lines_per_second = flags.grpc.refused_log_lines_per_second;
     http_options.observer = metrics_sink;
     http_options.api_keys = flags.grpc.api_keys;
     http_options.tls = flags.grpc.tls;

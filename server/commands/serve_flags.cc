@@ -81,6 +81,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
       .DefaultText(absl::StrCat(g.limits.max_prompt_tokens, " = the model's max context - 1"));
   set.Int("default-deadline-ms", &g.default_deadline_ms, 0, kTimeMax, "for requests sent without a deadline; 0 = none");
   set.Bool("log-requests", &g.log_requests, "one stderr line per finished or refused request");
+  set.Int("log-refused-per-second", &g.refused_log_lines_per_second, 0, kIntMax,
+          "request_refused lines a second per status code and API; beyond, refusals are counted and "
+          "the next line says how many were left out (refusals_not_logged); 0 = every refusal");
   set.Bool("reflection", &g.reflection, "gRPC server reflection (grpcurl list/describe)");
   const int64_t batch = sched.max_batch_size;
   set.Int("max-requests-per-client", &f.max_requests_per_client, 0, kIntMax,

@@ -334,6 +334,7 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
     RequestSessionsOptions s;
     s.limits = o.limits;
     s.log_requests = o.log_requests;
+    s.refused_log_lines_per_second = o.refused_log_lines_per_second;
     s.observer = o.observer;
     s.client_quota = o.client_quota;
     s.tokenize_budget = o.tokenize_budget;

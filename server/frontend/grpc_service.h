@@ -51,7 +51,8 @@ struct GrpcServerOptions {
   // Deadline applied to requests that carry none; 0 = none.
   int64_t default_deadline_ms = 600'000;
   FrontendLimits limits;
-  bool log_requests = true;  // one stderr line per finished or rejected request
+  bool log_requests = true;               // one stderr line per finished or rejected request
+  int refused_log_lines_per_second = 20;  // RequestSessionsOptions' field of the same name
   // The gRPC server reflection service (what grpcurl and Postman list and describe). It exposes
   // only the public API's descriptors; a production deployment may turn it off.
   bool reflection = true;

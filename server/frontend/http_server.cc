@@ -57,6 +57,7 @@ struct HttpServer::State {
     RequestSessionsOptions s;
     s.limits = o.limits;
     s.log_requests = o.log_requests;
+    s.refused_log_lines_per_second = o.refused_log_lines_per_second;
     s.observer = o.observer;
     s.client_quota = o.client_quota;
     s.tokenize_budget = o.tokenize_budget;
@@ -927,12 +928,18 @@ std::optional<Refusal> ApiHeadRefusal(const httplib::Request& req, int64_t max_b
   return std::nullopt;
 }
 
-// The checks a request's head alone decides (BodyFramingRefusal on any route; ApiHeadRefusal's
-// media type and body size on the API's): true when `res` now holds the refusal, the connection
-// to be closed after it.
+// The checks a request's head alone decides (BodyFramingRefusal on any route; on the API's the
+// API key, then ApiHeadRefusal's media type and body size): true when `res` now holds the
+// refusal, the connection to be closed after it. A client without a valid key gets its 401 before
+// anything else is said about its request, and its body is never read.
 bool RefuseOnHead(State& state, const httplib::Request& req, httplib::Response& res) {
   std::optional<Refusal> e = BodyFramingRefusal(req);
   const bool api = IsRoute(kChatRoute, req) || IsRoute(kCompletionRoute, req);
+  if (!e && api) {
+    std::string client;
+    e = Authenticate(state, req, &client);
+    if (e) res.set_header("WWW-Authenticate", "Bearer");
+  }
   if (!e && api) e = ApiHeadRefusal(req, state.options.max_body_bytes);
   if (!e) return false;
   RefuseAndClose(state, RequestIdOf(state, req), req.path, *e, res, /*inference=*/api);

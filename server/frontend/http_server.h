@@ -61,6 +61,7 @@ struct HttpServerOptions {
   int64_t default_deadline_ms = 600'000;
   FrontendLimits limits;
   bool log_requests = true;
+  int refused_log_lines_per_second = 20;  // RequestSessionsOptions' field of the same name
   // Sampling for requests that leave temperature / top_p / top_k out (serve: the checkpoint's
   // generation_config.json over OpenAI's defaults).
   SamplingDefaults sampling_defaults;

@@ -260,6 +260,7 @@ RequestSessions::RequestSessions(RequestSessionsOptions options) : options_(std:
 }
 
 RequestSessions::~RequestSessions() {
+  LogRefusalsLeftOut();
   {
     std::lock_guard<std::mutex> lock(delivery_mu_);
     delivery_stop_ = true;
@@ -448,10 +449,28 @@ void RequestSessions::Refused(const std::string& request_id, const std::string& 
   const char* code = CodeName(refusal.code);
   if (options_.observer != nullptr) options_.observer->OnRequestFinished(code, nullptr);
   if (!options_.log_requests) return;
+  int64_t left_out = 0;
+  {
+    std::lock_guard<std::mutex> lock(refused_log_mu_);
+    auto [it, fresh] = refused_log_.try_emplace(refusal.code, options_.refused_log_lines_per_second);
+    if (!it->second.Admit(LogSampler::Clock::now(), &left_out)) return;
+  }
   nlohmann::json all = {{"rpc", rpc}, {"status", code}};
   all.update(fields);
   all["message"] = refusal.message;
+  if (left_out > 0) all["refusals_not_logged"] = left_out;  // with this code, since its last line
   LogEvent(LogLevel::kInfo, "request_refused", request_id, "request refused", all);
+}
+
+void RequestSessions::LogRefusalsLeftOut() {
+  std::lock_guard<std::mutex> lock(refused_log_mu_);
+  for (auto& [code, sampler] : refused_log_) {
+    const int64_t n = sampler.TakeLeftOut();
+    if (n == 0) continue;
+    LogEvent(LogLevel::kInfo, "request_refusals_not_logged", "",
+             absl::StrCat(n, " refusals (", CodeName(code), ") not logged one by one since the last request_refused"),
+             {{"status", CodeName(code)}, {"count", n}});
+  }
 }
 
 void RequestSessions::LogFinished(const RequestSession& session, const RequestResult& result, const char* code) {

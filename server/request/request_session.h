@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "runtime/engine.h"
+#include "server/ops/log_sampler.h"
 #include "server/ops/request_observer.h"
 #include "server/request/byte_budget.h"
 #include "server/request/client_quota.h"
@@ -43,6 +44,10 @@ struct RequestSessionsOptions {
   FrontendLimits limits;
   // One info line per accepted, refused and finished request (and the first token).
   bool log_requests = true;
+  // request_refused lines a second, per status code, beyond which refusals are counted (metrics)
+  // and summed into the next line written (refusals_not_logged), not logged one by one: a client
+  // retrying a refusal at once must not flood the log. 0 = every refusal.
+  int refused_log_lines_per_second = 20;
   // Sees every finished or refused request exactly once (metrics). Null = none.
   std::shared_ptr<RequestObserver> observer;
   // The per-client cap on queued plus running requests (shared by the front ends). Null = none.
@@ -244,6 +249,9 @@ class RequestSessions {
                nlohmann::json fields = nlohmann::json::object());
   // Counts a refusal without logging it: one a flood repeats (a connection over the cap).
   void CountRefused(const Refusal& refusal);
+  // One line per status code whose refusals were left out of the log since its last
+  // request_refused line (a flood's tail); also at destruction.
+  void LogRefusalsLeftOut();
 
   // Returns once every queued engine event has been handled.
   void Flush();
@@ -267,6 +275,9 @@ class RequestSessions {
   ValidationModel model_;                                           // guarded by mu_
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;           // guarded by mu_
   std::map<std::string, std::weak_ptr<RequestSession>> in_flight_;  // guarded by mu_
+
+  std::mutex refused_log_mu_;
+  std::map<absl::StatusCode, LogSampler> refused_log_;  // by code; guarded by refused_log_mu_
 
   std::mutex delivery_mu_;
   std::condition_variable delivery_cv_;

@@ -13,6 +13,7 @@ cut off: silent, trickled ClientHello, trickled head, trickled record; 503 over 
 """
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -643,6 +644,70 @@ def tls_unary_disconnect(args, p):
         server.stop()
 
 
+def refusal_flood(args, pb, pb_grpc, tmp):
+    """A client without a key is answered 401 from the request's head (before its media type or
+    size is judged, its body unread, also behind Expect: 100-continue), and a flood of refusals
+    logs at most --log-refused-per-second lines a second per code and API: the lines written, the
+    refusals_not_logged they carry and the shutdown's request_refusals_not_logged summaries
+    account for every refusal exactly once; the metric counts each."""
+    key_file = os.path.join(tmp, "flood-keys")
+    with open(key_file, "w") as f:
+        f.write(KEYS[0] + "\n")
+    server = Server(args.binary, args.model, ["--api-key-file", key_file, "--log-refused-per-second", "5"])
+    sent = 0
+    flood_s = 0.0
+    try:
+        # Head order: no key and a form body -> 401, not 415; no key and a 1 GB upload announced
+        # behind Expect: 100-continue -> 401 before a byte of it is sent.
+        for headers, what in (({"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "2"},
+                               "a form body"),
+                              ({"Content-Type": "application/json", "Content-Length": str(1 << 30),
+                                "Expect": "100-continue"}, "a 1 GB body behind Expect: 100-continue")):
+            with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+                head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+                reply = sock.recv(4096).decode(errors="replace")
+            sent += 1
+            check(reply.startswith("HTTP/1.1 401") and "WWW-Authenticate: Bearer" in reply,
+                  f"no key and {what}: 401 from the head ({reply.splitlines()[0] if reply else 'nothing'})")
+        stub = pb_grpc.InferenceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+        req = pb.InferRequest(input_ids=[1, 2, 3], max_new_tokens=2)
+        t0 = time.monotonic()
+        for _ in range(150):
+            s, _, _ = http("POST", f"http://127.0.0.1:{server.http_port}/v1/chat/completions", chat_body())
+            code, _ = code_of(lambda: stub.Infer(req, timeout=30))
+            sent += 2
+            if s != 401 or code != grpc.StatusCode.UNAUTHENTICATED:
+                check(False, f"flood: {s} / {code}")
+                break
+        flood_s = time.monotonic() - t0
+        time.sleep(1.1)  # a new second: the next refusal's line says how many were left out
+        s, _, _ = http("POST", f"http://127.0.0.1:{server.http_port}/v1/chat/completions", chat_body())
+        sent += 1
+        counted = wait_sample(server.metrics_port, 'glmserve_requests_total{code="UNAUTHENTICATED"}',
+                              lambda v: v >= sent, 10)
+        check(counted == sent, f"glmserve_requests_total{{code=UNAUTHENTICATED}} {counted} of {sent}")
+    finally:
+        rc = server.stop()
+    check(rc == 0, f"server exit code {rc}")
+    lines = accounted = 0
+    late_line_counts = False
+    for line in server.log().splitlines():
+        if not re.search(r"\bstatus=UNAUTHENTICATED\b", line):
+            continue
+        if line.startswith("glmserve: request refused "):
+            m = re.search(r"\brefusals_not_logged=(\d+)", line)
+            lines += 1
+            accounted += 1 + (int(m.group(1)) if m else 0)
+            late_line_counts = late_line_counts or bool(m and "/v1/" in line)
+        elif "not logged one by one" in line:
+            accounted += int(re.search(r"\bcount=(\d+)", line).group(1))
+    windows = int(flood_s) + 3  # the seconds the flood spanned, the late refusal's, a margin
+    check(accounted == sent, f"every refusal accounted for once in the log: {accounted} of {sent} ({lines} lines)")
+    check(late_line_counts, "the late HTTP refusal's line says how many were left out before it")
+    check(lines <= 2 * 5 * windows and lines < sent / 4,
+          f"the flood logged {lines} lines for {sent} refusals over {flood_s:.1f} s")
+
 def main():
     args = server_test_args()
     if args is None:
@@ -658,6 +723,7 @@ def main():
         auth_and_quota(args, pb, pb_grpc, tmp)
         per_peer_cap(args, pb, pb_grpc)
         compressed_requests(args, pb, pb_grpc)
+        refusal_flood(args, pb, pb_grpc, tmp)
         tls(args, pb, pb_grpc, p, mutual=False)
         tls(args, pb, pb_grpc, p, mutual=True)
         tls_slow_clients(args, p)
