@@ -327,6 +327,9 @@ TEST(MultimodalSchedulerTest, PreemptionReleasesAndTheImageIsChargedAgain) {
   h.Add(MakeRequest("a", MakePrompt(1, 4), 20));
   InferenceRequest b = ImageRequest("b", 2, 8, {{1, 4}}, 12);
   const std::vector<int32_t> b_prompt = b.input_ids;
+  // The recorded steps point at b's images, which its sequence frees when it finishes: StepCost
+  // below reads them after the run.
+  const std::shared_ptr<const MultimodalPrompt> b_images = b.multimodal;
   h.Add(std::move(b));
   h.RunUntilIdle(1000);
   EXPECT_GT(h.scheduler->stats().preemptions, 0);
