@@ -97,6 +97,9 @@ struct SelfHealingEngine::Tracked {
   // (its log line and token counters say what it got, not 0).
   std::vector<int32_t> streamed_ids;
   bool done = false;
+  // Its client cancelled. The engine it was sent to may be stuck and never act on it: after a
+  // fault it ends CANCELLED instead of running again on the next engine for nobody.
+  bool cancel_requested = false;
   // When the client submitted it, and when the engine now running it got it (later after a
   // requeue): the engine times from the latter, the client waited from the former.
   Clock::TimePoint submitted;
@@ -316,6 +319,7 @@ void SelfHealingEngine::Cancel(const std::string& request_id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = tracked_.find(request_id);
     if (it == tracked_.end()) return;
+    it->second->cancel_requested = true;
     if (it->second->generation < 0) {
       pending = it->second;
     } else {
@@ -529,6 +533,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
   Clock::TimePoint failed_at = fault_time;
   std::vector<std::shared_ptr<Tracked>> requeue;
   std::vector<std::pair<std::shared_ptr<Tracked>, int>> fail;  // streamed already
+  std::vector<std::shared_ptr<Tracked>> cancelled;  // cancelled on the failed engine
   int old_generation = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -543,7 +548,9 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     for (auto& [id, t] : tracked_) {
       if (t->done) continue;
       t->generation = -1;  // stale for the old engine
-      if (t->streamed) {
+      if (t->cancel_requested) {
+        cancelled.push_back(t);
+      } else if (t->streamed) {
         fail.emplace_back(t, 0);
       } else {
         requeue.push_back(t);
@@ -552,7 +559,15 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
   }
   if (hooks_.on_health) hooks_.on_health(false);
   LogEvent(LogLevel::kError, "engine_fault", "", absl::StrCat("engine fault: ", why),
-           {{"reason", why}, {"generation", old_generation}, {"requeued", requeue.size()}, {"failed", fail.size()}});
+           {{"reason", why},
+            {"generation", old_generation},
+            {"requeued", requeue.size()},
+            {"failed", fail.size()},
+            {"cancelled", cancelled.size()}});
+  for (auto& t : cancelled) {
+    EndWithoutEngine(t, absl::CancelledError("cancelled; the engine failed before it acted on the cancel"),
+                     FinishReason::kCancelled);
+  }
   for (auto& [t, n] : fail) {
     EndWithoutEngine(t,
                      absl::UnavailableError(absl::StrCat("the engine failed while this request was streaming (", why,

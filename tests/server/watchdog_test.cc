@@ -228,6 +228,28 @@ TEST(WatchdogTest, StallPastTheTimeoutRebuildsWithoutWaitingForTheStuckStep) {
   EXPECT_FALSE(h.engine().HasStuckEngine());
 }
 
+// A client that cancels while the engine is stuck: the cancel goes to the stuck engine, which never
+// acts on it. The rebuild must end that request CANCELLED, not run it again on the new engine for
+// a client that has gone (it generated every max_new_tokens and held a drain until its timeout).
+TEST(WatchdogTest, ACancelTheStuckEngineNeverSawEndsTheRequestAfterTheRebuild) {
+  Harness h([](int) { return FaultInjectionOptions(); });
+  h.executor(0)->CloseGate();
+  auto kept = h.Run("kept", false), gone = h.Run("gone", false, /*n=*/64);
+  ASSERT_TRUE(h.executor(0)->WaitBlockedAtGate(kEventTimeout));
+  h.engine().Cancel("gone");
+  h.clock().Advance(301ms);  // a stall: the engine is rebuilt
+  Outcome g = Get(gone);
+  EXPECT_TRUE(absl::IsCancelled(g.status)) << g.status;
+  EXPECT_EQ(g.tokens, 0u) << "not run again on the new engine";
+  EXPECT_EQ(g.replays, 0);
+  Outcome k = Get(kept);
+  EXPECT_TRUE(k.status.ok()) << k.status;
+  EXPECT_EQ(k.tokens, 8u) << "the request not cancelled is rerun";
+  ASSERT_TRUE(h.WaitRestarts(1));
+  h.executor(0)->Open();
+  EXPECT_TRUE(h.engine().WaitNoStuckEngine(kEventTimeout));
+}
+
 // Shutdown with a request in flight: it ends UNAVAILABLE (retryable: the server ended it, not its
 // client); an engine inside a step that does not return is left behind after shutdown_timeout
 // instead of holding Shutdown (and the process's exit) until it does.
