@@ -1106,7 +1106,12 @@ public:
     void do_render(std::ostringstream &, const std::shared_ptr<Context> & macro_context) const override {
         if (!name) throw std::runtime_error("MacroNode.name is null");
         if (!body) throw std::runtime_error("MacroNode.body is null");
-        auto callable = Value::callable([this, macro_context](const std::shared_ptr<Context> & call_context, ArgumentsValue & args) {
+        // glmserve patch: the macro, stored in its context, holds that context weakly (a strong
+        // hold was a cycle: every render with a macro leaked its context and all it held)
+        std::weak_ptr<Context> weak_macro_context = macro_context;
+        auto callable = Value::callable([this, weak_macro_context](const std::shared_ptr<Context> & call_context, ArgumentsValue & args) {
+            auto macro_context = weak_macro_context.lock();
+            if (!macro_context) throw std::runtime_error("macro " + name->get_name() + " called after its template was rendered");
             auto execution_context = Context::make(Value::object(), macro_context);
 
             if (call_context->contains("caller")) {
@@ -1734,7 +1739,11 @@ public:
         if (!expr) throw std::runtime_error("CallNode.expr is null");
         if (!body) throw std::runtime_error("CallNode.body is null");
         
-        auto caller = Value::callable([this, context](const std::shared_ptr<Context> &, ArgumentsValue &) -> Value {
+        // glmserve patch: held weakly, as a macro's context (a cycle through context's "caller")
+        std::weak_ptr<Context> weak_context = context;
+        auto caller = Value::callable([this, weak_context](const std::shared_ptr<Context> &, ArgumentsValue &) -> Value {
+            auto context = weak_context.lock();
+            if (!context) throw std::runtime_error("caller() called after its template was rendered");
             return Value(body->render(context));
         });
         
