@@ -79,11 +79,11 @@ class FakeExecutor : public StepExecutor {
     std::lock_guard<std::mutex> lock(mu_);
     gate_open_ = false;
   }
+  // Notifies under the lock: a Step woken by the gate may end the test, and the executor with it,
+  // before a notify after the unlock would run (ThreadSanitizer).
   void Open() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      gate_open_ = true;
-    }
+    std::lock_guard<std::mutex> lock(mu_);
+    gate_open_ = true;
     cv_.notify_all();
   }
   // Waits until some Step is blocked at the closed gate.

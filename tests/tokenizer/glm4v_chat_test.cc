@@ -250,7 +250,9 @@ TEST_F(Glm4vTemplateDirTest, EditedTemplateOfAGlm4vCheckpointFallsBackToGlm4vFor
     EXPECT_EQ(tok->chat_template_source(), "family default (chat_template not recognized; rendered as GLM-4.1V)");
     EXPECT_EQ(tok->family(), Family::kGlm4v);
     // The family default is GLM-4.1V's format: transformers' ids for the real template.
-    for (const json& c : ReadJson(kGlm4v + "/chat_expected.json")["conversations"]) {
+    // Named: a range-for over a temporary's member would walk freed memory.
+    const json expected = ReadJson(kGlm4v + "/chat_expected.json");
+    for (const json& c : expected["conversations"]) {
       auto ids = tok->ApplyChatTemplate(ToMessages(c["messages"]));
       ASSERT_TRUE(ids.ok()) << ids.status();
       EXPECT_EQ(*ids, c["input_ids"].get<std::vector<int32_t>>()) << c["name"];
