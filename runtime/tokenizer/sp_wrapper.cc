@@ -17,6 +17,15 @@ namespace {
 
 using SpStatus = sentencepiece::util::Status;
 
+// The sanitizers' runtimes refuse RTLD_DEEPBIND (they must see every allocation); sanitized builds
+// (GLMSERVE_SANITIZE, for the tests) do without it, so there the library's protobuf may meet the
+// system's in a process that has both (the server; not the tokenizer tests).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+
 struct SpLibrary {
   void* handle = nullptr;
   void (*construct)(void*) = nullptr;
@@ -28,7 +37,7 @@ struct SpLibrary {
 const SpLibrary& Library() {
   static SpLibrary* lib = [] {
     auto* l = new SpLibrary();
-    l->handle = dlopen("libsentencepiece.so.0", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    l->handle = dlopen("libsentencepiece.so.0", RTLD_NOW | RTLD_LOCAL | kDeepBind);
     if (l->handle == nullptr) {
       const char* e = dlerror();
       l->error = std::string("cannot load libsentencepiece.so.0 (Debian: libsentencepiece0): ") + (e ? e : "");

@@ -533,7 +533,7 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
   Clock::TimePoint failed_at = fault_time;
   std::vector<std::shared_ptr<Tracked>> requeue;
   std::vector<std::pair<std::shared_ptr<Tracked>, int>> fail;  // streamed already
-  std::vector<std::shared_ptr<Tracked>> cancelled;  // cancelled on the failed engine
+  std::vector<std::shared_ptr<Tracked>> cancelled;             // cancelled on the failed engine
   int old_generation = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
