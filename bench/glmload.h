@@ -64,6 +64,10 @@ struct Options {
   uint64_t seed = 1;
   // Open-loop arrivals beyond this many in flight are not sent (counted as dropped).
   int max_in_flight = 4096;
+  // Closed loop: a stream whose request failed waits this long before its next (a refusal comes
+  // back in microseconds: resending at once made each stream a busy loop of ~10,000 requests a
+  // second that slowed the server for the requests it served). 0 = at once.
+  int64_t error_backoff_ms = 100;
   // HTTP/2 connections, used round robin.
   int connections = 1;
   // Prompt ids are drawn from [0, vocab_size); 0 = ask the server (GetModelInfo).
@@ -133,6 +137,7 @@ struct SseEvent {
   bool done = false;           // "[DONE]"
   std::string error;           // an error object: its code (or "unknown"); else ""
   int tokens = 0;              // ids in this chunk: len(token_ids) when sent, else 1 per non-empty text
+  bool has_token_ids = false;  // the chunk says its ids (token_ids, maybe [])
   int completion_tokens = -1;  // the usage chunk's completion_tokens
   bool finished = false;       // finish_reason set
   bool malformed = false;      // not JSON / not an object

@@ -1215,12 +1215,15 @@ class Handler {
     // With continuous_usage_stats every chunk's usage is the count so far (vLLM's), else null.
     const bool continuous = include_usage && api.continuous_usage;
     const int64_t prompt_tokens = call->prompt_tokens;
-    auto chunk = [chat, id, created, model, include_usage, continuous, prompt_tokens](
+    // return_token_ids: every choice chunk says which ids it carries, [] for the held-back text's
+    // flush and the finish (a client counting ids by chunk must not take those for a step's).
+    const bool ids_always = call->return_token_ids;
+    auto chunk = [chat, id, created, model, include_usage, continuous, prompt_tokens, ids_always](
                      const json& choice_delta, const json& finish, const std::vector<int32_t>& token_ids = {},
                      int64_t generated = 0) {
       json choice = chat ? json{{"index", 0}, {"delta", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}}
                          : json{{"index", 0}, {"text", choice_delta}, {"logprobs", nullptr}, {"finish_reason", finish}};
-      if (!token_ids.empty()) choice["token_ids"] = token_ids;
+      if (!token_ids.empty() || ids_always) choice["token_ids"] = token_ids;
       json j = {{"id", id},
                 {"object", chat ? "chat.completion.chunk" : "text_completion"},
                 {"created", created},

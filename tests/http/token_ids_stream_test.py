@@ -20,6 +20,7 @@ def stream_ids(server, body):
         r = c.getresponse()
         assert r.status == 200, (r.status, r.read())
         ids, finish, usage, done = [], None, None, False
+        stream_ids.chunks_without_ids = 0
         for raw in r.read().decode().split("\n\n"):
             if not raw.startswith("data: "):
                 continue
@@ -32,6 +33,7 @@ def stream_ids(server, body):
                 usage = chunk["usage"]
             for choice in chunk["choices"]:
                 ids.extend(choice.get("token_ids", []))
+                stream_ids.chunks_without_ids += "token_ids" not in choice
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
         return ids, finish, usage, done
@@ -71,6 +73,9 @@ def main():
             ids, finish, usage, done = stream_ids(server, body)
             assert done and finish == "length", (done, finish)
             assert ids == case["output_ids"], (ids, case["output_ids"])
+            # Every chunk says its ids ([] for the finish and a held-back text's flush): a client
+            # counting steps by chunk must not count those.
+            assert stream_ids.chunks_without_ids == 0, stream_ids.chunks_without_ids
             assert usage["completion_tokens"] == len(ids), usage
             # Unary: the choice carries the same ids (return_token_ids was dropped without a stream).
             unary = dict(body, stream=False)

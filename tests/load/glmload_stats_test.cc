@@ -179,6 +179,12 @@ TEST(SseTest, ParsesCompletionChunks) {
   EXPECT_TRUE(empty.finished);
   SseEvent ids = ParseSseData(R"({"choices":[{"index":0,"text":"","token_ids":[5,6,7]}]})");
   EXPECT_EQ(ids.tokens, 3);
+  EXPECT_TRUE(ids.has_token_ids);
+  EXPECT_FALSE(text.has_token_ids);
+  // A held-back text's flush with its (no) ids: none, though it has text.
+  SseEvent flush = ParseSseData(R"({"choices":[{"index":0,"text":"\ufffd","token_ids":[]}]})");
+  EXPECT_EQ(flush.tokens, 0);
+  EXPECT_TRUE(flush.has_token_ids);
   SseEvent chat = ParseSseData(R"({"choices":[{"index":0,"delta":{"content":"x"}}]})");
   EXPECT_EQ(chat.tokens, 1);
   SseEvent usage = ParseSseData(R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":6,"total_tokens":9}})");

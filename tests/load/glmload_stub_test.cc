@@ -26,12 +26,17 @@ class StubService final : public v1::Inference::Service {
   std::atomic<int> calls{0}, in_flight{0}, max_in_flight{0};
   std::atomic<int> delay_ms{0};       // before answering
   std::atomic<int> step_delay_ms{0};  // between stream messages
+  std::atomic<bool> refuse{false};    // every call refused RESOURCE_EXHAUSTED at once
   std::mutex mu;
   std::set<int> prompt_sizes, max_new_seen;
   std::vector<std::vector<int32_t>> prompts;  // every Infer call's input ids
   bool min_equals_max = true;
 
   grpc::Status Infer(grpc::ServerContext* ctx, const v1::InferRequest* req, v1::InferResponse* resp) override {
+    if (refuse.load()) {
+      calls.fetch_add(1);
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full");
+    }
     Enter();
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -254,6 +259,27 @@ TEST_F(GlmloadStubTest, DeadlinesCountAsErrorsByCode) {
   EXPECT_EQ(l.errors.at("DEADLINE_EXCEEDED"), 4);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
   EXPECT_NE(FormatTable(*r).find("DEADLINE_EXCEEDED=4"), std::string::npos) << FormatTable(*r);
+}
+
+// A refusal comes back at once: without a backoff each stream resent in a busy loop (8-12k
+// requests a second against glmserve), slowing the server for the requests it did serve.
+TEST_F(GlmloadStubTest, ClosedLoopStreamsWaitAfterAFailure) {
+  service_.refuse = true;
+  opts_.concurrency = 2;
+  opts_.duration_s = 1.0;
+  opts_.error_backoff_ms = 100;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = RunLoad(opts_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const LevelResult& l = r->levels[0];
+  ASSERT_EQ(l.errors.count("RESOURCE_EXHAUSTED"), 1u);
+  const int64_t refused = l.errors.at("RESOURCE_EXHAUSTED");
+  EXPECT_EQ(refused, service_.calls.load()) << "every call counted once";
+  EXPECT_EQ(l.sent, refused);
+  // ~10 sends a stream in 1 s at one per 100 ms (scheduling may stretch a wait, never shorten it).
+  EXPECT_LE(refused, 2 * 11);
+  EXPECT_GE(refused, 2 * 3);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "the level ends though streams were waiting";
 }
 
 TEST_F(GlmloadStubTest, SweepRunsEachLevel) {
