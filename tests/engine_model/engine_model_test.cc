@@ -352,7 +352,12 @@ INSTANTIATE_TEST_SUITE_P(Models, BatchInvarianceTest,
 // `prefix_caching`: every prompt starts with the same 40 tokens and the engine shares their blocks,
 // through the preemptions and retries of the storm.
 // `seed` picks the cases.
-void RunOomStorm(bool at_executor, bool prefix_caching = false, bool overlap_steps = false, uint32_t seed = 11) {
+// Seed 13, not 11: the forward is not bitwise batch-invariant (the matrix kernels depend on the
+// row count, on the CPU and on CUDA), so a seeded draw whose uniform falls within rounding of a
+// boundary of the sampled distribution can change with the batch it ran in. Seed 11's request 76
+// has one: its fifth id differed in 2 of 22 CPU storms of other batch compositions, and in the
+// shared-prefix storm on an H100 (twenty-eighth session); seed 13's cases held in all 22.
+void RunOomStorm(bool at_executor, bool prefix_caching = false, bool overlap_steps = false, uint32_t seed = 13) {
   ModelRunner* runner = LoadModel(TinyModelDir());
   ASSERT_NE(runner, nullptr);
   std::vector<Case> cases = MakeCases(100, runner->info().vocab_size, /*sampled=*/false, seed, 8, 12);
@@ -438,14 +443,10 @@ TEST(EngineModelTest, OomStormThroughExecutorOutOfMemoryError) { RunOomStorm(/*a
 
 TEST(EngineModelTest, OomStormWithSharedPrefixBlocks) { RunOomStorm(/*at_executor=*/true, /*prefix_caching=*/true); }
 
-// Seed 13, not 11: the CPU forward is not bitwise batch-invariant (the matrix kernels depend on the
-// row count), so a seeded draw whose uniform falls within rounding of a boundary of the sampled
-// distribution can change with the batch it ran in. Seed 11's request 76 has one: its fifth id
-// differed in 2 of 22 storms of other batch compositions, with overlap and without; seed 13's
-// cases held in all 22. Overlapped steps make other batches than synchronous ones (rows of requests
-// that stopped, compositions from the timing), so they meet such a draw where the others did not.
+// Overlapped steps make other batches than synchronous ones (rows of requests that stopped,
+// compositions from the timing).
 TEST(EngineModelTest, OomStormWithOverlappedSteps) {
-  RunOomStorm(/*at_executor=*/true, /*prefix_caching=*/true, /*overlap_steps=*/true, /*seed=*/13);
+  RunOomStorm(/*at_executor=*/true, /*prefix_caching=*/true, /*overlap_steps=*/true);
 }
 
 // The OOM storm against real CUDA out-of-memory errors (GPU runs only): the allocator is capped a
