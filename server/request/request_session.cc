@@ -452,8 +452,8 @@ void RequestSessions::Refused(const std::string& request_id, const std::string& 
   int64_t left_out = 0;
   {
     std::lock_guard<std::mutex> lock(refused_log_mu_);
-    auto [it, fresh] = refused_log_.try_emplace(refusal.code, options_.refused_log_lines_per_second);
-    if (!it->second.Admit(LogSampler::Clock::now(), &left_out)) return;
+    LogSampler& sampler = refused_log_.try_emplace(refusal.code, options_.refused_log_lines_per_second).first->second;
+    if (!sampler.Admit(LogSampler::Clock::now(), &left_out)) return;
   }
   nlohmann::json all = {{"rpc", rpc}, {"status", code}};
   all.update(fields);

@@ -249,9 +249,6 @@ class RequestSessions {
                nlohmann::json fields = nlohmann::json::object());
   // Counts a refusal without logging it: one a flood repeats (a connection over the cap).
   void CountRefused(const Refusal& refusal);
-  // One line per status code whose refusals were left out of the log since its last
-  // request_refused line (a flood's tail); also at destruction.
-  void LogRefusalsLeftOut();
 
   // Returns once every queued engine event has been handled.
   void Flush();
@@ -264,6 +261,9 @@ class RequestSessions {
   void DeliveryLoop();
   void Unregister(const std::string& engine_id);
   void LogFinished(const RequestSession& session, const RequestResult& result, const char* code);
+  // At destruction: one line per status code whose refusals were left out of the log since its
+  // last request_refused line (a flood's tail).
+  void LogRefusalsLeftOut();
 
   const RequestSessionsOptions options_;
   std::string id_prefix_;
