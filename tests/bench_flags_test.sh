@@ -34,6 +34,7 @@ if [ "${1:-}" = "--glmload" ]; then
   expect "--warmup: 5s leaves no steady-state window in a --duration of 2s" "$glmload" "${t[@]}" --duration 2s --warmup 5s
   expect "--warmup: '-1s' is not a duration" "$glmload" "${t[@]}" --warmup=-1s
   expect "--concurrency: '0' is not an integer in [1, 100000]" "$glmload" "${t[@]}" --concurrency 0
+  expect "--error-backoff-ms: '-1' is not an integer in [0, 600000]" "$glmload" "${t[@]}" --error-backoff-ms=-1
   expect "--ignore-eos: 'maybe' is not true|false" "$glmload" "${t[@]}" --ignore-eos maybe
   expect "--metrics-target: 'localhost' is not HOST:PORT" "$glmload" "${t[@]}" --metrics-target localhost
   expect "--metrics-target: '127.0.0.1:70000' is not HOST:PORT" "$glmload" "${t[@]}" --metrics-target 127.0.0.1:70000

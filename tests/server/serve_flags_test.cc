@@ -139,6 +139,16 @@ TEST(ServeFlags, BadSchedulingValuesAreRefusedNamingTheFlag) {
   }
 }
 
+TEST(ServeFlags, RefusedLogRateDefaultsToTwentyAndRefusesANegativeValue) {
+  absl::StatusOr<ServeFlags> f = Parse({});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->grpc.refused_log_lines_per_second, 20);
+  absl::StatusOr<ServeFlags> bad = Parse({"--log-refused-per-second", "-1"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_NE(bad.status().message().find("--log-refused-per-second: '-1'"), std::string::npos) << bad.status();
+}
+
 // Values that parse one by one but make no sense: refused naming the flag (an empty model id was
 // listed by /v1/models as ""; a first rebuild delay above the cap was silently the cap).
 TEST(ServeFlags, ModelIdsAndBackoffThatContradictThemselvesAreRefused) {
