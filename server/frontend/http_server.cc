@@ -582,9 +582,12 @@ class ApiHttpServer final : public httplib::Server {
     const Refusal refusal = MakeRefusal(
         absl::StatusCode::kUnavailable, RefusalKind::kTooManyConnections,
         absl::StrCat("too many open connections (--http-max-connections ", o.max_connections, "); retry later"));
-    // Counted in glmserve_requests_total (UNAVAILABLE), as every refusal; not logged one by one:
-    // a flood of connections over the cap must not flood the log.
-    state_->sessions.CountRefused(refusal);
+    // Counted in glmserve_requests_total (UNAVAILABLE) and logged as every refusal: a flood of
+    // connections over the cap is held to --log-refused-per-second lines, the rest counted.
+    std::string ip;
+    int port = 0;
+    conn.get_remote_ip_and_port(ip, port);
+    state_->sessions.Refused("", "http", refusal, {{"http_status", 503}, {"peer", FormatAddress(ip, port)}});
     conn.SendRaw(RawResponse(503, "Service Unavailable", ToHttpError(refusal)));
     conn.CloseNotify();
   }

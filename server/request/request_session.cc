@@ -440,10 +440,6 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
   return std::nullopt;
 }
 
-void RequestSessions::CountRefused(const Refusal& refusal) {
-  if (options_.observer != nullptr) options_.observer->OnRequestFinished(CodeName(refusal.code), nullptr);
-}
-
 void RequestSessions::Refused(const std::string& request_id, const std::string& rpc, const Refusal& refusal,
                               nlohmann::json fields) {
   const char* code = CodeName(refusal.code);

@@ -247,8 +247,6 @@ class RequestSessions {
   // transport limits). `fields`: the front end's extra log fields (http_status, param).
   void Refused(const std::string& request_id, const std::string& rpc, const Refusal& refusal,
                nlohmann::json fields = nlohmann::json::object());
-  // Counts a refusal without logging it: one a flood repeats (a connection over the cap).
-  void CountRefused(const Refusal& refusal);
 
   // Returns once every queued engine event has been handled.
   void Flush();

@@ -478,6 +478,11 @@ def test_slowloris(binary, model):
         s9.close()
         unavailable = (metric(mport, 'glmserve_requests_total{code="UNAVAILABLE"}') or 0) - unavailable_before
         check(unavailable == 1, f"the 503 over the cap is counted as UNAVAILABLE in glmserve_requests_total ({unavailable})")
+        refused = [line for line in server.log().splitlines()
+                   if "request refused" in line and "--http-max-connections 8" in line]
+        check(len(refused) == 1 and "status=UNAVAILABLE" in refused[0] and "http_status=503" in refused[0]
+              and "peer=127.0.0.1:" in refused[0],
+              f"the 503 over the cap is logged once as a refusal, naming the flag, status and peer ({refused})")
         # Past a second between requests the oldest unfinished head gives way: a slowloris that
         # holds every connection cannot keep a client that sends its request at once out.
         time.sleep(1.0)
