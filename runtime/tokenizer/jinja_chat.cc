@@ -1,5 +1,7 @@
 #include "runtime/tokenizer/jinja_chat.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -15,15 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-
-// minja's own limits (third_party/minja/glmserve.patch): render recursion (GLM templates nest a
-// handful of levels), range() lengths (Jinja's sandbox allows 100,000) and repeated strings.
-#define MINJA_MAX_DEPTH 256
-#define MINJA_MAX_RANGE 100000
-#define MINJA_MAX_STRING_BYTES (16u << 20)
-#include <pthread.h>
-
-#include <minja.hpp>
+#include "runtime/tokenizer/jinja_filters.h"
+#include "runtime/tokenizer/minja_config.h"
 
 namespace glmserve::tokenizer {
 namespace {
@@ -342,6 +337,7 @@ absl::StatusOr<std::string> JinjaChatTemplate::RenderHere(const std::vector<Mess
     vars["documents"] = nullptr;
     vars["add_generation_prompt"] = add_generation_prompt;
     std::shared_ptr<minja::Context> context = minja::Context::make(minja::Value(vars));
+    AddJinjaFilters(context);
     context->set("tojson", MakeToJson());
     context->set("strftime_now", MakeStrftimeNow());
     return parsed_->root->render(context);

@@ -149,6 +149,38 @@ TEST_F(JinjaChatTokenizerTest, TemplateThatFailsThePlainTurnFallsBackNamingTheRe
   EXPECT_NE(source.find("rendered as GLM-4"), std::string::npos) << source;
 }
 
+// Expressions and filters one line each (tests/fixtures/chat_templates/expressions.json:
+// scripts/make_jinja_expression_goldens.py): Python's arithmetic, characters rather than bytes,
+// undefined past a list's end, Jinja's filters; where transformers raises, the render fails.
+TEST(JinjaChatTemplate, RendersExpressionsAndFiltersAsTransformers) {
+  const json fixture = json::parse(testing::ReadWholeFile(kTemplates + "/expressions.json"));
+  const std::vector<Message> messages = ToMessages(fixture["messages"]);
+  int checked = 0;
+  for (const json& c : fixture["cases"]) {
+    const std::string source = c["template"];
+    auto t = Parse(source);
+    ASSERT_NE(t, nullptr) << source;
+    const absl::StatusOr<std::string> r = t->Render(messages, true);
+    if (c.contains("error")) {
+      EXPECT_FALSE(r.ok()) << source << " rendered " << *r << "; transformers: " << c["error"];
+    } else {
+      ASSERT_TRUE(r.ok()) << source << ": " << r.status();
+      EXPECT_EQ(*r, c["text"].get<std::string>()) << source;
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 150);
+}
+
+TEST(JinjaChatTemplate, AFilterTheEngineLacksIsNamed) {
+  auto t = Parse("{{ messages|groupby('role')|list|length }}");
+  ASSERT_NE(t, nullptr);
+  const absl::StatusOr<std::string> r = t->Render({Message{"user", "x"}}, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("No filter named 'groupby'"), std::string::npos) << r.status();
+}
+
 TEST(JinjaChatTemplate, RaisedErrorsAreTheRequestsNotTheProcess) {
   auto t = Parse(
       "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tool role here') }}"

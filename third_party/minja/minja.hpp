@@ -185,8 +185,23 @@ public:
   size_t size() const {
     if (is_object()) return object_->size();
     if (is_array()) return array_->size();
-    if (is_string()) return primitive_.get<std::string>().length();
+    if (is_string()) return utf8_chars(primitive_.get<std::string>()).size();  // glmserve patch: characters, as Python
     throw std::runtime_error("Value is not an array or object: " + dump());
+  }
+
+  // glmserve patch: a string's characters (UTF-8 sequences; a stray byte alone), what Python's
+  // len(), indexes and slices count (they counted bytes and cut characters in two).
+  static std::vector<std::string> utf8_chars(const std::string & s) {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < s.size();) {
+      const unsigned char c = s[i];
+      size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+      size_t k = 1;
+      while (k < n && i + k < s.size() && ((unsigned char) s[i + k] & 0xC0) == 0x80) ++k;
+      out.push_back(s.substr(i, k));
+      i += k;
+    }
+    return out;
   }
 
   static Value array(const std::vector<Value> values = {}) {
@@ -246,12 +261,22 @@ public:
     }
   }
   Value get(const Value& key) {
+    // glmserve patch: an index past either end is undefined, as in Jinja (it raised), and a
+    // string's index is its character (it gave nothing).
     if (array_) {
       if (!key.is_number_integer()) {
         return Value();
       }
-      auto index = key.get<int>();
-      return array_->at(index < 0 ? array_->size() + index : index);
+      const int64_t n = (int64_t) array_->size(), index = key.get<int64_t>();
+      const int64_t at = index < 0 ? n + index : index;
+      if (at < 0 || at >= n) return Value();
+      return (*array_)[at];
+    } else if (is_string() && key.is_number_integer()) {
+      const auto chars = utf8_chars(primitive_.get<std::string>());
+      const int64_t n = (int64_t) chars.size(), index = key.get<int64_t>();
+      const int64_t at = index < 0 ? n + index : index;
+      if (at < 0 || at >= n) return Value();
+      return chars[at];
     } else if (object_) {
       if (!key.is_hashable()) throw std::runtime_error("Unhashable type: " + dump());
       auto it = object_->find(key.primitive_);
@@ -308,8 +333,8 @@ public:
         callback(key);
       }
     } else if (is_string()) {
-      for (char c : primitive_.get<std::string>()) {
-        auto val = Value(std::string(1, c));
+      for (const std::string & c : utf8_chars(primitive_.get<std::string>())) {  // glmserve patch: characters
+        auto val = Value(c);
         callback(val);
       }
     } else {
@@ -366,14 +391,14 @@ public:
       if (!other.array_) return false;
       if (array_->size() != other.array_->size()) return false;
       for (size_t i = 0; i < array_->size(); ++i) {
-        if (!(*array_)[i].to_bool() || !(*other.array_)[i].to_bool() || (*array_)[i] != (*other.array_)[i]) return false;
+        if ((*array_)[i] != (*other.array_)[i]) return false;  // glmserve patch: [0] == [0] (false items never matched)
       }
       return true;
     } else if (object_) {
       if (!other.object_) return false;
       if (object_->size() != other.object_->size()) return false;
       for (const auto& item : *object_) {
-        if (!item.second.to_bool() || !other.object_->count(item.first) || item.second != other.object_->at(item.first)) return false;
+        if (!other.object_->count(item.first) || item.second != other.object_->at(item.first)) return false;  // glmserve patch: as above
       }
       return true;
     } else {
@@ -397,7 +422,7 @@ public:
       throw std::runtime_error("Undefined value or reference");
     if (array_) {
       for (const auto& item : *array_) {
-        if (item.to_bool() && item == value) return true;
+        if (item == value) return true;  // glmserve patch: 0 in [0], as Python (a false item never matched)
       }
       return false;
     } else if (object_) {
@@ -462,7 +487,7 @@ public:
   std::string to_str() const {
     if (is_string()) return get<std::string>();
     if (is_number_integer()) return std::to_string(get<int64_t>());
-    if (is_number_float()) return std::to_string(get<double>());
+    if (is_number_float()) return primitive_.dump();  // glmserve patch: Python's repr (0.5, not 0.500000)
     if (is_boolean()) return get<bool>() ? "True" : "False";
     if (is_null()) return "None";
     return dump();
@@ -488,6 +513,7 @@ public:
         return get<double>() - rhs.get<double>();
   }
   Value operator*(const Value& rhs) const {
+      if (is_number_integer() && rhs.is_string()) return rhs * *this;  // glmserve patch: 3 * 'ab' as Python
       if (is_string() && rhs.is_number_integer()) {
         // glmserve patch: bounded, as a chat prompt is (it grew until the process ran out of memory)
         const std::string unit = to_str();
@@ -504,26 +530,56 @@ public:
       else
         return get<double>() * rhs.get<double>();
   }
+  // glmserve patch: `/`, `//`, `%` and `**` as Python 3 (Jinja) computes them: `/` is always true
+  // division (1/2 gave 0), `//` and `%` round toward negative infinity (-7//2 gave -3) and take
+  // floats, `**` of integers is an integer (2**3 gave 8.0). A division by zero (or INT64_MIN by
+  // -1) raised SIGFPE and killed the process; Python raises ZeroDivisionError.
   Value operator/(const Value& rhs) const {
-      if (is_number_integer() && rhs.is_number_integer())
-        return checked_div(get<int64_t>(), rhs.get<int64_t>());
-      else
-        return get<double>() / rhs.get<double>();
+      const double d = rhs.get<double>();
+      if (d == 0) throw std::runtime_error("division by zero");
+      return get<double>() / d;
   }
   Value operator%(const Value& rhs) const {
-    return checked_mod(get<int64_t>(), rhs.get<int64_t>());
+    if (is_number_integer() && rhs.is_number_integer()) return checked_mod(get<int64_t>(), rhs.get<int64_t>());
+    const double a = get<double>(), b = rhs.get<double>();
+    if (b == 0) throw std::runtime_error("float modulo by zero");
+    double r = std::fmod(a, b);
+    if (r != 0 && ((r < 0) != (b < 0))) r += b;
+    return r;
   }
-  // glmserve patch: an integer division by zero (or INT64_MIN by -1) raised SIGFPE and killed the
-  // process; Python raises ZeroDivisionError.
+  Value floor_div(const Value& rhs) const {
+    if (is_number_integer() && rhs.is_number_integer()) return checked_div(get<int64_t>(), rhs.get<int64_t>());
+    const double b = rhs.get<double>();
+    if (b == 0) throw std::runtime_error("float floor division by zero");
+    return std::floor(get<double>() / b);
+  }
+  Value power(const Value& rhs) const {
+    if (is_number_integer() && rhs.is_number_integer() && rhs.get<int64_t>() >= 0) {
+      int64_t base = get<int64_t>(), exp = rhs.get<int64_t>(), result = 1;
+      bool overflow = false;
+      while (exp > 0 && !overflow) {
+        if (exp & 1) overflow = __builtin_mul_overflow(result, base, &result);
+        exp >>= 1;
+        if (exp > 0 && !overflow) overflow = __builtin_mul_overflow(base, base, &base);
+      }
+      if (!overflow) return result;  // past int64 Python keeps an exact integer; a float here
+    }
+    if (get<double>() == 0 && rhs.get<double>() < 0) throw std::runtime_error("0.0 cannot be raised to a negative power");
+    return std::pow(get<double>(), rhs.get<double>());
+  }
   static int64_t checked_div(int64_t a, int64_t b) {
     if (b == 0) throw std::runtime_error("integer division or modulo by zero");
     if (b == -1 && a == std::numeric_limits<int64_t>::min()) throw std::runtime_error("integer overflow in division");
-    return a / b;
+    int64_t q = a / b;
+    if (a % b != 0 && ((a < 0) != (b < 0))) --q;
+    return q;
   }
   static int64_t checked_mod(int64_t a, int64_t b) {
     if (b == 0) throw std::runtime_error("integer division or modulo by zero");
     if (b == -1) return 0;
-    return a % b;
+    int64_t r = a % b;
+    if (r != 0 && ((r < 0) != (b < 0))) r += b;
+    return r;
   }
 };
 
@@ -1286,41 +1342,41 @@ public:
         if (!index) throw std::runtime_error("SubscriptExpr.index is null");
         auto target_value = base->evaluate(context);
         if (auto slice = dynamic_cast<SliceExpr*>(index.get())) {
-          auto len = target_value.size();
-          auto wrap = [len](int64_t i) -> int64_t {
-            if (i < 0) {
-              return i + len;
-            }
-            return i;
-          };
+          if (!target_value.is_string() && !target_value.is_array()) {
+            throw std::runtime_error(target_value.is_null() ? "Cannot subscript null" : "Subscripting only supported on arrays and strings");
+          }
+          // glmserve patch: Python's slice bounds (clamped to the sequence: [:10] of a shorter list
+          // raised) over a string's characters (bytes were cut in two).
+          const std::vector<std::string> chars =
+              target_value.is_string() ? Value::utf8_chars(target_value.get<std::string>()) : std::vector<std::string>();
+          const int64_t len = target_value.is_string() ? (int64_t) chars.size() : (int64_t) target_value.size();
           int64_t step = slice->step ? slice->step->evaluate(context).get<int64_t>() : 1;
           if (!step) {
             throw std::runtime_error("slice step cannot be zero");
           }
-          int64_t start = slice->start ? wrap(slice->start->evaluate(context).get<int64_t>()) : (step < 0 ? len - 1 : 0);
-          int64_t end = slice->end ? wrap(slice->end->evaluate(context).get<int64_t>()) : (step < 0 ? -1 : len);
+          auto bound = [len, step](int64_t i) -> int64_t {
+            if (i < 0) {
+              i += len;
+              if (i < 0) i = step < 0 ? -1 : 0;
+            } else if (i >= len) {
+              i = step < 0 ? len - 1 : len;
+            }
+            return i;
+          };
+          int64_t start = slice->start ? bound(slice->start->evaluate(context).get<int64_t>()) : (step < 0 ? len - 1 : 0);
+          int64_t end = slice->end ? bound(slice->end->evaluate(context).get<int64_t>()) : (step < 0 ? -1 : len);
           if (target_value.is_string()) {
-            std::string s = target_value.get<std::string>();
-
             std::string result;
-            if (start < end && step == 1) {
-              result = s.substr(start, end - start);
-            } else {
-              for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
-                result += s[i];
-              }
-            }
-            return result;
-
-          } else if (target_value.is_array()) {            
-            auto result = Value::array();
             for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
-              result.push_back(target_value.at(i));
+              result += chars[i];
             }
             return result;
-          } else {
-            throw std::runtime_error(target_value.is_null() ? "Cannot subscript null" : "Subscripting only supported on arrays and strings");
           }
+          auto result = Value::array();
+          for (int64_t i = start; step > 0 ? i < end : i > end; i += step) {
+            result.push_back(target_value.at((size_t) i));
+          }
+          return result;
         } else {
           auto index_value = index->evaluate(context);
           if (target_value.is_null()) {
@@ -1397,15 +1453,21 @@ public:
               if (name == "defined") return !l.is_null();
               if (name == "true") return l.to_bool();
               if (name == "false") return !l.to_bool();
+              // glmserve patch: Jinja's even / odd tests
+              if (name == "even" || name == "odd") {
+                if (!l.is_number_integer()) throw std::runtime_error("'" + name + "' test: an integer expected, not " + l.dump());
+                return (Value::checked_mod(l.get<int64_t>(), 2) == 0) == (name == "even");
+              }
               throw std::runtime_error("Unknown type for 'is' operator: " + name);
             };
             auto value = eval();
             return Value(op == Op::Is ? value : !value);
           }
 
+          // glmserve patch: `a and b` is a when a is false, else b, as in Python (it gave a bool).
           if (op == Op::And) {
-            if (!l.to_bool()) return Value(false);
-            return right->evaluate(context).to_bool();
+            if (!l.to_bool()) return l;
+            return right->evaluate(context);
           } else if (op == Op::Or) {
             if (l.to_bool()) return l;
             return right->evaluate(context);
@@ -1418,9 +1480,9 @@ public:
               case Op::Sub:       return l - r;
               case Op::Mul:       return l * r;
               case Op::Div:       return l / r;
-              case Op::MulMul:    return std::pow(l.get<double>(), r.get<double>());
-              case Op::DivDiv:    return Value::checked_div(l.get<int64_t>(), r.get<int64_t>());
-              case Op::Mod:       return Value::checked_mod(l.get<int64_t>(), r.get<int64_t>());
+              case Op::MulMul:    return l.power(r);
+              case Op::DivDiv:    return l.floor_div(r);
+              case Op::Mod:       return l % r;
               case Op::Eq:        return l == r;
               case Op::Ne:        return l != r;
               case Op::Lt:        return l < r;
@@ -1513,19 +1575,6 @@ static std::string strip(const std::string & s, const std::string & chars = "", 
   if (start == std::string::npos) return "";
   auto end = right ? s.find_last_not_of(chars) : s.size() - 1;
   return s.substr(start, end - start + 1);
-}
-
-static std::vector<std::string> split(const std::string & s, const std::string & sep) {
-  std::vector<std::string> result;
-  size_t start = 0;
-  size_t end = s.find(sep);
-  while (end != std::string::npos) {
-    result.push_back(s.substr(start, end - start));
-    start = end + sep.length();
-    end = s.find(sep, start);
-  }
-  result.push_back(s.substr(start));
-  return result;
 }
 
 static std::string capitalize(const std::string & s) {
@@ -1632,14 +1681,56 @@ public:
             auto chars = vargs.args.empty() ? "" : vargs.args[0].get<std::string>();
             return Value(strip(str, chars, /* left= */ false, /* right= */ true));
           } else if (method->get_name() == "split") {
-            vargs.expectArgs("split method", {1, 1}, {0, 0});
-            auto sep = vargs.args[0].get<std::string>();
-            auto parts = split(str, sep);
+            vargs.expectArgs("split method", {0, 2}, {0, 0});
+            // glmserve patch: split() and split(None) split at runs of white space, as Python's;
+            // a maxsplit is taken.
+            const int64_t maxsplit = vargs.args.size() == 2 ? vargs.args[1].get<int64_t>() : -1;
             Value result = Value::array();
-            for (const auto& part : parts) {
-              result.push_back(Value(part));
+            if (vargs.args.empty() || vargs.args[0].is_null()) {
+              size_t i = 0;
+              int64_t splits = 0;
+              while (true) {
+                while (i < str.size() && std::isspace((unsigned char) str[i])) ++i;
+                if (i >= str.size()) break;
+                if (maxsplit >= 0 && splits == maxsplit) {
+                  size_t end = str.size();
+                  while (end > i && std::isspace((unsigned char) str[end - 1])) --end;
+                  result.push_back(Value(str.substr(i, end - i)));
+                  break;
+                }
+                size_t j = i;
+                while (j < str.size() && !std::isspace((unsigned char) str[j])) ++j;
+                result.push_back(Value(str.substr(i, j - i)));
+                ++splits;
+                i = j;
+              }
+              return result;
             }
+            auto sep = vargs.args[0].get<std::string>();
+            if (sep.empty()) throw std::runtime_error("split: empty separator");
+            size_t pos = 0;
+            int64_t splits = 0;
+            while (maxsplit < 0 || splits < maxsplit) {
+              const size_t hit = str.find(sep, pos);
+              if (hit == std::string::npos) break;
+              result.push_back(Value(str.substr(pos, hit - pos)));
+              pos = hit + sep.size();
+              ++splits;
+            }
+            result.push_back(Value(str.substr(pos)));
             return result;
+          } else if (method->get_name() == "count" || method->get_name() == "find") {
+            // glmserve patch: Python's str.count / str.find (a character index)
+            vargs.expectArgs(method->get_name() + " method", {1, 1}, {0, 0});
+            const auto needle = vargs.args[0].get<std::string>();
+            if (method->get_name() == "find") {
+              const size_t hit = str.find(needle);
+              return hit == std::string::npos ? (int64_t) -1 : (int64_t) Value::utf8_chars(str.substr(0, hit)).size();
+            }
+            if (needle.empty()) return (int64_t) Value::utf8_chars(str).size() + 1;
+            int64_t n = 0;
+            for (size_t at = str.find(needle); at != std::string::npos; at = str.find(needle, at + needle.size())) ++n;
+            return n;
           } else if (method->get_name() == "capitalize") {
             vargs.expectArgs("capitalize method", {0, 0}, {0, 0});
             return Value(capitalize(str));
@@ -1653,14 +1744,21 @@ public:
             auto result = str;
             std::transform(result.begin(), result.end(), result.begin(), ::tolower);
             return Value(result);
-          } else if (method->get_name() == "endswith") {
-            vargs.expectArgs("endswith method", {1, 1}, {0, 0});
-            auto suffix = vargs.args[0].get<std::string>();
-            return suffix.length() <= str.length() && std::equal(suffix.rbegin(), suffix.rend(), str.rbegin());
-          } else if (method->get_name() == "startswith") {
-            vargs.expectArgs("startswith method", {1, 1}, {0, 0});
-            auto prefix = vargs.args[0].get<std::string>();
-            return prefix.length() <= str.length() && std::equal(prefix.begin(), prefix.end(), str.begin());
+          } else if (method->get_name() == "endswith" || method->get_name() == "startswith") {
+            // glmserve patch: a tuple of prefixes / suffixes, as Python takes
+            vargs.expectArgs(method->get_name() + " method", {1, 1}, {0, 0});
+            const bool ends = method->get_name() == "endswith";
+            std::vector<std::string> affixes;
+            if (vargs.args[0].is_array()) {
+              for (size_t k = 0; k < vargs.args[0].size(); ++k) affixes.push_back(vargs.args[0].at(k).get<std::string>());
+            } else {
+              affixes.push_back(vargs.args[0].get<std::string>());
+            }
+            for (const auto & affix : affixes) {
+              if (affix.length() > str.length()) continue;
+              if (ends ? std::equal(affix.rbegin(), affix.rend(), str.rbegin()) : std::equal(affix.begin(), affix.end(), str.begin())) return true;
+            }
+            return false;
           } else if (method->get_name() == "title") {
             vargs.expectArgs("title method", {0, 0}, {0, 0});
             auto res = str;
@@ -1781,11 +1879,13 @@ public:
           } else {
             if (auto ce = dynamic_cast<CallExpr*>(part.get())) {
               auto target = ce->object->evaluate(context);
+              require_filter(target, ce->object.get());
               ArgumentsValue args = ce->args.evaluate(context);
               args.args.insert(args.args.begin(), result);
               result = target.call(context, args);
             } else {
               auto callable = part->evaluate(context);
+              require_filter(callable, part.get());
               ArgumentsValue args;
               args.args.insert(args.args.begin(), result);
               result = callable.call(context, args);
@@ -1797,6 +1897,15 @@ public:
 
     void prepend(std::shared_ptr<Expression> && e) {
         parts.insert(parts.begin(), std::move(e));
+    }
+
+private:
+    // glmserve patch: a filter glmserve lacks is named, as Jinja names it ("Value is not callable:
+    // null" said neither which filter nor that it was one).
+    static void require_filter(const Value & filter, const Expression * expr) {
+        if (filter.is_callable()) return;
+        if (auto v = dynamic_cast<const VariableExpr*>(expr)) throw std::runtime_error("No filter named '" + v->get_name() + "'");
+        throw std::runtime_error("Filter is not callable");
     }
 };
 
