@@ -139,7 +139,7 @@ std::string Repr(const Value& v) { return v.is_string() ? v.dump() : v.to_str();
 
 // Python's printf-style `format % args` (Jinja's format filter): %s %r %d %i %u %f %F %e %E %g %G
 // %x %X %o %c %%, flags, width and precision, `%(name)s` with keyword arguments.
-std::string PercentFormat(const std::string& format, const std::vector<Value>& args, const Value& kwargs) {
+std::string PercentFormat(const std::string& format, const std::vector<Value>& args, Value& kwargs) {
   std::string out;
   size_t next = 0;
   bool named = false;
@@ -186,7 +186,6 @@ std::string PercentFormat(const std::string& format, const std::vector<Value>& a
       case 'r': {
         const std::string text = type == 's' ? arg.to_str() : Repr(arg);
         spec += 's';
-        std::snprintf(buffer, sizeof buffer, spec.c_str(), "");  // the padding alone, then the text
         const int width = spec.size() > 2 ? std::atoi(spec.c_str() + 1 + (spec[1] == '-' ? 1 : 0)) : 0;
         const std::vector<std::string> chars = Value::utf8_chars(text);
         const size_t dot = spec.find('.');
