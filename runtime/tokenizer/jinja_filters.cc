@@ -160,8 +160,8 @@ std::string PercentFormat(const std::string& format, const std::vector<Value>& a
       if (close == std::string::npos) throw std::runtime_error("format: incomplete format key");
       const std::string key = format.substr(i + 1, close - i - 1);
       if (!kwargs.is_object()) throw std::runtime_error("format: format requires a mapping");
-      arg = const_cast<Value&>(kwargs).get(Value(key));
-      if (arg.is_null() && !const_cast<Value&>(kwargs).contains(Value(key)))
+      arg = kwargs.get(Value(key));
+      if (arg.is_null() && !kwargs.contains(Value(key)))
         throw std::runtime_error("format: no value for key '" + key + "'");
       have = true;
       named = true;
