@@ -336,10 +336,13 @@ absl::StatusOr<std::string> JinjaChatTemplate::RenderHere(const std::vector<Mess
     vars["tools"] = nullptr;
     vars["documents"] = nullptr;
     vars["add_generation_prompt"] = add_generation_prompt;
-    std::shared_ptr<minja::Context> context = minja::Context::make(minja::Value(vars));
-    AddJinjaFilters(context);
-    context->set("tojson", MakeToJson());
-    context->set("strftime_now", MakeStrftimeNow());
+    // Filters in a scope of their own, apart from the variables (minja::Context::variable).
+    std::shared_ptr<minja::Context> filters = minja::Context::make(minja::Value::object());
+    filters->mark_filters();
+    AddJinjaFilters(filters);
+    filters->set("tojson", MakeToJson());
+    filters->set("strftime_now", MakeStrftimeNow());
+    std::shared_ptr<minja::Context> context = minja::Context::make(minja::Value(vars), filters);
     return parsed_->root->render(context);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat(where_, ": rendering these messages ran out of memory"));

@@ -227,6 +227,22 @@ TEST(JinjaChatTemplate, HostileTemplatesAreRefusedOrFailWithoutACrash) {
     EXPECT_FALSE(r.ok()) << source;
     EXPECT_LE(r.status().message().size(), 1000u) << source;
   }
+  // Doubling by concatenation stops at the engine's size limit (it grew to gigabytes of memory
+  // before an allocation failed).
+  for (const std::string& join : {std::string("ns.s ~ ns.s"), std::string("ns.s + ns.s")}) {
+    auto doubling = Parse("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = " + join +
+                          " %}{% endfor %}{{ ns.s|length }}");
+    ASSERT_NE(doubling, nullptr);
+    const absl::StatusOr<std::string> r = doubling->Render({Message{"user", "abc"}}, true);
+    ASSERT_FALSE(r.ok()) << join;
+    EXPECT_NE(r.status().message().find("size limit"), std::string::npos) << r.status();
+  }
+  auto list_doubling =
+      Parse("{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}");
+  ASSERT_NE(list_doubling, nullptr);
+  const absl::StatusOr<std::string> list_result = list_doubling->Render({Message{"user", "abc"}}, true);
+  ASSERT_FALSE(list_result.ok());
+  EXPECT_NE(list_result.status().message().find("size limit"), std::string::npos) << list_result.status();
   // replace() is linear (a 4 MB message took 10-18 s) and Python's for an empty `before`.
   auto replacing = Parse("{{ messages[0].content.replace('a', 'bb') }}|{{ 'abc'.replace('', '-') }}");
   ASSERT_NE(replacing, nullptr);

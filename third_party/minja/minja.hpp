@@ -45,6 +45,15 @@ struct Options {
 
 struct ArgumentsValue;
 
+// glmserve patch: size limits (string repetition, replace() and joined strings; range() and
+// joined lists), set by the includer (runtime/tokenizer/minja_config.h).
+#ifndef MINJA_MAX_STRING_BYTES
+#define MINJA_MAX_STRING_BYTES (16u << 20)
+#endif
+#ifndef MINJA_MAX_RANGE
+#define MINJA_MAX_RANGE 1000000
+#endif
+
 inline std::string normalize_newlines(const std::string & s) {
 #ifdef _WIN32
   static const std::regex nl_regex("\r\n");
@@ -492,12 +501,24 @@ public:
     if (is_null()) return "None";
     return dump();
   }
+  // glmserve patch: strings joined by `+` or `~` (4x the repetition bound, as replace()) and lists
+  // joined by `+` (10x range()'s) are bounded: a template doubling one in a loop grew to gigabytes
+  // before the allocation failed.
+  static void check_joined_size(size_t n) {
+    if (n > 4 * (size_t) MINJA_MAX_STRING_BYTES) throw std::runtime_error("result over the template engine's size limit");
+  }
+  static std::string concat(const std::string & a, const std::string & b) {
+    check_joined_size(a.size() + b.size());
+    return a + b;
+  }
   Value operator+(const Value& rhs) const {
       if (is_string() || rhs.is_string()) {
-        return to_str() + rhs.to_str();
+        return concat(to_str(), rhs.to_str());
       } else if (is_number_integer() && rhs.is_number_integer()) {
         return get<int64_t>() + rhs.get<int64_t>();
       } else if (is_array() && rhs.is_array()) {
+        if (array_->size() + rhs.array_->size() > 10 * (size_t) MINJA_MAX_RANGE)
+          throw std::runtime_error("list over the template engine's size limit");
         auto res = Value::array();
         for (const auto& item : *array_) res.push_back(item);
         for (const auto& item : *rhs.array_) res.push_back(item);
@@ -691,12 +712,6 @@ static std::string error_location_suffix(const std::string & source, size_t pos)
 #ifndef MINJA_MAX_DEPTH
 #define MINJA_MAX_DEPTH 1000
 #endif
-#ifndef MINJA_MAX_STRING_BYTES
-#define MINJA_MAX_STRING_BYTES (16u << 20)
-#endif
-#ifndef MINJA_MAX_RANGE
-#define MINJA_MAX_RANGE 1000000
-#endif
 struct DepthGuard {
     static int & depth() { static thread_local int d = 0; return d; }
     DepthGuard() {
@@ -741,6 +756,31 @@ class Context : public std::enable_shared_from_this<Context> {
     virtual void set(const Value & key, const Value & value) {
         values_.set(key, value);
     }
+
+    // glmserve patch: Jinja keeps filters apart from variables. A scope marked as holding filters
+    // (the builtins, glmserve's filters) lends a template variable only the global functions; a
+    // filter is the nearest callable of its name, so a variable or macro parameter named `indent`
+    // or `last` no longer hides the filter, and `items is defined` is false.
+    void mark_filters() { filters_ = true; }
+    Value variable(const Value & key) {
+        if (values_.contains(key)) return filters_ && !is_global_function(key) ? Value() : values_.at(key);
+        if (parent_) return parent_->variable(key);
+        return Value();
+    }
+    Value filter(const Value & key) {
+        if (values_.contains(key) && values_.at(key).is_callable()) return values_.at(key);
+        if (parent_) return parent_->filter(key);
+        return Value();
+    }
+    static bool is_global_function(const Value & key) {
+        if (!key.is_string()) return false;
+        const std::string name = key.get<std::string>();
+        return name == "range" || name == "namespace" || name == "joiner" || name == "cycler" || name == "dict" ||
+               name == "lipsum" || name == "raise_exception" || name == "strftime_now";
+    }
+
+  private:
+    bool filters_ = false;
 };
 
 struct Location {
@@ -779,10 +819,7 @@ public:
       : Expression(loc), name(n) {}
     std::string get_name() const { return name; }
     Value do_evaluate(const std::shared_ptr<Context> & context) const override {
-        if (!context->contains(name)) {
-            return Value();
-        }
-        return context->at(name);
+        return context->variable(name);  // glmserve patch: a filter's name is not a variable
     }
 };
 
@@ -1081,9 +1118,13 @@ public:
             if (!iterable_value.is_iterable()) {
               throw std::runtime_error("For loop iterable must be iterable: " + iterable_value.dump());
             }
+            // glmserve patch: the loop's `if` sees each item in a scope of its own (the item was
+            // assigned in the enclosing one, which kept the last item after the loop, as Jinja's
+            // scoping never does)
+            auto filter_context = Context::make(Value::object(), context);
             iterable_value.for_each([&](Value & item) {
-                destructuring_assign(var_names, context, item);
-                if (!condition || condition->evaluate(context).to_bool()) {
+                if (condition) destructuring_assign(var_names, filter_context, item);
+                if (!condition || condition->evaluate(filter_context).to_bool()) {
                   filtered_items.push_back(item);
                 }
             });
@@ -1210,19 +1251,9 @@ public:
     FilterNode(const Location & loc, std::shared_ptr<Expression> && f, std::shared_ptr<TemplateNode> && b)
         : TemplateNode(loc), filter(std::move(f)), body(std::move(b)) {}
 
-    void do_render(std::ostringstream & out, const std::shared_ptr<Context> & context) const override {
-        if (!filter) throw std::runtime_error("FilterNode.filter is null");
-        if (!body) throw std::runtime_error("FilterNode.body is null");
-        auto filter_value = filter->evaluate(context);
-        if (!filter_value.is_callable()) {
-            throw std::runtime_error("Filter must be a callable: " + filter_value.dump());
-        }
-        std::string rendered_body = body->render(context);
-
-        ArgumentsValue filter_args = {{Value(rendered_body)}, {}};
-        auto result = filter_value.call(context, filter_args);
-        out << result.to_str();
-    }
+    // glmserve patch: defined after FilterExpr, whose filters it applies (`{% filter indent(2) %}`
+    // and `{% filter upper|trim %}` failed: the arguments were taken for the text).
+    void do_render(std::ostringstream & out, const std::shared_ptr<Context> & context) const override;
 };
 
 class SetNode : public TemplateNode {
@@ -1475,7 +1506,7 @@ public:
 
           auto r = right->evaluate(context);
           switch (op) {
-              case Op::StrConcat: return l.to_str() + r.to_str();
+              case Op::StrConcat: return Value::concat(l.to_str(), r.to_str());
               case Op::Add:       return l + r;
               case Op::Sub:       return l - r;
               case Op::Mul:       return l * r;
@@ -1877,37 +1908,59 @@ public:
             first = false;
             result = part->evaluate(context);
           } else {
-            if (auto ce = dynamic_cast<CallExpr*>(part.get())) {
-              auto target = ce->object->evaluate(context);
-              require_filter(target, ce->object.get());
-              ArgumentsValue args = ce->args.evaluate(context);
-              args.args.insert(args.args.begin(), result);
-              result = target.call(context, args);
-            } else {
-              auto callable = part->evaluate(context);
-              require_filter(callable, part.get());
-              ArgumentsValue args;
-              args.args.insert(args.args.begin(), result);
-              result = callable.call(context, args);
-            }
+            result = apply(context, part.get(), result);
           }
         }
         return result;
     }
+
+    // The filter `part` names (`f` or `f(args)`) applied to `input`.
+    static Value apply(const std::shared_ptr<Context> & context, const Expression * part, const Value & input) {
+        if (auto ce = dynamic_cast<const CallExpr*>(part)) {
+          auto target = resolve(context, ce->object.get());
+          ArgumentsValue args = ce->args.evaluate(context);
+          args.args.insert(args.args.begin(), input);
+          return target.call(context, args);
+        }
+        auto callable = resolve(context, part);
+        ArgumentsValue args;
+        args.args.insert(args.args.begin(), input);
+        return callable.call(context, args);
+    }
+
+    const std::vector<std::shared_ptr<Expression>> & filter_parts() const { return parts; }
 
     void prepend(std::shared_ptr<Expression> && e) {
         parts.insert(parts.begin(), std::move(e));
     }
 
 private:
-    // glmserve patch: a filter glmserve lacks is named, as Jinja names it ("Value is not callable:
-    // null" said neither which filter nor that it was one).
-    static void require_filter(const Value & filter, const Expression * expr) {
-        if (filter.is_callable()) return;
-        if (auto v = dynamic_cast<const VariableExpr*>(expr)) throw std::runtime_error("No filter named '" + v->get_name() + "'");
-        throw std::runtime_error("Filter is not callable");
+    // glmserve patch: a filter is looked up among filters (Context::filter), and one glmserve lacks
+    // is named, as Jinja names it ("Value is not callable: null" said neither which nor that it was
+    // a filter).
+    static Value resolve(const std::shared_ptr<Context> & context, const Expression * expr) {
+        if (auto v = dynamic_cast<const VariableExpr*>(expr)) {
+          auto filter = context->filter(v->get_name());
+          if (!filter.is_callable()) throw std::runtime_error("No filter named '" + v->get_name() + "'");
+          return filter;
+        }
+        auto filter = expr->evaluate(context);
+        if (!filter.is_callable()) throw std::runtime_error("Filter is not callable");
+        return filter;
     }
 };
+
+inline void FilterNode::do_render(std::ostringstream & out, const std::shared_ptr<Context> & context) const {
+    if (!filter) throw std::runtime_error("FilterNode.filter is null");
+    if (!body) throw std::runtime_error("FilterNode.body is null");
+    Value result(body->render(context));
+    if (auto chain = dynamic_cast<const FilterExpr*>(filter.get())) {
+      for (const auto & part : chain->filter_parts()) result = FilterExpr::apply(context, part.get(), result);
+    } else {
+      result = FilterExpr::apply(context, filter.get(), result);
+    }
+    out << result.to_str();
+}
 
 class Parser {
 private:
@@ -2166,7 +2219,11 @@ private:
     }
 
     std::shared_ptr<Expression> parseLogicalCompare() {
-        auto left = parseStringConcat();
+        // glmserve patch: Jinja's precedence, loosest first: compare, + -, ~, * / // %, **, unary
+        // (`~` was looser than compare, `**` than + -: 'a' ~ 'b' == 'ab' gave 'aFalse'); and
+        // `a < b < c` is `a < b and b < c`, as Python's chains (it compared a bool with c).
+        auto left = parseMathPlusMinus();
+        std::shared_ptr<Expression> chain, previous;
         if (!left) throw std::runtime_error("Expected left side of 'logical compare' expression");
 
         static std::regex compare_tok(R"(==|!=|<=?|>=?|in\b|is\b|not\s+in\b)");
@@ -2185,7 +2242,7 @@ private:
                   std::move(left), std::move(identifier),
                   negated ? BinaryOpExpr::Op::IsNot : BinaryOpExpr::Op::Is);
             }
-            auto right = parseStringConcat();
+            auto right = parseMathPlusMinus();
             if (!right) throw std::runtime_error("Expected right side of 'logical compare' expression");
             BinaryOpExpr::Op op;
             if (op_str == "==") op = BinaryOpExpr::Op::Eq;
@@ -2197,9 +2254,13 @@ private:
             else if (op_str == "in") op = BinaryOpExpr::Op::In;
             else if (op_str.substr(0, 3) == "not") op = BinaryOpExpr::Op::NotIn;
             else throw std::runtime_error("Unknown comparison operator: " + op_str);
-            left = std::make_shared<BinaryOpExpr>(get_location(), std::move(left), std::move(right), op);
+            auto operand = previous ? previous : left;
+            previous = right;
+            auto comparison = std::make_shared<BinaryOpExpr>(get_location(), std::move(operand), std::move(right), op);
+            chain = chain ? std::make_shared<BinaryOpExpr>(get_location(), std::move(chain), std::move(comparison), BinaryOpExpr::Op::And)
+                          : std::static_pointer_cast<Expression>(comparison);
         }
-        return left;
+        return chain ? chain : left;
     }
 
     Expression::Parameters parseParameters() {
@@ -2280,12 +2341,12 @@ private:
     }
 
     std::shared_ptr<Expression> parseStringConcat() {
-        auto left = parseMathPow();
+        auto left = parseMathMulDiv();
         if (!left) throw std::runtime_error("Expected left side of 'string concat' expression");
 
         static std::regex concat_tok(R"(~(?!\}))");
-        if (!consumeToken(concat_tok).empty()) {
-            auto right = parseLogicalAnd();
+        while (!consumeToken(concat_tok).empty()) {
+            auto right = parseMathMulDiv();
             if (!right) throw std::runtime_error("Expected right side of 'string concat' expression");
             left = std::make_shared<BinaryOpExpr>(get_location(), std::move(left), std::move(right), BinaryOpExpr::Op::StrConcat);
         }
@@ -2293,11 +2354,11 @@ private:
     }
 
     std::shared_ptr<Expression> parseMathPow() {
-        auto left = parseMathPlusMinus();
+        auto left = parseMathUnaryPlusMinus();
         if (!left) throw std::runtime_error("Expected left side of 'math pow' expression");
 
         while (!consumeToken("**").empty()) {
-            auto right = parseMathPlusMinus();
+            auto right = parseMathUnaryPlusMinus();
             if (!right) throw std::runtime_error("Expected right side of 'math pow' expression");
             left = std::make_shared<BinaryOpExpr>(get_location(), std::move(left), std::move(right), BinaryOpExpr::Op::MulMul);
         }
@@ -2307,11 +2368,11 @@ private:
     std::shared_ptr<Expression> parseMathPlusMinus() {
         static std::regex plus_minus_tok(R"(\+|-(?![}%#]\}))");
 
-        auto left = parseMathMulDiv();
+        auto left = parseStringConcat();
         if (!left) throw std::runtime_error("Expected left side of 'math plus/minus' expression");
         std::string op_str;
         while (!(op_str = consumeToken(plus_minus_tok)).empty()) {
-            auto right = parseMathMulDiv();
+            auto right = parseStringConcat();
             if (!right) throw std::runtime_error("Expected right side of 'math plus/minus' expression");
             auto op = op_str == "+" ? BinaryOpExpr::Op::Add : BinaryOpExpr::Op::Sub;
             left = std::make_shared<BinaryOpExpr>(get_location(), std::move(left), std::move(right), op);
@@ -2320,13 +2381,13 @@ private:
     }
 
     std::shared_ptr<Expression> parseMathMulDiv() {
-        auto left = parseMathUnaryPlusMinus();
+        auto left = parseMathPow();
         if (!left) throw std::runtime_error("Expected left side of 'math mul/div' expression");
 
         static std::regex mul_div_tok(R"(\*\*?|//?|%(?!\}))");
         std::string op_str;
         while (!(op_str = consumeToken(mul_div_tok)).empty()) {
-            auto right = parseMathUnaryPlusMinus();
+            auto right = parseMathPow();
             if (!right) throw std::runtime_error("Expected right side of 'math mul/div' expression");
             auto op = op_str == "*" ? BinaryOpExpr::Op::Mul
                 : op_str == "**" ? BinaryOpExpr::Op::MulMul
@@ -3113,7 +3174,7 @@ inline std::shared_ptr<Context> Context::builtins() {
         throw std::runtime_error("object is not iterable: " + items.dump());
       }
 
-      auto filter_fn = context->get(args.args[1]);
+      auto filter_fn = context->filter(args.args[1]);  // glmserve patch: among filters
       if (filter_fn.is_null()) {
         throw std::runtime_error("Undefined filter: " + args.args[1].dump());
       }
@@ -3152,7 +3213,7 @@ inline std::shared_ptr<Context> Context::builtins() {
         res.push_back(attr.is_null() ? default_value : attr);
       }
     } else if (args.kwargs.empty() && args.args.size() >= 2) {
-      auto fn = context->get(args.args[1]);
+      auto fn = context->filter(args.args[1]);  // glmserve patch: among filters
       if (fn.is_null()) throw std::runtime_error("Undefined filter: " + args.args[1].dump());
       ArgumentsValue filter_args { {Value()}, {} };
       for (size_t i = 2, n = args.args.size(); i < n; i++) {
@@ -3200,7 +3261,7 @@ inline std::shared_ptr<Context> Context::builtins() {
       ArgumentsValue test_args {{Value()}, {}};
       if (args.args.size() >= 3) {
         has_test = true;
-        test_fn = context->get(args.args[2]);
+        test_fn = context->filter(args.args[2]);  // glmserve patch: among filters
         if (test_fn.is_null()) throw std::runtime_error("Undefined test: " + args.args[2].dump());
         for (size_t i = 3, n = args.args.size(); i < n; i++) {
           test_args.args.emplace_back(args.args[i]);
@@ -3217,8 +3278,10 @@ inline std::shared_ptr<Context> Context::builtins() {
           if (test_fn.call(context, test_args).to_bool() == (is_select ? true : false)) {
             res.push_back(item);
           }
-        } else {
-          res.push_back(attr);
+        } else if (attr.to_bool() == is_select) {
+          // glmserve patch: without a test the item is kept by its attribute's truth, as Jinja
+          // (every item's attribute value was returned)
+          res.push_back(item);
         }
       }
       return res;
@@ -3284,7 +3347,9 @@ inline std::shared_ptr<Context> Context::builtins() {
     return res;
   }));
 
-  return std::make_shared<Context>(std::move(globals));
+  auto context = std::make_shared<Context>(std::move(globals));
+  context->mark_filters();  // glmserve patch: see Context::variable
+  return context;
 }
 
 inline std::shared_ptr<Context> Context::make(Value && values, const std::shared_ptr<Context> & parent) {
