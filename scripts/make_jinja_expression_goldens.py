@@ -245,6 +245,13 @@ TEMPLATES = [
     "{% filter replace('a', 'b') %}aaa{% endfilter %}",
     '{% filter upper|trim %} ab {% endfilter %}',
     '{% filter upper %}x{% endfilter %}',
+    '{{ x is undefined }}|{{ messages is undefined }}',
+    '{% if tools is undefined or not tools %}no tools{% endif %}',
+    "{{ 'ab' is sequence }}{{ {'a': 1} is sequence }}{{ 1 is sequence }}",
+    "{{ 1 is true }}{{ true is true }}{{ '' is false }}{{ false is false }}",
+    "{{ true is number }}{{ 'a' is number }}",
+    "{{ 'a' is lower }}{{ 'A' is lower }}{{ 'AB1' is upper }}{{ '1' is upper }}",
+    '{% macro f() %}{% endmacro %}{{ f is callable }}{{ 1 is callable }}',
 ]
 
 KNOWN_DIFFERENT = [

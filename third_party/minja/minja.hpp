@@ -1476,14 +1476,30 @@ public:
               if (name == "boolean") return l.is_boolean();
               if (name == "integer") return l.is_number_integer();
               if (name == "float") return l.is_number_float();
-              if (name == "number") return l.is_number();
+              if (name == "number") return l.is_number() || l.is_boolean();  // glmserve patch: bool is a Number in Python
               if (name == "string") return l.is_string();
               if (name == "mapping") return l.is_object();
               if (name == "iterable") return l.is_iterable();
-              if (name == "sequence") return l.is_array();
+              // glmserve patch: Jinja's sequence (strings and mappings too), true / false (the
+              // booleans themselves, not truth), undefined, lower / upper, callable
+              if (name == "sequence") return l.is_array() || l.is_string() || l.is_object();
               if (name == "defined") return !l.is_null();
-              if (name == "true") return l.to_bool();
-              if (name == "false") return !l.to_bool();
+              if (name == "undefined") return l.is_null();
+              if (name == "true") return l.is_boolean() && l.get<bool>();
+              if (name == "false") return l.is_boolean() && !l.get<bool>();
+              if (name == "callable") return l.is_callable();
+              if (name == "lower" || name == "upper") {
+                if (!l.is_string()) return false;
+                const auto text = l.get<std::string>();
+                bool cased = false;
+                for (unsigned char c : text) {
+                  if (std::isalpha(c)) {
+                    cased = true;
+                    if (name == "lower" ? std::isupper(c) : std::islower(c)) return false;
+                  }
+                }
+                return cased;
+              }
               // glmserve patch: Jinja's even / odd tests
               if (name == "even" || name == "odd") {
                 if (!l.is_number_integer()) throw std::runtime_error("'" + name + "' test: an integer expected, not " + l.dump());
@@ -1527,7 +1543,7 @@ public:
           throw std::runtime_error("Unknown binary operator");
         };
 
-        if (l.is_callable()) {
+        if (l.is_callable() && op != Op::Is && op != Op::IsNot) {  // glmserve patch: `f is callable` is a bool
           return Value::callable([l, do_eval](const std::shared_ptr<Context> & context, ArgumentsValue & args) {
             auto ll = l.call(context, args);
             return do_eval(ll); //args[0].second);
