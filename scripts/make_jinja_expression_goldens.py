@@ -252,6 +252,8 @@ TEMPLATES = [
     "{{ true is number }}{{ 'a' is number }}",
     "{{ 'a' is lower }}{{ 'A' is lower }}{{ 'AB1' is upper }}{{ '1' is upper }}",
     '{% macro f() %}{% endmacro %}{{ f is callable }}{{ 1 is callable }}',
+    "{{ 'a\\u00e9b' }}|{{ '\\x41' }}|{{ 'a\\qb' }}|{{ '\\U0001F600' }}|{{ '\\101' }}|{{ 'tab\\tq\\'s' }}",
+    '{{ "it\\\'s \\"q\\"" }}',
 ]
 
 KNOWN_DIFFERENT = [

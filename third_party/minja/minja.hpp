@@ -2014,10 +2014,41 @@ private:
               case 'b': result += '\b'; break;
               case 'f': result += '\f'; break;
               case '\\': result += '\\'; break;
+              // glmserve patch: Python's other escapes (\a \v \x.. \u.... \U........ octal), and an
+              // unknown escape keeps its backslash, as Python keeps it ('a\qb' lost it; '\u00e9' gave u00e9)
+              case 'a': result += '\a'; break;
+              case 'v': result += '\v'; break;
+              case '\'': result += '\''; break;
+              case '"': result += '"'; break;
+              case '\n': break;  // a backslash before a line end continues the line
+              case 'x': case 'u': case 'U': {
+                const int digits = *it == 'x' ? 2 : *it == 'u' ? 4 : 8;
+                uint32_t cp = 0;
+                for (int k = 0; k < digits; ++k) {
+                  if (it + 1 == end || !std::isxdigit((unsigned char) *(it + 1))) throw std::runtime_error("truncated \\" + std::string(1, digits == 2 ? 'x' : digits == 4 ? 'u' : 'U') + " escape in a string literal");
+                  ++it;
+                  const char h = *it;
+                  cp = cp * 16 + (uint32_t) (h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
+                }
+                if (cp > 0x10FFFF) throw std::runtime_error("illegal Unicode character in a string literal");
+                if (cp < 0x80) { result += (char) cp; }
+                else if (cp < 0x800) { result += (char) (0xC0 | (cp >> 6)); result += (char) (0x80 | (cp & 0x3F)); }
+                else if (cp < 0x10000) { result += (char) (0xE0 | (cp >> 12)); result += (char) (0x80 | ((cp >> 6) & 0x3F)); result += (char) (0x80 | (cp & 0x3F)); }
+                else { result += (char) (0xF0 | (cp >> 18)); result += (char) (0x80 | ((cp >> 12) & 0x3F)); result += (char) (0x80 | ((cp >> 6) & 0x3F)); result += (char) (0x80 | (cp & 0x3F)); }
+                break;
+              }
+              case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': {
+                uint32_t cp = (uint32_t) (*it - '0');
+                for (int k = 0; k < 2 && it + 1 != end && *(it + 1) >= '0' && *(it + 1) <= '7'; ++k) cp = cp * 8 + (uint32_t) (*++it - '0');
+                if (cp < 0x80) { result += (char) cp; }
+                else { result += (char) (0xC0 | (cp >> 6)); result += (char) (0x80 | (cp & 0x3F)); }
+                break;
+              }
               default:
                 if (*it == quote) {
                   result += quote;
                 } else {
+                  result += '\\';
                   result += *it;
                 }
                 break;
