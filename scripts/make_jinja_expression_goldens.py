@@ -254,6 +254,12 @@ TEMPLATES = [
     '{% macro f() %}{% endmacro %}{{ f is callable }}{{ 1 is callable }}',
     "{{ 'a\\u00e9b' }}|{{ '\\x41' }}|{{ 'a\\qb' }}|{{ '\\U0001F600' }}|{{ '\\101' }}|{{ 'tab\\tq\\'s' }}",
     '{{ "it\\\'s \\"q\\"" }}',
+    "{{ x|d('q') }}|{{ 'a'|d('q') }}",
+    "[{{ 'xxaxx'|trim('x') }}][{{ '  a\\u3000'|trim }}][{{ '你好你'|trim('你') }}]",
+    "{{ 'x'|int(-1) }}|{{ '3.7'|int }}|{{ ' 42 '|int }}|{{ '1_000'|int }}|{{ 'ff'|int(0, 16) }}|{{ 3.9|int }}|{{ true|int }}",
+    "{% set d1 = dict(a=1, b='x') %}{{ d1.b }}|{{ dict(a=1)|length }}",
+    "{{ {'a': 1, 'b': 2}.values()|list|sum }}",
+    "{% set tool = dict(name='f', args=dict(x=1)) %}{{ tool|tojson }}",
 ]
 
 KNOWN_DIFFERENT = [

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -459,6 +460,73 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
           batches.push_back(current);
         }
         return batches;
+      }));
+  set("d", context->get("default"));  // Jinja's alias
+  // Jinja's global dict(key=value, ...) (a function, not a filter: Context::is_global_function).
+  set("dict", Value::callable([](const std::shared_ptr<Context>&, ArgumentsValue& args) {
+        if (!args.args.empty()) throw std::runtime_error("dict(): only keyword arguments are taken here");
+        Value object = Value::object();
+        for (auto& [name, value] : args.kwargs) object.set(Value(name), value);
+        return object;
+      }));
+  set("trim", Filter("trim", {"value", "chars"}, 1, [](std::vector<Value>& a) {
+        if (a[0].is_null()) return a[0];
+        const std::string s = a[0].to_str();
+        if (a[1].is_null()) {  // Python's str.strip(): white space, Unicode's too
+          const std::vector<std::string> chars = Value::utf8_chars(s);
+          auto blank = [](const std::string& c) {
+            return c.size() == 1
+                       ? std::isspace(static_cast<unsigned char>(c[0])) != 0
+                       : c == "\u00a0" || c == "\u1680" || c == "\u2028" || c == "\u2029" || c == "\u202f" ||
+                             c == "\u205f" || c == "\u3000" || (c >= "\u2000" && c <= "\u200a") || c == "\u0085";
+          };
+          size_t begin = 0, end = chars.size();
+          while (begin < end && blank(chars[begin])) ++begin;
+          while (end > begin && blank(chars[end - 1])) --end;
+          std::string out;
+          for (size_t i = begin; i < end; ++i) out += chars[i];
+          return Value(out);
+        }
+        const std::vector<std::string> strip = Value::utf8_chars(a[1].to_str());
+        const std::vector<std::string> chars = Value::utf8_chars(s);
+        auto stripped = [&](const std::string& c) { return std::find(strip.begin(), strip.end(), c) != strip.end(); };
+        size_t begin = 0, end = chars.size();
+        while (begin < end && stripped(chars[begin])) ++begin;
+        while (end > begin && stripped(chars[end - 1])) --end;
+        std::string out;
+        for (size_t i = begin; i < end; ++i) out += chars[i];
+        return Value(out);
+      }));
+  set("int", Filter("int", {"value", "default", "base"}, 1, [](std::vector<Value>& a) {
+        const Value fallback = a[1].is_null() ? Value(int64_t{0}) : a[1];
+        if (a[0].is_number_integer()) return a[0];
+        if (a[0].is_boolean()) return Value(static_cast<int64_t>(a[0].get<bool>()));
+        if (a[0].is_number_float()) {
+          const double d = a[0].get<double>();
+          return std::isfinite(d) && std::fabs(d) < 9.2e18 ? Value(static_cast<int64_t>(d)) : fallback;
+        }
+        if (!a[0].is_string()) return fallback;
+        // Python's int(s, base), then int(float(s)): blanks around, one sign, underscores between digits.
+        std::string text = a[0].get<std::string>();
+        std::string digits;
+        for (char c : text) {
+          if (c != '_') digits += c;
+        }
+        const int base = a[2].is_null() ? 10 : static_cast<int>(a[2].get<int64_t>());
+        char* end = nullptr;
+        errno = 0;
+        const long long n = std::strtoll(digits.c_str(), &end, base);
+        auto rest_blank = [](const char* p, const std::string& of) {
+          return std::all_of(p, of.c_str() + of.size(),
+                             [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; });
+        };
+        if (end != digits.c_str() && errno == 0 && rest_blank(end, digits) && text.find("__") == std::string::npos)
+          return Value(static_cast<int64_t>(n));
+        const double d = std::strtod(text.c_str(), &end);
+        if (end != text.c_str() && rest_blank(end, text) && std::isfinite(d) && std::fabs(d) < 9.2e18) {
+          return Value(static_cast<int64_t>(d));
+        }
+        return fallback;
       }));
   // select / reject without a test keep the items that are true / false (minja requires a test).
   for (const bool keep_true : {true, false}) {

@@ -1698,6 +1698,13 @@ public:
               result.push_back(Value(key));
             }
             return result;
+          } else if (method->get_name() == "values") {  // glmserve patch: dict.values()
+            vargs.expectArgs("values method", {0, 0}, {0, 0});
+            auto result = Value::array();
+            for (const auto& key : obj.keys()) {
+              result.push_back(obj.at(key));
+            }
+            return result;
           } else if (method->get_name() == "get") {
             vargs.expectArgs("get method", {1, 2}, {0, 0});
             auto key = vargs.args[0];
