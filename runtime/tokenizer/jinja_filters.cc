@@ -293,6 +293,24 @@ std::string Replace(const std::string& s, const std::string& before, const std::
 
 bool IsWordByte(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
 
+// One character (UTF-8) that Python's str.strip() takes for white space.
+bool IsPythonWhiteSpace(const std::string& c) {
+  if (c.size() == 1) return std::isspace(static_cast<unsigned char>(c[0])) != 0;
+  return c == "\u0085" || c == "\u00a0" || c == "\u1680" || (c >= "\u2000" && c <= "\u200a") || c == "\u2028" ||
+         c == "\u2029" || c == "\u202f" || c == "\u205f" || c == "\u3000";
+}
+
+// `s` without the characters `strip_this` takes at either end.
+std::string Strip(const std::string& s, const std::function<bool(const std::string&)>& strip_this) {
+  const std::vector<std::string> chars = Value::utf8_chars(s);
+  size_t begin = 0, end = chars.size();
+  while (begin < end && strip_this(chars[begin])) ++begin;
+  while (end > begin && strip_this(chars[end - 1])) --end;
+  std::string out;
+  for (size_t i = begin; i < end; ++i) out += chars[i];
+  return out;
+}
+
 }  // namespace
 
 void AddJinjaFilters(const std::shared_ptr<Context>& context) {
@@ -471,31 +489,11 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
       }));
   set("trim", Filter("trim", {"value", "chars"}, 1, [](std::vector<Value>& a) {
         if (a[0].is_null()) return a[0];
-        const std::string s = a[0].to_str();
-        if (a[1].is_null()) {  // Python's str.strip(): white space, Unicode's too
-          const std::vector<std::string> chars = Value::utf8_chars(s);
-          auto blank = [](const std::string& c) {
-            return c.size() == 1
-                       ? std::isspace(static_cast<unsigned char>(c[0])) != 0
-                       : c == "\u00a0" || c == "\u1680" || c == "\u2028" || c == "\u2029" || c == "\u202f" ||
-                             c == "\u205f" || c == "\u3000" || (c >= "\u2000" && c <= "\u200a") || c == "\u0085";
-          };
-          size_t begin = 0, end = chars.size();
-          while (begin < end && blank(chars[begin])) ++begin;
-          while (end > begin && blank(chars[end - 1])) --end;
-          std::string out;
-          for (size_t i = begin; i < end; ++i) out += chars[i];
-          return Value(out);
-        }
+        if (a[1].is_null()) return Value(Strip(a[0].to_str(), IsPythonWhiteSpace));  // str.strip()
         const std::vector<std::string> strip = Value::utf8_chars(a[1].to_str());
-        const std::vector<std::string> chars = Value::utf8_chars(s);
-        auto stripped = [&](const std::string& c) { return std::find(strip.begin(), strip.end(), c) != strip.end(); };
-        size_t begin = 0, end = chars.size();
-        while (begin < end && stripped(chars[begin])) ++begin;
-        while (end > begin && stripped(chars[end - 1])) --end;
-        std::string out;
-        for (size_t i = begin; i < end; ++i) out += chars[i];
-        return Value(out);
+        return Value(Strip(a[0].to_str(), [&](const std::string& c) {
+          return std::find(strip.begin(), strip.end(), c) != strip.end();
+        }));
       }));
   set("int", Filter("int", {"value", "default", "base"}, 1, [](std::vector<Value>& a) {
         const Value fallback = a[1].is_null() ? Value(int64_t{0}) : a[1];
