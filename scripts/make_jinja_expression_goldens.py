@@ -260,6 +260,8 @@ TEMPLATES = [
     "{% set d1 = dict(a=1, b='x') %}{{ d1.b }}|{{ dict(a=1)|length }}",
     "{{ {'a': 1, 'b': 2}.values()|list|sum }}",
     "{% set tool = dict(name='f', args=dict(x=1)) %}{{ tool|tojson }}",
+    "{{ {'a': none, 'b': [1, none, true]} }}",
+    '{{ [none] }}|{{ [none]|tojson }}',
 ]
 
 KNOWN_DIFFERENT = [

@@ -119,7 +119,7 @@ private:
 
     auto string_quote = to_json ? '"' : '\'';
 
-    if (is_null()) out << "null";
+    if (is_null()) out << (to_json ? "null" : "None");  // glmserve patch: Python's repr when printed (it printed null)
     else if (array_) {
       out << "[";
       print_indent(level + 1);
