@@ -398,25 +398,28 @@ def main():
             tuned.kill()
 
     # ---- overload, deadline, disconnect, drain: one sequence at a time, a slow engine ----
+    # The long requests ignore EOS: without a temperature an HTTP request samples (OpenAI's default,
+    # temperature 1, unseeded), and a drawn stop id ended a "long" request early now and then: the
+    # overload's holders freed their slots (a third request got 200), a deadline never came.
     slow = Server(args.binary, args.model, ["--debug-step-latency-ms", "40", "--max-batch", "1", "--max-queue", "1"])
     try:
         C = "/v1/chat/completions"
         # Deadline: query and header, 504 timeout_error.
-        expect_error(slow, C + "?timeout=0.2", chat_body(max_tokens=500), 504, "timeout", etype="timeout_error",
+        expect_error(slow, C + "?timeout=0.2", chat_body(max_tokens=500, ignore_eos=True), 504, "timeout", etype="timeout_error",
                      what="deadline (?timeout=0.2)")
-        expect_error(slow, C, chat_body(max_tokens=500), 504, "timeout", etype="timeout_error",
+        expect_error(slow, C, chat_body(max_tokens=500, ignore_eos=True), 504, "timeout", etype="timeout_error",
                      headers={"timeout": "200ms"}, what="deadline (timeout header)")
 
         # A stream cut by its deadline after it started: the error event, then data: [DONE] as every
         # stream ends (vLLM's order; it ended at the error event, and raw SSE clients waited on).
-        st, _, data = slow.post(C + "?timeout=0.5", chat_body(max_tokens=500, stream=True), timeout=30)
+        st, _, data = slow.post(C + "?timeout=0.5", chat_body(max_tokens=500, stream=True, ignore_eos=True), timeout=30)
         events = [e for e in data.decode().split("\n\n") if e.startswith("data: ")]
         check(st == 200 and len(events) >= 3 and '"error"' in events[-2] and events[-1] == "data: [DONE]",
               f"a stream's deadline: the error event, then [DONE] ({st}, last {events[-2:]!r})")
 
         # Disconnect mid-stream frees the slot: the next request runs at once, not after 1000 steps.
         c = slow.conn(30)
-        c.request("POST", C, body=json.dumps(chat_body(max_tokens=1000, stream=True)),
+        c.request("POST", C, body=json.dumps(chat_body(max_tokens=1000, stream=True, ignore_eos=True)),
                   headers={"Content-Type": "application/json", "x-request-id": "gone-1"})
         r = c.getresponse()
         first = r.readline()
@@ -443,7 +446,7 @@ def main():
         holders = []
         for i in range(2):
             h = slow.conn(30)
-            h.request("POST", C, body=json.dumps(chat_body(max_tokens=1000, stream=True)),
+            h.request("POST", C, body=json.dumps(chat_body(max_tokens=1000, stream=True, ignore_eos=True)),
                       headers={"Content-Type": "application/json", "x-request-id": f"holder-{i}"})
             holders.append(h)
             # Accepted (running, then queued) before the next: on a loaded machine a fixed pause let
@@ -463,7 +466,7 @@ def main():
         result = {}
 
         def long_request():
-            result["r"] = slow.post(C, chat_body(max_tokens=60), timeout=60)
+            result["r"] = slow.post(C, chat_body(max_tokens=60, ignore_eos=True), timeout=60)
 
         time.sleep(1.0)  # the holders' cancels reach the engine
         t = threading.Thread(target=long_request)
