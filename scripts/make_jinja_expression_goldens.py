@@ -262,6 +262,8 @@ TEMPLATES = [
     "{% set tool = dict(name='f', args=dict(x=1)) %}{{ tool|tojson }}",
     "{{ {'a': none, 'b': [1, none, true]} }}",
     '{{ [none] }}|{{ [none]|tojson }}',
+    "{{ 1 == 2 is false }}|{{ (1 == 2) is false }}|{{ 'a' == 'b' is string }}",
+    '{{ x is defined and messages is defined }}|{{ not x is defined }}|{{ messages|length is even }}',
 ]
 
 KNOWN_DIFFERENT = [

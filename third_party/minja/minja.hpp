@@ -2274,30 +2274,16 @@ private:
 
     std::shared_ptr<Expression> parseLogicalCompare() {
         // glmserve patch: Jinja's precedence, loosest first: compare, + -, ~, * / // %, **, unary
-        // (`~` was looser than compare, `**` than + -: 'a' ~ 'b' == 'ab' gave 'aFalse'); and
-        // `a < b < c` is `a < b and b < c`, as Python's chains (it compared a bool with c).
-        auto left = parseMathPlusMinus();
+        // (`~` was looser than compare, `**` than + -: 'a' ~ 'b' == 'ab' gave 'aFalse'); `is` tests
+        // bind to an operand (`a == b is c` is `a == (b is c)`); and `a < b < c` is
+        // `a < b and b < c`, as Python's chains (it compared a bool with c).
+        auto left = parseTestedOperand();
         std::shared_ptr<Expression> chain, previous;
-        if (!left) throw std::runtime_error("Expected left side of 'logical compare' expression");
 
-        static std::regex compare_tok(R"(==|!=|<=?|>=?|in\b|is\b|not\s+in\b)");
-        static std::regex not_tok(R"(not\b)");
+        static std::regex compare_tok(R"(==|!=|<=?|>=?|in\b|not\s+in\b)");
         std::string op_str;
         while (!(op_str = consumeToken(compare_tok)).empty()) {
-            auto location = get_location();
-            if (op_str == "is") {
-              auto negated = !consumeToken(not_tok).empty();
-
-              auto identifier = parseIdentifier();
-              if (!identifier) throw std::runtime_error("Expected identifier after 'is' keyword");
-
-              return std::make_shared<BinaryOpExpr>(
-                  left->location,
-                  std::move(left), std::move(identifier),
-                  negated ? BinaryOpExpr::Op::IsNot : BinaryOpExpr::Op::Is);
-            }
-            auto right = parseMathPlusMinus();
-            if (!right) throw std::runtime_error("Expected right side of 'logical compare' expression");
+            auto right = parseTestedOperand();
             BinaryOpExpr::Op op;
             if (op_str == "==") op = BinaryOpExpr::Op::Eq;
             else if (op_str == "!=") op = BinaryOpExpr::Op::Ne;
@@ -2315,6 +2301,22 @@ private:
                           : std::static_pointer_cast<Expression>(comparison);
         }
         return chain ? chain : left;
+    }
+
+    // An operand of a comparison with its `is` / `is not` tests.
+    std::shared_ptr<Expression> parseTestedOperand() {
+        auto operand = parseMathPlusMinus();
+        if (!operand) throw std::runtime_error("Expected operand of 'logical compare' expression");
+        static std::regex is_tok(R"(is\b)");
+        static std::regex not_tok(R"(not\b)");
+        if (!consumeToken(is_tok).empty()) {  // one test: Jinja refuses a chain of them
+            auto negated = !consumeToken(not_tok).empty();
+            auto identifier = parseIdentifier();
+            if (!identifier) throw std::runtime_error("Expected identifier after 'is' keyword");
+            operand = std::make_shared<BinaryOpExpr>(operand->location, std::move(operand), std::move(identifier),
+                                                     negated ? BinaryOpExpr::Op::IsNot : BinaryOpExpr::Op::Is);
+        }
+        return operand;
     }
 
     Expression::Parameters parseParameters() {
