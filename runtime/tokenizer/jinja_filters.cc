@@ -258,56 +258,26 @@ std::string PercentFormat(const std::string& format, const std::vector<Value>& a
   return out;
 }
 
-// Python's str.replace(old, new, count), linear and bounded as minja's replace method.
-std::string Replace(const std::string& s, const std::string& before, const std::string& after, int64_t count) {
-  std::string out;
-  auto grow = [&](const std::string& piece) {
-    if (out.size() + piece.size() > 4 * static_cast<size_t>(MINJA_MAX_STRING_BYTES)) {
-      throw std::runtime_error("replace: result over the template engine's size limit");
-    }
-    out += piece;
-  };
-  if (before.empty()) {
-    for (const std::string& c : Value::utf8_chars(s)) {
-      if (count != 0) {
-        grow(after);
-        if (count > 0) --count;
-      }
-      grow(c);
-    }
-    if (count != 0) grow(after);
-    return out;
-  }
-  size_t pos = 0;
-  while (count != 0) {
-    const size_t hit = s.find(before, pos);
-    if (hit == std::string::npos) break;
-    grow(s.substr(pos, hit - pos));
-    grow(after);
-    pos = hit + before.size();
-    if (count > 0) --count;
-  }
-  grow(s.substr(pos));
-  return out;
-}
-
 bool IsWordByte(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
 
-// One character (UTF-8) that Python's str.strip() takes for white space.
-bool IsPythonWhiteSpace(const std::string& c) {
-  if (c.size() == 1) return std::isspace(static_cast<unsigned char>(c[0])) != 0;
-  return c == "\u0085" || c == "\u00a0" || c == "\u1680" || (c >= "\u2000" && c <= "\u200a") || c == "\u2028" ||
-         c == "\u2029" || c == "\u202f" || c == "\u205f" || c == "\u3000";
+// Whether `of`, from `p` (inside it) to its end, is white space only: what Python's int() and
+// float() allow after a number.
+bool OnlySpaceFrom(const char* p, const std::string& of) {
+  return std::all_of(p, of.c_str() + of.size(),
+                     [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; });
 }
 
-// `s` without the characters `strip_this` takes at either end.
-std::string Strip(const std::string& s, const std::function<bool(const std::string&)>& strip_this) {
-  const std::vector<std::string> chars = Value::utf8_chars(s);
-  size_t begin = 0, end = chars.size();
-  while (begin < end && strip_this(chars[begin])) ++begin;
-  while (end > begin && strip_this(chars[end - 1])) --end;
+// Python's s.strip(chars): the characters (UTF-8) of `chars` taken off either end (minja::strip
+// takes a set of bytes, which cuts a multi-byte character).
+std::string StripChars(const std::string& s, const std::string& chars) {
+  const std::vector<std::string> strip = Value::utf8_chars(chars);
+  const std::vector<std::string> text = Value::utf8_chars(s);
+  auto stripped = [&](const std::string& c) { return std::find(strip.begin(), strip.end(), c) != strip.end(); };
+  size_t begin = 0, end = text.size();
+  while (begin < end && stripped(text[begin])) ++begin;
+  while (end > begin && stripped(text[end - 1])) --end;
   std::string out;
-  for (size_t i = begin; i < end; ++i) out += chars[i];
+  for (size_t k = begin; k < end; ++k) out += text[k];
   return out;
 }
 
@@ -325,10 +295,6 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
         return items.empty() ? Value() : items.back();
       }));
   set("list", Filter("list", {"value"}, 1, [](std::vector<Value>& a) { return ListOf(Items(a[0], "list")); }));
-  set("count", Filter("count", {"obj"}, 1, [](std::vector<Value>& a) {
-        if (a[0].is_null() || !a[0].is_iterable()) throw std::runtime_error("count: " + a[0].dump() + " has no length");
-        return Value(static_cast<int64_t>(a[0].size()));
-      }));
   set("reverse", Filter("reverse", {"value"}, 1, [](std::vector<Value>& a) {
         std::vector<Value> items = Items(a[0], "reverse");
         std::reverse(items.begin(), items.end());
@@ -371,11 +337,7 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
         const std::string text = a[0].get<std::string>();
         char* end = nullptr;
         const double d = std::strtod(text.c_str(), &end);
-        const char* rest = end;
-        const bool rest_blank = rest != text.c_str() && std::all_of(rest, text.c_str() + text.size(), [](char c) {
-                                  return std::isspace(static_cast<unsigned char>(c));
-                                });
-        return rest_blank ? Value(d) : fallback;
+        return end != text.c_str() && OnlySpaceFrom(end, text) ? Value(d) : fallback;
       }));
   set("round", Filter("round", {"value", "precision", "method"}, 1, [](std::vector<Value>& a) {
         const int64_t precision = a[1].is_null() ? 0 : a[1].get<int64_t>();
@@ -415,7 +377,7 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
   set("lower", Filter("lower", {"s"}, 1, [](std::vector<Value>& a) { return Value(AsciiLower(a[0].to_str())); }));
   set("replace", Filter("replace", {"s", "old", "new", "count"}, 3, [](std::vector<Value>& a) {
         const int64_t count = a[3].is_null() ? -1 : a[3].get<int64_t>();
-        return Value(Replace(a[0].to_str(), a[1].to_str(), a[2].to_str(), count));
+        return Value(minja::python_replace(a[0].to_str(), a[1].to_str(), a[2].to_str(), count));
       }));
   set("format", Value::callable([](const std::shared_ptr<Context>&, ArgumentsValue& args) {
         if (args.args.empty()) throw std::runtime_error("format() missing required argument 'value'");
@@ -489,11 +451,8 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
       }));
   set("trim", Filter("trim", {"value", "chars"}, 1, [](std::vector<Value>& a) {
         if (a[0].is_null()) return a[0];
-        if (a[1].is_null()) return Value(Strip(a[0].to_str(), IsPythonWhiteSpace));  // str.strip()
-        const std::vector<std::string> strip = Value::utf8_chars(a[1].to_str());
-        return Value(Strip(a[0].to_str(), [&](const std::string& c) {
-          return std::find(strip.begin(), strip.end(), c) != strip.end();
-        }));
+        if (a[1].is_null()) return Value(minja::strip(a[0].to_str()));  // str.strip(): Python's white space
+        return Value(StripChars(a[0].to_str(), a[1].to_str()));
       }));
   set("int", Filter("int", {"value", "default", "base"}, 1, [](std::vector<Value>& a) {
         const Value fallback = a[1].is_null() ? Value(int64_t{0}) : a[1];
@@ -514,14 +473,10 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
         char* end = nullptr;
         errno = 0;
         const long long n = std::strtoll(digits.c_str(), &end, base);
-        auto rest_blank = [](const char* p, const std::string& of) {
-          return std::all_of(p, of.c_str() + of.size(),
-                             [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; });
-        };
-        if (end != digits.c_str() && errno == 0 && rest_blank(end, digits) && text.find("__") == std::string::npos)
+        if (end != digits.c_str() && errno == 0 && OnlySpaceFrom(end, digits) && text.find("__") == std::string::npos)
           return Value(static_cast<int64_t>(n));
         const double d = std::strtod(text.c_str(), &end);
-        if (end != text.c_str() && rest_blank(end, text) && std::isfinite(d) && std::fabs(d) < 9.2e18) {
+        if (end != text.c_str() && OnlySpaceFrom(end, text) && std::isfinite(d) && std::fabs(d) < 9.2e18) {
           return Value(static_cast<int64_t>(d));
         }
         return fallback;
