@@ -54,6 +54,14 @@ double CostModel::StepMs(int32_t decode_rows, int32_t prompt_tokens) const {
   return decode_ms.At(decode_rows) + prompt_tokens * prompt_token_us.At(bucket) / 1000.0;
 }
 
+CostModel H100CostModel() {
+  CostModel cost;
+  cost.decode_ms = Curve{{{1, 6.84}, {8, 7.59}, {32, 7.65}, {64, 7.91}, {128, 9.2}, {256, 13.5}}};
+  cost.prompt_token_us = Curve{{{64, 7.5}, {128, 7.5}, {192, 18.0}, {256, 14.0}, {320, 18.0}, {512, 26.0}}};
+  cost.prefill_only_token_us = 30.0;
+  return cost;
+}
+
 namespace {
 
 using TimePoint = Clock::TimePoint;
@@ -226,10 +234,13 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
 
   SimResult result;
   const TimePoint steady_from = at(load.warmup_s);
-  int64_t steady_tokens = 0;
+  int64_t steady_tokens = 0, tokens = 0;
+  TimePoint last_token = start;
   std::vector<double> ttft, itl;
   for (const Request& r : requests) {
     if (r.arrivals.empty()) continue;
+    tokens += static_cast<int64_t>(r.arrivals.size());
+    last_token = std::max(last_token, r.arrivals.back());
     ttft.push_back(Ms(r.arrivals.front() - r.submit));
     for (size_t i = 0; i < r.arrivals.size(); ++i) {
       if (i > 0) itl.push_back(Ms(r.arrivals[i] - r.arrivals[i - 1]));
@@ -237,6 +248,7 @@ absl::StatusOr<SimResult> Simulate(const SchedulerOptions& options, const CostMo
     }
   }
   result.steady_tok_s = static_cast<double>(steady_tokens) / (load.duration_s - load.warmup_s);
+  if (last_token > start) result.tok_s = static_cast<double>(tokens) / (Ms(last_token - start) / 1000.0);
   // glmload's nearest-rank percentiles, so the figures compare with its tables.
   result.ttft_p50_ms = glmserve::load::Percentile(ttft, 50);
   result.ttft_p99_ms = glmserve::load::Percentile(std::move(ttft), 99);

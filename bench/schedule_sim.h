@@ -39,6 +39,11 @@ struct CostModel {
   double StepMs(int32_t decode_rows, int32_t prompt_tokens) const;
 };
 
+// GLM-4-9B bf16 on an H100 80GB HBM3: decode_bench's steps (twenty-eighth session) and prompt-token
+// costs fitted to the twenty-ninth session's 15 s A/B at 64 streams (bench/README.md gives the fit:
+// tok/s, steady tok/s, TTFT and ITL within 1-2% for the defaults and two thin budgets).
+CostModel H100CostModel();
+
 struct SimLoad {
   int32_t concurrency = 0;  // closed loop: this many requests in flight, each finish sends the next
   double rate = 0;          // open loop (when concurrency is 0): Poisson arrivals, requests/s
@@ -54,6 +59,9 @@ struct SimLoad {
 };
 
 struct SimResult {
+  // glmload's level figure: every token over the whole level, from the first send to the last
+  // token (the first wave of prompts and the drain after sending stops included).
+  double tok_s = 0;
   double steady_tok_s = 0;  // tokens that arrived in (warmup_s, duration_s], over that window
   double ttft_p50_ms = 0, ttft_p99_ms = 0;
   double itl_p50_ms = 0, itl_p99_ms = 0;

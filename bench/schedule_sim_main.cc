@@ -1,7 +1,8 @@
 // schedule_sim: glmserve's scheduler under closed- and open-loop load in simulated time, a step
-// costing what --decode-ms / --prompt-token-us say (an H200 with GLM-4-9B unless given). Prints
+// costing what --card's cost model (GLM-4-9B on an H200 or an H100) or --decode-ms / --prompt-token-us say. Prints
 // one markdown row per load level. No model, no GPU; seconds per run.
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,7 +19,9 @@ using glmserve::bench::CostModel;
 using glmserve::bench::Curve;
 
 // A --decode-ms / --prompt-token-us value: its curve, or the parse error as the flag's message.
-std::function<std::optional<std::string>(const std::string&)> CurveFlag(Curve* target) {
+// Kept apart from --card's model and laid over it once every flag is read, so the order of the
+// flags does not matter.
+std::function<std::optional<std::string>(const std::string&)> CurveFlag(std::optional<Curve>* target) {
   return [target](const std::string& value) -> std::optional<std::string> {
     absl::StatusOr<Curve> curve = glmserve::bench::ParseCurve(value);
     if (!curve.ok()) return std::string(curve.status().message());
@@ -43,11 +46,13 @@ int main(int argc, char** argv) {
   SchedulerOptions options;
   options.max_batch_size = 256;
   glmserve::SchedulingFlags scheduling(&options);
-  CostModel cost;
+  std::string card = "h200";
+  std::optional<Curve> decode_ms, prompt_token_us;
+  double prefill_only_token_us = CostModel().prefill_only_token_us;
 
   glmserve::flags::FlagSet set("schedule_sim", "[flags]",
                                "glmserve's scheduler under load in simulated time, each step costing what the "
-                               "cost model says (GLM-4-9B on an H200 unless given); bench/README.md.");
+                               "cost model says (GLM-4-9B on an H200 or an H100, --card); bench/README.md.");
   set.Section("load");
   set.IntList("concurrency", &concurrency, 1, 100000, "closed-loop levels (each finish sends the next request)")
       .SkipEmptyItems();
@@ -61,15 +66,26 @@ int main(int argc, char** argv) {
   set.Uint64("seed", &load.seed, "open-loop arrivals and client delays");
   set.Section("scheduling (glmserve serve's flags and their GPU defaults; prefix caching off unless given)");
   scheduling.Register(set);
-  set.Section("cost model (ms a step)");
-  set.Custom("decode-ms", "X:Y,...", CurveText(cost.decode_ms), "a step of Y ms at X decode rows, none prefilling",
-             CurveFlag(&cost.decode_ms));
-  set.Custom("prompt-token-us", "X:Y,...", CurveText(cost.prompt_token_us),
-             "Y us more a prompt token in a step that decodes, X its rows rounded up to a multiple of 64",
-             CurveFlag(&cost.prompt_token_us));
-  set.Number("prefill-only-token-us", &cost.prefill_only_token_us, {0, 1e6},
-             "us a prompt token in a step with no decodes (at least --decode-ms at 1 row)");
+  set.Section("cost model (ms a step; --card's, with any of the three below laid over it)");
+  set.Choice("card", &card, {"h200", "h100"},
+             "GLM-4-9B bf16 on this card: h200 (the seventh session's profiles), h100 (fitted to the "
+             "twenty-ninth session's measurements)");
+  const CostModel h200;
+  set.Custom("decode-ms", "X:Y,...", CurveText(h200.decode_ms),
+             "a step of Y ms at X decode rows, none prefilling (default: --card's; h200's shown)",
+             CurveFlag(&decode_ms));
+  set.Custom("prompt-token-us", "X:Y,...", CurveText(h200.prompt_token_us),
+             "Y us more a prompt token in a step that decodes, X its rows rounded up to a multiple of 64 "
+             "(default: --card's; h200's shown)",
+             CurveFlag(&prompt_token_us));
+  set.Number("prefill-only-token-us", &prefill_only_token_us, {0, 1e6},
+             "us a prompt token in a step with no decodes, at least --decode-ms at 1 row (default: --card's; "
+             "h200's shown)");
   if (auto exit_code = set.ParseCommandLine(argc, argv)) return *exit_code;
+  CostModel cost = card == "h100" ? glmserve::bench::H100CostModel() : CostModel();
+  if (decode_ms) cost.decode_ms = *decode_ms;
+  if (prompt_token_us) cost.prompt_token_us = *prompt_token_us;
+  if (set.was_set("prefill-only-token-us")) cost.prefill_only_token_us = prefill_only_token_us;
   if (load.warmup_s >= load.duration_s) return set.UsageError("--warmup must be shorter than --duration");
   if (absl::Status resolved = scheduling.Resolve(/*gpu=*/true); !resolved.ok())
     return set.UsageError(resolved.message());
@@ -87,8 +103,8 @@ int main(int argc, char** argv) {
     levels.push_back(load);
     levels.back().rate = rate;
   }
-  std::printf("| load | steady tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | requests | steps |\n");
-  std::printf("|---|---:|---:|---:|---:|---:|\n");
+  std::printf("| load | tok/s | steady tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | requests | steps |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
   for (const glmserve::bench::SimLoad& level : levels) {
     absl::StatusOr<glmserve::bench::SimResult> r = glmserve::bench::Simulate(options, cost, level);
     if (!r.ok()) {
@@ -97,9 +113,9 @@ int main(int argc, char** argv) {
     }
     const std::string name =
         level.concurrency > 0 ? absl::StrCat(level.concurrency, " streams") : absl::StrCat(level.rate, " requests/s");
-    std::printf("| %s | %.1f | %.1f / %.1f | %.2f / %.2f | %lld | %lld |\n", name.c_str(), r->steady_tok_s,
-                r->ttft_p50_ms, r->ttft_p99_ms, r->itl_p50_ms, r->itl_p99_ms, static_cast<long long>(r->requests),
-                static_cast<long long>(r->steps));
+    std::printf("| %s | %.1f | %.1f | %.1f / %.1f | %.2f / %.2f | %lld | %lld |\n", name.c_str(), r->tok_s,
+                r->steady_tok_s, r->ttft_p50_ms, r->ttft_p99_ms, r->itl_p50_ms, r->itl_p99_ms,
+                static_cast<long long>(r->requests), static_cast<long long>(r->steps));
   }
   return 0;
 }

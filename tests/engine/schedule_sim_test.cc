@@ -82,6 +82,19 @@ TEST(ScheduleSimTest, ClosedLoopTimingsFollowTheSteps) {
   EXPECT_DOUBLE_EQ(warm->steady_tok_s, 200.0);
 }
 
+// The level figure (glmload's tok/s) runs to the last token, the drain included; steady tok/s stops
+// where sending stops. One stream over 975 ms: the request sent at 950 ms still finishes, at 1,000 ms
+// (100 tokens over 1 s), while only its tokens at 960 and 970 ms fall in the window (97 tokens).
+TEST(ScheduleSimTest, TheLevelFigureRunsToTheLastTokenTheSteadyOneToTheEndOfSending) {
+  SimLoad load = SmallRequests(0.975);
+  load.concurrency = 1;
+  absl::StatusOr<SimResult> r = Simulate(SchedulerOptions(), FlatTenMs(), load);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->requests, 20);
+  EXPECT_DOUBLE_EQ(r->tok_s, 100.0);
+  EXPECT_DOUBLE_EQ(r->steady_tok_s, 97 / 0.975);
+}
+
 // Overlapped steps: step N+1 launched before step N's ids are asked for. The modelled device runs
 // the steps back to back either way (the host costs nothing here), so one stream's timings are
 // those above: its first token at 10 ms, not when the step launched after it ends.
