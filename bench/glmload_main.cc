@@ -65,10 +65,22 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (!opts->from_json.empty()) return 0;  // a re-report judges nothing
+  // A level with failed requests, or an open-loop level whose arrivals were dropped (the server fell
+  // so far behind that --max-in-flight were waiting: what was measured is not the offered rate's
+  // latency), fails the run, so scripts and CI jobs see it.
+  int exit_code = 0;
   for (const Report& r : reports) {
     for (const LevelResult& l : r.levels) {
-      if (!l.errors.empty() && opts->from_json.empty()) return 1;
+      if (!l.errors.empty()) exit_code = 1;
+      if (l.dropped > 0) {
+        std::fprintf(stderr,
+                     "glmload: the level at %g requests/s dropped %lld of its arrivals (--max-in-flight %d were in "
+                     "flight): the server did not keep up with that rate\n",
+                     l.rate, static_cast<long long>(l.dropped), opts->max_in_flight);
+        exit_code = 1;
+      }
     }
   }
-  return 0;
+  return exit_code;
 }

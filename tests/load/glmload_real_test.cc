@@ -236,4 +236,35 @@ TEST(GlmloadRealTest, MetricsTargetRecordsTheServersWindow) {
   fs::remove_all(dir);
 }
 
+// An open-loop level whose arrivals are dropped fails the run: the server (each step held 50 ms) takes
+// ~0.5 s a request, so at 100 requests/s with at most 2 in flight nearly every arrival is dropped, and
+// the latencies measured are not those of that rate.
+TEST(GlmloadRealTest, DroppedArrivalsFailTheRun) {
+  if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
+  ServerProcess server(ServeBinary(), kModel, {"--debug-step-latency-ms", "50"});
+  const int port = server.WaitServing(120s);
+  ASSERT_GT(port, 0) << ServeBinary() << " did not serve:\n" << server.log();
+  const fs::path dir = fs::temp_directory_path() / ("glmload_drop_test." + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string json_path = (dir / "run.json").string();
+  const std::string cmd = std::string("timeout 90 ") + kLoad + " --target 127.0.0.1:" + std::to_string(port) +
+                          " --rate 100 --max-in-flight 2 --duration 1s --prompt-len 4 --max-new-tokens 8"
+                          " --deadline-ms 20000 --no-progress --json-out " +
+                          json_path + " 2>" + (dir / "stderr").string();
+  int rc = -1;
+  const std::string table = RunCommand(cmd, &rc);
+  std::ifstream err_file(dir / "stderr");
+  std::stringstream err;
+  err << err_file.rdbuf();
+  EXPECT_EQ(rc, 1) << table << err.str();
+  EXPECT_NE(err.str().find("dropped"), std::string::npos) << err.str();
+  EXPECT_NE(err.str().find("--max-in-flight 2"), std::string::npos) << err.str();
+  std::ifstream jf(json_path);
+  nlohmann::json j = nlohmann::json::parse(jf, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(j.is_discarded());
+  EXPECT_GT(j["levels"][0]["requests_dropped"].get<int>(), 0) << j["levels"][0];
+  EXPECT_TRUE(j["levels"][0]["errors"].empty()) << j["levels"][0];  // what ran, ran well: the drops alone fail it
+  fs::remove_all(dir);
+}
+
 }  // namespace
