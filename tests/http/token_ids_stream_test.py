@@ -29,9 +29,10 @@ def stream_ids(server, body):
                 done = True
                 continue
             chunk = json.loads(payload)
+            assert "error" not in chunk, chunk  # an error mid-stream, with its message
             if chunk.get("usage"):
                 usage = chunk["usage"]
-            for choice in chunk["choices"]:
+            for choice in chunk.get("choices", []):
                 ids.extend(choice.get("token_ids", []))
                 stream_ids.chunks_without_ids += "token_ids" not in choice
                 if choice.get("finish_reason"):
@@ -39,6 +40,13 @@ def stream_ids(server, body):
         return ids, finish, usage, done
     finally:
         c.close()
+
+
+def stop_showing_log_on_failure(server):
+    # A failure's own assertion rarely says why; the server's log does (which request, which refusal).
+    if sys.exc_info()[0] is not None:
+        sys.stderr.write("server log:\n" + server.log() + "\n")
+    server.stop()
 
 
 def main():
@@ -61,7 +69,7 @@ def main():
         again, _, _, _ = stream_ids(server, body)
         assert again == ids, (again, ids)  # greedy: the same ids every time
     finally:
-        server.stop()
+        stop_showing_log_on_failure(server)
     if args.model_with_tokenizer:
         expected = json.load(open(os.path.join(args.model_with_tokenizer, "..", "expected.json")))
         case = expected["text_cases"][0]
@@ -84,7 +92,7 @@ def main():
             assert status == 200, (status, data)
             assert json.loads(data)["choices"][0]["token_ids"] == case["output_ids"], data
         finally:
-            server.stop()
+            stop_showing_log_on_failure(server)
     print("token_ids_stream_test: OK")
 
 
