@@ -55,26 +55,42 @@ int FreeLoopbackPort() {
   return port;
 }
 
+// One glmload run in a scratch directory of its own: `args` after the binary (`--json-out` added), its
+// exit status, stdout (the table), stderr and the JSON it wrote (discarded when it wrote none).
+struct GlmloadRun {
+  fs::path dir;
+  int rc = -1;
+  std::string table, err;
+  nlohmann::json json;
+};
+GlmloadRun RunGlmload(const std::string& name, const std::string& args) {
+  GlmloadRun run;
+  run.dir = fs::temp_directory_path() / (name + "." + std::to_string(getpid()));
+  fs::create_directories(run.dir);
+  const std::string cmd = std::string("timeout 90 ") + kLoad + " " + args + " --no-progress --json-out " +
+                          (run.dir / "run.json").string() + " 2>" + (run.dir / "stderr").string();
+  run.table = RunCommand(cmd, &run.rc);
+  std::stringstream err;
+  err << std::ifstream(run.dir / "stderr").rdbuf();
+  run.err = err.str();
+  std::ifstream jf(run.dir / "run.json");
+  run.json = nlohmann::json::parse(jf, nullptr, /*allow_exceptions=*/false);
+  return run;
+}
+
 TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
   ServerProcess server(ServeBinary(), kModel);
   const int port = server.WaitServing(120s);
   ASSERT_GT(port, 0) << ServeBinary() << " did not serve:\n" << server.log();
 
-  const fs::path dir = fs::temp_directory_path() / ("glmload_real_test." + std::to_string(getpid()));
-  fs::create_directories(dir);
-  const std::string json_path = (dir / "run.json").string();
-  const std::string png_path = (dir / "run.png").string();
-  const std::string cmd = std::string("timeout 90 ") + kLoad + " --target 127.0.0.1:" + std::to_string(port) +
-                          " --sweep 1,2 --duration 2s --stream --prompt-len uniform:4:12"
-                          " --max-new-tokens 6 --deadline-ms 20000 --no-progress --json-out " +
-                          json_path + " --plot " + png_path + " 2>" + (dir / "stderr").string();
-  int rc = -1;
-  const std::string table = RunCommand(cmd, &rc);
-  std::ifstream err_file(dir / "stderr");
-  std::stringstream err;
-  err << err_file.rdbuf();
-  ASSERT_EQ(rc, 0) << table << err.str() << server.log();
+  const fs::path png_path = fs::temp_directory_path() / ("glmload_real_test.png." + std::to_string(getpid()));
+  GlmloadRun run = RunGlmload("glmload_real_test", "--target 127.0.0.1:" + std::to_string(port) +
+                                                       " --sweep 1,2 --duration 2s --stream --prompt-len uniform:4:12"
+                                                       " --max-new-tokens 6 --deadline-ms 20000 --plot " +
+                                                       png_path.string());
+  const std::string& table = run.table;
+  ASSERT_EQ(run.rc, 0) << table << run.err << server.log();
 
   // The table: a header and one row per level.
   EXPECT_NE(table.find("lat p50"), std::string::npos) << table;
@@ -82,9 +98,7 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
   EXPECT_NE(table.find("queue p50"), std::string::npos) << table;
 
   // The JSON: every number.
-  std::ifstream jf(json_path);
-  ASSERT_TRUE(jf.good()) << json_path;
-  nlohmann::json j = nlohmann::json::parse(jf, nullptr, /*allow_exceptions=*/false);
+  const nlohmann::json& j = run.json;
   ASSERT_FALSE(j.is_discarded());
   EXPECT_EQ(j["percentile_method"], "nearest-rank");
   EXPECT_EQ(j["server"]["architecture"], "glm4");
@@ -108,18 +122,21 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
 
   // The PNG.
   std::ifstream pf(png_path, std::ios::binary);
-  ASSERT_TRUE(pf.good()) << png_path << ": " << err.str();
+  ASSERT_TRUE(pf.good()) << png_path << ": " << run.err;
   char sig[8] = {};
   pf.read(sig, 8);
   EXPECT_EQ(std::string(sig + 1, 3), "PNG");
   EXPECT_GT(fs::file_size(png_path), 5000u);
 
   // Re-reporting the saved run: a markdown table.
+  const std::string json_path = (run.dir / "run.json").string();
+  int rc = -1;
   const std::string md = RunCommand(
       std::string("timeout 30 ") + kLoad + " --from-json " + json_path + "," + json_path + " --labels a,b", &rc);
   EXPECT_EQ(rc, 0);
   EXPECT_NE(md.find("| concurrency |"), std::string::npos) << md;
-  fs::remove_all(dir);
+  fs::remove_all(run.dir);
+  fs::remove(png_path);
 }
 
 // --http: the same harness through the OpenAI HTTP API (POST /v1/completions, SSE stream), with
@@ -143,29 +160,19 @@ TEST(GlmloadRealTest, HttpStreamRun) {
   }
   ASSERT_GT(http_port, 0) << "no 'http serving on' line:\n" << server.log();
 
-  const fs::path dir = fs::temp_directory_path() / ("glmload_http_test." + std::to_string(getpid()));
-  fs::create_directories(dir);
-  const std::string json_path = (dir / "run.json").string();
   // The tiny model's vocabulary is 1024 ids.
-  const std::string cmd = std::string("timeout 90 ") + kLoad +
-                          " --http --target 127.0.0.1:" + std::to_string(http_port) +
-                          " --concurrency 3 --duration 2s --stream --prompt-len uniform:4:12"
-                          " --max-new-tokens 6 --vocab-size 1024 --temperature 0.7 --top-p 0.85"
-                          " --frequency-penalty 0.2 --presence-penalty 0.1 --repetition-penalty 1.1"
-                          " --deadline-ms 20000 --no-progress --json-out " +
-                          json_path + " 2>" + (dir / "stderr").string();
-  int rc = -1;
-  const std::string table = RunCommand(cmd, &rc);
-  std::ifstream err_file(dir / "stderr");
-  std::stringstream err;
-  err << err_file.rdbuf();
-  ASSERT_EQ(rc, 0) << table << err.str() << server.log();
+  GlmloadRun run =
+      RunGlmload("glmload_http_test", "--http --target 127.0.0.1:" + std::to_string(http_port) +
+                                          " --concurrency 3 --duration 2s --stream --prompt-len uniform:4:12"
+                                          " --max-new-tokens 6 --vocab-size 1024 --temperature 0.7 --top-p 0.85"
+                                          " --frequency-penalty 0.2 --presence-penalty 0.1 --repetition-penalty 1.1"
+                                          " --deadline-ms 20000");
+  const std::string& table = run.table;
+  ASSERT_EQ(run.rc, 0) << table << run.err << server.log();
   EXPECT_NE(table.find("POST /v1/completions (SSE stream)"), std::string::npos) << table;
   EXPECT_NE(table.find("itl p50"), std::string::npos) << table;
 
-  std::ifstream jf(json_path);
-  ASSERT_TRUE(jf.good()) << json_path;
-  nlohmann::json j = nlohmann::json::parse(jf, nullptr, /*allow_exceptions=*/false);
+  const nlohmann::json& j = run.json;
   ASSERT_FALSE(j.is_discarded());
   EXPECT_EQ(j["config"]["api"], "http");
   EXPECT_FLOAT_EQ(j["config"]["top_p"].get<float>(), 0.85f);
@@ -188,7 +195,7 @@ TEST(GlmloadRealTest, HttpStreamRun) {
 
   // The requests went through the HTTP front end (its request log names the route).
   EXPECT_NE(server.log().find("/v1/completions"), std::string::npos);
-  fs::remove_all(dir);
+  fs::remove_all(run.dir);
 }
 
 // --metrics-target: each level's steady window as the server saw it (two /metrics scrapes of
@@ -203,21 +210,16 @@ TEST(GlmloadRealTest, MetricsTargetRecordsTheServersWindow) {
   const int port = server.WaitServing(120s);
   ASSERT_GT(port, 0) << ServeBinary() << " did not serve:\n" << server.log();
 
-  const fs::path dir = fs::temp_directory_path() / ("glmload_metrics_test." + std::to_string(getpid()));
-  fs::create_directories(dir);
-  const std::string json_path = (dir / "run.json").string();
-  const std::string cmd = std::string("timeout 90 ") + kLoad + " --target 127.0.0.1:" + std::to_string(port) +
-                          " --metrics-target 127.0.0.1:" + std::to_string(metrics_port) +
-                          " --concurrency 3 --duration 2s --warmup 0.5s --stream --prompt-len 8"
-                          " --max-new-tokens 6 --deadline-ms 20000 --no-progress --json-out " +
-                          json_path + " 2>" + (dir / "stderr").string();
-  int rc = -1;
-  const std::string table = RunCommand(cmd, &rc);
-  ASSERT_EQ(rc, 0) << table << server.log();
+  GlmloadRun run =
+      RunGlmload("glmload_metrics_test", "--target 127.0.0.1:" + std::to_string(port) +
+                                             " --metrics-target 127.0.0.1:" + std::to_string(metrics_port) +
+                                             " --concurrency 3 --duration 2s --warmup 0.5s --stream --prompt-len 8"
+                                             " --max-new-tokens 6 --deadline-ms 20000");
+  const std::string& table = run.table;
+  ASSERT_EQ(run.rc, 0) << table << run.err << server.log();
   EXPECT_NE(table.find("server, conc 3: "), std::string::npos) << table;
 
-  std::ifstream jf(json_path);
-  nlohmann::json j = nlohmann::json::parse(jf, nullptr, /*allow_exceptions=*/false);
+  const nlohmann::json& j = run.json;
   ASSERT_FALSE(j.is_discarded());
   ASSERT_EQ(j["levels"].size(), 1u);
   const auto& w = j["levels"][0]["server_window"];
@@ -233,7 +235,7 @@ TEST(GlmloadRealTest, MetricsTargetRecordsTheServersWindow) {
     EXPECT_GT(w["step_ms"][phase].get<double>(), 0.0) << phase << " " << w;
     EXPECT_LT(w["step_ms"][phase].get<double>(), 3.0) << phase << " " << w;
   }
-  fs::remove_all(dir);
+  fs::remove_all(run.dir);
 }
 
 // An open-loop level whose arrivals are dropped fails the run: the server (each step held 50 ms) takes
@@ -244,27 +246,17 @@ TEST(GlmloadRealTest, DroppedArrivalsFailTheRun) {
   ServerProcess server(ServeBinary(), kModel, {"--debug-step-latency-ms", "50"});
   const int port = server.WaitServing(120s);
   ASSERT_GT(port, 0) << ServeBinary() << " did not serve:\n" << server.log();
-  const fs::path dir = fs::temp_directory_path() / ("glmload_drop_test." + std::to_string(getpid()));
-  fs::create_directories(dir);
-  const std::string json_path = (dir / "run.json").string();
-  const std::string cmd = std::string("timeout 90 ") + kLoad + " --target 127.0.0.1:" + std::to_string(port) +
-                          " --rate 100 --max-in-flight 2 --duration 1s --prompt-len 4 --max-new-tokens 8"
-                          " --deadline-ms 20000 --no-progress --json-out " +
-                          json_path + " 2>" + (dir / "stderr").string();
-  int rc = -1;
-  const std::string table = RunCommand(cmd, &rc);
-  std::ifstream err_file(dir / "stderr");
-  std::stringstream err;
-  err << err_file.rdbuf();
-  EXPECT_EQ(rc, 1) << table << err.str();
-  EXPECT_NE(err.str().find("dropped"), std::string::npos) << err.str();
-  EXPECT_NE(err.str().find("--max-in-flight 2"), std::string::npos) << err.str();
-  std::ifstream jf(json_path);
-  nlohmann::json j = nlohmann::json::parse(jf, nullptr, /*allow_exceptions=*/false);
-  ASSERT_FALSE(j.is_discarded());
-  EXPECT_GT(j["levels"][0]["requests_dropped"].get<int>(), 0) << j["levels"][0];
-  EXPECT_TRUE(j["levels"][0]["errors"].empty()) << j["levels"][0];  // what ran, ran well: the drops alone fail it
-  fs::remove_all(dir);
+  GlmloadRun run = RunGlmload("glmload_drop_test", "--target 127.0.0.1:" + std::to_string(port) +
+                                                       " --rate 100 --max-in-flight 2 --duration 1s --prompt-len 4"
+                                                       " --max-new-tokens 8 --deadline-ms 20000");
+  EXPECT_EQ(run.rc, 1) << run.table << run.err;
+  EXPECT_NE(run.err.find("dropped"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("--max-in-flight 2"), std::string::npos) << run.err;
+  ASSERT_FALSE(run.json.is_discarded());
+  const auto& level = run.json["levels"][0];
+  EXPECT_GT(level["requests_dropped"].get<int>(), 0) << level;
+  EXPECT_TRUE(level["errors"].empty()) << level;  // what ran, ran well: the drops alone fail it
+  fs::remove_all(run.dir);
 }
 
 }  // namespace
