@@ -1,0 +1,50 @@
+"""bench/schedule_sim_sweep.py against the real schedule_sim (argv[1]): a load whose figures follow by hand,
+the table's order and percentages, and a failing run reported with schedule_sim's message."""
+import os
+import subprocess
+import sys
+import unittest
+
+SWEEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "schedule_sim_sweep.py")
+sys.path.insert(0, os.path.dirname(SWEEP))
+import schedule_sim_sweep  # noqa: E402
+
+SIM = None
+# Every step 10 ms whatever it holds; one stream of 4-token prompts, 5 tokens each, no client delay: a
+# request takes 5 steps (50 ms), so 2 s give 40 requests, 200 tokens, the last at 2.0 s: 100 tok/s.
+FLAT = ("--decode-ms 1:10 --prompt-token-us 64:0 --prefill-only-token-us 0 --prompt-len 4 --new-tokens 5 "
+        "--client-delay-ms 0 --warmup 0s")
+
+
+def sweep(*args):
+    return subprocess.run([sys.executable, SWEEP, "--sim", SIM, *args], capture_output=True, text=True)
+
+
+class ScheduleSimSweepTest(unittest.TestCase):
+    def test_a_row_is_parsed(self):
+        row = schedule_sim_sweep.parse_row("| 64 streams | 6884.0 | 7156.2 | 21.0 / 340.7 | 7.91 / 10.66 | 860 | 1828 |")
+        self.assertEqual(row, {"tok_s": 6884.0, "steady_tok_s": 7156.2, "ttft_p99": 340.7, "itl_p50": 7.91,
+                               "itl_p99": 10.66})
+        with self.assertRaises(ValueError):
+            schedule_sim_sweep.parse_row("| load | tok/s |")
+
+    def test_figures_follow_the_steps_and_the_best_comes_first(self):
+        # Twice the step time halves every rate: that set must come second.
+        done = sweep("--decode-bench", "200", "--concurrency", "1", "--durations", "2,2", "--sim-args", FLAT,
+                     "", "--decode-ms 1:20")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+        self.assertEqual(len(rows), 2, done.stdout)
+        self.assertTrue(rows[0].startswith("| defaults | 100.0 (50.0%) | 100.0 (50.0%) |"), rows[0])
+        self.assertTrue(rows[1].startswith("| --decode-ms 1:20 | 50.0 (25.0%) | 50.0 (25.0%) |"), rows[1])
+
+    def test_a_failing_run_says_why(self):
+        done = sweep("--decode-bench", "100", "--durations", "2", "--no-such-flag 1")
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("--no-such-flag", done.stderr)
+        self.assertEqual(sweep("--decode-bench", "0", "").returncode, 2)
+
+
+if __name__ == "__main__":
+    SIM = sys.argv.pop(1)
+    unittest.main()
