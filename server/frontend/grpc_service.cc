@@ -233,7 +233,7 @@ class CallBase;
 class InferenceServiceImpl final : public v1::Inference::CallbackService {
  public:
   explicit InferenceServiceImpl(const GrpcServerOptions& options)
-      : options_(options), sessions_(SessionsOptions(options)) {
+      : options_(options), sessions_(SessionsOptionsOf(options, "glm")) {
     GuardAgainstMalformedRequests();
   }
 
@@ -330,19 +330,6 @@ class InferenceServiceImpl final : public v1::Inference::CallbackService {
   }
 
  private:
-  static RequestSessionsOptions SessionsOptions(const GrpcServerOptions& o) {
-    RequestSessionsOptions s;
-    s.limits = o.limits;
-    s.log_requests = o.log_requests;
-    s.refused_log_lines_per_second = o.refused_log_lines_per_second;
-    s.observer = o.observer;
-    s.client_quota = o.client_quota;
-    s.tokenize_budget = o.tokenize_budget;
-    s.id_prefix = "glm";
-    s.loading_message = "model is loading; retry later";
-    return s;
-  }
-
   const GrpcServerOptions options_;
   RequestSessions sessions_;
   mutable std::mutex mu_;

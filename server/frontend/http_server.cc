@@ -52,19 +52,7 @@ int64_t NowSeconds() {
 }  // namespace
 
 struct HttpServer::State {
-  explicit State(const HttpServerOptions& o) : options(o), sessions(SessionsOptions(o)) {}
-  static RequestSessionsOptions SessionsOptions(const HttpServerOptions& o) {
-    RequestSessionsOptions s;
-    s.limits = o.limits;
-    s.log_requests = o.log_requests;
-    s.refused_log_lines_per_second = o.refused_log_lines_per_second;
-    s.observer = o.observer;
-    s.client_quota = o.client_quota;
-    s.tokenize_budget = o.tokenize_budget;
-    s.id_prefix = "glmh";
-    s.loading_message = "model is loading; retry later";
-    return s;
-  }
+  explicit State(const HttpServerOptions& o) : options(o), sessions(SessionsOptionsOf(o, "glmh")) {}
   const HttpServerOptions options;
   // Admission, validation, engine events, text, logs and metrics (server/request/request_session.h).
   RequestSessions sessions;

@@ -24,6 +24,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "runtime/engine.h"
@@ -70,6 +71,21 @@ struct RequestSessionsOptions {
   // event is a tokenizer step and a queued write.
   int delivery_workers = 2;
 };
+
+// A front end's options (GrpcServerOptions, HttpServerOptions: the same names for what they share)
+// as its sessions' options; `id_prefix` tells its request ids apart.
+template <typename FrontEndOptions>
+RequestSessionsOptions SessionsOptionsOf(const FrontEndOptions& o, std::string id_prefix) {
+  RequestSessionsOptions s;
+  s.limits = o.limits;
+  s.log_requests = o.log_requests;
+  s.refused_log_lines_per_second = o.refused_log_lines_per_second;
+  s.observer = o.observer;
+  s.client_quota = o.client_quota;
+  s.tokenize_budget = o.tokenize_budget;
+  s.id_prefix = std::move(id_prefix);
+  return s;
+}
 
 // The front end's half of a session. Called on a delivery worker, one call at a time per session,
 // in the engine's order; must not block for long (other sessions wait for the worker).
