@@ -50,6 +50,16 @@ class SummarizeTraceGapsTest(unittest.TestCase):
             "| `a\\|b` | `GemvKernel` | 5.0 | 0.5 | 10.0 |",
         ])
 
+    def test_kernels_fall_in_their_families(self):
+        sys.path.insert(0, os.path.dirname(SUMMARIZE))
+        import summarize_trace
+        for name, label in [("TmaGemmKernel<64, 128>", "skinny gemm (glmserve)"),
+                            ("ZeroCountersKernel", "skinny gemm (glmserve)"),
+                            ("nvjet_sm90_tst_64x64_64x13_4x1_v_bz_TNT", "gemm (cuBLAS/cutlass)"),
+                            ("PagedAttentionDecodeKernel<bf16>", "paged attention"),
+                            ("SomethingNew", "other")]:
+            self.assertEqual(summarize_trace.family(name), label, name)
+
     def test_gaps_needs_the_step_count(self):
         rc, _, err = run("--gaps", "5")
         self.assertEqual(rc, 2)
