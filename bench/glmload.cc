@@ -965,7 +965,7 @@ void Register(flags::FlagSet& set, Options& o, bool& no_progress) {
   set.StringList("labels", &o.labels, "names for --from-json files").ValueName("a,b").DefaultText("the file names");
   set.Epilogue(
       "Percentiles are nearest-rank (always a measured value). Exit status: 0 ok, 1 if any\n"
-      "request failed, 2 usage or connection error.");
+      "request failed or an open-loop level dropped arrivals, 2 usage or connection error.");
 }
 
 constexpr char kDescription[] =

@@ -102,7 +102,7 @@ struct LevelResult {
   std::string mode;      // "closed" or "open"
   int concurrency = 0;   // closed loop
   double rate = 0;       // open loop: offered requests/s
-  double elapsed_s = 0;  // first send -> last completion
+  double elapsed_s = 0;  // the level's start (its first send) -> last completion
   int64_t sent = 0, ok = 0, dropped = 0;
   // gRPC code name -> count; HTTP: "http_<status>" (non-2xx), "transport_<httplib error>",
   // "stream_<error code>" (an error event in an SSE stream), "bad_response"

@@ -56,7 +56,7 @@ double CostModel::StepMs(int32_t decode_rows, int32_t prompt_tokens) const {
 
 CostModel H100CostModel() {
   CostModel cost;
-  cost.decode_ms = Curve{{{1, 6.84}, {8, 7.59}, {32, 7.65}, {64, 7.91}, {128, 9.2}, {256, 13.5}}};
+  cost.decode_ms = Curve{{{1, 6.84}, {8, 7.59}, {32, 7.65}, {64, 7.91}, {128, 8.63}, {256, 10.85}}};
   cost.prompt_token_us = Curve{{{64, 7.5}, {128, 7.5}, {192, 18.0}, {256, 14.0}, {320, 18.0}, {512, 26.0}}};
   cost.prefill_only_token_us = 30.0;
   return cost;

@@ -39,9 +39,10 @@ struct CostModel {
   double StepMs(int32_t decode_rows, int32_t prompt_tokens) const;
 };
 
-// GLM-4-9B bf16 on an H100 80GB HBM3: decode_bench's steps (twenty-eighth session) and prompt-token
-// costs fitted to the twenty-ninth session's 15 s A/B at 64 streams (bench/README.md gives the fit:
-// tok/s, steady tok/s, TTFT and ITL within 1-2% for the defaults and two thin budgets).
+// GLM-4-9B bf16 on an H100 80GB HBM3: decode_bench's steps (1-64 rows the twenty-eighth session's,
+// 128 / 256 the eighteenth's and bench/results/gpu.md's H100 runs) and prompt-token costs fitted to
+// the twenty-ninth session's 15 s A/B at 64 streams (bench/README.md gives the fit: tok/s and steady
+// tok/s within 0.5%, TTFT and ITL p99 within 4%, for the defaults and two thin budgets).
 CostModel H100CostModel();
 
 struct SimLoad {
@@ -59,7 +60,7 @@ struct SimLoad {
 };
 
 struct SimResult {
-  // glmload's level figure: every token over the whole level, from the first send to the last
+  // glmload's level figure: every token over the whole level, from the level's start to its last
   // token (the first wave of prompts and the drain after sending stops included).
   double tok_s = 0;
   double steady_tok_s = 0;  // tokens that arrived in (warmup_s, duration_s], over that window

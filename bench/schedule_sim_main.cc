@@ -68,19 +68,17 @@ int main(int argc, char** argv) {
   scheduling.Register(set);
   set.Section("cost model (ms a step; --card's, with any of the three below laid over it)");
   set.Choice("card", &card, {"h200", "h100"},
-             "GLM-4-9B bf16 on this card: h200 (the seventh session's profiles), h100 (fitted to the "
-             "twenty-ninth session's measurements)");
+             "GLM-4-9B bf16 on this card: h200 (the seventh session's profiles), h100 (decode_bench's "
+             "steps; prompt-token costs fitted to the twenty-ninth session's 64-stream measurements)");
   const CostModel h200;
-  set.Custom("decode-ms", "X:Y,...", CurveText(h200.decode_ms),
-             "a step of Y ms at X decode rows, none prefilling (default: --card's; h200's shown)",
-             CurveFlag(&decode_ms));
-  set.Custom("prompt-token-us", "X:Y,...", CurveText(h200.prompt_token_us),
-             "Y us more a prompt token in a step that decodes, X its rows rounded up to a multiple of 64 "
-             "(default: --card's; h200's shown)",
+  set.Custom("decode-ms", "X:Y,...", "--card's; h200: " + CurveText(h200.decode_ms),
+             "a step of Y ms at X decode rows, none prefilling", CurveFlag(&decode_ms));
+  set.Custom("prompt-token-us", "X:Y,...", "--card's; h200: " + CurveText(h200.prompt_token_us),
+             "Y us more a prompt token in a step that decodes, X its rows rounded up to a multiple of 64",
              CurveFlag(&prompt_token_us));
   set.Number("prefill-only-token-us", &prefill_only_token_us, {0, 1e6},
-             "us a prompt token in a step with no decodes, at least --decode-ms at 1 row (default: --card's; "
-             "h200's shown)");
+             "us a prompt token in a step with no decodes, at least --decode-ms at 1 row")
+      .DefaultText("--card's; h200: " + absl::StrCat(h200.prefill_only_token_us));
   if (auto exit_code = set.ParseCommandLine(argc, argv)) return *exit_code;
   CostModel cost = card == "h100" ? glmserve::bench::H100CostModel() : CostModel();
   if (decode_ms) cost.decode_ms = *decode_ms;

@@ -9,8 +9,10 @@ figure. Best first.
       "" "--thin-prefill-tokens 64" "--mixed-step-rows 128 --max-prefill-tokens-with-decodes 64"
 
 Prints a markdown table: flags, tok/s over the level and steady tok/s (each as % of --decode-bench),
-TTFT p99 and ITL p50 / p99 (ms), means over the durations. "" is the defaults. Exit 1 when
-schedule_sim fails (its message on stderr), 2 on a usage error.
+TTFT p99 and ITL p50 / p99 (ms), means over the durations. "" is the defaults. A flag set that is one
+--flag=value word goes after `--` (argparse would take it for an option of this script), and so does
+every set after it; --sim-args takes such a word as --sim-args=--card=h100. Closed loop only (--rates
+in --sim-args is refused). Exit 1 when schedule_sim fails (its message on stderr), 2 on a usage error.
 """
 import argparse
 import shlex
@@ -20,10 +22,11 @@ import sys
 
 
 def parse_row(line):
-    """schedule_sim's level row: | load | tok/s | steady tok/s | TTFT p50 / p99 | ITL p50 / p99 | requests | steps |"""
+    """schedule_sim's closed-loop level row: | N streams | tok/s | steady tok/s | TTFT p50 / p99 | ITL p50 / p99 |
+    requests | steps |"""
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if len(cells) != 7:
-        raise ValueError(f"not a schedule_sim level row: {line!r}")
+    if len(cells) != 7 or not cells[0].endswith(" streams"):
+        raise ValueError(f"not a schedule_sim closed-loop level row: {line!r}")
     ttft = [float(x) for x in cells[3].split("/")]
     itl = [float(x) for x in cells[4].split("/")]
     return {"tok_s": float(cells[1]), "steady_tok_s": float(cells[2]), "ttft_p99": ttft[1], "itl_p50": itl[0],
@@ -55,6 +58,8 @@ def main(argv):
         parser.error(f"--durations: {args.durations!r} is not a list of seconds")
     if not (args.decode_bench > 0) or args.concurrency < 1 or not durations or min(durations) <= 1:
         parser.error("--decode-bench must be > 0, --concurrency >= 1, every duration > 1 s (the warm-up)")
+    if "--rates" in args.sim_args:
+        parser.error("--sim-args: --rates (open loop) is not compared here; run schedule_sim --rates itself")
     rows = []
     for flags in args.flags:
         try:

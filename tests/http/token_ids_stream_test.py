@@ -32,7 +32,7 @@ def stream_ids(server, body):
             assert "error" not in chunk, chunk  # an error mid-stream, with its message
             if chunk.get("usage"):
                 usage = chunk["usage"]
-            for choice in chunk.get("choices", []):
+            for choice in chunk["choices"]:
                 ids.extend(choice.get("token_ids", []))
                 stream_ids.chunks_without_ids += "token_ids" not in choice
                 if choice.get("finish_reason"):

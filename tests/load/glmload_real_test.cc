@@ -257,6 +257,15 @@ TEST(GlmloadRealTest, DroppedArrivalsFailTheRun) {
   EXPECT_GT(level["requests_dropped"].get<int>(), 0) << level;
   EXPECT_TRUE(level["errors"].empty()) << level;  // what ran, ran well: the drops alone fail it
   fs::remove_all(run.dir);
+
+  // The same server at a rate it keeps up with: nothing dropped, exit 0.
+  GlmloadRun kept = RunGlmload("glmload_kept_test", "--target 127.0.0.1:" + std::to_string(port) +
+                                                        " --rate 4 --max-in-flight 64 --duration 1s --prompt-len 4"
+                                                        " --max-new-tokens 8 --deadline-ms 20000");
+  EXPECT_EQ(kept.rc, 0) << kept.table << kept.err;
+  ASSERT_FALSE(kept.json.is_discarded());
+  EXPECT_EQ(kept.json["levels"][0]["requests_dropped"].get<int>(), 0) << kept.json["levels"][0];
+  fs::remove_all(kept.dir);
 }
 
 }  // namespace

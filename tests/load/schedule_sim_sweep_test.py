@@ -28,15 +28,37 @@ class ScheduleSimSweepTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             schedule_sim_sweep.parse_row("| load | tok/s |")
 
-    def test_figures_follow_the_steps_and_the_best_comes_first(self):
-        # Twice the step time halves every rate: that set must come second.
-        done = sweep("--decode-bench", "200", "--concurrency", "1", "--durations", "2,2", "--sim-args", FLAT,
-                     "", "--decode-ms 1:20")
+    def test_figures_follow_the_steps_averaged_and_the_best_comes_first(self):
+        # Over 2.975 s the request sent at 2.95 s finishes at 3.0 s: 300 tokens over 3 s over the level,
+        # but only 297 by 2.975 s; over 2 s, 200 in 2 s both ways. Means: 100 and (100 + 297 / 2.975) / 2.
+        # Twice the step time halves every rate: that set, given first, must come second. The slower set is
+        # a single --flag=value word, so it goes after `--`.
+        done = sweep("--decode-bench", "200", "--concurrency", "1", "--durations", "2,2.975", "--sim-args", FLAT,
+                     "--", "--decode-ms=1:20", "")
         self.assertEqual(done.returncode, 0, done.stderr)
         rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
         self.assertEqual(len(rows), 2, done.stdout)
-        self.assertTrue(rows[0].startswith("| defaults | 100.0 (50.0%) | 100.0 (50.0%) |"), rows[0])
-        self.assertTrue(rows[1].startswith("| --decode-ms 1:20 | 50.0 (25.0%) | 50.0 (25.0%) |"), rows[1])
+        steady = (100 + 297 / 2.975) / 2
+        self.assertTrue(rows[0].startswith(f"| defaults | 100.0 (50.0%) | {steady:.1f} ({steady / 2:.1f}%) |"), rows[0])
+        self.assertTrue(rows[1].startswith("| --decode-ms=1:20 | 50.0 (25.0%) |"), rows[1])
+
+    def test_the_card_model_and_the_curves_over_it_in_either_order(self):
+        def level(*flags):
+            done = subprocess.run([SIM, "--concurrency", "64", "--duration", "3s", *flags], capture_output=True,
+                                  text=True)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            return done.stdout.strip().splitlines()[-1]
+        self.assertNotEqual(level("--card", "h100"), level("--card", "h200"))
+        self.assertEqual(level("--card", "h200"), level())  # the default
+        # A curve given beside --card replaces the card's, before or after it.
+        curve = ["--decode-ms", "1:7,64:8"]
+        self.assertEqual(level("--card", "h100", *curve), level(*curve, "--card", "h100"))
+        self.assertNotEqual(level("--card", "h100", *curve), level("--card", "h100"))
+
+    def test_open_loop_is_refused(self):
+        done = sweep("--decode-bench", "100", "--sim-args=--rates 5", "")
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--rates", done.stderr)
 
     def test_a_failing_run_says_why(self):
         done = sweep("--decode-bench", "100", "--durations", "2", "--no-such-flag 1")
