@@ -214,6 +214,24 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::
                         .Help("Arrival in a queue (the HTTP serving slots' or the engine's) to first scheduled step")
                         .Register(r)
                         .Add({}, SecondsBuckets());
+  // Images (GLM-4.1V): how many, the tokens they became, and the host time each took before the
+  // engine (base64 and PNG / JPEG decode, resize, pixel codes: ~20-45 ms for a phone screenshot).
+  m->images_ = &prometheus::BuildCounter()
+                    .Name("glmserve_images_total")
+                    .Help("Images of the requests the engine took")
+                    .Register(r)
+                    .Add({});
+  m->image_tokens_ = &prometheus::BuildCounter()
+                          .Name("glmserve_image_tokens_total")
+                          .Help("Prompt tokens those images became")
+                          .Register(r)
+                          .Add({});
+  m->image_host_time_ = &prometheus::BuildHistogram()
+                             .Name("glmserve_image_host_seconds")
+                             .Help("Host time an image took before the engine: decode and preprocessing")
+                             .Register(r)
+                             .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.02, 0.03,
+                                                                              0.05, 0.075, 0.1, 0.25, 0.5, 1});
   m->batch_size_ = &prometheus::BuildHistogram()
                         .Name("glmserve_batch_size")
                         .Help("Sequences per engine step attempt")
@@ -403,6 +421,12 @@ void ServerMetrics::OnRequestFinished(const char* code, const RequestResult* res
     tpot_->Observe((result->total_ms - result->ttft_ms) / 1000.0 / static_cast<double>(tokens - 1));
   }
   if (result->queue_ms > 0 || result->status.ok()) queue_wait_->Observe(result->queue_ms / 1000.0);
+}
+
+void ServerMetrics::OnImageAccepted(int32_t tokens, double host_seconds) {
+  images_->Increment();
+  image_tokens_->Increment(static_cast<double>(tokens));
+  image_host_time_->Observe(host_seconds);
 }
 
 void ServerMetrics::OnStep(int32_t batch_size, const absl::Status& status) {

@@ -40,6 +40,7 @@ class ServerMetrics final : public RequestObserver {
   ~ServerMetrics() override;
 
   void OnRequestFinished(const char* code, const RequestResult* result) override;
+  void OnImageAccepted(int32_t tokens, double host_seconds) override;
   // Engine thread, after every step attempt.
   void OnStep(int32_t batch_size, const absl::Status& status);
   void OnEngineRestart();
@@ -86,6 +87,9 @@ class ServerMetrics final : public RequestObserver {
   prometheus::Gauge* prefix_usage_ = nullptr;
   prometheus::Counter* oom_ = nullptr;
   prometheus::Counter* restarts_ = nullptr;
+  prometheus::Counter* images_ = nullptr;             // glmserve_images_total
+  prometheus::Counter* image_tokens_ = nullptr;       // glmserve_image_tokens_total
+  prometheus::Histogram* image_host_time_ = nullptr;  // glmserve_image_host_seconds
   prometheus::Counter* generated_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;   // glmserve_prompt_tokens_total
   prometheus::Counter* prefix_hits_ = nullptr;     // from EngineStats' cumulative counts, by delta

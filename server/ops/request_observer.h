@@ -2,6 +2,7 @@
 // (metrics). No gRPC or LibTorch types.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "runtime/engine.h"
@@ -16,6 +17,12 @@ class RequestObserver {
   // both front ends); `result` is null when it was refused before the engine took it. Called on
   // front-end threads or delivery workers; must not block.
   virtual void OnRequestFinished(const char* code, const RequestResult* result) = 0;
+  // Each image of a request the engine took (after its checks; a refused request's images are not
+  // counted): the tokens it became and the host's decode plus preprocessing time. Front-end threads.
+  virtual void OnImageAccepted(int32_t tokens, double host_seconds) {
+    (void)tokens;
+    (void)host_seconds;
+  }
 };
 
 }  // namespace glmserve

@@ -436,6 +436,11 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
     if (refusal.kind == RefusalKind::kUnavailable && draining()) refusal.kind = RefusalKind::kDraining;
     return refusal;
   }
+  if (options_.observer != nullptr) {
+    for (const ImageUsage& image : session->images_) {
+      options_.observer->OnImageAccepted(image.tokens, (image.decode_ms + image.preprocess_ms) / 1000.0);
+    }
+  }
   *out = std::move(session);
   return std::nullopt;
 }

@@ -312,7 +312,42 @@ def main():
         server.stop()
         files.shutdown()
 
+    image_metrics(args)
     return report()
+
+
+def image_metrics(args):
+    """glmserve_images_total, glmserve_image_tokens_total and glmserve_image_host_seconds count the images of the
+    requests the engine took, not those of a refused request."""
+    import socket
+    import urllib.request
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = sock.getsockname()[1]
+
+    def scrape():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(glmserve_image\w*)\s+(\S+)$", text, re.M)}
+
+    server = Server(args.binary, args.model, ["--metrics-port", str(metrics_port)])
+    try:
+        before = scrape()
+        check(before.get("glmserve_images_total") == 0 and before.get("glmserve_image_host_seconds_count") == 0,
+              f"image metrics start at 0: {before}")
+        st, _, data = server.post("/v1/chat/completions", chat([image_part(data_url(png(64, 64)[:60]))]))
+        check(st == 400, f"a truncated PNG is refused ({st})")
+        st, _, data = server.post("/v1/chat/completions",
+                                  chat([image_part(data_url(png(56, 56))), image_part(data_url(png(84, 112)))]))
+        usage = json.loads(data).get("usage", {}) if st == 200 else {}
+        tokens = sum(i["tokens"] for i in usage.get("images", []))
+        check(st == 200 and len(usage.get("images", [])) == 2 and tokens > 0, f"two images answered: {st} {usage}")
+        after = scrape()
+        check(after.get("glmserve_images_total") == 2, f"glmserve_images_total 2: {after}")
+        check(after.get("glmserve_image_tokens_total") == tokens, f"glmserve_image_tokens_total {tokens}: {after}")
+        check(after.get("glmserve_image_host_seconds_count") == 2 and after.get("glmserve_image_host_seconds_sum", 0) > 0,
+              f"glmserve_image_host_seconds has both images' host time: {after}")
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ NAMES = ["glmserve_requests_total", "glmserve_request_latency_seconds", "glmserv
          "glmserve_oom_events_total", "glmserve_engine_restarts_total", "glmserve_kv_cache_usage_ratio",
          "glmserve_generated_tokens_total", "glmserve_prefix_cache_hit_tokens_total",
          "glmserve_prefix_cache_query_tokens_total", "glmserve_prefix_cache_usage_ratio", "glmserve_step_phase_seconds_total",
-         "glmserve_device_seconds_total", "glmserve_build_info", "glmserve_serving"]
+         "glmserve_device_seconds_total", "glmserve_build_info", "glmserve_serving", "glmserve_images_total",
+         "glmserve_image_tokens_total", "glmserve_image_host_seconds"]
 
 
 def main():
