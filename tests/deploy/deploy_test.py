@@ -344,6 +344,11 @@ DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "glmserve.json")
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "${datasource}": "prometheus"}
 
 
+def metric_families(text):
+    """The glmserve_* metrics a PromQL text names, a histogram's _bucket series as its family."""
+    return {m.removesuffix("_bucket") for m in re.findall(r"\bglmserve_[a-z0-9_]+", text)}
+
+
 def dashboard_queries():
     """(panel title, PromQL) for every query of deploy/grafana/glmserve.json, Grafana's variables filled in."""
     with open(DASHBOARD) as f:
@@ -381,10 +386,9 @@ def dashboard():
         out = subprocess.run([tool("promtool"), "check", "rules", path], capture_output=True, text=True, timeout=60)
     check(out.returncode == 0, f"promtool parses the dashboard's {len(queries)} queries {out.stdout[-500:]}{out.stderr[-500:]}")
     # The dashboard covers what the alerts watch.
-    used = set(re.findall(r"\bglmserve_[a-z0-9_]+", " ".join(e for _, e in queries)))
-    alerted = set(re.findall(r"\bglmserve_[a-z0-9_]+", " ".join(r["expr"] for r in alert_rules())))
-    check({m.removesuffix("_bucket") for m in alerted} <= {m.removesuffix("_bucket") for m in used},
-          f"the dashboard shows every metric an alert uses (missing: {sorted(alerted - used)})")
+    used = metric_families(" ".join(e for _, e in queries))
+    alerted = metric_families(" ".join(r["expr"] for r in alert_rules()))
+    check(alerted <= used, f"the dashboard shows every metric an alert uses (missing: {sorted(alerted - used)})")
 
 
 def metrics(binary, model, probe):
@@ -403,8 +407,7 @@ def metrics(binary, model, probe):
     with open(os.path.join(ROOT, "deploy", "prometheus", "adapter-rules.yaml")) as f:
         wanted |= set(re.findall(r"\bglmserve_[a-z0-9_]+", f.read()))
     # The Grafana dashboard's queries (a histogram's _bucket series are its family's).
-    for _, expr in dashboard_queries()[1]:
-        wanted |= {m.removesuffix("_bucket") for m in re.findall(r"\bglmserve_[a-z0-9_]+", expr)}
+    wanted |= metric_families(" ".join(e for _, e in dashboard_queries()[1]))
     # Reflection off in the production overlay, once `glmserve serve` has a flag for it.
     helptext = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, timeout=30)
     rflags = sorted(set(re.findall(r"--[\w-]*reflection[\w-]*", helptext.stdout + helptext.stderr)))

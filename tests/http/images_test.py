@@ -40,6 +40,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from checks import check, report  # noqa: E402
 from glmserve_process import inference_stubs  # noqa: E402
 from http_test_util import Server  # noqa: E402
+from metrics import sample  # noqa: E402
+from ports import free_port  # noqa: E402
 
 try:
     import grpc
@@ -319,15 +321,12 @@ def main():
 def image_metrics(args):
     """glmserve_images_total, glmserve_image_tokens_total and glmserve_image_host_seconds count the images of the
     requests the engine took, not those of a refused request."""
-    import socket
-    import urllib.request
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        metrics_port = sock.getsockname()[1]
+    metrics_port = free_port()
+    names = ["glmserve_images_total", "glmserve_image_tokens_total", "glmserve_image_host_seconds_count",
+             "glmserve_image_host_seconds_sum"]
 
     def scrape():
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-        return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(glmserve_image\w*)\s+(\S+)$", text, re.M)}
+        return {name: sample(metrics_port, name) for name in names}
 
     server = Server(args.binary, args.model, ["--metrics-port", str(metrics_port)])
     try:
