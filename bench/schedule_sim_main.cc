@@ -1,6 +1,6 @@
 // schedule_sim: glmserve's scheduler under closed- and open-loop load in simulated time, a step
-// costing what --card's cost model (GLM-4-9B on an H200 or an H100) or --decode-ms / --prompt-token-us say. Prints
-// one markdown row per load level. No model, no GPU; seconds per run.
+// costing what --card's cost model (GLM-4-9B on an H200 or an H100) or --decode-ms /
+// --prompt-token-us say. Prints one markdown row per load level. No model, no GPU; seconds per run.
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
   glmserve::SchedulingFlags scheduling(&options);
   std::string card = "h200";
   std::optional<Curve> decode_ms, prompt_token_us;
-  double prefill_only_token_us = CostModel().prefill_only_token_us;
+  const CostModel h200;  // the default card's model, for --help
+  double prefill_only_token_us = h200.prefill_only_token_us;
 
   glmserve::flags::FlagSet set("schedule_sim", "[flags]",
                                "glmserve's scheduler under load in simulated time, each step costing what the "
@@ -70,7 +71,6 @@ int main(int argc, char** argv) {
   set.Choice("card", &card, {"h200", "h100"},
              "GLM-4-9B bf16 on this card: h200 (the seventh session's profiles), h100 (decode_bench's "
              "steps; prompt-token costs fitted to the twenty-ninth session's 64-stream measurements)");
-  const CostModel h200;
   set.Custom("decode-ms", "X:Y,...", "--card's; h200: " + CurveText(h200.decode_ms),
              "a step of Y ms at X decode rows, none prefilling", CurveFlag(&decode_ms));
   set.Custom("prompt-token-us", "X:Y,...", "--card's; h200: " + CurveText(h200.prompt_token_us),
@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
              "us a prompt token in a step with no decodes, at least --decode-ms at 1 row")
       .DefaultText("--card's; h200: " + absl::StrCat(h200.prefill_only_token_us));
   if (auto exit_code = set.ParseCommandLine(argc, argv)) return *exit_code;
-  CostModel cost = card == "h100" ? glmserve::bench::H100CostModel() : CostModel();
+  CostModel cost = card == "h100" ? glmserve::bench::H100CostModel() : h200;
   if (decode_ms) cost.decode_ms = *decode_ms;
   if (prompt_token_us) cost.prompt_token_us = *prompt_token_us;
   if (set.was_set("prefill-only-token-us")) cost.prefill_only_token_us = prefill_only_token_us;

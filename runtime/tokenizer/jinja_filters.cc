@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -267,6 +268,21 @@ bool OnlySpaceFrom(const char* p, const std::string& of) {
                      [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; });
 }
 
+// Python's float(s) for a string: the number with only white space around it (strtod skips what
+// leads); nullopt for anything else.
+std::optional<double> PythonFloat(const std::string& text) {
+  char* end = nullptr;
+  const double d = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || !OnlySpaceFrom(end, text)) return std::nullopt;
+  return d;
+}
+
+// Python's int(d) for a float, where it fits in 64 bits.
+std::optional<int64_t> TruncatedInt(double d) {
+  if (!std::isfinite(d) || std::fabs(d) >= 9.2e18) return std::nullopt;
+  return static_cast<int64_t>(d);
+}
+
 // Python's s.strip(chars): the characters (UTF-8) of `chars` taken off either end (minja::strip
 // takes a set of bytes, which cuts a multi-byte character).
 std::string StripChars(const std::string& s, const std::string& chars) {
@@ -334,10 +350,8 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
         if (a[0].is_number()) return Value(a[0].get<double>());
         if (a[0].is_boolean()) return Value(a[0].get<bool>() ? 1.0 : 0.0);
         if (!a[0].is_string()) return fallback;
-        const std::string text = a[0].get<std::string>();
-        char* end = nullptr;
-        const double d = std::strtod(text.c_str(), &end);
-        return end != text.c_str() && OnlySpaceFrom(end, text) ? Value(d) : fallback;
+        const std::optional<double> d = PythonFloat(a[0].get<std::string>());
+        return d ? Value(*d) : fallback;
       }));
   set("round", Filter("round", {"value", "precision", "method"}, 1, [](std::vector<Value>& a) {
         const int64_t precision = a[1].is_null() ? 0 : a[1].get<int64_t>();
@@ -459,8 +473,8 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
         if (a[0].is_number_integer()) return a[0];
         if (a[0].is_boolean()) return Value(static_cast<int64_t>(a[0].get<bool>()));
         if (a[0].is_number_float()) {
-          const double d = a[0].get<double>();
-          return std::isfinite(d) && std::fabs(d) < 9.2e18 ? Value(static_cast<int64_t>(d)) : fallback;
+          const std::optional<int64_t> n = TruncatedInt(a[0].get<double>());
+          return n ? Value(*n) : fallback;
         }
         if (!a[0].is_string()) return fallback;
         // Python's int(s, base), then int(float(s)): blanks around, one sign, underscores between digits.
@@ -475,11 +489,9 @@ void AddJinjaFilters(const std::shared_ptr<Context>& context) {
         const long long n = std::strtoll(digits.c_str(), &end, base);
         if (end != digits.c_str() && errno == 0 && OnlySpaceFrom(end, digits) && text.find("__") == std::string::npos)
           return Value(static_cast<int64_t>(n));
-        const double d = std::strtod(text.c_str(), &end);
-        if (end != text.c_str() && OnlySpaceFrom(end, text) && std::isfinite(d) && std::fabs(d) < 9.2e18) {
-          return Value(static_cast<int64_t>(d));
-        }
-        return fallback;
+        const std::optional<double> d = PythonFloat(text);
+        const std::optional<int64_t> truncated = d ? TruncatedInt(*d) : std::nullopt;
+        return truncated ? Value(*truncated) : fallback;
       }));
   // select / reject without a test keep the items that are true / false (minja requires a test).
   for (const bool keep_true : {true, false}) {

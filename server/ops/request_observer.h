@@ -19,10 +19,7 @@ class RequestObserver {
   virtual void OnRequestFinished(const char* code, const RequestResult* result) = 0;
   // Each image of a request the engine took (after its checks; a refused request's images are not
   // counted): the tokens it became and the host's decode plus preprocessing time. Front-end threads.
-  virtual void OnImageAccepted(int32_t tokens, double host_seconds) {
-    (void)tokens;
-    (void)host_seconds;
-  }
+  virtual void OnImageAccepted(int32_t /*tokens*/, double /*host_seconds*/) {}
 };
 
 }  // namespace glmserve

@@ -1611,6 +1611,14 @@ static size_t py_space_len_before(const std::string & s, size_t end) {  // white
   }
   return 0;
 }
+// glmserve patch: a code point as UTF-8, for the string literals' \x \u \U and octal escapes.
+static void append_utf8(std::string & out, uint32_t cp) {
+  if (cp < 0x80) { out += (char) cp; }
+  else if (cp < 0x800) { out += (char) (0xC0 | (cp >> 6)); out += (char) (0x80 | (cp & 0x3F)); }
+  else if (cp < 0x10000) { out += (char) (0xE0 | (cp >> 12)); out += (char) (0x80 | ((cp >> 6) & 0x3F)); out += (char) (0x80 | (cp & 0x3F)); }
+  else { out += (char) (0xF0 | (cp >> 18)); out += (char) (0x80 | ((cp >> 12) & 0x3F)); out += (char) (0x80 | ((cp >> 6) & 0x3F)); out += (char) (0x80 | (cp & 0x3F)); }
+}
+
 // glmserve patch: Python's str.replace(old, new, count), for the replace method and glmserve's
 // replace filter: linear (in-place replace was quadratic: 10-18 s on a 4 MB message), bounded, and
 // Python's meaning for a count < 0 (all) and for an empty `before`.
@@ -2041,17 +2049,13 @@ private:
                   cp = cp * 16 + (uint32_t) (h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
                 }
                 if (cp > 0x10FFFF) throw std::runtime_error("illegal Unicode character in a string literal");
-                if (cp < 0x80) { result += (char) cp; }
-                else if (cp < 0x800) { result += (char) (0xC0 | (cp >> 6)); result += (char) (0x80 | (cp & 0x3F)); }
-                else if (cp < 0x10000) { result += (char) (0xE0 | (cp >> 12)); result += (char) (0x80 | ((cp >> 6) & 0x3F)); result += (char) (0x80 | (cp & 0x3F)); }
-                else { result += (char) (0xF0 | (cp >> 18)); result += (char) (0x80 | ((cp >> 12) & 0x3F)); result += (char) (0x80 | ((cp >> 6) & 0x3F)); result += (char) (0x80 | (cp & 0x3F)); }
+                append_utf8(result, cp);
                 break;
               }
               case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': {
                 uint32_t cp = (uint32_t) (*it - '0');
                 for (int k = 0; k < 2 && it + 1 != end && *(it + 1) >= '0' && *(it + 1) <= '7'; ++k) cp = cp * 8 + (uint32_t) (*++it - '0');
-                if (cp < 0x80) { result += (char) cp; }
-                else { result += (char) (0xC0 | (cp >> 6)); result += (char) (0x80 | (cp & 0x3F)); }
+                append_utf8(result, cp);
                 break;
               }
               default:
