@@ -55,6 +55,11 @@ class ScheduleSimSweepTest(unittest.TestCase):
         self.assertEqual(level("--card", "h100", *curve), level(*curve, "--card", "h100"))
         self.assertNotEqual(level("--card", "h100", *curve), level("--card", "h100"))
 
+    def test_an_unknown_card_is_refused_naming_the_flag(self):
+        done = subprocess.run([SIM, "--card", "h300"], capture_output=True, text=True)
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--card: 'h300' is not h200|h100", done.stderr)
+
     def test_open_loop_is_refused(self):
         done = sweep("--decode-bench", "100", "--sim-args=--rates 5", "")
         self.assertEqual(done.returncode, 2)
