@@ -17,7 +17,7 @@ agents="${GLMSERVE_VISION_AGENTS:-16}"
 steps="${GLMSERVE_VISION_STEPS:-5}"
 [ -x "$build/glmserve" ] || { echo "gpu-vision-bench: $build/glmserve not built"; exit 1; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-port="$(free_port)" http_port="$(free_port)"
+port="$(free_port)" http_port="$(free_port)" metrics_port="$(free_port)"
 log="$out/vision_serve.log"
 # GLMSERVE_VISION_PROFILE=1: a device trace of the first measured step's prefill (after the warm-up
 # step: ~155 engine steps), summarized by kind of step into vision_profile.md.
@@ -28,7 +28,7 @@ if [ "${GLMSERVE_VISION_PROFILE:-0}" = 1 ]; then
     GLMSERVE_PROFILE_STEPS="${GLMSERVE_VISION_PROFILE_STEPS:-12}")
 fi
 env "${profile_env[@]}" "$build/glmserve" serve --model "$model" --random-weights --device cuda --dtype bfloat16 --host 127.0.0.1 \
-  --port "$port" --http-port "$http_port" --max-pixels 5000000 --max-batch 64 --log-format text \
+  --port "$port" --http-port "$http_port" --metrics-port "$metrics_port" --max-pixels 5000000 --max-batch 64 --log-format text \
   ${GLMSERVE_VISION_SERVE_FLAGS:-} 2>"$log" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
@@ -42,6 +42,16 @@ status=0
 timeout 900 python3 bench/autoglm_bench.py --url "http://127.0.0.1:$http_port" --agents "$agents" --steps "$steps" \
   | tee "$out/vision_bench.txt" || status=1
 grep -E "error|Error" "$log" | tail -5
+# The image metrics after the run: one image per request the engine took (the single step's
+# warm-up and 3 repeats, agents x steps), its tokens and the host's decode + preprocessing per image.
+echo "image metrics (expected images: $((4 + agents * steps))):"
+python3 - "$metrics_port" <<'EOF2' | tee "$out/vision_metrics.txt" || status=1
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+lines = [line for line in text.splitlines() if line.startswith("glmserve_image") and "_bucket" not in line]
+print("\n".join(lines) if lines else "no glmserve_image* metrics")
+sys.exit(0 if lines else 1)
+EOF2
 # The single-step phase from the server's side (warm-up step first): where each request's time went
 # before the engine (host_ms = JSON, template, tokens, image decode + preprocessing) and its TTFT.
 echo "server side, first 4 requests: host_ms image_decode_ms image_preprocess_ms | ttft_ms"
