@@ -3,7 +3,7 @@
 Kineto profiler): time per kernel family and per kernel, per decode step, as a markdown table.
 
     python3 bench/summarize_trace.py TRACE.json --steps 8 [--top 20]
-    python3 bench/summarize_trace.py TRACE.json --by-step
+    python3 bench/summarize_trace.py TRACE.json --by-step [--kernels 12]
     python3 bench/summarize_trace.py TRACE.json --steps 8 --gaps 12
 
 --gaps N lists where the GPU waits between its own operations (kernels, copies, memsets in
@@ -16,6 +16,8 @@ only): wall time, GPU busy time, the host's time between steps, kernel families.
 says where the host spends a step of each kind: its outermost ATen ops (the ones no other op on
 the engine thread encloses) and its CUDA API calls (launches, graph replays, copies, syncs), by
 name. The profiler's own bookkeeping inflates both (every op is recorded), so read them as shares.
+--kernels N adds each step kind's N costliest kernels by name, so one kernel can be compared
+across kinds of step (a projection's GEMM beside decodes alone and beside prompt rows).
 """
 import argparse
 import bisect
@@ -83,7 +85,7 @@ def host_time(step, events_by_tid):
     return ops, api, api_calls
 
 
-def by_step(events, top_families):
+def by_step(events, top_families, top_kernels=0):
     # Kineto writes each range twice: on the CPU thread (cat user_annotation) and on the GPU
     # stream over the kernels it launched (cat gpu_user_annotation).
     def ranges(cat):
@@ -132,6 +134,7 @@ def by_step(events, top_families):
         g = groups.setdefault(step_kind(decode, prefill), {
             "n": 0, "decode": 0, "prefill": 0, "wall": 0.0, "busy": 0.0, "span": 0.0, "kernels": 0,
             "gaps": [], "gpu_gaps": [], "families": collections.Counter(),
+            "kernel_us": collections.Counter(), "kernel_calls": collections.Counter(),
             "host_ops": collections.Counter(), "host_api": collections.Counter(),
             "host_api_calls": collections.Counter()})
         g["n"] += 1
@@ -148,6 +151,8 @@ def by_step(events, top_families):
             g["gpu_gaps"].append(gpu_gap)
         for k in kernels:
             g["families"][family(k["name"])] += k["dur"]
+            g["kernel_us"][k["name"]] += k["dur"]
+            g["kernel_calls"][k["name"]] += 1
         ops, api, api_calls = host_time(step, events_by_tid)
         g["host_ops"].update(ops)
         g["host_api"].update(api)
@@ -180,6 +185,15 @@ def by_step(events, top_families):
                               for name, us in g["host_api"].most_common(top_families))
         print(f"| {kind} | {g['wall'] / n / 1000:.2f} | {sum(g['host_ops'].values()) / n / 1000:.2f} "
               f"| {top(g['host_ops'])} | {sum(g['host_api'].values()) / n / 1000:.2f} | {api_calls or '-'} |")
+    if top_kernels > 0:
+        # The same kernel's time in steps of each kind (e.g. a projection's GEMM at 64 decode rows
+        # against 64 decodes + 64 prompt tokens) is what a family's total hides.
+        print("\n| step kind | kernel | calls/step | us/step | us/call |\n|---|---|---:|---:|---:|")
+        for kind, g in groups.items():
+            n = g["n"]
+            for name, us in g["kernel_us"].most_common(top_kernels):
+                calls = g["kernel_calls"][name]
+                print(f"| {kind} | `{short_name(name, 90)}` | {calls / n:.1f} | {us / n:.1f} | {us / calls:.2f} |")
     return 0
 
 
@@ -226,6 +240,8 @@ def main():
     parser.add_argument("--by-step", action="store_true", help="group by executor step (a server's trace)")
     parser.add_argument("--top", type=int,
                         help="kernels listed (default 15); with --by-step, kernel families per step kind (default 5)")
+    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+                        help="with --by-step, the N kernels taking most time per step kind, by name")
     parser.add_argument("--gaps", type=int, metavar="N",
                         help="the N largest sums of GPU idle time between two operations, by their names")
     args = parser.parse_args()
@@ -236,7 +252,7 @@ def main():
             parser.error("--steps is required with --gaps")
         return gaps(events, args.steps, args.gaps)
     if args.by_step:
-        return by_step(events, args.top or 5)
+        return by_step(events, args.top or 5, args.kernels)
     if args.steps is None:
         parser.error("--steps is required without --by-step")
     kernels = [e for e in events if e.get("cat") in ("kernel", "Kernel") and e.get("ph") == "X"]

@@ -18,7 +18,8 @@
 # Before 2-7, each in a server of its own (so the sweep's server runs without them):
 #   P. GLMSERVE_SERVE_PROFILE=1 (default; 0 skips): Kineto profile of GLMSERVE_PROFILE_STEPS (64) executor steps at
 #      GLMSERVE_PROFILE_STREAMS (64) streams (eos ignored), after GLMSERVE_PROFILE_AFTER_STEPS (600) steps of that load, grouped
-#      by step kind with bench/summarize_trace.py --by-step -> serve_profile.md;
+#      by step kind with bench/summarize_trace.py --by-step -> serve_profile.md (GLMSERVE_PROFILE_KERNELS=N: with
+#      each kind's N costliest kernels by name);
 #   C. GLMSERVE_SERVE_CAPS="64 128 256 512": --max-prefill-tokens-with-decodes at each value, 64
 #      streams (eos ignored) -> serve_caps.md (the prefill budget's TTFT / ITL / tok/s trade-off);
 #   K. GLMSERVE_SERVE_PREFIX=1 (0 by default): --prefix-caching false / true at 64 streams, prompts
@@ -153,7 +154,8 @@ if [ "${GLMSERVE_SERVE_PROFILE:-1}" = 1 ]; then
     --ignore-eos true >"$out/serve_profile_load.md" 2>&1
   stop_server
   grep "executor steps written" "$out/serve_profile.log"
-  python3 bench/summarize_trace.py .gpu/trace/serve.json --by-step | tee "$out/serve_profile.md" || status=1
+  python3 bench/summarize_trace.py .gpu/trace/serve.json --by-step --kernels "${GLMSERVE_PROFILE_KERNELS:-0}" \
+    | tee "$out/serve_profile.md" || status=1
 fi
 
 # C. The prefill budget while others decode: TTFT against ITL and throughput, 64 streams.

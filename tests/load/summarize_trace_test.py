@@ -27,11 +27,33 @@ for base in (0, 100):
 EVENTS.append(op("kernel", "SideKernel", 165, 5))
 
 
-def run(*args):
+def server_steps():
+    """A server's trace: two decode-only steps and one mixed step (64 decodes, 64 prompt tokens),
+    each a host range with kernel launches inside it; a kernel belongs to the step that launched it
+    (the launch's correlation id), whenever it runs."""
+    events, correlation = [], 0
+    steps = [(0, 64, 0, [("gemm_a", 10), ("gemm_a", 12), ("attn", 5)]),
+             (100, 64, 0, [("gemm_a", 10), ("gemm_a", 12), ("attn", 5)]),
+             (200, 64, 64, [("gemm_a", 15), ("gemm_a", 17), ("attn", 9)])]
+    for start, decode, prefill, kernels in steps:
+        events.append({"ph": "X", "cat": "user_annotation", "name": f"glmserve step decode={decode} prefill={prefill}",
+                       "ts": start, "dur": 50, "tid": 1})
+        gpu_ts = start + 5
+        for i, (name, dur) in enumerate(kernels):
+            correlation += 1
+            events.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": start + 1 + i,
+                           "dur": 1, "tid": 1, "args": {"correlation": correlation}})
+            events.append({"ph": "X", "cat": "kernel", "name": name, "ts": gpu_ts, "dur": dur,
+                           "args": {"correlation": correlation}})
+            gpu_ts += dur
+    return events
+
+
+def run(*args, events=None):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
         with open(path, "w") as f:
-            json.dump({"traceEvents": EVENTS}, f)
+            json.dump({"traceEvents": EVENTS if events is None else events}, f)
         done = subprocess.run([sys.executable, SUMMARIZE, path, *args], capture_output=True, text=True, timeout=60)
     return done.returncode, done.stdout, done.stderr
 
@@ -59,6 +81,21 @@ class SummarizeTraceGapsTest(unittest.TestCase):
                             ("PagedAttentionDecodeKernel<bf16>", "paged attention"),
                             ("SomethingNew", "other")]:
             self.assertEqual(summarize_trace.family(name), label, name)
+
+    def test_by_step_lists_each_kernel_per_step_kind(self):
+        rc, out, err = run("--by-step", "--kernels", "2", events=server_steps())
+        self.assertEqual(rc, 0, err)
+        rows = [line for line in out.splitlines() if line.count("|") == 6 and "`" in line]
+        # gemm_a: 22 us in each decode-only step (2 calls, 11 a call), 32 in the mixed one (16 a call).
+        self.assertEqual(rows, [
+            "| decode only | `gemm_a` | 2.0 | 22.0 | 11.00 |",
+            "| decode only | `attn` | 1.0 | 5.0 | 5.00 |",
+            "| mixed, prefill <= 64 | `gemm_a` | 2.0 | 32.0 | 16.00 |",
+            "| mixed, prefill <= 64 | `attn` | 1.0 | 9.0 | 9.00 |",
+        ])
+        rc, out, err = run("--by-step", events=server_steps())
+        self.assertEqual(rc, 0, err)
+        self.assertNotIn("| kernel | calls/step |", out)
 
     def test_gaps_needs_the_step_count(self):
         rc, _, err = run("--gaps", "5")
