@@ -167,6 +167,20 @@ class FinishOnlyWriteReactor final : public grpc::ServerWriteReactor<v1::InferRe
 
 // The answer to a malformed request: UNAUTHENTICATED first when keys are on and the caller has
 // none (as for a well-formed one), else INVALID_ARGUMENT (logged at warn).
+// What a cancelled call's end means: gRPC cancels a call itself when its deadline passes, as it
+// does when the client cancels; at the deadline it is counted DEADLINE_EXCEEDED, as the client sees
+// it. The client's timer fires before the server's copy of the deadline (the latter is later by the
+// request's transit) and gRPC's timers and clocks differ a little: a cancel within kDeadlineSlack
+// before the deadline is the deadline's. gRPC's own timespec: deadline()'s nanoseconds wrap for
+// deadlines past 2262 (EngineDeadline).
+absl::StatusCode TransportCancelCode(const grpc::ServerContextBase& ctx) {
+  constexpr int64_t kDeadlineSlackMs = 50;
+  const gpr_timespec deadline = ctx.raw_deadline();
+  const gpr_timespec soon =
+      gpr_time_add(gpr_now(deadline.clock_type), gpr_time_from_millis(kDeadlineSlackMs, GPR_TIMESPAN));
+  return gpr_time_cmp(deadline, soon) <= 0 ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kCancelled;
+}
+
 grpc::Status AnswerMalformed(grpc::CallbackServerContext* ctx, const GrpcServerOptions& options, const char* method,
                              const std::string& request_id) {
   // Every call's status carries its request id (the metadata's trace id, else a new one).
@@ -175,11 +189,11 @@ grpc::Status AnswerMalformed(grpc::CallbackServerContext* ctx, const GrpcServerO
   const bool counted = std::string_view(method) != "GetModelInfo";  // as well-formed calls are
   // No body because the call ended before it arrived (its deadline passed, the client cancelled):
   // gRPC still runs the handler, with a deserialization error. Not the request's fault.
-  // gRPC's own timespec: deadline()'s nanoseconds wrap for deadlines past 2262 (EngineDeadline).
   const gpr_timespec deadline = ctx->raw_deadline();
-  const bool late = gpr_time_cmp(deadline, gpr_now(deadline.clock_type)) <= 0;
-  if (late || ctx->IsCancelled() || t_malformed->error_code() == grpc::CANCELLED) {
-    const absl::StatusCode code = late ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kCancelled;
+  const bool past = gpr_time_cmp(deadline, gpr_now(deadline.clock_type)) <= 0;
+  if (past || ctx->IsCancelled() || t_malformed->error_code() == grpc::CANCELLED) {
+    const absl::StatusCode code = TransportCancelCode(*ctx);
+    const bool late = code == absl::StatusCode::kDeadlineExceeded;
     if (counted && options.observer != nullptr) options.observer->OnRequestFinished(CodeName(code), nullptr);
     LogEvent(LogLevel::kDebug, "request_ended_unread", request_id,
              absl::StrCat(method, ": the call ended before its request arrived"),
@@ -407,7 +421,11 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
       return Refuse(*invalid);
     }
     if (ctx_->IsCancelled()) {
-      return Refuse(MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled, "cancelled by the client"));
+      return Refuse(
+          TransportCancelCode() == absl::StatusCode::kDeadlineExceeded
+              ? MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kDeadline,
+                            "the call's deadline passed before the request was queued")
+              : MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled, "cancelled by the client"));
     }
     images_ = ImageUsages(request.multimodal.get());  // before the engine owns the request
     std::shared_ptr<RequestSession> session;
@@ -474,15 +492,8 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
     }
     if (session != nullptr) session->Cancel(why);
   }
-  // What an OnCancel means: gRPC cancels a call itself when its deadline passes, as it does when
-  // the client cancels; at the deadline it is counted DEADLINE_EXCEEDED, as the client sees it.
-  // gRPC's timer and the system clock deadline() is given in differ by a little: a cancel within
-  // kDeadlineSlack before it is the deadline's.
-  absl::StatusCode TransportCancelCode() const {
-    constexpr auto kDeadlineSlack = std::chrono::milliseconds(50);
-    return ctx_->deadline() <= std::chrono::system_clock::now() + kDeadlineSlack ? absl::StatusCode::kDeadlineExceeded
-                                                                                 : absl::StatusCode::kCancelled;
-  }
+  // What an OnCancel means (the free TransportCancelCode).
+  absl::StatusCode TransportCancelCode() const { return ::glmserve::TransportCancelCode(*ctx_); }
 
   InferenceServiceImpl* const service_;
   grpc::CallbackServerContext* const ctx_;

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "runtime/json_util.h"
@@ -218,12 +220,16 @@ class Connection final : public httplib::Stream {
     head_too_large_ = false;
     head_bytes_ = 0;
     head_lines_ = 0;
+    head_start_.clear();
   }
   // The request's head was parsed (httplib routes it): what follows is its body, or the next
   // request. A request that never gets here was malformed, and nothing after it can be framed.
   void EndHead() { in_head_ = false; }
   bool head_parsed() const { return !in_head_; }
   bool head_too_large() const { return head_too_large_; }
+  // The head read so far may be a POST's (its first bytes are a prefix of "POST ", or it has
+  // none): the API's requests (chat and text completions) are the server's only POSTs.
+  bool head_may_be_post() const { return absl::StartsWith("POST ", head_start_); }
   void EndRead() { deadline_ = Clock::time_point::max(); }
   void CloseAfter() { close_after_ = true; }
   bool close_after() const { return close_after_; }
@@ -384,6 +390,8 @@ class Connection final : public httplib::Stream {
   // reads a head byte by byte and keeps every field (a 45 MB head of 3 million fields took ~330 MB),
   // so the limits are what bound a connection's memory before its body.
   bool CountHead(const char* data, size_t n) {
+    if (head_start_.size() < kHeadStartBytes)
+      head_start_.append(data, std::min(n, kHeadStartBytes - head_start_.size()));
     head_bytes_ += n;
     head_lines_ += static_cast<int64_t>(std::count(data, data + n, '\n'));
     // The request line and the blank line that ends the head are lines too.
@@ -411,6 +419,8 @@ class Connection final : public httplib::Stream {
   bool head_too_large_ = false;
   int64_t head_bytes_ = 0;
   int64_t head_lines_ = 0;
+  static constexpr size_t kHeadStartBytes = 5;
+  std::string head_start_;  // the head's first kHeadStartBytes bytes (its method)
   std::string tls_error_;
 };
 
@@ -528,11 +538,14 @@ class ApiHttpServer final : public httplib::Server {
       if (ok && !conn.head_parsed() && conn.written() > 0) break;
       if ((!ok || !conn.head_parsed()) && conn.timed_out() && conn.written() == 0) {
         // The client's own doing, counted CANCELLED as one that leaves mid-body: as
-        // DEADLINE_EXCEEDED a half-sent request fed the alert on server-side failures.
+        // DEADLINE_EXCEEDED a half-sent request fed the alert on server-side failures. Only what
+        // may be an API request (a POST) is counted, as a complete one would be: a slow probe of
+        // /health or a scanner's half-sent GET is answered alone.
         AnswerAndClose(conn, "Request Timeout",
                        MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kRequestTimeout,
                                    absl::StrCat("the request did not arrive within --http-read-timeout-ms (",
-                                                o.read_timeout_ms, " ms)")));
+                                                o.read_timeout_ms, " ms)")),
+                       /*counted=*/conn.head_may_be_post());
       }
       if (!ok || closed || last || conn.close_after()) break;
     }
@@ -548,12 +561,12 @@ class ApiHttpServer final : public httplib::Server {
   // A refusal of a request httplib could not hand to a handler (its head too large, or late),
   // written raw, then the connection closed after a linger (what the client still sends must not
   // reset the answer away). `reason`: the status line's phrase for the refusal's HTTP status.
-  void AnswerAndClose(Connection& conn, const char* reason, const Refusal& refusal) {
+  void AnswerAndClose(Connection& conn, const char* reason, const Refusal& refusal, bool counted = true) {
     const HttpError e = ToHttpError(refusal);
     conn.SendRaw(RawResponse(e.status, reason, e));
     conn.CloseAfter();
     // Counted in glmserve_requests_total and logged as every other refusal.
-    state_->sessions.Refused("", "http", refusal, {{"http_status", e.status}});
+    if (counted) state_->sessions.Refused("", "http", refusal, {{"http_status", e.status}});
   }
 
   // Over --http-max-connections: 503 (Retry-After), then closed. Plain: on the accept thread,
@@ -684,6 +697,7 @@ struct ServingSlot {
 struct Call final : public SessionSink {
   bool has_text = false;                    // a tokenizer: deltas carry text, else each step's ids
   bool return_token_ids = false;            // deltas carry each step's ids beside the text
+  bool streaming = false;                   // SSE: the result is counted once its last event is written
   std::shared_ptr<RequestSession> session;  // set before anyone waits on the call
 
   std::mutex mu;
@@ -730,11 +744,27 @@ struct Call final : public SessionSink {
     cv.notify_all();
   }
   void Cancel() { session->Cancel(); }
+  // A stream that ended well is counted once its last event ([DONE]) is written (StreamWritten),
+  // or as CANCELLED where the stream ends before that (StreamEnded: a write failed, the client
+  // left). A unary answer is counted at the result.
+  bool TakesFinishedLog(const RequestResult& r) override { return streaming && r.status.ok(); }
+  void StreamWritten() {
+    stream_written = true;
+    session->LogDeferredFinish(std::nullopt);
+  }
+  // The provider's releaser: always called, but Debian's httplib (0.11) passes it false even for a
+  // stream that was written whole, so what was written is known from StreamWritten alone.
+  void StreamEnded() {
+    if (stream_written) return;
+    Cancel();
+    session->LogDeferredFinish(absl::StatusCode::kCancelled);
+  }
+  std::atomic<bool> stream_written{false};  // the provider's thread, then the releaser
 };
 
 void LogRefused(State& state, const std::string& request_id, const std::string& route, const Refusal& refusal,
-                const HttpError& e) {
-  state.sessions.Refused(request_id, route, refusal, {{"http_status", e.status}, {"param", e.param}});
+                const HttpError& e, double queued_ms = 0) {
+  state.sessions.Refused(request_id, route, refusal, {{"http_status", e.status}, {"param", e.param}}, queued_ms);
 }
 
 void SetError(httplib::Response& res, const HttpError& e) {
@@ -974,9 +1004,9 @@ class Handler {
     const std::string route = ApiPath(kind);
     const std::string request_id = RequestIdOf(*state_, req);
     res.set_header("x-request-id", request_id);
-    auto refuse = [&](const Refusal& refusal) {
+    auto refuse = [&](const Refusal& refusal, double queued_ms = 0) {
       const HttpError e = ToHttpError(refusal);
-      LogRefused(*state_, request_id, route, refusal, e);
+      LogRefused(*state_, request_id, route, refusal, e, queued_ms);
       SetError(res, e);
       if (refusal.kind == RefusalKind::kUnauthenticated) res.set_header("WWW-Authenticate", "Bearer");
     };
@@ -1047,13 +1077,15 @@ class Handler {
     // until the engine has finished the request.
     std::shared_ptr<ServingSlot> slot;
     const auto waiting_since = Clock::now();
-    if (auto e = AcquireSlot(deadline, &slot)) return refuse(*e);
+    std::optional<Refusal> no_slot = AcquireSlot(deadline, &slot);
     info.front_queue_ms = std::chrono::duration<double, std::milli>(Clock::now() - waiting_since).count();
+    if (no_slot) return refuse(*no_slot, no_slot->kind == RefusalKind::kQueueFull ? 0 : info.front_queue_ms);
     info.hold_until_done = std::move(slot);
 
     auto call = std::make_shared<Call>();
     call->has_text = admission.model.tokenizer != nullptr;
     call->return_token_ids = api.return_token_ids;
+    call->streaming = api.stream;
     call->quota = std::move(admission.quota);
     call->images = ImageUsages(request.multimodal.get());
     call->prompt_tokens = static_cast<int64_t>(request.input_ids.size());
@@ -1296,10 +1328,11 @@ class Handler {
       }
       if (!write("data: [DONE]\n\n")) return false;
       sink.done();
+      call->StreamWritten();
       return true;
     };
-    auto ended = [call, state](bool success) {
-      if (!success) call->Cancel();
+    auto ended = [call, state](bool /*success: always false in httplib 0.11*/) {
+      call->StreamEnded();
       call->quota.Release();
       state->CallDone();
     };

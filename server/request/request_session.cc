@@ -1,5 +1,6 @@
 #include "server/request/request_session.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <utility>
@@ -53,10 +54,18 @@ void RequestSession::Cancel(absl::StatusCode why) {
 }
 
 absl::StatusCode RequestSession::EndCode(const RequestResult& result) const {
-  const absl::StatusCode engine = result.status.code();
   const absl::StatusCode client = client_end_;
-  // What the client saw decides: it left (or its deadline ended the call) whatever the engine said.
-  return engine == absl::StatusCode::kOk || client == absl::StatusCode::kOk ? engine : client;
+  // What the client saw decides: it left (or its deadline ended the call) before the result was
+  // handed to it, whatever the engine said, even a result that ended well in the step the client
+  // left during: that answer never reached it.
+  return client != absl::StatusCode::kOk ? client : result.status.code();
+}
+
+void RequestSession::MarkEndedByClient(absl::StatusCode code, absl::string_view when, RequestResult* result) {
+  const bool deadline = code == absl::StatusCode::kDeadlineExceeded;
+  result->status =
+      absl::Status(code, absl::StrCat(deadline ? "the call's deadline passed " : "the client went away ", when));
+  result->finish_reason = deadline ? FinishReason::kDeadline : FinishReason::kCancelled;
 }
 
 void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
@@ -132,7 +141,7 @@ void RequestSession::HandleStep(const std::vector<int32_t>& ids) {
     first_token_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
     if (hub_->options_.log_requests) {
       LogEvent(LogLevel::kInfo, "first_token", info_.request_id, "first token",
-               {{"rpc", info_.rpc}, {"ttft_ms", first_token_ms_}});
+               {{"rpc", info_.rpc}, {"ttft_ms", first_token_ms_ + info_.front_queue_ms}});
     }
   }
   if (incremental_) {
@@ -199,11 +208,10 @@ void RequestSession::Finish(RequestResult result) {
   }
   hub_->Unregister(engine_id_);
   const absl::StatusCode end = EndCode(result);
-  if (end == absl::StatusCode::kDeadlineExceeded && result.finish_reason == FinishReason::kCancelled) {
-    result.finish_reason = FinishReason::kDeadline;  // the transport's deadline cancelled it
-    // The engine's message says "cancelled": the log line names the deadline instead.
-    result.status = absl::DeadlineExceededError(
-        absl::StrCat("the call's deadline passed after ", result.output_ids.size(), " generated tokens"));
+  // The client's end instead of the engine's (whose message says "cancelled", or whose result the
+  // client never got): the log line and the metrics say how the call ended.
+  if (end != result.status.code()) {
+    MarkEndedByClient(end, absl::StrCat("after ", result.output_ids.size(), " generated tokens"), &result);
   }
   // Let go of the sink: it holds this session too (to cancel it) until it is done.
   std::shared_ptr<SessionSink> sink = std::move(sink_);
@@ -228,11 +236,7 @@ void RequestSession::LogDeferredFinish(std::optional<absl::StatusCode> ended) {
   if (!result) return;
   if (ended && code == absl::StatusCode::kOk) {
     code = *ended;
-    result->status = absl::Status(code, code == absl::StatusCode::kDeadlineExceeded
-                                            ? "the deadline passed before the client read the result"
-                                            : "the client went away before reading the result");
-    result->finish_reason =
-        code == absl::StatusCode::kDeadlineExceeded ? FinishReason::kDeadline : FinishReason::kCancelled;
+    MarkEndedByClient(code, "before it read the result", &*result);
   }
   hub_->LogFinished(*this, *result, CodeName(code));
 }
@@ -404,20 +408,25 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
     std::lock_guard<std::mutex> lock(mu_);
     in_flight_.emplace(session->engine_id_, session);
   }
+  // request_accepted is logged once the engine took the request (a refused one gets its
+  // request_refused line only), and before the session's own lines: its delivery waits for it.
+  nlohmann::json accepted;
   if (options_.log_requests) {
-    nlohmann::json fields = {{"rpc", session->info_.rpc},
-                             {"engine_id", session->engine_id_},
-                             {"prompt_tokens", request.input_ids.size()},
-                             {"max_new_tokens", request.params.max_new_tokens}};
-    AddImageFields(session->images_, /*with_times=*/true, &fields);
+    accepted = {{"rpc", session->info_.rpc},
+                {"engine_id", session->engine_id_},
+                {"prompt_tokens", request.input_ids.size()},
+                {"max_new_tokens", request.params.max_new_tokens}};
+    AddImageFields(session->images_, /*with_times=*/true, &accepted);
     if (session->info_.received) {
-      fields["host_ms"] = TenthsOfMs(
+      // The host's work on it; a wait for an HTTP serving slot is queueing (queue_ms), not host time.
+      const double in_hand_ms =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - *session->info_.received)
-              .count());
+              .count();
+      accepted["host_ms"] = TenthsOfMs(std::max(0.0, in_hand_ms - session->info_.front_queue_ms));
     }
-    fields.update(session->info_.accepted_fields);
-    LogEvent(LogLevel::kInfo, "request_accepted", session->info_.request_id, "request accepted", fields);
+    accepted.update(session->info_.accepted_fields);
   }
+  std::unique_lock<std::mutex> delivery_waits(session->deliver_mu_);
   RequestCallbacks callbacks;
   const bool tokens_matter = streaming || session->incremental_ || options_.log_requests;
   if (tokens_matter) {
@@ -436,6 +445,10 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
     if (refusal.kind == RefusalKind::kUnavailable && draining()) refusal.kind = RefusalKind::kDraining;
     return refusal;
   }
+  if (options_.log_requests) {
+    LogEvent(LogLevel::kInfo, "request_accepted", session->info_.request_id, "request accepted", accepted);
+  }
+  delivery_waits.unlock();
   if (options_.observer != nullptr) {
     for (const ImageUsage& image : session->images_) {
       options_.observer->OnImageAccepted(image.tokens, (image.decode_ms + image.preprocess_ms) / 1000.0);
@@ -446,9 +459,15 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
 }
 
 void RequestSessions::Refused(const std::string& request_id, const std::string& rpc, const Refusal& refusal,
-                              nlohmann::json fields) {
+                              nlohmann::json fields, double queued_ms) {
   const char* code = CodeName(refusal.code);
-  if (options_.observer != nullptr) options_.observer->OnRequestFinished(code, nullptr);
+  if (options_.observer != nullptr) {
+    RequestResult waited;  // what a front end's queue adds to the metrics: its wait alone
+    waited.status = absl::Status(refusal.code, refusal.message);
+    waited.queue_ms = queued_ms;
+    options_.observer->OnRequestFinished(code, queued_ms > 0 ? &waited : nullptr);
+  }
+  if (queued_ms > 0) fields["queue_ms"] = TenthsOfMs(queued_ms);
   if (!options_.log_requests) return;
   int64_t left_out = 0;
   {

@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "runtime/engine.h"
 #include "server/ops/log_sampler.h"
 #include "server/ops/request_observer.h"
@@ -145,9 +146,10 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   const std::string& request_id() const { return info_.request_id; }
   const std::string& engine_id() const { return engine_id_; }
   // The client went away (`why` CANCELLED), or the transport ended the call at its deadline
-  // (DEADLINE_EXCEEDED: gRPC cancels such a call itself): the engine frees the slot, and a result
-  // that is not OK is counted and logged as `why` (EndCode). Any thread; never under a lock the
-  // sink takes.
+  // (DEADLINE_EXCEEDED: gRPC cancels such a call itself): the engine frees the slot, and the result,
+  // even one that ended well in the step the client left during, is counted and logged as `why`
+  // (EndCode) unless it was handed to the sink before. Any thread; never under a lock the sink
+  // takes.
   void Cancel(absl::StatusCode why = absl::StatusCode::kCancelled);
   // For a sink whose TakesFinishedLog was true, once its call has ended: logs and counts the
   // result kept at the engine's end, as `ended` (DEADLINE_EXCEEDED, CANCELLED) where the call
@@ -172,9 +174,12 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   // A streaming step's ids to the sink (and kept: an aborted session's result reports them).
   void StreamStep(const std::vector<int32_t>& ids);
   void Finish(RequestResult result);
-  // The code a result is counted and logged as: the engine's, or Cancel's `why` for one that did
-  // not end OK.
+  // The code a result is counted and logged as: Cancel's `why` where the client ended the call
+  // first, else the engine's.
   absl::StatusCode EndCode(const RequestResult& result) const;
+  // A result its client never got, as the call ended for it (`code` CANCELLED or
+  // DEADLINE_EXCEEDED): its status (naming `when`) and finish reason.
+  static void MarkEndedByClient(absl::StatusCode code, absl::string_view when, RequestResult* result);
   // After the engine's Shutdown(): the result it can no longer give.
   void Abort();
 
@@ -209,7 +214,7 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   // Engine threads (a rebuilt engine's may overlap a stuck one's last step).
   std::atomic<bool> first_step_seen_{false};
   // One worker at a time; the swapped-out buffers and the step being handled.
-  std::mutex deliver_mu_;
+  std::mutex deliver_mu_;              // also held by Submit until request_accepted is logged
   std::vector<int32_t> ids_;           // guarded by deliver_mu_
   std::vector<size_t> ends_;           // guarded by deliver_mu_
   std::vector<int32_t> step_;          // guarded by deliver_mu_
@@ -261,8 +266,10 @@ class RequestSessions {
 
   // Logs and counts a refusal (any step's, or the front end's own: authentication, parsing,
   // transport limits). `fields`: the front end's extra log fields (http_status, param).
+  // `queued_ms`: how long it waited in the front end's own queue before it was refused there (its
+  // deadline passed, its client left): a queue-wait sample, as a request the engine queued has.
   void Refused(const std::string& request_id, const std::string& rpc, const Refusal& refusal,
-               nlohmann::json fields = nlohmann::json::object());
+               nlohmann::json fields = nlohmann::json::object(), double queued_ms = 0);
 
   // Returns once every queued engine event has been handled.
   void Flush();

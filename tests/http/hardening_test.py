@@ -396,7 +396,7 @@ def test_slowloris(binary, model):
         pid = server.proc.pid
         base = rss_kb(pid)
         slow = []
-        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
         for _ in range(80):
             s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             s.send(head[:1])  # the request's first byte: its read deadline starts
@@ -453,6 +453,17 @@ def test_slowloris(binary, model):
         cancelled = metric(slow_mport, 'glmserve_requests_total{code="CANCELLED"}') or 0
         check(deadline == 0 and cancelled >= 7, f"408s counted CANCELLED, not DEADLINE_EXCEEDED "
               f"({cancelled:.0f} / {deadline:.0f})")
+        # A half-sent head that is no API request (a slow health probe) is answered 408 but not
+        # counted: a complete GET /health never is.
+        probes = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        for s in probes:
+            s.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        probe_statuses = [read_response(s, timeout=5)[0] for s in probes]
+        for s in probes:
+            s.close()
+        after = metric(slow_mport, 'glmserve_requests_total{code="CANCELLED"}') or 0
+        check(probe_statuses == [408, 408] and after == cancelled,
+              f"half-sent GET /health: 408 ({probe_statuses}), not counted (CANCELLED {cancelled:.0f} -> {after:.0f})")
         stop.set()
         for s in slow:
             s.close()
