@@ -120,9 +120,20 @@ bool BlockManager::Register(int32_t block, Link parent, const std::vector<int32_
   const uint64_t key = ChainKey(parent, block_tokens);
   const auto it = by_key_.find(key);
   if (it != by_key_.end()) {
-    if (!Holds(it->second, parent, block_tokens)) return false;  // another content under this key
-    *out = Link{it->second, generation_[it->second]};
-    return true;
+    const int32_t twin = it->second;
+    if (!Holds(twin, parent, block_tokens)) return false;  // another content under this key
+    if (holders_[twin] > 0 || generation_[block] != 0 || twin == block) {
+      *out = Link{twin, generation_[twin]};  // in use: it stands for the content, the caller's chain goes on from it
+      return true;
+    }
+    // The same content written before and nobody's now (a retried or repeated request, or a
+    // prompt's last block, which is always computed again): the caller's copy takes its place.
+    // Chained to the unheld twin, the caller's later blocks were lost with it as soon as the pool
+    // evicted it, the least recently released, while the caller held an identical copy.
+    Unlink(twin);
+    by_key_.erase(it);
+    generation_[twin] = 0;  // blocks registered after it (its children) no longer match, as at an eviction
+    free_.push_back(twin);
   }
   if (generation_[block] != 0) return false;  // registered for other content (a caller's mistake)
   by_key_.emplace(key, block);

@@ -282,6 +282,18 @@ absl::Status Resolve(const Staging& s, ServeFlags& f) {
                                                    " is above --restart-backoff-max-ms ", f.restart_backoff_max_ms,
                                                    " (the first rebuild's delay; later ones double up to the cap)"));
   }
+  // The batching window is a wait with work queued and no step running: the watchdog takes as long
+  // a wait for a stall (it rebuilt the engine and requeued the request, over and over), and the
+  // server's warm-up request waits it too (the server never started).
+  const int64_t window_us = f.engine.scheduler.max_queue_delay.count();
+  for (const auto& [flag, ms] : {std::pair<const char*, int64_t>{"--stall-timeout-ms", f.stall_timeout_ms},
+                                 std::pair<const char*, int64_t>{"--warmup-timeout-ms", f.warmup_timeout_ms}}) {
+    if (window_us >= ms * 1000 / 2) {
+      return absl::InvalidArgumentError(absl::StrCat("--max-queue-delay-us: ", window_us, " must be under half of ",
+                                                     flag, " (", ms, " ms): the engine waits it out with work queued",
+                                                     " and no step running"));
+    }
+  }
   if (f.grpc.limits.default_max_new_tokens > f.grpc.limits.max_new_tokens_cap) {
     return absl::InvalidArgumentError(absl::StrCat("--default-max-new-tokens: ", f.grpc.limits.default_max_new_tokens,
                                                    " is above --max-new-tokens-cap ",

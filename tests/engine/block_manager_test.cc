@@ -159,5 +159,35 @@ TEST(BlockManagerTest, SameContentRegisteredTwiceKeepsOneBlock) {
   EXPECT_EQ(c, (std::vector<int32_t>{a[0], b[1]}));
 }
 
+// The same content computed again after its first copy was released (a repeated request): the
+// new copy, held, takes the registration and the old one is free, so the new chain does not
+// hang off a block the pool evicts first, which left none of its later blocks registered.
+TEST(BlockManagerTest, ARecomputedBlockTakesTheRegistrationOfItsUnheldTwin) {
+  BlockManager blocks(4, 2, /*prefix_caching=*/true);
+  const std::vector<int32_t> tokens = Iota(4, 3);
+  std::vector<int32_t> first;
+  ASSERT_TRUE(blocks.EnsureCapacity(first, 2));
+  BlockManager::Link link;
+  ASSERT_TRUE(blocks.Register(first[0], BlockManager::Link(), tokens, 0, &link));
+  blocks.Release(first);  // cached, nobody's
+  std::vector<int32_t> again;
+  ASSERT_TRUE(blocks.EnsureCapacity(again, 4));  // two blocks never registered
+  ASSERT_TRUE(blocks.Register(again[0], BlockManager::Link(), tokens, 0, &link));
+  EXPECT_EQ(link.block, again[0]);
+  EXPECT_EQ(blocks.num_cached(), 1);
+  EXPECT_EQ(blocks.num_free(), 2);  // the twin, free; and the one block never used
+  std::vector<int32_t> filler;
+  ASSERT_TRUE(blocks.EnsureCapacity(filler, 4));                   // takes both: nothing registered is lost
+  ASSERT_TRUE(blocks.Register(again[1], link, tokens, 2, &link));  // the chain goes on
+  EXPECT_EQ(link.block, again[1]);
+  const std::vector<int32_t> chain = again;
+  blocks.Release(filler);
+  blocks.Release(again);
+  std::vector<int32_t> matched;
+  BlockManager::Link last;
+  EXPECT_EQ(blocks.MatchPrefix(tokens, 2, matched, &last), 2);
+  EXPECT_EQ(matched, chain);
+}
+
 }  // namespace
 }  // namespace glmserve

@@ -163,6 +163,12 @@ TEST(ServeFlags, ModelIdsAndBackoffThatContradictThemselvesAreRefused) {
       {{"--served-model-name", "a,b,a"}, "--served-model-name: 'a' is given twice"},
       {{"--restart-backoff-ms", "5000", "--restart-backoff-max-ms", "100"},
        "--restart-backoff-ms: 5000 is above --restart-backoff-max-ms 100"},
+      // A batching window the watchdog would take for a stall, or the warm-up request wait out.
+      {{"--max-queue-delay-us", "30000000"}, "--max-queue-delay-us: 30000000 must be under half of --stall-timeout-ms"},
+      {{"--max-queue-delay-us", "600000", "--stall-timeout-ms", "1000"},
+       "--max-queue-delay-us: 600000 must be under half of --stall-timeout-ms (1000 ms)"},
+      {{"--max-queue-delay-us", "60000", "--warmup-timeout-ms", "100"},
+       "--max-queue-delay-us: 60000 must be under half of --warmup-timeout-ms (100 ms)"},
   };
   for (const Case& c : cases) {
     absl::StatusOr<ServeFlags> f = Parse(c.args);
@@ -170,7 +176,8 @@ TEST(ServeFlags, ModelIdsAndBackoffThatContradictThemselvesAreRefused) {
     EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument) << f.status();
     EXPECT_NE(f.status().message().find(c.needle), std::string::npos) << f.status();
   }
-  absl::StatusOr<ServeFlags> ok = Parse({"--served-model-name", "glm-4,autoglm", "--restart-backoff-ms", "100"});
+  absl::StatusOr<ServeFlags> ok =
+      Parse({"--served-model-name", "glm-4,autoglm", "--restart-backoff-ms", "100", "--max-queue-delay-us", "2000"});
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(ok->served_model_names, (std::vector<std::string>{"glm-4", "autoglm"}));
 }
