@@ -66,6 +66,13 @@ namespace glmserve {
 
 namespace {
 
+// An exception's message for a log line: LibTorch's errors without the C++ backtrace their what()
+// carries (a capture that ran out of memory printed a dozen stack frames into the server's log).
+std::string MessageOf(const std::exception& e) {
+  if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) return torch_error->what_without_backtrace();
+  return e.what();
+}
+
 kernels::ElementType ElementTypeOf(at::ScalarType dtype) {
   if (dtype == at::kBFloat16) return kernels::ElementType::kBFloat16;
   if (dtype == at::kHalf) return kernels::ElementType::kFloat16;
@@ -97,7 +104,7 @@ bool AttentionKernelRuns(const GlmModel& model, const char* unavailable, const A
     attend(q, kv, lengths);
     return true;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s (%s)\n", unavailable, e.what());
+    std::fprintf(stderr, "%s (%s)\n", unavailable, MessageOf(e).c_str());
     return false;
   }
 }
@@ -561,7 +568,8 @@ class CudaDecodeRunner {
       } catch (const c10::OutOfMemoryError&) {
         throw;  // the engine shrinks the batch and retries
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "mixed-step CUDA graphs off: capturing %d rows failed: %s\n", bucket, e.what());
+        std::fprintf(stderr, "mixed-step CUDA graphs off: capturing %d rows failed: %s\n", bucket,
+                     MessageOf(e).c_str());
         mixed_graph_max_tokens_ = 0;
         mixed_graphs_.clear();
         bucket = 0;  // this step runs eagerly (its padding rows included)
@@ -631,7 +639,7 @@ class CudaDecodeRunner {
       std::fprintf(stderr,
                    "cuDNN attention: building its graphs failed (%s); fresh prompts attend "
                    "through flash attention\n",
-                   e.what());
+                   MessageOf(e).c_str());
       cudnn_prefill_mode_ = 0;
     }
   }
@@ -864,7 +872,8 @@ class CudaDecodeRunner {
       whole_graphs_.erase({rows, capacity});
       throw;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "whole mixed-step CUDA graphs off: capturing %d rows failed: %s\n", rows, e.what());
+      std::fprintf(stderr, "whole mixed-step CUDA graphs off: capturing %d rows failed: %s\n", rows,
+                   MessageOf(e).c_str());
       whole_ = false;
       whole_graphs_.clear();
       return false;
