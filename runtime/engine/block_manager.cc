@@ -114,7 +114,7 @@ int32_t BlockManager::MatchPrefix(const std::vector<int32_t>& tokens, int32_t ma
   return matched;
 }
 
-bool BlockManager::Register(int32_t block, Link parent, const std::vector<int32_t>& tokens, int64_t begin, Link* out) {
+bool BlockManager::Register(int32_t* block, Link parent, const std::vector<int32_t>& tokens, int64_t begin, Link* out) {
   if (!prefix_caching_ || !Current(parent)) return false;
   const int32_t* block_tokens = tokens.data() + begin;
   const uint64_t key = ChainKey(parent, block_tokens);
@@ -122,26 +122,26 @@ bool BlockManager::Register(int32_t block, Link parent, const std::vector<int32_
   if (it != by_key_.end()) {
     const int32_t twin = it->second;
     if (!Holds(twin, parent, block_tokens)) return false;  // another content under this key
-    if (holders_[twin] > 0 || generation_[block] != 0 || twin == block) {
-      *out = Link{twin, generation_[twin]};  // in use: it stands for the content, the caller's chain goes on from it
-      return true;
+    if (twin != *block && generation_[*block] == 0) {
+      // The same content written before (a repeated request, a prompt's last block, which is
+      // always computed again, another sequence's identical output): the caller holds the
+      // registered block instead of its copy, which is freed. Chained to a twin it did not hold,
+      // its later blocks were lost as soon as the pool evicted that twin (the least recently
+      // released first); taking the twin's registration instead orphaned the twin's children.
+      if (holders_[twin]++ == 0) Unlink(twin);
+      if (--holders_[*block] == 0) free_.push_back(*block);
+      *block = twin;
     }
-    // The same content written before and nobody's now (a retried or repeated request, or a
-    // prompt's last block, which is always computed again): the caller's copy takes its place.
-    // Chained to the unheld twin, the caller's later blocks were lost with it as soon as the pool
-    // evicted it, the least recently released, while the caller held an identical copy.
-    Unlink(twin);
-    by_key_.erase(it);
-    generation_[twin] = 0;  // blocks registered after it (its children) no longer match, as at an eviction
-    free_.push_back(twin);
+    *out = Link{twin, generation_[twin]};
+    return true;
   }
-  if (generation_[block] != 0) return false;  // registered for other content (a caller's mistake)
-  by_key_.emplace(key, block);
-  generation_[block] = ++registrations_;
-  key_[block] = key;
-  parent_[block] = parent;
-  std::copy(block_tokens, block_tokens + block_size_, tokens_.begin() + static_cast<size_t>(block) * block_size_);
-  *out = Link{block, generation_[block]};
+  if (generation_[*block] != 0) return false;  // registered for other content (a caller's mistake)
+  by_key_.emplace(key, *block);
+  generation_[*block] = ++registrations_;
+  key_[*block] = key;
+  parent_[*block] = parent;
+  std::copy(block_tokens, block_tokens + block_size_, tokens_.begin() + static_cast<size_t>(*block) * block_size_);
+  *out = Link{*block, generation_[*block]};
   return true;
 }
 

@@ -53,12 +53,14 @@ class BlockManager {
   // hold tokens[0, k * block_size) for the largest k <= max_blocks, one reference each; returns k
   // and sets *last to the last of them.
   int32_t MatchPrefix(const std::vector<int32_t>& tokens, int32_t max_blocks, std::vector<int32_t>& table, Link* last);
-  // Registers `block` (held by the caller, its KV written) as holding tokens[begin, begin +
+  // Registers *block (held by the caller, its KV written) as holding tokens[begin, begin +
   // block_size) after the prefix ending at `parent`. When a block holding that content is
-  // registered already, that one stands for it and `block` stays unregistered. Sets *out to the
-  // registered block for this content and returns true; false (nothing registered) when `parent`
-  // is no longer registered as it was.
-  bool Register(int32_t block, Link parent, const std::vector<int32_t>& tokens, int64_t begin, Link* out);
+  // registered already, that one stands for it: the caller holds it instead and its own copy is
+  // released (*block becomes the registered block: the caller's table must take it; a step already
+  // launched may still read the old copy, which, like any released block, is only handed to steps
+  // planned later). Sets *out to the registered block for this content and returns true; false
+  // (nothing registered) when `parent` is no longer registered as it was.
+  bool Register(int32_t* block, Link parent, const std::vector<int32_t>& tokens, int64_t begin, Link* out);
 
  private:
   uint64_t ChainKey(Link parent, const int32_t* tokens) const;

@@ -577,7 +577,8 @@ void Scheduler::RegisterWrittenBlocks(Sequence* seq) {
   const int32_t written = std::min(seq->committed_computed() / block_size, CacheableBlocks(*seq, block_size));
   while (seq->cached_blocks < written) {
     BlockManager::Link link;
-    if (!blocks_.Register(seq->block_table[seq->cached_blocks], seq->chain, seq->tokens,
+    // The table may take an identical block registered before in place of this one (Register).
+    if (!blocks_.Register(&seq->block_table[seq->cached_blocks], seq->chain, seq->tokens,
                           int64_t{seq->cached_blocks} * block_size, &link)) {
       seq->cached_blocks = -1;
       return;

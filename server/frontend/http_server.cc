@@ -752,8 +752,9 @@ struct Call final : public SessionSink {
     stream_written = true;
     session->LogDeferredFinish(std::nullopt);
   }
-  // The provider's releaser: always called, but Debian's httplib (0.11) passes it false even for a
-  // stream that was written whole, so what was written is known from StreamWritten alone.
+  // The provider's releaser: always called once the response ends. Its `success` does not say
+  // whether [DONE] went out (a server shutting down ends the provider's loop with success and no
+  // [DONE]), so what was written is known from StreamWritten alone.
   void StreamEnded() {
     if (stream_written) return;
     Cancel();
@@ -1089,9 +1090,10 @@ class Handler {
     call->quota = std::move(admission.quota);
     call->images = ImageUsages(request.multimodal.get());
     call->prompt_tokens = static_cast<int64_t>(request.input_ids.size());
+    const double slot_wait_ms = info.front_queue_ms;
     if (auto e =
             sessions.Submit(admission, std::move(request), std::move(info), api.request.stop, call, &call->session)) {
-      return refuse(*e);
+      return refuse(*e, slot_wait_ms);  // the engine's refusal after a wait for the slot: a queue-wait sample
     }
 
     const std::string id = absl::StrCat(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-", request_id);
@@ -1331,7 +1333,7 @@ class Handler {
       call->StreamWritten();
       return true;
     };
-    auto ended = [call, state](bool /*success: always false in httplib 0.11*/) {
+    auto ended = [call, state](bool /*success: not whether [DONE] was written*/) {
       call->StreamEnded();
       call->quota.Release();
       state->CallDone();

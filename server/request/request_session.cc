@@ -207,7 +207,7 @@ void RequestSession::Finish(RequestResult result) {
     }
   }
   hub_->Unregister(engine_id_);
-  const absl::StatusCode end = EndCode(result);
+  absl::StatusCode end = EndCode(result);
   // The client's end instead of the engine's (whose message says "cancelled", or whose result the
   // client never got): the log line and the metrics say how the call ended.
   if (end != result.status.code()) {
@@ -215,14 +215,28 @@ void RequestSession::Finish(RequestResult result) {
   }
   // Let go of the sink: it holds this session too (to cancel it) until it is done.
   std::shared_ptr<SessionSink> sink = std::move(sink_);
+  bool log_now = true;
   if (sink->TakesFinishedLog(result)) {
     std::lock_guard<std::mutex> lock(deferred_mu_);
-    deferred_result_ = result;
-    deferred_code_ = end;
-  } else {
-    hub_->LogFinished(*this, result, CodeName(end));
+    // The sink's call may have ended between TakesFinishedLog and here (its client left as the
+    // last step's ids went out): what it reported then decides now.
+    log_now = call_ended_before_result_;
+    if (log_now) {
+      EndAsCall(call_end_, &result, &end);
+    } else {
+      deferred_result_ = result;
+      deferred_code_ = end;
+    }
   }
+  if (log_now) hub_->LogFinished(*this, result, CodeName(end));
   sink->OnFinish(result, tail, text);
+}
+
+void RequestSession::EndAsCall(std::optional<absl::StatusCode> ended, RequestResult* result, absl::StatusCode* code) {
+  if (ended && *code == absl::StatusCode::kOk) {
+    *code = *ended;
+    MarkEndedByClient(*code, "before it read the result", result);
+  }
 }
 
 void RequestSession::LogDeferredFinish(std::optional<absl::StatusCode> ended) {
@@ -232,12 +246,14 @@ void RequestSession::LogDeferredFinish(std::optional<absl::StatusCode> ended) {
     std::lock_guard<std::mutex> lock(deferred_mu_);
     result = std::exchange(deferred_result_, std::nullopt);
     code = deferred_code_;
+    if (!result && !done_logging_deferred_) {  // before Finish kept the result: Finish logs it
+      call_ended_before_result_ = true;
+      call_end_ = ended;
+    }
+    if (result) done_logging_deferred_ = true;
   }
   if (!result) return;
-  if (ended && code == absl::StatusCode::kOk) {
-    code = *ended;
-    MarkEndedByClient(code, "before it read the result", &*result);
-  }
+  EndAsCall(ended, &*result, &code);
   hub_->LogFinished(*this, *result, CodeName(code));
 }
 

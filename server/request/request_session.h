@@ -180,6 +180,9 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   // A result its client never got, as the call ended for it (`code` CANCELLED or
   // DEADLINE_EXCEEDED): its status (naming `when`) and finish reason.
   static void MarkEndedByClient(absl::StatusCode code, absl::string_view when, RequestResult* result);
+  // A kept result as its call ended: `ended` (DEADLINE_EXCEEDED, CANCELLED) where the call ended
+  // before the result reached the client and the result was OK (*code and *result then say so).
+  static void EndAsCall(std::optional<absl::StatusCode> ended, RequestResult* result, absl::StatusCode* code);
   // After the engine's Shutdown(): the result it can no longer give.
   void Abort();
 
@@ -191,6 +194,11 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   std::mutex deferred_mu_;
   std::optional<RequestResult> deferred_result_;
   absl::StatusCode deferred_code_ = absl::StatusCode::kOk;
+  // Guarded by deferred_mu_: LogDeferredFinish came before Finish kept a result (the call ended
+  // first), with its `ended`; and: a kept result was logged (a later call finds nothing to do).
+  bool call_ended_before_result_ = false;
+  std::optional<absl::StatusCode> call_end_;
+  bool done_logging_deferred_ = false;
   std::string engine_id_;
   std::vector<ImageUsage> images_;               // the prompt's images as resized (request logs)
   std::shared_ptr<void> hold_;                   // SessionInfo::hold_until_done; delivery worker

@@ -1,5 +1,6 @@
 #include "runtime/engine/block_manager.h"
 
+#include <algorithm>
 #include <set>
 
 #include "gtest/gtest.h"
@@ -42,11 +43,10 @@ std::vector<int32_t> Iota(int32_t n, int32_t from) {
 }
 
 // Registers the first `n` blocks of `table` (written with `tokens`) as one chain.
-void RegisterChain(BlockManager& blocks, const std::vector<int32_t>& table, const std::vector<int32_t>& tokens,
-                   int32_t n) {
+void RegisterChain(BlockManager& blocks, std::vector<int32_t>& table, const std::vector<int32_t>& tokens, int32_t n) {
   BlockManager::Link link;
   for (int32_t i = 0; i < n; ++i) {
-    ASSERT_TRUE(blocks.Register(table[i], link, tokens, int64_t{i} * blocks.block_size(), &link));
+    ASSERT_TRUE(blocks.Register(&table[i], link, tokens, int64_t{i} * blocks.block_size(), &link));
   }
 }
 
@@ -56,7 +56,7 @@ TEST(BlockManagerTest, WithoutPrefixCachingNothingIsShared) {
   const std::vector<int32_t> tokens = Iota(8, 1);
   ASSERT_TRUE(blocks.EnsureCapacity(a, 8));
   BlockManager::Link link;
-  EXPECT_FALSE(blocks.Register(a[0], BlockManager::Link(), tokens, 0, &link));
+  EXPECT_FALSE(blocks.Register(&a[0], BlockManager::Link(), tokens, 0, &link));
   EXPECT_EQ(blocks.MatchPrefix(tokens, 2, b, &link), 0);
   EXPECT_TRUE(b.empty());
   blocks.Release(a);
@@ -131,15 +131,15 @@ TEST(BlockManagerTest, EvictsLeastRecentlyReleasedCachedBlocksLast) {
   // back through it.
   std::vector<int32_t> other = {50, 51, 12, 13};
   BlockManager::Link link;
-  ASSERT_TRUE(blocks.Register(more[0], BlockManager::Link(), other, 0, &link));
+  ASSERT_TRUE(blocks.Register(&more[0], BlockManager::Link(), other, 0, &link));
   std::vector<int32_t> n;
   EXPECT_EQ(blocks.MatchPrefix(tokens, 2, n, &last), 1);
   EXPECT_EQ(n, std::vector<int32_t>{a[0]});
   EXPECT_FALSE(blocks.EnsureCapacity(n, 8));  // 3 more needed, 1 free (none evictable: all held)
 }
 
-// Two sequences that computed the same content: the first registration stands for it and the
-// second sequence's chain continues through it.
+// Two sequences that computed the same content: the first registration stands for it, the second
+// sequence holds that block instead of its copy (freed) and its chain continues through it.
 TEST(BlockManagerTest, SameContentRegisteredTwiceKeepsOneBlock) {
   BlockManager blocks(6, 2, /*prefix_caching=*/true);
   const std::vector<int32_t> tokens = Iota(4, 3);
@@ -147,46 +147,78 @@ TEST(BlockManagerTest, SameContentRegisteredTwiceKeepsOneBlock) {
   ASSERT_TRUE(blocks.EnsureCapacity(a, 4));
   ASSERT_TRUE(blocks.EnsureCapacity(b, 4));
   RegisterChain(blocks, a, tokens, 1);
+  const int32_t copy = b[0];
   BlockManager::Link link;
-  ASSERT_TRUE(blocks.Register(b[0], BlockManager::Link(), tokens, 0, &link));
-  EXPECT_EQ(link.block, a[0]);  // a's block stands for it
-  ASSERT_TRUE(blocks.Register(b[1], link, tokens, 2, &link));
+  ASSERT_TRUE(blocks.Register(&b[0], BlockManager::Link(), tokens, 0, &link));
+  EXPECT_EQ(link.block, a[0]);      // a's block stands for it
+  EXPECT_EQ(b[0], a[0]);            // and b holds it in place of its copy
+  EXPECT_EQ(blocks.num_free(), 3);  // the copy, and the two blocks never taken
+  ASSERT_TRUE(blocks.Register(&b[1], link, tokens, 2, &link));
   EXPECT_EQ(link.block, b[1]);
   EXPECT_EQ(blocks.num_cached(), 2);
   std::vector<int32_t> c;
   BlockManager::Link last;
   EXPECT_EQ(blocks.MatchPrefix(tokens, 2, c, &last), 2);
   EXPECT_EQ(c, (std::vector<int32_t>{a[0], b[1]}));
+  blocks.Release(a);
+  blocks.Release(b);  // the shared block's last holder: it stays cached
+  blocks.Release(c);
+  EXPECT_EQ(blocks.num_cached(), 2);
+  EXPECT_EQ(blocks.num_free(), 6);  // every block free or evictable: no reference leaked
+  EXPECT_NE(copy, a[0]);
 }
 
-// The same content computed again after its first copy was released (a repeated request): the
-// new copy, held, takes the registration and the old one is free, so the new chain does not
-// hang off a block the pool evicts first, which left none of its later blocks registered.
-TEST(BlockManagerTest, ARecomputedBlockTakesTheRegistrationOfItsUnheldTwin) {
-  BlockManager blocks(4, 2, /*prefix_caching=*/true);
-  const std::vector<int32_t> tokens = Iota(4, 3);
+// The same content computed again after its first copy was released (a repeated request, a
+// prompt's last block): the sequence takes the registered block back in place of its copy, so its
+// chain does not hang off a block the pool evicts first (which left none of its later blocks
+// registered), and what was registered after the first copy (the earlier answer) stays reachable.
+TEST(BlockManagerTest, ARecomputedBlockIsReplacedByItsRegisteredTwin) {
+  BlockManager blocks(6, 2, /*prefix_caching=*/true);
+  const std::vector<int32_t> history = Iota(6, 3);  // an earlier request's prompt and answer
   std::vector<int32_t> first;
-  ASSERT_TRUE(blocks.EnsureCapacity(first, 2));
-  BlockManager::Link link;
-  ASSERT_TRUE(blocks.Register(first[0], BlockManager::Link(), tokens, 0, &link));
+  ASSERT_TRUE(blocks.EnsureCapacity(first, 6));
+  RegisterChain(blocks, first, history, 3);
+  const std::vector<int32_t> first_chain = first;
   blocks.Release(first);  // cached, nobody's
+  // Its first block again, computed (not matched), then a block of its own.
+  const std::vector<int32_t> again_tokens = {3, 4, 90, 91};
   std::vector<int32_t> again;
-  ASSERT_TRUE(blocks.EnsureCapacity(again, 4));  // two blocks never registered
-  ASSERT_TRUE(blocks.Register(again[0], BlockManager::Link(), tokens, 0, &link));
-  EXPECT_EQ(link.block, again[0]);
-  EXPECT_EQ(blocks.num_cached(), 1);
-  EXPECT_EQ(blocks.num_free(), 2);  // the twin, free; and the one block never used
+  ASSERT_TRUE(blocks.EnsureCapacity(again, 4));  // the 3 free blocks: nothing is evicted
+  const int32_t copy = again[0];
+  BlockManager::Link link;
+  ASSERT_TRUE(blocks.Register(&again[0], BlockManager::Link(), again_tokens, 0, &link));
+  EXPECT_EQ(again[0], first_chain[0]);
+  EXPECT_EQ(link.block, first_chain[0]);
   std::vector<int32_t> filler;
-  ASSERT_TRUE(blocks.EnsureCapacity(filler, 4));                   // takes both: nothing registered is lost
-  ASSERT_TRUE(blocks.Register(again[1], link, tokens, 2, &link));  // the chain goes on
+  ASSERT_TRUE(blocks.EnsureCapacity(filler, 6));  // the freed copy and 2 evicted: the history's tail
+  EXPECT_NE(std::find(filler.begin(), filler.end(), copy), filler.end());
+  ASSERT_TRUE(blocks.Register(&again[1], link, again_tokens, 2, &link));  // the chain goes on
   EXPECT_EQ(link.block, again[1]);
-  const std::vector<int32_t> chain = again;
   blocks.Release(filler);
   blocks.Release(again);
   std::vector<int32_t> matched;
   BlockManager::Link last;
-  EXPECT_EQ(blocks.MatchPrefix(tokens, 2, matched, &last), 2);
-  EXPECT_EQ(matched, chain);
+  EXPECT_EQ(blocks.MatchPrefix(again_tokens, 2, matched, &last), 2);
+  EXPECT_EQ(matched, (std::vector<int32_t>{first_chain[0], link.block}));
+}
+
+// With room in the pool, what was registered after a block computed again stays reachable: a
+// follow-up continuing the earlier history matches all of it.
+TEST(BlockManagerTest, ABlockComputedAgainLeavesTheLaterHistoryReachable) {
+  BlockManager blocks(8, 2, /*prefix_caching=*/true);
+  const std::vector<int32_t> history = Iota(8, 3);
+  std::vector<int32_t> first;
+  ASSERT_TRUE(blocks.EnsureCapacity(first, 8));
+  RegisterChain(blocks, first, history, 4);
+  blocks.Release(first);
+  std::vector<int32_t> again;  // the history's first block, computed again
+  ASSERT_TRUE(blocks.EnsureCapacity(again, 2));
+  BlockManager::Link link;
+  ASSERT_TRUE(blocks.Register(&again[0], BlockManager::Link(), history, 0, &link));
+  blocks.Release(again);
+  std::vector<int32_t> follow_up;
+  BlockManager::Link last;
+  EXPECT_EQ(blocks.MatchPrefix(history, 4, follow_up, &last), 4);
 }
 
 }  // namespace

@@ -389,6 +389,61 @@ TEST_F(SessionTest, CancelledByTheClientCountsCancelled) {
   EXPECT_EQ(observer->codes, (std::vector<std::string>{"CANCELLED"}));
 }
 
+// A sink whose call ends while Finish decides how to count (its client left as the last step's
+// ids went out: the stream's end reports it before Finish kept the result): the request is still
+// counted, once, as its call ended. It went uncounted.
+class EndsWhileFinishingSink final : public SessionSink {
+ public:
+  void OnStep(const std::vector<int32_t>&, const std::string&) override {}
+  void OnFinish(const RequestResult&, const std::string&, const std::string&) override {}
+  bool TakesFinishedLog(const RequestResult& result) override {
+    if (session != nullptr) session->LogDeferredFinish(absl::StatusCode::kCancelled);  // the call ends here
+    return result.status.ok();
+  }
+  RequestSession* session = nullptr;
+};
+
+TEST_F(SessionTest, AStreamThatEndsWhileItsResultIsKeptIsCountedAsItEnded) {
+  auto sink = std::make_shared<EndsWhileFinishingSink>();
+  std::shared_ptr<RequestSession> session;
+  ASSERT_FALSE(Start(Ids({1}), true, sink, &session));
+  sink->session = session.get();
+  RequestResult result;
+  result.output_ids = {5, 6};
+  result.finish_reason = FinishReason::kLength;
+  engine.callbacks[0].on_done(result);
+  sessions->Flush();
+  {
+    std::lock_guard<std::mutex> lock(observer->mu);
+    EXPECT_EQ(observer->codes, (std::vector<std::string>{"CANCELLED"}));
+  }
+  session->LogDeferredFinish(absl::StatusCode::kCancelled);  // reported again: counted once still
+  std::lock_guard<std::mutex> lock(observer->mu);
+  EXPECT_EQ(observer->codes, (std::vector<std::string>{"CANCELLED"}));
+}
+
+// A client that leaves while its request's last step runs: the engine's OK for that step never
+// reaches it, so it is counted as it left (it was counted OK, with a latency sample).
+TEST_F(SessionTest, AClientGoneDuringTheLastStepIsCountedAsItLeft) {
+  for (absl::StatusCode why : {absl::StatusCode::kCancelled, absl::StatusCode::kDeadlineExceeded}) {
+    auto sink = std::make_shared<RecordingSink>();
+    std::shared_ptr<RequestSession> session;
+    ASSERT_FALSE(Start(Ids({1}), false, sink, &session));
+    session->Cancel(why);
+    RequestResult result;  // the engine finished the step the client left during
+    result.output_ids = {5, 6};
+    result.finish_reason = FinishReason::kLength;
+    engine.callbacks.back().on_done(result);
+    sessions->Flush();
+    std::lock_guard<std::mutex> lock(sink->mu);
+    EXPECT_EQ(sink->result.status.code(), why);
+    EXPECT_EQ(sink->result.finish_reason,
+              why == absl::StatusCode::kCancelled ? FinishReason::kCancelled : FinishReason::kDeadline);
+  }
+  std::lock_guard<std::mutex> lock(observer->mu);
+  EXPECT_EQ(observer->codes, (std::vector<std::string>{"CANCELLED", "DEADLINE_EXCEEDED"}));
+}
+
 // gRPC and HTTP each have their RequestSessions over one engine: the same client request id on
 // both at once must still give the engine two distinct ids (a clash failed the second INTERNAL).
 TEST_F(SessionTest, EngineIdsAreUniqueAcrossFrontEndsSharingAnEngine) {
