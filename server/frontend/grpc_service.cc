@@ -165,12 +165,10 @@ class FinishOnlyWriteReactor final : public grpc::ServerWriteReactor<v1::InferRe
   void OnDone() override { delete this; }
 };
 
-// The answer to a malformed request: UNAUTHENTICATED first when keys are on and the caller has
-// none (as for a well-formed one), else INVALID_ARGUMENT (logged at warn).
 // What a cancelled call's end means: gRPC cancels a call itself when its deadline passes, as it
 // does when the client cancels; at the deadline it is counted DEADLINE_EXCEEDED, as the client sees
 // it. The client's timer fires before the server's copy of the deadline (the latter is later by the
-// request's transit) and gRPC's timers and clocks differ a little: a cancel within kDeadlineSlack
+// request's transit) and gRPC's timers and clocks differ a little: a cancel within kDeadlineSlackMs
 // before the deadline is the deadline's. gRPC's own timespec: deadline()'s nanoseconds wrap for
 // deadlines past 2262 (EngineDeadline).
 absl::StatusCode TransportCancelCode(const grpc::ServerContextBase& ctx) {
@@ -181,6 +179,8 @@ absl::StatusCode TransportCancelCode(const grpc::ServerContextBase& ctx) {
   return gpr_time_cmp(deadline, soon) <= 0 ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kCancelled;
 }
 
+// The answer to a malformed request: UNAUTHENTICATED first when keys are on and the caller has
+// none (as for a well-formed one), else INVALID_ARGUMENT (logged at warn).
 grpc::Status AnswerMalformed(grpc::CallbackServerContext* ctx, const GrpcServerOptions& options, const char* method,
                              const std::string& request_id) {
   // Every call's status carries its request id (the metadata's trace id, else a new one).
@@ -422,7 +422,7 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
     }
     if (ctx_->IsCancelled()) {
       return Refuse(
-          TransportCancelCode() == absl::StatusCode::kDeadlineExceeded
+          TransportCancelCode(*ctx_) == absl::StatusCode::kDeadlineExceeded
               ? MakeRefusal(absl::StatusCode::kDeadlineExceeded, RefusalKind::kDeadline,
                             "the call's deadline passed before the request was queued")
               : MakeRefusal(absl::StatusCode::kCancelled, RefusalKind::kCancelled, "cancelled by the client"));
@@ -492,8 +492,6 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
     }
     if (session != nullptr) session->Cancel(why);
   }
-  // What an OnCancel means (the free TransportCancelCode).
-  absl::StatusCode TransportCancelCode() const { return ::glmserve::TransportCancelCode(*ctx_); }
 
   InferenceServiceImpl* const service_;
   grpc::CallbackServerContext* const ctx_;
@@ -531,7 +529,7 @@ class UnaryCall final : public CallBase, public grpc::ServerUnaryReactor {
     return call.get();
   }
 
-  void OnCancel() override { CancelInEngine(TransportCancelCode()); }
+  void OnCancel() override { CancelInEngine(TransportCancelCode(*ctx_)); }
   void OnDone() override {
     CheckDone();
     ReleaseQuota();
@@ -595,7 +593,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
     }
     if (delivered != nullptr) delivered->LogDeferredFinish(std::nullopt);
     if (cancel)
-      CancelInEngine(TransportCancelCode());  // a write fails when the call ended: its deadline, or the client
+      CancelInEngine(TransportCancelCode(*ctx_));  // a write fails when the call ended: its deadline, or the client
     Pump();
   }
   void OnCancel() override {
@@ -604,7 +602,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
       broken_ = true;
       pending_.clear();
     }
-    CancelInEngine(TransportCancelCode());
+    CancelInEngine(TransportCancelCode(*ctx_));
     Pump();
   }
   void OnDone() override {
@@ -618,7 +616,7 @@ class StreamCall final : public CallBase, public grpc::ServerWriteReactor<v1::In
     }
     // Still owed: the result's last message never went out (the call ended first: its deadline,
     // or the client).
-    if (owed != nullptr) owed->LogDeferredFinish(TransportCancelCode());
+    if (owed != nullptr) owed->LogDeferredFinish(TransportCancelCode(*ctx_));
     service_->CallDone();
     self_.reset();
   }

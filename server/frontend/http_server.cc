@@ -1077,10 +1077,7 @@ class Handler {
     // A serving slot, or a place in the bounded waiting queue (429 at once when it is full); held
     // until the engine has finished the request.
     std::shared_ptr<ServingSlot> slot;
-    const auto waiting_since = Clock::now();
-    std::optional<Refusal> no_slot = AcquireSlot(deadline, &slot);
-    info.front_queue_ms = std::chrono::duration<double, std::milli>(Clock::now() - waiting_since).count();
-    if (no_slot) return refuse(*no_slot, no_slot->kind == RefusalKind::kQueueFull ? 0 : info.front_queue_ms);
+    if (auto e = AcquireSlot(deadline, &slot, &info.front_queue_ms)) return refuse(*e, info.front_queue_ms);
     info.hold_until_done = std::move(slot);
 
     auto call = std::make_shared<Call>();
@@ -1090,10 +1087,10 @@ class Handler {
     call->quota = std::move(admission.quota);
     call->images = ImageUsages(request.multimodal.get());
     call->prompt_tokens = static_cast<int64_t>(request.input_ids.size());
-    const double slot_wait_ms = info.front_queue_ms;
+    const double slot_wait_ms = info.front_queue_ms;  // a sample with the engine's refusal, as with a served one
     if (auto e =
             sessions.Submit(admission, std::move(request), std::move(info), api.request.stop, call, &call->session)) {
-      return refuse(*e, slot_wait_ms);  // the engine's refusal after a wait for the slot: a queue-wait sample
+      return refuse(*e, slot_wait_ms);
     }
 
     const std::string id = absl::StrCat(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-", request_id);
@@ -1111,9 +1108,11 @@ class Handler {
   // in glmserve_queue_depth) for one; a full queue answers 429 at once. The wait ends with the
   // request's deadline (504), the server stopping at the drain's timeout (503) or the client
   // closing; a drain itself does not end it (the request was admitted before it).
-  std::optional<Refusal> AcquireSlot(Clock::time_point deadline, std::shared_ptr<ServingSlot>* out) {
+  // *waited_ms: how long it waited for a slot (0 when one was free or the queue full at once).
+  std::optional<Refusal> AcquireSlot(Clock::time_point deadline, std::shared_ptr<ServingSlot>* out, double* waited_ms) {
     const HttpServerOptions& o = state_->options;
     const int serving_max = std::max(1, o.threads);
+    *waited_ms = 0;
     std::unique_lock<std::mutex> lock(state_->mu);
     if (state_->api_serving < serving_max) {
       ++state_->api_serving;
@@ -1129,6 +1128,7 @@ class Handler {
                          1000);
     }
     ++state_->api_waiting;
+    const auto waiting_since = Clock::now();
     std::optional<Refusal> error;
     for (int round = 1;; ++round) {
       // Not while draining: it was admitted before the drain, which owes it its answer until the
@@ -1161,6 +1161,7 @@ class Handler {
     }
     --state_->api_waiting;
     lock.unlock();
+    *waited_ms = std::chrono::duration<double, std::milli>(Clock::now() - waiting_since).count();
     if (!error) *out = std::make_shared<ServingSlot>(state_);
     return error;
   }

@@ -246,11 +246,10 @@ void RequestSession::LogDeferredFinish(std::optional<absl::StatusCode> ended) {
     std::lock_guard<std::mutex> lock(deferred_mu_);
     result = std::exchange(deferred_result_, std::nullopt);
     code = deferred_code_;
-    if (!result && !done_logging_deferred_) {  // before Finish kept the result: Finish logs it
+    if (!result) {  // before Finish kept the result, Finish logs it as this says (after, nothing is left to)
       call_ended_before_result_ = true;
       call_end_ = ended;
     }
-    if (result) done_logging_deferred_ = true;
   }
   if (!result) return;
   EndAsCall(ended, &*result, &code);

@@ -194,11 +194,10 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   std::mutex deferred_mu_;
   std::optional<RequestResult> deferred_result_;
   absl::StatusCode deferred_code_ = absl::StatusCode::kOk;
-  // Guarded by deferred_mu_: LogDeferredFinish came before Finish kept a result (the call ended
-  // first), with its `ended`; and: a kept result was logged (a later call finds nothing to do).
+  // Guarded by deferred_mu_: LogDeferredFinish found no kept result (before Finish, the call ended
+  // first), with its `ended`.
   bool call_ended_before_result_ = false;
   std::optional<absl::StatusCode> call_end_;
-  bool done_logging_deferred_ = false;
   std::string engine_id_;
   std::vector<ImageUsage> images_;               // the prompt's images as resized (request logs)
   std::shared_ptr<void> hold_;                   // SessionInfo::hold_until_done; delivery worker
