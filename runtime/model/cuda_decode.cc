@@ -287,8 +287,9 @@ class CudaDecodeRunner {
     }
     // Whole-step graphs for the common steps (short contexts); longer contexts capture on first use.
     for (int32_t rows = kMixedGraphStep; whole_ && rows <= mixed_graph_max_tokens_; rows += kMixedGraphStep) {
-      if (!EnsureWholeGraph(rows, kWholeContextCapacities[0], kv)) break;
-      if (paged_prompt_rows_ > 0 && !EnsureWholeGraph(rows, kPagedPrompts, kv)) break;
+      const bool contexts = EnsureWholeGraph(rows, kWholeContextCapacities[0], kv);
+      const bool paged = paged_prompt_rows_ > 0 && EnsureWholeGraph(rows, kPagedPrompts, kv);
+      if (!contexts && !paged) break;  // more rows need more memory: they would fail too
     }
   }
 
@@ -829,7 +830,8 @@ class CudaDecodeRunner {
 
   void PrepareWholeStaging(const KvPool& kv) {
     if (whole_staging_.pool == KvPoolKey::Of(kv)) return;
-    whole_graphs_.clear();  // they read the old buffers
+    whole_graphs_.clear();       // they read the old buffers
+    whole_failed_rows_.clear();  // another pool leaves another amount of memory to capture in
     whole_staging_ = WholeStaging();
     WholeStaging st;  // assigned once complete: an allocation that fails leaves none
     st.max_blocks = (max_context_ + kv.block_size - 1) / kv.block_size;
@@ -862,6 +864,8 @@ class CudaDecodeRunner {
   // shrinks the step and retries.
   bool EnsureWholeGraph(int32_t rows, int64_t capacity, KvPool& kv) {
     if (!whole_ || rows > kWholeMaxRows) return false;
+    const auto failed = whole_failed_rows_.find(capacity);
+    if (failed != whole_failed_rows_.end() && rows >= failed->second) return false;
     try {
       PrepareWholeStaging(kv);
       WholeMixedGraph& g = whole_graphs_[{rows, capacity}];
@@ -872,10 +876,16 @@ class CudaDecodeRunner {
       whole_graphs_.erase({rows, capacity});
       throw;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "whole mixed-step CUDA graphs off: capturing %d rows failed: %s\n", rows,
-                   MessageOf(e).c_str());
-      whole_ = false;
-      whole_graphs_.clear();
+      // A capture that fails for want of memory at many rows (a 10.3B model on an 80 GB card
+      // failed at 512) still leaves the smaller steps their graphs: only this capacity's steps of
+      // these rows or more run without one from now on.
+      whole_graphs_.erase({rows, capacity});
+      int32_t& limit = whole_failed_rows_.try_emplace(capacity, rows).first->second;
+      limit = std::min(limit, rows);
+      std::fprintf(stderr,
+                   "whole mixed-step CUDA graphs off for steps of %d rows or more (context capacity %lld): "
+                   "capturing failed: %s\n",
+                   rows, static_cast<long long>(capacity), MessageOf(e).c_str());
       return false;
     }
   }
@@ -1613,6 +1623,7 @@ class CudaDecodeRunner {
   int64_t paged_prompt_rows_ = 0;  // steps with up to this many prompt rows attend all rows paged; 0 = never
   WholeStaging whole_staging_;
   std::map<std::pair<int32_t, int64_t>, WholeMixedGraph> whole_graphs_;  // by (rows, context capacity)
+  std::map<int64_t, int32_t> whole_failed_rows_;  // by context capacity: the fewest rows whose capture failed
 };
 
 CudaDecodeRunner* CreateCudaDecodeRunner(const GlmModel& model) {
