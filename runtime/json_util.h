@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -12,19 +13,22 @@
 
 namespace glmserve {
 
-// e.what() without the "[json.exception.<kind>.<id>] " prefix, and the text the parser quotes as
-// "last read" cut short (an unterminated string quoted a whole 4 MiB prompt into the refusal and
-// the log line).
+// e.what() without the "[json.exception.<kind>.<id>] " prefix, and the text the parser quotes (as
+// "last read: '...'" or "number overflow parsing '...'") cut short: an unterminated string quoted
+// a whole 4 MiB prompt, and a 99 MB run of digits in a safetensors header came back whole (a
+// 104 MB message and log line).
 inline std::string JsonErrorText(const nlohmann::json::exception& e) {
   std::string what = e.what();
   const size_t at = what.find("] ");
   if (what.rfind("[json.exception.", 0) == 0 && at != std::string::npos) what = what.substr(at + 2);
-  static constexpr char kLastRead[] = "; last read: '";
-  const size_t quoted = what.find(kLastRead);
-  if (quoted != std::string::npos) {
-    const size_t from = quoted + sizeof(kLastRead) - 1;
-    const size_t to = what.size() > from && what.back() == '\'' ? what.size() - 1 : what.size();
-    what = absl::StrCat(what.substr(0, from), ShownValue(what.substr(from, to - from)), "'");
+  for (const char* marker : {"; last read: '", "overflow parsing '"}) {
+    const size_t quoted = what.find(marker);
+    if (quoted == std::string::npos) continue;
+    const size_t from = quoted + std::strlen(marker);
+    // The quote ends before the parser's "; expected <token>", else at the message's last quote.
+    size_t to = what.find("'; expected ", from);
+    if (to == std::string::npos) to = what.size() > from && what.back() == '\'' ? what.size() - 1 : what.size();
+    what = absl::StrCat(what.substr(0, from), ShownValue(what.substr(from, to - from)), what.substr(to));
   }
   return what;
 }

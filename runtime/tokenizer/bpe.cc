@@ -6,6 +6,7 @@
 #include <queue>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/shown_value.h"
 
 namespace glmserve::tokenizer {
 namespace {
@@ -86,8 +87,9 @@ absl::StatusOr<BytePairModel> BytePairModel::FromHf(const std::vector<std::pair<
     auto a = by_token.find(merges[i].first), b = by_token.find(merges[i].second);
     auto r = by_token.find(merges[i].first + merges[i].second);
     if (a == by_token.end() || b == by_token.end() || r == by_token.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: merge ", i, " '", merges[i].first, " ",
-                                                     merges[i].second, "' names a token not in model.vocab"));
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: model.merges[", i, "] '",
+                                                     ShownValue(merges[i].first), " ", ShownValue(merges[i].second),
+                                                     "' names a token not in model.vocab"));
     }
     // A pair listed twice takes its last rank, as tokenizers' BPE builds its merge map.
     m.merges_.insert_or_assign(Key(a->second, b->second), Merge{static_cast<int32_t>(i), r->second});

@@ -155,6 +155,13 @@ constexpr std::uintmax_t kMaxTokenizerFileBytes = 512u << 20;
 // An integer JSON value in [0, kMaxTokenId).
 bool TokenIdFits(const json& v) { return JsonIntegerIn(v, 0, kMaxTokenId - 1); }
 
+// `parent[key]`, or null when `parent` is no object or has no such member.
+const json* Member(const json& parent, const std::string& key) {
+  if (!parent.is_object()) return nullptr;
+  const auto it = parent.find(key);
+  return it == parent.end() ? nullptr : &*it;
+}
+
 absl::StatusOr<std::string> ReadFile(const fs::path& p) {
   return ReadBoundedFile(p, kMaxTokenizerFileBytes, p.string());
 }
@@ -472,6 +479,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
   if (!cfg.ok()) return cfg.status();
   auto t = std::make_unique<BpeTokenizer>();
   t->format_ = "tokenizer.json";
+  // Every member is looked up before it is read: nlohmann's const operator[] on an absent key
+  // reads past its map when assertions are compiled out (a tokenizer.json without model.merges
+  // crashed `inspect`, or loaded with no merges and split every text into bytes).
+  auto refuse = [&where](const std::string& path, const std::string& expected, const json* found) {
+    const std::string shown = found == nullptr ? "nothing" : ShownValue(JsonDump(*found));
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", path, ": expected ", expected, ", found ", shown));
+  };
   try {
     const json& model = j["model"];
     if (model.value("type", "") != "BPE") {
@@ -481,24 +495,37 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     if (j.contains("normalizer") && !j["normalizer"].is_null()) {
       return absl::UnimplementedError(absl::StrCat(where, ": normalizer ", j["normalizer"].dump(), " not supported"));
     }
+    const json* vocab_json = Member(model, "vocab");
+    if (vocab_json == nullptr || !vocab_json->is_object()) {
+      return refuse("model.vocab", "an object of token -> id", vocab_json);
+    }
     std::vector<std::pair<std::string, int32_t>> vocab;
-    for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
+    for (auto it = vocab_json->begin(); it != vocab_json->end(); ++it) {
       if (!TokenIdFits(it.value())) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": model.vocab '", it.key(), "': id ", it.value().dump(),
                                                        " is not in [0, ", kMaxTokenId, ")"));
       }
       vocab.emplace_back(it.key(), it.value().get<int32_t>());
     }
+    // Each merge as tokenizers takes it: two strings, or one string "left right" (a lone space
+    // between them); tokenizers refuses a file holding any other entry, and so does this.
+    const json* merges_json = Member(model, "merges");
+    if (merges_json == nullptr || !merges_json->is_array()) {
+      return refuse("model.merges", "a list of merges", merges_json);
+    }
     std::vector<std::pair<std::string, std::string>> merges;
-    for (const json& m : model["merges"]) {
-      if (m.is_array() && m.size() == 2) {
+    for (size_t i = 0; i < merges_json->size(); ++i) {
+      const json& m = (*merges_json)[i];
+      if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
         merges.emplace_back(m[0], m[1]);
-      } else if (m.is_string()) {
-        const std::string s = m;
-        const size_t sp = s.find(' ');
-        if (sp == std::string::npos) return absl::InvalidArgumentError(absl::StrCat(where, ": bad merge '", s, "'"));
-        merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+        continue;
       }
+      const size_t space = m.is_string() ? m.get_ref<const std::string&>().find(' ') : std::string::npos;
+      if (space == std::string::npos || m.get_ref<const std::string&>().find(' ', space + 1) != std::string::npos) {
+        return refuse(absl::StrCat("model.merges[", i, "]"), "[\"left\", \"right\"] or \"left right\"", &m);
+      }
+      const std::string& text = m.get_ref<const std::string&>();
+      merges.emplace_back(text.substr(0, space), text.substr(space + 1));
     }
     auto bpe = BytePairModel::FromHf(vocab, merges);
     if (!bpe.ok()) return absl::Status(bpe.status().code(), absl::StrCat(where, ": ", bpe.status().message()));
@@ -508,11 +535,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     std::string pattern;
     const json& pre = j.value("pre_tokenizer", json());
     std::vector<json> steps;
-    if (pre.is_object() && pre.value("type", "") == "Sequence")
-      steps = pre["pretokenizers"].get<std::vector<json>>();
-    else if (pre.is_object())
+    if (pre.is_object() && pre.value("type", "") == "Sequence") {
+      const json* list = Member(pre, "pretokenizers");
+      if (list == nullptr || !list->is_array()) {
+        return refuse("pre_tokenizer.pretokenizers", "a list of pre-tokenizers", list);
+      }
+      steps = list->get<std::vector<json>>();
+    } else if (!pre.is_null()) {
       steps.push_back(pre);
-    for (const json& s : steps) {
+    }
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const json& s = steps[i];
+      if (!s.is_object()) return refuse(absl::StrCat("pre_tokenizer step ", i), "an object", &s);
       const std::string type = s.value("type", "");
       if (type == "ByteLevel") {
         t->add_prefix_space_ = s.value("add_prefix_space", false);
@@ -521,12 +555,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
           pattern = kGpt2Pattern;
         }
       } else if (type == "Split") {
-        if (!s.contains("pattern") || !s["pattern"].contains("Regex") || s.value("behavior", "") != "Isolated" ||
+        const json* split = Member(s, "pattern");
+        const json* regex = split == nullptr ? nullptr : Member(*split, "Regex");
+        if (regex == nullptr || !regex->is_string() || s.value("behavior", "") != "Isolated" ||
             s.value("invert", false) || !pattern.empty()) {
-          return absl::UnimplementedError(absl::StrCat(where, ": pre_tokenizer Split ", s.dump(),
+          return absl::UnimplementedError(absl::StrCat(where, ": pre_tokenizer Split ", ShownValue(JsonDump(s), 200),
                                                        " (only one Regex split, behavior Isolated, not inverted)"));
         }
-        pattern = s["pattern"]["Regex"];
+        pattern = regex->get<std::string>();
       } else {
         return absl::UnimplementedError(absl::StrCat(where, ": pre_tokenizer type '", type, "' not supported"));
       }
@@ -538,6 +574,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     t->splitter_ = std::move(*splitter);
 
     const json& added = j.value("added_tokens", json::array());
+    if (!added.is_array()) return refuse("added_tokens", "a list of added tokens", &added);
     for (size_t i = 0; i < added.size(); ++i) {
       const json& a = added[i];
       if (!a.is_object() || !a.contains("id") || !TokenIdFits(a["id"])) {
@@ -545,8 +582,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
                                                        kMaxTokenId, "), found ",
                                                        a.is_object() && a.contains("id") ? a["id"].dump() : "none"));
       }
+      const json* content = Member(a, "content");
+      if (content == nullptr || !content->is_string()) {
+        return refuse(absl::StrCat("added_tokens[", i, "].content"), "the token's text", content);
+      }
       const int32_t id = a["id"].get<int32_t>();
-      t->added_tokens_.emplace_back(a["content"].get<std::string>(), id);
+      t->added_tokens_.emplace_back(content->get<std::string>(), id);
       // HF tokenizers' AddedToken: "special" defaults to false; decode(skip_special_tokens=True)
       // drops only the special ones.
       if (a.contains("special") && !a["special"].is_boolean()) {
@@ -559,29 +600,52 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::FromHfJson(const fs::pa
     // Post-processor: TemplateProcessing's `single` (special tokens around $A); ByteLevel: no ids.
     std::vector<json> procs;
     const json& post = j.value("post_processor", json());
-    if (post.is_object() && post.value("type", "") == "Sequence")
-      procs = post["processors"].get<std::vector<json>>();
-    else if (post.is_object())
+    if (post.is_object() && post.value("type", "") == "Sequence") {
+      const json* list = Member(post, "processors");
+      if (list == nullptr || !list->is_array())
+        return refuse("post_processor.processors", "a list of processors", list);
+      procs = list->get<std::vector<json>>();
+    } else if (!post.is_null()) {
       procs.push_back(post);
+    }
     for (const json& p : procs) {
-      const std::string type = p.value("type", "");
+      const std::string type = p.is_object() ? p.value("type", "") : "";
       if (type == "ByteLevel") continue;
       if (type != "TemplateProcessing") {
         return absl::UnimplementedError(absl::StrCat(where, ": post_processor type '", type, "' not supported"));
       }
+      const json* single = Member(p, "single");
+      if (single == nullptr || !single->is_array()) {
+        return refuse("post_processor.single", "a list of template pieces", single);
+      }
       bool after = false;
-      for (const json& item : p["single"]) {
+      for (size_t i = 0; i < single->size(); ++i) {
+        const json& item = (*single)[i];
+        const std::string path = absl::StrCat("post_processor.single[", i, "]");
+        if (!item.is_object()) return refuse(path, "{\"Sequence\": ...} or {\"SpecialToken\": ...}", &item);
         if (item.contains("Sequence")) {
           after = true;
-        } else if (item.contains("SpecialToken")) {
-          const std::string name = item["SpecialToken"]["id"];
-          const json& st = p["special_tokens"][name];
-          for (const json& id : st["ids"]) (after ? t->suffix_ : t->prefix_).push_back(id.get<int32_t>());
+          continue;
+        }
+        const json* special = Member(item, "SpecialToken");
+        if (special == nullptr) continue;
+        const json* name = Member(*special, "id");
+        if (name == nullptr || !name->is_string()) return refuse(path + ".SpecialToken.id", "a token's name", name);
+        const json* tokens = Member(p, "special_tokens");
+        const json* entry = tokens == nullptr ? nullptr : Member(*tokens, name->get_ref<const std::string&>());
+        const std::string entry_path =
+            absl::StrCat("post_processor.special_tokens['", ShownValue(name->get_ref<const std::string&>()), "']");
+        const json* ids = entry == nullptr ? nullptr : Member(*entry, "ids");
+        if (ids == nullptr || !ids->is_array()) return refuse(entry_path + ".ids", "a list of token ids", ids);
+        for (const json& id : *ids) {
+          if (!TokenIdFits(id))
+            return refuse(entry_path + ".ids", absl::StrCat("token ids in [0, ", kMaxTokenId, ")"), &id);
+          (after ? t->suffix_ : t->prefix_).push_back(id.get<int32_t>());
         }
       }
     }
   } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", JsonErrorText(e)));
   }
   if (auto s = t->Finish(*cfg, where); !s.ok()) return s;
   return std::unique_ptr<Tokenizer>(std::move(t));

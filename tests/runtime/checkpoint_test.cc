@@ -328,6 +328,14 @@ TEST_F(MalformedSafetensors, InvalidJson) {
   EXPECT_PROBLEM(broken, "model.safetensors", "not valid JSON", "unexpected end of input");
   EXPECT_EQ(Joined(broken.problems).find("json.exception"), std::string::npos) << Joined(broken.problems);
   EXPECT_PROBLEM(List(Safetensors("[1, 2]", "")), "model.safetensors", "not a JSON object");
+  // A number past a double's range is quoted cut short (a 99 MB one came back whole: a 104 MB
+  // message and log line).
+  const std::string digits(1 << 20, '9');
+  const CheckpointListing overflow = List(Safetensors("{\"w\": " + digits + "}", ""));
+  EXPECT_PROBLEM(overflow, "model.safetensors", "not valid JSON", "number overflow");
+  EXPECT_LT(Joined(overflow.problems).size(), 1000u) << Joined(overflow.problems).substr(0, 1000);
+  EXPECT_NE(Joined(overflow.problems).find(absl::StrCat("(", digits.size(), " bytes)")), std::string::npos)
+      << Joined(overflow.problems).substr(0, 1000);
 }
 
 TEST_F(MalformedSafetensors, MissingFields) {

@@ -234,6 +234,71 @@ TEST(Tokenizer, CorruptIdsAreRefusedNamingTheEntry) {
   std::filesystem::remove_all(dir);
 }
 
+// A member tokenizer.json lacks, or holds in another form than tokenizers takes, is refused naming
+// its path and what was expected, as tokenizers refuses the file: read unchecked, an absent
+// model.merges or model.vocab crashed `inspect` (a read past nlohmann's map with assertions off) or
+// loaded a tokenizer with no merges, and a malformed merge was dropped silently.
+TEST(Tokenizer, MissingOrMalformedMembersAreRefusedNamingThem) {
+  std::ifstream in(kFixtures + "/glm4-hf/tokenizer.json");
+  const nlohmann::json good = nlohmann::json::parse(in);
+  const std::string dir = TokenizerVariantDir(kFixtures + "/glm4-hf", "glmserve_malformed_tokenizer");
+  const struct {
+    std::string what;
+    std::function<void(nlohmann::json&)> corrupt;
+    std::string says;
+  } cases[] = {
+      {"no vocab", [](nlohmann::json& j) { j["model"].erase("vocab"); }, "model.vocab: expected an object"},
+      {"vocab a list",
+       [](nlohmann::json& j) {
+         j["model"]["vocab"] = {1, 2};
+       },
+       "model.vocab: expected an object"},
+      {"no merges", [](nlohmann::json& j) { j["model"].erase("merges"); }, "model.merges: expected a list"},
+      {"merges a number", [](nlohmann::json& j) { j["model"]["merges"] = 5; }, "model.merges: expected a list"},
+      {"merge of three",
+       [](nlohmann::json& j) {
+         j["model"]["merges"][2] = {"a", "b", "c"};
+       },
+       "model.merges[2]: "},
+      {"merge of numbers",
+       [](nlohmann::json& j) {
+         j["model"]["merges"][1] = {1, 2};
+       },
+       "model.merges[1]: "},
+      {"merge string of three", [](nlohmann::json& j) { j["model"]["merges"][3] = "a b c"; }, "model.merges[3]: "},
+      {"merge null", [](nlohmann::json& j) { j["model"]["merges"][0] = nullptr; }, "model.merges[0]: "},
+      {"no pretokenizers", [](nlohmann::json& j) { j["pre_tokenizer"].erase("pretokenizers"); },
+       "pre_tokenizer.pretokenizers: expected a list"},
+      {"pre-tokenizer a number", [](nlohmann::json& j) { j["pre_tokenizer"]["pretokenizers"][0] = 5; },
+       "pre_tokenizer step 0: expected an object"},
+      {"added token without content", [](nlohmann::json& j) { j["added_tokens"][0].erase("content"); },
+       "added_tokens[0].content: expected the token's text, found nothing"},
+      {"added tokens an object",
+       [](nlohmann::json& j) {
+         j["added_tokens"] = {{"a", 1}};
+       },
+       "added_tokens: expected"},
+      {"template without single", [](nlohmann::json& j) { j["post_processor"].erase("single"); },
+       "post_processor.single: expected a list"},
+      {"template special token undeclared", [](nlohmann::json& j) { j["post_processor"]["special_tokens"].clear(); },
+       "post_processor.special_tokens['[gMASK]'].ids: expected a list of token ids, found nothing"},
+      {"template special id negative",
+       [](nlohmann::json& j) { j["post_processor"]["special_tokens"]["<sop>"]["ids"][0] = -1; },
+       "post_processor.special_tokens['<sop>'].ids: expected token ids"},
+  };
+  for (const auto& c : cases) {
+    nlohmann::json bad = good;
+    c.corrupt(bad);
+    std::ofstream(dir + "/tokenizer.json") << bad.dump();
+    auto t = Tokenizer::FromDirectory(dir);
+    ASSERT_FALSE(t.ok()) << c.what;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << c.what;
+    EXPECT_NE(t.status().message().find(c.says), std::string::npos) << c.what << ": " << t.status();
+    EXPECT_EQ(t.status().message().find("json.exception"), std::string::npos) << c.what << ": " << t.status();
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Tokenizer, UnknownRoleRejected) {
   auto t = Tokenizer::FromDirectory(kFixtures + "/glm4-hf");
   ASSERT_TRUE(t.ok());
