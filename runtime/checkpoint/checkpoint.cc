@@ -172,6 +172,10 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
       const std::string what = NotRegularFile(dir / shard);
       listing->problems.push_back(absl::StrCat("index ", index_name, " names shard ", shard, ", which is ",
                                                what.empty() ? "absent" : absl::StrCat(what, ", not a regular file")));
+      // Its keys are this one problem, not also a missing key each (as for an unreadable shard).
+      for (const auto& [key, in_shard] : weight_map) {
+        if (in_shard == shard) listing->unreadable_keys.insert(key);
+      }
       continue;
     }
     std::vector<TensorRecord> records;
@@ -219,6 +223,7 @@ void ListSharded(bool safetensors, const fs::path& dir, const std::string& index
     for (const auto& [key, shard] : weight_map) {
       if (readable.count(shard) == 0) continue;  // absent or unreadable shard: reported above
       if (present.count({shard, key}) != 0) continue;
+      if (listing->unreadable_keys.count(key) != 0) continue;  // its entry was refused: reported as such
       auto it = seen.find(key);
       if (it != seen.end()) continue;  // found in another shard: reported as "assigns to" above
       key_problems.Add(shard, "that the index lists in this shard but the shard does not contain", [&] {
@@ -277,47 +282,36 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
             absl::StrCat("checkpoint directory ", directory, ": ", index, " is ", what, ", not a regular file"));
       }
     }
+    // transformers' order (modeling_utils: model.safetensors, its index, pytorch_model.bin, its
+    // index): a directory holding a leftover model.safetensors beside an index loads the same
+    // weights here as there (the index won here, so the two served different weights).
+    auto list_single = [&](bool safetensors, const std::string& name, CheckpointFormat format) {
+      listing.format = format;
+      if (ListOne(safetensors, dir, name, &listing.tensors, &listing.problems, &listing.unreadable_keys)) {
+        listing.files.push_back(name);
+      } else {
+        listing.unreadable_files.push_back(name);
+        listing.unreadable_keys_unknown = true;
+      }
+      return listing;
+    };
+    if (IsRegularFile(dir / kStSingle)) return list_single(true, kStSingle, CheckpointFormat::kSafetensors);
     if (IsRegularFile(dir / kStIndex)) {
       listing.format = CheckpointFormat::kSafetensorsSharded;
       ListSharded(true, dir, kStIndex, &listing);
       return listing;
     }
-    std::string single;
-    if (IsRegularFile(dir / kStSingle)) {
-      single = kStSingle;
-    } else {
-      const std::vector<std::string> any = FilesWithSuffix(dir, ".safetensors");
-      if (any.size() == 1) {
-        single = any[0];
-      } else if (any.size() > 1) {
-        return absl::FailedPreconditionError(absl::StrCat("checkpoint directory ", directory, " holds ", any.size(),
-                                                          " .safetensors files (", absl::StrJoin(any, ", "),
-                                                          ") but no ", kStIndex, " saying which tensors each holds"));
-      }
+    const std::vector<std::string> any = FilesWithSuffix(dir, ".safetensors");
+    if (any.size() == 1) return list_single(true, any[0], CheckpointFormat::kSafetensors);
+    if (any.size() > 1) {
+      return absl::FailedPreconditionError(absl::StrCat("checkpoint directory ", directory, " holds ", any.size(),
+                                                        " .safetensors files (", absl::StrJoin(any, ", "), ") but no ",
+                                                        kStIndex, " saying which tensors each holds"));
     }
-    if (!single.empty()) {
-      listing.format = CheckpointFormat::kSafetensors;
-      if (ListOne(true, dir, single, &listing.tensors, &listing.problems, &listing.unreadable_keys)) {
-        listing.files.push_back(single);
-      } else {
-        listing.unreadable_files.push_back(single);
-        listing.unreadable_keys_unknown = true;
-      }
-      return listing;
-    }
+    if (IsRegularFile(dir / kBinSingle)) return list_single(false, kBinSingle, CheckpointFormat::kPytorchBin);
     if (IsRegularFile(dir / kBinIndex)) {
       listing.format = CheckpointFormat::kPytorchBinSharded;
       ListSharded(false, dir, kBinIndex, &listing);
-      return listing;
-    }
-    if (IsRegularFile(dir / kBinSingle)) {
-      listing.format = CheckpointFormat::kPytorchBin;
-      if (ListOne(false, dir, kBinSingle, &listing.tensors, &listing.problems, &listing.unreadable_keys)) {
-        listing.files.push_back(kBinSingle);
-      } else {
-        listing.unreadable_files.push_back(kBinSingle);
-        listing.unreadable_keys_unknown = true;
-      }
       return listing;
     }
     // A weight file's name on something that is not a file: say so, not that there is none.

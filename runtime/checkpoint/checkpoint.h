@@ -46,8 +46,9 @@ struct CheckpointListing {
   bool unreadable_keys_unknown = false;
 };
 
-// Lists the checkpoint in `directory`. Format preference when several are present:
-// sharded safetensors, single safetensors, sharded .bin, single .bin.
+// Lists the checkpoint in `directory`. Format preference when several are present, as
+// transformers': model.safetensors, model.safetensors.index.json, the one other *.safetensors,
+// pytorch_model.bin, pytorch_model.bin.index.json.
 absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory);
 
 // OK when `directory` is a directory whose entries can be listed; else NOT_FOUND (missing, or not

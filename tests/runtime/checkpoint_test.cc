@@ -20,6 +20,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -233,6 +234,32 @@ TEST(ListCheckpoint, FormatPreference) {
   ASSERT_TRUE(listing.ok()) << listing.status();
   EXPECT_EQ(listing->format, CheckpointFormat::kPytorchBin);
   ClearPytorchBinCache();
+}
+
+// A single file beside an index is what transformers loads (modeling_utils looks for
+// model.safetensors before its index, pytorch_model.bin before its index); the index won here, so
+// a directory with a leftover single file served other weights than the reference.
+TEST(ListCheckpoint, SingleFileBeforeItsIndexAsTransformers) {
+  for (const auto& [sharded, single, single_format, sharded_format] :
+       {std::tuple{"st_sharded", "st_single", CheckpointFormat::kSafetensors, CheckpointFormat::kSafetensorsSharded},
+        std::tuple{"bin_sharded", "bin_single", CheckpointFormat::kPytorchBin, CheckpointFormat::kPytorchBinSharded}}) {
+    TempDir tmp;
+    for (const auto& entry : fs::directory_iterator(Fixture(sharded))) {
+      fs::copy_file(entry.path(), tmp.path() / entry.path().filename());
+    }
+    const char* single_name =
+        single_format == CheckpointFormat::kSafetensors ? "model.safetensors" : "pytorch_model.bin";
+    fs::copy_file(fs::path(Fixture(single)) / single_name, tmp.path() / single_name);
+    auto listing = ListCheckpoint(tmp.str());
+    ASSERT_TRUE(listing.ok()) << listing.status();
+    EXPECT_EQ(listing->format, single_format) << sharded;
+    EXPECT_EQ(listing->files, std::vector<std::string>{single_name}) << sharded;
+    fs::remove(tmp.path() / single_name);
+    listing = ListCheckpoint(tmp.str());
+    ASSERT_TRUE(listing.ok()) << listing.status();
+    EXPECT_EQ(listing->format, sharded_format) << sharded;
+    ClearPytorchBinCache();
+  }
 }
 
 TEST(ListCheckpoint, NothingToList) {
@@ -872,6 +899,30 @@ TEST(CheckpointListingTest, IndexShardNameWithANulIsRefusedNamingTheEntry) {
 
 // A tensor a readable file names but cannot give (its entry refused) is one problem, not also a
 // missing key; with a wrapper prefix too (the index and the file name keys as stored).
+// A shard's entry that is refused is not also "listed by the index but not in the shard".
+TEST(CheckpointListingTest, RefusedEntryInAShardIsOneProblem) {
+  TempDir tmp;
+  for (const auto& entry : fs::directory_iterator(ModelFixture("glm-mha-safetensors-sharded"))) {
+    fs::copy_file(entry.path(), tmp.path() / entry.path().filename());
+  }
+  const fs::path file = tmp.path() / "model-00002-of-00003.safetensors";
+  const std::string bytes = ReadAll(file);
+  uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | static_cast<unsigned char>(bytes[i]);
+  nlohmann::json header = nlohmann::json::parse(bytes.substr(8, header_size));
+  std::string key;
+  for (const auto& [name, entry] : header.items()) {
+    if (name != "__metadata__") key = name;
+  }
+  ASSERT_FALSE(key.empty());
+  header[key]["shape"] = {1};  // the entry's bytes no longer match its shape
+  WriteAll(file, Safetensors(header.dump(), bytes.substr(8 + header_size)));
+  absl::StatusOr<CheckpointListing> listing = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  EXPECT_EQ(CountContaining(listing->problems, key), 1u) << Joined(listing->problems);
+  EXPECT_EQ(CountContaining(listing->problems, "does not contain"), 0u) << Joined(listing->problems);
+}
+
 TEST(CheckpointListingTest, RefusedEntryIsNotAlsoAMissingKey) {
   TempDir tmp;
   CopyModelFixture("glm-prefix-base-model-safetensors", tmp, {"config.json", "model.safetensors"});
@@ -1059,6 +1110,14 @@ TEST(UnreadableWeights, DamagedShardSuppressesOnlyItsOwnKeys) {
   EXPECT_EQ(plan.problems.size(), 1u) << Joined(plan.problems);
   EXPECT_EQ(CountContaining(plan.problems, "model-00002-of-00003.safetensors"), 1u) << Joined(plan.problems);
   EXPECT_EQ(CountContaining(plan.problems, "missing key"), 0u) << Joined(plan.problems);
+
+  // An absent shard is one problem too (its keys were listed again as missing, one line each).
+  fs::remove(tmp.path() / "model-00002-of-00003.safetensors");
+  absl::StatusOr<CheckpointListing> absent = ListCheckpoint(tmp.str());
+  ASSERT_TRUE(absent.ok()) << absent.status();
+  const WeightPlan absent_plan = PlanWeights(*config, *absent);
+  EXPECT_EQ(absent_plan.problems.size(), 1u) << Joined(absent_plan.problems);
+  EXPECT_EQ(CountContaining(absent_plan.problems, "which is absent"), 1u) << Joined(absent_plan.problems);
 
   // A key missing from a readable shard is still reported.
   CheckpointListing pruned = *listing;
