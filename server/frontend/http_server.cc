@@ -1278,10 +1278,6 @@ class Handler {
         sink.done();
         return true;
       };
-      if (chat && !*sent_role) {
-        *sent_role = true;
-        if (!write(chunk({{"role", "assistant"}, {"content", ""}}, nullptr))) return false;
-      }
       std::deque<Call::Delta> deltas;
       bool done = false;
       RequestResult result;
@@ -1297,6 +1293,13 @@ class Handler {
           result = call->result;
           tail = call->tail;
         }
+      }
+      // The role's chunk goes out with the first token's, as vLLM sends it: clients (Open-AutoGLM's
+      // among them) time the first token from the first chunk, and one sent at once read as a
+      // time to first token of a few ms whatever the prefill took.
+      if (chat && !*sent_role && (!deltas.empty() || (done && result.status.ok()))) {
+        *sent_role = true;
+        if (!write(chunk({{"role", "assistant"}, {"content", ""}}, nullptr))) return false;
       }
       for (const Call::Delta& d : deltas) {
         if (!write(chunk(chat ? json{{"content", d.text}} : json(d.text), nullptr, d.token_ids, d.generated))) {

@@ -404,6 +404,23 @@ def main():
     slow = Server(args.binary, args.model, ["--debug-step-latency-ms", "40", "--max-batch", "1", "--max-queue", "1"])
     try:
         C = "/v1/chat/completions"
+        # A stream's first chunk (the role's) goes out with the first token's, after at least one
+        # 40 ms step, as vLLM sends it: Open-AutoGLM times its first token from the first chunk, and
+        # the role's came at once, so it read a few ms whatever the prefill took.
+        conn = slow.conn(timeout=30)
+        began = time.monotonic()
+        conn.request("POST", C, body=json.dumps(chat_body(max_tokens=2, stream=True, ignore_eos=True)),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        first_event, waited = b"", None
+        for line in resp:
+            if line.startswith(b"data: "):
+                first_event, waited = line, time.monotonic() - began
+                break
+        resp.read()
+        conn.close()
+        check(resp.status == 200 and b'"role":"assistant"' in first_event and waited is not None and waited >= 0.04,
+              f"the role's chunk comes after the first step ({resp.status}, {waited}, {first_event[:120]!r})")
         # Deadline: query and header, 504 timeout_error.
         expect_error(slow, C + "?timeout=0.2", chat_body(max_tokens=500, ignore_eos=True), 504, "timeout", etype="timeout_error",
                      what="deadline (?timeout=0.2)")
