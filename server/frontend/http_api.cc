@@ -308,7 +308,7 @@ std::optional<Refusal> MessageContent(const json& content, const std::string& pa
         continue;
       }
       if (t != "text" && t != "input_text" && t != "image_url") break;  // the type itself is refused below
-      return Bad(ppath + "." + key.key(), absl::StrCat("unknown field for a '", t, "' content part"),
+      return Bad(ppath + "." + key.key(), absl::StrCat("unknown field for the content part of type '", t, "'"),
                  RefusalKind::kUnsupportedParameter);
     }
     if (t == "text" || t == "input_text") {
@@ -531,11 +531,20 @@ std::optional<Refusal> ParseApiRequest(ApiKind kind, const std::string& body, Ap
       !parsed["max_completion_tokens"].is_null()) {
     max_key = "max_completion_tokens";
   }
-  if (auto e = GetInt(parsed, max_key, 1, max_tokens_cap, &max_tokens)) return e;
+  // The upper bound is this server's setting, not the API's: the refusal says which.
+  auto get_max_tokens = [&](const char* key, std::optional<int64_t>* out) -> std::optional<Refusal> {
+    std::optional<Refusal> e = GetInt(parsed, key, 1, max_tokens_cap, out);
+    const auto it = parsed.find(key);
+    if (e && it != parsed.end() && JsonIntegerIn(*it, max_tokens_cap + 1, std::numeric_limits<int64_t>::max())) {
+      e->message = absl::StrCat(e->message, " (the upper bound is this server's --max-new-tokens-cap)");
+    }
+    return e;
+  };
+  if (auto e = get_max_tokens(max_key, &max_tokens)) return e;
   // Both given: the newer field counts, the older is still checked (a bad value is a client bug).
   if (std::string_view(max_key) == "max_completion_tokens") {
     std::optional<int64_t> unused;
-    if (auto e = GetInt(parsed, "max_tokens", 1, max_tokens_cap, &unused)) return e;
+    if (auto e = get_max_tokens("max_tokens", &unused)) return e;
   }
   if (max_tokens) request.max_new_tokens = static_cast<int32_t>(*max_tokens);
 

@@ -30,6 +30,7 @@ loopback, standard library only. Each case reproduces a fault the server had:
             503 "draining" (gRPC's queued ones ran): now they run too; only new ones get 503
 Exit 77 = skipped (no model)."""
 import argparse
+import gzip
 import json
 import os
 import socket
@@ -205,6 +206,14 @@ def test_media_type(server):
               f"POST Content-Type '{ctype}'{' from ' + origin if origin else ''}: 415 (got {r.status})")
     st, _, _ = server.post("/v1/completions", body, headers={"Content-Type": "Application/JSON; charset=utf-8"})
     check(st == 200, f"application/json with a charset: 200 (got {st})")
+    # A compressed body: gzip is decoded; a coding the server does not take is 415 naming the header
+    # (it was read as plain text: "invalid JSON" for a zstd body, the body itself for a made-up name).
+    st, _, _ = server.post("/v1/completions", gzip.compress(body.encode()), headers={"Content-Encoding": "gzip"})
+    check(st == 200, f"a gzip body: 200 (got {st})")
+    for coding in ("zstd", "x-made-up"):
+        st, _, data = server.post("/v1/completions", body, headers={"Content-Encoding": coding})
+        check(st == 415 and is_openai_error(data, "invalid_request_error", "unsupported_media_type")
+              and b"Content-Encoding" in data, f"Content-Encoding {coding}: 415 naming the header ({st} {data[:160]!r})")
 
 
 def responses_until_close(raw, port, timeout=10, bodies=None):
