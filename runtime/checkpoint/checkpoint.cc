@@ -255,6 +255,11 @@ absl::Status CheckModelDirectory(const std::string& directory) {
   const fs::path dir(directory);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
+    // A link loop or a path past the name limit is its own reason, not "does not exist".
+    if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("checkpoint directory ", directory, " cannot be opened: ", ec.message()));
+    }
     return absl::NotFoundError(absl::StrCat("checkpoint directory ", directory,
                                             fs::exists(dir, ec) ? " is not a directory" : " does not exist"));
   }
@@ -313,6 +318,13 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
       listing.format = CheckpointFormat::kPytorchBinSharded;
       ListSharded(false, dir, kBinIndex, &listing);
       return listing;
+    }
+    // .bin shards without their index: say so, not that there are no weight files (one lone .bin
+    // of another name is not taken either: transformers reads pytorch_model.bin only).
+    if (const std::vector<std::string> bins = FilesWithSuffix(dir, ".bin"); !bins.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "checkpoint directory ", directory, " holds ", bins.size(), " .bin files (", absl::StrJoin(bins, ", "),
+          ") but neither ", kBinSingle, " nor ", kBinIndex, " saying which tensors each holds"));
     }
     // A weight file's name on something that is not a file: say so, not that there is none.
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {

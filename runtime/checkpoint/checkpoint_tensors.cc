@@ -7,17 +7,48 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "runtime/checkpoint/pytorch_bin.h"
 
 namespace glmserve {
 namespace {
 
 using TensorMap = std::unordered_map<std::string, at::Tensor>;
+
+// What the kernel says new allocations can take without swapping (/proc/meminfo's MemAvailable),
+// or -1 where it does not say.
+int64_t AvailableHostBytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib) {
+    std::getline(in, unit);
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return -1;
+}
+
+// Bytes of host memory the listing's tensors take once read: each (file, offset) once, as views of
+// one storage (tied weights in a .bin) share it.
+uint64_t HostBytesToRead(const CheckpointListing& listing) {
+  std::set<std::pair<std::string, uint64_t>> seen;
+  uint64_t total = 0;
+  for (const TensorRecord& r : listing.tensors) {
+    if (seen.emplace(r.file, r.data_offset).second) total += r.data_bytes;
+  }
+  return total;
+}
+
+std::string GiB(uint64_t bytes) { return absl::StrFormat("%.1f GiB", static_cast<double>(bytes) / (1 << 30)); }
 
 bool ToScalarType(const std::string& dtype, at::ScalarType* out) {
   if (dtype == "F32") {
@@ -62,7 +93,14 @@ absl::Status ReadSafetensorsFile(const std::string& path, const std::string& fil
       return absl::DataLossError(absl::StrCat(file_name, ": tensor ", r->name, " needs bytes [", r->data_offset, ", ",
                                               r->data_offset + r->data_bytes, ") but the file holds ", file_size));
     }
-    at::Tensor t = at::empty(r->shape, at::TensorOptions().dtype(type).device(at::kCPU));
+    at::Tensor t;
+    try {
+      t = at::empty(r->shape, at::TensorOptions().dtype(type).device(at::kCPU));
+    } catch (const c10::Error&) {
+      return absl::ResourceExhaustedError(absl::StrCat(file_name, ": tensor ", r->name, ": cannot allocate ",
+                                                       r->data_bytes, " bytes (", GiB(r->data_bytes),
+                                                       ") of host memory to read it into"));
+    }
     const uint64_t want = static_cast<uint64_t>(t.nbytes());
     if (want != r->data_bytes) {
       return absl::DataLossError(
@@ -112,6 +150,17 @@ absl::Status ReadBinFile(const std::string& path, const std::string& file_name,
 absl::StatusOr<TensorMap> ReadCheckpointTensors(const CheckpointListing& listing) {
   const bool is_bin =
       listing.format == CheckpointFormat::kPytorchBin || listing.format == CheckpointFormat::kPytorchBinSharded;
+  // Every tensor is in host memory at once before the model takes it: a checkpoint larger than
+  // what is available is refused by its size, not by the allocator's text, or by the OOM killer
+  // with no message at all once the pages are touched (memory is overcommitted).
+  const uint64_t needed = HostBytesToRead(listing);
+  const int64_t available = AvailableHostBytes();
+  if (available >= 0 && needed > static_cast<uint64_t>(available)) {
+    return absl::ResourceExhaustedError(absl::StrCat("reading ", listing.directory, ": its tensors take ", needed,
+                                                     " bytes (", GiB(needed), ") of host memory, and this machine has ",
+                                                     available, " (", GiB(available),
+                                                     ") available (MemAvailable in /proc/meminfo)"));
+  }
   std::map<std::string, std::vector<const TensorRecord*>> by_file;
   for (const TensorRecord& r : listing.tensors) by_file[r.file].push_back(&r);
   TensorMap out;

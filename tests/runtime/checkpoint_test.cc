@@ -270,6 +270,24 @@ TEST(ListCheckpoint, NothingToList) {
   WriteAll(tmp.path() / "b.safetensors", "");
   auto several = ListCheckpoint(tmp.str());
   EXPECT_FALSE(several.ok());
+
+  // .bin shards without their index are named as such (it said "no weight files").
+  TempDir bins;
+  for (const auto& entry : fs::directory_iterator(Fixture("bin_sharded"))) {
+    if (entry.path().extension() == ".bin") fs::copy_file(entry.path(), bins.path() / entry.path().filename());
+  }
+  auto shards = ListCheckpoint(bins.str());
+  ASSERT_FALSE(shards.ok());
+  EXPECT_NE(shards.status().message().find("pytorch_model-00001-of-00002.bin"), std::string::npos) << shards.status();
+  EXPECT_NE(shards.status().message().find("pytorch_model.bin.index.json"), std::string::npos) << shards.status();
+
+  // A directory link in a loop says so (it said "does not exist").
+  const fs::path loop = tmp.path() / "loop";
+  fs::create_directory_symlink(loop, loop);
+  auto looped = ListCheckpoint(loop.string());
+  ASSERT_FALSE(looped.ok());
+  EXPECT_EQ(looped.status().message().find("does not exist"), std::string::npos) << looped.status();
+  EXPECT_NE(looped.status().message().find("symbolic links"), std::string::npos) << looped.status();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,6 +353,29 @@ class MalformedSafetensors : public ::testing::Test {
   }
   TempDir tmp_;
 };
+
+// A checkpoint larger than the host memory available is refused by its size before anything is
+// allocated (a 128 GiB one failed with LibTorch's allocator text naming no file; one between the
+// memory available and the machine's would be killed by the OOM killer with no message). The file
+// is sparse: 1 TiB of tensor data takes no disk.
+TEST_F(MalformedSafetensors, LargerThanHostMemoryIsRefusedBySize) {
+  const uint64_t data_bytes = uint64_t{1} << 40;
+  const std::string header =
+      absl::StrCat(R"({"w": {"dtype": "BF16", "shape": [524288, 1048576], "data_offsets": [0, )", data_bytes, "]}}");
+  const fs::path file = tmp_.path() / "model.safetensors";
+  WriteAll(file, Safetensors(header, ""));
+  std::error_code ec;
+  fs::resize_file(file, 8 + header.size() + data_bytes, ec);
+  if (ec) GTEST_SKIP() << "this filesystem takes no 1 TiB sparse file: " << ec.message();
+  auto listing = ListCheckpoint(tmp_.str());
+  ASSERT_TRUE(listing.ok()) << listing.status();
+  ASSERT_TRUE(listing->problems.empty()) << Joined(listing->problems);
+  auto read = ReadCheckpointTensors(*listing);
+  ASSERT_FALSE(read.ok());
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kResourceExhausted) << read.status();
+  EXPECT_NE(read.status().message().find("1024.0 GiB"), std::string::npos) << read.status();
+  EXPECT_NE(read.status().message().find("MemAvailable"), std::string::npos) << read.status();
+}
 
 TEST_F(MalformedSafetensors, ZeroBytes) {
   auto l = List("");
