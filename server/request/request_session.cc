@@ -69,6 +69,10 @@ void RequestSession::MarkEndedByClient(absl::StatusCode code, absl::string_view 
 }
 
 void RequestSession::OnEngineTokens(const std::vector<int32_t>& ids) {
+  if (!info_.streaming) {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    unary_ids_.insert(unary_ids_.end(), ids.begin(), ids.end());
+  }
   // A unary request without stop strings only logs its first token: later steps need no worker.
   if (!info_.streaming && !incremental_ && first_step_seen_.exchange(true, std::memory_order_relaxed)) return;
   bool queue = false;
@@ -87,6 +91,7 @@ void RequestSession::OnEngineReplay() {
     std::lock_guard<std::mutex> lock(events_mu_);
     pending_ids_.clear();  // the failed run's, not handled yet
     pending_ends_.clear();
+    unary_ids_.clear();
     restart_text_ = true;
     queue = MarkQueued();
   }
@@ -172,12 +177,14 @@ void RequestSession::StreamStep(const std::vector<int32_t>& ids) {
 void RequestSession::Finish(RequestResult result) {
   done_ = true;
   bool aborted = false;
+  std::vector<int32_t> unary_ids;
   {
     std::lock_guard<std::mutex> lock(events_mu_);
     aborted = aborted_;
+    if (aborted) unary_ids.swap(unary_ids_);
   }
-  if (aborted) {  // what the engine never reported: what the client got, and how long it took
-    result.output_ids = streamed_ids_;
+  if (aborted) {  // what the engine never reported: what the client got (or was to get), and how long it took
+    result.output_ids = info_.streaming ? streamed_ids_ : std::move(unary_ids);
     result.ttft_ms = first_token_ms_;
     result.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
   }

@@ -218,6 +218,9 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   bool queued_ = false;                  // guarded by events_mu_
   bool aborted_ = false;                 // guarded by events_mu_; Abort() gave the result
   bool restart_text_ = false;            // guarded by events_mu_; OnEngineReplay ran since Deliver
+  // A unary request's ids as the engine reported them: what Abort's record counts (a shutdown
+  // cut request was logged with completion_tokens 0 after hundreds).
+  std::vector<int32_t> unary_ids_;  // guarded by events_mu_
   // Engine threads (a rebuilt engine's may overlap a stuck one's last step).
   std::atomic<bool> first_step_seen_{false};
   // One worker at a time; the swapped-out buffers and the step being handled.

@@ -87,10 +87,10 @@ class RecordingSink final : public SessionSink {
 };
 
 class SessionTest : public ::testing::Test {
- protected:
+ public:
   void SetUp() override { Make(RequestSessionsOptions()); }
-  void Make(RequestSessionsOptions options) {
-    options.log_requests = false;
+  void Make(RequestSessionsOptions options, bool log_requests = false) {
+    options.log_requests = log_requests;
     options.observer = observer;
     sessions = std::make_unique<RequestSessions>(std::move(options));
     sessions->SetEngine(&engine);
@@ -493,22 +493,32 @@ TEST_F(SessionTest, EndedAtItsDeadlineByTheTransportCountsDeadlineExceeded) {
   EXPECT_NE(sink->result.status.message().find("deadline passed"), std::string::npos) << sink->result.status;
 }
 
-TEST_F(SessionTest, AbortAllEndsWhatTheEngineNeverFinished) {
+// Streaming and unary alike (a unary request after its first step hands the workers nothing: its
+// record said 0 tokens after hundreds).
+void ExpectAbortKeepsWhatWasGenerated(SessionTest& t, bool streaming) {
   auto sink = std::make_shared<RecordingSink>();
   std::shared_ptr<RequestSession> session;
-  ASSERT_FALSE(Start(Ids({1}), true, sink, &session));
-  engine.callbacks[0].on_tokens({5, 6});
-  engine.callbacks[0].on_tokens({7});
-  sessions->Flush();
+  ASSERT_FALSE(t.Start(t.Ids({1}), streaming, sink, &session));
+  t.engine.callbacks[0].on_tokens({5, 6});
+  t.engine.callbacks[0].on_tokens({7});
+  t.sessions->Flush();
   std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a total time above the first token's
-  sessions->AbortAll();
+  t.sessions->AbortAll();
   std::lock_guard<std::mutex> lock(sink->mu);
   EXPECT_EQ(sink->finishes, 1);
   EXPECT_EQ(sink->result.status.code(), absl::StatusCode::kUnavailable);
-  // Its log line and metrics report what the client was sent and when, not zeros.
+  // Its log line and metrics report what the client was sent (or was to get) and when, not zeros.
   EXPECT_EQ(sink->result.output_ids, (std::vector<int32_t>{5, 6, 7}));
   EXPECT_GT(sink->result.ttft_ms, 0);
   EXPECT_GT(sink->result.total_ms, sink->result.ttft_ms);
+}
+
+TEST_F(SessionTest, AbortAllEndsWhatTheEngineNeverFinished) { ExpectAbortKeepsWhatWasGenerated(*this, true); }
+
+// With request logs on (what reads the count; without them the engine tells a unary request no step).
+TEST_F(SessionTest, AbortAllEndsAUnaryRequestWithItsTokens) {
+  Make(RequestSessionsOptions(), /*log_requests=*/true);
+  ExpectAbortKeepsWhatWasGenerated(*this, false);
 }
 
 TEST_F(SessionTest, StopStringCancelsAndCutsOffTheEngineThread) {
