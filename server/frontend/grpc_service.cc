@@ -397,6 +397,7 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
       return Refuse(
           MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated, denied.error_message()));
     }
+    client_ = client;
     Admission admission;
     std::optional<Refusal> refusal = sessions.Admit(client, &admission);
     {
@@ -473,7 +474,8 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
         (refusal.code == absl::StatusCode::kUnavailable || refusal.code == absl::StatusCode::kResourceExhausted)) {
       ctx_->AddTrailingMetadata(kRetryPushbackMetadata, std::to_string(refusal.retry_after_ms));
     }
-    service_->sessions().Refused(request_id_, rpc_, refusal);
+    service_->sessions().Refused(request_id_, rpc_, refusal,
+                                 {{"client", client_.empty() ? ClientFromGrpcPeer(ctx_->peer()) : client_}});
     {
       std::lock_guard<std::mutex> lock(mu_);
       engine_done_ = true;
@@ -497,6 +499,7 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
   grpc::CallbackServerContext* const ctx_;
   const char* const rpc_;
   std::string request_id_;
+  std::string client_;              // the API key's name once authenticated, else the peer address: refusals' logs
   std::vector<ImageUsage> images_;  // set in Begin, before the session can call back
 
   std::mutex mu_;

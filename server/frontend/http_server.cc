@@ -763,9 +763,12 @@ struct Call final : public SessionSink {
   std::atomic<bool> stream_written{false};  // the provider's thread, then the releaser
 };
 
+// `client`: the API key's name or the peer address, as Admit takes it (who is refused, for the
+// runbook's "one caller at its cap").
 void LogRefused(State& state, const std::string& request_id, const std::string& route, const Refusal& refusal,
-                const HttpError& e, double queued_ms = 0) {
-  state.sessions.Refused(request_id, route, refusal, {{"http_status", e.status}, {"param", e.param}}, queued_ms);
+                const HttpError& e, const std::string& client, double queued_ms = 0) {
+  state.sessions.Refused(request_id, route, refusal,
+                         {{"client", client}, {"http_status", e.status}, {"param", e.param}}, queued_ms);
 }
 
 void SetError(httplib::Response& res, const HttpError& e) {
@@ -796,12 +799,12 @@ std::optional<Refusal> Authenticate(const State& state, const httplib::Request& 
 // `inference`: an API route's request, counted in glmserve_requests_total and logged as every
 // refusal; other routes' (health, models) are not counted, as their answers never are.
 void RefuseAndClose(State& state, const std::string& request_id, const std::string& route, const Refusal& refusal,
-                    httplib::Response& res, bool inference = true) {
+                    const std::string& peer, httplib::Response& res, bool inference = true) {
   if (tls_connection != nullptr) tls_connection->CloseAfter();
   res.set_header("x-request-id", request_id);
   res.set_header("Connection", "close");
   const HttpError e = ToHttpError(refusal);
-  if (inference) LogRefused(state, request_id, route, refusal, e);
+  if (inference) LogRefused(state, request_id, route, refusal, e, peer);
   SetError(res, e);
 }
 
@@ -974,7 +977,7 @@ bool RefuseOnHead(State& state, const httplib::Request& req, httplib::Response& 
   }
   if (!e && api) e = ApiHeadRefusal(req, state.options.max_body_bytes);
   if (!e) return false;
-  RefuseAndClose(state, RequestIdOf(state, req), req.path, *e, res, /*inference=*/api);
+  RefuseAndClose(state, RequestIdOf(state, req), req.path, *e, req.remote_addr, res, /*inference=*/api);
   return true;
 }
 
@@ -1015,13 +1018,13 @@ class Handler {
     const std::string route = ApiPath(kind);
     const std::string request_id = RequestIdOf(*state_, req);
     res.set_header("x-request-id", request_id);
+    std::string client;  // the API key's name once authenticated; the peer address until then
     auto refuse = [&](const Refusal& refusal, double queued_ms = 0) {
       const HttpError e = ToHttpError(refusal);
-      LogRefused(*state_, request_id, route, refusal, e, queued_ms);
+      LogRefused(*state_, request_id, route, refusal, e, client.empty() ? req.remote_addr : client, queued_ms);
       SetError(res, e);
       if (refusal.kind == RefusalKind::kUnauthenticated) res.set_header("WWW-Authenticate", "Bearer");
     };
-    std::string client;
     if (auto e = Authenticate(*state_, req, &client)) return refuse(*e);
 
     // Deadline: ?timeout=, else a timeout / x-request-timeout header, else the default.
@@ -1474,7 +1477,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
                           "could not read the request body");
         }
         std::string().swap(body);
-        RefuseAndClose(*state, RequestIdOf(*state, req), route, e, res);
+        RefuseAndClose(*state, RequestIdOf(*state, req), route, e, req.remote_addr, res);
       } else {
         handler->Api(kind, req, body, res);
       }

@@ -426,6 +426,7 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
   // it was validated or waited for an HTTP serving slot, still owes it its answer.
   request.admitted_before_drain = true;
   session->images_ = ImageUsages(request.multimodal.get());
+  session->client_ = admission.client;
   {
     std::lock_guard<std::mutex> lock(mu_);
     in_flight_.emplace(session->engine_id_, session);
@@ -435,6 +436,7 @@ std::optional<Refusal> RequestSessions::Submit(const Admission& admission, Infer
   nlohmann::json accepted;
   if (options_.log_requests) {
     accepted = {{"rpc", session->info_.rpc},
+                {"client", admission.client},
                 {"engine_id", session->engine_id_},
                 {"prompt_tokens", request.input_ids.size()},
                 {"max_new_tokens", request.params.max_new_tokens}};
@@ -519,6 +521,7 @@ void RequestSessions::LogFinished(const RequestSession& session, const RequestRe
   if (options_.observer != nullptr) options_.observer->OnRequestFinished(code, &result);
   if (!options_.log_requests) return;
   nlohmann::json fields = {{"rpc", session.info_.rpc},
+                           {"client", session.client_},
                            {"status", code},
                            {"finish", FinishReasonName(result.finish_reason)},
                            {"prompt_tokens", result.prompt_tokens},

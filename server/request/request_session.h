@@ -221,6 +221,7 @@ class RequestSession : public std::enable_shared_from_this<RequestSession> {
   // A unary request's ids as the engine reported them: what Abort's record counts (a shutdown
   // cut request was logged with completion_tokens 0 after hundreds).
   std::vector<int32_t> unary_ids_;  // guarded by events_mu_
+  std::string client_;              // Admission's: the API key's name (key#N) or the peer address; logs
   // Engine threads (a rebuilt engine's may overlap a stuck one's last step).
   std::atomic<bool> first_step_seen_{false};
   // One worker at a time; the swapped-out buffers and the step being handled.

@@ -205,6 +205,18 @@ def auth_and_quota(args, pb, pb_grpc, tmp):
     for k in KEYS + [ENV_KEY]:
         check(k not in log, f"key {k[:8]}... absent from the logs")
     check("authentication on" in log, "start-up log says authentication is on")
+    # Who is refused or served is in its lines, by key name (or the peer address without a valid
+    # key): the runbook's "one caller at its cap" is found from the server's side.
+    lines = log.splitlines()
+    capped = [line for line in lines if "request refused" in line and "per-client" in line]
+    check(len(capped) >= 2 and all("client=key#" in line for line in capped),
+          f"the per-client cap's refusals name the key ({capped[:2]})")
+    unauthenticated = [line for line in lines if "request refused" in line and "UNAUTHENTICATED" in line]
+    check(unauthenticated and all("client=127.0.0.1" in line for line in unauthenticated),
+          f"an unauthenticated refusal names the peer ({unauthenticated[:2]})")
+    served = [line for line in lines if "request accepted" in line or "request finished" in line]
+    check(served and all("client=key#" in line for line in served),
+          f"accepted and finished lines name the key ({[line for line in served if 'client=key#' not in line][:2]})")
 
 
 def per_peer_cap(args, pb, pb_grpc):
