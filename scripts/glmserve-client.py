@@ -13,7 +13,9 @@ the reply as one JSON object per line with the proto's field names (InferStream:
 message); fields at their default value (0, "", UNSPECIFIED) are left out unless --emit-defaults.
 
 Options: --addr HOST:PORT, --timeout SECONDS, --api-key KEY, --tls, --tls-ca FILE,
---tls-cert FILE --tls-key FILE (mutual TLS; one needs the other), --emit-defaults, --proto-root DIR.
+--tls-cert FILE --tls-key FILE (mutual TLS; one needs the other), --tls-server-name NAME (the name
+the server's certificate is checked against, for an --addr it does not carry: a port-forward's
+127.0.0.1), --emit-defaults, --proto-root DIR.
 
 Environment: GLMSERVE_ADDR (the default of --addr, else 127.0.0.1:50051, scripts/serve-demo.sh's
 port); GLMSERVE_API_KEY (the default of --api-key: keeps the key out of `ps` and shell history).
@@ -141,9 +143,10 @@ def tls_files(args):
 
 
 def channel(grpc, args, pem):
-    if not (args.tls or any(pem)):
+    if not (args.tls or args.tls_server_name or any(pem)):
         return grpc.insecure_channel(args.addr)
-    return grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(*pem))
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(*pem), options=options)
 
 
 def parse(json_format, text, msg, where):
@@ -203,6 +206,8 @@ def arguments():
     ap.add_argument("--tls-cert", metavar="FILE",
                     help="client certificate (PEM) for mutual TLS; needs --tls-key")
     ap.add_argument("--tls-key", metavar="FILE", help="private key (PEM) of --tls-cert; needs --tls-cert")
+    ap.add_argument("--tls-server-name", metavar="NAME",
+                    help="check the server's certificate against NAME instead of --addr's host (implies --tls)")
     ap.add_argument("--emit-defaults", action="store_true",
                     help="print fields at their default value (0, \"\", UNSPECIFIED) too (default: left out)")
     ap.add_argument("--proto-root", metavar="DIR", default=os.path.join(ROOT, "proto"),

@@ -218,7 +218,7 @@ def client_errors(env):
 
     out = run(["--help"])
     missing = [w for w in ("Infer", "InferStream", "GetModelInfo", "Health", "--addr", "--timeout", "--api-key",
-                           "--tls-ca", "--tls-cert", "--tls-key", "--emit-defaults", "--proto-root", "GLMSERVE_ADDR",
+                           "--tls-ca", "--tls-cert", "--tls-key", "--tls-server-name", "--emit-defaults", "--proto-root", "GLMSERVE_ADDR",
                            "GLMSERVE_API_KEY", "Exit: 0 OK", "1 the RPC failed", "2 usage or setup error")
                if w not in out.stdout]
     # Every option says what it does, on its line or (a long option) the next, not just its name.
@@ -259,7 +259,12 @@ def client_security(binary, model):
                     ("GLMSERVE_API_KEY + mutual TLS", mtls, "readme-test-key-1", 0, '"output_ids"'),
                     ("no key", mtls, None, 1, "UNAUTHENTICATED"),
                     ("a wrong key", ["--api-key", "nope"] + mtls, None, 1, "UNAUTHENTICATED"),
-                    ("plaintext", ["--api-key", "readme-test-key-1"], None, 1, "UNAVAILABLE")]:
+                    ("plaintext", ["--api-key", "readme-test-key-1"], None, 1, "UNAVAILABLE"),
+                    # The certificate's DNS name checked over 127.0.0.1 (a port-forward), and a name it lacks.
+                    ("--tls-server-name glmserve.test", ["--api-key", "readme-test-key-1", "--tls-server-name",
+                                                         "glmserve.test"] + mtls, None, 0, '"output_ids"'),
+                    ("--tls-server-name another.name", ["--api-key", "readme-test-key-1", "--tls-server-name",
+                                                        "another.name"] + mtls, None, 1, "UNAVAILABLE")]:
                 e = dict(env, GLMSERVE_API_KEY=key_env) if key_env else env
                 out = subprocess.run(base + extra + req, capture_output=True, text=True, timeout=60, env=e)
                 check(out.returncode == want and text in out.stdout + out.stderr,
