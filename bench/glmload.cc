@@ -28,6 +28,7 @@
 #include <regex>
 #include <sstream>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -49,6 +50,11 @@ double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(
 
 // The server's code names (server/request/request.h): gRPC's codes are abseil's (same numbers, same names).
 const char* CodeName(grpc::StatusCode code) { return glmserve::CodeName(static_cast<absl::StatusCode>(code)); }
+
+// A server run with API keys takes "authorization: Bearer KEY" metadata on every call.
+void Authorize(const std::string& api_key, grpc::ClientContext* ctx) {
+  if (!api_key.empty()) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", api_key));
+}
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> ReadPromptFile(const std::string& path) {
   std::ifstream in(path);
@@ -289,8 +295,9 @@ class Level::StreamCall : public grpc::ClientReadReactor<v1::InferResponse> {
  public:
   StreamCall(Level* level, v1::InferRequest req, Clock::time_point intended)
       : level_(level), req_(std::move(req)), intended_(intended) {}
-  void Start(v1::Inference::Stub* stub, std::chrono::system_clock::time_point deadline) {
+  void Start(v1::Inference::Stub* stub, std::chrono::system_clock::time_point deadline, const std::string& api_key) {
     ctx_.set_deadline(deadline);
+    Authorize(api_key, &ctx_);
     stub->async()->InferStream(&ctx_, &req_, this);
     StartRead(&msg_);
     StartCall();
@@ -354,7 +361,7 @@ void Level::Issue(Clock::time_point intended, int64_t n) {
   v1::Inference::Stub* stub = stubs_[static_cast<size_t>(n) % stubs_.size()].get();
   const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(opts_.deadline_ms);
   if (opts_.stream) {
-    (new StreamCall(this, std::move(req), intended))->Start(stub, deadline);
+    (new StreamCall(this, std::move(req), intended))->Start(stub, deadline, opts_.api_key);
     return;
   }
   struct Unary {
@@ -365,6 +372,7 @@ void Level::Issue(Clock::time_point intended, int64_t n) {
   auto* call = new Unary;
   call->req = std::move(req);
   call->ctx.set_deadline(deadline);
+  Authorize(opts_.api_key, &call->ctx);
   stub->async()->Infer(&call->ctx, &call->req, &call->resp, [this, call, intended](grpc::Status s) {
     Record r;
     if (!s.ok()) r.error = CodeName(s.error_code());
@@ -471,6 +479,7 @@ Record Level::CallHttp(httplib::Client& cli, const HttpJob& job, std::vector<dou
   req.body = job.body;
   req.set_header("Content-Type", "application/json");
   req.set_header("x-request-timeout", absl::StrCat(opts_.deadline_ms, "ms"));
+  if (!opts_.api_key.empty()) req.set_header("Authorization", absl::StrCat("Bearer ", opts_.api_key));
   int status = 0;
   bool done = false;
   std::string stream_error, pending;
@@ -894,6 +903,15 @@ void Register(flags::FlagSet& set, Options& o, bool& no_progress) {
   };
   set.Section("load");
   set.String("target", &o.target, "server").ValueName("HOST:PORT").NotEmpty();
+  set.String("api-key", &o.api_key, "sent as 'authorization: Bearer KEY' (a server with --api-key-file)")
+      .ValueName("KEY")
+      .DefaultText("$GLMSERVE_API_KEY");
+  set.Path("tls-ca", &o.tls_ca, "gRPC over TLS trusting the PEM CA certificate(s) in PATH (default: plaintext)");
+  set.Path("tls-cert", &o.tls_cert, "client certificate (PEM) for a server with --tls-client-ca; needs --tls-key");
+  set.Path("tls-key", &o.tls_key, "private key (PEM) of --tls-cert");
+  set.String("tls-server-name", &o.tls_server_name,
+             "check the server's certificate against NAME instead of --target's host (a port-forward's 127.0.0.1)")
+      .ValueName("NAME");
   set.String("metrics-target", &o.metrics_target,
              "the server's /metrics (serve --metrics-port): its steps, mean batch and ms a step by phase over "
              "each level's steady window, in the table and the JSON (server_window)")
@@ -995,6 +1013,20 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
     return o;
   }
   o.progress = !no_progress;
+  if (!set.was_set("api-key")) {
+    if (const char* env = std::getenv("GLMSERVE_API_KEY"); env != nullptr) o.api_key = env;
+  }
+  if (o.tls_cert.empty() != o.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key: one needs the other (a client certificate and its key)");
+  }
+  if (o.tls_ca.empty() && (!o.tls_cert.empty() || !o.tls_server_name.empty())) {
+    return absl::InvalidArgumentError(
+        "--tls-cert, --tls-server-name: need --tls-ca (the CA the server's certificate is checked against)");
+  }
+  if (o.http && !o.tls_ca.empty()) {
+    return absl::InvalidArgumentError("--tls-ca: gRPC only; --http drives plaintext HTTP");
+  }
   const int modes = (o.rate > 0) + !o.sweep.empty() + set.was_set("concurrency");
   if (modes > 1) {
     return absl::InvalidArgumentError("--concurrency, --rate and --sweep: pick one");
@@ -1112,12 +1144,29 @@ absl::StatusOr<Report> RunLoad(const Options& opts) {
                  "client; --connections %d spreads them\n",
                  largest, opts.connections, (largest + 99) / 100);
   }
+  std::string model_info_error = "not asked";
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!opts.tls_ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    for (const auto& [flag, path, pem] : {std::tuple{"--tls-ca", &opts.tls_ca, &ssl.pem_root_certs},
+                                          std::tuple{"--tls-cert", &opts.tls_cert, &ssl.pem_cert_chain},
+                                          std::tuple{"--tls-key", &opts.tls_key, &ssl.pem_private_key}}) {
+      if (path->empty()) continue;
+      std::ifstream in(*path, std::ios::binary);
+      std::ostringstream text;
+      text << in.rdbuf();
+      if (!in || text.str().empty()) return absl::NotFoundError(absl::StrCat(flag, ": cannot read '", *path, "'"));
+      *pem = text.str();
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < opts.connections; ++i) {
     grpc::ChannelArguments args;
     args.SetInt("glmload.connection", i);  // distinct args: a connection of its own
     args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
-    channels.push_back(grpc::CreateCustomChannel(opts.target, grpc::InsecureChannelCredentials(), args));
+    if (!opts.tls_server_name.empty()) args.SetSslTargetNameOverride(opts.tls_server_name);
+    channels.push_back(grpc::CreateCustomChannel(opts.target, credentials, args));
   }
   if (!channels[0]->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
     return absl::UnavailableError(absl::StrCat("cannot connect to ", opts.target, " within 10 s"));
@@ -1126,8 +1175,10 @@ absl::StatusOr<Report> RunLoad(const Options& opts) {
     auto stub = v1::Inference::NewStub(channels[0]);
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    Authorize(opts.api_key, &ctx);
     v1::ModelInfo info;
     grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
+    if (!s.ok()) model_info_error = absl::StrCat(CodeName(s.error_code()), ": ", s.error_message());
     if (s.ok()) {
       ServerInfo& si = report.server;
       si.known = true;
@@ -1148,7 +1199,8 @@ absl::StatusOr<Report> RunLoad(const Options& opts) {
   }
   int vocab = opts.vocab_size > 0 ? opts.vocab_size : report.server.vocab_size;
   if (prompts.empty() && vocab <= 0) {
-    return absl::FailedPreconditionError("GetModelInfo failed and --vocab-size is not set: cannot draw prompt ids");
+    return absl::FailedPreconditionError(absl::StrCat("GetModelInfo failed (", model_info_error,
+                                                      ") and --vocab-size is not set: cannot draw prompt ids"));
   }
   std::vector<int> levels = opts.sweep;
   if (levels.empty()) levels.push_back(opts.concurrency);

@@ -23,6 +23,13 @@ absl::StatusOr<IntDist> ParseIntDist(const std::string& flag, const std::string&
 
 struct Options {
   std::string target = "127.0.0.1:50051";
+  // Sent as "authorization: Bearer KEY" with every call (a server run with --api-key-file or
+  // GLMSERVE_API_KEY); "" = none. The command line takes it from GLMSERVE_API_KEY by default.
+  std::string api_key;
+  // gRPC over TLS trusting the PEM CA certificate(s) in tls_ca ("" = plaintext), with a client
+  // certificate (tls_cert + tls_key, for --tls-client-ca servers) and the name the server's
+  // certificate is checked against where the target's host is not it (a port-forward's 127.0.0.1).
+  std::string tls_ca, tls_cert, tls_key, tls_server_name;
   // Closed loop: this many requests outstanding at all times (each completion sends the next).
   int concurrency = 1;
   // Open loop when > 0: Poisson arrivals at this many requests/s, whatever the server does.

@@ -141,6 +141,54 @@ TEST(GlmloadRealTest, ShortSweepProducesTableJsonAndPng) {
 
 // --http: the same harness through the OpenAI HTTP API (POST /v1/completions, SSE stream), with
 // sampling flags and penalties in every request; TTFT and inter-token latency measured.
+// Against a server run as the Kubernetes overlays run it, with API keys and TLS: glmload's
+// --api-key and --tls-ca / --tls-server-name (a certificate naming only the Service, reached over
+// 127.0.0.1 as through a port-forward). Without the key the run fails and says why: GetModelInfo's
+// UNAUTHENTICATED (it said only "GetModelInfo failed"). TLS needs the openssl command.
+TEST(GlmloadRealTest, ApiKeyAndTls) {
+  if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
+  const fs::path dir = fs::temp_directory_path() / ("glmload_auth_test." + std::to_string(getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "keys") << "# glmload test\nglmload-test-key-1\n";
+  std::vector<std::string> flags = {"--api-key-file", (dir / "keys").string()};
+  int rc = -1;
+  RunCommand("command -v openssl >/dev/null", &rc);
+  const bool tls = rc == 0;
+  if (tls) {
+    const std::string d = dir.string();
+    const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes ";
+    RunCommand("cd " + d + " && openssl req -x509" + ec + "-keyout ca.key -out ca.crt -days 2 -subj '/CN=test CA' " +
+                   "2>/dev/null && printf 'subjectAltName=DNS:glmserve.test\\nextendedKeyUsage=serverAuth\\n' > "
+                   "server.ext && openssl req" +
+                   ec +
+                   "-keyout server.key -out server.csr -subj /CN=server 2>/dev/null "
+                   "&& openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt "
+                   "-days 2 -extfile server.ext 2>/dev/null",
+               &rc);
+    ASSERT_EQ(rc, 0) << "openssl could not make the test certificates";
+    flags.insert(flags.end(), {"--tls-cert", d + "/server.crt", "--tls-key", d + "/server.key"});
+  }
+  ServerProcess server(ServeBinary(), kModel, flags);
+  const int port = server.WaitServing(120s);
+  ASSERT_GT(port, 0) << ServeBinary() << " did not serve:\n" << server.log();
+  const std::string target = "--target 127.0.0.1:" + std::to_string(port);
+  const std::string tls_flags =
+      tls ? " --tls-ca " + (dir / "ca.crt").string() + " --tls-server-name glmserve.test" : std::string();
+  const std::string load = " --concurrency 2 --requests 6 --prompt-len 4 --max-new-tokens 2 --deadline-ms 20000";
+
+  GlmloadRun run = RunGlmload("glmload_auth_ok", target + " --api-key glmload-test-key-1" + tls_flags + load);
+  ASSERT_EQ(run.rc, 0) << run.table << run.err << server.log();
+  ASSERT_FALSE(run.json.is_discarded());
+  EXPECT_EQ(run.json["levels"][0]["requests_ok"].get<int>(), 6) << run.json.dump();
+
+  GlmloadRun keyless = RunGlmload("glmload_auth_none", target + " --api-key ''" + tls_flags + load);
+  EXPECT_NE(keyless.rc, 0) << keyless.table << keyless.err;
+  EXPECT_NE(keyless.err.find("UNAUTHENTICATED"), std::string::npos) << keyless.err;
+  fs::remove_all(run.dir);
+  fs::remove_all(keyless.dir);
+  fs::remove_all(dir);
+}
+
 TEST(GlmloadRealTest, HttpStreamRun) {
   if (!fs::exists(std::string(kModel) + "/config.json")) GTEST_SKIP() << "no model at " << kModel;
   ServerProcess server(ServeBinary(), kModel, {"--http-port", "0"});
