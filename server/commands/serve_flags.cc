@@ -67,6 +67,9 @@ void Register(FlagSet& set, ServeFlags& f, Staging& s) {
       .DefaultText(absl::StrCat(g.max_message_bytes, "; ", kImageModelMaxMessageBytes,
                                 " for a model that takes images: a phone screenshot as base64 is 1-4 MB"));
   set.Int("max-concurrent-streams", &g.max_concurrent_streams, 1, kIntMax, "per HTTP/2 connection");
+  set.Int("grpc-memory-mb", &g.transport_memory_mb, 0, int64_t{1} << 30,
+          "memory gRPC's transport may hold for every connection together; beyond, it stops reading (0 = "
+          "unbounded)");
   set.Int("keepalive-time-ms", &g.keepalive_time_ms, 1000, kIntMax, "ping a connection idle this long");
   set.Int("keepalive-timeout-ms", &g.keepalive_timeout_ms, 1000, kIntMax, "close when a ping is not acked within");
   set.Bool("keepalive-permit-without-calls", &g.keepalive_permit_without_calls, "allow client pings with no call");

@@ -897,6 +897,15 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOp
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, options.keepalive_permit_without_calls ? 1 : 0);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, options.min_ping_interval_ms);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  // What the transport holds for calls whose messages are still arriving is bounded: past it gRPC
+  // stops reading until memory is freed. Unbounded, a client that declared 8 MB messages, sent all
+  // but a byte of each and answered pings pinned ~7.6 MB a stream (256 streams a connection, any
+  // number of connections) before any handler, API key or queue bound ran.
+  if (options.transport_memory_mb > 0) {
+    grpc::ResourceQuota quota("glmserve-transport");
+    quota.Resize(static_cast<size_t>(options.transport_memory_mb) << 20);
+    builder.SetResourceQuota(quota);
+  }
   // A second server on the same port is an error, not a silent load balancer.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   server->server_ = builder.BuildAndStart();

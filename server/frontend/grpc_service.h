@@ -44,6 +44,10 @@ struct GrpcServerOptions {
   int min_ping_interval_ms = 10'000;
   // Concurrent streams per HTTP/2 connection (gRPC default: unlimited).
   int max_concurrent_streams = 256;
+  // Memory gRPC's transport may hold, all connections together (requests arriving, responses
+  // leaving); beyond it the transport stops reading until some is freed. 0 = unbounded (gRPC's
+  // default).
+  int64_t transport_memory_mb = 1024;
   // Largest request and response message (gRPC default: 4 MiB receive, unlimited send). A request
   // over it is INVALID_ARGUMENT (counted, logged); past twice it gRPC's own RESOURCE_EXHAUSTED.
   int max_message_bytes = 4 << 20;
