@@ -1,6 +1,7 @@
 #include "server/ops/watchdog.h"
 
 #include <algorithm>
+#include <future>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -23,6 +24,10 @@ double MsBetween(Clock::TimePoint from, Clock::TimePoint to) {
 // one wakes the waiter through its advance listener, and this bound only covers a wake-up lost
 // between the waiter's check and its wait.
 constexpr std::chrono::milliseconds kMaxWait{200};
+
+// How often the recovering thread looks for requests past their deadlines while an engine builds
+// (real time: a build is seconds to a minute; a request's answer comes at most this late).
+constexpr std::chrono::milliseconds kDeadlinePoll{20};
 
 }  // namespace
 
@@ -599,6 +604,32 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     std::lock_guard<std::mutex> cb_lock(t->cb_mu);
     if (t->callbacks.on_replay) t->callbacks.on_replay();
   }
+  // The requests waiting for the rebuilt engine still end at their deadlines, through the backoff
+  // and the reload: one with no deadline of its own but the server's (every HTTP request) was
+  // answered only once the new engine ran, 6.7 s for a 2.5 s deadline behind a 6 s reload.
+  auto earliest_deadline = [&] {  // with mu_ held
+    Clock::TimePoint earliest = Clock::TimePoint::max();
+    for (const auto& t : requeue) {
+      if (!t->done) earliest = std::min(earliest, t->request.deadline);
+    }
+    return earliest;
+  };
+  auto end_expired = [&] {
+    std::vector<std::shared_ptr<Tracked>> expired;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const Clock::TimePoint now = clock_->Now();
+      for (const auto& t : requeue) {
+        if (!t->done && t->request.deadline <= now) expired.push_back(t);
+      }
+    }
+    for (const auto& t : expired) {
+      EndWithoutEngine(t,
+                       absl::DeadlineExceededError(absl::StrCat(
+                           "the request's deadline passed while the engine was restarting after a fault (", why, ")")),
+                       FinishReason::kDeadline);
+    }
+  };
 
   for (;;) {
     int failures = 0;
@@ -657,14 +688,31 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     {
       std::unique_lock<std::mutex> lock(mu_);
       rebuild_at_ = failed_at + delay;
-      if (!WaitUntil(lock, failed_at + delay)) continue;  // stopping: handled at the top
+      bool stopping = false;
+      for (;;) {  // the backoff, waking at each deadline on the way
+        if (!WaitUntil(lock, std::min(failed_at + delay, earliest_deadline()))) {
+          stopping = true;
+          break;
+        }
+        if (clock_->Now() >= failed_at + delay) break;
+        lock.unlock();
+        end_expired();
+        lock.lock();
+      }
+      if (stopping) continue;  // handled at the top
     }
     int generation = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       generation = generation_ + 1;
     }
-    absl::StatusOr<EngineInstance> built = Build(generation);
+    // The build (the checkpoint's reload, the warm-up) runs beside this thread, which ends the
+    // requests whose deadlines pass meanwhile.
+    std::future<absl::StatusOr<EngineInstance>> building =
+        std::async(std::launch::async, [this, generation] { return Build(generation); });
+    while (building.wait_for(kDeadlinePoll) != std::future_status::ready) end_expired();
+    absl::StatusOr<EngineInstance> built = building.get();
+    end_expired();
     bool stopping = false;
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -101,9 +101,11 @@ class Harness {
     return w;
   }
   // Submits; the future resolves at on_done.
-  std::future<Outcome> Run(const std::string& id, bool stream, int n = 8) {
+  std::future<Outcome> Run(const std::string& id, bool stream, int n = 8,
+                           Clock::TimePoint deadline = Clock::TimePoint::max()) {
     InferenceRequest r;
     r.request_id = id;
+    r.deadline = deadline;
     r.input_ids = {1, 2, 3};
     r.params.max_new_tokens = n;
     r.params.min_new_tokens = n;
@@ -452,6 +454,41 @@ TEST(WatchdogTest, BackoffWaitsForTheClock) {
   // Its times count from the client's submit: the hour without an engine is in them.
   EXPECT_GE(requeued.queue_ms, 3600e3);
   EXPECT_GE(requeued.total_ms, 3600e3);
+}
+
+// A request waiting for the rebuilt engine ends at its deadline, during the backoff and during
+// the build (it was answered only once the new engine ran: 6.7 s for a 2.5 s deadline behind a
+// 6 s reload, for every HTTP request, whose only deadline is the server's).
+TEST(WatchdogTest, DeadlinesPassDuringTheBackoff) {
+  Harness h(FirstEngineThrowsOnStep2, HourBackoff());
+  auto r = h.Run("backoff", false, 2, h.clock().Now() + 10min);
+  ASSERT_TRUE(h.WaitHealthChanges(1));
+  h.clock().Advance(11min);
+  Outcome o = Get(r);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(o.status)) << o.status;
+  EXPECT_NE(o.status.message().find("while the engine was restarting"), absl::string_view::npos) << o.status;
+  EXPECT_EQ(h.engine().restarts(), 0) << "answered before the rebuild";
+}
+
+TEST(WatchdogTest, DeadlinesPassDuringTheBuild) {
+  Harness h(FirstEngineThrowsOnStep2, Harness::Defaults());  // rebuilds at once
+  std::promise<void> loading, release;
+  std::shared_future<void> released = release.get_future().share();
+  h.set_before_build([&loading, released](int generation) {
+    if (generation != 1) return;
+    loading.set_value();
+    released.wait();  // a reload that takes minutes
+  });
+  auto r = h.Run("build", false, 2, h.clock().Now() + 10min);
+  ASSERT_EQ(loading.get_future().wait_for(kEventTimeout), std::future_status::ready);
+  h.clock().Advance(11min);
+  Outcome o = Get(r);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(o.status)) << o.status;
+  EXPECT_EQ(h.engine().restarts(), 0) << "answered while the engine was still being built";
+  release.set_value();
+  ASSERT_TRUE(h.WaitRestarts(1));
+  auto after = h.Run("after", false, 2);
+  EXPECT_TRUE(Get(after).status.ok());
 }
 
 // While the engine is rebuilt the requests it owes count as waiting, with the last engine's batch
