@@ -60,7 +60,9 @@ std::optional<Refusal> PromptTextTooLong(const GenerateRequest& request, const F
   const int64_t max_bytes = max_prompt * kMaxPromptBytesPerToken;
   const int64_t bytes = PromptTextBytes(request);
   if (bytes <= max_bytes) return std::nullopt;
-  std::string field = prompt_field;  // the largest part is named
+  // The largest part is named where it holds most of the text; else the messages together (a
+  // refusal of 200,000 one-byte messages named messages[0].content with the total's byte count).
+  std::string field = prompt_field;
   size_t longest = 0;
   for (size_t i = 0; i < request.messages.size(); ++i) {
     const size_t n = request.messages[i].content.size();
@@ -69,8 +71,13 @@ std::optional<Refusal> PromptTextTooLong(const GenerateRequest& request, const F
       field = absl::StrCat(messages_field, "[", i, "].content");
     }
   }
+  std::string whose;
+  if (request.messages.size() > 1 && static_cast<int64_t>(longest) * 2 < bytes) {
+    field = messages_field;
+    whose = absl::StrCat(" (in ", request.messages.size(), " messages)");
+  }
   return InvalidField(field,
-                      absl::StrCat(bytes, " bytes of prompt text cannot fit in ", max_prompt,
+                      absl::StrCat(bytes, " bytes of prompt text", whose, " cannot fit in ", max_prompt,
                                    " prompt tokens (refused before tokenizing: more than ", kMaxPromptBytesPerToken,
                                    " bytes per token)"),
                       RefusalKind::kContextLength);

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/engine.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "server/frontend/http_api.h"
 #include "server/ops/port_probe.h"
 #include "server/request/request_validation.h"
@@ -72,6 +73,33 @@ TEST(Refusal, PromptTooLongCarriesItsNumbers) {
   const HttpError room = ToHttpError(Refuse(Ids({1, 2, 3}, 62), Dialect::kOpenAiChat));
   EXPECT_EQ(room.code, "context_length_exceeded");
   EXPECT_EQ(room.param, "max_tokens");
+}
+
+// Text too long for the context before tokenizing: the part named is the one holding most of it,
+// else the messages together (200,000 one-byte messages were refused as messages[0].content).
+TEST(Refusal, PromptTextTooLongNamesWhereTheTextIs) {
+  auto tokenizer = tokenizer::Tokenizer::FromDirectory(GLMSERVE_TEST_MODEL_DIR);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  ValidationModel model = Model();
+  model.tokenizer = tokenizer->get();
+  auto Refuse = [&model](const GenerateRequest& request, Dialect dialect) {
+    InferenceRequest out;
+    std::optional<Refusal> refusal = ValidateRequest(request, FrontendLimits(), model, dialect, &out);
+    EXPECT_TRUE(refusal.has_value());
+    return refusal.value_or(Refusal());
+  };
+  GenerateRequest one;
+  one.messages.push_back({"user", "hi", {}});
+  one.messages.push_back({"user", std::string(5000, 'a'), {}});
+  const Refusal big = Refuse(one, Dialect::kOpenAiChat);
+  EXPECT_EQ(big.field, "messages[1].content") << big.message;
+  EXPECT_NE(big.message.find("5002 bytes of prompt text cannot fit"), std::string::npos) << big.message;
+  GenerateRequest many;
+  for (int i = 0; i < 5000; ++i) many.messages.push_back({"user", "a", {}});
+  const Refusal spread = Refuse(many, Dialect::kOpenAiChat);
+  EXPECT_EQ(spread.field, "messages") << spread.message;
+  EXPECT_NE(spread.message.find("5000 bytes of prompt text (in 5000 messages) cannot fit"), std::string::npos)
+      << spread.message;
 }
 
 // vLLM's ignore_eos: the model's end ids stop nothing and are not masked (it was min_tokens =
