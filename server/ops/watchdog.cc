@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <future>
 #include <optional>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -708,10 +709,15 @@ void SelfHealingEngine::Recover(const std::string& first_why) {
     }
     // The build (the checkpoint's reload, the warm-up) runs beside this thread, which ends the
     // requests whose deadlines pass meanwhile.
-    std::future<absl::StatusOr<EngineInstance>> building =
-        std::async(std::launch::async, [this, generation] { return Build(generation); });
-    while (building.wait_for(kDeadlinePoll) != std::future_status::ready) end_expired();
-    absl::StatusOr<EngineInstance> built = building.get();
+    absl::StatusOr<EngineInstance> built = absl::UnknownError("not built");
+    try {
+      std::future<absl::StatusOr<EngineInstance>> building =
+          std::async(std::launch::async, [this, generation] { return Build(generation); });
+      while (building.wait_for(kDeadlinePoll) != std::future_status::ready) end_expired();
+      built = building.get();
+    } catch (const std::system_error&) {  // no thread to be had: build here, deadlines after it
+      built = Build(generation);
+    }
     end_expired();
     bool stopping = false;
     {
