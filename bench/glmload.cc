@@ -1077,7 +1077,7 @@ absl::StatusOr<Options> ParseFlags(int argc, char** argv) {
 namespace {
 
 // Asks /v1/models for the model name (retrying for 10 s).
-absl::StatusOr<HttpTarget> ConnectHttp(const std::string& target, ServerInfo* info) {
+absl::StatusOr<HttpTarget> ConnectHttp(const std::string& target, const std::string& api_key, ServerInfo* info) {
   HttpTarget t;
   if (absl::Status s = ParseHostPort("--target", target, &t.host, &t.port); !s.ok()) return s;
   httplib::Client cli(t.host, t.port);
@@ -1086,7 +1086,9 @@ absl::StatusOr<HttpTarget> ConnectHttp(const std::string& target, ServerInfo* in
   const auto end = Clock::now() + std::chrono::seconds(10);
   std::string why = "no answer";
   while (true) {
-    httplib::Result res = cli.Get("/v1/models");
+    httplib::Headers headers;
+    if (!api_key.empty()) headers.emplace("Authorization", absl::StrCat("Bearer ", api_key));
+    httplib::Result res = cli.Get("/v1/models", headers);
     if (res && res->status == 200) {
       const json j = json::parse(res->body, nullptr, /*allow_exceptions=*/false);
       if (!j.is_discarded() && j.is_object() && j.contains("data") && j["data"].is_array() && !j["data"].empty() &&
@@ -1114,7 +1116,7 @@ absl::StatusOr<Report> RunLoad(const Options& opts) {
   Report report;
   report.options = opts;
   if (opts.http) {
-    absl::StatusOr<HttpTarget> target = ConnectHttp(opts.target, &report.server);
+    absl::StatusOr<HttpTarget> target = ConnectHttp(opts.target, opts.api_key, &report.server);
     if (!target.ok()) return target.status();
     std::vector<std::vector<int32_t>> prompts;
     if (!opts.prompt_file.empty()) {

@@ -25,9 +25,12 @@ inline std::string JsonErrorText(const nlohmann::json::exception& e) {
     const size_t quoted = what.find(marker);
     if (quoted == std::string::npos) continue;
     const size_t from = quoted + std::strlen(marker);
-    // The quote ends before the parser's "; expected <token>", else at the message's last quote.
-    size_t to = what.find("'; expected ", from);
-    if (to == std::string::npos) to = what.size() > from && what.back() == '\'' ? what.size() - 1 : what.size();
+    // The quote ends before the parser's own "; expected <token name>" (a few words at the end),
+    // else at the message's last quote; the quoted text is the input's and may hold that string.
+    size_t to = what.rfind("'; expected ");
+    if (to == std::string::npos || to < from || what.size() - to > 40) {
+      to = what.size() > from && what.back() == '\'' ? what.size() - 1 : what.size();
+    }
     what = absl::StrCat(what.substr(0, from), ShownValue(what.substr(from, to - from)), what.substr(to));
   }
   return what;

@@ -319,13 +319,6 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
       ListSharded(false, dir, kBinIndex, &listing);
       return listing;
     }
-    // .bin shards without their index: say so, not that there are no weight files (one lone .bin
-    // of another name is not taken either: transformers reads pytorch_model.bin only).
-    if (const std::vector<std::string> bins = FilesWithSuffix(dir, ".bin"); !bins.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "checkpoint directory ", directory, " holds ", bins.size(), " .bin files (", absl::StrJoin(bins, ", "),
-          ") but neither ", kBinSingle, " nor ", kBinIndex, " saying which tensors each holds"));
-    }
     // A weight file's name on something that is not a file: say so, not that there is none.
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
       const std::string name = it->path().filename().string();
@@ -336,6 +329,13 @@ absl::StatusOr<CheckpointListing> ListCheckpoint(const std::string& directory) {
         return absl::FailedPreconditionError(
             absl::StrCat(name, " in ", directory, " is ", what, ", not a regular file of weights"));
       }
+    }
+    // .bin shards without their index: say so, not that there are no weight files (one lone .bin
+    // of another name is not taken either: transformers reads pytorch_model.bin only).
+    if (const std::vector<std::string> bins = FilesWithSuffix(dir, ".bin"); !bins.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "checkpoint directory ", directory, " holds ", bins.size(), " .bin files (", absl::StrJoin(bins, ", "),
+          ") but neither ", kBinSingle, " nor ", kBinIndex, " saying which tensors each holds"));
     }
     return absl::NotFoundError(absl::StrCat("no weight files in ", directory, " (looked for ", kStIndex, ", ",
                                             kStSingle, ", *.safetensors, ", kBinIndex, ", ", kBinSingle, ")"));

@@ -4,7 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -23,18 +25,30 @@ namespace {
 
 using TensorMap = std::unordered_map<std::string, at::Tensor>;
 
-// What the kernel says new allocations can take without swapping (/proc/meminfo's MemAvailable),
-// or -1 where it does not say.
+// What new allocations can take: /proc/meminfo's MemAvailable plus SwapFree, within what the
+// process's cgroup (v2 memory.max less memory.current: a container's limit, which /proc/meminfo
+// does not show) leaves; -1 where unknown or GLMSERVE_HOST_MEMORY_CHECK=0 (memory the kernel does
+// not count as available, e.g. a ZFS ARC, can still be had).
 int64_t AvailableHostBytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  int64_t kib = 0;
-  std::string unit;
-  while (in >> key >> kib) {
-    std::getline(in, unit);
-    if (key == "MemAvailable:") return kib * 1024;
+  if (const char* check = std::getenv("GLMSERVE_HOST_MEMORY_CHECK"); check != nullptr && std::string(check) == "0") {
+    return -1;
   }
-  return -1;
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key, unit;
+  int64_t kib = 0, available = -1, swap = 0;
+  while (meminfo >> key >> kib) {
+    std::getline(meminfo, unit);
+    if (key == "MemAvailable:") available = kib * 1024;
+    if (key == "SwapFree:") swap = kib * 1024;
+  }
+  if (available < 0) return -1;
+  available += swap;
+  int64_t limit = 0, current = 0;
+  std::ifstream max_file("/sys/fs/cgroup/memory.max"), current_file("/sys/fs/cgroup/memory.current");
+  if ((max_file >> limit) && (current_file >> current) && limit > current) {  // "max" reads as no number
+    available = std::min(available, limit - current);
+  }
+  return available;
 }
 
 // Bytes of host memory the listing's tensors take once read: each (file, offset) once, as views of
@@ -159,7 +173,9 @@ absl::StatusOr<TensorMap> ReadCheckpointTensors(const CheckpointListing& listing
     return absl::ResourceExhaustedError(absl::StrCat("reading ", listing.directory, ": its tensors take ", needed,
                                                      " bytes (", GiB(needed), ") of host memory, and this machine has ",
                                                      available, " (", GiB(available),
-                                                     ") available (MemAvailable in /proc/meminfo)"));
+                                                     ") available (MemAvailable + SwapFree in /proc/meminfo, "
+                                                     "within the cgroup's memory.max; GLMSERVE_HOST_MEMORY_CHECK=0 "
+                                                     "skips this check)"));
   }
   std::map<std::string, std::vector<const TensorRecord*>> by_file;
   for (const TensorRecord& r : listing.tensors) by_file[r.file].push_back(&r);

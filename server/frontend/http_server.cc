@@ -944,15 +944,16 @@ std::optional<Refusal> ApiHeadRefusal(const httplib::Request& req, int64_t max_b
                        type.empty() ? "Content-Type: missing; the API takes application/json"
                                     : absl::StrCat("Content-Type: '", type, "' is not application/json"));
   }
-  // httplib decodes gzip, deflate and br, and passes any other coding through as if it were none
-  // (a zstd body then read as "invalid JSON"): RFC 9110 15.5.16 answers a coding not taken with 415.
-  const std::string coding =
-      absl::AsciiStrToLower(absl::StripAsciiWhitespace(req.get_header_value("Content-Encoding")));
-  if (!coding.empty() && coding != "identity" && coding != "gzip" && coding != "deflate" && coding != "br") {
+  // httplib decodes gzip, deflate and br, spelled so, and passes any other coding through as if it
+  // were none (a zstd or "GZIP" body then read as "invalid JSON"): RFC 9110 15.5.16 answers a coding
+  // not taken with 415.
+  const std::string coding(absl::StripAsciiWhitespace(req.get_header_value("Content-Encoding")));
+  if (!coding.empty() && absl::AsciiStrToLower(coding) != "identity" && coding != "gzip" && coding != "deflate" &&
+      coding != "br") {
     return MakeRefusal(
         absl::StatusCode::kInvalidArgument, RefusalKind::kUnsupportedMediaType,
         absl::StrCat("Content-Encoding: '", PrintableText(ShownValue(req.get_header_value("Content-Encoding"))),
-                     "' is not taken; the API takes gzip, deflate, br or none"));
+                     "' is not taken; the API takes gzip, deflate, br (lowercase) or none"));
   }
   const std::string length = req.get_header_value("Content-Length");
   if (!length.empty() && std::strtoull(length.c_str(), nullptr, 10) > static_cast<unsigned long long>(max_body_bytes)) {

@@ -404,6 +404,10 @@ TEST_F(MalformedSafetensors, InvalidJson) {
   EXPECT_LT(Joined(overflow.problems).size(), 1000u) << Joined(overflow.problems).substr(0, 1000);
   EXPECT_NE(Joined(overflow.problems).find(absl::StrCat("(", digits.size(), " bytes)")), std::string::npos)
       << Joined(overflow.problems).substr(0, 1000);
+  // Quoted input holding the parser's own "'; expected " is cut short too (it ended the cut there).
+  const CheckpointListing unterminated = List(Safetensors("{\"w\": \"'; expected " + std::string(100000, 'a'), ""));
+  EXPECT_PROBLEM(unterminated, "model.safetensors", "not valid JSON");
+  EXPECT_LT(Joined(unterminated.problems).size(), 1000u) << Joined(unterminated.problems).substr(0, 1000);
 }
 
 TEST_F(MalformedSafetensors, MissingFields) {
