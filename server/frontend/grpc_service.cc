@@ -392,14 +392,12 @@ class CallBase : public SessionSink, public std::enable_shared_from_this<CallBas
                                 absl::StrCat("request of ", bytes, " bytes; at most ",
                                              service_->options().max_message_bytes, " (--max-message-bytes)")));
     }
-    std::string client;
-    if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client); !denied.ok()) {
+    if (grpc::Status denied = Authenticate(ctx_, service_->options(), &client_); !denied.ok()) {
       return Refuse(
           MakeRefusal(absl::StatusCode::kUnauthenticated, RefusalKind::kUnauthenticated, denied.error_message()));
     }
-    client_ = client;
     Admission admission;
-    std::optional<Refusal> refusal = sessions.Admit(client, &admission);
+    std::optional<Refusal> refusal = sessions.Admit(client_, &admission);
     {
       std::lock_guard<std::mutex> lock(quota_mu_);
       quota_ = std::move(admission.quota);
